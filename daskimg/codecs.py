@@ -1,0 +1,95 @@
+"""Store: the codec chains daskimg writes, and their fast decoding.
+
+Every chain ends with Zarr v3's ``crc32c`` codec, so a damaged chunk is an error, never
+a black image. Blosc is used with *no* bit-shuffle for 1-byte samples: zarr-python's
+default bit-shuffle decompressed about 4x slower on photo pixels and gained nothing.
+
+=========  ==========================================  ===================================
+name       chain (inside each chunk)                   when
+=========  ==========================================  ===================================
+``lz4``    bytes -> blosc(lz4, clevel 5) -> crc32c     default: fastest to read, ~1.07x
+``zstd``   bytes -> blosc(zstd, clevel 3) -> crc32c    smaller (~1.3x on photos), slower
+``none``   bytes -> crc32c                             warm data in the page cache: no
+                                                       decompression at all
+=========  ==========================================  ===================================
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import google_crc32c
+import numpy as np
+from numcodecs import blosc
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from .errors import ChecksumError
+
+__all__ = ["CODECS", "DEFAULT_CODEC", "compressors", "decode_chunk", "fast_chain"]
+
+CODECS = ("lz4", "zstd", "none")
+DEFAULT_CODEC = "lz4"
+
+
+def compressors(codec: str | None, dtype: np.dtype[Any]) -> list[Any]:
+    """Zarr v3 bytes-to-bytes codecs for ``codec`` (always ending with ``crc32c``)."""
+    codec = DEFAULT_CODEC if codec is None else codec
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+    crc = Crc32cCodec()
+    if codec == "none":
+        return [crc]
+    # byte-shuffle helps multi-byte numbers (features, labels); for uint8 it is a no-op
+    shuffle = "noshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
+    level = 5 if codec == "lz4" else 3
+    return [BloscCodec(cname=codec, clevel=level, shuffle=shuffle, typesize=np.dtype(dtype).itemsize), crc]
+
+
+def fast_chain(codecs_meta: list[dict[str, Any]]) -> str | None:
+    """``"blosc"`` or ``"raw"`` if a chunk's codec chain is one this module decodes directly.
+
+    ``codecs_meta`` is the ``codecs`` list of the inner chunk (from ``zarr.json``).
+    Anything else (another writer's store) returns None and is read through zarr.
+    """
+    names = [c.get("name") for c in codecs_meta]
+    if not names or names[0] != "bytes" or names[-1] != "crc32c":
+        return None
+    endian = (codecs_meta[0].get("configuration") or {}).get("endian", "little")
+    middle = names[1:-1]
+    if middle == ["blosc"]:
+        kind = "blosc"
+    elif middle == []:
+        kind = "raw"
+    else:
+        return None
+    return kind if endian == "little" or np.little_endian is False else None
+
+
+def decode_chunk(data: memoryview | bytes, kind: str, out: np.ndarray, where: str) -> None:
+    """Check the crc32c of ``data`` and decode it into ``out`` (C-contiguous, exact size).
+
+    ``where`` names the chunk in error messages.
+    """
+    if len(data) < 4:
+        raise ChecksumError(f"{where}: chunk is {len(data)} bytes, too short to hold its checksum")
+    body = memoryview(data)[:-4]
+    (stored,) = struct.unpack("<I", data[-4:])
+    if google_crc32c.value(body) != stored:
+        raise ChecksumError(
+            f"{where}: checksum mismatch (the chunk is damaged); run `daskimg verify` on the store "
+            "and re-create it from the source"
+        )
+    dest = out.reshape(-1).view(np.uint8)
+    if kind == "raw":
+        if len(body) != dest.nbytes:
+            raise ChecksumError(f"{where}: chunk holds {len(body)} bytes, expected {dest.nbytes}")
+        dest[:] = np.frombuffer(body, dtype=np.uint8)
+        return
+    try:
+        nbytes = blosc.cbuffer_sizes(body)[0]
+        if nbytes != dest.nbytes:
+            raise ChecksumError(f"{where}: chunk decompresses to {nbytes} bytes, expected {dest.nbytes}")
+        blosc.decompress(body, dest)
+    except RuntimeError as e:  # blosc's error for corrupt input
+        raise ChecksumError(f"{where}: cannot decompress ({e})") from e

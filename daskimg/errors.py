@@ -1,0 +1,59 @@
+"""Error types of daskimg.
+
+Every class also inherits the builtin that fits, so ``except FileNotFoundError`` and
+``except ValueError`` keep working for users who do not know daskimg's names.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChecksumError",
+    "DaskImgError",
+    "DecodeError",
+    "FormatVersionError",
+    "IncompleteStoreError",
+    "NoImagesFoundError",
+    "StoreLockedError",
+    "StoreExistsError",
+]
+
+
+class DaskImgError(Exception):
+    """Base class of every error daskimg raises on purpose."""
+
+
+class NoImagesFoundError(DaskImgError, FileNotFoundError):
+    """A pattern, folder or CSV named no files."""
+
+
+class DecodeError(DaskImgError, ValueError):
+    """A file could not be decoded into an image or volume; the message names the file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot decode {self.path!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # keep (path, reason) across process and distributed-worker boundaries
+        return (type(self), (self.path, self.reason))
+
+
+class IncompleteStoreError(DaskImgError, OSError):
+    """A store was not finished (the writer died or is still running)."""
+
+
+class StoreExistsError(DaskImgError, FileExistsError):
+    """The target of a write already exists and ``overwrite`` was not given."""
+
+
+class StoreLockedError(DaskImgError, OSError):
+    """Another writer holds the store."""
+
+
+class FormatVersionError(DaskImgError, ValueError):
+    """A store was written by a newer daskimg (or is not a daskimg store)."""
+
+
+class ChecksumError(DaskImgError, OSError):
+    """A chunk's bytes do not match its checksum, or a chunk is missing; the message names it."""

@@ -1,0 +1,387 @@
+"""Feed: the chunk-aware shuffled :class:`BatchIterator`.
+
+It executes a plan from :mod:`daskimg.shuffle`: whole chunks are read in a random order
+by background threads (reading and decompressing release the GIL), decoded straight
+into a contiguous buffer per group of ``buffer_chunks`` chunks, and batches are gathered
+from that buffer with one ``take`` per array. At most the current group, the previous
+one (a batch may straddle them) and ``prefetch`` groups ahead are in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .chunks import StoreReader
+from .imageset import ImageSet
+from .shuffle import EpochPlan, epoch_rng, num_batches, plan_epoch
+from .store import open_zarr, read_attrs
+
+__all__ = ["BatchIterator"]
+
+Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
+
+
+class _Source:
+    """Per-sample arrays split into chunks of ``chunk_len`` rows along axis 0.
+
+    Small arrays live in memory (``memory``); large ones are read chunk by chunk,
+    from a store file (``reader``) or by computing dask blocks (``lazy``).
+    """
+
+    def __init__(self, source: Any, names: Sequence[str] | None) -> None:
+        self.reader: StoreReader | None = None
+        self.memory: dict[str, np.ndarray] = {}
+        self.lazy: dict[str, da.Array] = {}
+        self.attrs: dict[str, Any] = {}
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            self.attrs = read_attrs(path)
+            ds = open_zarr(path)
+            self.reader = StoreReader(path)
+            arrays = ds.arrays
+        elif isinstance(source, ImageSet):
+            arrays = source.arrays
+            self.attrs = getattr(source, "attrs", {})
+            path = getattr(source, "store_path", None)
+            if path is not None:
+                self.reader = StoreReader(path)
+        elif isinstance(source, Mapping):
+            arrays = dict(source)
+        elif isinstance(source, (tuple, list)):
+            arrays = {("images", "labels")[i] if i < 2 else f"array{i}": a for i, a in enumerate(source)}
+        elif isinstance(source, (da.Array, np.ndarray)):
+            arrays = {"images": source}
+        else:
+            raise TypeError(
+                "source must be a store path, an ImageSet, a dask/numpy array, or a dict or tuple of them; "
+                f"got {type(source).__name__}"
+            )
+        if names is None:
+            names = [n for n in ("images", "labels") if n in arrays]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise KeyError(f"arrays {missing} are not in the source; it has {sorted(arrays)}")
+        self.names = tuple(names)
+        lengths = {n: len(arrays[n]) for n in self.names}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays must have the same length; got {lengths}")
+        self.n = next(iter(lengths.values()))
+        self.chunk_len = 1
+        for name in self.names:
+            a = arrays[name]
+            if isinstance(a, da.Array):
+                self.lazy[name] = a
+            else:
+                self.memory[name] = np.asarray(a)
+        chunk_lens = {n: _regular_chunk_len(a) for n, a in self.lazy.items()}
+        if chunk_lens:
+            self.chunk_len = max(chunk_lens.values())
+            for n, a in self.lazy.items():
+                if a.chunks[0][:-1] != (self.chunk_len,) * (len(a.chunks[0]) - 1):
+                    self.lazy[n] = a.rechunk({0: self.chunk_len})
+        else:
+            self.chunk_len = max(1, min(self.n, 1024))
+        if self.reader is not None:
+            self.fast = {
+                n for n in self.lazy if self.reader.layout(n).kind and self.reader.layout(n).chunk_len == self.chunk_len
+            }
+        else:
+            self.fast = set()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        a = self.memory.get(name)
+        return tuple((a if a is not None else self.lazy[name]).shape[1:])
+
+    def dtype(self, name: str) -> np.dtype[Any]:
+        a = self.memory.get(name)
+        return (a if a is not None else self.lazy[name]).dtype
+
+    def rows(self, c: int) -> tuple[int, int]:
+        a = c * self.chunk_len
+        return a, min(a + self.chunk_len, self.n)
+
+    def load_group(self, chunks: np.ndarray, bufs: dict[str, np.ndarray], offsets: np.ndarray, c: int) -> None:
+        """Fill rows of chunk ``c`` (at ``offsets[i]`` in the group buffer) for the lazy arrays."""
+        a, b = self.rows(c)
+        i = int(np.flatnonzero(chunks == c)[0])
+        o = int(offsets[i])
+        slow = []
+        for name in self.lazy:
+            if name in self.fast:
+                assert self.reader is not None
+                self.reader.read_chunk(name, c, out=bufs[name][o : o + b - a])
+            else:
+                slow.append(name)
+        if slow:
+            # whatever dask scheduler is active (threads, processes, distributed) computes the block
+            blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow])
+            for name, block in zip(slow, blocks, strict=True):
+                bufs[name][o : o + b - a] = block
+
+
+def _regular_chunk_len(a: da.Array) -> int:
+    return int(a.chunks[0][0]) if a.chunks[0] else 1
+
+
+class _Group:
+    """A loaded group: contiguous buffers for its chunks, and where each chunk starts."""
+
+    def __init__(self, src: _Source, chunks: np.ndarray, pool: ThreadPoolExecutor) -> None:
+        self.chunks = chunks
+        sizes = np.array([np.subtract(*src.rows(int(c))[::-1]) for c in chunks], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        total = int(sizes.sum())
+        self.bufs = {n: np.empty((total, *src.shape(n)), dtype=src.dtype(n)) for n in src.lazy}
+        self.futures: list[Future[None]] = [
+            pool.submit(src.load_group, chunks, self.bufs, self.offsets, int(c)) for c in chunks
+        ]
+
+    def wait(self) -> None:
+        for f in self.futures:
+            f.result()
+
+
+class BatchIterator:
+    """Shuffled batches from a store, an :class:`ImageSet` or dask arrays, read chunk-wise.
+
+    Parameters
+    ----------
+    source
+        A store path (``*.zarr.zip`` / ``*.zarr``), an :class:`ImageSet`, a dask array, or
+        a dict / tuple of per-sample arrays (dask arrays are computed block by block by
+        whatever scheduler is active, a ``distributed.Client`` included).
+    batch_size
+        Samples per batch.
+    shuffle
+        Read chunks in a random order per ``(seed, epoch)`` and mix samples across a
+        buffer of ``buffer_chunks`` chunks. False: source order.
+    seed
+        Seed of the order; the order of an epoch depends only on ``(seed, epoch)``.
+    buffer_chunks
+        Chunks mixed together. More mixes better (and uses more memory).
+    drop_last
+        Leave out the last, partial batch.
+    arrays
+        Names of the arrays to yield, in order; default ``("images", "labels")``
+        (those present).
+    transform
+        ``transform(batch: dict[str, ndarray], rng) -> dict`` applied to each batch,
+        e.g. :func:`daskimg.transforms.random_flip`. ``rng`` derives from
+        ``(seed, epoch, batch)``, so augmentation is reproducible and resumable.
+    prefetch
+        Groups read ahead in the background.
+    threads
+        Background threads that read and decompress chunks.
+    consumer, num_consumers, even
+        This consumer's share of an epoch (DataLoader workers x DDP ranks; see
+        :mod:`daskimg.torch`). ``even=True`` gives every consumer the same number of
+        batches by repeating a few samples.
+
+    Examples
+    --------
+    >>> it = di.BatchIterator("out/train.zarr.zip", batch_size=64, seed=0)  # doctest: +SKIP
+    >>> for images, labels in it:  # doctest: +SKIP
+    ...     pass
+    >>> it.set_epoch(1); state = it.state_dict(); it.load_state_dict(state)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int | None = 0,
+        buffer_chunks: int = 8,
+        drop_last: bool = False,
+        arrays: Sequence[str] | None = None,
+        transform: Transform | None = None,
+        prefetch: int = 1,
+        threads: int = 2,
+        consumer: int = 0,
+        num_consumers: int = 1,
+        even: bool = False,
+    ) -> None:
+        for name, v, lo in (("batch_size", batch_size, 1), ("buffer_chunks", buffer_chunks, 1),
+                            ("prefetch", prefetch, 0), ("threads", threads, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        self.source = _Source(source, arrays)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.buffer_chunks = buffer_chunks
+        self.drop_last = drop_last
+        self.transform = transform
+        self.prefetch = prefetch
+        self.threads = threads
+        self.consumer = consumer
+        self.num_consumers = num_consumers
+        self.even = even
+        self.epoch = 0
+        self._batch = 0  # batches of the current epoch already yielded
+        self._plan: tuple[tuple[int, int], EpochPlan] | None = None
+
+    # -- public -----------------------------------------------------------------------
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        return self.source.names
+
+    @property
+    def num_samples(self) -> int:
+        return self.source.n
+
+    @property
+    def chunk_len(self) -> int:
+        return self.source.chunk_len
+
+    def __len__(self) -> int:
+        return num_batches(
+            self.source.n,
+            self.source.chunk_len,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            consumer=self.consumer,
+            num_consumers=self.num_consumers,
+            even=self.even,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (its order is fixed by ``(seed, epoch)``) from its first batch."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = epoch
+        self._batch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the iterator is: resume with :meth:`load_state_dict` to continue the same epoch."""
+        return {"epoch": self.epoch, "batch": self._batch, "seed": self.seed, "num_samples": self.source.n}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("num_samples", self.source.n) != self.source.n or state.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                "this state was saved for another source or seed "
+                f"({state.get('num_samples')} samples, seed {state.get('seed')}); "
+                f"this iterator has {self.source.n} samples, seed {self.seed}"
+            )
+        self.epoch = int(state["epoch"])
+        self._batch = int(state["batch"])
+
+    def plan(self) -> EpochPlan:
+        """This consumer's plan for the current epoch (pure data; see :mod:`daskimg.shuffle`)."""
+        key = (self.epoch, id(self))
+        if self._plan is None or self._plan[0] != key:
+            plan = plan_epoch(
+                self.source.n,
+                self.source.chunk_len,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                epoch=self.epoch,
+                shuffle=self.shuffle,
+                buffer_chunks=self.buffer_chunks,
+                drop_last=self.drop_last,
+                consumer=self.consumer,
+                num_consumers=self.num_consumers,
+                even=self.even,
+            )
+            self._plan = (key, plan)
+        return self._plan[1]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
+        """Yield the rest of the current epoch; at its end the next epoch is selected."""
+        for batch in self._iter_dicts():
+            yield tuple(batch[n] for n in self.source.names)
+
+    def iter_dicts(self) -> Iterator[dict[str, np.ndarray]]:
+        """Like iterating, but each batch is a dict ``{array name: ndarray}``."""
+        return self._iter_dicts()
+
+    # -- execution --------------------------------------------------------------------
+    def _iter_dicts(self) -> Iterator[dict[str, np.ndarray]]:
+        plan = self.plan()
+        src = self.source
+        batches = plan.batches
+        if self._batch >= len(batches):
+            self.set_epoch(self.epoch + 1)
+            plan = self.plan()
+            batches = plan.batches
+        start = self._batch
+        last_group = plan.group_of_batch()
+        first_group = 0
+        if start > 0 and start < len(batches):
+            first_group = max(0, int(last_group[start]) - 1)
+        groups = plan.groups
+        lookup_group = np.full(max(1, -(-src.n // src.chunk_len)), -1, dtype=np.int64)
+        lookup_offset = np.zeros_like(lookup_group)
+        loaded: dict[int, _Group] = {}
+        pending: deque[int] = deque()
+        next_group = first_group
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="daskimg-feed") as pool:
+
+            def submit_until(g_max: int) -> None:
+                nonlocal next_group
+                while next_group < len(groups) and next_group <= g_max:
+                    grp = _Group(src, groups[next_group], pool)
+                    lookup_group[grp.chunks] = next_group
+                    lookup_offset[grp.chunks] = grp.offsets
+                    loaded[next_group] = grp
+                    pending.append(next_group)
+                    next_group += 1
+
+            try:
+                for b in range(start, len(batches)):
+                    need = int(last_group[b])
+                    submit_until(need + self.prefetch)
+                    # release groups no batch from here on needs (all before need - 1)
+                    for g in [g for g in loaded if g < need - 1]:
+                        del loaded[g]
+                    idx = batches[b]
+                    out = self._gather(idx, loaded, lookup_group, lookup_offset)
+                    if self.transform is not None:
+                        rng = epoch_rng(self.seed, self.epoch, b, self.consumer)
+                        out = self.transform(out, rng)
+                    self._batch = b + 1
+                    yield out
+            finally:
+                for grp in loaded.values():
+                    for f in grp.futures:
+                        f.cancel()
+        if self._batch >= len(batches):
+            self.set_epoch(self.epoch + 1)
+
+    def _gather(
+        self,
+        idx: np.ndarray,
+        loaded: dict[int, _Group],
+        lookup_group: np.ndarray,
+        lookup_offset: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        src = self.source
+        out: dict[str, np.ndarray] = {n: src.memory[n][idx] for n in src.memory}
+        if not src.lazy:
+            return out
+        chunk = idx // src.chunk_len
+        rows = lookup_offset[chunk] + idx - chunk * src.chunk_len
+        owner = lookup_group[chunk]
+        groups = np.unique(owner)
+        for g in groups:
+            loaded[int(g)].wait()
+        for name in src.lazy:
+            if len(groups) == 1:
+                out[name] = loaded[int(groups[0])].bufs[name].take(rows, axis=0)
+            else:
+                dest = np.empty((len(idx), *src.shape(name)), dtype=src.dtype(name))
+                for g in groups:
+                    sel = owner == g
+                    dest[sel] = loaded[int(g)].bufs[name].take(rows[sel], axis=0)
+                out[name] = dest
+        return out

@@ -1,0 +1,526 @@
+"""Store: write an :class:`ImageSet` to one Zarr v3 store per split, and open it again.
+
+How a write stays crash-safe: everything is written into a staging folder
+``<path>.partial`` next to the target, guarded by an advisory lock on ``<path>.lock``
+(released by the OS if the writer dies). Only when every chunk is written is
+``complete`` set and the result moved into place in one atomic rename — for
+``*.zarr.zip`` after packing the staging folder into a zip file (each member written
+once, so no duplicate ``zarr.json``; chunks are stored uncompressed inside the zip as
+they are compressed already). A kill at any moment therefore leaves either the old
+state or the finished store; re-running the same call removes the stale staging folder
+and writes again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+from dask._task_spec import Task
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from .chunks import StoreReader
+from .codecs import DEFAULT_CODEC, compressors
+from .decode import decode_file
+from .errors import (
+    DaskImgError,
+    DecodeError,
+    FormatVersionError,
+    IncompleteStoreError,
+    StoreExistsError,
+    StoreLockedError,
+)
+from .imageset import ImageSet
+
+__all__ = ["FORMAT_VERSION", "open_zarr", "read_attrs", "store_kind", "to_zarr"]
+
+logger = logging.getLogger("daskimg")
+
+#: the on-disk format this daskimg writes; it opens every version <= this one
+FORMAT_VERSION = 1
+#: uncompressed bytes aimed at per chunk (the unit the loader reads) and per shard (one write task)
+CHUNK_BYTES = 8 * 2**20
+SHARD_CHUNKS = 8
+
+
+def store_kind(path: str | os.PathLike[str]) -> str:
+    """``"zip"`` for ``*.zarr.zip``, ``"dir"`` for ``*.zarr``; anything else is refused."""
+    name = os.fspath(path).rstrip("/")
+    if name.endswith(".zarr.zip"):
+        return "zip"
+    if name.endswith(".zarr"):
+        return "dir"
+    raise ValueError(
+        f"store path {name!r} must end in '.zarr.zip' (one file, the default) or '.zarr' (a folder)"
+    )
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("daskimg", "zarr", "numcodecs", "dask"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def auto_chunk_len(sample_shape: Sequence[int], dtype: Any, n: int) -> int:
+    """Samples per chunk: about ``CHUNK_BYTES`` uncompressed, at least 1, at most ``n``."""
+    per = int(np.prod(sample_shape)) * np.dtype(dtype).itemsize
+    return max(1, min(max(n, 1), CHUNK_BYTES // max(per, 1)))
+
+
+@contextlib.contextmanager
+def write_lock(path: str) -> Iterator[None]:
+    """Hold ``<path>.lock`` exclusively; a second writer on the same path is refused."""
+    lock_path = path + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(
+                f"another process is writing {path!r} (it holds {lock_path!r}); wait for it to "
+                "finish, or stop it and run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_layout(
+    root: str,
+    ds: ImageSet,
+    *,
+    n: int,
+    chunk_len: int,
+    shard_len: int,
+    codec: str | None,
+    attrs: dict[str, Any],
+) -> zarr.Group:
+    """Create the group and its (empty) arrays in a local folder."""
+    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", zarr_format=3)
+    group.attrs["daskimg"] = attrs
+    cfg = {"write_empty_chunks": True}  # a missing chunk must mean damage, never "all zeros"
+
+    def make(name: str, shape: tuple[int, ...], dtype: Any, comp: list[Any], serializer: Any = "auto") -> Any:
+        return group.create_array(
+            name,
+            shape=shape,
+            dtype=dtype,
+            chunks=(chunk_len, *shape[1:]),
+            shards=(shard_len, *shape[1:]) if shard_len != chunk_len else None,
+            compressors=comp,
+            serializer=serializer,
+            fill_value=None if dtype == str else 0,
+            config=cfg,
+        )
+
+    sample = tuple(ds.images.shape[1:])
+    make("images", (n, *sample), ds.images.dtype, compressors(codec, ds.images.dtype))
+    if ds.labels is not None:
+        make("labels", (n,), np.int64, compressors("zstd", np.dtype(np.int64)))
+    if ds.paths is not None:
+        make("paths", (n,), str, [ZstdCodec(level=3), Crc32cCodec()])
+    for name, col in ds.columns.items():
+        make(name, (n, *col.shape[1:]), col.dtype, compressors("zstd", col.dtype))
+    return group
+
+
+def to_zarr(
+    imageset: ImageSet,
+    path: str | os.PathLike[str],
+    *,
+    chunks: int | None = None,
+    shard_chunks: int | None = None,
+    codec: str | None = None,
+    order: str = "shuffled",
+    seed: int = 0,
+    split: str | None = None,
+    overwrite: bool = False,
+    compute: bool = True,
+    progress: bool = False,
+) -> str:
+    """Write ``imageset`` to a checksummed, versioned Zarr v3 store; return its path.
+
+    Parameters
+    ----------
+    imageset
+        What to write; images are decoded here (by whatever dask scheduler is active).
+    path
+        ``*.zarr.zip`` (one file; the default to use) or ``*.zarr`` (a folder of shards).
+    chunks
+        Samples per chunk — the unit the loader reads at once. Default: about 8 MiB of
+        uncompressed pixels.
+    shard_chunks
+        Chunks per shard (one write task, one file in a ``*.zarr`` folder). Default 8.
+    codec
+        ``"lz4"`` (default), ``"zstd"`` or ``"none"``; see :mod:`daskimg.codecs`.
+    order
+        ``"shuffled"`` (samples in a seeded random order, so reading whole chunks in
+        random order later mixes well) or ``"source"``.
+    seed
+        Seed of the shuffled order.
+    split
+        Name recorded in the attributes (``train``, ``valid``, ...).
+    overwrite
+        Replace an existing store at ``path``.
+    compute
+        Must be True: the write is done when this returns (the staging and atomic
+        rename need the result).
+    progress
+        Show a progress bar (local schedulers: dask's; distributed: its progress).
+
+    Notes
+    -----
+    Files that fail to decode raise :class:`~daskimg.errors.DecodeError` if the set's
+    ``on_error`` is ``"raise"``; with ``"skip"`` they are left out (never stored as
+    blank images) and listed with their reason in the attribute ``daskimg.skipped`` and
+    in ``imageset.skipped``.
+
+    Examples
+    --------
+    >>> import daskimg as di, tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = di.testing.make_image_folder(root / "src", n=6)
+    >>> ds = di.from_folder(root / "src", size=(16, 16))
+    >>> di.to_zarr(ds, root / "train.zarr.zip", split="train").endswith("train.zarr.zip")
+    True
+    >>> len(di.open_zarr(root / "train.zarr.zip"))
+    6
+    """
+    if not compute:
+        raise ValueError("to_zarr(compute=False) is not supported: the store is finished atomically")
+    if order not in ("shuffled", "source"):
+        raise ValueError(f"order must be 'shuffled' or 'source', got {order!r}")
+    target = os.path.abspath(os.fspath(path)).rstrip("/")
+    kind = store_kind(target)
+    n_in = len(imageset)
+    if n_in == 0:
+        raise ValueError("the ImageSet is empty; there is nothing to store")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with write_lock(target):
+        if os.path.lexists(target) and not overwrite:
+            raise StoreExistsError(f"{target!r} exists; pass overwrite=True (or --overwrite) to replace it")
+        staging = target + ".partial"
+        _remove(staging)  # a stale one from a killed writer: redo from scratch
+        _remove(target + ".tmp")
+
+        perm = np.random.default_rng(seed).permutation(n_in) if order == "shuffled" else np.arange(n_in)
+        ds = imageset.take(perm) if order == "shuffled" else imageset
+        sample = tuple(ds.images.shape[1:])
+        chunk_len = chunks or auto_chunk_len(sample, ds.images.dtype, n_in)
+        if not isinstance(chunk_len, int) or chunk_len < 1:
+            raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
+        shard_len = chunk_len * (shard_chunks or SHARD_CHUNKS)
+        shard_len = min(shard_len, -(-n_in // chunk_len) * chunk_len)
+        attrs: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "split": split,
+            "num_samples": n_in,
+            "classes": list(ds.classes),
+            "order": order,
+            "seed": seed if order == "shuffled" else None,
+            "codec": codec or DEFAULT_CODEC,
+            "complete": False,
+            "created_with": versions(),
+            "source": _source_attrs(ds),
+            "skipped": [],
+        }
+        skip = ds.on_error == "skip" and ds._files is not None
+        ok = _write(staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress)
+        if ok is not None and not ok.all():
+            _compact_skipped(staging, ds, ok, chunk_len, shard_len, codec, attrs, progress=progress)
+            imageset.skipped = [tuple(s) for s in attrs["skipped"]]  # type: ignore[misc]
+        group = zarr.open_group(zarr.storage.LocalStore(staging), mode="r+")
+        attrs["complete"] = True
+        group.attrs["daskimg"] = attrs
+        if overwrite:
+            _remove(target)
+        if kind == "zip":
+            _pack_zip(staging, target)
+            _remove(staging)
+        else:
+            os.replace(staging, target)
+        _fsync_dir(os.path.dirname(target))
+    return target
+
+
+def _source_attrs(ds: ImageSet) -> dict[str, Any]:
+    spec = ds.spec
+    out: dict[str, Any] = {"root": ds.root}
+    if spec is not None:
+        out.update(
+            size=list(spec.size),
+            channels=spec.channels,
+            dtype=spec.dtype,
+            resize=spec.resize,
+            draft=spec.draft,
+        )
+    return out
+
+
+def _write(
+    staging: str,
+    ds: ImageSet,
+    chunk_len: int,
+    shard_len: int,
+    codec: str | None,
+    attrs: dict[str, Any],
+    *,
+    skip: bool,
+    progress: bool,
+) -> np.ndarray | None:
+    """Write every array; return the decoded-ok mask when bad files are skipped."""
+    n = len(ds)
+    group = create_layout(
+        staging, ds, n=n, chunk_len=chunk_len, shard_len=shard_len, codec=codec, attrs=attrs
+    )
+    if ds._files is not None:
+        files = ds._files
+        if skip:
+            pixels, mask = files.to_dask_masked(block=chunk_len)
+        else:
+            pixels, mask = files.to_dask(block=chunk_len), None
+    else:
+        pixels, mask = ds.images, None
+    pixels = pixels.rechunk((shard_len, *pixels.shape[1:]))
+    stored = da.store(pixels, group["images"], lock=False, compute=False)
+    with _progress(progress):
+        ok = dask.compute(stored, mask)[1]
+    for name, values in ds.arrays.items():
+        if name != "images":
+            _write_small(group[name], values)
+    return None if ok is None else np.asarray(ok, dtype=bool)
+
+
+def _write_small(arr: Any, values: Any) -> None:
+    values = values.compute() if isinstance(values, da.Array) else np.asarray(values)
+    if values.dtype == object:
+        values = values.astype(str)
+    arr[...] = values
+
+
+def _compact_skipped(
+    staging: str,
+    ds: ImageSet,
+    ok: np.ndarray,
+    chunk_len: int,
+    shard_len: int,
+    codec: str | None,
+    attrs: dict[str, Any],
+    *,
+    progress: bool,
+) -> None:
+    """Drop the rows of files that failed to decode, so no blank image is ever a sample."""
+    bad = np.flatnonzero(~ok)
+    files = ds._files
+    assert files is not None
+    skipped = []
+    for i in bad:
+        try:
+            decode_file(files.paths[i], files.spec)
+            reason = "failed to decode during the write (the file changed?)"
+        except DecodeError as e:
+            reason = e.reason
+        rel = str(ds.paths[i]) if ds.paths is not None else files.paths[i]
+        skipped.append([rel, reason])
+    attrs["skipped"] = skipped
+    good = np.flatnonzero(ok)
+    if not len(good):
+        raise DaskImgError(f"every one of the {len(ok)} files failed to decode; first: {skipped[0]}")
+    kept = ds.take(good)
+    attrs["num_samples"] = len(kept)
+    old = staging + ".uncompacted"
+    os.replace(staging, old)
+    group = create_layout(
+        staging,
+        kept,
+        n=len(kept),
+        chunk_len=chunk_len,
+        shard_len=min(shard_len, -(-len(kept) // chunk_len) * chunk_len),
+        codec=codec,
+        attrs=attrs,
+    )
+    src = da.from_zarr(zarr.open_array(zarr.storage.LocalStore(old), path="images", mode="r"))
+    pixels = src[good].rechunk(group["images"].shards or group["images"].chunks)
+    with _progress(progress):
+        da.store(pixels, group["images"], lock=False)
+    for name, values in kept.arrays.items():
+        if name != "images":
+            _write_small(group[name], values)
+    shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def _progress(show: bool) -> Iterator[None]:
+    if not show:
+        yield
+        return
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            yield
+    else:
+        yield  # distributed: progress is shown by the caller with distributed.progress
+
+
+def _pack_zip(staging: str, target: str) -> None:
+    """Pack a staging folder into ``target`` (via ``target.tmp`` and an atomic rename)."""
+    tmp = target + ".tmp"
+    members = []
+    for dirpath, dirnames, filenames in os.walk(staging):
+        dirnames.sort()
+        for f in sorted(filenames):
+            full = os.path.join(dirpath, f)
+            members.append((full, Path(os.path.relpath(full, staging)).as_posix()))
+    # metadata first, so readers that scan from the front find the group early
+    members.sort(key=lambda m: (not m[1].endswith("zarr.json"), m[1].count("/"), m[1]))
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for full, arc in members:
+            zf.write(full, arc)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
+def read_attrs(path: str | os.PathLike[str], *, check_complete: bool = True) -> dict[str, Any]:
+    """The ``daskimg`` attributes of a store, after checking version and completeness."""
+    p = os.path.abspath(os.fspath(path)).rstrip("/")
+    if not os.path.exists(p):
+        if os.path.exists(p + ".partial"):
+            raise IncompleteStoreError(
+                f"{p!r} was never finished: a write into it stopped or is still running "
+                f"(staging folder {p + '.partial'!r}). Re-run the same ingest/to_zarr to redo it."
+            )
+        raise FileNotFoundError(f"no store at {p!r}")
+    reader = StoreReader(p)
+    meta = reader.json("zarr.json")
+    if meta is None or meta.get("node_type") != "group":
+        raise FormatVersionError(f"{p!r} is not a Zarr v3 group (no zarr.json at its root)")
+    attrs = meta.get("attributes", {}).get("daskimg")
+    if not isinstance(attrs, dict):
+        raise FormatVersionError(
+            f"{p!r} is a Zarr group but not a daskimg store (no 'daskimg' attribute); "
+            "open it with zarr.open_group instead"
+        )
+    fv = attrs.get("format_version")
+    if not isinstance(fv, int) or fv < 1:
+        raise FormatVersionError(f"{p!r} has an invalid format_version {fv!r}")
+    if fv > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{p!r} has format version {fv}, newer than this daskimg reads ({FORMAT_VERSION}); "
+            "upgrade daskimg (pip install -U daskimg)"
+        )
+    if check_complete and attrs.get("complete") is not True:
+        raise IncompleteStoreError(
+            f"{p!r} is incomplete (complete=false): its writer stopped before the end. "
+            "Re-run the ingest/to_zarr that made it."
+        )
+    return attrs
+
+
+def open_zarr(path: str | os.PathLike[str]) -> ImageSet:
+    """Open a daskimg store lazily as an :class:`ImageSet`.
+
+    ``images`` and other multi-dimensional arrays are dask arrays read chunk by chunk
+    (checksums checked, fork-safe); ``labels``, ``paths`` and 1-D columns are loaded.
+    ``.arrays`` holds every per-sample array; attributes are in ``.attrs``.
+
+    Examples
+    --------
+    >>> train = di.open_zarr("out/train.zarr.zip")  # doctest: +SKIP
+    >>> train.images.shape  # doctest: +SKIP
+    (800, 224, 224, 3)
+    """
+    p = os.path.abspath(os.fspath(path)).rstrip("/")
+    attrs = read_attrs(p)
+    reader = StoreReader(p)
+    group = _open_group(p)
+    names = [name for name, _ in group.arrays()]
+    arrays: dict[str, Any] = {}
+    for name in names:
+        arr = group[name]
+        lay = reader.layout(name)
+        if lay.kind is not None and (name == "images" or len(lay.shape) > 1):
+            arrays[name] = lazy_array(reader, name)
+        else:
+            arrays[name] = arr[...]
+    if "images" not in arrays:
+        raise FormatVersionError(f"{p!r} has no 'images' array; open it with zarr.open_group")
+    columns = {k: v for k, v in arrays.items() if k not in ("images", "labels", "paths")}
+    ds = ImageSet(
+        arrays["images"],
+        arrays.get("labels"),
+        classes=attrs.get("classes") or (),
+        paths=arrays.get("paths"),
+        columns=columns,
+        root=(attrs.get("source") or {}).get("root"),
+    )
+    ds.attrs = attrs  # type: ignore[attr-defined]
+    ds.skipped = [tuple(s) for s in attrs.get("skipped", [])]  # type: ignore[misc]
+    ds.store_path = p  # type: ignore[attr-defined]
+    return ds
+
+
+def _open_group(p: str) -> zarr.Group:
+    if os.path.isfile(p):
+        return zarr.open_group(zarr.storage.ZipStore(p, mode="r"), mode="r")
+    return zarr.open_group(zarr.storage.LocalStore(p, read_only=True), mode="r")
+
+
+def lazy_array(reader: StoreReader, name: str) -> da.Array:
+    """A dask array over one stored array, one task per chunk, read by :class:`StoreReader`."""
+    lay = reader.layout(name)
+    token = tokenize(reader.path, name, os.path.getmtime(reader.path))
+    key = f"daskimg-read-{name}-{token}"
+    zeros = (0,) * (len(lay.shape) - 1)
+    dsk = {
+        (key, c, *zeros): Task((key, c, *zeros), reader.read_chunk, name, c)
+        for c in range(lay.num_chunks)
+    }
+    sizes = tuple(b - a for a, b in (lay.chunk_rows(c) for c in range(lay.num_chunks)))
+    chunks = (sizes or (0,), *((d,) for d in lay.shape[1:]))
+    graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
+    return da.Array(graph, key, chunks, dtype=lay.dtype)
