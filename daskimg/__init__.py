@@ -7,6 +7,7 @@ read (``imread``, ``from_folder``, ``from_csv``) -> store (``to_zarr``, ``open_z
 from importlib.metadata import PackageNotFoundError, version
 
 from . import testing
+from .feed import BatchIterator
 from .imageset import ImageSet, from_csv, from_folder
 from .read import imread
 from .store import open_zarr, to_zarr
@@ -17,6 +18,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "BatchIterator",
     "ImageSet",
     "__version__",
     "from_csv",

@@ -23,7 +23,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-from .codecs import decode_chunk, fast_chain
+from .codecs import _CRC32C_RESIDUE, decode_chunk, fast_chain
 from .errors import ChecksumError
 
 __all__ = ["ArrayLayout", "StoreReader"]
@@ -210,8 +210,7 @@ class StoreReader:
         raw = self.read_bytes(key, -(n * 16 + 4), n * 16 + 4) if self._locate(key) else None
         if raw is None:
             raise ChecksumError(f"{where} is missing; the store is damaged — re-create it")
-        (stored,) = struct.unpack("<I", raw[-4:])
-        if google_crc32c.value(raw[:-4]) != stored:
+        if google_crc32c.value(raw) != _CRC32C_RESIDUE:
             raise ChecksumError(f"{where}: index checksum mismatch (damaged); re-create the store")
         index = np.frombuffer(raw[:-4], dtype="<u8").reshape(n, 2)
         self._index[(lay.name, shard)] = index

@@ -12,11 +12,12 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
-from dask._task_spec import Task
+from dask._task_spec import Task, TaskRef
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
@@ -98,13 +99,28 @@ class FileSource:
 
         Used where bad files are skipped: the caller drops rows whose mask is False, so a
         bad file never becomes a sample (its pixel rows are zeros only in this intermediate).
+        Each block is decoded once; pixels and mask are two cheap views of its result.
         """
-        arr = _graph(self, block or self.block, _decode_block_masked, "masked")
-        # one decode per block: pixels and mask are two views of the same task's result
-        pixels = arr.map_blocks(_first, dtype=self.spec.dtype, meta=np.empty((0,) * arr.ndim, self.spec.dtype))
-        mask = arr.map_blocks(
-            _second, dtype=bool, drop_axis=list(range(1, arr.ndim)), meta=np.empty((0,), bool)
-        )
+        block = block or self.block
+        spec = self.spec
+        n = len(self.paths)
+        token = tokenize(self.paths, spec, block)
+        dec, pix, msk = f"imread-masked-{token}", f"imread-pixels-{token}", f"imread-ok-{token}"
+        zeros = (0,) * len(spec.sample_shape)
+        dsk: dict[Any, Task] = {}
+        for i, s in enumerate(range(0, n, block)):
+            dsk[(dec, i)] = Task((dec, i), _decode_block_masked, self.paths[s : s + block], spec)
+            dsk[(pix, i, *zeros)] = Task((pix, i, *zeros), _first, TaskRef((dec, i)))
+            dsk[(msk, i)] = Task((msk, i), _second, TaskRef((dec, i)))
+        sizes = tuple(min(block, n - s) for s in range(0, n, block))
+        layers = {dec: {k: v for k, v in dsk.items() if k[0] == dec}}
+        layers[pix] = {k: v for k, v in dsk.items() if k[0] == pix}
+        layers[msk] = {k: v for k, v in dsk.items() if k[0] == msk}
+        deps = {dec: set(), pix: {dec}, msk: {dec}}
+        pixels = da.Array(HighLevelGraph(layers, {k: set(v) for k, v in deps.items()}), pix,
+                          (sizes, *((d,) for d in spec.sample_shape)), dtype=np.dtype(spec.dtype))
+        graph = HighLevelGraph({dec: layers[dec], msk: layers[msk]}, {dec: set(), msk: {dec}})
+        mask = da.Array(graph, msk, (sizes,), dtype=bool)
         return pixels, mask
 
 

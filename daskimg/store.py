@@ -131,14 +131,20 @@ def create_layout(
     shard_len: int,
     codec: str | None,
     attrs: dict[str, Any],
-) -> zarr.Group:
-    """Create the group and its (empty) arrays in a local folder."""
+) -> dict[str, zarr.Array]:
+    """Create the group and its (empty) arrays in a local folder; return the arrays.
+
+    Write through the returned objects: they carry ``write_empty_chunks=True``, which
+    zarr does not persist, so an array re-opened from the group would silently skip
+    chunks (and shards) that are all zeros — and a missing chunk must mean damage.
+    """
     group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", zarr_format=3)
     group.attrs["daskimg"] = attrs
-    cfg = {"write_empty_chunks": True}  # a missing chunk must mean damage, never "all zeros"
+    cfg = {"write_empty_chunks": True}
+    out: dict[str, zarr.Array] = {}
 
-    def make(name: str, shape: tuple[int, ...], dtype: Any, comp: list[Any], serializer: Any = "auto") -> Any:
-        return group.create_array(
+    def make(name: str, shape: tuple[int, ...], dtype: Any, comp: list[Any], serializer: Any = "auto") -> None:
+        out[name] = group.create_array(
             name,
             shape=shape,
             dtype=dtype,
@@ -158,7 +164,7 @@ def create_layout(
         make("paths", (n,), str, [ZstdCodec(level=3), Crc32cCodec()])
     for name, col in ds.columns.items():
         make(name, (n, *col.shape[1:]), col.dtype, compressors("zstd", col.dtype))
-    return group
+    return out
 
 
 def to_zarr(
@@ -239,6 +245,7 @@ def to_zarr(
         staging = target + ".partial"
         _remove(staging)  # a stale one from a killed writer: redo from scratch
         _remove(target + ".tmp")
+        _remove(staging + ".uncompacted")
 
         perm = np.random.default_rng(seed).permutation(n_in) if order == "shuffled" else np.arange(n_in)
         ds = imageset.take(perm) if order == "shuffled" else imageset
@@ -262,10 +269,16 @@ def to_zarr(
             "skipped": [],
         }
         skip = ds.on_error == "skip" and ds._files is not None
-        ok = _write(staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress)
-        if ok is not None and not ok.all():
-            _compact_skipped(staging, ds, ok, chunk_len, shard_len, codec, attrs, progress=progress)
-            imageset.skipped = [tuple(s) for s in attrs["skipped"]]  # type: ignore[misc]
+        try:
+            ok = _write(staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress)
+            if ok is not None and not ok.all():
+                _compact_skipped(staging, ds, ok, chunk_len, shard_len, codec, attrs, progress=progress)
+        except BaseException:
+            # an error (not a kill): leave nothing half-written behind
+            _remove(staging)
+            _remove(staging + ".uncompacted")
+            raise
+        imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
         group = zarr.open_group(zarr.storage.LocalStore(staging), mode="r+")
         attrs["complete"] = True
         group.attrs["daskimg"] = attrs
@@ -307,7 +320,7 @@ def _write(
 ) -> np.ndarray | None:
     """Write every array; return the decoded-ok mask when bad files are skipped."""
     n = len(ds)
-    group = create_layout(
+    dest = create_layout(
         staging, ds, n=n, chunk_len=chunk_len, shard_len=shard_len, codec=codec, attrs=attrs
     )
     if ds._files is not None:
@@ -319,12 +332,12 @@ def _write(
     else:
         pixels, mask = ds.images, None
     pixels = pixels.rechunk((shard_len, *pixels.shape[1:]))
-    stored = da.store(pixels, group["images"], lock=False, compute=False)
+    stored = da.store(pixels, dest["images"], lock=False, compute=False)
     with _progress(progress):
         ok = dask.compute(stored, mask)[1]
     for name, values in ds.arrays.items():
         if name != "images":
-            _write_small(group[name], values)
+            _write_small(dest[name], values)
     return None if ok is None else np.asarray(ok, dtype=bool)
 
 
@@ -367,7 +380,7 @@ def _compact_skipped(
     attrs["num_samples"] = len(kept)
     old = staging + ".uncompacted"
     os.replace(staging, old)
-    group = create_layout(
+    dest = create_layout(
         staging,
         kept,
         n=len(kept),
@@ -377,12 +390,12 @@ def _compact_skipped(
         attrs=attrs,
     )
     src = da.from_zarr(zarr.open_array(zarr.storage.LocalStore(old), path="images", mode="r"))
-    pixels = src[good].rechunk(group["images"].shards or group["images"].chunks)
+    pixels = src[good].rechunk(dest["images"].shards or dest["images"].chunks)
     with _progress(progress):
-        da.store(pixels, group["images"], lock=False)
+        da.store(pixels, dest["images"], lock=False)
     for name, values in kept.arrays.items():
         if name != "images":
-            _write_small(group[name], values)
+            _write_small(dest[name], values)
     shutil.rmtree(old)
 
 

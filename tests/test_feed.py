@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import daskimg as di
+from daskimg.transforms import compose, random_crop, random_flip
+
+
+@pytest.fixture
+def store(tmp_path, indexed_set):
+    return di.to_zarr(indexed_set, tmp_path / "train.zarr.zip", chunks=8, shard_chunks=2, seed=0)
+
+
+def _epoch(it):
+    return [tuple(a.copy() for a in b) for b in it]
+
+
+def _check_images_match_idx(images, idx):
+    # the fixture's pixels encode the sample index: an oracle independent of the loader
+    decoded = images[:, 0, 0, 0].astype(np.int64) + 256 * images[:, 0, 0, 1].astype(np.int64)
+    np.testing.assert_array_equal(decoded, idx)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 16, 200])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_every_sample_once_per_epoch(store, batch_size, drop_last):
+    it = di.BatchIterator(store, batch_size=batch_size, arrays=("images", "idx"), drop_last=drop_last, buffer_chunks=3)
+    batches = _epoch(it)
+    assert len(batches) == len(it)
+    idx = np.concatenate([b[1] for b in batches]) if batches else np.empty(0, int)
+    assert len(np.unique(idx)) == len(idx)
+    if drop_last:
+        assert len(idx) == (103 // batch_size) * batch_size
+        assert all(len(b[1]) == batch_size for b in batches)
+    else:
+        assert sorted(idx.tolist()) == list(range(103))
+    for images, ids in batches:
+        _check_images_match_idx(images, ids)
+
+
+def test_default_arrays_are_images_and_labels(store, indexed_set):
+    images, labels = next(iter(di.BatchIterator(store, batch_size=10)))
+    assert images.shape == (10, 6, 5, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+    ids = images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+    np.testing.assert_array_equal(labels, indexed_set.labels[ids])
+
+
+def test_deterministic_and_reshuffled_per_epoch(store):
+    a = di.BatchIterator(store, batch_size=16, arrays=("idx",), seed=3)
+    b = di.BatchIterator(store, batch_size=16, arrays=("idx",), seed=3)
+    e0 = np.concatenate([x[0] for x in a])
+    np.testing.assert_array_equal(e0, np.concatenate([x[0] for x in b]))
+    e1 = np.concatenate([x[0] for x in a])  # the next epoch
+    assert a.epoch == 2  # each finished epoch selects the next
+    assert not np.array_equal(e0, e1) and sorted(e1.tolist()) == list(range(103))
+    b.set_epoch(1)
+    np.testing.assert_array_equal(e1, np.concatenate([x[0] for x in b]))
+    c = di.BatchIterator(store, batch_size=16, arrays=("idx",), seed=4)
+    assert not np.array_equal(e0, np.concatenate([x[0] for x in c]))
+
+
+def test_shuffle_false_is_store_order(store):
+    it = di.BatchIterator(store, batch_size=10, arrays=("idx",), shuffle=False)
+    stored = di.open_zarr(store).columns["idx"]
+    np.testing.assert_array_equal(np.concatenate([x[0] for x in it]), stored)
+
+
+def test_resume_mid_epoch(store):
+    it = di.BatchIterator(store, batch_size=9, arrays=("idx",), seed=1, buffer_chunks=2)
+    it.set_epoch(2)
+    full = [x[0] for x in it]
+    it.set_epoch(2)
+    gen = iter(it)
+    head = [next(gen)[0] for _ in range(5)]
+    state = it.state_dict()
+    gen.close()
+    fresh = di.BatchIterator(store, batch_size=9, arrays=("idx",), seed=1, buffer_chunks=2)
+    fresh.load_state_dict(state)
+    tail = [x[0] for x in fresh]
+    got = head + tail
+    assert len(got) == len(full)
+    for x, y in zip(got, full, strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="another source or seed"):
+        di.BatchIterator(store, batch_size=9, seed=2).load_state_dict(state)
+
+
+def test_mixing_on_class_sorted_source(tmp_path):
+    # 8 classes, written class-sorted in the source; the store's shuffled order plus the chunk shuffle
+    n = 4096
+    labels = np.repeat(np.arange(8), n // 8)
+    ds = di.ImageSet(np.zeros((n, 2, 2, 1), np.uint8), labels, classes=[str(i) for i in range(8)])
+    path = di.to_zarr(ds, tmp_path / "m.zarr.zip", chunks=64)
+    it = di.BatchIterator(path, batch_size=64)
+    distinct = np.mean([len(np.unique(lab)) for _, lab in it])
+    # a global shuffle gives 8 * (1 - (7/8)**64) ~ 8.0
+    assert distinct > 7.9
+
+
+def test_sources_imageset_and_dask_arrays(image_folder, client):
+    ds = di.from_folder(image_folder, size=(8, 8), chunks=5)
+    expected = ds.images.compute()
+    it = di.BatchIterator(ds, batch_size=4, arrays=("images", "labels"), seed=0)
+    got_images, got_labels = zip(*list(it), strict=True)
+    got_images, got_labels = np.concatenate(got_images), np.concatenate(got_labels)
+    # match each yielded image to the source (pixels identify it)
+    order = [int(np.flatnonzero((expected == img).all(axis=(1, 2, 3)))[0]) for img in got_images]
+    assert sorted(order) == list(range(len(ds)))
+    np.testing.assert_array_equal(got_labels, ds.labels[order])
+    # bare dask arrays as a tuple, computed on the distributed client (the active scheduler)
+    it2 = di.BatchIterator((ds.images, ds.labels), batch_size=6, seed=1)
+    n = sum(len(b[0]) for b in it2)
+    assert n == len(ds)
+
+
+def test_transforms_are_reproducible(store):
+    t = compose(random_flip(p=0.5), random_crop((4, 4)))
+    a = [b[0] for b in di.BatchIterator(store, batch_size=8, transform=t, seed=2)]
+    b = [b[0] for b in di.BatchIterator(store, batch_size=8, transform=t, seed=2)]
+    assert a[0].shape == (8, 4, 4, 3)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_random_flip_and_crop_against_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 6, 7, 3), dtype=np.uint8)
+    out = random_flip(p=0.5)({"images": x}, np.random.default_rng(1))["images"]
+    which = np.random.default_rng(1).random(16) < 0.5
+    np.testing.assert_array_equal(out[which], x[which][:, :, ::-1])
+    np.testing.assert_array_equal(out[~which], x[~which])
+    crop = random_crop((3, 4))({"images": x}, np.random.default_rng(5))["images"]
+    g = np.random.default_rng(5)
+    top, left = g.integers(0, 4, 16), g.integers(0, 4, 16)
+    for i in range(16):
+        np.testing.assert_array_equal(crop[i], x[i, top[i] : top[i] + 3, left[i] : left[i] + 4])
+
+
+def test_bad_arguments(store):
+    with pytest.raises(ValueError, match="batch_size"):
+        di.BatchIterator(store, batch_size=0)
+    with pytest.raises(KeyError, match="nope"):
+        di.BatchIterator(store, batch_size=4, arrays=("images", "nope"))
+    with pytest.raises(TypeError, match="source must be"):
+        di.BatchIterator(42, batch_size=4)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import daskimg as di
+from daskimg.decode import DecodeSpec, decode_file
+from daskimg.errors import NoImagesFoundError
+
+
+def test_from_folder_labels_classes_paths(image_folder):
+    ds = di.from_folder(image_folder, size=(16, 16), chunks=5)
+    assert ds.classes == ("ant", "bee", "cat")
+    assert len(ds) == 24
+    # label = index of the folder name in the sorted class list
+    for path, label in zip(ds.paths, ds.labels, strict=True):
+        assert path.split("/")[0] == ds.classes[label]
+    assert ds.images.shape == (24, 16, 16, 3)
+    spec = DecodeSpec(size=(16, 16))
+    first = decode_file(image_folder / ds.paths[0], spec)
+    np.testing.assert_array_equal(ds.images[0].compute(), first)
+
+
+def test_from_folder_ignores_hidden_and_non_image_files(image_folder):
+    (image_folder / "ant" / ".DS_Store").write_bytes(b"x")
+    (image_folder / "ant" / "notes.txt").write_text("hello")
+    ds = di.from_folder(image_folder, size=(8, 8))
+    assert len(ds) == 24
+    assert not any(p.endswith((".txt", ".DS_Store")) for p in ds.paths)
+
+
+def test_from_folder_errors(tmp_path):
+    with pytest.raises(NoImagesFoundError, match="not a folder"):
+        di.from_folder(tmp_path / "nope", size=(8, 8))
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(NoImagesFoundError, match="no image files"):
+        di.from_folder(tmp_path / "empty", size=(8, 8))
+
+
+def test_predefined_split_folders(tmp_path):
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root, n=12, classes=("a", "b"), split_dirs=("train", "val", "test"))
+    # a class only present in train still gets the same index everywhere
+    ds = di.from_folder(root, size=(8, 8))
+    assert ds.classes == ("a", "b")
+    parts = ds.split()
+    assert set(parts) == {"train", "valid", "test"}
+    assert sum(len(p) for p in parts.values()) == len(ds)
+    for name, part in parts.items():
+        folder = "val" if name == "valid" else name
+        assert all(p.startswith(folder + "/") for p in part.paths)
+
+
+def test_split_disjoint_stratified_deterministic():
+    n = 1000
+    labels = np.repeat(np.arange(5), [500, 300, 150, 45, 5])
+    ds = di.ImageSet(np.zeros((n, 2, 2, 3), np.uint8), labels, classes=list("abcde"),
+                     columns={"idx": np.arange(n)})
+    parts = ds.split({"train": 0.8, "valid": 0.1, "test": 0.1}, seed=3)
+    idx = {k: v.columns["idx"] for k, v in parts.items()}
+    allidx = np.concatenate(list(idx.values()))
+    assert len(allidx) == n and len(np.unique(allidx)) == n  # disjoint and covering
+    for k, frac in {"train": 0.8, "valid": 0.1, "test": 0.1}.items():
+        for c in range(5):
+            total = (labels == c).sum()
+            got = (parts[k].labels == c).sum()
+            assert abs(got - frac * total) <= 1.0, (k, c, got, frac * total)
+            assert got >= 1  # every class represented (smallest class has 5 >= 3 splits)
+    again = ds.split({"train": 0.8, "valid": 0.1, "test": 0.1}, seed=3)
+    for k in idx:
+        np.testing.assert_array_equal(idx[k], again[k].columns["idx"])
+    other = ds.split({"train": 0.8, "valid": 0.1, "test": 0.1}, seed=4)
+    assert not np.array_equal(idx["test"], other["test"].columns["idx"])
+
+
+@pytest.mark.parametrize(
+    "fractions", [{"train": 0.7, "test": 0.2}, {"train": 1.2, "test": -0.2}, {}, {"a": float("nan"), "b": 1}]
+)
+def test_split_validates_fractions(fractions):
+    ds = di.ImageSet(np.zeros((10, 2, 2, 3), np.uint8), np.arange(10) % 2)
+    with pytest.raises(ValueError, match="fractions"):
+        ds.split(fractions)
+
+
+def test_split_of_file_set_rebuilds_small_graph(image_folder):
+    ds = di.from_folder(image_folder, size=(8, 8), chunks=4)
+    parts = ds.split({"train": 0.5, "test": 0.5}, seed=0)
+    train = parts["train"]
+    # one task per block of the chosen files: no gather across the original blocks
+    assert len(dict(train.images.__dask_graph__())) == -(-len(train) // 4)
+    spec = DecodeSpec(size=(8, 8))
+    got = train.images.compute()
+    for i, p in enumerate(train.paths):
+        np.testing.assert_array_equal(got[i], decode_file(image_folder / p, spec))
+
+
+def test_imageset_from_arrays_validates():
+    with pytest.raises(ValueError, match="labels must have 3 rows"):
+        di.ImageSet(np.zeros((3, 2, 2, 3), np.uint8), [0, 1])
+    with pytest.raises(ValueError, match="labels must lie in"):
+        di.ImageSet(np.zeros((2, 2, 2, 3), np.uint8), [0, 2], classes=["a", "b"])
+    with pytest.raises(ValueError, match="images must have shape"):
+        di.ImageSet(np.zeros((3, 2)), [0, 1, 0])
+
+
+def test_from_csv_with_bbox_columns(image_folder, tmp_path):
+    files = sorted(image_folder.rglob("*.png"))
+    lines = ["path,label,x0,y0,x1,y1,score,comment"]
+    for i, f in enumerate(files):
+        rel = f.relative_to(image_folder).as_posix()
+        lines.append(f"{rel},{f.parent.name},{i},{i + 1},{i + 2},{i + 3},{i / 10},hello")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    ds = di.from_csv(csv, root=image_folder, size=(8, 8), columns={"bbox": ["x0", "y0", "x1", "y1"]})
+    assert ds.classes == ("ant", "bee", "cat")
+    assert ds.columns["bbox"].shape == (len(files), 4)
+    np.testing.assert_array_equal(ds.columns["bbox"][:, 0], np.arange(len(files), dtype=np.float32))
+    default = di.from_csv(csv, root=image_folder, size=(8, 8))
+    assert set(default.columns) == {"x0", "y0", "x1", "y1", "score"}  # 'comment' is not numeric
+    spec = DecodeSpec(size=(8, 8))
+    np.testing.assert_array_equal(ds.images[3].compute(), decode_file(files[3], spec))
+
+
+def test_from_csv_refuses_paths_outside_root(image_folder, tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("path,label\n../../etc/passwd,a\n")
+    with pytest.raises(ValueError, match="outside root"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+    csv.write_text("file,label\nx.png,a\n")
+    with pytest.raises(ValueError, match="no column 'path'"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))

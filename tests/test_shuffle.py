@@ -1,0 +1,391 @@
+"""Properties of the chunk-aware shuffle plan (daskimg.shuffle): pure data, checked with hypothesis."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daskimg.shuffle import (
+    EpochPlan,
+    assign_chunks,
+    chunk_bounds,
+    chunk_order,
+    epoch_rng,
+    num_batches,
+    plan_epoch,
+    split_consumer,
+)
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+layouts = st.fixed_dictionaries(
+    {
+        "num_samples": st.integers(0, 3000),
+        "chunk_len": st.integers(1, 200),
+        "batch_size": st.integers(1, 300),
+        "buffer_chunks": st.integers(1, 10),
+        "num_consumers": st.integers(1, 8),
+        "seed": st.integers(0, 2**32),
+        "epoch": st.integers(0, 5),
+        "shuffle": st.booleans(),
+    }
+)
+
+
+def plans(layout: dict, **kw: object) -> list[EpochPlan]:
+    """The plans of every consumer of ``layout``."""
+    p = dict(layout)
+    n, length = p.pop("num_samples"), p.pop("chunk_len")
+    return [plan_epoch(n, length, consumer=k, **p, **kw) for k in range(p["num_consumers"])]
+
+
+def stream(plan: EpochPlan) -> np.ndarray:
+    return np.concatenate(plan.batches) if plan.batches else np.empty(0, dtype=np.int64)
+
+
+def own_counts(layout: dict) -> list[int]:
+    """Samples of each consumer's own chunks (the plans without drop_last or even)."""
+    return [p.num_samples for p in plans(layout)]
+
+
+def group_chunks(layout: dict) -> int:
+    """Chunks per group: buffer_chunks, raised so that a group holds at least one batch."""
+    return max(layout["buffer_chunks"], -(-layout["batch_size"] // layout["chunk_len"]))
+
+
+def epoch_chunk_order(layout: dict) -> np.ndarray:
+    n, length = layout["num_samples"], layout["chunk_len"]
+    return chunk_order(
+        len(chunk_bounds(n, length)) - 1,
+        seed=layout["seed"],
+        epoch=layout["epoch"],
+        shuffle=layout["shuffle"],
+        keep_last=n % length != 0,
+    )
+
+
+# -- coverage -------------------------------------------------------------------------------------
+@PROPERTY
+@given(layouts)
+def test_every_sample_exactly_once_across_consumers(layout: dict) -> None:
+    every = np.concatenate([stream(p) for p in plans(layout)])
+    np.testing.assert_array_equal(np.sort(every), np.arange(layout["num_samples"]))
+
+
+@PROPERTY
+@given(layouts)
+def test_consumers_load_disjoint_chunks_covering_the_store(layout: dict) -> None:
+    order = epoch_chunk_order(layout)
+    loaded = []
+    for k, p in enumerate(plans(layout)):
+        mine = np.concatenate(p.groups) if p.groups else np.empty(0, dtype=np.int64)
+        expected = assign_chunks(order, consumer=k, num_consumers=layout["num_consumers"])
+        np.testing.assert_array_equal(mine, expected)
+        loaded.append(mine)
+    np.testing.assert_array_equal(np.sort(np.concatenate(loaded)), np.arange(len(order)))
+
+
+@PROPERTY
+@given(layouts)
+def test_drop_last_drops_less_than_a_batch_per_consumer(layout: dict) -> None:
+    dropped = plans(layout, drop_last=True)
+    every = np.concatenate([stream(p) for p in dropped])
+    assert len(np.unique(every)) == len(every)
+    for p, own in zip(dropped, own_counts(layout), strict=True):
+        assert p.num_samples % layout["batch_size"] == 0
+        assert 0 <= own - p.num_samples < layout["batch_size"]
+
+
+@PROPERTY
+@given(layouts, st.booleans())
+def test_even_gives_every_consumer_the_same_length(layout: dict, drop_last: bool) -> None:
+    even = plans(layout, even=True, drop_last=drop_last)
+    assert len({len(p.batches) for p in even}) == 1
+    assert len({p.num_samples for p in even}) == 1
+    if not drop_last:
+        assert even[0].num_samples == max(own_counts(layout))
+
+
+@PROPERTY
+@given(layouts)
+def test_even_repeats_are_bounded_as_documented(layout: dict) -> None:
+    length = layout["chunk_len"]
+    even = plans(layout, even=True)
+    every = np.concatenate([stream(p) for p in even])
+    np.testing.assert_array_equal(np.unique(every), np.arange(layout["num_samples"]))
+    first_chunk = epoch_chunk_order(layout)[:1]
+    for p, own in zip(even, own_counts(layout), strict=True):
+        s = stream(p)
+        if own == 0 and p.groups:
+            # no chunks of its own: distinct samples of the order's first chunk
+            np.testing.assert_array_equal(p.groups[0], first_chunk)
+            assert len(np.unique(s)) == len(s) <= length
+            assert set((s // length).tolist()) == set(first_chunk.tolist())
+            continue
+        assert len(np.unique(s[:own])) == own  # its own samples once, then the repeats
+        pad = s[own:]
+        assert len(pad) <= length
+        if len(pad):
+            last = p.groups[-1]
+            assert np.isin(pad // length, last).all()
+            group_size = np.isin(s[:own] // length, last).sum()
+            most = max(Counter(s.tolist()).values())
+            assert most <= 1 + -(-len(pad) // group_size)
+            if length in np.diff(chunk_bounds(layout["num_samples"], length))[last]:
+                assert most <= 2  # the last group holds a full chunk
+
+
+# -- batches and groups ---------------------------------------------------------------------------
+@PROPERTY
+@given(layouts, st.booleans(), st.booleans())
+def test_only_a_consumers_last_batch_may_be_short(
+    layout: dict, drop_last: bool, even: bool
+) -> None:
+    for p in plans(layout, drop_last=drop_last, even=even):
+        sizes = [len(b) for b in p.batches]
+        assert all(s == layout["batch_size"] for s in sizes[:-1])
+        if sizes:
+            assert 0 < sizes[-1] <= layout["batch_size"]
+            if drop_last:
+                assert sizes[-1] == layout["batch_size"]
+
+
+@PROPERTY
+@given(layouts, st.booleans(), st.booleans())
+def test_a_batch_needs_only_its_group_and_the_one_before(
+    layout: dict, drop_last: bool, even: bool
+) -> None:
+    length, per_group = layout["chunk_len"], group_chunks(layout)
+    for p in plans(layout, drop_last=drop_last, even=even):
+        sizes = [len(g) for g in p.groups]
+        assert all(s == per_group for s in sizes[:-1])
+        assert all(0 < s <= per_group for s in sizes[-1:])
+        last = p.group_of_batch()
+        assert last.dtype == np.int64
+        assert len(last) == len(p.batches)
+        assert (np.diff(last) >= 0).all()
+        for b, g in zip(p.batches, last, strict=True):
+            chunks = b // length
+            assert np.isin(chunks, p.groups[g]).any()  # it is the last group the batch needs
+            allowed = p.groups[g] if g == 0 else np.concatenate(p.groups[g - 1 : g + 1])
+            assert np.isin(chunks, allowed).all()
+        # no group is loaded in vain (drop_last leaves out a group whose samples are all dropped)
+        used = np.unique(stream(p) // length)
+        assert all(np.isin(g, used).any() for g in p.groups)
+
+
+@PROPERTY
+@given(layouts, st.booleans(), st.booleans())
+def test_num_batches_matches_the_plan(layout: dict, drop_last: bool, even: bool) -> None:
+    for k, p in enumerate(plans(layout, drop_last=drop_last, even=even)):
+        assert len(p.batches) == num_batches(
+            layout["num_samples"],
+            layout["chunk_len"],
+            batch_size=layout["batch_size"],
+            drop_last=drop_last,
+            consumer=k,
+            num_consumers=layout["num_consumers"],
+            even=even,
+        )
+
+
+# -- randomness -----------------------------------------------------------------------------------
+@PROPERTY
+@given(layouts, st.booleans(), st.booleans())
+def test_plans_are_deterministic(layout: dict, drop_last: bool, even: bool) -> None:
+    assert plans(layout, drop_last=drop_last, even=even) == plans(
+        layout, drop_last=drop_last, even=even
+    )
+
+
+@PROPERTY
+@given(layouts.filter(lambda lay: lay["num_samples"] >= 4))
+def test_the_epoch_changes_the_order(layout: dict) -> None:
+    # the least random layout with N >= 4 (two chunks of two, a group each) repeats with p = 1/8
+    layout = {**layout, "shuffle": True, "num_consumers": 1}
+    orders = {tuple(stream(plans({**layout, "epoch": e})[0]).tolist()) for e in range(20)}
+    assert len(orders) > 1
+
+
+@PROPERTY
+@given(layouts, st.booleans())
+def test_without_shuffle_one_consumer_reads_in_store_order(layout: dict, even: bool) -> None:
+    (p,) = plans({**layout, "shuffle": False, "num_consumers": 1}, even=even)
+    np.testing.assert_array_equal(stream(p), np.arange(layout["num_samples"]))
+
+
+def test_chunk_order_depends_on_seed_and_epoch() -> None:
+    a = chunk_order(100, seed=0, epoch=0, shuffle=True)
+    np.testing.assert_array_equal(np.sort(a), np.arange(100))
+    np.testing.assert_array_equal(a, chunk_order(100, seed=0, epoch=0, shuffle=True))
+    assert not np.array_equal(a, chunk_order(100, seed=0, epoch=1, shuffle=True))
+    assert not np.array_equal(a, chunk_order(100, seed=1, epoch=0, shuffle=True))
+    assert chunk_order(100, seed=0, epoch=5, shuffle=True, keep_last=True)[-1] == 99
+
+
+def test_mixing_depends_only_on_the_group_not_the_consumer() -> None:
+    # with one chunk per group and per batch, a batch is one mixed chunk, whoever reads it
+    alone = plan_epoch(640, 64, batch_size=64, buffer_chunks=1, seed=3, epoch=2)
+    by_chunk = {int(b[0] // 64): b for b in alone.batches}
+    for k in range(3):
+        p = plan_epoch(
+            640, 64, batch_size=64, buffer_chunks=1, seed=3, epoch=2, consumer=k, num_consumers=3
+        )
+        for b in p.batches:
+            np.testing.assert_array_equal(b, by_chunk[int(b[0] // 64)])
+    assert any(not np.array_equal(b, np.sort(b)) for b in alone.batches)
+
+
+def test_seed_none_is_nondeterministic_and_single_consumer_only() -> None:
+    a, b = (stream(plan_epoch(5000, 10, batch_size=7, seed=None)) for _ in range(2))
+    np.testing.assert_array_equal(np.sort(a), np.arange(5000))
+    assert not np.array_equal(a, b)
+    with pytest.raises(ValueError, match=r"seed=None .* 2 consumers"):
+        plan_epoch(5000, 10, batch_size=7, seed=None, num_consumers=2)
+
+
+def test_epoch_rng() -> None:
+    draw = lambda *a: epoch_rng(*a).integers(2**63, size=4).tolist()  # noqa: E731
+    assert draw(0, 1) == draw(0, 1)
+    assert draw(0, 1) != draw(0, 2)
+    assert draw(0, 1, 5) != draw(0, 1, 6)
+    assert draw(None, 1) != draw(None, 1)
+
+
+# -- mixing quality -------------------------------------------------------------------------------
+def mean_classes_per_batch(labels: np.ndarray, buffer_chunks: int) -> float:
+    p = plan_epoch(len(labels), 64, batch_size=64, buffer_chunks=buffer_chunks, seed=0)
+    return float(np.mean([len(np.unique(labels[b])) for b in p.batches]))
+
+
+def test_batches_mix_classes_of_a_shuffled_store() -> None:
+    # 8 classes of 512 written in a seeded random order (to_zarr's default order="shuffled"):
+    # 64 random samples out of 8 balanced classes cover 8 * (1 - (7/8)**64) = 7.998 on average
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(8), 512))
+    assert mean_classes_per_batch(labels, buffer_chunks=8) > 7.9
+
+
+def test_buffer_chunks_sets_the_mixing_of_a_store_in_source_order() -> None:
+    # A store written in source order (class-sorted: each 64-sample chunk is one class, 8 chunks
+    # per class) relies on the buffer alone: a batch sees only the classes of its group's
+    # chunks. buffer_chunks=1 gives one class per batch; 8 random chunks out of 64 hold about
+    # 8 * (1 - C(56, 8) / C(64, 8)) = 5.4 classes; a buffer of every chunk (64) gives ~8.
+    # So for such stores raise buffer_chunks (memory: two groups) or write with order="shuffled".
+    labels = np.repeat(np.arange(8), 512)
+    one, eight, whole = (mean_classes_per_batch(labels, b) for b in (1, 8, 64))
+    assert one == 1
+    assert 4.5 < eight < 6.5
+    assert whole > 7.9
+
+
+# -- edges, helpers, validation -------------------------------------------------------------------
+@pytest.mark.parametrize("even", [False, True])
+def test_no_samples_give_an_empty_plan(even: bool) -> None:
+    p = plan_epoch(0, 8, batch_size=4, even=even, num_consumers=3, consumer=2)
+    assert p.groups == ()
+    assert p.batches == ()
+    assert p.num_samples == 0
+    assert p.group_of_batch().shape == (0,)
+    assert num_batches(0, 8, batch_size=4, even=even) == 0
+
+
+def test_small_groups_are_raised_to_hold_a_batch() -> None:
+    p = plan_epoch(1000, 10, batch_size=64, buffer_chunks=2)
+    assert {len(g) for g in p.groups[:-1]} == {7}
+
+
+def test_an_empty_consumer_pads_from_the_first_chunk_when_even() -> None:
+    order = chunk_order(2, seed=0, epoch=0, shuffle=True)
+    p = plan_epoch(128, 64, batch_size=32, num_consumers=3, consumer=2, even=True)
+    np.testing.assert_array_equal(p.groups[0], order[:1])
+    assert p.num_samples == 64
+    assert len(np.unique(stream(p))) == 64
+    assert plan_epoch(128, 64, batch_size=32, num_consumers=3, consumer=2).batches == ()
+
+
+def test_helpers() -> None:
+    np.testing.assert_array_equal(chunk_bounds(10, 4), [0, 4, 8, 10])
+    np.testing.assert_array_equal(chunk_bounds(8, 4), [0, 4, 8])
+    np.testing.assert_array_equal(
+        assign_chunks(np.arange(10), consumer=1, num_consumers=3), [1, 4, 7]
+    )
+    pairs = {split_consumer(r, 3, w, 4) for r in range(3) for w in range(4)}
+    assert pairs == {(k, 12) for k in range(12)}
+
+
+def test_plan_repr_and_equality() -> None:
+    p = plan_epoch(10, 4, batch_size=3, shuffle=False, buffer_chunks=1)
+    assert repr(p) == "EpochPlan(3 groups, 4 batches, 10 samples, chunk_len=4)"
+    assert p == EpochPlan(
+        tuple(g.tolist() for g in p.groups), tuple(b.tolist() for b in p.batches), 4
+    )
+    assert p != plan_epoch(10, 4, batch_size=3, shuffle=False, buffer_chunks=2)
+    with pytest.raises(TypeError):
+        hash(p)
+    with pytest.raises(ValueError, match=r"batches\[0\] must be 1-D"):
+        EpochPlan((), (np.zeros((2, 2), dtype=np.int64),), 4)
+
+
+def test_plan_arrays_are_read_only() -> None:
+    p = plan_epoch(100, 10, batch_size=8)
+    with pytest.raises(ValueError, match="read-only"):
+        p.batches[0][0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        p.groups[0][0] = 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_samples": -1}, r"num_samples must be a non-negative int; got -1"),
+        ({"chunk_len": 0}, r"chunk_len must be a positive int; got 0"),
+        ({"batch_size": 2.5}, r"batch_size must be a positive int; got 2.5"),
+        ({"batch_size": True}, r"batch_size must be a positive int; got True"),
+        ({"buffer_chunks": 0}, r"buffer_chunks must be a positive int; got 0"),
+        ({"num_consumers": 0}, r"num_consumers must be a positive int; got 0"),
+        (
+            {"consumer": 4, "num_consumers": 4},
+            r"consumer must be an int in \[0, num_consumers=4\); got 4",
+        ),
+        ({"consumer": -1}, r"consumer must be an int in \[0, num_consumers=1\); got -1"),
+        ({"seed": -3}, r"seed must be a non-negative int, or None .*; got -3"),
+        ({"epoch": -1}, r"epoch must be a non-negative int; got -1"),
+        ({"shuffle": "yes"}, r"shuffle must be True or False; got 'yes'"),
+        ({"even": 1}, r"even must be True or False; got 1"),
+    ],
+)
+def test_plan_epoch_validates_arguments(kwargs: dict, match: str) -> None:
+    args = {"num_samples": 100, "chunk_len": 10, "batch_size": 8, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        plan_epoch(args.pop("num_samples"), args.pop("chunk_len"), **args)
+    if not {"buffer_chunks", "seed", "epoch", "shuffle"} & kwargs.keys():
+        args = {"num_samples": 100, "chunk_len": 10, "batch_size": 8, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            num_batches(args.pop("num_samples"), args.pop("chunk_len"), **args)
+
+
+def test_helpers_validate_arguments() -> None:
+    with pytest.raises(ValueError, match=r"rank must be an int in \[0, world_size=2\); got 2"):
+        split_consumer(2, 2, 0, 1)
+    with pytest.raises(ValueError, match=r"worker must be an int in \[0, num_workers=4\); got 4"):
+        split_consumer(0, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"order must be a 1-D array"):
+        assign_chunks(np.zeros((2, 2), dtype=int), consumer=0, num_consumers=1)
+    with pytest.raises(ValueError, match=r"num_chunks must be a non-negative int"):
+        chunk_order(-1, seed=0, epoch=0, shuffle=True)
+    with pytest.raises(ValueError, match=r"extra\[1\] must be a non-negative int; got -2"):
+        epoch_rng(0, 0, 1, -2)
+
+
+def test_planning_a_million_samples_is_fast() -> None:
+    plan_epoch(10_000, 64, batch_size=64)  # warm up
+    start = time.perf_counter()
+    p = plan_epoch(1_000_000, 64, batch_size=64, buffer_chunks=8, seed=0, epoch=1)
+    elapsed = time.perf_counter() - start
+    assert p.num_samples == 1_000_000
+    assert elapsed < 1.0  # ~0.05 s on a laptop core; generous for loaded CI machines

@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import zarr
+
+import daskimg as di
+from daskimg.chunks import StoreReader
+from daskimg.errors import (
+    ChecksumError,
+    DecodeError,
+    FormatVersionError,
+    IncompleteStoreError,
+    StoreExistsError,
+    StoreLockedError,
+)
+from daskimg.store import write_lock
+from daskimg.storeinfo import verify
+
+
+def _plain_group(path):
+    path = str(path)
+    store = zarr.storage.ZipStore(path, mode="r") if path.endswith(".zip") else zarr.storage.LocalStore(path, read_only=True)
+    return zarr.open_group(store, mode="r")
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "none"])
+def test_roundtrip_matches_plain_zarr(tmp_path, indexed_set, ext, codec):
+    path = tmp_path / f"train{ext}"
+    di.to_zarr(indexed_set, path, chunks=10, shard_chunks=3, codec=codec, seed=5, split="train")
+    g = _plain_group(path)  # read without daskimg
+    images, idx = g["images"][...], g["idx"][...]
+    # shuffled: a permutation of the source, each sample once
+    assert sorted(idx.tolist()) == list(range(len(indexed_set)))
+    assert not np.array_equal(idx, np.arange(len(indexed_set)))
+    src = indexed_set.images.compute()
+    np.testing.assert_array_equal(images, src[idx])
+    np.testing.assert_array_equal(g["labels"][...], indexed_set.labels[idx])
+    np.testing.assert_array_equal(g["paths"][...], indexed_set.paths[idx].astype(str))
+    assert g["images"].chunks[0] == 10 and g["labels"].chunks[0] == 10
+    attrs = g.attrs["daskimg"]
+    assert attrs["format_version"] == 1 and attrs["complete"] is True
+    assert attrs["order"] == "shuffled" and attrs["seed"] == 5 and attrs["split"] == "train"
+    assert attrs["classes"] == ["a", "b", "c", "d"] and attrs["num_samples"] == len(indexed_set)
+    assert {"daskimg", "zarr", "numcodecs"} <= set(attrs["created_with"])
+    # every array's chunks end with the crc32c codec
+    meta = g["images"].metadata.to_dict()
+    inner = meta["codecs"][0]["configuration"]["codecs"] if meta["codecs"][0]["name"] == "sharding_indexed" else meta["codecs"]
+    assert inner[-1]["name"] == "crc32c"
+    # and daskimg's own reader agrees with zarr
+    ds = di.open_zarr(path)
+    np.testing.assert_array_equal(ds.images.compute(), images)
+    np.testing.assert_array_equal(ds.labels, g["labels"][...])
+    assert ds.classes == ("a", "b", "c", "d")
+    assert set(ds.arrays) == {"images", "labels", "paths", "idx"}
+
+
+def test_source_order_and_same_seed_same_store(tmp_path, indexed_set):
+    di.to_zarr(indexed_set, tmp_path / "a.zarr.zip", order="source", chunks=16)
+    np.testing.assert_array_equal(di.open_zarr(tmp_path / "a.zarr.zip").columns["idx"], np.arange(len(indexed_set)))
+    di.to_zarr(indexed_set, tmp_path / "b.zarr.zip", seed=1, chunks=16)
+    di.to_zarr(indexed_set, tmp_path / "c.zarr.zip", seed=1, chunks=16)
+    b, c = di.open_zarr(tmp_path / "b.zarr.zip"), di.open_zarr(tmp_path / "c.zarr.zip")
+    np.testing.assert_array_equal(b.images.compute(), c.images.compute())
+
+
+def test_zip_has_no_duplicate_members_and_is_stored(tmp_path, indexed_set):
+    path = tmp_path / "t.zarr.zip"
+    di.to_zarr(indexed_set, path, chunks=8)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert len(names) == len(set(names))
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        assert names[0] == "zarr.json"
+    assert not os.path.exists(str(path) + ".partial") and not os.path.exists(str(path) + ".lock")
+
+
+def test_file_backed_store_matches_decode(tmp_path, image_folder):
+    ds = di.from_folder(image_folder, size=(12, 10), chunks=4)
+    path = di.to_zarr(ds, tmp_path / "f.zarr.zip", chunks=5)
+    back = di.open_zarr(path)
+    from daskimg.decode import DecodeSpec, decode_file
+
+    spec = DecodeSpec(size=(12, 10))
+    imgs = back.images.compute()
+    for i, rel in enumerate(back.paths):
+        np.testing.assert_array_equal(imgs[i], decode_file(image_folder / rel, spec))
+        assert back.classes[back.labels[i]] == rel.split("/")[0]
+    assert back.attrs["source"]["size"] == [12, 10]
+
+
+def test_exists_and_overwrite(tmp_path, indexed_set):
+    path = tmp_path / "t.zarr.zip"
+    di.to_zarr(indexed_set, path)
+    with pytest.raises(StoreExistsError, match="overwrite"):
+        di.to_zarr(indexed_set, path)
+    small = indexed_set.take(np.arange(10))
+    di.to_zarr(small, path, overwrite=True)
+    assert len(di.open_zarr(path)) == 10
+
+
+def test_bad_path_names():
+    with pytest.raises(ValueError, match=r"\.zarr\.zip"):
+        di.to_zarr(di.ImageSet(np.zeros((2, 2, 2, 3), np.uint8)), "out/train.h5")
+
+
+def test_second_writer_refused(tmp_path, indexed_set):
+    path = str(tmp_path / "t.zarr.zip")
+    with write_lock(os.path.abspath(path)), pytest.raises(StoreLockedError, match="another process"):
+        di.to_zarr(indexed_set, path)
+
+
+def _flip_byte_in_chunk(path, name, c):
+    reader = StoreReader(path)
+    file, offset, nbytes = reader.chunk_location(name, c)
+    with open(file, "r+b") as fh:
+        fh.seek(offset + nbytes // 2)
+        b = fh.read(1)
+        fh.seek(offset + nbytes // 2)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_damaged_chunk_is_named_never_zeros(tmp_path, indexed_set, ext):
+    path = str(tmp_path / f"t{ext}")
+    di.to_zarr(indexed_set, path, chunks=10, shard_chunks=4)
+    assert verify(path) == []
+    _flip_byte_in_chunk(path, "images", 6)
+    problems = verify(path)
+    assert [(p.array, p.chunk) for p in problems] == [("images", 6)]
+    assert "checksum" in problems[0].message
+    ds = di.open_zarr(path)
+    with pytest.raises(ChecksumError, match="chunk 6"):
+        ds.images[60:70].compute()
+    # plain zarr refuses it too (its crc32c codec)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - zarr's own error type varies
+        _plain_group(path)["images"][60:70]
+    # the undamaged shard (chunks 0-3) still reads, in both readers
+    np.testing.assert_array_equal(ds.images[:40].compute(), _plain_group(path)["images"][:40])
+
+
+def test_missing_chunk_is_damage_not_zeros(tmp_path, indexed_set):
+    path = tmp_path / "t.zarr"
+    di.to_zarr(indexed_set, path, chunks=10, shard_chunks=1, codec="none")
+    os.remove(path / "images" / "c" / "3" / "0" / "0" / "0")
+    assert [(p.array, p.chunk) for p in verify(path)] == [("images", 3)]
+    with pytest.raises(ChecksumError, match="missing"):
+        di.open_zarr(path).images[30:40].compute()
+
+
+def test_all_zero_images_are_stored_not_treated_as_missing(tmp_path):
+    ds = di.ImageSet(np.zeros((20, 4, 4, 3), np.uint8), np.zeros(20, int), classes=["a"])
+    path = tmp_path / "zeros.zarr.zip"
+    di.to_zarr(ds, path, chunks=5)
+    assert verify(path) == []
+    assert di.open_zarr(path).images.compute().sum() == 0
+
+
+def test_newer_format_and_foreign_groups_refused(tmp_path, indexed_set):
+    path = tmp_path / "t.zarr"
+    di.to_zarr(indexed_set, path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["daskimg"]["format_version"] = 2
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(FormatVersionError, match="newer than this daskimg"):
+        di.open_zarr(path)
+    plain = tmp_path / "plain.zarr"
+    zarr.open_group(str(plain), mode="w").create_array("x", shape=(2,), dtype="i4")
+    with pytest.raises(FormatVersionError, match="not a daskimg store"):
+        di.open_zarr(plain)
+
+
+def test_incomplete_flag_refused(tmp_path, indexed_set):
+    path = tmp_path / "t.zarr"
+    di.to_zarr(indexed_set, path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["daskimg"]["complete"] = False
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(IncompleteStoreError, match="incomplete"):
+        di.open_zarr(path)
+
+
+_SLOW_WRITER = r"""
+import sys, time, numpy as np, dask.array as da, daskimg as di
+def slow(b):
+    time.sleep(0.02)
+    return b
+n = 600
+x = da.from_array(np.arange(n * 48, dtype=np.uint8).reshape(n, 4, 4, 3) % 251, chunks=(10, 4, 4, 3))
+ds = di.ImageSet(x.map_blocks(slow), np.arange(n) % 3, classes=["a", "b", "c"])
+print("start", flush=True)
+di.to_zarr(ds, sys.argv[1], chunks=10, shard_chunks=1)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_kill_9_mid_write_leaves_nothing_that_opens(tmp_path, ext):
+    path = str(tmp_path / f"t{ext}")
+    script = tmp_path / "writer.py"
+    script.write_text(_SLOW_WRITER)
+    outcomes = set()
+    for delay in (0.3, 0.8, 1.3, 1.6, 2.0):
+        proc = subprocess.Popen([sys.executable, str(script), path], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "start"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        try:
+            ds = di.open_zarr(path)
+        except (IncompleteStoreError, FileNotFoundError) as e:
+            outcomes.add("refused")
+            assert "re-run" in str(e).lower() or isinstance(e, FileNotFoundError)
+        else:
+            outcomes.add("complete")
+            assert len(ds) == 600 and verify(path) == []
+            os.system(f"rm -rf {path}")  # start over for the next kill
+        assert "refused" in outcomes or "complete" in outcomes
+    assert "refused" in outcomes
+    # re-running the same call finishes the job
+    x = np.arange(600 * 48, dtype=np.uint8).reshape(600, 4, 4, 3) % 251
+    if os.path.exists(path):
+        os.system(f"rm -rf {path}")
+    di.to_zarr(di.ImageSet(x, np.arange(600) % 3, classes=["a", "b", "c"]), path, chunks=10)
+    assert len(di.open_zarr(path)) == 600 and verify(path) == []
+
+
+def test_skip_leaves_bad_files_out_and_records_them(tmp_path, image_folder):
+    (image_folder / "bee" / "truncated.png").write_bytes((image_folder / "bee").glob("*.png").__next__().read_bytes()[:60])
+    (image_folder / "cat" / "empty.png").write_bytes(b"")
+    ds = di.from_folder(image_folder, size=(8, 8), on_error="skip")
+    assert len(ds) == 26
+    path = tmp_path / "s.zarr.zip"
+    di.to_zarr(ds, path, chunks=4)
+    back = di.open_zarr(path)
+    assert len(back) == 24
+    assert sorted(p for p, _ in back.skipped) == ["bee/truncated.png", "cat/empty.png"]
+    assert sorted(p for p, _ in ds.skipped) == ["bee/truncated.png", "cat/empty.png"]
+    assert not any(p in ("bee/truncated.png", "cat/empty.png") for p in back.paths)
+    from daskimg.decode import DecodeSpec, decode_file
+
+    imgs = back.images.compute()
+    for i, rel in enumerate(back.paths):
+        np.testing.assert_array_equal(imgs[i], decode_file(image_folder / rel, DecodeSpec(size=(8, 8))))
+    assert verify(path) == []
+    with pytest.raises(DecodeError, match=r"truncated\.png|empty\.png"):
+        di.to_zarr(di.from_folder(image_folder, size=(8, 8)), tmp_path / "r.zarr.zip")
+    # a failed write leaves neither a store nor its staging folder behind
+    assert not (tmp_path / "r.zarr.zip").exists() and not (tmp_path / "r.zarr.zip.partial").exists()
+
+
+def _read_in_child(args):
+    path, c = args
+    return StoreReader(path).read_chunk("images", c).sum(dtype=np.int64)
+
+
+def test_reading_zip_from_forked_workers(tmp_path, indexed_set):
+    path = str(tmp_path / "t.zarr.zip")
+    di.to_zarr(indexed_set, path, chunks=4)
+    reader = StoreReader(path)
+    expected = [int(reader.read_chunk("images", c).sum(dtype=np.int64)) for c in range(26)]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(3) as pool:
+        got = pool.map(_read_in_child, [(path, c) for c in range(26)] * 4)
+    assert [int(g) for g in got] == expected * 4
+
+
+def test_to_zarr_on_distributed_equals_local(tmp_path, image_folder, client):
+    ds = di.from_folder(image_folder, size=(8, 8), chunks=4)
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        di.to_zarr(ds, tmp_path / "local.zarr.zip", chunks=4, seed=2)
+    di.to_zarr(ds, tmp_path / "cluster.zarr.zip", chunks=4, seed=2)  # the client is the default scheduler
+    a, b = _plain_group(tmp_path / "local.zarr.zip"), _plain_group(tmp_path / "cluster.zarr.zip")
+    for name in ("images", "labels", "paths"):
+        np.testing.assert_array_equal(a[name][...], b[name][...])
