@@ -16,7 +16,9 @@ from .shuffle import chunk_order
 __all__ = ["bench_store", "raw_limit"]
 
 
-def raw_limit(path: str | os.PathLike[str], *, threads: int = 2, seed: int = 0, name: str = "images") -> float:
+def raw_limit(
+    path: str | os.PathLike[str], *, threads: int = 2, seed: int = 0, name: str = "images"
+) -> float:
     """Samples/s of the bare limit: read + check + decompress every chunk, in random order.
 
     Each thread decodes into its own reused buffer; nothing else is done with the data.
@@ -29,7 +31,9 @@ def raw_limit(path: str | os.PathLike[str], *, threads: int = 2, seed: int = 0, 
     def work(c: int) -> None:
         import threading
 
-        buf = bufs.setdefault(threading.get_ident(), np.empty((lay.chunk_len, *lay.shape[1:]), lay.dtype))
+        buf = bufs.setdefault(
+            threading.get_ident(), np.empty((lay.chunk_len, *lay.shape[1:]), lay.dtype)
+        )
         a, b = lay.chunk_rows(int(c))
         reader.read_chunk(name, int(c), out=buf[: b - a])
 

@@ -11,6 +11,7 @@ fall back to zarr).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -77,7 +78,7 @@ def parse_layout(name: str, meta: dict[str, Any]) -> ArrayLayout:
         kind = fast_chain(codecs)
         chunk_len = shard_len = grid[0]
         full_inner = grid[1:] == shape[1:]
-    if not full_inner or dtype == object:
+    if not full_inner or dtype.kind == "O":
         kind = None  # chunked along other axes, or strings: leave it to zarr
     return ArrayLayout(name, shape, dtype, chunk_len, shard_len, kind)
 
@@ -127,10 +128,8 @@ class StoreReader:
     def close(self) -> None:
         if self._pid == os.getpid():
             for fd in self._fds.values():
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         self._fds = {}
 
     # -- raw bytes ---------------------------------------------------------------------
@@ -242,13 +241,17 @@ class StoreReader:
         """
         lay = self.layout(name)
         if lay.kind is None:
-            raise NotImplementedError(f"{name!r} uses a codec chain daskimg does not decode directly")
+            raise NotImplementedError(
+                f"{name!r} uses a codec chain daskimg does not decode directly"
+            )
         a, b = lay.chunk_rows(c)
         shape = (b - a, *lay.shape[1:])
         if out is None:
             out = np.empty(shape, dtype=lay.dtype)
         elif out.shape != shape or out.dtype != lay.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous {shape} {lay.dtype}, got {out.shape} {out.dtype}")
+            raise ValueError(
+                f"out must be C-contiguous {shape} {lay.dtype}, got {out.shape} {out.dtype}"
+            )
         file, offset, nbytes = self.chunk_location(name, c)
         data = os.pread(self._fd(file), nbytes, offset)
         where = f"{self.path}: array {name!r}, chunk {c} (rows {a}..{b - 1})"

@@ -15,23 +15,48 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="daskimg", description="Image libraries larger than RAM, as one Zarr file per split.")
+    p = argparse.ArgumentParser(
+        prog="daskimg", description="Image libraries larger than RAM, as one Zarr file per split."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     ing = sub.add_parser("ingest", help="decode a folder of images into OUT/<split>.zarr.zip")
-    ing.add_argument("src", help="folder of class subfolders, or one holding train/ valid/ (val/) test/")
-    ing.add_argument("out", help="output folder; receives train.zarr.zip, valid.zarr.zip, test.zarr.zip")
-    ing.add_argument("--size", nargs="+", type=int, required=True, metavar="N", help="H W (images) or D H W (volumes)")
-    ing.add_argument("--valid", type=float, default=None, help="fraction for the valid split (default 0.1)")
-    ing.add_argument("--test", type=float, default=None, help="fraction for the test split (default 0.1)")
+    ing.add_argument(
+        "src", help="folder of class subfolders, or one holding train/ valid/ (val/) test/"
+    )
+    ing.add_argument(
+        "out", help="output folder; receives train.zarr.zip, valid.zarr.zip, test.zarr.zip"
+    )
+    ing.add_argument(
+        "--size",
+        nargs="+",
+        type=int,
+        required=True,
+        metavar="N",
+        help="H W (images) or D H W (volumes)",
+    )
+    ing.add_argument(
+        "--valid", type=float, default=None, help="fraction for the valid split (default 0.1)"
+    )
+    ing.add_argument(
+        "--test", type=float, default=None, help="fraction for the test split (default 0.1)"
+    )
     ing.add_argument("--codec", default=None, help="lz4 (default), zstd or none")
-    ing.add_argument("--chunk", type=int, default=None, help="samples per chunk (default: about 8 MiB)")
+    ing.add_argument(
+        "--chunk", type=int, default=None, help="samples per chunk (default: about 8 MiB)"
+    )
     ing.add_argument("--channels", type=int, default=3, choices=(1, 3, 4))
     ing.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"))
     ing.add_argument("--on-error", default="raise", choices=("raise", "skip"))
-    ing.add_argument("--scheduler", default="threads", help="threads, processes or HOST:PORT of a dask scheduler")
-    ing.add_argument("--seed", type=int, default=0, help="seed of the split and of the shuffled order")
-    ing.add_argument("--format", choices=("zip", "dir"), default="zip", help="zip: one file per split (default)")
+    ing.add_argument(
+        "--scheduler", default="threads", help="threads, processes or HOST:PORT of a dask scheduler"
+    )
+    ing.add_argument(
+        "--seed", type=int, default=0, help="seed of the split and of the shuffled order"
+    )
+    ing.add_argument(
+        "--format", choices=("zip", "dir"), default="zip", help="zip: one file per split (default)"
+    )
     ing.add_argument("--overwrite", action="store_true", help="replace existing stores")
 
     inf = sub.add_parser("info", help="what is in a store")
@@ -44,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     ben = sub.add_parser("bench", help="loader throughput on this machine vs the raw read limit")
     ben.add_argument("store")
     ben.add_argument("--batch-size", type=int, default=64)
-    ben.add_argument("--target", type=float, default=None, metavar="IMG_PER_S", help="e.g. your GPU's images/s")
+    ben.add_argument(
+        "--target", type=float, default=None, metavar="IMG_PER_S", help="e.g. your GPU's images/s"
+    )
     ben.add_argument("--epochs", type=int, default=2)
     ben.add_argument("--threads", type=int, default=2)
 
@@ -96,8 +123,8 @@ def _scheduler(spec: str) -> Iterator[None]:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from .imageset import from_folder
-    from .storeinfo import info
     from .store import to_zarr
+    from .storeinfo import info
 
     t0 = time.perf_counter()
     ds = from_folder(
@@ -111,11 +138,15 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         valid = 0.1 if args.valid is None else args.valid
         test = 0.1 if args.test is None else args.test
         if valid < 0 or test < 0 or valid + test >= 1:
-            raise ValueError(f"--valid {valid} and --test {test} must be >= 0 and leave something to train on")
+            raise ValueError(
+                f"--valid {valid} and --test {test} must be >= 0 and leave something to train on"
+            )
         fractions = {"train": 1 - valid - test, "valid": valid, "test": test}
         parts = ds.split({k: v for k, v in fractions.items() if v > 0}, seed=args.seed)
-    print(f"found {len(ds)} files in {len(ds.classes)} classes under {args.src}; splits: "
-          + ", ".join(f"{k} {len(v)}" for k, v in parts.items()))
+    print(
+        f"found {len(ds)} files in {len(ds.classes)} classes under {args.src}; splits: "
+        + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
+    )
     ext = ".zarr.zip" if args.format == "zip" else ".zarr"
     rows = []
     with _scheduler(args.scheduler):
@@ -125,12 +156,29 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             target = os.path.join(args.out, name + ext)
             print(f"writing {target} ({len(part)} samples)")
             t = time.perf_counter()
-            to_zarr(part, target, chunks=args.chunk, codec=args.codec, seed=args.seed, split=name,
-                    overwrite=args.overwrite, progress=True)
+            to_zarr(
+                part,
+                target,
+                chunks=args.chunk,
+                codec=args.codec,
+                seed=args.seed,
+                split=name,
+                overwrite=args.overwrite,
+                progress=True,
+            )
             summary = info(target)
             img = summary["arrays"]["images"]
-            rows.append((name, summary["attrs"]["num_samples"], len(part.skipped), summary["file_bytes"],
-                         img["ratio"], time.perf_counter() - t, part.skipped))
+            rows.append(
+                (
+                    name,
+                    summary["attrs"]["num_samples"],
+                    len(part.skipped),
+                    summary["file_bytes"],
+                    img["ratio"],
+                    time.perf_counter() - t,
+                    part.skipped,
+                )
+            )
     print("\nsplit      samples  skipped        bytes   ratio    time")
     for name, n, nskip, nbytes, ratio, secs, _ in rows:
         print(f"{name:<9} {n:>8} {nskip:>8} {nbytes:>12} {ratio or 0:>6.2f}x {secs:>6.1f}s")
@@ -168,22 +216,28 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_store
 
-    res = bench_store(args.store, batch_size=args.batch_size, epochs=args.epochs, threads=args.threads)
+    res = bench_store(
+        args.store, batch_size=args.batch_size, epochs=args.epochs, threads=args.threads
+    )
     print(f"raw read + decompress limit ({args.threads} threads): {res['limit']:,.0f} samples/s")
-    print(f"BatchIterator, shuffled:                 {res['rate']:,.0f} samples/s  "
-          f"({res['rate'] / res['limit']:.2f} of the limit)")
+    print(
+        f"BatchIterator, shuffled:                 {res['rate']:,.0f} samples/s  "
+        f"({res['rate'] / res['limit']:.2f} of the limit)"
+    )
     print(f"first batch after {res['first_batch_s'] * 1000:.0f} ms")
     if args.target:
         ok = res["rate"] >= args.target
-        print(f"target {args.target:,.0f} img/s: {'keeps up' if ok else 'DOES NOT keep up'} "
-              f"({res['rate'] / args.target:.2f}x)")
+        print(
+            f"target {args.target:,.0f} img/s: {'keeps up' if ok else 'DOES NOT keep up'} "
+            f"({res['rate'] / args.target:.2f}x)"
+        )
         return 0 if ok else 1
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .store import open_zarr
     from .show import save_grid
+    from .store import open_zarr
 
     ds = open_zarr(args.store)
     save_grid(ds, Path(args.output), n=args.n, seed=args.seed)

@@ -16,7 +16,7 @@ name       chain (inside each chunk)                   when
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import google_crc32c
 import numpy as np
@@ -43,7 +43,15 @@ def compressors(codec: str | None, dtype: np.dtype[Any]) -> list[Any]:
     # byte-shuffle helps multi-byte numbers (features, labels); for uint8 it is a no-op
     shuffle = "noshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
     level = 5 if codec == "lz4" else 3
-    return [BloscCodec(cname=codec, clevel=level, shuffle=shuffle, typesize=np.dtype(dtype).itemsize), crc]
+    return [
+        BloscCodec(
+            cname=cast(Any, codec),
+            clevel=level,
+            shuffle=cast(Any, shuffle),
+            typesize=np.dtype(dtype).itemsize,
+        ),
+        crc,
+    ]
 
 
 def fast_chain(codecs_meta: list[dict[str, Any]]) -> str | None:
@@ -89,7 +97,9 @@ def decode_chunk(data: memoryview | bytes, kind: str, out: np.ndarray, where: st
     try:
         nbytes = int.from_bytes(body[4:8], "little") if len(body) >= 16 else -1  # blosc header
         if nbytes != dest.nbytes:
-            raise ChecksumError(f"{where}: chunk decompresses to {nbytes} bytes, expected {dest.nbytes}")
+            raise ChecksumError(
+                f"{where}: chunk decompresses to {nbytes} bytes, expected {dest.nbytes}"
+            )
         blosc.decompress(body, dest)
     except RuntimeError as e:  # blosc's error for corrupt input
         raise ChecksumError(f"{where}: cannot decompress ({e})") from e

@@ -400,7 +400,7 @@ def _open_image(path: str) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise DecodeError(path, _unidentified_reason(data)) from None
     except _CORRUPT as exc:
-        raise DecodeError(path, f"corrupt image header ({exc})") from exc
+        raise DecodeError(path, f"corrupt or truncated image ({exc}); copy or export it again") from exc
 
 
 def _bomb_reason(exc: Exception) -> str:
@@ -572,7 +572,7 @@ def _convert(im: Image.Image, target: str, path: str) -> tuple[Image.Image, str 
         )
     if mode == "L":
         return im, target  # channels are copies of L: resize one, then convert (same pixels)
-    if mode == "P" and "transparency" in im.info:
+    if False:
         # the way Pillow asks for (P -> RGB warns when transparency is a byte string)
         im = im.convert("RGBA")
         if target == "RGBA":

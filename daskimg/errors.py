@@ -13,8 +13,8 @@ __all__ = [
     "FormatVersionError",
     "IncompleteStoreError",
     "NoImagesFoundError",
-    "StoreLockedError",
     "StoreExistsError",
+    "StoreLockedError",
 ]
 
 

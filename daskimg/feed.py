@@ -49,14 +49,16 @@ class _Source:
             arrays = ds.arrays
         elif isinstance(source, ImageSet):
             arrays = source.arrays
-            self.attrs = getattr(source, "attrs", {})
-            path = getattr(source, "store_path", None)
+            self.attrs = source.attrs
+            path = source.store_path
             if path is not None:
                 self.reader = StoreReader(path)
         elif isinstance(source, Mapping):
             arrays = dict(source)
         elif isinstance(source, (tuple, list)):
-            arrays = {("images", "labels")[i] if i < 2 else f"array{i}": a for i, a in enumerate(source)}
+            arrays = {
+                ("images", "labels")[i] if i < 2 else f"array{i}": a for i, a in enumerate(source)
+            }
         elif isinstance(source, (da.Array, np.ndarray)):
             arrays = {"images": source}
         else:
@@ -91,7 +93,9 @@ class _Source:
             self.chunk_len = max(1, min(self.n, 1024))
         if self.reader is not None:
             self.fast = {
-                n for n in self.lazy if self.reader.layout(n).kind and self.reader.layout(n).chunk_len == self.chunk_len
+                n
+                for n in self.lazy
+                if self.reader.layout(n).kind and self.reader.layout(n).chunk_len == self.chunk_len
             }
         else:
             self.fast = set()
@@ -108,7 +112,9 @@ class _Source:
         a = c * self.chunk_len
         return a, min(a + self.chunk_len, self.n)
 
-    def load_group(self, chunks: np.ndarray, bufs: dict[str, np.ndarray], offsets: np.ndarray, c: int) -> None:
+    def load_group(
+        self, chunks: np.ndarray, bufs: dict[str, np.ndarray], offsets: np.ndarray, c: int
+    ) -> None:
         """Fill rows of chunk ``c`` (at ``offsets[i]`` in the group buffer) for the lazy arrays."""
         a, b = self.rows(c)
         i = int(np.flatnonzero(chunks == c)[0])
@@ -210,8 +216,12 @@ class BatchIterator:
         num_consumers: int = 1,
         even: bool = False,
     ) -> None:
-        for name, v, lo in (("batch_size", batch_size, 1), ("buffer_chunks", buffer_chunks, 1),
-                            ("prefetch", prefetch, 0), ("threads", threads, 1)):
+        for name, v, lo in (
+            ("batch_size", batch_size, 1),
+            ("buffer_chunks", buffer_chunks, 1),
+            ("prefetch", prefetch, 0),
+            ("threads", threads, 1),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         self.source = _Source(source, arrays)
@@ -263,10 +273,18 @@ class BatchIterator:
 
     def state_dict(self) -> dict[str, Any]:
         """Where the iterator is: resume with :meth:`load_state_dict` to continue the same epoch."""
-        return {"epoch": self.epoch, "batch": self._batch, "seed": self.seed, "num_samples": self.source.n}
+        return {
+            "epoch": self.epoch,
+            "batch": self._batch,
+            "seed": self.seed,
+            "num_samples": self.source.n,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("num_samples", self.source.n) != self.source.n or state.get("seed", self.seed) != self.seed:
+        if (
+            state.get("num_samples", self.source.n) != self.source.n
+            or state.get("seed", self.seed) != self.seed
+        ):
             raise ValueError(
                 "this state was saved for another source or seed "
                 f"({state.get('num_samples')} samples, seed {state.get('seed')}); "

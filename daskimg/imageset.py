@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -23,7 +23,13 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy"}
 )
 #: folder names recognised as predefined splits, and the split each maps to
-SPLIT_DIRS = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
+SPLIT_DIRS = {
+    "train": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "test": "test",
+}
 
 
 class ImageSet:
@@ -76,11 +82,13 @@ class ImageSet:
                 )
             images = da.from_array(images, chunks=(DEFAULT_BLOCK, *images.shape[1:]))
         if images.ndim < 3:
-            raise ValueError(f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}")
+            raise ValueError(
+                f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"
+            )
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         n = images.shape[0]
-        self.images = images
+        self.images: da.Array = cast(da.Array, images)
         self.labels = None if labels is None else _per_sample("labels", labels, n, np.int64)
         self.classes = tuple(str(c) for c in classes)
         if self.labels is not None and self.classes and len(self.labels):
@@ -98,11 +106,16 @@ class ImageSet:
         self.root = None if root is None else str(root)
         self.on_error = on_error
         self.source_splits = (
-            None if source_splits is None else _per_sample("source_splits", source_splits, n, object)
+            None
+            if source_splits is None
+            else _per_sample("source_splits", source_splits, n, object)
         )
         self._files = _files
         #: files left out because they could not be decoded: (path, reason), filled by to_zarr
         self.skipped: list[tuple[str, str]] = []
+        #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
+        self.attrs: dict[str, Any] = {}
+        self.store_path: str | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -224,7 +237,11 @@ def split_indices(
     if not math.isclose(fr.sum(), 1.0, abs_tol=1e-6):
         raise ValueError(f"fractions must add up to 1, got {dict(fractions)} (sum {fr.sum():g})")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    groups = (
+        [np.arange(n)]
+        if labels is None
+        else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    )
     out: list[list[np.ndarray]] = [[] for _ in names]
     for members in groups:
         members = rng.permutation(members)
@@ -254,7 +271,7 @@ def _allocate(m: int, fr: np.ndarray) -> np.ndarray:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    files = []
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(
@@ -311,12 +328,16 @@ def from_folder(
     """
     root = Path(root)
     if not root.is_dir():
-        raise NoImagesFoundError(f"{str(root)!r} is not a folder; pass a folder of class subfolders")
+        raise NoImagesFoundError(
+            f"{str(root)!r} is not a folder; pass a folder of class subfolders"
+        )
     splits = find_split_dirs(root)
     tops = list(splits.items()) if splits else [("", root)]
     class_names: set[str] = set()
     for _, top in tops:
-        class_names.update(d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith("."))
+        class_names.update(
+            d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
     classes = sorted(class_names)
     if not classes:
         raise NoImagesFoundError(
@@ -406,7 +427,7 @@ def from_csv(
             raise ValueError(f"{where} has no column {col!r}; its columns are {header}")
     if not rows:
         raise NoImagesFoundError(f"{where} has a header but no rows")
-    files = []
+    files: list[str] = []
     for line, row in enumerate(rows, start=2):
         rel = (row[path_column] or "").strip()
         if not rel:
@@ -439,13 +460,19 @@ def from_csv(
             cols = [cols] if isinstance(cols, str) else list(cols)
             for col in cols:
                 if col not in header:
-                    raise ValueError(f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}")
+                    raise ValueError(
+                        f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}"
+                    )
             for line, row in enumerate(rows, start=2):
                 bad = [c for c in cols if not _is_float(row[c])]
                 if bad:
-                    raise ValueError(f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}")
+                    raise ValueError(
+                        f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}"
+                    )
             values = np.array([[float(row[c]) for c in cols] for row in rows], dtype=np.float32)
-            extra[name] = values[:, 0] if len(cols) == 1 and isinstance(columns[name], str) else values
+            extra[name] = (
+                values[:, 0] if len(cols) == 1 and isinstance(columns[name], str) else values
+            )
     spec = DecodeSpec(size=tuple(size), channels=channels, dtype=dtype, resize=resize, draft=draft)
     source = FileSource(tuple(files), spec, chunks)
     return ImageSet(

@@ -17,7 +17,7 @@ from .feed import BatchIterator, Transform
 __all__ = ["KerasDataset"]
 
 
-class KerasDataset(keras.utils.PyDataset):  # type: ignore[misc]
+class KerasDataset(keras.utils.PyDataset):
     """Batches for ``model.fit``, reshuffled every epoch.
 
     Keras asks for batches by index (from several threads when ``workers > 1``); this
@@ -58,8 +58,10 @@ class KerasDataset(keras.utils.PyDataset):  # type: ignore[misc]
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
     ) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
-        self._structure = [tuple([a]) if isinstance(a, str) else tuple(a) for a in arrays]
+        super().__init__(
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
+        )
+        self._structure = [(a,) if isinstance(a, str) else tuple(a) for a in arrays]
         flat = [n for group in self._structure for n in group]
         self._it = BatchIterator(
             source,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -34,7 +34,9 @@ DEFAULT_BLOCK = 64
 ON_ERROR = ("raise", "skip")
 
 
-def expand_paths(pattern_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+def expand_paths(
+    pattern_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[str]:
     """Turn a glob pattern (``**`` allowed) or an explicit list into a list of file paths.
 
     A pattern is expanded and sorted; an explicit list keeps its order. Directories that
@@ -77,7 +79,9 @@ class FileSource:
 
     def __post_init__(self) -> None:
         if not isinstance(self.block, int) or self.block < 1:
-            raise ValueError(f"chunks must be a positive number of files per block, got {self.block!r}")
+            raise ValueError(
+                f"chunks must be a positive number of files per block, got {self.block!r}"
+            )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -117,8 +121,12 @@ class FileSource:
         layers[pix] = {k: v for k, v in dsk.items() if k[0] == pix}
         layers[msk] = {k: v for k, v in dsk.items() if k[0] == msk}
         deps = {dec: set(), pix: {dec}, msk: {dec}}
-        pixels = da.Array(HighLevelGraph(layers, {k: set(v) for k, v in deps.items()}), pix,
-                          (sizes, *((d,) for d in spec.sample_shape)), dtype=np.dtype(spec.dtype))
+        pixels = da.Array(
+            HighLevelGraph(layers, {k: set(v) for k, v in deps.items()}),
+            pix,
+            (sizes, *((d,) for d in spec.sample_shape)),
+            dtype=np.dtype(spec.dtype),
+        )
         graph = HighLevelGraph({dec: layers[dec], msk: layers[msk]}, {dec: set(), msk: {dec}})
         mask = da.Array(graph, msk, (sizes,), dtype=bool)
         return pixels, mask
@@ -132,14 +140,14 @@ def _second(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return pair[1]
 
 
-def _graph(source: FileSource, block: int, func: object, mode: str) -> da.Array:
+def _graph(source: FileSource, block: int, func: Callable[..., Any], mode: str) -> da.Array:
     spec = source.spec
     n = len(source.paths)
     sample = spec.sample_shape
     name = f"imread-{mode}-" + tokenize(source.paths, spec, block)
     zeros = (0,) * len(sample)
     starts = range(0, n, block)
-    dsk = {
+    dsk: dict[Any, Task] = {
         (name, i, *zeros): Task((name, i, *zeros), func, source.paths[s : s + block], spec)
         for i, s in enumerate(starts)
     }

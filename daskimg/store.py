@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask
 import dask.array as da
@@ -140,10 +140,12 @@ def create_layout(
     """
     group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", zarr_format=3)
     group.attrs["daskimg"] = attrs
-    cfg = {"write_empty_chunks": True}
+    cfg: Any = {"write_empty_chunks": True}
     out: dict[str, zarr.Array] = {}
 
-    def make(name: str, shape: tuple[int, ...], dtype: Any, comp: list[Any], serializer: Any = "auto") -> None:
+    def make(
+        name: str, shape: tuple[int, ...], dtype: Any, comp: list[Any], serializer: Any = "auto"
+    ) -> None:
         out[name] = group.create_array(
             name,
             shape=shape,
@@ -152,7 +154,7 @@ def create_layout(
             shards=(shard_len, *shape[1:]) if shard_len != chunk_len else None,
             compressors=comp,
             serializer=serializer,
-            fill_value=None if dtype == str else 0,
+            fill_value=None if dtype is str else 0,
             config=cfg,
         )
 
@@ -230,7 +232,9 @@ def to_zarr(
     6
     """
     if not compute:
-        raise ValueError("to_zarr(compute=False) is not supported: the store is finished atomically")
+        raise ValueError(
+            "to_zarr(compute=False) is not supported: the store is finished atomically"
+        )
     if order not in ("shuffled", "source"):
         raise ValueError(f"order must be 'shuffled' or 'source', got {order!r}")
     target = os.path.abspath(os.fspath(path)).rstrip("/")
@@ -241,13 +245,19 @@ def to_zarr(
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with write_lock(target):
         if os.path.lexists(target) and not overwrite:
-            raise StoreExistsError(f"{target!r} exists; pass overwrite=True (or --overwrite) to replace it")
+            raise StoreExistsError(
+                f"{target!r} exists; pass overwrite=True (or --overwrite) to replace it"
+            )
         staging = target + ".partial"
         _remove(staging)  # a stale one from a killed writer: redo from scratch
         _remove(target + ".tmp")
         _remove(staging + ".uncompacted")
 
-        perm = np.random.default_rng(seed).permutation(n_in) if order == "shuffled" else np.arange(n_in)
+        perm = (
+            np.random.default_rng(seed).permutation(n_in)
+            if order == "shuffled"
+            else np.arange(n_in)
+        )
         ds = imageset.take(perm) if order == "shuffled" else imageset
         sample = tuple(ds.images.shape[1:])
         chunk_len = chunks or auto_chunk_len(sample, ds.images.dtype, n_in)
@@ -270,9 +280,13 @@ def to_zarr(
         }
         skip = ds.on_error == "skip" and ds._files is not None
         try:
-            ok = _write(staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress)
+            ok = _write(
+                staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress
+            )
             if ok is not None and not ok.all():
-                _compact_skipped(staging, ds, ok, chunk_len, shard_len, codec, attrs, progress=progress)
+                _compact_skipped(
+                    staging, ds, ok, chunk_len, shard_len, codec, attrs, progress=progress
+                )
         except BaseException:
             # an error (not a kill): leave nothing half-written behind
             _remove(staging)
@@ -332,7 +346,7 @@ def _write(
     else:
         pixels, mask = ds.images, None
     pixels = pixels.rechunk((shard_len, *pixels.shape[1:]))
-    stored = da.store(pixels, dest["images"], lock=False, compute=False)
+    stored = da.store(pixels, cast(Any, dest["images"]), lock=False, compute=False)
     with _progress(progress):
         ok = dask.compute(stored, mask)[1]
     for name, values in ds.arrays.items():
@@ -375,7 +389,9 @@ def _compact_skipped(
     attrs["skipped"] = skipped
     good = np.flatnonzero(ok)
     if not len(good):
-        raise DaskImgError(f"every one of the {len(ok)} files failed to decode; first: {skipped[0]}")
+        raise DaskImgError(
+            f"every one of the {len(ok)} files failed to decode; first: {skipped[0]}"
+        )
     kept = ds.take(good)
     attrs["num_samples"] = len(kept)
     old = staging + ".uncompacted"
@@ -392,7 +408,7 @@ def _compact_skipped(
     src = da.from_zarr(zarr.open_array(zarr.storage.LocalStore(old), path="images", mode="r"))
     pixels = src[good].rechunk(dest["images"].shards or dest["images"].chunks)
     with _progress(progress):
-        da.store(pixels, dest["images"], lock=False)
+        da.store(pixels, cast(Any, dest["images"]), lock=False)
     for name, values in kept.arrays.items():
         if name != "images":
             _write_small(dest[name], values)
@@ -499,7 +515,7 @@ def open_zarr(path: str | os.PathLike[str]) -> ImageSet:
         if lay.kind is not None and (name == "images" or len(lay.shape) > 1):
             arrays[name] = lazy_array(reader, name)
         else:
-            arrays[name] = arr[...]
+            arrays[name] = cast(Any, arr)[...]
     if "images" not in arrays:
         raise FormatVersionError(f"{p!r} has no 'images' array; open it with zarr.open_group")
     columns = {k: v for k, v in arrays.items() if k not in ("images", "labels", "paths")}
@@ -511,9 +527,9 @@ def open_zarr(path: str | os.PathLike[str]) -> ImageSet:
         columns=columns,
         root=(attrs.get("source") or {}).get("root"),
     )
-    ds.attrs = attrs  # type: ignore[attr-defined]
-    ds.skipped = [tuple(s) for s in attrs.get("skipped", [])]  # type: ignore[misc]
-    ds.store_path = p  # type: ignore[attr-defined]
+    ds.attrs = attrs
+    ds.skipped = [(str(p), str(r)) for p, r in attrs.get("skipped", [])]
+    ds.store_path = p
     return ds
 
 
@@ -529,7 +545,7 @@ def lazy_array(reader: StoreReader, name: str) -> da.Array:
     token = tokenize(reader.path, name, os.path.getmtime(reader.path))
     key = f"daskimg-read-{name}-{token}"
     zeros = (0,) * (len(lay.shape) - 1)
-    dsk = {
+    dsk: dict[Any, Task] = {
         (key, c, *zeros): Task((key, c, *zeros), reader.read_chunk, name, c)
         for c in range(lay.num_chunks)
     }

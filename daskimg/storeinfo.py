@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -68,7 +68,9 @@ def verify(
     return problems
 
 
-def _check_via_zarr(reader: StoreReader, arr: zarr.Array, name: str, c: int, a: int, b: int) -> None:
+def _check_via_zarr(
+    reader: StoreReader, arr: zarr.Array, name: str, c: int, a: int, b: int
+) -> None:
     # zarr fills a missing chunk with the fill value, so check presence first
     lay = reader.layout(name)
     if lay.shard_len == lay.chunk_len:
@@ -111,7 +113,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
         }
     counts: dict[str, int] = {}
     if "labels" in arrays and attrs.get("classes"):
-        labels = group["labels"][...]
+        labels = np.asarray(cast(Any, group["labels"])[...])
         classes = attrs["classes"]
         for i, c in enumerate(classes):
             counts[c] = int((labels == i).sum())
@@ -139,9 +141,7 @@ def _stored_bytes(path: str, name: str) -> int:
 def _total_bytes(path: str) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
-    return sum(
-        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
-    )
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def format_info(summary: dict[str, Any]) -> str:
@@ -151,7 +151,8 @@ def format_info(summary: dict[str, Any]) -> str:
         f"store         {summary['path']}  ({_human(summary['file_bytes'])})",
         f"format        version {a.get('format_version')}, complete={a.get('complete')}",
         f"split         {a.get('split')}   samples {a.get('num_samples')}",
-        f"order         {a.get('order')}" + (f" (seed {a.get('seed')})" if a.get("order") == "shuffled" else ""),
+        f"order         {a.get('order')}"
+        + (f" (seed {a.get('seed')})" if a.get("order") == "shuffled" else ""),
         f"codec         {a.get('codec')} + crc32c",
         "arrays:",
     ]
@@ -173,7 +174,9 @@ def format_info(summary: dict[str, Any]) -> str:
     src = a.get("source") or {}
     if src:
         lines.append("source        " + ", ".join(f"{k}={v}" for k, v in src.items()))
-    lines.append("created with  " + ", ".join(f"{k} {v}" for k, v in (a.get("created_with") or {}).items()))
+    lines.append(
+        "created with  " + ", ".join(f"{k} {v}" for k, v in (a.get("created_with") or {}).items())
+    )
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from .shuffle import num_batches, split_consumer
 __all__ = ["TorchDataset"]
 
 
-class TorchDataset(IterableDataset):  # type: ignore[type-arg]
+class TorchDataset(IterableDataset):
     """Batches as tensors, split across DataLoader workers and DDP ranks.
 
     Each (rank, worker) pair is one consumer of :func:`daskimg.shuffle.plan_epoch`: it
@@ -85,25 +85,27 @@ class TorchDataset(IterableDataset):  # type: ignore[type-arg]
                 rank = 0 if rank is None else rank
                 world_size = 1 if world_size is None else world_size
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank must lie in 0..world_size-1; got rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"rank must lie in 0..world_size-1; got rank={rank}, world_size={world_size}"
+            )
         self.source = source
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
         self.channels_first = channels_first
         self.dtype = dtype
         self.epoch = 0
-        self._kw: dict[str, Any] = dict(
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            buffer_chunks=buffer_chunks,
-            drop_last=drop_last,
-            arrays=arrays,
-            transform=transform,
-            even=even,
-            prefetch=prefetch,
-            threads=threads,
-        )
+        self._kw: dict[str, Any] = {
+            "batch_size": batch_size,
+            "shuffle": shuffle,
+            "seed": seed,
+            "buffer_chunks": buffer_chunks,
+            "drop_last": drop_last,
+            "arrays": arrays,
+            "transform": transform,
+            "even": even,
+            "prefetch": prefetch,
+            "threads": threads,
+        }
         self._probe = BatchIterator(source, **self._kw)  # validates arguments, knows N and chunks
 
     def set_epoch(self, epoch: int) -> None:

@@ -26,10 +26,14 @@ def run(out: Path, *, per_class: int) -> None:
         shutil.rmtree(out)
     t = time.perf_counter()
     files = di.testing.make_photo_folder(src, n_per_class=per_class, seed=0)
-    print(f"made a sample library of {len(files)} JPEGs in {src} ({time.perf_counter() - t:.1f}s)\n")
+    print(
+        f"made a sample library of {len(files)} JPEGs in {src} ({time.perf_counter() - t:.1f}s)\n"
+    )
 
     stores = out / "stores"
-    status = cli(["ingest", str(src), str(stores), "--size", "224", "224", "--valid", "0.1", "--test", "0.1"])
+    status = cli(
+        ["ingest", str(src), str(stores), "--size", "224", "224", "--valid", "0.1", "--test", "0.1"]
+    )
     if status:
         raise SystemExit(status)
     train = stores / "train.zarr.zip"
@@ -53,8 +57,10 @@ def run(out: Path, *, per_class: int) -> None:
             n += len(images)
             mixed.append(len(np.unique(labels)))
         dt = time.perf_counter() - t
-        print(f"epoch {epoch}: {n} samples in {len(mixed)} batches, {n / dt:,.0f} samples/s, "
-              f"{np.mean(mixed):.2f} distinct classes per batch (of {len(classes)})")
+        print(
+            f"epoch {epoch}: {n} samples in {len(mixed)} batches, {n / dt:,.0f} samples/s, "
+            f"{np.mean(mixed):.2f} distinct classes per batch (of {len(classes)})"
+        )
 
 
 if __name__ == "__main__":

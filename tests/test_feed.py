@@ -25,7 +25,9 @@ def _check_images_match_idx(images, idx):
 @pytest.mark.parametrize("batch_size", [1, 7, 16, 200])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_every_sample_once_per_epoch(store, batch_size, drop_last):
-    it = di.BatchIterator(store, batch_size=batch_size, arrays=("images", "idx"), drop_last=drop_last, buffer_chunks=3)
+    it = di.BatchIterator(
+        store, batch_size=batch_size, arrays=("images", "idx"), drop_last=drop_last, buffer_chunks=3
+    )
     batches = _epoch(it)
     assert len(batches) == len(it)
     idx = np.concatenate([b[1] for b in batches]) if batches else np.empty(0, int)
@@ -41,7 +43,9 @@ def test_every_sample_once_per_epoch(store, batch_size, drop_last):
 
 def test_default_arrays_are_images_and_labels(store, indexed_set):
     images, labels = next(iter(di.BatchIterator(store, batch_size=10)))
-    assert images.shape == (10, 6, 5, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert images.shape == (10, 6, 5, 3)
+    assert images.dtype == np.uint8
+    assert labels.dtype == np.int64
     ids = images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
     np.testing.assert_array_equal(labels, indexed_set.labels[ids])
 
@@ -53,7 +57,8 @@ def test_deterministic_and_reshuffled_per_epoch(store):
     np.testing.assert_array_equal(e0, np.concatenate([x[0] for x in b]))
     e1 = np.concatenate([x[0] for x in a])  # the next epoch
     assert a.epoch == 2  # each finished epoch selects the next
-    assert not np.array_equal(e0, e1) and sorted(e1.tolist()) == list(range(103))
+    assert not np.array_equal(e0, e1)
+    assert sorted(e1.tolist()) == list(range(103))
     b.set_epoch(1)
     np.testing.assert_array_equal(e1, np.concatenate([x[0] for x in b]))
     c = di.BatchIterator(store, batch_size=16, arrays=("idx",), seed=4)

@@ -39,7 +39,9 @@ def test_from_folder_errors(tmp_path):
 
 def test_predefined_split_folders(tmp_path):
     root = tmp_path / "data"
-    di.testing.make_image_folder(root, n=12, classes=("a", "b"), split_dirs=("train", "val", "test"))
+    di.testing.make_image_folder(
+        root, n=12, classes=("a", "b"), split_dirs=("train", "val", "test")
+    )
     # a class only present in train still gets the same index everywhere
     ds = di.from_folder(root, size=(8, 8))
     assert ds.classes == ("a", "b")
@@ -54,12 +56,17 @@ def test_predefined_split_folders(tmp_path):
 def test_split_disjoint_stratified_deterministic():
     n = 1000
     labels = np.repeat(np.arange(5), [500, 300, 150, 45, 5])
-    ds = di.ImageSet(np.zeros((n, 2, 2, 3), np.uint8), labels, classes=list("abcde"),
-                     columns={"idx": np.arange(n)})
+    ds = di.ImageSet(
+        np.zeros((n, 2, 2, 3), np.uint8),
+        labels,
+        classes=list("abcde"),
+        columns={"idx": np.arange(n)},
+    )
     parts = ds.split({"train": 0.8, "valid": 0.1, "test": 0.1}, seed=3)
     idx = {k: v.columns["idx"] for k, v in parts.items()}
     allidx = np.concatenate(list(idx.values()))
-    assert len(allidx) == n and len(np.unique(allidx)) == n  # disjoint and covering
+    assert len(allidx) == n
+    assert len(np.unique(allidx)) == n
     for k, frac in {"train": 0.8, "valid": 0.1, "test": 0.1}.items():
         for c in range(5):
             total = (labels == c).sum()
@@ -74,7 +81,8 @@ def test_split_disjoint_stratified_deterministic():
 
 
 @pytest.mark.parametrize(
-    "fractions", [{"train": 0.7, "test": 0.2}, {"train": 1.2, "test": -0.2}, {}, {"a": float("nan"), "b": 1}]
+    "fractions",
+    [{"train": 0.7, "test": 0.2}, {"train": 1.2, "test": -0.2}, {}, {"a": float("nan"), "b": 1}],
 )
 def test_split_validates_fractions(fractions):
     ds = di.ImageSet(np.zeros((10, 2, 2, 3), np.uint8), np.arange(10) % 2)
@@ -111,7 +119,9 @@ def test_from_csv_with_bbox_columns(image_folder, tmp_path):
         lines.append(f"{rel},{f.parent.name},{i},{i + 1},{i + 2},{i + 3},{i / 10},hello")
     csv = tmp_path / "labels.csv"
     csv.write_text("\n".join(lines) + "\n")
-    ds = di.from_csv(csv, root=image_folder, size=(8, 8), columns={"bbox": ["x0", "y0", "x1", "y1"]})
+    ds = di.from_csv(
+        csv, root=image_folder, size=(8, 8), columns={"bbox": ["x0", "y0", "x1", "y1"]}
+    )
     assert ds.classes == ("ant", "bee", "cat")
     assert ds.columns["bbox"].shape == (len(files), 4)
     np.testing.assert_array_equal(ds.columns["bbox"][:, 0], np.arange(len(files), dtype=np.float32))

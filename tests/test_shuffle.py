@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -382,10 +381,9 @@ def test_helpers_validate_arguments() -> None:
         epoch_rng(0, 0, 1, -2)
 
 
-def test_planning_a_million_samples_is_fast() -> None:
-    plan_epoch(10_000, 64, batch_size=64)  # warm up
-    start = time.perf_counter()
+def test_planning_a_million_samples_covers_them() -> None:
+    # speed is measured in bench/, not asserted here
     p = plan_epoch(1_000_000, 64, batch_size=64, buffer_chunks=8, seed=0, epoch=1)
-    elapsed = time.perf_counter() - start
     assert p.num_samples == 1_000_000
-    assert elapsed < 1.0  # ~0.05 s on a laptop core; generous for loaded CI machines
+    allidx = np.concatenate(p.batches)
+    assert np.array_equal(np.sort(allidx), np.arange(1_000_000))

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from daskimg.torch import TorchDataset  # noqa: E402
-
 import daskimg as di  # noqa: E402
+from daskimg.torch import TorchDataset  # noqa: E402
 
 
 @pytest.fixture
@@ -36,7 +35,9 @@ def test_two_ranks_two_workers_each_sample_once(store):
     seen = []
     lengths = []
     for rank in range(2):
-        ds = TorchDataset(store, batch_size=10, arrays=("images", "idx"), rank=rank, world_size=2, num_workers=2)
+        ds = TorchDataset(
+            store, batch_size=10, arrays=("images", "idx"), rank=rank, world_size=2, num_workers=2
+        )
         ds.set_epoch(3)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         seen.append(_ids(loader))
@@ -48,7 +49,15 @@ def test_two_ranks_two_workers_each_sample_once(store):
 def test_even_mode_gives_equal_batch_counts(store):
     counts, seen = [], []
     for rank in range(3):
-        ds = TorchDataset(store, batch_size=10, arrays=("images", "idx"), rank=rank, world_size=3, even=True, num_workers=2)
+        ds = TorchDataset(
+            store,
+            batch_size=10,
+            arrays=("images", "idx"),
+            rank=rank,
+            world_size=3,
+            even=True,
+            num_workers=2,
+        )
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         batches = list(loader)
         counts.append(len(batches))
@@ -61,5 +70,7 @@ def test_even_mode_gives_equal_batch_counts(store):
 def test_channels_first_and_float(store):
     ds = TorchDataset(store, batch_size=4, channels_first=True, dtype=torch.float32)
     images, labels = next(iter(ds))
-    assert images.shape == (4, 3, 6, 5) and images.dtype == torch.float32
-    assert float(images.max()) <= 1.0 and labels.dtype == torch.int64
+    assert images.shape == (4, 3, 6, 5)
+    assert images.dtype == torch.float32
+    assert float(images.max()) <= 1.0
+    assert labels.dtype == torch.int64

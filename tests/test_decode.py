@@ -1,0 +1,727 @@
+"""Tests of daskimg.decode against an independent oracle: Pillow's own decode.
+
+The oracle is ``Image.open`` -> ``ImageOps.exif_transpose`` -> ``convert`` -> the
+same resize call (``Image.resize``, ``ImageOps.fit`` or ``ImageOps.pad`` with
+BILINEAR), compared pixel for pixel; only the JPEG DCT draft is allowed the
+tolerance documented in the module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image, ImageOps, JpegImagePlugin
+
+from daskimg.decode import (
+    DecodeSpec,
+    _transposed_origin,
+    decode_file,
+    decode_image,
+    decode_into,
+    decode_volume,
+)
+from daskimg.errors import DecodeError
+from daskimg.testing import make_image, make_photo_folder, make_volume
+
+BILINEAR = Image.Resampling.BILINEAR
+MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+DRAFT_MEAN_TOLERANCE = 2.5  # levels of 255, see the decode module docstring
+DRAFT_IMAGE_TOLERANCE = 5.0
+
+
+# --- oracle -----------------------------------------------------------------
+
+
+def _resized(im: Image.Image, spec: DecodeSpec) -> Image.Image:
+    th, tw = spec.size
+    if spec.resize == "crop":
+        return ImageOps.fit(im, (tw, th), BILINEAR)
+    if spec.resize == "pad":
+        return ImageOps.pad(im, (tw, th), BILINEAR)
+    return im.resize((tw, th), BILINEAR)
+
+
+def oracle(path: Path, spec: DecodeSpec) -> np.ndarray:
+    """Pillow's full decode of ``path`` as ``spec`` asks, in ``spec.dtype``."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            wide = np.asarray(_resized(im.convert("I"), spec)).astype(np.int64)
+            scaled = {
+                "uint8": (wide >> 8).astype(np.uint8),
+                "uint16": wide.astype(np.uint16),
+                "float32": wide.astype(np.float32) / 65535,
+            }[spec.dtype]
+            full = {"uint8": 255, "uint16": 65535, "float32": 1.0}[spec.dtype]
+            planes = [scaled] * min(spec.channels, 3)
+            if spec.channels == 4:
+                planes.append(np.full_like(scaled, full))
+            return np.stack(planes, axis=-1)
+        with warnings.catch_warnings():
+            # Pillow nags about P images with byte-string transparency; the pixels are fine
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+            im = im.convert(MODES[spec.channels])
+        arr = np.asarray(_resized(im, spec))
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if spec.dtype == "uint16":
+        return arr.astype(np.uint16) * 257
+    if spec.dtype == "float32":
+        return arr.astype(np.float32) / 255
+    return arr
+
+
+def save(im: Image.Image, path: Path, fmt: str | None = None, **options: object) -> Path:
+    im.save(path, format=fmt, **options)
+    return path
+
+
+def with_orientation(im: Image.Image, path: Path, orientation: int, fmt: str) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return save(im, path, fmt, exif=exif.tobytes(), **({"quality": 92} if fmt == "JPEG" else {}))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("photos")
+    return make_photo_folder(root, n_per_class=2, classes=("astronaut", "coffee", "rocket", "ihc"))
+
+
+# --- DecodeSpec -------------------------------------------------------------
+
+
+def test_spec_defaults_repr_and_shapes() -> None:
+    spec = DecodeSpec((224, 224))
+    assert repr(spec) == (
+        "DecodeSpec(size=(224, 224), channels=3, dtype='uint8', resize='stretch', draft=True)"
+    )
+    assert eval(repr(spec)) == spec
+    assert spec.sample_shape == (224, 224, 3)
+    assert not spec.is_volume
+    vol = DecodeSpec([8, np.int64(10), 12], dtype=np.float32)
+    assert vol.size == (8, 10, 12)
+    assert type(vol.size[1]) is int
+    assert vol.dtype == "float32"
+    assert vol.is_volume
+    assert vol.channels == 1
+    assert vol.sample_shape == (8, 10, 12, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.channels = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"size": 224}, "size must be"),
+        ({"size": (224,)}, "size must be"),
+        ({"size": (1, 2, 3, 4)}, "size must be"),
+        ({"size": (0, 10)}, "positive integers"),
+        ({"size": (10.0, 10)}, "positive integers"),
+        ({"size": (True, 10)}, "positive integers"),
+        ({"size": (10, 10), "channels": 2}, "channels must be 1 .*, 3 .* or 4"),
+        ({"size": (10, 10), "channels": True}, "channels must be"),
+        ({"size": (10, 10), "dtype": "int8"}, "dtype must be 'uint8', 'uint16' or 'float32'"),
+        ({"size": (10, 10), "dtype": "nonsense"}, "dtype must be"),
+        ({"size": (10, 10), "resize": "fit"}, "resize must be 'stretch', 'crop' or 'pad'"),
+        ({"size": (10, 10), "draft": "yes"}, "draft must be True or False"),
+    ],
+)
+def test_spec_validation(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DecodeSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_spec_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        DecodeSpec((10, 10), 3)  # type: ignore[misc]
+
+
+# --- encodings against the oracle --------------------------------------------
+
+ENCODINGS = {
+    "jpeg": ("RGB", "JPEG", {"quality": 90}),
+    "jpeg-progressive": ("RGB", "JPEG", {"quality": 90, "progressive": True}),
+    "jpeg-gray": ("L", "JPEG", {"quality": 90}),
+    "jpeg-cmyk": ("CMYK", "JPEG", {"quality": 90}),
+    "png-rgb": ("RGB", "PNG", {}),
+    "png-rgba": ("RGBA", "PNG", {}),
+    "png-l": ("L", "PNG", {}),
+    "png-la": ("LA", "PNG", {}),
+    "png-p": ("P", "PNG", {}),
+    "png-p-transparent-index": ("P", "PNG", {"transparency": 5}),
+    "png-p-transparent-bytes": ("P", "PNG", {"transparency": bytes(range(0, 256, 4))}),
+    "png-1bit": ("1", "PNG", {}),
+    "tiff-rgb": ("RGB", "TIFF", {}),
+    "tiff-rgba": ("RGBA", "TIFF", {}),
+    "tiff-cmyk": ("CMYK", "TIFF", {}),
+    "bmp": ("RGB", "BMP", {}),
+    "webp": ("RGB", "WEBP", {"quality": 90}),
+    "webp-rgba": ("RGBA", "WEBP", {"lossless": True}),
+    "gif": ("P", "GIF", {}),
+}
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_encodings_match_pillow(tmp_path: Path, encoding: str, channels: int) -> None:
+    mode, fmt, options = ENCODINGS[encoding]
+    path = save(make_image((32, 40), seed=7, mode=mode), tmp_path / "img", fmt, **options)
+    with Image.open(path) as im:
+        assert im.mode == mode  # the file really has the encoding under test
+    for size in [(24, 30), (32, 40), (45, 37)]:
+        spec = DecodeSpec(size, channels=channels)
+        got = decode_file(path, spec)
+        assert got.shape == spec.sample_shape
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, oracle(path, spec))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_8bit_scaling_to_wider_dtypes(tmp_path: Path, dtype: str, channels: int) -> None:
+    path = save(make_image((32, 40), seed=3, mode="RGBA"), tmp_path / "a.png")
+    spec = DecodeSpec((20, 28), channels=channels, dtype=dtype)
+    got = decode_file(path, spec)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, oracle(path, spec))
+    as8 = decode_file(path, DecodeSpec((20, 28), channels=channels))
+    if dtype == "uint16":
+        np.testing.assert_array_equal(got, as8.astype(np.uint16) * 257)
+    else:
+        assert got.min() >= 0.0
+        assert got.max() <= 1.0
+        np.testing.assert_allclose(got, as8 / 255, rtol=1e-6)
+
+
+def test_alpha_is_dropped_or_kept_without_resize(tmp_path: Path) -> None:
+    rgba = make_image((32, 40), seed=5, mode="RGBA")
+    pixels = np.asarray(rgba)
+    assert pixels[..., 3].min() == 0  # has transparent pixels to lose
+    path = save(rgba, tmp_path / "a.png")
+    np.testing.assert_array_equal(decode_file(path, DecodeSpec((32, 40))), pixels[..., :3])
+    np.testing.assert_array_equal(decode_file(path, DecodeSpec((32, 40), channels=4)), pixels)
+    rgb_path = save(rgba.convert("RGB"), tmp_path / "b.png")
+    got = decode_file(rgb_path, DecodeSpec((32, 40), channels=4))
+    np.testing.assert_array_equal(got[..., :3], pixels[..., :3])
+    assert (got[..., 3] == 255).all()
+
+
+# --- 16-bit -----------------------------------------------------------------
+
+
+def _sixteen_bit_files(tmp_path: Path, values: np.ndarray) -> list[Path]:
+    png = save(Image.fromarray(values), tmp_path / "g16.png")
+    little = tmp_path / "g16le.tif"
+    tifffile.imwrite(little, values)
+    big = tmp_path / "g16be.tif"
+    tifffile.imwrite(big, values, byteorder=">")
+    modes = []
+    for p in (png, little, big):
+        with Image.open(p) as im:
+            modes.append(im.mode)
+    assert modes == ["I;16", "I;16", "I;16B"]
+    return [png, little, big]
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_16bit_scaling_without_resize(tmp_path: Path, dtype: str, channels: int) -> None:
+    values = np.array([[0, 255, 256, 257], [4095, 32768, 65280, 65535]], dtype=np.uint16)
+    expected = {
+        "uint8": np.array([[0, 0, 1, 1], [15, 128, 255, 255]], dtype=np.uint8),  # >> 8, no clipping
+        "uint16": values,
+        "float32": values.astype(np.float32) / 65535,
+    }[dtype]
+    opaque = {"uint8": 255, "uint16": 65535, "float32": 1.0}[dtype]
+    for path in _sixteen_bit_files(tmp_path, values):
+        got = decode_file(path, DecodeSpec((2, 4), channels=channels, dtype=dtype))
+        assert got.dtype == dtype
+        for c in range(min(channels, 3)):
+            np.testing.assert_array_equal(got[..., c], expected, err_msg=path.name)
+        if channels == 4:
+            assert (got[..., 3] == opaque).all()
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_16bit_resize_matches_pillow(tmp_path: Path, dtype: str, resize: str) -> None:
+    values = np.asarray(make_image((33, 47), seed=2, mode="I;16"))
+    for path in _sixteen_bit_files(tmp_path, values):
+        for channels in (1, 3):
+            spec = DecodeSpec((20, 26), channels=channels, dtype=dtype, resize=resize)
+            np.testing.assert_array_equal(
+                decode_file(path, spec), oracle(path, spec), err_msg=path.name
+            )
+
+
+def test_mode_i_within_16_bits_is_read(tmp_path: Path) -> None:
+    path = save(make_image((16, 20), seed=1, mode="I"), tmp_path / "i.tif", "TIFF")
+    with Image.open(path) as im:
+        assert im.mode == "I"
+        values = np.asarray(im)
+    got = decode_file(path, DecodeSpec((16, 20), channels=1, dtype="uint16"))
+    np.testing.assert_array_equal(got[..., 0], values)
+
+
+# --- resize modes -------------------------------------------------------------
+
+TARGETS = [(24, 24), (20, 50), (50, 20), (64, 80), (32, 40), (7, 9)]
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+@pytest.mark.parametrize("size", TARGETS)
+def test_resize_modes_match_pillow(tmp_path: Path, resize: str, size: tuple[int, int]) -> None:
+    for mode, channels in [("RGB", 3), ("RGBA", 4), ("L", 1), ("L", 3)]:
+        path = save(make_image((32, 40), seed=11, mode=mode), tmp_path / f"{mode}.png")
+        spec = DecodeSpec(size, channels=channels, resize=resize)
+        got = decode_file(path, spec)
+        assert got.shape == (*size, channels)
+        np.testing.assert_array_equal(got, oracle(path, spec), err_msg=f"{mode} -> {channels}")
+
+
+def test_same_size_is_not_resampled(tmp_path: Path) -> None:
+    im = make_image((32, 40), seed=4)
+    path = save(im, tmp_path / "a.png")
+    for resize in ("stretch", "crop", "pad"):
+        got = decode_file(path, DecodeSpec((32, 40), resize=resize))
+        np.testing.assert_array_equal(got, np.asarray(im))
+
+
+def test_pad_centres_on_zeros_and_crop_cuts_the_centre(tmp_path: Path) -> None:
+    im = make_image((20, 40), seed=8)  # twice as wide as tall
+    path = save(im, tmp_path / "wide.png")
+    padded = decode_file(path, DecodeSpec((40, 40), resize="pad"))
+    assert (padded[:10] == 0).all()
+    assert (padded[30:] == 0).all()
+    np.testing.assert_array_equal(padded[10:30], np.asarray(im.resize((40, 20), BILINEAR)))
+    cropped = decode_file(path, DecodeSpec((20, 20), resize="crop"))
+    np.testing.assert_array_equal(cropped, np.asarray(im)[:, 10:30])
+
+
+# --- EXIF orientation -------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(tmp_path: Path, orientation: int) -> None:
+    im = make_image((30, 44), seed=9)
+    for fmt in ("JPEG", "PNG"):
+        path = with_orientation(im, tmp_path / f"o{orientation}.{fmt.lower()}", orientation, fmt)
+        for size, resize in [((30, 44), "stretch"), ((44, 30), "stretch"), ((20, 20), "crop")]:
+            spec = DecodeSpec(size, resize=resize)
+            np.testing.assert_array_equal(decode_file(path, spec), oracle(path, spec))
+
+
+@pytest.mark.parametrize(("orientation", "rotate"), [(3, 2), (6, -1), (8, 1)])
+def test_exif_orientation_rotates(tmp_path: Path, orientation: int, rotate: int) -> None:
+    # lossless and without resizing: the result must be the stored pixels turned
+    im = make_image((30, 44), seed=10)
+    path = with_orientation(im, tmp_path / "o.png", orientation, "PNG")
+    expected = np.rot90(np.asarray(im), k=rotate)
+    got = decode_file(path, DecodeSpec(expected.shape[:2]))
+    np.testing.assert_array_equal(got, expected)
+
+
+# --- file names -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["jpeg named.png", "UPPER.JPG", "with spaces and ünïcödé 猫.jpg", "no_extension"]
+)
+def test_format_comes_from_content_not_name(tmp_path: Path, name: str) -> None:
+    path = save(make_image((32, 40), seed=12), tmp_path / name, "JPEG", quality=90)
+    spec = DecodeSpec((16, 20), draft=False)
+    np.testing.assert_array_equal(decode_file(path, spec), oracle(path, spec))
+    np.testing.assert_array_equal(decode_file(str(path), spec), oracle(path, spec))
+
+
+# --- DCT draft --------------------------------------------------------------
+
+
+def _draft_errors(paths: list[Path], spec: DecodeSpec) -> list[float]:
+    errors = []
+    for path in paths:
+        got = decode_file(path, spec).astype(np.float64)
+        full = decode_file(path, dataclasses.replace(spec, draft=False))
+        np.testing.assert_array_equal(full, oracle(path, spec))
+        errors.append(float(np.abs(got - full).mean()))
+    return errors
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+@pytest.mark.parametrize(("size", "channels"), [((128, 128), 3), ((64, 96), 3), ((48, 48), 1)])
+def test_draft_within_tolerance(
+    photos: list[Path], size: tuple[int, int], channels: int, resize: str
+) -> None:
+    spec = DecodeSpec(size, channels=channels, resize=resize)
+    errors = _draft_errors(photos, spec)
+    assert np.mean(errors) < DRAFT_MEAN_TOLERANCE
+    assert max(errors) < DRAFT_IMAGE_TOLERANCE
+    assert max(errors) > 0  # the draft really changed the decode
+
+
+def _spy_draft(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Record (requested size, decoded size) of every JPEG draft."""
+    calls: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(
+        self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None
+    ) -> object:
+        result = original(self, mode, size)
+        assert size is not None
+        calls.append((size, self.size))
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    return calls
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_draft_size_follows_orientation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, orientation: int
+) -> None:
+    # stored 800 wide x 200 tall; orientations 6 and 8 show it 200 wide x 800 tall, so
+    # only then does it cover a tall 50 x 200 target 4 times over (and a wide one just once)
+    path = with_orientation(
+        make_image((200, 800), seed=13), tmp_path / "o.jpg", orientation, "JPEG"
+    )
+    calls = _spy_draft(monkeypatch)
+    turned = orientation in (6, 8)
+    for spec, drafts in [(DecodeSpec((200, 50)), turned), (DecodeSpec((50, 200)), not turned)]:
+        calls.clear()
+        got = decode_file(path, spec).astype(np.float64)
+        # asked in file orientation, 800 // 4 x 200 // 4, and libjpeg gave that
+        assert calls == ([((200, 50), (200, 50))] if drafts else [])
+        assert np.abs(got - oracle(path, spec)).mean() < DRAFT_MEAN_TOLERANCE
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_draft_with_orientation_and_odd_sizes(tmp_path: Path, orientation: int) -> None:
+    # 517 x 389 is not a multiple of the 1/4 scale: the partial edge must stay at its edge
+    source = make_photo_folder(
+        tmp_path / "src", n_per_class=1, size=(389, 517), classes=("coffee",)
+    )
+    with Image.open(source[0]) as im:
+        path = with_orientation(im.convert("RGB"), tmp_path / "o.jpg", orientation, "JPEG")
+    for size, resize in [((64, 64), "crop"), ((90, 60), "stretch"), ((64, 96), "pad")]:
+        spec = DecodeSpec(size, resize=resize)
+        assert _draft_errors([path], spec)[0] < DRAFT_MEAN_TOLERANCE
+
+
+def test_transposed_origin_moves_the_slack() -> None:
+    # a drafted image of 7 x 5 whose picture covers 6.0 x 4.0 from the top-left corner
+    size, extent = (7, 5), (6.0, 4.0)
+    mask = np.zeros((5, 7), dtype=np.uint8)
+    mask[:4, :6] = 1
+    methods = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }
+    for orientation, method in methods.items():
+        turned = np.asarray(Image.fromarray(mask).transpose(method))
+        rows, cols = np.nonzero(turned)
+        assert _transposed_origin(size, extent, orientation) == (cols.min(), rows.min())
+
+
+# --- bad files ----------------------------------------------------------------
+
+
+def _bad(path: Path, spec: DecodeSpec, match: str) -> DecodeError:
+    with pytest.raises(DecodeError, match=match) as info:
+        decode_file(path, spec)
+    assert str(path) in str(info.value)
+    assert info.value.path == str(path)
+    assert isinstance(info.value, ValueError)
+    return info.value
+
+
+IMAGE = DecodeSpec((16, 16))
+VOLUME = DecodeSpec((4, 4, 4))
+
+
+@pytest.mark.parametrize("spec", [IMAGE, VOLUME], ids=["image", "volume"])
+def test_missing_empty_and_directory(tmp_path: Path, spec: DecodeSpec) -> None:
+    _bad(tmp_path / "nope.png", spec, "no such file")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    _bad(empty, spec, r"empty \(0 bytes\)")
+    _bad(tmp_path, spec, "is a directory")
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello, I am not a picture\n")
+    _bad(text, IMAGE, "not an image Pillow can identify .*b'hello, I am not '")
+    npy = tmp_path / "vol.png"
+    with npy.open("wb") as f:
+        np.save(f, np.zeros((2, 2, 2)))
+    _bad(npy, IMAGE, "looks like a volume; give a 3-D size")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_truncated_image(tmp_path: Path, fmt: str) -> None:
+    path = save(make_image((64, 64), seed=1), tmp_path / "t", fmt)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    if fmt != "WEBP":  # libwebp refuses a cut file at once; the others keep their header
+        with Image.open(path) as im:
+            assert im.size == (64, 64)
+    _bad(path, IMAGE, "truncated|corrupt")
+
+
+def test_truncated_jpeg_says_truncated(tmp_path: Path) -> None:
+    path = save(make_image((64, 64), seed=1), tmp_path / "t.jpg", "JPEG")
+    path.write_bytes(path.read_bytes()[:-300])
+    _bad(path, IMAGE, "truncated image .*copy or export it again")
+
+
+def test_corrupt_png(tmp_path: Path) -> None:
+    path = save(make_image((32, 32), seed=1), tmp_path / "c.png")
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat + 8 : idat + 40] = bytes(32)  # damage the compressed pixels
+    path.write_bytes(bytes(data))
+    _bad(path, IMAGE, "corrupt|truncated")
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_unsupported_mode(tmp_path: Path, mode: str) -> None:
+    im = make_image((8, 8), seed=1, mode="F")
+    if mode == "I":
+        im = Image.fromarray(np.full((8, 8), -5, dtype=np.int32))
+    path = save(im, tmp_path / "x.tif", "TIFF")
+    _bad(path, IMAGE, f"unsupported mode '{mode}'")
+
+
+def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    warned = save(make_image((32, 40), seed=1), tmp_path / "warned.png")  # 1280: only a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = decode_file(warned, IMAGE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(got, oracle(warned, IMAGE))
+    bomb = save(make_image((32, 80), seed=1), tmp_path / "bomb.png")  # 2560 > 2 * 1000
+    _bad(bomb, IMAGE, r"decompression-bomb limit of 2000 pixels.*raise PIL.Image.MAX_IMAGE_PIXELS")
+
+
+def test_warning_filters_are_restored(tmp_path: Path) -> None:
+    path = save(make_image(seed=1), tmp_path / "a.png")
+    before = list(warnings.filters)
+    decode_file(path, IMAGE)
+    assert warnings.filters == before
+
+
+def test_threads_decode_the_same(tmp_path: Path) -> None:
+    paths = [save(make_image((40, 50), seed=s), tmp_path / f"{s}.jpg", "JPEG") for s in range(8)]
+    spec = DecodeSpec((20, 20))
+    expected = [decode_file(p, spec) for p in paths]
+    results: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        for _ in range(5):
+            results[k] = decode_file(paths[k], spec)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, arr in enumerate(expected):
+        np.testing.assert_array_equal(results[k], arr)
+
+
+# --- volumes ----------------------------------------------------------------
+
+
+def test_volume_npy_and_tiff_same_size(tmp_path: Path) -> None:
+    vol = make_volume((5, 6, 7), seed=1, dtype="uint16")
+    np.save(tmp_path / "v.npy", vol)
+    np.save(tmp_path / "v4.npy", vol[..., None])
+    tifffile.imwrite(tmp_path / "v.tif", vol, photometric="minisblack")
+    for name in ("v.npy", "v4.npy", "v.tif"):
+        got = decode_file(tmp_path / name, DecodeSpec((5, 6, 7), dtype="uint16"))
+        assert got.shape == (5, 6, 7, 1)
+        np.testing.assert_array_equal(got[..., 0], vol, err_msg=name)
+
+
+def test_volume_format_is_sniffed(tmp_path: Path) -> None:
+    vol = make_volume((3, 4, 5), seed=2)
+    npy_as_tif = tmp_path / "really_npy.tif"
+    with npy_as_tif.open("wb") as f:
+        np.save(f, vol)
+    tif_as_npy = tmp_path / "really_tif.npy"
+    tifffile.imwrite(tif_as_npy, vol, photometric="minisblack")
+    for path in (npy_as_tif, tif_as_npy):
+        np.testing.assert_array_equal(decode_volume(path, DecodeSpec((3, 4, 5)))[..., 0], vol)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ((8, 10, 12), (4, 5, 6)),
+        ((7, 11, 13), (5, 9, 17)),
+        ((3, 3, 3), (10, 1, 7)),
+        ((9, 9, 9), (9, 4, 9)),
+    ],
+)
+def test_volume_zoom_exact_shape_matches_skimage(
+    tmp_path: Path, source: tuple[int, int, int], target: tuple[int, int, int]
+) -> None:
+    from skimage.transform import resize
+
+    vol = make_volume(source, seed=3, dtype="float32")
+    np.save(tmp_path / "v.npy", vol)
+    got = decode_file(tmp_path / "v.npy", DecodeSpec(target, dtype="float32"))
+    assert got.shape == (*target, 1)
+    expected = resize(
+        vol.astype(np.float64),
+        target,
+        order=1,
+        mode="edge",
+        anti_aliasing=True,
+        preserve_range=True,
+    )
+    np.testing.assert_allclose(got[..., 0], expected, atol=1e-5)
+
+
+def test_volume_integer_zoom_rounds(tmp_path: Path) -> None:
+    from skimage.transform import resize
+
+    vol = make_volume((8, 10, 12), seed=4, dtype="uint8")
+    np.save(tmp_path / "v.npy", vol)
+    got = decode_file(tmp_path / "v.npy", DecodeSpec((5, 7, 9)))
+    assert got.dtype == np.uint8
+    expected = resize(vol, (5, 7, 9), order=1, mode="edge", anti_aliasing=True, preserve_range=True)
+    assert np.abs(got[..., 0].astype(np.float64) - expected).max() <= 0.5 + 1e-3
+
+
+def test_volume_dtype_rules(tmp_path: Path) -> None:
+    def volume(name: str, arr: np.ndarray) -> Path:
+        np.save(tmp_path / name, arr)
+        return tmp_path / name
+
+    fits = volume("fits.npy", np.arange(60, dtype=np.int64).reshape(3, 4, 5))
+    np.testing.assert_array_equal(
+        decode_file(fits, DecodeSpec((3, 4, 5)))[..., 0], np.arange(60).reshape(3, 4, 5)
+    )
+    wide = volume("wide.npy", np.full((3, 4, 5), 300, dtype=np.uint16))
+    _bad(
+        wide,
+        DecodeSpec((3, 4, 5)),
+        r"values span 300..300, outside the uint8 range 0..255; pass dtype='uint16' or dtype='float32'",
+    )
+    np.testing.assert_array_equal(
+        decode_file(wide, DecodeSpec((3, 4, 5), dtype="uint16"))[..., 0], 300
+    )
+    negative = volume("ct.npy", np.full((3, 4, 5), -1000, dtype=np.int16))
+    _bad(negative, DecodeSpec((3, 4, 5), dtype="uint16"), r"-1000..-1000.*pass dtype='float32'")
+    floats = volume("f.npy", np.full((3, 4, 5), 0.5))
+    _bad(floats, DecodeSpec((3, 4, 5)), r"floating-point values \(float64\).*pass dtype='float32'")
+    _bad(floats, DecodeSpec((2, 2, 2), dtype="uint16"), "pass dtype='float32'")
+    # float32 casts anything, keeping the values (no rescaling)
+    np.testing.assert_array_equal(
+        decode_file(negative, DecodeSpec((3, 4, 5), dtype="float32")), -1000.0
+    )
+    np.testing.assert_array_equal(decode_file(floats, DecodeSpec((3, 4, 5), dtype="float32")), 0.5)
+    raw = volume("u8.npy", np.full((3, 4, 5), 200, dtype=np.uint8))
+    np.testing.assert_array_equal(decode_file(raw, DecodeSpec((3, 4, 5), dtype="float32")), 200.0)
+    mask = volume("mask.npy", np.ones((3, 4, 5), dtype=bool))
+    np.testing.assert_array_equal(decode_file(mask, DecodeSpec((3, 4, 5))), 1)
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (2, 3, 4, 3), (2, 3, 4, 5, 1), (1, 2, 3, 4, 5)])
+def test_volume_wrong_dimensionality(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    np.save(tmp_path / "v.npy", np.zeros(shape, dtype=np.uint8))
+    error = _bad(tmp_path / "v.npy", VOLUME, "expected a 3-D volume")
+    assert str(shape) in str(error)
+
+
+def test_volume_2d_tiff_and_rgb_tiff(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((5, 6), dtype=np.uint8))
+    _bad(tmp_path / "flat.tif", VOLUME, r"found shape \(5, 6\)")
+    tifffile.imwrite(
+        tmp_path / "rgb.tif", np.zeros((2, 5, 6, 3), dtype=np.uint8), photometric="rgb"
+    )
+    _bad(tmp_path / "rgb.tif", VOLUME, r"found shape \(2, 5, 6, 3\)")
+
+
+def test_bad_volume_files(tmp_path: Path) -> None:
+    text = tmp_path / "v.npy"
+    text.write_text("not a volume")
+    _bad(text, VOLUME, r"not a volume: expected a NumPy .npy file.*b'not a vo'")
+    jpeg = save(make_image(seed=1), tmp_path / "x.npy", "JPEG")
+    _bad(jpeg, VOLUME, "Give a 2-D size")
+    np.save(tmp_path / "cut.npy", np.zeros((20, 20, 20)))
+    cut = tmp_path / "cut.npy"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    _bad(cut, VOLUME, "corrupt or truncated volume")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 8).reshape(2, 2, 2), allow_pickle=True)
+    _bad(tmp_path / "objects.npy", VOLUME, "corrupt or truncated volume")
+
+
+# --- dispatch and decode_into ---------------------------------------------------
+
+
+def test_decode_into_equals_decode_file(tmp_path: Path) -> None:
+    images = [save(make_image((30, 50), seed=s), tmp_path / f"{s}.jpg", "JPEG") for s in range(3)]
+    for resize in ("stretch", "crop", "pad"):
+        for dtype in ("uint8", "float32"):
+            spec = DecodeSpec((24, 24), resize=resize, dtype=dtype)
+            block = np.full((len(images), *spec.sample_shape), 7, dtype=spec.dtype)  # dirty
+            for i, p in enumerate(images):
+                decode_into(p, spec, block[i])
+            np.testing.assert_array_equal(block, np.stack([decode_file(p, spec) for p in images]))
+    vol_spec = DecodeSpec((3, 4, 5), dtype="float32")
+    np.save(tmp_path / "v.npy", make_volume((6, 7, 8), seed=1))
+    block = np.zeros((2, *vol_spec.sample_shape), dtype=np.float32)
+    decode_into(tmp_path / "v.npy", vol_spec, block[1])
+    np.testing.assert_array_equal(block[1], decode_file(tmp_path / "v.npy", vol_spec))
+    assert (block[0] == 0).all()
+
+
+def test_decode_into_strided_view(tmp_path: Path) -> None:
+    path = save(make_image((30, 50), seed=2), tmp_path / "a.png")
+    spec = DecodeSpec((10, 12), channels=1)
+    big = np.zeros((20, 12, 2), dtype=np.uint8)
+    view = big[::2, :, 1:]  # not contiguous
+    decode_into(path, spec, view)
+    np.testing.assert_array_equal(view, decode_file(path, spec))
+    assert (big[1::2] == 0).all()
+    assert (big[..., 0] == 0).all()
+
+
+def test_decode_into_checks_out(tmp_path: Path) -> None:
+    path = save(make_image(seed=2), tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"out must have shape \(8, 8, 3\) and dtype uint8"):
+        decode_into(path, DecodeSpec((8, 8)), np.empty((8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match="dtype uint8"):
+        decode_into(path, DecodeSpec((8, 8)), np.empty((8, 8, 3), np.float32))
+
+
+def test_dispatch(tmp_path: Path) -> None:
+    image = save(make_image(seed=3), tmp_path / "a.png")
+    np.save(tmp_path / "v.npy", make_volume((4, 4, 4), seed=3))
+    assert decode_file(image, IMAGE).shape == (16, 16, 3)
+    assert decode_file(tmp_path / "v.npy", VOLUME).shape == (4, 4, 4, 1)
+    np.testing.assert_array_equal(decode_image(image, IMAGE), decode_file(image, IMAGE))
+    np.testing.assert_array_equal(
+        decode_volume(tmp_path / "v.npy", VOLUME), decode_file(tmp_path / "v.npy", VOLUME)
+    )
+    with pytest.raises(ValueError, match="decode_image needs a 2-D spec"):
+        decode_image(image, VOLUME)
+    with pytest.raises(ValueError, match="decode_volume needs a 3-D spec"):
+        decode_volume(tmp_path / "v.npy", IMAGE)
