@@ -147,6 +147,15 @@ class ImageSet:
         """How the images are decoded, for sets read from files."""
         return None if self._files is None else self._files.spec
 
+    def show(self, *, n: int = 32, seed: int | None = 0) -> Any:
+        """A grid of ``n`` random samples with their class names (a matplotlib figure).
+
+        In a notebook the figure displays inline; elsewhere save it with ``.savefig``.
+        """
+        from .show import grid_figure
+
+        return grid_figure(self, n=n, seed=seed)
+
     def take(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
         """A new set with the samples at ``indices``, in that order.
 

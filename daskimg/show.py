@@ -1,0 +1,86 @@
+"""Pictures: a grid of samples with their class names — the first check after an ingest."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .imageset import ImageSet
+
+__all__ = ["grid_figure", "save_grid"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        if os.environ.get("MPLBACKEND") is None and not _in_notebook():
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("pictures need matplotlib: pip install 'daskimg[plot]'") from e
+    return plt
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def grid_figure(ds: ImageSet, *, n: int = 32, seed: int | None = 0, cols: int = 8) -> Any:
+    """A matplotlib figure of ``n`` random samples (seeded), titled with their class names.
+
+    Volumes show their middle slice. Only the chosen samples are read.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    plt = _pyplot()
+    total = len(ds)
+    n = min(n, total)
+    idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    images = (
+        np.asarray(ds.images[idx].compute()) if hasattr(ds.images, "compute") else ds.images[idx]
+    )
+    if images.ndim == 5:  # volumes: middle slice along depth
+        images = images[:, images.shape[1] // 2]
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (ax, i) in enumerate(zip(axes.ravel(), idx, strict=False)):
+        img = images[k]
+        if img.shape[-1] == 1:
+            ax.imshow(
+                img[..., 0],
+                cmap="gray",
+                vmin=0,
+                vmax=np.iinfo(img.dtype).max if img.dtype.kind == "u" else 1,
+            )
+        else:
+            ax.imshow(img)
+        title = f"#{i}"
+        if ds.labels is not None:
+            label = int(ds.labels[i])
+            title = ds.classes[label] if ds.classes else str(label)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_grid(
+    ds: ImageSet, path: str | os.PathLike[str], *, n: int = 32, seed: int | None = 0
+) -> None:
+    """Write :func:`grid_figure` to a PNG file (what ``daskimg show`` does)."""
+    plt = _pyplot()
+    fig = grid_figure(ds, n=n, seed=seed)
+    fig.savefig(os.fspath(path), dpi=100)
+    plt.close(fig)

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import daskimg as di
+from daskimg.chunks import StoreReader
+from daskimg.cli import main
+
+
+@pytest.fixture
+def ingested(tmp_path, image_folder):
+    out = tmp_path / "out"
+    assert main(["ingest", str(image_folder), str(out), "--size", "16", "16", "--chunk", "4"]) == 0
+    return out
+
+
+def test_ingest_writes_disjoint_stratified_splits(ingested, image_folder):
+    parts = {s: di.open_zarr(ingested / f"{s}.zarr.zip") for s in ("train", "valid", "test")}
+    paths = {s: set(p.paths) for s, p in parts.items()}
+    assert not (paths["train"] & paths["valid"]) and not (paths["train"] & paths["test"])
+    assert not paths["valid"] & paths["test"]
+    assert set().union(*paths.values()) == {
+        p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png")
+    }
+    for s, part in parts.items():
+        assert part.attrs["split"] == s
+        assert part.classes == ("ant", "bee", "cat")
+        # 8 images per class: every split holds every class
+        assert set(part.labels.tolist()) == {0, 1, 2}
+
+
+def test_ingest_recognises_split_folders(tmp_path):
+    src = tmp_path / "data"
+    di.testing.make_image_folder(src, n=12, classes=("a", "b"), split_dirs=("train", "val", "test"))
+    out = tmp_path / "out"
+    assert main(["ingest", str(src), str(out), "--size", "8", "8", "--format", "dir"]) == 0
+    valid = di.open_zarr(out / "valid.zarr")
+    assert all(p.startswith("val/") for p in valid.paths)
+
+
+def test_ingest_skip_reports_bad_files(tmp_path, image_folder, capsys):
+    (image_folder / "ant" / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["ingest", str(image_folder), str(out), "--size", "8", "8"]) == 2
+    assert "bad.png" in capsys.readouterr().err
+    assert (
+        main(["ingest", str(image_folder), str(out), "--size", "8", "8", "--on-error", "skip"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "ant/bad.png" in printed
+    skipped = [
+        p
+        for s in ("train", "valid", "test")
+        for p, _ in di.open_zarr(out / f"{s}.zarr.zip").skipped
+    ]
+    assert skipped == ["ant/bad.png"]
+
+
+def test_info_text_and_json(ingested, capsys):
+    assert main(["info", str(ingested / "train.zarr.zip")]) == 0
+    text = capsys.readouterr().out
+    for word in ("format", "version 1", "lz4", "ant", "images", "ratio", "shuffled"):
+        assert word in text
+    assert main(["info", "--json", str(ingested / "train.zarr.zip")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    n = summary["attrs"]["num_samples"]
+    assert summary["arrays"]["images"]["shape"] == [n, 16, 16, 3]
+    assert sum(summary["class_counts"].values()) == n
+
+
+def test_verify_names_damaged_chunk(ingested, capsys):
+    store = str(ingested / "train.zarr.zip")
+    assert main(["verify", store]) == 0
+    file, offset, nbytes = StoreReader(store).chunk_location("images", 1)
+    with open(file, "r+b") as fh:
+        fh.seek(offset + 10)
+        byte = fh.read(1)
+        fh.seek(offset + 10)
+        fh.write(bytes([byte[0] ^ 1]))
+    assert main(["verify", store]) == 1
+    out = capsys.readouterr().out
+    assert "'images', chunk 1" in out
+
+
+def test_show_draws_the_samples_with_their_labels(ingested, tmp_path):
+    store = ingested / "train.zarr.zip"
+    png = tmp_path / "grid.png"
+    assert main(["show", str(store), "-o", str(png), "--n", "6"]) == 0
+    picture = np.asarray(Image.open(png).convert("RGB"))
+    assert picture.shape[0] > 100 and picture.std() > 10  # a real picture, not a blank canvas
+    # the figure shows the stored pixels under their class names
+    from daskimg.show import grid_figure
+
+    ds = di.open_zarr(store)
+    fig = grid_figure(ds, n=6, seed=0)
+    idx = np.sort(np.random.default_rng(0).choice(len(ds), size=6, replace=False))
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 6
+    for ax, i in zip(shown, idx, strict=True):
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), ds.images[i].compute())
+        assert ax.get_title() == ds.classes[ds.labels[i]]
+
+
+def test_bench_runs_and_compares_with_the_limit(ingested, capsys):
+    assert (
+        main(["bench", str(ingested / "train.zarr.zip"), "--batch-size", "4", "--target", "1"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "of the limit" in out and "keeps up" in out
+
+
+def test_python_dash_m_and_errors(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "daskimg", "info", str(tmp_path / "missing.zarr.zip")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert "missing.zarr.zip" in run.stderr

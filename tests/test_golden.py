@@ -1,0 +1,48 @@
+"""Stores of on-disk format version 1, written once and committed, must keep opening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import daskimg as di
+from daskimg.storeinfo import verify
+
+V1 = Path(__file__).parent / "golden" / "v1"
+STORES = ["lz4.zarr.zip", "zstd.zarr.zip", "none.zarr.zip", "lz4.zarr"]
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(V1 / "expected.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_golden_v1_opens_with_daskimg(name, expected):
+    ds = di.open_zarr(V1 / name)
+    np.testing.assert_array_equal(ds.images.compute(), expected["images"])
+    np.testing.assert_array_equal(ds.labels, expected["labels"])
+    np.testing.assert_array_equal(ds.paths.astype(str), expected["paths"])
+    np.testing.assert_array_equal(ds.columns["bbox"], expected["bbox"])
+    assert ds.classes == ("a", "b", "c")
+    assert ds.attrs["format_version"] == 1
+    assert verify(V1 / name) == []
+    batches = list(di.BatchIterator(V1 / name, batch_size=4, arrays=("images", "labels")))
+    assert sum(len(b[0]) for b in batches) == len(expected["labels"])
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_golden_v1_opens_with_plain_zarr(name, expected):
+    path = str(V1 / name)
+    store = (
+        zarr.storage.ZipStore(path, mode="r")
+        if path.endswith(".zip")
+        else zarr.storage.LocalStore(path, read_only=True)
+    )
+    g = zarr.open_group(store, mode="r")
+    np.testing.assert_array_equal(g["images"][...], expected["images"])
+    np.testing.assert_array_equal(g["bbox"][...], expected["bbox"])
