@@ -77,7 +77,7 @@ def test_info_text_and_json(ingested, capsys):
 def test_verify_names_damaged_chunk(ingested, capsys):
     store = str(ingested / "train.zarr.zip")
     assert main(["verify", store]) == 0
-    file, offset, nbytes = StoreReader(store).chunk_location("images", 1)
+    file, offset, _nbytes = StoreReader(store).chunk_location("images", 1)
     with open(file, "r+b") as fh:
         fh.seek(offset + 10)
         byte = fh.read(1)
