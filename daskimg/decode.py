@@ -369,12 +369,12 @@ def decode_into(path: str | os.PathLike[str], spec: DecodeSpec, out: np.ndarray)
 
 def _image_into(path: str, spec: DecodeSpec, out: np.ndarray) -> None:
     """Decode the image at ``path`` into ``out`` (shape and dtype already checked)."""
-    im = _open_image(path)
+    source = _open_image(path)
     try:
-        im, origin = _decode_pil(im, spec, path)
-        _pil_into(im, spec, out, origin)
+        im, place = _decode_pil(source, spec, path)
+        _pil_into(im, spec, out, place)
     finally:
-        im.close()
+        source.close()
 
 
 def _read_bytes(path: str) -> bytes:
@@ -382,20 +382,23 @@ def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
-        raise DecodeError(
-            path, "no such file; check the path and that the file was not moved"
-        ) from None
-    except IsADirectoryError:
-        raise DecodeError(path, "is a directory, not a file") from None
     except OSError as exc:
-        raise DecodeError(path, f"cannot read the file ({exc.strerror or exc})") from exc
+        raise _unreadable(path, exc) from None
     if not data:
-        raise DecodeError(
-            path,
-            "the file is empty (0 bytes); it was probably not written completely, re-create it",
-        )
+        raise DecodeError(path, _EMPTY)
     return data
+
+
+def _unreadable(path: str, exc: OSError) -> DecodeError:
+    """The error for a file that cannot be opened or read."""
+    if isinstance(exc, FileNotFoundError):
+        return DecodeError(path, "no such file; check the path and that the file was not moved")
+    if isinstance(exc, IsADirectoryError):
+        return DecodeError(path, "is a directory, not a file")
+    return DecodeError(path, f"cannot read the file ({exc.strerror or exc})")
+
+
+_EMPTY: Final = "the file is empty (0 bytes); it was probably not written completely, re-create it"
 
 
 def _open_image(path: str) -> Image.Image:
@@ -668,14 +671,17 @@ def _pil_into(im: Image.Image, spec: DecodeSpec, out: np.ndarray, place: tuple[i
 
 def _volume_into(path: str, spec: DecodeSpec, out: np.ndarray) -> None:
     """Decode the volume at ``path`` into ``out`` (shape and dtype already checked)."""
-    vol = _read_volume(path)
+    vol, is_tiff = _read_volume(path)
     if vol.ndim == 4 and vol.shape[-1] == 1:
         vol = vol[..., 0]
     if vol.ndim != 3:
+        hint = ""
+        if is_tiff and vol.ndim == 2:
+            hint = " (a single page: a TIFF stack has one page per slice, unless it is truncated)"
         raise DecodeError(
             path,
             "expected a 3-D volume (depth, height, width), or 4-D with a trailing channel "
-            f"of 1; found shape {vol.shape}",
+            f"of 1; found shape {vol.shape}{hint}",
         )
     if 0 in vol.shape:
         raise DecodeError(path, f"the volume is empty (shape {vol.shape})")
@@ -694,33 +700,32 @@ def _volume_into(path: str, spec: DecodeSpec, out: np.ndarray) -> None:
         np.copyto(dst, tmp, casting="unsafe")
 
 
-def _read_volume(path: str) -> np.ndarray:
-    """Open a .npy (memory-mapped) or TIFF stack, told apart by the first bytes."""
+def _read_volume(path: str) -> tuple[np.ndarray, bool]:
+    """Open a .npy (memory-mapped) or TIFF stack, told apart by the first bytes.
+
+    Returns the array and whether it came from a TIFF.
+    """
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-    except FileNotFoundError:
-        raise DecodeError(
-            path, "no such file; check the path and that the file was not moved"
-        ) from None
-    except IsADirectoryError:
-        raise DecodeError(path, "is a directory, not a file") from None
     except OSError as exc:
-        raise DecodeError(path, f"cannot read the file ({exc.strerror or exc})") from exc
+        raise _unreadable(path, exc) from None
     if not head:
-        raise DecodeError(
-            path,
-            "the file is empty (0 bytes); it was probably not written completely, re-create it",
-        )
-    try:
-        if head.startswith(_NPY_MAGIC):
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        if head[:4] in _TIFF_MAGICS:
-            import tifffile  # only volumes need it
+        raise DecodeError(path, _EMPTY)
+    if head.startswith(_NPY_MAGIC):
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False), False
+        except _CORRUPT as exc:
+            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+    if head[:4] in _TIFF_MAGICS:
+        import tifffile  # only volumes need it
 
-            return np.asarray(tifffile.imread(path))
-    except _CORRUPT as exc:
-        raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+        try:
+            return np.asarray(tifffile.imread(path)), True
+        except MemoryError:
+            raise
+        except Exception as exc:  # codecs raise their own types (imagecodecs.DeflateError, ...)
+            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
     raise DecodeError(
         path,
         "not a volume: expected a NumPy .npy file (starting b'\\x93NUMPY') or a TIFF stack "
