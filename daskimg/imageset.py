@@ -63,7 +63,7 @@ class ImageSet:
 
     def __init__(
         self,
-        images: da.Array | np.ndarray,
+        images: da.Array | np.ndarray | None,
         labels: Sequence[int] | np.ndarray | None = None,
         *,
         classes: Sequence[str] = (),
@@ -74,21 +74,27 @@ class ImageSet:
         source_splits: Sequence[str] | np.ndarray | None = None,
         _files: FileSource | None = None,
     ) -> None:
-        if not isinstance(images, da.Array):
+        if images is not None and not isinstance(images, da.Array):
             images = np.asarray(images)
-            if images.ndim < 3:
-                raise ValueError(
-                    f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"
-                )
-            images = da.from_array(images, chunks=(DEFAULT_BLOCK, *images.shape[1:]))
-        if images.ndim < 3:
+            if images.ndim >= 3:
+                images = da.from_array(images, chunks=(DEFAULT_BLOCK, *images.shape[1:]))
+        if images is not None and images.ndim < 3:
             raise ValueError(
                 f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"
             )
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        n = images.shape[0]
-        self.images: da.Array = cast(da.Array, images)
+        if images is not None:
+            n = int(images.shape[0])
+        else:
+            # a set without images (e.g. features written back): its length comes from the other arrays
+            others = [a for a in (labels, paths, *(columns or {}).values()) if a is not None]
+            if not others:
+                raise ValueError("an ImageSet needs images or at least one per-sample array")
+            n = len(others[0])
+        self._n = n
+        #: ``(N, H, W, C)`` dask array, or None for a store of other arrays only (e.g. features)
+        self.images: da.Array | None = cast("da.Array | None", images)
         self.labels = None if labels is None else _per_sample("labels", labels, n, np.int64)
         self.classes = tuple(str(c) for c in classes)
         if self.labels is not None and self.classes and len(self.labels):
@@ -118,10 +124,14 @@ class ImageSet:
         self.store_path: str | None = None
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return self._n
 
     def __repr__(self) -> str:
-        parts = [f"images={self.images.shape} {self.images.dtype}"]
+        parts = [
+            f"images={self.images.shape} {self.images.dtype}"
+            if self.images is not None
+            else f"n={self._n}"
+        ]
         if self.labels is not None:
             parts.append(f"labels={len(self.labels)}")
         if self.classes:
@@ -134,13 +144,22 @@ class ImageSet:
     @property
     def arrays(self) -> dict[str, Any]:
         """Every per-sample array by name: ``images``, ``labels``, ``paths`` and extra columns."""
-        out: dict[str, Any] = {"images": self.images}
+        out: dict[str, Any] = {} if self.images is None else {"images": self.images}
         if self.labels is not None:
             out["labels"] = self.labels
         if self.paths is not None:
             out["paths"] = self.paths
         out.update(self.columns)
         return out
+
+    def require_images(self) -> da.Array:
+        """``images``, or a clear error for a set that has none."""
+        if self.images is None:
+            raise ValueError(
+                f"this set has no images, only {sorted(self.arrays)}; "
+                "it was probably written by daskimg.ArrayWriter"
+            )
+        return self.images
 
     @property
     def spec(self) -> DecodeSpec | None:
@@ -168,7 +187,13 @@ class ImageSet:
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"indices must lie in 0..{len(self) - 1}")
         files = None if self._files is None else self._files.take(idx)
-        images = files.to_dask() if files is not None else self.images[idx]
+        images = (
+            files.to_dask()
+            if files is not None
+            else None
+            if self.images is None
+            else self.images[idx]
+        )
         return ImageSet(
             images,
             None if self.labels is None else self.labels[idx],
@@ -220,9 +245,12 @@ class ImageSet:
         return {name: self.take(idx) for name, idx in parts.items()}
 
 
-def _per_sample(name: str, values: Any, n: int, dtype: Any) -> np.ndarray:
+def _per_sample(name: str, values: Any, n: int, dtype: Any) -> Any:
     if isinstance(values, da.Array):
-        values = values.compute()
+        # large columns (e.g. features from a store) stay lazy
+        if values.ndim == 0 or values.shape[0] != n:
+            raise ValueError(f"{name} must have {n} rows, one per image; got shape {values.shape}")
+        return values if dtype is None else values.astype(dtype)
     arr = np.asarray(values, dtype=dtype)
     if arr.ndim == 0 or arr.shape[0] != n:
         raise ValueError(f"{name} must have {n} rows, one per image; got shape {arr.shape}")

@@ -46,9 +46,7 @@ def grid_figure(ds: ImageSet, *, n: int = 32, seed: int | None = 0, cols: int = 
     total = len(ds)
     n = min(n, total)
     idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
-    images = (
-        np.asarray(ds.images[idx].compute()) if hasattr(ds.images, "compute") else ds.images[idx]
-    )
+    images = np.asarray(ds.require_images()[idx].compute())
     if images.ndim == 5:  # volumes: middle slice along depth
         images = images[:, images.shape[1] // 2]
     cols = min(cols, n)

@@ -158,8 +158,8 @@ def create_layout(
             config=cfg,
         )
 
-    sample = tuple(ds.images.shape[1:])
-    make("images", (n, *sample), ds.images.dtype, compressors(codec, ds.images.dtype))
+    images = ds.require_images()
+    make("images", (n, *images.shape[1:]), images.dtype, compressors(codec, images.dtype))
     if ds.labels is not None:
         make("labels", (n,), np.int64, compressors("zstd", np.dtype(np.int64)))
     if ds.paths is not None:
@@ -240,6 +240,8 @@ def to_zarr(
     target = os.path.abspath(os.fspath(path)).rstrip("/")
     kind = store_kind(target)
     n_in = len(imageset)
+    if imageset.images is None:
+        raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
     if n_in == 0:
         raise ValueError("the ImageSet is empty; there is nothing to store")
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -259,8 +261,8 @@ def to_zarr(
             else np.arange(n_in)
         )
         ds = imageset.take(perm) if order == "shuffled" else imageset
-        sample = tuple(ds.images.shape[1:])
-        chunk_len = chunks or auto_chunk_len(sample, ds.images.dtype, n_in)
+        images = ds.require_images()
+        chunk_len = chunks or auto_chunk_len(images.shape[1:], images.dtype, n_in)
         if not isinstance(chunk_len, int) or chunk_len < 1:
             raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
         shard_len = chunk_len * (shard_chunks or SHARD_CHUNKS)
@@ -344,7 +346,7 @@ def _write(
         else:
             pixels, mask = files.to_dask(block=chunk_len), None
     else:
-        pixels, mask = ds.images, None
+        pixels, mask = ds.require_images(), None
     pixels = pixels.rechunk((shard_len, *pixels.shape[1:]))
     stored = da.store(pixels, cast(Any, dest["images"]), lock=False, compute=False)
     with _progress(progress):
@@ -516,11 +518,9 @@ def open_zarr(path: str | os.PathLike[str]) -> ImageSet:
             arrays[name] = lazy_array(reader, name)
         else:
             arrays[name] = cast(Any, arr)[...]
-    if "images" not in arrays:
-        raise FormatVersionError(f"{p!r} has no 'images' array; open it with zarr.open_group")
     columns = {k: v for k, v in arrays.items() if k not in ("images", "labels", "paths")}
     ds = ImageSet(
-        arrays["images"],
+        arrays.get("images"),
         arrays.get("labels"),
         classes=attrs.get("classes") or (),
         paths=arrays.get("paths"),

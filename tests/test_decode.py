@@ -669,6 +669,13 @@ def test_bad_volume_files(tmp_path: Path) -> None:
     cut = tmp_path / "cut.npy"
     cut.write_bytes(cut.read_bytes()[:1000])
     _bad(cut, VOLUME, "corrupt or truncated volume")
+    stack = tmp_path / "z.tif"
+    tifffile.imwrite(stack, make_volume((6, 20, 20)), photometric="minisblack", compression="zlib")
+    data = stack.read_bytes()
+    stack.write_bytes(data[: len(data) * 9 // 10])  # the last page's pixels are cut
+    _bad(stack, VOLUME, "corrupt or truncated volume")
+    stack.write_bytes(data[: len(data) * 3 // 10])  # tifffile finds just the first page
+    _bad(stack, VOLUME, "found shape .20, 20. .*unless it is truncated")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 8).reshape(2, 2, 2), allow_pickle=True)
     _bad(tmp_path / "objects.npy", VOLUME, "corrupt or truncated volume")
 
