@@ -18,12 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-	$(VENV)/bin/ruff check daskimg tests bench examples
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check daskimg tests bench examples
-	$(VENV)/bin/ruff format --check daskimg tests bench examples
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -27,26 +27,28 @@ Images (Pillow)
   shrinks (its support widens with the scale, like torchvision's
   ``antialias=True``); it costs half of ``LANCZOS`` on the hot path and does not
   overshoot. ``resize="stretch"`` maps the whole image onto ``size``;
-  ``"crop"`` scales the shorter side to fit and cuts the centre, exactly as
-  :func:`PIL.ImageOps.fit`; ``"pad"`` fits the whole image inside and centres it
+  ``"crop"`` scales the shorter side to fit and cuts the center, exactly as
+  :func:`PIL.ImageOps.fit`; ``"pad"`` fits the whole image inside and centers it
   on zeros, exactly as :func:`PIL.ImageOps.pad`. A source that already has the
   target size is not resampled.
 * DCT draft: with ``draft=True``, a JPEG at least 2x larger than needed in both
   directions is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (never below the
   size needed, which for ``"crop"`` is the size covering the crop), then resized
-  the rest of the way. On 1024x768 photos resized to 224x224 this doubles the
-  rate; on 2000x1500 ones it triples it. The DCT scaling is a slightly softer
-  low-pass than the bilinear filter, so results differ a little from a full
-  decode. Measured against Pillow's full decode and the same resize (1,120
-  decodes of :func:`daskimg.testing.make_photo_folder` photos, 300 to 600 px, to
-  48 to 224 px in all three resize modes), the mean absolute difference per
-  image averages 0.75 levels of 255 at 1/2 scale, 1.1 at 1/4 and 1.8 at 1/8
-  (worst photo 2.2, 3.1 and 4.4); gray output, for which libjpeg returns its
-  luma plane directly, is within 0.1 of those. Tiny, busy images differ more
-  (about 6 levels for a 40x32 synthetic picture halved). The tests allow a mean
-  of 2.5 over a set of photos and 5 for any one photo. ``draft=False`` gives
-  Pillow's full decode, identical to ``Image.open`` -> ``exif_transpose`` ->
-  ``convert`` -> ``resize``.
+  the rest of the way. Resizing to 224x224 in one process, this lifts the rate
+  from about 160 to 280 photos/s at 1024x768 and from 50 to 170 at 2000x1500;
+  a 500x375 photo is not 2x the target, so it is decoded in full either way
+  (about 510/s). The DCT scaling is a slightly softer low-pass than the bilinear
+  filter, so results differ a little from a full decode. Measured against
+  Pillow's full decode and the same resize (1,120 RGB and 1,120 gray decodes of
+  :func:`daskimg.testing.make_photo_folder` photos, 300 to 600 px, to 48 to 224
+  px in all three resize modes), the mean absolute difference per image
+  averages 0.75 levels of 255 at 1/2 scale, 1.1 at 1/4 and 1.8 at 1/8 (worst
+  photo 2.2, 3.1 and 4.4); gray output, for which libjpeg returns its luma plane
+  directly, is within 0.1 of those. Tiny, busy images differ more (about 6
+  levels for a 40x32 synthetic picture halved). The tests allow a mean of 2.5
+  over a set of photos and 5 for any one photo. ``draft=False`` gives Pillow's
+  full decode, identical to ``Image.open`` -> ``exif_transpose`` -> ``convert``
+  -> ``resize``.
 * Pillow's decompression-bomb limit is kept: images over
   ``2 * PIL.Image.MAX_IMAGE_PIXELS`` raise :class:`~daskimg.errors.DecodeError`,
   and the warning Pillow gives between the limit and twice the limit is
@@ -139,8 +141,8 @@ class DecodeSpec:
         notes). Any spelling numpy understands is stored as the dtype's name.
     resize : {"stretch", "crop", "pad"}
         How images of another shape are fitted: ``"stretch"`` to ``size``,
-        ``"crop"`` to cover ``size`` and cut the centre, ``"pad"`` to fit inside
-        ``size`` and centre on zeros. Volumes are always stretched.
+        ``"crop"`` to cover ``size`` and cut the center, ``"pad"`` to fit inside
+        ``size`` and center on zeros. Volumes are always stretched.
     draft : bool
         Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (see the module
         notes for the small difference this makes).

@@ -92,8 +92,8 @@ def make_image(
 ) -> Image.Image:
     """Make a small, smooth, non-constant image: seeded waves plus a few shapes.
 
-    Each colour channel is a slanted sine wave of random frequency and phase;
-    two to four rectangles and ellipses of random colour sit on top, so resizing
+    Each color channel is a slanted sine wave of random frequency and phase;
+    two to four rectangles and ellipses of random color sit on top, so resizing
     and JPEG compression have edges and gradients to work on. Alpha (``RGBA``,
     ``LA``) is another wave clipped so that it holds fully transparent, partly
     transparent and opaque pixels. 16-bit and float images span their full
@@ -107,7 +107,7 @@ def make_image(
         Decides every pixel; different seeds give different images.
     mode : str
         A Pillow mode from :data:`IMAGE_MODES`: ``"1"``, ``"L"``, ``"LA"``,
-        ``"P"`` (64 colours), ``"RGB"``, ``"RGBA"``, ``"CMYK"``, ``"I;16"``,
+        ``"P"`` (64 colors), ``"RGB"``, ``"RGBA"``, ``"CMYK"``, ``"I;16"``,
         ``"I"`` or ``"F"``.
 
     Returns
@@ -138,14 +138,14 @@ def make_image(
 
     rgb = np.stack([wave() for _ in range(3)], axis=-1)
     for _ in range(int(rng.integers(2, 5))):
-        colour = rng.uniform(0.0, 1.0, 3)
+        color = rng.uniform(0.0, 1.0, 3)
         cy, cx = rng.uniform(0.15, 0.85, 2)
         ry, rx = rng.uniform(0.08, 0.3, 2)
         if rng.random() < 0.5:
             inside = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
         else:
             inside = (np.abs(y - cy) <= ry) & (np.abs(x - cx) <= rx)
-        rgb[inside] = 0.7 * colour + 0.3 * rgb[inside]
+        rgb[inside] = 0.7 * color + 0.3 * rgb[inside]
     alpha = np.clip(1.6 * wave() - 0.3, 0.0, 1.0)
 
     rgb8 = np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
@@ -295,9 +295,9 @@ def make_volume(
     grids = np.meshgrid(*(np.linspace(0.0, 1.0, n) for n in dims), indexing="ij", sparse=True)
     vol = sum(g * c for g, c in zip(grids, rng.uniform(-0.5, 0.5, 3), strict=True))
     for _ in range(3):
-        centre = rng.uniform(0.2, 0.8, 3)
+        center = rng.uniform(0.2, 0.8, 3)
         width = rng.uniform(0.1, 0.3)
-        dist2 = sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True))
+        dist2 = sum((g - c) ** 2 for g, c in zip(grids, center, strict=True))
         vol = vol + rng.uniform(0.5, 1.0) * np.exp(-dist2 / (2 * width**2))
     vol = np.broadcast_to(vol, dims).astype(np.float64)
     span = vol.max() - vol.min()
@@ -431,7 +431,7 @@ def make_photo_folder(
     seed : int
         Non-negative seed.
     classes : sequence of str, optional
-        Names from :data:`PHOTOS`; defaults to the six colour photos astronaut,
+        Names from :data:`PHOTOS`; defaults to the six color photos astronaut,
         chelsea, coffee, rocket, motorcycle and hubble.
     quality : int
         JPEG quality.

@@ -294,7 +294,7 @@ def test_same_size_is_not_resampled(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got, np.asarray(im))
 
 
-def test_pad_centres_on_zeros_and_crop_cuts_the_centre(tmp_path: Path) -> None:
+def test_pad_centers_on_zeros_and_crop_cuts_the_center(tmp_path: Path) -> None:
     im = make_image((20, 40), seed=8)  # twice as wide as tall
     path = save(im, tmp_path / "wide.png")
     padded = decode_file(path, DecodeSpec((40, 40), resize="pad"))
