@@ -18,17 +18,25 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import google_crc32c
+import crc32c
 import numpy as np
 from numcodecs import blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .errors import ChecksumError
 
-__all__ = ["CODECS", "DEFAULT_CODEC", "compressors", "decode_chunk", "fast_chain"]
+__all__ = [
+    "CODECS",
+    "DEFAULT_CODEC",
+    "check_crc",
+    "check_crc_of",
+    "compressors",
+    "decode_chunk",
+    "decompress_into",
+    "fast_chain",
+]
 
 CODECS = ("lz4", "zstd", "none")
-_CRC32C_RESIDUE = 0x48674BC7
 DEFAULT_CODEC = "lz4"
 
 
@@ -74,32 +82,49 @@ def fast_chain(codecs_meta: list[dict[str, Any]]) -> str | None:
     return kind if endian == "little" or np.little_endian is False else None
 
 
-def decode_chunk(data: memoryview | bytes, kind: str, out: np.ndarray, where: str) -> None:
-    """Check the crc32c of ``data`` and decode it into ``out`` (C-contiguous, exact size).
+def check_crc(data: Any, where: str) -> memoryview:
+    """Check a chunk's trailing crc32c (little-endian, Zarr v3's codec); return the body.
 
-    ``where`` names the chunk in error messages.
+    ``data`` is any buffer (bytes, bytearray, numpy array); nothing is copied.
     """
-    if len(data) < 4:
-        raise ChecksumError(f"{where}: chunk is {len(data)} bytes, too short to hold its checksum")
-    body = memoryview(data)[:-4]
-    # CRC-32C over (data || its crc, little-endian) is a constant: checks without copying the body
-    if google_crc32c.value(bytes(data) if not isinstance(data, bytes) else data) != _CRC32C_RESIDUE:
+    view = memoryview(data).cast("B")
+    if len(view) < 4:
+        raise ChecksumError(f"{where}: chunk is {len(view)} bytes, too short to hold its checksum")
+    body = view[:-4]
+    check_crc_of(body, view[-4:], where)
+    return body
+
+
+def check_crc_of(body: Any, stored: Any, where: str) -> None:
+    """Check that ``body`` (any buffer) has the little-endian crc32c ``stored`` (4 bytes)."""
+    if crc32c.crc32c(body) != int.from_bytes(bytes(stored), "little"):
         raise ChecksumError(
             f"{where}: checksum mismatch (the chunk is damaged); run `daskimg verify` on the store "
             "and re-create it from the source"
         )
+
+
+def decompress_into(body: memoryview, out: np.ndarray, where: str) -> None:
+    """Blosc-decompress a checked chunk body into ``out`` (C-contiguous, exact size)."""
     dest = out.reshape(-1).view(np.uint8)
-    if kind == "raw":
-        if len(body) != dest.nbytes:
-            raise ChecksumError(f"{where}: chunk holds {len(body)} bytes, expected {dest.nbytes}")
-        dest[:] = np.frombuffer(body, dtype=np.uint8)
-        return
+    nbytes = int.from_bytes(body[4:8], "little") if len(body) >= 16 else -1  # blosc header
+    if nbytes != dest.nbytes:
+        raise ChecksumError(
+            f"{where}: chunk decompresses to {nbytes} bytes, expected {dest.nbytes}"
+        )
     try:
-        nbytes = int.from_bytes(body[4:8], "little") if len(body) >= 16 else -1  # blosc header
-        if nbytes != dest.nbytes:
-            raise ChecksumError(
-                f"{where}: chunk decompresses to {nbytes} bytes, expected {dest.nbytes}"
-            )
         blosc.decompress(body, dest)
     except RuntimeError as e:  # blosc's error for corrupt input
         raise ChecksumError(f"{where}: cannot decompress ({e})") from e
+
+
+def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
+    """Check the crc32c of an encoded chunk and decode it into ``out`` (exact size)."""
+    body = check_crc(data, where)
+    if kind == "raw":
+        dest = out.reshape(-1).view(np.uint8)
+        if len(body) != dest.nbytes:
+            raise ChecksumError(f"{where}: chunk holds {len(body)} bytes, expected {dest.nbytes}")
+        dest[:] = np.frombuffer(body, dtype=np.uint8)
+    else:
+        decompress_into(body, out, where)
