@@ -59,6 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     ing.add_argument("--overwrite", action="store_true", help="replace existing stores")
 
+    conv = sub.add_parser("convert", help="turn an HDF5 dataset or .npy/.npz arrays into a store")
+    conv.add_argument("src", help="*.h5 / *.hdf5, *.npy or *.npz")
+    conv.add_argument("out", help="the store to write, e.g. out/train.zarr.zip")
+    conv.add_argument(
+        "--images", default="images", help="dataset / array name of the images (h5, npz)"
+    )
+    conv.add_argument(
+        "--labels", default=None, help="dataset / array name of the labels (for .npy: a .npy file)"
+    )
+    conv.add_argument("--classes", nargs="*", default=(), help="class names, in label order")
+    conv.add_argument("--codec", default=None, help="lz4 (default), zstd or none")
+    conv.add_argument("--chunk", type=int, default=None, help="samples per chunk")
+    conv.add_argument("--order", default="shuffled", choices=("shuffled", "source"))
+    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--split", default=None, help="split name recorded in the store")
+    conv.add_argument("--overwrite", action="store_true")
+    conv.add_argument("--scheduler", default="threads", help="threads, processes or HOST:PORT")
+
     inf = sub.add_parser("info", help="what is in a store")
     inf.add_argument("store")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
@@ -90,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(globals()[f"_cmd_{args.command}"](args))
-    except (DaskImgError, FileNotFoundError, ValueError) as e:
+    except (DaskImgError, FileNotFoundError, ValueError, KeyError, ImportError) as e:
         print(f"daskimg {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -186,6 +204,31 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         for path, why in skipped:
             print(f"skipped ({name}): {path}: {why}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+    from .storeinfo import format_info, info
+
+    t = time.perf_counter()
+    with _scheduler(args.scheduler):
+        path = convert(
+            args.src,
+            args.out,
+            images=args.images,
+            labels=args.labels,
+            classes=args.classes,
+            chunks=args.chunk,
+            codec=args.codec,
+            order=args.order,
+            seed=args.seed,
+            split=args.split,
+            overwrite=args.overwrite,
+            progress=True,
+        )
+    print(format_info(info(path)))
+    print(f"done in {time.perf_counter() - t:.1f}s")
     return 0
 
 

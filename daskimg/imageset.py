@@ -14,7 +14,7 @@ import numpy as np
 
 from .decode import DecodeSpec
 from .errors import NoImagesFoundError
-from .read import DEFAULT_BLOCK, ON_ERROR, FileSource, relative_paths
+from .read import DEFAULT_BLOCK, ON_ERROR, FileSource, RowSource, relative_paths
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "from_csv", "from_folder"]
 
@@ -72,7 +72,7 @@ class ImageSet:
         root: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
         source_splits: Sequence[str] | np.ndarray | None = None,
-        _files: FileSource | None = None,
+        _files: RowSource | None = None,
     ) -> None:
         if images is not None and not isinstance(images, da.Array):
             images = np.asarray(images)
@@ -164,7 +164,7 @@ class ImageSet:
     @property
     def spec(self) -> DecodeSpec | None:
         """How the images are decoded, for sets read from files."""
-        return None if self._files is None else self._files.spec
+        return self._files.spec if isinstance(self._files, FileSource) else None
 
     def show(self, *, n: int = 32, seed: int | None = 0) -> Any:
         """A grid of ``n`` random samples with their class names (a matplotlib figure).

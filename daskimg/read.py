@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dask.array as da
 import numpy as np
@@ -24,7 +24,7 @@ from dask.highlevelgraph import HighLevelGraph
 from .decode import DecodeSpec, decode_into
 from .errors import DecodeError, NoImagesFoundError
 
-__all__ = ["DEFAULT_BLOCK", "FileSource", "expand_paths", "imread"]
+__all__ = ["DEFAULT_BLOCK", "FileSource", "RowSource", "expand_paths", "imread"]
 
 logger = logging.getLogger("daskimg")
 
@@ -63,6 +63,21 @@ def expand_paths(
     if not paths:
         raise NoImagesFoundError("the list of paths is empty; pass at least one file")
     return paths
+
+
+class RowSource(Protocol):
+    """A recipe for a lazy per-sample array that can be re-cut over any rows cheaply.
+
+    ``take`` returns the recipe over chosen rows and ``to_dask`` builds a small graph
+    (one task per block of rows), so subsets and shuffled orders never gather across
+    the blocks of an existing graph.
+    """
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> RowSource: ...
+
+    def to_dask(self, *, block: int | None = None) -> da.Array: ...
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .errors import (
     StoreLockedError,
 )
 from .imageset import ImageSet
+from .read import FileSource
 
 __all__ = ["FORMAT_VERSION", "open_zarr", "read_attrs", "store_kind", "to_zarr"]
 
@@ -280,7 +281,7 @@ def to_zarr(
             "source": _source_attrs(ds),
             "skipped": [],
         }
-        skip = ds.on_error == "skip" and ds._files is not None
+        skip = ds.on_error == "skip" and isinstance(ds._files, FileSource)
         try:
             ok = _write(
                 staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress
@@ -341,7 +342,7 @@ def _write(
     )
     if ds._files is not None:
         files = ds._files
-        if skip:
+        if skip and isinstance(files, FileSource):
             pixels, mask = files.to_dask_masked(block=chunk_len)
         else:
             pixels, mask = files.to_dask(block=chunk_len), None
@@ -378,7 +379,7 @@ def _compact_skipped(
     """Drop the rows of files that failed to decode, so no blank image is ever a sample."""
     bad = np.flatnonzero(~ok)
     files = ds._files
-    assert files is not None
+    assert isinstance(files, FileSource)
     skipped = []
     for i in bad:
         try:

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+import daskimg as di
+from daskimg.cli import main
+from daskimg.convert import convert, open_array_set
+
+h5py = pytest.importorskip("h5py")
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (37, 6, 5, 3), dtype=np.uint8), rng.integers(0, 4, 37)
+
+
+def _stored(path):
+    g = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
+    return {name: g[name][...] for name, _ in g.arrays()}, g.attrs["daskimg"]
+
+
+def test_convert_hdf5_shuffled_matches_source(tmp_path, arrays):
+    x, y = arrays
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.create_dataset("images", data=x, chunks=(4, 6, 5, 3), compression="lzf")
+        f.create_dataset("labels", data=y)
+    out = tmp_path / "train.zarr.zip"
+    convert(
+        tmp_path / "old.h5", out, labels="labels", classes=["a", "b", "c", "d"], chunks=8, seed=3
+    )
+    got, attrs = _stored(out)
+    # a seeded permutation of the source, rows kept whole and labels aligned
+    perm = np.random.default_rng(3).permutation(37)
+    np.testing.assert_array_equal(got["images"], x[perm])
+    np.testing.assert_array_equal(got["labels"], y[perm])
+    assert attrs["order"] == "shuffled"
+    assert attrs["classes"] == ["a", "b", "c", "d"]
+
+
+def test_convert_npy_memmap_and_string_labels(tmp_path, arrays):
+    x, y = arrays
+    np.save(tmp_path / "x.npy", x[..., 0])  # (N, H, W) grayscale gets a channel axis
+    np.save(tmp_path / "y.npy", np.array(["cat", "dog"])[y % 2])
+    ds = open_array_set(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
+    assert ds.images.shape == (37, 6, 5, 1)
+    assert ds.classes == ("cat", "dog")
+    di.to_zarr(ds, tmp_path / "g.zarr.zip", order="source")
+    got, _ = _stored(tmp_path / "g.zarr.zip")
+    np.testing.assert_array_equal(got["images"][..., 0], x[..., 0])
+    np.testing.assert_array_equal(got["labels"], y % 2)
+
+
+def test_convert_npz_via_cli(tmp_path, arrays):
+    x, y = arrays
+    np.savez(tmp_path / "d.npz", pics=x, target=y)
+    out = tmp_path / "t.zarr.zip"
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "d.npz"),
+                str(out),
+                "--images",
+                "pics",
+                "--labels",
+                "target",
+                "--order",
+                "source",
+            ]
+        )
+        == 0
+    )
+    got, _ = _stored(out)
+    np.testing.assert_array_equal(got["images"], x)
+    np.testing.assert_array_equal(got["labels"], y)
+
+
+def test_convert_errors_name_what_is_missing(tmp_path, arrays, capsys):
+    x, _ = arrays
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.create_dataset("data", data=x)
+    assert main(["convert", str(tmp_path / "old.h5"), str(tmp_path / "o.zarr.zip")]) == 2
+    err = capsys.readouterr().err
+    assert "no dataset 'images'" in err and "data" in err
+    assert len(open_array_set(tmp_path / "old.h5", images="data")) == len(x)
+    (tmp_path / "x.bin").write_bytes(b"?")
+    with pytest.raises(ValueError, match=r"\.h5/\.hdf5, \.npy or \.npz"):
+        open_array_set(tmp_path / "x.bin")
