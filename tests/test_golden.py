@@ -46,3 +46,16 @@ def test_golden_v1_opens_with_plain_zarr(name, expected):
     g = zarr.open_group(store, mode="r")
     np.testing.assert_array_equal(g["images"][...], expected["images"])
     np.testing.assert_array_equal(g["bbox"][...], expected["bbox"])
+
+
+@pytest.mark.parametrize("name", STORES)
+def test_golden_v1_opens_with_tensorstore(name, expected):
+    # a second, independent Zarr v3 implementation (C++): the format is not daskimg-only
+    ts = pytest.importorskip("tensorstore")
+    path = str(V1 / name)
+    if path.endswith(".zip"):
+        kv = {"driver": "zip", "base": {"driver": "file", "path": path}, "path": "images/"}
+    else:
+        kv = {"driver": "file", "path": path + "/images/"}
+    arr = ts.open({"driver": "zarr3", "kvstore": kv}).result()
+    np.testing.assert_array_equal(arr.read().result(), expected["images"])
