@@ -125,7 +125,7 @@ def _scheduler(spec: str) -> Iterator[None]:
 
     address = spec if "://" in spec else f"tcp://{spec}"
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout="5s")
     except (OSError, TimeoutError) as e:
         raise ValueError(
             f"cannot reach a dask scheduler at {address!r} ({e}); check the address and that "

@@ -123,3 +123,22 @@ def test_python_dash_m_and_errors(tmp_path):
     )
     assert run.returncode == 2
     assert "missing.zarr.zip" in run.stderr
+
+
+def test_unreachable_scheduler_is_named(tmp_path, image_folder, capsys):
+    # port 9 on loopback: nothing listens there
+    status = main(
+        [
+            "ingest",
+            str(image_folder),
+            str(tmp_path / "o"),
+            "--size",
+            "8",
+            "8",
+            "--scheduler",
+            "127.0.0.1:9",
+        ]
+    )
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "tcp://127.0.0.1:9" in err and "--scheduler threads" in err
