@@ -271,7 +271,7 @@ class BatchIterator:
         self.even = even
         self.epoch = 0
         self._batch = 0  # batches of the current epoch already yielded
-        self._plan: tuple[tuple[int, int], EpochPlan] | None = None
+        self._plan: tuple[int, EpochPlan] | None = None
         self._pools: dict[str, list[np.ndarray]] = {}
 
     # -- public -----------------------------------------------------------------------
@@ -329,8 +329,7 @@ class BatchIterator:
 
     def plan(self) -> EpochPlan:
         """This consumer's plan for the current epoch (pure data; see :mod:`daskimg.shuffle`)."""
-        key = (self.epoch, id(self))
-        if self._plan is None or self._plan[0] != key:
+        if self._plan is None or self._plan[0] != self.epoch:
             plan = plan_epoch(
                 self.source.n,
                 self.source.chunk_len,
@@ -344,7 +343,7 @@ class BatchIterator:
                 num_consumers=self.num_consumers,
                 even=self.even,
             )
-            self._plan = (key, plan)
+            self._plan = (self.epoch, plan)
         return self._plan[1]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:

@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import shutil
+import sys
 import zipfile
 from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -350,8 +351,7 @@ def _write(
         pixels, mask = ds.require_images(), None
     pixels = pixels.rechunk((shard_len, *pixels.shape[1:]))
     stored = da.store(pixels, cast(Any, dest["images"]), lock=False, compute=False)
-    with _progress(progress):
-        ok = dask.compute(stored, mask)[1]
+    ok = _compute(stored, mask, progress=progress)[1]
     for name, values in ds.arrays.items():
         if name != "images":
             _write_small(dest[name], values)
@@ -410,32 +410,49 @@ def _compact_skipped(
     )
     src = da.from_zarr(zarr.open_array(zarr.storage.LocalStore(old), path="images", mode="r"))
     pixels = src[good].rechunk(dest["images"].shards or dest["images"].chunks)
-    with _progress(progress):
-        da.store(pixels, cast(Any, dest["images"]), lock=False)
+    _compute(
+        da.store(pixels, cast(Any, dest["images"]), lock=False, compute=False), progress=progress
+    )
     for name, values in kept.arrays.items():
         if name != "images":
             _write_small(dest[name], values)
     shutil.rmtree(old)
 
 
-@contextlib.contextmanager
-def _progress(show: bool) -> Iterator[None]:
-    if not show:
-        yield
-        return
+def _compute(*collections: Any, progress: bool) -> tuple[Any, ...]:
+    """``dask.compute`` on whatever scheduler is active, with a progress bar if asked.
+
+    On a ``distributed`` cluster the work runs on the workers (pixels never pass through
+    the client; only the small results come back) and ``distributed.progress`` shows it,
+    with the dashboard link printed once.
+    """
+    client = _active_client()
+    if client is None:
+        if not progress:
+            return tuple(dask.compute(*collections))
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr):
+            return tuple(dask.compute(*collections))
+    futures = client.compute(list(collections))
+    if progress:
+        from distributed import progress as show_progress
+
+        if client.dashboard_link:
+            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        show_progress(futures)
+    return tuple(client.gather(futures))
+
+
+def _active_client() -> Any:
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None  # a local scheduler was asked for explicitly
     try:
         from distributed import get_client
 
-        client = get_client()
+        return get_client()
     except (ImportError, ValueError):
-        client = None
-    if client is None:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            yield
-    else:
-        yield  # distributed: progress is shown by the caller with distributed.progress
+        return None
 
 
 def _pack_zip(staging: str, target: str) -> None:
