@@ -11,6 +11,7 @@ from .feed import BatchIterator
 from .imageset import ImageSet, from_csv, from_folder
 from .read import imread
 from .store import open_zarr, to_zarr
+from .writer import ArrayWriter
 
 try:
     __version__ = version("daskimg")
@@ -18,6 +19,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "ArrayWriter",
     "BatchIterator",
     "ImageSet",
     "__version__",

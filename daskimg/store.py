@@ -89,23 +89,37 @@ def auto_chunk_len(sample_shape: Sequence[int], dtype: Any, n: int) -> int:
 
 @contextlib.contextmanager
 def write_lock(path: str) -> Iterator[None]:
-    """Hold ``<path>.lock`` exclusively; a second writer on the same path is refused."""
+    """Hold ``<path>.lock`` exclusively; a second writer on the same path is refused.
+
+    The OS releases the lock when its holder dies, so a killed writer never blocks the
+    next one. Only the holder removes the file, and a lock taken on a file that was
+    removed meanwhile is not trusted (the path must still name the locked file).
+    """
     lock_path = path + ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise StoreLockedError(
                 f"another process is writing {path!r} (it holds {lock_path!r}); wait for it to "
                 "finish, or stop it and run again"
             ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder we waited on removed it: lock the new file instead
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)
+            os.unlink(lock_path)  # still holding the lock, so nobody else owns this file
         os.close(fd)
 
 
@@ -479,9 +493,14 @@ def read_attrs(path: str | os.PathLike[str], *, check_complete: bool = True) -> 
     p = os.path.abspath(os.fspath(path)).rstrip("/")
     if not os.path.exists(p):
         if os.path.exists(p + ".partial"):
+            how = (
+                "Reopen it with ArrayWriter(..., resume=True) to continue from its last checkpoint"
+                if os.path.exists(os.path.join(p + ".partial", "writer.json"))
+                else "Re-run the same ingest/to_zarr to redo it"
+            )
             raise IncompleteStoreError(
                 f"{p!r} was never finished: a write into it stopped or is still running "
-                f"(staging folder {p + '.partial'!r}). Re-run the same ingest/to_zarr to redo it."
+                f"(staging folder {p + '.partial'!r}). {how}."
             )
         raise FileNotFoundError(f"no store at {p!r}")
     reader = StoreReader(p)

@@ -327,3 +327,14 @@ def test_to_zarr_on_distributed_equals_local(tmp_path, image_folder, client):
     a, b = _plain_group(tmp_path / "local.zarr.zip"), _plain_group(tmp_path / "cluster.zarr.zip")
     for name in ("images", "labels", "paths"):
         np.testing.assert_array_equal(a[name][...], b[name][...])
+
+
+def test_refused_writer_does_not_release_the_lock(tmp_path, indexed_set):
+    path = os.path.abspath(str(tmp_path / "t.zarr.zip"))
+    with write_lock(path):
+        for _ in range(3):  # each refusal must leave the holder's lock in place
+            with pytest.raises(StoreLockedError):
+                di.to_zarr(indexed_set, path)
+        assert os.path.exists(path + ".lock")
+    assert not os.path.exists(path + ".lock")
+    di.to_zarr(indexed_set, path)  # free again once the holder is done

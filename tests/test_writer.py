@@ -1,0 +1,714 @@
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import daskimg as di
+from daskimg.errors import IncompleteStoreError, StoreExistsError, StoreLockedError
+from daskimg.storeinfo import verify
+from daskimg.writer import ArrayWriter
+
+EXTS = [".zarr.zip", ".zarr"]
+D = 6  # features per sample in most tests
+
+
+def feats(a: int, b: int, d: int = D) -> np.ndarray:
+    """Rows a..b-1 of the oracle: row r is r + (0, 1, ..., d-1) / d (exact in float32)."""
+    return (np.arange(a, b, dtype=np.float32)[:, None] + np.arange(d, dtype=np.float32) / d).astype(
+        np.float32
+    )
+
+
+def plain_group(path):
+    """The store read by plain zarr, without daskimg."""
+    path = str(path)
+    store = (
+        zarr.storage.ZipStore(path, mode="r")
+        if path.endswith(".zip")
+        else zarr.storage.LocalStore(path, read_only=True)
+    )
+    return zarr.open_group(store, mode="r")
+
+
+def leftovers(path) -> list[str]:
+    """Staging, lock and temporary files next to a store (none once a writer is done)."""
+    p = str(path)
+    return [s for s in (".partial", ".lock", ".tmp") if os.path.lexists(p + s)]
+
+
+def tree_digest(path) -> str:
+    """A hash of every file's name and bytes under ``path`` (or of the file itself)."""
+    h = hashlib.sha256()
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(p.parent)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+# -- round trips -----------------------------------------------------------------------
+
+SIZE_PATTERNS = {
+    "ones": [1] * 11,
+    "partial": [3, 5, 2, 7, 1],
+    "chunk": [4, 4, 4, 4],  # exactly chunk-sized
+    "shard": [8, 8, 8],  # exactly shard-sized
+    "mixed": [1, 8, 0, 13, 4, 30, 2, 9, 1],  # crossing shards, a batch of 0, larger than a shard
+}
+
+
+@pytest.mark.parametrize("ext", EXTS)
+@pytest.mark.parametrize("sizes", list(SIZE_PATTERNS.values()), ids=list(SIZE_PATTERNS))
+def test_roundtrip_matches_numpy(tmp_path, ext, sizes):
+    path = tmp_path / f"f{ext}"
+    arrays = {"features": ((D,), "float32"), "ids": ((), "int64"), "mask": ((2, 3), "bool")}
+    rng = np.random.default_rng(len(sizes))
+    appended: dict[str, list[np.ndarray]] = {n: [] for n in arrays}
+    with ArrayWriter(path, arrays=arrays, chunks=4, shard_chunks=2) as w:
+        start = 0
+        for n in sizes:
+            batch = {
+                "features": feats(start, start + n),
+                "ids": np.arange(start, start + n) * 7,
+                "mask": rng.random((n, 2, 3)) > 0.5,
+            }
+            w.append(**batch)
+            for k, v in batch.items():
+                appended[k].append(v)
+            start += n
+        assert len(w) == sum(sizes)
+    expected = {k: np.concatenate(v) for k, v in appended.items()}
+    g = plain_group(path)  # a plain zarr reader sees the same
+    for k, v in expected.items():
+        np.testing.assert_array_equal(g[k][...], v)
+        assert g[k].chunks[0] == 4
+    ds = di.open_zarr(path)
+    assert len(ds) == sum(sizes) and ds.images is None
+    np.testing.assert_array_equal(ds.arrays["features"].compute(), expected["features"])
+    np.testing.assert_array_equal(ds.arrays["ids"], expected["ids"])
+    np.testing.assert_array_equal(ds.arrays["mask"].compute(), expected["mask"])
+    a = ds.attrs
+    assert a["format_version"] == 1 and a["complete"] is True
+    assert a["num_samples"] == sum(sizes) and a["order"] == "source" and a["split"] is None
+    assert a["classes"] == [] and set(a["created_with"]) >= {"daskimg", "zarr", "numcodecs"}
+    assert verify(path) == []
+    assert leftovers(path) == []
+    if ext == ".zarr.zip":
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        assert len(names) == len(set(names))  # no duplicate members
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+    else:
+        assert not [f for f in Path(path).rglob("*") if f.name.endswith((".partial", ".tmp"))]
+
+
+def test_every_chunk_ends_with_crc32c(tmp_path):
+    path = tmp_path / "f.zarr"
+    with ArrayWriter(path, arrays={"a": ((3,), "float32"), "b": ((), "int8")}, chunks=4) as w:
+        w.append(a=feats(0, 10, 3), b=np.arange(10, dtype=np.int8))
+    for name in ("a", "b"):
+        meta = plain_group(path)[name].metadata.to_dict()
+        codecs = meta["codecs"]
+        inner = (
+            codecs[0]["configuration"]["codecs"]
+            if codecs[0]["name"] == "sharding_indexed"
+            else codecs
+        )
+        assert inner[-1]["name"] == "crc32c"
+
+
+def test_single_array_and_defaults(tmp_path):
+    path = tmp_path / "out" / "features.zarr.zip"  # the parent folder is created
+    with ArrayWriter(path, shape=(D,), dtype="float32") as w:
+        w.append(feats(0, 5))
+        w.append(features=feats(5, 7))  # by name works too
+        assert w.names == ("features",) and w.num_rows == 7
+    feats_back = di.open_zarr(path).arrays["features"]
+    np.testing.assert_array_equal(feats_back.compute(), feats(0, 7))
+
+
+def test_all_zero_batches_are_stored_not_skipped(tmp_path):
+    # zarr skips all-zero chunks unless told otherwise; a missing chunk must mean damage
+    path = tmp_path / "z.zarr"
+    with ArrayWriter(path, shape=(4,), dtype="float32", chunks=4, shard_chunks=1) as w:
+        w.append(np.zeros((10, 4), np.float32))
+    assert sorted(p.name for p in (path / "features" / "c").iterdir()) == ["0", "1", "2"]
+    assert verify(path) == []
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), 0)
+
+
+def test_torch_tensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "t.zarr.zip"
+    x = torch.arange(12, dtype=torch.float32).reshape(4, 3).requires_grad_(True)
+    with ArrayWriter(path, arrays={"features": ((3,), "float32"), "ids": ((), "int64")}) as w:
+        w.append(features=x * 2, ids=torch.arange(4))  # needs detach
+        w.append(features=torch.ones(2, 3, dtype=torch.float64), ids=torch.tensor([7, 8]))
+        with pytest.raises(TypeError, match=r"expected int64.*got float32"):
+            w.append(features=torch.ones(1, 3), ids=torch.ones(1))
+    ds = di.open_zarr(path)
+    expected = np.concatenate([np.arange(12, dtype=np.float32).reshape(4, 3) * 2, np.ones((2, 3))])
+    np.testing.assert_array_equal(ds.arrays["features"].compute(), expected)
+    np.testing.assert_array_equal(ds.arrays["ids"], [0, 1, 2, 3, 7, 8])
+
+
+def test_dask_arrays_are_computed_in_pieces(tmp_path):
+    path = tmp_path / "d.zarr"
+    computed: list[int] = []
+
+    def record(block):
+        computed.append(len(block))
+        return block
+
+    x = da.from_array(feats(0, 100), chunks=((7, 13, 30, 1, 49), (D,))).map_blocks(
+        record, meta=np.empty((0, D), np.float32)
+    )
+    with ArrayWriter(
+        path, arrays={"features": ((D,), "float32"), "ids": ((), "int64")}, chunks=4, shard_chunks=2
+    ) as w:
+        w.append(features=x, ids=np.arange(100))  # dask beside numpy
+        w.append(
+            features=da.from_array(feats(100, 103).astype(np.float64)), ids=da.arange(100, 103)
+        )
+    ds = di.open_zarr(path)
+    np.testing.assert_array_equal(ds.arrays["features"].compute(), feats(0, 103))
+    np.testing.assert_array_equal(ds.arrays["ids"], np.arange(103))
+    assert sorted(computed) == [1, 7, 13, 30, 49]  # each block once
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_bad_batches_are_refused_and_the_writer_stays_usable(tmp_path, ext):
+    path = tmp_path / f"b{ext}"
+    arrays = {"features": ((D,), "float32"), "ids": ((), "int32")}
+    good = []
+    with ArrayWriter(path, arrays=arrays, chunks=4, shard_chunks=2) as w:
+
+        def ok(a, b, f_dtype=np.float32):
+            w.append(features=feats(a, b).astype(f_dtype), ids=np.arange(a, b, dtype=np.int32))
+            good.append((a, b))
+
+        ok(0, 5)
+        bad = [
+            (
+                {"features": feats(0, 3, D + 1), "ids": np.arange(3, dtype=np.int32)},
+                ValueError,
+                r"expected a batch of shape \(n, 6\) float32, got \(3, 7\)",
+            ),
+            (
+                {"features": feats(0, 1)[0], "ids": np.arange(1, dtype=np.int32)},
+                ValueError,
+                "add a batch axis",
+            ),
+            (
+                {"features": feats(0, 3), "ids": np.arange(4, dtype=np.int32)},
+                ValueError,
+                "same number of rows",
+            ),
+            (
+                {"features": feats(0, 3).astype(int), "ids": np.arange(3, dtype=np.int32)},
+                TypeError,
+                r"expected float32.*got int64",
+            ),
+            (
+                {"features": feats(0, 3), "ids": np.arange(3, dtype=np.int64)},
+                TypeError,
+                r"expected int32.*got int64",
+            ),
+            (
+                {"features": feats(0, 3), "ids": np.arange(3, dtype=np.float32)},
+                TypeError,
+                "got float32",
+            ),
+            (
+                {"features": feats(0, 3), "ids": np.arange(3, dtype=np.uint32)},
+                TypeError,
+                "got uint32",
+            ),
+            ({"features": feats(0, 3)}, TypeError, r"missing \['ids'\]"),
+            (
+                {"features": feats(0, 3), "ids": np.arange(3, dtype=np.int32), "x": 1},
+                TypeError,
+                r"unknown \['x'\]",
+            ),
+        ]
+        for kwargs, err, msg in bad:
+            with pytest.raises(err, match=msg):
+                w.append(**kwargs)
+            assert len(w) == 5
+        with pytest.raises(TypeError, match="name them all"):
+            w.append(feats(0, 3))
+        ok(5, 14, np.float64)  # float64 -> float32 is allowed (precision only)
+        ok(14, 15)
+        w.append(features=feats(15, 16), ids=np.array([15], dtype=np.int16))  # safe widening
+    ds = di.open_zarr(path)
+    np.testing.assert_array_equal(ds.arrays["features"].compute(), feats(0, 16))
+    np.testing.assert_array_equal(ds.arrays["ids"], np.arange(16))
+    assert ds.arrays["ids"].dtype == np.int32
+
+
+def test_failing_dask_batch_is_undone(tmp_path):
+    path = tmp_path / "u.zarr.zip"
+
+    def boom(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 3:
+            raise RuntimeError("model crashed")
+        return block
+
+    with ArrayWriter(path, shape=(D,), dtype="float32", chunks=4, shard_chunks=2) as w:
+        w.append(feats(0, 5))  # 5 rows: the unfinished shard holds 5
+        x = da.from_array(feats(100, 140), chunks=(10, D)).map_blocks(boom, dtype=np.float32)
+        with pytest.raises(RuntimeError, match="model crashed"):
+            w.append(x)  # shards were written before the failure; all undone
+        assert len(w) == 5
+        w.append(feats(5, 30))
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(0, 30))
+    assert verify(path) == []
+
+
+class _FailingArray:
+    """Wraps a zarr array; the ``fail_at``-th shard write raises (a full disk, say)."""
+
+    def __init__(self, arr, fail_at):
+        self.arr, self.fail_at, self.calls = arr, fail_at, 0
+
+    def __setitem__(self, key, value):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(28, "No space left on device")
+        self.arr[key] = value
+
+    def __getattr__(self, name):
+        return getattr(self.arr, name)
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_failed_shard_write(tmp_path, threads):
+    path = tmp_path / "w.zarr.zip"
+    spec = {"shape": (D,), "dtype": "float32", "chunks": 4, "shard_chunks": 1}
+    w = ArrayWriter(path, **spec, threads=threads, checkpoint_every=None)
+    w.append(feats(0, 6))
+    w.checkpoint()
+    col = w._columns["features"]
+    col.arr = _FailingArray(col.arr, fail_at=2)
+    w.append(feats(6, 9))  # shard 1 written
+    if threads == 0:
+        # written in the caller: the batch is undone and the writer goes on
+        with pytest.raises(OSError, match="No space"):
+            w.append(feats(9, 20))
+        assert len(w) == 9
+        w.append(feats(9, 20))
+        w.close()
+        np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(0, 20))
+        return
+    # in the background: it shows when the writer waits for that shard, and the rows
+    # since the last checkpoint are lost; the writer stops and releases the store
+    with pytest.raises(OSError, match="No space"):
+        w.append(feats(9, 20))  # 3 shards: the third waits for the first of them
+    with pytest.raises(di.errors.DaskImgError, match=r"cannot continue.*resume=True.*\(6 rows\)"):
+        w.append(feats(20, 21))
+    with ArrayWriter(path, **spec, resume=True) as w:
+        assert len(w) == 6
+        w.append(feats(6, 20))
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(0, 20))
+
+
+def test_shape_and_name_checks_at_creation(tmp_path):
+    p = tmp_path / "x.zarr"
+    with pytest.raises(TypeError, match="pass shape= and dtype="):
+        ArrayWriter(p)
+    with pytest.raises(TypeError, match="not supported"):
+        ArrayWriter(p, shape=(), dtype=object)
+    with pytest.raises(ValueError, match="reserved"):
+        ArrayWriter(p, name="paths", shape=(), dtype="int64")
+    with pytest.raises(ValueError, match="'labels' holds one integer"):
+        ArrayWriter(p, name="labels", shape=(2,), dtype="int64")
+    with pytest.raises(ValueError, match="must end in"):
+        ArrayWriter(tmp_path / "x.h5", shape=(), dtype="int64")
+    assert not p.exists() and leftovers(p) == []
+
+
+def test_labels_are_checked_against_classes(tmp_path):
+    path = tmp_path / "l.zarr.zip"
+    with ArrayWriter(
+        path, arrays={"features": ((2,), "float32"), "labels": ((), "int64")}, classes=["a", "b"]
+    ) as w:
+        with pytest.raises(ValueError, match=r"0\.\.1 for 2 classes; this batch has 0\.\.2"):
+            w.append(features=np.zeros((3, 2)), labels=np.array([0, 1, 2]))
+        w.append(features=np.zeros((2, 2)), labels=np.array([1, 0]))
+    ds = di.open_zarr(path)
+    assert ds.classes == ("a", "b") and ds.labels.tolist() == [1, 0]
+
+
+def test_empty_writer_is_refused_and_leaves_nothing(tmp_path):
+    path = tmp_path / "e.zarr.zip"
+    with (
+        pytest.raises(ValueError, match="nothing was appended"),
+        ArrayWriter(path, shape=(2,), dtype="float32"),
+    ):
+        pass
+    assert not path.exists() and leftovers(path) == []
+    with ArrayWriter(path, shape=(2,), dtype="float32") as w:  # the path is free again
+        w.append(np.ones((1, 2)))
+    assert len(di.open_zarr(path)) == 1
+
+
+# -- locking, overwrite ------------------------------------------------------------------
+
+
+def test_second_writer_is_refused(tmp_path):
+    path = tmp_path / "s.zarr.zip"
+    with ArrayWriter(path, shape=(2,), dtype="float32") as w:
+        with pytest.raises(StoreLockedError, match="another process is writing"):
+            ArrayWriter(path, shape=(2,), dtype="float32")
+        w.append(np.ones((3, 2)))
+    assert len(di.open_zarr(path)) == 3
+
+
+def test_third_writer_is_refused_too(tmp_path):
+    path = tmp_path / "s.zarr"
+    with ArrayWriter(path, shape=(2,), dtype="float32") as w:
+        for _ in range(2):
+            with pytest.raises(StoreLockedError):
+                ArrayWriter(path, shape=(2,), dtype="float32")
+        w.append(np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_existing_store_needs_overwrite_and_stays_readable_until_close(tmp_path, ext):
+    path = tmp_path / f"o{ext}"
+    with ArrayWriter(path, shape=(2,), dtype="float32") as w:
+        w.append(np.ones((3, 2)))
+    with pytest.raises(StoreExistsError, match="overwrite=True"):
+        ArrayWriter(path, shape=(2,), dtype="float32")
+    with ArrayWriter(path, shape=(2,), dtype="float32", overwrite=True) as w:
+        w.append(np.zeros((5, 2)))
+        assert len(di.open_zarr(path)) == 3  # the old store, until close
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), np.zeros((5, 2)))
+    assert leftovers(path) == []
+
+
+# -- checkpoints and resume --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_exception_in_with_block_keeps_a_checkpoint_to_resume(tmp_path, ext):
+    path = tmp_path / f"r{ext}"
+    spec = {
+        "arrays": {"features": ((D,), "float32"), "ids": ((), "int64")},
+        "chunks": 4,
+        "shard_chunks": 2,
+    }
+
+    def crash():
+        with ArrayWriter(path, **spec, checkpoint_every=None) as w:
+            for a, b in [(0, 3), (3, 12), (12, 13)]:
+                w.append(features=feats(a, b), ids=np.arange(a, b))
+            raise KeyError("the model loop failed")
+
+    with pytest.raises(KeyError):
+        crash()
+    assert not path.exists()
+    with pytest.raises(IncompleteStoreError, match="never finished"):
+        di.open_zarr(path)
+    with ArrayWriter(path, **spec, resume=True) as w:
+        assert len(w) == w.durable_rows == 13
+        w.append(features=feats(13, 20), ids=np.arange(13, 20))
+    ds = di.open_zarr(path)
+    np.testing.assert_array_equal(ds.arrays["features"].compute(), feats(0, 20))
+    np.testing.assert_array_equal(ds.arrays["ids"], np.arange(20))
+    assert verify(path) == [] and leftovers(path) == []
+
+
+def test_resume_checks_arguments_and_resume_false_starts_over(tmp_path):
+    path = tmp_path / "r.zarr.zip"
+    w = ArrayWriter(path, shape=(D,), dtype="float32", chunks=4, checkpoint_every=0)
+    w.append(feats(0, 6))
+    assert w.durable_rows == 6  # checkpoint_every=0: after every append
+    w.append(feats(6, 7))
+    del w  # abandoned without close: the lock is released, the checkpoint stays
+    with pytest.raises(ValueError, match=r"cannot resume.*arrays"):
+        ArrayWriter(path, shape=(D + 1,), dtype="float32", resume=True)
+    with pytest.raises(ValueError, match=r"cannot resume.*chunks=4"):
+        ArrayWriter(path, shape=(D,), dtype="float32", chunks=5, resume=True)
+    w = ArrayWriter(path, shape=(D,), dtype="float32", resume=True)
+    assert len(w) == 7 and w.chunk_len == 4
+    w.checkpoint()
+    del w
+    with ArrayWriter(path, shape=(D,), dtype="float32") as w:  # resume=False: start over
+        assert len(w) == 0
+        w.append(feats(50, 52))
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(50, 52))
+
+
+def test_resume_without_anything_to_resume_starts_fresh(tmp_path):
+    path = tmp_path / "n.zarr"
+    with ArrayWriter(path, shape=(1,), dtype="int64", resume=True) as w:
+        assert len(w) == 0
+        w.append(np.arange(3)[:, None])
+    assert di.open_zarr(path).arrays["features"].compute().ravel().tolist() == [0, 1, 2]
+
+
+_CHILD = r"""
+import sys
+import numpy as np
+from daskimg.writer import ArrayWriter
+
+path, resume, mode = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+SIZES = [int(s) for s in sys.argv[4].split(",")]
+bounds = np.cumsum([0] + SIZES).tolist()
+D = 256
+
+def feats(a, b):
+    return (np.arange(a, b, dtype=np.float32)[:, None] + np.arange(D, dtype=np.float32) / D)
+
+if mode == "w":
+    w = ArrayWriter(path, arrays={"features": ((D,), "float32"), "ids": ((), "int64")},
+                    chunks=16, shard_chunks=2, checkpoint_every=None, resume=resume)
+else:
+    w = ArrayWriter(path, name="features", shape=(D,), dtype="float32", mode="a",
+                    checkpoint_every=None, resume=resume)
+print("start", len(w), flush=True)
+for b in range(bounds.index(len(w)), len(SIZES)):
+    a, z = bounds[b], bounds[b + 1]
+    if mode == "w":
+        w.append(features=feats(a, z), ids=np.arange(a, z))
+    else:
+        w.append(feats(a, z))
+    if b % 3 == 2:
+        w.checkpoint()
+        print("durable", z, flush=True)
+    else:
+        print("appended", z, flush=True)
+print("closing", flush=True)
+w.close()
+print("closed", flush=True)
+"""
+
+KILL_SIZES = [5, 40, 1, 17, 33, 64, 2, 31, 50, 9, 16, 70, 3, 45]
+
+
+def _run_and_kill(script: Path, path: Path, mode: str, sizes: list[int], after: int, delay: float):
+    """Run the child writer, SIGKILL it ``delay`` s after its ``after``-th line; return the lines."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path), "0", mode, ",".join(map(str, sizes))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.split())
+        if len(lines) > after:
+            break
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines += [ln.split() for ln in proc.stdout.read().splitlines()]
+    # killed, or finished before the kill; never a failure of its own
+    assert proc.returncode == -signal.SIGKILL or (proc.returncode == 0 and ["closed"] in lines)
+    return lines
+
+
+KILLS = [  # (kind, after line, delay): mid-appends, mid-checkpoint, mid-close
+    (".zarr.zip", 0, 0.0),
+    (".zarr.zip", 5, 0.005),
+    (".zarr.zip", len(KILL_SIZES) + 1, 0.0),
+    (".zarr.zip", len(KILL_SIZES) + 1, 0.03),
+    (".zarr", 3, 0.002),
+    (".zarr", len(KILL_SIZES) + 1, 0.01),
+]
+
+
+def test_kill_9_keeps_whole_checkpointed_batches(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    bounds = np.cumsum([0, *KILL_SIZES])
+    total = int(bounds[-1])
+    checkpoints = {0, total} | {int(bounds[b + 1]) for b in range(len(KILL_SIZES)) if b % 3 == 2}
+    paths = [tmp_path / f"k{i}{kind}" for i, (kind, _, _) in enumerate(KILLS)]
+    with concurrent.futures.ThreadPoolExecutor(len(KILLS)) as pool:
+        runs = list(
+            pool.map(
+                lambda a: _run_and_kill(script, a[0], "w", KILL_SIZES, a[1][1], a[1][2]),
+                zip(paths, KILLS, strict=True),
+            )
+        )
+    spec = {
+        "arrays": {"features": ((256,), "float32"), "ids": ((), "int64")},
+        "chunks": 16,
+        "shard_chunks": 2,
+    }
+    for path, lines in zip(paths, runs, strict=True):
+        if ["closed"] in lines:
+            continue  # finished before the kill
+        durable = max([int(ln[1]) for ln in lines if ln[0] == "durable"], default=0)
+        if path.exists():  # killed after the store moved into place: it is whole
+            got = di.open_zarr(path)
+            assert len(got) == total
+        else:
+            with pytest.raises(
+                (IncompleteStoreError, FileNotFoundError), match=r"never finished|no store"
+            ):
+                di.open_zarr(path)
+            with ArrayWriter(path, **spec, resume=True) as w:
+                kept = len(w)
+                assert kept in checkpoints and kept >= durable, (kept, durable, lines)
+                for a, b in itertools.pairwise(bounds):
+                    if a >= kept:
+                        w.append(features=feats(a, b, 256), ids=np.arange(a, b))
+        ds = di.open_zarr(path)
+        np.testing.assert_array_equal(ds.arrays["features"].compute(), feats(0, total, 256))
+        np.testing.assert_array_equal(ds.arrays["ids"], np.arange(total))
+        assert verify(path) == []
+
+
+def test_kill_9_while_adding_a_column_leaves_the_store_usable(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    n = 120
+    ds = di.ImageSet(np.zeros((n, 4, 4, 3), np.uint8), np.arange(n) % 3, classes=["a", "b", "c"])
+    sizes = [7, 33, 20, 41, 19]
+    kills = [(".zarr.zip", len(sizes) + 1, d) for d in (0.0, 0.04)] + [
+        (".zarr", len(sizes) + 1, 0.01)
+    ]
+    paths = []
+    for i, (kind, _, _) in enumerate(kills):
+        paths.append(tmp_path / f"a{i}{kind}")
+        di.to_zarr(ds, paths[-1], chunks=16, order="source")
+    before = [tree_digest(p) for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(len(kills)) as pool:
+        runs = list(
+            pool.map(
+                lambda a: _run_and_kill(script, a[0], "a", sizes, a[1][1], a[1][2]),
+                zip(paths, kills, strict=True),
+            )
+        )
+    for path, digest, lines in zip(paths, before, runs, strict=True):
+        got = di.open_zarr(path)  # always opens: the old store or the new one
+        if "features" in got.arrays:
+            np.testing.assert_array_equal(got.arrays["features"].compute(), feats(0, n, 256))
+        else:
+            assert ["closed"] not in lines
+            assert tree_digest(path) == digest  # untouched
+        assert verify(path) == []
+
+
+# -- adding arrays to a store ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_add_features_to_a_split_store_then_train_a_head(tmp_path, ext, indexed_set):
+    path = tmp_path / f"train{ext}"
+    di.to_zarr(indexed_set, path, chunks=10, shard_chunks=2, seed=3, split="train")
+    store_idx = di.open_zarr(path).arrays["idx"]  # the store's (shuffled) order
+    labels = indexed_set.labels
+    n, k = len(indexed_set), 4
+    # features: the sample index, then a noisy one-hot of its label (what a model would give)
+    rng = np.random.default_rng(0)
+    oracle = np.zeros((n, 1 + k), np.float32)
+    oracle[:, 0] = np.arange(n)
+    oracle[np.arange(n), 1 + labels] = 3.0
+    oracle[:, 1:] += rng.normal(0, 0.3, (n, k)).astype(np.float32)
+    with ArrayWriter(path, name="features", shape=(1 + k,), dtype="float32", mode="a") as w:
+        # stream in the store's order, as a model reading it unshuffled would
+        for images, idx in di.BatchIterator(
+            path, batch_size=16, shuffle=False, arrays=("images", "idx")
+        ):
+            assert len(images) == len(idx)
+            w.append(oracle[idx])
+    ds = di.open_zarr(path)
+    assert set(ds.arrays) == {"images", "labels", "paths", "idx", "features"}
+    assert ds.arrays["features"].chunks[0][0] == 10  # the store's chunk length
+    np.testing.assert_array_equal(ds.arrays["features"].compute(), oracle[store_idx])
+    assert verify(path) == [] and leftovers(path) == []
+
+    # train a linear softmax head on (features, labels) from the store
+    it = di.BatchIterator(path, batch_size=16, seed=1, arrays=("features", "labels"))
+    weights = np.zeros((k, k))
+    seen = []
+    for _epoch in range(5):
+        for f, y in it:
+            np.testing.assert_array_equal(y, labels[f[:, 0].astype(int)])  # rows stay aligned
+            seen.append(f[:, 0].astype(int))
+            x = f[:, 1:]
+            logits = x @ weights
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(y)), y] -= 1
+            weights -= 0.1 * x.T @ p / len(y)
+    assert sorted(np.concatenate(seen[: len(it)]).tolist()) == list(
+        range(n)
+    )  # one epoch: each once
+    accuracy = ((oracle[:, 1:] @ weights).argmax(1) == labels).mean()
+    assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_add_column_row_count_must_match(tmp_path, ext, indexed_set):
+    path = tmp_path / f"s{ext}"
+    di.to_zarr(indexed_set, path, chunks=10, order="source")
+    digest = tree_digest(path)
+    n = len(indexed_set)
+    w = ArrayWriter(path, name="score", shape=(), dtype="float32", mode="a")
+    w.append(np.zeros(n - 3))
+    with pytest.raises(ValueError, match=f"has {n} samples; {n - 3} rows are appended already"):
+        w.append(np.zeros(4))
+    with pytest.raises(ValueError, match=f"has {n} samples but {n - 3} rows"):
+        w.close()
+    assert tree_digest(path) == digest  # unchanged
+    w.append(np.arange(3, dtype=np.float32))
+    w.close()
+    np.testing.assert_array_equal(di.open_zarr(path).columns["score"][-3:], [0, 1, 2])
+    with pytest.raises(StoreExistsError, match="already has arrays"):
+        ArrayWriter(path, name="score", shape=(), dtype="float32", mode="a")
+    with pytest.raises(ValueError, match="new arrays must use the store's chunk length"):
+        ArrayWriter(path, name="other", shape=(), dtype="float32", mode="a", chunks=7)
+    with ArrayWriter(path, name="score", shape=(), dtype="float32", mode="a", overwrite=True) as w:
+        w.append(np.ones(n))
+    np.testing.assert_array_equal(di.open_zarr(path).columns["score"], np.ones(n))
+    assert verify(path) == [] and leftovers(path) == []
+
+
+def test_add_column_with_exception_leaves_store_unchanged(tmp_path, indexed_set):
+    path = tmp_path / "s.zarr.zip"
+    di.to_zarr(indexed_set, path, chunks=10)
+    digest = tree_digest(path)
+    with (
+        pytest.raises(ValueError, match="rows were appended"),
+        ArrayWriter(path, name="f", shape=(), dtype="float32", mode="a") as w,
+    ):
+        w.append(np.zeros(5))
+    assert tree_digest(path) == digest
+    assert len(di.open_zarr(path)) == len(indexed_set)  # still opens: the store exists
+
+
+# -- the example ---------------------------------------------------------------------------
+
+
+def test_features_example_runs(tmp_path):
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import features as example
+    finally:
+        sys.path.pop(0)
+    accuracy = example.main(tmp_path, per_class=3, epochs=2, quiet=True)
+    assert 0.0 <= accuracy <= 1.0
+    ds = di.open_zarr(tmp_path / "stores" / "train-features.zarr.zip")
+    assert set(ds.arrays) >= {"features", "labels", "ids"}
