@@ -338,3 +338,33 @@ def test_refused_writer_does_not_release_the_lock(tmp_path, indexed_set):
         assert os.path.exists(path + ".lock")
     assert not os.path.exists(path + ".lock")
     di.to_zarr(indexed_set, path)  # free again once the holder is done
+
+
+def test_jpeg_codec_store_roundtrip(tmp_path):
+    # photo-like pixels: JPEG q90 loss is small and the file much smaller than lz4
+    from PIL import Image
+
+    files = di.testing.make_photo_folder(tmp_path / "photos", n_per_class=4, seed=0)
+    ds = di.from_folder(tmp_path / "photos", size=(64, 64))
+    jpg = di.to_zarr(ds, tmp_path / "j.zarr.zip", codec="jpeg", chunks=5, order="source")
+    lz4 = di.to_zarr(ds, tmp_path / "l.zarr.zip", codec="lz4", chunks=5, order="source")
+    exact = di.open_zarr(lz4).images.compute()
+    lossy = di.open_zarr(jpg).images.compute()
+    assert lossy.shape == exact.shape
+    err = np.abs(lossy.astype(int) - exact.astype(int)).mean()
+    # oracle: Pillow's own JPEG q90 round trip of the same pixels
+    import io
+
+    def pil_roundtrip(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=90)
+        return np.asarray(Image.open(buf))
+
+    oracle = np.abs(np.stack([pil_roundtrip(a) for a in exact]).astype(int) - exact.astype(int)).mean()
+    assert err <= oracle * 1.5 + 0.5
+    assert os.path.getsize(jpg) < os.path.getsize(lz4) / 2
+    assert verify(jpg) == []
+    # plain zarr decodes it too (through the registered codec), the same pixels
+    np.testing.assert_array_equal(_plain_group(jpg)["images"][...], lossy)
+    n = sum(len(b[0]) for b in di.BatchIterator(jpg, batch_size=7))
+    assert n == len(files)
