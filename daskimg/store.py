@@ -130,7 +130,8 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a folder (a folder's entries: renames and new files in it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -328,7 +329,7 @@ def to_zarr(
             _remove(staging)
         else:
             os.replace(staging, target)
-        _fsync_dir(os.path.dirname(target))
+        fsync_path(os.path.dirname(target))
     return target
 
 

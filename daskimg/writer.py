@@ -51,11 +51,11 @@ from .errors import DaskImgError, StoreExistsError
 from .store import (
     CHUNK_BYTES,
     FORMAT_VERSION,
-    _fsync_dir,
     _open_group,
     _pack_zip,
     _remove,
     auto_chunk_len,
+    fsync_path,
     read_attrs,
     store_kind,
     versions,
@@ -379,7 +379,7 @@ class ArrayWriter:
                 self._publish_new(store)
             else:
                 self._publish_added(store)
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_path(os.path.dirname(self.path))
             _remove(str(self._staging))
         finally:
             self._closed = True
@@ -701,7 +701,7 @@ class ArrayWriter:
             if os.path.lexists(dest):  # overwrite=True
                 os.replace(dest, self._staging / f"old-{name}")
             os.replace(store / name, dest)
-        _fsync_dir(self.path)
+        fsync_path(self.path)
 
 
 class _Column:
@@ -774,9 +774,9 @@ class _Column:
     def sync(self) -> None:
         """fsync the shards written since the last checkpoint and save the unfinished rows."""
         for s in sorted(self.unsynced):
-            _fsync_file(self.shard_path(s))
+            fsync_path(self.shard_path(s))
             for parent in self.shard_path(s).parents:
-                _fsync_dir(str(parent))
+                fsync_path(str(parent))
                 if parent == self.dir:
                     break
         if self.fill:
@@ -944,22 +944,14 @@ def _write_json(path: Path, obj: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(str(path.parent))
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(str(path.parent))
 
 
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for f in files:
-            _fsync_file(Path(dirpath) / f)
-        _fsync_dir(dirpath)
+            fsync_path(Path(dirpath) / f)
+        fsync_path(dirpath)
 
 
 def _rewrite_zip(target: str, staging: Path, names: Sequence[str]) -> None:

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import zarr
 
 import daskimg as di
 
@@ -46,3 +47,14 @@ def client():
         distributed.Client(cluster) as c,
     ):
         yield c
+
+
+def plain_group(path):
+    """A store read by plain zarr, without daskimg (the independent oracle for the format)."""
+    path = str(path)
+    store = (
+        zarr.storage.ZipStore(path, mode="r")
+        if path.endswith(".zip")
+        else zarr.storage.LocalStore(path, read_only=True)
+    )
+    return zarr.open_group(store, mode="r")

@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 import zarr
+from conftest import plain_group
 
 import daskimg as di
 from daskimg.chunks import StoreReader
@@ -29,22 +30,12 @@ from daskimg.store import write_lock
 from daskimg.storeinfo import verify
 
 
-def _plain_group(path):
-    path = str(path)
-    store = (
-        zarr.storage.ZipStore(path, mode="r")
-        if path.endswith(".zip")
-        else zarr.storage.LocalStore(path, read_only=True)
-    )
-    return zarr.open_group(store, mode="r")
-
-
 @pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
 @pytest.mark.parametrize("codec", ["lz4", "zstd", "none"])
 def test_roundtrip_matches_plain_zarr(tmp_path, indexed_set, ext, codec):
     path = tmp_path / f"train{ext}"
     di.to_zarr(indexed_set, path, chunks=10, shard_chunks=3, codec=codec, seed=5, split="train")
-    g = _plain_group(path)  # read without daskimg
+    g = plain_group(path)  # read without daskimg
     images, idx = g["images"][...], g["idx"][...]
     # shuffled: a permutation of the source, each sample once
     assert sorted(idx.tolist()) == list(range(len(indexed_set)))
@@ -165,9 +156,9 @@ def test_damaged_chunk_is_named_never_zeros(tmp_path, indexed_set, ext):
         ds.images[60:70].compute()
     # plain zarr refuses it too (its crc32c codec)
     with pytest.raises(Exception):  # noqa: B017, PT011 - zarr's own error type varies
-        _plain_group(path)["images"][60:70]
+        plain_group(path)["images"][60:70]
     # the undamaged shard (chunks 0-3) still reads, in both readers
-    np.testing.assert_array_equal(ds.images[:40].compute(), _plain_group(path)["images"][:40])
+    np.testing.assert_array_equal(ds.images[:40].compute(), plain_group(path)["images"][:40])
 
 
 def test_missing_chunk_is_damage_not_zeros(tmp_path, indexed_set):
@@ -324,7 +315,7 @@ def test_to_zarr_on_distributed_equals_local(tmp_path, image_folder, client):
     di.to_zarr(
         ds, tmp_path / "cluster.zarr.zip", chunks=4, seed=2
     )  # the client is the default scheduler
-    a, b = _plain_group(tmp_path / "local.zarr.zip"), _plain_group(tmp_path / "cluster.zarr.zip")
+    a, b = plain_group(tmp_path / "local.zarr.zip"), plain_group(tmp_path / "cluster.zarr.zip")
     for name in ("images", "labels", "paths"):
         np.testing.assert_array_equal(a[name][...], b[name][...])
 
@@ -360,11 +351,13 @@ def test_jpeg_codec_store_roundtrip(tmp_path):
         Image.fromarray(a).save(buf, format="JPEG", quality=90)
         return np.asarray(Image.open(buf))
 
-    oracle = np.abs(np.stack([pil_roundtrip(a) for a in exact]).astype(int) - exact.astype(int)).mean()
+    oracle = np.abs(
+        np.stack([pil_roundtrip(a) for a in exact]).astype(int) - exact.astype(int)
+    ).mean()
     assert err <= oracle * 1.5 + 0.5
     assert os.path.getsize(jpg) < os.path.getsize(lz4) / 2
     assert verify(jpg) == []
     # plain zarr decodes it too (through the registered codec), the same pixels
-    np.testing.assert_array_equal(_plain_group(jpg)["images"][...], lossy)
+    np.testing.assert_array_equal(plain_group(jpg)["images"][...], lossy)
     n = sum(len(b[0]) for b in di.BatchIterator(jpg, batch_size=7))
     assert n == len(files)

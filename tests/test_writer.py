@@ -14,7 +14,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-import zarr
+from conftest import plain_group
 
 import daskimg as di
 from daskimg.errors import IncompleteStoreError, StoreExistsError, StoreLockedError
@@ -30,17 +30,6 @@ def feats(a: int, b: int, d: int = D) -> np.ndarray:
     return (np.arange(a, b, dtype=np.float32)[:, None] + np.arange(d, dtype=np.float32) / d).astype(
         np.float32
     )
-
-
-def plain_group(path):
-    """The store read by plain zarr, without daskimg."""
-    path = str(path)
-    store = (
-        zarr.storage.ZipStore(path, mode="r")
-        if path.endswith(".zip")
-        else zarr.storage.LocalStore(path, read_only=True)
-    )
-    return zarr.open_group(store, mode="r")
 
 
 def leftovers(path) -> list[str]:
