@@ -167,13 +167,14 @@ class ImageSet:
         return self._files.spec if isinstance(self._files, FileSource) else None
 
     def show(self, *, n: int = 32, seed: int | None = 0) -> Any:
-        """A grid of ``n`` random samples with their class names (a matplotlib figure).
+        """A grid of ``n`` random samples with their class names.
 
-        In a notebook the figure displays inline; elsewhere save it with ``.savefig``.
+        In a notebook it displays inline; elsewhere save it with ``.savefig(path)``
+        (``.figure`` is the matplotlib figure).
         """
-        from .show import grid_figure
+        from .show import Grid, grid_figure
 
-        return grid_figure(self, n=n, seed=seed)
+        return Grid(grid_figure(self, n=n, seed=seed))
 
     def take(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
         """A new set with the samples at ``indices``, in that order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -10,29 +11,35 @@ import numpy as np
 if TYPE_CHECKING:
     from .imageset import ImageSet
 
-__all__ = ["grid_figure", "save_grid"]
+__all__ = ["Grid", "grid_figure", "save_grid"]
 
 
-def _pyplot() -> Any:
+class Grid:
+    """A grid of samples (what :meth:`ImageSet.show` returns); a notebook shows it as a PNG.
+
+    ``.figure`` is the matplotlib figure; ``.savefig(path)`` writes it.
+    """
+
+    def __init__(self, figure: Any) -> None:
+        self.figure = figure
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+    def savefig(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
+        self.figure.savefig(os.fspath(path), **kwargs)
+
+
+def _figure(**kwargs: Any) -> Any:
+    # a bare Figure, not pyplot: no global state, no backend switch, and in a notebook it
+    # displays once, as the returned value
     try:
-        import matplotlib
-
-        if os.environ.get("MPLBACKEND") is None and not _in_notebook():
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError("pictures need matplotlib: pip install 'daskimg[plot]'") from e
-    return plt
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return False
-    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+    return Figure(**kwargs)
 
 
 def grid_figure(ds: ImageSet, *, n: int = 32, seed: int | None = 0, cols: int = 8) -> Any:
@@ -42,7 +49,6 @@ def grid_figure(ds: ImageSet, *, n: int = 32, seed: int | None = 0, cols: int = 
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    plt = _pyplot()
     total = len(ds)
     n = min(n, total)
     idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
@@ -51,7 +57,8 @@ def grid_figure(ds: ImageSet, *, n: int = 32, seed: int | None = 0, cols: int = 
         images = images[:, images.shape[1] // 2]
     cols = min(cols, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    fig = _figure(figsize=(1.6 * cols, 1.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for k, (ax, i) in enumerate(zip(axes.ravel(), idx, strict=False)):
@@ -78,7 +85,4 @@ def save_grid(
     ds: ImageSet, path: str | os.PathLike[str], *, n: int = 32, seed: int | None = 0
 ) -> None:
     """Write :func:`grid_figure` to a PNG file (what ``daskimg show`` does)."""
-    plt = _pyplot()
-    fig = grid_figure(ds, n=n, seed=seed)
-    fig.savefig(os.fspath(path), dpi=100)
-    plt.close(fig)
+    grid_figure(ds, n=n, seed=seed).savefig(os.fspath(path), dpi=100)

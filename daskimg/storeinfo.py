@@ -105,7 +105,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
         stored = _stored_bytes(p, name)
         arrays[name] = {
             "shape": list(arr.shape),
-            "dtype": str(arr.dtype),
+            "dtype": "str" if arr.dtype.kind in "OTU" else str(arr.dtype),
             "chunks": list(arr.chunks),
             "shards": list(arr.shards) if arr.shards else None,
             "stored_bytes": stored,
