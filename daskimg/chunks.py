@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import struct
 import threading
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import crc32c
 import numpy as np
+from numcodecs import blosc
 
 from .codecs import check_crc, check_crc_of, decode_chunk, decompress_into, fast_chain
 from .errors import ChecksumError
@@ -40,9 +44,20 @@ class ArrayLayout:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
-    chunk_len: int  # samples per chunk along axis 0
+    chunk_len: int  # samples the loader reads at once along axis 0 (its "chunk")
     shard_len: int  # samples per shard (== chunk_len when not sharded)
-    kind: str | None  # "blosc" / "raw" (decoded here) or None (zarr only)
+    kind: str | None  # "blosc" / "raw" / "jpeg" (decoded here) or None (zarr only)
+    inner_len: int = 0  # zarr inner chunk along axis 0 (0: same as chunk_len)
+
+    @property
+    def per_sample(self) -> bool:
+        """Each sample is its own zarr inner chunk: decodable straight into a batch row."""
+        return self.inner_len == 1 and self.shard_len > 1
+
+    @property
+    def index_len(self) -> int:
+        """Entries in a shard's index."""
+        return self.shard_len // (self.inner_len or self.chunk_len)
 
     @property
     def num_chunks(self) -> int:
@@ -57,7 +72,8 @@ class ArrayLayout:
         return start, min(start + self.chunk_len, self.shape[0])
 
 
-def parse_layout(name: str, meta: dict[str, Any]) -> ArrayLayout:
+def parse_layout(name: str, meta: dict[str, Any], read_len: int | None = None) -> ArrayLayout:
+    """Layout of one array from its ``zarr.json``; ``read_len`` is the store's ``chunk_len``."""
     shape = tuple(meta["shape"])
     grid = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
     codecs = meta["codecs"]
@@ -74,6 +90,14 @@ def parse_layout(name: str, meta: dict[str, Any]) -> ArrayLayout:
         kind = fast_chain(cfg["codecs"]) if index_ok else None
         chunk_len, shard_len = inner[0], grid[0]
         full_inner = inner[1:] == shape[1:]
+        if inner[0] == 1 and read_len and shard_len % read_len == 0:
+            # one inner chunk per sample; the loader reads runs of ``read_len`` of them
+            lay = ArrayLayout(name, shape, dtype, read_len, shard_len, kind, inner_len=1)
+            return (
+                lay
+                if full_inner and dtype.kind != "O"
+                else ArrayLayout(name, shape, dtype, read_len, shard_len, None, inner_len=1)
+            )
     else:
         kind = fast_chain(codecs)
         chunk_len = shard_len = grid[0]
@@ -101,6 +125,9 @@ class StoreReader:
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._maps: dict[str, mmap.mmap] = {}
+        #: decode samples straight from a read-only memory map of the store (no read copy)
+        self.use_mmap = True
         self._fds: dict[str, int] = {}
         self._members: dict[str, tuple[int, int]] = {}  # zip member -> (data offset, size)
         self._index: dict[tuple[str, int], np.ndarray] = {}
@@ -140,12 +167,26 @@ class StoreReader:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._fds = {}
+        self._maps = {}  # unmapped when the last batch view of them is gone
 
     # -- raw bytes ---------------------------------------------------------------------
+    def _map(self, file: str) -> mmap.mmap:
+        """A read-only map of ``file`` for this process (made after a fork, never inherited)."""
+        self._fd(file)  # resets per-process state after a fork
+        mapped = self._maps.get(file)
+        if mapped is None:
+            with self._lock:
+                mapped = self._maps.get(file)
+                if mapped is None:
+                    mapped = mmap.mmap(self._fd(file), 0, access=mmap.ACCESS_READ)
+                    self._maps[file] = mapped
+        return mapped
+
     def _fd(self, file: str) -> int:
         pid = os.getpid()
-        if self._pid != pid:  # forked: never share the parent's descriptors
+        if self._pid != pid:  # forked: never share the parent's descriptors or maps
             self._fds = {}
+            self._maps = {}
             self._pid = pid
         fd = self._fds.get(file)
         if fd is None:
@@ -203,7 +244,9 @@ class StoreReader:
             meta = self.json(f"{name}/zarr.json")
             if meta is None or meta.get("node_type") != "array":
                 raise KeyError(f"{self.path} has no array {name!r}")
-            lay = parse_layout(name, meta)
+            root = self.json("zarr.json") or {}
+            read_len = ((root.get("attributes") or {}).get("daskimg") or {}).get("chunk_len")
+            lay = parse_layout(name, meta, read_len if isinstance(read_len, int) else None)
             self._layouts[name] = lay
         return lay
 
@@ -213,7 +256,7 @@ class StoreReader:
         if cached is not None:
             return cached
         key = _chunk_key(lay, shard)
-        n = lay.chunks_per_shard
+        n = lay.index_len
         where = f"{self.path}: array {lay.name!r}, shard {shard}"
         raw = self.read_bytes(key, -(n * 16 + 4), n * 16 + 4) if self._locate(key) else None
         if raw is None:
@@ -234,6 +277,18 @@ class StoreReader:
         if not 0 <= c < lay.num_chunks:
             raise IndexError(f"chunk {c} out of range 0..{lay.num_chunks - 1} for {name!r}")
         where = f"{self.path}: array {lay.name!r}, chunk {c}"
+        if lay.per_sample:
+            a, b = lay.chunk_rows(c)
+            shard, j0 = divmod(a, lay.shard_len)
+            index = self._shard_index(lay, shard)[j0 : j0 + (b - a)]
+            if (index[:, 0] == _MISSING).any():
+                raise ChecksumError(
+                    f"{where}: samples are missing from its shard; the store is damaged"
+                )
+            lo, hi = int(index[:, 0].min()), int((index[:, 0] + index[:, 1]).max())
+            loc = self._locate(_chunk_key(lay, shard))
+            assert loc is not None
+            return loc[0], loc[1] + lo, hi - lo
         if lay.shard_len == lay.chunk_len:
             loc = self._locate(_chunk_key(lay, c))
             if loc is None:
@@ -257,6 +312,8 @@ class StoreReader:
             raise NotImplementedError(
                 f"{name!r} uses a codec chain daskimg does not decode directly"
             )
+        if lay.per_sample:
+            return self._read_samples(lay, c, out)
         a, b = lay.chunk_rows(c)
         shape = (b - a, *lay.shape[1:])
         if out is None:
@@ -295,6 +352,116 @@ class StoreReader:
             decode_chunk(buf, lay.kind, out, where)
         else:
             decompress_into(check_crc(buf, where), out, where)
+        return out
+
+    # -- stores with one inner chunk per sample ------------------------------------------
+    def unit_nbytes(self, name: str, c: int) -> int:
+        """Bytes :meth:`read_unit` reads for chunk ``c`` (to size a reusable buffer)."""
+        return self.chunk_location(name, c)[2]
+
+    def read_unit(
+        self, name: str, c: int, into: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The encoded bytes of the samples of chunk ``c``, read at once: ``(buf, offsets, sizes)``.
+
+        Nothing is decoded; :meth:`decode_rows` decodes samples (checking each crc32c)
+        into any destination, e.g. their rows of a batch. ``into``, a uint8 array of at
+        least :meth:`unit_nbytes` bytes, is filled instead of a new buffer.
+        """
+        lay = self.layout(name)
+        a, b = lay.chunk_rows(c)
+        shard, j0 = divmod(a, lay.shard_len)
+        index = self._shard_index(lay, shard)[j0 : j0 + (b - a)]
+        offs, sizes = index[:, 0], index[:, 1]
+        missing = np.flatnonzero(offs == _MISSING)
+        if len(missing):
+            raise ChecksumError(
+                f"{self.path}: array {name!r}, sample {a + int(missing[0])} (chunk {c}) is missing "
+                "from its shard; the store is damaged — re-create it"
+            )
+        lo, hi = int(offs.min()), int((offs + sizes).max())
+        loc = self._locate(_chunk_key(lay, shard))
+        assert loc is not None  # _shard_index checked it
+        if into is None and self.use_mmap:
+            mapped = self._map(loc[0])
+            if loc[1] + hi > len(mapped):
+                raise ChecksumError(
+                    f"{self.path}: array {name!r}, chunk {c}: the file ends before the chunk "
+                    "(truncated); re-create the store"
+                )
+            # no copy: samples are decoded straight from the page cache into batch rows
+            buf = np.frombuffer(
+                cast(Any, mapped), dtype=np.uint8, count=hi - lo, offset=loc[1] + lo
+            )
+            return buf, (offs - lo).astype(np.int64), sizes.astype(np.int64)
+        buf = (
+            np.empty(hi - lo, dtype=np.uint8)
+            if into is None or len(into) < hi - lo
+            else into[: hi - lo]
+        )
+        got = os.preadv(self._fd(loc[0]), [cast(Any, buf)], loc[1] + lo)
+        if got != hi - lo:
+            raise ChecksumError(
+                f"{self.path}: array {name!r}, chunk {c}: truncated ({got} of {hi - lo} bytes)"
+            )
+        return buf, (offs - lo).astype(np.int64), sizes.astype(np.int64)
+
+    def decode_rows(
+        self,
+        name: str,
+        unit: tuple[np.ndarray, np.ndarray, np.ndarray],
+        rows: Sequence[int] | np.ndarray,
+        dest: np.ndarray,
+        dest_rows: Sequence[int] | np.ndarray,
+        first: int = 0,
+    ) -> None:
+        """Decode samples ``rows`` of a :meth:`read_unit` into ``dest[dest_rows]``, checking each crc32c.
+
+        The hot loop of the loader: each sample goes from the read buffer straight into its
+        row of the batch. ``first`` is the unit's first sample (for error messages).
+        """
+        lay = self.layout(name)
+        buf, offs, sizes = unit
+        view = memoryview(cast(Any, buf))
+        row_bytes = dest[0].nbytes if len(dest) else 0
+        blosc_kind = lay.kind == "blosc"
+        offsets, lengths = offs.tolist(), sizes.tolist()
+        check, decompress, from_bytes = crc32c.crc32c, blosc.decompress, int.from_bytes
+        for i, k in zip(np.asarray(rows).tolist(), np.asarray(dest_rows).tolist(), strict=True):
+            o = offsets[i]
+            end = o + lengths[i] - 4
+            body = view[o:end]
+            if check(body) != from_bytes(view[end : end + 4], "little"):
+                raise ChecksumError(
+                    f"{self._where(lay, first + i)}: checksum mismatch (the sample is damaged); "
+                    "run `daskimg verify` on the store and re-create it"
+                )
+            if not blosc_kind:
+                decode_chunk(
+                    view[o : end + 4], lay.kind or "raw", dest[k], self._where(lay, first + i)
+                )
+            elif end - o < 16 or from_bytes(view[o + 4 : o + 8], "little") != row_bytes:
+                raise ChecksumError(
+                    f"{self._where(lay, first + i)}: decodes to the wrong size; the store is damaged"
+                )
+            else:
+                decompress(body, dest[k])
+
+    def _where(self, lay: ArrayLayout, sample: int) -> str:
+        return f"{self.path}: array {lay.name!r}, sample {sample} (chunk {sample // lay.chunk_len})"
+
+    def _read_samples(self, lay: ArrayLayout, c: int, out: np.ndarray | None) -> np.ndarray:
+        a, b = lay.chunk_rows(c)
+        shape = (b - a, *lay.shape[1:])
+        if out is None:
+            out = np.empty(shape, dtype=lay.dtype)
+        elif out.shape != shape or out.dtype != lay.dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be C-contiguous {shape} {lay.dtype}, got {out.shape} {out.dtype}"
+            )
+        scratch = np.frombuffer(self._scratch(self.unit_nbytes(lay.name, c)), dtype=np.uint8)
+        unit = self.read_unit(lay.name, c, into=scratch)
+        self.decode_rows(lay.name, unit, range(b - a), out, range(b - a), first=a)
         return out
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:

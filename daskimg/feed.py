@@ -9,8 +9,11 @@ one (a batch may straddle them) and ``prefetch`` groups ahead are in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -99,6 +102,13 @@ class _Source:
             }
         else:
             self.fast = set()
+        reader = self.reader
+        #: arrays stored one sample per inner chunk: decoded straight into batch rows
+        self.per_sample = {
+            n for n in self.fast if reader is not None and reader.layout(n).per_sample
+        }
+        #: arrays loaded into a group buffer and gathered from it
+        self.buffered = [n for n in self.lazy if n not in self.per_sample]
 
     def shape(self, name: str) -> tuple[int, ...]:
         a = self.memory.get(name)
@@ -112,30 +122,39 @@ class _Source:
         a = c * self.chunk_len
         return a, min(a + self.chunk_len, self.n)
 
-    def load_group(
-        self, chunks: np.ndarray, bufs: dict[str, np.ndarray], offsets: np.ndarray, c: int
-    ) -> None:
-        """Fill rows of chunk ``c`` (at ``offsets[i]`` in the group buffer) for the lazy arrays."""
+    def load_chunk(self, group: _Group, c: int) -> None:
+        """Read chunk ``c`` of every lazy array into ``group`` (runs in a background thread)."""
         a, b = self.rows(c)
-        i = int(np.flatnonzero(chunks == c)[0])
-        o = int(offsets[i])
+        o = int(group.offsets[int(np.flatnonzero(group.chunks == c)[0])])
         slow = []
         for name in self.lazy:
-            if name in self.fast:
+            if name in self.per_sample:
                 assert self.reader is not None
-                self.reader.read_chunk(name, c, out=bufs[name][o : o + b - a])
+                # memory-mapped: a view of the page cache, touched (read) first by the decoder
+                group.units[name][c] = self.reader.read_unit(name, c)
+            elif name in self.fast:
+                assert self.reader is not None
+                self.reader.read_chunk(name, c, out=group.bufs[name][o : o + b - a])
             else:
                 slow.append(name)
         if slow:
             # whatever dask scheduler is active (threads, processes, distributed) computes the block
             blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow])
             for name, block in zip(slow, blocks, strict=True):
-                bufs[name][o : o + b - a] = block
+                group.bufs[name][o : o + b - a] = block
 
 
 def groups_of(idx: np.ndarray, chunk_len: int, lookup_group: np.ndarray) -> list[int]:
     """The groups whose chunks hold the samples ``idx``."""
     return [int(g) for g in np.unique(lookup_group[idx // chunk_len])]
+
+
+def _owner_of(chunk: np.ndarray, needed: dict[int, _Group]) -> np.ndarray:
+    """For each chunk id, the group (of ``needed``) that holds it."""
+    owner = np.empty(len(chunk), dtype=np.int64)
+    for g, grp in needed.items():
+        owner[np.isin(chunk, grp.chunks)] = g
+    return owner
 
 
 def _regular_chunk_len(a: da.Array) -> int:
@@ -149,6 +168,8 @@ class _Buffers:
         self.src = src
         self.rows = rows
         self.free: list[dict[str, np.ndarray]] = []
+        self.free_bytes: list[np.ndarray] = []
+        self.lock = threading.Lock()
 
     def get(self, rows: int) -> dict[str, np.ndarray]:
         if rows > self.rows:
@@ -158,19 +179,32 @@ class _Buffers:
             if self.free
             else {
                 n: np.empty((self.rows, *self.src.shape(n)), dtype=self.src.dtype(n))
-                for n in self.src.lazy
+                for n in self.src.buffered
             }
         )
         return {n: b[:rows] for n, b in bufs.items()}
 
     def put(self, bufs: dict[str, np.ndarray]) -> None:
         base = {n: b.base if b.base is not None else b for n, b in bufs.items()}
-        if all(len(b) == self.rows for b in base.values()):
+        if base and all(len(b) == self.rows for b in base.values()):
             self.free.append(base)
+
+    def get_bytes(self, nbytes: int) -> np.ndarray:
+        """A byte buffer of at least ``nbytes`` for encoded samples (thread-safe)."""
+        with self.lock:
+            for i, buf in enumerate(self.free_bytes):
+                if len(buf) >= nbytes:
+                    return self.free_bytes.pop(i)
+        # a little headroom: chunks of one store differ slightly in encoded size
+        return np.empty(int(nbytes * 1.1) + 4096, dtype=np.uint8)
+
+    def put_bytes(self, bufs: list[np.ndarray]) -> None:
+        with self.lock:
+            self.free_bytes.extend(bufs)
 
 
 class _Group:
-    """A loaded group: contiguous buffers for its chunks, and where each chunk starts."""
+    """A group being loaded: per chunk, encoded samples (``units``) or rows in ``bufs``."""
 
     def __init__(
         self, src: _Source, chunks: np.ndarray, pool: ThreadPoolExecutor, buffers: _Buffers
@@ -179,9 +213,28 @@ class _Group:
         sizes = np.array([np.subtract(*src.rows(int(c))[::-1]) for c in chunks], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.bufs = buffers.get(int(sizes.sum()))
-        self.futures: list[Future[None]] = [
-            pool.submit(src.load_group, chunks, self.bufs, self.offsets, int(c)) for c in chunks
-        ]
+        self.units: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+            n: {} for n in src.per_sample
+        }
+        self.buffers = buffers
+        self.byte_bufs: list[np.ndarray] = []
+        self.futures: list[Future[None]] = []
+        if src.buffered:
+            self.futures = [pool.submit(src.load_chunk, self, int(c)) for c in chunks]
+        else:
+            # only memory-mapped, per-sample arrays: "loading" is mapping views, no thread hop
+            for c in chunks:
+                src.load_chunk(self, int(c))
+
+    def byte_buffer(self, nbytes: int) -> np.ndarray:
+        buf = self.buffers.get_bytes(nbytes)
+        self.byte_bufs.append(buf)  # list.append is atomic; returned to the pool on release
+        return buf
+
+    def release(self) -> None:
+        self.buffers.put(self.bufs)
+        self.buffers.put_bytes(self.byte_bufs)
+        self.byte_bufs = []
 
     def wait(self) -> None:
         for f in self.futures:
@@ -273,6 +326,11 @@ class BatchIterator:
         self._batch = 0  # batches of the current epoch already yielded
         self._plan: tuple[int, EpochPlan] | None = None
         self._pools: dict[str, list[np.ndarray]] = {}
+        self._busy: set[int] = set()
+        self._buffers: _Buffers | None = None
+        self._pools_exec: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._pools_pid: int | None = None
+        self._pool_lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------
     @property
@@ -358,84 +416,151 @@ class BatchIterator:
     # -- execution --------------------------------------------------------------------
     def _iter_dicts(self) -> Iterator[dict[str, np.ndarray]]:
         plan = self.plan()
-        src = self.source
-        batches = plan.batches
-        if self._batch >= len(batches):
+        if self._batch >= len(plan.batches):
             self.set_epoch(self.epoch + 1)
             plan = self.plan()
-            batches = plan.batches
+        src = self.source
+        batches, groups = plan.batches, plan.groups
         start = self._batch
         last_group = plan.group_of_batch()
-        first_group = 0
-        if start > 0 and start < len(batches):
-            first_group = max(0, int(last_group[start]) - 1)
-        groups = plan.groups
-        lookup_group = np.full(max(1, -(-src.n // src.chunk_len)), -1, dtype=np.int64)
-        lookup_offset = np.zeros_like(lookup_group)
+        first_group = max(0, int(last_group[start]) - 1) if 0 < start < len(batches) else 0
+        num_chunks = max(1, -(-src.n // src.chunk_len))
+        lookup_group = np.full(num_chunks, -1, dtype=np.int64)
+        lookup_offset = np.zeros(num_chunks, dtype=np.int64)
         loaded: dict[int, _Group] = {}
         next_group = first_group
-        buffers = _Buffers(src, self.buffer_chunks * src.chunk_len)
+        next_batch = start
+        if self._buffers is None:
+            # kept across epochs: fresh multi-MB buffers page-fault (system time) every epoch
+            self._buffers = _Buffers(src, self.buffer_chunks * src.chunk_len)
+        buffers = self._buffers
+        pending: deque[tuple[int, Future[dict[str, np.ndarray]]]] = deque()
+        io_pool, work_pool = self._thread_pools()
+        window = 2 * self.threads + self.prefetch
 
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="daskimg-feed") as pool:
+        def submit_groups(upto: int) -> None:
+            nonlocal next_group
+            while next_group < len(groups) and next_group <= upto:
+                grp = _Group(src, groups[next_group], io_pool, buffers)
+                lookup_group[grp.chunks] = next_group
+                lookup_offset[grp.chunks] = grp.offsets
+                loaded[next_group] = grp
+                next_group += 1
 
-            def submit_until(g_max: int) -> None:
-                nonlocal next_group
-                while next_group < len(groups) and next_group <= g_max:
-                    grp = _Group(src, groups[next_group], pool, buffers)
-                    lookup_group[grp.chunks] = next_group
-                    lookup_offset[grp.chunks] = grp.offsets
-                    loaded[next_group] = grp
-                    next_group += 1
+        def submit_batches() -> None:
+            nonlocal next_batch
+            while next_batch < len(batches) and len(pending) < window:
+                b = next_batch
+                submit_groups(int(last_group[b]) + self.prefetch)
+                idx = batches[b]
+                needed = {g: loaded[g] for g in groups_of(idx, src.chunk_len, lookup_group)}
+                pending.append((b, work_pool.submit(self._assemble, b, idx, needed, lookup_offset)))
+                next_batch += 1
 
-            try:
-                for b in range(start, len(batches)):
-                    need = int(last_group[b])
-                    submit_until(need + self.prefetch)
-                    # release groups no batch from here on needs (all before need - 1); batches
-                    # are copies, so their buffers can be reused
-                    for g in [g for g in loaded if g < need - 1]:
-                        buffers.put(loaded.pop(g).bufs)
-                    idx = batches[b]
-                    out = self._gather(idx, loaded, lookup_group, lookup_offset)
-                    if self.transform is not None:
-                        rng = epoch_rng(self.seed, self.epoch, b, self.consumer)
-                        out = self.transform(out, rng)
-                    self._batch = b + 1
-                    yield out
-            finally:
-                for grp in loaded.values():
-                    for f in grp.futures:
-                        f.cancel()
+        try:
+            submit_batches()
+            while pending:
+                b, future = pending.popleft()
+                out = future.result()
+                # groups before the one this batch started in are done with: every later batch
+                # needs only its own group and the one before it
+                for g in [g for g in loaded if g < int(last_group[b]) - 1]:
+                    loaded.pop(g).release()
+                self._batch = b + 1
+                self._release(out)
+                submit_batches()
+                yield out
+        finally:
+            for _, f in pending:
+                f.cancel()
+            for _, f in pending:  # let started ones finish before their buffers are reused
+                with contextlib.suppress(BaseException):
+                    f.exception()
+            for grp in loaded.values():
+                for load in grp.futures:
+                    load.cancel()
+                for load in grp.futures:
+                    with contextlib.suppress(BaseException):
+                        load.exception()
+                grp.release()  # no thread uses it any more: back to the pool
         if self._batch >= len(batches):
             self.set_epoch(self.epoch + 1)
 
-    def _gather(
-        self,
-        idx: np.ndarray,
-        loaded: dict[int, _Group],
-        lookup_group: np.ndarray,
-        lookup_offset: np.ndarray,
+    def _thread_pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """Reads run in one pool, batch assembly (decoding into batch rows) in another, so an
+        assembly waiting for its reads can never hold up the reads it waits for. Both live
+        as long as the iterator, so a new epoch starts without new threads."""
+        if self._pools_exec is None or self._pools_pid != os.getpid():
+            self._pools_exec = (
+                ThreadPoolExecutor(self.threads, thread_name_prefix="daskimg-read"),
+                ThreadPoolExecutor(self.threads, thread_name_prefix="daskimg-batch"),
+            )
+            self._pools_pid = os.getpid()
+        return self._pools_exec
+
+    def close(self) -> None:
+        """Stop the background threads (they are also stopped when the iterator is deleted)."""
+        pools = getattr(self, "_pools_exec", None)  # None if __init__ failed half-way
+        if pools is not None and self._pools_pid == os.getpid():
+            for pool in pools:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._pools_exec = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # threads, locks and buffers stay behind
+        state.update(
+            _pools_exec=None,
+            _pools_pid=None,
+            _pool_lock=None,
+            _pools={},
+            _busy=set(),
+            _buffers=None,
+        )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool_lock = threading.Lock()
+
+    def _assemble(
+        self, b: int, idx: np.ndarray, needed: dict[int, _Group], lookup_offset: np.ndarray
     ) -> dict[str, np.ndarray]:
+        """Build batch ``b`` (in a background thread): decode or gather every array's rows."""
         src = self.source
+        for grp in needed.values():
+            grp.wait()
         out: dict[str, np.ndarray] = {n: src.memory[n][idx] for n in src.memory}
-        if not src.lazy:
-            return out
-        for g in groups_of(idx, src.chunk_len, lookup_group):
-            loaded[g].wait()
         chunk = idx // src.chunk_len
-        rows = lookup_offset[chunk] + idx - chunk * src.chunk_len
-        owner = lookup_group[chunk]
-        groups = np.unique(owner)
-        for name in src.lazy:
+        row = idx - chunk * src.chunk_len
+        reader = src.reader
+        for name in src.per_sample:
+            assert reader is not None
             dest = self._batch_buffer(name, len(idx))
-            if len(groups) == 1:
-                # mode="clip": numpy buffers `out` for mode="raise" (2.5x slower); rows are in range
-                loaded[int(groups[0])].bufs[name].take(rows, axis=0, out=dest, mode="clip")
-            else:
-                for g in groups:
-                    sel = owner == g
-                    dest[sel] = loaded[int(g)].bufs[name].take(rows[sel], axis=0)
+            for grp in needed.values():
+                for c, unit in grp.units[name].items():
+                    at = np.flatnonzero(chunk == c)
+                    if len(at):
+                        reader.decode_rows(name, unit, row[at], dest, at, first=c * src.chunk_len)
             out[name] = dest
+        if src.buffered:
+            rows = lookup_offset[chunk] + row
+            groups = list(needed)
+            owner = _owner_of(chunk, needed)
+            for name in src.buffered:
+                dest = self._batch_buffer(name, len(idx))
+                if len(groups) == 1:
+                    # mode="clip": numpy buffers `out` for mode="raise" (2.5x slower); rows are in range
+                    needed[groups[0]].bufs[name].take(rows, axis=0, out=dest, mode="clip")
+                else:
+                    for g in groups:
+                        sel = owner == g
+                        dest[sel] = needed[g].bufs[name].take(rows[sel], axis=0)
+                out[name] = dest
+        if self.transform is not None:
+            out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
         return out
 
     def _batch_buffer(self, name: str, n: int) -> np.ndarray:
@@ -444,16 +569,26 @@ class BatchIterator:
         A yielded array is reused only when nothing but this pool refers to it (no batch
         kept by the caller, no view of it, no tensor made with ``torch.from_numpy``), so
         reuse is never visible; it saves the page faults of a fresh multi-MB array.
+        Arrays being filled or not yet handed out are marked busy.
         """
         src = self.source
-        pool = self._pools.setdefault(name, [])
         shape = (n, *src.shape(name))
-        for arr in pool:
-            # references: the pool's list, getrefcount's argument, and the loop variable
-            if sys.getrefcount(arr) <= 3 and arr.shape == shape:
-                return arr
-        arr = np.empty(shape, dtype=src.dtype(name))
-        if len(pool) >= 4:
-            pool.pop(0)
-        pool.append(arr)
-        return arr
+        with self._pool_lock:
+            pool = self._pools.setdefault(name, [])
+            for arr in pool:
+                # references: the pool's list, getrefcount's argument and the loop variable
+                if id(arr) not in self._busy and arr.shape == shape and sys.getrefcount(arr) <= 3:
+                    self._busy.add(id(arr))
+                    return arr
+            arr = np.empty(shape, dtype=src.dtype(name))
+            if len(pool) >= 3 * self.threads + 4:
+                pool[:] = [a for a in pool if id(a) in self._busy]
+            pool.append(arr)
+            self._busy.add(id(arr))
+            return arr
+
+    def _release(self, batch: dict[str, np.ndarray]) -> None:
+        """A batch is being handed out: from now on only its references keep it from reuse."""
+        with self._pool_lock:
+            for arr in batch.values():
+                self._busy.discard(id(arr))

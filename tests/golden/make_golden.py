@@ -1,14 +1,17 @@
 """Write the golden stores of on-disk format version 1 (run once; the results are committed).
 
 Never regenerate these to make a test pass: they lock the format, so a future daskimg that
-cannot open them has broken users' stores.
+cannot open them has broken users' stores. This script only adds stores that are missing.
+
+The first four (lz4/zstd/none .zarr.zip, lz4.zarr) were written by daskimg 0.1.0 before
+images moved to one inner chunk per sample; the ``*-samples`` ones have that layout. Both
+are format version 1 and must keep opening.
 
     python tests/golden/make_golden.py
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +33,7 @@ def expected() -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    shutil.rmtree(HERE, ignore_errors=True)
-    HERE.mkdir(parents=True)
+    HERE.mkdir(parents=True, exist_ok=True)
     e = expected()
     ds = di.ImageSet(
         e["images"],
@@ -40,18 +42,21 @@ def main() -> None:
         paths=e["paths"],
         columns={"bbox": e["bbox"]},
     )
-    for codec in ("lz4", "zstd", "none"):
-        di.to_zarr(
-            ds,
-            HERE / f"{codec}.zarr.zip",
-            chunks=3,
-            shard_chunks=2,
-            codec=codec,
-            order="source",
-            split="train",
-        )
-    di.to_zarr(ds, HERE / "lz4.zarr", chunks=3, shard_chunks=2, order="source", split="train")
-    np.savez(HERE / "expected.npz", **e)
+    stores = {f"{codec}-samples.zarr.zip": codec for codec in ("lz4", "zstd", "none", "jpeg")}
+    stores["lz4-samples.zarr"] = "lz4"
+    for name, codec in stores.items():
+        if not (HERE / name).exists():  # never overwrite a golden store
+            di.to_zarr(
+                ds,
+                HERE / name,
+                chunks=3,
+                shard_chunks=2,
+                codec=codec,
+                order="source",
+                split="train",
+            )
+    if not (HERE / "expected.npz").exists():
+        np.savez(HERE / "expected.npz", **e)
 
 
 if __name__ == "__main__":
