@@ -11,14 +11,13 @@ import hashlib
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble", "
 PHOTO_SIZE = (375, 500)
 #: (height, width) the benchmarks decode to
 TARGET = (224, 224)
+#: distinct JPEGs made per class; bigger sets repeat them (hard links) instead of making more
+UNIQUE_PER_CLASS = 500
 
 MiB = 2**20
 
@@ -78,10 +79,12 @@ def photo_folder(n: int, *, size: tuple[int, int] = PHOTO_SIZE) -> Path:
 
     Built once from :func:`daskimg.testing.make_photo_folder` (scikit-image's bundled
     photos, no download) and shared by all benchmarks; a subset is a folder of hard
-    links to the first files of each class.
+    links to the first files of each class. Beyond ``UNIQUE_PER_CLASS`` files per class
+    the files repeat (file ``i`` links to ``i % UNIQUE_PER_CLASS``).
     """
     counts = _per_class(n, len(CLASSES))
-    base = _base_library(max(counts), size)
+    unique = min(max(counts), UNIQUE_PER_CLASS)
+    base = _base_library(unique, size)
     sub = base.parent / f"n{n}"
     if (sub / ".done").is_file():
         return sub
@@ -89,8 +92,8 @@ def photo_folder(n: int, *, size: tuple[int, int] = PHOTO_SIZE) -> Path:
     for cls, k in zip(CLASSES, counts, strict=True):
         (sub / cls).mkdir(parents=True)
         for i in range(k):
-            name = f"{cls}_{i:04d}.jpg"
-            os.link(base / cls / name, sub / cls / name)
+            src = base / cls / f"{cls}_{i % unique:04d}.jpg"
+            os.link(src, sub / cls / f"{cls}_{i:06d}.jpg")
     (sub / ".done").write_text("")
     return sub
 
@@ -108,14 +111,20 @@ def list_photos(folder: Path) -> tuple[list[str], list[int]]:
 
 
 def code_key() -> str:
-    """A short hash of the installed daskimg sources: cached stores are rebuilt when it changes."""
+    """A short hash of the daskimg modules that decide what a store holds.
+
+    Cached stores are rebuilt when it changes (``store``, ``codecs``, ``chunks``, ...);
+    changes elsewhere in the package do not make the benchmarks rebuild their inputs.
+    """
     import daskimg
 
     pkg = Path(daskimg.__file__).parent
-    h = hashlib.sha1()
-    for f in sorted(pkg.glob("*.py")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
+    h = hashlib.sha1(daskimg.__version__.encode())
+    for name in ("store.py", "codecs.py", "chunks.py", "writer.py", "jpeg.py"):
+        f = pkg / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
     return h.hexdigest()[:10]
 
 
@@ -176,10 +185,8 @@ def tree_rss(proc: psutil.Process | None = None) -> int:
     proc = proc or psutil.Process()
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with suppress(psutil.Error):  # a child that just exited
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -187,7 +194,8 @@ class PeakRSS:
     """Sample the RSS of this process and its children in a thread; ``.peak`` in bytes.
 
     Use as a context manager around the work. Sampling every ``interval`` seconds can
-    miss a very short spike; ``ru_maxrss`` (this process only) is taken into account too.
+    miss a short spike of a child; for this process the kernel's exact high-water mark
+    (``VmHWM``) is taken into account too.
     """
 
     def __init__(self, interval: float = 0.01) -> None:
@@ -209,12 +217,20 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_rss(), max_rss_self())
+        self.peak = max(self.peak, tree_rss(), hwm_self())
 
 
-def max_rss_self() -> int:
-    """``ru_maxrss`` of this process in bytes (the kernel's exact high-water mark)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def hwm_self() -> int:
+    """Peak RSS of this process in bytes: ``VmHWM`` from ``/proc/self/status``.
+
+    Not ``ru_maxrss``: Linux carries that over ``fork`` and ``exec``, so a subprocess
+    started by a big parent reports the parent's peak.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def run_json(argv: Sequence[str], *, timeout: float = 600) -> dict[str, Any]:
@@ -230,7 +246,9 @@ def run_json(argv: Sequence[str], *, timeout: float = 600) -> dict[str, Any]:
         )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        raise RuntimeError(f"subprocess printed no JSON:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"subprocess printed no JSON:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
     return json.loads(lines[-1])
 
 
@@ -276,7 +294,9 @@ def print_table(
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
 
     def line(r: Sequence[str]) -> str:
-        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        parts = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     text = "\n".join(
@@ -293,10 +313,19 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def machine() -> str:
-    """One line about where this ran (the numbers only compare within one run)."""
+    """One line about where this ran (the numbers only compare within one run).
+
+    The load average is included: on a 2-core machine anything else running (a test
+    suite, another benchmark) changes every number.
+    """
     cpu = os.cpu_count()
     mem = psutil.virtual_memory().total / 2**30
-    return f"{cpu} cores, {mem:.0f} GiB RAM, {platform.machine()}, Python {platform.python_version()}"
+    load = os.getloadavg()[0]
+    busy = "  << other work is running: numbers will be noisy" if load > 0.5 * (cpu or 1) else ""
+    return (
+        f"{cpu} cores, {mem:.0f} GiB RAM, {platform.machine()}, "
+        f"Python {platform.python_version()}, load avg {load:.2f}{busy}"
+    )
 
 
 def base_parser(doc: str | None) -> argparse.ArgumentParser:

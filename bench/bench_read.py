@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     PHOTO_SIZE,
     TARGET,
     base_parser,
-    fmt,
     list_photos,
     machine,
     median,
@@ -80,9 +79,7 @@ def per_file_array(paths: list[str]):
     import dask.array as da
 
     load = dask.delayed(pil_load, pure=True)
-    return da.stack(
-        [da.from_delayed(load(p), shape=(*TARGET, 3), dtype=np.uint8) for p in paths]
-    )
+    return da.stack([da.from_delayed(load(p), shape=(*TARGET, 3), dtype=np.uint8) for p in paths])
 
 
 # --- (a) graph build ---------------------------------------------------------------------
@@ -135,47 +132,62 @@ def bench_graph(n_big: int, n_small: int, reps: int) -> list[list[str]]:
 # --- (b) decode rate ---------------------------------------------------------------------
 
 
-def bench_decode(paths: list[str], *, workers: int, cold: bool) -> tuple[list[list[str]], str]:
+def bench_decode(
+    paths: list[str], *, workers: int, cold: bool, reps: int
+) -> tuple[list[list[str]], str]:
     import daskimg as di
 
     n = len(paths)
-    results: dict[str, tuple[float, np.ndarray]] = {}
-
-    def run(name: str, fn) -> None:
-        prepare_cache(paths, cold=cold)
-        with timer() as t:
-            arr = fn()
-        assert arr.shape == (n, *TARGET, 3), arr.shape
-        results[name] = (t[0], arr)
-        print(f"  {name}: {n / t[0]:,.0f} images/s", file=sys.stderr, flush=True)
-
-    pil_load(paths[0])  # import the plugins before timing anything
-    run(
-        f"daskimg imread().compute(), threads ({workers})",
-        lambda: di.imread(paths, size=TARGET).compute(num_workers=workers),
-    )
-    run(
-        f'daskimg imread().compute(scheduler="processes", {workers})',
-        lambda: di.imread(paths, size=TARGET).compute(scheduler="processes", num_workers=workers),
-    )
-    run(
-        f"PIL, no draft, Pool({workers})",
-        lambda: pil_pool(paths, draft=False, workers=workers),
-    )
     limit_name = f"PIL + draft (DCT scaling), Pool({workers}) = limit"
-    run(limit_name, lambda: pil_pool(paths, draft=True, workers=workers))
-    run(
-        f"per-file delayed + da.stack, threads ({workers})",
-        lambda: per_file_array(paths).compute(num_workers=workers),
-    )
+    pil_name = f"PIL, no draft, Pool({workers})"
+    methods = {
+        f"daskimg imread().compute(), threads ({workers})": lambda: di.imread(
+            paths, size=TARGET
+        ).compute(num_workers=workers),
+        f'daskimg imread().compute(scheduler="processes", {workers})': lambda: di.imread(
+            paths, size=TARGET
+        ).compute(scheduler="processes", num_workers=workers),
+        pil_name: lambda: pil_pool(paths, draft=False, workers=workers),
+        limit_name: lambda: pil_pool(paths, draft=True, workers=workers),
+        f"per-file delayed + da.stack, threads ({workers})": lambda: per_file_array(paths).compute(
+            num_workers=workers
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    last: dict[str, np.ndarray] = {}
+    pil_load(paths[0])  # import the plugins before timing anything
+    # round-robin, so a slow spell of a shared machine hits every method alike
+    for rep in range(reps):
+        for name, fn in methods.items():
+            prepare_cache(paths, cold=cold)
+            with timer() as t:
+                arr = fn()
+            assert arr.shape == (n, *TARGET, 3), arr.shape
+            times[name].append(t[0])
+            last[name] = arr
+            print(
+                f"  [{rep + 1}/{reps}] {name}: {n / t[0]:,.0f} images/s",
+                file=sys.stderr,
+                flush=True,
+            )
+            del arr
 
-    limit = n / results[limit_name][0]
-    ref = results[f"PIL, no draft, Pool({workers})"][1]
+    limit = n / median(times[limit_name])
+    ref = last[pil_name]
     rows = []
-    for name, (secs, arr) in results.items():
-        diff = np.abs(arr.astype(np.int16) - ref).mean()
+    for name, ts in times.items():
+        rate = n / median(ts)
+        diff = np.abs(last[name].astype(np.int16) - ref).mean()
+        spread = f"{n / max(ts):,.0f}-{n / min(ts):,.0f}"
         rows.append(
-            [name, f"{secs:.2f}", f"{n / secs:,.0f}", f"{n / secs / limit:.2f}", f"{diff:.2f}"]
+            [
+                name,
+                f"{median(ts):.2f}",
+                f"{rate:,.0f}",
+                spread,
+                f"{rate / limit:.2f}",
+                f"{diff:.2f}",
+            ]
         )
 
     # what draft can do for these files: libjpeg scales by 1/2, 1/4, 1/8 only when the
@@ -210,6 +222,7 @@ def main() -> None:
         help="fake paths for the per-file recipe (default 20,000)",
     )
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reps", type=int, default=None, help="rounds of (b) (default 3, quick 1)")
     p.add_argument(
         "--photo-size",
         type=int,
@@ -235,16 +248,21 @@ def main() -> None:
         graph_rows,
     )
     print()
-    rows, note = bench_decode(paths, workers=args.workers, cold=args.cold)
+    reps = args.reps or (1 if args.quick else 3)
+    rows, note = bench_decode(paths, workers=args.workers, cold=args.cold, reps=reps)
     h, w = args.photo_size
     print_table(
         f"(b) decode + resize {len(paths)} JPEGs ({w}x{h}) to {TARGET[1]}x{TARGET[0]} RGB, "
-        f"{'cold' if args.cold else 'warm'} page cache",
-        ["method", "seconds", "images/s", "x limit", "mean |diff| vs PIL"],
+        f"{'cold' if args.cold else 'warm'} page cache, median of {reps}",
+        ["method", "seconds", "images/s", "range", "x limit", "mean |diff| vs PIL"],
         rows,
     )
     print(f"note: {note}")
-    print(fmt("note: times include graph building, pool start-up and gathering the result"))
+    print(
+        "note: times include graph building, pool start-up and gathering the result; with "
+        'scheduler="processes" dask also runs the final concatenate in a worker, so every '
+        "pixel crosses a process boundary twice"
+    )
 
 
 if __name__ == "__main__":

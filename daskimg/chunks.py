@@ -335,10 +335,18 @@ class StoreReader:
                 )
             check_crc_of(out.reshape(-1).view(np.uint8), crc, where)
             return out
-        buf = self._scratch(nbytes)
-        got = os.preadv(fd, [buf], offset)
-        if got != nbytes:
-            raise ChecksumError(f"{where}: truncated ({got} of {nbytes} bytes)")
+        if self.use_mmap:
+            # decompress straight from the page cache: no read copy (the read was ~30% of
+            # the bare limit's time)
+            mapped = self._map(file)
+            if offset + nbytes > len(mapped):
+                raise ChecksumError(f"{where}: the file ends before the chunk (truncated)")
+            buf = memoryview(mapped)[offset : offset + nbytes]
+        else:
+            buf = self._scratch(nbytes)
+            got = os.preadv(fd, [buf], offset)
+            if got != nbytes:
+                raise ChecksumError(f"{where}: truncated ({got} of {nbytes} bytes)")
         if lay.kind == "jpeg":
             # decodes only the rows ``out`` holds: the last chunk's padding is skipped
             decode_chunk_into(check_crc(buf, where), out, where)

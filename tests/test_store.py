@@ -47,9 +47,9 @@ def test_roundtrip_matches_plain_zarr(tmp_path, indexed_set, ext, codec):
     # every array has the same Zarr chunk grid along axis 0, so chunk i holds the same samples
     grids = {name: a.metadata.chunk_grid.chunk_shape[0] for name, a in g.arrays()}
     assert set(grids.values()) == {30}, grids
-    # the loader's read unit; images keep one inner chunk (and crc32c) per sample
+    # the loader's read unit: the inner chunk of every array
     assert g.attrs["daskimg"]["chunk_len"] == 10
-    assert g["images"].chunks[0] == 1
+    assert g["images"].chunks[0] == 10
     assert g["labels"].chunks[0] == 10
     attrs = g.attrs["daskimg"]
     assert attrs["format_version"] == 1
