@@ -51,24 +51,33 @@ def raw_limit(
 
 
 def bench_store(
-    path: str | os.PathLike[str], *, batch_size: int = 64, epochs: int = 2, threads: int = 2
+    path: str | os.PathLike[str], *, batch_size: int = 64, epochs: int = 3, threads: int = 2
 ) -> dict[str, Any]:
     """Throughput of :class:`BatchIterator` (shuffled) against :func:`raw_limit`, same run.
 
-    Epoch 0 warms the page cache and is not counted when ``epochs > 1``.
+    A first pass of each warms the page cache and is not counted; then limit and iterator
+    epochs alternate (so both see the same machine load) and medians are reported.
     """
     it = BatchIterator(path, batch_size=batch_size, threads=threads)
-    limit = raw_limit(path, threads=threads)
-    t = time.perf_counter()
+    limits, rates = [], []
     first = None
-    rates = []
-    for _ in range(epochs):
+    for epoch in range(epochs + 1):
+        limit = raw_limit(path, threads=threads, seed=epoch)
         n = 0
         t = time.perf_counter()
         for batch in it:
             if first is None:
                 first = time.perf_counter() - t
             n += len(batch[0])
-        rates.append(n / (time.perf_counter() - t))
-    rate = float(np.median(rates[1:] if len(rates) > 1 else rates))
-    return {"limit": limit, "rate": rate, "first_batch_s": first or 0.0, "epochs": rates}
+        rate = n / (time.perf_counter() - t)
+        if epoch > 0 or epochs == 0:
+            limits.append(limit)
+            rates.append(rate)
+    it.close()
+    return {
+        "limit": float(np.median(limits)),
+        "rate": float(np.median(rates)),
+        "ratio": float(np.median([r / lim for r, lim in zip(rates, limits, strict=True)])),
+        "first_batch_s": first or 0.0,
+        "epochs": rates,
+    }

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument(
         "--target", type=float, default=None, metavar="IMG_PER_S", help="e.g. your GPU's images/s"
     )
-    ben.add_argument("--epochs", type=int, default=2)
+    ben.add_argument("--epochs", type=int, default=3, help="measured epochs (after one warm-up)")
     ben.add_argument("--threads", type=int, default=2)
 
     show = sub.add_parser("show", help="draw a grid of samples with their labels")
@@ -265,7 +265,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"raw read + decompress limit ({args.threads} threads): {res['limit']:,.0f} samples/s")
     print(
         f"BatchIterator, shuffled:                 {res['rate']:,.0f} samples/s  "
-        f"({res['rate'] / res['limit']:.2f} of the limit)"
+        f"({res['ratio']:.2f} of the limit, median of per-epoch ratios)"
     )
     print(f"first batch after {res['first_batch_s'] * 1000:.0f} ms")
     if args.target:
