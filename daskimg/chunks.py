@@ -315,13 +315,7 @@ class StoreReader:
         if lay.per_sample:
             return self._read_samples(lay, c, out)
         a, b = lay.chunk_rows(c)
-        shape = (b - a, *lay.shape[1:])
-        if out is None:
-            out = np.empty(shape, dtype=lay.dtype)
-        elif out.shape != shape or out.dtype != lay.dtype or not out.flags.c_contiguous:
-            raise ValueError(
-                f"out must be C-contiguous {shape} {lay.dtype}, got {out.shape} {out.dtype}"
-            )
+        out = _chunk_out(lay, a, b, out)
         file, offset, nbytes = self.chunk_location(name, c)
         where = f"{self.path}: array {name!r}, chunk {c} (rows {a}..{b - 1})"
         fd = self._fd(file)
@@ -460,13 +454,7 @@ class StoreReader:
 
     def _read_samples(self, lay: ArrayLayout, c: int, out: np.ndarray | None) -> np.ndarray:
         a, b = lay.chunk_rows(c)
-        shape = (b - a, *lay.shape[1:])
-        if out is None:
-            out = np.empty(shape, dtype=lay.dtype)
-        elif out.shape != shape or out.dtype != lay.dtype or not out.flags.c_contiguous:
-            raise ValueError(
-                f"out must be C-contiguous {shape} {lay.dtype}, got {out.shape} {out.dtype}"
-            )
+        out = _chunk_out(lay, a, b, out)
         scratch = np.frombuffer(self._scratch(self.unit_nbytes(lay.name, c)), dtype=np.uint8)
         unit = self.read_unit(lay.name, c, into=scratch)
         self.decode_rows(lay.name, unit, range(b - a), out, range(b - a), first=a)
@@ -479,6 +467,18 @@ class StoreReader:
         if start % lay.chunk_len or stop != lay.chunk_rows(c)[1]:
             raise ValueError("read_rows takes exactly one chunk's rows")
         return self.read_chunk(name, c)
+
+
+def _chunk_out(lay: ArrayLayout, a: int, b: int, out: np.ndarray | None) -> np.ndarray:
+    """``out`` checked to hold rows ``a:b`` exactly (C-contiguous), or a new array for them."""
+    shape = (b - a, *lay.shape[1:])
+    if out is None:
+        return np.empty(shape, dtype=lay.dtype)
+    if out.shape != shape or out.dtype != lay.dtype or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out must be C-contiguous {shape} {lay.dtype}, got {out.shape} {out.dtype}"
+        )
+    return out
 
 
 def _chunk_key(lay: ArrayLayout, i: int) -> str:
