@@ -1,0 +1,81 @@
+"""Ingest on a real multi-process dask cluster, including a worker killed mid-ingest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import dask
+import numpy as np
+import pytest
+from conftest import plain_group
+
+import daskimg as di
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
+        yield c
+
+
+def _same(a, b):
+    ga, gb = plain_group(a), plain_group(b)
+    for name in ("images", "labels", "paths"):
+        np.testing.assert_array_equal(ga[name][...], gb[name][...])
+
+
+@pytest.mark.slow
+def test_process_cluster_ingest_equals_threads(tmp_path, image_folder, cluster):
+    ds = di.from_folder(image_folder, size=(16, 16), chunks=3)
+    with dask.config.set(scheduler="threads"):
+        di.to_zarr(ds, tmp_path / "local.zarr.zip", chunks=3, seed=4)
+    with distributed.Client(cluster):
+        di.to_zarr(ds, tmp_path / "cluster.zarr.zip", chunks=3, seed=4)
+    _same(tmp_path / "local.zarr.zip", tmp_path / "cluster.zarr.zip")
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_ingest_is_survived(tmp_path):
+    # enough work that the kill lands while shards are being decoded and written
+    src = tmp_path / "src"
+    di.testing.make_image_folder(src, n=480, size=(96, 128), classes=("a", "b", "c"), seed=3)
+    ds = di.from_folder(src, size=(64, 64), chunks=4)
+    with dask.config.set(scheduler="threads"):
+        di.to_zarr(ds, tmp_path / "local.zarr.zip", chunks=4, shard_chunks=1, seed=1)
+    target = tmp_path / "cluster.zarr.zip"
+    shards = tmp_path / "cluster.zarr.zip.partial" / "images" / "c"
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        pids = list(client.run(os.getpid).values())
+        done = threading.Event()
+        killed = []
+
+        def kill_one_mid_ingest() -> None:
+            while not done.is_set():
+                if shards.is_dir() and len(list(shards.iterdir())) >= 3:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(len(list(shards.iterdir())))
+                    return
+                time.sleep(0.005)
+
+        killer = threading.Thread(target=kill_one_mid_ingest)
+        killer.start()
+        try:
+            di.to_zarr(ds, target, chunks=4, shard_chunks=1, seed=1)
+        finally:
+            done.set()
+            killer.join()
+    assert killed, "the worker was not killed before the ingest ended; make the ingest longer"
+    assert killed[0] < 120  # shards written when the worker died, of 120
+    _same(tmp_path / "local.zarr.zip", target)
