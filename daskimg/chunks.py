@@ -20,7 +20,6 @@ import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import crc32c
@@ -357,10 +356,6 @@ class StoreReader:
         return out
 
     # -- stores with one inner chunk per sample ------------------------------------------
-    def unit_nbytes(self, name: str, c: int) -> int:
-        """Bytes :meth:`read_unit` reads for chunk ``c`` (to size a reusable buffer)."""
-        return self.chunk_location(name, c)[2]
-
     def read_unit(
         self, name: str, c: int, into: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -368,7 +363,7 @@ class StoreReader:
 
         Nothing is decoded; :meth:`decode_rows` decodes samples (checking each crc32c)
         into any destination, e.g. their rows of a batch. ``into``, a uint8 array of at
-        least :meth:`unit_nbytes` bytes, is filled instead of a new buffer.
+        least the chunk's encoded size, is filled instead of a new buffer (when not memory-mapping).
         """
         lay = self.layout(name)
         a, b = lay.chunk_rows(c)
@@ -455,18 +450,9 @@ class StoreReader:
     def _read_samples(self, lay: ArrayLayout, c: int, out: np.ndarray | None) -> np.ndarray:
         a, b = lay.chunk_rows(c)
         out = _chunk_out(lay, a, b, out)
-        scratch = np.frombuffer(self._scratch(self.unit_nbytes(lay.name, c)), dtype=np.uint8)
-        unit = self.read_unit(lay.name, c, into=scratch)
+        unit = self.read_unit(lay.name, c)  # memory-mapped, like the loader
         self.decode_rows(lay.name, unit, range(b - a), out, range(b - a), first=a)
         return out
-
-    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of a chunk-aligned range (used by dask tasks)."""
-        lay = self.layout(name)
-        c = start // lay.chunk_len
-        if start % lay.chunk_len or stop != lay.chunk_rows(c)[1]:
-            raise ValueError("read_rows takes exactly one chunk's rows")
-        return self.read_chunk(name, c)
 
 
 def _chunk_out(lay: ArrayLayout, a: int, b: int, out: np.ndarray | None) -> np.ndarray:
@@ -483,9 +469,3 @@ def _chunk_out(lay: ArrayLayout, a: int, b: int, out: np.ndarray | None) -> np.n
 
 def _chunk_key(lay: ArrayLayout, i: int) -> str:
     return f"{lay.name}/c/{i}" + "/0" * (len(lay.shape) - 1)
-
-
-def is_store(path: str | os.PathLike[str]) -> bool:
-    """True for a ``*.zarr.zip`` file or a ``*.zarr`` folder holding a ``zarr.json``."""
-    p = Path(path)
-    return (p.is_file() and zipfile.is_zipfile(p)) or (p / "zarr.json").is_file()

@@ -168,8 +168,6 @@ class _Buffers:
         self.src = src
         self.rows = rows
         self.free: list[dict[str, np.ndarray]] = []
-        self.free_bytes: list[np.ndarray] = []
-        self.lock = threading.Lock()
 
     def get(self, rows: int) -> dict[str, np.ndarray]:
         if rows > self.rows:
@@ -189,19 +187,6 @@ class _Buffers:
         if base and all(len(b) == self.rows for b in base.values()):
             self.free.append(base)
 
-    def get_bytes(self, nbytes: int) -> np.ndarray:
-        """A byte buffer of at least ``nbytes`` for encoded samples (thread-safe)."""
-        with self.lock:
-            for i, buf in enumerate(self.free_bytes):
-                if len(buf) >= nbytes:
-                    return self.free_bytes.pop(i)
-        # a little headroom: chunks of one store differ slightly in encoded size
-        return np.empty(int(nbytes * 1.1) + 4096, dtype=np.uint8)
-
-    def put_bytes(self, bufs: list[np.ndarray]) -> None:
-        with self.lock:
-            self.free_bytes.extend(bufs)
-
 
 class _Group:
     """A group being loaded: per chunk, encoded samples (``units``) or rows in ``bufs``."""
@@ -217,7 +202,6 @@ class _Group:
             n: {} for n in src.per_sample
         }
         self.buffers = buffers
-        self.byte_bufs: list[np.ndarray] = []
         self.futures: list[Future[None]] = []
         if src.buffered:
             self.futures = [pool.submit(src.load_chunk, self, int(c)) for c in chunks]
@@ -226,15 +210,8 @@ class _Group:
             for c in chunks:
                 src.load_chunk(self, int(c))
 
-    def byte_buffer(self, nbytes: int) -> np.ndarray:
-        buf = self.buffers.get_bytes(nbytes)
-        self.byte_bufs.append(buf)  # list.append is atomic; returned to the pool on release
-        return buf
-
     def release(self) -> None:
         self.buffers.put(self.bufs)
-        self.buffers.put_bytes(self.byte_bufs)
-        self.byte_bufs = []
 
     def wait(self) -> None:
         for f in self.futures:
