@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import math
 import os
@@ -310,7 +311,9 @@ def m_dask_fancy(data: Path, a: argparse.Namespace) -> dict[str, Any]:
     return {**res, "peak": peak.peak}
 
 
-def m_h5(data: Path, a: argparse.Namespace) -> dict[str, Any]:
+def m_h5(data: Path, a: argparse.Namespace, *, one_by_one: bool = False) -> dict[str, Any]:
+    """Random batches from the LZF file: sorted fancy indexing, or one read per sample
+    (``one_by_one``; h5py's fancy indexing is the slow part)."""
     import h5py
 
     path = os.fspath(data / "lzf.h5")
@@ -321,36 +324,21 @@ def m_h5(data: Path, a: argparse.Namespace) -> dict[str, Any]:
             dset = f["images"]
             labels = f["labels"][...]
             perm = np.random.default_rng(0).permutation(len(labels))
+            out = np.empty((BATCH, *dset.shape[1:]), dset.dtype)
+
+            def read(idx: np.ndarray) -> np.ndarray:
+                if not one_by_one:
+                    return dset[np.sort(idx)]
+                for j, i in enumerate(idx):
+                    dset.read_direct(out, np.s_[i], np.s_[j])
+                return out[: len(idx)].copy()
 
             def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-                for b in range(0, len(perm), BATCH):
-                    idx = np.sort(perm[b : b + BATCH])
-                    yield dset[idx], labels[idx]
-
-            res = measure(batches(), a.limit_batches * BATCH, started)
-    return {**res, "peak": peak.peak}
-
-
-def m_h5_loop(data: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """The same file read one sample at a time (h5py's fancy indexing is the slow part)."""
-    import h5py
-
-    path = os.fspath(data / "lzf.h5")
-    prepare_cache([path], cold=a.cold)
-    with PeakRSS() as peak:
-        started = time.perf_counter()
-        with h5py.File(path, "r") as f:
-            dset = f["images"]
-            labels = f["labels"][...]
-            perm = np.random.default_rng(0).permutation(len(labels))
-
-            def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-                out = np.empty((BATCH, *dset.shape[1:]), dset.dtype)
                 for b in range(0, len(perm), BATCH):
                     idx = perm[b : b + BATCH]
-                    for j, i in enumerate(idx):
-                        dset.read_direct(out, np.s_[i], np.s_[j])
-                    yield out[: len(idx)].copy(), labels[idx]
+                    if not one_by_one:
+                        idx = np.sort(idx)
+                    yield read(idx), labels[idx]
 
             res = measure(batches(), a.limit_batches * BATCH, started)
     return {**res, "peak": peak.peak}
@@ -447,7 +435,7 @@ def run_worker(a: argparse.Namespace) -> dict[str, Any]:
         "zarr-chunks": m_zarr_chunks,
         "dask-fancy": m_dask_fancy,
         "h5-lzf": m_h5,
-        "h5-loop": m_h5_loop,
+        "h5-loop": functools.partial(m_h5, one_by_one=True),
         "imagefolder": m_imagefolder,
         "webdataset": m_webdataset,
     }[m]
