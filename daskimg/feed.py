@@ -25,7 +25,7 @@ import numpy as np
 from .chunks import StoreReader
 from .imageset import ImageSet
 from .shuffle import EpochPlan, epoch_rng, num_batches, plan_epoch
-from .store import open_zarr, read_attrs
+from .store import open_zarr
 
 __all__ = ["BatchIterator"]
 
@@ -46,8 +46,8 @@ class _Source:
         self.attrs: dict[str, Any] = {}
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
-            self.attrs = read_attrs(path)
-            ds = open_zarr(path)
+            ds = open_zarr(path)  # checks version and completeness
+            self.attrs = ds.attrs
             self.reader = StoreReader(path)
             arrays = ds.arrays
         elif isinstance(source, ImageSet):
