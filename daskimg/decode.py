@@ -329,18 +329,28 @@ def decode_volume(path: str | os.PathLike[str], spec: DecodeSpec) -> np.ndarray:
     return out
 
 
-def decode_into(path: str | os.PathLike[str], spec: DecodeSpec, out: np.ndarray) -> None:
+def decode_into(
+    path: str | os.PathLike[str],
+    spec: DecodeSpec,
+    out: np.ndarray,
+    *,
+    data: bytes | None = None,
+) -> None:
     """Decode one file straight into ``out``, e.g. one slot of a preallocated block.
 
     Parameters
     ----------
     path : str or os.PathLike
-        An image or volume file, as for :func:`decode_file`.
+        An image or volume file, as for :func:`decode_file`. With ``data``, it only
+        names the file in errors (e.g. an ``s3://`` URL).
     spec : DecodeSpec
         Shape, channels, dtype and resize rule.
     out : numpy.ndarray
         A writable array (or view) of shape ``spec.sample_shape`` and dtype
         ``spec.dtype``. On error its content is undefined.
+    data : bytes, optional
+        The file's content, already read (from object storage, say); the file is
+        then not opened.
 
     Examples
     --------
@@ -361,17 +371,17 @@ def decode_into(path: str | os.PathLike[str], spec: DecodeSpec, out: np.ndarray)
             f"got shape {out.shape} and dtype {out.dtype}"
         )
     if spec.is_volume:
-        _volume_into(os.fspath(path), spec, out)
+        _volume_into(os.fspath(path), spec, out, data)
     else:
-        _image_into(os.fspath(path), spec, out)
+        _image_into(os.fspath(path), spec, out, data)
 
 
 # --- images -----------------------------------------------------------------
 
 
-def _image_into(path: str, spec: DecodeSpec, out: np.ndarray) -> None:
-    """Decode the image at ``path`` into ``out`` (shape and dtype already checked)."""
-    source = _open_image(path)
+def _image_into(path: str, spec: DecodeSpec, out: np.ndarray, data: bytes | None = None) -> None:
+    """Decode the image at ``path`` (or its content ``data``) into ``out`` (shape and dtype checked)."""
+    source = _open_image(path, data)
     try:
         im, place = _decode_pil(source, spec, path)
         _pil_into(im, spec, out, place)
@@ -403,9 +413,12 @@ def _unreadable(path: str, exc: OSError) -> DecodeError:
 _EMPTY: Final = "the file is empty (0 bytes); it was probably not written completely, re-create it"
 
 
-def _open_image(path: str) -> Image.Image:
-    """Read ``path`` once and let Pillow identify it, with bomb-warnings silenced."""
-    data = _read_bytes(path)
+def _open_image(path: str, data: bytes | None = None) -> Image.Image:
+    """Read ``path`` once (unless its ``data`` is given) and let Pillow identify it, with bomb-warnings silenced."""
+    if data is None:
+        data = _read_bytes(path)
+    elif not data:
+        raise DecodeError(path, _EMPTY)
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -671,9 +684,9 @@ def _pil_into(im: Image.Image, spec: DecodeSpec, out: np.ndarray, place: tuple[i
 # --- volumes ----------------------------------------------------------------
 
 
-def _volume_into(path: str, spec: DecodeSpec, out: np.ndarray) -> None:
-    """Decode the volume at ``path`` into ``out`` (shape and dtype already checked)."""
-    vol, is_tiff = _read_volume(path)
+def _volume_into(path: str, spec: DecodeSpec, out: np.ndarray, data: bytes | None = None) -> None:
+    """Decode the volume at ``path`` (or its content ``data``) into ``out`` (shape and dtype checked)."""
+    vol, is_tiff = _read_volume(path, data)
     if vol.ndim == 4 and vol.shape[-1] == 1:
         vol = vol[..., 0]
     if vol.ndim != 3:
@@ -702,20 +715,27 @@ def _volume_into(path: str, spec: DecodeSpec, out: np.ndarray) -> None:
         np.copyto(dst, tmp, casting="unsafe")
 
 
-def _read_volume(path: str) -> tuple[np.ndarray, bool]:
+def _read_volume(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool]:
     """Open a .npy (memory-mapped) or TIFF stack, told apart by the first bytes.
 
+    With ``data`` (the file's content), that is read instead of the file.
     Returns the array and whether it came from a TIFF.
     """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
+    else:
+        head = data[:8]
     if not head:
         raise DecodeError(path, _EMPTY)
+    source: str | io.BytesIO = path if data is None else io.BytesIO(data)
     if head.startswith(_NPY_MAGIC):
         try:
+            if data is not None:
+                return np.load(source, allow_pickle=False), False
             return np.load(path, mmap_mode="r", allow_pickle=False), False
         except _CORRUPT as exc:
             raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
@@ -723,7 +743,7 @@ def _read_volume(path: str) -> tuple[np.ndarray, bool]:
         import tifffile  # only volumes need it
 
         try:
-            return np.asarray(tifffile.imread(path)), True
+            return np.asarray(tifffile.imread(source)), True
         except MemoryError:
             raise
         except Exception as exc:  # codecs raise their own types (imagecodecs.DeflateError, ...)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import posixpath
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -15,6 +17,7 @@ import numpy as np
 from .decode import DecodeSpec
 from .errors import NoImagesFoundError
 from .read import DEFAULT_BLOCK, ON_ERROR, FileSource, RowSource, relative_paths
+from .remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "from_csv", "from_folder"]
 
@@ -121,7 +124,10 @@ class ImageSet:
         self.skipped: list[tuple[str, str]] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
         self.attrs: dict[str, Any] = {}
+        #: a local store's path (the loader memory-maps it); None for stores at a URL
         self.store_path: str | None = None
+        #: the URL of a store opened from object storage (``s3://...``), else None
+        self.store_url: str | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -345,6 +351,7 @@ def from_folder(
     draft: bool = True,
     on_error: str = "raise",
     chunks: int = DEFAULT_BLOCK,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ImageSet:
     """An :class:`ImageSet` from a folder of class subfolders (``root/<class>/<file>``).
 
@@ -355,6 +362,10 @@ def from_folder(
     splits (so indices agree across splits) and ``ds.split()`` returns the predefined splits.
     Nothing is decoded; options are those of :func:`daskimg.imread`.
 
+    ``root`` may be a URL (``"s3://bucket/train"``, with ``storage_options``): it is
+    listed once with fsspec, and gives the same set as the same tree on disk (folders
+    exist there only as key prefixes, so an empty class folder is not a class).
+
     Examples
     --------
     >>> import daskimg as di, tempfile, pathlib
@@ -364,6 +375,17 @@ def from_folder(
     >>> ds.classes, ds.labels.tolist()
     (('cat', 'dog'), [0, 0, 0, 1, 1, 1])
     """
+    if is_url(root):
+        return _from_folder_url(
+            str(root).rstrip("/"),
+            DecodeSpec(
+                size=tuple(size), channels=channels, dtype=dtype, resize=resize, draft=draft
+            ),
+            on_error=on_error,
+            chunks=chunks,
+            storage_options=storage_options,
+        )
+    check_options(root, storage_options)
     root = Path(root)
     if not root.is_dir():
         raise NoImagesFoundError(
@@ -410,6 +432,88 @@ def from_folder(
     )
 
 
+def _from_folder_url(
+    url: str,
+    spec: DecodeSpec,
+    *,
+    on_error: str,
+    chunks: int,
+    storage_options: Mapping[str, Any] | None,
+) -> ImageSet:
+    """:func:`from_folder` over a URL: one recursive listing, the same rules as on disk."""
+    fs, base = filesystem(url, storage_options)
+    base = base.rstrip("/")
+    rels = [k[len(base) + 1 :] for k in fs.find(base) if k.startswith(base + "/")]
+    parts = [r.split("/") for r in rels]
+    tops: list[tuple[str, tuple[str, ...]]] = [("", ())]
+    found: dict[str, str] = {}
+    for name in sorted({q[0] for q in parts if len(q) > 1}):
+        split = SPLIT_DIRS.get(name.lower())
+        if split is not None:
+            if split in found:
+                raise ValueError(
+                    f"{url} holds both {found[split]!r} and {name!r}; keep one folder per split"
+                )
+            found[split] = name
+    if "train" in found:
+        tops = [(split, (name,)) for split, name in found.items()]
+    depth = {split: len(prefix) for split, prefix in tops}
+    class_names = {
+        q[len(prefix)]
+        for q in parts
+        for _, prefix in tops
+        if len(q) > len(prefix) + 1 and tuple(q[: len(prefix)]) == prefix
+    }
+    classes = sorted(c for c in class_names if not c.startswith("."))
+    if not classes:
+        raise NoImagesFoundError(
+            f"{url!r} has no class subfolders; expected {url}/<class>/<image files> "
+            "(use daskimg.imread for a flat folder without labels)"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[str] = []
+    labels: list[int] = []
+    split_of: list[str] = []
+    for split, prefix in tops:
+        d = depth[split]
+        for c in classes:
+            # the order of os.walk with sorted names: a folder's files, then its subfolders
+            below = sorted(
+                (
+                    q[d + 1 :]
+                    for q in parts
+                    if tuple(q[:d]) == prefix and len(q) > d + 1 and q[d] == c
+                ),
+                key=lambda rest: [(j < len(rest) - 1, x) for j, x in enumerate(rest)],
+            )
+            chosen = [
+                "/".join((*prefix, c, *rest))
+                for rest in below
+                if not any(x.startswith(".") for x in rest)
+                and posixpath.splitext(rest[-1])[1].lower() in IMAGE_EXTENSIONS
+            ]
+            files.extend(join(url, r) for r in chosen)
+            labels.extend([index[c]] * len(chosen))
+            split_of.extend([split] * len(chosen))
+    if not files:
+        raise NoImagesFoundError(
+            f"no image files under {url!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    source = FileSource(
+        tuple(files), spec, chunks, RemoteFiles(protocol_of(url), dict(storage_options or {}))
+    )
+    return ImageSet(
+        source.to_dask(),
+        np.array(labels, dtype=np.int64),
+        classes=classes,
+        paths=relative_paths(files, url),
+        root=url,
+        on_error=on_error,
+        source_splits=np.array(split_of, dtype=object) if "train" in found else None,
+        _files=source,
+    )
+
+
 def from_csv(
     csv_path: str | os.PathLike[str],
     *,
@@ -424,16 +528,17 @@ def from_csv(
     draft: bool = True,
     on_error: str = "raise",
     chunks: int = DEFAULT_BLOCK,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ImageSet:
     """An :class:`ImageSet` from a CSV of relative paths, labels and extra numeric columns.
 
     Parameters
     ----------
     csv_path
-        A CSV file with a header row.
+        A CSV file with a header row (a local path or a URL).
     root
         Folder the paths in ``path_column`` are relative to. Paths that resolve outside it
-        are refused.
+        are refused. A URL (``"s3://bucket/imgs"``) reads the images with fsspec.
     path_column, label_column
         Column names. Labels may be class names (classes are then the sorted unique names)
         or integers (used as given). ``label_column=None``: no labels.
@@ -442,6 +547,9 @@ def from_csv(
         ``{"bbox": ["x0", "y0", "x1", "y1"]}`` gives ``ds.columns["bbox"]`` of shape (N, 4)
         float32. By default every other column whose values are all numbers becomes its own
         ``(N,)`` float32 array.
+    storage_options
+        fsspec options for ``csv_path`` and ``root`` when they are URLs (see
+        :func:`daskimg.imread`).
 
     Examples
     --------
@@ -454,11 +562,21 @@ def from_csv(
     >>> ds.columns["box"].shape, ds.classes
     ((2, 2), ('cat', 'dog'))
     """
-    root_path = Path(root).resolve()
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    if not is_url(csv_path) and not is_url(root):
+        check_options(root, storage_options)
+    root_url = str(root).rstrip("/") if is_url(root) else None
+    root_path = Path(root).resolve() if root_url is None else Path()
+    if is_url(csv_path):
+        fs, key = filesystem(str(csv_path), storage_options)
+        text = fs.cat_file(key).decode("utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         header = list(reader.fieldnames or [])
         rows = list(reader)
+    else:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
     where = f"CSV {os.fspath(csv_path)!r}"
     for col in [path_column] + ([label_column] if label_column else []):
         if col not in header:
@@ -470,6 +588,15 @@ def from_csv(
         rel = (row[path_column] or "").strip()
         if not rel:
             raise ValueError(f"{where}, line {line}: empty {path_column!r}")
+        if root_url is not None:
+            try:
+                files.append(join(root_url, rel))
+            except ValueError:
+                raise ValueError(
+                    f"{where}, line {line}: path {rel!r} points outside root {root_url!r}; "
+                    "paths must be relative to root and stay inside it"
+                ) from None
+            continue
         full = (root_path / rel).resolve()
         if not full.is_relative_to(root_path):
             raise ValueError(
@@ -512,14 +639,19 @@ def from_csv(
                 values[:, 0] if len(cols) == 1 and isinstance(columns[name], str) else values
             )
     spec = DecodeSpec(size=tuple(size), channels=channels, dtype=dtype, resize=resize, draft=draft)
-    source = FileSource(tuple(files), spec, chunks)
+    remote = (
+        None
+        if root_url is None
+        else RemoteFiles(protocol_of(root_url), dict(storage_options or {}))
+    )
+    source = FileSource(tuple(files), spec, chunks, remote)
     return ImageSet(
         source.to_dask(),
         labels,
         classes=classes,
-        paths=relative_paths(files, root_path),
+        paths=relative_paths(files, root_url or root_path),
         columns=extra,
-        root=root_path,
+        root=root_url or root_path,
         on_error=on_error,
         _files=source,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,8 +21,9 @@ from dask._task_spec import Task, TaskRef
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .decode import DecodeSpec, decode_into
+from .decode import DecodeSpec, decode_file, decode_into
 from .errors import DecodeError, NoImagesFoundError
+from .remote import FETCH_FILES, RemoteFiles, check_options, filesystem, is_url, remote_files
 
 __all__ = ["DEFAULT_BLOCK", "FileSource", "RowSource", "expand_paths", "imread"]
 
@@ -36,11 +37,15 @@ ON_ERROR = ("raise", "skip")
 
 def expand_paths(
     pattern_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Turn a glob pattern (``**`` allowed) or an explicit list into a list of file paths.
 
     A pattern is expanded and sorted; an explicit list keeps its order. Directories that
     a pattern matches are left out (they are not files). An empty result is an error.
+    A URL pattern (``s3://bucket/photos/**/*.jpg``) is listed with fsspec, using
+    ``storage_options``, and gives full URLs.
 
     Examples
     --------
@@ -50,7 +55,10 @@ def expand_paths(
     >>> len(expand_paths(str(root / "**" / "*.png")))
     4
     """
+    if is_url(pattern_or_paths):
+        return _expand_url(str(pattern_or_paths), storage_options)
     if isinstance(pattern_or_paths, (str, os.PathLike)):
+        check_options(pattern_or_paths, storage_options)
         pattern = os.fspath(pattern_or_paths)
         paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
         if not paths:
@@ -62,6 +70,21 @@ def expand_paths(
     paths = [os.fspath(p) for p in pattern_or_paths]
     if not paths:
         raise NoImagesFoundError("the list of paths is empty; pass at least one file")
+    if storage_options is not None and not any(is_url(p) for p in paths):
+        check_options(paths[0], storage_options)
+    return paths
+
+
+def _expand_url(pattern: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """Files matching a URL glob, as sorted full URLs (one listing call per folder level)."""
+    fs, _ = filesystem(pattern, storage_options)
+    found = fs.glob(pattern, detail=True)
+    paths = sorted(fs.unstrip_protocol(p) for p, info in found.items() if info["type"] == "file")
+    if not paths:
+        raise NoImagesFoundError(
+            f"no files match the pattern {pattern!r}; check the URL and storage_options, and "
+            "use '**' to descend into subfolders (e.g. 's3://bucket/photos/**/*.jpg')"
+        )
     return paths
 
 
@@ -91,6 +114,8 @@ class FileSource:
     paths: tuple[str, ...]
     spec: DecodeSpec
     block: int = DEFAULT_BLOCK
+    #: set when ``paths`` are URLs: how tasks reach them (protocol and storage_options)
+    remote: RemoteFiles | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.block, int) or self.block < 1:
@@ -104,7 +129,13 @@ class FileSource:
     def take(self, indices: Sequence[int] | np.ndarray) -> FileSource:
         """The same recipe over ``paths[indices]`` (any order)."""
         idx = np.asarray(indices, dtype=np.int64)
-        return FileSource(tuple(self.paths[i] for i in idx), self.spec, self.block)
+        return FileSource(tuple(self.paths[i] for i in idx), self.spec, self.block, self.remote)
+
+    def decode_file(self, i: int) -> np.ndarray:
+        """Decode file ``i`` alone (local or remote); a bad file raises DecodeError."""
+        if self.remote is None:
+            return decode_file(self.paths[i], self.spec)
+        return _decode_block((self.paths[i],), self.spec, self.remote)[0]
 
     def block_starts(self, block: int | None = None) -> range:
         return range(0, len(self.paths), block or self.block)
@@ -123,12 +154,14 @@ class FileSource:
         block = block or self.block
         spec = self.spec
         n = len(self.paths)
-        token = tokenize(self.paths, spec, block)
+        token = tokenize(self.paths, spec, block, self.remote, _options(self.remote))
         dec, pix, msk = f"imread-masked-{token}", f"imread-pixels-{token}", f"imread-ok-{token}"
         zeros = (0,) * len(spec.sample_shape)
         dsk: dict[Any, Task] = {}
         for i, s in enumerate(range(0, n, block)):
-            dsk[(dec, i)] = Task((dec, i), _decode_block_masked, self.paths[s : s + block], spec)
+            dsk[(dec, i)] = Task(
+                (dec, i), _decode_block_masked, self.paths[s : s + block], spec, *_extra(self)
+            )
             dsk[(pix, i, *zeros)] = Task((pix, i, *zeros), _first, TaskRef((dec, i)))
             dsk[(msk, i)] = Task((msk, i), _second, TaskRef((dec, i)))
         sizes = tuple(min(block, n - s) for s in range(0, n, block))
@@ -155,15 +188,30 @@ def _second(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return pair[1]
 
 
+def _options(remote: RemoteFiles | None) -> Any:
+    return None if remote is None else dict(remote.storage_options)
+
+
+def _extra(source: FileSource) -> tuple[RemoteFiles, ...]:
+    """Extra task arguments: the URL access recipe for remote files, nothing for local ones."""
+    return () if source.remote is None else (source.remote,)
+
+
 def _graph(source: FileSource, block: int, func: Callable[..., Any], mode: str) -> da.Array:
     spec = source.spec
     n = len(source.paths)
     sample = spec.sample_shape
-    name = f"imread-{mode}-" + tokenize(source.paths, spec, block)
+    token = (
+        tokenize(source.paths, spec, block)
+        if source.remote is None
+        else tokenize(source.paths, spec, block, source.remote, _options(source.remote))
+    )
+    name = f"imread-{mode}-" + token
     zeros = (0,) * len(sample)
     starts = range(0, n, block)
+    extra = _extra(source)
     dsk: dict[Any, Task] = {
-        (name, i, *zeros): Task((name, i, *zeros), func, source.paths[s : s + block], spec)
+        (name, i, *zeros): Task((name, i, *zeros), func, source.paths[s : s + block], spec, *extra)
         for i, s in enumerate(starts)
     }
     chunks = (tuple(min(block, n - s) for s in starts), *((d,) for d in sample))
@@ -171,19 +219,44 @@ def _graph(source: FileSource, block: int, func: Callable[..., Any], mode: str) 
     return da.Array(graph, name, chunks, dtype=np.dtype(spec.dtype))
 
 
-def _decode_block(paths: tuple[str, ...], spec: DecodeSpec) -> np.ndarray:
+def _fetched(
+    paths: tuple[str, ...], remote: RemoteFiles
+) -> Iterator[tuple[int, str, bytes | DecodeError]]:
+    """Each remote file's content (or why it is unreadable), fetched ``FETCH_FILES`` at a time."""
+    for s in range(0, len(paths), FETCH_FILES):
+        part = paths[s : s + FETCH_FILES]
+        for j, data in enumerate(remote.fetch(part)):
+            yield s + j, part[j], data
+
+
+def _decode_block(
+    paths: tuple[str, ...], spec: DecodeSpec, remote: RemoteFiles | None = None
+) -> np.ndarray:
     out = np.empty((len(paths), *spec.sample_shape), dtype=spec.dtype)
+    if remote is not None:
+        for i, p, data in _fetched(paths, remote):
+            if isinstance(data, DecodeError):
+                raise data
+            decode_into(p, spec, out[i], data=data)
+        return out
     for i, p in enumerate(paths):
         decode_into(p, spec, out[i])
     return out
 
 
-def _decode_block_masked(paths: tuple[str, ...], spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray]:
+def _decode_block_masked(
+    paths: tuple[str, ...], spec: DecodeSpec, remote: RemoteFiles | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros((len(paths), *spec.sample_shape), dtype=spec.dtype)
     ok = np.ones(len(paths), dtype=bool)
-    for i, p in enumerate(paths):
+    contents = (
+        ((i, p, None) for i, p in enumerate(paths)) if remote is None else _fetched(paths, remote)
+    )
+    for i, p, data in contents:
         try:
-            decode_into(p, spec, out[i])
+            if isinstance(data, DecodeError):
+                raise data
+            decode_into(p, spec, out[i], data=data)
         except DecodeError as e:
             ok[i] = False
             out[i] = 0
@@ -191,8 +264,10 @@ def _decode_block_masked(paths: tuple[str, ...], spec: DecodeSpec) -> tuple[np.n
     return out, ok
 
 
-def _decode_block_skip(paths: tuple[str, ...], spec: DecodeSpec) -> np.ndarray:
-    out, ok = _decode_block_masked(paths, spec)
+def _decode_block_skip(
+    paths: tuple[str, ...], spec: DecodeSpec, remote: RemoteFiles | None = None
+) -> np.ndarray:
+    out, ok = _decode_block_masked(paths, spec, remote)
     return out[ok]
 
 
@@ -206,6 +281,7 @@ def imread(
     draft: bool = True,
     on_error: str = "raise",
     chunks: int = DEFAULT_BLOCK,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> da.Array:
     """Read images (or volumes) lazily into a dask array; nothing is decoded yet.
 
@@ -213,7 +289,9 @@ def imread(
     ----------
     pattern_or_paths
         A glob pattern (sorted; ``**`` descends into subfolders) or an explicit list of
-        files (order kept). The format is sniffed from each file's content.
+        files (order kept). The format is sniffed from each file's content. URLs such as
+        ``"s3://bucket/photos/*.jpg"`` are listed and read with fsspec (``pip install
+        'daskimg[s3]'``); each task fetches its block's files itself.
     size
         ``(H, W)`` for images, giving ``(N, H, W, channels)``; ``(D, H, W)`` for volumes
         (``.npy`` / TIFF stacks), giving ``(N, D, H, W, 1)``. Every sample is resized or
@@ -235,6 +313,10 @@ def imread(
         to get the list of skipped files.
     chunks
         Files per task (block). Each block is one task in the graph.
+    storage_options
+        For URLs: options of the fsspec filesystem, e.g. for s3 ``{"key": ..., "secret":
+        ..., "client_kwargs": {"endpoint_url": ...}}`` or ``{"anon": True}``. They travel
+        with the graph to the workers that read the files.
 
     Returns
     -------
@@ -254,7 +336,8 @@ def imread(
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     spec = DecodeSpec(size=tuple(size), channels=channels, dtype=dtype, resize=resize, draft=draft)
-    source = FileSource(tuple(expand_paths(pattern_or_paths)), spec, chunks)
+    paths = tuple(expand_paths(pattern_or_paths, storage_options=storage_options))
+    source = FileSource(paths, spec, chunks, remote_files(paths, storage_options))
     if on_error == "raise":
         return source.to_dask()
     arr = _graph(source, source.block, _decode_block_skip, "skip")
@@ -264,6 +347,11 @@ def imread(
 
 def relative_paths(paths: Sequence[str], root: str | os.PathLike[str]) -> np.ndarray:
     """Each path relative to ``root``, with forward slashes, as a numpy string array."""
+    if is_url(root):
+        prefix = str(root).rstrip("/") + "/"
+        return np.array(
+            [p[len(prefix) :] if p.startswith(prefix) else p for p in paths], dtype=object
+        )
     base = Path(root).resolve()
     rel = [Path(p).resolve().relative_to(base).as_posix() for p in paths]
     return np.array(rel, dtype=object)

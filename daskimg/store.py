@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, cast
@@ -32,11 +32,11 @@ import zarr
 from dask._task_spec import Task
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from zarr.abc.store import Store
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .chunks import StoreReader
 from .codecs import DEFAULT_CODEC, compressors, serializer
-from .decode import decode_file
 from .errors import (
     DaskImgError,
     DecodeError,
@@ -47,6 +47,7 @@ from .errors import (
 )
 from .imageset import ImageSet
 from .read import FileSource
+from .remote import check_options, is_url, local_path
 
 __all__ = ["FORMAT_VERSION", "open_zarr", "read_attrs", "store_kind", "to_zarr"]
 
@@ -140,7 +141,7 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
 
 
 def create_layout(
-    root: str,
+    root: str | Store,
     ds: ImageSet,
     *,
     n: int,
@@ -149,7 +150,7 @@ def create_layout(
     codec: str | None,
     attrs: dict[str, Any],
 ) -> dict[str, zarr.Array]:
-    """Create the group and its (empty) arrays in a local folder; return the arrays.
+    """Create the group and its (empty) arrays in a local folder (or a zarr store); return the arrays.
 
     Write through the returned objects: they carry ``write_empty_chunks=True``, which
     zarr does not persist, so an array re-opened from the group would silently skip
@@ -160,7 +161,8 @@ def create_layout(
     inner chunk per sample was measured too: 35% slower to decode, and plain zarr-python
     then read a ``*.zarr.zip`` at 18 samples/s; stores of that layout are still read.)
     """
-    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", zarr_format=3)
+    store = zarr.storage.LocalStore(root) if isinstance(root, str) else root
+    group = zarr.open_group(store, mode="w", zarr_format=3)
     attrs["chunk_len"] = chunk_len
     group.attrs["daskimg"] = attrs
     cfg: Any = {"write_empty_chunks": True}
@@ -215,6 +217,7 @@ def to_zarr(
     overwrite: bool = False,
     compute: bool = True,
     progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``imageset`` to a checksummed, versioned Zarr v3 store; return its path.
 
@@ -224,6 +227,8 @@ def to_zarr(
         What to write; images are decoded here (by whatever dask scheduler is active).
     path
         ``*.zarr.zip`` (one file; the default to use) or ``*.zarr`` (a folder of shards).
+        A URL (``"s3://bucket/out/train.zarr.zip"``) writes to object storage with
+        fsspec; see :mod:`daskimg.urlstore` for how that stays crash-safe.
     chunks
         Samples per chunk — the unit the loader reads at once. Default: about 8 MiB of
         uncompressed pixels.
@@ -246,6 +251,9 @@ def to_zarr(
         rename need the result).
     progress
         Show a progress bar (local schedulers: dask's; distributed: its progress).
+    storage_options
+        fsspec options when ``path`` is a URL (for s3: ``key``, ``secret``,
+        ``client_kwargs={"endpoint_url": ...}``, ...).
 
     Notes
     -----
@@ -271,13 +279,27 @@ def to_zarr(
         )
     if order not in ("shuffled", "source"):
         raise ValueError(f"order must be 'shuffled' or 'source', got {order!r}")
+    if is_url(path) and local_path(str(path)) is None:
+        from .urlstore import to_zarr_url
+
+        return to_zarr_url(
+            imageset,
+            str(path),
+            storage_options,
+            chunks=chunks,
+            shard_chunks=shard_chunks,
+            codec=codec,
+            order=order,
+            seed=seed,
+            split=split,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    check_options(path, storage_options)
+    path = local_path(path) or path if isinstance(path, str) else path
     target = os.path.abspath(os.fspath(path)).rstrip("/")
     kind = store_kind(target)
-    n_in = len(imageset)
-    if imageset.images is None:
-        raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
-    if n_in == 0:
-        raise ValueError("the ImageSet is empty; there is nothing to store")
+    check_writable(imageset)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with write_lock(target):
         if os.path.lexists(target) and not overwrite:
@@ -289,31 +311,15 @@ def to_zarr(
         _remove(target + ".tmp")
         _remove(staging + ".uncompacted")
 
-        perm = (
-            np.random.default_rng(seed).permutation(n_in)
-            if order == "shuffled"
-            else np.arange(n_in)
+        ds, chunk_len, shard_len, attrs = plan_store(
+            imageset,
+            chunks=chunks,
+            shard_chunks=shard_chunks,
+            codec=codec,
+            order=order,
+            seed=seed,
+            split=split,
         )
-        ds = imageset.take(perm) if order == "shuffled" else imageset
-        images = ds.require_images()
-        chunk_len = chunks or auto_chunk_len(images.shape[1:], images.dtype, n_in)
-        if not isinstance(chunk_len, int) or chunk_len < 1:
-            raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
-        shard_len = chunk_len * (shard_chunks or SHARD_CHUNKS)
-        shard_len = min(shard_len, -(-n_in // chunk_len) * chunk_len)
-        attrs: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "split": split,
-            "num_samples": n_in,
-            "classes": list(ds.classes),
-            "order": order,
-            "seed": seed if order == "shuffled" else None,
-            "codec": codec or DEFAULT_CODEC,
-            "complete": False,
-            "created_with": versions(),
-            "source": _source_attrs(ds),
-            "skipped": [],
-        }
         skip = ds.on_error == "skip" and isinstance(ds._files, FileSource)
         try:
             ok = _write(
@@ -343,6 +349,50 @@ def to_zarr(
     return target
 
 
+def check_writable(imageset: ImageSet) -> None:
+    """Refuse sets that to_zarr cannot write (no images, or empty)."""
+    if imageset.images is None:
+        raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
+    if len(imageset) == 0:
+        raise ValueError("the ImageSet is empty; there is nothing to store")
+
+
+def plan_store(
+    imageset: ImageSet,
+    *,
+    chunks: int | None,
+    shard_chunks: int | None,
+    codec: str | None,
+    order: str,
+    seed: int,
+    split: str | None,
+) -> tuple[ImageSet, int, int, dict[str, Any]]:
+    """The set in stored order, chunk and shard lengths, and the attributes (complete=False)."""
+    n_in = len(imageset)
+    perm = np.random.default_rng(seed).permutation(n_in) if order == "shuffled" else None
+    ds = imageset.take(perm) if perm is not None else imageset
+    images = ds.require_images()
+    chunk_len = chunks or auto_chunk_len(images.shape[1:], images.dtype, n_in)
+    if not isinstance(chunk_len, int) or chunk_len < 1:
+        raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
+    shard_len = chunk_len * (shard_chunks or SHARD_CHUNKS)
+    shard_len = min(shard_len, -(-n_in // chunk_len) * chunk_len)
+    attrs: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "num_samples": n_in,
+        "classes": list(ds.classes),
+        "order": order,
+        "seed": seed if order == "shuffled" else None,
+        "codec": codec or DEFAULT_CODEC,
+        "complete": False,
+        "created_with": versions(),
+        "source": _source_attrs(ds),
+        "skipped": [],
+    }
+    return ds, chunk_len, shard_len, attrs
+
+
 def _source_attrs(ds: ImageSet) -> dict[str, Any]:
     spec = ds.spec
     out: dict[str, Any] = {"root": ds.root}
@@ -358,7 +408,7 @@ def _source_attrs(ds: ImageSet) -> dict[str, Any]:
 
 
 def _write(
-    staging: str,
+    staging: str | Store,
     ds: ImageSet,
     chunk_len: int,
     shard_len: int,
@@ -409,13 +459,34 @@ def _compact_skipped(
     progress: bool,
 ) -> None:
     """Drop the rows of files that failed to decode, so no blank image is ever a sample."""
+    good, kept = skipped_rows(ds, ok, attrs)
+    old = staging + ".uncompacted"
+    os.replace(staging, old)
+    rewrite_kept(
+        zarr.storage.LocalStore(old),
+        staging,
+        kept,
+        good,
+        chunk_len,
+        shard_len,
+        codec,
+        attrs,
+        progress=progress,
+    )
+    shutil.rmtree(old)
+
+
+def skipped_rows(
+    ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]
+) -> tuple[np.ndarray, ImageSet]:
+    """Record the files that failed in ``attrs``; return the good rows and the set of them."""
     bad = np.flatnonzero(~ok)
     files = ds._files
     assert isinstance(files, FileSource)
     skipped = []
     for i in bad:
         try:
-            decode_file(files.paths[i], files.spec)
+            files.decode_file(int(i))
             reason = "failed to decode during the write (the file changed?)"
         except DecodeError as e:
             reason = e.reason
@@ -429,10 +500,24 @@ def _compact_skipped(
         )
     kept = ds.take(good)
     attrs["num_samples"] = len(kept)
-    old = staging + ".uncompacted"
-    os.replace(staging, old)
+    return good, kept
+
+
+def rewrite_kept(
+    old: Store,
+    dest_root: str | Store,
+    kept: ImageSet,
+    good: np.ndarray,
+    chunk_len: int,
+    shard_len: int,
+    codec: str | None,
+    attrs: dict[str, Any],
+    *,
+    progress: bool,
+) -> None:
+    """Write the ``good`` rows of the images in ``old`` (and ``kept``'s arrays) as a new store."""
     dest = create_layout(
-        staging,
+        dest_root,
         kept,
         n=len(kept),
         chunk_len=chunk_len,
@@ -440,7 +525,7 @@ def _compact_skipped(
         codec=codec,
         attrs=attrs,
     )
-    src = da.from_zarr(zarr.open_array(zarr.storage.LocalStore(old), path="images", mode="r"))
+    src = da.from_zarr(zarr.open_array(old, path="images", mode="r"))
     pixels = src[good].rechunk(dest["images"].shards or dest["images"].chunks)
     _compute(
         da.store(pixels, cast(Any, dest["images"]), lock=False, compute=False), progress=progress
@@ -448,7 +533,6 @@ def _compact_skipped(
     for name, values in kept.arrays.items():
         if name != "images":
             _write_small(dest[name], values)
-    shutil.rmtree(old)
 
 
 def _compute(*collections: Any, progress: bool) -> tuple[Any, ...]:
@@ -506,8 +590,22 @@ def _pack_zip(staging: str, target: str) -> None:
     os.replace(tmp, target)
 
 
-def read_attrs(path: str | os.PathLike[str], *, check_complete: bool = True) -> dict[str, Any]:
-    """The ``daskimg`` attributes of a store, after checking version and completeness."""
+def read_attrs(
+    path: str | os.PathLike[str],
+    *,
+    check_complete: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``daskimg`` attributes of a store, after checking version and completeness.
+
+    ``path`` may be a URL (with ``storage_options``), as for :func:`open_zarr`.
+    """
+    if is_url(path) and local_path(str(path)) is None:
+        from .urlstore import read_attrs_url
+
+        return read_attrs_url(str(path), storage_options, check_complete=check_complete)
+    check_options(path, storage_options)
+    path = local_path(path) or path if isinstance(path, str) else path
     p = os.path.abspath(os.fspath(path)).rstrip("/")
     if not os.path.exists(p):
         if os.path.exists(p + ".partial"):
@@ -521,8 +619,11 @@ def read_attrs(path: str | os.PathLike[str], *, check_complete: bool = True) -> 
                 f"(staging folder {p + '.partial'!r}). {how}."
             )
         raise FileNotFoundError(f"no store at {p!r}")
-    reader = StoreReader(p)
-    meta = reader.json("zarr.json")
+    return check_attrs(p, StoreReader(p).json("zarr.json"), check_complete=check_complete)
+
+
+def check_attrs(p: str, meta: Any, *, check_complete: bool) -> dict[str, Any]:
+    """The ``daskimg`` attributes from a root ``zarr.json``, refusing newer or unfinished stores."""
     if meta is None or meta.get("node_type") != "group":
         raise FormatVersionError(f"{p!r} is not a Zarr v3 group (no zarr.json at its root)")
     attrs = meta.get("attributes", {}).get("daskimg")
@@ -547,12 +648,19 @@ def read_attrs(path: str | os.PathLike[str], *, check_complete: bool = True) -> 
     return attrs
 
 
-def open_zarr(path: str | os.PathLike[str]) -> ImageSet:
+def open_zarr(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> ImageSet:
     """Open a daskimg store lazily as an :class:`ImageSet`.
 
     ``images`` and other multi-dimensional arrays are dask arrays read chunk by chunk
     (checksums checked, fork-safe); ``labels``, ``paths`` and 1-D columns are loaded.
     ``.arrays`` holds every per-sample array; attributes are in ``.attrs``.
+
+    ``path`` may be a URL (``"s3://bucket/out/train.zarr.zip"`` or ``.../train.zarr``)
+    with fsspec ``storage_options``: chunks are then read by zarr with byte-range
+    requests (a zip is never downloaded whole), ``.store_url`` is set and
+    ``.store_path`` is None.
 
     Examples
     --------
@@ -560,6 +668,12 @@ def open_zarr(path: str | os.PathLike[str]) -> ImageSet:
     >>> train.images.shape  # doctest: +SKIP
     (800, 224, 224, 3)
     """
+    if is_url(path) and local_path(str(path)) is None:
+        from .urlstore import open_zarr_url
+
+        return open_zarr_url(str(path), storage_options)
+    check_options(path, storage_options)
+    path = local_path(path) or path if isinstance(path, str) else path
     p = os.path.abspath(os.fspath(path)).rstrip("/")
     attrs = read_attrs(p)
     reader = StoreReader(p)

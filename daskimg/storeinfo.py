@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -12,6 +12,7 @@ import zarr
 
 from .chunks import StoreReader
 from .errors import ChecksumError, DaskImgError
+from .remote import check_options, is_url, local_path
 from .store import _open_group, read_attrs
 
 __all__ = ["Problem", "info", "verify"]
@@ -29,20 +30,41 @@ class Problem:
         return f"array {self.array!r}, chunk {self.chunk}: {self.message}"
 
 
+def _url(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> str | None:
+    """``path`` if it is a URL read through fsspec (not ``file://``), else None."""
+    if is_url(path) and local_path(str(path)) is None:
+        return str(path).rstrip("/")
+    check_options(path, storage_options)
+    return None
+
+
+def _local(path: str | os.PathLike[str]) -> str:
+    return (local_path(path) or path) if isinstance(path, str) else os.fspath(path)
+
+
 def verify(
-    path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None
+    path: str | os.PathLike[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[Problem]:
     """Re-read every chunk of every array, checking checksums; return the problems found.
 
     An empty list means every chunk is present and matches its checksum. ``progress``
-    is called with the number of chunks done after each chunk.
+    is called with the number of chunks done after each chunk. A URL (with
+    ``storage_options``) is read through zarr: a missing shard or chunk object and
+    every checksum are checked (a chunk missing *inside* a shard is read as zeros
+    there; daskimg never writes partial shards).
 
     Examples
     --------
     >>> di.storeinfo.verify("out/train.zarr.zip")  # doctest: +SKIP
     []
     """
-    p = os.fspath(path)
+    url = _url(path, storage_options)
+    if url is not None:
+        return _verify_url(url, storage_options, progress)
+    p = _local(path)
     attrs = read_attrs(p, check_complete=False)
     reader = StoreReader(p)
     group = _open_group(p)
@@ -68,6 +90,39 @@ def verify(
     return problems
 
 
+def _verify_url(
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    progress: Callable[[int], None] | None,
+) -> list[Problem]:
+    from .urlstore import open_store
+
+    store, attrs, sizes = open_store(url, storage_options, check_complete=False)
+    group = zarr.open_group(store, mode="r")
+    problems: list[Problem] = []
+    if attrs.get("complete") is not True:
+        problems.append(Problem("(store)", -1, "incomplete: complete is not true"))
+    n_expected = attrs.get("num_samples")
+    for name, arr in group.arrays():
+        n = arr.shape[0]
+        if n_expected is not None and n != n_expected:
+            problems.append(Problem(name, -1, f"has {n} rows, expected {n_expected}"))
+        rows = int(attrs.get("chunk_len") or arr.chunks[0])
+        grid = (arr.shards or arr.chunks)[0]
+        for c in range(-(-n // rows) if n else 0):
+            a, b = c * rows, min((c + 1) * rows, n)
+            key = arr.metadata.encode_chunk_key((a // grid, *(0,) * (arr.ndim - 1)))
+            try:
+                if f"{name}/{key}" not in sizes:
+                    raise ChecksumError(f"its object {name}/{key} is missing")
+                arr[a:b]  # zarr's crc32c codec raises on a mismatch
+            except (ChecksumError, DaskImgError, ValueError, RuntimeError, OSError) as e:
+                problems.append(Problem(name, c, str(e)))
+            if progress is not None:
+                progress(1)
+    return problems
+
+
 def _check_via_zarr(
     reader: StoreReader, arr: zarr.Array, name: str, c: int, a: int, b: int
 ) -> None:
@@ -83,26 +138,57 @@ def _check_via_zarr(
     arr[a:b]  # zarr's crc32c codec raises on a mismatch
 
 
-def count_chunks(path: str | os.PathLike[str]) -> int:
-    reader = StoreReader(os.fspath(path))
-    group = _open_group(os.fspath(path))
+def count_chunks(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> int:
+    """Chunks that :func:`verify` reads (for a progress bar)."""
+    url = _url(path, storage_options)
+    if url is not None:
+        from .urlstore import open_store
+
+        store, attrs, _ = open_store(url, storage_options, check_complete=False)
+        total = 0
+        for _, arr in zarr.open_group(store, mode="r").arrays():
+            rows = int(attrs.get("chunk_len") or arr.chunks[0])
+            total += -(-arr.shape[0] // rows)
+        return total
+    p = _local(path)
+    reader = StoreReader(p)
+    group = _open_group(p)
     return sum(reader.layout(name).num_chunks for name, _ in group.arrays())
 
 
-def info(path: str | os.PathLike[str]) -> dict[str, Any]:
+def info(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A summary of a store: arrays, codec, compression ratio, classes with counts, attributes.
+
+    ``path`` may be a URL, with fsspec ``storage_options``.
 
     Examples
     --------
     >>> print(di.storeinfo.format_info(di.storeinfo.info("out/train.zarr.zip")))  # doctest: +SKIP
     """
-    p = os.fspath(path)
-    attrs = read_attrs(p, check_complete=False)
-    group = _open_group(p)
+    url = _url(path, storage_options)
+    sizes: dict[str, int] = {}
+    if url is not None:
+        from .urlstore import open_store
+
+        store, attrs, sizes = open_store(url, storage_options, check_complete=False)
+        group = zarr.open_group(store, mode="r")
+        p = url
+    else:
+        p = _local(path)
+        attrs = read_attrs(p, check_complete=False)
+        group = _open_group(p)
     arrays = {}
     for name, arr in group.arrays():
         nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize if arr.dtype != object else None
-        stored = _stored_bytes(p, name)
+        stored = (
+            sum(v for k, v in sizes.items() if k.startswith(name + "/"))
+            if url is not None
+            else _stored_bytes(p, name)
+        )
         arrays[name] = {
             "shape": list(arr.shape),
             "dtype": "str" if arr.dtype.kind in "OTU" else str(arr.dtype),
@@ -118,8 +204,8 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
         for i, c in enumerate(classes):
             counts[c] = int((labels == i).sum())
     return {
-        "path": os.path.abspath(p),
-        "file_bytes": _total_bytes(p),
+        "path": url or os.path.abspath(p),
+        "file_bytes": sum(sizes.values()) if url is not None else _total_bytes(p),
         "arrays": arrays,
         "class_counts": counts,
         "attrs": attrs,

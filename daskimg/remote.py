@@ -1,0 +1,155 @@
+"""Object storage: fsspec URLs (``s3://bucket/...``) as sources and as stores.
+
+A path with a protocol (``s3://``, ``gs://``, ``memory://``, ...) is read and written
+through fsspec with the caller's ``storage_options`` (for s3: ``key``, ``secret``,
+``client_kwargs={"endpoint_url": ...}``, ``anon``, ...). fsspec and the backend (s3fs)
+are imported only when a URL is used: ``pip install "daskimg[s3]"``.
+
+Reading files: a decode task gets the URLs of its block and a picklable
+:class:`RemoteFiles` (protocol + options), never an open file, so the same graph runs
+on threads, processes and ``distributed`` workers; each task fetches its files
+concurrently (``fs.cat``), a few at a time, and decodes them from memory.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DecodeError
+
+__all__ = ["RemoteFiles", "filesystem", "is_url", "local_path", "protocol_of"]
+
+#: files a decode task fetches at once: their bytes are held in memory together
+FETCH_FILES = 16
+#: protocols whose uploads are atomic (an object appears only once it is complete)
+ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+
+
+def is_url(path: Any) -> bool:
+    """True for a string with a protocol (``s3://...``, ``zip::s3://...``); False for local paths."""
+    return isinstance(path, str) and "://" in path
+
+
+def protocol_of(url: str) -> str:
+    """The protocol of ``url`` (``"s3"`` for ``s3://bucket/key``)."""
+    return url.split("://", 1)[0].split("::")[-1]
+
+
+def local_path(url: str) -> str | None:
+    """The local path of a ``file://`` URL (written with the local, locked code path), else None."""
+    if is_url(url) and protocol_of(url) in ("file", "local") and "::" not in url:
+        return url.split("://", 1)[1]
+    return None
+
+
+def _fsspec(url: str) -> Any:
+    try:
+        import fsspec
+    except ImportError:
+        raise ImportError(
+            f"{url!r} is a URL, and URLs are read and written with fsspec: "
+            "pip install 'daskimg[s3]' (fsspec and s3fs)"
+        ) from None
+    return fsspec
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path on it (without the protocol).
+
+    Raises a clear ImportError naming the URL when fsspec or the backend is missing.
+    """
+    fsspec = _fsspec(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except ImportError as exc:
+        raise ImportError(
+            f"cannot open {url!r}: {exc}. For s3:// URLs: pip install 'daskimg[s3]'"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"cannot open {url!r}: {exc}") from None
+    return fs, path
+
+
+def check_options(path: Any, storage_options: Mapping[str, Any] | None) -> None:
+    """Refuse ``storage_options`` given with a local path (they would be silently ignored)."""
+    if storage_options is not None and not is_url(path):
+        raise ValueError(
+            f"storage_options apply to URLs such as 's3://bucket/key'; {str(path)!r} is a "
+            "local path. Drop storage_options, or pass a URL."
+        )
+
+
+@dataclass(frozen=True)
+class RemoteFiles:
+    """How a decode task reaches its files: a protocol and the options for fsspec.
+
+    Picklable and small, so tasks carry it to any worker; the filesystem is made (and
+    cached by fsspec) where the task runs.
+    """
+
+    protocol: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __repr__(self) -> str:
+        # never print credentials
+        return f"RemoteFiles(protocol={self.protocol!r}, storage_options=<{len(self.storage_options)} keys>)"
+
+    def filesystem(self) -> Any:
+        fsspec = _fsspec(f"{self.protocol}://")
+        try:
+            return fsspec.filesystem(self.protocol, **dict(self.storage_options))
+        except ImportError as exc:
+            raise ImportError(
+                f"cannot read {self.protocol}:// files: {exc}. For s3://: pip install 'daskimg[s3]'"
+            ) from None
+
+    def fetch(self, urls: Sequence[str]) -> list[bytes | DecodeError]:
+        """The content of each URL, fetched concurrently; a missing file gives a DecodeError.
+
+        Other failures (credentials, network) raise: they are not a property of one file,
+        so ``on_error="skip"`` must not turn them into skipped samples.
+        """
+        fs = self.filesystem()
+        # cat_ranges: concurrent on async filesystems, and no glob expansion of names with '[*?'
+        got = fs.cat_ranges([fs._strip_protocol(u) for u in urls], None, None, on_error="return")
+        out: list[bytes | DecodeError] = []
+        for url, value in zip(urls, got, strict=True):
+            if isinstance(value, FileNotFoundError):
+                out.append(
+                    DecodeError(url, "no such file; check the URL and that the object exists")
+                )
+            elif isinstance(value, IsADirectoryError):
+                out.append(DecodeError(url, "is a directory, not a file"))
+            elif isinstance(value, BaseException):
+                raise OSError(f"reading {url!r} failed: {value}") from value
+            else:
+                out.append(bytes(value))
+        return out
+
+
+def remote_files(
+    urls: Sequence[str], storage_options: Mapping[str, Any] | None
+) -> RemoteFiles | None:
+    """The :class:`RemoteFiles` for a list of paths: None if they are local, an error if mixed."""
+    remote = [is_url(u) for u in urls]
+    if not any(remote):
+        check_options(urls[0] if urls else "", storage_options)
+        return None
+    protocols = {protocol_of(u) for u in urls if is_url(u)}
+    if not all(remote) or len(protocols) > 1:
+        raise ValueError(
+            "the paths mix local files and URLs, or several protocols "
+            f"({sorted(protocols)}); read each kind separately"
+        )
+    return RemoteFiles(protocols.pop(), dict(storage_options or {}))
+
+
+def join(url: str, rel: str) -> str:
+    """``url/rel``, with ``rel`` normalized; None-safe against ``..`` escaping ``url``."""
+    rel = posixpath.normpath(rel.replace("\\", "/"))
+    if rel.startswith(("../", "/")) or rel == "..":
+        raise ValueError(f"{rel!r} points outside {url!r}")
+    return url.rstrip("/") + "/" + rel

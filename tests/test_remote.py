@@ -1,0 +1,345 @@
+"""Object storage: sources and stores on s3:// URLs, against moto's S3 server on loopback.
+
+The server is started here, on 127.0.0.1 only; the credentials are dummies, and the AWS
+environment variables are set to dummies too, so nothing can reach a real endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import numpy as np
+import pytest
+import zarr
+
+import daskimg as di
+import daskimg.remote
+from daskimg import storeinfo
+from daskimg.errors import DecodeError, IncompleteStoreError, StoreExistsError
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """``storage_options`` for a fresh moto S3 server on loopback, with a bucket ``daskimg``."""
+    mp = pytest.MonkeyPatch()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }.items():
+        mp.setenv(name, value)
+    mp.delenv("AWS_PROFILE", raising=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    assert host == "127.0.0.1"
+    # a safety net: a call that forgets storage_options still goes to this server
+    mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+    }
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **options)
+    fs.mkdir("daskimg")
+    yield options
+    server.stop()
+    mp.undo()
+
+
+@pytest.fixture
+def s3fs_(s3):
+    import fsspec
+
+    return fsspec.filesystem("s3", **s3)
+
+
+@pytest.fixture
+def prefix():
+    """A fresh key prefix per test, so tests share the bucket without seeing each other."""
+    return f"s3://daskimg/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def uploaded(image_folder, s3fs_, prefix):
+    """The 24-image folder, uploaded to ``<prefix>/src``; returns its URL."""
+    s3fs_.put(str(image_folder) + "/", prefix + "/src", recursive=True)
+    return prefix + "/src"
+
+
+def assert_same_set(remote: di.ImageSet, local: di.ImageSet) -> None:
+    np.testing.assert_array_equal(remote.images.compute(), local.images.compute())
+    np.testing.assert_array_equal(remote.labels, local.labels)
+    assert remote.classes == local.classes
+    assert list(remote.paths) == list(local.paths)
+
+
+def test_from_folder_on_s3_equals_local(image_folder, uploaded, s3):
+    remote = di.from_folder(uploaded, size=(16, 20), storage_options=s3, chunks=7)
+    local = di.from_folder(image_folder, size=(16, 20), chunks=7)
+    assert remote.root == uploaded
+    assert remote.store_path is None
+    assert all(p.startswith(uploaded + "/") for p in remote._files.paths)
+    # one task per block of 7 files, whose arguments are URLs and options, not open files
+    assert len(remote.images.dask) == len(local.images.dask) == 4
+    assert_same_set(remote, local)
+
+
+def test_from_folder_on_s3_predefined_splits(tmp_path, s3fs_, prefix, s3):
+    for split in ("train", "val"):
+        di.testing.make_image_folder(tmp_path / split, n=6, classes=("a", "b"), seed=3)
+    (tmp_path / "train" / "a" / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    s3fs_.put(str(tmp_path) + "/", prefix + "/data", recursive=True)
+    remote = di.from_folder(prefix + "/data", size=(8, 8), storage_options=s3)
+    local = di.from_folder(tmp_path, size=(8, 8))
+    assert_same_set(remote, local)
+    assert {k: len(v) for k, v in remote.split().items()} == {"train": 6, "valid": 6}
+
+
+def test_imread_glob_on_s3_equals_local(image_folder, uploaded, s3):
+    remote = di.imread(uploaded + "/**/*.png", size=(12, 12), storage_options=s3, chunks=5)
+    local = di.imread(str(image_folder / "**" / "*.png"), size=(12, 12), chunks=5)
+    assert remote.shape == local.shape == (24, 12, 12, 3)
+    np.testing.assert_array_equal(remote.compute(), local.compute())
+
+
+def test_from_csv_on_s3(image_folder, uploaded, s3fs_, s3):
+    files = sorted(image_folder.rglob("*.png"))[:5]
+    rows = "path,label,x\n" + "".join(
+        f"{f.relative_to(image_folder).as_posix()},{f.parent.name},{i}\n"
+        for i, f in enumerate(files)
+    )
+    (image_folder / "labels.csv").write_text(rows)
+    s3fs_.put_file(str(image_folder / "labels.csv"), uploaded + "/labels.csv")
+    remote = di.from_csv(uploaded + "/labels.csv", root=uploaded, size=(8, 8), storage_options=s3)
+    local = di.from_csv(image_folder / "labels.csv", root=image_folder, size=(8, 8))
+    assert_same_set(remote, local)
+    np.testing.assert_array_equal(remote.columns["x"], local.columns["x"])
+
+
+def test_missing_object_is_a_decode_error_naming_the_url(uploaded, s3fs_, s3):
+    ds = di.from_folder(uploaded, size=(8, 8), storage_options=s3)
+    gone = ds._files.paths[3]
+    s3fs_.rm(gone)
+    with pytest.raises(DecodeError, match="no such file") as err:
+        ds.images.compute()
+    assert gone in str(err.value)
+
+
+def test_skip_on_s3_leaves_the_bad_object_out(uploaded, s3fs_, s3, prefix):
+    ds = di.from_folder(uploaded, size=(8, 8), storage_options=s3, on_error="skip")
+    bad = ds._files.paths[5]
+    s3fs_.pipe_file(bad, b"not an image")
+    url = di.to_zarr(ds, prefix + "/out/train.zarr", order="source", chunks=4, storage_options=s3)
+    back = di.open_zarr(url, storage_options=s3)
+    assert len(back) == 23
+    assert [p for p, _ in back.skipped] == [str(ds.paths[5])]
+    good = np.delete(np.arange(24), 5)
+    np.testing.assert_array_equal(back.images.compute(), ds.take(good).images.compute())
+
+
+@pytest.mark.parametrize("name", ["train.zarr.zip", "train.zarr"])
+def test_store_round_trip_through_s3(image_folder, tmp_path, s3, prefix, name):
+    ds = di.from_folder(image_folder, size=(16, 16))
+    url = di.to_zarr(ds, f"{prefix}/out/{name}", storage_options=s3, chunks=5, split="train")
+    assert url == f"{prefix}/out/{name}"
+    local = di.open_zarr(di.to_zarr(ds, tmp_path / name, chunks=5, split="train"))
+    remote = di.open_zarr(url, storage_options=s3)
+    assert remote.store_path is None and remote.store_url == url
+    assert remote.attrs["complete"] is True and remote.attrs["num_samples"] == 24
+    assert remote.images.chunks[0] == (5, 5, 5, 5, 4)
+    assert_same_set(remote, local)
+    # the stored bytes are readable by plain zarr, and equal the local store's
+    store = (
+        zarr.storage.FsspecStore.from_url(url, storage_options=s3, read_only=True)
+        if name.endswith(".zarr")
+        else None
+    )
+    if store is not None:
+        plain = zarr.open_group(store, mode="r")
+        np.testing.assert_array_equal(plain["images"][...], local.images.compute())
+    assert storeinfo.verify(url, storage_options=s3) == []
+    assert storeinfo.info(url, storage_options=s3)["arrays"]["images"]["shape"] == [
+        24,
+        16,
+        16,
+        3,
+    ]
+
+
+@pytest.mark.parametrize("name", ["a.zarr.zip", "a.zarr"])
+def test_existing_complete_store_needs_overwrite(indexed_set, s3, prefix, name):
+    url = f"{prefix}/{name}"
+    di.to_zarr(indexed_set, url, storage_options=s3, chunks=10)
+    with pytest.raises(StoreExistsError, match="overwrite=True"):
+        di.to_zarr(indexed_set, url, storage_options=s3)
+    di.to_zarr(indexed_set.take(np.arange(50)), url, storage_options=s3, overwrite=True)
+    assert len(di.open_zarr(url, storage_options=s3)) == 50
+
+
+@pytest.mark.parametrize("name", ["a.zarr.zip", "a.zarr"])
+def test_write_that_fails_midway_leaves_no_store(indexed_set, s3, s3fs_, prefix, name, monkeypatch):
+    url = f"{prefix}/{name}"
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("daskimg.store._write_small", boom)  # after the pixels, before the end
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        di.to_zarr(indexed_set, url, storage_options=s3, chunks=10)
+    assert not s3fs_.exists(url)
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        di.open_zarr(url, storage_options=s3)
+
+
+def test_upload_that_fails_leaves_the_old_zip(indexed_set, s3, s3fs_, prefix, monkeypatch):
+    url = f"{prefix}/a.zarr.zip"
+    di.to_zarr(indexed_set, url, storage_options=s3, chunks=10)
+
+    def cut(*args, **kwargs):
+        raise ConnectionError("connection reset")
+
+    # fsspec caches filesystems by their options: this is the instance to_zarr uses
+    assert daskimg.remote.filesystem(url, s3)[0] is s3fs_
+    monkeypatch.setattr(s3fs_, "put_file", cut)
+    with pytest.raises(ConnectionError):
+        di.to_zarr(indexed_set.take(np.arange(7)), url, storage_options=s3, overwrite=True)
+    assert len(di.open_zarr(url, storage_options=s3)) == len(indexed_set)
+
+
+def test_killed_writer_leaves_an_incomplete_store(indexed_set, s3, s3fs_, prefix, tmp_path):
+    """SIGKILL a process writing a .zarr folder to S3: the store must never look complete."""
+    url = f"{prefix}/killed.zarr"
+    script = tmp_path / "writer.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import time, numpy as np, dask, daskimg as di, daskimg.store as st
+
+            def slow(arr, values):  # the pixels are written; hang before the small arrays
+                print("pixels written", flush=True)
+                time.sleep(60)
+
+            st._write_small = slow
+            ds = di.ImageSet(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, classes=["a", "b"])
+            with dask.config.set(scheduler="synchronous"):
+                di.to_zarr(ds, {url!r}, storage_options={s3!r}, chunks=5)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "pixels written"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert s3fs_.exists(url + "/images")  # chunks were written ...
+    with pytest.raises(IncompleteStoreError, match="incomplete"):
+        di.open_zarr(url, storage_options=s3)  # ... but the store is refused
+    assert any("incomplete" in p.message for p in storeinfo.verify(url, storage_options=s3))
+    # re-running the same call replaces the unfinished store without overwrite=True
+    di.to_zarr(indexed_set, url, storage_options=s3, chunks=5)
+    assert len(di.open_zarr(url, storage_options=s3)) == len(indexed_set)
+
+
+@pytest.mark.parametrize("name", ["v.zarr.zip", "v.zarr"])
+def test_newer_format_version_is_refused(indexed_set, tmp_path, s3, s3fs_, prefix, name):
+    local = tmp_path / name
+    di.to_zarr(indexed_set, local, chunks=10)
+    if name.endswith(".zarr"):
+        import json
+
+        meta = json.loads((local / "zarr.json").read_text())
+        meta["attributes"]["daskimg"]["format_version"] = 99
+        (local / "zarr.json").write_text(json.dumps(meta))
+        s3fs_.put(str(local) + "/", f"{prefix}/{name}", recursive=True)
+    else:
+        import zipfile
+
+        with zipfile.ZipFile(local) as zf:
+            members = {i.filename: zf.read(i) for i in zf.infolist()}
+        meta = __import__("json").loads(members["zarr.json"])
+        meta["attributes"]["daskimg"]["format_version"] = 99
+        members["zarr.json"] = __import__("json").dumps(meta).encode()
+        with zipfile.ZipFile(tmp_path / "new.zip", "w") as zf:
+            for k, v in members.items():
+                zf.writestr(k, v)
+        s3fs_.put_file(str(tmp_path / "new.zip"), f"{prefix}/{name}")
+    with pytest.raises(di.errors.FormatVersionError, match="newer"):
+        di.open_zarr(f"{prefix}/{name}", storage_options=s3)
+
+
+@pytest.mark.parametrize("name", ["b.zarr.zip", "b.zarr"])
+def test_batch_iterator_over_s3_store_yields_every_sample_once(indexed_set, s3, prefix, name):
+    url = di.to_zarr(indexed_set, f"{prefix}/{name}", storage_options=s3, chunks=10)
+    ds = di.open_zarr(url, storage_options=s3)
+    it = di.BatchIterator(ds, batch_size=16, seed=1, arrays=["images", "idx"])
+    seen = [(images, idx) for images, idx in it]
+    idx = np.concatenate([i for _, i in seen])
+    assert sorted(idx.tolist()) == list(range(len(indexed_set)))
+    images = np.concatenate([im for im, _ in seen])
+    expected = indexed_set.images.compute()[idx]
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_store_on_s3_reads_on_a_distributed_cluster(indexed_set, s3, prefix, client):
+    url = di.to_zarr(indexed_set, f"{prefix}/d.zarr", storage_options=s3, chunks=10)
+    zurl = di.to_zarr(indexed_set, f"{prefix}/d.zarr.zip", storage_options=s3, chunks=10)
+    for u in (url, zurl):
+        back = di.open_zarr(u, storage_options=s3)
+        total = int(back.images.astype(np.int64).sum().compute())
+        assert total == int(indexed_set.images.astype(np.int64).sum().compute())
+
+
+def test_zip_reads_are_ranged_not_whole(indexed_set, s3, prefix, monkeypatch):
+    import s3fs
+
+    url = di.to_zarr(indexed_set, f"{prefix}/r.zarr.zip", storage_options=s3, chunks=10)
+    size = s3fs.S3FileSystem(**s3).size(url)
+    fetched: list[int] = []
+    original = s3fs.S3FileSystem._cat_file
+
+    async def counting(self, path, version_id=None, start=None, end=None, **kw):
+        out = await original(self, path, version_id=version_id, start=start, end=end, **kw)
+        fetched.append(len(out))
+        return out
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", counting)
+    ds = di.open_zarr(url, storage_options=s3)
+    ds.images.blocks[3].compute()
+    assert fetched and max(fetched) < size / 4
+
+
+def test_storage_options_with_a_local_path_are_refused(tmp_path, indexed_set):
+    with pytest.raises(ValueError, match="storage_options apply to URLs"):
+        di.to_zarr(indexed_set, tmp_path / "x.zarr.zip", storage_options={"anon": True})
+
+
+def test_unknown_protocol_names_the_url(indexed_set):
+    with pytest.raises((ValueError, ImportError), match=re.escape("nosuchproto://b/x.zarr.zip")):
+        di.open_zarr("nosuchproto://b/x.zarr.zip")
+
+
+def test_no_real_aws_endpoint_is_used(s3):
+    assert s3["client_kwargs"]["endpoint_url"].startswith("http://127.0.0.1:")
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
