@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .remote import is_url
+
 __all__ = ["main"]
 
 
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=("zip", "dir"), default="zip", help="zip: one file per split (default)"
     )
     ing.add_argument("--overwrite", action="store_true", help="replace existing stores")
+    _storage_options_arg(ing)
 
     conv = sub.add_parser("convert", help="turn an HDF5 dataset or .npy/.npz arrays into a store")
     conv.add_argument("src", help="*.h5 / *.hdf5, *.npy or *.npz")
@@ -80,9 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("info", help="what is in a store")
     inf.add_argument("store")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
+    _storage_options_arg(inf)
 
     ver = sub.add_parser("verify", help="re-read every chunk and check its checksum")
     ver.add_argument("store")
+    _storage_options_arg(ver)
 
     ben = sub.add_parser("bench", help="loader throughput on this machine vs the raw read limit")
     ben.add_argument("store")
@@ -98,7 +103,20 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
     show.add_argument("--n", type=int, default=32)
     show.add_argument("--seed", type=int, default=0)
+    _storage_options_arg(show)
     return p
+
+
+def _storage_options_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for s3://... URLs, e.g. "
+        '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' '
+        "(credentials are best left to the AWS_* environment variables)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,8 +163,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from .storeinfo import info
 
     t0 = time.perf_counter()
+    opts = args.storage_options
     ds = from_folder(
-        args.src, size=args.size, channels=args.channels, resize=args.resize, on_error=args.on_error
+        args.src,
+        size=args.size,
+        channels=args.channels,
+        resize=args.resize,
+        on_error=args.on_error,
+        storage_options=opts if is_url(args.src) else None,
     )
     if ds.source_splits is not None:
         if args.valid is not None or args.test is not None:
@@ -171,7 +195,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         for name, part in parts.items():
             if len(part) == 0:
                 continue
-            target = os.path.join(args.out, name + ext)
+            target = (
+                args.out.rstrip("/") + "/" + name + ext
+                if is_url(args.out)
+                else os.path.join(args.out, name + ext)
+            )
             print(f"writing {target} ({len(part)} samples)")
             t = time.perf_counter()
             to_zarr(
@@ -183,8 +211,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 split=name,
                 overwrite=args.overwrite,
                 progress=True,
+                storage_options=opts if is_url(target) else None,
             )
-            summary = info(target)
+            summary = info(target, storage_options=opts if is_url(target) else None)
             img = summary["arrays"]["images"]
             rows.append(
                 (
@@ -235,7 +264,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .storeinfo import format_info, info
 
-    summary = info(args.store)
+    summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
     return 0
 
@@ -245,8 +274,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     from .storeinfo import count_chunks, verify
 
-    with tqdm(total=count_chunks(args.store), unit="chunk", desc="verify", disable=None) as bar:
-        problems = verify(args.store, progress=bar.update)
+    opts = args.storage_options
+    total = count_chunks(args.store, storage_options=opts)
+    with tqdm(total=total, unit="chunk", desc="verify", disable=None) as bar:
+        problems = verify(args.store, progress=bar.update, storage_options=opts)
     for p in problems:
         print(f"DAMAGED {p}")
     if problems:
@@ -282,7 +313,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .show import save_grid
     from .store import open_zarr
 
-    ds = open_zarr(args.store)
+    ds = open_zarr(args.store, storage_options=args.storage_options)
     save_grid(ds, Path(args.output), n=args.n, seed=args.seed)
     print(f"wrote {args.output}")
     return 0

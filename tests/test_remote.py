@@ -6,6 +6,7 @@ environment variables are set to dummies too, so nothing can reach a real endpoi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -343,3 +344,20 @@ def test_unknown_protocol_names_the_url(indexed_set):
 def test_no_real_aws_endpoint_is_used(s3):
     assert s3["client_kwargs"]["endpoint_url"].startswith("http://127.0.0.1:")
     assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
+
+
+def test_cli_ingest_info_verify_on_s3(uploaded, s3, prefix, capsys):
+    from daskimg.cli import main
+
+    opts = ["--storage-options", json.dumps(s3)]
+    out = prefix + "/stores"
+    assert main(["ingest", uploaded, out, "--size", "8", "8", "--chunk", "4", *opts]) == 0
+    assert main(["info", out + "/train.zarr.zip", *opts]) == 0
+    assert "complete=True" in capsys.readouterr().out
+    assert main(["verify", out + "/valid.zarr.zip", *opts]) == 0
+    assert "every chunk present" in capsys.readouterr().out
+    parts = [
+        len(di.open_zarr(f"{out}/{s}.zarr.zip", storage_options=s3))
+        for s in ("train", "valid", "test")
+    ]
+    assert sum(parts) == 24
