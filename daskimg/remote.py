@@ -29,7 +29,13 @@ ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory
 
 
 def is_url(path: Any) -> bool:
-    """True for a string with a protocol (``s3://...``, ``zip::s3://...``); False for local paths."""
+    """True for a string with a protocol (``s3://...``, ``zip::s3://...``); False for local paths.
+
+    Examples
+    --------
+    >>> is_url("s3://bucket/train.zarr.zip"), is_url("out/train.zarr.zip")
+    (True, False)
+    """
     return isinstance(path, str) and "://" in path
 
 
@@ -59,7 +65,28 @@ def _fsspec(url: str) -> Any:
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path on it (without the protocol).
 
-    Raises a clear ImportError naming the URL when fsspec or the backend is missing.
+    Parameters
+    ----------
+    url
+        E.g. ``"s3://bucket/photos"``.
+    storage_options
+        Options of the filesystem (for s3: ``key``, ``secret``, ``client_kwargs``, ...).
+
+    Returns
+    -------
+    tuple
+        ``(filesystem, path)``; fsspec caches filesystems by their options.
+
+    Raises
+    ------
+    ImportError
+        Naming the URL and the fix when fsspec or the backend (s3fs) is missing.
+
+    Examples
+    --------
+    >>> fs, path = filesystem("memory://bucket/x.png")
+    >>> path
+    '/bucket/x.png'
     """
     fsspec = _fsspec(url)
     try:
@@ -87,7 +114,19 @@ class RemoteFiles:
     """How a decode task reaches its files: a protocol and the options for fsspec.
 
     Picklable and small, so tasks carry it to any worker; the filesystem is made (and
-    cached by fsspec) where the task runs.
+    cached by fsspec) where the task runs. Its repr never shows the options.
+
+    Parameters
+    ----------
+    protocol
+        ``"s3"``, ``"gs"``, ...
+    storage_options
+        Options of the fsspec filesystem.
+
+    Examples
+    --------
+    >>> RemoteFiles("s3", {"anon": True})
+    RemoteFiles(protocol='s3', storage_options=<1 keys>)
     """
 
     protocol: str
@@ -148,7 +187,7 @@ def remote_files(
 
 
 def join(url: str, rel: str) -> str:
-    """``url/rel``, with ``rel`` normalized; None-safe against ``..`` escaping ``url``."""
+    """``url/rel`` with ``rel`` normalized; a ``rel`` that climbs out of ``url`` is refused."""
     rel = posixpath.normpath(rel.replace("\\", "/"))
     if rel.startswith(("../", "/")) or rel == "..":
         raise ValueError(f"{rel!r} points outside {url!r}")

@@ -17,6 +17,8 @@ Object storage has no rename and no lock, so a write stays crash-safe another wa
   ``zarr.json``, so an interrupted overwrite never shows old metadata over new chunks.
   An unfinished store at the URL is replaced without ``overwrite=True``; a complete one
   only with it.
+* A multipart upload that fails may leave invisible parts behind on S3, billed until an
+  ``AbortIncompleteMultipartUpload`` lifecycle rule (or ``s3fs``'s own abort) removes them.
 * No lock spans machines: two writers on one URL at once are not detected (for a zip
   the last upload wins, whole; for a folder, don't).
 

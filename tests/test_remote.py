@@ -167,15 +167,17 @@ def test_store_round_trip_through_s3(image_folder, tmp_path, s3, prefix, name):
     assert remote.attrs["complete"] is True and remote.attrs["num_samples"] == 24
     assert remote.images.chunks[0] == (5, 5, 5, 5, 4)
     assert_same_set(remote, local)
-    # the stored bytes are readable by plain zarr, and equal the local store's
+    # plain zarr reads the stored bytes (a zip through fsspec's zip:: chain), equal to local
     store = (
         zarr.storage.FsspecStore.from_url(url, storage_options=s3, read_only=True)
         if name.endswith(".zarr")
-        else None
+        else zarr.storage.FsspecStore.from_url(
+            "zip::" + url, storage_options={"s3": s3}, read_only=True
+        )
     )
-    if store is not None:
-        plain = zarr.open_group(store, mode="r")
-        np.testing.assert_array_equal(plain["images"][...], local.images.compute())
+    plain = zarr.open_group(store, mode="r")
+    np.testing.assert_array_equal(plain["images"][...], local.images.compute())
+    assert plain.attrs["daskimg"]["complete"] is True
     assert storeinfo.verify(url, storage_options=s3) == []
     assert storeinfo.info(url, storage_options=s3)["arrays"]["images"]["shape"] == [
         24,
