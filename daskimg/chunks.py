@@ -355,6 +355,30 @@ class StoreReader:
             decompress_into(check_crc(buf, where), out, where)
         return out
 
+    def view_chunk(self, name: str, c: int) -> np.ndarray | None:
+        """Chunk ``c`` as a read-only view of the memory-mapped store, checksum checked.
+
+        No copy at all: for uncompressed (codec ``"none"``) full chunks. None for anything
+        else (use :meth:`read_chunk`). The view is valid as long as the reader exists.
+        """
+        lay = self.layout(name)
+        if lay.kind != "raw" or lay.per_sample or not self.use_mmap:
+            return None
+        a, b = lay.chunk_rows(c)
+        if b - a != lay.chunk_len:
+            return None  # zarr pads the last chunk: read_chunk cuts it
+        file, offset, nbytes = self.chunk_location(name, c)
+        where = f"{self.path}: array {name!r}, chunk {c} (rows {a}..{b - 1})"
+        shape = (b - a, *lay.shape[1:])
+        expected = int(np.prod(shape)) * lay.dtype.itemsize + 4
+        if nbytes != expected:
+            raise ChecksumError(f"{where}: holds {nbytes} bytes, expected {expected}")
+        mapped = self._map(file)
+        if offset + nbytes > len(mapped):
+            raise ChecksumError(f"{where}: the file ends before the chunk (truncated)")
+        body = check_crc(memoryview(mapped)[offset : offset + nbytes], where)
+        return np.frombuffer(body, dtype=lay.dtype).reshape(shape)
+
     # -- stores with one inner chunk per sample ------------------------------------------
     def read_unit(
         self, name: str, c: int, into: np.ndarray | None = None

@@ -1,10 +1,13 @@
 """Feed: the chunk-aware shuffled :class:`BatchIterator`.
 
 It executes a plan from :mod:`daskimg.shuffle`: whole chunks are read in a random order
-by background threads (reading and decompressing release the GIL), decoded straight
-into a contiguous buffer per group of ``buffer_chunks`` chunks, and batches are gathered
-from that buffer with one ``take`` per array. At most the current group, the previous
-one (a batch may straddle them) and ``prefetch`` groups ahead are in memory.
+by background threads (reading, checking and decompressing release the GIL). Each thread
+decodes a chunk into a small scratch buffer of its own (uncompressed stores: no decode, a
+checked view of the memory-mapped file) and copies every row straight into its place in
+the batch that the plan puts it in, while the chunk is still in the CPU cache. A batch is
+handed out when all the chunks it draws from are in. Batches of at most the current group
+of ``buffer_chunks`` chunks, the one before (a batch may straddle them) and ``prefetch``
+groups ahead are in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -107,8 +110,6 @@ class _Source:
         self.per_sample = {
             n for n in self.fast if reader is not None and reader.layout(n).per_sample
         }
-        #: arrays loaded into a group buffer and gathered from it
-        self.buffered = [n for n in self.lazy if n not in self.per_sample]
 
     def shape(self, name: str) -> tuple[int, ...]:
         a = self.memory.get(name)
@@ -122,100 +123,104 @@ class _Source:
         a = c * self.chunk_len
         return a, min(a + self.chunk_len, self.n)
 
-    def load_chunk(self, group: _Group, c: int) -> None:
-        """Read chunk ``c`` of every lazy array into ``group`` (runs in a background thread)."""
+    def load(self, c: int, scratch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Chunk ``c`` of every lazy array, ready to copy rows from (runs in a background thread).
+
+        Uncompressed stores give a checked view of the memory-mapped file (no copy at all);
+        compressed ones are decoded into this thread's ``scratch``, which is small enough to
+        stay in the CPU cache until its rows are copied out; per-sample stores give their
+        encoded samples (a ``read_unit``), decoded straight into batch rows later.
+        """
         a, b = self.rows(c)
-        o = int(group.offsets[int(np.flatnonzero(group.chunks == c)[0])])
+        reader = self.reader
+        out: dict[str, Any] = {}
         slow = []
         for name in self.lazy:
-            if name in self.per_sample:
-                assert self.reader is not None
-                # memory-mapped: a view of the page cache, touched (read) first by the decoder
-                group.units[name][c] = self.reader.read_unit(name, c)
-            elif name in self.fast:
-                assert self.reader is not None
-                self.reader.read_chunk(name, c, out=group.bufs[name][o : o + b - a])
-            else:
+            if name not in self.fast:
                 slow.append(name)
+                continue
+            assert reader is not None
+            if name in self.per_sample:
+                out[name] = reader.read_unit(name, c)
+                continue
+            view = reader.view_chunk(name, c)
+            if view is None:
+                buf = scratch.get(name)
+                if buf is None:
+                    buf = scratch[name] = np.empty(
+                        (self.chunk_len, *self.shape(name)), dtype=self.dtype(name)
+                    )
+                view = reader.read_chunk(name, c, out=buf[: b - a])
+            out[name] = view
         if slow:
             # whatever dask scheduler is active (threads, processes, distributed) computes the block
             blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow])
-            for name, block in zip(slow, blocks, strict=True):
-                group.bufs[name][o : o + b - a] = block
+            out.update(zip(slow, blocks, strict=True))
+        return out
 
-
-def groups_of(idx: np.ndarray, chunk_len: int, lookup_group: np.ndarray) -> list[int]:
-    """The groups whose chunks hold the samples ``idx``."""
-    return [int(g) for g in np.unique(lookup_group[idx // chunk_len])]
-
-
-def _owner_of(chunk: np.ndarray, needed: dict[int, _Group]) -> np.ndarray:
-    """For each chunk id, the group (of ``needed``) that holds it."""
-    owner = np.empty(len(chunk), dtype=np.int64)
-    for g, grp in needed.items():
-        owner[np.isin(chunk, grp.chunks)] = g
-    return owner
+    def copy_rows(
+        self, name: str, c: int, chunk: Any, rows: np.ndarray, dest: np.ndarray, at: np.ndarray
+    ) -> None:
+        """``dest[at] = chunk[rows]`` for one array of a loaded chunk."""
+        if name in self.per_sample:
+            assert self.reader is not None
+            self.reader.decode_rows(name, chunk, rows, dest, at, first=c * self.chunk_len)
+        elif dest[0].nbytes >= 4096:
+            # row by row: straight from the (cached or memory-mapped) chunk into the batch
+            for r, p in zip(rows.tolist(), at.tolist(), strict=True):
+                dest[p] = chunk[r]
+        else:
+            dest[at] = chunk.take(rows, axis=0)
 
 
 def _regular_chunk_len(a: da.Array) -> int:
     return int(a.chunks[0][0]) if a.chunks[0] else 1
 
 
-class _Buffers:
-    """Reusable group buffers: fresh 64 MiB arrays page-fault on every group (~4x slower to fill)."""
+class _Routes:
+    """Where every loaded row goes in an epoch: chunk ``c`` -> (batch, position, row) triples.
 
-    def __init__(self, src: _Source, rows: int) -> None:
-        self.src = src
-        self.rows = rows
-        self.free: list[dict[str, np.ndarray]] = []
+    Loading threads copy each chunk's rows into their batches right after decoding it,
+    while it is still in the CPU cache; a batch is complete when every chunk it draws
+    from has been copied in (``needs``).
+    """
 
-    def get(self, rows: int) -> dict[str, np.ndarray]:
-        if rows > self.rows:
-            self.rows, self.free = rows, []
-        bufs = (
-            self.free.pop()
-            if self.free
-            else {
-                n: np.empty((self.rows, *self.src.shape(n)), dtype=self.src.dtype(n))
-                for n in self.src.buffered
-            }
-        )
-        return {n: b[:rows] for n, b in bufs.items()}
+    def __init__(self, batches: Sequence[np.ndarray], chunk_len: int, num_chunks: int) -> None:
+        sizes = np.array([len(b) for b in batches], dtype=np.int64)
+        idx = np.concatenate(batches) if len(batches) else np.empty(0, np.int64)
+        batch = np.repeat(np.arange(len(batches), dtype=np.int64), sizes)
+        pos = np.arange(len(idx), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        chunk = idx // chunk_len
+        key = chunk * max(1, len(batches)) + batch
+        order = np.argsort(key, kind="stable")
+        self.batch, self.pos, self.row = batch[order], pos[order], (idx - chunk * chunk_len)[order]
+        self.bounds = np.searchsorted(chunk[order], np.arange(num_chunks + 1))
+        pairs = np.unique(key)
+        #: chunks each batch draws from
+        self.needs = np.bincount(pairs % max(1, len(batches)), minlength=len(batches))
 
-    def put(self, bufs: dict[str, np.ndarray]) -> None:
-        base = {n: b.base if b.base is not None else b for n, b in bufs.items()}
-        if base and all(len(b) == self.rows for b in base.values()):
-            self.free.append(base)
+    def of_chunk(self, c: int, first_batch: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``(batch, positions, rows)`` per batch (>= ``first_batch``) that chunk ``c`` feeds."""
+        lo, hi = int(self.bounds[c]), int(self.bounds[c + 1])
+        batch = self.batch[lo:hi]
+        cut = np.flatnonzero(np.diff(batch)) + 1
+        out = []
+        for s, e in zip(np.r_[0, cut], np.r_[cut, hi - lo], strict=True):
+            b = int(batch[s])
+            if b >= first_batch:
+                out.append((b, self.pos[lo + s : lo + e], self.row[lo + s : lo + e]))
+        return out
 
 
-class _Group:
-    """A group being loaded: per chunk, encoded samples (``units``) or rows in ``bufs``."""
+class _Batch:
+    """A batch being filled by loading threads: its output arrays and a countdown of chunks."""
 
-    def __init__(
-        self, src: _Source, chunks: np.ndarray, pool: ThreadPoolExecutor, buffers: _Buffers
-    ) -> None:
-        self.chunks = chunks
-        sizes = np.array([np.subtract(*src.rows(int(c))[::-1]) for c in chunks], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.bufs = buffers.get(int(sizes.sum()))
-        self.units: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
-            n: {} for n in src.per_sample
-        }
-        self.buffers = buffers
-        self.futures: list[Future[None]] = []
-        if src.buffered:
-            self.futures = [pool.submit(src.load_chunk, self, int(c)) for c in chunks]
-        else:
-            # only memory-mapped, per-sample arrays: "loading" is mapping views, no thread hop
-            for c in chunks:
-                src.load_chunk(self, int(c))
-
-    def release(self) -> None:
-        self.buffers.put(self.bufs)
-
-    def wait(self) -> None:
-        for f in self.futures:
-            f.result()
+    def __init__(self, bufs: dict[str, np.ndarray], needs: int) -> None:
+        self.bufs = bufs
+        self.remaining = needs
+        self.done: Future[None] = Future()
+        if needs == 0:
+            self.done.set_result(None)
 
 
 class BatchIterator:
@@ -304,7 +309,7 @@ class BatchIterator:
         self._plan: tuple[int, EpochPlan] | None = None
         self._pools: dict[str, list[np.ndarray]] = {}
         self._busy: set[int] = set()
-        self._buffers: _Buffers | None = None
+        self._local = threading.local()  # per loading thread: scratch buffers
         self._pools_exec: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self._pools_pid: int | None = None
         self._pool_lock = threading.Lock()
@@ -402,66 +407,97 @@ class BatchIterator:
         last_group = plan.group_of_batch()
         first_group = max(0, int(last_group[start]) - 1) if 0 < start < len(batches) else 0
         num_chunks = max(1, -(-src.n // src.chunk_len))
-        lookup_group = np.full(num_chunks, -1, dtype=np.int64)
-        lookup_offset = np.zeros(num_chunks, dtype=np.int64)
-        loaded: dict[int, _Group] = {}
+        routes = _Routes(batches, src.chunk_len, num_chunks) if src.lazy else None
+        filling: dict[int, _Batch] = {}
+        loads: deque[Future[None]] = deque()
         next_group = first_group
         next_batch = start
-        if self._buffers is None:
-            # kept across epochs: fresh multi-MB buffers page-fault (system time) every epoch
-            self._buffers = _Buffers(src, self.buffer_chunks * src.chunk_len)
-        buffers = self._buffers
-        pending: deque[tuple[int, Future[dict[str, np.ndarray]]]] = deque()
+        pending: deque[tuple[int, Future[dict[str, np.ndarray]], _Batch]] = deque()
         io_pool, work_pool = self._thread_pools()
         window = 2 * self.threads + self.prefetch
+        lock = threading.Lock()
 
         def submit_groups(upto: int) -> None:
             nonlocal next_group
             while next_group < len(groups) and next_group <= upto:
-                grp = _Group(src, groups[next_group], io_pool, buffers)
-                lookup_group[grp.chunks] = next_group
-                lookup_offset[grp.chunks] = grp.offsets
-                loaded[next_group] = grp
+                assert routes is not None
+                chunks = [int(c) for c in groups[next_group]]
+                targets = {c: routes.of_chunk(c, start) for c in chunks}
+                for b in sorted({t[0] for ts in targets.values() for t in ts}):
+                    if b not in filling:  # its buffers exist before any chunk is copied in
+                        bufs = {n: self._batch_buffer(n, len(batches[b])) for n in src.lazy}
+                        filling[b] = _Batch(bufs, int(routes.needs[b]))
+                for c in chunks:
+                    feeds = [(filling[b], at, rows) for b, at, rows in targets[c]]
+                    loads.append(io_pool.submit(self._load_chunk, c, feeds, lock))
                 next_group += 1
+            while loads and loads[0].done():
+                loads.popleft()  # its errors reach the batches it feeds, in their turn
 
         def submit_batches() -> None:
             nonlocal next_batch
             while next_batch < len(batches) and len(pending) < window:
                 b = next_batch
-                submit_groups(int(last_group[b]) + self.prefetch)
-                idx = batches[b]
-                needed = {g: loaded[g] for g in groups_of(idx, src.chunk_len, lookup_group)}
-                pending.append((b, work_pool.submit(self._assemble, b, idx, needed, lookup_offset)))
+                if src.lazy:
+                    submit_groups(int(last_group[b]) + self.prefetch)
+                    state = filling.pop(b)
+                else:
+                    state = _Batch({}, 0)
+                future = work_pool.submit(self._assemble, b, batches[b], state)
+                pending.append((b, future, state))
                 next_batch += 1
 
         try:
             submit_batches()
             while pending:
-                b, future = pending.popleft()
+                b, future, _ = pending.popleft()
                 out = future.result()
-                # groups before the one this batch started in are done with: every later batch
-                # needs only its own group and the one before it
-                for g in [g for g in loaded if g < int(last_group[b]) - 1]:
-                    loaded.pop(g).release()
                 self._batch = b + 1
                 self._release(out)
                 submit_batches()
                 yield out
         finally:
-            for _, f in pending:
-                f.cancel()
-            for _, f in pending:  # let started ones finish before their buffers are reused
-                with contextlib.suppress(BaseException):
-                    f.exception()
-            for grp in loaded.values():
-                for load in grp.futures:
-                    load.cancel()
-                for load in grp.futures:
+            states = [*filling.values(), *(s for _, _, s in pending)]
+            for group in (list(loads), [f for _, f, _ in pending]):
+                for f in group:
+                    f.cancel()
+                for f in group:  # let started ones finish before their buffers are reused
                     with contextlib.suppress(BaseException):
-                        load.exception()
-                grp.release()  # no thread uses it any more: back to the pool
+                        f.exception()
+                with lock:  # batches whose loads were cancelled: wake what waits for them
+                    for state in states:
+                        if not state.done.done():
+                            state.done.set_exception(CancelledError())
+            for state in states:
+                self._release(state.bufs)
         if self._batch >= len(batches):
             self.set_epoch(self.epoch + 1)
+
+    def _load_chunk(
+        self, c: int, feeds: list[tuple[_Batch, np.ndarray, np.ndarray]], lock: threading.Lock
+    ) -> None:
+        """Load chunk ``c`` and copy its rows into the batches it feeds (in a background thread)."""
+        src = self.source
+        try:
+            local = self._local
+            scratch = getattr(local, "scratch", None)
+            if scratch is None:
+                scratch = local.scratch = {}
+            loaded = src.load(c, scratch)
+            for state, at, rows in feeds:
+                for name, chunk in loaded.items():
+                    src.copy_rows(name, c, chunk, rows, state.bufs[name], at)
+        except BaseException as e:
+            for state, _, _ in feeds:
+                with lock:
+                    if not state.done.done():
+                        state.done.set_exception(e)
+            raise
+        for state, _, _ in feeds:
+            with lock:
+                state.remaining -= 1
+                if state.remaining == 0 and not state.done.done():
+                    state.done.set_result(None)
 
     def _thread_pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         """Reads run in one pool, batch assembly (decoding into batch rows) in another, so an
@@ -492,52 +528,26 @@ class BatchIterator:
             _pools_exec=None,
             _pools_pid=None,
             _pool_lock=None,
+            _local=None,
             _pools={},
             _busy=set(),
-            _buffers=None,
         )
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pool_lock = threading.Lock()
+        self._local = threading.local()
 
-    def _assemble(
-        self, b: int, idx: np.ndarray, needed: dict[int, _Group], lookup_offset: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """Build batch ``b`` (in a background thread): decode or gather every array's rows."""
+    def _assemble(self, b: int, idx: np.ndarray, state: _Batch) -> dict[str, np.ndarray]:
+        """Finish batch ``b`` (in a background thread): wait for its chunks, add in-memory arrays."""
+        state.done.result()
         src = self.source
-        for grp in needed.values():
-            grp.wait()
         out: dict[str, np.ndarray] = {n: src.memory[n][idx] for n in src.memory}
-        chunk = idx // src.chunk_len
-        row = idx - chunk * src.chunk_len
-        reader = src.reader
-        for name in src.per_sample:
-            assert reader is not None
-            dest = self._batch_buffer(name, len(idx))
-            for grp in needed.values():
-                for c, unit in grp.units[name].items():
-                    at = np.flatnonzero(chunk == c)
-                    if len(at):
-                        reader.decode_rows(name, unit, row[at], dest, at, first=c * src.chunk_len)
-            out[name] = dest
-        if src.buffered:
-            rows = lookup_offset[chunk] + row
-            groups = list(needed)
-            owner = _owner_of(chunk, needed)
-            for name in src.buffered:
-                dest = self._batch_buffer(name, len(idx))
-                if len(groups) == 1:
-                    # mode="clip": numpy buffers `out` for mode="raise" (2.5x slower); rows are in range
-                    needed[groups[0]].bufs[name].take(rows, axis=0, out=dest, mode="clip")
-                else:
-                    for g in groups:
-                        sel = owner == g
-                        dest[sel] = needed[g].bufs[name].take(rows[sel], axis=0)
-                out[name] = dest
+        out.update(state.bufs)
         if self.transform is not None:
             out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
+            self._release(state.bufs)  # reusable once nothing refers to them (see _batch_buffer)
         return out
 
     def _batch_buffer(self, name: str, n: int) -> np.ndarray:
@@ -558,11 +568,17 @@ class BatchIterator:
                     self._busy.add(id(arr))
                     return arr
             arr = np.empty(shape, dtype=src.dtype(name))
-            if len(pool) >= 3 * self.threads + 4:
+            if len(pool) >= self._pool_cap():
                 pool[:] = [a for a in pool if id(a) in self._busy]
             pool.append(arr)
             self._busy.add(id(arr))
             return arr
+
+    def _pool_cap(self) -> int:
+        """Batches that can be in flight at once: being filled (the groups loaded ahead, and
+        the one before them), assembled, and a few held by the caller."""
+        per_group = -(-self.buffer_chunks * self.source.chunk_len // self.batch_size) + 1
+        return (self.prefetch + 2) * per_group + 2 * self.threads + self.prefetch + 4
 
     def _release(self, batch: dict[str, np.ndarray]) -> None:
         """A batch is being handed out: from now on only its references keep it from reuse."""

@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 import daskimg as di
+from daskimg.chunks import StoreReader
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -58,3 +59,14 @@ def plain_group(path):
         else zarr.storage.LocalStore(path, read_only=True)
     )
     return zarr.open_group(store, mode="r")
+
+
+def flip_byte_in_chunk(path, name, c):
+    """Damage one byte in the middle of a stored chunk (what a bad disk or copy does)."""
+    reader = StoreReader(path)
+    file, offset, nbytes = reader.chunk_location(name, c)
+    with open(file, "r+b") as fh:
+        fh.seek(offset + nbytes // 2)
+        b = fh.read(1)
+        fh.seek(offset + nbytes // 2)
+        fh.write(bytes([b[0] ^ 0xFF]))

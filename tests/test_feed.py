@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import flip_byte_in_chunk, plain_group
 
 import daskimg as di
+from daskimg.errors import ChecksumError
 from daskimg.transforms import compose, random_crop, random_flip
 
 
@@ -149,3 +151,40 @@ def test_bad_arguments(store):
         di.BatchIterator(store, batch_size=4, arrays=("images", "nope"))
     with pytest.raises(TypeError, match="source must be"):
         di.BatchIterator(42, batch_size=4)
+
+
+@pytest.fixture
+def big_rows():
+    """Samples of 5,760 bytes (rows are copied one by one, straight into the batch)."""
+    n = 90
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (n, 40, 48, 3), dtype=np.uint8)
+    return di.ImageSet(
+        images, np.arange(n) % 3, classes=["a", "b", "c"], columns={"idx": np.arange(n)}
+    )
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "none", "jpeg"])
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_every_codec_feeds_the_stored_pixels(tmp_path, big_rows, codec, ext):
+    path = di.to_zarr(big_rows, tmp_path / f"s{ext}", chunks=8, shard_chunks=2, codec=codec)
+    oracle = plain_group(path)  # plain zarr: what the store holds, decoded without daskimg's reader
+    stored_images, stored_idx = oracle["images"][:], oracle["idx"][:]
+    row_of = np.argsort(stored_idx)
+    it = di.BatchIterator(path, batch_size=12, arrays=("images", "idx"), buffer_chunks=3, seed=2)
+    for _ in range(2):  # the second epoch reuses the batch buffers
+        seen = []
+        for images, idx in it:
+            np.testing.assert_array_equal(images, stored_images[row_of[idx]])
+            seen.append(idx)
+        assert sorted(np.concatenate(seen).tolist()) == list(range(90))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "none"])
+def test_damaged_chunk_stops_the_feed_naming_it(tmp_path, big_rows, codec):
+    path = di.to_zarr(big_rows, tmp_path / "d.zarr.zip", chunks=8, shard_chunks=2, codec=codec)
+    flip_byte_in_chunk(path, "images", 5)
+    it = di.BatchIterator(path, batch_size=12, arrays=("images", "idx"), buffer_chunks=3)
+    with pytest.raises(ChecksumError, match="chunk 5"):
+        for _ in it:
+            pass

@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 import zarr
-from conftest import plain_group
+from conftest import flip_byte_in_chunk, plain_group
 
 import daskimg as di
 from daskimg.chunks import StoreReader
@@ -137,22 +137,12 @@ def test_second_writer_refused(tmp_path, indexed_set):
         di.to_zarr(indexed_set, path)
 
 
-def _flip_byte_in_chunk(path, name, c):
-    reader = StoreReader(path)
-    file, offset, nbytes = reader.chunk_location(name, c)
-    with open(file, "r+b") as fh:
-        fh.seek(offset + nbytes // 2)
-        b = fh.read(1)
-        fh.seek(offset + nbytes // 2)
-        fh.write(bytes([b[0] ^ 0xFF]))
-
-
 @pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
 def test_damaged_chunk_is_named_never_zeros(tmp_path, indexed_set, ext):
     path = str(tmp_path / f"t{ext}")
     di.to_zarr(indexed_set, path, chunks=10, shard_chunks=4)
     assert verify(path) == []
-    _flip_byte_in_chunk(path, "images", 6)
+    flip_byte_in_chunk(path, "images", 6)
     problems = verify(path)
     assert [(p.array, p.chunk) for p in problems] == [("images", 6)]
     assert "checksum" in problems[0].message
