@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .chunks import StoreReader
+from .chunks import StoreReader, unmap
 from .feed import BatchIterator
 from .shuffle import chunk_order
 
-__all__ = ["bench_store", "raw_limit"]
+__all__ = [
+    "CodecResult",
+    "Recommendation",
+    "bench_store",
+    "compare_codecs",
+    "evict",
+    "raw_limit",
+    "recommend",
+]
+
+
+def evict(paths: Sequence[str | os.PathLike[str]]) -> int:
+    """Drop stores or files (folders: every file below) from the page cache; return their bytes.
+
+    For measuring cold reads (data bigger than RAM) without privileges: daskimg's own
+    memory maps of them are released first (mapped pages cannot be dropped), and files are
+    ``fsync``-ed (dirty pages cannot be dropped either). Call it between epochs.
+    """
+    unmap(paths)
+    gc.collect()  # a map goes when the last view of it does
+    total = 0
+    for p in paths:
+        p = os.fspath(p)
+        files = (
+            [os.path.join(d, f) for d, _, names in os.walk(p) for f in names]
+            if os.path.isdir(p)
+            else [p]
+        )
+        for file in files:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return total
 
 
 def raw_limit(
@@ -51,18 +91,29 @@ def raw_limit(
 
 
 def bench_store(
-    path: str | os.PathLike[str], *, batch_size: int = 64, epochs: int = 3, threads: int = 2
+    path: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    epochs: int = 3,
+    threads: int = 2,
+    cold: bool = False,
 ) -> dict[str, Any]:
     """Throughput of :class:`BatchIterator` (shuffled) against :func:`raw_limit`, same run.
 
-    A first pass of each warms the page cache and is not counted; then limit and iterator
-    epochs alternate (so both see the same machine load) and medians are reported.
+    A first pass of each is not counted (it warms the page cache and the buffers); then
+    limit and iterator epochs alternate (so both see the same machine load) and medians
+    are reported. ``cold``: the store is dropped from the page cache (:func:`evict`)
+    before every pass, as when it is bigger than RAM.
     """
     it = BatchIterator(path, batch_size=batch_size, threads=threads)
     limits, rates = [], []
     first = None
     for epoch in range(epochs + 1):
+        if cold:
+            evict([path])
         limit = raw_limit(path, threads=threads, seed=epoch)
+        if cold:
+            evict([path])
         n = 0
         t = time.perf_counter()
         for batch in it:
@@ -81,3 +132,167 @@ def bench_store(
         "first_batch_s": first or 0.0,
         "epochs": rates,
     }
+
+
+@dataclass(frozen=True)
+class CodecResult:
+    """One codec measured on a sample of a store (see :func:`compare_codecs`)."""
+
+    codec: str
+    ratio: float  # raw bytes / stored bytes
+    warm: float  # shuffled samples/s from the page cache
+    cold: float  # shuffled samples/s with the store dropped from the page cache
+    psnr: float  # dB against the stored pixels; inf = lossless
+    store_bytes: int  # the whole store's projected size in this codec
+
+
+def compare_codecs(
+    path: str | os.PathLike[str],
+    *,
+    samples: int = 2000,
+    codecs: Sequence[str] | None = None,
+    batch_size: int = 64,
+    epochs: int = 2,
+    threads: int = 2,
+) -> list[CodecResult]:
+    """Re-encode the first ``samples`` of a store with each codec and measure them here.
+
+    The copies are written next to the store (same disk) and removed afterwards. Each is
+    fed shuffled for ``epochs`` from the page cache (warm) and ``epochs`` from disk
+    (cold: dropped from the page cache before each), after one pass that is not counted.
+    Codecs that cannot hold the images (``"jpeg"``: uint8 with 1 or 3 channels) are left out.
+
+    Examples
+    --------
+    >>> rows = compare_codecs("out/train.zarr.zip", samples=500)  # doctest: +SKIP
+    >>> print(recommend(rows, target=3000).text)  # doctest: +SKIP
+    """
+    from .codecs import CODECS
+    from .imageset import ImageSet
+    from .jpeg import check_image_shape
+    from .store import open_zarr, to_zarr
+    from .storeinfo import info
+
+    ds = open_zarr(path)
+    images = ds.require_images()
+    n = min(samples, len(ds))
+    pixels = np.asarray(images[:n].compute())
+    labels = None if ds.labels is None else ds.labels[:n]
+    sample = ImageSet(pixels, labels, classes=ds.classes)
+    full_raw = pixels[0].nbytes * len(ds) if n else 0
+    where = os.path.dirname(os.path.abspath(os.fspath(path)))
+    out = []
+    with tempfile.TemporaryDirectory(prefix=".daskimg-bench-", dir=where) as tmp:
+        for codec in codecs or CODECS:
+            if codec == "jpeg":
+                try:
+                    check_image_shape(pixels.shape, pixels.dtype, "this store's images")
+                except ValueError:
+                    continue
+            copy = to_zarr(
+                sample, os.path.join(tmp, f"{codec}.zarr.zip"), codec=codec, order="source"
+            )
+            stored = int(info(copy)["arrays"]["images"]["stored_bytes"])
+            back = np.asarray(open_zarr(copy).require_images()[: min(n, 256)].compute())
+            warm = bench_store(copy, batch_size=batch_size, epochs=epochs, threads=threads)
+            cold = bench_store(
+                copy, batch_size=batch_size, epochs=epochs, threads=threads, cold=True
+            )
+            ratio = pixels.nbytes / max(stored, 1)
+            out.append(
+                CodecResult(
+                    codec,
+                    ratio,
+                    warm["rate"],
+                    cold["rate"],
+                    _psnr(pixels[: len(back)], back),
+                    int(full_raw / ratio),
+                )
+            )
+            os.remove(copy)
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    top = float(np.iinfo(a.dtype).max) if a.dtype.kind in "ui" else 1.0
+    return float("inf") if mse == 0 else 10 * float(np.log10(top**2 / mse))
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The codec :func:`recommend` picks, whether it meets the target, and why."""
+
+    codec: str
+    rate: float  # samples/s expected for the whole store (warm or cold, see ``fits``)
+    fits_in_memory: bool
+    meets_target: bool | None  # None: no target given
+    text: str
+
+
+def recommend(
+    results: Sequence[CodecResult], *, target: float | None = None, memory: int | None = None
+) -> Recommendation:
+    """Pick a codec for a store from :func:`compare_codecs` results.
+
+    A store that fits in half of this machine's memory (``memory``, default: its RAM)
+    is read warm after the first epoch; a larger one is read from disk every epoch, so
+    its cold rate counts. Lossless codecs come first: among those fast enough for
+    ``target`` the smallest wins (without a target, the fastest). Only when no lossless
+    codec is fast enough is ``"jpeg"`` (lossy) proposed.
+    """
+    if not results:
+        raise ValueError("no codec results to choose from; run compare_codecs first")
+    memory = memory or _memory_bytes()
+
+    def rate(r: CodecResult) -> float:
+        return r.warm if r.store_bytes < memory / 2 else r.cold
+
+    lossless = [r for r in results if r.psnr == float("inf")]
+    lossy = [r for r in results if r.psnr != float("inf")]
+    if target is None:
+        best = max(lossless or results, key=rate)
+        why = "the fastest lossless codec here"
+    else:
+        fast = [r for r in lossless if rate(r) >= target]
+        fast_lossy = [r for r in lossy if rate(r) >= target]
+        if fast:
+            best = min(fast, key=lambda r: r.store_bytes)
+            why = f"the smallest lossless codec that keeps up with {target:,.0f} samples/s"
+        elif fast_lossy:
+            best = min(fast_lossy, key=lambda r: r.store_bytes)
+            why = (
+                f"no lossless codec keeps up with {target:,.0f} samples/s here; this one is "
+                f"lossy ({best.psnr:.1f} dB PSNR): check that your model tolerates it"
+            )
+        else:
+            best = max(results, key=rate)
+            why = (
+                f"none keeps up with {target:,.0f} samples/s; this is the fastest. Feed from more "
+                "processes (DataLoader workers), or keep the store in the page cache (more RAM)"
+            )
+    fits = best.store_bytes < memory / 2
+    text = (
+        f'codec "{best.codec}": {why}. The whole store would be {_human(best.store_bytes)} '
+        f"(compression {best.ratio:.2f}x), "
+        + (
+            f"which fits in memory: {best.warm:,.0f} samples/s after the first epoch."
+            if fits
+            else f"more than half of the memory: read from disk every epoch, {best.cold:,.0f} samples/s."
+        )
+    )
+    return Recommendation(
+        best.codec, rate(best), fits, None if target is None else rate(best) >= target, text
+    )
+
+
+def _memory_bytes() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -32,6 +32,13 @@ from .store import open_zarr
 
 __all__ = ["BatchIterator"]
 
+try:  # per-thread I/O counters tell a store read from disk from one in the page cache
+    import resource
+
+    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD
+except (ImportError, AttributeError):  # not Linux
+    _RUSAGE_THREAD = None
+
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
 
 
@@ -173,6 +180,13 @@ class _Source:
             dest[at] = chunk.take(rows, axis=0)
 
 
+def _blocks_read() -> int:
+    """File-system blocks this thread has read from disk so far; -1 where the OS does not say."""
+    if _RUSAGE_THREAD is None:
+        return -1
+    return int(resource.getrusage(_RUSAGE_THREAD).ru_inblock)
+
+
 def _regular_chunk_len(a: da.Array) -> int:
     return int(a.chunks[0][0]) if a.chunks[0] else 1
 
@@ -310,6 +324,8 @@ class BatchIterator:
         self._pools: dict[str, list[np.ndarray]] = {}
         self._busy: set[int] = set()
         self._local = threading.local()  # per loading thread: scratch buffers
+        #: ask the kernel to read whole chunks ahead; on while loads read from disk
+        self._readahead = True
         self._pools_exec: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self._pools_pid: int | None = None
         self._pool_lock = threading.Lock()
@@ -427,6 +443,8 @@ class BatchIterator:
                     if b not in filling:  # its buffers exist before any chunk is copied in
                         bufs = {n: self._batch_buffer(n, len(batches[b])) for n in src.lazy}
                         filling[b] = _Batch(bufs, int(routes.needs[b]))
+                if self._readahead:
+                    self._read_ahead(chunks)
                 for c in chunks:
                     feeds = [(filling[b], at, rows) for b, at, rows in targets[c]]
                     loads.append(io_pool.submit(self._load_chunk, c, feeds, lock))
@@ -483,7 +501,10 @@ class BatchIterator:
             scratch = getattr(local, "scratch", None)
             if scratch is None:
                 scratch = local.scratch = {}
+            before = _blocks_read()
             loaded = src.load(c, scratch)
+            if _blocks_read() != before:
+                self._readahead = True  # this chunk came from disk: read the next ones ahead
             for state, at, rows in feeds:
                 for name, chunk in loaded.items():
                     src.copy_rows(name, c, chunk, rows, state.bufs[name], at)
@@ -538,6 +559,25 @@ class BatchIterator:
         self.__dict__.update(state)
         self._pool_lock = threading.Lock()
         self._local = threading.local()
+
+    def _read_ahead(self, chunks: Sequence[int]) -> None:
+        """Start reading ``chunks`` from disk now, in large reads, while earlier ones decode.
+
+        Cold stores (bigger than RAM) load 2-2.5x faster than page by page. When none of
+        these chunks needed a disk read, the store is in the page cache and read-ahead stops
+        (it costs ~0.1 ms per chunk) until a load reads from disk again.
+        """
+        reader = self.source.reader
+        names = [n for n in self.source.fast if n not in self.source.memory]
+        if reader is None or not names:
+            self._readahead = False
+            return
+        before = _blocks_read()
+        for c in chunks:
+            for name in names:
+                reader.will_need(name, c)
+        if before != -1 and _blocks_read() == before:
+            self._readahead = False
 
     def _assemble(self, b: int, idx: np.ndarray, state: _Batch) -> dict[str, np.ndarray]:
         """Finish batch ``b`` (in a background thread): wait for its chunks, add in-memory arrays."""

@@ -73,7 +73,7 @@ def _check_quality(quality: object) -> int:
     return int(quality)
 
 
-def _check_image_shape(shape: tuple[int, ...], dtype: np.dtype[Any], what: str) -> None:
+def check_image_shape(shape: tuple[int, ...], dtype: np.dtype[Any], what: str) -> None:
     """Refuse anything but uint8 ``(N, H, W, 1|3)`` with a JPEG-sized ``H`` and ``W``."""
     if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in _COLORSPACE:
         raise ValueError(
@@ -117,7 +117,7 @@ def encode_chunk(arr: np.ndarray, quality: int) -> bytes:
     quality = _check_quality(quality)
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"expected a numpy array; got {type(arr).__name__}")
-    _check_image_shape(arr.shape, arr.dtype, "the chunk")
+    check_image_shape(arr.shape, arr.dtype, "the chunk")
     arr = np.ascontiguousarray(arr)
     colorspace = _COLORSPACE[arr.shape[-1]]
     streams = [
@@ -165,7 +165,7 @@ def decode_chunk_into(body: memoryview, out: np.ndarray, where: str) -> None:
     >>> int(out[1, 4, 4, 0])
     200
     """
-    _check_image_shape(out.shape, out.dtype, "out")
+    check_image_shape(out.shape, out.dtype, "out")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
     view = memoryview(body).cast("B")
@@ -272,7 +272,7 @@ class JpegCodec(ArrayBytesCodec):
 
     def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
         # called with the array's spec, or the inner chunk's spec inside a shard
-        _check_image_shape(array_spec.shape, array_spec.dtype.to_native_dtype(), "the array")
+        check_image_shape(array_spec.shape, array_spec.dtype.to_native_dtype(), "the array")
         return self
 
     def validate(
@@ -282,7 +282,7 @@ class JpegCodec(ArrayBytesCodec):
         dtype: ZDType[TBaseDType, TBaseScalar],
         chunk_grid: ChunkGrid,
     ) -> None:
-        _check_image_shape(shape, dtype.to_native_dtype(), "the array")
+        check_image_shape(shape, dtype.to_native_dtype(), "the array")
         if isinstance(chunk_grid, RegularChunkGrid):
             chunk = chunk_grid.chunk_shape
             if chunk[-1] != shape[-1]:
@@ -290,7 +290,7 @@ class JpegCodec(ArrayBytesCodec):
                     f"the JPEG codec needs all {shape[-1]} channels in each chunk; "
                     f"got chunks {chunk}. Chunk along axis 0 only."
                 )
-            _check_image_shape(chunk, dtype.to_native_dtype(), "a chunk")
+            check_image_shape(chunk, dtype.to_native_dtype(), "a chunk")
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         out = np.empty(chunk_spec.shape, dtype=np.uint8)

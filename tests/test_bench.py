@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import plain_group
+
+import daskimg as di
+from daskimg.bench import CodecResult, compare_codecs, evict, recommend
+
+
+def test_compare_codecs_measures_each_codec_on_a_copy(tmp_path):
+    di.testing.make_photo_folder(tmp_path / "src", n_per_class=20, classes=("chelsea", "coffee"))
+    photos = di.from_folder(tmp_path / "src", size=(32, 32))
+    path = di.to_zarr(photos, tmp_path / "s.zarr.zip", chunks=8)
+    rows = compare_codecs(path, samples=24, epochs=1, batch_size=8)
+    assert [r.codec for r in rows] == ["lz4", "zstd", "none", "jpeg"]
+    stored = plain_group(path)["images"][:24]
+    for r in rows:
+        assert r.warm > 0 and r.cold > 0
+        # the projected size is the whole store's raw size over the measured ratio
+        assert r.store_bytes == int(stored[0].nbytes * 40 / r.ratio)
+        assert (r.psnr == np.inf) == (r.codec != "jpeg")
+    assert 20 < rows[-1].psnr < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr.zip", "src"]  # copies removed
+
+
+def test_compare_codecs_leaves_out_jpeg_for_data_it_cannot_hold(tmp_path):
+    ds = di.ImageSet(np.zeros((16, 4, 4, 2), np.uint8), np.zeros(16, int), classes=["a"])
+    path = di.to_zarr(ds, tmp_path / "two.zarr.zip", chunks=4)
+    assert "jpeg" not in [r.codec for r in compare_codecs(path, samples=8, epochs=1)]
+
+
+def _row(codec, ratio, warm, cold, lossy=False, size=10**9):
+    return CodecResult(codec, ratio, warm, cold, 38.0 if lossy else float("inf"), size)
+
+
+ROWS = [
+    _row("lz4", 1.1, 20_000, 5_000, size=900),
+    _row("zstd", 1.3, 9_000, 4_500, size=760),
+    _row("none", 1.0, 30_000, 4_000, size=1000),
+    _row("jpeg", 9.0, 7_000, 7_000, lossy=True, size=110),
+]
+
+
+@pytest.mark.parametrize(
+    ("target", "memory", "expected", "meets"),
+    [
+        (None, 10_000, "none", None),  # fits: the fastest warm lossless codec
+        (None, 1_000, "lz4", None),  # does not fit: the fastest cold
+        (8_000, 10_000, "zstd", True),  # the smallest lossless one fast enough
+        (25_000, 10_000, "none", True),
+        (4_200, 1_000, "zstd", True),  # cold: zstd 4,500 >= 4,200, and smaller than lz4
+        (6_000, 1_000, "jpeg", True),  # cold: no lossless one is fast enough, jpeg is
+        (50_000, 10_000, "none", False),  # nothing is: the fastest, and says so
+    ],
+)
+def test_recommend_rules(target, memory, expected, meets):
+    rec = recommend(ROWS, target=target, memory=memory)
+    assert (rec.codec, rec.meets_target) == (expected, meets)
+    assert f'"{expected}"' in rec.text
+    if expected == "jpeg":
+        assert "lossy" in rec.text
+
+
+def test_evict_releases_maps_and_the_feed_goes_on(tmp_path, indexed_set):
+    path = di.to_zarr(indexed_set, tmp_path / "e.zarr.zip", chunks=8, codec="none")
+    it = di.BatchIterator(path, batch_size=10, arrays=("idx",))
+    first = sorted(np.concatenate([b[0] for b in it]).tolist())
+    assert evict([path]) == (tmp_path / "e.zarr.zip").stat().st_size
+    second = sorted(np.concatenate([b[0] for b in it]).tolist())
+    assert first == second == list(range(103))
