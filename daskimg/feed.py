@@ -49,16 +49,22 @@ class _Source:
     from a store file (``reader``) or by computing dask blocks (``lazy``).
     """
 
-    def __init__(self, source: Any, names: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        source: Any,
+        names: Sequence[str] | None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.reader: StoreReader | None = None
         self.memory: dict[str, np.ndarray] = {}
         self.lazy: dict[str, da.Array] = {}
         self.attrs: dict[str, Any] = {}
         if isinstance(source, (str, os.PathLike)):
-            path = os.fspath(source)
-            ds = open_zarr(path)  # checks version and completeness
+            # checks version and completeness; URLs (s3://...) are read through zarr
+            ds = open_zarr(os.fspath(source), storage_options=storage_options)
             self.attrs = ds.attrs
-            self.reader = StoreReader(path)
+            if ds.store_path is not None:
+                self.reader = StoreReader(ds.store_path)
             arrays = ds.arrays
         elif isinstance(source, ImageSet):
             arrays = source.arrays
@@ -272,6 +278,10 @@ class BatchIterator:
         This consumer's share of an epoch (DataLoader workers x DDP ranks; see
         :mod:`daskimg.torch`). ``even=True`` gives every consumer the same number of
         batches by repeating a few samples.
+    storage_options
+        For a store URL (``s3://bucket/train.zarr.zip``): passed to fsspec, as for
+        :func:`daskimg.open_zarr`. Remote chunks are read through zarr by the active
+        dask scheduler.
 
     Examples
     --------
@@ -297,6 +307,7 @@ class BatchIterator:
         consumer: int = 0,
         num_consumers: int = 1,
         even: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         for name, v, lo in (
             ("batch_size", batch_size, 1),
@@ -306,7 +317,7 @@ class BatchIterator:
         ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        self.source = _Source(source, arrays)
+        self.source = _Source(source, arrays, storage_options)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed

@@ -6,7 +6,7 @@ Import it as ``from daskimg.keras import KerasDataset``; keras is imported here 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -35,6 +35,8 @@ class KerasDataset(keras.utils.PyDataset):
         Divide images by this (``255.0`` gives floats in 0..1); None leaves them as stored.
     workers, use_multiprocessing, max_queue_size
         Passed to ``keras.utils.PyDataset``.
+    storage_options
+        For a store URL (``s3://...``), as for :func:`daskimg.open_zarr`.
 
     Examples
     --------
@@ -57,6 +59,7 @@ class KerasDataset(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
@@ -72,6 +75,7 @@ class KerasDataset(keras.utils.PyDataset):
             drop_last=drop_last,
             arrays=flat,
             transform=transform,
+            storage_options=storage_options,
         )
         self.scale = scale
         self._lock = threading.Lock()

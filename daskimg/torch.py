@@ -5,7 +5,7 @@ Import it as ``from daskimg.torch import TorchDataset``; torch is imported here 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,8 @@ class TorchDataset(IterableDataset):
     dtype
         If given, images are converted to this torch dtype (``torch.float32`` scales
         ``uint8`` to 0..1).
+    storage_options
+        For a store URL (``s3://...``), as for :func:`daskimg.open_zarr`.
 
     Examples
     --------
@@ -74,6 +76,7 @@ class TorchDataset(IterableDataset):
         dtype: torch.dtype | None = None,
         prefetch: int = 1,
         threads: int = 2,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if rank is None or world_size is None:
@@ -105,6 +108,7 @@ class TorchDataset(IterableDataset):
             "even": even,
             "prefetch": prefetch,
             "threads": threads,
+            "storage_options": storage_options,
         }
         self._probe = BatchIterator(source, **self._kw)  # validates arguments, knows N and chunks
 

@@ -115,6 +115,20 @@ def test_bench_runs_and_compares_with_the_limit(ingested, capsys):
     assert "of the limit" in out and "keeps up" in out
 
 
+def test_bench_cold_and_codecs_recommends_one(ingested, capsys):
+    store = str(ingested / "train.zarr.zip")
+    argv = ["bench", store, "--batch-size", "4", "--epochs", "1", "--cold", "--codecs"]
+    assert main([*argv, "--samples", "12", "--target", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[warm: page cache]" in out and "[cold: from disk]" in out
+    rows = [line.split()[0] for line in out.splitlines() if line.strip().endswith("GiB")]
+    assert rows == ["lz4", "zstd", "none", "jpeg"]
+    # every codec keeps up with 1 img/s: the smallest lossless one is recommended
+    assert 'recommended: codec "zstd"' in out
+    assert main([*argv, "--samples", "12", "--target", "1e12"]) == 1
+    assert "none keeps up" in capsys.readouterr().out
+
+
 def test_python_dash_m_and_errors(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "daskimg", "info", str(tmp_path / "missing.zarr.zip")],

@@ -296,13 +296,13 @@ def test_newer_format_version_is_refused(indexed_set, tmp_path, s3, s3fs_, prefi
 def test_batch_iterator_over_s3_store_yields_every_sample_once(indexed_set, s3, prefix, name):
     url = di.to_zarr(indexed_set, f"{prefix}/{name}", storage_options=s3, chunks=10)
     ds = di.open_zarr(url, storage_options=s3)
-    it = di.BatchIterator(ds, batch_size=16, seed=1, arrays=["images", "idx"])
-    seen = [(images, idx) for images, idx in it]
-    idx = np.concatenate([i for _, i in seen])
-    assert sorted(idx.tolist()) == list(range(len(indexed_set)))
-    images = np.concatenate([im for im, _ in seen])
-    expected = indexed_set.images.compute()[idx]
-    np.testing.assert_array_equal(images, expected)
+    kw = {"batch_size": 16, "seed": 1, "arrays": ["images", "idx"]}
+    for it in (di.BatchIterator(ds, **kw), di.BatchIterator(url, storage_options=s3, **kw)):
+        seen = list(it)
+        idx = np.concatenate([i for _, i in seen])
+        assert sorted(idx.tolist()) == list(range(len(indexed_set)))
+        images = np.concatenate([im for im, _ in seen])
+        np.testing.assert_array_equal(images, indexed_set.images.compute()[idx])
 
 
 def test_store_on_s3_reads_on_a_distributed_cluster(indexed_set, s3, prefix, client):
