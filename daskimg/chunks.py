@@ -29,7 +29,7 @@ from numcodecs import blosc
 
 from .codecs import check_crc, check_crc_of, decode_chunk, decompress_into, fast_chain
 from .errors import ChecksumError
-from .jpeg import decode_chunk_into
+from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 
 __all__ = ["ArrayLayout", "StoreReader", "unmap"]
 
@@ -374,28 +374,37 @@ class StoreReader:
         if end > start:
             mapped.madvise(mmap.MADV_WILLNEED, start, end - start)
 
-    def view_chunk(self, name: str, c: int) -> np.ndarray | None:
-        """Chunk ``c`` as a read-only view of the memory-mapped store, checksum checked.
+    def view_chunk(self, name: str, c: int) -> np.ndarray | JpegChunk | None:
+        """Chunk ``c`` straight from the memory-mapped store, checksum checked, not copied.
 
-        No copy at all: for uncompressed (codec ``"none"``) full chunks. None for anything
-        else (use :meth:`read_chunk`). The view is valid as long as the reader exists.
+        Uncompressed (codec ``"none"``) full chunks: a read-only array view of the file.
+        JPEG chunks: a :class:`~daskimg.jpeg.JpegChunk` that decodes any sample into any
+        row. None for anything else (use :meth:`read_chunk`). Valid while the reader lives.
         """
         lay = self.layout(name)
-        if lay.kind != "raw" or lay.per_sample or not self.use_mmap:
+        if lay.kind not in ("raw", "jpeg") or lay.per_sample or not self.use_mmap:
             return None
         a, b = lay.chunk_rows(c)
-        if b - a != lay.chunk_len:
+        if lay.kind == "raw" and b - a != lay.chunk_len:
             return None  # zarr pads the last chunk: read_chunk cuts it
         file, offset, nbytes = self.chunk_location(name, c)
         where = f"{self.path}: array {name!r}, chunk {c} (rows {a}..{b - 1})"
-        shape = (b - a, *lay.shape[1:])
-        expected = int(np.prod(shape)) * lay.dtype.itemsize + 4
-        if nbytes != expected:
-            raise ChecksumError(f"{where}: holds {nbytes} bytes, expected {expected}")
         mapped = self._map(file)
         if offset + nbytes > len(mapped):
             raise ChecksumError(f"{where}: the file ends before the chunk (truncated)")
         body = check_crc(memoryview(mapped)[offset : offset + nbytes], where)
+        if lay.kind == "jpeg":
+            chunk = parse_chunk(body, where)
+            if len(chunk) < b - a:
+                raise ChecksumError(
+                    f"{where}: JPEG chunk holds {len(chunk)} samples, expected {b - a}"
+                )
+            return chunk
+        shape = (b - a, *lay.shape[1:])
+        if len(body) != int(np.prod(shape)) * lay.dtype.itemsize:
+            raise ChecksumError(
+                f"{where}: holds {len(body)} bytes, expected {int(np.prod(shape)) * lay.dtype.itemsize}"
+            )
         return np.frombuffer(body, dtype=lay.dtype).reshape(shape)
 
     # -- stores with one inner chunk per sample ------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 
 from .chunks import StoreReader
 from .imageset import ImageSet
+from .jpeg import JpegChunk
 from .shuffle import EpochPlan, epoch_rng, num_batches, plan_epoch
 from .store import open_zarr
 
@@ -140,9 +141,9 @@ class _Source:
         """Chunk ``c`` of every lazy array, ready to copy rows from (runs in a background thread).
 
         Uncompressed stores give a checked view of the memory-mapped file (no copy at all);
-        compressed ones are decoded into this thread's ``scratch``, which is small enough to
-        stay in the CPU cache until its rows are copied out; per-sample stores give their
-        encoded samples (a ``read_unit``), decoded straight into batch rows later.
+        JPEG chunks and per-sample stores give their encoded samples, each decoded straight
+        into its batch row later; lz4/zstd chunks are decoded into this thread's ``scratch``,
+        small enough to stay in the CPU cache until its rows are copied out.
         """
         a, b = self.rows(c)
         reader = self.reader
@@ -178,6 +179,8 @@ class _Source:
         if name in self.per_sample:
             assert self.reader is not None
             self.reader.decode_rows(name, chunk, rows, dest, at, first=c * self.chunk_len)
+        elif isinstance(chunk, JpegChunk):
+            chunk.decode_into(rows, dest, at)  # each JPEG straight into its batch row
         elif dest[0].nbytes >= 4096:
             # row by row: straight from the (cached or memory-mapped) chunk into the batch
             for r, p in zip(rows.tolist(), at.tolist(), strict=True):

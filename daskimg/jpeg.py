@@ -168,6 +168,52 @@ def decode_chunk_into(body: memoryview, out: np.ndarray, where: str) -> None:
     check_image_shape(out.shape, out.dtype, "out")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
+    chunk = parse_chunk(body, where)
+    m = out.shape[0]
+    if m > len(chunk):
+        raise ChecksumError(
+            f"{where}: JPEG chunk holds {len(chunk)} samples, expected at least {m}"
+        )
+    chunk.decode_into(range(m), out, range(m))
+
+
+@dataclass(frozen=True)
+class JpegChunk:
+    """An encoded chunk, parsed: each sample's JPEG bitstream, to decode into any array row.
+
+    The loader decodes each sample straight into its row of a batch (no copy).
+    """
+
+    view: memoryview
+    offsets: list[int]  # sample i is view[offsets[i] : offsets[i + 1]]
+    where: str
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def decode_into(self, rows: Any, dest: np.ndarray, at: Any) -> None:
+        """Decode samples ``rows`` into ``dest[at]`` (uint8 ``(m, H, W, 1|3)``, rows C-contiguous)."""
+        colorspace = _COLORSPACE[dest.shape[-1]]
+        offsets, view, where = self.offsets, self.view, self.where
+        for i, k in zip(np.asarray(rows).tolist(), np.asarray(at).tolist(), strict=True):
+            try:
+                got = simplejpeg.decode_jpeg(
+                    view[offsets[i] : offsets[i + 1]], colorspace=colorspace, buffer=dest[k]
+                )
+            except ValueError as e:  # simplejpeg's error for a corrupt or truncated JPEG
+                raise ChecksumError(
+                    f"{where}: JPEG sample {i} cannot be decoded ({e}); the chunk is damaged — "
+                    "re-create the store"
+                ) from e
+            if got.shape != dest.shape[1:]:
+                raise ChecksumError(
+                    f"{where}: JPEG sample {i} is {got.shape[0]}x{got.shape[1]}, expected "
+                    f"{dest.shape[1]}x{dest.shape[2]}; the chunk is damaged — re-create the store"
+                )
+
+
+def parse_chunk(body: Any, where: str) -> JpegChunk:
+    """Check an encoded chunk's header and lengths (checksum already checked); nothing is decoded."""
     view = memoryview(body).cast("B")
     if len(view) < _HEADER.size:
         raise ChecksumError(
@@ -198,27 +244,7 @@ def decode_chunk_into(body: memoryview, out: np.ndarray, where: str) -> None:
             f"{where}: JPEG chunk is {len(view)} bytes, its header says {total}; "
             "the chunk is damaged — re-create the store"
         )
-    m = out.shape[0]
-    if m > n:
-        raise ChecksumError(f"{where}: JPEG chunk holds {n} samples, expected at least {m}")
-    offsets = (ends + start).tolist()
-    colorspace = _COLORSPACE[out.shape[-1]]
-    begin = start
-    for i in range(m):
-        end = offsets[i]
-        try:
-            got = simplejpeg.decode_jpeg(view[begin:end], colorspace=colorspace, buffer=out[i])
-        except ValueError as e:  # simplejpeg's error for a corrupt or truncated JPEG
-            raise ChecksumError(
-                f"{where}: JPEG sample {i} cannot be decoded ({e}); the chunk is damaged — "
-                "re-create the store"
-            ) from e
-        if got.shape != out.shape[1:]:
-            raise ChecksumError(
-                f"{where}: JPEG sample {i} is {got.shape[0]}x{got.shape[1]}, expected "
-                f"{out.shape[1]}x{out.shape[2]}; the chunk is damaged — re-create the store"
-            )
-        begin = end
+    return JpegChunk(view, [start, *(ends + start).tolist()], where)
 
 
 @dataclass(frozen=True)

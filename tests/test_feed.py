@@ -180,7 +180,7 @@ def test_every_codec_feeds_the_stored_pixels(tmp_path, big_rows, codec, ext):
         assert sorted(np.concatenate(seen).tolist()) == list(range(90))
 
 
-@pytest.mark.parametrize("codec", ["lz4", "none"])
+@pytest.mark.parametrize("codec", ["lz4", "none", "jpeg"])
 def test_damaged_chunk_stops_the_feed_naming_it(tmp_path, big_rows, codec):
     path = di.to_zarr(big_rows, tmp_path / "d.zarr.zip", chunks=8, shard_chunks=2, codec=codec)
     flip_byte_in_chunk(path, "images", 5)
