@@ -108,7 +108,8 @@ def bench_daskimg(
             "ratio": pixels.nbytes / stored_bytes(path),
             "write": pixels.nbytes / median(writes) / 1e6,
             "chunks": median(limits),
-            "shuffled": shuffled_rate(path, epochs=a.epochs, cold=a.cold),
+            "shuffled": shuffled_rate(path, epochs=a.epochs, cold=False),
+            "cold": shuffled_rate(path, epochs=a.epochs, cold=True),
         }
         print(f"  {row['name']}: done", file=sys.stderr, flush=True)
         out.append(row)
@@ -182,6 +183,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
             cell(r["write"], ",.0f"),
             cell(r["chunks"], ",.0f"),
             cell(r["shuffled"], ",.0f"),
+            cell(r.get("cold"), ",.0f"),
         ]
         for r in rows
     ]
@@ -193,8 +195,31 @@ HEADER = [
     "ratio",
     "write MB/s",
     "random-chunk read samples/s",
-    "shuffled batches samples/s",
+    "shuffled warm samples/s",
+    "shuffled cold samples/s",
 ]
+
+TARGETS = (1_000, 5_000, 10_000, 20_000, 30_000)
+
+
+def recommendations(rows: list[dict]) -> list[list[str]]:
+    """``daskimg.bench.recommend`` for a few target rates, for a store in and beyond RAM."""
+    from daskimg.bench import CodecResult, recommend
+
+    results = [
+        CodecResult(r["name"].split('"')[1], r["ratio"], r["shuffled"], r["cold"], r["psnr"], 1)
+        for r in rows
+        if r["name"].startswith("daskimg")
+    ]
+    out = []
+    for target in TARGETS:
+        cells = [f"{target:,}"]
+        for memory in (10**18, 1):  # the store fits in memory / it does not
+            rec = recommend(results, target=target, memory=memory)
+            mark = "" if rec.meets_target else " (too slow: the fastest)"
+            cells.append(f'"{rec.codec}" {rec.rate:,.0f}/s{mark}')
+        out.append(cells)
+    return out
 
 
 def write_docs(rows: list[dict], n: int, jpeg_note: str, cold: bool, where: str) -> None:
@@ -210,7 +235,9 @@ def write_docs(rows: list[dict], n: int, jpeg_note: str, cold: bool, where: str)
         f"Measured {dt.date.today().isoformat()} on {where} (at the start), with "
         f"{n} photos (8 classes, ~500x375 JPEGs from scikit-image's bundled pictures) decoded "
         f"to {TARGET[0]}x{TARGET[1]}x3 uint8 and stored in source order. Reads are from a "
-        f"{'cold' if cold else 'warm'} page cache. The numbers compare within this one run; "
+        f"{'cold' if cold else 'warm'} page cache for the random-chunk reads; shuffled batches "
+        "both warm and cold (the store dropped from the page cache before each epoch, as when "
+        "it is bigger than RAM). The numbers compare within this one run; "
         "on your machine run `python bench/bench_codecs.py` (or `daskimg bench STORE` on "
         "your own store).",
         "",
@@ -226,7 +253,21 @@ def write_docs(rows: list[dict], n: int, jpeg_note: str, cold: bool, where: str)
         "including packing the zip and fsync (`daskimg.to_zarr`) or closing and fsync (h5py).",
         "- *random-chunk read*: whole chunks in random order, checksum-checked and "
         "decompressed (`daskimg.bench.raw_limit`, 2 threads; h5py: `dset[a:b]`, one thread).",
-        "- *shuffled batches*: `daskimg.BatchIterator(batch_size=64, shuffle=True)`.",
+        "- *shuffled warm / cold*: `daskimg.BatchIterator(batch_size=64, shuffle=True)` from "
+        "the page cache / from disk (`daskimg.bench.evict` before every epoch).",
+        "",
+        "## For a target rate",
+        "",
+        "What `daskimg.bench.recommend` picks here for a target (e.g. your GPU's images/s): "
+        "a store that fits in half the memory is read warm after its first epoch, a bigger "
+        "one from disk every epoch. Lossless first, the smallest that keeps up; JPEG only "
+        "when no lossless codec does. `daskimg bench STORE --codecs --target N` measures "
+        "this on your own data, disk and CPU.",
+        "",
+        markdown_table(
+            ["target samples/s", "store fits in memory", "store bigger than memory"],
+            recommendations(rows),
+        ),
         "",
         "## Which to use when",
         "",
