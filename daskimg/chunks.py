@@ -31,7 +31,7 @@ from .codecs import check_crc, check_crc_of, decode_chunk, decompress_into, fast
 from .errors import ChecksumError
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 
-__all__ = ["ArrayLayout", "StoreReader", "unmap"]
+__all__ = ["ArrayLayout", "RawChunk", "StoreReader", "unmap"]
 
 _MISSING = np.uint64(2**64 - 1)
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -374,12 +374,13 @@ class StoreReader:
         if end > start:
             mapped.madvise(mmap.MADV_WILLNEED, start, end - start)
 
-    def view_chunk(self, name: str, c: int) -> np.ndarray | JpegChunk | None:
+    def view_chunk(self, name: str, c: int) -> RawChunk | JpegChunk | None:
         """Chunk ``c`` straight from the memory-mapped store, checksum checked, not copied.
 
-        Uncompressed (codec ``"none"``) full chunks: a read-only array view of the file.
-        JPEG chunks: a :class:`~daskimg.jpeg.JpegChunk` that decodes any sample into any
-        row. None for anything else (use :meth:`read_chunk`). Valid while the reader lives.
+        Uncompressed (codec ``"none"``) full chunks: a :class:`RawChunk` whose rows are
+        checksummed as they are copied out. JPEG chunks: a :class:`~daskimg.jpeg.JpegChunk`
+        that decodes any sample into any row. None for anything else (use
+        :meth:`read_chunk`). Valid while the reader lives.
         """
         lay = self.layout(name)
         if lay.kind not in ("raw", "jpeg") or lay.per_sample or not self.use_mmap:
@@ -392,7 +393,15 @@ class StoreReader:
         mapped = self._map(file)
         if offset + nbytes > len(mapped):
             raise ChecksumError(f"{where}: the file ends before the chunk (truncated)")
-        body = check_crc(memoryview(mapped)[offset : offset + nbytes], where)
+        data = memoryview(mapped)[offset : offset + nbytes]
+        if lay.kind == "raw":
+            shape = (b - a, *lay.shape[1:])
+            expected = int(np.prod(shape)) * lay.dtype.itemsize
+            if nbytes != expected + 4:
+                raise ChecksumError(f"{where}: holds {nbytes - 4} bytes, expected {expected}")
+            rows = np.frombuffer(data[:-4], dtype=lay.dtype).reshape(shape)
+            return RawChunk(rows, int.from_bytes(data[-4:], "little"), where)
+        body = check_crc(data, where)
         if lay.kind == "jpeg":
             chunk = parse_chunk(body, where)
             if len(chunk) < b - a:
@@ -400,12 +409,7 @@ class StoreReader:
                     f"{where}: JPEG chunk holds {len(chunk)} samples, expected {b - a}"
                 )
             return chunk
-        shape = (b - a, *lay.shape[1:])
-        if len(body) != int(np.prod(shape)) * lay.dtype.itemsize:
-            raise ChecksumError(
-                f"{where}: holds {len(body)} bytes, expected {int(np.prod(shape)) * lay.dtype.itemsize}"
-            )
-        return np.frombuffer(body, dtype=lay.dtype).reshape(shape)
+        raise AssertionError(lay.kind)  # unreachable: raw and jpeg are handled above
 
     # -- stores with one inner chunk per sample ------------------------------------------
     def read_unit(
@@ -505,6 +509,46 @@ class StoreReader:
         unit = self.read_unit(lay.name, c)  # memory-mapped, like the loader
         self.decode_rows(lay.name, unit, range(b - a), out, range(b - a), first=a)
         return out
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """An uncompressed chunk in the memory map, its checksum not yet checked.
+
+    :meth:`copy_to` copies the rows to wherever they go and checks the checksum over the
+    copies while they are still in the CPU cache: the file's bytes are read once.
+    """
+
+    rows: np.ndarray  # read-only view of the file, one row per sample
+    crc: int  # the stored crc32c of all rows, in order
+    where: str
+
+    def copy_to(self, targets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """``dest[at] = rows[sel]`` for each ``(dest, at, sel)``; raise if the chunk is damaged.
+
+        Every row counts in the checksum, delivered or not. On a mismatch the destinations
+        hold damaged rows: callers must not hand them out.
+        """
+        where_to: list[list[tuple[np.ndarray, int]]] = [[] for _ in range(len(self.rows))]
+        for dest, at, sel in targets:
+            for p, r in zip(at.tolist(), sel.tolist(), strict=True):
+                where_to[r].append((dest, p))
+        crc, check = 0, crc32c.crc32c
+        for r, places in enumerate(where_to):
+            if not places:
+                crc = check(self.rows[r], crc)
+                continue
+            dest, p = places[0]
+            row = dest[p]
+            row[...] = self.rows[r]
+            crc = check(row, crc)
+            for dest, p in places[1:]:
+                dest[p] = row
+        if crc != self.crc:
+            raise ChecksumError(
+                f"{self.where}: checksum mismatch (the chunk is damaged); run `daskimg verify` "
+                "on the store and re-create it from the source"
+            )
 
 
 _READERS: weakref.WeakSet[StoreReader] = weakref.WeakSet()

@@ -25,7 +25,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .chunks import StoreReader
+from .chunks import RawChunk, StoreReader
 from .imageset import ImageSet
 from .jpeg import JpegChunk
 from .shuffle import EpochPlan, epoch_rng, num_batches, plan_epoch
@@ -140,8 +140,8 @@ class _Source:
     def load(self, c: int, scratch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Chunk ``c`` of every lazy array, ready to copy rows from (runs in a background thread).
 
-        Uncompressed stores give a checked view of the memory-mapped file (no copy at all);
-        JPEG chunks and per-sample stores give their encoded samples, each decoded straight
+        Uncompressed stores give a view of the memory-mapped file (rows are copied out and
+        checksummed in one pass); JPEG chunks and per-sample stores give their encoded samples, each decoded straight
         into its batch row later; lz4/zstd chunks are decoded into this thread's ``scratch``,
         small enough to stay in the CPU cache until its rows are copied out.
         """
@@ -158,14 +158,15 @@ class _Source:
                 out[name] = reader.read_unit(name, c)
                 continue
             view = reader.view_chunk(name, c)
-            if view is None:
-                buf = scratch.get(name)
-                if buf is None:
-                    buf = scratch[name] = np.empty(
-                        (self.chunk_len, *self.shape(name)), dtype=self.dtype(name)
-                    )
-                view = reader.read_chunk(name, c, out=buf[: b - a])
-            out[name] = view
+            if view is not None:
+                out[name] = view
+                continue
+            buf = scratch.get(name)
+            if buf is None:
+                buf = scratch[name] = np.empty(
+                    (self.chunk_len, *self.shape(name)), dtype=self.dtype(name)
+                )
+            out[name] = reader.read_chunk(name, c, out=buf[: b - a])
         if slow:
             # whatever dask scheduler is active (threads, processes, distributed) computes the block
             blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow])
@@ -519,8 +520,11 @@ class BatchIterator:
             loaded = src.load(c, scratch)
             if _blocks_read() != before:
                 self._readahead = True  # this chunk came from disk: read the next ones ahead
-            for state, at, rows in feeds:
-                for name, chunk in loaded.items():
+            for name, chunk in loaded.items():
+                if isinstance(chunk, RawChunk):  # copied and checksummed in one pass
+                    chunk.copy_to([(state.bufs[name], at, rows) for state, at, rows in feeds])
+                    continue
+                for state, at, rows in feeds:
                     src.copy_rows(name, c, chunk, rows, state.bufs[name], at)
         except BaseException as e:
             for state, _, _ in feeds:
