@@ -141,9 +141,9 @@ class _Source:
         """Chunk ``c`` of every lazy array, ready to copy rows from (runs in a background thread).
 
         Uncompressed stores give a view of the memory-mapped file (rows are copied out and
-        checksummed in one pass); JPEG chunks and per-sample stores give their encoded samples, each decoded straight
-        into its batch row later; lz4/zstd chunks are decoded into this thread's ``scratch``,
-        small enough to stay in the CPU cache until its rows are copied out.
+        checksummed in one pass); JPEG chunks and per-sample stores give their encoded
+        samples, each decoded straight into its batch row later; lz4/zstd chunks are decoded
+        into this thread's ``scratch``, to copy rows out of while it is in the CPU cache.
         """
         a, b = self.rows(c)
         reader = self.reader
@@ -183,7 +183,7 @@ class _Source:
         elif isinstance(chunk, JpegChunk):
             chunk.decode_into(rows, dest, at)  # each JPEG straight into its batch row
         elif dest[0].nbytes >= 4096:
-            # row by row: straight from the (cached or memory-mapped) chunk into the batch
+            # row by row, from the just-decoded chunk into the batch: no temporary copy
             for r, p in zip(rows.tolist(), at.tolist(), strict=True):
                 dest[p] = chunk[r]
         else:
