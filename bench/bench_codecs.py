@@ -207,7 +207,15 @@ def recommendations(rows: list[dict]) -> list[list[str]]:
     from daskimg.bench import CodecResult, recommend
 
     results = [
-        CodecResult(r["name"].split('"')[1], r["ratio"], r["shuffled"], r["cold"], r["psnr"], 1)
+        # the size of a 1 GB (raw) store in each codec: the smallest that keeps up wins
+        CodecResult(
+            r["name"].split('"')[1],
+            r["ratio"],
+            r["shuffled"],
+            r["cold"],
+            r["psnr"],
+            int(1e9 / r["ratio"]),
+        )
         for r in rows
         if r["name"].startswith("daskimg")
     ]

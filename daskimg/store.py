@@ -687,6 +687,13 @@ def open_zarr(
             arrays[name] = lazy_array(reader, name)
         else:
             arrays[name] = cast(Any, arr)[...]
+    ds = imageset_of(arrays, attrs)
+    ds.store_path = p
+    return ds
+
+
+def imageset_of(arrays: dict[str, Any], attrs: dict[str, Any]) -> ImageSet:
+    """An opened store's arrays and ``daskimg`` attributes as an :class:`ImageSet`."""
     columns = {k: v for k, v in arrays.items() if k not in ("images", "labels", "paths")}
     ds = ImageSet(
         arrays.get("images"),
@@ -697,8 +704,7 @@ def open_zarr(
         root=(attrs.get("source") or {}).get("root"),
     )
     ds.attrs = attrs
-    ds.skipped = [(str(p), str(r)) for p, r in attrs.get("skipped", [])]
-    ds.store_path = p
+    ds.skipped = [(str(path), str(reason)) for path, reason in attrs.get("skipped", [])]
     return ds
 
 

@@ -54,6 +54,7 @@ from .store import (
     _write,
     check_attrs,
     check_writable,
+    imageset_of,
     plan_store,
     rewrite_kept,
     skipped_rows,
@@ -278,16 +279,6 @@ def open_zarr_url(url: str, storage_options: Mapping[str, Any] | None) -> ImageS
             arrays[name] = da.from_zarr(arr, chunks=(rows, *arr.shape[1:]))
         else:
             arrays[name] = np.asarray(arr[...])
-    columns = {k: v for k, v in arrays.items() if k not in ("images", "labels", "paths")}
-    ds = ImageSet(
-        arrays.get("images"),
-        arrays.get("labels"),
-        classes=attrs.get("classes") or (),
-        paths=arrays.get("paths"),
-        columns=columns,
-        root=(attrs.get("source") or {}).get("root"),
-    )
-    ds.attrs = attrs
-    ds.skipped = [(str(p), str(r)) for p, r in attrs.get("skipped", [])]
+    ds = imageset_of(arrays, attrs)
     ds.store_url = url  # store_path stays None: there is no local file to memory-map
     return ds
