@@ -287,6 +287,13 @@ class BatchIterator:
         :func:`daskimg.open_zarr`. Remote chunks are read through zarr by the active
         dask scheduler.
 
+    Notes
+    -----
+    Batches are yours to keep: no copy is needed (unlike loaders that hand out views of
+    buffers they overwrite). The iterator reuses a batch's arrays only once nothing else
+    refers to them — no variable, no view, no ``torch.from_numpy`` tensor — so a reused
+    buffer is never visible, and a loop that drops each batch runs without new allocations.
+
     Examples
     --------
     >>> it = di.BatchIterator("out/train.zarr.zip", batch_size=64, seed=0)  # doctest: +SKIP
