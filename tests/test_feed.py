@@ -188,3 +188,21 @@ def test_damaged_chunk_stops_the_feed_naming_it(tmp_path, big_rows, codec):
     with pytest.raises(ChecksumError, match="chunk 5"):
         for _ in it:
             pass
+
+
+def test_kept_batches_are_never_overwritten(tmp_path, big_rows):
+    # the contract: batch buffers are reused only when nothing refers to them any more
+    path = di.to_zarr(big_rows, tmp_path / "k.zarr.zip", chunks=8, codec="none")
+    it = di.BatchIterator(path, batch_size=12, arrays=("images", "idx"), buffer_chunks=3)
+    kept = list(it)  # epoch 0, not copied
+    views = [images[:3] for images, _ in it]  # epoch 1: only views of the images are kept
+    snapshot = [(images.copy(), idx.copy()) for images, idx in kept]
+    view_copies = [v.copy() for v in views]
+    for _ in range(2):  # later epochs run while all of the above is alive
+        for _ in it:
+            pass
+    for (images, idx), (images0, idx0) in zip(kept, snapshot, strict=True):
+        np.testing.assert_array_equal(images, images0)
+        np.testing.assert_array_equal(idx, idx0)
+    for v, v0 in zip(views, view_copies, strict=True):
+        np.testing.assert_array_equal(v, v0)
