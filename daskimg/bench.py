@@ -66,7 +66,7 @@ def raw_limit(
     ``pread``, or, for stores with one inner chunk per sample, the memory map and
     per-sample decode that the loader itself uses.
     """
-    reader = StoreReader(path)
+    reader = StoreReader(_local(path))
     lay = reader.layout(name)
     order = chunk_order(lay.num_chunks, seed=seed, epoch=0, shuffle=True)
     bufs: dict[int, np.ndarray] = {}
@@ -105,7 +105,7 @@ def bench_store(
     are reported. ``cold``: the store is dropped from the page cache (:func:`evict`)
     before every pass, as when it is bigger than RAM.
     """
-    it = BatchIterator(path, batch_size=batch_size, threads=threads)
+    it = BatchIterator(_local(path), batch_size=batch_size, threads=threads)
     limits, rates = [], []
     first = None
     for epoch in range(epochs + 1):
@@ -173,7 +173,7 @@ def compare_codecs(
     from .store import open_zarr, to_zarr
     from .storeinfo import info
 
-    ds = open_zarr(path)
+    ds = open_zarr(_local(path))
     images = ds.require_images()
     n = min(samples, len(ds))
     pixels = np.asarray(images[:n].compute())
@@ -211,6 +211,18 @@ def compare_codecs(
             )
             os.remove(copy)
     return out
+
+
+def _local(path: str | os.PathLike[str]) -> str:
+    """``path`` if it is a local store; a clear error for a URL."""
+    from .remote import is_url
+
+    if is_url(path):
+        raise ValueError(
+            f"{path!r} is a URL; the benchmark measures reading from this machine's disk. "
+            "Copy the store to local disk first (one file: one download) and bench that copy."
+        )
+    return os.fspath(path)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

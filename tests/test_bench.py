@@ -69,3 +69,8 @@ def test_evict_releases_maps_and_the_feed_goes_on(tmp_path, indexed_set):
     assert evict([path]) == (tmp_path / "e.zarr.zip").stat().st_size
     second = sorted(np.concatenate([b[0] for b in it]).tolist())
     assert first == second == list(range(103))
+
+
+def test_bench_refuses_a_url_with_what_to_do():
+    with pytest.raises(ValueError, match="Copy the store to local disk"):
+        compare_codecs("s3://bucket/train.zarr.zip")
