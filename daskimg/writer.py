@@ -1,79 +1,43 @@
-"""Write back: :class:`ArrayWriter` streams model outputs into a daskimg store, batch by batch.
-
-While a writer is open, everything lives next to the target in ``<path>.partial/``,
-under the advisory lock ``<path>.lock``::
-
-    store/                       the Zarr v3 group being built (a folder)
-    writer.json                  the last checkpoint: arrays, chunking, rows per array
-    tail-<array>-<shard>.bin     raw rows of each array's unfinished shard, as of it
-
-Whole shards are compressed and written as soon as they fill, by background threads
-(so compression overlaps the caller's work, e.g. the model's next forward pass); in
-memory are the unfinished shard per array and at most ``threads`` shards being
-written. A checkpoint waits for those writes, fsyncs the shards written since the
-previous checkpoint, writes the rows of the unfinished shards to the tail files (only
-the rows new since the previous checkpoint) and then replaces ``writer.json``
-atomically — that replacement is the durable point. Resuming rewrites each array's metadata from
-``writer.json``, deletes shards written after it and reloads the tails.
-
-``close`` finishes the arrays, sets ``complete`` and moves the store into place in one
-atomic step (``*.zarr.zip``: packed next to the target and renamed over it; ``*.zarr``:
-the folder renamed). Until then ``<path>`` does not exist (or is the old store), and
-:func:`daskimg.open_zarr` refuses the path while ``<path>.partial`` exists.
+"""Write back: :class:`ArrayWriter` streams model outputs (features, predictions, ids)
+into a daskimg store, batch by batch, without knowing the total in advance. This module
+holds the public writer: its arguments, the checks on every batch (shape, safe casts,
+row counts), appending with rollback (a batch is all or nothing), when to checkpoint,
+and the lifecycle from opening (``mode="w"`` or ``"a"``, ``resume=True``) to
+:meth:`ArrayWriter.close`. How rows are buffered per shard and written in background
+threads is in :mod:`daskimg.writer_shards`; the staging folder ``<path>.partial/`` —
+its layout, checkpoints, resuming and the atomic move into place — is in
+:mod:`daskimg.writer_staging`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import re
-import shutil
 import time
-import zipfile
 from bisect import bisect_left
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
-from .chunks import StoreReader
-from .codecs import DEFAULT_CODEC, compressors
+from . import writer_staging
+from .codecs import compressors
 from .errors import DaskImgError, StoreExistsError
-from .store import (
-    CHUNK_BYTES,
-    FORMAT_VERSION,
-    _open_group,
-    _pack_zip,
-    _remove,
-    auto_chunk_len,
-    fsync_path,
-    read_attrs,
-    store_kind,
-    versions,
-    write_lock,
-)
+from .store import _remove, store_kind, write_lock
+from .writer_shards import SHARD_BYTES as SHARD_BYTES  # importable from here, as before
+from .writer_shards import SHARD_CHUNKS_MAX as SHARD_CHUNKS_MAX
+from .writer_shards import Column, ShardPool
 
 __all__ = ["ArrayWriter"]
 
 logger = logging.getLogger("daskimg")
 
-#: default shard size per array: about this many bytes (whole chunks, at least one) ...
-SHARD_BYTES = CHUNK_BYTES
-#: ... and at most this many chunks (each costs 16 bytes of shard index)
-SHARD_CHUNKS_MAX = 64
-_MANIFEST = "writer.json"
-_MANIFEST_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
-_Spec = tuple[tuple[int, ...], np.dtype[Any]]
 
 
 class ArrayWriter:
@@ -220,7 +184,7 @@ class ArrayWriter:
         self.classes = tuple(str(c) for c in classes)
         self.checkpoint_every = checkpoint_every
         self._staging = Path(self.path + ".partial")
-        self._columns: dict[str, _Column] = {}
+        self._columns: dict[str, Column] = {}
         self._rows = 0
         self._durable = 0
         self._expected: int | None = None  # mode "a": the store's num_samples
@@ -228,7 +192,7 @@ class ArrayWriter:
         self._closed = False
         self._broken: str | None = None
         self._last_checkpoint = time.monotonic()
-        self._pool = _Pool(threads)
+        self._pool = ShardPool(threads)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(write_lock(self.path))
@@ -325,14 +289,7 @@ class ArrayWriter:
         self._check_usable()
         try:
             self._pool.drain()
-            for col in self._columns.values():
-                col.sync()
-            state = {n: [c.shards, c.fill] for n, c in self._columns.items()}
-            self._manifest.update(rows=self._rows, columns=state)
-            self._manifest["checkpoint"] += 1
-            _write_json(self._staging / _MANIFEST, self._manifest)
-            for col in self._columns.values():
-                col.checkpointed()
+            writer_staging.save_checkpoint(self._staging, self._manifest, self._columns, self._rows)
         except BaseException as e:
             self._break(f"a checkpoint failed ({e!r})")
             raise
@@ -367,20 +324,9 @@ class ArrayWriter:
             )
         self.checkpoint()  # a crash while closing loses no row; no write is in flight after it
         try:
-            for col in self._columns.values():
-                col.finish(self._rows)
-            store = self._staging / "store"
-            _fsync_tree(store)
-            if self.mode == "w":
-                root = store / "zarr.json"
-                meta = json.loads(root.read_text())
-                meta["attributes"]["daskimg"].update(complete=True, num_samples=self._rows)
-                _write_json(root, meta)
-                self._publish_new(store)
-            else:
-                self._publish_added(store)
-            fsync_path(os.path.dirname(self.path))
-            _remove(str(self._staging))
+            writer_staging.publish(
+                self.path, self._staging, self._columns, self._rows, mode=self.mode, kind=self.kind
+            )
         finally:
             self._closed = True
             self._lock.close()
@@ -402,149 +348,44 @@ class ArrayWriter:
             logger.warning("discarding the unfinished write at %s (resume=False)", self._staging)
         _remove(str(self._staging))
         _remove(self.path + ".tmp")
-        widest = max(self.specs.values(), key=lambda s: int(np.prod(s[0])) * s[1].itemsize)
-        chunk_len = chunks or auto_chunk_len(widest[0], widest[1], 2**62)
-        store = self._staging / "store"
-        os.makedirs(self._staging)
-        group = zarr.open_group(zarr.storage.LocalStore(store), mode="w", zarr_format=3)
-        if self.mode == "w":
-            group.attrs["daskimg"] = {
-                "format_version": FORMAT_VERSION,
-                "split": split,
-                "num_samples": 0,
-                "classes": list(self.classes),
-                "order": "source",
-                "seed": None,
-                "codec": codec or DEFAULT_CODEC,
-                "complete": False,
-                "created_with": versions(),
-                "source": {"root": None, "writer": "ArrayWriter"},
-                "skipped": [],
-            }
-        metas = {}
-        for name, (shape, dtype) in self.specs.items():
-            per_chunk = chunk_len * int(np.prod(shape)) * dtype.itemsize
-            k = self._shard_chunks or min(
-                SHARD_CHUNKS_MAX, max(1, SHARD_BYTES // max(per_chunk, 1))
-            )
-            shard_len = chunk_len * k
-            arr = group.create_array(
-                name,
-                shape=(0, *shape),
-                dtype=dtype,
-                chunks=(chunk_len, *shape),
-                shards=(shard_len, *shape) if shard_len != chunk_len else None,
-                compressors=compressors(codec, dtype),
-                fill_value=0,
-                config={"write_empty_chunks": True},
-            )
-            metas[name] = json.loads((store / name / "zarr.json").read_text())
-            self._columns[name] = _Column(name, shape, dtype, shard_len, arr, self)
-        self._manifest = {
-            "version": _MANIFEST_VERSION,
-            "mode": self.mode,
-            "kind": self.kind,
-            "chunk_len": chunk_len,
-            "codec": codec or DEFAULT_CODEC,
-            "shard_chunks": {n: c.shard_len // chunk_len for n, c in self._columns.items()},
-            "arrays": {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in self.specs.items()},
-            "array_meta": metas,
-            "root_meta": json.loads((store / "zarr.json").read_text()),
-            "target_token": token,
-            "checkpoint": 0,
-            "rows": 0,
-            "columns": {n: [0, 0] for n in self.specs},
-        }
-        _write_json(self._staging / _MANIFEST, self._manifest)
+        self._manifest, self._columns = writer_staging.create(
+            self._staging,
+            self.specs,
+            self._pool,
+            mode=self.mode,
+            kind=self.kind,
+            chunks=chunks,
+            shard_chunks=self._shard_chunks,
+            codec=codec,
+            classes=self.classes,
+            split=split,
+            token=token,
+        )
 
     def _check_target(self, chunks: int | None) -> tuple[int, str]:
         """mode "a": check the store; return its chunk length and a token of its identity."""
-        if not os.path.lexists(self.path):
-            raise FileNotFoundError(
-                f"no store at {self.path!r} to add arrays to; write a new one with mode='w'"
-            )
-        attrs = read_attrs(self.path)
-        reader = StoreReader(self.path)
-        group = _open_group(self.path)
-        names = [n for n, _ in group.arrays()]
-        with contextlib.suppress(Exception):
-            group.store.close()  # the zip file handle
-        clash = sorted(set(names) & set(self.specs))
-        if clash and not self.overwrite:
-            raise StoreExistsError(
-                f"{self.path!r} already has arrays {clash}; pass overwrite=True to replace them"
-            )
-        kept = [n for n in names if n not in self.specs] or names
-        lens = {reader.layout(n).chunk_len for n in kept}
-        if len(lens) != 1:
-            raise DaskImgError(
-                f"{self.path!r} has arrays with different chunk lengths {sorted(lens)}; "
-                "it was not written by daskimg"
-            )
-        chunk_len = lens.pop()
-        if chunks is not None and chunks != chunk_len:
-            raise ValueError(
-                f"chunks={chunks}, but {self.path!r} stores {chunk_len} samples per chunk; "
-                "new arrays must use the store's chunk length (leave chunks unset)"
-            )
-        self._expected = int(attrs["num_samples"])
-        self.classes = self.classes or tuple(attrs.get("classes") or ())
-        raw = reader.read_bytes("zarr.json") or b""
-        reader.close()
-        return chunk_len, hashlib.sha256(raw).hexdigest()
+        chunk_len, token, self._expected, classes = writer_staging.check_target(
+            self.path, self.specs, overwrite=self.overwrite, chunks=chunks
+        )
+        self.classes = self.classes or classes
+        return chunk_len, token
 
     def _resume(self, chunks: int | None, codec: str | None, token: str | None) -> bool:
         """Reload the last checkpoint of an unfinished write; False if there is none."""
-        try:
-            manifest = json.loads((self._staging / _MANIFEST).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        state = writer_staging.resume(
+            self._staging,
+            self.specs,
+            self._pool,
+            mode=self.mode,
+            chunks=chunks,
+            shard_chunks=self._shard_chunks,
+            codec=codec,
+            token=token,
+        )
+        if state is None:
             return False
-        if not (self._staging / "store").is_dir():
-            return False  # killed after the store moved into place: nothing left to resume
-        want = {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in self.specs.items()}
-        problems = []
-        if manifest.get("version") != _MANIFEST_VERSION:
-            problems.append(f"writer format {manifest.get('version')}")
-        if manifest.get("mode") != self.mode:
-            problems.append(f"mode={manifest.get('mode')!r}")
-        if manifest.get("arrays") != want:
-            problems.append(f"arrays {manifest.get('arrays')}")
-        if chunks is not None and manifest.get("chunk_len") != chunks:
-            problems.append(f"chunks={manifest.get('chunk_len')}")
-        if self._shard_chunks is not None and set(manifest.get("shard_chunks", {}).values()) != {
-            self._shard_chunks
-        }:
-            problems.append(f"shard_chunks={manifest.get('shard_chunks')}")
-        if codec is not None and manifest.get("codec") != codec:
-            problems.append(f"codec={manifest.get('codec')!r}")
-        if manifest.get("target_token") != token:
-            problems.append("another version of the store it adds to")
-        if problems:
-            raise ValueError(
-                f"cannot resume the unfinished write at {str(self._staging)!r}: it was started "
-                f"with {'; '.join(problems)}. Pass the same arguments, or resume=False to discard it"
-            )
-        store = self._staging / "store"
-        if not all((store / name / "zarr.json").is_file() for name in self.specs):
-            return False  # killed while moving arrays into the store: some are there already
-        for f in [*store.rglob("*.partial"), *store.rglob("*.tmp")]:  # from a kill mid-write
-            f.unlink()
-        _write_json(store / "zarr.json", manifest["root_meta"])
-        group = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
-        for name, (shape, dtype) in self.specs.items():
-            meta = manifest["array_meta"][name]
-            shards, fill = manifest["columns"][name]
-            shard_len = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-            meta["shape"] = [shards * shard_len, *shape]
-            _write_json(store / name / "zarr.json", meta)
-            arr = group[name]
-            assert isinstance(arr, zarr.Array)
-            arr = arr.with_config({"write_empty_chunks": True})
-            col = _Column(name, shape, dtype, shard_len, arr, self)
-            col.restore(shards, fill)
-            self._columns[name] = col
-        self._manifest = manifest
-        self._rows = self._durable = int(manifest["rows"])
+        self._manifest, self._columns = state
+        self._rows = self._durable = int(self._manifest["rows"])
         logger.info("resumed %s at row %d", self.path, self._rows)
         return True
 
@@ -682,186 +523,6 @@ class ArrayWriter:
             self._closed = True
             self._lock.close()
 
-    def _publish_new(self, store: Path) -> None:
-        if self.kind == "zip":
-            _pack_zip(str(store), self.path)  # atomic: packed next to it, then renamed over it
-        else:
-            if os.path.lexists(self.path):  # overwrite=True
-                old = self._staging / "old"
-                os.replace(self.path, old)
-            os.replace(store, self.path)
-
-    def _publish_added(self, store: Path) -> None:
-        if self.kind == "zip":
-            _rewrite_zip(self.path, store, self.names)
-            return
-        # one rename per array: each new array appears whole or not at all
-        for name in self.names:
-            dest = os.path.join(self.path, name)
-            if os.path.lexists(dest):  # overwrite=True
-                os.replace(dest, self._staging / f"old-{name}")
-            os.replace(store / name, dest)
-        fsync_path(self.path)
-
-
-class _Column:
-    """One array being written: whole shards go to zarr, the unfinished one stays in ``buf``."""
-
-    def __init__(
-        self,
-        name: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype[Any],
-        shard_len: int,
-        arr: zarr.Array,
-        writer: ArrayWriter,
-    ) -> None:
-        self.name = name
-        self.shape = shape
-        self.shard_len = shard_len
-        self.arr: Any = arr
-        self.staging = writer._staging
-        self.dir = self.staging / "store" / name
-        self.pool = writer._pool
-        self.buf = np.empty((shard_len, *shape), dtype)
-        self.spare: list[np.ndarray] = []  # buffers whose shard is written, to reuse
-        self.row_bytes = int(np.prod(shape)) * dtype.itemsize
-        self.shards = 0  # whole shards written
-        self.fill = 0  # rows in buf
-        self.saved = (0, 0)  # (shards, fill) at the last checkpoint
-        self.unsynced: set[int] = set()
-
-    def shard_path(self, s: int) -> Path:
-        return self.dir.joinpath("c", str(s), *["0"] * len(self.shape))
-
-    def tail_path(self, s: int) -> Path:
-        return self.staging / f"tail-{self.name}-{s}.bin"
-
-    def extend(self, data: np.ndarray) -> None:
-        # always copied: the caller may reuse its array (or tensor) once append returns
-        i, n, size = 0, len(data), self.shard_len
-        while i < n:
-            k = min(size - self.fill, n - i)
-            self.buf[self.fill : self.fill + k] = data[i : i + k]
-            self.fill += k
-            i += k
-            if self.fill == size:
-                self._write_shard()
-
-    def _write_shard(self) -> None:
-        s, size, full = self.shards, self.shard_len, self.buf
-        if self.arr.shape[0] < (s + 1) * size:
-            self.arr.resize(((s + 1) * size, *self.shape))  # metadata only: grows, deletes nothing
-
-        def write() -> None:
-            self.arr[s * size : (s + 1) * size] = full
-            self.spare.append(full)
-
-        self.pool.run(write)
-        self.buf = self.spare.pop() if self.spare else np.empty_like(full)
-        self.shards += 1
-        self.fill = 0
-        self.unsynced.add(s)
-
-    def rewind(self, shards: int, fill: int) -> None:
-        if self.shards != shards and fill:
-            # the unfinished rows went into shard `shards`, which was written whole
-            s = shards * self.shard_len
-            self.buf[:fill] = self.arr[s : s + fill]
-        self.unsynced = {s for s in self.unsynced if s < shards}
-        self.shards, self.fill = shards, fill
-
-    def sync(self) -> None:
-        """fsync the shards written since the last checkpoint and save the unfinished rows."""
-        for s in sorted(self.unsynced):
-            fsync_path(self.shard_path(s))
-            for parent in self.shard_path(s).parents:
-                fsync_path(str(parent))
-                if parent == self.dir:
-                    break
-        if self.fill:
-            start = self.saved[1] if self.saved[0] == self.shards else 0
-            fd = os.open(self.tail_path(self.shards), os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                os.pwrite(fd, self.buf[start : self.fill].tobytes(), start * self.row_bytes)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def checkpointed(self) -> None:
-        for s in range(self.saved[0], self.shards):
-            self.tail_path(s).unlink(missing_ok=True)
-        self.saved = (self.shards, self.fill)
-        self.unsynced.clear()
-
-    def drop_shards(self, first: int) -> None:
-        """Delete shard ``first`` and all after it (and zarr's temporary files)."""
-        chunk_dir = self.dir / "c"
-        for entry in chunk_dir.iterdir() if chunk_dir.is_dir() else ():
-            if not entry.name.isdigit() or int(entry.name) >= first:
-                _remove(str(entry))
-
-    def restore(self, shards: int, fill: int) -> None:
-        """Back to a checkpoint: drop shards written after it, reload the unfinished rows."""
-        self.drop_shards(shards)
-        if fill:
-            want = fill * self.row_bytes
-            data = self.tail_path(shards).read_bytes()[:want]
-            if len(data) != want:
-                raise DaskImgError(
-                    f"cannot resume {str(self.staging)!r}: the saved rows of {self.name!r} are "
-                    "truncated; pass resume=False to start over"
-                )
-            self.buf[:fill] = np.frombuffer(data, self.buf.dtype).reshape(fill, *self.shape)
-        self.shards, self.fill = shards, fill
-        self.saved = (shards, fill)
-
-    def finish(self, n: int) -> None:
-        """Write the unfinished shard and size the array to ``n`` rows exactly."""
-        self.drop_shards(self.shards)  # any left by a batch that was undone
-        self.arr.resize((n, *self.shape))
-        if self.fill:
-            self.arr[self.shards * self.shard_len : n] = self.buf[: self.fill]
-
-
-class _Pool:
-    """Runs shard writes in background threads, at most ``threads`` at a time."""
-
-    def __init__(self, threads: int) -> None:
-        self.executor = ThreadPoolExecutor(threads, "daskimg-writer") if threads else None
-        self.limit = max(1, threads)
-        self.pending: deque[Future[None]] = deque()
-        #: the first error of a background write: the rows it held are lost
-        self.failed: BaseException | None = None
-
-    def run(self, fn: Callable[[], None]) -> None:
-        if self.executor is None:
-            fn()  # a failure here leaves the shard's rows in their buffer: undoable
-            return
-        while len(self.pending) >= self.limit:
-            self._wait_oldest()
-        self.pending.append(self.executor.submit(fn))
-
-    def drain(self) -> None:
-        """Wait for every write; raise the first error."""
-        while self.pending:
-            self._wait_oldest()
-
-    def _wait_oldest(self) -> None:
-        future = self.pending[0]
-        try:
-            future.result()
-        except BaseException as e:
-            if future.done():  # the write failed (not an interrupt while waiting)
-                self.pending.popleft()
-                self.failed = self.failed or e
-            raise
-        self.pending.popleft()
-
-    def shutdown(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-
 
 # -- helpers -------------------------------------------------------------------------
 
@@ -871,7 +532,7 @@ def _parse_specs(
     shape: int | Sequence[int] | None,
     dtype: Any,
     arrays: Mapping[str, tuple[int | Sequence[int], Any]] | None,
-) -> dict[str, _Spec]:
+) -> dict[str, writer_staging.Spec]:
     if arrays is None:
         if shape is None or dtype is None:
             raise TypeError(
@@ -883,7 +544,7 @@ def _parse_specs(
         raise TypeError("pass shape= and dtype= for one array or arrays= for several, not both")
     if not arrays:
         raise ValueError("arrays is empty; name at least one array")
-    out: dict[str, _Spec] = {}
+    out: dict[str, writer_staging.Spec] = {}
     for n, spec in arrays.items():
         if not isinstance(n, str) or not _NAME.match(n):
             raise ValueError(f"array name {n!r} must be letters, digits, '_', '-' or '.'")
@@ -934,58 +595,3 @@ def _safe_cast(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     if np.can_cast(src, dst, casting="safe"):
         return True
     return src.kind == "f" and dst.kind == "f"  # float64 -> float32: precision only
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Replace ``path`` with ``obj`` as JSON, atomically and durably."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_path(str(path.parent))
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            fsync_path(Path(dirpath) / f)
-        fsync_path(dirpath)
-
-
-def _rewrite_zip(target: str, staging: Path, names: Sequence[str]) -> None:
-    """A new ``target``: its members (but ``names``) and the arrays ``names`` from ``staging``.
-
-    Written to ``target.tmp`` (each old member copied once, streamed) and renamed over
-    ``target``, so readers see the old store or the new one, never a mix.
-    """
-    tmp = target + ".tmp"
-    replaced = tuple(n + "/" for n in names)
-    with zipfile.ZipFile(target) as old:
-        members: list[tuple[str, Any]] = [
-            (i.filename, i)
-            for i in old.infolist()
-            if not i.filename.startswith(replaced) and not i.is_dir()
-        ]
-        for name in names:
-            for f in sorted((staging / name).rglob("*")):
-                if f.is_file():
-                    members.append((f.relative_to(staging).as_posix(), f))
-        members.sort(key=lambda m: (not m[0].endswith("zarr.json"), m[0].count("/"), m[0]))
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as new:
-            for arc, src in members:
-                if isinstance(src, Path):
-                    new.write(src, arc)
-                    continue
-                info = zipfile.ZipInfo(arc, date_time=src.date_time)
-                info.compress_type = zipfile.ZIP_STORED
-                info.file_size = src.file_size
-                with (
-                    old.open(src) as fin,
-                    new.open(info, "w", force_zip64=src.file_size >= 2**31) as fout,
-                ):
-                    shutil.copyfileobj(fin, fout, 2**22)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)

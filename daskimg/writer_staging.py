@@ -1,0 +1,357 @@
+"""Write back: the staging folder of :class:`daskimg.writer.ArrayWriter` — created,
+checkpointed, resumed and finally published. While a writer is open, everything lives
+next to the target in ``<path>.partial/``, under the advisory lock ``<path>.lock``:
+``store/`` (the Zarr v3 group being built, a folder), ``writer.json`` (the last
+checkpoint: arrays, chunking, rows per array) and ``tail-<array>-<shard>.bin`` (raw rows
+of each array's unfinished shard, as of it). A checkpoint waits for the shard writes in
+flight, fsyncs the shards written since the previous checkpoint, writes the rows of the
+unfinished shards to the tail files (only the rows new since the previous checkpoint)
+and then replaces ``writer.json`` atomically — that replacement is the durable point.
+Resuming rewrites each array's metadata from ``writer.json``, deletes shards written
+after it and reloads the tails. Publishing finishes the arrays, sets ``complete`` and
+moves the store into place in one atomic step (``*.zarr.zip``: packed next to the target
+and renamed over it; ``*.zarr``: the folder renamed; ``mode="a"``: the zip rewritten, or
+one rename per new array). Until then ``<path>`` does not exist (or is the old store),
+and :func:`daskimg.open_zarr` refuses the path while ``<path>.partial`` exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .chunks import StoreReader
+from .codecs import DEFAULT_CODEC, compressors
+from .errors import DaskImgError, StoreExistsError
+from .store import (
+    FORMAT_VERSION,
+    _open_group,
+    _pack_zip,
+    _remove,
+    auto_chunk_len,
+    fsync_path,
+    read_attrs,
+    versions,
+)
+from .writer_shards import SHARD_BYTES, SHARD_CHUNKS_MAX, Column, ShardPool
+
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_VERSION",
+    "Spec",
+    "check_target",
+    "create",
+    "publish",
+    "resume",
+    "save_checkpoint",
+    "write_json",
+]
+
+MANIFEST = "writer.json"
+MANIFEST_VERSION = 1
+#: one array: the shape and dtype of one sample
+Spec = tuple[tuple[int, ...], np.dtype[Any]]
+
+
+def check_target(
+    path: str, names: Collection[str], *, overwrite: bool, chunks: int | None
+) -> tuple[int, str, int, tuple[str, ...]]:
+    """mode "a": check the store at ``path``.
+
+    Return its chunk length, a token of its identity, its ``num_samples`` and ``classes``.
+    """
+    if not os.path.lexists(path):
+        raise FileNotFoundError(
+            f"no store at {path!r} to add arrays to; write a new one with mode='w'"
+        )
+    attrs = read_attrs(path)
+    reader = StoreReader(path)
+    group = _open_group(path)
+    stored = [n for n, _ in group.arrays()]
+    with contextlib.suppress(Exception):
+        group.store.close()  # the zip file handle
+    clash = sorted(set(stored) & set(names))
+    if clash and not overwrite:
+        raise StoreExistsError(
+            f"{path!r} already has arrays {clash}; pass overwrite=True to replace them"
+        )
+    kept = [n for n in stored if n not in names] or stored
+    lens = {reader.layout(n).chunk_len for n in kept}
+    if len(lens) != 1:
+        raise DaskImgError(
+            f"{path!r} has arrays with different chunk lengths {sorted(lens)}; "
+            "it was not written by daskimg"
+        )
+    chunk_len = lens.pop()
+    if chunks is not None and chunks != chunk_len:
+        raise ValueError(
+            f"chunks={chunks}, but {path!r} stores {chunk_len} samples per chunk; "
+            "new arrays must use the store's chunk length (leave chunks unset)"
+        )
+    classes = tuple(attrs.get("classes") or ())
+    raw = reader.read_bytes("zarr.json") or b""
+    reader.close()
+    return chunk_len, hashlib.sha256(raw).hexdigest(), int(attrs["num_samples"]), classes
+
+
+def create(
+    staging: Path,
+    specs: Mapping[str, Spec],
+    pool: ShardPool,
+    *,
+    mode: str,
+    kind: str,
+    chunks: int | None,
+    shard_chunks: int | None,
+    codec: str | None,
+    classes: Sequence[str],
+    split: str | None,
+    token: str | None,
+) -> tuple[dict[str, Any], dict[str, Column]]:
+    """A new staging folder with empty arrays and its first checkpoint: (manifest, columns)."""
+    widest = max(specs.values(), key=lambda s: int(np.prod(s[0])) * s[1].itemsize)
+    chunk_len = chunks or auto_chunk_len(widest[0], widest[1], 2**62)
+    store = staging / "store"
+    os.makedirs(staging)
+    group = zarr.open_group(zarr.storage.LocalStore(store), mode="w", zarr_format=3)
+    if mode == "w":
+        group.attrs["daskimg"] = {
+            "format_version": FORMAT_VERSION,
+            "split": split,
+            "num_samples": 0,
+            "classes": list(classes),
+            "order": "source",
+            "seed": None,
+            "codec": codec or DEFAULT_CODEC,
+            "complete": False,
+            "created_with": versions(),
+            "source": {"root": None, "writer": "ArrayWriter"},
+            "skipped": [],
+        }
+    metas = {}
+    columns: dict[str, Column] = {}
+    for name, (shape, dtype) in specs.items():
+        per_chunk = chunk_len * int(np.prod(shape)) * dtype.itemsize
+        k = shard_chunks or min(SHARD_CHUNKS_MAX, max(1, SHARD_BYTES // max(per_chunk, 1)))
+        shard_len = chunk_len * k
+        arr = group.create_array(
+            name,
+            shape=(0, *shape),
+            dtype=dtype,
+            chunks=(chunk_len, *shape),
+            shards=(shard_len, *shape) if shard_len != chunk_len else None,
+            compressors=compressors(codec, dtype),
+            fill_value=0,
+            config={"write_empty_chunks": True},
+        )
+        metas[name] = json.loads((store / name / "zarr.json").read_text())
+        columns[name] = Column(name, shape, dtype, shard_len, arr, staging, pool)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "mode": mode,
+        "kind": kind,
+        "chunk_len": chunk_len,
+        "codec": codec or DEFAULT_CODEC,
+        "shard_chunks": {n: c.shard_len // chunk_len for n, c in columns.items()},
+        "arrays": {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()},
+        "array_meta": metas,
+        "root_meta": json.loads((store / "zarr.json").read_text()),
+        "target_token": token,
+        "checkpoint": 0,
+        "rows": 0,
+        "columns": {n: [0, 0] for n in specs},
+    }
+    write_json(staging / MANIFEST, manifest)
+    return manifest, columns
+
+
+def save_checkpoint(
+    staging: Path, manifest: dict[str, Any], columns: Mapping[str, Column], rows: int
+) -> None:
+    """Make ``rows`` rows durable (no shard write may be in flight): tails, then ``writer.json``."""
+    for col in columns.values():
+        col.sync()
+    state = {n: [c.shards, c.fill] for n, c in columns.items()}
+    manifest.update(rows=rows, columns=state)
+    manifest["checkpoint"] += 1
+    write_json(staging / MANIFEST, manifest)
+    for col in columns.values():
+        col.checkpointed()
+
+
+def resume(
+    staging: Path,
+    specs: Mapping[str, Spec],
+    pool: ShardPool,
+    *,
+    mode: str,
+    chunks: int | None,
+    shard_chunks: int | None,
+    codec: str | None,
+    token: str | None,
+) -> tuple[dict[str, Any], dict[str, Column]] | None:
+    """Reload the last checkpoint of an unfinished write: (manifest, columns); None if there is none."""
+    try:
+        manifest = json.loads((staging / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not (staging / "store").is_dir():
+        return None  # killed after the store moved into place: nothing left to resume
+    want = {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()}
+    problems = []
+    if manifest.get("version") != MANIFEST_VERSION:
+        problems.append(f"writer format {manifest.get('version')}")
+    if manifest.get("mode") != mode:
+        problems.append(f"mode={manifest.get('mode')!r}")
+    if manifest.get("arrays") != want:
+        problems.append(f"arrays {manifest.get('arrays')}")
+    if chunks is not None and manifest.get("chunk_len") != chunks:
+        problems.append(f"chunks={manifest.get('chunk_len')}")
+    if shard_chunks is not None and set(manifest.get("shard_chunks", {}).values()) != {
+        shard_chunks
+    }:
+        problems.append(f"shard_chunks={manifest.get('shard_chunks')}")
+    if codec is not None and manifest.get("codec") != codec:
+        problems.append(f"codec={manifest.get('codec')!r}")
+    if manifest.get("target_token") != token:
+        problems.append("another version of the store it adds to")
+    if problems:
+        raise ValueError(
+            f"cannot resume the unfinished write at {str(staging)!r}: it was started "
+            f"with {'; '.join(problems)}. Pass the same arguments, or resume=False to discard it"
+        )
+    store = staging / "store"
+    if not all((store / name / "zarr.json").is_file() for name in specs):
+        return None  # killed while moving arrays into the store: some are there already
+    for f in [*store.rglob("*.partial"), *store.rglob("*.tmp")]:  # from a kill mid-write
+        f.unlink()
+    write_json(store / "zarr.json", manifest["root_meta"])
+    group = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
+    columns: dict[str, Column] = {}
+    for name, (shape, dtype) in specs.items():
+        meta = manifest["array_meta"][name]
+        shards, fill = manifest["columns"][name]
+        shard_len = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        meta["shape"] = [shards * shard_len, *shape]
+        write_json(store / name / "zarr.json", meta)
+        arr = group[name]
+        assert isinstance(arr, zarr.Array)
+        arr = arr.with_config({"write_empty_chunks": True})
+        col = Column(name, shape, dtype, shard_len, arr, staging, pool)
+        col.restore(shards, fill)
+        columns[name] = col
+    return manifest, columns
+
+
+def publish(
+    path: str,
+    staging: Path,
+    columns: Mapping[str, Column],
+    rows: int,
+    *,
+    mode: str,
+    kind: str,
+) -> None:
+    """Finish the arrays at ``rows`` rows and move the store into place at ``path``; remove ``staging``."""
+    for col in columns.values():
+        col.finish(rows)
+    store = staging / "store"
+    _fsync_tree(store)
+    if mode == "w":
+        root = store / "zarr.json"
+        meta = json.loads(root.read_text())
+        meta["attributes"]["daskimg"].update(complete=True, num_samples=rows)
+        write_json(root, meta)
+        _publish_new(path, staging, store, kind)
+    else:
+        _publish_added(path, staging, store, kind, tuple(columns))
+    fsync_path(os.path.dirname(path))
+    _remove(str(staging))
+
+
+def _publish_new(path: str, staging: Path, store: Path, kind: str) -> None:
+    if kind == "zip":
+        _pack_zip(str(store), path)  # atomic: packed next to it, then renamed over it
+    else:
+        if os.path.lexists(path):  # overwrite=True
+            old = staging / "old"
+            os.replace(path, old)
+        os.replace(store, path)
+
+
+def _publish_added(path: str, staging: Path, store: Path, kind: str, names: Sequence[str]) -> None:
+    if kind == "zip":
+        _rewrite_zip(path, store, names)
+        return
+    # one rename per array: each new array appears whole or not at all
+    for name in names:
+        dest = os.path.join(path, name)
+        if os.path.lexists(dest):  # overwrite=True
+            os.replace(dest, staging / f"old-{name}")
+        os.replace(store / name, dest)
+    fsync_path(path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as JSON, atomically and durably."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_path(str(path.parent))
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fsync_path(Path(dirpath) / f)
+        fsync_path(dirpath)
+
+
+def _rewrite_zip(target: str, staging: Path, names: Sequence[str]) -> None:
+    """A new ``target``: its members (but ``names``) and the arrays ``names`` from ``staging``.
+
+    Written to ``target.tmp`` (each old member copied once, streamed) and renamed over
+    ``target``, so readers see the old store or the new one, never a mix.
+    """
+    tmp = target + ".tmp"
+    replaced = tuple(n + "/" for n in names)
+    with zipfile.ZipFile(target) as old:
+        members: list[tuple[str, Any]] = [
+            (i.filename, i)
+            for i in old.infolist()
+            if not i.filename.startswith(replaced) and not i.is_dir()
+        ]
+        for name in names:
+            for f in sorted((staging / name).rglob("*")):
+                if f.is_file():
+                    members.append((f.relative_to(staging).as_posix(), f))
+        members.sort(key=lambda m: (not m[0].endswith("zarr.json"), m[0].count("/"), m[0]))
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as new:
+            for arc, src in members:
+                if isinstance(src, Path):
+                    new.write(src, arc)
+                    continue
+                info = zipfile.ZipInfo(arc, date_time=src.date_time)
+                info.compress_type = zipfile.ZIP_STORED
+                info.file_size = src.file_size
+                with (
+                    old.open(src) as fin,
+                    new.open(info, "w", force_zip64=src.file_size >= 2**31) as fout,
+                ):
+                    shutil.copyfileobj(fin, fout, 2**22)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
