@@ -120,7 +120,15 @@ def code_key() -> str:
 
     pkg = Path(daskimg.__file__).parent
     h = hashlib.sha1(daskimg.__version__.encode())
-    for name in ("store.py", "codecs.py", "chunks.py", "writer.py", "jpeg.py"):
+    for name in (
+        "store.py",
+        "codecs.py",
+        "chunks.py",
+        "jpeg.py",
+        "writer.py",
+        "writer_shards.py",
+        "writer_staging.py",
+    ):
         f = pkg / name
         if f.is_file():
             h.update(name.encode())
