@@ -33,7 +33,8 @@ def evict(paths: Sequence[str | os.PathLike[str]]) -> int:
 
     For measuring cold reads (data bigger than RAM) without privileges: daskimg's own
     memory maps of them are released first (mapped pages cannot be dropped), and files are
-    ``fsync``-ed (dirty pages cannot be dropped either). Call it between epochs.
+    ``fsync``-ed (dirty pages cannot be dropped either). Call it between epochs, never
+    while a loader of these stores is in the middle of one.
     """
     unmap(paths)
     gc.collect()  # a map goes when the last view of it does

@@ -123,7 +123,7 @@ class StoreReader:
         self.path = os.fspath(path)
         self.is_zip = os.path.isfile(self.path)
         self._pid: int | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _map takes it and calls _fd, which may take it too
         self._local = threading.local()
         self._maps: dict[str, mmap.mmap] = {}
         #: decode samples straight from a read-only memory map of the store (no read copy)
@@ -132,7 +132,8 @@ class StoreReader:
         self._members: dict[str, tuple[int, int]] = {}  # zip member -> (data offset, size)
         self._index: dict[tuple[str, int], np.ndarray] = {}
         self._layouts: dict[str, ArrayLayout] = {}
-        _READERS.add(self)
+        with _READERS_LOCK:
+            _READERS.add(self)
         if self.is_zip:
             with zipfile.ZipFile(self.path) as zf:
                 infos = zf.infolist()
@@ -490,8 +491,12 @@ class StoreReader:
                     "run `daskimg verify` on the store and re-create it"
                 )
             if not blosc_kind:
+                # a one-sample chunk: the JPEG codec decodes (1, H, W, C)
                 decode_chunk(
-                    view[o : end + 4], lay.kind or "raw", dest[k], self._where(lay, first + i)
+                    view[o : end + 4],
+                    lay.kind or "raw",
+                    dest[k : k + 1],
+                    self._where(lay, first + i),
                 )
             elif end - o < 16 or from_bytes(view[o + 4 : o + 8], "little") != row_bytes:
                 raise ChecksumError(
@@ -552,17 +557,21 @@ class RawChunk:
 
 
 _READERS: weakref.WeakSet[StoreReader] = weakref.WeakSet()
+_READERS_LOCK = threading.Lock()
 
 
 def unmap(paths: Sequence[str | os.PathLike[str]]) -> None:
     """Release the memory maps that live readers hold of these stores.
 
     Pages a process has mapped stay in the page cache whatever ``posix_fadvise(DONTNEED)``
-    says; call this (between epochs) before dropping a store from the cache to measure
-    cold reads. Readers map the files again when next used.
+    says; call this before dropping a store from the cache to measure cold reads. Readers
+    map the files again when next used. Only between epochs: it closes the readers' files,
+    which a loader in the middle of an epoch is reading.
     """
     wanted = {os.path.abspath(os.fspath(p)) for p in paths}
-    for reader in list(_READERS):
+    with _READERS_LOCK:
+        readers = list(_READERS)
+    for reader in readers:
         if os.path.abspath(reader.path) in wanted:
             reader.close()
 

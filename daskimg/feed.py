@@ -226,6 +226,8 @@ class _Routes:
     def of_chunk(self, c: int, first_batch: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """``(batch, positions, rows)`` per batch (>= ``first_batch``) that chunk ``c`` feeds."""
         lo, hi = int(self.bounds[c]), int(self.bounds[c + 1])
+        if lo == hi:
+            return []  # every sample of the chunk is left out (drop_last)
         batch = self.batch[lo:hi]
         cut = np.flatnonzero(np.diff(batch)) + 1
         out = []
@@ -436,7 +438,7 @@ class BatchIterator:
     # -- execution --------------------------------------------------------------------
     def _iter_dicts(self) -> Iterator[dict[str, np.ndarray]]:
         plan = self.plan()
-        if self._batch >= len(plan.batches):
+        if plan.batches and self._batch >= len(plan.batches):  # this epoch was finished
             self.set_epoch(self.epoch + 1)
             plan = self.plan()
         src = self.source
@@ -469,7 +471,8 @@ class BatchIterator:
                     self._read_ahead(chunks)
                 for c in chunks:
                     feeds = [(filling[b], at, rows) for b, at, rows in targets[c]]
-                    loads.append(io_pool.submit(self._load_chunk, c, feeds, lock))
+                    if feeds:  # a chunk all of whose samples are dropped is not read
+                        loads.append(io_pool.submit(self._load_chunk, c, feeds, lock))
                 next_group += 1
             while loads and loads[0].done():
                 loads.popleft()  # its errors reach the batches it feeds, in their turn
@@ -490,8 +493,9 @@ class BatchIterator:
         try:
             submit_batches()
             while pending:
-                b, future, _ = pending.popleft()
-                out = future.result()
+                b, future, _ = pending[0]
+                out = future.result()  # if it raises, the batch's buffers are released below
+                pending.popleft()
                 self._batch = b + 1
                 self._release(out)
                 submit_batches()

@@ -206,3 +206,58 @@ def test_kept_batches_are_never_overwritten(tmp_path, big_rows):
         np.testing.assert_array_equal(idx, idx0)
     for v, v0 in zip(views, view_copies, strict=True):
         np.testing.assert_array_equal(v, v0)
+
+
+def test_drop_last_may_leave_out_a_whole_chunk(tmp_path):
+    # 1001 samples in chunks of 100, batches of 64: the 25 dropped samples can fill a chunk
+    n = 1001
+    ds = di.ImageSet(
+        np.zeros((n, 2, 2, 1), np.uint8), np.arange(n) % 2, columns={"idx": np.arange(n)}
+    )
+    path = di.to_zarr(ds, tmp_path / "d.zarr.zip", chunks=100)
+    for seed in range(20):
+        it = di.BatchIterator(
+            path, batch_size=64, drop_last=True, seed=seed, arrays=("images", "idx")
+        )
+        idx = np.concatenate([b[1] for b in it])
+        assert len(idx) == (n // 64) * 64 and len(np.unique(idx)) == len(idx)
+
+
+def test_one_sample_chunks_of_jpeg(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    ds = di.ImageSet(images, np.arange(6) % 2, classes=["a", "b"], columns={"idx": np.arange(6)})
+    path = di.to_zarr(ds, tmp_path / "j.zarr.zip", chunks=1, codec="jpeg")
+    stored = plain_group(path)["images"][:]
+    row_of = np.argsort(plain_group(path)["idx"][:])  # the store is in shuffled order
+    np.testing.assert_array_equal(di.open_zarr(path).images.compute(), stored)
+    for images_b, idx in di.BatchIterator(path, batch_size=4, arrays=("images", "idx")):
+        np.testing.assert_array_equal(images_b, stored[row_of[idx]])
+
+
+def test_a_failing_transform_leaves_no_buffer_marked_busy(store):
+    calls = {"n": 0}
+
+    def flaky(batch, rng):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise RuntimeError("augmentation failed")
+        return batch
+
+    it = di.BatchIterator(store, batch_size=16, arrays=("images", "idx"), transform=flaky)
+    errors = 0
+    for _ in range(20):
+        try:
+            for _ in it:
+                pass
+        except RuntimeError:
+            errors += 1
+    assert errors > 0
+    # white-box: buffers of a batch whose transform raised go back to the pool
+    assert not it._busy and len(it._pools["images"]) <= it._pool_cap()
+
+
+def test_an_empty_epoch_counts_once(store):
+    it = di.BatchIterator(store, batch_size=500, drop_last=True)  # 103 samples: no batch
+    for _ in range(3):
+        assert list(it) == []
+    assert it.epoch == 3
