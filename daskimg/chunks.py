@@ -184,6 +184,15 @@ class StoreReader:
                     self._maps[file] = mapped
         return mapped
 
+    def _mapped(self, file: str, offset: int, nbytes: int, where: str) -> memoryview:
+        """Bytes ``offset .. offset + nbytes`` of ``file``, a view of its memory map (no copy)."""
+        mapped = self._map(file)
+        if offset + nbytes > len(mapped):
+            raise ChecksumError(
+                f"{where}: the file ends before the chunk (truncated); re-create the store"
+            )
+        return memoryview(mapped)[offset : offset + nbytes]
+
     def _fd(self, file: str) -> int:
         pid = os.getpid()
         if self._pid != pid:  # forked: never share the parent's descriptors or maps
@@ -334,10 +343,7 @@ class StoreReader:
         if self.use_mmap:
             # decompress straight from the page cache: no read copy (the read was ~30% of
             # the bare limit's time)
-            mapped = self._map(file)
-            if offset + nbytes > len(mapped):
-                raise ChecksumError(f"{where}: the file ends before the chunk (truncated)")
-            buf = memoryview(mapped)[offset : offset + nbytes]
+            buf = self._mapped(file, offset, nbytes, where)
         else:
             buf = self._scratch(nbytes)
             got = os.preadv(fd, [buf], offset)
@@ -376,7 +382,7 @@ class StoreReader:
             mapped.madvise(mmap.MADV_WILLNEED, start, end - start)
 
     def view_chunk(self, name: str, c: int) -> RawChunk | JpegChunk | None:
-        """Chunk ``c`` straight from the memory-mapped store, checksum checked, not copied.
+        """Chunk ``c`` straight from the memory-mapped store, not copied.
 
         Uncompressed (codec ``"none"``) full chunks: a :class:`RawChunk` whose rows are
         checksummed as they are copied out. JPEG chunks: a :class:`~daskimg.jpeg.JpegChunk`
@@ -391,10 +397,7 @@ class StoreReader:
             return None  # zarr pads the last chunk: read_chunk cuts it
         file, offset, nbytes = self.chunk_location(name, c)
         where = f"{self.path}: array {name!r}, chunk {c} (rows {a}..{b - 1})"
-        mapped = self._map(file)
-        if offset + nbytes > len(mapped):
-            raise ChecksumError(f"{where}: the file ends before the chunk (truncated)")
-        data = memoryview(mapped)[offset : offset + nbytes]
+        data = self._mapped(file, offset, nbytes, where)
         if lay.kind == "raw":
             shape = (b - a, *lay.shape[1:])
             expected = int(np.prod(shape)) * lay.dtype.itemsize
@@ -402,15 +405,10 @@ class StoreReader:
                 raise ChecksumError(f"{where}: holds {nbytes - 4} bytes, expected {expected}")
             rows = np.frombuffer(data[:-4], dtype=lay.dtype).reshape(shape)
             return RawChunk(rows, int.from_bytes(data[-4:], "little"), where)
-        body = check_crc(data, where)
-        if lay.kind == "jpeg":
-            chunk = parse_chunk(body, where)
-            if len(chunk) < b - a:
-                raise ChecksumError(
-                    f"{where}: JPEG chunk holds {len(chunk)} samples, expected {b - a}"
-                )
-            return chunk
-        raise AssertionError(lay.kind)  # unreachable: raw and jpeg are handled above
+        chunk = parse_chunk(check_crc(data, where), where)  # JPEG: checked before decoding
+        if len(chunk) < b - a:
+            raise ChecksumError(f"{where}: JPEG chunk holds {len(chunk)} samples, expected {b - a}")
+        return chunk
 
     # -- stores with one inner chunk per sample ------------------------------------------
     def read_unit(
@@ -437,16 +435,9 @@ class StoreReader:
         loc = self._locate(_chunk_key(lay, shard))
         assert loc is not None  # _shard_index checked it
         if into is None and self.use_mmap:
-            mapped = self._map(loc[0])
-            if loc[1] + hi > len(mapped):
-                raise ChecksumError(
-                    f"{self.path}: array {name!r}, chunk {c}: the file ends before the chunk "
-                    "(truncated); re-create the store"
-                )
             # no copy: samples are decoded straight from the page cache into batch rows
-            buf = np.frombuffer(
-                cast(Any, mapped), dtype=np.uint8, count=hi - lo, offset=loc[1] + lo
-            )
+            where = f"{self.path}: array {name!r}, chunk {c}"
+            buf = np.frombuffer(self._mapped(loc[0], loc[1] + lo, hi - lo, where), np.uint8)
             return buf, (offs - lo).astype(np.int64), sizes.astype(np.int64)
         buf = (
             np.empty(hi - lo, dtype=np.uint8)
