@@ -17,7 +17,11 @@ from .chunks import StoreReader, unmap
 from .feed import BatchIterator
 from .shuffle import chunk_order
 
+#: what ``daskimg bench --codecs`` compares by default: every lossless codec, and JPEG
+#: at two qualities (lower decodes faster and is smaller, at some loss of fidelity)
+BENCH_CODECS = ("lz4", "zstd", "none", "jpeg:90", "jpeg:75")
 __all__ = [
+    "BENCH_CODECS",
     "CodecResult",
     "Recommendation",
     "bench_store",
@@ -161,6 +165,7 @@ def compare_codecs(
     The copies are written next to the store (same disk) and removed afterwards. Each is
     fed shuffled for ``epochs`` from the page cache (warm) and ``epochs`` from disk
     (cold: dropped from the page cache before each), after one pass that is not counted.
+    ``codecs`` are codec specs (``"lz4"``, ``"jpeg:80"``...; default :data:`BENCH_CODECS`).
     Codecs that cannot hold the images (``"jpeg"``: uint8 with 1 or 3 channels) are left out.
 
     Examples
@@ -168,7 +173,7 @@ def compare_codecs(
     >>> rows = compare_codecs("out/train.zarr.zip", samples=500)  # doctest: +SKIP
     >>> print(recommend(rows, target=3000).text)  # doctest: +SKIP
     """
-    from .codecs import CODECS
+    from .codecs import parse_codec
     from .imageset import ImageSet
     from .jpeg import check_image_shape
     from .store import open_zarr, to_zarr
@@ -184,14 +189,20 @@ def compare_codecs(
     where = os.path.dirname(os.path.abspath(os.fspath(path)))
     out = []
     with tempfile.TemporaryDirectory(prefix=".daskimg-bench-", dir=where) as tmp:
-        for codec in codecs or CODECS:
-            if codec == "jpeg":
+        specs = list(codecs or BENCH_CODECS)
+        for codec in specs:
+            parse_codec(codec)  # a typo fails before anything is measured
+        for codec in specs:
+            if parse_codec(codec)[0] == "jpeg":
                 try:
                     check_image_shape(pixels.shape, pixels.dtype, "this store's images")
                 except ValueError:
                     continue
             copy = to_zarr(
-                sample, os.path.join(tmp, f"{codec}.zarr.zip"), codec=codec, order="source"
+                sample,
+                os.path.join(tmp, f"{codec.replace(':', '-')}.zarr.zip"),
+                codec=codec,
+                order="source",
             )
             stored = int(info(copy)["arrays"]["images"]["stored_bytes"])
             back = np.asarray(open_zarr(copy).require_images()[: min(n, 256)].compute())
@@ -252,7 +263,8 @@ def recommend(
     is read warm after the first epoch; a larger one is read from disk every epoch, so
     its cold rate counts. Lossless codecs come first: among those fast enough for
     ``target`` the smallest wins (without a target, the fastest). Only when no lossless
-    codec is fast enough is ``"jpeg"`` (lossy) proposed.
+    codec is fast enough is a lossy one (``"jpeg[:Q]"``) proposed: the most faithful
+    (highest PSNR) of those fast enough.
     """
     if not results:
         raise ValueError("no codec results to choose from; run compare_codecs first")
@@ -273,7 +285,7 @@ def recommend(
             best = min(fast, key=lambda r: r.store_bytes)
             why = f"the smallest lossless codec that keeps up with {target:,.0f} samples/s"
         elif fast_lossy:
-            best = min(fast_lossy, key=lambda r: r.store_bytes)
+            best = max(fast_lossy, key=lambda r: (r.psnr, -r.store_bytes))
             why = (
                 f"no lossless codec keeps up with {target:,.0f} samples/s here; this one is "
                 f"lossy ({best.psnr:.1f} dB PSNR): check that your model tolerates it"

@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument(
         "--test", type=float, default=None, help="fraction for the test split (default 0.1)"
     )
-    ing.add_argument("--codec", default=None, help="lz4 (default), zstd or none")
+    ing.add_argument(
+        "--codec",
+        default=None,
+        help="lz4 (default), zstd, none, jpeg (lossy, q90) or jpeg:Q (quality Q, 1-100)",
+    )
     ing.add_argument(
         "--chunk", type=int, default=None, help="samples per chunk (default: about 8 MiB)"
     )
@@ -72,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         "--labels", default=None, help="dataset / array name of the labels (for .npy: a .npy file)"
     )
     conv.add_argument("--classes", nargs="*", default=(), help="class names, in label order")
-    conv.add_argument("--codec", default=None, help="lz4 (default), zstd or none")
+    conv.add_argument(
+        "--codec",
+        default=None,
+        help="lz4 (default), zstd, none, jpeg (lossy, q90) or jpeg:Q (quality Q, 1-100)",
+    )
     conv.add_argument("--chunk", type=int, default=None, help="samples per chunk")
     conv.add_argument("--order", default="shuffled", choices=("shuffled", "source"))
     conv.add_argument("--seed", type=int, default=0)
@@ -105,9 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ben.add_argument(
         "--codecs",
-        action="store_true",
-        help="re-encode a sample of the store with every codec (next to it, removed after), "
-        "measure each warm and cold, and recommend one for --target",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="LIST",
+        help="re-encode a sample of the store with each codec (next to it, removed after), "
+        "measure each warm and cold, and recommend one for --target. LIST: comma-separated "
+        "codecs, e.g. lz4,jpeg:85 (default: lz4,zstd,none,jpeg:90,jpeg:75)",
     )
     ben.add_argument("--samples", type=int, default=2000, help="samples for --codecs")
 
@@ -329,9 +341,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 f"  target {args.target:,.0f} img/s: {'keeps up' if keeps else 'DOES NOT keep up'} "
                 f"({res['rate'] / args.target:.2f}x)"
             )
-    if args.codecs:
+    if args.codecs is not None:
         rows = compare_codecs(
             args.store,
+            codecs=[c.strip() for c in args.codecs.split(",") if c.strip()] or None,
             samples=args.samples,
             batch_size=args.batch_size,
             epochs=max(1, min(args.epochs, 2)),
@@ -340,11 +353,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(
             f"\nevery codec on the first {args.samples} samples of the store, shuffled samples/s:"
         )
-        print(f"  {'codec':6s} {'ratio':>7s} {'warm':>9s} {'cold':>9s} {'PSNR':>9s}  whole store")
+        print(f"  {'codec':8s} {'ratio':>7s} {'warm':>9s} {'cold':>9s} {'PSNR':>9s}  whole store")
         for r in rows:
             psnr = "lossless" if r.psnr == float("inf") else f"{r.psnr:.1f} dB"
             print(
-                f"  {r.codec:6s} {r.ratio:6.2f}x {r.warm:9,.0f} {r.cold:9,.0f} {psnr:>9s}  "
+                f"  {r.codec:8s} {r.ratio:6.2f}x {r.warm:9,.0f} {r.cold:9,.0f} {psnr:>9s}  "
                 f"{r.store_bytes / 2**30:.2f} GiB"
             )
         rec = recommend(rows, target=args.target)

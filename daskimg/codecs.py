@@ -14,6 +14,9 @@ name       chain (inside each chunk)                   when
 ``jpeg``   daskimg.jpeg (q90, per image) -> crc32c     lossy, ~10x smaller on photos; uint8
                                                        images with 1 or 3 channels only
 =========  ==========================================  ===================================
+
+``"jpeg:Q"`` picks the JPEG quality (1-100; ``"jpeg"`` is ``"jpeg:90"``): lower is smaller
+and decodes faster (on 224x224 photos q75 is ~1.6x smaller than q90, 3 dB lower PSNR).
 """
 
 from __future__ import annotations
@@ -36,18 +39,46 @@ __all__ = [
     "decode_chunk",
     "decompress_into",
     "fast_chain",
+    "parse_codec",
     "serializer",
 ]
 
 CODECS = ("lz4", "zstd", "none", "jpeg")
 DEFAULT_CODEC = "lz4"
+JPEG_QUALITY = 90  # ``"jpeg"`` without ``:Q``
+
+
+def parse_codec(codec: str | None) -> tuple[str, int | None]:
+    """``(name, JPEG quality or None)`` of a codec spec: a name of ``CODECS`` or ``"jpeg:Q"``.
+
+    Examples
+    --------
+    >>> parse_codec("jpeg:80")
+    ('jpeg', 80)
+    >>> parse_codec(None)
+    ('lz4', None)
+    """
+    codec = DEFAULT_CODEC if codec is None else codec
+    if not isinstance(codec, str):
+        raise ValueError(f"codec must be a string such as 'lz4' or 'jpeg:85'; got {codec!r}")
+    name, sep, q = codec.partition(":")
+    if name not in CODECS or (sep and name != "jpeg"):
+        raise ValueError(
+            f"codec must be one of {', '.join(CODECS)}, or 'jpeg:Q' with Q the JPEG quality "
+            f"1-100; got {codec!r}"
+        )
+    if name != "jpeg":
+        return name, None
+    if not sep:
+        return name, JPEG_QUALITY
+    if not q.isdigit() or not 1 <= int(q) <= 100:
+        raise ValueError(f"codec {codec!r}: the JPEG quality after ':' must be an integer 1-100")
+    return name, int(q)
 
 
 def compressors(codec: str | None, dtype: np.dtype[Any]) -> list[Any]:
     """Zarr v3 bytes-to-bytes codecs for ``codec`` (always ending with ``crc32c``)."""
-    codec = DEFAULT_CODEC if codec is None else codec
-    if codec not in CODECS:
-        raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {codec!r}")
+    codec, _ = parse_codec(codec)
     crc = Crc32cCodec()
     if codec in ("none", "jpeg"):  # jpeg is the array->bytes step (see serializer), then crc32c
         return [crc]
@@ -66,12 +97,13 @@ def compressors(codec: str | None, dtype: np.dtype[Any]) -> list[Any]:
 
 
 def serializer(codec: str | None) -> Any:
-    """Zarr v3 array-to-bytes codec for ``codec``: per-image JPEG q90 for ``"jpeg"``, else zarr's default."""
-    if codec == "jpeg":
+    """Zarr v3 array-to-bytes codec for ``codec``: per-image JPEG for ``"jpeg[:Q]"``, else zarr's default."""
+    name, quality = parse_codec(codec)
+    if name == "jpeg":
         from .jpeg import JpegCodec, register
 
         register()
-        return JpegCodec(quality=90)
+        return JpegCodec(quality=quality or JPEG_QUALITY)
     return "auto"
 
 

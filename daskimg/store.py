@@ -236,7 +236,9 @@ def to_zarr(
         Chunks per shard (one write task, one file in a ``*.zarr`` folder). Default 8.
     codec
         ``"lz4"`` (default), ``"zstd"``, ``"none"`` or ``"jpeg"`` (lossy, per image, q90,
-        ~10x smaller on photos; uint8 with 1 or 3 channels); see :mod:`daskimg.codecs`.
+        ~10x smaller on photos; uint8 with 1 or 3 channels); ``"jpeg:Q"`` sets the JPEG
+        quality (1-100). See :mod:`daskimg.codecs`; ``daskimg bench STORE --codecs``
+        measures them on your data and disk.
     order
         ``"shuffled"`` (samples in a seeded random order, so reading whole chunks in
         random order later mixes well) or ``"source"``.

@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 
 from . import writer_staging
-from .codecs import compressors
+from .codecs import parse_codec
 from .errors import DaskImgError, StoreExistsError
 from .store import _remove, store_kind, write_lock
 from .writer_shards import SHARD_BYTES as SHARD_BYTES  # importable from here, as before
@@ -169,14 +169,13 @@ class ArrayWriter:
             raise ValueError(
                 f"checkpoint_every must be >= 0 seconds or None, got {checkpoint_every}"
             )
-        if codec == "jpeg":
+        if parse_codec(codec)[0] == "jpeg":
             # appends that fill part of a chunk make zarr decode and re-encode it: a second
             # round of JPEG loss for samples already written
             raise ValueError(
                 "ArrayWriter does not write codec='jpeg' (lossy re-encoding of partial chunks); "
                 "use 'lz4' or 'zstd', or write images with daskimg.to_zarr(codec='jpeg')"
             )
-        compressors(codec, np.dtype("u1"))  # refuse an unknown codec before touching the disk
         self.path = os.path.abspath(os.fspath(path)).rstrip("/")
         self.kind = store_kind(self.path)
         self.mode = mode

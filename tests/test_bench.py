@@ -13,21 +13,24 @@ def test_compare_codecs_measures_each_codec_on_a_copy(tmp_path):
     photos = di.from_folder(tmp_path / "src", size=(32, 32))
     path = di.to_zarr(photos, tmp_path / "s.zarr.zip", chunks=8)
     rows = compare_codecs(path, samples=24, epochs=1, batch_size=8)
-    assert [r.codec for r in rows] == ["lz4", "zstd", "none", "jpeg"]
+    assert [r.codec for r in rows] == ["lz4", "zstd", "none", "jpeg:90", "jpeg:75"]
     stored = plain_group(path)["images"][:24]
     for r in rows:
         assert r.warm > 0 and r.cold > 0
         # the projected size is the whole store's raw size over the measured ratio
         assert r.store_bytes == int(stored[0].nbytes * 40 / r.ratio)
-        assert (r.psnr == np.inf) == (r.codec != "jpeg")
-    assert 20 < rows[-1].psnr < 60
+        assert (r.psnr == np.inf) == (not r.codec.startswith("jpeg"))
+    q90, q75 = rows[-2:]
+    assert 20 < q75.psnr < q90.psnr < 60 and q75.ratio > q90.ratio
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr.zip", "src"]  # copies removed
 
 
 def test_compare_codecs_leaves_out_jpeg_for_data_it_cannot_hold(tmp_path):
     ds = di.ImageSet(np.zeros((16, 4, 4, 2), np.uint8), np.zeros(16, int), classes=["a"])
     path = di.to_zarr(ds, tmp_path / "two.zarr.zip", chunks=4)
-    assert "jpeg" not in [r.codec for r in compare_codecs(path, samples=8, epochs=1)]
+    assert [r.codec for r in compare_codecs(path, samples=8, epochs=1)] == ["lz4", "zstd", "none"]
+    with pytest.raises(ValueError, match="jpeg:Q"):  # a typo fails before anything is measured
+        compare_codecs(path, samples=8, epochs=1, codecs=["lz4", "jepg"])
 
 
 def _row(codec, ratio, warm, cold, lossy=False, size=10**9):
@@ -40,6 +43,16 @@ ROWS = [
     _row("none", 1.0, 30_000, 4_000, size=1000),
     _row("jpeg", 9.0, 7_000, 7_000, lossy=True, size=110),
 ]
+
+
+def test_recommend_picks_the_most_faithful_lossy_codec_that_keeps_up():
+    rows = [
+        *ROWS[:3],
+        CodecResult("jpeg:90", 9.0, 7_000, 7_000, 38.0, 110),
+        CodecResult("jpeg:75", 14.0, 9_000, 9_000, 35.0, 70),
+    ]
+    assert recommend(rows, target=6_000, memory=1_000).codec == "jpeg:90"
+    assert recommend(rows, target=8_000, memory=1_000).codec == "jpeg:75"
 
 
 @pytest.mark.parametrize(

@@ -122,11 +122,18 @@ def test_bench_cold_and_codecs_recommends_one(ingested, capsys):
     out = capsys.readouterr().out
     assert "[warm: page cache]" in out and "[cold: from disk]" in out
     rows = [line.split()[0] for line in out.splitlines() if line.strip().endswith("GiB")]
-    assert rows == ["lz4", "zstd", "none", "jpeg"]
+    assert rows == ["lz4", "zstd", "none", "jpeg:90", "jpeg:75"]
     # every codec keeps up with 1 img/s: the smallest lossless one is recommended
     assert 'recommended: codec "zstd"' in out
     assert main([*argv, "--samples", "12", "--target", "1e12"]) == 1
     assert "none keeps up" in capsys.readouterr().out
+    # a chosen list
+    assert main([*argv[:-2], "--codecs", "none,jpeg:50", "--samples", "12"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines() if line.strip().endswith("GiB")] == [
+        "none",
+        "jpeg:50",
+    ]
 
 
 def test_python_dash_m_and_errors(tmp_path):

@@ -356,3 +356,39 @@ def test_jpeg_codec_store_roundtrip(tmp_path):
     np.testing.assert_array_equal(plain_group(jpg)["images"][...], lossy)
     n = sum(len(b[0]) for b in di.BatchIterator(jpg, batch_size=7))
     assert n == len(files)
+
+
+@pytest.mark.parametrize("quality", [60, 95])
+def test_jpeg_quality_in_the_codec_name(tmp_path, quality):
+    import io
+
+    from PIL import Image
+
+    di.testing.make_photo_folder(tmp_path / "photos", n_per_class=2, seed=1)
+    ds = di.from_folder(tmp_path / "photos", size=(64, 64))
+    path = di.to_zarr(ds, tmp_path / "q.zarr.zip", codec=f"jpeg:{quality}", chunks=4)
+    exact = di.open_zarr(
+        di.to_zarr(ds, tmp_path / "l.zarr.zip", codec="none", chunks=4)
+    ).images.compute()
+    z = plain_group(path)["images"]
+    inner = z.metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
+    assert inner[0] == {"name": "daskimg.jpeg", "configuration": {"quality": quality}}
+    assert di.open_zarr(path).attrs["codec"] == f"jpeg:{quality}"
+
+    def pil_roundtrip(a):  # the oracle: Pillow's own JPEG at this quality
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=quality)
+        return np.asarray(Image.open(buf))
+
+    err = np.abs(z[...].astype(int) - exact.astype(int)).mean()
+    oracle = np.abs(np.stack([pil_roundtrip(a) for a in exact]).astype(int) - exact).mean()
+    assert oracle * 0.8 - 0.2 <= err <= oracle * 1.2 + 0.2  # the loss of *this* quality
+
+
+@pytest.mark.parametrize(
+    "codec", ["jpeg:0", "jpeg:101", "jpeg:", "jpeg:q90", "jpeg:9.5", "lz4:5", "png"]
+)
+def test_bad_codec_names_are_refused_before_writing(tmp_path, indexed_set, codec):
+    with pytest.raises(ValueError, match="codec"):
+        di.to_zarr(indexed_set, tmp_path / "bad.zarr.zip", codec=codec)
+    assert list(tmp_path.iterdir()) == []

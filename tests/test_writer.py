@@ -701,3 +701,17 @@ def test_features_example_runs(tmp_path):
     assert 0.0 <= accuracy <= 1.0
     ds = di.open_zarr(tmp_path / "stores" / "train-features.zarr.zip")
     assert set(ds.arrays) >= {"features", "labels", "ids"}
+
+
+@pytest.mark.parametrize(
+    ("codec", "match"),
+    [
+        ("jpeg", "does not write codec='jpeg'"),
+        ("jpeg:80", "does not write"),
+        ("lz5", "codec must be"),
+    ],
+)
+def test_lossy_or_unknown_codecs_are_refused_before_touching_the_disk(tmp_path, codec, match):
+    with pytest.raises(ValueError, match=match):
+        ArrayWriter(tmp_path / "f.zarr.zip", shape=(4,), dtype="float32", codec=codec)
+    assert list(tmp_path.iterdir()) == []
