@@ -16,8 +16,8 @@ and written every way compared (cached under ``$DASKIMG_BENCH_CACHE/ffcv``):
 * a litdata ``optimize``d dataset ({"image": uint8 array, "label": int}, 64 MB chunks);
 * WebDataset tar shards of the raw pixels (``.npy`` per sample, 32 shards);
 * daskimg stores ``to_zarr(ImageSet(dask images, labels), codec=C)`` for each codec: lz4,
-  zstd, none, jpeg (``order="shuffled"``, the default; rebuilt when daskimg's store code
-  changes).
+  zstd, none, jpeg (q90, as FFCV's) and jpeg:75 (``order="shuffled"``, the default; rebuilt
+  when daskimg's store code changes).
 
 Every loader yields a uint8 (64, 224, 224, 3) HWC batch and its labels, 2 workers/threads
 each; each method runs in a fresh subprocess (its peak RSS is its own) for one warm-up epoch
@@ -89,7 +89,7 @@ WDS_SHARDS = 32
 SHUFFLE_BUFFER = 1000
 #: mean distinct classes per batch that counts as "global-shuffle quality" (8 classes, 64 per batch)
 GLOBAL_MIX = 7.9
-DASKIMG_CODECS = ("lz4", "zstd", "none", "jpeg")
+DASKIMG_CODECS = ("lz4", "zstd", "none", "jpeg", "jpeg:75")
 
 
 # --- inputs ------------------------------------------------------------------------------
@@ -260,14 +260,15 @@ def build_inputs(n: int) -> Path:
         x = da.from_array(np.load(root / "pixels.npy", mmap_mode="r"), chunks=(256, *TARGET, 3))
         ds = di.ImageSet(x, np.load(root / "labels.npy"), classes=sorted(CLASSES))
         for codec in DASKIMG_CODECS:
-            di.to_zarr(ds, tmp / f"{codec}.zarr.zip", codec=codec)  # order="shuffled"
+            di.to_zarr(ds, daskimg_store(root, codec, tmp), codec=codec)  # order="shuffled"
 
     _step(f"daskimg stores ({', '.join(DASKIMG_CODECS)})", root / f"daskimg-{key}", stores)
     return root
 
 
-def daskimg_store(data: Path, codec: str) -> Path:
-    return data / f"daskimg-{code_key()}" / f"{codec}.zarr.zip"
+def daskimg_store(data: Path, codec: str, folder: Path | None = None) -> Path:
+    folder = folder or data / f"daskimg-{code_key()}"
+    return folder / f"{codec.replace(':', '-q')}.zarr.zip"
 
 
 # --- the methods (each runs in its own subprocess) ---------------------------------------
@@ -599,6 +600,13 @@ def verdicts(
                 f"against the fastest cold FFCV raw row ({fastest}, {cold[fastest]['rate']:,.0f}/s): "
                 f"x{b['rate'] / cold[fastest]['rate']:.2f}"
             )
+            lossless = [m for m in have if not m.startswith("daskimg-jpeg")]
+            if lossless and best not in lossless:
+                bl = max(lossless, key=lambda m: cold[m]["rate"])
+                print(
+                    f"         ({best} is lossy; the best lossless codec, {bl}, "
+                    f"{cold[bl]['rate']:,.0f}/s: x{cold[bl]['ratio']:.2f})"
+                )
     else:
         print("  [----] cold criterion: needs a cold run (default, or --cold)")
     for name, res in (("warm", warm), ("cold", cold)):
