@@ -1,7 +1,8 @@
 """Codecs: size, write speed and read speed of decoded photo pixels, per codec.
 
 N photos (default 1,000 JPEGs of ~500x375, 8 classes) are decoded once to 224x224x3
-uint8 and kept in memory. Then, for every codec daskimg offers (``daskimg.codecs.CODECS``):
+uint8 and kept in memory. Then, for every codec ``daskimg bench --codecs`` compares
+(``daskimg.bench.BENCH_CODECS``: lz4, zstd, none, and JPEG at quality 90 and 75):
 
 * compression ratio: raw pixel bytes / stored bytes of the ``images`` array;
 * write MB/s: ``daskimg.to_zarr`` of an in-memory ImageSet to a ``.zarr.zip``,
@@ -85,13 +86,12 @@ def bench_daskimg(
     pixels: np.ndarray, labels: np.ndarray, classes: list[str], tmp: Path, a
 ) -> list[dict]:
     import daskimg as di
-    from daskimg.bench import raw_limit
-    from daskimg.codecs import CODECS
+    from daskimg.bench import BENCH_CODECS, raw_limit
 
     mem = di.ImageSet(pixels, labels, classes=classes)
     out = []
-    for codec in CODECS:
-        path = os.fspath(tmp / f"{codec}.zarr.zip")
+    for codec in BENCH_CODECS:
+        path = os.fspath(tmp / f"{codec.replace(':', '-q')}.zarr.zip")
         writes = []
         for _ in range(a.reps):
             with timer() as t:
@@ -269,7 +269,7 @@ def write_docs(rows: list[dict], n: int, jpeg_note: str, cold: bool, where: str)
         "What `daskimg.bench.recommend` picks here for a target (e.g. your GPU's images/s): "
         "a store that fits in half the memory is read warm after its first epoch, a bigger "
         "one from disk every epoch. Lossless first, the smallest that keeps up; JPEG only "
-        "when no lossless codec does. `daskimg bench STORE --codecs --target N` measures "
+        "when no lossless codec does, at the highest quality that keeps up. `daskimg bench STORE --codecs --target N` measures "
         "this on your own data, disk and CPU.",
         "",
         markdown_table(
@@ -325,7 +325,6 @@ def main() -> None:
     a.reps = a.reps or (1 if a.quick else 2)
 
     import daskimg as di
-    from daskimg.codecs import CODECS
 
     folder = photo_folder(n)
     paths, labels = list_photos(folder)
@@ -360,10 +359,12 @@ def main() -> None:
         HEADER,
         table_rows(rows),
     )
-    jpg = next((r for r in rows if r["name"] == 'daskimg "jpeg"'), None)
+    jpg = next((r for r in rows if r["name"] == 'daskimg "jpeg:90"'), None)
+    q75 = next((r for r in rows if r["name"] == 'daskimg "jpeg:75"'), None)
+    jpeg_note = '**`"jpeg"`** (quality 90; `"jpeg:Q"` for another): see its rows in the table.'
     if jpg is not None:
         jpeg_note = (
-            f'**`"jpeg"`** is lossy ({quality(jpg["psnr"])} PSNR here) and '
+            f'**`"jpeg"`** (= `"jpeg:90"`) is lossy ({quality(jpg["psnr"])} PSNR here) and '
             f"{jpg['ratio']:.1f}x smaller than raw: use it when disk or network is the "
             "bottleneck and the model tolerates JPEG artefacts (it trains on JPEGs anyway)"
         )
@@ -374,13 +375,12 @@ def main() -> None:
                 f"{jpg['shuffled']:,.0f} samples/s against lz4's {lz4['shuffled']:,.0f}"
             )
         jpeg_note += "."
-    elif "jpeg" in CODECS:
-        jpeg_note = '**`"jpeg"`**: see its row in the table.'
-    else:
-        jpeg_note = (
-            '**JPEG**: a lossy `codec="jpeg"` is planned but not implemented yet; the JPEG row shows '
-            "how much smaller the source files are than raw pixels."
-        )
+        if q75 is not None:
+            jpeg_note += (
+                f' `"jpeg:75"` trades fidelity ({quality(q75["psnr"])}) for size '
+                f"({q75['ratio']:.1f}x) and decoding speed ({q75['shuffled']:,.0f} warm, "
+                f"{q75['cold']:,.0f} cold samples/s)."
+            )
     if a.write_docs:
         write_docs(rows, n, jpeg_note, a.cold, where)
 

@@ -26,8 +26,9 @@ the methods run round-robin for ``--rounds`` rounds (the order rotates each roun
 medians. Warm: files read once before each epoch (FFCV ``os_cache=True``). Cold: the files
 are evicted (``posix_fadvise(DONTNEED)``) before each epoch, checked with ``fincore``;
 FFCV then uses ``os_cache=False`` (its own pread page cache: a memory map that stays mapped
-cannot be evicted), daskimg a new ``BatchIterator`` per epoch and litdata non-persistent
-workers (for the same reason). The daskimg package is copied aside at the start and imported
+cannot be evicted), litdata non-persistent workers (for the same reason); daskimg keeps
+one ``BatchIterator``, as FFCV keeps its ``Loader``: ``daskimg.bench.evict`` releases
+daskimg's memory maps of the store before dropping it. The daskimg package is copied aside at the start and imported
 from there by every worker, so edits to ``daskimg/`` during the run change nothing.
 
 Rows: FFCV raw RANDOM with copy-out (``np.copy`` of each batch: FFCV reuses its output
@@ -342,30 +343,20 @@ def m_webdataset(data: Path, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def m_daskimg(data: Path, a: argparse.Namespace, codec: str) -> dict[str, Any]:
-    import gc
-
     import daskimg as di
 
     path = daskimg_store(data, codec)
-    it: list[Any] = []
-
-    def make() -> Any:
-        return di.BatchIterator(
-            os.fspath(path), batch_size=BATCH, shuffle=True, seed=a.seed, threads=WORKERS
-        )
-
-    def before(e: int) -> None:
-        if a.cold:  # a memory map that stays mapped keeps its pages: a new iterator per epoch
-            it.clear()
-            gc.collect()
+    # one iterator for all epochs, as FFCV's Loader; cold epochs stay cold because the
+    # eviction (daskimg.bench.evict) releases daskimg's memory maps first (fincore checks)
+    it = di.BatchIterator(
+        os.fspath(path), batch_size=BATCH, shuffle=True, seed=a.seed, threads=WORKERS
+    )
 
     def epoch(e: int) -> Iterable[tuple[Any, Any]]:
-        if not it:
-            it.append(make())
-        it[0].set_epoch(e)
-        return it[0]
+        it.set_epoch(e)
+        return it
 
-    return {**epochs([path], epoch, a, before=before), "daskimg_file": di.__file__}
+    return {**epochs([path], epoch, a), "daskimg_file": di.__file__}
 
 
 def epochs(
