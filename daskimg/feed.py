@@ -453,7 +453,8 @@ class BatchIterator:
         next_group = first_group
         next_batch = start
         pending: deque[tuple[int, Future[dict[str, np.ndarray]], _Batch]] = deque()
-        io_pool, work_pool = self._thread_pools()
+        pools = self._thread_pools()
+        io_pool, work_pool = pools
         window = 2 * self.threads + self.prefetch
         lock = threading.Lock()
 
@@ -493,6 +494,12 @@ class BatchIterator:
         try:
             submit_batches()
             while pending:
+                if self._pools_exec is not pools:  # close() while this generator was suspended
+                    raise RuntimeError(
+                        "BatchIterator.close() was called during this iteration, which stopped "
+                        f"its threads; iterate the BatchIterator again to continue from batch "
+                        f"{self._batch} of epoch {self.epoch}"
+                    )
                 b, future, _ = pending[0]
                 out = future.result()  # if it raises, the batch's buffers are released below
                 pending.popleft()

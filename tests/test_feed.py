@@ -93,6 +93,21 @@ def test_resume_mid_epoch(store):
         di.BatchIterator(store, batch_size=9, seed=2).load_state_dict(state)
 
 
+def test_close_mid_epoch_says_so_and_iterating_again_continues(store):
+    it = di.BatchIterator(store, batch_size=9, arrays=("idx",), seed=3, buffer_chunks=2)
+    full = [x[0] for x in it]  # epoch 0
+    it.set_epoch(0)
+    gen = iter(it)
+    head = [next(gen)[0] for _ in range(3)]
+    it.close()
+    with pytest.raises(RuntimeError, match=r"close\(\) was called.*batch 3"):
+        next(gen)
+    tail = [x[0] for x in it]  # the same epoch, from where it stopped
+    assert len(head) + len(tail) == len(full)
+    for x, y in zip(head + tail, full, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_mixing_on_class_sorted_source(tmp_path):
     # 8 classes, written class-sorted in the source; the store's shuffled order plus the chunk shuffle
     n = 4096
