@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ing.add_argument(
         "--codec",
+        type=_codec,
         default=None,
         help="lz4 (default), zstd, none, jpeg (lossy, q90) or jpeg:Q (quality Q, 1-100)",
     )
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--classes", nargs="*", default=(), help="class names, in label order")
     conv.add_argument(
         "--codec",
+        type=_codec,
         default=None,
         help="lz4 (default), zstd, none, jpeg (lossy, q90) or jpeg:Q (quality Q, 1-100)",
     )
@@ -130,6 +132,17 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=0)
     _storage_options_arg(show)
     return p
+
+
+def _codec(text: str) -> str:
+    """``--codec``: checked before any image is decoded (argparse reports the error)."""
+    from .codecs import parse_codec
+
+    try:
+        parse_codec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _storage_options_arg(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import plain_group
 from PIL import Image
 
 import daskimg as di
@@ -163,3 +164,27 @@ def test_unreachable_scheduler_is_named(tmp_path, image_folder, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "tcp://127.0.0.1:9" in err and "--scheduler threads" in err
+
+
+@pytest.mark.parametrize("codec", ["jpeg:xx", "lz5", "jpeg:0"])
+def test_a_bad_codec_is_refused_before_any_image_is_read(tmp_path, image_folder, capsys, codec):
+    out = tmp_path / "out"
+    argv = ["ingest", str(image_folder), str(out), "--size", "16", "16", "--codec", codec]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr()
+    assert "--codec" in err.err and "found" not in err.out
+    assert not out.exists()
+
+
+def test_ingest_with_a_jpeg_quality(tmp_path, image_folder):
+    out = tmp_path / "out"
+    argv = ["ingest", str(image_folder), str(out), "--size", "16", "16", "--codec", "jpeg:60"]
+    assert main(argv) == 0
+    z = plain_group(out / "train.zarr.zip")["images"]
+    codecs = z.metadata.to_dict()["codecs"]
+    inner = (
+        codecs[0]["configuration"]["codecs"] if codecs[0]["name"] == "sharding_indexed" else codecs
+    )
+    assert inner[0] == {"name": "daskimg.jpeg", "configuration": {"quality": 60}}
