@@ -98,7 +98,9 @@ class ImageSet:
         self._n = n
         #: ``(N, H, W, C)`` dask array, or None for a store of other arrays only (e.g. features)
         self.images: da.Array | None = cast("da.Array | None", images)
-        self.labels = None if labels is None else _per_sample("labels", labels, n, np.int64)
+        self.labels = (
+            None if labels is None else _per_sample("labels", _class_indices(labels), n, np.int64)
+        )
         self.classes = tuple(str(c) for c in classes)
         if self.labels is not None and self.classes and len(self.labels):
             lo, hi = int(self.labels.min()), int(self.labels.max())
@@ -252,6 +254,30 @@ class ImageSet:
         return {name: self.take(idx) for name, idx in parts.items()}
 
 
+def _class_indices(labels: Any) -> Any:
+    """``labels`` checked to be whole class indices (strings and fractions are refused)."""
+    if isinstance(labels, da.Array):
+        return labels
+    arr = np.asarray(labels)
+    if arr.dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in arr.ravel()):
+        names = sorted({str(v) for v in arr.ravel()})
+        raise ValueError(
+            f"labels must be integer class indices; got names such as {names[0]!r}. Pass "
+            "indices and the names separately: classes = sorted(set(names)); "
+            "labels = [classes.index(name) for name in names]"
+        )
+    if arr.dtype.kind in "fc":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr.real))
+        if bad.any():
+            raise ValueError(
+                f"labels must be whole numbers (class indices); found {arr[bad].ravel()[0].item()} "
+                "(casting would truncate it). Per-sample values such as scores or targets "
+                "belong in columns=, e.g. columns={'target': values}"
+            )
+        return arr.real
+    return arr
+
+
 def _per_sample(name: str, values: Any, n: int, dtype: Any) -> Any:
     if isinstance(values, da.Array):
         # large columns (e.g. features from a store) stay lazy
@@ -316,7 +342,14 @@ def _allocate(m: int, fr: np.ndarray) -> np.ndarray:
 
 def _files_under(folder: Path) -> list[Path]:
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    seen: set[str] = set()
+    # linked subfolders are followed like the class folder itself; each real folder once
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(
             Path(dirpath) / f
@@ -537,8 +570,9 @@ def from_csv(
     csv_path
         A CSV file with a header row (a local path or a URL).
     root
-        Folder the paths in ``path_column`` are relative to. Paths that resolve outside it
-        are refused. A URL (``"s3://bucket/imgs"``) reads the images with fsspec.
+        Folder the paths in ``path_column`` are relative to. Paths that lead outside it
+        (absolute, or up through ``..``) are refused; symbolic links inside it are followed
+        wherever they point, and each sample keeps the name the CSV gives it. A URL (``"s3://bucket/imgs"``) reads the images with fsspec.
     path_column, label_column
         Column names. Labels may be class names (classes are then the sorted unique names)
         or integers (used as given). ``label_column=None``: no labels.
@@ -568,12 +602,14 @@ def from_csv(
     root_path = Path(root).resolve() if root_url is None else Path()
     if is_url(csv_path):
         fs, key = filesystem(str(csv_path), storage_options)
-        text = fs.cat_file(key).decode("utf-8")
+        text = fs.cat_file(key).decode("utf-8-sig")
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = list(reader.fieldnames or [])
         rows = list(reader)
     else:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, which would
+        # otherwise become part of the first column's name
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = list(reader.fieldnames or [])
             rows = list(reader)
@@ -597,7 +633,9 @@ def from_csv(
                     "paths must be relative to root and stay inside it"
                 ) from None
             continue
-        full = (root_path / rel).resolve()
+        # lexical: '..' and absolute paths may not leave the root, but a symbolic link
+        # inside it may point anywhere (a cache), and the sample keeps the CSV's name
+        full = Path(os.path.normpath(root_path / rel))
         if not full.is_relative_to(root_path):
             raise ValueError(
                 f"{where}, line {line}: path {rel!r} points outside root {str(root_path)!r}; "
@@ -608,6 +646,14 @@ def from_csv(
     classes: list[str] = []
     if label_column:
         raw = [(row[label_column] or "").strip() for row in rows]
+        holes = [line for line, v in enumerate(raw, start=2) if not v]
+        if holes:
+            shown = ", ".join(map(str, holes[:5])) + (", ..." if len(holes) > 5 else "")
+            raise ValueError(
+                f"{where}, line{'s' if len(holes) > 1 else ''} {shown}: no {label_column!r} ({len(holes)} of {len(rows)} rows "
+                "have none); fill them in, drop those rows, or pass label_column=None to read "
+                "the set without labels"
+            )
         if all(_is_int(v) for v in raw):
             labels = np.array([int(v) for v in raw], dtype=np.int64)
         else:

@@ -352,6 +352,8 @@ def relative_paths(paths: Sequence[str], root: str | os.PathLike[str]) -> np.nda
         return np.array(
             [p[len(prefix) :] if p.startswith(prefix) else p for p in paths], dtype=object
         )
-    base = Path(root).resolve()
-    rel = [Path(p).resolve().relative_to(base).as_posix() for p in paths]
+    # lexical, not resolved: a file may be a symbolic link into a cache outside the root
+    # (Hugging Face, DVC, git-annex), and its name under the root is the one to keep
+    base = os.path.abspath(root)
+    rel = [Path(os.path.relpath(os.path.abspath(p), base)).as_posix() for p in paths]
     return np.array(rel, dtype=object)

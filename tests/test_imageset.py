@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import daskimg as di
 from daskimg.decode import DecodeSpec, decode_file
@@ -139,3 +140,103 @@ def test_from_csv_refuses_paths_outside_root(image_folder, tmp_path):
     csv.write_text("file,label\nx.png,a\n")
     with pytest.raises(ValueError, match="no column 'path'"):
         di.from_csv(csv, root=image_folder, size=(8, 8))
+
+
+def _pillow_rgb(path):
+    """Pillow's own decode of a file (the oracle; the tests use the files' own size)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_from_folder_follows_symlinks_out_of_the_root(tmp_path):
+    # a Hugging Face / DVC / git-annex style tree: the files (or a whole class folder) are
+    # symbolic links into a cache outside the root
+    blobs = di.testing.make_image_folder(
+        tmp_path / "cache", n=6, size=(12, 10), classes=("a", "b"), seed=3
+    )
+    root = tmp_path / "data"
+    (root / "cat").mkdir(parents=True)
+    for i, f in enumerate(blobs[:3]):
+        (root / "cat" / f"photo {i} é.png").symlink_to(f)
+    (root / "dog").symlink_to(tmp_path / "cache" / "b", target_is_directory=True)
+    ds = di.from_folder(root, size=(12, 10))
+    assert ds.classes == ("cat", "dog")
+    assert ds.paths.tolist() == [
+        "cat/photo 0 é.png",
+        "cat/photo 1 é.png",
+        "cat/photo 2 é.png",
+        *(f"dog/{f.name}" for f in sorted(blobs[3:])),
+    ]
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    got = ds.images.compute()
+    for i, rel in enumerate(ds.paths):
+        np.testing.assert_array_equal(got[i], _pillow_rgb(root / rel))
+
+
+def test_from_csv_keeps_the_csv_path_of_a_symlink(tmp_path):
+    blobs = di.testing.make_image_folder(tmp_path / "cache", n=2, size=(12, 10), classes=("a",))
+    root = tmp_path / "data"
+    (root / "imgs").mkdir(parents=True)
+    for i, f in enumerate(blobs):
+        (root / "imgs" / f"{i}.png").symlink_to(f)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nimgs/0.png,cat\nimgs/1.png,dog\n")
+    ds = di.from_csv(csv, root=root, size=(12, 10))
+    assert ds.paths.tolist() == ["imgs/0.png", "imgs/1.png"]
+    np.testing.assert_array_equal(ds.images[1].compute(), _pillow_rgb(blobs[1]))
+    csv.write_text("path,label\nimgs/../../cache/a/x.png,cat\n")
+    with pytest.raises(ValueError, match="outside root"):
+        di.from_csv(csv, root=root, size=(12, 10))
+
+
+def test_from_csv_reads_a_header_with_a_byte_order_mark(image_folder, tmp_path):
+    # Excel's "CSV UTF-8" starts the file with a BOM
+    files = sorted(image_folder.rglob("*.png"))[:3]
+    csv = tmp_path / "excel.csv"
+    rows = "".join(f"{f.relative_to(image_folder).as_posix()},{f.parent.name}\n" for f in files)
+    csv.write_text("path,label\n" + rows, encoding="utf-8-sig")
+    ds = di.from_csv(csv, root=image_folder, size=(8, 8))
+    assert ds.paths.tolist() == [f.relative_to(image_folder).as_posix() for f in files]
+    assert ds.classes == tuple(sorted({f.parent.name for f in files}))
+
+
+@pytest.mark.parametrize("labels", ["cat,,dog", "0,,1", "0, ,1"])
+def test_from_csv_missing_label_names_the_line(image_folder, tmp_path, labels):
+    files = sorted(image_folder.rglob("*.png"))[:3]
+    csv = tmp_path / "holes.csv"
+    rows = [
+        f"{f.relative_to(image_folder).as_posix()},{v}"
+        for f, v in zip(files, labels.split(","), strict=True)
+    ]
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"line 3: no 'label'.*label_column=None"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+
+
+def test_imageset_labels_must_be_whole_class_indices():
+    images = np.zeros((3, 2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"labels must be integer class indices.*'cat'"):
+        di.ImageSet(images, ["cat", "dog", "cat"], classes=["cat", "dog"])
+    with pytest.raises(ValueError, match=r"labels must be whole numbers.*0\.5.*columns="):
+        di.ImageSet(images, [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match=r"labels must be whole numbers.*nan"):
+        di.ImageSet(images, [0.0, np.nan, 1.0])
+    whole = di.ImageSet(images, np.array([0.0, 1.0, 1.0]), classes=["a", "b"])
+    assert whole.labels.dtype == np.int64
+    np.testing.assert_array_equal(whole.labels, [0, 1, 1])
+
+
+def test_from_folder_descends_into_symlinked_subfolders_once(tmp_path):
+    # "files are found recursively below each class folder", also through a linked
+    # subfolder; a link back up (a loop) is not followed forever
+    blobs = di.testing.make_image_folder(tmp_path / "cache", n=2, size=(12, 10), classes=("a",))
+    root = tmp_path / "data"
+    (root / "cat" / "own").mkdir(parents=True)
+    (root / "cat" / "linked").symlink_to(tmp_path / "cache" / "a", target_is_directory=True)
+    (root / "cat" / "own" / "loop").symlink_to(root / "cat", target_is_directory=True)
+    Image.open(blobs[0]).save(root / "cat" / "own" / "x.png")
+    ds = di.from_folder(root, size=(12, 10))
+    assert ds.paths.tolist() == [*(f"cat/linked/{f.name}" for f in sorted(blobs)), "cat/own/x.png"]
+    got = ds.images.compute()
+    for i, rel in enumerate(ds.paths):
+        np.testing.assert_array_equal(got[i], _pillow_rgb(root / rel))
