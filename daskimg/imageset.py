@@ -185,12 +185,20 @@ class ImageSet:
         return Grid(grid_figure(self, n=n, seed=seed))
 
     def take(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
-        """A new set with the samples at ``indices``, in that order.
+        """A new set with the samples at ``indices``, in that order (or where a boolean mask is True).
 
         For sets read from files, the lazy images are rebuilt over the chosen files (a small
         graph, nothing decoded), rather than gathered across blocks.
         """
-        idx = np.asarray(indices, dtype=np.int64)
+        raw = np.asarray(indices)
+        if raw.dtype == bool:  # a mask, as numpy reads it (not the indices 0 and 1)
+            if raw.shape != (len(self),):
+                raise IndexError(
+                    f"a boolean mask of {raw.size} values for {len(self)} samples; "
+                    "pass one value per sample, or integer indices"
+                )
+            raw = np.flatnonzero(raw)
+        idx = raw.astype(np.int64)
         if idx.ndim != 1:
             raise ValueError(f"indices must be one-dimensional, got shape {idx.shape}")
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):

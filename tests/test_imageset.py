@@ -240,3 +240,15 @@ def test_from_folder_descends_into_symlinked_subfolders_once(tmp_path):
     got = ds.images.compute()
     for i, rel in enumerate(ds.paths):
         np.testing.assert_array_equal(got[i], _pillow_rgb(root / rel))
+
+
+def test_take_with_a_boolean_mask_selects_like_numpy(indexed_set):
+    # ds.take(ds.labels == 1) must not read the mask as the indices 0 and 1
+    images = indexed_set.images.compute()
+    mask = indexed_set.labels == 1
+    sub = indexed_set.take(mask)
+    assert len(sub) == int(mask.sum())
+    np.testing.assert_array_equal(sub.images.compute(), images[mask])
+    np.testing.assert_array_equal(sub.labels, indexed_set.labels[mask])
+    with pytest.raises(IndexError, match="boolean mask of 3 values for 103 samples"):
+        indexed_set.take(np.array([True, False, True]))
