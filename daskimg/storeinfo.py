@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,6 +43,14 @@ def _local(path: str | os.PathLike[str]) -> str:
     return (local_path(path) or path) if isinstance(path, str) else os.fspath(path)
 
 
+def _bad_zip(exc: zipfile.BadZipFile) -> str:
+    """Why a ``.zarr.zip`` cannot be opened, and what to do."""
+    return (
+        f"not a readable zip file ({exc}): it is truncated or damaged, e.g. by an "
+        "interrupted copy; copy it again, or re-create it from the source"
+    )
+
+
 def verify(
     path: str | os.PathLike[str],
     *,
@@ -65,9 +74,12 @@ def verify(
     if url is not None:
         return _verify_url(url, storage_options, progress)
     p = _local(path)
-    attrs = read_attrs(p, check_complete=False)
-    reader = StoreReader(p)
-    group = _open_group(p)
+    try:
+        attrs = read_attrs(p, check_complete=False)
+        reader = StoreReader(p)
+        group = _open_group(p)
+    except zipfile.BadZipFile as e:
+        return [Problem("(store)", -1, _bad_zip(e))]
     problems: list[Problem] = []
     if attrs.get("complete") is not True:
         problems.append(Problem("(store)", -1, "incomplete: complete is not true"))
@@ -153,8 +165,11 @@ def count_chunks(
             total += -(-arr.shape[0] // rows)
         return total
     p = _local(path)
-    reader = StoreReader(p)
-    group = _open_group(p)
+    try:
+        reader = StoreReader(p)
+        group = _open_group(p)
+    except zipfile.BadZipFile:
+        return 0  # verify reports it
     return sum(reader.layout(name).num_chunks for name, _ in group.arrays())
 
 
@@ -179,11 +194,16 @@ def info(
         p = url
     else:
         p = _local(path)
-        attrs = read_attrs(p, check_complete=False)
-        group = _open_group(p)
+        try:
+            attrs = read_attrs(p, check_complete=False)
+            group = _open_group(p)
+        except zipfile.BadZipFile as e:
+            raise DaskImgError(f"{os.path.abspath(p)!r} is {_bad_zip(e)}") from None
     arrays = {}
     for name, arr in group.arrays():
-        nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize if arr.dtype != object else None
+        # strings have no fixed size per sample (itemsize is a pointer's): no ratio
+        text = arr.dtype.kind in "OTU"
+        nbytes = None if text else int(np.prod(arr.shape)) * arr.dtype.itemsize
         stored = (
             sum(v for k, v in sizes.items() if k.startswith(name + "/"))
             if url is not None
@@ -191,7 +211,7 @@ def info(
         )
         arrays[name] = {
             "shape": list(arr.shape),
-            "dtype": "str" if arr.dtype.kind in "OTU" else str(arr.dtype),
+            "dtype": "str" if text else str(arr.dtype),
             "chunks": list(arr.chunks),
             "shards": list(arr.shards) if arr.shards else None,
             "stored_bytes": stored,

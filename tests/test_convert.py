@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 import zarr
@@ -7,6 +9,8 @@ import zarr
 import daskimg as di
 from daskimg.cli import main
 from daskimg.convert import convert, open_array_set
+from daskimg.errors import DaskImgError
+from daskimg.storeinfo import info, verify
 
 h5py = pytest.importorskip("h5py")
 
@@ -89,3 +93,43 @@ def test_convert_errors_name_what_is_missing(tmp_path, arrays, capsys):
     (tmp_path / "x.bin").write_bytes(b"?")
     with pytest.raises(ValueError, match=r"\.h5/\.hdf5, \.npy or \.npz"):
         open_array_set(tmp_path / "x.bin")
+
+
+# --- storeinfo: info and verify (the store bookkeeping) ------------------------
+
+
+def _small_store(tmp_path, arrays, name="s.zarr.zip"):
+    x, y = arrays
+    ds = di.ImageSet(x, y, classes=list("abcd"), paths=[f"img {i}.png" for i in range(len(x))])
+    return di.to_zarr(ds, tmp_path / name, chunks=8, codec="none")
+
+
+def test_verify_and_info_report_a_truncated_zip(tmp_path, arrays, capsys):
+    path = _small_store(tmp_path, arrays)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    cut = tmp_path / "cut.zarr.zip"
+    cut.write_bytes(data[: len(data) // 2])  # an interrupted copy: no central directory
+    problems = verify(cut)
+    assert len(problems) == 1 and problems[0].array == "(store)"
+    assert "not a readable zip" in problems[0].message and "copy it again" in problems[0].message
+    with pytest.raises(DaskImgError, match=r"cut\.zarr\.zip.*not a readable zip.*copy it again"):
+        info(cut)
+    assert main(["verify", str(cut)]) == 1
+    assert "not a readable zip" in capsys.readouterr().out
+    assert main(["info", str(cut)]) == 2
+    assert "cut.zarr.zip" in capsys.readouterr().err
+
+
+def test_info_ratio_and_counts_against_plain_zarr(tmp_path, arrays):
+    _, y = arrays
+    path = _small_store(tmp_path, arrays)
+    summary = info(path)
+    g = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
+    with zipfile.ZipFile(path) as zf:
+        stored = sum(i.file_size for i in zf.infolist() if i.filename.startswith("images/"))
+    assert summary["arrays"]["images"]["stored_bytes"] == stored
+    assert summary["arrays"]["images"]["ratio"] == pytest.approx(g["images"][...].nbytes / stored)
+    # strings have no fixed size per sample: no compression ratio to report
+    assert summary["arrays"]["paths"]["ratio"] is None
+    assert summary["class_counts"] == {c: int((y == i).sum()) for i, c in enumerate("abcd")}
