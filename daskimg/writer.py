@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import re
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
@@ -107,9 +109,12 @@ class ArrayWriter:
     chunk) and up to ``threads`` shards being written, plus the batch being appended;
     a dask array is computed a few blocks at a time. Accepted batches: numpy arrays, anything with ``.detach().cpu().numpy()``
     (torch tensors) and dask arrays. Casts that cannot lose values are done silently,
-    and so is float to a narrower float (float64 -> float32: precision only); float ->
-    int, int -> narrower int, signed -> unsigned and int64 -> float are refused: cast
-    explicitly. Not thread-safe: append from one thread.
+    and so is float to a narrower float (float64 -> float32: precision only; a finite
+    value too large for it, which would become inf, is refused); float -> int, int ->
+    narrower int, signed -> unsigned and int -> a float that could round it (int64 ->
+    float64, int32 -> float32) are refused: cast explicitly. Appends from several
+    threads are taken one at a time, each batch whole (in no promised order between
+    threads).
 
     Examples
     --------
@@ -158,13 +163,12 @@ class ArrayWriter:
         self.specs = _parse_specs(name, shape, dtype, arrays)
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' (a new store) or 'a' (add arrays); got {mode!r}")
-        if chunks is not None and (not isinstance(chunks, int) or chunks < 1):
-            raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
-        if shard_chunks is not None and (not isinstance(shard_chunks, int) or shard_chunks < 1):
-            raise ValueError(f"shard_chunks must be a positive integer, got {shard_chunks!r}")
+        if chunks is not None:
+            chunks = _integer(chunks, 1, "chunks must be a positive number of samples")
+        if shard_chunks is not None:
+            shard_chunks = _integer(shard_chunks, 1, "shard_chunks must be a positive integer")
         self._shard_chunks = shard_chunks
-        if not isinstance(threads, int) or threads < 0:
-            raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
+        threads = _integer(threads, 0, "threads must be an integer >= 0")
         if checkpoint_every is not None and checkpoint_every < 0:
             raise ValueError(
                 f"checkpoint_every must be >= 0 seconds or None, got {checkpoint_every}"
@@ -190,6 +194,7 @@ class ArrayWriter:
         self._manifest: dict[str, Any] = {}
         self._closed = False
         self._broken: str | None = None
+        self._mutex = threading.RLock()  # one append, checkpoint or close at a time
         self._last_checkpoint = time.monotonic()
         self._pool = ShardPool(threads)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -258,6 +263,10 @@ class ArrayWriter:
         (wrong shape, unsafe cast, mismatched row counts, too many rows for
         ``mode="a"``) raises before anything changes; the writer stays usable.
         """
+        with self._mutex:
+            self._append(batch, named)
+
+    def _append(self, batch: Any, named: dict[str, Any]) -> None:
         self._check_usable()
         values = self._name_values(batch, named)
         lazy = [n for n, v in values.items() if isinstance(v, da.Array)]
@@ -285,16 +294,19 @@ class ArrayWriter:
 
         After a crash, ``ArrayWriter(path, ..., resume=True)`` continues from here.
         """
-        self._check_usable()
-        try:
-            self._pool.drain()
-            writer_staging.save_checkpoint(self._staging, self._manifest, self._columns, self._rows)
-        except BaseException as e:
-            self._break(f"a checkpoint failed ({e!r})")
-            raise
-        self._durable = self._rows
-        self._last_checkpoint = time.monotonic()
-        return self._rows
+        with self._mutex:
+            self._check_usable()
+            try:
+                self._pool.drain()
+                writer_staging.save_checkpoint(
+                    self._staging, self._manifest, self._columns, self._rows
+                )
+            except BaseException as e:
+                self._break(f"a checkpoint failed ({e!r})")
+                raise
+            self._durable = self._rows
+            self._last_checkpoint = time.monotonic()
+            return self._rows
 
     def close(self) -> None:
         """Finish the store and move it into place (atomically); release the lock.
@@ -302,8 +314,14 @@ class ArrayWriter:
         With ``mode="a"``, the number of rows must equal the store's ``num_samples``;
         otherwise this raises, the store is left unchanged and the writer stays open
         (append the missing rows and close again). Closing a writer with no rows raises
-        (an empty store is not written) and leaves nothing behind.
+        (an empty store is not written) and leaves nothing behind. If moving the store
+        into place fails, the write stays unfinished (as after a crash) and every later
+        call, ``close()`` too, raises: reopen it with ``resume=True``.
         """
+        with self._mutex:
+            self._close()
+
+    def _close(self) -> None:
         if self._closed and self._broken is None:
             return
         self._check_usable()
@@ -326,9 +344,12 @@ class ArrayWriter:
             writer_staging.publish(
                 self.path, self._staging, self._columns, self._rows, mode=self.mode, kind=self.kind
             )
-        finally:
-            self._closed = True
-            self._lock.close()
+        except BaseException as e:
+            # no store at path (or the old one): a second close must not pass for success
+            self._break(f"moving the store into place failed ({e!r})")
+            raise
+        self._closed = True
+        self._lock.close()
 
     # -- opening ----------------------------------------------------------------------
     def _open(self, chunks: int | None, codec: str | None, resume: bool, split: str | None) -> None:
@@ -341,7 +362,7 @@ class ArrayWriter:
         token = None
         if self.mode == "a":
             chunks, token = self._check_target(chunks)
-        if resume and self._resume(chunks, codec, token):
+        if resume and self._resume(chunks, codec, token, split):
             return
         if self._staging.exists():
             logger.warning("discarding the unfinished write at %s (resume=False)", self._staging)
@@ -369,7 +390,9 @@ class ArrayWriter:
         self.classes = self.classes or classes
         return chunk_len, token
 
-    def _resume(self, chunks: int | None, codec: str | None, token: str | None) -> bool:
+    def _resume(
+        self, chunks: int | None, codec: str | None, token: str | None, split: str | None
+    ) -> bool:
         """Reload the last checkpoint of an unfinished write; False if there is none."""
         state = writer_staging.resume(
             self._staging,
@@ -380,10 +403,15 @@ class ArrayWriter:
             shard_chunks=self._shard_chunks,
             codec=codec,
             token=token,
+            classes=self.classes,
+            split=split,
         )
         if state is None:
             return False
         self._manifest, self._columns = state
+        if self.mode == "w":  # the labels are checked against the classes the store records
+            attrs = self._manifest["root_meta"]["attributes"]["daskimg"]
+            self.classes = tuple(attrs.get("classes") or ())
         self._rows = self._durable = int(self._manifest["rows"])
         logger.info("resumed %s at row %d", self.path, self._rows)
         return True
@@ -445,6 +473,8 @@ class ArrayWriter:
                     f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes; "
                     f"this batch has {lo}..{hi}"
                 )
+        if arr.dtype.kind == "f" and dtype.kind == "f" and arr.dtype.itemsize > dtype.itemsize:
+            return _narrow_float(name, arr, dtype)
         return np.ascontiguousarray(arr, dtype=dtype)
 
     def _count_rows(self, arrays: Mapping[str, Any]) -> int:
@@ -512,15 +542,16 @@ class ArrayWriter:
     # -- closing ----------------------------------------------------------------------
     def _abandon(self) -> None:
         """Leave the write unfinished: checkpoint what was appended, release the lock."""
-        if self._closed:
-            return
-        try:
-            self.checkpoint()
-        except Exception:
-            logger.exception("could not checkpoint %s before leaving it unfinished", self.path)
-        finally:
-            self._closed = True
-            self._lock.close()
+        with self._mutex:
+            if self._closed:
+                return
+            try:
+                self.checkpoint()
+            except Exception:
+                logger.exception("could not checkpoint %s before leaving it unfinished", self.path)
+            finally:
+                self._closed = True
+                self._lock.close()
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -549,9 +580,16 @@ def _parse_specs(
             raise ValueError(f"array name {n!r} must be letters, digits, '_', '-' or '.'")
         if n in ("images", "paths"):
             raise ValueError(f"{n!r} is reserved for the store's own arrays; pick another name")
+        if n == "zarr.json":
+            raise ValueError(f"{n!r} is the name of Zarr's metadata files; pick another name")
         try:
-            shp, dt = spec
-            shp = (shp,) if isinstance(shp, int) else tuple(int(d) for d in shp)
+            dims: Any
+            shp: tuple[int, ...]
+            dims, dt = spec
+            try:
+                shp = (operator.index(dims),)
+            except TypeError:  # a sequence of dimensions (integers; 2.5 is refused)
+                shp = tuple(operator.index(d) for d in dims)
             dt = np.dtype(dt)
         except (TypeError, ValueError) as e:
             raise TypeError(
@@ -591,6 +629,36 @@ def _check_batch(
 
 
 def _safe_cast(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
+    if src.kind in "iu" and dst.kind == "f":
+        # numpy calls int64 -> float64 safe, yet 2**53 + 1 comes back as 2**53
+        return src.itemsize * 8 - (src.kind == "i") <= np.finfo(dst).nmant + 1
     if np.can_cast(src, dst, casting="safe"):
         return True
     return src.kind == "f" and dst.kind == "f"  # float64 -> float32: precision only
+
+
+def _narrow_float(name: str, arr: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``arr`` cast to the narrower float ``dtype``; refused if a finite value would become inf."""
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if np.isinf(out).any():
+        lost = np.isinf(out) & np.isfinite(arr)
+        if lost.any():
+            biggest = float(np.abs(arr[lost]).max())
+            raise ValueError(
+                f"{name}: a value of magnitude {biggest:g} does not fit in {dtype} "
+                f"(largest {float(np.finfo(dtype).max):g}) and would become inf; scale or clip "
+                f"the batch, or write the array as a wider float"
+            )
+    return out
+
+
+def _integer(value: Any, least: int, what: str) -> int:
+    """``value`` as an int >= ``least`` (numpy integers too), or ``ValueError(what, got ...)``."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or isinstance(value, bool) or n < least:
+        raise ValueError(f"{what}, got {value!r}")
+    return n

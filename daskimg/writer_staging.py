@@ -199,8 +199,13 @@ def resume(
     shard_chunks: int | None,
     codec: str | None,
     token: str | None,
+    classes: Sequence[str] = (),
+    split: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Column]] | None:
-    """Reload the last checkpoint of an unfinished write: (manifest, columns); None if there is none."""
+    """Reload the last checkpoint of an unfinished write: (manifest, columns); None if there is none.
+
+    ``classes`` and ``split`` (``mode="w"``), when given, must be those the write started with.
+    """
     try:
         manifest = json.loads((staging / MANIFEST).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -225,6 +230,11 @@ def resume(
         problems.append(f"codec={manifest.get('codec')!r}")
     if manifest.get("target_token") != token:
         problems.append("another version of the store it adds to")
+    attrs = manifest.get("root_meta", {}).get("attributes", {}).get("daskimg", {})
+    if mode == "w" and classes and list(classes) != attrs.get("classes"):
+        problems.append(f"classes={attrs.get('classes')}")
+    if mode == "w" and split is not None and split != attrs.get("split"):
+        problems.append(f"split={attrs.get('split')!r}")
     if problems:
         raise ValueError(
             f"cannot resume the unfinished write at {str(staging)!r}: it was started "

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -715,3 +716,136 @@ def test_lossy_or_unknown_codecs_are_refused_before_touching_the_disk(tmp_path, 
     with pytest.raises(ValueError, match=match):
         ArrayWriter(tmp_path / "f.zarr.zip", shape=(4,), dtype="float32", codec=codec)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- regressions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [("int64", "float64"), ("uint64", "float64"), ("int64", "float32")]
+)
+def test_int_to_float_that_can_round_is_refused(tmp_path, src, dst):
+    # numpy calls int64 -> float64 "safe", but 2**53 + 1 comes back as 2**53
+    big = np.array([2**53 + 1], dtype=src)
+    assert big.astype(dst).astype(src)[0] != big[0]  # the oracle: the cast loses the value
+    with ArrayWriter(tmp_path / "i.zarr", shape=(), dtype=dst) as w:
+        with pytest.raises(TypeError, match=f"expected {dst}.*got {src}.*astype"):
+            w.append(big)
+        w.append(np.array([3], np.int16))  # int16 -> float32 or float64: exact
+    np.testing.assert_array_equal(plain_group(tmp_path / "i.zarr")["features"][...], [3])
+
+
+@pytest.mark.parametrize("dst", ["float16", "float32"])
+def test_float_narrowing_that_overflows_is_refused(tmp_path, dst):
+    finfo = np.finfo(dst)
+    too_big = np.array([1.0, float(finfo.max) * 4, -np.inf, np.nan], dtype=np.float64)
+    fine = np.array([1.5, -np.inf, np.nan, float(finfo.max)], dtype=np.float64)
+    path = tmp_path / "f.zarr.zip"
+    with ArrayWriter(path, shape=(), dtype=dst) as w:
+        with pytest.raises(ValueError, match=rf"features: .*{dst}.*inf"):
+            w.append(too_big)
+        assert len(w) == 0
+        w.append(fine)  # precision only; infinities and NaN stay what they were
+    np.testing.assert_array_equal(plain_group(path)["features"][...], fine.astype(dst))
+
+
+def test_close_again_after_a_failed_publish_raises(tmp_path, monkeypatch):
+    from daskimg import writer_staging
+
+    path = tmp_path / "p.zarr.zip"
+    w = ArrayWriter(path, shape=(2,), dtype="float32")
+    w.append(feats(0, 3, 2))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(writer_staging, "publish", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            w.close()
+    assert not path.exists()
+    with pytest.raises(di.errors.DaskImgError, match=r"resume=True.*\(3 rows\)"):
+        w.close()  # not a silent no-op: there is no store
+    with ArrayWriter(path, shape=(2,), dtype="float32", resume=True) as w:
+        assert len(w) == 3
+    np.testing.assert_array_equal(plain_group(path)["features"][...], feats(0, 3, 2))
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_appends_from_several_threads_keep_batches_whole(tmp_path, threads):
+    path = tmp_path / "t.zarr"
+    n_threads, n_batches, k = 4, 60, 3
+    w = ArrayWriter(
+        path,
+        arrays={"x": ((5,), "int64"), "i": ((), "int64")},
+        chunks=4,
+        shard_chunks=2,
+        threads=threads,
+        checkpoint_every=0,
+    )
+    start = threading.Barrier(n_threads)
+
+    def work(t):
+        start.wait()
+        for j in range(n_batches):
+            r = t * 10_000 + j * k + np.arange(k)
+            w.append(x=np.repeat(r[:, None], 5, 1), i=r)
+
+    with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(work, range(n_threads)))
+    w.close()
+    g = plain_group(path)
+    x, i = g["x"][...], g["i"][...]
+    expected = np.concatenate(
+        [t * 10_000 + j * k + np.arange(k) for t in range(n_threads) for j in range(n_batches)]
+    )
+    np.testing.assert_array_equal(np.sort(i), np.sort(expected))  # every row, once
+    np.testing.assert_array_equal(x, np.repeat(i[:, None], 5, 1))  # arrays stay aligned
+    starts = i[::k]  # each batch's rows stay together, in order
+    np.testing.assert_array_equal(i.reshape(-1, k), starts[:, None] + np.arange(k))
+
+
+def test_integer_arguments_may_be_numpy_ints_but_not_fractions(tmp_path):
+    path = tmp_path / "n.zarr"
+    with ArrayWriter(
+        path,
+        shape=np.int64(3),
+        dtype="float32",
+        chunks=np.int64(4),
+        shard_chunks=np.int32(2),
+        threads=np.int64(1),
+    ) as w:
+        w.append(feats(0, 9, 3))
+    g = plain_group(path)["features"]
+    assert g.shape == (9, 3) and g.chunks == (4, 3)
+    np.testing.assert_array_equal(g[...], feats(0, 9, 3))
+    with pytest.raises(TypeError, match=r"arrays\['features'\].*2\.5"):
+        ArrayWriter(tmp_path / "m.zarr", shape=(2.5,), dtype="float32")
+    with pytest.raises(ValueError, match="chunks must be"):
+        ArrayWriter(tmp_path / "m.zarr", shape=(2,), dtype="float32", chunks=4.0)
+    assert leftovers(tmp_path / "m.zarr") == []
+
+
+def test_array_name_zarr_json_is_refused_up_front(tmp_path):
+    path = tmp_path / "z.zarr"
+    with pytest.raises(ValueError, match=r"'zarr\.json'.*pick another name"):
+        ArrayWriter(path, name="zarr.json", shape=(), dtype="float32")
+    assert leftovers(path) == [] and not path.exists()
+
+
+def test_resume_with_other_classes_is_refused(tmp_path):
+    path = tmp_path / "c.zarr.zip"
+    spec = {"arrays": {"labels": ((), "int64")}, "chunks": 4}
+    w = ArrayWriter(path, **spec, classes=["a", "b"])
+    w.append(labels=np.array([0, 1, 1]))
+    w.checkpoint()
+    del w
+    with pytest.raises(ValueError, match=r"cannot resume.*classes=\['a', 'b'\]"):
+        ArrayWriter(path, **spec, classes=["a", "b", "c"], resume=True)
+    with ArrayWriter(path, **spec, resume=True) as w:  # classes left out: the write's own
+        with pytest.raises(ValueError, match=r"0\.\.1 for 2 classes"):
+            w.append(labels=np.array([2]))
+        w.append(labels=np.array([0]))
+    ds = di.open_zarr(path)
+    assert ds.classes == ("a", "b")
+    np.testing.assert_array_equal(plain_group(path)["labels"][...], [0, 1, 1, 0])
