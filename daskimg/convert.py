@@ -164,13 +164,15 @@ def open_array_set(
         raise ValueError(
             f"{path!r}: images must be (N, H, W), (N, H, W, C) or volumes; got {arr.shape}"
         )
-    lab, names = _labels(label_values, classes)
+    lab, names = _labels(label_values, classes, name=str(labels))
     return ImageSet(
         arr, lab, classes=names, root=os.path.dirname(os.path.abspath(path)), _files=source
     )
 
 
-def _labels(values: Any, classes: Sequence[str]) -> tuple[np.ndarray | None, Sequence[str]]:
+def _labels(
+    values: Any, classes: Sequence[str], *, name: str = "labels"
+) -> tuple[np.ndarray | None, Sequence[str]]:
     if values is None:
         return None, classes
     values = np.asarray(values).reshape(len(values), -1)
@@ -185,8 +187,20 @@ def _labels(values: Any, classes: Sequence[str]) -> tuple[np.ndarray | None, Seq
         if missing:
             raise ValueError(f"labels {missing[:5]} are not among the classes {names}")
         return np.array([index[t] for t in text], dtype=np.int64), names
-    if values.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers or strings, got {values.dtype}")
+    if values.dtype.kind == "f":
+        # MATLAB and many HDF5 exports store class indices as floats: take whole numbers
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            raise ValueError(
+                f"labels {name!r} must be whole numbers (class indices) or strings; found "
+                f"{values[bad][0].item()} ({values.dtype}). Per-sample values such as "
+                "regression targets are a column, not labels: build "
+                "di.ImageSet(images, columns={'target': values}) and di.to_zarr it"
+            )
+    elif values.dtype.kind not in "iub":
+        raise ValueError(
+            f"labels {name!r} must be integer class indices or strings, got {values.dtype}"
+        )
     return values.astype(np.int64), classes
 
 

@@ -133,3 +133,25 @@ def test_info_ratio_and_counts_against_plain_zarr(tmp_path, arrays):
     # strings have no fixed size per sample: no compression ratio to report
     assert summary["arrays"]["paths"]["ratio"] is None
     assert summary["class_counts"] == {c: int((y == i).sum()) for i, c in enumerate("abcd")}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bool"])
+def test_convert_whole_number_labels_of_any_numeric_dtype(tmp_path, arrays, dtype):
+    # MATLAB and many HDF5 exports store class indices as doubles
+    x, y = arrays
+    y = y % 2 if dtype == "bool" else y
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f.create_dataset("images", data=x)
+        f.create_dataset("labels", data=y.astype(dtype))
+    ds = open_array_set(tmp_path / "m.h5", labels="labels")
+    assert ds.labels.dtype == np.int64
+    np.testing.assert_array_equal(ds.labels, y)
+
+
+def test_convert_refuses_fractional_labels_saying_what_to_do(tmp_path, arrays):
+    x, _ = arrays
+    np.savez(tmp_path / "r.npz", images=x, labels=np.linspace(0, 1, len(x)))
+    with pytest.raises(
+        ValueError, match=r"'labels' must be whole numbers \(class indices\).*0\.027.*columns="
+    ):
+        open_array_set(tmp_path / "r.npz", labels="labels")
