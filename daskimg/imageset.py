@@ -23,7 +23,8 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "from_csv", "from_folder"]
 
 #: file endings from_folder treats as images or volumes (case-insensitive)
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
+    | {".pbm", ".pgm", ".ppm", ".pnm", ".npy"}
 )
 #: folder names recognised as predefined splits, and the split each maps to
 SPLIT_DIRS = {
@@ -608,6 +609,11 @@ def from_csv(
         check_options(root, storage_options)
     root_url = str(root).rstrip("/") if is_url(root) else None
     root_path = Path(root).resolve() if root_url is None else Path()
+    if root_url is None and not root_path.is_dir():
+        raise NoImagesFoundError(
+            f"root {os.fspath(root)!r} is not a folder; pass root= the folder that the "
+            "CSV's paths are relative to"
+        )
     if is_url(csv_path):
         fs, key = filesystem(str(csv_path), storage_options)
         text = fs.cat_file(key).decode("utf-8-sig")

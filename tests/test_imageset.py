@@ -252,3 +252,27 @@ def test_take_with_a_boolean_mask_selects_like_numpy(indexed_set):
     np.testing.assert_array_equal(sub.labels, indexed_set.labels[mask])
     with pytest.raises(IndexError, match="boolean mask of 3 values for 103 samples"):
         indexed_set.take(np.array([True, False, True]))
+
+
+def test_from_csv_with_a_root_that_is_not_a_folder_fails_up_front(image_folder, tmp_path):
+    # not only when the first block is decoded (or, with on_error="skip", after skipping all)
+    files = sorted(image_folder.rglob("*.png"))[:2]
+    csv = tmp_path / "labels.csv"
+    rows = "".join(f"{f.relative_to(image_folder).as_posix()},{f.parent.name}\n" for f in files)
+    csv.write_text("path,label\n" + rows)
+    with pytest.raises(NoImagesFoundError, match=r"root '.*imgs' is not a folder.*root="):
+        di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8), on_error="skip")
+
+
+@pytest.mark.parametrize("ext", [".jfif", ".JFIF", ".pgm", ".ppm", ".pbm", ".pnm"])
+def test_from_folder_reads_the_jpeg_and_netpbm_endings_pillow_reads(tmp_path, ext):
+    # browsers save JPEGs as .jfif; classic data sets (e.g. AT&T faces) are .pgm
+    root = tmp_path / "src"
+    (root / "a").mkdir(parents=True)
+    im = di.testing.make_image((12, 10), seed=5)
+    im = im.convert("1") if ext == ".pbm" else im.convert("L") if ext == ".pgm" else im
+    im.save(root / "a" / f"x{ext}", format="JPEG" if ext.lower() == ".jfif" else "PPM")
+    Image.new("RGB", (12, 10)).save(root / "a" / "y.png")
+    ds = di.from_folder(root, size=(12, 10))
+    assert ds.paths.tolist() == [f"a/x{ext}", "a/y.png"]
+    np.testing.assert_array_equal(ds.images[0].compute(), _pillow_rgb(root / "a" / f"x{ext}"))
