@@ -22,7 +22,10 @@ Images (Pillow)
   ``uint8`` by ``value >> 8`` (65535 -> 255, no clipping), ``uint16`` as is and
   ``float32`` divided by 65535. A 16-bit gray file read with 3 or 4 channels is
   repeated into each color channel. 32-bit float (``F``) images are refused:
-  they have no fixed range to scale from.
+  they have no fixed range to scale from. 16-bit *color* files (RGB or RGBA
+  PNG and TIFF with 16 bits per sample) are another matter: Pillow keeps only
+  the top 8 bits of each sample, so they decode as 8-bit sources (``uint16``
+  output is ``value >> 8`` times 257); keep their full depth as ``.npy``.
 * Resizing uses Pillow's ``BILINEAR`` filter, which is anti-aliased when it
   shrinks (its support widens with the scale, like torchvision's
   ``antialias=True``); it costs half of ``LANCZOS`` on the hot path and does not

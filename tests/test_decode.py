@@ -732,3 +732,12 @@ def test_dispatch(tmp_path: Path) -> None:
         decode_image(image, VOLUME)
     with pytest.raises(ValueError, match="decode_volume needs a 3-D spec"):
         decode_volume(tmp_path / "v.npy", IMAGE)
+
+
+def test_16bit_color_tiff_decodes_at_8_bits_as_documented(tmp_path: Path) -> None:
+    # Pillow keeps the top 8 bits of 16-bit RGB samples; the module notes say so
+    values = (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000 + 7).astype(np.uint16)
+    path = tmp_path / "rgb16.tif"
+    tifffile.imwrite(path, values, photometric="rgb")
+    got = decode_file(path, DecodeSpec((4, 5), dtype="uint16"))
+    np.testing.assert_array_equal(got, (values >> 8).astype(np.uint16) * 257)
