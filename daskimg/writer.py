@@ -598,8 +598,11 @@ def _parse_specs(
             ) from None
         if any(d < 1 for d in shp):
             raise ValueError(f"{n}: every dimension of a sample must be >= 1, got {shp}")
-        if dt.kind not in "biuf":
-            raise TypeError(f"{n}: dtype {dt} is not supported; use bool, integer or float")
+        if dt.kind not in "biuf" or dt.itemsize > 8:  # Zarr v3 has no float128
+            raise TypeError(
+                f"{n}: dtype {dt} is not supported; use bool, integer or float (up to int64, "
+                "uint64, float64)"
+            )
         if n == "labels" and (shp != () or dt.kind not in "iu"):
             raise ValueError(
                 "'labels' holds one integer class index per sample: shape () and an integer dtype"

@@ -121,8 +121,30 @@ def create(
     """A new staging folder with empty arrays and its first checkpoint: (manifest, columns)."""
     widest = max(specs.values(), key=lambda s: int(np.prod(s[0])) * s[1].itemsize)
     chunk_len = chunks or auto_chunk_len(widest[0], widest[1], 2**62)
-    store = staging / "store"
     os.makedirs(staging)
+    try:
+        return _create(
+            staging, specs, pool, chunk_len, mode, kind, shard_chunks, codec, classes, split, token
+        )
+    except BaseException:
+        _remove(str(staging))  # nothing was appended yet: leave nothing behind
+        raise
+
+
+def _create(
+    staging: Path,
+    specs: Mapping[str, Spec],
+    pool: ShardPool,
+    chunk_len: int,
+    mode: str,
+    kind: str,
+    shard_chunks: int | None,
+    codec: str | None,
+    classes: Sequence[str],
+    split: str | None,
+    token: str | None,
+) -> tuple[dict[str, Any], dict[str, Column]]:
+    store = staging / "store"
     group = zarr.open_group(zarr.storage.LocalStore(store), mode="w", zarr_format=3)
     if mode == "w":
         group.attrs["daskimg"] = {

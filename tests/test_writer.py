@@ -849,3 +849,15 @@ def test_resume_with_other_classes_is_refused(tmp_path):
     ds = di.open_zarr(path)
     assert ds.classes == ("a", "b")
     np.testing.assert_array_equal(plain_group(path)["labels"][...], [0, 1, 1, 0])
+
+
+def test_float_wider_than_64_bits_is_refused_up_front(tmp_path):
+    if np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("longdouble is float64 here")
+    path = tmp_path / "l.zarr"
+    with pytest.raises(TypeError, match=r"features: dtype float128 is not supported.*float64"):
+        ArrayWriter(path, shape=(), dtype=np.longdouble)
+    assert leftovers(path) == [] and not path.exists()
+    with ArrayWriter(path, shape=(), dtype="float64") as w:  # a longdouble batch narrows
+        w.append(np.arange(3, dtype=np.longdouble) / 3)
+    np.testing.assert_array_equal(plain_group(path)["features"][...], np.arange(3) / 3)
