@@ -741,6 +741,12 @@ def _read_volume(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool
                 return np.load(source, allow_pickle=False), False
             return np.load(path, mmap_mode="r", allow_pickle=False), False
         except _CORRUPT as exc:
+            if "Python objects" in str(exc) or "allow_pickle" in str(exc):
+                raise DecodeError(
+                    path,
+                    "the .npy file holds Python objects (dtype object), not numbers; "
+                    "save the volume as a numeric array, e.g. np.save(path, vol.astype('float32'))",
+                ) from None
             raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
     if head[:4] in _TIFF_MAGICS:
         import tifffile  # only volumes need it

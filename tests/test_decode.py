@@ -677,7 +677,7 @@ def test_bad_volume_files(tmp_path: Path) -> None:
     stack.write_bytes(data[: len(data) * 3 // 10])  # tifffile finds just the first page
     _bad(stack, VOLUME, "found shape .20, 20. .*unless it is truncated")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 8).reshape(2, 2, 2), allow_pickle=True)
-    _bad(tmp_path / "objects.npy", VOLUME, "corrupt or truncated volume")
+    _bad(tmp_path / "objects.npy", VOLUME, "holds Python objects")
 
 
 # --- dispatch and decode_into ---------------------------------------------------
@@ -741,3 +741,11 @@ def test_16bit_color_tiff_decodes_at_8_bits_as_documented(tmp_path: Path) -> Non
     tifffile.imwrite(path, values, photometric="rgb")
     got = decode_file(path, DecodeSpec((4, 5), dtype="uint16"))
     np.testing.assert_array_equal(got, (values >> 8).astype(np.uint16) * 257)
+
+
+def test_volume_of_python_objects_is_not_called_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "objects.npy"
+    np.save(path, np.arange(24).reshape(2, 3, 4).astype(object), allow_pickle=True)
+    with pytest.raises(DecodeError, match=r"objects\.npy.*Python objects.*numeric") as info:
+        decode_file(path, VOLUME)
+    assert "corrupt" not in str(info.value)
