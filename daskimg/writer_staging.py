@@ -193,6 +193,7 @@ def _create(
         "rows": 0,
         "columns": {n: [0, 0] for n in specs},
     }
+    _fsync_tree(staging)  # the arrays' folders too: a resume after power loss needs them
     write_json(staging / MANIFEST, manifest)
     return manifest, columns
 
@@ -266,7 +267,8 @@ def resume(
     if not all((store / name / "zarr.json").is_file() for name in specs):
         return None  # killed while moving arrays into the store: some are there already
     for f in [*store.rglob("*.partial"), *store.rglob("*.tmp")]:  # from a kill mid-write
-        f.unlink()
+        if f.is_file():  # not an array named "scores.tmp"
+            f.unlink()
     write_json(store / "zarr.json", manifest["root_meta"])
     group = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
     columns: dict[str, Column] = {}

@@ -861,3 +861,16 @@ def test_float_wider_than_64_bits_is_refused_up_front(tmp_path):
     with ArrayWriter(path, shape=(), dtype="float64") as w:  # a longdouble batch narrows
         w.append(np.arange(3, dtype=np.longdouble) / 3)
     np.testing.assert_array_equal(plain_group(path)["features"][...], np.arange(3) / 3)
+
+
+@pytest.mark.parametrize("name", ["scores.tmp", "x.partial"])
+def test_resume_an_array_whose_name_ends_like_a_temporary_file(tmp_path, name):
+    path = tmp_path / "t.zarr"
+    spec = {"name": name, "shape": (), "dtype": "float32", "chunks": 2}
+    w = ArrayWriter(path, **spec, checkpoint_every=0)
+    w.append(np.arange(5.0))
+    del w
+    with ArrayWriter(path, **spec, resume=True) as w:
+        assert len(w) == 5
+        w.append(np.arange(5.0, 7.0))
+    np.testing.assert_array_equal(plain_group(path)[name][...], np.arange(7.0))
