@@ -31,7 +31,7 @@ from .codecs import check_crc, check_crc_of, decode_chunk, decompress_into, fast
 from .errors import ChecksumError
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 
-__all__ = ["ArrayLayout", "RawChunk", "StoreReader", "unmap"]
+__all__ = ["ArrayLayout", "RawChunk", "StoreReader", "bad_zip_message", "unmap"]
 
 _MISSING = np.uint64(2**64 - 1)
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -135,8 +135,11 @@ class StoreReader:
         with _READERS_LOCK:
             _READERS.add(self)
         if self.is_zip:
-            with zipfile.ZipFile(self.path) as zf:
-                infos = zf.infolist()
+            try:
+                with zipfile.ZipFile(self.path) as zf:
+                    infos = zf.infolist()
+            except zipfile.BadZipFile as e:
+                raise ChecksumError(f"{self.path}: {bad_zip_message(e)}") from None
             self._infos = {i.filename: i for i in infos}
             for info in infos:
                 if info.compress_type != zipfile.ZIP_STORED:
@@ -545,6 +548,14 @@ class RawChunk:
                 f"{self.where}: checksum mismatch (the chunk is damaged); run `daskimg verify` "
                 "on the store and re-create it from the source"
             )
+
+
+def bad_zip_message(exc: Exception) -> str:
+    """Why a ``.zarr.zip`` cannot be opened, and what to do."""
+    return (
+        f"not a readable zip file ({exc}): it is truncated or damaged, e.g. by an "
+        "interrupted copy; copy it again, or re-create it from the source"
+    )
 
 
 _READERS: weakref.WeakSet[StoreReader] = weakref.WeakSet()

@@ -11,7 +11,7 @@ from typing import Any, cast
 import numpy as np
 import zarr
 
-from .chunks import StoreReader
+from .chunks import StoreReader, bad_zip_message
 from .errors import ChecksumError, DaskImgError
 from .remote import check_options, is_url, local_path
 from .store import _open_group, read_attrs
@@ -43,14 +43,6 @@ def _local(path: str | os.PathLike[str]) -> str:
     return (local_path(path) or path) if isinstance(path, str) else os.fspath(path)
 
 
-def _bad_zip(exc: zipfile.BadZipFile) -> str:
-    """Why a ``.zarr.zip`` cannot be opened, and what to do."""
-    return (
-        f"not a readable zip file ({exc}): it is truncated or damaged, e.g. by an "
-        "interrupted copy; copy it again, or re-create it from the source"
-    )
-
-
 def verify(
     path: str | os.PathLike[str],
     *,
@@ -79,7 +71,11 @@ def verify(
         reader = StoreReader(p)
         group = _open_group(p)
     except zipfile.BadZipFile as e:
-        return [Problem("(store)", -1, _bad_zip(e))]
+        return [Problem("(store)", -1, bad_zip_message(e))]
+    except (
+        ChecksumError
+    ) as e:  # e.g. the reader found the zip truncated; the message says what to do
+        return [Problem("(store)", -1, str(e))]
     problems: list[Problem] = []
     if attrs.get("complete") is not True:
         problems.append(Problem("(store)", -1, "incomplete: complete is not true"))
@@ -168,7 +164,7 @@ def count_chunks(
     try:
         reader = StoreReader(p)
         group = _open_group(p)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, ChecksumError):
         return 0  # verify reports it
     return sum(reader.layout(name).num_chunks for name, _ in group.arrays())
 
@@ -198,7 +194,7 @@ def info(
             attrs = read_attrs(p, check_complete=False)
             group = _open_group(p)
         except zipfile.BadZipFile as e:
-            raise DaskImgError(f"{os.path.abspath(p)!r} is {_bad_zip(e)}") from None
+            raise DaskImgError(f"{os.path.abspath(p)!r} is {bad_zip_message(e)}") from None
     arrays = {}
     for name, arr in group.arrays():
         # strings have no fixed size per sample (itemsize is a pointer's): no ratio

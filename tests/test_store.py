@@ -392,3 +392,15 @@ def test_bad_codec_names_are_refused_before_writing(tmp_path, indexed_set, codec
     with pytest.raises(ValueError, match="codec"):
         di.to_zarr(indexed_set, tmp_path / "bad.zarr.zip", codec=codec)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 0.0])
+def test_a_truncated_zip_is_named_with_what_to_do(tmp_path, indexed_set, keep):
+    # an interrupted copy or sync of the one-file store
+    path = di.to_zarr(indexed_set, tmp_path / "t.zarr.zip", chunks=8)
+    os.truncate(path, int(os.path.getsize(path) * keep))
+    for attempt in (lambda: di.open_zarr(path), lambda: di.BatchIterator(path, batch_size=4)):
+        with pytest.raises(
+            ChecksumError, match=r"t\.zarr\.zip.*truncated or damaged.*copy it again"
+        ):
+            attempt()
