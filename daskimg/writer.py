@@ -511,6 +511,14 @@ class ArrayWriter:
                 b = bounds[min(bisect_left(bounds, a + step), len(bounds) - 1)]
                 parts = dask.compute(*[values[n][a:b] for n in lazy])
                 piece = dict(zip(lazy, parts, strict=True))
+                for name, part in piece.items():
+                    got = np.shape(part)[0] if np.ndim(part) else 0
+                    if got != b - a:  # else rows would shift against the other arrays
+                        raise ValueError(
+                            f"{name}: rows {a}..{b} of the dask array computed to {got} rows, "
+                            f"not the {b - a} its chunks declare; fix the function that makes "
+                            "its blocks (map_blocks chunks=...), or call .compute_chunk_sizes()"
+                        )
                 for name, col in self._columns.items():
                     v = piece[name] if name in piece else values[name][a:b]
                     col.extend(self._coerce(name, v))

@@ -874,3 +874,22 @@ def test_resume_an_array_whose_name_ends_like_a_temporary_file(tmp_path, name):
         assert len(w) == 5
         w.append(np.arange(5.0, 7.0))
     np.testing.assert_array_equal(plain_group(path)[name][...], np.arange(7.0))
+
+
+def test_dask_blocks_with_other_lengths_than_declared_are_refused(tmp_path):
+    path = tmp_path / "d.zarr.zip"
+    # the graph says 10 rows a block, the blocks have 8: rows would shift between arrays
+    short = da.from_array(feats(0, 40), chunks=(10, D)).map_blocks(
+        lambda b: b[:8], dtype=np.float32
+    )
+    with ArrayWriter(
+        path, arrays={"features": ((D,), "float32"), "ids": ((), "int64")}, chunks=4
+    ) as w:
+        w.append(features=feats(0, 3), ids=np.arange(3))
+        with pytest.raises(ValueError, match=r"features: .*computed to \d+ rows, not the \d+"):
+            w.append(features=short, ids=np.arange(3, 43))
+        assert len(w) == 3
+        w.append(features=feats(3, 5), ids=np.arange(3, 5))
+    g = plain_group(path)
+    np.testing.assert_array_equal(g["features"][...], feats(0, 5))
+    np.testing.assert_array_equal(g["ids"][...], np.arange(5))
