@@ -589,7 +589,8 @@ def from_csv(
         Extra per-sample arrays to build from numeric CSV columns, e.g.
         ``{"bbox": ["x0", "y0", "x1", "y1"]}`` gives ``ds.columns["bbox"]`` of shape (N, 4)
         float32. By default every other column whose values are all numbers becomes its own
-        ``(N,)`` float32 array.
+        ``(N,)`` float32 array. Whole numbers that float32 cannot hold exactly (beyond
+        2**24, e.g. IDs) give int64 instead: no value is silently changed.
     storage_options
         fsspec options for ``csv_path`` and ``root`` when they are URLs (see
         :func:`daskimg.imread`).
@@ -679,7 +680,7 @@ def from_csv(
     if columns is None:
         for col in header:
             if col not in used and all(_is_float(row[col]) for row in rows):
-                extra[col] = np.array([float(row[col]) for row in rows], dtype=np.float32)
+                extra[col] = _numbers([[row[col]] for row in rows])[:, 0]
     else:
         for name, cols in columns.items():
             cols = [cols] if isinstance(cols, str) else list(cols)
@@ -694,7 +695,7 @@ def from_csv(
                     raise ValueError(
                         f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}"
                     )
-            values = np.array([[float(row[c]) for c in cols] for row in rows], dtype=np.float32)
+            values = _numbers([[row[c] for c in cols] for row in rows])
             extra[name] = (
                 values[:, 0] if len(cols) == 1 and isinstance(columns[name], str) else values
             )
@@ -715,6 +716,15 @@ def from_csv(
         on_error=on_error,
         _files=source,
     )
+
+
+def _numbers(cells: list[list[str]]) -> np.ndarray:
+    """CSV cells as float32, or int64 when they are whole numbers float32 would round."""
+    if cells and all(_is_int(v) for row in cells for v in row):
+        ints = np.array([[int(v) for v in row] for row in cells], dtype=np.int64)
+        if np.abs(ints).max(initial=0) > 2**24:
+            return ints
+    return np.array([[float(v) for v in row] for row in cells], dtype=np.float32)
 
 
 def _is_int(v: str | None) -> bool:

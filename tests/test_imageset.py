@@ -276,3 +276,25 @@ def test_from_folder_reads_the_jpeg_and_netpbm_endings_pillow_reads(tmp_path, ex
     ds = di.from_folder(root, size=(12, 10))
     assert ds.paths.tolist() == [f"a/x{ext}", "a/y.png"]
     np.testing.assert_array_equal(ds.images[0].compute(), _pillow_rgb(root / "a" / f"x{ext}"))
+
+
+def test_from_csv_keeps_big_whole_numbers_exact(tmp_path):
+    # float32 holds whole numbers exactly only up to 2**24: an ID column must not be rounded
+    di.testing.make_image_folder(tmp_path / "imgs", n=3, size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    ids = [2**24 + 1, 9_007_199_254_740_993, -(2**31) - 7]
+    lines = ["path,label,image_id,x0,score"]
+    lines += [f"{f},a,{i},{k},{0.5 + k}" for k, (f, i) in enumerate(zip(files, ids, strict=True))]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    ds = di.from_csv(tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8))
+    assert ds.columns["image_id"].dtype == np.int64
+    assert ds.columns["image_id"].tolist() == ids
+    # small whole numbers and fractions stay float32, as documented
+    assert ds.columns["x0"].dtype == np.float32 and ds.columns["x0"].tolist() == [0, 1, 2]
+    assert ds.columns["score"].dtype == np.float32
+    box = di.from_csv(
+        tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8), columns={"b": ["image_id", "x0"]}
+    )
+    assert box.columns["b"].dtype == np.int64 and box.columns["b"][:, 0].tolist() == ids
