@@ -32,8 +32,9 @@ Images (Pillow)
   overshoot. ``resize="stretch"`` maps the whole image onto ``size``;
   ``"crop"`` scales the shorter side to fit and cuts the center, exactly as
   :func:`PIL.ImageOps.fit`; ``"pad"`` fits the whole image inside and centers it
-  on zeros, exactly as :func:`PIL.ImageOps.pad`. A source that already has the
-  target size is not resampled.
+  on zeros, as :func:`PIL.ImageOps.pad` does (except that a side that would scale to
+  less than one pixel keeps one, where Pillow gives an all-black image). A source that
+  already has the target size is not resampled.
 * DCT draft: with ``draft=True``, a JPEG at least 2x larger than needed in both
   directions is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (never below the
   size needed, which for ``"crop"`` is the size covering the crop), then resized
