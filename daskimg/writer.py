@@ -365,7 +365,8 @@ class ArrayWriter:
         if resume and self._resume(chunks, codec, token, split):
             return
         if self._staging.exists():
-            logger.warning("discarding the unfinished write at %s (resume=False)", self._staging)
+            why = "it has no checkpoint to resume from" if resume else "resume=False"
+            logger.warning("discarding the unfinished write at %s (%s)", self._staging, why)
         _remove(str(self._staging))
         _remove(self.path + ".tmp")
         self._manifest, self._columns = writer_staging.create(
@@ -424,7 +425,10 @@ class ArrayWriter:
                 f"with resume=True to continue from its last checkpoint ({self._durable} rows)"
             )
         if self._closed:
-            raise ValueError(f"this writer of {self.path!r} is closed")
+            raise ValueError(
+                f"this writer of {self.path!r} is closed; append before close(), or open a new "
+                "ArrayWriter (mode='a' adds arrays to a finished store)"
+            )
 
     def _break(self, reason: str) -> None:
         """Stop for good after a failure that lost rows: the last checkpoint stands."""

@@ -893,3 +893,26 @@ def test_dask_blocks_with_other_lengths_than_declared_are_refused(tmp_path):
     g = plain_group(path)
     np.testing.assert_array_equal(g["features"][...], feats(0, 5))
     np.testing.assert_array_equal(g["ids"][...], np.arange(5))
+
+
+def test_append_after_close_says_what_to_do(tmp_path):
+    path = tmp_path / "c.zarr"
+    with ArrayWriter(path, shape=(), dtype="float32") as w:
+        w.append(np.arange(3.0))
+    w.close()  # a second close of a finished writer does nothing
+    with pytest.raises(ValueError, match=r"is closed.*mode='a'"):
+        w.append(np.arange(1.0))
+    with pytest.raises(ValueError, match=r"is closed.*mode='a'"):
+        w.checkpoint()
+    np.testing.assert_array_equal(plain_group(path)["features"][...], np.arange(3.0))
+
+
+def test_resume_that_finds_no_checkpoint_says_why_it_starts_over(tmp_path, caplog):
+    path = tmp_path / "n.zarr"
+    (tmp_path / "n.zarr.partial").mkdir()  # e.g. killed before its first checkpoint
+    with caplog.at_level("WARNING", logger="daskimg"):
+        w = ArrayWriter(path, shape=(), dtype="float32", resume=True)
+    assert "no checkpoint" in caplog.text and "resume=False" not in caplog.text
+    w.append(np.arange(2.0))
+    w.close()
+    np.testing.assert_array_equal(plain_group(path)["features"][...], np.arange(2.0))
