@@ -584,7 +584,8 @@ def from_csv(
         wherever they point, and each sample keeps the name the CSV gives it. A URL (``"s3://bucket/imgs"``) reads the images with fsspec.
     path_column, label_column
         Column names. Labels may be class names (classes are then the sorted unique names)
-        or integers (used as given). ``label_column=None``: no labels.
+        or integers (used as given; whole numbers written as floats, "3.0" as pandas writes
+        an integer column that had a missing value, count as integers). ``label_column=None``: no labels.
     columns
         Extra per-sample arrays to build from numeric CSV columns, e.g.
         ``{"bbox": ["x0", "y0", "x1", "y1"]}`` gives ``ds.columns["bbox"]`` of shape (N, 4)
@@ -671,6 +672,8 @@ def from_csv(
             )
         if all(_is_int(v) for v in raw):
             labels = np.array([int(v) for v in raw], dtype=np.int64)
+        elif all(_is_whole(v) for v in raw):  # "3.0": integers that went through a float column
+            labels = np.array([int(float(v)) for v in raw], dtype=np.int64)
         else:
             classes = sorted(set(raw))
             index = {c: i for i, c in enumerate(classes)}
@@ -733,6 +736,15 @@ def _is_int(v: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_whole(v: str) -> bool:
+    """A number written as a float that is a whole number ("3.0", "1e2"), and not too big."""
+    try:
+        f = float(v)
+    except ValueError:
+        return False
+    return f.is_integer() and abs(f) < 2**53
 
 
 def _is_float(v: str | None) -> bool:

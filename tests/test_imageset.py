@@ -298,3 +298,20 @@ def test_from_csv_keeps_big_whole_numbers_exact(tmp_path):
         tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8), columns={"b": ["image_id", "x0"]}
     )
     assert box.columns["b"].dtype == np.int64 and box.columns["b"][:, 0].tolist() == ids
+
+
+def test_from_csv_whole_float_labels_are_class_indices(tmp_path):
+    # pandas writes an int column as "3.0" once it has held a NaN; "10.0" must not sort before "2.0"
+    di.testing.make_image_folder(tmp_path / "imgs", n=4, size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    given = [2, 10, 0, 2]
+    lines = ["path,label"] + [f"{f},{float(v)}" for f, v in zip(files, given, strict=True)]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    ds = di.from_csv(tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8))
+    assert ds.labels.tolist() == given
+    # a fraction anywhere keeps them names, as before
+    (tmp_path / "m.csv").write_text("\n".join([*lines, f"{files[0]},2.5"]) + "\n")
+    named = di.from_csv(tmp_path / "m.csv", root=tmp_path / "imgs", size=(8, 8))
+    assert list(named.classes) == ["0.0", "10.0", "2.0", "2.5"]
