@@ -14,6 +14,8 @@ and writes again.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -129,6 +131,54 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+def replace_store(new: str, target: str) -> None:
+    """Move the finished store ``new`` to ``target``, replacing whatever is there.
+
+    There is no moment without a store at ``target``: a file is renamed over it, and a
+    folder is exchanged with the old folder (Linux ``renameat2(RENAME_EXCHANGE)``), which
+    is then removed from under the name ``new``. Where the OS cannot exchange two folders,
+    the old one is removed first (a kill in between leaves no store; re-run to redo it).
+    """
+    if os.path.lexists(target):
+        if os.path.isdir(new) and _is_folder(target) and _exchange(new, target):
+            _remove(new)  # the old store, now under the staging name
+            return
+        if os.path.isdir(new) or _is_folder(target):
+            _remove(target)  # a rename cannot replace a folder, nor a file with a folder
+    os.replace(new, target)
+
+
+def _is_folder(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    False where the OS, the C library or the file system cannot; nothing has moved then.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, musl < 1.2.?)
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), b)
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -340,13 +390,14 @@ def to_zarr(
         group = zarr.open_group(zarr.storage.LocalStore(staging), mode="r+")
         attrs["complete"] = True
         group.attrs["daskimg"] = attrs
-        if overwrite:
-            _remove(target)
+        # the old store (overwrite=True) stays in place until the new one replaces it
         if kind == "zip":
-            _pack_zip(staging, target)
+            if _is_folder(target):
+                _remove(target)
+            _pack_zip(staging, target)  # packed next to it, then renamed over it
             _remove(staging)
         else:
-            os.replace(staging, target)
+            replace_store(staging, target)
         fsync_path(os.path.dirname(target))
     return target
 

@@ -404,3 +404,75 @@ def test_a_truncated_zip_is_named_with_what_to_do(tmp_path, indexed_set, keep):
             ChecksumError, match=r"t\.zarr\.zip.*truncated or damaged.*copy it again"
         ):
             attempt()
+
+
+_SLOW_PUBLISH = """
+import os, sys, time
+import numpy as np
+import daskimg as di
+from daskimg import store
+path, marker = sys.argv[1], sys.argv[2]
+
+def slow(*args, **kwargs):  # the moment of moving the new store into place, held open
+    open(marker, "w").close()
+    time.sleep(60)
+
+store._pack_zip = slow
+store.replace_store = slow
+ds = di.ImageSet(np.full((12, 4, 4, 3), 7, np.uint8), np.zeros(12, int), classes=["a"])
+di.to_zarr(ds, path, chunks=4, overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_overwrite_killed_while_publishing_keeps_the_old_store(tmp_path, indexed_set, ext):
+    path = tmp_path / f"s{ext}"
+    di.to_zarr(indexed_set, path, chunks=8)
+    before = plain_group(path)["images"][...]
+    script, marker = tmp_path / "w.py", tmp_path / "publishing"
+    script.write_text(_SLOW_PUBLISH)
+    proc = subprocess.Popen([sys.executable, str(script), str(path), str(marker)])
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the writer ended before publishing"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # the old store is still there, whole, and the next write replaces it
+    np.testing.assert_array_equal(plain_group(path)["images"][...], before)
+    assert verify(path) == []
+    di.to_zarr(
+        di.ImageSet(np.ones((5, 6, 5, 3), np.uint8), np.zeros(5, int), classes=["a"]),
+        path,
+        chunks=2,
+        overwrite=True,
+    )
+    assert plain_group(path)["images"].shape == (5, 6, 5, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "w.py", "publishing"])
+
+
+def test_replace_store_swaps_folders_in_one_step(tmp_path):
+    from daskimg.store import replace_store
+
+    old, new = tmp_path / "t.zarr", tmp_path / "t.zarr.partial"
+    (old / "a").mkdir(parents=True)
+    (old / "a" / "x").write_text("old")
+    (new / "b").mkdir(parents=True)
+    (new / "b" / "y").write_text("new")
+    replace_store(str(new), str(old))
+    assert (old / "b" / "y").read_text() == "new" and not (old / "a").exists()
+    assert not new.exists()
+    # a file over a file, a folder over a file, a file over a folder
+    (tmp_path / "f").write_text("1")
+    (tmp_path / "g").write_text("2")
+    replace_store(str(tmp_path / "g"), str(tmp_path / "f"))
+    assert (tmp_path / "f").read_text() == "2"
+    (tmp_path / "d").mkdir()
+    replace_store(str(tmp_path / "d"), str(tmp_path / "f"))
+    assert (tmp_path / "f").is_dir()
+    (tmp_path / "h").write_text("3")
+    replace_store(str(tmp_path / "h"), str(tmp_path / "f"))
+    assert (tmp_path / "f").read_text() == "3"
