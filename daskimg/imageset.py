@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import math
 import os
@@ -591,7 +592,8 @@ def from_csv(
         ``{"bbox": ["x0", "y0", "x1", "y1"]}`` gives ``ds.columns["bbox"]`` of shape (N, 4)
         float32. By default every other column whose values are all numbers becomes its own
         ``(N,)`` float32 array. Whole numbers that float32 cannot hold exactly (beyond
-        2**24, e.g. IDs) give int64 instead: no value is silently changed.
+        2**24, e.g. IDs, written "123456789" or "123456789.0") give int64 instead, and
+        integers beyond int64 are refused naming the column.
     storage_options
         fsspec options for ``csv_path`` and ``root`` when they are URLs (see
         :func:`daskimg.imread`).
@@ -683,7 +685,7 @@ def from_csv(
     if columns is None:
         for col in header:
             if col not in used and all(_is_float(row[col]) for row in rows):
-                extra[col] = _numbers([[row[col]] for row in rows])[:, 0]
+                extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
     else:
         for name, cols in columns.items():
             cols = [cols] if isinstance(cols, str) else list(cols)
@@ -698,7 +700,7 @@ def from_csv(
                     raise ValueError(
                         f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}"
                     )
-            values = _numbers([[row[c] for c in cols] for row in rows])
+            values = _numbers([[row[c] for c in cols] for row in rows], cols, where)
             extra[name] = (
                 values[:, 0] if len(cols) == 1 and isinstance(columns[name], str) else values
             )
@@ -721,13 +723,49 @@ def from_csv(
     )
 
 
-def _numbers(cells: list[list[str]]) -> np.ndarray:
-    """CSV cells as float32, or int64 when they are whole numbers float32 would round."""
-    if cells and all(_is_int(v) for row in cells for v in row):
-        ints = np.array([[int(v) for v in row] for row in cells], dtype=np.int64)
-        if np.abs(ints).max(initial=0) > 2**24:
-            return ints
+def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
+    """CSV cells as float32, or int64 when they are whole numbers float32 would round.
+
+    Whole numbers count however they are written ("16777217", "16777217.0", "1.6777217e7").
+    """
+    wholes = [[_whole_value(v) for v in row] for row in cells]
+    if cells and all(w is not None for row in wholes for w in row):
+        ints = cast("list[list[int]]", wholes)
+        out = [
+            (c, w)
+            for row in ints
+            for c, w in zip(cols, row, strict=True)
+            if not _INT64[0] <= w <= _INT64[1]
+        ]
+        if out:
+            raise ValueError(
+                f"{where}: column {out[0][0]!r} holds {out[0][1]}, a whole number beyond int64 "
+                "(nor can float32 hold it exactly); store it as text, or pass columns= naming "
+                "only the numeric columns to keep"
+            )
+        if max((abs(w) for row in ints for w in row), default=0) > 2**24:
+            return np.array(ints, dtype=np.int64)
     return np.array([[float(v) for v in row] for row in cells], dtype=np.float32)
+
+
+_INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
+
+
+def _whole_value(v: str | None) -> int | None:
+    """The exact whole number a CSV cell spells ("3", "3.0", "1e3"), or None.
+
+    Written as a float ("1e30"), a number beyond int64 is a measurement, not an ID: None.
+    """
+    if _is_int(v):
+        return int(v or "")
+    try:
+        d = decimal.Decimal((v or "").strip())
+    except decimal.InvalidOperation:
+        return None
+    if not d.is_finite() or d.adjusted() > 18 or d != d.to_integral_value():
+        return None
+    w = int(d)
+    return w if _INT64[0] <= w <= _INT64[1] else None
 
 
 def _is_int(v: str | None) -> bool:

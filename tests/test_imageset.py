@@ -315,3 +315,32 @@ def test_from_csv_whole_float_labels_are_class_indices(tmp_path):
     (tmp_path / "m.csv").write_text("\n".join([*lines, f"{files[0]},2.5"]) + "\n")
     named = di.from_csv(tmp_path / "m.csv", root=tmp_path / "imgs", size=(8, 8))
     assert list(named.classes) == ["0.0", "10.0", "2.0", "2.5"]
+
+
+def _csv_with_column(tmp_path, values, name="image_id"):
+    di.testing.make_image_folder(tmp_path / "imgs", n=len(values), size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    lines = [f"path,label,{name}"] + [f"{f},a,{v}" for f, v in zip(files, values, strict=True)]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "l.csv"
+
+
+def test_from_csv_keeps_big_whole_numbers_written_as_floats_exact(tmp_path):
+    # pandas writes an int64 ID column as "16777217.0" once it held a NaN: float32 rounds it
+    ids = [2**24 + 1, 2**24 + 3, -(2**31) - 7]
+    csv_path = _csv_with_column(tmp_path, [f"{i}.0" for i in ids])
+    ds = di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8))
+    got = ds.columns["image_id"]
+    assert np.array_equal(got.astype(np.float64), np.array(ids, dtype=np.float64))
+    assert [int(v) for v in got] == ids
+
+
+@pytest.mark.parametrize("columns", [None, {"ids": "image_id"}])
+def test_from_csv_whole_numbers_beyond_int64_are_refused_naming_the_column(tmp_path, columns):
+    huge = [2**64 + 1, 2**64 + 2]
+    assert np.iinfo(np.int64).max < min(huge)  # the oracle: numpy cannot hold them as int64
+    csv_path = _csv_with_column(tmp_path, huge)
+    with pytest.raises(ValueError, match=r"image_id.*int64"):
+        di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8), columns=columns)
