@@ -238,6 +238,9 @@ def _local(path: str | os.PathLike[str]) -> str:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of ``b`` against ``a``; inf when equal (NaN where ``a`` has NaN counts as equal)."""
+    if np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"):
+        return float("inf")
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     top = float(np.iinfo(a.dtype).max) if a.dtype.kind in "ui" else 1.0
     return float("inf") if mse == 0 else 10 * float(np.log10(top**2 / mse))
@@ -273,8 +276,11 @@ def recommend(
     def rate(r: CodecResult) -> float:
         return r.warm if r.store_bytes < memory / 2 else r.cold
 
-    lossless = [r for r in results if r.psnr == float("inf")]
-    lossy = [r for r in results if r.psnr != float("inf")]
+    def lossy_codec(r: CodecResult) -> bool:  # exact on the measured samples is not lossless
+        return r.psnr != float("inf") or r.codec.partition(":")[0] == "jpeg"
+
+    lossless = [r for r in results if not lossy_codec(r)]
+    lossy = [r for r in results if lossy_codec(r)]
     if target is None:
         best = max(lossless or results, key=rate)
         why = "the fastest lossless codec here"

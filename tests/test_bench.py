@@ -87,3 +87,26 @@ def test_evict_releases_maps_and_the_feed_goes_on(tmp_path, indexed_set):
 def test_bench_refuses_a_url_with_what_to_do():
     with pytest.raises(ValueError, match="Copy the store to local disk"):
         compare_codecs("s3://bucket/train.zarr.zip")
+
+
+def test_compare_codecs_calls_a_float_store_with_nan_lossless(tmp_path):
+    # scientific volumes mark missing values with NaN; a lossless copy keeps them
+    rng = np.random.default_rng(0)
+    pixels = rng.random((16, 4, 4, 1), dtype=np.float32)
+    pixels[::3, 0, 0, 0] = np.nan
+    ds = di.ImageSet(pixels, np.zeros(16, int), classes=["a"])
+    path = di.to_zarr(ds, tmp_path / "f.zarr.zip", chunks=4, order="source")
+    rows = compare_codecs(path, samples=16, epochs=1, batch_size=4, codecs=["lz4", "none"])
+    exact = np.array_equal(plain_group(path)["images"][...], pixels, equal_nan=True)
+    assert exact and [r.psnr for r in rows] == [np.inf, np.inf]
+    assert "lossy" not in recommend(rows, target=1.0, memory=2**40).text
+
+
+def test_recommend_never_calls_a_jpeg_codec_lossless():
+    # a JPEG copy can match the measured samples exactly (flat images); it stays lossy
+    exact_jpeg = CodecResult("jpeg:100", 12.0, 50_000, 50_000, float("inf"), 80)
+    rows = [*ROWS[:3], exact_jpeg]
+    keeps_up = [r for r in ROWS[:3] if r.warm >= 6_000]
+    rec = recommend(rows, target=6_000, memory=10**6)
+    assert rec.codec == min(keeps_up, key=lambda r: r.store_bytes).codec
+    assert recommend([exact_jpeg, ROWS[0]], memory=10**6).codec == ROWS[0].codec
