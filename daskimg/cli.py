@@ -116,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument(
         "--codecs",
         nargs="?",
-        const="",
+        type=_codec_list,
+        const=(),
         default=None,
         metavar="LIST",
         help="re-encode a sample of the store with each codec (next to it, removed after), "
@@ -143,6 +144,11 @@ def _codec(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def _codec_list(text: str) -> tuple[str, ...]:
+    """``--codecs LIST``: comma-separated codecs, each checked before anything is measured."""
+    return tuple(_codec(c.strip()) for c in text.split(",") if c.strip())
 
 
 def _storage_options_arg(p: argparse.ArgumentParser) -> None:
@@ -357,7 +363,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.codecs is not None:
         rows = compare_codecs(
             args.store,
-            codecs=[c.strip() for c in args.codecs.split(",") if c.strip()] or None,
+            codecs=list(args.codecs) or None,
             samples=args.samples,
             batch_size=args.batch_size,
             epochs=max(1, min(args.epochs, 2)),
@@ -368,7 +374,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         print(f"  {'codec':8s} {'ratio':>7s} {'warm':>9s} {'cold':>9s} {'PSNR':>9s}  whole store")
         for r in rows:
-            psnr = "lossless" if r.psnr == float("inf") else f"{r.psnr:.1f} dB"
+            lossless = r.psnr == float("inf") and not r.codec.startswith("jpeg")
+            psnr = "lossless" if lossless else f"{r.psnr:.1f} dB"
             print(
                 f"  {r.codec:8s} {r.ratio:6.2f}x {r.warm:9,.0f} {r.cold:9,.0f} {psnr:>9s}  "
                 f"{r.store_bytes / 2**30:.2f} GiB"

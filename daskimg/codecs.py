@@ -71,7 +71,7 @@ def parse_codec(codec: str | None) -> tuple[str, int | None]:
         return name, None
     if not sep:
         return name, JPEG_QUALITY
-    if not q.isdigit() or not 1 <= int(q) <= 100:
+    if not (q.isascii() and q.isdigit()) or not 1 <= int(q) <= 100:
         raise ValueError(f"codec {codec!r}: the JPEG quality after ':' must be an integer 1-100")
     return name, int(q)
 

@@ -188,3 +188,20 @@ def test_ingest_with_a_jpeg_quality(tmp_path, image_folder):
         codecs[0]["configuration"]["codecs"] if codecs[0]["name"] == "sharding_indexed" else codecs
     )
     assert inner[0] == {"name": "daskimg.jpeg", "configuration": {"quality": 60}}
+
+
+@pytest.mark.parametrize("codecs", ["lz4,jpeg:0", "lz5", "jpeg:²"])
+def test_bench_codecs_list_is_checked_before_any_measurement(ingested, capsys, codecs):
+    from daskimg.codecs import parse_codec
+
+    bad = [c for c in codecs.split(",") if c != "lz4"]
+    for c in bad:  # the oracle: the library refuses each
+        with pytest.raises(ValueError, match="codec"):
+            parse_codec(c)
+    store = str(ingested / "train.zarr.zip")
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", store, "--epochs", "1", "--codecs", codecs])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert "--codecs" in captured.err and bad[0] in captured.err
+    assert "samples/s" not in captured.out  # no benchmark ran first
