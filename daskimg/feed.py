@@ -18,7 +18,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import dask
@@ -494,13 +494,18 @@ class BatchIterator:
         try:
             submit_batches()
             while pending:
-                if self._pools_exec is not pools:  # close() while this generator was suspended
+                b, future, _ = pending[0]
+                # close() while this generator was suspended, or (from another thread) while
+                # it waits: the chunks this batch waits for may never be read
+                while not wait([future], timeout=0.1).done:
+                    if self._pools_exec is not pools:
+                        break
+                if self._pools_exec is not pools:
                     raise RuntimeError(
                         "BatchIterator.close() was called during this iteration, which stopped "
                         f"its threads; iterate the BatchIterator again to continue from batch "
                         f"{self._batch} of epoch {self.epoch}"
                     )
-                b, future, _ = pending[0]
                 out = future.result()  # if it raises, the batch's buffers are released below
                 pending.popleft()
                 self._batch = b + 1

@@ -276,3 +276,41 @@ def test_an_empty_epoch_counts_once(store):
     for _ in range(3):
         assert list(it) == []
     assert it.epoch == 3
+
+
+def test_close_from_another_thread_while_waiting_for_a_batch_does_not_hang(store):
+    import threading
+    import time
+
+    it = di.BatchIterator(store, batch_size=9, arrays=("idx", "images"), seed=3, threads=1)
+    full = [x[0] for x in it]  # the oracle: the epoch read without interruption
+    it.set_epoch(0)
+    load = it.source.load
+    started = threading.Event()
+
+    def slow_load(*args, **kwargs):  # chunks still queued when close() comes
+        started.set()
+        time.sleep(0.3)
+        return load(*args, **kwargs)
+
+    it.source.load = slow_load
+    result: list[object] = []
+
+    def consume():
+        try:
+            result.append(next(iter(it)))
+        except BaseException as e:
+            result.append(e)
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    assert started.wait(10)
+    it.close()
+    t.join(10)
+    assert not t.is_alive(), "next() waited forever for chunks close() cancelled"
+    assert isinstance(result[0], RuntimeError) and "close()" in str(result[0])
+    it.source.load = load
+    tail = [x[0] for x in it]  # iterating again reads the whole epoch
+    assert len(tail) == len(full)
+    for x, y in zip(tail, full, strict=True):
+        np.testing.assert_array_equal(x, y)
