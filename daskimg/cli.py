@@ -115,14 +115,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     ben.add_argument(
         "--codecs",
-        nargs="?",
+        action="store_true",
+        help="re-encode a sample of the store with each codec (next to it, removed after), "
+        "measure each warm and cold, and recommend one for --target "
+        "(lz4, zstd, none, jpeg:90, jpeg:75; --codec-list to choose)",
+    )
+    ben.add_argument(
+        "--codec-list",
         type=_codec_list,
-        const=(),
         default=None,
         metavar="LIST",
-        help="re-encode a sample of the store with each codec (next to it, removed after), "
-        "measure each warm and cold, and recommend one for --target. LIST: comma-separated "
-        "codecs, e.g. lz4,jpeg:85 (default: lz4,zstd,none,jpeg:90,jpeg:75)",
+        help="--codecs with these codecs: comma-separated, e.g. lz4,jpeg:85",
     )
     ben.add_argument("--samples", type=int, default=2000, help="samples for --codecs")
 
@@ -147,7 +150,7 @@ def _codec(text: str) -> str:
 
 
 def _codec_list(text: str) -> tuple[str, ...]:
-    """``--codecs LIST``: comma-separated codecs, each checked before anything is measured."""
+    """``--codec-list``: comma-separated codecs, each checked before anything is measured."""
     return tuple(_codec(c.strip()) for c in text.split(",") if c.strip())
 
 
@@ -360,10 +363,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 f"  target {args.target:,.0f} img/s: {'keeps up' if keeps else 'DOES NOT keep up'} "
                 f"({res['rate'] / args.target:.2f}x)"
             )
-    if args.codecs is not None:
+    if args.codecs or args.codec_list is not None:
         rows = compare_codecs(
             args.store,
-            codecs=list(args.codecs) or None,
+            codecs=list(args.codec_list or ()) or None,
             samples=args.samples,
             batch_size=args.batch_size,
             epochs=max(1, min(args.epochs, 2)),

@@ -129,7 +129,7 @@ def test_bench_cold_and_codecs_recommends_one(ingested, capsys):
     assert main([*argv, "--samples", "12", "--target", "1e12"]) == 1
     assert "none keeps up" in capsys.readouterr().out
     # a chosen list
-    assert main([*argv[:-2], "--codecs", "none,jpeg:50", "--samples", "12"]) == 0
+    assert main([*argv[:-2], "--codec-list", "none,jpeg:50", "--samples", "12"]) == 0
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines() if line.strip().endswith("GiB")] == [
         "none",
@@ -200,8 +200,21 @@ def test_bench_codecs_list_is_checked_before_any_measurement(ingested, capsys, c
             parse_codec(c)
     store = str(ingested / "train.zarr.zip")
     with pytest.raises(SystemExit) as exc:
-        main(["bench", store, "--epochs", "1", "--codecs", codecs])
+        main(["bench", store, "--epochs", "1", "--codec-list", codecs])
     assert exc.value.code == 2
     captured = capsys.readouterr()
-    assert "--codecs" in captured.err and bad[0] in captured.err
+    assert "--codec-list" in captured.err and bad[0] in captured.err
     assert "samples/s" not in captured.out  # no benchmark ran first
+
+
+def test_bench_codecs_is_a_flag_before_or_after_the_store(ingested, capsys):
+    store = str(ingested / "train.zarr.zip")
+    args = ["--batch-size", "4", "--epochs", "1", "--samples", "12", "--codecs"]
+    for argv in (["bench", store, *args], ["bench", *args, store]):
+        assert main(argv) == 0
+        rows = [
+            line.split()[0]
+            for line in capsys.readouterr().out.splitlines()
+            if line.strip().endswith("GiB")
+        ]
+        assert rows == ["lz4", "zstd", "none", "jpeg:90", "jpeg:75"]
