@@ -31,6 +31,8 @@ def test_compare_codecs_leaves_out_jpeg_for_data_it_cannot_hold(tmp_path):
     assert [r.codec for r in compare_codecs(path, samples=8, epochs=1)] == ["lz4", "zstd", "none"]
     with pytest.raises(ValueError, match="jpeg:Q"):  # a typo fails before anything is measured
         compare_codecs(path, samples=8, epochs=1, codecs=["lz4", "jepg"])
+    with pytest.raises(ValueError, match=r"JPEG cannot hold.*add lz4, zstd or none"):
+        compare_codecs(path, samples=8, epochs=1, codecs=["jpeg", "jpeg:75"])
 
 
 def _row(codec, ratio, warm, cold, lossy=False, size=10**9):
