@@ -122,6 +122,7 @@ class StoreReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.is_zip = os.path.isfile(self.path)
+        self._identity = _identity(self.path)  # to notice a store replaced while being read
         self._pid: int | None = None
         self._lock = threading.RLock()  # _map takes it and calls _fd, which may take it too
         self._local = threading.local()
@@ -207,6 +208,12 @@ class StoreReader:
             with self._lock:
                 fd = self._fds.get(file)
                 if fd is None:
+                    if _identity(self.path) != self._identity:
+                        raise ChecksumError(
+                            f"{self.path}: the store was replaced (e.g. by an overwrite) while "
+                            "it was being read; its files no longer belong with what was read "
+                            "from it. Open it again"
+                        )
                     fd = os.open(file, os.O_RDONLY)
                     self._fds[file] = fd
         return fd
@@ -548,6 +555,15 @@ class RawChunk:
                 f"{self.where}: checksum mismatch (the chunk is damaged); run `daskimg verify` "
                 "on the store and re-create it from the source"
             )
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a store's zip file or folder: it changes when the store is replaced."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def bad_zip_message(exc: Exception) -> str:

@@ -476,3 +476,47 @@ def test_replace_store_swaps_folders_in_one_step(tmp_path):
     (tmp_path / "h").write_text("3")
     replace_store(str(tmp_path / "h"), str(tmp_path / "f"))
     assert (tmp_path / "f").read_text() == "3"
+
+
+@pytest.mark.parametrize("ext", [".zarr", ".zarr.zip"])
+def test_a_store_replaced_while_being_fed_is_an_error_not_a_mix(tmp_path, ext):
+    # shards not opened yet would come from the new store, with the old store's labels
+    n = 80
+    old = di.ImageSet(
+        np.zeros((n, 4, 4, 3), np.uint8),
+        np.arange(n) % 2,
+        classes=["a", "b"],
+        columns={"idx": np.arange(n, dtype=np.int64)},
+    )
+    new = di.ImageSet(
+        np.full((n, 4, 4, 3), 255, np.uint8),
+        np.arange(n) % 2,
+        classes=["a", "b"],
+        columns={"idx": np.arange(n, dtype=np.int64) + 1000},
+    )
+    path = di.to_zarr(old, tmp_path / f"s{ext}", chunks=4, shard_chunks=1, order="source")
+    it = di.BatchIterator(
+        path,
+        batch_size=4,
+        shuffle=False,
+        buffer_chunks=1,
+        prefetch=1,
+        arrays=("images", "labels", "idx"),
+    )
+    gen = iter(it)
+    first = next(gen)
+    assert (first[0] == 0).all()
+    di.to_zarr(new, path, chunks=4, shard_chunks=1, order="source", overwrite=True)
+    got, error = [first], None
+    try:
+        got.extend(gen)
+    except ChecksumError as e:
+        error = e
+    assert all((b[0] == 0).all() for b in got)  # never a pixel of the new store
+    if ext == ".zarr":  # shard files not opened yet belong to the new store: refused
+        assert error is not None and "replaced" in str(error) and "Open it again" in str(error)
+    else:  # the open zip file is the old store, whole: the epoch ends on it
+        assert error is None
+        assert sorted(np.concatenate([b[2] for b in got]).tolist()) == list(range(n))
+    # a fresh iterator reads the new store whole
+    assert all((b[0] == 255).all() for b in di.BatchIterator(path, batch_size=8))
