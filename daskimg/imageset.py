@@ -673,6 +673,12 @@ def from_csv(
                 "the set without labels"
             )
         if all(_is_int(v) for v in raw):
+            big = [(line, v) for line, v in enumerate(raw, start=2) if abs(int(v)) >= 2**63]
+            if big:
+                raise ValueError(
+                    f"{where}, line {big[0][0]}: label {big[0][1]} is too large for a class "
+                    "index (int64); integer labels are class indices — give class names instead"
+                )
             labels = np.array([int(v) for v in raw], dtype=np.int64)
         elif all(_is_whole(v) for v in raw):  # "3.0": integers that went through a float column
             labels = np.array([int(float(v)) for v in raw], dtype=np.int64)

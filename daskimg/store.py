@@ -176,7 +176,8 @@ def _exchange(a: str, b: str) -> bool:
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+    # ENOENT: the old store vanished meanwhile, so a plain rename will do
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOENT):
         return False
     raise OSError(err, os.strerror(err), b)
 

@@ -344,3 +344,15 @@ def test_from_csv_whole_numbers_beyond_int64_are_refused_naming_the_column(tmp_p
     csv_path = _csv_with_column(tmp_path, huge)
     with pytest.raises(ValueError, match=r"image_id.*int64"):
         di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8), columns=columns)
+
+
+def test_from_csv_label_beyond_int64_is_refused_naming_the_line(tmp_path):
+    di.testing.make_image_folder(tmp_path / "imgs", n=2, size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    huge = 2**64 + 5
+    assert np.iinfo(np.int64).max < huge  # the oracle: numpy cannot hold it
+    (tmp_path / "l.csv").write_text(f"path,label\n{files[0]},1\n{files[1]},{huge}\n")
+    with pytest.raises(ValueError, match=rf"line 3: label {huge} is too large"):
+        di.from_csv(tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8))
