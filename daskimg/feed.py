@@ -18,7 +18,8 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 import dask
@@ -497,16 +498,20 @@ class BatchIterator:
                 b, future, _ = pending[0]
                 # close() while this generator was suspended, or (from another thread) while
                 # it waits: the chunks this batch waits for may never be read
-                while not wait([future], timeout=0.1).done:
+                while True:
                     if self._pools_exec is not pools:
-                        break
-                if self._pools_exec is not pools:
-                    raise RuntimeError(
-                        "BatchIterator.close() was called during this iteration, which stopped "
-                        f"its threads; iterate the BatchIterator again to continue from batch "
-                        f"{self._batch} of epoch {self.epoch}"
-                    )
-                out = future.result()  # if it raises, the batch's buffers are released below
+                        raise RuntimeError(
+                            "BatchIterator.close() was called during this iteration, which "
+                            "stopped its threads; iterate the BatchIterator again to continue "
+                            f"from batch {self._batch} of epoch {self.epoch}"
+                        )
+                    try:  # a load error raises here; the batch's buffers are released below
+                        out = future.result(timeout=0.1)
+                    except FuturesTimeout:
+                        if future.done():
+                            raise  # the load's own TimeoutError (e.g. a network read)
+                        continue
+                    break
                 pending.popleft()
                 self._batch = b + 1
                 self._release(out)

@@ -314,3 +314,20 @@ def test_close_from_another_thread_while_waiting_for_a_batch_does_not_hang(store
     assert len(tail) == len(full)
     for x, y in zip(tail, full, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_load_that_times_out_raises_its_error(tmp_path, indexed_set):
+    # a TimeoutError from a read (e.g. object storage) is the load's error, not a wait to retry
+    path = di.to_zarr(indexed_set, tmp_path / "t.zarr.zip", chunks=8)
+    it = di.BatchIterator(path, batch_size=10, arrays=("images", "idx"))
+    assert "images" in it.source.lazy  # read chunk by chunk, so through load()
+    original = it.source.load
+
+    def load(c, scratch):
+        if c == 2:
+            raise TimeoutError(f"chunk {c}: read timed out")
+        return original(c, scratch)
+
+    it.source.load = load
+    with pytest.raises(TimeoutError, match="chunk 2: read timed out"):
+        list(it)
