@@ -500,17 +500,17 @@ class BatchIterator:
                 # it waits: the chunks this batch waits for may never be read
                 while True:
                     if self._pools_exec is not pools:
-                        raise RuntimeError(
-                            "BatchIterator.close() was called during this iteration, which "
-                            "stopped its threads; iterate the BatchIterator again to continue "
-                            f"from batch {self._batch} of epoch {self.epoch}"
-                        )
+                        raise self._closed_error()
                     try:  # a load error raises here; the batch's buffers are released below
                         out = future.result(timeout=0.1)
                     except FuturesTimeout:
                         if future.done():
                             raise  # the load's own TimeoutError (e.g. a network read)
                         continue
+                    except CancelledError:
+                        if self._pools_exec is not pools:  # close() cancelled what it waited for
+                            raise self._closed_error() from None
+                        raise
                     break
                 pending.popleft()
                 self._batch = b + 1
@@ -565,6 +565,13 @@ class BatchIterator:
                 state.remaining -= 1
                 if state.remaining == 0 and not state.done.done():
                     state.done.set_result(None)
+
+    def _closed_error(self) -> RuntimeError:
+        return RuntimeError(
+            "BatchIterator.close() was called during this iteration, which stopped its "
+            "threads; iterate the BatchIterator again to continue from batch "
+            f"{self._batch} of epoch {self.epoch}"
+        )
 
     def _thread_pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         """Reads run in one pool, batch assembly (decoding into batch rows) in another, so an
