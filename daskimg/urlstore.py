@@ -17,6 +17,9 @@ Object storage has no rename and no lock, so a write stays crash-safe another wa
   ``zarr.json``, so an interrupted overwrite never shows old metadata over new chunks.
   An unfinished store at the URL is replaced without ``overwrite=True``; a complete one
   only with it.
+* :class:`daskimg.ArrayWriter` to a URL builds the store locally (its own staging,
+  checkpoints and resume) and :func:`upload_store` uploads it at ``close()``: a zip
+  as above, a folder cleared first and then uploaded with its root ``zarr.json`` last.
 * A multipart upload that fails may leave invisible parts behind on S3, billed until an
   ``AbortIncompleteMultipartUpload`` lifecycle rule (or ``s3fs``'s own abort) removes them.
 * No lock spans machines: two writers on one URL at once are not detected (for a zip
@@ -62,7 +65,14 @@ from .store import (
     to_zarr,
 )
 
-__all__ = ["open_store", "open_zarr_url", "read_attrs_url", "to_zarr_url"]
+__all__ = [
+    "check_target_url",
+    "open_store",
+    "open_zarr_url",
+    "read_attrs_url",
+    "to_zarr_url",
+    "upload_store",
+]
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header
 
@@ -88,9 +98,8 @@ def to_zarr_url(
     fs, key = filesystem(url, storage_options)
     key = key.rstrip("/")
     fs.invalidate_cache(key)
+    _check_target(fs, key, url, kind, overwrite=overwrite)
     if kind == "zip":
-        if fs.exists(key) and not overwrite:
-            raise StoreExistsError(f"{url!r} exists; pass overwrite=True to replace it")
         with tempfile.TemporaryDirectory(prefix="daskimg-upload-") as tmp:
             local = to_zarr(
                 imageset,
@@ -103,22 +112,10 @@ def to_zarr_url(
                 split=split,
                 progress=progress,
             )
-            if protocol_of(url) in ATOMIC_PUT:
-                fs.put_file(local, key)  # the object appears only once the upload completes
-            else:
-                fs.put_file(local, key + ".partial")
-                fs.mv(key + ".partial", key)
+            _put_zip(fs, key, local, url)
         fs.invalidate_cache(key)
         return url
 
-    state = _dir_state(fs, key)
-    if state == "complete" and not overwrite:
-        raise StoreExistsError(f"{url!r} holds a complete store; pass overwrite=True to replace it")
-    if state == "other" and not overwrite:
-        raise StoreExistsError(
-            f"{url!r} holds objects but no daskimg store (or an overwrite that stopped); "
-            "pass overwrite=True to replace them"
-        )
     _clear(fs, key)
     _clear(fs, key + ".uncompacted")
     ds, chunk_len, shard_len, attrs = plan_store(
@@ -156,6 +153,77 @@ def to_zarr_url(
     zarr.open_group(store, mode="r+").attrs["daskimg"] = attrs
     fs.invalidate_cache(key)
     return url
+
+
+def check_target_url(
+    url: str, storage_options: Mapping[str, Any] | None, *, overwrite: bool
+) -> None:
+    """Refuse a store at ``url`` that only ``overwrite=True`` may replace (see :func:`upload_store`)."""
+    url = url.rstrip("/")
+    kind = store_kind(url)
+    fs, key = filesystem(url, storage_options)
+    key = key.rstrip("/")
+    fs.invalidate_cache(key)
+    _check_target(fs, key, url, kind, overwrite=overwrite)
+
+
+def upload_store(local: str, url: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Upload the finished local store ``local`` to ``url``, replacing what is there.
+
+    A ``*.zarr.zip`` is one object, put whole (see the module notes). A ``*.zarr``
+    folder: the old one is cleared (its root ``zarr.json`` first), a root ``zarr.json``
+    saying ``complete: false`` is put (so what a kill leaves is an unfinished store,
+    replaced without ``overwrite=True``), every other file is uploaded, and the root
+    ``zarr.json`` with ``complete: true`` last. A failure or a kill anywhere leaves no
+    store that opens as complete at ``url``.
+    """
+    url = url.rstrip("/")
+    fs, key = filesystem(url, storage_options)
+    key = key.rstrip("/")
+    fs.invalidate_cache(key)
+    if store_kind(url) == "zip":
+        _put_zip(fs, key, local, url)
+    else:
+        _clear(fs, key)
+        root = os.path.join(local, "zarr.json")
+        with open(root, "rb") as fh:
+            meta = json.load(fh)
+        meta["attributes"]["daskimg"]["complete"] = False
+        fs.pipe_file(key + "/zarr.json", json.dumps(meta, indent=2).encode())
+        files = [os.path.join(d, f) for d, _, names in os.walk(local) for f in sorted(names)]
+        files = [f for f in files if f != root]
+        rel = [os.path.relpath(f, local).replace(os.sep, "/") for f in files]
+        if files:  # lists: no glob or folder guessing
+            fs.put(files, [f"{key}/{r}" for r in rel])
+        fs.put_file(root, key + "/zarr.json")
+    fs.invalidate_cache(key)
+
+
+def _check_target(fs: Any, key: str, url: str, kind: str, *, overwrite: bool) -> None:
+    """Refuse an existing store (or other objects) at ``key`` unless ``overwrite``."""
+    if overwrite:
+        return
+    if kind == "zip":
+        if fs.exists(key):
+            raise StoreExistsError(f"{url!r} exists; pass overwrite=True to replace it")
+        return
+    state = _dir_state(fs, key)
+    if state == "complete":
+        raise StoreExistsError(f"{url!r} holds a complete store; pass overwrite=True to replace it")
+    if state == "other":
+        raise StoreExistsError(
+            f"{url!r} holds objects but no daskimg store (or an overwrite that stopped); "
+            "pass overwrite=True to replace them"
+        )
+
+
+def _put_zip(fs: Any, key: str, local: str, url: str) -> None:
+    """Upload the zip file ``local`` as the object ``key``: whole or not at all."""
+    if protocol_of(url) in ATOMIC_PUT:
+        fs.put_file(local, key)  # the object appears only once the upload completes
+    else:
+        fs.put_file(local, key + ".partial")
+        fs.mv(key + ".partial", key)
 
 
 def _dir_state(fs: Any, key: str) -> str:

@@ -12,10 +12,13 @@ its layout, checkpoints, resuming and the atomic move into place — is in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import operator
 import os
+import posixpath
 import re
+import tempfile
 import threading
 import time
 from bisect import bisect_left
@@ -30,6 +33,7 @@ import numpy as np
 from . import writer_staging
 from .codecs import parse_codec
 from .errors import DaskImgError, StoreExistsError
+from .remote import check_options, is_url, local_path
 from .store import _remove, store_kind, write_lock
 from .writer_shards import SHARD_BYTES as SHARD_BYTES  # importable from here, as before
 from .writer_shards import SHARD_CHUNKS_MAX as SHARD_CHUNKS_MAX
@@ -52,7 +56,9 @@ class ArrayWriter:
     Parameters
     ----------
     path
-        ``*.zarr.zip`` (one file) or ``*.zarr`` (a folder).
+        ``*.zarr.zip`` (one file) or ``*.zarr`` (a folder); or an fsspec URL of one
+        (``"s3://bucket/out/features.zarr.zip"``): the store is built locally and
+        uploaded by :meth:`close` (see Notes).
     name, shape, dtype
         One array: its name and the shape and dtype of *one sample*, e.g.
         ``shape=(2048,), dtype="float32"``; ``shape=()`` for a scalar per sample.
@@ -72,7 +78,8 @@ class ArrayWriter:
     mode
         ``"w"``: write a new store. ``"a"``: add arrays to an existing, complete store,
         aligned with its samples: exactly ``num_samples`` rows must be appended, in the
-        store's order; the store's other arrays are kept.
+        store's order; the store's other arrays are kept. Not for a URL (refused):
+        download the store, add the arrays locally, upload it.
     overwrite
         ``mode="w"``: replace an existing store. ``mode="a"``: replace arrays of the
         same names. The old store stays readable until :meth:`close` replaces it.
@@ -88,6 +95,9 @@ class ArrayWriter:
         0: after every append; None: only when :meth:`checkpoint` is called.
     threads
         Background threads compressing and writing whole shards (0: in the caller).
+    storage_options
+        fsspec options when ``path`` is a URL (for s3: ``key``, ``secret``,
+        ``client_kwargs={"endpoint_url": ...}``, ...); an error with a local path.
 
     Notes
     -----
@@ -116,6 +126,19 @@ class ArrayWriter:
     threads are taken one at a time, each batch whole (in no promised order between
     threads).
 
+    **Writing to a URL.** A complete store already at the URL is refused at once
+    unless ``overwrite=True``. The store is built, with the same checkpoints, in a local
+    folder that depends only on the URL:
+    ``<tempfile.gettempdir()>/daskimg-writer/<sha256(url)[:16]>/<name>`` (it needs room
+    for the whole store). :meth:`close` finishes it there, then uploads it and removes
+    the local copy: a ``*.zarr.zip`` as one object, which appears whole or not at all; a
+    ``*.zarr`` folder after clearing the old one, its root ``zarr.json`` (``complete:
+    true``) last, so until then :func:`daskimg.open_zarr` refuses it (and the old store
+    is gone from the start of the upload). If the upload fails, the finished local copy
+    stays: ``close()`` again, or after a crash ``ArrayWriter(url, <same arguments>,
+    resume=True)`` on the same machine, then ``close()``, uploads it (appending to it
+    raises: every row is written). An unfinished write resumes as for a local path.
+
     Examples
     --------
     >>> with ArrayWriter("out/features.zarr.zip", shape=(2048,), dtype="float32") as w:  # doctest: +SKIP
@@ -139,6 +162,13 @@ class ArrayWriter:
     ...                  resume=True) as w:  # doctest: +SKIP
     ...     for batch in predictions[len(w) // 64:]:
     ...         w.append(batch)
+
+    To object storage (built locally, uploaded at close):
+
+    >>> with ArrayWriter("s3://bucket/out/features.zarr.zip", shape=(2048,), dtype="float32",
+    ...                  storage_options={"anon": False}) as w:  # doctest: +SKIP
+    ...     for batch in predictions:
+    ...         w.append(batch)
     """
 
     def __init__(
@@ -159,6 +189,7 @@ class ArrayWriter:
         split: str | None = None,
         checkpoint_every: float | None = 30.0,
         threads: int = 2,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.specs = _parse_specs(name, shape, dtype, arrays)
         if mode not in ("w", "a"):
@@ -180,7 +211,27 @@ class ArrayWriter:
                 "ArrayWriter does not write codec='jpeg' (lossy re-encoding of partial chunks); "
                 "use 'lz4' or 'zstd', or write images with daskimg.to_zarr(codec='jpeg')"
             )
+        #: the URL the store is uploaded to at close(), or None for a local path
+        self.url: str | None = None
+        self._storage_options = dict(storage_options or {})
+        if is_url(path) and local_path(str(path)) is None:
+            self.url = str(path).rstrip("/")
+            store_kind(self.url)  # a bad name is refused before any request
+            if mode == "a":
+                raise ValueError(
+                    f"mode='a' cannot add arrays to a store at a URL ({self.url!r}): download "
+                    "it, add the arrays to the local copy with mode='a', and upload it"
+                )
+            from .urlstore import check_target_url
+
+            check_target_url(self.url, storage_options, overwrite=overwrite)
+            path = local_copy(self.url)
+        else:
+            check_options(path, storage_options)
+            path = local_path(path) or path if isinstance(path, str) else path
+        #: where the store is built (and, for a local path, where it appears)
         self.path = os.path.abspath(os.fspath(path)).rstrip("/")
+        self.target = self.url or self.path
         self.kind = store_kind(self.path)
         self.mode = mode
         self.overwrite = overwrite
@@ -194,6 +245,7 @@ class ArrayWriter:
         self._manifest: dict[str, Any] = {}
         self._closed = False
         self._broken: str | None = None
+        self._pending = False  # URL: the store is complete locally, not uploaded yet
         self._mutex = threading.RLock()  # one append, checkpoint or close at a time
         self._last_checkpoint = time.monotonic()
         self._pool = ShardPool(threads)
@@ -234,7 +286,7 @@ class ArrayWriter:
     def __repr__(self) -> str:
         arrays = {n: (s, str(d)) for n, (s, d) in self.specs.items()}
         state = "closed" if self._closed else f"rows={self._rows}"
-        return f"ArrayWriter({self.path!r}, arrays={arrays}, mode={self.mode!r}, {state})"
+        return f"ArrayWriter({self.target!r}, arrays={arrays}, mode={self.mode!r}, {state})"
 
     def __enter__(self) -> ArrayWriter:
         return self
@@ -268,6 +320,11 @@ class ArrayWriter:
 
     def _append(self, batch: Any, named: dict[str, Any]) -> None:
         self._check_usable()
+        if self._pending:
+            raise ValueError(
+                f"all {self._rows} rows of {self.target!r} are written (the finished store "
+                f"waits at {self.path!r}); close() uploads them. Nothing can be appended to it"
+            )
         values = self._name_values(batch, named)
         lazy = [n for n, v in values.items() if isinstance(v, da.Array)]
         if lazy:
@@ -296,6 +353,8 @@ class ArrayWriter:
         """
         with self._mutex:
             self._check_usable()
+            if self._pending:
+                return self._rows  # the store is complete locally: every row is durable
             try:
                 self._pool.drain()
                 writer_staging.save_checkpoint(
@@ -316,7 +375,9 @@ class ArrayWriter:
         (append the missing rows and close again). Closing a writer with no rows raises
         (an empty store is not written) and leaves nothing behind. If moving the store
         into place fails, the write stays unfinished (as after a crash) and every later
-        call, ``close()`` too, raises: reopen it with ``resume=True``.
+        call, ``close()`` too, raises: reopen it with ``resume=True``. For a URL, the
+        finished store is then uploaded and its local copy removed; if the upload fails,
+        this raises and the local copy stays: call ``close()`` again to retry.
         """
         with self._mutex:
             self._close()
@@ -325,6 +386,18 @@ class ArrayWriter:
         if self._closed and self._broken is None:
             return
         self._check_usable()
+        if not self._pending:
+            self._finish()
+        if self._pending and self.url is not None:
+            self._upload(self.url)
+        self._closed = True
+        self._lock.close()
+        if self.url is not None:  # the local copy's own folder, empty now
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.path))
+
+    def _finish(self) -> None:
+        """Finish the store at ``self.path`` (the local copy of a URL's)."""
         if self._expected is not None and self._rows != self._expected:
             raise ValueError(
                 f"{self.path!r} has {self._expected} samples but {self._rows} rows were appended "
@@ -336,7 +409,7 @@ class ArrayWriter:
             _remove(str(self._staging))
             self._lock.close()
             raise ValueError(
-                f"nothing was appended to {self.path!r}, so no store was written; "
+                f"nothing was appended to {self.target!r}, so no store was written; "
                 "an empty store is not written (nothing to read back)"
             )
         self.checkpoint()  # a crash while closing loses no row; no write is in flight after it
@@ -348,12 +421,47 @@ class ArrayWriter:
             # no store at path (or the old one): a second close must not pass for success
             self._break(f"moving the store into place failed ({e!r})")
             raise
-        self._closed = True
-        self._lock.close()
+        self._pending = self.url is not None
+
+    def _upload(self, url: str) -> None:
+        """Upload the finished local store to ``url``, then remove it; on failure keep it."""
+        from .urlstore import upload_store
+
+        try:
+            upload_store(self.path, url, self._storage_options)
+        except BaseException:
+            logger.warning(
+                "uploading %s to %s failed; the finished store stays there: close() again, or "
+                "ArrayWriter(<same arguments>, resume=True).close(), uploads it",
+                self.path,
+                url,
+            )
+            raise
+        self._pending = False
+        _remove(self.path)
 
     # -- opening ----------------------------------------------------------------------
     def _open(self, chunks: int | None, codec: str | None, resume: bool, split: str | None) -> None:
         target_exists = os.path.lexists(self.path)
+        if self.url is not None and target_exists:
+            # a finished local copy whose upload failed or was cut short
+            if resume:
+                self._rows, chunk_len = writer_staging.check_finished(self.path, self.specs)
+                if chunks is not None and chunks != chunk_len:
+                    raise ValueError(
+                        f"cannot resume: the finished store at {self.path!r} (not yet uploaded) "
+                        f"has chunks={chunk_len}. Pass the same arguments, or resume=False to "
+                        "discard it"
+                    )
+                self._durable = self._rows
+                self._manifest = {"chunk_len": chunk_len}
+                self._pending = True
+                _remove(str(self._staging))  # left by a kill just after the store was finished
+                logger.info("resumed %s: %d rows, finished, to upload", self.target, self._rows)
+                return
+            logger.warning("discarding the finished, not uploaded store at %s", self.path)
+            _remove(self.path)
+            target_exists = False
         if self.mode == "w" and target_exists and not self.overwrite:
             raise StoreExistsError(
                 f"{self.path!r} exists; pass overwrite=True to replace it, or mode='a' to add "
@@ -414,19 +522,19 @@ class ArrayWriter:
             attrs = self._manifest["root_meta"]["attributes"]["daskimg"]
             self.classes = tuple(attrs.get("classes") or ())
         self._rows = self._durable = int(self._manifest["rows"])
-        logger.info("resumed %s at row %d", self.path, self._rows)
+        logger.info("resumed %s at row %d", self.target, self._rows)
         return True
 
     # -- appending --------------------------------------------------------------------
     def _check_usable(self) -> None:
         if self._broken is not None:
             raise DaskImgError(
-                f"this writer of {self.path!r} cannot continue: {self._broken}. Open a new one "
+                f"this writer of {self.target!r} cannot continue: {self._broken}. Open a new one "
                 f"with resume=True to continue from its last checkpoint ({self._durable} rows)"
             )
         if self._closed:
             raise ValueError(
-                f"this writer of {self.path!r} is closed; append before close(), or open a new "
+                f"this writer of {self.target!r} is closed; append before close(), or open a new "
                 "ArrayWriter (mode='a' adds arrays to a finished store)"
             )
 
@@ -558,7 +666,8 @@ class ArrayWriter:
             if self._closed:
                 return
             try:
-                self.checkpoint()
+                if not self._pending:
+                    self.checkpoint()
             except Exception:
                 logger.exception("could not checkpoint %s before leaving it unfinished", self.path)
             finally:
@@ -567,6 +676,12 @@ class ArrayWriter:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def local_copy(url: str) -> str:
+    """Where the store for ``url`` is built: the same folder each time, so ``resume=True`` finds it."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "daskimg-writer", digest, posixpath.basename(url))
 
 
 def _parse_specs(

@@ -49,6 +49,7 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_VERSION",
     "Spec",
+    "check_finished",
     "check_target",
     "create",
     "publish",
@@ -102,6 +103,32 @@ def check_target(
     raw = reader.read_bytes("zarr.json") or b""
     reader.close()
     return chunk_len, hashlib.sha256(raw).hexdigest(), int(attrs["num_samples"]), classes
+
+
+def check_finished(path: str, specs: Mapping[str, Spec]) -> tuple[int, int]:
+    """A complete store at ``path`` holding exactly the arrays ``specs``: its rows and chunk length.
+
+    For a write to a URL whose upload did not happen: the finished local copy.
+    """
+    attrs = read_attrs(path)
+    group = _open_group(path)
+    try:
+        arrays = dict(group.arrays())
+        have = {
+            n: {"shape": list(a.shape[1:]), "dtype": np.dtype(a.dtype).str}
+            for n, a in arrays.items()
+        }
+        chunk_len = min((int(a.chunks[0]) for a in arrays.values()), default=0)
+    finally:
+        with contextlib.suppress(Exception):
+            group.store.close()  # the zip file handle
+    want = {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()}
+    if have != want:
+        raise ValueError(
+            f"cannot resume: the finished store at {path!r} (not yet uploaded) holds arrays "
+            f"{have}, not {want}. Pass the same arrays, or resume=False to discard it"
+        )
+    return int(attrs["num_samples"]), chunk_len
 
 
 def create(

@@ -363,3 +363,227 @@ def test_cli_ingest_info_verify_on_s3(uploaded, s3, prefix, capsys):
         for s in ("train", "valid", "test")
     ]
     assert sum(parts) == 24
+
+
+# -- ArrayWriter to a URL -------------------------------------------------------------
+
+
+@pytest.fixture
+def local_tmp(tmp_path, monkeypatch):
+    """tempfile.gettempdir() is ``tmp_path/tmp`` here, so the writer's local copies are seen."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(root))
+    return root
+
+
+def _features(n=53, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 6)).astype("float32"), rng.integers(0, 1000, n)
+
+
+def _write_features(url, feats, ids, **kw):
+    """Append ``feats``/``ids`` in uneven batches (numpy and dask) to an open ArrayWriter."""
+    import dask.array as da
+
+    w = di.ArrayWriter(
+        url, arrays={"features": ((6,), "float32"), "ids": ((), "int64")}, chunks=8, **kw
+    )
+    w.append(features=feats[:20], ids=ids[:20])
+    w.append(features=da.from_array(feats[20:], chunks=11), ids=ids[20:])
+    return w
+
+
+@pytest.mark.parametrize("name", ["features.zarr.zip", "features.zarr"])
+def test_writer_round_trip_through_s3(s3, s3fs_, prefix, local_tmp, name):
+    from daskimg.writer import local_copy
+
+    url = f"{prefix}/out/{name}"
+    feats, ids = _features()
+    w = _write_features(url, feats, ids, storage_options=s3)
+    assert w.url == url and w.path == local_copy(url)
+    assert w.path.startswith(str(local_tmp / "daskimg-writer") + os.sep)
+    assert not s3fs_.exists(url)  # nothing at the URL before close()
+    w.close()
+    assert not os.path.exists(w.path)  # the local copy is removed after the upload
+    back = di.open_zarr(url, storage_options=s3)
+    assert back.attrs["complete"] is True and back.attrs["num_samples"] == len(feats)
+    np.testing.assert_array_equal(back.arrays["features"].compute(), feats)
+    np.testing.assert_array_equal(np.asarray(back.arrays["ids"]), ids)
+    # plain zarr reads the uploaded bytes too
+    store = (
+        zarr.storage.FsspecStore.from_url(url, storage_options=s3, read_only=True)
+        if name.endswith(".zarr")
+        else zarr.storage.FsspecStore.from_url(
+            "zip::" + url, storage_options={"s3": s3}, read_only=True
+        )
+    )
+    plain = zarr.open_group(store, mode="r")
+    np.testing.assert_array_equal(plain["features"][...], feats)
+    assert storeinfo.verify(url, storage_options=s3) == []
+
+
+@pytest.mark.parametrize("name", ["f.zarr.zip", "f.zarr"])
+def test_writer_to_s3_existing_store_needs_overwrite(s3, prefix, local_tmp, name):
+    url = f"{prefix}/{name}"
+    feats, ids = _features()
+    _write_features(url, feats, ids, storage_options=s3).close()
+    with pytest.raises(StoreExistsError, match="overwrite=True"):
+        di.ArrayWriter(url, shape=(6,), dtype="float32", storage_options=s3)
+    # refused before any work; the first write left nothing behind either
+    assert not any((local_tmp / "daskimg-writer").rglob("*"))
+    new, new_ids = _features(n=17, seed=1)
+    _write_features(url, new, new_ids, storage_options=s3, overwrite=True).close()
+    back = di.open_zarr(url, storage_options=s3)
+    np.testing.assert_array_equal(back.arrays["features"].compute(), new)
+    np.testing.assert_array_equal(np.asarray(back.arrays["ids"]), new_ids)
+
+
+def test_writer_to_s3_mode_a_is_refused(s3, prefix, local_tmp):
+    with pytest.raises(ValueError, match="mode='a' cannot add arrays to a store at a URL"):
+        di.ArrayWriter(
+            f"{prefix}/t.zarr.zip", shape=(2,), dtype="float32", mode="a", storage_options=s3
+        )
+
+
+@pytest.mark.parametrize("name", ["u.zarr.zip", "u.zarr"])
+def test_writer_upload_that_fails_is_published_by_resume(
+    s3, s3fs_, prefix, local_tmp, monkeypatch, name
+):
+    url = f"{prefix}/{name}"
+    feats, ids = _features()
+
+    def cut(*args, **kwargs):
+        raise ConnectionError("connection reset")
+
+    with monkeypatch.context() as m:
+        m.setattr("daskimg.urlstore.upload_store", cut)
+        w = _write_features(url, feats, ids, storage_options=s3)
+        with pytest.raises(ConnectionError), w:
+            pass  # close() fails in __exit__
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        di.open_zarr(url, storage_options=s3)
+    # the finished store waits locally, complete
+    np.testing.assert_array_equal(di.open_zarr(w.path).arrays["features"].compute(), feats)
+    with pytest.raises(ValueError, match="cannot resume"):  # not the arrays it holds
+        di.ArrayWriter(url, shape=(6,), dtype="float32", storage_options=s3, resume=True)
+    w2 = di.ArrayWriter(
+        url,
+        arrays={"features": ((6,), "float32"), "ids": ((), "int64")},
+        chunks=8,
+        storage_options=s3,
+        resume=True,
+    )
+    assert len(w2) == len(feats) and w2.path == w.path
+    with pytest.raises(ValueError, match=r"close\(\) uploads them"):
+        w2.append(features=feats[:1], ids=ids[:1])
+    w2.close()
+    assert not os.path.exists(w2.path)
+    back = di.open_zarr(url, storage_options=s3)
+    np.testing.assert_array_equal(back.arrays["features"].compute(), feats)
+    np.testing.assert_array_equal(np.asarray(back.arrays["ids"]), ids)
+
+
+@pytest.mark.parametrize("name", ["p.zarr.zip", "p.zarr"])
+def test_writer_upload_cut_midway_never_looks_complete(
+    s3, s3fs_, prefix, local_tmp, monkeypatch, name
+):
+    """The last put fails (the zip; the folder's root zarr.json): nothing opens; close() retries."""
+    url = f"{prefix}/{name}"
+    old, old_ids = _features(n=9, seed=2)
+    _write_features(url, old, old_ids, storage_options=s3).close()
+    feats, ids = _features()
+
+    def cut(*args, **kwargs):
+        raise ConnectionError("connection reset")
+
+    assert daskimg.remote.filesystem(url, s3)[0] is s3fs_  # the instance the writer uses
+    monkeypatch.setattr(s3fs_, "put_file", cut)
+    w = _write_features(url, feats, ids, storage_options=s3, overwrite=True)
+    with pytest.raises(ConnectionError):
+        w.close()
+    back = None
+    if name.endswith(".zarr"):  # shards were uploaded, the root zarr.json was not
+        assert s3fs_.exists(url + "/features")
+        with pytest.raises(IncompleteStoreError):
+            di.open_zarr(url, storage_options=s3)
+    else:  # a zip appears whole or not at all: the old one is still there
+        back = di.open_zarr(url, storage_options=s3)
+        np.testing.assert_array_equal(back.arrays["features"].compute(), old)
+    monkeypatch.delattr(s3fs_, "put_file")
+    w.close()  # retries the upload
+    back = di.open_zarr(url, storage_options=s3)
+    np.testing.assert_array_equal(back.arrays["features"].compute(), feats)
+    np.testing.assert_array_equal(np.asarray(back.arrays["ids"]), ids)
+    assert not os.path.exists(w.path)
+
+
+def test_writer_local_path_is_unchanged(tmp_path, local_tmp):
+    feats, ids = _features()
+    path = tmp_path / "local" / "f.zarr.zip"
+    with pytest.raises(ValueError, match="storage_options apply to URLs"):
+        di.ArrayWriter(path, shape=(6,), dtype="float32", storage_options={"anon": True})
+    w = _write_features(path, feats, ids)
+    assert w.url is None and w.path == str(path)
+    assert os.path.isdir(str(path) + ".partial")
+    w.close()
+    back = di.open_zarr(path)
+    np.testing.assert_array_equal(back.arrays["features"].compute(), feats)
+    np.testing.assert_array_equal(back.arrays["ids"], ids)
+    assert not (local_tmp / "daskimg-writer").exists()
+    # a file:// URL is a local path
+    _write_features("file://" + str(tmp_path / "g.zarr"), feats, ids).close()
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "g.zarr"), mode="r")["features"][...], feats
+    )
+
+
+def test_writer_killed_during_upload_is_published_by_resume(s3, prefix, tmp_path, local_tmp):
+    """SIGKILL a writer while it uploads a .zarr folder: the URL never opens as complete."""
+    url = f"{prefix}/killed-w.zarr"
+    feats, ids = _features()
+    np.save(tmp_path / "feats.npy", feats)
+    np.save(tmp_path / "ids.npy", ids)
+    script = tmp_path / "writer.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import time, numpy as np, s3fs, daskimg as di
+
+            def hang(self, lpath, rpath, **kw):  # every shard is up; hang before the root
+                print("shards uploaded", flush=True)
+                time.sleep(60)
+
+            s3fs.S3FileSystem.put_file = hang
+            w = di.ArrayWriter({url!r}, arrays={{"features": ((6,), "float32"),
+                               "ids": ((), "int64")}}, chunks=8, storage_options={s3!r})
+            w.append(features=np.load({str(tmp_path / "feats.npy")!r}),
+                     ids=np.load({str(tmp_path / "ids.npy")!r}))
+            w.close()
+            """
+        )
+    )
+    env = {**os.environ, "TMPDIR": str(local_tmp)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "shards uploaded"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with pytest.raises(IncompleteStoreError):
+        di.open_zarr(url, storage_options=s3)
+    w = di.ArrayWriter(
+        url,
+        arrays={"features": ((6,), "float32"), "ids": ((), "int64")},
+        chunks=8,
+        storage_options=s3,
+        resume=True,
+    )
+    assert len(w) == len(feats)
+    w.close()
+    back = di.open_zarr(url, storage_options=s3)
+    np.testing.assert_array_equal(back.arrays["features"].compute(), feats)
+    np.testing.assert_array_equal(np.asarray(back.arrays["ids"]), ids)
