@@ -126,6 +126,7 @@ def code_key() -> str:
         "chunks.py",
         "jpeg.py",
         "writer.py",
+        "writer_checks.py",
         "writer_shards.py",
         "writer_staging.py",
     ):

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import operator
 import os
 import posixpath
-import re
 import tempfile
 import threading
 import time
@@ -35,6 +33,7 @@ from .codecs import parse_codec
 from .errors import DaskImgError, StoreExistsError
 from .remote import check_options, is_url, local_path
 from .store import _remove, store_kind, write_lock
+from .writer_checks import check_batch, integer_arg, narrow_float, parse_specs
 from .writer_shards import SHARD_BYTES as SHARD_BYTES  # importable from here, as before
 from .writer_shards import SHARD_CHUNKS_MAX as SHARD_CHUNKS_MAX
 from .writer_shards import Column, ShardPool
@@ -42,8 +41,6 @@ from .writer_shards import Column, ShardPool
 __all__ = ["ArrayWriter"]
 
 logger = logging.getLogger("daskimg")
-
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
 class ArrayWriter:
@@ -191,15 +188,15 @@ class ArrayWriter:
         threads: int = 2,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.specs = _parse_specs(name, shape, dtype, arrays)
+        self.specs = parse_specs(name, shape, dtype, arrays)
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' (a new store) or 'a' (add arrays); got {mode!r}")
         if chunks is not None:
-            chunks = _integer(chunks, 1, "chunks must be a positive number of samples")
+            chunks = integer_arg(chunks, 1, "chunks must be a positive number of samples")
         if shard_chunks is not None:
-            shard_chunks = _integer(shard_chunks, 1, "shard_chunks must be a positive integer")
+            shard_chunks = integer_arg(shard_chunks, 1, "shard_chunks must be a positive integer")
         self._shard_chunks = shard_chunks
-        threads = _integer(threads, 0, "threads must be an integer >= 0")
+        threads = integer_arg(threads, 0, "threads must be an integer >= 0")
         if checkpoint_every is not None and checkpoint_every < 0:
             raise ValueError(
                 f"checkpoint_every must be >= 0 seconds or None, got {checkpoint_every}"
@@ -577,7 +574,7 @@ class ArrayWriter:
                 ) from e
         else:
             arr = np.asarray(value)
-        _check_batch(name, arr.shape, arr.dtype, shape, dtype)
+        check_batch(name, arr.shape, arr.dtype, shape, dtype)
         if name == "labels" and self.classes and arr.size:
             lo, hi = int(arr.min()), int(arr.max())
             if lo < 0 or hi >= len(self.classes):
@@ -586,7 +583,7 @@ class ArrayWriter:
                     f"this batch has {lo}..{hi}"
                 )
         if arr.dtype.kind == "f" and dtype.kind == "f" and arr.dtype.itemsize > dtype.itemsize:
-            return _narrow_float(name, arr, dtype)
+            return narrow_float(name, arr, dtype)
         return np.ascontiguousarray(arr, dtype=dtype)
 
     def _count_rows(self, arrays: Mapping[str, Any]) -> int:
@@ -609,7 +606,7 @@ class ArrayWriter:
                     raise ValueError(
                         f"{name}: a dask array of unknown length; call .compute_chunk_sizes() first"
                     )
-                _check_batch(name, v.shape, v.dtype, *self.specs[name])
+                check_batch(name, v.shape, v.dtype, *self.specs[name])
             else:
                 values[name] = self._coerce(name, v)
         n_rows = self._count_rows(values)
@@ -682,113 +679,3 @@ def local_copy(url: str) -> str:
     """Where the store for ``url`` is built: the same folder each time, so ``resume=True`` finds it."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), "daskimg-writer", digest, posixpath.basename(url))
-
-
-def _parse_specs(
-    name: str,
-    shape: int | Sequence[int] | None,
-    dtype: Any,
-    arrays: Mapping[str, tuple[int | Sequence[int], Any]] | None,
-) -> dict[str, writer_staging.Spec]:
-    if arrays is None:
-        if shape is None or dtype is None:
-            raise TypeError(
-                "pass shape= and dtype= (of one sample, e.g. shape=(2048,), dtype='float32'), "
-                "or arrays={name: (shape, dtype), ...}"
-            )
-        arrays = {name: (shape, dtype)}
-    elif shape is not None or dtype is not None:
-        raise TypeError("pass shape= and dtype= for one array or arrays= for several, not both")
-    if not arrays:
-        raise ValueError("arrays is empty; name at least one array")
-    out: dict[str, writer_staging.Spec] = {}
-    for n, spec in arrays.items():
-        if not isinstance(n, str) or not _NAME.match(n):
-            raise ValueError(f"array name {n!r} must be letters, digits, '_', '-' or '.'")
-        if n in ("images", "paths"):
-            raise ValueError(f"{n!r} is reserved for the store's own arrays; pick another name")
-        if n == "zarr.json":
-            raise ValueError(f"{n!r} is the name of Zarr's metadata files; pick another name")
-        try:
-            dims: Any
-            shp: tuple[int, ...]
-            dims, dt = spec
-            try:
-                shp = (operator.index(dims),)
-            except TypeError:  # a sequence of dimensions (integers; 2.5 is refused)
-                shp = tuple(operator.index(d) for d in dims)
-            dt = np.dtype(dt)
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"arrays[{n!r}] must be (shape, dtype) of one sample, e.g. ((2048,), 'float32'); "
-                f"got {spec!r} ({e})"
-            ) from None
-        if any(d < 1 for d in shp):
-            raise ValueError(f"{n}: every dimension of a sample must be >= 1, got {shp}")
-        if dt.kind not in "biuf" or dt.itemsize > 8:  # Zarr v3 has no float128
-            raise TypeError(
-                f"{n}: dtype {dt} is not supported; use bool, integer or float (up to int64, "
-                "uint64, float64)"
-            )
-        if n == "labels" and (shp != () or dt.kind not in "iu"):
-            raise ValueError(
-                "'labels' holds one integer class index per sample: shape () and an integer dtype"
-            )
-        out[n] = (shp, dt.newbyteorder("<"))
-    return out
-
-
-def _check_batch(
-    name: str,
-    got_shape: tuple[Any, ...],
-    got: np.dtype[Any],
-    shape: tuple[int, ...],
-    dtype: np.dtype[Any],
-) -> None:
-    want = f"(n, {', '.join(map(str, shape))})" if shape else "(n,)"
-    if len(got_shape) != len(shape) + 1 or tuple(got_shape[1:]) != shape:
-        hint = " (a single sample? add a batch axis: x[None])" if tuple(got_shape) == shape else ""
-        raise ValueError(
-            f"{name}: expected a batch of shape {want} {dtype}, got {tuple(got_shape)} {got}{hint}"
-        )
-    if not _safe_cast(got, dtype):
-        raise TypeError(
-            f"{name}: expected {dtype} (or a type that converts to it without losing values), "
-            f"got {got}; cast it explicitly, e.g. batch.astype({str(dtype)!r})"
-        )
-
-
-def _safe_cast(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
-    if src.kind in "iu" and dst.kind == "f":
-        # numpy calls int64 -> float64 safe, yet 2**53 + 1 comes back as 2**53
-        return src.itemsize * 8 - (src.kind == "i") <= np.finfo(dst).nmant + 1
-    if np.can_cast(src, dst, casting="safe"):
-        return True
-    return src.kind == "f" and dst.kind == "f"  # float64 -> float32: precision only
-
-
-def _narrow_float(name: str, arr: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    """``arr`` cast to the narrower float ``dtype``; refused if a finite value would become inf."""
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(arr, dtype=dtype)
-    if np.isinf(out).any():
-        lost = np.isinf(out) & np.isfinite(arr)
-        if lost.any():
-            biggest = float(np.abs(arr[lost]).max())
-            raise ValueError(
-                f"{name}: a value of magnitude {biggest:g} does not fit in {dtype} "
-                f"(largest {float(np.finfo(dtype).max):g}) and would become inf; scale or clip "
-                f"the batch, or write the array as a wider float"
-            )
-    return out
-
-
-def _integer(value: Any, least: int, what: str) -> int:
-    """``value`` as an int >= ``least`` (numpy integers too), or ``ValueError(what, got ...)``."""
-    try:
-        n = operator.index(value)
-    except TypeError:
-        n = None
-    if n is None or isinstance(value, bool) or n < least:
-        raise ValueError(f"{what}, got {value!r}")
-    return n
