@@ -442,12 +442,7 @@ def from_folder(
             d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith(".")
         )
     classes = sorted(class_names)
-    if not classes:
-        raise NoImagesFoundError(
-            f"{str(root)!r} has no class subfolders; expected {root}/<class>/<image files> "
-            "(use daskimg.imread for a flat folder without labels)"
-        )
-    index = {c: i for i, c in enumerate(classes)}
+    index = _class_index(classes, str(root))
     files: list[str] = []
     labels: list[int] = []
     split_of: list[str] = []
@@ -508,12 +503,7 @@ def _from_folder_url(
         if len(q) > len(prefix) + 1 and tuple(q[: len(prefix)]) == prefix
     }
     classes = sorted(c for c in class_names if not c.startswith("."))
-    if not classes:
-        raise NoImagesFoundError(
-            f"{url!r} has no class subfolders; expected {url}/<class>/<image files> "
-            "(use daskimg.imread for a flat folder without labels)"
-        )
-    index = {c: i for i, c in enumerate(classes)}
+    index = _class_index(classes, url)
     files: list[str] = []
     labels: list[int] = []
     split_of: list[str] = []
@@ -672,16 +662,22 @@ def from_csv(
                 "have none); fill them in, drop those rows, or pass label_column=None to read "
                 "the set without labels"
             )
-        if all(_is_int(v) for v in raw):
-            big = [(line, v) for line, v in enumerate(raw, start=2) if abs(int(v)) >= 2**63]
+        # whole numbers are class indices, also when written as floats ("3.0": an int
+        # column that went through a float one)
+        wholes = [_whole_value(v) for v in raw]
+        if all(w is not None for w in wholes):
+            ints = cast("list[int]", wholes)
+            big = [
+                (i, v)
+                for i, (v, w) in enumerate(zip(raw, ints, strict=True))
+                if not _INT64[0] <= w <= _INT64[1]
+            ]
             if big:
                 raise ValueError(
-                    f"{where}, line {big[0][0]}: label {big[0][1]} is too large for a class "
+                    f"{where}, line {big[0][0] + 2}: label {big[0][1]} is too large for a class "
                     "index (int64); integer labels are class indices — give class names instead"
                 )
-            labels = np.array([int(v) for v in raw], dtype=np.int64)
-        elif all(_is_whole(v) for v in raw):  # "3.0": integers that went through a float column
-            labels = np.array([int(float(v)) for v in raw], dtype=np.int64)
+            labels = np.array(ints, dtype=np.int64)
         else:
             classes = sorted(set(raw))
             index = {c: i for i, c in enumerate(classes)}
@@ -757,6 +753,16 @@ def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
 _INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
 
 
+def _class_index(classes: list[str], where: str) -> dict[str, int]:
+    """Class name -> label; an error if a folder has no class subfolders."""
+    if not classes:
+        raise NoImagesFoundError(
+            f"{where!r} has no class subfolders; expected {where}/<class>/<image files> "
+            "(use daskimg.imread for a flat folder without labels)"
+        )
+    return {c: i for i, c in enumerate(classes)}
+
+
 def _whole_value(v: str | None) -> int | None:
     """The exact whole number a CSV cell spells ("3", "3.0", "1e3"), or None.
 
@@ -780,15 +786,6 @@ def _is_int(v: str | None) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_whole(v: str) -> bool:
-    """A number written as a float that is a whole number ("3.0", "1e2"), and not too big."""
-    try:
-        f = float(v)
-    except ValueError:
-        return False
-    return f.is_integer() and abs(f) < 2**53
 
 
 def _is_float(v: str | None) -> bool:
