@@ -31,7 +31,7 @@ from .codecs import check_crc, check_crc_of, decode_chunk, decompress_into, fast
 from .errors import ChecksumError
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 
-__all__ = ["ArrayLayout", "RawChunk", "StoreReader", "bad_zip_message", "unmap"]
+__all__ = ["ArrayLayout", "RawChunk", "StoreReader", "unmap"]
 
 _MISSING = np.uint64(2**64 - 1)
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
@@ -139,8 +139,11 @@ class StoreReader:
             try:
                 with zipfile.ZipFile(self.path) as zf:
                     infos = zf.infolist()
-            except zipfile.BadZipFile as e:
-                raise ChecksumError(f"{self.path}: {bad_zip_message(e)}") from None
+            except zipfile.BadZipFile as e:  # e.g. an interrupted copy
+                raise ChecksumError(
+                    f"{self.path}: not a readable zip file ({e}): it is truncated or damaged, "
+                    "e.g. by an interrupted copy; copy it again, or re-create it from the source"
+                ) from None
             self._infos = {i.filename: i for i in infos}
             for info in infos:
                 if info.compress_type != zipfile.ZIP_STORED:
@@ -564,14 +567,6 @@ def _identity(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-def bad_zip_message(exc: Exception) -> str:
-    """Why a ``.zarr.zip`` cannot be opened, and what to do."""
-    return (
-        f"not a readable zip file ({exc}): it is truncated or damaged, e.g. by an "
-        "interrupted copy; copy it again, or re-create it from the source"
-    )
 
 
 _READERS: weakref.WeakSet[StoreReader] = weakref.WeakSet()
