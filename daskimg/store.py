@@ -393,8 +393,6 @@ def to_zarr(
         group.attrs["daskimg"] = attrs
         # the old store (overwrite=True) stays in place until the new one replaces it
         if kind == "zip":
-            if _is_folder(target):
-                _remove(target)
             _pack_zip(staging, target)  # packed next to it, then renamed over it
             _remove(staging)
         else:
@@ -641,7 +639,7 @@ def _pack_zip(staging: str, target: str) -> None:
             zf.write(full, arc)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    replace_store(tmp, target)
 
 
 def read_attrs(
