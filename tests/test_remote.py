@@ -64,6 +64,18 @@ def s3():
     mp.undo()
 
 
+def _plain_group(url, s3):
+    """The store at ``url`` opened by plain zarr (a zip through fsspec's ``zip::`` chain)."""
+    store = (
+        zarr.storage.FsspecStore.from_url(url, storage_options=s3, read_only=True)
+        if url.endswith(".zarr")
+        else zarr.storage.FsspecStore.from_url(
+            "zip::" + url, storage_options={"s3": s3}, read_only=True
+        )
+    )
+    return zarr.open_group(store, mode="r")
+
+
 @pytest.fixture
 def s3fs_(s3):
     import fsspec
@@ -168,14 +180,7 @@ def test_store_round_trip_through_s3(image_folder, tmp_path, s3, prefix, name):
     assert remote.images.chunks[0] == (5, 5, 5, 5, 4)
     assert_same_set(remote, local)
     # plain zarr reads the stored bytes (a zip through fsspec's zip:: chain), equal to local
-    store = (
-        zarr.storage.FsspecStore.from_url(url, storage_options=s3, read_only=True)
-        if name.endswith(".zarr")
-        else zarr.storage.FsspecStore.from_url(
-            "zip::" + url, storage_options={"s3": s3}, read_only=True
-        )
-    )
-    plain = zarr.open_group(store, mode="r")
+    plain = _plain_group(url, s3)
     np.testing.assert_array_equal(plain["images"][...], local.images.compute())
     assert plain.attrs["daskimg"]["complete"] is True
     assert storeinfo.verify(url, storage_options=s3) == []
@@ -411,14 +416,7 @@ def test_writer_round_trip_through_s3(s3, s3fs_, prefix, local_tmp, name):
     np.testing.assert_array_equal(back.arrays["features"].compute(), feats)
     np.testing.assert_array_equal(np.asarray(back.arrays["ids"]), ids)
     # plain zarr reads the uploaded bytes too
-    store = (
-        zarr.storage.FsspecStore.from_url(url, storage_options=s3, read_only=True)
-        if name.endswith(".zarr")
-        else zarr.storage.FsspecStore.from_url(
-            "zip::" + url, storage_options={"s3": s3}, read_only=True
-        )
-    )
-    plain = zarr.open_group(store, mode="r")
+    plain = _plain_group(url, s3)
     np.testing.assert_array_equal(plain["features"][...], feats)
     assert storeinfo.verify(url, storage_options=s3) == []
 
