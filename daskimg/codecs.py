@@ -98,12 +98,12 @@ def compressors(codec: str | None, dtype: np.dtype[Any]) -> list[Any]:
 
 def serializer(codec: str | None) -> Any:
     """Zarr v3 array-to-bytes codec for ``codec``: per-image JPEG for ``"jpeg[:Q]"``, else zarr's default."""
-    name, quality = parse_codec(codec)
-    if name == "jpeg":
+    _, quality = parse_codec(codec)
+    if quality is not None:  # only JPEG has a quality
         from .jpeg import JpegCodec, register
 
         register()
-        return JpegCodec(quality=quality or JPEG_QUALITY)
+        return JpegCodec(quality=quality)
     return "auto"
 
 
