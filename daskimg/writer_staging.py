@@ -150,79 +150,61 @@ def create(
     chunk_len = chunks or auto_chunk_len(widest[0], widest[1], 2**62)
     os.makedirs(staging)
     try:
-        return _create(
-            staging, specs, pool, chunk_len, mode, kind, shard_chunks, codec, classes, split, token
-        )
+        store = staging / "store"
+        group = zarr.open_group(zarr.storage.LocalStore(store), mode="w", zarr_format=3)
+        if mode == "w":
+            group.attrs["daskimg"] = {
+                "format_version": FORMAT_VERSION,
+                "split": split,
+                "num_samples": 0,
+                "classes": list(classes),
+                "order": "source",
+                "seed": None,
+                "codec": codec or DEFAULT_CODEC,
+                "complete": False,
+                "created_with": versions(),
+                "source": {"root": None, "writer": "ArrayWriter"},
+                "skipped": [],
+            }
+        metas = {}
+        columns: dict[str, Column] = {}
+        for name, (shape, dtype) in specs.items():
+            per_chunk = chunk_len * int(np.prod(shape)) * dtype.itemsize
+            k = shard_chunks or min(SHARD_CHUNKS_MAX, max(1, SHARD_BYTES // max(per_chunk, 1)))
+            shard_len = chunk_len * k
+            arr = group.create_array(
+                name,
+                shape=(0, *shape),
+                dtype=dtype,
+                chunks=(chunk_len, *shape),
+                shards=(shard_len, *shape) if shard_len != chunk_len else None,
+                compressors=compressors(codec, dtype),
+                fill_value=0,
+                config={"write_empty_chunks": True},
+            )
+            metas[name] = json.loads((store / name / "zarr.json").read_text())
+            columns[name] = Column(name, shape, dtype, shard_len, arr, staging, pool)
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "mode": mode,
+            "kind": kind,
+            "chunk_len": chunk_len,
+            "codec": codec or DEFAULT_CODEC,
+            "shard_chunks": {n: c.shard_len // chunk_len for n, c in columns.items()},
+            "arrays": {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()},
+            "array_meta": metas,
+            "root_meta": json.loads((store / "zarr.json").read_text()),
+            "target_token": token,
+            "checkpoint": 0,
+            "rows": 0,
+            "columns": {n: [0, 0] for n in specs},
+        }
+        _fsync_tree(staging)  # the arrays' folders too: a resume after power loss needs them
+        write_json(staging / MANIFEST, manifest)
+        return manifest, columns
     except BaseException:
         _remove(str(staging))  # nothing was appended yet: leave nothing behind
         raise
-
-
-def _create(
-    staging: Path,
-    specs: Mapping[str, Spec],
-    pool: ShardPool,
-    chunk_len: int,
-    mode: str,
-    kind: str,
-    shard_chunks: int | None,
-    codec: str | None,
-    classes: Sequence[str],
-    split: str | None,
-    token: str | None,
-) -> tuple[dict[str, Any], dict[str, Column]]:
-    store = staging / "store"
-    group = zarr.open_group(zarr.storage.LocalStore(store), mode="w", zarr_format=3)
-    if mode == "w":
-        group.attrs["daskimg"] = {
-            "format_version": FORMAT_VERSION,
-            "split": split,
-            "num_samples": 0,
-            "classes": list(classes),
-            "order": "source",
-            "seed": None,
-            "codec": codec or DEFAULT_CODEC,
-            "complete": False,
-            "created_with": versions(),
-            "source": {"root": None, "writer": "ArrayWriter"},
-            "skipped": [],
-        }
-    metas = {}
-    columns: dict[str, Column] = {}
-    for name, (shape, dtype) in specs.items():
-        per_chunk = chunk_len * int(np.prod(shape)) * dtype.itemsize
-        k = shard_chunks or min(SHARD_CHUNKS_MAX, max(1, SHARD_BYTES // max(per_chunk, 1)))
-        shard_len = chunk_len * k
-        arr = group.create_array(
-            name,
-            shape=(0, *shape),
-            dtype=dtype,
-            chunks=(chunk_len, *shape),
-            shards=(shard_len, *shape) if shard_len != chunk_len else None,
-            compressors=compressors(codec, dtype),
-            fill_value=0,
-            config={"write_empty_chunks": True},
-        )
-        metas[name] = json.loads((store / name / "zarr.json").read_text())
-        columns[name] = Column(name, shape, dtype, shard_len, arr, staging, pool)
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "mode": mode,
-        "kind": kind,
-        "chunk_len": chunk_len,
-        "codec": codec or DEFAULT_CODEC,
-        "shard_chunks": {n: c.shard_len // chunk_len for n, c in columns.items()},
-        "arrays": {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()},
-        "array_meta": metas,
-        "root_meta": json.loads((store / "zarr.json").read_text()),
-        "target_token": token,
-        "checkpoint": 0,
-        "rows": 0,
-        "columns": {n: [0, 0] for n in specs},
-    }
-    _fsync_tree(staging)  # the arrays' folders too: a resume after power loss needs them
-    write_json(staging / MANIFEST, manifest)
-    return manifest, columns
 
 
 def save_checkpoint(
