@@ -62,7 +62,7 @@ def worker(mode: str, src: str, out: str, scheduler: str) -> None:
             n = sum(1 for _ in Path(src).rglob("*.jpg"))
     secs = time.perf_counter() - t
     size = sum(f.stat().st_size for f in Path(out).glob("*.zarr.zip"))
-    from daskimg.chunks import StoreReader
+    from daskimg.store.reader import StoreReader
 
     shard = StoreReader(os.path.join(out, "train.zarr.zip")).layout("images").shard_len
     print(

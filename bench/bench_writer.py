@@ -42,7 +42,7 @@ from _common import (
     timer,
 )
 
-from daskimg.writer import ArrayWriter
+from daskimg.writeback.writer import ArrayWriter
 
 CHUNK = 1024  # rows per chunk: what ArrayWriter picks for 2048 float32 (8 MiB)
 BATCH = 256

@@ -8,10 +8,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import testing
 from .feed import BatchIterator
-from .imageset import ImageSet, from_csv, from_folder
-from .read import imread
+from .read import ImageSet, from_csv, from_folder, imread
 from .store import open_zarr, to_zarr
-from .writer import ArrayWriter
+from .writeback import ArrayWriter
 
 try:
     __version__ = version("daskimg")

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .chunks import StoreReader, unmap
-from .feed import BatchIterator
-from .shuffle import chunk_order
+from .feed.iterator import BatchIterator
+from .feed.shuffle import chunk_order
+from .store.reader import StoreReader, unmap
 
 #: what ``daskimg bench --codecs`` compares by default: every lossless codec, and JPEG
 #: at two qualities (lower decodes faster and is smaller, at some loss of fidelity)
@@ -173,10 +173,11 @@ def compare_codecs(
     >>> rows = compare_codecs("out/train.zarr.zip", samples=500)  # doctest: +SKIP
     >>> print(recommend(rows, target=3000).text)  # doctest: +SKIP
     """
-    from .codecs import parse_codec
-    from .imageset import ImageSet
-    from .jpeg import check_image_shape
-    from .store import open_zarr, to_zarr
+    from .read.imageset import ImageSet
+    from .store.codecs import parse_codec
+    from .store.jpeg import check_image_shape
+    from .store.open import open_zarr
+    from .store.write import to_zarr
     from .storeinfo import info
 
     ds = open_zarr(_local(path))

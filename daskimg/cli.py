@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _codec(text: str) -> str:
     """``--codec``: checked before any image is decoded (argparse reports the error)."""
-    from .codecs import parse_codec
+    from .store.codecs import parse_codec
 
     try:
         parse_codec(text)
@@ -205,8 +205,8 @@ def _scheduler(spec: str) -> Iterator[None]:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from .imageset import from_folder
-    from .store import to_zarr
+    from .read.folder import from_folder
+    from .store.write import to_zarr
     from .storeinfo import info
 
     t0 = time.perf_counter()
@@ -284,7 +284,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from .store.convert import convert
     from .storeinfo import format_info, info
 
     t = time.perf_counter()
@@ -392,7 +392,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from .show import save_grid
-    from .store import open_zarr
+    from .store.open import open_zarr
 
     ds = open_zarr(args.store, storage_options=args.storage_options)
     save_grid(ds, Path(args.output), n=args.n, seed=args.seed)

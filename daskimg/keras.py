@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .feed import BatchIterator, Transform
+from .feed.iterator import BatchIterator, Transform
 
 __all__ = ["KerasDataset"]
 

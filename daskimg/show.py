@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .imageset import ImageSet
+    from .read.imageset import ImageSet
 
 __all__ = ["Grid", "grid_figure", "save_grid"]
 

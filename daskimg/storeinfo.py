@@ -10,10 +10,10 @@ from typing import Any, cast
 import numpy as np
 import zarr
 
-from .chunks import StoreReader
 from .errors import ChecksumError, DaskImgError
 from .remote import check_options, is_url, local_path
-from .store import _open_group, read_attrs
+from .store.open import open_group, read_attrs
+from .store.reader import StoreReader
 
 __all__ = ["Problem", "info", "verify"]
 
@@ -68,7 +68,7 @@ def verify(
     try:
         attrs = read_attrs(p, check_complete=False)
         reader = StoreReader(p)
-        group = _open_group(p)
+        group = open_group(p)
     except ChecksumError as e:  # e.g. a truncated zip; the message names it and the fix
         return [Problem("(store)", -1, str(e))]
     problems: list[Problem] = []
@@ -98,7 +98,7 @@ def _verify_url(
     storage_options: Mapping[str, Any] | None,
     progress: Callable[[int], None] | None,
 ) -> list[Problem]:
-    from .urlstore import open_store
+    from .store.url import open_store
 
     store, attrs, sizes = open_store(url, storage_options, check_complete=False)
     group = zarr.open_group(store, mode="r")
@@ -147,7 +147,7 @@ def count_chunks(
     """Chunks that :func:`verify` reads (for a progress bar)."""
     url = _url(path, storage_options)
     if url is not None:
-        from .urlstore import open_store
+        from .store.url import open_store
 
         store, attrs, _ = open_store(url, storage_options, check_complete=False)
         total = 0
@@ -158,7 +158,7 @@ def count_chunks(
     p = _local(path)
     try:
         reader = StoreReader(p)
-        group = _open_group(p)
+        group = open_group(p)
     except ChecksumError:
         return 0  # verify reports it
     return sum(reader.layout(name).num_chunks for name, _ in group.arrays())
@@ -178,7 +178,7 @@ def info(
     url = _url(path, storage_options)
     sizes: dict[str, int] = {}
     if url is not None:
-        from .urlstore import open_store
+        from .store.url import open_store
 
         store, attrs, sizes = open_store(url, storage_options, check_complete=False)
         group = zarr.open_group(store, mode="r")
@@ -186,7 +186,7 @@ def info(
     else:
         p = _local(path)
         attrs = read_attrs(p, check_complete=False)  # a damaged zip: ChecksumError naming it
-        group = _open_group(p)
+        group = open_group(p)
     arrays = {}
     for name, arr in group.arrays():
         # strings have no fixed size per sample (itemsize is a pointer's): no ratio

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .feed import BatchIterator, Transform
-from .shuffle import num_batches, split_consumer
+from .feed.iterator import BatchIterator, Transform
+from .feed.shuffle import num_batches, split_consumer
 
 __all__ = ["TorchDataset"]
 

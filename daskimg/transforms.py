@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .feed import Transform
+from .feed.iterator import Transform
 
 __all__ = ["compose", "random_crop", "random_flip"]
 

@@ -4,7 +4,7 @@ Builds a small photo library (scikit-image's bundled photos, nothing is download
 stores it as one Zarr file per split, runs a small randomly initialised CNN over every
 image batch by batch, streams the features — with each sample's label and id — into
 ``train-features.zarr.zip`` and ``valid-features.zarr.zip`` with
-:class:`daskimg.writer.ArrayWriter`, then trains a linear head on the saved features with
+:class:`daskimg.ArrayWriter`, then trains a linear head on the saved features with
 :class:`daskimg.BatchIterator` and prints its accuracy on the validation split.
 
     python examples/features.py --out features-out
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import daskimg as di
-from daskimg.writer import ArrayWriter
+from daskimg.writeback.writer import ArrayWriter
 
 SIZE = 64  # pixels: images are decoded to SIZE x SIZE
 

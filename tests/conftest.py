@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 import daskimg as di
-from daskimg.chunks import StoreReader
+from daskimg.store.reader import StoreReader
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 

@@ -10,8 +10,8 @@ from conftest import plain_group
 from PIL import Image
 
 import daskimg as di
-from daskimg.chunks import StoreReader
 from daskimg.cli import main
+from daskimg.store.reader import StoreReader
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def test_ingest_with_a_jpeg_quality(tmp_path, image_folder):
 
 @pytest.mark.parametrize("codecs", ["lz4,jpeg:0", "lz5", "jpeg:²"])
 def test_bench_codecs_list_is_checked_before_any_measurement(ingested, capsys, codecs):
-    from daskimg.codecs import parse_codec
+    from daskimg.store.codecs import parse_codec
 
     bad = [c for c in codecs.split(",") if c != "lz4"]
     for c in bad:  # the oracle: the library refuses each

@@ -8,8 +8,9 @@ import zarr
 
 import daskimg as di
 from daskimg.cli import main
-from daskimg.convert import convert, open_array_set
 from daskimg.errors import DaskImgError
+from daskimg.read.arrays import open_array_set
+from daskimg.store.convert import convert
 from daskimg.storeinfo import info, verify
 
 h5py = pytest.importorskip("h5py")

@@ -18,7 +18,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from daskimg.decode import (
+from daskimg.errors import DecodeError
+from daskimg.read.decode import (
     DecodeSpec,
     _transposed_origin,
     decode_file,
@@ -26,7 +27,6 @@ from daskimg.decode import (
     decode_into,
     decode_volume,
 )
-from daskimg.errors import DecodeError
 from daskimg.testing import make_image, make_photo_folder, make_volume
 
 BILINEAR = Image.Resampling.BILINEAR

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 import daskimg as di
-from daskimg.decode import DecodeSpec, decode_file
 from daskimg.errors import NoImagesFoundError
+from daskimg.read.decode import DecodeSpec, decode_file
 
 
 def test_from_folder_labels_classes_paths(image_folder):

@@ -10,11 +10,11 @@ import zarr
 from PIL import Image
 
 import daskimg as di
-from daskimg.chunks import StoreReader
-from daskimg.codecs import check_crc
-from daskimg.decode import DecodeSpec, decode_file
 from daskimg.errors import ChecksumError, FormatVersionError
-from daskimg.jpeg import CODEC_NAME, JpegCodec, decode_chunk_into, encode_chunk, register
+from daskimg.read.decode import DecodeSpec, decode_file
+from daskimg.store.codecs import check_crc
+from daskimg.store.jpeg import CODEC_NAME, JpegCodec, decode_chunk_into, encode_chunk, register
+from daskimg.store.reader import StoreReader
 
 CHUNK = 5
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import daskimg as di
-from daskimg.decode import DecodeSpec, decode_file
 from daskimg.errors import DecodeError, NoImagesFoundError
+from daskimg.read.decode import DecodeSpec, decode_file
 
 
 def test_imread_is_lazy_and_opens_no_file(tmp_path):

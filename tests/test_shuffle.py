@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskimg.shuffle import (
+from daskimg.feed.shuffle import (
     EpochPlan,
     assign_chunks,
     chunk_bounds,

@@ -17,7 +17,6 @@ import zarr
 from conftest import flip_byte_in_chunk, plain_group
 
 import daskimg as di
-from daskimg.chunks import StoreReader
 from daskimg.errors import (
     ChecksumError,
     DecodeError,
@@ -26,7 +25,8 @@ from daskimg.errors import (
     StoreExistsError,
     StoreLockedError,
 )
-from daskimg.store import write_lock
+from daskimg.store.location import write_lock
+from daskimg.store.reader import StoreReader
 from daskimg.storeinfo import verify
 
 
@@ -103,7 +103,7 @@ def test_file_backed_store_matches_decode(tmp_path, image_folder):
     ds = di.from_folder(image_folder, size=(12, 10), chunks=4)
     path = di.to_zarr(ds, tmp_path / "f.zarr.zip", chunks=5)
     back = di.open_zarr(path)
-    from daskimg.decode import DecodeSpec, decode_file
+    from daskimg.read.decode import DecodeSpec, decode_file
 
     spec = DecodeSpec(size=(12, 10))
     imgs = back.images.compute()
@@ -270,7 +270,7 @@ def test_skip_leaves_bad_files_out_and_records_them(tmp_path, image_folder):
     assert sorted(p for p, _ in back.skipped) == ["bee/truncated.png", "cat/empty.png"]
     assert sorted(p for p, _ in ds.skipped) == ["bee/truncated.png", "cat/empty.png"]
     assert not any(p in ("bee/truncated.png", "cat/empty.png") for p in back.paths)
-    from daskimg.decode import DecodeSpec, decode_file
+    from daskimg.read.decode import DecodeSpec, decode_file
 
     imgs = back.images.compute()
     for i, rel in enumerate(back.paths):
@@ -410,14 +410,14 @@ _SLOW_PUBLISH = """
 import os, sys, time
 import numpy as np
 import daskimg as di
-from daskimg import store
+from daskimg.store import write as store
 path, marker = sys.argv[1], sys.argv[2]
 
 def slow(*args, **kwargs):  # the moment of moving the new store into place, held open
     open(marker, "w").close()
     time.sleep(60)
 
-store._pack_zip = slow
+store.pack_zip = slow
 store.replace_store = slow
 ds = di.ImageSet(np.full((12, 4, 4, 3), 7, np.uint8), np.zeros(12, int), classes=["a"])
 di.to_zarr(ds, path, chunks=4, overwrite=True)
@@ -455,7 +455,7 @@ def test_overwrite_killed_while_publishing_keeps_the_old_store(tmp_path, indexed
 
 
 def test_replace_store_swaps_folders_in_one_step(tmp_path):
-    from daskimg.store import replace_store
+    from daskimg.store.location import replace_store
 
     old, new = tmp_path / "t.zarr", tmp_path / "t.zarr.partial"
     (old / "a").mkdir(parents=True)

@@ -20,7 +20,7 @@ from conftest import plain_group
 import daskimg as di
 from daskimg.errors import IncompleteStoreError, StoreExistsError, StoreLockedError
 from daskimg.storeinfo import verify
-from daskimg.writer import ArrayWriter
+from daskimg.writeback.writer import ArrayWriter
 
 EXTS = [".zarr.zip", ".zarr"]
 D = 6  # features per sample in most tests
@@ -457,7 +457,7 @@ def test_resume_without_anything_to_resume_starts_fresh(tmp_path):
 _CHILD = r"""
 import sys
 import numpy as np
-from daskimg.writer import ArrayWriter
+from daskimg.writeback import ArrayWriter
 
 path, resume, mode = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 SIZES = [int(s) for s in sys.argv[4].split(",")]
@@ -750,7 +750,7 @@ def test_float_narrowing_that_overflows_is_refused(tmp_path, dst):
 
 
 def test_close_again_after_a_failed_publish_raises(tmp_path, monkeypatch):
-    from daskimg import writer_staging
+    from daskimg.writeback import staging as writer_staging
 
     path = tmp_path / "p.zarr.zip"
     w = ArrayWriter(path, shape=(2,), dtype="float32")

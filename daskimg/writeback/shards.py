@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import DaskImgError
-from .store import CHUNK_BYTES, _remove, fsync_path
+from ..errors import DaskImgError
+from ..store.format import CHUNK_BYTES
+from ..store.location import fsync_path, remove_path
 
 __all__ = ["SHARD_BYTES", "SHARD_CHUNKS_MAX", "Column", "ShardPool"]
 
@@ -129,7 +130,7 @@ class Column:
         chunk_dir = self.dir / "c"
         for entry in chunk_dir.iterdir() if chunk_dir.is_dir() else ():
             if not entry.name.isdigit() or int(entry.name) >= first:
-                _remove(str(entry))
+                remove_path(str(entry))
 
     def restore(self, shards: int, fill: int) -> None:
         """Back to a checkpoint: drop shards written after it, reload the unfinished rows."""

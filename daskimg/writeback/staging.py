@@ -30,20 +30,13 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .chunks import StoreReader
-from .codecs import DEFAULT_CODEC, compressors
-from .errors import DaskImgError, StoreExistsError
-from .store import (
-    FORMAT_VERSION,
-    _open_group,
-    _pack_zip,
-    _remove,
-    auto_chunk_len,
-    fsync_path,
-    read_attrs,
-    versions,
-)
-from .writer_shards import SHARD_BYTES, SHARD_CHUNKS_MAX, Column, ShardPool
+from ..errors import DaskImgError, StoreExistsError
+from ..store.codecs import DEFAULT_CODEC, compressors
+from ..store.format import FORMAT_VERSION, auto_chunk_len, versions
+from ..store.location import fsync_path, pack_zip, remove_path
+from ..store.open import open_group, read_attrs
+from ..store.reader import StoreReader
+from .shards import SHARD_BYTES, SHARD_CHUNKS_MAX, Column, ShardPool
 
 __all__ = [
     "MANIFEST",
@@ -77,7 +70,7 @@ def check_target(
         )
     attrs = read_attrs(path)
     reader = StoreReader(path)
-    group = _open_group(path)
+    group = open_group(path)
     stored = [n for n, _ in group.arrays()]
     with contextlib.suppress(Exception):
         group.store.close()  # the zip file handle
@@ -111,7 +104,7 @@ def check_finished(path: str, specs: Mapping[str, Spec]) -> tuple[int, int]:
     For a write to a URL whose upload did not happen: the finished local copy.
     """
     attrs = read_attrs(path)
-    group = _open_group(path)
+    group = open_group(path)
     try:
         arrays = dict(group.arrays())
         have = {
@@ -203,7 +196,7 @@ def create(
         write_json(staging / MANIFEST, manifest)
         return manifest, columns
     except BaseException:
-        _remove(str(staging))  # nothing was appended yet: leave nothing behind
+        remove_path(str(staging))  # nothing was appended yet: leave nothing behind
         raise
 
 
@@ -319,12 +312,12 @@ def publish(
     else:
         _publish_added(path, staging, store, kind, tuple(columns))
     fsync_path(os.path.dirname(path))
-    _remove(str(staging))
+    remove_path(str(staging))
 
 
 def _publish_new(path: str, staging: Path, store: Path, kind: str) -> None:
     if kind == "zip":
-        _pack_zip(str(store), path)  # atomic: packed next to it, then renamed over it
+        pack_zip(str(store), path)  # atomic: packed next to it, then renamed over it
     else:
         if os.path.lexists(path):  # overwrite=True
             old = staging / "old"

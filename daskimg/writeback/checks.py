@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import writer_staging
+from . import staging
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
@@ -23,7 +23,7 @@ def parse_specs(
     shape: int | Sequence[int] | None,
     dtype: Any,
     arrays: Mapping[str, tuple[int | Sequence[int], Any]] | None,
-) -> dict[str, writer_staging.Spec]:
+) -> dict[str, staging.Spec]:
     """``{name: (per-sample shape, dtype)}`` from ArrayWriter's arguments, checked."""
     if arrays is None:
         if shape is None or dtype is None:
@@ -36,7 +36,7 @@ def parse_specs(
         raise TypeError("pass shape= and dtype= for one array or arrays= for several, not both")
     if not arrays:
         raise ValueError("arrays is empty; name at least one array")
-    out: dict[str, writer_staging.Spec] = {}
+    out: dict[str, staging.Spec] = {}
     for n, spec in arrays.items():
         if not isinstance(n, str) or not _NAME.match(n):
             raise ValueError(f"array name {n!r} must be letters, digits, '_', '-' or '.'")

@@ -28,7 +28,7 @@ import numpy as np
 from numcodecs import blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from .errors import ChecksumError
+from ..errors import ChecksumError
 
 __all__ = [
     "CODECS",

@@ -28,15 +28,15 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import writer_staging
-from .codecs import parse_codec
-from .errors import DaskImgError, StoreExistsError
-from .remote import check_options, is_url, local_path
-from .store import _remove, store_kind, write_lock
-from .writer_checks import check_batch, integer_arg, narrow_float, parse_specs
-from .writer_shards import SHARD_BYTES as SHARD_BYTES  # importable from here, as before
-from .writer_shards import SHARD_CHUNKS_MAX as SHARD_CHUNKS_MAX
-from .writer_shards import Column, ShardPool
+from ..errors import DaskImgError, StoreExistsError
+from ..remote import check_options, is_url, local_path
+from ..store.codecs import parse_codec
+from ..store.location import remove_path, store_kind, write_lock
+from . import staging
+from .checks import check_batch, integer_arg, narrow_float, parse_specs
+from .shards import SHARD_BYTES as SHARD_BYTES
+from .shards import SHARD_CHUNKS_MAX as SHARD_CHUNKS_MAX
+from .shards import Column, ShardPool
 
 __all__ = ["ArrayWriter"]
 
@@ -219,7 +219,7 @@ class ArrayWriter:
                     f"mode='a' cannot add arrays to a store at a URL ({self.url!r}): download "
                     "it, add the arrays to the local copy with mode='a', and upload it"
                 )
-            from .urlstore import check_target_url
+            from ..store.url import check_target_url
 
             check_target_url(self.url, storage_options, overwrite=overwrite)
             path = local_copy(self.url)
@@ -354,9 +354,7 @@ class ArrayWriter:
                 return self._rows  # the store is complete locally: every row is durable
             try:
                 self._pool.drain()
-                writer_staging.save_checkpoint(
-                    self._staging, self._manifest, self._columns, self._rows
-                )
+                staging.save_checkpoint(self._staging, self._manifest, self._columns, self._rows)
             except BaseException as e:
                 self._break(f"a checkpoint failed ({e!r})")
                 raise
@@ -403,7 +401,7 @@ class ArrayWriter:
             )
         if self._rows == 0:
             self._closed = True
-            _remove(str(self._staging))
+            remove_path(str(self._staging))
             self._lock.close()
             raise ValueError(
                 f"nothing was appended to {self.target!r}, so no store was written; "
@@ -411,7 +409,7 @@ class ArrayWriter:
             )
         self.checkpoint()  # a crash while closing loses no row; no write is in flight after it
         try:
-            writer_staging.publish(
+            staging.publish(
                 self.path, self._staging, self._columns, self._rows, mode=self.mode, kind=self.kind
             )
         except BaseException as e:
@@ -422,7 +420,7 @@ class ArrayWriter:
 
     def _upload(self, url: str) -> None:
         """Upload the finished local store to ``url``, then remove it; on failure keep it."""
-        from .urlstore import upload_store
+        from ..store.url import upload_store
 
         try:
             upload_store(self.path, url, self._storage_options)
@@ -435,7 +433,7 @@ class ArrayWriter:
             )
             raise
         self._pending = False
-        _remove(self.path)
+        remove_path(self.path)
 
     # -- opening ----------------------------------------------------------------------
     def _open(self, chunks: int | None, codec: str | None, resume: bool, split: str | None) -> None:
@@ -443,7 +441,7 @@ class ArrayWriter:
         if self.url is not None and target_exists:
             # a finished local copy whose upload failed or was cut short
             if resume:
-                self._rows, chunk_len = writer_staging.check_finished(self.path, self.specs)
+                self._rows, chunk_len = staging.check_finished(self.path, self.specs)
                 if chunks is not None and chunks != chunk_len:
                     raise ValueError(
                         f"cannot resume: the finished store at {self.path!r} (not yet uploaded) "
@@ -453,11 +451,11 @@ class ArrayWriter:
                 self._durable = self._rows
                 self._manifest = {"chunk_len": chunk_len}
                 self._pending = True
-                _remove(str(self._staging))  # left by a kill just after the store was finished
+                remove_path(str(self._staging))  # left by a kill just after the store was finished
                 logger.info("resumed %s: %d rows, finished, to upload", self.target, self._rows)
                 return
             logger.warning("discarding the finished, not uploaded store at %s", self.path)
-            _remove(self.path)
+            remove_path(self.path)
             target_exists = False
         if self.mode == "w" and target_exists and not self.overwrite:
             raise StoreExistsError(
@@ -472,9 +470,9 @@ class ArrayWriter:
         if self._staging.exists():
             why = "it has no checkpoint to resume from" if resume else "resume=False"
             logger.warning("discarding the unfinished write at %s (%s)", self._staging, why)
-        _remove(str(self._staging))
-        _remove(self.path + ".tmp")
-        self._manifest, self._columns = writer_staging.create(
+        remove_path(str(self._staging))
+        remove_path(self.path + ".tmp")
+        self._manifest, self._columns = staging.create(
             self._staging,
             self.specs,
             self._pool,
@@ -490,7 +488,7 @@ class ArrayWriter:
 
     def _check_target(self, chunks: int | None) -> tuple[int, str]:
         """mode "a": check the store; return its chunk length and a token of its identity."""
-        chunk_len, token, self._expected, classes = writer_staging.check_target(
+        chunk_len, token, self._expected, classes = staging.check_target(
             self.path, self.specs, overwrite=self.overwrite, chunks=chunks
         )
         self.classes = self.classes or classes
@@ -500,7 +498,7 @@ class ArrayWriter:
         self, chunks: int | None, codec: str | None, token: str | None, split: str | None
     ) -> bool:
         """Reload the last checkpoint of an unfinished write; False if there is none."""
-        state = writer_staging.resume(
+        state = staging.resume(
             self._staging,
             self.specs,
             self._pool,

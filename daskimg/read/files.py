@@ -17,13 +17,12 @@ from typing import Any, Protocol
 
 import dask.array as da
 import numpy as np
-from dask._task_spec import Task, TaskRef
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ..errors import DecodeError, NoImagesFoundError
+from ..remote import FETCH_FILES, RemoteFiles, check_options, filesystem, is_url, remote_files
 from .decode import DecodeSpec, decode_file, decode_into
-from .errors import DecodeError, NoImagesFoundError
-from .remote import FETCH_FILES, RemoteFiles, check_options, filesystem, is_url, remote_files
 
 __all__ = ["DEFAULT_BLOCK", "FileSource", "RowSource", "expand_paths", "imread"]
 
@@ -157,13 +156,12 @@ class FileSource:
         token = tokenize(self.paths, spec, block, self.remote, _options(self.remote))
         dec, pix, msk = f"imread-masked-{token}", f"imread-pixels-{token}", f"imread-ok-{token}"
         zeros = (0,) * len(spec.sample_shape)
-        dsk: dict[Any, Task] = {}
+        dsk: dict[Any, Any] = {}
         for i, s in enumerate(range(0, n, block)):
-            dsk[(dec, i)] = Task(
-                (dec, i), _decode_block_masked, self.paths[s : s + block], spec, *_extra(self)
-            )
-            dsk[(pix, i, *zeros)] = Task((pix, i, *zeros), _first, TaskRef((dec, i)))
-            dsk[(msk, i)] = Task((msk, i), _second, TaskRef((dec, i)))
+            block_paths = _paths_block(self.paths[s : s + block])
+            dsk[(dec, i)] = (_decode_block_masked, block_paths, spec, *_extra(self))
+            dsk[(pix, i, *zeros)] = (_first, (dec, i))
+            dsk[(msk, i)] = (_second, (dec, i))
         sizes = tuple(min(block, n - s) for s in range(0, n, block))
         layers = {dec: {k: v for k, v in dsk.items() if k[0] == dec}}
         layers[pix] = {k: v for k, v in dsk.items() if k[0] == pix}
@@ -178,6 +176,14 @@ class FileSource:
         graph = HighLevelGraph({dec: layers[dec], msk: layers[msk]}, {dec: set(), msk: {dec}})
         mask = da.Array(graph, msk, (sizes,), dtype=bool)
         return pixels, mask
+
+
+def _paths_block(paths: Any) -> np.ndarray:
+    """A block's paths as an object array: dask passes it to the task as it is (a list or
+    tuple in a task would be searched for keys of other tasks)."""
+    out = np.empty(len(paths), dtype=object)
+    out[:] = list(paths)
+    return out
 
 
 def _first(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -210,8 +216,9 @@ def _graph(source: FileSource, block: int, func: Callable[..., Any], mode: str) 
     zeros = (0,) * len(sample)
     starts = range(0, n, block)
     extra = _extra(source)
-    dsk: dict[Any, Task] = {
-        (name, i, *zeros): Task((name, i, *zeros), func, source.paths[s : s + block], spec, *extra)
+    # classic tuple tasks (dask's public graph spec); the paths travel as one opaque array
+    dsk: dict[Any, Any] = {
+        (name, i, *zeros): (func, _paths_block(source.paths[s : s + block]), spec, *extra)
         for i, s in enumerate(starts)
     }
     chunks = (tuple(min(block, n - s) for s in starts), *((d,) for d in sample))

@@ -42,7 +42,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.common import parse_named_configuration
 
-from .errors import ChecksumError, FormatVersionError
+from ..errors import ChecksumError, FormatVersionError
 
 if TYPE_CHECKING:
     from typing import Self

@@ -49,21 +49,14 @@ import zarr
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore
 
-from .errors import DaskImgError, IncompleteStoreError, StoreExistsError
-from .imageset import ImageSet
-from .read import FileSource
-from .remote import ATOMIC_PUT, filesystem, protocol_of
-from .store import (
-    _write,
-    check_attrs,
-    check_writable,
-    imageset_of,
-    plan_store,
-    rewrite_kept,
-    skipped_rows,
-    store_kind,
-    to_zarr,
-)
+from ..errors import DaskImgError, IncompleteStoreError, StoreExistsError
+from ..read.files import FileSource
+from ..read.imageset import ImageSet
+from ..remote import ATOMIC_PUT, filesystem, protocol_of
+from .format import check_attrs, check_writable, plan_store
+from .location import store_kind
+from .open import imageset_of
+from .write import rewrite_kept, skipped_rows, to_zarr, write_arrays
 
 __all__ = [
     "check_target_url",
@@ -130,7 +123,9 @@ def to_zarr_url(
     store = FsspecStore.from_url(url, storage_options=dict(storage_options or {}))
     skip = ds.on_error == "skip" and isinstance(ds._files, FileSource)
     try:
-        ok = _write(store, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress)
+        ok = write_arrays(
+            store, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress
+        )
         if ok is not None and not ok.all():
             good, kept = skipped_rows(ds, ok, attrs)
             _move(fs, key, key + ".uncompacted")

@@ -1,10 +1,4 @@
-"""Store: migrate HDF5 datasets and ``.npy`` / ``.npz`` arrays into a daskimg store.
-
-For users leaving h5py- or bcolz-era pipelines. ``.npy`` files are memory-mapped and
-HDF5 datasets read by rows, so converting needs memory for a few blocks, not the data
-set; the default shuffled order reads, per block, only the rows it needs (sorted).
-``.npz`` archives cannot be memory-mapped and are loaded whole.
-"""
+"""Read: arrays already on disk (HDF5 datasets, ``.npy``/``.npz`` files) as a row source."""
 
 from __future__ import annotations
 
@@ -15,15 +9,11 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask._task_spec import Task
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from .files import DEFAULT_BLOCK
 from .imageset import ImageSet
-from .read import DEFAULT_BLOCK
-from .store import to_zarr
-
-__all__ = ["ArraySource", "convert", "open_array_set"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,9 +43,8 @@ class ArraySource:
         n = len(self.rows)
         name = "convert-" + tokenize(self.path, self.key, self.rows, block)
         zeros = (0,) * len(self.sample_shape)
-        dsk: dict[Any, Task] = {
-            (name, i, *zeros): Task(
-                (name, i, *zeros),
+        dsk: dict[Any, Any] = {
+            (name, i, *zeros): (
                 _read_rows,
                 self.path,
                 self.key,
@@ -202,40 +191,3 @@ def _labels(
             f"labels {name!r} must be integer class indices or strings, got {values.dtype}"
         )
     return values.astype(np.int64), classes
-
-
-def convert(
-    src: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    images: str = "images",
-    labels: str | None = None,
-    classes: Sequence[str] = (),
-    chunks: int | None = None,
-    codec: str | None = None,
-    order: str = "shuffled",
-    seed: int = 0,
-    split: str | None = None,
-    overwrite: bool = False,
-    progress: bool = False,
-) -> str:
-    """Write the arrays of an HDF5 / ``.npy`` / ``.npz`` file to a daskimg store.
-
-    See :func:`open_array_set` for the source and :func:`daskimg.to_zarr` for the rest.
-
-    Examples
-    --------
-    >>> di.convert.convert("old.h5", "out/train.zarr.zip", labels="labels")  # doctest: +SKIP
-    """
-    ds = open_array_set(src, images=images, labels=labels, classes=classes)
-    return to_zarr(
-        ds,
-        out,
-        chunks=chunks,
-        codec=codec,
-        order=order,
-        seed=seed,
-        split=split,
-        overwrite=overwrite,
-        progress=progress,
-    )

@@ -27,8 +27,8 @@ import crc32c
 import numpy as np
 from numcodecs import blosc
 
+from ..errors import ChecksumError
 from .codecs import check_crc, check_crc_of, decode_chunk, decompress_into, fast_chain
-from .errors import ChecksumError
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 
 __all__ = ["ArrayLayout", "RawChunk", "StoreReader", "unmap"]

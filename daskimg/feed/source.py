@@ -1,0 +1,181 @@
+"""Feed: the per-sample arrays a :class:`~daskimg.BatchIterator` reads, chunk by chunk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ..read.imageset import ImageSet
+from ..store.jpeg import JpegChunk
+from ..store.open import open_zarr
+from ..store.reader import StoreReader
+
+try:  # per-thread I/O counters tell a store read from disk from one in the page cache
+    import resource
+
+    _RUSAGE_THREAD: int | None = resource.RUSAGE_THREAD
+except (ImportError, AttributeError):  # not Linux
+    _RUSAGE_THREAD = None
+
+
+class FeedSource:
+    """Per-sample arrays split into chunks of ``chunk_len`` rows along axis 0.
+
+    Small arrays live in memory (``memory``); large ones are read chunk by chunk,
+    from a store file (``reader``) or by computing dask blocks (``lazy``).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        names: Sequence[str] | None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.reader: StoreReader | None = None
+        self.memory: dict[str, np.ndarray] = {}
+        self.lazy: dict[str, da.Array] = {}
+        self.attrs: dict[str, Any] = {}
+        if isinstance(source, (str, os.PathLike)):
+            # checks version and completeness; URLs (s3://...) are read through zarr
+            ds = open_zarr(os.fspath(source), storage_options=storage_options)
+            self.attrs = ds.attrs
+            if ds.store_path is not None:
+                self.reader = StoreReader(ds.store_path)
+            arrays = ds.arrays
+        elif isinstance(source, ImageSet):
+            arrays = source.arrays
+            self.attrs = source.attrs
+            path = source.store_path
+            if path is not None:
+                self.reader = StoreReader(path)
+        elif isinstance(source, Mapping):
+            arrays = dict(source)
+        elif isinstance(source, (tuple, list)):
+            arrays = {
+                ("images", "labels")[i] if i < 2 else f"array{i}": a for i, a in enumerate(source)
+            }
+        elif isinstance(source, (da.Array, np.ndarray)):
+            arrays = {"images": source}
+        else:
+            raise TypeError(
+                "source must be a store path, an ImageSet, a dask/numpy array, or a dict or tuple of them; "
+                f"got {type(source).__name__}"
+            )
+        if names is None:
+            names = [n for n in ("images", "labels") if n in arrays]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise KeyError(f"arrays {missing} are not in the source; it has {sorted(arrays)}")
+        self.names = tuple(names)
+        lengths = {n: len(arrays[n]) for n in self.names}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays must have the same length; got {lengths}")
+        self.n = next(iter(lengths.values()))
+        self.chunk_len = 1
+        for name in self.names:
+            a = arrays[name]
+            if isinstance(a, da.Array):
+                self.lazy[name] = a
+            else:
+                self.memory[name] = np.asarray(a)
+        chunk_lens = {n: _regular_chunk_len(a) for n, a in self.lazy.items()}
+        if chunk_lens:
+            self.chunk_len = max(chunk_lens.values())
+            for n, a in self.lazy.items():
+                if a.chunks[0][:-1] != (self.chunk_len,) * (len(a.chunks[0]) - 1):
+                    self.lazy[n] = a.rechunk({0: self.chunk_len})
+        else:
+            self.chunk_len = max(1, min(self.n, 1024))
+        if self.reader is not None:
+            self.fast = {
+                n
+                for n in self.lazy
+                if self.reader.layout(n).kind and self.reader.layout(n).chunk_len == self.chunk_len
+            }
+        else:
+            self.fast = set()
+        reader = self.reader
+        #: arrays stored one sample per inner chunk: decoded straight into batch rows
+        self.per_sample = {
+            n for n in self.fast if reader is not None and reader.layout(n).per_sample
+        }
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        a = self.memory.get(name)
+        return tuple((a if a is not None else self.lazy[name]).shape[1:])
+
+    def dtype(self, name: str) -> np.dtype[Any]:
+        a = self.memory.get(name)
+        return (a if a is not None else self.lazy[name]).dtype
+
+    def rows(self, c: int) -> tuple[int, int]:
+        a = c * self.chunk_len
+        return a, min(a + self.chunk_len, self.n)
+
+    def load(self, c: int, scratch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Chunk ``c`` of every lazy array, ready to copy rows from (runs in a background thread).
+
+        Uncompressed stores give a view of the memory-mapped file (rows are copied out and
+        checksummed in one pass); JPEG chunks and per-sample stores give their encoded
+        samples, each decoded straight into its batch row later; lz4/zstd chunks are decoded
+        into this thread's ``scratch``, to copy rows out of while it is in the CPU cache.
+        """
+        a, b = self.rows(c)
+        reader = self.reader
+        out: dict[str, Any] = {}
+        slow = []
+        for name in self.lazy:
+            if name not in self.fast:
+                slow.append(name)
+                continue
+            assert reader is not None
+            if name in self.per_sample:
+                out[name] = reader.read_unit(name, c)
+                continue
+            view = reader.view_chunk(name, c)
+            if view is not None:
+                out[name] = view
+                continue
+            buf = scratch.get(name)
+            if buf is None:
+                buf = scratch[name] = np.empty(
+                    (self.chunk_len, *self.shape(name)), dtype=self.dtype(name)
+                )
+            out[name] = reader.read_chunk(name, c, out=buf[: b - a])
+        if slow:
+            # whatever dask scheduler is active (threads, processes, distributed) computes the block
+            blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow])
+            out.update(zip(slow, blocks, strict=True))
+        return out
+
+    def copy_rows(
+        self, name: str, c: int, chunk: Any, rows: np.ndarray, dest: np.ndarray, at: np.ndarray
+    ) -> None:
+        """``dest[at] = chunk[rows]`` for one array of a loaded chunk."""
+        if name in self.per_sample:
+            assert self.reader is not None
+            self.reader.decode_rows(name, chunk, rows, dest, at, first=c * self.chunk_len)
+        elif isinstance(chunk, JpegChunk):
+            chunk.decode_into(rows, dest, at)  # each JPEG straight into its batch row
+        elif dest[0].nbytes >= 4096:
+            # row by row, from the just-decoded chunk into the batch: no temporary copy
+            for r, p in zip(rows.tolist(), at.tolist(), strict=True):
+                dest[p] = chunk[r]
+        else:
+            dest[at] = chunk.take(rows, axis=0)
+
+
+def blocks_read() -> int:
+    """File-system blocks this thread has read from disk so far; -1 where the OS does not say."""
+    if _RUSAGE_THREAD is None:
+        return -1
+    return int(resource.getrusage(_RUSAGE_THREAD).ru_inblock)
+
+
+def _regular_chunk_len(a: da.Array) -> int:
+    return int(a.chunks[0][0]) if a.chunks[0] else 1

@@ -1,0 +1,338 @@
+"""Read: :class:`ImageSet` — images with their labels, paths and per-sample columns."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import dask.array as da
+import numpy as np
+
+from ..errors import NoImagesFoundError
+from .decode import DecodeSpec
+from .files import DEFAULT_BLOCK, ON_ERROR, FileSource, RowSource
+
+
+class ImageSet:
+    """Images (lazy) with their per-sample labels, paths and extra columns.
+
+    Parameters
+    ----------
+    images
+        ``(N, H, W, C)`` or ``(N, D, H, W, C)`` dask or numpy array.
+    labels
+        ``(N,)`` integer class indices, or None.
+    classes
+        Class names; ``classes[labels[i]]`` names sample ``i``'s class.
+    paths
+        ``(N,)`` source paths relative to ``root`` (strings), or None.
+    columns
+        Extra per-sample numeric arrays, each with ``N`` rows (e.g. ``{"bbox": (N, 4)}``).
+    root
+        The folder the paths are relative to.
+    on_error
+        ``"raise"`` or ``"skip"``: what storing or iterating does with a file that cannot be
+        decoded (only meaningful for sets read from files).
+
+    Examples
+    --------
+    >>> import numpy as np, daskimg as di
+    >>> ds = di.ImageSet(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, 0, 1]), classes=["cat", "dog"])
+    >>> len(ds), ds.classes
+    (4, ('cat', 'dog'))
+    """
+
+    def __init__(
+        self,
+        images: da.Array | np.ndarray | None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        *,
+        classes: Sequence[str] = (),
+        paths: Sequence[str] | np.ndarray | None = None,
+        columns: Mapping[str, np.ndarray] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        on_error: str = "raise",
+        source_splits: Sequence[str] | np.ndarray | None = None,
+        _files: RowSource | None = None,
+    ) -> None:
+        if images is not None and not isinstance(images, da.Array):
+            images = np.asarray(images)
+            if images.ndim >= 3:
+                images = da.from_array(images, chunks=(DEFAULT_BLOCK, *images.shape[1:]))
+        if images is not None and images.ndim < 3:
+            raise ValueError(
+                f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"
+            )
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if images is not None:
+            n = int(images.shape[0])
+        else:
+            # a set without images (e.g. features written back): its length comes from the other arrays
+            others = [a for a in (labels, paths, *(columns or {}).values()) if a is not None]
+            if not others:
+                raise ValueError("an ImageSet needs images or at least one per-sample array")
+            n = len(others[0])
+        self._n = n
+        #: ``(N, H, W, C)`` dask array, or None for a store of other arrays only (e.g. features)
+        self.images: da.Array | None = cast("da.Array | None", images)
+        self.labels = (
+            None if labels is None else _per_sample("labels", _class_indices(labels), n, np.int64)
+        )
+        self.classes = tuple(str(c) for c in classes)
+        if self.labels is not None and self.classes and len(self.labels):
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < 0 or hi >= len(self.classes):
+                raise ValueError(
+                    f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes; "
+                    f"found {lo}..{hi}"
+                )
+        self.paths = None if paths is None else _per_sample("paths", paths, n, object)
+        self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
+        reserved = {"images", "labels", "paths"} & set(self.columns)
+        if reserved:
+            raise ValueError(f"column names {sorted(reserved)} are reserved; rename them")
+        self.root = None if root is None else str(root)
+        self.on_error = on_error
+        self.source_splits = (
+            None
+            if source_splits is None
+            else _per_sample("source_splits", source_splits, n, object)
+        )
+        self._files = _files
+        #: files left out because they could not be decoded: (path, reason), filled by to_zarr
+        self.skipped: list[tuple[str, str]] = []
+        #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
+        self.attrs: dict[str, Any] = {}
+        #: a local store's path (the loader memory-maps it); None for stores at a URL
+        self.store_path: str | None = None
+        #: the URL of a store opened from object storage (``s3://...``), else None
+        self.store_url: str | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        parts = [
+            f"images={self.images.shape} {self.images.dtype}"
+            if self.images is not None
+            else f"n={self._n}"
+        ]
+        if self.labels is not None:
+            parts.append(f"labels={len(self.labels)}")
+        if self.classes:
+            shown = ", ".join(self.classes[:8]) + (", ..." if len(self.classes) > 8 else "")
+            parts.append(f"classes=[{shown}]")
+        if self.columns:
+            parts.append("columns=" + ",".join(self.columns))
+        return f"ImageSet({', '.join(parts)})"
+
+    @property
+    def arrays(self) -> dict[str, Any]:
+        """Every per-sample array by name: ``images``, ``labels``, ``paths`` and extra columns."""
+        out: dict[str, Any] = {} if self.images is None else {"images": self.images}
+        if self.labels is not None:
+            out["labels"] = self.labels
+        if self.paths is not None:
+            out["paths"] = self.paths
+        out.update(self.columns)
+        return out
+
+    def require_images(self) -> da.Array:
+        """``images``, or a clear error for a set that has none."""
+        if self.images is None:
+            raise ValueError(
+                f"this set has no images, only {sorted(self.arrays)}; "
+                "it was probably written by daskimg.ArrayWriter"
+            )
+        return self.images
+
+    @property
+    def spec(self) -> DecodeSpec | None:
+        """How the images are decoded, for sets read from files."""
+        return self._files.spec if isinstance(self._files, FileSource) else None
+
+    def show(self, *, n: int = 32, seed: int | None = 0) -> Any:
+        """A grid of ``n`` random samples with their class names.
+
+        In a notebook it displays inline; elsewhere save it with ``.savefig(path)``
+        (``.figure`` is the matplotlib figure).
+        """
+        from ..show import Grid, grid_figure
+
+        return Grid(grid_figure(self, n=n, seed=seed))
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        """A new set with the samples at ``indices``, in that order (or where a boolean mask is True).
+
+        For sets read from files, the lazy images are rebuilt over the chosen files (a small
+        graph, nothing decoded), rather than gathered across blocks.
+        """
+        raw = np.asarray(indices)
+        if raw.dtype == bool:  # a mask, as numpy reads it (not the indices 0 and 1)
+            if raw.shape != (len(self),):
+                raise IndexError(
+                    f"a boolean mask of {raw.size} values for {len(self)} samples; "
+                    "pass one value per sample, or integer indices"
+                )
+            raw = np.flatnonzero(raw)
+        idx = raw.astype(np.int64)
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be one-dimensional, got shape {idx.shape}")
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"indices must lie in 0..{len(self) - 1}")
+        files = None if self._files is None else self._files.take(idx)
+        images = (
+            files.to_dask()
+            if files is not None
+            else None
+            if self.images is None
+            else self.images[idx]
+        )
+        return ImageSet(
+            images,
+            None if self.labels is None else self.labels[idx],
+            classes=self.classes,
+            paths=None if self.paths is None else self.paths[idx],
+            columns={k: v[idx] for k, v in self.columns.items()},
+            root=self.root,
+            on_error=self.on_error,
+            source_splits=None if self.source_splits is None else self.source_splits[idx],
+            _files=files,
+        )
+
+    def split(
+        self,
+        fractions: Mapping[str, float] | None = None,
+        *,
+        seed: int | np.random.Generator | None = 0,
+        stratify: bool = True,
+    ) -> dict[str, ImageSet]:
+        """Split into disjoint subsets, e.g. ``{"train": 0.8, "valid": 0.1, "test": 0.1}``.
+
+        Stratified by label when there are labels: each class is divided by the fractions
+        (largest remainder), and every split gets at least one sample of a class that has
+        at least as many samples as there are splits. Deterministic for an integer seed.
+        Without ``fractions``, a set read from a folder that already held ``train/``,
+        ``valid/`` (or ``val/``), ``test/`` returns those splits.
+
+        Examples
+        --------
+        >>> import numpy as np, daskimg as di
+        >>> ds = di.ImageSet(np.zeros((10, 4, 4, 3), np.uint8), np.arange(10) % 2, classes=["a", "b"])
+        >>> {k: len(v) for k, v in ds.split({"train": 0.8, "test": 0.2}).items()}
+        {'train': 8, 'test': 2}
+        """
+        if fractions is None:
+            if self.source_splits is None:
+                raise ValueError(
+                    "pass fractions, e.g. split({'train': 0.8, 'valid': 0.1, 'test': 0.1}); "
+                    "this set has no predefined train/valid/test folders"
+                )
+            names = [s for s in ("train", "valid", "test") if (self.source_splits == s).any()]
+            return {s: self.take(np.flatnonzero(self.source_splits == s)) for s in names}
+        parts = split_indices(
+            len(self),
+            fractions,
+            labels=self.labels if stratify else None,
+            seed=seed,
+        )
+        return {name: self.take(idx) for name, idx in parts.items()}
+
+
+def _class_indices(labels: Any) -> Any:
+    """``labels`` checked to be whole class indices (strings and fractions are refused)."""
+    if isinstance(labels, da.Array):
+        return labels
+    arr = np.asarray(labels)
+    if arr.dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in arr.ravel()):
+        names = sorted({str(v) for v in arr.ravel()})
+        raise ValueError(
+            f"labels must be integer class indices; got names such as {names[0]!r}. Pass "
+            "indices and the names separately: classes = sorted(set(names)); "
+            "labels = [classes.index(name) for name in names]"
+        )
+    if arr.dtype.kind in "fc":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr.real))
+        if bad.any():
+            raise ValueError(
+                f"labels must be whole numbers (class indices); found {arr[bad].ravel()[0].item()} "
+                "(casting would truncate it). Per-sample values such as scores or targets "
+                "belong in columns=, e.g. columns={'target': values}"
+            )
+        return arr.real
+    return arr
+
+
+def _per_sample(name: str, values: Any, n: int, dtype: Any) -> Any:
+    if isinstance(values, da.Array):
+        # large columns (e.g. features from a store) stay lazy
+        if values.ndim == 0 or values.shape[0] != n:
+            raise ValueError(f"{name} must have {n} rows, one per image; got shape {values.shape}")
+        return values if dtype is None else values.astype(dtype)
+    arr = np.asarray(values, dtype=dtype)
+    if arr.ndim == 0 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have {n} rows, one per image; got shape {arr.shape}")
+    return arr
+
+
+def split_indices(
+    n: int,
+    fractions: Mapping[str, float],
+    *,
+    labels: np.ndarray | None = None,
+    seed: int | np.random.Generator | None = 0,
+) -> dict[str, np.ndarray]:
+    """Disjoint, sorted index arrays per split name (see :meth:`ImageSet.split`)."""
+    if not fractions:
+        raise ValueError("fractions is empty; pass e.g. {'train': 0.8, 'valid': 0.2}")
+    names = list(fractions)
+    fr = np.array([float(fractions[k]) for k in names])
+    if (fr < 0).any() or not np.isfinite(fr).all():
+        raise ValueError(f"fractions must be non-negative numbers, got {dict(fractions)}")
+    if not math.isclose(fr.sum(), 1.0, abs_tol=1e-6):
+        raise ValueError(f"fractions must add up to 1, got {dict(fractions)} (sum {fr.sum():g})")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    groups = (
+        [np.arange(n)]
+        if labels is None
+        else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    )
+    out: list[list[np.ndarray]] = [[] for _ in names]
+    for members in groups:
+        members = rng.permutation(members)
+        counts = _allocate(len(members), fr)
+        for j, (a, b) in enumerate(zip(np.cumsum(counts) - counts, np.cumsum(counts), strict=True)):
+            out[j].append(members[a:b])
+    return {
+        name: np.sort(np.concatenate(chunks)).astype(np.int64) if chunks else np.empty(0, np.int64)
+        for name, chunks in zip(names, out, strict=True)
+    }
+
+
+def _allocate(m: int, fr: np.ndarray) -> np.ndarray:
+    """Split ``m`` items by fractions: largest remainder, at least one per positive fraction if m allows."""
+    raw = fr * m
+    counts = np.floor(raw).astype(np.int64)
+    for j in np.argsort(-(raw - counts), kind="stable")[: m - counts.sum()]:
+        counts[j] += 1
+    positive = np.flatnonzero(fr > 0)
+    if m >= len(positive):
+        for j in positive:
+            if counts[j] == 0:
+                donor = int(np.argmax(counts))
+                counts[donor] -= 1
+                counts[j] += 1
+    return counts
+
+
+def class_index(classes: list[str], where: str) -> dict[str, int]:
+    """Class name -> label; an error if a folder has no class subfolders."""
+    if not classes:
+        raise NoImagesFoundError(
+            f"{where!r} has no class subfolders; expected {where}/<class>/<image files> "
+            "(use daskimg.imread for a flat folder without labels)"
+        )
+    return {c: i for i, c in enumerate(classes)}

@@ -1,0 +1,46 @@
+"""Store: :func:`convert` — arrays from HDF5 / ``.npy`` / ``.npz`` into a daskimg store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ..read.arrays import open_array_set
+from .write import to_zarr
+
+
+def convert(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    images: str = "images",
+    labels: str | None = None,
+    classes: Sequence[str] = (),
+    chunks: int | None = None,
+    codec: str | None = None,
+    order: str = "shuffled",
+    seed: int = 0,
+    split: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> str:
+    """Write the arrays of an HDF5 / ``.npy`` / ``.npz`` file to a daskimg store.
+
+    See :func:`open_array_set` for the source and :func:`daskimg.to_zarr` for the rest.
+
+    Examples
+    --------
+    >>> di.convert.convert("old.h5", "out/train.zarr.zip", labels="labels")  # doctest: +SKIP
+    """
+    ds = open_array_set(src, images=images, labels=labels, classes=classes)
+    return to_zarr(
+        ds,
+        out,
+        chunks=chunks,
+        codec=codec,
+        order=order,
+        seed=seed,
+        split=split,
+        overwrite=overwrite,
+        progress=progress,
+    )
