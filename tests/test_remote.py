@@ -108,7 +108,7 @@ def test_from_folder_on_s3_equals_local(image_folder, uploaded, s3):
     local = di.from_folder(image_folder, size=(16, 20), chunks=7)
     assert remote.root == uploaded
     assert remote.store_path is None
-    assert all(p.startswith(uploaded + "/") for p in remote._files.paths)
+    assert all(p.startswith(uploaded + "/") for p in remote.row_source.paths)
     # one task per block of 7 files, whose arguments are URLs and options, not open files
     assert len(remote.images.dask) == len(local.images.dask) == 4
     assert_same_set(remote, local)
@@ -149,7 +149,7 @@ def test_from_csv_on_s3(image_folder, uploaded, s3fs_, s3):
 
 def test_missing_object_is_a_decode_error_naming_the_url(uploaded, s3fs_, s3):
     ds = di.from_folder(uploaded, size=(8, 8), storage_options=s3)
-    gone = ds._files.paths[3]
+    gone = ds.row_source.paths[3]
     s3fs_.rm(gone)
     with pytest.raises(DecodeError, match="no such file") as err:
         ds.images.compute()
@@ -158,7 +158,7 @@ def test_missing_object_is_a_decode_error_naming_the_url(uploaded, s3fs_, s3):
 
 def test_skip_on_s3_leaves_the_bad_object_out(uploaded, s3fs_, s3, prefix):
     ds = di.from_folder(uploaded, size=(8, 8), storage_options=s3, on_error="skip")
-    bad = ds._files.paths[5]
+    bad = ds.row_source.paths[5]
     s3fs_.pipe_file(bad, b"not an image")
     url = di.to_zarr(ds, prefix + "/out/train.zarr", order="source", chunks=4, storage_options=s3)
     back = di.open_zarr(url, storage_options=s3)

@@ -155,7 +155,7 @@ def open_array_set(
         )
     lab, names = _labels(label_values, classes, name=str(labels))
     return ImageSet(
-        arr, lab, classes=names, root=os.path.dirname(os.path.abspath(path)), _files=source
+        arr, lab, classes=names, root=os.path.dirname(os.path.abspath(path)), row_source=source
     )
 
 

@@ -195,7 +195,7 @@ def from_csv(
         columns=extra,
         root=root_url or root_path,
         on_error=on_error,
-        _files=source,
+        row_source=source,
     )
 
 

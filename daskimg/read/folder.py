@@ -149,7 +149,7 @@ def from_folder(
         root=root,
         on_error=on_error,
         source_splits=np.array(split_of, dtype=object) if splits else None,
-        _files=source,
+        row_source=source,
     )
 
 
@@ -226,5 +226,5 @@ def _from_folder_url(
         root=url,
         on_error=on_error,
         source_splits=np.array(split_of, dtype=object) if "train" in found else None,
-        _files=source,
+        row_source=source,
     )

@@ -30,6 +30,10 @@ class ImageSet:
         ``(N,)`` source paths relative to ``root`` (strings), or None.
     columns
         Extra per-sample numeric arrays, each with ``N`` rows (e.g. ``{"bbox": (N, 4)}``).
+    boxes
+        Names of the columns that hold boxes: ``(N, 4)`` corners ``x0, y0, x1, y1`` in the
+        stored image's pixel frame. Recorded in the store, so transforms and readers know
+        which columns move with the pixels.
     root
         The folder the paths are relative to.
     on_error
@@ -55,7 +59,8 @@ class ImageSet:
         root: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
         source_splits: Sequence[str] | np.ndarray | None = None,
-        _files: RowSource | None = None,
+        row_source: RowSource | None = None,
+        boxes: Sequence[str] = (),
     ) -> None:
         if images is not None and not isinstance(images, da.Array):
             images = np.asarray(images)
@@ -94,6 +99,15 @@ class ImageSet:
         reserved = {"images", "labels", "paths"} & set(self.columns)
         if reserved:
             raise ValueError(f"column names {sorted(reserved)} are reserved; rename them")
+        self.boxes = tuple(str(b) for b in boxes)
+        for b in self.boxes:
+            col = self.columns.get(b)
+            if col is None or col.ndim != 2 or col.shape[1] != 4:
+                raise ValueError(
+                    f"boxes names {b!r}, which must be a column of shape (N, 4) "
+                    "(x0, y0, x1, y1); "
+                    + ("it is not a column" if col is None else f"it has shape {col.shape}")
+                )
         self.root = None if root is None else str(root)
         self.on_error = on_error
         self.source_splits = (
@@ -101,7 +115,7 @@ class ImageSet:
             if source_splits is None
             else _per_sample("source_splits", source_splits, n, object)
         )
-        self._files = _files
+        self.row_source = row_source
         #: files left out because they could not be decoded: (path, reason), filled by to_zarr
         self.skipped: list[tuple[str, str]] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
@@ -152,7 +166,7 @@ class ImageSet:
     @property
     def spec(self) -> DecodeSpec | None:
         """How the images are decoded, for sets read from files."""
-        return self._files.spec if isinstance(self._files, FileSource) else None
+        return self.row_source.spec if isinstance(self.row_source, FileSource) else None
 
     def show(self, *, n: int = 32, seed: int | None = 0) -> Any:
         """A grid of ``n`` random samples with their class names.
@@ -183,7 +197,7 @@ class ImageSet:
             raise ValueError(f"indices must be one-dimensional, got shape {idx.shape}")
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"indices must lie in 0..{len(self) - 1}")
-        files = None if self._files is None else self._files.take(idx)
+        files = None if self.row_source is None else self.row_source.take(idx)
         images = (
             files.to_dask()
             if files is not None
@@ -200,7 +214,8 @@ class ImageSet:
             root=self.root,
             on_error=self.on_error,
             source_splits=None if self.source_splits is None else self.source_splits[idx],
-            _files=files,
+            row_source=files,
+            boxes=self.boxes,
         )
 
     def split(

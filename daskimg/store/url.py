@@ -121,7 +121,7 @@ def to_zarr_url(
         split=split,
     )
     store = FsspecStore.from_url(url, storage_options=dict(storage_options or {}))
-    skip = ds.on_error == "skip" and isinstance(ds._files, FileSource)
+    skip = ds.on_error == "skip" and isinstance(ds.row_source, FileSource)
     try:
         ok = write_arrays(
             store, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress

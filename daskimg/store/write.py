@@ -155,7 +155,7 @@ def to_zarr(
             seed=seed,
             split=split,
         )
-        skip = ds.on_error == "skip" and isinstance(ds._files, FileSource)
+        skip = ds.on_error == "skip" and isinstance(ds.row_source, FileSource)
         try:
             ok = write_arrays(
                 staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress
@@ -199,8 +199,8 @@ def write_arrays(
     dest = create_layout(
         staging, ds, n=n, chunk_len=chunk_len, shard_len=shard_len, codec=codec, attrs=attrs
     )
-    if ds._files is not None:
-        files = ds._files
+    if ds.row_source is not None:
+        files = ds.row_source
         if skip and isinstance(files, FileSource):
             pixels, mask = files.to_dask_masked(block=chunk_len)
         else:
@@ -257,7 +257,7 @@ def skipped_rows(
 ) -> tuple[np.ndarray, ImageSet]:
     """Record the files that failed in ``attrs``; return the good rows and the set of them."""
     bad = np.flatnonzero(~ok)
-    files = ds._files
+    files = ds.row_source
     assert isinstance(files, FileSource)
     skipped = []
     for i in bad:
