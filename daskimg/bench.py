@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import tempfile
 import time
@@ -15,7 +14,7 @@ import numpy as np
 
 from .feed.iterator import BatchIterator
 from .feed.shuffle import chunk_order
-from .store.reader import StoreReader, unmap
+from .store.reader import StoreReader
 
 #: what ``daskimg bench --codecs`` compares by default: every lossless codec, and JPEG
 #: at two qualities (lower decodes faster and is smaller, at some loss of fidelity)
@@ -35,13 +34,10 @@ __all__ = [
 def evict(paths: Sequence[str | os.PathLike[str]]) -> int:
     """Drop stores or files (folders: every file below) from the page cache; return their bytes.
 
-    For measuring cold reads (data bigger than RAM) without privileges: daskimg's own
-    memory maps of them are released first (mapped pages cannot be dropped), and files are
-    ``fsync``-ed (dirty pages cannot be dropped either). Call it between epochs, never
-    while a loader of these stores is in the middle of one.
+    For measuring cold reads (data bigger than RAM) without privileges: files are
+    ``fsync``-ed first (dirty pages cannot be dropped). daskimg reads stores with
+    ``pread`` (no memory maps, which would pin pages), so it can run between any epochs.
     """
-    unmap(paths)
-    gc.collect()  # a map goes when the last view of it does
     total = 0
     for p in paths:
         p = os.fspath(p)

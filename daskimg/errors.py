@@ -12,6 +12,7 @@ __all__ = [
     "DecodeError",
     "FormatVersionError",
     "IncompleteStoreError",
+    "MetadataError",
     "NoImagesFoundError",
     "StoreExistsError",
     "StoreLockedError",
@@ -57,3 +58,8 @@ class FormatVersionError(DaskImgError, ValueError):
 
 class ChecksumError(DaskImgError, OSError):
     """A chunk's bytes do not match its checksum, or a chunk is missing; the message names it."""
+
+
+class MetadataError(DaskImgError, ValueError):
+    """A store's metadata is missing, unreadable or inconsistent; the message names the store
+    and the array (or ``zarr.json``) and what is wrong."""

@@ -209,7 +209,7 @@ def test_write_that_fails_midway_leaves_no_store(indexed_set, s3, s3fs_, prefix,
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("daskimg.store.write.write_small", boom)  # after the pixels, before the end
+    monkeypatch.setattr("daskimg.store.write.finish_attrs", boom)  # after the arrays, before the end
     with pytest.raises(RuntimeError, match="disk on fire"):
         di.to_zarr(indexed_set, url, storage_options=s3, chunks=10)
     assert not s3fs_.exists(url)
@@ -241,11 +241,11 @@ def test_killed_writer_leaves_an_incomplete_store(indexed_set, s3, s3fs_, prefix
             f"""
             import time, numpy as np, dask, daskimg as di, daskimg.store.write as st
 
-            def slow(arr, values):  # the pixels are written; hang before the small arrays
+            def slow(*args):  # every array is written; hang before the root is finished
                 print("pixels written", flush=True)
                 time.sleep(60)
 
-            st.write_small = slow
+            st.finish_attrs = slow
             ds = di.ImageSet(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, classes=["a", "b"])
             with dask.config.set(scheduler="synchronous"):
                 di.to_zarr(ds, {url!r}, storage_options={s3!r}, chunks=5)
@@ -455,7 +455,7 @@ def test_writer_upload_that_fails_is_published_by_resume(
         raise ConnectionError("connection reset")
 
     with monkeypatch.context() as m:
-        m.setattr("daskimg.store.url.upload_store", cut)
+        m.setattr("daskimg.store.location.Location.upload", cut)
         w = _write_features(url, feats, ids, storage_options=s3)
         with pytest.raises(ConnectionError), w:
             pass  # close() fails in __exit__

@@ -410,7 +410,7 @@ _SLOW_PUBLISH = """
 import os, sys, time
 import numpy as np
 import daskimg as di
-from daskimg.store import write as store
+from daskimg.store import location as store
 path, marker = sys.argv[1], sys.argv[2]
 
 def slow(*args, **kwargs):  # the moment of moving the new store into place, held open

@@ -120,13 +120,23 @@ class ImageSet:
         self.skipped: list[tuple[str, str]] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
         self.attrs: dict[str, Any] = {}
-        #: a local store's path (the loader memory-maps it); None for stores at a URL
-        self.store_path: str | None = None
-        #: the URL of a store opened from object storage (``s3://...``), else None
-        self.store_url: str | None = None
+        #: the opened store (:class:`daskimg.store.open.OpenedStore`) this set was read from,
+        #: or None: the loader reads its chunks through the same checked reader
+        self.store: Any = None
 
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def store_path(self) -> str | None:
+        """The local path of the store this set was opened from, else None."""
+        return None if self.store is None else self.store.local_path
+
+    @property
+    def store_url(self) -> str | None:
+        """The URL of the store this set was opened from (``s3://...``), else None."""
+        loc = None if self.store is None else self.store.location
+        return loc.target if loc is not None and loc.is_url else None
 
     def __repr__(self) -> str:
         parts = [

@@ -1,35 +1,79 @@
-"""Store: the on-disk format, version 1 — root attributes, array layout and their checks."""
+"""Store: the on-disk format, version 1 — written here and only here, and checked here.
+
+Everything that creates a store (:func:`daskimg.to_zarr`, ``convert``,
+:class:`daskimg.ArrayWriter`) builds its root attributes with :func:`root_attrs`, its arrays
+with :func:`create_arrays` and finishes it with :func:`finish_attrs`; everything that opens
+one checks it with :func:`check_attrs` and :func:`check_arrays`.
+
+A store is a Zarr v3 group. Its arrays share the length ``N`` (``num_samples``) on axis 0
+and the chunk length ``chunk_len`` along it, so chunk ``i`` of every array holds the same
+samples; every chunk ends with a crc32c; every array has ``dimension_names``. The root
+attribute ``daskimg`` records the format version, the split, the classes, which columns
+are boxes, the order, the codec, the source, the files skipped, ``complete`` (true only
+once every chunk is written) and ``arrays``: the name of every array with a crc32c of its
+``zarr.json``, so that an array that vanished or whose metadata changed is an error.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import crc32c
 import numpy as np
 import zarr
-from zarr.abc.store import Store
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ..errors import (
-    FormatVersionError,
-    IncompleteStoreError,
-)
-from ..read.imageset import ImageSet
+from ..errors import FormatVersionError, IncompleteStoreError, MetadataError
 from .codecs import DEFAULT_CODEC, compressors, serializer
+from .layout import ArrayLayout
+
+if TYPE_CHECKING:
+    from .reader import StoreReader
+
+__all__ = [
+    "CHUNK_BYTES",
+    "FORMAT_VERSION",
+    "SHARD_CHUNKS",
+    "ArraySpec",
+    "auto_chunk_len",
+    "check_array",
+    "check_arrays",
+    "check_attrs",
+    "check_together",
+    "create_arrays",
+    "dimension_names",
+    "finish_attrs",
+    "required_arrays",
+    "root_attrs",
+    "versions",
+]
 
 #: the on-disk format this daskimg writes; it opens every version <= this one
 FORMAT_VERSION = 1
-
-
 #: uncompressed bytes aimed at per chunk (the unit the loader reads) and per shard (one write task)
 CHUNK_BYTES = 8 * 2**20
-
-
 SHARD_CHUNKS = 8
 
 
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a store: its name, the shape and dtype of one sample, and its codec.
+
+    ``dtype=str`` (``np.dtype(object)``) stores strings (``paths``).
+    """
+
+    name: str
+    sample_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    codec: str = "zstd"
+    shard_len: int | None = None  # samples per shard; None: the store's
+
+
 def versions() -> dict[str, str]:
+    """Versions of the packages that shape the bytes (recorded as ``created_with``)."""
     out = {}
     for pkg in ("daskimg", "zarr", "numcodecs", "dask", "simplejpeg"):
         try:
@@ -45,149 +89,250 @@ def auto_chunk_len(sample_shape: Sequence[int], dtype: Any, n: int) -> int:
     return max(1, min(max(n, 1), CHUNK_BYTES // max(per, 1)))
 
 
-def create_layout(
-    root: str | Store,
-    ds: ImageSet,
-    *,
-    n: int,
-    chunk_len: int,
-    shard_len: int,
-    codec: str | None,
-    attrs: dict[str, Any],
-) -> dict[str, zarr.Array]:
-    """Create the group and its (empty) arrays in a local folder (or a zarr store); return the arrays.
+def dimension_names(name: str, ndim: int) -> list[str]:
+    """Zarr v3 ``dimension_names`` (xarray needs them): ``sample`` first, then per array.
 
-    Write through the returned objects: they carry ``write_empty_chunks=True``, which
-    zarr does not persist, so an array re-opened from the group would silently skip
-    chunks (and shards) that are all zeros — and a missing chunk must mean damage.
-
-    Every array has the same Zarr chunk grid along axis 0 (the shards), and inner chunks
-    of ``chunk_len`` samples: the unit the loader reads and decompresses at once. (One
-    inner chunk per sample was measured too: 35% slower to decode, and plain zarr-python
-    then read a ``*.zarr.zip`` at 18 samples/s; stores of that layout are still read.)
+    Images ``sample, y, x, channel`` (volumes ``sample, z, y, x, channel``), masks
+    ``sample, y, x`` (``z, y, x``); other arrays ``sample, <name>_1, ...`` so no two arrays
+    claim one dimension with different sizes.
     """
-    store = zarr.storage.LocalStore(root) if isinstance(root, str) else root
-    group = zarr.open_group(store, mode="w", zarr_format=3)
-    attrs["chunk_len"] = chunk_len
-    group.attrs["daskimg"] = attrs
-    cfg: Any = {"write_empty_chunks": True}
-    out: dict[str, zarr.Array] = {}
-
-    def make(
-        name: str,
-        shape: tuple[int, ...],
-        dtype: Any,
-        comp: list[Any],
-        serializer: Any = "auto",
-    ) -> None:
-        out[name] = group.create_array(
-            name,
-            shape=shape,
-            dtype=dtype,
-            chunks=(chunk_len, *shape[1:]),
-            shards=(shard_len, *shape[1:]) if shard_len != chunk_len else None,
-            compressors=comp,
-            serializer=serializer,
-            fill_value=None if dtype is str else 0,
-            config=cfg,
-        )
-
-    images = ds.require_images()
-    make(
-        "images",
-        (n, *images.shape[1:]),
-        images.dtype,
-        compressors(codec, images.dtype),
-        serializer=serializer(codec),
-    )
-    if ds.labels is not None:
-        make("labels", (n,), np.int64, compressors("zstd", np.dtype(np.int64)))
-    if ds.paths is not None:
-        make("paths", (n,), str, [ZstdCodec(level=3), Crc32cCodec()])
-    for name, col in ds.columns.items():
-        make(name, (n, *col.shape[1:]), col.dtype, compressors("zstd", col.dtype))
-    return out
+    if name == "images" and ndim in (4, 5):
+        return ["sample", *(["z"] if ndim == 5 else []), "y", "x", "channel"]
+    if name == "masks" and ndim in (3, 4):
+        return ["sample", *(["z"] if ndim == 4 else []), "y", "x"]
+    return ["sample", *(f"{name}_{i}" for i in range(1, ndim))]
 
 
-def check_writable(imageset: ImageSet) -> None:
-    """Refuse sets that to_zarr cannot write (no images, or empty)."""
-    if imageset.images is None:
-        raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
-    if len(imageset) == 0:
-        raise ValueError("the ImageSet is empty; there is nothing to store")
-
-
-def plan_store(
-    imageset: ImageSet,
+def root_attrs(
     *,
-    chunks: int | None,
-    shard_chunks: int | None,
-    codec: str | None,
-    order: str,
-    seed: int,
     split: str | None,
-) -> tuple[ImageSet, int, int, dict[str, Any]]:
-    """The set in stored order, chunk and shard lengths, and the attributes (complete=False)."""
-    n_in = len(imageset)
-    perm = np.random.default_rng(seed).permutation(n_in) if order == "shuffled" else None
-    ds = imageset.take(perm) if perm is not None else imageset
-    images = ds.require_images()
-    chunk_len = chunks or auto_chunk_len(images.shape[1:], images.dtype, n_in)
-    if not isinstance(chunk_len, int) or chunk_len < 1:
-        raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
-    shard_len = chunk_len * (shard_chunks or SHARD_CHUNKS)
-    shard_len = min(shard_len, -(-n_in // chunk_len) * chunk_len)
-    attrs: dict[str, Any] = {
+    num_samples: int,
+    classes: Sequence[str],
+    chunk_len: int,
+    codec: str | None,
+    order: str = "source",
+    seed: int | None = None,
+    boxes: Sequence[str] = (),
+    source: Mapping[str, Any] | None = None,
+    skipped: Sequence[Sequence[str]] = (),
+) -> dict[str, Any]:
+    """The ``daskimg`` root attribute of a new store (``complete: false`` until finished)."""
+    return {
         "format_version": FORMAT_VERSION,
         "split": split,
-        "num_samples": n_in,
-        "classes": list(ds.classes),
+        "num_samples": int(num_samples),
+        "classes": [str(c) for c in classes],
+        "boxes": [str(b) for b in boxes],
         "order": order,
         "seed": seed if order == "shuffled" else None,
         "codec": codec or DEFAULT_CODEC,
+        "chunk_len": int(chunk_len),
         "complete": False,
         "created_with": versions(),
-        "source": _source_attrs(ds),
-        "skipped": [],
+        "source": dict(source or {"root": None}),
+        "skipped": [list(s) for s in skipped],
+        "arrays": {},
     }
-    return ds, chunk_len, shard_len, attrs
 
 
-def _source_attrs(ds: ImageSet) -> dict[str, Any]:
-    spec = ds.spec
-    out: dict[str, Any] = {"root": ds.root}
-    if spec is not None:
-        out.update(
-            size=list(spec.size),
-            channels=spec.channels,
-            dtype=spec.dtype,
-            resize=spec.resize,
-            draft=spec.draft,
+def create_arrays(
+    store: Any,
+    attrs: dict[str, Any],
+    specs: Sequence[ArraySpec],
+    *,
+    n: int,
+    shard_len: int,
+) -> dict[str, zarr.Array]:
+    """Create the group (with ``attrs``) and its empty arrays in ``store``; return the arrays.
+
+    ``store`` is a local folder path or a zarr store. Every array gets ``N`` rows, inner
+    chunks of ``attrs["chunk_len"]`` samples and shards of ``shard_len`` (or its spec's).
+    Write through the returned objects: they carry ``write_empty_chunks=True``, which
+    zarr does not persist, so an array re-opened from the group would silently skip
+    chunks that are all zeros — and a missing chunk means damage. (One inner chunk per
+    sample was measured too: 35% slower to decode, and plain zarr-python then read a
+    ``*.zarr.zip`` at 18 samples/s; stores of that layout are still read.)
+    """
+    if isinstance(store, str):
+        store = zarr.storage.LocalStore(store)
+    group = zarr.open_group(store, mode="w", zarr_format=3)
+    group.attrs["daskimg"] = attrs
+    chunk_len = int(attrs["chunk_len"])
+    out: dict[str, zarr.Array] = {}
+    for spec in specs:
+        shape = (n, *spec.sample_shape)
+        shard = spec.shard_len or shard_len
+        text = spec.dtype.kind == "O"
+        out[spec.name] = group.create_array(
+            spec.name,
+            shape=shape,
+            dtype=str if text else spec.dtype,
+            chunks=(chunk_len, *spec.sample_shape),
+            shards=(shard, *spec.sample_shape) if shard != chunk_len else None,
+            compressors=[ZstdCodec(level=3), Crc32cCodec()]
+            if text
+            else compressors(spec.codec, spec.dtype),
+            serializer="auto" if text else serializer(spec.codec),
+            fill_value=None if text else 0,
+            dimension_names=dimension_names(spec.name, len(shape)),
+            config={"write_empty_chunks": True},
         )
     return out
 
 
-def check_attrs(p: str, meta: Any, *, check_complete: bool) -> dict[str, Any]:
-    """The ``daskimg`` attributes from a root ``zarr.json``, refusing newer or unfinished stores."""
-    if meta is None or meta.get("node_type") != "group":
-        raise FormatVersionError(f"{p!r} is not a Zarr v3 group (no zarr.json at its root)")
-    attrs = meta.get("attributes", {}).get("daskimg")
+def finish_attrs(attrs: dict[str, Any], array_meta: Mapping[str, bytes]) -> dict[str, Any]:
+    """``attrs`` of a finished store: ``complete: true`` and each array's ``zarr.json`` checksum.
+
+    ``array_meta`` maps every array name to the bytes of its final ``zarr.json``.
+    """
+    return {
+        **attrs,
+        "complete": True,
+        "arrays": {
+            name: {"zarr_json_crc32c": crc32c.crc32c(raw)}
+            for name, raw in sorted(array_meta.items())
+        },
+    }
+
+
+# -- checks ----------------------------------------------------------------------------------
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any]:
+    """The ``daskimg`` attributes from a root ``zarr.json``, checked; newer or unfinished stores refused."""
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        raise FormatVersionError(f"{where!r} is not a Zarr v3 group (no zarr.json at its root)")
+    attrs = (
+        (meta.get("attributes") or {}).get("daskimg")
+        if isinstance(meta.get("attributes"), dict)
+        else None
+    )
     if not isinstance(attrs, dict):
         raise FormatVersionError(
-            f"{p!r} is a Zarr group but not a daskimg store (no 'daskimg' attribute); "
+            f"{where!r} is a Zarr group but not a daskimg store (no 'daskimg' attribute); "
             "open it with zarr.open_group instead"
         )
     fv = attrs.get("format_version")
-    if not isinstance(fv, int) or fv < 1:
-        raise FormatVersionError(f"{p!r} has an invalid format_version {fv!r}")
+    if not _is_int(fv, 1):
+        raise FormatVersionError(
+            f"{where!r} has an invalid format_version {fv!r} (an integer >= 1)"
+        )
+    assert isinstance(fv, int)
     if fv > FORMAT_VERSION:
         raise FormatVersionError(
-            f"{p!r} has format version {fv}, newer than this daskimg reads ({FORMAT_VERSION}); "
+            f"{where!r} has format version {fv}, newer than this daskimg reads ({FORMAT_VERSION}); "
             "upgrade daskimg (pip install -U daskimg)"
+        )
+    problems = []
+    if not _is_int(attrs.get("num_samples")):
+        problems.append(f"num_samples {attrs.get('num_samples')!r} is not a non-negative integer")
+    classes = attrs.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        problems.append("classes is not a list of names")
+    if "chunk_len" in attrs and not _is_int(attrs["chunk_len"], 1):
+        problems.append(f"chunk_len {attrs['chunk_len']!r} is not a positive integer")
+    boxes = attrs.get("boxes", [])
+    if not isinstance(boxes, list) or not all(isinstance(b, str) for b in boxes):
+        problems.append("boxes is not a list of array names")
+    if "arrays" in attrs and not isinstance(attrs["arrays"], dict):
+        problems.append("arrays is not a mapping of array names")
+    if not isinstance(attrs.get("complete", False), bool):
+        problems.append("complete is not true or false")
+    if problems:
+        raise MetadataError(
+            f"{where!r}: the root attributes are damaged ({'; '.join(problems)}); re-create the store"
         )
     if check_complete and attrs.get("complete") is not True:
         raise IncompleteStoreError(
-            f"{p!r} is incomplete (complete=false): its writer stopped before the end. "
+            f"{where!r} is incomplete (complete=false): its writer stopped before the end. "
             "Re-run the ingest/to_zarr that made it."
         )
     return attrs
+
+
+def required_arrays(attrs: Mapping[str, Any], present: Sequence[str]) -> list[str]:
+    """The arrays a store must hold: those its ``arrays`` attribute lists; for stores written
+    before it existed, ``images`` (unless written by ArrayWriter), ``labels`` when there are
+    classes, and every array present."""
+    declared = attrs.get("arrays")
+    if isinstance(declared, dict) and declared:
+        return sorted(declared)
+    writer = (attrs.get("source") or {}).get("writer") == "ArrayWriter"
+    need = set(present)
+    if not writer:
+        need.add("images")
+        if attrs.get("classes"):
+            need.add("labels")
+    need.update(attrs.get("boxes") or [])
+    return sorted(need)
+
+
+def check_arrays(reader: StoreReader, attrs: Mapping[str, Any]) -> dict[str, ArrayLayout]:
+    """Every array the attributes imply, present and consistent: ``{name: layout}``.
+
+    Raises :class:`MetadataError` naming the store, the array and what is wrong: a missing
+    array, unparsable or changed ``zarr.json``, a length other than ``num_samples``, a
+    chunk length other than the store's, or a shape absurd for the files it has (refused
+    before any task graph is built).
+    """
+    names = required_arrays(attrs, reader.array_names())
+    layouts = {name: check_array(reader, attrs, name) for name in names}
+    check_together(reader.path, attrs, layouts)
+    return layouts
+
+
+def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> ArrayLayout:
+    """One array's checks (see :func:`check_arrays`); its layout."""
+    where, n = reader.path, int(attrs["num_samples"])
+    if f"{name}/zarr.json" not in reader.source.keys:
+        raise MetadataError(
+            f"{where}: array {name!r} is missing ({name}/zarr.json not found); "
+            "the store is damaged — re-create it"
+        )
+    declared = attrs.get("arrays")
+    entry = declared.get(name) if isinstance(declared, dict) else None
+    if isinstance(entry, dict) and "zarr_json_crc32c" in entry:
+        raw = reader.read_bytes(f"{name}/zarr.json") or b""
+        if crc32c.crc32c(raw) != entry["zarr_json_crc32c"]:
+            raise MetadataError(
+                f"{where}: array {name!r}: its zarr.json changed after the store was written "
+                "(checksum mismatch); the store is damaged — re-create it"
+            )
+    lay = reader.layout(name)
+    if lay.shape[0] != n:
+        raise MetadataError(
+            f"{where}: array {name!r} has {lay.shape[0]} rows, the store {n} samples; "
+            "the store is damaged — re-create it"
+        )
+    held = sum(
+        1 for k in reader.source.keys if k.startswith(name + "/") and k != f"{name}/zarr.json"
+    )
+    objects = lay.num_shards if lay.sharded else -(-n // lay.inner_len)
+    if objects > 2 * held + 16:
+        raise MetadataError(
+            f"{where}: array {name!r} claims {n} samples in {objects} "
+            f"{'shards' if lay.sharded else 'chunks'}, but the store holds {held} for it; its "
+            "metadata is damaged — re-create the store"
+        )
+    return lay
+
+
+def check_together(
+    where: str, attrs: Mapping[str, Any], layouts: Mapping[str, ArrayLayout]
+) -> None:
+    """The checks across arrays: one chunk length along samples; boxes are (N, 4) arrays."""
+    lens = {lay.chunk_len for lay in layouts.values()}
+    want = attrs.get("chunk_len")
+    if len(lens) > 1 or (want is not None and lens and lens != {want}):
+        detail = ", ".join(f"{k}: {v.chunk_len}" for k, v in layouts.items())
+        raise MetadataError(
+            f"{where}: arrays must share one chunk length along samples"
+            + (f" ({want})" if want is not None else "")
+            + f"; found {detail}. The store is damaged or not written by daskimg"
+        )
+    for b in attrs.get("boxes") or []:
+        lay = layouts.get(b)
+        if lay is None or len(lay.shape) != 2 or lay.shape[1] != 4:
+            raise MetadataError(f"{where}: boxes names {b!r}, which is not an (N, 4) array")

@@ -1,5 +1,24 @@
-"""Store: where a store lives on disk — its kind, the writer's lock, fsync, packing a zip and
-the atomic publish (rename or folder exchange).
+"""Store: where a store lives — the one seam for everything that depends on it.
+
+A :class:`Location` is a local path or an fsspec URL holding a ``*.zarr.zip`` (one file,
+the default) or a ``*.zarr`` (a folder). Every verb that writes or reads a store
+(``to_zarr``, ``convert``, ``open_zarr``, ``info``, ``verify``, ``ArrayWriter``, the
+loader) gets one from :meth:`Location.of` and never asks whether it is a URL:
+
+* **Reading**: :meth:`Location.open` gives a :class:`~daskimg.store.bytesource.ByteSource`
+  (listing and ranged reads) for the checked reader.
+* **Writing**: a store is built in a local staging folder (:meth:`Location.staging_path`:
+  ``<path>.partial`` next to a local target; a folder under the temporary directory that
+  depends only on the URL for a remote one) under the writer's lock, every file fsynced,
+  and :meth:`Location.publish` moves it into place in one atomic step: a zip is packed
+  next to the target and renamed over it (a URL: uploaded as one object, which appears
+  whole or not at all); a folder is exchanged with the old one
+  (``renameat2(RENAME_EXCHANGE)``; a URL folder: cleared, a placeholder root saying
+  ``complete: false``, the files, the real root last). A kill at any moment leaves the
+  old store or the new one (at a URL folder: one that opens as incomplete).
+* A ``*.zarr`` URL may also be written in place (:meth:`Location.open_in_place`), so that
+  the workers of a cluster write its shards; its root ``zarr.json`` with
+  ``complete: true`` is written last (:meth:`Location.finish_in_place`).
 """
 
 from __future__ import annotations
@@ -8,16 +27,24 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
+import json
 import os
+import posixpath
 import shutil
 import sys
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..errors import (
-    StoreLockedError,
-)
+from ..errors import StoreExistsError, StoreLockedError
+from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
+from .bytesource import ByteSource, open_source
+
+__all__ = ["Location", "fsync_path", "fsync_tree", "remove_path", "store_kind", "write_lock"]
 
 
 def store_kind(path: str | os.PathLike[str]) -> str:
@@ -32,6 +59,240 @@ def store_kind(path: str | os.PathLike[str]) -> str:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class Location:
+    """Where a store lives: a local path or an fsspec URL, of a zip or a folder.
+
+    Build it with :meth:`of`. ``target`` is the absolute local path or the URL.
+
+    Examples
+    --------
+    >>> Location.of("out/train.zarr.zip").kind
+    'zip'
+    >>> Location.of("s3://bucket/train.zarr", storage_options={"anon": True}).is_url
+    True
+    """
+
+    target: str
+    kind: str
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(
+        cls, path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+    ) -> Location:
+        """The location of ``path`` (a ``file://`` URL is a local path)."""
+        if isinstance(path, Location):
+            return path
+        text = os.fspath(path)
+        if is_url(text) and local_path(text) is None:
+            url = text.rstrip("/")
+            return cls(url, store_kind(url), dict(storage_options or {}))
+        if storage_options is not None:
+            raise ValueError(
+                f"storage_options apply to URLs such as 's3://bucket/key'; {text!r} is a "
+                "local path. Drop storage_options, or pass a URL."
+            )
+        local = local_path(text) or text
+        target = os.path.abspath(local).rstrip("/")
+        return cls(target, store_kind(target), None)
+
+    @property
+    def is_url(self) -> bool:
+        return self.storage_options is not None
+
+    def __str__(self) -> str:
+        return self.target
+
+    def _fs(self) -> tuple[Any, str]:
+        fs, key = filesystem(self.target, self.storage_options)
+        key = key.rstrip("/")
+        fs.invalidate_cache(key)
+        return fs, key
+
+    # -- reading -----------------------------------------------------------------------
+    def open(self) -> ByteSource:
+        """The store's bytes, for the checked reader (``FileNotFoundError`` if there is none)."""
+        if not self.is_url:
+            return open_source(self.target, self.kind)
+        fs, key = self._fs()
+        return open_source(self.target, self.kind, fs, key)
+
+    def exists(self) -> bool:
+        if not self.is_url:
+            return os.path.lexists(self.target)
+        fs, key = self._fs()
+        return bool(fs.exists(key))
+
+    def unfinished(self) -> str | None:
+        """What an interrupted write left (a staging folder), or None."""
+        if self.is_url:
+            return None
+        staging = self.target + ".partial"
+        return staging if os.path.lexists(staging) else None
+
+    # -- writing -----------------------------------------------------------------------
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The writer's lock: ``<path>.lock`` for a local store (none spans machines for URLs)."""
+        if self.is_url:
+            return contextlib.nullcontext()
+        os.makedirs(os.path.dirname(self.target), exist_ok=True)
+        return write_lock(self.target)
+
+    def build_path(self) -> str:
+        """The local path a store for this location is built under: the target itself, or
+        for a URL a folder under the temporary directory that depends only on the URL (so an
+        interrupted write finds its checkpoints again)."""
+        if not self.is_url:
+            return self.target
+        digest = hashlib.sha256(self.target.encode()).hexdigest()[:16]
+        base = posixpath.basename(self.target)
+        return os.path.join(tempfile.gettempdir(), "daskimg-writer", digest, base)
+
+    def staging_path(self) -> str:
+        """The local staging folder of a write to this location."""
+        return self.build_path() + ".partial"
+
+    def check_writable(self, *, overwrite: bool) -> None:
+        """Refuse to replace a store (or anything else) here unless ``overwrite``."""
+        if overwrite:
+            return
+        if not self.is_url:
+            if os.path.lexists(self.target):
+                raise StoreExistsError(
+                    f"{self.target!r} exists; pass overwrite=True (or --overwrite) to replace it"
+                )
+            return
+        fs, key = self._fs()
+        if self.kind == "zip":
+            if fs.exists(key):
+                raise StoreExistsError(f"{self.target!r} exists; pass overwrite=True to replace it")
+            return
+        state = _dir_state(fs, key)
+        if state == "complete":
+            raise StoreExistsError(
+                f"{self.target!r} holds a complete store; pass overwrite=True to replace it"
+            )
+        if state == "other":
+            raise StoreExistsError(
+                f"{self.target!r} holds objects but no daskimg store (or an overwrite that "
+                "stopped); pass overwrite=True to replace them"
+            )
+
+    def publish(self, folder: str, *, base: bool = False, drop: Sequence[str] = ()) -> None:
+        """Move the finished store in the local ``folder`` into place, atomically; remove ``folder``.
+
+        ``base=True`` (adding arrays to a zip store): the members of the store now at the
+        target are kept, except the arrays ``drop`` and those ``folder`` holds.
+        """
+        fsync_tree(folder)
+        if self.is_url:
+            self.upload(folder)
+            remove_path(folder)
+            return
+        if self.kind == "zip":
+            tmp = self.target + ".tmp"
+            try:
+                pack_zip(folder, tmp, base=self.target if base else None, drop=drop)
+                replace_store(tmp, self.target)
+            except BaseException:
+                remove_path(tmp)
+                raise
+            remove_path(folder)
+        else:
+            replace_store(folder, self.target)  # the old folder is exchanged, then removed
+        fsync_path(os.path.dirname(self.target))
+
+    def upload(self, folder: str) -> None:
+        """Upload a finished local store (a folder, or for a zip also the zip file) to this URL,
+        replacing what is there: a zip as one object, a folder with its root ``zarr.json`` last."""
+        fs, key = self._fs()
+        if self.kind == "zip":
+            packed = os.path.isfile(folder)
+            tmp = folder if packed else folder.rstrip("/") + ".zip.tmp"
+            try:
+                if not packed:
+                    pack_zip(folder, tmp)
+                if protocol_of(self.target) in ATOMIC_PUT:
+                    fs.put_file(tmp, key)  # the object appears only once the upload completes
+                else:
+                    fs.put_file(tmp, key + ".partial")
+                    fs.mv(key + ".partial", key)
+            finally:
+                if not packed:
+                    remove_path(tmp)
+        else:
+            clear_url(fs, key)
+            root = os.path.join(folder, "zarr.json")
+            with open(root, "rb") as fh:
+                meta = json.load(fh)
+            meta["attributes"]["daskimg"]["complete"] = False  # what a kill leaves: unfinished
+            fs.pipe_file(key + "/zarr.json", json.dumps(meta, indent=2).encode())
+            files = [(f, k) for f, k in folder_files(folder) if k != "zarr.json"]
+            if files:  # lists: no glob or folder guessing
+                fs.put([f for f, _ in files], [f"{key}/{k}" for _, k in files])
+            fs.put_file(root, key + "/zarr.json")
+        fs.invalidate_cache(key)
+
+    def discard(self, folder: str | None = None) -> None:
+        """Remove what an unfinished write left: ``folder`` and the temporary files."""
+        if folder is not None:
+            remove_path(folder)
+        if not self.is_url:
+            remove_path(self.target + ".tmp")
+
+    # -- a URL folder written in place (by a cluster's workers) --------------------------
+    def open_in_place(self) -> Any:
+        """A writable zarr store at this ``*.zarr`` URL, cleared first (its root last)."""
+        from zarr.storage import FsspecStore
+
+        assert self.is_url, "in place: a URL folder only"
+        assert self.kind == "dir", "in place: a URL folder only"
+        fs, key = self._fs()
+        clear_url(fs, key)
+        return FsspecStore.from_url(self.target, storage_options=dict(self.storage_options or {}))
+
+    def finish_in_place(self, root_meta: dict[str, Any]) -> None:
+        """Write the root ``zarr.json`` (``complete: true``) of a store written in place: last, in one put."""
+        fs, key = self._fs()
+        fs.pipe_file(key + "/zarr.json", json.dumps(root_meta, indent=2).encode())
+        fs.invalidate_cache(key)
+
+    def read_in_place(self, key: str) -> bytes:
+        """Bytes of ``key`` of a store being written in place."""
+        fs, root = self._fs()
+        return bytes(fs.cat_file(f"{root}/{key}"))
+
+    def abandon_in_place(self) -> None:
+        fs, key = self._fs()
+        with contextlib.suppress(Exception):
+            clear_url(fs, key)
+
+
+def _dir_state(fs: Any, key: str) -> str:
+    """``"absent"``, ``"complete"``, ``"incomplete"`` (a daskimg store) or ``"other"``."""
+    try:
+        meta = json.loads(fs.cat_file(key + "/zarr.json"))
+    except FileNotFoundError:
+        return "other" if fs.exists(key) else "absent"
+    except ValueError:
+        return "other"
+    attrs = (meta.get("attributes") or {}).get("daskimg") if isinstance(meta, dict) else None
+    if not isinstance(attrs, dict):
+        return "other"
+    return "complete" if attrs.get("complete") is True else "incomplete"
+
+
+def clear_url(fs: Any, key: str) -> None:
+    """Remove a store folder at a URL, its root ``zarr.json`` first (so it stops looking like a store)."""
+    fs.invalidate_cache(key)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(key + "/zarr.json")
+    if fs.exists(key):
+        fs.rm(key, recursive=True)
+    fs.invalidate_cache(key)
+
+
 @contextlib.contextmanager
 def write_lock(path: str) -> Iterator[None]:
     """Hold ``<path>.lock`` exclusively; a second writer on the same path is refused.
@@ -42,7 +303,15 @@ def write_lock(path: str) -> Iterator[None]:
     """
     lock_path = path + ".lock"
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a link there would have its target truncated
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise StoreLockedError(
+                f"{lock_path!r} is a symbolic link; daskimg does not write its lock through links. "
+                "Remove it and run again"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -133,20 +402,66 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def pack_zip(staging: str, target: str) -> None:
-    """Pack a staging folder into ``target`` (via ``target.tmp`` and an atomic rename)."""
-    tmp = target + ".tmp"
+def fsync_tree(root: str | os.PathLike[str]) -> None:
+    """fsync every file and folder under ``root`` (before it is published)."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fsync_path(os.path.join(dirpath, f))
+        fsync_path(dirpath)
+
+
+def folder_files(folder: str) -> list[tuple[str, str]]:
+    """``(full path, key)`` of every file under ``folder``, metadata first, then by key."""
     members = []
-    for dirpath, dirnames, filenames in os.walk(staging):
+    for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for f in sorted(filenames):
             full = os.path.join(dirpath, f)
-            members.append((full, Path(os.path.relpath(full, staging)).as_posix()))
+            members.append((full, Path(os.path.relpath(full, folder)).as_posix()))
     # metadata first, so readers that scan from the front find the group early
     members.sort(key=lambda m: (not m[1].endswith("zarr.json"), m[1].count("/"), m[1]))
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for full, arc in members:
-            zf.write(full, arc)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    replace_store(tmp, target)
+    return members
+
+
+def pack_zip(
+    folder: str, zip_path: str, *, base: str | None = None, drop: Sequence[str] = ()
+) -> None:
+    """Write the files of ``folder`` into a new zip ``zip_path`` (each member once, stored
+    uncompressed: chunks are compressed already), fsynced.
+
+    ``base``: a zip whose members are copied in too, except those under the array folders
+    ``drop`` and those ``folder`` replaces (adding arrays to a zip store).
+    """
+    new = folder_files(folder)
+    keys = {k for _, k in new}
+    prefixes = tuple(d + "/" for d in drop)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        members: list[tuple[Any, str]] = list(new)
+        old = zipfile.ZipFile(base) if base is not None else None
+        try:
+            if old is not None:
+                members += [
+                    (i, i.filename)
+                    for i in old.infolist()
+                    if not i.is_dir()
+                    and i.filename not in keys
+                    and not i.filename.startswith(prefixes)
+                ]
+                members.sort(key=lambda m: (not m[1].endswith("zarr.json"), m[1].count("/"), m[1]))
+            for src, arc in members:
+                if isinstance(src, str):
+                    zf.write(src, arc)
+                    continue
+                info = zipfile.ZipInfo(arc, date_time=src.date_time)
+                info.compress_type = zipfile.ZIP_STORED
+                info.file_size = src.file_size
+                assert old is not None
+                with (
+                    old.open(src) as fin,
+                    zf.open(info, "w", force_zip64=src.file_size >= 2**31) as fout,
+                ):
+                    shutil.copyfileobj(fin, fout, 2**22)
+        finally:
+            if old is not None:
+                old.close()
+    fsync_path(zip_path)

@@ -1,23 +1,87 @@
-"""Store: :func:`open_zarr` — a store opened lazily as an :class:`~daskimg.ImageSet`."""
+"""Store: :func:`open_zarr` — a store opened lazily, every array read through the checked reader.
+
+Opening reads the root ``zarr.json`` and each array's, checks them
+(:func:`~daskimg.store.format.check_attrs`, :func:`~daskimg.store.format.check_arrays`)
+and builds dask arrays whose tasks read one chunk each with
+:class:`~daskimg.store.reader.StoreReader` — for a local store or one at a URL alike.
+``labels`` and ``paths`` are small and read at once (checked the same way), as numpy.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 import dask.array as da
-import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ..errors import (
-    IncompleteStoreError,
-)
+from ..errors import IncompleteStoreError
 from ..read.imageset import ImageSet
-from ..remote import check_options, is_url, local_path
-from .format import check_attrs
+from .format import check_arrays, check_attrs
+from .layout import ArrayLayout
+from .location import Location
 from .reader import StoreReader
+
+__all__ = ["OpenedStore", "lazy_array", "open_store", "open_zarr", "read_attrs"]
+
+#: arrays read at open as numpy (small, and what ImageSet keeps in memory)
+EAGER = ("labels", "paths")
+
+
+@dataclass(eq=False)
+class OpenedStore:
+    """A store opened for reading: where it lives, its checked reader, attributes and layouts."""
+
+    location: Location
+    reader: StoreReader
+    attrs: dict[str, Any]
+    layouts: dict[str, ArrayLayout]
+
+    @property
+    def local_path(self) -> str | None:
+        return None if self.location.is_url else self.location.target
+
+
+def _missing(loc: Location) -> Exception:
+    staging = loc.unfinished()
+    if staging is None:
+        return FileNotFoundError(f"no store at {loc.target!r}")
+    how = (
+        "Reopen it with ArrayWriter(..., resume=True) to continue from its last checkpoint"
+        if os.path.exists(os.path.join(staging, "writer.json"))
+        else "Re-run the same ingest/to_zarr to redo it"
+    )
+    return IncompleteStoreError(
+        f"{loc.target!r} was never finished: a write into it stopped or is still running "
+        f"(staging folder {staging!r}). {how}."
+    )
+
+
+def open_store(
+    path: str | os.PathLike[str] | Location,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    check_complete: bool = True,
+) -> OpenedStore:
+    """Open a store for reading: checked attributes and arrays (nothing is decoded yet).
+
+    Raises ``FileNotFoundError``, :class:`~daskimg.errors.IncompleteStoreError`,
+    :class:`~daskimg.errors.FormatVersionError`, :class:`~daskimg.errors.MetadataError`
+    (an array missing or inconsistent) or :class:`~daskimg.errors.ChecksumError` (a
+    damaged zip), each naming the store.
+    """
+    loc = path if isinstance(path, Location) else Location.of(path, storage_options)
+    try:
+        source = loc.open()
+    except FileNotFoundError:
+        raise _missing(loc) from None
+    reader = StoreReader(source)
+    attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=check_complete)
+    layouts = check_arrays(reader, attrs)
+    return OpenedStore(loc, reader, attrs, layouts)
 
 
 def read_attrs(
@@ -26,30 +90,8 @@ def read_attrs(
     check_complete: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``daskimg`` attributes of a store, after checking version and completeness.
-
-    ``path`` may be a URL (with ``storage_options``), as for :func:`open_zarr`.
-    """
-    if is_url(path) and local_path(str(path)) is None:
-        from .url import read_attrs_url
-
-        return read_attrs_url(str(path), storage_options, check_complete=check_complete)
-    check_options(path, storage_options)
-    path = local_path(path) or path if isinstance(path, str) else path
-    p = os.path.abspath(os.fspath(path)).rstrip("/")
-    if not os.path.exists(p):
-        if os.path.exists(p + ".partial"):
-            how = (
-                "Reopen it with ArrayWriter(..., resume=True) to continue from its last checkpoint"
-                if os.path.exists(os.path.join(p + ".partial", "writer.json"))
-                else "Re-run the same ingest/to_zarr to redo it"
-            )
-            raise IncompleteStoreError(
-                f"{p!r} was never finished: a write into it stopped or is still running "
-                f"(staging folder {p + '.partial'!r}). {how}."
-            )
-        raise FileNotFoundError(f"no store at {p!r}")
-    return check_attrs(p, StoreReader(p).json("zarr.json"), check_complete=check_complete)
+    """The ``daskimg`` attributes of a store, after checking version, completeness and arrays."""
+    return open_store(path, storage_options=storage_options, check_complete=check_complete).attrs
 
 
 def open_zarr(
@@ -57,14 +99,15 @@ def open_zarr(
 ) -> ImageSet:
     """Open a daskimg store lazily as an :class:`ImageSet`.
 
-    ``images`` and other multi-dimensional arrays are dask arrays read chunk by chunk
-    (checksums checked, fork-safe); ``labels``, ``paths`` and 1-D columns are loaded.
-    ``.arrays`` holds every per-sample array; attributes are in ``.attrs``.
+    ``images`` and every other per-sample array but ``labels`` and ``paths`` are dask
+    arrays, one task per chunk, each chunk read and checked by daskimg's reader (a
+    missing or damaged chunk is a :class:`~daskimg.errors.ChecksumError` naming it,
+    never zeros); ``labels`` and ``paths`` are read at once, checked the same way, as
+    numpy arrays. ``.arrays`` holds every per-sample array; attributes are in ``.attrs``.
 
     ``path`` may be a URL (``"s3://bucket/out/train.zarr.zip"`` or ``.../train.zarr``)
-    with fsspec ``storage_options``: chunks are then read by zarr with byte-range
-    requests (a zip is never downloaded whole), ``.store_url`` is set and
-    ``.store_path`` is None.
+    with fsspec ``storage_options``: chunks are then read with byte-range requests (a
+    zip is never downloaded whole).
 
     Examples
     --------
@@ -72,32 +115,19 @@ def open_zarr(
     >>> train.images.shape  # doctest: +SKIP
     (800, 224, 224, 3)
     """
-    if is_url(path) and local_path(str(path)) is None:
-        from .url import open_zarr_url
-
-        return open_zarr_url(str(path), storage_options)
-    check_options(path, storage_options)
-    path = local_path(path) or path if isinstance(path, str) else path
-    p = os.path.abspath(os.fspath(path)).rstrip("/")
-    attrs = read_attrs(p)
-    reader = StoreReader(p)
-    group = open_group(p)
-    names = [name for name, _ in group.arrays()]
+    st = open_store(path, storage_options=storage_options)
     arrays: dict[str, Any] = {}
-    for name in names:
-        arr = group[name]
-        lay = reader.layout(name)
-        if lay.kind is not None and (name == "images" or len(lay.shape) > 1):
-            arrays[name] = lazy_array(reader, name)
+    for name in st.layouts:
+        if name in EAGER:
+            arrays[name] = st.reader.read_array(name)
         else:
-            arrays[name] = cast(Any, arr)[...]
-    ds = imageset_of(arrays, attrs)
-    ds.store_path = p
-    return ds
+            arrays[name] = lazy_array(st.reader, name)
+    return imageset_of(arrays, st)
 
 
-def imageset_of(arrays: dict[str, Any], attrs: dict[str, Any]) -> ImageSet:
-    """An opened store's arrays and ``daskimg`` attributes as an :class:`ImageSet`."""
+def imageset_of(arrays: dict[str, Any], st: OpenedStore) -> ImageSet:
+    """An opened store's arrays as an :class:`ImageSet`."""
+    attrs = st.attrs
     columns = {k: v for k, v in arrays.items() if k not in ("images", "labels", "paths")}
     ds = ImageSet(
         arrays.get("images"),
@@ -106,25 +136,18 @@ def imageset_of(arrays: dict[str, Any], attrs: dict[str, Any]) -> ImageSet:
         paths=arrays.get("paths"),
         columns=columns,
         root=(attrs.get("source") or {}).get("root"),
+        boxes=attrs.get("boxes") or (),
     )
     ds.attrs = attrs
+    ds.store = st
     ds.skipped = [(str(path), str(reason)) for path, reason in attrs.get("skipped", [])]
     return ds
-
-
-def open_group(p: str) -> zarr.Group:
-    from .jpeg import register
-
-    register()  # stores written with codec="jpeg" need it (the entry point covers installed copies)
-    if os.path.isfile(p):
-        return zarr.open_group(zarr.storage.ZipStore(p, mode="r"), mode="r")
-    return zarr.open_group(zarr.storage.LocalStore(p, read_only=True), mode="r")
 
 
 def lazy_array(reader: StoreReader, name: str) -> da.Array:
     """A dask array over one stored array, one task per chunk, read by :class:`StoreReader`."""
     lay = reader.layout(name)
-    token = tokenize(reader.path, name, os.path.getmtime(reader.path))
+    token = tokenize(reader.path, name, reader.read_bytes("zarr.json"), lay)
     key = f"daskimg-read-{name}-{token}"
     zeros = (0,) * (len(lay.shape) - 1)
     dsk: dict[Any, Any] = {

@@ -1,20 +1,17 @@
 """Store: :func:`to_zarr` — write an :class:`~daskimg.ImageSet` to one checksummed store.
 
-How a write stays crash-safe: everything is written into a staging folder
-``<path>.partial`` next to the target, guarded by an advisory lock on ``<path>.lock``
-(released by the OS if the writer dies). Only when every chunk is written is
-``complete`` set and the result moved into place in one atomic rename — for
-``*.zarr.zip`` after packing the staging folder into a zip file (each member written
-once, so no duplicate ``zarr.json``; chunks are stored uncompressed inside the zip as
-they are compressed already). A kill at any moment therefore leaves either the old
-state or the finished store; re-running the same call removes the stale staging folder
-and writes again.
+The store is built in a staging folder under the writer's lock and published in one
+atomic step by its :class:`~daskimg.store.location.Location` (see there); its arrays and
+attributes come from :mod:`daskimg.store.format`. A kill at any moment leaves the old
+store (or none) or the finished one; re-running the same call redoes it. A write that
+fails (a decode error, a full disk) removes what it wrote and says where and why.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from typing import Any, cast
@@ -22,19 +19,27 @@ from typing import Any, cast
 import dask
 import dask.array as da
 import numpy as np
-import zarr
-from zarr.abc.store import Store
+from dask.base import tokenize
 
-from ..errors import (
-    DaskImgError,
-    DecodeError,
-    StoreExistsError,
-)
+from ..errors import DaskImgError, DecodeError
 from ..read.files import FileSource
 from ..read.imageset import ImageSet
-from ..remote import check_options, is_url, local_path
-from .format import check_writable, create_layout, plan_store
-from .location import fsync_path, pack_zip, remove_path, replace_store, store_kind, write_lock
+from .bytesource import LocalDir
+from .format import (
+    SHARD_CHUNKS,
+    ArraySpec,
+    auto_chunk_len,
+    create_arrays,
+    finish_attrs,
+    root_attrs,
+)
+from .location import Location, fsync_path, remove_path
+from .reader import StoreReader
+
+__all__ = ["to_zarr"]
+
+#: numpy columns up to this size are written in one call; larger ones chunk by chunk
+_SMALL = 64 * 2**20
 
 
 def to_zarr(
@@ -61,7 +66,7 @@ def to_zarr(
     path
         ``*.zarr.zip`` (one file; the default to use) or ``*.zarr`` (a folder of shards).
         A URL (``"s3://bucket/out/train.zarr.zip"``) writes to object storage with
-        fsspec; see :mod:`daskimg.urlstore` for how that stays crash-safe.
+        fsspec; see :mod:`daskimg.store.location` for how that stays crash-safe.
     chunks
         Samples per chunk — the unit the loader reads at once. Default: about 8 MiB of
         uncompressed pixels.
@@ -70,7 +75,7 @@ def to_zarr(
     codec
         ``"lz4"`` (default), ``"zstd"``, ``"none"`` or ``"jpeg"`` (lossy, per image, q90,
         ~10x smaller on photos; uint8 with 1 or 3 channels); ``"jpeg:Q"`` sets the JPEG
-        quality (1-100). See :mod:`daskimg.codecs`; ``daskimg bench STORE --codecs``
+        quality (1-100). See :mod:`daskimg.store.codecs`; ``daskimg bench STORE --codecs``
         measures them on your data and disk.
     order
         ``"shuffled"`` (samples in a seeded random order, so reading whole chunks in
@@ -114,142 +119,247 @@ def to_zarr(
         )
     if order not in ("shuffled", "source"):
         raise ValueError(f"order must be 'shuffled' or 'source', got {order!r}")
-    if is_url(path) and local_path(str(path)) is None:
-        from .url import to_zarr_url
-
-        return to_zarr_url(
-            imageset,
-            str(path),
-            storage_options,
-            chunks=chunks,
-            shard_chunks=shard_chunks,
-            codec=codec,
-            order=order,
-            seed=seed,
-            split=split,
-            overwrite=overwrite,
-            progress=progress,
-        )
-    check_options(path, storage_options)
-    path = local_path(path) or path if isinstance(path, str) else path
-    target = os.path.abspath(os.fspath(path)).rstrip("/")
-    kind = store_kind(target)
+    if chunks is not None and (
+        not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1
+    ):
+        raise ValueError(f"chunks must be a positive number of samples, got {chunks!r}")
+    if shard_chunks is not None and (
+        not isinstance(shard_chunks, int) or isinstance(shard_chunks, bool) or shard_chunks < 1
+    ):
+        raise ValueError(f"shard_chunks must be a positive integer, got {shard_chunks!r}")
+    loc = Location.of(path, storage_options)
     check_writable(imageset)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with write_lock(target):
-        if os.path.lexists(target) and not overwrite:
-            raise StoreExistsError(
-                f"{target!r} exists; pass overwrite=True (or --overwrite) to replace it"
-            )
-        staging = target + ".partial"
-        remove_path(staging)  # a stale one from a killed writer: redo from scratch
-        remove_path(target + ".tmp")
-        remove_path(staging + ".uncompacted")
-
-        ds, chunk_len, shard_len, attrs = plan_store(
-            imageset,
-            chunks=chunks,
-            shard_chunks=shard_chunks,
-            codec=codec,
-            order=order,
-            seed=seed,
-            split=split,
-        )
-        skip = ds.on_error == "skip" and isinstance(ds.row_source, FileSource)
-        try:
-            ok = write_arrays(
-                staging, ds, chunk_len, shard_len, codec, attrs, skip=skip, progress=progress
-            )
-            if ok is not None and not ok.all():
-                _compact_skipped(
-                    staging, ds, ok, chunk_len, shard_len, codec, attrs, progress=progress
-                )
-        except BaseException:
-            # an error (not a kill): leave nothing half-written behind
-            remove_path(staging)
-            remove_path(staging + ".uncompacted")
-            raise
+    with loc.lock():
+        loc.check_writable(overwrite=overwrite)
+        ds, attrs, specs, shard_len = plan_store(
+            imageset, chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
+            seed=seed, split=split,
+        )  # fmt: skip
+        write_store(loc, ds, attrs, specs, shard_len, progress=progress)
         imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
-        group = zarr.open_group(zarr.storage.LocalStore(staging), mode="r+")
-        attrs["complete"] = True
-        group.attrs["daskimg"] = attrs
-        # the old store (overwrite=True) stays in place until the new one replaces it
-        if kind == "zip":
-            pack_zip(staging, target)  # packed next to it, then renamed over it
-            remove_path(staging)
+    return loc.target
+
+
+def check_writable(imageset: ImageSet) -> None:
+    """Refuse sets that to_zarr cannot write (no images, or empty)."""
+    if imageset.images is None:
+        raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
+    if len(imageset) == 0:
+        raise ValueError("the ImageSet is empty; there is nothing to store")
+
+
+def plan_store(
+    imageset: ImageSet,
+    *,
+    chunks: int | None,
+    shard_chunks: int | None,
+    codec: str | None,
+    order: str,
+    seed: int,
+    split: str | None,
+) -> tuple[ImageSet, dict[str, Any], list[ArraySpec], int]:
+    """The set in stored order, its attributes (``complete: false``), array specs, shard length."""
+    n = len(imageset)
+    ds = (
+        imageset.take(np.random.default_rng(seed).permutation(n))
+        if order == "shuffled"
+        else imageset
+    )
+    images = ds.require_images()
+    chunk_len = chunks or auto_chunk_len(images.shape[1:], images.dtype, n)
+    shard_len = min(chunk_len * (shard_chunks or SHARD_CHUNKS), -(-n // chunk_len) * chunk_len)
+    source: dict[str, Any] = {"root": ds.root}
+    spec = ds.spec
+    if spec is not None:
+        source.update(
+            size=list(spec.size), channels=spec.channels, dtype=spec.dtype,
+            resize=spec.resize, draft=spec.draft,
+        )  # fmt: skip
+    source["fingerprint"] = fingerprint(
+        imageset,
+        codec=codec,
+        chunks=chunks,
+        shard_chunks=shard_chunks,
+        order=order,
+        seed=seed,
+        split=split,
+    )
+    attrs = root_attrs(
+        split=split, num_samples=n, classes=ds.classes, chunk_len=chunk_len, codec=codec,
+        order=order, seed=seed, boxes=ds.boxes, source=source,
+    )  # fmt: skip
+    specs = [
+        ArraySpec(
+            "images", tuple(images.shape[1:]), np.dtype(images.dtype), codec or attrs["codec"]
+        )
+    ]
+    for name, values in ds.arrays.items():
+        if name != "images":
+            dtype = (
+                np.dtype(object) if np.dtype(values.dtype).kind in "OUS" else np.dtype(values.dtype)
+            )
+            specs.append(ArraySpec(name, tuple(values.shape[1:]), dtype))
+    return ds, attrs, specs, shard_len
+
+
+def fingerprint(imageset: ImageSet, **settings: Any) -> str:
+    """A digest of what a store is made from (files, labels, columns) and how, so a re-run of
+    the same ingest can keep a split that is finished already."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(json.dumps([imageset.root, list(imageset.classes), list(imageset.boxes)]).encode())
+    files = imageset.row_source
+    if isinstance(files, FileSource):
+        h.update("\0".join(map(str, files.paths)).encode())
+        h.update(repr(files.spec).encode())
+    elif imageset.images is not None:
+        h.update(tokenize(imageset.images).encode())
+    for name, values in sorted(imageset.arrays.items()):
+        if name != "images":
+            h.update(name.encode())
+            h.update(tokenize(values).encode())
+    return h.hexdigest()[:32]
+
+
+def write_store(
+    loc: Location,
+    ds: ImageSet,
+    attrs: dict[str, Any],
+    specs: list[ArraySpec],
+    shard_len: int,
+    *,
+    progress: bool,
+) -> None:
+    """Build the store for ``ds`` and publish it at ``loc`` (the caller holds the lock)."""
+    # a URL folder is written in place (a cluster's workers write its shards), unless files
+    # may be skipped: the rows are then compacted in a local staging folder and uploaded
+    skipping = ds.on_error == "skip" and isinstance(ds.row_source, FileSource)
+    in_place = loc.is_url and loc.kind == "dir" and not skipping
+    staging = None if in_place else loc.staging_path()
+    try:
+        if staging is None:
+            target: Any = loc.open_in_place()
         else:
-            replace_store(staging, target)
-        fsync_path(os.path.dirname(target))
-    return target
+            loc.discard(staging)  # a stale one from a killed writer: redo from scratch
+            loc.discard(staging + ".uncompacted")
+            os.makedirs(os.path.dirname(staging), exist_ok=True)
+            target = staging
+        ok = write_arrays(target, ds, attrs, specs, shard_len, progress=progress)
+        if ok is not None and not ok.all():
+            assert staging is not None  # see in_place
+            _compact_skipped(staging, ds, ok, attrs, specs, shard_len, progress=progress)
+        metas = {s.name: _staged(loc, target, f"{s.name}/zarr.json") for s in specs}
+        root = json.loads(_staged(loc, target, "zarr.json"))
+        root["attributes"]["daskimg"] = finish_attrs(attrs, metas)
+        attrs.update(root["attributes"]["daskimg"])
+        if staging is None:
+            loc.finish_in_place(root)
+        else:
+            _write_json(os.path.join(staging, "zarr.json"), root)
+            loc.publish(staging)
+    except BaseException as e:
+        # an error (not a kill): leave nothing half-written behind, and say where and why
+        if staging is None:
+            loc.abandon_in_place()
+        else:
+            loc.discard(staging)
+            loc.discard(staging + ".uncompacted")
+        if isinstance(e, OSError) and not isinstance(e, DaskImgError) and e.errno is not None:
+            raise OSError(
+                e.errno,
+                f"writing {loc.target} failed ({e.strerror}"
+                + (f": {e.filename}" if e.filename else "")
+                + "); what was written is removed"
+                + (f" ({staging})" if staging else ""),
+            ) from e
+        raise
+
+
+def _staged(loc: Location, target: Any, key: str) -> bytes:
+    """Bytes of ``key`` in what is being built: a local folder, or the URL written in place."""
+    if isinstance(target, str):
+        with open(os.path.join(target, *key.split("/")), "rb") as fh:
+            return fh.read()
+    return loc.read_in_place(key)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_arrays(
-    staging: str | Store,
+    target: Any,
     ds: ImageSet,
-    chunk_len: int,
-    shard_len: int,
-    codec: str | None,
     attrs: dict[str, Any],
+    specs: list[ArraySpec],
+    shard_len: int,
     *,
-    skip: bool,
     progress: bool,
 ) -> np.ndarray | None:
-    """Write every array; return the decoded-ok mask when bad files are skipped."""
+    """Create and write every array; return the decoded-ok mask when bad files are skipped.
+
+    Images and every dask column are written shard by shard in one computation, so tasks
+    that several arrays share (the decode of a block of files) run once.
+    """
     n = len(ds)
-    dest = create_layout(
-        staging, ds, n=n, chunk_len=chunk_len, shard_len=shard_len, codec=codec, attrs=attrs
-    )
-    if ds.row_source is not None:
-        files = ds.row_source
-        if skip and isinstance(files, FileSource):
-            pixels, mask = files.to_dask_masked(block=chunk_len)
-        else:
-            pixels, mask = files.to_dask(block=chunk_len), None
+    dest = create_arrays(target, attrs, specs, n=n, shard_len=shard_len)
+    mask = None
+    files = ds.row_source
+    if files is not None and ds.on_error == "skip" and isinstance(files, FileSource):
+        pixels, mask = files.to_dask_masked(block=int(attrs["chunk_len"]))
     else:
-        pixels, mask = ds.require_images(), None
-    pixels = pixels.rechunk((shard_len, *pixels.shape[1:]))
-    stored = da.store(pixels, cast(Any, dest["images"]), lock=False, compute=False)
-    ok = compute_collections(stored, mask, progress=progress)[1]
+        pixels = ds.require_images()
+    sources: list[Any] = [pixels]
+    targets: list[Any] = [dest["images"]]
     for name, values in ds.arrays.items():
-        if name != "images":
-            write_small(dest[name], values)
+        if name == "images":
+            continue
+        if isinstance(values, da.Array) or (np.asarray(values).nbytes > _SMALL):
+            lazy = values if isinstance(values, da.Array) else da.from_array(np.asarray(values))
+            if lazy.dtype.kind in "OUS":
+                lazy = lazy.astype(str)
+            sources.append(lazy)
+            targets.append(dest[name])
+        else:
+            values = np.asarray(values)
+            dest[name][...] = values.astype(str) if values.dtype.kind in "OUS" else values
+    sources = [a.rechunk((shard_len, *a.shape[1:])) for a in sources]
+    stored = da.store(sources, cast(Any, targets), lock=False, compute=False)
+    ok = compute_collections(stored, mask, progress=progress)[1]
     return None if ok is None else np.asarray(ok, dtype=bool)
-
-
-def write_small(arr: Any, values: Any) -> None:
-    values = values.compute() if isinstance(values, da.Array) else np.asarray(values)
-    if values.dtype == object:
-        values = values.astype(str)
-    arr[...] = values
 
 
 def _compact_skipped(
     staging: str,
     ds: ImageSet,
     ok: np.ndarray,
-    chunk_len: int,
-    shard_len: int,
-    codec: str | None,
     attrs: dict[str, Any],
+    specs: list[ArraySpec],
+    shard_len: int,
     *,
     progress: bool,
 ) -> None:
-    """Drop the rows of files that failed to decode, so no blank image is ever a sample."""
+    """Drop the rows of files that failed to decode, so no blank image is ever a sample.
+
+    The images written are read back through the checked reader (never zarr's fill values).
+    """
     good, kept = skipped_rows(ds, ok, attrs)
     old = staging + ".uncompacted"
     os.replace(staging, old)
-    rewrite_kept(
-        zarr.storage.LocalStore(old),
-        staging,
-        kept,
-        good,
-        chunk_len,
-        shard_len,
-        codec,
-        attrs,
-        progress=progress,
-    )
-    shutil.rmtree(old)
+    reader = StoreReader(LocalDir(old))
+    from .open import lazy_array
+
+    images = lazy_array(reader, "images")[good]
+    kept.images = images
+    kept.row_source = None
+    chunk_len = int(attrs["chunk_len"])
+    shard = min(shard_len, -(-len(kept) // chunk_len) * chunk_len)
+    os.makedirs(staging)
+    write_arrays(staging, kept, attrs, specs, shard, progress=progress)
+    remove_path(old)
+    fsync_path(os.path.dirname(staging))
 
 
 def skipped_rows(
@@ -277,38 +387,6 @@ def skipped_rows(
     kept = ds.take(good)
     attrs["num_samples"] = len(kept)
     return good, kept
-
-
-def rewrite_kept(
-    old: Store,
-    dest_root: str | Store,
-    kept: ImageSet,
-    good: np.ndarray,
-    chunk_len: int,
-    shard_len: int,
-    codec: str | None,
-    attrs: dict[str, Any],
-    *,
-    progress: bool,
-) -> None:
-    """Write the ``good`` rows of the images in ``old`` (and ``kept``'s arrays) as a new store."""
-    dest = create_layout(
-        dest_root,
-        kept,
-        n=len(kept),
-        chunk_len=chunk_len,
-        shard_len=min(shard_len, -(-len(kept) // chunk_len) * chunk_len),
-        codec=codec,
-        attrs=attrs,
-    )
-    src = da.from_zarr(zarr.open_array(old, path="images", mode="r"))
-    pixels = src[good].rechunk(dest["images"].shards or dest["images"].chunks)
-    compute_collections(
-        da.store(pixels, cast(Any, dest["images"]), lock=False, compute=False), progress=progress
-    )
-    for name, values in kept.arrays.items():
-        if name != "images":
-            write_small(dest[name], values)
 
 
 def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:

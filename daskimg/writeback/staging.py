@@ -17,12 +17,10 @@ and :func:`daskimg.open_zarr` refuses the path while ``<path>.partial`` exists.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import zipfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,17 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import DaskImgError, StoreExistsError
-from ..store.codecs import DEFAULT_CODEC, compressors
-from ..store.format import FORMAT_VERSION, auto_chunk_len, versions
-from ..store.location import fsync_path, pack_zip, remove_path
-from ..store.open import open_group, read_attrs
-from ..store.reader import StoreReader
+from ..errors import StoreExistsError
+from ..store.codecs import DEFAULT_CODEC
+from ..store.format import (
+    ArraySpec,
+    auto_chunk_len,
+    create_arrays,
+    finish_attrs,
+    root_attrs,
+)
+from ..store.location import Location, fsync_path, remove_path
+from ..store.open import open_store
 from .shards import SHARD_BYTES, SHARD_CHUNKS_MAX, Column, ShardPool
 
 __all__ = [
@@ -68,34 +71,23 @@ def check_target(
         raise FileNotFoundError(
             f"no store at {path!r} to add arrays to; write a new one with mode='w'"
         )
-    attrs = read_attrs(path)
-    reader = StoreReader(path)
-    group = open_group(path)
-    stored = [n for n, _ in group.arrays()]
-    with contextlib.suppress(Exception):
-        group.store.close()  # the zip file handle
-    clash = sorted(set(stored) & set(names))
+    st = open_store(path)
+    clash = sorted(set(st.layouts) & set(names))
     if clash and not overwrite:
         raise StoreExistsError(
             f"{path!r} already has arrays {clash}; pass overwrite=True to replace them"
         )
-    kept = [n for n in stored if n not in names] or stored
-    lens = {reader.layout(n).chunk_len for n in kept}
-    if len(lens) != 1:
-        raise DaskImgError(
-            f"{path!r} has arrays with different chunk lengths {sorted(lens)}; "
-            "it was not written by daskimg"
-        )
+    lens = {lay.chunk_len for lay in st.layouts.values()}
     chunk_len = lens.pop()
     if chunks is not None and chunks != chunk_len:
         raise ValueError(
             f"chunks={chunks}, but {path!r} stores {chunk_len} samples per chunk; "
             "new arrays must use the store's chunk length (leave chunks unset)"
         )
-    classes = tuple(attrs.get("classes") or ())
-    raw = reader.read_bytes("zarr.json") or b""
-    reader.close()
-    return chunk_len, hashlib.sha256(raw).hexdigest(), int(attrs["num_samples"]), classes
+    classes = tuple(st.attrs.get("classes") or ())
+    raw = st.reader.read_bytes("zarr.json") or b""
+    st.reader.close()
+    return chunk_len, hashlib.sha256(raw).hexdigest(), int(st.attrs["num_samples"]), classes
 
 
 def check_finished(path: str, specs: Mapping[str, Spec]) -> tuple[int, int]:
@@ -103,25 +95,19 @@ def check_finished(path: str, specs: Mapping[str, Spec]) -> tuple[int, int]:
 
     For a write to a URL whose upload did not happen: the finished local copy.
     """
-    attrs = read_attrs(path)
-    group = open_group(path)
-    try:
-        arrays = dict(group.arrays())
-        have = {
-            n: {"shape": list(a.shape[1:]), "dtype": np.dtype(a.dtype).str}
-            for n, a in arrays.items()
-        }
-        chunk_len = min((int(a.chunks[0]) for a in arrays.values()), default=0)
-    finally:
-        with contextlib.suppress(Exception):
-            group.store.close()  # the zip file handle
+    st = open_store(path)
+    have = {
+        n: {"shape": list(lay.shape[1:]), "dtype": lay.dtype.str} for n, lay in st.layouts.items()
+    }
+    chunk_len = min((lay.chunk_len for lay in st.layouts.values()), default=0)
+    st.reader.close()
     want = {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()}
     if have != want:
         raise ValueError(
             f"cannot resume: the finished store at {path!r} (not yet uploaded) holds arrays "
             f"{have}, not {want}. Pass the same arrays, or resume=False to discard it"
         )
-    return int(attrs["num_samples"]), chunk_len
+    return int(st.attrs["num_samples"]), chunk_len
 
 
 def create(
@@ -144,39 +130,34 @@ def create(
     os.makedirs(staging)
     try:
         store = staging / "store"
-        group = zarr.open_group(zarr.storage.LocalStore(store), mode="w", zarr_format=3)
-        if mode == "w":
-            group.attrs["daskimg"] = {
-                "format_version": FORMAT_VERSION,
-                "split": split,
-                "num_samples": 0,
-                "classes": list(classes),
-                "order": "source",
-                "seed": None,
-                "codec": codec or DEFAULT_CODEC,
-                "complete": False,
-                "created_with": versions(),
-                "source": {"root": None, "writer": "ArrayWriter"},
-                "skipped": [],
-            }
-        metas = {}
-        columns: dict[str, Column] = {}
+        attrs = root_attrs(
+            split=split,
+            num_samples=0,
+            classes=classes,
+            chunk_len=chunk_len,
+            codec=codec,
+            source={"root": None, "writer": "ArrayWriter"},
+        )
+        arr_specs = []
         for name, (shape, dtype) in specs.items():
             per_chunk = chunk_len * int(np.prod(shape)) * dtype.itemsize
             k = shard_chunks or min(SHARD_CHUNKS_MAX, max(1, SHARD_BYTES // max(per_chunk, 1)))
-            shard_len = chunk_len * k
-            arr = group.create_array(
-                name,
-                shape=(0, *shape),
-                dtype=dtype,
-                chunks=(chunk_len, *shape),
-                shards=(shard_len, *shape) if shard_len != chunk_len else None,
-                compressors=compressors(codec, dtype),
-                fill_value=0,
-                config={"write_empty_chunks": True},
+            arr_specs.append(ArraySpec(name, shape, dtype, codec or DEFAULT_CODEC, chunk_len * k))
+        arrays = create_arrays(str(store), attrs, arr_specs, n=0, shard_len=chunk_len)
+        metas = {}
+        columns: dict[str, Column] = {}
+        for spec in arr_specs:
+            assert spec.shard_len is not None
+            metas[spec.name] = json.loads((store / spec.name / "zarr.json").read_text())
+            columns[spec.name] = Column(
+                spec.name,
+                spec.sample_shape,
+                spec.dtype,
+                spec.shard_len,
+                arrays[spec.name],
+                staging,
+                pool,
             )
-            metas[name] = json.loads((store / name / "zarr.json").read_text())
-            columns[name] = Column(name, shape, dtype, shard_len, arr, staging, pool)
         manifest = {
             "version": MANIFEST_VERSION,
             "mode": mode,
@@ -290,52 +271,72 @@ def resume(
 
 
 def publish(
-    path: str,
+    location: Location,
     staging: Path,
     columns: Mapping[str, Column],
     rows: int,
     *,
     mode: str,
-    kind: str,
 ) -> None:
-    """Finish the arrays at ``rows`` rows and move the store into place at ``path``; remove ``staging``."""
+    """Finish the arrays at ``rows`` rows and move the store into place; remove ``staging``.
+
+    One atomic step either way (see :meth:`~daskimg.store.location.Location.publish`):
+    ``mode="w"`` publishes the new store; ``mode="a"`` publishes the old store with the new
+    arrays — a folder is assembled next to it from hard links to the old files (copies
+    where links are impossible), the new arrays and the new root ``zarr.json``, then
+    exchanged with it; a zip is rewritten with them. A kill leaves the old store or the
+    new one, never a mix.
+    """
     for col in columns.values():
         col.finish(rows)
     store = staging / "store"
-    _fsync_tree(store)
+    names = tuple(columns)
+    root = store / "zarr.json"
     if mode == "w":
-        root = store / "zarr.json"
         meta = json.loads(root.read_text())
-        meta["attributes"]["daskimg"].update(complete=True, num_samples=rows)
+        attrs = {**meta["attributes"]["daskimg"], "num_samples": rows}
+        metas = {n: (store / n / "zarr.json").read_bytes() for n in names}
+        meta["attributes"]["daskimg"] = finish_attrs(attrs, metas)
         write_json(root, meta)
-        _publish_new(path, staging, store, kind)
+        location.publish(str(store))
     else:
-        _publish_added(path, staging, store, kind, tuple(columns))
-    fsync_path(os.path.dirname(path))
+        path = location.target
+        st = open_store(path)
+        old_metas = {n: st.reader.read_bytes(f"{n}/zarr.json") or b"" for n in st.layouts}
+        meta = st.reader.json("zarr.json")
+        st.reader.close()
+        metas = {n: m for n, m in old_metas.items() if n not in names}
+        metas.update({n: (store / n / "zarr.json").read_bytes() for n in names})
+        meta["attributes"]["daskimg"] = finish_attrs(meta["attributes"]["daskimg"], metas)
+        write_json(root, meta)
+        if location.kind == "zip":
+            location.publish(str(store), base=True, drop=names)
+        else:
+            _link_old_files(path, store, names)
+            location.publish(str(store))
     remove_path(str(staging))
 
 
-def _publish_new(path: str, staging: Path, store: Path, kind: str) -> None:
-    if kind == "zip":
-        pack_zip(str(store), path)  # atomic: packed next to it, then renamed over it
-    else:
-        if os.path.lexists(path):  # overwrite=True
-            old = staging / "old"
-            os.replace(path, old)
-        os.replace(store, path)
-
-
-def _publish_added(path: str, staging: Path, store: Path, kind: str, names: Sequence[str]) -> None:
-    if kind == "zip":
-        _rewrite_zip(path, store, names)
-        return
-    # one rename per array: each new array appears whole or not at all
-    for name in names:
-        dest = os.path.join(path, name)
-        if os.path.lexists(dest):  # overwrite=True
-            os.replace(dest, staging / f"old-{name}")
-        os.replace(store / name, dest)
-    fsync_path(path)
+def _link_old_files(old: str, new: Path, names: Sequence[str]) -> None:
+    """Hard-link (or copy) every file of the store ``old`` into ``new``, but the arrays ``names``
+    and the root ``zarr.json`` that ``new`` holds."""
+    skip = tuple(os.path.join(old, n) + os.sep for n in names)
+    for dirpath, _, files in os.walk(old):
+        if (dirpath + os.sep).startswith(skip):
+            continue
+        rel = os.path.relpath(dirpath, old)
+        dest_dir = new / rel if rel != "." else new
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if rel == "." and f == "zarr.json":
+                continue
+            src, dest = os.path.join(dirpath, f), dest_dir / f
+            if dest.exists():
+                continue
+            try:
+                os.link(src, dest)
+            except OSError:
+                shutil.copy2(src, dest)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -354,40 +355,3 @@ def _fsync_tree(root: Path) -> None:
         for f in files:
             fsync_path(Path(dirpath) / f)
         fsync_path(dirpath)
-
-
-def _rewrite_zip(target: str, staging: Path, names: Sequence[str]) -> None:
-    """A new ``target``: its members (but ``names``) and the arrays ``names`` from ``staging``.
-
-    Written to ``target.tmp`` (each old member copied once, streamed) and renamed over
-    ``target``, so readers see the old store or the new one, never a mix.
-    """
-    tmp = target + ".tmp"
-    replaced = tuple(n + "/" for n in names)
-    with zipfile.ZipFile(target) as old:
-        members: list[tuple[str, Any]] = [
-            (i.filename, i)
-            for i in old.infolist()
-            if not i.filename.startswith(replaced) and not i.is_dir()
-        ]
-        for name in names:
-            for f in sorted((staging / name).rglob("*")):
-                if f.is_file():
-                    members.append((f.relative_to(staging).as_posix(), f))
-        members.sort(key=lambda m: (not m[0].endswith("zarr.json"), m[0].count("/"), m[0]))
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as new:
-            for arc, src in members:
-                if isinstance(src, Path):
-                    new.write(src, arc)
-                    continue
-                info = zipfile.ZipInfo(arc, date_time=src.date_time)
-                info.compress_type = zipfile.ZIP_STORED
-                info.file_size = src.file_size
-                with (
-                    old.open(src) as fin,
-                    new.open(info, "w", force_zip64=src.file_size >= 2**31) as fout,
-                ):
-                    shutil.copyfileobj(fin, fout, 2**22)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)

@@ -12,11 +12,8 @@ its layout, checkpoints, resuming and the atomic move into place — is in
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import posixpath
-import tempfile
 import threading
 import time
 from bisect import bisect_left
@@ -31,7 +28,7 @@ import numpy as np
 from ..errors import DaskImgError, StoreExistsError
 from ..remote import check_options, is_url, local_path
 from ..store.codecs import parse_codec
-from ..store.location import remove_path, store_kind, write_lock
+from ..store.location import Location, remove_path, store_kind, write_lock
 from . import staging
 from .checks import check_batch, integer_arg, narrow_float, parse_specs
 from .shards import SHARD_BYTES as SHARD_BYTES
@@ -219,9 +216,7 @@ class ArrayWriter:
                     f"mode='a' cannot add arrays to a store at a URL ({self.url!r}): download "
                     "it, add the arrays to the local copy with mode='a', and upload it"
                 )
-            from ..store.url import check_target_url
-
-            check_target_url(self.url, storage_options, overwrite=overwrite)
+            Location.of(self.url, storage_options).check_writable(overwrite=overwrite)
             path = local_copy(self.url)
         else:
             check_options(path, storage_options)
@@ -410,7 +405,7 @@ class ArrayWriter:
         self.checkpoint()  # a crash while closing loses no row; no write is in flight after it
         try:
             staging.publish(
-                self.path, self._staging, self._columns, self._rows, mode=self.mode, kind=self.kind
+                Location.of(self.path), self._staging, self._columns, self._rows, mode=self.mode
             )
         except BaseException as e:
             # no store at path (or the old one): a second close must not pass for success
@@ -420,10 +415,8 @@ class ArrayWriter:
 
     def _upload(self, url: str) -> None:
         """Upload the finished local store to ``url``, then remove it; on failure keep it."""
-        from ..store.url import upload_store
-
         try:
-            upload_store(self.path, url, self._storage_options)
+            Location.of(url, self._storage_options).upload(self.path)
         except BaseException:
             logger.warning(
                 "uploading %s to %s failed; the finished store stays there: close() again, or "
@@ -675,5 +668,4 @@ class ArrayWriter:
 
 def local_copy(url: str) -> str:
     """Where the store for ``url`` is built: the same folder each time, so ``resume=True`` finds it."""
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), "daskimg-writer", digest, posixpath.basename(url))
+    return Location.of(url, {}).build_path()

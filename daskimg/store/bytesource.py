@@ -1,0 +1,463 @@
+"""Store: the bytes of a store, wherever it lives — listing, ranged reads, and noticing change.
+
+One interface, four places: a local ``*.zarr.zip`` file, a local ``*.zarr`` folder, and the
+same two at an fsspec URL (``s3://``, ``http://``, ``memory://``, ...). The checked reader
+(:mod:`daskimg.store.reader`) reads every chunk through it, so what it guarantees —
+damage is an error naming the store, the key and what is wrong; a store replaced or
+rewritten while it is read is an error, never ``SIGBUS`` and never new bytes under old
+metadata — holds for all four.
+
+Local files are read with ``os.pread`` (no shared file position: safe from threads and,
+reopened per process, after ``fork``), never memory-mapped: a mapped file that another
+process truncates kills the reader with ``SIGBUS``, which Python cannot catch. Before a
+chunk's bytes are handed out, the file's size and modification time are compared with
+those seen when the store was opened.
+
+A zip is read in place: members are located once from its central directory and local
+headers (each checked: stored uncompressed, names agree, data inside the file, no
+duplicates), then read by offset. URL reads are ranged requests, one per chunk or
+shard index, issued from the reading threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import struct
+import threading
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import ChecksumError, MetadataError
+
+__all__ = ["ByteSource", "open_source"]
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header
+_REPLACED = (
+    "the store was replaced or rewritten while it was being read (its {what} changed since it "
+    "was opened); what was read no longer belongs together. Open it again"
+)
+
+
+class ByteSource:
+    """Keys of a store and their bytes. Subclasses: local zip, local folder, URL zip, URL folder.
+
+    ``keys`` maps every key (``"zarr.json"``, ``"images/c/0/0/0/0"``, ...) to its size.
+    """
+
+    where: str
+    keys: dict[str, int]
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``start .. start + length`` of ``key`` (to its end without ``length``).
+
+        Raises :class:`ChecksumError` naming the store and key when the key is missing or
+        ends before the range.
+        """
+        size = self._size(key)
+        if start < 0:
+            start += size
+        n = size - start if length is None else length
+        if start < 0 or n < 0 or start + n > size:
+            raise ChecksumError(
+                f"{self.where}: {key!r} holds {size} bytes, too few for bytes {start}..{start + n} "
+                "(truncated); the store is damaged — re-create it"
+            )
+        data = self._read(key, start, n)
+        if len(data) != n:
+            raise ChecksumError(
+                f"{self.where}: {key!r} is truncated (read {len(data)} of {n} bytes); "
+                "the store is damaged — re-create it"
+            )
+        return data
+
+    def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
+        """Fill ``buffers`` (writable, in order) with the bytes of ``key`` from ``start``."""
+        total = sum(memoryview(b).nbytes for b in buffers)
+        data = self.read(key, start, total)
+        pos = 0
+        for b in buffers:
+            view = memoryview(b).cast("B")
+            view[:] = data[pos : pos + len(view)]
+            pos += len(view)
+
+    def _size(self, key: str) -> int:
+        size = self.keys.get(key)
+        if size is None:
+            raise ChecksumError(
+                f"{self.where}: {key!r} is missing; the store is damaged — re-create it"
+            )
+        return size
+
+    def _read(self, key: str, start: int, n: int) -> bytes:
+        raise NotImplementedError
+
+    def check_unchanged(self, key: str) -> None:
+        """Raise if the file holding ``key`` changed since the store was opened (local only)."""
+
+    def close(self) -> None:
+        """Release open files (reopened when next used)."""
+
+
+class _LocalFiles:
+    """Per-process file descriptors, reopened after ``fork``; each checked against its identity."""
+
+    def __init__(self, where: str, idents: dict[str, tuple[int, int, int, int]]) -> None:
+        self.where = where
+        self.idents = idents  # file -> (dev, ino, size, mtime_ns) when the store was opened
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def fd(self, file: str) -> int:
+        if self._pid != os.getpid():  # forked: never share the parent's descriptors
+            self._fds, self._pid, self._lock = {}, os.getpid(), threading.Lock()
+        fd = self._fds.get(file)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(file)
+                if fd is None:
+                    try:
+                        fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    except FileNotFoundError:
+                        raise ChecksumError(
+                            f"{self.where}: {file!r} is gone; " + _REPLACED.format(what="files")
+                        ) from None
+                    try:
+                        self._check(fd, file, with_inode=True)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    self._fds[file] = fd
+        return fd
+
+    def _check(self, fd: int, file: str, *, with_inode: bool = False) -> None:
+        st = os.fstat(fd)
+        want = self.idents.get(file)
+        got = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if want is None:
+            return
+        if (got[2:] != want[2:]) or (with_inode and got[:2] != want[:2]):
+            raise ChecksumError(f"{self.where}: " + _REPLACED.format(what="size or time"))
+
+    def check(self, file: str) -> None:
+        self._check(self.fd(file), file)
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fds = {}
+
+
+def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class LocalZip(ByteSource):
+    """A ``*.zarr.zip`` file on local disk."""
+
+    def __init__(self, path: str, state: dict[str, Any] | None = None) -> None:
+        self.path = self.where = path
+        if state is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"no store at {path!r}") from None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise MetadataError(f"{path!r} is not a file; a *.zarr.zip store is one file")
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    members = zip_members(
+                        fh, st.st_size, lambda ranges: _pread_ranges(fd, ranges), path
+                    )
+            finally:
+                os.close(fd)
+            state = {"ident": _ident(st), "members": members}
+        self._state = state
+        self.members: dict[str, tuple[int, int]] = state["members"]
+        self.keys = {k: v[1] for k, v in self.members.items()}
+        ident = tuple(state["ident"])
+        self.files = _LocalFiles(path, {path: (ident[0], ident[1], ident[2], ident[3])})
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "state": self._state}
+
+    def __setstate__(self, s: dict[str, Any]) -> None:
+        self.__init__(s["path"], s["state"])  # type: ignore[misc]
+
+    def _read(self, key: str, start: int, n: int) -> bytes:
+        offset = self.members[key][0] + start
+        data = os.pread(self.files.fd(self.path), n, offset)
+        self.files.check(self.path)
+        return data
+
+    def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
+        total = sum(memoryview(b).nbytes for b in buffers)
+        size = self._size(key)
+        if start + total > size:
+            raise ChecksumError(
+                f"{self.where}: {key!r} holds {size} bytes, too few for bytes "
+                f"{start}..{start + total}; the store is damaged — re-create it"
+            )
+        got = preadv_all(self.files.fd(self.path), buffers, self.members[key][0] + start)
+        self.files.check(self.path)
+        if got != total:
+            raise ChecksumError(
+                f"{self.where}: {key!r} is truncated (read {got} of {total} bytes); "
+                + _REPLACED.format(what="size")
+            )
+
+    def check_unchanged(self, key: str) -> None:
+        self.files.check(self.path)
+
+    def close(self) -> None:
+        self.files.close()
+
+
+class LocalDir(ByteSource):
+    """A ``*.zarr`` folder on local disk: one file per key."""
+
+    def __init__(self, path: str, state: dict[str, Any] | None = None) -> None:
+        self.path = self.where = path
+        if state is None:
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"no store at {path!r}")
+            idents: dict[str, tuple[int, int, int, int]] = {}
+            for dirpath, dirnames, files in os.walk(path):  # links are not followed
+                dirnames.sort()
+                for f in files:
+                    full = os.path.join(dirpath, f)
+                    st = os.lstat(full)
+                    if stat.S_ISREG(st.st_mode):
+                        idents[os.path.relpath(full, path).replace(os.sep, "/")] = _ident(st)
+            state = {"idents": idents}
+        self._state = state
+        idents = state["idents"]
+        self.keys = {k: v[2] for k, v in idents.items()}
+        self.files = _LocalFiles(path, {self._file(k): tuple(v) for k, v in idents.items()})  # type: ignore[misc]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "state": self._state}
+
+    def __setstate__(self, s: dict[str, Any]) -> None:
+        self.__init__(s["path"], s["state"])  # type: ignore[misc]
+
+    def _file(self, key: str) -> str:
+        return os.path.join(self.path, *key.split("/"))
+
+    def _read(self, key: str, start: int, n: int) -> bytes:
+        file = self._file(key)
+        data = os.pread(self.files.fd(file), n, start)
+        self.files.check(file)
+        return data
+
+    def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
+        total = sum(memoryview(b).nbytes for b in buffers)
+        size = self._size(key)
+        if start + total > size:
+            raise ChecksumError(
+                f"{self.where}: {key!r} holds {size} bytes, too few for bytes "
+                f"{start}..{start + total}; the store is damaged — re-create it"
+            )
+        file = self._file(key)
+        got = preadv_all(self.files.fd(file), buffers, start)
+        self.files.check(file)
+        if got != total:
+            raise ChecksumError(
+                f"{self.where}: {key!r} is truncated (read {got} of {total} bytes); "
+                + _REPLACED.format(what="size")
+            )
+
+    def check_unchanged(self, key: str) -> None:
+        self.files.check(self._file(key))
+
+    def close(self) -> None:
+        self.files.close()
+
+
+class RemoteZip(ByteSource):
+    """A ``*.zarr.zip`` object at a URL, read in place with ranged requests."""
+
+    def __init__(self, url: str, fs: Any, key: str, state: dict[str, Any] | None = None) -> None:
+        self.where, self.fs, self.key = url, fs, key
+        if state is None:
+            try:
+                size = int(fs.size(key))
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"no store at {url!r} (a *.zarr.zip appears there only once its upload "
+                    "is complete)"
+                ) from None
+
+            def ranges(rs: Sequence[tuple[int, int]]) -> list[bytes]:
+                got = fs.cat_ranges([key] * len(rs), [a for a, _ in rs], [b for _, b in rs])
+                for g in got:
+                    if isinstance(g, BaseException):
+                        raise g
+                return list(got)
+
+            with fs.open(key, "rb", block_size=2**16) as fh:
+                members = zip_members(fh, size, ranges, url)
+            state = {"size": size, "members": members}
+        self._state = state
+        self.members = state["members"]
+        self.keys = {k: v[1] for k, v in self.members.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"where": self.where, "fs": self.fs, "key": self.key, "state": self._state}
+
+    def __setstate__(self, s: dict[str, Any]) -> None:
+        self.__init__(s["where"], s["fs"], s["key"], s["state"])  # type: ignore[misc]
+
+    def _read(self, key: str, start: int, n: int) -> bytes:
+        offset = self.members[key][0] + start
+        if n == 0:
+            return b""
+        return bytes(self.fs.cat_file(self.key, start=offset, end=offset + n))
+
+
+class RemoteDir(ByteSource):
+    """A ``*.zarr`` folder of objects at a URL."""
+
+    def __init__(self, url: str, fs: Any, key: str, state: dict[str, Any] | None = None) -> None:
+        self.where, self.fs, self.key = url, fs, key
+        if state is None:
+            fs.invalidate_cache(key)
+            found = fs.find(key, detail=True)
+            prefix = key.rstrip("/") + "/"
+            sizes = {
+                k[len(prefix) :]: int(v["size"]) for k, v in found.items() if k.startswith(prefix)
+            }
+            if not sizes:
+                raise FileNotFoundError(f"no store at {url!r}")
+            state = {"sizes": sizes}
+        self._state = state
+        self.keys = dict(state["sizes"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"where": self.where, "fs": self.fs, "key": self.key, "state": self._state}
+
+    def __setstate__(self, s: dict[str, Any]) -> None:
+        self.__init__(s["where"], s["fs"], s["key"], s["state"])  # type: ignore[misc]
+
+    def _read(self, key: str, start: int, n: int) -> bytes:
+        if n == 0:
+            return b""
+        try:
+            return bytes(
+                self.fs.cat_file(f"{self.key.rstrip('/')}/{key}", start=start, end=start + n)
+            )
+        except FileNotFoundError:
+            raise ChecksumError(
+                f"{self.where}: {key!r} is missing (it was listed when the store was opened); "
+                + _REPLACED.format(what="objects")
+            ) from None
+
+
+def open_source(target: str, kind: str, fs: Any = None, key: str | None = None) -> ByteSource:
+    """The byte source of a store: ``fs``/``key`` given for a URL, else ``target`` is a local path."""
+    if fs is None:
+        return LocalZip(target) if kind == "zip" else LocalDir(target)
+    assert key is not None
+    return RemoteZip(target, fs, key) if kind == "zip" else RemoteDir(target, fs, key)
+
+
+def preadv_all(fd: int, buffers: Sequence[Any], offset: int) -> int:
+    """``os.preadv`` of every buffer in order from ``offset``; the bytes read (short at EOF).
+
+    Splits the list at the OS's limit of buffers per call and continues short reads.
+    """
+    views = [memoryview(b).cast("B") for b in buffers]
+    total = 0
+    i = 0
+    while i < len(views):
+        group = views[i : i + _IOV_MAX]
+        got = os.preadv(fd, group, offset + total)
+        total += got
+        want = sum(len(v) for v in group)
+        if got == want:
+            i += len(group)
+            continue
+        if got == 0:
+            break  # end of file
+        # a short read: skip the buffers filled, continue inside the partly filled one
+        for v in group:
+            if got >= len(v):
+                got -= len(v)
+                i += 1
+            else:
+                views[i] = v[got:]
+                break
+    return total
+
+
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+def _pread_ranges(fd: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    return [os.pread(fd, b - a, a) for a, b in ranges]
+
+
+def zip_members(
+    fh: io.BufferedIOBase | Any,
+    size: int,
+    read_ranges: Callable[[Sequence[tuple[int, int]]], list[bytes]],
+    where: str,
+) -> dict[str, tuple[int, int]]:
+    """``{member: (data offset, size)}`` of a zip, every entry checked.
+
+    The central directory is parsed by :mod:`zipfile`; each local header is then read
+    (all at once, through ``read_ranges``) to find where the data starts. Refused, naming
+    the zip: a truncated or damaged file, compressed or encrypted members, duplicate
+    names, a local header that disagrees with the directory, data beyond the file.
+    """
+    damaged = (
+        f"{where}: not a readable zip file ({{}}): it is truncated or damaged, e.g. by an "
+        "interrupted copy; copy it again, or re-create it from the source"
+    )
+    try:
+        infos = zipfile.ZipFile(fh).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ChecksumError(damaged.format(e)) from None
+    seen: set[str] = set()
+    for info in infos:
+        if info.filename in seen:
+            raise ChecksumError(damaged.format(f"member {info.filename!r} appears twice"))
+        seen.add(info.filename)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise ChecksumError(
+                f"{where}: member {info.filename!r} is compressed or encrypted inside the zip; "
+                "daskimg stores keep chunks uncompressed in the zip (they are compressed "
+                "already). Re-pack it with `zip -0`, or write it with daskimg."
+            )
+    names = [i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437") for i in infos]
+    ranges = [
+        (i.header_offset, i.header_offset + _LOCAL_HEADER.size + len(n))
+        for i, n in zip(infos, names, strict=True)
+    ]
+    heads = read_ranges(ranges) if ranges else []
+    members: dict[str, tuple[int, int]] = {}
+    for info, name, head in zip(infos, names, heads, strict=True):
+        if len(head) != _LOCAL_HEADER.size + len(name):
+            raise ChecksumError(damaged.format(f"the local header of {info.filename!r} is cut off"))
+        fields = _LOCAL_HEADER.unpack_from(head)
+        if (
+            fields[0] != b"PK\x03\x04"
+            or fields[9] != len(name)
+            or head[_LOCAL_HEADER.size :] != name
+        ):
+            # a flipped byte in a member's local header is damage, as in its data
+            raise ChecksumError(
+                damaged.format(f"member {info.filename!r} has a damaged local header")
+            )
+        data = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        if data + info.file_size > size:
+            raise ChecksumError(damaged.format(f"member {info.filename!r} ends beyond the file"))
+        members[info.filename] = (data, info.file_size)
+    return members
