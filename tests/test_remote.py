@@ -209,7 +209,9 @@ def test_write_that_fails_midway_leaves_no_store(indexed_set, s3, s3fs_, prefix,
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("daskimg.store.write.finish_attrs", boom)  # after the arrays, before the end
+    monkeypatch.setattr(
+        "daskimg.store.write.finish_attrs", boom
+    )  # after the arrays, before the end
     with pytest.raises(RuntimeError, match="disk on fire"):
         di.to_zarr(indexed_set, url, storage_options=s3, chunks=10)
     assert not s3fs_.exists(url)
