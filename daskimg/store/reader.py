@@ -244,15 +244,17 @@ class StoreReader:
                 self.source.readinto(key, off, [out.reshape(-1).view(np.uint8), crc])
                 check_crc_of(out.reshape(-1).view(np.uint8), crc, where)
                 return out
-            buf = self._encoded(lay, c)
-            if lay.kind == "jpeg":
-                decode_chunk_into(check_crc(buf, where), out, where)  # decodes only out's rows
-            elif b - a == lay.chunk_len:
-                decode_chunk(buf, lay.kind, out, where)
-            else:  # zarr encodes the last, partial chunk at full chunk size
-                full = np.empty((lay.chunk_len, *lay.shape[1:]), dtype=lay.dtype)
-                decode_chunk(buf, lay.kind, full, where)
-                out[...] = full[: b - a]
+            key, off, nbytes = self._inner(lay, c)
+            # compressed chunks are decoded straight from the (lease-protected) page cache
+            with self.source.view(key, off, nbytes, self._scratch(nbytes)) as buf:
+                if lay.kind == "jpeg":
+                    decode_chunk_into(check_crc(buf, where), out, where)  # only out's rows
+                elif b - a == lay.chunk_len:
+                    decode_chunk(buf, lay.kind, out, where)
+                else:  # zarr encodes the last, partial chunk at full chunk size
+                    full = np.empty((lay.chunk_len, *lay.shape[1:]), dtype=lay.dtype)
+                    decode_chunk(buf, lay.kind, full, where)
+                    out[...] = full[: b - a]
             return out
         # a read unit of several inner chunks (e.g. 1-D columns in other stores)
         full = np.empty((lay.inner_len, *lay.shape[1:]), dtype=lay.dtype)
