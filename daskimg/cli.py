@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+from .errors import DaskImgError, DecodeError
 from .remote import is_url
 
 __all__ = ["main"]
@@ -169,11 +171,9 @@ def _storage_options_arg(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    from .errors import DaskImgError
-
     try:
         return int(globals()[f"_cmd_{args.command}"](args))
-    except (DaskImgError, FileNotFoundError, ValueError, KeyError, ImportError) as e:
+    except (DaskImgError, OSError, ValueError, KeyError, ImportError) as e:
         print(f"daskimg {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -247,20 +247,33 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 if is_url(args.out)
                 else os.path.join(args.out, name + ext)
             )
-            print(f"writing {target} ({len(part)} samples)")
             t = time.perf_counter()
-            to_zarr(
-                part,
-                target,
-                chunks=args.chunk,
-                codec=args.codec,
-                seed=args.seed,
-                split=name,
-                overwrite=args.overwrite,
-                progress=True,
-                storage_options=opts if is_url(target) else None,
-            )
-            summary = info(target, storage_options=opts if is_url(target) else None)
+            so = opts if is_url(target) else None
+            if not args.overwrite and _finished_same(part, target, so, args, name):
+                print(f"kept {target}: complete, written from the same files and settings")
+            else:
+                print(f"writing {target} ({len(part)} samples)")
+                try:
+                    to_zarr(
+                        part,
+                        target,
+                        chunks=args.chunk,
+                        codec=args.codec,
+                        seed=args.seed,
+                        split=name,
+                        overwrite=args.overwrite,
+                        progress=True,
+                        storage_options=so,
+                    )
+                except DecodeError as e:
+                    if args.on_error == "skip":
+                        raise
+                    raise DecodeError(
+                        e.path,
+                        f"{e.reason}. Pass --on-error skip to leave files that cannot be decoded "
+                        "out (each is listed in the store's 'skipped' attribute and here)",
+                    ) from None
+            summary = info(target, storage_options=so)
             img = summary["arrays"]["images"]
             rows.append(
                 (
@@ -281,6 +294,32 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             print(f"skipped ({name}): {path}: {why}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, split: str) -> bool:
+    """True if ``target`` holds a complete store written from the same files and settings (a
+    re-run after a kill keeps it); a different store there is refused unless ``--overwrite``."""
+    from .errors import StoreExistsError
+    from .store.location import Location
+    from .store.open import read_attrs
+    from .store.write import fingerprint
+
+    if not Location.of(target, so).exists():
+        return False
+    try:
+        attrs = read_attrs(target, storage_options=so)
+    except DaskImgError:
+        return False  # unfinished or damaged: to_zarr refuses or replaces it, as it should
+    want = fingerprint(
+        part, codec=args.codec, chunks=args.chunk, shard_chunks=None, order="shuffled",
+        seed=args.seed, split=split,
+    )  # fmt: skip
+    if (attrs.get("source") or {}).get("fingerprint") == want:
+        return True
+    raise StoreExistsError(
+        f"{target} exists and was written from other files or settings; pass --overwrite to "
+        "replace it (or write to another OUT)"
+    )
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -311,6 +350,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .storeinfo import format_info, info
 
+    if (
+        not is_url(args.store)
+        and os.path.isdir(args.store)
+        and not args.store.rstrip("/").endswith(".zarr")
+    ):
+        # a folder of stores, e.g. what `daskimg ingest` wrote
+        stores = sorted(
+            os.path.join(args.store, f)
+            for f in os.listdir(args.store)
+            if f.endswith((".zarr.zip", ".zarr"))
+        )
+        if not stores:
+            raise FileNotFoundError(
+                f"{args.store} is a folder without stores (*.zarr.zip or *.zarr); "
+                "name a store, e.g. daskimg info out/train.zarr.zip"
+            )
+        for path in stores:
+            print(format_info(info(path)) + "\n")
+        return 0
     summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
     return 0
