@@ -203,6 +203,16 @@ class Location:
             replace_store(folder, self.target)  # the old folder is exchanged, then removed
         fsync_path(os.path.dirname(self.target))
 
+    def publish_file(self, zip_path: str) -> None:
+        """Move a finished, fsynced ``*.zarr.zip`` file into place (renamed over the old one;
+        a URL: uploaded as one object), atomically."""
+        if self.is_url:
+            self.upload(zip_path)
+            remove_path(zip_path)
+            return
+        replace_store(zip_path, self.target)
+        fsync_path(os.path.dirname(self.target))
+
     def upload(self, folder: str) -> None:
         """Upload a finished local store (a folder, or for a zip also the zip file) to this URL,
         replacing what is there: a zip as one object, a folder with its root ``zarr.json`` last."""

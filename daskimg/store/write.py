@@ -9,6 +9,7 @@ fails (a decode error, a full disk) removes what it wrote and says where and why
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from .format import (
 )
 from .location import Location, fsync_path, remove_path
 from .reader import StoreReader
+from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
 
@@ -229,11 +231,17 @@ def write_store(
     *,
     progress: bool,
 ) -> None:
-    """Build the store for ``ds`` and publish it at ``loc`` (the caller holds the lock)."""
-    # a URL folder is written in place (a cluster's workers write its shards), unless files
-    # may be skipped: the rows are then compacted in a local staging folder and uploaded
+    """Build the store for ``ds`` and publish it at ``loc`` (the caller holds the lock).
+
+    Three ways, one result: a ``*.zarr.zip`` is built in one pass as a zip file
+    (:class:`~daskimg.store.zipbuild.ZipBuilder`, each member written once) when the
+    writes run in this process; a ``*.zarr`` URL is written in place (a cluster's workers
+    write its shards); anything else in a staging folder. Skipping bad files needs the
+    folder (the kept rows are compacted from it).
+    """
     skipping = ds.on_error == "skip" and isinstance(ds.row_source, FileSource)
     in_place = loc.is_url and loc.kind == "dir" and not skipping
+    one_pass = loc.kind == "zip" and not skipping and _writes_in_this_process()
     staging = None if in_place else loc.staging_path()
     try:
         if staging is None:
@@ -242,17 +250,20 @@ def write_store(
             loc.discard(staging)  # a stale one from a killed writer: redo from scratch
             loc.discard(staging + ".uncompacted")
             os.makedirs(os.path.dirname(staging), exist_ok=True)
-            target = staging
+            target = ZipBuilder(staging) if one_pass else staging
         ok = write_arrays(target, ds, attrs, specs, shard_len, progress=progress)
         if ok is not None and not ok.all():
-            assert staging is not None  # see in_place
-            _compact_skipped(staging, ds, ok, attrs, specs, shard_len, progress=progress)
+            assert isinstance(target, str)  # see skipping
+            _compact_skipped(target, ds, ok, attrs, specs, shard_len, progress=progress)
         metas = {s.name: _staged(loc, target, f"{s.name}/zarr.json") for s in specs}
         root = json.loads(_staged(loc, target, "zarr.json"))
         root["attributes"]["daskimg"] = finish_attrs(attrs, metas)
         attrs.update(root["attributes"]["daskimg"])
         if staging is None:
             loc.finish_in_place(root)
+        elif isinstance(target, ZipBuilder):
+            target.finish(json.dumps(root, indent=2).encode())
+            loc.publish_file(staging)
         else:
             _write_json(os.path.join(staging, "zarr.json"), root)
             loc.publish(staging)
@@ -261,6 +272,9 @@ def write_store(
         if staging is None:
             loc.abandon_in_place()
         else:
+            if isinstance(target, ZipBuilder):
+                with contextlib.suppress(Exception):
+                    target.close()
             loc.discard(staging)
             loc.discard(staging + ".uncompacted")
         if isinstance(e, OSError) and not isinstance(e, DaskImgError) and e.errno is not None:
@@ -274,11 +288,20 @@ def write_store(
         raise
 
 
+def _writes_in_this_process() -> bool:
+    """True when dask runs the write tasks in threads of this process (not on a cluster)."""
+    if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
+        return False
+    return _active_client() is None
+
+
 def _staged(loc: Location, target: Any, key: str) -> bytes:
-    """Bytes of ``key`` in what is being built: a local folder, or the URL written in place."""
+    """Bytes of ``key`` in what is being built: a folder, a zip being built, or a URL in place."""
     if isinstance(target, str):
         with open(os.path.join(target, *key.split("/")), "rb") as fh:
             return fh.read()
+    if isinstance(target, ZipBuilder):
+        return target.meta(key)
     return loc.read_in_place(key)
 
 
