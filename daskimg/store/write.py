@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import dask
@@ -25,7 +25,6 @@ from dask.base import tokenize
 from ..errors import DaskImgError, DecodeError
 from ..read.files import FileSource
 from ..read.imageset import ImageSet
-from .bytesource import LocalDir
 from .format import (
     SHARD_CHUNKS,
     ArraySpec,
@@ -34,8 +33,7 @@ from .format import (
     finish_attrs,
     root_attrs,
 )
-from .location import Location, fsync_path, remove_path
-from .reader import StoreReader
+from .location import Location
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
@@ -236,25 +234,19 @@ def write_store(
     Three ways, one result: a ``*.zarr.zip`` is built in one pass as a zip file
     (:class:`~daskimg.store.zipbuild.ZipBuilder`, each member written once) when the
     writes run in this process; a ``*.zarr`` URL is written in place (a cluster's workers
-    write its shards); anything else in a staging folder. Skipping bad files needs the
-    folder (the kept rows are compacted from it).
+    write its shards); anything else in a staging folder.
     """
-    skipping = ds.on_error == "skip" and isinstance(ds.row_source, FileSource)
-    in_place = loc.is_url and loc.kind == "dir" and not skipping
-    one_pass = loc.kind == "zip" and not skipping and _writes_in_this_process()
+    in_place = loc.is_url and loc.kind == "dir"
+    one_pass = loc.kind == "zip" and _writes_in_this_process()
     staging = None if in_place else loc.staging_path()
     try:
         if staging is None:
             target: Any = loc.open_in_place()
         else:
             loc.discard(staging)  # a stale one from a killed writer: redo from scratch
-            loc.discard(staging + ".uncompacted")
             os.makedirs(os.path.dirname(staging), exist_ok=True)
             target = ZipBuilder(staging) if one_pass else staging
-        ok = write_arrays(target, ds, attrs, specs, shard_len, progress=progress)
-        if ok is not None and not ok.all():
-            assert isinstance(target, str)  # see skipping
-            _compact_skipped(target, ds, ok, attrs, specs, shard_len, progress=progress)
+        write_arrays(target, ds, attrs, specs, shard_len, progress=progress)
         metas = {s.name: _staged(loc, target, f"{s.name}/zarr.json") for s in specs}
         root = json.loads(_staged(loc, target, "zarr.json"))
         root["attributes"]["daskimg"] = finish_attrs(attrs, metas)
@@ -276,7 +268,6 @@ def write_store(
                 with contextlib.suppress(Exception):
                     target.close()
             loc.discard(staging)
-            loc.discard(staging + ".uncompacted")
         if isinstance(e, OSError) and not isinstance(e, DaskImgError) and e.errno is not None:
             raise OSError(
                 e.errno,
@@ -320,75 +311,125 @@ def write_arrays(
     shard_len: int,
     *,
     progress: bool,
-) -> np.ndarray | None:
-    """Create and write every array; return the decoded-ok mask when bad files are skipped.
+) -> None:
+    """Create and write every array (files that fail to decode left out when skipping).
 
     Images and every dask column are written shard by shard in one computation, so tasks
     that several arrays share (the decode of a block of files) run once.
     """
-    n = len(ds)
-    dest = create_arrays(target, attrs, specs, n=n, shard_len=shard_len)
-    mask = None
-    files = ds.row_source
-    if files is not None and ds.on_error == "skip" and isinstance(files, FileSource):
-        pixels, mask = files.to_dask_masked(block=int(attrs["chunk_len"]))
-    else:
-        pixels = ds.require_images()
-    sources: list[Any] = [pixels]
+    if ds.on_error == "skip" and isinstance(ds.row_source, FileSource):
+        _write_skipping(target, ds, attrs, specs, shard_len, progress=progress)
+        return
+    dest = create_arrays(target, attrs, specs, n=len(ds), shard_len=shard_len)
+    sources: list[Any] = [ds.require_images()]
     targets: list[Any] = [dest["images"]]
     for name, values in ds.arrays.items():
         if name == "images":
             continue
         if isinstance(values, da.Array) or (np.asarray(values).nbytes > _SMALL):
             lazy = values if isinstance(values, da.Array) else da.from_array(np.asarray(values))
-            if lazy.dtype.kind in "OUS":
-                lazy = lazy.astype(str)
-            sources.append(lazy)
+            sources.append(lazy.astype(str) if lazy.dtype.kind in "OUS" else lazy)
             targets.append(dest[name])
         else:
-            values = np.asarray(values)
-            dest[name][...] = values.astype(str) if values.dtype.kind in "OUS" else values
+            _write_numpy(dest[name], values)
     sources = [a.rechunk((shard_len, *a.shape[1:])) for a in sources]
-    stored = da.store(sources, cast(Any, targets), lock=False, compute=False)
-    ok = compute_collections(stored, mask, progress=progress)[1]
-    return None if ok is None else np.asarray(ok, dtype=bool)
+    compute_collections(
+        da.store(sources, cast(Any, targets), lock=False, compute=False), progress=progress
+    )
 
 
-def _compact_skipped(
-    staging: str,
+def _write_numpy(arr: Any, values: Any) -> None:
+    values = np.asarray(values)
+    arr[...] = values.astype(str) if values.dtype.kind in "OUS" else values
+
+
+def _write_skipping(
+    target: Any,
     ds: ImageSet,
-    ok: np.ndarray,
     attrs: dict[str, Any],
     specs: list[ArraySpec],
     shard_len: int,
     *,
     progress: bool,
 ) -> None:
-    """Drop the rows of files that failed to decode, so no blank image is ever a sample.
+    """Write the rows of the files that decode, in one pass: no row is written twice.
 
-    The images written are read back through the checked reader (never zarr's fill values).
+    Blocks of files are decoded a window at a time (in parallel, by the active scheduler);
+    each block's good rows go on into shard buffers, and each full shard is written at
+    the position the good rows before it give it. At the end the arrays are cut to the
+    number of good rows (their metadata is written last) and the files that failed are
+    recorded with their reasons. Memory: the window of decoded blocks and one shard per array.
     """
-    good, kept = skipped_rows(ds, ok, attrs)
-    old = staging + ".uncompacted"
-    os.replace(staging, old)
-    reader = StoreReader(LocalDir(old))
-    from .open import lazy_array
-
-    images = lazy_array(reader, "images")[good]
-    kept.images = images
-    kept.row_source = None
+    files = ds.row_source
+    assert isinstance(files, FileSource)
     chunk_len = int(attrs["chunk_len"])
-    shard = min(shard_len, -(-len(kept) // chunk_len) * chunk_len)
-    os.makedirs(staging)
-    write_arrays(staging, kept, attrs, specs, shard, progress=progress)
-    remove_path(old)
-    fsync_path(os.path.dirname(staging))
+    pixels, ok_mask = files.to_dask_masked(block=chunk_len)
+    lazy: dict[str, da.Array] = {"images": pixels}
+    small: dict[str, np.ndarray] = {}
+    for name, values in ds.arrays.items():
+        if name == "images":
+            continue
+        if isinstance(values, da.Array):
+            lazy[name] = values.rechunk({0: pixels.chunks[0]})
+        else:
+            small[name] = np.asarray(values)
+    n = len(ds)
+    dest = create_arrays(target, attrs, specs, n=n, shard_len=shard_len)
+    bufs = {k: np.empty((shard_len, *v.shape[1:]), dtype=v.dtype) for k, v in lazy.items()}
+    ok_all: list[np.ndarray] = []
+    fill = written = 0
+    blocks = len(pixels.chunks[0])
+    window = max(2, 2 * (os.cpu_count() or 1))
+    bar = _progress(blocks, progress)
+    for start in range(0, blocks, window):
+        todo = range(start, min(start + window, blocks))
+        parts = compute_collections(
+            *[(ok_mask.blocks[i], *(a.blocks[i] for a in lazy.values())) for i in todo],
+            progress=False,
+        )
+        for ok, *values in parts:
+            good = np.flatnonzero(ok)
+            ok_all.append(np.asarray(ok, dtype=bool))
+            pos = 0
+            while pos < len(good):
+                take = good[pos : pos + shard_len - fill]
+                for buf, block in zip(bufs.values(), values, strict=True):
+                    buf[fill : fill + len(take)] = np.asarray(block)[take]
+                fill += len(take)
+                pos += len(take)
+                if fill == shard_len:
+                    for name, buf in bufs.items():
+                        _write_rows(dest[name], written, buf)
+                    written, fill = written + shard_len, 0
+            bar(1)
+    ok = np.concatenate(ok_all) if ok_all else np.zeros(0, bool)
+    good = skipped_rows(ds, ok, attrs)
+    total = written + fill
+    for arr in dest.values():
+        if arr.shape[0] != total:
+            arr.resize((total, *arr.shape[1:]))
+    for name, buf in bufs.items():
+        if fill:
+            _write_rows(dest[name], written, buf[:fill])
+    for name, values in small.items():
+        _write_numpy(dest[name], values[good])
 
 
-def skipped_rows(
-    ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]
-) -> tuple[np.ndarray, ImageSet]:
-    """Record the files that failed in ``attrs``; return the good rows and the set of them."""
+def _write_rows(arr: Any, start: int, rows: np.ndarray) -> None:
+    arr[start : start + len(rows)] = rows.astype(str) if rows.dtype.kind in "OUS" else rows
+
+
+def _progress(total: int, show: bool) -> Callable[[int], None]:
+    if not show:
+        return lambda k: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="block", desc="decode+write", disable=None)
+    return bar.update
+
+
+def skipped_rows(ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    """Record the files that failed (and why) in ``attrs``; return the good rows."""
     bad = np.flatnonzero(~ok)
     files = ds.row_source
     assert isinstance(files, FileSource)
@@ -407,9 +448,8 @@ def skipped_rows(
         raise DaskImgError(
             f"every one of the {len(ok)} files failed to decode; first: {skipped[0]}"
         )
-    kept = ds.take(good)
-    attrs["num_samples"] = len(kept)
-    return good, kept
+    attrs["num_samples"] = len(good)
+    return good
 
 
 def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:

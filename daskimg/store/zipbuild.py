@@ -1,11 +1,12 @@
 """Store: a ``*.zarr.zip`` built in one pass — each member written once, as the shards finish.
 
-A zarr store over a zip file being written (``<path>.partial``): array metadata and
-whole shards are appended as members when zarr writes them; every key may be written
-only once (a second write would be a duplicate member, so it is an error); metadata is
-kept in memory for zarr to read back. The root ``zarr.json`` — the one that says
-``complete: true`` — is held back and written last by :meth:`ZipBuilder.finish`, with the
-central directory, then the file is fsynced; the caller publishes it with one rename.
+A zarr store over a zip file being written (``<path>.partial``): whole shards are
+appended as members when zarr writes them; a chunk key may be written only once (a
+second write would be a duplicate member, so it is an error). Metadata (``zarr.json``)
+is kept in memory — zarr reads it back, and it may still change (an array cut to the
+rows that decoded) — and written by :meth:`ZipBuilder.finish`: the arrays', then the
+root's, which says ``complete: true``, then the central directory; the file is fsynced
+and the caller publishes it with one rename.
 A zip killed before that has no central directory and opens as nothing.
 
 Used when the writes run in this process (the threaded or synchronous scheduler); on a
@@ -40,9 +41,8 @@ class ZipBuilder(ZipStore):
                 "(a duplicate member); this is a bug in daskimg's writer"
             )
         if key.endswith("zarr.json"):
-            self._meta[key] = value.to_bytes()
-            if key == "zarr.json":
-                return  # the root is written last, by finish()
+            self._meta[key] = value.to_bytes()  # written by finish()
+            return
         self._keys.add(key)
         await super().set(key, value)
 
@@ -68,10 +68,14 @@ class ZipBuilder(ZipStore):
         return self._meta[key]
 
     def finish(self, root: bytes) -> None:
-        """Write the root ``zarr.json`` and the central directory; fsync the file."""
+        """Write the arrays' metadata, the root ``zarr.json`` (``root``) last, the central
+        directory; fsync the file."""
         if not self._is_open:
             self._sync_open()
         with self._lock:
+            for key, data in sorted(self._meta.items()):
+                if key != "zarr.json":
+                    self._zf.writestr(key, data)
             self._zf.writestr("zarr.json", root)
         self.close()
         fd = os.open(self.path, os.O_RDONLY)
