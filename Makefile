@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-lowest lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,76 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The lowest versions that pyproject.toml allows: uv resolves the dependencies (and the
+# `lowest` extra's test tools) with --resolution lowest-direct into a fresh .venv-lowest,
+# where a smoke subset of the suite runs. Never torch or keras (uv would fetch a CUDA build).
+VENV_LOWEST ?= .venv-lowest
+PY_LOWEST := $(VENV_LOWEST)/bin/python
+# read/decode (Pillow, simplejpeg, tifffile, scikit-image, scipy), lazy dask graphs (also on
+# distributed), store round trips and damage (zarr, numcodecs, crc32c), the v1 golden stores,
+# the feed, the writer (and its resume), verify/info/ingest from the CLI, HDF5 convert (h5py)
+LOWEST_TESTS := \
+	tests/test_decode.py::test_encodings_match_pillow \
+	tests/test_decode.py::test_16bit_resize_matches_pillow \
+	tests/test_decode.py::test_exif_orientation_matches_pillow \
+	tests/test_decode.py::test_draft_within_tolerance \
+	tests/test_decode.py::test_volume_zoom_exact_shape_matches_skimage \
+	tests/test_decode.py::test_volume_npy_and_tiff_same_size \
+	tests/test_decode.py::test_decode_into_equals_decode_file \
+	tests/test_read.py::test_imread_matches_per_file_decode \
+	tests/test_read.py::test_imread_is_lazy_and_opens_no_file \
+	tests/test_read.py::test_imread_skip_leaves_bad_files_out \
+	tests/test_read.py::test_imread_volumes \
+	tests/test_read.py::test_imread_on_distributed \
+	tests/test_store.py::test_roundtrip_matches_plain_zarr \
+	tests/test_store.py::test_jpeg_codec_store_roundtrip \
+	tests/test_store.py::test_damaged_chunk_is_named_never_zeros \
+	tests/test_store.py::test_missing_chunk_is_damage_not_zeros \
+	tests/test_store.py::test_all_zero_images_are_stored_not_treated_as_missing \
+	tests/test_store.py::test_zip_has_no_duplicate_members_and_is_stored \
+	tests/test_store.py::test_to_zarr_on_distributed_equals_local \
+	tests/test_jpeg.py::test_round_trip_through_zarr \
+	tests/test_jpeg.py::test_decode_chunk_into_equals_zarr \
+	tests/test_golden.py::test_golden_v1_opens_with_daskimg \
+	tests/test_golden.py::test_golden_v1_opens_with_plain_zarr \
+	tests/test_golden.py::test_golden_v1_jpeg_opens \
+	tests/test_feed.py::test_every_sample_once_per_epoch \
+	tests/test_feed.py::test_every_codec_feeds_the_stored_pixels \
+	tests/test_feed.py::test_resume_mid_epoch \
+	tests/test_feed.py::test_damaged_chunk_stops_the_feed_naming_it \
+	tests/test_feed.py::test_sources_imageset_and_dask_arrays \
+	tests/test_shuffle.py::test_every_sample_exactly_once_across_consumers \
+	tests/test_writer.py::test_roundtrip_matches_numpy \
+	tests/test_writer.py::test_every_chunk_ends_with_crc32c \
+	tests/test_writer.py::test_all_zero_batches_are_stored_not_skipped \
+	tests/test_writer.py::test_exception_in_with_block_keeps_a_checkpoint_to_resume \
+	tests/test_writer.py::test_resume_checks_arguments_and_resume_false_starts_over \
+	tests/test_writer.py::test_dask_arrays_are_computed_in_pieces \
+	tests/test_writer.py::test_add_features_to_a_split_store_then_train_a_head \
+	tests/test_cli.py::test_verify_names_damaged_chunk \
+	tests/test_cli.py::test_info_text_and_json \
+	tests/test_cli.py::test_ingest_writes_disjoint_stratified_splits \
+	tests/test_convert.py::test_convert_hdf5_shuffled_matches_source \
+	tests/test_convert.py::test_verify_and_info_report_a_truncated_zip
+# Warnings that only the older allowed releases give (the suite makes warnings errors):
+# - scipy<1.16 warns on affine_transform's 1-D matrix, which read/decode.py's _zoom passes;
+# - dask<2025.4 warns when a test computes with scheduler="threads" beside its Client.
+LOWEST_PYTEST_FLAGS := \
+	-W "ignore:The behavior of affine_transform with a 1-D array:UserWarning" \
+	-W "ignore:Running on a single-machine scheduler when a distributed client:UserWarning"
+
+test-lowest:
+	rm -rf $(VENV_LOWEST)
+	$(PYTHON) -m venv $(VENV_LOWEST)
+	echo '*' > $(VENV_LOWEST)/.gitignore
+	$(PY_LOWEST) -m pip install -q uv
+	$(VENV_LOWEST)/bin/uv pip compile -q pyproject.toml --extra lowest \
+		--resolution lowest-direct --python $(PY_LOWEST) -o $(VENV_LOWEST)/lowest.txt
+	@echo "lowest versions:" $$(grep -E '^[A-Za-z0-9]' $(VENV_LOWEST)/lowest.txt)
+	$(VENV_LOWEST)/bin/uv pip install -q --python $(PY_LOWEST) -r $(VENV_LOWEST)/lowest.txt
+	$(VENV_LOWEST)/bin/uv pip install -q --python $(PY_LOWEST) --no-deps -e .
+	$(PY_LOWEST) -m pytest -q $(LOWEST_PYTEST_FLAGS) $(LOWEST_TESTS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -30,4 +100,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_read.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_LOWEST) demo-out .pytest_cache .mypy_cache .ruff_cache
