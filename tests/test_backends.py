@@ -992,6 +992,11 @@ def _state_after(
     opened = res["open"]
     if not opened["ok"]:
         err = opened["error"]
+        if be.is_url and be.kind == "dir" and err["type"] == "IncompleteStoreError":
+            # object storage cannot replace a folder of objects in one step: an overwrite
+            # killed midway leaves a store that opens as incomplete (refused, never a mix);
+            # re-running the write finishes it (checked at the end of the test)
+            return "incomplete", None
         return "?", f"holds neither the old nor the new store: {err['type']}: {err['msg'][:400]}"
     which = [k for k, o in oracles.items() if opened["digests"] == o["open"]]
     if not which:
