@@ -95,8 +95,9 @@ def test_split_of_file_set_rebuilds_small_graph(image_folder):
     ds = di.from_folder(image_folder, size=(8, 8), chunks=4)
     parts = ds.split({"train": 0.5, "test": 0.5}, seed=0)
     train = parts["train"]
-    # one task per block of the chosen files: no gather across the original blocks
-    assert len(dict(train.images.__dask_graph__())) == -(-len(train) // 4)
+    # one decode task per block of the chosen files, and its view as images: no gather
+    # across the original blocks
+    assert len(dict(train.images.__dask_graph__())) == 2 * -(-len(train) // 4)
     spec = DecodeSpec(size=(8, 8))
     got = train.images.compute()
     for i, p in enumerate(train.paths):

@@ -12,7 +12,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .files import DEFAULT_BLOCK
+from .source import DEFAULT_BLOCK
 from .imageset import ImageSet
 
 
@@ -59,6 +59,12 @@ class ArraySource:
         )
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
         return da.Array(graph, name, chunks, dtype=np.dtype(self.dtype))
+
+    def to_dask_arrays(
+        self, *, block: int | None = None, skip: bool = False
+    ) -> dict[str, da.Array]:
+        """``{"images": ...}``: arrays on disk derive nothing else (and never fail to decode)."""
+        return {"images": self.to_dask(block=block)}
 
 
 def _h5py() -> Any:
