@@ -12,8 +12,8 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .source import DEFAULT_BLOCK
 from .imageset import ImageSet
+from .source import DEFAULT_BLOCK
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_source", "to_stored"]
+__all__ = ["clip_boxes", "to_source", "to_stored"]
 
 
 def to_stored(
@@ -56,19 +56,43 @@ def to_stored(
     """
     b, p = _prepare(boxes, source_size, size, resize)
     bx0, by0, sx, sy, ox, oy = p[:6]
-    px0, py0, px1, py1 = p[6:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        x0 = (b[:, 0] - bx0) * sx + ox
-        x1 = (b[:, 2] - bx0) * sx + ox
-        y0 = (b[:, 1] - by0) * sy + oy
-        y1 = (b[:, 3] - by0) * sy + oy
-        cx0, cx1 = np.clip(x0, px0, px1), np.clip(x1, px0, px1)
-        cy0, cy1 = np.clip(y0, py0, py1), np.clip(y1, py0, py1)
+        moved = np.stack(
+            [
+                (b[:, 0] - bx0) * sx + ox,
+                (b[:, 1] - by0) * sy + oy,
+                (b[:, 2] - bx0) * sx + ox,
+                (b[:, 3] - by0) * sy + oy,
+            ],
+            axis=1,
+        )
+    return clip_boxes(moved, p[6:])
+
+
+def clip_boxes(boxes: Any, frame: Sequence[Any]) -> np.ndarray:
+    """Boxes ``(N, 4)`` clipped to ``frame = (x0, y0, x1, y1)``; NaN where nothing is left.
+
+    ``frame`` holds numbers or one value per box. A box with width (or height) and none
+    left inside, or lying wholly outside, becomes NaN in all four numbers; a point or line
+    (zero width or height) inside the frame is kept.
+
+    Examples
+    --------
+    >>> clip_boxes([[-5, 2, 5, 8], [12, 0, 20, 4]], (0, 0, 10, 10))
+    array([[ 0.,  2.,  5.,  8.],
+           [nan, nan, nan, nan]], dtype=float32)
+    """
+    b = np.asarray(boxes, dtype=np.float64)
+    fx0, fy0, fx1, fy1 = (np.asarray(f, dtype=np.float64) for f in frame)
+    x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    with np.errstate(invalid="ignore"):
+        cx0, cx1 = np.clip(x0, fx0, fx1), np.clip(x1, fx0, fx1)
+        cy0, cy1 = np.clip(y0, fy0, fy1), np.clip(y1, fy0, fy1)
         gone = (
-            (x1 < px0)
-            | (x0 > px1)
-            | (y1 < py0)
-            | (y0 > py1)
+            (x1 < fx0)
+            | (x0 > fx1)
+            | (y1 < fy0)
+            | (y0 > fy1)
             | ((x1 > x0) & (cx1 <= cx0))
             | ((y1 > y0) & (cy1 <= cy0))
         )

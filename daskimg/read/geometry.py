@@ -70,7 +70,7 @@ class Placement:
     Examples
     --------
     >>> p = placement((300, 400), (224, 224), "pad")
-    >>> p.size, p.offset, p.to_stored_x(400.0), p.to_stored_y(0.0)
+    >>> p.size, p.offset, round(p.to_stored_x(400.0), 9), p.to_stored_y(0.0)
     ((224, 168), (0, 28), 224.0, 28.0)
     """
 

@@ -10,7 +10,6 @@ from typing import Any, cast
 import dask.array as da
 import numpy as np
 
-from ..errors import NoImagesFoundError
 from .decode import DecodeSpec
 from .files import ON_ERROR
 from .source import DEFAULT_BLOCK, FileSource, RowSource
@@ -372,11 +371,40 @@ def _allocate(m: int, fr: np.ndarray) -> np.ndarray:
     return counts
 
 
-def class_index(classes: list[str], where: str) -> dict[str, int]:
-    """Class name -> label; an error if a folder has no class subfolders."""
-    if not classes:
-        raise NoImagesFoundError(
-            f"{where!r} has no class subfolders; expected {where}/<class>/<image files> "
-            "(use daskimg.imread for a flat folder without labels)"
+def file_set(
+    source: FileSource,
+    labels: Any = None,
+    *,
+    classes: Sequence[str] = (),
+    paths: Any = None,
+    columns: Mapping[str, Any] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    on_error: str = "raise",
+    source_splits: Any = None,
+) -> ImageSet:
+    """An :class:`ImageSet` of files: images and derived arrays from ``source``'s shared tasks.
+
+    The derived arrays (``source_size``, ``masks``, box columns in the stored frame) join
+    ``columns``; the box columns are the set's ``boxes``.
+    """
+    arrays = source.to_dask_arrays()
+    columns = dict(columns or {})
+    clash = sorted(set(columns) & set(source.derived))
+    if clash:
+        raise ValueError(
+            f"column names {clash} are taken by arrays daskimg derives from the files "
+            "(source_size, masks, boxes); rename those columns"
         )
-    return {c: i for i, c in enumerate(classes)}
+    columns.update({k: arrays[k] for k in source.derived})
+    return ImageSet(
+        arrays["images"],
+        labels,
+        classes=classes,
+        paths=paths,
+        columns=columns,
+        root=root,
+        on_error=on_error,
+        source_splits=source_splits,
+        row_source=source,
+        boxes=tuple(source.source_boxes),
+    )

@@ -19,18 +19,18 @@ a 2-D integer (or boolean) array.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
 
 from ..errors import DecodeError
+from ..remote import RemoteFiles
 from .fileio import CORRUPT, NPY_MAGIC, TRANSPOSE, open_image, orientation, read_bytes
 from .geometry import placement
 
-__all__ = ["MASK_DTYPES", "mask_dtype", "mask_into"]
+__all__ = ["mask_dtype_of", "mask_into", "resolve_mask_dtype"]
 
-#: the dtypes a stored mask may have
-MASK_DTYPES: Final = ("uint8", "uint16", "int16", "int32", "uint32", "int64")
 _MODE_DTYPES: Final = {
     "1": "uint8",
     "L": "uint8",
@@ -47,7 +47,7 @@ _MODE_DTYPES: Final = {
 }
 
 
-def mask_dtype(path: str, data: bytes | None = None) -> np.dtype:
+def mask_dtype_of(path: str, data: bytes | None = None) -> np.dtype:
     """The dtype a mask file holds, from its header (``1``, ``L``, ``P``: uint8; 16-bit: uint16).
 
     Examples
@@ -56,7 +56,7 @@ def mask_dtype(path: str, data: bytes | None = None) -> np.dtype:
     >>> from PIL import Image
     >>> p = os.path.join(tempfile.mkdtemp(), "m.png")
     >>> Image.new("L", (4, 3)).save(p)
-    >>> mask_dtype(p)
+    >>> mask_dtype_of(p)
     dtype('uint8')
     """
     data = read_bytes(path) if data is None else data
@@ -68,6 +68,34 @@ def mask_dtype(path: str, data: bytes | None = None) -> np.dtype:
         return np.dtype(_mode_dtype(im.mode, path))
     finally:
         im.close()
+
+
+def resolve_mask_dtype(
+    mask_dtype: str | None, masks: Sequence[str] | None, remote: RemoteFiles | None
+) -> str:
+    """The stored masks' dtype: ``mask_dtype`` if given (an integer dtype), else the first mask's.
+
+    Reads the first mask file (fetched, for a URL) only when ``mask_dtype`` is None.
+    """
+    if mask_dtype is not None:
+        try:
+            dtype = np.dtype(mask_dtype)
+        except TypeError:
+            dtype = np.dtype(object)
+        if dtype.kind not in "iu":
+            raise ValueError(
+                f"mask_dtype must be an integer dtype (masks hold class ids); got {mask_dtype!r}"
+            )
+        return dtype.name
+    if not masks:
+        return "uint8"
+    data = None
+    if remote is not None:
+        got = remote.fetch([masks[0]])[0]
+        if isinstance(got, DecodeError):
+            raise got
+        data = got
+    return mask_dtype_of(masks[0], data).name
 
 
 def mask_into(
