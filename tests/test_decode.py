@@ -127,7 +127,10 @@ def test_spec_defaults_repr_and_shapes() -> None:
         ({"size": (True, 10)}, "positive integers"),
         ({"size": (10, 10), "channels": 2}, "channels must be 1 .*, 3 .* or 4"),
         ({"size": (10, 10), "channels": True}, "channels must be"),
-        ({"size": (10, 10), "dtype": "int8"}, "dtype of images must be 'uint8', 'uint16' or 'float32'.*for volumes"),
+        (
+            {"size": (10, 10), "dtype": "int8"},
+            "dtype of images must be 'uint8', 'uint16' or 'float32'.*for volumes",
+        ),
         ({"size": (4, 10, 10), "dtype": "complex64"}, "dtype of volumes must be one of"),
         ({"size": (10, 10), "dtype": "nonsense"}, "dtype of images must be"),
         ({"size": (10, 10), "resize": "fit"}, "resize must be 'stretch', 'crop' or 'pad'"),
