@@ -478,3 +478,63 @@ def test_skip_leaves_bad_rows_flagged_not_zero_samples(libraries, tmp_path):
     assert np.isnan(boxes[-1]).all() and (sizes[-1] == 0).all()
     with pytest.raises(DecodeError, match=r"gone\.png"):
         broken.to_dask_arrays()["bbox"].compute()
+
+
+def test_store_round_trip_of_boxes_masks_and_source_size(libraries, tmp_path):
+    """Depends on the store: it records ``daskimg.boxes`` and gives ``boxes=`` back on open."""
+    root, _ = libraries["jpg"]
+    ds = di.from_csv(
+        root / "boxes.csv",
+        root=root,
+        size=TARGET,
+        resize="crop",
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        mask_column="mask",
+    )
+    expected = dict(
+        zip(
+            ("bbox", "masks", "source_size"),
+            dask.compute(ds.columns["bbox"], ds.columns["masks"], ds.columns["source_size"]),
+            strict=True,
+        )
+    )
+    out = di.to_zarr(ds, tmp_path / "b.zarr.zip", order="source", chunks=4)
+    opened = di.open_zarr(out)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(np.asarray(opened.arrays[name]), values, err_msg=name)
+    assert opened.arrays["masks"].dtype == np.uint8
+    assert opened.boxes == ("bbox",)  # the store's part: the root attribute daskimg.boxes
+
+
+def test_masks_and_boxes_at_a_url_equal_local(libraries):
+    fsspec = pytest.importorskip("fsspec")
+    root, rows = libraries["png"]
+    fs = fsspec.filesystem("memory")
+    url = "memory://daskimg-test-boxes/lib"
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        fs.pipe(f"{url}/{f.relative_to(root).as_posix()}", f.read_bytes())
+    try:
+        kwargs = {
+            "size": TARGET,
+            "resize": "crop",
+            "boxes": {"bbox": ["x0", "y0", "x1", "y1"]},
+            "mask_column": "mask",
+        }
+        remote = di.from_csv(f"{url}/boxes.csv", root=url, **kwargs)
+        local = di.from_csv(root / "boxes.csv", root=root, **kwargs)
+        names = ("images", "bbox", "masks", "source_size")
+        for name, a, b in zip(
+            names,
+            dask.compute(*(remote.arrays[k] for k in names)),
+            dask.compute(*(local.arrays[k] for k in names)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        # from_folder pairs masks by relative stem at a URL too
+        img_url, mask_url = f"{url}/img", f"{url}/masks"
+        folder = di.from_folder(img_url, size=TARGET, masks=mask_url)
+        assert len(folder) == len(rows) and folder.labels is None
+        got = folder.columns["masks"].compute()
+        assert set(np.unique(got).tolist()) <= {MASK_BACKGROUND, MASK_OBJECT, MASK_SECOND}
+    finally:
+        fs.rm("/daskimg-test-boxes", recursive=True)

@@ -241,3 +241,21 @@ def test_slabs_are_chunk_aligned_and_cover_every_row_once(rows, chunk_rows, targ
     for r in rows:
         assert sum(a <= r < b for a, b in got) == 1
     assert all(b - a <= max(target, chunk_rows) for a, b in got)
+
+
+def test_convert_carries_columns_and_boxes(tmp_path, arrays):
+    x, _ = arrays
+    boxes = np.tile(np.array([[1, 1, 4, 5]], np.float32), (37, 1))
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f.create_dataset("images", data=x)
+        f.create_dataset("bbox", data=boxes)
+        f.create_dataset("weight", data=np.linspace(0, 1, 37))
+    ds = open_array_set(tmp_path / "b.h5", columns=["weight"], boxes=["bbox"])
+    assert ds.boxes == ("bbox",)
+    np.testing.assert_array_equal(ds.columns["bbox"], boxes)
+    np.testing.assert_array_equal(ds.take([2, 0]).columns["weight"], [1 / 18, 0])
+    with pytest.raises(KeyError, match="no dataset 'nope'"):
+        open_array_set(tmp_path / "b.h5", columns=["nope"])
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match=r"columns and boxes come from \.h5 or \.npz"):
+        open_array_set(tmp_path / "x.npy", boxes=["bbox"])

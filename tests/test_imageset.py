@@ -128,7 +128,8 @@ def test_from_csv_with_bbox_columns(image_folder, tmp_path):
     assert ds.columns["bbox"].shape == (len(files), 4)
     np.testing.assert_array_equal(ds.columns["bbox"][:, 0], np.arange(len(files), dtype=np.float32))
     default = di.from_csv(csv, root=image_folder, size=(8, 8))
-    assert set(default.columns) == {"x0", "y0", "x1", "y1", "score"}  # 'comment' is not numeric
+    # 'comment' is not numeric; source_size is derived from the files
+    assert set(default.columns) == {"x0", "y0", "x1", "y1", "score", "source_size"}
     spec = DecodeSpec(size=(8, 8))
     np.testing.assert_array_equal(ds.images[3].compute(), decode_file(files[3], spec))
 

@@ -125,6 +125,11 @@ class ArraySource:
         graph = HighLevelGraph(layers, {slab_name: set(), name: {slab_name}})
         return da.Array(graph, name, chunks, dtype=np.dtype(self.dtype))
 
+    @property
+    def derived(self) -> tuple[str, ...]:
+        """Nothing: arrays on disk derive no other arrays (see :class:`~daskimg.read.source.RowSource`)."""
+        return ()
+
     def to_dask_arrays(
         self, *, block: int | None = None, skip: bool = False
     ) -> dict[str, da.Array]:
@@ -258,6 +263,8 @@ def open_array_set(
     images: str = "images",
     labels: str | None = None,
     classes: Sequence[str] = (),
+    columns: Sequence[str] = (),
+    boxes: Sequence[str] = (),
 ) -> ImageSet:
     """An :class:`ImageSet` over arrays in an HDF5 file, a ``.npy`` file or an ``.npz`` archive.
 
@@ -270,6 +277,13 @@ def open_array_set(
     classes
         Class names; by default, string labels give sorted unique names and integer
         labels give none.
+    columns
+        Other per-sample datasets (HDF5) or arrays (``.npz``) to carry along, by name
+        (read into memory: they are small next to the images).
+    boxes
+        Datasets of ``(N, 4)`` boxes ``x0, y0, x1, y1`` in the images' own pixels (the
+        images are stored as they are, so the boxes are too); carried like ``columns``
+        and named in the set's ``boxes``.
 
     Examples
     --------
@@ -284,6 +298,12 @@ def open_array_set(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no file {path!r}")
     label_values: Any = None
+    extra_names = list(dict.fromkeys([*columns, *boxes]))
+    extra: dict[str, np.ndarray] = {}
+    if extra_names and low.endswith(".npy"):
+        raise ValueError(
+            f"{path!r}: a .npy file holds one array; columns and boxes come from .h5 or .npz files"
+        )
     if low.endswith((".h5", ".hdf5", ".he5")):
         with _h5py().File(path, "r") as f:
             if images not in f:
@@ -295,6 +315,10 @@ def open_array_set(
                 if labels not in f:
                     raise KeyError(f"{path!r} has no dataset {labels!r}; it has {sorted(f.keys())}")
                 label_values = f[labels][...]
+            for name in extra_names:
+                if name not in f:
+                    raise KeyError(f"{path!r} has no dataset {name!r}; it has {sorted(f.keys())}")
+                extra[name] = f[name][...]
         source: Any = ArraySource(
             path, images, shape, dtype, np.arange(shape[0]), chunk_rows=chunk_rows
         )
@@ -314,6 +338,10 @@ def open_array_set(
                 if labels not in z.files:
                     raise KeyError(f"{path!r} has no array {labels!r}; it has {sorted(z.files)}")
                 label_values = np.asarray(z[labels])
+            for name in extra_names:
+                if name not in z.files:
+                    raise KeyError(f"{path!r} has no array {name!r}; it has {sorted(z.files)}")
+                extra[name] = np.asarray(z[name])
         source = None
     else:
         raise ValueError(f"{path!r}: convert reads .h5/.hdf5, .npy or .npz files")
@@ -325,7 +353,13 @@ def open_array_set(
         )
     lab, names = _labels(label_values, classes, name=str(labels))
     return ImageSet(
-        arr, lab, classes=names, root=os.path.dirname(os.path.abspath(path)), row_source=source
+        arr,
+        lab,
+        classes=names,
+        columns=extra,
+        root=os.path.dirname(os.path.abspath(path)),
+        row_source=source,
+        boxes=tuple(boxes),
     )
 
 

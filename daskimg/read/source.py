@@ -67,6 +67,11 @@ class RowSource(Protocol):
 
     def to_dask(self, *, block: int | None = None) -> da.Array: ...
 
+    @property
+    def derived(self) -> tuple[str, ...]:
+        """Names of the arrays besides ``images`` that :meth:`to_dask_arrays` gives."""
+        ...
+
     def to_dask_arrays(
         self, *, block: int | None = None, skip: bool = False
     ) -> dict[str, da.Array]:
