@@ -538,3 +538,21 @@ def test_masks_and_boxes_at_a_url_equal_local(libraries):
         assert set(np.unique(got).tolist()) <= {MASK_BACKGROUND, MASK_OBJECT, MASK_SECOND}
     finally:
         fs.rm("/daskimg-test-boxes", recursive=True)
+
+
+def test_boxes_and_masks_on_distributed(libraries, client):
+    root, _ = libraries["jpg"]
+    ds = di.from_csv(
+        root / "boxes.csv",
+        root=root,
+        size=TARGET,
+        resize="pad",
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        mask_column="mask",
+        chunks=4,
+    )
+    names = ("images", "bbox", "masks", "source_size")
+    local = dask.compute(*(ds.arrays[k] for k in names), scheduler="threads")
+    remote = client.gather(client.compute([ds.arrays[k] for k in names]))
+    for name, a, b in zip(names, local, remote, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)

@@ -158,9 +158,8 @@ class FileSource:
         """Decode file ``i`` alone (and its mask; local or remote); a bad file raises DecodeError."""
         one = self.take([i])
         masks = one._masks_block(0, 1)
-        return decode_rows(one.paths, one.spec, masks, one.mask_dtype, False, *_extra(one)).images[
-            0
-        ]
+        rows = decode_rows(one.paths, one.spec, masks, one.mask_dtype, False, *_extra(one))
+        return rows.images[0]
 
     def block_starts(self, block: int | None = None) -> range:
         return range(0, len(self.paths), block or self.block)
