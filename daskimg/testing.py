@@ -26,9 +26,12 @@ __all__ = [
     "PHOTOS",
     "make_image",
     "make_image_folder",
+    "make_object_image",
+    "make_object_mask",
     "make_photo_folder",
     "make_volume",
     "make_volume_folder",
+    "save_oriented",
 ]
 
 IMAGE_MODES: Final = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
@@ -61,7 +64,18 @@ _FORMATS: Final = {
     "gif": "GIF",
 }
 _SAVE_OPTIONS: Final[dict[str, dict[str, int]]] = {"JPEG": {"quality": 90}, "WEBP": {"quality": 90}}
-_VOLUME_DTYPES: Final = ("uint8", "uint16", "float32")
+_VOLUME_DTYPES: Final = ("uint8", "uint16", "int16", "float32", "float64")
+#: the transpose that turns an upright picture into the file's frame for EXIF orientation 1..8
+#: (the inverse of what ImageOps.exif_transpose applies)
+_UNTRANSPOSE: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def _check_shape(shape: object, ndim: int, name: str) -> tuple[int, ...]:
@@ -264,6 +278,7 @@ def make_volume(
     *,
     seed: int | np.random.Generator = 0,
     dtype: str = "uint8",
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Make a small smooth volume: a gradient plus a few Gaussian blobs.
 
@@ -273,8 +288,12 @@ def make_volume(
         ``(depth, height, width)``.
     seed : int or numpy.random.Generator
         Decides every voxel.
-    dtype : {"uint8", "uint16", "float32"}
-        Integer volumes span their full range (0..255, 0..65535), float ones 0..1.
+    dtype : {"uint8", "uint16", "int16", "float32", "float64"}
+        Unsigned volumes span their full range (0..255, 0..65535), the others 0..1,
+        unless ``value_range`` is given.
+    value_range : tuple of float, optional
+        ``(lo, hi)`` for the values to span, e.g. ``(-1000, 2000)`` for a CT scan in
+        Hounsfield units (air to bone).
 
     Returns
     -------
@@ -286,6 +305,9 @@ def make_volume(
     >>> vol = make_volume((4, 5, 6), seed=1)
     >>> vol.shape, vol.dtype.name, int(vol.min()), int(vol.max())
     ((4, 5, 6), 'uint8', 0, 255)
+    >>> ct = make_volume((4, 5, 6), dtype="int16", value_range=(-1000, 2000))
+    >>> ct.dtype.name, int(ct.min()), int(ct.max())
+    ('int16', -1000, 2000)
     """
     dims = _check_shape(shape, 3, "shape")
     dtype = np.dtype(dtype).name
@@ -302,10 +324,14 @@ def make_volume(
     vol = np.broadcast_to(vol, dims).astype(np.float64)
     span = vol.max() - vol.min()
     vol = (vol - vol.min()) / span if span > 0 else np.zeros(dims)
-    if dtype == "float32":
-        return vol.astype(np.float32)
-    top = np.iinfo(dtype).max
-    return np.round(vol * top).astype(dtype)
+    if value_range is None and dtype in ("uint8", "uint16"):
+        value_range = (0, np.iinfo(dtype).max)
+    if value_range is not None:
+        lo, hi = (float(v) for v in value_range)
+        vol = lo + vol * (hi - lo)
+    if np.dtype(dtype).kind == "f":
+        return vol.astype(dtype)
+    return np.round(vol).astype(dtype)
 
 
 def make_volume_folder(
@@ -318,6 +344,7 @@ def make_volume_folder(
     shapes: Sequence[tuple[int, int, int]] | None = None,
     dtype: str = "uint8",
     classes: Sequence[str] | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> list[Path]:
     """Write ``n`` :func:`make_volume` volumes as ``.npy`` files or TIFF stacks.
 
@@ -339,10 +366,12 @@ def make_volume_folder(
         multi-page grayscale TIFFs.
     shapes : sequence of tuple of int, optional
         Shapes to cycle through, so volume ``i`` has ``shapes[i % len(shapes)]``.
-    dtype : {"uint8", "uint16", "float32"}
+    dtype : {"uint8", "uint16", "int16", "float32", "float64"}
         Voxel type (see :func:`make_volume`).
     classes : sequence of str, optional
         Class folder names.
+    value_range : tuple of float, optional
+        The values to span (see :func:`make_volume`).
 
     Returns
     -------
@@ -373,7 +402,12 @@ def make_volume_folder(
         raise ValueError(f"classes must be a non-empty sequence of folder names; got {classes!r}")
     paths = []
     for i in range(n):
-        vol = make_volume(cycle[i % len(cycle)], seed=np.random.default_rng([seed, i]), dtype=dtype)
+        vol = make_volume(
+            cycle[i % len(cycle)],
+            seed=np.random.default_rng([seed, i]),
+            dtype=dtype,
+            value_range=value_range,
+        )
         if classes is None:
             folder, stem = root, f"vol_{i:04d}"
         else:
@@ -389,6 +423,128 @@ def make_volume_folder(
             tifffile.imwrite(path, vol, photometric="minisblack")
         paths.append(path)
     return sorted(paths)
+
+
+def make_object_image(
+    size: tuple[int, int],
+    box: Sequence[int],
+    *,
+    background: int = 40,
+    color: int = 220,
+    mode: str = "RGB",
+) -> Image.Image:
+    """An upright picture with one object: a filled rectangle on a flat background.
+
+    The oracle for boxes: the object's position found in a decoded image says where the
+    box must be.
+
+    Parameters
+    ----------
+    size : tuple of int
+        ``(height, width)``.
+    box : sequence of int
+        ``x0, y0, x1, y1``: the object covers columns ``x0 .. x1 - 1`` and rows
+        ``y0 .. y1 - 1`` (pixel edges, as daskimg's boxes); it may reach past the edges.
+    background, color : int
+        Gray levels of the background and the object.
+    mode : str
+        ``"RGB"`` or ``"L"``.
+
+    Returns
+    -------
+    PIL.Image.Image
+
+    Examples
+    --------
+    >>> im = make_object_image((4, 6), (1, 1, 3, 2), background=0, color=9, mode="L")
+    >>> np.asarray(im).tolist()[:3]
+    [[0, 0, 0, 0, 0, 0], [0, 9, 9, 0, 0, 0], [0, 0, 0, 0, 0, 0]]
+    """
+    h, w = _check_shape(size, 2, "size")
+    arr = np.full((h, w), background, dtype=np.uint8)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    arr[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = color
+    image = Image.fromarray(arr)
+    return image if mode == "L" else image.convert(mode)
+
+
+def make_object_mask(
+    size: tuple[int, int],
+    boxes: Sequence[tuple[Sequence[int], int]],
+    *,
+    background: int = 0,
+    palette: bool = False,
+) -> Image.Image:
+    """A segmentation mask: class ids painted in rectangles, in order, on ``background``.
+
+    Parameters
+    ----------
+    size : tuple of int
+        ``(height, width)``.
+    boxes : sequence of (box, class id)
+        ``((x0, y0, x1, y1), id)`` pairs, as :func:`make_object_image` draws them.
+    background : int
+        The class id everywhere else.
+    palette : bool
+        Save-ready as a palette image (``P``, as Pascal VOC masks) instead of ``L``.
+
+    Examples
+    --------
+    >>> m = make_object_mask((3, 4), [((0, 0, 2, 2), 3)], background=5)
+    >>> np.asarray(m).tolist()
+    [[3, 3, 5, 5], [3, 3, 5, 5], [5, 5, 5, 5]]
+    """
+    h, w = _check_shape(size, 2, "size")
+    arr = np.full((h, w), background, dtype=np.uint8)
+    for box, class_id in boxes:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        arr[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = class_id
+    image = Image.fromarray(arr)
+    if palette:
+        image = image.convert("P")
+        image.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, i)])
+    return image
+
+
+def save_oriented(
+    upright: Image.Image,
+    path: str | os.PathLike[str],
+    *,
+    orientation: int = 1,
+    quality: int = 95,
+) -> Path:
+    """Save ``upright`` so that a viewer honouring EXIF ``orientation`` shows it upright.
+
+    The pixels are stored turned the way a camera would store them, with the orientation
+    tag (1..8) set, in the format the file ending names (JPEG, PNG, ...).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from PIL import ImageOps
+    >>> im = make_object_image((4, 6), (1, 1, 3, 2))
+    >>> p = save_oriented(im, Path(tempfile.mkdtemp()) / "x.png", orientation=6)
+    >>> with Image.open(p) as f:
+    ...     f.size, ImageOps.exif_transpose(f).tobytes() == im.tobytes()
+    ((4, 6), True)
+    """
+    path = Path(path)
+    if orientation not in range(1, 9):
+        raise ValueError(f"orientation must be 1..8; got {orientation!r}")
+    stored = upright if orientation == 1 else upright.transpose(_UNTRANSPOSE[orientation])
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    ext = path.suffix.lower().lstrip(".")
+    fmt = _FORMATS.get(ext)
+    if fmt is None:
+        raise ValueError(
+            f"cannot tell the format of {path.name!r}; use one of {', '.join(_FORMATS)}"
+        )
+    options: dict[str, int] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored.save(path, format=fmt, exif=exif, **options)
+    return path
 
 
 @functools.cache

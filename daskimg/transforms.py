@@ -2,6 +2,20 @@
 
 A transform takes the batch dict and a ``numpy.random.Generator`` and returns the
 batch dict; it works on whole ``(N, H, W, C)`` batches, not sample by sample.
+
+What travels with the pixels moves with them: name the batch's box arrays in
+``boxes=`` (``(N, 4)`` ``x0, y0, x1, y1`` in the images' pixel frame, as a store holds
+them; see :mod:`daskimg.read.boxes`) and its masks in ``masks=`` (``(N, H, W)``), and a
+flip or crop moves them exactly as it moves the images. NaN boxes stay NaN; a crop clips
+boxes to the crop, and a box cropped away entirely becomes NaN.
+
+Examples
+--------
+>>> import numpy as np
+>>> t = compose(random_flip(p=1.0, boxes=("bbox",)), random_crop((4, 4), boxes=("bbox",)))
+>>> batch = {"images": np.zeros((1, 4, 6, 3), np.uint8), "bbox": np.array([[0.0, 1, 2, 3]])}
+>>> t(batch, np.random.default_rng(0))["bbox"].tolist()  # flipped to 4..6, then cropped
+[[3.0, 1.0, 4.0, 3.0]]
 """
 
 from __future__ import annotations
@@ -11,12 +25,31 @@ from collections.abc import Sequence
 import numpy as np
 
 from .feed.iterator import Transform
+from .read.boxes import clip_boxes
 
 __all__ = ["compose", "random_crop", "random_flip"]
 
 
-def random_flip(*, p: float = 0.5, key: str = "images") -> Transform:
-    """Flip each image left-right with probability ``p``.
+def random_flip(
+    *,
+    p: float = 0.5,
+    key: str = "images",
+    boxes: Sequence[str] = (),
+    masks: Sequence[str] = (),
+) -> Transform:
+    """Flip each image left-right with probability ``p``, with its boxes and masks.
+
+    Parameters
+    ----------
+    p
+        Probability of flipping each sample.
+    key
+        The batch's images ``(N, H, W, C)``.
+    boxes
+        Names of ``(N, 4)`` box arrays in the batch: a flipped sample's box ``x0, x1``
+        becomes ``W - x1, W - x0``.
+    masks
+        Names of ``(N, H, W)`` mask arrays in the batch, flipped with their images.
 
     Examples
     --------
@@ -25,23 +58,48 @@ def random_flip(*, p: float = 0.5, key: str = "images") -> Transform:
     >>> x = np.arange(6, dtype=np.uint8).reshape(1, 1, 6, 1)
     >>> t({"images": x}, np.random.default_rng(0))["images"].ravel().tolist()
     [5, 4, 3, 2, 1, 0]
+    >>> t = random_flip(p=1.0, boxes=("bbox",))
+    >>> t({"images": x, "bbox": np.array([[1.0, 0, 3, 1]])}, np.random.default_rng(0))["bbox"].tolist()
+    [[3.0, 0.0, 5.0, 1.0]]
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must lie in [0, 1], got {p}")
+    boxes, masks = _names(boxes, "boxes"), _names(masks, "masks")
 
     def flip(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         x = batch[key]
         which = rng.random(len(x)) < p
-        if which.any():
-            x = x.copy()
-            x[which] = x[which][:, :, ::-1]
-        return {**batch, key: x}
+        out = dict(batch)
+        if not which.any():
+            return out
+        width = x.shape[2]
+        x = x.copy()
+        x[which] = x[which][:, :, ::-1]
+        out[key] = x
+        for name in masks:
+            m = _array(batch, name, "masks", x.shape[:3]).copy()
+            m[which] = m[which][:, :, ::-1]
+            out[name] = m
+        for name in boxes:
+            b = _array(batch, name, "boxes", (len(x), 4)).copy()
+            b[which, 0], b[which, 2] = width - b[which, 2], width - b[which, 0]
+            out[name] = b
+        return out
 
     return flip
 
 
-def random_crop(size: Sequence[int], *, key: str = "images") -> Transform:
+def random_crop(
+    size: Sequence[int],
+    *,
+    key: str = "images",
+    boxes: Sequence[str] = (),
+    masks: Sequence[str] = (),
+) -> Transform:
     """Crop each image to ``size=(h, w)`` at a random position (one gather for the batch).
+
+    Boxes named in ``boxes`` are shifted into the crop and clipped to it; a box with
+    nothing left inside becomes NaN. Masks named in ``masks`` are cut with their images.
 
     Examples
     --------
@@ -51,6 +109,7 @@ def random_crop(size: Sequence[int], *, key: str = "images") -> Transform:
     (8, 4, 4, 3)
     """
     h, w = (int(s) for s in size)
+    boxes, masks = _names(boxes, "boxes"), _names(masks, "masks")
 
     def crop(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         x = batch[key]
@@ -61,7 +120,16 @@ def random_crop(size: Sequence[int], *, key: str = "images") -> Transform:
         left = rng.integers(0, W - w + 1, n)
         rows = (top[:, None] + np.arange(h))[:, :, None]
         cols = (left[:, None] + np.arange(w))[:, None, :]
-        return {**batch, key: x[np.arange(n)[:, None, None], rows, cols]}
+        at = np.arange(n)[:, None, None]
+        out = {**batch, key: x[at, rows, cols]}
+        for name in masks:
+            out[name] = _array(batch, name, "masks", (n, H, W))[at, rows, cols]
+        for name in boxes:
+            b = np.asarray(_array(batch, name, "boxes", (n, 4)), dtype=np.float64)
+            shift = np.stack([left, top, left, top], axis=1)
+            moved = clip_boxes(b - shift, (0, 0, w, h))
+            out[name] = moved.astype(batch[name].dtype, copy=False)
+        return out
 
     return crop
 
@@ -75,3 +143,25 @@ def compose(*transforms: Transform) -> Transform:
         return batch
 
     return run
+
+
+def _names(names: Sequence[str], what: str) -> tuple[str, ...]:
+    if isinstance(names, str):
+        raise TypeError(f"{what} takes a sequence of names, e.g. {what}=({names!r},)")
+    return tuple(names)
+
+
+def _array(
+    batch: dict[str, np.ndarray], name: str, what: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """``batch[name]``, checked to have ``shape``; a clear error when it is missing."""
+    if name not in batch:
+        raise KeyError(
+            f"{what} names {name!r}, which is not in the batch (it has {sorted(batch)}); "
+            "ask the iterator for it, e.g. BatchIterator(..., arrays=('images', 'labels', "
+            f"{name!r}))"
+        )
+    arr = np.asarray(batch[name])
+    if arr.shape != shape:
+        raise ValueError(f"{what} array {name!r} must have shape {shape}; got {arr.shape}")
+    return arr

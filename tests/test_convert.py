@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import itertools
 import zipfile
 
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given
+from hypothesis import strategies as st
 
 import daskimg as di
 from daskimg.cli import main
 from daskimg.errors import DaskImgError
-from daskimg.read.arrays import open_array_set
+from daskimg.read.arrays import open_array_set, slabs, spans
 from daskimg.store.convert import convert
 from daskimg.storeinfo import info, verify
 
@@ -156,3 +159,103 @@ def test_convert_refuses_fractional_labels_saying_what_to_do(tmp_path, arrays):
         ValueError, match=r"'labels' must be whole numbers \(class indices\).*0\.027.*columns="
     ):
         open_array_set(tmp_path / "r.npz", labels="labels")
+
+
+# --- reading rows of HDF5 in any order: contiguous slices, slabs when chunks are shared ----
+
+
+@pytest.mark.parametrize(
+    ("layout", "slabbed"),
+    [
+        ({"compression": "lzf", "chunks": (5, 3, 5, 3)}, True),  # chunks shared by rows
+        ({"compression": "lzf", "chunks": (1, 6, 5, 3)}, False),  # one row per chunk
+        ({}, False),  # contiguous
+    ],
+)
+def test_array_source_reads_any_order_without_fancy_indexing(tmp_path, arrays, layout, slabbed):
+    x, _ = arrays
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("images", data=x, **layout)
+        f.create_dataset("gray", data=x[..., 0], **({} if not layout else {"chunks": True}))
+    ds = open_array_set(tmp_path / "a.h5")
+    shuffled = np.random.default_rng(1).permutation(37)
+    for order in (shuffled, np.arange(37)[::-1], np.array([3, 3, 0])):
+        got = ds.take(order).row_source.to_dask(block=8)
+        if order is shuffled:  # the scattered order reads slabs when chunks are shared
+            assert any("slab" in k for k in got.dask.layers) == slabbed
+        np.testing.assert_array_equal(got.compute(), x[order])
+    gray = open_array_set(tmp_path / "a.h5", images="gray").take(np.arange(37)[::-1])
+    np.testing.assert_array_equal(gray.images.compute()[..., 0], x[::-1, ..., 0])
+
+
+def test_shuffled_rows_of_shared_chunks_read_each_chunk_once(tmp_path, arrays, monkeypatch):
+    import daskimg.read.arrays as arrays_module
+
+    x, _ = arrays
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("images", data=x, chunks=(10, 6, 5, 3), compression="lzf")
+    reads: list[tuple[int, int]] = []
+    original = arrays_module._read_slab
+
+    def spy(path, key, a, b, shape):
+        reads.append((a, b))
+        return original(path, key, a, b, shape)
+
+    monkeypatch.setattr(arrays_module, "_read_slab", spy)
+    perm = np.random.default_rng(0).permutation(37)
+    ds = open_array_set(tmp_path / "a.h5").take(perm)
+    np.testing.assert_array_equal(ds.row_source.to_dask(block=8).compute(), x[perm])
+    covered = sorted(reads)
+    # each chunk of 10 rows read exactly once, in contiguous slabs
+    assert covered[0][0] == 0 and covered[-1][1] >= 37
+    assert all(a % 10 == 0 for a, _ in covered)
+    assert all(b1 == a2 for (_, b1), (a2, _) in itertools.pairwise(covered))
+
+
+@given(
+    rows=st.lists(st.integers(0, 300), min_size=0, max_size=80),
+    chunk_rows=st.integers(1, 40),
+)
+def test_spans_cover_the_rows_and_join_only_chunk_mates(rows, chunk_rows):
+    got = spans(np.array(rows, dtype=np.int64), chunk_rows)
+    wanted = sorted(set(rows))
+    assert sorted({r for r in wanted for a, b in got if a <= r < b}) == wanted
+    assert all(a < b for a, b in got)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(got))  # disjoint
+    for a, b in got:
+        inside = [r for r in wanted if a <= r < b]
+        assert inside[0] == a and inside[-1] == b - 1  # no slice reaches past its rows
+        for r, s in itertools.pairwise(inside):
+            assert s == r + 1 or s // chunk_rows == r // chunk_rows
+
+
+@given(
+    rows=st.lists(st.integers(0, 300), min_size=1, max_size=80),
+    chunk_rows=st.integers(1, 40),
+    target=st.integers(1, 100),
+)
+def test_slabs_are_chunk_aligned_and_cover_every_row_once(rows, chunk_rows, target):
+    got = slabs(np.array(rows, dtype=np.int64), chunk_rows, target)
+    assert all(a % chunk_rows == 0 and b % chunk_rows == 0 and a < b for a, b in got)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(got))
+    for r in rows:
+        assert sum(a <= r < b for a, b in got) == 1
+    assert all(b - a <= max(target, chunk_rows) for a, b in got)
+
+
+def test_convert_carries_columns_and_boxes(tmp_path, arrays):
+    x, _ = arrays
+    boxes = np.tile(np.array([[1, 1, 4, 5]], np.float32), (37, 1))
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f.create_dataset("images", data=x)
+        f.create_dataset("bbox", data=boxes)
+        f.create_dataset("weight", data=np.linspace(0, 1, 37))
+    ds = open_array_set(tmp_path / "b.h5", columns=["weight"], boxes=["bbox"])
+    assert ds.boxes == ("bbox",)
+    np.testing.assert_array_equal(ds.columns["bbox"], boxes)
+    np.testing.assert_array_equal(ds.take([2, 0]).columns["weight"], [1 / 18, 0])
+    with pytest.raises(KeyError, match="no dataset 'nope'"):
+        open_array_set(tmp_path / "b.h5", columns=["nope"])
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match=r"columns and boxes come from \.h5 or \.npz"):
+        open_array_set(tmp_path / "x.npy", boxes=["bbox"])

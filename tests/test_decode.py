@@ -127,8 +127,12 @@ def test_spec_defaults_repr_and_shapes() -> None:
         ({"size": (True, 10)}, "positive integers"),
         ({"size": (10, 10), "channels": 2}, "channels must be 1 .*, 3 .* or 4"),
         ({"size": (10, 10), "channels": True}, "channels must be"),
-        ({"size": (10, 10), "dtype": "int8"}, "dtype must be 'uint8', 'uint16' or 'float32'"),
-        ({"size": (10, 10), "dtype": "nonsense"}, "dtype must be"),
+        (
+            {"size": (10, 10), "dtype": "int8"},
+            "dtype of images must be 'uint8', 'uint16' or 'float32'.*for volumes",
+        ),
+        ({"size": (4, 10, 10), "dtype": "complex64"}, "dtype of volumes must be one of"),
+        ({"size": (10, 10), "dtype": "nonsense"}, "dtype of images must be"),
         ({"size": (10, 10), "resize": "fit"}, "resize must be 'stretch', 'crop' or 'pad'"),
         ({"size": (10, 10), "draft": "yes"}, "draft must be True or False"),
     ],
@@ -622,16 +626,16 @@ def test_volume_dtype_rules(tmp_path: Path) -> None:
     _bad(
         wide,
         DecodeSpec((3, 4, 5)),
-        r"values span 300..300, outside the uint8 range 0..255; pass dtype='uint16' or dtype='float32'",
+        r"values span 300..300, outside the uint8 range 0..255; pass dtype='uint16'",
     )
     np.testing.assert_array_equal(
         decode_file(wide, DecodeSpec((3, 4, 5), dtype="uint16"))[..., 0], 300
     )
     negative = volume("ct.npy", np.full((3, 4, 5), -1000, dtype=np.int16))
-    _bad(negative, DecodeSpec((3, 4, 5), dtype="uint16"), r"-1000..-1000.*pass dtype='float32'")
+    _bad(negative, DecodeSpec((3, 4, 5), dtype="uint16"), r"-1000..-1000.*pass dtype='int16'")
     floats = volume("f.npy", np.full((3, 4, 5), 0.5))
-    _bad(floats, DecodeSpec((3, 4, 5)), r"floating-point values \(float64\).*pass dtype='float32'")
-    _bad(floats, DecodeSpec((2, 2, 2), dtype="uint16"), "pass dtype='float32'")
+    _bad(floats, DecodeSpec((3, 4, 5)), r"fractional values \(e.g. 0.5\).*pass dtype='float64'")
+    _bad(floats, DecodeSpec((2, 2, 2), dtype="uint16"), "or 'float32'")
     # float32 casts anything, keeping the values (no rescaling)
     np.testing.assert_array_equal(
         decode_file(negative, DecodeSpec((3, 4, 5), dtype="float32")), -1000.0

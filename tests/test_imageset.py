@@ -95,8 +95,9 @@ def test_split_of_file_set_rebuilds_small_graph(image_folder):
     ds = di.from_folder(image_folder, size=(8, 8), chunks=4)
     parts = ds.split({"train": 0.5, "test": 0.5}, seed=0)
     train = parts["train"]
-    # one task per block of the chosen files: no gather across the original blocks
-    assert len(dict(train.images.__dask_graph__())) == -(-len(train) // 4)
+    # one decode task per block of the chosen files, and its view as images: no gather
+    # across the original blocks
+    assert len(dict(train.images.__dask_graph__())) == 2 * -(-len(train) // 4)
     spec = DecodeSpec(size=(8, 8))
     got = train.images.compute()
     for i, p in enumerate(train.paths):
@@ -127,7 +128,8 @@ def test_from_csv_with_bbox_columns(image_folder, tmp_path):
     assert ds.columns["bbox"].shape == (len(files), 4)
     np.testing.assert_array_equal(ds.columns["bbox"][:, 0], np.arange(len(files), dtype=np.float32))
     default = di.from_csv(csv, root=image_folder, size=(8, 8))
-    assert set(default.columns) == {"x0", "y0", "x1", "y1", "score"}  # 'comment' is not numeric
+    # 'comment' is not numeric; source_size is derived from the files
+    assert set(default.columns) == {"x0", "y0", "x1", "y1", "score", "source_size"}
     spec = DecodeSpec(size=(8, 8))
     np.testing.assert_array_equal(ds.images[3].compute(), decode_file(files[3], spec))
 

@@ -1,4 +1,4 @@
-"""Read: :func:`from_csv` — file paths, labels and numeric columns from a CSV file."""
+"""Read: :func:`from_csv` — file paths, labels, boxes, masks and numeric columns from a CSV file."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .files import DEFAULT_BLOCK, FileSource, relative_paths
-from .imageset import ImageSet
+from .files import relative_paths, resolve_dtype
+from .imageset import ImageSet, file_set
+from .masks import resolve_mask_dtype
+from .source import DEFAULT_BLOCK, FileSource
 
 _INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
 
@@ -29,15 +31,18 @@ def from_csv(
     path_column: str = "path",
     label_column: str | None = "label",
     columns: Mapping[str, Sequence[str]] | None = None,
+    boxes: Mapping[str, Sequence[str]] | None = None,
+    mask_column: str | None = None,
+    mask_dtype: str | None = None,
     channels: int = 3,
-    dtype: str = "uint8",
+    dtype: str | None = None,
     resize: str = "stretch",
     draft: bool = True,
     on_error: str = "raise",
     chunks: int = DEFAULT_BLOCK,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ImageSet:
-    """An :class:`ImageSet` from a CSV of relative paths, labels and extra numeric columns.
+    """An :class:`ImageSet` from a CSV of relative paths, labels, boxes, masks and numbers.
 
     Parameters
     ----------
@@ -52,26 +57,49 @@ def from_csv(
         or integers (used as given; whole numbers written as floats, "3.0" as pandas writes
         an integer column that had a missing value, count as integers). ``label_column=None``: no labels.
     columns
-        Extra per-sample arrays to build from numeric CSV columns, e.g.
-        ``{"bbox": ["x0", "y0", "x1", "y1"]}`` gives ``ds.columns["bbox"]`` of shape (N, 4)
-        float32. By default every other column whose values are all numbers becomes its own
-        ``(N,)`` float32 array. Whole numbers that float32 cannot hold exactly (beyond
-        2**24, e.g. IDs, written "123456789" or "123456789.0") give int64 instead, and
-        integers beyond int64 are refused naming the column.
+        Extra per-sample arrays to build from numeric CSV columns, stored as they are, e.g.
+        ``{"age": ["age"]}`` gives ``ds.columns["age"]`` of shape (N, 1) float32. By default
+        every other column whose values are all numbers becomes its own ``(N,)`` float32
+        array. Whole numbers that float32 cannot hold exactly (beyond 2**24, e.g. IDs,
+        written "123456789" or "123456789.0") give int64 instead, and integers beyond int64
+        are refused naming the column.
+    boxes
+        Box columns, each from four CSV columns ``x0, y0, x1, y1`` — the left, top, right
+        and bottom edges in the source image's pixels, *after its EXIF orientation* (the
+        picture as a viewer shows it), in continuous coordinates (a box around pixels
+        10..19 has ``x0 = 10, x1 = 20``), e.g. ``{"bbox": ["x0", "y0", "x1", "y1"]}``.
+        They are moved into the stored image's pixel frame with exactly the geometry
+        applied to the pixels (``resize`` and DCT draft scaling alike); a box cut by
+        ``resize="crop"`` is clipped, and one wholly outside the stored picture becomes
+        NaN. Empty cells (all four) give a NaN box: a sample without one. The result is a
+        lazy ``(N, 4)`` float32 column named in ``ds.boxes``; :func:`daskimg.read.boxes.to_source`
+        maps it back with the ``source_size`` column. See :mod:`daskimg.read.boxes`.
+    mask_column
+        A column of mask files (relative to ``root``, like the images): each image's
+        segmentation mask, stored as the ``masks`` column ``(N, H, W)`` with the image's
+        exact geometry, resized by nearest neighbour (:mod:`daskimg.read.masks`).
+    mask_dtype
+        dtype of the stored masks; by default the first mask file's (uint8 for 8-bit,
+        palette and 1-bit files).
     storage_options
         fsspec options for ``csv_path`` and ``root`` when they are URLs (see
         :func:`daskimg.imread`).
+
+    Other options are those of :func:`daskimg.imread`. The set also has a ``source_size``
+    column ``(N, 2)``: each source's height and width after EXIF orientation.
 
     Examples
     --------
     >>> import daskimg as di, tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> files = di.testing.make_image_folder(root, n=2)
-    >>> rows = "path,label,x0,x1\\n" + "".join(f"{f.relative_to(root).as_posix()},{f.parent.name},1,2\\n" for f in files)
+    >>> files = di.testing.make_image_folder(root, n=2, size=(32, 40))
+    >>> rows = "path,label,x0,y0,x1,y1\\n" + "".join(f"{f.relative_to(root).as_posix()},{f.parent.name},4,8,20,24\\n" for f in files)
     >>> _ = (root / "labels.csv").write_text(rows)
-    >>> ds = di.from_csv(root / "labels.csv", root=root, size=(8, 8), columns={"box": ["x0", "x1"]})
-    >>> ds.columns["box"].shape, ds.classes
-    ((2, 2), ('cat', 'dog'))
+    >>> ds = di.from_csv(root / "labels.csv", root=root, size=(16, 20), boxes={"bbox": ["x0", "y0", "x1", "y1"]})
+    >>> ds.classes, ds.boxes
+    (('cat', 'dog'), ('bbox',))
+    >>> ds.columns["bbox"][0].compute().tolist()  # halved, like the pixels
+    [2.0, 4.0, 10.0, 12.0]
     """
     if not is_url(csv_path) and not is_url(root):
         check_options(root, storage_options)
@@ -82,121 +110,197 @@ def from_csv(
             f"root {os.fspath(root)!r} is not a folder; pass root= the folder that the "
             "CSV's paths are relative to"
         )
-    if is_url(csv_path):
-        fs, key = filesystem(str(csv_path), storage_options)
-        text = fs.cat_file(key).decode("utf-8-sig")
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
-    else:
-        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, which would
-        # otherwise become part of the first column's name
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+    header, rows = _read_csv(csv_path, storage_options)
     where = f"CSV {os.fspath(csv_path)!r}"
-    for col in [path_column] + ([label_column] if label_column else []):
+    for col in [path_column] + [c for c in (label_column, mask_column) if c]:
         if col not in header:
             raise ValueError(f"{where} has no column {col!r}; its columns are {header}")
     if not rows:
         raise NoImagesFoundError(f"{where} has a header but no rows")
-    files: list[str] = []
-    for line, row in enumerate(rows, start=2):
-        rel = (row[path_column] or "").strip()
-        if not rel:
-            raise ValueError(f"{where}, line {line}: empty {path_column!r}")
-        if root_url is not None:
-            try:
-                files.append(join(root_url, rel))
-            except ValueError:
-                raise ValueError(
-                    f"{where}, line {line}: path {rel!r} points outside root {root_url!r}; "
-                    "paths must be relative to root and stay inside it"
-                ) from None
-            continue
-        # lexical: '..' and absolute paths may not leave the root, but a symbolic link
-        # inside it may point anywhere (a cache), and the sample keeps the CSV's name
-        full = Path(os.path.normpath(root_path / rel))
-        if not full.is_relative_to(root_path):
-            raise ValueError(
-                f"{where}, line {line}: path {rel!r} points outside root {str(root_path)!r}; "
-                "paths must be relative to root and stay inside it"
-            )
-        files.append(os.fspath(full))
-    labels = None
-    classes: list[str] = []
-    if label_column:
-        raw = [(row[label_column] or "").strip() for row in rows]
-        holes = [line for line, v in enumerate(raw, start=2) if not v]
-        if holes:
-            shown = ", ".join(map(str, holes[:5])) + (", ..." if len(holes) > 5 else "")
-            raise ValueError(
-                f"{where}, line{'s' if len(holes) > 1 else ''} {shown}: no {label_column!r} ({len(holes)} of {len(rows)} rows "
-                "have none); fill them in, drop those rows, or pass label_column=None to read "
-                "the set without labels"
-            )
-        # whole numbers are class indices, also when written as floats ("3.0": an int
-        # column that went through a float one)
-        wholes = [_whole_value(v) for v in raw]
-        if all(w is not None for w in wholes):
-            ints = cast("list[int]", wholes)
-            big = [
-                (i, v)
-                for i, (v, w) in enumerate(zip(raw, ints, strict=True))
-                if not _INT64[0] <= w <= _INT64[1]
-            ]
-            if big:
-                raise ValueError(
-                    f"{where}, line {big[0][0] + 2}: label {big[0][1]} is too large for a class "
-                    "index (int64); integer labels are class indices — give class names instead"
-                )
-            labels = np.array(ints, dtype=np.int64)
-        else:
-            classes = sorted(set(raw))
-            index = {c: i for i, c in enumerate(classes)}
-            labels = np.array([index[v] for v in raw], dtype=np.int64)
-    used = {path_column, label_column}
-    extra: dict[str, np.ndarray] = {}
-    if columns is None:
-        for col in header:
-            if col not in used and all(_is_float(row[col]) for row in rows):
-                extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
-    else:
-        for name, cols in columns.items():
-            cols = [cols] if isinstance(cols, str) else list(cols)
-            for col in cols:
-                if col not in header:
-                    raise ValueError(
-                        f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}"
-                    )
-            for line, row in enumerate(rows, start=2):
-                bad = [c for c in cols if not _is_float(row[c])]
-                if bad:
-                    raise ValueError(
-                        f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}"
-                    )
-            values = _numbers([[row[c] for c in cols] for row in rows], cols, where)
-            extra[name] = (
-                values[:, 0] if len(cols) == 1 and isinstance(columns[name], str) else values
-            )
-    spec = DecodeSpec(size=tuple(size), channels=channels, dtype=dtype, resize=resize, draft=draft)
+    base = root_url or root_path
+    files = _paths(rows, path_column, where, base)
+    labels, classes = (None, []) if not label_column else _labels(rows, label_column, where)
+    source_boxes = {
+        name: _box_values(rows, cols, name, header, where) for name, cols in (boxes or {}).items()
+    }
+    used = {path_column, label_column, mask_column}
+    used.update(c for cols in (boxes or {}).values() for c in cols)
+    extra = _columns(rows, header, columns, used, where)
     remote = (
         None
         if root_url is None
         else RemoteFiles(protocol_of(root_url), dict(storage_options or {}))
     )
-    source = FileSource(tuple(files), spec, chunks, remote)
-    return ImageSet(
-        source.to_dask(),
+    masks = None if mask_column is None else tuple(_paths(rows, mask_column, where, base))
+    spec = DecodeSpec(
+        size=tuple(size),
+        channels=channels,
+        dtype=resolve_dtype(dtype, size, files[0], remote),
+        resize=resize,
+        draft=draft,
+    )
+    source = FileSource(
+        tuple(files),
+        spec,
+        chunks,
+        remote,
+        masks,
+        resolve_mask_dtype(mask_dtype, masks, remote),
+        source_boxes,
+    )
+    return file_set(
+        source,
         labels,
         classes=classes,
-        paths=relative_paths(files, root_url or root_path),
+        paths=relative_paths(files, base),
         columns=extra,
-        root=root_url or root_path,
+        root=base,
         on_error=on_error,
-        row_source=source,
     )
+
+
+def _read_csv(
+    csv_path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The header and rows of a local or remote CSV file."""
+    if is_url(csv_path):
+        fs, key = filesystem(str(csv_path), storage_options)
+        text = fs.cat_file(key).decode("utf-8-sig")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        return list(reader.fieldnames or []), list(reader)
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, which would
+    # otherwise become part of the first column's name
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path) -> list[str]:
+    """The files a column names, relative to ``root`` and refused if they leave it."""
+    files: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        rel = (row[column] or "").strip()
+        if not rel:
+            raise ValueError(f"{where}, line {line}: empty {column!r}")
+        if isinstance(root, str):
+            try:
+                files.append(join(root, rel))
+            except ValueError:
+                raise ValueError(
+                    f"{where}, line {line}: path {rel!r} points outside root {root!r}; "
+                    "paths must be relative to root and stay inside it"
+                ) from None
+            continue
+        # lexical: '..' and absolute paths may not leave the root, but a symbolic link
+        # inside it may point anywhere (a cache), and the sample keeps the CSV's name
+        full = Path(os.path.normpath(root / rel))
+        if not full.is_relative_to(root):
+            raise ValueError(
+                f"{where}, line {line}: path {rel!r} points outside root {str(root)!r}; "
+                "paths must be relative to root and stay inside it"
+            )
+        files.append(os.fspath(full))
+    return files
+
+
+def _labels(
+    rows: list[dict[str, Any]], label_column: str, where: str
+) -> tuple[np.ndarray, list[str]]:
+    """Labels (class indices) and class names (empty for integer labels)."""
+    raw = [(row[label_column] or "").strip() for row in rows]
+    holes = [line for line, v in enumerate(raw, start=2) if not v]
+    if holes:
+        shown = ", ".join(map(str, holes[:5])) + (", ..." if len(holes) > 5 else "")
+        raise ValueError(
+            f"{where}, line{'s' if len(holes) > 1 else ''} {shown}: no {label_column!r} ({len(holes)} of {len(rows)} rows "
+            "have none); fill them in, drop those rows, or pass label_column=None to read "
+            "the set without labels"
+        )
+    # whole numbers are class indices, also when written as floats ("3.0": an int
+    # column that went through a float one)
+    wholes = [_whole_value(v) for v in raw]
+    if all(w is not None for w in wholes):
+        ints = cast("list[int]", wholes)
+        big = [
+            (i, v)
+            for i, (v, w) in enumerate(zip(raw, ints, strict=True))
+            if not _INT64[0] <= w <= _INT64[1]
+        ]
+        if big:
+            raise ValueError(
+                f"{where}, line {big[0][0] + 2}: label {big[0][1]} is too large for a class "
+                "index (int64); integer labels are class indices — give class names instead"
+            )
+        return np.array(ints, dtype=np.int64), []
+    classes = sorted(set(raw))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in raw], dtype=np.int64), classes
+
+
+def _box_values(
+    rows: list[dict[str, Any]], cols: Sequence[str], name: str, header: list[str], where: str
+) -> np.ndarray:
+    """``(N, 4)`` float64 corners from four CSV columns; four empty cells give NaN."""
+    if isinstance(cols, str) or len(cols) != 4:
+        raise ValueError(f"boxes[{name!r}] must name four columns x0, y0, x1, y1; got {cols!r}")
+    for col in cols:
+        if col not in header:
+            raise ValueError(
+                f"{where} has no column {col!r} (asked for box {name!r}); its columns are {header}"
+            )
+    out = np.empty((len(rows), 4), dtype=np.float64)
+    for line, row in enumerate(rows, start=2):
+        cells = [(row[c] or "").strip() for c in cols]
+        if not any(cells):
+            out[line - 2] = np.nan  # a sample without this box
+            continue
+        bad = [c for c, v in zip(cols, cells, strict=True) if not _is_float(v)]
+        if bad:
+            raise ValueError(
+                f"{where}, line {line}: box {name!r} column {bad[0]!r} is not a number: "
+                f"{row[bad[0]]!r} (leave all four cells empty for a sample without a box)"
+            )
+        x0, y0, x1, y1 = (float(v) for v in cells)
+        if x1 < x0 or y1 < y0:
+            raise ValueError(
+                f"{where}, line {line}: box {name!r} has x0={x0:g}, y0={y0:g}, x1={x1:g}, "
+                f"y1={y1:g}; expected the left, top, right and bottom edges (x0 <= x1, "
+                "y0 <= y1). For x, y, width, height boxes, add width and height to x and y"
+            )
+        out[line - 2] = (x0, y0, x1, y1)
+    return out
+
+
+def _columns(
+    rows: list[dict[str, Any]],
+    header: list[str],
+    columns: Mapping[str, Sequence[str]] | None,
+    used: set[str | None],
+    where: str,
+) -> dict[str, np.ndarray]:
+    """The numeric columns: those asked for, or every unused column of numbers."""
+    extra: dict[str, np.ndarray] = {}
+    if columns is None:
+        for col in header:
+            if col not in used and all(_is_float(row[col]) for row in rows):
+                extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
+        return extra
+    for name, given in columns.items():
+        cols = [given] if isinstance(given, str) else list(given)
+        for col in cols:
+            if col not in header:
+                raise ValueError(
+                    f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}"
+                )
+        for line, row in enumerate(rows, start=2):
+            bad = [c for c in cols if not _is_float(row[c])]
+            if bad:
+                raise ValueError(
+                    f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}"
+                )
+        values = _numbers([[row[c] for c in cols] for row in rows], cols, where)
+        extra[name] = values[:, 0] if len(cols) == 1 and isinstance(given, str) else values
+    return extra
 
 
 def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:

@@ -61,15 +61,9 @@ Images (Pillow)
 Volumes
 -------
 ``.npy`` files (memory-mapped) and TIFF stacks (tifffile), told apart by their
-first bytes. A volume must be 3-D, or 4-D with a trailing channel of 1. It is
-resized to exactly ``size`` by linear interpolation (order 1) on pixel-area
-aligned grids, after a Gaussian pre-filter of sigma ``(factor - 1) / 2`` along
-each axis that shrinks: the same result as ``skimage.transform.resize(...,
-order=1, mode="edge", anti_aliasing=True)`` and computed in float32. Values are
-never rescaled: ``float32`` output casts anything; integer output takes integer
-volumes whose values fit and refuses floating-point ones (pass
-``dtype="float32"``), because stretching min..max silently changes what the
-numbers mean.
+first bytes, resized to exactly ``size`` by anti-aliased linear interpolation. Values
+are never rescaled, and a volume keeps its dtype unless a narrower one is asked for
+(then every value must fit). See :mod:`daskimg.read.volumes`.
 
 Errors
 ------
@@ -80,11 +74,8 @@ a bad file never yields a zero-filled sample.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import struct
-import threading
 import warnings
 from dataclasses import KW_ONLY, dataclass
 from typing import Final
@@ -92,7 +83,11 @@ from typing import Final
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from daskimg.errors import DecodeError
+from ..errors import DecodeError
+from .fileio import CORRUPT, TRANSPOSE, WARNINGS_LOCK, bomb_reason, open_image
+from .fileio import orientation as exif_orientation
+from .geometry import contain_size, fit_box, placement
+from .volumes import VOLUME_DTYPES, volume_into
 
 __all__ = ["DecodeSpec", "decode_file", "decode_image", "decode_into", "decode_volume"]
 
@@ -100,31 +95,13 @@ RESAMPLE: Final = Image.Resampling.BILINEAR
 """The Pillow filter used for every image resize."""
 
 _CHANNEL_MODES: Final = {1: "L", 3: "RGB", 4: "RGBA"}
-_DTYPES: Final = ("uint8", "uint16", "float32")
+#: the dtypes of images; volumes take any of VOLUME_DTYPES
+IMAGE_DTYPES: Final = ("uint8", "uint16", "float32")
 _RESIZE_MODES: Final = ("stretch", "crop", "pad")
 _SIXTEEN_BIT: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _DRAFT_SCALES: Final = (8, 4, 2)
-_ORIENTATION_TAG: Final = 0x0112
-_TRANSPOSE: Final = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_NPY_MAGIC: Final = b"\x93NUMPY"
-_TIFF_MAGICS: Final = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _F32_255: Final = np.float32(255)
 _F32_65535: Final = np.float32(65535)
-
-# warnings.catch_warnings swaps a process-wide filter list; the lock keeps two
-# threads from restoring each other's list. Only header parsing runs under it.
-_WARNINGS_LOCK: Final = threading.Lock()
-
-# errors Pillow, numpy and tifffile raise for damaged files
-_CORRUPT: Final = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -139,10 +116,12 @@ class DecodeSpec:
     channels : {3, 1, 4}
         Image channels: 1 (gray), 3 (RGB) or 4 (RGBA). Volumes always have one
         channel, so this is set to 1 when ``size`` has three entries.
-    dtype : {"uint8", "uint16", "float32"}
-        Sample dtype. For images, ``float32`` is scaled into [0, 1] and
-        ``uint16`` spans 0..65535; volumes keep their values (see the module
-        notes). Any spelling numpy understands is stored as the dtype's name.
+    dtype : str
+        Sample dtype. Images: ``"uint8"``, ``"uint16"`` (spans 0..65535) or
+        ``"float32"`` (scaled into [0, 1]). Volumes: any of
+        :data:`~daskimg.read.volumes.VOLUME_DTYPES` (``"int16"``, ``"float64"``,
+        ...); they keep their values (see :mod:`daskimg.read.volumes`). Any spelling
+        numpy understands is stored as the dtype's name.
     resize : {"stretch", "crop", "pad"}
         How images of another shape are fitted: ``"stretch"`` to ``size``,
         ``"crop"`` to cover ``size`` and cut the center, ``"pad"`` to fit inside
@@ -184,8 +163,20 @@ class DecodeSpec:
             dtype = np.dtype(self.dtype).name
         except TypeError:
             dtype = None
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'uint8', 'uint16' or 'float32'; got {self.dtype!r}")
+        if len(size) == 3:
+            if dtype not in VOLUME_DTYPES:
+                raise ValueError(
+                    f"dtype of volumes must be one of {', '.join(VOLUME_DTYPES)}; got {self.dtype!r}"
+                )
+        elif dtype not in IMAGE_DTYPES:
+            hint = (
+                "; integer dtypes other than these are for volumes (give a 3-D size)"
+                if dtype in VOLUME_DTYPES
+                else ""
+            )
+            raise ValueError(
+                f"dtype of images must be 'uint8', 'uint16' or 'float32'; got {self.dtype!r}{hint}"
+            )
         if self.resize not in _RESIZE_MODES:
             raise ValueError(f"resize must be 'stretch', 'crop' or 'pad'; got {self.resize!r}")
         if not isinstance(self.draft, bool):
@@ -329,7 +320,7 @@ def decode_volume(path: str | os.PathLike[str], spec: DecodeSpec) -> np.ndarray:
     if not spec.is_volume:
         raise ValueError(f"decode_volume needs a 3-D spec; got size={spec.size}. Use decode_image.")
     out = np.empty(spec.sample_shape, dtype=spec.dtype)
-    _volume_into(os.fspath(path), spec, out)
+    volume_into(os.fspath(path), out)
     return out
 
 
@@ -339,7 +330,7 @@ def decode_into(
     out: np.ndarray,
     *,
     data: bytes | None = None,
-) -> None:
+) -> tuple[int, ...]:
     """Decode one file straight into ``out``, e.g. one slot of a preallocated block.
 
     Parameters
@@ -356,6 +347,12 @@ def decode_into(
         The file's content, already read (from object storage, say); the file is
         then not opened.
 
+    Returns
+    -------
+    tuple of int
+        The source's size: ``(H, W)`` of an image after EXIF orientation, ``(D, H, W)``
+        of a volume.
+
     Examples
     --------
     >>> import tempfile, pathlib
@@ -365,7 +362,9 @@ def decode_into(
     >>> spec = DecodeSpec((32, 32))
     >>> block = np.empty((len(paths), *spec.sample_shape), dtype=spec.dtype)
     >>> for i, p in enumerate(paths):
-    ...     decode_into(p, spec, block[i])
+    ...     source_size = decode_into(p, spec, block[i])
+    >>> source_size
+    (32, 40)
     >>> bool((block[0] == decode_file(paths[0], spec)).all())
     True
     """
@@ -375,95 +374,38 @@ def decode_into(
             f"got shape {out.shape} and dtype {out.dtype}"
         )
     if spec.is_volume:
-        _volume_into(os.fspath(path), spec, out, data)
-    else:
-        _image_into(os.fspath(path), spec, out, data)
+        return volume_into(os.fspath(path), out, data)
+    return _image_into(os.fspath(path), spec, out, data)
 
 
 # --- images -----------------------------------------------------------------
 
 
-def _image_into(path: str, spec: DecodeSpec, out: np.ndarray, data: bytes | None = None) -> None:
-    """Decode the image at ``path`` (or its content ``data``) into ``out`` (shape and dtype checked)."""
-    source = _open_image(path, data)
+def _image_into(
+    path: str, spec: DecodeSpec, out: np.ndarray, data: bytes | None = None
+) -> tuple[int, int]:
+    """Decode the image at ``path`` (or its content ``data``) into ``out``; return its (H, W).
+
+    ``out``'s shape and dtype are checked by the caller; (H, W) is the source's size after
+    EXIF orientation.
+    """
+    source = open_image(path, data)
     try:
-        im, place = _decode_pil(source, spec, path)
+        im, place, (w, h) = _decode_pil(source, spec, path)
         _pil_into(im, spec, out, place)
     finally:
         source.close()
-
-
-def _read_bytes(path: str) -> bytes:
-    """Read the whole file; missing, unreadable and empty files raise DecodeError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
-    if not data:
-        raise DecodeError(path, _EMPTY)
-    return data
-
-
-def _unreadable(path: str, exc: OSError) -> DecodeError:
-    """The error for a file that cannot be opened or read."""
-    if isinstance(exc, FileNotFoundError):
-        return DecodeError(path, "no such file; check the path and that the file was not moved")
-    if isinstance(exc, IsADirectoryError):
-        return DecodeError(path, "is a directory, not a file")
-    return DecodeError(path, f"cannot read the file ({exc.strerror or exc})")
-
-
-_EMPTY: Final = "the file is empty (0 bytes); it was probably not written completely, re-create it"
-
-
-def _open_image(path: str, data: bytes | None = None) -> Image.Image:
-    """Read ``path`` once (unless its ``data`` is given) and let Pillow identify it, with bomb-warnings silenced."""
-    if data is None:
-        data = _read_bytes(path)
-    elif not data:
-        raise DecodeError(path, _EMPTY)
-    try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(path, _bomb_reason(exc)) from None
-    except Image.UnidentifiedImageError:
-        raise DecodeError(path, _unidentified_reason(data)) from None
-    except _CORRUPT as exc:
-        raise DecodeError(
-            path, f"corrupt or truncated image ({exc}); copy or export it again"
-        ) from exc
-
-
-def _bomb_reason(exc: Exception) -> str:
-    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-    return (
-        f"over Pillow's decompression-bomb limit of {limit} pixels ({exc}); "
-        "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
-    )
-
-
-def _unidentified_reason(data: bytes) -> str:
-    head = data[:16]
-    if head.startswith(_NPY_MAGIC) or head[:4] in _TIFF_MAGICS:
-        hint = "it looks like a volume; give a 3-D size (depth, height, width) to read volumes"
-    else:
-        hint = "check that it is an image and was copied completely"
-    return f"not an image Pillow can identify (it starts with {head!r}); {hint}"
-
-
-def _orientation(im: Image.Image) -> int:
-    """EXIF orientation 1..8 (1 when missing or invalid), as exif_transpose reads it."""
-    value = im.getexif().get(_ORIENTATION_TAG, 1)
-    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+    return h, w
 
 
 def _decode_pil(
     im: Image.Image, spec: DecodeSpec, path: str
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Load, orient, convert and resize; return the image and its (x, y) place in the sample."""
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int]]:
+    """Load, orient, convert and resize.
+
+    Returns the image, its (x, y) place in the sample and the source's (w, h) after EXIF
+    orientation.
+    """
     target = _CHANNEL_MODES[spec.channels]
     full = im.size  # file orientation, before any draft
     scale = 1
@@ -471,21 +413,21 @@ def _decode_pil(
         is_jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
         if is_jpeg:
             # read before the draft, which works in file orientation
-            orientation = _orientation(im)
+            orientation = exif_orientation(im)
             if spec.draft:
                 scale = _apply_draft(im, spec, orientation, target)
         if full[0] * full[1] > (Image.MAX_IMAGE_PIXELS or math.inf):
             # a few plugins (GIF, tiled TIFF) repeat the bomb check while loading
-            with _WARNINGS_LOCK, warnings.catch_warnings():
+            with WARNINGS_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im.load()
         else:
             im.load()
         if not is_jpeg:
-            orientation = _orientation(im)
+            orientation = exif_orientation(im)
     except Image.DecompressionBombError as exc:
-        raise DecodeError(path, _bomb_reason(exc)) from None
-    except _CORRUPT as exc:
+        raise DecodeError(path, bomb_reason(exc)) from None
+    except CORRUPT as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason:
             raise DecodeError(
@@ -494,7 +436,7 @@ def _decode_pil(
         raise DecodeError(path, f"corrupt image data ({reason})") from exc
 
     origin = (0.0, 0.0)
-    method = _TRANSPOSE.get(orientation)
+    method = TRANSPOSE.get(orientation)
     if method is not None:
         if scale > 1:
             origin = _transposed_origin(im.size, (full[0] / scale, full[1] / scale), orientation)
@@ -505,33 +447,7 @@ def _decode_pil(
     im, place = _resize(im, spec, full, scale, origin)
     if late is not None:
         im = im.convert(late)
-    return im, place
-
-
-def _fit_box(w: int, h: int, tw: int, th: int) -> tuple[float, float, float, float]:
-    """Centred box of a ``w`` x ``h`` image with the aspect of ``tw`` x ``th``, as ImageOps.fit."""
-    src_ratio = w / h
-    out_ratio = tw / th
-    if src_ratio == out_ratio:
-        cw, ch = float(w), float(h)
-    elif src_ratio >= out_ratio:
-        cw, ch = out_ratio * h, float(h)
-    else:
-        cw, ch = float(w), w / out_ratio
-    left = (w - cw) * 0.5
-    top = (h - ch) * 0.5
-    return (left, top, left + cw, top + ch)
-
-
-def _contain_size(w: int, h: int, tw: int, th: int) -> tuple[int, int]:
-    """Largest size of the image's aspect inside ``tw`` x ``th``, as ImageOps.contain."""
-    src_ratio = w / h
-    out_ratio = tw / th
-    if src_ratio > out_ratio:
-        return tw, max(1, round(h / w * tw))
-    if src_ratio < out_ratio:
-        return max(1, round(w / h * th)), th
-    return tw, th
+    return im, place, full
 
 
 def _apply_draft(im: Image.Image, spec: DecodeSpec, orientation: int, target: str) -> int:
@@ -540,10 +456,10 @@ def _apply_draft(im: Image.Image, spec: DecodeSpec, orientation: int, target: st
     ow, oh = (h, w) if orientation >= 5 else (w, h)
     th, tw = spec.size
     if spec.resize == "crop":
-        left, top, right, bottom = _fit_box(ow, oh, tw, th)
+        left, top, right, bottom = fit_box(ow, oh, tw, th)
         limit = min((right - left) / tw, (bottom - top) / th)
     elif spec.resize == "pad":
-        fw, fh = _contain_size(ow, oh, tw, th)
+        fw, fh = contain_size(ow, oh, tw, th)
         limit = min(ow / fw, oh / fh)
     else:
         limit = min(ow / tw, oh / th)
@@ -626,24 +542,17 @@ def _resize(
     scale: int,
     origin: tuple[float, float],
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Resize per ``spec.resize``; ``full`` is the undrafted size, ``scale`` the draft factor."""
-    th, tw = spec.size
+    """Resize per ``spec.resize``; ``full`` is the undrafted (w, h), ``scale`` the draft factor."""
     w, h = full
-    box: tuple[float, float, float, float] = (0, 0, w, h)
-    place = (0, 0)
-    size = (tw, th)
-    if spec.resize == "crop":
-        box = _fit_box(w, h, tw, th)
-    elif spec.resize == "pad":
-        size = _contain_size(w, h, tw, th)
-        place = (round((tw - size[0]) * 0.5), round((th - size[1]) * 0.5))
+    where = placement((h, w), (spec.size[0], spec.size[1]), spec.resize)
+    box = where.box
     if scale == 1:
-        if size == im.size and box == (0, 0, w, h):
-            return im, place
+        if where.size == im.size and box == (0, 0, w, h):
+            return im, where.offset
     else:
         ox, oy = origin
         box = (ox + box[0] / scale, oy + box[1] / scale, ox + box[2] / scale, oy + box[3] / scale)
-    return im.resize(size, RESAMPLE, box=box), place
+    return im.resize(where.size, RESAMPLE, box=box), where.offset
 
 
 def _pil_into(im: Image.Image, spec: DecodeSpec, out: np.ndarray, place: tuple[int, int]) -> None:
@@ -683,132 +592,3 @@ def _pil_into(im: Image.Image, spec: DecodeSpec, out: np.ndarray, place: tuple[i
         region[:, :, 1:3] = gray[:, :, None]
     if spec.channels == 4:
         region[:, :, 3] = opaque
-
-
-# --- volumes ----------------------------------------------------------------
-
-
-def _volume_into(path: str, spec: DecodeSpec, out: np.ndarray, data: bytes | None = None) -> None:
-    """Decode the volume at ``path`` (or its content ``data``) into ``out`` (shape and dtype checked)."""
-    vol, is_tiff = _read_volume(path, data)
-    if vol.ndim == 4 and vol.shape[-1] == 1:
-        vol = vol[..., 0]
-    if vol.ndim != 3:
-        hint = ""
-        if is_tiff and vol.ndim == 2:
-            hint = " (a single page: a TIFF stack has one page per slice, unless it is truncated)"
-        raise DecodeError(
-            path,
-            "expected a 3-D volume (depth, height, width), or 4-D with a trailing channel "
-            f"of 1; found shape {vol.shape}{hint}",
-        )
-    if 0 in vol.shape:
-        raise DecodeError(path, f"the volume is empty (shape {vol.shape})")
-    _check_volume_dtype(vol, np.dtype(spec.dtype), path)
-    dst = out[..., 0]
-    if vol.shape == spec.size:
-        np.copyto(dst, vol, casting="unsafe")  # values were checked to fit
-    elif spec.dtype == "float32":
-        _zoom(vol, dst)
-    else:
-        tmp = np.empty(spec.size, dtype=np.float32)
-        _zoom(vol, tmp)
-        np.rint(tmp, out=tmp)
-        info = np.iinfo(out.dtype)
-        np.clip(tmp, info.min, info.max, out=tmp)
-        np.copyto(dst, tmp, casting="unsafe")
-
-
-def _read_volume(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool]:
-    """Open a .npy (memory-mapped) or TIFF stack, told apart by the first bytes.
-
-    With ``data`` (the file's content), that is read instead of the file.
-    Returns the array and whether it came from a TIFF.
-    """
-    if data is None:
-        try:
-            with open(path, "rb") as f:
-                head = f.read(8)
-        except OSError as exc:
-            raise _unreadable(path, exc) from None
-    else:
-        head = data[:8]
-    if not head:
-        raise DecodeError(path, _EMPTY)
-    source: str | io.BytesIO = path if data is None else io.BytesIO(data)
-    if head.startswith(_NPY_MAGIC):
-        try:
-            if data is not None:
-                return np.load(source, allow_pickle=False), False
-            return np.load(path, mmap_mode="r", allow_pickle=False), False
-        except _CORRUPT as exc:
-            if "Python objects" in str(exc) or "allow_pickle" in str(exc):
-                raise DecodeError(
-                    path,
-                    "the .npy file holds Python objects (dtype object), not numbers; "
-                    "save the volume as a numeric array, e.g. np.save(path, vol.astype('float32'))",
-                ) from None
-            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
-    if head[:4] in _TIFF_MAGICS:
-        import tifffile  # only volumes need it
-
-        try:
-            return np.asarray(tifffile.imread(source)), True
-        except MemoryError:
-            raise
-        except Exception as exc:  # codecs raise their own types (imagecodecs.DeflateError, ...)
-            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
-    raise DecodeError(
-        path,
-        "not a volume: expected a NumPy .npy file (starting b'\\x93NUMPY') or a TIFF stack "
-        f"(starting b'II*\\x00' or b'MM\\x00*'); it starts with {head!r}. "
-        "Give a 2-D size (height, width) to read images",
-    )
-
-
-def _check_volume_dtype(vol: np.ndarray, dtype: np.dtype, path: str) -> None:
-    """Refuse casts that would change values: floats to ints, ints out of range."""
-    kind = vol.dtype.kind
-    if kind not in "biuf":
-        raise DecodeError(
-            path, f"unsupported volume dtype {vol.dtype}; expected integers or floats"
-        )
-    if dtype.kind == "f" or np.can_cast(vol.dtype, dtype):
-        return
-    if kind == "f":
-        raise DecodeError(
-            path,
-            f"the volume holds floating-point values ({vol.dtype}) that {dtype.name} would "
-            "truncate; pass dtype='float32'",
-        )
-    lo, hi = int(vol.min()), int(vol.max())
-    info = np.iinfo(dtype)
-    if lo < info.min or hi > info.max:
-        fix = "dtype='uint16' or dtype='float32'" if lo >= 0 and hi <= 65535 else "dtype='float32'"
-        raise DecodeError(
-            path,
-            f"volume values span {lo}..{hi}, outside the {dtype.name} range "
-            f"{info.min}..{info.max}; pass {fix}",
-        )
-
-
-def _zoom(vol: np.ndarray, dst: np.ndarray) -> None:
-    """Resize a 3-D array linearly to exactly ``dst.shape``, anti-aliased when shrinking."""
-    from scipy import ndimage  # only volumes need it
-
-    factors = [n / t for n, t in zip(vol.shape, dst.shape, strict=True)]
-    src = np.asarray(vol, dtype=np.float32)
-    sigma = [max(0.0, (f - 1) / 2) for f in factors]
-    if any(sigma):
-        src = ndimage.gaussian_filter(src, sigma, mode="nearest")
-    # output voxel o samples input coordinate (o + 0.5) * f - 0.5: pixel-area aligned
-    # grids (zoom's grid_mode=True), with the output shape fixed by ``dst``
-    ndimage.affine_transform(
-        src,
-        factors,
-        offset=[(f - 1) / 2 for f in factors],
-        output_shape=dst.shape,
-        output=dst,
-        order=1,
-        mode="nearest",
-    )

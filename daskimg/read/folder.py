@@ -1,10 +1,24 @@
-"""Read: :func:`from_folder` — a folder of class subfolders (or of ``train/``, ``valid/``, ``test/``)."""
+"""Read: :func:`from_folder` — a folder of class subfolders (or of ``train/``, ``valid/``, ``test/``).
+
+Nothing is dropped silently. The rules, the same on disk and at a URL:
+
+* ``root/<class>/<files>``: labelled by class (files found recursively in each class folder).
+* ``root/<files>`` with no class folders: one set without labels.
+* ``root/train/``, ``root/valid/`` (or ``val/``, ``validation/``), ``root/test/``: predefined
+  splits (recognised when ``train/`` is there); each split folder holds class folders
+  (labelled) or files directly (an unlabelled split, like Kaggle's flat ``test/``).
+* An image file beside class folders (``root/stray.jpg``, ``root/train/stray.jpg``), or
+  beside split folders, is an error naming it: move it into a class folder, or pass
+  ``stray="ignore"`` to leave such files out (they are logged).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +27,20 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .files import DEFAULT_BLOCK, FileSource, relative_paths
-from .imageset import ImageSet, class_index
+from .files import relative_paths, resolve_dtype
+from .imageset import NO_LABEL, ImageSet, file_set
+from .masks import resolve_mask_dtype
+from .source import DEFAULT_BLOCK, FileSource
+
+__all__ = ["IMAGE_EXTENSIONS", "SPLIT_DIRS", "find_split_dirs", "from_folder"]
+
+logger = logging.getLogger("daskimg")
 
 #: file endings from_folder treats as images or volumes (case-insensitive)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
     | {".pbm", ".pgm", ".ppm", ".pnm", ".npy"}
 )
-
 
 #: folder names recognised as predefined splits, and the split each maps to
 SPLIT_DIRS = {
@@ -32,23 +51,35 @@ SPLIT_DIRS = {
     "test": "test",
 }
 
+STRAY = ("raise", "ignore")
 
-def _files_under(folder: Path) -> list[Path]:
+
+@dataclass
+class _Top:
+    """One labelled-or-not folder: the root, or one split folder."""
+
+    split: str  # "" for the root itself
+    where: str  # the folder, for messages
+    direct: list[str] = field(default_factory=list)  # image files directly in it
+    classes: dict[str, list[str]] = field(default_factory=dict)  # class folder -> its files
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _files_under(folder: Path, exclude: str | None = None) -> list[Path]:
     files: list[Path] = []
     seen: set[str] = set()
     # linked subfolders are followed like the class folder itself; each real folder once
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        if real in seen or real == exclude:
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(
-            Path(dirpath) / f
-            for f in sorted(filenames)
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
     return files
 
 
@@ -67,16 +98,145 @@ def find_split_dirs(root: str | os.PathLike[str]) -> dict[str, Path]:
     return found if "train" in found else {}
 
 
+def _local_tops(root: Path, exclude: str | None) -> tuple[list[_Top], list[str]]:
+    """The folders to read under ``root``, and image files directly in a root of splits."""
+
+    def direct(folder: Path) -> list[str]:
+        return [os.fspath(f) for f in sorted(folder.iterdir()) if f.is_file() and _is_image(f.name)]
+
+    def top(split: str, folder: Path) -> _Top:
+        t = _Top(split, os.fspath(folder), direct(folder))
+        for d in sorted(folder.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) != exclude:
+                t.classes[d.name] = [os.fspath(f) for f in _files_under(d, exclude)]
+        return t
+
+    splits = find_split_dirs(root)
+    if not splits:
+        return [top("", root)], []
+    return [top(s, d) for s, d in splits.items()], direct(root)
+
+
+def _url_tops(url: str, fs: Any, base: str, exclude: str | None) -> tuple[list[_Top], list[str]]:
+    """:func:`_local_tops` from one recursive listing of a URL prefix (``base`` on ``fs``)."""
+    base = base.rstrip("/")
+    rels = [k[len(base) + 1 :] for k in fs.find(base) if k.startswith(base + "/")]
+    if exclude is not None:
+        rels = [r for r in rels if not (r + "/").startswith(exclude + "/")]
+    parts = [r.split("/") for r in rels]
+    found: dict[str, str] = {}
+    for name in sorted({q[0] for q in parts if len(q) > 1}):
+        split = SPLIT_DIRS.get(name.lower())
+        if split is not None:
+            if split in found:
+                raise ValueError(
+                    f"{url} holds both {found[split]!r} and {name!r}; keep one folder per split"
+                )
+            found[split] = name
+    prefixes = [(s, (n,)) for s, n in found.items()] if "train" in found else [("", ())]
+    tops = []
+    for split, prefix in prefixes:
+        d = len(prefix)
+        t = _Top(split, "/".join((url, *prefix)))
+        # the order of os.walk with sorted names: a folder's files, then its subfolders
+        below = sorted(
+            (q[d:] for q in parts if tuple(q[:d]) == prefix and len(q) > d),
+            key=lambda rest: [(j < len(rest) - 1, x) for j, x in enumerate(rest)],
+        )
+        for rest in below:
+            if any(x.startswith(".") for x in rest) or not _is_image(rest[-1]):
+                continue
+            full = join(url, "/".join((*prefix, *rest)))
+            if len(rest) == 1:
+                t.direct.append(full)
+            else:
+                t.classes.setdefault(rest[0], []).append(full)
+        tops.append(t)
+    loose = (
+        [join(url, q[0]) for q in sorted(parts) if len(q) == 1 and _is_image(q[0])]
+        if "train" in found
+        else []
+    )
+    return tops, loose
+
+
+def _stray_files(files: list[str], where: str, beside: str, stray: str) -> None:
+    """Refuse (or, with stray='ignore', log) image files beside class or split folders."""
+    if not files:
+        return
+    shown = ", ".join(repr(posixpath.basename(f.replace(os.sep, "/"))) for f in files[:3])
+    more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+    if stray == "ignore":
+        logger.warning(
+            "left out %d image file(s) directly in %s, beside its %s (stray='ignore'): %s%s",
+            len(files),
+            where,
+            beside,
+            shown,
+            more,
+        )
+        return
+    raise ValueError(
+        f"{len(files)} image file(s) directly in {where!r}, beside its {beside}: {shown}{more}. "
+        "A folder holds class folders or image files, not both, so these have no label. "
+        "Move them into a class folder (or a split folder of their own), or pass "
+        "stray='ignore' to leave them out"
+    )
+
+
+def _assemble(
+    where: str, tops: list[_Top], loose: list[str], stray: str
+) -> tuple[list[str], np.ndarray | None, list[str], list[str]]:
+    """Files, labels (None: no labels at all; -1: a sample without one), classes, splits."""
+    _stray_files(loose, where, "split folders", stray)
+    labelled = []
+    for t in tops:
+        has_classes = any(t.classes.values())
+        if t.direct and has_classes:
+            _stray_files(
+                t.direct, t.where, f"class folders ({', '.join(sorted(t.classes))})", stray
+            )
+            t.direct = []
+        if not t.direct:
+            labelled.append(t)
+    classes = sorted({c for t in labelled for c in t.classes})
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[str] = []
+    labels: list[int] = []
+    split_of: list[str] = []
+    for t in tops:
+        if t.direct:
+            files.extend(t.direct)
+            labels.extend([NO_LABEL] * len(t.direct))
+            split_of.extend([t.split] * len(t.direct))
+            continue
+        for c in classes:
+            found = t.classes.get(c, [])
+            files.extend(found)
+            labels.extend([index[c]] * len(found))
+            split_of.extend([t.split] * len(found))
+    if not files:
+        raise NoImagesFoundError(
+            f"no image files under {where!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "expected class folders of images, or images directly in the folder"
+        )
+    lab = None if not classes else np.array(labels, dtype=np.int64)
+    return files, lab, classes, split_of
+
+
 def from_folder(
     root: str | os.PathLike[str],
     *,
     size: Sequence[int],
     channels: int = 3,
-    dtype: str = "uint8",
+    dtype: str | None = None,
     resize: str = "stretch",
     draft: bool = True,
     on_error: str = "raise",
     chunks: int = DEFAULT_BLOCK,
+    masks: str | os.PathLike[str] | None = None,
+    mask_dtype: str | None = None,
+    stray: str = "raise",
     storage_options: Mapping[str, Any] | None = None,
 ) -> ImageSet:
     """An :class:`ImageSet` from a folder of class subfolders (``root/<class>/<file>``).
@@ -86,11 +246,35 @@ def from_folder(
     (see ``IMAGE_EXTENSIONS``) are not samples. A root that holds ``train/``, ``valid/``
     (or ``val/``) and ``test/`` folders is recognised: the classes are the union over the
     splits (so indices agree across splits) and ``ds.split()`` returns the predefined splits.
-    Nothing is decoded; options are those of :func:`daskimg.imread`.
+    A folder of images without class folders (the root, or a split folder such as a
+    flat ``test/``) gives samples without labels: ``labels`` is None for the set or
+    split, and ``-1`` for those samples in a set that also has labelled ones. An image
+    beside class folders is an error (see ``stray``). Nothing is decoded; options are
+    those of :func:`daskimg.imread`.
 
     ``root`` may be a URL (``"s3://bucket/train"``, with ``storage_options``): it is
     listed once with fsspec, and gives the same set as the same tree on disk (folders
     exist there only as key prefixes, so an empty class folder is not a class).
+
+    Parameters
+    ----------
+    masks
+        A folder of segmentation masks, one per image by its path relative to ``root``,
+        with any image ending: ``root/a/b.jpg`` pairs with ``masks/a/b.png`` (or ``.npy``,
+        ...). They become the ``masks`` column ``(N, H, W)``, resized with each image's
+        exact geometry by nearest neighbour (:mod:`daskimg.read.masks`). An image without
+        a mask is an error naming both files. A mask folder inside ``root`` is not read
+        as a class.
+    mask_dtype
+        dtype of the stored masks; by default the first mask file's (uint8 for 8-bit,
+        palette and 1-bit files, uint16 for 16-bit ones).
+    stray
+        ``"raise"`` (default): an image file directly beside class folders (or beside
+        split folders) is an error naming it. ``"ignore"``: such files are left out, with
+        a logged warning.
+
+    The set also has a ``source_size`` column ``(N, 2)`` (each source's height and width
+    after EXIF orientation; ``(N, 3)`` for volumes), computed as the files are decoded.
 
     Examples
     --------
@@ -101,130 +285,115 @@ def from_folder(
     >>> ds.classes, ds.labels.tolist()
     (('cat', 'dog'), [0, 0, 0, 1, 1, 1])
     """
-    if is_url(root):
-        return _from_folder_url(
-            str(root).rstrip("/"),
-            DecodeSpec(
-                size=tuple(size), channels=channels, dtype=dtype, resize=resize, draft=draft
-            ),
-            on_error=on_error,
-            chunks=chunks,
-            storage_options=storage_options,
-        )
-    check_options(root, storage_options)
-    root = Path(root)
-    if not root.is_dir():
-        raise NoImagesFoundError(
-            f"{str(root)!r} is not a folder; pass a folder of class subfolders"
-        )
-    splits = find_split_dirs(root)
-    tops = list(splits.items()) if splits else [("", root)]
-    class_names: set[str] = set()
-    for _, top in tops:
-        class_names.update(
-            d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith(".")
-        )
-    classes = sorted(class_names)
-    index = class_index(classes, str(root))
-    files: list[str] = []
-    labels: list[int] = []
-    split_of: list[str] = []
-    for split, top in tops:
-        for c in classes:
-            found = _files_under(top / c) if (top / c).is_dir() else []
-            files.extend(os.fspath(f) for f in found)
-            labels.extend([index[c]] * len(found))
-            split_of.extend([split] * len(found))
-    if not files:
-        raise NoImagesFoundError(
-            f"no image files under {str(root)!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    spec = DecodeSpec(size=tuple(size), channels=channels, dtype=dtype, resize=resize, draft=draft)
-    source = FileSource(tuple(files), spec, chunks)
-    return ImageSet(
-        source.to_dask(),
-        np.array(labels, dtype=np.int64),
-        classes=classes,
-        paths=relative_paths(files, root),
-        root=root,
-        on_error=on_error,
-        source_splits=np.array(split_of, dtype=object) if splits else None,
-        row_source=source,
-    )
-
-
-def _from_folder_url(
-    url: str,
-    spec: DecodeSpec,
-    *,
-    on_error: str,
-    chunks: int,
-    storage_options: Mapping[str, Any] | None,
-) -> ImageSet:
-    """:func:`from_folder` over a URL: one recursive listing, the same rules as on disk."""
-    fs, base = filesystem(url, storage_options)
-    base = base.rstrip("/")
-    rels = [k[len(base) + 1 :] for k in fs.find(base) if k.startswith(base + "/")]
-    parts = [r.split("/") for r in rels]
-    tops: list[tuple[str, tuple[str, ...]]] = [("", ())]
-    found: dict[str, str] = {}
-    for name in sorted({q[0] for q in parts if len(q) > 1}):
-        split = SPLIT_DIRS.get(name.lower())
-        if split is not None:
-            if split in found:
-                raise ValueError(
-                    f"{url} holds both {found[split]!r} and {name!r}; keep one folder per split"
-                )
-            found[split] = name
-    if "train" in found:
-        tops = [(split, (name,)) for split, name in found.items()]
-    depth = {split: len(prefix) for split, prefix in tops}
-    class_names = {
-        q[len(prefix)]
-        for q in parts
-        for _, prefix in tops
-        if len(q) > len(prefix) + 1 and tuple(q[: len(prefix)]) == prefix
-    }
-    classes = sorted(c for c in class_names if not c.startswith("."))
-    index = class_index(classes, url)
-    files: list[str] = []
-    labels: list[int] = []
-    split_of: list[str] = []
-    for split, prefix in tops:
-        d = depth[split]
-        for c in classes:
-            # the order of os.walk with sorted names: a folder's files, then its subfolders
-            below = sorted(
-                (
-                    q[d + 1 :]
-                    for q in parts
-                    if tuple(q[:d]) == prefix and len(q) > d + 1 and q[d] == c
-                ),
-                key=lambda rest: [(j < len(rest) - 1, x) for j, x in enumerate(rest)],
+    if stray not in STRAY:
+        raise ValueError(f"stray must be 'raise' or 'ignore'; got {stray!r}")
+    url = str(root).rstrip("/") if is_url(root) else None
+    if url is None:
+        check_options(root, storage_options)
+        if not Path(root).is_dir():
+            raise NoImagesFoundError(
+                f"{os.fspath(root)!r} is not a folder; pass a folder of class subfolders"
             )
-            chosen = [
-                "/".join((*prefix, c, *rest))
-                for rest in below
-                if not any(x.startswith(".") for x in rest)
-                and posixpath.splitext(rest[-1])[1].lower() in IMAGE_EXTENSIONS
-            ]
-            files.extend(join(url, r) for r in chosen)
-            labels.extend([index[c]] * len(chosen))
-            split_of.extend([split] * len(chosen))
-    if not files:
-        raise NoImagesFoundError(
-            f"no image files under {url!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+    mask_root = None if masks is None else _mask_root(masks, root, url)
+    if url is not None:
+        fs, base_path = filesystem(url, storage_options)
+        exclude = None
+        if mask_root is not None and mask_root.startswith(url + "/"):
+            exclude = mask_root[len(url) + 1 :]
+        tops, loose = _url_tops(url, fs, base_path, exclude)
+    else:
+        real_masks = None if mask_root is None else os.path.realpath(mask_root)
+        tops, loose = _local_tops(Path(root), real_masks)
+    where = url or os.fspath(root)
+    files, labels, classes, split_of = _assemble(where, tops, loose, stray)
+    base: str | Path = url or Path(root)
+    rel = relative_paths(files, base)
+    remote = None if url is None else RemoteFiles(protocol_of(url), dict(storage_options or {}))
+    mask_files = None
+    if mask_root is not None:
+        mask_files = _pair_masks(rel, files, mask_root, storage_options)
+    spec = DecodeSpec(
+        size=tuple(size),
+        channels=channels,
+        dtype=resolve_dtype(dtype, size, files[0], remote),
+        resize=resize,
+        draft=draft,
+    )
     source = FileSource(
-        tuple(files), spec, chunks, RemoteFiles(protocol_of(url), dict(storage_options or {}))
+        tuple(files),
+        spec,
+        chunks,
+        remote,
+        mask_files,
+        resolve_mask_dtype(mask_dtype, mask_files, remote),
     )
-    return ImageSet(
-        source.to_dask(),
-        np.array(labels, dtype=np.int64),
+    splits = {t.split for t in tops}
+    return file_set(
+        source,
+        labels,
         classes=classes,
-        paths=relative_paths(files, url),
-        root=url,
+        paths=rel,
+        root=base,
         on_error=on_error,
-        source_splits=np.array(split_of, dtype=object) if "train" in found else None,
-        row_source=source,
+        source_splits=np.array(split_of, dtype=object) if splits != {""} else None,
     )
+
+
+def _mask_root(masks: str | os.PathLike[str], root: Any, url: str | None) -> str:
+    if is_url(masks):
+        if url is None:
+            raise ValueError(
+                f"masks={str(masks)!r} is a URL but root {str(root)!r} is local; keep them together"
+            )
+        return str(masks).rstrip("/")
+    if url is not None:
+        raise ValueError(
+            f"masks={str(masks)!r} is local but root {url!r} is a URL; pass a URL for masks too"
+        )
+    if not Path(masks).is_dir():
+        raise NoImagesFoundError(
+            f"masks={os.fspath(masks)!r} is not a folder; pass the folder of mask files "
+            "(one per image, by the image's path relative to root)"
+        )
+    return os.path.abspath(masks)
+
+
+def _pair_masks(
+    rel: np.ndarray,
+    files: list[str],
+    mask_root: str,
+    storage_options: Mapping[str, Any] | None,
+) -> tuple[str, ...]:
+    """Each image's mask: the file under ``mask_root`` with its relative path and any ending."""
+    if is_url(mask_root):
+        fs, base = filesystem(mask_root, storage_options)
+        base = base.rstrip("/")
+        found = [k[len(base) + 1 :] for k in fs.find(base) if k.startswith(base + "/")]
+        candidates = [(r, join(mask_root, r)) for r in found]
+    else:
+        candidates = [
+            (Path(f).relative_to(mask_root).as_posix(), os.fspath(f))
+            for f in _files_under(Path(mask_root))
+        ]
+    by_stem: dict[str, list[str]] = {}
+    for r, full in candidates:
+        if _is_image(posixpath.basename(r)):
+            by_stem.setdefault(posixpath.splitext(r)[0], []).append(full)
+    out = []
+    for r, image in zip(rel, files, strict=True):
+        stem = posixpath.splitext(str(r))[0]
+        got = by_stem.get(stem, [])
+        if len(got) != 1:
+            shown = mask_root.rstrip("/") + "/" + stem + ".*"
+            if not got:
+                raise NoImagesFoundError(
+                    f"no mask for {image!r}: expected a file {shown!r} (a mask per image, by "
+                    "its path relative to root, with any image ending); add it, or leave the "
+                    "image out"
+                )
+            raise ValueError(
+                f"{image!r} has {len(got)} masks ({', '.join(repr(g) for g in sorted(got))}); "
+                "keep one file per image"
+            )
+        out.append(got[0])
+    return tuple(out)

@@ -10,9 +10,12 @@ from typing import Any, cast
 import dask.array as da
 import numpy as np
 
-from ..errors import NoImagesFoundError
 from .decode import DecodeSpec
-from .files import DEFAULT_BLOCK, ON_ERROR, FileSource, RowSource
+from .files import ON_ERROR
+from .source import DEFAULT_BLOCK, FileSource, RowSource
+
+#: the label of a sample that has none (a sample of an unlabelled split), as in scikit-learn
+NO_LABEL = -1
 
 
 class ImageSet:
@@ -23,7 +26,8 @@ class ImageSet:
     images
         ``(N, H, W, C)`` or ``(N, D, H, W, C)`` dask or numpy array.
     labels
-        ``(N,)`` integer class indices, or None.
+        ``(N,)`` integer class indices, or None. ``-1`` marks a sample without a label
+        (a sample of an unlabelled ``test/`` folder beside labelled ones).
     classes
         Class names; ``classes[labels[i]]`` names sample ``i``'s class.
     paths
@@ -55,7 +59,7 @@ class ImageSet:
         *,
         classes: Sequence[str] = (),
         paths: Sequence[str] | np.ndarray | None = None,
-        columns: Mapping[str, np.ndarray] | None = None,
+        columns: Mapping[str, Any] | None = None,
         root: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
         source_splits: Sequence[str] | np.ndarray | None = None,
@@ -89,10 +93,10 @@ class ImageSet:
         self.classes = tuple(str(c) for c in classes)
         if self.labels is not None and self.classes and len(self.labels):
             lo, hi = int(self.labels.min()), int(self.labels.max())
-            if lo < 0 or hi >= len(self.classes):
+            if lo < NO_LABEL or hi >= len(self.classes):
                 raise ValueError(
-                    f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes; "
-                    f"found {lo}..{hi}"
+                    f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes "
+                    f"(or be {NO_LABEL}: no label); found {lo}..{hi}"
                 )
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
@@ -155,7 +159,23 @@ class ImageSet:
 
     @property
     def arrays(self) -> dict[str, Any]:
-        """Every per-sample array by name: ``images``, ``labels``, ``paths`` and extra columns."""
+        """Every per-sample array by name: ``images``, ``labels``, ``paths`` and the columns.
+
+        Which are dask arrays and which numpy follows one rule: an array whose values need
+        files to be read or decoded is a dask array (lazy); an array already in memory is
+        numpy.
+
+        * dask: ``images``; for sets read from files also ``source_size``, ``masks`` and
+          the box columns (moving a box into the stored frame needs its source's size,
+          which comes from decoding); for sets opened from a store, every array of more
+          than one dimension (``images``, ``masks``, boxes, features, ...).
+        * numpy: ``labels`` and ``paths`` (always), the numbers read from a CSV, and 1-D
+          columns of an opened store (read when it is opened).
+        * columns passed to :class:`ImageSet` keep their kind (numpy or dask).
+
+        Computing several dask arrays of a set read from files together (``dask.compute``)
+        decodes each file once: they are views of the same decode tasks.
+        """
         out: dict[str, Any] = {} if self.images is None else {"images": self.images}
         if self.labels is not None:
             out["labels"] = self.labels
@@ -208,8 +228,10 @@ class ImageSet:
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"indices must lie in 0..{len(self) - 1}")
         files = None if self.row_source is None else self.row_source.take(idx)
+        # arrays derived from the files are rebuilt with the images, from the same tasks
+        fresh = {} if files is None else files.to_dask_arrays()
         images = (
-            files.to_dask()
+            fresh["images"]
             if files is not None
             else None
             if self.images is None
@@ -220,7 +242,7 @@ class ImageSet:
             None if self.labels is None else self.labels[idx],
             classes=self.classes,
             paths=None if self.paths is None else self.paths[idx],
-            columns={k: v[idx] for k, v in self.columns.items()},
+            columns={k: fresh[k] if k in fresh else v[idx] for k, v in self.columns.items()},
             root=self.root,
             on_error=self.on_error,
             source_splits=None if self.source_splits is None else self.source_splits[idx],
@@ -241,7 +263,9 @@ class ImageSet:
         (largest remainder), and every split gets at least one sample of a class that has
         at least as many samples as there are splits. Deterministic for an integer seed.
         Without ``fractions``, a set read from a folder that already held ``train/``,
-        ``valid/`` (or ``val/``), ``test/`` returns those splits.
+        ``valid/`` (or ``val/``), ``test/`` returns those splits; a split folder of files
+        without class subfolders (Kaggle's flat ``test/``) is a split without labels
+        (``labels`` None, ``paths`` set).
 
         Examples
         --------
@@ -257,7 +281,11 @@ class ImageSet:
                     "this set has no predefined train/valid/test folders"
                 )
             names = [s for s in ("train", "valid", "test") if (self.source_splits == s).any()]
-            return {s: self.take(np.flatnonzero(self.source_splits == s)) for s in names}
+            given = {s: self.take(np.flatnonzero(self.source_splits == s)) for s in names}
+            for part in given.values():
+                if part.labels is not None and (part.labels == NO_LABEL).all():
+                    part.labels = None  # an unlabelled split folder: paths, no labels
+            return given
         parts = split_indices(
             len(self),
             fractions,
@@ -353,11 +381,40 @@ def _allocate(m: int, fr: np.ndarray) -> np.ndarray:
     return counts
 
 
-def class_index(classes: list[str], where: str) -> dict[str, int]:
-    """Class name -> label; an error if a folder has no class subfolders."""
-    if not classes:
-        raise NoImagesFoundError(
-            f"{where!r} has no class subfolders; expected {where}/<class>/<image files> "
-            "(use daskimg.imread for a flat folder without labels)"
+def file_set(
+    source: FileSource,
+    labels: Any = None,
+    *,
+    classes: Sequence[str] = (),
+    paths: Any = None,
+    columns: Mapping[str, Any] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    on_error: str = "raise",
+    source_splits: Any = None,
+) -> ImageSet:
+    """An :class:`ImageSet` of files: images and derived arrays from ``source``'s shared tasks.
+
+    The derived arrays (``source_size``, ``masks``, box columns in the stored frame) join
+    ``columns``; the box columns are the set's ``boxes``.
+    """
+    arrays = source.to_dask_arrays()
+    columns = dict(columns or {})
+    clash = sorted(set(columns) & set(source.derived))
+    if clash:
+        raise ValueError(
+            f"column names {clash} are taken by arrays daskimg derives from the files "
+            "(source_size, masks, boxes); rename those columns"
         )
-    return {c: i for i, c in enumerate(classes)}
+    columns.update({k: arrays[k] for k in source.derived})
+    return ImageSet(
+        arrays["images"],
+        labels,
+        classes=classes,
+        paths=paths,
+        columns=columns,
+        root=root,
+        on_error=on_error,
+        source_splits=source_splits,
+        row_source=source,
+        boxes=tuple(source.source_boxes),
+    )

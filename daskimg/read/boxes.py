@@ -1,0 +1,208 @@
+"""Read: boxes moved between a source image's pixels and its stored sample's pixels.
+
+A box is four numbers ``x0, y0, x1, y1``: its left, top, right and bottom edges in
+continuous pixel coordinates, where pixel ``(row i, column j)`` covers ``[j, j + 1) x [i, i + 1)``.
+A box around pixels 10..19 (inclusive) of a row has ``x0 = 10`` and ``x1 = 20``. (For
+1-based inclusive corners, as in Pascal VOC files, subtract 1 from ``x0`` and ``y0``.)
+
+Source boxes are in the source image's pixels *after* EXIF orientation, the picture as
+a viewer shows it (and as :mod:`daskimg.read.decode` decodes it). :func:`to_stored` moves
+them with exactly the geometry applied to the pixels (:mod:`daskimg.read.geometry`) for
+``resize="stretch"``, ``"crop"`` and ``"pad"`` (DCT draft scaling does not change it).
+A stored box is clipped to the part of the sample that holds the picture; a box with
+nothing left inside (cut away by ``"crop"``, or outside its image) becomes NaN in all four
+numbers. NaN boxes (a sample without one) stay NaN. :func:`to_source` maps stored boxes
+back, given each sample's ``source_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["clip_boxes", "to_source", "to_stored"]
+
+
+def to_stored(
+    boxes: Any, source_size: Any, *, size: Sequence[int], resize: str = "stretch"
+) -> np.ndarray:
+    """Source-pixel boxes ``(N, 4)`` in the stored samples' pixel frame (clipped; NaN if cut away).
+
+    Parameters
+    ----------
+    boxes
+        ``(N, 4)`` ``x0, y0, x1, y1`` in each source's pixels after EXIF orientation.
+    source_size
+        ``(N, 2)`` ``(H, W)`` of each source after EXIF orientation (a set's
+        ``source_size`` column). A row of zeros (a file that failed) gives NaN.
+    size
+        The stored ``(height, width)``.
+    resize
+        ``"stretch"``, ``"crop"`` or ``"pad"``, as the images were read.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 4)`` float32.
+
+    Examples
+    --------
+    >>> to_stored([[100, 50, 300, 250]], [[300, 400]], size=(150, 150), resize="crop")
+    array([[ 25.,  25., 125., 125.]], dtype=float32)
+    >>> to_stored([[0, 0, 40, 40]], [[300, 400]], size=(150, 150), resize="crop")
+    array([[nan, nan, nan, nan]], dtype=float32)
+    """
+    b, p = _prepare(boxes, source_size, size, resize)
+    bx0, by0, sx, sy, ox, oy = p[:6]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        moved = np.stack(
+            [
+                (b[:, 0] - bx0) * sx + ox,
+                (b[:, 1] - by0) * sy + oy,
+                (b[:, 2] - bx0) * sx + ox,
+                (b[:, 3] - by0) * sy + oy,
+            ],
+            axis=1,
+        )
+    return clip_boxes(moved, p[6:])
+
+
+def clip_boxes(boxes: Any, frame: Sequence[Any]) -> np.ndarray:
+    """Boxes ``(N, 4)`` clipped to ``frame = (x0, y0, x1, y1)``; NaN where nothing is left.
+
+    ``frame`` holds numbers or one value per box. A box with width (or height) and none
+    left inside, or lying wholly outside, becomes NaN in all four numbers; a point or line
+    (zero width or height) inside the frame is kept.
+
+    Examples
+    --------
+    >>> clip_boxes([[-5, 2, 5, 8], [12, 0, 20, 4]], (0, 0, 10, 10))
+    array([[ 0.,  2.,  5.,  8.],
+           [nan, nan, nan, nan]], dtype=float32)
+    """
+    b = np.asarray(boxes, dtype=np.float64)
+    fx0, fy0, fx1, fy1 = (np.asarray(f, dtype=np.float64) for f in frame)
+    x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    with np.errstate(invalid="ignore"):
+        cx0, cx1 = np.clip(x0, fx0, fx1), np.clip(x1, fx0, fx1)
+        cy0, cy1 = np.clip(y0, fy0, fy1), np.clip(y1, fy0, fy1)
+        gone = (
+            (x1 < fx0)
+            | (x0 > fx1)
+            | (y1 < fy0)
+            | (y0 > fy1)
+            | ((x1 > x0) & (cx1 <= cx0))
+            | ((y1 > y0) & (cy1 <= cy0))
+        )
+    out = np.stack([cx0, cy0, cx1, cy1], axis=1)
+    out[gone] = np.nan
+    return out.astype(np.float32)
+
+
+def to_source(
+    boxes: Any, source_size: Any, *, size: Sequence[int], resize: str = "stretch"
+) -> np.ndarray:
+    """Stored-pixel boxes ``(N, 4)`` back in each source's pixels (after EXIF orientation).
+
+    The inverse of :func:`to_stored` for boxes it did not clip; a clipped box comes back as
+    the part of the source that the stored sample shows. NaN stays NaN.
+
+    Parameters
+    ----------
+    boxes
+        ``(N, 4)`` ``x0, y0, x1, y1`` in the stored samples' pixels (e.g.
+        ``ds.columns["bbox"]``).
+    source_size
+        ``(N, 2)`` ``(H, W)`` of each source (``ds.columns["source_size"]``).
+    size, resize
+        How the samples were read (``ds.spec``, or a store's ``attrs["source"]``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 4)`` float64.
+
+    Examples
+    --------
+    >>> to_source([[25, 25, 125, 125]], [[300, 400]], size=(150, 150), resize="crop")
+    array([[100.,  50., 300., 250.]])
+    """
+    b, p = _prepare(boxes, source_size, size, resize)
+    bx0, by0, sx, sy, ox, oy = p[:6]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack(
+            [
+                (b[:, 0] - ox) / sx + bx0,
+                (b[:, 1] - oy) / sy + by0,
+                (b[:, 2] - ox) / sx + bx0,
+                (b[:, 3] - oy) / sy + by0,
+            ],
+            axis=1,
+        )
+
+
+def _prepare(
+    boxes: Any, source_size: Any, size: Sequence[int], resize: str
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    b = np.asarray(boxes, dtype=np.float64)
+    hw = np.asarray(source_size)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4) (x0, y0, x1, y1); got {b.shape}")
+    if hw.shape != (len(b), 2):
+        raise ValueError(
+            f"source_size must have shape ({len(b)}, 2), one (height, width) per box; "
+            f"got {hw.shape}"
+        )
+    if len(size) != 2:
+        raise ValueError(f"size must be the stored (height, width); got {tuple(size)}")
+    return b, placements(hw[:, 0], hw[:, 1], (int(size[0]), int(size[1])), resize)
+
+
+def placements(h: Any, w: Any, size: tuple[int, int], resize: str) -> list[np.ndarray]:
+    """:func:`daskimg.read.geometry.placement` for many sources at once, the same arithmetic.
+
+    Returns ``[box_x0, box_y0, scale_x, scale_y, offset_x, offset_y, pic_x0, pic_y0,
+    pic_x1, pic_y1]``, each an array with one value per source; a source of size 0
+    gives NaN.
+    """
+    h = np.asarray(h, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    th, tw = size
+    bad = (h <= 0) | (w <= 0)
+    h = np.where(bad, np.nan, h)
+    w = np.where(bad, np.nan, w)
+    zero = np.zeros_like(h)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if resize == "crop":
+            src_ratio = w / h
+            out_ratio = tw / th
+            wider = src_ratio >= out_ratio
+            same = src_ratio == out_ratio
+            cw = np.where(same, w, np.where(wider, out_ratio * h, w))
+            ch = np.where(same, h, np.where(wider, h, w / out_ratio))
+            bx0 = (w - cw) * 0.5
+            by0 = (h - ch) * 0.5
+            fw, fh = np.full_like(h, tw), np.full_like(h, th)
+            sx, sy = tw / cw, th / ch
+            ox, oy = zero, zero
+        elif resize == "pad":
+            src_ratio = w / h
+            out_ratio = tw / th
+            fw = np.where(src_ratio > out_ratio, tw, np.maximum(1, np.round(w / h * th)))
+            fh = np.where(src_ratio < out_ratio, th, np.maximum(1, np.round(h / w * tw)))
+            same = src_ratio == out_ratio
+            fw, fh = np.where(same, tw, fw), np.where(same, th, fh)
+            fw, fh = np.where(bad, np.nan, fw), np.where(bad, np.nan, fh)
+            bx0, by0 = zero, zero
+            sx, sy = fw / w, fh / h
+            ox, oy = np.round((tw - fw) * 0.5), np.round((th - fh) * 0.5)
+        elif resize == "stretch":
+            bx0, by0 = zero, zero
+            fw, fh = np.full_like(h, tw), np.full_like(h, th)
+            sx, sy = tw / w, th / h
+            ox, oy = zero, zero
+        else:
+            raise ValueError(f"resize must be 'stretch', 'crop' or 'pad'; got {resize!r}")
+    return [bx0, by0, sx, sy, ox, oy, ox, oy, ox + fw, oy + fh]

@@ -1,0 +1,119 @@
+"""Read: opening one file safely — its bytes, a Pillow image, its EXIF orientation.
+
+Shared by the decoders of images (:mod:`~daskimg.read.decode`), volumes
+(:mod:`~daskimg.read.volumes`) and masks (:mod:`~daskimg.read.masks`), so every one of
+them names the file and says what to do in the same words.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import warnings
+from typing import Final
+
+from PIL import Image
+
+from ..errors import DecodeError
+
+__all__ = [
+    "CORRUPT",
+    "EMPTY",
+    "NPY_MAGIC",
+    "TIFF_MAGICS",
+    "TRANSPOSE",
+    "WARNINGS_LOCK",
+    "bomb_reason",
+    "open_image",
+    "orientation",
+    "read_bytes",
+    "unreadable",
+]
+
+#: errors Pillow, numpy and tifffile raise for damaged files
+CORRUPT: Final = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+EMPTY: Final = "the file is empty (0 bytes); it was probably not written completely, re-create it"
+NPY_MAGIC: Final = b"\x93NUMPY"
+#: classic TIFF and BigTIFF, both byte orders
+TIFF_MAGICS: Final = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+ORIENTATION_TAG: Final = 0x0112
+#: EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
+TRANSPOSE: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# warnings.catch_warnings swaps a process-wide filter list; the lock keeps two
+# threads from restoring each other's list. Only header parsing runs under it.
+WARNINGS_LOCK: Final = threading.Lock()
+
+
+def read_bytes(path: str) -> bytes:
+    """Read the whole file; missing, unreadable and empty files raise DecodeError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    if not data:
+        raise DecodeError(path, EMPTY)
+    return data
+
+
+def unreadable(path: str, exc: OSError) -> DecodeError:
+    """The error for a file that cannot be opened or read."""
+    if isinstance(exc, FileNotFoundError):
+        return DecodeError(path, "no such file; check the path and that the file was not moved")
+    if isinstance(exc, IsADirectoryError):
+        return DecodeError(path, "is a directory, not a file")
+    return DecodeError(path, f"cannot read the file ({exc.strerror or exc})")
+
+
+def open_image(path: str, data: bytes | None = None) -> Image.Image:
+    """Read ``path`` once (unless its ``data`` is given) and let Pillow identify it, with bomb-warnings silenced."""
+    if data is None:
+        data = read_bytes(path)
+    elif not data:
+        raise DecodeError(path, EMPTY)
+    try:
+        with WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(path, bomb_reason(exc)) from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError(path, _unidentified_reason(data)) from None
+    except CORRUPT as exc:
+        raise DecodeError(
+            path, f"corrupt or truncated image ({exc}); copy or export it again"
+        ) from exc
+
+
+def bomb_reason(exc: Exception) -> str:
+    """Why a decompression bomb is refused, and how to allow it."""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (
+        f"over Pillow's decompression-bomb limit of {limit} pixels ({exc}); "
+        "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
+    )
+
+
+def _unidentified_reason(data: bytes) -> str:
+    head = data[:16]
+    if head.startswith(NPY_MAGIC) or head[:4] in TIFF_MAGICS:
+        hint = "it looks like a volume; give a 3-D size (depth, height, width) to read volumes"
+    else:
+        hint = "check that it is an image and was copied completely"
+    return f"not an image Pillow can identify (it starts with {head!r}); {hint}"
+
+
+def orientation(im: Image.Image) -> int:
+    """EXIF orientation 1..8 (1 when missing or invalid), as exif_transpose reads it."""
+    value = im.getexif().get(ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and value in TRANSPOSE else 1

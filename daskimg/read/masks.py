@@ -1,0 +1,217 @@
+"""Read: segmentation masks, resized with exactly their image's geometry.
+
+A mask holds one class id per pixel of its image, in the image's upright frame (after
+the image's EXIF orientation; a mask's own orientation tag, if any, is applied too). It
+must have the image's size there. It is resized with the image's placement
+(:mod:`daskimg.read.geometry`: the same crop box, scale and padding) by *nearest
+neighbour*, so a stored mask holds only class ids found in its source (plus 0, the
+background, in the border that ``resize="pad"`` adds). Stored pixel ``(i, j)`` takes
+the source pixel under its centre, the same point the image's resampling is centred on.
+
+Files: PNG, TIFF, BMP, GIF (any image Pillow reads, told apart by content) and ``.npy``.
+``L`` and ``1`` give their values, ``P`` (palette, as in Pascal VOC) its indices, not the
+colours; 16-bit files give uint16 and ``I`` int32; an RGB(A) file whose three colours are
+equal everywhere gives that one channel (a gray mask saved as RGB). Colour-coded masks
+(different colours per class) are refused: convert them to ids first. ``.npy`` masks hold
+a 2-D integer (or boolean) array.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+
+from ..errors import DecodeError
+from ..remote import RemoteFiles
+from .fileio import CORRUPT, NPY_MAGIC, TRANSPOSE, open_image, orientation, read_bytes
+from .geometry import placement
+
+__all__ = ["mask_dtype_of", "mask_into", "resolve_mask_dtype"]
+
+_MODE_DTYPES: Final = {
+    "1": "uint8",
+    "L": "uint8",
+    "P": "uint8",
+    "LA": "uint8",
+    "PA": "uint8",
+    "RGB": "uint8",
+    "RGBA": "uint8",
+    "I;16": "uint16",
+    "I;16L": "uint16",
+    "I;16B": "uint16",
+    "I;16N": "uint16",
+    "I": "int32",
+}
+
+
+def mask_dtype_of(path: str, data: bytes | None = None) -> np.dtype:
+    """The dtype a mask file holds, from its header (``1``, ``L``, ``P``: uint8; 16-bit: uint16).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from PIL import Image
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.png")
+    >>> Image.new("L", (4, 3)).save(p)
+    >>> mask_dtype_of(p)
+    dtype('uint8')
+    """
+    data = read_bytes(path) if data is None else data
+    if data.startswith(NPY_MAGIC):
+        dtype = _load_npy(path, data).dtype
+        return np.dtype(np.uint8) if dtype.kind == "b" else dtype.newbyteorder("=")
+    im = open_image(path, data)
+    try:
+        return np.dtype(_mode_dtype(im.mode, path))
+    finally:
+        im.close()
+
+
+def resolve_mask_dtype(
+    mask_dtype: str | None, masks: Sequence[str] | None, remote: RemoteFiles | None
+) -> str:
+    """The stored masks' dtype: ``mask_dtype`` if given (an integer dtype), else the first mask's.
+
+    Reads the first mask file (fetched, for a URL) only when ``mask_dtype`` is None.
+    """
+    if mask_dtype is not None:
+        try:
+            dtype = np.dtype(mask_dtype)
+        except TypeError:
+            dtype = np.dtype(object)
+        if dtype.kind not in "iu":
+            raise ValueError(
+                f"mask_dtype must be an integer dtype (masks hold class ids); got {mask_dtype!r}"
+            )
+        return dtype.name
+    if not masks:
+        return "uint8"
+    data = None
+    if remote is not None:
+        got = remote.fetch([masks[0]])[0]
+        if isinstance(got, DecodeError):
+            raise got
+        data = got
+    return mask_dtype_of(masks[0], data).name
+
+
+def mask_into(
+    path: str,
+    out: np.ndarray,
+    *,
+    source_size: tuple[int, int],
+    resize: str,
+    image: str,
+    data: bytes | None = None,
+) -> None:
+    """Read the mask at ``path`` (or its content ``data``) into ``out`` ``(h, w)``.
+
+    ``source_size`` is the ``(H, W)`` of the image ``image`` after EXIF orientation; the
+    mask is placed as that image is for ``resize``. Errors are raised for the image (a
+    sample is its image and its mask) and name both files.
+    """
+    try:
+        ids = _read_ids(path, data)
+    except DecodeError as e:
+        raise DecodeError(image, f"its mask {path!r}: {e.reason}") from None
+    h, w = ids.shape
+    if (h, w) != tuple(source_size):
+        turned = (w, h) == tuple(source_size)
+        hint = (
+            "; that is the image's size turned by 90 degrees: the image has an EXIF "
+            "orientation, and masks are read in the image's upright frame, so turn the mask "
+            "the same way"
+            if turned
+            else "; a mask needs one class id per pixel of its image"
+        )
+        raise DecodeError(
+            image,
+            f"its mask {path!r} is {w}x{h} (width x height), the image {source_size[1]}x"
+            f"{source_size[0]} after EXIF orientation{hint}",
+        )
+    info = np.iinfo(out.dtype)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < info.min or hi > info.max:
+        raise DecodeError(
+            image,
+            f"its mask {path!r} holds class ids {lo}..{hi}, outside {out.dtype.name} "
+            f"{info.min}..{info.max} (the set's mask dtype); pass mask_dtype='int32' "
+            "(or another dtype that holds them)",
+        )
+    where = placement((h, w), (out.shape[0], out.shape[1]), resize)
+    x0, y0, x1, y1 = where.box
+    fw, fh = where.size
+    # nearest neighbour: the source pixel under each stored pixel's centre
+    cols = np.floor(x0 + (np.arange(fw) + 0.5) * ((x1 - x0) / fw)).astype(np.intp)
+    rows = np.floor(y0 + (np.arange(fh) + 0.5) * ((y1 - y0) / fh)).astype(np.intp)
+    np.clip(cols, 0, w - 1, out=cols)
+    np.clip(rows, 0, h - 1, out=rows)
+    ox, oy = where.offset
+    if (fw, fh) != (out.shape[1], out.shape[0]):
+        out[...] = 0
+    out[oy : oy + fh, ox : ox + fw] = ids[rows[:, None], cols[None, :]]
+
+
+def _read_ids(path: str, data: bytes | None) -> np.ndarray:
+    """The mask's class ids as a 2-D integer array, upright."""
+    data = read_bytes(path) if data is None else data
+    if data.startswith(NPY_MAGIC):
+        arr = _load_npy(path, data)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != 2 or arr.dtype.kind not in "biu":
+            raise DecodeError(
+                path,
+                "a .npy mask must be a 2-D array of integer class ids; found "
+                f"shape {arr.shape} and dtype {arr.dtype}",
+            )
+        return np.asarray(arr, dtype=np.uint8 if arr.dtype.kind == "b" else arr.dtype)
+    im = open_image(path, data)
+    try:
+        _mode_dtype(im.mode, path)
+        try:
+            im.load()
+        except CORRUPT as exc:
+            raise DecodeError(path, f"corrupt or truncated mask ({exc})") from exc
+        method = TRANSPOSE.get(orientation(im))
+        if method is not None:
+            im = im.transpose(method)
+        if im.mode in ("LA", "PA"):
+            im = im.getchannel(0)
+        arr = np.asarray(im)
+    finally:
+        im.close()
+    if arr.ndim == 3:  # RGB(A): one class id only if the colours are gray
+        rgb = arr[..., :3]
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
+            raise DecodeError(
+                path,
+                "a colour image whose pixels are not gray: masks hold one class id per "
+                "pixel. Convert colour-coded masks to ids (e.g. a palette PNG, mode 'P', or "
+                "'L' with values 0, 1, 2, ...)",
+            )
+        arr = rgb[..., 0]
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+
+def _mode_dtype(mode: str, path: str) -> str:
+    dtype = _MODE_DTYPES.get(mode)
+    if dtype is None:
+        raise DecodeError(
+            path,
+            f"unsupported mask mode {mode!r}: masks hold integer class ids, one per pixel "
+            "(modes 1, L, P, I;16, I, or gray RGB); save it as a PNG of mode 'L' or 'P'",
+        )
+    return dtype
+
+
+def _load_npy(path: str, data: bytes) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except CORRUPT as exc:
+        raise DecodeError(path, f"corrupt or truncated mask ({exc})") from exc

@@ -1,0 +1,237 @@
+"""Read: one volume file (``.npy`` or TIFF stack) into a fixed-shape array, values kept.
+
+A volume must be 3-D, or 4-D with a trailing channel of 1. It is resized to exactly the
+asked shape by linear interpolation (order 1) on pixel-area aligned grids, after a
+Gaussian pre-filter of sigma ``(factor - 1) / 2`` along each axis that shrinks: the same
+result as ``skimage.transform.resize(..., order=1, mode="edge", anti_aliasing=True)``.
+
+Values are never rescaled. By default (``dtype=None`` in the readers) a set of volumes
+keeps the dtype of its first file (:func:`volume_dtype`): an int16 CT scan stays int16
+Hounsfield units, float stays float. A dtype that can hold every value of the source's
+dtype is a plain cast. A narrower one is checked file by file: integer values must fit
+its range, and floating-point values must be whole numbers within it; otherwise the
+error names the file, its value range and a dtype that fits. Floating-point output casts
+anything. Interpolation never leaves the range of its inputs, so a resized volume fits
+wherever its source did.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Final
+
+import numpy as np
+
+from ..errors import DecodeError
+from .fileio import CORRUPT, EMPTY, NPY_MAGIC, TIFF_MAGICS, unreadable
+
+__all__ = ["VOLUME_DTYPES", "read_volume", "volume_dtype", "volume_into"]
+
+#: the dtypes a volume may be stored as
+VOLUME_DTYPES: Final = (
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+)
+
+
+def volume_into(path: str, out: np.ndarray, data: bytes | None = None) -> tuple[int, int, int]:
+    """Decode the volume at ``path`` (or its content ``data``) into ``out`` ``(D, H, W, 1)``.
+
+    Returns the source's ``(D, H, W)``. ``out``'s dtype is the stored dtype.
+    """
+    vol, is_tiff = read_volume(path, data)
+    if vol.ndim == 4 and vol.shape[-1] == 1:
+        vol = vol[..., 0]
+    if vol.ndim != 3:
+        hint = ""
+        if is_tiff and vol.ndim == 2:
+            hint = " (a single page: a TIFF stack has one page per slice, unless it is truncated)"
+        raise DecodeError(
+            path,
+            "expected a 3-D volume (depth, height, width), or 4-D with a trailing channel "
+            f"of 1; found shape {vol.shape}{hint}",
+        )
+    if 0 in vol.shape:
+        raise DecodeError(path, f"the volume is empty (shape {vol.shape})")
+    check_volume_dtype(vol, out.dtype, path)
+    dst = out[..., 0]
+    if vol.shape == dst.shape:
+        np.copyto(dst, vol, casting="unsafe")  # values were checked to fit
+    elif dst.dtype.kind == "f" and dst.dtype.itemsize >= 4:
+        _zoom(vol, dst)
+    else:
+        # float32 holds integers exactly only up to 2**24: wider integers zoom in float64
+        wide = dst.dtype.kind in "iu" and dst.dtype.itemsize >= 4
+        tmp = np.empty(dst.shape, dtype=np.float64 if wide else np.float32)
+        _zoom(vol, tmp)
+        if dst.dtype.kind in "iu":
+            np.rint(tmp, out=tmp)
+            info = np.iinfo(dst.dtype)
+            np.clip(tmp, info.min, info.max, out=tmp)
+        np.copyto(dst, tmp, casting="unsafe")
+    return (int(vol.shape[0]), int(vol.shape[1]), int(vol.shape[2]))
+
+
+def volume_dtype(path: str, data: bytes | None = None) -> np.dtype:
+    """The dtype a volume file holds, read from its header (``bool`` volumes give uint8).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "ct.npy")
+    >>> np.save(p, np.zeros((2, 3, 4), np.int16))
+    >>> volume_dtype(p)
+    dtype('int16')
+    """
+    head = (data if data is not None else read_head(path))[:8]
+    if head[:4] in TIFF_MAGICS:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path if data is None else io.BytesIO(data)) as tif:
+                dtype = np.dtype(tif.series[0].dtype)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+    else:
+        dtype = read_volume(path, data)[0].dtype  # a .npy is memory-mapped: the header only
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    if dtype.kind not in "iuf":
+        raise DecodeError(path, f"unsupported volume dtype {dtype}; expected integers or floats")
+    return dtype.newbyteorder("=")
+
+
+def read_volume(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool]:
+    """Open a .npy (memory-mapped) or TIFF stack, told apart by the first bytes.
+
+    With ``data`` (the file's content), that is read instead of the file.
+    Returns the array and whether it came from a TIFF.
+    """
+    head = read_head(path) if data is None else data[:8]
+    if not head:
+        raise DecodeError(path, EMPTY)
+    source: str | io.BytesIO = path if data is None else io.BytesIO(data)
+    if head.startswith(NPY_MAGIC):
+        try:
+            if data is not None:
+                return np.load(source, allow_pickle=False), False
+            return np.load(path, mmap_mode="r", allow_pickle=False), False
+        except CORRUPT as exc:
+            if "Python objects" in str(exc) or "allow_pickle" in str(exc):
+                raise DecodeError(
+                    path,
+                    "the .npy file holds Python objects (dtype object), not numbers; "
+                    "save the volume as a numeric array, e.g. np.save(path, vol.astype('float32'))",
+                ) from None
+            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+    if head[:4] in TIFF_MAGICS:
+        import tifffile  # only volumes need it
+
+        try:
+            return np.asarray(tifffile.imread(source)), True
+        except MemoryError:
+            raise
+        except Exception as exc:  # codecs raise their own types (imagecodecs.DeflateError, ...)
+            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+    raise DecodeError(
+        path,
+        "not a volume: expected a NumPy .npy file (starting b'\\x93NUMPY') or a TIFF stack "
+        f"(starting b'II*\\x00' or b'MM\\x00*'); it starts with {head!r}. "
+        "Give a 2-D size (height, width) to read images",
+    )
+
+
+def read_head(path: str) -> bytes:
+    """The first 8 bytes of a file (fewer if it is shorter)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+
+
+def check_volume_dtype(vol: np.ndarray, dtype: np.dtype, path: str | os.PathLike[str]) -> None:
+    """Refuse casts that would change values: fractions to integers, values out of range."""
+    path = os.fspath(path)
+    kind = vol.dtype.kind
+    if kind not in "biuf":
+        raise DecodeError(
+            path, f"unsupported volume dtype {vol.dtype}; expected integers or floats"
+        )
+    if dtype.kind == "f" or np.can_cast(vol.dtype, dtype):
+        return
+    lo, hi = vol.min(), vol.max()
+    if kind == "f":
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise DecodeError(
+                path,
+                f"the volume holds non-finite values (NaN or infinity) that {dtype.name} "
+                f"cannot hold; pass dtype='{vol.dtype.name}' (the source's own)",
+            )
+        fraction = _first_fraction(vol)
+        if fraction is not None:
+            raise DecodeError(
+                path,
+                f"the volume holds fractional values (e.g. {fraction}) that {dtype.name} "
+                f"would round; pass dtype='{vol.dtype.name}' (the source's own) or 'float32'",
+            )
+    lo_i, hi_i = int(lo), int(hi)
+    info = np.iinfo(dtype)
+    if lo_i < info.min or hi_i > info.max:
+        raise DecodeError(
+            path,
+            f"volume values span {lo_i}..{hi_i}, outside the {dtype.name} range "
+            f"{info.min}..{info.max}; pass dtype='{_fitting(lo_i, hi_i)}'",
+        )
+
+
+def _first_fraction(vol: np.ndarray) -> float | None:
+    """A value of a floating-point volume that is not a whole number, or None."""
+    for plane in vol:  # a plane at a time: no second copy of a large volume
+        bad = plane != np.round(plane)
+        if bad.any():
+            return float(plane[bad].flat[0])
+    return None
+
+
+def _fitting(lo: int, hi: int) -> str:
+    """The narrowest integer dtype (or float32) that holds ``lo..hi``."""
+    for name in ("uint8", "int8", "uint16", "int16", "int32"):
+        info = np.iinfo(name)
+        if info.min <= lo and hi <= info.max:
+            return name
+    return "float32"
+
+
+def _zoom(vol: np.ndarray, dst: np.ndarray) -> None:
+    """Resize a 3-D array linearly to exactly ``dst.shape`` (float), anti-aliased when shrinking."""
+    from scipy import ndimage  # only volumes need it
+
+    factors = [n / t for n, t in zip(vol.shape, dst.shape, strict=True)]
+    src = np.asarray(vol, dtype=dst.dtype)
+    sigma = [max(0.0, (f - 1) / 2) for f in factors]
+    if any(sigma):
+        src = ndimage.gaussian_filter(src, sigma, mode="nearest")
+    # output voxel o samples input coordinate (o + 0.5) * f - 0.5: pixel-area aligned
+    # grids (zoom's grid_mode=True), with the output shape fixed by ``dst``
+    ndimage.affine_transform(
+        src,
+        factors,
+        offset=[(f - 1) / 2 for f in factors],
+        output_shape=dst.shape,
+        output=dst,
+        order=1,
+        mode="nearest",
+    )

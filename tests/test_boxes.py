@@ -1,0 +1,558 @@
+"""Boxes and masks follow the pixels: oracles are the object's position in the stored pixels."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+from PIL import Image
+
+import daskimg as di
+import daskimg.read.source as source_module
+from daskimg.errors import DecodeError, NoImagesFoundError
+from daskimg.read.boxes import clip_boxes, placements, to_source, to_stored
+from daskimg.read.geometry import placement
+from daskimg.testing import make_object_image, make_object_mask, save_oriented
+
+TARGET = (56, 64)
+BACKGROUND, COLOR = 40, 220
+MASK_BACKGROUND, MASK_OBJECT, MASK_SECOND = 5, 3, 7
+
+# (height, width) of the upright sources: landscape, portrait, very wide, very tall, odd,
+# and one of the target size (not resampled)
+SOURCES = [(300, 400), (400, 300), (180, 640), (512, 200), (97, 131), (56, 64), (250, 250)]
+
+
+def _objects(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int, int]:
+    """An object box covering 25-55% of each side, somewhere in the picture."""
+    bw = int(rng.integers(round(0.25 * w), round(0.55 * w)))
+    bh = int(rng.integers(round(0.25 * h), round(0.55 * h)))
+    x0 = int(rng.integers(0, w - bw + 1))
+    y0 = int(rng.integers(0, h - bh + 1))
+    return x0, y0, x0 + bw, y0 + bh
+
+
+def _library(root: Path, fmt: str, *, n_per_source: int = 3, seed: int = 0) -> list[dict]:
+    """Images with one object each, in every EXIF orientation, with masks and a CSV."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    k = 0
+    for h, w in SOURCES:
+        for _ in range(n_per_source):
+            box = _objects(rng, h, w)
+            if k % 7 == 3:  # at the far left: cut away by a centre crop of a wide picture
+                box = (0, box[1], max(2, w // 12), box[3])
+            orientation = k % 8 + 1
+            name = f"img/{k:03d}.{fmt}"
+            save_oriented(
+                make_object_image((h, w), box, background=BACKGROUND, color=COLOR),
+                root / name,
+                orientation=orientation,
+            )
+            second = (box[0], box[1], box[0] + (box[2] - box[0]) // 3, box[1] + 4)
+            mask = make_object_mask(
+                (h, w),
+                [(box, MASK_OBJECT), (second, MASK_SECOND)],
+                background=MASK_BACKGROUND,
+                palette=k % 2 == 0,
+            )
+            mask_name = f"masks/{k:03d}.png"
+            (root / "masks").mkdir(exist_ok=True)
+            mask.save(root / mask_name)
+            rows.append({"path": name, "mask": mask_name, "box": box, "size": (h, w)})
+            k += 1
+    lines = ["path,label,x0,y0,x1,y1,mask"]
+    lines += [
+        f"{r['path']},{'ab'[i % 2]},{r['box'][0]},{r['box'][1]},{r['box'][2]},{r['box'][3]},{r['mask']}"
+        for i, r in enumerate(rows)
+    ]
+    (root / "boxes.csv").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def _profile_edges(profile: np.ndarray) -> tuple[float, float] | None:
+    """Edges of a 1-D coverage profile (0..1 per pixel) from its mass and centroid."""
+    mass = profile.sum()
+    if mass < 0.5:
+        return None
+    top = profile.max()
+    width = mass / top
+    centre = float((profile * (np.arange(len(profile)) + 0.5)).sum() / mass)
+    return centre - width / 2, centre + width / 2
+
+
+def measured_box(image: np.ndarray) -> np.ndarray:
+    """Where the object is in a stored image (x0, y0, x1, y1), or NaN if it is not there.
+
+    Each pixel's coverage by the object is its level between background and object; an
+    area-preserving, symmetric resampling keeps the mass and the centroid of each profile.
+    """
+    gray = image.astype(np.float64).mean(axis=-1)
+    cover = np.clip((gray - BACKGROUND) / (COLOR - BACKGROUND), 0, 1)
+    cover[cover < 0.05] = 0  # JPEG ringing
+    xs = _profile_edges(cover.sum(axis=0))
+    ys = _profile_edges(cover.sum(axis=1))
+    if xs is None or ys is None:
+        return np.full(4, np.nan)
+    return np.array([xs[0], ys[0], xs[1], ys[1]])
+
+
+def _read(root: Path, resize: str, draft: bool) -> tuple[di.ImageSet, dict[str, np.ndarray]]:
+    ds = di.from_csv(
+        root / "boxes.csv",
+        root=root,
+        size=TARGET,
+        resize=resize,
+        draft=draft,
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        mask_column="mask",
+        chunks=5,
+    )
+    names = ("images", "bbox", "masks", "source_size")
+    got = dask.compute(*(ds.arrays[k] for k in names))
+    return ds, dict(zip(names, got, strict=True))
+
+
+@pytest.fixture(scope="module")
+def libraries(tmp_path_factory):
+    out = {}
+    for fmt in ("png", "jpg"):
+        root = tmp_path_factory.mktemp(f"boxes-{fmt}")
+        out[fmt] = (root, _library(root, fmt))
+    return out
+
+
+#: largest error, in stored pixels, between a stored box and the object found in the pixels
+#: (measured: at most 0.08; half a pixel off, the classic pixel-centre slip, would fail)
+TOLERANCE = {"png": 0.25, "jpg": 0.25}
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+@pytest.mark.parametrize("draft", [False, True])
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+def test_stored_boxes_sit_on_the_object_in_the_stored_pixels(libraries, fmt, draft, resize):
+    root, rows = libraries[fmt]
+    ds, got = _read(root, resize, draft)
+    assert ds.boxes == ("bbox",)
+    assert got["bbox"].dtype == np.float32 and got["bbox"].shape == (len(rows), 4)
+    # the source size is the upright one, whatever the EXIF orientation
+    np.testing.assert_array_equal(got["source_size"], [r["size"] for r in rows])
+    errors = []
+    gone = 0
+    for i, _row in enumerate(rows):
+        seen = measured_box(got["images"][i])
+        stored = got["bbox"][i]
+        if np.isnan(seen).any():  # the object is not in the picture: neither is its box
+            assert np.isnan(stored).all(), (i, stored)
+            gone += 1
+            continue
+        assert np.isfinite(stored).all(), (i, seen)
+        errors.append(np.abs(stored - seen).max())
+    worst = max(errors)
+    print(f"\n{fmt} {resize:<7} draft={draft!s:<5} largest box error {worst:.3f} stored px")
+    assert worst <= TOLERANCE[fmt]
+    if resize == "crop":
+        assert gone >= 1  # the library has objects a centre crop cuts away
+    else:
+        assert gone == 0
+
+
+def test_draft_really_decodes_at_a_smaller_scale(libraries, monkeypatch):
+    # the draft tests above mean something only if libjpeg's scaling is used
+    from PIL import JpegImagePlugin
+
+    calls = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = original(self, mode, size)
+        calls.append(result is not None and result[1][2] > 1)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    root, _ = libraries["jpg"]
+    _read(root, "stretch", True)
+    assert sum(calls) >= 5
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop", "pad"])
+def test_masks_follow_the_image_geometry_by_nearest_neighbour(libraries, resize):
+    root, rows = libraries["png"]
+    _, got = _read(root, resize, False)
+    masks = got["masks"]
+    assert masks.shape == (len(rows), *TARGET) and masks.dtype == np.uint8
+    source_ids = {MASK_BACKGROUND, MASK_OBJECT, MASK_SECOND}
+    for i in range(len(rows)):
+        values = set(np.unique(masks[i]).tolist())
+        # only the source's class ids (and the padding's 0): nothing blended
+        allowed = source_ids | ({0} if resize == "pad" else set())
+        assert values <= allowed, (i, values)
+        seen = measured_box(got["images"][i])
+        inside = np.isin(masks[i], (MASK_OBJECT, MASK_SECOND))
+        if np.isnan(seen).any():
+            assert not inside.any()
+            continue
+        ys, xs = np.nonzero(inside)
+        mask_box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
+        # nearest neighbour puts each edge on the pixel whose centre the object covers
+        assert np.abs(mask_box - seen).max() <= 1.0, (i, mask_box, seen)
+
+
+def test_masks_match_a_numpy_nearest_neighbour_oracle(tmp_path):
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 9, (37, 53)).astype(np.uint8)
+    Image.fromarray(ids).save(tmp_path / "m.png")
+    make_object_image((37, 53), (0, 0, 1, 1)).save(tmp_path / "i.png")
+    (tmp_path / "s.csv").write_text("path,mask\ni.png,m.png\n")
+    for resize in ("stretch", "crop", "pad"):
+        ds = di.from_csv(
+            tmp_path / "s.csv",
+            root=tmp_path,
+            size=(20, 31),
+            resize=resize,
+            mask_column="mask",
+            label_column=None,
+        )
+        got = ds.columns["masks"][0].compute()
+        where = placement((37, 53), (20, 31), resize)
+        x0, y0, x1, y1 = where.box
+        fw, fh = where.size
+        expected = np.zeros((20, 31), np.uint8)
+        for r in range(fh):
+            for c in range(fw):
+                sx = int(np.floor(x0 + (c + 0.5) * (x1 - x0) / fw))
+                sy = int(np.floor(y0 + (r + 0.5) * (y1 - y0) / fh))
+                expected[where.offset[1] + r, where.offset[0] + c] = ids[sy, sx]
+        np.testing.assert_array_equal(got, expected, err_msg=resize)
+
+
+def test_one_compute_decodes_each_file_once(libraries, monkeypatch):
+    root, rows = libraries["jpg"]
+    seen: list[str] = []
+    lock = threading.Lock()
+    original = source_module.decode_into
+
+    def counting(path, spec, out, *, data=None):
+        with lock:
+            seen.append(str(path))
+        return original(path, spec, out, data=data)
+
+    monkeypatch.setattr(source_module, "decode_into", counting)
+    ds = di.from_csv(
+        root / "boxes.csv",
+        root=root,
+        size=TARGET,
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        mask_column="mask",
+        chunks=4,
+    )
+    part = ds.take(np.arange(len(ds))[::-1])  # a reordered set rebuilds its graph
+    dask.compute(
+        part.images,
+        part.columns["masks"],
+        part.columns["bbox"],
+        part.columns["source_size"],
+        part.images.rechunk({0: 6}),  # another chunking of the same tasks
+    )
+    assert sorted(seen) == sorted(str(root / r["path"]) for r in rows)
+
+
+def test_boxes_round_trip_to_source(libraries):
+    root, rows = libraries["png"]
+    for resize in ("stretch", "pad", "crop"):
+        ds, got = _read(root, resize, False)
+        back = to_source(got["bbox"], got["source_size"], size=TARGET, resize=resize)
+        for i, row in enumerate(rows):
+            if resize != "crop":
+                np.testing.assert_allclose(back[i], row["box"], atol=1e-3)
+            elif np.isfinite(back[i]).all():
+                # a clipped box comes back as the part of the object the crop shows
+                x0, y0, x1, y1 = row["box"]
+                assert back[i][0] >= x0 - 1e-3 and back[i][2] <= x1 + 1e-3
+                assert back[i][1] >= y0 - 1e-3 and back[i][3] <= y1 + 1e-3
+        assert ds.spec is not None and ds.spec.resize == resize
+
+
+def test_vectorised_placements_equal_the_pixel_geometry():
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 900, (400, 2))
+    for resize in ("stretch", "crop", "pad"):
+        for target in ((224, 224), (56, 64), (31, 7), (1, 1)):
+            got = placements(sizes[:, 0], sizes[:, 1], target, resize)
+            for k, (h, w) in enumerate(sizes):
+                p = placement((h, w), target, resize)
+                expected = [p.box[0], p.box[1], *p.scale, *p.offset, *p.picture]
+                np.testing.assert_allclose([v[k] for v in got], expected, rtol=1e-12)
+
+
+def test_to_stored_clips_and_nans():
+    # a 100 x 200 source cropped to 50 x 50: the centre 100 x 100 (x 50..150) is kept
+    src = np.array(
+        [
+            [60, 10, 90, 40],  # inside
+            [0, 10, 70, 40],  # cut on the left: clipped
+            [0, 10, 40, 40],  # wholly outside: NaN
+            [0, 10, 50, 40],  # touches the edge only: NaN
+            [np.nan] * 4,  # no box: stays NaN
+            [100, 50, 100, 50],  # a point inside is kept
+        ]
+    )
+    got = to_stored(src, np.tile([100, 200], (len(src), 1)), size=(50, 50), resize="crop")
+    np.testing.assert_allclose(got[0], [5, 5, 20, 20])
+    np.testing.assert_allclose(got[1], [0, 5, 10, 20])
+    assert np.isnan(got[2:5]).all()
+    np.testing.assert_allclose(got[5], [25, 25, 25, 25])
+    # a failed file (source size 0) gives NaN, without warnings
+    assert np.isnan(to_stored([[1, 2, 3, 4]], [[0, 0]], size=(8, 8))).all()
+    np.testing.assert_array_equal(
+        clip_boxes([[2, 2, 4, 4]], (0, 0, 3, 3)), np.array([[2, 2, 3, 3]], np.float32)
+    )
+
+
+def test_csv_box_cells(tmp_path):
+    make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "a.png")
+    csv = tmp_path / "b.csv"
+    csv.write_text("path,x0,y0,x1,y1\na.png,,,,\na.png,1,2,10,12\n")
+    ds = di.from_csv(
+        csv, root=tmp_path, size=(20, 30), label_column=None, boxes={"b": ["x0", "y0", "x1", "y1"]}
+    )
+    got = ds.columns["b"].compute()
+    assert np.isnan(got[0]).all()  # empty cells: no box
+    np.testing.assert_array_equal(got[1], [1, 2, 10, 12])  # same size: not moved
+    assert "x0" not in ds.columns  # box columns are not also plain columns
+    csv.write_text("path,x0,y0,x1,y1\na.png,10,2,1,12\n")
+    with pytest.raises(ValueError, match=r"line 2: box 'b' has x0=10.*x0 <= x1"):
+        di.from_csv(
+            csv,
+            root=tmp_path,
+            size=(8, 8),
+            label_column=None,
+            boxes={"b": ["x0", "y0", "x1", "y1"]},
+        )
+    with pytest.raises(ValueError, match="four columns"):
+        di.from_csv(csv, root=tmp_path, size=(8, 8), label_column=None, boxes={"b": ["x0"]})
+    csv.write_text("path,x0,y0,x1,y1\na.png,1,2,x,12\n")
+    with pytest.raises(ValueError, match=r"line 2: box 'b' column 'x1' is not a number"):
+        di.from_csv(
+            csv,
+            root=tmp_path,
+            size=(8, 8),
+            label_column=None,
+            boxes={"b": ["x0", "y0", "x1", "y1"]},
+        )
+
+
+def test_imageset_from_arrays_keeps_boxes_as_given():
+    boxes = np.array([[1, 2, 3, 4], [0, 0, 8, 8]], np.float32)
+    ds = di.ImageSet(np.zeros((2, 8, 8, 3), np.uint8), columns={"bbox": boxes}, boxes=("bbox",))
+    np.testing.assert_array_equal(np.asarray(ds.columns["bbox"]), boxes)
+    assert ds.take([1]).boxes == ("bbox",)
+
+
+def test_mask_errors_name_both_files(tmp_path):
+    make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "a.png")
+    make_object_mask((20, 31), [((0, 0, 2, 2), 1)]).save(tmp_path / "wrong.png")
+    make_object_mask((30, 20), [((0, 0, 2, 2), 1)]).save(tmp_path / "turned.png")
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(tmp_path / "colour.png")
+    csv = tmp_path / "m.csv"
+
+    def read(mask: str) -> None:
+        csv.write_text(f"path,mask\na.png,{mask}\n")
+        ds = di.from_csv(
+            csv,
+            root=tmp_path,
+            size=(8, 8),
+            label_column=None,
+            mask_column="mask",
+            mask_dtype="uint8",
+        )
+        ds.columns["masks"].compute()
+
+    with pytest.raises(DecodeError, match=r"a\.png.*its mask .*missing\.png.*no such file"):
+        read("missing.png")
+    with pytest.raises(DecodeError, match=r"a\.png.*wrong\.png.* is 31x20.*the image 30x20"):
+        read("wrong.png")
+    with pytest.raises(DecodeError, match=r"turned by 90 degrees"):
+        read("turned.png")
+    with pytest.raises(DecodeError, match=r"colour\.png.*not gray"):
+        read("colour.png")
+    np.save(tmp_path / "big.npy", np.full((20, 30), 300, np.int32))
+    with pytest.raises(DecodeError, match=r"class ids 300\.\.300, outside uint8"):
+        read("big.npy")
+
+
+def test_mask_dtype_comes_from_the_first_mask(tmp_path):
+    make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "a.png")
+    np.save(tmp_path / "m.npy", np.full((20, 30), 1000, np.uint16))
+    (tmp_path / "m.csv").write_text("path,mask\na.png,m.npy\n")
+    ds = di.from_csv(
+        tmp_path / "m.csv", root=tmp_path, size=(10, 15), label_column=None, mask_column="mask"
+    )
+    assert ds.columns["masks"].dtype == np.uint16
+    assert (ds.columns["masks"].compute() == 1000).all()
+    with pytest.raises(ValueError, match="mask_dtype must be an integer dtype"):
+        di.from_csv(
+            tmp_path / "m.csv",
+            root=tmp_path,
+            size=(10, 15),
+            label_column=None,
+            mask_column="mask",
+            mask_dtype="float32",
+        )
+
+
+def test_from_folder_masks_by_relative_stem(tmp_path):
+    root, masks = tmp_path / "imgs", tmp_path / "masks"
+    for cls, k in (("cat", 0), ("cat", 1), ("dog", 2)):
+        save_oriented(make_object_image((30, 40), (k, 2, 20, 12)), root / cls / f"{k}.jpg")
+        (masks / cls).mkdir(parents=True, exist_ok=True)
+        make_object_mask((30, 40), [((k, 2, 20, 12), k + 1)]).save(masks / cls / f"{k}.png")
+    ds = di.from_folder(root, size=(15, 20), masks=masks)
+    got = ds.columns["masks"].compute()
+    assert got.shape == (3, 15, 20)
+    for i, p in enumerate(ds.paths):
+        k = int(Path(p).stem)
+        assert set(np.unique(got[i]).tolist()) == {0, k + 1}
+    # a mask folder inside the root is not a class
+    inside = tmp_path / "inside"
+    di.testing.make_image_folder(inside, n=4, size=(8, 8), classes=("a", "b"))
+    for p in sorted(inside.rglob("*.png")):
+        rel = p.relative_to(inside)
+        (inside / "masks" / rel.parent).mkdir(parents=True, exist_ok=True)
+        make_object_mask((8, 8), [((0, 0, 4, 4), 1)]).save(inside / "masks" / rel)
+    ds = di.from_folder(inside, size=(8, 8), masks=inside / "masks")
+    assert ds.classes == ("a", "b") and len(ds) == 4
+    # a missing mask names the image and the file it expected
+    (masks / "dog" / "2.png").unlink()
+    with pytest.raises(NoImagesFoundError, match=r"no mask for .*dog/2\.jpg.*masks/dog/2\.\*"):
+        di.from_folder(root, size=(15, 20), masks=masks)
+    make_object_mask((30, 40), [((0, 0, 1, 1), 1)]).save(masks / "dog" / "2.png")
+    np.save(masks / "dog" / "2.npy", np.zeros((30, 40), np.uint8))
+    with pytest.raises(ValueError, match=r"has 2 masks"):
+        di.from_folder(root, size=(15, 20), masks=masks)
+
+
+def test_masks_and_boxes_refuse_volumes(tmp_path):
+    files = di.testing.make_volume_folder(tmp_path / "v", n=2)
+    (tmp_path / "v.csv").write_text(
+        "path,x0,y0,x1,y1\n" + "".join(f"{f.name},0,0,1,1\n" for f in files)
+    )
+    with pytest.raises(ValueError, match="masks and boxes go with 2-D images"):
+        di.from_csv(
+            tmp_path / "v.csv",
+            root=tmp_path / "v",
+            size=(4, 4, 4),
+            label_column=None,
+            boxes={"b": ["x0", "y0", "x1", "y1"]},
+        )
+
+
+def test_skip_leaves_bad_rows_flagged_not_zero_samples(libraries, tmp_path):
+    root, rows = libraries["png"]
+    ds = di.from_csv(
+        root / "boxes.csv",
+        root=root,
+        size=TARGET,
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        mask_column="mask",
+        on_error="skip",
+    )
+    source = ds.row_source
+    assert isinstance(source, source_module.FileSource)
+    broken = source.take(np.arange(len(ds)))
+    broken = source_module.FileSource(
+        (*broken.paths[:-1], str(tmp_path / "gone.png")),
+        broken.spec,
+        broken.block,
+        broken.remote,
+        broken.masks,
+        broken.mask_dtype,
+        broken.source_boxes,
+    )
+    arrays = broken.to_dask_arrays(skip=True)
+    ok, boxes, sizes = dask.compute(arrays["ok"], arrays["bbox"], arrays["source_size"])
+    assert ok.tolist() == [True] * (len(rows) - 1) + [False]
+    assert np.isnan(boxes[-1]).all() and (sizes[-1] == 0).all()
+    with pytest.raises(DecodeError, match=r"gone\.png"):
+        broken.to_dask_arrays()["bbox"].compute()
+
+
+def test_store_round_trip_of_boxes_masks_and_source_size(libraries, tmp_path):
+    """Depends on the store: it records ``daskimg.boxes`` and gives ``boxes=`` back on open."""
+    root, _ = libraries["jpg"]
+    ds = di.from_csv(
+        root / "boxes.csv",
+        root=root,
+        size=TARGET,
+        resize="crop",
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        mask_column="mask",
+    )
+    expected = dict(
+        zip(
+            ("bbox", "masks", "source_size"),
+            dask.compute(ds.columns["bbox"], ds.columns["masks"], ds.columns["source_size"]),
+            strict=True,
+        )
+    )
+    out = di.to_zarr(ds, tmp_path / "b.zarr.zip", order="source", chunks=4)
+    opened = di.open_zarr(out)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(np.asarray(opened.arrays[name]), values, err_msg=name)
+    assert opened.arrays["masks"].dtype == np.uint8
+    assert opened.boxes == ("bbox",)  # the store's part: the root attribute daskimg.boxes
+
+
+def test_masks_and_boxes_at_a_url_equal_local(libraries):
+    fsspec = pytest.importorskip("fsspec")
+    root, rows = libraries["png"]
+    fs = fsspec.filesystem("memory")
+    url = "memory://daskimg-test-boxes/lib"
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        fs.pipe(f"{url}/{f.relative_to(root).as_posix()}", f.read_bytes())
+    try:
+        kwargs = {
+            "size": TARGET,
+            "resize": "crop",
+            "boxes": {"bbox": ["x0", "y0", "x1", "y1"]},
+            "mask_column": "mask",
+        }
+        remote = di.from_csv(f"{url}/boxes.csv", root=url, **kwargs)
+        local = di.from_csv(root / "boxes.csv", root=root, **kwargs)
+        names = ("images", "bbox", "masks", "source_size")
+        for name, a, b in zip(
+            names,
+            dask.compute(*(remote.arrays[k] for k in names)),
+            dask.compute(*(local.arrays[k] for k in names)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        # from_folder pairs masks by relative stem at a URL too
+        img_url, mask_url = f"{url}/img", f"{url}/masks"
+        folder = di.from_folder(img_url, size=TARGET, masks=mask_url)
+        assert len(folder) == len(rows) and folder.labels is None
+        got = folder.columns["masks"].compute()
+        assert set(np.unique(got).tolist()) <= {MASK_BACKGROUND, MASK_OBJECT, MASK_SECOND}
+    finally:
+        fs.rm("/daskimg-test-boxes", recursive=True)
+
+
+def test_boxes_and_masks_on_distributed(libraries, client):
+    root, _ = libraries["jpg"]
+    ds = di.from_csv(
+        root / "boxes.csv",
+        root=root,
+        size=TARGET,
+        resize="pad",
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        mask_column="mask",
+        chunks=4,
+    )
+    names = ("images", "bbox", "masks", "source_size")
+    local = dask.compute(*(ds.arrays[k] for k in names), scheduler="threads")
+    remote = client.gather(client.compute([ds.arrays[k] for k in names]))
+    for name, a, b in zip(names, local, remote, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)

@@ -1,0 +1,125 @@
+"""from_folder drops nothing silently: stray files, unlabelled split folders, flat roots."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import daskimg as di
+from daskimg.cli import main
+from daskimg.errors import NoImagesFoundError
+
+
+def _kaggle(root: Path) -> Path:
+    """Labelled train/ and valid/, and a flat unlabelled test/ (a Kaggle download)."""
+    di.testing.make_image_folder(root, n=8, size=(12, 16), split_dirs=("train", "valid"))
+    flat = di.testing.make_image_folder(root / "tmp", n=5, size=(12, 16), classes=("x",))
+    (root / "test").mkdir()
+    for f in flat:
+        shutil.move(f, root / "test" / f.name)
+    shutil.rmtree(root / "tmp")
+    return root
+
+
+def test_an_image_beside_the_class_folders_is_an_error_naming_it(image_folder, caplog):
+    di.testing.make_image(seed=1).save(image_folder / "stray.jpg")
+    with pytest.raises(
+        ValueError, match=r"1 image file\(s\) directly in .*src.*'stray\.jpg'.*stray='ignore'"
+    ):
+        di.from_folder(image_folder, size=(8, 8))
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(image_folder, size=(8, 8), stray="ignore")
+    assert len(ds) == 24 and "stray.jpg" not in " ".join(ds.paths)
+    assert "stray.jpg" in caplog.text
+    with pytest.raises(ValueError, match="stray must be"):
+        di.from_folder(image_folder, size=(8, 8), stray="skip")
+
+
+def test_kaggle_flat_test_folder_is_an_unlabelled_split(tmp_path):
+    root = _kaggle(tmp_path / "data")
+    ds = di.from_folder(root, size=(8, 8))
+    assert ds.classes == ("cat", "dog")
+    parts = ds.split()
+    assert {k: len(v) for k, v in parts.items()} == {"train": 8, "valid": 8, "test": 5}
+    test = parts["test"]
+    assert test.labels is None
+    assert sorted(test.paths) == sorted(f"test/x_{i:04d}.png" for i in range(5))
+    assert test.images.compute().shape == (5, 8, 8, 3)
+    for name in ("train", "valid"):
+        assert set(parts[name].labels.tolist()) == {0, 1}
+    # in the whole set, the test samples carry -1 (no label)
+    assert (ds.labels[ds.source_splits == "test"] == -1).all()
+
+
+def test_files_and_class_folders_in_one_split_folder_is_an_error_naming_it(tmp_path):
+    root = _kaggle(tmp_path / "data")
+    (root / "test" / "cat").mkdir()
+    di.testing.make_image(seed=2).save(root / "test" / "cat" / "c.png")
+    with pytest.raises(
+        ValueError,
+        match=r"5 image file\(s\) directly in '.*data/test', beside its class folders \(cat\)",
+    ):
+        di.from_folder(root, size=(8, 8))
+    ds = di.from_folder(root, size=(8, 8), stray="ignore")
+    assert len(ds.split()["test"]) == 1
+
+
+def test_an_image_beside_the_split_folders_is_an_error(tmp_path):
+    root = _kaggle(tmp_path / "data")
+    di.testing.make_image(seed=3).save(root / "readme.png")
+    with pytest.raises(
+        ValueError, match=r"directly in '.*data', beside its split folders: 'readme\.png'"
+    ):
+        di.from_folder(root, size=(8, 8))
+
+
+def test_a_flat_folder_is_an_unlabelled_set(tmp_path):
+    flat = di.testing.make_image_folder(tmp_path / "tmp", n=3, size=(8, 8), classes=("x",))
+    (tmp_path / "flat").mkdir()
+    for f in flat:
+        shutil.move(f, tmp_path / "flat" / f.name)
+    ds = di.from_folder(tmp_path / "flat", size=(8, 8))
+    assert ds.labels is None and ds.classes == () and len(ds) == 3
+    assert ds.paths.tolist() == [f"x_{i:04d}.png" for i in range(3)]
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(NoImagesFoundError, match="no image files under"):
+        di.from_folder(tmp_path / "empty", size=(8, 8))
+
+
+def test_the_same_rules_hold_at_a_url(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    root = _kaggle(tmp_path / "data")
+    fs = fsspec.filesystem("memory")
+    url = "memory://daskimg-test-folder/data"
+    for f in sorted(root.rglob("*.png")):
+        fs.pipe(f"{url}/{f.relative_to(root).as_posix()}", f.read_bytes())
+    try:
+        remote = di.from_folder(url, size=(8, 8))
+        local = di.from_folder(root, size=(8, 8))
+        assert remote.paths.tolist() == local.paths.tolist()
+        np.testing.assert_array_equal(remote.labels, local.labels)
+        parts = remote.split()
+        assert parts["test"].labels is None
+        np.testing.assert_array_equal(
+            parts["test"].images.compute(), local.split()["test"].images.compute()
+        )
+        fs.pipe(f"{url}/train/stray.png", (root / "test" / "x_0000.png").read_bytes())
+        with pytest.raises(ValueError, match=r"directly in '.*data/train'.*'stray\.png'"):
+            di.from_folder(url, size=(8, 8))
+    finally:
+        fs.rm("/daskimg-test-folder", recursive=True)
+
+
+def test_ingest_writes_the_unlabelled_test_split(tmp_path):
+    root = _kaggle(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["ingest", str(root), str(out), "--size", "8", "8"]) == 0
+    test = di.open_zarr(out / "test.zarr.zip")
+    assert len(test) == 5 and test.labels is None
+    assert sorted(test.paths) == sorted(f"test/x_{i:04d}.png" for i in range(5))
+    train = di.open_zarr(out / "train.zarr.zip")
+    assert train.labels is not None and set(train.labels.tolist()) == {0, 1}

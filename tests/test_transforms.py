@@ -1,0 +1,93 @@
+"""Flips and crops move boxes and masks with their images: checked against plain numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daskimg.transforms import compose, random_crop, random_flip
+
+
+def _batch(n: int = 16, h: int = 12, w: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+    x0 = rng.integers(0, w - 1, n)
+    y0 = rng.integers(0, h - 1, n)
+    x1 = np.minimum(w, x0 + rng.integers(1, w, n))
+    y1 = np.minimum(h, y0 + rng.integers(1, h, n))
+    boxes = np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
+    boxes[3] = np.nan  # a sample without a box
+    masks = np.zeros((n, h, w), np.uint8)
+    for i, (a, b, c, d) in enumerate(boxes):
+        if np.isfinite(a):
+            masks[i, int(b) : int(d), int(a) : int(c)] = 1 + i % 5
+    return {"images": images, "bbox": boxes, "masks": masks, "labels": np.arange(n)}
+
+
+def _mask_box(mask: np.ndarray) -> np.ndarray:
+    """The rectangle a painted mask covers (x0, y0, x1, y1), NaN if none is left."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return np.full(4, np.nan)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_flip_moves_boxes_and_masks_like_numpy(p):
+    batch = _batch()
+    out = random_flip(p=p, boxes=("bbox",), masks=("masks",))(batch, np.random.default_rng(7))
+    which = np.random.default_rng(7).random(len(batch["images"])) < p
+    w = batch["images"].shape[2]
+    for i in range(len(which)):
+        flip = (lambda a: a[:, ::-1]) if which[i] else (lambda a: a)
+        np.testing.assert_array_equal(out["images"][i], flip(batch["images"][i]))
+        np.testing.assert_array_equal(out["masks"][i], flip(batch["masks"][i]))
+        b = batch["bbox"][i]
+        expected = [w - b[2], b[1], w - b[0], b[3]] if which[i] else b
+        np.testing.assert_array_equal(out["bbox"][i], expected)
+        # the oracle independent of the formula: the box is where the mask is
+        np.testing.assert_array_equal(out["bbox"][i], _mask_box(out["masks"][i]))
+    np.testing.assert_array_equal(out["labels"], batch["labels"])
+    # the input batch is not modified
+    np.testing.assert_array_equal(batch["bbox"], _batch()["bbox"])
+
+
+def test_crop_moves_clips_and_nans_boxes_like_numpy():
+    batch = _batch(n=64)
+    h, w = 6, 9
+    out = random_crop((h, w), boxes=("bbox",), masks=("masks",))(batch, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    n, H, W = batch["images"].shape[:3]
+    top = rng.integers(0, H - h + 1, n)
+    left = rng.integers(0, W - w + 1, n)
+    gone = 0
+    for i in range(n):
+        cut = np.s_[top[i] : top[i] + h, left[i] : left[i] + w]
+        np.testing.assert_array_equal(out["images"][i], batch["images"][i][cut])
+        np.testing.assert_array_equal(out["masks"][i], batch["masks"][i][cut])
+        expected = _mask_box(out["masks"][i])
+        np.testing.assert_array_equal(out["bbox"][i], expected, err_msg=str(i))
+        gone += np.isnan(expected).all() and np.isfinite(batch["bbox"][i]).all()
+    assert gone >= 1  # some boxes were cropped away and became NaN
+    assert out["bbox"].dtype == np.float32
+
+
+def test_compose_flip_then_crop_keeps_boxes_on_masks():
+    batch = _batch(n=32, seed=4)
+    t = compose(
+        random_flip(boxes=("bbox",), masks=("masks",)),
+        random_crop((8, 14), boxes=("bbox",), masks=("masks",)),
+    )
+    out = t(batch, np.random.default_rng(0))
+    for i in range(32):
+        np.testing.assert_array_equal(out["bbox"][i], _mask_box(out["masks"][i]))
+
+
+def test_transform_errors_name_the_array():
+    batch = _batch()
+    with pytest.raises(KeyError, match=r"boxes names 'box', which is not in the batch"):
+        random_flip(p=1.0, boxes=("box",))(batch, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"masks array 'images' must have shape"):
+        random_crop((4, 4), masks=("images",))(batch, np.random.default_rng(0))
+    with pytest.raises(TypeError, match=r"boxes=\('bbox',\)"):
+        random_flip(boxes="bbox")

@@ -1,0 +1,187 @@
+"""Volumes keep their dtype and values; show draws them with a percentile window."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+import tifffile
+
+import daskimg as di
+from daskimg.errors import DecodeError
+from daskimg.read.decode import DecodeSpec
+from daskimg.show import WINDOW, grid_figure, window
+from daskimg.testing import make_volume, make_volume_folder
+
+
+@pytest.fixture
+def ct(tmp_path):
+    """Four int16 CT-like scans in Hounsfield units, -1000 (air) .. 2000 (bone)."""
+    return make_volume_folder(
+        tmp_path / "ct", n=4, shape=(8, 10, 12), dtype="int16", value_range=(-1000, 2000)
+    )
+
+
+def test_int16_ct_stays_int16_with_its_values(ct):
+    v = di.imread([str(p) for p in ct], size=(8, 10, 12))
+    assert v.dtype == np.int16 and v.shape == (4, 8, 10, 12, 1)
+    np.testing.assert_array_equal(v.compute()[..., 0], np.stack([np.load(p) for p in ct]))
+
+
+def test_resized_int16_ct_matches_skimage(ct):
+    from skimage.transform import resize
+
+    v = di.imread([str(p) for p in ct], size=(5, 6, 7)).compute()
+    assert v.dtype == np.int16
+    for i, p in enumerate(ct):
+        expected = resize(
+            np.load(p).astype(np.float64),
+            (5, 6, 7),
+            order=1,
+            mode="edge",
+            anti_aliasing=True,
+            preserve_range=True,
+        )
+        assert np.abs(v[i, ..., 0] - expected).max() <= 0.5 + 1e-3
+        assert v[i].min() < 0  # air stays negative
+
+
+def test_dtype_int16_is_accepted_and_narrower_dtypes_are_checked(ct, tmp_path):
+    paths = [str(p) for p in ct]
+    assert di.imread(paths, size=(8, 10, 12), dtype="int16").compute().dtype == np.int16
+    # wider: a plain cast, no check needed
+    np.testing.assert_array_equal(
+        di.imread(paths, size=(8, 10, 12), dtype="int32").compute()[..., 0],
+        np.stack([np.load(p) for p in ct]),
+    )
+    with pytest.raises(
+        DecodeError,
+        match=r"vol_0000\.npy.*span -1000\.\.2000, outside the uint8 range 0\.\.255; pass dtype='int16'",
+    ):
+        di.imread(paths, size=(8, 10, 12), dtype="uint8").compute()
+    # a narrower dtype is fine when the values fit
+    small = tmp_path / "small.npy"
+    np.save(small, np.arange(60, dtype=np.int32).reshape(3, 4, 5) - 30)
+    np.testing.assert_array_equal(
+        di.imread([str(small)], size=(3, 4, 5), dtype="int8").compute()[0, ..., 0],
+        np.arange(60).reshape(3, 4, 5) - 30,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_float_volumes_stay_float(tmp_path, dtype):
+    vol = make_volume((6, 7, 8), seed=2, dtype=dtype, value_range=(-3.5, 1e4))
+    np.save(tmp_path / "f.npy", vol)
+    v = di.imread([str(tmp_path / "f.npy")], size=(6, 7, 8))
+    assert v.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(v.compute()[0, ..., 0], vol)
+    with pytest.raises(DecodeError, match=r"fractional values .* pass dtype='" + dtype):
+        di.imread([str(tmp_path / "f.npy")], size=(6, 7, 8), dtype="int16").compute()
+
+
+def test_whole_floats_fit_an_integer_dtype(tmp_path):
+    np.save(tmp_path / "w.npy", np.full((2, 3, 4), -1000.0))
+    got = di.imread([str(tmp_path / "w.npy")], size=(2, 3, 4), dtype="int16").compute()
+    assert got.dtype == np.int16 and (got == -1000).all()
+
+
+def test_the_first_file_sets_the_dtype_and_others_must_fit(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((2, 3, 4), np.int16))
+    np.save(tmp_path / "b.npy", np.full((2, 3, 4), 70000, np.int32))
+    np.save(tmp_path / "c.npy", np.full((2, 3, 4), 7, np.int32))
+    v = di.imread(str(tmp_path / "*.npy"), size=(2, 3, 4), chunks=1)
+    assert v.dtype == np.int16
+    with pytest.raises(DecodeError, match=r"b\.npy.*70000\.\.70000, outside the int16"):
+        v.compute()
+    assert (v[2].compute() == 7).all()  # an int32 file whose values fit int16
+
+
+def test_tiff_stacks_keep_their_dtype(tmp_path):
+    vol = make_volume((4, 5, 6), dtype="int16", value_range=(-1000, 2000))
+    tifffile.imwrite(tmp_path / "s.tif", vol, photometric="minisblack")
+    v = di.imread([str(tmp_path / "s.tif")], size=(4, 5, 6))
+    assert v.dtype == np.int16
+    np.testing.assert_array_equal(v.compute()[0, ..., 0], vol)
+
+
+def test_from_folder_of_volumes_keeps_the_dtype(tmp_path):
+    make_volume_folder(
+        tmp_path / "v",
+        n=4,
+        shape=(4, 5, 6),
+        dtype="int16",
+        value_range=(-1000, 2000),
+        classes=("a", "b"),
+    )
+    ds = di.from_folder(tmp_path / "v", size=(4, 5, 6))
+    assert ds.images.dtype == np.int16
+    sizes = ds.columns["source_size"].compute()
+    assert sizes.tolist() == [[4, 5, 6]] * 4
+
+
+def test_volume_dtypes_in_the_spec():
+    assert DecodeSpec((2, 3, 4), dtype="int16").dtype == "int16"
+    with pytest.raises(ValueError, match="dtype of images must be"):
+        DecodeSpec((3, 4), dtype="int16")
+
+
+def test_window_is_the_percentiles():
+    rng = np.random.default_rng(0)
+    x = rng.normal(40, 300, 10000)
+    assert window(x) == tuple(float(v) for v in np.percentile(x, WINDOW))
+    assert window(np.full(5, 3.0)) == (2.5, 3.5)
+    assert window(np.array([np.nan, 1.0, 2.0])) == pytest.approx((1.01, 1.99))
+
+
+def test_show_draws_a_ct_slice_with_a_window_labelled_with_its_values(ct):
+    ds = di.from_folder(ct[0].parent, size=(8, 10, 12))
+    fig = grid_figure(ds, n=4, cols=4)
+    axes = [ax for ax in fig.axes if ax.images]
+    assert len(axes) == 4
+    volumes = dask.compute(ds.images)[0][..., 0]
+    for ax in axes:
+        i = int(ax.get_title().split("\n")[0].lstrip("#"))
+        middle = volumes[i, volumes.shape[1] // 2]
+        lo, hi = window(middle)
+        assert ax.images[0].get_clim() == pytest.approx((lo, hi))
+        assert ax.get_title().split("\n")[1] == f"{lo:.4g}..{hi:.4g}"
+        # a CT window spans soft tissue to bone, not 0..1: the slice is not all white
+        assert lo < 0 < hi and hi > 1
+        shown = ax.images[0].get_array()
+        assert 0 < np.mean((shown - lo) / (hi - lo)) < 1
+
+
+def test_show_draws_float_images_with_a_window(tmp_path):
+    images = np.linspace(-5, 5, 2 * 6 * 7 * 3, dtype=np.float32).reshape(2, 6, 7, 3)
+    fig = grid_figure(di.ImageSet(images, [0, 1], classes=["a", "b"]), n=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert all("\n" in t for t in titles)
+    rgb = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert all(float(a.min()) >= 0 and float(a.max()) <= 1 for a in rgb)
+
+
+def test_show_draws_boxes_and_masks(tmp_path):
+    images = np.zeros((2, 10, 12, 3), np.uint8)
+    boxes = np.array([[1, 2, 5, 6], [np.nan] * 4], np.float32)
+    masks = np.zeros((2, 10, 12), np.uint8)
+    masks[0, 2:6, 1:5] = 3
+    ds = di.ImageSet(images, columns={"bbox": boxes, "masks": masks}, boxes=("bbox",))
+    fig = grid_figure(ds, n=2)
+    drawn = [ax for ax in fig.axes if ax.images]
+    patches = {ax.get_title(): len(ax.patches) for ax in drawn}
+    assert patches == {"#0": 1, "#1": 0}
+    overlays = {ax.get_title(): len(ax.images) for ax in drawn}
+    assert overlays == {"#0": 2, "#1": 1}
+
+
+def test_show_does_not_import_imageset():
+    import ast
+    import inspect
+
+    import daskimg.show
+
+    tree = ast.parse(inspect.getsource(daskimg.show))
+    imported = [
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    ] + [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    assert not [m for m in imported if "imageset" in m or m.startswith("read")]
