@@ -6,7 +6,7 @@ read (``imread``, ``from_folder``, ``from_csv``) -> store (``to_zarr``, ``open_z
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import testing
+from . import testing, transforms
 from .feed import BatchIterator
 from .read import ImageSet, from_csv, from_folder, imread
 from .store import open_zarr, to_zarr
@@ -28,4 +28,5 @@ __all__ = [
     "open_zarr",
     "testing",
     "to_zarr",
+    "transforms",
 ]

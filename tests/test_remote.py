@@ -110,7 +110,9 @@ def test_from_folder_on_s3_equals_local(image_folder, uploaded, s3):
     assert remote.store_path is None
     assert all(p.startswith(uploaded + "/") for p in remote.row_source.paths)
     # one task per block of 7 files, whose arguments are URLs and options, not open files
-    assert len(remote.images.dask) == len(local.images.dask) == 4
+    assert (
+        len(remote.images.dask) == len(local.images.dask) == 2 * 4
+    )  # one decode task per block, and its images view
     assert_same_set(remote, local)
 
 

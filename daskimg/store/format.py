@@ -89,17 +89,22 @@ def auto_chunk_len(sample_shape: Sequence[int], dtype: Any, n: int) -> int:
     return max(1, min(max(n, 1), CHUNK_BYTES // max(per, 1)))
 
 
-def dimension_names(name: str, ndim: int) -> list[str]:
+def dimension_names(name: str, ndim: int, *, box: bool = False) -> list[str]:
     """Zarr v3 ``dimension_names`` (xarray needs them): ``sample`` first, then per array.
 
     Images ``sample, y, x, channel`` (volumes ``sample, z, y, x, channel``), masks
-    ``sample, y, x`` (``z, y, x``); other arrays ``sample, <name>_1, ...`` so no two arrays
-    claim one dimension with different sizes.
+    ``sample, y, x`` (``z, y, x``), boxes ``sample, corner``, ``source_size``
+    ``sample, axis``; other arrays ``sample, <name>_1, ...`` so no two arrays claim one
+    dimension with different sizes.
     """
     if name == "images" and ndim in (4, 5):
         return ["sample", *(["z"] if ndim == 5 else []), "y", "x", "channel"]
     if name == "masks" and ndim in (3, 4):
         return ["sample", *(["z"] if ndim == 4 else []), "y", "x"]
+    if box and ndim == 2:
+        return ["sample", "corner"]
+    if name == "source_size" and ndim == 2:
+        return ["sample", "axis"]
     return ["sample", *(f"{name}_{i}" for i in range(1, ndim))]
 
 
@@ -174,7 +179,9 @@ def create_arrays(
             else compressors(spec.codec, spec.dtype),
             serializer="auto" if text else serializer(spec.codec),
             fill_value=None if text else 0,
-            dimension_names=dimension_names(spec.name, len(shape)),
+            dimension_names=dimension_names(
+                spec.name, len(shape), box=spec.name in (attrs.get("boxes") or ())
+            ),
             config={"write_empty_chunks": True},
         )
     return out

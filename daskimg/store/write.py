@@ -363,11 +363,15 @@ def _write_skipping(
     files = ds.row_source
     assert isinstance(files, FileSource)
     chunk_len = int(attrs["chunk_len"])
-    pixels, ok_mask = files.to_dask_masked(block=chunk_len)
+    # images and the arrays derived from the same files (source_size, masks, boxes) come
+    # from one task per block, which also says which files decoded (ok)
+    shared = files.to_dask_arrays(block=chunk_len, skip=True)
+    pixels, ok_mask = shared["images"], shared["ok"]
     lazy: dict[str, da.Array] = {"images": pixels}
+    lazy.update({k: shared[k] for k in files.derived})
     small: dict[str, np.ndarray] = {}
     for name, values in ds.arrays.items():
-        if name == "images":
+        if name in lazy:
             continue
         if isinstance(values, da.Array):
             lazy[name] = values.rechunk({0: pixels.chunks[0]})
