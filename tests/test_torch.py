@@ -14,10 +14,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from conftest import plain_group  # noqa: E402
+from feed_oracle import dataloader_batches  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import daskimg as di  # noqa: E402
-from daskimg.feed.shuffle import plan_epoch  # noqa: E402
 from daskimg.feed.source import FeedSource  # noqa: E402
 from daskimg.torch import TorchDataset  # noqa: E402
 
@@ -64,27 +64,7 @@ def _index(loader, stored, names=("images", "index")):
 
 
 def _expected(epoch, workers=1, rank=0, world=1, **kw):
-    """The batches a DataLoader yields, from the plans: it asks worker 0, 1, ... in turn."""
-    plans = [
-        plan_epoch(
-            N,
-            8,
-            epoch=epoch,
-            worker=w,
-            num_workers=workers,
-            consumer=rank,
-            num_consumers=world,
-            **kw,
-        )
-        for w in range(workers)
-    ]
-    pending = [list(p.batches) for p in plans]
-    out = []
-    while any(pending):
-        for batches in pending:
-            if batches:
-                out.append(batches.pop(0))
-    return out
+    return dataloader_batches(N, 8, epoch, workers, rank, world, **kw)
 
 
 def _same(got, expected):
