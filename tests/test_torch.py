@@ -8,6 +8,7 @@ sample, which the store's ``idx`` column holds at the sample's row (the ``index`
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -138,6 +139,24 @@ def test_set_epoch_reaches_spawned_persistent_workers(store, stored):
         ds.set_epoch(e)
         _same(_index(loader, stored), _expected(e, 2, batch_size=16, seed=2))
     _same(_index(loader, stored), _expected(10, 2, batch_size=16, seed=2))  # then by itself
+
+
+def test_workers_forked_after_a_peek_in_the_main_process(store, stored, monkeypatch):
+    # the main process's unfinished iteration, loads in flight, is copied into the forks
+    load, main = FeedSource.load, os.getpid()
+
+    def slow_in_main(self, c, scratch):
+        if os.getpid() == main and c != 0:
+            time.sleep(1)  # still loading when the workers fork
+        return load(self, c, scratch)
+
+    monkeypatch.setattr(FeedSource, "load", slow_in_main)
+    ds = TorchDataset(store, batch_size=16, arrays=("images", "index"), seed=2, buffer_chunks=1)
+    peek = next(iter(ds))
+    assert len(peek[0]) == 16
+    loader = DataLoader(ds, batch_size=None, num_workers=2, timeout=120)  # a hang fails
+    # the peek was the main process's epoch 0; the workers count their own epochs
+    _same(_index(loader, stored), _expected(0, 2, batch_size=16, seed=2, buffer_chunks=1))
 
 
 def test_the_main_process_advances_by_itself(store, stored):
