@@ -24,11 +24,6 @@ __all__ = ["TorchDataset"]
 #: DataLoader workers per process whose epochs the shared table can follow
 MAX_WORKERS = 1024
 
-#: Iterations a forked worker inherited, unfinished, from its parent: never closed nor freed
-#: (closing waits for loads the parent's threads were running, which the fork does not have;
-#: a fork ends with os._exit, which frees nothing)
-_INHERITED: list[Generator[Any, None, None]] = []
-
 
 class _Epochs:
     """The epoch of each iteration, agreed on by a dataset in its process and its DataLoader workers.
@@ -210,7 +205,6 @@ class TorchDataset(IterableDataset):
         self._it: BatchIterator | None = None  # this process's iterator, kept across epochs
         self._it_key: tuple[int, ...] | None = None
         self._gen: Generator[tuple[Any, ...], None, None] | None = None
-        self._gen_pid: int | None = None
         self._resume: dict[str, Any] | None = None  # a state to continue from
         self._captured: tuple[int, int] | None = None  # (rank, world) of the pickling process
         self._pickled_by: int | None = None
@@ -303,12 +297,9 @@ class TorchDataset(IterableDataset):
     def __iter__(self) -> Generator[tuple[Any, ...], None, None]:
         # not a generator function: the epoch is settled (and a resumed state applied) when the
         # DataLoader calls iter(), before any batch is asked for, in every worker
-        if self._gen is not None:  # an earlier iteration was left unfinished
-            if self._gen_pid == os.getpid():
-                with contextlib.suppress(ValueError):  # ValueError: it runs in another thread
-                    self._gen.close()
-            else:
-                _INHERITED.append(self._gen)
+        if self._gen is not None:  # an earlier iteration (maybe the parent's, forked) unfinished
+            with contextlib.suppress(ValueError):  # ValueError: it runs in another thread
+                self._gen.close()
             self._gen = None
         it, slot = self._iterator()
         table = self._table()
@@ -320,7 +311,7 @@ class TorchDataset(IterableDataset):
             table.record(slot, it.epoch)
         else:
             it.set_epoch(table.take(slot))
-        self._gen, self._gen_pid = self._batches(it), os.getpid()
+        self._gen = self._batches(it)
         return self._gen
 
     def _iterator(self) -> tuple[BatchIterator, int]:

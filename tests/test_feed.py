@@ -442,3 +442,34 @@ def test_a_load_that_times_out_raises_its_error(tmp_path, indexed_set):
     it.source.load = load
     with pytest.raises(TimeoutError, match="chunk 2: read timed out"):
         list(it)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_closes_its_copy_of_an_unfinished_iteration(store, monkeypatch):
+    # e.g. a DataLoader worker forked while the main process peeked at a batch: the copy's loads
+    # ran in the parent's threads, so closing it must not wait for them
+    import multiprocessing
+    import os
+    import time
+
+    from daskimg.feed.source import FeedSource
+
+    load, main = FeedSource.load, os.getpid()
+
+    def slow_in_main(self, c, scratch):
+        if os.getpid() == main and c != 0:
+            time.sleep(1)  # still loading when the fork happens
+        return load(self, c, scratch)
+
+    monkeypatch.setattr(FeedSource, "load", slow_in_main)
+    it = di.BatchIterator(store, batch_size=16, arrays=("images", "index"), buffer_chunks=1)
+    gen = iter(it)
+    next(gen)
+    child = multiprocessing.get_context("fork").Process(target=gen.close)
+    child.start()
+    child.join(60)  # a guard against a hang, not a timing
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
+    gen.close()

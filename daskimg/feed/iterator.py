@@ -338,6 +338,7 @@ class BatchIterator:
         next_batch = start
         pending: deque[tuple[int, Future[dict[str, np.ndarray]], _Batch]] = deque()
         pools = self._thread_pools()
+        pid = os.getpid()
         io_pool, work_pool = pools
         window = 2 * self.threads + self.prefetch
         lock = threading.Lock()
@@ -401,8 +402,11 @@ class BatchIterator:
                 submit_batches()
                 yield out
         finally:
+            # a fork's copy of an unfinished iteration (closed or freed in the child): its loads
+            # run in the parent's threads, which the fork does not have; nothing to wait for
+            forked = pid != os.getpid()
             states = [*filling.values(), *(s for _, _, s in pending)]
-            for group in (list(loads), [f for _, f, _ in pending]):
+            for group in ([], []) if forked else (list(loads), [f for _, f, _ in pending]):
                 for f in group:
                     f.cancel()
                 for f in group:  # let started ones finish before their buffers are reused
