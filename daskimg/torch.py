@@ -82,8 +82,13 @@ class TorchDataset(IterableDataset):
 
     **Epochs.** Call :meth:`set_epoch` before each epoch (like ``DistributedSampler``): it
     reaches the DataLoader workers, ``persistent_workers=True`` included. Without it, every
-    iteration advances the epoch by one by itself (0, 1, 2, ...; in each worker and in the main
-    process alike), so epochs still differ. Augmentations draw from ``(seed, epoch, batch)``.
+    iteration advances the epoch by one by itself (0, 1, 2, ...; each worker counts its own
+    iterations, as does the main process), so epochs still differ; this is what PyTorch
+    Lightning gets, which never calls a dataset's ``set_epoch`` (to continue the count in a run
+    resumed from a checkpoint, call ``ds.set_epoch(self.current_epoch)`` in
+    ``train_dataloader()``). Iterating one dataset through DataLoaders with different
+    ``num_workers`` needs ``set_epoch``, or their workers' counts disagree. Augmentations
+    draw from ``(seed, epoch, batch)``, the batch's index in the rank's epoch.
 
     **DDP.** Rank and world size are looked up when iterating (and by ``len()``): from
     ``torch.distributed`` once initialised (a dataset built before ``init_process_group`` and
@@ -93,8 +98,10 @@ class TorchDataset(IterableDataset):
 
     **Ordered inference.** With ``shuffle=False`` a DataLoader yields the store order through
     any number of workers (they are dealt batches in the order the DataLoader asks for them;
-    keep its default ``in_order=True``). Ask for ``arrays=("images", "index")`` to get each
-    sample's store index, e.g. for ``ArrayWriter.append(predictions, index=index)``.
+    keep its default ``in_order=True``). A chunk that spans batches of several workers is read
+    by each of them: a ``batch_size`` that is a multiple of the store's chunk length reads
+    every chunk once. Ask for ``arrays=("images", "index")`` to get each sample's store index,
+    e.g. to write predictions back where they belong.
 
     **Resume.** :meth:`state_dict` / :meth:`load_state_dict` follow the protocol of torchdata's
     ``StatefulDataLoader`` (called in each worker): a resumed job continues mid-epoch and reads
