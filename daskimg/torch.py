@@ -5,45 +5,135 @@ Import it as ``from daskimg.torch import TorchDataset``; torch is imported here 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import contextlib
+import numbers
+import os
+import warnings
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .feed.iterator import BatchIterator, Transform
-from .feed.shuffle import num_batches, split_consumer
+from .feed.iterator import BatchIterator, Transform, check_state
+from .feed.shuffle import num_batches
 
 __all__ = ["TorchDataset"]
+
+#: DataLoader workers per process whose epochs the shared table can follow
+MAX_WORKERS = 1024
+
+
+class _Epochs:
+    """The epoch of each iteration, agreed on by a dataset in its process and its DataLoader workers.
+
+    A small int64 table in shared memory (``share_memory_()``: fork inherits it, spawn and
+    forkserver receive it through torch's pickler; a plain pickle or deepcopy gets a private
+    copy). Row 0 is ``(epoch given to set_epoch, number of set_epoch calls)``; row ``1 + s`` is
+    ``(epoch of slot s's last iteration, set_epoch calls it had seen)``, slot 0 being the process
+    itself and slot ``1 + w`` its DataLoader worker ``w``.
+
+    An iteration follows the epoch last given to ``set_epoch`` if that call came after the
+    slot's previous iteration, else the slot's previous epoch + 1. So with ``set_epoch`` before
+    each epoch every worker follows it, persistent or not, and without it each worker advances
+    by itself; the workers agree because each counts its own iterations.
+    """
+
+    def __init__(self, epoch: int = 0, *, shared: bool = True) -> None:
+        self.owner = os.getpid()
+        table = torch.zeros((2 + MAX_WORKERS, 2), dtype=torch.int64)
+        table[0, 0] = epoch
+        table[1:, 0] = -1
+        self.table = table.share_memory_() if shared else table
+
+    def set(self, epoch: int) -> None:
+        gen = int(self.table[0, 1])
+        self.table[0] = torch.tensor([epoch, gen + 1])
+
+    @property
+    def current(self) -> int:
+        return int(self.table[0, 0])
+
+    def peek(self, slot: int) -> int:
+        """The epoch the slot's next iteration follows."""
+        epoch, gen = self.table[0].tolist()
+        last, seen = self.table[1 + slot].tolist()
+        return int(epoch if gen != seen or last < 0 else last + 1)
+
+    def take(self, slot: int) -> int:
+        """The epoch of the slot's iteration that starts now (recorded)."""
+        epoch = self.peek(slot)
+        self.record(slot, epoch)
+        return epoch
+
+    def record(self, slot: int, epoch: int) -> None:
+        self.table[1 + slot] = torch.tensor([epoch, int(self.table[0, 1])])
 
 
 class TorchDataset(IterableDataset):
     """Batches as tensors, split across DataLoader workers and DDP ranks.
 
-    Each (rank, worker) pair is one consumer of :func:`daskimg.shuffle.plan_epoch`: it
-    reads its own whole chunks, so together they deliver every sample exactly once per
-    epoch. Use it with ``DataLoader(ds, batch_size=None, num_workers=k)`` — batching is
-    done here. Call :meth:`set_epoch` before each epoch (like ``DistributedSampler``);
-    workers are re-created each epoch unless ``persistent_workers=True``, which would
-    keep the old epoch's order.
+    Use it with ``DataLoader(ds, batch_size=None, num_workers=k)``: batching is done here.
+    Each DDP rank reads its own share of the chunks (and, with ``shuffle=False``, every
+    ``world_size``-th batch of the store); its DataLoader workers share the rank's batches, so
+    together they deliver every sample exactly once per epoch, and ``len()`` (the rank's batch
+    count) is right for any ``num_workers``.
+
+    **Epochs.** Call :meth:`set_epoch` before each epoch (like ``DistributedSampler``): it
+    reaches the DataLoader workers, ``persistent_workers=True`` included. Without it, every
+    iteration advances the epoch by one by itself (0, 1, 2, ...; each worker counts its own
+    iterations, as does the main process), so epochs still differ; this is what PyTorch
+    Lightning gets, which never calls a dataset's ``set_epoch`` (to continue the count in a run
+    resumed from a checkpoint, call ``ds.set_epoch(self.current_epoch)`` in
+    ``train_dataloader()``). Iterating one dataset through DataLoaders with different
+    ``num_workers`` needs ``set_epoch``, or their workers' counts disagree. Augmentations
+    draw from ``(seed, epoch, batch)``, the batch's index in the rank's epoch.
+
+    **DDP.** Rank and world size are looked up when iterating (and by ``len()``): from
+    ``torch.distributed`` once initialised (a dataset built before ``init_process_group`` and
+    iterated after is right), in spawned workers from the process that started them. When
+    ``WORLD_SIZE`` says there are several ranks but there is no process group, iterating is an
+    error rather than every rank reading everything.
+
+    **Ordered inference.** With ``shuffle=False`` a DataLoader yields the store order through
+    any number of workers (they are dealt batches in the order the DataLoader asks for them;
+    keep its default ``in_order=True``). A chunk that spans batches of several workers is read
+    by each of them: a ``batch_size`` that is a multiple of the store's chunk length reads
+    every chunk once. Ask for ``arrays=("images", "index")`` to get each sample's store index,
+    e.g. to write predictions back where they belong.
+
+    **Resume.** :meth:`state_dict` / :meth:`load_state_dict` follow the protocol of torchdata's
+    ``StatefulDataLoader`` (called in each worker): a resumed job continues mid-epoch and reads
+    only what is left. A state refuses other settings (ValueError naming the setting).
 
     Parameters
     ----------
     source
         A store path (best: each worker opens its own file, fork-safe), an ImageSet or
-        dask arrays, as for :class:`~daskimg.feed.BatchIterator`.
+        dask arrays, as for :class:`~daskimg.feed.BatchIterator`. Dask arrays are computed
+        with the threaded scheduler inside DataLoader workers (a ``distributed.Client`` of
+        the main process cannot serve forked workers).
+    batch_size, shuffle, seed, buffer_chunks, drop_last, transform, prefetch, threads
+        As for :class:`~daskimg.feed.BatchIterator`. ``seed=None`` draws one seed here,
+        shared by the workers (refused with several ranks, which would draw their own).
+    arrays
+        Names of the arrays to yield, in order (default ``("images", "labels")``);
+        ``"index"`` is each sample's store index. String arrays (``"paths"``) come as
+        Python lists of ``str``.
     rank, world_size
-        This process's DDP rank and the number of ranks. Default: from
-        ``torch.distributed`` when it is initialised, else 0 and 1.
+        This process's DDP rank and the number of ranks; given, they win over the lookup.
     even
-        Give every rank (and worker) the same number of batches, by repeating a few
-        samples at the end of the short ones. Uneven batch counts hang DDP; use this
-        for DDP training (validation should keep ``even=False`` to count each sample once).
+        Give every rank the same number of batches, by repeating at most a chunk's worth
+        of samples per rank (like ``DistributedSampler``'s padding): unequal counts hang DDP.
+        Default (None): True when there are several ranks and ``shuffle=True`` (training),
+        else False, so that ``shuffle=False`` (evaluation, inference) counts every sample
+        exactly once (ranks may then differ by one batch).
     channels_first
         Yield images as ``(N, C, H, W)`` (``(N, C, D, H, W)`` for volumes).
     num_workers
-        The DataLoader's ``num_workers``, used only by ``len()``.
+        Not needed any more (``len()`` no longer depends on the DataLoader's workers);
+        accepted and ignored.
     dtype
         If given, images are converted to this torch dtype (``torch.float32`` scales
         ``uint8`` to 0..1).
@@ -53,8 +143,12 @@ class TorchDataset(IterableDataset):
     Examples
     --------
     >>> from daskimg.torch import TorchDataset  # doctest: +SKIP
-    >>> ds = TorchDataset("out/train.zarr.zip", batch_size=64, num_workers=2)  # doctest: +SKIP
+    >>> ds = TorchDataset("out/train.zarr.zip", batch_size=64)  # doctest: +SKIP
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)  # doctest: +SKIP
+    >>> for epoch in range(3):  # doctest: +SKIP
+    ...     ds.set_epoch(epoch)
+    ...     for images, labels in loader:
+    ...         pass
     """
 
     def __init__(
@@ -63,40 +157,36 @@ class TorchDataset(IterableDataset):
         *,
         batch_size: int,
         shuffle: bool = True,
-        seed: int = 0,
+        seed: int | None = 0,
         buffer_chunks: int = 8,
         drop_last: bool = False,
         arrays: Sequence[str] | None = None,
         transform: Transform | None = None,
         rank: int | None = None,
         world_size: int | None = None,
-        even: bool = False,
+        even: bool | None = None,
         channels_first: bool = False,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         dtype: torch.dtype | None = None,
         prefetch: int = 1,
         threads: int = 2,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if rank is None or world_size is None:
-            dist = torch.distributed
-            if dist.is_available() and dist.is_initialized():
-                rank = dist.get_rank() if rank is None else rank
-                world_size = dist.get_world_size() if world_size is None else world_size
-            else:
-                rank = 0 if rank is None else rank
-                world_size = 1 if world_size is None else world_size
-        if not 0 <= rank < world_size:
+        for name, v in (("rank", rank), ("world_size", world_size)):
+            if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool)):
+                raise ValueError(f"{name} must be an int or None; got {v!r}")
+        if rank is not None and world_size is not None and not 0 <= rank < world_size:
             raise ValueError(
                 f"rank must lie in 0..world_size-1; got rank={rank}, world_size={world_size}"
             )
+        if even is not None and not isinstance(even, bool):
+            raise ValueError(f"even must be True, False or None; got {even!r}")
         self.source = source
         self.rank, self.world_size = rank, world_size
-        self.num_workers = num_workers
+        self.even = even
         self.channels_first = channels_first
         self.dtype = dtype
-        self.epoch = 0
         self._kw: dict[str, Any] = {
             "batch_size": batch_size,
             "shuffle": shuffle,
@@ -105,48 +195,173 @@ class TorchDataset(IterableDataset):
             "drop_last": drop_last,
             "arrays": arrays,
             "transform": transform,
-            "even": even,
             "prefetch": prefetch,
             "threads": threads,
             "storage_options": storage_options,
         }
-        self._probe = BatchIterator(source, **self._kw)  # validates arguments, knows N and chunks
+        probe = BatchIterator(source, **self._kw)  # validates arguments, knows N and chunks
+        self._seed_drawn = seed is None
+        self._kw["seed"] = probe.seed  # seed=None: drawn once, here, for every worker
+        self._settings = {
+            k: v
+            for k, v in probe.settings().items()
+            if k not in ("consumer", "num_consumers", "worker", "num_workers", "even")
+        }
+        probe.close()
+        self._epochs = _Epochs()
+        self._it: BatchIterator | None = None  # this process's iterator, kept across epochs
+        self._it_key: tuple[int, ...] | None = None
+        self._gen: Generator[tuple[Any, ...], None, None] | None = None
+        self._resume: dict[str, Any] | None = None  # a state to continue from
+        self._captured: tuple[int, int] | None = None  # (rank, world) of the pickling process
+        self._pickled_by: int | None = None
+        self._unpickled_in: int | None = None
 
+    # -- epochs -----------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration follows."""
-        self.epoch = int(epoch)
+        """Select the epoch the next iteration follows, in this process and its DataLoader
+        workers (persistent ones included)."""
+        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self._table().set(int(epoch))
 
-    def _iterator(self, worker: int, num_workers: int) -> BatchIterator:
-        consumer, n = split_consumer(self.rank, self.world_size, worker, num_workers)
-        it = BatchIterator(self.source, consumer=consumer, num_consumers=n, **self._kw)
-        it.set_epoch(self.epoch)
-        return it
+    @property
+    def epoch(self) -> int:
+        """The epoch last given to :meth:`set_epoch` (0 before any call)."""
+        return self._table().current
 
-    def __len__(self) -> int:
-        workers = max(1, self.num_workers)
-        total = 0
-        for w in range(workers):
-            consumer, n = split_consumer(self.rank, self.world_size, w, workers)
-            total += num_batches(
-                self._probe.num_samples,
-                self._probe.chunk_len,
-                batch_size=self._kw["batch_size"],
-                drop_last=self._kw["drop_last"],
-                consumer=consumer,
-                num_consumers=n,
-                even=self._kw["even"],
+    def _table(self) -> _Epochs:
+        """This process's epoch table (see :class:`_Epochs`).
+
+        Outside DataLoader workers it is this process's own: a dataset that came from another
+        process (pickled, e.g. by ``mp.spawn`` before DDP) gets a new one at its first use
+        here. In a worker it must be the table of the process that started the worker.
+        """
+        table = self._epochs
+        if get_worker_info() is None:
+            if table.owner != os.getpid() or not table.table.is_shared():
+                table = self._epochs = _Epochs(table.current)
+            return table
+        parent = self._pickled_by if self._unpickled_in == os.getpid() else os.getppid()
+        if table.owner == os.getpid() or (table.owner == parent and table.table.is_shared()):
+            return table
+        warnings.warn(
+            "TorchDataset: this DataLoader worker cannot see set_epoch() calls of the process "
+            "that started it (the dataset came to that process pickled and was not used there "
+            "before the workers started): its epochs advance only with persistent_workers=True. "
+            "Call ds.set_epoch(epoch) in that process before each epoch.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        table = self._epochs = _Epochs(table.current, shared=False)
+        return table
+
+    # -- ranks ------------------------------------------------------------------------
+    def _ranks(self) -> tuple[int, int]:
+        """(rank, world size): given ones, else ``torch.distributed``'s (or the spawning
+        process's), else ``(0, 1)``; an error when ``WORLD_SIZE`` says there are more."""
+        rank, world = self.rank, self.world_size
+        if rank is None or world is None:
+            found = _live_ranks() or self._captured
+            if found is None:
+                env = os.environ.get("WORLD_SIZE", "").strip()
+                if env.isdigit() and int(env) > 1:
+                    raise RuntimeError(
+                        f"WORLD_SIZE={env}: this process is one of {env} DDP ranks, but "
+                        "torch.distributed is not initialised here and TorchDataset got no "
+                        "rank/world_size, so every rank would read the whole epoch. Call "
+                        "torch.distributed.init_process_group() before iterating (the dataset "
+                        "may be built before), or pass rank= and world_size= (rank=0, "
+                        "world_size=1 to read everything in this process)."
+                    )
+                found = (0, 1)
+            rank = found[0] if rank is None else rank
+            world = found[1] if world is None else world
+        if not 0 <= rank < world:
+            raise ValueError(
+                f"rank must lie in 0..world_size-1; got rank={rank}, world_size={world}"
             )
-        return total
+        return int(rank), int(world)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _even(self, world: int) -> bool:
+        return (world > 1 and bool(self._kw["shuffle"])) if self.even is None else self.even
+
+    # -- iteration --------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch, whatever the DataLoader's ``num_workers``."""
+        rank, world = self._ranks()
+        return num_batches(
+            self._settings["num_samples"],
+            self._settings["chunk_len"],
+            batch_size=self._kw["batch_size"],
+            drop_last=self._kw["drop_last"],
+            consumer=rank,
+            num_consumers=world,
+            even=self._even(world),
+            shuffle=self._kw["shuffle"],
+        )
+
+    def __iter__(self) -> Generator[tuple[Any, ...], None, None]:
+        # not a generator function: the epoch is settled (and a resumed state applied) when the
+        # DataLoader calls iter(), before any batch is asked for, in every worker
+        if self._gen is not None:  # an earlier iteration (maybe the parent's, forked) unfinished
+            with contextlib.suppress(ValueError):  # ValueError: it runs in another thread
+                self._gen.close()
+            self._gen = None
+        it, slot = self._iterator()
+        table = self._table()
+        if self._resume is not None:
+            state, self._resume = self._resume, None
+            it.load_state_dict(state)
+            if len(it) and it.state_dict()["batch"] >= len(it):  # saved at its epoch's end
+                it.set_epoch(it.epoch + 1)
+            table.record(slot, it.epoch)
+        else:
+            it.set_epoch(table.take(slot))
+        self._gen = self._batches(it)
+        return self._gen
+
+    def _iterator(self) -> tuple[BatchIterator, int]:
+        """This process's iterator for its rank and worker, and its slot in the epoch table."""
         info = get_worker_info()
-        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        it = self._iterator(worker, num_workers)
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if workers > MAX_WORKERS:
+            raise ValueError(f"TorchDataset follows at most {MAX_WORKERS} DataLoader workers")
+        rank, world = self._ranks()
+        if self._seed_drawn and world > 1:
+            raise ValueError(
+                f"seed=None draws a seed in each of the {world} ranks, which would then read "
+                "overlapping samples; pass the same int seed to every rank"
+            )
+        even = self._even(world)
+        key = (os.getpid(), rank, world, worker, workers, int(even), self._kw["seed"])
+        if self._it is None or self._it_key != key:
+            if self._it is not None and self._it_key is not None and self._it_key[0] == key[0]:
+                self._it.close()
+            it = BatchIterator(
+                self.source,
+                consumer=rank,
+                num_consumers=world,
+                worker=worker,
+                num_workers=workers,
+                even=even,
+                **self._kw,
+            )
+            if info is not None:
+                it.source.scheduler = (
+                    "threads"  # a distributed.Client of the parent cannot serve a fork
+                )
+            self._it, self._it_key = it, key
+        return self._it, 0 if info is None else 1 + worker
+
+    def _batches(self, it: BatchIterator) -> Generator[tuple[Any, ...], None, None]:
         names = it.arrays
         for batch in it:
-            yield tuple(self._tensor(name, a) for name, a in zip(names, batch, strict=True))
+            yield tuple(self._convert(name, a) for name, a in zip(names, batch, strict=True))
 
-    def _tensor(self, name: str, a: np.ndarray) -> torch.Tensor:
+    def _convert(self, name: str, a: np.ndarray) -> Any:
+        if a.dtype.kind in "OUSV":  # strings (paths): torch has no tensor of them
+            return a.tolist()
         t = torch.from_numpy(np.ascontiguousarray(a))
         if name == "images":
             if self.channels_first:
@@ -157,3 +372,47 @@ class TorchDataset(IterableDataset):
                 if self.dtype.is_floating_point and scale != 1.0:
                     t = t / scale
         return t
+
+    # -- resume -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where this process's iteration is (a DataLoader worker's, when called in one, as
+        ``StatefulDataLoader`` does): ``{"epoch", "batch", ...settings}``."""
+        it, slot = self._iterator()
+        if self._gen is None and self._resume is None:  # not iterated yet: the next epoch
+            it.set_epoch(self._table().peek(slot))
+        return dict(self._resume) if self._resume is not None else it.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` at the next iteration (in this process or
+        worker). Refused (ValueError naming it) when a setting that shapes the order differs."""
+        check_state(state, self._settings, adopt_seed=self._seed_drawn)
+        for name in ("epoch", "batch"):
+            v = state.get(name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"state[{name!r}] must be a non-negative integer; got {v!r}")
+        if self._seed_drawn and state.get("seed") is not None:
+            self._kw["seed"] = int(state["seed"])
+            self._settings["seed"] = self._kw["seed"]
+        self._resume = dict(state)
+
+    # -- pickling (spawned DataLoader workers, mp.spawn) -------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        if get_worker_info() is None:
+            self._table()  # the table pickled for the workers is this process's own
+        state = self.__dict__.copy()
+        state.update(_it=None, _it_key=None, _gen=None, _pickled_by=os.getpid())
+        live = _live_ranks()
+        if live is not None:  # a spawned worker has no process group: it takes this one's
+            state["_captured"] = live
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._unpickled_in = os.getpid()
+
+
+def _live_ranks() -> tuple[int, int] | None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None

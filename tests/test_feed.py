@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from conftest import flip_byte_in_chunk, plain_group
@@ -52,60 +54,169 @@ def test_default_arrays_are_images_and_labels(store, indexed_set):
     np.testing.assert_array_equal(labels, indexed_set.labels[ids])
 
 
-def test_deterministic_and_reshuffled_per_epoch(store):
-    a = di.BatchIterator(store, batch_size=16, arrays=("idx",), seed=3)
-    b = di.BatchIterator(store, batch_size=16, arrays=("idx",), seed=3)
-    e0 = np.concatenate([x[0] for x in a])
-    np.testing.assert_array_equal(e0, np.concatenate([x[0] for x in b]))
-    e1 = np.concatenate([x[0] for x in a])  # the next epoch
+def _ids(batches, stored_idx):
+    """Store indices of an epoch's batches of ("images", "index"), after checking each image is
+    the stored sample at its index (pixels encode the original id, the store's ``idx`` column)."""
+    out = []
+    for images, index in batches:
+        assert index.dtype == np.int64
+        _check_images_match_idx(images, stored_idx[index])
+        out.append(index)
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+@pytest.fixture
+def stored_idx(store):
+    return plain_group(store)["idx"][:]
+
+
+def test_deterministic_and_reshuffled_per_epoch(store, stored_idx):
+    kw = {"batch_size": 16, "arrays": ("images", "index"), "seed": 3, "buffer_chunks": 2}
+    a, b = di.BatchIterator(store, **kw), di.BatchIterator(store, **kw)
+    assert len(a.plan().groups) > 2  # several groups of chunks read from the store
+    e0 = _ids(_epoch(a), stored_idx)
+    np.testing.assert_array_equal(e0, _ids(_epoch(b), stored_idx))
+    e1 = _ids(_epoch(a), stored_idx)  # the next epoch
     assert a.epoch == 2  # each finished epoch selects the next
     assert not np.array_equal(e0, e1)
-    assert sorted(e1.tolist()) == list(range(103))
+    assert sorted(e0.tolist()) == sorted(e1.tolist()) == list(range(103))
     b.set_epoch(1)
-    np.testing.assert_array_equal(e1, np.concatenate([x[0] for x in b]))
-    c = di.BatchIterator(store, batch_size=16, arrays=("idx",), seed=4)
-    assert not np.array_equal(e0, np.concatenate([x[0] for x in c]))
+    np.testing.assert_array_equal(e1, _ids(_epoch(b), stored_idx))
+    c = di.BatchIterator(store, **{**kw, "seed": 4})
+    assert not np.array_equal(e0, _ids(_epoch(c), stored_idx))
 
 
-def test_shuffle_false_is_store_order(store):
-    it = di.BatchIterator(store, batch_size=10, arrays=("idx",), shuffle=False)
-    stored = di.open_zarr(store).columns["idx"]
-    np.testing.assert_array_equal(np.concatenate([x[0] for x in it]), stored)
+def test_the_order_does_not_depend_on_the_arrays_asked_for(store):
+    kw = {"batch_size": 16, "seed": 3, "buffer_chunks": 2}
+    with_images = [b[1] for b in di.BatchIterator(store, arrays=("images", "index"), **kw)]
+    index_only = [b[0] for b in di.BatchIterator(store, arrays=("index",), **kw)]
+    for x, y in zip(with_images, index_only, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
-def test_resume_mid_epoch(store):
-    it = di.BatchIterator(store, batch_size=9, arrays=("idx",), seed=1, buffer_chunks=2)
+def test_shuffle_false_is_store_order(store, stored_idx):
+    it = di.BatchIterator(store, batch_size=10, arrays=("images", "index", "idx"), shuffle=False)
+    batches = _epoch(it)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.arange(103))
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in batches]), stored_idx)
+    _ids([b[:2] for b in batches], stored_idx)
+
+
+def test_index_is_a_reserved_name(tmp_path, indexed_set):
+    ds = di.ImageSet(indexed_set.images, indexed_set.labels, columns={"index": np.arange(103)})
+    path = di.to_zarr(ds, tmp_path / "i.zarr.zip", chunks=8)
+    with pytest.raises(ValueError, match="has an array named 'index'"):
+        di.BatchIterator(path, batch_size=4, arrays=("images", "index"))
+    with pytest.raises(KeyError, match="'index', each sample's store index"):
+        di.BatchIterator(path, batch_size=4, arrays=("nope",))
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5, 11])  # within the first group, at and past group borders
+def test_resume_mid_epoch_reads_only_what_is_left(store, stored_idx, cut):
+    kw = {"batch_size": 9, "arrays": ("images", "index"), "seed": 1, "buffer_chunks": 2}
+    it = di.BatchIterator(store, **kw)
     it.set_epoch(2)
-    full = [x[0] for x in it]
+    full = _ids(_epoch(it), stored_idx)
     it.set_epoch(2)
     gen = iter(it)
-    head = [next(gen)[0] for _ in range(5)]
+    head = [next(gen) for _ in range(cut)]
     state = it.state_dict()
     gen.close()
-    fresh = di.BatchIterator(store, batch_size=9, arrays=("idx",), seed=1, buffer_chunks=2)
+    assert state["epoch"] == 2 and state["batch"] == cut
+    fresh = di.BatchIterator(store, **kw)
     fresh.load_state_dict(state)
-    tail = [x[0] for x in fresh]
-    got = head + tail
-    assert len(got) == len(full)
-    for x, y in zip(got, full, strict=True):
-        np.testing.assert_array_equal(x, y)
-    with pytest.raises(ValueError, match="another source or seed"):
-        di.BatchIterator(store, batch_size=9, seed=2).load_state_dict(state)
+    loaded = []
+    load = fresh.source.load
+    fresh.source.load = lambda c, scratch: loaded.append(c) or load(c, scratch)
+    tail = _epoch(fresh)
+    np.testing.assert_array_equal(_ids(head + tail, stored_idx), full)
+    # only the chunks of the batches still to come are read again
+    it.set_epoch(2)
+    left = np.unique(np.concatenate(it.plan().batches[cut:]) // it.chunk_len)
+    assert sorted(loaded) == left.tolist()
 
 
-def test_close_mid_epoch_says_so_and_iterating_again_continues(store):
-    it = di.BatchIterator(store, batch_size=9, arrays=("idx",), seed=3, buffer_chunks=2)
-    full = [x[0] for x in it]  # epoch 0
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [
+        ({"batch_size": 18}, "batch_size"),
+        ({"shuffle": False}, "shuffle"),
+        ({"buffer_chunks": 3}, "buffer_chunks"),
+        ({"drop_last": True}, "drop_last"),
+        ({"seed": 2}, "seed"),
+        ({"even": True}, "even"),
+        ({"consumer": 1, "num_consumers": 2}, "consumer"),
+        ({"num_consumers": 2}, "num_consumers"),
+        ({"worker": 1, "num_workers": 2}, "worker"),
+        ({"num_workers": 2}, "num_workers"),
+    ],
+)
+def test_a_state_refuses_other_settings_naming_them(store, change, name):
+    kw = {"batch_size": 9, "arrays": ("images", "index"), "seed": 1, "buffer_chunks": 2}
+    it = di.BatchIterator(store, **kw)
+    gen = iter(it)
+    next(gen)
+    state = it.state_dict()
+    gen.close()
+    other = di.BatchIterator(store, **{**kw, **change})
+    with pytest.raises(ValueError, match=rf"saved with {name}=.* this has {name}="):
+        other.load_state_dict(state)
+    di.BatchIterator(store, **kw).load_state_dict(state)  # the same settings: accepted
+
+
+def test_a_state_refuses_another_store(tmp_path, indexed_set, store):
+    it = di.BatchIterator(store, batch_size=9)
+    state = it.state_dict()
+    assert state["source"]["path"] == str(store) and state["source"]["token"]
+    other = di.to_zarr(indexed_set, tmp_path / "other.zarr.zip", chunks=8, seed=5)
+    with pytest.raises(ValueError, match="is another store"):
+        di.BatchIterator(other, batch_size=9).load_state_dict(state)
+    fewer = di.to_zarr(indexed_set.take(np.arange(90)), tmp_path / "f.zarr.zip", chunks=8)
+    with pytest.raises(ValueError, match="num_samples=103, and this has num_samples=90"):
+        di.BatchIterator(fewer, batch_size=9).load_state_dict({**state, "source": None})
+    moved = shutil.copy(store, tmp_path / "moved.zarr.zip")
+    di.BatchIterator(moved, batch_size=9).load_state_dict(state)  # the same store, moved
+
+
+def test_seed_none_is_recorded_and_resumed(store, stored_idx):
+    kw = {"batch_size": 9, "arrays": ("images", "index"), "seed": None, "buffer_chunks": 2}
+    it = di.BatchIterator(store, **kw)
+    assert isinstance(it.seed, int)
+    gen = iter(it)
+    head = [next(gen) for _ in range(4)]
+    state = it.state_dict()
+    gen.close()
+    assert state["seed"] == it.seed
+    fresh = di.BatchIterator(store, **kw)
+    fresh.load_state_dict(state)
+    assert fresh.seed == it.seed
+    got = _ids(head + _epoch(fresh), stored_idx)
+    assert sorted(got.tolist()) == list(range(103))
+    with pytest.raises(ValueError, match="seed=None draws a different order"):
+        di.BatchIterator(store, batch_size=9, seed=None, num_workers=2)
+
+
+def test_workers_of_a_consumer_share_its_batches(store, stored_idx):
+    kw = {"batch_size": 7, "arrays": ("images", "index"), "seed": 4, "buffer_chunks": 2}
+    total = len(di.BatchIterator(store, **kw))
+    for m in (1, 2, 3, 5):
+        its = [di.BatchIterator(store, worker=w, num_workers=m, **kw) for w in range(m)]
+        assert sum(len(it) for it in its) == total
+        got = np.concatenate([_ids(_epoch(it), stored_idx) for it in its])
+        assert sorted(got.tolist()) == list(range(103))
+
+
+def test_close_mid_epoch_says_so_and_iterating_again_continues(store, stored_idx):
+    it = di.BatchIterator(store, batch_size=9, arrays=("images", "index"), seed=3, buffer_chunks=2)
+    full = _ids(_epoch(it), stored_idx)  # epoch 0
     it.set_epoch(0)
     gen = iter(it)
-    head = [next(gen)[0] for _ in range(3)]
+    head = [tuple(a.copy() for a in next(gen)) for _ in range(3)]
     it.close()
     with pytest.raises(RuntimeError, match=r"close\(\) was called.*batch 3"):
         next(gen)
-    tail = [x[0] for x in it]  # the same epoch, from where it stopped
-    assert len(head) + len(tail) == len(full)
-    for x, y in zip(head + tail, full, strict=True):
-        np.testing.assert_array_equal(x, y)
+    tail = _epoch(it)  # the same epoch, from where it stopped
+    np.testing.assert_array_equal(_ids(head + tail, stored_idx), full)
 
 
 def test_mixing_on_class_sorted_source(tmp_path):
@@ -331,3 +442,34 @@ def test_a_load_that_times_out_raises_its_error(tmp_path, indexed_set):
     it.source.load = load
     with pytest.raises(TimeoutError, match="chunk 2: read timed out"):
         list(it)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_closes_its_copy_of_an_unfinished_iteration(store, monkeypatch):
+    # e.g. a DataLoader worker forked while the main process peeked at a batch: the copy's loads
+    # ran in the parent's threads, so closing it must not wait for them
+    import multiprocessing
+    import os
+    import time
+
+    from daskimg.feed.source import FeedSource
+
+    load, main = FeedSource.load, os.getpid()
+
+    def slow_in_main(self, c, scratch):
+        if os.getpid() == main and c != 0:
+            time.sleep(1)  # still loading when the fork happens
+        return load(self, c, scratch)
+
+    monkeypatch.setattr(FeedSource, "load", slow_in_main)
+    it = di.BatchIterator(store, batch_size=16, arrays=("images", "index"), buffer_chunks=1)
+    gen = iter(it)
+    next(gen)
+    child = multiprocessing.get_context("fork").Process(target=gen.close)
+    child.start()
+    child.join(60)  # a guard against a hang, not a timing
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
+    gen.close()

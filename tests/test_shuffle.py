@@ -1,4 +1,8 @@
-"""Properties of the chunk-aware shuffle plan (daskimg.shuffle): pure data, checked with hypothesis."""
+"""Properties of the chunk-aware shuffle plan (daskimg.feed.shuffle): pure data, checked with hypothesis.
+
+A plan belongs to one worker (a DataLoader worker) of one consumer (a DDP rank); the properties
+are checked over every combination of consumers x workers x ``even`` x ``drop_last`` x ``shuffle``.
+"""
 
 from __future__ import annotations
 
@@ -29,22 +33,49 @@ layouts = st.fixed_dictionaries(
         "batch_size": st.integers(1, 300),
         "buffer_chunks": st.integers(1, 10),
         "num_consumers": st.integers(1, 8),
+        "num_workers": st.integers(1, 5),
         "seed": st.integers(0, 2**32),
         "epoch": st.integers(0, 5),
         "shuffle": st.booleans(),
     }
 )
+flags = st.fixed_dictionaries({"drop_last": st.booleans(), "even": st.booleans()})
+
+
+def consumer_plans(layout: dict, **kw: object) -> list[list[EpochPlan]]:
+    """The plans of every worker of every consumer of ``layout``: ``[consumer][worker]``."""
+    p = dict(layout)
+    n, length, m = p.pop("num_samples"), p.pop("chunk_len"), p.pop("num_workers")
+    return [
+        [plan_epoch(n, length, consumer=k, worker=w, num_workers=m, **p, **kw) for w in range(m)]
+        for k in range(p["num_consumers"])
+    ]
 
 
 def plans(layout: dict, **kw: object) -> list[EpochPlan]:
-    """The plans of every consumer of ``layout``."""
-    p = dict(layout)
-    n, length = p.pop("num_samples"), p.pop("chunk_len")
-    return [plan_epoch(n, length, consumer=k, **p, **kw) for k in range(p["num_consumers"])]
+    """The plans of every consumer of ``layout`` with one worker each."""
+    return [c[0] for c in consumer_plans({**layout, "num_workers": 1}, **kw)]
 
 
 def stream(plan: EpochPlan) -> np.ndarray:
     return np.concatenate(plan.batches) if plan.batches else np.empty(0, dtype=np.int64)
+
+
+def streams(worker_plans: list[EpochPlan]) -> np.ndarray:
+    """A consumer's samples, its workers' streams one after the other."""
+    return np.concatenate([stream(p) for p in worker_plans])
+
+
+def dataloader_order(worker_plans: list[EpochPlan]) -> list[int]:
+    """The consumer batch ids in the order a DataLoader yields them: it asks worker 0, 1, ...,
+    0, 1, ... in turn for the next batch, and skips a worker once it has run out."""
+    pending = [list(p.batch_ids) for p in worker_plans]
+    out: list[int] = []
+    while any(pending):
+        for ids in pending:
+            if ids:
+                out.append(int(ids.pop(0)))
+    return out
 
 
 def own_counts(layout: dict) -> list[int]:
@@ -68,51 +99,109 @@ def epoch_chunk_order(layout: dict) -> np.ndarray:
     )
 
 
+def n_batches(layout: dict, consumer: int, worker: int = 0, num_workers: int = 1, **kw) -> int:
+    return num_batches(
+        layout["num_samples"],
+        layout["chunk_len"],
+        batch_size=layout["batch_size"],
+        consumer=consumer,
+        num_consumers=layout["num_consumers"],
+        worker=worker,
+        num_workers=num_workers,
+        shuffle=layout["shuffle"],
+        **kw,
+    )
+
+
 # -- coverage -------------------------------------------------------------------------------------
 @PROPERTY
 @given(layouts)
-def test_every_sample_exactly_once_across_consumers(layout: dict) -> None:
-    every = np.concatenate([stream(p) for p in plans(layout)])
+def test_every_sample_exactly_once_across_consumers_and_workers(layout: dict) -> None:
+    every = np.concatenate([streams(c) for c in consumer_plans(layout)])
     np.testing.assert_array_equal(np.sort(every), np.arange(layout["num_samples"]))
 
 
 @PROPERTY
 @given(layouts)
+def test_a_consumers_samples_do_not_depend_on_its_workers(layout: dict) -> None:
+    alone = plans(layout)
+    for k, workers in enumerate(consumer_plans(layout)):
+        np.testing.assert_array_equal(np.sort(streams(workers)), np.sort(stream(alone[k])))
+
+
+@PROPERTY
+@given(layouts.filter(lambda lay: lay["shuffle"]))
 def test_consumers_load_disjoint_chunks_covering_the_store(layout: dict) -> None:
     order = epoch_chunk_order(layout)
     loaded = []
-    for k, p in enumerate(plans(layout)):
-        mine = np.concatenate(p.groups) if p.groups else np.empty(0, dtype=np.int64)
+    for k, workers in enumerate(consumer_plans(layout)):
         expected = assign_chunks(order, consumer=k, num_consumers=layout["num_consumers"])
-        np.testing.assert_array_equal(mine, expected)
-        loaded.append(mine)
+        mine = [np.concatenate(p.groups) for p in workers if p.groups]
+        got = np.concatenate(mine) if mine else np.empty(0, dtype=np.int64)
+        # each worker reads a contiguous run of the consumer's chunks: a chunk at the border of
+        # two runs is read by both, so the reads exceed the chunks by at most num_workers - 1
+        np.testing.assert_array_equal(np.unique(got), np.unique(expected))
+        assert len(got) <= len(expected) + len(workers) - 1
+        if len(workers) == 1:
+            np.testing.assert_array_equal(got, expected)
+        loaded.append(expected)
     np.testing.assert_array_equal(np.sort(np.concatenate(loaded)), np.arange(len(order)))
 
 
 @PROPERTY
 @given(layouts)
 def test_drop_last_drops_less_than_a_batch_per_consumer(layout: dict) -> None:
-    dropped = plans(layout, drop_last=True)
-    every = np.concatenate([stream(p) for p in dropped])
-    assert len(np.unique(every)) == len(every)
-    for p, own in zip(dropped, own_counts(layout), strict=True):
-        assert p.num_samples % layout["batch_size"] == 0
-        assert 0 <= own - p.num_samples < layout["batch_size"]
+    for workers, own in zip(
+        consumer_plans(layout, drop_last=True), own_counts(layout), strict=True
+    ):
+        every = streams(workers)
+        assert len(np.unique(every)) == len(every)
+        assert len(every) % layout["batch_size"] == 0
+        assert all(len(b) == layout["batch_size"] for p in workers for b in p.batches)
+        if layout["shuffle"] or layout["num_consumers"] == 1:
+            assert 0 <= own - len(every) < layout["batch_size"]
+    every = np.concatenate([streams(c) for c in consumer_plans(layout, drop_last=True)])
+    if not layout["shuffle"]:  # only the store's short last batch is left out
+        n, b = layout["num_samples"], layout["batch_size"]
+        np.testing.assert_array_equal(np.sort(every), np.arange(n - n % b))
 
 
 @PROPERTY
 @given(layouts, st.booleans())
-def test_even_gives_every_consumer_the_same_length(layout: dict, drop_last: bool) -> None:
-    even = plans(layout, even=True, drop_last=drop_last)
-    assert len({len(p.batches) for p in even}) == 1
-    assert len({p.num_samples for p in even}) == 1
+def test_even_gives_every_consumer_the_same_number_of_batches(
+    layout: dict, drop_last: bool
+) -> None:
+    even = consumer_plans(layout, even=True, drop_last=drop_last)
+    assert len({sum(len(p.batches) for p in workers) for workers in even}) == 1
+    if layout["shuffle"]:
+        assert len({sum(p.num_samples for p in workers) for workers in even}) == 1
+        if not drop_last:
+            assert sum(p.num_samples for p in even[0]) == max(own_counts(layout))
+    every = np.concatenate([streams(c) for c in even])
     if not drop_last:
-        assert even[0].num_samples == max(own_counts(layout))
+        np.testing.assert_array_equal(np.unique(every), np.arange(layout["num_samples"]))
 
 
 @PROPERTY
 @given(layouts)
-def test_even_repeats_are_bounded_as_documented(layout: dict) -> None:
+def test_even_repeats_are_few(layout: dict) -> None:
+    own = own_counts(layout)
+    for workers, plain in zip(consumer_plans(layout, even=True), plans(layout), strict=True):
+        s = streams(workers)
+        mine = stream(plain)
+        # the consumer's own samples once each, then at most one chunk's worth of repeats
+        if len(mine):
+            assert Counter(s.tolist()) >= Counter(mine.tolist())
+        extra = len(s) - len(mine)
+        if layout["shuffle"]:
+            assert 0 <= extra <= layout["chunk_len"] and len(s) == max(own)
+        else:
+            assert 0 <= extra <= layout["batch_size"]
+
+
+@PROPERTY
+@given(layouts.filter(lambda lay: lay["shuffle"]))
+def test_even_repeats_with_one_worker_are_bounded_as_documented(layout: dict) -> None:
     length = layout["chunk_len"]
     even = plans(layout, even=True)
     every = np.concatenate([stream(p) for p in even])
@@ -141,65 +230,81 @@ def test_even_repeats_are_bounded_as_documented(layout: dict) -> None:
 
 # -- batches and groups ---------------------------------------------------------------------------
 @PROPERTY
-@given(layouts, st.booleans(), st.booleans())
-def test_only_a_consumers_last_batch_may_be_short(
-    layout: dict, drop_last: bool, even: bool
-) -> None:
-    for p in plans(layout, drop_last=drop_last, even=even):
-        sizes = [len(b) for b in p.batches]
-        assert all(s == layout["batch_size"] for s in sizes[:-1])
-        if sizes:
-            assert 0 < sizes[-1] <= layout["batch_size"]
-            if drop_last:
-                assert sizes[-1] == layout["batch_size"]
+@given(layouts, flags)
+def test_only_a_consumers_last_batch_may_be_short(layout: dict, flags: dict) -> None:
+    size, n = layout["batch_size"], layout["num_samples"]
+    for k, workers in enumerate(consumer_plans(layout, **flags)):
+        last = n_batches(layout, k, **flags) - 1
+        for p in workers:
+            for i, b in zip(p.batch_ids.tolist(), p.batches, strict=True):
+                assert 0 < len(b) <= size
+                if len(b) < size:
+                    assert not flags["drop_last"]
+                    # shuffled: the consumer's last batch; in store order: the store's last batch
+                    assert i == last if layout["shuffle"] else b[-1] == n - 1
 
 
 @PROPERTY
-@given(layouts, st.booleans(), st.booleans())
-def test_a_batch_needs_only_its_group_and_the_one_before(
-    layout: dict, drop_last: bool, even: bool
-) -> None:
+@given(layouts, flags)
+def test_a_batch_needs_only_its_group_and_the_one_before(layout: dict, flags: dict) -> None:
     length, per_group = layout["chunk_len"], group_chunks(layout)
-    for p in plans(layout, drop_last=drop_last, even=even):
-        sizes = [len(g) for g in p.groups]
-        assert all(s == per_group for s in sizes[:-1])
-        assert all(0 < s <= per_group for s in sizes[-1:])
-        last = p.group_of_batch()
-        assert last.dtype == np.int64
-        assert len(last) == len(p.batches)
-        assert (np.diff(last) >= 0).all()
-        for b, g in zip(p.batches, last, strict=True):
-            chunks = b // length
-            assert np.isin(chunks, p.groups[g]).any()  # it is the last group the batch needs
-            allowed = p.groups[g] if g == 0 else np.concatenate(p.groups[g - 1 : g + 1])
-            assert np.isin(chunks, allowed).all()
-        # no group is loaded in vain (drop_last leaves out a group whose samples are all dropped)
-        used = np.unique(stream(p) // length)
-        assert all(np.isin(g, used).any() for g in p.groups)
+    for workers in consumer_plans(layout, **flags):
+        for p in workers:
+            sizes = [len(g) for g in p.groups]
+            assert all(s == per_group for s in sizes[:-1])
+            assert all(0 < s <= per_group for s in sizes[-1:])
+            last = p.group_of_batch()
+            assert last.dtype == np.int64
+            assert len(last) == len(p.batches)
+            assert (np.diff(last) >= 0).all()
+            for b, g in zip(p.batches, last, strict=True):
+                chunks = b // length
+                assert np.isin(chunks, p.groups[g]).any()  # it is the last group the batch needs
+                allowed = p.groups[g] if g == 0 else np.concatenate(p.groups[g - 1 : g + 1])
+                assert np.isin(chunks, allowed).all()
+            # a chunk is loaded once; no group is loaded in vain (drop_last may leave out a
+            # group whose samples are all dropped)
+            loaded = np.concatenate(p.groups) if p.groups else np.empty(0, dtype=np.int64)
+            assert len(np.unique(loaded)) == len(loaded)
+            used = np.unique(stream(p) // length)
+            assert all(np.isin(g, used).any() for g in p.groups)
 
 
 @PROPERTY
-@given(layouts, st.booleans(), st.booleans())
-def test_num_batches_matches_the_plan(layout: dict, drop_last: bool, even: bool) -> None:
-    for k, p in enumerate(plans(layout, drop_last=drop_last, even=even)):
-        assert len(p.batches) == num_batches(
-            layout["num_samples"],
-            layout["chunk_len"],
-            batch_size=layout["batch_size"],
-            drop_last=drop_last,
-            consumer=k,
-            num_consumers=layout["num_consumers"],
-            even=even,
-        )
+@given(layouts, flags)
+def test_num_batches_matches_the_plan_and_not_the_workers(layout: dict, flags: dict) -> None:
+    m = layout["num_workers"]
+    for k, workers in enumerate(consumer_plans(layout, **flags)):
+        counts = [n_batches(layout, k, w, m, **flags) for w in range(m)]
+        assert counts == [len(p.batches) for p in workers]
+        # workers share the consumer's batches: its total never depends on how many there are
+        assert sum(counts) == n_batches(layout, k, **flags)
+        ids = np.sort(np.concatenate([p.batch_ids for p in workers]))
+        np.testing.assert_array_equal(ids, np.arange(sum(counts)))
+
+
+@PROPERTY
+@given(layouts, flags)
+def test_a_dataloader_yields_a_consumers_batches_in_order(layout: dict, flags: dict) -> None:
+    # dealt as a DataLoader asks (worker 0, 1, ..., skipping those that are done): batch ids
+    # come in order, so in ascending store order without shuffle
+    for workers in consumer_plans(layout, **flags):
+        order = dataloader_order(workers)
+        if not layout["shuffle"] or layout["num_workers"] == 1:
+            assert order == sorted(order)
+        if not layout["shuffle"]:
+            by_id = {
+                int(i): b for p in workers for i, b in zip(p.batch_ids, p.batches, strict=True)
+            }
+            s = np.concatenate([by_id[i] for i in order]) if order else np.empty(0, int)
+            assert (np.diff(s) > 0).all() or flags["even"]  # ascending store order
 
 
 # -- randomness -----------------------------------------------------------------------------------
 @PROPERTY
-@given(layouts, st.booleans(), st.booleans())
-def test_plans_are_deterministic(layout: dict, drop_last: bool, even: bool) -> None:
-    assert plans(layout, drop_last=drop_last, even=even) == plans(
-        layout, drop_last=drop_last, even=even
-    )
+@given(layouts, flags)
+def test_plans_are_deterministic(layout: dict, flags: dict) -> None:
+    assert consumer_plans(layout, **flags) == consumer_plans(layout, **flags)
 
 
 @PROPERTY
@@ -214,8 +319,42 @@ def test_the_epoch_changes_the_order(layout: dict) -> None:
 @PROPERTY
 @given(layouts, st.booleans())
 def test_without_shuffle_one_consumer_reads_in_store_order(layout: dict, even: bool) -> None:
-    (p,) = plans({**layout, "shuffle": False, "num_consumers": 1}, even=even)
+    layout = {**layout, "shuffle": False, "num_consumers": 1}
+    (p,) = plans(layout, even=even)
     np.testing.assert_array_equal(stream(p), np.arange(layout["num_samples"]))
+    (workers,) = consumer_plans(layout, even=even)
+    by_id = {int(i): b for p in workers for i, b in zip(p.batch_ids, p.batches, strict=True)}
+    order = dataloader_order(workers)
+    got = np.concatenate([by_id[i] for i in order]) if order else np.empty(0, int)
+    np.testing.assert_array_equal(got, np.arange(layout["num_samples"]))
+
+
+def test_workers_deal_store_order_batches_round_robin() -> None:
+    # 10 samples, batches of 2, 2 consumers x 2 workers: consumer 1 takes batches 1 and 3 of
+    # the store, worker 0 the first of them, worker 1 the second
+    got = {
+        (k, w): [
+            b.tolist()
+            for b in plan_epoch(
+                10,
+                4,
+                batch_size=2,
+                shuffle=False,
+                consumer=k,
+                num_consumers=2,
+                worker=w,
+                num_workers=2,
+            ).batches
+        ]
+        for k in range(2)
+        for w in range(2)
+    }
+    assert got == {
+        (0, 0): [[0, 1], [8, 9]],
+        (0, 1): [[4, 5]],
+        (1, 0): [[2, 3]],
+        (1, 1): [[6, 7]],
+    }
 
 
 def test_chunk_order_depends_on_seed_and_epoch() -> None:

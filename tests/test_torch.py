@@ -1,70 +1,302 @@
+"""TorchDataset through real DataLoaders: workers (fork and spawn), persistent workers, ranks,
+ordered inference, StatefulDataLoader resume, a lazy source under a distributed Client.
+
+Every test reads real chunks (a store of 103 samples in 13 chunks of 8, shards of 2 chunks) and
+checks what it collects against an oracle: each image's pixels encode the original id of the
+sample, which the store's ``idx`` column holds at the sample's row (the ``index`` array)."""
+
 from __future__ import annotations
+
+import os
+import time
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from conftest import plain_group  # noqa: E402
+from feed_oracle import dataloader_batches  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
 import daskimg as di  # noqa: E402
+from daskimg.feed.source import FeedSource  # noqa: E402
 from daskimg.torch import TorchDataset  # noqa: E402
 
+N = 103
+# more workers than this machine's cores, on purpose (uneven shares of batches)
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
-@pytest.fixture
-def store(tmp_path, indexed_set):
-    return di.to_zarr(indexed_set, tmp_path / "train.zarr.zip", chunks=8, seed=0)
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    n = N
+    images = np.zeros((n, 6, 5, 3), np.uint8)
+    images[..., 0] = (np.arange(n) % 256)[:, None, None]
+    images[..., 1] = (np.arange(n) // 256)[:, None, None]
+    ds = di.ImageSet(
+        images,
+        np.arange(n) % 4,
+        classes=["a", "b", "c", "d"],
+        paths=[f"f{i:04d}.png" for i in range(n)],
+        columns={"idx": np.arange(n, dtype=np.int64)},
+    )
+    path = tmp_path_factory.mktemp("torch") / "train.zarr.zip"
+    return di.to_zarr(ds, path, chunks=8, shard_chunks=2, seed=0)
 
 
-def _ids(loader):
+@pytest.fixture(scope="module")
+def stored(store):
+    group = plain_group(store)
+    return {"idx": group["idx"][:], "paths": np.asarray(group["paths"][:])}
+
+
+def _index(loader, stored, names=("images", "index")):
+    """Store indices of each batch the loader yields, after checking pixels against them."""
     out = []
-    for images, idx in loader:
-        assert isinstance(images, torch.Tensor)
+    for batch in loader:
+        assert len(batch) == len(names)
+        got = dict(zip(names, batch, strict=True))
+        images, index = got["images"], got["index"]
+        assert isinstance(images, torch.Tensor) and index.dtype == torch.int64
         decoded = images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()
-        assert torch.equal(decoded, idx)  # pixels and index column travel together
-        out.append(idx.numpy())
-    return np.concatenate(out)
+        np.testing.assert_array_equal(decoded.numpy(), stored["idx"][index.numpy()])
+        out.append(index.numpy())
+    return out
 
 
-def test_dataloader_two_workers_each_sample_once(store):
-    ds = TorchDataset(store, batch_size=10, arrays=("images", "idx"), num_workers=2)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
-    ids = _ids(loader)
-    assert sorted(ids.tolist()) == list(range(103))
-    assert len(ds) == sum(1 for _ in loader)
+def _expected(epoch, workers=1, rank=0, world=1, **kw):
+    return dataloader_batches(N, 8, epoch, workers, rank, world, **kw)
 
 
-def test_two_ranks_two_workers_each_sample_once(store):
-    seen = []
-    lengths = []
+def _same(got, expected):
+    assert len(got) == len(expected)
+    for x, y in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _draws(batch, rng):
+    """An augmentation that shows its random draws: labels := a draw per sample."""
+    return {**batch, "labels": rng.integers(0, 2**31, len(batch["labels"]))}
+
+
+# -- one process, DataLoader workers ----------------------------------------------------------
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_each_sample_once_and_len_right_for_any_workers(store, stored, workers, drop_last):
+    ds = TorchDataset(store, batch_size=10, arrays=("images", "index"), drop_last=drop_last)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers)
+    batches = _index(loader, stored)
+    assert len(loader) == len(ds) == len(batches)  # without telling the dataset num_workers
+    idx = np.concatenate(batches)
+    assert len(np.unique(idx)) == len(idx) == (100 if drop_last else N)
+    _same(batches, _expected(0, max(1, workers), batch_size=10, seed=0, drop_last=drop_last))
+
+
+def test_onecycle_lr_takes_len_of_the_loader(store):
+    ds = TorchDataset(store, batch_size=7)
+    loader = DataLoader(ds, batch_size=None, num_workers=3)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=len(loader))
+    steps = 0
+    for _ in loader:
+        opt.step()
+        sched.step()  # one step too many raises ValueError
+        steps += 1
+    assert steps == len(loader) == 15
+
+
+@pytest.mark.parametrize("call_set_epoch", [True, False])
+@pytest.mark.parametrize("persistent", [True, False])
+def test_epochs_reach_the_workers(store, stored, call_set_epoch, persistent):
+    ds = TorchDataset(
+        store, batch_size=10, arrays=("images", "index", "labels"), transform=_draws, seed=4
+    )
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=persistent)
+    epochs, draws = [], []
+    for e in range(3):
+        if call_set_epoch:
+            ds.set_epoch(e)
+        batches = list(loader)
+        epochs.append(_index([b[:2] for b in batches], stored))
+        index = np.concatenate(epochs[-1]).tolist()
+        draws.append(dict(zip(index, np.concatenate([b[2] for b in batches]), strict=True)))
+    for e, got in enumerate(epochs):
+        assert sorted(np.concatenate(got).tolist()) == list(range(N))  # exactly once
+        _same(got, _expected(e, 2, batch_size=10, seed=4))  # the order of epoch e
+    orders = {tuple(np.concatenate(got).tolist()) for got in epochs}
+    assert len(orders) == 3
+    # augmentations draw anew every epoch (they were the same in epoch 1 and 0)
+    same = sum(draws[0][i] == draws[1][i] for i in range(N))
+    assert same == 0
+
+
+def test_set_epoch_reaches_spawned_persistent_workers(store, stored):
+    ds = TorchDataset(store, batch_size=16, arrays=("images", "index"), seed=2)
+    loader = DataLoader(
+        ds, batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context="spawn"
+    )
+    for e in (5, 9):
+        ds.set_epoch(e)
+        _same(_index(loader, stored), _expected(e, 2, batch_size=16, seed=2))
+    _same(_index(loader, stored), _expected(10, 2, batch_size=16, seed=2))  # then by itself
+
+
+def test_workers_forked_after_a_peek_in_the_main_process(store, stored, monkeypatch):
+    # the main process's unfinished iteration, loads in flight, is copied into the forks
+    load, main = FeedSource.load, os.getpid()
+
+    def slow_in_main(self, c, scratch):
+        if os.getpid() == main and c != 0:
+            time.sleep(1)  # still loading when the workers fork
+        return load(self, c, scratch)
+
+    monkeypatch.setattr(FeedSource, "load", slow_in_main)
+    ds = TorchDataset(store, batch_size=16, arrays=("images", "index"), seed=2, buffer_chunks=1)
+    peek = next(iter(ds))
+    assert len(peek[0]) == 16
+    loader = DataLoader(ds, batch_size=None, num_workers=2, timeout=120)  # a hang fails
+    # the peek was the main process's epoch 0; the workers count their own epochs
+    _same(_index(loader, stored), _expected(0, 2, batch_size=16, seed=2, buffer_chunks=1))
+
+
+def test_the_main_process_advances_by_itself(store, stored):
+    ds = TorchDataset(store, batch_size=16, arrays=("images", "index"), seed=2)
+    for e in range(2):
+        _same(_index(ds, stored), _expected(e, batch_size=16, seed=2))
+    ds.set_epoch(7)
+    _same(_index(ds, stored), _expected(7, batch_size=16, seed=2))
+
+
+# -- ordered inference --------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("batch_size", [10, 16])
+def test_shuffle_false_yields_store_order_through_workers(store, stored, workers, batch_size):
+    # 103 samples in batches of 10: 11 batches, so with 4 workers they have 3, 3, 3 and 2
+    names = ("images", "index", "paths")
+    ds = TorchDataset(store, batch_size=batch_size, shuffle=False, arrays=names)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
+    index = np.concatenate(_index([b[:2] for b in batches], stored))
+    np.testing.assert_array_equal(index, np.arange(N))
+    paths = [p for b in batches for p in b[2]]  # strings travel as lists of str
+    assert all(isinstance(b[2], list) for b in batches)
+    assert paths == stored["paths"].tolist()
+
+
+# -- ranks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_two_ranks_two_workers(store, stored, shuffle):
+    per_rank = []
     for rank in range(2):
-        ds = TorchDataset(
-            store, batch_size=10, arrays=("images", "idx"), rank=rank, world_size=2, num_workers=2
-        )
-        ds.set_epoch(3)
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
-        seen.append(_ids(loader))
-        lengths.append(len(ds))
-    allids = np.concatenate(seen)
-    assert sorted(allids.tolist()) == list(range(103))
-
-
-def test_even_mode_gives_equal_batch_counts(store):
-    counts, seen = [], []
-    for rank in range(3):
         ds = TorchDataset(
             store,
             batch_size=10,
-            arrays=("images", "idx"),
+            arrays=("images", "index"),
+            shuffle=shuffle,
             rank=rank,
-            world_size=3,
-            even=True,
-            num_workers=2,
+            world_size=2,
         )
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
-        batches = list(loader)
-        counts.append(len(batches))
+        ds.set_epoch(3)
+        batches = _index(DataLoader(ds, batch_size=None, num_workers=2), stored)
         assert len(batches) == len(ds)
-        seen.append(np.concatenate([b[1].numpy() for b in batches]))
-    assert len(set(counts)) == 1
-    assert set(np.concatenate(seen).tolist()) == set(range(103))
+        per_rank.append(np.concatenate(batches))
+    every = np.concatenate(per_rank)
+    if shuffle:  # training: even by default, equal batch counts, a few repeats
+        # rank 0 holds 7 chunks (55 samples: the short one is among them), rank 1 has 6: it
+        # repeats 7 samples
+        assert len(per_rank[0]) == len(per_rank[1]) == 55
+        assert set(every.tolist()) == set(range(N))
+    else:  # evaluation: exact, each rank in ascending store order
+        assert sorted(every.tolist()) == list(range(N))
+        assert all((np.diff(r) > 0).all() for r in per_rank)
+
+
+def test_world_size_without_a_process_group_is_an_error(store, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ds = TorchDataset(store, batch_size=10)
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2.*init_process_group"):
+        len(ds)
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2.*rank= and world_size="):
+        next(iter(DataLoader(ds, batch_size=None)))
+    assert len(TorchDataset(store, batch_size=10, rank=0, world_size=1)) == 11
+
+
+# -- lazy sources -------------------------------------------------------------------------------
+def test_a_lazy_source_in_workers_under_a_distributed_client(image_folder, client):
+    ds = di.from_folder(image_folder, size=(8, 8), chunks=5)
+    expected = ds.images.compute()  # on the client
+    data = TorchDataset(ds, batch_size=4, arrays=("images", "index"))
+    # timeout: a hang (forked workers waiting for the parent's client) fails instead of blocking
+    loader = DataLoader(data, batch_size=None, num_workers=2, timeout=120)
+    got = list(loader)
+    index = np.concatenate([b[1].numpy() for b in got])
+    assert sorted(index.tolist()) == list(range(len(ds)))
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in got]), expected[index])
+
+
+# -- resume -------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata's import
+@pytest.mark.parametrize("workers", [2, 0])
+def test_stateful_dataloader_resumes_mid_epoch(store, stored, tmp_path, monkeypatch, workers):
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    log = tmp_path / "loads.txt"
+    load = FeedSource.load
+
+    def logged(self, c, scratch):  # every chunk read, in every (forked) worker
+        with open(log, "a") as f:
+            f.write(f"{c}\n")
+        return load(self, c, scratch)
+
+    monkeypatch.setattr(FeedSource, "load", logged)
+    kw = {"batch_size": 6, "arrays": ("images", "index"), "seed": 5, "buffer_chunks": 2}
+
+    def loader():
+        ds = TorchDataset(store, **kw)
+        return sdl.StatefulDataLoader(ds, batch_size=None, num_workers=workers)
+
+    first = loader()
+    first.dataset.set_epoch(1)
+    it = iter(first)
+    head = [next(it) for _ in range(7)]
+    state = first.state_dict()
+    del it
+    log.unlink()
+
+    second = loader()
+    second.load_state_dict(state)
+    tail = list(second)
+    got = _index(head + tail, stored)
+    expected = _expected(1, max(1, workers), batch_size=6, seed=5, buffer_chunks=2)
+    _same(got, expected)  # exactly the rest of epoch 1
+    # only the chunks of the batches still to come were read again
+    left = np.unique(np.concatenate(expected[7:]) // 8)
+    assert sorted(set(map(int, log.read_text().split()))) == left.tolist()
+    # and the next epoch follows
+    _same(
+        _index(second, stored), _expected(2, max(1, workers), batch_size=6, seed=5, buffer_chunks=2)
+    )
+
+    other = sdl.StatefulDataLoader(
+        TorchDataset(store, **{**kw, "batch_size": 12}), batch_size=None, num_workers=workers
+    )
+    other.load_state_dict(state)  # checked where it is applied, in each worker
+    with pytest.raises(ValueError, match="saved with batch_size=6, and this has batch_size=12"):
+        list(other)
+
+
+def test_state_dict_in_one_process(store, stored):
+    kw = {"batch_size": 9, "arrays": ("images", "index"), "seed": 1, "buffer_chunks": 2}
+    ds = TorchDataset(store, **kw)
+    ds.set_epoch(4)
+    assert ds.state_dict()["epoch"] == 4 and ds.state_dict()["batch"] == 0
+    gen = iter(ds)
+    head = [next(gen) for _ in range(3)]
+    state = ds.state_dict()
+    assert (state["epoch"], state["batch"]) == (4, 3)
+    fresh = TorchDataset(store, **kw)
+    fresh.load_state_dict(state)
+    _same(_index(head + list(fresh), stored), _expected(4, batch_size=9, seed=1, buffer_chunks=2))
+    with pytest.raises(ValueError, match="saved with shuffle=True, and this has shuffle=False"):
+        TorchDataset(store, **kw, shuffle=False).load_state_dict(state)
 
 
 def test_channels_first_and_float(store):
@@ -74,3 +306,20 @@ def test_channels_first_and_float(store):
     assert images.dtype == torch.float32
     assert float(images.max()) <= 1.0
     assert labels.dtype == torch.int64
+
+
+def test_pickled_dataset_gets_its_own_epochs(store, stored):
+    # a dataset pickled into another process (mp.spawn before DDP) must not share the epoch
+    # table with the one it came from: here, a pickled copy in this process
+    import pickle
+
+    ds = TorchDataset(store, batch_size=16, arrays=("images", "index"), seed=2)
+    ds.set_epoch(3)
+    copy = pickle.loads(pickle.dumps(ds))
+    copy.set_epoch(8)
+    assert ds.epoch == 3 and copy.epoch == 8
+    _same(
+        _index(DataLoader(copy, batch_size=None, num_workers=2), stored),
+        _expected(8, 2, batch_size=16, seed=2),
+    )
+    assert os.getpid() == copy._epochs.owner

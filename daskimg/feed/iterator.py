@@ -13,6 +13,7 @@ groups ahead are in memory.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 import threading
@@ -94,14 +95,18 @@ class BatchIterator:
         Read chunks in a random order per ``(seed, epoch)`` and mix samples across a
         buffer of ``buffer_chunks`` chunks. False: source order.
     seed
-        Seed of the order; the order of an epoch depends only on ``(seed, epoch)``.
+        Seed of the order; the order of an epoch depends only on ``(seed, epoch)``. None
+        draws one (a different order every run), kept in :meth:`state_dict` so that a
+        resumed run follows the same order; refused with several consumers or workers,
+        which would each draw their own.
     buffer_chunks
         Chunks mixed together. More mixes better (and uses more memory).
     drop_last
         Leave out the last, partial batch.
     arrays
         Names of the arrays to yield, in order; default ``("images", "labels")``
-        (those present).
+        (those present). ``"index"`` yields each sample's store index (int64), e.g.
+        to write predictions back in place whatever the order.
     transform
         ``transform(batch: dict[str, ndarray], rng) -> dict`` applied to each batch,
         e.g. :func:`daskimg.transforms.random_flip`. ``rng`` derives from
@@ -111,9 +116,14 @@ class BatchIterator:
     threads
         Background threads that read and decompress chunks.
     consumer, num_consumers, even
-        This consumer's share of an epoch (DataLoader workers x DDP ranks; see
-        :mod:`daskimg.torch`). ``even=True`` gives every consumer the same number of
-        batches by repeating a few samples.
+        This consumer's share of an epoch (a DDP rank; see :mod:`daskimg.torch`).
+        ``even=True`` gives every consumer the same number of batches by repeating a few
+        samples.
+    worker, num_workers
+        This worker's share of the consumer's batches (a DataLoader worker). The workers'
+        batch counts add up to the consumer's whatever their number; without ``shuffle``
+        worker ``w`` yields every ``num_workers``-th batch from the ``w``-th, the order a
+        DataLoader asks for them, so the DataLoader yields store order.
     storage_options
         For a store URL (``s3://bucket/train.zarr.zip``): passed to fsspec, as for
         :func:`daskimg.open_zarr`. Remote chunks are read through zarr by the active
@@ -151,6 +161,8 @@ class BatchIterator:
         num_consumers: int = 1,
         even: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        worker: int = 0,
+        num_workers: int = 1,
     ) -> None:
         for name, v, lo in (
             ("batch_size", batch_size, 1),
@@ -160,10 +172,21 @@ class BatchIterator:
         ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if seed is None and num_consumers * num_workers > 1:
+            raise ValueError(
+                "seed=None draws a different order in every consumer and worker, so they would "
+                "overlap and miss samples; pass the same int seed to all of them"
+            )
         self.source = FeedSource(source, arrays, storage_options)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.seed = seed
+        #: seed=None: one drawn now, recorded by state_dict (a state's seed is then adopted)
+        self._seed_drawn = seed is None
+        self.seed: int = (
+            int(np.random.SeedSequence().entropy) % 2**63  # type: ignore[arg-type]
+            if seed is None
+            else seed
+        )
         self.buffer_chunks = buffer_chunks
         self.drop_last = drop_last
         self.transform = transform
@@ -171,6 +194,8 @@ class BatchIterator:
         self.threads = threads
         self.consumer = consumer
         self.num_consumers = num_consumers
+        self.worker = worker
+        self.num_workers = num_workers
         self.even = even
         self.epoch = 0
         self._batch = 0  # batches of the current epoch already yielded
@@ -206,36 +231,63 @@ class BatchIterator:
             consumer=self.consumer,
             num_consumers=self.num_consumers,
             even=self.even,
+            worker=self.worker,
+            num_workers=self.num_workers,
+            shuffle=self.shuffle,
         )
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (its order is fixed by ``(seed, epoch)``) from its first batch."""
-        if not isinstance(epoch, int) or epoch < 0:
+        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = epoch
+        self.epoch = int(epoch)
         self._batch = 0
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where the iterator is: resume with :meth:`load_state_dict` to continue the same epoch."""
+    def settings(self) -> dict[str, Any]:
+        """Everything that shapes the order of an epoch, as :meth:`state_dict` records it."""
+        src = self.source
         return {
-            "epoch": self.epoch,
-            "batch": self._batch,
             "seed": self.seed,
-            "num_samples": self.source.n,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "buffer_chunks": self.buffer_chunks,
+            "drop_last": self.drop_last,
+            "even": self.even,
+            "consumer": self.consumer,
+            "num_consumers": self.num_consumers,
+            "worker": self.worker,
+            "num_workers": self.num_workers,
+            "num_samples": src.n,
+            "chunk_len": src.chunk_len,
+            "source": dict(src.identity),
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the iterator is, and the settings that shaped its order.
+
+        ``{"epoch": e, "batch": b, ...}``: the next batch is batch ``b`` of epoch ``e``.
+        Resume with :meth:`load_state_dict` on an iterator with the same settings.
+        """
+        return {"epoch": self.epoch, "batch": self._batch, **self.settings()}
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if (
-            state.get("num_samples", self.source.n) != self.source.n
-            or state.get("seed", self.seed) != self.seed
-        ):
-            raise ValueError(
-                "this state was saved for another source or seed "
-                f"({state.get('num_samples')} samples, seed {state.get('seed')}); "
-                f"this iterator has {self.source.n} samples, seed {self.seed}"
-            )
-        self.epoch = int(state["epoch"])
-        self._batch = int(state["batch"])
+        """Continue from a :meth:`state_dict`: batch ``state["batch"]`` of its epoch comes next.
+
+        Refused (ValueError naming the setting) when the state was saved with other settings
+        (seed, batch size, shuffle, buffer, drop_last, even, consumer or worker split) or
+        for another source: resuming would repeat and miss samples. An iterator made with
+        ``seed=None`` adopts the state's seed.
+        """
+        check_state(state, self.settings(), adopt_seed=self._seed_drawn)
+        epoch, batch = state.get("epoch"), state.get("batch")
+        for name, v in (("epoch", epoch), ("batch", batch)):
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"state[{name!r}] must be a non-negative integer; got {v!r}")
+        if self._seed_drawn and state.get("seed") is not None:
+            self.seed = int(state["seed"])
+            self._plan = None
+        self.epoch = int(epoch)  # type: ignore[arg-type]
+        self._batch = int(batch)  # type: ignore[arg-type]
 
     def plan(self) -> EpochPlan:
         """This consumer's plan for the current epoch (pure data; see :mod:`daskimg.shuffle`)."""
@@ -252,6 +304,8 @@ class BatchIterator:
                 consumer=self.consumer,
                 num_consumers=self.num_consumers,
                 even=self.even,
+                worker=self.worker,
+                num_workers=self.num_workers,
             )
             self._plan = (self.epoch, plan)
         return self._plan[1]
@@ -284,6 +338,7 @@ class BatchIterator:
         next_batch = start
         pending: deque[tuple[int, Future[dict[str, np.ndarray]], _Batch]] = deque()
         pools = self._thread_pools()
+        pid = os.getpid()
         io_pool, work_pool = pools
         window = 2 * self.threads + self.prefetch
         lock = threading.Lock()
@@ -317,7 +372,7 @@ class BatchIterator:
                     state = filling.pop(b)
                 else:
                     state = _Batch({}, 0)
-                future = work_pool.submit(self._assemble, b, batches[b], state)
+                future = work_pool.submit(self._assemble, int(plan.batch_ids[b]), batches[b], state)
                 pending.append((b, future, state))
                 next_batch += 1
 
@@ -347,8 +402,11 @@ class BatchIterator:
                 submit_batches()
                 yield out
         finally:
+            # a fork's copy of an unfinished iteration (closed or freed in the child): its loads
+            # run in the parent's threads, which the fork does not have; nothing to wait for
+            forked = pid != os.getpid()
             states = [*filling.values(), *(s for _, _, s in pending)]
-            for group in (list(loads), [f for _, f, _ in pending]):
+            for group in ([], []) if forked else (list(loads), [f for _, f, _ in pending]):
                 for f in group:
                     f.cancel()
                 for f in group:  # let started ones finish before their buffers are reused
@@ -462,10 +520,10 @@ class BatchIterator:
             self._readahead = False
 
     def _assemble(self, b: int, idx: np.ndarray, state: _Batch) -> dict[str, np.ndarray]:
-        """Finish batch ``b`` (in a background thread): wait for its chunks, add in-memory arrays."""
+        """Finish batch ``b`` of the consumer (in a background thread): wait for its chunks, add
+        in-memory arrays."""
         state.done.result()
-        src = self.source
-        out: dict[str, np.ndarray] = {n: src.memory[n][idx] for n in src.memory}
+        out = self.source.gather(idx)
         out.update(state.bufs)
         if self.transform is not None:
             out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
@@ -507,3 +565,28 @@ class BatchIterator:
         with self._pool_lock:
             for arr in batch.values():
                 self._busy.discard(id(arr))
+
+
+def check_state(
+    state: Mapping[str, Any], settings: Mapping[str, Any], *, adopt_seed: bool = False
+) -> None:
+    """Refuse a state saved with other ``settings`` (see :meth:`BatchIterator.settings`),
+    naming the first that differs. Settings the state does not record are not checked."""
+    for name, mine in settings.items():
+        if name not in state or (name == "seed" and adopt_seed):
+            continue
+        theirs = state[name]
+        if name == "source":
+            a, b = (theirs or {}).get("token"), (mine or {}).get("token")
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"cannot resume: the state was saved for the store {theirs.get('path')!r}, "
+                    f"and {mine.get('path')!r} is another store (its daskimg attributes "
+                    "differ); resume on the store the state comes from"
+                )
+        elif theirs != mine:
+            raise ValueError(
+                f"cannot resume: the state was saved with {name}={theirs!r}, and this has "
+                f"{name}={mine!r}. The order of an epoch depends on it: resume with the same "
+                "settings"
+            )

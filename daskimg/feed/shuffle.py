@@ -6,10 +6,21 @@ single samples is slow, so each epoch:
 
 1. the chunks are put in a random order drawn from ``epoch_rng(seed, epoch)``
    (:func:`chunk_order`);
-2. consumer ``k`` of ``n`` (DataLoader workers x DDP ranks, see :func:`split_consumer`) takes
-   every ``n``-th chunk of that order, starting at ``k`` (:func:`assign_chunks`);
-3. it loads its chunks ``buffer_chunks`` at a time (a *group*), mixes the samples of each group
-   and cuts the concatenated stream into batches (:func:`plan_epoch`).
+2. consumer ``k`` of ``n`` (a DDP rank) takes every ``n``-th chunk of that order, starting at
+   ``k`` (:func:`assign_chunks`), and cuts its samples into batches; the number of batches is
+   fixed by the consumer alone (``even=True``: the same for every consumer);
+3. ``num_workers`` workers of a consumer (DataLoader workers) share its batches: worker ``w``
+   takes a contiguous run of them, reading only the chunks (or parts of chunks) they need;
+4. each worker loads its chunks ``buffer_chunks`` at a time (a *group*), mixes the samples of
+   each group and cuts the concatenated stream into batches (:func:`plan_epoch`).
+
+Without ``shuffle`` the batches are the store order cut every ``batch_size`` samples, dealt
+round-robin: consumer ``k`` takes batches ``k, k + n, ...`` and its worker ``w`` every
+``num_workers``-th of those, starting at ``w``, which is the order in which a DataLoader
+asks its workers for batches, so a DataLoader hands them out in store order.
+
+A consumer's batch count never depends on ``num_workers`` (the workers' counts add up to it), so
+``len()`` of a DataLoader is known without knowing how many workers it has.
 
 Everything here is pure planning (no I/O, no threads): an :class:`EpochPlan` is data that tests
 can check and that the iterator in :mod:`daskimg.feed` only executes. :func:`num_batches` gives
@@ -18,7 +29,9 @@ the length of a plan without building it.
 
 from __future__ import annotations
 
+import itertools
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +88,12 @@ def _consumer(consumer: object, num_consumers: object) -> tuple[int, int]:
     n = _positive("num_consumers", num_consumers)
     k = _int("consumer", consumer, low=0, high=n, allowed=f"an int in [0, num_consumers={n})")
     return k, n
+
+
+def _worker(worker: object, num_workers: object) -> tuple[int, int]:
+    m = _positive("num_workers", num_workers)
+    w = _int("worker", worker, low=0, high=m, allowed=f"an int in [0, num_workers={m})")
+    return w, m
 
 
 def _seed(seed: object) -> int | None:
@@ -228,7 +247,7 @@ def split_consumer(rank: int, world_size: int, worker: int, num_workers: int) ->
 # -- the plan ---------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class EpochPlan:
-    """What one consumer does in one epoch: the chunks it loads and the batches it yields.
+    """What one worker of a consumer does in one epoch: the chunks it loads, the batches it yields.
 
     Parameters
     ----------
@@ -240,6 +259,10 @@ class EpochPlan:
         it, so the iterator never needs more than two groups in memory.
     chunk_len
         Samples per chunk of the store (maps a sample ``s`` to its chunk ``s // chunk_len``).
+    batch_ids
+        Each batch's index in its consumer's epoch (int64; default ``0, 1, ...``): the workers
+        of a consumer share its batches, and augmentation draws from this index, so a batch is
+        augmented alike whatever the number of workers.
 
     Examples
     --------
@@ -250,16 +273,30 @@ class EpochPlan:
     [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     >>> plan.group_of_batch()
     array([0, 1, 2, 2])
+    >>> plan_epoch(10, 4, batch_size=3, shuffle=False, worker=1, num_workers=2).batch_ids
+    array([1, 3])
     """
 
     groups: tuple[np.ndarray, ...]
     batches: tuple[np.ndarray, ...]
     chunk_len: int
+    batch_ids: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         _positive("chunk_len", self.chunk_len)
         object.__setattr__(self, "groups", _int64_arrays("groups", self.groups))
         object.__setattr__(self, "batches", _int64_arrays("batches", self.batches))
+        if self.batch_ids is None:
+            ids = np.arange(len(self.batches), dtype=np.int64)
+        else:
+            (ids,) = _int64_arrays("batch_ids", (self.batch_ids,))
+            if ids.shape != (len(self.batches),):
+                raise ValueError(
+                    f"batch_ids must hold one id per batch ({len(self.batches)}); got shape {ids.shape}"
+                )
+            ids = ids.copy()
+        ids.flags.writeable = False
+        object.__setattr__(self, "batch_ids", ids)
 
     @property
     def num_samples(self) -> int:
@@ -293,6 +330,7 @@ class EpochPlan:
             self.chunk_len == other.chunk_len
             and len(self.groups) == len(other.groups)
             and len(self.batches) == len(other.batches)
+            and np.array_equal(self.batch_ids, other.batch_ids)
             and all(np.array_equal(a, b) for a, b in zip(self.groups, other.groups, strict=True))
             and all(np.array_equal(a, b) for a, b in zip(self.batches, other.batches, strict=True))
         )
@@ -340,6 +378,34 @@ def _consumer_samples(
     return own, (int(sizes.max()) if even else own)
 
 
+def _consumer_batches(
+    num_samples: int,
+    chunk_len: int,
+    batch_size: int,
+    consumer: int,
+    num_consumers: int,
+    *,
+    shuffle: bool,
+    drop_last: bool,
+    even: bool,
+) -> int:
+    """Batches of a consumer's epoch, shared by its workers (never depends on their number)."""
+    if not shuffle:
+        total = num_samples // batch_size if drop_last else -(-num_samples // batch_size)
+        mine = len(range(consumer, total, num_consumers))
+        return -(-total // num_consumers) if even else mine
+    _, samples = _consumer_samples(num_samples, chunk_len, consumer, num_consumers, even)
+    usable = samples - samples % batch_size if drop_last else samples
+    return -(-usable // batch_size)
+
+
+def _worker_share(num_batches: int, worker: int, num_workers: int) -> tuple[int, int]:
+    """``(first, count)``: worker ``w`` of ``m`` takes ``count`` of ``num_batches`` batches, from
+    ``first`` on (shuffled; counts as for round-robin dealing: the first workers get one more)."""
+    base, rest = divmod(num_batches, num_workers)
+    return worker * base + min(worker, rest), base + (worker < rest)
+
+
 def _sample_keys(key: np.uint64, samples: np.ndarray) -> np.ndarray:
     """splitmix64 of each global sample index under ``key``: one random 64-bit sort key per sample."""
     z = (samples.astype(np.uint64) + np.uint64(1)) * _GAMMA + key
@@ -359,16 +425,44 @@ def _chunk_samples(bounds: np.ndarray, chunks: np.ndarray) -> np.ndarray:
     return np.repeat(starts - (ends - sizes), sizes) + np.arange(ends[-1] if ends.size else 0)
 
 
-def _mix(samples: np.ndarray, group_len: int, key: np.uint64) -> np.ndarray:
-    """Each run of ``group_len`` samples (and the shorter rest) sorted by the samples' keys."""
+def _mix(samples: np.ndarray, starts: np.ndarray, key: np.uint64) -> np.ndarray:
+    """Each group's samples (``samples[starts[g]:starts[g + 1]]``) sorted by the samples' keys."""
     keys = _sample_keys(key, samples)
-    head = samples.size - samples.size % group_len
-    rows = samples[:head].reshape(-1, group_len)
-    by_key = np.argsort(keys[:head].reshape(-1, group_len), axis=1)
-    tail = samples[head:]
-    return np.concatenate(
-        [np.take_along_axis(rows, by_key, axis=1).ravel(), tail[np.argsort(keys[head:])]]
-    )
+    ends = np.append(starts[1:], samples.size)
+    out = np.empty_like(samples)
+    edges: Sequence[int] = range(len(starts))
+    if len(starts) > 2:
+        # the groups between the first and the last are full: one call sorts them row by row
+        size = int(starts[2] - starts[1])
+        if size and (np.diff(starts[1:]) == size).all():
+            a, b = int(starts[1]), int(starts[-1])
+            rows = samples[a:b].reshape(-1, size)
+            by_key = np.argsort(keys[a:b].reshape(-1, size), axis=1)
+            out[a:b] = np.take_along_axis(rows, by_key, axis=1).ravel()
+            edges = (0, len(starts) - 1)
+    for g in edges:
+        lo, hi = int(starts[g]), int(ends[g])
+        out[lo:hi] = samples[lo:hi][np.argsort(keys[lo:hi])]
+    return out
+
+
+def _run(
+    bounds: np.ndarray, chunks: np.ndarray, lo: int, hi: int, per_group: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples ``[lo, hi)`` of the concatenation of ``chunks``: ``(their chunks, the samples,
+    where each group of ``per_group`` of those chunks starts among the samples)``."""
+    sizes = bounds[chunks + 1] - bounds[chunks]
+    ends = np.cumsum(sizes)
+    firsts = ends - sizes
+    a = int(np.searchsorted(ends, lo, side="right"))  # the first chunk ending after lo
+    b = int(np.searchsorted(firsts, hi, side="left"))  # the first chunk starting at hi or later
+    run = chunks[a:b]
+    if hi <= lo or not run.size:
+        return run[:0], np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    offset = int(firsts[a])
+    samples = _chunk_samples(bounds, run)[lo - offset : hi - offset]
+    starts = np.maximum(firsts[a:b][::per_group] - lo, 0)
+    return run, samples, starts
 
 
 def plan_epoch(
@@ -384,8 +478,10 @@ def plan_epoch(
     consumer: int = 0,
     num_consumers: int = 1,
     even: bool = False,
+    worker: int = 0,
+    num_workers: int = 1,
 ) -> EpochPlan:
-    """Plan one epoch of one consumer: the chunk groups it loads and the batches it yields.
+    """Plan one epoch of one worker of one consumer: the chunk groups it loads and its batches.
 
     Parameters
     ----------
@@ -397,24 +493,26 @@ def plan_epoch(
         Samples per batch; only a consumer's last batch may be shorter (see ``drop_last``).
     seed
         Non-negative int; the plan is a pure function of the arguments. None draws fresh
-        entropy on every call (nondeterministic) and is refused when ``num_consumers > 1``,
-        since the consumers would disagree on the chunk order.
+        entropy on every call (nondeterministic) and is refused with more than one consumer
+        or worker, since they would disagree on the chunk order.
     epoch
         Non-negative int; each epoch has its own chunk order and mixing.
     shuffle
         True: chunks in the order of :func:`chunk_order` and samples mixed within each group.
-        False: chunks and samples in store order, no mixing.
+        False: store order, no mixing, batches dealt round-robin (see Notes).
     buffer_chunks
         Chunks per group. Raised to ``ceil(batch_size / chunk_len)`` when smaller, so that a
         batch never needs more than two groups.
     drop_last
         Leave out the consumer's last batch when it is shorter than ``batch_size``.
     consumer, num_consumers
-        This consumer and how many there are (:func:`split_consumer`); consumer ``k`` takes
-        ``assign_chunks(order, consumer=k, num_consumers=n)``.
+        This consumer (a DDP rank) and how many there are.
     even
-        Give every consumer the same number of samples and batches (needed by DDP, where
-        unequal batch counts hang training); see Notes.
+        Give every consumer the same number of batches (needed by DDP, where unequal batch
+        counts hang training); see Notes.
+    worker, num_workers
+        This worker of the consumer (a DataLoader worker) and how many it has. The workers'
+        batches add up to the consumer's, whatever ``num_workers``.
 
     Returns
     -------
@@ -424,40 +522,55 @@ def plan_epoch(
     -----
     *Chunks.* The order is ``chunk_order(C, seed=seed, epoch=epoch, shuffle=shuffle,
     keep_last=N % chunk_len != 0)``: a short last chunk stays last in the order, so it always
-    belongs to consumer ``(C - 1) % n`` and lands in that consumer's last group. Hence each
-    consumer's sample count, and :func:`num_batches`, are the same in every epoch.
+    belongs to consumer ``(C - 1) % n``. Consumer ``k`` takes ``assign_chunks(order,
+    consumer=k, num_consumers=n)``; their samples, concatenated in that order, are the
+    consumer's *stream*. Hence each consumer's sample count, and :func:`num_batches`, are the
+    same in every epoch.
 
-    *Groups* are consecutive runs of ``buffer_chunks`` of the consumer's chunks (the last run
-    may be shorter); all groups but the last hold ``buffer_chunks * chunk_len`` samples.
+    *Workers.* The consumer's ``B`` batches are shared out as round-robin dealing would count
+    them (worker ``w`` gets ``len(range(w, B, num_workers))``), each worker a contiguous run
+    of them, i.e. of the stream: it reads only the chunks of its run, so two workers read a
+    chunk they share at their border.
+
+    *Groups* are consecutive runs of ``buffer_chunks`` of the worker's chunks (the last run
+    may be shorter).
 
     *Mixing.* Sample ``i`` gets the key ``splitmix64(k_e + (i + 1) * 0x9E3779B97F4A7C15)``, with a
     64-bit ``k_e`` drawn from ``epoch_rng(seed, epoch, 0x6D697869, 0x6E675F6B)``; a group yields its samples
     in increasing key order, which is a random permutation of the group that depends only on
-    ``(seed, epoch)`` and which chunks the group holds, never on the consumer.
+    ``(seed, epoch)`` and which samples the group holds, never on the consumer.
 
-    *Batches* are consecutive slices of ``batch_size`` of the consumer's stream, the
-    concatenation of its mixed groups.
+    *Batches* are consecutive slices of ``batch_size`` of the worker's mixed stream.
 
     *even=True.* Every consumer yields ``M`` samples, the largest own sample count of any
     consumer: ``ceil(C / n) * chunk_len``, less the short chunk's shortfall when its owner is
     the only consumer with ``ceil(C / n)`` chunks. It depends on ``N``, ``chunk_len`` and ``n``
     only, so every consumer computes it alone. A consumer whose chunks hold ``c < M`` samples
-    yields them, then ``M - c`` repeats of its last group's samples, cyclically in that
-    group's mixed order (data still in memory). A consumer with no chunks (only when
-    ``C < n``) gets one group holding the order's first chunk and yields ``M`` of its
-    samples. So, without ``drop_last``:
+    yields them, then ``M - c`` repeats: a worker whose run reaches past ``c`` repeats its last
+    group's samples, cyclically in that group's mixed order (data still in memory); a worker
+    whose run lies wholly past ``c`` repeats the consumer's last ``buffer_chunks`` chunks. A
+    consumer with no chunks (only when ``C < n``) repeats the order's first chunk. So, without
+    ``drop_last``:
 
     - every sample is yielded at least once per epoch, across consumers;
     - a consumer yields at most ``chunk_len`` repeats (``M - c <= chunk_len``), an epoch at
       most ``num_consumers * chunk_len``;
-    - within a consumer with chunks of its own, a sample is yielded at most
+    - with one worker, within a consumer with chunks of its own, a sample is yielded at most
       ``1 + ceil((M - c) / g)`` times, ``g`` being the size of its last group: at most twice,
       unless that group is only the short final chunk;
     - a consumer without chunks yields ``M`` distinct samples of the order's first chunk
       (so with ``C < n`` those samples also appear once per such consumer).
 
     With ``drop_last`` each consumer then drops the same number (fewer than ``batch_size``)
-    of its trailing samples.
+    of its trailing samples, after mixing: the worker with the consumer's last batch drops
+    them from the end of its mixed stream.
+
+    *shuffle=False.* The store order cut into batches of ``batch_size`` (``drop_last``: the
+    short last one left out): consumer ``k`` takes batches ``k, k + n, ...`` and its worker
+    ``w`` every ``num_workers``-th of those, from the ``w``-th on. A DataLoader asks its
+    workers for batches in turn (worker 0, 1, ..., 0, 1, ..., skipping those that are done),
+    so with one consumer it yields exactly the store order. ``even=True`` gives the
+    consumers that are a batch short a repeat of their last batch.
 
     Examples
     --------
@@ -468,54 +581,105 @@ def plan_epoch(
     True
     >>> plan_epoch(1000, 64, batch_size=100, num_consumers=2, consumer=1, even=True).num_samples
     512
+    >>> [len(plan_epoch(1000, 64, batch_size=100, worker=w, num_workers=3).batches) for w in range(3)]
+    [4, 3, 3]
     """
     n_samples = _count("num_samples", num_samples)
     length = _positive("chunk_len", chunk_len)
     batch = _positive("batch_size", batch_size)
     per_group = max(_positive("buffer_chunks", buffer_chunks), -(-batch // length))
     k, n = _consumer(consumer, num_consumers)
+    w, m = _worker(worker, num_workers)
     s = _seed(seed)
     e = _count("epoch", epoch)
     mixed, drop, pad = _flag("shuffle", shuffle), _flag("drop_last", drop_last), _flag("even", even)
     if s is None:
-        if n > 1:
+        if n * m > 1:
             raise ValueError(
                 f"seed=None draws a different chunk order in every consumer, so the {n} consumers "
-                "would overlap and miss samples; pass the same int seed to all of them "
-                "(e.g. one drawn with np.random.SeedSequence().entropy)"
+                f"x {m} workers would overlap and miss samples; pass the same int seed to all of "
+                "them (e.g. one drawn with np.random.SeedSequence().entropy)"
             )
         s = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
 
     bounds = chunk_bounds(n_samples, length)
+    if not mixed:
+        return _ordered_plan(bounds, length, batch, per_group, k, n, w, m, drop, pad)
+    n_batches = _consumer_batches(
+        n_samples, length, batch, k, n, shuffle=True, drop_last=drop, even=pad
+    )
+    first, count = _worker_share(n_batches, w, m)
+    if not count:
+        return EpochPlan((), (), length)
+    own, total = _consumer_samples(n_samples, length, k, n, pad)
+    usable = total - total % batch if drop else total
+    start, stop = first * batch, min((first + count) * batch, usable)
+    # the worker with the consumer's last batch takes its stream's end, the part drop_last drops
+    end = own if first + count == n_batches else min(stop, own)
+
     num_chunks = bounds.size - 1
     order = chunk_order(
-        num_chunks, seed=s, epoch=e, shuffle=mixed, keep_last=n_samples % length != 0
+        num_chunks, seed=s, epoch=e, shuffle=True, keep_last=n_samples % length != 0
     )
     mine = assign_chunks(order, consumer=k, num_consumers=n)
-    own, total = _consumer_samples(n_samples, length, k, n, pad)
-    if pad and mine.size == 0 and num_chunks:
-        mine = order[:1].copy()  # nothing of its own: pad from the order's first chunk
-
-    samples = _chunk_samples(bounds, mine)
-    if mixed and samples.size:
-        key = epoch_rng(s, e, *_MIX_STREAM).integers(2**64, dtype=np.uint64)
-        samples = _mix(samples, per_group * length, key)
-    # where each group starts in ``samples``: all groups before the last are full
-    group_starts = np.minimum(np.arange(0, mine.size, per_group) * length, samples.size)
-    stream = samples[:own]
-    if total > own:
-        last = samples[group_starts[-1] :]
-        stream = np.concatenate([stream, last[np.arange(total - own) % last.size]])
-    usable = total - total % batch if drop else total
-    stream = stream[:usable]
+    key = epoch_rng(s, e, *_MIX_STREAM).integers(2**64, dtype=np.uint64)
+    chunks, samples, starts = _run(bounds, mine, min(start, own), end, per_group)
+    samples = _mix(samples, starts, key)
+    size = stop - start
+    if size <= samples.size:
+        stream = samples[:size]
+    elif samples.size:  # even: repeats of the last group, still in memory
+        last = samples[starts[-1] :]
+        stream = np.concatenate([samples, last[np.arange(size - samples.size) % last.size]])
+    else:  # even, a run of repeats only: the consumer's last chunks (none: the order's first)
+        chunks = mine[-per_group:] if own else order[:1]
+        starts = np.zeros(1, dtype=np.int64)
+        pool = _mix(_chunk_samples(bounds, chunks), starts, key)
+        stream = pool[(start - own + np.arange(size)) % pool.size]
     stream.flags.writeable = False
-    mine.flags.writeable = False
+    chunks.flags.writeable = False
 
     # a group none of whose samples survive drop_last is not loaded at all
-    n_groups = int(np.searchsorted(group_starts, usable, side="left"))
-    groups = tuple(mine[i : i + per_group] for i in range(0, n_groups * per_group, per_group))
-    batches = tuple(stream[i : i + batch] for i in range(0, usable, batch))
-    return EpochPlan(groups, batches, length)
+    used = min(size, samples.size) if samples.size else size
+    n_groups = int(np.searchsorted(starts, used, side="left"))
+    groups = tuple(chunks[i : i + per_group] for i in range(0, n_groups * per_group, per_group))
+    batches = tuple(stream[i : i + batch] for i in range(0, size, batch))
+    return EpochPlan(groups, batches, length, np.arange(first, first + count, dtype=np.int64))
+
+
+def _ordered_plan(
+    bounds: np.ndarray,
+    length: int,
+    batch: int,
+    per_group: int,
+    consumer: int,
+    num_consumers: int,
+    worker: int,
+    num_workers: int,
+    drop: bool,
+    pad: bool,
+) -> EpochPlan:
+    """``plan_epoch(..., shuffle=False)``: store-order batches dealt round-robin."""
+    n_samples = int(bounds[-1])
+    total = n_samples // batch if drop else -(-n_samples // batch)
+    mine = np.arange(consumer, total, num_consumers, dtype=np.int64)
+    if pad and total and mine.size < -(-total // num_consumers):
+        # a batch short: a repeat of its last batch (none: of batch `consumer % total`)
+        mine = np.append(mine, mine[-1] if mine.size else consumer % total)
+    ids = np.arange(worker, mine.size, num_workers, dtype=np.int64)
+    if not ids.size:
+        return EpochPlan((), (), length)
+    firsts = mine[ids] * batch
+    sizes = np.minimum(firsts + batch, n_samples) - firsts
+    ends = np.cumsum(sizes)
+    stream = np.repeat(firsts - (ends - sizes), sizes) + np.arange(ends[-1])
+    stream.flags.writeable = False
+    chunks = np.unique(stream // length)  # the stream never goes back: this is the load order
+    chunks.flags.writeable = False
+    groups = tuple(chunks[i : i + per_group] for i in range(0, chunks.size, per_group))
+    cuts = np.append(0, ends).tolist()
+    batches = tuple(stream[a:b] for a, b in itertools.pairwise(cuts))
+    return EpochPlan(groups, batches, length, ids)
 
 
 def num_batches(
@@ -527,10 +691,15 @@ def num_batches(
     consumer: int = 0,
     num_consumers: int = 1,
     even: bool = False,
+    worker: int = 0,
+    num_workers: int = 1,
+    shuffle: bool = True,
 ) -> int:
-    """Batches in the consumer's plan, ``len(plan_epoch(...).batches)``, without building it.
+    """Batches in the worker's plan, ``len(plan_epoch(...).batches)``, without building it.
 
-    The same for every seed, epoch, ``shuffle`` and ``buffer_chunks``; O(num_consumers).
+    The same for every seed, epoch and ``buffer_chunks``; O(num_consumers). Summed over the
+    workers of a consumer, it is the same for every ``num_workers``. ``shuffle`` matters only
+    with several consumers (``shuffle=False`` deals batches, not chunks, to them).
 
     Examples
     --------
@@ -540,10 +709,22 @@ def num_batches(
     10
     >>> num_batches(1000, 64, batch_size=100, num_consumers=2, consumer=1, drop_last=True)
     4
+    >>> [num_batches(1000, 64, batch_size=100, worker=w, num_workers=4) for w in range(4)]
+    [3, 3, 2, 2]
     """
     n_samples = _count("num_samples", num_samples)
     length = _positive("chunk_len", chunk_len)
     batch = _positive("batch_size", batch_size)
     k, n = _consumer(consumer, num_consumers)
-    _, total = _consumer_samples(n_samples, length, k, n, _flag("even", even))
-    return total // batch if _flag("drop_last", drop_last) else -(-total // batch)
+    w, m = _worker(worker, num_workers)
+    total = _consumer_batches(
+        n_samples,
+        length,
+        batch,
+        k,
+        n,
+        shuffle=_flag("shuffle", shuffle),
+        drop_last=_flag("drop_last", drop_last),
+        even=_flag("even", even),
+    )
+    return _worker_share(total, w, m)[1]

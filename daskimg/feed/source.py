@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,11 +25,17 @@ except (ImportError, AttributeError):  # not Linux
     _RUSAGE_THREAD = None
 
 
+#: The name of the virtual array of store indices: sample ``i`` of the source is row ``i``.
+INDEX = "index"
+
+
 class FeedSource:
     """Per-sample arrays split into chunks of ``chunk_len`` rows along axis 0.
 
     Small arrays live in memory (``memory``); large ones are read chunk by chunk,
-    from a store file (``reader``) or by computing dask blocks (``lazy``).
+    from a store file (``reader``) or by computing dask blocks (``lazy``). The name
+    ``"index"`` asks for each sample's row number in the source (int64, ``virtual``),
+    which nothing needs to read.
     """
 
     def __init__(
@@ -40,6 +48,9 @@ class FeedSource:
         self.memory: dict[str, np.ndarray] = {}
         self.lazy: dict[str, da.Array] = {}
         self.attrs: dict[str, Any] = {}
+        #: dask scheduler for lazy blocks; None: whatever is active (DataLoader workers: "threads")
+        self.scheduler: str | None = None
+        location: str | None = None
         if isinstance(source, (str, os.PathLike)):
             # checks version and completeness; URLs (s3://...) are read through zarr
             ds = open_zarr(os.fspath(source), storage_options=storage_options)
@@ -47,12 +58,14 @@ class FeedSource:
             if ds.store_path is not None:
                 self.reader = StoreReader(ds.store_path)
             arrays = ds.arrays
+            location = ds.store_path or getattr(ds, "store_url", None) or os.fspath(source)
         elif isinstance(source, ImageSet):
             arrays = source.arrays
             self.attrs = source.attrs
             path = source.store_path
             if path is not None:
                 self.reader = StoreReader(path)
+            location = path or getattr(source, "store_url", None)
         elif isinstance(source, Mapping):
             arrays = dict(source)
         elif isinstance(source, (tuple, list)):
@@ -68,22 +81,45 @@ class FeedSource:
             )
         if names is None:
             names = [n for n in ("images", "labels") if n in arrays]
-        missing = [n for n in names if n not in arrays]
+        if isinstance(names, str):
+            raise TypeError(f"arrays must be a sequence of names, e.g. ({names!r},); got {names!r}")
+        if INDEX in names and INDEX in arrays:
+            raise ValueError(
+                f"the source has an array named {INDEX!r}, which the name {INDEX!r} would hide: "
+                "it asks for each sample's store index. Rename that array to feed it"
+            )
+        missing = [n for n in names if n not in arrays and n != INDEX]
         if missing:
-            raise KeyError(f"arrays {missing} are not in the source; it has {sorted(arrays)}")
+            raise KeyError(
+                f"arrays {missing} are not in the source; it has {sorted(arrays)} "
+                f"(and {INDEX!r}, each sample's store index)"
+            )
         self.names = tuple(names)
-        lengths = {n: len(arrays[n]) for n in self.names}
-        if len(set(lengths.values())) != 1:
+        #: arrays made up here, not read: {"index"} when asked for
+        self.virtual = {INDEX} & set(self.names)
+        real = [n for n in self.names if n not in self.virtual] or list(arrays)
+        lengths = {n: len(arrays[n]) for n in real}
+        if len(set(lengths.values())) > 1:
             raise ValueError(f"arrays must have the same length; got {lengths}")
+        if not lengths:
+            raise ValueError("the source holds no arrays")
         self.n = next(iter(lengths.values()))
         self.chunk_len = 1
         for name in self.names:
+            if name in self.virtual:
+                continue
             a = arrays[name]
             if isinstance(a, da.Array):
                 self.lazy[name] = a
             else:
                 self.memory[name] = np.asarray(a)
-        chunk_lens = {n: _regular_chunk_len(a) for n, a in self.lazy.items()}
+        # the chunk length of every chunked array of the source, fed or not: the order of an
+        # epoch must not depend on which arrays are asked for
+        chunk_lens = {
+            n: _regular_chunk_len(a)
+            for n, a in arrays.items()
+            if isinstance(a, da.Array) and len(a) == self.n
+        }
         if chunk_lens:
             self.chunk_len = max(chunk_lens.values())
             for n, a in self.lazy.items():
@@ -104,14 +140,30 @@ class FeedSource:
         self.per_sample = {
             n for n in self.fast if reader is not None and reader.layout(n).per_sample
         }
+        #: what a resumed iteration must find again: where the store is and what it holds
+        self.identity: dict[str, Any] = {
+            "path": location,
+            "token": _token(self.attrs) if self.attrs else None,
+        }
 
     def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.virtual:
+            return ()
         a = self.memory.get(name)
         return tuple((a if a is not None else self.lazy[name]).shape[1:])
 
     def dtype(self, name: str) -> np.dtype[Any]:
+        if name in self.virtual:
+            return np.dtype(np.int64)
         a = self.memory.get(name)
         return (a if a is not None else self.lazy[name]).dtype
+
+    def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The in-memory and virtual arrays of the samples ``idx`` (a batch)."""
+        out = {n: a[idx] for n, a in self.memory.items()}
+        if self.virtual:
+            out[INDEX] = np.array(idx, dtype=np.int64)  # a copy: plans are read-only
+        return out
 
     def rows(self, c: int) -> tuple[int, int]:
         a = c * self.chunk_len
@@ -149,7 +201,7 @@ class FeedSource:
             out[name] = reader.read_chunk(name, c, out=buf[: b - a])
         if slow:
             # whatever dask scheduler is active (threads, processes, distributed) computes the block
-            blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow])
+            blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow], scheduler=self.scheduler)
             out.update(zip(slow, blocks, strict=True))
         return out
 
@@ -175,6 +227,14 @@ def blocks_read() -> int:
     if _RUSAGE_THREAD is None:
         return -1
     return int(resource.getrusage(_RUSAGE_THREAD).ru_inblock)
+
+
+def _token(attrs: Mapping[str, Any]) -> str:
+    """A short hash of a store's ``daskimg`` attributes (``complete`` aside): which store it is."""
+    text = json.dumps(
+        {k: v for k, v in attrs.items() if k != "complete"}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _regular_chunk_len(a: da.Array) -> int:

@@ -1,0 +1,93 @@
+"""PyTorch Lightning as its users write it: ``Trainer(accelerator="cpu", devices=2,
+strategy="ddp_spawn")`` fed by ``DataLoader(TorchDataset(...), batch_size=None, num_workers=2,
+persistent_workers=True)``, the README's defaults otherwise. Lightning never calls the dataset's
+``set_epoch``: the persistent workers advance by themselves. Each rank records the store
+indices (and the ids the pixels encode) of every batch it trains on, per epoch."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pl = pytest.importorskip("pytorch_lightning")
+from conftest import plain_group  # noqa: E402
+from feed_oracle import dataloader_batches, decoded_ids  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import daskimg as di  # noqa: E402
+from daskimg.torch import TorchDataset  # noqa: E402
+
+N = 96  # 12 chunks of 8: 6 per rank, so every sample comes exactly once per epoch
+
+
+class Recorder(pl.LightningModule):
+    def __init__(self, store: str, out: str) -> None:
+        super().__init__()
+        self.store, self.out = store, out
+        self.layer = torch.nn.Linear(3, 4)
+        self.seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def train_dataloader(self) -> DataLoader:
+        ds = TorchDataset(self.store, batch_size=16, arrays=("images", "labels", "index"))
+        return DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+
+    def training_step(self, batch, batch_idx):
+        images, labels, index = batch
+        self.seen.append((index.numpy(), decoded_ids(images.numpy())))
+        logits = self.layer(images[:, 0, 0].float())
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    def on_train_epoch_end(self) -> None:
+        name = f"rank{self.global_rank}-epoch{self.current_epoch}.pkl"
+        with open(os.path.join(self.out, name), "wb") as f:
+            pickle.dump(self.seen, f)
+        self.seen = []
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice (workers, logging, ...)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_lightning_ddp_spawn_every_sample_once_per_epoch(tmp_path, indexed_set):
+    store = str(
+        di.to_zarr(
+            indexed_set.take(np.arange(N)), tmp_path / "t.zarr.zip", chunks=8, shard_chunks=2
+        )
+    )
+    stored_idx = plain_group(store)["idx"][:]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Recorder(store, str(tmp_path)))  # no crash: both ranks stepped together
+
+    orders = []
+    for epoch in range(2):
+        per_rank = []
+        for rank in range(2):
+            with open(tmp_path / f"rank{rank}-epoch{epoch}.pkl", "rb") as f:
+                seen = pickle.load(f)
+            for index, ids in seen:
+                np.testing.assert_array_equal(ids, stored_idx[index])
+            expected = dataloader_batches(N, 8, epoch, 2, rank, 2, batch_size=16, seed=0, even=True)
+            assert len(seen) == len(expected) == 3
+            for (index, _), want in zip(seen, expected, strict=True):
+                np.testing.assert_array_equal(index, want)
+            per_rank.append(np.concatenate([index for index, _ in seen]))
+        every = np.concatenate(per_rank)
+        np.testing.assert_array_equal(np.sort(every), np.arange(N))  # each sample exactly once
+        orders.append(every)
+    assert not np.array_equal(orders[0], orders[1])  # a new order in epoch 1
