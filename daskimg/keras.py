@@ -137,9 +137,9 @@ class KerasDataset(keras.utils.PyDataset):
     ``callbacks=[ds.epoch_callback()]``, which follows Keras's epoch number (also when
     ``keras.callbacks.BackupAndRestore`` resumes a run).
 
-    *Resuming.* :meth:`state_dict` records the epoch, the batches already served and the
-    settings that shape the order; :meth:`load_state_dict` refuses a state saved with
-    other settings. After loading a state saved in the middle of an epoch the dataset
+    *Resuming.* :meth:`state_dict` records the epoch, the batches of it already served
+    (with ``epoch_callback``, those served since training began) and the settings that
+    shape the order; :meth:`load_state_dict` refuses a state saved with other settings. After loading a state saved in the middle of an epoch the dataset
     serves the rest of that epoch: ``len(ds)`` is the number of batches not yet served and
     ``ds[j]`` the ``j``-th of them. Keras counts the batches of an epoch once per ``fit``
     call, so finish that epoch with its own call, ``fit(ds, initial_epoch=e, epochs=e + 1)``,
@@ -230,7 +230,7 @@ class KerasDataset(keras.utils.PyDataset):
         self.epoch = 0
         self._skip: frozenset[int] = frozenset()  # served before a loaded state was saved
         self._served: set[int] = set()  # plan batches of this epoch served
-        self._pass_new: set[int] = set()  # ... first served since the last on_epoch_begin
+        self._generation = 0  # changes with the epoch or the batches a state left out
         self._runtime()
         if use_multiprocessing:
             self._check_picklable()
@@ -282,14 +282,14 @@ class KerasDataset(keras.utils.PyDataset):
         return len(self)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        n = len(self)
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"batch index must be an int, got {index!r}")
-        if not 0 <= index < n:
-            raise IndexError(f"batch {index} out of range 0..{n - 1}")
-        index = int(index)
         with self._lock:
-            epoch = self.epoch
+            n = len(self)
+            if not 0 <= index < n:
+                raise IndexError(f"batch {index} out of range 0..{n - 1}")
+            index = int(index)
+            epoch, generation = self.epoch, self._generation
             b = self._batch_of(index)
             future = self._ahead.pop((epoch, b), None)
             in_order = self._last is not None and index == self._last + 1
@@ -299,15 +299,15 @@ class KerasDataset(keras.utils.PyDataset):
                 self._read_ahead(epoch, index)
             else:
                 self._drop_ahead()
-            if b not in self._served:
-                self._served.add(b)
-                self._pass_new.add(b)
         if future is not None:
             batch = future.result()
         elif self.read_processes:
             batch = self._executor().submit(read_in_worker, epoch, b).result()
         else:
             batch = self._batches.read(epoch, b)
+        with self._lock:
+            if self._generation == generation:  # not an epoch left meanwhile
+                self._served.add(b)
         return self._structure(batch)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
@@ -320,7 +320,6 @@ class KerasDataset(keras.utils.PyDataset):
         """Keras calls this before each pass: move on if the current epoch was served whole."""
         with self._lock:
             self._advance_if_served()
-            self._pass_new = set()
 
     def on_epoch_end(self) -> None:
         """Keras calls this after each pass: move on if the current epoch was served whole."""
@@ -382,7 +381,7 @@ class KerasDataset(keras.utils.PyDataset):
         with self._lock:
             self._select(int(state["epoch"]))
             self._skip = frozenset(consumed)
-            self._advance_if_served()
+            self._advance_if_served()  # a state saved after the last batch of its epoch
 
     def read_stats(self) -> ReadStats:
         """What has been read so far: samples delivered and loaded, chunk loads, cache peaks.
@@ -423,7 +422,7 @@ class KerasDataset(keras.utils.PyDataset):
         self.epoch = epoch
         self._skip = frozenset()
         self._served = set()
-        self._pass_new = set()
+        self._generation += 1
         self._view = None
         self._last = None
         self._in_order = 0
@@ -433,12 +432,11 @@ class KerasDataset(keras.utils.PyDataset):
         if len(self._served) >= len(self):
             self._select(self.epoch + 1)
 
-    def _forget_peek(self) -> None:
-        """Before training: a pass that served one batch was Keras's model-building peek."""
+    def _start_training(self) -> None:
+        """A fit starts: no batch of this epoch has been trained on in it (see epoch_callback)."""
         with self._lock:
-            if len(self._pass_new) == 1:
-                self._served -= self._pass_new
-            self._pass_new = set()
+            self._served = set()  # fit asks for all len(self) batches of its first epoch
+            self._generation += 1
 
     def _batch_of(self, index: int) -> int:
         """The plan batch that index ``index`` of the current epoch serves."""
@@ -507,7 +505,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self.data = data
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        self.data._forget_peek()
+        self.data._start_training()
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if epoch != self.data.epoch:
