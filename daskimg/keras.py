@@ -266,6 +266,30 @@ class KerasDataset(keras.utils.PyDataset):
             ) from e
 
     @property
+    def workers(self) -> int:
+        """1: what Keras sees, so that it calls ``ds[i]`` itself (see ``workers`` above)."""
+        return 1
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        raise AttributeError(
+            "KerasDataset runs its workers itself (Keras's own would carry batches across "
+            "epochs): pass workers= (and use_multiprocessing=) when creating it"
+        )
+
+    @property
+    def use_multiprocessing(self) -> bool:
+        """False: what Keras sees (see ``workers`` above)."""
+        return False
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value: bool) -> None:
+        raise AttributeError(
+            "KerasDataset runs its worker processes itself: pass use_multiprocessing= "
+            "(and workers=) when creating it"
+        )
+
+    @property
     def scale(self) -> float | None:
         return self._batches.scale
 

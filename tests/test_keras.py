@@ -208,7 +208,10 @@ def test_fit_with_validation_data_evaluates_each_sample_once_in_store_order(stor
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_fit_with_two_workers_is_exact_per_epoch(store, shuffle):
     data = KerasDataset(store, batch_size=10, workers=2)
-    assert data.workers == 1  # Keras's enqueuer, which carries batches across epochs, is unused
+    # Keras's enqueuer, which carries batches across epochs, is unused: Keras sees 1
+    assert data.workers == 1 and data.use_multiprocessing is False
+    with pytest.raises(AttributeError, match="across epochs"):
+        data.workers = 4
     model, rec, passes = recording_model()
     model.fit(data, epochs=3, shuffle=shuffle, verbose=0, callbacks=[passes])
     for epoch in rec.train:
