@@ -25,6 +25,7 @@ from .feed.batches import (
     start_worker,
 )
 from .feed.iterator import Transform
+from .feed.shuffle import EpochPlan
 
 __all__ = ["KerasDataset"]
 
@@ -291,11 +292,19 @@ class KerasDataset(keras.utils.PyDataset):
 
     @property
     def scale(self) -> float | None:
+        """What ``images`` are divided by (None: as stored)."""
         return self._batches.scale
 
     @property
     def transform(self) -> Transform | None:
+        """The transform applied to each batch."""
         return self._batches.transform
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The plan of ``epoch`` (default: the current one): ``plan().batches[b]`` are the
+        store indices of plan batch ``b`` (``ds[i]`` is plan batch ``i`` unless a state
+        loaded mid-epoch left some out)."""
+        return self._batches.plan(self.epoch if epoch is None else epoch)
 
     # -- the PyDataset protocol -------------------------------------------------------
     def __len__(self) -> int:
@@ -303,6 +312,7 @@ class KerasDataset(keras.utils.PyDataset):
 
     @property
     def num_batches(self) -> int:
+        """Batches in the current epoch, ``len(ds)`` (Keras asks for this)."""
         return len(self)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:

@@ -452,6 +452,7 @@ class EpochBatches:
         return batch
 
     def close(self) -> None:
+        """Stop the reader's threads and drop its cached chunks."""
         self.reader.close()
 
 
