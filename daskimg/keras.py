@@ -152,6 +152,7 @@ class KerasDataset(keras.utils.PyDataset):
     >>> train = KerasDataset("out/train.zarr.zip", batch_size=32)  # doctest: +SKIP
     >>> valid = KerasDataset("out/valid.zarr.zip", batch_size=32, shuffle=False)  # doctest: +SKIP
     >>> model.fit(train, validation_data=valid, epochs=10)  # doctest: +SKIP
+    >>> model.fit(train, initial_epoch=10, epochs=20, callbacks=[train.epoch_callback()])  # doctest: +SKIP
     >>> test = KerasDataset("out/test.zarr.zip", batch_size=64, arrays=("images",))  # doctest: +SKIP
     >>> predictions = model.predict(test)  # row k is sample k: shuffle defaults to False  # doctest: +SKIP
     """
