@@ -1,47 +1,160 @@
-"""Feed: Keras 3 adapter — a ``keras.utils.PyDataset`` for ``model.fit``.
+"""Feed: Keras 3 adapter — a ``keras.utils.PyDataset`` for ``model.fit``, ``evaluate``, ``predict``.
 
 Import it as ``from daskimg.keras import KerasDataset``; keras is imported here only.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import pickle
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import keras
 import numpy as np
 
-from .feed.iterator import BatchIterator, Transform
+from .feed.batches import (
+    INDEX,
+    EpochBatches,
+    ReadStats,
+    read_in_worker,
+    source_fingerprint,
+    start_worker,
+)
+from .feed.iterator import Transform
+from .feed.shuffle import EpochPlan
 
 __all__ = ["KerasDataset"]
 
+#: ``(kind, spec)`` of one part of a batch: ``("one", name)``, ``("tuple", names)``,
+#: ``("dict", {model name: array name})``
+_Part = tuple[str, Any]
+
+#: the settings that shape the order of an epoch, as saved by ``state_dict``
+_ORDER_SETTINGS = (
+    "num_samples",
+    "chunk_len",
+    "source",
+    "seed",
+    "batch_size",
+    "shuffle",
+    "buffer_chunks",
+    "drop_last",
+)
+
 
 class KerasDataset(keras.utils.PyDataset):
-    """Batches for ``model.fit``, reshuffled every epoch.
+    """Batches for ``model.fit`` / ``evaluate`` / ``predict``, read by index, reshuffled every epoch.
 
-    Keras asks for batches by index (from several threads when ``workers > 1``); this
-    class serves them from one chunk-wise :class:`~daskimg.feed.BatchIterator`, keeping
-    the few batches that are asked for out of order, so reading stays chunk-wise.
+    Batch ``i`` of an epoch is batch ``i`` of the chunk-aware plan of ``(seed, epoch)``
+    (:func:`daskimg.feed.shuffle.plan_epoch`, the order :class:`~daskimg.feed.BatchIterator`
+    yields). Keras may ask for the batches in any order — ``fit`` shuffles batch indices by
+    default — and ``ds[i]`` reads only the chunks batch ``i`` draws from, keeping the
+    ``cache_chunks`` most recently used chunks, so memory stays bounded whatever the order.
+    Asking for ``ds[i]`` twice in an epoch gives the same batch; every sample is in exactly
+    one batch of an epoch (``drop_last`` aside).
 
     Parameters
     ----------
     source
-        A store path, an ImageSet or dask arrays, as for ``BatchIterator``.
+        A store path, an ImageSet or dask arrays, as for :class:`~daskimg.feed.BatchIterator`.
+    batch_size
+        Samples per batch.
     arrays
-        ``(inputs, targets)`` names; default ``("images", "labels")``. A name may be a
-        tuple of names for several inputs or outputs, e.g. ``(("images",), ("labels", "bbox"))``.
+        What each batch holds, as ``(inputs,)``, ``(inputs, targets)`` or
+        ``(inputs, targets, sample_weights)``; each part is a store array name, a tuple of
+        names, or a dict ``{model input or output name: store array name}``:
+
+        - ``("images", "labels")`` (default) gives ``(x, y)``;
+        - ``(("images", "bbox"), "labels")`` gives ``((x1, x2), y)``;
+        - ``({"pixels": "images", "box": "bbox"}, {"class": "labels"})`` gives
+          ``({"pixels": x1, "box": x2}, {"class": y})`` for a functional model whose inputs
+          are named ``"pixels"`` and ``"box"`` and whose output is named ``"class"``;
+        - ``("images",)`` gives ``(x,)``, for ``predict``.
+
+        ``"index"`` is each sample's store index (int64). String arrays (``paths``) cannot
+        become tensors and are refused: carry ``"index"`` and look them up.
+    shuffle
+        Draw a new chunk-aware order every epoch (True) or keep store order (False). Default
+        (None): True when the batches hold targets (a training or evaluation set, where
+        the order only affects learning: ``evaluate`` counts each sample once either way),
+        False for inputs only, so that ``model.predict(KerasDataset(store,
+        arrays=("images",), ...))`` returns row ``k`` for sample ``k``. ``predict`` on a
+        shuffled dataset returns the predictions in the shuffled order: pass
+        ``shuffle=False`` for predictions you write back.
+    seed
+        Seed of the order (non-negative int); None draws one at construction, kept in
+        :meth:`state_dict` and in copies sent to other processes.
+    buffer_chunks
+        Chunks whose samples are mixed together (see ``plan_epoch``).
+    drop_last
+        Leave out the last, partial batch.
+    transform
+        ``transform(batch: dict, rng) -> dict`` on each batch, as for ``BatchIterator``;
+        ``rng`` derives from ``(seed, epoch, batch)``, so ``ds[i]`` is the same batch
+        whenever it is asked for.
     scale
-        Divide images by this (``255.0`` gives floats in 0..1); None leaves them as stored.
+        Divide ``images`` by this (``255.0`` gives float32 in 0..1); None keeps them as stored.
     workers, use_multiprocessing, max_queue_size
-        Passed to ``keras.utils.PyDataset``.
+        Read batches in the background in ``workers`` threads, or spawned processes with
+        ``use_multiprocessing=True`` (each re-opens the store; ``transform`` must then be
+        picklable). Keras 3's own enqueuer would keep up to ``max_queue_size`` batches across
+        every epoch boundary (the batches read for the model-building peek and the tail of
+        each epoch are served at the start of the next one), so epochs would repeat some
+        batches and miss others; this class therefore tells Keras ``workers=1`` and runs
+        the workers itself: when Keras asks for the batches in order (``predict``,
+        ``evaluate``, ``fit(shuffle=False)``) they read up to ``min(workers,
+        max_queue_size)`` batches ahead; in a shuffled order they cannot know the next
+        index, and a batch is read when asked for, its chunks in parallel (``threads``).
+    cache_chunks
+        Loaded chunks kept. Default ``3 * max(buffer_chunks, ceil(batch_size / chunk_len))``:
+        three chunk groups (a batch draws from its group and the one before; batches read
+        ahead from the next), about what ``BatchIterator`` holds. That is about
+        ``cache_chunks * chunk_len`` decoded samples of each array read chunk-wise (lz4,
+        zstd and uncompressed stores, dask blocks); JPEG and one-sample-per-chunk stores
+        keep their chunks encoded and decode only the rows of each batch. Asked for in
+        order, every chunk is read once per epoch; in the random order ``fit`` asks for by
+        default, a chunk is read again when one of its batches comes after it left the
+        cache: with ``G`` groups in the store, about ``(1 - 3 / G) * buffer_chunks *
+        chunk_len / batch_size`` reads per chunk (see :meth:`read_stats`;
+        ``fit(shuffle=False)`` reads each chunk once, and the order is still reshuffled
+        every epoch by the plan).
+    threads
+        Threads that load the chunks of a batch in parallel.
     storage_options
         For a store URL (``s3://...``), as for :func:`daskimg.open_zarr`.
+
+    Notes
+    -----
+    *Epochs.* ``ds[i]`` serves epoch :attr:`epoch`. Keras does not tell a dataset which
+    epoch it runs; the dataset moves to the next epoch by itself once every batch of the
+    current one has been served, at ``on_epoch_end`` / ``on_epoch_begin`` (which Keras
+    calls around every pass, also around the one-batch peek that builds a model before
+    its first ``fit``, which therefore does not count as an epoch). To start elsewhere,
+    ``fit(..., initial_epoch=k)`` after ``ds.set_epoch(k)``, or pass
+    ``callbacks=[ds.epoch_callback()]``, which follows Keras's epoch number (also when
+    ``keras.callbacks.BackupAndRestore`` resumes a run).
+
+    *Resuming.* :meth:`state_dict` records the epoch, the batches of it already served
+    (with ``epoch_callback``, those served since training began) and the settings that
+    shape the order; :meth:`load_state_dict` refuses a state saved with other settings. After loading a state saved in the middle of an epoch the dataset
+    serves the rest of that epoch: ``len(ds)`` is the number of batches not yet served and
+    ``ds[j]`` the ``j``-th of them. Keras counts the batches of an epoch once per ``fit``
+    call, so finish that epoch with its own call, ``fit(ds, initial_epoch=e, epochs=e + 1)``,
+    then continue with ``fit(ds, initial_epoch=e + 1, epochs=...)``.
 
     Examples
     --------
     >>> from daskimg.keras import KerasDataset  # doctest: +SKIP
-    >>> model.fit(KerasDataset("out/train.zarr.zip", batch_size=32), epochs=2)  # doctest: +SKIP
+    >>> train = KerasDataset("out/train.zarr.zip", batch_size=32)  # doctest: +SKIP
+    >>> valid = KerasDataset("out/valid.zarr.zip", batch_size=32, shuffle=False)  # doctest: +SKIP
+    >>> model.fit(train, validation_data=valid, epochs=10)  # doctest: +SKIP
+    >>> model.fit(train, initial_epoch=10, epochs=20, callbacks=[train.epoch_callback()])  # doctest: +SKIP
+    >>> test = KerasDataset("out/test.zarr.zip", batch_size=64, arrays=("images",))  # doctest: +SKIP
+    >>> predictions = model.predict(test)  # row k is sample k: shuffle defaults to False  # doctest: +SKIP
     """
 
     def __init__(
@@ -49,80 +162,431 @@ class KerasDataset(keras.utils.PyDataset):
         source: Any,
         *,
         batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
+        arrays: Sequence[Any] = ("images", "labels"),
+        shuffle: bool | None = None,
+        seed: int | None = 0,
         buffer_chunks: int = 8,
         drop_last: bool = False,
-        arrays: Sequence[str | Sequence[str]] = ("images", "labels"),
         transform: Transform | None = None,
         scale: float | None = 255.0,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        cache_chunks: int | None = None,
+        threads: int = 2,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(
-            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
-        )
-        self._structure = [(a,) if isinstance(a, str) else tuple(a) for a in arrays]
-        flat = [n for group in self._structure for n in group]
-        self._it = BatchIterator(
+        # Keras's enqueuer is never used (see ``workers`` above): it calls ``ds[i]`` itself
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
+        for name, v, lo in (
+            ("batch_size", batch_size, 1),
+            ("buffer_chunks", buffer_chunks, 1),
+            ("workers", workers, 1),
+            ("max_queue_size", max_queue_size, 1),
+            ("threads", threads, 1),
+        ):
+            _check_int(name, v, lo)
+        if cache_chunks is not None:
+            _check_int("cache_chunks", cache_chunks, 1)
+        for name, flag in (("drop_last", drop_last), ("use_multiprocessing", use_multiprocessing)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if shuffle is not None and not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle must be True, False or None, got {shuffle!r}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+        _check_int("seed", seed, 0)
+        self._parts = _parse_arrays(arrays)
+        names = _leaves(self._parts)
+        self.source = source
+        self.batch_size = batch_size
+        self.shuffle = len(self._parts) > 1 if shuffle is None else shuffle
+        self.seed = seed
+        self.buffer_chunks = buffer_chunks
+        self.drop_last = drop_last
+        self.read_workers = workers
+        self.read_processes = use_multiprocessing
+        self._batches = EpochBatches(
             source,
+            names,
             batch_size=batch_size,
-            shuffle=shuffle,
             seed=seed,
+            shuffle=self.shuffle,
             buffer_chunks=buffer_chunks,
             drop_last=drop_last,
-            arrays=flat,
             transform=transform,
+            scale=scale,
+            cache_chunks=cache_chunks,
+            threads=threads,
             storage_options=storage_options,
         )
-        self.scale = scale
-        self._lock = threading.Lock()
-        self._stash: dict[int, dict[str, np.ndarray]] = {}
-        self._gen: Iterator[dict[str, np.ndarray]] | None = None
-        self._next = 0  # index of the batch the generator yields next
+        src = self._batches.reader.source
+        strings = [n for n in names if n != INDEX and src.dtype(n).kind in "OSUT"]
+        if strings:
+            raise TypeError(
+                f"arrays {strings} hold strings, which Keras cannot turn into tensors; "
+                'put "index" in arrays and look them up, e.g. '
+                f"di.open_zarr(store).arrays[{strings[0]!r}][index]"
+            )
+        self._fingerprint = source_fingerprint(src)
+        self.epoch = 0
+        self._skip: frozenset[int] = frozenset()  # served before a loaded state was saved
+        self._served: set[int] = set()  # plan batches of this epoch served
+        self._generation = 0  # changes with the epoch or the batches a state left out
+        self._runtime()
+        if use_multiprocessing:
+            self._check_picklable()
+
+    def _runtime(self) -> None:
+        """Locks, pools and batches read ahead: rebuilt after unpickling, never pickled."""
+        self._lock = threading.RLock()
+        self._pool: Executor | None = None
+        self._pool_pid: int | None = None
+        self._ahead: dict[tuple[int, int], Future[dict[str, np.ndarray]]] = {}
+        self._last: int | None = None  # the index asked for last
+        self._in_order = 0  # how many requests in a row asked for the index after the last
+        self._view: np.ndarray | None = None  # plan batch of each index, after a resume
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # the EpochBatches copy re-opens the store
+        for key in ("_lock", "_pool", "_pool_pid", "_ahead", "_last", "_in_order", "_view"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._runtime()
+
+    def _check_picklable(self) -> None:
+        try:
+            pickle.dumps(self._batches)
+        except (pickle.PicklingError, AttributeError, TypeError) as e:
+            raise ValueError(
+                "use_multiprocessing=True sends this dataset to spawned processes, but it "
+                f"cannot be pickled ({e}); a transform must be a module-level function or "
+                "a picklable object (not a closure), or use workers=N threads instead"
+            ) from e
+
+    @property
+    def workers(self) -> int:
+        """1: what Keras sees, so that it calls ``ds[i]`` itself (see ``workers`` above)."""
+        return 1
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        raise AttributeError(
+            "KerasDataset runs its workers itself (Keras's own would carry batches across "
+            "epochs): pass workers= (and use_multiprocessing=) when creating it"
+        )
+
+    @property
+    def use_multiprocessing(self) -> bool:
+        """False: what Keras sees (see ``workers`` above)."""
+        return False
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value: bool) -> None:
+        raise AttributeError(
+            "KerasDataset runs its worker processes itself: pass use_multiprocessing= "
+            "(and workers=) when creating it"
+        )
+
+    @property
+    def scale(self) -> float | None:
+        """What ``images`` are divided by (None: as stored)."""
+        return self._batches.scale
+
+    @property
+    def transform(self) -> Transform | None:
+        """The transform applied to each batch."""
+        return self._batches.transform
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The plan of ``epoch`` (default: the current one): ``plan().batches[b]`` are the
+        store indices of plan batch ``b`` (``ds[i]`` is plan batch ``i`` unless a state
+        loaded mid-epoch left some out)."""
+        return self._batches.plan(self.epoch if epoch is None else epoch)
+
+    # -- the PyDataset protocol -------------------------------------------------------
+    def __len__(self) -> int:
+        return self._batches.num_batches - len(self._skip)
 
     @property
     def num_batches(self) -> int:
-        return len(self._it)
-
-    def __len__(self) -> int:
-        return len(self._it)
-
-    def on_epoch_end(self) -> None:
-        with self._lock:
-            self._it.set_epoch(self._it.epoch + 1)
-            self._gen, self._next = None, 0
-            self._stash.clear()
-
-    def _batch(self, index: int) -> dict[str, np.ndarray]:
-        with self._lock:
-            if index in self._stash:
-                return self._stash.pop(index)
-            if self._gen is None or index < self._next:
-                # start (or restart) the epoch at this batch
-                self._it.load_state_dict({**self._it.state_dict(), "batch": index})
-                self._gen, self._next = self._it.iter_dicts(), index
-            while True:
-                batch = next(self._gen)
-                i = self._next
-                self._next += 1
-                if i == index:
-                    return batch
-                self._stash[i] = batch
+        """Batches in the current epoch, ``len(ds)`` (Keras asks for this)."""
+        return len(self)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range 0..{len(self) - 1}")
-        batch = self._batch(index)
-        parts = []
-        for group in self._structure:
-            values = [self._convert(n, batch[n]) for n in group]
-            parts.append(values[0] if len(values) == 1 else tuple(values))
-        return tuple(parts)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"batch index must be an int, got {index!r}")
+        with self._lock:
+            n = len(self)
+            if not 0 <= index < n:
+                raise IndexError(f"batch {index} out of range 0..{n - 1}")
+            index = int(index)
+            epoch, generation = self.epoch, self._generation
+            b = self._batch_of(index)
+            future = self._ahead.pop((epoch, b), None)
+            in_order = self._last is not None and index == self._last + 1
+            self._in_order = self._in_order + 1 if in_order else 0
+            self._last = index
+            if self._in_order >= 2:  # not by chance, as in a shuffled order now and then
+                self._read_ahead(epoch, index)
+            else:
+                self._drop_ahead()
+        if future is not None:
+            batch = future.result()
+        elif self.read_processes:
+            batch = self._executor().submit(read_in_worker, epoch, b).result()
+        else:
+            batch = self._batches.read(epoch, b)
+        with self._lock:
+            if self._generation == generation:  # not an epoch left meanwhile
+                self._served.add(b)
+        return self._structure(batch)
 
-    def _convert(self, name: str, a: np.ndarray) -> np.ndarray:
-        if name == "images" and self.scale is not None:
-            return a.astype(np.float32) / np.float32(self.scale)
-        return a
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        """The rest of the current epoch in order; then the next epoch is selected."""
+        for i in range(len(self)):
+            yield self[i]
+        self.on_epoch_end()
+
+    def on_epoch_begin(self) -> None:
+        """Keras calls this before each pass: move on if the current epoch was served whole."""
+        with self._lock:
+            self._advance_if_served()
+
+    def on_epoch_end(self) -> None:
+        """Keras calls this after each pass: move on if the current epoch was served whole."""
+        with self._lock:
+            self._advance_if_served()
+
+    # -- epochs and state -------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch`` from now on (its order is fixed by ``(seed, epoch)``), whole."""
+        _check_int("epoch", epoch, 0)
+        with self._lock:
+            self._select(int(epoch))
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A Keras callback that sets this dataset's epoch to Keras's epoch number.
+
+        Pass it to ``fit(..., callbacks=[ds.epoch_callback()])`` so that
+        ``initial_epoch=k`` (or ``BackupAndRestore`` resuming at epoch ``k``) reads epoch
+        ``k``'s order, and a mid-epoch :meth:`state_dict` leaves out the batch Keras
+        reads to build the model before training.
+        """
+        return _EpochCallback(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch, the batches of it already served, and the settings that shape the order."""
+        with self._lock:
+            return {
+                "epoch": self.epoch,
+                "consumed": sorted(self._skip | self._served),
+                **self._settings(),
+            }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state``: the rest of its epoch, then the following epochs.
+
+        Raises ValueError, naming the setting, when the state was saved with another
+        source, seed, batch size, shuffle, buffer_chunks or drop_last: its epoch would
+        be cut into other batches, and resuming would repeat or miss samples.
+        """
+        missing = [k for k in ("epoch", "consumed", *_ORDER_SETTINGS) if k not in state]
+        if missing:
+            raise ValueError(f"not a KerasDataset state: it lacks {missing}")
+        mine = self._settings()
+        wrong = [k for k in _ORDER_SETTINGS if state[k] != mine[k]]
+        if wrong:
+            said = ", ".join(f"{k}={state[k]!r} (this dataset: {mine[k]!r})" for k in wrong)
+            what = "another source" if {"num_samples", "chunk_len", "source"} & set(wrong) else ""
+            raise ValueError(
+                f"this state was saved with {said}; resuming with other settings would repeat "
+                "or miss samples. "
+                + (f"It belongs to {what}. " if what else "")
+                + "Create the dataset with the state's settings to resume it."
+            )
+        _check_int("epoch", state["epoch"], 0)
+        consumed = [int(b) for b in state["consumed"]]
+        top = self._batches.num_batches
+        if any(not 0 <= b < top for b in consumed):
+            raise ValueError(f"state['consumed'] holds batch numbers outside 0..{top - 1}")
+        with self._lock:
+            self._select(int(state["epoch"]))
+            self._skip = frozenset(consumed)
+            self._advance_if_served()  # a state saved after the last batch of its epoch
+
+    def read_stats(self) -> ReadStats:
+        """What has been read so far: samples delivered and loaded, chunk loads, cache peaks.
+
+        Each process has its own counts (with ``use_multiprocessing``, the workers' reads
+        are not counted here).
+        """
+        return self._batches.reader.stats()
+
+    def close(self) -> None:
+        """Stop background threads or processes and drop the cached chunks."""
+        pool, pid = getattr(self, "_pool", None), getattr(self, "_pool_pid", None)
+        self._pool = None
+        if pool is not None and pid == os.getpid():
+            pool.shutdown(wait=False, cancel_futures=True)
+        batches = getattr(self, "_batches", None)
+        if batches is not None:
+            batches.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        src = self._batches.reader.source
+        return {
+            "num_samples": src.n,
+            "chunk_len": src.chunk_len,
+            "source": self._fingerprint,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "buffer_chunks": self.buffer_chunks,
+            "drop_last": self.drop_last,
+        }
+
+    def _select(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._skip = frozenset()
+        self._served = set()
+        self._generation += 1
+        self._view = None
+        self._last = None
+        self._in_order = 0
+        self._drop_ahead()
+
+    def _advance_if_served(self) -> None:
+        if len(self._served) >= len(self):
+            self._select(self.epoch + 1)
+
+    def _start_training(self) -> None:
+        """A fit starts: no batch of this epoch has been trained on in it (see epoch_callback)."""
+        with self._lock:
+            self._served = set()  # fit asks for all len(self) batches of its first epoch
+            self._generation += 1
+
+    def _batch_of(self, index: int) -> int:
+        """The plan batch that index ``index`` of the current epoch serves."""
+        if not self._skip:
+            return index
+        if self._view is None:
+            keep = np.ones(self._batches.num_batches, dtype=bool)
+            keep[list(self._skip)] = False
+            self._view = np.flatnonzero(keep)
+        return int(self._view[index])
+
+    def _structure(self, batch: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for kind, spec in self._parts:
+            if kind == "one":
+                out.append(batch[spec])
+            elif kind == "tuple":
+                out.append(tuple(batch[n] for n in spec))
+            else:
+                out.append({key: batch[n] for key, n in spec.items()})
+        return tuple(out)
+
+    def _executor(self) -> Executor:
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                if self.read_processes:
+                    # spawned, not forked: the loader's and torch's threads do not survive
+                    # a fork; the workers re-open the store and never import keras
+                    self._pool = ProcessPoolExecutor(
+                        self.read_workers,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=start_worker,
+                        initargs=(self._batches,),
+                    )
+                else:
+                    self._pool = ThreadPoolExecutor(
+                        self.read_workers, thread_name_prefix="daskimg-keras"
+                    )
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def _read_ahead(self, epoch: int, index: int) -> None:
+        """Requests come in order: read the next batches in the background (lock held)."""
+        depth = min(self.read_workers, self.max_queue_size)
+        wanted = {
+            (epoch, self._batch_of(j)) for j in range(index + 1, min(index + 1 + depth, len(self)))
+        }
+        for key in [k for k in self._ahead if k not in wanted]:
+            self._ahead.pop(key).cancel()
+        pool = self._executor()
+        for key in sorted(wanted - self._ahead.keys()):
+            read = read_in_worker if self.read_processes else self._batches.read
+            self._ahead[key] = pool.submit(read, *key)
+
+    def _drop_ahead(self) -> None:
+        for future in self._ahead.values():
+            future.cancel()  # one already running finishes; its batch is dropped
+        self._ahead.clear()
+
+
+class _EpochCallback(keras.callbacks.Callback):
+    """Sets a :class:`KerasDataset`'s epoch from Keras's (see ``epoch_callback``)."""
+
+    def __init__(self, data: KerasDataset) -> None:
+        super().__init__()
+        self.data = data
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self.data._start_training()
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if epoch != self.data.epoch:
+            self.data.set_epoch(epoch)
+
+
+# -- arrays= ------------------------------------------------------------------------------
+def _parse_arrays(arrays: Any) -> tuple[_Part, ...]:
+    """``arrays`` as checked parts; see the ``arrays`` parameter of :class:`KerasDataset`."""
+    form = (
+        "arrays is (inputs,), (inputs, targets) or (inputs, targets, sample_weights), each a "
+        "store array name, a tuple of names or a dict {model input name: array name}, e.g. "
+        '({"pixels": "images"}, "labels")'
+    )
+    if isinstance(arrays, (str, Mapping)) or not isinstance(arrays, Sequence):
+        raise ValueError(f"{form}; got {arrays!r}")
+    if not 1 <= len(arrays) <= 3:
+        raise ValueError(f"{form}; got {len(arrays)} parts: {arrays!r}")
+    parts: list[_Part] = []
+    for part in arrays:
+        if isinstance(part, str):
+            parts.append(("one", part))
+        elif isinstance(part, Mapping):
+            bad = [k for k, v in part.items() if not isinstance(k, str) or not isinstance(v, str)]
+            if not part or bad:
+                raise ValueError(f"{form}; the dict {part!r} must map names to array names")
+            parts.append(("dict", dict(part)))
+        elif isinstance(part, Sequence) and part and all(isinstance(n, str) for n in part):
+            parts.append(("tuple", tuple(part)))
+        else:
+            raise ValueError(f"{form}; got the part {part!r}")
+    return tuple(parts)
+
+
+def _leaves(parts: Sequence[_Part]) -> list[str]:
+    names: list[str] = []
+    for kind, spec in parts:
+        if kind == "one":
+            names.append(spec)
+        elif kind == "tuple":
+            names.extend(spec)
+        else:
+            names.extend(spec.values())
+    return names
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

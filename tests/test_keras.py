@@ -1,44 +1,483 @@
+"""KerasDataset with real Keras clients: fit (its default shuffle), validation, initial_epoch,
+workers, spawned processes, predict, resume. The oracle: the fixture's pixels encode each
+sample's id, and the store's ``idx`` column (read with plain zarr) maps store rows to ids."""
+
 from __future__ import annotations
 
 import os
+import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+psutil = pytest.importorskip("psutil")
+from conftest import flip_byte_in_chunk, plain_group  # noqa: E402
+
 import daskimg as di  # noqa: E402
+from daskimg import transforms  # noqa: E402
+from daskimg.errors import ChecksumError  # noqa: E402
 from daskimg.keras import KerasDataset  # noqa: E402
 
+N = 103  # samples of the ``indexed_set`` fixture
 
-def test_model_fit_two_epochs(tmp_path, indexed_set):
-    store = di.to_zarr(indexed_set, tmp_path / "train.zarr.zip", chunks=8)
-    data = KerasDataset(store, batch_size=16)
-    assert len(data) == 7
-    x, _y = data[0]
-    assert x.dtype == np.float32
-    assert x.shape == (16, 6, 5, 3)
-    assert float(x.max()) <= 1.0
-    model = keras.Sequential(
-        [
-            keras.Input((6, 5, 3)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(4, activation="softmax"),
-        ]
-    )
+#: Keras's own predict() turns torch tensors into numpy with ``copy=False`` (keras 3.15, numpy 2)
+keras_predict_warning = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # two shared cores: torch's own threads would fight the loader's (and make steps 8x slower)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(tmp_path, indexed_set):
+    """103 samples in 13 chunks of 8, in 7 shards, in shuffled order."""
+    return di.to_zarr(indexed_set, tmp_path / "train.zarr.zip", chunks=8, shard_chunks=2)
+
+
+def ids_of(images):
+    """The sample ids the pixels encode (images scaled to 0..1 by the default ``scale``)."""
+    x = np.asarray(images, dtype=np.float64) * 255.0
+    return (np.rint(x[:, 0, 0, 0]) + 256 * np.rint(x[:, 0, 0, 1])).astype(np.int64)
+
+
+def to_numpy(t):
+    return t.detach().cpu().numpy()  # the torch backend runs eagerly: real tensors
+
+
+class Record(keras.layers.Layer):
+    """Passes its input on; records the ids of what the model trains on and evaluates."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.train: list[list[np.ndarray]] = []  # per epoch, per batch
+        self.test: list[list[np.ndarray]] = []  # per evaluation pass, per batch
+
+    def call(self, x, training=None):
+        seen = self.train if training else self.test
+        if seen and not isinstance(x, keras.KerasTensor):  # in a pass, not building the model
+            seen[-1].append(ids_of(to_numpy(x)))
+        return x
+
+
+class Passes(keras.callbacks.Callback):
+    def __init__(self, rec):
+        super().__init__()
+        self.rec = rec
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.rec.train.append([])
+
+    def on_test_begin(self, logs=None):
+        self.rec.test.append([])
+
+    def on_predict_begin(self, logs=None):
+        self.rec.test.append([])
+
+
+def recording_model(shape=(6, 5, 3)):
+    keras.utils.set_random_seed(0)
+    rec = Record()
+    x = keras.Input(shape)
+    h = keras.layers.GlobalAveragePooling2D()(rec(x))
+    model = keras.Model(x, keras.layers.Dense(4, activation="softmax")(h))
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    history = model.fit(data, epochs=2, verbose=0)
-    assert len(history.history["loss"]) == 2
+    return model, rec, Passes(rec)
 
 
-def test_every_sample_once_and_reshuffled(tmp_path, indexed_set):
-    store = di.to_zarr(indexed_set, tmp_path / "train.zarr.zip", chunks=8)
-    data = KerasDataset(store, batch_size=10, arrays=("images", "idx"), scale=None, workers=2)
-    order = [2, 0, 1, *range(3, len(data))]  # asked out of order, as Keras workers do
-    got = {i: data[i][1] for i in order}
-    e0 = np.concatenate([got[i] for i in range(len(data))])
-    assert sorted(e0.tolist()) == list(range(103))
+def batch_sets(batches):
+    """An epoch as a sorted list of batches, each the sorted ids in it (Keras's order aside)."""
+    return sorted(tuple(sorted(b.tolist())) for b in batches)
+
+
+def flat(batches):
+    return np.concatenate(batches).tolist()
+
+
+# -- fit --------------------------------------------------------------------------------
+def test_fit_default_shuffle_trains_on_every_sample_once_per_epoch(store):
+    data = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()
+    model.fit(data, epochs=3, verbose=0, callbacks=[passes])  # fit's own shuffle=True
+    assert len(rec.train) == 3
+    for epoch in rec.train:
+        assert len(epoch) == 11
+        assert sorted(flat(epoch)) == list(range(N))
+    assert len({tuple(batch_sets(e)) for e in rec.train}) == 3  # reshuffled every epoch
+    assert data.epoch == 3
+    stats = data.read_stats()
+    assert stats.peak_cached_chunks <= 13  # all 13 chunks fit in the cache (3 * 8)
+    assert stats.chunks_loaded >= 13  # from the store, chunk by chunk
+
+
+def test_fit_default_shuffle_keeps_memory_bounded(tmp_path):
+    # 100 MB of pixels in 512 chunks; the cache holds 24 of them (4.7 MB). The previous
+    # adapter built batches in order and kept those not yet asked for: most of an epoch
+    # (+70 MB on half this store, +136 MB with workers=2).
+    n, hw = 8192, 64
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, hw, hw, 3), dtype=np.uint8)  # lz4 cannot shrink noise
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    path = di.to_zarr(di.ImageSet(images, np.arange(n) % 4), tmp_path / "big.zarr.zip", chunks=16)
+    store_bytes = images.nbytes
+    del images
+    data = KerasDataset(path, batch_size=32)
+    model, rec, passes = recording_model((hw, hw, 3))
+    # model, optimizer and allocator set up before measuring
+    model.fit(np.zeros((64, hw, hw, 3), np.float32), np.zeros(64), epochs=1, verbose=0)
+    rec.train.clear()
+
+    proc = psutil.Process()
+
+    def private():  # resident memory that is not the memory-mapped store (page cache)
+        m = proc.memory_info()
+        return m.rss - m.shared
+
+    base = private()
+    peak, done = [base], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], private())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        model.fit(data, epochs=1, verbose=0, callbacks=[passes])
+    finally:
+        done.set()
+        watcher.join()
+    assert sorted(flat(rec.train[0])) == list(range(n))
+    stats = data.read_stats()
+    chunk_bytes = 16 * hw * hw * 3
+    assert stats.peak_cached_chunks <= 24
+    assert stats.peak_cached_bytes <= 24 * chunk_bytes
+    growth = peak[0] - base
+    # the cache, a few batches (uint8 and float32), what fit itself allocates (+11 MB with
+    # a numpy PyDataset) and allocator slack (+15..20 MB in all); not the store
+    assert growth < 0.3 * store_bytes, f"grew {growth / 1e6:.1f} MB"
+
+
+def test_fit_initial_epoch_reads_that_epochs_order(store):
+    full = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()
+    model.fit(full, epochs=3, verbose=0, callbacks=[passes])
+    epoch2 = batch_sets(rec.train[2])
+    assert epoch2 != batch_sets(rec.train[0])  # so a replay of epoch 0 would fail below
+
+    resumed = KerasDataset(store, batch_size=10)
+    resumed.set_epoch(2)
+    model, rec, passes = recording_model()
+    model.fit(resumed, initial_epoch=2, epochs=3, verbose=0, callbacks=[passes])
+    assert batch_sets(rec.train[0]) == epoch2
+
+    # the callback follows Keras's epoch number: no set_epoch needed
+    followed = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()
+    cb = followed.epoch_callback()
+    model.fit(followed, initial_epoch=2, epochs=3, verbose=0, callbacks=[cb, passes])
+    assert batch_sets(rec.train[0]) == epoch2
+    assert followed.epoch == 3
+
+
+def test_fit_with_validation_data_evaluates_each_sample_once_in_store_order(store):
+    train = KerasDataset(store, batch_size=10)
+    valid = KerasDataset(store, batch_size=16, shuffle=False)
+    model, rec, passes = recording_model()
+    model.fit(train, validation_data=valid, epochs=2, verbose=0, callbacks=[passes])
+    store_order = plain_group(store)["idx"][:].tolist()  # sample id of each store row
+    assert len(rec.test) == 2
+    for validation in rec.test:
+        assert flat(validation) == store_order
+    for epoch in rec.train:
+        assert sorted(flat(epoch)) == list(range(N))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fit_with_two_workers_is_exact_per_epoch(store, shuffle):
+    data = KerasDataset(store, batch_size=10, workers=2)
+    # Keras's enqueuer, which carries batches across epochs, is unused: Keras sees 1
+    assert data.workers == 1 and data.use_multiprocessing is False
+    with pytest.raises(AttributeError, match="across epochs"):
+        data.workers = 4
+    model, rec, passes = recording_model()
+    model.fit(data, epochs=3, shuffle=shuffle, verbose=0, callbacks=[passes])
+    for epoch in rec.train:
+        assert sorted(flat(epoch)) == list(range(N))
+    assert len({tuple(batch_sets(e)) for e in rec.train}) == 3
+    if not shuffle:  # asked in order: the workers read ahead, the batches are the plan's
+        direct = KerasDataset(store, batch_size=10)
+        direct.set_epoch(2)
+        assert [b.tolist() for b in rec.train[2]] == [
+            ids_of(direct[i][0]).tolist() for i in range(11)
+        ]
+
+
+@keras_predict_warning
+def test_use_multiprocessing_spawns_workers_that_reopen_the_store(store):
+    data = KerasDataset(store, batch_size=10, workers=2, use_multiprocessing=True)
+    state = pickle.dumps(data)
+    assert b"_thread" not in state and b"RLock" not in state
+    try:
+        model, rec, passes = recording_model()
+        model.fit(data, epochs=2, verbose=0, callbacks=[passes])
+        for epoch in rec.train:
+            assert sorted(flat(epoch)) == list(range(N))
+        assert batch_sets(rec.train[0]) != batch_sets(rec.train[1])
+        # predict asks in order: the workers read ahead; rows follow epoch 2's plan
+        predicted = model.predict(data, verbose=0, callbacks=[passes])
+        assert len(predicted) == N
+        here = KerasDataset(store, batch_size=10, arrays=("images", "index"))
+        here.set_epoch(2)
+        assert flat(rec.test[0]) == flat([ids_of(here[i][0]) for i in range(len(here))])
+        assert data.epoch == 3
+    finally:
+        data.close()
+
+
+def test_use_multiprocessing_refuses_a_transform_it_cannot_pickle(store):
+    with pytest.raises(ValueError, match="picklable"):
+        KerasDataset(
+            store, batch_size=10, transform=transforms.random_flip(), use_multiprocessing=True
+        )
+
+
+# -- predict and named inputs -----------------------------------------------------------
+@keras_predict_warning
+def test_predict_returns_rows_in_store_order_by_default(store):
+    inputs_only = KerasDataset(store, batch_size=16, arrays=("images",), workers=2)
+    assert inputs_only.shuffle is False
+    assert KerasDataset(store, batch_size=16).shuffle is True  # with targets: training
+    model, _, _ = recording_model()
+    pixel_ids = keras.layers.Lambda(lambda x: x[:, 0, 0, 0] * 255 + x[:, 0, 0, 1] * 255 * 256)
+    reader = keras.Model(model.inputs, pixel_ids(model.inputs[0]))
+    predicted = reader.predict(inputs_only, verbose=0)
+    np.testing.assert_allclose(predicted, plain_group(store)["idx"][:], atol=1e-3)
+
+
+def test_named_dict_inputs_and_outputs_feed_a_functional_model(store):
+    data = KerasDataset(
+        store,
+        batch_size=10,
+        arrays=({"pixels": "images", "ident": "idx"}, {"cls": "labels"}),
+    )
+    inputs, targets = data[4]
+    assert set(inputs) == {"pixels", "ident"} and set(targets) == {"cls"}
+    np.testing.assert_array_equal(ids_of(inputs["pixels"]), inputs["ident"])
+    np.testing.assert_array_equal(targets["cls"], inputs["ident"] % 4)  # the fixture's labels
+
+    keras.utils.set_random_seed(0)
+    rec = Record()
+    pixels = keras.Input((6, 5, 3), name="pixels")
+    ident = keras.Input((), name="ident", dtype="int64")
+    pairs = []
+
+    class Pair(keras.layers.Layer):  # records (id from the pixels, id input) per sample
+        def call(self, x, i, training=None):
+            if training and not isinstance(x, keras.KerasTensor):
+                pairs.append((ids_of(to_numpy(x)), to_numpy(i)))
+            return x
+
+    h = keras.layers.GlobalAveragePooling2D()(Pair()(rec(pixels), ident))
+    out = keras.layers.Dense(4, activation="softmax", name="cls")(h)
+    model = keras.Model({"pixels": pixels, "ident": ident}, {"cls": out})
+    model.compile(optimizer="sgd", loss={"cls": "sparse_categorical_crossentropy"})
+    model.fit(data, epochs=2, verbose=0, callbacks=[Passes(rec)])
+    assert len(pairs) == 22
+    for from_pixels, given in pairs:
+        np.testing.assert_array_equal(from_pixels, given)  # each input went to its name
+    for epoch in rec.train:
+        assert sorted(flat(epoch)) == list(range(N))
+
+
+def test_arrays_forms_that_are_refused(store):
+    with pytest.raises(ValueError, match=r"\(inputs, targets\)"):
+        KerasDataset(store, batch_size=4, arrays={"pixels": "images"})  # which part is it?
+    with pytest.raises(ValueError, match="must map names to array names"):
+        KerasDataset(store, batch_size=4, arrays=({"pixels": 3}, "labels"))
+    with pytest.raises(ValueError, match="4 parts"):
+        KerasDataset(store, batch_size=4, arrays=("images", "labels", "idx", "idx"))
+    with pytest.raises(KeyError, match="nope"):
+        KerasDataset(store, batch_size=4, arrays=({"pixels": "nope"}, "labels"))
+    with pytest.raises(TypeError, match='"index"'):
+        KerasDataset(store, batch_size=4, arrays=("images", "paths"))
+
+
+def test_index_gives_each_samples_store_row(store):
+    data = KerasDataset(store, batch_size=10, arrays=("images", "index"))
+    idx = plain_group(store)["idx"][:]
+    rows = []
+    for i in np.random.default_rng(1).permutation(len(data)).tolist():
+        images, index = data[i]
+        assert index.dtype == np.int64
+        np.testing.assert_array_equal(idx[index], ids_of(images))
+        rows.append(index)
+    assert sorted(flat(rows)) == list(range(N))
+
+
+# -- reading by index ---------------------------------------------------------------------
+def test_any_index_order_gives_the_plans_batches_exactly_once(store):
+    flip = transforms.random_flip(p=0.5)
+    data = KerasDataset(store, batch_size=10, arrays=("images", "index"), transform=flip)
+    data.set_epoch(1)
+    order = np.random.default_rng(0).permutation(len(data)).tolist()
+    got = {i: data[i] for i in order}
+    again = data[order[3]]  # the same batch, augmented the same way
+    np.testing.assert_array_equal(again[0], got[order[3]][0])
+    idx = plain_group(store)["idx"][:]  # sample id of each store row
+    it = di.BatchIterator(store, batch_size=10, arrays=("images", "idx"), transform=flip, seed=0)
+    it.set_epoch(1)
+    for i, (images, ids) in enumerate(it):  # the iterator's batch i, flips included
+        np.testing.assert_array_equal(idx[got[i][1]], ids)
+        np.testing.assert_array_equal(got[i][0], images.astype(np.float32) / 255)
+    assert sorted(flat([got[i][1] for i in order])) == list(range(N))
+
+
+def test_reads_are_chunkwise_in_order_and_bounded_in_any_order(store):
+    in_order = KerasDataset(store, batch_size=10, buffer_chunks=2)
+    for i in range(len(in_order)):
+        in_order[i]
+    assert in_order.read_stats().amplification == 1.0  # each chunk read once
+    shuffled = KerasDataset(store, batch_size=10, buffer_chunks=2, cache_chunks=4)
+    for i in np.random.default_rng(0).permutation(len(shuffled)).tolist():
+        shuffled[i]
+    stats = shuffled.read_stats()
+    assert stats.peak_cached_chunks <= 4
+    assert stats.samples_delivered == N
+    assert 1.0 <= stats.amplification <= 3.0  # a chunk feeds at most 3 batches here
+    assert stats.chunks_loaded > 13  # a small cache: some chunks were read again
+
+
+@pytest.mark.parametrize("codec", ["lz4", "none", "jpeg"])
+def test_every_codec_by_index(tmp_path, codec):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (60, 16, 24, 3), dtype=np.uint8)
+    ds = di.ImageSet(images, np.arange(60) % 3, columns={"idx": np.arange(60)})
+    path = di.to_zarr(ds, tmp_path / "c.zarr.zip", chunks=8, shard_chunks=2, codec=codec)
+    stored = plain_group(path)["images"][:]
+    data = KerasDataset(path, batch_size=7, arrays=("images", "index"), scale=None)
+    for i in np.random.default_rng(2).permutation(len(data)).tolist():
+        images_b, index = data[i]
+        np.testing.assert_array_equal(images_b, stored[index])
+
+
+def test_a_damaged_chunk_is_an_error_naming_it_every_time(store):
+    flip_byte_in_chunk(store, "images", 5)
+    data = KerasDataset(store, batch_size=10, shuffle=False, buffer_chunks=1)
+    bad = next(i for i in range(len(data)) if 5 in (data.plan(0).batches[i] // 8).tolist())
+    for _ in range(2):  # a failed load is not cached
+        with pytest.raises(ChecksumError, match="chunk 5"):
+            data[bad]
+
+
+def test_a_dask_source_on_a_distributed_client(image_folder, client):
+    source = di.from_folder(image_folder, size=(16, 16))  # lazy: decoded by dask per block
+    data = KerasDataset(source, batch_size=5, arrays=("images", "index"), scale=None)
+    expected = source.images.compute()
+    for i in np.random.default_rng(0).permutation(len(data)).tolist():
+        images, index = data[i]
+        np.testing.assert_array_equal(images, expected[index])
+
+
+# -- epochs, pickling, resume -------------------------------------------------------------
+def test_epoch_moves_on_only_once_served_whole(store):
+    data = KerasDataset(store, batch_size=10, arrays=("images", "index"))
+    data.on_epoch_begin()
+    data[3]  # a peek, like Keras building a model
     data.on_epoch_end()
-    e1 = np.concatenate([data[i][1] for i in range(len(data))])
-    assert sorted(e1.tolist()) == list(range(103))
-    assert not np.array_equal(e0, e1)
+    assert data.epoch == 0
+    for i in range(len(data)):
+        data[i]
+    data.on_epoch_end()
+    assert data.epoch == 1
+    data.set_epoch(5)
+    assert [b[1].tolist() for b in data] != []  # iterating serves the epoch, then moves on
+    assert data.epoch == 6
+
+
+def test_pickled_copy_reopens_the_store_and_serves_the_same_batches(store):
+    data = KerasDataset(store, batch_size=10, arrays=("images", "index"), seed=None)
+    data.set_epoch(2)
+    first = data[1]
+    copy = pickle.loads(pickle.dumps(data))
+    assert copy.epoch == 2 and copy.seed == data.seed  # seed=None drew one, kept
+    assert isinstance(data.seed, int)
+    data.close()
+    del data  # the copy opened the store itself
+    np.testing.assert_array_equal(copy[1][1], first[1])
+    np.testing.assert_array_equal(copy[1][0], first[0])
+
+
+@pytest.mark.parametrize("stop_epoch", [0, 1])
+def test_resume_in_the_middle_of_an_epoch_gives_exactly_the_rest(store, stop_epoch):
+    full = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()
+    model.fit(full, epochs=2, verbose=0, callbacks=[passes])
+    expected = batch_sets(rec.train[stop_epoch])
+
+    saved = {}
+
+    class StopMidEpoch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if len(rec.train) == stop_epoch + 1 and batch == 4:
+                saved["state"] = first.state_dict()
+                self.model.stop_training = True
+
+    first = KerasDataset(store, batch_size=10)
+    first[7]  # looked at by hand: not trained on
+    model, rec, passes = recording_model()  # unbuilt: Keras reads a batch to build it
+    callbacks = [first.epoch_callback(), passes, StopMidEpoch()]
+    model.fit(first, epochs=2, verbose=0, callbacks=callbacks)
+    before = rec.train[stop_epoch]
+    assert len(before) == 5
+    assert saved["state"]["epoch"] == stop_epoch and len(saved["state"]["consumed"]) == 5
+
+    second = KerasDataset(store, batch_size=10)
+    second.load_state_dict(saved["state"])
+    assert len(second) == 6
+    model, rec, passes = recording_model()
+    callbacks = [second.epoch_callback(), passes]
+    model.fit(
+        second, initial_epoch=stop_epoch, epochs=stop_epoch + 1, verbose=0, callbacks=callbacks
+    )
+    assert batch_sets(before + rec.train[0]) == expected
+    assert second.epoch == stop_epoch + 1 and len(second) == 11
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("batch_size", 12),
+        ("shuffle", False),
+        ("buffer_chunks", 2),
+        ("drop_last", True),
+        ("seed", 1),
+    ],
+)
+def test_a_state_refuses_other_settings_naming_them(store, setting, value):
+    state = KerasDataset(store, batch_size=10).state_dict()
+    other = KerasDataset(store, **{"batch_size": 10, setting: value})
+    with pytest.raises(ValueError, match=rf"{setting}=.*this dataset"):
+        other.load_state_dict(state)
+
+
+def test_a_state_refuses_another_store(tmp_path, store, indexed_set):
+    state = KerasDataset(store, batch_size=10).state_dict()
+    other = di.to_zarr(indexed_set, tmp_path / "other.zarr.zip", chunks=8, seed=1)
+    with pytest.raises(ValueError, match="source="):
+        KerasDataset(other, batch_size=10).load_state_dict(state)
+    moved = tmp_path / "moved.zarr.zip"
+    os.rename(store, moved)  # the same store elsewhere resumes
+    KerasDataset(moved, batch_size=10).load_state_dict(state)
