@@ -21,13 +21,14 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from .feed.iterator import Transform
 from .read.boxes import clip_boxes
 
-__all__ = ["compose", "random_crop", "random_flip"]
+__all__ = ["Compose", "RandomCrop", "RandomFlip", "compose", "random_crop", "random_flip"]
 
 
 def random_flip(
@@ -64,11 +65,24 @@ def random_flip(
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must lie in [0, 1], got {p}")
-    boxes, masks = _names(boxes, "boxes"), _names(masks, "masks")
+    return RandomFlip(float(p), key, _names(boxes, "boxes"), _names(masks, "masks"))
 
-    def flip(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+
+@dataclass(frozen=True)
+class RandomFlip:
+    """The transform :func:`random_flip` returns (a plain object: it pickles into workers)."""
+
+    p: float
+    key: str
+    boxes: tuple[str, ...]
+    masks: tuple[str, ...]
+
+    def __call__(
+        self, batch: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        key = self.key
         x = batch[key]
-        which = rng.random(len(x)) < p
+        which = rng.random(len(x)) < self.p
         out = dict(batch)
         if not which.any():
             return out
@@ -76,17 +90,15 @@ def random_flip(
         x = x.copy()
         x[which] = x[which][:, :, ::-1]
         out[key] = x
-        for name in masks:
+        for name in self.masks:
             m = _array(batch, name, "masks", x.shape[:3]).copy()
             m[which] = m[which][:, :, ::-1]
             out[name] = m
-        for name in boxes:
+        for name in self.boxes:
             b = _array(batch, name, "boxes", (len(x), 4)).copy()
             b[which, 0], b[which, 2] = width - b[which, 2], width - b[which, 0]
             out[name] = b
         return out
-
-    return flip
 
 
 def random_crop(
@@ -109,9 +121,23 @@ def random_crop(
     (8, 4, 4, 3)
     """
     h, w = (int(s) for s in size)
-    boxes, masks = _names(boxes, "boxes"), _names(masks, "masks")
+    return RandomCrop(h, w, key, _names(boxes, "boxes"), _names(masks, "masks"))
 
-    def crop(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+
+@dataclass(frozen=True)
+class RandomCrop:
+    """The transform :func:`random_crop` returns (a plain object: it pickles into workers)."""
+
+    h: int
+    w: int
+    key: str
+    boxes: tuple[str, ...]
+    masks: tuple[str, ...]
+
+    def __call__(
+        self, batch: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        h, w, key = self.h, self.w, self.key
         x = batch[key]
         n, H, W = x.shape[:3]
         if h > H or w > W:
@@ -122,27 +148,33 @@ def random_crop(
         cols = (left[:, None] + np.arange(w))[:, None, :]
         at = np.arange(n)[:, None, None]
         out = {**batch, key: x[at, rows, cols]}
-        for name in masks:
+        for name in self.masks:
             out[name] = _array(batch, name, "masks", (n, H, W))[at, rows, cols]
-        for name in boxes:
+        for name in self.boxes:
             b = np.asarray(_array(batch, name, "boxes", (n, 4)), dtype=np.float64)
             shift = np.stack([left, top, left, top], axis=1)
             moved = clip_boxes(b - shift, (0, 0, w, h))
             out[name] = moved.astype(batch[name].dtype, copy=False)
         return out
 
-    return crop
-
 
 def compose(*transforms: Transform) -> Transform:
     """Apply transforms in order, each with the same generator."""
+    return Compose(tuple(transforms))
 
-    def run(batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        for t in transforms:
+
+@dataclass(frozen=True)
+class Compose:
+    """The transform :func:`compose` returns (a plain object: it pickles into workers)."""
+
+    transforms: tuple[Transform, ...]
+
+    def __call__(
+        self, batch: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        for t in self.transforms:
             batch = t(batch, rng)
         return batch
-
-    return run
 
 
 def _names(names: Sequence[str], what: str) -> tuple[str, ...]:

@@ -52,20 +52,15 @@ class FeedSource:
         self.scheduler: str | None = None
         location: str | None = None
         if isinstance(source, (str, os.PathLike)):
-            # checks version and completeness; URLs (s3://...) are read through zarr
-            ds = open_zarr(os.fspath(source), storage_options=storage_options)
-            self.attrs = ds.attrs
-            if ds.store_path is not None:
-                self.reader = StoreReader(ds.store_path)
-            arrays = ds.arrays
-            location = ds.store_path or getattr(ds, "store_url", None) or os.fspath(source)
-        elif isinstance(source, ImageSet):
+            # opened once, checked (version, completeness, metadata); local or at a URL
+            source = open_zarr(os.fspath(source), storage_options=storage_options)
+        if isinstance(source, ImageSet):
             arrays = source.arrays
             self.attrs = source.attrs
-            path = source.store_path
-            if path is not None:
-                self.reader = StoreReader(path)
-            location = path or getattr(source, "store_url", None)
+            if source.store is not None:
+                # the opened store's own checked reader: chunks straight from it, local or URL
+                self.reader = source.store.reader
+                location = source.store.location.target
         elif isinstance(source, Mapping):
             arrays = dict(source)
         elif isinstance(source, (tuple, list)):
