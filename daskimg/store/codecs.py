@@ -181,13 +181,13 @@ def decompress_into(body: memoryview, out: np.ndarray, where: str) -> None:
         raise ChecksumError(f"{where}: cannot decompress ({e})") from e
 
 
-#: a Zstandard frame may not claim more than this many bytes per compressed byte (strings
-#: of paths compress ~10x; a crafted header must not make daskimg allocate terabytes)
-_ZSTD_MAX_RATIO = 4096
+#: the longest string a chunk of strings may hold (bytes): bounds what a Zstandard frame of
+#: strings may claim, so a crafted header cannot make daskimg allocate terabytes
+MAX_STRING_BYTES = 65536
 
 
-def zstd_content_size(body: Any, where: str) -> int:
-    """The decompressed size a Zstandard frame declares (checked to be declared and sane)."""
+def zstd_content_size(body: Any, where: str, limit: int) -> int:
+    """The decompressed size a Zstandard frame declares (declared, and at most ``limit``)."""
     view = memoryview(body).cast("B")
     if len(view) < 6 or bytes(view[:4]) != b"\x28\xb5\x2f\xfd":
         raise ChecksumError(f"{where}: not a Zstandard frame; the chunk is damaged")
@@ -198,16 +198,17 @@ def zstd_content_size(body: Any, where: str) -> int:
     if width == 0 or len(view) < pos + width:
         raise ChecksumError(f"{where}: Zstandard frame without its content size; damaged")
     size = int.from_bytes(view[pos : pos + width], "little") + (256 if width == 2 else 0)
-    if size > _ZSTD_MAX_RATIO * len(view) + 2**16:
+    if size > limit:
         raise ChecksumError(
-            f"{where}: Zstandard frame claims {size} bytes from {len(view)}; the chunk is damaged"
+            f"{where}: Zstandard frame claims {size} bytes, more than the chunk can hold "
+            f"({limit}); the chunk is damaged"
         )
     return size
 
 
-def zstd_decode(body: Any, where: str, expected: int | None = None) -> bytes:
+def zstd_decode(body: Any, where: str, limit: int, expected: int | None = None) -> bytes:
     """Decompress one Zstandard frame (zarr's ``zstd`` codec), its sizes checked first."""
-    size = zstd_content_size(body, where)
+    size = zstd_content_size(body, where, limit)
     if expected is not None and size != expected:
         raise ChecksumError(
             f"{where}: chunk decompresses to {size} bytes, the array needs {expected}; damaged"
@@ -249,7 +250,8 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
         decode_chunk_into(body, out, where)
         return
     if kind == "vlen":
-        out[...] = vlen_decode(zstd_decode(body, where), out.size, where).reshape(out.shape)
+        limit = 4 + out.size * (4 + MAX_STRING_BYTES)
+        out[...] = vlen_decode(zstd_decode(body, where, limit), out.size, where).reshape(out.shape)
         return
     dest = out.reshape(-1).view(np.uint8)
     if kind == "raw":
@@ -257,7 +259,8 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
             raise ChecksumError(f"{where}: chunk holds {len(body)} bytes, expected {dest.nbytes}")
         dest[:] = np.frombuffer(body, dtype=np.uint8)
     elif kind == "zstd":
-        dest[:] = np.frombuffer(zstd_decode(body, where, dest.nbytes), dtype=np.uint8)
+        data = zstd_decode(body, where, dest.nbytes, expected=dest.nbytes)
+        dest[:] = np.frombuffer(data, dtype=np.uint8)
     elif kind == "blosc":
         decompress_into(body, out, where)
     else:
