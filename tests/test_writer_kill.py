@@ -175,3 +175,52 @@ def resume_and_finish(path: Path, sc: dict, new_arrays: dict, *, published: bool
     assert same(read_all(path), new_arrays)
     assert verify(path) == []
     assert not [s for s in (".partial", ".tmp", ".lock") if os.path.lexists(str(path) + s)]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_file_is_fsynced_before_it_is_published(tmp_path, monkeypatch, name):
+    """At the atomic step, every file and folder published was fsynced after its last
+    change, and the folder holding the store is fsynced after the step."""
+    from daskimg.store import location
+
+    kind, mode, overwrite, text = SCENARIOS[name]
+    path = tmp_path / f"s{'.zarr.zip' if kind == 'zip' else '.zarr'}"
+    old_store(path, mode, overwrite)
+    sc = {"mode": mode, "overwrite": overwrite, "n": N, "d": D, "threads": 2, "text": text}
+    pred, names = killpoints.scenario_rows(N, D, seed=1)
+    w = ArrayWriter(path, **killpoints.writer_args(sc))
+    for idx in killpoints.batches(N, 1):
+        w.append(pred=pred[idx], index=idx, **{text: [names[i] for i in idx]})
+
+    synced: dict[tuple[int, int], tuple[int, int]] = {}  # inode: (size, mtime) at its fsync
+    events: list[tuple[str, int]] = []
+    real_fsync, real_replace = os.fsync, location.replace_store
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced[st.st_dev, st.st_ino] = (st.st_size, st.st_mtime_ns)
+        events.append(("fsync", st.st_ino))
+        real_fsync(fd)
+
+    published = []
+
+    def replace_store(new, target):
+        entries = [Path(new)] if os.path.isfile(new) else [Path(new), *Path(new).rglob("*")]
+        for f in entries:
+            st = os.stat(f)
+            assert synced.get((st.st_dev, st.st_ino)) == (st.st_size, st.st_mtime_ns), (
+                f"{f} is published without an fsync after its last change"
+            )
+        published.append(len(entries))
+        real_replace(new, target)
+        events.append(("published", 0))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(location, "replace_store", replace_store)
+    w.close()
+    assert published and published[0] >= (1 if kind == "zip" else 10)  # files checked
+    after = events[events.index(("published", 0)) :]
+    assert ("fsync", os.stat(tmp_path).st_ino) in after  # the exchange or rename itself
+    got = read_all(path)
+    np.testing.assert_array_equal(got["pred"], pred)
+    assert got[text].tolist() == names

@@ -214,7 +214,8 @@ def coerce_text(name: str, value: Any) -> np.ndarray:
     out = arr.astype(object)  # a copy: the caller may reuse its list
     for i, x in enumerate(out):
         if not isinstance(x, str):
-            raise TypeError(f"{name}: row {i} is {type(x).__name__} {x!r}, not a str")
+            hint = "; decode bytes first, e.g. b.decode()" if isinstance(x, bytes) else ""
+            raise TypeError(f"{name}: row {i} is {type(x).__name__} {x!r}, not a str{hint}")
     try:
         "".join(out).encode("utf-8")
     except UnicodeEncodeError:

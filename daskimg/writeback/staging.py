@@ -61,6 +61,10 @@ MANIFEST = "writer.json"
 MANIFEST_VERSION = 2
 #: bytes per sample assumed for a text array when sizing chunks
 TEXT_BYTES = 64
+#: at most this many samples per chunk (by default) when there is text: zarr pads the last
+#: chunk with empty strings, 4 bytes each, which compress so well that longer chunks would
+#: exceed the compression ratio daskimg's checked reader accepts from a Zstandard frame
+TEXT_CHUNK_MAX = 4096
 Sink = Appended | Placed
 
 
@@ -140,6 +144,8 @@ def create(
     n = num_samples if placed else 0
     widest = max(specs.values(), key=lambda s: _sample_bytes(*s))
     chunk_len = chunks or auto_chunk_len((_sample_bytes(*widest),), "u1", num_samples or 2**62)
+    if chunks is None and any(d == TEXT for _, d in specs.values()):
+        chunk_len = min(chunk_len, TEXT_CHUNK_MAX)
     os.makedirs(staging)
     try:
         store = staging / "store"
