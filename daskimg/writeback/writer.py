@@ -548,12 +548,13 @@ class ArrayWriter:
         self._check_usable()
         if self._sink is None:
             where = (
-                "it was published before the write this resumed was interrupted"
+                "it was published before the write this resumed was interrupted); close() has "
+                "nothing left to do"
                 if self._done
-                else f"the finished store waits at {self.path!r}; close() uploads it"
+                else f"the finished store waits at {self.path!r}); close() uploads them"
             )
             raise ValueError(
-                f"all {self.num_rows} rows of {self.target!r} are written ({where}); nothing "
+                f"all {self.num_rows} rows of {self.target!r} are written ({where}. Nothing "
                 "can be appended to it"
             )
         sink = self._sink
