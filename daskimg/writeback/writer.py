@@ -15,20 +15,18 @@ import logging
 import os
 import threading
 import time
-from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 
 from ..errors import DaskImgError, StoreExistsError
 from ..store.codecs import parse_codec
 from ..store.location import Location, remove_path, write_lock
 from . import staging
-from .checks import TEXT, check_batch, coerce, integer_arg, parse_index, parse_specs
+from .batches import Batch, needs_index, next_rows
+from .checks import TEXT, integer_arg, parse_index, parse_specs
 from .placed import Placed
 from .shards import SHARD_BYTES as SHARD_BYTES
 from .shards import SHARD_CHUNKS_MAX as SHARD_CHUNKS_MAX
@@ -558,16 +556,9 @@ class ArrayWriter:
                 "can be appended to it"
             )
         sink = self._sink
-        values = self._name_values(batch, named)
-        lazy = [n for n, v in values.items() if isinstance(v, da.Array)]
-        for name, v in values.items():
-            if name in lazy:
-                self._check_dask(name, v)
-            else:
-                values[name] = coerce(name, v, self.specs[name], self.classes)
-        n_rows = self._count_rows(values)
-        idx = self._index(index, n_rows)
-        pieces = self._pieces(values, lazy, n_rows, idx, sink.step)
+        given = Batch.of(self.specs, self.classes, batch, named)
+        idx = self._index(index, given.rows)
+        pieces = given.pieces(idx, sink.step)
         try:
             if isinstance(sink, Placed):
                 assert idx is not None
@@ -584,128 +575,22 @@ class ArrayWriter:
         ):
             self.checkpoint()
 
-    def _name_values(self, batch: Any, named: dict[str, Any]) -> dict[str, Any]:
-        if batch is not None:
-            if named:
-                raise TypeError("pass one batch, or arrays by name, not both")
-            if len(self.specs) != 1:
-                raise TypeError(
-                    f"this writer has several arrays; name them all: append({', '.join(f'{n}=...' for n in self.specs)})"
-                )
-            return {next(iter(self.specs)): batch}
-        if set(named) != set(self.specs):
-            missing = sorted(set(self.specs) - set(named))
-            extra = sorted(set(named) - set(self.specs))
-            raise TypeError(
-                f"append needs every array of this writer, {sorted(self.specs)}"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; unknown {extra}" if extra else "")
-            )
-        return dict(named)
-
-    def _check_dask(self, name: str, v: da.Array) -> None:
-        if any(np.isnan(c) for c in v.chunks[0]):
-            raise ValueError(
-                f"{name}: a dask array of unknown length; call .compute_chunk_sizes() first"
-            )
-        shape, dtype = self.specs[name]
-        if dtype == TEXT:
-            if v.ndim != 1:
-                raise ValueError(f"{name}: expected a batch of shape (n,) of str, got {v.shape}")
-        else:
-            check_batch(name, v.shape, v.dtype, shape, dtype)
-
-    def _count_rows(self, arrays: Mapping[str, Any]) -> int:
-        rows = {n: int(a.shape[0]) for n, a in arrays.items()}
-        if len(set(rows.values())) != 1:
-            raise ValueError(f"every array needs the same number of rows per append; got {rows}")
-        n = next(iter(rows.values()))
-        have = self.num_rows
-        if self.order == "store" and self._expected is not None and have + n > self._expected:
-            raise ValueError(
-                f"{self.path!r} has {self._expected} samples; {have} rows are appended "
-                f"already, so this batch of {n} is {have + n - self._expected} too many"
-            )
-        return n
-
     def _index(self, index: Any, n: int) -> np.ndarray | None:
         """The batch's store indices, checked (None: rows in arrival order)."""
         sink = self._sink
         if isinstance(sink, Placed):
             if index is None:
-                raise ValueError(self._needs_index())
+                raise ValueError(needs_index(self.mode, self.target, self._expected))
             idx = parse_index(index, n)
             sink.check(idx)
             return idx
-        if index is None:
-            return None
-        if self._expected is None:
+        have = self.num_rows
+        if self._expected is not None and have + n > self._expected:
             raise ValueError(
-                "index= places rows by store index, which needs the number of samples up "
-                "front: pass num_samples=N to ArrayWriter (rows may then arrive in any order). "
-                "Without it, rows are stored in the order appended: drop index="
+                f"{self.path!r} has {self._expected} samples; {have} rows are appended "
+                f"already, so this batch of {n} is {have + n - self._expected} too many"
             )
-        idx = parse_index(index, n)
-        first = self.num_rows
-        if not np.array_equal(idx, np.arange(first, first + n)):
-            shown = ", ".join(map(str, idx[:4].tolist())) + (", ..." if n > 4 else "")
-            raise ValueError(
-                f"order='store' stores the k-th row appended as sample k, so this batch's rows "
-                f"are samples {first}..{first + n - 1}, but index= says [{shown}]; leave order "
-                "unset to place rows by index, whatever their order"
-            )
-        return idx
-
-    def _needs_index(self) -> str:
-        if self.mode == "a":
-            return (
-                f"mode='a' puts each row on its sample of {self.target!r} by store index, so "
-                "append needs index=, the store indices of the batch's rows: "
-                "append(batch, index=index). BatchIterator(..., arrays=('images', 'index')) "
-                "and TorchDataset(..., arrays=('images', 'index')) yield them with each batch. "
-                "If the rows come exactly in the store's order (BatchIterator(shuffle=False) in "
-                "one process, no DataLoader workers), say so: ArrayWriter(..., mode='a', "
-                "order='store')"
-            )
-        return (
-            f"this writer places rows by store index (num_samples={self._expected}), so append "
-            "needs index=, the store indices of the batch's rows; or pass order='store' to "
-            "store rows in the order appended"
-        )
-
-    def _pieces(
-        self,
-        values: dict[str, Any],
-        lazy: list[str],
-        n_rows: int,
-        idx: np.ndarray | None,
-        step: int,
-    ) -> Iterator[tuple[np.ndarray | None, dict[str, np.ndarray]]]:
-        """The batch as ``(indices, arrays)`` pieces: whole, or dask arrays a few blocks at a time."""
-        if not lazy:
-            yield idx, values
-            return
-        lead: da.Array = values[lazy[0]]
-        bounds = np.cumsum((0, *lead.chunks[0])).tolist()
-        a = 0
-        while a < n_rows:
-            b = bounds[min(bisect_left(bounds, a + step), len(bounds) - 1)]
-            parts = dask.compute(*[values[n][a:b] for n in lazy])
-            piece = dict(zip(lazy, parts, strict=True))
-            for name, part in piece.items():
-                got = np.shape(part)[0] if np.ndim(part) else 0
-                if got != b - a:  # else rows would shift against the other arrays
-                    raise ValueError(
-                        f"{name}: rows {a}..{b} of the dask array computed to {got} rows, "
-                        f"not the {b - a} its chunks declare; fix the function that makes "
-                        "its blocks (map_blocks chunks=...), or call .compute_chunk_sizes()"
-                    )
-            out = {
-                n: coerce(n, piece[n], self.specs[n], self.classes) if n in piece else v[a:b]
-                for n, v in values.items()
-            }
-            yield (None if idx is None else idx[a:b]), out
-            a = b
+        return None if index is None else next_rows(index, n, have, self._expected)
 
     # -- closing ----------------------------------------------------------------------
     def _close(self) -> None:
