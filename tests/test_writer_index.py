@@ -355,3 +355,26 @@ def test_damaged_staging_bitmap_is_refused_on_resume(tmp_path):
         ArrayWriter(p, shape=(), dtype="int64", num_samples=10, resume=True)
     with ArrayWriter(p, shape=(), dtype="int64", num_samples=10) as w:  # resume=False: over
         w.append(np.arange(10), index=np.arange(10))
+
+
+@pytest.mark.parametrize("name", ["p.zarr.zip", "p.zarr"])
+def test_placed_rows_and_text_to_a_url(tmp_path, monkeypatch, name):
+    # built locally (tempfile.gettempdir() here is tmp_path), uploaded by close()
+    pytest.importorskip("fsspec")
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    url = f"memory://writer-index-{os.getpid()}/{name}"
+    n = 45
+    oracle = np.arange(n, dtype=np.float32)
+    words = [f"s3-name-{i}-é" for i in range(n)]
+    batches = interleaved(n, batch=8, workers=2, seed=6)
+    arrays = {"pred": ((), "float32"), "paths": ((), str)}
+    with ArrayWriter(url, arrays=arrays, num_samples=n, storage_options={}) as w:
+        for b in batches:
+            w.append(pred=oracle[b], paths=[words[i] for i in b], index=b)
+    ds = di.open_zarr(url, storage_options={})
+    np.testing.assert_array_equal(ds.arrays["pred"].compute(), oracle)
+    assert ds.paths.tolist() == words
+    assert verify(url, storage_options={}) == []
+    assert not any((tmp_path / "daskimg-writer").rglob("*.partial"))
