@@ -122,7 +122,7 @@ def test_kill_at_every_step_of_close(tmp_path, name, monkeypatch):
     runs = [json.loads(line) for line in out.stdout.splitlines()]
     assert not [r for r in runs if "error" in r], runs
     assert runs[-1]["ok"] and all(r["killed"] for r in runs[:-1])  # the last one finished
-    assert len(runs) > 20  # a close() has many steps; each was a kill point
+    assert len(runs) > 15  # a close() has many steps; each was a kill point
 
     outcomes = {"old": 0, "new": 0}
     states: dict[str, str] = {}
