@@ -16,17 +16,17 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import DaskImgError, StoreExistsError
+from ..errors import DaskImgError
 from ..store.codecs import parse_codec
 from ..store.location import Location, remove_path, write_lock
 from . import staging
 from .batches import Batch, needs_index, next_rows
 from .checks import TEXT, integer_arg, parse_index, parse_specs
+from .lifecycle import Plan, check_complete, start
 from .placed import Placed
 from .shards import SHARD_BYTES as SHARD_BYTES
 from .shards import SHARD_CHUNKS_MAX as SHARD_CHUNKS_MAX
@@ -224,7 +224,6 @@ class ArrayWriter:
             chunks = integer_arg(chunks, 1, "chunks must be a positive number of samples")
         if shard_chunks is not None:
             shard_chunks = integer_arg(shard_chunks, 1, "shard_chunks must be a positive integer")
-        self._shard_chunks = shard_chunks
         threads = integer_arg(threads, 0, "threads must be an integer >= 0")
         if checkpoint_every is not None and checkpoint_every < 0:
             raise ValueError(
@@ -254,18 +253,15 @@ class ArrayWriter:
         self.kind = loc.kind
         self.mode = mode
         self.overwrite = overwrite
-        self.classes = tuple(str(c) for c in classes)
         self.checkpoint_every = checkpoint_every
-        self._staging = Path(self.path + ".partial")
-        self._sink: staging.Sink | None = None
-        self._final_rows = 0  # rows of a store finished before this writer opened
-        self._durable = 0
-        self._expected: int | None = num_samples  # mode "a": the store's num_samples
-        self._manifest: dict[str, Any] = {}
+        self._plan = Plan(
+            path=self.path, target=self.target, url=self.url, kind=self.kind, mode=mode,
+            order=self.order, overwrite=overwrite, specs=self.specs, chunks=chunks,
+            shard_chunks=shard_chunks, codec=codec, split=split,
+        )  # fmt: skip
+        self._staging = self._plan.staging
         self._closed = False
         self._broken: str | None = None
-        self._pending = False  # URL: the store is complete locally, not uploaded yet
-        self._done = False  # published by the write this resumed, before it was interrupted
         self._mutex = threading.RLock()  # one append, checkpoint or close at a time
         self._last_checkpoint = time.monotonic()
         self._pool = ShardPool(threads)
@@ -278,10 +274,26 @@ class ArrayWriter:
         self._lock.callback(_close_all, self._files)
         self._lock.callback(self._pool.shutdown)
         try:
-            self._open(chunks, codec, resume, split)
+            st = start(
+                self._plan,
+                self._pool,
+                resume=resume,
+                num_samples=num_samples,
+                classes=tuple(str(c) for c in classes),
+            )
         except BaseException:
             self._lock.close()
             raise
+        self._manifest: dict[str, Any] = st.manifest
+        self._sink: staging.Sink | None = st.sink
+        if isinstance(st.sink, Placed):
+            self._files.append(st.sink)
+        self._expected = st.num_samples  # known number of samples (mode "a": the store's)
+        self.classes = st.classes
+        self._final_rows = st.rows  # rows of a store finished before this writer opened
+        self._pending = st.pending  # URL: the store is complete locally, not uploaded yet
+        self._done = st.done  # published by the write this resumed, before it was interrupted
+        self._durable = self.num_rows
 
     # -- public -----------------------------------------------------------------------
     @property
@@ -410,119 +422,6 @@ class ArrayWriter:
         with self._mutex:
             self._close()
 
-    # -- opening ----------------------------------------------------------------------
-    def _open(self, chunks: int | None, codec: str | None, resume: bool, split: str | None) -> None:
-        target_exists = os.path.lexists(self.path)
-        if self.url is not None and target_exists:
-            # a finished local copy whose upload failed or was cut short
-            if resume:
-                self._final_rows, chunk_len = staging.check_finished(self.path, self.specs)
-                if chunks is not None and chunks != chunk_len:
-                    raise ValueError(
-                        f"cannot resume: the finished store at {self.path!r} (not yet uploaded) "
-                        f"has chunks={chunk_len}. Pass the same arguments, or resume=False to "
-                        "discard it"
-                    )
-                self._durable = self._final_rows
-                self._manifest = {"chunk_len": chunk_len}
-                self._pending = True
-                remove_path(str(self._staging))  # left by a kill just after the store was finished
-                logger.info(
-                    "resumed %s: %d rows, finished, to upload", self.target, self._final_rows
-                )
-                return
-            logger.warning("discarding the finished, not uploaded store at %s", self.path)
-            remove_path(self.path)
-            target_exists = False
-        if resume and target_exists and self._resume_published():
-            return
-        if self.mode == "w" and target_exists and not self.overwrite:
-            raise StoreExistsError(
-                f"{self.path!r} exists; pass overwrite=True to replace it, or mode='a' to add "
-                "arrays to it"
-            )
-        token = None
-        if self.mode == "a":
-            try:
-                chunks, token = self._check_target(chunks)
-            except StoreExistsError as e:
-                if not resume or staging.read_manifest(self._staging) is not None:
-                    raise
-                remove_path(str(self._staging))  # what a kill left of a finished write's
-                raise StoreExistsError(
-                    f"{e}. resume=True found no unfinished write here: the write that added "
-                    "them finished (its arrays are in the store)"
-                ) from None
-        if resume and self._resume(chunks, codec, token, split):
-            return
-        if self._staging.exists():
-            why = "it has no checkpoint to resume from" if resume else "resume=False"
-            logger.warning("discarding the unfinished write at %s (%s)", self._staging, why)
-        remove_path(str(self._staging))
-        remove_path(self.path + ".tmp")
-        self._use(*staging.create(
-            self._staging, self.specs, self._pool,
-            mode=self.mode, kind=self.kind, order=self.order, num_samples=self._expected,
-            chunks=chunks, shard_chunks=self._shard_chunks, codec=codec,
-            classes=self.classes, split=split, token=token, where=repr(self.target),
-        ))  # fmt: skip
-
-    def _use(self, manifest: dict[str, Any], sink: staging.Sink) -> None:
-        self._manifest, self._sink = manifest, sink
-        if isinstance(sink, Placed):
-            self._files.append(sink)
-
-    def _resume_published(self) -> bool:
-        """The write this resumes was published before it was interrupted: nothing is left."""
-        rows = staging.published(self._staging, Location.of(self.path))
-        if rows is None:
-            return False
-        logger.warning(
-            "%s: the write being resumed was published before it was interrupted; all %d "
-            "rows are in the store, and close() has nothing left to do",
-            self.target,
-            rows,
-        )
-        self._manifest = dict(staging.read_manifest(self._staging) or {})
-        remove_path(str(self._staging))
-        self._final_rows = self._durable = rows
-        self._done = True
-        return True
-
-    def _check_target(self, chunks: int | None) -> tuple[int, str]:
-        """mode "a": check the store; return its chunk length and a token of its identity."""
-        chunk_len, token, n, classes = staging.check_target(
-            self.path, self.specs, overwrite=self.overwrite, chunks=chunks
-        )
-        if self._expected is not None and self._expected != n:
-            raise ValueError(
-                f"num_samples={self._expected}, but {self.path!r} has {n} samples; leave "
-                "num_samples unset with mode='a'"
-            )
-        self._expected = n
-        self.classes = self.classes or classes
-        return chunk_len, token
-
-    def _resume(
-        self, chunks: int | None, codec: str | None, token: str | None, split: str | None
-    ) -> bool:
-        """Reload the last checkpoint of an unfinished write; False if there is none."""
-        state = staging.resume(
-            self._staging, self.specs, self._pool,
-            mode=self.mode, order=self.order, num_samples=self._expected, chunks=chunks,
-            shard_chunks=self._shard_chunks, codec=codec, token=token, classes=self.classes,
-            split=split, where=repr(self.target),
-        )  # fmt: skip
-        if state is None:
-            return False
-        self._use(*state)
-        if self.mode == "w":  # the labels are checked against the classes the store records
-            attrs = self._manifest["root_meta"]["attributes"]["daskimg"]
-            self.classes = tuple(attrs.get("classes") or ())
-        self._durable = state[1].rows
-        logger.info("resumed %s with %d rows", self.target, self._durable)
-        return True
-
     # -- appending --------------------------------------------------------------------
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -609,20 +508,7 @@ class ArrayWriter:
 
     def _finish(self, sink: staging.Sink) -> None:
         """Finish the store at ``self.path`` (the local copy of a URL's)."""
-        if isinstance(sink, Placed):
-            missing = sink.missing()
-            if len(missing):
-                raise ValueError(
-                    f"{self.target!r}: {len(missing)} of {sink.n} samples have no row yet (the "
-                    f"first is index {int(missing[0])}); append them with their index= "
-                    "(missing() lists them), then close() again. Nothing was changed"
-                )
-        elif self._expected is not None and sink.rows != self._expected:
-            raise ValueError(
-                f"{self.path!r} has {self._expected} samples but {sink.rows} rows were appended "
-                f"to {list(self.specs)}; append exactly one row per sample, in the store's order "
-                "(nothing was changed)"
-            )
+        check_complete(self._plan, sink, self._expected)
         if sink.rows == 0:
             self._closed = True
             remove_path(str(self._staging))
