@@ -35,10 +35,11 @@ def scenario_rows(n: int, d: int, seed: int) -> tuple[np.ndarray, list[str]]:
     return pred, names
 
 
-def batches(n: int, seed: int) -> list[np.ndarray]:
-    """Store indices of each batch, in the scrambled order they arrive (within a batch too)."""
+def batches(n: int, seed: int, order: str = "index") -> list[np.ndarray]:
+    """Store indices of each batch, in the scrambled order they arrive (within a batch too);
+    for ``order="store"``, in store order."""
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
+    perm = rng.permutation(n) if order == "index" else np.arange(n)
     return [b for b in np.array_split(perm, 7) if len(b)]
 
 
@@ -48,6 +49,8 @@ def writer_args(sc: dict) -> dict:
     args.update(shard_chunks=2, checkpoint_every=None, threads=sc["threads"])
     if sc["mode"] == "w":
         args.update(chunks=8, num_samples=sc["n"])
+    if sc.get("order"):
+        args["order"] = sc["order"]
     return args
 
 
@@ -97,7 +100,7 @@ def child(sc: dict, path: str, k: int) -> None:
     os.fsync = lambda fd: None
     pred, names = scenario_rows(sc["n"], sc["d"], sc["seed"])
     w = ArrayWriter(path, **writer_args(sc))
-    for j, idx in enumerate(batches(sc["n"], sc["seed"])):
+    for j, idx in enumerate(batches(sc["n"], sc["seed"], sc.get("order") or "index")):
         w.append(pred=pred[idx], index=idx, **{sc["text"]: [names[i] for i in idx]})
         if j == 2:
             w.checkpoint()

@@ -31,8 +31,9 @@ import killpoints
 
 N, D = 40, 3
 
-SCENARIOS = {  # (kind, mode, overwrite, the new text array)
+SCENARIOS = {  # (kind, mode, overwrite, the new text array); rows placed by index
     "zip-w-overwrite": ("zip", "w", True, "paths"),
+    "zip-w-overwrite-store-order": ("zip", "w", True, "paths"),  # rows in arrival order
     "dir-w-overwrite": ("dir", "w", True, "paths"),
     "zip-a": ("zip", "a", False, "name"),
     "dir-a": ("dir", "a", False, "name"),
@@ -110,6 +111,7 @@ def test_kill_at_every_step_of_close(tmp_path, name, monkeypatch):
     sc = {
         "kind": kind, "mode": mode, "overwrite": overwrite, "n": N, "d": D, "seed": 1,
         "threads": 2, "text": text, "old": str(old), "workdir": str(work),
+        "order": "store" if name.endswith("store-order") else None,
     }  # fmt: skip
     (tmp_path / "sc.json").write_text(json.dumps(sc))
     out = subprocess.run(
@@ -163,7 +165,7 @@ def resume_and_finish(path: Path, sc: dict, new_arrays: dict, *, published: bool
         todo = set(w.missing().tolist())
         if published and not sc["overwrite"]:
             assert not todo and len(w) == N  # every row is in; close() has nothing to do
-        for idx in killpoints.batches(N, sc["seed"]):
+        for idx in killpoints.batches(N, sc["seed"], sc["order"] or "index"):
             if todo.issuperset(idx.tolist()):
                 w.append(
                     pred=new_arrays["pred"][idx],
@@ -186,10 +188,12 @@ def test_every_file_is_fsynced_before_it_is_published(tmp_path, monkeypatch, nam
     kind, mode, overwrite, text = SCENARIOS[name]
     path = tmp_path / f"s{'.zarr.zip' if kind == 'zip' else '.zarr'}"
     old_store(path, mode, overwrite)
+    order = "store" if name.endswith("store-order") else None
     sc = {"mode": mode, "overwrite": overwrite, "n": N, "d": D, "threads": 2, "text": text}
+    sc["order"] = order
     pred, names = killpoints.scenario_rows(N, D, seed=1)
     w = ArrayWriter(path, **killpoints.writer_args(sc))
-    for idx in killpoints.batches(N, 1):
+    for idx in killpoints.batches(N, 1, order or "index"):
         w.append(pred=pred[idx], index=idx, **{text: [names[i] for i in idx]})
 
     synced: dict[tuple[int, int], tuple[int, int]] = {}  # inode: (size, mtime) at its fsync
