@@ -1,7 +1,8 @@
-"""Write back: the checks on what an :class:`~daskimg.writer.ArrayWriter` is given.
+"""Write back: the checks on what an :class:`~daskimg.ArrayWriter` is given.
 
-Array specs (names, per-sample shapes, dtypes), batches (shape, row counts) and the casts
-that are safe: whatever would lose or change a value is refused with what to do.
+Array specs (names, per-sample shapes, dtypes; ``str`` for text), batches (shape, row
+counts, text), the casts that are safe, and the store indices that say where a batch's
+rows go: whatever would lose, change or misplace a value is refused with what to do.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from . import staging
+#: one array: the shape and dtype of one sample (``object`` for text)
+Spec = tuple[tuple[int, ...], np.dtype[Any]]
+#: the dtype of text arrays (Zarr v3 ``string``, vlen-utf8, as ``to_zarr`` stores ``paths``)
+TEXT = np.dtype(object)
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
@@ -23,7 +27,7 @@ def parse_specs(
     shape: int | Sequence[int] | None,
     dtype: Any,
     arrays: Mapping[str, tuple[int | Sequence[int], Any]] | None,
-) -> dict[str, staging.Spec]:
+) -> dict[str, Spec]:
     """``{name: (per-sample shape, dtype)}`` from ArrayWriter's arguments, checked."""
     if arrays is None:
         if shape is None or dtype is None:
@@ -36,12 +40,17 @@ def parse_specs(
         raise TypeError("pass shape= and dtype= for one array or arrays= for several, not both")
     if not arrays:
         raise ValueError("arrays is empty; name at least one array")
-    out: dict[str, staging.Spec] = {}
+    out: dict[str, Spec] = {}
     for n, spec in arrays.items():
         if not isinstance(n, str) or not _NAME.match(n):
             raise ValueError(f"array name {n!r} must be letters, digits, '_', '-' or '.'")
-        if n in ("images", "paths"):
+        if n == "images":
             raise ValueError(f"{n!r} is reserved for the store's own arrays; pick another name")
+        if n == "index":
+            raise ValueError(
+                "'index' is reserved: it is append()'s keyword for the store indices of a "
+                "batch's rows (and the loader's name for them); pick another name"
+            )
         if n == "zarr.json":
             raise ValueError(f"{n!r} is the name of Zarr's metadata files; pick another name")
         try:
@@ -52,7 +61,8 @@ def parse_specs(
                 shp = (operator.index(dims),)
             except TypeError:  # a sequence of dimensions (integers; 2.5 is refused)
                 shp = tuple(operator.index(d) for d in dims)
-            dt = np.dtype(dt)
+            text = is_text(dt)
+            dt = TEXT if text else np.dtype(dt)
         except (TypeError, ValueError) as e:
             raise TypeError(
                 f"arrays[{n!r}] must be (shape, dtype) of one sample, e.g. ((2048,), 'float32'); "
@@ -60,10 +70,19 @@ def parse_specs(
             ) from None
         if any(d < 1 for d in shp):
             raise ValueError(f"{n}: every dimension of a sample must be >= 1, got {shp}")
+        if text:
+            if shp != ():
+                raise ValueError(
+                    f"{n}: a text array holds one string per sample: shape (), not {shp}"
+                )
+            out[n] = (shp, TEXT)
+            continue
+        if n == "paths":
+            raise ValueError("'paths' holds one string per sample (its source file): ((), str)")
         if dt.kind not in "biuf" or dt.itemsize > 8:  # Zarr v3 has no float128
             raise TypeError(
                 f"{n}: dtype {dt} is not supported; use bool, integer or float (up to int64, "
-                "uint64, float64)"
+                "uint64, float64), or str for text"
             )
         if n == "labels" and (shp != () or dt.kind not in "iu"):
             raise ValueError(
@@ -129,3 +148,136 @@ def integer_arg(value: Any, least: int, what: str) -> int:
     if n is None or isinstance(value, bool) or n < least:
         raise ValueError(f"{what}, got {value!r}")
     return n
+
+
+def is_text(dtype: Any) -> bool:
+    """Whether a dtype argument asks for text (``str``, ``"str"``, ``"U"``, numpy's StringDType)."""
+    if dtype is str or dtype is np.str_:
+        return True
+    try:
+        return np.dtype(dtype).kind in "UT"
+    except TypeError:
+        return False
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """A batch as numpy: numpy arrays as they are, torch tensors detached, the rest asarray."""
+    if isinstance(value, np.ndarray):
+        return value
+    if all(hasattr(value, a) for a in ("detach", "cpu", "numpy")):
+        return np.asarray(value.detach().cpu().numpy())
+    return np.asarray(value)
+
+
+def coerce(name: str, value: Any, spec: Spec, classes: Sequence[str]) -> np.ndarray:
+    """``value`` as a numpy array of ``name``'s dtype, or an error saying what was expected."""
+    shape, dtype = spec
+    if dtype == TEXT:
+        return coerce_text(name, value)
+    try:
+        arr = as_numpy(value)
+    except TypeError as e:  # e.g. a bfloat16 tensor, which numpy has no type for
+        raise TypeError(
+            f"{name}: cannot convert the batch to numpy ({e}); cast it to {dtype} first"
+        ) from e
+    check_batch(name, arr.shape, arr.dtype, shape, dtype)
+    if name == "labels" and classes and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= len(classes):
+            raise ValueError(
+                f"labels must lie in 0..{len(classes) - 1} for {len(classes)} classes; "
+                f"this batch has {lo}..{hi}"
+            )
+    if arr.dtype.kind == "f" and dtype.kind == "f" and arr.dtype.itemsize > dtype.itemsize:
+        return narrow_float(name, arr, dtype)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def coerce_text(name: str, value: Any) -> np.ndarray:
+    """A batch of text (a list or tuple of str, or a numpy str array) as a 1-D object array."""
+    if isinstance(value, (list, tuple)):
+        arr = np.empty(len(value), dtype=object)
+        arr[:] = list(value)
+    elif isinstance(value, str):
+        raise ValueError(f"{name}: expected a batch of strings (a list), got one string; use [s]")
+    else:
+        arr = as_numpy(value)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a batch of shape (n,) of str, got shape {arr.shape}")
+    if arr.dtype.kind == "S":
+        raise TypeError(
+            f"{name}: expected str, got bytes ({arr.dtype}); decode them first, e.g. "
+            "[b.decode() for b in batch]"
+        )
+    if arr.dtype.kind not in "UOT" and len(arr):
+        raise TypeError(f"{name}: expected a batch of str, got {arr.dtype}")
+    out = arr.astype(object)  # a copy: the caller may reuse its list
+    for i, x in enumerate(out):
+        if not isinstance(x, str):
+            hint = "; decode bytes first, e.g. b.decode()" if isinstance(x, bytes) else ""
+            raise TypeError(f"{name}: row {i} is {type(x).__name__} {x!r}, not a str{hint}")
+    try:
+        "".join(out).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, x in enumerate(out):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"{name}: row {i} ({x!r}) cannot be stored as UTF-8 ({e.reason}); "
+                    "decode file names with errors='replace', or store them as bytes elsewhere"
+                ) from None
+    return out
+
+
+def parse_index(index: Any, n_rows: int) -> np.ndarray:
+    """The store indices of a batch's rows (an int array, a ``range`` or a ``slice``) as
+    int64, one per row; negative indices, fractions and wrong lengths are refused."""
+    if isinstance(index, slice):
+        if index.step is not None and index.step < 1:
+            raise ValueError(f"index={index!r}: a slice's step must be positive")
+        start = 0 if index.start is None else operator.index(index.start)
+        step = 1 if index.step is None else operator.index(index.step)
+        stop = start + n_rows * step if index.stop is None else operator.index(index.stop)
+        idx = np.arange(start, stop, step, dtype=np.int64)
+    elif isinstance(index, range):
+        idx = np.arange(index.start, index.stop, index.step, dtype=np.int64)
+    else:
+        arr = as_numpy(index)
+        if arr.ndim != 1:
+            raise ValueError(
+                f"index must be a 1-D sequence of store indices, one per row; got shape {arr.shape}"
+            )
+        if arr.dtype.kind not in "iu" and len(arr):
+            raise TypeError(
+                f"index must hold integers (the store indices of the batch's rows); got {arr.dtype}"
+            )
+        if arr.dtype.kind == "u" and len(arr) and int(arr.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"index {int(arr.max())} is out of range")
+        idx = arr.astype(np.int64)
+    if len(idx) != n_rows:
+        raise ValueError(
+            f"index has {len(idx)} entries but the batch has {n_rows} rows; pass one store "
+            "index per row"
+        )
+    if len(idx) > 1:
+        ordered = np.sort(idx)
+        twice = ordered[1:][ordered[1:] == ordered[:-1]]
+        if len(twice):
+            raise ValueError(
+                f"index {int(twice[0])} appears more than once in this batch; every sample "
+                "gets exactly one row"
+            )
+    return idx
+
+
+def check_range(idx: np.ndarray, num_samples: int, where: str) -> None:
+    """Refuse store indices outside ``0..num_samples - 1``, naming the first."""
+    if not len(idx):
+        return
+    bad = idx[(idx < 0) | (idx >= num_samples)]
+    if len(bad):
+        raise ValueError(
+            f"index {int(bad[0])} is out of range: {where} has {num_samples} samples "
+            f"(0..{num_samples - 1})"
+        )

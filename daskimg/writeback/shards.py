@@ -1,4 +1,5 @@
-"""Write back: the per-array shard buffers behind :class:`daskimg.writer.ArrayWriter`.
+"""Write back: rows stored in the order they arrive (``order="store"``), shard by shard.
+
 Each array being written is a :class:`Column`: rows are copied into a buffer the size of
 one shard; when it fills, the whole shard goes to a :class:`ShardPool`, which compresses
 and writes it in background threads (at most ``threads`` in flight, so compression
@@ -6,15 +7,18 @@ overlaps the caller's work, e.g. the model's next forward pass), and the rows go
 a fresh or reused buffer. In memory are the unfinished shard per array and at most
 ``threads`` shards being written. A column also does its part of a checkpoint (fsync
 the shards written since the previous one; save the new rows of the unfinished shard to
-``tail-<array>-<shard>.bin``), rewinds to a batch's start when the batch fails, restores
-a checkpoint's state on resume and writes the last, partial shard on close.
+``tail-<array>-<shard>.bin``: raw rows, or for text length-prefixed UTF-8 records),
+rewinds to a batch's start when the batch fails, restores a checkpoint's state on resume
+and writes the last, partial shard on close. :class:`Appended` holds the columns of one
+writer and appends a batch to all of them, all or nothing.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,8 +29,18 @@ import zarr
 from ..errors import DaskImgError
 from ..store.format import CHUNK_BYTES
 from ..store.location import fsync_path, remove_path
+from .checks import TEXT
 
-__all__ = ["SHARD_BYTES", "SHARD_CHUNKS_MAX", "Column", "ShardPool"]
+__all__ = [
+    "SHARD_BYTES",
+    "SHARD_CHUNKS_MAX",
+    "Appended",
+    "Column",
+    "ShardPool",
+    "decode_records",
+    "encode_records",
+    "pwrite_all",
+]
 
 #: default shard size per array: about this many bytes (whole chunks, at least one) ...
 SHARD_BYTES = CHUNK_BYTES
@@ -56,10 +70,13 @@ class Column:
         self.pool = pool
         self.buf = np.empty((shard_len, *shape), dtype)
         self.spare: list[np.ndarray] = []  # buffers whose shard is written, to reuse
+        self.text = dtype == TEXT
         self.row_bytes = int(np.prod(shape)) * dtype.itemsize
         self.shards = 0  # whole shards written
         self.fill = 0  # rows in buf
         self.saved = (0, 0)  # (shards, fill) at the last checkpoint
+        self.saved_bytes = 0  # bytes of the tail file at the last checkpoint
+        self.tail_bytes = 0  # bytes of the tail file now (after sync)
         self.unsynced: set[int] = set()
 
     def shard_path(self, s: int) -> Path:
@@ -110,19 +127,28 @@ class Column:
                 fsync_path(str(parent))
                 if parent == self.dir:
                     break
+        self.tail_bytes = 0
         if self.fill:
-            start = self.saved[1] if self.saved[0] == self.shards else 0
+            same = self.saved[0] == self.shards
+            start = self.saved[1] if same else 0
+            rows = self.buf[start : self.fill]
+            if self.text:
+                offset, data = (self.saved_bytes if same else 0), encode_records(rows)
+            else:
+                offset, data = start * self.row_bytes, rows.tobytes()
             fd = os.open(self.tail_path(self.shards), os.O_WRONLY | os.O_CREAT, 0o644)
             try:
-                os.pwrite(fd, self.buf[start : self.fill].tobytes(), start * self.row_bytes)
+                pwrite_all(fd, data, offset)
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self.tail_bytes = offset + len(data)
 
     def checkpointed(self) -> None:
         for s in range(self.saved[0], self.shards):
             self.tail_path(s).unlink(missing_ok=True)
         self.saved = (self.shards, self.fill)
+        self.saved_bytes = self.tail_bytes
         self.unsynced.clear()
 
     def drop_shards(self, first: int) -> None:
@@ -132,20 +158,28 @@ class Column:
             if not entry.name.isdigit() or int(entry.name) >= first:
                 remove_path(str(entry))
 
-    def restore(self, shards: int, fill: int) -> None:
+    def restore(self, shards: int, fill: int, tail_bytes: int | None = None) -> None:
         """Back to a checkpoint: drop shards written after it, reload the unfinished rows."""
         self.drop_shards(shards)
+        want = fill * self.row_bytes if tail_bytes is None else tail_bytes
         if fill:
-            want = fill * self.row_bytes
             data = self.tail_path(shards).read_bytes()[:want]
-            if len(data) != want:
+            try:
+                if len(data) != want:
+                    raise ValueError("short")
+                if self.text:
+                    self.buf[:fill] = decode_records(data, fill)
+                else:
+                    rows = np.frombuffer(data, self.buf.dtype).reshape(fill, *self.shape)
+                    self.buf[:fill] = rows
+            except ValueError:
                 raise DaskImgError(
                     f"cannot resume {str(self.staging)!r}: the saved rows of {self.name!r} are "
-                    "truncated; pass resume=False to start over"
-                )
-            self.buf[:fill] = np.frombuffer(data, self.buf.dtype).reshape(fill, *self.shape)
+                    "truncated or damaged; pass resume=False to start over"
+                ) from None
         self.shards, self.fill = shards, fill
         self.saved = (shards, fill)
+        self.saved_bytes = self.tail_bytes = want if fill else 0
 
     def finish(self, n: int) -> None:
         """Write the unfinished shard and size the array to ``n`` rows exactly."""
@@ -153,6 +187,56 @@ class Column:
         self.arr.resize((n, *self.shape))
         if self.fill:
             self.arr[self.shards * self.shard_len : n] = self.buf[: self.fill]
+
+
+class Appended:
+    """The columns of a writer whose rows are stored in the order appended: a batch goes to
+    every column, all or nothing."""
+
+    def __init__(self, columns: Mapping[str, Column], pool: ShardPool, rows: int) -> None:
+        self.columns = dict(columns)
+        self.pool = pool
+        self.rows = rows
+        #: why rows since the last checkpoint are lost (a failed background write), or None
+        self.lost: str | None = None
+
+    @property
+    def step(self) -> int:
+        """Rows per piece when a dask batch is computed in pieces."""
+        return max(c.shard_len for c in self.columns.values())
+
+    def add(self, pieces: Iterable[Mapping[str, np.ndarray]]) -> None:
+        """Append the pieces of one batch; if any fails, undo them all and re-raise.
+
+        If they cannot be undone (a shard of this or an earlier batch failed in the
+        background: its rows are lost), :attr:`lost` says why and the writer must stop.
+        """
+        marks = self.rows, {n: (c.shards, c.fill) for n, c in self.columns.items()}
+        try:
+            for piece in pieces:
+                n = 0
+                for name, col in self.columns.items():
+                    col.extend(piece[name])
+                    n = len(piece[name])
+                self.rows += n
+        except BaseException:
+            self._undo(marks)
+            raise
+
+    def _undo(self, marks: tuple[int, dict[str, tuple[int, int]]]) -> None:
+        try:
+            self.pool.drain()
+            if self.pool.failed is not None:
+                raise self.pool.failed
+            for name, col in self.columns.items():
+                col.rewind(*marks[1][name])
+            self.rows = marks[0]
+        except BaseException as e:
+            self.lost = f"writing failed ({e!r})"
+
+    def state(self) -> dict[str, list[int]]:
+        """Each column's ``[shards, fill, tail bytes]`` (after :meth:`Column.sync`)."""
+        return {n: [c.shards, c.fill, c.tail_bytes] for n, c in self.columns.items()}
 
 
 class ShardPool:
@@ -192,3 +276,38 @@ class ShardPool:
     def shutdown(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def encode_records(strings: Iterable[str]) -> bytes:
+    """Strings as length-prefixed UTF-8 records (a little-endian uint32, then the bytes)."""
+    out = bytearray()
+    for x in strings:
+        raw = x.encode("utf-8")
+        out += struct.pack("<I", len(raw))
+        out += raw
+    return bytes(out)
+
+
+def decode_records(data: bytes, count: int) -> np.ndarray:
+    """``count`` strings from :func:`encode_records`'s bytes (``ValueError`` if they do not fit)."""
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(data):
+            raise ValueError("truncated records")
+        (k,) = struct.unpack_from("<I", data, pos)
+        if pos + 4 + k > len(data):
+            raise ValueError("truncated records")
+        out[i] = data[pos + 4 : pos + 4 + k].decode("utf-8")
+        pos += 4 + k
+    if pos != len(data):
+        raise ValueError("trailing bytes")
+    return out
+
+
+def pwrite_all(fd: int, data: Any, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less, e.g. past 2 GiB)."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done

@@ -1,18 +1,22 @@
-"""Write back: the staging folder of :class:`daskimg.writer.ArrayWriter` — created,
-checkpointed, resumed and finally published. While a writer is open, everything lives
-next to the target in ``<path>.partial/``, under the advisory lock ``<path>.lock``:
-``store/`` (the Zarr v3 group being built, a folder), ``writer.json`` (the last
-checkpoint: arrays, chunking, rows per array) and ``tail-<array>-<shard>.bin`` (raw rows
-of each array's unfinished shard, as of it). A checkpoint waits for the shard writes in
-flight, fsyncs the shards written since the previous checkpoint, writes the rows of the
-unfinished shards to the tail files (only the rows new since the previous checkpoint)
-and then replaces ``writer.json`` atomically — that replacement is the durable point.
-Resuming rewrites each array's metadata from ``writer.json``, deletes shards written
-after it and reloads the tails. Publishing finishes the arrays, sets ``complete`` and
-moves the store into place in one atomic step (``*.zarr.zip``: packed next to the target
-and renamed over it; ``*.zarr``: the folder renamed; ``mode="a"``: the zip rewritten, or
-one rename per new array). Until then ``<path>`` does not exist (or is the old store),
-and :func:`daskimg.open_zarr` refuses the path while ``<path>.partial`` exists.
+"""Write back: the staging folder of :class:`daskimg.ArrayWriter` — created, checkpointed,
+resumed and finally published.
+
+While a writer is open, everything lives next to the target in ``<path>.partial/``, under
+the advisory lock ``<path>.lock``: ``store/`` (the Zarr v3 group being built, a folder),
+``writer.json`` (the manifest: arrays, chunking, the state of the last checkpoint) and the
+rows not yet in a shard — for rows in arrival order (``order="store"``, see
+:mod:`.shards`) ``tail-<array>-<shard>.bin``; for rows placed by index
+(``order="index"``, see :mod:`.placed`) ``rows-<array>.bin``, ``text-<array>.bin`` and
+the bitmap ``filled-<k>.bin``. A checkpoint waits for the shard writes in flight, fsyncs
+what was written since the previous one and then replaces ``writer.json`` atomically —
+that replacement is the durable point. Resuming rewrites the metadata from
+``writer.json`` and restores the rows of that checkpoint exactly.
+
+Publishing finishes the arrays, sets ``complete``, records in ``writer.json`` a digest of
+the root ``zarr.json`` about to be published, and moves the store into place in one
+atomic step (:meth:`~daskimg.store.location.Location.publish`). A kill at any point
+leaves the old store (or none) or the new one; ``resume=True`` after a kill recognises by
+that digest whether the new store was published already.
 """
 
 from __future__ import annotations
@@ -25,39 +29,43 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 import zarr
 
-from ..errors import StoreExistsError
+from ..errors import DaskImgError, StoreExistsError
 from ..store.codecs import DEFAULT_CODEC
-from ..store.format import (
-    ArraySpec,
-    auto_chunk_len,
-    create_arrays,
-    finish_attrs,
-    root_attrs,
-)
-from ..store.location import Location, fsync_path, remove_path
+from ..store.format import ArraySpec, auto_chunk_len, create_arrays, finish_attrs, root_attrs
+from ..store.location import Location, fsync_path, fsync_tree, remove_path
 from ..store.open import open_store
-from .shards import SHARD_BYTES, SHARD_CHUNKS_MAX, Column, ShardPool
+from .checks import TEXT, Spec
+from .placed import Placed, PlacedColumn
+from .shards import SHARD_BYTES, SHARD_CHUNKS_MAX, Appended, Column, ShardPool
 
 __all__ = [
     "MANIFEST",
     "MANIFEST_VERSION",
-    "Spec",
+    "Sink",
     "check_finished",
     "check_target",
     "create",
     "publish",
+    "published",
     "resume",
     "save_checkpoint",
     "write_json",
 ]
 
 MANIFEST = "writer.json"
-MANIFEST_VERSION = 1
-#: one array: the shape and dtype of one sample
-Spec = tuple[tuple[int, ...], np.dtype[Any]]
+#: 2: ``order`` ("store" or "index"), ``num_samples``, tail sizes; 1 (rows in arrival order) resumes too
+MANIFEST_VERSION = 2
+#: bytes per sample assumed for a text array when sizing chunks
+TEXT_BYTES = 64
+#: at most this many samples per chunk (by default) when there is text: zarr pads the last
+#: chunk with empty strings, 4 bytes each, which compress so well that longer chunks would
+#: exceed the compression ratio daskimg's checked reader accepts from a Zstandard frame
+TEXT_CHUNK_MAX = 4096
+Sink = Appended | Placed
 
 
 def check_target(
@@ -117,22 +125,33 @@ def create(
     *,
     mode: str,
     kind: str,
+    order: str,
+    num_samples: int | None,
     chunks: int | None,
     shard_chunks: int | None,
     codec: str | None,
     classes: Sequence[str],
     split: str | None,
     token: str | None,
-) -> tuple[dict[str, Any], dict[str, Column]]:
-    """A new staging folder with empty arrays and its first checkpoint: (manifest, columns)."""
-    widest = max(specs.values(), key=lambda s: int(np.prod(s[0])) * s[1].itemsize)
-    chunk_len = chunks or auto_chunk_len(widest[0], widest[1], 2**62)
+    where: str,
+) -> tuple[dict[str, Any], Sink]:
+    """A new staging folder with empty arrays and its first checkpoint: (manifest, sink).
+
+    ``order="index"`` needs ``num_samples``: its arrays have that many rows from the start.
+    """
+    placed = order == "index"
+    assert not placed or num_samples is not None
+    n = num_samples if placed else 0
+    widest = max(specs.values(), key=lambda s: _sample_bytes(*s))
+    chunk_len = chunks or auto_chunk_len((_sample_bytes(*widest),), "u1", num_samples or 2**62)
+    if chunks is None and any(d == TEXT for _, d in specs.values()):
+        chunk_len = min(chunk_len, TEXT_CHUNK_MAX)
     os.makedirs(staging)
     try:
         store = staging / "store"
         attrs = root_attrs(
             split=split,
-            num_samples=0,
+            num_samples=n or 0,
             classes=classes,
             chunk_len=chunk_len,
             codec=codec,
@@ -140,59 +159,134 @@ def create(
         )
         arr_specs = []
         for name, (shape, dtype) in specs.items():
-            per_chunk = chunk_len * int(np.prod(shape)) * dtype.itemsize
+            per_chunk = chunk_len * _sample_bytes(shape, dtype)
             k = shard_chunks or min(SHARD_CHUNKS_MAX, max(1, SHARD_BYTES // max(per_chunk, 1)))
+            if placed:  # no shard longer than the array
+                k = min(k, -(-(n or 1) // chunk_len))
             arr_specs.append(ArraySpec(name, shape, dtype, codec or DEFAULT_CODEC, chunk_len * k))
-        arrays = create_arrays(str(store), attrs, arr_specs, n=0, shard_len=chunk_len)
-        metas = {}
-        columns: dict[str, Column] = {}
-        for spec in arr_specs:
-            assert spec.shard_len is not None
-            metas[spec.name] = json.loads((store / spec.name / "zarr.json").read_text())
-            columns[spec.name] = Column(
-                spec.name,
-                spec.sample_shape,
-                spec.dtype,
-                spec.shard_len,
-                arrays[spec.name],
-                staging,
-                pool,
-            )
-        manifest = {
+        arrays = create_arrays(str(store), attrs, arr_specs, n=n or 0, shard_len=chunk_len)
+        metas = {s.name: json.loads((store / s.name / "zarr.json").read_text()) for s in arr_specs}
+        manifest: dict[str, Any] = {
             "version": MANIFEST_VERSION,
             "mode": mode,
             "kind": kind,
+            "order": order,
+            "num_samples": num_samples,
             "chunk_len": chunk_len,
             "codec": codec or DEFAULT_CODEC,
-            "shard_chunks": {n: c.shard_len // chunk_len for n, c in columns.items()},
-            "arrays": {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()},
+            "shard_chunks": {s.name: (s.shard_len or chunk_len) // chunk_len for s in arr_specs},
+            "arrays": _arrays_entry(specs),
             "array_meta": metas,
             "root_meta": json.loads((store / "zarr.json").read_text()),
             "target_token": token,
             "checkpoint": 0,
             "rows": 0,
-            "columns": {n: [0, 0] for n in specs},
         }
-        _fsync_tree(staging)  # the arrays' folders too: a resume after power loss needs them
-        write_json(staging / MANIFEST, manifest)
-        return manifest, columns
+        sink: Sink
+        if placed:
+            assert num_samples is not None
+            cols = {}
+            for spec in arr_specs:
+                assert spec.shard_len is not None
+                cols[spec.name] = PlacedColumn(
+                    spec.name, spec.sample_shape, spec.dtype, spec.shard_len,
+                    arrays[spec.name], staging, num_samples,
+                )  # fmt: skip
+                cols[spec.name].create()
+            sink = Placed(cols, pool, np.zeros(num_samples, dtype=bool), where)
+            manifest.update(filled=None, text_bytes={})
+        else:
+            columns = {}
+            for spec in arr_specs:
+                assert spec.shard_len is not None
+                columns[spec.name] = Column(
+                    spec.name, spec.sample_shape, spec.dtype, spec.shard_len,
+                    arrays[spec.name], staging, pool,
+                )  # fmt: skip
+            sink = Appended(columns, pool, 0)
+            manifest["columns"] = {s.name: [0, 0, 0] for s in arr_specs}
+        fsync_tree(staging)  # the arrays' folders too: a resume after power loss needs them
+        if placed:
+            save_checkpoint(staging, manifest, sink)
+        else:
+            write_json(staging / MANIFEST, manifest)
+        return manifest, sink
     except BaseException:
         remove_path(str(staging))  # nothing was appended yet: leave nothing behind
         raise
 
 
-def save_checkpoint(
-    staging: Path, manifest: dict[str, Any], columns: Mapping[str, Column], rows: int
-) -> None:
-    """Make ``rows`` rows durable (no shard write may be in flight): tails, then ``writer.json``."""
-    for col in columns.values():
+def _sample_bytes(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
+    return TEXT_BYTES if dtype == TEXT else int(np.prod(shape)) * dtype.itemsize
+
+
+def _arrays_entry(specs: Mapping[str, Spec]) -> dict[str, Any]:
+    return {
+        n: {"shape": list(s), "dtype": "str" if d == TEXT else d.str} for n, (s, d) in specs.items()
+    }
+
+
+def save_checkpoint(staging: Path, manifest: dict[str, Any], sink: Sink) -> None:
+    """Make every row of ``sink`` durable; the replacement of ``writer.json`` is the durable point."""
+    if isinstance(sink, Placed):
+        sink.sync()
+        k = manifest["checkpoint"] + 1
+        name = f"filled-{k}.bin"
+        bits = np.packbits(sink.filled).tobytes()
+        with open(staging / name, "wb") as fh:
+            fh.write(bits)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_path(staging)
+        old = manifest.get("filled")
+        manifest.update(
+            rows=sink.rows,
+            checkpoint=k,
+            filled=name,
+            filled_crc32c=crc32c.crc32c(bits),
+            text_bytes={n: c.text_bytes for n, c in sink.columns.items() if c.text},
+        )
+        write_json(staging / MANIFEST, manifest)
+        if old and old != name:
+            (staging / old).unlink(missing_ok=True)
+        return
+    sink.pool.drain()
+    for col in sink.columns.values():
         col.sync()
-    state = {n: [c.shards, c.fill] for n, c in columns.items()}
-    manifest.update(rows=rows, columns=state)
+    manifest.update(rows=sink.rows, columns=sink.state())
     manifest["checkpoint"] += 1
     write_json(staging / MANIFEST, manifest)
-    for col in columns.values():
+    for col in sink.columns.values():
         col.checkpointed()
+
+
+def read_manifest(staging: Path) -> dict[str, Any] | None:
+    """The last checkpoint's ``writer.json``, or None if there is none (or it is unreadable)."""
+    try:
+        manifest = json.loads((staging / MANIFEST).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def published(staging: Path, location: Location) -> int | None:
+    """If the write in ``staging`` was published (killed after its store moved into place,
+    before the staging folder was removed): its number of rows; else None."""
+    manifest = read_manifest(staging)
+    digest = manifest.get("publishing") if manifest else None
+    if manifest is None or not digest:
+        return None
+    try:
+        source = location.open()
+    except (FileNotFoundError, DaskImgError):
+        return None
+    try:
+        raw = source.read("zarr.json") if "zarr.json" in source.keys else b""
+    except DaskImgError:
+        return None
+    finally:
+        source.close()
+    return int(manifest["rows"]) if hashlib.sha256(raw).hexdigest() == digest else None
 
 
 def resume(
@@ -201,30 +295,33 @@ def resume(
     pool: ShardPool,
     *,
     mode: str,
+    order: str,
+    num_samples: int | None,
     chunks: int | None,
     shard_chunks: int | None,
     codec: str | None,
     token: str | None,
     classes: Sequence[str] = (),
     split: str | None = None,
-) -> tuple[dict[str, Any], dict[str, Column]] | None:
-    """Reload the last checkpoint of an unfinished write: (manifest, columns); None if there is none.
+    where: str = "",
+) -> tuple[dict[str, Any], Sink] | None:
+    """Reload the last checkpoint of an unfinished write: (manifest, sink); None if there is none.
 
     ``classes`` and ``split`` (``mode="w"``), when given, must be those the write started with.
     """
-    try:
-        manifest = json.loads((staging / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    manifest = read_manifest(staging)
+    if manifest is None or not (staging / "store").is_dir():
         return None
-    if not (staging / "store").is_dir():
-        return None  # killed after the store moved into place: nothing left to resume
-    want = {n: {"shape": list(s), "dtype": d.str} for n, (s, d) in specs.items()}
     problems = []
-    if manifest.get("version") != MANIFEST_VERSION:
+    if manifest.get("version") not in (1, MANIFEST_VERSION):
         problems.append(f"writer format {manifest.get('version')}")
     if manifest.get("mode") != mode:
         problems.append(f"mode={manifest.get('mode')!r}")
-    if manifest.get("arrays") != want:
+    if manifest.get("order", "store") != order:
+        problems.append(f"order={manifest.get('order', 'store')!r}")
+    if order == "index" and manifest.get("num_samples") != num_samples:
+        problems.append(f"num_samples={manifest.get('num_samples')}")
+    if manifest.get("arrays") != _arrays_entry(specs):
         problems.append(f"arrays {manifest.get('arrays')}")
     if chunks is not None and manifest.get("chunk_len") != chunks:
         problems.append(f"chunks={manifest.get('chunk_len')}")
@@ -248,16 +345,19 @@ def resume(
         )
     store = staging / "store"
     if not all((store / name / "zarr.json").is_file() for name in specs):
-        return None  # killed while moving arrays into the store: some are there already
+        return None  # the staging folder is not what a checkpoint left
+    manifest.pop("publishing", None)  # it was not published (see published())
+    write_json(store / "zarr.json", manifest["root_meta"])
+    if order == "index":
+        return manifest, _resume_placed(staging, manifest, specs, pool, where)
     for f in [*store.rglob("*.partial"), *store.rglob("*.tmp")]:  # from a kill mid-write
         if f.is_file():  # not an array named "scores.tmp"
             f.unlink()
-    write_json(store / "zarr.json", manifest["root_meta"])
     group = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
     columns: dict[str, Column] = {}
     for name, (shape, dtype) in specs.items():
         meta = manifest["array_meta"][name]
-        shards, fill = manifest["columns"][name]
+        shards, fill, *tail = manifest["columns"][name]
         shard_len = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         meta["shape"] = [shards * shard_len, *shape]
         write_json(store / name / "zarr.json", meta)
@@ -265,20 +365,53 @@ def resume(
         assert isinstance(arr, zarr.Array)
         arr = arr.with_config({"write_empty_chunks": True})
         col = Column(name, shape, dtype, shard_len, arr, staging, pool)
-        col.restore(shards, fill)
+        col.restore(shards, fill, tail[0] if tail else None)
         columns[name] = col
-    return manifest, columns
+    return manifest, Appended(columns, pool, int(manifest["rows"]))
+
+
+def _resume_placed(
+    staging: Path, manifest: dict[str, Any], specs: Mapping[str, Spec], pool: ShardPool, where: str
+) -> Placed:
+    n = int(manifest["num_samples"])
+    bits = (staging / str(manifest["filled"])).read_bytes()
+    if crc32c.crc32c(bits) != manifest.get("filled_crc32c") or len(bits) != -(-n // 8):
+        raise DaskImgError(
+            f"cannot resume {str(staging)!r}: its record of the rows written is damaged; "
+            "pass resume=False to start over"
+        )
+    filled = np.unpackbits(np.frombuffer(bits, np.uint8), count=n).astype(bool)
+    store = staging / "store"
+    for name in specs:
+        write_json(store / name / "zarr.json", manifest["array_meta"][name])
+    group = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
+    cols: dict[str, PlacedColumn] = {}
+    try:
+        for name, (shape, dtype) in specs.items():
+            meta = manifest["array_meta"][name]
+            shard_len = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            arr = group[name]
+            assert isinstance(arr, zarr.Array)
+            arr = arr.with_config({"write_empty_chunks": True})
+            cols[name] = col = PlacedColumn(name, shape, dtype, shard_len, arr, staging, n)
+            col.reopen(int(manifest.get("text_bytes", {}).get(name, 0)))
+            col.restore(filled, pool)
+    except BaseException:
+        for col in cols.values():
+            col.close()
+        raise
+    return Placed(cols, pool, filled, where)
 
 
 def publish(
     location: Location,
     staging: Path,
-    columns: Mapping[str, Column],
-    rows: int,
+    manifest: dict[str, Any],
+    sink: Sink,
     *,
     mode: str,
 ) -> None:
-    """Finish the arrays at ``rows`` rows and move the store into place; remove ``staging``.
+    """Finish the arrays and move the store into place; remove ``staging``.
 
     One atomic step either way (see :meth:`~daskimg.store.location.Location.publish`):
     ``mode="w"`` publishes the new store; ``mode="a"`` publishes the old store with the new
@@ -287,33 +420,46 @@ def publish(
     exchanged with it; a zip is rewritten with them. A kill leaves the old store or the
     new one, never a mix.
     """
-    for col in columns.values():
-        col.finish(rows)
+    rows = sink.rows
+    if isinstance(sink, Placed):
+        sink.finish()
+    else:
+        for col in sink.columns.values():
+            col.finish(rows)
     store = staging / "store"
-    names = tuple(columns)
+    names = tuple(sink.columns)
     root = store / "zarr.json"
     if mode == "w":
         meta = json.loads(root.read_text())
         attrs = {**meta["attributes"]["daskimg"], "num_samples": rows}
         metas = {n: (store / n / "zarr.json").read_bytes() for n in names}
         meta["attributes"]["daskimg"] = finish_attrs(attrs, metas)
-        write_json(root, meta)
-        location.publish(str(store))
     else:
-        path = location.target
-        st = open_store(path)
+        st = open_store(location)
+        raw = st.reader.read_bytes("zarr.json") or b""
         old_metas = {n: st.reader.read_bytes(f"{n}/zarr.json") or b"" for n in st.layouts}
         meta = st.reader.json("zarr.json")
         st.reader.close()
+        if hashlib.sha256(raw).hexdigest() != manifest.get("target_token"):
+            raise DaskImgError(
+                f"{location.target!r} changed since this write started (its zarr.json differs); "
+                "nothing was published. Add the arrays again with resume=False"
+            )
         metas = {n: m for n, m in old_metas.items() if n not in names}
         metas.update({n: (store / n / "zarr.json").read_bytes() for n in names})
         meta["attributes"]["daskimg"] = finish_attrs(meta["attributes"]["daskimg"], metas)
-        write_json(root, meta)
-        if location.kind == "zip":
-            location.publish(str(store), base=True, drop=names)
-        else:
-            _link_old_files(path, store, names)
-            location.publish(str(store))
+    write_json(root, meta)
+    # what is about to be published: a resume after a kill from here on tells by this
+    # digest whether the store at the target is the new one
+    manifest["publishing"] = hashlib.sha256(root.read_bytes()).hexdigest()
+    write_json(staging / MANIFEST, manifest)
+    if isinstance(sink, Placed):
+        sink.close()
+    if mode == "w" or location.kind == "zip":
+        location.publish(str(store), base=mode == "a", drop=names if mode == "a" else ())
+    else:
+        _link_old_files(location.target, store, names)
+        location.publish(str(store))
     remove_path(str(staging))
 
 
@@ -348,10 +494,3 @@ def write_json(path: Path, obj: Any) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_path(str(path.parent))
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            fsync_path(Path(dirpath) / f)
-        fsync_path(dirpath)

@@ -1,0 +1,380 @@
+"""ArrayWriter places rows by store index: predictions land on their samples whatever the
+order batches arrive in (``append(batch, index=...)``, ``order="index"``)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import tracemalloc
+
+import dask.array as da
+import numpy as np
+import pytest
+from conftest import plain_group
+
+import daskimg as di
+from daskimg.errors import DaskImgError, StoreExistsError
+from daskimg.storeinfo import verify
+from daskimg.writeback import staging as writer_staging
+from daskimg.writeback.writer import ArrayWriter
+
+EXTS = [".zarr.zip", ".zarr"]
+
+
+def leftovers(path) -> list[str]:
+    p = str(path)
+    return [s for s in (".partial", ".lock", ".tmp") if os.path.lexists(p + s)]
+
+
+def predict(images: np.ndarray) -> np.ndarray:
+    """A stand-in model: 3 numbers per image that depend on its pixels."""
+    x = images.reshape(len(images), -1).astype(np.float32)
+    return np.stack([x.mean(1), x[:, 0], x[:, -1]], axis=1).astype(np.float32)
+
+
+def image_set(n: int, seed: int = 0) -> di.ImageSet:
+    rng = np.random.default_rng(seed)
+    return di.ImageSet(
+        rng.integers(0, 255, (n, 6, 5, 3)).astype(np.uint8),
+        np.arange(n) % 3,
+        classes=["a", "b", "c"],
+        paths=[f"img/{i:04d}.png" for i in range(n)],
+    )
+
+
+def interleaved(n: int, batch: int, workers: int, seed: int) -> list[np.ndarray]:
+    """Store indices of the batches a DataLoader with ``workers`` workers hands over: each
+    worker reads every ``workers``-th batch of the store order, the workers race, and a
+    batch's rows may be permuted (a per-worker buffer shuffle)."""
+    rng = np.random.default_rng(seed)
+    batches = [np.arange(a, min(n, a + batch)) for a in range(0, n, batch)]
+    queues = [batches[w::workers] for w in range(workers)]
+    out = []
+    while any(queues):
+        w = rng.choice([i for i, q in enumerate(queues) if q])
+        b = queues[w].pop(0)
+        out.append(rng.permutation(b) if rng.random() < 0.5 else b)
+    return out
+
+
+# -- the README's write-back pattern -------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_readme_write_back_pattern_rows_land_on_their_samples(tmp_path, ext):
+    p = tmp_path / f"train{ext}"
+    ds = image_set(83)
+    di.to_zarr(ds, p, chunks=8, shard_chunks=2)  # shuffled: store order is not source order
+    images = di.open_zarr(p).images.compute()
+    oracle = predict(images)  # row i: the prediction for the store's sample i
+    batches = interleaved(len(images), batch=10, workers=3, seed=1)
+    assert [b.tolist() for b in batches] != sorted(b.tolist() for b in batches)  # scrambled
+    with ArrayWriter(p, name="pred", shape=(3,), dtype="float32", mode="a") as w:
+        for index in batches:
+            w.append(predict(images[index]), index=index)  # what the model saw, with its index
+    got = di.open_zarr(p)
+    pred = got.arrays["pred"].compute()
+    for i in range(len(images)):
+        np.testing.assert_array_equal(pred[i], oracle[i])
+    np.testing.assert_array_equal(plain_group(p)["pred"][...], oracle)
+    np.testing.assert_array_equal(got.labels, di.open_zarr(p).labels)  # the rest is kept
+    assert got.arrays["pred"].chunks[0][0] == 8
+    assert verify(p) == [] and leftovers(p) == []
+
+
+def test_appends_from_several_threads_with_indices(tmp_path):
+    # DataLoader-style: batches finished by several threads, in whatever order they finish
+    p = tmp_path / "t.zarr"
+    n = 211
+    di.to_zarr(image_set(n), p, chunks=16, shard_chunks=2, order="source")
+    oracle = np.arange(n, dtype=np.int64) * 3
+    batches = interleaved(n, batch=7, workers=4, seed=2)
+    w = ArrayWriter(p, name="score", shape=(), dtype="int64", mode="a", checkpoint_every=0)
+    go = threading.Barrier(4)
+
+    def work(t):
+        go.wait()
+        for b in batches[t::4]:
+            w.append(oracle[b], index=b)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    w.close()
+    np.testing.assert_array_equal(plain_group(p)["score"][...], oracle)
+    np.testing.assert_array_equal(di.open_zarr(p).arrays["score"], oracle)
+
+
+# -- what is refused -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_mode_a_refuses_rows_it_cannot_align(tmp_path, ext):
+    p = tmp_path / f"s{ext}"
+    n = 30
+    di.to_zarr(image_set(n), p, chunks=8)
+    w = ArrayWriter(p, name="pred", shape=(), dtype="float32", mode="a")
+    with pytest.raises(
+        ValueError, match=r"needs index=.*arrays=\('images', 'index'\).*order='store'"
+    ):
+        w.append(np.zeros(5, np.float32))  # no index: the writer cannot know where rows go
+    w.append(np.arange(5, dtype=np.float32), index=np.arange(5))
+    bad = [
+        (np.arange(4, 9), ValueError, "index 4 was written already"),
+        (np.array([5, 6, 6, 7, 8]), ValueError, "index 6 appears more than once"),
+        (
+            np.array([28, 29, 30, 31, 10]),
+            ValueError,
+            rf"index 30 is out of range: .* {n} samples \(0\.\.{n - 1}\)",
+        ),
+        (np.array([-1, 5, 6, 7, 8]), ValueError, "index -1 is out of range"),
+        (np.arange(5, 9), ValueError, "index has 4 entries but the batch has 5 rows"),
+        (np.arange(5, 10).astype(float), TypeError, "index must hold integers"),
+        (np.arange(5, 15).reshape(5, 2), ValueError, "1-D sequence of store indices"),
+        (slice(28, None), ValueError, "index 30 is out of range"),
+    ]
+    for index, err, msg in bad:
+        with pytest.raises(err, match=msg):
+            w.append(np.full(5, 99, np.float32), index=index)
+        assert len(w) == 5  # refused before anything changed
+    with pytest.raises(
+        ValueError, match=rf"{n - 5} of {n} samples have no row yet \(the first is index 5\)"
+    ):
+        w.close()  # the writer stays open
+    np.testing.assert_array_equal(w.missing(), np.arange(5, n))
+    w.append(np.arange(5, 15, dtype=np.float32), index=range(5, 15))
+    w.append(np.arange(15, 20, dtype=np.float32), index=slice(15, 20))
+    w.append(np.arange(20, n, dtype=np.float32)[::-1], index=np.arange(20, n)[::-1])
+    w.close()
+    np.testing.assert_array_equal(di.open_zarr(p).arrays["pred"].compute(), np.arange(n))
+    assert verify(p) == [] and leftovers(p) == []
+
+
+def test_torch_index_and_tensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "t.zarr.zip"
+    with ArrayWriter(p, name="pred", shape=(2,), dtype="float32", num_samples=6) as w:
+        w.append(torch.ones(3, 2), index=torch.tensor([5, 0, 3]))
+        w.append(torch.zeros(3, 2), index=torch.tensor([1, 2, 4]))
+    np.testing.assert_array_equal(plain_group(p)["pred"][...][:, 0], [1, 0, 0, 1, 0, 1])
+
+
+def test_order_store_is_an_explicit_promise_and_checks_an_index_given(tmp_path):
+    p = tmp_path / "s.zarr"
+    n = 20
+    di.to_zarr(image_set(n), p, chunks=8, order="source")
+    with ArrayWriter(p, name="pred", shape=(), dtype="int64", mode="a", order="store") as w:
+        w.append(np.arange(8))  # no index: taken in arrival order
+        with pytest.raises(ValueError, match=r"samples 8\.\.11, but index= says \[9, 8, 10, 11\]"):
+            w.append(np.arange(8, 12), index=[9, 8, 10, 11])
+        w.append(np.arange(8, 12), index=range(8, 12))  # the next rows: fine
+        w.append(np.arange(12, n))
+    np.testing.assert_array_equal(plain_group(p)["pred"][...], np.arange(n))
+
+
+def test_mode_w_places_by_index_with_num_samples(tmp_path):
+    p = tmp_path / "w.zarr.zip"
+    with pytest.raises(ValueError, match="pass num_samples=N too"):
+        ArrayWriter(p, shape=(), dtype="int64", order="index")
+    with pytest.raises(ValueError, match="order must be 'index'"):
+        ArrayWriter(p, shape=(), dtype="int64", order="shuffled")
+    with ArrayWriter(p, shape=(), dtype="int64") as w:  # length unknown: arrival order
+        with pytest.raises(ValueError, match="pass num_samples=N to ArrayWriter"):
+            w.append(np.arange(3), index=np.arange(3))
+        w.append(np.arange(3))
+    n = 50
+    batches = interleaved(n, batch=6, workers=2, seed=3)
+    with ArrayWriter(p, shape=(2,), dtype="int64", num_samples=n, chunks=4, overwrite=True) as w:
+        assert w.order == "index" and w.num_samples == n
+        with pytest.raises(ValueError, match=r"places rows by store index \(num_samples=50\)"):
+            w.append(np.zeros((2, 2), np.int64))
+        for b in batches:
+            w.append(np.stack([b, -b], 1), index=b)
+    np.testing.assert_array_equal(
+        plain_group(p)["features"][...], np.stack([np.arange(n), -np.arange(n)], 1)
+    )
+    # order="store" with num_samples: the count is checked at close
+    w = ArrayWriter(p, shape=(), dtype="int64", num_samples=4, order="store", overwrite=True)
+    w.append(np.arange(3))
+    with pytest.raises(ValueError, match="has 4 samples but 3 rows were appended"):
+        w.close()
+    w.append(np.array([3]))
+    w.close()
+    np.testing.assert_array_equal(plain_group(p)["features"][...], np.arange(4))
+    with pytest.raises(ValueError, match="leave num_samples unset with mode='a'"):
+        ArrayWriter(p, name="x", shape=(), dtype="int64", mode="a", num_samples=5)
+
+
+def test_dask_batches_with_an_index_are_all_or_nothing(tmp_path):
+    p = tmp_path / "d.zarr"
+    n = 60
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(n)
+
+    def boom(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 2:
+            raise RuntimeError("model crashed")
+        return block
+
+    oracle = np.arange(n, dtype=np.float32) / 7
+    with ArrayWriter(p, shape=(), dtype="float32", num_samples=n, chunks=4, shard_chunks=2) as w:
+        first = perm[:20]
+        w.append(da.from_array(oracle[first], chunks=6), index=first)
+        rest = perm[20:]
+        failing = da.from_array(oracle[rest], chunks=8).map_blocks(boom, dtype=np.float32)
+        with pytest.raises(RuntimeError, match="model crashed"):
+            w.append(failing, index=rest)  # two pieces were placed before: none counts
+        assert len(w) == 20
+        np.testing.assert_array_equal(w.missing(), np.sort(rest))
+        w.append(da.from_array(oracle[rest], chunks=8), index=rest)
+    np.testing.assert_array_equal(plain_group(p)["features"][...], oracle)
+    assert verify(p) == []
+
+
+# -- checkpoints, resume, memory -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_resume_restores_exactly_the_rows_of_the_last_checkpoint(tmp_path, ext):
+    p = tmp_path / f"s{ext}"
+    n = 77
+    di.to_zarr(image_set(n), p, chunks=8, shard_chunks=2)
+    oracle = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    batches = interleaved(n, batch=5, workers=3, seed=4)
+    spec = {"name": "pred", "shape": (2,), "dtype": "float32", "mode": "a"}
+    w = ArrayWriter(p, **spec, checkpoint_every=None)
+    for b in batches[:9]:
+        w.append(oracle[b], index=b)
+    assert w.checkpoint() == sum(len(b) for b in batches[:9])
+    for b in batches[9:12]:  # not covered by a checkpoint: lost in a crash
+        w.append(oracle[b] + 1000, index=b)
+    del w  # abandoned without close (as after a crash): the lock is released
+    with pytest.raises(ValueError, match=r"cannot resume.*order='index'"):
+        ArrayWriter(p, **spec, order="store", resume=True)
+    w = ArrayWriter(p, **spec, resume=True)
+    done = np.concatenate(batches[:9])
+    assert len(w) == w.durable_rows == len(done)
+    np.testing.assert_array_equal(w.missing(), np.setdiff1d(np.arange(n), done))
+    with pytest.raises(ValueError, match="was written already"):
+        w.append(oracle[batches[0]], index=batches[0])
+    todo = set(w.missing().tolist())
+    for b in batches:
+        if todo.issuperset(b.tolist()):
+            w.append(oracle[b], index=b)
+    w.close()
+    np.testing.assert_array_equal(di.open_zarr(p).arrays["pred"].compute(), oracle)
+    np.testing.assert_array_equal(plain_group(p)["pred"][...], oracle)
+    assert verify(p) == [] and leftovers(p) == []
+
+
+def test_resume_when_the_store_was_published_before_the_kill(tmp_path, monkeypatch):
+    # killed after the new store moved into place, before the staging folder was removed
+    p = tmp_path / "s.zarr"
+    n = 24
+    di.to_zarr(image_set(n), p, chunks=8)
+    spec = {"name": "pred", "shape": (), "dtype": "float32", "mode": "a"}
+
+    def killed(path):
+        if path.endswith(".partial"):
+            raise KeyboardInterrupt  # (a kill leaves no chance to clean up either)
+        os.unlink(path) if os.path.isfile(path) else __import__("shutil").rmtree(path)
+
+    w = ArrayWriter(p, **spec)
+    w.append(np.arange(n, dtype=np.float32), index=np.arange(n))
+    with monkeypatch.context() as m:
+        m.setattr(writer_staging, "remove_path", killed)
+        with pytest.raises(KeyboardInterrupt):
+            w.close()
+    assert os.path.exists(f"{p}.partial")
+    np.testing.assert_array_equal(di.open_zarr(p).arrays["pred"].compute(), np.arange(n))
+    with pytest.raises(StoreExistsError, match="already has arrays"):
+        ArrayWriter(p, **spec)  # without resume: as for any store that has the arrays
+    with ArrayWriter(p, **spec, resume=True) as w:  # says so, and has nothing left to do
+        assert len(w) == n and len(w.missing()) == 0
+        with pytest.raises(ValueError, match="published before the write this resumed"):
+            w.append(np.zeros(1, np.float32), index=[0])
+    assert leftovers(p) == [] and verify(p) == []
+    with pytest.raises(StoreExistsError, match="found no unfinished write"):
+        ArrayWriter(p, **spec, resume=True)  # finished and cleaned up: says so
+
+
+def test_memory_stays_bounded_for_scattered_rows(tmp_path):
+    # 48 MiB of rows arriving in a random order: what is held is a shard or two, not the rows
+    n, d = 12_288, 1024
+    p = tmp_path / "m.zarr.zip"
+    perm = np.random.default_rng(5).permutation(n)
+    batches = np.array_split(perm, n // 64)
+    row = np.arange(d, dtype=np.float32)
+    tracemalloc.start()
+    try:
+        with ArrayWriter(
+            p, shape=(d,), dtype="float32", num_samples=n, chunks=64, shard_chunks=2, threads=1
+        ) as w:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            for b in batches:
+                w.append(b[:, None].astype(np.float32) + row, index=b)
+            peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * 2**20, peak  # batches of 256 KiB, shards of 512 KiB; rows total 48 MiB
+    g = plain_group(p)["features"]
+    for i in (0, 1, 777, n - 1):
+        np.testing.assert_array_equal(g[i], i + row)
+
+
+def test_failed_staging_write_refuses_the_batch_and_keeps_the_writer(tmp_path, monkeypatch):
+    p = tmp_path / "f.zarr.zip"
+    from daskimg.writeback import placed
+
+    with ArrayWriter(p, shape=(), dtype="int64", num_samples=10, chunks=2, threads=0) as w:
+        w.append(np.arange(4), index=np.arange(4))
+        real = placed.pwrite_all
+
+        def full(fd, data, offset):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(placed, "pwrite_all", full)
+        with pytest.raises(OSError, match="No space"):
+            w.append(np.arange(4, 8), index=np.arange(4, 8))
+        monkeypatch.setattr(placed, "pwrite_all", real)
+        assert len(w) == 4
+        w.append(np.arange(4, 10), index=np.arange(4, 10))
+    np.testing.assert_array_equal(plain_group(p)["features"][...], np.arange(10))
+
+
+def test_damaged_staging_bitmap_is_refused_on_resume(tmp_path):
+    p = tmp_path / "b.zarr"
+    w = ArrayWriter(p, shape=(), dtype="int64", num_samples=10, checkpoint_every=0)
+    w.append(np.arange(3), index=np.arange(3))
+    del w
+    staging = tmp_path / "b.zarr.partial"
+    (bitmap,) = staging.glob("filled-*.bin")
+    bitmap.write_bytes(b"\xff\xff")
+    with pytest.raises(DaskImgError, match=r"record of the rows written is damaged.*resume=False"):
+        ArrayWriter(p, shape=(), dtype="int64", num_samples=10, resume=True)
+    with ArrayWriter(p, shape=(), dtype="int64", num_samples=10) as w:  # resume=False: over
+        w.append(np.arange(10), index=np.arange(10))
+
+
+@pytest.mark.parametrize("name", ["p.zarr.zip", "p.zarr"])
+def test_placed_rows_and_text_to_a_url(tmp_path, monkeypatch, name):
+    # built locally (tempfile.gettempdir() here is tmp_path), uploaded by close()
+    pytest.importorskip("fsspec")
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    url = f"memory://writer-index-{os.getpid()}/{name}"
+    n = 45
+    oracle = np.arange(n, dtype=np.float32)
+    words = [f"s3-name-{i}-é" for i in range(n)]
+    batches = interleaved(n, batch=8, workers=2, seed=6)
+    arrays = {"pred": ((), "float32"), "paths": ((), str)}
+    with ArrayWriter(url, arrays=arrays, num_samples=n, storage_options={}) as w:
+        for b in batches:
+            w.append(pred=oracle[b], paths=[words[i] for i in b], index=b)
+    ds = di.open_zarr(url, storage_options={})
+    np.testing.assert_array_equal(ds.arrays["pred"].compute(), oracle)
+    assert ds.paths.tolist() == words
+    assert verify(url, storage_options={}) == []
+    assert not any((tmp_path / "daskimg-writer").rglob("*.partial"))
