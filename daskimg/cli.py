@@ -58,6 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"))
     ing.add_argument("--on-error", default="raise", choices=("raise", "skip"))
     ing.add_argument(
+        "--stray",
+        default="raise",
+        choices=("raise", "ignore"),
+        help="an image beside the class folders: an error naming it (default), or ignored",
+    )
+    ing.add_argument(
+        "--masks", default=None, metavar="DIR", help="a mask per image, by relative path and stem"
+    )
+    ing.add_argument(
+        "--dtype",
+        default=None,
+        help="stored dtype (default: uint8 for images, the source's for volumes)",
+    )
+    ing.add_argument(
         "--scheduler", default="threads", help="threads, processes or HOST:PORT of a dask scheduler"
     )
     ing.add_argument(
@@ -77,6 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     conv.add_argument(
         "--labels", default=None, help="dataset / array name of the labels (for .npy: a .npy file)"
+    )
+    conv.add_argument(
+        "--columns",
+        default="",
+        help="comma-separated datasets / arrays to carry as per-sample columns (e.g. bbox,ids)",
+    )
+    conv.add_argument(
+        "--boxes",
+        default="",
+        help="comma-separated columns that are (N, 4) boxes x0,y0,x1,y1 in the images' pixels",
     )
     conv.add_argument("--classes", nargs="*", default=(), help="class names, in label order")
     conv.add_argument(
@@ -211,14 +235,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     opts = args.storage_options
-    ds = from_folder(
-        args.src,
-        size=args.size,
-        channels=args.channels,
-        resize=args.resize,
-        on_error=args.on_error,
-        storage_options=opts if is_url(args.src) else None,
-    )
+    try:
+        ds = from_folder(
+            args.src,
+            size=args.size,
+            channels=args.channels,
+            resize=args.resize,
+            on_error=args.on_error,
+            stray=args.stray,
+            masks=args.masks,
+            dtype=args.dtype,
+            storage_options=opts if is_url(args.src) else None,
+        )
+    except ValueError as e:
+        if "stray='ignore'" not in str(e):
+            raise
+        raise ValueError(f"{e} (on the command line: --stray ignore)") from None
     if ds.source_splits is not None:
         if args.valid is not None or args.test is not None:
             raise ValueError(f"{args.src} already holds split folders; drop --valid/--test")
@@ -234,7 +266,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         parts = ds.split({k: v for k, v in fractions.items() if v > 0}, seed=args.seed)
     print(
         f"found {len(ds)} files in {len(ds.classes)} classes under {args.src}; splits: "
-        + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
+        + ", ".join(
+            f"{k} {len(v)}" + (" (unlabelled)" if v.labels is None else "")
+            for k, v in parts.items()
+        )
     )
     ext = ".zarr.zip" if args.format == "zip" else ".zarr"
     rows = []
@@ -334,6 +369,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             images=args.images,
             labels=args.labels,
             classes=args.classes,
+            columns=[c for c in args.columns.split(",") if c],
+            boxes=[b for b in args.boxes.split(",") if b],
             chunks=args.chunk,
             codec=args.codec,
             order=args.order,

@@ -16,6 +16,8 @@ def convert(
     images: str = "images",
     labels: str | None = None,
     classes: Sequence[str] = (),
+    columns: Sequence[str] = (),
+    boxes: Sequence[str] = (),
     chunks: int | None = None,
     codec: str | None = None,
     order: str = "shuffled",
@@ -26,13 +28,17 @@ def convert(
 ) -> str:
     """Write the arrays of an HDF5 / ``.npy`` / ``.npz`` file to a daskimg store.
 
-    See :func:`open_array_set` for the source and :func:`daskimg.to_zarr` for the rest.
+    See :func:`~daskimg.read.arrays.open_array_set` for the source (``columns``: other
+    per-sample datasets to carry; ``boxes``: those of them that are ``(N, 4)`` boxes in
+    the images' pixels) and :func:`daskimg.to_zarr` for the rest.
 
     Examples
     --------
-    >>> di.convert.convert("old.h5", "out/train.zarr.zip", labels="labels")  # doctest: +SKIP
+    >>> convert("old.h5", "out/train.zarr.zip", labels="labels")  # doctest: +SKIP
     """
-    ds = open_array_set(src, images=images, labels=labels, classes=classes)
+    ds = open_array_set(
+        src, images=images, labels=labels, classes=classes, columns=columns, boxes=boxes
+    )
     return to_zarr(
         ds,
         out,
