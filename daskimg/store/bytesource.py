@@ -40,6 +40,7 @@ import stat
 import struct
 import sys
 import threading
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -134,6 +135,7 @@ class _LocalFiles:
         self._maps: dict[str, _LeasedMap] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        watch_breaks()
 
     def fd(self, file: str) -> int:
         if self._pid != os.getpid():  # forked: never share the parent's descriptors or maps
@@ -203,14 +205,16 @@ class _LeasedMap:
         self.active = 0
         self.broken = False
         self.lock = threading.Lock()
+        if mapped is not None:
+            _LIVE.add(self)
 
     @classmethod
     def take(cls, fd: int, where: str) -> _LeasedMap:
         if not _LEASES:
             return cls(fd, None, where)
         try:
-            # the break notice comes as SIGURG, which is ignored unless someone handles it:
-            # breaks are noticed by asking before each read, not by a signal handler
+            # the break notice comes as SIGURG, ignored by default; every read asks anyway, and
+            # where daskimg could install a handler (see watch_breaks), idle maps let go at once
             fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError:  # not the owner, a network file system, open for writing elsewhere
@@ -256,6 +260,23 @@ class _LeasedMap:
                 self.active -= 1
                 self._release_if_idle()
 
+    def notice_break(self) -> None:
+        """A break may be pending (SIGURG came): mark it, and let go now if no read is running.
+
+        Called from a signal handler in the main thread, which may have been interrupted
+        while holding this lock: then it does nothing (the next read notices the break).
+        """
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.map is not None and not self.broken:
+                with contextlib.suppress(OSError):
+                    if fcntl.fcntl(self.fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:
+                        self.broken = True
+            self._release_if_idle()
+        finally:
+            self.lock.release()
+
     def _release_if_idle(self) -> None:
         """After a break: give up the lease (the writer proceeds) once no read uses the map."""
         if self.broken and self.active == 0 and self.map is not None:
@@ -272,6 +293,32 @@ class _LeasedMap:
 
 _LEASES = sys.platform.startswith("linux") and hasattr(fcntl, "F_SETLEASE")
 _F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
+_LIVE: weakref.WeakSet[_LeasedMap] = weakref.WeakSet()
+_WATCHING: list[Any] = []  # [the previous SIGURG handler] once daskimg's is installed
+
+
+def watch_breaks() -> None:
+    """Install a SIGURG handler (once, from the main thread) that lets idle leases go at once.
+
+    Without it a writer that opens a mapped store file waits until the next read notices
+    the break, or until the kernel's lease-break-time (45 s) if the reader is idle. A
+    handler someone else installed is chained. Not in the main thread: nothing is done.
+    """
+    if _WATCHING or not _LEASES or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGURG)
+
+    def on_break(signum: int, frame: Any) -> None:
+        for leased in list(_LIVE):
+            leased.notice_break()
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGURG, on_break)
+    except (ValueError, OSError):  # not the main interpreter, or no signals here
+        return
+    _WATCHING.append(previous)
 
 
 def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
