@@ -247,7 +247,10 @@ def flipped_byte(members: Snapshot, name: str, c: int) -> Snapshot:
 
 BLOSC_MEMCPYED = 0x02
 CRAFTED_BYTES = 64
-HUGE = 3 * 2**19  # 1.5 MiB
+#: what a crafted header claims: near Blosc's limit (2 GiB - 16), so that trusting it reads
+#: far past the 64 bytes that are there, into unmapped memory: a crash every time rather
+#: than now and then (1.5 MiB over-reads crashed only some runs)
+HUGE = 2**31 - 2**20
 
 
 def blosc_header(nbytes: int, cbytes: int, typesize: int, flags: int = BLOSC_MEMCPYED) -> bytes:
@@ -258,9 +261,9 @@ def blosc_header(nbytes: int, cbytes: int, typesize: int, flags: int = BLOSC_MEM
 def crafted_body(info: ArrayInfo, exact: bool) -> bytes:
     """``CRAFTED_BYTES`` of chunk body whose header lies about what it decodes to.
 
-    Blosc: "memcpyed", decoding to 1.5 MiB (or, ``exact``, to exactly the chunk's size, so
+    Blosc: "memcpyed", decoding to ~2 GiB (``HUGE``; or, ``exact``, to exactly the chunk's size, so
     a size check alone passes) from ``cbytes`` bytes, while only 64 are there. Zstd: a
-    frame whose header declares 1.5 MiB of content and holds one raw 48-byte block. Raw
+    frame whose header declares ``HUGE`` bytes of content and holds one raw 48-byte block. Raw
     (codec "none"): 64 bytes where a whole chunk belongs.
     """
     kind = info.codec_kind
@@ -609,7 +612,10 @@ class ReaderProcess:
             fh.seek(offset)
             return fh.read().decode(errors="replace")[-3000:]
 
-    def run(self, job: dict[str, Any], timeout: float) -> dict[str, dict[str, Any]]:
+    def run(
+        self, job: dict[str, Any], timeout: float, deadline: float | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Run the job's reads: each within ``timeout`` s, all by ``deadline`` (monotonic)."""
         pending = list(job["reads"])
         results: dict[str, dict[str, Any]] = {}
         while pending:
@@ -622,10 +628,16 @@ class ReaderProcess:
             except BrokenPipeError:
                 pass
             while pending:
-                line = self._line(proc, time.monotonic() + timeout)
+                now = time.monotonic()
+                until = now + timeout if deadline is None else min(now + timeout, deadline)
+                line = self._line(proc, until)
                 if line is None:
                     self._stop()
-                    results[pending.pop(0)] = {"timeout": timeout}
+                    results[pending.pop(0)] = {"timeout": until - now}
+                    if deadline is not None and time.monotonic() >= deadline:
+                        for read in pending:  # no time left for them
+                            results[read] = {"timeout": 0.0}
+                        pending = []
                     break
                 if line == b"":
                     rc = self._stop()
