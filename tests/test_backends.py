@@ -987,13 +987,14 @@ KILL_POINTS = {
 class Writers:
     """The test's end of ``_KILL_WRITERS``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tmpdir: str) -> None:
+        # TMPDIR: what killed writers leave in their temporary folders stays in the test's
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _KILL_WRITERS],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=child_env(),
+            env=child_env(TMPDIR=tmpdir),
         )
 
     def _next(self) -> dict[str, Any]:
@@ -1064,7 +1065,7 @@ def _state_after(
 
 
 @pytest.mark.parametrize("where", list(KILL_POINTS))
-def test_sigkill_during_overwrite_leaves_the_old_or_the_new_store(where, request, reader):
+def test_sigkill_during_overwrite_leaves_the_old_or_the_new_store(where, request, reader, tmp_path):
     be = get_backend(where, request)
     old, new = sd.sample_arrays(N), sd.sample_arrays(KILL_N[be.place], offset=100)
     oracles = {
@@ -1078,7 +1079,7 @@ def test_sigkill_during_overwrite_leaves_the_old_or_the_new_store(where, request
     kw = {"chunks": CHUNKS, "shard_chunks": SHARD_CHUNKS, "order": "source"}
     di.to_zarr(image_set(old), target, storage_options=be.so, **kw)
     old_members = be.snapshot(target)
-    writers = Writers()
+    writers = Writers(str(tmp_path))
     request.addfinalizer(writers.close)
 
     def restore_old() -> None:
