@@ -258,7 +258,7 @@ def blosc_header(nbytes: int, cbytes: int, typesize: int, flags: int = BLOSC_MEM
     return struct.pack("<BBBBIII", 2, 1, flags, typesize, nbytes, nbytes, cbytes)
 
 
-def crafted_body(info: ArrayInfo, exact: bool) -> bytes:
+def crafted_body(info: ArrayInfo, exact: bool, claim: int = HUGE) -> bytes:
     """``CRAFTED_BYTES`` of chunk body whose header lies about what it decodes to.
 
     Blosc: "memcpyed", decoding to ~2 GiB (``HUGE``; or, ``exact``, to exactly the chunk's size, so
@@ -269,23 +269,25 @@ def crafted_body(info: ArrayInfo, exact: bool) -> bytes:
     kind = info.codec_kind
     pad = CRAFTED_BYTES - 16
     if kind == "blosc":
-        nbytes = info.chunk_len * info.sample_bytes if exact else HUGE
+        nbytes = info.chunk_len * info.sample_bytes if exact else claim
         typesize = max(1, min(info.itemsize, 255))
         return blosc_header(nbytes, nbytes + 16, typesize) + bytes(range(pad))
     if kind == "zstd":
         fhd = 0xE0  # 8-byte frame content size, single segment
         block = ((pad << 3) | 1).to_bytes(3, "little")  # last block, raw, 48 bytes
         payload = bytes(range(pad))
-        return b"\x28\xb5\x2f\xfd" + bytes([fhd]) + struct.pack("<Q", HUGE) + block + payload
+        return b"\x28\xb5\x2f\xfd" + bytes([fhd]) + struct.pack("<Q", claim) + block + payload
     if kind == "raw":
         return bytes(range(CRAFTED_BYTES))
     raise ValueError(f"no crafted chunk for codec {kind!r}")
 
 
-def crafted_chunk(members: Snapshot, name: str, c: int, *, exact: bool = False) -> Snapshot:
+def crafted_chunk(
+    members: Snapshot, name: str, c: int, *, exact: bool = False, claim: int = HUGE
+) -> Snapshot:
     """Chunk ``c`` replaced by a crafted 64-byte chunk WITH a valid crc32c (index fixed)."""
     info = array_info(members, name)
-    return set_chunk(members, name, c, with_crc(crafted_body(info, exact)))
+    return set_chunk(members, name, c, with_crc(crafted_body(info, exact, claim)))
 
 
 def crafted_applies(members: Snapshot, name: str, exact: bool) -> bool:
