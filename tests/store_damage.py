@@ -247,7 +247,10 @@ def flipped_byte(members: Snapshot, name: str, c: int) -> Snapshot:
 
 BLOSC_MEMCPYED = 0x02
 CRAFTED_BYTES = 64
-HUGE = 3 * 2**19  # 1.5 MiB
+#: what a crafted header claims: near Blosc's limit (2 GiB - 16), so that trusting it reads
+#: far past the 64 bytes that are there, into unmapped memory: a crash every time rather
+#: than now and then (1.5 MiB over-reads crashed only some runs)
+HUGE = 2**31 - 2**20
 
 
 def blosc_header(nbytes: int, cbytes: int, typesize: int, flags: int = BLOSC_MEMCPYED) -> bytes:
@@ -255,34 +258,36 @@ def blosc_header(nbytes: int, cbytes: int, typesize: int, flags: int = BLOSC_MEM
     return struct.pack("<BBBBIII", 2, 1, flags, typesize, nbytes, nbytes, cbytes)
 
 
-def crafted_body(info: ArrayInfo, exact: bool) -> bytes:
+def crafted_body(info: ArrayInfo, exact: bool, claim: int = HUGE) -> bytes:
     """``CRAFTED_BYTES`` of chunk body whose header lies about what it decodes to.
 
-    Blosc: "memcpyed", decoding to 1.5 MiB (or, ``exact``, to exactly the chunk's size, so
+    Blosc: "memcpyed", decoding to ~2 GiB (``HUGE``; or, ``exact``, to exactly the chunk's size, so
     a size check alone passes) from ``cbytes`` bytes, while only 64 are there. Zstd: a
-    frame whose header declares 1.5 MiB of content and holds one raw 48-byte block. Raw
+    frame whose header declares ``HUGE`` bytes of content and holds one raw 48-byte block. Raw
     (codec "none"): 64 bytes where a whole chunk belongs.
     """
     kind = info.codec_kind
     pad = CRAFTED_BYTES - 16
     if kind == "blosc":
-        nbytes = info.chunk_len * info.sample_bytes if exact else HUGE
+        nbytes = info.chunk_len * info.sample_bytes if exact else claim
         typesize = max(1, min(info.itemsize, 255))
         return blosc_header(nbytes, nbytes + 16, typesize) + bytes(range(pad))
     if kind == "zstd":
         fhd = 0xE0  # 8-byte frame content size, single segment
         block = ((pad << 3) | 1).to_bytes(3, "little")  # last block, raw, 48 bytes
         payload = bytes(range(pad))
-        return b"\x28\xb5\x2f\xfd" + bytes([fhd]) + struct.pack("<Q", HUGE) + block + payload
+        return b"\x28\xb5\x2f\xfd" + bytes([fhd]) + struct.pack("<Q", claim) + block + payload
     if kind == "raw":
         return bytes(range(CRAFTED_BYTES))
     raise ValueError(f"no crafted chunk for codec {kind!r}")
 
 
-def crafted_chunk(members: Snapshot, name: str, c: int, *, exact: bool = False) -> Snapshot:
+def crafted_chunk(
+    members: Snapshot, name: str, c: int, *, exact: bool = False, claim: int = HUGE
+) -> Snapshot:
     """Chunk ``c`` replaced by a crafted 64-byte chunk WITH a valid crc32c (index fixed)."""
     info = array_info(members, name)
-    return set_chunk(members, name, c, with_crc(crafted_body(info, exact)))
+    return set_chunk(members, name, c, with_crc(crafted_body(info, exact, claim)))
 
 
 def crafted_applies(members: Snapshot, name: str, exact: bool) -> bool:
@@ -609,7 +614,10 @@ class ReaderProcess:
             fh.seek(offset)
             return fh.read().decode(errors="replace")[-3000:]
 
-    def run(self, job: dict[str, Any], timeout: float) -> dict[str, dict[str, Any]]:
+    def run(
+        self, job: dict[str, Any], timeout: float, deadline: float | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Run the job's reads: each within ``timeout`` s, all by ``deadline`` (monotonic)."""
         pending = list(job["reads"])
         results: dict[str, dict[str, Any]] = {}
         while pending:
@@ -622,10 +630,16 @@ class ReaderProcess:
             except BrokenPipeError:
                 pass
             while pending:
-                line = self._line(proc, time.monotonic() + timeout)
+                now = time.monotonic()
+                until = now + timeout if deadline is None else min(now + timeout, deadline)
+                line = self._line(proc, until)
                 if line is None:
                     self._stop()
-                    results[pending.pop(0)] = {"timeout": timeout}
+                    results[pending.pop(0)] = {"timeout": until - now}
+                    if deadline is not None and time.monotonic() >= deadline:
+                        for read in pending:  # no time left for them
+                            results[read] = {"timeout": 0.0}
+                        pending = []
                     break
                 if line == b"":
                     rc = self._stop()
