@@ -40,6 +40,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 import weakref
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -135,7 +136,6 @@ class _LocalFiles:
         self._maps: dict[str, _LeasedMap] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        watch_breaks()
 
     def fd(self, file: str) -> int:
         if self._pid != os.getpid():  # forked: never share the parent's descriptors or maps
@@ -205,16 +205,18 @@ class _LeasedMap:
         self.active = 0
         self.broken = False
         self.lock = threading.Lock()
+        self.pid = os.getpid()  # after a fork, the parent's leases are not this process's
         if mapped is not None:
             _LIVE.add(self)
+            _ensure_watcher()
 
     @classmethod
     def take(cls, fd: int, where: str) -> _LeasedMap:
         if not _LEASES:
             return cls(fd, None, where)
         try:
-            # the break notice comes as SIGURG, ignored by default; every read asks anyway, and
-            # where daskimg could install a handler (see watch_breaks), idle maps let go at once
+            # the break notice comes as SIGURG, ignored by default: every read asks, and a
+            # watcher thread lets idle maps go (see _ensure_watcher)
             fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError:  # not the owner, a network file system, open for writing elsewhere
@@ -261,10 +263,10 @@ class _LeasedMap:
                 self._release_if_idle()
 
     def notice_break(self) -> None:
-        """A break may be pending (SIGURG came): mark it, and let go now if no read is running.
+        """If a writer waits (a break is pending), mark it, and let go now if no read is running.
 
-        Called from a signal handler in the main thread, which may have been interrupted
-        while holding this lock: then it does nothing (the next read notices the break).
+        Called by the watcher thread; if a read holds the lock right now, it does nothing
+        (that read notices the break itself).
         """
         if not self.lock.acquire(blocking=False):
             return
@@ -294,31 +296,37 @@ class _LeasedMap:
 _LEASES = sys.platform.startswith("linux") and hasattr(fcntl, "F_SETLEASE")
 _F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
 _LIVE: weakref.WeakSet[_LeasedMap] = weakref.WeakSet()
-_WATCHING: list[Any] = []  # [the previous SIGURG handler] once daskimg's is installed
+_WATCH_LOCK = threading.Lock()
+_WATCHER_PID: list[int] = []  # the process whose lease watcher runs
+#: how often the watcher asks whether a writer waits for a lease (seconds)
+WATCH_INTERVAL = 0.05
 
 
-def watch_breaks() -> None:
-    """Install a SIGURG handler (once, from the main thread) that lets idle leases go at once.
+def _ensure_watcher() -> None:
+    """Start (once per process) the thread that lets idle leases go when a writer waits.
 
-    Without it a writer that opens a mapped store file waits until the next read notices
-    the break, or until the kernel's lease-break-time (45 s) if the reader is idle. A
-    handler someone else installed is chained. Not in the main thread: nothing is done.
+    Reads notice a pending break themselves; this thread covers a reader that is idle
+    (its iteration paused, or finished), so a writer that opens a mapped store file waits
+    at most ~``WATCH_INTERVAL``, not the kernel's lease-break-time (45 s). It asks with
+    ``F_GETLEASE`` — no signal handler is needed (a signal would reach whichever thread
+    the kernel picks, not the one that could act).
     """
-    if _WATCHING or not _LEASES or threading.current_thread() is not threading.main_thread():
+    pid = os.getpid()
+    if [pid] == _WATCHER_PID:
         return
-    previous = signal.getsignal(signal.SIGURG)
+    with _WATCH_LOCK:
+        if [pid] == _WATCHER_PID:
+            return
+        threading.Thread(target=_watch, args=(pid,), name="daskimg-leases", daemon=True).start()
+        _WATCHER_PID[:] = [pid]
 
-    def on_break(signum: int, frame: Any) -> None:
+
+def _watch(pid: int) -> None:
+    while os.getpid() == pid:
+        time.sleep(WATCH_INTERVAL)
         for leased in list(_LIVE):
-            leased.notice_break()
-        if callable(previous):
-            previous(signum, frame)
-
-    try:
-        signal.signal(signal.SIGURG, on_break)
-    except (ValueError, OSError):  # not the main interpreter, or no signals here
-        return
-    _WATCHING.append(previous)
+            if leased.pid == pid:
+                leased.notice_break()
 
 
 def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
