@@ -466,7 +466,7 @@ def _recommend_size(
         why = (
             f"the smallest {kind}; none keeps up with {target:,.0f} samples/s here "
             f"(this one: {rate(best):,.0f}). Feed from more processes (DataLoader workers), "
-            "or see --goal speed"
+            'or choose for speed (goal "speed")'
         )
     parts = [
         f'codec "{best.codec}": {why}. The whole store would be {_human(best.store_bytes)} '
@@ -474,8 +474,14 @@ def _recommend_size(
         + (f", {_versus(best.store_bytes, hdf5)}" if hdf5 is not None else "")
         + "."
     ]
-    if hdf5 is not None and best.store_bytes >= hdf5.store_bytes:
-        parts.append(f"No codec measured here beats {hdf5.name} on these samples.")
+    smallest = min(pool, key=lambda r: r.store_bytes)
+    if smallest is not best:  # smaller, but too slow for the target
+        parts.append(
+            f'"{smallest.codec}" would be smaller ({_human(smallest.store_bytes)}) but feeds '
+            f"{rate(smallest):,.0f} samples/s."
+        )
+    if hdf5 is not None and smallest.store_bytes >= hdf5.store_bytes:
+        parts.append(f"No {kind.split(' (')[0]} measured here beats {hdf5.name} on these samples.")
     cache = "warm counts: it fits in memory" if fits else "cold counts: bigger than half the memory"
     fastest = max(pool, key=rate)
     if fastest is best:
@@ -506,7 +512,7 @@ def size_summary(results: Sequence[CodecResult], hdf5: Hdf5Result | None = None)
     """One line: the smallest lossless codec, its whole-store size, and against ``hdf5``.
 
     ``"zstd, 91.0 MiB for the whole store, 14% smaller than HDF5 LZF (106.0 MiB) on these
-    samples"``; "none measured" when no lossless codec was.
+    samples"``; ``"no lossless codec was measured"`` when none was.
     """
     lossless = [r for r in results if not _lossy(r)]
     if not lossless:

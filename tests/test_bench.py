@@ -233,6 +233,15 @@ def test_goal_size_picks_the_smallest_lossless_codec_that_keeps_up(target, memor
     assert 'Lossy "jpeg:75" would be' in rec.text
 
 
+def test_goal_size_names_a_smaller_codec_that_is_too_slow():
+    # cold (does not fit): zstd 4,500/s is smaller but slower than 4,800; lz4 keeps up
+    rec = recommend(SIZE_ROWS, target=4_800, memory=10, goal="size", hdf5=_lzf(800))
+    assert rec.codec == "lz4"
+    assert '"zstd" would be smaller (760 B) but feeds 4,500 samples/s.' in rec.text
+    assert "12% larger than HDF5 LZF (800 B)" in rec.text  # lz4's 900 B
+    assert "beats HDF5 LZF" not in rec.text  # zstd does, only too slowly
+
+
 def test_goal_size_when_no_lossless_codec_keeps_up_is_still_the_smallest_and_says_so():
     rec = recommend(SIZE_ROWS, target=50_000, memory=10**6, goal="size")
     assert (rec.codec, rec.meets_target) == ("zstd", False)
@@ -258,7 +267,7 @@ def test_size_is_compared_with_hdf5_lzf_in_plain_words(lzf, says):
     assert summary == f"zstd, 760 B for the whole store, {says} on these samples"
     rec = recommend(SIZE_ROWS, memory=10**6, goal="size", hdf5=_lzf(lzf))
     assert says in rec.text
-    beaten = "No codec measured here beats HDF5 LZF" in rec.text
+    beaten = "No lossless codec measured here beats HDF5 LZF" in rec.text
     assert beaten == (lzf <= 760)
     assert size_summary(SIZE_ROWS) == "zstd, 760 B for the whole store"
     assert size_summary(SIZE_ROWS[:1]) == "no lossless codec was measured"
