@@ -127,9 +127,10 @@ def _parser() -> argparse.ArgumentParser:
         "--goal",
         choices=("speed", "size"),
         default=None,
-        help="what --codecs recommends for (implies --codecs): speed (default: the smallest "
-        "lossless codec that keeps up with --target, else the fastest) or size (the smallest "
-        "lossless codec that keeps up with --target, or the smallest lossless one)",
+        help="what --codecs recommends for (implies --codecs). speed (default): the fastest "
+        "lossless codec; with --target the smallest lossless one that keeps up, else JPEG or "
+        "the fastest. size: the smallest lossless codec (with --target: that keeps up), and "
+        "what it costs in speed",
     )
     ben.add_argument(
         "--codec-list",
@@ -138,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="--codecs with these codecs: comma-separated, e.g. lz4,jpeg:85",
     )
-    ben.add_argument("--samples", type=int, default=2000, help="samples for --codecs")
+    ben.add_argument(
+        "--samples",
+        type=int,
+        default=2000,
+        help="samples for --codecs: the first ones, cut to whole chunks (default 2000)",
+    )
 
     show = sub.add_parser("show", help="draw a grid of samples with their labels")
     show.add_argument("store")
