@@ -11,16 +11,18 @@ uint8 and kept in memory. Then, for every codec ``daskimg bench --codecs`` compa
   order, checked and decompressed, 2 threads);
 * shuffled batches samples/s: ``daskimg.BatchIterator`` (batch 64, shuffled, 2 threads).
 
-Next to them: HDF5 (h5py) with LZF and with gzip level 4, chunked by 64 samples (ratio,
-write MB/s incl. fsync, random-chunk read ``dset[a:b]`` samples/s, one thread: h5py
-holds a global lock), and the source JPEGs (ratio = raw 224x224 pixel bytes / JPEG file
+Next to them: HDF5 (h5py) with LZF and with gzip level 4, chunked like daskimg (55 samples
+a chunk; ratio, stored MiB, write MB/s incl. fsync, random-chunk read ``dset[a:b]``
+samples/s, one thread: h5py holds a global lock), and the source JPEGs (ratio = raw 224x224 pixel bytes / JPEG file
 bytes; the JPEGs are the larger ~500x375 originals at quality 90).
 
+Codecs are measured interleaved (each write repetition and each read round goes through
+every store in turn), so a change of machine load hits them all; medians are reported.
 Reads run from a warm page cache (``--cold``: files evicted before each read).
 ``--write-docs`` writes the table of this run to ``docs/codecs.md``.
 
-    python bench/bench_codecs.py --write-docs   # ~1 minute
-    python bench/bench_codecs.py --quick        # < 1 minute
+    python bench/bench_codecs.py --write-docs   # ~5 minutes on 2 busy cores
+    python bench/bench_codecs.py --quick        # ~1 minute
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ from _common import (
 )
 
 BATCH = 64
-H5_CHUNK = 64
+#: samples per chunk, in every store and HDF5 file: what daskimg picks for 224x224x3 uint8
+#: (about 8 MiB of pixels), so all of them compress the same runs of samples
+CHUNK = 55
+MiB = 2**20
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "codecs.md"
 
 
@@ -66,102 +71,137 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def shuffled_rate(path: str, *, epochs: int, cold: bool) -> float:
-    import daskimg as di
-
-    it = di.BatchIterator(path, batch_size=BATCH, shuffle=True, seed=0, threads=2)
-    rates = []
-    for epoch in range(epochs):
-        prepare_cache([path], cold=cold)
-        it.set_epoch(epoch)
-        n = 0
-        with timer() as t:
-            for images, _ in it:
-                n += len(images)
-        rates.append(n / t[0])
-    return median(rates)
-
-
-def bench_daskimg(
+def bench_all(
     pixels: np.ndarray, labels: np.ndarray, classes: list[str], tmp: Path, a
 ) -> list[dict]:
+    """Every daskimg codec and HDF5 (LZF, gzip-4), measured interleaved.
+
+    The machine is shared and its load changes by the minute, so no codec gets a quiet
+    minute the others do not: every write repetition writes each store in turn, and
+    every read round reads each store in turn (daskimg: the random-chunk limit, one warm
+    and one cold shuffled epoch; HDF5: the random-chunk read). Medians are reported; a
+    first read round warms buffers and is not counted.
+    """
     import daskimg as di
     from daskimg.bench import BENCH_CODECS, raw_limit
+    from daskimg.store.format import auto_chunk_len
 
+    if auto_chunk_len(pixels.shape[1:], pixels.dtype, len(pixels)) != CHUNK:
+        raise SystemExit(f"daskimg no longer picks {CHUNK} samples per chunk here: update CHUNK")
     mem = di.ImageSet(pixels, labels, classes=classes)
-    out = []
-    for codec in BENCH_CODECS:
-        path = os.fspath(tmp / f"{codec.replace(':', '-q')}.zarr.zip")
-        writes = []
-        for _ in range(a.reps):
+    stores = {c: os.fspath(tmp / f"{c.replace(':', '-q')}.zarr.zip") for c in BENCH_CODECS}
+    h5 = {
+        "HDF5 LZF": (tmp / "lzf.h5", {"compression": "lzf"}),
+        "HDF5 gzip-4": (tmp / "gzip.h5", {"compression": "gzip", "compression_opts": 4}),
+    }
+    writes: dict[str, list[float]] = {k: [] for k in [*stores, *h5]}
+    for rep in range(a.reps):
+        for codec, path in stores.items():
             with timer() as t:
-                di.to_zarr(mem, path, codec=codec, order="source", overwrite=True)
-            writes.append(t[0])
-        limits = []
-        for rep in range(a.epochs):
+                di.to_zarr(mem, path, chunks=CHUNK, codec=codec, order="source", overwrite=True)
+            writes[codec].append(t[0])
+        for name, (path, kw) in h5.items():
+            writes[name].append(write_h5(pixels, path, kw))
+        print(f"  writes {rep + 1}/{a.reps} done", file=sys.stderr, flush=True)
+
+    iters = {
+        c: di.BatchIterator(p, batch_size=BATCH, shuffle=True, seed=0, threads=2)
+        for c, p in stores.items()
+    }
+    reads: dict[str, dict[str, list[float]]] = {
+        k: {"chunks": [], "shuffled": [], "cold": []} for k in [*stores, *h5]
+    }
+    for rnd in range(a.epochs + 1):
+        for codec, path in stores.items():
             prepare_cache([path], cold=a.cold)
-            limits.append(raw_limit(path, threads=2, seed=rep))
+            limit = raw_limit(path, threads=2, seed=rnd)
+            prepare_cache([path], cold=False)
+            warm = epoch_rate(iters[codec], rnd)
+            prepare_cache([path], cold=True)
+            cold = epoch_rate(iters[codec], rnd)
+            if rnd:
+                reads[codec]["chunks"].append(limit)
+                reads[codec]["shuffled"].append(warm)
+                reads[codec]["cold"].append(cold)
+        for name, (path, _) in h5.items():
+            prepare_cache([path], cold=a.cold)
+            rate = read_h5(path, len(pixels), seed=rnd)
+            if rnd:
+                reads[name]["chunks"].append(rate)
+        print(f"  read round {rnd + 1}/{a.epochs + 1} done", file=sys.stderr, flush=True)
+    for it in iters.values():
+        it.close()
+
+    out = []
+    for codec, path in stores.items():
         back = di.open_zarr(path).images[: min(len(pixels), 256)].compute()
-        row = {
-            "name": f'daskimg "{codec}"',
-            "psnr": psnr(pixels[: len(back)], back),
-            "ratio": pixels.nbytes / stored_bytes(path),
-            "write": pixels.nbytes / median(writes) / 1e6,
-            "chunks": median(limits),
-            "shuffled": shuffled_rate(path, epochs=a.epochs, cold=False),
-            "cold": shuffled_rate(path, epochs=a.epochs, cold=True),
-        }
-        print(f"  {row['name']}: done", file=sys.stderr, flush=True)
-        out.append(row)
-    return out
-
-
-def bench_h5(pixels: np.ndarray, tmp: Path, a) -> list[dict]:
-    import h5py
-
-    out = []
-    for name, kw in (
-        ("HDF5 LZF", {"compression": "lzf"}),
-        ("HDF5 gzip-4", {"compression": "gzip", "compression_opts": 4}),
-    ):
-        path = tmp / f"{name.split()[1]}.h5"
-        writes = []
-        for _ in range(a.reps):
-            path.unlink(missing_ok=True)
-            with timer() as t:
-                with h5py.File(path, "w") as f:
-                    f.create_dataset(
-                        "images", data=pixels, chunks=(H5_CHUNK, *pixels.shape[1:]), **kw
-                    )
-                fd = os.open(path, os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
-            writes.append(t[0])
-        rates = []
-        n = len(pixels)
-        for rep in range(a.epochs):
-            prepare_cache([path], cold=a.cold)
-            order = np.random.default_rng(rep).permutation(-(-n // H5_CHUNK))
-            with h5py.File(path, "r") as f:
-                dset = f["images"]
-                storage = dset.id.get_storage_size()
-                exact = bool((dset[:H5_CHUNK] == pixels[:H5_CHUNK]).all())
-                with timer() as t:
-                    for c in order:
-                        dset[c * H5_CHUNK : (c + 1) * H5_CHUNK]
-            rates.append(n / t[0])
+        stored = stored_bytes(path)
         out.append(
             {
-                "name": f"{name} (h5py, {H5_CHUNK} samples/chunk)",
+                "name": f'daskimg "{codec}"',
+                "psnr": psnr(pixels[: len(back)], back),
+                "ratio": pixels.nbytes / stored,
+                "mib": stored / MiB,
+                "write": pixels.nbytes / median(writes[codec]) / 1e6,
+                **{k: median(v) for k, v in reads[codec].items()},
+            }
+        )
+    import h5py
+
+    for name, (path, _) in h5.items():
+        with h5py.File(path, "r") as f:
+            dset = f["images"]
+            stored = dset.id.get_storage_size()
+            exact = bool((dset[:CHUNK] == pixels[:CHUNK]).all())
+        out.append(
+            {
+                "name": f"{name} (h5py, {CHUNK} samples/chunk)",
                 "psnr": float("inf") if exact else float("nan"),
-                "ratio": pixels.nbytes / storage,
-                "write": pixels.nbytes / median(writes) / 1e6,
-                "chunks": median(rates),
+                "ratio": pixels.nbytes / stored,
+                "mib": stored / MiB,
+                "write": pixels.nbytes / median(writes[name]) / 1e6,
+                "chunks": median(reads[name]["chunks"]),
                 "shuffled": None,
             }
         )
-        print(f"  {name}: done", file=sys.stderr, flush=True)
     return out
+
+
+def epoch_rate(it, epoch: int) -> float:
+    """Samples/s of one shuffled epoch of a BatchIterator."""
+    it.set_epoch(epoch)
+    n = 0
+    with timer() as t:
+        for images, _ in it:
+            n += len(images)
+    return n / t[0]
+
+
+def write_h5(pixels: np.ndarray, path: Path, kw: dict) -> float:
+    """Seconds to write the pixels as one chunked HDF5 dataset, close and fsync."""
+    import h5py
+
+    path.unlink(missing_ok=True)
+    with timer() as t:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("images", data=pixels, chunks=(CHUNK, *pixels.shape[1:]), **kw)
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return t[0]
+
+
+def read_h5(path: Path, n: int, *, seed: int) -> float:
+    """Samples/s reading every HDF5 chunk (``dset[a:b]``) in random order, one thread."""
+    import h5py
+
+    order = np.random.default_rng(seed).permutation(-(-n // CHUNK))
+    with h5py.File(path, "r") as f:
+        dset = f["images"]
+        with timer() as t:
+            for c in order:
+                dset[c * CHUNK : (c + 1) * CHUNK]
+    return n / t[0]
 
 
 def cell(v: float | None, spec: str) -> str:
@@ -180,6 +220,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
             r["name"],
             quality(r["psnr"]),
             f"{r['ratio']:.2f}x",
+            cell(r.get("mib"), ",.1f"),
             cell(r["write"], ",.0f"),
             cell(r["chunks"], ",.0f"),
             cell(r["shuffled"], ",.0f"),
@@ -193,6 +234,7 @@ HEADER = [
     "storage",
     "pixels (PSNR)",
     "ratio",
+    "stored MiB",
     "write MB/s",
     "random-chunk read samples/s",
     "shuffled warm samples/s",
@@ -230,8 +272,18 @@ def recommendations(rows: list[dict]) -> list[list[str]]:
     return out
 
 
+def versus(a: float, b: float) -> str:
+    """``"14% smaller than"``: ``a`` against ``b``."""
+    change = a / b - 1
+    return f"{abs(change):.0%} {'smaller' if change < 0 else 'larger'} than"
+
+
 def write_docs(rows: list[dict], n: int, jpeg_note: str, cold: bool, where: str) -> None:
     by = {r["name"]: r for r in rows}
+    lzf = by.get(f"HDF5 LZF (h5py, {CHUNK} samples/chunk)")
+    gz = by.get(f"HDF5 gzip-4 (h5py, {CHUNK} samples/chunk)")
+    lossless = [r for r in rows if r["name"].startswith("daskimg") and r["psnr"] == np.inf]
+    smallest = min(lossless, key=lambda r: r["mib"]) if lossless else None
     lz4 = by.get('daskimg "lz4"')
     zstd = by.get('daskimg "zstd"')
     none = by.get('daskimg "none"')
@@ -277,25 +329,42 @@ def write_docs(rows: list[dict], n: int, jpeg_note: str, cold: bool, where: str)
             recommendations(rows),
         ),
         "",
+        "Without a target it picks the fastest lossless codec; with `--goal size` "
+        '(`recommend(..., goal="size")`) the smallest lossless one that keeps up with the '
+        "target, or the smallest lossless one when there is no target"
+        + (f' (here: "{smallest["name"].split(chr(34))[1]}")' if smallest else "")
+        + ", and it says what that costs against the fastest.",
+        "",
         "## Which to use when",
         "",
         '- **`"lz4"` (the default)**: the fastest to read of the compressed codecs'
         + (
-            f" ({lz4['ratio']:.2f}x smaller than raw, {lz4['shuffled']:,.0f} shuffled samples/s "
-            "here)"
+            f" ({lz4['ratio']:.2f}x smaller than raw, {lz4['shuffled']:,.0f} warm / "
+            f"{lz4['cold']:,.0f} cold shuffled samples/s here)"
             if lz4
             else ""
         )
-        + ". Use it unless you have a reason not to.",
-        '- **`"zstd"`**: when disk space or network/disk bandwidth matters more than CPU'
+        + ". Use it when feeding speed matters more than disk space"
         + (
-            f" ({zstd['ratio']:.2f}x smaller than raw vs lz4's {lz4['ratio']:.2f}x; "
-            f"{zstd['shuffled']:,.0f} shuffled samples/s)"
-            if zstd and lz4
+            f"; it is not the smallest: {lz4['mib']:,.1f} MiB here, "
+            f"{versus(lz4['mib'], lzf['mib'])} HDF5 LZF ({lzf['mib']:,.1f} MiB)"
+            if lz4 and lzf
             else ""
         )
-        + ". On a slow or shared disk, or a cold page cache, the fewer bytes can make it the "
-        "fastest too.",
+        + ".",
+        '- **`"zstd"`**: when disk space or network/disk bandwidth matters more than CPU'
+        + (
+            f": the smallest lossless codec here, {zstd['mib']:,.1f} MiB "
+            f"({zstd['ratio']:.2f}x), {versus(zstd['mib'], lzf['mib'])} HDF5 LZF and "
+            f"{versus(zstd['mib'], lz4['mib'])} lz4. It costs reading speed "
+            f"({zstd['shuffled']:,.0f} warm / {zstd['cold']:,.0f} cold shuffled samples/s "
+            f"against lz4's {lz4['shuffled']:,.0f} / {lz4['cold']:,.0f}) and writing speed "
+            f"({zstd['write']:,.0f} MB/s against {lz4['write']:,.0f})"
+            if zstd and lz4 and lzf
+            else ""
+        )
+        + ". `daskimg bench STORE --goal size` names the smallest lossless codec for your data "
+        "and says how it compares with HDF5 LZF.",
         '- **`"none"`**: when the data fits in the page cache (warm data, repeated epochs on one '
         "machine): no decompression at all"
         + (
@@ -305,7 +374,19 @@ def write_docs(rows: list[dict], n: int, jpeg_note: str, cold: bool, where: str)
         )
         + ", at the cost of the full raw size on disk.",
         "- **HDF5** (for comparison): LZF and gzip files are what many existing pipelines use; "
-        "they read a chunk at a time under h5py's global lock.",
+        "they read a chunk at a time under h5py's global lock"
+        + (
+            f". LZF ({lzf['mib']:,.1f} MiB) is {versus(lzf['mib'], lz4['mib'])} lz4 and "
+            f"{versus(lzf['mib'], zstd['mib'])} zstd; gzip-4 "
+            f"({gz['mib']:,.1f} MiB, {versus(gz['mib'], zstd['mib'])} zstd) is "
+            f"{'smaller' if gz['mib'] < zstd['mib'] else 'no smaller'} than daskimg's smallest "
+            f"lossless codec, but reads {gz['chunks']:,.0f} samples/s in random chunks "
+            f"(one thread; zstd {zstd['chunks']:,.0f} with two) and writes "
+            f"{gz['write']:,.0f} MB/s (zstd {zstd['write']:,.0f})"
+            if lzf and gz and zstd and lz4
+            else ""
+        )
+        + ".",
         f"- {jpeg_note}",
         "",
     ]
@@ -337,8 +418,7 @@ def main() -> None:
     print(f"bench_codecs: {where}; {n} samples of {TARGET[0]}x{TARGET[1]}x3", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="daskimg-bench-codecs-"))
     try:
-        rows = bench_daskimg(pixels, labels_arr, classes, tmp, a)
-        rows += bench_h5(pixels, tmp, a)
+        rows = bench_all(pixels, labels_arr, classes, tmp, a)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +21,22 @@ from .store.reader import StoreReader
 BENCH_CODECS = ("lz4", "zstd", "none", "jpeg:90", "jpeg:75")
 __all__ = [
     "BENCH_CODECS",
+    "GOALS",
     "CodecResult",
+    "Hdf5Result",
     "Recommendation",
     "bench_store",
     "compare_codecs",
     "evict",
+    "measure_hdf5",
     "raw_limit",
     "recommend",
+    "sample_count",
+    "size_summary",
 ]
+
+#: what :func:`recommend` can optimise for: feeding speed, or the size of the store
+GOALS = ("speed", "size")
 
 
 def evict(paths: Sequence[str | os.PathLike[str]]) -> int:
@@ -145,6 +153,23 @@ class CodecResult:
     cold: float  # shuffled samples/s with the store dropped from the page cache
     psnr: float  # dB against the stored pixels; inf = lossless
     store_bytes: int  # the whole store's projected size in this codec
+    write: float = 0.0  # samples/s written from memory (encode + pack + fsync); 0: not measured
+
+
+@dataclass(frozen=True)
+class Hdf5Result:
+    """The same samples written with h5py, for comparison (see :func:`measure_hdf5`)."""
+
+    compression: str  # h5py's filter: "lzf", "gzip"
+    chunk_len: int  # samples per HDF5 chunk: as daskimg's copies (see :func:`sample_count`)
+    ratio: float  # raw bytes / stored chunk bytes
+    store_bytes: int  # the whole store's projected size in HDF5
+    write: float  # samples/s: create_dataset from memory, close and fsync
+
+    @property
+    def name(self) -> str:
+        """``"HDF5 LZF"``."""
+        return f"HDF5 {self.compression.upper()}"
 
 
 def compare_codecs(
@@ -155,14 +180,19 @@ def compare_codecs(
     batch_size: int = 64,
     epochs: int = 2,
     threads: int = 2,
+    progress: Callable[[str, CodecResult | None], None] | None = None,
 ) -> list[CodecResult]:
     """Re-encode the first ``samples`` of a store with each codec and measure them here.
 
+    The samples are cut to whole chunks of daskimg's default length (see
+    :func:`sample_count`); the copies' sizes are projected to the whole store (``store_bytes``).
     The copies are written next to the store (same disk) and removed afterwards. Each is
     fed shuffled for ``epochs`` from the page cache (warm) and ``epochs`` from disk
     (cold: dropped from the page cache before each), after one pass that is not counted.
     ``codecs`` are codec specs (``"lz4"``, ``"jpeg:80"``...; default :data:`BENCH_CODECS`).
     Codecs that cannot hold the images (``"jpeg"``: uint8 with 1 or 3 channels) are left out.
+    ``progress(codec, None)`` is called when a codec starts, ``progress(codec, result)``
+    when it is measured (a measurement takes seconds to a minute per codec).
 
     Examples
     --------
@@ -176,10 +206,8 @@ def compare_codecs(
     from .store.write import to_zarr
     from .storeinfo import info
 
-    ds = open_zarr(_local(path))
-    images = ds.require_images()
-    n = min(samples, len(ds))
-    pixels = np.asarray(images[:n].compute())
+    ds, pixels, chunk_len = _load_sample(path, samples)
+    n = len(pixels)
     labels = None if ds.labels is None else ds.labels[:n]
     sample = ImageSet(pixels, labels, classes=ds.classes)
     full_raw = pixels[0].nbytes * len(ds) if n else 0
@@ -200,12 +228,17 @@ def compare_codecs(
                     "codec was asked for; add lz4, zstd or none"
                 ) from None
         for codec in specs:
+            if progress is not None:
+                progress(codec, None)
+            t = time.perf_counter()
             copy = to_zarr(
                 sample,
                 os.path.join(tmp, f"{codec.replace(':', '-')}.zarr.zip"),
+                chunks=chunk_len,
                 codec=codec,
                 order="source",
-            )
+            )  # fsynced
+            write = n / (time.perf_counter() - t)
             stored = int(info(copy)["arrays"]["images"]["stored_bytes"])
             back = np.asarray(open_zarr(copy).require_images()[: min(n, 256)].compute())
             warm = bench_store(copy, batch_size=batch_size, epochs=epochs, threads=threads)
@@ -221,10 +254,85 @@ def compare_codecs(
                     cold["rate"],
                     _psnr(pixels[: len(back)], back),
                     int(full_raw / ratio),
+                    write,
                 )
             )
             os.remove(copy)
+            if progress is not None:
+                progress(codec, out[-1])
     return out
+
+
+def measure_hdf5(
+    path: str | os.PathLike[str], *, samples: int = 2000, compression: str = "lzf"
+) -> Hdf5Result:
+    """Write the first ``samples`` of a store to HDF5 with h5py, as many pipelines store images.
+
+    One dataset of the images, chunked like :func:`compare_codecs`'s copies (daskimg's
+    default, about 8 MiB of pixels a chunk; HDF5 chunks, like Zarr's, are compressed one
+    at a time), with h5py's ``compression`` filter (``"lzf"``: HDF5's fast lossless
+    filter; ``"gzip"``), written next to the store and removed afterwards. The size is HDF5's own count of the dataset's stored chunk
+    bytes (``get_storage_size``), projected to the whole store like :func:`compare_codecs`.
+    Needs h5py (``pip install h5py``).
+    """
+    try:
+        import h5py
+    except ImportError as e:  # an optional dependency (daskimg[bench])
+        raise ImportError(f"measuring HDF5 {compression} needs h5py: pip install h5py") from e
+    from .store.location import fsync_path
+
+    ds, pixels, chunk_len = _load_sample(path, samples)
+    if not len(pixels):
+        raise ValueError(f"{os.fspath(path)}: the store has no samples to measure")
+    where = os.path.dirname(os.path.abspath(os.fspath(path)))
+    with tempfile.TemporaryDirectory(prefix=".daskimg-bench-", dir=where) as tmp:
+        file = os.path.join(tmp, "images.h5")
+        t = time.perf_counter()
+        with h5py.File(file, "w") as f:
+            f.create_dataset(
+                "images",
+                data=pixels,
+                chunks=(chunk_len, *pixels.shape[1:]),
+                compression=compression,
+            )
+        fsync_path(file)
+        write = len(pixels) / (time.perf_counter() - t)
+        with h5py.File(file, "r") as f:
+            stored = int(f["images"].id.get_storage_size())
+    ratio = pixels.nbytes / max(stored, 1)
+    return Hdf5Result(compression, chunk_len, ratio, int(pixels[0].nbytes * len(ds) / ratio), write)
+
+
+def sample_count(path: str | os.PathLike[str], samples: int) -> tuple[int, int]:
+    """``(measured, total)``: how many of a store's samples :func:`compare_codecs` measures.
+
+    The first ``samples``, cut to whole chunks when that leaves at least one: a partial
+    last chunk is stored at full length, which would bias the projection to the whole
+    store. All of them when ``samples`` covers the store. Chunks here are daskimg's
+    default (about 8 MiB of pixels, what ``to_zarr`` and ``ingest`` write by default).
+    """
+    return _sample_plan(path, samples)[1:3]
+
+
+def _sample_plan(path: str | os.PathLike[str], samples: int) -> tuple[Any, int, int, int]:
+    """The store's ImageSet, samples to measure, the store's length, and the copies' chunk."""
+    from .store.format import auto_chunk_len
+    from .store.open import open_zarr
+
+    ds = open_zarr(_local(path))
+    total = len(ds)
+    images = ds.require_images()
+    n = min(max(samples, 0), total)
+    chunk_len = auto_chunk_len(images.shape[1:], images.dtype, n)
+    if n < total:
+        n -= n % chunk_len
+    return ds, n, total, chunk_len
+
+
+def _load_sample(path: str | os.PathLike[str], samples: int) -> tuple[Any, np.ndarray, int]:
+    """The store's ImageSet, the pixels of the samples to measure, samples per chunk."""
+    ds, n, _, chunk_len = _sample_plan(path, samples)
+    return ds, np.asarray(ds.require_images()[:n].compute()), chunk_len
 
 
 def _local(path: str | os.PathLike[str]) -> str:
@@ -257,32 +365,48 @@ class Recommendation:
     fits_in_memory: bool
     meets_target: bool | None  # None: no target given
     text: str
+    goal: str = "speed"
 
 
 def recommend(
-    results: Sequence[CodecResult], *, target: float | None = None, memory: int | None = None
+    results: Sequence[CodecResult],
+    *,
+    target: float | None = None,
+    memory: int | None = None,
+    goal: str = "speed",
+    hdf5: Hdf5Result | None = None,
 ) -> Recommendation:
     """Pick a codec for a store from :func:`compare_codecs` results.
 
     A store that fits in half of this machine's memory (``memory``, default: its RAM)
     is read warm after the first epoch; a larger one is read from disk every epoch, so
-    its cold rate counts. Lossless codecs come first: among those fast enough for
+    its cold rate counts.
+
+    ``goal="speed"`` (default): lossless codecs come first: among those fast enough for
     ``target`` the smallest wins (without a target, the fastest). Only when no lossless
     codec is fast enough is a lossy one (``"jpeg[:Q]"``) proposed: the most faithful
     (highest PSNR) of those fast enough.
+
+    ``goal="size"``: the smallest lossless codec that keeps up with ``target`` (without
+    a target, the smallest lossless one; when none keeps up, still the smallest, and
+    ``meets_target`` is False). The text says what that costs against the fastest
+    lossless codec (warm and cold samples/s, write samples/s), how it compares with
+    ``hdf5`` (:func:`measure_hdf5`, e.g. HDF5 LZF) and what a lossy codec would save.
+    Lossy codecs are chosen only when no lossless one was measured.
     """
     if not results:
         raise ValueError("no codec results to choose from; run compare_codecs first")
+    if goal not in GOALS:
+        raise ValueError(f"goal must be one of {', '.join(GOALS)}; got {goal!r}")
     memory = memory or _memory_bytes()
 
     def rate(r: CodecResult) -> float:
         return r.warm if r.store_bytes < memory / 2 else r.cold
 
-    def lossy_codec(r: CodecResult) -> bool:  # exact on the measured samples is not lossless
-        return r.psnr != float("inf") or r.codec.partition(":")[0] == "jpeg"
-
-    lossless = [r for r in results if not lossy_codec(r)]
-    lossy = [r for r in results if lossy_codec(r)]
+    lossless = [r for r in results if not _lossy(r)]
+    lossy = [r for r in results if _lossy(r)]
+    if goal == "size":
+        return _recommend_size(results, lossless, lossy, target, memory, rate, hdf5)
     if target is None:
         best = max(lossless or results, key=rate)
         why = "the fastest lossless codec here"
@@ -317,6 +441,108 @@ def recommend(
     return Recommendation(
         best.codec, rate(best), fits, None if target is None else rate(best) >= target, text
     )
+
+
+def _recommend_size(
+    results: Sequence[CodecResult],
+    lossless: list[CodecResult],
+    lossy: list[CodecResult],
+    target: float | None,
+    memory: int,
+    rate: Callable[[CodecResult], float],
+    hdf5: Hdf5Result | None,
+) -> Recommendation:
+    """``recommend(goal="size")``: the smallest lossless codec that keeps up."""
+    pool = lossless or list(results)
+    kind = "lossless codec" if lossless else "codec measured (no lossless one was)"
+    fast = pool if target is None else [r for r in pool if rate(r) >= target]
+    best = min(fast or pool, key=lambda r: r.store_bytes)
+    fits = best.store_bytes < memory / 2
+    if target is None:
+        why = f"the smallest {kind}"
+    elif fast:
+        why = f"the smallest {kind} that keeps up with {target:,.0f} samples/s"
+    else:
+        why = (
+            f"the smallest {kind}; none keeps up with {target:,.0f} samples/s here "
+            f"(this one: {rate(best):,.0f}). Feed from more processes (DataLoader workers), "
+            'or choose for speed (goal "speed")'
+        )
+    parts = [
+        f'codec "{best.codec}": {why}. The whole store would be {_human(best.store_bytes)} '
+        f"(compression {best.ratio:.2f}x)"
+        + (f", {_versus(best.store_bytes, hdf5)}" if hdf5 is not None else "")
+        + "."
+    ]
+    smallest = min(pool, key=lambda r: r.store_bytes)
+    if smallest is not best:  # smaller, but too slow for the target
+        parts.append(
+            f'"{smallest.codec}" would be smaller ({_human(smallest.store_bytes)}) but feeds '
+            f"{rate(smallest):,.0f} samples/s."
+        )
+    if hdf5 is not None and smallest.store_bytes >= hdf5.store_bytes:
+        parts.append(f"No {kind.split(' (')[0]} measured here beats {hdf5.name} on these samples.")
+    cache = "warm counts: it fits in memory" if fits else "cold counts: bigger than half the memory"
+    fastest = max(pool, key=rate)
+    if fastest is best:
+        parts.append(f"It is also the fastest here: {_rates(best)} ({cache}).")
+    else:
+        parts.append(
+            f'It costs speed: {_rates(best)}, against "{fastest.codec}" '
+            f"({_human(fastest.store_bytes)}): {_rates(fastest)} ({cache})."
+        )
+    smaller = [r for r in lossy if r.store_bytes < best.store_bytes and lossless]
+    if smaller:
+        alt = max(smaller, key=lambda r: (r.psnr, -r.store_bytes))
+        parts.append(
+            f'Lossy "{alt.codec}" would be {_human(alt.store_bytes)} ({alt.psnr:.1f} dB PSNR), '
+            "if your model tolerates it."
+        )
+    return Recommendation(
+        best.codec,
+        rate(best),
+        fits,
+        None if target is None else rate(best) >= target,
+        " ".join(parts),
+        "size",
+    )
+
+
+def size_summary(results: Sequence[CodecResult], hdf5: Hdf5Result | None = None) -> str:
+    """One line: the smallest lossless codec, its whole-store size, and against ``hdf5``.
+
+    ``"zstd, 91.0 MiB for the whole store, 14% smaller than HDF5 LZF (106.0 MiB) on these
+    samples"``; ``"no lossless codec was measured"`` when none was.
+    """
+    lossless = [r for r in results if not _lossy(r)]
+    if not lossless:
+        return "no lossless codec was measured"
+    best = min(lossless, key=lambda r: r.store_bytes)
+    text = f"{best.codec}, {_human(best.store_bytes)} for the whole store"
+    if hdf5 is not None:
+        text += f", {_versus(best.store_bytes, hdf5)} on these samples"
+    return text
+
+
+def _lossy(r: CodecResult) -> bool:
+    """JPEG, or not exact on the measured samples (exact on those is not proof of lossless)."""
+    return r.psnr != float("inf") or r.codec.partition(":")[0] == "jpeg"
+
+
+def _versus(n: int, hdf5: Hdf5Result) -> str:
+    """``"14% smaller than HDF5 LZF (106.0 MiB)"``."""
+    change = n / max(hdf5.store_bytes, 1) - 1
+    how = (
+        "the same size as"
+        if round(change * 100) == 0
+        else (f"{abs(change):.0%} {'smaller' if change < 0 else 'larger'} than")
+    )
+    return f"{how} {hdf5.name} ({_human(hdf5.store_bytes)})"
+
+
+def _rates(r: CodecResult) -> str:
+    text = f"{r.warm:,.0f} warm / {r.cold:,.0f} cold samples/s"
+    return text + (f", writes {r.write:,.0f}/s" if r.write else "")
 
 
 def _memory_bytes() -> int:

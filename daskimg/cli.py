@@ -143,8 +143,18 @@ def _parser() -> argparse.ArgumentParser:
         "--codecs",
         action="store_true",
         help="re-encode a sample of the store with each codec (next to it, removed after), "
-        "measure each warm and cold, and recommend one for --target "
+        "measure each warm and cold, compare their sizes with HDF5 LZF (needs h5py), and "
+        "recommend one for --goal and --target "
         "(lz4, zstd, none, jpeg:90, jpeg:75; --codec-list to choose)",
+    )
+    ben.add_argument(
+        "--goal",
+        choices=("speed", "size"),
+        default=None,
+        help="what --codecs recommends for (implies --codecs). speed (default): the fastest "
+        "lossless codec; with --target the smallest lossless one that keeps up, else JPEG or "
+        "the fastest. size: the smallest lossless codec (with --target: that keeps up), and "
+        "what it costs in speed",
     )
     ben.add_argument(
         "--codec-list",
@@ -153,7 +163,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="--codecs with these codecs: comma-separated, e.g. lz4,jpeg:85",
     )
-    ben.add_argument("--samples", type=int, default=2000, help="samples for --codecs")
+    ben.add_argument(
+        "--samples",
+        type=int,
+        default=2000,
+        help="samples for --codecs: the first ones, cut to whole chunks (default 2000)",
+    )
 
     show = sub.add_parser("show", help="draw a grid of samples with their labels")
     show.add_argument("store")
@@ -430,7 +445,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_store, compare_codecs, recommend
+    from .bench import (
+        CodecResult,
+        bench_store,
+        compare_codecs,
+        measure_hdf5,
+        recommend,
+        sample_count,
+        size_summary,
+    )
 
     ok = True
     for cold in (False, True) if args.cold else (False,):
@@ -458,30 +481,67 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 f"  target {args.target:,.0f} img/s: {'keeps up' if keeps else 'DOES NOT keep up'} "
                 f"({res['rate'] / args.target:.2f}x)"
             )
-    if args.codecs or args.codec_list is not None:
-        rows = compare_codecs(
-            args.store,
-            codecs=list(args.codec_list or ()) or None,
-            samples=args.samples,
-            batch_size=args.batch_size,
-            epochs=max(1, min(args.epochs, 2)),
-            threads=args.threads,
-        )
+    if not (args.codecs or args.codec_list is not None or args.goal is not None):
+        return 0 if ok else 1
+
+    # --codecs: HDF5 LZF first (for comparison), then a row per codec as it is measured
+    n, total = sample_count(args.store, args.samples)
+    print(
+        f"\ncodecs, each re-encoded from the first {n} of the store's {total} samples "
+        f"({'all of them' if n == total else 'the whole store projected from them'}); "
+        "shuffled samples/s from the page cache (warm) and from disk (cold), "
+        "samples/s written:",
+        flush=True,
+    )
+    print(
+        f"  {'codec':9s} {'ratio':>7s} {'warm':>9s} {'cold':>9s} {'write':>8s} {'PSNR':>9s}"
+        "  whole store"
+    )
+    hdf5 = None
+    try:
+        lzf = measure_hdf5(args.store, samples=args.samples)
+    except ImportError as e:
+        print(f"  {'hdf5-lzf':9s} not measured: {e}")
+    else:
+        hdf5 = lzf
         print(
-            f"\nevery codec on the first {args.samples} samples of the store, shuffled samples/s:"
+            f"  {'hdf5-lzf':9s} {lzf.ratio:6.2f}x {'-':>9s} {'-':>9s} {lzf.write:8,.0f} "
+            f"{'lossless':>9s}  {lzf.store_bytes / 2**30:.3f} GiB  "
+            f"(h5py, {lzf.chunk_len} samples a chunk: for comparison)",
+            flush=True,
         )
-        print(f"  {'codec':8s} {'ratio':>7s} {'warm':>9s} {'cold':>9s} {'PSNR':>9s}  whole store")
-        for r in rows:
-            lossless = r.psnr == float("inf") and not r.codec.startswith("jpeg")
-            psnr = "lossless" if lossless else f"{r.psnr:.1f} dB"
-            print(
-                f"  {r.codec:8s} {r.ratio:6.2f}x {r.warm:9,.0f} {r.cold:9,.0f} {psnr:>9s}  "
-                f"{r.store_bytes / 2**30:.2f} GiB"
-            )
-        rec = recommend(rows, target=args.target)
-        print(f"recommended: {rec.text}")
-        if rec.meets_target is not None:
-            ok = rec.meets_target
+
+    def progress(codec: str, r: CodecResult | None) -> None:
+        if r is None:  # starting: the row is finished when it is measured
+            print(f"  {codec:9s}", end="", flush=True)
+            return
+        lossless = r.psnr == float("inf") and not r.codec.startswith("jpeg")
+        psnr = "lossless" if lossless else f"{r.psnr:.1f} dB"
+        print(
+            f" {r.ratio:6.2f}x {r.warm:9,.0f} {r.cold:9,.0f} {r.write:8,.0f} {psnr:>9s}  "
+            f"{r.store_bytes / 2**30:.3f} GiB",
+            flush=True,
+        )
+
+    rows = compare_codecs(
+        args.store,
+        codecs=list(args.codec_list or ()) or None,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        epochs=max(1, min(args.epochs, 2)),
+        threads=args.threads,
+        progress=progress,
+    )
+    print(f"smallest lossless: {size_summary(rows, hdf5)}")
+    goal = args.goal or "speed"
+    rec = recommend(rows, target=args.target, goal=goal, hdf5=hdf5)
+    print(f"recommended: {rec.text}")
+    if goal == "speed":
+        smallest = recommend(rows, target=args.target, goal="size", hdf5=hdf5)
+        if smallest.codec != rec.codec:
+            print(f'for the smallest store: --goal size ("{smallest.codec}")')
+    if rec.meets_target is not None:
+        ok = rec.meets_target
     return 0 if ok else 1
 
 
