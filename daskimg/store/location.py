@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zarr.storage import WrapperStore
+
 from ..errors import StoreExistsError, StoreLockedError
 from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
@@ -253,14 +255,25 @@ class Location:
 
     # -- a URL folder written in place (by a cluster's workers) --------------------------
     def open_in_place(self) -> Any:
-        """A writable zarr store at this ``*.zarr`` URL, cleared first (its root last)."""
+        """A writable zarr store at this ``*.zarr`` URL, for a write in place.
+
+        The root ``zarr.json`` is replaced first by one saying ``complete: false`` (so from
+        then on the URL holds a store that opens as unfinished, never nothing and never a
+        mix), then every other object is removed; zarr's writes of the root are held back
+        until :meth:`finish_in_place` puts the final one.
+        """
         from zarr.storage import FsspecStore
 
         assert self.is_url, "in place: a URL folder only"
         assert self.kind == "dir", "in place: a URL folder only"
         fs, key = self._fs()
-        clear_url(fs, key)
-        return FsspecStore.from_url(self.target, storage_options=dict(self.storage_options or {}))
+        fs.pipe_file(key + "/zarr.json", json.dumps(_UNFINISHED, indent=2).encode())
+        others = [f for f in fs.find(key) if f.rstrip("/") != key + "/zarr.json"]
+        if others:
+            fs.rm(others)
+        fs.invalidate_cache(key)
+        store = FsspecStore.from_url(self.target, storage_options=dict(self.storage_options or {}))
+        return _RootLast(store)
 
     def finish_in_place(self, root_meta: dict[str, Any]) -> None:
         """Write the root ``zarr.json`` (``complete: true``) of a store written in place: last, in one put."""
@@ -268,8 +281,10 @@ class Location:
         fs.pipe_file(key + "/zarr.json", json.dumps(root_meta, indent=2).encode())
         fs.invalidate_cache(key)
 
-    def read_in_place(self, key: str) -> bytes:
-        """Bytes of ``key`` of a store being written in place."""
+    def read_in_place(self, key: str, store: Any = None) -> bytes:
+        """Bytes of ``key`` of a store being written in place (``store``: from open_in_place)."""
+        if key == "zarr.json" and isinstance(store, _RootLast) and store.root is not None:
+            return store.root
         fs, root = self._fs()
         return bytes(fs.cat_file(f"{root}/{key}"))
 
@@ -277,6 +292,51 @@ class Location:
         fs, key = self._fs()
         with contextlib.suppress(Exception):
             clear_url(fs, key)
+
+
+_UNFINISHED = {
+    "zarr_format": 3,
+    "node_type": "group",
+    "attributes": {"daskimg": {"format_version": 1, "num_samples": 0, "complete": False}},
+}
+
+
+class _RootLast(WrapperStore):
+    """A zarr store that holds back writes of the root ``zarr.json`` (see open_in_place)."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.root: bytes | None = None
+
+    async def set(self, key: str, value: Any) -> None:
+        if key == "zarr.json":
+            self.root = value.to_bytes()
+            return
+        await self._store.set(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Any) -> None:
+        if key == "zarr.json":
+            if self.root is None:
+                self.root = value.to_bytes()
+            return
+        await self._store.set_if_not_exists(key, value)
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if key == "zarr.json" and self.root is not None and byte_range is None:
+            return prototype.buffer.from_bytes(self.root)
+        return await self._store.get(key, prototype, byte_range)
+
+    async def exists(self, key: str) -> bool:
+        if key == "zarr.json":
+            return self.root is not None
+        return bool(await self._store.exists(key))
+
+    async def delete_dir(self, prefix: str) -> None:
+        """Nothing to delete: open_in_place cleared every object but the placeholder root."""
+
+    async def delete(self, key: str) -> None:
+        if key != "zarr.json":
+            await self._store.delete(key)
 
 
 def _dir_state(fs: Any, key: str) -> str:

@@ -293,7 +293,7 @@ def _staged(loc: Location, target: Any, key: str) -> bytes:
             return fh.read()
     if isinstance(target, ZipBuilder):
         return target.meta(key)
-    return loc.read_in_place(key)
+    return loc.read_in_place(key, target)
 
 
 def _write_json(path: str, obj: Any) -> None:
