@@ -28,10 +28,13 @@ medians reported:
   ``ImageSet.store.reader`` (the change proposed for ``daskimg/feed/source.py``; patched in
   here, the feed is not edited) and ``threads=T``.
 
-Samples/s, ratios to the GET limit and to GET + decode, and the client's CPU time per
-chunk (this process only; nginx and moto run in their own processes). Loopback has no
-wire: every byte moved costs CPU on both ends, so on a busy 2-core machine CPU, not
-latency, sets most of these numbers.
+Columns: samples/s (median and range), its ratio to the GET limit and to GET + decode; the
+CPU time per chunk of this process (the client) and of the server (nginx's or moto's
+processes); and "/ GET by cpu", the GET limit's client + server CPU per chunk over the
+method's: the ratio of rates where the CPU is what limits (loopback has no wire, so every
+byte moved costs CPU at both ends), and far less noisy than rates on a machine that others
+load. Decoding an lz4 chunk costs about as much CPU as moving it over loopback, so no
+decoding loader gets near the GET limit there; JPEG decoding costs ~20x the transfer.
 
     python bench/bench_url.py              # ~4-5 minutes (+~2 minutes the first time: stores)
     python bench/bench_url.py --quick      # ~1.5 minutes
@@ -148,6 +151,19 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
             proc.wait()
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its children."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 NGINX_CONF = """\
 daemon off;
 master_process on;
@@ -169,15 +185,16 @@ http {{
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{port};
-        root {root};
+        root {root};{limit}
     }}
 }}
 """
 
 
 @contextlib.contextmanager
-def nginx(root: Path) -> Iterator[str]:
-    """nginx serving ``root`` on 127.0.0.1; yields its base URL. Stopped (and its prefix removed) at exit."""
+def nginx(root: Path, rate: str | None = None) -> Iterator[tuple[str, int]]:
+    """nginx serving ``root`` on 127.0.0.1; yields its base URL and pid. Stopped (and its
+    prefix removed) at exit."""
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(exe):
         raise FileNotFoundError("nginx is not installed (Debian: apt-get install -y nginx-light)")
@@ -186,7 +203,8 @@ def nginx(root: Path) -> Iterator[str]:
     try:
         port = free_port()
         conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=root))
+        limit = f"\n        limit_rate {rate};" if rate else ""  # bytes/s per connection, like S3's
+        conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=root, limit=limit))
         log = prefix / "error.log"
         proc = subprocess.Popen(
             [exe, "-p", str(prefix), "-c", str(conf), "-e", str(log)],
@@ -194,7 +212,7 @@ def nginx(root: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         wait_port(port, proc, "nginx", log)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         if proc is not None:
             stop(proc, signal.SIGQUIT)  # graceful: the master stops its workers
@@ -218,8 +236,9 @@ MOTO_CHILD = textwrap.dedent(
 
 
 @contextlib.contextmanager
-def moto() -> Iterator[dict[str, Any]]:
-    """moto's S3 server on 127.0.0.1 in a child process; yields s3fs ``storage_options``."""
+def moto() -> Iterator[tuple[dict[str, Any], int]]:
+    """moto's S3 server on 127.0.0.1 in a child process; yields s3fs ``storage_options`` and
+    its pid."""
     env = {**os.environ, **AWS_ENV, "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(2**31)}
     env.pop("AWS_PROFILE", None)
     proc = subprocess.Popen(
@@ -238,7 +257,12 @@ def moto() -> Iterator[dict[str, Any]]:
         wait_port(port, proc, "moto")
         endpoint = f"http://127.0.0.1:{port}"
         os.environ["AWS_ENDPOINT_URL"] = endpoint  # a call that forgets the options goes here too
-        yield {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+        options = {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": endpoint},
+        }
+        yield options, proc.pid
     finally:
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
@@ -270,9 +294,17 @@ class Target:
     """One store at one URL: its options, plain-GET URLs of its keys, the loader's chunk order."""
 
     def __init__(
-        self, label: str, url: str, options: dict[str, Any], local: Path, plain: str, share: int
+        self,
+        label: str,
+        url: str,
+        options: dict[str, Any],
+        local: Path,
+        plain: str,
+        share: int,
+        server: int,
     ) -> None:
         self.label, self.url, self.options, self.local = label, url, options, local
+        self.server = server  # pid of the server process
         self.plain = plain  # plain http:// URL of the object (zip) or folder
         self.share = share  # consumer 0 of `share` (a DDP rank's part of an epoch)
         it = di.BatchIterator(str(local), **self.feed_kwargs())
@@ -461,6 +493,12 @@ def main() -> None:
         help="run only these targets",
     )
     p.add_argument("--codecs", nargs="+", choices=list(CODECS), default=list(CODECS))
+    p.add_argument(
+        "--nginx-rate",
+        default=None,
+        help="cap nginx's bytes/s per connection (its limit_rate, e.g. 50m), as object storage "
+        "caps a connection: then requests in flight, not CPU, set the rate",
+    )
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached stores")
     a = p.parse_args()
     if a.cold:
@@ -475,6 +513,7 @@ def main() -> None:
     print(
         f"bench_url: {machine()}; {n} samples of {TARGET[0]}x{TARGET[1]}x3, batch {BATCH}, "
         f"{reps} interleaved rounds, threads {threads}; S3: consumer 0 of {a.s3_share}"
+        + (f"; nginx limit_rate {a.nginx_rate}" if a.nginx_rate else "")
     )
     t0 = time.perf_counter()
     rows: list[list[str]] = []
@@ -482,13 +521,13 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         targets: list[Target] = []
         if "nginx-zip" in only:
-            base = stack.enter_context(nginx(stores))
+            base, pid = stack.enter_context(nginx(stores, a.nginx_rate))
             for name in a.codecs:
                 url = f"{base}/{name}.zarr.zip"
                 local = stores / f"{name}.zarr.zip"
-                targets.append(Target(f"nginx zip {name}", url, {}, local, url, 1))
+                targets.append(Target(f"nginx zip {name}", url, {}, local, url, 1, pid))
         if {"s3-zip", "s3-dir"} & set(only):
-            options = stack.enter_context(moto())
+            options, moto_pid = stack.enter_context(moto())
             upload(stores, options)
             endpoint = options["client_kwargs"]["endpoint_url"]
             for name in a.codecs:
@@ -498,7 +537,9 @@ def main() -> None:
                         url = f"s3://{BUCKET}/{name}{ext}"
                         plain = f"{endpoint}/{BUCKET}/{name}{ext}"
                         local = stores / f"{name}{ext}"
-                        targets.append(Target(label, url, options, local, plain, a.s3_share))
+                        targets.append(
+                            Target(label, url, options, local, plain, a.s3_share, moto_pid)
+                        )
         print(f"[setup] servers up ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
         for t in targets:
             got, opened = run_target(t, threads, reps)
@@ -521,7 +562,18 @@ def main() -> None:
     print(f"total {time.perf_counter() - t0:.0f}s")
 
 
-HEADER = ["target", "T", "method", "samples/s", "range", "/ GET", "/ GET+dec", "cpu ms/chunk"]
+HEADER = [
+    "target",
+    "T",
+    "method",
+    "samples/s",
+    "range",
+    "/ GET",
+    "/ GET+dec",
+    "cpu ms/chunk",
+    "server",
+    "/ GET by cpu",
+]
 
 
 def timed(f: Callable[[], int]) -> tuple[float, float, int]:
@@ -556,9 +608,12 @@ def run_target(t: Target, threads: Sequence[int], reps: int) -> tuple[list[list[
             f()
     rates: dict[tuple[int, str], list[float]] = {k: [] for k in methods}
     cpu: dict[tuple[int, str], list[float]] = {k: [] for k in methods}
+    srv: dict[tuple[int, str], list[float]] = {k: [] for k in methods}
     for _ in range(reps):
         for k, f in methods.items():
+            s0 = tree_cpu(t.server)
             wall, used, samples = timed(f)
+            srv[k].append((tree_cpu(t.server) - s0) * 1e3 / len(t.order))
             rates[k].append(samples / wall)
             cpu[k].append(used * 1e3 / len(t.order))
     for it in iters.values():
@@ -567,6 +622,10 @@ def run_target(t: Target, threads: Sequence[int], reps: int) -> tuple[list[list[
     for th in sorted({k[0] for k in methods}):
         limit = median(rates[(th, "GET limit")]) if (th, "GET limit") in rates else None
         bound = median(rates[(th, "GET + decode")]) if (th, "GET + decode") in rates else None
+        # CPU per chunk, client + server: what sets the rate when the CPU is the limit
+        # (loopback; a busy machine), and much less noisy than rates under others' load
+        spent = {k: median(cpu[k]) + median(srv[k]) for k in methods}
+        limit_cpu = spent.get((th, "GET limit"))
         for (kth, name), rs in rates.items():
             if kth != th:
                 continue
@@ -581,6 +640,8 @@ def run_target(t: Target, threads: Sequence[int], reps: int) -> tuple[list[list[
                     f"{r / limit:.2f}" if limit else "-",
                     f"{r / bound:.2f}" if bound else "-",
                     f"{median(cpu[(kth, name)]):.1f}",
+                    f"{median(srv[(kth, name)]):.1f}",
+                    f"{limit_cpu / spent[(kth, name)]:.2f}" if limit_cpu else "-",
                 ]
             )
     return rows, [t.label, f"{opened[0]:.2f}", f"{opened[1]:.2f}"]
