@@ -52,7 +52,7 @@ SMALL = 1 << 20
 KEEP = 64 << 20
 #: small zip members next to each other are fetched in one request, up to this many bytes
 SPAN = 8 << 20
-#: aiohttp's read buffer for a ranged response (its default, 64 KiB, costs ~3x the CPU)
+#: aiohttp's read buffer for a ranged response (its default, 64 KiB, wakes the loop per 64 KiB)
 READ_BUFSIZE = 4 << 20
 
 _REPLACED = (
