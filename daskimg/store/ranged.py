@@ -10,12 +10,12 @@ in flight. Measured with ``bench/bench_url.py`` (nginx and moto's S3 server on l
   response straight into the reader's buffer. Through fsspec's ``cat_file`` every response
   is received by fsspec's one event-loop thread, joined into a new ``bytes`` and copied
   again: ~60% more client CPU per 7.6 MB chunk, and one thread receiving for all of them
-  (half the chunk rate on a busy 2-core machine). With other client options (auth,
-  ``client_kwargs``), or when the server redirects, the response is streamed into the
-  buffer from fsspec's own aiohttp session instead. Either way every response is checked:
-  ``206`` with the ``Content-Range`` asked for and the object's size when the store was
-  opened, and ``If-Match`` with its ETag — an object replaced while it is read is an error
-  naming the store, never new bytes under old metadata.
+  (half the chunk rate on a busy 2-core machine). Every response is checked: ``206``
+  with the ``Content-Range`` asked for and the object's size when the store was opened,
+  and ``If-Match`` with its ETag — an object replaced while it is read is an error naming
+  the store, never new bytes under old metadata. With other client options (auth,
+  ``client_kwargs``), or once the server redirects, reads go through fsspec as for other
+  protocols (their lengths checked).
 * **Other protocols** (``s3://``, ``gs://``, ``memory://``, ...): ``fs.cat_file`` with a
   range; the bytes are decoded where they are (no copy into the reader's buffer).
 * **Small objects and zip members** (metadata, ``labels``, ``paths``; at most
@@ -52,8 +52,6 @@ SMALL = 1 << 20
 KEEP = 64 << 20
 #: small zip members next to each other are fetched in one request, up to this many bytes
 SPAN = 8 << 20
-#: aiohttp's read buffer for a ranged response (its default, 64 KiB, wakes the loop per 64 KiB)
-READ_BUFSIZE = 4 << 20
 
 _REPLACED = (
     "{where}: {path!r} changed since the store was opened ({what}); it was replaced or "
@@ -72,9 +70,8 @@ class RangedObjects:
         self.where = where
         self._fs = fs
         self._pid = os.getpid()
-        self.http = _streams(fs)
-        # no options but headers: read in the calling thread with the standard library
-        self.plain = self.http and _plain_options(fs)
+        # HTTP(S) with no options but headers: read in the calling thread, standard library
+        self.plain = is_http(fs) and _plain_options(fs)
         self._kept: dict[str, list[tuple[int, bytes]]] = {}
         self._kept_bytes = 0
         self._lock = threading.Lock()
@@ -145,12 +142,11 @@ class RangedObjects:
         """
         if n == 0:
             return memoryview(b"")
-        if self.http:
+        if self.plain:
             buf = bytearray(n)
             self.readinto(path, start, [buf], size=size, etag=etag)
             return memoryview(buf)
-        data = self._cat(path, start, n)
-        return memoryview(data)
+        return memoryview(self._cat(path, start, n))
 
     def readinto(
         self,
@@ -166,16 +162,10 @@ class RangedObjects:
         n = sum(len(v) for v in views)
         if n == 0:
             return
-        if self.http:
-            fs = self.fs
-            if self.plain:
-                if self._plain_into(fs, path, start, views, n, size, etag):
-                    return
-                self.plain = False  # redirected: fsspec's session follows, from now on
-            from fsspec.asyn import sync
-
-            sync(fs.loop, self._http_into, fs, path, start, views, n, size, etag)
-            return
+        if self.plain:
+            if self._plain_into(self.fs, path, start, views, n, size, etag):
+                return
+            self.plain = False  # redirected: fsspec (aiohttp) follows, from now on
         data = self._cat(path, start, n)
         pos = 0
         for v in views:
@@ -188,13 +178,6 @@ class RangedObjects:
         """Several ``(start, length)`` ranges of ``path``, fetched concurrently."""
         if not ranges:
             return []
-        if self.http:
-            from fsspec.asyn import sync
-
-            fs = self.fs
-            bufs = [bytearray(n) for _, n in ranges]
-            sync(fs.loop, self._http_many, fs, path, ranges, bufs, check)
-            return [memoryview(b) for b in bufs]
         got = self.fs.cat_ranges(
             [path] * len(ranges), [a for a, _ in ranges], [a + n for a, n in ranges]
         )
@@ -204,25 +187,6 @@ class RangedObjects:
                 raise self._error(path, a, n, data) from data
             out.append(memoryview(self._exact(path, a, n, data)))
         return out
-
-    async def _http_many(
-        self,
-        fs: Any,
-        path: str,
-        ranges: Sequence[tuple[int, int]],
-        bufs: list[bytearray],
-        check: dict[str, Any],
-    ) -> None:
-        import asyncio
-
-        size, etag = check.get("size"), check.get("etag")
-        await asyncio.gather(
-            *(
-                self._http_into(fs, path, a, [memoryview(b)], n, size, etag)
-                for (a, n), b in zip(ranges, bufs, strict=True)
-                if n
-            )
-        )
 
     def _cat(self, path: str, start: int, n: int) -> bytes:
         try:
@@ -257,10 +221,10 @@ class RangedObjects:
     ) -> bool:
         """One ranged GET on this thread's keep-alive connection, read straight into ``views``.
 
-        False (nothing read) when the server redirects: the caller then goes through fsspec's
-        session, which follows redirects.
+        False (nothing read) when the server redirects: the caller then reads through fsspec,
+        which follows redirects.
         """
-        url = urllib.parse.urlsplit(str(fs.encode_url(path)))
+        url = urllib.parse.urlsplit(str(fs.encode_url(path)) if hasattr(fs, "encode_url") else path)
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         headers = {k: str(v) for k, v in (fs.kwargs.get("headers") or {}).items()}
         headers["Range"] = f"bytes={start}-{start + n - 1}"
@@ -299,46 +263,6 @@ class RangedObjects:
             raise
         return True
 
-    async def _http_into(
-        self,
-        fs: Any,
-        path: str,
-        start: int,
-        views: list[memoryview],
-        n: int,
-        size: int | None,
-        etag: str | None,
-    ) -> None:
-        """One ranged GET on fsspec's aiohttp session, streamed into ``views``, checked."""
-        session = await fs.set_session()
-        kw = dict(fs.kwargs)
-        headers = dict(kw.pop("headers", None) or {})
-        headers["Range"] = f"bytes={start}-{start + n - 1}"
-        headers.setdefault("Accept-Encoding", "identity")
-        if etag and not etag.startswith("W/"):  # a weak ETag never matches If-Match
-            headers["If-Match"] = etag
-        kw.setdefault("read_bufsize", max(1 << 16, min(n, READ_BUFSIZE)))
-        async with session.get(fs.encode_url(path), headers=headers, **kw) as r:
-            self._check_response(r, path, start, n, size)
-            i, pos = 0, 0
-            while i < len(views):
-                data = await r.content.readany()
-                if not data:
-                    got = sum(len(v) for v in views[:i]) + pos
-                    raise ChecksumError(
-                        f"{self.where}: {path!r} bytes {start}..{start + n}: the response ended "
-                        f"after {got} bytes; open the store again, or re-create it"
-                    )
-                src = memoryview(data)
-                while src and i < len(views):
-                    v = views[i]
-                    k = min(len(v) - pos, len(src))
-                    v[pos : pos + k] = src[:k]
-                    src = src[k:]
-                    pos += k
-                    if pos == len(v):
-                        i, pos = i + 1, 0
-
     def _check_response(self, r: Any, path: str, start: int, n: int, size: int | None) -> None:
         status = r.status
         if status == 412:
@@ -376,13 +300,6 @@ def is_http(fs: Any) -> bool:
     protocol = getattr(fs, "protocol", ())
     protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
     return bool({"http", "https"} & set(protocols))
-
-
-def _streams(fs: Any) -> bool:
-    """fsspec's HTTP filesystem, with what streaming a response into a buffer needs of it."""
-    return is_http(fs) and all(
-        hasattr(fs, a) for a in ("set_session", "encode_url", "kwargs", "loop")
-    )
 
 
 def _plain_options(fs: Any) -> bool:

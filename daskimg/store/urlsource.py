@@ -85,7 +85,7 @@ class RemoteZip(ByteSource):
         total = sum(memoryview(b).nbytes for b in buffers)
         _check_range(self, key, start, total)
         if key in self._span:
-            _copy_into(self._fetch(key, start, total), buffers)
+            super().readinto(key, start, buffers)  # from the kept span
             return
         offset = self.members[key][0] + start
         self.objects.readinto(self.key, offset, buffers, **self._check)
@@ -93,7 +93,7 @@ class RemoteZip(ByteSource):
     @contextlib.contextmanager
     def view(self, key: str, start: int, n: int, scratch: Any) -> Iterator[Any]:
         _check_range(self, key, start, n)
-        if key in self._span or not self.objects.http:
+        if key in self._span or not self.objects.plain:
             yield self._fetch(key, start, n)  # kept, or fetched as bytes: no copy
             return
         with super().view(key, start, n, scratch) as data:  # streamed into scratch
@@ -150,7 +150,7 @@ class RemoteDir(ByteSource):
         total = sum(memoryview(b).nbytes for b in buffers)
         _check_range(self, key, start, total)
         if self.keys[key] <= SMALL:
-            _copy_into(self._fetch(key, start, total), buffers)
+            super().readinto(key, start, buffers)  # from the kept object
             return
         path = f"{self._root}/{key}"
         self.objects.readinto(path, start, buffers, size=self.keys[key])
@@ -169,14 +169,6 @@ def _check_range(src: ByteSource, key: str, start: int, n: int) -> None:
             f"{src.where}: {key!r} holds {size} bytes, too few for bytes {start}..{start + n} "
             "(truncated); the store is damaged — re-create it"
         )
-
-
-def _copy_into(data: memoryview, buffers: Sequence[Any]) -> None:
-    pos = 0
-    for b in buffers:
-        view = memoryview(b).cast("B")
-        view[:] = data[pos : pos + len(view)]
-        pos += len(view)
 
 
 def _remote_zip_members(
