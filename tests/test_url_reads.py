@@ -11,6 +11,7 @@ import http.server
 import multiprocessing
 import pickle
 import re
+import sys
 import threading
 import zlib
 
@@ -79,11 +80,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away
+            super().handle_error(request, client_address)
+
+
 @pytest.fixture
 def server():
     """A range-capable HTTP server on 127.0.0.1: ``files`` maps URL paths to bytes."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
+    srv = _Server(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.headers_seen, srv.redirects = {}, [], [], {}
     srv.etags, srv.ignore_range = True, False
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
