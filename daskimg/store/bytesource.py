@@ -1,7 +1,8 @@
 """Store: the bytes of a store, wherever it lives — listing, ranged reads, and noticing change.
 
 One interface, four places: a local ``*.zarr.zip`` file, a local ``*.zarr`` folder, and the
-same two at an fsspec URL (``s3://``, ``http://``, ``memory://``, ...). The checked reader
+same two at an fsspec URL (``s3://``, ``http://``, ``memory://``, ...; those two live in
+:mod:`daskimg.store.urlsource`). The checked reader
 (:mod:`daskimg.store.reader`) reads every chunk through it, so what it guarantees —
 damage is an error naming the store, the key and what is wrong; a store replaced or
 rewritten while it is read is an error, never ``SIGBUS`` and never new bytes under old
@@ -24,8 +25,7 @@ loader reads) or, if the reader is idle, until the kernel's ``lease-break-time``
 
 A zip is read in place: members are located once from its central directory and local
 headers (each checked: stored uncompressed, names agree, data inside the file, no
-duplicates), then read by offset. URL reads are ranged requests, one per chunk or
-shard index, issued from the reading threads.
+duplicates), then read by offset.
 """
 
 from __future__ import annotations
@@ -484,91 +484,10 @@ class LocalDir(ByteSource):
         self.files.close()
 
 
-class RemoteZip(ByteSource):
-    """A ``*.zarr.zip`` object at a URL, read in place with ranged requests."""
-
-    def __init__(self, url: str, fs: Any, key: str, state: dict[str, Any] | None = None) -> None:
-        self.where, self.fs, self.key = url, fs, key
-        if state is None:
-            try:
-                size = int(fs.size(key))
-            except FileNotFoundError:
-                raise FileNotFoundError(
-                    f"no store at {url!r} (a *.zarr.zip appears there only once its upload "
-                    "is complete)"
-                ) from None
-
-            def ranges(rs: Sequence[tuple[int, int]]) -> list[bytes]:
-                got = fs.cat_ranges([key] * len(rs), [a for a, _ in rs], [b for _, b in rs])
-                for g in got:
-                    if isinstance(g, BaseException):
-                        raise g
-                return list(got)
-
-            with fs.open(key, "rb", block_size=2**16) as fh:
-                members = zip_members(fh, size, ranges, url)
-            state = {"size": size, "members": members}
-        self._state = state
-        self.members = state["members"]
-        self.keys = {k: v[1] for k, v in self.members.items()}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"where": self.where, "fs": self.fs, "key": self.key, "state": self._state}
-
-    def __setstate__(self, s: dict[str, Any]) -> None:
-        self.__init__(s["where"], s["fs"], s["key"], s["state"])  # type: ignore[misc]
-
-    def _read(self, key: str, start: int, n: int) -> bytes:
-        offset = self.members[key][0] + start
-        if n == 0:
-            return b""
-        return bytes(self.fs.cat_file(self.key, start=offset, end=offset + n))
-
-
-class RemoteDir(ByteSource):
-    """A ``*.zarr`` folder of objects at a URL."""
-
-    def __init__(self, url: str, fs: Any, key: str, state: dict[str, Any] | None = None) -> None:
-        self.where, self.fs, self.key = url, fs, key
-        if state is None:
-            fs.invalidate_cache(key)
-            found = fs.find(key, detail=True)
-            prefix = key.rstrip("/") + "/"
-            sizes = {
-                k[len(prefix) :]: int(v["size"]) for k, v in found.items() if k.startswith(prefix)
-            }
-            if not sizes:
-                raise FileNotFoundError(f"no store at {url!r}")
-            state = {"sizes": sizes}
-        self._state = state
-        self.keys = dict(state["sizes"])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"where": self.where, "fs": self.fs, "key": self.key, "state": self._state}
-
-    def __setstate__(self, s: dict[str, Any]) -> None:
-        self.__init__(s["where"], s["fs"], s["key"], s["state"])  # type: ignore[misc]
-
-    def _read(self, key: str, start: int, n: int) -> bytes:
-        if n == 0:
-            return b""
-        try:
-            return bytes(
-                self.fs.cat_file(f"{self.key.rstrip('/')}/{key}", start=start, end=start + n)
-            )
-        except FileNotFoundError:
-            raise ChecksumError(
-                f"{self.where}: {key!r} is missing (it was listed when the store was opened); "
-                + _REPLACED.format(what="objects")
-            ) from None
-
-
-def open_source(target: str, kind: str, fs: Any = None, key: str | None = None) -> ByteSource:
-    """The byte source of a store: ``fs``/``key`` given for a URL, else ``target`` is a local path."""
-    if fs is None:
-        return LocalZip(target) if kind == "zip" else LocalDir(target)
-    assert key is not None
-    return RemoteZip(target, fs, key) if kind == "zip" else RemoteDir(target, fs, key)
+def open_source(target: str, kind: str) -> ByteSource:
+    """The byte source of a local store: ``kind`` ``"zip"`` or ``"dir"`` (URLs:
+    :func:`daskimg.store.urlsource.open_url_source`)."""
+    return LocalZip(target) if kind == "zip" else LocalDir(target)
 
 
 def preadv_all(fd: int, buffers: Sequence[Any], offset: int) -> int:

@@ -45,6 +45,7 @@ from zarr.storage import WrapperStore
 from ..errors import StoreExistsError, StoreLockedError
 from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
+from .urlsource import open_url_source
 
 __all__ = ["Location", "fsync_path", "fsync_tree", "remove_path", "store_kind", "write_lock"]
 
@@ -118,7 +119,7 @@ class Location:
         if not self.is_url:
             return open_source(self.target, self.kind)
         fs, key = self._fs()
-        return open_source(self.target, self.kind, fs, key)
+        return open_url_source(self.target, self.kind, fs, key)
 
     def exists(self) -> bool:
         if not self.is_url:

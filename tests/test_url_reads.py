@@ -1,0 +1,342 @@
+"""Stores at a URL read in place: a ``.zarr.zip`` over HTTP ranged requests, and ``memory://``.
+
+The HTTP server is a small range-capable server started here on 127.0.0.1 (ETags,
+``If-Match``, and misbehaviour on request: ignoring ``Range``); every request it answers is
+recorded, so the tests can count what opening and reading a store costs.
+"""
+
+from __future__ import annotations
+
+import http.server
+import multiprocessing
+import pickle
+import re
+import sys
+import threading
+import zlib
+
+import fsspec
+import numpy as np
+import pytest
+
+import daskimg as di
+from daskimg.errors import ChecksumError
+from daskimg.store.reader import StoreReader
+
+pytest.importorskip("aiohttp")  # fsspec's HTTP filesystem
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real server
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, *, body: bool) -> None:
+        srv = self.server
+        rng = self.headers.get("Range")
+        srv.requests.append((self.command, self.path, rng))
+        srv.headers_seen.append(dict(self.headers))
+        if self.path in srv.redirects:
+            self._send(302, b"", {"Location": srv.redirects[self.path]})
+            return
+        data = srv.files.get(self.path)
+        if data is None:
+            self._send(404, b"", {})
+            return
+        etag = f'"{zlib.crc32(data):08x}-{len(data)}"'
+        headers = {"Accept-Ranges": "bytes"}
+        if srv.etags:
+            headers["ETag"] = etag
+            match = self.headers.get("If-Match")
+            if match is not None and match != etag:
+                self._send(412, b"", {})
+                return
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+        if m is None or srv.ignore_range:
+            self._send(200, data, headers, body=body)
+            return
+        a = int(m[1])
+        b = min(int(m[2]) if m[2] else len(data) - 1, len(data) - 1)
+        if a >= len(data):
+            self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+            return
+        headers["Content-Range"] = f"bytes {a}-{b}/{len(data)}"
+        self._send(206, data[a : b + 1], headers, body=body)
+
+    def _send(self, status: int, data: bytes, headers: dict[str, str], body: bool = True) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away
+            super().handle_error(request, client_address)
+
+
+@pytest.fixture
+def server():
+    """A range-capable HTTP server on 127.0.0.1: ``files`` maps URL paths to bytes."""
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    srv.files, srv.requests, srv.headers_seen, srv.redirects = {}, [], [], {}
+    srv.etags, srv.ignore_range = True, False
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _store(tmp_path, ds, name="s.zarr.zip", **kw):
+    path = tmp_path / name
+    kw = {"chunks": 8, "shard_chunks": 2, **kw}
+    di.to_zarr(ds, path, order="source", **kw)
+    return path
+
+
+def _serve(server, path, name="/s.zarr.zip"):
+    server.files[name] = path.read_bytes()
+    return server.base + name
+
+
+@pytest.fixture
+def small_is_tiny(monkeypatch):
+    """Members over 8,000 bytes are big (read by range, not kept), as images shards are; only
+    the last 2,000 bytes of a zip are fetched at once when it is opened."""
+    import daskimg.store.ranged as ranged
+    import daskimg.store.urlsource as urlsource
+
+    monkeypatch.setattr(urlsource, "SMALL", 8000)
+    monkeypatch.setattr(ranged, "SMALL", 8000)
+    monkeypatch.setattr(urlsource, "ZIP_TAIL", 2000)
+
+
+@pytest.fixture
+def noisy_set():
+    """64 incompressible 32x32x3 images (12 KB a chunk of 4) whose first pixel is the index."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(64)
+    return di.ImageSet(images, np.arange(64) % 3, classes=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("codec", ["lz4", "jpeg", "none"])
+def test_http_zip_reads_as_local(tmp_path, server, indexed_set, codec):
+    ds = indexed_set
+    if codec == "jpeg":  # JPEG needs 1 or 3 channels of some size; compare with the local read
+        ds = di.ImageSet(np.repeat(np.repeat(ds.images, 4, 1), 4, 2), ds.labels, classes=ds.classes)
+    path = _store(tmp_path, ds, codec=codec)
+    url = _serve(server, path)
+    remote, local = di.open_zarr(url, storage_options={}), di.open_zarr(path)
+    np.testing.assert_array_equal(remote.images.compute(), local.images.compute())
+    np.testing.assert_array_equal(remote.labels, local.labels)
+    for a, b in zip(
+        di.BatchIterator(url, batch_size=16, seed=3, storage_options={}),
+        di.BatchIterator(path, batch_size=16, seed=3),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"headers": {"X-Token": "t0"}}, {"client_kwargs": {"trust_env": False}}],
+    ids=["headers", "client-options"],
+)
+def test_http_zip_with_options(tmp_path, server, noisy_set, small_is_tiny, options):
+    # headers are sent on every request; other client options go through fsspec's session
+    url = _serve(server, _store(tmp_path, noisy_set))
+    ds = di.open_zarr(url, storage_options=options)
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+    ranged = [h for (_, _, r), h in zip(server.requests, server.headers_seen, strict=True) if r]
+    assert len(ranged) > 8
+    if "headers" in options:
+        assert all(h.get("X-Token") == "t0" for h in ranged)
+
+
+def test_http_zip_behind_a_redirect(tmp_path, server, noisy_set, small_is_tiny):
+    _serve(server, _store(tmp_path, noisy_set))
+    server.redirects["/moved.zarr.zip"] = "/s.zarr.zip"
+    ds = di.open_zarr(server.base + "/moved.zarr.zip", storage_options={})
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+    assert any(p == "/moved.zarr.zip" and r for _, p, r in server.requests)
+
+
+def test_http_zip_open_takes_few_requests(tmp_path, server, noisy_set, small_is_tiny):
+    path = _store(tmp_path, noisy_set, chunks=4, shard_chunks=4)
+    url = _serve(server, path)
+    ds = di.open_zarr(url, storage_options={})
+    np.testing.assert_array_equal(ds.labels, noisy_set.labels)
+    reader = StoreReader(str(path))
+    lay = reader.layout("images")
+    assert min(reader.source.keys[lay.key(s)] for s in range(lay.num_shards)) > 8000
+    # size, tail (central directory), the local header of each images shard, and one request
+    # for all the small members (metadata, labels, paths) and their headers: not one per chunk
+    assert len(server.requests) == 3 + lay.num_shards, server.requests
+    assert [r[0] for r in server.requests].count("HEAD") == 1
+    before = len(server.requests)
+    images = ds.images.compute(scheduler="sync")  # threads may each read a shard's index
+    np.testing.assert_array_equal(images, noisy_set.images)
+    # then one index per shard and one request per chunk, each a range of the one object
+    got = server.requests[before:]
+    assert len(got) == lay.num_shards + lay.num_chunks
+    sizes = sorted(
+        int(m[2]) - int(m[1]) + 1 for m in (re.match(r"bytes=(\d+)-(\d+)", r[2]) for r in got)
+    )
+    chunks = sorted(reader.chunk_location("images", c)[2] for c in range(lay.num_chunks))
+    assert sizes[-lay.num_chunks :] == chunks
+
+
+def test_http_zip_keeps_at_most_keep_bytes(tmp_path, server, noisy_set, monkeypatch):
+    import daskimg.store.ranged as ranged
+    import daskimg.store.urlsource as urlsource
+
+    monkeypatch.setattr(urlsource, "ZIP_TAIL", 2000)
+    monkeypatch.setattr(urlsource, "KEEP", 50_000)
+    monkeypatch.setattr(ranged, "KEEP", 50_000)
+    path = _store(tmp_path, noisy_set)  # ~200 KB of small members
+    url = _serve(server, path)
+    ds = di.open_zarr(url, storage_options={})
+    spans = [re.match(r"bytes=(\d+)-(\d+)", r[2]) for r in server.requests[1:]]
+    fetched = sum(int(m[2]) - int(m[1]) + 1 for m in spans)
+    assert fetched < 50_000 + 2000 + 100 * len(ds.store.reader.source.keys)
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+
+
+def test_http_zip_small_store_is_kept_whole(tmp_path, server, indexed_set):
+    path = _store(tmp_path, indexed_set)  # every member is small: one request holds them all
+    url = _serve(server, path)
+    ds = di.open_zarr(url, storage_options={})
+    n = len(server.requests)
+    ds.images.compute()
+    assert len(server.requests) == n  # read from what opening fetched
+
+
+def test_http_zip_replaced_while_read(tmp_path, server, noisy_set, small_is_tiny):
+    path = _store(tmp_path, noisy_set)
+    url = _serve(server, path)
+    ds = di.open_zarr(url, storage_options={})
+    ds.images.blocks[0].compute()
+    other = noisy_set.take(np.arange(len(noisy_set))[::-1])
+    server.files["/s.zarr.zip"] = _store(tmp_path, other, "t.zarr.zip").read_bytes()
+    with pytest.raises(ChecksumError, match=r"s\.zarr\.zip.*changed since the store was opened"):
+        ds.images.compute()
+
+
+def test_http_zip_replaced_without_etags_size_changed(tmp_path, server, noisy_set, small_is_tiny):
+    server.etags = False
+    path = _store(tmp_path, noisy_set)
+    url = _serve(server, path)
+    ds = di.open_zarr(url, storage_options={})
+    server.files["/s.zarr.zip"] += b"\0" * 10
+    with pytest.raises(ChecksumError, match="changed since the store was opened"):
+        ds.images.compute()
+
+
+def test_http_server_ignoring_ranges_is_refused(tmp_path, server, noisy_set, small_is_tiny):
+    server.ignore_range = True
+    url = _serve(server, _store(tmp_path, noisy_set))
+    with pytest.raises(OSError, match="not 206 Partial Content"):
+        di.open_zarr(url, storage_options={})
+
+
+def test_http_small_zip_from_a_server_ignoring_ranges(tmp_path, server, indexed_set):
+    server.ignore_range = True  # the whole file is asked for at once: a 200 is the answer
+    url = _serve(server, _store(tmp_path, indexed_set))
+    np.testing.assert_array_equal(di.open_zarr(url, storage_options={}).images, indexed_set.images)
+
+
+def test_http_damaged_chunk_is_named(tmp_path, server, noisy_set, small_is_tiny):
+    path = _store(tmp_path, noisy_set)
+    _, offset, nbytes = StoreReader(str(path)).chunk_location("images", 3)
+    data = bytearray(path.read_bytes())
+    data[offset + nbytes // 2] ^= 0x40
+    server.files["/s.zarr.zip"] = bytes(data)
+    ds = di.open_zarr(server.base + "/s.zarr.zip", storage_options={})
+    with pytest.raises(ChecksumError, match=r"array 'images', chunk 3"):
+        ds.images.compute()
+
+
+def test_http_missing_store(server):
+    with pytest.raises(FileNotFoundError, match="no store"):
+        di.open_zarr(server.base + "/nothing.zarr.zip", storage_options={})
+
+
+def test_http_folder_store_is_refused(tmp_path, server, indexed_set):
+    path = _store(tmp_path, indexed_set, "s.zarr")
+    for f in path.rglob("*"):
+        if f.is_file():
+            server.files["/s.zarr/" + f.relative_to(path).as_posix()] = f.read_bytes()
+    with pytest.raises(ValueError, match=r"cannot be read over plain HTTP.*\.zarr\.zip"):
+        di.open_zarr(server.base + "/s.zarr", storage_options={})
+
+
+def _child_read(reader, queue):
+    queue.put(int(reader.read_chunk("images", 2).sum()))
+
+
+def test_http_reader_after_fork_and_pickle(tmp_path, server, noisy_set, small_is_tiny):
+    url = _serve(server, _store(tmp_path, noisy_set))
+    reader = di.open_zarr(url, storage_options={}).store.reader
+    want = int(reader.read_chunk("images", 2).sum())  # the parent's session is in use
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_read, args=(reader, queue))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert queue.get(timeout=5) == want
+    again = pickle.loads(pickle.dumps(reader))
+    assert int(again.read_chunk("images", 2).sum()) == want
+
+
+@pytest.mark.parametrize("name", ["s.zarr.zip", "s.zarr"])
+def test_memory_store_small_objects_read_once(tmp_path, indexed_set, name, monkeypatch):
+    fs = fsspec.filesystem("memory")
+    path = _store(tmp_path, indexed_set, name)
+    url = f"memory://urlreads/{name}"
+    fs.rm("/urlreads", recursive=True) if fs.exists("/urlreads") else None
+    fs.put(str(path), f"/urlreads/{name}", recursive=True)
+    calls = []
+    cat_file = fs.cat_file
+
+    def counting(p, start=None, end=None, **kw):
+        calls.append((p, start, end))
+        return cat_file(p, start=start, end=end, **kw)
+
+    monkeypatch.setattr(fs, "cat_file", counting)
+    ds = di.open_zarr(url, storage_options={})
+    np.testing.assert_array_equal(ds.labels, indexed_set.labels)
+    np.testing.assert_array_equal(ds.images.compute(), indexed_set.images)
+    assert len(calls) == len(set(calls))  # nothing fetched twice
+    if name.endswith(".zarr"):
+        # labels and paths: each shard object fetched whole, once (not an index + a chunk each)
+        shards = StoreReader(str(path)).layout("labels").num_shards
+        assert sum("labels/c/" in p for p, _, _ in calls) == shards
+        assert all(s in (None, 0) for p, s, _ in calls if "labels/c/" in p)
+
+
+def test_memory_folder_object_gone_after_open(tmp_path, noisy_set, small_is_tiny):
+    fs = fsspec.filesystem("memory")
+    path = _store(tmp_path, noisy_set, "g.zarr")
+    fs.put(str(path), "/urlreads-gone/g.zarr", recursive=True)
+    ds = di.open_zarr("memory://urlreads-gone/g.zarr", storage_options={})
+    fs.rm("/urlreads-gone/g.zarr/images/c/1/0/0/0")
+    with pytest.raises(ChecksumError, match=r"g\.zarr.*images/c/1/0/0/0.*(gone|missing)"):
+        ds.images.compute()
