@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 import daskimg as di
-from daskimg.writeback.writer import ArrayWriter
 
 SIZE = 64  # pixels: images are decoded to SIZE x SIZE
 
@@ -46,7 +45,7 @@ def extract(cnn: nn.Module, store: Path, out: Path, classes: tuple[str, ...]) ->
     """Stream the CNN's features of every image in ``store`` into ``out``; return the count."""
     arrays = {"features": ((128,), "float32"), "labels": ((), "int64"), "ids": ((), "int64")}
     it = di.BatchIterator(store, batch_size=64, shuffle=False)  # store order: ids = row numbers
-    with ArrayWriter(out, arrays=arrays, classes=classes, overwrite=True) as w, torch.no_grad():
+    with di.ArrayWriter(out, arrays=arrays, classes=classes, overwrite=True) as w, torch.no_grad():
         for images, labels in it:
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
             ids = np.arange(len(w), len(w) + len(images))
