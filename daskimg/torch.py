@@ -386,10 +386,6 @@ class TorchDataset(IterableDataset):
         """Continue from a :meth:`state_dict` at the next iteration (in this process or
         worker). Refused (ValueError naming it) when a setting that shapes the order differs."""
         check_state(state, self._settings, adopt_seed=self._seed_drawn)
-        for name in ("epoch", "batch"):
-            v = state.get(name)
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"state[{name!r}] must be a non-negative integer; got {v!r}")
         if self._seed_drawn and state.get("seed") is not None:
             self._kw["seed"] = int(state["seed"])
             self._settings["seed"] = self._kw["seed"]
