@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "check_at_least",
     "check_consumer",
     "check_count",
     "check_flag",
@@ -65,3 +66,9 @@ def check_seed(seed: object) -> int | None:
     return check_int(
         "seed", seed, low=0, allowed="a non-negative int, or None for a nondeterministic order"
     )
+
+
+def check_at_least(name: str, value: object, low: int) -> None:
+    """Refuse (ValueError) anything but an int (numpy ints too) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
