@@ -5,45 +5,24 @@ Import it as ``from daskimg.keras import KerasDataset``; keras is imported here 
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import pickle
-import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import keras
 import numpy as np
 
-from .feed.batches import (
-    INDEX,
-    EpochBatches,
-    ReadStats,
-    read_in_worker,
-    source_fingerprint,
-    start_worker,
-)
+from .feed.batches import INDEX, ReadStats
+from .feed.checks import check_at_least
+from .feed.indexed import IndexedBatches
 from .feed.iterator import Transform
-from .feed.shuffle import EpochPlan
+from .feed.plan import EpochPlan
+from .feed.source import FeedSource
 
 __all__ = ["KerasDataset"]
 
 #: ``(kind, spec)`` of one part of a batch: ``("one", name)``, ``("tuple", names)``,
 #: ``("dict", {model name: array name})``
 _Part = tuple[str, Any]
-
-#: the settings that shape the order of an epoch, as saved by ``state_dict``
-_ORDER_SETTINGS = (
-    "num_samples",
-    "chunk_len",
-    "source",
-    "seed",
-    "batch_size",
-    "shuffle",
-    "buffer_chunks",
-    "drop_last",
-)
 
 
 class KerasDataset(keras.utils.PyDataset):
@@ -178,24 +157,11 @@ class KerasDataset(keras.utils.PyDataset):
     ) -> None:
         # Keras's enqueuer is never used (see ``workers`` above): it calls ``ds[i]`` itself
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
-        for name, v, lo in (
-            ("batch_size", batch_size, 1),
-            ("buffer_chunks", buffer_chunks, 1),
-            ("workers", workers, 1),
-            ("max_queue_size", max_queue_size, 1),
-            ("threads", threads, 1),
-        ):
-            _check_int(name, v, lo)
-        if cache_chunks is not None:
-            _check_int("cache_chunks", cache_chunks, 1)
-        for name, flag in (("drop_last", drop_last), ("use_multiprocessing", use_multiprocessing)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        if shuffle is not None and not isinstance(shuffle, bool):
-            raise ValueError(f"shuffle must be True, False or None, got {shuffle!r}")
+        _check_args(batch_size, buffer_chunks, workers, max_queue_size, threads, cache_chunks)
+        _check_flags(drop_last=drop_last, use_multiprocessing=use_multiprocessing, shuffle=shuffle)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
-        _check_int("seed", seed, 0)
+        check_at_least("seed", seed, 0)
         self._parts = _parse_arrays(arrays)
         names = _leaves(self._parts)
         self.source = source
@@ -206,7 +172,7 @@ class KerasDataset(keras.utils.PyDataset):
         self.drop_last = drop_last
         self.read_workers = workers
         self.read_processes = use_multiprocessing
-        self._batches = EpochBatches(
+        self._data = IndexedBatches(
             source,
             names,
             batch_size=batch_size,
@@ -219,53 +185,12 @@ class KerasDataset(keras.utils.PyDataset):
             cache_chunks=cache_chunks,
             threads=threads,
             storage_options=storage_options,
+            workers=workers,
+            processes=use_multiprocessing,
         )
-        src = self._batches.reader.source
-        strings = [n for n in names if n != INDEX and src.dtype(n).kind in "OSUT"]
-        if strings:
-            raise TypeError(
-                f"arrays {strings} hold strings, which Keras cannot turn into tensors; "
-                'put "index" in arrays and look them up, e.g. '
-                f"di.open_zarr(store).arrays[{strings[0]!r}][index]"
-            )
-        self._fingerprint = source_fingerprint(src)
-        self.epoch = 0
-        self._skip: frozenset[int] = frozenset()  # served before a loaded state was saved
-        self._served: set[int] = set()  # plan batches of this epoch served
-        self._generation = 0  # changes with the epoch or the batches a state left out
-        self._runtime()
+        _refuse_strings(names, self._data.batches.reader.source)
         if use_multiprocessing:
-            self._check_picklable()
-
-    def _runtime(self) -> None:
-        """Locks, pools and batches read ahead: rebuilt after unpickling, never pickled."""
-        self._lock = threading.RLock()
-        self._pool: Executor | None = None
-        self._pool_pid: int | None = None
-        self._ahead: dict[tuple[int, int], Future[dict[str, np.ndarray]]] = {}
-        self._last: int | None = None  # the index asked for last
-        self._in_order = 0  # how many requests in a row asked for the index after the last
-        self._view: np.ndarray | None = None  # plan batch of each index, after a resume
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()  # the EpochBatches copy re-opens the store
-        for key in ("_lock", "_pool", "_pool_pid", "_ahead", "_last", "_in_order", "_view"):
-            state.pop(key)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._runtime()
-
-    def _check_picklable(self) -> None:
-        try:
-            pickle.dumps(self._batches)
-        except (pickle.PicklingError, AttributeError, TypeError) as e:
-            raise ValueError(
-                "use_multiprocessing=True sends this dataset to spawned processes, but it "
-                f"cannot be pickled ({e}); a transform must be a module-level function or "
-                "a picklable object (not a closure), or use workers=N threads instead"
-            ) from e
+            self._data.check_picklable()
 
     @property
     def workers(self) -> int:
@@ -294,22 +219,31 @@ class KerasDataset(keras.utils.PyDataset):
     @property
     def scale(self) -> float | None:
         """What ``images`` are divided by (None: as stored)."""
-        return self._batches.scale
+        return self._data.batches.scale
 
     @property
     def transform(self) -> Transform | None:
         """The transform applied to each batch."""
-        return self._batches.transform
+        return self._data.batches.transform
+
+    @property
+    def epoch(self) -> int:
+        """The epoch ``ds[i]`` serves (see Notes)."""
+        return self._data.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._data.epoch = value
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """The plan of ``epoch`` (default: the current one): ``plan().batches[b]`` are the
         store indices of plan batch ``b`` (``ds[i]`` is plan batch ``i`` unless a state
         loaded mid-epoch left some out)."""
-        return self._batches.plan(self.epoch if epoch is None else epoch)
+        return self._data.plan(epoch)
 
     # -- the PyDataset protocol -------------------------------------------------------
     def __len__(self) -> int:
-        return self._batches.num_batches - len(self._skip)
+        return len(self._data)
 
     @property
     def num_batches(self) -> int:
@@ -319,31 +253,8 @@ class KerasDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"batch index must be an int, got {index!r}")
-        with self._lock:
-            n = len(self)
-            if not 0 <= index < n:
-                raise IndexError(f"batch {index} out of range 0..{n - 1}")
-            index = int(index)
-            epoch, generation = self.epoch, self._generation
-            b = self._batch_of(index)
-            future = self._ahead.pop((epoch, b), None)
-            in_order = self._last is not None and index == self._last + 1
-            self._in_order = self._in_order + 1 if in_order else 0
-            self._last = index
-            if self._in_order >= 2:  # not by chance, as in a shuffled order now and then
-                self._read_ahead(epoch, index)
-            else:
-                self._drop_ahead()
-        if future is not None:
-            batch = future.result()
-        elif self.read_processes:
-            batch = self._executor().submit(read_in_worker, epoch, b).result()
-        else:
-            batch = self._batches.read(epoch, b)
-        with self._lock:
-            if self._generation == generation:  # not an epoch left meanwhile
-                self._served.add(b)
-        return self._structure(batch)
+        batch = self._data.read(index, depth=min(self.read_workers, self.max_queue_size))
+        return _structure(self._parts, batch)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """The rest of the current epoch in order; then the next epoch is selected."""
@@ -353,20 +264,17 @@ class KerasDataset(keras.utils.PyDataset):
 
     def on_epoch_begin(self) -> None:
         """Keras calls this before each pass: move on if the current epoch was served whole."""
-        with self._lock:
-            self._advance_if_served()
+        self._data.advance_if_served()
 
     def on_epoch_end(self) -> None:
         """Keras calls this after each pass: move on if the current epoch was served whole."""
-        with self._lock:
-            self._advance_if_served()
+        self._data.advance_if_served()
 
     # -- epochs and state -------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Serve epoch ``epoch`` from now on (its order is fixed by ``(seed, epoch)``), whole."""
-        _check_int("epoch", epoch, 0)
-        with self._lock:
-            self._select(int(epoch))
+        check_at_least("epoch", epoch, 0)
+        self._data.set_epoch(int(epoch))
 
     def epoch_callback(self) -> keras.callbacks.Callback:
         """A Keras callback that sets this dataset's epoch to Keras's epoch number.
@@ -378,14 +286,17 @@ class KerasDataset(keras.utils.PyDataset):
         """
         return _EpochCallback(self)
 
+    def start_training(self) -> None:
+        """A ``fit`` starts: no batch of this epoch has been trained on in it yet.
+
+        Called by :meth:`epoch_callback`'s callback at ``on_train_begin``; ``fit`` asks for
+        all ``len(ds)`` batches of its first epoch.
+        """
+        self._data.start_training()
+
     def state_dict(self) -> dict[str, Any]:
         """The epoch, the batches of it already served, and the settings that shape the order."""
-        with self._lock:
-            return {
-                "epoch": self.epoch,
-                "consumed": sorted(self._skip | self._served),
-                **self._settings(),
-            }
+        return self._data.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state``: the rest of its epoch, then the following epochs.
@@ -394,29 +305,7 @@ class KerasDataset(keras.utils.PyDataset):
         source, seed, batch size, shuffle, buffer_chunks or drop_last: its epoch would
         be cut into other batches, and resuming would repeat or miss samples.
         """
-        missing = [k for k in ("epoch", "consumed", *_ORDER_SETTINGS) if k not in state]
-        if missing:
-            raise ValueError(f"not a KerasDataset state: it lacks {missing}")
-        mine = self._settings()
-        wrong = [k for k in _ORDER_SETTINGS if state[k] != mine[k]]
-        if wrong:
-            said = ", ".join(f"{k}={state[k]!r} (this dataset: {mine[k]!r})" for k in wrong)
-            what = "another source" if {"num_samples", "chunk_len", "source"} & set(wrong) else ""
-            raise ValueError(
-                f"this state was saved with {said}; resuming with other settings would repeat "
-                "or miss samples. "
-                + (f"It belongs to {what}. " if what else "")
-                + "Create the dataset with the state's settings to resume it."
-            )
-        _check_int("epoch", state["epoch"], 0)
-        consumed = [int(b) for b in state["consumed"]]
-        top = self._batches.num_batches
-        if any(not 0 <= b < top for b in consumed):
-            raise ValueError(f"state['consumed'] holds batch numbers outside 0..{top - 1}")
-        with self._lock:
-            self._select(int(state["epoch"]))
-            self._skip = frozenset(consumed)
-            self._advance_if_served()  # a state saved after the last batch of its epoch
+        self._data.load_state_dict(state)
 
     def read_stats(self) -> ReadStats:
         """What has been read so far: samples delivered and loaded, chunk loads, cache peaks.
@@ -424,112 +313,16 @@ class KerasDataset(keras.utils.PyDataset):
         Each process has its own counts (with ``use_multiprocessing``, the workers' reads
         are not counted here).
         """
-        return self._batches.reader.stats()
+        return self._data.stats()
 
     def close(self) -> None:
         """Stop background threads or processes and drop the cached chunks."""
-        pool, pid = getattr(self, "_pool", None), getattr(self, "_pool_pid", None)
-        self._pool = None
-        if pool is not None and pid == os.getpid():
-            pool.shutdown(wait=False, cancel_futures=True)
-        batches = getattr(self, "_batches", None)
-        if batches is not None:
-            batches.close()
+        data = getattr(self, "_data", None)  # None if __init__ failed half-way
+        if data is not None:
+            data.close()
 
     def __del__(self) -> None:
         self.close()
-
-    # -- internals --------------------------------------------------------------------
-    def _settings(self) -> dict[str, Any]:
-        src = self._batches.reader.source
-        return {
-            "num_samples": src.n,
-            "chunk_len": src.chunk_len,
-            "source": self._fingerprint,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "shuffle": self.shuffle,
-            "buffer_chunks": self.buffer_chunks,
-            "drop_last": self.drop_last,
-        }
-
-    def _select(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._skip = frozenset()
-        self._served = set()
-        self._generation += 1
-        self._view = None
-        self._last = None
-        self._in_order = 0
-        self._drop_ahead()
-
-    def _advance_if_served(self) -> None:
-        if len(self._served) >= len(self):
-            self._select(self.epoch + 1)
-
-    def _start_training(self) -> None:
-        """A fit starts: no batch of this epoch has been trained on in it (see epoch_callback)."""
-        with self._lock:
-            self._served = set()  # fit asks for all len(self) batches of its first epoch
-            self._generation += 1
-
-    def _batch_of(self, index: int) -> int:
-        """The plan batch that index ``index`` of the current epoch serves."""
-        if not self._skip:
-            return index
-        if self._view is None:
-            keep = np.ones(self._batches.num_batches, dtype=bool)
-            keep[list(self._skip)] = False
-            self._view = np.flatnonzero(keep)
-        return int(self._view[index])
-
-    def _structure(self, batch: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
-        out: list[Any] = []
-        for kind, spec in self._parts:
-            if kind == "one":
-                out.append(batch[spec])
-            elif kind == "tuple":
-                out.append(tuple(batch[n] for n in spec))
-            else:
-                out.append({key: batch[n] for key, n in spec.items()})
-        return tuple(out)
-
-    def _executor(self) -> Executor:
-        with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
-                if self.read_processes:
-                    # spawned, not forked: the loader's and torch's threads do not survive
-                    # a fork; the workers re-open the store and never import keras
-                    self._pool = ProcessPoolExecutor(
-                        self.read_workers,
-                        mp_context=multiprocessing.get_context("spawn"),
-                        initializer=start_worker,
-                        initargs=(self._batches,),
-                    )
-                else:
-                    self._pool = ThreadPoolExecutor(
-                        self.read_workers, thread_name_prefix="daskimg-keras"
-                    )
-                self._pool_pid = os.getpid()
-            return self._pool
-
-    def _read_ahead(self, epoch: int, index: int) -> None:
-        """Requests come in order: read the next batches in the background (lock held)."""
-        depth = min(self.read_workers, self.max_queue_size)
-        wanted = {
-            (epoch, self._batch_of(j)) for j in range(index + 1, min(index + 1 + depth, len(self)))
-        }
-        for key in [k for k in self._ahead if k not in wanted]:
-            self._ahead.pop(key).cancel()
-        pool = self._executor()
-        for key in sorted(wanted - self._ahead.keys()):
-            read = read_in_worker if self.read_processes else self._batches.read
-            self._ahead[key] = pool.submit(read, *key)
-
-    def _drop_ahead(self) -> None:
-        for future in self._ahead.values():
-            future.cancel()  # one already running finishes; its batch is dropped
-        self._ahead.clear()
 
 
 class _EpochCallback(keras.callbacks.Callback):
@@ -540,7 +333,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self.data = data
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        self.data._start_training()
+        self.data.start_training()
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if epoch != self.data.epoch:
@@ -575,6 +368,19 @@ def _parse_arrays(arrays: Any) -> tuple[_Part, ...]:
     return tuple(parts)
 
 
+def _structure(parts: Sequence[_Part], batch: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    """``batch`` in the form ``parts`` asks for: arrays, tuples of them, dicts of them."""
+    out: list[Any] = []
+    for kind, spec in parts:
+        if kind == "one":
+            out.append(batch[spec])
+        elif kind == "tuple":
+            out.append(tuple(batch[n] for n in spec))
+        else:
+            out.append({key: batch[n] for key, n in spec.items()})
+    return tuple(out)
+
+
 def _leaves(parts: Sequence[_Part]) -> list[str]:
     names: list[str] = []
     for kind, spec in parts:
@@ -587,6 +393,39 @@ def _leaves(parts: Sequence[_Part]) -> list[str]:
     return names
 
 
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+def _refuse_strings(names: Sequence[str], src: FeedSource) -> None:
+    strings = [n for n in names if n != INDEX and src.dtype(n).kind in "OSUT"]
+    if strings:
+        raise TypeError(
+            f"arrays {strings} hold strings, which Keras cannot turn into tensors; "
+            'put "index" in arrays and look them up, e.g. '
+            f"di.open_zarr(store).arrays[{strings[0]!r}][index]"
+        )
+
+
+def _check_args(
+    batch_size: int,
+    buffer_chunks: int,
+    workers: int,
+    max_queue_size: int,
+    threads: int,
+    cache_chunks: int | None,
+) -> None:
+    for name, v, lo in (
+        ("batch_size", batch_size, 1),
+        ("buffer_chunks", buffer_chunks, 1),
+        ("workers", workers, 1),
+        ("max_queue_size", max_queue_size, 1),
+        ("threads", threads, 1),
+    ):
+        check_at_least(name, v, lo)
+    if cache_chunks is not None:
+        check_at_least("cache_chunks", cache_chunks, 1)
+
+
+def _check_flags(*, drop_last: bool, use_multiprocessing: bool, shuffle: bool | None) -> None:
+    for name, flag in (("drop_last", drop_last), ("use_multiprocessing", use_multiprocessing)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    if shuffle is not None and not isinstance(shuffle, bool):
+        raise ValueError(f"shuffle must be True, False or None, got {shuffle!r}")

@@ -152,8 +152,10 @@ class RemoteFiles:
         so ``on_error="skip"`` must not turn them into skipped samples.
         """
         fs = self.filesystem()
+        from fsspec.core import strip_protocol  # importable: filesystem() imported fsspec
+
         # cat_ranges: concurrent on async filesystems, and no glob expansion of names with '[*?'
-        got = fs.cat_ranges([fs._strip_protocol(u) for u in urls], None, None, on_error="return")
+        got = fs.cat_ranges([strip_protocol(u) for u in urls], None, None, on_error="return")
         out: list[bytes | DecodeError] = []
         for url, value in zip(urls, got, strict=True):
             if isinstance(value, FileNotFoundError):

@@ -70,6 +70,30 @@ class _Epochs:
     def record(self, slot: int, epoch: int) -> None:
         self.table[1 + slot] = torch.tensor([epoch, int(self.table[0, 1])])
 
+    def here(self, *, pickled_by: int | None, unpickled_in: int | None) -> _Epochs:
+        """The table a dataset holding this one uses in this process: this one, or a new one.
+
+        Outside DataLoader workers it is this process's own: a dataset that came from another
+        process (pickled, e.g. by ``mp.spawn`` before DDP) gets a new one at its first use
+        here. In a worker it must be the table of the process that started the worker.
+        """
+        if get_worker_info() is None:
+            if self.owner != os.getpid() or not self.table.is_shared():
+                return _Epochs(self.current)
+            return self
+        parent = pickled_by if unpickled_in == os.getpid() else os.getppid()
+        if self.owner == os.getpid() or (self.owner == parent and self.table.is_shared()):
+            return self
+        warnings.warn(
+            "TorchDataset: this DataLoader worker cannot see set_epoch() calls of the process "
+            "that started it (the dataset came to that process pickled and was not used there "
+            "before the workers started): its epochs advance only with persistent_workers=True. "
+            "Call ds.set_epoch(epoch) in that process before each epoch.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return _Epochs(self.current, shared=False)
+
 
 class TorchDataset(IterableDataset):
     """Batches as tensors, split across DataLoader workers and DDP ranks.
@@ -231,57 +255,16 @@ class TorchDataset(IterableDataset):
         return self._table().current
 
     def _table(self) -> _Epochs:
-        """This process's epoch table (see :class:`_Epochs`).
-
-        Outside DataLoader workers it is this process's own: a dataset that came from another
-        process (pickled, e.g. by ``mp.spawn`` before DDP) gets a new one at its first use
-        here. In a worker it must be the table of the process that started the worker.
-        """
-        table = self._epochs
-        if get_worker_info() is None:
-            if table.owner != os.getpid() or not table.table.is_shared():
-                table = self._epochs = _Epochs(table.current)
-            return table
-        parent = self._pickled_by if self._unpickled_in == os.getpid() else os.getppid()
-        if table.owner == os.getpid() or (table.owner == parent and table.table.is_shared()):
-            return table
-        warnings.warn(
-            "TorchDataset: this DataLoader worker cannot see set_epoch() calls of the process "
-            "that started it (the dataset came to that process pickled and was not used there "
-            "before the workers started): its epochs advance only with persistent_workers=True. "
-            "Call ds.set_epoch(epoch) in that process before each epoch.",
-            RuntimeWarning,
-            stacklevel=3,
+        """This process's epoch table (see :meth:`_Epochs.here`)."""
+        self._epochs = self._epochs.here(
+            pickled_by=self._pickled_by, unpickled_in=self._unpickled_in
         )
-        table = self._epochs = _Epochs(table.current, shared=False)
-        return table
+        return self._epochs
 
     # -- ranks ------------------------------------------------------------------------
     def _ranks(self) -> tuple[int, int]:
-        """(rank, world size): given ones, else ``torch.distributed``'s (or the spawning
-        process's), else ``(0, 1)``; an error when ``WORLD_SIZE`` says there are more."""
-        rank, world = self.rank, self.world_size
-        if rank is None or world is None:
-            found = _live_ranks() or self._captured
-            if found is None:
-                env = os.environ.get("WORLD_SIZE", "").strip()
-                if env.isdigit() and int(env) > 1:
-                    raise RuntimeError(
-                        f"WORLD_SIZE={env}: this process is one of {env} DDP ranks, but "
-                        "torch.distributed is not initialised here and TorchDataset got no "
-                        "rank/world_size, so every rank would read the whole epoch. Call "
-                        "torch.distributed.init_process_group() before iterating (the dataset "
-                        "may be built before), or pass rank= and world_size= (rank=0, "
-                        "world_size=1 to read everything in this process)."
-                    )
-                found = (0, 1)
-            rank = found[0] if rank is None else rank
-            world = found[1] if world is None else world
-        if not 0 <= rank < world:
-            raise ValueError(
-                f"rank must lie in 0..world_size-1; got rank={rank}, world_size={world}"
-            )
-        return int(rank), int(world)
+        """(rank, world size) of this process (see :func:`_find_ranks`)."""
+        return _find_ranks(self.rank, self.world_size, self._captured)
 
     def _even(self, world: int) -> bool:
         return (world > 1 and bool(self._kw["shuffle"])) if self.even is None else self.even
@@ -357,21 +340,10 @@ class TorchDataset(IterableDataset):
     def _batches(self, it: BatchIterator) -> Generator[tuple[Any, ...], None, None]:
         names = it.arrays
         for batch in it:
-            yield tuple(self._convert(name, a) for name, a in zip(names, batch, strict=True))
-
-    def _convert(self, name: str, a: np.ndarray) -> Any:
-        if a.dtype.kind in "OUSV":  # strings (paths): torch has no tensor of them
-            return a.tolist()
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        if name == "images":
-            if self.channels_first:
-                t = t.movedim(-1, 1).contiguous()
-            if self.dtype is not None:
-                scale = 255.0 if a.dtype == np.uint8 else 65535.0 if a.dtype == np.uint16 else 1.0
-                t = t.to(self.dtype)
-                if self.dtype.is_floating_point and scale != 1.0:
-                    t = t / scale
-        return t
+            yield tuple(
+                _to_torch(name, a, self.channels_first, self.dtype)
+                for name, a in zip(names, batch, strict=True)
+            )
 
     # -- resume -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -386,10 +358,6 @@ class TorchDataset(IterableDataset):
         """Continue from a :meth:`state_dict` at the next iteration (in this process or
         worker). Refused (ValueError naming it) when a setting that shapes the order differs."""
         check_state(state, self._settings, adopt_seed=self._seed_drawn)
-        for name in ("epoch", "batch"):
-            v = state.get(name)
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"state[{name!r}] must be a non-negative integer; got {v!r}")
         if self._seed_drawn and state.get("seed") is not None:
             self._kw["seed"] = int(state["seed"])
             self._settings["seed"] = self._kw["seed"]
@@ -416,3 +384,45 @@ def _live_ranks() -> tuple[int, int] | None:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return None
+
+
+def _find_ranks(
+    rank: int | None, world: int | None, captured: tuple[int, int] | None
+) -> tuple[int, int]:
+    """(rank, world size): given ones, else ``torch.distributed``'s (or the spawning process's,
+    ``captured``), else ``(0, 1)``; an error when ``WORLD_SIZE`` says there are more."""
+    if rank is None or world is None:
+        found = _live_ranks() or captured
+        if found is None:
+            env = os.environ.get("WORLD_SIZE", "").strip()
+            if env.isdigit() and int(env) > 1:
+                raise RuntimeError(
+                    f"WORLD_SIZE={env}: this process is one of {env} DDP ranks, but "
+                    "torch.distributed is not initialised here and TorchDataset got no "
+                    "rank/world_size, so every rank would read the whole epoch. Call "
+                    "torch.distributed.init_process_group() before iterating (the dataset "
+                    "may be built before), or pass rank= and world_size= (rank=0, "
+                    "world_size=1 to read everything in this process)."
+                )
+            found = (0, 1)
+        rank = found[0] if rank is None else rank
+        world = found[1] if world is None else world
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must lie in 0..world_size-1; got rank={rank}, world_size={world}")
+    return int(rank), int(world)
+
+
+def _to_torch(name: str, a: np.ndarray, channels_first: bool, dtype: torch.dtype | None) -> Any:
+    """One array of a batch as a tensor (strings: a list of str), images as asked for."""
+    if a.dtype.kind in "OUSV":  # strings (paths): torch has no tensor of them
+        return a.tolist()
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if name == "images":
+        if channels_first:
+            t = t.movedim(-1, 1).contiguous()
+        if dtype is not None:
+            scale = 255.0 if a.dtype == np.uint8 else 65535.0 if a.dtype == np.uint16 else 1.0
+            t = t.to(dtype)
+            if dtype.is_floating_point and scale != 1.0:
+                t = t / scale
+    return t

@@ -20,6 +20,10 @@ MODULES = [
     "daskimg.read.volumes",
     "daskimg.show",
     "daskimg.testing",
+    "daskimg.testing.images",
+    "daskimg.testing.objects",
+    "daskimg.testing.photos",
+    "daskimg.testing.volumes",
     "daskimg.transforms",
 ]
 

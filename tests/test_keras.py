@@ -251,9 +251,7 @@ def test_use_multiprocessing_refuses_a_transform_it_cannot_pickle(store):
     with pytest.raises(ValueError, match="picklable"):
         KerasDataset(store, batch_size=10, transform=lambda b, r: b, use_multiprocessing=True)
     # daskimg's own transforms are plain objects: they travel to the worker processes
-    KerasDataset(
-        store, batch_size=10, transform=transforms.random_flip(), use_multiprocessing=True
-    )
+    KerasDataset(store, batch_size=10, transform=transforms.random_flip(), use_multiprocessing=True)
 
 
 # -- predict and named inputs -----------------------------------------------------------

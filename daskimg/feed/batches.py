@@ -11,8 +11,8 @@ these instead:
   each chunk once when asked for in order;
 - :class:`EpochBatches`: batch ``b`` of epoch ``e`` of a source, from its settings
   (the plan of ``(seed, e)``, transform, scaling); picklable, a copy re-opens the store,
-  so worker processes (:func:`start_worker`, :func:`read_in_worker`) serve the same
-  batches without importing any framework.
+  so worker processes (:mod:`daskimg.feed.workers`) serve the same batches without
+  importing any framework.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 
 from ..store.reader import RawChunk
 from .iterator import Transform
-from .shuffle import EpochPlan, epoch_rng, num_batches, plan_epoch
+from .plan import EpochPlan
+from .shuffle import epoch_rng, num_batches, plan_epoch
 from .source import FeedSource
 
 __all__ = [
@@ -40,9 +40,7 @@ __all__ = [
     "BatchReader",
     "EpochBatches",
     "ReadStats",
-    "read_in_worker",
     "source_fingerprint",
-    "start_worker",
 ]
 
 
@@ -454,23 +452,3 @@ class EpochBatches:
     def close(self) -> None:
         """Stop the reader's threads and drop its cached chunks."""
         self.reader.close()
-
-
-# -- worker processes ---------------------------------------------------------------------
-_WORKER: EpochBatches | None = None
-
-
-def start_worker(batches: EpochBatches) -> None:
-    """Initializer of a worker process that serves :func:`read_in_worker`."""
-    global _WORKER
-    # a dask source computes here with threads: the parent's distributed Client is not
-    # this process's (a forked copy of it would wait forever)
-    dask.config.set(scheduler="threads")
-    _WORKER = batches
-
-
-def read_in_worker(epoch: int, b: int) -> dict[str, np.ndarray]:
-    """Batch ``b`` of epoch ``epoch``, read in a worker process set up by :func:`start_worker`."""
-    if _WORKER is None:
-        raise RuntimeError("read_in_worker runs in a process started with start_worker")
-    return _WORKER.read(epoch, b)

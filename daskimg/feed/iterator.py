@@ -1,83 +1,39 @@
 """Feed: the chunk-aware shuffled :class:`BatchIterator`.
 
-It executes a plan from :mod:`daskimg.shuffle`: whole chunks are read in a random order
-by background threads (reading, checking and decompressing release the GIL). Each thread
-decodes a chunk into a small scratch buffer of its own (uncompressed stores: no decode, a
-checked view of the memory-mapped file) and copies every row straight into its place in
-the batch that the plan puts it in, while the chunk is still in the CPU cache. A batch is
-handed out when all the chunks it draws from are in. Batches of at most the current group
-of ``buffer_chunks`` chunks, the one before (a batch may straddle them) and ``prefetch``
-groups ahead are in memory.
+It follows the order of an epoch — the plan of ``(seed, epoch)`` from
+:mod:`daskimg.feed.shuffle`, where the epoch stands, its state for resuming — and hands out
+batches whose arrays it reuses once let go. Executing a plan (background reads, rows copied
+straight into their batches) is :mod:`daskimg.feed.runner`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import numbers
-import os
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 import numpy as np
 
-from ..store.reader import RawChunk
-from .shuffle import EpochPlan, epoch_rng, num_batches, plan_epoch
-from .source import FeedSource, blocks_read
+from .plan import EpochPlan
+from .runner import PlanRunner
+from .shuffle import epoch_rng, num_batches, plan_epoch
+from .source import FeedSource
 
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
 
-
-class _Routes:
-    """Where every loaded row goes in an epoch: chunk ``c`` -> (batch, position, row) triples.
-
-    Loading threads copy each chunk's rows into their batches right after decoding it,
-    while it is still in the CPU cache; a batch is complete when every chunk it draws
-    from has been copied in (``needs``).
-    """
-
-    def __init__(self, batches: Sequence[np.ndarray], chunk_len: int, num_chunks: int) -> None:
-        sizes = np.array([len(b) for b in batches], dtype=np.int64)
-        idx = np.concatenate(batches) if len(batches) else np.empty(0, np.int64)
-        batch = np.repeat(np.arange(len(batches), dtype=np.int64), sizes)
-        pos = np.arange(len(idx), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        chunk = idx // chunk_len
-        key = chunk * max(1, len(batches)) + batch
-        order = np.argsort(key, kind="stable")
-        self.batch, self.pos, self.row = batch[order], pos[order], (idx - chunk * chunk_len)[order]
-        self.bounds = np.searchsorted(chunk[order], np.arange(num_chunks + 1))
-        pairs = np.unique(key)
-        #: chunks each batch draws from
-        self.needs = np.bincount(pairs % max(1, len(batches)), minlength=len(batches))
-
-    def of_chunk(self, c: int, first_batch: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """``(batch, positions, rows)`` per batch (>= ``first_batch``) that chunk ``c`` feeds."""
-        lo, hi = int(self.bounds[c]), int(self.bounds[c + 1])
-        if lo == hi:
-            return []  # every sample of the chunk is left out (drop_last)
-        batch = self.batch[lo:hi]
-        cut = np.flatnonzero(np.diff(batch)) + 1
-        out = []
-        for s, e in zip(np.r_[0, cut], np.r_[cut, hi - lo], strict=True):
-            b = int(batch[s])
-            if b >= first_batch:
-                out.append((b, self.pos[lo + s : lo + e], self.row[lo + s : lo + e]))
-        return out
-
-
-class _Batch:
-    """A batch being filled by loading threads: its output arrays and a countdown of chunks."""
-
-    def __init__(self, bufs: dict[str, np.ndarray], needs: int) -> None:
-        self.bufs = bufs
-        self.remaining = needs
-        self.done: Future[None] = Future()
-        if needs == 0:
-            self.done.set_result(None)
+#: the settings of an iterator that :func:`plan_epoch` and :func:`num_batches` take as they are
+_SHARE = (
+    "batch_size",
+    "shuffle",
+    "drop_last",
+    "consumer",
+    "num_consumers",
+    "even",
+    "worker",
+    "num_workers",
+)
 
 
 class BatchIterator:
@@ -164,19 +120,7 @@ class BatchIterator:
         worker: int = 0,
         num_workers: int = 1,
     ) -> None:
-        for name, v, lo in (
-            ("batch_size", batch_size, 1),
-            ("buffer_chunks", buffer_chunks, 1),
-            ("prefetch", prefetch, 0),
-            ("threads", threads, 1),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if seed is None and num_consumers * num_workers > 1:
-            raise ValueError(
-                "seed=None draws a different order in every consumer and worker, so they would "
-                "overlap and miss samples; pass the same int seed to all of them"
-            )
+        _check_args(batch_size, buffer_chunks, prefetch, threads, seed, num_consumers * num_workers)
         self.source = FeedSource(source, arrays, storage_options)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -202,12 +146,8 @@ class BatchIterator:
         self._plan: tuple[int, EpochPlan] | None = None
         self._pools: dict[str, list[np.ndarray]] = {}
         self._busy: set[int] = set()
-        self._local = threading.local()  # per loading thread: scratch buffers
-        #: ask the kernel to read whole chunks ahead; on while loads read from disk
-        self._readahead = True
-        self._pools_exec: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
-        self._pools_pid: int | None = None
         self._pool_lock = threading.Lock()
+        self._runner = PlanRunner(self.source)  # reads, fills and assembles the batches
 
     # -- public -----------------------------------------------------------------------
     @property
@@ -223,18 +163,11 @@ class BatchIterator:
         return self.source.chunk_len
 
     def __len__(self) -> int:
-        return num_batches(
-            self.source.n,
-            self.source.chunk_len,
-            batch_size=self.batch_size,
-            drop_last=self.drop_last,
-            consumer=self.consumer,
-            num_consumers=self.num_consumers,
-            even=self.even,
-            worker=self.worker,
-            num_workers=self.num_workers,
-            shuffle=self.shuffle,
-        )
+        return num_batches(self.source.n, self.source.chunk_len, **self._share())
+
+    def _share(self) -> dict[str, Any]:
+        """This consumer's and worker's share of an epoch, as the planning functions take it."""
+        return {name: getattr(self, name) for name in _SHARE}
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (its order is fixed by ``(seed, epoch)``) from its first batch."""
@@ -280,9 +213,6 @@ class BatchIterator:
         """
         check_state(state, self.settings(), adopt_seed=self._seed_drawn)
         epoch, batch = state.get("epoch"), state.get("batch")
-        for name, v in (("epoch", epoch), ("batch", batch)):
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"state[{name!r}] must be a non-negative integer; got {v!r}")
         if self._seed_drawn and state.get("seed") is not None:
             self.seed = int(state["seed"])
             self._plan = None
@@ -295,17 +225,10 @@ class BatchIterator:
             plan = plan_epoch(
                 self.source.n,
                 self.source.chunk_len,
-                batch_size=self.batch_size,
                 seed=self.seed,
                 epoch=self.epoch,
-                shuffle=self.shuffle,
                 buffer_chunks=self.buffer_chunks,
-                drop_last=self.drop_last,
-                consumer=self.consumer,
-                num_consumers=self.num_consumers,
-                even=self.even,
-                worker=self.worker,
-                num_workers=self.num_workers,
+                **self._share(),
             )
             self._plan = (self.epoch, plan)
         return self._plan[1]
@@ -325,133 +248,22 @@ class BatchIterator:
         if plan.batches and self._batch >= len(plan.batches):  # this epoch was finished
             self.set_epoch(self.epoch + 1)
             plan = self.plan()
-        src = self.source
-        batches, groups = plan.batches, plan.groups
-        start = self._batch
-        last_group = plan.group_of_batch()
-        first_group = max(0, int(last_group[start]) - 1) if 0 < start < len(batches) else 0
-        num_chunks = max(1, -(-src.n // src.chunk_len))
-        routes = _Routes(batches, src.chunk_len, num_chunks) if src.lazy else None
-        filling: dict[int, _Batch] = {}
-        loads: deque[Future[None]] = deque()
-        next_group = first_group
-        next_batch = start
-        pending: deque[tuple[int, Future[dict[str, np.ndarray]], _Batch]] = deque()
-        pools = self._thread_pools()
-        pid = os.getpid()
-        io_pool, work_pool = pools
-        window = 2 * self.threads + self.prefetch
-        lock = threading.Lock()
-
-        def submit_groups(upto: int) -> None:
-            nonlocal next_group
-            while next_group < len(groups) and next_group <= upto:
-                assert routes is not None
-                chunks = [int(c) for c in groups[next_group]]
-                targets = {c: routes.of_chunk(c, start) for c in chunks}
-                for b in sorted({t[0] for ts in targets.values() for t in ts}):
-                    if b not in filling:  # its buffers exist before any chunk is copied in
-                        bufs = {n: self._batch_buffer(n, len(batches[b])) for n in src.lazy}
-                        filling[b] = _Batch(bufs, int(routes.needs[b]))
-                if self._readahead:
-                    self._read_ahead(chunks)
-                for c in chunks:
-                    feeds = [(filling[b], at, rows) for b, at, rows in targets[c]]
-                    if feeds:  # a chunk all of whose samples are dropped is not read
-                        loads.append(io_pool.submit(self._load_chunk, c, feeds, lock))
-                next_group += 1
-            while loads and loads[0].done():
-                loads.popleft()  # its errors reach the batches it feeds, in their turn
-
-        def submit_batches() -> None:
-            nonlocal next_batch
-            while next_batch < len(batches) and len(pending) < window:
-                b = next_batch
-                if src.lazy:
-                    submit_groups(int(last_group[b]) + self.prefetch)
-                    state = filling.pop(b)
-                else:
-                    state = _Batch({}, 0)
-                future = work_pool.submit(self._assemble, int(plan.batch_ids[b]), batches[b], state)
-                pending.append((b, future, state))
-                next_batch += 1
-
-        try:
-            submit_batches()
-            while pending:
-                b, future, _ = pending[0]
-                # close() while this generator was suspended, or (from another thread) while
-                # it waits: the chunks this batch waits for may never be read
-                while True:
-                    if self._pools_exec is not pools:
-                        raise self._closed_error()
-                    try:  # a load error raises here; the batch's buffers are released below
-                        out = future.result(timeout=0.1)
-                    except FuturesTimeout:
-                        if future.done():
-                            raise  # the load's own TimeoutError (e.g. a network read)
-                        continue
-                    except CancelledError:
-                        if self._pools_exec is not pools:  # close() cancelled what it waited for
-                            raise self._closed_error() from None
-                        raise
-                    break
-                pending.popleft()
-                self._batch = b + 1
-                self._release(out)
-                submit_batches()
-                yield out
-        finally:
-            # a fork's copy of an unfinished iteration (closed or freed in the child): its loads
-            # run in the parent's threads, which the fork does not have; nothing to wait for
-            forked = pid != os.getpid()
-            states = [*filling.values(), *(s for _, _, s in pending)]
-            for group in ([], []) if forked else (list(loads), [f for _, f, _ in pending]):
-                for f in group:
-                    f.cancel()
-                for f in group:  # let started ones finish before their buffers are reused
-                    with contextlib.suppress(BaseException):
-                        f.exception()
-                with lock:  # batches whose loads were cancelled: wake what waits for them
-                    for state in states:
-                        if not state.done.done():
-                            state.done.set_exception(CancelledError())
-            for state in states:
-                self._release(state.bufs)
-        if self._batch >= len(batches):
+        yield from self._runner.run(
+            plan,
+            self._batch,
+            threads=self.threads,
+            prefetch=self.prefetch,
+            buffer=self._batch_buffer,
+            release=self._release,
+            assemble=self._assemble,
+            handed_out=self._handed_out,
+            closed_error=self._closed_error,
+        )
+        if self._batch >= len(plan.batches):
             self.set_epoch(self.epoch + 1)
 
-    def _load_chunk(
-        self, c: int, feeds: list[tuple[_Batch, np.ndarray, np.ndarray]], lock: threading.Lock
-    ) -> None:
-        """Load chunk ``c`` and copy its rows into the batches it feeds (in a background thread)."""
-        src = self.source
-        try:
-            local = self._local
-            scratch = getattr(local, "scratch", None)
-            if scratch is None:
-                scratch = local.scratch = {}
-            before = blocks_read()
-            loaded = src.load(c, scratch)
-            if blocks_read() != before:
-                self._readahead = True  # this chunk came from disk: read the next ones ahead
-            for name, chunk in loaded.items():
-                if isinstance(chunk, RawChunk):  # copied and checksummed in one pass
-                    chunk.copy_to([(state.bufs[name], at, rows) for state, at, rows in feeds])
-                    continue
-                for state, at, rows in feeds:
-                    src.copy_rows(name, c, chunk, rows, state.bufs[name], at)
-        except BaseException as e:
-            for state, _, _ in feeds:
-                with lock:
-                    if not state.done.done():
-                        state.done.set_exception(e)
-            raise
-        for state, _, _ in feeds:
-            with lock:
-                state.remaining -= 1
-                if state.remaining == 0 and not state.done.done():
-                    state.done.set_result(None)
+    def _handed_out(self, b: int) -> None:
+        self._batch = b + 1
 
     def _closed_error(self) -> RuntimeError:
         return RuntimeError(
@@ -460,84 +272,40 @@ class BatchIterator:
             f"{self._batch} of epoch {self.epoch}"
         )
 
-    def _thread_pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-        """Reads run in one pool, batch assembly (decoding into batch rows) in another, so an
-        assembly waiting for its reads can never hold up the reads it waits for. Both live
-        as long as the iterator, so a new epoch starts without new threads."""
-        if self._pools_exec is None or self._pools_pid != os.getpid():
-            self._pools_exec = (
-                ThreadPoolExecutor(self.threads, thread_name_prefix="daskimg-read"),
-                ThreadPoolExecutor(self.threads, thread_name_prefix="daskimg-batch"),
-            )
-            self._pools_pid = os.getpid()
-        return self._pools_exec
-
     def close(self) -> None:
         """Stop the background threads (they are also stopped when the iterator is deleted)."""
-        pools = getattr(self, "_pools_exec", None)  # None if __init__ failed half-way
-        if pools is not None and self._pools_pid == os.getpid():
-            for pool in pools:
-                pool.shutdown(wait=False, cancel_futures=True)
-        self._pools_exec = None
+        runner = getattr(self, "_runner", None)  # None if __init__ failed half-way
+        if runner is not None:
+            runner.close()
 
     def __del__(self) -> None:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # threads, locks and buffers stay behind
-        state.update(
-            _pools_exec=None,
-            _pools_pid=None,
-            _pool_lock=None,
-            _local=None,
-            _pools={},
-            _busy=set(),
-        )
+        state.update(_pool_lock=None, _pools={}, _busy=set())
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pool_lock = threading.Lock()
-        self._local = threading.local()
 
-    def _read_ahead(self, chunks: Sequence[int]) -> None:
-        """Start reading ``chunks`` from disk now, in large reads, while earlier ones decode.
-
-        Cold stores (bigger than RAM) load 2-2.5x faster than page by page. When none of
-        these chunks needed a disk read, the store is in the page cache and read-ahead stops
-        (it costs ~0.1 ms per chunk) until a load reads from disk again.
-        """
-        reader = self.source.reader
-        names = [n for n in self.source.fast if n not in self.source.memory]
-        if reader is None or not names:
-            self._readahead = False
-            return
-        before = blocks_read()
-        for c in chunks:
-            for name in names:
-                reader.will_need(name, c)
-        if before != -1 and blocks_read() == before:
-            self._readahead = False
-
-    def _assemble(self, b: int, idx: np.ndarray, state: _Batch) -> dict[str, np.ndarray]:
-        """Finish batch ``b`` of the consumer (in a background thread): wait for its chunks, add
-        in-memory arrays."""
-        state.done.result()
+    def _assemble(
+        self, b: int, idx: np.ndarray, bufs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Batch ``b`` of the consumer, its chunks in: add in-memory arrays, transform (in a thread)."""
         out = self.source.gather(idx)
-        out.update(state.bufs)
+        out.update(bufs)
         if self.transform is not None:
             out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
-            self._release(state.bufs)  # reusable once nothing refers to them (see _batch_buffer)
+            self._release(bufs)  # reusable once nothing refers to them (see _batch_buffer)
         return out
 
     def _batch_buffer(self, name: str, n: int) -> np.ndarray:
-        """An output array for a batch, reusing one the caller has let go of.
-
-        A yielded array is reused only when nothing but this pool refers to it (no batch
-        kept by the caller, no view of it, no tensor made with ``torch.from_numpy``), so
-        reuse is never visible; it saves the page faults of a fresh multi-MB array.
-        Arrays being filled or not yet handed out are marked busy.
-        """
+        """An output array for a batch, reusing one the caller has let go of (see Notes above)."""
+        # reuse saves the page faults of a fresh multi-MB array; it is never visible: an array
+        # is reused only when nothing but this pool refers to it (no batch kept by the caller,
+        # no view, no torch.from_numpy tensor); arrays being filled or not handed out are busy
         src = self.source
         shape = (n, *src.shape(name))
         with self._pool_lock:
@@ -555,8 +323,8 @@ class BatchIterator:
             return arr
 
     def _pool_cap(self) -> int:
-        """Batches that can be in flight at once: being filled (the groups loaded ahead, and
-        the one before them), assembled, and a few held by the caller."""
+        """Batches that can be in flight at once (filled, assembled, held by the caller)."""
+        # being filled: the groups loaded ahead and the one before them
         per_group = -(-self.buffer_chunks * self.source.chunk_len // self.batch_size) + 1
         return (self.prefetch + 2) * per_group + 2 * self.threads + self.prefetch + 4
 
@@ -567,11 +335,30 @@ class BatchIterator:
                 self._busy.discard(id(arr))
 
 
+def _check_args(
+    batch_size: int, buffer_chunks: int, prefetch: int, threads: int, seed: int | None, shares: int
+) -> None:
+    for name, v, lo in (
+        ("batch_size", batch_size, 1),
+        ("buffer_chunks", buffer_chunks, 1),
+        ("prefetch", prefetch, 0),
+        ("threads", threads, 1),
+    ):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if seed is None and shares > 1:
+        raise ValueError(
+            "seed=None draws a different order in every consumer and worker, so they would "
+            "overlap and miss samples; pass the same int seed to all of them"
+        )
+
+
 def check_state(
     state: Mapping[str, Any], settings: Mapping[str, Any], *, adopt_seed: bool = False
 ) -> None:
     """Refuse a state saved with other ``settings`` (see :meth:`BatchIterator.settings`),
-    naming the first that differs. Settings the state does not record are not checked."""
+    naming the first that differs, or whose ``epoch`` or ``batch`` is not a non-negative
+    integer. Settings the state does not record are not checked."""
     for name, mine in settings.items():
         if name not in state or (name == "seed" and adopt_seed):
             continue
@@ -590,3 +377,7 @@ def check_state(
                 f"{name}={mine!r}. The order of an epoch depends on it: resume with the same "
                 "settings"
             )
+    for name in ("epoch", "batch"):
+        v = state.get(name)
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"state[{name!r}] must be a non-negative integer; got {v!r}")

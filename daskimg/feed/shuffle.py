@@ -25,17 +25,27 @@ A consumer's batch count never depends on ``num_workers`` (the workers' counts a
 Everything here is pure planning (no I/O, no threads): an :class:`EpochPlan` is data that tests
 can check and that the iterator in :mod:`daskimg.feed` only executes. :func:`num_batches` gives
 the length of a plan without building it.
+
+The plan itself is :mod:`.plan`; the in-group mixing is :mod:`.mixing`, store-order plans
+(``shuffle=False``) :mod:`.ordered`, and the argument checks :mod:`.checks`.
 """
 
 from __future__ import annotations
 
-import itertools
-import numbers
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
+
+from .checks import (
+    check_consumer,
+    check_count,
+    check_flag,
+    check_int,
+    check_positive,
+    check_seed,
+    check_worker,
+)
+from .mixing import MIX_STREAM, chunk_samples, mix, take_run
+from .ordered import ordered_batches, ordered_plan
+from .plan import EpochPlan
 
 __all__ = [
     "EpochPlan",
@@ -48,63 +58,7 @@ __all__ = [
     "split_consumer",
 ]
 
-# Extra words for ``epoch_rng`` that select the stream of the in-group mixing key. Large on purpose:
-# SeedSequence pads short entropy with zeros, so small tags would collide with other streams of the
-# same (seed, epoch), e.g. the iterator's per-batch ``epoch_rng(seed, epoch, batch, consumer)``.
-_MIX_STREAM = (0x6D697869, 0x6E675F6B)
 
-# splitmix64 constants (Steele, Lea & Flood 2014)
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
-_MUL2 = np.uint64(0x94D049BB133111EB)
-
-
-# -- validation -------------------------------------------------------------------------------
-def _int(name: str, value: object, *, low: int, high: int | None = None, allowed: str) -> int:
-    """``value`` as a Python int in ``[low, high)``, or a ValueError naming ``name``."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-    if ok:
-        v = int(value)  # type: ignore[call-overload]
-        if v >= low and (high is None or v < high):
-            return v
-    raise ValueError(f"{name} must be {allowed}; got {value!r}")
-
-
-def _count(name: str, value: object) -> int:
-    return _int(name, value, low=0, allowed="a non-negative int")
-
-
-def _positive(name: str, value: object) -> int:
-    return _int(name, value, low=1, allowed="a positive int")
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
-    return bool(value)
-
-
-def _consumer(consumer: object, num_consumers: object) -> tuple[int, int]:
-    n = _positive("num_consumers", num_consumers)
-    k = _int("consumer", consumer, low=0, high=n, allowed=f"an int in [0, num_consumers={n})")
-    return k, n
-
-
-def _worker(worker: object, num_workers: object) -> tuple[int, int]:
-    m = _positive("num_workers", num_workers)
-    w = _int("worker", worker, low=0, high=m, allowed=f"an int in [0, num_workers={m})")
-    return w, m
-
-
-def _seed(seed: object) -> int | None:
-    if seed is None:
-        return None
-    return _int(
-        "seed", seed, low=0, allowed="a non-negative int, or None for a nondeterministic order"
-    )
-
-
-# -- public helpers ---------------------------------------------------------------------------
 def chunk_bounds(num_samples: int, chunk_len: int) -> np.ndarray:
     """Sample offsets of the chunks: chunk ``c`` holds samples ``[bounds[c], bounds[c + 1])``.
 
@@ -127,8 +81,8 @@ def chunk_bounds(num_samples: int, chunk_len: int) -> np.ndarray:
     >>> chunk_bounds(0, 4)
     array([0])
     """
-    n = _count("num_samples", num_samples)
-    length = _positive("chunk_len", chunk_len)
+    n = check_count("num_samples", num_samples)
+    length = check_positive("chunk_len", chunk_len)
     return np.append(np.arange(0, n, length, dtype=np.int64), np.int64(n))
 
 
@@ -154,11 +108,11 @@ def epoch_rng(seed: int | None, epoch: int, *extra: int) -> np.random.Generator:
     >>> bool((a == b).all())
     True
     """
-    s = _seed(seed)
+    s = check_seed(seed)
     if s is None:
         s = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
-    e = _count("epoch", epoch)
-    words = [_count(f"extra[{i}]", x) for i, x in enumerate(extra)]
+    e = check_count("epoch", epoch)
+    words = [check_count(f"extra[{i}]", x) for i, x in enumerate(extra)]
     return np.random.default_rng(np.random.SeedSequence((s, e, *words)))
 
 
@@ -198,11 +152,11 @@ def chunk_order(
     >>> int(chunk_order(5, seed=0, epoch=3, shuffle=True, keep_last=True)[-1])
     4
     """
-    c = _count("num_chunks", num_chunks)
-    if not _flag("shuffle", shuffle):
+    c = check_count("num_chunks", num_chunks)
+    if not check_flag("shuffle", shuffle):
         return np.arange(c, dtype=np.int64)
     rng = epoch_rng(seed, epoch)
-    if _flag("keep_last", keep_last) and c > 1:
+    if check_flag("keep_last", keep_last) and c > 1:
         return np.append(rng.permutation(c - 1).astype(np.int64), np.int64(c - 1))
     return rng.permutation(c).astype(np.int64)
 
@@ -218,7 +172,7 @@ def assign_chunks(order: np.ndarray, *, consumer: int, num_consumers: int) -> np
     >>> assign_chunks(np.array([5, 3, 0, 4, 1, 2]), consumer=1, num_consumers=4)
     array([3, 2])
     """
-    k, n = _consumer(consumer, num_consumers)
+    k, n = check_consumer(consumer, num_consumers)
     arr = np.asarray(order)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
         raise ValueError(
@@ -237,126 +191,14 @@ def split_consumer(rank: int, world_size: int, worker: int, num_workers: int) ->
     >>> split_consumer(1, 2, 3, 4)
     (7, 8)
     """
-    w = _positive("world_size", world_size)
-    r = _int("rank", rank, low=0, high=w, allowed=f"an int in [0, world_size={w})")
-    m = _positive("num_workers", num_workers)
-    k = _int("worker", worker, low=0, high=m, allowed=f"an int in [0, num_workers={m})")
+    w = check_positive("world_size", world_size)
+    r = check_int("rank", rank, low=0, high=w, allowed=f"an int in [0, world_size={w})")
+    m = check_positive("num_workers", num_workers)
+    k = check_int("worker", worker, low=0, high=m, allowed=f"an int in [0, num_workers={m})")
     return r * m + k, w * m
 
 
-# -- the plan ---------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class EpochPlan:
-    """What one worker of a consumer does in one epoch: the chunks it loads, the batches it yields.
-
-    Parameters
-    ----------
-    groups
-        int64 chunk ids loaded together, one array per group, in load order.
-    batches
-        int64 global sample indices, one array per batch, in yield order. Every sample of
-        ``batches[i]`` lies in a chunk of group ``group_of_batch()[i]`` or of the group before
-        it, so the iterator never needs more than two groups in memory.
-    chunk_len
-        Samples per chunk of the store (maps a sample ``s`` to its chunk ``s // chunk_len``).
-    batch_ids
-        Each batch's index in its consumer's epoch (int64; default ``0, 1, ...``): the workers
-        of a consumer share its batches, and augmentation draws from this index, so a batch is
-        augmented alike whatever the number of workers.
-
-    Examples
-    --------
-    >>> plan = plan_epoch(10, 4, batch_size=3, shuffle=False, buffer_chunks=1)
-    >>> plan
-    EpochPlan(3 groups, 4 batches, 10 samples, chunk_len=4)
-    >>> [b.tolist() for b in plan.batches]
-    [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
-    >>> plan.group_of_batch()
-    array([0, 1, 2, 2])
-    >>> plan_epoch(10, 4, batch_size=3, shuffle=False, worker=1, num_workers=2).batch_ids
-    array([1, 3])
-    """
-
-    groups: tuple[np.ndarray, ...]
-    batches: tuple[np.ndarray, ...]
-    chunk_len: int
-    batch_ids: np.ndarray = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        _positive("chunk_len", self.chunk_len)
-        object.__setattr__(self, "groups", _int64_arrays("groups", self.groups))
-        object.__setattr__(self, "batches", _int64_arrays("batches", self.batches))
-        if self.batch_ids is None:
-            ids = np.arange(len(self.batches), dtype=np.int64)
-        else:
-            (ids,) = _int64_arrays("batch_ids", (self.batch_ids,))
-            if ids.shape != (len(self.batches),):
-                raise ValueError(
-                    f"batch_ids must hold one id per batch ({len(self.batches)}); got shape {ids.shape}"
-                )
-            ids = ids.copy()
-        ids.flags.writeable = False
-        object.__setattr__(self, "batch_ids", ids)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples yielded by the plan (with repeats, if any)."""
-        return sum(len(b) for b in self.batches)
-
-    def group_of_batch(self) -> np.ndarray:
-        """For each batch, the index of the last group it needs (int64, non-decreasing).
-
-        The iterator loads group ``g`` before the first batch with ``group_of_batch() == g``
-        and may release every group before ``g - 1`` then. Computed on each call, O(samples).
-        """
-        if not self.batches:
-            return np.empty(0, dtype=np.int64)
-        flat = np.concatenate(self.batches) // self.chunk_len
-        top = max(int(flat.max()), *(int(g.max()) for g in self.groups if g.size)) + 1
-        group_of_chunk = np.full(top, -1, dtype=np.int64)
-        for i, chunks in enumerate(self.groups):
-            group_of_chunk[chunks] = i
-        owner = group_of_chunk[flat]
-        if (owner < 0).any():
-            chunk = int(flat[np.flatnonzero(owner < 0)[0]])
-            raise ValueError(f"a batch uses chunk {chunk}, which is in no group of this plan")
-        starts = np.cumsum([0] + [len(b) for b in self.batches[:-1]])
-        return np.maximum.reduceat(owner, starts)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, EpochPlan):
-            return NotImplemented
-        return (
-            self.chunk_len == other.chunk_len
-            and len(self.groups) == len(other.groups)
-            and len(self.batches) == len(other.batches)
-            and np.array_equal(self.batch_ids, other.batch_ids)
-            and all(np.array_equal(a, b) for a, b in zip(self.groups, other.groups, strict=True))
-            and all(np.array_equal(a, b) for a, b in zip(self.batches, other.batches, strict=True))
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"EpochPlan({len(self.groups)} groups, {len(self.batches)} batches, "
-            f"{self.num_samples} samples, chunk_len={self.chunk_len})"
-        )
-
-
-def _int64_arrays(name: str, arrays: Any) -> tuple[np.ndarray, ...]:
-    """``arrays`` as a tuple of 1-D int64 arrays (no copy when they already are)."""
-    out = []
-    for i, a in enumerate(arrays):
-        arr = a if isinstance(a, np.ndarray) else np.asarray(a)
-        if arr.dtype != np.int64:
-            if arr.size and arr.dtype.kind not in "iu":
-                raise ValueError(f"{name}[{i}] must hold integer indices; got dtype {arr.dtype}")
-            arr = arr.astype(np.int64)
-        if arr.ndim != 1:
-            raise ValueError(f"{name}[{i}] must be 1-D; got shape {arr.shape}")
-        out.append(arr)
-    return tuple(out)
-
-
+# -- how many samples and batches each consumer and worker gets ---------------------------
 def _samples_per_consumer(num_samples: int, chunk_len: int, num_consumers: int) -> np.ndarray:
     """Samples of each consumer's own chunks (independent of the order; see ``keep_last``)."""
     num_chunks = -(-num_samples // chunk_len)
@@ -391,9 +233,9 @@ def _consumer_batches(
 ) -> int:
     """Batches of a consumer's epoch, shared by its workers (never depends on their number)."""
     if not shuffle:
-        total = num_samples // batch_size if drop_last else -(-num_samples // batch_size)
-        mine = len(range(consumer, total, num_consumers))
-        return -(-total // num_consumers) if even else mine
+        return ordered_batches(
+            num_samples, batch_size, consumer, num_consumers, drop_last=drop_last, even=even
+        )
     _, samples = _consumer_samples(num_samples, chunk_len, consumer, num_consumers, even)
     usable = samples - samples % batch_size if drop_last else samples
     return -(-usable // batch_size)
@@ -404,65 +246,6 @@ def _worker_share(num_batches: int, worker: int, num_workers: int) -> tuple[int,
     ``first`` on (shuffled; counts as for round-robin dealing: the first workers get one more)."""
     base, rest = divmod(num_batches, num_workers)
     return worker * base + min(worker, rest), base + (worker < rest)
-
-
-def _sample_keys(key: np.uint64, samples: np.ndarray) -> np.ndarray:
-    """splitmix64 of each global sample index under ``key``: one random 64-bit sort key per sample."""
-    z = (samples.astype(np.uint64) + np.uint64(1)) * _GAMMA + key
-    z ^= z >> np.uint64(30)
-    z *= _MUL1
-    z ^= z >> np.uint64(27)
-    z *= _MUL2
-    z ^= z >> np.uint64(31)
-    return z
-
-
-def _chunk_samples(bounds: np.ndarray, chunks: np.ndarray) -> np.ndarray:
-    """The samples of ``chunks`` concatenated in that order (vectorised, no loop per chunk)."""
-    starts = bounds[chunks]
-    sizes = bounds[chunks + 1] - starts
-    ends = np.cumsum(sizes)
-    return np.repeat(starts - (ends - sizes), sizes) + np.arange(ends[-1] if ends.size else 0)
-
-
-def _mix(samples: np.ndarray, starts: np.ndarray, key: np.uint64) -> np.ndarray:
-    """Each group's samples (``samples[starts[g]:starts[g + 1]]``) sorted by the samples' keys."""
-    keys = _sample_keys(key, samples)
-    ends = np.append(starts[1:], samples.size)
-    out = np.empty_like(samples)
-    edges: Sequence[int] = range(len(starts))
-    if len(starts) > 2:
-        # the groups between the first and the last are full: one call sorts them row by row
-        size = int(starts[2] - starts[1])
-        if size and (np.diff(starts[1:]) == size).all():
-            a, b = int(starts[1]), int(starts[-1])
-            rows = samples[a:b].reshape(-1, size)
-            by_key = np.argsort(keys[a:b].reshape(-1, size), axis=1)
-            out[a:b] = np.take_along_axis(rows, by_key, axis=1).ravel()
-            edges = (0, len(starts) - 1)
-    for g in edges:
-        lo, hi = int(starts[g]), int(ends[g])
-        out[lo:hi] = samples[lo:hi][np.argsort(keys[lo:hi])]
-    return out
-
-
-def _run(
-    bounds: np.ndarray, chunks: np.ndarray, lo: int, hi: int, per_group: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Samples ``[lo, hi)`` of the concatenation of ``chunks``: ``(their chunks, the samples,
-    where each group of ``per_group`` of those chunks starts among the samples)``."""
-    sizes = bounds[chunks + 1] - bounds[chunks]
-    ends = np.cumsum(sizes)
-    firsts = ends - sizes
-    a = int(np.searchsorted(ends, lo, side="right"))  # the first chunk ending after lo
-    b = int(np.searchsorted(firsts, hi, side="left"))  # the first chunk starting at hi or later
-    run = chunks[a:b]
-    if hi <= lo or not run.size:
-        return run[:0], np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
-    offset = int(firsts[a])
-    samples = _chunk_samples(bounds, run)[lo - offset : hi - offset]
-    starts = np.maximum(firsts[a:b][::per_group] - lo, 0)
-    return run, samples, starts
 
 
 def plan_epoch(
@@ -584,15 +367,19 @@ def plan_epoch(
     >>> [len(plan_epoch(1000, 64, batch_size=100, worker=w, num_workers=3).batches) for w in range(3)]
     [4, 3, 3]
     """
-    n_samples = _count("num_samples", num_samples)
-    length = _positive("chunk_len", chunk_len)
-    batch = _positive("batch_size", batch_size)
-    per_group = max(_positive("buffer_chunks", buffer_chunks), -(-batch // length))
-    k, n = _consumer(consumer, num_consumers)
-    w, m = _worker(worker, num_workers)
-    s = _seed(seed)
-    e = _count("epoch", epoch)
-    mixed, drop, pad = _flag("shuffle", shuffle), _flag("drop_last", drop_last), _flag("even", even)
+    n_samples = check_count("num_samples", num_samples)
+    length = check_positive("chunk_len", chunk_len)
+    batch = check_positive("batch_size", batch_size)
+    per_group = max(check_positive("buffer_chunks", buffer_chunks), -(-batch // length))
+    k, n = check_consumer(consumer, num_consumers)
+    w, m = check_worker(worker, num_workers)
+    s = check_seed(seed)
+    e = check_count("epoch", epoch)
+    mixed, drop, pad = (
+        check_flag("shuffle", shuffle),
+        check_flag("drop_last", drop_last),
+        check_flag("even", even),
+    )
     if s is None:
         if n * m > 1:
             raise ValueError(
@@ -604,7 +391,7 @@ def plan_epoch(
 
     bounds = chunk_bounds(n_samples, length)
     if not mixed:
-        return _ordered_plan(bounds, length, batch, per_group, k, n, w, m, drop, pad)
+        return ordered_plan(bounds, length, batch, per_group, k, n, w, m, drop, pad)
     n_batches = _consumer_batches(
         n_samples, length, batch, k, n, shuffle=True, drop_last=drop, even=pad
     )
@@ -622,9 +409,9 @@ def plan_epoch(
         num_chunks, seed=s, epoch=e, shuffle=True, keep_last=n_samples % length != 0
     )
     mine = assign_chunks(order, consumer=k, num_consumers=n)
-    key = epoch_rng(s, e, *_MIX_STREAM).integers(2**64, dtype=np.uint64)
-    chunks, samples, starts = _run(bounds, mine, min(start, own), end, per_group)
-    samples = _mix(samples, starts, key)
+    key = epoch_rng(s, e, *MIX_STREAM).integers(2**64, dtype=np.uint64)
+    chunks, samples, starts = take_run(bounds, mine, min(start, own), end, per_group)
+    samples = mix(samples, starts, key)
     size = stop - start
     if size <= samples.size:
         stream = samples[:size]
@@ -634,7 +421,7 @@ def plan_epoch(
     else:  # even, a run of repeats only: the consumer's last chunks (none: the order's first)
         chunks = mine[-per_group:] if own else order[:1]
         starts = np.zeros(1, dtype=np.int64)
-        pool = _mix(_chunk_samples(bounds, chunks), starts, key)
+        pool = mix(chunk_samples(bounds, chunks), starts, key)
         stream = pool[(start - own + np.arange(size)) % pool.size]
     stream.flags.writeable = False
     chunks.flags.writeable = False
@@ -645,41 +432,6 @@ def plan_epoch(
     groups = tuple(chunks[i : i + per_group] for i in range(0, n_groups * per_group, per_group))
     batches = tuple(stream[i : i + batch] for i in range(0, size, batch))
     return EpochPlan(groups, batches, length, np.arange(first, first + count, dtype=np.int64))
-
-
-def _ordered_plan(
-    bounds: np.ndarray,
-    length: int,
-    batch: int,
-    per_group: int,
-    consumer: int,
-    num_consumers: int,
-    worker: int,
-    num_workers: int,
-    drop: bool,
-    pad: bool,
-) -> EpochPlan:
-    """``plan_epoch(..., shuffle=False)``: store-order batches dealt round-robin."""
-    n_samples = int(bounds[-1])
-    total = n_samples // batch if drop else -(-n_samples // batch)
-    mine = np.arange(consumer, total, num_consumers, dtype=np.int64)
-    if pad and total and mine.size < -(-total // num_consumers):
-        # a batch short: a repeat of its last batch (none: of batch `consumer % total`)
-        mine = np.append(mine, mine[-1] if mine.size else consumer % total)
-    ids = np.arange(worker, mine.size, num_workers, dtype=np.int64)
-    if not ids.size:
-        return EpochPlan((), (), length)
-    firsts = mine[ids] * batch
-    sizes = np.minimum(firsts + batch, n_samples) - firsts
-    ends = np.cumsum(sizes)
-    stream = np.repeat(firsts - (ends - sizes), sizes) + np.arange(ends[-1])
-    stream.flags.writeable = False
-    chunks = np.unique(stream // length)  # the stream never goes back: this is the load order
-    chunks.flags.writeable = False
-    groups = tuple(chunks[i : i + per_group] for i in range(0, chunks.size, per_group))
-    cuts = np.append(0, ends).tolist()
-    batches = tuple(stream[a:b] for a, b in itertools.pairwise(cuts))
-    return EpochPlan(groups, batches, length, ids)
 
 
 def num_batches(
@@ -712,19 +464,19 @@ def num_batches(
     >>> [num_batches(1000, 64, batch_size=100, worker=w, num_workers=4) for w in range(4)]
     [3, 3, 2, 2]
     """
-    n_samples = _count("num_samples", num_samples)
-    length = _positive("chunk_len", chunk_len)
-    batch = _positive("batch_size", batch_size)
-    k, n = _consumer(consumer, num_consumers)
-    w, m = _worker(worker, num_workers)
+    n_samples = check_count("num_samples", num_samples)
+    length = check_positive("chunk_len", chunk_len)
+    batch = check_positive("batch_size", batch_size)
+    k, n = check_consumer(consumer, num_consumers)
+    w, m = check_worker(worker, num_workers)
     total = _consumer_batches(
         n_samples,
         length,
         batch,
         k,
         n,
-        shuffle=_flag("shuffle", shuffle),
-        drop_last=_flag("drop_last", drop_last),
-        even=_flag("even", even),
+        shuffle=check_flag("shuffle", shuffle),
+        drop_last=check_flag("drop_last", drop_last),
+        even=check_flag("even", even),
     )
     return _worker_share(total, w, m)[1]

@@ -29,10 +29,9 @@ from .bytesource import ByteSource, LocalDir, LocalZip, open_source
 from .codecs import blosc_header, check_crc, check_crc_of, decode_chunk
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 from .layout import ArrayLayout, parse_layout
+from .locate import MISSING, ChunkLocator
 
 __all__ = ["ArrayLayout", "RawChunk", "StoreReader"]
-
-_MISSING = np.uint64(2**64 - 1)
 
 
 class StoreReader:
@@ -61,7 +60,7 @@ class StoreReader:
         self.path = source.where
         self.is_zip = isinstance(source, LocalZip)
         self._local = threading.local()
-        self._index: dict[tuple[str, int], np.ndarray] = {}
+        self._locate = ChunkLocator(source, self.path)  # shard indexes, cached
         self._layouts: dict[str, ArrayLayout] = {}
         self._read_len: int | None = None
         self._read_len_known = False
@@ -133,76 +132,14 @@ class StoreReader:
             self._read_len_known = True
         return self._read_len
 
-    # -- locating chunks ---------------------------------------------------------------
-    def _shard_index(self, lay: ArrayLayout, shard: int) -> np.ndarray:
-        cached = self._index.get((lay.name, shard))
-        if cached is not None:
-            return cached
-        key = lay.key(shard)
-        n = lay.index_len
-        where = f"{self.path}: array {lay.name!r}, shard {shard} ({key})"
-        size = self.source.keys.get(key)
-        if size is None:
-            raise ChecksumError(f"{where} is missing; the store is damaged — re-create it")
-        if size < n * 16 + 4:
-            raise ChecksumError(
-                f"{where} is {size} bytes, too short for its index (empty or truncated); "
-                "the store is damaged — re-create it"
-            )
-        raw = self.source.read(key, size - (n * 16 + 4), n * 16 + 4)
-        try:
-            body = check_crc(raw, where + " index")
-        except ChecksumError:
-            raise ChecksumError(
-                f"{where}: index checksum mismatch (damaged or truncated); re-create the store"
-            ) from None
-        index = np.frombuffer(body, dtype="<u8").reshape(n, 2)
-        present = index[:, 0] != _MISSING
-        ends = index[present, 0] + index[present, 1]
-        if (ends > np.uint64(size - (n * 16 + 4))).any() or (index[present, 1] < 4).any():
-            raise ChecksumError(
-                f"{where}: its index points outside the shard; the store is damaged — re-create it"
-            )
-        self._index[(lay.name, shard)] = index
-        return index
-
-    def _inner(self, lay: ArrayLayout, i: int) -> tuple[str, int, int]:
-        """(key, offset, nbytes) of zarr inner chunk ``i`` along axis 0 — encoded bytes incl. crc."""
-        if not lay.sharded:
-            key = lay.key(i)
-            size = self.source.keys.get(key)
-            if size is None:
-                raise ChecksumError(
-                    f"{self.path}: array {lay.name!r}, chunk {i} ({key}) is missing; "
-                    "the store is damaged — re-create it"
-                )
-            return key, 0, size
-        shard, j = divmod(i * lay.inner_len, lay.shard_len)
-        off, nbytes = self._shard_index(lay, shard)[j // lay.inner_len]
-        if off == _MISSING:
-            raise ChecksumError(
-                f"{self.path}: array {lay.name!r}, rows {i * lay.inner_len}.. are missing from "
-                f"shard {shard}; the store is damaged — re-create it"
-            )
-        return lay.key(shard), int(off), int(nbytes)
-
+    # -- where chunks are --------------------------------------------------------------
     def chunk_location(self, name: str, c: int) -> tuple[str, int, int]:
         """(file, offset, nbytes) of chunk ``c`` of ``name`` in a LOCAL store: encoded bytes incl.
         checksum (for tests and tools that damage stores on purpose)."""
         lay = self.layout(name)
         if not 0 <= c < lay.num_chunks:
             raise IndexError(f"chunk {c} out of range 0..{lay.num_chunks - 1} for {name!r}")
-        a, b = lay.chunk_rows(c)
-        first = self._inner(lay, a // lay.inner_len)
-        last = self._inner(lay, (b - 1) // lay.inner_len)
-        key, lo = first[0], first[1]
-        hi = last[1] + last[2]
-        src = self.source
-        if isinstance(src, LocalZip):
-            return src.path, src.members[key][0] + lo, hi - lo
-        if isinstance(src, LocalDir):
-            return os.path.join(src.path, *key.split("/")), lo, hi - lo
-        raise ValueError("chunk_location is for local stores")
+        return self._locate.file_range(lay, c)
 
     # -- chunks ------------------------------------------------------------------------
     def _where(self, lay: ArrayLayout, c: int) -> str:
@@ -211,7 +148,7 @@ class StoreReader:
 
     def _encoded(self, lay: ArrayLayout, i: int) -> np.ndarray:
         """Encoded bytes of inner chunk ``i`` in this thread's scratch buffer."""
-        key, off, nbytes = self._inner(lay, i)
+        key, off, nbytes = self._locate.inner(lay, i)
         buf = self._scratch(nbytes)
         self.source.readinto(key, off, [buf])
         return buf
@@ -234,7 +171,7 @@ class StoreReader:
         if lay.inner_len == lay.chunk_len:
             if lay.kind == "raw" and b - a == lay.chunk_len:
                 # straight from the file into the caller's buffer, checked there: no copy
-                key, off, nbytes = self._inner(lay, c)
+                key, off, nbytes = self._locate.inner(lay, c)
                 if nbytes != out.nbytes + 4:
                     raise ChecksumError(
                         f"{where}: holds {nbytes} bytes, expected {out.nbytes + 4}; "
@@ -244,7 +181,7 @@ class StoreReader:
                 self.source.readinto(key, off, [out.reshape(-1).view(np.uint8), crc])
                 check_crc_of(out.reshape(-1).view(np.uint8), crc, where)
                 return out
-            key, off, nbytes = self._inner(lay, c)
+            key, off, nbytes = self._locate.inner(lay, c)
             # compressed chunks are decoded straight from the (lease-protected) page cache
             with self.source.view(key, off, nbytes, self._scratch(nbytes)) as buf:
                 if lay.kind == "jpeg":
@@ -303,7 +240,7 @@ class StoreReader:
         if lay.kind == "raw" and b - a != lay.chunk_len:
             return None  # zarr pads the last chunk: read_chunk cuts it
         where = self._where(lay, c)
-        key, off, nbytes = self._inner(lay, c)
+        key, off, nbytes = self._locate.inner(lay, c)
         if lay.kind == "raw":
             expected = (b - a) * lay.row_bytes
             if nbytes != expected + 4:
@@ -329,9 +266,9 @@ class StoreReader:
         lay = self.layout(name)
         a, b = lay.chunk_rows(c)
         shard, j0 = divmod(a, lay.shard_len)
-        index = self._shard_index(lay, shard)[j0 : j0 + (b - a)]
+        index = self._locate.shard_index(lay, shard)[j0 : j0 + (b - a)]
         offs, sizes = index[:, 0], index[:, 1]
-        missing = np.flatnonzero(offs == _MISSING)
+        missing = np.flatnonzero(offs == MISSING)
         if len(missing):
             raise ChecksumError(
                 f"{self.path}: array {name!r}, sample {a + int(missing[0])} (chunk {c}) is missing "

@@ -1,6 +1,7 @@
 """Write back: what one :meth:`~daskimg.ArrayWriter.append` is given, checked and cut
 into pieces: arrays by name, each coerced to its dtype (or, for dask arrays, computed a
-few blocks at a time), the same number of rows in each, and what ``index=`` must be.
+few blocks at a time), the same number of rows in each, what ``index=`` must be — and
+where the rows go (:func:`append_rows`): placed by store index, or after those appended.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import dask.array as da
 import numpy as np
 
 from .checks import TEXT, Spec, check_batch, coerce, parse_index
+from .placed import Placed
+from .plan import Plan
+from .shards import Appended
 
-__all__ = ["Batch", "needs_index", "next_rows"]
+__all__ = ["Batch", "append_rows", "missing_rows", "needs_index", "next_rows"]
 
 
 @dataclass
@@ -151,3 +155,55 @@ def needs_index(mode: str, target: str, num_samples: int | None) -> str:
         "needs index=, the store indices of the batch's rows; or pass order='store' to "
         "store rows in the order appended"
     )
+
+
+def append_rows(
+    plan: Plan,
+    sink: Appended | Placed,
+    classes: Sequence[str],
+    num_samples: int | None,
+    batch: Any,
+    named: Mapping[str, Any],
+    index: Any,
+) -> None:
+    """Check one append and add its rows to ``sink``: each on its store index (``index=``),
+    or after the rows appended so far. A batch that is refused changes nothing."""
+    given = Batch.of(plan.specs, classes, batch, named)
+    idx = _batch_index(plan, sink, num_samples, index, given.rows)
+    pieces = given.pieces(idx, sink.step)
+    if isinstance(sink, Placed):
+        assert idx is not None
+        sink.add(pieces, idx)
+    else:
+        sink.add(piece for _, piece in pieces)
+
+
+def _batch_index(
+    plan: Plan, sink: Appended | Placed, num_samples: int | None, index: Any, n: int
+) -> np.ndarray | None:
+    """The batch's store indices, checked (None: rows in arrival order)."""
+    if isinstance(sink, Placed):
+        if index is None:
+            raise ValueError(needs_index(plan.mode, plan.target, num_samples))
+        idx = parse_index(index, n)
+        sink.check(idx)
+        return idx
+    have = sink.rows
+    if num_samples is not None and have + n > num_samples:
+        raise ValueError(
+            f"{plan.path!r} has {num_samples} samples; {have} rows are appended "
+            f"already, so this batch of {n} is {have + n - num_samples} too many"
+        )
+    return None if index is None else next_rows(index, n, have, num_samples)
+
+
+def missing_rows(sink: Appended | Placed, num_samples: int | None) -> np.ndarray:
+    """Store indices of the samples that have no row in ``sink`` yet (int64, ascending)."""
+    if isinstance(sink, Placed):
+        return sink.missing()
+    if num_samples is None:
+        raise ValueError(
+            "the number of samples of this store is not known (mode='w' without "
+            "num_samples); every row appended is kept, in order"
+        )
+    return np.arange(sink.rows, num_samples, dtype=np.int64)

@@ -1,53 +1,35 @@
-"""Write back: how an :class:`~daskimg.ArrayWriter` starts, and when it may finish.
+"""Write back: the lifecycle of an :class:`~daskimg.ArrayWriter`'s write, from opening to its end.
 
 :func:`start` decides, under the writer's lock, what a writer opens: a new staging folder;
 with ``resume=True`` the last checkpoint of an unfinished write, or a write that was
 published before it was interrupted (nothing left to do), or — for a URL — a finished
 local copy still to upload. :func:`check_complete` says whether every sample has its row
-before :meth:`~daskimg.ArrayWriter.close` publishes.
+before :meth:`~daskimg.ArrayWriter.close` publishes. :class:`OpenWrite` holds what an open
+write owns — the lock, the shard pool, the staging folder and its checkpoints — and ends
+it: published (and uploaded), broken by a failure that lost rows, or abandoned for
+``resume=True``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..errors import StoreExistsError
-from ..store.location import Location, remove_path
+from ..errors import DaskImgError, StoreExistsError
+from ..store.location import Location, remove_path, write_lock
 from . import staging
-from .checks import Spec
 from .placed import Placed
+from .plan import Plan
 from .shards import ShardPool
 
-__all__ = ["Plan", "Started", "check_complete", "start"]
+__all__ = ["OpenWrite", "Started", "check_complete", "start"]
 
 logger = logging.getLogger("daskimg")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a writer was asked to write, and where (``path``: where it is built)."""
-
-    path: str
-    target: str
-    url: str | None
-    kind: str
-    mode: str
-    order: str
-    overwrite: bool
-    specs: Mapping[str, Spec]
-    chunks: int | None
-    shard_chunks: int | None
-    codec: str | None
-    split: str | None
-
-    @property
-    def staging(self) -> Path:
-        return Path(self.path + ".partial")
 
 
 @dataclass
@@ -180,3 +162,182 @@ def check_complete(plan: Plan, sink: staging.Sink, num_samples: int | None) -> N
             f"{list(plan.specs)}; append exactly one row per sample, in the store's order "
             "(nothing was changed)"
         )
+
+
+class OpenWrite:
+    """What an open write owns, and how it ends: the lock on ``plan.path``, the shard pool,
+    the staging folder and its checkpoints; publishing, uploading, breaking, abandoning.
+
+    The writer's rows (its sink) stay with the writer, which passes them in. Nothing here
+    refers back to the writer, so that deleting a writer releases its lock at once.
+
+    Parameters
+    ----------
+    plan
+        What is written, and where.
+    storage_options
+        For the upload to ``plan.url``.
+    """
+
+    def __init__(self, plan: Plan, storage_options: Mapping[str, Any] | None) -> None:
+        self.plan = plan
+        self._storage_options = dict(storage_options or {})
+        self.closed = False
+        self.broken: str | None = None  # why the write cannot continue
+        self.last_checkpoint = time.monotonic()
+        self.pool = ShardPool(plan.threads)
+        os.makedirs(os.path.dirname(plan.path), exist_ok=True)
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(write_lock(plan.path))
+        # staging files are closed after the pool's last writes, which read them (a list,
+        # not a method of self: the writer must stay free of cycles so that del releases it)
+        self._files: list[Placed] = []
+        self._lock.callback(_close_all, self._files)
+        self._lock.callback(self.pool.shutdown)
+        self.manifest: dict[str, Any] = {}
+        self.pending = False  # URL: the store is complete locally, not uploaded yet
+        self.done = False  # published by the write this resumed, before it was interrupted
+        self.durable = 0  # rows covered by the last completed checkpoint
+
+    def open(self, *, resume: bool, classes: Sequence[str]) -> Started:
+        """Start the write (see :func:`start`); on failure the lock is released."""
+        try:
+            st = start(
+                self.plan,
+                self.pool,
+                resume=resume,
+                num_samples=self.plan.num_samples,
+                classes=tuple(str(c) for c in classes),
+            )
+        except BaseException:
+            self._lock.close()
+            raise
+        self.manifest = st.manifest
+        if isinstance(st.sink, Placed):
+            self._files.append(st.sink)
+        self.pending = st.pending
+        self.done = st.done
+        self.durable = st.sink.rows if st.sink is not None else st.rows
+        return st
+
+    def check_usable(self) -> None:
+        """Refuse to go on after a failure that lost rows, or after the end."""
+        target = self.plan.target
+        if self.broken is not None:
+            raise DaskImgError(
+                f"this writer of {target!r} cannot continue: {self.broken}. Open a new one "
+                f"with resume=True to continue from its last checkpoint ({self.durable} rows)"
+            )
+        if self.closed:
+            raise ValueError(
+                f"this writer of {target!r} is closed; append before close(), or open a new "
+                "ArrayWriter (mode='a' adds arrays to a finished store)"
+            )
+
+    def all_written(self, rows: int) -> ValueError:
+        """The error for rows appended after all ``rows`` are written (the write is finished)."""
+        where = (
+            "it was published before the write this resumed was interrupted); close() has "
+            "nothing left to do"
+            if self.done
+            else f"the finished store waits at {self.plan.path!r}); close() uploads them"
+        )
+        return ValueError(
+            f"all {rows} rows of {self.plan.target!r} are written ({where}. Nothing "
+            "can be appended to it"
+        )
+
+    def broke(self, reason: str) -> None:
+        """Stop for good after a failure that lost rows: the last checkpoint stands."""
+        self.broken = reason
+        self.closed = True
+        self._lock.close()  # another writer may resume now
+
+    def checkpoint_due(self, every: float | None) -> bool:
+        """``every`` seconds (None: never) have passed since the last checkpoint."""
+        return every is not None and time.monotonic() - self.last_checkpoint >= every
+
+    def checkpoint(self, sink: staging.Sink) -> int:
+        """Make every row of ``sink`` durable; return their number."""
+        try:
+            staging.save_checkpoint(self.plan.staging, self.manifest, sink)
+        except BaseException as e:
+            self.broke(f"a checkpoint failed ({e!r})")
+            raise
+        self.durable = sink.rows
+        self.last_checkpoint = time.monotonic()
+        return self.durable
+
+    def finish(self, sink: staging.Sink, num_samples: int | None) -> None:
+        """Finish the store at ``plan.path`` (the local copy of a URL's) from ``sink``."""
+        plan = self.plan
+        check_complete(plan, sink, num_samples)
+        if sink.rows == 0:
+            self.closed = True
+            remove_path(str(plan.staging))
+            self._lock.close()
+            raise ValueError(
+                f"nothing was appended to {plan.target!r}, so no store was written; "
+                "an empty store is not written (nothing to read back)"
+            )
+        self.checkpoint(sink)  # a crash while closing loses no row; no write is in flight after it
+        try:
+            staging.publish(
+                Location.of(plan.path), plan.staging, self.manifest, sink, mode=plan.mode
+            )
+        except BaseException as e:
+            # no store at path (or the old one): a second close must not pass for success
+            self.broke(f"moving the store into place failed ({e!r})")
+            raise
+        self.pending = plan.url is not None
+
+    def end(self) -> None:
+        """Upload a finished store still pending, then release the lock: the write is over."""
+        url = self.plan.url
+        if self.pending and url is not None:
+            self._upload(url)
+        self.closed = True
+        self._lock.close()
+        if url is not None:  # the local copy's own folder, empty now
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self.plan.path))
+
+    def abandon(self, sink: staging.Sink | None) -> None:
+        """Leave the write unfinished: checkpoint what was appended, release the lock."""
+        if self.closed:
+            return
+        try:
+            if sink is not None:
+                self.checkpoint(sink)
+        except Exception:
+            logger.exception("could not checkpoint %s before leaving it unfinished", self.plan.path)
+        finally:
+            self.closed = True
+            self._lock.close()
+
+    def release(self) -> None:
+        """Release the lock, finishing nothing (a writer deleted while open)."""
+        if not self.closed:
+            self.closed = True
+            self._lock.close()
+
+    def _upload(self, url: str) -> None:
+        """Upload the finished local store to ``url``, then remove it; on failure keep it."""
+        path = self.plan.path
+        try:
+            Location.of(url, self._storage_options).upload(path)
+        except BaseException:
+            logger.warning(
+                "uploading %s to %s failed; the finished store stays there: close() again, or "
+                "ArrayWriter(<same arguments>, resume=True).close(), uploads it",
+                path,
+                url,
+            )
+            raise
+        self.pending = False
+        remove_path(path)
+
+
+def _close_all(sinks: list[Placed]) -> None:
+    for sink in sinks:
+        sink.close()

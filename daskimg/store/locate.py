@@ -1,0 +1,108 @@
+"""Store: where the encoded bytes of each chunk are — which key (zip member or file), at
+which offset, how many — read from the shard indexes of sharded arrays.
+
+Every location is checked before it is used: a missing chunk or shard, a shard index that is
+too short, damaged (crc32c) or pointing outside its shard is a
+:class:`~daskimg.errors.ChecksumError` naming the store, the array and the chunk.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import ChecksumError
+from .bytesource import ByteSource, LocalDir, LocalZip
+from .codecs import check_crc
+from .layout import ArrayLayout
+
+__all__ = ["MISSING", "ChunkLocator"]
+
+#: the offset (and size) a shard index gives an inner chunk that was never written
+MISSING = np.uint64(2**64 - 1)
+
+
+class ChunkLocator:
+    """Locates the inner chunks of a store's arrays; shard indexes are read once and cached.
+
+    Parameters
+    ----------
+    source
+        Where the store's bytes are.
+    path
+        The store, as error messages name it.
+    """
+
+    def __init__(self, source: ByteSource, path: str) -> None:
+        self.source = source
+        self.path = path
+        self._index: dict[tuple[str, int], np.ndarray] = {}
+
+    def shard_index(self, lay: ArrayLayout, shard: int) -> np.ndarray:
+        """The checked index of shard ``shard``: ``(offset, nbytes)`` of each inner chunk."""
+        cached = self._index.get((lay.name, shard))
+        if cached is not None:
+            return cached
+        key = lay.key(shard)
+        n = lay.index_len
+        where = f"{self.path}: array {lay.name!r}, shard {shard} ({key})"
+        size = self.source.keys.get(key)
+        if size is None:
+            raise ChecksumError(f"{where} is missing; the store is damaged — re-create it")
+        if size < n * 16 + 4:
+            raise ChecksumError(
+                f"{where} is {size} bytes, too short for its index (empty or truncated); "
+                "the store is damaged — re-create it"
+            )
+        raw = self.source.read(key, size - (n * 16 + 4), n * 16 + 4)
+        try:
+            body = check_crc(raw, where + " index")
+        except ChecksumError:
+            raise ChecksumError(
+                f"{where}: index checksum mismatch (damaged or truncated); re-create the store"
+            ) from None
+        index = np.frombuffer(body, dtype="<u8").reshape(n, 2)
+        present = index[:, 0] != MISSING
+        ends = index[present, 0] + index[present, 1]
+        if (ends > np.uint64(size - (n * 16 + 4))).any() or (index[present, 1] < 4).any():
+            raise ChecksumError(
+                f"{where}: its index points outside the shard; the store is damaged — re-create it"
+            )
+        self._index[(lay.name, shard)] = index
+        return index
+
+    def inner(self, lay: ArrayLayout, i: int) -> tuple[str, int, int]:
+        """(key, offset, nbytes) of zarr inner chunk ``i`` along axis 0 — encoded bytes incl. crc."""
+        if not lay.sharded:
+            key = lay.key(i)
+            size = self.source.keys.get(key)
+            if size is None:
+                raise ChecksumError(
+                    f"{self.path}: array {lay.name!r}, chunk {i} ({key}) is missing; "
+                    "the store is damaged — re-create it"
+                )
+            return key, 0, size
+        shard, j = divmod(i * lay.inner_len, lay.shard_len)
+        off, nbytes = self.shard_index(lay, shard)[j // lay.inner_len]
+        if off == MISSING:
+            raise ChecksumError(
+                f"{self.path}: array {lay.name!r}, rows {i * lay.inner_len}.. are missing from "
+                f"shard {shard}; the store is damaged — re-create it"
+            )
+        return lay.key(shard), int(off), int(nbytes)
+
+    def file_range(self, lay: ArrayLayout, c: int) -> tuple[str, int, int]:
+        """(file, offset, nbytes) of read chunk ``c`` in a LOCAL store: its encoded bytes,
+        checksums included."""
+        a, b = lay.chunk_rows(c)
+        first = self.inner(lay, a // lay.inner_len)
+        last = self.inner(lay, (b - 1) // lay.inner_len)
+        key, lo = first[0], first[1]
+        hi = last[1] + last[2]
+        src = self.source
+        if isinstance(src, LocalZip):
+            return src.path, src.members[key][0] + lo, hi - lo
+        if isinstance(src, LocalDir):
+            return os.path.join(src.path, *key.split("/")), lo, hi - lo
+        raise ValueError("chunk_location is for local stores")
