@@ -273,21 +273,10 @@ def _resample(src: Any, c: int, box: Any, order: int, out: Any) -> None:
     w = src.shape[1] // c
     oh = out.shape[0]
     ow = out.shape[1] // c
-    x0, y0, x1, y1 = (float(v) for v in box)
-    # Pillow's tests, box[2] and box[3] against the *output* size included
-    need_h = ow != w or x0 != 0 or x1 != ow
-    need_v = oh != h or y0 != 0 or y1 != oh
-    # Pillow 13 runs the vertical pass first when the height shrinks by more than
-    # twice as many pixels as the width; older Pillow always runs the horizontal first
-    horizontal_first = order == _ALWAYS_HORIZONTAL_FIRST or not (
-        h - oh > 0 and h - oh > (w - ow) * 2
-    )
-    bounds_v, k_v = _coeffs(h, box[1], box[3], oh)
-    bounds_h, k_h = _coeffs(w, box[0], box[2], ow)
+    plan = _plan(h, w, oh, ow, tuple(float(v) for v in box), order)
+    horizontal_first, need_h, need_v, bounds_h, k_h, bounds_v, k_v, first, rows = plan
     if horizontal_first:
         if need_h:
-            first = int(bounds_v[0, 0])
-            rows = int(bounds_v[oh - 1, 0] + bounds_v[oh - 1, 1]) - first
             if need_v:
                 mid = np.empty((rows, ow * c), np.uint8)
                 _horizontal(src, first, rows, c, bounds_h, k_h, mid)
@@ -304,6 +293,27 @@ def _resample(src: Any, c: int, box: Any, order: int, out: Any) -> None:
         _horizontal(mid, 0, oh, c, bounds_h, k_h, out)
     else:
         _pass(src, 0, bounds_v, k_v, out)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(h: int, w: int, oh: int, ow: int, box: tuple[float, ...], order: int) -> tuple[Any, ...]:
+    """The passes and their coefficients for one geometry (photos of a set share a few)."""
+    x0, y0, x1, y1 = box  # float32 values, as Pillow holds them
+    # Pillow's tests, box[2] and box[3] against the *output* size included
+    need_h = ow != w or x0 != 0 or x1 != ow
+    need_v = oh != h or y0 != 0 or y1 != oh
+    # Pillow 13 runs the vertical pass first when the height shrinks by more than
+    # twice as many pixels as the width; older Pillow always runs the horizontal first
+    horizontal_first = order == _ALWAYS_HORIZONTAL_FIRST or not (
+        h - oh > 0 and h - oh > (w - ow) * 2
+    )
+    bounds_v, k_v = _coeffs(h, np.float32(y0), np.float32(y1), oh)
+    bounds_h, k_h = _coeffs(w, np.float32(x0), np.float32(x1), ow)
+    first = int(bounds_v[0, 0])
+    rows = int(bounds_v[oh - 1, 0] + bounds_v[oh - 1, 1]) - first
+    for a in (bounds_h, k_h, bounds_v, k_v):
+        a.flags.writeable = False  # shared by every thread that resizes this geometry
+    return horizontal_first, need_h, need_v, bounds_h, k_h, bounds_v, k_v, first, rows
 
 
 def rgb_to_l(rgb: np.ndarray, out: np.ndarray) -> None:
