@@ -20,7 +20,8 @@ function calls Pillow itself. Either way the pixels are Pillow's.
 from __future__ import annotations
 
 import functools
-from typing import Any, Final
+import threading
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -32,12 +33,6 @@ _PRECISION_BITS: Final = 32 - 8 - 2  # Pillow's fixed point for 8-bit images (Re
 #: vertical first when the height shrinks by more than twice as many pixels (Pillow 13)
 _ALWAYS_HORIZONTAL_FIRST: Final = 0
 _VERTICAL_FIRST_WHEN_TALLER: Final = 1
-
-njit: Any
-try:  # numba is an accelerator: the pixels are the same without it
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is missing or refuses numpy
-    njit = None
 
 
 def compiled() -> bool:
@@ -127,7 +122,7 @@ def _order() -> int | None:
     None (use Pillow itself) without numba, or if no order reproduces this Pillow: a
     later Pillow that resamples differently is never matched silently.
     """
-    if njit is None:
+    if _kernels() is None:
         return None
     rng = np.random.default_rng(0)
     cases = []
@@ -148,17 +143,46 @@ def _order() -> int | None:
     return None
 
 
-def _jit(f: Any) -> Any:
-    """Compile a kernel lazily (numba, without the GIL, cached on disk where it can be)."""
-    if njit is None:
-        return f
-    try:
-        return njit(nogil=True, cache=True)(f)
-    except RuntimeError:  # no writable place for numba's cache: compile in each process
-        return njit(nogil=True)(f)
+class _Kernels(NamedTuple):
+    coeffs: Any
+    pass_: Any
+    transpose: Any
+    luma: Any
 
 
-@_jit
+_KERNELS: list[_Kernels | None] = []
+_KERNELS_LOCK = threading.Lock()
+
+
+def _kernels() -> _Kernels | None:
+    """The compiled kernels, or None without numba.
+
+    numba is imported and the kernels compiled (or loaded from numba's cache on disk) on
+    the first call, not when daskimg is imported: a process that never resizes a JPEG
+    never pays for it.
+    """
+    if not _KERNELS:
+        with _KERNELS_LOCK:
+            if not _KERNELS:
+                _KERNELS.append(_compile())
+    return _KERNELS[0]
+
+
+def _compile() -> _Kernels | None:
+    try:  # an accelerator: the pixels are the same without it
+        from numba import njit
+    except ImportError:  # pragma: no cover - where numba is missing or refuses this numpy
+        return None
+
+    def jit(f: Any) -> Any:
+        try:
+            return njit(nogil=True, cache=True)(f)
+        except RuntimeError:  # no writable place for numba's cache: compile in each process
+            return njit(nogil=True)(f)
+
+    return _Kernels(jit(_coeffs), jit(_pass), jit(_transpose), jit(_luma))
+
+
 def _coeffs(in_size: int, in0: float, in1: float, out_size: int) -> tuple[Any, Any]:
     """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for the bilinear filter.
 
@@ -204,7 +228,6 @@ def _coeffs(in_size: int, in0: float, in1: float, out_size: int) -> tuple[Any, A
     return bounds, k
 
 
-@_jit
 def _pass(src: Any, first: int, bounds: Any, k: Any, out: Any) -> None:
     """One pass along axis 0: ``out[i] = clip8(sum_t k[i, t] * src[first + b_i + t])``.
 
@@ -227,7 +250,6 @@ def _pass(src: Any, first: int, bounds: Any, k: Any, out: Any) -> None:
             o[j] = 0 if v < 0 else (255 if v > 255 else v)
 
 
-@_jit
 def _transpose(src: Any, first: int, rows: int, c: int, out: Any) -> None:
     """``out[x, y*c + ch] = src[first + y, x*c + ch]`` (c = 1 or 3): rows ``first..first+rows`` turned."""
     w = src.shape[1] // c
@@ -253,13 +275,15 @@ def _horizontal(src: Any, first: int, rows: int, c: int, bounds: Any, k: Any, ou
     Along a row the taps are a few pixels apart; turned, they are whole rows apart, so the
     pass runs as :func:`_pass` over a transposed copy and the result is turned back.
     """
+    kernels = _kernels()
+    assert kernels is not None  # the caller checked (_order)
     w = src.shape[1] // c
     ow = out.shape[1] // c
     turned = np.empty((w, rows * c), np.uint8)
-    _transpose(src, first, rows, c, turned)
+    kernels.transpose(src, first, rows, c, turned)
     done = np.empty((ow, rows * c), np.uint8)
-    _pass(turned, 0, bounds, k, done)
-    _transpose(done, 0, ow, c, out)
+    kernels.pass_(turned, 0, bounds, k, done)
+    kernels.transpose(done, 0, ow, c, out)
 
 
 def _resample(src: Any, c: int, box: Any, order: int, out: Any) -> None:
@@ -269,6 +293,8 @@ def _resample(src: Any, c: int, box: Any, order: int, out: Any) -> None:
     Python over the compiled kernels (each releases the GIL): compiling this as one
     function would take numba several times longer, for a few microseconds.
     """
+    kernels = _kernels()
+    assert kernels is not None  # the caller checked (_order)
     h = src.shape[0]
     w = src.shape[1] // c
     oh = out.shape[0]
@@ -280,19 +306,19 @@ def _resample(src: Any, c: int, box: Any, order: int, out: Any) -> None:
             if need_v:
                 mid = np.empty((rows, ow * c), np.uint8)
                 _horizontal(src, first, rows, c, bounds_h, k_h, mid)
-                _pass(mid, -first, bounds_v, k_v, out)
+                kernels.pass_(mid, -first, bounds_v, k_v, out)
             else:
                 _horizontal(src, first, rows, c, bounds_h, k_h, out)
         elif need_v:
-            _pass(src, 0, bounds_v, k_v, out)
+            kernels.pass_(src, 0, bounds_v, k_v, out)
         else:
             out[:, :] = src
     elif need_h:
         mid = np.empty((oh, w * c), np.uint8)
-        _pass(src, 0, bounds_v, k_v, mid)
+        kernels.pass_(src, 0, bounds_v, k_v, mid)
         _horizontal(mid, 0, oh, c, bounds_h, k_h, out)
     else:
-        _pass(src, 0, bounds_v, k_v, out)
+        kernels.pass_(src, 0, bounds_v, k_v, out)
 
 
 @functools.lru_cache(maxsize=256)
@@ -307,8 +333,10 @@ def _plan(h: int, w: int, oh: int, ow: int, box: tuple[float, ...], order: int) 
     horizontal_first = order == _ALWAYS_HORIZONTAL_FIRST or not (
         h - oh > 0 and h - oh > (w - ow) * 2
     )
-    bounds_v, k_v = _coeffs(h, np.float32(y0), np.float32(y1), oh)
-    bounds_h, k_h = _coeffs(w, np.float32(x0), np.float32(x1), ow)
+    kernels = _kernels()
+    assert kernels is not None  # the caller checked (_order)
+    bounds_v, k_v = kernels.coeffs(h, np.float32(y0), np.float32(y1), oh)
+    bounds_h, k_h = kernels.coeffs(w, np.float32(x0), np.float32(x1), ow)
     first = int(bounds_v[0, 0])
     rows = int(bounds_v[oh - 1, 0] + bounds_v[oh - 1, 1]) - first
     for a in (bounds_h, k_h, bounds_v, k_v):
@@ -334,19 +362,19 @@ def rgb_to_l(rgb: np.ndarray, out: np.ndarray) -> None:
     """
     if rgb.shape[:2] != out.shape[:2] or rgb.shape[2] != 3 or out.shape[2] != 1:
         raise ValueError(f"rgb_to_l takes (H, W, 3) -> (H, W, 1); got {rgb.shape} -> {out.shape}")
-    if _luma_matches_pillow():
+    kernels = _kernels()
+    if kernels is not None and _luma_matches_pillow():
         flat = np.ascontiguousarray(rgb).reshape(-1, 3)
         if out.flags.c_contiguous:
-            _luma(flat, out.reshape(-1))
+            kernels.luma(flat, out.reshape(-1))
         else:
             tmp = np.empty(flat.shape[0], np.uint8)
-            _luma(flat, tmp)
+            kernels.luma(flat, tmp)
             out[...] = tmp.reshape(out.shape)
     else:
         out[...] = np.asarray(Image.fromarray(rgb).convert("L")).reshape(out.shape)
 
 
-@_jit
 def _luma(rgb: Any, out: Any) -> None:
     for i in range(rgb.shape[0]):
         out[i] = (
@@ -359,9 +387,12 @@ def _luma(rgb: Any, out: Any) -> None:
 
 @functools.cache
 def _luma_matches_pillow() -> bool:
-    """Whether :func:`_luma` gives what the installed Pillow's ``convert("L")`` gives."""
+    """Whether the compiled :func:`_luma` gives what the installed Pillow's ``convert("L")`` gives."""
+    kernels = _kernels()
+    if kernels is None:
+        return False
     rgb = np.random.default_rng(0).integers(0, 256, (64, 3), dtype=np.uint8)
     got = np.empty(64, np.uint8)
-    _luma(rgb, got)
+    kernels.luma(rgb, got)
     want = np.asarray(Image.fromarray(rgb.reshape(8, 8, 3)).convert("L")).reshape(-1)
     return bool((got == want).all())
