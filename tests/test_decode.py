@@ -19,6 +19,7 @@ import tifffile
 from PIL import Image, ImageOps, JpegImagePlugin
 
 from daskimg.errors import DecodeError
+from daskimg.read import fastjpeg
 from daskimg.read.decode import (
     DecodeSpec,
     _transposed_origin,
@@ -371,9 +372,21 @@ def test_draft_within_tolerance(
 
 
 def _spy_draft(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """Record (requested size, decoded size) of every JPEG draft."""
+    """Record (requested size, decoded size) of every JPEG draft, Pillow's or the fast path's."""
     calls: list[tuple[tuple[int, int], tuple[int, int]]] = []
     original = JpegImagePlugin.JpegImageFile.draft
+    fast = fastjpeg.decode
+
+    def fast_spy(
+        data: bytes, header: fastjpeg.JpegHeader, *, mode: str, scale: int = 1
+    ) -> np.ndarray | None:
+        pixels = fast(data, header, mode=mode, scale=scale)
+        if scale > 1 and pixels is not None:
+            wanted = (header.width // scale, header.height // scale)
+            calls.append((wanted, (pixels.shape[1], pixels.shape[0])))
+        return pixels
+
+    monkeypatch.setattr(fastjpeg, "decode", fast_spy)
 
     def spy(
         self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None

@@ -4,8 +4,8 @@ This is the hot path of every reader: each call opens one file once, decodes it
 once and writes the result, resized to a fixed shape, straight into the caller's
 array (:func:`decode_into`) or a new one (:func:`decode_file`).
 
-Images (Pillow)
----------------
+Images
+------
 * The format is sniffed from the file's content, never from its name: a JPEG
   called ``cat.png`` or ``CAT.JPG`` decodes as a JPEG. JPEG (baseline,
   progressive, grayscale, CMYK), PNG (RGB, RGBA, LA, palette with and without
@@ -58,6 +58,45 @@ Images (Pillow)
   and the warning Pillow gives between the limit and twice the limit is
   silenced while the file is opened.
 
+The fast path (common JPEGs)
+----------------------------
+A baseline JPEG, 8 bits, YCbCr or gray, upright (no EXIF or XMP orientation other than
+1) -- most files of a photo library -- is decoded by simplejpeg and resized by
+:func:`daskimg.read.resample.resize_into` instead of Pillow, about twice as fast
+(1.0 instead of 2.0-2.3 ms of CPU per 500x375 photo resized to 224x224, one core here)
+and without holding the GIL, so the threaded scheduler keeps every core busy. The
+pixels, sizes and geometry are **the same, bit for bit**, as the Pillow path above
+(PSNR infinite, not merely high): simplejpeg is libjpeg-turbo with the settings
+Pillow's decoder uses (accurate integer IDCT, smooth chroma upsampling, the same
+1/2, 1/4, 1/8 DCT scaling as ``draft``), and ``resize_into`` is Pillow's own
+BILINEAR arithmetic (coefficients, 22-bit fixed point, pass order, rounding)
+compiled by numba; it checks itself against the installed Pillow before it is used.
+Every other file (progressive, CMYK, 12-bit, rotated, PNG, TIFF, WebP, ...) and any
+file simplejpeg refuses or warns about goes to Pillow, as before. See
+:mod:`daskimg.read.fastjpeg`.
+
+Why this resize: measured on 100 benchmark photos (500x375 -> 224x224 RGB), CPU per
+image on one core, PSNR against Pillow's BILINEAR (min / median):
+
+=============================================  =============  ==========
+method                                         PSNR, dB       CPU, ms
+=============================================  =============  ==========
+Pillow BILINEAR (the reference)                identical      1.22
+Pillow ``reduce`` + BILINEAR (reducing_gap 1)  39.6 / 44.7    1.07
+Pillow BOX                                     31.9 / 37.0    0.82
+OpenCV ``INTER_AREA``                          38.8 / 43.5    1.02
+OpenCV ``INTER_LINEAR`` (no anti-aliasing)     31.6 / 36.5    0.16
+OpenCV triangle prefilter + ``INTER_LINEAR``   47.1 / 50.7    0.48
+pyvips ``reduce``, linear kernel               54.2 / 55.1    0.96
+scikit-image ``resize(anti_aliasing=True)``    36.6 / 42.0    10.1
+libjpeg-turbo 5/8 DCT scaling + BILINEAR       29.1 / 32.9    0.70
+daskimg ``resize_into`` (numba)                identical      0.42
+=============================================  =============  ==========
+
+The compiled kernels cost numba (a dependency) and a one-time compile of a few seconds
+per machine (cached on disk; a new process loads them in about half a second). Without
+numba, ``resize_into`` calls Pillow: slower, the same pixels.
+
 Volumes
 -------
 ``.npy`` files (memory-mapped) and TIFF stacks (tifffile), told apart by their
@@ -84,9 +123,11 @@ import numpy as np
 from PIL import Image, JpegImagePlugin
 
 from ..errors import DecodeError
-from .fileio import CORRUPT, TRANSPOSE, WARNINGS_LOCK, bomb_reason, open_image
+from . import fastjpeg
+from .fileio import CORRUPT, TRANSPOSE, WARNINGS_LOCK, bomb_reason, open_image, read_bytes
 from .fileio import orientation as exif_orientation
 from .geometry import contain_size, fit_box, placement
+from .resample import resize_into
 from .volumes import VOLUME_DTYPES, volume_into
 
 __all__ = ["DecodeSpec", "decode_file", "decode_image", "decode_into", "decode_volume"]
@@ -387,14 +428,54 @@ def _image_into(
     """Decode the image at ``path`` (or its content ``data``) into ``out``; return its (H, W).
 
     ``out``'s shape and dtype are checked by the caller; (H, W) is the source's size after
-    EXIF orientation.
+    EXIF orientation. Common JPEGs take the fast path (:func:`_fast_into`), everything
+    else (and anything the fast path is unsure of) Pillow; the pixels are the same.
     """
+    if data is None:
+        data = read_bytes(path)
+    size = _fast_into(data, spec, out)
+    if size is not None:
+        return size
     source = open_image(path, data)
     try:
         im, place, (w, h) = _decode_pil(source, spec, path)
-        _pil_into(im, spec, out, place)
+        _array_into(np.asarray(im), spec, out, place)
     finally:
         source.close()
+    return h, w
+
+
+def _fast_into(data: bytes, spec: DecodeSpec, out: np.ndarray) -> tuple[int, int] | None:
+    """The fast path: a JPEG :func:`~daskimg.read.fastjpeg.read_header` takes, decoded by
+    simplejpeg and resized by :func:`~daskimg.read.resample.resize_into`, exactly as
+    :func:`_decode_pil` would; returns its (H, W), or None to leave the file to Pillow."""
+    head = fastjpeg.read_header(data)
+    if head is None:
+        return None
+    w, h = head.width, head.height
+    if w * h > (Image.MAX_IMAGE_PIXELS or math.inf):
+        return None  # Pillow warns or refuses: let it
+    target = _CHANNEL_MODES[spec.channels]
+    scale = _draft_scale((w, h), spec) if spec.draft else 1
+    pixels = fastjpeg.decode(data, head, mode="L" if target == "L" else "RGB", scale=scale)
+    if pixels is None:
+        return None
+    where = placement((h, w), (spec.size[0], spec.size[1]), spec.resize)
+    box = where.box
+    pw, ph = where.size
+    if scale == 1 and (pw, ph) == (w, h) and box == (0, 0, w, h):
+        arr = pixels
+    else:
+        if scale > 1:
+            box = (box[0] / scale, box[1] / scale, box[2] / scale, box[3] / scale)
+        if (
+            spec.dtype == "uint8" and pixels.shape[2] == spec.channels and (ph, pw) == out.shape[:2]
+        ):  # the common case: straight into the sample
+            resize_into(pixels, box, out)
+            return h, w
+        arr = np.empty((ph, pw, pixels.shape[2]), np.uint8)
+        resize_into(pixels, box, arr)
+    _array_into(arr, spec, out, where.offset)
     return h, w
 
 
@@ -453,7 +534,19 @@ def _decode_pil(
 def _apply_draft(im: Image.Image, spec: DecodeSpec, orientation: int, target: str) -> int:
     """Ask libjpeg for the smallest 1/2, 1/4 or 1/8 scale that still covers the output."""
     w, h = im.size
-    ow, oh = (h, w) if orientation >= 5 else (w, h)
+    s = _draft_scale((h, w) if orientation >= 5 else (w, h), spec)
+    if s == 1:
+        return 1
+    # (w // s, h // s) makes Pillow pick exactly s: w // (w // s) is in [s, 2s)
+    res = im.draft("L" if target == "L" else None, (w // s, h // s))
+    if res is None:
+        return 1
+    return round(w / res[1][2])
+
+
+def _draft_scale(size: tuple[int, int], spec: DecodeSpec) -> int:
+    """The DCT scale (8, 4, 2 or 1) for an upright picture of ``size = (w, h)``."""
+    ow, oh = size
     th, tw = spec.size
     if spec.resize == "crop":
         left, top, right, bottom = fit_box(ow, oh, tw, th)
@@ -465,14 +558,8 @@ def _apply_draft(im: Image.Image, spec: DecodeSpec, orientation: int, target: st
         limit = min(ow / tw, oh / th)
     for s in _DRAFT_SCALES:
         if limit >= s:
-            break
-    else:
-        return 1
-    # (w // s, h // s) makes Pillow pick exactly s: w // (w // s) is in [s, 2s)
-    res = im.draft("L" if target == "L" else None, (w // s, h // s))
-    if res is None:
-        return 1
-    return round(w / res[1][2])
+            return s
+    return 1
 
 
 def _transposed_origin(
@@ -555,9 +642,13 @@ def _resize(
     return im.resize(where.size, RESAMPLE, box=box), where.offset
 
 
-def _pil_into(im: Image.Image, spec: DecodeSpec, out: np.ndarray, place: tuple[int, int]) -> None:
-    """Write the final image into ``out`` at ``place``, converting the bit depth."""
-    arr = np.asarray(im)
+def _array_into(arr: np.ndarray, spec: DecodeSpec, out: np.ndarray, place: tuple[int, int]) -> None:
+    """Write the final pixels into ``out`` at ``place``, converting the bit depth.
+
+    ``arr`` is ``(h, w)`` or ``(h, w, c)``: 8-bit with ``spec.channels`` channels, or one
+    (gray, copied into the color channels), or three for an RGBA sample (opaque alpha
+    added); or 16-bit gray.
+    """
     h, w = arr.shape[:2]
     if (h, w) == out.shape[:2]:
         region = out
@@ -568,6 +659,9 @@ def _pil_into(im: Image.Image, spec: DecodeSpec, out: np.ndarray, place: tuple[i
     if arr.dtype == np.uint8:
         if arr.ndim == 2:
             arr = arr[:, :, None]
+        if arr.shape[2] < spec.channels == 4:  # a JPEG's RGB or gray: alpha is opaque
+            region[:, :, 3] = {"uint8": 255, "uint16": 65535, "float32": 1.0}[spec.dtype]
+            region = region[:, :, :3]
         if spec.dtype == "uint8":
             np.copyto(region, arr)
         elif spec.dtype == "uint16":

@@ -1,0 +1,193 @@
+"""Read: the fast path for the common JPEG — decoded by simplejpeg exactly as Pillow decodes it.
+
+Most files of a photo library are baseline JPEGs, 8 bits, YCbCr or gray, upright. For
+those, :func:`read_header` (a walk over the markers before the image data, no decoding)
+says yes and :func:`decode` decodes them with simplejpeg: libjpeg-turbo through its
+TurboJPEG interface, the library Pillow's decoder uses, with the same settings (the
+accurate integer IDCT, smooth chroma upsampling), so the pixels are the ones Pillow
+gives, bit for bit — also when libjpeg scales the DCT down (Pillow's ``draft``). It is
+faster because it skips Pillow's machinery around the decoder (its incremental feeding,
+the 4-byte-per-pixel image it unpacks into, the copy out) and it never holds the GIL.
+
+Anything else answers None, and the caller decodes with Pillow: progressive, lossless
+and arithmetic-coded JPEGs, 12-bit samples, CMYK/YCCK and Adobe RGB, an EXIF (or XMP)
+orientation other than 1, more than one EXIF block, damaged markers, and any file that
+simplejpeg refuses or warns about (``strict``: a truncated or corrupt file goes to
+Pillow, which raises the error daskimg reports, or decodes it as Pillow would).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import simplejpeg
+
+from .resample import rgb_to_l
+
+__all__ = ["JpegHeader", "decode", "read_header"]
+
+_SOI: Final = b"\xff\xd8\xff"
+#: baseline and extended sequential Huffman: the frames the fast path takes
+_SEQUENTIAL: Final = frozenset({0xC0, 0xC1})
+#: every start-of-frame marker (C4 is DHT, C8 a reserved JPG marker, CC DAC)
+_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SOS: Final = 0xDA
+_ADOBE: Final = 0xEE  # APP14: its transform flag says YCbCr or RGB/CMYK
+_ORIENTATION: Final = 0x0112
+_SHORT: Final = 3
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the fast path needs to know of a JPEG before decoding it."""
+
+    width: int
+    height: int
+    components: int  # 1 (gray) or 3 (YCbCr)
+
+
+def read_header(data: bytes) -> JpegHeader | None:
+    """The size of a JPEG that the fast path decodes exactly as Pillow; None for any other file.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.new("RGB", (40, 30)).save(buf, "JPEG")
+    >>> read_header(buf.getvalue())
+    JpegHeader(width=40, height=30, components=3)
+    >>> buf = io.BytesIO()
+    >>> Image.new("RGB", (40, 30)).save(buf, "JPEG", progressive=True)
+    >>> read_header(buf.getvalue()) is None
+    True
+    """
+    if not data.startswith(_SOI):
+        return None
+    try:
+        return _walk(data)
+    except (IndexError, struct.error):  # a segment runs past the end: leave it to Pillow
+        return None
+
+
+def _walk(data: bytes) -> JpegHeader | None:
+    """The markers up to the scan: one sequential 8-bit frame, upright, not Adobe RGB."""
+    n = len(data)
+    pos = 2
+    frame: JpegHeader | None = None
+    exif = 0
+    while pos < n:
+        if data[pos] != 0xFF:
+            return None  # garbage between segments: Pillow's parser decides what it means
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2 or pos + 2 + length > n:
+            return None
+        seg = data[pos + 4 : pos + 2 + length]
+        if marker == _SOS:
+            return frame
+        if marker in _SOF:
+            if marker not in _SEQUENTIAL or frame is not None or len(seg) < 6:
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", seg)
+            if precision != 8 or components not in (1, 3) or not width or not height:
+                return None
+            frame = JpegHeader(width, height, components)
+        elif marker == 0xE1:
+            if seg.startswith(b"Exif\0\0"):
+                exif += 1
+                if exif > 1 or not _upright(seg[6:]):
+                    return None
+            elif b"Orientation" in seg:  # XMP: Pillow reads tiff:Orientation from it
+                return None
+        elif marker == _ADOBE and seg.startswith(b"Adobe"):
+            # transform 0 on three components means RGB, not YCbCr: leave it to Pillow
+            if len(seg) < 12 or seg[11] != 1:
+                return None
+        elif marker == 0xD9:  # EOI before any scan
+            return None
+        pos += 2 + length
+    return None
+
+
+def _upright(tiff: bytes) -> bool:
+    """Whether an EXIF block (a TIFF structure) has no orientation tag, or orientation 1."""
+    order = tiff[:2]
+    if order == b"II":
+        end = "<"
+    elif order == b"MM":
+        end = ">"
+    else:
+        return False
+    (ifd,) = struct.unpack_from(end + "I", tiff, 4)
+    (count,) = struct.unpack_from(end + "H", tiff, ifd)
+    found = 0
+    for i in range(count):
+        tag, kind, num = struct.unpack_from(end + "HHI", tiff, ifd + 2 + 12 * i)
+        if tag != _ORIENTATION:
+            continue
+        found += 1
+        if kind != _SHORT or num != 1:
+            return False
+        (value,) = struct.unpack_from(end + "H", tiff, ifd + 2 + 12 * i + 8)
+        if value != 1:
+            return False
+    return found <= 1
+
+
+def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.ndarray | None:
+    """The pixels Pillow gives for ``Image.open`` -> ``draft`` -> ``convert(mode)``.
+
+    ``mode`` is ``"L"`` or ``"RGB"`` (``"RGB"`` of a gray JPEG gives its gray pixels,
+    ``(H, W, 1)``: Pillow resizes them before it copies them into three channels).
+    ``scale`` is libjpeg's DCT scaling, 1, 2, 4 or 8, as Pillow's ``draft`` picks it.
+    Returns ``(H, W, 1)`` or ``(H, W, 3)`` uint8, or None when the file should go to
+    Pillow (simplejpeg refuses it, or warns about it).
+    """
+    w, h = header.width, header.height
+    want = (-(-h // scale), -(-w // scale))
+    if scale > 1 and not _scale_is_unique(w, h, scale):
+        return None
+    if header.components == 1:
+        space = "GRAY"
+    elif mode == "L" and scale > 1:
+        space = "GRAY"  # Pillow's draft("L") has libjpeg return the luma plane
+    else:
+        space = "RGB"
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace=space,
+            min_height=want[0] if scale > 1 else 0,
+            min_width=want[1] if scale > 1 else 0,
+            strict=True,
+        )
+    except (ValueError, RuntimeError):
+        return None
+    if pixels.shape[:2] != want:
+        return None
+    if space == "RGB" and mode == "L":  # Pillow converts the RGB it decoded
+        gray = np.empty((*want, 1), np.uint8)
+        rgb_to_l(pixels, gray)
+        return gray
+    return pixels
+
+
+def _scale_is_unique(w: int, h: int, scale: int) -> bool:
+    """Whether simplejpeg, asked for at least ceil(size / scale), picks exactly 1/scale.
+
+    It picks the smallest M/8 that reaches both sizes; for a tiny image a smaller M/8
+    can round up to the same size (and gives other pixels).
+    """
+    m = 8 // scale - 1  # the next smaller scaling factor, M/8
+    return not (math.ceil(w * m / 8) >= -(-w // scale) and math.ceil(h * m / 8) >= -(-h // scale))
