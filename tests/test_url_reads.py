@@ -340,3 +340,43 @@ def test_memory_folder_object_gone_after_open(tmp_path, noisy_set, small_is_tiny
     fs.rm("/urlreads-gone/g.zarr/images/c/1/0/0/0")
     with pytest.raises(ChecksumError, match=r"g\.zarr.*images/c/1/0/0/0.*(gone|missing)"):
         ds.images.compute()
+
+
+def test_memory_folder_feed_fetches_each_index_once(
+    tmp_path, noisy_set, small_is_tiny, monkeypatch
+):
+    """A URL feed reads with many threads at once: every shard index is still fetched once,
+    and every sample arrives once with its own pixels."""
+    import time
+
+    fs = fsspec.filesystem("memory")
+    path = _store(tmp_path, noisy_set, "f.zarr")
+    fs.rm("/urlreads-feed", recursive=True) if fs.exists("/urlreads-feed") else None
+    fs.put(str(path), "/urlreads-feed/f.zarr", recursive=True)
+    calls = []
+    cat_file = fs.cat_file
+
+    def slow(p, start=None, end=None, **kw):
+        calls.append((p, start, end))
+        time.sleep(0.01)  # a network: threads overlap on the same shard
+        return cat_file(p, start=start, end=end, **kw)
+
+    monkeypatch.setattr(fs, "cat_file", slow)
+    it = di.BatchIterator(
+        "memory://urlreads-feed/f.zarr",
+        batch_size=8,
+        arrays=("images", "index"),
+        storage_options={},
+        seed=3,
+    )
+    seen = []
+    for images, index in it:
+        np.testing.assert_array_equal(images, noisy_set.images[index])
+        seen.extend(index.tolist())
+    it.close()
+    assert sorted(seen) == list(range(64))
+    shards = StoreReader(str(path)).layout("images").num_shards
+    index_reads = [c for c in calls if "images/c/" in c[0] and c[1] is not None and c[1] != 0]
+    # one ranged read of each shard's index, however many threads asked for it
+    assert len({c[0] for c in index_reads}) == shards
+    assert len(calls) == len(set(calls))

@@ -82,8 +82,9 @@ class BatchIterator:
         DataLoader asks for them, so the DataLoader yields store order.
     storage_options
         For a store URL (``s3://bucket/train.zarr.zip``): passed to fsspec, as for
-        :func:`daskimg.open_zarr`. Remote chunks are read through zarr by the active
-        dask scheduler.
+        :func:`daskimg.open_zarr`. Remote chunks are read by the store's checked reader
+        with ranged requests, at least 8 requests in flight whatever ``threads`` is
+        (a request mostly waits on the network); decoding still uses ``threads``.
 
     Notes
     -----

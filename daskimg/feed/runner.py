@@ -250,10 +250,14 @@ class PlanRunner:
     def _thread_pools(self, threads: int) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         """Reads run in one pool, batch assembly (decoding into batch rows) in another, so an
         assembly waiting for its reads can never hold up the reads it waits for. Both live
-        as long as the runner, so a new epoch starts without new threads."""
+        as long as the runner, so a new epoch starts without new threads. Reads from a URL
+        use at least 8 threads."""
         if self._pools_exec is None or self._pools_pid != os.getpid():
+            reader = self.source.reader
+            # a URL read mostly waits on the network: keep several requests in flight
+            readers = max(threads, 8) if reader is not None and reader.source.remote else threads
             self._pools_exec = (
-                ThreadPoolExecutor(threads, thread_name_prefix="daskimg-read"),
+                ThreadPoolExecutor(readers, thread_name_prefix="daskimg-read"),
                 ThreadPoolExecutor(threads, thread_name_prefix="daskimg-batch"),
             )
             self._pools_pid = os.getpid()

@@ -65,6 +65,8 @@ class ByteSource:
 
     where: str
     keys: dict[str, int]
+    #: reads wait on a network (URL sources): readers use more threads to keep requests in flight
+    remote: bool = False
 
     def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """Bytes ``start .. start + length`` of ``key`` (to its end without ``length``).

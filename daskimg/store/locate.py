@@ -9,6 +9,7 @@ too short, damaged (crc32c) or pointing outside its shard is a
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -38,12 +39,28 @@ class ChunkLocator:
         self.source = source
         self.path = path
         self._index: dict[tuple[str, int], np.ndarray] = {}
+        # one fetch per shard index: threads that want the same index wait for the first
+        self._fetching: dict[tuple[str, int], threading.Lock] = {}
+        self._lock = threading.Lock()
 
     def shard_index(self, lay: ArrayLayout, shard: int) -> np.ndarray:
         """The checked index of shard ``shard``: ``(offset, nbytes)`` of each inner chunk."""
         cached = self._index.get((lay.name, shard))
         if cached is not None:
             return cached
+        with self._lock:
+            fetching = self._fetching.setdefault((lay.name, shard), threading.Lock())
+        with fetching:
+            cached = self._index.get((lay.name, shard))
+            if cached is not None:
+                return cached
+            index = self._fetch_index(lay, shard)
+            self._index[(lay.name, shard)] = index
+        with self._lock:
+            self._fetching.pop((lay.name, shard), None)
+        return index
+
+    def _fetch_index(self, lay: ArrayLayout, shard: int) -> np.ndarray:
         key = lay.key(shard)
         n = lay.index_len
         where = f"{self.path}: array {lay.name!r}, shard {shard} ({key})"
@@ -69,7 +86,6 @@ class ChunkLocator:
             raise ChecksumError(
                 f"{where}: its index points outside the shard; the store is damaged — re-create it"
             )
-        self._index[(lay.name, shard)] = index
         return index
 
     def inner(self, lay: ArrayLayout, i: int) -> tuple[str, int, int]:

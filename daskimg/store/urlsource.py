@@ -34,6 +34,8 @@ class RemoteZip(ByteSource):
     between them (metadata, ``labels``, ``paths``), which are kept. See :mod:`.ranged`.
     """
 
+    remote = True
+
     def __init__(self, url: str, fs: Any, key: str, state: dict[str, Any] | None = None) -> None:
         self.where, self.fs, self.key = url, fs, key
         self.objects = RangedObjects(fs, url)
@@ -106,6 +108,8 @@ class RemoteDir(ByteSource):
     Not over plain HTTP(S): a web server has no listing of a folder's objects that says
     their sizes (nginx's ``autoindex`` pages do not), so the store is refused there.
     """
+
+    remote = True
 
     def __init__(self, url: str, fs: Any, key: str, state: dict[str, Any] | None = None) -> None:
         self.where, self.fs, self.key = url, fs, key
