@@ -71,6 +71,14 @@ def _figure(**kwargs: Any) -> Any:
     return Figure(**kwargs)
 
 
+def _ordinal(p: float) -> str:
+    """``1`` -> ``"1st"``, ``99`` -> ``"99th"``, ``2.5`` -> ``"2.5th"``."""
+    text = f"{p:g}"
+    if p != int(p) or int(p) % 100 in (11, 12, 13):
+        return text + "th"
+    return text + {1: "st", 2: "nd", 3: "rd"}.get(int(p) % 10, "th")
+
+
 def window(image: np.ndarray, percentiles: tuple[float, float] = WINDOW) -> tuple[float, float]:
     """The values drawn black and white: ``image``'s percentiles (finite values only).
 
@@ -131,7 +139,7 @@ def grid_figure(ds: ShowableSet, *, n: int = 32, seed: int | None = 0, cols: int
         ax.set_title(title, fontsize=8)
     if windowed:
         fig.suptitle(
-            f"each image drawn from its {WINDOW[0]:g}th (black) to {WINDOW[1]:g}th (white) "
+            f"each image drawn from its {_ordinal(WINDOW[0])} (black) to {_ordinal(WINDOW[1])} (white) "
             "percentile; values in the titles",
             fontsize=8,
         )
