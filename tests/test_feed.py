@@ -427,6 +427,49 @@ def test_close_from_another_thread_while_waiting_for_a_batch_does_not_hang(store
         np.testing.assert_array_equal(x, y)
 
 
+def test_close_from_another_thread_while_the_first_reads_are_queued(store):
+    """close() between the pools' start and the first submits: the consumer gets the
+    close() error (not the executor's 'cannot schedule new futures after shutdown'), and
+    iterating again reads the whole epoch."""
+    import threading
+
+    it = di.BatchIterator(store, batch_size=9, arrays=("idx", "images"), seed=3, threads=1)
+    full = [x[0] for x in it]
+    it.set_epoch(0)
+    runner = it._runner
+    read_ahead = runner._read_ahead
+    inside, closed = threading.Event(), threading.Event()
+
+    def held(chunks):  # runs just before the first loads are submitted
+        inside.set()
+        assert closed.wait(10)
+        return read_ahead(chunks)
+
+    runner._readahead = True
+    runner._read_ahead = held
+    result: list[object] = []
+
+    def consume():
+        try:
+            result.append(next(iter(it)))
+        except BaseException as e:
+            result.append(e)
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    assert inside.wait(10)
+    it.close()
+    closed.set()
+    t.join(10)
+    assert not t.is_alive()
+    assert isinstance(result[0], RuntimeError) and "close() was called" in str(result[0])
+    runner._read_ahead = read_ahead
+    tail = [x[0] for x in it]
+    assert len(tail) == len(full)
+    for x, y in zip(tail, full, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_a_load_that_times_out_raises_its_error(tmp_path, indexed_set):
     # a TimeoutError from a read (e.g. object storage) is the load's error, not a wait to retry
     path = di.to_zarr(indexed_set, tmp_path / "t.zarr.zip", chunks=8)

@@ -138,6 +138,14 @@ class PlanRunner:
         window = 2 * threads + prefetch
         lock = threading.Lock()
 
+        def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+            try:
+                return pool.submit(fn, *args)
+            except RuntimeError:  # close() from another thread shut the pools down meanwhile
+                if self._pools_exec is not pools:
+                    raise closed_error() from None
+                raise
+
         def submit_groups(upto: int) -> None:
             nonlocal next_group
             while next_group < len(groups) and next_group <= upto:
@@ -153,7 +161,7 @@ class PlanRunner:
                 for c in chunks:
                     feeds = [(filling[b], at, rows) for b, at, rows in targets[c]]
                     if feeds:  # a chunk all of whose samples are dropped is not read
-                        loads.append(io_pool.submit(self._load_chunk, c, feeds, lock))
+                        loads.append(submit(io_pool, self._load_chunk, c, feeds, lock))
                 next_group += 1
             while loads and loads[0].done():
                 loads.popleft()  # its errors reach the batches it feeds, in their turn
@@ -168,7 +176,7 @@ class PlanRunner:
                 else:
                     state = _Batch({}, 0)
                 bid = int(plan.batch_ids[b])
-                future = work_pool.submit(_assembled, assemble, bid, batches[b], state)
+                future = submit(work_pool, _assembled, assemble, bid, batches[b], state)
                 pending.append((b, future, state))
                 next_batch += 1
 
