@@ -74,7 +74,7 @@ class ByteSource:
         Raises :class:`ChecksumError` naming the store and key when the key is missing or
         ends before the range.
         """
-        size = self._size(key)
+        size = self.size_of(key)
         if start < 0:
             start += size
         n = size - start if length is None else length
@@ -101,7 +101,8 @@ class ByteSource:
             view[:] = data[pos : pos + len(view)]
             pos += len(view)
 
-    def _size(self, key: str) -> int:
+    def size_of(self, key: str) -> int:
+        """The size of ``key``; a missing key is a :class:`ChecksumError` naming the store."""
         size = self.keys.get(key)
         if size is None:
             raise ChecksumError(
@@ -376,7 +377,7 @@ class LocalZip(ByteSource):
 
     def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
         total = sum(memoryview(b).nbytes for b in buffers)
-        size = self._size(key)
+        size = self.size_of(key)
         if start + total > size:
             raise ChecksumError(
                 f"{self.where}: {key!r} holds {size} bytes, too few for bytes "
@@ -392,7 +393,7 @@ class LocalZip(ByteSource):
 
     @contextlib.contextmanager
     def view(self, key: str, start: int, n: int, scratch: Any) -> Iterator[Any]:
-        self._size(key)
+        self.size_of(key)
         if start + n > self.keys[key]:
             raise ChecksumError(
                 f"{self.where}: {key!r} holds {self.keys[key]} bytes, fewer than read"
@@ -450,7 +451,7 @@ class LocalDir(ByteSource):
 
     def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
         total = sum(memoryview(b).nbytes for b in buffers)
-        size = self._size(key)
+        size = self.size_of(key)
         if start + total > size:
             raise ChecksumError(
                 f"{self.where}: {key!r} holds {size} bytes, too few for bytes "
@@ -467,7 +468,7 @@ class LocalDir(ByteSource):
 
     @contextlib.contextmanager
     def view(self, key: str, start: int, n: int, scratch: Any) -> Iterator[Any]:
-        self._size(key)
+        self.size_of(key)
         if start + n > self.keys[key]:
             raise ChecksumError(
                 f"{self.where}: {key!r} holds {self.keys[key]} bytes, fewer than read"

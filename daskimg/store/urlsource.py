@@ -167,7 +167,7 @@ class RemoteDir(ByteSource):
 
 def _check_range(src: ByteSource, key: str, start: int, n: int) -> None:
     """Raise :class:`ChecksumError` unless ``key`` holds bytes ``start .. start + n``."""
-    size = src._size(key)
+    size = src.size_of(key)
     if start < 0 or n < 0 or start + n > size:
         raise ChecksumError(
             f"{src.where}: {key!r} holds {size} bytes, too few for bytes {start}..{start + n} "
