@@ -22,12 +22,12 @@ from daskimg.errors import DecodeError
 from daskimg.read import fastjpeg
 from daskimg.read.decode import (
     DecodeSpec,
-    _transposed_origin,
     decode_file,
     decode_image,
     decode_into,
     decode_volume,
 )
+from daskimg.read.pillowpath import transposed_origin
 from daskimg.testing import make_image, make_photo_folder, make_volume
 
 BILINEAR = Image.Resampling.BILINEAR
@@ -449,7 +449,7 @@ def test_transposed_origin_moves_the_slack() -> None:
     for orientation, method in methods.items():
         turned = np.asarray(Image.fromarray(mask).transpose(method))
         rows, cols = np.nonzero(turned)
-        assert _transposed_origin(size, extent, orientation) == (cols.min(), rows.min())
+        assert transposed_origin(size, extent, orientation) == (cols.min(), rows.min())
 
 
 # --- bad files ----------------------------------------------------------------

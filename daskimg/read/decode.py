@@ -115,32 +115,24 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import KW_ONLY, dataclass
 from typing import Final
 
 import numpy as np
-from PIL import Image, JpegImagePlugin
+from PIL import Image
 
-from ..errors import DecodeError
 from . import fastjpeg
-from .fileio import CORRUPT, TRANSPOSE, WARNINGS_LOCK, bomb_reason, open_image, read_bytes
-from .fileio import orientation as exif_orientation
-from .geometry import contain_size, fit_box, placement
+from .fileio import open_image, read_bytes
+from .geometry import placement
+from .pillowpath import CHANNEL_MODES, decode_pil, draft_scale
 from .resample import resize_into
 from .volumes import VOLUME_DTYPES, volume_into
 
 __all__ = ["DecodeSpec", "decode_file", "decode_image", "decode_into", "decode_volume"]
 
-RESAMPLE: Final = Image.Resampling.BILINEAR
-"""The Pillow filter used for every image resize."""
-
-_CHANNEL_MODES: Final = {1: "L", 3: "RGB", 4: "RGBA"}
 #: the dtypes of images; volumes take any of VOLUME_DTYPES
 IMAGE_DTYPES: Final = ("uint8", "uint16", "float32")
 _RESIZE_MODES: Final = ("stretch", "crop", "pad")
-_SIXTEEN_BIT: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_DRAFT_SCALES: Final = (8, 4, 2)
 _F32_255: Final = np.float32(255)
 _F32_65535: Final = np.float32(65535)
 
@@ -438,7 +430,7 @@ def _image_into(
         return size
     source = open_image(path, data)
     try:
-        im, place, (w, h) = _decode_pil(source, spec, path)
+        im, place, (w, h) = decode_pil(source, spec, path)
         _array_into(np.asarray(im), spec, out, place)
     finally:
         source.close()
@@ -448,15 +440,15 @@ def _image_into(
 def _fast_into(data: bytes, spec: DecodeSpec, out: np.ndarray) -> tuple[int, int] | None:
     """The fast path: a JPEG :func:`~daskimg.read.fastjpeg.read_header` takes, decoded by
     simplejpeg and resized by :func:`~daskimg.read.resample.resize_into`, exactly as
-    :func:`_decode_pil` would; returns its (H, W), or None to leave the file to Pillow."""
+    :func:`~daskimg.read.pillowpath.decode_pil` would; returns its (H, W), or None to leave the file to Pillow."""
     head = fastjpeg.read_header(data)
     if head is None:
         return None
     w, h = head.width, head.height
     if w * h > (Image.MAX_IMAGE_PIXELS or math.inf):
         return None  # Pillow warns or refuses: let it
-    target = _CHANNEL_MODES[spec.channels]
-    scale = _draft_scale((w, h), spec) if spec.draft else 1
+    target = CHANNEL_MODES[spec.channels]
+    scale = draft_scale((w, h), spec) if spec.draft else 1
     pixels = fastjpeg.decode(data, head, mode="L" if target == "L" else "RGB", scale=scale)
     if pixels is None:
         return None
@@ -477,169 +469,6 @@ def _fast_into(data: bytes, spec: DecodeSpec, out: np.ndarray) -> tuple[int, int
         resize_into(pixels, box, arr)
     _array_into(arr, spec, out, where.offset)
     return h, w
-
-
-def _decode_pil(
-    im: Image.Image, spec: DecodeSpec, path: str
-) -> tuple[Image.Image, tuple[int, int], tuple[int, int]]:
-    """Load, orient, convert and resize.
-
-    Returns the image, its (x, y) place in the sample and the source's (w, h) after EXIF
-    orientation.
-    """
-    target = _CHANNEL_MODES[spec.channels]
-    full = im.size  # file orientation, before any draft
-    scale = 1
-    try:
-        is_jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
-        if is_jpeg:
-            # read before the draft, which works in file orientation
-            orientation = exif_orientation(im)
-            if spec.draft:
-                scale = _apply_draft(im, spec, orientation, target)
-        if full[0] * full[1] > (Image.MAX_IMAGE_PIXELS or math.inf):
-            # a few plugins (GIF, tiled TIFF) repeat the bomb check while loading
-            with WARNINGS_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im.load()
-        else:
-            im.load()
-        if not is_jpeg:
-            orientation = exif_orientation(im)
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(path, bomb_reason(exc)) from None
-    except CORRUPT as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
-            raise DecodeError(
-                path, f"truncated image ({reason}); the file is incomplete, copy or export it again"
-            ) from exc
-        raise DecodeError(path, f"corrupt image data ({reason})") from exc
-
-    origin = (0.0, 0.0)
-    method = TRANSPOSE.get(orientation)
-    if method is not None:
-        if scale > 1:
-            origin = _transposed_origin(im.size, (full[0] / scale, full[1] / scale), orientation)
-        im = im.transpose(method)
-        if orientation >= 5:
-            full = (full[1], full[0])
-    im, late = _convert(im, target, path)
-    im, place = _resize(im, spec, full, scale, origin)
-    if late is not None:
-        im = im.convert(late)
-    return im, place, full
-
-
-def _apply_draft(im: Image.Image, spec: DecodeSpec, orientation: int, target: str) -> int:
-    """Ask libjpeg for the smallest 1/2, 1/4 or 1/8 scale that still covers the output."""
-    w, h = im.size
-    s = _draft_scale((h, w) if orientation >= 5 else (w, h), spec)
-    if s == 1:
-        return 1
-    # (w // s, h // s) makes Pillow pick exactly s: w // (w // s) is in [s, 2s)
-    res = im.draft("L" if target == "L" else None, (w // s, h // s))
-    if res is None:
-        return 1
-    return round(w / res[1][2])
-
-
-def _draft_scale(size: tuple[int, int], spec: DecodeSpec) -> int:
-    """The DCT scale (8, 4, 2 or 1) for an upright picture of ``size = (w, h)``."""
-    ow, oh = size
-    th, tw = spec.size
-    if spec.resize == "crop":
-        left, top, right, bottom = fit_box(ow, oh, tw, th)
-        limit = min((right - left) / tw, (bottom - top) / th)
-    elif spec.resize == "pad":
-        fw, fh = contain_size(ow, oh, tw, th)
-        limit = min(ow / fw, oh / fh)
-    else:
-        limit = min(ow / tw, oh / th)
-    for s in _DRAFT_SCALES:
-        if limit >= s:
-            return s
-    return 1
-
-
-def _transposed_origin(
-    size: tuple[int, int], extent: tuple[float, float], orientation: int
-) -> tuple[float, float]:
-    """Where the picture's extent starts once a drafted image is transposed.
-
-    libjpeg rounds a scaled size up, so a drafted image of ``size`` holds the
-    picture in ``(0, 0) .. extent`` plus a partial last column and row; flips and
-    rotations move that slack to the left or top.
-    """
-    rx = size[0] - extent[0]
-    ry = size[1] - extent[1]
-    return {
-        2: (rx, 0.0),
-        3: (rx, ry),
-        4: (0.0, ry),
-        5: (0.0, 0.0),
-        6: (ry, 0.0),
-        7: (ry, rx),
-        8: (0.0, rx),
-    }[orientation]
-
-
-def _convert(im: Image.Image, target: str, path: str) -> tuple[Image.Image, str | None]:
-    """Convert to the mode to resize in; also return a mode to convert to after resizing."""
-    mode = im.mode
-    if mode == target:
-        return im, None
-    if mode in _SIXTEEN_BIT:
-        # Pillow resizes little-endian I;16 natively but garbles I;16B, so widen the others
-        return (im if mode == "I;16" else im.convert("I")), None
-    if mode == "I":
-        lo, hi = im.getextrema()
-        if lo < 0 or hi > 65535:  # type: ignore[operator]
-            raise DecodeError(
-                path,
-                f"unsupported mode 'I' with values {lo}..{hi}: daskimg reads 8- and 16-bit "
-                "images; save it as 16-bit, or as a .npy volume to keep the values",
-            )
-        return im, None
-    if mode == "F":
-        raise DecodeError(
-            path,
-            "unsupported mode 'F' (32-bit floating-point pixels have no fixed range to scale "
-            "from); save it as 8- or 16-bit, or as a .npy volume to keep the values",
-        )
-    if mode == "L":
-        return im, target  # channels are copies of L: resize one, then convert (same pixels)
-    if mode == "P" and "transparency" in im.info:
-        # the way Pillow asks for (P -> RGB warns when transparency is a byte string)
-        im = im.convert("RGBA")
-        if target == "RGBA":
-            return im, None
-    try:
-        return im.convert(target), None
-    except ValueError as exc:
-        raise DecodeError(
-            path, f"unsupported image mode {mode!r}: Pillow cannot convert it to {target} ({exc})"
-        ) from exc
-
-
-def _resize(
-    im: Image.Image,
-    spec: DecodeSpec,
-    full: tuple[int, int],
-    scale: int,
-    origin: tuple[float, float],
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Resize per ``spec.resize``; ``full`` is the undrafted (w, h), ``scale`` the draft factor."""
-    w, h = full
-    where = placement((h, w), (spec.size[0], spec.size[1]), spec.resize)
-    box = where.box
-    if scale == 1:
-        if where.size == im.size and box == (0, 0, w, h):
-            return im, where.offset
-    else:
-        ox, oy = origin
-        box = (ox + box[0] / scale, oy + box[1] / scale, ox + box[2] / scale, oy + box[3] / scale)
-    return im.resize(where.size, RESAMPLE, box=box), where.offset
 
 
 def _array_into(arr: np.ndarray, spec: DecodeSpec, out: np.ndarray, place: tuple[int, int]) -> None:

@@ -1,0 +1,192 @@
+"""Read: the Pillow path of :mod:`daskimg.read.decode` — load, EXIF orientation, DCT draft,
+mode conversion and resize with Pillow, for every file the fast JPEG path does not take
+(and as its reference: the fast path gives the same pixels)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, Final
+
+from PIL import Image, JpegImagePlugin
+
+from ..errors import DecodeError
+from .fileio import CORRUPT, TRANSPOSE, WARNINGS_LOCK, bomb_reason
+from .fileio import orientation as exif_orientation
+from .geometry import contain_size, fit_box, placement
+
+if TYPE_CHECKING:
+    from .decode import DecodeSpec
+
+__all__ = ["CHANNEL_MODES", "RESAMPLE", "decode_pil", "draft_scale", "transposed_origin"]
+
+RESAMPLE: Final = Image.Resampling.BILINEAR
+"""The Pillow filter used for every image resize."""
+
+#: Pillow's mode for each number of channels
+CHANNEL_MODES: Final = {1: "L", 3: "RGB", 4: "RGBA"}
+_SIXTEEN_BIT: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_DRAFT_SCALES: Final = (8, 4, 2)
+
+
+def decode_pil(
+    im: Image.Image, spec: DecodeSpec, path: str
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int]]:
+    """Load, orient, convert and resize.
+
+    Returns the image, its (x, y) place in the sample and the source's (w, h) after EXIF
+    orientation.
+    """
+    target = CHANNEL_MODES[spec.channels]
+    full = im.size  # file orientation, before any draft
+    scale = 1
+    try:
+        is_jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
+        if is_jpeg:
+            # read before the draft, which works in file orientation
+            orientation = exif_orientation(im)
+            if spec.draft:
+                scale = _apply_draft(im, spec, orientation, target)
+        if full[0] * full[1] > (Image.MAX_IMAGE_PIXELS or math.inf):
+            # a few plugins (GIF, tiled TIFF) repeat the bomb check while loading
+            with WARNINGS_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im.load()
+        else:
+            im.load()
+        if not is_jpeg:
+            orientation = exif_orientation(im)
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(path, bomb_reason(exc)) from None
+    except CORRUPT as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            raise DecodeError(
+                path, f"truncated image ({reason}); the file is incomplete, copy or export it again"
+            ) from exc
+        raise DecodeError(path, f"corrupt image data ({reason})") from exc
+
+    origin = (0.0, 0.0)
+    method = TRANSPOSE.get(orientation)
+    if method is not None:
+        if scale > 1:
+            origin = transposed_origin(im.size, (full[0] / scale, full[1] / scale), orientation)
+        im = im.transpose(method)
+        if orientation >= 5:
+            full = (full[1], full[0])
+    im, late = _convert(im, target, path)
+    im, place = _resize(im, spec, full, scale, origin)
+    if late is not None:
+        im = im.convert(late)
+    return im, place, full
+
+
+def _apply_draft(im: Image.Image, spec: DecodeSpec, orientation: int, target: str) -> int:
+    """Ask libjpeg for the smallest 1/2, 1/4 or 1/8 scale that still covers the output."""
+    w, h = im.size
+    s = draft_scale((h, w) if orientation >= 5 else (w, h), spec)
+    if s == 1:
+        return 1
+    # (w // s, h // s) makes Pillow pick exactly s: w // (w // s) is in [s, 2s)
+    res = im.draft("L" if target == "L" else None, (w // s, h // s))
+    if res is None:
+        return 1
+    return round(w / res[1][2])
+
+
+def draft_scale(size: tuple[int, int], spec: DecodeSpec) -> int:
+    """The DCT scale (8, 4, 2 or 1) for an upright picture of ``size = (w, h)``."""
+    ow, oh = size
+    th, tw = spec.size
+    if spec.resize == "crop":
+        left, top, right, bottom = fit_box(ow, oh, tw, th)
+        limit = min((right - left) / tw, (bottom - top) / th)
+    elif spec.resize == "pad":
+        fw, fh = contain_size(ow, oh, tw, th)
+        limit = min(ow / fw, oh / fh)
+    else:
+        limit = min(ow / tw, oh / th)
+    for s in _DRAFT_SCALES:
+        if limit >= s:
+            return s
+    return 1
+
+
+def transposed_origin(
+    size: tuple[int, int], extent: tuple[float, float], orientation: int
+) -> tuple[float, float]:
+    """Where the picture's extent starts once a drafted image is transposed.
+
+    libjpeg rounds a scaled size up, so a drafted image of ``size`` holds the
+    picture in ``(0, 0) .. extent`` plus a partial last column and row; flips and
+    rotations move that slack to the left or top.
+    """
+    rx = size[0] - extent[0]
+    ry = size[1] - extent[1]
+    return {
+        2: (rx, 0.0),
+        3: (rx, ry),
+        4: (0.0, ry),
+        5: (0.0, 0.0),
+        6: (ry, 0.0),
+        7: (ry, rx),
+        8: (0.0, rx),
+    }[orientation]
+
+
+def _convert(im: Image.Image, target: str, path: str) -> tuple[Image.Image, str | None]:
+    """Convert to the mode to resize in; also return a mode to convert to after resizing."""
+    mode = im.mode
+    if mode == target:
+        return im, None
+    if mode in _SIXTEEN_BIT:
+        # Pillow resizes little-endian I;16 natively but garbles I;16B, so widen the others
+        return (im if mode == "I;16" else im.convert("I")), None
+    if mode == "I":
+        lo, hi = im.getextrema()
+        if lo < 0 or hi > 65535:  # type: ignore[operator]
+            raise DecodeError(
+                path,
+                f"unsupported mode 'I' with values {lo}..{hi}: daskimg reads 8- and 16-bit "
+                "images; save it as 16-bit, or as a .npy volume to keep the values",
+            )
+        return im, None
+    if mode == "F":
+        raise DecodeError(
+            path,
+            "unsupported mode 'F' (32-bit floating-point pixels have no fixed range to scale "
+            "from); save it as 8- or 16-bit, or as a .npy volume to keep the values",
+        )
+    if mode == "L":
+        return im, target  # channels are copies of L: resize one, then convert (same pixels)
+    if mode == "P" and "transparency" in im.info:
+        # the way Pillow asks for (P -> RGB warns when transparency is a byte string)
+        im = im.convert("RGBA")
+        if target == "RGBA":
+            return im, None
+    try:
+        return im.convert(target), None
+    except ValueError as exc:
+        raise DecodeError(
+            path, f"unsupported image mode {mode!r}: Pillow cannot convert it to {target} ({exc})"
+        ) from exc
+
+
+def _resize(
+    im: Image.Image,
+    spec: DecodeSpec,
+    full: tuple[int, int],
+    scale: int,
+    origin: tuple[float, float],
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Resize per ``spec.resize``; ``full`` is the undrafted (w, h), ``scale`` the draft factor."""
+    w, h = full
+    where = placement((h, w), (spec.size[0], spec.size[1]), spec.resize)
+    box = where.box
+    if scale == 1:
+        if where.size == im.size and box == (0, 0, w, h):
+            return im, where.offset
+    else:
+        ox, oy = origin
+        box = (ox + box[0] / scale, oy + box[1] / scale, ox + box[2] / scale, oy + box[3] / scale)
+    return im.resize(where.size, RESAMPLE, box=box), where.offset
