@@ -1,0 +1,198 @@
+"""``daskimg ingest`` (a folder of images -> one store per split) and ``daskimg convert``
+(HDF5 or .npy/.npz arrays -> a store), on the scheduler ``--scheduler`` names."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import DaskImgError, DecodeError
+from ..remote import is_url
+
+__all__ = ["convert", "ingest", "scheduler"]
+
+
+@contextlib.contextmanager
+def scheduler(spec: str) -> Iterator[None]:
+    import dask
+
+    if spec in ("threads", "processes", "sync"):
+        with dask.config.set(scheduler=spec):
+            yield
+        return
+    from distributed import Client
+
+    address = spec if "://" in spec else f"tcp://{spec}"
+    try:
+        client = Client(address, timeout="5s")
+    except (OSError, TimeoutError) as e:
+        raise ValueError(
+            f"cannot reach a dask scheduler at {address!r} ({e}); check the address and that "
+            "`dask scheduler` is running there, or use --scheduler threads"
+        ) from e
+    try:
+        if client.dashboard_link:
+            print(f"dask dashboard: {client.dashboard_link}")
+        yield
+    finally:
+        client.close()
+
+
+def ingest(args: argparse.Namespace) -> int:
+    from ..read.folder import from_folder
+    from ..store.write import to_zarr
+    from ..storeinfo import info
+
+    t0 = time.perf_counter()
+    opts = args.storage_options
+    try:
+        ds = from_folder(
+            args.src,
+            size=args.size,
+            channels=args.channels,
+            resize=args.resize,
+            on_error=args.on_error,
+            stray=args.stray,
+            masks=args.masks,
+            dtype=args.dtype,
+            storage_options=opts if is_url(args.src) else None,
+        )
+    except ValueError as e:
+        if "stray='ignore'" not in str(e):
+            raise
+        raise ValueError(f"{e} (on the command line: --stray ignore)") from None
+    if ds.source_splits is not None:
+        if args.valid is not None or args.test is not None:
+            raise ValueError(f"{args.src} already holds split folders; drop --valid/--test")
+        parts = ds.split()
+    else:
+        valid = 0.1 if args.valid is None else args.valid
+        test = 0.1 if args.test is None else args.test
+        if valid < 0 or test < 0 or valid + test >= 1:
+            raise ValueError(
+                f"--valid {valid} and --test {test} must be >= 0 and leave something to train on"
+            )
+        fractions = {"train": 1 - valid - test, "valid": valid, "test": test}
+        parts = ds.split({k: v for k, v in fractions.items() if v > 0}, seed=args.seed)
+    print(
+        f"found {len(ds)} files in {len(ds.classes)} classes under {args.src}; splits: "
+        + ", ".join(
+            f"{k} {len(v)}" + (" (unlabelled)" if v.labels is None else "")
+            for k, v in parts.items()
+        )
+    )
+    ext = ".zarr.zip" if args.format == "zip" else ".zarr"
+    rows = []
+    with scheduler(args.scheduler):
+        for name, part in parts.items():
+            if len(part) == 0:
+                continue
+            target = (
+                args.out.rstrip("/") + "/" + name + ext
+                if is_url(args.out)
+                else os.path.join(args.out, name + ext)
+            )
+            t = time.perf_counter()
+            so = opts if is_url(target) else None
+            if not args.overwrite and _finished_same(part, target, so, args, name):
+                print(f"kept {target}: complete, written from the same files and settings")
+            else:
+                print(f"writing {target} ({len(part)} samples)")
+                try:
+                    to_zarr(
+                        part,
+                        target,
+                        chunks=args.chunk,
+                        codec=args.codec,
+                        seed=args.seed,
+                        split=name,
+                        overwrite=args.overwrite,
+                        progress=True,
+                        storage_options=so,
+                    )
+                except DecodeError as e:
+                    if args.on_error == "skip":
+                        raise
+                    raise DecodeError(
+                        e.path,
+                        f"{e.reason}. Pass --on-error skip to leave files that cannot be decoded "
+                        "out (each is listed in the store's 'skipped' attribute and here)",
+                    ) from None
+            summary = info(target, storage_options=so)
+            img = summary["arrays"]["images"]
+            rows.append(
+                (
+                    name,
+                    summary["attrs"]["num_samples"],
+                    len(part.skipped),
+                    summary["file_bytes"],
+                    img["ratio"],
+                    time.perf_counter() - t,
+                    part.skipped,
+                )
+            )
+    print("\nsplit      samples  skipped        bytes   ratio    time")
+    for name, n, nskip, nbytes, ratio, secs, _ in rows:
+        print(f"{name:<9} {n:>8} {nskip:>8} {nbytes:>12} {ratio or 0:>6.2f}x {secs:>6.1f}s")
+    for name, *_, skipped in rows:
+        for path, why in skipped:
+            print(f"skipped ({name}): {path}: {why}")
+    print(f"done in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, split: str) -> bool:
+    """True if ``target`` holds a complete store written from the same files and settings (a
+    re-run after a kill keeps it); a different store there is refused unless ``--overwrite``."""
+    from ..errors import StoreExistsError
+    from ..store.location import Location
+    from ..store.open import read_attrs
+    from ..store.write import fingerprint
+
+    if not Location.of(target, so).exists():
+        return False
+    try:
+        attrs = read_attrs(target, storage_options=so)
+    except DaskImgError:
+        return False  # unfinished or damaged: to_zarr refuses or replaces it, as it should
+    want = fingerprint(
+        part, codec=args.codec, chunks=args.chunk, shard_chunks=None, order="shuffled",
+        seed=args.seed, split=split,
+    )  # fmt: skip
+    if (attrs.get("source") or {}).get("fingerprint") == want:
+        return True
+    raise StoreExistsError(
+        f"{target} exists and was written from other files or settings; pass --overwrite to "
+        "replace it (or write to another OUT)"
+    )
+
+
+def convert(args: argparse.Namespace) -> int:
+    from ..store.convert import convert
+    from ..storeinfo import format_info, info
+
+    t = time.perf_counter()
+    with scheduler(args.scheduler):
+        path = convert(
+            args.src,
+            args.out,
+            images=args.images,
+            labels=args.labels,
+            classes=args.classes,
+            columns=[c for c in args.columns.split(",") if c],
+            boxes=[b for b in args.boxes.split(",") if b],
+            chunks=args.chunk,
+            codec=args.codec,
+            order=args.order,
+            seed=args.seed,
+            split=args.split,
+            overwrite=args.overwrite,
+            progress=True,
+        )
+    print(format_info(info(path)))
+    print(f"done in {time.perf_counter() - t:.1f}s")
+    return 0
