@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from ..errors import DaskImgError
 from .args import parser
 from .ingest import convert, ingest
-from .stores import info_cmd, show_cmd, verify_cmd
 from .measure import bench_cmd
+from .stores import info_cmd, show_cmd, verify_cmd
 
 __all__ = ["main"]
 

@@ -186,6 +186,27 @@ def _remote_zip_members(
     if tail and objects.keep(key, size - tail, tail_bytes):  # a small zip is then read whole
         spans.append((size - tail, tail))
 
+    tail_start = size - tail
+
+    def read_before_tail(fetch: list[tuple[int, int]]) -> list[memoryview]:
+        # the tail is already here: what lies in it (the metadata a one-pass zip writes last)
+        # is cut from it, never fetched again; only the bytes before it are requested
+        need = [(a, min(n, tail_start - a)) for a, n in fetch if a < tail_start]
+        fetched = dict(
+            zip(need, objects.read_many(key, need, **check) if need else [], strict=True)
+        )
+        tail_view = memoryview(tail_bytes)
+        got: list[memoryview] = []
+        for a, n in fetch:
+            if a >= tail_start:
+                got.append(tail_view[a - tail_start : a - tail_start + n])
+                continue
+            head = fetched[(a, min(n, tail_start - a))]
+            if a + n > tail_start:
+                head = memoryview(bytes(head) + tail_bytes[: a + n - tail_start])
+            got.append(head)
+        return got
+
     def read_ranges(ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         # a member's extent runs from its local header to the next header: runs of small
         # extents are fetched whole (their data is kept), a big member's header alone
@@ -209,7 +230,7 @@ def _remote_zip_members(
             else:
                 fetch += [(a, heads[a] - a) for a in g]  # the headers alone
         fetch = sorted((a, n) for a, n in fetch + runs if objects.kept(key, a, n) is None)
-        got = objects.read_many(key, fetch, **check)
+        got = read_before_tail(fetch)
         for a, n in runs:
             i = bisect.bisect_left(fetch, (a, n))
             if i < len(fetch) and fetch[i] == (a, n) and objects.keep(key, a, bytes(got[i])):
