@@ -205,7 +205,7 @@ def fidelity(paths: list[str]) -> tuple[int, int, float, float]:
 
     Two references, over stretch, crop and pad to 224x224 RGB and 96x96 gray: Pillow's
     own ``resize`` / ``ImageOps.fit`` / ``ImageOps.pad`` of ``Image.open(...).convert()``
-    where no DCT scaling applies (224x224 from these photos), and daskimg's Pillow path
+    with DCT scaling off (``draft=False``; 224x224 RGB), and daskimg's Pillow path
     (the same ``draft`` first, then Pillow's resize) everywhere. Returns (files, cases,
     largest absolute difference, smallest PSNR in dB; inf if identical).
     """
@@ -239,6 +239,11 @@ def fidelity(paths: list[str]) -> tuple[int, int, float, float]:
                     fastjpeg.read_header = header
                 if size != TARGET:
                     continue  # 96x96 from ~500x375 is DCT-scaled: Pillow's plain resize differs
+                # against plain Pillow, no DCT scaling (which "pad" to 224x224 would use here:
+                # the picture is 224x168, and 375 / 168 >= 2)
+                got = decode_file(
+                    p, DecodeSpec(size, channels=channels, resize=resize, draft=False)
+                )
                 with Image.open(p) as im:
                     im = im.convert("RGB")
                     wh = (size[1], size[0])
