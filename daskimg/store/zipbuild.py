@@ -9,6 +9,11 @@ root's, which says ``complete: true``, then the central directory; the file is f
 and the caller publishes it with one rename.
 A zip killed before that has no central directory and opens as nothing.
 
+It is its own zarr store (:class:`zarr.abc.store.Store`, public API) over
+:class:`zipfile.ZipFile`: a shard is appended from zarr's buffer without a copy, in a
+worker thread, so zarr's event loop (which every writing thread waits on) is never
+blocked by a file write.
+
 Used when the writes run in this process (the threaded or synchronous scheduler); on a
 ``distributed`` cluster or with processes, workers cannot append to one file, so the
 store is written as a folder and packed (see :func:`daskimg.store.location.pack_zip`).
@@ -16,23 +21,40 @@ store is written as a folder and packed (see :func:`daskimg.store.location.pack_
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import time
+import zipfile
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from zarr.abc.store import ByteRequest
+from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.storage import ZipStore
 
 __all__ = ["ZipBuilder"]
 
 
-class ZipBuilder(ZipStore):
+class ZipBuilder(Store):
     """An append-only zarr store: a zip file written member by member (see the module notes)."""
 
+    supports_writes = True
+    supports_deletes = False
+    supports_partial_writes = False
+    supports_listing = True
+
     def __init__(self, path: str) -> None:
-        super().__init__(path, mode="w")
+        super().__init__(read_only=False)
+        self.path = path
+        self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._write_lock = threading.Lock()  # one member at a time
         self._meta: dict[str, bytes] = {}
         self._keys: set[str] = set()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ZipBuilder) and other.path == self.path
+
+    __hash__ = object.__hash__
 
     async def set(self, key: str, value: Buffer) -> None:
         if key in self._keys:
@@ -44,7 +66,14 @@ class ZipBuilder(ZipStore):
             self._meta[key] = value.to_bytes()  # written by finish()
             return
         self._keys.add(key)
-        await super().set(key, value)
+        await asyncio.to_thread(self._append, key, value.as_numpy_array())
+
+    def _append(self, key: str, data: Any) -> None:
+        info = zipfile.ZipInfo(key, date_time=time.localtime()[:6])
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        with self._write_lock, self._zip.open(info, "w", force_zip64=True) as fh:
+            fh.write(memoryview(data).cast("B"))
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         if not await self.exists(key):
@@ -60,8 +89,45 @@ class ZipBuilder(ZipStore):
             raise NotImplementedError("ranged reads of metadata")
         return prototype.buffer.from_bytes(data)
 
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        return [await self.get(key, prototype, r) for key, r in key_ranges]
+
     async def exists(self, key: str) -> bool:
         return key in self._meta or key in self._keys
+
+    async def delete(self, key: str) -> None:
+        # zarr deletes what may exist when it creates a node: nothing to do for an absent key
+        if await self.exists(key):
+            raise NotImplementedError(f"{self.path}: nothing is deleted from a zip being built")
+
+    async def delete_dir(self, prefix: str) -> None:
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        async for key in self.list_prefix(prefix):
+            raise NotImplementedError(
+                f"{self.path}: {key!r} cannot be deleted from a zip being built"
+            )
+
+    async def list(self) -> AsyncIterator[str]:
+        for key in sorted(self._meta.keys() | self._keys):
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        async for key in self.list():
+            if key.startswith(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        seen = set()
+        async for key in self.list_prefix(prefix):
+            child = key[len(prefix) :].split("/", 1)[0]
+            if child not in seen:
+                seen.add(child)
+                yield child
 
     def meta(self, key: str) -> bytes:
         """The bytes of a metadata document written so far (``zarr.json``, ``images/zarr.json``)."""
@@ -70,19 +136,23 @@ class ZipBuilder(ZipStore):
     def finish(self, root: bytes) -> None:
         """Write the arrays' metadata, the root ``zarr.json`` (``root``) last, the central
         directory; fsync the file."""
-        if not self._is_open:
-            self._sync_open()
-        with self._lock:
+        with self._write_lock:
             for key, data in sorted(self._meta.items()):
                 if key != "zarr.json":
-                    self._zf.writestr(key, data)
-            self._zf.writestr("zarr.json", root)
+                    self._zip.writestr(key, data)
+            self._zip.writestr("zarr.json", root)
         self.close()
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def close(self) -> None:
+        """Close the file (writing the central directory if it is still open)."""
+        super().close()
+        with self._write_lock:
+            self._zip.close()
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(
