@@ -123,3 +123,43 @@ def test_ingest_writes_the_unlabelled_test_split(tmp_path):
     assert sorted(test.paths) == sorted(f"test/x_{i:04d}.png" for i in range(5))
     train = di.open_zarr(out / "train.zarr.zip")
     assert train.labels is not None and set(train.labels.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_files_that_are_not_images_are_named_not_dropped_silently(tmp_path, caplog, url):
+    """A photo in a format daskimg does not read (.heic), notes and annotations: left out
+    of the samples, and a warning names them; hidden files (.DS_Store) are not mentioned."""
+    import fsspec
+
+    root = _kaggle(tmp_path / "k")
+    (root / "train" / "cat" / "IMG_0001.heic").write_bytes(b"not read")
+    (root / "train" / "cat" / "notes.txt").write_text("hi")
+    (root / "test" / "sample_submission.csv").write_text("id,label\n")
+    (root / "labels.csv").write_text("path,label\n")
+    (root / "train" / ".DS_Store").write_bytes(b"x")
+    where: str | Path = root
+    if url:
+        fs = fsspec.filesystem("memory")
+        fs.put(str(root), "/notimages/k", recursive=True)
+        where = "memory://notimages/k"
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(where, size=(8, 8), storage_options={} if url else None)
+    assert not any(p.endswith((".heic", ".txt", ".csv")) for p in ds.paths)
+    assert len(ds) == len(di.from_folder(_kaggle(tmp_path / "clean"), size=(8, 8)))
+    (message,) = [r.getMessage() for r in caplog.records if "not an image ending" in r.getMessage()]
+    assert "left out 4 file(s)" in message and ".csv: 2" in message
+    for name in ("labels.csv", "IMG_0001.heic", "notes.txt"):
+        assert name in message or "1 more" in message
+    assert ".DS_Store" not in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_folder(tmp_path / "clean", size=(8, 8))
+    assert "not an image ending" not in caplog.text
+
+
+def test_an_empty_class_folder_is_named(image_folder, caplog):
+    (image_folder / "zebra").mkdir()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(image_folder, size=(8, 8))
+    assert "zebra" in ds.classes and not np.any(ds.labels == ds.classes.index("zebra"))
+    assert "without images: 'zebra'" in caplog.text

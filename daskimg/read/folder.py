@@ -61,6 +61,7 @@ class _Top:
     split: str  # "" for the root itself
     where: str  # the folder, for messages
     direct: list[str] = field(default_factory=list)  # image files directly in it
+    others: list[str] = field(default_factory=list)  # files below it that are not images
     classes: dict[str, list[str]] = field(default_factory=dict)  # class folder -> its files
 
 
@@ -68,7 +69,14 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _files_under(folder: Path, exclude: str | None = None) -> list[Path]:
+def _is_other(name: str) -> bool:
+    """A file that is not hidden and has no image ending: left out, and said so."""
+    return not name.startswith(".") and not _is_image(name)
+
+
+def _files_under(
+    folder: Path, exclude: str | None = None, others: list[str] | None = None
+) -> list[Path]:
     files: list[Path] = []
     seen: set[str] = set()
     # linked subfolders are followed like the class folder itself; each real folder once
@@ -80,6 +88,8 @@ def _files_under(folder: Path, exclude: str | None = None) -> list[Path]:
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+        if others is not None:
+            others.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_other(f))
     return files
 
 
@@ -104,17 +114,22 @@ def _local_tops(root: Path, exclude: str | None) -> tuple[list[_Top], list[str]]
     def direct(folder: Path) -> list[str]:
         return [os.fspath(f) for f in sorted(folder.iterdir()) if f.is_file() and _is_image(f.name)]
 
+    def other(folder: Path) -> list[str]:
+        return [os.fspath(f) for f in sorted(folder.iterdir()) if f.is_file() and _is_other(f.name)]
+
     def top(split: str, folder: Path) -> _Top:
-        t = _Top(split, os.fspath(folder), direct(folder))
+        t = _Top(split, os.fspath(folder), direct(folder), other(folder))
         for d in sorted(folder.iterdir()):
             if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) != exclude:
-                t.classes[d.name] = [os.fspath(f) for f in _files_under(d, exclude)]
+                t.classes[d.name] = [os.fspath(f) for f in _files_under(d, exclude, t.others)]
         return t
 
     splits = find_split_dirs(root)
     if not splits:
         return [top("", root)], []
-    return [top(s, d) for s, d in splits.items()], direct(root)
+    tops = [top(s, d) for s, d in splits.items()]
+    tops[0].others[:0] = other(root)  # beside the split folders (a labels.csv, a README)
+    return tops, direct(root)
 
 
 def _url_tops(url: str, fs: Any, base: str, exclude: str | None) -> tuple[list[_Top], list[str]]:
@@ -144,7 +159,9 @@ def _url_tops(url: str, fs: Any, base: str, exclude: str | None) -> tuple[list[_
             key=lambda rest: [(j < len(rest) - 1, x) for j, x in enumerate(rest)],
         )
         for rest in below:
-            if any(x.startswith(".") for x in rest) or not _is_image(rest[-1]):
+            if any(x.startswith(".") for x in rest[:-1]) or not _is_image(rest[-1]):
+                if not any(x.startswith(".") for x in rest[:-1]) and _is_other(rest[-1]):
+                    t.others.append(join(url, "/".join((*prefix, *rest))))
                 continue
             full = join(url, "/".join((*prefix, *rest)))
             if len(rest) == 1:
@@ -157,7 +174,34 @@ def _url_tops(url: str, fs: Any, base: str, exclude: str | None) -> tuple[list[_
         if "train" in found
         else []
     )
+    if "train" in found:  # beside the split folders (a labels.csv, a README)
+        tops[0].others[:0] = [
+            join(url, q[0]) for q in sorted(parts) if len(q) == 1 and _is_other(q[0])
+        ]
     return tops, loose
+
+
+def _report_others(where: str, others: list[str]) -> None:
+    """Say which files were left out because their ending is not an image ending."""
+    if not others:
+        return
+    endings: dict[str, int] = {}
+    for f in others:
+        ending = posixpath.splitext(f)[1].lower() or "(no ending)"
+        endings[ending] = endings.get(ending, 0) + 1
+    kinds = ", ".join(f"{e}: {n}" for e, n in sorted(endings.items(), key=lambda kv: -kv[1]))
+    shown = ", ".join(repr(f) for f in others[:3]) + (
+        f" and {len(others) - 3} more" if len(others) > 3 else ""
+    )
+    logger.warning(
+        "from_folder(%r): left out %d file(s) whose ending is not an image ending (%s): %s. "
+        "If some are images (e.g. .heic, .avif), convert them to JPEG or PNG; image endings "
+        "are daskimg.read.folder.IMAGE_EXTENSIONS",
+        where,
+        len(others),
+        kinds,
+        shown,
+    )
 
 
 def _stray_files(files: list[str], where: str, beside: str, stray: str) -> None:
@@ -200,6 +244,15 @@ def _assemble(
         if not t.direct:
             labelled.append(t)
     classes = sorted({c for t in labelled for c in t.classes})
+    empty = [c for c in classes if not any(t.classes.get(c) for t in labelled)]
+    if empty:
+        logger.warning(
+            "from_folder(%r): class folder(s) without images: %s. They stay classes (their "
+            "indices are kept, a model gets an output for each) but no sample has them; "
+            "remove the folders if that is not what you want",
+            where,
+            ", ".join(repr(c) for c in empty),
+        )
     index = {c: i for i, c in enumerate(classes)}
     files: list[str] = []
     labels: list[int] = []
@@ -243,7 +296,9 @@ def from_folder(
 
     Classes are the subfolder names, sorted; labels are their indices. Files are found
     recursively below each class folder; hidden files and files without an image ending
-    (see ``IMAGE_EXTENSIONS``) are not samples. A root that holds ``train/``, ``valid/``
+    (see ``IMAGE_EXTENSIONS``) are not samples; the latter are named in a logged warning
+    (``logging.getLogger("daskimg")``), so a folder of ``.heic`` photos is not lost
+    unnoticed. A root that holds ``train/``, ``valid/``
     (or ``val/``) and ``test/`` folders is recognised: the classes are the union over the
     splits (so indices agree across splits) and ``ds.split()`` returns the predefined splits.
     A folder of images without class folders (the root, or a split folder such as a
@@ -305,6 +360,7 @@ def from_folder(
         real_masks = None if mask_root is None else os.path.realpath(mask_root)
         tops, loose = _local_tops(Path(root), real_masks)
     where = url or os.fspath(root)
+    _report_others(where, [f for t in tops for f in t.others])
     files, labels, classes, split_of = _assemble(where, tops, loose, stray)
     base: str | Path = url or Path(root)
     rel = relative_paths(files, base)
