@@ -316,6 +316,6 @@ def test_cli_bench_speed_points_at_goal_size_when_it_differs(photo_store, eight_
 
 
 def _human(n):
-    from daskimg.bench import _human as human
+    from daskimg.store.choose import human_bytes as human
 
     return human(n)
