@@ -40,12 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zarr.storage import WrapperStore
-
 from ..errors import StoreExistsError, StoreLockedError
 from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
 from .urlsource import open_url_source
+from .urlwrite import UNFINISHED_ROOT, RootLast, clear_url, dir_state
 
 __all__ = ["Location", "fsync_path", "fsync_tree", "remove_path", "store_kind", "write_lock"]
 
@@ -171,7 +170,7 @@ class Location:
             if fs.exists(key):
                 raise StoreExistsError(f"{self.target!r} exists; pass overwrite=True to replace it")
             return
-        state = _dir_state(fs, key)
+        state = dir_state(fs, key)
         if state == "complete":
             raise StoreExistsError(
                 f"{self.target!r} holds a complete store; pass overwrite=True to replace it"
@@ -268,13 +267,13 @@ class Location:
         assert self.is_url, "in place: a URL folder only"
         assert self.kind == "dir", "in place: a URL folder only"
         fs, key = self._fs()
-        fs.pipe_file(key + "/zarr.json", json.dumps(_UNFINISHED, indent=2).encode())
+        fs.pipe_file(key + "/zarr.json", json.dumps(UNFINISHED_ROOT, indent=2).encode())
         others = [f for f in fs.find(key) if f.rstrip("/") != key + "/zarr.json"]
         if others:
             fs.rm(others)
         fs.invalidate_cache(key)
         store = FsspecStore.from_url(self.target, storage_options=dict(self.storage_options or {}))
-        return _RootLast(store)
+        return RootLast(store)
 
     def finish_in_place(self, root_meta: dict[str, Any]) -> None:
         """Write the root ``zarr.json`` (``complete: true``) of a store written in place: last, in one put."""
@@ -284,7 +283,7 @@ class Location:
 
     def read_in_place(self, key: str, store: Any = None) -> bytes:
         """Bytes of ``key`` of a store being written in place (``store``: from open_in_place)."""
-        if key == "zarr.json" and isinstance(store, _RootLast) and store.root is not None:
+        if key == "zarr.json" and isinstance(store, RootLast) and store.root is not None:
             return store.root
         fs, root = self._fs()
         return bytes(fs.cat_file(f"{root}/{key}"))
@@ -293,75 +292,6 @@ class Location:
         fs, key = self._fs()
         with contextlib.suppress(Exception):
             clear_url(fs, key)
-
-
-_UNFINISHED = {
-    "zarr_format": 3,
-    "node_type": "group",
-    "attributes": {"daskimg": {"format_version": 1, "num_samples": 0, "complete": False}},
-}
-
-
-class _RootLast(WrapperStore):
-    """A zarr store that holds back writes of the root ``zarr.json`` (see open_in_place)."""
-
-    def __init__(self, store: Any) -> None:
-        super().__init__(store)
-        self.root: bytes | None = None
-
-    async def set(self, key: str, value: Any) -> None:
-        if key == "zarr.json":
-            self.root = value.to_bytes()
-            return
-        await self._store.set(key, value)
-
-    async def set_if_not_exists(self, key: str, value: Any) -> None:
-        if key == "zarr.json":
-            if self.root is None:
-                self.root = value.to_bytes()
-            return
-        await self._store.set_if_not_exists(key, value)
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-        if key == "zarr.json" and self.root is not None and byte_range is None:
-            return prototype.buffer.from_bytes(self.root)
-        return await self._store.get(key, prototype, byte_range)
-
-    async def exists(self, key: str) -> bool:
-        if key == "zarr.json":
-            return self.root is not None
-        return bool(await self._store.exists(key))
-
-    async def delete_dir(self, prefix: str) -> None:
-        """Nothing to delete: open_in_place cleared every object but the placeholder root."""
-
-    async def delete(self, key: str) -> None:
-        if key != "zarr.json":
-            await self._store.delete(key)
-
-
-def _dir_state(fs: Any, key: str) -> str:
-    """``"absent"``, ``"complete"``, ``"incomplete"`` (a daskimg store) or ``"other"``."""
-    try:
-        meta = json.loads(fs.cat_file(key + "/zarr.json"))
-    except FileNotFoundError:
-        return "other" if fs.exists(key) else "absent"
-    except ValueError:
-        return "other"
-    attrs = (meta.get("attributes") or {}).get("daskimg") if isinstance(meta, dict) else None
-    if not isinstance(attrs, dict):
-        return "other"
-    return "complete" if attrs.get("complete") is True else "incomplete"
-
-
-def clear_url(fs: Any, key: str) -> None:
-    """Remove a store folder at a URL, its root ``zarr.json`` first (so it stops looking like a store)."""
-    fs.invalidate_cache(key)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(key + "/zarr.json")
-    if fs.exists(key):
-        fs.rm(key, recursive=True)
-    fs.invalidate_cache(key)
 
 
 @contextlib.contextmanager
