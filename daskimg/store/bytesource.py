@@ -199,7 +199,69 @@ def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-class LocalZip(ByteSource):
+class _LocalSource(ByteSource):
+    """What a local zip and a local folder share: reads by ``pread``/``preadv`` or from a
+    lease-protected map, each checked against the file's identity. Subclasses say where a
+    key's bytes are (:meth:`_locate`: the file, and the offset of the key's first byte)."""
+
+    path: str
+    files: _LocalFiles
+    _state: dict[str, Any]
+
+    def _locate(self, key: str) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "state": self._state}
+
+    def __setstate__(self, s: dict[str, Any]) -> None:
+        self.__init__(s["path"], s["state"])  # type: ignore[misc]
+
+    def _read(self, key: str, start: int, n: int) -> bytes:
+        file, offset = self._locate(key)
+        data = os.pread(self.files.fd(file), n, offset + start)
+        self.files.check(file)
+        return data
+
+    def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
+        total = sum(memoryview(b).nbytes for b in buffers)
+        size = self.size_of(key)
+        if start + total > size:
+            raise ChecksumError(
+                f"{self.where}: {key!r} holds {size} bytes, too few for bytes "
+                f"{start}..{start + total}; the store is damaged — re-create it"
+            )
+        file, offset = self._locate(key)
+        got = preadv_all(self.files.fd(file), buffers, offset + start)
+        self.files.check(file)
+        if got != total:
+            raise ChecksumError(
+                f"{self.where}: {key!r} is truncated (read {got} of {total} bytes); "
+                + _REPLACED.format(what="size")
+            )
+
+    @contextlib.contextmanager
+    def view(self, key: str, start: int, n: int, scratch: Any) -> Iterator[Any]:
+        if start + n > self.size_of(key):
+            raise ChecksumError(
+                f"{self.where}: {key!r} holds {self.keys[key]} bytes, fewer than read"
+            )
+        file, offset = self._locate(key)
+        with self.files.view(file, offset + start, n) as data:
+            if data is not None:
+                yield data
+                return
+        with super().view(key, start, n, scratch) as data:
+            yield data
+
+    def check_unchanged(self, key: str) -> None:
+        self.files.check(self._locate(key)[0])
+
+    def close(self) -> None:
+        self.files.close()
+
+
+class LocalZip(_LocalSource):
     """A ``*.zarr.zip`` file on local disk."""
 
     def __init__(self, path: str, state: dict[str, Any] | None = None) -> None:
@@ -226,56 +288,11 @@ class LocalZip(ByteSource):
         ident = tuple(state["ident"])
         self.files = _LocalFiles(path, {path: (ident[0], ident[1], ident[2], ident[3])})
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "state": self._state}
-
-    def __setstate__(self, s: dict[str, Any]) -> None:
-        self.__init__(s["path"], s["state"])  # type: ignore[misc]
-
-    def _read(self, key: str, start: int, n: int) -> bytes:
-        offset = self.members[key][0] + start
-        data = os.pread(self.files.fd(self.path), n, offset)
-        self.files.check(self.path)
-        return data
-
-    def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
-        total = sum(memoryview(b).nbytes for b in buffers)
-        size = self.size_of(key)
-        if start + total > size:
-            raise ChecksumError(
-                f"{self.where}: {key!r} holds {size} bytes, too few for bytes "
-                f"{start}..{start + total}; the store is damaged — re-create it"
-            )
-        got = preadv_all(self.files.fd(self.path), buffers, self.members[key][0] + start)
-        self.files.check(self.path)
-        if got != total:
-            raise ChecksumError(
-                f"{self.where}: {key!r} is truncated (read {got} of {total} bytes); "
-                + _REPLACED.format(what="size")
-            )
-
-    @contextlib.contextmanager
-    def view(self, key: str, start: int, n: int, scratch: Any) -> Iterator[Any]:
-        self.size_of(key)
-        if start + n > self.keys[key]:
-            raise ChecksumError(
-                f"{self.where}: {key!r} holds {self.keys[key]} bytes, fewer than read"
-            )
-        with self.files.view(self.path, self.members[key][0] + start, n) as data:
-            if data is not None:
-                yield data
-                return
-        with super().view(key, start, n, scratch) as data:
-            yield data
-
-    def check_unchanged(self, key: str) -> None:
-        self.files.check(self.path)
-
-    def close(self) -> None:
-        self.files.close()
+    def _locate(self, key: str) -> tuple[str, int]:
+        return self.path, self.members[key][0]
 
 
-class LocalDir(ByteSource):
+class LocalDir(_LocalSource):
     """A ``*.zarr`` folder on local disk: one file per key."""
 
     def __init__(self, path: str, state: dict[str, Any] | None = None) -> None:
@@ -297,57 +314,11 @@ class LocalDir(ByteSource):
         self.keys = {k: v[2] for k, v in idents.items()}
         self.files = _LocalFiles(path, {self._file(k): tuple(v) for k, v in idents.items()})  # type: ignore[misc]
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "state": self._state}
-
-    def __setstate__(self, s: dict[str, Any]) -> None:
-        self.__init__(s["path"], s["state"])  # type: ignore[misc]
-
     def _file(self, key: str) -> str:
         return os.path.join(self.path, *key.split("/"))
 
-    def _read(self, key: str, start: int, n: int) -> bytes:
-        file = self._file(key)
-        data = os.pread(self.files.fd(file), n, start)
-        self.files.check(file)
-        return data
-
-    def readinto(self, key: str, start: int, buffers: Sequence[Any]) -> None:
-        total = sum(memoryview(b).nbytes for b in buffers)
-        size = self.size_of(key)
-        if start + total > size:
-            raise ChecksumError(
-                f"{self.where}: {key!r} holds {size} bytes, too few for bytes "
-                f"{start}..{start + total}; the store is damaged — re-create it"
-            )
-        file = self._file(key)
-        got = preadv_all(self.files.fd(file), buffers, start)
-        self.files.check(file)
-        if got != total:
-            raise ChecksumError(
-                f"{self.where}: {key!r} is truncated (read {got} of {total} bytes); "
-                + _REPLACED.format(what="size")
-            )
-
-    @contextlib.contextmanager
-    def view(self, key: str, start: int, n: int, scratch: Any) -> Iterator[Any]:
-        self.size_of(key)
-        if start + n > self.keys[key]:
-            raise ChecksumError(
-                f"{self.where}: {key!r} holds {self.keys[key]} bytes, fewer than read"
-            )
-        with self.files.view(self._file(key), start, n) as data:
-            if data is not None:
-                yield data
-                return
-        with super().view(key, start, n, scratch) as data:
-            yield data
-
-    def check_unchanged(self, key: str) -> None:
-        self.files.check(self._file(key))
-
-    def close(self) -> None:
-        self.files.close()
+    def _locate(self, key: str) -> tuple[str, int]:
+        return self._file(key), 0
 
 
 def open_source(target: str, kind: str) -> ByteSource:
