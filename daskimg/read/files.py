@@ -200,5 +200,13 @@ def relative_paths(paths: Sequence[str], root: str | os.PathLike[str]) -> np.nda
     # lexical, not resolved: a file may be a symbolic link into a cache outside the root
     # (Hugging Face, DVC, git-annex), and its name under the root is the one to keep
     base = os.path.abspath(root)
-    rel = [Path(os.path.relpath(os.path.abspath(p), base)).as_posix() for p in paths]
-    return np.array(rel, dtype=object)
+    prefix = base.rstrip(os.sep) + os.sep
+    cut = len(prefix)
+
+    def rel(p: str) -> str:
+        # a path under the root as listed (absolute, no "." or ".." parts, no "//"): cut
+        if os.sep == "/" and p.startswith(prefix) and "/." not in p and "//" not in p[cut:]:
+            return p[cut:]
+        return Path(os.path.relpath(os.path.abspath(p), base)).as_posix()
+
+    return np.array([rel(os.fspath(p)) for p in paths], dtype=object)

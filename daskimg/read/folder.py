@@ -76,8 +76,8 @@ def _is_other(name: str) -> bool:
 
 def _files_under(
     folder: Path, exclude: str | None = None, others: list[str] | None = None
-) -> list[Path]:
-    files: list[Path] = []
+) -> list[str]:
+    files: list[str] = []
     seen: set[str] = set()
     # linked subfolders are followed like the class folder itself; each real folder once
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -87,7 +87,7 @@ def _files_under(
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
         if others is not None:
             others.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_other(f))
     return files
@@ -121,7 +121,7 @@ def _local_tops(root: Path, exclude: str | None) -> tuple[list[_Top], list[str]]
         t = _Top(split, os.fspath(folder), direct(folder), other(folder))
         for d in sorted(folder.iterdir()):
             if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) != exclude:
-                t.classes[d.name] = [os.fspath(f) for f in _files_under(d, exclude, t.others)]
+                t.classes[d.name] = _files_under(d, exclude, t.others)
         return t
 
     splits = find_split_dirs(root)
