@@ -29,7 +29,7 @@ from .boxes import to_stored
 from .decode import DecodeSpec, decode_into
 from .masks import mask_into
 
-__all__ = ["DEFAULT_BLOCK", "DERIVED", "FileSource", "RowSource"]
+__all__ = ["DEFAULT_BLOCK", "DERIVED", "FileSource", "RowSource", "block_arrays"]
 
 logger = logging.getLogger("daskimg")
 
@@ -257,6 +257,22 @@ class FileSource:
             out["ok"] = view("ok", (), bool, part(_OK))
         return out
 
+    def block_args(self, block: int) -> list[tuple[Any, ...]]:
+        """Per block of ``block`` rows, the arguments of :func:`block_arrays` (for write tasks
+        that decode and encode a block in one step)."""
+        boxes = {k: np.asarray(v, dtype=np.float64) for k, v in self.source_boxes.items()}
+        return [
+            (
+                _paths_block(self.paths[s : s + block]),
+                self.spec,
+                self._masks_block(s, block),
+                self.mask_dtype,
+                {k: v[s : s + block] for k, v in boxes.items()},
+                *_extra(self),
+            )
+            for s in range(0, len(self.paths), block)
+        ]
+
     def to_dask_masked(self, *, block: int | None = None) -> tuple[da.Array, da.Array]:
         """Pixels and a boolean ``ok`` mask from the same tasks; a bad file leaves ``ok`` False.
 
@@ -337,14 +353,20 @@ def decode_rows(
     mask_dtype: str,
     skip: bool,
     remote: RemoteFiles | None = None,
+    *,
+    out: np.ndarray | None = None,
 ) -> Rows:
     """Decode a block of rows: ``(images, source_size, masks or None, ok)``.
 
     A bad file (or mask) raises :class:`~daskimg.errors.DecodeError`, or with ``skip``
-    leaves its rows zero and ``ok`` False.
+    leaves its rows zero and ``ok`` False. ``out``: the images are decoded into it (a
+    buffer the caller reuses; its shape and dtype those of the block's images).
     """
     n = len(paths)
-    images = (np.zeros if skip else np.empty)((n, *spec.sample_shape), dtype=spec.dtype)
+    shape = (n, *spec.sample_shape)
+    if out is not None and (out.shape != shape or out.dtype != np.dtype(spec.dtype)):
+        raise ValueError(f"out is {out.dtype} {out.shape}; the block needs {spec.dtype} {shape}")
+    images = (np.zeros if skip else np.empty)(shape, dtype=spec.dtype) if out is None else out
     sizes = np.zeros((n, len(spec.size)), dtype=np.int64)
     stored = None if masks is None else np.zeros((n, *spec.size), dtype=mask_dtype)
     ok = np.ones(n, dtype=bool)
@@ -374,6 +396,30 @@ def decode_rows(
                 stored[i] = 0
             logger.warning("skipping %s", e)
     return Rows(images, sizes, stored, ok)
+
+
+def block_arrays(
+    paths: Sequence[str] | np.ndarray,
+    spec: DecodeSpec,
+    masks: Sequence[str] | np.ndarray | None,
+    mask_dtype: str,
+    boxes: Mapping[str, np.ndarray],
+    remote: RemoteFiles | None = None,
+    *,
+    out: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Decode a block (a bad file raises) into every array of :meth:`FileSource.to_dask_arrays`.
+
+    The arguments are one item of :meth:`FileSource.block_args`; ``out`` as for
+    :func:`decode_rows`.
+    """
+    rows = decode_rows(paths, spec, masks, mask_dtype, False, remote, out=out)
+    arrays = {"images": rows.images, "source_size": rows.source_size}
+    if rows.masks is not None:
+        arrays["masks"] = rows.masks
+    for name, src in boxes.items():
+        arrays[name] = _stored_boxes(src, rows, (spec.size[0], spec.size[1]), spec.resize)
+    return arrays
 
 
 def _stored_boxes(

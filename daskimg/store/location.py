@@ -187,7 +187,8 @@ class Location:
         ``base=True`` (adding arrays to a zip store): the members of the store now at the
         target are kept, except the arrays ``drop`` and those ``folder`` holds.
         """
-        fsync_tree(folder)
+        if not self.is_url and self.kind == "dir":
+            fsync_tree(folder)  # published as it is (a zip is packed from it, then fsynced)
         if self.is_url:
             self.upload(folder)
             remove_path(folder)

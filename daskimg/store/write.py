@@ -10,11 +10,13 @@ fails (a decode error, a full disk) removes what it wrote and says where and why
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import sys
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import dask
@@ -25,6 +27,7 @@ from dask.base import tokenize
 from ..errors import DaskImgError, DecodeError
 from ..read.files import FileSource
 from ..read.imageset import ImageSet
+from .encode import ShardEncoder
 from .format import (
     SHARD_CHUNKS,
     ArraySpec,
@@ -34,6 +37,7 @@ from .format import (
     root_attrs,
 )
 from .location import Location
+from .shardwrite import fused_writes, shard_writes, write_file
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
@@ -321,21 +325,71 @@ def write_arrays(
         _write_skipping(target, ds, attrs, specs, shard_len, progress=progress)
         return
     dest = create_arrays(target, attrs, specs, n=len(ds), shard_len=shard_len)
-    sources: list[Any] = [ds.require_images()]
-    targets: list[Any] = [dest["images"]]
-    for name, values in ds.arrays.items():
-        if name == "images":
+    chunk_len = int(attrs["chunk_len"])
+    put = _putter(target)
+    encoders: dict[str, ShardEncoder] = {}
+    for name, zarr_array in dest.items():
+        enc = None if put is None else ShardEncoder.of(str(target), name, _meta(zarr_array))
+        if enc is not None:
+            encoders[name] = enc
+    pending: dict[str, Any] = dict(ds.arrays)
+    writes: list[Any] = []
+    files = ds.row_source
+    if isinstance(files, FileSource):
+        # the arrays that are the files' own (not arrays put in their place) are made by
+        # one task per chunk, which decodes the chunk's files and encodes them at once
+        default = files.to_dask_arrays()
+        own = [
+            k
+            for k in ("images", *files.derived)
+            if isinstance(pending.get(k), da.Array) and pending[k].name == default[k].name
+        ]
+        if put is not None and "images" in own and all(k in encoders for k in own):
+            token = tokenize(default["images"].name, chunk_len, [encoders[k] for k in own])
+            writes += fused_writes(
+                files.block_args(chunk_len), {k: encoders[k] for k in own}, put, token
+            )
+            pending = {k: v for k, v in pending.items() if k not in own}
+        else:  # zarr writes them, from one decode per block
+            shared = files.to_dask_arrays(block=chunk_len)
+            pending.update({k: shared[k] for k in own})
+    sources: list[Any] = []
+    targets: list[Any] = []
+    small: list[tuple[Any, Any]] = []
+    for name, values in pending.items():
+        if not isinstance(values, da.Array) and np.asarray(values).nbytes <= _SMALL:
+            small.append((dest[name], values))
             continue
-        if isinstance(values, da.Array) or (np.asarray(values).nbytes > _SMALL):
-            lazy = values if isinstance(values, da.Array) else da.from_array(np.asarray(values))
-            sources.append(lazy.astype(str) if lazy.dtype.kind in "OUS" else lazy)
-            targets.append(dest[name])
+        arr = values if isinstance(values, da.Array) else da.from_array(np.asarray(values))
+        if name in encoders and put is not None:
+            writes += shard_writes(arr, encoders[name], put)
         else:
-            _write_numpy(dest[name], values)
+            sources.append(arr.astype(str) if arr.dtype.kind in "OUS" else arr)
+            targets.append(dest[name])
     sources = [a.rechunk((shard_len, *a.shape[1:])) for a in sources]
-    compute_collections(
-        da.store(sources, cast(Any, targets), lock=False, compute=False), progress=progress
-    )
+    # the columns in memory (labels, paths) are written while the images decode
+    with ThreadPoolExecutor(1, thread_name_prefix="daskimg-columns") as pool:
+        done = [pool.submit(_write_numpy, arr, values) for arr, values in small]
+        compute_collections(
+            writes, da.store(sources, cast(Any, targets), lock=False, compute=False),
+            progress=progress,
+        )  # fmt: skip
+        for f in done:
+            f.result()
+
+
+def _meta(arr: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(json.dumps(arr.metadata.to_dict(), default=str)))
+
+
+def _putter(target: Any) -> Callable[[str, list[Any]], None] | None:
+    """How whole stored values are written into ``target`` by daskimg's own encoder: a zip
+    being built, or a local staging folder; ``None`` (zarr writes) for a URL in place."""
+    if isinstance(target, ZipBuilder):
+        return target.put
+    if isinstance(target, str):
+        return functools.partial(write_file, target)
+    return None
 
 
 def _write_numpy(arr: Any, values: Any) -> None:

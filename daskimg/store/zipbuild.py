@@ -26,13 +26,16 @@ import os
 import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 
 __all__ = ["ZipBuilder"]
+
+#: bytes appended between two background flushes to disk
+_SYNC_BYTES = 64 * 2**20
 
 
 class ZipBuilder(Store):
@@ -50,6 +53,16 @@ class ZipBuilder(Store):
         self._write_lock = threading.Lock()  # one member at a time
         self._meta: dict[str, bytes] = {}
         self._keys: set[str] = set()
+        # data is flushed to disk in the background while later shards are made, so the
+        # fsync in finish() has little left to wait for
+        self._unsynced = 0
+        self._sync_wanted = threading.Event()
+        self._closing = False
+        self._sync_error: OSError | None = None
+        self._syncer = threading.Thread(
+            target=self._sync_loop, name="daskimg-zip-fsync", daemon=True
+        )
+        self._syncer.start()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ZipBuilder) and other.path == self.path
@@ -69,11 +82,46 @@ class ZipBuilder(Store):
         await asyncio.to_thread(self._append, key, value.as_numpy_array())
 
     def _append(self, key: str, data: Any) -> None:
+        self.put(key, [data], checked=True)
+
+    def put(self, key: str, pieces: Sequence[Any], *, checked: bool = False) -> None:
+        """Append the member ``key`` made of ``pieces`` (buffers, written in order, never
+        joined); from any thread. A key already written is an error."""
+        if not checked:
+            with self._write_lock:
+                if key in self._keys or key.endswith("zarr.json"):
+                    raise ValueError(
+                        f"{self.path}: {key!r} would be written twice into the zip being built "
+                        "(a duplicate member); this is a bug in daskimg's writer"
+                    )
+                self._keys.add(key)
         info = zipfile.ZipInfo(key, date_time=time.localtime()[:6])
         info.compress_type = zipfile.ZIP_STORED
         info.external_attr = 0o644 << 16
-        with self._write_lock, self._zip.open(info, "w", force_zip64=True) as fh:
-            fh.write(memoryview(data).cast("B"))
+        with self._write_lock:
+            with self._zip.open(info, "w", force_zip64=True) as fh:
+                for piece in pieces:
+                    fh.write(memoryview(piece).cast("B"))
+            self._unsynced += info.file_size
+            if self._unsynced >= _SYNC_BYTES:
+                self._unsynced = 0
+                self._sync_wanted.set()
+
+    def _sync_loop(self) -> None:
+        fd = self._zip.fp.fileno() if self._zip.fp is not None else -1
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            if self._closing:
+                return
+            try:
+                os.fdatasync(fd)
+            except OSError as e:  # reported by finish(), whose own fsync would fail too
+                self._sync_error = e
+                return
+
+    def __dask_tokenize__(self) -> object:
+        return ("daskimg.ZipBuilder", self.path)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         if not await self.exists(key):
@@ -151,8 +199,13 @@ class ZipBuilder(Store):
     def close(self) -> None:
         """Close the file (writing the central directory if it is still open)."""
         super().close()
+        self._closing = True
+        self._sync_wanted.set()
+        self._syncer.join()
         with self._write_lock:
             self._zip.close()
+        if self._sync_error is not None:
+            raise self._sync_error
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(
