@@ -142,3 +142,40 @@ def test_write_file_writes_every_piece(tmp_path):
     write_file(str(tmp_path), "x/c/0/0", pieces)
     got = (tmp_path / "x" / "c" / "0" / "0").read_bytes()
     assert got == b"".join(bytes(memoryview(p).cast("B")) for p in pieces)
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+@pytest.mark.parametrize("codec", ["lz4", "none"])
+def test_skipping_store_equals_the_store_of_the_good_files(tmp_path, ext, codec):
+    """Bad files spread over several shards: the rows of the good ones, shard by shard, are
+    what zarr holds for a store written from the good files alone."""
+    import daskimg as di
+    from daskimg.testing import make_image_folder
+
+    src = tmp_path / "src"
+    make_image_folder(src, n=20, size=(10, 12), classes=("a", "b", "c"))
+    files = sorted(p for p in src.rglob("*.png"))
+    bad = files[1::7]
+    for p in bad:
+        p.write_bytes(p.read_bytes()[:40])  # truncated
+    kw = {"chunks": 3, "shard_chunks": 2, "codec": codec, "order": "source"}
+    skipping = di.to_zarr(
+        di.from_folder(src, size=(8, 8), on_error="skip"), tmp_path / f"s{ext}", **kw
+    )
+    for p in bad:
+        p.unlink()
+    clean = di.to_zarr(di.from_folder(src, size=(8, 8)), tmp_path / f"c{ext}", **kw)
+
+    def group(path):
+        store = (
+            zarr.storage.ZipStore(path, mode="r")
+            if path.endswith(".zip")
+            else zarr.storage.LocalStore(path, read_only=True)
+        )
+        return zarr.open_group(store, mode="r")
+
+    a, b = group(skipping), group(clean)
+    assert a["images"].shape[0] == len(files) - len(bad)
+    for name in ("images", "labels", "paths", "source_size"):
+        np.testing.assert_array_equal(a[name][...], b[name][...])
+    assert len(a.attrs["daskimg"]["skipped"]) == len(bad)

@@ -433,33 +433,58 @@ def _write_skipping(
             small[name] = np.asarray(values)
     n = len(ds)
     dest = create_arrays(target, attrs, specs, n=n, shard_len=shard_len)
+    put = _putter(target)
+    encoders = {}
+    for name in lazy:
+        enc = None if put is None else ShardEncoder.of(str(target), name, _meta(dest[name]))
+        if enc is not None:
+            encoders[name] = enc
+
+    def write(name: str, start: int, rows: np.ndarray) -> None:
+        enc = encoders.get(name)
+        if enc is None or put is None:
+            _write_rows(dest[name], start, rows)
+            return
+        cl = enc.layout.chunk_len
+        chunks = [enc.encode_chunk(rows[i : i + cl]) for i in range(0, len(rows), cl)]
+        put(enc.key(start // enc.layout.shard_len), enc.shard(chunks))
+
     bufs = {k: np.empty((shard_len, *v.shape[1:]), dtype=v.dtype) for k, v in lazy.items()}
     ok_all: list[np.ndarray] = []
     fill = written = 0
     blocks = len(pixels.chunks[0])
     window = max(2, 2 * (os.cpu_count() or 1))
     bar = _progress(blocks, progress)
-    for start in range(0, blocks, window):
+
+    def decode(start: int) -> tuple[Any, ...]:
         todo = range(start, min(start + window, blocks))
-        parts = compute_collections(
+        return compute_collections(
             *[(ok_mask.blocks[i], *(a.blocks[i] for a in lazy.values())) for i in todo],
             progress=False,
         )
-        for ok, *values in parts:
-            good = np.flatnonzero(ok)
-            ok_all.append(np.asarray(ok, dtype=bool))
-            pos = 0
-            while pos < len(good):
-                take = good[pos : pos + shard_len - fill]
-                for buf, block in zip(bufs.values(), values, strict=True):
-                    buf[fill : fill + len(take)] = np.asarray(block)[take]
-                fill += len(take)
-                pos += len(take)
-                if fill == shard_len:
-                    for name, buf in bufs.items():
-                        _write_rows(dest[name], written, buf)
-                    written, fill = written + shard_len, 0
-            bar(1)
+
+    # the next window decodes while this one's good rows are copied, encoded and written
+    with ThreadPoolExecutor(1, thread_name_prefix="daskimg-decode") as ahead:
+        following = ahead.submit(decode, 0) if blocks else None
+        for start in range(0, blocks, window):
+            assert following is not None
+            parts = following.result()
+            following = ahead.submit(decode, start + window) if start + window < blocks else None
+            for ok, *values in parts:
+                good = np.flatnonzero(ok)
+                ok_all.append(np.asarray(ok, dtype=bool))
+                pos = 0
+                while pos < len(good):
+                    take = good[pos : pos + shard_len - fill]
+                    for buf, block in zip(bufs.values(), values, strict=True):
+                        buf[fill : fill + len(take)] = np.asarray(block)[take]
+                    fill += len(take)
+                    pos += len(take)
+                    if fill == shard_len:
+                        for name, buf in bufs.items():
+                            write(name, written, buf)
+                        written, fill = written + shard_len, 0
+                bar(1)
     ok = np.concatenate(ok_all) if ok_all else np.zeros(0, bool)
     good = skipped_rows(ds, ok, attrs)
     total = written + fill
@@ -468,7 +493,7 @@ def _write_skipping(
             arr.resize((total, *arr.shape[1:]))
     for name, buf in bufs.items():
         if fill:
-            _write_rows(dest[name], written, buf[:fill])
+            write(name, written, buf[:fill])
     for name, values in small.items():
         _write_numpy(dest[name], values[good])
 
