@@ -27,6 +27,7 @@ import numpy as np
 import simplejpeg
 
 from .resample import rgb_to_l
+from .scratch import scratch
 
 __all__ = ["JpegHeader", "decode", "read_header"]
 
@@ -152,7 +153,8 @@ def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.
     ``(H, W, 1)``: Pillow resizes them before it copies them into three channels).
     ``scale`` is libjpeg's DCT scaling, 1, 2, 4 or 8, as Pillow's ``draft`` picks it.
     Returns ``(H, W, 1)`` or ``(H, W, 3)`` uint8, or None when the file should go to
-    Pillow (simplejpeg refuses it, or warns about it).
+    Pillow (simplejpeg refuses it, or warns about it). The pixels are in this thread's
+    scratch buffer (:mod:`daskimg.read.scratch`): valid until its next decode.
     """
     w, h = header.width, header.height
     want = (-(-h // scale), -(-w // scale))
@@ -171,6 +173,8 @@ def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.
             min_height=want[0] if scale > 1 else 0,
             min_width=want[1] if scale > 1 else 0,
             strict=True,
+            # simplejpeg decodes into the start of the buffer, as large as the full picture
+            buffer=scratch("jpeg", (h * w * (1 if space == "GRAY" else 3),)),
         )
     except (ValueError, RuntimeError):
         return None

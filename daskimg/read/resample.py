@@ -26,6 +26,8 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from PIL import Image
 
+from .scratch import scratch
+
 __all__ = ["compiled", "resize_into", "rgb_to_l"]
 
 _PRECISION_BITS: Final = 32 - 8 - 2  # Pillow's fixed point for 8-bit images (Resample.c)
@@ -279,9 +281,9 @@ def _horizontal(src: Any, first: int, rows: int, c: int, bounds: Any, k: Any, ou
     assert kernels is not None  # the caller checked (_order)
     w = src.shape[1] // c
     ow = out.shape[1] // c
-    turned = np.empty((w, rows * c), np.uint8)
+    turned = scratch("resize-turned", (w, rows * c))
     kernels.transpose(src, first, rows, c, turned)
-    done = np.empty((ow, rows * c), np.uint8)
+    done = scratch("resize-done", (ow, rows * c))
     kernels.pass_(turned, 0, bounds, k, done)
     kernels.transpose(done, 0, ow, c, out)
 
@@ -304,7 +306,7 @@ def _resample(src: Any, c: int, box: Any, order: int, out: Any) -> None:
     if horizontal_first:
         if need_h:
             if need_v:
-                mid = np.empty((rows, ow * c), np.uint8)
+                mid = scratch("resize-mid", (rows, ow * c))
                 _horizontal(src, first, rows, c, bounds_h, k_h, mid)
                 kernels.pass_(mid, -first, bounds_v, k_v, out)
             else:
@@ -314,7 +316,7 @@ def _resample(src: Any, c: int, box: Any, order: int, out: Any) -> None:
         else:
             out[:, :] = src
     elif need_h:
-        mid = np.empty((oh, w * c), np.uint8)
+        mid = scratch("resize-mid", (oh, w * c))
         kernels.pass_(src, 0, bounds_v, k_v, mid)
         _horizontal(mid, 0, oh, c, bounds_h, k_h, out)
     else:
