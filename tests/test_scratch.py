@@ -13,7 +13,9 @@ from daskimg.testing import make_photo_folder
 
 
 def test_threads_decoding_at_once_get_each_files_own_pixels(tmp_path):
-    make_photo_folder(tmp_path, n_per_class=6, size=(90, 120), seed=1, classes=("astronaut", "chelsea", "coffee"))
+    make_photo_folder(
+        tmp_path, n_per_class=6, size=(90, 120), seed=1, classes=("astronaut", "chelsea", "coffee")
+    )
     files = sorted(tmp_path.rglob("*.jpg"))
     spec = DecodeSpec(size=(40, 50), draft=False)
     # oracle: Pillow's own decode and BILINEAR resize of each file, one at a time
