@@ -446,7 +446,8 @@ def _write_skipping(
             _write_rows(dest[name], start, rows)
             return
         cl = enc.layout.chunk_len
-        chunks = [enc.encode_chunk(rows[i : i + cl]) for i in range(0, len(rows), cl)]
+        # keep=False: the shard buffers are filled again while the writer thread writes
+        chunks = [enc.encode_chunk(rows[i : i + cl], keep=False) for i in range(0, len(rows), cl)]
         put(enc.key(start // enc.layout.shard_len), enc.shard(chunks))
 
     bufs = {k: np.empty((shard_len, *v.shape[1:]), dtype=v.dtype) for k, v in lazy.items()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 import time
 import zipfile
@@ -36,6 +37,8 @@ __all__ = ["ZipBuilder"]
 
 #: bytes appended between two background flushes to disk
 _SYNC_BYTES = 64 * 2**20
+#: shards handed to the writer thread and not yet written, at most
+_QUEUED = 2
 
 
 class ZipBuilder(Store):
@@ -63,6 +66,15 @@ class ZipBuilder(Store):
             target=self._sync_loop, name="daskimg-zip-fsync", daemon=True
         )
         self._syncer.start()
+        # members are appended by one writer thread, so the threads that make shards never
+        # wait for each other's writes; at most _QUEUED shards wait in memory
+        self._queue: queue.SimpleQueue[tuple[str, Sequence[Any]] | None] = queue.SimpleQueue()
+        self._slots = threading.BoundedSemaphore(_QUEUED)
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(
+            target=self._write_loop, name="daskimg-zip-writer", daemon=True
+        )
+        self._writer.start()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ZipBuilder) and other.path == self.path
@@ -95,6 +107,24 @@ class ZipBuilder(Store):
                         "(a duplicate member); this is a bug in daskimg's writer"
                     )
                 self._keys.add(key)
+        self._raise_error()
+        self._slots.acquire()
+        self._queue.put((key, pieces))
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                if self._error is None:
+                    self._write_member(*item)
+            except BaseException as e:  # given to the next put(), finish() or close()
+                self._error = e
+            finally:
+                self._slots.release()
+
+    def _write_member(self, key: str, pieces: Sequence[Any]) -> None:
         info = zipfile.ZipInfo(key, date_time=time.localtime()[:6])
         info.compress_type = zipfile.ZIP_STORED
         info.external_attr = 0o644 << 16
@@ -106,6 +136,18 @@ class ZipBuilder(Store):
             if self._unsynced >= _SYNC_BYTES:
                 self._unsynced = 0
                 self._sync_wanted.set()
+
+    def _drain(self) -> None:
+        """Wait until every member put so far is written; raise the writer's error if any."""
+        for _ in range(_QUEUED):
+            self._slots.acquire()
+        for _ in range(_QUEUED):
+            self._slots.release()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _sync_loop(self) -> None:
         fd = self._zip.fp.fileno() if self._zip.fp is not None else -1
@@ -184,6 +226,7 @@ class ZipBuilder(Store):
     def finish(self, root: bytes) -> None:
         """Write the arrays' metadata, the root ``zarr.json`` (``root``) last, the central
         directory; fsync the file."""
+        self._drain()
         with self._write_lock:
             for key, data in sorted(self._meta.items()):
                 if key != "zarr.json":
@@ -199,6 +242,9 @@ class ZipBuilder(Store):
     def close(self) -> None:
         """Close the file (writing the central directory if it is still open)."""
         super().close()
+        if self._writer.is_alive():
+            self._queue.put(None)  # after what is queued
+            self._writer.join()
         self._closing = True
         self._sync_wanted.set()
         self._syncer.join()
@@ -206,6 +252,7 @@ class ZipBuilder(Store):
             self._zip.close()
         if self._sync_error is not None:
             raise self._sync_error
+        self._raise_error()
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(
