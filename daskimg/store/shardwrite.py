@@ -5,7 +5,8 @@ into one task per chunk (its rows encoded by the task that computed them, so the
 are compressed while still in cache, in parallel and without the GIL) and one task per
 shard (its chunks' bytes and index written by ``put`` as one stored value). Only
 compressed bytes wait for a shard to fill. ``put`` is
-:meth:`daskimg.store.zipbuild.ZipBuilder.put` (threads of this process) or
+:meth:`daskimg.store.zipbuild.ZipBuilder.put` (threads of this process; ``None`` on a
+``distributed`` cluster: the shard tasks return their bytes, the client appends them) or
 :func:`write_file` into a local staging folder (any scheduler, a cluster's workers too).
 """
 
@@ -27,7 +28,7 @@ __all__ = ["fused_writes", "shard_writes", "write_file"]
 
 
 def shard_writes(
-    arr: da.Array, enc: ShardEncoder, put: Callable[[str, list[Any]], None]
+    arr: da.Array, enc: ShardEncoder, put: Callable[[str, list[Any]], None] | None
 ) -> list[Any]:
     """Delayed tasks that write ``arr`` (``enc.layout.shape``) shard by shard with ``put``."""
     lay = enc.layout
@@ -50,7 +51,7 @@ def shard_writes(
 def fused_writes(
     blocks: Sequence[tuple[Any, ...]],
     encoders: Mapping[str, ShardEncoder],
-    put: Callable[[str, list[Any]], None],
+    put: Callable[[str, list[Any]], None] | None,
     token: str,
 ) -> list[Any]:
     """Write tasks for a set read from files: one task per chunk decodes its files
@@ -94,9 +95,13 @@ def _decode_encode(args: tuple[Any, ...], encoders: dict[str, ShardEncoder]) -> 
 
 
 def _write_shard(
-    put: Callable[[str, list[Any]], None], enc: ShardEncoder, k: int, *chunks: Chunk
-) -> int:
+    put: Callable[[str, list[Any]], None] | None, enc: ShardEncoder, k: int, *chunks: Chunk
+) -> int | tuple[str, list[Any]]:
+    """Write shard ``k`` with ``put``; without one, return its key and pieces (a cluster's
+    workers send them to the client, which writes them)."""
     pieces = enc.shard(chunks)
+    if put is None:
+        return enc.key(k), [p if isinstance(p, bytes) else bytes(memoryview(p)) for p in pieces]
     put(enc.key(k), pieces)
     return sum(memoryview(p).nbytes for p in pieces)
 

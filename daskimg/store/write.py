@@ -241,7 +241,7 @@ def write_store(
     write its shards); anything else in a staging folder.
     """
     in_place = loc.is_url and loc.kind == "dir"
-    one_pass = loc.kind == "zip" and _writes_in_this_process()
+    one_pass = loc.kind == "zip" and _results_stream_here()
     staging = None if in_place else loc.staging_path()
     try:
         if staging is None:
@@ -283,11 +283,11 @@ def write_store(
         raise
 
 
-def _writes_in_this_process() -> bool:
-    """True when dask runs the write tasks in threads of this process (not on a cluster)."""
-    if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
-        return False
-    return _active_client() is None
+def _results_stream_here() -> bool:
+    """True when a zip can be built here as shards finish: dask runs the tasks in threads of
+    this process, or on a ``distributed`` cluster whose workers send each finished shard
+    (not with the ``processes`` scheduler, which returns results only at the end)."""
+    return dask.config.get("scheduler", None) not in ("processes", "multiprocessing")
 
 
 def _staged(loc: Location, target: Any, key: str) -> bytes:
@@ -326,10 +326,14 @@ def write_arrays(
         return
     dest = create_arrays(target, attrs, specs, n=len(ds), shard_len=shard_len)
     chunk_len = int(attrs["chunk_len"])
-    put = _putter(target)
+    client = _active_client()
+    # a zip built here from a cluster: the workers' shard tasks return their bytes
+    streamed = isinstance(target, ZipBuilder) and client is not None
+    put = None if streamed else _putter(target)
     encoders: dict[str, ShardEncoder] = {}
     for name, zarr_array in dest.items():
-        enc = None if put is None else ShardEncoder.of(str(target), name, _meta(zarr_array))
+        encodable = put is not None or streamed
+        enc = ShardEncoder.of(str(target), name, _meta(zarr_array)) if encodable else None
         if enc is not None:
             encoders[name] = enc
     pending: dict[str, Any] = dict(ds.arrays)
@@ -344,7 +348,7 @@ def write_arrays(
             for k in ("images", *files.derived)
             if isinstance(pending.get(k), da.Array) and pending[k].name == default[k].name
         ]
-        if put is not None and "images" in own and all(k in encoders for k in own):
+        if "images" in own and all(k in encoders for k in own):
             token = tokenize(default["images"].name, chunk_len, [encoders[k] for k in own])
             writes += fused_writes(
                 files.block_args(chunk_len), {k: encoders[k] for k in own}, put, token
@@ -361,7 +365,7 @@ def write_arrays(
             small.append((dest[name], values))
             continue
         arr = values if isinstance(values, da.Array) else da.from_array(np.asarray(values))
-        if name in encoders and put is not None:
+        if name in encoders:
             writes += shard_writes(arr, encoders[name], put)
         else:
             sources.append(arr.astype(str) if arr.dtype.kind in "OUS" else arr)
@@ -370,12 +374,35 @@ def write_arrays(
     # the columns in memory (labels, paths) are written while the images decode
     with ThreadPoolExecutor(1, thread_name_prefix="daskimg-columns") as pool:
         done = [pool.submit(_write_numpy, arr, values) for arr, values in small]
-        compute_collections(
-            writes, da.store(sources, cast(Any, targets), lock=False, compute=False),
-            progress=progress,
-        )  # fmt: skip
+        if streamed:
+            assert isinstance(target, ZipBuilder)
+            _stream_into(client, writes, target, progress=progress)
+            for arr, dst in zip(sources, targets, strict=True):  # no encoder: strings, rare
+                _write_numpy(dst, compute_collections(arr, progress=False)[0])
+        else:
+            compute_collections(
+                writes, da.store(sources, cast(Any, targets), lock=False, compute=False),
+                progress=progress,
+            )  # fmt: skip
         for f in done:
             f.result()
+
+
+def _stream_into(client: Any, writes: list[Any], zb: ZipBuilder, *, progress: bool) -> None:
+    """Run the shard tasks on the cluster and append each shard to ``zb`` as it arrives."""
+    from distributed import as_completed
+
+    futures = client.compute(writes)
+    bar = _progress(len(futures), progress, unit="shard")
+    try:
+        for fut in as_completed(futures):
+            key, pieces = fut.result()
+            zb.put(key, pieces)
+            fut.release()
+            bar(1)
+    except BaseException:
+        client.cancel(futures)
+        raise
 
 
 def _meta(arr: Any) -> dict[str, Any]:
@@ -503,12 +530,12 @@ def _write_rows(arr: Any, start: int, rows: np.ndarray) -> None:
     arr[start : start + len(rows)] = rows.astype(str) if rows.dtype.kind in "OUS" else rows
 
 
-def _progress(total: int, show: bool) -> Callable[[int], None]:
+def _progress(total: int, show: bool, unit: str = "block") -> Callable[[int], None]:
     if not show:
         return lambda k: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="block", desc="decode+write", disable=None)
+    bar = tqdm(total=total, unit=unit, desc="decode+write", disable=None)
     return bar.update
 
 
