@@ -82,3 +82,15 @@ def test_worker_killed_mid_ingest_is_survived(tmp_path):
     assert killed, "the worker was not killed before the ingest ended; make the ingest longer"
     assert killed[0] < full // 2  # the worker died with most of the store still to come
     _same(tmp_path / "local.zarr.zip", target)
+
+
+def test_processes_scheduler_ingest_equals_threads(tmp_path, image_folder):
+    """The processes scheduler returns results only at the end: its workers write a folder,
+    packed into the zip afterwards; the same store as the threaded one-pass zip."""
+    ds = di.from_folder(image_folder, size=(16, 16), chunks=3)
+    with dask.config.set(scheduler="threads"):
+        di.to_zarr(ds, tmp_path / "local.zarr.zip", chunks=3, shard_chunks=2, seed=4)
+    with dask.config.set(scheduler="processes", num_workers=2):
+        di.to_zarr(ds, tmp_path / "procs.zarr.zip", chunks=3, shard_chunks=2, seed=4)
+    _same(tmp_path / "local.zarr.zip", tmp_path / "procs.zarr.zip")
+    assert not (tmp_path / "procs.zarr.zip.partial").exists()

@@ -14,9 +14,14 @@ It is its own zarr store (:class:`zarr.abc.store.Store`, public API) over
 worker thread, so zarr's event loop (which every writing thread waits on) is never
 blocked by a file write.
 
-Used when the writes run in this process (the threaded or synchronous scheduler); on a
-``distributed`` cluster or with processes, workers cannot append to one file, so the
-store is written as a folder and packed (see :func:`daskimg.store.location.pack_zip`).
+Used when the shards reach this process as they finish: the threaded or synchronous
+scheduler (tasks call :meth:`ZipBuilder.put`), or a ``distributed`` cluster, whose
+workers' shard tasks return their bytes for the client to append (workers cannot append
+to one file; shipping finished shards also needs no file system shared with the client).
+With the ``processes`` scheduler, which returns results only at the end, the store is
+written as a folder and packed (see :func:`daskimg.store.location.pack_zip`).
+Members are appended by one writer thread (at most ``_QUEUED`` shards wait), so no
+decoding thread waits for another's write.
 """
 
 from __future__ import annotations
