@@ -120,7 +120,10 @@ def random_crop(
     >>> t({"images": np.zeros((8, 6, 6, 3), np.uint8)}, np.random.default_rng(0))["images"].shape
     (8, 4, 4, 3)
     """
-    h, w = (int(s) for s in size)
+    parts = list(size)
+    if len(parts) != 2:
+        raise ValueError(f"random_crop takes size=(height, width); got {size!r}")
+    h, w = (int(s) for s in parts)
     return RandomCrop(h, w, key, _names(boxes, "boxes"), _names(masks, "masks"))
 
 
@@ -133,6 +136,12 @@ class RandomCrop:
     key: str
     boxes: tuple[str, ...]
     masks: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.h < 1 or self.w < 1:
+            raise ValueError(
+                f"random_crop size must be positive (height, width); got {(self.h, self.w)}"
+            )
 
     def __call__(
         self, batch: dict[str, np.ndarray], rng: np.random.Generator

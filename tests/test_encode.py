@@ -179,3 +179,47 @@ def test_skipping_store_equals_the_store_of_the_good_files(tmp_path, ext, codec)
     for name in ("images", "labels", "paths", "source_size"):
         np.testing.assert_array_equal(a[name][...], b[name][...])
     assert len(a.attrs["daskimg"]["skipped"]) == len(bad)
+
+
+def test_a_failed_cleanup_of_a_url_store_is_said(monkeypatch, caplog):
+    """A store written in place at a URL whose cleanup fails after an error is named in a
+    warning (the write's own error is the one raised)."""
+    from daskimg.store import location
+
+    def refuse(fs, key):
+        raise PermissionError("read-only bucket")
+
+    monkeypatch.setattr(location, "clear_url", refuse)
+    loc = location.Location.of("memory://cleanup-test/t.zarr", None)
+    with caplog.at_level("WARNING", logger="daskimg"):
+        loc.abandon_in_place()
+    assert "memory://cleanup-test/t.zarr" in caplog.text
+    assert "read-only bucket" in caplog.text
+
+
+def test_small_members_are_written_together_before_the_metadata(tmp_path):
+    """The 1-D columns' shards come after every image shard, just before the metadata (so
+    a reader at a URL fetches them with the zip's tail)."""
+    import zipfile
+
+    import daskimg as di
+    from daskimg.store import zipbuild
+    from daskimg.testing import make_image_folder
+
+    make_image_folder(tmp_path / "src", n=24, size=(40, 40), classes=("a", "b"))
+    ds = di.from_folder(tmp_path / "src", size=(256, 256))  # image shards of ~1.5 MB
+    path = di.to_zarr(ds, tmp_path / "t.zarr.zip", chunks=4, shard_chunks=2)
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+    names = [i.filename for i in infos]
+    big = [i for i, info in enumerate(infos) if info.file_size > zipbuild._SMALL_MEMBER]
+    small = [
+        i
+        for i, n in enumerate(names)
+        if n.split("/")[0] in ("labels", "paths") and not n.endswith("zarr.json")
+    ]
+    meta = [i for i, n in enumerate(names) if n.endswith("zarr.json")]
+    assert small and meta and names[-1] == "zarr.json"
+    assert max(small) < min(meta)
+    assert len(big) == 3 and max(big) < min(small)
+    assert small == list(range(min(small), max(small) + 1))  # one run

@@ -91,3 +91,9 @@ def test_transform_errors_name_the_array():
         random_crop((4, 4), masks=("images",))(batch, np.random.default_rng(0))
     with pytest.raises(TypeError, match=r"boxes=\('bbox',\)"):
         random_flip(boxes="bbox")
+
+
+@pytest.mark.parametrize("size", [(0, 4), (4, -1), (4,), (2, 3, 4)])
+def test_crop_size_must_be_two_positive_numbers(size):
+    with pytest.raises(ValueError, match="random_crop"):
+        random_crop(size)

@@ -188,10 +188,10 @@ def test_http_zip_open_takes_few_requests(tmp_path, server, noisy_set, small_is_
     lay = reader.layout("images")
     assert min(reader.source.keys[lay.key(s)] for s in range(lay.num_shards)) > 8000
     # size, tail (central directory), the local header of each images shard, and the small
-    # members (metadata, labels, paths) with their headers in two runs, not one per chunk: the
-    # 1-D columns' shards as they were written, and the metadata the one-pass zip writes
-    # last (just before the tail, so only what the tail does not hold is fetched)
-    assert len(server.requests) == 4 + lay.num_shards, server.requests
+    # members (the 1-D columns' shards, the metadata) with their headers in one run, not one
+    # per chunk: the one-pass zip writes them all last, just before the central directory,
+    # so only what the tail does not hold is fetched
+    assert len(server.requests) == 3 + lay.num_shards, server.requests
     assert [r[0] for r in server.requests].count("HEAD") == 1
     spans = sorted(
         (int(m[1]), int(m[2]))

@@ -29,6 +29,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import shutil
@@ -45,6 +46,8 @@ from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
 from .urlsource import open_url_source
 from .urlwrite import UNFINISHED_ROOT, RootLast, clear_url, dir_state
+
+logger = logging.getLogger("daskimg")
 
 __all__ = ["Location", "fsync_path", "fsync_tree", "remove_path", "store_kind", "write_lock"]
 
@@ -291,8 +294,15 @@ class Location:
 
     def abandon_in_place(self) -> None:
         fs, key = self._fs()
-        with contextlib.suppress(Exception):
+        try:
             clear_url(fs, key)
+        except Exception as e:  # the write's own error is the one raised; say what is left
+            logger.warning(
+                "could not remove the unfinished store at %s (%s); it opens as unfinished, "
+                "remove it or write it again with overwrite=True",
+                self.target,
+                e,
+            )
 
 
 @contextlib.contextmanager

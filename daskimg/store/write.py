@@ -237,8 +237,9 @@ def write_store(
 
     Three ways, one result: a ``*.zarr.zip`` is built in one pass as a zip file
     (:class:`~daskimg.store.zipbuild.ZipBuilder`, each member written once) when the
-    writes run in this process; a ``*.zarr`` URL is written in place (a cluster's workers
-    write its shards); anything else in a staging folder.
+    shards reach this process as they finish (threads here, or a ``distributed``
+    cluster's workers sending them); a ``*.zarr`` URL is written in place (a cluster's
+    workers write its shards); anything else in a staging folder.
     """
     in_place = loc.is_url and loc.kind == "dir"
     one_pass = loc.kind == "zip" and _results_stream_here()
@@ -393,6 +394,8 @@ def _stream_into(client: Any, writes: list[Any], zb: ZipBuilder, *, progress: bo
     from distributed import as_completed
 
     futures = client.compute(writes)
+    if progress and client.dashboard_link:
+        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
     bar = _progress(len(futures), progress, unit="shard")
     try:
         for fut in as_completed(futures):

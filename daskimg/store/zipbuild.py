@@ -44,6 +44,9 @@ __all__ = ["ZipBuilder"]
 _SYNC_BYTES = 64 * 2**20
 #: shards handed to the writer thread and not yet written, at most
 _QUEUED = 2
+#: members up to this size are kept and written at the end, up to _DEFER_MAX bytes in all
+_SMALL_MEMBER = 256 * 2**10
+_DEFER_MAX = 64 * 2**20
 
 
 class ZipBuilder(Store):
@@ -80,6 +83,10 @@ class ZipBuilder(Store):
             target=self._write_loop, name="daskimg-zip-writer", daemon=True
         )
         self._writer.start()
+        # small members (labels, paths, sizes) are written together at the end, beside the
+        # metadata: a reader at a URL then fetches them with the zip's tail, not one by one
+        self._deferred: list[tuple[str, bytes]] = []
+        self._deferred_bytes = 0
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ZipBuilder) and other.path == self.path
@@ -113,6 +120,13 @@ class ZipBuilder(Store):
                     )
                 self._keys.add(key)
         self._raise_error()
+        size = sum(memoryview(p).nbytes for p in pieces)
+        if size <= _SMALL_MEMBER:
+            with self._write_lock:
+                if self._deferred_bytes + size <= _DEFER_MAX:
+                    self._deferred_bytes += size
+                    self._deferred.append((key, b"".join(memoryview(p).cast("B") for p in pieces)))
+                    return
         self._slots.acquire()
         self._queue.put((key, pieces))
 
@@ -233,6 +247,9 @@ class ZipBuilder(Store):
         directory; fsync the file."""
         self._drain()
         with self._write_lock:
+            for key, data in sorted(self._deferred):
+                self._zip.writestr(key, data)
+            self._deferred.clear()
             for key, data in sorted(self._meta.items()):
                 if key != "zarr.json":
                     self._zip.writestr(key, data)
