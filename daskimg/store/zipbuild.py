@@ -62,6 +62,8 @@ class ZipBuilder(Store):
         self.path = path
         self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
         self._write_lock = threading.Lock()  # one member at a time
+        # the keys and the small members kept for the end: never waits for a member's write
+        self._keys_lock = threading.Lock()
         self._meta: dict[str, bytes] = {}
         self._keys: set[str] = set()
         # data is flushed to disk in the background while later shards are made, so the
@@ -112,7 +114,7 @@ class ZipBuilder(Store):
         """Append the member ``key`` made of ``pieces`` (buffers, written in order, never
         joined); from any thread. A key already written is an error."""
         if not checked:
-            with self._write_lock:
+            with self._keys_lock:
                 if key in self._keys or key.endswith("zarr.json"):
                     raise ValueError(
                         f"{self.path}: {key!r} would be written twice into the zip being built "
@@ -122,7 +124,7 @@ class ZipBuilder(Store):
         self._raise_error()
         size = sum(memoryview(p).nbytes for p in pieces)
         if size <= _SMALL_MEMBER:
-            with self._write_lock:
+            with self._keys_lock:
                 if self._deferred_bytes + size <= _DEFER_MAX:
                     self._deferred_bytes += size
                     self._deferred.append((key, b"".join(memoryview(p).cast("B") for p in pieces)))
@@ -246,7 +248,7 @@ class ZipBuilder(Store):
         """Write the arrays' metadata, the root ``zarr.json`` (``root``) last, the central
         directory; fsync the file."""
         self._drain()
-        with self._write_lock:
+        with self._write_lock, self._keys_lock:
             for key, data in sorted(self._deferred):
                 self._zip.writestr(key, data)
             self._deferred.clear()
