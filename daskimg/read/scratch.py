@@ -14,6 +14,7 @@ hold one (the decoders copy their result into the caller's array).
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,9 @@ __all__ = ["scratch"]
 _LOCAL = threading.local()
 
 
-def scratch(slot: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A uint8 array of ``shape`` for this thread's ``slot``, its memory reused across calls.
+def scratch(slot: str, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` for this thread's ``slot``, its memory reused
+    across calls.
 
     Its contents are whatever the previous user left: write before reading.
 
@@ -35,7 +37,7 @@ def scratch(slot: str, shape: tuple[int, ...]) -> np.ndarray:
     >>> bool(np.shares_memory(a, scratch("example", (2, 3))))
     True
     """
-    need = 1
+    need = np.dtype(dtype).itemsize
     for d in shape:
         need *= int(d)
     bufs: dict[str, np.ndarray] | None = getattr(_LOCAL, "bufs", None)
@@ -44,4 +46,4 @@ def scratch(slot: str, shape: tuple[int, ...]) -> np.ndarray:
     buf = bufs.get(slot)
     if buf is None or buf.size < need:
         buf = bufs[slot] = np.empty(max(need, 1), np.uint8)
-    return buf[:need].reshape(shape)
+    return buf[:need].view(dtype).reshape(shape)

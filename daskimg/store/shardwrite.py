@@ -13,14 +13,13 @@ compressed bytes wait for a shard to fill. ``put`` is
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dask
 import dask.array as da
-import numpy as np
 
+from ..read.scratch import scratch
 from ..read.source import block_arrays
 from .encode import Chunk, ShardEncoder
 
@@ -40,12 +39,7 @@ def shard_writes(
         dask.delayed(enc.encode_chunk, pure=True)(b, dask_key_name=(name, i))
         for i, b in enumerate(blocks)
     ]
-    writes = []
-    for k in range(-(-lay.num_chunks // enc.chunks_per_key)):
-        parts = [encoded[c] for c in enc.chunks_of(k)]
-        task = dask.delayed(_write_shard, pure=True)
-        writes.append(task(put, enc, k, *parts, dask_key_name=(f"write-{name}", k)))
-    return writes
+    return _shard_tasks(enc, lambda c: encoded[c], put, f"write-{name}")
 
 
 def fused_writes(
@@ -66,27 +60,29 @@ def fused_writes(
     ]
     writes = []
     for array, enc in encoders.items():
-        for k in range(-(-enc.layout.num_chunks // enc.chunks_per_key)):
-            parts = [chunks[c][array] for c in enc.chunks_of(k)]
-            writes.append(
-                dask.delayed(_write_shard, pure=True)(
-                    put, enc, k, *parts, dask_key_name=(f"write-{array}-{token}", k)
-                )
-            )
+        part = lambda c, array=array: chunks[c][array]  # noqa: E731
+        writes += _shard_tasks(enc, part, put, f"write-{array}-{token}")
     return writes
 
 
-_LOCAL = threading.local()
+def _shard_tasks(
+    enc: ShardEncoder,
+    chunk: Callable[[int], Any],
+    put: Callable[[str, list[Any]], None] | None,
+    name: str,
+) -> list[Any]:
+    """One task per stored value of ``enc``'s array, from the delayed encoded ``chunk(c)``."""
+    return [
+        dask.delayed(_write_shard, pure=True)(
+            put, enc, k, *(chunk(c) for c in enc.chunks_of(k)), dask_key_name=(name, k)
+        )
+        for k in range(-(-enc.layout.num_chunks // enc.chunks_per_key))
+    ]
 
 
 def _decode_encode(args: tuple[Any, ...], encoders: dict[str, ShardEncoder]) -> dict[str, Chunk]:
     paths, spec = args[0], args[1]
-    shape = (len(paths), *spec.sample_shape)
-    buf = getattr(_LOCAL, "buf", None)
-    if buf is None or buf.shape != shape or buf.dtype != np.dtype(spec.dtype):
-        buf = np.empty(shape, spec.dtype)
-        if len(paths) == encoders["images"].layout.chunk_len:
-            _LOCAL.buf = buf  # a full chunk's buffer is kept for the thread's next one
+    buf = scratch("chunk", (len(paths), *spec.sample_shape), spec.dtype)
     arrays = block_arrays(*args, out=buf)
     return {
         name: enc.encode_chunk(arrays[name], keep=name != "images")
@@ -111,18 +107,6 @@ def write_file(root: str, key: str, pieces: list[Any]) -> None:
     fsynced when the store is published."""
     path = os.path.join(root, *key.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        views = [memoryview(p).cast("B") for p in pieces]
-        total = sum(v.nbytes for v in views)
-        done = 0
-        while done < total:  # writev may write less than asked
-            n = os.writev(fd, views)
-            done += n
-            while views and n >= views[0].nbytes:
-                n -= views[0].nbytes
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
-    finally:
-        os.close(fd)
+    with open(path, "wb") as fh:  # a buffered file writes every byte it is given
+        for piece in pieces:
+            fh.write(memoryview(piece).cast("B"))

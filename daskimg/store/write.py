@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -331,12 +331,7 @@ def write_arrays(
     # a zip built here from a cluster: the workers' shard tasks return their bytes
     streamed = isinstance(target, ZipBuilder) and client is not None
     put = None if streamed else _putter(target)
-    encoders: dict[str, ShardEncoder] = {}
-    for name, zarr_array in dest.items():
-        encodable = put is not None or streamed
-        enc = ShardEncoder.of(str(target), name, _meta(zarr_array)) if encodable else None
-        if enc is not None:
-            encoders[name] = enc
+    encoders = _encoders(target, dest, dest) if put is not None or streamed else {}
     pending: dict[str, Any] = dict(ds.arrays)
     writes: list[Any] = []
     files = ds.row_source
@@ -408,8 +403,18 @@ def _stream_into(client: Any, writes: list[Any], zb: ZipBuilder, *, progress: bo
         raise
 
 
-def _meta(arr: Any) -> dict[str, Any]:
-    return cast(dict[str, Any], json.loads(json.dumps(arr.metadata.to_dict(), default=str)))
+def _encoders(
+    target: Any, dest: Mapping[str, Any], names: Iterable[str]
+) -> dict[str, ShardEncoder]:
+    """daskimg's encoders for the arrays ``names`` of ``dest`` whose chains it encodes
+    (the others are written through zarr)."""
+    out = {}
+    for name in names:
+        meta = json.loads(json.dumps(dest[name].metadata.to_dict(), default=str))
+        enc = ShardEncoder.of(str(target), name, meta)
+        if enc is not None:
+            out[name] = enc
+    return out
 
 
 def _putter(target: Any) -> Callable[[str, list[Any]], None] | None:
@@ -464,11 +469,7 @@ def _write_skipping(
     n = len(ds)
     dest = create_arrays(target, attrs, specs, n=n, shard_len=shard_len)
     put = _putter(target)
-    encoders = {}
-    for name in lazy:
-        enc = None if put is None else ShardEncoder.of(str(target), name, _meta(dest[name]))
-        if enc is not None:
-            encoders[name] = enc
+    encoders = _encoders(target, dest, lazy) if put is not None else {}
 
     def write(name: str, start: int, rows: np.ndarray) -> None:
         enc = encoders.get(name)

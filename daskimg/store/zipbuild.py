@@ -71,7 +71,6 @@ class ZipBuilder(Store):
         self._unsynced = 0
         self._sync_wanted = threading.Event()
         self._closing = False
-        self._sync_error: OSError | None = None
         self._syncer = threading.Thread(
             target=self._sync_loop, name="daskimg-zip-fsync", daemon=True
         )
@@ -80,6 +79,7 @@ class ZipBuilder(Store):
         # wait for each other's writes; at most _QUEUED shards wait in memory
         self._queue: queue.SimpleQueue[tuple[str, Sequence[Any]] | None] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(_QUEUED)
+        # the first error of the writer or the syncer, raised by put(), finish(), close()
         self._error: BaseException | None = None
         self._writer = threading.Thread(
             target=self._write_loop, name="daskimg-zip-writer", daemon=True
@@ -140,8 +140,8 @@ class ZipBuilder(Store):
             try:
                 if self._error is None:
                     self._write_member(*item)
-            except BaseException as e:  # given to the next put(), finish() or close()
-                self._error = e
+            except BaseException as e:
+                self._error = self._error or e
             finally:
                 self._slots.release()
 
@@ -179,8 +179,8 @@ class ZipBuilder(Store):
                 return
             try:
                 os.fdatasync(fd)
-            except OSError as e:  # reported by finish(), whose own fsync would fail too
-                self._sync_error = e
+            except OSError as e:
+                self._error = self._error or e
                 return
 
     def __dask_tokenize__(self) -> object:
@@ -274,8 +274,6 @@ class ZipBuilder(Store):
         self._syncer.join()
         with self._write_lock:
             self._zip.close()
-        if self._sync_error is not None:
-            raise self._sync_error
         self._raise_error()
 
     def __getstate__(self) -> dict[str, Any]:
