@@ -44,6 +44,7 @@ from typing import Any
 from ..errors import StoreExistsError, StoreLockedError
 from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
+from .directio import AppendFile
 from .urlsource import open_url_source
 from .urlwrite import UNFINISHED_ROOT, RootLast, clear_url, dir_state
 
@@ -447,7 +448,10 @@ def pack_zip(
     new = folder_files(folder)
     keys = {k for _, k in new}
     prefixes = tuple(d + "/" for d in drop)
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with (
+        AppendFile(zip_path) as fh,
+        zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
+    ):
         members: list[tuple[Any, str]] = list(new)
         old = zipfile.ZipFile(base) if base is not None else None
         try:

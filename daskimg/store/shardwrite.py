@@ -21,6 +21,7 @@ import dask.array as da
 
 from ..read.scratch import scratch
 from ..read.source import block_arrays
+from .directio import write_whole
 from .encode import Chunk, ShardEncoder
 
 __all__ = ["fused_writes", "shard_writes", "write_file"]
@@ -107,6 +108,4 @@ def write_file(root: str, key: str, pieces: list[Any]) -> None:
     fsynced when the store is published."""
     path = os.path.join(root, *key.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as fh:  # a buffered file writes every byte it is given
-        for piece in pieces:
-            fh.write(memoryview(piece).cast("B"))
+    write_whole(path, pieces)

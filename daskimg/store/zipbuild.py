@@ -38,6 +38,8 @@ from typing import Any
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from .directio import AppendFile
+
 __all__ = ["ZipBuilder"]
 
 #: bytes appended between two background flushes to disk
@@ -60,7 +62,11 @@ class ZipBuilder(Store):
     def __init__(self, path: str) -> None:
         super().__init__(read_only=False)
         self.path = path
-        self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        # written past the page cache where the file system allows (see .directio)
+        self._file = AppendFile(path)
+        self._zip = zipfile.ZipFile(
+            self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+        )
         self._write_lock = threading.Lock()  # one member at a time
         # the keys and the small members kept for the end: never waits for a member's write
         self._keys_lock = threading.Lock()
@@ -171,7 +177,7 @@ class ZipBuilder(Store):
             raise self._error
 
     def _sync_loop(self) -> None:
-        fd = self._zip.fp.fileno() if self._zip.fp is not None else -1
+        fd = self._file.fileno()
         while True:
             self._sync_wanted.wait()
             self._sync_wanted.clear()
@@ -273,7 +279,10 @@ class ZipBuilder(Store):
         self._sync_wanted.set()
         self._syncer.join()
         with self._write_lock:
-            self._zip.close()
+            try:
+                self._zip.close()
+            finally:
+                self._file.close()
         self._raise_error()
 
     def __getstate__(self) -> dict[str, Any]:

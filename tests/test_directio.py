@@ -1,0 +1,141 @@
+"""store/directio.py: a file written front to back past the page cache holds exactly the
+bytes it was given, whatever the file system does with ``O_DIRECT``.
+
+Oracles: the concatenated pieces read back with plain ``open``; :mod:`zipfile`'s own CRC
+check (``testzip``) and reading of a zip written through it.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daskimg.store import directio
+from daskimg.store.directio import AppendFile, write_whole
+
+MiB = 2**20
+
+
+def _pieces(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(
+        st.one_of(st.integers(0, 5000), st.integers(3 * MiB, 9 * MiB)), min_size=0, max_size=6
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_the_file_holds_exactly_what_was_written(tmp_path_factory, sizes, seed):
+    # pieces of any size, crossing the 8 MiB buffer and 4 KiB blocks anywhere
+    path = tmp_path_factory.mktemp("d") / "f.bin"
+    pieces = _pieces(sizes, seed)
+    with AppendFile(path) as fh:
+        for i, p in enumerate(pieces):
+            assert fh.write(p if i % 2 else p.tobytes()) == p.nbytes
+        assert fh.tell() == sum(sizes)
+    assert path.read_bytes() == b"".join(p.tobytes() for p in pieces)
+
+
+def test_direct_io_is_used_where_the_file_system_takes_it(tmp_path):
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    with AppendFile(tmp_path / "f.bin") as fh:
+        # ext4, xfs, btrfs take it; a file system that refuses it is written through the
+        # page cache (the next tests), so this only says which one the test machine took
+        flags = __import__("fcntl").fcntl(fh.fileno(), __import__("fcntl").F_GETFL)
+        assert bool(flags & os.O_DIRECT) == fh.direct
+        fh.write(b"x" * (9 * MiB))
+
+
+def test_a_file_system_refusing_o_direct_at_open_gets_the_same_bytes(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(directio.os, "open", refusing_open)
+    pieces = _pieces([5 * MiB, 123, 7 * MiB + 5], seed=1)
+    with AppendFile(tmp_path / "f.bin") as fh:
+        assert not fh.direct
+        for p in pieces:
+            fh.write(p)
+    assert (tmp_path / "f.bin").read_bytes() == b"".join(p.tobytes() for p in pieces)
+
+
+@pytest.mark.parametrize("how", ["refused", "short"])
+def test_a_direct_write_that_fails_falls_back_without_losing_bytes(tmp_path, monkeypatch, how):
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    real_write = os.write
+    calls = []
+
+    def flaky_write(fd, data):
+        direct = __import__("fcntl").fcntl(fd, __import__("fcntl").F_GETFL) & os.O_DIRECT
+        if direct and not calls:
+            calls.append(1)
+            if how == "refused":
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_write(fd, memoryview(data)[:8192])  # a short, aligned write
+        return real_write(fd, data)
+
+    monkeypatch.setattr(directio.os, "write", flaky_write)
+    pieces = _pieces([3 * MiB, 6 * MiB + 17, 4 * MiB, 11], seed=2)
+    with AppendFile(tmp_path / "f.bin") as fh:
+        if not fh.direct:
+            pytest.skip("this file system refuses O_DIRECT at open (tested above)")
+        for p in pieces:
+            fh.write(p)
+        assert not fh.direct  # page cache from the failed write on
+    assert calls
+    assert (tmp_path / "f.bin").read_bytes() == b"".join(p.tobytes() for p in pieces)
+
+
+def test_an_error_is_raised_not_swallowed(tmp_path, monkeypatch):
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(directio.os, "write", full_disk)
+    fh = AppendFile(tmp_path / "f.bin")
+    with pytest.raises(OSError, match="No space") as e:
+        fh.write(b"x" * (9 * MiB))
+    assert e.value.errno == errno.ENOSPC
+    with pytest.raises(OSError, match="No space"):
+        fh.close()  # the rest cannot be written either: said again, and the file is closed
+    assert fh.closed
+
+
+def test_not_seekable_so_zipfile_writes_data_descriptors(tmp_path):
+    path = tmp_path / "z.zip"
+    members = {
+        f"a/{i}": _pieces([n], seed=i)[0].tobytes() for i, n in enumerate([10, 9 * MiB, 0, 70_000])
+    }
+    with AppendFile(path) as fh:
+        with pytest.raises(io.UnsupportedOperation):
+            fh.seek(0)
+        assert isinstance(io.UnsupportedOperation(), OSError)
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, data in members.items():
+                with zf.open(name, "w", force_zip64=True) as out:
+                    out.write(data)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None  # every member's CRC-32 checked
+        assert {i.filename: zf.read(i) for i in zf.infolist()} == members
+        assert all(i.flag_bits & 0x8 for i in zf.infolist())  # sizes after the data
+
+
+def test_write_whole_writes_the_pieces_in_order(tmp_path):
+    pieces = _pieces([100, 8 * MiB, 4096], seed=3)
+    write_whole(tmp_path / "k", list(pieces))
+    assert (tmp_path / "k").read_bytes() == b"".join(p.tobytes() for p in pieces)
