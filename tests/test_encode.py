@@ -223,3 +223,89 @@ def test_small_members_are_written_together_before_the_metadata(tmp_path):
     assert max(small) < min(meta)
     assert len(big) == 3 and max(big) < min(small)
     assert small == list(range(min(small), max(small) + 1))  # one run
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_a_failed_disk_write_fails_the_ingest_and_leaves_nothing(
+    tmp_path, monkeypatch, ext, on_error, scheduler, fail_at
+):
+    """The shard writers (a writer thread for a zip or a staging folder) raise the disk's
+    error from to_zarr, naming the store; nothing that looks like a store is left."""
+    import errno
+
+    import daskimg as di
+    from daskimg.store import directio
+    from daskimg.testing import make_image_folder
+
+    src = tmp_path / "src"
+    make_image_folder(src, n=60, size=(64, 48), classes=("a", "b"))  # 29 MB of pixels:
+    real_write = os.write  # a zip is 3 direct writes of 8 MiB and its tail, a folder 15 files
+    calls = []
+
+    def failing_write(fd, data):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.startswith(str(tmp_path / "out")) and not name.endswith(".lock"):
+            calls.append(1)
+            if len(calls) >= fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(directio.os, "write", failing_write)
+    target = tmp_path / "out" / f"s{ext}"
+    with dask.config.set(scheduler=scheduler), pytest.raises(OSError, match="No space") as e:
+        di.to_zarr(
+            di.from_folder(src, size=(400, 400), on_error=on_error),
+            target,
+            chunks=4,
+            shard_chunks=1,
+            codec="none",
+        )
+    monkeypatch.undo()
+    assert str(target) in str(e.value)
+    assert e.value.errno == errno.ENOSPC
+    assert calls
+    assert os.listdir(tmp_path / "out") == []  # no store, no staging left
+    with pytest.raises(FileNotFoundError):
+        di.open_zarr(target)
+
+
+def test_a_folder_writer_sent_to_another_process_writes_there(tmp_path):
+    """Pickled (the processes scheduler), the folder writer is a plain write_file: the task
+    that holds it writes its shard before it returns."""
+    import pickle
+
+    from daskimg.store.shardwrite import FolderWriter
+
+    w = FolderWriter(str(tmp_path))
+    try:
+        put = pickle.loads(pickle.dumps(w))
+        put("x/c/0", [b"abc", np.arange(3, dtype="<u2")])
+        assert (tmp_path / "x" / "c" / "0").read_bytes() == b"abc" + np.arange(
+            3, dtype="<u2"
+        ).tobytes()
+        w("x/c/1", [b"def"])  # here: by its thread, written by finish()
+        w.finish()
+        assert (tmp_path / "x" / "c" / "1").read_bytes() == b"def"
+    finally:
+        w.close()
+
+
+def test_a_lock_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    import errno
+
+    from daskimg.store import location
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(location.os, "write", full_disk)
+    target = str(tmp_path / "s.zarr.zip")
+    with pytest.raises(OSError, match=r"writing the lock .*s\.zarr\.zip\.lock.* failed") as e:
+        with location.write_lock(target):
+            pass
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC
+    assert not os.path.exists(target + ".lock")

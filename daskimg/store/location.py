@@ -341,8 +341,15 @@ def write_lock(path: str) -> Iterator[None]:
             break
         os.close(fd)  # the holder we waited on removed it: lock the new file instead
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"writing the lock {lock_path!r} failed ({e.strerror}); nothing else "
+                "was written — make room or fix the permissions there, and run again",
+            ) from e
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

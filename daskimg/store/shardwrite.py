@@ -12,6 +12,7 @@ compressed bytes wait for a shard to fill. ``put`` is
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,10 +22,11 @@ import dask.array as da
 
 from ..read.scratch import scratch
 from ..read.source import block_arrays
+from .background import BackgroundWriter
 from .directio import write_whole
 from .encode import Chunk, ShardEncoder
 
-__all__ = ["fused_writes", "shard_writes", "write_file"]
+__all__ = ["FolderWriter", "fused_writes", "shard_writes", "write_file"]
 
 
 def shard_writes(
@@ -109,3 +111,33 @@ def write_file(root: str, key: str, pieces: list[Any]) -> None:
     path = os.path.join(root, *key.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_whole(path, pieces)
+
+
+class FolderWriter:
+    """:func:`write_file` into the staging folder ``root`` from a writer thread of this
+    process (:class:`~daskimg.store.background.BackgroundWriter`), so a decoding thread
+    hands its shard over and goes on instead of waiting on the disk. Sent to another
+    process (the ``processes`` scheduler), it becomes a plain :func:`write_file` there.
+    Call :meth:`finish` before the folder is published."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._writer = BackgroundWriter(
+            functools.partial(write_file, root), name="daskimg-folder-writer"
+        )
+
+    def __call__(self, key: str, pieces: list[Any]) -> None:
+        self._writer.put(key, pieces)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (functools.partial, (write_file, self.root))
+
+    def __dask_tokenize__(self) -> object:
+        return ("daskimg.FolderWriter", self.root)
+
+    def finish(self) -> None:
+        """Wait until every shard is written; raise the first error if any."""
+        self._writer.drain()
+
+    def close(self) -> None:
+        self._writer.close()

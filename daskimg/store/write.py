@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -37,7 +37,7 @@ from .format import (
     root_attrs,
 )
 from .location import Location
-from .shardwrite import fused_writes, shard_writes, write_file
+from .shardwrite import FolderWriter, fused_writes, shard_writes, write_file
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
@@ -251,7 +251,8 @@ def write_store(
             loc.discard(staging)  # a stale one from a killed writer: redo from scratch
             os.makedirs(os.path.dirname(staging), exist_ok=True)
             target = ZipBuilder(staging) if one_pass else staging
-        write_arrays(target, ds, attrs, specs, shard_len, progress=progress)
+        with _shard_writer(target) as put:
+            write_arrays(target, ds, attrs, specs, shard_len, put=put, progress=progress)
         metas = {s.name: _staged(loc, target, f"{s.name}/zarr.json") for s in specs}
         root = json.loads(_staged(loc, target, "zarr.json"))
         root["attributes"]["daskimg"] = finish_attrs(attrs, metas)
@@ -315,22 +316,24 @@ def write_arrays(
     specs: list[ArraySpec],
     shard_len: int,
     *,
+    put: Callable[[str, list[Any]], None] | None,
     progress: bool,
 ) -> None:
-    """Create and write every array (files that fail to decode left out when skipping).
+    """Create and write every array (files that fail to decode left out when skipping);
+    ``put`` writes whole stored values (:func:`_shard_writer`), ``None``: zarr writes them.
 
     Images and every dask column are written shard by shard in one computation, so tasks
     that several arrays share (the decode of a block of files) run once.
     """
     if ds.on_error == "skip" and isinstance(ds.row_source, FileSource):
-        _write_skipping(target, ds, attrs, specs, shard_len, progress=progress)
+        _write_skipping(target, ds, attrs, specs, shard_len, put=put, progress=progress)
         return
     dest = create_arrays(target, attrs, specs, n=len(ds), shard_len=shard_len)
     chunk_len = int(attrs["chunk_len"])
     client = _active_client()
     # a zip built here from a cluster: the workers' shard tasks return their bytes
     streamed = isinstance(target, ZipBuilder) and client is not None
-    put = None if streamed else _putter(target)
+    put = None if streamed else put
     encoders = _encoders(target, dest, dest) if put is not None or streamed else {}
     pending: dict[str, Any] = dict(ds.arrays)
     writes: list[Any] = []
@@ -417,14 +420,27 @@ def _encoders(
     return out
 
 
-def _putter(target: Any) -> Callable[[str, list[Any]], None] | None:
+@contextlib.contextmanager
+def _shard_writer(target: Any) -> Iterator[Callable[[str, list[Any]], None] | None]:
     """How whole stored values are written into ``target`` by daskimg's own encoder: a zip
-    being built, or a local staging folder; ``None`` (zarr writes) for a URL in place."""
+    being built; a local staging folder (by a writer thread here when the tasks run in this
+    process, else by the task itself); ``None`` (zarr writes) for a URL in place."""
     if isinstance(target, ZipBuilder):
-        return target.put
-    if isinstance(target, str):
-        return functools.partial(write_file, target)
-    return None
+        yield target.put
+    elif not isinstance(target, str):
+        yield None
+    elif _active_client() is not None or not _results_stream_here():
+        yield functools.partial(write_file, target)
+    else:
+        writer = FolderWriter(target)
+        try:
+            yield writer
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.close()  # before the staging folder is removed
+            raise
+        writer.finish()
+        writer.close()
 
 
 def _write_numpy(arr: Any, values: Any) -> None:
@@ -439,6 +455,7 @@ def _write_skipping(
     specs: list[ArraySpec],
     shard_len: int,
     *,
+    put: Callable[[str, list[Any]], None] | None,
     progress: bool,
 ) -> None:
     """Write the rows of the files that decode, in one pass: no row is written twice.
@@ -468,7 +485,6 @@ def _write_skipping(
             small[name] = np.asarray(values)
     n = len(ds)
     dest = create_arrays(target, attrs, specs, n=n, shard_len=shard_len)
-    put = _putter(target)
     encoders = _encoders(target, dest, lazy) if put is not None else {}
 
     def write(name: str, start: int, rows: np.ndarray) -> None:

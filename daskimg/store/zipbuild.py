@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import threading
 import time
 import zipfile
@@ -38,6 +37,7 @@ from typing import Any
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 
+from .background import BackgroundWriter
 from .directio import AppendFile
 
 __all__ = ["ZipBuilder"]
@@ -82,15 +82,11 @@ class ZipBuilder(Store):
         )
         self._syncer.start()
         # members are appended by one writer thread, so the threads that make shards never
-        # wait for each other's writes; at most _QUEUED shards wait in memory
-        self._queue: queue.SimpleQueue[tuple[str, Sequence[Any]] | None] = queue.SimpleQueue()
-        self._slots = threading.BoundedSemaphore(_QUEUED)
-        # the first error of the writer or the syncer, raised by put(), finish(), close()
-        self._error: BaseException | None = None
-        self._writer = threading.Thread(
-            target=self._write_loop, name="daskimg-zip-writer", daemon=True
+        # wait for each other's writes; at most _QUEUED shards wait in memory. It keeps the
+        # first error of the writer or the syncer, raised by put(), finish(), close()
+        self._writer = BackgroundWriter(
+            self._write_member, queued=_QUEUED, name="daskimg-zip-writer"
         )
-        self._writer.start()
         # small members (labels, paths, sizes) are written together at the end, beside the
         # metadata: a reader at a URL then fetches them with the zip's tail, not one by one
         self._deferred: list[tuple[str, bytes]] = []
@@ -127,7 +123,7 @@ class ZipBuilder(Store):
                         "(a duplicate member); this is a bug in daskimg's writer"
                     )
                 self._keys.add(key)
-        self._raise_error()
+        self._writer.raise_error()
         size = sum(memoryview(p).nbytes for p in pieces)
         if size <= _SMALL_MEMBER:
             with self._keys_lock:
@@ -135,21 +131,7 @@ class ZipBuilder(Store):
                     self._deferred_bytes += size
                     self._deferred.append((key, b"".join(memoryview(p).cast("B") for p in pieces)))
                     return
-        self._slots.acquire()
-        self._queue.put((key, pieces))
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                if self._error is None:
-                    self._write_member(*item)
-            except BaseException as e:
-                self._error = self._error or e
-            finally:
-                self._slots.release()
+        self._writer.put(key, pieces)
 
     def _write_member(self, key: str, pieces: Sequence[Any]) -> None:
         info = zipfile.ZipInfo(key, date_time=time.localtime()[:6])
@@ -164,18 +146,6 @@ class ZipBuilder(Store):
                 self._unsynced = 0
                 self._sync_wanted.set()
 
-    def _drain(self) -> None:
-        """Wait until every member put so far is written; raise the writer's error if any."""
-        for _ in range(_QUEUED):
-            self._slots.acquire()
-        for _ in range(_QUEUED):
-            self._slots.release()
-        self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
     def _sync_loop(self) -> None:
         fd = self._file.fileno()
         while True:
@@ -186,7 +156,7 @@ class ZipBuilder(Store):
             try:
                 os.fdatasync(fd)
             except OSError as e:
-                self._error = self._error or e
+                self._writer.fail(e)
                 return
 
     def __dask_tokenize__(self) -> object:
@@ -253,7 +223,7 @@ class ZipBuilder(Store):
     def finish(self, root: bytes) -> None:
         """Write the arrays' metadata, the root ``zarr.json`` (``root``) last, the central
         directory; fsync the file."""
-        self._drain()
+        self._writer.drain()
         with self._write_lock, self._keys_lock:
             for key, data in sorted(self._deferred):
                 self._zip.writestr(key, data)
@@ -272,9 +242,12 @@ class ZipBuilder(Store):
     def close(self) -> None:
         """Close the file (writing the central directory if it is still open)."""
         super().close()
-        if self._writer.is_alive():
-            self._queue.put(None)  # after what is queued
-            self._writer.join()
+        try:
+            self._writer.close()  # what is queued is written first
+        finally:
+            self._close_file()
+
+    def _close_file(self) -> None:
         self._closing = True
         self._sync_wanted.set()
         self._syncer.join()
@@ -283,7 +256,7 @@ class ZipBuilder(Store):
                 self._zip.close()
             finally:
                 self._file.close()
-        self._raise_error()
+        self._writer.raise_error()
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(
