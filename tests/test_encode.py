@@ -303,9 +303,11 @@ def test_a_lock_that_cannot_be_written_is_named(tmp_path, monkeypatch):
 
     monkeypatch.setattr(location.os, "write", full_disk)
     target = str(tmp_path / "s.zarr.zip")
-    with pytest.raises(OSError, match=r"writing the lock .*s\.zarr\.zip\.lock.* failed") as e:
-        with location.write_lock(target):
-            pass
+    with (
+        pytest.raises(OSError, match=r"writing the lock .*s\.zarr\.zip\.lock.* failed") as e,
+        location.write_lock(target),
+    ):
+        pass
     monkeypatch.undo()
     assert e.value.errno == errno.ENOSPC
     assert not os.path.exists(target + ".lock")
