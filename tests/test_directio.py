@@ -139,3 +139,18 @@ def test_write_whole_writes_the_pieces_in_order(tmp_path):
     pieces = _pieces([100, 8 * MiB, 4096], seed=3)
     write_whole(tmp_path / "k", list(pieces))
     assert (tmp_path / "k").read_bytes() == b"".join(p.tobytes() for p in pieces)
+
+
+def test_files_one_after_another_and_at_once_in_one_thread(tmp_path):
+    # a thread reuses its buffer for its next file: nothing of the last file may show, and
+    # two files open at once never share one
+    with AppendFile(tmp_path / "a") as a:
+        a.write(b"a" * (9 * MiB + 5))
+        with AppendFile(tmp_path / "b") as b:
+            b.write(b"b" * 100)
+            a.write(b"A" * 7)
+    with AppendFile(tmp_path / "c") as c:
+        c.write(b"c" * 10)
+    assert (tmp_path / "a").read_bytes() == b"a" * (9 * MiB + 5) + b"A" * 7
+    assert (tmp_path / "b").read_bytes() == b"b" * 100
+    assert (tmp_path / "c").read_bytes() == b"c" * 10

@@ -28,6 +28,7 @@ import errno
 import io
 import mmap
 import os
+import threading
 from typing import Any
 
 __all__ = ["AppendFile", "write_whole"]
@@ -57,7 +58,7 @@ class AppendFile(io.RawIOBase):
         if self._fd < 0:
             self._fd = os.open(self.name, flags, 0o644)
         self._direct = bool(odirect)
-        self._buf = mmap.mmap(-1, _BUFFER) if self._direct else None
+        self._buf = _take_buffer() if self._direct else None
         self._filled = 0  # bytes of _buf not yet written
         self._pos = 0  # the file's length so far, written or buffered
 
@@ -141,13 +142,33 @@ class AppendFile(io.RawIOBase):
                 self._write_buffer()
         finally:
             if self._buf is not None:
-                with contextlib.suppress(BufferError):  # a view an error's traceback holds
-                    self._buf.close()  # else freed with that traceback
+                _give_back(self._buf)
                 self._buf = None
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
             super().close()
+
+
+# each thread keeps one buffer for the next file it writes (a writer thread writes shard
+# after shard): fresh pages for every file would cost the kernel's zeroing again
+_spare = threading.local()
+
+
+def _take_buffer() -> mmap.mmap:
+    buf = getattr(_spare, "buf", None)
+    if buf is None:
+        return mmap.mmap(-1, _BUFFER)
+    _spare.buf = None
+    return buf
+
+
+def _give_back(buf: mmap.mmap) -> None:
+    if getattr(_spare, "buf", None) is None:
+        _spare.buf = buf
+        return
+    with contextlib.suppress(BufferError):  # a view an error's traceback holds: freed with it
+        buf.close()
 
 
 def _write_all(fd: int, view: memoryview) -> None:
