@@ -20,8 +20,11 @@ workers' shard tasks return their bytes for the client to append (workers cannot
 to one file; shipping finished shards also needs no file system shared with the client).
 With the ``processes`` scheduler, which returns results only at the end, the store is
 written as a folder and packed (see :func:`daskimg.store.location.pack_zip`).
-Members are appended by one writer thread (at most ``_QUEUED`` shards wait), so no
-decoding thread waits for another's write.
+Members are appended by one writer thread (:class:`~daskimg.store.background.BackgroundWriter`,
+at most ``_QUEUED`` shards wait), so no decoding thread waits for another's write, into an
+:class:`~daskimg.store.directio.AppendFile` (past the page cache where the file system
+allows). That file is not seekable, so :mod:`zipfile` writes each member's CRC-32 and sizes
+after its data (a data descriptor) instead of going back to its header.
 """
 
 from __future__ import annotations
