@@ -42,6 +42,41 @@ def test_process_cluster_ingest_equals_threads(tmp_path, image_folder, cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("codec", ["lz4", "none"])
+def test_cluster_zip_holds_every_array_as_threads_do(tmp_path, cluster, codec):
+    """The client puts the shards together from the chunks the workers send: images,
+    source_size and masks (decoded together), a lazy float column (encoded on its own) and
+    the in-memory columns, with raw ("none") chunks too; partial last chunk and shard."""
+    from PIL import Image
+
+    src, masks = tmp_path / "src", tmp_path / "masks"
+    di.testing.make_image_folder(src, n=23, size=(20, 24), classes=("a", "b"), seed=5)
+    for p in sorted(src.rglob("*.png")):
+        rel = p.relative_to(src)
+        (masks / rel.parent).mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(len(str(rel)))
+        Image.fromarray(rng.integers(0, 4, (20, 24), dtype=np.uint8)).save(masks / rel)
+    ds = di.from_folder(src, size=(16, 16), masks=masks)
+    score = dask.array.from_array(np.linspace(0, 1, len(ds) * 3).reshape(-1, 3), chunks=5)
+    ds = di.ImageSet(
+        ds.images, ds.labels, classes=ds.classes, paths=ds.paths, row_source=ds.row_source,
+        columns={**ds.columns, "score": score},
+    )  # fmt: skip
+    kw = {"chunks": 3, "shard_chunks": 2, "seed": 2, "codec": codec}
+    with dask.config.set(scheduler="threads"):
+        di.to_zarr(ds, tmp_path / "local.zarr.zip", **kw)
+    with distributed.Client(cluster):
+        di.to_zarr(ds, tmp_path / "cluster.zarr.zip", **kw)
+    ga, gb = plain_group(tmp_path / "local.zarr.zip"), plain_group(tmp_path / "cluster.zarr.zip")
+    names = sorted(name for name, _ in ga.arrays())
+    assert {"images", "labels", "paths", "source_size", "masks", "score"} <= set(names)
+    assert names == sorted(name for name, _ in gb.arrays())
+    for name in names:
+        np.testing.assert_array_equal(ga[name][...], gb[name][...], err_msg=name)
+    np.testing.assert_array_equal(np.sort(gb["score"][...], axis=0), score.compute())
+
+
+@pytest.mark.slow
 def test_worker_killed_mid_ingest_is_survived(tmp_path, monkeypatch):
     # enough work that the kill lands while shards are being decoded and written
     src = tmp_path / "src"

@@ -115,6 +115,11 @@ class ShardEncoder:
         """The store key (``images/c/3/0/0/0``) of shard ``k`` (chunk ``k`` if not sharded)."""
         return self.layout.key(k)
 
+    @property
+    def num_keys(self) -> int:
+        """Stored values of the array: its shards (its chunks when not sharded)."""
+        return -(-self.layout.num_chunks // self.chunks_per_key)
+
     def chunks_of(self, k: int) -> range:
         """The chunks that shard ``k`` holds (those inside the array)."""
         first = k * self.chunks_per_key

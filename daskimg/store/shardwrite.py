@@ -26,41 +26,71 @@ from .background import BackgroundWriter
 from .directio import write_whole
 from .encode import Chunk, ShardEncoder
 
-__all__ = ["FolderWriter", "fused_writes", "shard_writes", "write_file"]
+__all__ = [
+    "FolderWriter",
+    "ShardAssembler",
+    "encoded_chunks",
+    "fused_chunks",
+    "fused_writes",
+    "shard_writes",
+    "write_file",
+]
 
 
-def shard_writes(
-    arr: da.Array, enc: ShardEncoder, put: Callable[[str, list[Any]], None] | None
-) -> list[Any]:
-    """Delayed tasks that write ``arr`` (``enc.layout.shape``) shard by shard with ``put``."""
+def encoded_chunks(arr: da.Array, enc: ShardEncoder, *, portable: bool = False) -> list[Any]:
+    """One delayed task per chunk of ``arr`` (``enc.layout.shape``): its encoded chunk
+    (``portable``: as bytes that can be sent to another process)."""
     lay = enc.layout
     if tuple(arr.shape) != lay.shape:
         raise ValueError(f"array {lay.name!r}: {arr.shape} to write into {lay.shape}")
     blocks = arr.rechunk((lay.chunk_len, *lay.shape[1:])).to_delayed(optimize_graph=False).ravel()
-    name = f"encode-{lay.name}-{dask.base.tokenize(arr, enc)}"
-    encoded = [
-        dask.delayed(enc.encode_chunk, pure=True)(b, dask_key_name=(name, i))
+    name = f"encode-{lay.name}-{dask.base.tokenize(arr, enc, portable)}"
+    return [
+        dask.delayed(_encode, pure=True)(enc, b, portable, dask_key_name=(name, i))
         for i, b in enumerate(blocks)
     ]
-    return _shard_tasks(enc, lambda c: encoded[c], put, f"write-{name}")
+
+
+def fused_chunks(
+    blocks: Sequence[tuple[Any, ...]],
+    encoders: Mapping[str, ShardEncoder],
+    token: str,
+    *,
+    portable: bool = False,
+) -> list[Any]:
+    """For a set read from files: one delayed task per chunk that decodes its files
+    (:func:`daskimg.read.source.block_arrays`, ``blocks`` its arguments, one chunk each)
+    into a buffer its thread reuses and encodes every array of ``encoders``; each returns
+    ``{array: encoded chunk}`` (``portable``: as bytes that can be sent to another
+    process). Fresh pages for every decoded chunk cost about as much as the compression
+    (the kernel zeroes each one)."""
+    name = f"decode-encode-{token}-{int(portable)}"
+    return [
+        dask.delayed(_decode_encode, pure=True)(
+            args, dict(encoders), portable, dask_key_name=(name, i)
+        )
+        for i, args in enumerate(blocks)
+    ]
+
+
+def shard_writes(
+    arr: da.Array, enc: ShardEncoder, put: Callable[[str, list[Any]], None]
+) -> list[Any]:
+    """Delayed tasks that write ``arr`` (``enc.layout.shape``) shard by shard with ``put``."""
+    encoded = encoded_chunks(arr, enc)
+    name = f"write-{enc.layout.name}-{dask.base.tokenize(arr, enc)}"
+    return _shard_tasks(enc, lambda c: encoded[c], put, name)
 
 
 def fused_writes(
     blocks: Sequence[tuple[Any, ...]],
     encoders: Mapping[str, ShardEncoder],
-    put: Callable[[str, list[Any]], None] | None,
+    put: Callable[[str, list[Any]], None],
     token: str,
 ) -> list[Any]:
-    """Write tasks for a set read from files: one task per chunk decodes its files
-    (:func:`daskimg.read.source.block_arrays`, ``blocks`` its arguments, one chunk each) into
-    a buffer its thread reuses and encodes every array of ``encoders``; one task per shard
-    and array writes. Fresh pages for every decoded chunk cost about as much as the
-    compression (the kernel zeroes each one)."""
-    name = f"decode-encode-{token}"
-    chunks = [
-        dask.delayed(_decode_encode, pure=True)(args, dict(encoders), dask_key_name=(name, i))
-        for i, args in enumerate(blocks)
-    ]
+    """Write tasks for a set read from files (:func:`fused_chunks`): one task per shard and
+    array writes its chunks with ``put``."""
+    chunks = fused_chunks(blocks, encoders, token)
     writes = []
     for array, enc in encoders.items():
         part = lambda c, array=array: chunks[c][array]  # noqa: E731
@@ -71,7 +101,7 @@ def fused_writes(
 def _shard_tasks(
     enc: ShardEncoder,
     chunk: Callable[[int], Any],
-    put: Callable[[str, list[Any]], None] | None,
+    put: Callable[[str, list[Any]], None],
     name: str,
 ) -> list[Any]:
     """One task per stored value of ``enc``'s array, from the delayed encoded ``chunk(c)``."""
@@ -79,28 +109,65 @@ def _shard_tasks(
         dask.delayed(_write_shard, pure=True)(
             put, enc, k, *(chunk(c) for c in enc.chunks_of(k)), dask_key_name=(name, k)
         )
-        for k in range(-(-enc.layout.num_chunks // enc.chunks_per_key))
+        for k in range(enc.num_keys)
     ]
 
 
-def _decode_encode(args: tuple[Any, ...], encoders: dict[str, ShardEncoder]) -> dict[str, Chunk]:
+class ShardAssembler:
+    """Encoded chunks arriving in any order, put as whole stored values as soon as each is
+    complete (a ``distributed`` client appending to a zip: the chunks come straight from
+    the workers that made them, never through another worker first)."""
+
+    def __init__(self, put: Callable[[str, list[Any]], None]) -> None:
+        self._put = put
+        self._waiting: dict[tuple[str, int], dict[int, Chunk]] = {}
+
+    def add(self, enc: ShardEncoder, c: int, chunk: Chunk) -> None:
+        """Chunk ``c`` of ``enc``'s array has arrived."""
+        k = c // enc.chunks_per_key
+        have = self._waiting.setdefault((enc.layout.name, k), {})
+        have[c] = chunk
+        wanted = enc.chunks_of(k)
+        if len(have) == len(wanted):
+            del self._waiting[(enc.layout.name, k)]
+            self._put(enc.key(k), enc.shard([have[i] for i in wanted]))
+
+    def check_done(self) -> None:
+        """Raise if a shard is still missing chunks (a bug: every chunk task has finished)."""
+        if self._waiting:
+            (name, k), have = next(iter(self._waiting.items()))
+            raise RuntimeError(f"array {name!r}: shard {k} got only chunks {sorted(have)}")
+
+
+def _decode_encode(
+    args: tuple[Any, ...], encoders: dict[str, ShardEncoder], portable: bool = False
+) -> dict[str, Chunk]:
     paths, spec = args[0], args[1]
     buf = scratch("chunk", (len(paths), *spec.sample_shape), spec.dtype)
     arrays = block_arrays(*args, out=buf)
     return {
-        name: enc.encode_chunk(arrays[name], keep=name != "images")
+        name: _portable(enc.encode_chunk(arrays[name], keep=name != "images"), portable)
         for name, enc in encoders.items()
     }
 
 
+def _encode(enc: ShardEncoder, rows: Any, portable: bool) -> Chunk:
+    return _portable(enc.encode_chunk(rows), portable)
+
+
+def _portable(chunk: Chunk, portable: bool) -> Chunk:
+    """The chunk as bytes when it is sent to another process (a raw body is a view)."""
+    body, crc = chunk
+    if portable and not isinstance(body, bytes):
+        body = bytes(memoryview(body))
+    return body, crc
+
+
 def _write_shard(
-    put: Callable[[str, list[Any]], None] | None, enc: ShardEncoder, k: int, *chunks: Chunk
-) -> int | tuple[str, list[Any]]:
-    """Write shard ``k`` with ``put``; without one, return its key and pieces (a cluster's
-    workers send them to the client, which writes them)."""
+    put: Callable[[str, list[Any]], None], enc: ShardEncoder, k: int, *chunks: Chunk
+) -> int:
+    """Write shard ``k`` with ``put``; return its size."""
     pieces = enc.shard(chunks)
-    if put is None:
-        return enc.key(k), [p if isinstance(p, bytes) else bytes(memoryview(p)) for p in pieces]
     put(enc.key(k), pieces)
     return sum(memoryview(p).nbytes for p in pieces)
 

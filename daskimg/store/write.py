@@ -37,7 +37,15 @@ from .format import (
     root_attrs,
 )
 from .location import Location
-from .shardwrite import FolderWriter, fused_writes, shard_writes, write_file
+from .shardwrite import (
+    FolderWriter,
+    ShardAssembler,
+    encoded_chunks,
+    fused_chunks,
+    fused_writes,
+    shard_writes,
+    write_file,
+)
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
@@ -331,12 +339,13 @@ def write_arrays(
     dest = create_arrays(target, attrs, specs, n=len(ds), shard_len=shard_len)
     chunk_len = int(attrs["chunk_len"])
     client = _active_client()
-    # a zip built here from a cluster: the workers' shard tasks return their bytes
+    # a zip built here from a cluster: the workers' encoded chunks come to this process,
+    # which puts each shard together and appends it
     streamed = isinstance(target, ZipBuilder) and client is not None
-    put = None if streamed else put
-    encoders = _encoders(target, dest, dest) if put is not None or streamed else {}
+    encoders = _encoders(target, dest, dest) if put is not None else {}
     pending: dict[str, Any] = dict(ds.arrays)
     writes: list[Any] = []
+    streams: list[tuple[list[Any], list[tuple[str | None, ShardEncoder]]]] = []
     files = ds.row_source
     if isinstance(files, FileSource):
         # the arrays that are the files' own (not arrays put in their place) are made by
@@ -349,9 +358,13 @@ def write_arrays(
         ]
         if "images" in own and all(k in encoders for k in own):
             token = tokenize(default["images"].name, chunk_len, [encoders[k] for k in own])
-            writes += fused_writes(
-                files.block_args(chunk_len), {k: encoders[k] for k in own}, put, token
-            )
+            blocks, fused = files.block_args(chunk_len), {k: encoders[k] for k in own}
+            if streamed:
+                chunks = fused_chunks(blocks, fused, token, portable=True)
+                streams.append((chunks, list(fused.items())))
+            else:
+                assert put is not None
+                writes += fused_writes(blocks, fused, put, token)
             pending = {k: v for k, v in pending.items() if k not in own}
         else:  # zarr writes them, from one decode per block
             shared = files.to_dask_arrays(block=chunk_len)
@@ -364,7 +377,12 @@ def write_arrays(
             small.append((dest[name], values))
             continue
         arr = values if isinstance(values, da.Array) else da.from_array(np.asarray(values))
-        if name in encoders:
+        if name in encoders and streamed:
+            streams.append(
+                (encoded_chunks(arr, encoders[name], portable=True), [(None, encoders[name])])
+            )
+        elif name in encoders:
+            assert put is not None
             writes += shard_writes(arr, encoders[name], put)
         else:
             sources.append(arr.astype(str) if arr.dtype.kind in "OUS" else arr)
@@ -375,7 +393,7 @@ def write_arrays(
         done = [pool.submit(_write_numpy, arr, values) for arr, values in small]
         if streamed:
             assert isinstance(target, ZipBuilder)
-            _stream_into(client, writes, target, progress=progress)
+            _stream_into(client, streams, target, progress=progress)
             for arr, dst in zip(sources, targets, strict=True):  # no encoder: strings, rare
                 _write_numpy(dst, compute_collections(arr, progress=False)[0])
         else:
@@ -387,20 +405,40 @@ def write_arrays(
             f.result()
 
 
-def _stream_into(client: Any, writes: list[Any], zb: ZipBuilder, *, progress: bool) -> None:
-    """Run the shard tasks on the cluster and append each shard to ``zb`` as it arrives."""
+def _stream_into(
+    client: Any,
+    streams: list[tuple[list[Any], list[tuple[str | None, ShardEncoder]]]],
+    zb: ZipBuilder,
+    *,
+    progress: bool,
+) -> None:
+    """Run the chunk tasks on the cluster; as each encoded chunk arrives, keep it until its
+    shard is whole, then append the shard to ``zb``. ``streams``: the delayed chunks of one
+    or more arrays (``field``: the array's entry in each chunk's result, ``None`` when the
+    result is the chunk itself). Each byte crosses the network once, worker to client
+    (shard tasks on the workers would first move chunks between workers)."""
     from distributed import as_completed
 
-    futures = client.compute(writes)
+    delayeds, where = [], []
+    for chunks, fields in streams:
+        for c, d in enumerate(chunks):
+            delayeds.append(d)
+            where.append((c, fields))
+    futures = client.compute(delayeds)
+    position = {f.key: i for i, f in enumerate(futures)}
     if progress and client.dashboard_link:
         print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
-    bar = _progress(len(futures), progress, unit="shard")
+    bar = _progress(len(futures), progress, unit="chunk")
+    shards = ShardAssembler(zb.put)
     try:
         for fut in as_completed(futures):
-            key, pieces = fut.result()
-            zb.put(key, pieces)
+            value = fut.result()
+            c, fields = where[position[fut.key]]
+            for field, enc in fields:
+                shards.add(enc, c, value if field is None else value[field])
             fut.release()
             bar(1)
+        shards.check_done()
     except BaseException:
         client.cancel(futures)
         raise
