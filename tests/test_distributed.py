@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +16,7 @@ import pytest
 from conftest import plain_group
 
 import daskimg as di
+from daskimg.storeinfo import verify
 
 distributed = pytest.importorskip("distributed")
 
@@ -74,6 +78,58 @@ def test_cluster_zip_holds_every_array_as_threads_do(tmp_path, cluster, codec):
     for name in names:
         np.testing.assert_array_equal(ga[name][...], gb[name][...], err_msg=name)
     np.testing.assert_array_equal(np.sort(gb["score"][...], axis=0), score.compute())
+
+
+def _private_mount_works(path) -> bool:
+    if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
+        return False
+    cmd = ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none '{path}'"]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ext", [".zarr", ".zarr.zip"])
+def test_cluster_workers_that_cannot_see_the_output_folder(tmp_path, ext):
+    """Workers on other machines: each worker process gets a private, empty mount over the
+    output folder (as a worker elsewhere has no such folder), but reads the photos. The
+    store must be whole anyway: the client writes every shard (a worker writing a shard
+    into its own disk would leave a store that says complete and misses it)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "here").touch()
+    if not _private_mount_works(out):
+        pytest.skip("no private mounts here (unshare -m needs root or user namespaces)")
+    src = tmp_path / "src"
+    di.testing.make_image_folder(src, n=30, size=(20, 24), classes=("a", "b"), seed=6)
+    ds = di.from_folder(src, size=(16, 16))
+    kw = {"chunks": 3, "shard_chunks": 2, "seed": 3}
+    with dask.config.set(scheduler="threads"):
+        di.to_zarr(ds, tmp_path / f"local{ext}", **kw)
+    workers = []
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as cluster:
+        for _ in range(2):
+            worker = (
+                f"mount -t tmpfs none '{out}' && exec '{sys.executable}' -m "
+                f"distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 "
+                "--no-dashboard --no-nanny"
+            )
+            workers.append(subprocess.Popen(["unshare", "-m", "sh", "-c", worker]))
+        try:
+            with distributed.Client(cluster) as client:
+                client.wait_for_workers(2, timeout=60)
+                # the workers see the photos, not what this process has in the output folder
+                seen = client.run(os.path.exists, str(out / "here"))
+                assert list(seen.values()) == [False, False]
+                assert all(client.run(os.path.exists, str(src)).values())
+                di.to_zarr(ds, out / f"s{ext}", **kw)
+        finally:
+            for w in workers:
+                w.terminate()
+                w.wait(30)
+    assert verify(out / f"s{ext}") == []
+    ga, gb = plain_group(tmp_path / f"local{ext}"), plain_group(out / f"s{ext}")
+    for name in ("images", "labels", "paths", "source_size"):
+        np.testing.assert_array_equal(ga[name][...], gb[name][...], err_msg=name)
 
 
 @pytest.mark.slow

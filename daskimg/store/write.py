@@ -245,9 +245,10 @@ def write_store(
 
     Three ways, one result: a ``*.zarr.zip`` is built in one pass as a zip file
     (:class:`~daskimg.store.zipbuild.ZipBuilder`, each member written once) when the
-    shards reach this process as they finish (threads here, or a ``distributed``
-    cluster's workers sending them); a ``*.zarr`` URL is written in place (a cluster's
-    workers write its shards); anything else in a staging folder.
+    shards are made or put together in this process as they finish (threads here, or a
+    ``distributed`` cluster's workers sending their chunks); a ``*.zarr`` URL is written
+    in place (a cluster's workers write its shards); anything else in a staging folder
+    (written by this process, or by the ``processes`` scheduler's tasks).
     """
     in_place = loc.is_url and loc.kind == "dir"
     one_pass = loc.kind == "zip" and _results_stream_here()
@@ -339,9 +340,10 @@ def write_arrays(
     dest = create_arrays(target, attrs, specs, n=len(ds), shard_len=shard_len)
     chunk_len = int(attrs["chunk_len"])
     client = _active_client()
-    # a zip built here from a cluster: the workers' encoded chunks come to this process,
-    # which puts each shard together and appends it
-    streamed = isinstance(target, ZipBuilder) and client is not None
+    # a store built here (a zip, or a local staging folder) from a cluster: the workers'
+    # encoded chunks come to this process, which puts each shard together and writes it
+    # (the workers need no file system shared with it, and no chunk moves between them)
+    streamed = client is not None and put is not None
     encoders = _encoders(target, dest, dest) if put is not None else {}
     pending: dict[str, Any] = dict(ds.arrays)
     writes: list[Any] = []
@@ -392,8 +394,8 @@ def write_arrays(
     with ThreadPoolExecutor(1, thread_name_prefix="daskimg-columns") as pool:
         done = [pool.submit(_write_numpy, arr, values) for arr, values in small]
         if streamed:
-            assert isinstance(target, ZipBuilder)
-            _stream_into(client, streams, target, progress=progress)
+            assert put is not None
+            _stream_into(client, streams, put, progress=progress)
             for arr, dst in zip(sources, targets, strict=True):  # no encoder: strings, rare
                 _write_numpy(dst, compute_collections(arr, progress=False)[0])
         else:
@@ -408,12 +410,12 @@ def write_arrays(
 def _stream_into(
     client: Any,
     streams: list[tuple[list[Any], list[tuple[str | None, ShardEncoder]]]],
-    zb: ZipBuilder,
+    put: Callable[[str, list[Any]], None],
     *,
     progress: bool,
 ) -> None:
     """Run the chunk tasks on the cluster; as each encoded chunk arrives, keep it until its
-    shard is whole, then append the shard to ``zb``. ``streams``: the delayed chunks of one
+    shard is whole, then write the shard with ``put`` (in this process). ``streams``: the delayed chunks of one
     or more arrays (``field``: the array's entry in each chunk's result, ``None`` when the
     result is the chunk itself). Each byte crosses the network once, worker to client
     (shard tasks on the workers would first move chunks between workers)."""
@@ -429,7 +431,7 @@ def _stream_into(
     if progress and client.dashboard_link:
         print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
     bar = _progress(len(futures), progress, unit="chunk")
-    shards = ShardAssembler(zb.put)
+    shards = ShardAssembler(put)
     try:
         for fut in as_completed(futures):
             value = fut.result()
@@ -461,13 +463,15 @@ def _encoders(
 @contextlib.contextmanager
 def _shard_writer(target: Any) -> Iterator[Callable[[str, list[Any]], None] | None]:
     """How whole stored values are written into ``target`` by daskimg's own encoder: a zip
-    being built; a local staging folder (by a writer thread here when the tasks run in this
-    process, else by the task itself); ``None`` (zarr writes) for a URL in place."""
+    being built; a local staging folder (by a writer thread here when the shards are made
+    or put together in this process — threads, or a ``distributed`` cluster sending its
+    chunks — else by the ``processes`` scheduler's tasks themselves); ``None`` (zarr
+    writes) for a URL in place."""
     if isinstance(target, ZipBuilder):
         yield target.put
     elif not isinstance(target, str):
         yield None
-    elif _active_client() is not None or not _results_stream_here():
+    elif not _results_stream_here():
         yield functools.partial(write_file, target)
     else:
         writer = FolderWriter(target)
