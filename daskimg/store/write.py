@@ -415,9 +415,9 @@ def _stream_into(
     progress: bool,
 ) -> None:
     """Run the chunk tasks on the cluster; as each encoded chunk arrives, keep it until its
-    shard is whole, then write the shard with ``put`` (in this process). ``streams``: the delayed chunks of one
-    or more arrays (``field``: the array's entry in each chunk's result, ``None`` when the
-    result is the chunk itself). Each byte crosses the network once, worker to client
+    shard is whole, then write the shard with ``put`` (in this process). ``streams``: the
+    delayed chunks of one or more arrays (``field``: the array's entry in each chunk's
+    result, ``None`` when the result is the chunk itself). Each byte crosses the network once, worker to client
     (shard tasks on the workers would first move chunks between workers)."""
     from distributed import as_completed
 
