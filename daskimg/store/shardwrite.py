@@ -5,9 +5,11 @@ into one task per chunk (its rows encoded by the task that computed them, so the
 are compressed while still in cache, in parallel and without the GIL) and one task per
 shard (its chunks' bytes and index written by ``put`` as one stored value). Only
 compressed bytes wait for a shard to fill. ``put`` is
-:meth:`daskimg.store.zipbuild.ZipBuilder.put` (threads of this process; ``None`` on a
-``distributed`` cluster: the shard tasks return their bytes, the client appends them) or
-:func:`write_file` into a local staging folder (any scheduler, a cluster's workers too).
+:meth:`daskimg.store.zipbuild.ZipBuilder.put` (threads of this process), a
+:class:`FolderWriter` or :func:`write_file` into a local staging folder. On a
+``distributed`` cluster there are no shard tasks: the chunk tasks' results
+(:func:`encoded_chunks`, :func:`fused_chunks` with ``portable=True``) come to the client,
+where a :class:`ShardAssembler` puts each shard together and writes it.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ blocked by a file write.
 
 Used when the shards reach this process as they finish: the threaded or synchronous
 scheduler (tasks call :meth:`ZipBuilder.put`), or a ``distributed`` cluster, whose
-workers' shard tasks return their bytes for the client to append (workers cannot append
-to one file; shipping finished shards also needs no file system shared with the client).
+workers send each encoded chunk to the client, which puts a shard together as soon as
+its chunks are in (:class:`~daskimg.store.shardwrite.ShardAssembler`) and appends it
+(workers cannot append to one file; this also needs no file system shared with the
+client, and no chunk moves between workers).
 With the ``processes`` scheduler, which returns results only at the end, the store is
 written as a folder and packed (see :func:`daskimg.store.location.pack_zip`).
 Members are appended by one writer thread (:class:`~daskimg.store.background.BackgroundWriter`,
