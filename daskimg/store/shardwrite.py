@@ -47,10 +47,8 @@ def encoded_chunks(arr: da.Array, enc: ShardEncoder, *, portable: bool = False) 
         raise ValueError(f"array {lay.name!r}: {arr.shape} to write into {lay.shape}")
     blocks = arr.rechunk((lay.chunk_len, *lay.shape[1:])).to_delayed(optimize_graph=False).ravel()
     name = f"encode-{lay.name}-{dask.base.tokenize(arr, enc, portable)}"
-    return [
-        dask.delayed(_encode, pure=True)(enc, b, portable, dask_key_name=(name, i))
-        for i, b in enumerate(blocks)
-    ]
+    task, given = dask.delayed(_encode, pure=True), Given((enc, portable))
+    return [task(given, b, dask_key_name=(name, i)) for i, b in enumerate(blocks)]
 
 
 def fused_chunks(
@@ -67,12 +65,8 @@ def fused_chunks(
     process). Fresh pages for every decoded chunk cost about as much as the compression
     (the kernel zeroes each one)."""
     name = f"decode-encode-{token}-{int(portable)}"
-    return [
-        dask.delayed(_decode_encode, pure=True)(
-            args, dict(encoders), portable, dask_key_name=(name, i)
-        )
-        for i, args in enumerate(blocks)
-    ]
+    task, given = dask.delayed(_decode_encode, pure=True), Given((dict(encoders), portable))
+    return [task(Given(args), given, dask_key_name=(name, i)) for i, args in enumerate(blocks)]
 
 
 def shard_writes(
@@ -107,12 +101,26 @@ def _shard_tasks(
     name: str,
 ) -> list[Any]:
     """One task per stored value of ``enc``'s array, from the delayed encoded ``chunk(c)``."""
+    task, given = dask.delayed(_write_shard, pure=True), Given((put, enc))
     return [
-        dask.delayed(_write_shard, pure=True)(
-            put, enc, k, *(chunk(c) for c in enc.chunks_of(k)), dask_key_name=(name, k)
-        )
+        task(given, k, *(chunk(c) for c in enc.chunks_of(k)), dask_key_name=(name, k))
         for k in range(enc.num_keys)
     ]
+
+
+class Given:
+    """Arguments a task gets as they are. dask searches a task's arguments for other tasks'
+    results, field by field through dataclasses and dicts (the encoders, the decode spec):
+    for every task of a large ingest, that search cost more than the task's whole setup.
+    Nothing in here is a dask collection."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __dask_tokenize__(self) -> object:
+        return ("daskimg.Given", dask.base.tokenize(self.value))
 
 
 class ShardAssembler:
@@ -141,9 +149,10 @@ class ShardAssembler:
             raise RuntimeError(f"array {name!r}: shard {k} got only chunks {sorted(have)}")
 
 
-def _decode_encode(
-    args: tuple[Any, ...], encoders: dict[str, ShardEncoder], portable: bool = False
-) -> dict[str, Chunk]:
+def _decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
+    args: tuple[Any, ...] = block.value
+    encoders: dict[str, ShardEncoder]
+    encoders, portable = given.value
     paths, spec = args[0], args[1]
     buf = scratch("chunk", (len(paths), *spec.sample_shape), spec.dtype)
     arrays = block_arrays(*args, out=buf)
@@ -153,7 +162,8 @@ def _decode_encode(
     }
 
 
-def _encode(enc: ShardEncoder, rows: Any, portable: bool) -> Chunk:
+def _encode(given: Given, rows: Any) -> Chunk:
+    enc, portable = given.value
     return _portable(enc.encode_chunk(rows), portable)
 
 
@@ -165,10 +175,11 @@ def _portable(chunk: Chunk, portable: bool) -> Chunk:
     return body, crc
 
 
-def _write_shard(
-    put: Callable[[str, list[Any]], None], enc: ShardEncoder, k: int, *chunks: Chunk
-) -> int:
+def _write_shard(given: Given, k: int, *chunks: Chunk) -> int:
     """Write shard ``k`` with ``put``; return its size."""
+    put: Callable[[str, list[Any]], None]
+    enc: ShardEncoder
+    put, enc = given.value
     pieces = enc.shard(chunks)
     put(enc.key(k), pieces)
     return sum(memoryview(p).nbytes for p in pieces)
