@@ -36,13 +36,43 @@ def _same(a, b):
 
 
 @pytest.mark.slow
-def test_process_cluster_ingest_equals_threads(tmp_path, image_folder, cluster):
+@pytest.mark.parametrize("direct", [None, False])
+def test_process_cluster_ingest_equals_threads(tmp_path, image_folder, cluster, direct):
+    """Chunks fetched straight from the workers (the default on one machine) or relayed by
+    the scheduler (the client's ``direct_to_workers=False``) make the same store."""
+    from daskimg.store.write import gather_direct
+
     ds = di.from_folder(image_folder, size=(16, 16), chunks=3)
     with dask.config.set(scheduler="threads"):
         di.to_zarr(ds, tmp_path / "local.zarr.zip", chunks=3, seed=4)
-    with distributed.Client(cluster):
+    with distributed.Client(cluster, direct_to_workers=direct) as client:
+        assert gather_direct(client) is (direct is None)  # the workers are on loopback
         di.to_zarr(ds, tmp_path / "cluster.zarr.zip", chunks=3, seed=4)
     _same(tmp_path / "local.zarr.zip", tmp_path / "cluster.zarr.zip")
+
+
+@pytest.mark.parametrize(
+    ("setting", "workers", "expected"),
+    [
+        (None, ["tcp://127.0.0.1:4001", "tcp://[::1]:4002", "inproc://10.0.0.2/7/1"], True),
+        (None, ["tcp://localhost:4001"], True),
+        (None, ["tcp://127.0.0.1:4001", "tcp://10.0.0.7:4002"], False),  # one elsewhere
+        (None, ["tls://node7.cluster:8786"], False),
+        (None, [], False),
+        (True, ["tcp://10.0.0.7:4002"], True),  # the client's own setting wins
+        (False, ["tcp://127.0.0.1:4001"], False),
+    ],
+)
+def test_results_come_straight_from_workers_only_on_this_machine(setting, workers, expected):
+    from daskimg.store.write import gather_direct
+
+    class Client:
+        direct_to_workers = setting
+
+        def scheduler_info(self):
+            return {"workers": {a: {} for a in workers}}
+
+    assert gather_direct(Client()) is expected
 
 
 @pytest.mark.slow
