@@ -51,6 +51,27 @@ def test_process_cluster_ingest_equals_threads(tmp_path, image_folder, cluster, 
     _same(tmp_path / "local.zarr.zip", tmp_path / "cluster.zarr.zip")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_bad_files_on_a_cluster_are_named_or_recorded(tmp_path, image_folder, cluster, ext):
+    """A file that fails to decode on a worker: with ``raise`` the error names it and no
+    store is left; with ``skip`` it is left out and recorded, as on threads."""
+    good = next((image_folder / "bee").glob("*.png")).read_bytes()
+    (image_folder / "bee" / "truncated.png").write_bytes(good[:60])
+    with distributed.Client(cluster):
+        out = tmp_path / f"raise{ext}"
+        with pytest.raises(di.errors.DecodeError, match=r"truncated\.png"):
+            di.to_zarr(di.from_folder(image_folder, size=(8, 8)), out, chunks=4)
+        assert not out.exists()
+        assert not [p for p in os.listdir(tmp_path) if p.startswith("raise")]
+        ds = di.from_folder(image_folder, size=(8, 8), on_error="skip")
+        di.to_zarr(ds, tmp_path / f"skip{ext}", chunks=4)
+    back = di.open_zarr(tmp_path / f"skip{ext}")
+    assert [p for p, _ in back.skipped] == ["bee/truncated.png"]
+    assert len(back) == 24 and "bee/truncated.png" not in list(back.paths)
+    assert verify(tmp_path / f"skip{ext}") == []
+
+
 @pytest.mark.parametrize(
     ("setting", "workers", "expected"),
     [
