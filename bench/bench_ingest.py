@@ -150,44 +150,81 @@ def warm_worker(photo: str) -> str:
     return daskimg.__file__
 
 
-def bare(pool: Any, name: str, paths: list[str]) -> float:
+def bare(pool: Any, pids: list[int], name: str, paths: list[str]) -> Clock:
     tasks = [(name, paths[i : i + BLOCK]) for i in range(0, len(paths), BLOCK)]
-    t = time.perf_counter()
-    pool.map(bare_task, tasks, chunksize=1)
-    return time.perf_counter() - t
+    with Clock(pids) as c:
+        pool.map(bare_task, tasks, chunksize=1)
+    return c
+
+
+class Clock:
+    """Wall seconds of one timed run, and the CPU seconds it took: this process's (all its
+    threads) and those of the processes ``pids`` (the pool's or the cluster's workers),
+    read from ``/proc`` (``cpu`` is None without it). CPU time does not depend on what
+    else the machine runs as much as wall time does, so it separates the work a row does
+    from the noise of a shared machine."""
+
+    def __init__(self, pids: list[int] | None = None) -> None:
+        self.pids = pids or []
+        self.wall = 0.0
+        self.cpu: float | None = None
+
+    def __enter__(self) -> Clock:
+        self._cpu = cpu_seconds(self.pids)
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._t
+        end = cpu_seconds(self.pids)
+        self.cpu = None if end is None or self._cpu is None else end - self._cpu
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of this process and of ``pids`` so far (None: no /proc)."""
+    t = os.times()
+    total = t.user + t.system
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 # --- daskimg ---------------------------------------------------------------------------
 
 
-def imread_alone(paths: list[str], sink: np.ndarray) -> float:
+def imread_alone(paths: list[str], sink: np.ndarray) -> Clock:
     import dask
     import dask.array as da
 
     import daskimg as di
 
-    with dask.config.set(scheduler="threads", num_workers=WORKERS):
-        t = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=WORKERS), Clock() as c:
         x = di.imread(paths, size=TARGET)
         da.store(x, sink, lock=False)
-        return time.perf_counter() - t
+    return c
 
 
-def end_to_end(folder: Path, out: Path, on_cluster: bool, codec: str | None = None) -> float:
-    """One first ingest: a store left at ``out`` by an earlier round is removed before the
-    clock starts (replacing a store also frees the old one's blocks, which is not ingest:
-    0.2 s for 600 MB on a disk mounted with ``discard``)."""
+def end_to_end(folder: Path, out: Path, pids: list[int] | None, codec: str | None = None) -> Clock:
+    """One first ingest (``pids``: the cluster's workers; None: threads). A store left at
+    ``out`` by an earlier round is removed before the clock starts (replacing a store also
+    frees the old one's blocks, which is not ingest: 0.2 s for 600 MB on a disk mounted
+    with ``discard``)."""
     import dask
 
     import daskimg as di
 
     remove(out)
-    settings: dict[str, Any] = {} if on_cluster else {"scheduler": "threads"}
+    settings: dict[str, Any] = {} if pids is not None else {"scheduler": "threads"}
     settings["num_workers"] = WORKERS
-    with dask.config.set(settings):
-        t = time.perf_counter()
+    with dask.config.set(settings), Clock(pids) as c:
         di.to_zarr(di.from_folder(folder, size=TARGET), out, codec=codec)
-        return time.perf_counter() - t
+    return c
 
 
 def remove(out: Path) -> None:
@@ -319,6 +356,7 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(WORKERS)
     pool.map(warm_worker, [paths[0]] * 4 * WORKERS, chunksize=1)  # every worker gets one
+    pool_pids = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
     t = time.perf_counter()
     cluster = distributed.LocalCluster(
         n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
@@ -328,13 +366,14 @@ def main() -> None:
     t = time.perf_counter()
     where = client.run(warm_worker, paths[0])
     warmed = time.perf_counter() - t
+    cluster_pids = list(client.run(os.getpid).values())
     if any(Path(f).resolve() != Path(daskimg.__file__).resolve() for f in where.values()):
         print(f"warning: the workers import another daskimg: {where}", flush=True)
     sink = np.empty((n, *TARGET, 3), np.uint8)
     sink.fill(0)  # touched now, so no row pays for its pages
 
-    rows: dict[str, Callable[[int], float]] = {
-        **{name: (lambda r, name=name: bare(pool, name, paths)) for name in BARE},
+    rows: dict[str, Callable[[int], Clock]] = {
+        **{name: (lambda r, name=name: bare(pool, pool_pids, name, paths)) for name in BARE},
         "daskimg.imread alone (threads)": lambda r: imread_alone(paths, sink),
     }
     stores: dict[str, Path] = {}
@@ -344,17 +383,19 @@ def main() -> None:
             name = f"to_zarr(from_folder) -> {kind} ({where_})"
             out = tmp / f"{'cluster' if on_cluster else 'threads'}{kind}"
             stores[name] = out
-            rows[name] = lambda r, out=out, c=on_cluster: end_to_end(folder, out, c)
+            pids = cluster_pids if on_cluster else None
+            rows[name] = lambda r, out=out, pids=pids: end_to_end(folder, out, pids)
     # the same without compression: what the pipeline costs apart from Blosc-lz4
     raw_name = "to_zarr(codec='none') -> .zarr.zip (threads)"
     stores[raw_name] = tmp / "threads-none.zarr.zip"
-    rows[raw_name] = lambda r: end_to_end(folder, tmp / "threads-none.zarr.zip", False, "none")
+    rows[raw_name] = lambda r: end_to_end(folder, tmp / "threads-none.zarr.zip", None, "none")
     if a.only:
         keep = [s.strip() for s in a.only.split(",") if s.strip()]
         rows = {k: v for k, v in rows.items() if any(s in k for s in keep) or k in BARE}
 
     first_zip = stores["to_zarr(from_folder) -> .zarr.zip (threads)"]
     times: dict[str, list[float]] = {k: [] for k in rows}
+    cpus: dict[str, list[float | None]] = {k: [] for k in rows}
     same: dict[str, bool] = {}
     names = list(rows)
     try:
@@ -362,7 +403,9 @@ def main() -> None:
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 prepare_cache([folder], cold=a.cold)
-                times[name].append(rows[name](r))
+                clock = rows[name](r)
+                times[name].append(clock.wall)
+                cpus[name].append(clock.cpu)
                 print(f"  round {r}: {name}: {n / times[name][-1]:,.0f} img/s", flush=True)
             for name, out in stores.items():  # compare once, then free the disk
                 if name in same or not out.exists() or not first_zip.exists():
@@ -382,15 +425,23 @@ def main() -> None:
     best_bare = [max(n / times[b][r] for b in BARE if b in times) for r in range(rounds)]
     best_name = max((b for b in BARE if b in times), key=lambda b: n / median(times[b]))
     best_rate = n / median(times[best_name])
+    # CPU per image: its median over the rounds, and the best bare row's against it
+    cpu_ms = {
+        k: median([c for c in v if c is not None]) * 1000 / n if None not in v else None
+        for k, v in cpus.items()
+    }
     table = []
     for name, ts in times.items():
         ratios = [n / ts[r] / best_bare[r] for r in range(rounds)]
+        ms, bare_ms = cpu_ms[name], cpu_ms[best_name]
         table.append(
             [
                 name,
                 f"{n / median(ts):,.0f}",
                 f"{n / median(ts) / best_rate:.2f}",
                 f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                "-" if ms is None else f"{ms:.2f}",
+                "-" if ms is None or bare_ms is None else f"{bare_ms / ms:.2f}",
                 {True: "yes", False: "NO"}.get(same.get(name), "-") if name in stores else "-",
             ]
         )
@@ -398,8 +449,17 @@ def main() -> None:
     print_table(
         f"ingest {n} JPEGs (~500x375) -> 224x224 RGB, median of {rounds} interleaved rounds "
         f"({'cold' if a.cold else 'warm'} page cache); best bare limit: {best_name}",
-        ["what", "img/s", "/ best bare", "per-round ratio (range)", "store = threads zip"],
+        [
+            "what", "img/s", "/ best bare", "per-round ratio (range)", "CPU ms/img",
+            "bare CPU / CPU", "store = threads zip",
+        ],
         table,
+    )  # fmt: skip
+    print(
+        "CPU ms/img: CPU time per image of every process doing the work (this one, and the "
+        "pool's or the cluster's workers; not the cluster's nannies), median of the rounds; "
+        "bare CPU / CPU: the best bare row's against it (1.00: no work beyond decoding and "
+        "resizing)"
     )
     print(
         f"LocalCluster: started in {started:.1f} s, workers warmed (imports, compiled resize) "
