@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -163,3 +164,77 @@ def test_an_empty_class_folder_is_named(image_folder, caplog):
         ds = di.from_folder(image_folder, size=(8, 8))
     assert "zebra" in ds.classes and not np.any(ds.labels == ds.classes.index("zebra"))
     assert "without images: 'zebra'" in caplog.text
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_folders_beside_the_split_folders_are_an_error_not_dropped(tmp_path, caplog, url):
+    # a class named 'train' among vehicles made the root look like a root of splits, and
+    # bus/, car/, truck/ beside it were dropped with their labels; so was a dev/ split
+    root = tmp_path / "vehicles"
+    di.testing.make_image_folder(root, n=8, size=(8, 8), classes=("bus", "car", "train", "truck"))
+    where = str(root)
+    if url:
+        fsspec = pytest.importorskip("fsspec")
+        fs = fsspec.filesystem("memory")
+        where = "memory://daskimg-test-beside/vehicles"
+        for f in sorted(root.rglob("*.png")):
+            fs.pipe(f"{where}/{f.relative_to(root).as_posix()}", f.read_bytes())
+    try:
+        with pytest.raises(
+            ValueError, match=r"split folder\(s\) 'train'.*'bus', 'car', 'truck'.*rename"
+        ):
+            di.from_folder(where, size=(8, 8))
+        with caplog.at_level(logging.WARNING, logger="daskimg"):
+            ds = di.from_folder(where, size=(8, 8), stray="ignore")
+        assert "'bus', 'car', 'truck'" in caplog.text and "left out" in caplog.text
+        # what stray='ignore' keeps is the train split, and all of it
+        expected = sorted(p.relative_to(root).as_posix() for p in (root / "train").rglob("*.png"))
+        assert sorted(ds.paths.tolist()) == expected
+    finally:
+        if url:
+            fs.rm("/daskimg-test-beside", recursive=True)
+    # hidden folders beside splits are not news
+    kaggle = _kaggle(tmp_path / "data")
+    (kaggle / ".ipynb_checkpoints").mkdir()
+    assert len(di.from_folder(kaggle, size=(8, 8))) == 21
+
+
+def test_a_link_back_into_the_tree_is_not_read_twice_under_another_label(tmp_path, caplog):
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root, n=6, size=(8, 8), classes=("cat", "dog"))
+    (root / "cat" / "up").symlink_to("..")  # a loop to the root: dog's files under cat
+    (root / "cat" / "dogs").symlink_to(root / "dog")  # another class's folder
+    outside = tmp_path / "more_cats"
+    di.testing.make_image_folder(outside, n=2, size=(8, 8), classes=("c",))
+    (root / "cat" / "extra").symlink_to(outside / "c")  # data elsewhere: followed
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(root, size=(8, 8))
+    label_of = dict(zip(ds.paths.tolist(), (ds.classes[i] for i in ds.labels), strict=True))
+    # every real file once, under the class folder it lives in
+    reals = {os.path.realpath(root / p) for p in label_of}
+    assert len(reals) == len(label_of) == 8
+    assert {p: c for p, c in label_of.items() if c == "dog"} == {
+        f"dog/{f.name}": "dog" for f in sorted((root / "dog").iterdir())
+    }
+    assert sorted(p for p, c in label_of.items() if c == "cat") == sorted(
+        [f"cat/{f.name}" for f in (root / "cat").glob("*.png")]
+        + [f"cat/extra/{f.name}" for f in (outside / "c").iterdir()]
+    )
+    assert "cat/up" in caplog.text and "cat/dogs" in caplog.text
+
+
+def test_a_broken_link_is_named_when_decoding_not_dropped(tmp_path):
+    # a git-annex or DVC file whose content is not fetched yet is a link to nothing
+    flat = di.testing.make_image_folder(tmp_path / "tmp", n=2, size=(8, 8), classes=("x",))
+    root = tmp_path / "data"
+    (root / "test").mkdir(parents=True)
+    for f in flat:
+        shutil.move(f, root / "test" / f.name)
+    di.testing.make_image_folder(root / "train", n=4, size=(8, 8))
+    (root / "test" / "z_missing.png").symlink_to(tmp_path / "annex" / "not-fetched")
+    ds = di.from_folder(root, size=(8, 8))
+    assert "test/z_missing.png" in ds.paths.tolist()
+    with pytest.raises(di.errors.DecodeError, match=r"z_missing\.png"):
+        ds.split()["test"].images.compute()
+    paths = di.read.files.expand_paths(str(root / "test" / "*.png"))
+    assert [Path(p).name for p in paths] == ["x_0000.png", "x_0001.png", "z_missing.png"]

@@ -43,7 +43,9 @@ def expand_paths(
     """Turn a glob pattern (``**`` allowed) or an explicit list into a list of file paths.
 
     A pattern is expanded and sorted; an explicit list keeps its order. Directories that
-    a pattern matches are left out (they are not files). An empty result is an error.
+    a pattern matches are left out (they are not files); a broken link is kept, so
+    decoding names it (a git-annex or DVC file not fetched yet is not silently lost).
+    An empty result is an error.
     A URL pattern (``s3://bucket/photos/**/*.jpg``) is listed with fsspec, using
     ``storage_options``, and gives full URLs.
 
@@ -60,7 +62,11 @@ def expand_paths(
     if isinstance(pattern_or_paths, (str, os.PathLike)):
         check_options(pattern_or_paths, storage_options)
         pattern = os.fspath(pattern_or_paths)
-        paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        paths = sorted(
+            p
+            for p in glob.glob(pattern, recursive=True)
+            if os.path.isfile(p) or not os.path.exists(p)  # a file, or a broken link
+        )
         if not paths:
             raise NoImagesFoundError(
                 f"no files match the pattern {pattern!r}; check the path, and use '**' "

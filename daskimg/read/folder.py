@@ -75,17 +75,47 @@ def _is_other(name: str) -> bool:
 
 
 def _files_under(
-    folder: Path, exclude: str | None = None, others: list[str] | None = None
+    folder: Path,
+    exclude: str | None = None,
+    others: list[str] | None = None,
+    read_under: dict[str, str] | None = None,
+    root: str | None = None,
 ) -> list[str]:
+    """Image files found recursively below ``folder`` (a class folder), links followed.
+
+    Each real folder is read once for the whole tree (``read_under``: real folder -> the
+    class folder it was read under, shared by every class folder of the tree): a link
+    that leads back into ``root`` outside this class folder (a loop to the root, or to
+    another class's folder) or to a folder another class already read is not followed,
+    and said so in a logged warning, so no file is read twice or under a second label.
+    """
     files: list[str] = []
-    seen: set[str] = set()
-    # linked subfolders are followed like the class folder itself; each real folder once
+    read_under = {} if read_under is None else read_under
+    home = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen or real == exclude:
+        if real == exclude:
             dirnames[:] = []
             continue
-        seen.add(real)
+        first = read_under.get(real)
+        inside_home = real == home or real.startswith(home + os.sep)
+        back_in_tree = (
+            root is not None
+            and not inside_home
+            and (real == root or real.startswith(root + os.sep) or root.startswith(real + os.sep))
+        )
+        if first is not None or back_in_tree:
+            dirnames[:] = []
+            if first != os.fspath(folder):  # a loop within one class folder is no news
+                logger.warning(
+                    "from_folder: not following %r (it leads to %r%s): each folder is read "
+                    "once, under its own class; remove the link if that is not what you want",
+                    dirpath,
+                    real,
+                    f", read already under {first!r}" if first else ", back into the tree",
+                )
+            continue
+        read_under[real] = os.fspath(folder)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
         if others is not None:
@@ -108,31 +138,76 @@ def find_split_dirs(root: str | os.PathLike[str]) -> dict[str, Path]:
     return found if "train" in found else {}
 
 
-def _local_tops(root: Path, exclude: str | None) -> tuple[list[_Top], list[str]]:
+def _local_tops(
+    root: Path, exclude: str | None, stray: str = "raise"
+) -> tuple[list[_Top], list[str]]:
     """The folders to read under ``root``, and image files directly in a root of splits."""
+    real_root = os.path.realpath(root)
+    read_under: dict[str, str] = {}
+
+    def entries(folder: Path) -> list[Path]:
+        # a broken link (a git-annex or DVC file not fetched yet) is a file that fails to
+        # decode, named then, not a file that is not there
+        return [f for f in sorted(folder.iterdir()) if f.is_file() or not f.exists()]
 
     def direct(folder: Path) -> list[str]:
-        return [os.fspath(f) for f in sorted(folder.iterdir()) if f.is_file() and _is_image(f.name)]
+        return [os.fspath(f) for f in entries(folder) if _is_image(f.name)]
 
     def other(folder: Path) -> list[str]:
-        return [os.fspath(f) for f in sorted(folder.iterdir()) if f.is_file() and _is_other(f.name)]
+        return [os.fspath(f) for f in entries(folder) if _is_other(f.name)]
 
     def top(split: str, folder: Path) -> _Top:
         t = _Top(split, os.fspath(folder), direct(folder), other(folder))
         for d in sorted(folder.iterdir()):
             if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) != exclude:
-                t.classes[d.name] = _files_under(d, exclude, t.others)
+                t.classes[d.name] = _files_under(d, exclude, t.others, read_under, real_root)
         return t
 
     splits = find_split_dirs(root)
     if not splits:
         return [top("", root)], []
+    _beside_splits(
+        os.fspath(root),
+        [
+            d.name
+            for d in sorted(root.iterdir())
+            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) != exclude
+            and d.name.lower() not in SPLIT_DIRS
+        ],
+        sorted(d.name for d in splits.values()),
+        stray,
+    )  # fmt: skip
     tops = [top(s, d) for s, d in splits.items()]
     tops[0].others[:0] = other(root)  # beside the split folders (a labels.csv, a README)
     return tops, direct(root)
 
 
-def _url_tops(url: str, fs: Any, base: str, exclude: str | None) -> tuple[list[_Top], list[str]]:
+def _beside_splits(where: str, folders: list[str], splits: list[str], stray: str) -> None:
+    """Refuse (or, with stray='ignore', log) folders beside split folders that are no split."""
+    if not folders:
+        return
+    shown = ", ".join(repr(f) for f in folders[:5]) + (
+        f" and {len(folders) - 5} more" if len(folders) > 5 else ""
+    )
+    said = (
+        f"{where!r} holds the split folder(s) {', '.join(repr(s) for s in splits)} and beside "
+        f"them the folder(s) {shown}, which are no split (splits are "
+        f"{', '.join(sorted(SPLIT_DIRS))})"
+    )
+    if stray == "ignore":
+        logger.warning("from_folder: %s; left out (stray='ignore')", said)
+        return
+    raise ValueError(
+        f"{said}, so they would not be read. If all of these are class folders (one of them "
+        "named like a split, e.g. a class 'train'), rename that class folder; if they are "
+        "splits, rename them to a split name (e.g. 'dev' -> 'valid'); to leave them out, "
+        "move them elsewhere or pass stray='ignore'"
+    )
+
+
+def _url_tops(
+    url: str, fs: Any, base: str, exclude: str | None, stray: str = "raise"
+) -> tuple[list[_Top], list[str]]:
     """:func:`_local_tops` from one recursive listing of a URL prefix (``base`` on ``fs``)."""
     base = base.rstrip("/")
     rels = [k[len(base) + 1 :] for k in fs.find(base) if k.startswith(base + "/")]
@@ -148,6 +223,17 @@ def _url_tops(url: str, fs: Any, base: str, exclude: str | None) -> tuple[list[_
                     f"{url} holds both {found[split]!r} and {name!r}; keep one folder per split"
                 )
             found[split] = name
+    if "train" in found:
+        _beside_splits(
+            url,
+            sorted(
+                {q[0] for q in parts if len(q) > 1}
+                - set(found.values())
+                - {n for n in (q[0] for q in parts) if n.startswith(".")}
+            ),
+            sorted(found.values()),
+            stray,
+        )
     prefixes = [(s, (n,)) for s, n in found.items()] if "train" in found else [("", ())]
     tops = []
     for split, prefix in prefixes:
@@ -355,10 +441,10 @@ def from_folder(
         exclude = None
         if mask_root is not None and mask_root.startswith(url + "/"):
             exclude = mask_root[len(url) + 1 :]
-        tops, loose = _url_tops(url, fs, base_path, exclude)
+        tops, loose = _url_tops(url, fs, base_path, exclude, stray)
     else:
         real_masks = None if mask_root is None else os.path.realpath(mask_root)
-        tops, loose = _local_tops(Path(root), real_masks)
+        tops, loose = _local_tops(Path(root), real_masks, stray)
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
     files, labels, classes, split_of = _assemble(where, tops, loose, stray)
