@@ -498,6 +498,23 @@ def test_truncated_image(tmp_path: Path, fmt: str) -> None:
     _bad(path, IMAGE, "truncated|corrupt")
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_fails_even_with_pillows_load_truncated_images(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # training scripts often set this process-wide; Pillow then fills the missing half
+    from PIL import ImageFile
+
+    path = save(make_image((64, 64), seed=1), tmp_path / "t", fmt)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with Image.open(path) as im:  # the oracle: Pillow itself loads it, half made up
+        im.load()
+    _bad(path, IMAGE, "truncated|corrupt")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the user's setting is back
+
+
 def test_truncated_jpeg_says_truncated(tmp_path: Path) -> None:
     path = save(make_image((64, 64), seed=1), tmp_path / "t.jpg", "JPEG")
     path.write_bytes(path.read_bytes()[:-300])

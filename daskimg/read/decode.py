@@ -122,7 +122,7 @@ import numpy as np
 from PIL import Image
 
 from . import fastjpeg
-from .fileio import open_image, read_bytes
+from .fileio import open_image, read_bytes, strict_pillow
 from .geometry import placement
 from .pillowpath import CHANNEL_MODES, decode_pil, draft_scale
 from .resample import resize_into
@@ -428,12 +428,13 @@ def _image_into(
     size = _fast_into(data, spec, out)
     if size is not None:
         return size
-    source = open_image(path, data)
-    try:
-        im, place, (w, h) = decode_pil(source, spec, path)
-        _array_into(np.asarray(im), spec, out, place)
-    finally:
-        source.close()
+    with strict_pillow():  # a truncated file fails, whatever the process's Pillow setting
+        source = open_image(path, data)
+        try:
+            im, place, (w, h) = decode_pil(source, spec, path)
+            _array_into(np.asarray(im), spec, out, place)
+        finally:
+            source.close()
     return h, w
 
 

@@ -11,9 +11,11 @@ import io
 import struct
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from ..errors import DecodeError
 
@@ -28,6 +30,7 @@ __all__ = [
     "open_image",
     "orientation",
     "read_bytes",
+    "strict_pillow",
     "unreadable",
 ]
 
@@ -52,6 +55,35 @@ TRANSPOSE: Final = {
 # warnings.catch_warnings swaps a process-wide filter list; the lock keeps two
 # threads from restoring each other's list. Only header parsing runs under it.
 WARNINGS_LOCK: Final = threading.Lock()
+
+_STRICT_LOCK = threading.Lock()
+_strict_users = 0
+_user_setting = False
+
+
+@contextmanager
+def strict_pillow() -> Iterator[None]:
+    """Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` off while daskimg opens and loads a file.
+
+    Training scripts often turn that process-wide switch on, and Pillow then fills the
+    missing part of a truncated JPEG or PNG with gray or black instead of failing: such a
+    file would be stored as a damaged image, silently. daskimg names it instead (or, with
+    ``on_error="skip"``, leaves it out and records it). The user's setting is restored when
+    the last of daskimg's decodes in this process is done.
+    """
+    global _strict_users, _user_setting
+    with _STRICT_LOCK:
+        if _strict_users == 0:
+            _user_setting = ImageFile.LOAD_TRUNCATED_IMAGES
+        _strict_users += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        with _STRICT_LOCK:
+            _strict_users -= 1
+            if _strict_users == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _user_setting
 
 
 def read_bytes(path: str) -> bytes:

@@ -26,7 +26,15 @@ import numpy as np
 
 from ..errors import DecodeError
 from ..remote import RemoteFiles
-from .fileio import CORRUPT, NPY_MAGIC, TRANSPOSE, open_image, orientation, read_bytes
+from .fileio import (
+    CORRUPT,
+    NPY_MAGIC,
+    TRANSPOSE,
+    open_image,
+    orientation,
+    read_bytes,
+    strict_pillow,
+)
 from .geometry import placement
 
 __all__ = ["mask_dtype_of", "mask_into", "resolve_mask_dtype"]
@@ -169,21 +177,22 @@ def _read_ids(path: str, data: bytes | None) -> np.ndarray:
                 f"shape {arr.shape} and dtype {arr.dtype}",
             )
         return np.asarray(arr, dtype=np.uint8 if arr.dtype.kind == "b" else arr.dtype)
-    im = open_image(path, data)
-    try:
-        _mode_dtype(im.mode, path)
+    with strict_pillow():  # a truncated mask fails, whatever the process's Pillow setting
+        im = open_image(path, data)
         try:
-            im.load()
-        except CORRUPT as exc:
-            raise DecodeError(path, f"corrupt or truncated mask ({exc})") from exc
-        method = TRANSPOSE.get(orientation(im))
-        if method is not None:
-            im = im.transpose(method)
-        if im.mode in ("LA", "PA"):
-            im = im.getchannel(0)
-        arr = np.asarray(im)
-    finally:
-        im.close()
+            _mode_dtype(im.mode, path)
+            try:
+                im.load()
+            except CORRUPT as exc:
+                raise DecodeError(path, f"corrupt or truncated mask ({exc})") from exc
+            method = TRANSPOSE.get(orientation(im))
+            if method is not None:
+                im = im.transpose(method)
+            if im.mode in ("LA", "PA"):
+                im = im.getchannel(0)
+            arr = np.asarray(im)
+        finally:
+            im.close()
     if arr.ndim == 3:  # RGB(A): one class id only if the colours are gray
         rgb = arr[..., :3]
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
