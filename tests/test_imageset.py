@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -313,10 +316,35 @@ def test_from_csv_whole_float_labels_are_class_indices(tmp_path):
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
     ds = di.from_csv(tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8))
     assert ds.labels.tolist() == given
-    # a fraction anywhere keeps them names, as before
+    # a fraction among whole numbers is neither: as names "10.0" would sort before "2.0"
     (tmp_path / "m.csv").write_text("\n".join([*lines, f"{files[0]},2.5"]) + "\n")
-    named = di.from_csv(tmp_path / "m.csv", root=tmp_path / "imgs", size=(8, 8))
-    assert list(named.classes) == ["0.0", "10.0", "2.0", "2.5"]
+    with pytest.raises(ValueError, match=r"line 6: '2\.5'.*neither indices nor class names"):
+        di.from_csv(tmp_path / "m.csv", root=tmp_path / "imgs", size=(8, 8))
+
+
+@pytest.mark.parametrize("missing", ["NA", "NaN", "nan", "None", "null", "#N/A"])
+def test_from_csv_missing_labels_spelled_out_are_refused_not_made_a_class(
+    tmp_path, missing, caplog
+):
+    # R writes NA, pandas may write NaN: among integer labels such a cell used to turn the
+    # whole column into names sorted as strings (2 -> index 3, 10 -> index 2), silently
+    di.testing.make_image_folder(tmp_path / "imgs", n=5, size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    given = ["0", "1", "2", "10", missing]
+    lines = ["path,label"] + [f"{f},{v}" for f, v in zip(files, given, strict=True)]
+    (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"line 6: {re.escape(repr(missing))}.*missing labels"):
+        di.from_csv(tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8))
+    # the same cell among class names stays a name, and a warning says so
+    named = [*"abcd", missing]
+    lines = ["path,label"] + [f"{f},{v}" for f, v in zip(files, named, strict=True)]
+    (tmp_path / "n.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(tmp_path / "n.csv", root=tmp_path / "imgs", size=(8, 8))
+    assert f"{missing!r}" in caplog.text and "taken as class names" in caplog.text
+    assert list(ds.classes) == sorted(named)
 
 
 def _csv_with_column(tmp_path, values, name="image_id"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import decimal
 import io
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,10 @@ from .masks import resolve_mask_dtype
 from .source import DEFAULT_BLOCK, FileSource
 
 _INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
+#: how spreadsheets, pandas and R write a missing value
+_MISSING = frozenset({"na", "n/a", "#n/a", "nan", "none", "null", "nil", "-"})
+
+logger = logging.getLogger("daskimg")
 
 
 def from_csv(
@@ -232,6 +237,30 @@ def _labels(
                 "index (int64); integer labels are class indices — give class names instead"
             )
         return np.array(ints, dtype=np.int64), []
+    names = [line for line, w in enumerate(wholes, start=2) if w is None]
+    if len(names) < len(raw):  # some whole numbers, some not: neither reading is safe
+        shown = ", ".join(f"line {line}: {raw[line - 2]!r}" for line in names[:3])
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        missing = any(raw[line - 2].lower() in _MISSING for line in names)
+        raise ValueError(
+            f"{where}: column {label_column!r} holds whole numbers (class indices) and "
+            f"other values ({shown}{more}), so it is neither indices nor class names"
+            + (
+                "; those look like missing labels: fill them in, drop those rows, or pass "
+                "label_column=None to read the set without labels"
+                if missing
+                else "; write every label as a class name, or every one as an index"
+            )
+        )
+    odd = sorted({v for v in raw if v.lower() in _MISSING})
+    if odd:
+        logger.warning(
+            "%s: the label(s) %s in column %r are taken as class names; if they mark "
+            "missing labels, fill them in or drop those rows",
+            where,
+            ", ".join(map(repr, odd)),
+            label_column,
+        )
     classes = sorted(set(raw))
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in raw], dtype=np.int64), classes
