@@ -218,3 +218,37 @@ def test_bench_codecs_is_a_flag_before_or_after_the_store(ingested, capsys):
             if line.strip().endswith("GiB")
         ]
         assert rows == ["lz4", "zstd", "none", "jpeg:90", "jpeg:75"]
+
+
+def test_a_rerun_keeps_a_finished_split_only_if_its_files_are_unchanged(
+    tmp_path, image_folder, capsys
+):
+    out = tmp_path / "out"
+    args = ["ingest", str(image_folder), str(out), "--size", "8", "8"]
+    assert main(args) == 0
+    kept = {s: (out / f"{s}.zarr.zip").stat().st_mtime_ns for s in ("train", "valid", "test")}
+    assert main(args) == 0  # nothing changed: every split is kept as it is
+    assert kept == {s: (out / f"{s}.zarr.zip").stat().st_mtime_ns for s in kept}
+    # a file's content replaced under the same name: the stores hold its old pixels
+    victim = sorted(image_folder.rglob("*.png"))[0]
+    Image.new("RGB", Image.open(victim).size, (255, 0, 0)).save(victim)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "train.zarr.zip exists and was written from other files" in capsys.readouterr().err
+    # ... and asking to skip bad files is another ingest too
+    assert main([*args, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--on-error", "skip"]) == 2
+    assert "written from other files or settings" in capsys.readouterr().err
+    assert main([*args, "--on-error", "skip", "--overwrite"]) == 0
+    stored = {
+        p: img
+        for s in kept
+        for p, img in zip(
+            di.open_zarr(out / f"{s}.zarr.zip").paths,
+            di.open_zarr(out / f"{s}.zarr.zip").images.compute(),
+            strict=True,
+        )
+    }
+    red = stored[victim.relative_to(image_folder).as_posix()]
+    assert (red[..., 0] == 255).all() and (red[..., 1:] == 0).all()

@@ -217,13 +217,21 @@ def plan_store(
 
 def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     """A digest of what a store is made from (files, labels, columns) and how, so a re-run of
-    the same ingest can keep a split that is finished already."""
+    the same ingest can keep a split that is finished already.
+
+    Local files count with their size and modification time, so a file replaced (or a
+    truncated one repaired) since makes it another store; files at URLs by their names
+    only (asking a bucket for a million objects' metadata would cost more than it saves).
+    """
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(json.dumps([imageset.root, list(imageset.classes), list(imageset.boxes)]).encode())
+    h.update(str(imageset.on_error).encode())
     files = imageset.row_source
     if isinstance(files, FileSource):
         h.update("\0".join(map(str, files.paths)).encode())
         h.update(repr(files.spec).encode())
+        if files.remote is None:
+            h.update(_file_states(files.paths))
     elif imageset.images is not None:
         h.update(tokenize(imageset.images).encode())
     for name, values in sorted(imageset.arrays.items()):
@@ -231,6 +239,18 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
             h.update(name.encode())
             h.update(tokenize(values).encode())
     return h.hexdigest()[:32]
+
+
+def _file_states(paths: Any) -> bytes:
+    """Each local file's size and modification time (``-1`` where it cannot be read)."""
+    states = np.full((len(paths), 2), -1, dtype=np.int64)
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue  # missing: decoding names it (or skip records it)
+        states[i] = st.st_size, st.st_mtime_ns
+    return states.tobytes()
 
 
 def write_store(
