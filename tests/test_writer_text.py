@@ -135,3 +135,32 @@ def test_repetitive_text_reads_back(tmp_path):
         w.append(split=["train/" + "x" * 100] * 5000)
     assert plain_group(p)["split"][0] == "train/" + "x" * 100  # zarr reads it
     assert di.open_zarr(p).arrays["split"].compute().tolist() == ["train/" + "x" * 100] * 5000
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_written_text_is_fed_with_its_samples(tmp_path, shuffle):
+    # a text array other than paths crashed the feed ('NoneType' has no attribute 'nbytes')
+    torch = pytest.importorskip("torch")
+    from daskimg.torch import TorchDataset
+
+    p = tmp_path / "s.zarr.zip"
+    di.testing.make_image_folder(tmp_path / "src", n=20)
+    di.to_zarr(di.from_folder(tmp_path / "src", size=(8, 8)), p, chunks=8)
+    ds = di.open_zarr(p)
+    n = len(ds)
+    with ArrayWriter(p, name="note", shape=(), dtype=str, mode="a") as w:
+        w.append(names(0, n), index=range(n))
+    paths = list(ds.paths)
+    seen = []
+    for note, pp, index in di.BatchIterator(
+        p, batch_size=4, shuffle=shuffle, arrays=("note", "paths", "index")
+    ):
+        assert list(note) == [names(0, n)[i] for i in index]
+        assert list(pp) == [paths[i] for i in index]
+        seen += list(index)
+    assert sorted(seen) == list(range(n))
+    loader = torch.utils.data.DataLoader(
+        TorchDataset(p, batch_size=4, shuffle=shuffle, arrays=("note", "index")), batch_size=None
+    )
+    for note, index in loader:
+        assert list(note) == [names(0, n)[i] for i in index.tolist()]

@@ -209,7 +209,7 @@ class FeedSource:
             self.reader.decode_rows(name, chunk, rows, dest, at, first=c * self.chunk_len)
         elif isinstance(chunk, JpegChunk):
             chunk.decode_into(rows, dest, at)  # each JPEG straight into its batch row
-        elif dest[0].nbytes >= 4096:
+        elif dest.dtype != object and dest[:1].nbytes >= 4096:  # text: Python objects
             # row by row, from the just-decoded chunk into the batch: no temporary copy
             for r, p in zip(rows.tolist(), at.tolist(), strict=True):
                 dest[p] = chunk[r]
