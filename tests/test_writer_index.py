@@ -83,6 +83,32 @@ def test_readme_write_back_pattern_rows_land_on_their_samples(tmp_path, ext):
     assert verify(p) == [] and leftovers(p) == []
 
 
+@pytest.mark.parametrize("how", ["take", "split", "take of a take"])
+def test_index_of_a_subset_of_a_store_is_the_store_index(tmp_path, how):
+    # inference class by class (ds.take(np.argsort(ds.labels))): "index" was the row in the
+    # subset, so predictions written back by it landed on other samples, silently
+    p = tmp_path / "train.zarr.zip"
+    di.to_zarr(image_set(40), p, chunks=8)
+    ds = di.open_zarr(p)
+    images = ds.images.compute()
+    order = np.argsort(ds.labels, kind="stable")
+    if how == "take":
+        parts = [ds.take(order)]
+    elif how == "split":
+        parts = list(ds.split({"a": 0.5, "b": 0.5}, seed=3).values())
+    else:
+        parts = [ds.take(order).take(np.arange(39, -1, -1))]
+    assert sorted(np.concatenate([q.store_rows for q in parts]).tolist()) == list(range(40))
+    with ArrayWriter(p, name="pred", shape=(3,), dtype="float32", mode="a") as w:
+        for part in parts:
+            for batch, index in di.BatchIterator(
+                part, batch_size=7, shuffle=True, arrays=("images", "index")
+            ):
+                np.testing.assert_array_equal(batch, images[index])  # index names the sample
+                w.append(predict(batch), index=index)
+    np.testing.assert_array_equal(plain_group(p)["pred"][...], predict(images))
+
+
 def test_appends_from_several_threads_with_indices(tmp_path):
     # DataLoader-style: batches finished by several threads, in whatever order they finish
     p = tmp_path / "t.zarr"

@@ -166,7 +166,7 @@ class BatchReader:
             if n in src.memory:
                 out[n] = src.memory[n][idx]
             elif n == INDEX and n not in out:
-                out[n] = idx.astype(np.int64)  # a copy: plans are read-only
+                out[n] = src.index(idx)
         with self._lock:
             self._counts["samples_delivered"] += len(idx)
         return {n: out[n] for n in self.names}

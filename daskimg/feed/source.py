@@ -25,7 +25,8 @@ except (ImportError, AttributeError):  # not Linux
     _RUSAGE_THREAD = None
 
 
-#: The name of the virtual array of store indices: sample ``i`` of the source is row ``i``.
+#: The name of the virtual array of store indices: sample ``i`` of the source is row ``i``
+#: (of a subset of a store's set, made with ``take`` or ``split``: its row in the store).
 INDEX = "index"
 
 
@@ -54,9 +55,12 @@ class FeedSource:
         if isinstance(source, (str, os.PathLike)):
             # opened once, checked (version, completeness, metadata); local or at a URL
             source = open_zarr(os.fspath(source), storage_options=storage_options)
+        #: each sample's store index where it is not its row here (a subset of a store's set)
+        self.store_rows: np.ndarray | None = None
         if isinstance(source, ImageSet):
             arrays = source.arrays
             self.attrs = source.attrs
+            self.store_rows = source.store_rows
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL
                 self.reader = source.store.reader
@@ -157,8 +161,14 @@ class FeedSource:
         """The in-memory and virtual arrays of the samples ``idx`` (a batch)."""
         out = {n: a[idx] for n, a in self.memory.items()}
         if self.virtual:
-            out[INDEX] = np.array(idx, dtype=np.int64)  # a copy: plans are read-only
+            out[INDEX] = self.index(idx)
         return out
+
+    def index(self, idx: np.ndarray) -> np.ndarray:
+        """The store index of the samples ``idx`` (their row numbers, for a whole store)."""
+        if self.store_rows is not None:
+            return self.store_rows[np.asarray(idx, dtype=np.int64)]
+        return np.array(idx, dtype=np.int64)  # a copy: plans are read-only
 
     def rows(self, c: int) -> tuple[int, int]:
         a = c * self.chunk_len

@@ -127,6 +127,10 @@ class ImageSet:
         #: the opened store (:class:`daskimg.store.open.OpenedStore`) this set was read from,
         #: or None: the loader reads its chunks through the same checked reader
         self.store: Any = None
+        #: for a subset of a set read from a store (:meth:`take`, :meth:`split`): each
+        #: sample's row in that store, which the feed's ``"index"`` gives (so predictions
+        #: written back by index land on their samples); None: sample i is row i
+        self.store_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -237,7 +241,7 @@ class ImageSet:
             if self.images is None
             else self.images[idx]
         )
-        return ImageSet(
+        subset = ImageSet(
             images,
             None if self.labels is None else self.labels[idx],
             classes=self.classes,
@@ -249,6 +253,11 @@ class ImageSet:
             row_source=files,
             boxes=self.boxes,
         )
+        if self.store is not None or self.store_rows is not None:
+            rows = np.arange(len(self)) if self.store_rows is None else self.store_rows
+            subset.store_rows = rows[idx]
+            subset.store_rows.flags.writeable = False
+        return subset
 
     def split(
         self,
