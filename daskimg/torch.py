@@ -294,15 +294,44 @@ class TorchDataset(IterableDataset):
         it, slot = self._iterator()
         table = self._table()
         if self._resume is not None:
-            state, self._resume = self._resume, None
-            it.load_state_dict(state)
-            if len(it) and it.state_dict()["batch"] >= len(it):  # saved at its epoch's end
+            it.load_state_dict(self._resume)
+            done = bool(len(it)) and it.state_dict()["batch"] >= len(it)
+            info = get_worker_info()
+            if done and info is None:
+                # no workers: this process's share was the whole epoch, which ended; the next
+                # follows (StatefulDataLoader asks this same dataset, with nothing prefetched)
                 it.set_epoch(it.epoch + 1)
+                done = False
+            elif done:
+                # a worker's share used up when the state was saved yields nothing more: the
+                # rest of that epoch is the other workers' (StatefulDataLoader resumes its
+                # rotation there); a worker cannot tell whether the others were done too, so
+                # it never starts the next epoch here (its batches would be mixed into this
+                # one's rest, or come in another worker's turn), and a StatefulDataLoader that
+                # drops this iteration (its epoch had ended) makes new workers, which take the
+                # next epoch from the table, as every worker's next iteration does.
+                warnings.warn(
+                    f"TorchDataset: DataLoader worker {info.id} had delivered all its batches "
+                    f"of epoch {it.epoch} when the resumed state was saved; it yields none "
+                    "until the next epoch (a state saved after an epoch's last batch resumes "
+                    "into an empty rest of that epoch with several workers)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             table.record(slot, it.epoch)
+            self._gen = self._resumed(it, done)
         else:
             it.set_epoch(table.take(slot))
-        self._gen = self._batches(it)
+            self._gen = self._batches(it)
         return self._gen
+
+    def _resumed(self, it: BatchIterator, done: bool) -> Generator[tuple[Any, ...], None, None]:
+        # the state counts as applied only once a batch is asked for: StatefulDataLoader
+        # drops an iterator it resumed from a finished epoch unstarted and makes another,
+        # which must resume from the same state, not take one more epoch from the table
+        self._resume = None
+        if not done:
+            yield from self._batches(it)
 
     def _iterator(self) -> tuple[BatchIterator, int]:
         """This process's iterator for its rank and worker, and its slot in the epoch table."""

@@ -323,3 +323,45 @@ def test_pickled_dataset_gets_its_own_epochs(store, stored):
         _expected(8, 2, batch_size=16, seed=2),
     )
     assert os.getpid() == copy._epochs.owner
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata
+@pytest.mark.filterwarnings("ignore:TorchDataset. DataLoader worker:RuntimeWarning")
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_stateful_resume_at_the_end_of_an_epoch_repeats_nothing(store, stored, workers):
+    # a state saved when some workers had delivered their whole share: they used to start
+    # the next epoch at once, mixing its batches into this one's rest (duplicates), or
+    # serving them in another worker's turn (another order); a state saved after the epoch
+    # ended must resume with the next epoch, not skip one
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    kw = {"batch_size": 6, "arrays": ("images", "index"), "seed": 5, "buffer_chunks": 2}
+
+    def loader():
+        return sdl.StatefulDataLoader(
+            TorchDataset(store, **kw), batch_size=None, num_workers=workers
+        )
+
+    reference = loader()
+    epochs = [_index(reference, stored) for _ in range(3)]
+    total = len(epochs[0])
+    _same(epochs[0], _expected(0, max(1, workers), batch_size=6, seed=5, buffer_chunks=2))
+    for cut in (total - 2, total - 1, total, "finished"):
+        first = loader()
+        it = iter(first)
+        head = _index(it if cut == "finished" else (next(it) for _ in range(cut)), stored)
+        state = first.state_dict()
+        del it, first
+        resumed = loader()
+        resumed.load_state_dict(state)
+        rest = _index(resumed, stored)
+        following = _index(resumed, stored)
+        if cut == "finished":
+            _same(rest, epochs[1])
+            _same(following, epochs[2])
+        elif cut == total and workers == 0:  # one reader: its epoch ended, the next follows
+            _same(head, epochs[0])
+            _same(rest, epochs[1])
+            _same(following, epochs[2])
+        else:  # the rest of the epoch, exactly, then the next one
+            _same(head + rest, epochs[0])
+            _same(following, epochs[1])
