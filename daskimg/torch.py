@@ -302,7 +302,7 @@ class TorchDataset(IterableDataset):
                 # follows (StatefulDataLoader asks this same dataset, with nothing prefetched)
                 it.set_epoch(it.epoch + 1)
                 done = False
-            elif done:
+            elif done and info is not None:
                 # a worker's share used up when the state was saved yields nothing more: the
                 # rest of that epoch is the other workers' (StatefulDataLoader resumes its
                 # rotation there); a worker cannot tell whether the others were done too, so
