@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -527,3 +528,54 @@ def test_a_store_replaced_while_being_fed_is_an_error_not_a_mix(tmp_path, ext):
     fresh = list(di.BatchIterator(path, batch_size=8))
     assert sum(len(b[0]) for b in fresh) == n
     assert all((b[0] == 255).all() for b in fresh), "the new store, read afresh"
+
+
+@pytest.mark.parametrize(
+    ("offset", "nbytes"),
+    [(2**64 - 16, 32), (0, 2**64 - 2), (8, 2**64 - 1), (2**64 - 1, 16)],
+    ids=["offset wraps", "length wraps", "length missing only", "offset missing only"],
+)
+def test_a_shard_index_entry_that_wraps_around_is_named(tmp_path, offset, nbytes):
+    # with a valid crc32c, offset + length past 2**64 wrapped around the bounds check and
+    # came out as a bare ValueError or OverflowError naming nothing
+    import struct
+
+    import crc32c
+    import store_damage as sd
+
+    path = di.to_zarr(
+        di.ImageSet(np.zeros((16, 4, 4, 3), np.uint8), np.arange(16) % 2, classes=["a", "b"]),
+        tmp_path / "s.zarr.zip",
+        chunks=4,
+        shard_chunks=2,
+    )
+    members = sd.read_local(path)
+    key = "images/c/0/0/0/0"
+    n = len(sd.split_shard(members[key], 2))
+    data = bytearray(members[key])
+    index = data[len(data) - (n * 16 + 4) :]
+    struct.pack_into("<QQ", index, 0, offset, nbytes)
+    index[-4:] = crc32c.crc32c(bytes(index[:-4])).to_bytes(4, "little")
+    data[len(data) - len(index) :] = index
+    members[key] = bytes(data)
+    bad = sd.write_local(members, tmp_path / "bad.zarr.zip")
+    message = r"bad\.zarr\.zip: array 'images', shard 0 .*index points outside the shard"
+    with pytest.raises(di.errors.ChecksumError, match=message):
+        di.open_zarr(bad).images.compute()
+    with pytest.raises(di.errors.ChecksumError, match=message):
+        list(di.BatchIterator(bad, batch_size=4, shuffle=False))
+
+
+def test_a_damaged_zip_version_field_is_named(tmp_path):
+    # a flipped 'version needed to extract' made zipfile raise NotImplementedError
+    path = di.to_zarr(
+        di.ImageSet(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 2, classes=["a", "b"]),
+        tmp_path / "s.zarr.zip",
+        chunks=4,
+    )
+    data = bytearray(Path(path).read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the last central directory entry
+    data[central + 6] = 0xEB  # 'version needed to extract': 23.5
+    (tmp_path / "bad.zarr.zip").write_bytes(bytes(data))
+    with pytest.raises(di.errors.ChecksumError, match=r"bad\.zarr\.zip: not a readable zip file"):
+        di.open_zarr(tmp_path / "bad.zarr.zip").images.compute()

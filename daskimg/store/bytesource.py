@@ -382,7 +382,8 @@ def zip_members(
     )
     try:
         infos = zipfile.ZipFile(fh).infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    # NotImplementedError: a damaged 'version needed' or compression field
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise ChecksumError(damaged.format(e)) from None
     seen: set[str] = set()
     for info in infos:

@@ -80,9 +80,16 @@ class ChunkLocator:
                 f"{where}: index checksum mismatch (damaged or truncated); re-create the store"
             ) from None
         index = np.frombuffer(body, dtype="<u8").reshape(n, 2)
-        present = index[:, 0] != MISSING
-        ends = index[present, 0] + index[present, 1]
-        if (ends > np.uint64(size - (n * 16 + 4))).any() or (index[present, 1] < 4).any():
+        missing = (index[:, 0] == MISSING) & (index[:, 1] == MISSING)  # zarr: both, or neither
+        offs, lens = index[~missing, 0], index[~missing, 1]
+        limit = np.uint64(size - (n * 16 + 4))
+        # each bound on its own first: a huge offset or length would wrap their sum around
+        if (
+            (offs > limit).any()
+            or (lens > limit).any()
+            or (offs + lens > limit).any()
+            or (lens < 4).any()
+        ):
             raise ChecksumError(
                 f"{where}: its index points outside the shard; the store is damaged — re-create it"
             )
