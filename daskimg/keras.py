@@ -333,6 +333,17 @@ class _EpochCallback(keras.callbacks.Callback):
         self.data = data
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        steps = (getattr(self, "params", None) or {}).get("steps")
+        if steps is not None and steps != len(self.data):
+            # Keras walks its batch order on across short epochs; a new epoch plan at each
+            # of them would repeat some samples and never show others
+            raise ValueError(
+                f"epoch_callback() makes each Keras epoch one of the dataset's epochs, so fit "
+                f"must take all len(ds)={len(self.data)} batches per epoch; steps_per_epoch="
+                f"{steps} would repeat and miss samples. Leave steps_per_epoch out, or drop "
+                "the callback: the dataset's epochs then advance by themselves each time Keras "
+                "has read all its batches"
+            )
         self.data.start_training()
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:

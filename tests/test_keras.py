@@ -192,6 +192,21 @@ def test_fit_initial_epoch_reads_that_epochs_order(store):
     assert followed.epoch == 3
 
 
+def test_epoch_callback_refuses_short_keras_epochs(store):
+    # Keras walks one batch order on across short epochs; the callback's new epoch plan at
+    # each of them repeated about a third of the samples of a pass and missed as many
+    ds = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()
+    with pytest.raises(ValueError, match=r"len\(ds\)=\d+ batches per epoch; steps_per_epoch=3"):
+        model.fit(ds, epochs=2, steps_per_epoch=3, verbose=0, callbacks=[ds.epoch_callback()])
+    assert rec.train == [] or all(len(e) == 0 for e in rec.train)  # refused before training
+    # steps_per_epoch equal to len(ds) is what the callback pairs with
+    model, rec, passes = recording_model()
+    model.fit(
+        ds, epochs=1, steps_per_epoch=len(ds), verbose=0, callbacks=[ds.epoch_callback(), passes]
+    )
+
+
 def test_fit_with_validation_data_evaluates_each_sample_once_in_store_order(store):
     train = KerasDataset(store, batch_size=10)
     valid = KerasDataset(store, batch_size=16, shuffle=False)
