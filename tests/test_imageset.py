@@ -386,3 +386,37 @@ def test_from_csv_label_beyond_int64_is_refused_naming_the_line(tmp_path):
     (tmp_path / "l.csv").write_text(f"path,label\n{files[0]},1\n{files[1]},{huge}\n")
     with pytest.raises(ValueError, match=rf"line 3: label {huge} is too large"):
         di.from_csv(tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8))
+
+
+def test_from_csv_classes_given_keep_indices_across_split_csvs(tmp_path):
+    # each CSV's own sorted names differ when a split lacks a class: zebra was 2 in train
+    # and 1 in valid, where a model trained on train reads 1 as dog
+    di.testing.make_image_folder(tmp_path / "imgs", n=6, size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    train_names = ["cat", "dog", "zebra"]
+    valid_names = ["cat", "zebra", "zebra"]
+    for name, labels, part in (
+        ("train", train_names, files[:3]),
+        ("valid", valid_names, files[3:]),
+    ):
+        rows = ["path,label"] + [f"{f},{v}" for f, v in zip(part, labels, strict=True)]
+        (tmp_path / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    train = di.from_csv(tmp_path / "train.csv", root=tmp_path / "imgs", size=(8, 8))
+    valid = di.from_csv(
+        tmp_path / "valid.csv", root=tmp_path / "imgs", size=(8, 8), classes=train.classes
+    )
+    assert valid.classes == train.classes
+    assert [valid.classes[i] for i in valid.labels] == valid_names
+    assert di.from_csv(tmp_path / "valid.csv", root=tmp_path / "imgs", size=(8, 8)).classes == (
+        "cat",
+        "zebra",
+    )  # without classes=, the CSV's own
+    with pytest.raises(ValueError, match=r"line 3: label 'zebra' is not one of the classes given"):
+        di.from_csv(tmp_path / "valid.csv", root=tmp_path / "imgs", size=(8, 8), classes=["cat"])
+    (tmp_path / "ints.csv").write_text(f"path,label\n{files[0]},0\n{files[1]},3\n")
+    with pytest.raises(ValueError, match=r"line 3: label 3 is not an index of the 3 classes"):
+        di.from_csv(
+            tmp_path / "ints.csv", root=tmp_path / "imgs", size=(8, 8), classes=train.classes
+        )

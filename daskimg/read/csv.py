@@ -35,6 +35,7 @@ def from_csv(
     size: Sequence[int],
     path_column: str = "path",
     label_column: str | None = "label",
+    classes: Sequence[str] | None = None,
     columns: Mapping[str, Sequence[str]] | None = None,
     boxes: Mapping[str, Sequence[str]] | None = None,
     mask_column: str | None = None,
@@ -61,6 +62,12 @@ def from_csv(
         Column names. Labels may be class names (classes are then the sorted unique names)
         or integers (used as given; whole numbers written as floats, "3.0" as pandas writes
         an integer column that had a missing value, count as integers). ``label_column=None``: no labels.
+    classes
+        The class names in index order, e.g. the training CSV's (``train.classes``) when
+        reading the validation CSV, so that an index means the same class in every split
+        (each CSV's own sorted names would differ when a split lacks a class). Name labels
+        are looked up in it, a name not in it is an error naming its line; integer labels
+        must lie in ``0..len(classes) - 1``. Default: the sorted unique names of this CSV.
     columns
         Extra per-sample arrays to build from numeric CSV columns, stored as they are, e.g.
         ``{"age": ["age"]}`` gives ``ds.columns["age"]`` of shape (N, 1) float32. By default
@@ -124,7 +131,15 @@ def from_csv(
         raise NoImagesFoundError(f"{where} has a header but no rows")
     base = root_url or root_path
     files = _paths(rows, path_column, where, base)
-    labels, classes = (None, []) if not label_column else _labels(rows, label_column, where)
+    if classes is not None and (
+        isinstance(classes, str) or not all(isinstance(c, str) for c in classes)
+    ):
+        raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
+    if classes is not None and len(set(classes)) != len(classes):
+        raise ValueError(f"classes has repeated names: {list(classes)}")
+    labels, classes = (
+        (None, []) if not label_column else _labels(rows, label_column, where, classes)
+    )
     source_boxes = {
         name: _box_values(rows, cols, name, header, where) for name, cols in (boxes or {}).items()
     }
@@ -209,6 +224,43 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
 
 
 def _labels(
+    rows: list[dict[str, Any]],
+    label_column: str,
+    where: str,
+    given: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Labels (class indices) and class names (empty for integer labels, unless ``given``)."""
+    labels, classes = _own_labels(rows, label_column, where)
+    if given is None:
+        return labels, classes
+    given = list(given)
+    if classes:  # names: looked up in the given list
+        index = {c: i for i, c in enumerate(given)}
+        unknown = [
+            (line, c) for line, c in enumerate(_classes_of(labels, classes), 2) if c not in index
+        ]
+        if unknown:
+            line, name = unknown[0]
+            raise ValueError(
+                f"{where}, line {line}: label {name!r} is not one of the classes given "
+                f"({given}); {len(unknown)} row(s) have such labels"
+            )
+        return np.array([index[c] for c in _classes_of(labels, classes)], dtype=np.int64), given
+    bad = np.flatnonzero((labels < -1) | (labels >= len(given)))  # -1: no label
+    if len(bad):
+        raise ValueError(
+            f"{where}, line {int(bad[0]) + 2}: label {int(labels[bad[0]])} is not an index of the "
+            f"{len(given)} classes given ({given})"
+        )
+    return labels, given
+
+
+def _classes_of(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Each row's class name."""
+    return [classes[i] for i in labels.tolist()]
+
+
+def _own_labels(
     rows: list[dict[str, Any]], label_column: str, where: str
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels)."""
