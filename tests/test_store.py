@@ -579,3 +579,34 @@ def test_a_damaged_zip_version_field_is_named(tmp_path):
     (tmp_path / "bad.zarr.zip").write_bytes(bytes(data))
     with pytest.raises(di.errors.ChecksumError, match=r"bad\.zarr\.zip: not a readable zip file"):
         di.open_zarr(tmp_path / "bad.zarr.zip").images.compute()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda a: a.__setitem__("classes", ["a", "c"]),  # a flipped byte in a class name
+        lambda a: a.__setitem__("clasres", a.pop("classes")),  # ... in the key
+        lambda a: a.__setitem__("classes", ["b", "a"]),  # every label means the other class
+        lambda a: a.pop("arrays"),  # which would switch the arrays' zarr.json checks off
+    ],
+    ids=["class name", "classes key", "classes swapped", "arrays"],
+)
+def test_a_changed_root_attribute_is_refused(tmp_path, edit):
+    # the root zarr.json had no checksum: one flipped bit renamed or dropped the classes
+    import store_damage as sd
+
+    path = di.to_zarr(
+        di.ImageSet(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 2, classes=["a", "b"]),
+        tmp_path / "s.zarr.zip",
+        chunks=4,
+    )
+    assert di.open_zarr(path).classes == ("a", "b")
+    members = sd.read_local(path)
+    root = json.loads(members["zarr.json"])
+    edit(root["attributes"]["daskimg"])
+    members["zarr.json"] = json.dumps(root).encode()
+    bad = sd.write_local(members, tmp_path / "bad.zarr.zip")
+    with pytest.raises(di.errors.MetadataError, match=r"bad\.zarr\.zip'?: its root attributes"):
+        di.open_zarr(bad)
+    with pytest.raises(di.errors.MetadataError, match="root attributes"):
+        list(di.BatchIterator(bad, batch_size=4))

@@ -16,6 +16,7 @@ once every chunk is written) and ``arrays``: the name of every array with a crc3
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -53,6 +54,9 @@ __all__ = [
 
 #: the on-disk format this daskimg writes; it opens every version <= this one
 FORMAT_VERSION = 1
+#: the root attribute holding :func:`attrs_crc32c` (finished stores written since 2026-12;
+#: older ones lack it and open as before)
+ATTRS_CRC = "attrs_crc32c"
 #: uncompressed bytes aimed at per chunk (the unit the loader reads) and per shard (one write task)
 CHUNK_BYTES = 8 * 2**20
 SHARD_CHUNKS = 8
@@ -192,14 +196,25 @@ def finish_attrs(attrs: dict[str, Any], array_meta: Mapping[str, bytes]) -> dict
 
     ``array_meta`` maps every array name to the bytes of its final ``zarr.json``.
     """
-    return {
-        **attrs,
+    out = {
+        **{k: v for k, v in attrs.items() if k != ATTRS_CRC},
         "complete": True,
         "arrays": {
             name: {"zarr_json_crc32c": crc32c.crc32c(raw)}
             for name, raw in sorted(array_meta.items())
         },
     }
+    out[ATTRS_CRC] = attrs_crc32c(out)
+    return out
+
+
+def attrs_crc32c(attrs: Mapping[str, Any]) -> int:
+    """The crc32c of the ``daskimg`` attributes (all but this checksum), as canonical JSON:
+    a flipped byte in a class name or any other root attribute is caught on opening, as one
+    in an array's ``zarr.json`` is."""
+    body = {k: v for k, v in attrs.items() if k != ATTRS_CRC}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return int(crc32c.crc32c(text.encode()))
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -255,6 +270,11 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
         raise IncompleteStoreError(
             f"{where!r} is incomplete (complete=false): its writer stopped before the end. "
             "Re-run the ingest/to_zarr that made it."
+        )
+    if ATTRS_CRC in attrs and attrs_crc32c(attrs) != attrs[ATTRS_CRC]:
+        raise MetadataError(
+            f"{where!r}: its root attributes (classes, num_samples, ...) changed after the store "
+            "was written (checksum mismatch); the store is damaged — re-create it"
         )
     return attrs
 
