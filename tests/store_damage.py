@@ -333,6 +333,35 @@ def huge_shape(members: Snapshot, name: str) -> Snapshot:
     return edit_json(members, f"{name}/zarr.json", edit)
 
 
+def resealed(members: Snapshot) -> Snapshot:
+    """Every checksum over metadata recomputed, as a crafter would: the root's record of each
+    array's ``zarr.json`` crc32c, then its own ``attrs_crc32c``."""
+    from daskimg.store.format import ATTRS_CRC, attrs_crc32c
+
+    root = json.loads(members["zarr.json"])
+    attrs = root["attributes"]["daskimg"]
+    for name, entry in (attrs.get("arrays") or {}).items():
+        if isinstance(entry, dict) and "zarr_json_crc32c" in entry:
+            entry["zarr_json_crc32c"] = crc32c.crc32c(members[f"{name}/zarr.json"])
+    if ATTRS_CRC in attrs:
+        attrs[ATTRS_CRC] = attrs_crc32c(attrs)
+    return {**members, "zarr.json": json.dumps(root, indent=2).encode()}
+
+
+def huge_samples(members: Snapshot, name: str, side: int = 100_000) -> Snapshot:
+    """Samples of ``name`` claimed ``side`` x ``side`` pixels (shape and chunk shapes), with every
+    metadata checksum resealed: a chunk then claims far more memory than any machine has."""
+
+    def edit(meta: Any) -> None:
+        meta["shape"][1:3] = [side, side]
+        meta["chunk_grid"]["configuration"]["chunk_shape"][1:3] = [side, side]
+        first = meta["codecs"][0]
+        if first["name"] == "sharding_indexed":
+            first["configuration"]["chunk_shape"][1:3] = [side, side]
+
+    return resealed(edit_json(members, f"{name}/zarr.json", edit))
+
+
 def zero_chunk_shape(members: Snapshot, name: str) -> Snapshot:
     def edit(meta: Any) -> None:
         meta["chunk_grid"]["configuration"]["chunk_shape"][0] = 0

@@ -808,6 +808,28 @@ def test_absurd_shape_fails_fast(backend, pristine, reader):
         pytest.fail("\n\n".join(problems), pytrace=False)
 
 
+def test_crafted_huge_samples_are_refused_at_open(backend, pristine, reader):
+    """Samples claimed 100,000 x 100,000 pixels with every metadata checksum resealed: every
+    read path is a DaskImgError naming the array (not a MemoryError, not a crash)."""
+    deadline = time.monotonic() + ABSURD_BUDGET
+    problems: list[str] = []
+    for store in ("lz4", "none", "jpeg"):
+        p = pristine[store]
+        members = sd.huge_samples(p.members, "images")
+        target = backend.put(members, backend.target(f"huge-samples-{store}"))
+        what = f"{backend.name} {store} images of 100000x100000 (resealed) [{{}}] {target}"
+        job = backend.job(target, members, reads=READS, iter_arrays=list(p.iter_arrays["images"]))
+        results = reader.run(job, timeout=ABSURD_BUDGET, deadline=deadline)
+        for read in READS:
+            problem = read_problem(
+                results[read], read, DaskImgError, target, ["images"], {}, what.format(read)
+            )
+            if problem:
+                problems.append(problem)
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
 # -- clean stores: every backend reads back what was written ------------------------------
 
 SET_ARRAYS = ("images", "labels", "paths", "idx", "bbox")

@@ -17,6 +17,7 @@ once every chunk is written) and ``arrays``: the name of every array with a crc3
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -333,6 +334,16 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
             f"{where}: array {name!r} has {lay.shape[0]} rows, the store {n} samples; "
             "the store is damaged — re-create it"
         )
+    need, memory = lay.chunk_len * lay.row_bytes, _memory_bytes()
+    if memory and need > memory:
+        raise MetadataError(
+            f"{where}: array {name!r} declares chunks of {lay.chunk_len} samples of "
+            f"{list(lay.shape[1:])} {lay.dtype} ({need / 2**30:,.1f} GiB decoded), more than this "
+            f"machine's {memory / 2**30:,.1f} GiB of memory: daskimg reads a whole chunk at a "
+            "time, so the store cannot be read here. If it is a real store, re-write it with "
+            "smaller chunks on a machine that can read it (to_zarr(open_zarr(path), new_path, "
+            "chunks=...)); otherwise its metadata is damaged — re-create the store"
+        )
     held = sum(
         1 for k in reader.source.keys if k.startswith(name + "/") and k != f"{name}/zarr.json"
     )
@@ -363,3 +374,11 @@ def check_together(
         lay = layouts.get(b)
         if lay is None or len(lay.shape) != 2 or lay.shape[1] != 4:
             raise MetadataError(f"{where}: boxes names {b!r}, which is not an (N, 4) array")
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -171,8 +171,16 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
             raise bad("strings need the vlen-utf8 codec")
     elif serializer == "vlen-utf8" and dtype.kind != "O":
         raise bad(f"vlen-utf8 on a {dtype} array")
-    elif serializer == "daskimg.jpeg" and (dtype != np.uint8 or len(shape) != 4):
-        raise bad("daskimg.jpeg holds uint8 images (N, H, W, C)")
+    elif serializer == "daskimg.jpeg" and (
+        dtype != np.uint8
+        or len(shape) != 4
+        or not (1 <= shape[1] <= 65500 and 1 <= shape[2] <= 65500)
+        or shape[3] not in (1, 3)
+    ):
+        raise bad(
+            "daskimg.jpeg holds uint8 images (N, H, W, 1 or 3) of 1 to 65500 pixels a side, "
+            f"not {dtype} {list(shape)}"
+        )
     inner_len, shard_len = inner[0], chunks[0]
     chunk_len = inner_len
     if inner_len == 1 and sharded and read_len and shard_len % read_len == 0:
