@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from .errors import DaskImgError
-from .store.format import check_array, check_attrs, check_together, required_arrays
+from .store.format import (
+    check_array,
+    check_attrs,
+    check_labels,
+    check_together,
+    required_arrays,
+)
 from .store.location import Location
 from .store.open import open_store
 from .store.reader import StoreReader
@@ -80,17 +86,24 @@ def verify(
     except DaskImgError as e:
         problems.append(Problem("(store)", -1, str(e)))
     for name, lay in layouts.items():
-        problems += _check_chunks(reader, name, lay.num_chunks, progress)
+        problems += _check_chunks(reader, attrs, name, lay.num_chunks, progress)
     return problems
 
 
 def _check_chunks(
-    reader: StoreReader, name: str, num_chunks: int, progress: Callable[[int], None] | None
+    reader: StoreReader,
+    attrs: Mapping[str, Any],
+    name: str,
+    num_chunks: int,
+    progress: Callable[[int], None] | None,
 ) -> list[Problem]:
     problems = []
     for c in range(num_chunks):
         try:
-            reader.read_chunk(name, c)
+            values = reader.read_chunk(name, c)
+            if name == "labels":
+                lay = reader.layout(name)
+                check_labels(reader.path, attrs, values, lay.chunk_len, lay.chunk_rows(c)[0])
         except (DaskImgError, ValueError, RuntimeError, OSError) as e:
             problems.append(Problem(name, c, str(e)))
         if progress is not None:

@@ -333,6 +333,18 @@ def huge_shape(members: Snapshot, name: str) -> Snapshot:
     return edit_json(members, f"{name}/zarr.json", edit)
 
 
+def label_beyond_classes(members: Snapshot, value: int, c: int = 1, row: int = 3) -> Snapshot:
+    """Row ``row`` of labels chunk ``c`` set to ``value``, re-encoded with a VALID crc32c
+    (the labels must be Blosc-encoded int64, as daskimg writes them)."""
+    import numpy as np
+    from numcodecs import Blosc
+
+    assert array_info(members, "labels").codec_kind == "blosc"
+    values = np.frombuffer(Blosc().decode(get_chunk(members, "labels", c)[:-4]), "<i8").copy()
+    values[row] = value
+    return set_chunk(members, "labels", c, with_crc(Blosc(cname="zstd").encode(values)))
+
+
 def resealed(members: Snapshot) -> Snapshot:
     """Every checksum over metadata recomputed, as a crafter would: the root's record of each
     array's ``zarr.json`` crc32c, then its own ``attrs_crc32c``."""

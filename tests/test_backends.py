@@ -830,6 +830,35 @@ def test_crafted_huge_samples_are_refused_at_open(backend, pristine, reader):
         pytest.fail("\n\n".join(problems), pytrace=False)
 
 
+def test_labels_beyond_the_classes_are_refused(backend, pristine, reader):
+    """A labels chunk crafted to hold 99 (3 classes) with a valid crc32c: every read path is a
+    DaskImgError naming 'labels' (it was a bare ValueError from ImageSet; verify was clean).
+    -1 ("no label") stays a valid label."""
+    p = pristine["lz4"]
+    assert sd.json.loads(p.members["zarr.json"])["attributes"]["daskimg"]["classes"]
+    problems: list[str] = []
+    for value in (99, -5):
+        members = sd.label_beyond_classes(p.members, value)
+        target = backend.put(members, backend.target(f"label-{value}"))
+        what = f"{backend.name} a label of {value} [{{}}] {target}"
+        job = backend.job(target, members, reads=READS, iter_arrays=list(p.iter_arrays["labels"]))
+        results = reader.run(job, timeout=60)
+        for read in READS:
+            problem = read_problem(
+                results[read], read, DaskImgError, target, ["labels"], {}, what.format(read)
+            )
+            if problem:
+                problems.append(problem)
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+    members = sd.label_beyond_classes(p.members, -1)
+    target = backend.put(members, backend.target("label-none"))
+    labels = np.asarray(di.open_zarr(target, storage_options=backend.so).labels)
+    expected = np.asarray(p.values["labels"]).copy()
+    expected[CHUNKS + 3] = -1
+    np.testing.assert_array_equal(labels, expected)
+
+
 # -- clean stores: every backend reads back what was written ------------------------------
 
 SET_ARRAYS = ("images", "labels", "paths", "idx", "bbox")

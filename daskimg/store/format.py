@@ -357,6 +357,29 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
     return lay
 
 
+def check_labels(
+    where: str, attrs: Mapping[str, Any], labels: np.ndarray, chunk_len: int, first: int = 0
+) -> None:
+    """Stored labels ``labels`` (samples ``first``...) lie in ``-1..len(classes) - 1``.
+
+    A value beyond the classes in a chunk whose checksum matches was written that way or
+    crafted: a :class:`MetadataError` naming the store, the sample and its chunk, before any
+    label is handed out.
+    """
+    classes = attrs.get("classes") or ()
+    if not classes or not len(labels):
+        return
+    bad = np.flatnonzero((labels < -1) | (labels >= len(classes)))
+    if len(bad):
+        i = first + int(bad[0])
+        raise MetadataError(
+            f"{where}: array 'labels', sample {i} (chunk {i // chunk_len}) holds "
+            f"{int(labels[bad[0]])}, but the store has {len(classes)} classes (a label is "
+            f"0..{len(classes) - 1}, or -1: no label); {len(bad)} label(s) out of range. Their "
+            "checksum matches, so they were written this way or crafted — re-create the store"
+        )
+
+
 def check_together(
     where: str, attrs: Mapping[str, Any], layouts: Mapping[str, ArrayLayout]
 ) -> None:

@@ -20,7 +20,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import IncompleteStoreError
 from ..read.imageset import ImageSet
-from .format import check_arrays, check_attrs
+from .format import check_arrays, check_attrs, check_labels
 from .layout import ArrayLayout
 from .location import Location
 from .reader import StoreReader
@@ -120,6 +120,8 @@ def open_zarr(
     for name in st.layouts:
         if name in EAGER:
             arrays[name] = st.reader.read_array(name)
+            if name == "labels":
+                check_labels(st.reader.path, st.attrs, arrays[name], st.layouts[name].chunk_len)
         else:
             arrays[name] = lazy_array(st.reader, name)
     return imageset_of(arrays, st)
