@@ -199,6 +199,50 @@ def test_folders_beside_the_split_folders_are_an_error_not_dropped(tmp_path, cap
     assert len(di.from_folder(kaggle, size=(8, 8))) == 21
 
 
+@pytest.mark.parametrize("url", [False, True])
+@pytest.mark.parametrize("splits", [("valid", "test"), ("test",), ("val",)])
+def test_split_folders_without_train_are_splits_not_classes(tmp_path, url, splits):
+    # valid/{cat,dog} and test/{cat,dog} (an evaluation download) were read as two classes
+    # 'test' and 'valid': cat and dog were lost, every sample labelled by its split
+    root = tmp_path / "eval"
+    di.testing.make_image_folder(root, n=6, size=(8, 8), classes=("cat", "dog"), split_dirs=splits)
+    where = str(root)
+    if url:
+        fsspec = pytest.importorskip("fsspec")
+        fs = fsspec.filesystem("memory")
+        where = f"memory://daskimg-test-nosplit-{'-'.join(splits)}/eval"
+        for f in sorted(root.rglob("*.png")):
+            fs.pipe(f"{where}/{f.relative_to(root).as_posix()}", f.read_bytes())
+    try:
+        ds = di.from_folder(where, size=(8, 8))
+        assert ds.classes == ("cat", "dog")
+        canonical = {"val": "valid"}
+        parts = ds.split()
+        assert sorted(parts) == sorted(canonical.get(s, s) for s in splits)
+        for split_dir in splits:
+            part = parts[canonical.get(split_dir, split_dir)]
+            # the oracle: the class folder each file lies in
+            want = sorted(
+                (f.relative_to(root).as_posix(), f.parent.name)
+                for f in (root / split_dir).rglob("*.png")
+            )
+            got = sorted(
+                (p, part.classes[i]) for p, i in zip(part.paths, part.labels, strict=True)
+            )
+            assert got == want and len(got) == 6
+    finally:
+        if url:
+            fs.rm(f"/daskimg-test-nosplit-{'-'.join(splits)}", recursive=True)
+
+
+def test_a_class_named_like_a_split_without_train_stays_a_class(tmp_path):
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root, n=4, size=(8, 8), classes=("cat", "test"))
+    ds = di.from_folder(root, size=(8, 8))
+    assert ds.classes == ("cat", "test") and ds.source_splits is None
+    assert sorted(np.bincount(ds.labels).tolist()) == [2, 2]
+
+
 def test_a_link_back_into_the_tree_is_not_read_twice_under_another_label(tmp_path, caplog):
     root = tmp_path / "data"
     di.testing.make_image_folder(root, n=6, size=(8, 8), classes=("cat", "dog"))

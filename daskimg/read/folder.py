@@ -5,7 +5,8 @@ Nothing is dropped silently. The rules, the same on disk and at a URL:
 * ``root/<class>/<files>``: labelled by class (files found recursively in each class folder).
 * ``root/<files>`` with no class folders: one set without labels.
 * ``root/train/``, ``root/valid/`` (or ``val/``, ``validation/``), ``root/test/``: predefined
-  splits (recognised when ``train/`` is there); each split folder holds class folders
+  splits (recognised when ``train/`` is there, or when nothing but split folders is there:
+  ``valid/`` and ``test/`` alone); each split folder holds class folders
   (labelled) or files directly (an unlabelled split, like Kaggle's flat ``test/``).
 * An image file beside class folders (``root/stray.jpg``, ``root/train/stray.jpg``), or
   beside split folders, is an error naming it: move it into a class folder, or pass
@@ -123,19 +124,37 @@ def _files_under(
     return files
 
 
-def find_split_dirs(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """The predefined split folders directly under ``root`` (``train``, ``valid``/``val``, ``test``)."""
+def find_split_dirs(
+    root: str | os.PathLike[str], exclude: str | None = None
+) -> dict[str, Path]:
+    """The predefined split folders directly under ``root`` (``train``, ``valid``/``val``, ``test``).
+
+    They are splits when ``train/`` is among them, or when no other folder is beside them
+    (``valid/`` and ``test/`` alone: an evaluation set); a folder named like a split among
+    class folders without ``train/`` is a class. ``exclude``: a folder (real path) that is
+    not part of the set, e.g. the output written inside ``root``.
+    """
     root = Path(root)
     found: dict[str, Path] = {}
+    others = []
     for child in sorted(root.iterdir()) if root.is_dir() else []:
+        if not child.is_dir() or child.name.startswith(".") or os.path.realpath(child) == exclude:
+            continue
         split = SPLIT_DIRS.get(child.name.lower())
-        if child.is_dir() and split is not None:
-            if split in found:
-                raise ValueError(
-                    f"{root} holds both {found[split].name!r} and {child.name!r}; keep one folder per split"
-                )
-            found[split] = child
-    return found if "train" in found else {}
+        if split is None:
+            others.append(child.name)
+            continue
+        if split in found:
+            raise ValueError(
+                f"{root} holds both {found[split].name!r} and {child.name!r}; keep one folder per split"
+            )
+        found[split] = child
+    return found if _are_splits(set(found), others) else {}
+
+
+def _are_splits(found: set[str], others: list[str]) -> bool:
+    """Split-named folders are splits with ``train`` among them, or with nothing beside them."""
+    return "train" in found or (bool(found) and not others)
 
 
 def _local_tops(
@@ -163,7 +182,7 @@ def _local_tops(
                 t.classes[d.name] = _files_under(d, exclude, t.others, read_under, real_root)
         return t
 
-    splits = find_split_dirs(root)
+    splits = find_split_dirs(root, exclude)
     if not splits:
         return [top("", root)], []
     _beside_splits(
@@ -215,15 +234,20 @@ def _url_tops(
         rels = [r for r in rels if not (r + "/").startswith(exclude + "/")]
     parts = [r.split("/") for r in rels]
     found: dict[str, str] = {}
+    others = []
     for name in sorted({q[0] for q in parts if len(q) > 1}):
         split = SPLIT_DIRS.get(name.lower())
-        if split is not None:
-            if split in found:
-                raise ValueError(
-                    f"{url} holds both {found[split]!r} and {name!r}; keep one folder per split"
-                )
-            found[split] = name
-    if "train" in found:
+        if split is None:
+            if not name.startswith("."):
+                others.append(name)
+            continue
+        if split in found:
+            raise ValueError(
+                f"{url} holds both {found[split]!r} and {name!r}; keep one folder per split"
+            )
+        found[split] = name
+    splitting = _are_splits(set(found), others)
+    if splitting:
         _beside_splits(
             url,
             sorted(
@@ -234,7 +258,7 @@ def _url_tops(
             sorted(found.values()),
             stray,
         )
-    prefixes = [(s, (n,)) for s, n in found.items()] if "train" in found else [("", ())]
+    prefixes = [(s, (n,)) for s, n in found.items()] if splitting else [("", ())]
     tops = []
     for split, prefix in prefixes:
         d = len(prefix)
@@ -257,10 +281,10 @@ def _url_tops(
         tops.append(t)
     loose = (
         [join(url, q[0]) for q in sorted(parts) if len(q) == 1 and _is_image(q[0])]
-        if "train" in found
+        if splitting
         else []
     )
-    if "train" in found:  # beside the split folders (a labels.csv, a README)
+    if splitting:  # beside the split folders (a labels.csv, a README)
         tops[0].others[:0] = [
             join(url, q[0]) for q in sorted(parts) if len(q) == 1 and _is_other(q[0])
         ]
@@ -387,6 +411,8 @@ def from_folder(
     unnoticed. A root that holds ``train/``, ``valid/``
     (or ``val/``) and ``test/`` folders is recognised: the classes are the union over the
     splits (so indices agree across splits) and ``ds.split()`` returns the predefined splits.
+    Without ``train/``, split folders alone (``valid/`` and ``test/``, an evaluation set)
+    are splits too; one beside other folders is a class.
     A folder of images without class folders (the root, or a split folder such as a
     flat ``test/``) gives samples without labels: ``labels`` is None for the set or
     split, and ``-1`` for those samples in a set that also has labelled ones. An image
