@@ -94,6 +94,29 @@ def test_split_validates_fractions(fractions):
         ds.split(fractions)
 
 
+def test_split_of_a_tiny_file_set_reaches_every_split_or_says_why(tmp_path):
+    # 3 photos in 2 classes, 0.8/0.1/0.1 stratified: valid and test got no sample, and
+    # the empty file set crashed in dask ("Empty tuples are not allowed in chunks")
+    root = tmp_path / "tiny"
+    di.testing.make_image_folder(root, n=3, size=(8, 8))
+    ds = di.from_folder(root, size=(8, 8))
+    for stratify in (True, False):
+        parts = ds.split({"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0, stratify=stratify)
+        assert [len(p) for p in parts.values()] == [1, 1, 1]
+        assert sorted(p for part in parts.values() for p in part.paths) == sorted(ds.paths)
+        for part in parts.values():  # each split decodes its own file
+            want = decode_file(root / part.paths[0], DecodeSpec(size=(8, 8)))
+            np.testing.assert_array_equal(part.images.compute()[0], want)
+    two = ds.take(np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"split 'test' \(0\.1 of 2 samples\) gets no sample"):
+        two.split({"train": 0.8, "valid": 0.1, "test": 0.1})
+    # a split of fraction 0 is empty, and says so when it would be stored
+    empty = ds.split({"train": 1.0, "valid": 0.0})["valid"]
+    assert len(empty) == 0 and empty.images.compute().shape == (0, 8, 8, 3)
+    with pytest.raises(ValueError, match="empty; there is nothing to store"):
+        di.to_zarr(empty, tmp_path / "valid.zarr.zip")
+
+
 def test_split_of_file_set_rebuilds_small_graph(image_folder):
     ds = di.from_folder(image_folder, size=(8, 8), chunks=4)
     parts = ds.split({"train": 0.5, "test": 0.5}, seed=0)

@@ -301,6 +301,13 @@ class ImageSet:
             labels=self.labels if stratify else None,
             seed=seed,
         )
+        empty = [k for k, idx in parts.items() if not len(idx) and float(fractions[k]) > 0]
+        if empty:
+            raise ValueError(
+                f"split {empty[0]!r} ({float(fractions[empty[0]]):g} of {len(self)} samples) gets "
+                f"no sample: {({k: len(v) for k, v in parts.items()})}. Pass fewer splits or "
+                "larger fractions for so few samples"
+            )
         return {name: self.take(idx) for name, idx in parts.items()}
 
 
@@ -368,6 +375,16 @@ def split_indices(
         counts = _allocate(len(members), fr)
         for j, (a, b) in enumerate(zip(np.cumsum(counts) - counts, np.cumsum(counts), strict=True)):
             out[j].append(members[a:b])
+    # classes too small to reach every split can leave one empty: it gets a sample from the
+    # largest split's largest class (so each split with a fraction > 0 has one if n allows)
+    for j in np.flatnonzero(fr > 0).tolist():
+        if not sum(len(g) for g in out[j]):
+            donor = max(range(len(names)), key=lambda k: sum(len(g) for g in out[k]))
+            if sum(len(g) for g in out[donor]) < 2:
+                break
+            g = max(range(len(out[donor])), key=lambda k: len(out[donor][k]))
+            out[j].append(out[donor][g][-1:])
+            out[donor][g] = out[donor][g][:-1]
     return {
         name: np.sort(np.concatenate(chunks)).astype(np.int64) if chunks else np.empty(0, np.int64)
         for name, chunks in zip(names, out, strict=True)

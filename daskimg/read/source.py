@@ -223,6 +223,8 @@ class FileSource:
         }
 
         def view(name: str, tail: tuple[int, ...], dtype: Any, task: Any) -> da.Array:
+            if not starts:  # no files (e.g. an empty split): an array of no samples
+                return da.zeros((0, *tail), dtype=np.dtype(dtype))
             key = f"imread-{name}-{token}"
             zeros = (0,) * len(tail)
             layer = {(key, i, *zeros): task(i, s) for i, s in enumerate(starts)}
