@@ -126,6 +126,40 @@ def test_ingest_writes_the_unlabelled_test_split(tmp_path):
     assert train.labels is not None and set(train.labels.tolist()) == {0, 1}
 
 
+@pytest.mark.parametrize("splits", [None, ("train", "valid"), ("valid", "test")])
+def test_ingest_into_a_folder_inside_its_source_reads_the_same_set_again(tmp_path, splits):
+    # the second run read OUT as one more class ('out', no images): 3 classes instead of 2,
+    # so it refused the finished stores as "written from other files"; beside split
+    # folders OUT was a folder that is no split (an error)
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root, n=12, size=(8, 8), split_dirs=splits)
+    out = root / "stores"
+    for _ in range(2):
+        assert main(["ingest", str(root), str(out), "--size", "8", "8"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{s}.zarr.zip" for s in (splits or ("train", "valid", "test")))
+    for name in names:
+        store = di.open_zarr(out / name)
+        assert store.classes == ("cat", "dog")
+        for path, label in zip(store.paths, store.labels, strict=True):
+            assert Path(path).parent.name == store.classes[label]  # the folder is the oracle
+    # from Python: exclude= leaves the folder out, at a URL too
+    assert di.from_folder(root, size=(8, 8), exclude=out).classes == ("cat", "dog")
+    fsspec = pytest.importorskip("fsspec")
+    fs, url = fsspec.filesystem("memory"), "memory://daskimg-test-exclude/data"
+    try:
+        for f in sorted(root.rglob("*")):
+            if f.is_file():
+                fs.pipe(f"{url}/{f.relative_to(root).as_posix()}", f.read_bytes())
+        with_out = di.from_folder(url, size=(8, 8), exclude=url + "/stores")
+        assert with_out.classes == ("cat", "dog")
+        assert sorted(with_out.paths) == sorted(
+            di.from_folder(root, size=(8, 8), exclude=out).paths
+        )
+    finally:
+        fs.rm("/daskimg-test-exclude", recursive=True)
+
+
 @pytest.mark.parametrize("url", [False, True])
 def test_files_that_are_not_images_are_named_not_dropped_silently(tmp_path, caplog, url):
     """A photo in a format daskimg does not read (.heic), notes and annotations: left out
@@ -226,9 +260,7 @@ def test_split_folders_without_train_are_splits_not_classes(tmp_path, url, split
                 (f.relative_to(root).as_posix(), f.parent.name)
                 for f in (root / split_dir).rglob("*.png")
             )
-            got = sorted(
-                (p, part.classes[i]) for p, i in zip(part.paths, part.labels, strict=True)
-            )
+            got = sorted((p, part.classes[i]) for p, i in zip(part.paths, part.labels, strict=True))
             assert got == want and len(got) == 6
     finally:
         if url:

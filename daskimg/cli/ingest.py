@@ -58,6 +58,7 @@ def ingest(args: argparse.Namespace) -> int:
             on_error=args.on_error,
             stray=args.stray,
             masks=args.masks,
+            exclude=args.out,  # stores written inside SRC are not a class on the next run
             dtype=args.dtype,
             storage_options=opts if is_url(args.src) else None,
         )

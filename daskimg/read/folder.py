@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ def _is_other(name: str) -> bool:
 
 def _files_under(
     folder: Path,
-    exclude: str | None = None,
+    exclude: frozenset[str] = frozenset(),
     others: list[str] | None = None,
     read_under: dict[str, str] | None = None,
     root: str | None = None,
@@ -95,7 +95,7 @@ def _files_under(
     home = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real == exclude:
+        if real in exclude:
             dirnames[:] = []
             continue
         first = read_under.get(real)
@@ -125,20 +125,20 @@ def _files_under(
 
 
 def find_split_dirs(
-    root: str | os.PathLike[str], exclude: str | None = None
+    root: str | os.PathLike[str], exclude: Iterable[str] = ()
 ) -> dict[str, Path]:
     """The predefined split folders directly under ``root`` (``train``, ``valid``/``val``, ``test``).
 
     They are splits when ``train/`` is among them, or when no other folder is beside them
     (``valid/`` and ``test/`` alone: an evaluation set); a folder named like a split among
-    class folders without ``train/`` is a class. ``exclude``: a folder (real path) that is
+    class folders without ``train/`` is a class. ``exclude``: folders (real paths) that are
     not part of the set, e.g. the output written inside ``root``.
     """
-    root = Path(root)
+    root, exclude = Path(root), frozenset(exclude)
     found: dict[str, Path] = {}
     others = []
     for child in sorted(root.iterdir()) if root.is_dir() else []:
-        if not child.is_dir() or child.name.startswith(".") or os.path.realpath(child) == exclude:
+        if not child.is_dir() or child.name.startswith(".") or os.path.realpath(child) in exclude:
             continue
         split = SPLIT_DIRS.get(child.name.lower())
         if split is None:
@@ -158,7 +158,7 @@ def _are_splits(found: set[str], others: list[str]) -> bool:
 
 
 def _local_tops(
-    root: Path, exclude: str | None, stray: str = "raise"
+    root: Path, exclude: frozenset[str], stray: str = "raise"
 ) -> tuple[list[_Top], list[str]]:
     """The folders to read under ``root``, and image files directly in a root of splits."""
     real_root = os.path.realpath(root)
@@ -178,7 +178,7 @@ def _local_tops(
     def top(split: str, folder: Path) -> _Top:
         t = _Top(split, os.fspath(folder), direct(folder), other(folder))
         for d in sorted(folder.iterdir()):
-            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) != exclude:
+            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) not in exclude:
                 t.classes[d.name] = _files_under(d, exclude, t.others, read_under, real_root)
         return t
 
@@ -190,7 +190,7 @@ def _local_tops(
         [
             d.name
             for d in sorted(root.iterdir())
-            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) != exclude
+            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) not in exclude
             and d.name.lower() not in SPLIT_DIRS
         ],
         sorted(d.name for d in splits.values()),
@@ -225,13 +225,12 @@ def _beside_splits(where: str, folders: list[str], splits: list[str], stray: str
 
 
 def _url_tops(
-    url: str, fs: Any, base: str, exclude: str | None, stray: str = "raise"
+    url: str, fs: Any, base: str, exclude: Sequence[str], stray: str = "raise"
 ) -> tuple[list[_Top], list[str]]:
     """:func:`_local_tops` from one recursive listing of a URL prefix (``base`` on ``fs``)."""
     base = base.rstrip("/")
     rels = [k[len(base) + 1 :] for k in fs.find(base) if k.startswith(base + "/")]
-    if exclude is not None:
-        rels = [r for r in rels if not (r + "/").startswith(exclude + "/")]
+    rels = [r for r in rels if not any((r + "/").startswith(e + "/") for e in exclude)]
     parts = [r.split("/") for r in rels]
     found: dict[str, str] = {}
     others = []
@@ -400,6 +399,7 @@ def from_folder(
     masks: str | os.PathLike[str] | None = None,
     mask_dtype: str | None = None,
     stray: str = "raise",
+    exclude: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ImageSet:
     """An :class:`ImageSet` from a folder of class subfolders (``root/<class>/<file>``).
@@ -439,6 +439,11 @@ def from_folder(
         ``"raise"`` (default): an image file directly beside class folders (or beside
         split folders) is an error naming it. ``"ignore"``: such files are left out, with
         a logged warning.
+    exclude
+        A folder inside ``root`` (or several) that is not part of the set, e.g. where its
+        stores are written: left out with everything below it, so a second run does not
+        read it as a class (``daskimg ingest`` passes its ``OUT``). A mask folder inside
+        ``root`` is left out already.
 
     The set also has a ``source_size`` column ``(N, 2)`` (each source's height and width
     after EXIF orientation; ``(N, 3)`` for volumes), computed as the files are decoded.
@@ -462,15 +467,20 @@ def from_folder(
                 f"{os.fspath(root)!r} is not a folder; pass a folder of class subfolders"
             )
     mask_root = None if masks is None else _mask_root(masks, root, url)
+    left_out = [
+        str(e).rstrip("/")
+        for e in (
+            [] if exclude is None
+            else [exclude] if isinstance(exclude, (str, os.PathLike)) else list(exclude)
+        )
+    ] + ([] if mask_root is None else [mask_root])  # fmt: skip
     if url is not None:
         fs, base_path = filesystem(url, storage_options)
-        exclude = None
-        if mask_root is not None and mask_root.startswith(url + "/"):
-            exclude = mask_root[len(url) + 1 :]
-        tops, loose = _url_tops(url, fs, base_path, exclude, stray)
+        inside = [e[len(url) + 1 :] for e in left_out if e.startswith(url + "/")]
+        tops, loose = _url_tops(url, fs, base_path, inside, stray)
     else:
-        real_masks = None if mask_root is None else os.path.realpath(mask_root)
-        tops, loose = _local_tops(Path(root), real_masks, stray)
+        reals = frozenset(os.path.realpath(e) for e in left_out if not is_url(e))
+        tops, loose = _local_tops(Path(root), reals, stray)
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
     files, labels, classes, split_of = _assemble(where, tops, loose, stray)
