@@ -314,8 +314,9 @@ def test_to_stored_clips_and_nans():
 
 def test_csv_box_cells(tmp_path):
     make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "a.png")
+    make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "b.png")
     csv = tmp_path / "b.csv"
-    csv.write_text("path,x0,y0,x1,y1\na.png,,,,\na.png,1,2,10,12\n")
+    csv.write_text("path,x0,y0,x1,y1\na.png,,,,\nb.png,1,2,10,12\n")
     ds = di.from_csv(
         csv, root=tmp_path, size=(20, 30), label_column=None, boxes={"b": ["x0", "y0", "x1", "y1"]}
     )

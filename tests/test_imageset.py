@@ -160,6 +160,31 @@ def test_from_csv_with_bbox_columns(image_folder, tmp_path):
     np.testing.assert_array_equal(ds.images[3].compute(), decode_file(files[3], spec))
 
 
+@pytest.mark.parametrize("url", [False, True])
+def test_from_csv_a_file_on_two_rows_is_refused_naming_both_lines(image_folder, tmp_path, url):
+    # a CSV with one row per box (or a pasted-twice row) made the image two samples, which
+    # split() could put in train and in test
+    files = sorted(f.relative_to(image_folder).as_posix() for f in image_folder.rglob("*.png"))
+    rows = [f"{files[0]},ant,0,0,4,4", f"{files[1]},bee,0,0,2,2", f"./{files[0]},ant,4,4,8,8"]
+    text = "path,label,x0,y0,x1,y1\n" + "\n".join(rows) + "\n"
+    csv, root = tmp_path / "boxes.csv", str(image_folder)
+    csv.write_text(text)
+    if url:
+        fsspec = pytest.importorskip("fsspec")
+        fs = fsspec.filesystem("memory")
+        fs.pipe("/daskimg-test-csv-twice/boxes.csv", text.encode())
+        csv, root = "memory://daskimg-test-csv-twice/boxes.csv", "memory://daskimg-test-csv-twice"
+    try:
+        with pytest.raises(ValueError, match=r"lines 2 and 4: both name '\./.*one row per image"):
+            di.from_csv(csv, root=root, size=(8, 8), boxes={"bbox": ["x0", "y0", "x1", "y1"]})
+    finally:
+        if url:
+            fs.rm("/daskimg-test-csv-twice", recursive=True)
+    csv = tmp_path / "once.csv"
+    csv.write_text("path,label\n" + "\n".join(f"{f},{f.split('/')[0]}" for f in files) + "\n")
+    assert len(di.from_csv(csv, root=image_folder, size=(8, 8))) == len(files)
+
+
 def test_from_csv_refuses_paths_outside_root(image_folder, tmp_path):
     csv = tmp_path / "bad.csv"
     csv.write_text("path,label\n../../etc/passwd,a\n")
@@ -330,17 +355,17 @@ def test_from_csv_keeps_big_whole_numbers_exact(tmp_path):
 
 def test_from_csv_whole_float_labels_are_class_indices(tmp_path):
     # pandas writes an int column as "3.0" once it has held a NaN; "10.0" must not sort before "2.0"
-    di.testing.make_image_folder(tmp_path / "imgs", n=4, size=(8, 8), classes=("a",))
+    di.testing.make_image_folder(tmp_path / "imgs", n=5, size=(8, 8), classes=("a",))
     files = sorted(
         p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
     )
     given = [2, 10, 0, 2]
-    lines = ["path,label"] + [f"{f},{float(v)}" for f, v in zip(files, given, strict=True)]
+    lines = ["path,label"] + [f"{f},{float(v)}" for f, v in zip(files[:4], given, strict=True)]
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
     ds = di.from_csv(tmp_path / "l.csv", root=tmp_path / "imgs", size=(8, 8))
     assert ds.labels.tolist() == given
     # a fraction among whole numbers is neither: as names "10.0" would sort before "2.0"
-    (tmp_path / "m.csv").write_text("\n".join([*lines, f"{files[0]},2.5"]) + "\n")
+    (tmp_path / "m.csv").write_text("\n".join([*lines, f"{files[4]},2.5"]) + "\n")
     with pytest.raises(ValueError, match=r"line 6: '2\.5'.*neither indices nor class names"):
         di.from_csv(tmp_path / "m.csv", root=tmp_path / "imgs", size=(8, 8))
 

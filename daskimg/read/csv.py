@@ -220,6 +220,17 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
                 "paths must be relative to root and stay inside it"
             )
         files.append(os.fspath(full))
+    first: dict[str, int] = {}
+    for line, f in enumerate(files, start=2):
+        seen = first.setdefault(f, line)
+        if seen != line:
+            raise ValueError(
+                f"{where}, lines {seen} and {line}: both name {rows[line - 2][column].strip()!r}. "
+                "from_csv reads one row per image: a file on two rows would be two samples (and "
+                "could land in two splits, a test image also trained on). Remove the repeated "
+                "row; a CSV with one row per box needs its rows grouped by image first (boxes "
+                "in columns, see boxes=)"
+            )
     return files
 
 
