@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -72,6 +73,8 @@ def random_flip(
 class RandomFlip:
     """The transform :func:`random_flip` returns (a plain object: it pickles into workers)."""
 
+    #: it moves pixels: the feed refuses it when fed boxes or masks are not in ``boxes``/``masks``
+    moves_pixels: ClassVar[bool] = True
     p: float
     key: str
     boxes: tuple[str, ...]
@@ -131,6 +134,7 @@ def random_crop(
 class RandomCrop:
     """The transform :func:`random_crop` returns (a plain object: it pickles into workers)."""
 
+    moves_pixels: ClassVar[bool] = True
     h: int
     w: int
     key: str

@@ -97,3 +97,52 @@ def test_transform_errors_name_the_array():
 def test_crop_size_must_be_two_positive_numbers(size):
     with pytest.raises(ValueError, match="random_crop"):
         random_crop(size)
+
+
+@pytest.fixture
+def boxed_store(tmp_path):
+    import daskimg as di
+
+    b = _batch(n=12)
+    ds = di.ImageSet(b["images"], columns={"bbox": b["bbox"], "masks": b["masks"]}, boxes=("bbox",))
+    return di.to_zarr(ds, tmp_path / "boxed.zarr.zip", chunks=4, order="source"), b
+
+
+def test_the_feed_refuses_a_flip_or_crop_that_would_leave_fed_boxes_or_masks_behind(boxed_store):
+    # random_flip() without boxes= flipped the images and handed the boxes out unflipped
+    import daskimg as di
+
+    path, b = boxed_store
+    fed = ("images", "bbox", "masks", "index")
+    for t, left in [
+        (random_flip(p=1.0), r"boxes \['bbox'\]"),
+        (random_flip(p=1.0, boxes=("bbox",)), r"masks \['masks'\]"),
+        (
+            compose(random_flip(p=1.0, boxes=("bbox",), masks=("masks",)), random_crop((6, 9))),
+            r"boxes \['bbox'\]",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=f"moves the pixels of 'images' but not the {left}"):
+            di.BatchIterator(path, batch_size=4, arrays=fed, transform=t)
+    # given both, every box is still where its mask is, and the pixels are the stored ones flipped
+    t = random_flip(p=1.0, boxes=("bbox",), masks=("masks",))
+    for images, bbox, masks, index in di.BatchIterator(path, batch_size=5, arrays=fed, transform=t):
+        for i, k in enumerate(index.tolist()):
+            np.testing.assert_array_equal(images[i], b["images"][k][:, ::-1])
+            np.testing.assert_array_equal(bbox[i], _mask_box(masks[i]))
+    # boxes not fed: nothing to move with the pixels
+    assert len(list(di.BatchIterator(path, batch_size=4, transform=random_flip(p=1.0)))) == 3
+
+
+def test_the_adapters_refuse_a_flip_that_would_leave_fed_boxes_behind(boxed_store):
+    path, _ = boxed_store
+    torch_adapter = pytest.importorskip("daskimg.torch")
+    with pytest.raises(ValueError, match=r"not the boxes \['bbox'\]"):
+        torch_adapter.TorchDataset(
+            path, batch_size=4, arrays=("images", "bbox"), transform=random_flip(p=1.0)
+        )
+    keras_adapter = pytest.importorskip("daskimg.keras")
+    with pytest.raises(ValueError, match=r"not the boxes \['bbox'\]"):
+        keras_adapter.KerasDataset(
+            path, batch_size=4, arrays=("images", "bbox"), transform=random_flip(p=1.0)
+        )

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..store.reader import RawChunk
+from .checks import check_transform
 from .iterator import Transform
 from .plan import EpochPlan
 from .shuffle import epoch_rng, num_batches, plan_epoch
@@ -401,6 +402,7 @@ class EpochBatches:
             # no array called "index" in the source: the reader gives the store indices
             rest = [n for n in names if n != INDEX] or None
             src = FeedSource(self.source, rest, self.storage_options)
+        check_transform(self.transform, src.names, src.boxes, src.masks)
         per_group = max(self.buffer_chunks, -(-self.batch_size // src.chunk_len))
         cache = 3 * per_group if self.cache_chunks is None else self.cache_chunks
         self.reader = BatchReader(src, cache_chunks=cache, threads=self.threads, names=names)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +16,7 @@ __all__ = [
     "check_int",
     "check_positive",
     "check_seed",
+    "check_transform",
     "check_worker",
 ]
 
@@ -72,3 +75,40 @@ def check_at_least(name: str, value: object, low: int) -> None:
     """Refuse (ValueError) anything but an int (numpy ints too) ``>= low``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_transform(
+    transform: Any, names: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[str, ...]
+) -> None:
+    """Refuse a transform that moves the pixels but would leave fed boxes or masks behind.
+
+    daskimg's own flips and crops say what they move (``moves_pixels``, ``boxes``,
+    ``masks``; :func:`~daskimg.transforms.compose` their ``transforms``): one that moves
+    ``key`` while the batches also hold a box or mask array it was not given would hand out
+    boxes and masks in the frame the pixels left. Other callables are the caller's own.
+    """
+    for t in _parts(transform):
+        if not getattr(t, "moves_pixels", False) or t.key not in names:
+            continue
+        left_boxes = [b for b in boxes if b in names and b not in t.boxes]
+        left_masks = [m for m in masks if m in names and m not in t.masks]
+        if left_boxes or left_masks:
+            fix = (
+                f"boxes={tuple(dict.fromkeys([*t.boxes, *left_boxes]))!r}, "
+                f"masks={tuple(dict.fromkeys([*t.masks, *left_masks]))!r}"
+            )
+            raise ValueError(
+                f"transform {type(t).__name__} moves the pixels of {t.key!r} but not the "
+                f"{'boxes' if left_boxes else 'masks'} {left_boxes or left_masks}, which the "
+                f"batches hold: they would be handed out where the pixels were. Give them to it "
+                f"({fix}), or leave them out of arrays="
+            )
+
+
+def _parts(transform: Any) -> Iterator[Any]:
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, tuple):
+        for t in inner:
+            yield from _parts(t)
+    elif transform is not None:
+        yield transform

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
 from .shuffle import epoch_rng, num_batches, plan_epoch
@@ -123,6 +124,7 @@ class BatchIterator:
     ) -> None:
         _check_args(batch_size, buffer_chunks, prefetch, threads, seed, num_consumers * num_workers)
         self.source = FeedSource(source, arrays, storage_options)
+        check_transform(transform, self.source.names, self.source.boxes, self.source.masks)
         self.batch_size = batch_size
         self.shuffle = shuffle
         #: seed=None: one drawn now, recorded by state_dict (a state's seed is then adopted)

@@ -57,9 +57,17 @@ class FeedSource:
             source = open_zarr(os.fspath(source), storage_options=storage_options)
         #: each sample's store index where it is not its row here (a subset of a store's set)
         self.store_rows: np.ndarray | None = None
+        #: the box arrays and mask arrays of the set (they move with the pixels)
+        self.boxes: tuple[str, ...] = ()
+        self.masks: tuple[str, ...] = ()
         if isinstance(source, ImageSet):
             arrays = source.arrays
             self.attrs = source.attrs
+            self.boxes = tuple(source.boxes)
+            masks = arrays.get("masks")
+            images = arrays.get("images")
+            if masks is not None and images is not None and masks.shape[:3] == images.shape[:3]:
+                self.masks = ("masks",)
             self.store_rows = source.store_rows
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL

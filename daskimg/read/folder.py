@@ -124,9 +124,7 @@ def _files_under(
     return files
 
 
-def find_split_dirs(
-    root: str | os.PathLike[str], exclude: Iterable[str] = ()
-) -> dict[str, Path]:
+def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> dict[str, Path]:
     """The predefined split folders directly under ``root`` (``train``, ``valid``/``val``, ``test``).
 
     They are splits when ``train/`` is among them, or when no other folder is beside them

@@ -305,7 +305,7 @@ class ImageSet:
         if empty:
             raise ValueError(
                 f"split {empty[0]!r} ({float(fractions[empty[0]]):g} of {len(self)} samples) gets "
-                f"no sample: {({k: len(v) for k, v in parts.items()})}. Pass fewer splits or "
+                f"no sample: { ({k: len(v) for k, v in parts.items()}) }. Pass fewer splits or "
                 "larger fractions for so few samples"
             )
         return {name: self.take(idx) for name, idx in parts.items()}
