@@ -57,6 +57,25 @@ def test_predefined_split_folders(tmp_path):
         assert all(p.startswith(folder + "/") for p in part.paths)
 
 
+def test_split_by_fractions_does_not_mix_predefined_splits(tmp_path):
+    # ds.split({"train": 0.8, ...}) on a folder of train/ val/ test/ put test images in train
+    root = tmp_path / "data"
+    di.testing.make_image_folder(
+        root, n=12, classes=("a", "b"), split_dirs=("train", "val", "test")
+    )
+    ds = di.from_folder(root, size=(8, 8))
+    with pytest.raises(ValueError, match=r"predefined splits \['test', 'train', 'valid'\].*mix"):
+        ds.split({"train": 0.8, "valid": 0.1, "test": 0.1})
+    # carving a validation split out of train stays inside train
+    carved = ds.split()["train"].split({"train": 0.75, "valid": 0.25}, seed=1)
+    assert sum(len(p) for p in carved.values()) == 12 and min(len(p) for p in carved.values()) > 0
+    assert all(p.startswith("train/") for part in carved.values() for p in part.paths)
+    # on purpose: every sample divided anew
+    anew = ds.split({"train": 0.5, "test": 0.5}, resplit=True)
+    assert sorted(p for part in anew.values() for p in part.paths) == sorted(ds.paths)
+    assert {p.split("/")[0] for p in anew["train"].paths} == {"train", "val", "test"}
+
+
 def test_split_disjoint_stratified_deterministic():
     n = 1000
     labels = np.repeat(np.arange(5), [500, 300, 150, 45, 5])

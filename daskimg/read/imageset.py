@@ -265,6 +265,7 @@ class ImageSet:
         *,
         seed: int | np.random.Generator | None = 0,
         stratify: bool = True,
+        resplit: bool = False,
     ) -> dict[str, ImageSet]:
         """Split into disjoint subsets, e.g. ``{"train": 0.8, "valid": 0.1, "test": 0.1}``.
 
@@ -275,6 +276,11 @@ class ImageSet:
         ``valid/`` (or ``val/``), ``test/`` returns those splits; a split folder of files
         without class subfolders (Kaggle's flat ``test/``) is a split without labels
         (``labels`` None, ``paths`` set).
+
+        ``fractions`` on a set that holds several predefined splits is refused: it would mix
+        them (a test image trained on). Split one of them (``ds.split()["train"].split(...)``
+        carves a validation split out of train), or pass ``resplit=True`` to divide all the
+        samples anew on purpose.
 
         Examples
         --------
@@ -295,6 +301,14 @@ class ImageSet:
                 if part.labels is not None and (part.labels == NO_LABEL).all():
                     part.labels = None  # an unlabelled split folder: paths, no labels
             return given
+        held = [] if self.source_splits is None else sorted(set(self.source_splits.tolist()))
+        if len(held) > 1 and not resplit:
+            raise ValueError(
+                f"this set holds the predefined splits {held} (split folders); split(fractions) "
+                "would mix them, e.g. test images into train. Use ds.split() for them, split "
+                "one of them (ds.split()['train'].split({'train': 0.9, 'valid': 0.1})), or pass "
+                "resplit=True to divide all samples anew"
+            )
         parts = split_indices(
             len(self),
             fractions,
