@@ -96,6 +96,33 @@ def test_the_first_file_sets_the_dtype_and_others_must_fit(tmp_path):
     assert (v[2].compute() == 7).all()  # an int32 file whose values fit int16
 
 
+def test_a_float_dtype_that_cannot_hold_the_values_is_refused_naming_the_file(tmp_path):
+    # a float16 first file (or dtype="float16") turned uint16 65535 into inf and int16 2049
+    # into 2048 with no error
+    np.save(tmp_path / "a.npy", np.zeros((2, 3, 4), np.float16))
+    b = np.full((2, 3, 4), 1000, np.int16)
+    b[0, 0, 0] = 2049
+    np.save(tmp_path / "b.npy", b)
+    np.save(tmp_path / "c.npy", np.full((2, 3, 4), 65535, np.uint16))
+    np.save(tmp_path / "d.npy", np.full((2, 3, 4), 1e6, np.float32))
+    np.save(tmp_path / "e.npy", np.full((2, 3, 4), -2048, np.int16))
+    v = di.imread(str(tmp_path / "*.npy"), size=(2, 3, 4), chunks=1)
+    assert v.dtype == np.float16
+    for i, what in [
+        (1, r"b\.npy.*1000\.\.2049; float16 holds whole numbers exactly only within -2048\.\.2048"),
+        (2, r"c\.npy.*65535\.\.65535.*rounded or become infinity"),
+        (3, r"d\.npy.*holds 1000000\.0, beyond float16's largest value 65504\.0"),
+    ]:
+        with pytest.raises(DecodeError, match=what):
+            v[i].compute()
+    # values float16 holds exactly are kept exactly (numpy's own cast is the oracle)
+    np.testing.assert_array_equal(
+        v[4].compute()[..., 0], np.full((2, 3, 4), -2048, np.int16).astype(np.float16)
+    )
+    got = di.imread([str(tmp_path / "b.npy")], size=(2, 3, 4), dtype="float32").compute()
+    np.testing.assert_array_equal(got[0, ..., 0], b.astype(np.float32))
+
+
 def test_tiff_stacks_keep_their_dtype(tmp_path):
     vol = make_volume((4, 5, 6), dtype="int16", value_range=(-1000, 2000))
     tifffile.imwrite(tmp_path / "s.tif", vol, photometric="minisblack")

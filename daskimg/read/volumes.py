@@ -10,8 +10,10 @@ keeps the dtype of its first file (:func:`volume_dtype`): an int16 CT scan stays
 Hounsfield units, float stays float. A dtype that can hold every value of the source's
 dtype is a plain cast. A narrower one is checked file by file: integer values must fit
 its range, and floating-point values must be whole numbers within it; otherwise the
-error names the file, its value range and a dtype that fits. Floating-point output casts
-anything. Interpolation never leaves the range of its inputs, so a resized volume fits
+error names the file, its value range and a dtype that fits. Floating-point output takes
+what it can hold: integers only while every value is a whole number it holds exactly
+(float16: up to 2048 in magnitude, float32: 2**24), and floats rounded to it but never
+beyond its largest finite value (which would become infinity). Interpolation never leaves the range of its inputs, so a resized volume fits
 wherever its source did.
 """
 
@@ -170,7 +172,10 @@ def check_volume_dtype(vol: np.ndarray, dtype: np.dtype, path: str | os.PathLike
         raise DecodeError(
             path, f"unsupported volume dtype {vol.dtype}; expected integers or floats"
         )
-    if dtype.kind == "f" or np.can_cast(vol.dtype, dtype):
+    if np.can_cast(vol.dtype, dtype):
+        return
+    if dtype.kind == "f":
+        _check_float_output(vol, dtype, path)
         return
     lo, hi = vol.min(), vol.max()
     if kind == "f":
@@ -194,6 +199,34 @@ def check_volume_dtype(vol: np.ndarray, dtype: np.dtype, path: str | os.PathLike
             path,
             f"volume values span {lo_i}..{hi_i}, outside the {dtype.name} range "
             f"{info.min}..{info.max}; pass dtype='{_fitting(lo_i, hi_i)}'",
+        )
+
+
+def _check_float_output(vol: np.ndarray, dtype: np.dtype, path: str) -> None:
+    """A float ``dtype`` narrower than the volume's: no value may become infinity, and integer
+    values must be whole numbers it holds exactly (float16 rounds 2049 to 2048)."""
+    info = np.finfo(dtype)
+    if vol.dtype.kind == "f":
+        for plane in vol:  # a plane at a time: no second copy of a large volume
+            beyond = np.isfinite(plane) & (np.abs(plane) > info.max)
+            if beyond.any():
+                raise DecodeError(
+                    path,
+                    f"the volume holds {float(plane[beyond].flat[0])!r}, beyond {dtype.name}'s "
+                    f"largest value {float(info.max)!r}: it would become infinity; pass "
+                    f"dtype='{vol.dtype.name}' (the source's own)",
+                )
+        return
+    lo, hi = int(vol.min()), int(vol.max())
+    exact = 2 ** (info.nmant + 1)
+    if lo < -exact or hi > exact:
+        raise DecodeError(
+            path,
+            f"volume values span {lo}..{hi}; {dtype.name} holds whole numbers exactly only "
+            f"within -{exact}..{exact} (beyond, they would be rounded"
+            + (" or become infinity" if max(-lo, hi) > float(info.max) else "")
+            + f"); pass dtype='{vol.dtype.name}' (the source's own) or "
+            + ("'float32'" if info.nmant < 23 else "'float64'"),
         )
 
 
