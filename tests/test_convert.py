@@ -161,6 +161,26 @@ def test_convert_refuses_fractional_labels_saying_what_to_do(tmp_path, arrays):
         open_array_set(tmp_path / "r.npz", labels="labels")
 
 
+@pytest.mark.parametrize(
+    "bad", [np.array(2**64 - 1, np.uint64), np.array(1e20), np.array(-1e20), np.array(2.0**63)]
+)
+def test_labels_beyond_int64_are_refused_not_wrapped(tmp_path, arrays, bad):
+    # uint64 2**64-1 was stored as -1 ("no label", even with classes given), 1e20 as -2**63
+    x, y = arrays
+    labels = y.astype(bad.dtype)
+    labels[5] = bad
+    np.savez(tmp_path / "w.npz", images=x, labels=labels)
+    with pytest.raises(
+        ValueError, match=r"'labels' must be class indices; found .*beyond the int64"
+    ):
+        open_array_set(tmp_path / "w.npz", labels="labels", classes=list("abcd"))
+    with pytest.raises(ValueError, match=r"labels must be class indices; found .*beyond the int64"):
+        di.ImageSet(x, labels, classes=list("abcd"))
+    # the largest that fits is kept exactly (numpy's int64 is the oracle)
+    fine = y.astype(np.uint64)
+    np.testing.assert_array_equal(di.ImageSet(x, fine, classes=list("abcd")).labels, y)
+
+
 # --- reading rows of HDF5 in any order: contiguous slices, slabs when chunks are shared ----
 
 

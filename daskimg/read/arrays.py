@@ -12,7 +12,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .imageset import ImageSet
+from .imageset import ImageSet, check_index_range
 from .source import DEFAULT_BLOCK
 
 #: data a shuffled read of a chunked HDF5 dataset may hold in memory to read each chunk once
@@ -394,4 +394,5 @@ def _labels(
         raise ValueError(
             f"labels {name!r} must be integer class indices or strings, got {values.dtype}"
         )
+    check_index_range(values, f"labels {name!r}")
     return values.astype(np.int64), classes

@@ -345,8 +345,25 @@ def _class_indices(labels: Any) -> Any:
                 "(casting would truncate it). Per-sample values such as scores or targets "
                 "belong in columns=, e.g. columns={'target': values}"
             )
-        return arr.real
+        arr = arr.real
+    check_index_range(arr, "labels")
     return arr
+
+
+def check_index_range(arr: np.ndarray, name: str) -> None:
+    """Whole-number labels ``arr`` fit int64, the dtype they are stored as (uint64 2**64 - 1
+    would wrap to -1, "no label"; a float 1e20 to -2**63)."""
+    if arr.dtype.kind not in "uf" or not arr.size:
+        return
+    lo, hi = arr.min(), arr.max()
+    if (arr.dtype.kind == "u" and int(hi) > 2**63 - 1) or (
+        arr.dtype.kind == "f" and not (float(lo) >= -(2.0**63) and float(hi) < 2.0**63)
+    ):
+        bad = hi if arr.dtype.kind == "u" or float(hi) >= 2.0**63 else lo
+        raise ValueError(
+            f"{name} must be class indices; found {bad.item()!r} ({arr.dtype}), beyond the int64 "
+            "they are stored as (it would wrap to another label). Check the source of the labels"
+        )
 
 
 def _per_sample(name: str, values: Any, n: int, dtype: Any) -> Any:
