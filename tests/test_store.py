@@ -610,3 +610,45 @@ def test_a_changed_root_attribute_is_refused(tmp_path, edit):
         di.open_zarr(bad)
     with pytest.raises(di.errors.MetadataError, match="root attributes"):
         list(di.BatchIterator(bad, batch_size=4))
+
+
+def test_text_arrays_hold_strings_only_and_bytes_are_utf8(tmp_path):
+    # paths [.., None, .., 3] were stored as the text "None" and "3", a pandas column of
+    # numbers with gaps as the strings "1.5", "None", "nan"; HDF5's UTF-8 bytes failed as ASCII
+    import dask.array as da
+
+    imgs = np.zeros((4, 2, 2, 1), np.uint8)
+    cases = [
+        ({"paths": ["a.png", None, "c.png", "d.png"]}, r"'paths', row 1 is NoneType None"),
+        ({"paths": ["a.png", "b.png", "c.png", 3]}, r"'paths', row 3 is int 3"),
+        (
+            {"columns": {"score": np.array([1.5, None, 2.0, np.nan], dtype=object)}},
+            r"'score', row 0 is float 1\.5.*float array with NaN",
+        ),
+        (
+            {"columns": {"t": da.from_array(np.array(["a", "b", None, "d"], object), chunks=2)}},
+            r"'t', row 2 is NoneType None",
+        ),
+        (
+            {"columns": {"t": np.array([b"a", b"\xff", b"c", b"d"])}},
+            r"'t', row 1: b'\\xff' is not UTF-8",
+        ),
+    ]
+    for i, (kw, match) in enumerate(cases):
+        with pytest.raises(ValueError, match=match):
+            di.to_zarr(di.ImageSet(imgs, **kw), tmp_path / f"bad{i}.zarr.zip", order="source")
+        assert not list(tmp_path.glob(f"bad{i}*"))
+    text = ["a", "é", "日本", ""]
+    utf8 = np.array([t.encode() for t in text], dtype=object)  # as h5py gives vlen strings
+    lazy = da.from_array(np.array(text, dtype=object), chunks=2)
+    path = di.to_zarr(
+        di.ImageSet(
+            imgs,
+            columns={"b": utf8, "s": np.array([t.encode() for t in text], dtype="S"), "lazy": lazy},
+        ),
+        tmp_path / "ok.zarr.zip",
+        order="source",
+    )
+    g = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
+    assert g["b"][:].tolist() == text and g["lazy"][:].tolist() == text
+    assert g["s"][:].tolist() == text

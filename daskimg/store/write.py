@@ -159,6 +159,33 @@ def check_writable(imageset: ImageSet) -> None:
         raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
     if len(imageset) == 0:
         raise ValueError("the ImageSet is empty; there is nothing to store")
+    for name, values in imageset.arrays.items():
+        if name != "images" and not isinstance(values, da.Array):
+            check_text(name, np.asarray(values))
+
+
+def check_text(name: str, values: np.ndarray, first: int = 0) -> None:
+    """An object or bytes array is text: every value a ``str``, or UTF-8 ``bytes`` (as HDF5
+    strings come). A ``None``, a number among strings, or a pandas column of numbers with
+    gaps would be stored as the text ``"None"``, ``"3"``, ``"1.5"``."""
+    if values.dtype.kind not in "OS":
+        return
+    for i, v in enumerate(values.ravel().tolist(), start=first):
+        if isinstance(v, bytes):
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"array {name!r}, row {i}: {v[:40]!r} is not UTF-8 text ({e.reason}); "
+                    "decode it to str first"
+                ) from None
+        elif not isinstance(v, str):
+            raise ValueError(
+                f"array {name!r}, row {i} is {type(v).__name__} {v!r}, not a str: an array of "
+                "objects is stored as text, so it must hold strings only. Numbers with gaps "
+                "(a pandas column with None) belong in a float array with NaN, e.g. "
+                "np.array(values, dtype=float); text with gaps needs a placeholder string"
+            )
 
 
 def plan_store(
@@ -408,7 +435,8 @@ def write_arrays(
             assert put is not None
             writes += shard_writes(arr, encoders[name], put)
         else:
-            sources.append(arr.astype(str) if arr.dtype.kind in "OUS" else arr)
+            text = arr.dtype.kind in "OUS"
+            sources.append(da.map_blocks(_text_block, arr, name, dtype=object) if text else arr)
             targets.append(dest[name])
     sources = [a.rechunk((shard_len, *a.shape[1:])) for a in sources]
     # the columns in memory (labels, paths) are written while the images decode
@@ -536,8 +564,23 @@ def _shard_writer(target: Any) -> Iterator[Callable[[str, list[Any]], None] | No
         writer.close()
 
 
+def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndarray:
+    """A block of a lazy text array, checked (:func:`check_text`, rows counted in the whole
+    array) and as ``str`` objects."""
+    check_text(name, block, block_info[0]["array-location"][0][0] if block_info else 0)
+    return np.array(
+        [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in block.ravel().tolist()],
+        dtype=object,
+    ).reshape(block.shape)
+
+
 def _write_numpy(arr: Any, values: Any) -> None:
     values = np.asarray(values)
+    if values.dtype.kind in "OS":  # str, or UTF-8 bytes (checked by check_text)
+        values = np.array(
+            [v.decode("utf-8") if isinstance(v, bytes) else v for v in values.ravel().tolist()],
+            dtype=object,
+        ).reshape(values.shape)
     arr[...] = values.astype(str) if values.dtype.kind in "OUS" else values
 
 
