@@ -951,3 +951,24 @@ def test_resume_that_finds_no_checkpoint_says_why_it_starts_over(tmp_path, caplo
     w.append(np.arange(2.0))
     w.close()
     np.testing.assert_array_equal(plain_group(path)["features"][...], np.arange(2.0))
+
+
+def test_mode_a_keeps_the_store_classes_and_refuses_others(tmp_path):
+    # classes=[5 names] on a 3-class store: labels were checked against the 5, label 4 was
+    # published, and the store (still 3 classes) no longer opened
+    n = 24
+    ds = di.ImageSet(np.zeros((n, 4, 4, 3), np.uint8), np.arange(n) % 3, classes=["a", "b", "c"])
+    path = di.to_zarr(ds, tmp_path / "s.zarr.zip", chunks=8, order="source")
+    before = tree_digest(path)
+    with pytest.raises(
+        ValueError, match=r"keeps its own classes \['a', 'b', 'c'\].*leave classes out"
+    ):
+        ArrayWriter(path, name="labels", shape=(), dtype="int64", mode="a", overwrite=True,
+                    classes=list("qrstu"))  # fmt: skip
+    assert tree_digest(path) == before and not list(tmp_path.glob("*.lock"))
+    with ArrayWriter(path, name="labels", shape=(), dtype="int64", mode="a", overwrite=True) as w:
+        assert w.classes == ("a", "b", "c")
+        with pytest.raises(ValueError, match="labels"):
+            w.append(np.full(n, 4), index=np.arange(n))
+        w.append((np.arange(n) + 1) % 3, index=np.arange(n))
+    np.testing.assert_array_equal(di.open_zarr(path).labels, (np.arange(n) + 1) % 3)

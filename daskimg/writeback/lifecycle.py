@@ -143,7 +143,15 @@ def _check_target(
             f"num_samples={num_samples}, but {plan.path!r} has {n} samples; leave "
             "num_samples unset with mode='a'"
         )
-    return chunk_len, token, n, classes or have
+    if classes and tuple(classes) != tuple(have):
+        # labels are checked against the classes given, but mode "a" keeps the store's:
+        # other classes would publish labels the store's classes do not name
+        raise ValueError(
+            f"classes={list(classes)}, but {plan.path!r} keeps its own classes {list(have)} "
+            "with mode='a' (they are recorded when a store is made); leave classes out, so "
+            "labels are checked against the store's"
+        )
+    return chunk_len, token, n, have
 
 
 def check_complete(plan: Plan, sink: staging.Sink, num_samples: int | None) -> None:
