@@ -6,7 +6,7 @@ read (``imread``, ``from_folder``, ``from_csv``) -> store (``to_zarr``, ``open_z
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import testing, transforms
+from . import storeinfo, testing, transforms
 from .feed import BatchIterator
 from .read import ImageSet, from_csv, from_folder, imread
 from .store import open_zarr, to_zarr
@@ -26,6 +26,7 @@ __all__ = [
     "from_folder",
     "imread",
     "open_zarr",
+    "storeinfo",
     "testing",
     "to_zarr",
     "transforms",

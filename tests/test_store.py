@@ -652,3 +652,10 @@ def test_text_arrays_hold_strings_only_and_bytes_are_utf8(tmp_path):
     g = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
     assert g["b"][:].tolist() == text and g["lazy"][:].tolist() == text
     assert g["s"][:].tolist() == text
+
+
+def test_storeinfo_is_reachable_from_the_package(tmp_path):
+    # the docstrings' di.storeinfo.verify(...) raised AttributeError after `import daskimg as di`
+    path = di.to_zarr(di.ImageSet(np.zeros((4, 2, 2, 1), np.uint8)), tmp_path / "s.zarr.zip")
+    assert di.storeinfo.verify(path) == []
+    assert di.storeinfo.info(path)["attrs"]["num_samples"] == 4
