@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,6 +203,36 @@ def test_from_csv_a_file_on_two_rows_is_refused_naming_both_lines(image_folder, 
     csv = tmp_path / "once.csv"
     csv.write_text("path,label\n" + "\n".join(f"{f},{f.split('/')[0]}" for f in files) + "\n")
     assert len(di.from_csv(csv, root=image_folder, size=(8, 8))) == len(files)
+
+
+def test_from_csv_labels_that_are_numbers_and_class_names_are_not_guessed(tmp_path):
+    # class folders 0..10 sort as '0', '1', '10', '2', ...: a valid CSV naming them was read
+    # as indices, so '2' became class '10' and 9 of 11 labels were wrong, silently
+    names = [str(k) for k in range(11)]
+    di.testing.make_image_folder(tmp_path / "train", n=11, size=(8, 8), classes=names)
+    train = di.from_folder(tmp_path / "train", size=(8, 8))
+    assert train.classes[2] == "10"
+    csv = tmp_path / "valid.csv"
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    csv.write_text(
+        "path,label\n"
+        + "".join(f"{f.relative_to(tmp_path).as_posix()},{f.parent.name}\n" for f in files)
+    )
+    kw = {"root": tmp_path, "size": (8, 8), "classes": train.classes}
+    with pytest.raises(
+        ValueError, match=r"line \d+: label '\d+' is both the class named.*labels_are="
+    ):
+        di.from_csv(csv, **kw)
+    valid = di.from_csv(csv, **kw, labels_are="names")
+    for path, label in zip(valid.paths, valid.labels, strict=True):
+        assert valid.classes[label] == Path(path).parent.name  # the folder is the oracle
+    as_index = di.from_csv(csv, **kw, labels_are="indices")
+    assert sorted(as_index.labels.tolist()) == list(range(11))
+    # class names that are not numbers, or numbers that agree with their index: as before
+    plain = di.from_csv(csv, root=tmp_path, size=(8, 8), classes=[str(k) for k in range(11)])
+    assert [plain.classes[k] for k in plain.labels] == [Path(p).parent.name for p in plain.paths]
+    with pytest.raises(ValueError, match="labels_are must be"):
+        di.from_csv(csv, **kw, labels_are="name")
 
 
 def test_from_csv_refuses_paths_outside_root(image_folder, tmp_path):

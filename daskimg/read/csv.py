@@ -36,6 +36,7 @@ def from_csv(
     path_column: str = "path",
     label_column: str | None = "label",
     classes: Sequence[str] | None = None,
+    labels_are: str | None = None,
     columns: Mapping[str, Sequence[str]] | None = None,
     boxes: Mapping[str, Sequence[str]] | None = None,
     mask_column: str | None = None,
@@ -68,6 +69,12 @@ def from_csv(
         (each CSV's own sorted names would differ when a split lacks a class). Name labels
         are looked up in it, a name not in it is an error naming its line; integer labels
         must lie in ``0..len(classes) - 1``. Default: the sorted unique names of this CSV.
+    labels_are
+        ``"names"`` or ``"indices"``: how to read the labels when that is not clear from
+        them. By default whole numbers are indices and anything else is a name; with
+        ``classes`` that are numbers themselves (folders ``0`` .. ``10``, sorted as text
+        ``'0', '1', '10', '2', ...``) a label ``2`` is both class ``'2'`` and index 2 (class
+        ``'10'``), which is an error naming the line until ``labels_are`` says which.
     columns
         Extra per-sample arrays to build from numeric CSV columns, stored as they are, e.g.
         ``{"age": ["age"]}`` gives ``ds.columns["age"]`` of shape (N, 1) float32. By default
@@ -137,8 +144,10 @@ def from_csv(
         raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
     if classes is not None and len(set(classes)) != len(classes):
         raise ValueError(f"classes has repeated names: {list(classes)}")
+    if labels_are not in (None, "names", "indices"):
+        raise ValueError(f"labels_are must be 'names', 'indices' or None; got {labels_are!r}")
     labels, classes = (
-        (None, []) if not label_column else _labels(rows, label_column, where, classes)
+        (None, []) if not label_column else _labels(rows, label_column, where, classes, labels_are)
     )
     source_boxes = {
         name: _box_values(rows, cols, name, header, where) for name, cols in (boxes or {}).items()
@@ -239,12 +248,23 @@ def _labels(
     label_column: str,
     where: str,
     given: Sequence[str] | None = None,
+    labels_are: str | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels, unless ``given``)."""
-    labels, classes = _own_labels(rows, label_column, where)
+    labels, classes = _own_labels(rows, label_column, where, names=labels_are == "names")
+    if labels_are == "indices" and classes:
+        line = next(
+            i for i, c in enumerate(_classes_of(labels, classes), 2) if _whole_value(c) is None
+        )
+        raise ValueError(
+            f"{where}, line {line}: label {rows[line - 2][label_column].strip()!r} is not a "
+            "whole number, but labels_are='indices'"
+        )
     if given is None:
         return labels, classes
     given = list(given)
+    if not classes and labels_are is None:
+        _refuse_ambiguous(rows, label_column, where, labels, given)
     if classes:  # names: looked up in the given list
         index = {c: i for i, c in enumerate(given)}
         unknown = [
@@ -266,13 +286,32 @@ def _labels(
     return labels, given
 
 
+def _refuse_ambiguous(
+    rows: list[dict[str, Any]], label_column: str, where: str, labels: np.ndarray, given: list[str]
+) -> None:
+    """Whole-number labels that are also the given class names, naming other classes."""
+    by_name = {c: i for i, c in enumerate(given)}
+    raw = [(row[label_column] or "").strip() for row in rows]
+    if not all(v in by_name for v in raw):
+        return  # not all names: indices
+    for line, (v, k) in enumerate(zip(raw, labels.tolist(), strict=True), start=2):
+        if by_name[v] != k:
+            other = f"class {given[k]!r}" if 0 <= k < len(given) else "no class"
+            raise ValueError(
+                f"{where}, line {line}: label {v!r} is both the class named {v!r} (index "
+                f"{by_name[v]}) and index {k} ({other}): the classes given are numbers, so the "
+                "column could be either. Pass labels_are='names' if the labels name classes "
+                "(as folder names do), or labels_are='indices'"
+            )
+
+
 def _classes_of(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
     """Each row's class name."""
     return [classes[i] for i in labels.tolist()]
 
 
 def _own_labels(
-    rows: list[dict[str, Any]], label_column: str, where: str
+    rows: list[dict[str, Any]], label_column: str, where: str, *, names: bool = False
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels)."""
     raw = [(row[label_column] or "").strip() for row in rows]
@@ -286,8 +325,8 @@ def _own_labels(
         )
     # whole numbers are class indices, also when written as floats ("3.0": an int
     # column that went through a float one)
-    wholes = [_whole_value(v) for v in raw]
-    if all(w is not None for w in wholes):
+    wholes = [None if names else _whole_value(v) for v in raw]
+    if not names and all(w is not None for w in wholes):
         ints = cast("list[int]", wholes)
         big = [
             (i, v)
@@ -300,11 +339,11 @@ def _own_labels(
                 "index (int64); integer labels are class indices — give class names instead"
             )
         return np.array(ints, dtype=np.int64), []
-    names = [line for line, w in enumerate(wholes, start=2) if w is None]
-    if len(names) < len(raw):  # some whole numbers, some not: neither reading is safe
-        shown = ", ".join(f"line {line}: {raw[line - 2]!r}" for line in names[:3])
-        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-        missing = any(raw[line - 2].lower() in _MISSING for line in names)
+    named = [line for line, w in enumerate(wholes, start=2) if w is None]
+    if len(named) < len(raw):  # some whole numbers, some not: neither reading is safe
+        shown = ", ".join(f"line {line}: {raw[line - 2]!r}" for line in named[:3])
+        more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+        missing = any(raw[line - 2].lower() in _MISSING for line in named)
         raise ValueError(
             f"{where}: column {label_column!r} holds whole numbers (class indices) and "
             f"other values ({shown}{more}), so it is neither indices nor class names"
