@@ -279,3 +279,25 @@ def test_convert_carries_columns_and_boxes(tmp_path, arrays):
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(ValueError, match=r"columns and boxes come from \.h5 or \.npz"):
         open_array_set(tmp_path / "x.npy", boxes=["bbox"])
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ((np.ones((3, 2, 2, 1)) * 1j).astype(np.complex64), "images of dtype complex64 cannot"),
+        (np.zeros((0, 4, 4, 3), np.uint8), r"holds no images \(shape \(0, 4, 4, 3\)\)"),
+        (np.zeros((3, 4, 0, 3), np.uint8), r"every image is empty \(shape \(3, 4, 0, 3\)\)"),
+    ],
+)
+def test_convert_refuses_arrays_it_cannot_store_naming_the_file(tmp_path, values, match):
+    # complex and zero-width images blamed "<ZipBuilder object at 0x..>: metadata is
+    # damaged"; an empty array was a bare dask error
+    np.save(tmp_path / "a.npy", values)
+    with pytest.raises(ValueError, match=r"a\.npy'?: " + match):
+        convert(str(tmp_path / "a.npy"), str(tmp_path / "a.zarr.zip"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+    with pytest.raises(ValueError, match="complex128: a store holds integers"):
+        di.to_zarr(
+            di.ImageSet(np.zeros((3, 2, 2, 1), np.uint8), columns={"c": np.ones(3) * 1j}),
+            tmp_path / "c.zarr.zip",
+        )

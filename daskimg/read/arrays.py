@@ -47,6 +47,20 @@ class ArraySource:
     #: rows per HDF5 chunk along axis 0 (1 for contiguous datasets and .npy files)
     chunk_rows: int = 1
 
+    def __post_init__(self) -> None:
+        what = f"{self.path!r}" + (f", dataset {self.key!r}" if self.key else "")
+        if np.dtype(self.dtype).kind not in "biuf":
+            raise ValueError(
+                f"{what}: images of dtype {self.dtype} cannot be stored; a store holds "
+                "integers, floats or bools (e.g. the magnitude: np.abs(values))"
+            )
+        if not self.shape or self.shape[0] == 0:
+            raise ValueError(f"{what}: holds no images (shape {self.shape}); nothing to convert")
+        if 0 in self.shape[1:]:
+            raise ValueError(
+                f"{what}: every image is empty (shape {self.shape}); nothing to convert"
+            )
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return (*self.shape[1:], 1) if len(self.shape) == 3 else tuple(self.shape[1:])

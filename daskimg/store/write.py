@@ -159,7 +159,14 @@ def check_writable(imageset: ImageSet) -> None:
         raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
     if len(imageset) == 0:
         raise ValueError("the ImageSet is empty; there is nothing to store")
+    if 0 in imageset.images.shape[1:]:
+        raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
     for name, values in imageset.arrays.items():
+        if np.dtype(values.dtype).kind not in "biufOUS":
+            raise ValueError(
+                f"array {name!r} is {values.dtype}: a store holds integers, floats, bools or "
+                "text (complex values: store np.abs or the real and imaginary parts)"
+            )
         if name != "images" and not isinstance(values, da.Array):
             check_text(name, np.asarray(values))
 
