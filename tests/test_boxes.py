@@ -557,3 +557,17 @@ def test_boxes_and_masks_on_distributed(libraries, client):
     remote = client.gather(client.compute([ds.arrays[k] for k in names]))
     for name, a, b in zip(names, local, remote, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_one_blank_mask_shared_by_several_rows_is_read_for_each(tmp_path):
+    # the check against a file on two rows refused a mask file several images share
+    for name in ("a.png", "b.png", "c.png"):
+        make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / name)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "blank.png")
+    Image.fromarray(np.full((20, 30), 2, np.uint8)).save(tmp_path / "two.png")
+    (tmp_path / "m.csv").write_text("path,mask\na.png,two.png\nb.png,blank.png\nc.png,blank.png\n")
+    ds = di.from_csv(
+        tmp_path / "m.csv", root=tmp_path, size=(10, 15), label_column=None, mask_column="mask"
+    )
+    got = ds.columns["masks"].compute()
+    assert (got[0] == 2).all() and not got[1:].any()

@@ -233,6 +233,13 @@ def test_from_csv_labels_that_are_numbers_and_class_names_are_not_guessed(tmp_pa
     assert [plain.classes[k] for k in plain.labels] == [Path(p).parent.name for p in plain.paths]
     with pytest.raises(ValueError, match="labels_are must be"):
         di.from_csv(csv, **kw, labels_are="name")
+    # the same with a row without label (-1) and labels written as floats ("2.0", pandas)
+    lines = csv.read_text().splitlines()
+    other = [ln.rsplit(",", 1) for ln in lines[1:]]
+    text = [f"{p},{'-1' if i == 0 else lab + '.0'}" for i, (p, lab) in enumerate(other)]
+    csv.write_text("path,label\n" + "\n".join(text) + "\n")
+    with pytest.raises(ValueError, match=r"is both the class named"):
+        di.from_csv(csv, **kw)
 
 
 def test_from_csv_refuses_paths_outside_root(image_folder, tmp_path):

@@ -138,6 +138,7 @@ def from_csv(
         raise NoImagesFoundError(f"{where} has a header but no rows")
     base = root_url or root_path
     files = _paths(rows, path_column, where, base)
+    _refuse_repeats(rows, path_column, where, files)
     if classes is not None and (
         isinstance(classes, str) or not all(isinstance(c, str) for c in classes)
     ):
@@ -229,6 +230,11 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
                 "paths must be relative to root and stay inside it"
             )
         files.append(os.fspath(full))
+    return files
+
+
+def _refuse_repeats(rows: list[dict[str, Any]], column: str, where: str, files: list[str]) -> None:
+    """An image file on two rows (masks may be shared: a blank mask for every negative)."""
     first: dict[str, int] = {}
     for line, f in enumerate(files, start=2):
         seen = first.setdefault(f, line)
@@ -240,7 +246,6 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
                 "row; a CSV with one row per box needs its rows grouped by image first (boxes "
                 "in columns, see boxes=)"
             )
-    return files
 
 
 def _labels(
@@ -291,10 +296,11 @@ def _refuse_ambiguous(
 ) -> None:
     """Whole-number labels that are also the given class names, naming other classes."""
     by_name = {c: i for i, c in enumerate(given)}
-    raw = [(row[label_column] or "").strip() for row in rows]
-    if not all(v in by_name for v in raw):
+    # each label as the whole number it is ("2.0" as pandas writes it is 2); -1: no label
+    named = [(line, str(k), k) for line, k in enumerate(labels.tolist(), start=2) if k != -1]
+    if not named or not all(v in by_name for _, v, _ in named):
         return  # not all names: indices
-    for line, (v, k) in enumerate(zip(raw, labels.tolist(), strict=True), start=2):
+    for line, v, k in named:
         if by_name[v] != k:
             other = f"class {given[k]!r}" if 0 <= k < len(given) else "no class"
             raise ValueError(
