@@ -620,7 +620,19 @@ def test_text_arrays_hold_strings_only_and_bytes_are_utf8(tmp_path):
     imgs = np.zeros((4, 2, 2, 1), np.uint8)
     cases = [
         ({"paths": ["a.png", None, "c.png", "d.png"]}, r"'paths', row 1 is NoneType None"),
-        ({"paths": ["a.png", "b.png", "c.png", 3]}, r"'paths', row 3 is int 3"),
+        ({"paths": ["a.png", "b.png", "c.png", 3.5]}, r"'paths', row 3 is float 3\.5"),
+        (
+            {"paths": ["a.png", "b\udcffc.png", "c.png", "d"]},
+            r"'paths', row 1: .*not valid Unicode",
+        ),
+        (
+            {
+                "columns": {
+                    "two": np.array([["a", "b"], ["c", "d"], [None, "e"], ["f", "g"]], object)
+                }
+            },
+            r"'two', row 2 is NoneType",
+        ),
         (
             {"columns": {"score": np.array([1.5, None, 2.0, np.nan], dtype=object)}},
             r"'score', row 0 is float 1\.5.*float array with NaN",
@@ -652,6 +664,18 @@ def test_text_arrays_hold_strings_only_and_bytes_are_utf8(tmp_path):
     g = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
     assert g["b"][:].tolist() == text and g["lazy"][:].tolist() == text
     assert g["s"][:].tolist() == text
+    # paths as pathlib.Path objects and whole-number IDs are text as they read
+    from pathlib import PurePosixPath
+
+    paths = [PurePosixPath("a/b.png"), Path("c/d.png"), 101, np.int64(102)]
+    kw = {"paths": np.array(paths, dtype=object)}
+    if hasattr(np.dtypes, "StringDType"):
+        kw["columns"] = {"t": np.array(text, dtype=np.dtypes.StringDType())}
+    path = di.to_zarr(di.ImageSet(imgs, **kw), tmp_path / "p.zarr.zip", order="source")
+    g = zarr.open_group(zarr.storage.ZipStore(path, mode="r"), mode="r")
+    assert g["paths"][:].tolist() == ["a/b.png", "c/d.png", "101", "102"]
+    if "columns" in kw:
+        assert g["t"][:].tolist() == text
 
 
 def test_storeinfo_is_reachable_from_the_package(tmp_path):

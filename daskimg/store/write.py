@@ -162,7 +162,7 @@ def check_writable(imageset: ImageSet) -> None:
     if 0 in imageset.images.shape[1:]:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
     for name, values in imageset.arrays.items():
-        if np.dtype(values.dtype).kind not in "biufOUS":
+        if np.dtype(values.dtype).kind not in "biufOUST":
             raise ValueError(
                 f"array {name!r} is {values.dtype}: a store holds integers, floats, bools or "
                 "text (complex values: store np.abs or the real and imaginary parts)"
@@ -172,27 +172,59 @@ def check_writable(imageset: ImageSet) -> None:
 
 
 def check_text(name: str, values: np.ndarray, first: int = 0) -> None:
-    """An object or bytes array is text: every value a ``str``, or UTF-8 ``bytes`` (as HDF5
-    strings come). A ``None``, a number among strings, or a pandas column of numbers with
-    gaps would be stored as the text ``"None"``, ``"3"``, ``"1.5"``."""
+    """A text array (objects, bytes, numpy strings) holds text: each value a ``str`` that is
+    valid Unicode, UTF-8 ``bytes`` (as HDF5 strings come), a path (``pathlib.Path``) or a
+    whole number (an ID). A ``None``, a float, or a pandas column of numbers with gaps would
+    be stored as the text ``"None"``, ``"1.5"``, ``"nan"``. ``first``: the row of
+    ``values[0]`` in the whole array (for the message)."""
     if values.dtype.kind not in "OS":
         return
-    for i, v in enumerate(values.ravel().tolist(), start=first):
-        if isinstance(v, bytes):
+    per_row = max(1, int(np.prod(values.shape[1:])))
+    for i, v in enumerate(values.ravel().tolist()):
+        if isinstance(v, str):
+            if v.isascii():
+                continue
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"array {name!r}, row {first + i // per_row}: {v[:40]!r} is not valid "
+                    f"Unicode text ({e.reason}; a file name that was not UTF-8?); fix the name "
+                    "or store it as bytes decoded with errors='replace'"
+                ) from None
+        elif isinstance(v, bytes):
             try:
                 v.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise ValueError(
-                    f"array {name!r}, row {i}: {v[:40]!r} is not UTF-8 text ({e.reason}); "
-                    "decode it to str first"
+                    f"array {name!r}, row {first + i // per_row}: {v[:40]!r} is not UTF-8 text "
+                    f"({e.reason}); decode it to str first"
                 ) from None
-        elif not isinstance(v, str):
+        elif not isinstance(v, (os.PathLike, int, np.integer)) or isinstance(v, (bool, np.bool_)):
             raise ValueError(
-                f"array {name!r}, row {i} is {type(v).__name__} {v!r}, not a str: an array of "
-                "objects is stored as text, so it must hold strings only. Numbers with gaps "
-                "(a pandas column with None) belong in a float array with NaN, e.g. "
-                "np.array(values, dtype=float); text with gaps needs a placeholder string"
+                f"array {name!r}, row {first + i // per_row} is {type(v).__name__} {v!r}, not "
+                "text: an array of objects is stored as text (str, bytes, paths or whole-number "
+                "IDs). Numbers with gaps (a pandas column with None) belong in a float array "
+                "with NaN, e.g. np.array(values, dtype=float); text with gaps needs a "
+                "placeholder string"
             )
+
+
+def as_text(values: np.ndarray) -> np.ndarray:
+    """A text array (checked by :func:`check_text`) as ``str`` objects, same shape."""
+    if values.dtype.kind in "UT":
+        return values.astype(object)
+    return np.array(
+        [
+            v.decode("utf-8")
+            if isinstance(v, bytes)
+            else os.fspath(v)
+            if isinstance(v, os.PathLike)
+            else str(v)
+            for v in values.ravel().tolist()
+        ],
+        dtype=object,
+    ).reshape(values.shape)
 
 
 def plan_store(
@@ -243,7 +275,9 @@ def plan_store(
     for name, values in ds.arrays.items():
         if name != "images":
             dtype = (
-                np.dtype(object) if np.dtype(values.dtype).kind in "OUS" else np.dtype(values.dtype)
+                np.dtype(object)
+                if np.dtype(values.dtype).kind in "OUST"
+                else np.dtype(values.dtype)
             )
             specs.append(ArraySpec(name, tuple(values.shape[1:]), dtype))
     return ds, attrs, specs, shard_len
@@ -442,7 +476,7 @@ def write_arrays(
             assert put is not None
             writes += shard_writes(arr, encoders[name], put)
         else:
-            text = arr.dtype.kind in "OUS"
+            text = arr.dtype.kind in "OUST"
             sources.append(da.map_blocks(_text_block, arr, name, dtype=object) if text else arr)
             targets.append(dest[name])
     sources = [a.rechunk((shard_len, *a.shape[1:])) for a in sources]
@@ -575,20 +609,12 @@ def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndar
     """A block of a lazy text array, checked (:func:`check_text`, rows counted in the whole
     array) and as ``str`` objects."""
     check_text(name, block, block_info[0]["array-location"][0][0] if block_info else 0)
-    return np.array(
-        [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in block.ravel().tolist()],
-        dtype=object,
-    ).reshape(block.shape)
+    return as_text(block)
 
 
 def _write_numpy(arr: Any, values: Any) -> None:
     values = np.asarray(values)
-    if values.dtype.kind in "OS":  # str, or UTF-8 bytes (checked by check_text)
-        values = np.array(
-            [v.decode("utf-8") if isinstance(v, bytes) else v for v in values.ravel().tolist()],
-            dtype=object,
-        ).reshape(values.shape)
-    arr[...] = values.astype(str) if values.dtype.kind in "OUS" else values
+    arr[...] = as_text(values).astype(str) if values.dtype.kind in "OUST" else values
 
 
 def _write_skipping(
@@ -690,7 +716,9 @@ def _write_skipping(
 
 
 def _write_rows(arr: Any, start: int, rows: np.ndarray) -> None:
-    arr[start : start + len(rows)] = rows.astype(str) if rows.dtype.kind in "OUS" else rows
+    arr[start : start + len(rows)] = (
+        as_text(rows).astype(str) if rows.dtype.kind in "OUST" else rows
+    )
 
 
 def _progress(total: int, show: bool, unit: str = "block") -> Callable[[int], None]:
