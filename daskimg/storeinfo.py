@@ -13,6 +13,7 @@ from .errors import DaskImgError
 from .store.format import (
     check_array,
     check_attrs,
+    check_fits_memory,
     check_labels,
     check_together,
     required_arrays,
@@ -78,7 +79,9 @@ def verify(
     layouts = {}
     for name in names:
         try:
-            layouts[name] = check_array(reader, attrs, name)
+            lay = check_array(reader, attrs, name)
+            check_fits_memory(reader.path, lay)  # its chunks are not read, then
+            layouts[name] = lay
         except DaskImgError as e:
             problems.append(Problem(name, -1, str(e)))
     try:

@@ -334,16 +334,6 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
             f"{where}: array {name!r} has {lay.shape[0]} rows, the store {n} samples; "
             "the store is damaged — re-create it"
         )
-    need, memory = lay.chunk_len * lay.row_bytes, _memory_bytes()
-    if memory and need > memory:
-        raise MetadataError(
-            f"{where}: array {name!r} declares chunks of {lay.chunk_len} samples of "
-            f"{list(lay.shape[1:])} {lay.dtype} ({need / 2**30:,.1f} GiB decoded), more than this "
-            f"machine's {memory / 2**30:,.1f} GiB of memory: daskimg reads a whole chunk at a "
-            "time, so the store cannot be read here. If it is a real store, re-write it with "
-            "smaller chunks on a machine that can read it (to_zarr(open_zarr(path), new_path, "
-            "chunks=...)); otherwise its metadata is damaged — re-create the store"
-        )
     held = sum(
         1 for k in reader.source.keys if k.startswith(name + "/") and k != f"{name}/zarr.json"
     )
@@ -377,6 +367,23 @@ def check_labels(
             f"{int(labels[bad[0]])}, but the store has {len(classes)} classes (a label is "
             f"0..{len(classes) - 1}, or -1: no label); {len(bad)} label(s) out of range. Their "
             "checksum matches, so they were written this way or crafted — re-create the store"
+        )
+
+
+def check_fits_memory(where: str, lay: ArrayLayout) -> None:
+    """Refuse an array whose chunk, decoded, is larger than this machine's memory: daskimg
+    reads a whole chunk at a time (a crafted sample shape with resealed checksums made numpy
+    raise MemoryError). Metadata-only work (``info``, adding a column) does not need it."""
+    rows = min(lay.chunk_len, lay.shape[0])
+    need, memory = rows * lay.row_bytes, _memory_bytes()
+    if memory and need > memory:
+        raise MetadataError(
+            f"{where}: array {lay.name!r} declares chunks of {rows} samples of "
+            f"{list(lay.shape[1:])} {lay.dtype} ({need / 2**30:,.1f} GiB decoded), more than this "
+            f"machine's {memory / 2**30:,.1f} GiB of memory: daskimg reads a whole chunk at a "
+            "time, so the store cannot be read here. If it is a real store, re-write it with "
+            "smaller chunks on a machine that can read it (to_zarr(open_zarr(path), new_path, "
+            "chunks=...)); otherwise its metadata is damaged — re-create the store"
         )
 
 

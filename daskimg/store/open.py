@@ -20,7 +20,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import IncompleteStoreError
 from ..read.imageset import ImageSet
-from .format import check_arrays, check_attrs, check_labels
+from .format import check_arrays, check_attrs, check_fits_memory, check_labels
 from .layout import ArrayLayout
 from .location import Location
 from .reader import StoreReader
@@ -116,6 +116,8 @@ def open_zarr(
     (800, 224, 224, 3)
     """
     st = open_store(path, storage_options=storage_options)
+    for lay in st.layouts.values():
+        check_fits_memory(st.reader.path, lay)
     arrays: dict[str, Any] = {}
     for name in st.layouts:
         if name in EAGER:
