@@ -146,3 +146,18 @@ def test_the_adapters_refuse_a_flip_that_would_leave_fed_boxes_behind(boxed_stor
         keras_adapter.KerasDataset(
             path, batch_size=4, arrays=("images", "bbox"), transform=random_flip(p=1.0)
         )
+
+
+def test_the_feed_checks_masks_of_any_source_and_hand_built_composes():
+    import daskimg as di
+    from daskimg.transforms import Compose
+
+    b = _batch(n=8)
+    src = {"images": b["images"], "masks": b["masks"]}
+    for t in (random_flip(p=1.0), Compose([random_flip(p=1.0)])):
+        with pytest.raises(ValueError, match=r"not the masks \['masks'\]"):
+            di.BatchIterator(src, batch_size=4, arrays=("images", "masks"), transform=t)
+    t = Compose([random_flip(p=1.0, masks=("masks",))])
+    it = di.BatchIterator(src, batch_size=4, arrays=("images", "masks"), transform=t, shuffle=False)
+    got = np.concatenate([masks for _, masks in it])
+    np.testing.assert_array_equal(got, b["masks"][:, :, ::-1])  # numpy's flip is the oracle

@@ -107,7 +107,7 @@ def check_transform(
 
 def _parts(transform: Any) -> Iterator[Any]:
     inner = getattr(transform, "transforms", None)
-    if isinstance(inner, tuple):
+    if isinstance(inner, (tuple, list)):
         for t in inner:
             yield from _parts(t)
     elif transform is not None:

@@ -64,10 +64,6 @@ class FeedSource:
             arrays = source.arrays
             self.attrs = source.attrs
             self.boxes = tuple(source.boxes)
-            masks = arrays.get("masks")
-            images = arrays.get("images")
-            if masks is not None and images is not None and masks.shape[:3] == images.shape[:3]:
-                self.masks = ("masks",)
             self.store_rows = source.store_rows
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL
@@ -86,6 +82,10 @@ class FeedSource:
                 "source must be a store path, an ImageSet, a dask/numpy array, or a dict or tuple of them; "
                 f"got {type(source).__name__}"
             )
+        masks, images = arrays.get("masks"), arrays.get("images")
+        if masks is not None and images is not None and masks.shape == images.shape[:3]:
+            # an (N, H, W) array called "masks" beside the images (any source): it moves with them
+            self.masks = ("masks",)
         if names is None:
             names = [n for n in ("images", "labels") if n in arrays]
         if isinstance(names, str):
