@@ -143,8 +143,10 @@ def test_ingest_into_a_folder_inside_its_source_reads_the_same_set_again(tmp_pat
         assert store.classes == ("cat", "dog")
         for path, label in zip(store.paths, store.labels, strict=True):
             assert Path(path).parent.name == store.classes[label]  # the folder is the oracle
-    # from Python: exclude= leaves the folder out, at a URL too
+    # from Python: exclude= leaves the folder out, at a URL too; a relative folder is one
+    # inside the root (from any working directory)
     assert di.from_folder(root, size=(8, 8), exclude=out).classes == ("cat", "dog")
+    assert di.from_folder(root, size=(8, 8), exclude="stores").classes == ("cat", "dog")
     fsspec = pytest.importorskip("fsspec")
     fs, url = fsspec.filesystem("memory"), "memory://daskimg-test-exclude/data"
     try:
@@ -153,6 +155,8 @@ def test_ingest_into_a_folder_inside_its_source_reads_the_same_set_again(tmp_pat
                 fs.pipe(f"{url}/{f.relative_to(root).as_posix()}", f.read_bytes())
         with_out = di.from_folder(url, size=(8, 8), exclude=url + "/stores")
         assert with_out.classes == ("cat", "dog")
+        for other in ("memory:///daskimg-test-exclude/data/stores", "stores"):
+            assert di.from_folder(url, size=(8, 8), exclude=other).classes == ("cat", "dog")
         assert sorted(with_out.paths) == sorted(
             di.from_folder(root, size=(8, 8), exclude=out).paths
         )

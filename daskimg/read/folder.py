@@ -474,10 +474,24 @@ def from_folder(
     ] + ([] if mask_root is None else [mask_root])  # fmt: skip
     if url is not None:
         fs, base_path = filesystem(url, storage_options)
-        inside = [e[len(url) + 1 :] for e in left_out if e.startswith(url + "/")]
+        base_path = base_path.rstrip("/")
+        # compared as the file system's own paths ("memory:///data/x" is "memory://data/x")
+        paths = [filesystem(e, storage_options)[1].rstrip("/") for e in left_out if is_url(e)]
+        paths += [base_path + "/" + e.strip("/") for e in left_out if not is_url(e)]
+        inside = [p[len(base_path) + 1 :] for p in paths if p.startswith(base_path + "/")]
         tops, loose = _url_tops(url, fs, base_path, inside, stray)
     else:
-        reals = frozenset(os.path.realpath(e) for e in left_out if not is_url(e))
+        # a relative folder is one inside the root when it is there (exclude="stores"),
+        # otherwise relative to the working directory (the CLI's OUT)
+        reals = frozenset(
+            os.path.realpath(
+                os.path.join(root, e)
+                if not os.path.isabs(e) and os.path.exists(os.path.join(root, e))
+                else e
+            )
+            for e in left_out
+            if not is_url(e)
+        )
         tops, loose = _local_tops(Path(root), reals, stray)
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
