@@ -225,9 +225,16 @@ def _check_float_output(vol: np.ndarray, dtype: np.dtype, path: str) -> None:
             f"volume values span {lo}..{hi}; {dtype.name} holds whole numbers exactly only "
             f"within -{exact}..{exact} (beyond, they would be rounded"
             + (" or become infinity" if max(-lo, hi) > float(info.max) else "")
-            + f"); pass dtype='{vol.dtype.name}' (the source's own) or "
-            + ("'float32'" if info.nmant < 23 else "'float64'"),
+            + f"); pass dtype='{vol.dtype.name}' (the source's own)"
+            + (f" or '{wider}'" if (wider := _wider_float(dtype)) else ""),
         )
+
+
+def _wider_float(dtype: np.dtype) -> str | None:
+    """The next wider float than ``dtype``, if any (float16 -> float32 -> float64)."""
+    order = ["float16", "float32", "float64"]
+    name = np.dtype(dtype).name
+    return order[order.index(name) + 1] if name in order[:-1] else None
 
 
 def _first_fraction(vol: np.ndarray) -> float | None:
