@@ -816,18 +816,28 @@ def test_crafted_huge_samples_are_refused_at_open(backend, pristine, reader):
     for store in ("lz4", "none", "jpeg"):
         p = pristine[store]
         members = sd.huge_samples(p.members, "images")
-        target = backend.put(members, backend.target(f"huge-samples-{store}"))
-        what = f"{backend.name} {store} images of 100000x100000 (resealed) [{{}}] {target}"
-        job = backend.job(target, members, reads=READS, iter_arrays=list(p.iter_arrays["images"]))
-        results = reader.run(job, timeout=ABSURD_BUDGET, deadline=deadline)
-        for read in READS:
-            problem = read_problem(
-                results[read], read, DaskImgError, target, ["images"], {}, what.format(read)
-            )
-            if problem:
-                problems.append(problem)
+        problems += _crafted_reads_refused(
+            backend, reader, p, members, "images", f"huge-samples-{store}",
+            f"{store} images of 100000x100000 (resealed)", ABSURD_BUDGET, deadline,
+        )  # fmt: skip
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def _crafted_reads_refused(
+    backend, reader, p, members, array, name, said, timeout, deadline=None
+) -> list[str]:
+    """Why any read path (open, iterate, verify) of crafted ``members`` breaks the contract:
+    a DaskImgError (or a problem verify lists) naming ``array``."""
+    target = backend.put(members, backend.target(name))
+    what = f"{backend.name} {said} [{{}}] {target}"
+    job = backend.job(target, members, reads=READS, iter_arrays=list(p.iter_arrays[array]))
+    results = reader.run(job, timeout=timeout, deadline=deadline)
+    found = [
+        read_problem(results[read], read, DaskImgError, target, [array], {}, what.format(read))
+        for read in READS
+    ]
+    return [f for f in found if f]
 
 
 def test_labels_beyond_the_classes_are_refused(backend, pristine, reader):
@@ -839,16 +849,9 @@ def test_labels_beyond_the_classes_are_refused(backend, pristine, reader):
     problems: list[str] = []
     for value in (99, -5):
         members = sd.label_beyond_classes(p.members, value)
-        target = backend.put(members, backend.target(f"label-{value}"))
-        what = f"{backend.name} a label of {value} [{{}}] {target}"
-        job = backend.job(target, members, reads=READS, iter_arrays=list(p.iter_arrays["labels"]))
-        results = reader.run(job, timeout=60)
-        for read in READS:
-            problem = read_problem(
-                results[read], read, DaskImgError, target, ["labels"], {}, what.format(read)
-            )
-            if problem:
-                problems.append(problem)
+        problems += _crafted_reads_refused(
+            backend, reader, p, members, "labels", f"label-{value}", f"a label of {value}", 60
+        )
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
     members = sd.label_beyond_classes(p.members, -1)

@@ -7,10 +7,11 @@ smallest lossless one that keeps up), saying why and what it costs. ``daskimg be
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .format import memory_bytes
 
 if TYPE_CHECKING:
     from ..bench import CodecResult, Hdf5Result
@@ -63,7 +64,7 @@ def recommend(
         raise ValueError("no codec results to choose from; run compare_codecs first")
     if goal not in GOALS:
         raise ValueError(f"goal must be one of {', '.join(GOALS)}; got {goal!r}")
-    memory = memory or _memory_bytes()
+    memory = memory or memory_bytes() or 0
 
     def rate(r: CodecResult) -> float:
         return r.warm if r.store_bytes < memory / 2 else r.cold
@@ -208,10 +209,6 @@ def _versus(n: int, hdf5: Hdf5Result) -> str:
 def _rates(r: CodecResult) -> str:
     text = f"{r.warm:,.0f} warm / {r.cold:,.0f} cold samples/s"
     return text + (f", writes {r.write:,.0f}/s" if r.write else "")
-
-
-def _memory_bytes() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def human_bytes(n: float) -> str:

@@ -375,7 +375,7 @@ def check_fits_memory(where: str, lay: ArrayLayout) -> None:
     reads a whole chunk at a time (a crafted sample shape with resealed checksums made numpy
     raise MemoryError). Metadata-only work (``info``, adding a column) does not need it."""
     rows = min(lay.chunk_len, lay.shape[0])
-    need, memory = rows * lay.row_bytes, _memory_bytes()
+    need, memory = rows * lay.row_bytes, memory_bytes()
     if memory and need > memory:
         raise MetadataError(
             f"{where}: array {lay.name!r} declares chunks of {rows} samples of "
@@ -406,7 +406,7 @@ def check_together(
             raise MetadataError(f"{where}: boxes names {b!r}, which is not an (N, 4) array")
 
 
-def _memory_bytes() -> int | None:
+def memory_bytes() -> int | None:
     """This machine's physical memory, or None where the platform does not say."""
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
