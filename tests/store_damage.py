@@ -10,6 +10,7 @@ and the crc32c of the index; every chunk is its encoded bytes followed by their 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -245,6 +246,53 @@ def flipped_byte(members: Snapshot, name: str, c: int) -> Snapshot:
     return set_chunk(members, name, c, bytes(chunk))
 
 
+def chunk_crcs(members: Snapshot, name: str) -> list[int]:
+    """The crc32c that ends each chunk of ``name``, in order along axis 0."""
+    info = array_info(members, name)
+    n = -(-info.shape[0] // info.chunk_len)
+    return [int.from_bytes(get_chunk(members, name, c)[-4:], "little") for c in range(n)]
+
+
+def recorded_crcs(members: Snapshot, name: str) -> list[int] | None:
+    """The crc32c per chunk the root attributes record for ``name`` (``arrays[name]
+    ["chunk_crc32c"]``: base64 of little-endian uint32), or None."""
+    attrs = json.loads(members["zarr.json"])["attributes"]["daskimg"]
+    value = attrs["arrays"][name].get("chunk_crc32c")
+    if value is None:
+        return None
+    raw = base64.b64decode(value)
+    return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)]
+
+
+def resealed_byte(members: Snapshot, name: str, c: int) -> Snapshot:
+    """One byte of chunk ``c`` inverted and its crc32c computed again (a chunk replaced by
+    one that is valid on its own)."""
+    chunk = bytearray(get_chunk(members, name, c)[:-4])
+    chunk[len(chunk) // 2] ^= 0xFF
+    return set_chunk(members, name, c, with_crc(bytes(chunk)))
+
+
+def swapped_in_shard(members: Snapshot, name: str, c: int) -> Snapshot:
+    """Chunk ``c`` and its neighbour in the same shard exchanged (each intact; the shard
+    index rewritten with a valid crc32c)."""
+    info = array_info(members, name)
+    _, j = info.locate(c)
+    assert j is not None and info.per_shard > 1, "needs shards of several chunks"
+    other = c - 1 if j > 0 else c + 1
+    a, b = get_chunk(members, name, c), get_chunk(members, name, other)
+    assert a != b, f"chunks {c} and {other} of {name} are equal: exchanging them changes nothing"
+    return set_chunk(set_chunk(members, name, c, b), name, other, a)
+
+
+def swapped_objects(members: Snapshot, name: str, c: int) -> Snapshot:
+    """The shard (file, member, object) holding chunk ``c`` and the one before it exchanged."""
+    info = array_info(members, name)
+    key, _ = info.locate(c)
+    other, _ = info.locate(c - info.per_shard)
+    assert members[key] != members[other]
+    return {**members, key: members[other], other: members[key]}
+
+
 BLOSC_MEMCPYED = 0x02
 CRAFTED_BYTES = 64
 #: what a crafted header claims: near Blosc's limit (2 GiB - 16), so that trusting it reads
@@ -342,7 +390,8 @@ def label_beyond_classes(members: Snapshot, value: int, c: int = 1, row: int = 3
     assert array_info(members, "labels").codec_kind == "blosc"
     values = np.frombuffer(Blosc().decode(get_chunk(members, "labels", c)[:-4]), "<i8").copy()
     values[row] = value
-    return set_chunk(members, "labels", c, with_crc(Blosc(cname="zstd").encode(values)))
+    crafted = set_chunk(members, "labels", c, with_crc(Blosc(cname="zstd").encode(values)))
+    return resealed(crafted)  # the table of chunk checksums too: only the range check is left
 
 
 def resealed(members: Snapshot) -> Snapshot:
@@ -355,6 +404,11 @@ def resealed(members: Snapshot) -> Snapshot:
     for name, entry in (attrs.get("arrays") or {}).items():
         if isinstance(entry, dict) and "zarr_json_crc32c" in entry:
             entry["zarr_json_crc32c"] = crc32c.crc32c(members[f"{name}/zarr.json"])
+        if isinstance(entry, dict) and "chunk_crc32c" in entry:
+            info = array_info(members, name)
+            if info.shape[0] <= 10**6:  # an absurd shape keeps the old table
+                crcs = b"".join(c.to_bytes(4, "little") for c in chunk_crcs(members, name))
+                entry["chunk_crc32c"] = base64.b64encode(crcs).decode()
     if ATTRS_CRC in attrs:
         attrs[ATTRS_CRC] = attrs_crc32c(attrs)
     return {**members, "zarr.json": json.dumps(root, indent=2).encode()}
@@ -372,6 +426,26 @@ def huge_samples(members: Snapshot, name: str, side: int = 100_000) -> Snapshot:
             first["configuration"]["chunk_shape"][1:3] = [side, side]
 
     return resealed(edit_json(members, f"{name}/zarr.json", edit))
+
+
+def huge_length(members: Snapshot, n: int = 10**12) -> Snapshot:
+    """``num_samples``, every array's length and its shard length claimed ``n``, the tables of
+    chunk checksums (which a crafter cannot forge for ``n`` rows) deleted, every other
+    metadata checksum resealed: each array is then one shard of ``n / chunk_len`` chunks."""
+    root = json.loads(members["zarr.json"])
+    attrs = root["attributes"]["daskimg"]
+    attrs["num_samples"] = n
+    for entry in attrs["arrays"].values():
+        entry.pop("chunk_crc32c", None)
+    out = {**members, "zarr.json": json.dumps(root).encode()}
+
+    def edit(meta: Any) -> None:
+        meta["shape"][0] = n
+        meta["chunk_grid"]["configuration"]["chunk_shape"][0] = n
+
+    for name in attrs["arrays"]:
+        out = edit_json(out, f"{name}/zarr.json", edit)
+    return resealed(out)
 
 
 def zero_chunk_shape(members: Snapshot, name: str) -> Snapshot:

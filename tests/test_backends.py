@@ -385,6 +385,11 @@ CHUNK_DAMAGE: dict[str, Callable[[sd.Snapshot, str], sd.Snapshot]] = {
     "crafted-header-1.5MiB": lambda m, a: sd.crafted_chunk(m, a, DAMAGED_CHUNK, claim=3 * 2**19),
     # the same with a Blosc header that claims exactly the chunk's decoded size
     "crafted-exact-size": lambda m, a: sd.crafted_chunk(m, a, DAMAGED_CHUNK, exact=True),
+    # chunks each intact, in the wrong place or replaced: only the store's table of chunk
+    # checksums tells (these read as valid other rows before it)
+    "swapped-in-shard": lambda m, a: sd.swapped_in_shard(m, a, DAMAGED_CHUNK),
+    "swapped-shards": lambda m, a: sd.swapped_objects(m, a, DAMAGED_CHUNK),
+    "resealed-byte": lambda m, a: sd.resealed_byte(m, a, DAMAGED_CHUNK),
 }
 
 META_DAMAGE: dict[str, Callable[[sd.Snapshot, str], sd.Snapshot]] = {
@@ -810,7 +815,11 @@ def test_absurd_shape_fails_fast(backend, pristine, reader):
 
 def test_crafted_huge_samples_are_refused_at_open(backend, pristine, reader):
     """Samples claimed 100,000 x 100,000 pixels with every metadata checksum resealed: every
-    read path is a DaskImgError naming the array (not a MemoryError, not a crash)."""
+    read path is a DaskImgError naming the array (not a MemoryError, not a crash). So are
+    samples of 2**32 x 2**32 (their size wrapped int64 around to 0 bytes, and numpy's bare
+    'array is too big' followed), and 10**12 samples claimed in the shape *and* the shard
+    size (one shard per array passed the shard count: open_zarr built a task graph until
+    memory ran out, verify looped for ever)."""
     deadline = time.monotonic() + ABSURD_BUDGET
     problems: list[str] = []
     for store in ("lz4", "none", "jpeg"):
@@ -819,6 +828,20 @@ def test_crafted_huge_samples_are_refused_at_open(backend, pristine, reader):
         problems += _crafted_reads_refused(
             backend, reader, p, members, "images", f"huge-samples-{store}",
             f"{store} images of 100000x100000 (resealed)", ABSURD_BUDGET, deadline,
+        )  # fmt: skip
+    p = pristine["lz4"]
+    crafted = {  # the array named: the first checked (arrays are checked in name order)
+        "wrapping-samples": (
+            sd.huge_samples(p.members, "images", side=2**32),
+            "images",
+            "2**32 x 2**32 images",
+        ),
+        "huge-length": (sd.huge_length(p.members), "bbox", "10**12 samples, one shard an array"),
+    }
+    for name, (members, array, said) in crafted.items():
+        problems += _crafted_reads_refused(
+            backend, reader, p, members, array, name, f"{said} (resealed)", ABSURD_BUDGET,
+            deadline,
         )  # fmt: skip
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
@@ -911,6 +934,8 @@ def test_clean_round_trip_equals_the_oracle(backend, codec):
     members = backend.snapshot(target)
     for name in SET_ARRAYS:  # several shards of several chunks
         assert object_count(members, name) == -(-N // (CHUNKS * SHARD_CHUNKS)), name
+        # the table of chunk checksums: what ends each chunk, in order
+        assert sd.recorded_crcs(members, name) == sd.chunk_crcs(members, name), name
     # plain zarr reads the same bytes, without daskimg
     group = backend.plain_group(target)
     for name in SET_ARRAYS:
@@ -934,6 +959,7 @@ def test_clean_writer_round_trip(backend):
     members = backend.snapshot(target)
     for name in ("features", "ids"):
         assert object_count(members, name) == -(-N // (CHUNKS * SHARD_CHUNKS)), name
+        assert sd.recorded_crcs(members, name) == sd.chunk_crcs(members, name), name
     group = backend.plain_group(target)
     for name in ("features", "ids"):
         assert_same(group[name][...], values[name], f"plain zarr: {name}")

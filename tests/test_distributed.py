@@ -13,6 +13,7 @@ import time
 import dask
 import numpy as np
 import pytest
+import store_damage as sd
 from conftest import plain_group
 
 import daskimg as di
@@ -33,6 +34,10 @@ def _same(a, b):
     ga, gb = plain_group(a), plain_group(b)
     for name in ("images", "labels", "paths"):
         np.testing.assert_array_equal(ga[name][...], gb[name][...])
+    for path in (a, b):  # each records the checksum of each of its chunks, in order
+        members = sd.read_local(path)
+        for name in ("images", "labels", "paths"):
+            assert sd.recorded_crcs(members, name) == sd.chunk_crcs(members, name), (path, name)
 
 
 @pytest.mark.slow

@@ -683,3 +683,44 @@ def test_storeinfo_is_reachable_from_the_package(tmp_path):
     path = di.to_zarr(di.ImageSet(np.zeros((4, 2, 2, 1), np.uint8)), tmp_path / "s.zarr.zip")
     assert di.storeinfo.verify(path) == []
     assert di.storeinfo.info(path)["attrs"]["num_samples"] == 4
+
+
+_CAPPED_READS = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # 3 GiB of address space
+import daskimg as di
+from daskimg.storeinfo import verify
+try:
+    di.open_zarr(sys.argv[1])
+    print("open: no error")
+except Exception as e:
+    print(f"open: {type(e).__name__}: {e}")
+print("verify:", [p.message for p in verify(sys.argv[1])])
+"""
+
+
+def test_a_zstd_chunk_that_unpacks_beyond_its_declared_size_allocates_nothing(tmp_path):
+    """A ``paths`` chunk of ~0.5 MB (a valid first frame, then frames of zeros, every checksum
+    resealed) unpacked to 8 GiB before its size was compared: a bare MemoryError, or the
+    process killed on a machine with the memory. Now a ChecksumError naming the chunk,
+    within a 3 GiB address-space cap."""
+    import store_damage as sd
+    from numcodecs import Zstd
+
+    values = sd.sample_arrays(24)
+    path = di.to_zarr(
+        di.ImageSet(values["images"], values["labels"], classes=["a", "b", "c"],
+                    paths=list(values["paths"])),
+        tmp_path / "s.zarr.zip", chunks=8, order="source",
+    )  # fmt: skip
+    members = sd.read_local(path)
+    body = sd.get_chunk(members, "paths", 1)[:-4] + Zstd(level=3).encode(bytes(2**26)) * 128
+    bomb = sd.resealed(sd.set_chunk(members, "paths", 1, sd.with_crc(body)))
+    target = sd.write_local(bomb, tmp_path / "bomb.zarr.zip")
+    got = subprocess.run(
+        [sys.executable, "-c", _CAPPED_READS, target], capture_output=True, text=True, timeout=300
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    lines = got.stdout.splitlines()
+    assert lines[0].startswith("open: ChecksumError") and "'paths', chunk 1" in lines[0], lines
+    assert lines[1].startswith("verify: [") and "'paths', chunk 1" in lines[1], lines

@@ -3,6 +3,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
+import store_damage as sd
 from conftest import plain_group
 
 import daskimg as di
@@ -698,6 +700,12 @@ def test_add_column_row_count_must_match(tmp_path, ext, indexed_set):
     w.append(np.arange(3, dtype=np.float32))
     w.close()
     np.testing.assert_array_equal(di.open_zarr(path).columns["score"][-3:], [0, 1, 2])
+    # the old arrays keep their table of chunk checksums, the new one has its own
+    members = sd.read_local(path)
+    attrs = json.loads(members["zarr.json"])["attributes"]["daskimg"]
+    assert "score" in attrs["arrays"] and "images" in attrs["arrays"]
+    for name in attrs["arrays"]:
+        assert sd.recorded_crcs(members, name) == sd.chunk_crcs(members, name), name
     with pytest.raises(StoreExistsError, match="already has arrays"):
         ArrayWriter(path, name="score", shape=(), dtype="float32", mode="a")
     with pytest.raises(ValueError, match="new arrays must use the store's chunk length"):

@@ -213,8 +213,11 @@ def zstd_decode(body: Any, where: str, limit: int, expected: int | None = None) 
         raise ChecksumError(
             f"{where}: chunk decompresses to {size} bytes, the array needs {expected}; damaged"
         )
+    # into a buffer of the size the frame declares: more frames after it (a crafted chunk of
+    # a few hundred KB unpacked to 8 GiB) overflow it and fail, nothing more is allocated
+    out = np.empty(size, dtype=np.uint8)
     try:
-        data = bytes(Zstd().decode(bytes(body)))
+        data = bytes(memoryview(Zstd().decode(bytes(body), out=out)).cast("B"))
     except (RuntimeError, ValueError) as e:
         raise ChecksumError(f"{where}: cannot decompress ({e}); the chunk is damaged") from e
     if len(data) != size:

@@ -11,7 +11,9 @@ samples; every chunk ends with a crc32c; every array has ``dimension_names``. Th
 attribute ``daskimg`` records the format version, the split, the classes, which columns
 are boxes, the order, the codec, the source, the files skipped, ``complete`` (true only
 once every chunk is written) and ``arrays``: the name of every array with a crc32c of its
-``zarr.json``, so that an array that vanished or whose metadata changed is an error.
+``zarr.json``, so that an array that vanished or whose metadata changed is an error, and
+the crc32c of each of its chunks (:mod:`~daskimg.store.chunktable`), so that a chunk
+moved to another place is an error too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import FormatVersionError, IncompleteStoreError, MetadataError
+from .chunktable import TABLE, num_inner
 from .codecs import DEFAULT_CODEC, compressors, serializer
 from .layout import ArrayLayout
 
@@ -192,18 +195,28 @@ def create_arrays(
     return out
 
 
-def finish_attrs(attrs: dict[str, Any], array_meta: Mapping[str, bytes]) -> dict[str, Any]:
-    """``attrs`` of a finished store: ``complete: true`` and each array's ``zarr.json`` checksum.
+def finish_attrs(
+    attrs: dict[str, Any],
+    array_meta: Mapping[str, bytes],
+    tables: Mapping[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """``attrs`` of a finished store: ``complete: true``, each array's ``zarr.json`` checksum
+    and the crc32c of each of its chunks.
 
-    ``array_meta`` maps every array name to the bytes of its final ``zarr.json``.
+    ``array_meta`` maps every array name to the bytes of its final ``zarr.json``;
+    ``tables`` maps array names to their chunk tables
+    (:mod:`daskimg.store.chunktable`; ``None``: an array of an older store, without one).
     """
+    tables = tables or {}
+    arrays: dict[str, dict[str, Any]] = {}
+    for name, raw in sorted(array_meta.items()):
+        arrays[name] = {"zarr_json_crc32c": crc32c.crc32c(raw)}
+        if tables.get(name) is not None:
+            arrays[name][TABLE] = tables[name]
     out = {
         **{k: v for k, v in attrs.items() if k != ATTRS_CRC},
         "complete": True,
-        "arrays": {
-            name: {"zarr_json_crc32c": crc32c.crc32c(raw)}
-            for name, raw in sorted(array_meta.items())
-        },
+        "arrays": arrays,
     }
     out[ATTRS_CRC] = attrs_crc32c(out)
     return out
@@ -329,20 +342,32 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
                 "(checksum mismatch); the store is damaged — re-create it"
             )
     lay = reader.layout(name)
+    reader.chunk_table(lay)  # a damaged table of chunk checksums is an error on opening
     if lay.shape[0] != n:
         raise MetadataError(
             f"{where}: array {name!r} has {lay.shape[0]} rows, the store {n} samples; "
             "the store is damaged — re-create it"
         )
-    held = sum(
-        1 for k in reader.source.keys if k.startswith(name + "/") and k != f"{name}/zarr.json"
-    )
+    sizes = [
+        size
+        for k, size in reader.source.keys.items()
+        if k.startswith(name + "/") and k != f"{name}/zarr.json"
+    ]
+    held = len(sizes)
     objects = lay.num_shards if lay.sharded else -(-n // lay.inner_len)
     if objects > 2 * held + 16:
         raise MetadataError(
             f"{where}: array {name!r} claims {n} samples in {objects} "
             f"{'shards' if lay.sharded else 'chunks'}, but the store holds {held} for it; its "
             "metadata is damaged — re-create the store"
+        )
+    # every chunk takes at least its 4-byte checksum (and a 16-byte shard index entry): a
+    # length claimed in both the shape and the shard size is refused here, before a task
+    # graph of one task per claimed chunk is built
+    if num_inner(lay) * 4 > sum(sizes) + 64:
+        raise MetadataError(
+            f"{where}: array {name!r} claims {n} samples in {num_inner(lay)} chunks, but the "
+            f"store holds {sum(sizes)} bytes for it; its metadata is damaged — re-create the store"
         )
     return lay
 

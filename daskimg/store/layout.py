@@ -10,6 +10,7 @@ is a :class:`~daskimg.errors.MetadataError` naming the store, the array and the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,8 @@ class ArrayLayout:
 
     @property
     def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        # Python integers: a crafted sample shape of 2**32 x 2**32 wraps int64 around to 0
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
 
     def chunk_rows(self, c: int) -> tuple[int, int]:
         start = c * self.chunk_len

@@ -258,6 +258,18 @@ class Location:
         if not self.is_url:
             remove_path(self.target + ".tmp")
 
+    def remove(self) -> None:
+        """Remove the store (a file, a folder, or a folder at a URL: its root first)."""
+        if not self.is_url:
+            remove_path(self.target)
+            return
+        fs, key = self._fs()
+        if fs.isdir(key):
+            clear_url(fs, key)
+        else:
+            fs.rm_file(key)
+            fs.invalidate_cache(key)
+
     # -- a URL folder written in place (by a cluster's workers) --------------------------
     def open_in_place(self) -> Any:
         """A writable zarr store at this ``*.zarr`` URL, for a write in place.

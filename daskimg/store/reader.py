@@ -26,6 +26,7 @@ from numcodecs import blosc
 
 from ..errors import ChecksumError, MetadataError
 from .bytesource import ByteSource, LocalDir, LocalZip, open_source
+from .chunktable import TABLE, check_place, decode_table
 from .codecs import blosc_header, check_crc, check_crc_of, decode_chunk
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 from .layout import ArrayLayout, parse_layout
@@ -62,8 +63,8 @@ class StoreReader:
         self._local = threading.local()
         self._locate = ChunkLocator(source, self.path)  # shard indexes, cached
         self._layouts: dict[str, ArrayLayout] = {}
-        self._read_len: int | None = None
-        self._read_len_known = False
+        self._attrs: dict[str, Any] | None = None
+        self._tables: dict[str, np.ndarray | None] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"source": self.source}
@@ -122,15 +123,34 @@ class StoreReader:
             self._layouts[name] = lay
         return lay
 
-    def _store_read_len(self) -> int | None:
-        if not self._read_len_known:
+    def _root_attrs(self) -> dict[str, Any]:
+        """The ``daskimg`` root attributes as stored (checked by whoever opens the store)."""
+        if self._attrs is None:
             root = self.json("zarr.json")
-            attrs = ((root or {}).get("attributes") or {}).get("daskimg") or {}
-            value = attrs.get("chunk_len") if isinstance(attrs, dict) else None
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-            self._read_len = value if ok else None
-            self._read_len_known = True
-        return self._read_len
+            attrs = ((root or {}).get("attributes") or {}) if isinstance(root, dict) else {}
+            value = attrs.get("daskimg") if isinstance(attrs, dict) else None
+            self._attrs = value if isinstance(value, dict) else {}
+        return self._attrs
+
+    def _store_read_len(self) -> int | None:
+        value = self._root_attrs().get("chunk_len")
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return value if ok else None
+
+    def chunk_table(self, lay: ArrayLayout) -> np.ndarray | None:
+        """The crc32c the store recorded for each inner chunk of ``lay``'s array, or None
+        (stores written before the table existed; see :mod:`~daskimg.store.chunktable`)."""
+        if lay.name not in self._tables:
+            arrays = self._root_attrs().get("arrays")
+            entry = arrays.get(lay.name) if isinstance(arrays, dict) else None
+            value = entry.get(TABLE) if isinstance(entry, dict) else None
+            self._tables[lay.name] = None if value is None else decode_table(self.path, lay, value)
+        return self._tables[lay.name]
+
+    def _place(self, lay: ArrayLayout, i: int, stored: Any, where: str) -> None:
+        """Inner chunk ``i`` (its crc32c ``stored``, checked against its bytes) is the one
+        the store recorded there."""
+        check_place(self.chunk_table(lay), i, stored, where)
 
     # -- where chunks are --------------------------------------------------------------
     def chunk_location(self, name: str, c: int) -> tuple[str, int, int]:
@@ -180,10 +200,12 @@ class StoreReader:
                 crc = bytearray(4)
                 self.source.readinto(key, off, [out.reshape(-1).view(np.uint8), crc])
                 check_crc_of(out.reshape(-1).view(np.uint8), crc, where)
+                self._place(lay, c, crc, where)
                 return out
             key, off, nbytes = self._locate.inner(lay, c)
             # compressed chunks are decoded straight from the (lease-protected) page cache
             with self.source.view(key, off, nbytes, self._scratch(nbytes)) as buf:
+                self._place(lay, c, buf[-4:], where)
                 if lay.kind == "jpeg":
                     decode_chunk_into(check_crc(buf, where), out, where)  # only out's rows
                 elif b - a == lay.chunk_len:
@@ -197,7 +219,9 @@ class StoreReader:
         full = np.empty((lay.inner_len, *lay.shape[1:]), dtype=lay.dtype)
         for i in range(a // lay.inner_len, -(-b // lay.inner_len)):
             lo, hi = max(a, i * lay.inner_len), min(b, (i + 1) * lay.inner_len)
-            decode_chunk(self._encoded(lay, i), lay.kind, full, where + f", inner chunk {i}")
+            buf = self._encoded(lay, i)
+            self._place(lay, i, buf[-4:], where + f", inner chunk {i}")
+            decode_chunk(buf, lay.kind, full, where + f", inner chunk {i}")
             out[lo - a : hi - a] = full[lo - i * lay.inner_len : hi - i * lay.inner_len]
         return out
 
@@ -245,9 +269,13 @@ class StoreReader:
             expected = (b - a) * lay.row_bytes
             if nbytes != expected + 4:
                 raise ChecksumError(f"{where}: holds {nbytes - 4} bytes, expected {expected}")
-            return RawChunk(self.source, key, off, (b - a, *lay.shape[1:]), lay.dtype, where)
+            return RawChunk(
+                self.source, key, off, (b - a, *lay.shape[1:]), lay.dtype, where,
+                self.chunk_table(lay), c,
+            )  # fmt: skip
         data = bytearray(nbytes)
         self.source.readinto(key, off, [data])
+        self._place(lay, c, data[-4:], where)
         chunk = parse_chunk(check_crc(data, where), where)  # JPEG: checked before decoding
         if len(chunk) < b - a:
             raise ChecksumError(f"{where}: JPEG chunk holds {len(chunk)} samples, expected {b - a}")
@@ -304,6 +332,7 @@ class StoreReader:
         blosc_kind = lay.kind == "blosc"
         offsets, lengths = offs.tolist(), sizes.tolist()
         check, decompress, from_bytes = crc32c.crc32c, blosc.decompress, int.from_bytes
+        table = self.chunk_table(lay)  # one entry per sample in this layout
         for i, k in zip(np.asarray(rows).tolist(), np.asarray(dest_rows).tolist(), strict=True):
             o = offsets[i]
             end = o + lengths[i] - 4
@@ -314,6 +343,8 @@ class StoreReader:
                     f"{where}: checksum mismatch (the sample is damaged); "
                     "run `daskimg verify` on the store and re-create it"
                 )
+            if table is not None:
+                check_place(table, first + i, view[end : end + 4], where)
             if not blosc_kind:
                 decode_chunk(view[o : end + 4], lay.kind, dest[k : k + 1], where)
             else:
@@ -335,6 +366,8 @@ class RawChunk:
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
     where: str
+    table: np.ndarray | None = None  # the store's chunk table (see .chunktable)
+    index: int = 0  # this chunk's entry in it
 
     def copy_to(self, targets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         """``dest[at] = rows[sel]`` for each ``(dest, at, sel)``; raise if the chunk is damaged.
@@ -367,6 +400,7 @@ class RawChunk:
                 f"{self.where}: checksum mismatch (the chunk is damaged); run `daskimg verify` "
                 "on the store and re-create it from the source"
             )
+        check_place(self.table, self.index, crc_bytes, self.where)
         for places in where_to:
             if len(places) > 1:
                 first_dest, p0 = places[0]

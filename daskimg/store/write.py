@@ -28,6 +28,8 @@ from dask.base import tokenize
 from ..errors import DaskImgError, DecodeError
 from ..read.files import FileSource
 from ..read.imageset import ImageSet
+from .bytesource import LocalDir
+from .chunktable import read_tables
 from .encode import ShardEncoder
 from .format import (
     SHARD_CHUNKS,
@@ -353,7 +355,7 @@ def write_store(
             write_arrays(target, ds, attrs, specs, shard_len, put=put, progress=progress)
         metas = {s.name: _staged(loc, target, f"{s.name}/zarr.json") for s in specs}
         root = json.loads(_staged(loc, target, "zarr.json"))
-        root["attributes"]["daskimg"] = finish_attrs(attrs, metas)
+        root["attributes"]["daskimg"] = finish_attrs(attrs, metas, _tables(loc, target, metas))
         attrs.update(root["attributes"]["daskimg"])
         if staging is None:
             loc.finish_in_place(root)
@@ -398,6 +400,19 @@ def _staged(loc: Location, target: Any, key: str) -> bytes:
     if isinstance(target, ZipBuilder):
         return target.meta(key)
     return loc.read_in_place(key, target)
+
+
+def _tables(loc: Location, target: Any, metas: dict[str, bytes]) -> dict[str, str]:
+    """The chunk tables of what was written (:mod:`~daskimg.store.chunktable`)."""
+    if isinstance(target, ZipBuilder):
+        return target.tables(metas)
+    source = LocalDir(target) if isinstance(target, str) else loc.open()
+    try:
+        return read_tables(
+            source, str(target) if isinstance(target, str) else loc.target, metas, None
+        )
+    finally:
+        source.close()
 
 
 def _write_json(path: str, obj: Any) -> None:

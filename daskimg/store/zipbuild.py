@@ -43,6 +43,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from .background import BackgroundWriter
+from .chunktable import MemberTrailers
 from .directio import AppendFile
 
 __all__ = ["ZipBuilder"]
@@ -96,6 +97,9 @@ class ZipBuilder(Store):
         # metadata: a reader at a URL then fetches them with the zip's tail, not one by one
         self._deferred: list[tuple[str, bytes]] = []
         self._deferred_bytes = 0
+        # each chunk's crc32c, noted from the bytes in hand (the file is written past the
+        # page cache and not read back)
+        self._trailers = MemberTrailers()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ZipBuilder) and other.path == self.path
@@ -129,6 +133,7 @@ class ZipBuilder(Store):
                     )
                 self._keys.add(key)
         self._writer.raise_error()
+        self._trailers.note(key, pieces, self._meta)
         size = sum(memoryview(p).nbytes for p in pieces)
         if size <= _SMALL_MEMBER:
             with self._keys_lock:
@@ -224,6 +229,10 @@ class ZipBuilder(Store):
     def meta(self, key: str) -> bytes:
         """The bytes of a metadata document written so far (``zarr.json``, ``images/zarr.json``)."""
         return self._meta[key]
+
+    def tables(self, names: Iterable[str]) -> dict[str, str]:
+        """The chunk tables of the arrays ``names`` (:mod:`~daskimg.store.chunktable`)."""
+        return self._trailers.tables(self.path, self._meta, names)
 
     def finish(self, root: bytes) -> None:
         """Write the arrays' metadata, the root ``zarr.json`` (``root``) last, the central

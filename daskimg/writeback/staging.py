@@ -34,6 +34,8 @@ import numpy as np
 import zarr
 
 from ..errors import DaskImgError, StoreExistsError
+from ..store.bytesource import LocalDir
+from ..store.chunktable import TABLE, read_tables
 from ..store.codecs import DEFAULT_CODEC
 from ..store.format import ArraySpec, auto_chunk_len, create_arrays, finish_attrs, root_attrs
 from ..store.location import Location, fsync_path, fsync_tree, remove_path
@@ -433,7 +435,7 @@ def publish(
         meta = json.loads(root.read_text())
         attrs = {**meta["attributes"]["daskimg"], "num_samples": rows}
         metas = {n: (store / n / "zarr.json").read_bytes() for n in names}
-        meta["attributes"]["daskimg"] = finish_attrs(attrs, metas)
+        meta["attributes"]["daskimg"] = finish_attrs(attrs, metas, _tables(store, metas))
     else:
         st = open_store(location)
         raw = st.reader.read_bytes("zarr.json") or b""
@@ -446,8 +448,14 @@ def publish(
                 "nothing was published. Add the arrays again with resume=False"
             )
         metas = {n: m for n, m in old_metas.items() if n not in names}
-        metas.update({n: (store / n / "zarr.json").read_bytes() for n in names})
-        meta["attributes"]["daskimg"] = finish_attrs(meta["attributes"]["daskimg"], metas)
+        old_attrs = meta["attributes"]["daskimg"]
+        tables: dict[str, str | None] = {
+            n: (old_attrs.get("arrays") or {}).get(n, {}).get(TABLE) for n in metas
+        }
+        new = {n: (store / n / "zarr.json").read_bytes() for n in names}
+        metas.update(new)
+        tables.update(_tables(store, new))
+        meta["attributes"]["daskimg"] = finish_attrs(old_attrs, metas, tables)
     write_json(root, meta)
     # what is about to be published: a resume after a kill from here on tells by this
     # digest whether the store at the target is the new one
@@ -461,6 +469,15 @@ def publish(
         _link_old_files(location.target, store, names)
         location.publish(str(store))
     remove_path(str(staging))
+
+
+def _tables(store: Path, metas: Mapping[str, bytes]) -> dict[str, str]:
+    """The chunk tables of the arrays ``metas`` written into the staging ``store``."""
+    source = LocalDir(str(store))
+    try:
+        return read_tables(source, str(store), metas, None)
+    finally:
+        source.close()
 
 
 def _link_old_files(old: str, new: Path, names: Sequence[str]) -> None:
