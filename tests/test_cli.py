@@ -252,3 +252,27 @@ def test_a_rerun_keeps_a_finished_split_only_if_its_files_are_unchanged(
     }
     red = stored[victim.relative_to(image_folder).as_posix()]
     assert (red[..., 0] == 255).all() and (red[..., 1:] == 0).all()
+
+
+def test_stores_of_an_earlier_run_that_this_run_does_not_write_are_not_left_beside_it(
+    tmp_path, image_folder, capsys
+):
+    """A re-run with --valid 0 --test 0 (or --format dir) left the earlier valid/test stores
+    in OUT, holding images the new train store holds too; `daskimg info OUT/*` listed all."""
+    out = tmp_path / "out"
+    args = ["ingest", str(image_folder), str(out), "--size", "8", "8"]
+    assert main(args) == 0
+    old = {s: set(di.open_zarr(out / f"{s}.zarr.zip").paths) for s in ("valid", "test")}
+    capsys.readouterr()
+    again = [*args, "--valid", "0", "--test", "0"]
+    assert main(again) == 2  # refused before any work: OUT is left as the first run made it
+    err = capsys.readouterr().err
+    assert "valid.zarr.zip" in err and "test.zarr.zip" in err and "--overwrite" in err
+    assert {s: set(di.open_zarr(out / f"{s}.zarr.zip").paths) for s in old} == old
+    assert main([*again, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["train.zarr.zip"]
+    train = set(di.open_zarr(out / "train.zarr.zip").paths)
+    assert train == {p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png")}
+    # the other format: a folder store beside the zip of the same split is stale too
+    assert main([*again, "--format", "dir", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["train.zarr"]

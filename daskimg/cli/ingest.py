@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import DaskImgError, DecodeError
+from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..remote import is_url
 
 __all__ = ["convert", "ingest", "scheduler"]
@@ -44,6 +44,7 @@ def scheduler(spec: str) -> Iterator[None]:
 
 def ingest(args: argparse.Namespace) -> int:
     from ..read.folder import from_folder
+    from ..store.location import Location
     from ..store.write import to_zarr
     from ..storeinfo import info
 
@@ -87,16 +88,21 @@ def ingest(args: argparse.Namespace) -> int:
         )
     )
     ext = ".zarr.zip" if args.format == "zip" else ".zarr"
+    written = {name for name, part in parts.items() if len(part)}
+    stale = _stale_stores(args.out, [*parts, *SPLIT_NAMES], written, ext, opts)
+    if stale and not args.overwrite:
+        raise StoreExistsError(
+            f"{args.out} holds {', '.join(stale)} from an earlier run, which this run does not "
+            f"write (it writes {', '.join(_out(args.out, n + ext) for n in sorted(written))}): "
+            "training and evaluating on OUT would mix the two runs. Pass --overwrite to remove "
+            "them once this run has written its stores, or write to another OUT"
+        )
     rows = []
     with scheduler(args.scheduler):
         for name, part in parts.items():
             if len(part) == 0:
                 continue
-            target = (
-                args.out.rstrip("/") + "/" + name + ext
-                if is_url(args.out)
-                else os.path.join(args.out, name + ext)
-            )
+            target = _out(args.out, name + ext)
             t = time.perf_counter()
             so = opts if is_url(target) else None
             if not args.overwrite and _finished_same(part, target, so, args, name):
@@ -136,6 +142,9 @@ def ingest(args: argparse.Namespace) -> int:
                     part.skipped,
                 )
             )
+    for target in stale:  # only now: a run that fails leaves OUT as the earlier run made it
+        Location.of(target, opts if is_url(target) else None).remove()
+        print(f"removed {target}: a store of an earlier run, not a split of this one")
     print("\nsplit      samples  skipped        bytes   ratio    time")
     for name, n, nskip, nbytes, ratio, secs, _ in rows:
         print(f"{name:<9} {n:>8} {nskip:>8} {nbytes:>12} {ratio or 0:>6.2f}x {secs:>6.1f}s")
@@ -146,10 +155,33 @@ def ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+#: names of split stores an earlier run may have left in OUT
+SPLIT_NAMES = ("train", "valid", "val", "validation", "test")
+
+
+def _out(out: str, name: str) -> str:
+    return out.rstrip("/") + "/" + name if is_url(out) else os.path.join(out, name)
+
+
+def _stale_stores(out: str, names: list[str], written: set[str], ext: str, opts: Any) -> list[str]:
+    """Split stores in ``out`` that this run does not write (a split now empty or not asked
+    for, or the other format), which would otherwise sit beside the new ones."""
+    from ..store.location import Location
+
+    stale = []
+    for name in dict.fromkeys(names):
+        for e in (".zarr.zip", ".zarr"):
+            target = _out(out, name + e)
+            if (name not in written or e != ext) and Location.of(
+                target, opts if is_url(target) else None
+            ).exists():
+                stale.append(target)
+    return stale
+
+
 def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, split: str) -> bool:
     """True if ``target`` holds a complete store written from the same files and settings (a
     re-run after a kill keeps it); a different store there is refused unless ``--overwrite``."""
-    from ..errors import StoreExistsError
     from ..store.location import Location
     from ..store.open import read_attrs
     from ..store.write import fingerprint
