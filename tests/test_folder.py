@@ -318,3 +318,83 @@ def test_a_broken_link_is_named_when_decoding_not_dropped(tmp_path):
         ds.split()["test"].images.compute()
     paths = di.read.files.expand_paths(str(root / "test" / "*.png"))
     assert [Path(p).name for p in paths] == ["x_0000.png", "x_0001.png", "z_missing.png"]
+
+
+def _as_url(root: Path, where: str) -> str:
+    """The tree ``root`` copied to the memory:// URL ``where``."""
+    fs = pytest.importorskip("fsspec").filesystem("memory")
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            fs.pipe(f"{where}/{f.relative_to(root).as_posix()}", f.read_bytes())
+    return where
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_a_dataset_one_folder_down_is_refused_not_read_as_one_class(tmp_path, url):
+    # an archive unpacked as root/chest_xray/{train,val,test}/{NORMAL,PNEUMONIA} was read as
+    # the single class 'chest_xray', every split mixed into it (split() then put test images
+    # in train); __MACOSX beside it (a macOS zip) added a class of its own
+    root = tmp_path / "download"
+    di.testing.make_image_folder(
+        root / "chest_xray", n=4, size=(8, 8), classes=("NORMAL", "PNEUMONIA"),
+        split_dirs=("train", "val", "test"),
+    )  # fmt: skip
+    (root / "__MACOSX" / "chest_xray" / "train").mkdir(parents=True)
+    (root / "__MACOSX" / "chest_xray" / "train" / "._NORMAL_0000.png").write_bytes(b"\0\5\26")
+    where = (
+        _as_url(root, f"memory://daskimg-test-wrapped-{os.getpid()}/download") if url else str(root)
+    )
+    with pytest.raises(
+        ValueError, match=r"'chest_xray' holds the split folders test/, train/, val/"
+    ):
+        di.from_folder(where, size=(8, 8))
+    inner = f"{where}/chest_xray"
+    ds = di.from_folder(inner, size=(8, 8))
+    assert ds.classes == ("NORMAL", "PNEUMONIA") and sorted(ds.split()) == [
+        "test",
+        "train",
+        "valid",
+    ]
+    assert len(ds) == 12
+    # a class folder with ordinary subfolders (one of them named like a split, without
+    # train/ and beside another) is still a class
+    plain = tmp_path / "plain"
+    di.testing.make_image_folder(plain / "cat" / "indoor", n=2, size=(8, 8), classes=("a",))
+    di.testing.make_image_folder(plain / "dog", n=2, size=(8, 8), classes=("test", "puppies"))
+    assert di.from_folder(plain, size=(8, 8)).classes == ("cat", "dog")
+
+
+def test_macosx_folders_are_never_classes(tmp_path):
+    root = tmp_path / "data"
+    files = di.testing.make_image_folder(root, n=4, size=(8, 8))
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._cat_0000.png").write_bytes(b"\0\5\26\7")
+    ds = di.from_folder(root, size=(8, 8))
+    assert ds.classes == ("cat", "dog")
+    assert sorted(ds.paths.tolist()) == sorted(f.relative_to(root).as_posix() for f in files)
+
+
+@pytest.mark.parametrize("url", [False, True])
+@pytest.mark.parametrize(
+    ("folder", "hint"),
+    [("test", None), ("images", None), ("Cat", "'Cat' is 'cat' in train/"), ("cow", None)],
+)
+def test_class_folders_a_split_has_and_train_lacks_are_refused(tmp_path, url, folder, hint):
+    # Kaggle's test/test/*.png (or test/images/) became a class 'test' that every test sample
+    # carried; a 'Cat' beside train's 'cat' became a class no training sample has
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root, n=4, size=(8, 8), split_dirs=("train", "test"))
+    di.testing.make_image_folder(root / "test", n=2, size=(8, 8), classes=(folder,), seed=3)
+    where = (
+        _as_url(root, f"memory://daskimg-test-extra-{folder}-{os.getpid()}/data")
+        if url
+        else str(root)
+    )
+    with pytest.raises(ValueError, match=rf"does not: '{folder}'") as err:
+        di.from_folder(where, size=(8, 8))
+    assert (hint or "") in str(err.value)
+    # a class train has and valid lacks is fine: indices follow train's classes
+    shutil.rmtree(root / "test" / folder)
+    shutil.rmtree(root / "test" / "dog")
+    parts = di.from_folder(root, size=(8, 8)).split()
+    assert parts["test"].classes == ("cat", "dog") and set(parts["test"].labels.tolist()) == {0}

@@ -11,6 +11,10 @@ Nothing is dropped silently. The rules, the same on disk and at a URL:
 * An image file beside class folders (``root/stray.jpg``, ``root/train/stray.jpg``), or
   beside split folders, is an error naming it: move it into a class folder, or pass
   ``stray="ignore"`` to leave such files out (they are logged).
+* A class folder in ``valid/`` or ``test/`` that ``train/`` lacks (``test/test/*.png``,
+  ``Cat/`` beside train's ``cat/``) is an error naming it; so is a dataset one folder down
+  (``root/chest_xray/{train,val,test}/``), which would otherwise be one class.
+* Hidden folders and ``__MACOSX`` are never read.
 """
 
 from __future__ import annotations
@@ -66,6 +70,12 @@ class _Top:
     classes: dict[str, list[str]] = field(default_factory=dict)  # class folder -> its files
 
 
+def _hidden(folder: str) -> bool:
+    """Folders never read: hidden ones (``.git``, ``.ipynb_checkpoints``) and ``__MACOSX``,
+    the resource forks a macOS zip unpacks beside the data (never a class)."""
+    return folder.startswith(".") or folder == "__MACOSX"
+
+
 def _is_image(name: str) -> bool:
     return not name.startswith(".") and posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
@@ -117,7 +127,7 @@ def _files_under(
                 )
             continue
         read_under[real] = os.fspath(folder)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
         if others is not None:
             others.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_other(f))
@@ -136,7 +146,7 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
     found: dict[str, Path] = {}
     others = []
     for child in sorted(root.iterdir()) if root.is_dir() else []:
-        if not child.is_dir() or child.name.startswith(".") or os.path.realpath(child) in exclude:
+        if not child.is_dir() or _hidden(child.name) or os.path.realpath(child) in exclude:
             continue
         split = SPLIT_DIRS.get(child.name.lower())
         if split is None:
@@ -176,7 +186,7 @@ def _local_tops(
     def top(split: str, folder: Path) -> _Top:
         t = _Top(split, os.fspath(folder), direct(folder), other(folder))
         for d in sorted(folder.iterdir()):
-            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) not in exclude:
+            if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude:
                 t.classes[d.name] = _files_under(d, exclude, t.others, read_under, real_root)
         return t
 
@@ -188,7 +198,7 @@ def _local_tops(
         [
             d.name
             for d in sorted(root.iterdir())
-            if d.is_dir() and not d.name.startswith(".") and os.path.realpath(d) not in exclude
+            if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude
             and d.name.lower() not in SPLIT_DIRS
         ],
         sorted(d.name for d in splits.values()),
@@ -235,7 +245,7 @@ def _url_tops(
     for name in sorted({q[0] for q in parts if len(q) > 1}):
         split = SPLIT_DIRS.get(name.lower())
         if split is None:
-            if not name.startswith("."):
+            if not _hidden(name):
                 others.append(name)
             continue
         if split in found:
@@ -250,7 +260,7 @@ def _url_tops(
             sorted(
                 {q[0] for q in parts if len(q) > 1}
                 - set(found.values())
-                - {n for n in (q[0] for q in parts) if n.startswith(".")}
+                - {n for n in (q[0] for q in parts) if _hidden(n)}
             ),
             sorted(found.values()),
             stray,
@@ -266,8 +276,8 @@ def _url_tops(
             key=lambda rest: [(j < len(rest) - 1, x) for j, x in enumerate(rest)],
         )
         for rest in below:
-            if any(x.startswith(".") for x in rest[:-1]) or not _is_image(rest[-1]):
-                if not any(x.startswith(".") for x in rest[:-1]) and _is_other(rest[-1]):
+            if any(_hidden(x) for x in rest[:-1]) or not _is_image(rest[-1]):
+                if not any(_hidden(x) for x in rest[:-1]) and _is_other(rest[-1]):
                     t.others.append(join(url, "/".join((*prefix, *rest))))
                 continue
             full = join(url, "/".join((*prefix, *rest)))
@@ -335,11 +345,66 @@ def _stray_files(files: list[str], where: str, beside: str, stray: str) -> None:
     )
 
 
+def _check_wrapped(where: str, tops: list[_Top]) -> None:
+    """Refuse a dataset one folder down (``root/chest_xray/{train,val,test}/<class>``, as
+    an archive unpacks): read as is, its one "class" is the wrapping folder, every sample
+    has it, and the predefined splits are lost."""
+    if len(tops) != 1 or tops[0].split:
+        return
+    t = tops[0]
+    for c, files in t.classes.items():
+        prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
+        nested = {
+            f[len(prefix) + 1 :].split("/", 1)[0]
+            for f in files
+            if f.startswith(prefix) and "/" in f[len(prefix) + 1 :]
+        }
+        found = {SPLIT_DIRS[d.lower()] for d in nested if d.lower() in SPLIT_DIRS}
+        if found and _are_splits(found, [d for d in nested if d.lower() not in SPLIT_DIRS]):
+            inner = prefix.replace(os.sep, "/")
+            raise ValueError(
+                f"{where!r}: its folder {c!r} holds the split folders "
+                f"{', '.join(sorted(d + '/' for d in nested if d.lower() in SPLIT_DIRS))}: the "
+                f"dataset is one folder down. Read from_folder({inner!r}) (on the command "
+                f"line: daskimg ingest {inner} OUT ...); read as is, {c!r} would be one class "
+                "holding every split"
+            )
+
+
+def _check_split_classes(tops: list[_Top]) -> None:
+    """Refuse class folders (with images) in ``valid/`` or ``test/`` that ``train/`` lacks:
+    a made-up class no model trained on ``train/`` can predict — often unlabelled images one
+    folder too deep (Kaggle's ``test/test/*.png``) or a name spelled differently."""
+    train = next((t for t in tops if t.split == "train"), None)
+    if train is None or not train.classes:
+        return
+    for t in tops:
+        if t is train or t.direct:
+            continue
+        extra = sorted(c for c, files in t.classes.items() if files and c not in train.classes)
+        if not extra:
+            continue
+        folded = {c.casefold(): c for c in train.classes}
+        hints = [
+            f"{c!r} is {folded[c.casefold()]!r} in train/" for c in extra if c.casefold() in folded
+        ]
+        raise ValueError(
+            f"{t.where!r} holds class folder(s) that {train.where!r} does not: "
+            f"{', '.join(repr(c) for c in extra)}"
+            + (f" ({'; '.join(hints)}: names must match exactly)" if hints else "")
+            + ". A model trained on train/ has no such class. If the images there are "
+            "unlabelled, put them directly in the split folder (an unlabelled split); if the "
+            "folders are misnamed, rename them; else pass exclude= to leave them out"
+        )
+
+
 def _assemble(
     where: str, tops: list[_Top], loose: list[str], stray: str
 ) -> tuple[list[str], np.ndarray | None, list[str], list[str]]:
     """Files, labels (None: no labels at all; -1: a sample without one), classes, splits."""
     _stray_files(loose, where, "split folders", stray)
+    _check_wrapped(where, tops)
+    _check_split_classes(tops)
     labelled = []
     for t in tops:
         has_classes = any(t.classes.values())
