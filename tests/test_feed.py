@@ -516,3 +516,35 @@ def test_a_fork_closes_its_copy_of_an_unfinished_iteration(store, monkeypatch):
         child.kill()
     assert not hung and child.exitcode == 0
     gen.close()
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+@pytest.mark.parametrize(
+    "split",
+    [
+        {"drop_last": True},
+        {"shuffle": False, "consumer": 0, "num_consumers": 2},
+        {"shuffle": False, "consumer": 1, "num_consumers": 2},
+        {"worker": 1, "num_workers": 3},
+        {"consumer": 1, "num_consumers": 2, "even": True},
+    ],
+    ids=["drop_last", "rank0", "rank1", "worker1of3", "rank1-even"],
+)
+def test_rows_another_reader_takes_do_not_break_the_checksum(tmp_path, big_rows, codec, split):
+    """An uncompressed chunk is read straight into batch rows; rows that go to no batch of
+    this reader (another rank's or worker's, or cut by drop_last) were all read into ONE
+    spare row, so with two or more of them the checksum never matched: a ChecksumError
+    calling an undamaged store damaged, on every epoch (DDP, DataLoader workers)."""
+    path = di.to_zarr(big_rows, tmp_path / "s.zarr.zip", chunks=8, shard_chunks=2, codec=codec)
+    oracle = plain_group(path)
+    stored_images, row_of = oracle["images"][:], np.argsort(oracle["idx"][:])
+    for epoch in range(2):
+        it = di.BatchIterator(path, batch_size=5, arrays=("images", "idx"), seed=1, **split)
+        it.set_epoch(epoch)
+        seen = []
+        for images, idx in it:
+            np.testing.assert_array_equal(images, stored_images[row_of[idx]])
+            seen.append(idx)
+        got = np.concatenate(seen)
+        assert len(got) == sum(len(b) for b in seen) and len(got) > 0
+        assert len(np.unique(got)) == len(got) or split.get("even")

@@ -349,7 +349,10 @@ class StoreReader:
                 decode_chunk(view[o : end + 4], lay.kind, dest[k : k + 1], where)
             else:
                 blosc_header(body, row_bytes, where)
-                decompress(body, dest[k])
+                try:
+                    decompress(body, dest[k])
+                except RuntimeError as e:  # blosc's error for corrupt input
+                    raise ChecksumError(f"{where}: cannot decompress ({e})") from e
 
     def _where_sample(self, lay: ArrayLayout, sample: int) -> str:
         return f"{self.path}: array {lay.name!r}, sample {sample} (chunk {sample // lay.chunk_len})"
@@ -380,16 +383,20 @@ class RawChunk:
         for dest, at, sel in targets:
             for p, r in zip(at.tolist(), sel.tolist(), strict=True):
                 where_to[r].append((dest, p))
-        spare = None
+        # rows no batch takes (another worker's, or cut by drop_last) still count in the
+        # checksum: each is read into a row of its own (one shared row kept only the last)
+        unplaced = sum(1 for places in where_to if not places)
+        spare = np.empty((unplaced, *self.shape[1:]), dtype=self.dtype) if unplaced else None
         bufs: list[Any] = []
+        j = 0
         for places in where_to:
             if places:
                 dest, p = places[0]
                 bufs.append(dest[p].reshape(-1).view(np.uint8))
             else:
-                if spare is None:
-                    spare = np.empty(self.shape[1:], dtype=self.dtype)
-                bufs.append(spare.reshape(-1).view(np.uint8))
+                assert spare is not None
+                bufs.append(spare[j].reshape(-1).view(np.uint8))
+                j += 1
         crc_bytes = bytearray(4)
         self.source.readinto(self.key, self.offset, [*bufs, crc_bytes])
         crc, check = 0, crc32c.crc32c
