@@ -96,3 +96,23 @@ def test_golden_v1_jpeg_opens(name, expected):
     assert verify(V1 / name) == []
     plain = zarr.open_group(zarr.storage.ZipStore(str(V1 / name), mode="r"), mode="r")
     np.testing.assert_array_equal(plain["images"][...], got)
+
+
+def test_a_corrupt_blosc_sample_of_a_per_sample_store_is_a_checksum_error(tmp_path):
+    """Stores of one inner chunk per sample decode each sample on its own: a Blosc sample
+    whose header is sound but whose lz4 stream is garbage (its crc32c valid) was a bare
+    RuntimeError naming neither the store nor the sample."""
+    import struct
+
+    import store_damage as sd
+
+    members = sd.read_local(V1 / "lz4-samples.zarr.zip")
+    row = sd.array_info(members, "images").sample_bytes
+    garbage = struct.pack("<I", 40) + b"\xfe" * 40  # one block: its size, then garbage
+    header = struct.pack("<BBBBIII", 2, 1, (1 << 5) | 0x10, 1, row, row, 20 + len(garbage))
+    chunk = sd.with_crc(header + struct.pack("<i", 20) + garbage)
+    target = sd.write_local(sd.set_chunk(members, "images", 0, chunk), tmp_path / "b.zarr.zip")
+    with pytest.raises(di.errors.ChecksumError, match=r"'images', sample 0 .*cannot decompress"):
+        di.open_zarr(target).images.compute()
+    problems = verify(target)
+    assert [p.chunk for p in problems] == [0] and "sample 0" in problems[0].message

@@ -23,6 +23,7 @@ from daskimg.errors import (
     DecodeError,
     FormatVersionError,
     IncompleteStoreError,
+    MetadataError,
     StoreExistsError,
     StoreLockedError,
 )
@@ -724,3 +725,92 @@ def test_a_zstd_chunk_that_unpacks_beyond_its_declared_size_allocates_nothing(tm
     lines = got.stdout.splitlines()
     assert lines[0].startswith("open: ChecksumError") and "'paths', chunk 1" in lines[0], lines
     assert lines[1].startswith("verify: [") and "'paths', chunk 1" in lines[1], lines
+
+
+def _root_edit(key, value):
+    def edit(meta):
+        meta["attributes"]["daskimg"][key] = value
+
+    return edit
+
+
+def _drop_declared(name):
+    def edit(meta):
+        del meta["attributes"]["daskimg"]["arrays"][name]
+
+    return edit
+
+
+def _labels_float(meta):
+    meta["data_type"] = "float64"
+    meta["fill_value"] = 0.0
+
+
+@pytest.mark.parametrize(
+    ("key", "edit", "said"),
+    [
+        ("zarr.json", _root_edit("skipped", [["a"]]), "skipped"),
+        ("zarr.json", _root_edit("skipped", ["ab", "cd"]), "skipped"),
+        ("zarr.json", _root_edit("source", ["x"]), "source"),
+        ("zarr.json", _root_edit("created_with", "x"), "created_with"),
+        ("zarr.json", _root_edit("order", "sorted"), "order"),
+        ("zarr.json", _root_edit("split", 3), "split"),
+        ("zarr.json", _root_edit("classes", ["a", "a", "c"]), "classes"),
+        ("labels/zarr.json", _labels_float, "labels"),
+    ],
+    ids=["skipped-short", "skipped-strings", "source", "created_with", "order", "split",
+         "classes-twice", "labels-float"],
+)  # fmt: skip
+def test_crafted_root_attributes_and_label_types_are_named_at_open_and_by_verify(
+    tmp_path, key, edit, said
+):
+    """Root attributes of the wrong type (every checksum resealed) opened silently
+    (skipped=['ab','cd'] as [('a','b'),('c','d')]) or failed with a bare TypeError,
+    ValueError or AttributeError in open_zarr and `daskimg info`, while verify said clean;
+    classes naming a class twice made `info` count 7 samples less; float labels failed
+    without naming the store."""
+    import store_damage as sd
+
+    values = sd.sample_arrays(24)
+    path = di.to_zarr(
+        di.ImageSet(values["images"], values["labels"], classes=["a", "b", "c"]),
+        tmp_path / "s.zarr.zip", chunks=8, order="source",
+    )  # fmt: skip
+    crafted = sd.resealed(sd.edit_json(sd.read_local(path), key, edit))
+    target = sd.write_local(crafted, tmp_path / "c.zarr.zip")
+    with pytest.raises(MetadataError, match=re.escape(said)) as err:
+        di.open_zarr(target)
+    assert target in str(err.value)
+    problems = verify(target)
+    assert problems and any(said in p.message for p in problems), problems
+
+
+def test_classes_named_twice_are_refused_when_made():
+    with pytest.raises(ValueError, match=r"classes name 'cat' more than once"):
+        di.ImageSet(np.zeros((3, 4, 4, 3), np.uint8), [0, 1, 2], classes=["cat", "cat", "eel"])
+
+
+@pytest.mark.parametrize("name", ["labels", "images"])
+def test_an_array_left_out_of_the_declared_list_is_still_read(tmp_path, name):
+    """Removing 'labels' (or 'images') from the root's list of arrays (resealed) opened the
+    store as a set without them, classes still set."""
+    import store_damage as sd
+
+    values = sd.sample_arrays(24)
+    path = di.to_zarr(
+        di.ImageSet(values["images"], values["labels"], classes=["a", "b", "c"]),
+        tmp_path / "s.zarr.zip", chunks=8, order="source",
+    )  # fmt: skip
+    crafted = sd.resealed(sd.edit_json(sd.read_local(path), "zarr.json", _drop_declared(name)))
+    back = di.open_zarr(sd.write_local(crafted, tmp_path / "c.zarr.zip"))
+    np.testing.assert_array_equal(back.labels, values["labels"])
+    np.testing.assert_array_equal(back.images.compute(), values["images"])
+
+
+def test_a_zip_store_named_like_a_folder_store_is_named(tmp_path):
+    path = di.to_zarr(
+        di.ImageSet(np.zeros((3, 4, 4, 3), np.uint8)), tmp_path / "s.zarr.zip", order="source"
+    )
+    os.rename(path, tmp_path / "s.zarr")
+    with pytest.raises(MetadataError, match=r"is a file, but its name says a folder store"):
+        di.open_zarr(tmp_path / "s.zarr")

@@ -91,6 +91,13 @@ class ImageSet:
             None if labels is None else _per_sample("labels", _class_indices(labels), n, np.int64)
         )
         self.classes = tuple(str(c) for c in classes)
+        if len(set(self.classes)) != len(self.classes):
+            twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(
+                f"classes name {', '.join(repr(c) for c in twice)} more than once "
+                f"({list(self.classes)[:12]}{' ...' if len(self.classes) > 12 else ''}): a "
+                "name must say which class a label is. Give each class its own name"
+            )
         if self.labels is not None and self.classes and len(self.labels):
             lo, hi = int(self.labels.min()), int(self.labels.max())
             if lo < NO_LABEL or hi >= len(self.classes):

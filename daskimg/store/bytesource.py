@@ -298,6 +298,11 @@ class LocalDir(_LocalSource):
     def __init__(self, path: str, state: dict[str, Any] | None = None) -> None:
         self.path = self.where = path
         if state is None:
+            if os.path.isfile(path):
+                raise MetadataError(
+                    f"{path!r} is a file, but its name says a folder store (*.zarr); if it is "
+                    "a single-file store, rename it to *.zarr.zip"
+                )
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"no store at {path!r}")
             idents: dict[str, tuple[int, int, int, int]] = {}

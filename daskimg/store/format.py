@@ -267,6 +267,9 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
     classes = attrs.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         problems.append("classes is not a list of names")
+    elif len(set(classes)) != len(classes):
+        problems.append("classes names a class more than once")
+    problems += _attr_type_problems(attrs)
     if "chunk_len" in attrs and not _is_int(attrs["chunk_len"], 1):
         problems.append(f"chunk_len {attrs['chunk_len']!r} is not a positive integer")
     boxes = attrs.get("boxes", [])
@@ -293,19 +296,49 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
     return attrs
 
 
+def _attr_type_problems(attrs: Mapping[str, Any]) -> list[str]:
+    """The other root attributes daskimg reads, of the types it writes (``split``, ``order``,
+    ``seed``, ``codec``, ``source``, ``created_with``, ``skipped``), where present."""
+    problems = []
+    if attrs.get("split") is not None and not isinstance(attrs["split"], str):
+        problems.append(f"split {attrs['split']!r} is not a name")
+    if "order" in attrs and attrs["order"] not in ("source", "shuffled"):
+        problems.append(f"order {attrs['order']!r} is not 'source' or 'shuffled'")
+    if attrs.get("seed") is not None and not _is_int(attrs["seed"]):
+        problems.append(f"seed {attrs['seed']!r} is not a non-negative integer")
+    if "codec" in attrs and not isinstance(attrs["codec"], str):
+        problems.append(f"codec {attrs['codec']!r} is not a name")
+    for key in ("source", "created_with"):
+        if key in attrs and not isinstance(attrs[key], dict):
+            problems.append(f"{key} is not a mapping")
+    skipped = attrs.get("skipped", [])
+    if not isinstance(skipped, list) or not all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in skipped
+    ):
+        problems.append("skipped is not a list of [file, reason] pairs")
+    return problems
+
+
 def required_arrays(attrs: Mapping[str, Any], present: Sequence[str]) -> list[str]:
     """The arrays a store must hold: those its ``arrays`` attribute lists; for stores written
     before it existed, ``images`` (unless written by ArrayWriter), ``labels`` when there are
     classes, and every array present."""
     declared = attrs.get("arrays")
-    if isinstance(declared, dict) and declared:
-        return sorted(declared)
     writer = (attrs.get("source") or {}).get("writer") == "ArrayWriter"
-    need = set(present)
-    if not writer:
-        need.add("images")
-        if attrs.get("classes"):
+    if isinstance(declared, dict) and declared:
+        need = set(declared)
+        # what the format implies, whatever the list says: a list without 'images', or
+        # without the 'labels' the store holds, opened as a set without them
+        if not writer:
+            need.add("images")
+        if attrs.get("classes") and "labels" in present:
             need.add("labels")
+    else:
+        need = set(present)
+        if not writer:
+            need.add("images")
+            if attrs.get("classes"):
+                need.add("labels")
     need.update(attrs.get("boxes") or [])
     return sorted(need)
 
@@ -343,6 +376,12 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
             )
     lay = reader.layout(name)
     reader.chunk_table(lay)  # a damaged table of chunk checksums is an error on opening
+    if name == "labels" and (lay.dtype.kind not in "iu" or len(lay.shape) != 1):
+        raise MetadataError(
+            f"{where}: array 'labels' is {lay.dtype} of shape {list(lay.shape)}; labels are "
+            "class indices, one integer per sample. The store's metadata is damaged — "
+            "re-create the store"
+        )
     if lay.shape[0] != n:
         raise MetadataError(
             f"{where}: array {name!r} has {lay.shape[0]} rows, the store {n} samples; "
