@@ -398,3 +398,43 @@ def test_class_folders_a_split_has_and_train_lacks_are_refused(tmp_path, url, fo
     shutil.rmtree(root / "test" / "dog")
     parts = di.from_folder(root, size=(8, 8)).split()
     assert parts["test"].classes == ("cat", "dog") and set(parts["test"].labels.tolist()) == {0}
+
+
+def test_file_links_to_images_of_the_tree_are_read_once_under_their_own_folder(tmp_path, caplog):
+    # dog/x.png -> ../cat/a.png came back as a second sample labelled dog, and a test image
+    # linked to a training image put that image in both splits
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root, n=8, size=(8, 8), split_dirs=("train", "test"))
+    real = sorted(root.rglob("*.png"))
+    train_cat = sorted((root / "train" / "cat").glob("*.png"))
+    (root / "test" / "dog" / "leak.png").symlink_to(train_cat[0])
+    (root / "train" / "dog" / "aaa.png").symlink_to(train_cat[1])  # before its file in the walk
+    outside = tmp_path / "pool" / "z.png"
+    outside.parent.mkdir()
+    shutil.copy(train_cat[2], outside)
+    (root / "train" / "cat" / "zzz.png").symlink_to(outside)  # a link out of the tree is read
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(root, size=(8, 8))
+    assert "left out 2 link(s)" in caplog.text and "leak.png" in caplog.text
+    want = sorted([p.relative_to(root).as_posix() for p in real] + ["train/cat/zzz.png"])
+    assert sorted(ds.paths.tolist()) == want
+    labels = dict(zip(ds.paths.tolist(), (ds.classes[i] for i in ds.labels), strict=True))
+    assert all(labels[p] == p.split("/")[1] for p in want)
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    # os.walk leaves out a folder it cannot list without a word (root ignores permissions,
+    # so the refusal is simulated)
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root / "cat" / "private", n=2, size=(8, 8), classes=("x",))
+    di.testing.make_image_folder(root, n=2, size=(8, 8), classes=("dog",))
+    listing = os.scandir
+
+    def refuse(path):
+        if os.fspath(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(PermissionError, match=r"cannot list the folder '.*private'"):
+        di.from_folder(root, size=(8, 8))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,12 +85,85 @@ def _is_other(name: str) -> bool:
     return not name.startswith(".") and not _is_image(name)
 
 
+class _Seen:
+    """The real file behind every image read so far in one tree, so that a file link to an
+    image the tree holds already (``test/dog/leak.png -> ../../train/dog/b.png``: a training
+    image in test, or the same image under two labels) is not read a second time. The file
+    itself is kept, wherever it comes in the walk; the link is left out, logged."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[str, bool]] = {}  # real file -> (path read, is a link)
+        self.dropped: dict[str, str] = {}  # path left out -> the path of its file kept
+
+    def keep(self, full: str, real: str, is_link: bool) -> bool:
+        """Whether to read ``full`` (whose real file is ``real``)."""
+        known = self.first.get(real)
+        if known is None:
+            self.first[real] = (full, is_link)
+            return True
+        if known[1] and not is_link:  # a link met before its file: the file is kept
+            self.dropped[known[0]] = full
+            self.first[real] = (full, is_link)
+            return True
+        self.dropped[full] = known[0]
+        return False
+
+    def report(self, tops: list[_Top]) -> None:
+        if not self.dropped:
+            return
+        gone = self.dropped
+        for t in tops:
+            t.direct = [f for f in t.direct if f not in gone]
+            for c, files in t.classes.items():
+                t.classes[c] = [f for f in files if f not in gone]
+        shown = "; ".join(f"{a!r} -> {b!r}" for a, b in list(gone.items())[:3])
+        logger.warning(
+            "from_folder: left out %d link(s) to image files the folder holds already (each "
+            "file is read once, under its own folder): %s%s; remove the links, or copy the "
+            "files if a second copy is meant",
+            len(gone),
+            shown,
+            f" and {len(gone) - 3} more" if len(gone) > 3 else "",
+        )
+
+
+def _walk(top: str) -> Iterator[tuple[str, list[str], list[tuple[str, bool]]]]:
+    """``os.walk(top, followlinks=True)`` (top-down; prune by editing the folder names), also
+    saying which files are links; a folder that cannot be listed is an error naming it
+    (``os.walk`` leaves it out without a word)."""
+    stack = [top]
+    while stack:
+        dirpath = stack.pop()
+        dirs, files = [], []
+        try:
+            with os.scandir(dirpath) as listing:
+                for e in listing:
+                    try:
+                        is_dir = e.is_dir()  # a link to a folder is a folder
+                    except OSError:
+                        is_dir = False
+                    if is_dir:
+                        dirs.append(e.name)
+                    else:
+                        files.append((e.name, e.is_symlink()))
+        except OSError as e:
+            raise type(e)(
+                e.errno,
+                f"cannot list the folder {dirpath!r} ({e.strerror}): its images would be left "
+                "out. Make it readable, or pass exclude= to leave it out",
+            ) from e
+        dirnames = sorted(dirs)
+        yield dirpath, dirnames, sorted(files)
+        stack.extend(os.path.join(dirpath, d) for d in reversed(dirnames))
+
+
 def _files_under(
     folder: Path,
     exclude: frozenset[str] = frozenset(),
     others: list[str] | None = None,
     read_under: dict[str, str] | None = None,
     root: str | None = None,
+    seen: _Seen | None = None,
 ) -> list[str]:
     """Image files found recursively below ``folder`` (a class folder), links followed.
 
@@ -99,11 +172,12 @@ def _files_under(
     that leads back into ``root`` outside this class folder (a loop to the root, or to
     another class's folder) or to a folder another class already read is not followed,
     and said so in a logged warning, so no file is read twice or under a second label.
+    File links to images of the tree are left out by ``seen`` (see :class:`_Seen`).
     """
     files: list[str] = []
     read_under = {} if read_under is None else read_under
     home = os.path.realpath(folder)
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in _walk(os.fspath(folder)):
         real = os.path.realpath(dirpath)
         if real in exclude:
             dirnames[:] = []
@@ -127,10 +201,16 @@ def _files_under(
                 )
             continue
         read_under[real] = os.fspath(folder)
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
-        if others is not None:
-            others.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_other(f))
+        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+        for f, is_link in filenames:
+            if _is_image(f):
+                full = os.path.join(dirpath, f)
+                if seen is None or seen.keep(
+                    full, os.path.realpath(full) if is_link else os.path.join(real, f), is_link
+                ):
+                    files.append(full)
+            elif others is not None and _is_other(f):
+                others.append(os.path.join(dirpath, f))
     return files
 
 
@@ -171,6 +251,7 @@ def _local_tops(
     """The folders to read under ``root``, and image files directly in a root of splits."""
     real_root = os.path.realpath(root)
     read_under: dict[str, str] = {}
+    seen = _Seen()
 
     def entries(folder: Path) -> list[Path]:
         # a broken link (a git-annex or DVC file not fetched yet) is a file that fails to
@@ -178,7 +259,17 @@ def _local_tops(
         return [f for f in sorted(folder.iterdir()) if f.is_file() or not f.exists()]
 
     def direct(folder: Path) -> list[str]:
-        return [os.fspath(f) for f in entries(folder) if _is_image(f.name)]
+        real = os.path.realpath(folder)
+        return [
+            os.fspath(f)
+            for f in entries(folder)
+            if _is_image(f.name)
+            and seen.keep(
+                os.fspath(f),
+                os.path.realpath(f) if f.is_symlink() else os.path.join(real, f.name),
+                f.is_symlink(),
+            )
+        ]
 
     def other(folder: Path) -> list[str]:
         return [os.fspath(f) for f in entries(folder) if _is_other(f.name)]
@@ -187,12 +278,14 @@ def _local_tops(
         t = _Top(split, os.fspath(folder), direct(folder), other(folder))
         for d in sorted(folder.iterdir()):
             if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude:
-                t.classes[d.name] = _files_under(d, exclude, t.others, read_under, real_root)
+                t.classes[d.name] = _files_under(d, exclude, t.others, read_under, real_root, seen)
         return t
 
     splits = find_split_dirs(root, exclude)
     if not splits:
-        return [top("", root)], []
+        tops = [top("", root)]
+        seen.report(tops)
+        return tops, []
     _beside_splits(
         os.fspath(root),
         [
@@ -206,7 +299,9 @@ def _local_tops(
     )  # fmt: skip
     tops = [top(s, d) for s, d in splits.items()]
     tops[0].others[:0] = other(root)  # beside the split folders (a labels.csv, a README)
-    return tops, direct(root)
+    loose = direct(root)
+    seen.report(tops)
+    return tops, [f for f in loose if f not in seen.dropped]
 
 
 def _beside_splits(where: str, folders: list[str], splits: list[str], stray: str) -> None:
