@@ -276,3 +276,17 @@ def test_stores_of_an_earlier_run_that_this_run_does_not_write_are_not_left_besi
     # the other format: a folder store beside the zip of the same split is stale too
     assert main([*again, "--format", "dir", "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["train.zarr"]
+
+
+def test_out_named_like_a_class_folder_of_src_does_not_drop_that_class(tmp_path, monkeypatch):
+    # `daskimg ingest photos stores` with a class folder photos/stores: OUT was taken
+    # relative to SRC, and the class 'stores' silently left out
+    src = tmp_path / "photos"
+    files = di.testing.make_image_folder(src, n=9, size=(8, 8), classes=("cat", "dog", "stores"))
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["ingest", "photos", "stores", "--size", "8", "8", "--valid", "0", "--test", "0"]) == 0
+    )
+    train = di.open_zarr(tmp_path / "stores" / "train.zarr.zip")
+    assert train.classes == ("cat", "dog", "stores")
+    assert sorted(train.paths) == sorted(f.relative_to(src).as_posix() for f in files)

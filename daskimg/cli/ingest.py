@@ -59,7 +59,9 @@ def ingest(args: argparse.Namespace) -> int:
             on_error=args.on_error,
             stray=args.stray,
             masks=args.masks,
-            exclude=args.out,  # stores written inside SRC are not a class on the next run
+            # stores written inside SRC are not a class on the next run; OUT is relative to
+            # the working directory (a class folder of SRC with its name stays a class)
+            exclude=args.out if is_url(args.out) else os.path.abspath(args.out),
             dtype=args.dtype,
             storage_options=opts if is_url(args.src) else None,
         )
