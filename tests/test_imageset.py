@@ -525,3 +525,51 @@ def test_from_csv_classes_given_keep_indices_across_split_csvs(tmp_path):
         di.from_csv(
             tmp_path / "ints.csv", root=tmp_path / "imgs", size=(8, 8), classes=train.classes
         )
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        # an unquoted comma in a label: 'tabby' a class, ' cat' dropped
+        ("{0},persian\n{1},tabby, cat\n", r"line 3: 3 value\(s\) for 2 column\(s\).*double quotes"),
+        ("{0},persian\n{1}\n", r"line 3: 1 value\(s\) for 2 column\(s\)"),
+    ],
+    ids=["extra-cell", "short-row"],
+)
+def test_from_csv_rows_that_do_not_match_the_header_are_refused(
+    image_folder, tmp_path, body, match
+):
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "rows.csv"
+    csv.write_text("path,label\n" + body.format(*files))
+    with pytest.raises(ValueError, match=match):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+
+
+def test_from_csv_a_column_named_twice_and_a_file_not_in_utf8_are_refused(image_folder, tmp_path):
+    f = sorted(image_folder.rglob("*.png"))[0].relative_to(image_folder).as_posix()
+    csv = tmp_path / "twice.csv"
+    csv.write_text(f"path,label,label\n{f},cat,dog\n")  # the last 'label' won
+    with pytest.raises(ValueError, match=r"names the column\(s\) 'label' more than once"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+    csv.write_bytes(f"path,label\n{f},caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"twice\.csv: not UTF-8 text"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+
+
+def test_from_csv_negative_labels_are_not_taken_for_no_label(image_folder, tmp_path):
+    # SVM-style -1/1 labels: every -1 became "no label" without a word
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "svm.csv"
+    csv.write_text(
+        "path,label\n" + "".join(f"{p},{1 if i % 2 else -1}\n" for i, p in enumerate(files[:6]))
+    )
+    with pytest.raises(
+        ValueError, match=r"line 2: label '-1' is not a class index.*labels_are='names'"
+    ):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+    ds = di.from_csv(csv, root=image_folder, size=(8, 8), labels_are="names")
+    assert ds.classes == ("-1", "1") and ds.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    # with the classes given, -1 is "no label", as documented
+    ds = di.from_csv(csv, root=image_folder, size=(8, 8), classes=["neg", "pos"])
+    assert ds.labels.tolist() == [-1, 1, -1, 1, -1, 1]

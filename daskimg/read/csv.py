@@ -192,17 +192,55 @@ def from_csv(
 def _read_csv(
     csv_path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """The header and rows of a local or remote CSV file."""
-    if is_url(csv_path):
-        fs, key = filesystem(str(csv_path), storage_options)
-        text = fs.cat_file(key).decode("utf-8-sig")
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        return list(reader.fieldnames or []), list(reader)
-    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, which would
-    # otherwise become part of the first column's name
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
+    """The header and rows of a local or remote CSV file, each row as long as the header.
+
+    Rows are counted as the messages count them: data row ``i`` (from 0) is called line
+    ``i + 2``. Blank lines are skipped, as ``csv`` does; a file where that makes the count
+    differ from the file's own lines is read with a warning saying so.
+    """
+    where = os.fspath(csv_path)
+    try:
+        if is_url(csv_path):
+            fs, key = filesystem(str(csv_path), storage_options)
+            text = fs.cat_file(key).decode("utf-8-sig")
+        else:
+            # utf-8-sig: Excel's "CSV UTF-8" starts with a byte order mark, which would
+            # otherwise become part of the first column's name
+            with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+                text = fh.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{where}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 (Excel: "
+            "'CSV UTF-8'), e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise ValueError(
+            f"{where}: the header names the column(s) {', '.join(map(repr, twice))} more than "
+            "once; which one would be read? Give each column its own name"
+        )
+    rows: list[dict[str, Any]] = []
+    shifted = False
+    for cells in reader:
+        if not cells:
+            continue
+        shifted = shifted or reader.line_num != len(rows) + 2
+        if len(cells) != len(header):
+            raise ValueError(
+                f"{where}, line {reader.line_num}: {len(cells)} value(s) for {len(header)} "
+                f"column(s) ({', '.join(header)}): {cells!r}. A comma inside a value needs "
+                "the value in double quotes"
+            )
+        rows.append(dict(zip(header, cells, strict=True)))
+    if shifted:
+        logger.warning(
+            "%s: blank lines or values spanning lines: the line numbers in messages count "
+            "data rows from 2 (the first after the header), not the file's own lines",
+            where,
+        )
+    return header, rows
 
 
 def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path) -> list[str]:
@@ -266,6 +304,14 @@ def _labels(
             "whole number, but labels_are='indices'"
         )
     if given is None:
+        if not classes and len(labels) and labels.min() < 0:
+            i = int(np.argmin(labels))
+            raise ValueError(
+                f"{where}, line {i + 2}: label {rows[i][label_column].strip()!r} is not a class "
+                "index (0 or more). If the labels are -1/1 (or other signed values) naming "
+                "classes, pass labels_are='names'; to mark samples without a label as -1, pass "
+                "classes=[...] (then -1 means no label)"
+            )
         return labels, classes
     given = list(given)
     if not classes and labels_are is None:
