@@ -82,3 +82,28 @@ def test_imread_on_distributed(image_folder, client):
     local = x.compute(scheduler="threads")
     remote = client.compute(x).result()
     np.testing.assert_array_equal(local, remote)
+
+
+def test_imread_takes_a_file_name_with_glob_characters_as_it_is(tmp_path):
+    # 'x[1].png' was a pattern matching 'x1.png': another file read, without a word
+    a, b = di.testing.make_image(seed=1), di.testing.make_image(seed=2)
+    a.save(tmp_path / "x[1].png")
+    b.save(tmp_path / "x1.png")
+    got = di.imread(str(tmp_path / "x[1].png"), size=(8, 8)).compute()
+    want = di.imread([str(tmp_path / "x[1].png")], size=(8, 8)).compute()
+    other = di.imread([str(tmp_path / "x1.png")], size=(8, 8)).compute()
+    assert got.shape[0] == 1 and np.array_equal(got, want) and not np.array_equal(got, other)
+
+
+def test_imread_reads_each_file_once_through_folder_links(tmp_path, caplog):
+    # '**' follows links to folders: cat/dogs -> ../dog and cat/up -> .. matched the two
+    # files of the tree 122 times
+    import logging
+
+    di.testing.make_image(seed=1).save((tmp_path / "cat").mkdir() or tmp_path / "cat" / "a.png")
+    di.testing.make_image(seed=2).save((tmp_path / "dog").mkdir() or tmp_path / "dog" / "b.png")
+    (tmp_path / "cat" / "dogs").symlink_to(tmp_path / "dog")
+    (tmp_path / "cat" / "up").symlink_to(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        x = di.imread(str(tmp_path / "**" / "*.png"), size=(8, 8))
+    assert x.shape[0] == 2 and "reached again through a link" in caplog.text

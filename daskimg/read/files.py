@@ -8,6 +8,7 @@ no file. Decoding itself is :mod:`daskimg.read.decode`.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from .decode import DecodeSpec
 from .source import DEFAULT_BLOCK, FileSource, RowSource
 from .volumes import volume_dtype
 
+logger = logging.getLogger("daskimg")
+
 __all__ = [
     "DEFAULT_BLOCK",
     "FileSource",
@@ -33,6 +36,36 @@ __all__ = [
 ]
 
 ON_ERROR = ("raise", "skip")
+
+
+def _once_each(paths: list[str], pattern: str) -> list[str]:
+    """``paths`` with each file once: ``**`` follows links to folders, so a link to another
+    folder of the tree (or up to its root) matched the same files again; the first match
+    is kept (the paths are sorted), the others are left out, logged."""
+    real_dirs: dict[str, str] = {}
+    first: dict[str, str] = {}
+    out, again = [], []
+    for p in paths:
+        d, name = os.path.split(p)
+        real_dir = real_dirs.get(d)
+        if real_dir is None:
+            real_dir = real_dirs[d] = os.path.realpath(d)
+        real = os.path.join(real_dir, name)
+        if real in first:
+            again.append((p, first[real]))
+            continue
+        first[real] = p
+        out.append(p)
+    if again:
+        logger.warning(
+            "imread(%r): left out %d match(es) reached again through a link to a folder "
+            "(each file is read once): %s%s",
+            pattern,
+            len(again),
+            "; ".join(f"{a!r} is {b!r}" for a, b in again[:3]),
+            f" and {len(again) - 3} more" if len(again) > 3 else "",
+        )
+    return out
 
 
 def expand_paths(
@@ -62,10 +95,15 @@ def expand_paths(
     if isinstance(pattern_or_paths, (str, os.PathLike)):
         check_options(pattern_or_paths, storage_options)
         pattern = os.fspath(pattern_or_paths)
-        paths = sorted(
-            p
-            for p in glob.glob(pattern, recursive=True)
-            if os.path.isfile(p) or not os.path.exists(p)  # a file, or a broken link
+        if os.path.lexists(pattern) and not os.path.isdir(pattern):
+            return [pattern]  # a file's own name, even with glob characters ('x[1].png')
+        paths = _once_each(
+            sorted(
+                p
+                for p in glob.glob(pattern, recursive=True)
+                if os.path.isfile(p) or not os.path.exists(p)  # a file, or a broken link
+            ),
+            pattern,
         )
         if not paths:
             raise NoImagesFoundError(
