@@ -18,6 +18,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageOps, JpegImagePlugin
 
+import daskimg as di
 from daskimg.errors import DecodeError
 from daskimg.read import fastjpeg
 from daskimg.read.decode import (
@@ -783,3 +784,18 @@ def test_volume_of_python_objects_is_not_called_corrupt(tmp_path: Path) -> None:
     with pytest.raises(DecodeError, match=r"objects\.npy.*Python objects.*numeric") as info:
         decode_file(path, VOLUME)
     assert "corrupt" not in str(info.value)
+
+
+def test_a_multi_page_tiff_read_as_a_2d_image_is_an_error_not_its_first_page(tmp_path):
+    # a stack of 3 slices came back as its first slice, without a word
+    pages = [Image.fromarray(np.full((6, 5), 40 * (k + 1), np.uint8)) for k in range(3)]
+    path = tmp_path / "stack.tif"
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    assert Image.open(path).n_frames == 3
+    with pytest.raises(di.errors.DecodeError, match=r"stack\.tif.*has 3 pages.*3-D size"):
+        di.imread([str(path)], size=(6, 5)).compute()
+    vol = di.imread([str(path)], size=(3, 6, 5)).compute()  # the volume it is
+    np.testing.assert_array_equal(vol[0, :, 0, 0, 0], [40, 80, 120])
+    # a single-page TIFF still reads
+    pages[1].save(tmp_path / "one.tif")
+    assert di.imread([str(tmp_path / "one.tif")], size=(6, 5), channels=1).compute().max() == 80
