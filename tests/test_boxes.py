@@ -434,6 +434,11 @@ def test_from_folder_masks_by_relative_stem(tmp_path):
     np.save(masks / "dog" / "2.npy", np.zeros((30, 40), np.uint8))
     with pytest.raises(ValueError, match=r"has 2 masks"):
         di.from_folder(root, size=(15, 20), masks=masks)
+    (masks / "dog" / "2.npy").unlink()
+    # two images of one name but their ending (cat/0.jpg, cat/0.png) shared one mask
+    save_oriented(make_object_image((30, 40), (5, 2, 20, 12)), root / "cat" / "0.png")
+    with pytest.raises(ValueError, match=r"0\.jpg' and .*0\.png' would share the mask"):
+        di.from_folder(root, size=(15, 20), masks=masks)
 
 
 def test_masks_and_boxes_refuse_volumes(tmp_path):

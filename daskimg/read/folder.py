@@ -730,8 +730,16 @@ def _pair_masks(
         if _is_image(posixpath.basename(r)):
             by_stem.setdefault(posixpath.splitext(r)[0], []).append(full)
     out = []
+    claimed: dict[str, str] = {}
     for r, image in zip(rel, files, strict=True):
         stem = posixpath.splitext(str(r))[0]
+        other = claimed.setdefault(stem, image)
+        if other != image:  # cat/a.jpg and cat/a.png would share one mask
+            raise ValueError(
+                f"{other!r} and {image!r} would share the mask {stem + '.*'!r} under "
+                f"{mask_root!r} (masks are found by the image's path without its ending); "
+                "rename one of the images (and give it its own mask), or leave one out"
+            )
         got = by_stem.get(stem, [])
         if len(got) != 1:
             shown = mask_root.rstrip("/") + "/" + stem + ".*"
