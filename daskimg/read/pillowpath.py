@@ -38,12 +38,13 @@ def decode_pil(
     orientation.
     """
     target = CHANNEL_MODES[spec.channels]
-    if im.format == "TIFF" and getattr(im, "n_frames", 1) > 1:
+    pages = int(getattr(im, "n_frames", 1))
+    if im.format == "TIFF" and pages > 1:
         # pages of a TIFF are slices or channels of one picture far more often than
         # alternatives (an animated GIF/WebP is read by its first frame, as Pillow shows it)
         raise DecodeError(
             path,
-            f"has {im.n_frames} pages; reading it as one 2-D image would keep only the "
+            f"has {pages} pages; reading it as one 2-D image would keep only the "
             "first. A stack of slices is a volume: give a 3-D size (size=(D, H, W)), or save "
             "the page meant as its own file",
         )
