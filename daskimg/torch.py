@@ -321,9 +321,19 @@ class TorchDataset(IterableDataset):
             table.record(slot, it.epoch)
             self._gen = self._resumed(it, done)
         else:
-            it.set_epoch(table.take(slot))
-            self._gen = self._batches(it)
+            epoch = table.peek(slot)
+            it.set_epoch(epoch)
+            self._gen = self._started(it, table, slot, epoch)
         return self._gen
+
+    def _started(
+        self, it: BatchIterator, table: _Epochs, slot: int, epoch: int
+    ) -> Generator[tuple[Any, ...], None, None]:
+        # the epoch counts as taken once a batch is asked for: Lightning calls iter() on a
+        # new DataLoader twice and drops the first iterator unstarted (with workers, they
+        # take it as they prefetch)
+        table.record(slot, epoch)
+        yield from self._batches(it)
 
     def _resumed(self, it: BatchIterator, done: bool) -> Generator[tuple[Any, ...], None, None]:
         # the state counts as applied only once a batch is asked for: StatefulDataLoader

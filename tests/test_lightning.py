@@ -91,3 +91,38 @@ def test_lightning_ddp_spawn_every_sample_once_per_epoch(tmp_path, indexed_set):
         np.testing.assert_array_equal(np.sort(every), np.arange(N))  # each sample exactly once
         orders.append(every)
     assert not np.array_equal(orders[0], orders[1])  # a new order in epoch 1
+
+
+class Reloading(Recorder):
+    """A new DataLoader (and dataset) every epoch, set to Lightning's epoch, as the README
+    says to write it with ``reload_dataloaders_every_n_epochs``."""
+
+    def train_dataloader(self) -> DataLoader:
+        ds = TorchDataset(self.store, batch_size=16, arrays=("images", "labels", "index"))
+        ds.set_epoch(self.current_epoch)
+        return DataLoader(ds, batch_size=None)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice (workers, logging, ...)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree, inside Lightning
+def test_lightning_reloading_the_dataloader_each_epoch_follows_its_epochs(tmp_path, indexed_set):
+    """Lightning calls iter() on a reloaded DataLoader twice and drops the first iterator
+    unstarted: that took an epoch, so Lightning's epoch k trained on daskimg's epoch k + 1."""
+    store = str(di.to_zarr(indexed_set.take(np.arange(N)), tmp_path / "t.zarr.zip", chunks=8))
+    stored_idx = plain_group(store)["idx"][:]
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=3, reload_dataloaders_every_n_epochs=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(Reloading(store, str(tmp_path)))
+    for epoch in range(3):
+        with open(tmp_path / f"rank0-epoch{epoch}.pkl", "rb") as f:
+            seen = pickle.load(f)
+        for index, ids in seen:
+            np.testing.assert_array_equal(ids, stored_idx[index])
+        expected = dataloader_batches(N, 8, epoch, 1, 0, 1, batch_size=16, seed=0)
+        assert len(seen) == len(expected)
+        for (index, _), want in zip(seen, expected, strict=True):
+            np.testing.assert_array_equal(index, want)
