@@ -5,7 +5,8 @@ batch dict; it works on whole ``(N, H, W, C)`` batches, not sample by sample.
 
 What travels with the pixels moves with them: name the batch's box arrays in
 ``boxes=`` (``(N, 4)`` ``x0, y0, x1, y1`` in the images' pixel frame, as a store holds
-them; see :mod:`daskimg.read.boxes`) and its masks in ``masks=`` (``(N, H, W)``), and a
+them; see :mod:`daskimg.read.boxes`) and its masks in ``masks=`` (``(N, H, W)``, or
+``(N, H, W, C)``), and a
 flip or crop moves them exactly as it moves the images. NaN boxes stay NaN; a crop clips
 boxes to the crop, and a box cropped away entirely becomes NaN.
 
@@ -94,7 +95,7 @@ class RandomFlip:
         x[which] = x[which][:, :, ::-1]
         out[key] = x
         for name in self.masks:
-            m = _array(batch, name, "masks", x.shape[:3]).copy()
+            m = _array(batch, name, "masks", x.shape[:3], prefix=True).copy()
             m[which] = m[which][:, :, ::-1]
             out[name] = m
         for name in self.boxes:
@@ -162,7 +163,7 @@ class RandomCrop:
         at = np.arange(n)[:, None, None]
         out = {**batch, key: x[at, rows, cols]}
         for name in self.masks:
-            out[name] = _array(batch, name, "masks", (n, H, W))[at, rows, cols]
+            out[name] = _array(batch, name, "masks", (n, H, W), prefix=True)[at, rows, cols]
         for name in self.boxes:
             b = np.asarray(_array(batch, name, "boxes", (n, 4)), dtype=np.float64)
             shift = np.stack([left, top, left, top], axis=1)
@@ -197,9 +198,15 @@ def _names(names: Sequence[str], what: str) -> tuple[str, ...]:
 
 
 def _array(
-    batch: dict[str, np.ndarray], name: str, what: str, shape: tuple[int, ...]
+    batch: dict[str, np.ndarray],
+    name: str,
+    what: str,
+    shape: tuple[int, ...],
+    *,
+    prefix: bool = False,
 ) -> np.ndarray:
-    """``batch[name]``, checked to have ``shape``; a clear error when it is missing."""
+    """``batch[name]``, checked to have ``shape`` (``prefix``: to start with it, as masks with
+    a channel axis ``(N, H, W, C)`` do); a clear error when it is missing."""
     if name not in batch:
         raise KeyError(
             f"{what} names {name!r}, which is not in the batch (it has {sorted(batch)}); "
@@ -207,6 +214,9 @@ def _array(
             f"{name!r}))"
         )
     arr = np.asarray(batch[name])
-    if arr.shape != shape:
-        raise ValueError(f"{what} array {name!r} must have shape {shape}; got {arr.shape}")
+    if (arr.shape[: len(shape)] if prefix else arr.shape) != shape:
+        raise ValueError(
+            f"{what} array {name!r} must have shape {shape}{' (+ channels)' if prefix else ''}; "
+            f"got {arr.shape}"
+        )
     return arr

@@ -87,8 +87,8 @@ def test_transform_errors_name_the_array():
     batch = _batch()
     with pytest.raises(KeyError, match=r"boxes names 'box', which is not in the batch"):
         random_flip(p=1.0, boxes=("box",))(batch, np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"masks array 'images' must have shape"):
-        random_crop((4, 4), masks=("images",))(batch, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"masks array 'bbox' must have shape"):
+        random_crop((4, 4), masks=("bbox",))(batch, np.random.default_rng(0))
     with pytest.raises(TypeError, match=r"boxes=\('bbox',\)"):
         random_flip(boxes="bbox")
 
@@ -161,3 +161,35 @@ def test_the_feed_checks_masks_of_any_source_and_hand_built_composes():
     it = di.BatchIterator(src, batch_size=4, arrays=("images", "masks"), transform=t, shuffle=False)
     got = np.concatenate([masks for _, masks in it])
     np.testing.assert_array_equal(got, b["masks"][:, :, ::-1])  # numpy's flip is the oracle
+
+
+def test_masks_with_a_channel_axis_move_with_the_pixels_and_are_not_left_behind():
+    # (N, H, W, 1) masks (as many segmentation sets store them) were not moved by the flips
+    # and crops, and the feed did not ask for them: handed out where the object had been
+    import daskimg as di
+
+    b = _batch(n=8)
+    masks = np.stack([b["masks"], 255 - b["masks"]], axis=-1)  # (N, H, W, 2)
+    src = {"images": b["images"], "masks": masks}
+    with pytest.raises(ValueError, match=r"not the masks \['masks'\]"):
+        di.BatchIterator(
+            src, batch_size=4, arrays=("images", "masks"), transform=random_flip(p=1.0)
+        )
+    it = di.BatchIterator(
+        src, batch_size=4, arrays=("images", "masks"), shuffle=False,
+        transform=random_flip(p=1.0, masks=("masks",)),
+    )  # fmt: skip
+    got = np.concatenate([m for _, m in it])
+    np.testing.assert_array_equal(got, masks[:, :, ::-1])  # numpy's flip is the oracle
+    crop = random_crop((3, 4), masks=("masks",))
+    out = crop({"images": b["images"], "masks": masks}, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    n, H, W = b["images"].shape[:3]
+    top, left = rng.integers(0, H - 3 + 1, n), rng.integers(0, W - 4 + 1, n)
+    for i in range(n):  # the pixels and the masks cut at the same place
+        np.testing.assert_array_equal(
+            out["masks"][i], masks[i, top[i] : top[i] + 3, left[i] : left[i] + 4]
+        )
+        np.testing.assert_array_equal(
+            out["images"][i], b["images"][i, top[i] : top[i] + 3, left[i] : left[i] + 4]
+        )

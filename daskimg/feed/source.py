@@ -83,8 +83,14 @@ class FeedSource:
                 f"got {type(source).__name__}"
             )
         masks, images = arrays.get("masks"), arrays.get("images")
-        if masks is not None and images is not None and masks.shape == images.shape[:3]:
-            # an (N, H, W) array called "masks" beside the images (any source): it moves with them
+        if (
+            masks is not None
+            and images is not None
+            and len(masks.shape) >= 3
+            and tuple(masks.shape[:3]) == tuple(images.shape[:3])
+        ):
+            # an (N, H, W) array called "masks" (or (N, H, W, C): one-hot, several labels)
+            # beside the images (any source): it moves with them
             self.masks = ("masks",)
         if names is None:
             names = [n for n in ("images", "labels") if n in arrays]
