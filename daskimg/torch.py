@@ -6,6 +6,7 @@ Import it as ``from daskimg.torch import TorchDataset``; torch is imported here 
 from __future__ import annotations
 
 import contextlib
+import logging
 import numbers
 import os
 import warnings
@@ -20,6 +21,8 @@ from .feed.iterator import BatchIterator, Transform, check_state
 from .feed.shuffle import num_batches
 
 __all__ = ["TorchDataset"]
+
+logger = logging.getLogger("daskimg")
 
 #: DataLoader workers per process whose epochs the shared table can follow
 MAX_WORKERS = 1024
@@ -310,13 +313,15 @@ class TorchDataset(IterableDataset):
                 # one's rest, or come in another worker's turn), and a StatefulDataLoader that
                 # drops this iteration (its epoch had ended) makes new workers, which take the
                 # next epoch from the table, as every worker's next iteration does.
-                warnings.warn(
-                    f"TorchDataset: DataLoader worker {info.id} had delivered all its batches "
-                    f"of epoch {it.epoch} when the resumed state was saved; it yields none "
-                    "until the next epoch (a state saved after an epoch's last batch resumes "
-                    "into an empty rest of that epoch with several workers)",
-                    RuntimeWarning,
-                    stacklevel=2,
+                # (logged, not warned: it is the normal case of a state saved near an epoch's
+                # end, and a warning made an error by -W error would stop a right resume)
+                logger.info(
+                    "TorchDataset: DataLoader worker %d had delivered all its batches of epoch "
+                    "%d when the resumed state was saved; it yields none until the next epoch "
+                    "(a state saved after an epoch's last batch resumes into an empty rest of "
+                    "that epoch with several workers)",
+                    info.id,
+                    it.epoch,
                 )
             table.record(slot, it.epoch)
             self._gen = self._resumed(it, done)

@@ -326,7 +326,6 @@ def test_pickled_dataset_gets_its_own_epochs(store, stored):
 
 
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata
-@pytest.mark.filterwarnings("ignore:TorchDataset. DataLoader worker:RuntimeWarning")
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_stateful_resume_at_the_end_of_an_epoch_repeats_nothing(store, stored, workers):
     # a state saved when some workers had delivered their whole share: they used to start
