@@ -499,7 +499,6 @@ def _assemble(
     """Files, labels (None: no labels at all; -1: a sample without one), classes, splits."""
     _stray_files(loose, where, "split folders", stray)
     _check_wrapped(where, tops)
-    _check_split_classes(tops)
     labelled = []
     for t in tops:
         has_classes = any(t.classes.values())
@@ -510,6 +509,7 @@ def _assemble(
             t.direct = []
         if not t.direct:
             labelled.append(t)
+    _check_split_classes(tops)
     classes = sorted({c for t in labelled for c in t.classes})
     empty = [c for c in classes if not any(t.classes.get(c) for t in labelled)]
     if empty:
