@@ -438,3 +438,30 @@ def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypa
     monkeypatch.setattr(os, "scandir", refuse)
     with pytest.raises(PermissionError, match=r"cannot list the folder '.*private'"):
         di.from_folder(root, size=(8, 8))
+
+
+def test_class_first_trees_and_annexed_duplicates_read_as_before(tmp_path):
+    # (review) root/{cat,dog}/{train,test}/ is several classes, not a dataset one folder
+    # down; git-annex keeps identical files once, so two samples may link to one object in
+    # the hidden .git/annex (or to one not fetched yet): both are samples
+    root = tmp_path / "classfirst"
+    for c in ("cat", "dog"):
+        di.testing.make_image_folder(root / c, n=4, size=(8, 8), classes=("train", "test"))
+    ds = di.from_folder(root, size=(8, 8))
+    assert ds.classes == ("cat", "dog") and len(ds) == 8
+    annex = tmp_path / "annexed"
+    objects = annex / ".git" / "annex" / "objects"
+    objects.mkdir(parents=True)
+    di.testing.make_image(seed=3).save(objects / "SHA256-same.png")
+    for rel in ("cat/0001.png", "cat/0002.png", "dog/0001.png", "dog/0002.png"):
+        (annex / rel).parent.mkdir(exist_ok=True)
+        target = "SHA256-same.png" if rel != "dog/0002.png" else "SHA256-not-fetched.png"
+        (annex / rel).symlink_to(objects / target)
+    ds = di.from_folder(annex, size=(8, 8))
+    # all four, the one not fetched too (decoding names it)
+    assert sorted(ds.paths.tolist()) == [
+        "cat/0001.png",
+        "cat/0002.png",
+        "dog/0001.png",
+        "dog/0002.png",
+    ]

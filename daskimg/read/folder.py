@@ -71,9 +71,10 @@ class _Top:
 
 
 def _hidden(folder: str) -> bool:
-    """Folders never read: hidden ones (``.git``, ``.ipynb_checkpoints``) and ``__MACOSX``,
-    the resource forks a macOS zip unpacks beside the data (never a class)."""
-    return folder.startswith(".") or folder == "__MACOSX"
+    """Folders never read: hidden ones (``.git``, ``.ipynb_checkpoints``), ``__MACOSX`` (the
+    resource forks a macOS zip unpacks beside the data) and ``lost+found`` (a file
+    system's, at a mount's root): never a class."""
+    return folder.startswith(".") or folder in ("__MACOSX", "lost+found")
 
 
 def _is_image(name: str) -> bool:
@@ -87,28 +88,35 @@ def _is_other(name: str) -> bool:
 
 class _Seen:
     """The real file behind every image read so far in one tree, so that a file link to an
-    image the tree holds already (``test/dog/leak.png -> ../../train/dog/b.png``: a training
+    image the tree holds itself (``test/dog/leak.png -> ../../train/dog/b.png``: a training
     image in test, or the same image under two labels) is not read a second time. The file
-    itself is kept, wherever it comes in the walk; the link is left out, logged."""
+    is kept, wherever it comes in the walk; the link is left out, logged. Links that only
+    share a target (git-annex keeps identical files once, in the hidden ``.git/annex``) are
+    all read."""
 
     def __init__(self) -> None:
-        self.first: dict[str, tuple[str, bool]] = {}  # real file -> (path read, is a link)
+        self.files: dict[str, str] = {}  # real file -> the path it was read at (no link)
+        self.links: dict[str, list[str]] = {}  # real file -> links to it read so far
         self.dropped: dict[str, str] = {}  # path left out -> the path of its file kept
 
     def keep(self, full: str, real: str, is_link: bool) -> bool:
         """Whether to read ``full`` (whose real file is ``real``)."""
-        known = self.first.get(real)
-        if known is None:
-            self.first[real] = (full, is_link)
+        own = self.files.get(real)
+        if is_link:
+            if own is not None:
+                self.dropped[full] = own
+                return False
+            self.links.setdefault(real, []).append(full)
             return True
-        if known[1] and not is_link:  # a link met before its file: the file is kept
-            self.dropped[known[0]] = full
-            self.first[real] = (full, is_link)
+        if own is not None:  # the same file reached twice without a link: keep both paths
             return True
-        self.dropped[full] = known[0]
-        return False
+        self.files[real] = full
+        for link in self.links.pop(real, []):  # links met before their file
+            self.dropped[link] = full
+        return True
 
     def report(self, tops: list[_Top]) -> None:
+        """Leave the dropped links out of ``tops``, and say so."""
         if not self.dropped:
             return
         gone = self.dropped
@@ -447,7 +455,11 @@ def _check_wrapped(where: str, tops: list[_Top]) -> None:
     if len(tops) != 1 or tops[0].split:
         return
     t = tops[0]
-    for c, files in t.classes.items():
+    holding = [c for c, files in t.classes.items() if files]
+    if len(holding) != 1:
+        return  # several classes, each with split folders inside: read as classes, as before
+    for c in holding:
+        files = t.classes[c]
         prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
         nested = {
             f[len(prefix) + 1 :].split("/", 1)[0]
