@@ -532,9 +532,9 @@ def test_from_csv_classes_given_keep_indices_across_split_csvs(tmp_path):
     [
         # an unquoted comma in a label: 'tabby' a class, ' cat' dropped
         ("{0},persian\n{1},tabby, cat\n", r"line 3: 3 value\(s\) for 2 column\(s\).*double quotes"),
-        ("{0},persian\n{1}\n", r"line 3: 1 value\(s\) for 2 column\(s\)"),
+        ("{0},persian,,\n{1},tabby,x\n", r"line 3: 3 value\(s\) for 2 column\(s\)"),
     ],
-    ids=["extra-cell", "short-row"],
+    ids=["extra-cell", "extra-value-after-empty-ones"],
 )
 def test_from_csv_rows_that_do_not_match_the_header_are_refused(
     image_folder, tmp_path, body, match
@@ -544,6 +544,16 @@ def test_from_csv_rows_that_do_not_match_the_header_are_refused(
     csv.write_text("path,label\n" + body.format(*files))
     with pytest.raises(ValueError, match=match):
         di.from_csv(csv, root=image_folder, size=(8, 8))
+
+
+def test_from_csv_reads_trailing_empty_cells_and_columns_as_before(image_folder, tmp_path):
+    # (review) Excel writes "path,label,," and "a.png,cat,,"; short rows leave trailing
+    # empty values out: read as they were
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "excel.csv"
+    csv.write_text(f"path,label,,\n{files[0]},cat,,\n{files[1]},dog,\n{files[2]},cat\n")
+    ds = di.from_csv(csv, root=image_folder, size=(8, 8))
+    assert ds.paths.tolist() == files[:3] and ds.labels.tolist() == [0, 1, 0]
 
 
 def test_from_csv_a_column_named_twice_and_a_file_not_in_utf8_are_refused(image_folder, tmp_path):

@@ -215,7 +215,8 @@ def _read_csv(
         ) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, [])
-    twice = sorted({h for h in header if header.count(h) > 1})
+    # unnamed columns (Excel's trailing empty ones, "path,label,,") are never read
+    twice = sorted({h for h in header if h.strip() and header.count(h) > 1})
     if twice:
         raise ValueError(
             f"{where}: the header names the column(s) {', '.join(map(repr, twice))} more than "
@@ -227,6 +228,10 @@ def _read_csv(
         if not cells:
             continue
         shifted = shifted or reader.line_num != len(rows) + 2
+        if len(cells) > len(header) and not any(c.strip() for c in cells[len(header) :]):
+            cells = cells[: len(header)]  # trailing empty cells ("a.png,cat,")
+        elif len(cells) < len(header):
+            cells = cells + [""] * (len(header) - len(cells))  # trailing empty values left out
         if len(cells) != len(header):
             raise ValueError(
                 f"{where}, line {reader.line_num}: {len(cells)} value(s) for {len(header)} "
