@@ -796,6 +796,12 @@ def test_a_multi_page_tiff_read_as_a_2d_image_is_an_error_not_its_first_page(tmp
         di.imread([str(path)], size=(6, 5)).compute()
     vol = di.imread([str(path)], size=(3, 6, 5)).compute()  # the volume it is
     np.testing.assert_array_equal(vol[0, :, 0, 0, 0], [40, 80, 120])
+    # a TIFF whose second page is a smaller preview (a scanner's, a GeoTIFF overview) is
+    # its first page, as before
+    small = Image.fromarray(np.full((2, 2), 7, np.uint8))
+    pages[2].save(tmp_path / "preview.tif", save_all=True, append_images=[small])
+    got = di.imread([str(tmp_path / "preview.tif")], size=(6, 5), channels=1).compute()
+    assert got.shape == (1, 6, 5, 1) and (got == 120).all()
     # a single-page TIFF still reads
     pages[1].save(tmp_path / "one.tif")
     assert di.imread([str(tmp_path / "one.tif")], size=(6, 5), channels=1).compute().max() == 80

@@ -29,6 +29,22 @@ _SIXTEEN_BIT: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _DRAFT_SCALES: Final = (8, 4, 2)
 
 
+def _is_stack(im: Image.Image, pages: int) -> bool:
+    """A multi-page TIFF whose later pages are pictures like its first (slices of a stack),
+    not smaller previews or overviews (a scanner's thumbnail, a GeoTIFF's pyramid; or
+    pages marked reduced-resolution, tag 254 bit 0), which the first page stands for."""
+    size, mode = im.size, im.mode
+    try:
+        for k in range(1, pages):
+            im.seek(k)
+            reduced = int(getattr(im, "tag_v2", {}).get(254, 0) or 0) & 1
+            if im.size == size and im.mode == mode and not reduced:
+                return True
+        return False
+    finally:
+        im.seek(0)
+
+
 def decode_pil(
     im: Image.Image, spec: DecodeSpec, path: str
 ) -> tuple[Image.Image, tuple[int, int], tuple[int, int]]:
@@ -39,7 +55,7 @@ def decode_pil(
     """
     target = CHANNEL_MODES[spec.channels]
     pages = int(getattr(im, "n_frames", 1))
-    if im.format == "TIFF" and pages > 1:
+    if im.format == "TIFF" and pages > 1 and _is_stack(im, pages):
         # pages of a TIFF are slices or channels of one picture far more often than
         # alternatives (an animated GIF/WebP is read by its first frame, as Pillow shows it)
         raise DecodeError(
