@@ -325,18 +325,23 @@ class TorchDataset(IterableDataset):
                 )
             table.record(slot, it.epoch)
             self._gen = self._resumed(it, done)
-        else:
+        elif get_worker_info() is None:
+            # no workers: the epoch counts as taken once a batch is asked for (Lightning
+            # calls iter() on a reloaded DataLoader twice and drops the first iterator
+            # unstarted, which took an epoch)
             epoch = table.peek(slot)
             it.set_epoch(epoch)
             self._gen = self._started(it, table, slot, epoch)
+        else:
+            # a worker takes it at iter(): an epoch its DataLoader ends early (break) may
+            # never ask it for a batch, and its count would lag its siblings' for good
+            it.set_epoch(table.take(slot))
+            self._gen = self._batches(it)
         return self._gen
 
     def _started(
         self, it: BatchIterator, table: _Epochs, slot: int, epoch: int
     ) -> Generator[tuple[Any, ...], None, None]:
-        # the epoch counts as taken once a batch is asked for: Lightning calls iter() on a
-        # new DataLoader twice and drops the first iterator unstarted (with workers, they
-        # take it as they prefetch)
         table.record(slot, epoch)
         yield from self._batches(it)
 

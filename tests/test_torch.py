@@ -364,3 +364,25 @@ def test_stateful_resume_at_the_end_of_an_epoch_repeats_nothing(store, stored, w
         else:  # the rest of the epoch, exactly, then the next one
             _same(head + rest, epochs[0])
             _same(following, epochs[1])
+
+
+def _slow_second_worker(worker_id):
+    if worker_id == 1:
+        time.sleep(2)  # it never gets to a batch before the loop below breaks
+
+
+def test_an_epoch_ended_early_leaves_the_workers_agreeing_on_the_next(store, stored):
+    """(review) With the epoch taken at a worker's first batch, a worker the DataLoader shut
+    down before it asked for one lagged its siblings by an epoch from then on: later epochs
+    missed and repeated samples. Workers take their epoch at iter()."""
+    ds = TorchDataset(store, batch_size=8, arrays=("images", "index"))
+    for epoch in range(3):
+        loader = DataLoader(
+            ds, batch_size=None, num_workers=2, worker_init_fn=_slow_second_worker,
+            multiprocessing_context="fork",
+        )  # fmt: skip
+        if epoch == 0:
+            next(iter(loader))  # and stop: the epoch ends early
+            continue
+        got = np.concatenate(_index(loader, stored))
+        assert sorted(got.tolist()) == list(range(N))
