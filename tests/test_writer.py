@@ -980,3 +980,39 @@ def test_mode_a_keeps_the_store_classes_and_refuses_others(tmp_path):
             w.append(np.full(n, 4), index=np.arange(n))
         w.append((np.arange(n) + 1) % 3, index=np.arange(n))
     np.testing.assert_array_equal(di.open_zarr(path).labels, (np.arange(n) + 1) % 3)
+
+
+def test_resume_with_the_same_shard_chunks_works_when_the_shards_were_shortened(tmp_path):
+    """Rows placed by index get shards no longer than the array (shard_chunks=8 for 3 chunks
+    is 3); resume=True with the very same arguments was refused ('it was started with
+    shard_chunks={'x': 3}'), leaving resume=False, which threw the written rows away."""
+    path = tmp_path / "p.zarr.zip"
+    kw = {"name": "x", "shape": (), "dtype": "float32", "num_samples": 10, "chunks": 4}
+    w = ArrayWriter(path, shard_chunks=8, **kw)
+    w.append(np.arange(5, dtype=np.float32), index=range(5))
+    w.checkpoint()
+    del w  # as a crash would leave it
+    w = ArrayWriter(path, shard_chunks=8, resume=True, **kw)
+    assert sorted(w.missing().tolist()) == list(range(5, 10))
+    w.append(np.arange(5, 10, dtype=np.float32), index=range(5, 10))
+    w.close()
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["x"], np.arange(10))
+    w = ArrayWriter(tmp_path / "q.zarr.zip", shard_chunks=2, **kw)
+    w.append(np.zeros(1, np.float32), index=[0])
+    w.checkpoint()
+    del w
+    with pytest.raises(ValueError, match="shard_chunks"):  # another value is still refused
+        ArrayWriter(tmp_path / "q.zarr.zip", shard_chunks=1, resume=True, **kw)
+
+
+def test_masked_values_and_torch_views_numpy_cannot_take(tmp_path):
+    """A masked array was stored without its mask (the values under it became real ones); a
+    tensor with torch's negative bit failed with torch's own error."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "m.zarr.zip"
+    with ArrayWriter(path, name="score", shape=(), dtype="float32") as w:
+        with pytest.raises(ValueError, match=r"score: .*masked array with 1 masked value"):
+            w.append(np.ma.array([0.9, 123.0, 0.7], mask=[0, 1, 0]))
+        w.append(np.ma.array([0.9, 123.0, 0.7], mask=[0, 0, 0]))  # nothing masked: its values
+        w.append(torch._neg_view(torch.tensor([1.0, 2.0])))
+    np.testing.assert_allclose(di.open_zarr(path).arrays["score"], [0.9, 123.0, 0.7, -1.0, -2.0])

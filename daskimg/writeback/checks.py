@@ -161,11 +161,26 @@ def is_text(dtype: Any) -> bool:
 
 
 def as_numpy(value: Any) -> np.ndarray:
-    """A batch as numpy: numpy arrays as they are, torch tensors detached, the rest asarray."""
+    """A batch as numpy: numpy arrays as they are, torch tensors detached, the rest asarray.
+
+    A masked array with masked entries is refused: storing it would turn the values under
+    its mask into real ones."""
+    if isinstance(value, np.ma.MaskedArray):
+        if np.ma.count_masked(value):
+            raise ValueError(
+                f"the batch is a masked array with {np.ma.count_masked(value)} masked "
+                "value(s); the store has no mask, so they would be stored as real values. "
+                "Fill them first, e.g. batch.filled(np.nan)"
+            )
+        return np.ma.getdata(value)
     if isinstance(value, np.ndarray):
         return value
     if all(hasattr(value, a) for a in ("detach", "cpu", "numpy")):
-        return np.asarray(value.detach().cpu().numpy())
+        value = value.detach().cpu()
+        for resolve in ("resolve_conj", "resolve_neg"):  # views numpy cannot take
+            if hasattr(value, resolve):
+                value = getattr(value, resolve)()
+        return np.asarray(value.numpy())
     return np.asarray(value)
 
 
@@ -180,6 +195,8 @@ def coerce(name: str, value: Any, spec: Spec, classes: Sequence[str]) -> np.ndar
         raise TypeError(
             f"{name}: cannot convert the batch to numpy ({e}); cast it to {dtype} first"
         ) from e
+    except ValueError as e:  # a masked array with masked values
+        raise ValueError(f"{name}: {e}") from None
     check_batch(name, arr.shape, arr.dtype, shape, dtype)
     if name == "labels" and classes and arr.size:
         lo, hi = int(arr.min()), int(arr.max())
