@@ -583,3 +583,23 @@ def test_from_csv_negative_labels_are_not_taken_for_no_label(image_folder, tmp_p
     # with the classes given, -1 is "no label", as documented
     ds = di.from_csv(csv, root=image_folder, size=(8, 8), classes=["neg", "pos"])
     assert ds.labels.tolist() == [-1, 1, -1, 1, -1, 1]
+
+
+def test_from_csv_says_why_a_column_of_mostly_numbers_is_not_stored(image_folder, tmp_path, caplog):
+    # a column of ages with one empty cell was left out of the store without a word
+    import logging
+
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "ages.csv"
+    csv.write_text("path,label,age,weight\n" + "".join(
+        f"{p},cat,{'' if i == 2 else 3 + i},{1.5 * i}\n" for i, p in enumerate(files[:4])
+    ))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(csv, root=image_folder, size=(8, 8))
+    assert "weight" in ds.columns and "age" not in ds.columns
+    assert (
+        "column 'age' is not stored: 1 of its 4 values are not numbers (line 4: '')" in caplog.text
+    )
+    csv.write_text(csv.read_text().replace(",,", ",nan,"))  # filled in: stored, NaN kept
+    ds = di.from_csv(csv, root=image_folder, size=(8, 8))
+    np.testing.assert_array_equal(np.asarray(ds.columns["age"]), [3, 4, np.nan, 6])

@@ -470,8 +470,19 @@ def _columns(
     extra: dict[str, np.ndarray] = {}
     if columns is None:
         for col in header:
-            if col not in used and all(_is_float(row[col]) for row in rows):
+            if col in used or not col.strip():
+                continue
+            numeric = [_is_float(row[col]) for row in rows]
+            if all(numeric):
                 extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
+            elif any(numeric):  # mostly numbers: say why it is not stored
+                line = numeric.index(False) + 2
+                logger.warning(
+                    "%s: column %r is not stored: %d of its %d values are not numbers "
+                    "(line %d: %r). Fill them in (NaN for missing) and it becomes a column, "
+                    "or pass columns= to choose the columns",
+                    where, col, numeric.count(False), len(rows), line, rows[line - 2][col],
+                )  # fmt: skip
         return extra
     for name, given in columns.items():
         cols = [given] if isinstance(given, str) else list(given)
