@@ -465,3 +465,16 @@ def test_class_first_trees_and_annexed_duplicates_read_as_before(tmp_path):
         "dog/0001.png",
         "dog/0002.png",
     ]
+
+
+def test_an_empty_folder_beside_split_folders_is_nothing_as_at_a_url(tmp_path):
+    # valid/ test/ and an empty models/ was read as classes 'test' and 'valid' on disk (a
+    # URL listing, which has no empty folders, read the same tree as two splits)
+    root = tmp_path / "eval"
+    di.testing.make_image_folder(root, n=4, size=(8, 8), split_dirs=("valid", "test"))
+    (root / "models" / "empty").mkdir(parents=True)
+    ds = di.from_folder(root, size=(8, 8))
+    assert ds.classes == ("cat", "dog") and sorted(ds.split()) == ["test", "valid"]
+    (root / "train_backup").mkdir()  # beside train/ too: nothing to leave out, no error
+    di.testing.make_image_folder(root, n=4, size=(8, 8), split_dirs=("train",))
+    assert sorted(di.from_folder(root, size=(8, 8)).split()) == ["test", "train", "valid"]

@@ -238,7 +238,8 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
             continue
         split = SPLIT_DIRS.get(child.name.lower())
         if split is None:
-            others.append(child.name)
+            if _holds_files(child):  # an empty folder is nothing (a URL listing has none)
+                others.append(child.name)
             continue
         if split in found:
             raise ValueError(
@@ -246,6 +247,17 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
             )
         found[split] = child
     return found if _are_splits(set(found), others) else {}
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether any file lies below ``folder`` (links followed; stops at the first)."""
+    try:
+        for _, _, files in os.walk(folder, followlinks=True):
+            if files:
+                return True
+    except OSError:
+        return True  # it is something; reading it says what is wrong
+    return False
 
 
 def _are_splits(found: set[str], others: list[str]) -> bool:
@@ -300,7 +312,7 @@ def _local_tops(
             d.name
             for d in sorted(root.iterdir())
             if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude
-            and d.name.lower() not in SPLIT_DIRS
+            and d.name.lower() not in SPLIT_DIRS and _holds_files(d)
         ],
         sorted(d.name for d in splits.values()),
         stray,
