@@ -121,6 +121,15 @@ def test_a_float_dtype_that_cannot_hold_the_values_is_refused_naming_the_file(tm
     )
     got = di.imread([str(tmp_path / "b.npy")], size=(2, 3, 4), dtype="float32").compute()
     np.testing.assert_array_equal(got[0, ..., 0], b.astype(np.float32))
+    # int64 into float64, which numpy calls a safe cast, rounded values beyond 2**53
+    ids = np.full((2, 3, 4), 2**53 + 1, np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    with pytest.raises(DecodeError, match=r"ids\.npy.*float64 holds whole numbers exactly"):
+        di.imread([str(tmp_path / "ids.npy")], size=(2, 3, 4), dtype="float64").compute()
+    small = np.full((2, 3, 4), 2**53, np.int64)
+    np.save(tmp_path / "ok.npy", small)
+    got = di.imread([str(tmp_path / "ok.npy")], size=(2, 3, 4), dtype="float64").compute()
+    assert (got == 2.0**53).all()
 
 
 def test_tiff_stacks_keep_their_dtype(tmp_path):

@@ -172,6 +172,11 @@ def check_volume_dtype(vol: np.ndarray, dtype: np.dtype, path: str | os.PathLike
         raise DecodeError(
             path, f"unsupported volume dtype {vol.dtype}; expected integers or floats"
         )
+    if dtype.kind == "f" and kind in "iu" and vol.dtype.itemsize >= dtype.itemsize:
+        # numpy calls int64 -> float64 safe, but float64 holds whole numbers exactly only
+        # up to 2**53 (an ID or a timestamp volume would be rounded)
+        _check_float_output(vol, dtype, path)
+        return
     if np.can_cast(vol.dtype, dtype):
         return
     if dtype.kind == "f":
