@@ -76,7 +76,9 @@ class KerasDataset(keras.utils.PyDataset):
         ``rng`` derives from ``(seed, epoch, batch)``, so ``ds[i]`` is the same batch
         whenever it is asked for.
     scale
-        Divide ``images`` by this (``255.0`` gives float32 in 0..1); None keeps them as stored.
+        Divide ``images`` by this, as float32. ``"auto"`` (default): by 255 for uint8 and
+        65535 for uint16 (float32 in 0..1), by 1 for float stores (already scaled: a float
+        store in 0..1 was divided by 255 too); None keeps them as stored.
     workers, use_multiprocessing, max_queue_size
         Read batches in the background in ``workers`` threads, or spawned processes with
         ``use_multiprocessing=True`` (each re-opens the store; ``transform`` must then be
@@ -147,7 +149,7 @@ class KerasDataset(keras.utils.PyDataset):
         buffer_chunks: int = 8,
         drop_last: bool = False,
         transform: Transform | None = None,
-        scale: float | None = 255.0,
+        scale: float | str | None = "auto",
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -217,7 +219,7 @@ class KerasDataset(keras.utils.PyDataset):
         )
 
     @property
-    def scale(self) -> float | None:
+    def scale(self) -> float | str | None:
         """What ``images`` are divided by (None: as stored)."""
         return self._data.batches.scale
 

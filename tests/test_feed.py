@@ -548,3 +548,27 @@ def test_rows_another_reader_takes_do_not_break_the_checksum(tmp_path, big_rows,
         got = np.concatenate(seen)
         assert len(got) == sum(len(b) for b in seen) and len(got) > 0
         assert len(np.unique(got)) == len(got) or split.get("even")
+
+
+def test_a_dask_source_whose_first_blocks_are_empty_is_fed():
+    """x[mask].compute_chunk_sizes() with nothing kept from the first block gives chunks
+    (0, 10, ...): the feed took 0 as its chunk length (ZeroDivisionError in rechunk)."""
+    import dask.array as da
+
+    n = 43
+    images = np.zeros((n + 7, 2, 2, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n + 7)
+    keep = np.arange(n + 7) >= 7
+    x = da.from_array(images, chunks=7)[da.from_array(keep, chunks=7)].compute_chunk_sizes()
+    assert x.chunks[0][0] == 0
+    it = di.BatchIterator((x, np.arange(7, n + 7)), batch_size=5, shuffle=True, seed=0)
+    got = [(imgs[:, 0, 0, 0].astype(int), lab) for imgs, lab in it]
+    assert sorted(np.concatenate([lab for _, lab in got]).tolist()) == list(range(7, n + 7))
+    for px, lab in got:
+        np.testing.assert_array_equal(px, lab)
+
+
+def test_labels_below_minus_one_are_refused_without_classes():
+    """-2 was stored as a label when no classes were given (with classes it was refused)."""
+    with pytest.raises(ValueError, match=r"labels must be class indices .*found -2"):
+        di.ImageSet(np.zeros((3, 2, 2, 3), np.uint8), [0, -2, 1])

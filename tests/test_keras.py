@@ -496,3 +496,21 @@ def test_a_state_refuses_another_store(tmp_path, store, indexed_set):
     moved = tmp_path / "moved.zarr.zip"
     os.rename(store, moved)  # the same store elsewhere resumes
     KerasDataset(moved, batch_size=10).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "peak", "want"),
+    [("uint8", 255, 1.0), ("uint16", 65535, 1.0), ("float32", 1.0, 1.0), ("float32", 255.0, 255.0)],
+)
+def test_default_scale_follows_the_image_dtype(dtype, peak, want):
+    """The default divided every store by 255: a float store already in 0..1 (a common HDF5
+    export) came out at most 0.0039, uint16 at most 257 (TorchDataset scales by dtype)."""
+    images = np.zeros((6, 4, 4, 3), dtype=dtype)
+    images[0, 0, 0, 0] = peak
+    data = KerasDataset((images, np.zeros(6, np.int64)), batch_size=6, shuffle=False)
+    x, _ = data[0]
+    assert x.dtype == np.float32 and float(x.max()) == want
+    explicit = KerasDataset(
+        (images, np.zeros(6, np.int64)), batch_size=6, shuffle=False, scale=None
+    )
+    assert float(explicit[0][0].max()) == float(peak)

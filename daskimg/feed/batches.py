@@ -326,6 +326,13 @@ def source_fingerprint(source: FeedSource) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def auto_scale(dtype: np.dtype[Any]) -> float:
+    """What ``scale="auto"`` divides images of ``dtype`` by: 255 for uint8, 65535 for
+    uint16 (0..1 either way); floats (already scaled, or not images at all) and other
+    types by 1, as :class:`daskimg.torch.TorchDataset` does."""
+    return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
+
+
 class EpochBatches:
     """Batch ``b`` of epoch ``e`` of a source: plan, read, transform, scale.
 
@@ -341,7 +348,8 @@ class EpochBatches:
         ``transform(batch, epoch_rng(seed, e, b, 0))``: batch ``b`` is augmented the same
         way whenever it is read (and as ``BatchIterator`` augments its batch ``b``).
     scale
-        Divide ``images`` by this, as float32 (None: as stored).
+        Divide ``images`` by this, as float32 (None: as stored; ``"auto"``: by the
+        largest value of their integer type, :func:`auto_scale`).
     cache_chunks, threads
         Of the :class:`BatchReader`. ``cache_chunks=None`` keeps three chunk groups,
         ``3 * max(buffer_chunks, ceil(batch_size / chunk_len))``: a batch draws from its
@@ -373,7 +381,7 @@ class EpochBatches:
         buffer_chunks: int = 8,
         drop_last: bool = False,
         transform: Transform | None = None,
-        scale: float | None = None,
+        scale: float | str | None = None,
         cache_chunks: int | None = None,
         threads: int = 2,
         storage_options: Mapping[str, Any] | None = None,
@@ -446,8 +454,10 @@ class EpochBatches:
         if self.transform is not None:
             batch = self.transform(batch, epoch_rng(self.seed, epoch, b, 0))
         if self.scale is not None and "images" in batch:
+            scale = auto_scale(batch["images"].dtype) if self.scale == "auto" else self.scale
             images = batch["images"].astype(np.float32)
-            images /= np.float32(self.scale)
+            if scale != 1:
+                images /= np.float32(scale)
             batch["images"] = images
         return batch
 

@@ -151,7 +151,7 @@ class IndexedBatches:
         buffer_chunks: int,
         drop_last: bool,
         transform: Transform | None,
-        scale: float | None,
+        scale: float | str | None,
         cache_chunks: int | None,
         threads: int,
         storage_options: Mapping[str, Any] | None,

@@ -257,4 +257,5 @@ def _token(attrs: Mapping[str, Any]) -> str:
 
 
 def _regular_chunk_len(a: da.Array) -> int:
-    return int(a.chunks[0][0]) if a.chunks[0] else 1
+    # the first block that holds samples (x[mask] may leave the first ones empty)
+    return next((int(c) for c in a.chunks[0] if c), 1)

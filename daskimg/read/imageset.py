@@ -105,6 +105,12 @@ class ImageSet:
                     f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes "
                     f"(or be {NO_LABEL}: no label); found {lo}..{hi}"
                 )
+        elif self.labels is not None and len(self.labels) and int(self.labels.min()) < NO_LABEL:
+            raise ValueError(
+                f"labels must be class indices (0 or more, or {NO_LABEL}: no label); found "
+                f"{int(self.labels.min())}. Signed labels (e.g. -1/+1) name classes: map them "
+                "to indices, e.g. classes, labels = np.unique(labels, return_inverse=True)"
+            )
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
         reserved = {"images", "labels", "paths"} & set(self.columns)
