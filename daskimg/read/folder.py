@@ -250,14 +250,12 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
 
 
 def _holds_files(folder: Path) -> bool:
-    """Whether any file lies below ``folder`` (links followed; stops at the first)."""
+    """Whether any file lies below ``folder`` (links followed; stops at the first). A
+    folder that cannot be listed is something (``os.walk`` would call it empty)."""
     try:
-        for _, _, files in os.walk(folder, followlinks=True):
-            if files:
-                return True
+        return any(files for _, _, files in _walk(os.fspath(folder)))
     except OSError:
-        return True  # it is something; reading it says what is wrong
-    return False
+        return True  # reading it says what is wrong
 
 
 def _are_splits(found: set[str], others: list[str]) -> bool:
@@ -470,24 +468,24 @@ def _check_wrapped(where: str, tops: list[_Top]) -> None:
     holding = [c for c, files in t.classes.items() if files]
     if len(holding) != 1:
         return  # several classes, each with split folders inside: read as classes, as before
-    for c in holding:
-        files = t.classes[c]
-        prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
-        nested = {
-            f[len(prefix) + 1 :].split("/", 1)[0]
-            for f in files
-            if f.startswith(prefix) and "/" in f[len(prefix) + 1 :]
-        }
-        found = {SPLIT_DIRS[d.lower()] for d in nested if d.lower() in SPLIT_DIRS}
-        if found and _are_splits(found, [d for d in nested if d.lower() not in SPLIT_DIRS]):
-            inner = prefix.replace(os.sep, "/")
-            raise ValueError(
-                f"{where!r}: its folder {c!r} holds the split folders "
-                f"{', '.join(sorted(d + '/' for d in nested if d.lower() in SPLIT_DIRS))}: the "
-                f"dataset is one folder down. Read from_folder({inner!r}) (on the command "
-                f"line: daskimg ingest {inner} OUT ...); read as is, {c!r} would be one class "
-                "holding every split"
-            )
+    c = holding[0]
+    files = t.classes[c]
+    prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
+    nested = {
+        f[len(prefix) + 1 :].split("/", 1)[0]
+        for f in files
+        if f.startswith(prefix) and "/" in f[len(prefix) + 1 :]
+    }
+    found = {SPLIT_DIRS[d.lower()] for d in nested if d.lower() in SPLIT_DIRS}
+    if found and _are_splits(found, [d for d in nested if d.lower() not in SPLIT_DIRS]):
+        inner = prefix.replace(os.sep, "/")
+        raise ValueError(
+            f"{where!r}: its folder {c!r} holds the split folders "
+            f"{', '.join(sorted(d + '/' for d in nested if d.lower() in SPLIT_DIRS))}: the "
+            f"dataset is one folder down. Read from_folder({inner!r}) (on the command "
+            f"line: daskimg ingest {inner} OUT ...); read as is, {c!r} would be one class "
+            "holding every split"
+        )
 
 
 def _check_split_classes(tops: list[_Top]) -> None:

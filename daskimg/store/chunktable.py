@@ -91,29 +91,36 @@ def check_place(table: np.ndarray | None, i: int, stored: Any, where: str) -> No
     )
 
 
-def read_tables(
-    source: ByteSource, where: str, metas: Mapping[str, bytes], read_len: int | None
-) -> dict[str, str]:
+def read_tables(source: ByteSource, metas: Mapping[str, bytes]) -> dict[str, str]:
     """The tables of the arrays ``metas`` (name -> ``zarr.json`` bytes) of a store just
-    written to ``source``, read back from the last 4 bytes of every inner chunk."""
+    written to ``source``, read back from the last 4 bytes of every inner chunk; the
+    source is closed after."""
     out = {}
+    where = source.where
     locate = ChunkLocator(source, where)
-    for name, raw in metas.items():
-        lay = parse_layout(where, name, json.loads(raw), read_len)
-        crcs = np.empty(num_inner(lay), dtype="<u4")
-
-        def one(i: int, lay: ArrayLayout = lay, crcs: np.ndarray = crcs) -> None:
-            key, off, nbytes = locate.inner(lay, i)
-            crcs[i] = int.from_bytes(source.read(key, off + nbytes - 4, 4), "little")
-
-        if source.remote and len(crcs) > 1:  # a request each: keep several in flight
-            with ThreadPoolExecutor(16, thread_name_prefix="daskimg-table") as pool:
-                list(pool.map(one, range(len(crcs))))
-        else:
-            for i in range(len(crcs)):
-                one(i)
-        out[name] = encode_table(crcs)
+    try:
+        for name, raw in metas.items():
+            out[name] = _read_table(source, locate, parse_layout(where, name, json.loads(raw)))
+    finally:
+        source.close()
     return out
+
+
+def _read_table(source: ByteSource, locate: ChunkLocator, lay: ArrayLayout) -> str:
+    """One array's table, from the crc32c that ends each of its inner chunks."""
+    crcs = np.empty(num_inner(lay), dtype="<u4")
+
+    def one(i: int) -> None:
+        key, off, nbytes = locate.inner(lay, i)
+        crcs[i] = int.from_bytes(source.read(key, off + nbytes - 4, 4), "little")
+
+    if source.remote and len(crcs) > 1:  # a request each: keep several in flight
+        with ThreadPoolExecutor(16, thread_name_prefix="daskimg-table") as pool:
+            list(pool.map(one, range(len(crcs))))
+    else:
+        for i in range(len(crcs)):
+            one(i)
+    return encode_table(crcs)
 
 
 class _Pieces(ByteSource):

@@ -406,13 +406,7 @@ def _tables(loc: Location, target: Any, metas: dict[str, bytes]) -> dict[str, st
     """The chunk tables of what was written (:mod:`~daskimg.store.chunktable`)."""
     if isinstance(target, ZipBuilder):
         return target.tables(metas)
-    source = LocalDir(target) if isinstance(target, str) else loc.open()
-    try:
-        return read_tables(
-            source, str(target) if isinstance(target, str) else loc.target, metas, None
-        )
-    finally:
-        source.close()
+    return read_tables(LocalDir(target) if isinstance(target, str) else loc.open(), metas)
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -438,7 +438,9 @@ def publish(
         meta = json.loads(root.read_text())
         attrs = {**meta["attributes"]["daskimg"], "num_samples": rows}
         metas = {n: (store / n / "zarr.json").read_bytes() for n in names}
-        meta["attributes"]["daskimg"] = finish_attrs(attrs, metas, _tables(store, metas))
+        meta["attributes"]["daskimg"] = finish_attrs(
+            attrs, metas, read_tables(LocalDir(str(store)), metas)
+        )
     else:
         st = open_store(location)
         raw = st.reader.read_bytes("zarr.json") or b""
@@ -457,7 +459,7 @@ def publish(
         }
         new = {n: (store / n / "zarr.json").read_bytes() for n in names}
         metas.update(new)
-        tables.update(_tables(store, new))
+        tables.update(read_tables(LocalDir(str(store)), new))
         meta["attributes"]["daskimg"] = finish_attrs(old_attrs, metas, tables)
     write_json(root, meta)
     # what is about to be published: a resume after a kill from here on tells by this
@@ -472,15 +474,6 @@ def publish(
         _link_old_files(location.target, store, names)
         location.publish(str(store))
     remove_path(str(staging))
-
-
-def _tables(store: Path, metas: Mapping[str, bytes]) -> dict[str, str]:
-    """The chunk tables of the arrays ``metas`` written into the staging ``store``."""
-    source = LocalDir(str(store))
-    try:
-        return read_tables(source, str(store), metas, None)
-    finally:
-        source.close()
 
 
 def _link_old_files(old: str, new: Path, names: Sequence[str]) -> None:
