@@ -62,7 +62,16 @@ def parser() -> argparse.ArgumentParser:
         help="stored dtype (default: uint8 for images, the source's for volumes)",
     )
     ing.add_argument(
-        "--scheduler", default="threads", help="threads, processes or HOST:PORT of a dask scheduler"
+        "--scheduler",
+        default="auto",
+        help="auto (default: local image files decoded in worker processes, one per CPU), "
+        "threads, processes, sync, or HOST:PORT of a dask scheduler",
+    )
+    ing.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="worker processes (auto, processes) or threads on this machine (default: one per CPU)",
     )
     ing.add_argument(
         "--seed", type=int, default=0, help="seed of the split and of the shuffled order"
@@ -167,6 +176,16 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=0)
     _storage_options_arg(show)
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a positive whole number, got {text!r}")
+    return n
 
 
 def _codec(text: str) -> str:

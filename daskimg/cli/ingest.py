@@ -17,11 +17,16 @@ __all__ = ["convert", "ingest", "scheduler"]
 
 
 @contextlib.contextmanager
-def scheduler(spec: str) -> Iterator[None]:
+def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
+    """Run the body on ``spec``: ``auto`` (no scheduler chosen: ``to_zarr`` decodes local
+    files in worker processes, :mod:`daskimg.store.procpool`, the rest on threads),
+    ``threads``, ``processes``, ``sync``, or ``HOST:PORT`` of a dask scheduler;
+    ``workers``: processes or threads on this machine (dask's ``num_workers``)."""
     import dask
 
-    if spec in ("threads", "processes", "sync"):
-        with dask.config.set(scheduler=spec):
+    local = {} if workers is None else {"num_workers": workers}
+    if spec in ("auto", "threads", "processes", "sync"):
+        with dask.config.set(local if spec == "auto" else {"scheduler": spec, **local}):
             yield
         return
     from distributed import Client
@@ -100,7 +105,7 @@ def ingest(args: argparse.Namespace) -> int:
             "them once this run has written its stores, or write to another OUT"
         )
     rows = []
-    with scheduler(args.scheduler):
+    with scheduler(args.scheduler, args.workers):
         for name, part in parts.items():
             if len(part) == 0:
                 continue

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .scratch import scratch
 
-__all__ = ["compiled", "resize_into", "rgb_to_l"]
+__all__ = ["compiled", "resize_into", "rgb_to_l", "warm"]
 
 _PRECISION_BITS: Final = 32 - 8 - 2  # Pillow's fixed point for 8-bit images (Resample.c)
 #: how Pillow orders its two passes: always the horizontal first (Pillow 11, 12), or the
@@ -115,6 +115,12 @@ _PROBES: Final = (
     ((17, 29, 3), (2.5, 1.25, 27.0, 16.5), (7, 30)),
     ((9, 8, 1), (0.0, 0.0, 8.0, 9.0), (20, 13)),
 )
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) the kernels and choose their pass order now: a
+    process about to fork its decode workers does it once for all of them."""
+    _order()
 
 
 @functools.cache

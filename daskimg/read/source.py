@@ -409,14 +409,18 @@ def block_arrays(
     remote: RemoteFiles | None = None,
     *,
     out: np.ndarray | None = None,
+    skip: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Decode a block (a bad file raises) into every array of :meth:`FileSource.to_dask_arrays`.
+    """Decode a block into every array of :meth:`FileSource.to_dask_arrays`: a bad file
+    raises, or with ``skip`` leaves its rows zero and ``ok`` (then returned too) False.
 
     The arguments are one item of :meth:`FileSource.block_args`; ``out`` as for
     :func:`decode_rows`.
     """
-    rows = decode_rows(paths, spec, masks, mask_dtype, False, remote, out=out)
+    rows = decode_rows(paths, spec, masks, mask_dtype, skip, remote, out=out)
     arrays = {"images": rows.images, "source_size": rows.source_size}
+    if skip:
+        arrays["ok"] = rows.ok
     if rows.masks is not None:
         arrays["masks"] = rows.masks
     for name, src in boxes.items():

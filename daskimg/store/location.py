@@ -318,13 +318,33 @@ class Location:
             )
 
 
+#: the descriptors of the write locks this process holds (see :func:`_drop_locks`)
+_HELD: set[int] = set()
+
+
+def _drop_locks() -> None:
+    """In a child forked while this process holds write locks (``to_zarr``'s decode workers,
+    a DataLoader's workers): close its copies of their descriptors. A lock taken with
+    ``flock`` belongs to the open file, which a fork shares; a child still holding a copy
+    would keep the lock after its parent was killed, and the next writer would be refused."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks)
+
+
 @contextlib.contextmanager
 def write_lock(path: str) -> Iterator[None]:
     """Hold ``<path>.lock`` exclusively; a second writer on the same path is refused.
 
     The OS releases the lock when its holder dies, so a killed writer never blocks the
-    next one. Only the holder removes the file, and a lock taken on a file that was
-    removed meanwhile is not trusted (the path must still name the locked file).
+    next one (a forked child closes its copy at once, :func:`_drop_locks`). Only the
+    holder removes the file, and a lock taken on a file that was removed meanwhile is not
+    trusted (the path must still name the locked file).
     """
     lock_path = path + ".lock"
     while True:
@@ -362,8 +382,10 @@ def write_lock(path: str) -> Iterator[None]:
                 f"writing the lock {lock_path!r} failed ({e.strerror}); nothing else "
                 "was written — make room or fix the permissions there, and run again",
             ) from e
+        _HELD.add(fd)
         yield
     finally:
+        _HELD.discard(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_path)  # still holding the lock, so nobody else owns this file
         os.close(fd)

@@ -31,6 +31,7 @@ from .encode import Chunk, ShardEncoder
 __all__ = [
     "FolderWriter",
     "ShardAssembler",
+    "decode_encode",
     "encoded_chunks",
     "fused_chunks",
     "fused_writes",
@@ -65,7 +66,7 @@ def fused_chunks(
     process). Fresh pages for every decoded chunk cost about as much as the compression
     (the kernel zeroes each one)."""
     name = f"decode-encode-{token}-{int(portable)}"
-    task, given = dask.delayed(_decode_encode, pure=True), Given((dict(encoders), portable))
+    task, given = dask.delayed(decode_encode, pure=True), Given((dict(encoders), portable))
     return [task(Given(args), given, dask_key_name=(name, i)) for i, args in enumerate(blocks)]
 
 
@@ -149,7 +150,10 @@ class ShardAssembler:
             raise RuntimeError(f"array {name!r}: shard {k} got only chunks {sorted(have)}")
 
 
-def _decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
+def decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
+    """The task of :func:`fused_chunks`: decode one chunk's files (``block``: its
+    :func:`block_arrays` arguments) and encode each array (``given``: the encoders, and
+    whether the result goes to another process)."""
     args: tuple[Any, ...] = block.value
     encoders: dict[str, ShardEncoder]
     encoders, portable = given.value

@@ -14,9 +14,10 @@ import functools
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ from .format import (
     root_attrs,
 )
 from .location import Location
+from .procpool import decoded_blocks, workers_for, write_chunks
 from .shardwrite import (
     FolderWriter,
     ShardAssembler,
@@ -446,6 +448,7 @@ def write_arrays(
     pending: dict[str, Any] = dict(ds.arrays)
     writes: list[Any] = []
     streams: list[tuple[list[Any], list[tuple[str | None, ShardEncoder]]]] = []
+    forked: tuple[int, list[tuple[Any, ...]], dict[str, ShardEncoder]] | None = None
     files = ds.row_source
     if isinstance(files, FileSource):
         # the arrays that are the files' own (not arrays put in their place) are made by
@@ -459,7 +462,10 @@ def write_arrays(
         if "images" in own and all(k in encoders for k in own):
             token = tokenize(default["images"].name, chunk_len, [encoders[k] for k in own])
             blocks, fused = files.block_args(chunk_len), {k: encoders[k] for k in own}
-            if streamed:
+            workers = 0 if client is not None else workers_for(files, len(blocks))
+            if workers:  # in worker processes of this machine (procpool)
+                forked = (workers, blocks, fused)
+            elif streamed:
                 chunks = fused_chunks(blocks, fused, token, portable=True)
                 streams.append((chunks, list(fused.items())))
             else:
@@ -498,9 +504,14 @@ def write_arrays(
             for arr, dst in zip(sources, targets, strict=True):  # no encoder: strings, rare
                 _write_numpy(dst, compute_collections(arr, progress=False)[0])
         else:
+            if forked is not None:
+                assert put is not None
+                workers, blocks, fused = forked
+                bar = _progress(len(blocks), progress, unit="chunk")
+                write_chunks(workers, blocks, fused, put, bar=bar)
             compute_collections(
                 writes, da.store(sources, cast(Any, targets), lock=False, compute=False),
-                progress=progress,
+                progress=progress and forked is None,
             )  # fmt: skip
         for f in done:
             f.result()
@@ -679,38 +690,37 @@ def _write_skipping(
     ok_all: list[np.ndarray] = []
     fill = written = 0
     blocks = len(pixels.chunks[0])
-    window = max(2, 2 * (os.cpu_count() or 1))
     bar = _progress(blocks, progress)
-
-    def decode(start: int) -> tuple[Any, ...]:
-        todo = range(start, min(start + window, blocks))
-        return compute_collections(
-            *[(ok_mask.blocks[i], *(a.blocks[i] for a in lazy.values())) for i in todo],
-            progress=False,
+    # only the files' own arrays: decoded in worker processes when to_zarr would be
+    own = set(lazy) <= {"images", *files.derived} and _active_client() is None
+    workers = workers_for(files, blocks) if own and put is not None else 0
+    if workers:
+        size = sum(math.prod(v.shape[1:]) * v.dtype.itemsize * chunk_len for v in lazy.values())
+        decoded: Generator[Any, None, None] = decoded_blocks(
+            workers, files.block_args(chunk_len), size + 4096
         )
-
-    # the next window decodes while this one's good rows are copied, encoded and written
-    with ThreadPoolExecutor(1, thread_name_prefix="daskimg-decode") as ahead:
-        following = ahead.submit(decode, 0) if blocks else None
-        for start in range(0, blocks, window):
-            assert following is not None
-            parts = following.result()
-            following = ahead.submit(decode, start + window) if start + window < blocks else None
-            for ok, *values in parts:
-                good = np.flatnonzero(ok)
-                ok_all.append(np.asarray(ok, dtype=bool))
-                pos = 0
-                while pos < len(good):
-                    take = good[pos : pos + shard_len - fill]
-                    for buf, block in zip(bufs.values(), values, strict=True):
-                        buf[fill : fill + len(take)] = np.asarray(block)[take]
-                    fill += len(take)
-                    pos += len(take)
-                    if fill == shard_len:
-                        for name, buf in bufs.items():
-                            write(name, written, buf)
-                        written, fill = written + shard_len, 0
-                bar(1)
+        names = list(lazy)
+        parts: Iterator[tuple[Any, ...]] = (
+            (arrays["ok"], *(arrays[k] for k in names)) for arrays in decoded
+        )
+    else:
+        decoded = parts = _decoded_windows(ok_mask, list(lazy.values()), blocks)
+    with contextlib.closing(decoded):  # stop the decoding at once if writing fails
+        for ok, *values in parts:
+            good = np.flatnonzero(ok)
+            ok_all.append(np.asarray(ok, dtype=bool))
+            pos = 0
+            while pos < len(good):
+                take = good[pos : pos + shard_len - fill]
+                for buf, block in zip(bufs.values(), values, strict=True):
+                    buf[fill : fill + len(take)] = np.asarray(block)[take]
+                fill += len(take)
+                pos += len(take)
+                if fill == shard_len:
+                    for name, buf in bufs.items():
+                        write(name, written, buf)
+                    written, fill = written + shard_len, 0
+            bar(1)
     ok = np.concatenate(ok_all) if ok_all else np.zeros(0, bool)
     good = skipped_rows(ds, ok, attrs)
     total = written + fill
@@ -722,6 +732,30 @@ def _write_skipping(
             write(name, written, buf[:fill])
     for name, values in small.items():
         _write_numpy(dest[name], values[good])
+
+
+def _decoded_windows(
+    ok_mask: da.Array, lazy: list[da.Array], blocks: int
+) -> Generator[tuple[Any, ...], None, None]:
+    """Each block's ``(ok, *arrays)``, in order, computed a window of blocks at a time (in
+    parallel, by the active scheduler); the next window decodes while the caller copies,
+    encodes and writes this one's good rows."""
+    window = max(2, 2 * (os.cpu_count() or 1))
+
+    def decode(start: int) -> tuple[Any, ...]:
+        todo = range(start, min(start + window, blocks))
+        return compute_collections(
+            *[(ok_mask.blocks[i], *(a.blocks[i] for a in lazy)) for i in todo],
+            progress=False,
+        )
+
+    with ThreadPoolExecutor(1, thread_name_prefix="daskimg-decode") as ahead:
+        following = ahead.submit(decode, 0) if blocks else None
+        for start in range(0, blocks, window):
+            assert following is not None
+            parts = following.result()
+            following = ahead.submit(decode, start + window) if start + window < blocks else None
+            yield from parts
 
 
 def _write_rows(arr: Any, start: int, rows: np.ndarray) -> None:
@@ -791,6 +825,8 @@ def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
 def _active_client() -> Any:
     if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
         return None  # a local scheduler was asked for explicitly
+    if "distributed" not in sys.modules:
+        return None  # no client without it (and importing it to ask costs ~1 s)
     try:
         from distributed import get_client
 

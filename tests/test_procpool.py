@@ -1,0 +1,292 @@
+"""to_zarr decoding in forked worker processes (daskimg.store.procpool): same store, errors
+named, nothing left behind when a worker or the writer dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import dask
+import numpy as np
+import pytest
+from conftest import plain_group
+from PIL import Image
+
+import daskimg as di
+import daskimg.store.procpool as procpool
+import daskimg.store.shardwrite as shardwrite
+import daskimg.store.write as write_mod
+from daskimg.errors import DaskImgError, DecodeError, IncompleteStoreError, StoreLockedError
+from daskimg.store.location import write_lock
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="worker processes are forked on Linux only"
+)
+
+
+@pytest.fixture
+def pids_seen(tmp_path, monkeypatch):
+    """Record the process that decodes each chunk (the patch is inherited by forked workers)."""
+    log = tmp_path / "pids.txt"
+    real = shardwrite.block_arrays
+
+    def spy(*args, **kwargs):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shardwrite, "block_arrays", spy)
+    return lambda: [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
+def _arrays(path):
+    g = plain_group(path)
+    return {k: np.asarray(g[k][...]) for k in g.array_keys()}
+
+
+def test_default_write_uses_worker_processes_and_matches_in_process(
+    image_folder, tmp_path, pids_seen
+):
+    ds = di.from_folder(image_folder, size=(32, 40))
+    with dask.config.set(num_workers=2):
+        forked = di.to_zarr(ds, tmp_path / "forked.zarr.zip", chunks=4)
+    workers = set(pids_seen())
+    assert workers and os.getpid() not in workers  # every chunk decoded in another process
+    with dask.config.set(scheduler="sync"):
+        here = di.to_zarr(ds, tmp_path / "here.zarr.zip", chunks=4)
+    assert os.getpid() in set(pids_seen())
+    a, b = _arrays(forked), _arrays(here)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # and the pixels are Pillow's decode of each file (no resize: same size)
+    store = di.open_zarr(forked)
+    for i, p in enumerate(store.paths):
+        want = np.asarray(Image.open(image_folder / p).convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(store.images[i]), want, err_msg=p)
+
+
+def test_folder_store_and_masks_from_workers(tmp_path, pids_seen):
+    root, masks = tmp_path / "src", tmp_path / "masks"
+    files = di.testing.make_image_folder(root, n=20, size=(16, 12), classes=("a",))
+    for i, f in enumerate(sorted(files)):
+        m = (np.arange(16 * 12).reshape(16, 12) + i) % 3
+        (masks / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m.astype(np.uint8)).save(masks / "a" / f"{f.stem}.png")
+    ds = di.from_folder(root, size=(16, 12), masks=masks)
+    with dask.config.set(num_workers=2):
+        out = di.to_zarr(ds, tmp_path / "m.zarr", chunks=3, order="source")
+    assert os.getpid() not in set(pids_seen())
+    got = _arrays(out)
+    paths = list(di.open_zarr(out).paths)
+    assert len(paths) == 20
+    for i, rel in enumerate(paths):
+        f = root / rel
+        want_mask = np.asarray(Image.open(masks / "a" / f"{f.stem}.png"))
+        np.testing.assert_array_equal(got["masks"][i], want_mask, err_msg=rel)
+        np.testing.assert_array_equal(
+            got["images"][i], np.asarray(Image.open(f).convert("RGB")), err_msg=rel
+        )
+
+
+def test_explicit_scheduler_or_one_worker_stays_in_this_process(image_folder, tmp_path, pids_seen):
+    ds = di.from_folder(image_folder, size=(32, 40))
+    with dask.config.set(scheduler="threads"):
+        di.to_zarr(ds, tmp_path / "t.zarr.zip", chunks=4)
+    with dask.config.set(num_workers=1):
+        di.to_zarr(ds, tmp_path / "one.zarr.zip", chunks=4)
+    assert set(pids_seen()) == {os.getpid()}
+
+
+def test_bad_file_in_a_worker_is_named_and_nothing_is_left(image_folder, tmp_path):
+    bad = image_folder / "bee" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    out = tmp_path / "x.zarr.zip"
+    with dask.config.set(num_workers=2), pytest.raises(DecodeError, match=r"broken\.png"):
+        di.to_zarr(di.from_folder(image_folder, size=(32, 40)), out, chunks=4)
+    assert sorted(os.listdir(tmp_path)) == ["src"]  # no store, no staging, no lock
+
+
+def test_skipping_bad_files_in_workers_matches_in_process(image_folder, tmp_path, pids_seen):
+    for i, name in enumerate(["ant/broken.png", "cat/zz_empty.png", "bee/bad.jpg"]):
+        (image_folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (40 * i))
+    ds = di.from_folder(image_folder, size=(32, 40), on_error="skip")
+    with dask.config.set(num_workers=2):
+        forked = di.to_zarr(ds, tmp_path / "f.zarr.zip", chunks=4)
+    assert os.getpid() not in set(pids_seen())
+    with dask.config.set(scheduler="sync"):
+        here = di.to_zarr(ds, tmp_path / "h.zarr.zip", chunks=4)
+    a, b = _arrays(forked), _arrays(here)
+    assert a.keys() == b.keys() and len(a["images"]) == 24
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    store = di.open_zarr(forked)
+    assert sorted(p for p, _ in store.skipped) == [
+        "ant/broken.png",
+        "bee/bad.jpg",
+        "cat/zz_empty.png",
+    ]
+    for i, p in enumerate(store.paths):
+        want = np.asarray(Image.open(image_folder / p).convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(store.images[i]), want, err_msg=p)
+
+
+def test_a_worker_that_dies_fails_the_write_naming_its_files(image_folder, tmp_path, monkeypatch):
+    ds = di.from_folder(image_folder, size=(32, 40))
+    victim = str(ds.row_source.paths[13])  # a file of the 4th chunk (order="source")
+    real = shardwrite.block_arrays
+
+    def crash(paths, *args, **kwargs):
+        if victim in [str(p) for p in paths]:
+            os._exit(7)  # as a decoder crash or the OOM killer would
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(shardwrite, "block_arrays", crash)
+    out = tmp_path / "x.zarr.zip"
+    with dask.config.set(num_workers=2), pytest.raises(DaskImgError, match="worker process") as e:
+        di.to_zarr(ds, out, chunks=4, order="source")
+    first, last = (str(p) for p in ds.row_source.paths[12:16:3])
+    assert f"{first} .. {last}" in str(e.value)  # the dead worker's chunk is among those named
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+    monkeypatch.setattr(shardwrite, "block_arrays", real)
+    with dask.config.set(num_workers=2):
+        di.to_zarr(ds, out, chunks=4)  # the lock is free, the next write works
+    assert len(di.open_zarr(out)) == 24
+
+
+def test_forked_child_does_not_keep_the_write_lock(tmp_path):
+    """A child forked while a write holds the lock (a decode worker) closes its copy: when
+    the writer is killed, the next writer gets the lock although the child lives on."""
+    target = str(tmp_path / "x.zarr.zip")
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from daskimg.store.location import write_lock
+        with write_lock({target!r}):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            print(pid, flush=True)
+            time.sleep(60)
+        """
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(writer.stdout.readline())
+    try:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        os.kill(child, 0)  # the child still runs
+        with write_lock(target):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+_KILLED_WRITER = """
+import json, os, sys, time
+import dask
+import daskimg as di
+import daskimg.store.shardwrite as sw
+
+log, src, out = sys.argv[1:]
+real = sw.block_arrays
+
+def slow(*a, **k):
+    with open(log, "a") as fh:
+        fh.write(json.dumps(os.getpid()) + "\\n")
+    time.sleep(60)
+    return real(*a, **k)
+
+sw.block_arrays = slow
+with dask.config.set(num_workers=2):
+    di.to_zarr(di.from_folder(src, size=(32, 40)), out, chunks=4)
+"""
+
+
+def test_killed_writer_leaves_no_workers_no_lock_and_no_store(image_folder, tmp_path):
+    log, out = tmp_path / "pids.txt", tmp_path / "x.zarr.zip"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(log), str(image_folder), str(out)]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and len(log.read_text().split()) >= 2):
+            assert time.monotonic() < deadline and writer.poll() is None
+            time.sleep(0.05)
+        workers = [json.loads(x) for x in log.read_text().split()]
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        deadline = time.monotonic() + 10
+        for pid in workers:  # each exits when its parent is gone
+            while _alive(pid):
+                assert time.monotonic() < deadline, f"worker {pid} outlived the killed writer"
+                time.sleep(0.05)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    with pytest.raises(IncompleteStoreError, match="never finished"):
+        di.open_zarr(out)
+    with write_lock(str(out)):  # free
+        pass
+    with dask.config.set(num_workers=2):
+        di.to_zarr(di.from_folder(image_folder, size=(32, 40)), out, chunks=4)
+    assert len(di.open_zarr(out)) == 24
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_lock_is_held_during_a_forked_write(image_folder, tmp_path, monkeypatch):
+    """The parent still holds the lock while its workers decode (they only drop copies)."""
+    out = str(tmp_path / "x.zarr.zip")
+    seen = []
+    real = procpool.write_chunks
+
+    def check(*args, **kwargs):
+        with pytest.raises(StoreLockedError), write_lock(out):
+            pass
+        seen.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(write_mod, "write_chunks", check)
+    with dask.config.set(num_workers=2):
+        di.to_zarr(di.from_folder(image_folder, size=(32, 40)), out, chunks=4)
+    assert seen == [True]
+
+
+def test_cli_ingest_decodes_in_workers_unless_told_otherwise(image_folder, tmp_path, pids_seen):
+    from daskimg.cli import main
+
+    args = ["ingest", str(image_folder), str(tmp_path / "a"), "--size", "32", "40"]
+    assert main([*args, "--chunk", "2", "--workers", "2", "--valid", "0", "--test", "0"]) == 0
+    assert os.getpid() not in set(pids_seen())
+    forked = _arrays(tmp_path / "a" / "train.zarr.zip")
+    args[2] = str(tmp_path / "b")
+    flags = ["--chunk", "2", "--scheduler", "threads", "--valid", "0", "--test", "0"]
+    assert main([*args, *flags]) == 0
+    assert os.getpid() in set(pids_seen())
+    threaded = _arrays(tmp_path / "b" / "train.zarr.zip")
+    for k in forked:
+        np.testing.assert_array_equal(forked[k], threaded[k], err_msg=k)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two"])
+def test_cli_workers_must_be_positive(image_folder, tmp_path, bad, capsys):
+    from daskimg.cli import main
+
+    with pytest.raises(SystemExit):
+        main(
+            ["ingest", str(image_folder), str(tmp_path / "o"), "--size", "8", "8", "--workers", bad]
+        )
+    assert "--workers" in capsys.readouterr().err
