@@ -112,13 +112,19 @@ def test_bad_file_in_a_worker_is_named_and_nothing_is_left(image_folder, tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["src"]  # no store, no staging, no lock
 
 
-def test_skipping_bad_files_in_workers_matches_in_process(image_folder, tmp_path, pids_seen):
+def test_skipping_bad_files_in_workers_matches_in_process(
+    image_folder, tmp_path, pids_seen, caplog
+):
     for i, name in enumerate(["ant/broken.png", "cat/zz_empty.png", "bee/bad.jpg"]):
         (image_folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (40 * i))
     ds = di.from_folder(image_folder, size=(32, 40), on_error="skip")
-    with dask.config.set(num_workers=2):
+    with dask.config.set(num_workers=2), caplog.at_level("WARNING", logger="daskimg"):
         forked = di.to_zarr(ds, tmp_path / "f.zarr.zip", chunks=4)
     assert os.getpid() not in set(pids_seen())
+    # what the workers logged reaches this process's handlers
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name == "daskimg")
+    for name in ("broken.png", "zz_empty.png", "bad.jpg"):
+        assert "skipping" in logged and name in logged
     with dask.config.set(scheduler="sync"):
         here = di.to_zarr(ds, tmp_path / "h.zarr.zip", chunks=4)
     a, b = _arrays(forked), _arrays(here)

@@ -34,7 +34,9 @@ the fork (Blosc is told to use no threads of its own; Python, glibc and numba re
 theirs). The children ignore Ctrl-C (this process stops them), exit when this process
 dies (a thread waits on its end of the pipe to the parent), and close their copy of the
 store's write lock at once (:func:`daskimg.store.location.write_lock`), so a killed
-writer never leaves the lock held by its workers. A worker that dies (killed for
+writer never leaves the lock held by its workers. What a worker logs (a file skipped)
+comes back with its task's result and is logged by this process, to its handlers (a
+notebook's, pytest's), not to the worker's copies of them. A worker that dies (killed for
 memory, a crash in a decoder) fails the write with an error naming the files in flight;
 what was written is removed as for any failed write.
 """
@@ -42,6 +44,7 @@ what was written is removed as for any failed write.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import mmap
 import multiprocessing
@@ -62,7 +65,7 @@ from dask.system import CPU_COUNT
 from ..errors import DaskImgError
 from ..read.files import FileSource
 from ..read.source import block_arrays
-from .encode import Chunk, ShardEncoder
+from .encode import ShardEncoder
 from .shardwrite import Given, ShardAssembler, decode_encode
 
 __all__ = ["decoded_blocks", "workers_for", "write_chunks"]
@@ -76,6 +79,37 @@ _SMALL = 1 << 16
 #: set in each worker by :func:`_start_worker`: the encoders of the write, and the slots
 _ENCODERS: dict[str, ShardEncoder] = {}
 _SLOTS: list[mmap.mmap] = []
+
+#: the key of a task's result that holds what the worker logged
+_LOG = "\0log"
+
+logger = logging.getLogger("daskimg")
+
+
+class _Collect(logging.Handler):
+    """In a worker: keeps daskimg's log records (a file skipped, ...) for the parent, which
+    logs them to its own handlers (a notebook's, pytest's) — the worker's copies of those
+    handlers would write elsewhere or nowhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.kept.append((record.levelno, record.getMessage()))
+
+    def take(self) -> list[tuple[int, str]]:
+        kept, self.kept = self.kept, []
+        return kept
+
+
+_COLLECT = _Collect()
+
+
+def _relog(result: dict[str, Any]) -> None:
+    """Log here what a worker logged for this task."""
+    for level, message in result.pop(_LOG, ()):
+        logger.log(level, "%s", message)
 
 
 def workers_for(files: FileSource, num_chunks: int) -> int:
@@ -123,6 +157,7 @@ def write_chunks(
                     result = future.result()
                 except BrokenProcessPool:
                     raise _died(blocks, [c, *(c for c, _ in running.values())]) from None
+                _relog(result)
                 view = memoryview(slots[slot])
                 for name, enc in encoders.items():
                     body, crc = result[name]
@@ -164,6 +199,7 @@ def decoded_blocks(
                 result = future.result()
             except BrokenProcessPool:
                 raise _died(blocks, [c, *(c for _, c, _ in running)]) from None
+            _relog(result)
             yield {
                 k: v.array(slots[slot]) if isinstance(v, _InSlot) else v for k, v in result.items()
             }
@@ -239,6 +275,9 @@ def _start_worker(encoders: dict[str, ShardEncoder], slots: list[mmap.mmap]) -> 
         blosc.use_threads = False  # Blosc's own threads and the lock of its global context
     except ImportError:  # pragma: no cover - numcodecs is a dependency
         pass
+    worker_log = logging.getLogger("daskimg")
+    worker_log.handlers = [_COLLECT]  # the records go back with each task's result
+    worker_log.propagate = False
     _ENCODERS.clear()
     _ENCODERS.update(encoders)
     _SLOTS[:] = slots  # shared with the parent: mapped before the fork
@@ -257,10 +296,10 @@ def _exit_with(sentinel: int) -> None:
     os._exit(1)
 
 
-def _chunk(args: tuple[Any, ...], slot: int) -> dict[str, Chunk]:
+def _chunk(args: tuple[Any, ...], slot: int) -> dict[str, Any]:
     """Decode and encode one chunk; put its large bodies into ``slot``, the rest returned."""
     encoded = decode_encode(Given(args), Given((_ENCODERS, False)))
-    out: dict[str, Chunk] = {}
+    out: dict[str, Any] = {_LOG: _COLLECT.take()}
     view = memoryview(_SLOTS[slot])
     at = 0
     for name, (body, crc) in encoded.items():
@@ -285,9 +324,9 @@ def _block(args: tuple[Any, ...], slot: int) -> dict[str, Any]:
     images = np.frombuffer(view, dtype, math.prod(shape)).reshape(shape)
     arrays = block_arrays(*args, out=images, skip=True)
     at = images.nbytes
-    out: dict[str, Any] = {"images": _InSlot(0, at, dtype.str, shape)}
+    out: dict[str, Any] = {"images": _InSlot(0, at, dtype.str, shape), _LOG: _COLLECT.take()}
     for name, values in arrays.items():
-        if name == "images":
+        if name == "images" or name == _LOG:
             continue
         values = np.ascontiguousarray(values)
         if values.nbytes >= _SMALL and at + values.nbytes <= len(view):
