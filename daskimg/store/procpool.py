@@ -52,6 +52,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -212,12 +213,19 @@ def decoded_blocks(
 
 
 def _pool(workers: int, encoders: dict[str, ShardEncoder], slots: list[mmap.mmap]) -> Any:
-    return ProcessPoolExecutor(
+    """The workers, forked now (the first task starts them all)."""
+    pool = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start_worker,
         initargs=(encoders, slots),
     )
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about every fork of a process with threads; why this one is
+        # safe is in the module's docstring
+        warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
+        pool.submit(int).result()
+    return pool
 
 
 class _InSlot:
