@@ -23,6 +23,7 @@ import daskimg.store.shardwrite as shardwrite
 import daskimg.store.write as write_mod
 from daskimg.errors import DaskImgError, DecodeError, IncompleteStoreError, StoreLockedError
 from daskimg.store.location import write_lock
+from daskimg.store.zipbuild import ZipBuilder
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="worker processes are forked on Linux only"
@@ -296,3 +297,114 @@ def test_cli_workers_must_be_positive(image_folder, tmp_path, bad, capsys):
             ["ingest", str(image_folder), str(tmp_path / "o"), "--size", "8", "8", "--workers", bad]
         )
     assert "--workers" in capsys.readouterr().err
+
+
+def test_skip_keeps_each_blocks_ok_when_slots_are_reused(tmp_path, monkeypatch):
+    """``ok`` (which rows decoded) is copied before its slot is reused: put in a slot and
+    overwritten by a later block's masks, bad files were stored (review finding)."""
+    monkeypatch.setattr(procpool, "_SMALL", 1)  # every array through the slots
+    root, masks = tmp_path / "src", tmp_path / "masks"
+    files = di.testing.make_image_folder(root, n=24, size=(16, 12), classes=("a",))
+    (masks / "a").mkdir(parents=True)
+    for f in files:
+        Image.fromarray(np.full((16, 12), len(f.stem) % 5, np.uint8)).save(
+            masks / "a" / f"{f.stem}.png"
+        )
+    for name in ("a/0_bad1.png", "a/0_bad2.png"):  # first in the sorted order: chunk 0
+        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+        Image.fromarray(np.zeros((16, 12), np.uint8)).save(masks / name)
+    ds = di.from_folder(root, size=(16, 12), masks=masks, on_error="skip")
+    with dask.config.set(num_workers=2):
+        forked = di.to_zarr(ds, tmp_path / "f.zarr.zip", chunks=3, order="source")
+    with dask.config.set(scheduler="sync"):
+        here = di.to_zarr(ds, tmp_path / "h.zarr.zip", chunks=3, order="source")
+    a, b = _arrays(forked), _arrays(here)
+    assert len(a["images"]) == 24 and not any("bad" in str(p) for p in a["paths"])
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+_FORK_WHILE_DECODING = """
+import sys, threading, time
+import dask
+import daskimg as di
+from daskimg.read import fileio
+
+src, out = sys.argv[1:]
+held = threading.Event()
+
+def hold():  # another thread of the program inside a decode when to_zarr forks
+    with fileio.WARNINGS_LOCK:
+        held.set()
+        time.sleep(1.5)
+
+threading.Thread(target=hold).start()
+held.wait()
+with dask.config.set(num_workers=2):
+    di.to_zarr(di.from_folder(src, size=(32, 40)), out, chunks=4)
+print(len(di.open_zarr(out)))
+"""
+
+
+def test_fork_while_another_thread_decodes_does_not_hang(image_folder, tmp_path):
+    out = str(tmp_path / "x.zarr.zip")
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_DECODING, str(image_folder), out],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["24"]
+
+
+def test_an_error_stops_the_workers_at_once_and_is_the_error_raised(
+    image_folder, tmp_path, monkeypatch
+):
+    """A write that fails (a full disk) raises its own error, not one from closing the
+    slots, and does not wait for the chunks the workers are decoding."""
+    real = shardwrite.block_arrays
+    first = str(di.from_folder(image_folder, size=(32, 40)).row_source.paths[0])
+
+    def slow(paths, *args, **kwargs):
+        if first not in [str(p) for p in paths]:
+            time.sleep(60)  # every chunk but the first
+        return real(paths, *args, **kwargs)
+
+    def full(self, key, pieces):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shardwrite, "block_arrays", slow)
+    monkeypatch.setattr(ZipBuilder, "put", full)
+    t = time.monotonic()
+    with dask.config.set(num_workers=2), pytest.raises(OSError, match="No space left") as e:
+        di.to_zarr(di.from_folder(image_folder, size=(32, 40)), tmp_path / "x.zarr.zip",
+                   chunks=4, shard_chunks=1, order="source")  # fmt: skip
+    assert not isinstance(e.value, BufferError)
+    assert time.monotonic() - t < 40  # not the 60 s a decoding worker would take
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_workers_that_cannot_start_are_an_error_and_nothing_waits(
+    image_folder, tmp_path, monkeypatch
+):
+    import multiprocessing
+
+    real, calls = os.fork, []
+
+    def second_fails():
+        calls.append(1)
+        if len(calls) == 2:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real()
+
+    monkeypatch.setattr(os, "fork", second_fails)
+    with (
+        dask.config.set(num_workers=2),
+        pytest.raises(DaskImgError, match="could not start 2 worker processes"),
+    ):
+        di.to_zarr(di.from_folder(image_folder, size=(32, 40)), tmp_path / "x.zarr.zip", chunks=4)
+    monkeypatch.setattr(os, "fork", real)
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children():  # the one that started exits
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert sorted(os.listdir(tmp_path)) == ["src"]

@@ -8,6 +8,7 @@ them names the file and says what to do in the same words.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import threading
 import warnings
@@ -59,6 +60,24 @@ WARNINGS_LOCK: Final = threading.Lock()
 _STRICT_LOCK = threading.Lock()
 _strict_users = 0
 _user_setting = False
+
+
+def _take_locks() -> None:
+    WARNINGS_LOCK.acquire()
+    _STRICT_LOCK.acquire()
+
+
+def _give_locks() -> None:
+    _STRICT_LOCK.release()
+    WARNINGS_LOCK.release()
+
+
+# A process forked while another of its threads decodes (to_zarr's decode workers,
+# store/procpool.py) would get these locks held by a thread it does not have, and its
+# first decode would wait for ever: the fork waits until they are free, and both sides
+# get them free.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_take_locks, after_in_parent=_give_locks, after_in_child=_give_locks)
 
 
 @contextmanager

@@ -80,6 +80,7 @@ _SMALL = 1 << 16
 #: set in each worker by :func:`_start_worker`: the encoders of the write, and the slots
 _ENCODERS: dict[str, ShardEncoder] = {}
 _SLOTS: list[mmap.mmap] = []
+_BLOCKS: list[tuple[Any, ...]] = []
 
 #: the key of a task's result that holds what the worker logged
 _LOG = "\0log"
@@ -135,44 +136,31 @@ def write_chunks(
     """Decode and encode each of ``blocks`` (one chunk's :func:`block_arrays` arguments each)
     in ``workers`` forked processes; write every shard of ``encoders``' arrays with ``put``
     (in this process) as soon as its chunks are in."""
-    _warm()
     # a slot holds a chunk's large bodies; a body that does not fit (a JPEG chunk larger
     # than its pixels) comes back pickled
     size = sum(_raw_bytes(enc) + 256 for enc in encoders.values())
-    slots = [mmap.mmap(-1, size) for _ in range(workers * _AHEAD)]
-    free = list(range(len(slots)))
-    pool = _pool(workers, dict(encoders), slots)
     shards = ShardAssembler(put)
-    running: dict[Any, tuple[int, int]] = {}
-    following = 0
-    try:
+    with _Workers(workers, blocks, size, dict(encoders)) as pool:
+        running: dict[Any, tuple[int, int]] = {}
+        following = 0
         while following < len(blocks) or running:
-            while following < len(blocks) and free:
-                slot = free.pop()
-                running[pool.submit(_chunk, blocks[following], slot)] = (following, slot)
+            while following < len(blocks) and pool.free:
+                slot = pool.free.pop()
+                running[pool.submit(_chunk, following, slot)] = (following, slot)
                 following += 1
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=running.__getitem__):
                 c, slot = running.pop(future)
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    raise _died(blocks, [c, *(c for c, _ in running.values())]) from None
-                _relog(result)
-                view = memoryview(slots[slot])
-                for name, enc in encoders.items():
-                    body, crc = result[name]
-                    if isinstance(body, _InSlot):  # copied out: the slot is reused at once
-                        body = bytes(view[body.start : body.stop])
-                    shards.add(enc, c, (body, crc))
-                view.release()
-                free.append(slot)
+                result = pool.result(future, c, [c for c, _ in running.values()])
+                with memoryview(pool.slots[slot]) as view:
+                    for name, enc in encoders.items():
+                        body, crc = result[name]
+                        if isinstance(body, _InSlot):  # copied out: the slot is reused
+                            body = bytes(view[body.start : body.stop])
+                        shards.add(enc, c, (body, crc))
+                pool.free.append(slot)
                 bar(1)
         shards.check_done()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        for m in slots:
-            m.close()
 
 
 def decoded_blocks(
@@ -180,52 +168,106 @@ def decoded_blocks(
 ) -> Generator[dict[str, np.ndarray], None, None]:
     """Decode ``blocks`` (:func:`block_arrays` arguments) in ``workers`` forked processes,
     a bad file leaving its rows zero and ``ok`` False (``on_error="skip"``); yield each
-    block's arrays in order. The images (and any array of 64 KiB or more) are decoded
-    into memory shared with the worker (``size`` bytes a block): a yielded array is valid
-    until the next one is asked for."""
-    _warm()
-    slots = [mmap.mmap(-1, size) for _ in range(workers * _AHEAD)]
-    free = list(range(len(slots)))
-    pool = _pool(workers, {}, slots)
-    running: deque[tuple[Any, int, int]] = deque()
-    following = 0
-    try:
+    block's arrays in order. The images (and any other array of 64 KiB or more but
+    ``ok``) are decoded into memory shared with the worker (``size`` bytes a block): a
+    yielded array is valid only until the next one is asked for (copy what you keep)."""
+    with _Workers(workers, blocks, size, {}) as pool:
+        running: deque[tuple[Any, int, int]] = deque()
+        following = 0
         while following < len(blocks) or running:
-            while following < len(blocks) and free:
-                slot = free.pop()
-                running.append((pool.submit(_block, blocks[following], slot), following, slot))
+            while following < len(blocks) and pool.free:
+                slot = pool.free.pop()
+                running.append((pool.submit(_block, following, slot), following, slot))
                 following += 1
             future, c, slot = running.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                raise _died(blocks, [c, *(c for _, c, _ in running)]) from None
-            _relog(result)
+            result = pool.result(future, c, [c for _, c, _ in running])
             yield {
-                k: v.array(slots[slot]) if isinstance(v, _InSlot) else v for k, v in result.items()
+                k: v.array(pool.slots[slot]) if isinstance(v, _InSlot) else v
+                for k, v in result.items()
             }
-            free.append(slot)  # the caller is done with this block's arrays
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        for m in slots:
-            with contextlib.suppress(BufferError):  # an array the caller still holds
-                m.close()  # (else freed with its last view)
+            pool.free.append(slot)  # the caller is done with this block's arrays
 
 
-def _pool(workers: int, encoders: dict[str, ShardEncoder], slots: list[mmap.mmap]) -> Any:
-    """The workers, forked now (the first task starts them all)."""
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_start_worker,
-        initargs=(encoders, slots),
-    )
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about every fork of a process with threads; why this one is
-        # safe is in the module's docstring
-        warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
-        pool.submit(int).result()
-    return pool
+class _Workers:
+    """The forked workers of one write, their slots, and how they are stopped.
+
+    On leaving (``with``) normally, the pool is shut down (its workers have nothing left
+    to do). After an error, Ctrl-C included, the workers are told to exit at once (this
+    process closes its end of the ``abort`` pipe, which each worker's watchdog thread
+    waits on) before the pool is shut down, so nothing waits on chunks being decoded: a
+    second Ctrl-C during a wait on the pool left the workers idle and the interpreter
+    joining them for ever.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        blocks: Sequence[tuple[Any, ...]],
+        size: int,
+        encoders: dict[str, ShardEncoder],
+    ) -> None:
+        _warm()
+        self.blocks = blocks
+        self.slots = [mmap.mmap(-1, size) for _ in range(workers * _AHEAD)]
+        self.free = list(range(len(self.slots)))
+        self._abort_r, self._abort_w = os.pipe()
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_worker,
+            initargs=(encoders, self.slots, blocks, self._abort_r, self._abort_w),
+        )
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about every fork of a process with threads; why this
+                # one is safe is in the module's docstring
+                warnings.filterwarnings(
+                    "ignore", r"This process .* is multi-threaded", DeprecationWarning
+                )
+                self._pool.submit(int).result()  # the first task forks them all, now
+        except BaseException as e:
+            self.close(aborted=True)
+            if isinstance(e, OSError | BrokenProcessPool):
+                raise DaskImgError(
+                    f"could not start {workers} worker processes to decode the images ({e}); "
+                    "give it fewer (dask.config.set(num_workers=1)) or decode in this "
+                    "process (dask.config.set(scheduler='threads'))"
+                ) from e
+            raise
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, kind: Any, *exc: object) -> None:
+        self.close(aborted=kind is not None)
+
+    def submit(self, fn: Callable[[int, int], Any], c: int, slot: int) -> Any:
+        """Chunk ``c`` (its index in the blocks) to a worker, with its slot."""
+        try:
+            return self._pool.submit(fn, c, slot)
+        except BrokenProcessPool:
+            raise _died(self.blocks, [c]) from None
+
+    def result(self, future: Any, c: int, others: list[int]) -> dict[str, Any]:
+        """The result of chunk ``c`` (``others``: the chunks still out, named if a worker
+        died); what the worker logged is logged here."""
+        try:
+            result: dict[str, Any] = future.result()
+        except BrokenProcessPool:
+            raise _died(self.blocks, [c, *others]) from None
+        _relog(result)
+        return result
+
+    def close(self, *, aborted: bool) -> None:
+        if aborted:
+            os.close(self._abort_w)  # every worker exits now
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if not aborted:
+            os.close(self._abort_w)
+        os.close(self._abort_r)
+        for m in self.slots:
+            with contextlib.suppress(BufferError):  # an array a caller still holds:
+                m.close()  # freed with its last view
 
 
 class _InSlot:
@@ -275,7 +317,14 @@ def _warm() -> None:
     warm()
 
 
-def _start_worker(encoders: dict[str, ShardEncoder], slots: list[mmap.mmap]) -> None:
+def _start_worker(
+    encoders: dict[str, ShardEncoder],
+    slots: list[mmap.mmap],
+    blocks: Sequence[tuple[Any, ...]],
+    abort_r: int,
+    abort_w: int,
+) -> None:
+    """Set a forked worker up (its arguments are inherited, not pickled)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which stops us
     try:
         from numcodecs import blosc
@@ -289,24 +338,25 @@ def _start_worker(encoders: dict[str, ShardEncoder], slots: list[mmap.mmap]) -> 
     _ENCODERS.clear()
     _ENCODERS.update(encoders)
     _SLOTS[:] = slots  # shared with the parent: mapped before the fork
+    _BLOCKS[:] = blocks
+    os.close(abort_w)  # only the parent's copy keeps the abort pipe open
     parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(
-            target=_exit_with, args=(parent.sentinel,), name="daskimg-parent", daemon=True
-        ).start()
+    waits = [abort_r] if parent is None else [abort_r, parent.sentinel]
+    threading.Thread(target=_exit_with, args=(waits,), name="daskimg-parent", daemon=True).start()
 
 
-def _exit_with(sentinel: int) -> None:
-    """Wait until the parent's end of our pipe closes (it exited or was killed); exit."""
+def _exit_with(waits: list[int]) -> None:
+    """Wait until the parent exits or is killed (its end of our pipe closes), or tells us
+    to stop (it closes the abort pipe); exit at once."""
     from multiprocessing.connection import wait as wait_for
 
-    wait_for([sentinel])
+    wait_for(waits)
     os._exit(1)
 
 
-def _chunk(args: tuple[Any, ...], slot: int) -> dict[str, Any]:
-    """Decode and encode one chunk; put its large bodies into ``slot``, the rest returned."""
-    encoded = decode_encode(Given(args), Given((_ENCODERS, False)))
+def _chunk(c: int, slot: int) -> dict[str, Any]:
+    """Decode and encode chunk ``c``; put its large bodies into ``slot``, the rest returned."""
+    encoded = decode_encode(Given(_BLOCKS[c]), Given((_ENCODERS, False)))
     out: dict[str, Any] = {_LOG: _COLLECT.take()}
     view = memoryview(_SLOTS[slot])
     at = 0
@@ -322,9 +372,10 @@ def _chunk(args: tuple[Any, ...], slot: int) -> dict[str, Any]:
     return out
 
 
-def _block(args: tuple[Any, ...], slot: int) -> dict[str, Any]:
-    """Decode one block, bad files skipped: its images into ``slot`` (and any other array
-    large enough after them), the rest returned."""
+def _block(c: int, slot: int) -> dict[str, Any]:
+    """Decode block ``c``, bad files skipped: its images into ``slot`` (and any other array
+    large enough after them but ``ok``, which the caller keeps), the rest returned."""
+    args = _BLOCKS[c]
     paths, spec = args[0], args[1]
     shape = (len(paths), *spec.sample_shape)
     dtype = np.dtype(spec.dtype)
@@ -334,10 +385,10 @@ def _block(args: tuple[Any, ...], slot: int) -> dict[str, Any]:
     at = images.nbytes
     out: dict[str, Any] = {"images": _InSlot(0, at, dtype.str, shape), _LOG: _COLLECT.take()}
     for name, values in arrays.items():
-        if name == "images" or name == _LOG:
+        if name == "images":
             continue
         values = np.ascontiguousarray(values)
-        if values.nbytes >= _SMALL and at + values.nbytes <= len(view):
+        if name != "ok" and values.nbytes >= _SMALL and at + values.nbytes <= len(view):
             view[at : at + values.nbytes] = values.reshape(-1).view(np.uint8).data
             out[name] = _InSlot(at, at + values.nbytes, values.dtype.str, values.shape)
             at += values.nbytes

@@ -708,7 +708,7 @@ def _write_skipping(
     with contextlib.closing(decoded):  # stop the decoding at once if writing fails
         for ok, *values in parts:
             good = np.flatnonzero(ok)
-            ok_all.append(np.asarray(ok, dtype=bool))
+            ok_all.append(np.array(ok, dtype=bool))  # a copy: ``ok`` may be a view
             pos = 0
             while pos < len(good):
                 take = good[pos : pos + shard_len - fill]
