@@ -286,9 +286,6 @@ class _InSlot:
     ) -> None:
         self.start, self.stop, self.dtype, self.shape = start, stop, dtype, shape
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_InSlot, (self.start, self.stop, self.dtype, self.shape))
-
     def array(self, slot: mmap.mmap) -> np.ndarray:
         """The array in ``slot`` (a view: no copy)."""
         dtype = np.dtype(self.dtype)
@@ -394,12 +391,12 @@ def _chunk(c: int, slot: int) -> dict[str, Any]:
     at = 0
     for name, (body, crc) in encoded.items():
         data = memoryview(body).cast("B")
-        if data.nbytes >= _SMALL and at + data.nbytes <= len(view):
-            view[at : at + data.nbytes] = data
-            out[name] = (_InSlot(at, at + data.nbytes), crc)
-            at += data.nbytes
-        else:
+        end = _into_slot(view, at, data)
+        if end is None:
             out[name] = (bytes(data), crc)
+        else:
+            out[name] = (_InSlot(at, end), crc)
+            at = end
     view.release()
     return out
 
@@ -420,10 +417,21 @@ def _block(c: int, slot: int) -> dict[str, Any]:
         if name == "images":
             continue
         values = np.ascontiguousarray(values)
-        if name != "ok" and values.nbytes >= _SMALL and at + values.nbytes <= len(view):
-            view[at : at + values.nbytes] = values.reshape(-1).view(np.uint8).data
-            out[name] = _InSlot(at, at + values.nbytes, values.dtype.str, values.shape)
-            at += values.nbytes
-        else:
+        # ok goes back pickled: the caller keeps it after the slot is reused
+        end = None if name == "ok" else _into_slot(view, at, values.reshape(-1).view(np.uint8).data)
+        if end is None:
             out[name] = values
+        else:
+            out[name] = _InSlot(at, end, values.dtype.str, values.shape)
+            at = end
     return out
+
+
+def _into_slot(view: memoryview, at: int, data: memoryview) -> int | None:
+    """Copy ``data`` into the slot ``view`` at ``at`` and return where it ends; None if it
+    is too small to be worth a slot (it goes back pickled) or does not fit."""
+    end = at + data.nbytes
+    if data.nbytes < _SMALL or end > len(view):
+        return None
+    view[at:end] = data
+    return end
