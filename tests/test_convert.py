@@ -282,6 +282,44 @@ def test_convert_carries_columns_and_boxes(tmp_path, arrays):
 
 
 @pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"images": "grp"}, r"'grp' is a group of HDF5 datasets \['x'\], not a dataset.*grp/x"),
+        ({"images": "one"}, r"dataset 'one' holds a single value \(shape \(\)\)"),
+        ({"labels": "one"}, r"dataset 'one' holds a single value"),
+        ({"labels": "grp"}, r"'grp' is a group"),
+        ({"columns": ["grp"]}, r"'grp' is a group"),
+        ({"columns": ["one"]}, r"dataset 'one' holds a single value"),
+        ({"boxes": ["empty"]}, r"'empty' is a group of HDF5 datasets \[\].*holds none"),
+    ],
+)
+def test_convert_names_an_hdf5_group_or_single_value_given_as_a_dataset(
+    tmp_path, arrays, kw, match
+):
+    # a group was an AttributeError or a bare TypeError from h5py ("Accessing a group is
+    # done with bytes or str"), a single value an IndexError or "len() of unsized object"
+    x, _ = arrays
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f.create_dataset("images", data=x)
+        f.create_dataset("one", data=3)
+        f.create_dataset("grp/x", data=np.zeros(len(x)))
+        f.create_group("empty")
+    with pytest.raises(ValueError, match=r"g\.h5'?: " + match):
+        open_array_set(tmp_path / "g.h5", **kw)
+    args = ["convert", str(tmp_path / "g.h5"), str(tmp_path / "o.zarr.zip")]
+    if "images" in kw:
+        assert main([*args, "--images", kw["images"]]) == 2
+    assert not (tmp_path / "o.zarr.zip").exists()
+
+
+def test_npz_labels_that_are_one_value_are_refused(tmp_path, arrays):
+    x, _ = arrays
+    np.savez(tmp_path / "s.npz", images=x, lab=np.int64(3))
+    with pytest.raises(ValueError, match=r"labels 'lab' hold a single value \(3\)"):
+        open_array_set(tmp_path / "s.npz", labels="lab")
+
+
+@pytest.mark.parametrize(
     ("values", "match"),
     [
         ((np.ones((3, 2, 2, 1)) * 1j).astype(np.complex64), "images of dtype complex64 cannot"),

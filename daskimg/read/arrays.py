@@ -320,19 +320,13 @@ def open_array_set(
         )
     if low.endswith((".h5", ".hdf5", ".he5")):
         with _h5py().File(path, "r") as f:
-            if images not in f:
-                raise KeyError(f"{path!r} has no dataset {images!r}; it has {sorted(f.keys())}")
-            dset = f[images]
+            dset = _dataset(f, path, images)
             shape, dtype = tuple(dset.shape), str(dset.dtype)
             chunk_rows = int(dset.chunks[0]) if dset.chunks else 1
             if labels is not None:
-                if labels not in f:
-                    raise KeyError(f"{path!r} has no dataset {labels!r}; it has {sorted(f.keys())}")
-                label_values = f[labels][...]
+                label_values = _dataset(f, path, labels)[...]
             for name in extra_names:
-                if name not in f:
-                    raise KeyError(f"{path!r} has no dataset {name!r}; it has {sorted(f.keys())}")
-                extra[name] = f[name][...]
+                extra[name] = _dataset(f, path, name)[...]
         source: Any = ArraySource(
             path, images, shape, dtype, np.arange(shape[0]), chunk_rows=chunk_rows
         )
@@ -377,12 +371,39 @@ def open_array_set(
     )
 
 
+def _dataset(f: Any, path: str, name: str) -> Any:
+    """The HDF5 dataset ``name`` of the open file ``f``: one value per image (or an image
+    per row), never a group or a single value."""
+    h5py = _h5py()
+    if name not in f:
+        raise KeyError(f"{path!r} has no dataset {name!r}; it has {sorted(f.keys())}")
+    node = f[name]
+    if isinstance(node, h5py.Group):
+        inside = sorted(node.keys())
+        hint = f", e.g. {name.rstrip('/')}/{inside[0]}" if inside else " (it holds none)"
+        raise ValueError(
+            f"{path!r}: {name!r} is a group of HDF5 datasets {inside[:8]}, not a dataset; "
+            f"name the dataset inside it{hint}"
+        )
+    if not isinstance(node, h5py.Dataset) or not node.shape:
+        raise ValueError(
+            f"{path!r}: dataset {name!r} holds a single value (shape {node.shape}), not one "
+            "row per image; name a dataset whose first axis runs over the images"
+        )
+    return node
+
+
 def _labels(
     values: Any, classes: Sequence[str], *, name: str = "labels"
 ) -> tuple[np.ndarray | None, Sequence[str]]:
     if values is None:
         return None, classes
-    values = np.asarray(values).reshape(len(values), -1)
+    values = np.asarray(values)
+    if values.ndim == 0:
+        raise ValueError(
+            f"labels {name!r} hold a single value ({values.item()!r}), not one per sample"
+        )
+    values = values.reshape(len(values), -1)
     if values.shape[1] != 1:
         raise ValueError(f"labels must be one per sample, got shape {values.shape}")
     values = values[:, 0]
