@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -576,3 +577,58 @@ def test_one_blank_mask_shared_by_several_rows_is_read_for_each(tmp_path):
     )
     got = ds.columns["masks"].compute()
     assert (got[0] == 2).all() and not got[1:].any()
+
+
+def _box_csv(tmp_path, rows):
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("path,x0,y0,x1,y1\n" + "".join(f"{p},{b}\n" for p, b in rows))
+    return csv
+
+
+@pytest.mark.parametrize(
+    ("box", "shown"),
+    [
+        ("40,2,50,12", "40, 2, 50, 12"),  # right of the picture
+        ("30,2,35,12", "30, 2, 35, 12"),  # from the right edge outwards: nothing inside
+        ("1,-9,10,-1", "1, -9, 10, -1"),  # above it
+        ("1,25,10,28", "1, 25, 10, 28"),  # in the frame of the stored, unrotated pixels
+    ],
+)
+@pytest.mark.parametrize("scheduler", [None, "threads"])
+def test_a_box_wholly_outside_its_image_is_an_error_naming_the_file(
+    tmp_path, box, shown, scheduler
+):
+    # it was stored as NaN: the box lost without a word (a box in another frame: the
+    # stored size, the picture before its EXIF rotation, another image's)
+    upright = make_object_image((20, 30), (1, 1, 5, 5))
+    upright.save(tmp_path / "a.png")
+    save_oriented(upright, tmp_path / "b.jpg", orientation=6)  # stored 20 wide, 30 high
+    upright.save(tmp_path / "c.png")
+    csv = _box_csv(tmp_path, [("a.png", "1,2,10,12"), ("b.jpg", box), ("c.png", "25,2,35,12")])
+    ds = di.from_csv(
+        csv,
+        root=tmp_path,
+        size=(20, 30),
+        label_column=None,
+        boxes={"bbox": ["x0", "y0", "x1", "y1"]},
+        chunks=1,
+        on_error="skip",  # a box is not a file that fails to decode: never skipped
+    )
+    match = rf"b\.jpg'?: box 'bbox' \({shown}\) lies wholly outside the image, which is 30 x 20"
+    with pytest.raises(ValueError, match=match):
+        ds.columns["bbox"].compute()
+    out = tmp_path / "o.zarr.zip"
+    chosen = dask.config.set(scheduler=scheduler) if scheduler else contextlib.nullcontext()
+    with chosen, pytest.raises(ValueError, match=match):
+        di.to_zarr(ds, out)
+    assert not out.exists()
+    # a box that only reaches past an edge is clipped to the picture, as before
+    _box_csv(tmp_path, [("a.png", "1,2,10,12"), ("b.jpg", "1,2,10,12"), ("c.png", "25,2,35,12")])
+    ds = di.from_csv(
+        csv, root=tmp_path, size=(20, 30), label_column=None, boxes={"b": ["x0", "y0", "x1", "y1"]}
+    )
+    di.to_zarr(ds, out, order="source", chunks=1)
+    import zarr
+
+    stored = zarr.open_group(zarr.storage.ZipStore(str(out), mode="r"), mode="r")["b"][...]
+    np.testing.assert_array_equal(stored, [[1, 2, 10, 12], [1, 2, 10, 12], [25, 2, 30, 12]])

@@ -11,7 +11,8 @@ them with exactly the geometry applied to the pixels (:mod:`daskimg.read.geometr
 ``resize="stretch"``, ``"crop"`` and ``"pad"`` (DCT draft scaling does not change it).
 A stored box is clipped to the part of the sample that holds the picture; a box with
 nothing left inside (cut away by ``"crop"``, or outside its image) becomes NaN in all four
-numbers. NaN boxes (a sample without one) stay NaN. :func:`to_source` maps stored boxes
+numbers. (Read from files, a box with nothing inside its source image is an error naming
+the file before it gets here: it was given in another frame.) NaN boxes (a sample without one) stay NaN. :func:`to_source` maps stored boxes
 back, given each sample's ``source_size``.
 """
 

@@ -90,7 +90,8 @@ def from_csv(
         They are moved into the stored image's pixel frame with exactly the geometry
         applied to the pixels (``resize`` and DCT draft scaling alike); a box cut by
         ``resize="crop"`` is clipped, and one wholly outside the stored picture becomes
-        NaN. Empty cells (all four) give a NaN box: a sample without one. The result is a
+        NaN; one with nothing inside its source image is an error naming the file (it
+        was given in another frame), also with ``on_error="skip"``. Empty cells (all four) give a NaN box: a sample without one. The result is a
         lazy ``(N, 4)`` float32 column named in ``ds.boxes``; :func:`daskimg.read.boxes.to_source`
         maps it back with the ``source_size`` column. See :mod:`daskimg.read.boxes`.
     mask_column

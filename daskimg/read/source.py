@@ -12,6 +12,7 @@ together — in one ``dask.compute``, or block by block — decodes each file on
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 from collections.abc import Iterator, Mapping, Sequence
@@ -209,10 +210,11 @@ class FileSource:
         )
         dec = f"imread-rows-{token}"
         extra = _extra(self)
+        path_blocks = [_paths_block(self.paths[s : s + block]) for s in starts]
         dec_layer: dict[Any, Any] = {
             (dec, i): (
                 decode_rows,
-                _paths_block(self.paths[s : s + block]),
+                path_blocks[i],
                 spec,
                 self._masks_block(s, block),
                 self.mask_dtype,
@@ -247,12 +249,13 @@ class FileSource:
                 f"boxes-{name}",
                 (4,),
                 np.float32,
-                lambda i, s, src=src: (
-                    _stored_boxes,
+                lambda i, s, src=src, name=name: (
+                    functools.partial(_stored_boxes, name),  # a str argument could be a key
                     src[s : s + block],
                     (dec, i),
                     spec.size,
                     spec.resize,
+                    path_blocks[i],
                 ),
             )
         if skip:
@@ -424,18 +427,55 @@ def block_arrays(
     if rows.masks is not None:
         arrays["masks"] = rows.masks
     for name, src in boxes.items():
-        arrays[name] = _stored_boxes(src, rows, (spec.size[0], spec.size[1]), spec.resize)
+        arrays[name] = _stored_boxes(
+            name, src, rows, (spec.size[0], spec.size[1]), spec.resize, paths
+        )
     return arrays
 
 
 def _stored_boxes(
+    name: str,
     source: np.ndarray,
     rows: Rows,
     size: tuple[int, int],
     resize: str,
+    paths: Sequence[str] | np.ndarray,
 ) -> np.ndarray:
-    """A block's source-pixel boxes in the stored frame (NaN for rows that failed)."""
+    """A block's source-pixel boxes ``name`` in the stored frame (NaN for rows that failed);
+    a box wholly outside its image is an error naming the file."""
+    _check_inside(name, source, rows.source_size, paths)
     return to_stored(source, rows.source_size, size=size, resize=resize)
+
+
+def _check_inside(
+    name: str, source: np.ndarray, sizes: np.ndarray, paths: Sequence[str] | np.ndarray
+) -> None:
+    """Raise if a box has nothing inside its image: it was given in another frame (the
+    stored size, the picture before its EXIF rotation, another image's), and would be
+    stored as NaN — a box silently lost. A box that only reaches past an edge is clipped
+    later, as ``resize="crop"`` clips; NaN (no box) and files that failed pass."""
+    if sizes.ndim != 2 or sizes.shape[1] != 2 or not len(source):
+        return
+    h, w = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
+    x0, y0, x1, y1 = (np.asarray(source, dtype=np.float64)[:, k] for k in range(4))
+    with np.errstate(invalid="ignore"):  # NaN compares False: no box is not outside
+        outside = (
+            (x1 < 0)
+            | (y1 < 0)
+            | (x0 > w)
+            | (y0 > h)
+            | ((x0 < x1) & ((x1 <= 0) | (x0 >= w)))
+            | ((y0 < y1) & ((y1 <= 0) | (y0 >= h)))
+        ) & (h > 0)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        box = ", ".join(f"{v:g}" for v in source[i])
+        raise ValueError(
+            f"{paths[i]!r}: box {name!r} ({box}) lies wholly outside the image, which is "
+            f"{int(w[i])} x {int(h[i])} pixels (width x height) after its EXIF orientation; "
+            "boxes are x0, y0, x1, y1 in the source image's pixels as a viewer shows it. "
+            "Correct the box, or leave its four values empty (NaN) for an image without one"
+        )
 
 
 def _decode_block(
