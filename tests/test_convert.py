@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import zipfile
 
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -339,3 +340,42 @@ def test_convert_refuses_arrays_it_cannot_store_naming_the_file(tmp_path, values
             di.ImageSet(np.zeros((3, 2, 2, 1), np.uint8), columns={"c": np.ones(3) * 1j}),
             tmp_path / "c.zarr.zip",
         )
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "h5", "ImageSet"])
+@pytest.mark.parametrize("shape", [(6, 3, 8, 9), (6, 1, 28, 28), (6, 4, 5, 7)])
+def test_channels_first_images_are_refused_naming_the_file(tmp_path, kind, shape):
+    # they were stored as C rows of H pixels with W channels, and every reader got those
+    x = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    match = rf"look channels-first \(N, C, H, W\) with C={shape[1]}.*np\.moveaxis\(images, 1, -1\)"
+    out = tmp_path / "o.zarr.zip"
+    if kind == "ImageSet":
+        with pytest.raises(ValueError, match=match):
+            di.ImageSet(x)
+        with pytest.raises(ValueError, match=match):
+            di.ImageSet(da.from_array(x))
+        return
+    src = tmp_path / f"x.{kind}"
+    if kind == "npy":
+        np.save(src, x)
+    elif kind == "npz":
+        np.savez(src, images=x)
+    else:
+        with h5py.File(src, "w") as f:
+            f.create_dataset("images", data=x)
+    with pytest.raises(ValueError, match=rf"x\.{kind}'.*" + match):
+        convert(str(src), str(out))
+    assert not out.exists()
+    # moved last, as the message says, it is stored as the images they are
+    ds = di.ImageSet(np.moveaxis(x, 1, -1))
+    di.to_zarr(ds, out, order="source")
+    stored, _ = _stored(out)
+    np.testing.assert_array_equal(stored["images"], x.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 8, 3), (6, 8, 9, 3), (6, 1, 8, 4), (6, 8, 9, 7)])
+def test_channels_last_images_are_not_taken_for_channels_first(tmp_path, shape):
+    x = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    convert(str(tmp_path / "x.npy"), str(tmp_path / "o.zarr.zip"), order="source")
+    np.testing.assert_array_equal(_stored(tmp_path / "o.zarr.zip")[0]["images"], x)

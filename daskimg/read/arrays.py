@@ -12,7 +12,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .imageset import ImageSet, check_index_range
+from .imageset import ImageSet, channels_first, check_index_range
 from .source import DEFAULT_BLOCK
 
 #: data a shuffled read of a chunked HDF5 dataset may hold in memory to read each chunk once
@@ -60,6 +60,8 @@ class ArraySource:
             raise ValueError(
                 f"{what}: every image is empty (shape {self.shape}); nothing to convert"
             )
+        if why := channels_first(self.shape):
+            raise ValueError(f"{what}: {why}")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -355,6 +357,8 @@ def open_array_set(
         raise ValueError(f"{path!r}: convert reads .h5/.hdf5, .npy or .npz files")
     if arr.ndim == 3 and source is None:  # (N, H, W) grayscale: add the channel axis
         arr = arr[..., None]
+    if why := channels_first(tuple(arr.shape)):
+        raise ValueError(f"{path!r}: {why}")
     if arr.ndim < 4:
         raise ValueError(
             f"{path!r}: images must be (N, H, W), (N, H, W, C) or volumes; got {arr.shape}"

@@ -18,6 +18,33 @@ from .source import DEFAULT_BLOCK, FileSource, RowSource
 NO_LABEL = -1
 
 
+def channels_first(shape: tuple[int, ...]) -> str | None:
+    """Why images of ``shape`` look channels-first ``(N, C, H, W)`` (PyTorch's layout), or None.
+
+    A store holds images channels-last; such an array would be stored as C rows of H
+    pixels with W channels, and every reader would get those. Flagged: 4 axes, the second
+    1, 3 or 4 long (gray, RGB, RGBA) and the last longer than 4 (no image has that many
+    channels and only 1-4 rows).
+
+    Examples
+    --------
+    >>> channels_first((10, 3, 32, 32)) is not None
+    True
+    >>> channels_first((10, 32, 32, 3)) is None
+    True
+    """
+    if len(shape) != 4 or shape[1] not in (1, 3, 4) or shape[3] <= 4:
+        return None
+    _, c, h, w = shape
+    return (
+        f"images of shape {shape} look channels-first (N, C, H, W) with C={c}: a store "
+        f"holds images channels-last (N, H, W, C), and these would be stored as {c} rows of "
+        f"{h} pixels with {w} channels each. Move the channel axis last first: "
+        "np.moveaxis(images, 1, -1), or da.moveaxis for a dask array (an HDF5 dataset: "
+        "di.ImageSet(da.moveaxis(da.from_array(f['images']), 1, -1), labels))"
+    )
+
+
 class ImageSet:
     """Images (lazy) with their per-sample labels, paths and extra columns.
 
@@ -74,6 +101,8 @@ class ImageSet:
             raise ValueError(
                 f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"
             )
+        if images is not None and (why := channels_first(tuple(images.shape))):
+            raise ValueError(why)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if images is not None:
