@@ -369,7 +369,7 @@ def test_an_error_stops_the_workers_at_once_and_is_the_error_raised(
             time.sleep(60)  # every chunk but the first
         return real(paths, *args, **kwargs)
 
-    def full(self, key, pieces):
+    def full(self, key, pieces, **kw):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shardwrite, "block_arrays", slow)
@@ -408,3 +408,44 @@ def test_workers_that_cannot_start_are_an_error_and_nothing_waits(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+@pytest.mark.parametrize("kind", [".zarr.zip", ".zarr"])
+def test_copies_are_reused_only_after_their_shard_is_written(tmp_path, monkeypatch, kind):
+    """The chunks copied out of the slots go into buffers reused once their shard is
+    written: with a slow disk, many shards wait, and every byte still lands right."""
+    root = tmp_path / "src"
+    # shards of 2 chunks of 2 images: 384 KB, over what a zip keeps to write at the end
+    di.testing.make_image_folder(root, n=48, size=(160, 200), classes=("a", "b"))
+    ds = di.from_folder(root, size=(160, 200))
+    made = []
+    real_exit = procpool._Copies.__exit__
+
+    def counting_exit(self, *exc):
+        made.append(len(self._all))
+        return real_exit(self, *exc)
+
+    real_write = shardwrite.write_file
+
+    def slow_file(root_, key, pieces):
+        time.sleep(0.02)
+        return real_write(root_, key, pieces)
+
+    real_member = ZipBuilder._write_member
+
+    def slow_member(self, key, pieces):  # a slow disk: shards wait for the writer thread
+        time.sleep(0.02)
+        return real_member(self, key, pieces)
+
+    monkeypatch.setattr(procpool._Copies, "__exit__", counting_exit)
+    monkeypatch.setattr(ZipBuilder, "_write_member", slow_member)
+    monkeypatch.setattr(shardwrite, "write_file", slow_file)
+    with dask.config.set(num_workers=2):
+        forked = di.to_zarr(ds, tmp_path / f"forked{kind}", chunks=2, shard_chunks=2)
+    assert made and 0 < made[0] < 48 // 2  # buffers were reused, not one per chunk
+    with dask.config.set(scheduler="sync"):
+        here = di.to_zarr(ds, tmp_path / f"here{kind}", chunks=2, shard_chunks=2)
+    a, b = _arrays(forked), _arrays(here)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -30,30 +30,41 @@ class BackgroundWriter:
     ) -> None:
         self._write = write
         self._queued = queued
-        self._queue: queue.SimpleQueue[tuple[str, Sequence[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[
+            tuple[str, Sequence[Any], Callable[[], None] | None] | None
+        ] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(queued)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, key: str, pieces: Sequence[Any]) -> None:
-        """Hand ``pieces`` (written in order, never joined) over; from any thread."""
+    def put(self, key: str, pieces: Sequence[Any], done: Callable[[], None] | None = None) -> None:
+        """Hand ``pieces`` (written in order, never joined) over; from any thread. ``done``
+        is called by the writer thread once it no longer needs them (written, or not
+        after an error), so their memory can be reused."""
         self.raise_error()
         self._slots.acquire()
-        self._queue.put((key, pieces))
+        self._queue.put((key, pieces, done))
 
     def _loop(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            key, pieces, done = item
             try:
                 if self._error is None:
-                    self._write(*item)
+                    self._write(key, pieces)
             except BaseException as e:
                 self.fail(e)
             finally:
+                del pieces, item
                 self._slots.release()
+                if done is not None:
+                    try:
+                        done()
+                    except BaseException as e:  # pragma: no cover - done is daskimg's own
+                        self.fail(e)
 
     def fail(self, error: BaseException) -> None:
         """Record ``error`` (the first one is kept); later values are not written."""

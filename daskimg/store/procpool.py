@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import mmap
@@ -135,18 +136,25 @@ def write_chunks(
     workers: int,
     blocks: Sequence[tuple[Any, ...]],
     encoders: Mapping[str, ShardEncoder],
-    put: Callable[[str, list[Any]], None],
+    put: Callable[..., None],
     *,
     bar: Callable[[int], None],
 ) -> None:
     """Decode and encode each of ``blocks`` (one chunk's :func:`block_arrays` arguments each)
-    in ``workers`` forked processes; write every shard of ``encoders``' arrays with ``put``
-    (in this process) as soon as its chunks are in."""
+    in ``workers`` forked processes; write every shard of ``encoders``' arrays with
+    ``put(key, pieces, done=...)`` (in this process: :meth:`ZipBuilder.put
+    <daskimg.store.zipbuild.ZipBuilder.put>` or a :class:`FolderWriter
+    <daskimg.store.shardwrite.FolderWriter>`) as soon as its chunks are in."""
     # a slot holds a chunk's large bodies; a body that does not fit (a JPEG chunk larger
     # than its pixels) comes back pickled
     size = sum(_raw_bytes(enc) + 256 for enc in encoders.values())
-    shards = ShardAssembler(put)
-    with _Workers(workers, blocks, size, dict(encoders)) as pool:
+    copies = _Copies(max(_raw_bytes(enc) + 256 for enc in encoders.values()))
+
+    def put_then_reuse(key: str, pieces: list[Any]) -> None:
+        put(key, pieces, done=functools.partial(copies.reuse, pieces))
+
+    shards = ShardAssembler(put_then_reuse)
+    with _Workers(workers, blocks, size, dict(encoders)) as pool, copies:
         running: dict[Any, tuple[int, int]] = {}
         following = 0
         while following < len(blocks) or running:
@@ -162,7 +170,7 @@ def write_chunks(
                     for name, enc in encoders.items():
                         body, crc = result[name]
                         if isinstance(body, _InSlot):  # copied out: the slot is reused
-                            body = bytes(view[body.start : body.stop])
+                            body = copies.copy(view[body.start : body.stop])
                         shards.add(enc, c, (body, crc))
                 pool.free.append(slot)
                 bar(1)
@@ -274,6 +282,59 @@ class _Workers:
         for m in self.slots:
             with contextlib.suppress(BufferError):  # an array a caller still holds:
                 m.close()  # freed with its last view
+
+
+class _Copies:
+    """The buffers that chunks are copied into out of their slots, each reused once the
+    shard it went into is written (``put``'s ``done``).
+
+    Fresh memory for every chunk was the largest cost of this process after the zip's
+    CRC-32: the kernel maps and zeroes each page on first touch, ~5 ms per 8 MB chunk
+    here (a copy into memory already mapped: ~1 ms). As many buffers are made as chunks
+    wait at once (a shard being put together, the shards queued for the writer): the
+    memory the copies took before, now kept until the write ends.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._free: list[mmap.mmap] = []
+        self._lent: dict[int, mmap.mmap] = {}  # id of a view handed out -> its buffer
+        self._all: list[mmap.mmap] = []
+        self._lock = threading.Lock()  # reuse() is called by the writer thread
+
+    def __enter__(self) -> _Copies:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._free.clear()
+        self._lent.clear()
+        for m in self._all:
+            with contextlib.suppress(BufferError):  # a view an error's traceback holds:
+                m.close()  # freed with it
+        self._all.clear()
+
+    def copy(self, data: memoryview) -> Any:
+        """A copy of ``data``, valid until :meth:`reuse` is called with it."""
+        if data.nbytes > self._size:  # larger than any raw chunk (JPEG): not worth keeping
+            return bytes(data)
+        with self._lock:
+            buf = self._free.pop() if self._free else None
+        if buf is None:
+            buf = mmap.mmap(-1, self._size)
+            self._all.append(buf)
+        view = memoryview(buf)[: data.nbytes]
+        view[:] = data
+        with self._lock:
+            self._lent[id(view)] = buf
+        return view
+
+    def reuse(self, pieces: Sequence[Any]) -> None:
+        """``pieces`` are written: the buffers of the copies among them may be reused."""
+        with self._lock:
+            for p in pieces:
+                buf = self._lent.pop(id(p), None)
+                if buf is not None:
+                    self._free.append(buf)
 
 
 class _InSlot:

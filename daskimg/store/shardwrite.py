@@ -210,8 +210,9 @@ class FolderWriter:
             functools.partial(write_file, root), name="daskimg-folder-writer"
         )
 
-    def __call__(self, key: str, pieces: list[Any]) -> None:
-        self._writer.put(key, pieces)
+    def __call__(self, key: str, pieces: list[Any], done: Callable[[], None] | None = None) -> None:
+        """Write ``pieces`` as ``key``; ``done`` is called once they are no longer needed."""
+        self._writer.put(key, pieces, done)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (functools.partial, (write_file, self.root))

@@ -36,7 +36,7 @@ import os
 import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from zarr.abc.store import ByteRequest, Store
@@ -121,9 +121,17 @@ class ZipBuilder(Store):
     def _append(self, key: str, data: Any) -> None:
         self.put(key, [data], checked=True)
 
-    def put(self, key: str, pieces: Sequence[Any], *, checked: bool = False) -> None:
+    def put(
+        self,
+        key: str,
+        pieces: Sequence[Any],
+        *,
+        checked: bool = False,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         """Append the member ``key`` made of ``pieces`` (buffers, written in order, never
-        joined); from any thread. A key already written is an error."""
+        joined); from any thread. A key already written is an error. ``done`` is called
+        once ``pieces`` are no longer needed (their memory may then be reused)."""
         if not checked:
             with self._keys_lock:
                 if key in self._keys or key.endswith("zarr.json"):
@@ -140,8 +148,10 @@ class ZipBuilder(Store):
                 if self._deferred_bytes + size <= _DEFER_MAX:
                     self._deferred_bytes += size
                     self._deferred.append((key, b"".join(memoryview(p).cast("B") for p in pieces)))
+                    if done is not None:
+                        done()  # kept as a copy
                     return
-        self._writer.put(key, pieces)
+        self._writer.put(key, pieces, done)
 
     def _write_member(self, key: str, pieces: Sequence[Any]) -> None:
         info = zipfile.ZipInfo(key, date_time=time.localtime()[:6])
