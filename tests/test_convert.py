@@ -350,10 +350,10 @@ def test_channels_first_images_are_refused_naming_the_file(tmp_path, kind, shape
     match = rf"look channels-first \(N, C, H, W\) with C={shape[1]}.*np\.moveaxis\(images, 1, -1\)"
     out = tmp_path / "o.zarr.zip"
     if kind == "ImageSet":
-        with pytest.raises(ValueError, match=match):
-            di.ImageSet(x)
-        with pytest.raises(ValueError, match=match):
-            di.ImageSet(da.from_array(x))
+        for images in (x, da.from_array(x)):
+            with pytest.raises(ValueError, match=match):
+                di.to_zarr(di.ImageSet(images), out)
+            assert not out.exists()
         return
     src = tmp_path / f"x.{kind}"
     if kind == "npy":
@@ -371,6 +371,19 @@ def test_channels_first_images_are_refused_naming_the_file(tmp_path, kind, shape
     di.to_zarr(ds, out, order="source")
     stored, _ = _stored(out)
     np.testing.assert_array_equal(stored["images"], x.transpose(0, 2, 3, 1))
+
+
+def test_a_store_that_holds_channels_first_arrays_still_opens(tmp_path, monkeypatch):
+    # refused when written now; a store written before must still open and read as stored
+    import daskimg.store.write as write_mod
+
+    x = np.random.default_rng(3).integers(0, 256, (5, 3, 8, 9), dtype=np.uint8)
+    monkeypatch.setattr(write_mod, "channels_first", lambda shape: None)  # an older daskimg
+    out = di.to_zarr(di.ImageSet(x), tmp_path / "old.zarr.zip", order="source")
+    monkeypatch.undo()
+    ds = di.open_zarr(out)
+    np.testing.assert_array_equal(np.asarray(ds.images), _stored(out)[0]["images"])
+    np.testing.assert_array_equal(np.asarray(ds.images), x)
 
 
 @pytest.mark.parametrize("shape", [(6, 3, 8, 3), (6, 8, 9, 3), (6, 1, 8, 4), (6, 8, 9, 7)])

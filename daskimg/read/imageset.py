@@ -22,7 +22,8 @@ def channels_first(shape: tuple[int, ...]) -> str | None:
     """Why images of ``shape`` look channels-first ``(N, C, H, W)`` (PyTorch's layout), or None.
 
     A store holds images channels-last; such an array would be stored as C rows of H
-    pixels with W channels, and every reader would get those. Flagged: 4 axes, the second
+    pixels with W channels, and every reader would get those: :func:`daskimg.to_zarr` and
+    ``convert`` refuse it (a store that already holds such arrays still opens). Flagged: 4 axes, the second
     1, 3 or 4 long (gray, RGB, RGBA) and the last longer than 4 (no image has that many
     channels and only 1-4 rows).
 
@@ -101,8 +102,6 @@ class ImageSet:
             raise ValueError(
                 f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"
             )
-        if images is not None and (why := channels_first(tuple(images.shape))):
-            raise ValueError(why)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if images is not None:

@@ -28,7 +28,7 @@ from dask.base import tokenize
 
 from ..errors import DaskImgError, DecodeError
 from ..read.files import FileSource
-from ..read.imageset import ImageSet
+from ..read.imageset import ImageSet, channels_first
 from .bytesource import LocalDir
 from .chunktable import read_tables
 from .encode import ShardEncoder
@@ -165,6 +165,8 @@ def check_writable(imageset: ImageSet) -> None:
         raise ValueError("the ImageSet is empty; there is nothing to store")
     if 0 in imageset.images.shape[1:]:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
+    if why := channels_first(tuple(imageset.images.shape)):
+        raise ValueError(why)
     for name, values in imageset.arrays.items():
         if np.dtype(values.dtype).kind not in "biufOUST":
             raise ValueError(
