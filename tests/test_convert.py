@@ -283,29 +283,34 @@ def test_convert_carries_columns_and_boxes(tmp_path, arrays):
 
 
 @pytest.mark.parametrize(
-    ("kw", "match"),
+    ("kw", "error", "match"),
     [
-        ({"images": "grp"}, r"'grp' is a group of HDF5 datasets \['x'\], not a dataset.*grp/x"),
-        ({"images": "one"}, r"dataset 'one' holds a single value \(shape \(\)\)"),
-        ({"labels": "one"}, r"dataset 'one' holds a single value"),
-        ({"labels": "grp"}, r"'grp' is a group"),
-        ({"columns": ["grp"]}, r"'grp' is a group"),
-        ({"columns": ["one"]}, r"dataset 'one' holds a single value"),
-        ({"boxes": ["empty"]}, r"'empty' is a group of HDF5 datasets \[\].*holds none"),
+        ({"images": "grp"}, ValueError, r"'grp' is an HDF5 group \(holding \['x'\]\).*grp/x"),
+        ({"images": "one"}, ValueError, r"dataset 'one' holds a single value \(shape \(\)\)"),
+        ({"labels": "one"}, ValueError, r"dataset 'one' holds a single value"),
+        ({"labels": "grp"}, ValueError, r"'grp' is an HDF5 group"),
+        ({"columns": ["grp"]}, ValueError, r"'grp' is an HDF5 group"),
+        ({"columns": ["one"]}, ValueError, r"dataset 'one' holds a single value"),
+        ({"boxes": ["empty"]}, ValueError, r"'empty' is an HDF5 group \(holding \[\]\).*nothing"),
+        ({"labels": "dt"}, ValueError, r"'dt' is an HDF5 datatype, not a dataset"),
+        ({"images": "dangling"}, KeyError, r"'dangling' is a link to nothing that can be opened"),
+        ({"labels": "nothing"}, ValueError, r"dataset 'nothing' is empty"),
     ],
 )
-def test_convert_names_an_hdf5_group_or_single_value_given_as_a_dataset(
-    tmp_path, arrays, kw, match
-):
+def test_convert_names_an_hdf5_name_that_is_not_a_dataset(tmp_path, arrays, kw, error, match):
     # a group was an AttributeError or a bare TypeError from h5py ("Accessing a group is
-    # done with bytes or str"), a single value an IndexError or "len() of unsized object"
+    # done with bytes or str"), a single value an IndexError or "len() of unsized object",
+    # a dangling link h5py's "component not found" without the file
     x, _ = arrays
     with h5py.File(tmp_path / "g.h5", "w") as f:
         f.create_dataset("images", data=x)
         f.create_dataset("one", data=3)
         f.create_dataset("grp/x", data=np.zeros(len(x)))
         f.create_group("empty")
-    with pytest.raises(ValueError, match=r"g\.h5'?: " + match):
+        f["dt"] = np.dtype("int32")  # a named datatype
+        f["dangling"] = h5py.SoftLink("/not/there")
+        f.create_dataset("nothing", data=h5py.Empty("f4"))
+    with pytest.raises(error, match=r"g\.h5'?: " + match):
         open_array_set(tmp_path / "g.h5", **kw)
     args = ["convert", str(tmp_path / "g.h5"), str(tmp_path / "o.zarr.zip")]
     if "images" in kw:
@@ -343,17 +348,21 @@ def test_convert_refuses_arrays_it_cannot_store_naming_the_file(tmp_path, values
 
 
 @pytest.mark.parametrize("kind", ["npy", "npz", "h5", "ImageSet"])
-@pytest.mark.parametrize("shape", [(6, 3, 8, 9), (6, 1, 28, 28), (6, 4, 5, 7)])
+@pytest.mark.parametrize(
+    "shape", [(6, 3, 8, 9), (6, 1, 28, 28), (6, 4, 5, 7), (6, 2, 16, 16), (6, 1, 4, 6, 6)]
+)
 def test_channels_first_images_are_refused_naming_the_file(tmp_path, kind, shape):
     # they were stored as C rows of H pixels with W channels, and every reader got those
     x = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
-    match = rf"look channels-first \(N, C, H, W\) with C={shape[1]}.*np\.moveaxis\(images, 1, -1\)"
+    match = rf"look channels-first \(N, C(, D)?, H, W\) with C={shape[1]}.*np\.moveaxis\(images, 1, -1\)"
     out = tmp_path / "o.zarr.zip"
     if kind == "ImageSet":
         for images in (x, da.from_array(x)):
             with pytest.raises(ValueError, match=match):
                 di.to_zarr(di.ImageSet(images), out)
             assert not out.exists()
+        di.to_zarr(di.ImageSet(x), out, order="source", check_layout=False)
+        np.testing.assert_array_equal(_stored(out)[0]["images"], x)
         return
     src = tmp_path / f"x.{kind}"
     if kind == "npy":
@@ -370,7 +379,15 @@ def test_channels_first_images_are_refused_naming_the_file(tmp_path, kind, shape
     ds = di.ImageSet(np.moveaxis(x, 1, -1))
     di.to_zarr(ds, out, order="source")
     stored, _ = _stored(out)
-    np.testing.assert_array_equal(stored["images"], x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(stored["images"], np.moveaxis(x, 1, -1))
+    # told the layout is right, it is stored as given
+    as_is = tmp_path / "as-is.zarr.zip"
+    if kind == "npy":
+        args = ["convert", str(src), str(as_is), "--order", "source", "--no-layout-check"]
+        assert main(args) == 0
+    else:
+        convert(str(src), str(as_is), order="source", check_layout=False)
+    np.testing.assert_array_equal(_stored(as_is)[0]["images"], x)
 
 
 def test_a_store_that_holds_channels_first_arrays_still_opens(tmp_path, monkeypatch):

@@ -89,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
         "--images", default="images", help="dataset / array name of the images (h5, npz)"
     )
     conv.add_argument(
+        "--no-layout-check",
+        dest="check_layout",
+        action="store_false",
+        help="store images that look channels-first (N, 1-4, H, W) as given (rows, not channels)",
+    )
+    conv.add_argument(
         "--labels", default=None, help="dataset / array name of the labels (for .npy: a .npy file)"
     )
     conv.add_argument(

@@ -232,6 +232,7 @@ def convert(args: argparse.Namespace) -> int:
             split=args.split,
             overwrite=args.overwrite,
             progress=True,
+            check_layout=args.check_layout,
         )
     print(format_info(info(path)))
     print(f"done in {time.perf_counter() - t:.1f}s")

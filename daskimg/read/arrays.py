@@ -60,8 +60,6 @@ class ArraySource:
             raise ValueError(
                 f"{what}: every image is empty (shape {self.shape}); nothing to convert"
             )
-        if why := channels_first(self.shape):
-            raise ValueError(f"{what}: {why}")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -281,6 +279,7 @@ def open_array_set(
     classes: Sequence[str] = (),
     columns: Sequence[str] = (),
     boxes: Sequence[str] = (),
+    check_layout: bool = True,
 ) -> ImageSet:
     """An :class:`ImageSet` over arrays in an HDF5 file, a ``.npy`` file or an ``.npz`` archive.
 
@@ -300,6 +299,9 @@ def open_array_set(
         Datasets of ``(N, 4)`` boxes ``x0, y0, x1, y1`` in the images' own pixels (the
         images are stored as they are, so the boxes are too); carried like ``columns``
         and named in the set's ``boxes``.
+    check_layout
+        Refuse images that look channels-first (:func:`~daskimg.read.imageset.channels_first`);
+        False takes them as given.
 
     Examples
     --------
@@ -357,8 +359,11 @@ def open_array_set(
         raise ValueError(f"{path!r}: convert reads .h5/.hdf5, .npy or .npz files")
     if arr.ndim == 3 and source is None:  # (N, H, W) grayscale: add the channel axis
         arr = arr[..., None]
-    if why := channels_first(tuple(arr.shape)):
-        raise ValueError(f"{path!r}: {why}")
+    if check_layout and (why := channels_first(tuple(arr.shape))):
+        where = f"{path!r}" + (
+            f", dataset {images!r}" if low.endswith((".h5", ".hdf5", ".he5")) else ""
+        )
+        raise ValueError(f"{where}: {why}")
     if arr.ndim < 4:
         raise ValueError(
             f"{path!r}: images must be (N, H, W), (N, H, W, C) or volumes; got {arr.shape}"
@@ -377,22 +382,35 @@ def open_array_set(
 
 def _dataset(f: Any, path: str, name: str) -> Any:
     """The HDF5 dataset ``name`` of the open file ``f``: one value per image (or an image
-    per row), never a group or a single value."""
+    per row), never a group, a link to nothing or a single value."""
     h5py = _h5py()
     if name not in f:
         raise KeyError(f"{path!r} has no dataset {name!r}; it has {sorted(f.keys())}")
-    node = f[name]
+    try:
+        node = f[name]
+    except (KeyError, OSError) as e:  # a soft link to nothing, an external link to no file
+        raise KeyError(
+            f"{path!r}: {name!r} is a link to nothing that can be opened ({e}); name a "
+            f"dataset; the file has {sorted(f.keys())}"
+        ) from None
     if isinstance(node, h5py.Group):
         inside = sorted(node.keys())
-        hint = f", e.g. {name.rstrip('/')}/{inside[0]}" if inside else " (it holds none)"
+        hint = f", e.g. {name.rstrip('/')}/{inside[0]}" if inside else " (it holds nothing)"
         raise ValueError(
-            f"{path!r}: {name!r} is a group of HDF5 datasets {inside[:8]}, not a dataset; "
+            f"{path!r}: {name!r} is an HDF5 group (holding {inside[:8]}), not a dataset; "
             f"name the dataset inside it{hint}"
         )
-    if not isinstance(node, h5py.Dataset) or not node.shape:
+    if not isinstance(node, h5py.Dataset):
         raise ValueError(
-            f"{path!r}: dataset {name!r} holds a single value (shape {node.shape}), not one "
-            "row per image; name a dataset whose first axis runs over the images"
+            f"{path!r}: {name!r} is an HDF5 {type(node).__name__.lower()}, not a dataset; "
+            "name a dataset"
+        )
+    if node.shape is None:
+        raise ValueError(f"{path!r}: dataset {name!r} is empty (it holds no values)")
+    if not node.shape:
+        raise ValueError(
+            f"{path!r}: dataset {name!r} holds a single value (shape ()), not one row per "
+            "image; name a dataset whose first axis runs over the images"
         )
     return node
 

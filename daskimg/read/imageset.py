@@ -19,13 +19,14 @@ NO_LABEL = -1
 
 
 def channels_first(shape: tuple[int, ...]) -> str | None:
-    """Why images of ``shape`` look channels-first ``(N, C, H, W)`` (PyTorch's layout), or None.
+    """Why images of ``shape`` look channels-first (PyTorch's layout), or None.
 
-    A store holds images channels-last; such an array would be stored as C rows of H
-    pixels with W channels, and every reader would get those: :func:`daskimg.to_zarr` and
-    ``convert`` refuse it (a store that already holds such arrays still opens). Flagged: 4 axes, the second
-    1, 3 or 4 long (gray, RGB, RGBA) and the last longer than 4 (no image has that many
-    channels and only 1-4 rows).
+    ``(N, C, H, W)`` or ``(N, C, D, H, W)`` with C 1-4 (gray, two bands, RGB, RGBA) and
+    the last axis longer than 4: a store holds images channels-last, and such an array
+    would be stored as C rows (or slices) with W channels each, and every reader would
+    get those. :func:`daskimg.to_zarr` and ``convert`` refuse it unless told the layout
+    is right (``check_layout=False``: images 1-4 pixels high with more than 4 channels);
+    a store that already holds such arrays still opens.
 
     Examples
     --------
@@ -34,15 +35,18 @@ def channels_first(shape: tuple[int, ...]) -> str | None:
     >>> channels_first((10, 32, 32, 3)) is None
     True
     """
-    if len(shape) != 4 or shape[1] not in (1, 3, 4) or shape[3] <= 4:
+    if len(shape) not in (4, 5) or not 1 <= shape[1] <= 4 or shape[-1] <= 4:
         return None
-    _, c, h, w = shape
+    c, w = shape[1], shape[-1]
+    what = "(N, C, H, W)" if len(shape) == 4 else "(N, C, D, H, W)"
+    last = "(N, H, W, C)" if len(shape) == 4 else "(N, D, H, W, C)"
     return (
-        f"images of shape {shape} look channels-first (N, C, H, W) with C={c}: a store "
-        f"holds images channels-last (N, H, W, C), and these would be stored as {c} rows of "
-        f"{h} pixels with {w} channels each. Move the channel axis last first: "
-        "np.moveaxis(images, 1, -1), or da.moveaxis for a dask array (an HDF5 dataset: "
-        "di.ImageSet(da.moveaxis(da.from_array(f['images']), 1, -1), labels))"
+        f"images of shape {shape} look channels-first {what} with C={c}: a store holds "
+        f"images channels-last {last}, and these would be stored with {w} channels each. "
+        "Move the channel axis last first: np.moveaxis(images, 1, -1), or da.moveaxis for "
+        "a dask array (an HDF5 dataset: di.ImageSet(da.moveaxis(da.from_array(f['images']), "
+        "1, -1), labels)). If the layout is right (images of few rows with many channels), "
+        "pass check_layout=False (daskimg convert --no-layout-check)"
     )
 
 

@@ -25,19 +25,27 @@ def convert(
     split: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    check_layout: bool = True,
 ) -> str:
     """Write the arrays of an HDF5 / ``.npy`` / ``.npz`` file to a daskimg store.
 
     See :func:`~daskimg.read.arrays.open_array_set` for the source (``columns``: other
     per-sample datasets to carry; ``boxes``: those of them that are ``(N, 4)`` boxes in
-    the images' pixels) and :func:`daskimg.to_zarr` for the rest.
+    the images' pixels; ``check_layout``: refuse images that look channels-first) and
+    :func:`daskimg.to_zarr` for the rest.
 
     Examples
     --------
     >>> convert("old.h5", "out/train.zarr.zip", labels="labels")  # doctest: +SKIP
     """
     ds = open_array_set(
-        src, images=images, labels=labels, classes=classes, columns=columns, boxes=boxes
+        src,
+        images=images,
+        labels=labels,
+        classes=classes,
+        columns=columns,
+        boxes=boxes,
+        check_layout=check_layout,
     )
     return to_zarr(
         ds,
@@ -49,4 +57,5 @@ def convert(
         split=split,
         overwrite=overwrite,
         progress=progress,
+        check_layout=check_layout,
     )

@@ -91,6 +91,8 @@ _BLOCKS: list[tuple[Any, ...]] = []
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_MAX = 32 * 2**20
+#: below this a chunk's buffers are left to glibc's default (a fixed threshold would be lower)
+_MMAP_MIN = 2**20
 
 #: the key of a task's result that holds what the worker logged
 _LOG = "\0log"
@@ -426,6 +428,8 @@ def _reuse_freed_memory(chunk_bytes: int) -> None:
     more memory than its busiest moment. Other C libraries (musl) have no ``mallopt`` or
     ignore it: nothing changes there.
     """
+    if chunk_bytes < _MMAP_MIN:
+        return  # small chunks: glibc's own threshold (from 128 KiB, adjusting) does better
     try:
         mallopt = ctypes.CDLL(None).mallopt  # this process's C library
     except (OSError, AttributeError):  # pragma: no cover - not a glibc-like libc

@@ -73,6 +73,7 @@ def to_zarr(
     compute: bool = True,
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    check_layout: bool = True,
 ) -> str:
     """Write ``imageset`` to a checksummed, versioned Zarr v3 store; return its path.
 
@@ -111,6 +112,9 @@ def to_zarr(
     storage_options
         fsspec options when ``path`` is a URL (for s3: ``key``, ``secret``,
         ``client_kwargs={"endpoint_url": ...}``, ...).
+    check_layout
+        Refuse images that look channels-first, ``(N, 1-4, H, W)`` with ``W`` > 4
+        (:func:`~daskimg.read.imageset.channels_first`); False stores them as given.
 
     Notes
     -----
@@ -145,7 +149,7 @@ def to_zarr(
     ):
         raise ValueError(f"shard_chunks must be a positive integer, got {shard_chunks!r}")
     loc = Location.of(path, storage_options)
-    check_writable(imageset)
+    check_writable(imageset, check_layout=check_layout)
     with loc.lock():
         loc.check_writable(overwrite=overwrite)
         ds, attrs, specs, shard_len = plan_store(
@@ -157,7 +161,7 @@ def to_zarr(
     return loc.target
 
 
-def check_writable(imageset: ImageSet) -> None:
+def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
     """Refuse sets that to_zarr cannot write (no images, or empty)."""
     if imageset.images is None:
         raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
@@ -165,7 +169,7 @@ def check_writable(imageset: ImageSet) -> None:
         raise ValueError("the ImageSet is empty; there is nothing to store")
     if 0 in imageset.images.shape[1:]:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
-    if why := channels_first(tuple(imageset.images.shape)):
+    if check_layout and (why := channels_first(tuple(imageset.images.shape))):
         raise ValueError(why)
     for name, values in imageset.arrays.items():
         if np.dtype(values.dtype).kind not in "biufOUST":
