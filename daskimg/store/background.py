@@ -59,12 +59,12 @@ class BackgroundWriter:
                 self.fail(e)
             finally:
                 del pieces, item
-                self._slots.release()
-                if done is not None:
+                if done is not None:  # before the slot: drain() returns after every done
                     try:
                         done()
                     except BaseException as e:  # pragma: no cover - done is daskimg's own
                         self.fail(e)
+                self._slots.release()
 
     def fail(self, error: BaseException) -> None:
         """Record ``error`` (the first one is kept); later values are not written."""
