@@ -322,7 +322,8 @@ def open_array_set(
         raise ValueError(
             f"{path!r}: a .npy file holds one array; columns and boxes come from .h5 or .npz files"
         )
-    if low.endswith((".h5", ".hdf5", ".he5")):
+    hdf5 = low.endswith((".h5", ".hdf5", ".he5"))
+    if hdf5:
         with _h5py().File(path, "r") as f:
             dset = _dataset(f, path, images)
             shape, dtype = tuple(dset.shape), str(dset.dtype)
@@ -360,9 +361,7 @@ def open_array_set(
     if arr.ndim == 3 and source is None:  # (N, H, W) grayscale: add the channel axis
         arr = arr[..., None]
     if check_layout and (why := channels_first(tuple(arr.shape))):
-        where = f"{path!r}" + (
-            f", dataset {images!r}" if low.endswith((".h5", ".hdf5", ".he5")) else ""
-        )
+        where = f"{path!r}" + (f", dataset {images!r}" if hdf5 else "")
         raise ValueError(f"{where}: {why}")
     if arr.ndim < 4:
         raise ValueError(

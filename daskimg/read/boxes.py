@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["clip_boxes", "to_source", "to_stored"]
+__all__ = ["clip_boxes", "outside", "to_source", "to_stored"]
 
 
 def to_stored(
@@ -89,17 +89,33 @@ def clip_boxes(boxes: Any, frame: Sequence[Any]) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         cx0, cx1 = np.clip(x0, fx0, fx1), np.clip(x1, fx0, fx1)
         cy0, cy1 = np.clip(y0, fy0, fy1), np.clip(y1, fy0, fy1)
-        gone = (
+    out = np.stack([cx0, cy0, cx1, cy1], axis=1)
+    out[outside(b, frame)] = np.nan
+    return out.astype(np.float32)
+
+
+def outside(boxes: Any, frame: Sequence[Any]) -> np.ndarray:
+    """Which boxes ``(N, 4)`` have nothing inside ``frame = (x0, y0, x1, y1)`` (numbers or
+    one value per box): lying wholly outside, or with width (height) and none of it
+    inside. A point or line inside, or on an edge, is inside; a NaN box is not outside.
+
+    Examples
+    --------
+    >>> outside([[-5, 2, 5, 8], [12, 0, 20, 4], [10, 0, 12, 4]], (0, 0, 10, 10)).tolist()
+    [False, True, True]
+    """
+    b = np.asarray(boxes, dtype=np.float64)
+    fx0, fy0, fx1, fy1 = (np.asarray(f, dtype=np.float64) for f in frame)
+    x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    with np.errstate(invalid="ignore"):  # NaN compares False
+        return np.asarray(
             (x1 < fx0)
             | (x0 > fx1)
             | (y1 < fy0)
             | (y0 > fy1)
-            | ((x1 > x0) & (cx1 <= cx0))
-            | ((y1 > y0) & (cy1 <= cy0))
+            | ((x1 > x0) & (np.clip(x1, fx0, fx1) <= np.clip(x0, fx0, fx1)))
+            | ((y1 > y0) & (np.clip(y1, fy0, fy1) <= np.clip(y0, fy0, fy1)))
         )
-    out = np.stack([cx0, cy0, cx1, cy1], axis=1)
-    out[gone] = np.nan
-    return out.astype(np.float32)
 
 
 def to_source(

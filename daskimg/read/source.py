@@ -26,7 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import DecodeError
 from ..remote import FETCH_FILES, RemoteFiles
-from .boxes import to_stored
+from .boxes import outside, to_stored
 from .decode import DecodeSpec, decode_into
 from .masks import mask_into
 
@@ -457,18 +457,9 @@ def _check_inside(
     if sizes.ndim != 2 or sizes.shape[1] != 2 or not len(source):
         return
     h, w = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
-    x0, y0, x1, y1 = (np.asarray(source, dtype=np.float64)[:, k] for k in range(4))
-    with np.errstate(invalid="ignore"):  # NaN compares False: no box is not outside
-        outside = (
-            (x1 < 0)
-            | (y1 < 0)
-            | (x0 > w)
-            | (y0 > h)
-            | ((x0 < x1) & ((x1 <= 0) | (x0 >= w)))
-            | ((y0 < y1) & ((y1 <= 0) | (y0 >= h)))
-        ) & (h > 0)
-    if outside.any():
-        i = int(np.flatnonzero(outside)[0])
+    lost = outside(source, (0, 0, w, h)) & (h > 0)
+    if lost.any():
+        i = int(np.flatnonzero(lost)[0])
         box = ", ".join(f"{v:g}" for v in source[i])
         raise ValueError(
             f"{paths[i]!r}: box {name!r} ({box}) lies wholly outside the image, which is "
