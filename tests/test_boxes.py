@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 import daskimg as di
 import daskimg.read.source as source_module
+from daskimg.cli import main
 from daskimg.errors import DecodeError, NoImagesFoundError
 from daskimg.read.boxes import clip_boxes, placements, to_source, to_stored
 from daskimg.read.geometry import placement
@@ -345,6 +347,14 @@ def test_csv_box_cells(tmp_path):
             label_column=None,
             boxes={"b": ["x0", "y0", "x1", "y1"]},
         )
+    # "nan" beside numbers made a half-NaN box; "inf" was clipped to the image's edge
+    for cells, col in (("nan,2,10,12", "x0"), ("1,2,inf,12", "x1"), ("1,-Infinity,3,4", "y0")):
+        csv.write_text(f"path,x0,y0,x1,y1\nb.png,1,2,10,12\na.png,{cells}\n")
+        with pytest.raises(ValueError, match=rf"line 3: box 'b' column '{col}' is .*empty"):
+            di.from_csv(
+                csv, root=tmp_path, size=(8, 8), label_column=None,
+                boxes={"b": ["x0", "y0", "x1", "y1"]},
+            )  # fmt: skip
 
 
 def test_imageset_from_arrays_keeps_boxes_as_given():
@@ -352,6 +362,76 @@ def test_imageset_from_arrays_keeps_boxes_as_given():
     ds = di.ImageSet(np.zeros((2, 8, 8, 3), np.uint8), columns={"bbox": boxes}, boxes=("bbox",))
     np.testing.assert_array_equal(np.asarray(ds.columns["bbox"]), boxes)
     assert ds.take([1]).boxes == ("bbox",)
+
+
+# (bad box, what the error says); the images are 30 wide and 20 high
+BAD_BOXES = [
+    ([31, 0, 40, 5], "wholly outside the images, which are 30 x 20"),
+    ([0, 21, 4, 25], "wholly outside the images, which are 30 x 20"),
+    ([-9, -9, -1, 4], "wholly outside the images, which are 30 x 20"),
+    ([5, 5, 2, 8], "x0 <= x1, y0 <= y1"),
+    ([5, 5, 8, 2], "x0 <= x1, y0 <= y1"),
+    ([np.nan, 1, 2, 3], "some of its four values NaN"),
+    ([0, 0, np.inf, 3], "infinite"),
+]
+# kept as given: a box reaching past edges, a point on the corner, a line, no box (NaN)
+GOOD_BOXES = np.array(
+    [
+        [-5, -5, 10, 10],
+        [25, 15, 40, 30],
+        [30, 20, 30, 20],
+        [3, 3, 3, 9],
+        [np.nan] * 4,
+        [0, 0, 30, 20],
+    ],
+    np.float32,
+)
+
+
+@pytest.mark.parametrize(("bad", "says"), BAD_BOXES)
+def test_boxes_given_as_arrays_are_checked_naming_the_row(tmp_path, capsys, bad, says):
+    """A box column given to ImageSet (in memory, or lazy: checked as to_zarr computes it)
+    or read by ``convert`` from an .npz: a box that cannot be x0, y0, x1, y1 in the images'
+    pixels is an error naming the column and the row as given (not silently stored)."""
+    images = np.zeros((len(GOOD_BOXES), 20, 30, 3), np.uint8)
+    boxes = GOOD_BOXES.copy()
+    boxes[4] = bad
+    with pytest.raises(ValueError, match=rf"boxes 'bbox', row 4: .*{says}"):
+        di.ImageSet(images, columns={"bbox": boxes}, boxes=("bbox",))
+    for order in ("source", "shuffled"):  # the row as given, not its place in the store
+        lazy = di.ImageSet(
+            images, columns={"bbox": dask.array.from_array(boxes, chunks=(2, 2))}, boxes=("bbox",)
+        )
+        out = tmp_path / f"{order}.zarr.zip"
+        with pytest.raises(ValueError, match=rf"boxes 'bbox', row 4: .*{says}"):
+            di.to_zarr(lazy, out, order=order)
+        assert not out.exists()
+    np.savez(tmp_path / "a.npz", images=images, bbox=boxes)
+    argv = ["convert", str(tmp_path / "a.npz"), str(tmp_path / "a.zarr.zip"), "--boxes", "bbox"]
+    assert main(argv) == 2
+    assert re.search(rf"a\.npz'.*boxes 'bbox', row 4: .*{says}", capsys.readouterr().err)
+    assert not (tmp_path / "a.zarr.zip").exists()
+
+
+def test_boxes_reaching_past_an_edge_are_stored_as_given(tmp_path):
+    images = np.zeros((len(GOOD_BOXES), 20, 30, 3), np.uint8)
+    lazy = dask.array.from_array(GOOD_BOXES, chunks=(2, 4))
+    for cols in ({"bbox": GOOD_BOXES}, {"bbox": lazy}):
+        out = di.to_zarr(
+            di.ImageSet(images, columns=cols, boxes=("bbox",)),
+            tmp_path / f"{type(cols['bbox']).__name__}.zarr.zip",
+            order="source",
+        )
+        stored = zarr_boxes(out)
+        np.testing.assert_array_equal(stored, GOOD_BOXES)
+
+
+def zarr_boxes(path: Path) -> np.ndarray:
+    """The stored box column, read by plain zarr (the oracle)."""
+    import zarr
+
+    with zarr.storage.ZipStore(path, mode="r") as store:
+        return zarr.open_group(store, mode="r")["bbox"][...]
 
 
 def test_mask_errors_name_both_files(tmp_path):

@@ -14,6 +14,11 @@ import zarr
 import daskimg as di
 
 
+def _boxes(r):
+    """Valid boxes (left <= right, top <= bottom) from four random numbers per row."""
+    return np.concatenate([np.minimum(r[:, :2], r[:, 2:]), np.maximum(r[:, :2], r[:, 2:])], 1)
+
+
 @pytest.fixture(scope="module")
 def real_size(tmp_path_factory):
     """240 photo-like 224x224 images: ~8 MiB chunks, several shards, both kinds of store."""
@@ -25,7 +30,7 @@ def real_size(tmp_path_factory):
         np.arange(n) % 3,
         classes=["a", "b", "c"],
         paths=[f"img/{i:04d}.png" for i in range(n)],
-        columns={"bbox": rng.random((n, 4)).astype(np.float32)},
+        columns={"bbox": _boxes(rng.random((n, 4)) * 224).astype(np.float32)},
         boxes=("bbox",),
     )
     root = tmp_path_factory.mktemp("interop")

@@ -368,15 +368,18 @@ def open_array_set(
             f"{path!r}: images must be (N, H, W), (N, H, W, C) or volumes; got {arr.shape}"
         )
     lab, names = _labels(label_values, classes, name=str(labels))
-    return ImageSet(
-        arr,
-        lab,
-        classes=names,
-        columns=extra,
-        root=os.path.dirname(os.path.abspath(path)),
-        row_source=source,
-        boxes=tuple(boxes),
-    )
+    try:
+        return ImageSet(
+            arr,
+            lab,
+            classes=names,
+            columns=extra,
+            root=os.path.dirname(os.path.abspath(path)),
+            row_source=source,
+            boxes=tuple(boxes),
+        )
+    except ValueError as e:  # a column or box that cannot be stored: say which file
+        raise ValueError(f"{path!r}: {e}") from None
 
 
 def _dataset(f: Any, path: str, name: str) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["clip_boxes", "outside", "to_source", "to_stored"]
+__all__ = ["check_boxes", "clip_boxes", "image_frame", "outside", "to_source", "to_stored"]
 
 
 def to_stored(
@@ -223,3 +223,44 @@ def placements(h: Any, w: Any, size: tuple[int, int], resize: str) -> list[np.nd
         else:
             raise ValueError(f"resize must be 'stretch', 'crop' or 'pad'; got {resize!r}")
     return [bx0, by0, sx, sy, ox, oy, ox, oy, ox + fw, oy + fh]
+
+
+def check_boxes(name: str, boxes: Any, hw: Sequence[int] | None = None, first: int = 0) -> None:
+    """Raise ValueError naming the column and row of the first box of ``boxes`` ``(N, 4)``
+    that cannot be ``x0, y0, x1, y1`` in an image of ``hw = (height, width)`` pixels (None:
+    the frame is not known): some but not all four values NaN, an infinite value, right
+    before left or bottom above top (``x, y, width, height`` boxes), or nothing inside the
+    image (another frame: the source's, normalised 0..1 of another image, ...). A box that
+    only reaches past an edge, a point or line inside, and NaN in all four (no box) pass.
+    ``first``: the row of ``boxes[0]`` in the whole column (for the message)."""
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 4 or not len(b):
+        return
+    nan = np.isnan(b)
+    with np.errstate(invalid="ignore"):
+        problems = [
+            (nan.any(axis=1) & ~nan.all(axis=1), "has some of its four values NaN; a sample "
+             "without a box has all four NaN"),
+            (np.isinf(b).any(axis=1), "has an infinite value; give the box's edges in pixels"),
+            ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]), "is not the left, top, right and "
+             "bottom edges (x0 <= x1, y0 <= y1). For x, y, width, height boxes, add width "
+             "and height to x and y"),
+        ]  # fmt: skip
+        if hw is not None:
+            h, w = int(hw[0]), int(hw[1])
+            problems.append((
+                outside(b, (0, 0, w, h)),
+                f"lies wholly outside the images, which are {w} x {h} pixels (width x "
+                "height); boxes are x0, y0, x1, y1 in the images' own pixels (scale "
+                "normalised 0..1 boxes by the width and height)",
+            ))  # fmt: skip
+    for bad, why in problems:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            box = ", ".join(f"{v:g}" for v in b[i])
+            raise ValueError(f"boxes {name!r}, row {first + i}: ({box}) {why}")
+
+
+def image_frame(shape: Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of images of ``shape`` ``(N, H, W[, C])`` or ``(N, D, H, W, C)``."""
+    return (int(shape[1]), int(shape[2])) if len(shape) <= 4 else (int(shape[-3]), int(shape[-2]))

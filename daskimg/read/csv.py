@@ -6,6 +6,7 @@ import csv
 import decimal
 import io
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -449,7 +450,14 @@ def _box_values(
                 f"{where}, line {line}: box {name!r} column {bad[0]!r} is not a number: "
                 f"{row[bad[0]]!r} (leave all four cells empty for a sample without a box)"
             )
-        x0, y0, x1, y1 = (float(v) for v in cells)
+        x0, y0, x1, y1 = values = [float(v) for v in cells]
+        odd = [c for c, v in zip(cols, values, strict=True) if not math.isfinite(v)]
+        if odd:  # "nan" beside numbers made a box half NaN; "inf" was clipped to an edge
+            raise ValueError(
+                f"{where}, line {line}: box {name!r} column {odd[0]!r} is "
+                f"{row[odd[0]].strip()!r}, not a pixel position; leave all four cells empty "
+                "for a sample without a box"
+            )
         if x1 < x0 or y1 < y0:
             raise ValueError(
                 f"{where}, line {line}: box {name!r} has x0={x0:g}, y0={y0:g}, x1={x1:g}, "

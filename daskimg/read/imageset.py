@@ -10,6 +10,7 @@ from typing import Any, cast
 import dask.array as da
 import numpy as np
 
+from .boxes import check_boxes, image_frame
 from .decode import DecodeSpec
 from .files import ON_ERROR
 from .source import DEFAULT_BLOCK, FileSource, RowSource
@@ -69,7 +70,10 @@ class ImageSet:
     boxes
         Names of the columns that hold boxes: ``(N, 4)`` corners ``x0, y0, x1, y1`` in the
         stored image's pixel frame. Recorded in the store, so transforms and readers know
-        which columns move with the pixels.
+        which columns move with the pixels. Each box is checked
+        (:func:`~daskimg.read.boxes.check_boxes`: left <= right, top <= bottom, all four
+        numbers or all NaN, something inside the images): a column in memory here, a
+        lazy one as :func:`~daskimg.to_zarr` computes it.
     root
         The folder the paths are relative to.
     on_error
@@ -157,6 +161,9 @@ class ImageSet:
                     "(x0, y0, x1, y1); "
                     + ("it is not a column" if col is None else f"it has shape {col.shape}")
                 )
+            if not isinstance(col, da.Array):  # lazy columns: checked as to_zarr writes them
+                frame = None if images is None else image_frame(images.shape)
+                check_boxes(b, col, frame)
         self.root = None if root is None else str(root)
         self.on_error = on_error
         self.source_splits = (

@@ -10,6 +10,7 @@ fails (a decode error, a full disk) removes what it wrote and says where and why
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import ipaddress
@@ -27,6 +28,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ..errors import DaskImgError, DecodeError
+from ..read.boxes import check_boxes, image_frame
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first
 from .bytesource import LocalDir
@@ -153,7 +155,7 @@ def to_zarr(
     with loc.lock():
         loc.check_writable(overwrite=overwrite)
         ds, attrs, specs, shard_len = plan_store(
-            imageset, chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
+            checked_boxes(imageset), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,
         )  # fmt: skip
         write_store(loc, ds, attrs, specs, shard_len, progress=progress)
@@ -629,6 +631,35 @@ def _shard_writer(target: Any) -> Iterator[Callable[[str, list[Any]], None] | No
             raise
         writer.finish()
         writer.close()
+
+
+def checked_boxes(imageset: ImageSet) -> ImageSet:
+    """``imageset`` with its lazy box columns checked block by block as they are computed
+    (:func:`check_boxes`; rows named in the set as given). Columns in memory were checked
+    when the set was made, and boxes read from files against their sources' sizes."""
+    if not any(isinstance(imageset.columns[b], da.Array) for b in imageset.boxes):
+        return imageset
+    files = imageset.row_source
+    own = files.to_dask_arrays() if isinstance(files, FileSource) else {}
+    frame = image_frame(imageset.require_images().shape)
+    lazy = {
+        name: values.rechunk({1: -1}).map_blocks(_box_block, name, frame, dtype=values.dtype)
+        for name in imageset.boxes
+        if isinstance(values := imageset.columns[name], da.Array)
+        and not (name in own and own[name].name == values.name)
+    }
+    if not lazy:
+        return imageset
+    out = copy.copy(imageset)
+    out.columns = {**imageset.columns, **lazy}
+    return out
+
+
+def _box_block(
+    block: np.ndarray, name: str, frame: tuple[int, int], block_info: Any = None
+) -> np.ndarray:
+    check_boxes(name, block, frame, block_info[0]["array-location"][0][0] if block_info else 0)
+    return block
 
 
 def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndarray:
