@@ -4,6 +4,7 @@ import logging
 import re
 from pathlib import Path
 
+import dask.array
 import numpy as np
 import pytest
 from PIL import Image
@@ -240,6 +241,46 @@ def test_from_csv_labels_that_are_numbers_and_class_names_are_not_guessed(tmp_pa
     csv.write_text("path,label\n" + "\n".join(text) + "\n")
     with pytest.raises(ValueError, match=r"is both the class named"):
         di.from_csv(csv, **kw)
+
+
+def test_from_csv_zero_padded_labels_name_classes_as_folders_do(tmp_path):
+    # folders 01, 02, 03 are classes 0, 1, 2; a CSV naming them "01", "02" was read as the
+    # indices 1, 2 (classes "02", "03"): every label one class off, silently
+    names = ["01", "02", "03"]
+    di.testing.make_image_folder(tmp_path / "train", n=6, size=(8, 8), classes=names)
+    train = di.from_folder(tmp_path / "train", size=(8, 8))
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    rows = [(f.relative_to(tmp_path).as_posix(), f.parent.name) for f in files]
+    csv = tmp_path / "valid.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+    for classes in (train.classes, None):  # given, or found in the CSV
+        valid = di.from_csv(csv, root=tmp_path, size=(8, 8), classes=classes)
+        assert [valid.classes[k] for k in valid.labels] == [lab for _, lab in rows]
+    # said to be indices, "01" is index 1
+    as_index = di.from_csv(csv, root=tmp_path, size=(8, 8), labels_are="indices")
+    assert as_index.labels.tolist() == [int(lab) for _, lab in rows]
+    # "01" beside "1", or "1_0" (Python's int() reads 10) beside plain numbers: neither
+    # reading is safe
+    for odd, plain in (("01", "1"), ("1_0", "2")):
+        csv.write_text(f"path,label\n{rows[0][0]},{odd}\n{rows[1][0]},{plain}\n")
+        with pytest.raises(ValueError, match=r"plain whole numbers.*labels_are="):
+            di.from_csv(csv, root=tmp_path, size=(8, 8))
+
+
+def test_lazy_labels_are_checked_as_numpy_ones_are():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    for bad, says in (
+        (np.array([0, 1.7, 1, 0]), "whole numbers"),
+        (np.array([0, 2**64 - 1, 1, 0], np.uint64), "beyond the int64"),
+        (np.array([0, 7, 1, 0]), "must lie in 0..2"),
+    ):
+        for labels in (bad, dask.array.from_array(bad, chunks=2)):
+            with pytest.raises(ValueError, match=says):
+                di.ImageSet(images, labels, classes=["a", "b", "c"])
+    ds = di.ImageSet(images, dask.array.from_array(np.array([0, 1, 2, 1]), chunks=2))
+    assert isinstance(ds.labels, np.ndarray)  # as documented: labels are numpy
+    parts = ds.split({"a": 0.5, "b": 0.5}, seed=0)
+    assert sorted(np.concatenate([p.labels for p in parts.values()]).tolist()) == [0, 1, 1, 2]
 
 
 def test_from_csv_refuses_paths_outside_root(image_folder, tmp_path):

@@ -301,7 +301,9 @@ def _labels(
     labels_are: str | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels, unless ``given``)."""
-    labels, classes = _own_labels(rows, label_column, where, names=labels_are == "names")
+    labels, classes = _own_labels(
+        rows, label_column, where, names=labels_are == "names", padded=labels_are == "indices"
+    )
     if labels_are == "indices" and classes:
         line = next(
             i for i, c in enumerate(_classes_of(labels, classes), 2) if _whole_value(c) is None
@@ -370,9 +372,19 @@ def _classes_of(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
 
 
 def _own_labels(
-    rows: list[dict[str, Any]], label_column: str, where: str, *, names: bool = False
+    rows: list[dict[str, Any]],
+    label_column: str,
+    where: str,
+    *,
+    names: bool = False,
+    padded: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
-    """Labels (class indices) and class names (empty for integer labels)."""
+    """Labels (class indices) and class names (empty for integer labels).
+
+    A whole number written with leading zeros ("01", "007") or digit separators ("1_0")
+    is a class name, as a folder named so is (an index column spells its numbers plainly;
+    taken as index 1, "01" would name the class "02" of a set whose classes are "01",
+    "02", ...), unless ``padded`` (``labels_are='indices'``)."""
     raw = [(row[label_column] or "").strip() for row in rows]
     holes = [line for line, v in enumerate(raw, start=2) if not v]
     if holes:
@@ -384,7 +396,7 @@ def _own_labels(
         )
     # whole numbers are class indices, also when written as floats ("3.0": an int
     # column that went through a float one)
-    wholes = [None if names else _whole_value(v) for v in raw]
+    wholes = [None if names or not (padded or _plain_number(v)) else _whole_value(v) for v in raw]
     if not names and all(w is not None for w in wholes):
         ints = cast("list[int]", wholes)
         big = [
@@ -404,13 +416,14 @@ def _own_labels(
         more = f" and {len(named) - 3} more" if len(named) > 3 else ""
         missing = any(raw[line - 2].lower() in _MISSING for line in named)
         raise ValueError(
-            f"{where}: column {label_column!r} holds whole numbers (class indices) and "
+            f"{where}: column {label_column!r} holds plain whole numbers (class indices) and "
             f"other values ({shown}{more}), so it is neither indices nor class names"
             + (
                 "; those look like missing labels: fill them in, drop those rows, or pass "
                 "label_column=None to read the set without labels"
                 if missing
-                else "; write every label as a class name, or every one as an index"
+                else "; write every label as a class name, or every one as an index, or say "
+                "which they are: labels_are='names' or labels_are='indices'"
             )
         )
     odd = sorted({v for v in raw if v.lower() in _MISSING})
@@ -534,6 +547,12 @@ def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
         if max((abs(w) for row in ints for w in row), default=0) > 2**24:
             return np.array(ints, dtype=np.int64)
     return np.array([[float(v) for v in row] for row in cells], dtype=np.float32)
+
+
+def _plain_number(v: str) -> bool:
+    """``v`` spells a number without leading zeros ("01") or digit separators ("1_0")."""
+    digits = v.strip().lstrip("+-")
+    return "_" not in digits and not (len(digits) > 1 and digits[0] == "0" and digits[1].isdigit())
 
 
 def _whole_value(v: str | None) -> int | None:

@@ -379,9 +379,9 @@ class ImageSet:
 
 def _class_indices(labels: Any) -> Any:
     """``labels`` checked to be whole class indices (strings and fractions are refused)."""
-    if isinstance(labels, da.Array):
-        return labels
-    arr = np.asarray(labels)
+    # lazy labels are read here (one integer per sample, small), to be checked as any are:
+    # cast unchecked, 1.7 was stored as 1 and uint64 2**64 - 1 as -1 (no label)
+    arr = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
     if arr.dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in arr.ravel()):
         names = sorted({str(v) for v in arr.ravel()})
         raise ValueError(
