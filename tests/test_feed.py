@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 
+import dask.array
 import numpy as np
 import pytest
 from conftest import flip_byte_in_chunk, plain_group
@@ -43,6 +44,35 @@ def test_every_sample_once_per_epoch(store, batch_size, drop_last):
         assert sorted(idx.tolist()) == list(range(103))
     for images, ids in batches:
         _check_images_match_idx(images, ids)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_last_block_longer_than_the_others_is_fed_whole(tmp_path, indexed_set, shuffle):
+    """Blocks (15, ..., 15, 16), as take() or split() of a store can leave: the feed crashed
+    with dask's bare IndexError. Every sample once, its pixels its own (the oracle)."""
+    n = 166
+    x = np.zeros((n, 2, 2, 3), np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    lazy = dask.array.from_array(x, chunks=((15,) * 10 + (16,), 2, 2, 3))
+    it = di.BatchIterator(
+        {"images": lazy, "idx": np.arange(n)}, batch_size=17, arrays=("images", "idx"),
+        shuffle=shuffle,
+    )  # fmt: skip
+    batches = _epoch(it)
+    idx = np.concatenate([b[1] for b in batches])
+    assert sorted(idx.tolist()) == list(range(n))
+    for images, ids in batches:
+        _check_images_match_idx(images, ids)
+    # a subset of a store: "index" is each sample's row in the store
+    store = di.to_zarr(indexed_set, tmp_path / "s.zarr.zip", chunks=8, order="source")
+    opened = di.open_zarr(store)
+    rows = np.sort(np.random.default_rng(1).choice(len(opened), 61, replace=False))
+    part = opened.take(rows)
+    part.images = part.images.rechunk(((6,) * 9 + (7,), *part.images.shape[1:]))
+    got = _epoch(di.BatchIterator(part, batch_size=5, arrays=("images", "index"), shuffle=shuffle))
+    assert sorted(np.concatenate([b[1] for b in got]).tolist()) == rows.tolist()
+    for images, index in got:
+        _check_images_match_idx(images, index)
 
 
 def test_default_arrays_are_images_and_labels(store, indexed_set):

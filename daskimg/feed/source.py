@@ -136,7 +136,9 @@ class FeedSource:
         if chunk_lens:
             self.chunk_len = max(chunk_lens.values())
             for n, a in self.lazy.items():
-                if a.chunks[0][:-1] != (self.chunk_len,) * (len(a.chunks[0]) - 1):
+                # chunk c must be rows c * chunk_len on: a last block longer than the others
+                # ((15, ..., 15, 16), as take() or split() can leave) is rechunked too
+                if a.chunks[0] != _chunks_of(self.n, self.chunk_len):
                     self.lazy[n] = a.rechunk({0: self.chunk_len})
         else:
             self.chunk_len = max(1, min(self.n, 1024))
@@ -254,6 +256,11 @@ def _token(attrs: Mapping[str, Any]) -> str:
         {k: v for k, v in attrs.items() if k != "complete"}, sort_keys=True, default=str
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _chunks_of(n: int, chunk_len: int) -> tuple[int, ...]:
+    """The blocks along axis 0 of ``n`` rows in chunks of ``chunk_len`` (dask's spelling)."""
+    return tuple(min(chunk_len, n - a) for a in range(0, n, chunk_len)) or (0,)
 
 
 def _regular_chunk_len(a: da.Array) -> int:
