@@ -72,7 +72,8 @@ def from_csv(
         must lie in ``0..len(classes) - 1``. Default: the sorted unique names of this CSV.
     labels_are
         ``"names"`` or ``"indices"``: how to read the labels when that is not clear from
-        them. By default whole numbers are indices and anything else is a name; with
+        them. By default plain whole numbers are indices and anything else is a name
+        (``01``, with a leading zero, is a name, as a folder ``01`` is); with
         ``classes`` that are numbers themselves (folders ``0`` .. ``10``, sorted as text
         ``'0', '1', '10', '2', ...``) a label ``2`` is both class ``'2'`` and index 2 (class
         ``'10'``), which is an error naming the line until ``labels_are`` says which.
