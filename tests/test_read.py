@@ -84,6 +84,25 @@ def test_imread_on_distributed(image_folder, client):
     np.testing.assert_array_equal(local, remote)
 
 
+def test_imread_pattern_extension_matches_any_letter_case(tmp_path):
+    """'*.jpg' left IMG_2.JPG out without a word (from_folder reads it): the extension of a
+    pattern matches in any case; the rest of the pattern as glob has it."""
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "B").mkdir()
+    names = ["a/1.jpg", "a/2.JPG", "a/3.Jpg", "B/4.jpg"]
+    for k, name in enumerate(names):
+        Image.new("RGB", (6, 4), (k * 40, 0, 0)).save(tmp_path / name, quality=95)
+    Image.new("RGB", (6, 4)).save(tmp_path / "a" / "5.jpeg")
+    x = di.imread(str(tmp_path / "**" / "*.jpg"), size=(4, 6)).compute()
+    oracle = sorted(str(tmp_path / n) for n in names)  # glob's sorted order
+    for img, path in zip(x, oracle, strict=True):
+        np.testing.assert_array_equal(img, np.asarray(Image.open(path).convert("RGB")))
+    with pytest.raises(NoImagesFoundError):
+        di.imread(str(tmp_path / "b" / "*.jpg"), size=(4, 6))  # folder names keep their case
+
+
 def test_imread_takes_a_file_name_with_glob_characters_as_it_is(tmp_path):
     # 'x[1].png' was a pattern matching 'x1.png': another file read, without a word
     a, b = di.testing.make_image(seed=1), di.testing.make_image(seed=2)

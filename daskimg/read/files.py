@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ def expand_paths(
 ) -> list[str]:
     """Turn a glob pattern (``**`` allowed) or an explicit list into a list of file paths.
 
-    A pattern is expanded and sorted; an explicit list keeps its order. Directories that
+    A pattern is expanded and sorted (its extension matched in any letter case, see
+    :func:`any_case_suffix`); an explicit list keeps its order. Directories that
     a pattern matches are left out (they are not files); a broken link is kept, so
     decoding names it (a git-annex or DVC file not fetched yet is not silently lost).
     An empty result is an error.
@@ -100,7 +102,7 @@ def expand_paths(
         paths = _once_each(
             sorted(
                 p
-                for p in glob.glob(pattern, recursive=True)
+                for p in glob.glob(any_case_suffix(pattern), recursive=True)
                 if os.path.isfile(p) or not os.path.exists(p)  # a file, or a broken link
             ),
             pattern,
@@ -119,10 +121,25 @@ def expand_paths(
     return paths
 
 
+def any_case_suffix(pattern: str) -> str:
+    """``pattern`` with the extension after its last ``*`` matching in any letter case
+    (``photos/**/*.jpg`` finds ``IMG_0001.JPG`` too, as :func:`~daskimg.from_folder` does;
+    a case-sensitive glob left such files out without a word).
+
+    >>> any_case_suffix("photos/**/*.jpg")
+    'photos/**/*.[jJ][pP][gG]'
+    """
+    m = re.search(r"\*\.([A-Za-z0-9]+)$", pattern)
+    if m is None:
+        return pattern
+    ext = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in m.group(1))
+    return pattern[: m.start(1)] + ext
+
+
 def _expand_url(pattern: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     """Files matching a URL glob, as sorted full URLs (one listing call per folder level)."""
     fs, _ = filesystem(pattern, storage_options)
-    found = fs.glob(pattern, detail=True)
+    found = fs.glob(any_case_suffix(pattern), detail=True)
     paths = sorted(fs.unstrip_protocol(p) for p, info in found.items() if info["type"] == "file")
     if not paths:
         raise NoImagesFoundError(
