@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,11 @@ def verify(
     return problems
 
 
+#: errors of reading that say nothing about the bytes read: out of file descriptors or
+#: memory, no permission. Raised, not listed as a damaged chunk
+_NOT_THE_DATA = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EACCES, errno.EPERM}
+
+
 def _check_chunks(
     reader: StoreReader,
     attrs: Mapping[str, Any],
@@ -107,7 +113,11 @@ def _check_chunks(
             if name == "labels":
                 lay = reader.layout(name)
                 check_labels(reader.path, attrs, values, lay.chunk_len, lay.chunk_rows(c)[0])
-        except (DaskImgError, ValueError, RuntimeError, OSError) as e:
+        except OSError as e:
+            if e.errno in _NOT_THE_DATA:  # the process or machine, not the chunk: say so
+                raise
+            problems.append(Problem(name, c, str(e)))
+        except (DaskImgError, ValueError, RuntimeError) as e:
             problems.append(Problem(name, c, str(e)))
         if progress is not None:
             progress(1)

@@ -36,6 +36,7 @@ import os
 import stat
 import struct
 import threading
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -124,21 +125,57 @@ class ByteSource:
         """Release open files (reopened when next used)."""
 
 
+class _Handles:
+    """The descriptors and maps one process opened for a :class:`_LocalFiles`; closed when
+    it is closed or garbage-collected (a store opened per epoch or per evaluation in a
+    long-lived process no longer keeps its files open until the process runs out of them)."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.maps: dict[str, LeasedMap] = {}
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        if self.pid != os.getpid():  # a forked child: the parent's to close, not this one's
+            return
+        with self.lock:
+            maps, fds = list(self.maps.values()), list(self.fds.values())
+            self.maps, self.fds = {}, {}
+        for m in maps:
+            m.release()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class _LocalFiles:
     """Per-process file descriptors, reopened after ``fork``; each checked against its identity."""
 
     def __init__(self, where: str, idents: dict[str, tuple[int, int, int, int]]) -> None:
         self.where = where
         self.idents = idents  # file -> (dev, ino, size, mtime_ns) when the store was opened
-        self._fds: dict[str, int] = {}
-        self._maps: dict[str, LeasedMap] = {}
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._handles()
+
+    def _handles(self) -> None:
+        self._h = _Handles()
+        weakref.finalize(self, self._h.close)
+
+    @property
+    def _fds(self) -> dict[str, int]:
+        if self._h.pid != os.getpid():  # forked: never share the parent's descriptors or maps
+            self._handles()
+        return self._h.fds
+
+    @property
+    def _maps(self) -> dict[str, LeasedMap]:
+        return self._h.maps
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return self._h.lock
 
     def fd(self, file: str) -> int:
-        if self._pid != os.getpid():  # forked: never share the parent's descriptors or maps
-            self._fds, self._maps, self._pid = {}, {}, os.getpid()
-            self._lock = threading.Lock()
         fd = self._fds.get(file)
         if fd is None:
             with self._lock:
@@ -171,14 +208,10 @@ class _LocalFiles:
         self._check(self.fd(file), file)
 
     def close(self) -> None:
-        if self._pid == os.getpid():
-            with self._lock:
-                for m in self._maps.values():
-                    m.release()
-                for fd in self._fds.values():
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-        self._fds, self._maps = {}, {}
+        if self._h.pid == os.getpid():
+            self._h.close()
+        else:
+            self._handles()
 
     @contextlib.contextmanager
     def view(self, file: str, offset: int, n: int) -> Iterator[memoryview | None]:
@@ -306,7 +339,9 @@ class LocalDir(_LocalSource):
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"no store at {path!r}")
             idents: dict[str, tuple[int, int, int, int]] = {}
-            for dirpath, dirnames, files in os.walk(path):  # links are not followed
+            # links are not followed; a listing that fails (EMFILE: out of descriptors)
+            # raises, never reads as a store without those files (named damaged)
+            for dirpath, dirnames, files in os.walk(path, onerror=_raise):
                 dirnames.sort()
                 for f in files:
                     full = os.path.join(dirpath, f)
@@ -324,6 +359,10 @@ class LocalDir(_LocalSource):
 
     def _locate(self, key: str) -> tuple[str, int]:
         return self._file(key), 0
+
+
+def _raise(e: OSError) -> None:
+    raise e
 
 
 def open_source(target: str, kind: str) -> ByteSource:
