@@ -471,7 +471,11 @@ def _to_torch(name: str, a: np.ndarray, channels_first: bool, dtype: torch.dtype
             t = t.movedim(-1, 1).contiguous()
         if dtype is not None:
             scale = 255.0 if a.dtype == np.uint8 else 65535.0 if a.dtype == np.uint16 else 1.0
-            t = t.to(dtype)
             if dtype.is_floating_point and scale != 1.0:
-                t = t / scale
+                # divided in float32 (float64 if asked), then cast: float16 holds no 65535
+                # (uint16 pixels >= 65520 became inf before the division)
+                wide = torch.float64 if dtype == torch.float64 else torch.float32
+                t = (t.to(wide) / scale).to(dtype)
+            else:
+                t = t.to(dtype)
     return t

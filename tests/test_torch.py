@@ -308,6 +308,24 @@ def test_channels_first_and_float(store):
     assert labels.dtype == torch.int64
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("kind", [np.uint8, np.uint16])
+def test_float_images_are_scaled_then_cast(tmp_path, dtype, kind):
+    """uint16 pixels >= 65520 came out as inf with dtype=torch.float16 (cast before the
+    division); the oracle: numpy's float64 division, cast to the dtype asked for."""
+    top = np.iinfo(kind).max
+    images = np.linspace(0, top, 4 * 3 * 2 * 1).astype(kind).reshape(4, 3, 2, 1)
+    images[0, 0, 0, 0] = top
+    store = di.to_zarr(di.ImageSet(images), tmp_path / "s.zarr.zip", order="source", chunks=4)
+    ds = TorchDataset(store, batch_size=4, shuffle=False, arrays=("images",),
+                      dtype=getattr(torch, dtype))  # fmt: skip
+    (got,) = next(iter(ds))
+    want = torch.from_numpy(images / float(top)).to(getattr(torch, dtype))
+    assert got.dtype == want.dtype
+    assert torch.isfinite(got).all() and float(got[0, 0, 0, 0]) == 1.0
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_pickled_dataset_gets_its_own_epochs(store, stored):
     # a dataset pickled into another process (mp.spawn before DDP) must not share the epoch
     # table with the one it came from: here, a pickled copy in this process
