@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +92,32 @@ def verify(
         problems.append(Problem("(store)", -1, str(e)))
     for name, lay in layouts.items():
         problems += _check_chunks(reader, attrs, name, lay.num_chunks, progress)
+    if not problems and loc.kind == "zip" and not loc.is_url:  # (a damaged chunk is named)
+        problems += _zip_crcs(loc.target)
     return problems
+
+
+def _zip_crcs(path: str) -> list[Problem]:
+    """The zip's own CRC-32 of each member, as plain zarr's ``ZipStore`` checks them on
+    every read: daskimg reads through its own checksums, so a damaged CRC-32 field (or
+    a member whose bytes changed with its crc32c resealed) would pass, yet the store
+    would not open in plain zarr."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        return [Problem("(store)", -1, f"{path}: the zip cannot be read to check its CRC-32s: {e}")]
+    if bad is None:
+        return []
+    return [
+        Problem(
+            "(store)",
+            -1,
+            f"{path}: member {bad!r} does not match the CRC-32 the zip records for it "
+            "(damaged; plain zarr's ZipStore refuses to read it). Copy the store again, or "
+            "re-create it",
+        )
+    ]
 
 
 #: errors of reading that say nothing about the bytes read: out of file descriptors or

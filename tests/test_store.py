@@ -834,8 +834,10 @@ def test_a_store_opened_again_and_again_keeps_no_file_open(tmp_path, indexed_set
     before = _open_fds()
     for _ in range(12):
         ds = di.open_zarr(path)
-        idx = np.asarray(ds.arrays["idx"])  # the stored order (shuffled)
-        np.testing.assert_array_equal(ds.images.compute(), want[idx])
+        # threads: a distributed client left by another test keeps the tasks it ran (and
+        # the readers they hold) in its logs
+        idx = ds.arrays["idx"].compute(scheduler="threads")  # the stored order (shuffled)
+        np.testing.assert_array_equal(ds.images.compute(scheduler="threads"), want[idx])
         for _batch in di.BatchIterator(path, batch_size=16):
             pass
         del ds, _batch
@@ -873,3 +875,66 @@ print("ok")
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def _patch(path: Path, at: int, data: bytes) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at : at + len(data)] = data
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_zip_directory_offset_is_named_not_a_bare_os_error(tmp_path, indexed_set):
+    """The end record's 'offset of the central directory' one higher: zipfile computed
+    negative member offsets and os.pread failed with a bare '[Errno 22] Invalid argument'
+    (no file named; `daskimg verify` crashed instead of listing it)."""
+    good = di.to_zarr(indexed_set, tmp_path / "g.zarr.zip", chunks=8)
+    for delta in (1, 1 << 28):
+        bad = tmp_path / f"bad{delta}.zarr.zip"
+        shutil.copy(good, bad)
+        raw = bad.read_bytes()
+        end = raw.rfind(b"PK\x05\x06")
+        offset = int.from_bytes(raw[end + 16 : end + 20], "little")
+        _patch(bad, end + 16, (offset + delta).to_bytes(4, "little"))
+        with pytest.raises((zipfile.BadZipFile, OSError)):  # the oracle: plain zarr fails
+            zarr.open_group(zarr.storage.ZipStore(bad, mode="r"), mode="r")["images"][...]
+        with pytest.raises(ChecksumError, match=re.escape(str(bad))):
+            di.open_zarr(bad)
+        problems = verify(bad)
+        assert problems and str(bad) in problems[0].message
+
+
+def test_verify_finds_what_plain_zarr_would_refuse(tmp_path, indexed_set):
+    """Damage daskimg's own checks did not see, but which makes the store unreadable by
+    plain zarr (the oracle) or switches a check off: a zip member's CRC-32, the root's
+    zarr_format, the name of the root attributes' checksum."""
+    good = di.to_zarr(indexed_set, tmp_path / "g.zarr.zip", chunks=8)
+    with zipfile.ZipFile(good) as z:
+        info = z.getinfo("images/c/0/0/0/0")
+    # (1) the member's CRC-32 in the central directory
+    bad = tmp_path / "crc.zarr.zip"
+    shutil.copy(good, bad)
+    raw = bad.read_bytes()
+    # its central directory entry: the last "PK\1\2" before the last copy of its name
+    entry = raw.rfind(b"PK\x01\x02", 0, raw.rfind(b"images/c/0/0/0/0"))
+    assert int.from_bytes(raw[entry + 16 : entry + 20], "little") == info.CRC
+    _patch(bad, entry + 16, (info.CRC ^ 1).to_bytes(4, "little"))
+    with pytest.raises(zipfile.BadZipFile, match="CRC"):
+        zarr.open_group(zarr.storage.ZipStore(bad, mode="r"), mode="r")["images"][...]
+    problems = verify(bad)
+    assert len(problems) == 1 and "images/c/0/0/0/0" in problems[0].message
+    assert "CRC-32" in problems[0].message
+    # (2) zarr_format 3 -> 2 in the root zarr.json, (3) 'attrs_crc32c' renamed
+    folder = di.to_zarr(indexed_set, tmp_path / "f.zarr", chunks=8)
+    for old, new, says in (
+        (b'"zarr_format": 3', b'"zarr_format": 2', "zarr_format 2, not 3"),
+        (b'"attrs_crc32c"', b'"attrs_crc32b"', "attrs_crc32c) is missing"),
+    ):
+        copy = tmp_path / f"c{len(says)}.zarr"
+        shutil.copytree(folder, copy)
+        meta = copy / "zarr.json"
+        assert old in meta.read_bytes()
+        meta.write_bytes(meta.read_bytes().replace(old, new))
+        problems = verify(copy)
+        assert problems and says in problems[0].message
+        with pytest.raises(MetadataError, match=re.escape(says)):
+            di.open_zarr(copy)

@@ -431,6 +431,13 @@ def zip_members(
         raise ChecksumError(damaged.format(e)) from None
     seen: set[str] = set()
     for info in infos:
+        if not 0 <= info.header_offset < size:  # zipfile's arithmetic on a damaged directory
+            raise ChecksumError(
+                damaged.format(
+                    f"member {info.filename!r} starts at byte {info.header_offset}, outside "
+                    f"the file's {size}; its central directory is damaged"
+                )
+            )
         if info.filename in seen:
             raise ChecksumError(damaged.format(f"member {info.filename!r} appears twice"))
         seen.add(info.filename)

@@ -240,6 +240,11 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
     """The ``daskimg`` attributes from a root ``zarr.json``, checked; newer or unfinished stores refused."""
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
         raise FormatVersionError(f"{where!r} is not a Zarr v3 group (no zarr.json at its root)")
+    if meta.get("zarr_format") != 3:  # plain zarr would not see the arrays
+        raise MetadataError(
+            f"{where!r}: its root zarr.json says zarr_format {meta.get('zarr_format')!r}, not 3; "
+            "the store's metadata is damaged — re-create it"
+        )
     attrs = (
         (meta.get("attributes") or {}).get("daskimg")
         if isinstance(meta.get("attributes"), dict)
@@ -287,6 +292,14 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
         raise IncompleteStoreError(
             f"{where!r} is incomplete (complete=false): its writer stopped before the end. "
             "Re-run the ingest/to_zarr that made it."
+        )
+    tables = [a for a in (attrs.get("arrays") or {}).values() if isinstance(a, dict) and TABLE in a]
+    if ATTRS_CRC not in attrs and tables:
+        # written with chunk tables, so with the root checksum too: its name was damaged,
+        # and nothing would check the classes and the tables
+        raise MetadataError(
+            f"{where!r}: the checksum of its root attributes ({ATTRS_CRC}) is missing; the "
+            "store's metadata is damaged — re-create it"
         )
     if ATTRS_CRC in attrs and attrs_crc32c(attrs) != attrs[ATTRS_CRC]:
         raise MetadataError(
