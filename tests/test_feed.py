@@ -166,6 +166,48 @@ def test_resume_mid_epoch_reads_only_what_is_left(store, stored_idx, cut):
     assert sorted(loaded) == left.tolist()
 
 
+@pytest.mark.parametrize("cut", [3, "end"])
+def test_a_training_loop_calling_set_epoch_resumes_where_the_state_left(store, stored_idx, cut):
+    """The README loop calls set_epoch(epoch) at the top of each epoch; after
+    load_state_dict it replayed the resumed epoch from its start (its first batches
+    trained twice). A state saved after the last batch (a per-step checkpoint) leaves
+    nothing of its epoch, and the next epoch comes whole."""
+    kw = {"batch_size": 9, "arrays": ("images", "index"), "seed": 1}
+    ref = di.BatchIterator(store, **kw)
+    epochs = {}
+    for e in (2, 3):
+        ref.set_epoch(e)
+        epochs[e] = _ids(_epoch(ref), stored_idx)
+    it = di.BatchIterator(store, **kw)
+    it.set_epoch(2)
+    n = len(it) if cut == "end" else cut
+    gen = iter(it)
+    head = [next(gen) for _ in range(n)]
+    state = it.state_dict()  # inside the loop, after batch n
+    gen.close()
+    resumed = di.BatchIterator(store, **kw)
+    resumed.load_state_dict(state)
+    seen = {}
+    for e in (2, 3):  # the loop, restarted at the state's epoch
+        resumed.set_epoch(e)
+        seen[e] = _epoch(resumed)
+    np.testing.assert_array_equal(_ids(head + seen[2], stored_idx), epochs[2])
+    np.testing.assert_array_equal(_ids(seen[3], stored_idx), epochs[3])
+    # set_epoch of another epoch after loading: that epoch from its start
+    other = di.BatchIterator(store, **kw)
+    other.load_state_dict(state)
+    other.set_epoch(3)
+    np.testing.assert_array_equal(_ids(_epoch(other), stored_idx), epochs[3])
+    # and without set_epoch: the rest of the state's epoch, then the next (as before)
+    plain = di.BatchIterator(store, **kw)
+    plain.load_state_dict(state)
+    rest = _epoch(plain)
+    if cut == "end":
+        np.testing.assert_array_equal(_ids(rest, stored_idx), epochs[3])
+    else:
+        np.testing.assert_array_equal(_ids(head + rest, stored_idx), epochs[2])
+
+
 @pytest.mark.parametrize(
     ("change", "name"),
     [

@@ -146,6 +146,8 @@ class BatchIterator:
         self.even = even
         self.epoch = 0
         self._batch = 0  # batches of the current epoch already yielded
+        self._resumed_epoch: int | None = None  # a loaded state's epoch, until iterated
+        self._chosen = False  # the epoch was given to set_epoch, and not iterated yet
         self._plan: tuple[int, EpochPlan] | None = None
         self._pools: dict[str, list[np.ndarray]] = {}
         self._busy: set[int] = set()
@@ -173,11 +175,26 @@ class BatchIterator:
         return {name: getattr(self, name) for name in _SHARE}
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (its order is fixed by ``(seed, epoch)``) from its first batch."""
+        """Start epoch ``epoch`` (its order is fixed by ``(seed, epoch)``) from its first batch.
+
+        Right after :meth:`load_state_dict`, the epoch of the loaded state continues where
+        the state left it (a training loop that calls ``set_epoch(epoch)`` at the top of
+        each epoch replayed the resumed epoch from its start), and yields nothing if the
+        state was saved after its last batch.
+        """
         if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        keep = self._resumed_epoch == int(epoch)
+        self._resumed_epoch = None
         self.epoch = int(epoch)
-        self._batch = 0
+        if not keep:
+            self._batch = 0
+        self._chosen = True
+
+    def _advance(self) -> None:
+        """On to the next epoch, from its first batch."""
+        self.epoch, self._batch = self.epoch + 1, 0
+        self._chosen, self._resumed_epoch = False, None
 
     def settings(self) -> dict[str, Any]:
         """Everything that shapes the order of an epoch, as :meth:`state_dict` records it."""
@@ -221,6 +238,7 @@ class BatchIterator:
             self._plan = None
         self.epoch = int(epoch)  # type: ignore[arg-type]
         self._batch = int(batch)  # type: ignore[arg-type]
+        self._resumed_epoch, self._chosen = self.epoch, False
 
     def plan(self) -> EpochPlan:
         """This consumer's plan for the current epoch (pure data; see :mod:`daskimg.shuffle`)."""
@@ -247,10 +265,15 @@ class BatchIterator:
 
     # -- execution --------------------------------------------------------------------
     def _iter_dicts(self) -> Iterator[dict[str, np.ndarray]]:
+        self._resumed_epoch = None
         plan = self.plan()
         if plan.batches and self._batch >= len(plan.batches):  # this epoch was finished
-            self.set_epoch(self.epoch + 1)
+            chosen = self._chosen
+            self._advance()
+            if chosen:  # set_epoch chose it (resumed after its last batch): nothing left
+                return
             plan = self.plan()
+        self._chosen = False
         yield from self._runner.run(
             plan,
             self._batch,
@@ -263,7 +286,7 @@ class BatchIterator:
             closed_error=self._closed_error,
         )
         if self._batch >= len(plan.batches):
-            self.set_epoch(self.epoch + 1)
+            self._advance()
 
     def _handed_out(self, b: int) -> None:
         self._batch = b + 1
