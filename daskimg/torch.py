@@ -152,7 +152,8 @@ class TorchDataset(IterableDataset):
         This process's DDP rank and the number of ranks; given, they win over the lookup.
     even
         Give every rank the same number of batches, by repeating at most a chunk's worth
-        of samples per rank (like ``DistributedSampler``'s padding): unequal counts hang DDP.
+        of samples per rank (like ``DistributedSampler``'s padding; with ``shuffle=False``,
+        up to a batch's worth when a batch is longer than a chunk): unequal counts hang DDP.
         Default (None): True when there are several ranks and ``shuffle=True`` (training),
         else False, so that ``shuffle=False`` (evaluation, inference) counts every sample
         exactly once (ranks may then differ by one batch).
