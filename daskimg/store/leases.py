@@ -114,12 +114,14 @@ class LeasedMap:
             self.release()
 
     def release(self) -> None:
-        if self.map is not None:
+        # the map taken first: a store's finalizer (any thread) and the watcher thread may
+        # release at once; closing a map or dropping a lease twice is harmless
+        mapped, self.map = self.map, None
+        if mapped is not None:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
             with contextlib.suppress(BufferError):
-                self.map.close()
-            self.map = None
+                mapped.close()
 
 
 _LEASES = sys.platform.startswith("linux") and hasattr(fcntl, "F_SETLEASE")
