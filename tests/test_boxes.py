@@ -347,6 +347,20 @@ def test_csv_box_cells(tmp_path):
             label_column=None,
             boxes={"b": ["x0", "y0", "x1", "y1"]},
         )
+    # four NaN cells (numpy's savetxt, pandas' na_rep="NaN") are no box, as empty ones
+    csv.write_text("path,x0,y0,x1,y1\nb.png,1,2,10,12\na.png,nan,NaN,nan,nan\n")
+    got = (
+        di.from_csv(
+            csv,
+            root=tmp_path,
+            size=(20, 30),
+            label_column=None,
+            boxes={"b": ["x0", "y0", "x1", "y1"]},
+        )
+        .columns["b"]
+        .compute()
+    )
+    assert np.isnan(got[1]).all() and not np.isnan(got[0]).any()
     # "nan" beside numbers made a half-NaN box; "inf" was clipped to the image's edge
     for cells, col in (("nan,2,10,12", "x0"), ("1,2,inf,12", "x1"), ("1,-Infinity,3,4", "y0")):
         csv.write_text(f"path,x0,y0,x1,y1\nb.png,1,2,10,12\na.png,{cells}\n")

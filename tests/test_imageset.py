@@ -261,6 +261,17 @@ def test_from_csv_zero_padded_labels_name_classes_as_folders_do(tmp_path):
     assert as_index.labels.tolist() == [int(lab) for _, lab in rows]
     # "01" beside "1", or "1_0" (Python's int() reads 10) beside plain numbers: neither
     # reading is safe
+    # codes of one width ("00" .. "11", as folders are named to sort): names, "10" too
+    codes = [f"{k:02d}" for k in range(12)]
+    for k in range(12):
+        di.testing.make_image(seed=k).save(tmp_path / f"c{k}.png")
+    csv.write_text("path,label\n" + "".join(f"c{k}.png,{c}\n" for k, c in enumerate(codes)))
+    for classes in (codes, None):
+        got = di.from_csv(csv, root=tmp_path, size=(8, 8), classes=classes)
+        assert [got.classes[k] for k in got.labels] == codes
+    # a whole number written as a float keeps being an index ("05.0" is 5)
+    csv.write_text(f"path,label\n{rows[0][0]},05.0\n{rows[1][0]},1\n")
+    assert di.from_csv(csv, root=tmp_path, size=(8, 8)).labels.tolist() == [5, 1]
     for odd, plain in (("01", "1"), ("1_0", "2")):
         csv.write_text(f"path,label\n{rows[0][0]},{odd}\n{rows[1][0]},{plain}\n")
         with pytest.raises(ValueError, match=r"plain whole numbers.*labels_are="):

@@ -379,7 +379,9 @@ def open_array_set(
             boxes=tuple(boxes),
         )
     except ValueError as e:  # a column or box that cannot be stored: say which file
-        raise ValueError(f"{path!r}: {e}") from None
+        if type(e) is not ValueError:
+            raise
+        raise ValueError(f"{path!r}: {e}") from e
 
 
 def _dataset(f: Any, path: str, name: str) -> Any:

@@ -397,7 +397,11 @@ def _own_labels(
         )
     # whole numbers are class indices, also when written as floats ("3.0": an int
     # column that went through a float one)
-    wholes = [None if names or not (padded or _plain_number(v)) else _whole_value(v) for v in raw]
+    # numbers of one width with leading zeros ("00" .. "42") are all names, "10" too
+    fixed = not padded and _fixed_width_codes(raw)
+    wholes = [
+        None if names or fixed or not (padded or _plain_number(v)) else _whole_value(v) for v in raw
+    ]
     if not names and all(w is not None for w in wholes):
         ints = cast("list[int]", wholes)
         big = [
@@ -455,8 +459,8 @@ def _box_values(
     out = np.empty((len(rows), 4), dtype=np.float64)
     for line, row in enumerate(rows, start=2):
         cells = [(row[c] or "").strip() for c in cols]
-        if not any(cells):
-            out[line - 2] = np.nan  # a sample without this box
+        if not any(cells) or all(v.lower() == "nan" for v in cells):
+            out[line - 2] = np.nan  # a sample without this box (NaN as numpy/pandas write it)
             continue
         bad = [c for c, v in zip(cols, cells, strict=True) if not _is_float(v)]
         if bad:
@@ -470,7 +474,7 @@ def _box_values(
             raise ValueError(
                 f"{where}, line {line}: box {name!r} column {odd[0]!r} is "
                 f"{row[odd[0]].strip()!r}, not a pixel position; leave all four cells empty "
-                "for a sample without a box"
+                "(or all four NaN) for a sample without a box"
             )
         if x1 < x0 or y1 < y0:
             raise ValueError(
@@ -551,9 +555,21 @@ def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
 
 
 def _plain_number(v: str) -> bool:
-    """``v`` spells a number without leading zeros ("01") or digit separators ("1_0")."""
+    """``v`` does not spell a whole number with leading zeros ("01"; "05.0" is 5) or digit
+    separators ("1_0")."""
     digits = v.strip().lstrip("+-")
-    return "_" not in digits and not (len(digits) > 1 and digits[0] == "0" and digits[1].isdigit())
+    return "_" not in digits and not (len(digits) > 1 and digits[0] == "0" and digits.isdigit())
+
+
+def _fixed_width_codes(raw: Sequence[str]) -> bool:
+    """Every label is digits of one width, some with leading zeros: codes such as
+    ``"00" .. "42"`` (class folders written so that they sort), names all of them."""
+    return (
+        bool(raw)
+        and all(v.isdigit() for v in raw)
+        and len({len(v) for v in raw}) == 1
+        and any(not _plain_number(v) for v in raw)
+    )
 
 
 def _whole_value(v: str | None) -> int | None:

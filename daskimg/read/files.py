@@ -76,8 +76,8 @@ def expand_paths(
 ) -> list[str]:
     """Turn a glob pattern (``**`` allowed) or an explicit list into a list of file paths.
 
-    A pattern is expanded and sorted (its extension matched in any letter case, see
-    :func:`any_case_suffix`); an explicit list keeps its order. Directories that
+    A pattern is expanded and sorted (a pattern ending in ``*.ext`` matches the extension
+    in any letter case, see :func:`any_case_suffix`); an explicit list keeps its order. Directories that
     a pattern matches are left out (they are not files); a broken link is kept, so
     decoding names it (a git-annex or DVC file not fetched yet is not silently lost).
     An empty result is an error.
