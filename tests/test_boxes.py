@@ -319,56 +319,35 @@ def test_csv_box_cells(tmp_path):
     make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "a.png")
     make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "b.png")
     csv = tmp_path / "b.csv"
+
+    def read(size=(20, 30), boxes=("x0", "y0", "x1", "y1")):
+        return di.from_csv(
+            csv, root=tmp_path, size=size, label_column=None, boxes={"b": list(boxes)}
+        )
+
     csv.write_text("path,x0,y0,x1,y1\na.png,,,,\nb.png,1,2,10,12\n")
-    ds = di.from_csv(
-        csv, root=tmp_path, size=(20, 30), label_column=None, boxes={"b": ["x0", "y0", "x1", "y1"]}
-    )
+    ds = read()
     got = ds.columns["b"].compute()
     assert np.isnan(got[0]).all()  # empty cells: no box
     np.testing.assert_array_equal(got[1], [1, 2, 10, 12])  # same size: not moved
     assert "x0" not in ds.columns  # box columns are not also plain columns
     csv.write_text("path,x0,y0,x1,y1\na.png,10,2,1,12\n")
     with pytest.raises(ValueError, match=r"line 2: box 'b' has x0=10.*x0 <= x1"):
-        di.from_csv(
-            csv,
-            root=tmp_path,
-            size=(8, 8),
-            label_column=None,
-            boxes={"b": ["x0", "y0", "x1", "y1"]},
-        )
+        read(size=(8, 8))
     with pytest.raises(ValueError, match="four columns"):
-        di.from_csv(csv, root=tmp_path, size=(8, 8), label_column=None, boxes={"b": ["x0"]})
+        read(size=(8, 8), boxes=("x0",))
     csv.write_text("path,x0,y0,x1,y1\na.png,1,2,x,12\n")
     with pytest.raises(ValueError, match=r"line 2: box 'b' column 'x1' is not a number"):
-        di.from_csv(
-            csv,
-            root=tmp_path,
-            size=(8, 8),
-            label_column=None,
-            boxes={"b": ["x0", "y0", "x1", "y1"]},
-        )
+        read(size=(8, 8))
     # four NaN cells (numpy's savetxt, pandas' na_rep="NaN") are no box, as empty ones
     csv.write_text("path,x0,y0,x1,y1\nb.png,1,2,10,12\na.png,nan,NaN,nan,nan\n")
-    got = (
-        di.from_csv(
-            csv,
-            root=tmp_path,
-            size=(20, 30),
-            label_column=None,
-            boxes={"b": ["x0", "y0", "x1", "y1"]},
-        )
-        .columns["b"]
-        .compute()
-    )
+    got = read().columns["b"].compute()
     assert np.isnan(got[1]).all() and not np.isnan(got[0]).any()
     # "nan" beside numbers made a half-NaN box; "inf" was clipped to the image's edge
     for cells, col in (("nan,2,10,12", "x0"), ("1,2,inf,12", "x1"), ("1,-Infinity,3,4", "y0")):
         csv.write_text(f"path,x0,y0,x1,y1\nb.png,1,2,10,12\na.png,{cells}\n")
         with pytest.raises(ValueError, match=rf"line 3: box 'b' column '{col}' is .*empty"):
-            di.from_csv(
-                csv, root=tmp_path, size=(8, 8), label_column=None,
-                boxes={"b": ["x0", "y0", "x1", "y1"]},
-            )  # fmt: skip
+            read(size=(8, 8))
 
 
 def test_imageset_from_arrays_keeps_boxes_as_given():

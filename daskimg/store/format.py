@@ -293,7 +293,7 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
             f"{where!r} is incomplete (complete=false): its writer stopped before the end. "
             "Re-run the ingest/to_zarr that made it."
         )
-    tables = [a for a in (attrs.get("arrays") or {}).values() if isinstance(a, dict) and TABLE in a]
+    tables = any(isinstance(a, dict) and TABLE in a for a in (attrs.get("arrays") or {}).values())
     if ATTRS_CRC not in attrs and tables:
         # written with chunk tables, so with the root checksum too: its name was damaged,
         # and nothing would check the classes and the tables
