@@ -449,3 +449,59 @@ def test_copies_are_reused_only_after_their_shard_is_written(tmp_path, monkeypat
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+_FAULTS = """
+import os, resource, sys
+import numpy as np
+from numcodecs import Blosc
+from daskimg.store import shardwrite
+from daskimg.store.malloc import keep_freed_buffers_if_trimmed
+rows = np.random.default_rng(0).integers(0, 255, (8 * 2**20,), np.uint8)
+applied = keep_freed_buffers_if_trimmed(rows.nbytes) if sys.argv[1] == "keep" else False
+codec = Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
+codec.encode(rows)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    codec.encode(rows)  # a fresh chunk-sized output each time, as a worker's encode
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_worker_whose_environment_trims_memory_keeps_its_chunk_buffers():
+    # distributed's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches
+    # glibc's dynamic mapping threshold off: every chunk's 8 MiB output is fresh pages (the
+    # kernel faults in and zeroes each 4 KiB). Oracle: the kernel's count of page faults.
+    def run(mode: str, **env: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS, mode],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    trimmed = {"MALLOC_TRIM_THRESHOLD_": "65536"}
+    applied, kept = run("keep", **trimmed)
+    not_applied, fresh = run("leave", **trimmed)
+    assert (applied, not_applied) == ("True", "False")
+    assert fresh > 10 * 2000  # ~2,048 pages per 8 MiB output, each time
+    assert kept < fresh / 10
+
+
+def test_keeping_buffers_only_when_the_environment_trims(monkeypatch):
+    from daskimg.store import malloc
+
+    for name in malloc._STATIC:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(malloc, "_DONE", {})
+    calls = []
+    monkeypatch.setattr(malloc, "keep_freed_buffers", lambda n: calls.append(n) or True)
+    assert not malloc.keep_freed_buffers_if_trimmed(8 * 2**20)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=65536")
+    assert malloc.keep_freed_buffers_if_trimmed(8 * 2**20)
+    assert malloc.keep_freed_buffers_if_trimmed(4 * 2**20)  # once per process
+    assert calls == [8 * 2**20]

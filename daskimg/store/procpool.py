@@ -28,7 +28,7 @@ with the workers (one slot per chunk out, mapped before the fork), not through t
 pool's pipe: pickling ~8 MB a chunk through a 64 KiB pipe cost each side about 15 ms of
 CPU per chunk here (~0.3 ms per image, a tenth of decoding it); a slot costs one copy.
 That copy goes into a buffer reused once its shard is written (:class:`_Copies`), and the
-workers keep their freed chunk-sized buffers (:func:`_reuse_freed_memory`): fresh memory
+workers keep their freed chunk-sized buffers (:func:`daskimg.store.malloc.keep_freed_buffers`): fresh memory
 for each chunk cost the kernel's page zeroing, ~5 ms per 8 MB chunk on each side.
 
 Forking a process that has threads is safe here because the children run only
@@ -47,7 +47,6 @@ what was written is removed as for any failed write.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import logging
 import math
@@ -72,6 +71,7 @@ from ..errors import DaskImgError
 from ..read.files import FileSource
 from ..read.source import block_arrays
 from .encode import ShardEncoder
+from .malloc import keep_freed_buffers
 from .shardwrite import Given, ShardAssembler, decode_encode
 
 __all__ = ["decoded_blocks", "workers_for", "write_chunks"]
@@ -86,13 +86,6 @@ _SMALL = 1 << 16
 _ENCODERS: dict[str, ShardEncoder] = {}
 _SLOTS: list[mmap.mmap] = []
 _BLOCKS: list[tuple[Any, ...]] = []
-
-#: glibc's mallopt parameters (malloc.h), and its largest mapping threshold on 64-bit
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_MMAP_MAX = 32 * 2**20
-#: below this a chunk's buffers are left to glibc's default (a fixed threshold would be lower)
-_MMAP_MIN = 2**20
 
 #: the key of a task's result that holds what the worker logged
 _LOG = "\0log"
@@ -407,39 +400,12 @@ def _start_worker(
     _ENCODERS.clear()
     _ENCODERS.update(encoders)
     _SLOTS[:] = slots  # shared with the parent: mapped before the fork
-    _reuse_freed_memory(max((len(m) for m in slots), default=0))
+    keep_freed_buffers(max((len(m) for m in slots), default=0))
     _BLOCKS[:] = blocks
     os.close(abort_w)  # only the parent's copy keeps the abort pipe open
     parent = multiprocessing.parent_process()
     waits = [abort_r] if parent is None else [abort_r, parent.sentinel]
     threading.Thread(target=_exit_with, args=(waits,), name="daskimg-parent", daemon=True).start()
-
-
-def _reuse_freed_memory(chunk_bytes: int) -> None:
-    """Have glibc's allocator keep this worker's freed chunk-sized buffers for the next
-    chunk instead of handing them back to the kernel.
-
-    Blosc's output for each chunk is a fresh ``bytes`` of the chunk's size (~8 MB). By
-    default glibc maps such a block on its own, or trims it off the heap when it is freed,
-    so every chunk's output was fresh pages that the kernel faults in and zeroes: measured
-    here 34 page faults per 224x224 image, a third of the compression's CPU (0.32 against
-    0.21 ms per image with the memory kept). A worker only ever holds a few such buffers
-    (its chunk's output and the copy numcodecs trims it into), so keeping them costs no
-    more memory than its busiest moment. Other C libraries (musl) have no ``mallopt`` or
-    ignore it: nothing changes there.
-    """
-    if chunk_bytes < _MMAP_MIN:
-        return  # small chunks: glibc's own threshold (from 128 KiB, adjusting) does better
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # this process's C library
-    except (OSError, AttributeError):  # pragma: no cover - not a glibc-like libc
-        return
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # glibc refuses a mapping threshold above 32 MiB (HEAP_MAX_SIZE / 2 on 64-bit): larger
-    # buffers are mapped on their own as before
-    threshold = min(2 * chunk_bytes, _MMAP_MAX)
-    if mallopt(_M_MMAP_THRESHOLD, threshold):
-        mallopt(_M_TRIM_THRESHOLD, 4 * threshold)
 
 
 def _exit_with(waits: list[int]) -> None:

@@ -27,6 +27,7 @@ from ..read.source import block_arrays
 from .background import BackgroundWriter
 from .directio import write_whole
 from .encode import Chunk, ShardEncoder
+from .malloc import keep_freed_buffers_if_trimmed
 
 __all__ = [
     "FolderWriter",
@@ -159,6 +160,8 @@ def decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
     encoders, portable = given.value
     paths, spec = args[0], args[1]
     buf = scratch("chunk", (len(paths), *spec.sample_shape), spec.dtype)
+    if portable:  # in another process: a distributed worker's allocator may trim at once
+        keep_freed_buffers_if_trimmed(buf.nbytes)
     arrays = block_arrays(*args, out=buf)
     return {
         name: _portable(enc.encode_chunk(arrays[name], keep=name != "images"), portable)
@@ -168,6 +171,8 @@ def decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
 
 def _encode(given: Given, rows: Any) -> Chunk:
     enc, portable = given.value
+    if portable:
+        keep_freed_buffers_if_trimmed(rows.nbytes)
     return _portable(enc.encode_chunk(rows), portable)
 
 
