@@ -691,7 +691,7 @@ def test_volume_2d_tiff_and_rgb_tiff(tmp_path: Path) -> None:
     tifffile.imwrite(
         tmp_path / "rgb.tif", np.zeros((2, 5, 6, 3), dtype=np.uint8), photometric="rgb"
     )
-    _bad(tmp_path / "rgb.tif", VOLUME, r"found shape \(2, 5, 6, 3\)")
+    _bad(tmp_path / "rgb.tif", VOLUME, r"color image \(shape \(2, 5, 6, 3\)")
 
 
 def test_bad_volume_files(tmp_path: Path) -> None:
@@ -710,7 +710,7 @@ def test_bad_volume_files(tmp_path: Path) -> None:
     stack.write_bytes(data[: len(data) * 9 // 10])  # the last page's pixels are cut
     _bad(stack, VOLUME, "corrupt or truncated volume")
     stack.write_bytes(data[: len(data) * 3 // 10])  # tifffile finds just the first page
-    _bad(stack, VOLUME, "found shape .20, 20. .*unless it is truncated")
+    _bad(stack, VOLUME, "corrupt or truncated TIFF .tifffile: .*invalid page offset")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 8).reshape(2, 2, 2), allow_pickle=True)
     _bad(tmp_path / "objects.npy", VOLUME, "holds Python objects")
 

@@ -478,3 +478,50 @@ def test_an_empty_folder_beside_split_folders_is_nothing_as_at_a_url(tmp_path):
     (root / "train_backup").mkdir()  # beside train/ too: nothing to leave out, no error
     di.testing.make_image_folder(root, n=4, size=(8, 8), split_dirs=("train",))
     assert sorted(di.from_folder(root, size=(8, 8)).split()) == ["test", "train", "valid"]
+
+
+def _tiny(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (4, 4), value).save(path)
+
+
+@pytest.mark.parametrize("names", [("training", "testing"), ("training", "validation")])
+def test_training_and_testing_folders_are_splits(tmp_path, names):
+    # MNIST-png's layout: training/<digit>/, testing/<digit>/
+    expected = {}
+    for s in names:
+        for c in ("0", "1", "2"):
+            for j in range(2):
+                rel = f"{s}/{c}/{s}{c}{j}.png"
+                _tiny(tmp_path / rel, 10 * j)
+                expected[rel] = c
+    ds = di.from_folder(tmp_path, size=(4, 4))
+    assert ds.classes == ("0", "1", "2")
+    got = {str(p): ds.classes[int(label)] for p, label in zip(ds.paths, ds.labels, strict=True)}
+    assert got == expected
+    parts = ds.split()
+    split = {"training": "train", "testing": "test", "validation": "valid"}
+    assert set(parts) == {split[s] for s in names}
+    for s in names:
+        assert sorted(map(str, parts[split[s]].paths)) == sorted(
+            r for r in expected if r.startswith(s + "/")
+        )
+
+
+def test_class_folders_holding_only_alike_folders_are_named_in_a_warning(tmp_path, caplog):
+    for s in ("trn", "tst"):
+        for c in ("0", "1"):
+            _tiny(tmp_path / s / c / "a.png", 0)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(tmp_path, size=(4, 4))
+    assert ds.classes == ("trn", "tst")  # read as asked, but said
+    assert "'trn', 'tst' hold no images of their own" in caplog.text
+    caplog.clear()
+    for c in ("cat", "dog"):  # classes with images of their own: nothing to say
+        _tiny(tmp_path / "pets" / c / "a.png", 0)
+        _tiny(tmp_path / "pets" / c / "2019" / "b.png", 0)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_folder(tmp_path / "pets", size=(4, 4))
+    assert "no images of their own" not in caplog.text

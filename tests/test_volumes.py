@@ -221,3 +221,87 @@ def test_show_does_not_import_imageset():
         node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
     ] + [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
     assert not [m for m in imported if "imageset" in m or m.startswith("read")]
+
+
+def _read(path, size, **kw):
+    with dask.config.set(scheduler="sync"):
+        return di.imread([str(path)], size=size, **kw).compute()[0, ..., 0]
+
+
+def test_a_tiff_stack_cut_between_pages_is_an_error_not_a_shorter_stack(tmp_path):
+    vol = np.stack([np.full((16, 12), 40 * (k + 1), np.uint8) for k in range(6)])
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, vol)  # one page per slice
+    with tifffile.TiffFile(whole) as tif:
+        fifth = tif.pages[4].offset  # where page 4's directory starts
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:fifth])
+    with tifffile.TiffFile(cut) as tif:  # the oracle: tifffile reads a shorter stack
+        assert len(tif.pages) < 6
+    with pytest.raises(DecodeError, match=r"cut\.tif.*truncated TIFF"):
+        _read(cut, (6, 16, 12))
+    np.testing.assert_array_equal(_read(whole, (6, 16, 12)), vol)
+
+
+def test_tiff_series_slices_and_color_images(tmp_path):
+    vol = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
+    slices = tmp_path / "slices.tif"
+    for s in vol:  # the usual loop: each slice its own series
+        tifffile.imwrite(slices, s, append=True)
+    np.testing.assert_array_equal(_read(slices, (5, 6, 7)), vol)
+
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(two, np.zeros((4, 6, 5), np.uint16), photometric="minisblack")
+    tifffile.imwrite(two, np.full((3, 6, 5), 999, np.uint16), photometric="minisblack", append=True)
+    with tifffile.TiffFile(two) as tif:
+        assert len(tif.series) == 2
+    with pytest.raises(DecodeError, match=r"two\.tif.*2 image series"):
+        _read(two, (4, 6, 5))
+
+    rgb = tmp_path / "photo.tif"
+    tifffile.imwrite(rgb, np.zeros((24, 20, 3), np.uint8), photometric="rgb")
+    with pytest.raises(DecodeError, match=r"photo\.tif.*color image"):
+        _read(rgb, (8, 8, 8))
+    three = tmp_path / "three.tif"  # 3 slices: tifffile's default stores them as RGB planes
+    with pytest.warns(DeprecationWarning, match="RGB"):
+        tifffile.imwrite(three, vol[:3])
+    np.testing.assert_array_equal(_read(three, (3, 6, 7)), vol[:3])
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint64"])
+def test_wide_integer_volumes_zoom_exactly_or_are_refused(tmp_path, dtype):
+    exact = tmp_path / "exact.npy"
+    np.save(exact, np.full((4, 6, 6), 2**53, dtype))
+    got = _read(exact, (2, 3, 3), dtype=dtype)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, np.full((2, 3, 3), 2**53, dtype))
+    big = tmp_path / "big.npy"
+    top = np.iinfo(dtype).max
+    np.save(big, np.full((4, 6, 6), top, dtype))
+    np.testing.assert_array_equal(_read(big, (4, 6, 6)), np.full((4, 6, 6), top, dtype))
+    with pytest.raises(DecodeError, match=r"big\.npy.*float64.*own size"):
+        _read(big, (2, 3, 3))
+
+
+def test_skip_passes_over_a_bad_first_volume(tmp_path):
+    root = tmp_path / "set"
+    (root / "ct").mkdir(parents=True)
+    (root / "ct" / "000.npy").write_bytes(b"")
+    vols = [np.full((4, 8, 8), i, np.int16) for i in range(1, 4)]
+    for i, v in enumerate(vols, 1):
+        np.save(root / "ct" / f"{i:03d}.npy", v)
+    with pytest.raises(DecodeError, match=r"000\.npy"):
+        di.from_folder(root, size=(4, 8, 8))
+    ds = di.from_folder(root, size=(4, 8, 8), on_error="skip")
+    assert ds.images.dtype == np.int16
+    di.to_zarr(ds, tmp_path / "o.zarr.zip", order="source")
+    import zarr
+
+    stored = zarr.open_group(zarr.storage.ZipStore(tmp_path / "o.zarr.zip", mode="r"), mode="r")
+    np.testing.assert_array_equal(stored["images"][:][..., 0], np.stack(vols))
+    assert [s[0] for s in di.open_zarr(tmp_path / "o.zarr.zip").skipped] == ["ct/000.npy"]
+
+
+def test_crop_or_pad_of_volumes_is_refused():
+    with pytest.raises(ValueError, match=r"volumes .* always stretched"):
+        DecodeSpec((4, 16, 16), resize="pad")

@@ -168,7 +168,7 @@ def from_csv(
     spec = DecodeSpec(
         size=tuple(size),
         channels=channels,
-        dtype=resolve_dtype(dtype, size, files[0], remote),
+        dtype=resolve_dtype(dtype, size, files, remote, skip=on_error == "skip"),
         resize=resize,
         draft=draft,
     )

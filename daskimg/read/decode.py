@@ -158,7 +158,8 @@ class DecodeSpec:
     resize : {"stretch", "crop", "pad"}
         How images of another shape are fitted: ``"stretch"`` to ``size``,
         ``"crop"`` to cover ``size`` and cut the center, ``"pad"`` to fit inside
-        ``size`` and center on zeros. Volumes are always stretched.
+        ``size`` and center on zeros. Volumes are always stretched (``"crop"`` or
+        ``"pad"`` with a 3-D size is an error).
     draft : bool
         Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (see the module
         notes for the small difference this makes).
@@ -212,6 +213,12 @@ class DecodeSpec:
             )
         if self.resize not in _RESIZE_MODES:
             raise ValueError(f"resize must be 'stretch', 'crop' or 'pad'; got {self.resize!r}")
+        if len(size) == 3 and self.resize != "stretch":
+            raise ValueError(
+                f"resize={self.resize!r} is for images: volumes (a 3-D size) are always "
+                "stretched to the size; leave resize at its default 'stretch', or crop or "
+                "pad the volumes before reading them"
+            )
         if not isinstance(self.draft, bool):
             raise ValueError(f"draft must be True or False; got {self.draft!r}")
         object.__setattr__(self, "size", size)

@@ -223,7 +223,7 @@ def imread(
     spec = DecodeSpec(
         size=tuple(size),
         channels=channels,
-        dtype=resolve_dtype(dtype, size, paths[0], remote),
+        dtype=resolve_dtype(dtype, size, paths, remote, skip=on_error == "skip"),
         resize=resize,
         draft=draft,
     )
@@ -232,23 +232,38 @@ def imread(
 
 
 def resolve_dtype(
-    dtype: str | None, size: Sequence[int], first: str, remote: RemoteFiles | None
+    dtype: str | None,
+    size: Sequence[int],
+    files: Sequence[str],
+    remote: RemoteFiles | None,
+    *,
+    skip: bool = False,
 ) -> str:
-    """The sample dtype: ``dtype`` if given, else uint8 for images and ``first``'s for volumes.
+    """The sample dtype: ``dtype`` if given, else uint8 for images and the first volume's.
 
-    Reads the header of ``first`` (a volume) only when ``dtype`` is None; a URL is fetched.
+    Reads the header of the first of ``files`` (volumes) only when ``dtype`` is None; a URL
+    is fetched. ``skip`` (``on_error="skip"``): a file whose header cannot be read is
+    passed over for the next (it is skipped and recorded when the set is decoded, as any
+    bad file); the first error is raised if none can be read.
     """
     if dtype is not None:
         return dtype
     if len(size) != 3:
         return "uint8"
-    data = None
-    if remote is not None:
-        got = remote.fetch([first])[0]
-        if isinstance(got, DecodeError):
-            raise got
-        data = got
-    return volume_dtype(first, data).name
+    first_error: DecodeError | None = None
+    for path in files if skip else files[:1]:
+        try:
+            data = None
+            if remote is not None:
+                got = remote.fetch([path])[0]
+                if isinstance(got, DecodeError):
+                    raise got
+                data = got
+            return volume_dtype(path, data).name
+        except DecodeError as e:
+            first_error = first_error or e
+    assert first_error is not None
+    raise first_error
 
 
 def relative_paths(paths: Sequence[str], root: str | os.PathLike[str]) -> np.ndarray:

@@ -4,7 +4,8 @@ Nothing is dropped silently. The rules, the same on disk and at a URL:
 
 * ``root/<class>/<files>``: labelled by class (files found recursively in each class folder).
 * ``root/<files>`` with no class folders: one set without labels.
-* ``root/train/``, ``root/valid/`` (or ``val/``, ``validation/``), ``root/test/``: predefined
+* ``root/train/`` (or ``training/``), ``root/valid/`` (or ``val/``, ``validation/``),
+  ``root/test/`` (or ``testing/``): predefined
   splits (recognised when ``train/`` is there, or when nothing but split folders is there:
   ``valid/`` and ``test/`` alone); each split folder holds class folders
   (labelled) or files directly (an unlabelled split, like Kaggle's flat ``test/``).
@@ -14,6 +15,9 @@ Nothing is dropped silently. The rules, the same on disk and at a URL:
 * A class folder in ``valid/`` or ``test/`` that ``train/`` lacks (``test/test/*.png``,
   ``Cat/`` beside train's ``cat/``) is an error naming it; so is a dataset one folder down
   (``root/chest_xray/{train,val,test}/``), which would otherwise be one class.
+* Class folders that hold no images of their own, only folders of the same names
+  (``root/{trn,tst}/{0,1,2}/``: splits under other names) are read as classes, with a
+  logged warning naming them: rename them to split names if they are splits.
 * Hidden folders and ``__MACOSX`` are never read.
 """
 
@@ -50,10 +54,12 @@ IMAGE_EXTENSIONS = frozenset(
 #: folder names recognised as predefined splits, and the split each maps to
 SPLIT_DIRS = {
     "train": "train",
+    "training": "train",
     "valid": "valid",
     "val": "valid",
     "validation": "valid",
     "test": "test",
+    "testing": "test",
 }
 
 STRAY = ("raise", "ignore")
@@ -488,6 +494,36 @@ def _check_wrapped(where: str, tops: list[_Top]) -> None:
         )
 
 
+def _warn_nested_alike(where: str, tops: list[_Top]) -> None:
+    """Log class folders that hold no images of their own, only folders named alike in every
+    class (``root/{trn,tst}/{0,1,2}/``): splits under names daskimg does not know, read as
+    classes, would put every sample of the other "splits" into each split's class."""
+    if len(tops) != 1 or tops[0].split:
+        return
+    t = tops[0]
+    holding = {c: files for c, files in t.classes.items() if files}
+    if len(holding) < 2:
+        return
+    inner: list[set[str]] = []
+    for c, files in holding.items():
+        prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
+        rest = [f[len(prefix) + 1 :].replace(os.sep, "/") for f in files if f.startswith(prefix)]
+        if len(rest) != len(files) or any("/" not in r for r in rest):
+            return  # images of its own: a class
+        inner.append({r.split("/", 1)[0] for r in rest})
+    same = set.intersection(*inner)
+    if len(same) >= 2 and all(s == same for s in inner):
+        logger.warning(
+            "from_folder: %r: the class folders %s hold no images of their own, only folders "
+            "named alike in each (%s): if they are splits, rename them to split names "
+            "(%s; e.g. 'trn' -> 'train'), or each class holds every split's images",
+            where,
+            ", ".join(repr(c) for c in sorted(holding)),
+            ", ".join(repr(d) for d in sorted(same)[:5]),
+            ", ".join(sorted(SPLIT_DIRS)),
+        )
+
+
 def _check_split_classes(tops: list[_Top]) -> None:
     """Refuse class folders (with images) in ``valid/`` or ``test/`` that ``train/`` lacks:
     a made-up class no model trained on ``train/`` can predict — often unlabelled images one
@@ -521,6 +557,7 @@ def _assemble(
     """Files, labels (None: no labels at all; -1: a sample without one), classes, splits."""
     _stray_files(loose, where, "split folders", stray)
     _check_wrapped(where, tops)
+    _warn_nested_alike(where, tops)
     labelled = []
     for t in tops:
         has_classes = any(t.classes.values())
@@ -589,7 +626,7 @@ def from_folder(
     (see ``IMAGE_EXTENSIONS``) are not samples; the latter are named in a logged warning
     (``logging.getLogger("daskimg")``), so a folder of ``.heic`` photos is not lost
     unnoticed. A root that holds ``train/``, ``valid/``
-    (or ``val/``) and ``test/`` folders is recognised: the classes are the union over the
+    (or ``training/``, ``val/``, ``validation/``, ``testing/``) and ``test/`` folders is recognised: the classes are the union over the
     splits (so indices agree across splits) and ``ds.split()`` returns the predefined splits.
     Without ``train/``, split folders alone (``valid/`` and ``test/``, an evaluation set)
     are splits too; one beside other folders is a class.
@@ -687,7 +724,7 @@ def from_folder(
     spec = DecodeSpec(
         size=tuple(size),
         channels=channels,
-        dtype=resolve_dtype(dtype, size, files[0], remote),
+        dtype=resolve_dtype(dtype, size, files, remote, skip=on_error == "skip"),
         resize=resize,
         draft=draft,
     )

@@ -13,14 +13,25 @@ its range, and floating-point values must be whole numbers within it; otherwise 
 error names the file, its value range and a dtype that fits. Floating-point output takes
 what it can hold: integers only while every value is a whole number it holds exactly
 (float16: up to 2048 in magnitude, float32: 2**24), and floats rounded to it but never
-beyond its largest finite value (which would become infinity). Interpolation never leaves the range of its inputs, so a resized volume fits
-wherever its source did.
+beyond its largest finite value (which would become infinity). Interpolation never leaves
+the range of its inputs, so a resized volume fits wherever its source did. Resizing
+computes in float32 (float64 for 32- and 64-bit integers and float64): a 64-bit integer
+volume with values beyond 2**53 in magnitude, which float64 would round, is refused
+unless it is stored at its own size.
+
+TIFF stacks (:func:`_read_tiff`): one image series, or one page per series (a stack
+written slice by slice). Several series of other shapes, a color image, and what tifffile
+reports as damage (a cut file reads as a shorter stack) are refused, naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from typing import Final
 
 import numpy as np
@@ -74,6 +85,15 @@ def volume_into(path: str, out: np.ndarray, data: bytes | None = None) -> tuple[
     else:
         # float32 holds integers exactly only up to 2**24: wider integers zoom in float64
         wide = dst.dtype.kind in "iu" and dst.dtype.itemsize >= 4
+        if wide and vol.dtype.kind in "iu":
+            lo, hi = int(vol.min()), int(vol.max())
+            if max(-lo, hi) > 2**53:  # float64 would round them (and 2**63 - 1 would wrap)
+                raise DecodeError(
+                    path,
+                    f"volume values span {lo}..{hi}; resizing computes in float64, which "
+                    f"holds whole numbers exactly only within -{2**53}..{2**53}: store it at "
+                    f"its own size (size={tuple(int(n) for n in vol.shape)})",
+                )
         tmp = np.empty(dst.shape, dtype=np.float64 if wide else np.float32)
         _zoom(vol, tmp)
         if dst.dtype.kind in "iu":
@@ -139,20 +159,97 @@ def read_volume(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool]
                 ) from None
             raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
     if head[:4] in TIFF_MAGICS:
-        import tifffile  # only volumes need it
-
-        try:
-            return np.asarray(tifffile.imread(source)), True
-        except MemoryError:
-            raise
-        except Exception as exc:  # codecs raise their own types (imagecodecs.DeflateError, ...)
-            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+        return _read_tiff(path, source), True
     raise DecodeError(
         path,
         "not a volume: expected a NumPy .npy file (starting b'\\x93NUMPY') or a TIFF stack "
         f"(starting b'II*\\x00' or b'MM\\x00*'); it starts with {head!r}. "
         "Give a 2-D size (height, width) to read images",
     )
+
+
+def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
+    """A TIFF stack's voxels: its one image series, or its pages when each page is a series
+    of its own (a stack written slice by slice, ``tifffile.imwrite(..., append=True)``).
+
+    Refused, naming the file: several series of other shapes (only the first would be
+    read), a color image (samples per pixel > 1: an RGB photo is not a volume), and
+    anything tifffile reports as an error while reading, such as a page offset past the
+    end of a cut file (it would read as a shorter stack and be zoomed back to the depth).
+    """
+    import tifffile  # only volumes need it
+
+    try:
+        with _tiff_errors() as errors, tifffile.TiffFile(source) as tif:
+            series = tif.series
+            if not series:
+                raise DecodeError(path, "the TIFF holds no image")
+            kinds = {(tuple(s.shape), np.dtype(s.dtype).str) for s in series}
+            pages = len(series) > 1 and all(len(s.shape) == 2 for s in series)
+            if len(series) > 1 and not (pages and len(kinds) == 1):
+                shapes = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in series[:4])
+                raise DecodeError(
+                    path,
+                    f"the TIFF holds {len(series)} image series ({shapes}"
+                    f"{', ...' if len(series) > 4 else ''}); a volume file holds one: "
+                    "save each series to its own file",
+                )
+            first = series[0]
+            axes = first.axes
+            # samples last (contiguous RGB): a photo. Samples first ("SYX") is what tifffile
+            # writes for a stack of 3 or 4 slices unless told otherwise: read as slices
+            if axes.endswith("S") and first.shape[-1] > 1:
+                raise DecodeError(
+                    path,
+                    f"a color image (shape {tuple(first.shape)}, axes {axes}: "
+                    f"{first.shape[axes.index('S')]} samples per pixel), not a volume of one "
+                    "channel; give a 2-D size (height, width) to read images",
+                )
+            vol = tif.asarray(key=slice(None)) if pages else first.asarray()
+        if errors:
+            raise DecodeError(path, f"corrupt or truncated TIFF (tifffile: {errors[0]})")
+        return np.asarray(vol)
+    except (DecodeError, MemoryError):
+        raise
+    except Exception as exc:  # codecs raise their own types (imagecodecs.DeflateError, ...)
+        if "imagecodecs" in str(exc):
+            raise DecodeError(
+                path,
+                f"its compression needs the package imagecodecs ({exc}); install it "
+                "(pip install imagecodecs) or save the stack uncompressed or with zlib",
+            ) from exc
+        raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+
+
+class _TiffErrors(logging.Handler):
+    """Keeps, for the thread that asked (:func:`_tiff_errors`), what tifffile logs as an
+    error while it reads: tifffile reports a damaged page chain by logging and reading on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kept = getattr(self.local, "kept", None)
+        if kept is not None:
+            kept.append(record.getMessage())
+
+
+_TIFF_ERRORS = _TiffErrors()
+
+
+@contextlib.contextmanager
+def _tiff_errors() -> Iterator[list[str]]:
+    """The messages tifffile logs as errors in this thread while the block runs."""
+    log = logging.getLogger("tifffile")
+    if _TIFF_ERRORS not in log.handlers:
+        log.addHandler(_TIFF_ERRORS)
+    kept: list[str] = []
+    _TIFF_ERRORS.local.kept = kept
+    try:
+        yield kept
+    finally:
+        _TIFF_ERRORS.local.kept = None
 
 
 def read_head(path: str) -> bytes:
@@ -195,7 +292,8 @@ def check_volume_dtype(vol: np.ndarray, dtype: np.dtype, path: str | os.PathLike
             raise DecodeError(
                 path,
                 f"the volume holds fractional values (e.g. {fraction}) that {dtype.name} "
-                f"would round; pass dtype='{vol.dtype.name}' (the source's own) or 'float32'",
+                f"would round; pass dtype='{vol.dtype.name}' (the source's own)"
+                + ("" if vol.dtype.name == "float32" else " or 'float32'"),
             )
     lo_i, hi_i = int(lo), int(hi)
     info = np.iinfo(dtype)
