@@ -644,14 +644,99 @@ def test_from_csv_says_why_a_column_of_mostly_numbers_is_not_stored(image_folder
     files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
     csv = tmp_path / "ages.csv"
     csv.write_text("path,label,age,weight\n" + "".join(
-        f"{p},cat,{'' if i == 2 else 3 + i},{1.5 * i}\n" for i, p in enumerate(files[:4])
+        f"{p},cat,{'unknown' if i == 2 else 3 + i},{1.5 * i}\n" for i, p in enumerate(files[:4])
     ))  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         ds = di.from_csv(csv, root=image_folder, size=(8, 8))
     assert "weight" in ds.columns and "age" not in ds.columns
     assert (
-        "column 'age' is not stored: 1 of its 4 values are not numbers (line 4: '')" in caplog.text
+        "column 'age' is not stored: 1 of its 4 values are not numbers (line 4: 'unknown')"
+        in caplog.text
     )
-    csv.write_text(csv.read_text().replace(",,", ",nan,"))  # filled in: stored, NaN kept
+    for missing in ("nan", ""):  # filled in, or empty as pandas writes a missing value: NaN
+        csv.write_text(csv.read_text().replace(",unknown,", f",{missing},").replace(",nan,", ",,"))
+        ds = di.from_csv(csv, root=image_folder, size=(8, 8))
+        np.testing.assert_array_equal(np.asarray(ds.columns["age"]), [3, 4, np.nan, 6])
+
+
+def test_from_csv_keeps_numbers_as_written(image_folder, tmp_path):
+    # oracle: Python's float of each cell as written
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    cells = {
+        "t": [
+            "1700000000.5",
+            "1700000063.5",
+            "1700000100",
+            "1700000127.25",
+        ],  # float32: 128 s steps
+        "id": ["100000001", "100000002", "", "123456789"],  # an ID column with a gap
+        "x": ["0.1", "0.25", "1e-3", "-2"],  # float32 spells each as written
+        "sep": ["1_2", "12", "3", "4"],  # Python reads "1_2" as 12: not a number here
+    }
+    csv = tmp_path / "m.csv"
+    csv.write_text(
+        "path,label," + ",".join(cells) + "\n"
+        + "".join(f"{p},cat," + ",".join(c[i] for c in cells.values()) + "\n"
+                  for i, p in enumerate(files[:4]))
+    )  # fmt: skip
     ds = di.from_csv(csv, root=image_folder, size=(8, 8))
-    np.testing.assert_array_equal(np.asarray(ds.columns["age"]), [3, 4, np.nan, 6])
+    assert "sep" not in ds.columns
+    for name in ("t", "id", "x"):
+        expected = [float(v) if v else np.nan for v in cells[name]]
+        got = np.asarray(ds.columns[name])
+        assert got.dtype == (np.float32 if name == "x" else np.float64), name
+        if name == "x":
+            assert [float(str(v)) for v in got] == expected
+        else:
+            np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match=r"line 2: column 'sep' is not a number: '1_2'"):
+        di.from_csv(csv, root=image_folder, size=(8, 8), columns={"sep": "sep"})
+    d = tmp_path / "store.zarr.zip"
+    di.to_zarr(ds, d)
+    back = di.open_zarr(d)
+    order = {str(p): i for i, p in enumerate(ds.paths)}
+    rows = [order[str(p)] for p in back.paths]
+    for name in ("t", "id"):
+        np.testing.assert_array_equal(
+            np.asarray(back.columns[name]), np.asarray(ds.columns[name])[rows]
+        )
+
+
+def test_names_and_shapes_the_store_cannot_keep_are_refused_when_the_set_is_made(
+    image_folder, tmp_path
+):
+    images = np.zeros((4, 6, 6, 3), np.uint8)
+    for name in ("size/mm", "..", "", "__meta"):
+        with pytest.raises(ValueError, match="cannot name an array in the store"):
+            di.ImageSet(images, columns={name: np.zeros(4)})
+    for name in ("index", "ok"):  # the feed's store index; the decode check
+        with pytest.raises(ValueError, match=rf"\['{name}'\] are reserved"):
+            di.ImageSet(images, columns={name: np.zeros(4)})
+    with pytest.raises(ValueError, match=r"'masks' is the images' segmentation masks.*\(4,\)"):
+        di.ImageSet(images, columns={"masks": np.zeros(4)})
+    di.ImageSet(images, columns={"masks": np.zeros((4, 6, 6), np.uint8)})  # masks: fine
+    with pytest.raises(ValueError, match=r"one class index per sample.*\(4, 3\)"):
+        di.ImageSet(images, np.eye(4, 3, dtype=np.int64))  # multi-hot
+    with pytest.raises(ValueError, match="the string 'cat'"):
+        di.ImageSet(images, np.zeros(4, np.int64), classes="cat")
+    # a CSV column named so is refused when read, and columns= renames it
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "l.csv"
+    csv.write_text(
+        "path,label,size/mm\n" + "".join(f"{p},cat,{i}\n" for i, p in enumerate(files[:3]))
+    )
+    with pytest.raises(ValueError, match=r"'size/mm' cannot name.*columns=\{'new_name'"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+    ds = di.from_csv(csv, root=image_folder, size=(8, 8), columns={"size_mm": "size/mm"})
+    np.testing.assert_array_equal(np.asarray(ds.columns["size_mm"]), [0, 1, 2])
+
+
+def test_a_store_with_a_column_named_as_now_reserved_still_opens(tmp_path):
+    # stores written before 'index' was reserved (a CSV column) open and split as before
+    images = np.arange(4 * 6 * 6 * 3, dtype=np.uint8).reshape(4, 6, 6, 3)
+    old = di.ImageSet(images, columns={"index": np.arange(4.0) * 10}, check_names=False)
+    di.to_zarr(old, tmp_path / "old.zarr.zip", order="source")
+    ds = di.open_zarr(tmp_path / "old.zarr.zip")
+    np.testing.assert_array_equal(np.asarray(ds.columns["index"]), np.arange(4.0) * 10)
+    part = ds.take([2, 3])
+    np.testing.assert_array_equal(np.asarray(part.columns["index"]), [20.0, 30.0])

@@ -81,9 +81,12 @@ def from_csv(
         Extra per-sample arrays to build from numeric CSV columns, stored as they are, e.g.
         ``{"age": ["age"]}`` gives ``ds.columns["age"]`` of shape (N, 1) float32. By default
         every other column whose values are all numbers becomes its own ``(N,)`` float32
-        array. Whole numbers that float32 cannot hold exactly (beyond 2**24, e.g. IDs,
-        written "123456789" or "123456789.0") give int64 instead, and integers beyond int64
-        are refused naming the column.
+        array. Empty cells (pandas' missing values) are NaN. Whole numbers that float32
+        cannot hold exactly (beyond 2**24, e.g. IDs, written "123456789" or
+        "123456789.0") give int64 instead, and integers beyond int64 are refused naming
+        the column. A column with a value float32 would change as written (a timestamp
+        "1700000000.5", an ID beside a NaN cell) is float64. Digit separators ("1_2")
+        are not numbers.
     boxes
         Box columns, each from four CSV columns ``x0, y0, x1, y1`` — the left, top, right
         and bottom edges in the source image's pixels, *after its EXIF orientation* (the
@@ -499,8 +502,8 @@ def _columns(
         for col in header:
             if col in used or not col.strip():
                 continue
-            numeric = [_is_float(row[col]) for row in rows]
-            if all(numeric):
+            numeric = [_is_float(row[col]) or _is_empty(row[col]) for row in rows]
+            if all(numeric) and not all(_is_empty(row[col]) for row in rows):
                 extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
             elif any(numeric):  # mostly numbers: say why it is not stored
                 line = numeric.index(False) + 2
@@ -519,7 +522,7 @@ def _columns(
                     f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}"
                 )
         for line, row in enumerate(rows, start=2):
-            bad = [c for c in cols if not _is_float(row[c])]
+            bad = [c for c in cols if not (_is_float(row[c]) or _is_empty(row[c]))]
             if bad:
                 raise ValueError(
                     f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}"
@@ -530,10 +533,15 @@ def _columns(
 
 
 def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
-    """CSV cells as float32, or int64 when they are whole numbers float32 would round.
+    """CSV cells as float32; int64 when they are whole numbers float32 would round; float64
+    when float32 would change a value as written (empty cells are NaN).
 
     Whole numbers count however they are written ("16777217", "16777217.0", "1.6777217e7").
+    A value float32 keeps is one whose shortest float32 spelling reads back as the same
+    float64: "0.1" is kept, "1700000000.5" (a timestamp, which float32 moves by 64 s) or
+    "123456789" beside an empty cell (an ID) is not.
     """
+    cells = [["nan" if _is_empty(v) else v for v in row] for row in cells]
     wholes = [[_whole_value(v) for v in row] for row in cells]
     if cells and all(w is not None for row in wholes for w in row):
         ints = cast("list[list[int]]", wholes)
@@ -551,7 +559,20 @@ def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
             )
         if max((abs(w) for row in ints for w in row), default=0) > 2**24:
             return np.array(ints, dtype=np.int64)
-    return np.array([[float(v) for v in row] for row in cells], dtype=np.float32)
+    values = np.array([[float(v) for v in row] for row in cells], dtype=np.float64)
+    with np.errstate(over="ignore"):
+        narrow = values.astype(np.float32)
+    return narrow if _float32_keeps(values, narrow) else values
+
+
+def _float32_keeps(values: np.ndarray, narrow: np.ndarray) -> bool:
+    """Whether each of ``values`` (float64, as parsed) reads back from its float32 ``narrow``
+    as written: exactly, or through float32's shortest spelling ("0.1")."""
+    finite = np.isfinite(values)
+    if not np.array_equal(np.isfinite(narrow), finite):
+        return False  # beyond float32's range: it would be infinity
+    inexact = np.unique(values[finite & (narrow.astype(np.float64) != values)])
+    return all(float(str(np.float32(v))) == v for v in inexact.tolist())
 
 
 def _plain_number(v: str) -> bool:
@@ -598,8 +619,17 @@ def _is_int(v: str | None) -> bool:
 
 
 def _is_float(v: str | None) -> bool:
+    """``v`` spells a number ("3", "-1.5e3", "nan"); not with digit separators ("1_2",
+    which Python reads as 12)."""
+    if v is None or "_" in v:
+        return False
     try:
-        float(v or "")
+        float(v)
     except ValueError:
         return False
     return True
+
+
+def _is_empty(v: str | None) -> bool:
+    """An empty cell (pandas writes a missing number so): NaN in a numeric column."""
+    return v is None or not v.strip()

@@ -67,6 +67,10 @@ class ImageSet:
         ``(N,)`` source paths relative to ``root`` (strings), or None.
     columns
         Extra per-sample numeric arrays, each with ``N`` rows (e.g. ``{"bbox": (N, 4)}``).
+        A name is one array's in the store: not empty, no ``/``, not ``.``/``..`` nor
+        starting ``__``; ``images``, ``labels``, ``paths``, ``index`` (the feed's store
+        index) and ``ok`` are reserved; a column ``masks`` must have the images' height
+        and width (segmentation masks).
     boxes
         Names of the columns that hold boxes: ``(N, 4)`` corners ``x0, y0, x1, y1`` in the
         stored image's pixel frame. Recorded in the store, so transforms and readers know
@@ -79,6 +83,9 @@ class ImageSet:
     on_error
         ``"raise"`` or ``"skip"``: what storing or iterating does with a file that cannot be
         decoded (only meaningful for sets read from files).
+    check_names
+        False: the column names and ``masks`` shape are taken as they are (a subset of
+        a set, or a store written by an earlier version, which still opens).
 
     Examples
     --------
@@ -101,6 +108,7 @@ class ImageSet:
         source_splits: Sequence[str] | np.ndarray | None = None,
         row_source: RowSource | None = None,
         boxes: Sequence[str] = (),
+        check_names: bool = True,
     ) -> None:
         if images is not None and not isinstance(images, da.Array):
             images = np.asarray(images)
@@ -126,6 +134,11 @@ class ImageSet:
         self.labels = (
             None if labels is None else _per_sample("labels", _class_indices(labels), n, np.int64)
         )
+        if isinstance(classes, (str, bytes)):
+            raise ValueError(
+                f"classes must be a sequence of class names, e.g. [{classes!r}]; got the string "
+                f"{classes!r} (it would be {len(classes)} classes, one per letter)"
+            )
         self.classes = tuple(str(c) for c in classes)
         if len(set(self.classes)) != len(self.classes):
             twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
@@ -148,10 +161,28 @@ class ImageSet:
                 "to indices, e.g. classes, labels = np.unique(labels, return_inverse=True)"
             )
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
+        for k in columns or {} if check_names else ():
+            _check_column_name(k)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
-        reserved = {"images", "labels", "paths"} & set(self.columns)
+        reserved = {"images", "labels", "paths"} | (set(RESERVED) if check_names else set())
+        reserved &= set(self.columns)
         if reserved:
-            raise ValueError(f"column names {sorted(reserved)} are reserved; rename them")
+            raise ValueError(
+                f"column names {sorted(reserved)} are reserved ({', '.join(RESERVED)}: the "
+                "set's own arrays, the feed's store index, the decode check); rename them "
+                "(from a CSV, columns={'new_name': 'csv column'} renames one)"
+            )
+        masks = self.columns.get("masks") if check_names else None
+        if (
+            masks is not None
+            and images is not None
+            and (masks.ndim < 3 or tuple(masks.shape[1:3]) != tuple(images.shape[1:3]))
+        ):
+            raise ValueError(
+                f"a column named 'masks' is the images' segmentation masks, shape (N, "
+                f"{images.shape[1]}, {images.shape[2]}) or with a trailing channel axis; got "
+                f"shape {tuple(masks.shape)}. Rename the column if it holds something else"
+            )
         self.boxes = tuple(str(b) for b in boxes)
         for b in self.boxes:
             col = self.columns.get(b)
@@ -304,6 +335,7 @@ class ImageSet:
             source_splits=None if self.source_splits is None else self.source_splits[idx],
             row_source=files,
             boxes=self.boxes,
+            check_names=False,  # checked when this set was made (or as a store kept them)
         )
         if self.store is not None or self.store_rows is not None:
             rows = np.arange(len(self)) if self.store_rows is None else self.store_rows
@@ -377,11 +409,41 @@ class ImageSet:
         return {name: self.take(idx) for name, idx in parts.items()}
 
 
+#: names a column may not have: the set's own arrays, the feed's store index (``"index"``)
+#: and the decode check of a set read from files (``"ok"``)
+RESERVED = ("images", "labels", "paths", "index", "ok")
+
+
+def _check_column_name(name: Any) -> None:
+    """A column's name is one store array's: a non-empty string, no ``/`` (a zarr path),
+    not ``.``/``..``, not starting ``__`` (zarr keeps those)."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or name.startswith("__")
+    ):
+        raise ValueError(
+            f"column name {name!r} cannot name an array in the store: use a non-empty name "
+            "without '/' or '\\', not '.' or '..', not starting with '__' (e.g. "
+            f"{str(name).replace('/', '_per_').strip('./_') or 'value'!r}; from a CSV, "
+            "columns={'new_name': 'csv column'} renames one)"
+        )
+
+
 def _class_indices(labels: Any) -> Any:
     """``labels`` checked to be whole class indices (strings and fractions are refused)."""
     # lazy labels are read here (one integer per sample, small), to be checked as any are:
     # cast unchecked, 1.7 was stored as 1 and uint64 2**64 - 1 as -1 (no label)
     arr = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
+    if arr.ndim != 1:
+        raise ValueError(
+            f"labels must be one class index per sample, shape (N,); got shape {arr.shape}. "
+            "Multi-label (multi-hot) targets or several labels per sample belong in "
+            "columns=, e.g. columns={'tags': y}"
+        )
     if arr.dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in arr.ravel()):
         names = sorted({str(v) for v in arr.ravel()})
         raise ValueError(

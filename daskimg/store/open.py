@@ -141,6 +141,7 @@ def imageset_of(arrays: dict[str, Any], st: OpenedStore) -> ImageSet:
         columns=columns,
         root=(attrs.get("source") or {}).get("root"),
         boxes=attrs.get("boxes") or (),
+        check_names=False,  # a store written before a name was reserved still opens
     )
     ds.attrs = attrs
     ds.store = st
