@@ -276,6 +276,19 @@ def test_mode_i_within_16_bits_is_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got[..., 0], values)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_mode_i_is_not_scaled_by_a_guessed_range(tmp_path: Path, dtype: str) -> None:
+    # an 8-bit picture saved as 32-bit integers: scaled as 16-bit, every pixel became 0
+    values = (np.arange(30 * 40) % 256).astype(np.uint32).reshape(30, 40)
+    path = tmp_path / "u32.tif"
+    tifffile.imwrite(path, values)
+    with Image.open(path) as im:
+        assert im.mode == "I"
+    _bad(path, DecodeSpec((30, 40), channels=1, dtype=dtype), r"32-bit .*dtype='uint16'")
+    got = decode_file(path, DecodeSpec((30, 40), channels=1, dtype="uint16"))
+    np.testing.assert_array_equal(got[..., 0], values)
+
+
 # --- resize modes -------------------------------------------------------------
 
 TARGETS = [(24, 24), (20, 50), (50, 20), (64, 80), (32, 40), (7, 9)]

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from pathlib import Path
 
+import dask
 import dask.array
 import numpy as np
 import pytest
 from PIL import Image
 
 import daskimg as di
-from daskimg.errors import NoImagesFoundError
+from daskimg.errors import DecodeError, NoImagesFoundError
 from daskimg.read.decode import DecodeSpec, decode_file
 
 
@@ -740,3 +742,37 @@ def test_a_store_with_a_column_named_as_now_reserved_still_opens(tmp_path):
     np.testing.assert_array_equal(np.asarray(ds.columns["index"]), np.arange(4.0) * 10)
     part = ds.take([2, 3])
     np.testing.assert_array_equal(np.asarray(part.columns["index"]), [20.0, 30.0])
+
+
+def test_from_csv_errors_say_what_is_wrong_with_the_file(image_folder, tmp_path):
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    rows = "".join(f"{p};cat\n" for p in files[:2])
+    cases = {
+        "semi.csv": ("path;label\n" + rows, "separated by ';'"),
+        "tabs.csv": ("path\tlabel\n" + rows.replace(";", "\t"), "separated by tabs"),
+        "excel.csv": ("sep=,\npath,label\n" + rows.replace(";", ","), "Excel's separator hint"),
+        "bare.csv": (rows.replace(";", ","), "needs a header row"),
+    }
+    for name, (text, said) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            di.from_csv(tmp_path / name, root=image_folder, size=(8, 8))
+    (tmp_path / "u16.csv").write_bytes(("path,label\n" + rows).encode("utf-16"))
+    with pytest.raises(ValueError, match="UTF-16"):
+        di.from_csv(tmp_path / "u16.csv", root=image_folder, size=(8, 8))
+
+
+def test_a_missing_file_names_its_near_namesake(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (4, 4)).save(tmp_path / "A.png")
+    Image.new("L", (4, 4)).save(tmp_path / unicodedata.normalize("NFD", "é.png"))
+    (tmp_path / "sub").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "sub" / "b.png")
+    rows = ["a.png", unicodedata.normalize("NFC", "é.png"), "sub\\b.png"]
+    said = ["'A.png', which differs only in letter case", "Unicode normalisation", "with '/'"]
+    for row, hint in zip(rows, said, strict=True):  # a block raises its first bad file
+        (tmp_path / "l.csv").write_text(f"path,label\n{row},x\n")
+        ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(4, 4))
+        with pytest.raises(DecodeError, match=re.escape(hint)), dask.config.set(scheduler="sync"):
+            ds.images.compute()

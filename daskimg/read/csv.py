@@ -139,7 +139,9 @@ def from_csv(
     where = f"CSV {os.fspath(csv_path)!r}"
     for col in [path_column] + [c for c in (label_column, mask_column) if c]:
         if col not in header:
-            raise ValueError(f"{where} has no column {col!r}; its columns are {header}")
+            raise ValueError(
+                f"{where} has no column {col!r}; its columns are {header}{_header_hint(header)}"
+            )
     if not rows:
         raise NoImagesFoundError(f"{where} has a header but no rows")
     base = root_url or root_path
@@ -215,6 +217,12 @@ def _read_csv(
             with open(csv_path, newline="", encoding="utf-8-sig") as fh:
                 text = fh.read()
     except UnicodeDecodeError as e:
+        if e.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark
+            raise ValueError(
+                f"{where}: UTF-16 text (Excel's 'Unicode Text', tab-separated), not UTF-8; save "
+                "it as 'CSV UTF-8 (comma delimited)', e.g. iconv -f utf-16 -t utf-8 and "
+                "commas for the tabs"
+            ) from None
         raise ValueError(
             f"{where}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 (Excel: "
             "'CSV UTF-8'), e.g. iconv -f latin1 -t utf-8"
@@ -628,6 +636,29 @@ def _is_float(v: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _header_hint(header: list[str]) -> str:
+    """Why a header may lack the columns asked for: another separator, Excel's ``sep=``
+    line, or no header row."""
+    if header and header[0].lower().startswith("sep=") and not any(h.strip() for h in header[1:]):
+        return (
+            f" (its first line {','.join(header)!r} is Excel's separator hint, not a header: remove "
+            "that line and save the file comma-separated)"
+        )
+    if len(header) == 1:
+        for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+            if sep in header[0]:
+                return (
+                    f": the file seems separated by {name}, not commas; from_csv reads "
+                    "comma-separated files (save it so, or pandas: "
+                    "pd.read_csv(f, sep=...).to_csv(g, index=False))"
+                )
+    from .folder import IMAGE_EXTENSIONS
+
+    if header and any(os.path.splitext(h)[1].lower() in IMAGE_EXTENSIONS for h in header):
+        return " (the first line looks like data: the CSV needs a header row naming its columns)"
+    return ""
 
 
 def _is_empty(v: str | None) -> bool:

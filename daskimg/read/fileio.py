@@ -11,6 +11,7 @@ import io
 import os
 import struct
 import threading
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,10 +121,36 @@ def read_bytes(path: str) -> bytes:
 def unreadable(path: str, exc: OSError) -> DecodeError:
     """The error for a file that cannot be opened or read."""
     if isinstance(exc, FileNotFoundError):
-        return DecodeError(path, "no such file; check the path and that the file was not moved")
+        return DecodeError(
+            path,
+            "no such file; check the path and that the file was not moved" + _near(path),
+        )
     if isinstance(exc, IsADirectoryError):
         return DecodeError(path, "is a directory, not a file")
     return DecodeError(path, f"cannot read the file ({exc.strerror or exc})")
+
+
+def _near(path: str) -> str:
+    """A hint for a missing file: a Windows separator in its path, or a file beside it whose
+    name differs only in letter case or Unicode normalisation (macOS writes "é" as e + an
+    accent); "" if none. Only on the error path: one listing of the folder."""
+    if "\\" in path and os.sep != "\\":
+        return f" (its path has a '\\': write paths with '/', e.g. {path.replace(chr(92), '/')!r})"
+    folder, name = os.path.split(path)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    key = unicodedata.normalize("NFC", name).casefold()
+    near = [n for n in names if unicodedata.normalize("NFC", n).casefold() == key]
+    if not near:
+        return ""
+    how = (
+        "Unicode normalisation (the same letters, composed differently)"
+        if unicodedata.normalize("NFC", near[0]) == unicodedata.normalize("NFC", name)
+        else "letter case"
+    )
+    return f" (beside it is {near[0]!r}, which differs only in {how}: correct the path)"
 
 
 def open_image(path: str, data: bytes | None = None) -> Image.Image:

@@ -100,7 +100,7 @@ def decode_pil(
         im = im.transpose(method)
         if orientation >= 5:
             full = (full[1], full[0])
-    im, late = _convert(im, target, path)
+    im, late = _convert(im, target, path, spec.dtype)
     im, place = _resize(im, spec, full, scale, origin)
     if late is not None:
         im = im.convert(late)
@@ -160,7 +160,9 @@ def transposed_origin(
     }[orientation]
 
 
-def _convert(im: Image.Image, target: str, path: str) -> tuple[Image.Image, str | None]:
+def _convert(
+    im: Image.Image, target: str, path: str, dtype: str = "uint16"
+) -> tuple[Image.Image, str | None]:
     """Convert to the mode to resize in; also return a mode to convert to after resizing."""
     mode = im.mode
     if mode == target:
@@ -175,6 +177,15 @@ def _convert(im: Image.Image, target: str, path: str) -> tuple[Image.Image, str 
                 path,
                 f"unsupported mode 'I' with values {lo}..{hi}: daskimg reads 8- and 16-bit "
                 "images; save it as 16-bit, or as a .npy volume to keep the values",
+            )
+        if dtype != "uint16":
+            # 32-bit pixels say nothing of their range: scaled as 16-bit, values up to 255
+            # (an 8-bit picture saved as 32-bit) all became 0
+            raise DecodeError(
+                path,
+                f"32-bit integer pixels (mode 'I', values {lo}..{hi}) have no range to scale "
+                f"to {dtype} from; read them with dtype='uint16' (values kept as they are), "
+                "or save the image as 8- or 16-bit",
             )
         return im, None
     if mode == "F":
