@@ -776,3 +776,27 @@ def test_a_missing_file_names_its_near_namesake(tmp_path):
         ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(4, 4))
         with pytest.raises(DecodeError, match=re.escape(hint)), dask.config.set(scheduler="sync"):
             ds.images.compute()
+
+
+def test_from_csv_stores_true_false_columns_and_names_the_text_ones(image_folder, tmp_path, caplog):
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    flags = ["True", "false", "TRUE", "False"]
+    csv = tmp_path / "l.csv"
+    csv.write_text(
+        "path,label,occluded,notes\n"
+        + "".join(
+            f"{p},cat,{f},seen {i}\n" for i, (p, f) in enumerate(zip(files[:4], flags, strict=True))
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(csv, root=image_folder, size=(8, 8))
+    assert "text column(s) 'notes' not stored" in caplog.text
+    expected = {p: f.lower() == "true" for p, f in zip(files[:4], flags, strict=True)}
+    got = dict(zip(map(str, ds.paths), np.asarray(ds.columns["occluded"]).tolist(), strict=True))
+    assert got == expected and np.asarray(ds.columns["occluded"]).dtype == bool
+    di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    back = di.open_zarr(tmp_path / "s.zarr.zip")
+    assert (
+        dict(zip(map(str, back.paths), np.asarray(back.columns["occluded"]).tolist(), strict=True))
+        == expected
+    )

@@ -86,7 +86,8 @@ def from_csv(
         "123456789.0") give int64 instead, and integers beyond int64 are refused naming
         the column. A column with a value float32 would change as written (a timestamp
         "1700000000.5", an ID beside a NaN cell) is float64. Digit separators ("1_2")
-        are not numbers.
+        are not numbers. A column of ``true``/``false`` (any case) is bool. Other (text)
+        columns are not stored; a logged warning names them.
     boxes
         Box columns, each from four CSV columns ``x0, y0, x1, y1`` — the left, top, right
         and bottom edges in the source image's pixels, *after its EXIF orientation* (the
@@ -507,20 +508,34 @@ def _columns(
     """The numeric columns: those asked for, or every unused column of numbers."""
     extra: dict[str, np.ndarray] = {}
     if columns is None:
+        text = []
         for col in header:
             if col in used or not col.strip():
                 continue
             numeric = [_is_float(row[col]) or _is_empty(row[col]) for row in rows]
             if all(numeric) and not all(_is_empty(row[col]) for row in rows):
                 extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
-            elif any(numeric):  # mostly numbers: say why it is not stored
+            elif all(str(row[col]).strip().lower() in ("true", "false") for row in rows):
+                extra[col] = np.array(
+                    [str(row[col]).strip().lower() == "true" for row in rows], dtype=bool
+                )
+            elif any(_is_float(row[col]) for row in rows):  # mostly numbers: say why not
                 line = numeric.index(False) + 2
                 logger.warning(
                     "%s: column %r is not stored: %d of its %d values are not numbers "
-                    "(line %d: %r). Fill them in (NaN for missing) and it becomes a column, "
-                    "or pass columns= to choose the columns",
+                    "(line %d: %r). Fill them in (NaN or empty for missing) and it becomes a "
+                    "column, or pass columns= to choose the columns",
                     where, col, numeric.count(False), len(rows), line, rows[line - 2][col],
                 )  # fmt: skip
+            else:
+                text.append(col)
+        if text:
+            logger.warning(
+                "%s: text column(s) %s not stored (only numbers and true/false are); to keep "
+                "one, map it to numbers (e.g. its classes to indices) before reading",
+                where,
+                ", ".join(repr(c) for c in text[:8]) + (" ..." if len(text) > 8 else ""),
+            )
         return extra
     for name, given in columns.items():
         cols = [given] if isinstance(given, str) else list(given)
