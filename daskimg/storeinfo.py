@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DaskImgError
+from .read.imageset import NO_LABEL
 from .store.format import (
     check_array,
     check_attrs,
@@ -191,11 +192,17 @@ def info(
             "ratio": (nbytes / stored) if nbytes and stored else None,
         }
     counts: dict[str, int] = {}
+    unlabelled = 0
     classes = st.attrs.get("classes")
-    if "labels" in st.layouts and classes:
+    if "labels" in st.layouts:
         labels = st.reader.read_array("labels")
-        for i, c in enumerate(classes):
-            counts[c] = int((labels == i).sum())
+        unlabelled = int((labels == NO_LABEL).sum())
+        if classes:
+            for i, c in enumerate(classes):
+                counts[c] = int((labels == i).sum())
+        else:  # class indices without names: counted by index
+            values, n = np.unique(labels[labels != NO_LABEL], return_counts=True)
+            counts = {str(int(v)): int(k) for v, k in zip(values[:1000], n[:1000], strict=True)}
     loc = st.location
     total = (
         os.path.getsize(loc.target) if not loc.is_url and loc.kind == "zip" else sum(keys.values())
@@ -205,6 +212,7 @@ def info(
         "file_bytes": total,
         "arrays": arrays,
         "class_counts": counts,
+        "unlabelled": unlabelled,
         "attrs": st.attrs,
     }
 
@@ -229,8 +237,11 @@ def format_info(summary: dict[str, Any]) -> str:
             f"{shards}  stored {_human(arr['stored_bytes'])}  ratio {ratio}"
         )
     if summary["class_counts"]:
-        lines.append("classes:")
+        named = bool(a.get("classes"))
+        lines.append("classes:" if named else "labels (class indices, no names stored):")
         lines.extend(f"  {c:<20} {n}" for c, n in summary["class_counts"].items())
+    if summary.get("unlabelled"):
+        lines.append(f"  {'(no label: -1)':<20} {summary['unlabelled']}")
     skipped = a.get("skipped") or []
     lines.append(f"skipped files {len(skipped)}")
     lines.extend(f"  {p}: {why}" for p, why in skipped[:20])

@@ -290,3 +290,21 @@ def test_out_named_like_a_class_folder_of_src_does_not_drop_that_class(tmp_path,
     train = di.open_zarr(tmp_path / "stores" / "train.zarr.zip")
     assert train.classes == ("cat", "dog", "stores")
     assert sorted(train.paths) == sorted(f.relative_to(src).as_posix() for f in files)
+
+
+def test_info_counts_unlabelled_samples_and_unnamed_classes(tmp_path, capsys):
+    # oracle: the labels given, counted with numpy
+    images = np.zeros((9, 4, 4, 3), np.uint8)
+    labels = np.array([0, 1, -1, 0, -1, 1, 1, -1, 0])
+    named = di.to_zarr(di.ImageSet(images, labels, classes=["cat", "dog"]), tmp_path / "a.zarr.zip")
+    assert main(["info", "--json", str(named)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["class_counts"] == {"cat": 3, "dog": 3}
+    assert summary["unlabelled"] == int((labels == -1).sum())
+    assert main(["info", str(named)]) == 0
+    assert "(no label: -1)       3" in capsys.readouterr().out
+    bare = di.to_zarr(
+        di.ImageSet(images, np.array([5, 5, 7, 0, 5, 7, 7, 7, 0])), tmp_path / "b.zarr"
+    )
+    assert main(["info", "--json", str(bare)]) == 0
+    assert json.loads(capsys.readouterr().out)["class_counts"] == {"0": 2, "5": 3, "7": 4}
