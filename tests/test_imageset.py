@@ -800,3 +800,33 @@ def test_from_csv_stores_true_false_columns_and_names_the_text_ones(image_folder
         dict(zip(map(str, back.paths), np.asarray(back.columns["occluded"]).tolist(), strict=True))
         == expected
     )
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_arrays_put_in_place_of_the_files_own_are_kept(image_folder, tmp_path, on_error):
+    # take/split/to_zarr rebuilt images and source_size from the files: a flip the user
+    # made (and the column changed to match it) was silently undone
+    import zarr
+
+    ds = di.from_folder(image_folder, size=(16, 20), on_error=on_error)
+    by_path = {str(p): i for i, p in enumerate(ds.paths)}
+    sizes = np.asarray(ds.columns["source_size"]) + 1000  # the oracle: numpy
+    ds.columns["source_size"] = ds.columns["source_size"] + 1000
+    for part in (ds.take(np.arange(len(ds))[::-1]), *ds.split({"a": 0.5, "b": 0.5}).values()):
+        rows = [by_path[str(p)] for p in part.paths]
+        np.testing.assert_array_equal(np.asarray(part.columns["source_size"]), sizes[rows])
+    pixels = np.asarray(ds.images)[:, :, ::-1]
+    ds.images = ds.images[:, :, ::-1]
+    out = tmp_path / "s.zarr.zip"
+    if on_error == "skip":
+        with pytest.raises(ValueError, match="images were replaced"):
+            di.to_zarr(ds, out)
+        return
+    for part in (ds.take(np.arange(len(ds))[::-1]), *ds.split({"a": 0.5, "b": 0.5}).values()):
+        rows = [by_path[str(p)] for p in part.paths]
+        np.testing.assert_array_equal(np.asarray(part.images), pixels[rows])
+    di.to_zarr(ds, out)  # shuffled: a take of every row
+    stored = zarr.open_group(zarr.storage.ZipStore(out, mode="r"), mode="r")
+    rows = [by_path[str(p)] for p in stored["paths"][:]]
+    np.testing.assert_array_equal(stored["images"][:], pixels[rows])
+    np.testing.assert_array_equal(stored["source_size"][:], sizes[rows])

@@ -203,6 +203,17 @@ class ImageSet:
             else _per_sample("source_splits", source_splits, n, object)
         )
         self.row_source = row_source
+        # the names of the arrays the files give (images, source_size, masks, boxes read
+        # with them), as made: an array put in one's place (ds.images = flipped) is the
+        # user's, kept by take/split/to_zarr instead of decoded again from the files
+        self._from_files: dict[str, str] = {}
+        if row_source is not None:
+            given = {"images": self.images, **self.columns}
+            self._from_files = {
+                k: a.name
+                for k in ("images", *row_source.derived)
+                if isinstance(a := given.get(k), da.Array)
+            }
         #: files left out because they could not be decoded: (path, reason), filled by to_zarr
         self.skipped: list[tuple[str, str]] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
@@ -217,6 +228,21 @@ class ImageSet:
 
     def __len__(self) -> int:
         return self._n
+
+    def is_from_files(self, name: str) -> bool:
+        """Whether the array ``name`` (``"images"`` or a column) is still the one decoded
+        from the set's files, not an array the user put in its place."""
+        a = self.images if name == "images" else self.columns.get(name)
+        made = self._from_files.get(name)
+        return made is not None and isinstance(a, da.Array) and a.name == made
+
+    def from_files(self) -> RowSource | None:
+        """The files this set's images are decoded from (its :class:`RowSource`), or None:
+        not read from files, or its ``images`` were replaced (``ds.images = flipped``), so
+        they are computed as they are, not decoded again."""
+        if self.row_source is None or not self.is_from_files("images"):
+            return None
+        return self.row_source
 
     @property
     def store_path(self) -> str | None:
@@ -315,11 +341,13 @@ class ImageSet:
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"indices must lie in 0..{len(self) - 1}")
         files = None if self.row_source is None else self.row_source.take(idx)
-        # arrays derived from the files are rebuilt with the images, from the same tasks
-        fresh = {} if files is None else files.to_dask_arrays()
+        # arrays derived from the files are rebuilt with the images, from the same tasks;
+        # arrays the user put in their place are taken as they are
+        fresh = {} if self.from_files() is None or files is None else files.to_dask_arrays()
+        fresh = {k: a for k, a in fresh.items() if self.is_from_files(k)}
         images = (
             fresh["images"]
-            if files is not None
+            if "images" in fresh
             else None
             if self.images is None
             else self.images[idx]
@@ -337,6 +365,8 @@ class ImageSet:
             boxes=self.boxes,
             check_names=False,  # checked when this set was made (or as a store kept them)
         )
+        if files is not None:  # a column put in a derived one's place is the user's
+            subset._from_files = {k: a.name for k, a in fresh.items()}
         if self.store is not None or self.store_rows is not None:
             rows = np.arange(len(self)) if self.store_rows is None else self.store_rows
             subset.store_rows = rows[idx]

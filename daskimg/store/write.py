@@ -306,7 +306,7 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(json.dumps([imageset.root, list(imageset.classes), list(imageset.boxes)]).encode())
     h.update(str(imageset.on_error).encode())
-    files = imageset.row_source
+    files = imageset.from_files()
     if isinstance(files, FileSource):
         h.update("\0".join(map(str, files.paths)).encode())
         h.update(repr(files.spec).encode())
@@ -443,6 +443,13 @@ def write_arrays(
     that several arrays share (the decode of a block of files) run once.
     """
     if ds.on_error == "skip" and isinstance(ds.row_source, FileSource):
+        if not ds.is_from_files("images"):
+            raise ValueError(
+                "this set reads its files with on_error='skip', but its images were replaced "
+                "(e.g. ds.images = flipped): which files to leave out is found by decoding "
+                "them as read. Store the set as read first (to_zarr), then open_zarr it and "
+                "change that; or read it with on_error='raise'"
+            )
         _write_skipping(target, ds, attrs, specs, shard_len, put=put, progress=progress)
         return
     dest = create_arrays(target, attrs, specs, n=len(ds), shard_len=shard_len)
@@ -457,7 +464,7 @@ def write_arrays(
     writes: list[Any] = []
     streams: list[tuple[list[Any], list[tuple[str | None, ShardEncoder]]]] = []
     forked: tuple[int, list[tuple[Any, ...]], dict[str, ShardEncoder]] | None = None
-    files = ds.row_source
+    files = ds.from_files()
     if isinstance(files, FileSource):
         # the arrays that are the files' own (not arrays put in their place) are made by
         # one task per chunk, which decodes the chunk's files and encodes them at once
@@ -700,7 +707,8 @@ def _write_skipping(
     shared = files.to_dask_arrays(block=chunk_len, skip=True)
     pixels, ok_mask = shared["images"], shared["ok"]
     lazy: dict[str, da.Array] = {"images": pixels}
-    lazy.update({k: shared[k] for k in files.derived})
+    # the derived arrays as the files give them, unless one was put in another's place
+    lazy.update({k: shared[k] for k in files.derived if ds.is_from_files(k)})
     small: dict[str, np.ndarray] = {}
     for name, values in ds.arrays.items():
         if name in lazy:
