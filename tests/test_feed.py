@@ -652,3 +652,19 @@ def test_labels_below_minus_one_are_refused_without_classes():
     """-2 was stored as a label when no classes were given (with classes it was refused)."""
     with pytest.raises(ValueError, match=r"labels must be class indices .*found -2"):
         di.ImageSet(np.zeros((3, 2, 2, 3), np.uint8), [0, -2, 1])
+
+
+def test_a_set_read_with_skip_is_fed_from_its_store(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "src"
+    for i in range(6):
+        (root / "cat").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / "cat" / f"{i}.png")
+    (root / "cat" / "bad.png").write_bytes(b"")
+    ds = di.from_folder(root, size=(8, 8), on_error="skip")
+    with pytest.raises(ValueError, match=r"on_error='skip'.*to_zarr"):
+        di.BatchIterator(ds, batch_size=2)
+    store = di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    seen = sorted(int(x[0, 0, 0]) for b, _ in di.BatchIterator(store, batch_size=2) for x in b)
+    assert seen == [i * 40 for i in range(6)]  # oracle: the colours painted; bad.png left out

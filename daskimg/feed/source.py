@@ -61,6 +61,15 @@ class FeedSource:
         self.boxes: tuple[str, ...] = ()
         self.masks: tuple[str, ...] = ()
         if isinstance(source, ImageSet):
+            if source.on_error == "skip" and source.row_source is not None:
+                raise ValueError(
+                    "this set reads its files with on_error='skip': which files fail is found "
+                    "when it is stored, so feed it from its store: "
+                    "BatchIterator(di.to_zarr(ds, 'train.zarr.zip'), ...) leaves the bad files "
+                    "out and records them (ds.skipped). Fed straight from the files, the "
+                    "first bad file would stop the epoch; read with on_error='raise' to feed "
+                    "the files directly"
+                )
             arrays = source.arrays
             self.attrs = source.attrs
             self.boxes = tuple(source.boxes)

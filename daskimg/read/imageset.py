@@ -81,8 +81,11 @@ class ImageSet:
     root
         The folder the paths are relative to.
     on_error
-        ``"raise"`` or ``"skip"``: what storing or iterating does with a file that cannot be
-        decoded (only meaningful for sets read from files).
+        ``"raise"`` or ``"skip"``: what storing does with a file that cannot be decoded
+        (only meaningful for sets read from files): with ``"skip"``, :func:`~daskimg.to_zarr`
+        leaves it out and records it. Such a set is fed from its store:
+        :class:`~daskimg.BatchIterator` refuses it straight from the files, and computing
+        ``images`` raises at a bad file.
     check_names
         False: the column names and ``masks`` shape are taken as they are (a subset of
         a set, or a store written by an earlier version, which still opens).
