@@ -705,3 +705,24 @@ def test_a_box_wholly_outside_its_image_is_an_error_naming_the_file(
 
     stored = zarr.open_group(zarr.storage.ZipStore(str(out), mode="r"), mode="r")["b"][...]
     np.testing.assert_array_equal(stored, [[1, 2, 10, 12], [1, 2, 10, 12], [25, 2, 30, 12]])
+
+
+def test_a_store_written_from_a_store_keeps_what_maps_its_boxes_back(libraries, tmp_path):
+    # to_zarr(open_zarr(s).take(...)) wrote attrs["source"] without size and resize:
+    # to_source then failed, or with its default resize="stretch" gave other boxes
+    root, rows = libraries["png"]
+    ds, _ = _read(root, "pad", False)
+    first = di.to_zarr(ds, tmp_path / "a.zarr.zip")
+    part = di.open_zarr(first).take(np.arange(len(ds))[::2])
+    second = di.open_zarr(di.to_zarr(part, tmp_path / "b.zarr.zip"))
+    src = second.attrs["source"]
+    assert (src["size"], src["resize"]) == (list(TARGET), "pad")
+    back = to_source(
+        np.asarray(second.columns["bbox"]),
+        np.asarray(second.columns["source_size"]),
+        size=src["size"],
+        resize=src["resize"],
+    )
+    expected = {str(root / r["path"]): r["box"] for r in rows}  # oracle: the CSV's boxes
+    for path, box in zip(second.paths, back, strict=True):
+        np.testing.assert_allclose(box, expected[str(root / path)], atol=1e-3)

@@ -217,6 +217,11 @@ class ImageSet:
                 for k in ("images", *row_source.derived)
                 if isinstance(a := given.get(k), da.Array)
             }
+        #: how the images were decoded (``size``, ``channels``, ``dtype``, ``resize``,
+        #: ``draft``) for a set opened from a store (its ``attrs["source"]``), kept by
+        #: subsets, so a store written from it keeps what maps its boxes back
+        #: (:func:`~daskimg.read.boxes.to_source`); sets read from files have :attr:`spec`
+        self.decoded_as: dict[str, Any] | None = None
         #: files left out because they could not be decoded: (path, reason), filled by to_zarr
         self.skipped: list[tuple[str, str]] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
@@ -370,6 +375,7 @@ class ImageSet:
         )
         if files is not None:  # a column put in a derived one's place is the user's
             subset._from_files = {k: a.name for k, a in fresh.items()}
+        subset.decoded_as = self.decoded_as
         if self.store is not None or self.store_rows is not None:
             rows = np.arange(len(self)) if self.store_rows is None else self.store_rows
             subset.store_rows = rows[idx]

@@ -129,6 +129,10 @@ def open_zarr(
     return imageset_of(arrays, st)
 
 
+#: the keys of a store's ``attrs["source"]`` that say how its images were decoded
+_DECODED_AS = ("size", "channels", "dtype", "resize", "draft")
+
+
 def imageset_of(arrays: dict[str, Any], st: OpenedStore) -> ImageSet:
     """An opened store's arrays as an :class:`ImageSet`."""
     attrs = st.attrs
@@ -144,6 +148,8 @@ def imageset_of(arrays: dict[str, Any], st: OpenedStore) -> ImageSet:
         check_names=False,  # a store written before a name was reserved still opens
     )
     ds.attrs = attrs
+    decoded = {k: v for k, v in (attrs.get("source") or {}).items() if k in _DECODED_AS}
+    ds.decoded_as = decoded if "size" in decoded else None
     ds.store = st
     ds.skipped = [(str(path), str(reason)) for path, reason in attrs.get("skipped", [])]
     return ds
