@@ -726,3 +726,25 @@ def test_a_store_written_from_a_store_keeps_what_maps_its_boxes_back(libraries, 
     expected = {str(root / r["path"]): r["box"] for r in rows}  # oracle: the CSV's boxes
     for path, box in zip(second.paths, back, strict=True):
         np.testing.assert_allclose(box, expected[str(root / path)], atol=1e-3)
+
+
+def test_corner_columns_read_as_numbers_and_jpeg_masks_are_named(tmp_path, caplog):
+    import logging
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    Image.new("L", (40, 30)).save(tmp_path / "a_mask.jpg")
+    (tmp_path / "l.csv").write_text(
+        "path,label,mask,xmin,ymin,xmax,ymax\na.png,cat,a_mask.jpg,1,2,10,20\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(15, 20), mask_column="mask")
+    assert "'xmin', 'ymin', 'xmax', 'ymax' look like box corners" in caplog.text
+    assert "are JPEGs: JPEG is lossy" in caplog.text
+    assert ds.boxes == ()  # stored as given, and said so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_csv(
+            tmp_path / "l.csv", root=tmp_path, size=(15, 20),
+            boxes={"bbox": ["xmin", "ymin", "xmax", "ymax"]},
+        )  # fmt: skip
+    assert "look like box corners" not in caplog.text

@@ -19,7 +19,7 @@ from ..remote import RemoteFiles, check_options, filesystem, is_url, join, proto
 from .decode import DecodeSpec
 from .files import relative_paths, resolve_dtype
 from .imageset import ImageSet, file_set
-from .masks import resolve_mask_dtype
+from .masks import resolve_mask_dtype, warn_lossy_masks
 from .source import DEFAULT_BLOCK, FileSource
 
 _INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
@@ -165,12 +165,15 @@ def from_csv(
     used = {path_column, label_column, mask_column}
     used.update(c for cols in (boxes or {}).values() for c in cols)
     extra = _columns(rows, header, columns, used, where)
+    _warn_raw_corners(header, columns, used, where)
     remote = (
         None
         if root_url is None
         else RemoteFiles(protocol_of(root_url), dict(storage_options or {}))
     )
     masks = None if mask_column is None else tuple(_paths(rows, mask_column, where, base))
+    if masks is not None:
+        warn_lossy_masks(masks, where)
     spec = DecodeSpec(
         size=tuple(size),
         channels=channels,
@@ -651,6 +654,44 @@ def _is_float(v: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: column names that spell a box's corners, by convention
+_CORNERS = (
+    ("x0", "y0", "x1", "y1"),
+    ("xmin", "ymin", "xmax", "ymax"),
+    ("x_min", "y_min", "x_max", "y_max"),
+    ("left", "top", "right", "bottom"),
+    ("x1", "y1", "x2", "y2"),
+)
+
+
+def _warn_raw_corners(
+    header: list[str],
+    columns: Mapping[str, Sequence[str]] | None,
+    used: set[str | None],
+    where: str,
+) -> None:
+    """Log box corners read as plain numbers: they stay in the source's pixels while the
+    images are resized, flipped, cropped (``boxes=`` moves them with the pixels)."""
+    asked = (
+        {c for g in columns.values() for c in ([g] if isinstance(g, str) else g)}
+        if columns is not None
+        else {h for h in header if h not in used}
+    )
+    lower = {c.lower(): c for c in asked}
+    for names in _CORNERS:
+        if all(n in lower for n in names):
+            cols = [lower[n] for n in names]
+            logger.warning(
+                "%s: columns %s look like box corners; stored as numbers, they stay in the "
+                "source images' pixels while the images are resized (and flipped or cropped "
+                "in the feed). To move them with the pixels, pass boxes={'bbox': %r}",
+                where,
+                ", ".join(map(repr, cols)),
+                cols,
+            )
+            return
 
 
 def _header_hint(header: list[str]) -> str:

@@ -38,7 +38,7 @@ from ..remote import RemoteFiles, check_options, filesystem, is_url, join, proto
 from .decode import DecodeSpec
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
-from .masks import resolve_mask_dtype
+from .masks import resolve_mask_dtype, warn_lossy_masks
 from .source import DEFAULT_BLOCK, FileSource
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLIT_DIRS", "find_split_dirs", "from_folder"]
@@ -721,6 +721,7 @@ def from_folder(
     mask_files = None
     if mask_root is not None:
         mask_files = _pair_masks(rel, files, mask_root, storage_options)
+        warn_lossy_masks(mask_files, f"from_folder({os.fspath(mask_root)!r})")
     spec = DecodeSpec(
         size=tuple(size),
         channels=channels,

@@ -19,6 +19,8 @@ a 2-D integer (or boolean) array.
 from __future__ import annotations
 
 import io
+import logging
+import os
 from collections.abc import Sequence
 from typing import Final
 
@@ -224,3 +226,21 @@ def _load_npy(path: str, data: bytes) -> np.ndarray:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except CORRUPT as exc:
         raise DecodeError(path, f"corrupt or truncated mask ({exc})") from exc
+
+
+#: endings of lossy image formats: a mask saved so has its ids changed near every edge
+_LOSSY = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def warn_lossy_masks(paths: Sequence[str], where: str) -> None:
+    """Log mask files saved as JPEG (lossy: class ids come back changed near every edge;
+    nearest-neighbour resizing keeps what the file holds)."""
+    lossy = [p for p in paths if os.path.splitext(str(p))[1].lower() in _LOSSY]
+    if lossy:
+        logging.getLogger("daskimg").warning(
+            "%s: %d mask file(s) such as %r are JPEGs: JPEG is lossy, so class ids come back "
+            "changed near every edge (an id 5 becomes 4, 6, ...); save masks as PNG",
+            where,
+            len(lossy),
+            str(lossy[0]),
+        )
