@@ -14,6 +14,7 @@ __all__ = [
     "IncompleteStoreError",
     "MetadataError",
     "NoImagesFoundError",
+    "ServerError",
     "StoreExistsError",
     "StoreLockedError",
 ]
@@ -63,3 +64,8 @@ class ChecksumError(DaskImgError, OSError):
 class MetadataError(DaskImgError, ValueError):
     """A store's metadata is missing, unreadable or inconsistent; the message names the store
     and the array (or ``zarr.json``) and what is wrong."""
+
+
+class ServerError(DaskImgError, OSError):
+    """A server holding a store kept failing to answer (HTTP 5xx or 429, after retries): it
+    says nothing about the stored bytes; try again later."""

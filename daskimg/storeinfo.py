@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DaskImgError
+from .errors import DaskImgError, ServerError
 from .read.imageset import NO_LABEL
 from .store.format import (
     check_array,
@@ -65,10 +65,14 @@ def verify(
         reader = StoreReader(loc.open())
     except FileNotFoundError:
         raise FileNotFoundError(f"no store at {loc.target!r}") from None
+    except ServerError:
+        raise  # the server, not the store: say so
     except DaskImgError as e:
         return [Problem("(store)", -1, str(e))]
     try:
         attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=False)
+    except ServerError:
+        raise  # the server, not the store: say so
     except DaskImgError as e:
         return [Problem("zarr.json", -1, str(e))]
     problems: list[Problem] = []
@@ -86,10 +90,14 @@ def verify(
             lay = check_array(reader, attrs, name)
             check_fits_memory(reader.path, lay)  # its chunks are not read, then
             layouts[name] = lay
+        except ServerError:
+            raise
         except DaskImgError as e:
             problems.append(Problem(name, -1, str(e)))
     try:
         check_together(loc.target, attrs, layouts)
+    except ServerError:
+        raise  # the server, not the store: say so
     except DaskImgError as e:
         problems.append(Problem("(store)", -1, str(e)))
     for name, lay in layouts.items():
@@ -142,8 +150,8 @@ def _check_chunks(
                 lay = reader.layout(name)
                 check_labels(reader.path, attrs, values, lay.chunk_len, lay.chunk_rows(c)[0])
         except OSError as e:
-            if e.errno in _NOT_THE_DATA:  # the process or machine, not the chunk: say so
-                raise
+            if e.errno in _NOT_THE_DATA or isinstance(e, ServerError):
+                raise  # the process, machine or server, not the chunk: say so
             problems.append(Problem(name, c, str(e)))
         except (DaskImgError, ValueError, RuntimeError) as e:
             problems.append(Problem(name, c, str(e)))

@@ -44,6 +44,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         srv.requests.append((self.command, self.path, rng))
         srv.headers_seen.append(dict(self.headers))
+        if rng and srv.fail_ranged > 0:  # a server error, as a busy server gives
+            srv.fail_ranged -= 1
+            self._send(500, b"", {})
+            return
         if self.path in srv.redirects:
             self._send(302, b"", {"Location": srv.redirects[self.path]})
             return
@@ -94,7 +98,7 @@ def server():
     """A range-capable HTTP server on 127.0.0.1: ``files`` maps URL paths to bytes."""
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.headers_seen, srv.redirects = {}, [], [], {}
-    srv.etags, srv.ignore_range = True, False
+    srv.etags, srv.ignore_range, srv.fail_ranged = True, False, 0
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -390,3 +394,32 @@ def test_memory_folder_feed_fetches_each_index_once(
     # one ranged read of each shard's index, however many threads asked for it
     assert len({c[0] for c in index_reads}) == shards
     assert len(calls) == len(set(calls))
+
+
+def test_writing_to_an_http_url_is_refused_before_anything_is_sent():
+    ds = di.ImageSet(np.zeros((4, 8, 8, 3), np.uint8))
+    for url in ("http://127.0.0.1:9/x.zarr.zip", "https://127.0.0.1:9/x.zarr"):
+        with pytest.raises(ValueError, match="does not write stores to http"):
+            di.to_zarr(ds, url)
+    with pytest.raises(ValueError, match="does not write stores to http"):
+        di.ArrayWriter("http://127.0.0.1:9/f.zarr.zip", name="f", shape=(2,), dtype="float32")
+
+
+def test_a_server_error_is_asked_again_then_named_not_called_damage(
+    tmp_path, server, noisy_set, small_is_tiny, monkeypatch
+):
+    import daskimg.store.ranged as ranged
+    from daskimg.errors import ServerError
+    from daskimg.storeinfo import verify
+
+    monkeypatch.setattr(ranged, "_BACKOFF", (0.0, 0.0))
+    url = _serve(server, _store(tmp_path, noisy_set))
+    ds = di.open_zarr(url, storage_options={})
+    server.fail_ranged = 2  # two 500s in a row: asked again, read as served
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+    assert server.fail_ranged == 0
+    server.fail_ranged = 10**6  # the server keeps failing
+    with pytest.raises(ServerError, match=r"HTTP 500 .*3 times.*says nothing about the stored"):
+        ds.images.compute()
+    with pytest.raises(ServerError):
+        verify(url, storage_options={})  # not a list of "damaged" chunks

@@ -160,7 +160,14 @@ class Location:
         return self.build_path() + ".partial"
 
     def check_writable(self, *, overwrite: bool) -> None:
-        """Refuse to replace a store (or anything else) here unless ``overwrite``."""
+        """Refuse to replace a store (or anything else) here unless ``overwrite``; refuse a
+        URL that takes no writes (plain HTTP)."""
+        if self.is_url and protocol_of(self.target) in ("http", "https"):
+            raise ValueError(
+                f"{self.target!r}: daskimg does not write stores to http(s) URLs (a web server "
+                "takes no uploads of this kind); write it to a local path or to object storage "
+                "(s3://, gs://, az://, ...) and serve it from there"
+            )
         if overwrite:
             return
         if not self.is_url:

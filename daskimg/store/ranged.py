@@ -38,11 +38,12 @@ import http.client
 import os
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import ChecksumError
+from ..errors import ChecksumError, ServerError
 
 __all__ = ["KEEP", "SMALL", "SPAN", "RangedObjects", "is_http"]
 
@@ -52,6 +53,11 @@ SMALL = 1 << 20
 KEEP = 64 << 20
 #: small zip members next to each other are fetched in one request, up to this many bytes
 SPAN = 8 << 20
+
+#: answers that mean "ask again later" (server errors, too many requests), and the pauses
+#: before asking again
+_RETRY = frozenset({429, 500, 502, 503, 504})
+_BACKOFF = (0.2, 1.0)
 
 _REPLACED = (
     "{where}: {path!r} changed since the store was opened ({what}); it was replaced or "
@@ -231,16 +237,26 @@ class RangedObjects:
         headers.setdefault("Accept-Encoding", "identity")
         if etag and not etag.startswith("W/"):
             headers["If-Match"] = etag
-        for attempt in (1, 2):
+        dropped = busy = 0
+        while True:
             conn = _CONNECTIONS.get(url)
             try:
                 conn.request("GET", target, headers=headers)
                 r = conn.getresponse()
-                break
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 _CONNECTIONS.drop(url)  # a keep-alive connection the server had closed
-                if attempt == 2:
+                dropped += 1
+                if dropped == 2:
                     raise
+                continue
+            if r.status in _RETRY and busy < len(_BACKOFF):
+                # a server error or "too many requests": the bytes are not in question;
+                # asked again after a pause
+                r.read()
+                time.sleep(_BACKOFF[busy])
+                busy += 1
+                continue
+            break
         try:
             if r.status in (301, 302, 303, 307, 308):
                 r.read()
@@ -276,6 +292,13 @@ class RangedObjects:
         whole = status == 200 and start == 0 and size == n  # a range of all of it may be 200
         if whole and r.headers.get("Content-Length") == str(n):
             return
+        if status in _RETRY:
+            raise ServerError(
+                f"{self.where}: a ranged GET of {path!r} (bytes {start}-{start + n - 1}) got "
+                f"HTTP {status} ({r.reason or 'server error'}) {1 + len(_BACKOFF)} times: the "
+                "server failed to answer, which says nothing about the stored bytes; try again "
+                "later"
+            )
         if status != 206:
             raise OSError(
                 f"{self.where}: a ranged GET of {path!r} (bytes {start}..{start + n}) got HTTP "
