@@ -164,8 +164,9 @@ class ImageSet:
                 "to indices, e.g. classes, labels = np.unique(labels, return_inverse=True)"
             )
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
-        for k in columns or {} if check_names else ():
-            _check_column_name(k)
+        if check_names:
+            for k in columns or {}:
+                _check_column_name(k)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
         reserved = {"images", "labels", "paths"} | (set(RESERVED) if check_names else set())
         reserved &= set(self.columns)
