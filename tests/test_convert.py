@@ -98,6 +98,10 @@ def test_convert_errors_name_what_is_missing(tmp_path, arrays, capsys):
     (tmp_path / "x.bin").write_bytes(b"?")
     with pytest.raises(ValueError, match=r"\.h5/\.hdf5, \.npy or \.npz"):
         open_array_set(tmp_path / "x.bin")
+    # a structured dtype: the message, not numpy's TypeError from deep inside
+    np.save(tmp_path / "rec.npy", np.zeros((4, 3, 3), dtype=[("v", "u1")]))
+    assert main(["convert", str(tmp_path / "rec.npy"), str(tmp_path / "r.zarr.zip")]) == 2
+    assert "images of dtype [('v', 'u1')] cannot be stored" in capsys.readouterr().err
 
 
 # --- storeinfo: info and verify (the store bookkeeping) ------------------------

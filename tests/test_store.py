@@ -938,3 +938,50 @@ def test_verify_finds_what_plain_zarr_would_refuse(tmp_path, indexed_set):
         assert problems and says in problems[0].message
         with pytest.raises(MetadataError, match=re.escape(says)):
             di.open_zarr(copy)
+
+
+def test_what_a_store_cannot_hold_as_given_is_refused_before_writing(tmp_path):
+    out = tmp_path / "s.zarr.zip"
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    cases = [
+        # numbers as objects would be stored as their text, whatever the codec
+        ({"images": images.astype(object), "codec": "jpeg"}, "images are object, not numbers"),
+        ({"images": images.astype("<U3")}, "images are <U3, not numbers"),
+        ({"columns": {"e": np.zeros((3, 0))}}, r"'e' has shape \(3, 0\): no values"),
+        ({"columns": {"note": np.array(["a", "x" * 70_000, "b"], object)}}, "70,000 bytes"),
+        (
+            {"columns": {"name": np.array(["a", "bad\udc80name", "c"])}},  # numpy <U, not object
+            r"'name', row 1: .* is not valid Unicode",
+        ),
+        (
+            {"columns": {"t": np.array(["a", None, "c"], np.dtypes.StringDType(na_object=None))}},
+            r"'t', row 1 is NoneType None, not text",
+        ),
+        ({"codec": ""}, "codec must be one of"),
+    ]
+    for given, said in cases:
+        kw = {"codec": given.pop("codec")} if "codec" in given else {}
+        ds = di.ImageSet(given.get("images", images), columns=given.get("columns"))
+        with pytest.raises(ValueError, match=said):
+            di.to_zarr(ds, out, **kw)
+        assert not out.exists()
+
+
+def test_text_keeps_trailing_nul_characters_and_codecs_are_recorded_whole(tmp_path):
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    text = np.array(["id\x00", "\x00", "a\x00b"], dtype=object)
+    ds = di.ImageSet(images, columns={"t": text})
+    out = di.to_zarr(ds, tmp_path / "s.zarr.zip", order="source", codec="jpeg")
+    assert plain_group(out)["t"][:].tolist() == text.tolist()  # oracle: plain zarr
+    assert di.open_zarr(out).attrs["codec"] == "jpeg:90"
+
+
+def test_a_dask_array_whose_blocks_lie_about_their_dtype_is_refused(tmp_path):
+    import dask.array as da
+
+    blocks = da.from_array(np.full((4, 4, 4, 3), 300, np.int64), chunks=2)
+    lying = blocks.map_blocks(lambda b: b, dtype=np.uint8)  # declares uint8, holds 300
+    with pytest.raises(ValueError, match="'images' is uint8 but a chunk of it holds int64.*300"):
+        di.to_zarr(di.ImageSet(lying), tmp_path / "s.zarr.zip")
+    with pytest.raises(ValueError, match=r"unknown shape.*compute_chunk_sizes"):
+        di.ImageSet(blocks[blocks[:, 0, 0, 0] > 10])

@@ -49,7 +49,11 @@ class ArraySource:
 
     def __post_init__(self) -> None:
         what = f"{self.path!r}" + (f", dataset {self.key!r}" if self.key else "")
-        if np.dtype(self.dtype).kind not in "biuf":
+        try:
+            kind = np.dtype(self.dtype).kind
+        except TypeError:  # a structured dtype, spelled as its fields
+            kind = "V"
+        if kind not in "biuf":
             raise ValueError(
                 f"{what}: images of dtype {self.dtype} cannot be stored; a store holds "
                 "integers, floats or bools (e.g. the magnitude: np.abs(values))"

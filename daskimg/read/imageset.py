@@ -117,6 +117,12 @@ class ImageSet:
             images = np.asarray(images)
             if images.ndim >= 3:
                 images = da.from_array(images, chunks=(DEFAULT_BLOCK, *images.shape[1:]))
+        if isinstance(images, da.Array) and any(math.isnan(c) for c in images.shape):
+            raise ValueError(
+                f"images have an unknown shape {images.shape} (a dask array cut by a boolean "
+                "mask, e.g. x[x.mean(axis=(1, 2, 3)) > 10]); call images.compute_chunk_sizes() "
+                "first, or index with the positions np.flatnonzero(mask.compute())"
+            )
         if images is not None and images.ndim < 3:
             raise ValueError(
                 f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"

@@ -35,6 +35,7 @@ __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
     "blosc_header",
+    "canonical_codec",
     "check_crc",
     "check_crc_of",
     "compressors",
@@ -77,6 +78,22 @@ def parse_codec(codec: str | None) -> tuple[str, int | None]:
     if not (q.isascii() and q.isdigit()) or not 1 <= int(q) <= 100:
         raise ValueError(f"codec {codec!r}: the JPEG quality after ':' must be an integer 1-100")
     return name, int(q)
+
+
+def canonical_codec(codec: str | None) -> str | None:
+    """``codec`` as a store records it: a name of ``CODECS``, ``"jpeg:Q"`` with its quality
+    (``"jpeg"`` is ``"jpeg:90"``, ``"jpeg:05"`` is ``"jpeg:5"``); None stays None (the
+    default). Anything else, ``""`` included, is a ValueError.
+
+    Examples
+    --------
+    >>> canonical_codec("jpeg"), canonical_codec("lz4"), canonical_codec(None)
+    ('jpeg:90', 'lz4', None)
+    """
+    if codec is None:
+        return None
+    name, quality = parse_codec(codec)
+    return name if quality is None else f"{name}:{quality}"
 
 
 def compressors(codec: str | None, dtype: np.dtype[Any]) -> list[Any]:

@@ -94,6 +94,8 @@ class ShardEncoder:
                 f"array {lay.name!r}: a chunk of {len(rows)} rows of {rows.shape[1:]}; expected "
                 f"up to {lay.chunk_len} rows of {lay.shape[1:]}"
             )
+        if rows.dtype != lay.dtype and lay.dtype.kind in "iu":
+            _check_fits(lay.name, rows, lay.dtype)
         rows = np.ascontiguousarray(rows, dtype=lay.dtype)
         if len(rows) < lay.chunk_len:  # zarr pads an edge chunk with the fill value
             full = np.zeros((lay.chunk_len, *rows.shape[1:]), lay.dtype)
@@ -148,3 +150,24 @@ def _chain(meta: dict[str, Any]) -> list[dict[str, Any]]:
     if codecs[0].get("name") == "sharding_indexed":
         return list(codecs[0]["configuration"]["codecs"])
     return list(codecs)
+
+
+def _check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
+    """Values of another dtype than the array's (a dask array whose blocks are not what it
+    declares) must fit it: the cast would wrap them (300 -> 44 in uint8)."""
+    if np.can_cast(rows.dtype, dtype, casting="safe") or not rows.size:
+        return
+    info = np.iinfo(dtype)
+    if rows.dtype.kind in "iu":
+        bad = (rows < info.min) | (rows > info.max)
+    elif rows.dtype.kind == "f":
+        bad = ~np.isfinite(rows) | (rows != np.round(rows)) | (rows < info.min) | (rows > info.max)
+    else:
+        return
+    if bad.any():
+        raise ValueError(
+            f"array {name!r} is {dtype} but a chunk of it holds {rows.dtype} values such as "
+            f"{rows[bad].flat[0].item()!r}, which {dtype} cannot hold (a dask array whose "
+            "blocks are not the dtype it declares?); cast it yourself, e.g. "
+            f"x.astype({rows.dtype.name!r}) or np.clip first"
+        )

@@ -33,6 +33,7 @@ from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first
 from .bytesource import LocalDir
 from .chunktable import read_tables
+from .codecs import MAX_STRING_BYTES, canonical_codec
 from .encode import ShardEncoder
 from .format import (
     SHARD_CHUNKS,
@@ -142,6 +143,7 @@ def to_zarr(
         )
     if order not in ("shuffled", "source"):
         raise ValueError(f"order must be 'shuffled' or 'source', got {order!r}")
+    codec = canonical_codec(codec)  # "" is an error, "jpeg" recorded as "jpeg:90"
     if chunks is not None and (
         not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1
     ):
@@ -173,11 +175,22 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
     if check_layout and (why := channels_first(tuple(imageset.images.shape))):
         raise ValueError(why)
+    if np.dtype(imageset.images.dtype).kind not in "biuf":
+        # an object array of numbers would be stored as their text, whatever the codec
+        raise ValueError(
+            f"images are {imageset.images.dtype}, not numbers: images are stored as integers, "
+            "floats or bools; convert them first, e.g. images.astype(np.uint8)"
+        )
     for name, values in imageset.arrays.items():
         if np.dtype(values.dtype).kind not in "biufOUST":
             raise ValueError(
                 f"array {name!r} is {values.dtype}: a store holds integers, floats, bools or "
                 "text (complex values: store np.abs or the real and imaginary parts)"
+            )
+        if 0 in values.shape[1:]:
+            raise ValueError(
+                f"array {name!r} has shape {tuple(values.shape)}: no values per sample; "
+                "leave it out, or give each sample at least one value"
             )
         if name != "images" and not isinstance(values, da.Array):
             check_text(name, np.asarray(values))
@@ -189,11 +202,21 @@ def check_text(name: str, values: np.ndarray, first: int = 0) -> None:
     whole number (an ID). A ``None``, a float, or a pandas column of numbers with gaps would
     be stored as the text ``"None"``, ``"1.5"``, ``"nan"``. ``first``: the row of
     ``values[0]`` in the whole array (for the message)."""
-    if values.dtype.kind not in "OS":
+    if values.dtype.kind not in "OSUT":
         return
     per_row = max(1, int(np.prod(values.shape[1:])))
-    for i, v in enumerate(values.ravel().tolist()):
+    for i, v in enumerate(values.ravel().tolist()):  # a StringDType's missing: its na_object
         if isinstance(v, str):
+            if (
+                len(v) * 4 > MAX_STRING_BYTES
+                and len(v.encode("utf-8", "replace")) > MAX_STRING_BYTES
+            ):
+                raise ValueError(
+                    f"array {name!r}, row {first + i // per_row}: a text value of "
+                    f"{len(v.encode('utf-8', 'replace')):,} bytes; a store keeps at most "
+                    f"{MAX_STRING_BYTES:,} bytes per value (longer text belongs in files, with "
+                    "their paths stored)"
+                )
             if v.isascii():
                 continue
             try:
@@ -684,7 +707,9 @@ def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndar
 
 def _write_numpy(arr: Any, values: Any) -> None:
     values = np.asarray(values)
-    arr[...] = as_text(values).astype(str) if values.dtype.kind in "OUST" else values
+    # StringDType, not str: numpy's fixed-width str drops trailing NUL characters
+    text = values.dtype.kind in "OUST"
+    arr[...] = as_text(values).astype(np.dtypes.StringDType()) if text else values
 
 
 def _write_skipping(
