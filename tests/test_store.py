@@ -981,7 +981,7 @@ def test_a_dask_array_whose_blocks_lie_about_their_dtype_is_refused(tmp_path):
 
     blocks = da.from_array(np.full((4, 4, 4, 3), 300, np.int64), chunks=2)
     lying = blocks.map_blocks(lambda b: b, dtype=np.uint8)  # declares uint8, holds 300
-    with pytest.raises(ValueError, match="'images' is uint8 but a chunk of it holds int64.*300"):
+    with pytest.raises(ValueError, match=r"'images' is uint8 but a chunk of it holds int64.*300"):
         di.to_zarr(di.ImageSet(lying), tmp_path / "s.zarr.zip")
     with pytest.raises(ValueError, match=r"unknown shape.*compute_chunk_sizes"):
         di.ImageSet(blocks[blocks[:, 0, 0, 0] > 10])
