@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .errors import ChecksumError
 from .feed.iterator import BatchIterator, Transform, check_state
 from .feed.shuffle import num_batches
 
@@ -235,6 +236,9 @@ class TorchDataset(IterableDataset):
             for k, v in probe.settings().items()
             if k not in ("consumer", "num_consumers", "worker", "num_workers", "even")
         }
+        # which store this is (a hash of its attributes, which hold every chunk's crc32c):
+        # each DataLoader worker opens the store again by its path, and must find this one
+        self._identity = dict(probe.source.identity)
         probe.close()
         self._epochs = _Epochs()
         self._it: BatchIterator | None = None  # this process's iterator, kept across epochs
@@ -383,6 +387,16 @@ class TorchDataset(IterableDataset):
             if info is not None:
                 it.source.scheduler = (
                     "threads"  # a distributed.Client of the parent cannot serve a fork
+                )
+            found = it.source.identity.get("token")
+            if found != self._identity.get("token"):
+                it.close()
+                raise ChecksumError(
+                    f"{self._identity.get('path') or 'the store'}: the store was replaced since "
+                    "this TorchDataset was made (written again, e.g. to_zarr(..., "
+                    "overwrite=True)): its samples and counts are not the ones this dataset "
+                    "was made for, and DataLoader workers would mix the two. Make the "
+                    "TorchDataset and its DataLoader again"
                 )
             self._it, self._it_key = it, key
         return self._it, 0 if info is None else 1 + worker

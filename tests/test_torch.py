@@ -404,3 +404,22 @@ def test_an_epoch_ended_early_leaves_the_workers_agreeing_on_the_next(store, sto
             continue
         got = np.concatenate(_index(loader, stored))
         assert sorted(got.tolist()) == list(range(N))
+
+
+def test_a_store_replaced_under_a_dataset_is_refused_not_mixed_in(tmp_path):
+    # workers open the store again by its path each epoch: a store written again since
+    # (more samples, other labels) was read without a word, or mixed into one epoch
+    from daskimg.errors import ChecksumError
+
+    path = tmp_path / "s.zarr.zip"
+    first = di.ImageSet(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, classes=["a", "b"])
+    di.to_zarr(first, path, chunks=8)
+    ds = TorchDataset(str(path), batch_size=8, shuffle=True, seed=0)
+    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    assert sum(len(b[0]) for b in loader) == 40
+    second = di.ImageSet(np.ones((120, 4, 4, 3), np.uint8), np.arange(120) % 2, classes=["b", "a"])
+    di.to_zarr(second, path, chunks=8, overwrite=True)
+    with pytest.raises(ChecksumError, match="the store was replaced since this TorchDataset"):
+        list(loader)
+    fresh = TorchDataset(str(path), batch_size=8, shuffle=True, seed=0)  # made again: fine
+    assert sum(len(b[0]) for b in DataLoader(fresh, batch_size=None, num_workers=2)) == 120
