@@ -1016,3 +1016,48 @@ def test_masked_values_and_torch_views_numpy_cannot_take(tmp_path):
         w.append(np.ma.array([0.9, 123.0, 0.7], mask=[0, 0, 0]))  # nothing masked: its values
         w.append(torch._neg_view(torch.tensor([1.0, 2.0])))
     np.testing.assert_allclose(di.open_zarr(path).arrays["score"], [0.9, 123.0, 0.7, -1.0, -2.0])
+
+
+def test_a_write_left_by_an_error_in_its_with_block_says_so_and_resumes(tmp_path):
+    from daskimg.errors import DaskImgError
+
+    path = tmp_path / "f.zarr.zip"
+    rows = np.arange(40, dtype=np.float32).reshape(20, 2)
+    w = ArrayWriter(path, name="f", shape=(2,), dtype="float32")
+    with pytest.raises(RuntimeError, match="model crashed"), w:  # noqa: PT012
+        w.append(rows[:12])
+        raise RuntimeError("model crashed")
+    for call in (w.close, lambda: w.append(rows[12:])):  # close() returned as if done
+        with pytest.raises(DaskImgError, match=r"left unfinished.*resume=True"):
+            call()
+    with pytest.raises(IncompleteStoreError):
+        di.open_zarr(path)
+    with ArrayWriter(path, name="f", shape=(2,), dtype="float32", resume=True) as w:
+        w.append(rows[w.num_rows :])
+    np.testing.assert_array_equal(plain_group(path)["f"][:], rows)  # oracle: numpy
+
+
+_FULL = """
+import resource, signal, sys
+import numpy as np
+from daskimg.writeback.writer import ArrayWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+w = ArrayWriter(sys.argv[1], name="f", shape=(4096,), dtype="float32")
+try:
+    for _ in range(8):
+        w.append(np.random.default_rng(0).random((64, 4096), dtype=np.float32))
+    w.close()
+except OSError as e:
+    print(e)
+"""
+
+
+def test_running_out_of_room_while_writing_names_the_store_and_what_is_kept(tmp_path):
+    path = tmp_path / "f.zarr.zip"
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert f"{path}: no room left while writing" in out.stdout, out.stdout + out.stderr
+    assert "resume=True" in out.stdout
+    assert not path.exists()

@@ -191,6 +191,7 @@ class OpenWrite:
         self.plan = plan
         self._storage_options = dict(storage_options or {})
         self.closed = False
+        self.abandoned = False  # left unfinished (an error in the with block): not published
         self.broken: str | None = None  # why the write cannot continue
         self.last_checkpoint = time.monotonic()
         self.pool = ShardPool(plan.threads)
@@ -235,6 +236,12 @@ class OpenWrite:
             raise DaskImgError(
                 f"this writer of {target!r} cannot continue: {self.broken}. Open a new one "
                 f"with resume=True to continue from its last checkpoint ({self.durable} rows)"
+            )
+        if self.closed and self.abandoned:
+            raise DaskImgError(
+                f"the write of {target!r} was left unfinished (an error inside its with "
+                "block); nothing was published. Reopen it with ArrayWriter(..., resume=True) "
+                f"to continue from its last checkpoint ({self.durable} rows)"
             )
         if self.closed:
             raise ValueError(
@@ -321,6 +328,7 @@ class OpenWrite:
             logger.exception("could not checkpoint %s before leaving it unfinished", self.plan.path)
         finally:
             self.closed = True
+            self.abandoned = True
             self._lock.close()
 
     def release(self) -> None:

@@ -54,9 +54,10 @@ arguments>, resume=True).close()`` on the same machine, uploads it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -309,7 +310,7 @@ class ArrayWriter:
         shape, unsafe cast, bad index, too many rows) raises before anything changes;
         the writer stays usable.
         """
-        with self._mutex:
+        with self._mutex, _no_space_named(self._plan.path, self.target):
             self._append(batch, named, index)
 
     def checkpoint(self) -> int:
@@ -337,12 +338,13 @@ class ArrayWriter:
         """
         with self._mutex:
             write = self._write
-            if write.closed and write.broken is None:
+            if write.closed and write.broken is None and not write.abandoned:
                 return
             write.check_usable()
             sink = self._sink
             if sink is not None:
-                write.finish(sink, self._expected)
+                with _no_space_named(self._plan.path, self.target):
+                    write.finish(sink, self._expected)
                 self._final_rows = sink.rows
                 self._sink = None
             write.end()
@@ -366,6 +368,24 @@ class ArrayWriter:
         """Leave the write unfinished: checkpoint what was appended, release the lock."""
         with self._mutex:
             self._write.abandon(self._sink)
+
+
+@contextlib.contextmanager
+def _no_space_named(partial: str, target: str) -> Iterator[None]:
+    """A full disk (or quota) while writing: say which store, what is kept, what to do."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise OSError(
+            e.errno,
+            f"{target}: no room left while writing ({e.strerror}: the disk, a quota or the "
+            f"file size limit); what was "
+            f"written so far is kept in {partial!r} (with its last checkpoint): free space and "
+            "reopen with ArrayWriter(..., resume=True), or remove it. Finishing a store needs "
+            "free space of up to about three times its size (the rows, the shards, the zip)",
+        ) from e
 
 
 def local_copy(url: str) -> str:
