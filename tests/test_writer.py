@@ -1061,3 +1061,23 @@ def test_running_out_of_room_while_writing_names_the_store_and_what_is_kept(tmp_
     assert f"{path}: no room left while writing" in out.stdout, out.stdout + out.stderr
     assert "resume=True" in out.stdout
     assert not path.exists()
+
+
+def test_to_zarr_keeps_an_unfinished_array_writer_write_unless_told(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "f.zarr.zip"
+    w = ArrayWriter(path, name="f", shape=(2,), dtype="float32")
+    w.append(np.ones((5, 2), np.float32))
+    w.checkpoint()
+    del w  # a crash: its checkpoint is what resume=True continues
+    ds = di.ImageSet(np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(StoreExistsError, match=r"unfinished ArrayWriter write.*overwrite=True"):
+        di.to_zarr(ds, path)
+    again = ArrayWriter(path, name="f", shape=(2,), dtype="float32", resume=True)
+    assert again.num_rows == 5  # still there
+    del again
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.to_zarr(ds, path, overwrite=True)
+    assert "discarding the unfinished ArrayWriter write" in caplog.text
+    assert len(di.open_zarr(path)) == 4

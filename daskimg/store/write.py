@@ -15,6 +15,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import logging
 import math
 import os
 import sys
@@ -27,7 +28,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ..errors import DaskImgError, DecodeError
+from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..read.boxes import check_boxes, image_frame
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first
@@ -57,6 +58,8 @@ from .shardwrite import (
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
+
+logger = logging.getLogger("daskimg")
 
 #: numpy columns up to this size are written in one call; larger ones chunk by chunk
 _SMALL = 64 * 2**20
@@ -156,6 +159,7 @@ def to_zarr(
     check_writable(imageset, check_layout=check_layout)
     with loc.lock():
         loc.check_writable(overwrite=overwrite)
+        _keep_resumable_writes(loc, overwrite=overwrite)
         ds, attrs, specs, shard_len = plan_store(
             checked_boxes(imageset), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,
@@ -163,6 +167,25 @@ def to_zarr(
         write_store(loc, ds, attrs, specs, shard_len, progress=progress)
         imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
     return loc.target
+
+
+def _keep_resumable_writes(loc: Location, *, overwrite: bool) -> None:
+    """Refuse to throw away an unfinished :class:`~daskimg.ArrayWriter` write at ``loc``
+    (its checkpoint, which ``resume=True`` continues) unless ``overwrite``; say so if it is."""
+    from ..writeback.staging import MANIFEST
+
+    staging = loc.unfinished()
+    if staging is None or not os.path.isfile(os.path.join(staging, MANIFEST)):
+        return
+    if not overwrite:
+        raise StoreExistsError(
+            f"{staging!r} holds an unfinished ArrayWriter write (continue it with "
+            "ArrayWriter(..., resume=True)); pass overwrite=True to discard it and write this "
+            "store instead"
+        )
+    logger.warning(
+        "to_zarr: discarding the unfinished ArrayWriter write at %s (overwrite=True)", staging
+    )
 
 
 def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
