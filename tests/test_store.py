@@ -985,3 +985,16 @@ def test_a_dask_array_whose_blocks_lie_about_their_dtype_is_refused(tmp_path):
         di.to_zarr(di.ImageSet(lying), tmp_path / "s.zarr.zip")
     with pytest.raises(ValueError, match=r"unknown shape.*compute_chunk_sizes"):
         di.ImageSet(blocks[blocks[:, 0, 0, 0] > 10])
+
+
+def test_a_lock_path_that_is_a_folder_or_a_link_is_named(tmp_path):
+    from daskimg.errors import StoreLockedError
+
+    ds = di.ImageSet(np.zeros((2, 4, 4, 3), np.uint8))
+    (tmp_path / "a.zarr.zip.lock").mkdir()
+    with pytest.raises(StoreLockedError, match=r"a\.zarr\.zip\.lock' is a folder"):
+        di.to_zarr(ds, tmp_path / "a.zarr.zip")
+    (tmp_path / "b.zarr.zip.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StoreLockedError, match="is a symbolic link"):
+        di.to_zarr(ds, tmp_path / "b.zarr.zip")
+    assert not (tmp_path / "elsewhere").exists()

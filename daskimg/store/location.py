@@ -358,6 +358,18 @@ def write_lock(path: str) -> Iterator[None]:
         try:  # never through a link: a link there would have its target truncated
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
+            if e.errno == errno.EISDIR:
+                raise StoreLockedError(
+                    f"{lock_path!r} is a folder, where daskimg keeps the lock file of "
+                    f"{path!r}; remove or rename it and run again"
+                ) from None
+            if e.errno in (errno.EACCES, errno.EROFS):
+                raise PermissionError(
+                    e.errno,
+                    f"cannot write in {os.path.dirname(lock_path) or '.'!r} ({e.strerror}), "
+                    f"where {os.path.basename(path)!r} is to be written; choose a folder you "
+                    "can write to",
+                ) from None
             if e.errno != errno.ELOOP:
                 raise
             raise StoreLockedError(

@@ -50,9 +50,11 @@ def _missing(loc: Location) -> Exception:
     if staging is None:
         return FileNotFoundError(f"no store at {loc.target!r}")
     how = (
-        "Reopen it with ArrayWriter(..., resume=True) to continue from its last checkpoint"
+        "If its writer is still running, wait for it to close(); if it stopped, reopen it "
+        "with ArrayWriter(..., resume=True) to continue from its last checkpoint"
         if os.path.exists(os.path.join(staging, "writer.json"))
-        else "Re-run the same ingest/to_zarr to redo it"
+        else "If it is still being written, wait for it; if it stopped, re-run the same "
+        "ingest/to_zarr to redo it"
     )
     return IncompleteStoreError(
         f"{loc.target!r} was never finished: a write into it stopped or is still running "
