@@ -308,3 +308,16 @@ def test_info_counts_unlabelled_samples_and_unnamed_classes(tmp_path, capsys):
     )
     assert main(["info", "--json", str(bare)]) == 0
     assert json.loads(capsys.readouterr().out)["class_counts"] == {"0": 2, "5": 3, "7": 4}
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "jpeg:90", "zstd"])
+def test_a_rerun_with_a_codec_keeps_its_finished_splits(tmp_path, image_folder, codec):
+    out = tmp_path / "out"
+    args = ["ingest", str(image_folder), str(out), "--size", "16", "16", "--codec", codec]
+    assert main(args) == 0
+    kept = {s: (out / f"{s}.zarr.zip").stat().st_mtime_ns for s in ("train", "valid", "test")}
+    assert main(args) == 0  # refused its own stores once "jpeg" was recorded as "jpeg:90"
+    assert kept == {s: (out / f"{s}.zarr.zip").stat().st_mtime_ns for s in kept}
+    assert di.open_zarr(out / "train.zarr.zip").attrs["codec"] == (
+        "zstd" if codec == "zstd" else "jpeg:90"
+    )

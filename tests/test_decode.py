@@ -287,6 +287,15 @@ def test_mode_i_is_not_scaled_by_a_guessed_range(tmp_path: Path, dtype: str) -> 
     _bad(path, DecodeSpec((30, 40), channels=1, dtype=dtype), r"32-bit .*dtype='uint16'")
     got = decode_file(path, DecodeSpec((30, 40), channels=1, dtype="uint16"))
     np.testing.assert_array_equal(got[..., 0], values)
+    # a 16-bit PGM also opens as mode I: it is 16-bit, scaled as such (>> 8)
+    wide = (np.arange(30 * 40) * 40 % 65536).astype(np.uint16).reshape(30, 40)
+    pgm = tmp_path / "g16.pgm"
+    Image.fromarray(wide).save(pgm)
+    with Image.open(pgm) as im:
+        assert im.mode == "I"
+    got = decode_file(pgm, DecodeSpec((30, 40), channels=1, dtype=dtype))
+    expected = (wide >> 8).astype(np.uint8) if dtype == "uint8" else wide / np.float32(65535)
+    np.testing.assert_allclose(got[..., 0], expected, rtol=1e-6)
 
 
 # --- resize modes -------------------------------------------------------------

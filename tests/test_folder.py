@@ -525,3 +525,12 @@ def test_class_folders_holding_only_alike_folders_are_named_in_a_warning(tmp_pat
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         di.from_folder(tmp_path / "pets", size=(4, 4))
     assert "no images of their own" not in caplog.text
+
+
+def test_class_folders_named_like_one_split_twice_are_classes(tmp_path):
+    for c in ("cat", "test", "testing"):  # no train/: these are three classes
+        _tiny(tmp_path / c / "a.png", 0)
+    assert di.from_folder(tmp_path, size=(4, 4)).classes == ("cat", "test", "testing")
+    _tiny(tmp_path / "train" / "cat" / "b.png", 0)  # now splits: test/ and testing/ clash
+    with pytest.raises(ValueError, match="holds both 'test' and 'testing'"):
+        di.from_folder(tmp_path, size=(4, 4))

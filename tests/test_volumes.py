@@ -305,3 +305,21 @@ def test_skip_passes_over_a_bad_first_volume(tmp_path):
 def test_crop_or_pad_of_volumes_is_refused():
     with pytest.raises(ValueError, match=r"volumes .* always stretched"):
         DecodeSpec((4, 16, 16), resize="pad")
+
+
+def test_tiff_metadata_errors_do_not_refuse_good_pixels_nor_silence_tifffile(tmp_path):
+    import logging
+
+    vol = np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8)
+    path = tmp_path / "ome.tif"
+    broken = '<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+    tifffile.imwrite(
+        path,
+        vol,
+        photometric="minisblack",
+        description=broken + "<Image><Pixels BROKEN/></Image></OME>",
+    )
+    np.testing.assert_array_equal(tifffile.imread(path), vol)  # the oracle reads it
+    np.testing.assert_array_equal(_read(path, (4, 8, 8), dtype="uint16"), vol)
+    # tifffile's own messages still reach the application (no handler left on its logger)
+    assert logging.getLogger("tifffile").handlers == []

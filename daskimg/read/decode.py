@@ -18,8 +18,8 @@ Images
   as ``Image.convert("RGB")``); ask for ``channels=4`` to keep it.
 * Bit depth: 8-bit sources give ``uint8`` as is, ``uint16`` times 257 (255 ->
   65535) and ``float32`` divided by 255. 16-bit sources (``I;16`` and friends,
-  and ``I`` images whose values fit 0..65535, read as ``uint16`` only: 32-bit pixels say
-  nothing of their range) are resized in 16 bits, then give
+  16-bit PGM/PPM, and ``I`` images whose values fit 0..65535; a 32-bit TIFF is read as
+  ``uint16`` only: 32-bit pixels say nothing of their range) are resized in 16 bits, then give
   ``uint8`` by ``value >> 8`` (65535 -> 255, no clipping), ``uint16`` as is and
   ``float32`` divided by 65535. A 16-bit gray file read with 3 or 4 channels is
   repeated into each color channel. 32-bit float (``F``) images are refused:

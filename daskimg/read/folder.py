@@ -238,6 +238,7 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
     """
     root, exclude = Path(root), frozenset(exclude)
     found: dict[str, Path] = {}
+    twice: list[tuple[Path, Path]] = []
     others = []
     for child in sorted(root.iterdir()) if root.is_dir() else []:
         if not child.is_dir() or _hidden(child.name) or os.path.realpath(child) in exclude:
@@ -248,11 +249,15 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
                 others.append(child.name)
             continue
         if split in found:
-            raise ValueError(
-                f"{root} holds both {found[split].name!r} and {child.name!r}; keep one folder per split"
-            )
+            twice.append((found[split], child))
+            continue
         found[split] = child
-    return found if _are_splits(set(found), others) else {}
+    if not _are_splits(set(found), others):
+        return {}  # class folders, some named like splits ("test" and "testing" beside "cat")
+    if twice:
+        a, b = twice[0]
+        raise ValueError(f"{root} holds both {a.name!r} and {b.name!r}; keep one folder per split")
+    return found
 
 
 def _holds_files(folder: Path) -> bool:
@@ -360,6 +365,7 @@ def _url_tops(
     rels = [r for r in rels if not any((r + "/").startswith(e + "/") for e in exclude)]
     parts = [r.split("/") for r in rels]
     found: dict[str, str] = {}
+    url_twice: list[tuple[str, str]] = []
     others = []
     for name in sorted({q[0] for q in parts if len(q) > 1}):
         split = SPLIT_DIRS.get(name.lower())
@@ -368,11 +374,13 @@ def _url_tops(
                 others.append(name)
             continue
         if split in found:
-            raise ValueError(
-                f"{url} holds both {found[split]!r} and {name!r}; keep one folder per split"
-            )
+            url_twice.append((found[split], name))
+            continue
         found[split] = name
     splitting = _are_splits(set(found), others)
+    if splitting and url_twice:
+        a, b = url_twice[0]
+        raise ValueError(f"{url} holds both {a!r} and {b!r}; keep one folder per split")
     if splitting:
         _beside_splits(
             url,

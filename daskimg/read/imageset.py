@@ -172,7 +172,7 @@ class ImageSet:
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
         if check_names:
             for k in columns or {}:
-                _check_column_name(k)
+                check_column_name(k)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
         reserved = {"images", "labels", "paths"} | (set(RESERVED) if check_names else set())
         reserved &= set(self.columns)
@@ -460,7 +460,7 @@ class ImageSet:
 RESERVED = ("images", "labels", "paths", "index", "ok")
 
 
-def _check_column_name(name: Any) -> None:
+def check_column_name(name: Any) -> None:
     """A column's name is one store array's: a non-empty string, no ``/`` (a zarr path),
     not ``.``/``..``, not starting ``__`` (zarr keeps those)."""
     if (

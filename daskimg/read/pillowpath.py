@@ -178,9 +178,10 @@ def _convert(
                 f"unsupported mode 'I' with values {lo}..{hi}: daskimg reads 8- and 16-bit "
                 "images; save it as 16-bit, or as a .npy volume to keep the values",
             )
-        if dtype != "uint16":
-            # 32-bit pixels say nothing of their range: scaled as 16-bit, values up to 255
-            # (an 8-bit picture saved as 32-bit) all became 0
+        if dtype != "uint16" and _bits(im) == 32:
+            # 32-bit pixels (a TIFF) say nothing of their range: scaled as 16-bit, values up
+            # to 255 (an 8-bit picture saved as 32-bit) all became 0. (A 16-bit PGM/PPM also
+            # opens as mode I: it is 16-bit, scaled as such.)
             raise DecodeError(
                 path,
                 f"32-bit integer pixels (mode 'I', values {lo}..{hi}) have no range to scale "
@@ -207,6 +208,15 @@ def _convert(
         raise DecodeError(
             path, f"unsupported image mode {mode!r}: Pillow cannot convert it to {target} ({exc})"
         ) from exc
+
+
+def _bits(im: Image.Image) -> int | None:
+    """A TIFF's bits per sample (its tag 258), or None for other formats."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None
+    bits = tags.get(258)
+    return int(bits[0] if isinstance(bits, tuple) else bits) if bits is not None else None
 
 
 def _resize(

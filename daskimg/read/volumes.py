@@ -221,18 +221,28 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
         raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
 
 
-class _TiffErrors(logging.Handler):
-    """Keeps, for the thread that asked (:func:`_tiff_errors`), what tifffile logs as an
-    error while it reads: tifffile reports a damaged page chain by logging and reading on."""
+#: what tifffile logs (as errors) when a file is cut or its page chain broken; other errors
+#: it logs (unreadable OME or ImageJ metadata, an odd tag) leave the pixels readable
+_DAMAGE = ("invalid page offset", "failed to reshape", "truncat", "unexpected end", "corrupt")
+
+
+class _TiffErrors(logging.Filter):
+    """Notes, for the thread that asked (:func:`_tiff_errors`), what tifffile logs about damage
+    while it reads (it reports a broken page chain by logging and reading on). A filter on
+    tifffile's logger, not a handler: every record goes on as before (a handler would stop
+    Python's last-resort printing for applications without logging set up)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__()
         self.local = threading.local()
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         kept = getattr(self.local, "kept", None)
-        if kept is not None:
-            kept.append(record.getMessage())
+        if kept is not None and record.levelno >= logging.ERROR:
+            message = record.getMessage()
+            if any(d in message for d in _DAMAGE):
+                kept.append(message)
+        return True
 
 
 _TIFF_ERRORS = _TiffErrors()
@@ -240,10 +250,10 @@ _TIFF_ERRORS = _TiffErrors()
 
 @contextlib.contextmanager
 def _tiff_errors() -> Iterator[list[str]]:
-    """The messages tifffile logs as errors in this thread while the block runs."""
+    """The damage tifffile logs in this thread while the block runs."""
     log = logging.getLogger("tifffile")
-    if _TIFF_ERRORS not in log.handlers:
-        log.addHandler(_TIFF_ERRORS)
+    if _TIFF_ERRORS not in log.filters:
+        log.addFilter(_TIFF_ERRORS)
     kept: list[str] = []
     _TIFF_ERRORS.local.kept = kept
     try:

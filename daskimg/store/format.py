@@ -32,7 +32,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import FormatVersionError, IncompleteStoreError, MetadataError
 from .chunktable import TABLE, num_inner
-from .codecs import DEFAULT_CODEC, compressors, serializer
+from .codecs import DEFAULT_CODEC, canonical_codec, compressors, serializer
 from .layout import ArrayLayout
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def root_attrs(
         "boxes": [str(b) for b in boxes],
         "order": order,
         "seed": seed if order == "shuffled" else None,
-        "codec": codec or DEFAULT_CODEC,
+        "codec": canonical_codec(codec) or DEFAULT_CODEC,
         "chunk_len": int(chunk_len),
         "complete": False,
         "created_with": versions(),

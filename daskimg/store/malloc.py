@@ -72,11 +72,12 @@ def keep_freed_buffers(chunk_bytes: int) -> bool:
     threshold = min(2 * chunk_bytes, _MMAP_MAX)
     mmap_set, trim_set = _env_bytes("MALLOC_MMAP_THRESHOLD_"), _env_bytes("MALLOC_TRIM_THRESHOLD_")
     if mmap_set is not None and mmap_set >= threshold:
-        threshold = mmap_set  # the environment's is higher: kept
+        threshold = min(mmap_set, 2**31 - 1)  # the environment's is higher: kept
     elif not mallopt(_M_MMAP_THRESHOLD, threshold):
         return False
-    if trim_set is None or trim_set < 4 * threshold:
-        mallopt(_M_TRIM_THRESHOLD, 4 * threshold)
+    trim = min(4 * threshold, 2**31 - 1)  # mallopt takes a C int
+    if trim_set is None or trim_set < trim:
+        mallopt(_M_TRIM_THRESHOLD, trim)
     return True
 
 

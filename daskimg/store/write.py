@@ -31,7 +31,7 @@ from dask.base import tokenize
 from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..read.boxes import check_boxes, image_frame
 from ..read.files import FileSource
-from ..read.imageset import ImageSet, channels_first
+from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
 from .chunktable import read_tables
 from .codecs import MAX_STRING_BYTES, canonical_codec
@@ -146,7 +146,9 @@ def to_zarr(
         )
     if order not in ("shuffled", "source"):
         raise ValueError(f"order must be 'shuffled' or 'source', got {order!r}")
-    codec = canonical_codec(codec)  # "" is an error, "jpeg" recorded as "jpeg:90"
+    # "" is an error; the attribute records "jpeg" as "jpeg:90" (format.root_attrs), the
+    # fingerprint keeps the spelling given (an ingest re-run finds its finished splits)
+    canonical_codec(codec)
     if chunks is not None and (
         not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1
     ):
@@ -204,6 +206,8 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
             f"images are {imageset.images.dtype}, not numbers: images are stored as integers, "
             "floats or bools; convert them first, e.g. images.astype(np.uint8)"
         )
+    for name in imageset.columns:  # also columns added after the set was made
+        check_column_name(name)
     for name, values in imageset.arrays.items():
         if np.dtype(values.dtype).kind not in "biufOUST":
             raise ValueError(
@@ -495,11 +499,18 @@ def write_arrays(
     that several arrays share (the decode of a block of files) run once.
     """
     if ds.on_error == "skip" and isinstance(ds.row_source, FileSource):
-        if not ds.is_from_files("images"):
+        replaced = [
+            k
+            for k in ("images", *ds.row_source.derived)
+            if (k == "images" or isinstance(ds.columns.get(k), da.Array))
+            and not ds.is_from_files(k)  # in memory, a replaced column decodes nothing: kept
+        ]
+        if replaced:
             raise ValueError(
-                "this set reads its files with on_error='skip', but its images were replaced "
-                "(e.g. ds.images = flipped): which files to leave out is found by decoding "
-                "them as read. Store the set as read first (to_zarr), then open_zarr it and "
+                f"this set reads its files with on_error='skip', but {', '.join(map(repr, replaced))} "
+                "were replaced (e.g. ds.images = flipped): which files to leave out is found by "
+                "decoding them as read, and a replaced array would be computed from them "
+                "without skipping. Store the set as read first (to_zarr), then open_zarr it and "
                 "change that; or read it with on_error='raise'"
             )
         _write_skipping(target, ds, attrs, specs, shard_len, put=put, progress=progress)

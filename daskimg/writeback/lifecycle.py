@@ -328,7 +328,9 @@ class OpenWrite:
             logger.exception("could not checkpoint %s before leaving it unfinished", self.plan.path)
         finally:
             self.closed = True
-            self.abandoned = True
+            # rows still to finish: nothing was published (a finished write whose upload
+            # failed is not abandoned)
+            self.abandoned = sink is not None
             self._lock.close()
 
     def release(self) -> None:

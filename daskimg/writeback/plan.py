@@ -88,7 +88,7 @@ class Plan:
             raise ValueError(
                 f"checkpoint_every must be >= 0 seconds or None, got {checkpoint_every}"
             )
-        codec = canonical_codec(codec)  # "" is an error
+        canonical_codec(codec)  # "" is an error (the spelling given is kept, as resume compares it)
         if parse_codec(codec)[0] == "jpeg":
             # appends that fill part of a chunk make zarr decode and re-encode it: a second
             # round of JPEG loss for samples already written
