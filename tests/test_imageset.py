@@ -705,7 +705,7 @@ def test_from_csv_keeps_numbers_as_written(image_folder, tmp_path):
 
 
 def test_names_and_shapes_the_store_cannot_keep_are_refused_when_the_set_is_made(
-    image_folder, tmp_path
+    image_folder, tmp_path, caplog
 ):
     images = np.zeros((4, 6, 6, 3), np.uint8)
     for name in ("size/mm", "..", "", "__meta"):
@@ -728,9 +728,15 @@ def test_names_and_shapes_the_store_cannot_keep_are_refused_when_the_set_is_made
         "path,label,size/mm\n" + "".join(f"{p},cat,{i}\n" for i, p in enumerate(files[:3]))
     )
     with pytest.raises(ValueError, match=r"'size/mm' cannot name.*columns=\{'new_name'"):
-        di.from_csv(csv, root=image_folder, size=(8, 8))
+        di.from_csv(csv, root=image_folder, size=(8, 8), columns={"size/mm": "size/mm"})
     ds = di.from_csv(csv, root=image_folder, size=(8, 8), columns={"size_mm": "size/mm"})
     np.testing.assert_array_equal(np.asarray(ds.columns["size_mm"]), [0, 1, 2])
+    # picked by default (pandas' reset_index() writes an 'index' column): left out, and said
+    csv.write_text(csv.read_text().replace("size/mm", "index"))
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(csv, root=image_folder, size=(8, 8))
+    assert "index" not in ds.columns
+    assert "column 'index' is not stored: the name is reserved" in caplog.text
 
 
 def test_a_store_with_a_column_named_as_now_reserved_still_opens(tmp_path):

@@ -18,7 +18,7 @@ from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
 from .files import relative_paths, resolve_dtype
-from .imageset import ImageSet, file_set
+from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
 from .source import DEFAULT_BLOCK, FileSource
 
@@ -515,6 +515,14 @@ def _columns(
         for col in header:
             if col in used or not col.strip():
                 continue
+            if not _storable_name(col):
+                logger.warning(
+                    "%s: column %r is not stored: the name is reserved or cannot name an array "
+                    "in a store; to keep it, pass columns= with another name, e.g. "
+                    "columns={%r: %r}",
+                    where, col, col.replace("/", "_").strip("._") + "_" if col else "value", col,
+                )  # fmt: skip
+                continue
             numeric = [_is_float(row[col]) or _is_empty(row[col]) for row in rows]
             if all(numeric) and not all(_is_empty(row[col]) for row in rows):
                 extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
@@ -692,6 +700,15 @@ def _warn_raw_corners(
                 cols,
             )
             return
+
+
+def _storable_name(name: str) -> bool:
+    """Whether ``ImageSet`` takes ``name`` as a column's (see its checks)."""
+    try:
+        check_column_name(name)
+    except ValueError:
+        return False
+    return name not in RESERVED
 
 
 def _header_hint(header: list[str]) -> str:
