@@ -164,3 +164,13 @@ def test_written_text_is_fed_with_its_samples(tmp_path, shuffle):
     )
     for note, index in loader:
         assert list(note) == [names(0, n)[i] for i in index.tolist()]
+
+
+def test_text_longer_than_a_reader_takes_is_refused_as_to_zarr_refuses_it(tmp_path):
+    # written, it read back as a damaged chunk; to_zarr refused it, the writer did not
+    path = tmp_path / "t.zarr.zip"
+    with ArrayWriter(path, name="note", shape=(), dtype=str) as w:
+        with pytest.raises(ValueError, match=r"'note', row 1: a text value of 70,000 bytes"):
+            w.append(["a", "x" * 70_000])
+        w.append(["a", "x" * 60_000])  # the batch refused changed nothing
+    assert [len(v) for v in plain_group(path)["note"][:]] == [1, 60_000]

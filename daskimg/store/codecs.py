@@ -38,6 +38,7 @@ __all__ = [
     "canonical_codec",
     "check_crc",
     "check_crc_of",
+    "check_text_length",
     "compressors",
     "decode_chunk",
     "decompress_into",
@@ -201,6 +202,21 @@ def decompress_into(body: memoryview, out: np.ndarray, where: str) -> None:
 #: the longest string a chunk of strings may hold (bytes): bounds what a Zstandard frame of
 #: strings may claim, so a crafted header cannot make daskimg allocate terabytes
 MAX_STRING_BYTES = 65536
+
+
+def check_text_length(name: str, row: int, text: str) -> None:
+    """Refuse a text value longer than a reader accepts (:data:`MAX_STRING_BYTES` of UTF-8):
+    written, it would read back as a damaged chunk. Shared by ``to_zarr`` and
+    :class:`~daskimg.ArrayWriter`."""
+    if len(text) * 4 <= MAX_STRING_BYTES:
+        return  # at most 4 bytes a character: short enough without encoding it
+    n = len(text.encode("utf-8", "replace"))
+    if n > MAX_STRING_BYTES:
+        raise ValueError(
+            f"array {name!r}, row {row}: a text value of {n:,} bytes; a store keeps at most "
+            f"{MAX_STRING_BYTES:,} bytes per value (longer text belongs in files, with their "
+            "paths stored)"
+        )
 
 
 def zstd_content_size(body: Any, where: str, limit: int) -> int:

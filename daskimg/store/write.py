@@ -34,7 +34,7 @@ from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
 from .chunktable import read_tables
-from .codecs import MAX_STRING_BYTES, canonical_codec
+from .codecs import canonical_codec, check_text_length
 from .encode import ShardEncoder
 from .format import (
     SHARD_CHUNKS,
@@ -234,16 +234,7 @@ def check_text(name: str, values: np.ndarray, first: int = 0) -> None:
     per_row = max(1, int(np.prod(values.shape[1:])))
     for i, v in enumerate(values.ravel().tolist()):  # a StringDType's missing: its na_object
         if isinstance(v, str):
-            if (
-                len(v) * 4 > MAX_STRING_BYTES
-                and len(v.encode("utf-8", "replace")) > MAX_STRING_BYTES
-            ):
-                raise ValueError(
-                    f"array {name!r}, row {first + i // per_row}: a text value of "
-                    f"{len(v.encode('utf-8', 'replace')):,} bytes; a store keeps at most "
-                    f"{MAX_STRING_BYTES:,} bytes per value (longer text belongs in files, with "
-                    "their paths stored)"
-                )
+            check_text_length(name, first + i // per_row, v)
             if v.isascii():
                 continue
             try:

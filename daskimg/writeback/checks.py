@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..store.codecs import check_text_length
+
 #: one array: the shape and dtype of one sample (``object`` for text)
 Spec = tuple[tuple[int, ...], np.dtype[Any]]
 #: the dtype of text arrays (Zarr v3 ``string``, vlen-utf8, as ``to_zarr`` stores ``paths``)
@@ -233,6 +235,7 @@ def coerce_text(name: str, value: Any) -> np.ndarray:
         if not isinstance(x, str):
             hint = "; decode bytes first, e.g. b.decode()" if isinstance(x, bytes) else ""
             raise TypeError(f"{name}: row {i} is {type(x).__name__} {x!r}, not a str{hint}")
+        check_text_length(name, i, x)  # as to_zarr: longer would read back as damage
     try:
         "".join(out).encode("utf-8")
     except UnicodeEncodeError:
