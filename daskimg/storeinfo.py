@@ -65,16 +65,12 @@ def verify(
         reader = StoreReader(loc.open())
     except FileNotFoundError:
         raise FileNotFoundError(f"no store at {loc.target!r}") from None
-    except ServerError:
-        raise  # the server, not the store: say so
     except DaskImgError as e:
-        return [Problem("(store)", -1, str(e))]
+        return [_damage("(store)", -1, e)]
     try:
         attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=False)
-    except ServerError:
-        raise  # the server, not the store: say so
     except DaskImgError as e:
-        return [Problem("zarr.json", -1, str(e))]
+        return [_damage("zarr.json", -1, e)]
     problems: list[Problem] = []
     if attrs.get("complete") is not True:
         problems.append(Problem("(store)", -1, "incomplete: complete is not true"))
@@ -90,16 +86,12 @@ def verify(
             lay = check_array(reader, attrs, name)
             check_fits_memory(reader.path, lay)  # its chunks are not read, then
             layouts[name] = lay
-        except ServerError:
-            raise
         except DaskImgError as e:
-            problems.append(Problem(name, -1, str(e)))
+            problems.append(_damage(name, -1, e))
     try:
         check_together(loc.target, attrs, layouts)
-    except ServerError:
-        raise  # the server, not the store: say so
     except DaskImgError as e:
-        problems.append(Problem("(store)", -1, str(e)))
+        problems.append(_damage("(store)", -1, e))
     for name, lay in layouts.items():
         problems += _check_chunks(reader, attrs, name, lay.num_chunks, progress)
     if not problems and loc.kind == "zip" and not loc.is_url:  # (a damaged chunk is named)
@@ -135,6 +127,14 @@ def _zip_crcs(path: str) -> list[Problem]:
 _NOT_THE_DATA = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EACCES, errno.EPERM}
 
 
+def _damage(array: str, chunk: int, e: Exception) -> Problem:
+    """``e`` as a problem of the store; an error that says nothing of its bytes (the server
+    failing to answer, out of descriptors or memory, no permission) is raised instead."""
+    if isinstance(e, ServerError) or (isinstance(e, OSError) and e.errno in _NOT_THE_DATA):
+        raise e
+    return Problem(array, chunk, str(e))
+
+
 def _check_chunks(
     reader: StoreReader,
     attrs: Mapping[str, Any],
@@ -149,12 +149,8 @@ def _check_chunks(
             if name == "labels":
                 lay = reader.layout(name)
                 check_labels(reader.path, attrs, values, lay.chunk_len, lay.chunk_rows(c)[0])
-        except OSError as e:
-            if e.errno in _NOT_THE_DATA or isinstance(e, ServerError):
-                raise  # the process, machine or server, not the chunk: say so
-            problems.append(Problem(name, c, str(e)))
-        except (DaskImgError, ValueError, RuntimeError) as e:
-            problems.append(Problem(name, c, str(e)))
+        except (DaskImgError, ValueError, RuntimeError, OSError) as e:
+            problems.append(_damage(name, c, e))
         if progress is not None:
             progress(1)
     return problems

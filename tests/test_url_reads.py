@@ -423,3 +423,18 @@ def test_a_server_error_is_asked_again_then_named_not_called_damage(
         ds.images.compute()
     with pytest.raises(ServerError):
         verify(url, storage_options={})  # not a list of "damaged" chunks
+
+
+def test_a_server_error_behind_a_redirect_is_named_as_on_the_plain_path(
+    tmp_path, server, noisy_set, small_is_tiny
+):
+    # after a redirect the reads go through fsspec (aiohttp), which raised its own error
+    from daskimg.errors import ServerError
+
+    _serve(server, _store(tmp_path, noisy_set))
+    server.redirects["/moved.zarr.zip"] = "/s.zarr.zip"
+    ds = di.open_zarr(server.base + "/moved.zarr.zip", storage_options={})
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)  # now on fsspec
+    server.fail_ranged = 10**6
+    with pytest.raises(ServerError, match=r"HTTP 500: the server failed to answer"):
+        ds.images.compute()

@@ -197,8 +197,10 @@ class RangedObjects:
     def _cat(self, path: str, start: int, n: int) -> bytes:
         try:
             data = self.fs.cat_file(path, start=start, end=start + n)
-        except FileNotFoundError as e:
-            raise self._error(path, start, n, e) from None
+        except Exception as e:
+            if isinstance(e, FileNotFoundError) or _status(e) in _RETRY:
+                raise self._error(path, start, n, e) from None
+            raise
         return self._exact(path, start, n, data)
 
     def _exact(self, path: str, start: int, n: int, data: Any) -> Any:
@@ -213,6 +215,12 @@ class RangedObjects:
     def _error(self, path: str, start: int, n: int, e: BaseException) -> Exception:
         if isinstance(e, FileNotFoundError):
             return ChecksumError(_REPLACED.format(where=self.where, path=path, what="it is gone"))
+        if _status(e) in _RETRY:  # through fsspec (after a redirect), as on the plain path
+            return ServerError(
+                f"{self.where}: reading {path!r} (bytes {start}-{start + n - 1}) got HTTP "
+                f"{_status(e)}: the server failed to answer, which says nothing about the "
+                "stored bytes; try again later"
+            )
         return OSError(f"{self.where}: reading {path!r} bytes {start}..{start + n} failed: {e}")
 
     def _plain_into(
@@ -316,6 +324,12 @@ class RangedObjects:
                     what=f"asked for {want}{size}, the server sent {got or 'no Content-Range'}",
                 )
             )
+
+
+def _status(e: BaseException) -> int | None:
+    """The HTTP status an fsspec error carries (aiohttp's ``ClientResponseError.status``)."""
+    status = getattr(e, "status", None)
+    return status if isinstance(status, int) else None
 
 
 def is_http(fs: Any) -> bool:
