@@ -520,7 +520,7 @@ def _columns(
                     "%s: column %r is not stored: the name is reserved or cannot name an array "
                     "in a store; to keep it, pass columns= with another name, e.g. "
                     "columns={%r: %r}",
-                    where, col, col.replace("/", "_").strip("._") + "_" if col else "value", col,
+                    where, col, col.replace("/", "_").strip("._") + "_", col,
                 )  # fmt: skip
                 continue
             numeric = [_is_float(row[col]) or _is_empty(row[col]) for row in rows]

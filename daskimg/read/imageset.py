@@ -174,8 +174,8 @@ class ImageSet:
             for k in columns or {}:
                 check_column_name(k)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
-        reserved = {"images", "labels", "paths"} | (set(RESERVED) if check_names else set())
-        reserved &= set(self.columns)
+        # "index" and "ok" were free names before: a store holding them still opens
+        reserved = set(RESERVED if check_names else RESERVED[:3]) & set(self.columns)
         if reserved:
             raise ValueError(
                 f"column names {sorted(reserved)} are reserved ({', '.join(RESERVED)}: the "

@@ -17,7 +17,7 @@ Where this is used:
   ``MALLOC_MMAP_MAX_`` (or their ``GLIBC_TUNABLES`` names) set. ``distributed``'s nanny
   sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker it starts (so that freed memory
   goes back to the system at once): there the ingest's worker CPU fell from 1.73-1.79 to
-  1.60-1.64 ms per image, the page faults from 34 to 0-2 per image
+  1.50-1.64 ms per image, the page faults from 34 to 0-2 per image
   (2-process ``LocalCluster``, 4,000 photos). The worker then keeps up to 4x the mapping
   threshold (64 MiB for 8 MiB chunks) of freed memory at the top of its heap. Values the
   environment set higher are left as they are.
@@ -88,7 +88,7 @@ def keep_freed_buffers_if_trimmed(chunk_bytes: int) -> bool:
     pid = os.getpid()
     if _DONE.get(pid, 0) >= chunk_bytes:
         return True
-    if not _trimmed():
+    if not _trimmed():  # a few environment lookups a chunk: nothing next to encoding it
         return False
     done = keep_freed_buffers(chunk_bytes)
     if done:

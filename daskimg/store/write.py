@@ -302,15 +302,13 @@ def plan_store(
     shard_len = min(chunk_len * (shard_chunks or SHARD_CHUNKS), -(-n // chunk_len) * chunk_len)
     source: dict[str, Any] = {"root": ds.root}
     spec = ds.spec
-    decoded = ds.decoded_as or {}
+    decoded = ds.decoded_as  # None, or with a "size" (open_zarr)
     if spec is not None:
         source.update(
             size=list(spec.size), channels=spec.channels, dtype=spec.dtype,
             resize=spec.resize, draft=spec.draft,
         )  # fmt: skip
-    elif list(images.shape[1 : 1 + len(decoded.get("size") or ())]) == list(
-        decoded.get("size") or [0]
-    ):
+    elif decoded and list(images.shape[1 : 1 + len(decoded["size"])]) == list(decoded["size"]):
         # written from a store's set: how its images were decoded still maps its boxes back
         source.update(decoded)
     source["fingerprint"] = fingerprint(
