@@ -99,7 +99,7 @@ class Reloading(Recorder):
 
     def train_dataloader(self) -> DataLoader:
         ds = TorchDataset(self.store, batch_size=16, arrays=("images", "labels", "index"))
-        ds.set_epoch(self.current_epoch)
+        ds.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # the README's line
         return DataLoader(ds, batch_size=None)
 
 
@@ -124,5 +124,74 @@ def test_lightning_reloading_the_dataloader_each_epoch_follows_its_epochs(tmp_pa
             np.testing.assert_array_equal(ids, stored_idx[index])
         expected = dataloader_batches(N, 8, epoch, 1, 0, 1, batch_size=16, seed=0)
         assert len(seen) == len(expected)
+        for (index, _), want in zip(seen, expected, strict=True):
+            np.testing.assert_array_equal(index, want)
+
+
+class Resuming(Recorder):
+    """The README's ``train_dataloader``: 2 persistent workers, the epoch set to the one
+    Lightning trains next; a ``StatefulDataLoader`` when ``stateful`` (its state then goes
+    into Lightning's checkpoints)."""
+
+    def __init__(self, store: str, out: str, stateful: bool) -> None:
+        super().__init__(store, out)
+        self.stateful = stateful
+
+    def train_dataloader(self) -> DataLoader:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        ds = TorchDataset(self.store, batch_size=16, arrays=("images", "labels", "index"))
+        ds.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        kind = StatefulDataLoader if self.stateful else DataLoader
+        return kind(ds, batch_size=None, num_workers=2, persistent_workers=True)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice (workers, logging, ...)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree, inside Lightning
+@pytest.mark.parametrize(
+    ("stateful", "every_n_steps", "resume_after"),
+    [(False, None, 6), (True, None, 6), (True, 2, 2)],
+    ids=["epoch-end", "epoch-end-stateful", "mid-epoch-stateful"],
+)
+def test_lightning_resumed_fit_trains_on_the_uninterrupted_batches(
+    tmp_path, indexed_set, stateful, every_n_steps, resume_after
+):
+    """A fit resumed from a checkpoint (a new process's dataset starts at epoch 0) trains on
+    the batches an uninterrupted fit does: before the README's set_epoch line, the resumed
+    epochs replayed epochs 0, 1, ... (a job restarted every epoch saw epoch 0's order each
+    time). Six batches per epoch; the first fit stops after ``resume_after`` of them."""
+    checkpoint = pytest.importorskip("pytorch_lightning.callbacks").ModelCheckpoint
+    pytest.importorskip("torchdata")
+    store = str(di.to_zarr(indexed_set.take(np.arange(N)), tmp_path / "t.zarr.zip", chunks=8))
+    stored_idx = plain_group(store)["idx"][:]
+    quiet = {
+        "accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }  # fmt: skip
+    saves = checkpoint(dirpath=tmp_path / "ck", every_n_train_steps=every_n_steps, save_top_k=-1)
+    first = tmp_path / "first"
+    first.mkdir()
+    pl.Trainer(max_epochs=1, max_steps=resume_after, callbacks=[saves], **quiet).fit(
+        Resuming(store, str(first), stateful)
+    )
+    (ckpt,) = [p for p in (tmp_path / "ck").iterdir() if f"step={resume_after}" in p.name]
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    pl.Trainer(max_epochs=3, enable_checkpointing=False, **quiet).fit(
+        Resuming(store, str(resumed), stateful), ckpt_path=str(ckpt)
+    )
+    for epoch in range(3):
+        expected = dataloader_batches(N, 8, epoch, 2, 0, 1, batch_size=16, seed=0)
+        assert len(expected) == 6
+        seen: list = []
+        for out in (first, resumed):
+            if (out / f"rank0-epoch{epoch}.pkl").exists():
+                with open(out / f"rank0-epoch{epoch}.pkl", "rb") as f:
+                    seen += pickle.load(f)
+        for index, ids in seen:
+            np.testing.assert_array_equal(ids, stored_idx[index])
+        assert len(seen) == len(expected), epoch  # each batch once, across the two fits
         for (index, _), want in zip(seen, expected, strict=True):
             np.testing.assert_array_equal(index, want)
