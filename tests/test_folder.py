@@ -303,6 +303,62 @@ def test_a_link_back_into_the_tree_is_not_read_twice_under_another_label(tmp_pat
     assert "cat/up" in caplog.text and "cat/dogs" in caplog.text
 
 
+def test_a_linked_class_or_split_folder_never_takes_the_real_folders_images(tmp_path, caplog):
+    # a link to a folder of the tree whose name sorted first was read instead of the folder:
+    # alias_cat -> cat took cat's images (cat left an empty class), test/dog -> ../train/dog
+    # took train's dogs into test, and test -> train emptied train
+    root = tmp_path / "classes"
+    di.testing.make_image_folder(root, n=6, size=(8, 8), classes=("cat", "dog"))
+    (root / "alias_cat").symlink_to("cat")
+    splits = tmp_path / "splits"
+    di.testing.make_image_folder(splits, n=8, size=(8, 8), split_dirs=("train", "test"))
+    shutil.rmtree(splits / "test" / "dog")
+    (splits / "test" / "dog").symlink_to(os.path.join("..", "train", "dog"))
+    whole = tmp_path / "whole"
+    di.testing.make_image_folder(whole / "train", n=4, size=(8, 8), classes=("cat", "dog"))
+    (whole / "test").symlink_to("train")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(root, size=(8, 8))
+        parts = di.from_folder(splits, size=(8, 8)).split()
+        only = di.from_folder(whole, size=(8, 8)).split()
+
+    def by_folder(tree):  # the oracle: each real file under the folder it lives in
+        # (pathlib's rglob does not go through links to folders)
+        return sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.png"))
+
+    assert ds.classes == ("cat", "dog")
+    assert sorted(ds.paths.tolist()) == by_folder(root)
+    assert all(p.split("/")[0] == ds.classes[i] for p, i in zip(ds.paths, ds.labels, strict=True))
+    train_files = sorted(
+        p.relative_to(splits).as_posix() for p in (splits / "train").rglob("*.png")
+    )
+    assert sorted(parts["train"].paths.tolist()) == train_files
+    assert all(p.startswith("test/cat/") for p in parts["test"].paths.tolist())
+    assert sorted(only["train"].paths.tolist()) == by_folder(whole) and "test" not in only
+    assert "alias_cat" in caplog.text
+    assert "test/dog" in caplog.text.replace(os.sep, "/")
+
+
+def test_folders_systems_keep_beside_the_data_are_not_read(tmp_path):
+    # Synology's @eaDir became a class, and its thumbnails of cat/a.png (cat/@eaDir/a.png/
+    # SYNOPHOTO_THUMB_M.png) second samples labelled cat; Windows' recycle bin was data
+    root = tmp_path / "data"
+    files = di.testing.make_image_folder(root, n=4, size=(8, 8), classes=("cat", "dog"))
+    junk = [
+        root / "cat" / "@eaDir" / files[0].name / "SYNOPHOTO_THUMB_M.png",
+        root / "@eaDir" / "x" / "SYNOPHOTO_THUMB_S.png",
+        root / "dog" / "$RECYCLE.BIN" / "old.png",
+        root / "#recycle" / "cat" / "gone.png",
+        root / "System Volume Information" / "x.png",
+    ]
+    for j in junk:
+        j.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(files[0], j)
+    ds = di.from_folder(root, size=(8, 8))
+    assert ds.classes == ("cat", "dog")
+    assert sorted(ds.paths.tolist()) == sorted(f.relative_to(root).as_posix() for f in files)
+
+
 def test_a_broken_link_is_named_when_decoding_not_dropped(tmp_path):
     # a git-annex or DVC file whose content is not fetched yet is a link to nothing
     flat = di.testing.make_image_folder(tmp_path / "tmp", n=2, size=(8, 8), classes=("x",))

@@ -18,7 +18,9 @@ Nothing is dropped silently. The rules, the same on disk and at a URL:
 * Class folders that hold no images of their own, only folders of the same names
   (``root/{trn,tst}/{0,1,2}/``: splits under other names) are read as classes, with a
   logged warning naming them: rename them to split names if they are splits.
-* Hidden folders and ``__MACOSX`` are never read.
+* Hidden folders and the folders systems keep beside the data (``__MACOSX``,
+  ``$RECYCLE.BIN``, Synology's ``@eaDir`` thumbnails, ...: :data:`SYSTEM_FOLDERS`) are
+  never read.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
 from .source import DEFAULT_BLOCK, FileSource
 
-__all__ = ["IMAGE_EXTENSIONS", "SPLIT_DIRS", "find_split_dirs", "from_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "SPLIT_DIRS", "SYSTEM_FOLDERS", "find_split_dirs", "from_folder"]
 
 logger = logging.getLogger("daskimg")
 
@@ -76,11 +78,23 @@ class _Top:
     classes: dict[str, list[str]] = field(default_factory=dict)  # class folder -> its files
 
 
+#: folders operating systems and NAS boxes keep beside the data, never a class: a macOS
+#: zip's resource forks, a file system's lost+found, Windows' recycle bin and volume data,
+#: Synology's thumbnails (``cat/@eaDir/a.jpg/SYNOPHOTO_THUMB_M.jpg``: a copy of ``cat/a.jpg``)
+#: and recycle bin, QNAP's recycle bin and snapshots (compared ignoring case)
+SYSTEM_FOLDERS = frozenset(
+    n.casefold()
+    for n in (
+        "__MACOSX", "lost+found", "$RECYCLE.BIN", "RECYCLER", "System Volume Information",
+        "@eaDir", "#recycle", "#snapshot", "@Recycle", "@Recently-Snapshot", "@__thumb",
+    )
+)  # fmt: skip
+
+
 def _hidden(folder: str) -> bool:
-    """Folders never read: hidden ones (``.git``, ``.ipynb_checkpoints``), ``__MACOSX`` (the
-    resource forks a macOS zip unpacks beside the data) and ``lost+found`` (a file
-    system's, at a mount's root): never a class."""
-    return folder.startswith(".") or folder in ("__MACOSX", "lost+found")
+    """Folders never read: hidden ones (``.git``, ``.ipynb_checkpoints``) and
+    :data:`SYSTEM_FOLDERS`: never a class."""
+    return folder.startswith(".") or folder.casefold() in SYSTEM_FOLDERS
 
 
 def _is_image(name: str) -> bool:
@@ -307,12 +321,32 @@ def _local_tops(
         t = _Top(split, os.fspath(folder), direct(folder), other(folder))
         for d in sorted(folder.iterdir()):
             if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude:
-                t.classes[d.name] = _files_under(d, exclude, t.others, read_under, real_root, seen)
+                t.classes[d.name] = []  # read by read_classes, in the sorted order kept here
         return t
+
+    def through_link(folder: Path) -> bool:
+        # reached through a link: the real path is not the lexical one below the real root
+        lexical = os.path.join(real_root, os.path.relpath(folder, root))
+        return os.path.realpath(folder) != os.path.normpath(lexical)
+
+    def read_classes(tops: list[_Top]) -> None:
+        # class folders reached without a link first, so that a link to a folder the tree
+        # holds itself (alias_cat -> cat, test/dog -> ../train/dog) is the one left out,
+        # whichever name sorts first (the first reader of a real folder keeps it)
+        folders = [(t, name, Path(t.where) / name) for t in tops for name in t.classes]
+        for t, name, d in sorted(folders, key=lambda f: through_link(f[2])):
+            if read_under.get(os.path.realpath(d), os.fspath(d)) != os.fspath(d):
+                # the whole class folder is another's (logged by _files_under): no class
+                # of its own, which would be an empty one shifting the others' indices
+                _files_under(d, exclude, t.others, read_under, real_root, seen)
+                del t.classes[name]
+                continue
+            t.classes[name] = _files_under(d, exclude, t.others, read_under, real_root, seen)
 
     splits = find_split_dirs(root, exclude)
     if not splits:
         tops = [top("", root)]
+        read_classes(tops)
         seen.report(tops)
         return tops, []
     _beside_splits(
@@ -327,6 +361,7 @@ def _local_tops(
         stray,
     )  # fmt: skip
     tops = [top(s, d) for s, d in splits.items()]
+    read_classes(tops)
     tops[0].others[:0] = other(root)  # beside the split folders (a labels.csv, a README)
     loose = direct(root)
     seen.report(tops)
