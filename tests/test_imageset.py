@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import unicodedata
 from pathlib import Path
 
@@ -206,6 +207,30 @@ def test_from_csv_a_file_on_two_rows_is_refused_naming_both_lines(image_folder, 
     csv = tmp_path / "once.csv"
     csv.write_text("path,label\n" + "\n".join(f"{f},{f.split('/')[0]}" for f in files) + "\n")
     assert len(di.from_csv(csv, root=image_folder, size=(8, 8))) == len(files)
+
+
+def test_from_csv_a_file_reached_again_through_a_link_is_refused(image_folder, tmp_path):
+    # rows naming one file through a file link or a link to its folder were two samples of
+    # one image, under two labels (paths were compared as text)
+    files = sorted(image_folder.rglob("*.png"))
+    root = tmp_path / "root"
+    shutil.copytree(image_folder, root)
+    first = files[0].relative_to(image_folder)
+    (root / "alias.png").symlink_to(first)  # a file link
+    (root / "again").symlink_to(first.parent)  # a link to its folder
+    for other, line in [("alias.png", 3), (f"again/{first.name}", 3)]:
+        csv = tmp_path / "twice.csv"
+        csv.write_text(f"path,label\n{first.as_posix()},ant\n{other},bee\n")
+        with pytest.raises(ValueError, match=rf"lines 2 and {line}: .*{other!r}.* same file"):
+            di.from_csv(csv, root=root, size=(8, 8))
+    # a link to a file no other row names is read (a cache of files elsewhere)
+    csv.write_text(
+        f"path,label\nalias.png,ant\n{files[1].relative_to(image_folder).as_posix()},bee\n"
+    )
+    ds = di.from_csv(csv, root=root, size=(8, 8))
+    np.testing.assert_array_equal(
+        ds.images[0].compute(), decode_file(str(files[0]), DecodeSpec(size=(8, 8)))
+    )
 
 
 def test_from_csv_labels_that_are_numbers_and_class_names_are_not_guessed(tmp_path):

@@ -147,7 +147,7 @@ def from_csv(
         raise NoImagesFoundError(f"{where} has a header but no rows")
     base = root_url or root_path
     files = _paths(rows, path_column, where, base)
-    _refuse_repeats(rows, path_column, where, files)
+    _refuse_repeats(rows, path_column, where, files, local=root_url is None)
     if classes is not None and (
         isinstance(classes, str) or not all(isinstance(c, str) for c in classes)
     ):
@@ -294,8 +294,11 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
     return files
 
 
-def _refuse_repeats(rows: list[dict[str, Any]], column: str, where: str, files: list[str]) -> None:
-    """An image file on two rows (masks may be shared: a blank mask for every negative)."""
+def _refuse_repeats(
+    rows: list[dict[str, Any]], column: str, where: str, files: list[str], *, local: bool
+) -> None:
+    """An image file on two rows (masks may be shared: a blank mask for every negative),
+    also when one row reaches it through a link (a file link, or a link to its folder)."""
     first: dict[str, int] = {}
     for line, f in enumerate(files, start=2):
         seen = first.setdefault(f, line)
@@ -307,6 +310,41 @@ def _refuse_repeats(rows: list[dict[str, Any]], column: str, where: str, files: 
                 "row; a CSV with one row per box needs its rows grouped by image first (boxes "
                 "in columns, see boxes=)"
             )
+    if not local:
+        return
+    first.clear()
+    for line, real in enumerate(_real_files(files), start=2):
+        seen = first.setdefault(real, line)
+        if seen != line:
+            a, b = (rows[k - 2][column].strip() for k in (seen, line))
+            raise ValueError(
+                f"{where}, lines {seen} and {line}: {a!r} and {b!r} are the same file "
+                f"({real!r}, one of them through a link). from_csv reads one row per image: "
+                "the file would be two samples (and could land in two splits). Remove one of "
+                "the rows"
+            )
+
+
+def _real_files(files: list[str]) -> list[str]:
+    """The real path of each local file: each folder's real path is looked up once, and
+    only names its listing shows to be links are resolved one by one (no call per file
+    otherwise). A folder that cannot be listed, or a missing file, keeps its path (reading
+    it names what is wrong)."""
+    folders: dict[str, tuple[str, frozenset[str]]] = {}
+    out = []
+    for f in files:
+        d, name = os.path.split(f)
+        known = folders.get(d)
+        if known is None:
+            try:
+                with os.scandir(d) as listing:
+                    links = frozenset(e.name for e in listing if e.is_symlink())
+            except OSError:
+                links = frozenset()
+            known = folders[d] = (os.path.realpath(d), links)
+        real_dir, links = known
+        out.append(os.path.realpath(f) if name in links else os.path.join(real_dir, name))
+    return out
 
 
 def _labels(
