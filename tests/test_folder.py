@@ -26,6 +26,23 @@ def _kaggle(root: Path) -> Path:
     return root
 
 
+def test_resplit_does_not_spread_an_unlabelled_split_into_training(tmp_path):
+    # train/<class>/ and a flat test/: resplit=True put test's unlabelled images into
+    # train with label -1, stored and fed as such
+    ds = di.from_folder(_kaggle(tmp_path / "k"), size=(8, 8))
+    with pytest.raises(ValueError, match=r"\['test'\] hold no labels.*ds\.labels >= 0"):
+        ds.split({"train": 0.5, "valid": 0.5}, resplit=True)
+    labelled = ds.take(np.flatnonzero(ds.labels >= 0))  # what the message says to do
+    parts = labelled.split({"train": 0.5, "valid": 0.5}, resplit=True)
+    paths = sorted(p for part in parts.values() for p in part.paths)
+    folders = sorted(
+        p.relative_to(tmp_path / "k").as_posix()
+        for p in (tmp_path / "k").rglob("*.png")
+        if not p.relative_to(tmp_path / "k").as_posix().startswith("test/")
+    )
+    assert paths == folders and all((part.labels >= 0).all() for part in parts.values())
+
+
 def test_an_image_beside_the_class_folders_is_an_error_naming_it(image_folder, caplog):
     di.testing.make_image(seed=1).save(image_folder / "stray.jpg")
     with pytest.raises(

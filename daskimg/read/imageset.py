@@ -439,6 +439,18 @@ class ImageSet:
                 "one of them (ds.split()['train'].split({'train': 0.9, 'valid': 0.1})), or pass "
                 "resplit=True to divide all samples anew"
             )
+        if resplit and len(held) > 1 and self.labels is not None:
+            labels = np.asarray(self.labels)
+            bare = [
+                s for s in held if (labels[np.asarray(self.source_splits) == s] == NO_LABEL).all()
+            ]
+            if bare and len(bare) < len(held):
+                raise ValueError(
+                    f"the predefined split(s) {bare} hold no labels (a folder of files without "
+                    "class folders); resplit=True would put those unlabelled samples (label -1) "
+                    "into every part, training included. Resplit the labelled samples only: "
+                    "ds.take(np.flatnonzero(ds.labels >= 0)).split(fractions, resplit=True)"
+                )
         parts = split_indices(
             len(self),
             fractions,
