@@ -387,8 +387,11 @@ def test_a_broken_link_is_named_when_decoding_not_dropped(tmp_path):
     (root / "test" / "z_missing.png").symlink_to(tmp_path / "annex" / "not-fetched")
     ds = di.from_folder(root, size=(8, 8))
     assert "test/z_missing.png" in ds.paths.tolist()
-    with pytest.raises(di.errors.DecodeError, match=r"z_missing\.png"):
+    with pytest.raises(di.errors.DecodeError, match=r"z_missing\.png") as e:
         ds.split()["test"].images.compute()
+    # the hint names the link's target (it named the link itself as a namesake beside it)
+    assert "link to " + repr(str(tmp_path / "annex" / "not-fetched")) in str(e.value)
+    assert "beside it" not in str(e.value)
     paths = di.read.files.expand_paths(str(root / "test" / "*.png"))
     assert [Path(p).name for p in paths] == ["x_0000.png", "x_0001.png", "z_missing.png"]
 

@@ -136,13 +136,19 @@ def _near(path: str) -> str:
     accent); "" if none. Only on the error path: one listing of the folder."""
     if "\\" in path and os.sep != "\\":
         return f" (its path has a '\\': write paths with '/', e.g. {path.replace(chr(92), '/')!r})"
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = None  # not a link
+    if target is not None:
+        return f" (it is a link to {target!r}, which is not there: fetch or restore it)"
     folder, name = os.path.split(path)
     try:
         names = os.listdir(folder or ".")
     except OSError:
         return ""
     key = unicodedata.normalize("NFC", name).casefold()
-    near = [n for n in names if unicodedata.normalize("NFC", n).casefold() == key]
+    near = [n for n in names if n != name and unicodedata.normalize("NFC", n).casefold() == key]
     if not near:
         return ""
     how = (
