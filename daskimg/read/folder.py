@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -567,6 +568,33 @@ def _warn_nested_alike(where: str, tops: list[_Top]) -> None:
         )
 
 
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _folded(name: str) -> str:
+    """A class name as people read it: letter case and Unicode composition aside."""
+    return _nfc(name).casefold()
+
+
+def _check_same_looking(tops: list[_Top]) -> None:
+    """Refuse two class folders of one folder whose names differ only in Unicode composition
+    (``café`` written as macOS does, e + an accent, beside a composed ``café``): two classes
+    that print alike, the images of one class divided between them."""
+    for t in tops:
+        by_look: dict[str, str] = {}
+        for c in t.classes:
+            other = by_look.setdefault(_nfc(c), c)
+            if other != c:
+                raise ValueError(
+                    f"{t.where!r} holds the class folders {other!r} and {c!r} ({other!a} "
+                    f"and {c!a}), whose names are "
+                    "the same letters composed differently (Unicode normalisation: one was "
+                    "written on macOS, or copied through a tool that decomposes accents): they "
+                    "would be two classes that print alike. Merge them into one folder"
+                )
+
+
 def _check_split_classes(tops: list[_Top]) -> None:
     """Refuse class folders (with images) in ``valid/`` or ``test/`` that ``train/`` lacks:
     a made-up class no model trained on ``train/`` can predict — often unlabelled images one
@@ -580,10 +608,13 @@ def _check_split_classes(tops: list[_Top]) -> None:
         extra = sorted(c for c, files in t.classes.items() if files and c not in train.classes)
         if not extra:
             continue
-        folded = {c.casefold(): c for c in train.classes}
+        folded = {_folded(c): c for c in train.classes}
         hints = [
-            f"{c!r} is {folded[c.casefold()]!r} in train/" for c in extra if c.casefold() in folded
-        ]
+            f"{c!r} is {folded[_folded(c)]!r} in train/"
+            + (" (the same letters, composed differently)" if _nfc(c) == _nfc(folded[_folded(c)]) else "")
+            for c in extra
+            if _folded(c) in folded
+        ]  # fmt: skip
         raise ValueError(
             f"{t.where!r} holds class folder(s) that {train.where!r} does not: "
             f"{', '.join(repr(c) for c in extra)}"
@@ -611,6 +642,7 @@ def _assemble(
             t.direct = []
         if not t.direct:
             labelled.append(t)
+    _check_same_looking(tops)
     _check_split_classes(tops)
     classes = sorted({c for t in labelled for c in t.classes})
     empty = [c for c in classes if not any(t.classes.get(c) for t in labelled)]
