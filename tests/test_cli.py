@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -252,6 +253,18 @@ def test_a_rerun_keeps_a_finished_split_only_if_its_files_are_unchanged(
     }
     red = stored[victim.relative_to(image_folder).as_posix()]
     assert (red[..., 0] == 255).all() and (red[..., 1:] == 0).all()
+    # rewritten with the same size and modification time (cp -p, rsync -a, touch -r): it
+    # was kept as 'written from the same files', holding the red pixels
+    size = Image.open(victim).size
+    Image.new("RGB", size, (0, 255, 0)).save(victim, format="BMP")  # BMPs of a size: one length
+    assert main([*args, "--on-error", "skip", "--overwrite"]) == 0
+    before = victim.stat()
+    Image.new("RGB", size, (0, 0, 255)).save(victim, format="BMP")
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert victim.stat().st_size == before.st_size
+    capsys.readouterr()
+    assert main([*args, "--on-error", "skip"]) == 2
+    assert "written from other files or settings" in capsys.readouterr().err
 
 
 def test_stores_of_an_earlier_run_that_this_run_does_not_write_are_not_left_beside_it(

@@ -344,9 +344,11 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     """A digest of what a store is made from (files, labels, columns) and how, so a re-run of
     the same ingest can keep a split that is finished already.
 
-    Local files count with their size and modification time, so a file replaced (or a
-    truncated one repaired) since makes it another store; files at URLs by their names
-    only (asking a bucket for a million objects' metadata would cost more than it saves).
+    Local files count with their size, modification time, inode and status-change time
+    (``st_ctime``, which no tool can set back), so a file replaced or rewritten since makes
+    it another store, also when its size and modification time were kept (``cp -p``,
+    ``rsync -a``, ``touch -r``); files at URLs by their names only (asking a bucket for a
+    million objects' metadata would cost more than it saves).
     """
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(json.dumps([imageset.root, list(imageset.classes), list(imageset.boxes)]).encode())
@@ -367,14 +369,15 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
 
 
 def _file_states(paths: Any) -> bytes:
-    """Each local file's size and modification time (``-1`` where it cannot be read)."""
-    states = np.full((len(paths), 2), -1, dtype=np.int64)
+    """Each local file's size, modification time, inode and status-change time (``-1``
+    where it cannot be read)."""
+    states = np.full((len(paths), 4), -1, dtype=np.int64)
     for i, p in enumerate(paths):
         try:
             st = os.stat(p)
         except OSError:
             continue  # missing: decoding names it (or skip records it)
-        states[i] = st.st_size, st.st_mtime_ns
+        states[i] = st.st_size, st.st_mtime_ns, st.st_ino & (2**63 - 1), st.st_ctime_ns
     return states.tobytes()
 
 
