@@ -121,11 +121,21 @@ class KerasDataset(keras.utils.PyDataset):
 
     *Resuming.* :meth:`state_dict` records the epoch, the batches of it already served
     (with ``epoch_callback``, those served since training began) and the settings that
-    shape the order; :meth:`load_state_dict` refuses a state saved with other settings. After loading a state saved in the middle of an epoch the dataset
-    serves the rest of that epoch: ``len(ds)`` is the number of batches not yet served and
-    ``ds[j]`` the ``j``-th of them. Keras counts the batches of an epoch once per ``fit``
-    call, so finish that epoch with its own call, ``fit(ds, initial_epoch=e, epochs=e + 1)``,
-    then continue with ``fit(ds, initial_epoch=e + 1, epochs=...)``.
+    shape the order; :meth:`load_state_dict` refuses a state saved with other settings. After loading, :attr:`epoch` is the epoch to continue: the
+    state's, or the next one when the state was saved after its epoch's last batch (then
+    ``state["epoch"]`` is one behind). A state saved in the middle of an epoch leaves the rest
+    of it: ``len(ds)`` is the number of batches not yet served (fewer than
+    :attr:`full_epoch`) and ``ds[j]`` the ``j``-th of them. Keras fixes the batches per
+    epoch when ``fit`` starts, for every epoch of the call, so finish that epoch with its own
+    call, then continue::
+
+        ds.load_state_dict(state)
+        if len(ds) < ds.full_epoch:  # the rest of an epoch
+            model.fit(ds, initial_epoch=ds.epoch, epochs=ds.epoch + 1)
+        model.fit(ds, initial_epoch=ds.epoch, epochs=total)
+
+    (``epoch_callback()`` refuses a ``fit`` that would run further epochs with the rest's
+    batch count; without it they would be cut short.)
 
     Examples
     --------
@@ -252,6 +262,11 @@ class KerasDataset(keras.utils.PyDataset):
         """Batches in the current epoch, ``len(ds)`` (Keras asks for this)."""
         return len(self)
 
+    @property
+    def full_epoch(self) -> int:
+        """Batches in a whole epoch (``len(ds)`` is fewer after a state loaded mid-epoch)."""
+        return int(self._data.batches.num_batches)
+
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"batch index must be an int, got {index!r}")
@@ -303,9 +318,12 @@ class KerasDataset(keras.utils.PyDataset):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state``: the rest of its epoch, then the following epochs.
 
-        Raises ValueError, naming the setting, when the state was saved with another
-        source, seed, batch size, shuffle, buffer_chunks or drop_last: its epoch would
-        be cut into other batches, and resuming would repeat or miss samples.
+        :attr:`epoch` is then the epoch to continue (the next one for a state saved after
+        its epoch's last batch), ``len(ds)`` the batches left of it; see the class Notes for
+        the two ``fit`` calls a mid-epoch state needs. Raises ValueError, naming the
+        setting, when the state was saved with another source, seed, batch size, shuffle,
+        buffer_chunks or drop_last: its epoch would be cut into other batches, and resuming
+        would repeat or miss samples.
         """
         self._data.load_state_dict(state)
 
@@ -346,11 +364,32 @@ class _EpochCallback(keras.callbacks.Callback):
                 "the callback: the dataset's epochs then advance by themselves each time Keras "
                 "has read all its batches"
             )
+        if steps is not None and steps < self.data.full_epoch:
+            # the rest of a resumed epoch: Keras would keep its batch count for every epoch
+            # of this fit, cutting the following ones short
+            epochs = (getattr(self, "params", None) or {}).get("epochs")
+            if epochs is not None and epochs - self.data.epoch > 1:
+                raise ValueError(
+                    f"the dataset holds the rest of epoch {self.data.epoch} ({steps} of "
+                    f"{self.data.full_epoch} batches, from load_state_dict), and fit would run "
+                    f"{epochs - self.data.epoch} epochs: Keras keeps {steps} batches for each, "
+                    "so the later epochs would be cut short. Finish the epoch in its own call, "
+                    f"fit(ds, initial_epoch={self.data.epoch}, epochs={self.data.epoch + 1}, "
+                    f"...), then fit(ds, initial_epoch={self.data.epoch + 1}, epochs={epochs}, ...)"
+                )
         self.data.start_training()
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if epoch != self.data.epoch:
             self.data.set_epoch(epoch)
+        steps = (getattr(self, "params", None) or {}).get("steps")
+        if steps is not None and steps != len(self.data):
+            raise ValueError(
+                f"fit runs {steps} batches per epoch but epoch {epoch} of the dataset has "
+                f"{len(self.data)}: some of its samples would be repeated or never seen. A fit "
+                "that starts with the rest of a resumed epoch must end with it: "
+                f"fit(ds, initial_epoch=k, epochs=k + 1), then fit(ds, initial_epoch=k + 1, ...)"
+            )
 
 
 # -- arrays= ------------------------------------------------------------------------------

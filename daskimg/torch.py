@@ -305,27 +305,21 @@ class TorchDataset(IterableDataset):
             it.load_state_dict(self._resume)
             done = bool(len(it)) and it.state_dict()["batch"] >= len(it)
             info = get_worker_info()
-            if done and info is None:
-                # no workers: this process's share was the whole epoch, which ended; the next
-                # follows (StatefulDataLoader asks this same dataset, with nothing prefetched)
-                it.set_epoch(it.epoch + 1)
-                done = False
-            elif done and info is not None:
-                # a worker's share used up when the state was saved yields nothing more: the
-                # rest of that epoch is the other workers' (StatefulDataLoader resumes its
-                # rotation there); a worker cannot tell whether the others were done too, so
-                # it never starts the next epoch here (its batches would be mixed into this
-                # one's rest, or come in another worker's turn), and a StatefulDataLoader that
-                # drops this iteration (its epoch had ended) makes new workers, which take the
-                # next epoch from the table, as every worker's next iteration does.
-                # (logged, not warned: it is the normal case of a state saved near an epoch's
-                # end, and a warning made an error by -W error would stop a right resume)
+            if done:
+                # the state was saved when this process's (or worker's) share of its epoch was
+                # used up: the rest is empty, as torchdata's own samplers resume, and the next
+                # iteration takes the next epoch. (With no workers this used to start the next
+                # epoch at once, so a loop calling set_epoch per epoch trained it twice; a
+                # worker cannot tell whether the others were done too, so starting there would
+                # mix the next epoch's batches into this one's rest or serve them in another
+                # worker's turn. A StatefulDataLoader that drops this iteration makes new
+                # workers, which take the next epoch from the table.) Logged, not warned: it is
+                # the normal case of a state saved at an epoch's end, and -W error would stop
+                # a right resume.
                 logger.info(
-                    "TorchDataset: DataLoader worker %d had delivered all its batches of epoch "
-                    "%d when the resumed state was saved; it yields none until the next epoch "
-                    "(a state saved after an epoch's last batch resumes into an empty rest of "
-                    "that epoch with several workers)",
-                    info.id,
+                    "TorchDataset: %s had delivered all its batches of epoch %d when the "
+                    "resumed state was saved; it yields none until the next epoch",
+                    "this process" if info is None else f"DataLoader worker {info.id}",
                     it.epoch,
                 )
             table.record(slot, it.epoch)

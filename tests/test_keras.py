@@ -471,6 +471,39 @@ def test_resume_in_the_middle_of_an_epoch_gives_exactly_the_rest(store, stop_epo
     assert second.epoch == stop_epoch + 1 and len(second) == 11
 
 
+@pytest.mark.parametrize("served", [5, 11])  # mid-epoch, and after the epoch's last batch
+def test_the_documented_resume_trains_on_the_uninterrupted_batches(store, served):
+    # a state saved after the last batch: ds.epoch is the next one, and fit(initial_epoch=
+    # state['epoch']) retrained the epoch (with the callback) or shifted every later epoch
+    # (without); one fit call after a mid-epoch state cut the later epochs to the rest's count
+    full = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()
+    model.fit(full, epochs=3, verbose=0, callbacks=[passes])
+    expected = [batch_sets(e) for e in rec.train]
+    assert len({tuple(map(tuple, e)) for e in expected}) == 3 and len(rec.train[0]) == 11
+
+    first = KerasDataset(store, batch_size=10)
+    head = [ids_of(first[i][0]) for i in range(served)]  # the batches a first run trained on
+    first.on_epoch_end()  # Keras's end of the pass (an interrupted one ends no epoch)
+    state = first.state_dict()
+
+    ds = KerasDataset(store, batch_size=10)
+    ds.load_state_dict(state)
+    assert (ds.epoch, len(ds)) == ((0, 6) if served == 5 else (1, 11))
+    model, rec, passes = recording_model()
+    cb = ds.epoch_callback()
+    if len(ds) < ds.full_epoch:  # the README's recipe
+        with pytest.raises(ValueError, match=r"rest of epoch 0 \(6 of 11 batches.*own call"):
+            model.fit(ds, initial_epoch=ds.epoch, epochs=3, verbose=0, callbacks=[cb])
+        model.fit(
+            ds, initial_epoch=ds.epoch, epochs=ds.epoch + 1, verbose=0, callbacks=[cb, passes]
+        )
+    model.fit(ds, initial_epoch=ds.epoch, epochs=3, verbose=0, callbacks=[cb, passes])
+    got = rec.train if served == 5 else [[], *rec.train]
+    assert batch_sets(head + got[0]) == expected[0]
+    assert [batch_sets(e) for e in got[1:]] == expected[1:]
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
     [
