@@ -748,3 +748,27 @@ def test_corner_columns_read_as_numbers_and_jpeg_masks_are_named(tmp_path, caplo
             boxes={"bbox": ["xmin", "ymin", "xmax", "ymax"]},
         )  # fmt: skip
     assert "look like box corners" not in caplog.text
+
+
+def test_boxes_that_are_fractions_of_the_image_size_are_named(tmp_path, caplog):
+    # YOLO / TensorFlow boxes in 0..1 passed every check as pixel boxes inside the top-left
+    # pixel, then were scaled with the pixels into nothing
+    import logging
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "b.png")
+    corners = {"bbox": ["x0", "y0", "x1", "y1"]}
+    (tmp_path / "f.csv").write_text("path,x0,y0,x1,y1\na.png,0.1,0.2,0.5,0.9\nb.png,,,,\n")
+    (tmp_path / "p.csv").write_text("path,x0,y0,x1,y1\na.png,0,0,1,1\nb.png,4,2,30,25\n")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(
+            tmp_path / "f.csv", root=tmp_path, size=(15, 20), boxes=corners, label_column=None
+        )
+    assert "every box 'bbox' lies within 0..1" in caplog.text
+    np.testing.assert_allclose(ds.columns["bbox"][0].compute(), [0.05, 0.1, 0.25, 0.45])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_csv(
+            tmp_path / "p.csv", root=tmp_path, size=(15, 20), boxes=corners, label_column=None
+        )
+    assert "within 0..1" not in caplog.text  # a pixel box among them: pixels

@@ -162,6 +162,8 @@ def from_csv(
     source_boxes = {
         name: _box_values(rows, cols, name, header, where) for name, cols in (boxes or {}).items()
     }
+    for name, values in source_boxes.items():
+        _warn_fractions(values, name, where)
     used = {path_column, label_column, mask_column}
     used.update(c for cols in (boxes or {}).values() for c in cols)
     extra = _columns(rows, header, columns, used, where)
@@ -738,6 +740,21 @@ def _warn_raw_corners(
                 cols,
             )
             return
+
+
+def _warn_fractions(values: np.ndarray, name: str, where: str) -> None:
+    """Log boxes that all lie within 0..1: fractions of the image size (YOLO, TensorFlow's
+    normalised boxes), which ``boxes=`` would take for pixels — every box inside the top-left
+    pixel, passing every check, then scaled with the pixels into nothing."""
+    given = values[~np.isnan(values).any(axis=1)]
+    if len(given) and given.max() <= 1.0 and given.max() > 0:
+        logger.warning(
+            "%s: every box %r lies within 0..1; boxes= takes pixel positions, so these would "
+            "be boxes inside the top-left pixel. If they are fractions of the image size, "
+            "multiply x0, x1 by each image's width and y0, y1 by its height first",
+            where,
+            name,
+        )
 
 
 def _storable_name(name: str) -> bool:
