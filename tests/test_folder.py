@@ -309,12 +309,15 @@ def test_split_folders_without_train_are_splits_not_classes(tmp_path, url, split
             fs.rm(f"/daskimg-test-nosplit-{'-'.join(splits)}", recursive=True)
 
 
-def test_a_class_named_like_a_split_without_train_stays_a_class(tmp_path):
+def test_a_class_named_like_a_split_without_train_stays_a_class(tmp_path, caplog):
     root = tmp_path / "data"
     di.testing.make_image_folder(root, n=4, size=(8, 8), classes=("cat", "test"))
-    ds = di.from_folder(root, size=(8, 8))
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(root, size=(8, 8))
     assert ds.classes == ("cat", "test") and ds.source_splits is None
     assert sorted(np.bincount(ds.labels).tolist()) == [2, 2]
+    # said: a folder of test images beside cat/ and dog/ would be trained on as a class
+    assert "'test' are named like splits but are read as classes" in caplog.text
 
 
 def test_a_link_back_into_the_tree_is_not_read_twice_under_another_label(tmp_path, caplog):

@@ -595,6 +595,25 @@ def _check_same_looking(tops: list[_Top]) -> None:
                 )
 
 
+def _warn_split_named_classes(where: str, tops: list[_Top]) -> None:
+    """Log class folders named like splits (``cat/``, ``dog/``, ``test/`` without ``train/``):
+    they are read as classes, so a folder of test images would be trained on as class
+    'test' (splits are recognised with ``train/`` beside them)."""
+    for t in tops:
+        named = sorted(c for c, files in t.classes.items() if files and c.lower() in SPLIT_DIRS)
+        if t.split or not named:
+            continue
+        logger.warning(
+            "from_folder(%r): the class folder(s) %s are named like splits but are read as "
+            "classes, since no train/ folder is beside them. If they hold a split (e.g. "
+            "unlabelled test images), move the class folders into train/ so that the folders "
+            "are read as train/ and %s",
+            where,
+            ", ".join(repr(c) for c in named),
+            ", ".join(f"{c}/" for c in named),
+        )
+
+
 def _check_split_classes(tops: list[_Top]) -> None:
     """Refuse class folders (with images) in ``valid/`` or ``test/`` that ``train/`` lacks:
     a made-up class no model trained on ``train/`` can predict — often unlabelled images one
@@ -644,6 +663,7 @@ def _assemble(
             labelled.append(t)
     _check_same_looking(tops)
     _check_split_classes(tops)
+    _warn_split_named_classes(where, tops)
     classes = sorted({c for t in labelled for c in t.classes})
     empty = [c for c in classes if not any(t.classes.get(c) for t in labelled)]
     if empty:
