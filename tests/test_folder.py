@@ -27,6 +27,25 @@ def _kaggle(root: Path) -> Path:
     return root
 
 
+def test_an_unlabelled_train_beside_labelled_splits_is_named(tmp_path, caplog):
+    # train/ with its images directly (labels in the file names, as Kaggle's dogs-vs-cats)
+    # beside a test/ of class folders gave a training split without labels, without a word
+    root = tmp_path / "data"
+    flat = di.testing.make_image_folder(tmp_path / "tmp", n=4, size=(8, 8), classes=("x",))
+    (root / "train").mkdir(parents=True)
+    for f in flat:
+        shutil.move(f, root / "train" / f.name)
+    di.testing.make_image_folder(root / "test", n=4, size=(8, 8), classes=("cat", "dog"))
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        parts = di.from_folder(root, size=(8, 8)).split()
+    assert parts["train"].labels is None and parts["test"].labels is not None
+    assert "holds its images directly, without class folders" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_folder(_kaggle(tmp_path / "k"), size=(8, 8))  # a flat test/ is the usual case
+    assert "without class folders" not in caplog.text
+
+
 def test_resplit_does_not_spread_an_unlabelled_split_into_training(tmp_path):
     # train/<class>/ and a flat test/: resplit=True put test's unlabelled images into
     # train with label -1, stored and fed as such

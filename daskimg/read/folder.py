@@ -599,6 +599,18 @@ def _warn_split_named_classes(where: str, tops: list[_Top]) -> None:
     """Log class folders named like splits (``cat/``, ``dog/``, ``test/`` without ``train/``):
     they are read as classes, so a folder of test images would be trained on as class
     'test' (splits are recognised with ``train/`` beside them)."""
+    train = next((t for t in tops if t.split == "train"), None)
+    labelled = [t for t in tops if t.split and not t.direct and any(t.classes.values())]
+    if train is not None and train.direct and labelled:
+        logger.warning(
+            "from_folder(%r): %r holds its images directly, without class folders, so the "
+            "training split has no labels, while %s holds class folders. If the labels are in "
+            "the file names (cat.1.jpg), write a CSV of path,label and read it with from_csv; "
+            "else put train's images into class folders",
+            where,
+            train.where,
+            " and ".join(repr(t.where) for t in labelled),
+        )
     for t in tops:
         named = sorted(c for c, files in t.classes.items() if files and c.lower() in SPLIT_DIRS)
         if t.split or not named:
