@@ -903,6 +903,28 @@ def test_a_damaged_zip_directory_offset_is_named_not_a_bare_os_error(tmp_path, i
         assert problems and str(bad) in problems[0].message
 
 
+def test_a_stored_zip_member_with_two_lengths_is_refused(tmp_path, indexed_set):
+    """A central directory entry whose uncompressed size is larger than its compressed size:
+    zipfile (and plain zarr) read the compressed size, daskimg read the other and, with the
+    store's checksums resealed, served another shard's rows without an error."""
+    good = di.to_zarr(indexed_set, tmp_path / "g.zarr.zip", chunks=8, shard_chunks=2)
+    name = "labels/c/0"
+    with zipfile.ZipFile(good) as z:
+        info = z.getinfo(name)
+    bad = tmp_path / "two.zarr.zip"
+    shutil.copy(good, bad)
+    raw = bad.read_bytes()
+    entry = raw.rfind(b"PK\x01\x02", 0, raw.rfind(name.encode()))
+    assert int.from_bytes(raw[entry + 24 : entry + 28], "little") == info.file_size
+    _patch(bad, entry + 24, (info.file_size + 16).to_bytes(4, "little"))
+    plain = zarr.open_group(zarr.storage.ZipStore(bad, mode="r"), mode="r")["labels"][...]
+    np.testing.assert_array_equal(plain, plain_group(good)["labels"][...])  # zipfile's reading
+    with pytest.raises(ChecksumError, match=r"'labels/c/0' is stored uncompressed but .* two"):
+        di.open_zarr(bad)
+    problems = verify(bad)
+    assert problems and "two lengths" in problems[0].message
+
+
 def test_verify_finds_what_plain_zarr_would_refuse(tmp_path, indexed_set):
     """Damage daskimg's own checks did not see, but which makes the store unreadable by
     plain zarr (the oracle) or switches a check off: a zip member's CRC-32, the root's
