@@ -346,7 +346,10 @@ def plan_epoch(
 
     With ``drop_last`` each consumer then drops the same number (fewer than ``batch_size``)
     of its trailing samples, after mixing: the worker with the consumer's last batch drops
-    them from the end of its mixed stream.
+    them from the end of its mixed stream. When that would drop its whole last group (the
+    short final chunk, always there, would never be seen), the last group is mixed and
+    loaded with the one before it (up to ``2 * buffer_chunks - 1`` chunks), so the samples
+    dropped are a new random few of both each epoch.
 
     *shuffle=False.* The store order cut into batches of ``batch_size`` (``drop_last``: the
     short last one left out): consumer ``k`` takes batches ``k, k + n, ...`` and its worker
@@ -411,8 +414,15 @@ def plan_epoch(
     mine = assign_chunks(order, consumer=k, num_consumers=n)
     key = epoch_rng(s, e, *MIX_STREAM).integers(2**64, dtype=np.uint64)
     chunks, samples, starts = take_run(bounds, mine, min(start, own), end, per_group)
-    samples = mix(samples, starts, key)
     size = stop - start
+    # drop_last would leave out the whole last group: the short final chunk, always last in
+    # the order, was then never trained on. It is mixed with the group before it instead, so
+    # the samples dropped are a new random few of both each epoch
+    short_last = n_samples % length != 0 and chunks.size and chunks[-1] == bounds.size - 2
+    merged = drop and short_last and starts.size > 1 and size <= starts[-1]
+    if merged:
+        starts = starts[:-1]
+    samples = mix(samples, starts, key)
     if size <= samples.size:
         stream = samples[:size]
     elif samples.size:  # even: repeats of the last group, still in memory
@@ -429,7 +439,9 @@ def plan_epoch(
     # a group none of whose samples survive drop_last is not loaded at all
     used = min(size, samples.size) if samples.size else size
     n_groups = int(np.searchsorted(starts, used, side="left"))
-    groups = tuple(chunks[i : i + per_group] for i in range(0, n_groups * per_group, per_group))
+    edges = [*range(0, chunks.size, per_group)][: starts.size]
+    edges.append(chunks.size)
+    groups = tuple(chunks[edges[i] : edges[i + 1]] for i in range(n_groups))
     batches = tuple(stream[i : i + batch] for i in range(0, size, batch))
     return EpochPlan(groups, batches, length, np.arange(first, first + count, dtype=np.int64))
 
