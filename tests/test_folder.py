@@ -398,6 +398,33 @@ def test_a_linked_class_or_split_folder_never_takes_the_real_folders_images(tmp_
     assert "alias_cat" in caplog.text
     assert "test/dog" in caplog.text.replace(os.sep, "/")
 
+    # the same when the real folders are themselves links to data kept elsewhere (a train/
+    # on another disk, class folders linked in): only links into the tree are aliases
+    ext = tmp_path / "ext"
+    di.testing.make_image_folder(ext / "train", n=4, size=(8, 8), classes=("cat", "dog"))
+    di.testing.make_image_folder(ext / "classes", n=4, size=(8, 8), classes=("cat", "dog"))
+    away = tmp_path / "away"
+    away.mkdir()
+    (away / "train").symlink_to(ext / "train")
+    di.testing.make_image_folder(away / "test", n=1, size=(8, 8), classes=("cat",))
+    (away / "test" / "dog").symlink_to(os.path.join("..", "train", "dog"))
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for c in ("cat", "dog"):
+        (linked / c).symlink_to(ext / "classes" / c)
+    (linked / "alias_cat").symlink_to("cat")
+    parts = di.from_folder(away, size=(8, 8)).split()
+    own = sorted(
+        f"train/{p.relative_to(ext / 'train').as_posix()}" for p in (ext / "train").rglob("*.png")
+    )
+    assert sorted(parts["train"].paths.tolist()) == own
+    assert all(p.startswith("test/cat/") for p in parts["test"].paths.tolist())
+    ds = di.from_folder(linked, size=(8, 8))
+    assert ds.classes == ("cat", "dog")
+    assert sorted(ds.paths.tolist()) == sorted(
+        p.relative_to(ext / "classes").as_posix() for p in (ext / "classes").rglob("*.png")
+    )
+
 
 def test_folders_systems_keep_beside_the_data_are_not_read(tmp_path):
     # Synology's @eaDir became a class, and its thumbnails of cat/a.png (cat/@eaDir/a.png/

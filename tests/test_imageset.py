@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import unicodedata
@@ -223,6 +224,15 @@ def test_from_csv_a_file_reached_again_through_a_link_is_refused(image_folder, t
         csv.write_text(f"path,label\n{first.as_posix()},ant\n{other},bee\n")
         with pytest.raises(ValueError, match=rf"lines 2 and {line}: .*{other!r}.* same file"):
             di.from_csv(csv, root=root, size=(8, 8))
+    # links that only share a target are separate samples (git-annex and DVC keep identical
+    # files once), as from_folder reads them
+    annex = root / ".git" / "annex"
+    annex.mkdir(parents=True)
+    shutil.copy(files[2], annex / "SHA256-x.png")
+    for name in ("one.png", "two.png"):
+        (root / name).symlink_to(os.path.join(".git", "annex", "SHA256-x.png"))
+    csv.write_text("path,label\none.png,ant\ntwo.png,bee\n")
+    assert len(di.from_csv(csv, root=root, size=(8, 8))) == 2
     # a link to a file no other row names is read (a cache of files elsewhere)
     csv.write_text(
         f"path,label\nalias.png,ant\n{files[1].relative_to(image_folder).as_posix()},bee\n"

@@ -314,13 +314,18 @@ def _refuse_repeats(
             )
     if not local:
         return
-    first.clear()
-    for line, real in enumerate(_real_files(files), start=2):
-        seen = first.setdefault(real, line)
-        if seen != line:
-            a, b = (rows[k - 2][column].strip() for k in (seen, line))
+    # a row naming a file the CSV names directly too, through a link: the same image twice.
+    # Links that only share a target (git-annex and DVC keep identical files once) are
+    # separate samples, as from_folder reads them
+    direct: dict[str, int] = {}
+    linked: dict[str, int] = {}
+    for line, (f, real) in enumerate(zip(files, _real_files(files), strict=True), start=2):
+        (direct if real == f else linked).setdefault(real, line)
+        if real in direct and real in linked:
+            a, b = sorted((direct[real], linked[real]))
+            names = [rows[k - 2][column].strip() for k in (a, b)]
             raise ValueError(
-                f"{where}, lines {seen} and {line}: {a!r} and {b!r} are the same file "
+                f"{where}, lines {a} and {b}: {names[0]!r} and {names[1]!r} are the same file "
                 f"({real!r}, one of them through a link). from_csv reads one row per image: "
                 "the file would be two samples (and could land in two splits). Remove one of "
                 "the rows"

@@ -325,10 +325,24 @@ def _local_tops(
                 t.classes[d.name] = []  # read by read_classes, in the sorted order kept here
         return t
 
+    inside = (os.path.abspath(root), real_root)
+
+    def into_tree(link: str) -> bool:
+        # a link whose own target (not what it resolves to in the end) lies in the tree:
+        # an alias of a folder the tree holds, not data kept elsewhere (/mnt/cats)
+        try:
+            target = os.path.join(os.path.dirname(link), os.readlink(link))
+        except OSError:
+            return False  # not a link
+        target = os.path.normpath(os.path.abspath(target))
+        return any(target == r or target.startswith(r + os.sep) for r in inside)
+
     def through_link(folder: Path) -> bool:
-        # reached through a link: the real path is not the lexical one below the real root
-        lexical = os.path.join(real_root, os.path.relpath(folder, root))
-        return os.path.realpath(folder) != os.path.normpath(lexical)
+        # reached through a link into the tree: the folder itself, or a folder above it
+        # below the root (test -> train)
+        rel = Path(os.path.relpath(folder, root))
+        steps = [root.joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
+        return any(into_tree(os.fspath(p)) for p in steps)
 
     def read_classes(tops: list[_Top]) -> None:
         # class folders reached without a link first, so that a link to a folder the tree
