@@ -301,9 +301,15 @@ class TorchDataset(IterableDataset):
             self._gen = None
         it, slot = self._iterator()
         table = self._table()
+        passed = False
         if self._resume is not None:
             it.load_state_dict(self._resume)
             done = bool(len(it)) and it.state_dict()["batch"] >= len(it)
+            if done and table.current > it.epoch:
+                # set_epoch has moved past the epoch the state finished: nothing of it is left,
+                # and the epoch asked for is the one to read (a loop resuming at the next one)
+                self._resume, passed = None, True
+        if self._resume is not None:
             info = get_worker_info()
             if done:
                 # the state was saved when this process's (or worker's) share of its epoch was
@@ -324,6 +330,13 @@ class TorchDataset(IterableDataset):
                 )
             table.record(slot, it.epoch)
             self._gen = self._resumed(it, done)
+        elif passed and get_worker_info() is not None:
+            # counted as taken only once read to its end: a StatefulDataLoader whose state
+            # said the epoch had ended drops these workers after their first batch and makes
+            # new ones, which must read the same epoch
+            epoch = table.peek(slot)
+            it.set_epoch(epoch)
+            self._gen = self._read_then_taken(it, table, slot, epoch)
         elif get_worker_info() is None:
             # no workers: the epoch counts as taken once a batch is asked for (Lightning
             # calls iter() on a reloaded DataLoader twice and drops the first iterator
@@ -343,6 +356,12 @@ class TorchDataset(IterableDataset):
     ) -> Generator[tuple[Any, ...], None, None]:
         table.record(slot, epoch)
         yield from self._batches(it)
+
+    def _read_then_taken(
+        self, it: BatchIterator, table: _Epochs, slot: int, epoch: int
+    ) -> Generator[tuple[Any, ...], None, None]:
+        yield from self._batches(it)
+        table.record(slot, epoch)
 
     def _resumed(self, it: BatchIterator, done: bool) -> Generator[tuple[Any, ...], None, None]:
         # the state counts as applied only once a batch is asked for: StatefulDataLoader

@@ -382,6 +382,43 @@ def test_stateful_resume_at_the_end_of_an_epoch_repeats_nothing(store, stored, w
             _same(following, epochs[1])
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    "ended", [True, False]
+)  # saved after StopIteration, or after the last batch
+def test_a_finished_state_gives_way_to_a_later_set_epoch(store, stored, workers, ended):
+    # a state saved after epoch 0's last batch, then a loop resuming at epoch 1 with
+    # set_epoch(1): the finished state's empty rest was served as epoch 1
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    kw = {"batch_size": 6, "arrays": ("images", "index"), "seed": 5, "buffer_chunks": 2}
+
+    def loader():
+        return sdl.StatefulDataLoader(
+            TorchDataset(store, **kw), batch_size=None, num_workers=workers
+        )
+
+    first = loader()
+    first.dataset.set_epoch(0)
+    it = iter(first)
+    head = _index(it if ended else (next(it) for _ in range(len(first))), stored)
+    state = first.state_dict()
+    assert state["_iterator_finished"] == ended
+    del it, first
+    resumed = loader()
+    resumed.load_state_dict(state)
+    got = []
+    for epoch in (1, 2):
+        resumed.dataset.set_epoch(epoch)
+        got.append(_index(resumed, stored))
+    expected = [
+        _expected(e, max(1, workers), batch_size=6, seed=5, buffer_chunks=2) for e in (0, 1, 2)
+    ]
+    _same(head, expected[0])
+    _same(got[0], expected[1])
+    _same(got[1], expected[2])
+
+
 def _slow_second_worker(worker_id):
     if worker_id == 1:
         time.sleep(2)  # it never gets to a batch before the loop below breaks
