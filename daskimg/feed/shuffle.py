@@ -348,8 +348,8 @@ def plan_epoch(
     of its trailing samples, after mixing: the worker with the consumer's last batch drops
     them from the end of its mixed stream. When that would drop its whole last group (the
     short final chunk, always there, would never be seen), the last group is mixed and
-    loaded with the one before it (up to ``2 * buffer_chunks - 1`` chunks), so the samples
-    dropped are a new random few of both each epoch.
+    loaded with the one before it (at most twice a group's chunks), so the samples dropped
+    are a new random few of both each epoch.
 
     *shuffle=False.* The store order cut into batches of ``batch_size`` (``drop_last``: the
     short last one left out): consumer ``k`` takes batches ``k, k + n, ...`` and its worker

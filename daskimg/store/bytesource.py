@@ -441,7 +441,13 @@ def zip_members(
         if info.filename in seen:
             raise ChecksumError(damaged.format(f"member {info.filename!r} appears twice"))
         seen.add(info.filename)
-        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise ChecksumError(
+                f"{where}: member {info.filename!r} is compressed or encrypted inside the zip; "
+                "daskimg stores keep chunks uncompressed in the zip (they are compressed "
+                "already). Re-pack it with `zip -0`, or write it with daskimg."
+            )
+        if info.compress_size != info.file_size:
             # a stored member is its bytes: two lengths mean a damaged or crafted directory
             # (zipfile reads compress_size bytes, the other reading would take file_size)
             raise ChecksumError(
@@ -449,12 +455,6 @@ def zip_members(
                     f"member {info.filename!r} is stored uncompressed but its central "
                     f"directory gives two lengths ({info.compress_size} and {info.file_size})"
                 )
-            )
-        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-            raise ChecksumError(
-                f"{where}: member {info.filename!r} is compressed or encrypted inside the zip; "
-                "daskimg stores keep chunks uncompressed in the zip (they are compressed "
-                "already). Re-pack it with `zip -0`, or write it with daskimg."
             )
     names = [i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437") for i in infos]
     ranges = [
