@@ -255,7 +255,7 @@ def test_a_batch_needs_only_its_group_and_the_one_before(layout: dict, flags: di
             # drop_last mixes a last group it would drop whole, holding the short final
             # chunk, into the one before
             short = flags["drop_last"] and layout["num_samples"] % length
-            assert all(0 < s <= (2 * per_group - 1 if short else per_group) for s in sizes[-1:])
+            assert all(0 < s <= (2 * per_group if short else per_group) for s in sizes[-1:])
             last = p.group_of_batch()
             assert last.dtype == np.int64
             assert len(last) == len(p.batches)
