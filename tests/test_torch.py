@@ -343,6 +343,13 @@ def test_pickled_dataset_gets_its_own_epochs(store, stored):
     assert os.getpid() == copy._epochs.owner
 
 
+def _stateful(store, workers):
+    """A StatefulDataLoader of a TorchDataset with small batches and groups (2 chunks)."""
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    kw = {"batch_size": 6, "arrays": ("images", "index"), "seed": 5, "buffer_chunks": 2}
+    return sdl.StatefulDataLoader(TorchDataset(store, **kw), batch_size=None, num_workers=workers)
+
+
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_stateful_resume_at_the_end_of_an_epoch_repeats_nothing(store, stored, workers):
@@ -352,13 +359,8 @@ def test_stateful_resume_at_the_end_of_an_epoch_repeats_nothing(store, stored, w
     # ended must resume with the next epoch, not skip one; with no workers a state saved after
     # the last batch started the next epoch at once, which a loop calling set_epoch per epoch
     # then trained twice
-    sdl = pytest.importorskip("torchdata.stateful_dataloader")
-    kw = {"batch_size": 6, "arrays": ("images", "index"), "seed": 5, "buffer_chunks": 2}
-
     def loader():
-        return sdl.StatefulDataLoader(
-            TorchDataset(store, **kw), batch_size=None, num_workers=workers
-        )
+        return _stateful(store, workers)
 
     reference = loader()
     epochs = [_index(reference, stored) for _ in range(3)]
@@ -384,19 +386,12 @@ def test_stateful_resume_at_the_end_of_an_epoch_repeats_nothing(store, stored, w
 
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize(
-    "ended", [True, False]
-)  # saved after StopIteration, or after the last batch
+@pytest.mark.parametrize("ended", [True, False])  # after StopIteration / after the last batch
 def test_a_finished_state_gives_way_to_a_later_set_epoch(store, stored, workers, ended):
     # a state saved after epoch 0's last batch, then a loop resuming at epoch 1 with
     # set_epoch(1): the finished state's empty rest was served as epoch 1
-    sdl = pytest.importorskip("torchdata.stateful_dataloader")
-    kw = {"batch_size": 6, "arrays": ("images", "index"), "seed": 5, "buffer_chunks": 2}
-
     def loader():
-        return sdl.StatefulDataLoader(
-            TorchDataset(store, **kw), batch_size=None, num_workers=workers
-        )
+        return _stateful(store, workers)
 
     first = loader()
     first.dataset.set_epoch(0)
