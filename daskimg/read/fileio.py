@@ -29,6 +29,8 @@ __all__ = [
     "TRANSPOSE",
     "WARNINGS_LOCK",
     "bomb_reason",
+    "folded",
+    "nfc",
     "open_image",
     "orientation",
     "read_bytes",
@@ -130,6 +132,16 @@ def unreadable(path: str, exc: OSError) -> DecodeError:
     return DecodeError(path, f"cannot read the file ({exc.strerror or exc})")
 
 
+def nfc(name: str) -> str:
+    """``name`` in Unicode's composed form (macOS writes "é" as e + an accent)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def folded(name: str) -> str:
+    """A name as people read it: letter case and Unicode composition aside."""
+    return nfc(name).casefold()
+
+
 def _near(path: str) -> str:
     """A hint for a missing file: a Windows separator in its path, or a file beside it whose
     name differs only in letter case or Unicode normalisation (macOS writes "é" as e + an
@@ -147,13 +159,12 @@ def _near(path: str) -> str:
         names = os.listdir(folder or ".")
     except OSError:
         return ""
-    key = unicodedata.normalize("NFC", name).casefold()
-    near = [n for n in names if n != name and unicodedata.normalize("NFC", n).casefold() == key]
+    near = [n for n in names if n != name and folded(n) == folded(name)]
     if not near:
         return ""
     how = (
         "Unicode normalisation (the same letters, composed differently)"
-        if unicodedata.normalize("NFC", near[0]) == unicodedata.normalize("NFC", name)
+        if nfc(near[0]) == nfc(name)
         else "letter case"
     )
     return f" (beside it is {near[0]!r}, which differs only in {how}: correct the path)"

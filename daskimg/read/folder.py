@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
+from .fileio import folded, nfc
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -350,13 +350,12 @@ def _local_tops(
         # whichever name sorts first (the first reader of a real folder keeps it)
         folders = [(t, name, Path(t.where) / name) for t in tops for name in t.classes]
         for t, name, d in sorted(folders, key=lambda f: through_link(f[2])):
-            if read_under.get(os.path.realpath(d), os.fspath(d)) != os.fspath(d):
+            anothers = read_under.get(os.path.realpath(d), os.fspath(d)) != os.fspath(d)
+            t.classes[name] = _files_under(d, exclude, t.others, read_under, real_root, seen)
+            if anothers:
                 # the whole class folder is another's (logged by _files_under): no class
                 # of its own, which would be an empty one shifting the others' indices
-                _files_under(d, exclude, t.others, read_under, real_root, seen)
                 del t.classes[name]
-                continue
-            t.classes[name] = _files_under(d, exclude, t.others, read_under, real_root, seen)
 
     splits = find_split_dirs(root, exclude)
     if not splits:
@@ -582,15 +581,6 @@ def _warn_nested_alike(where: str, tops: list[_Top]) -> None:
         )
 
 
-def _nfc(name: str) -> str:
-    return unicodedata.normalize("NFC", name)
-
-
-def _folded(name: str) -> str:
-    """A class name as people read it: letter case and Unicode composition aside."""
-    return _nfc(name).casefold()
-
-
 def _check_same_looking(tops: list[_Top]) -> None:
     """Refuse two class folders of one folder whose names differ only in Unicode composition
     (``café`` written as macOS does, e + an accent, beside a composed ``café``): two classes
@@ -598,7 +588,7 @@ def _check_same_looking(tops: list[_Top]) -> None:
     for t in tops:
         by_look: dict[str, str] = {}
         for c in t.classes:
-            other = by_look.setdefault(_nfc(c), c)
+            other = by_look.setdefault(nfc(c), c)
             if other != c:
                 raise ValueError(
                     f"{t.where!r} holds the class folders {other!r} and {c!r} ({other!a} "
@@ -653,12 +643,12 @@ def _check_split_classes(tops: list[_Top]) -> None:
         extra = sorted(c for c, files in t.classes.items() if files and c not in train.classes)
         if not extra:
             continue
-        folded = {_folded(c): c for c in train.classes}
+        alike = {folded(c): c for c in train.classes}
         hints = [
-            f"{c!r} is {folded[_folded(c)]!r} in train/"
-            + (" (the same letters, composed differently)" if _nfc(c) == _nfc(folded[_folded(c)]) else "")
+            f"{c!r} is {alike[folded(c)]!r} in train/"
+            + (" (the same letters, composed differently)" if nfc(c) == nfc(alike[folded(c)]) else "")
             for c in extra
-            if _folded(c) in folded
+            if folded(c) in alike
         ]  # fmt: skip
         raise ValueError(
             f"{t.where!r} holds class folder(s) that {train.where!r} does not: "

@@ -160,9 +160,7 @@ def transposed_origin(
     }[orientation]
 
 
-def _convert(
-    im: Image.Image, target: str, path: str, dtype: str = "uint16"
-) -> tuple[Image.Image, str | None]:
+def _convert(im: Image.Image, target: str, path: str, dtype: str) -> tuple[Image.Image, str | None]:
     """Convert to the mode to resize in; also return a mode to convert to after resizing."""
     mode = im.mode
     if mode == target:
