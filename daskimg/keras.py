@@ -352,8 +352,12 @@ class _EpochCallback(keras.callbacks.Callback):
         super().__init__()
         self.data = data
 
+    def _param(self, name: str) -> Any:
+        """A value of the fit Keras runs (``steps``, ``epochs``), or None."""
+        return (getattr(self, "params", None) or {}).get(name)
+
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        steps = (getattr(self, "params", None) or {}).get("steps")
+        steps = self._param("steps")
         if steps is not None and steps != len(self.data):
             # Keras walks its batch order on across short epochs; a new epoch plan at each
             # of them would repeat some samples and never show others
@@ -367,7 +371,7 @@ class _EpochCallback(keras.callbacks.Callback):
         if steps is not None and steps < self.data.full_epoch:
             # the rest of a resumed epoch: Keras would keep its batch count for every epoch
             # of this fit, cutting the following ones short
-            epochs = (getattr(self, "params", None) or {}).get("epochs")
+            epochs = self._param("epochs")
             if epochs is not None and epochs - self.data.epoch > 1:
                 raise ValueError(
                     f"the dataset holds the rest of epoch {self.data.epoch} ({steps} of "
@@ -382,7 +386,7 @@ class _EpochCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if epoch != self.data.epoch:
             self.data.set_epoch(epoch)
-        steps = (getattr(self, "params", None) or {}).get("steps")
+        steps = self._param("steps")
         if steps is not None and steps != len(self.data):
             raise ValueError(
                 f"fit runs {steps} batches per epoch but epoch {epoch} of the dataset has "

@@ -236,9 +236,6 @@ class TorchDataset(IterableDataset):
             for k, v in probe.settings().items()
             if k not in ("consumer", "num_consumers", "worker", "num_workers", "even")
         }
-        # which store this is (a hash of its attributes, which hold every chunk's crc32c):
-        # each DataLoader worker opens the store again by its path, and must find this one
-        self._identity = dict(probe.source.identity)
         probe.close()
         self._epochs = _Epochs()
         self._it: BatchIterator | None = None  # this process's iterator, kept across epochs
@@ -401,11 +398,13 @@ class TorchDataset(IterableDataset):
                 it.source.scheduler = (
                     "threads"  # a distributed.Client of the parent cannot serve a fork
                 )
-            found = it.source.identity.get("token")
-            if found != self._identity.get("token"):
+            # which store this is (the settings' "source": a hash of its attributes, which
+            # hold every chunk's crc32c): a worker opens the store again by its path
+            made_for = self._settings["source"]
+            if it.source.identity.get("token") != made_for.get("token"):
                 it.close()
                 raise ChecksumError(
-                    f"{self._identity.get('path') or 'the store'}: the store was replaced since "
+                    f"{made_for.get('path') or 'the store'}: the store was replaced since "
                     "this TorchDataset was made (written again, e.g. to_zarr(..., "
                     "overwrite=True)): its samples and counts are not the ones this dataset "
                     "was made for, and DataLoader workers would mix the two. Make the "

@@ -439,8 +439,7 @@ def plan_epoch(
     # a group none of whose samples survive drop_last is not loaded at all
     used = min(size, samples.size) if samples.size else size
     n_groups = int(np.searchsorted(starts, used, side="left"))
-    edges = [*range(0, chunks.size, per_group)][: starts.size]
-    edges.append(chunks.size)
+    edges = [*range(0, per_group * starts.size, per_group), chunks.size]  # one per group
     groups = tuple(chunks[edges[i] : edges[i + 1]] for i in range(n_groups))
     batches = tuple(stream[i : i + batch] for i in range(0, size, batch))
     return EpochPlan(groups, batches, length, np.arange(first, first + count, dtype=np.int64))

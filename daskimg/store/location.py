@@ -50,6 +50,9 @@ from .urlwrite import UNFINISHED_ROOT, RootLast, clear_url, dir_state
 
 logger = logging.getLogger("daskimg")
 
+#: the manifest an ArrayWriter keeps in its staging folder (its checkpoint)
+WRITER_MANIFEST = "writer.json"
+
 __all__ = ["Location", "fsync_path", "fsync_tree", "remove_path", "store_kind", "write_lock"]
 
 
@@ -136,6 +139,14 @@ class Location:
             return None
         staging = self.target + ".partial"
         return staging if os.path.lexists(staging) else None
+
+    def unfinished_writer(self) -> str | None:
+        """The staging folder of an unfinished ArrayWriter write (its checkpoint, which
+        ``resume=True`` continues), or None."""
+        staging = self.unfinished()
+        if staging is None or not os.path.isfile(os.path.join(staging, WRITER_MANIFEST)):
+            return None
+        return staging
 
     # -- writing -----------------------------------------------------------------------
     def lock(self) -> contextlib.AbstractContextManager[None]:

@@ -52,7 +52,7 @@ def _missing(loc: Location) -> Exception:
     how = (
         "If its writer is still running, wait for it to close(); if it stopped, reopen it "
         "with ArrayWriter(..., resume=True) to continue from its last checkpoint"
-        if os.path.exists(os.path.join(staging, "writer.json"))
+        if loc.unfinished_writer() is not None
         else "If it is still being written, wait for it; if it stopped, re-run the same "
         "ingest/to_zarr to redo it"
     )

@@ -174,10 +174,8 @@ def to_zarr(
 def _keep_resumable_writes(loc: Location, *, overwrite: bool) -> None:
     """Refuse to throw away an unfinished :class:`~daskimg.ArrayWriter` write at ``loc``
     (its checkpoint, which ``resume=True`` continues) unless ``overwrite``; say so if it is."""
-    from ..writeback.staging import MANIFEST
-
-    staging = loc.unfinished()
-    if staging is None or not os.path.isfile(os.path.join(staging, MANIFEST)):
+    staging = loc.unfinished_writer()
+    if staging is None:
         return
     if not overwrite:
         raise StoreExistsError(

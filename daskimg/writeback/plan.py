@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..store.codecs import canonical_codec, parse_codec
+from ..store.codecs import parse_codec
 from ..store.location import Location
 from .checks import Spec, integer_arg, parse_specs
 
@@ -88,7 +88,6 @@ class Plan:
             raise ValueError(
                 f"checkpoint_every must be >= 0 seconds or None, got {checkpoint_every}"
             )
-        canonical_codec(codec)  # "" is an error (the spelling given is kept, as resume compares it)
         if parse_codec(codec)[0] == "jpeg":
             # appends that fill part of a chunk make zarr decode and re-encode it: a second
             # round of JPEG loss for samples already written

@@ -38,7 +38,7 @@ from ..store.bytesource import LocalDir
 from ..store.chunktable import TABLE, read_tables
 from ..store.codecs import DEFAULT_CODEC
 from ..store.format import ArraySpec, auto_chunk_len, create_arrays, finish_attrs, root_attrs
-from ..store.location import Location, fsync_path, fsync_tree, remove_path
+from ..store.location import WRITER_MANIFEST, Location, fsync_path, fsync_tree, remove_path
 from ..store.open import open_store
 from .checks import TEXT, Spec
 from .placed import Placed, PlacedColumn
@@ -58,7 +58,7 @@ __all__ = [
     "write_json",
 ]
 
-MANIFEST = "writer.json"
+MANIFEST = WRITER_MANIFEST
 #: 2: ``order`` ("store" or "index"), ``num_samples``, tail sizes; 1 (rows in arrival order) resumes too
 MANIFEST_VERSION = 2
 #: bytes per sample assumed for a text array when sizing chunks
