@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import dask
 import numpy as np
 import pytest
@@ -241,6 +243,50 @@ def test_a_tiff_stack_cut_between_pages_is_an_error_not_a_shorter_stack(tmp_path
     with pytest.raises(DecodeError, match=r"cut\.tif.*truncated TIFF"):
         _read(cut, (6, 16, 12))
     np.testing.assert_array_equal(_read(whole, (6, 16, 12)), vol)
+
+
+@pytest.mark.parametrize("quiet", ["level", "disable"])
+@pytest.mark.parametrize("kind", ["imagej", "zlib", "ome"])
+def test_a_cut_tiff_stack_is_an_error_with_tifffile_s_logger_quieted(tmp_path, kind, quiet):
+    """An application that quiets logging (a level above ERROR, or logging.disable) hides
+    what tifffile logs about a cut file; the cut must still be named, not read short."""
+    vol = np.arange(8 * 16 * 12, dtype=np.uint16).reshape(8, 16, 12)
+    whole = tmp_path / "whole.tif"
+    opts = {"imagej": {"imagej": True}, "zlib": {"compression": "zlib"}, "ome": {"ome": True}}
+    tifffile.imwrite(whole, vol, **opts[kind])
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    log = logging.getLogger("tifffile")
+    level = log.level
+    try:
+        if quiet == "level":
+            log.setLevel(logging.CRITICAL)
+        else:
+            logging.disable(logging.CRITICAL)
+        with tifffile.TiffFile(cut) as tif:  # the oracle: tifffile, quiet, reads fewer slices
+            assert np.asarray(tif.series[0].asarray()).size < vol.size
+        with pytest.raises(DecodeError, match=r"cut\.tif.*truncated TIFF: page \d+ starts"):
+            _read(cut, (8, 16, 12))
+        np.testing.assert_array_equal(_read(whole, (8, 16, 12)), vol)
+    finally:
+        log.setLevel(level)
+        logging.disable(logging.NOTSET)
+
+
+def test_a_tiff_page_chain_that_loops_is_an_error(tmp_path):
+    vol = np.arange(4 * 6 * 5, dtype=np.uint8).reshape(4, 6, 5)
+    path = tmp_path / "loop.tif"
+    tifffile.imwrite(path, vol, photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        first, last = tif.pages[0].offset, tif.pages[-1].offset
+        entries = len(tif.pages[-1].tags)
+    data = bytearray(path.read_bytes())
+    link = last + 2 + 12 * entries  # classic TIFF: 2-byte count, 12-byte entries
+    assert data[link : link + 4] == b"\0\0\0\0"  # the last page ends the chain
+    data[link : link + 4] = first.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(DecodeError, match=r"loop\.tif.*links back to an earlier page"):
+        _read(path, (4, 6, 5))
 
 
 def test_tiff_series_slices_and_color_images(tmp_path):

@@ -20,8 +20,9 @@ volume with values beyond 2**53 in magnitude, which float64 would round, is refu
 unless it is stored at its own size.
 
 TIFF stacks (:func:`_read_tiff`): one image series, or one page per series (a stack
-written slice by slice). Several series of other shapes, a color image, and what tifffile
-reports as damage (a cut file reads as a shorter stack) are refused, naming the file.
+written slice by slice). Several series of other shapes, a color image, a chain of pages
+that runs past the end of the file or loops (a cut file), and what else tifffile reports as
+damage (it reads a cut file as a shorter stack) are refused, naming the file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import io
 import logging
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from typing import Final
@@ -181,6 +183,7 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
 
     try:
         with _tiff_errors() as errors, tifffile.TiffFile(source) as tif:
+            _check_page_chain(tif, path)
             series = tif.series
             if not series:
                 raise DecodeError(path, "the TIFF holds no image")
@@ -219,6 +222,45 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                 "(pip install imagecodecs) or save the stack uncompressed or with zlib",
             ) from exc
         raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+
+
+def _check_page_chain(tif: object, path: str) -> None:
+    """Refuse a TIFF whose chain of pages (IFDs) runs past the end of the file or into
+    itself: a cut or damaged file, which tifffile reads as a shorter stack after logging the
+    damage. Walked here too, because what tifffile logs is lost when an application quiets
+    its logger (a level above ERROR, or ``logging.disable``). Reads only the page headers:
+    for each page its entry count and its link to the next."""
+    fmt = tif.tiff  # type: ignore[attr-defined]  # tifffile.TiffFormat: sizes and byte order
+    fh = tif.filehandle  # type: ignore[attr-defined]
+    size = fh.size
+
+    def number(at: int, form: str) -> int:
+        fh.seek(at)
+        return int(struct.unpack(form, fh.read(struct.calcsize(form)))[0])
+
+    first = 16 if fmt.version == 43 else 8  # BigTIFF: 8-byte offsets, a 16-byte header
+    offset = number(first - fmt.offsetsize, fmt.offsetformat)
+    cut = "the file was cut short or damaged: copy or export it again"
+    seen: set[int] = set()
+    while offset:
+        page = len(seen)
+        if offset in seen:
+            raise DecodeError(path, f"corrupt TIFF: page {page} links back to an earlier page")
+        seen.add(offset)
+        if offset < first or offset + fmt.tagnosize > size:
+            raise DecodeError(
+                path,
+                f"corrupt or truncated TIFF: page {page} starts at byte {offset}, past the end "
+                f"of the file ({size} bytes); {cut}",
+            )
+        link = offset + fmt.tagnosize + number(offset, fmt.tagnoformat) * fmt.tagsize
+        if link + fmt.offsetsize > size:
+            raise DecodeError(
+                path,
+                f"corrupt or truncated TIFF: page {page}'s header runs to byte "
+                f"{link + fmt.offsetsize}, past the end of the file ({size} bytes); {cut}",
+            )
+        offset = number(link, fmt.offsetformat)
 
 
 #: what tifffile logs (as errors) when a file is cut or its page chain broken; other errors
