@@ -971,6 +971,14 @@ def test_what_a_store_cannot_hold_as_given_is_refused_before_writing(tmp_path):
         ({"images": images.astype("<U3")}, "images are <U3, not numbers"),
         ({"columns": {"e": np.zeros((3, 0))}}, r"'e' has shape \(3, 0\): no values"),
         ({"columns": {"note": np.array(["a", "x" * 70_000, "b"], object)}}, "70,000 bytes"),
+        # as bytes (HDF5 strings come so) and as paths, the same limit and the same checks
+        ({"columns": {"note": np.array([b"a", b"x" * 70_000, b"b"], object)}}, "70,000 bytes"),
+        ({"columns": {"note": np.array([b"a", b"x" * 70_000, b"b"])}}, "70,000 bytes"),
+        ({"columns": {"p": np.array(["a", Path("x" * 70_000), "b"], object)}}, "70,000 bytes"),
+        (
+            {"columns": {"p": np.array(["a", Path("bad\udc80name"), "c"], object)}},
+            r"'p', row 1: .* is not valid Unicode",
+        ),
         (
             {"columns": {"name": np.array(["a", "bad\udc80name", "c"])}},  # numpy <U, not object
             r"'name', row 1: .* is not valid Unicode",

@@ -231,29 +231,32 @@ def check_text(name: str, values: np.ndarray, first: int = 0) -> None:
         return
     per_row = max(1, int(np.prod(values.shape[1:])))
     for i, v in enumerate(values.ravel().tolist()):  # a StringDType's missing: its na_object
+        row = first + i // per_row
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)  # checked as the text it is stored as (as_text)
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"array {name!r}, row {row}: {v[:40]!r} is not UTF-8 text "
+                    f"({e.reason}); decode it to str first"
+                ) from None
         if isinstance(v, str):
-            check_text_length(name, first + i // per_row, v)
+            check_text_length(name, row, v)
             if v.isascii():
                 continue
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise ValueError(
-                    f"array {name!r}, row {first + i // per_row}: {v[:40]!r} is not valid "
+                    f"array {name!r}, row {row}: {v[:40]!r} is not valid "
                     f"Unicode text ({e.reason}; a file name that was not UTF-8?); fix the name "
                     "or store it as bytes decoded with errors='replace'"
                 ) from None
-        elif isinstance(v, bytes):
-            try:
-                v.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"array {name!r}, row {first + i // per_row}: {v[:40]!r} is not UTF-8 text "
-                    f"({e.reason}); decode it to str first"
-                ) from None
-        elif not isinstance(v, (os.PathLike, int, np.integer)) or isinstance(v, (bool, np.bool_)):
+        elif not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
             raise ValueError(
-                f"array {name!r}, row {first + i // per_row} is {type(v).__name__} {v!r}, not "
+                f"array {name!r}, row {row} is {type(v).__name__} {v!r}, not "
                 "text: an array of objects is stored as text (str, bytes, paths or whole-number "
                 "IDs). Numbers with gaps (a pandas column with None) belong in a float array "
                 "with NaN, e.g. np.array(values, dtype=float); text with gaps needs a "
@@ -265,17 +268,14 @@ def as_text(values: np.ndarray) -> np.ndarray:
     """A text array (checked by :func:`check_text`) as ``str`` objects, same shape."""
     if values.dtype.kind in "UT":
         return values.astype(object)
-    return np.array(
-        [
-            v.decode("utf-8")
-            if isinstance(v, bytes)
-            else os.fspath(v)
-            if isinstance(v, os.PathLike)
-            else str(v)
-            for v in values.ravel().tolist()
-        ],
-        dtype=object,
-    ).reshape(values.shape)
+    return np.array([_text(v) for v in values.ravel().tolist()], dtype=object).reshape(values.shape)
+
+
+def _text(value: Any) -> str:
+    """One value of a text array (checked by :func:`check_text`) as the ``str`` stored."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def plan_store(
