@@ -1017,6 +1017,36 @@ def test_a_dask_array_whose_blocks_lie_about_their_dtype_is_refused(tmp_path):
         di.ImageSet(blocks[blocks[:, 0, 0, 0] > 10])
 
 
+@pytest.mark.parametrize(
+    ("held", "declared"),
+    [
+        (np.array([1.0, 1e39, 2.0, 3.0]), np.float32),  # would become infinity
+        (np.array([1, 2**24 + 1, 2, 3], np.int64), np.float32),  # would round to 2**24
+        (np.array([1, 2**53 + 1, 2, 3], np.int64), np.float64),  # numpy calls this cast safe
+        (np.array([1, 2, 0, 1], np.int64), np.bool_),  # 2 would become True
+        (np.array([1.0, np.nan, 0.0, 1.0]), np.bool_),
+        (np.array([1.0, 2.5, 0.0, 1.0]), np.int16),  # would lose its fraction
+    ],
+)
+def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(tmp_path, held, declared):
+    import dask.array as da
+
+    column = da.from_array(held, chunks=2).map_blocks(lambda b: b, dtype=declared)
+    with np.errstate(over="ignore", invalid="ignore"):  # the oracle: numpy's own casts
+        cast = held.astype(declared)
+        bad = held[cast.astype(held.dtype) != held][0].item()
+    ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
+    said = rf"'v' is {np.dtype(declared)} but .* such as {re.escape(repr(bad))},"
+    with pytest.raises(ValueError, match=said):
+        di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    fits = held[cast.astype(held.dtype) == held]  # what the dtype can hold is stored as is
+    fits = np.resize(fits, 4)
+    column = da.from_array(fits, chunks=2).map_blocks(lambda b: b, dtype=declared)
+    ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
+    out = di.to_zarr(ds, tmp_path / "ok.zarr.zip", order="source")
+    np.testing.assert_array_equal(plain_group(out)["v"][:], fits.astype(declared))
+
+
 def test_a_lock_path_that_is_a_folder_or_a_link_is_named(tmp_path):
     from daskimg.errors import StoreLockedError
 

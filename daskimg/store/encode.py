@@ -94,7 +94,7 @@ class ShardEncoder:
                 f"array {lay.name!r}: a chunk of {len(rows)} rows of {rows.shape[1:]}; expected "
                 f"up to {lay.chunk_len} rows of {lay.shape[1:]}"
             )
-        if rows.dtype != lay.dtype and lay.dtype.kind in "iu":
+        if rows.dtype != lay.dtype:
             _check_fits(lay.name, rows, lay.dtype)
         rows = np.ascontiguousarray(rows, dtype=lay.dtype)
         if len(rows) < lay.chunk_len:  # zarr pads an edge chunk with the fill value
@@ -154,16 +154,40 @@ def _chain(meta: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
     """Values of another dtype than the array's (a dask array whose blocks are not what it
-    declares) must fit it: the cast would wrap them (300 -> 44 in uint8)."""
-    if np.can_cast(rows.dtype, dtype, casting="safe") or not rows.size:
+    declares) must fit it, as the cast would change them: wrap (300 -> 44 in uint8), become
+    infinity (1e39 in float32), round (2**24 + 1 in float32) or become True (2 in bool).
+    Numbers only (text is checked as text); a range test first spares the element-wise one."""
+    if not rows.size or rows.dtype.kind not in "biuf":
         return
-    info = np.iinfo(dtype)
-    if rows.dtype.kind in "iu":
+    if np.can_cast(rows.dtype, dtype, casting="safe") and not (
+        rows.dtype.kind in "iu" and dtype.kind == "f"  # numpy calls int64 -> float64 safe
+    ):
+        return
+    lo, hi = rows.min(), rows.max()  # NaN when any is: then the element-wise test decides
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        whole = rows.dtype.kind != "f"
+        if info.min <= lo and hi <= info.max and (whole or np.array_equal(rows, np.round(rows))):
+            return
         bad = (rows < info.min) | (rows > info.max)
-    elif rows.dtype.kind == "f":
-        bad = ~np.isfinite(rows) | (rows != np.round(rows)) | (rows < info.min) | (rows > info.max)
-    else:
-        return
+        if not whole:
+            bad |= ~np.isfinite(rows) | (rows != np.round(rows))
+    elif dtype.kind == "f" and rows.dtype.kind == "f":  # finite values must stay finite
+        big = np.finfo(dtype).max
+        if -big <= lo and hi <= big:
+            return
+        with np.errstate(over="ignore"):
+            bad = np.isfinite(rows) & np.isinf(rows.astype(dtype))
+    elif dtype.kind == "f":  # integers: every one within 2**(mantissa + 1) is held exactly
+        exact = 2 ** (np.finfo(dtype).nmant + 1)
+        if -exact <= int(lo) and int(hi) <= exact:
+            return
+        bad = (rows < -exact) | (rows > exact)
+        far = rows[bad]  # held exactly or not: Python compares a float and an int exactly
+        with np.errstate(over="ignore"):
+            bad[bad] = far.astype(dtype).astype(object) != far.astype(object)
+    else:  # bool
+        bad = (rows != 0) & (rows != 1)
     if bad.any():
         raise ValueError(
             f"array {name!r} is {dtype} but a chunk of it holds {rows.dtype} values such as "
