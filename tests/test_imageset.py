@@ -616,6 +616,42 @@ def test_from_csv_classes_given_keep_indices_across_split_csvs(tmp_path):
         )
 
 
+def test_from_csv_labels_that_are_the_same_letters_composed_differently_are_refused(tmp_path):
+    # one class that prints alike twice: café typed on macOS (e + accent) beside café
+    import unicodedata
+
+    di.testing.make_image_folder(tmp_path / "imgs", n=3, size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    composed, decomposed = (unicodedata.normalize(f, "café") for f in ("NFC", "NFD"))
+    assert composed != decomposed and len({composed, decomposed}) == 2  # the oracle
+    labels = [composed, "tea", decomposed]
+    rows = ["path,label"] + [f"{f},{v}" for f, v in zip(files, labels, strict=True)]
+    (tmp_path / "mixed.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"'label' holds the labels .*line 2.*line 4.*composed"):
+        di.from_csv(tmp_path / "mixed.csv", root=tmp_path / "imgs", size=(8, 8))
+    one_way = ["path,label"] + [
+        f"{f},{v}" for f, v in zip(files, [composed, "tea", composed], strict=True)
+    ]
+    (tmp_path / "train.csv").write_text("\n".join(one_way) + "\n", encoding="utf-8")
+    train = di.from_csv(tmp_path / "train.csv", root=tmp_path / "imgs", size=(8, 8))
+    assert train.classes == (composed, "tea") and train.labels.tolist() == [0, 1, 0]
+    valid = ["path,label", f"{files[0]},{decomposed}"]
+    (tmp_path / "valid.csv").write_text("\n".join(valid) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"not one of the classes given.*composed differently"):
+        di.from_csv(
+            tmp_path / "valid.csv", root=tmp_path / "imgs", size=(8, 8), classes=train.classes
+        )
+    with pytest.raises(ValueError, match=r"classes has names that are the same letters"):
+        di.from_csv(
+            tmp_path / "train.csv",
+            root=tmp_path / "imgs",
+            size=(8, 8),
+            classes=[composed, decomposed],
+        )
+
+
 @pytest.mark.parametrize(
     ("body", "match"),
     [

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
+from .fileio import folded, nfc
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -154,6 +155,11 @@ def from_csv(
         raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
     if classes is not None and len(set(classes)) != len(classes):
         raise ValueError(f"classes has repeated names: {list(classes)}")
+    if classes is not None and len({nfc(c) for c in classes}) != len(classes):
+        raise ValueError(
+            f"classes has names that are the same letters composed differently (Unicode "
+            f"normalisation): {[ascii(c) for c in classes]}; write each one way"
+        )
     if labels_are not in (None, "names", "indices"):
         raise ValueError(f"labels_are must be 'names', 'indices' or None; got {labels_are!r}")
     labels, classes = (
@@ -393,9 +399,17 @@ def _labels(
         ]
         if unknown:
             line, name = unknown[0]
+            alike = {folded(c): c for c in given}.get(folded(name))
+            hint = (
+                f" ({name!r} is {alike!r} there"
+                + (", the same letters composed differently" if nfc(alike) == nfc(name) else "")
+                + ": names must match exactly)"
+                if alike is not None
+                else ""
+            )
             raise ValueError(
                 f"{where}, line {line}: label {name!r} is not one of the classes given "
-                f"({given}); {len(unknown)} row(s) have such labels"
+                f"({given}){hint}; {len(unknown)} row(s) have such labels"
             )
         return np.array([index[c] for c in _classes_of(labels, classes)], dtype=np.int64), given
     bad = np.flatnonzero((labels < -1) | (labels >= len(given)))  # -1: no label
@@ -501,8 +515,27 @@ def _own_labels(
             label_column,
         )
     classes = sorted(set(raw))
+    _refuse_same_looking(raw, classes, label_column, where)
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in raw], dtype=np.int64), classes
+
+
+def _refuse_same_looking(raw: list[str], classes: list[str], column: str, where: str) -> None:
+    """Refuse class names that are the same letters composed differently (``café`` typed on
+    macOS, e + an accent, beside a composed ``café``): two classes that print alike, the
+    samples of one divided between them (``from_folder`` refuses such folders too)."""
+    by_look: dict[str, str] = {}
+    for c in classes:
+        other = by_look.setdefault(nfc(c), c)
+        if other != c:
+            (first, a), (second, b) = sorted((raw.index(v) + 2, v) for v in (other, c))
+            raise ValueError(
+                f"{where}: column {column!r} holds the labels {a!r} (line {first}) and "
+                f"{b!r} (line {second}) ({a!a} and {b!a}), the same letters composed "
+                "differently (Unicode normalisation: one was typed or saved on macOS, or went "
+                "through a tool that decomposes accents): they would be two classes that "
+                "print alike. Write them one way, e.g. unicodedata.normalize('NFC', label)"
+            )
 
 
 def _box_values(
