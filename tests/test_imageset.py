@@ -762,7 +762,7 @@ def test_from_csv_keeps_numbers_as_written(image_folder, tmp_path):
             assert [float(str(v)) for v in got] == expected
         else:
             np.testing.assert_array_equal(got, expected)
-    with pytest.raises(ValueError, match=r"line 2: column 'sep' is not a number: '1_2'"):
+    with pytest.raises(ValueError, match=r"line 2: column 'sep' holds '1_2', not a number"):
         di.from_csv(csv, root=image_folder, size=(8, 8), columns={"sep": "sep"})
     d = tmp_path / "store.zarr.zip"
     di.to_zarr(ds, d)
@@ -877,6 +877,22 @@ def test_from_csv_stores_true_false_columns_and_names_the_text_ones(image_folder
         dict(zip(map(str, back.paths), np.asarray(back.columns["occluded"]).tolist(), strict=True))
         == expected
     )
+    # named in columns=, the same column reads the same (it was refused as "not a number")
+    asked = di.from_csv(csv, root=image_folder, size=(8, 8), columns={"occ": "occluded"})
+    assert asked.columns["occ"].dtype == bool
+    assert dict(zip(map(str, asked.paths), asked.columns["occ"].tolist(), strict=True)) == expected
+    both = di.from_csv(
+        csv, root=image_folder, size=(8, 8), columns={"two": ["occluded", "occluded"]}
+    )
+    assert both.columns["two"].dtype == bool and both.columns["two"].shape == (4, 2)
+    with pytest.raises(ValueError, match=r"line 2: column 'notes' holds 'seen 0', not a number"):
+        di.from_csv(csv, root=image_folder, size=(8, 8), columns={"x": ["occluded", "notes"]})
+    (tmp_path / "mix.csv").write_text(
+        "path,label,a,b\n"
+        + "".join(f"{p},cat,1,{f}\n" for p, f in zip(files[:4], flags, strict=True))
+    )
+    with pytest.raises(ValueError, match=r"line 2: column 'b' holds 'True', true/false beside"):
+        di.from_csv(tmp_path / "mix.csv", root=image_folder, size=(8, 8), columns={"x": ["a", "b"]})
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])

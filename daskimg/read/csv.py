@@ -604,10 +604,8 @@ def _columns(
             numeric = [_is_float(row[col]) or _is_empty(row[col]) for row in rows]
             if all(numeric) and not all(_is_empty(row[col]) for row in rows):
                 extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
-            elif all(str(row[col]).strip().lower() in ("true", "false") for row in rows):
-                extra[col] = np.array(
-                    [str(row[col]).strip().lower() == "true" for row in rows], dtype=bool
-                )
+            elif (flags := _flags([[row[col]] for row in rows])) is not None:
+                extra[col] = flags[:, 0]
             elif any(_is_float(row[col]) for row in rows):  # mostly numbers: say why not
                 line = numeric.index(False) + 2
                 logger.warning(
@@ -633,15 +631,43 @@ def _columns(
                 raise ValueError(
                     f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}"
                 )
-        for line, row in enumerate(rows, start=2):
-            bad = [c for c in cols if not (_is_float(row[c]) or _is_empty(row[c]))]
-            if bad:
-                raise ValueError(
-                    f"{where}, line {line}: column {bad[0]!r} is not a number: {row[bad[0]]!r}"
-                )
-        values = _numbers([[row[c] for c in cols] for row in rows], cols, where)
+        cells = [[row[c] for c in cols] for row in rows]
+        flags = _flags(cells)  # true/false throughout: bool, as the columns picked by default
+        if flags is None:
+            _refuse_non_numbers(rows, cols, where)
+        values = flags if flags is not None else _numbers(cells, cols, where)
         extra[name] = values[:, 0] if len(cols) == 1 and isinstance(given, str) else values
     return extra
+
+
+def _refuse_non_numbers(rows: list[dict[str, Any]], cols: list[str], where: str) -> None:
+    """Name the first cell of ``cols`` that is no number: text, or true/false beside numbers."""
+    for flag in (False, True):  # text first: the likelier mistake
+        for line, row in enumerate(rows, start=2):
+            for c in cols:
+                v = row[c]
+                if _is_float(v) or _is_empty(v) or _is_flag(v) != flag:
+                    continue
+                raise ValueError(
+                    f"{where}, line {line}: column {c!r} holds {v!r}, "
+                    + (
+                        "true/false beside numbers; a column is numbers, or true/false in "
+                        "every row (write 1 and 0 for numbers)"
+                        if flag
+                        else "not a number; a column is numbers, or true/false in every row"
+                    )
+                )
+
+
+def _is_flag(v: str | None) -> bool:
+    return str(v).strip().lower() in ("true", "false")
+
+
+def _flags(cells: list[list[str]]) -> np.ndarray | None:
+    """CSV cells as bool when every one is ``true`` or ``false`` (any case), else None."""
+    if not cells or not all(_is_flag(v) for row in cells for v in row):
+        return None
+    return np.array([[str(v).strip().lower() == "true" for v in row] for row in cells], bool)
 
 
 def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
