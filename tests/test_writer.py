@@ -1043,24 +1043,37 @@ import numpy as np
 from daskimg.writeback.writer import ArrayWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
-w = ArrayWriter(sys.argv[1], name="f", shape=(4096,), dtype="float32")
+w = ArrayWriter(sys.argv[1], name="f", shape=(4096,), dtype="float32", codec=sys.argv[2])
 try:
-    for _ in range(8):
-        w.append(np.random.default_rng(0).random((64, 4096), dtype=np.float32))
+    for i in range(8):
+        w.append(np.random.default_rng(i).random((64, 4096), dtype=np.float32))
+        if sys.argv[3] == "checkpoint":
+            w.checkpoint()
     w.close()
 except OSError as e:
     print(e)
 """
 
 
-def test_running_out_of_room_while_writing_names_the_store_and_what_is_kept(tmp_path):
+@pytest.mark.parametrize(("codec", "call"), [("lz4", "close"), ("none", "checkpoint")])
+def test_running_out_of_room_while_writing_names_the_store_and_what_is_kept(tmp_path, codec, call):
     path = tmp_path / "f.zarr.zip"
     out = subprocess.run(
-        [sys.executable, "-c", _FULL, str(path)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _FULL, str(path), codec, call],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    partial = f"{path}.partial"  # where the rows are kept, as the message says
     assert f"{path}: no room left while writing" in out.stdout, out.stdout + out.stderr
-    assert "resume=True" in out.stdout
-    assert not path.exists()
+    assert f"kept in {partial!r}" in out.stdout and "resume=True" in out.stdout
+    assert not path.exists() and Path(partial).is_dir()
+    rows = np.concatenate(
+        [np.random.default_rng(i).random((64, 4096), dtype=np.float32) for i in range(8)]
+    )  # the oracle: the rows the script made
+    with ArrayWriter(path, name="f", shape=(4096,), dtype="float32", codec=codec, resume=True) as w:
+        w.append(rows[w.num_rows :])
+    np.testing.assert_array_equal(plain_group(path)["f"][:], rows)
 
 
 def test_to_zarr_keeps_an_unfinished_array_writer_write_unless_told(tmp_path, caplog):

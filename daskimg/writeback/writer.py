@@ -310,7 +310,7 @@ class ArrayWriter:
         shape, unsafe cast, bad index, too many rows) raises before anything changes;
         the writer stays usable.
         """
-        with self._mutex, _no_space_named(self._plan.path, self.target):
+        with self._mutex, _no_space_named(str(self._plan.staging), self.target):
             self._append(batch, named, index)
 
     def checkpoint(self) -> int:
@@ -322,7 +322,8 @@ class ArrayWriter:
             self._write.check_usable()
             if self._sink is None:
                 return self.num_rows  # the store is complete: every row is durable
-            return self._write.checkpoint(self._sink)
+            with _no_space_named(str(self._plan.staging), self.target):
+                return self._write.checkpoint(self._sink)
 
     def close(self) -> None:
         """Finish the store and move it into place (atomically); release the lock.
@@ -343,7 +344,7 @@ class ArrayWriter:
             write.check_usable()
             sink = self._sink
             if sink is not None:
-                with _no_space_named(self._plan.path, self.target):
+                with _no_space_named(str(self._plan.staging), self.target):
                     write.finish(sink, self._expected)
                 self._final_rows = sink.rows
                 self._sink = None
