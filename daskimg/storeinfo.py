@@ -201,12 +201,13 @@ def info(
     if "labels" in st.layouts:
         labels = st.reader.read_array("labels")
         unlabelled = int((labels == NO_LABEL).sum())
-        if classes:
-            for i, c in enumerate(classes):
-                counts[c] = int((labels == i).sum())
+        values, n = np.unique(labels[labels != NO_LABEL], return_counts=True)
+        if classes:  # every class, those without samples too, in class order
+            by_index = dict(zip(values.tolist(), n.tolist(), strict=True))
+            counts = {c: by_index.pop(i, 0) for i, c in enumerate(classes)}
+            counts.update({f"(index {v}, no class)": k for v, k in by_index.items()})
         else:  # class indices without names: counted by index
-            values, n = np.unique(labels[labels != NO_LABEL], return_counts=True)
-            counts = {str(int(v)): int(k) for v, k in zip(values[:1000], n[:1000], strict=True)}
+            counts = {str(v): k for v, k in zip(values.tolist(), n.tolist(), strict=True)}
     loc = st.location
     total = (
         os.path.getsize(loc.target) if not loc.is_url and loc.kind == "zip" else sum(keys.values())
@@ -219,6 +220,10 @@ def info(
         "unlabelled": unlabelled,
         "attrs": st.attrs,
     }
+
+
+#: classes listed by format_info (all are in info()'s counts)
+_SHOWN = 100
 
 
 def format_info(summary: dict[str, Any]) -> str:
@@ -243,7 +248,10 @@ def format_info(summary: dict[str, Any]) -> str:
     if summary["class_counts"]:
         named = bool(a.get("classes"))
         lines.append("classes:" if named else "labels (class indices, no names stored):")
-        lines.extend(f"  {c:<20} {n}" for c, n in summary["class_counts"].items())
+        shown = list(summary["class_counts"].items())
+        lines.extend(f"  {c:<20} {n}" for c, n in shown[:_SHOWN])
+        if len(shown) > _SHOWN:
+            lines.append(f"  ... and {len(shown) - _SHOWN} more (see info()['class_counts'])")
     if summary.get("unlabelled"):
         lines.append(f"  {'(no label: -1)':<20} {summary['unlabelled']}")
     skipped = a.get("skipped") or []

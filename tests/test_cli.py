@@ -323,6 +323,28 @@ def test_info_counts_unlabelled_samples_and_unnamed_classes(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["class_counts"] == {"0": 2, "5": 3, "7": 4}
 
 
+def test_info_counts_every_class_of_a_large_label_set(tmp_path, capsys):
+    # unnamed indices were cut at 1,000 without a word; named classes were counted one
+    # pass over the labels per class (hours for 10,000 classes of a million samples)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 1500, 4000)
+    images = np.zeros((len(labels), 2, 2, 1), np.uint8)
+    bare = di.to_zarr(di.ImageSet(images, labels), tmp_path / "b.zarr.zip")
+    values, n = np.unique(labels, return_counts=True)  # the oracle: numpy
+    assert main(["info", "--json", str(bare)]) == 0
+    counts = json.loads(capsys.readouterr().out)["class_counts"]
+    assert counts == {str(v): int(k) for v, k in zip(values, n, strict=True)}
+    assert len(counts) > 1000
+    classes = [f"c{i}" for i in range(1600)]  # 1,600 classes, some without samples
+    named = di.to_zarr(di.ImageSet(images, labels, classes=classes), tmp_path / "n.zarr.zip")
+    assert main(["info", "--json", str(named)]) == 0
+    counts = json.loads(capsys.readouterr().out)["class_counts"]
+    assert list(counts) == classes
+    assert counts == {c: int((labels == i).sum()) for i, c in enumerate(classes)}
+    assert main(["info", str(named)]) == 0
+    assert "... and 1500 more" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("codec", ["jpeg", "jpeg:90", "zstd"])
 def test_a_rerun_with_a_codec_keeps_its_finished_splits(tmp_path, image_folder, codec):
     out = tmp_path / "out"
