@@ -16,6 +16,7 @@ import sys
 import threading
 import zlib
 
+import dask
 import fsspec
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv.headers_seen.append(dict(self.headers))
         if rng and srv.fail_ranged > 0:  # a server error, as a busy server gives
             srv.fail_ranged -= 1
-            self._send(500, b"", {})
+            after = {} if srv.retry_after is None else {"Retry-After": srv.retry_after}
+            self._send(srv.fail_status, b"", after)
             return
         if self.path in srv.redirects:
             self._send(302, b"", {"Location": srv.redirects[self.path]})
@@ -99,6 +101,7 @@ def server():
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.headers_seen, srv.redirects = {}, [], [], {}
     srv.etags, srv.ignore_range, srv.fail_ranged = True, False, 0
+    srv.fail_status, srv.retry_after = 500, None
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -435,6 +438,37 @@ def test_a_server_error_behind_a_redirect_is_named_as_on_the_plain_path(
     server.redirects["/moved.zarr.zip"] = "/s.zarr.zip"
     ds = di.open_zarr(server.base + "/moved.zarr.zip", storage_options={})
     np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)  # now on fsspec
+    server.fail_ranged = 2  # two 500s in a row: asked again, as on the plain path
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+    assert server.fail_ranged == 0
     server.fail_ranged = 10**6
-    with pytest.raises(ServerError, match=r"HTTP 500: the server failed to answer"):
+    with pytest.raises(ServerError, match=r"HTTP 500 .*3 times.*says nothing about the stored"):
         ds.images.compute()
+
+
+@pytest.mark.parametrize("redirected", [False, True])
+def test_a_server_s_retry_after_is_waited_for_up_to_a_limit(
+    tmp_path, server, noisy_set, small_is_tiny, monkeypatch, redirected
+):
+    import daskimg.store.ranged as ranged
+
+    waits = []
+    monkeypatch.setattr(ranged, "_sleep", waits.append)  # the waits asked for, not slept
+    _serve(server, _store(tmp_path, noisy_set))
+    url = server.base + "/s.zarr.zip"
+    if redirected:
+        server.redirects["/moved.zarr.zip"] = "/s.zarr.zip"
+        url = server.base + "/moved.zarr.zip"
+    ds = di.open_zarr(url, storage_options={})
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+        server.fail_status, server.retry_after = 503, "7"
+        server.fail_ranged = 1
+        waits.clear()
+        np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+        assert waits == [7.0]  # the server's, not the first backoff of 0.2 s
+        server.fail_status, server.retry_after = 429, "3600"
+        server.fail_ranged = 2
+        waits.clear()
+        np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+        assert waits == [ranged._LONGEST, ranged._LONGEST]  # never an hour per request

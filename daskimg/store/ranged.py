@@ -58,6 +58,8 @@ SPAN = 8 << 20
 #: before asking again
 _RETRY = frozenset({429, 500, 502, 503, 504})
 _BACKOFF = (0.2, 1.0)
+#: the longest a server's ``Retry-After`` is waited for, in seconds, per request
+_LONGEST = 10.0
 
 _REPLACED = (
     "{where}: {path!r} changed since the store was opened ({what}); it was replaced or "
@@ -195,12 +197,18 @@ class RangedObjects:
         return out
 
     def _cat(self, path: str, start: int, n: int) -> bytes:
-        try:
-            data = self.fs.cat_file(path, start=start, end=start + n)
-        except Exception as e:
-            if isinstance(e, FileNotFoundError) or _status(e) in _RETRY:
-                raise self._error(path, start, n, e) from None
-            raise
+        busy = 0
+        while True:
+            try:
+                data = self.fs.cat_file(path, start=start, end=start + n)
+                break
+            except Exception as e:
+                if _status(e) in _RETRY and _pause(busy, _headers(e)):
+                    busy += 1  # asked again after a pause, as on the plain path
+                    continue
+                if isinstance(e, FileNotFoundError) or _status(e) in _RETRY:
+                    raise self._error(path, start, n, e) from None
+                raise
         return self._exact(path, start, n, data)
 
     def _exact(self, path: str, start: int, n: int, data: Any) -> Any:
@@ -215,12 +223,9 @@ class RangedObjects:
     def _error(self, path: str, start: int, n: int, e: BaseException) -> Exception:
         if isinstance(e, FileNotFoundError):
             return ChecksumError(_REPLACED.format(where=self.where, path=path, what="it is gone"))
-        if _status(e) in _RETRY:  # through fsspec (after a redirect), as on the plain path
-            return ServerError(
-                f"{self.where}: reading {path!r} (bytes {start}-{start + n - 1}) got HTTP "
-                f"{_status(e)}: the server failed to answer, which says nothing about the "
-                "stored bytes; try again later"
-            )
+        status = _status(e)
+        if status in _RETRY:  # through fsspec (after a redirect), as on the plain path
+            return self._server_error(path, start, n, status, getattr(e, "message", ""))
         return OSError(f"{self.where}: reading {path!r} bytes {start}..{start + n} failed: {e}")
 
     def _plain_into(
@@ -257,13 +262,13 @@ class RangedObjects:
                 if dropped == 2:
                     raise
                 continue
-            if r.status in _RETRY and busy < len(_BACKOFF):
+            if r.status in _RETRY:
                 # a server error or "too many requests": the bytes are not in question;
                 # asked again after a pause
                 r.read()
-                time.sleep(_BACKOFF[busy])
-                busy += 1
-                continue
+                if _pause(busy, r.headers):
+                    busy += 1
+                    continue
             break
         try:
             if r.status in (301, 302, 303, 307, 308):
@@ -301,12 +306,7 @@ class RangedObjects:
         if whole and r.headers.get("Content-Length") == str(n):
             return
         if status in _RETRY:
-            raise ServerError(
-                f"{self.where}: a ranged GET of {path!r} (bytes {start}-{start + n - 1}) got "
-                f"HTTP {status} ({r.reason or 'server error'}) {1 + len(_BACKOFF)} times: the "
-                "server failed to answer, which says nothing about the stored bytes; try again "
-                "later"
-            )
+            raise self._server_error(path, start, n, status, r.reason)
         if status != 206:
             raise OSError(
                 f"{self.where}: a ranged GET of {path!r} (bytes {start}..{start + n}) got HTTP "
@@ -324,6 +324,38 @@ class RangedObjects:
                     what=f"asked for {want}{size}, the server sent {got or 'no Content-Range'}",
                 )
             )
+
+    def _server_error(
+        self, path: str, start: int, n: int, status: int, reason: str | None
+    ) -> ServerError:
+        return ServerError(
+            f"{self.where}: a ranged GET of {path!r} (bytes {start}-{start + n - 1}) got "
+            f"HTTP {status} ({reason or 'server error'}) {1 + len(_BACKOFF)} times: the "
+            "server failed to answer, which says nothing about the stored bytes; try again "
+            "later"
+        )
+
+
+def _pause(busy: int, headers: Any) -> bool:
+    """Wait before asking again after the ``busy``-th refusal (429 or 5xx): the server's
+    ``Retry-After`` in seconds when it gives one (at most :data:`_LONGEST`), else the next
+    of :data:`_BACKOFF`. False (no wait) once every pause is used."""
+    if busy >= len(_BACKOFF):
+        return False
+    wait = _BACKOFF[busy]
+    after = (headers or {}).get("Retry-After", "") if hasattr(headers, "get") else ""
+    if str(after).strip().isdigit():
+        wait = max(wait, min(float(after), _LONGEST))
+    _sleep(wait)
+    return True
+
+
+_sleep = time.sleep  # what _pause waits with (a test counts the waits instead)
+
+
+def _headers(e: BaseException) -> Any:
+    """The response headers an fsspec error carries (aiohttp's ``ClientResponseError``)."""
+    return getattr(e, "headers", None)
 
 
 def _status(e: BaseException) -> int | None:
