@@ -680,3 +680,63 @@ def test_class_folders_named_like_one_split_twice_are_classes(tmp_path):
     _tiny(tmp_path / "train" / "cat" / "b.png", 0)  # now splits: test/ and testing/ clash
     with pytest.raises(ValueError, match="holds both 'test' and 'testing'"):
         di.from_folder(tmp_path, size=(4, 4))
+
+
+def _split_tree(root: Path, splits: dict[str, tuple[str, ...]]) -> None:
+    from PIL import Image
+
+    for split, classes in splits.items():
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (6, 6), (k, 0, 0)).save(root / split / c / f"{split}_{c}.png")
+
+
+def _by_folder(ds) -> dict[str, str]:
+    """Each sample's class name as its labels say, keyed by the folder it lies in."""
+    return {
+        Path(p).parent.name: ds.classes[int(i)] for p, i in zip(ds.paths, ds.labels, strict=True)
+    }
+
+
+def test_a_split_folder_read_on_its_own_numbers_classes_as_train_does(tmp_path, caplog):
+    # from_folder("data/valid") with valid/ lacking a class: c was 1 in valid, 2 in train
+    _split_tree(tmp_path, {"train": ("a", "b", "c"), "valid": ("a", "c"), "test": ("b",)})
+    train_names = sorted(os.listdir(tmp_path / "train"))  # the oracle: the folder names
+    train = di.from_folder(tmp_path / "train", size=(6, 6))
+    assert list(train.classes) == train_names
+    for split in ("valid", "test"):
+        with caplog.at_level(logging.INFO, logger="daskimg"):
+            ds = di.from_folder(tmp_path / split, size=(6, 6))
+        assert (
+            list(ds.classes) == train_names and "numbered with the classes of train/" in caplog.text
+        )
+        got = {Path(p).parent.name: int(i) for p, i in zip(ds.paths, ds.labels, strict=True)}
+        assert got == {c: train_names.index(c) for c in os.listdir(tmp_path / split)}
+        back = di.open_zarr(di.to_zarr(ds, tmp_path / f"{split}.zarr.zip"))
+        assert list(back.classes) == train_names and _by_folder(back) == {c: c for c in got}
+    # classes= chooses; a class folder outside them is refused
+    ds = di.from_folder(tmp_path / "valid", size=(6, 6), classes=["c", "a", "z"])
+    got = {Path(p).parent.name: int(i) for p, i in zip(ds.paths, ds.labels, strict=True)}
+    assert got == {"c": 0, "a": 1} and ds.classes == ("c", "a", "z")
+    with pytest.raises(ValueError, match=r"not among the classes given: 'c'"):
+        di.from_folder(tmp_path / "valid", size=(6, 6), classes=["a", "b"])
+
+
+def test_a_split_folder_with_a_class_train_lacks_is_refused_read_on_its_own(tmp_path):
+    _split_tree(tmp_path, {"train": ("a", "b"), "valid": ("a", "d")})
+    with pytest.raises(
+        ValueError, match=r"valid' holds class folder\(s\) that .*train' beside it does not: 'd'"
+    ):
+        di.from_folder(tmp_path / "valid", size=(6, 6))
+    assert di.from_folder(tmp_path / "train", size=(6, 6)).classes == ("a", "b")
+    # an evaluation set without train/: the union over its splits
+    shutil.rmtree(tmp_path / "train")
+    (tmp_path / "test" / "b").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (6, 6)).save(tmp_path / "test" / "b" / "x.png")
+    ds = di.from_folder(tmp_path / "test", size=(6, 6))
+    assert ds.classes == ("a", "b", "d") and ds.labels.tolist() == [1]
+    # a folder that is no split of its parent keeps its own classes
+    _split_tree(tmp_path / "other", {"cats": ("a", "c")})
+    assert di.from_folder(tmp_path / "other" / "cats", size=(6, 6)).classes == ("a", "c")

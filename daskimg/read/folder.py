@@ -660,10 +660,86 @@ def _check_split_classes(tops: list[_Top]) -> None:
         )
 
 
+def _given_classes(classes: Sequence[str] | None) -> list[str] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
+    if len({nfc(c) for c in classes}) != len(classes):
+        raise ValueError(
+            f"classes has repeated names (or names that are the same letters composed "
+            f"differently): {[ascii(c) for c in classes]}"
+        )
+    return list(classes)
+
+
+def _split_alone_classes(root: Path, top: _Top, exclude: frozenset[str]) -> list[str] | None:
+    """The classes for a split folder read on its own (``data/valid`` beside ``data/train``):
+    those reading ``data`` gives it, so its indices agree with the training split's.
+
+    None when ``root`` is no such folder, or is ``train/`` itself (its own classes are
+    what reading ``data`` gives it). Beside ``train/``: train's class folders (a class
+    folder train lacks is refused, as when reading ``data``). Without ``train/`` (an
+    evaluation set): the union over the splits. Only the sibling folders' names are
+    listed, not their files."""
+    split = SPLIT_DIRS.get(root.name.lower())
+    if split is None or split == "train" or top.direct:
+        return None
+    parent = root.resolve().parent if root.name in ("", ".", "..") else root.parent
+    try:
+        found = find_split_dirs(parent, exclude)
+    except (OSError, ValueError):
+        return None
+    me = os.path.realpath(root)
+    if os.path.realpath(found.get(split, "")) != me:
+        return None
+    own = set(top.classes)
+    names: dict[str, set[str]] = {}
+    for name, folder in found.items():
+        if name != split:
+            names[name] = {
+                d.name
+                for d in folder.iterdir()
+                if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude
+            }
+    if "train" in names:
+        train = names["train"]
+        if not train:
+            return None  # an unlabelled train/: nothing to agree with
+        extra = sorted(own - train)
+        if extra:
+            raise ValueError(
+                f"{os.fspath(root)!r} holds class folder(s) that {os.fspath(found['train'])!r} "
+                f"beside it does not: {', '.join(repr(c) for c in extra)}. A model trained on "
+                "train/ has no such class. Rename or remove them, or pass classes= (all "
+                "class names, in index order) to read this split as it is"
+            )
+        union = train
+    else:
+        union = own.union(*names.values())
+    if union == own:
+        return None
+    logger.info(
+        "from_folder(%r): numbered with the classes of %s beside it, as reading %r gives "
+        "them (%s without a folder here); pass classes= to choose",
+        os.fspath(root),
+        "train/" if "train" in names else "the splits",
+        os.fspath(parent),
+        ", ".join(repr(c) for c in sorted(union - own)),
+    )
+    return sorted(union)
+
+
 def _assemble(
-    where: str, tops: list[_Top], loose: list[str], stray: str
+    where: str,
+    tops: list[_Top],
+    loose: list[str],
+    stray: str,
+    given: list[str] | None = None,
 ) -> tuple[list[str], np.ndarray | None, list[str], list[str]]:
-    """Files, labels (None: no labels at all; -1: a sample without one), classes, splits."""
+    """Files, labels (None: no labels at all; -1: a sample without one), classes, splits.
+
+    ``given``: the classes in index order (every class folder must be one of them)."""
     _stray_files(loose, where, "split folders", stray)
     _check_wrapped(where, tops)
     _warn_nested_alike(where, tops)
@@ -681,7 +757,21 @@ def _assemble(
     _check_split_classes(tops)
     _warn_split_named_classes(where, tops)
     classes = sorted({c for t in labelled for c in t.classes})
+    if given is not None and classes:
+        extra = [c for c in classes if c not in given]
+        if extra:
+            alike = {folded(c): c for c in given}
+            hints = [f"{c!r} is {alike[folded(c)]!r} there" for c in extra if folded(c) in alike]
+            raise ValueError(
+                f"{where!r} holds class folder(s) that are not among the classes given: "
+                f"{', '.join(repr(c) for c in extra)}"
+                + (f" ({'; '.join(hints)}: names must match exactly)" if hints else "")
+                + f"; the classes given are {given}"
+            )
+        classes = list(given)
     empty = [c for c in classes if not any(t.classes.get(c) for t in labelled)]
+    if given is not None:
+        empty = []  # classes given: those without samples here are expected (a small split)
     if empty:
         logger.warning(
             "from_folder(%r): class folder(s) without images: %s. They stay classes (their "
@@ -729,6 +819,7 @@ def from_folder(
     stray: str = "raise",
     exclude: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> ImageSet:
     """An :class:`ImageSet` from a folder of class subfolders (``root/<class>/<file>``).
 
@@ -772,6 +863,15 @@ def from_folder(
         stores are written: left out with everything below it, so a second run does not
         read it as a class (``daskimg ingest`` passes its ``OUT``). A mask folder inside
         ``root`` is left out already.
+    classes
+        The class names in index order, e.g. the training split's (``train.classes``), so
+        that another split read on its own numbers its classes as training did. Every
+        class folder must be one of them; classes without a folder have no samples.
+        Default: the sorted class folders, except for a split folder read on its own
+        (``from_folder("data/valid")`` beside ``data/train``): it takes the classes that
+        reading ``data`` would give its splits (``train/``'s class folders), so that
+        ``valid/`` missing a class does not shift the indices of the classes after it; a
+        class folder ``train/`` lacks is refused, as when reading ``data``.
 
     The set also has a ``source_size`` column ``(N, 2)`` (each source's height and width
     after EXIF orientation; ``(N, 3)`` for volumes), computed as the files are decoded.
@@ -825,7 +925,10 @@ def from_folder(
         tops, loose = _local_tops(Path(root), reals, stray)
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
-    files, labels, classes, split_of = _assemble(where, tops, loose, stray)
+    given = _given_classes(classes)
+    if given is None and url is None and len(tops) == 1 and not tops[0].split:
+        given = _split_alone_classes(Path(root), tops[0], reals)
+    files, labels, classes, split_of = _assemble(where, tops, loose, stray, given)
     base: str | Path = url or Path(root)
     rel = relative_paths(files, base)
     remote = None if url is None else RemoteFiles(protocol_of(url), dict(storage_options or {}))
