@@ -350,6 +350,39 @@ def test_csv_box_cells(tmp_path):
             read(size=(8, 8))
 
 
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        # COCO's x, y, width, height: 10,5,60,40 was stored as the corners 10,5,60,40
+        (("x", "y", "width", "height"), r"'width' names a width or height.*df\['x'\]"),
+        (("bbox_x", "bbox_y", "bbox_w", "bbox_h"), r"'bbox_w' names a width or height"),
+        (("x_center", "y_center", "w", "h"), r"'w' names a width or height"),
+        # TensorFlow's ymin, xmin, ymax, xmax: read as x0, y0, x1, y1
+        (
+            ("ymin", "xmin", "ymax", "xmax"),
+            r"these are y, x, y, x; .*\['xmin', 'ymin', 'xmax', 'ymax'\]",
+        ),
+        (("top", "left", "bottom", "right"), r"these are y, x, y, x"),
+    ],
+)
+def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
+    make_object_image((60, 160), (10, 5, 70, 45)).save(tmp_path / "a.png")
+    (tmp_path / "b.csv").write_text("path," + ",".join(header) + "\na.png,10,5,60,40\n")
+    with pytest.raises(ValueError, match=says):
+        di.from_csv(
+            tmp_path / "b.csv", root=tmp_path, size=(60, 160), label_column=None,
+            boxes={"b": list(header)},
+        )  # fmt: skip
+    # the corners under names that say so, or say nothing, read as given
+    for names in (("xmin", "ymin", "xmax", "ymax"), ("left", "top", "right", "bottom"), "abcd"):
+        (tmp_path / "c.csv").write_text("path," + ",".join(names) + "\na.png,10,5,70,45\n")
+        ds = di.from_csv(
+            tmp_path / "c.csv", root=tmp_path, size=(60, 160), label_column=None,
+            boxes={"b": list(names)},
+        )  # fmt: skip
+        np.testing.assert_array_equal(ds.columns["b"].compute()[0], [10, 5, 70, 45])
+
+
 def test_imageset_from_arrays_keeps_boxes_as_given():
     boxes = np.array([[1, 2, 3, 4], [0, 0, 8, 8]], np.float32)
     ds = di.ImageSet(np.zeros((2, 8, 8, 3), np.uint8), columns={"bbox": boxes}, boxes=("bbox",))

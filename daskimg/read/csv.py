@@ -549,6 +549,7 @@ def _box_values(
             raise ValueError(
                 f"{where} has no column {col!r} (asked for box {name!r}); its columns are {header}"
             )
+    _check_corner_names(list(cols), name, where)
     out = np.empty((len(rows), 4), dtype=np.float64)
     for line, row in enumerate(rows, start=2):
         cells = [(row[c] or "").strip() for c in cols]
@@ -577,6 +578,51 @@ def _box_values(
             )
         out[line - 2] = (x0, y0, x1, y1)
     return out
+
+
+def _check_corner_names(cols: list[str], name: str, where: str) -> None:
+    """Refuse box columns whose names say they are not x0, y0, x1, y1 in that order: a
+    width or height (COCO's x, y, w, h), or the axes in another order (TensorFlow's ymin,
+    xmin, ymax, xmax). Read as corners, such a box lands elsewhere without an error
+    whenever its numbers happen to be ordered like corners."""
+    roles = [_axis_of(c) for c in cols]
+    sized = [c for c, r in zip(cols, roles, strict=True) if r == "size"]
+    if sized:
+        raise ValueError(
+            f"boxes[{name!r}] = {cols}: {sized[0]!r} names a width or height, but a box is "
+            "its corners x0, y0, x1, y1 (left, top, right, bottom, in the source image's "
+            f"pixels). Add the width and height to x and y first (e.g. df['x1'] = df['x'] + "
+            f"df['w']), then pass the four corner columns. ({where})"
+        )
+    if None not in roles and roles != ["x", "y", "x", "y"]:
+        raise ValueError(
+            f"boxes[{name!r}] = {cols}: the columns are taken as x0, y0, x1, y1 in that "
+            f"order, but these are {', '.join(roles)}; list them as left, top, right, bottom, "
+            f"e.g. {[cols[i] for i in _xy_order(roles)]}. ({where})"
+        )
+
+
+def _xy_order(roles: list[str | None]) -> list[int]:
+    xs = [i for i, r in enumerate(roles) if r == "x"]
+    ys = [i for i, r in enumerate(roles) if r == "y"]
+    return [xs[0], ys[0], xs[1], ys[1]] if len(xs) == 2 and len(ys) == 2 else list(range(4))
+
+
+def _axis_of(column: str) -> str | None:
+    """What a box column's name says it holds: "x" or "y" (a corner on that axis), "size"
+    (a width or height), or None (a name that says nothing)."""
+    n = column.strip().lower()
+    for prefix in ("bbox", "box", "bb"):
+        if n.startswith(prefix) and len(n) > len(prefix) and n[len(prefix)] in "_-. ":
+            n = n[len(prefix) + 1 :]
+            break
+    if n in ("w", "h", "width", "height") or n.endswith(("_w", "_h", "width", "height")):
+        return "size"
+    if n in ("left", "right") or n.startswith("x"):
+        return "x"
+    if n in ("top", "bottom") or n.startswith("y"):
+        return "y"
+    return None
 
 
 def _columns(
