@@ -81,6 +81,14 @@ def test_class_names_composed_differently_are_named(tmp_path):
     di.testing.make_image_folder(splits / "test", n=1, size=(8, 8), classes=(decomposed,))
     with pytest.raises(ValueError, match=r"in train/ \(the same letters, composed differently\)"):
         di.from_folder(splits, size=(8, 8))
+    # a trailing space, a zero-width space: also two classes that print alike
+    for odd in ("cat ", "cat\u200b"):
+        other = tmp_path / f"odd{len(odd.encode())}"
+        for name in ("cat", odd):
+            di.testing.make_image_folder(other, n=2, size=(8, 8), classes=(name,))
+        assert sorted(os.listdir(other)) == sorted(["cat", odd])  # the oracle: two folders
+        with pytest.raises(ValueError, match=r"invisible characters or spaces.*Merge them"):
+            di.from_folder(other, size=(8, 8))
 
 
 def test_an_image_beside_the_class_folders_is_an_error_naming_it(image_folder, caplog):

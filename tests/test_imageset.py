@@ -616,6 +616,66 @@ def test_from_csv_classes_given_keep_indices_across_split_csvs(tmp_path):
         )
 
 
+def _label_csv(tmp_path, labels, name="l.csv"):
+    di.testing.make_image_folder(tmp_path / "imgs", n=len(labels), size=(8, 8), classes=("a",))
+    files = sorted(
+        p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
+    )
+    rows = ["path,label"] + [f"{f},{v}" for f, v in zip(files, labels, strict=True)]
+    (tmp_path / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        # a regression target: each value became a class, sorted as text ('10.5' < '9.5')
+        (["9.5", "10.5", "0.25", "9.5"], r"line 2: column 'label' holds numbers with fractions"),
+        # several labels in one cell: 'cat|dog' became a third class
+        (["cat", "cat|dog", "dog", "dog"], r"line 3: label 'cat\|dog' .*holds several labels"),
+        (["a;b", "b;c", "c;a", "a;c"], r"label 'a;.' .*holds several labels"),
+        # names that print alike: a zero-width space, a doubled inner space
+        (
+            ["cat", "cat\u200b", "dog", "dog"],
+            r"'cat' \(line 2\) and 'cat.u200b' \(line 3\).*invisible",
+        ),
+        (
+            ["big cat", "big  cat", "dog", "dog"],
+            r"the same apart from invisible characters or spaces",
+        ),
+    ],
+    ids=["fractions", "pipe", "semicolons", "zero-width", "spaces"],
+)
+def test_from_csv_labels_that_are_no_class_names_are_refused(tmp_path, labels, says):
+    csv = _label_csv(tmp_path, labels)
+    with pytest.raises(ValueError, match=says):
+        di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8))
+
+
+def test_from_csv_names_that_merely_hold_a_separator_and_index_labels_read_as_before(tmp_path):
+    import pandas as pd
+
+    labels = ["rock|pop", "jazz", "jazz", "rock|pop"]  # no part is a label of its own
+    csv = _label_csv(tmp_path, labels)
+    ds = di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8))
+    oracle = pd.read_csv(csv)["label"].tolist()  # the oracle: pandas' reading of the cells
+    assert [ds.classes[i] for i in ds.labels] == oracle
+    asked = di.from_csv(
+        _label_csv(tmp_path / "f", ["9.5", "10.5"]), root=tmp_path / "f" / "imgs", size=(8, 8),
+        labels_are="names",
+    )  # fmt: skip
+    assert asked.classes == ("10.5", "9.5")
+    # train labelled by indices has no class names: classes=train.classes names none
+    train = di.from_csv(
+        _label_csv(tmp_path / "i", ["0", "2", "1", "2"]), root=tmp_path / "i" / "imgs", size=(8, 8)
+    )
+    assert train.classes == ()
+    again = di.from_csv(
+        tmp_path / "i" / "l.csv", root=tmp_path / "i" / "imgs", size=(8, 8), classes=train.classes
+    )
+    assert again.labels.tolist() == [0, 2, 1, 2]
+
+
 def test_from_csv_labels_that_are_the_same_letters_composed_differently_are_refused(tmp_path):
     # one class that prints alike twice: café typed on macOS (e + accent) beside café
     import unicodedata

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import folded, nfc
+from .fileio import folded, looks, nfc
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -379,6 +379,8 @@ def _labels(
             f"{where}, line {line}: label {rows[line - 2][label_column].strip()!r} is not a "
             "whole number, but labels_are='indices'"
         )
+    if given is not None and not len(given) and not classes:
+        given = None  # train.classes of a set labelled by indices: () names no class
     if given is None:
         if not classes and len(labels) and labels.min() < 0:
             i = int(np.argmin(labels))
@@ -505,6 +507,18 @@ def _own_labels(
                 "which they are: labels_are='names' or labels_are='indices'"
             )
         )
+    fractions = [i for i, v in enumerate(raw, start=2) if _whole_value(v) is None]
+    if not names and fractions and all(_is_float(v) and math.isfinite(float(v)) for v in raw):
+        line = fractions[0]
+        raise ValueError(
+            f"{where}, line {line}: column {label_column!r} holds numbers with fractions "
+            f"({raw[line - 2]!r}): a target or a score, not class names (each value would be a "
+            "class, sorted as text). Read it as a column: label_column=None, "
+            f"columns={{'target': {label_column!r}}}; or, if the values do name classes, "
+            "pass labels_are='names'"
+        )
+    if not names:
+        _refuse_several_labels(raw, label_column, where)
     odd = sorted({v for v in raw if v.lower() in _MISSING})
     if odd:
         logger.warning(
@@ -520,21 +534,55 @@ def _own_labels(
     return np.array([index[v] for v in raw], dtype=np.int64), classes
 
 
+def _refuse_several_labels(raw: list[str], column: str, where: str) -> None:
+    """Refuse cells that hold several labels (``cat|dog``, ``cat;dog``): each would be a
+    class of its own. Taken as such when a part is a label of another row, or a part
+    recurs in other cells: a name that merely contains the character is not refused."""
+    whole = set(raw)
+    for sep in ("|", ";"):
+        cells = {v for v in whole if sep in v}
+        if not cells:
+            continue
+        seen: dict[str, str] = {}
+        for v in sorted(cells):
+            parts = [p.strip() for p in v.split(sep)]
+            if len(parts) < 2 or not all(parts):
+                continue
+            again = next((p for p in parts if p in whole or seen.get(p, v) != v), None)
+            if again is not None:
+                line = raw.index(v) + 2
+                raise ValueError(
+                    f"{where}, line {line}: label {v!r} in column {column!r} holds several "
+                    f"labels ({', '.join(map(repr, parts))}; {again!r} is a label, or part of "
+                    "one, in other rows too); read as it is, it would be a class of its own. daskimg reads "
+                    "one class per sample: for several, store one 0/1 column per class "
+                    "(columns=) with label_column=None; or, if the values are class names as "
+                    "written, pass labels_are='names'"
+                )
+            for p in parts:
+                seen.setdefault(p, v)
+
+
 def _refuse_same_looking(raw: list[str], classes: list[str], column: str, where: str) -> None:
     """Refuse class names that are the same letters composed differently (``café`` typed on
     macOS, e + an accent, beside a composed ``café``): two classes that print alike, the
     samples of one divided between them (``from_folder`` refuses such folders too)."""
     by_look: dict[str, str] = {}
     for c in classes:
-        other = by_look.setdefault(nfc(c), c)
+        other = by_look.setdefault(looks(c), c)
         if other != c:
             (first, a), (second, b) = sorted((raw.index(v) + 2, v) for v in (other, c))
             raise ValueError(
                 f"{where}: column {column!r} holds the labels {a!r} (line {first}) and "
-                f"{b!r} (line {second}) ({a!a} and {b!a}), the same letters composed "
-                "differently (Unicode normalisation: one was typed or saved on macOS, or went "
-                "through a tool that decomposes accents): they would be two classes that "
-                "print alike. Write them one way, e.g. unicodedata.normalize('NFC', label)"
+                f"{b!r} (line {second}) ({a!a} and {b!a}), "
+                + (
+                    "the same letters composed differently (Unicode normalisation: one was "
+                    "typed or saved on macOS, or went through a tool that decomposes accents)"
+                    if nfc(a) == nfc(b)
+                    else "the same apart from invisible characters or spaces"
+                )
+                + ": they would be two classes that print alike. Write them one way, e.g. "
+                "unicodedata.normalize('NFC', label)"
             )
 
 
@@ -597,7 +645,7 @@ def _check_corner_names(cols: list[str], name: str, where: str) -> None:
     if None not in roles and roles != ["x", "y", "x", "y"]:
         raise ValueError(
             f"boxes[{name!r}] = {cols}: the columns are taken as x0, y0, x1, y1 in that "
-            f"order, but these are {', '.join(roles)}; list them as left, top, right, bottom, "
+            f"order, but these are {', '.join(map(str, roles))}; list them as left, top, right, bottom, "
             f"e.g. {[cols[i] for i in _xy_order(roles)]}. ({where})"
         )
 

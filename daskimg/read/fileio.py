@@ -137,6 +137,14 @@ def nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def looks(name: str) -> str:
+    """A name as it prints: composed (:func:`nfc`), without invisible characters (zero-width
+    spaces and joiners, a byte order mark: Unicode's format characters) and with its spaces
+    collapsed and stripped. Two names that look alike so are two classes that print alike."""
+    shown = "".join(ch for ch in nfc(name) if unicodedata.category(ch) != "Cf")
+    return " ".join(shown.split())
+
+
 def folded(name: str) -> str:
     """A name as people read it: letter case and Unicode composition aside."""
     return nfc(name).casefold()
