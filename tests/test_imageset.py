@@ -995,3 +995,21 @@ def test_a_column_added_later_is_checked_when_stored(tmp_path, image_folder):
     files.columns["source_size"] = files.columns["source_size"] + 0
     with pytest.raises(ValueError, match="'source_size' were replaced"):
         di.to_zarr(files, tmp_path / "t.zarr.zip")
+
+
+def test_from_csv_codes_with_leading_zeros_are_not_stored_as_numbers(tmp_path, caplog):
+    # a ZIP code column '02134' was stored as 2134.0; labels spelled so were names already
+    import pandas as pd
+
+    csv = _label_csv(tmp_path, ["a", "b", "a"])
+    table = pd.read_csv(csv, dtype=str)  # the oracle: the cells as written
+    table["zip"] = ["02134", "90210", "00501"]
+    table["n"] = ["0", "0.5", "12"]
+    table.to_csv(csv, index=False)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8))
+    assert "zip" not in ds.columns and "column 'zip' is not stored" in caplog.text
+    assert "'02134'" in caplog.text
+    np.testing.assert_array_equal(np.asarray(ds.columns["n"]), table["n"].astype(float))
+    asked = di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8), columns={"zip": "zip"})
+    np.testing.assert_array_equal(np.asarray(asked.columns["zip"]), [2134, 90210, 501])

@@ -696,7 +696,18 @@ def _columns(
                 )  # fmt: skip
                 continue
             numeric = [_is_float(row[col]) or _is_empty(row[col]) for row in rows]
-            if all(numeric) and not all(_is_empty(row[col]) for row in rows):
+            padded = next(
+                (i for i, row in enumerate(rows, start=2) if not _plain_number(row[col] or "")),
+                None,
+            )
+            if all(numeric) and padded is not None:  # codes: "02134" would be 2134
+                logger.warning(
+                    "%s: column %r is not stored: its values are codes with leading zeros "
+                    "(line %d: %r), which numbers would drop. To store them as numbers, pass "
+                    "columns=",
+                    where, col, padded, rows[padded - 2][col],
+                )  # fmt: skip
+            elif all(numeric) and not all(_is_empty(row[col]) for row in rows):
                 extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
             elif (flags := _flags([[row[col]] for row in rows])) is not None:
                 extra[col] = flags[:, 0]
