@@ -1037,6 +1037,42 @@ def test_a_write_left_by_an_error_in_its_with_block_says_so_and_resumes(tmp_path
     np.testing.assert_array_equal(plain_group(path)["f"][:], rows)  # oracle: numpy
 
 
+_FORK_EXIT = """
+import os, sys
+import numpy as np
+from daskimg.errors import StoreLockedError
+from daskimg.writeback.writer import ArrayWriter
+path = sys.argv[1]
+w = ArrayWriter(path, name="f", shape=(), dtype="int64")
+w.append(np.arange(10))
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit: the child's copy of the writer is dropped at shutdown
+os.waitpid(pid, 0)
+print("lock kept:", os.path.exists(path + ".lock"))
+try:
+    ArrayWriter(path, name="f", shape=(), dtype="int64", mode="a")
+    print("second writer let in")
+except StoreLockedError:
+    print("second writer refused")
+w.append(np.arange(10, 20))
+w.close()
+"""
+
+
+def test_a_forked_child_exiting_leaves_the_parent_s_write_lock(tmp_path):
+    # the child's shutdown unlinked the lock file, and a second writer got in and discarded
+    # the first one's staging folder
+    path = tmp_path / "f.zarr.zip"
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_EXIT, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert "lock kept: True" in out.stdout and "second writer refused" in out.stdout, (
+        out.stdout + out.stderr
+    )
+    np.testing.assert_array_equal(plain_group(path)["f"][:], np.arange(20))  # oracle: numpy
+
+
 _FULL = """
 import resource, signal, sys
 import numpy as np

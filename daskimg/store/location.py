@@ -361,10 +361,12 @@ def write_lock(path: str) -> Iterator[None]:
 
     The OS releases the lock when its holder dies, so a killed writer never blocks the
     next one (a forked child closes its copy at once, :func:`_drop_locks`). Only the
-    holder removes the file, and a lock taken on a file that was removed meanwhile is not
-    trusted (the path must still name the locked file).
+    holder removes the file — never a forked child, when its copy of a writer is dropped
+    as it exits — and a lock taken on a file that was removed meanwhile is not trusted
+    (the path must still name the locked file).
     """
     lock_path = path + ".lock"
+    owner = os.getpid()
     while True:
         try:  # never through a link: a link there would have its target truncated
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -415,10 +417,11 @@ def write_lock(path: str) -> Iterator[None]:
         _HELD.add(fd)
         yield
     finally:
-        _HELD.discard(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)  # still holding the lock, so nobody else owns this file
-        os.close(fd)
+        if os.getpid() == owner:  # not a forked child ending (its copy closed at the fork)
+            _HELD.discard(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)  # still holding the lock, so nobody else owns this file
+            os.close(fd)
 
 
 def remove_path(path: str) -> None:
