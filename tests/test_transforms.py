@@ -193,3 +193,30 @@ def test_masks_with_a_channel_axis_move_with_the_pixels_and_are_not_left_behind(
         np.testing.assert_array_equal(
             out["images"][i], b["images"][i, top[i] : top[i] + 3, left[i] : left[i] + 4]
         )
+
+
+def test_a_predicted_mask_written_back_is_not_left_behind_by_a_flip(tmp_path):
+    # a mask-shaped array under another name (ArrayWriter's pred_mask) was fed unflipped
+    # beside flipped pixels: 64 of 64 samples disagreed after the flip, without an error
+    import daskimg as di
+
+    b = _batch(n=8)
+    path = di.to_zarr(di.ImageSet(b["images"]), tmp_path / "s.zarr.zip", order="source")
+    with di.ArrayWriter(
+        path, name="pred_mask", shape=b["masks"].shape[1:], dtype="uint8", mode="a"
+    ) as w:
+        w.append(b["masks"], index=np.arange(len(b["masks"])))
+    with pytest.raises(ValueError, match=r"not the masks \['pred_mask'\]"):
+        di.BatchIterator(
+            path, batch_size=4, arrays=("images", "pred_mask"), transform=random_flip(p=1.0)
+        )
+    it = di.BatchIterator(
+        path, batch_size=4, arrays=("images", "pred_mask", "index"), shuffle=False,
+        transform=random_flip(p=1.0, masks=("pred_mask",)),
+    )  # fmt: skip
+    for images, pred, index in it:  # numpy's flip is the oracle
+        np.testing.assert_array_equal(images, b["images"][index][:, :, ::-1])
+        np.testing.assert_array_equal(pred, b["masks"][index][:, :, ::-1])
+    # an array of another shape is not taken for a mask
+    scores = {"images": b["images"], "score": np.zeros((8, 12, 3), np.float32)}
+    di.BatchIterator(scores, batch_size=4, arrays=("images", "score"), transform=random_flip())

@@ -91,16 +91,18 @@ class FeedSource:
                 "source must be a store path, an ImageSet, a dask/numpy array, or a dict or tuple of them; "
                 f"got {type(source).__name__}"
             )
-        masks, images = arrays.get("masks"), arrays.get("images")
-        if (
-            masks is not None
-            and images is not None
-            and len(masks.shape) >= 3
-            and tuple(masks.shape[:3]) == tuple(images.shape[:3])
-        ):
-            # an (N, H, W) array called "masks" (or (N, H, W, C): one-hot, several labels)
-            # beside the images (any source): it moves with them
-            self.masks = ("masks",)
+        images = arrays.get("images")
+        if images is not None and len(images.shape) >= 3:
+            # an (N, H, W) array beside the images (or (N, H, W, C): one-hot, several labels),
+            # "masks" or any other (a predicted mask written back with ArrayWriter): it
+            # lies in the pixels' frame, so it moves with them (any source)
+            self.masks = tuple(
+                name
+                for name, a in arrays.items()
+                if name != "images"
+                and len(a.shape) >= 3
+                and tuple(a.shape[:3]) == tuple(images.shape[:3])
+            )
         if names is None:
             names = [n for n in ("images", "labels") if n in arrays]
         if isinstance(names, str):
