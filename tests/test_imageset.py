@@ -1013,3 +1013,24 @@ def test_from_csv_codes_with_leading_zeros_are_not_stored_as_numbers(tmp_path, c
     np.testing.assert_array_equal(np.asarray(ds.columns["n"]), table["n"].astype(float))
     asked = di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8), columns={"zip": "zip"})
     np.testing.assert_array_equal(np.asarray(asked.columns["zip"]), [2134, 90210, 501])
+
+
+def test_from_csv_a_path_through_a_link_and_then_dotdot_is_refused(tmp_path):
+    # 'link/../x.png' was read as root/x.png; the system (open, Pillow) reads the file
+    # beside the link's target
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    (imgs / "other" / "deep").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(imgs / "x.png")
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(imgs / "other" / "x.png")
+    (imgs / "link").symlink_to(imgs / "other" / "deep")
+    with Image.open(imgs / "link" / ".." / "x.png") as im:  # the oracle: what the system reads
+        assert im.getpixel((0, 0)) == (0, 0, 200)
+    (tmp_path / "t.csv").write_text("path,label\nlink/../x.png,a\n")
+    with pytest.raises(ValueError, match=r"line 2: path 'link/../x.png' goes through a link"):
+        di.from_csv(tmp_path / "t.csv", root=imgs, size=(8, 8))
+    (imgs / "sub").mkdir()  # '..' after a plain folder reads what the text names
+    (tmp_path / "t.csv").write_text("path,label\nsub/../x.png,a\n")
+    ds = di.from_csv(tmp_path / "t.csv", root=imgs, size=(8, 8))
+    assert ds.images[0, 0, 0].compute().tolist() == [200, 0, 0]

@@ -298,6 +298,15 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
                 f"{where}, line {line}: path {rel!r} points outside root {str(root)!r}; "
                 "paths must be relative to root and stay inside it"
             )
+        if ".." in Path(rel).parts:
+            # the system takes '..' after a link from the link's target: another file
+            # than the one the text names ('link/../x.png' is not 'x.png')
+            read, named = os.path.realpath(root / rel), os.path.realpath(full)
+            if read != named:
+                raise ValueError(
+                    f"{where}, line {line}: path {rel!r} goes through a link and then '..': "
+                    f"the system reads {read!r}, not {named!r}; write the path without '..'"
+                )
         files.append(os.fspath(full))
     return files
 
