@@ -5,6 +5,8 @@ Import it as ``from daskimg.keras import KerasDataset``; keras is imported here 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -62,8 +64,8 @@ class KerasDataset(keras.utils.PyDataset):
         the order only affects learning: ``evaluate`` counts each sample once either way),
         False for inputs only, so that ``model.predict(KerasDataset(store,
         arrays=("images",), ...))`` returns row ``k`` for sample ``k``. ``predict`` on a
-        shuffled dataset returns the predictions in the shuffled order: pass
-        ``shuffle=False`` for predictions you write back.
+        dataset that shuffles is refused (its rows would come back in the shuffled order,
+        and written back land on other samples): pass ``shuffle=False``.
     seed
         Seed of the order (non-negative int); None draws one at construction, kept in
         :meth:`state_dict` and in copies sent to other processes.
@@ -280,7 +282,18 @@ class KerasDataset(keras.utils.PyDataset):
         self.on_epoch_end()
 
     def on_epoch_begin(self) -> None:
-        """Keras calls this before each pass: move on if the current epoch was served whole."""
+        """Keras calls this before each pass: move on if the current epoch was served whole.
+
+        Refuses ``model.predict`` on a shuffled dataset: its rows would come back in the
+        shuffled order, with nothing to say which sample each belongs to."""
+        if self.shuffle and _called_from_keras("predict"):
+            raise ValueError(
+                "model.predict on a KerasDataset that shuffles (shuffle defaults to True when "
+                "the batches hold targets) would return the predictions in a shuffled order: "
+                "row k would not be sample k, and written back they would land on other "
+                "samples. Predict from one in store order: KerasDataset(path, batch_size=..., "
+                "arrays=('images',)) or shuffle=False"
+            )
         self._data.advance_if_served()
 
     def on_epoch_end(self) -> None:
@@ -477,6 +490,18 @@ def _check_args(
         check_at_least(name, v, lo)
     if cache_chunks is not None:
         check_at_least("cache_chunks", cache_chunks, 1)
+
+
+def _called_from_keras(method: str) -> bool:
+    """Whether Keras's ``Model.<method>`` is on the calling stack (Keras tells a dataset
+    nothing of what it is read for; its ``predict`` calls ``on_epoch_begin`` directly)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == method and f"{os.sep}keras{os.sep}" in code.co_filename:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _check_flags(*, drop_last: bool, use_multiprocessing: bool, shuffle: bool | None) -> None:

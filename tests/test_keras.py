@@ -251,9 +251,8 @@ def test_use_multiprocessing_spawns_workers_that_reopen_the_store(store):
         for epoch in rec.train:
             assert sorted(flat(epoch)) == list(range(N))
         assert batch_sets(rec.train[0]) != batch_sets(rec.train[1])
-        # predict asks in order: the workers read ahead; rows follow epoch 2's plan
-        predicted = model.predict(data, verbose=0, callbacks=[passes])
-        assert len(predicted) == N
+        # evaluate asks in order: the workers read ahead; rows follow epoch 2's plan
+        model.evaluate(data, verbose=0, callbacks=[passes])
         here = KerasDataset(store, batch_size=10, arrays=("images", "index"))
         here.set_epoch(2)
         assert flat(rec.test[0]) == flat([ids_of(here[i][0]) for i in range(len(here))])
@@ -279,6 +278,17 @@ def test_predict_returns_rows_in_store_order_by_default(store):
     pixel_ids = keras.layers.Lambda(lambda x: x[:, 0, 0, 0] * 255 + x[:, 0, 0, 1] * 255 * 256)
     reader = keras.Model(model.inputs, pixel_ids(model.inputs[0]))
     predicted = reader.predict(inputs_only, verbose=0)
+    np.testing.assert_allclose(predicted, plain_group(store)["idx"][:], atol=1e-3)
+    # with targets the default shuffles (training): predict from it is refused, since its
+    # rows would come back in the shuffled order (they landed on other samples)
+    for shuffled in (
+        KerasDataset(store, batch_size=16),
+        KerasDataset(store, batch_size=16, arrays=("images",), shuffle=True),
+    ):
+        with pytest.raises(ValueError, match=r"model.predict on a KerasDataset that shuffles"):
+            reader.predict(shuffled, verbose=0)
+    in_order = KerasDataset(store, batch_size=16, shuffle=False)  # targets, store order
+    predicted = reader.predict(in_order, verbose=0)
     np.testing.assert_allclose(predicted, plain_group(store)["idx"][:], atol=1e-3)
 
 
