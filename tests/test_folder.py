@@ -728,6 +728,12 @@ def test_a_split_folder_read_on_its_own_numbers_classes_as_train_does(tmp_path, 
     assert got == {"c": 0, "a": 1} and ds.classes == ("c", "a", "z")
     with pytest.raises(ValueError, match=r"not among the classes given: 'c'"):
         di.from_folder(tmp_path / "valid", size=(6, 6), classes=["a", "b"])
+    cwd = os.getcwd()
+    try:  # the folder given as ".", from inside it
+        os.chdir(tmp_path / "valid")
+        assert list(di.from_folder(".", size=(6, 6)).classes) == train_names
+    finally:
+        os.chdir(cwd)
 
 
 def test_a_split_folder_with_a_class_train_lacks_is_refused_read_on_its_own(tmp_path):

@@ -687,10 +687,11 @@ def _split_alone_classes(root: Path, top: _Top, exclude: frozenset[str]) -> list
     folder train lacks is refused, as when reading ``data``). Without ``train/`` (an
     evaluation set): the union over the splits. Only the sibling folders' names are
     listed, not their files."""
-    split = SPLIT_DIRS.get(root.name.lower())
+    named = Path(os.path.abspath(root))  # "." inside data/valid is valid/ too; links kept
+    split = SPLIT_DIRS.get(named.name.lower())
     if split is None or split == "train" or top.direct:
         return None
-    parent = root.resolve().parent if root.name in ("", ".", "..") else root.parent
+    parent = named.parent
     try:
         found = find_split_dirs(parent, exclude)
     except (OSError, ValueError):
