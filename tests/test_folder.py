@@ -754,3 +754,23 @@ def test_a_split_folder_with_a_class_train_lacks_is_refused_read_on_its_own(tmp_
     # a folder that is no split of its parent keeps its own classes
     _split_tree(tmp_path / "other", {"cats": ("a", "c")})
     assert di.from_folder(tmp_path / "other" / "cats", size=(6, 6)).classes == ("a", "c")
+
+
+def test_a_split_folder_read_on_its_own_at_a_url_numbers_classes_as_train_does(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    _split_tree(tmp_path, {"train": ("a", "b", "c"), "valid": ("a", "c"), "test": ("b", "d")})
+    fs = fsspec.filesystem("memory")
+    url = "memory://daskimg-test-split-alone/data"
+    for f in sorted(tmp_path.rglob("*.png")):
+        fs.pipe(f"{url}/{f.relative_to(tmp_path).as_posix()}", f.read_bytes())
+    try:
+        train_names = sorted(os.listdir(tmp_path / "train"))  # the oracle: the folder names
+        ds = di.from_folder(f"{url}/valid", size=(6, 6))
+        assert list(ds.classes) == train_names
+        got = {Path(p).parent.name: int(i) for p, i in zip(ds.paths, ds.labels, strict=True)}
+        assert got == {c: train_names.index(c) for c in os.listdir(tmp_path / "valid")}
+        with pytest.raises(ValueError, match=r"test' holds class folder\(s\) that .* not: 'd'"):
+            di.from_folder(f"{url}/test", size=(6, 6))
+        assert list(di.from_folder(f"{url}/train", size=(6, 6)).classes) == train_names
+    finally:
+        fs.rm("/daskimg-test-split-alone", recursive=True)

@@ -678,36 +678,24 @@ def _given_classes(classes: Sequence[str] | None) -> list[str] | None:
     return list(classes)
 
 
-def _split_alone_classes(root: Path, top: _Top, exclude: frozenset[str]) -> list[str] | None:
+def _split_alone_classes(
+    where: str, top: _Top, siblings: tuple[str, str, dict[str, str], dict[str, set[str]]] | None
+) -> list[str] | None:
     """The classes for a split folder read on its own (``data/valid`` beside ``data/train``):
     those reading ``data`` gives it, so its indices agree with the training split's.
 
-    None when ``root`` is no such folder, or is ``train/`` itself (its own classes are
-    what reading ``data`` gives it). Beside ``train/``: train's class folders (a class
-    folder train lacks is refused, as when reading ``data``). Without ``train/`` (an
-    evaluation set): the union over the splits. Only the sibling folders' names are
-    listed, not their files."""
-    named = Path(os.path.abspath(root))  # "." inside data/valid is valid/ too; links kept
-    split = SPLIT_DIRS.get(named.name.lower())
-    if split is None or split == "train" or top.direct:
+    ``siblings``: this folder's split, its parent, and for the other split folders beside
+    it their names and class folder names (:func:`_local_siblings`, :func:`_url_siblings`);
+    None when it is no split folder of a root of splits. None (its own classes) also for
+    ``train/`` itself and an unlabelled folder. Beside ``train/``: train's class folders (a
+    class folder train lacks is refused, as when reading ``data``). Without ``train/`` (an
+    evaluation set): the union over the splits."""
+    if siblings is None or top.direct:
         return None
-    parent = named.parent
-    try:
-        found = find_split_dirs(parent, exclude)
-    except (OSError, ValueError):
-        return None
-    me = os.path.realpath(root)
-    if os.path.realpath(found.get(split, "")) != me:
+    split, parent, folders, names = siblings
+    if split == "train":
         return None
     own = set(top.classes)
-    names: dict[str, set[str]] = {}
-    for name, folder in found.items():
-        if name != split:
-            names[name] = {
-                d.name
-                for d in folder.iterdir()
-                if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude
-            }
     if "train" in names:
         train = names["train"]
         if not train:
@@ -715,10 +703,10 @@ def _split_alone_classes(root: Path, top: _Top, exclude: frozenset[str]) -> list
         extra = sorted(own - train)
         if extra:
             raise ValueError(
-                f"{os.fspath(root)!r} holds class folder(s) that {os.fspath(found['train'])!r} "
-                f"beside it does not: {', '.join(repr(c) for c in extra)}. A model trained on "
-                "train/ has no such class. Rename or remove them, or pass classes= (all "
-                "class names, in index order) to read this split as it is"
+                f"{where!r} holds class folder(s) that {folders['train']!r} beside it does "
+                f"not: {', '.join(repr(c) for c in extra)}. A model trained on train/ has no "
+                "such class. Rename or remove them, or pass classes= (all class names, in "
+                "index order) to read this split as it is"
             )
         union = train
     else:
@@ -728,12 +716,85 @@ def _split_alone_classes(root: Path, top: _Top, exclude: frozenset[str]) -> list
     logger.info(
         "from_folder(%r): numbered with the classes of %s beside it, as reading %r gives "
         "them (%s without a folder here); pass classes= to choose",
-        os.fspath(root),
+        where,
         "train/" if "train" in names else "the splits",
-        os.fspath(parent),
+        parent,
         ", ".join(repr(c) for c in sorted(union - own)),
     )
     return sorted(union)
+
+
+def _local_siblings(
+    root: Path, exclude: frozenset[str]
+) -> tuple[str, str, dict[str, str], dict[str, set[str]]] | None:
+    """For :func:`_split_alone_classes`: the split folders beside ``root`` on disk. Only
+    their class folders' names are listed, not their files."""
+    named = Path(os.path.abspath(root))  # "." inside data/valid is valid/ too; links kept
+    split = SPLIT_DIRS.get(named.name.lower())
+    if split is None:
+        return None
+    try:
+        found = find_split_dirs(named.parent, exclude)
+    except (OSError, ValueError):
+        return None
+    if os.path.realpath(found.get(split, "")) != os.path.realpath(root):
+        return None
+    names = {
+        name: {
+            d.name
+            for d in folder.iterdir()
+            if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude
+        }
+        for name, folder in found.items()
+        if name != split
+    }
+    folders = {name: os.fspath(folder) for name, folder in found.items()}
+    return split, os.fspath(named.parent), folders, names
+
+
+def _url_siblings(
+    url: str, fs: Any, base: str
+) -> tuple[str, str, dict[str, str], dict[str, set[str]]] | None:
+    """:func:`_local_siblings` at a URL: one listing of the parent prefix and one of each
+    split folder beside it (folders exist there as key prefixes, as :func:`_url_tops` sees
+    them)."""
+    name = base.rstrip("/").rsplit("/", 1)[-1]
+    split = SPLIT_DIRS.get(name.lower())
+    if split is None or "/" not in base.rstrip("/"):
+        return None
+    parent = base.rstrip("/").rsplit("/", 1)[0]
+
+    def folders_in(path: str) -> list[str]:
+        try:
+            entries = fs.ls(path, detail=True)
+        except (OSError, ValueError):
+            return []
+        return sorted(
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for e in entries
+            if e.get("type") == "directory"
+        )
+
+    found: dict[str, str] = {}
+    others = []
+    for d in folders_in(parent):
+        s = SPLIT_DIRS.get(d.lower())
+        if s is None:
+            if not _hidden(d):
+                others.append(d)
+        elif s in found:
+            return None  # two folders for one split: reading the parent refuses it
+        else:
+            found[s] = d
+    if found.get(split) != name or not _are_splits(set(found), others):
+        return None
+    parent_url = url.rstrip("/").rsplit("/", 1)[0]
+    names = {
+        s: {c for c in folders_in(f"{parent}/{d}") if not _hidden(c)}
+        for s, d in found.items()
+        if s != split
+    }
+    return split, parent_url, {s: f"{parent_url}/{d}" for s, d in found.items()}, names
 
 
 def _assemble(
@@ -932,8 +993,11 @@ def from_folder(
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
     given = _given_classes(classes)
-    if given is None and url is None and len(tops) == 1 and not tops[0].split:
-        given = _split_alone_classes(Path(root), tops[0], reals)
+    if given is None and len(tops) == 1 and not tops[0].split:
+        siblings = (
+            _local_siblings(Path(root), reals) if url is None else _url_siblings(url, fs, base_path)
+        )
+        given = _split_alone_classes(where, tops[0], siblings)
     files, labels, classes, split_of = _assemble(where, tops, loose, stray, given)
     base: str | Path = url or Path(root)
     rel = relative_paths(files, base)
