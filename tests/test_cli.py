@@ -356,3 +356,29 @@ def test_a_rerun_with_a_codec_keeps_its_finished_splits(tmp_path, image_folder, 
     assert di.open_zarr(out / "train.zarr.zip").attrs["codec"] == (
         "zstd" if codec == "zstd" else "jpeg:90"
     )
+
+
+def test_a_rerun_after_a_mask_file_changed_writes_the_new_mask(tmp_path, capsys):
+    # the fingerprint counted the images' files only: the store with the old mask was kept
+    # as 'written from the same files'
+    import zarr
+    from PIL import Image
+
+    src, masks, out = tmp_path / "src", tmp_path / "masks", tmp_path / "out"
+    di.testing.make_image_folder(src, n=6, size=(8, 8), classes=("cat", "dog"))
+    for f in src.rglob("*.png"):
+        (masks / f.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 1, np.uint8)).save(masks / f.parent.name / f.name)
+    args = ["ingest", str(src), str(out), "--size", "8", "8", "--masks", str(masks)]
+    args += ["--valid", "0", "--test", "0"]
+    assert main(args) == 0
+    victim = sorted(masks.rglob("*.png"))[0]
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(victim)
+    capsys.readouterr()
+    assert main(args) == 2  # another source now: refused unless told to overwrite
+    assert "written from other files or settings" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    g = zarr.open_group(zarr.storage.ZipStore(out / "train.zarr.zip", mode="r"), mode="r")
+    stored = dict(zip(g["paths"][:].tolist(), g["masks"][:], strict=True))
+    key = victim.relative_to(masks).as_posix()
+    np.testing.assert_array_equal(stored[key], np.asarray(Image.open(victim)))  # oracle: Pillow

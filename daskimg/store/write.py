@@ -342,8 +342,9 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     """A digest of what a store is made from (files, labels, columns) and how, so a re-run of
     the same ingest can keep a split that is finished already.
 
-    Local files count with their size, modification time, inode and status-change time
-    (``st_ctime``, which no tool can set back), so a file replaced or rewritten since makes
+    Local files (images and mask files) count with their size, modification time, inode
+    and status-change time (``st_ctime``, which no tool can set back), so a file replaced
+    or rewritten since makes
     it another store, also when its size and modification time were kept (``cp -p``,
     ``rsync -a``, ``touch -r``); files at URLs by their names only (asking a bucket for a
     million objects' metadata would cost more than it saves).
@@ -355,8 +356,12 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     if isinstance(files, FileSource):
         h.update("\0".join(map(str, files.paths)).encode())
         h.update(repr(files.spec).encode())
+        if files.masks is not None:  # mask files count as the images do
+            h.update(("\0masks\0" + "\0".join(map(str, files.masks))).encode())
         if files.remote is None:
             h.update(_file_states(files.paths))
+            if files.masks is not None:
+                h.update(_file_states(files.masks))
     elif imageset.images is not None:
         h.update(tokenize(imageset.images).encode())
     for name, values in sorted(imageset.arrays.items()):
