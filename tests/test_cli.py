@@ -382,3 +382,22 @@ def test_a_rerun_after_a_mask_file_changed_writes_the_new_mask(tmp_path, capsys)
     stored = dict(zip(g["paths"][:].tolist(), g["masks"][:], strict=True))
     key = victim.relative_to(masks).as_posix()
     np.testing.assert_array_equal(stored[key], np.asarray(Image.open(victim)))  # oracle: Pillow
+
+
+@pytest.mark.parametrize("into", ["cat", "test", "."])
+def test_ingest_into_a_class_or_split_folder_of_its_source_is_refused(tmp_path, into, capsys):
+    # OUT inside SRC is left out of the set: `ingest src src/cat` wrote a one-class set
+    # without cat, and `ingest src src/test` dropped the test split, both with exit 0
+    src = tmp_path / "src"
+    if into == "test":
+        di.testing.make_image_folder(src, n=8, size=(8, 8), split_dirs=("train", "test"))
+    else:
+        di.testing.make_image_folder(src, n=8, size=(8, 8), classes=("cat", "dog"))
+    out = src / into
+    walked = list(out.rglob("*.png"))  # the oracle: the images the folder holds
+    assert walked
+    assert main(["ingest", str(src), str(out), "--size", "8", "8"]) == 2
+    assert "holds images" in capsys.readouterr().err
+    assert not list(out.glob("*.zarr*"))
+    # a folder of stores inside SRC stays allowed (and left out on the next run)
+    assert main(["ingest", str(src), str(src / "stores"), "--size", "8", "8"]) == 0

@@ -55,6 +55,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     opts = args.storage_options
+    _refuse_out_holding_images(args.src, args.out)
     try:
         ds = from_folder(
             args.src,
@@ -160,6 +161,29 @@ def ingest(args: argparse.Namespace) -> int:
             print(f"skipped ({name}): {path}: {why}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _refuse_out_holding_images(src: str, out: str) -> None:
+    """OUT inside SRC is left out of the set (so its stores are not read as a class on the
+    next run); one that holds images already is a class or split folder of SRC (``ingest
+    photos photos/cat``), whose images that would drop without a word."""
+    if is_url(src) or is_url(out) or not os.path.isdir(out):
+        return
+    real_src, real_out = os.path.realpath(src), os.path.realpath(out)
+    if real_out != real_src and not real_out.startswith(real_src.rstrip(os.sep) + os.sep):
+        return
+    from ..read.folder import IMAGE_EXTENSIONS
+
+    for folder, dirs, files in os.walk(out):
+        dirs[:] = [d for d in dirs if not d.endswith((".zarr", ".partial"))]  # stores
+        images = [f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        if images:
+            raise ValueError(
+                f"OUT {out!r} is inside SRC {src!r} and holds images "
+                f"({os.path.join(folder, images[0])!r}, ...): a class or split folder of the "
+                "set, which would be left out of it (stores written inside SRC are not read "
+                "on the next run). Write the stores to another folder"
+            )
 
 
 #: names of split stores an earlier run may have left in OUT
