@@ -401,3 +401,29 @@ def test_ingest_into_a_class_or_split_folder_of_its_source_is_refused(tmp_path, 
     assert not list(out.glob("*.zarr*"))
     # a folder of stores inside SRC stays allowed (and left out on the next run)
     assert main(["ingest", str(src), str(src / "stores"), "--size", "8", "8"]) == 0
+
+
+def test_a_failed_overwrite_never_leaves_two_runs_side_by_side(tmp_path, capsys):
+    # the new train store was published beside the earlier run's valid store, which held
+    # an image the new train holds too; `daskimg info` passed both
+    import zarr
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    di.testing.make_image_folder(src, n=12, size=(8, 8), split_dirs=("train", "valid"))
+    args = ["ingest", str(src), str(out), "--size", "8", "8"]
+    assert main(args) == 0
+    moved = sorted((src / "valid").rglob("*.png"))[0]
+    moved.rename(src / "train" / moved.parent.name / ("was_valid_" + moved.name))
+    (src / "valid" / moved.parent.name / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 2
+    stores = sorted(p.name for p in out.iterdir() if p.name.endswith(".zarr.zip"))
+
+    def paths(name):
+        g = zarr.open_group(zarr.storage.ZipStore(out / name, mode="r"), mode="r")
+        return {str(p).rsplit("/", 1)[-1].removeprefix("was_valid_") for p in g["paths"][:]}
+
+    named = [paths(s) for s in stores]  # the oracle: plain zarr
+    assert len(named) == 1 or not set.intersection(*named)  # no image in two runs' stores
+    assert stores == ["train.zarr.zip"]  # this run's train; the earlier valid is gone
+    assert "removed" in capsys.readouterr().out

@@ -106,6 +106,16 @@ def ingest(args: argparse.Namespace) -> int:
             "them once this run has written its stores, or write to another OUT"
         )
     rows = []
+    # --overwrite: once this run has replaced one store, the earlier run's others go, so that
+    # OUT never holds the two runs side by side (a failure or a kill after the first split
+    # would leave a new train beside the old valid, sharing images); before that, a run
+    # that fails leaves OUT as the earlier run made it
+    earlier = [
+        _out(args.out, n + ext)
+        for n, part in parts.items()
+        if len(part)
+        and Location.of(_out(args.out, n + ext), opts if is_url(args.out) else None).exists()
+    ]
     with scheduler(args.scheduler, args.workers):
         for name, part in parts.items():
             if len(part) == 0:
@@ -137,6 +147,11 @@ def ingest(args: argparse.Namespace) -> int:
                         f"{e.reason}. Pass --on-error skip to leave files that cannot be decoded "
                         "out (each is listed in the store's 'skipped' attribute and here)",
                     ) from None
+                if args.overwrite and (earlier or stale):
+                    for old in [e for e in earlier if e != target] + stale:
+                        Location.of(old, opts if is_url(old) else None).remove()
+                        print(f"removed {old}: a store of an earlier run (--overwrite)")
+                    earlier, stale = [], []
             summary = info(target, storage_options=so)
             img = summary["arrays"]["images"]
             rows.append(
@@ -150,7 +165,7 @@ def ingest(args: argparse.Namespace) -> int:
                     part.skipped,
                 )
             )
-    for target in stale:  # only now: a run that fails leaves OUT as the earlier run made it
+    for target in stale:  # only now (or, with --overwrite, after the first store written)
         Location.of(target, opts if is_url(target) else None).remove()
         print(f"removed {target}: a store of an earlier run, not a split of this one")
     print("\nsplit      samples  skipped        bytes   ratio    time")
