@@ -427,3 +427,12 @@ def test_a_failed_overwrite_never_leaves_two_runs_side_by_side(tmp_path, capsys)
     assert len(named) == 1 or not set.intersection(*named)  # no image in two runs' stores
     assert stores == ["train.zarr.zip"]  # this run's train; the earlier valid is gone
     assert "removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--valid", "--test"])
+def test_a_split_fraction_that_is_no_number_is_named(tmp_path, image_folder, capsys, flag):
+    # --valid nan was dropped as 'not > 0' and the error named only the other fraction
+    out = tmp_path / "out"
+    assert main(["ingest", str(image_folder), str(out), "--size", "8", "8", flag, "nan"]) == 2
+    assert f"{flag} nan is not a fraction" in capsys.readouterr().err
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -82,6 +83,9 @@ def ingest(args: argparse.Namespace) -> int:
     else:
         valid = 0.1 if args.valid is None else args.valid
         test = 0.1 if args.test is None else args.test
+        for flag, v in (("--valid", valid), ("--test", test)):
+            if not math.isfinite(v):
+                raise ValueError(f"{flag} {v} is not a fraction; give a number such as 0.1")
         if valid < 0 or test < 0 or valid + test >= 1:
             raise ValueError(
                 f"--valid {valid} and --test {test} must be >= 0 and leave something to train on"
