@@ -1034,3 +1034,20 @@ def test_from_csv_a_path_through_a_link_and_then_dotdot_is_refused(tmp_path):
     (tmp_path / "t.csv").write_text("path,label\nsub/../x.png,a\n")
     ds = di.from_csv(tmp_path / "t.csv", root=imgs, size=(8, 8))
     assert ds.images[0, 0, 0].compute().tolist() == [200, 0, 0]
+
+
+def test_a_stratified_split_far_from_its_fractions_is_named(caplog):
+    # 500 classes of 4: 0.9/0.05/0.05 came out 0.5/0.25/0.25 without a word
+    images = np.zeros((2000, 2, 2, 1), np.uint8)
+    labels = np.repeat(np.arange(500), 4)
+    ds = di.ImageSet(images, labels, classes=[f"c{i}" for i in range(500)])
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        parts = ds.split({"train": 0.9, "valid": 0.05, "test": 0.05})
+    shares = {k: len(v) / len(ds) for k, v in parts.items()}  # the oracle: the counts
+    assert shares["valid"] > 0.05 * 1.25
+    assert "far from the fractions asked" in caplog.text and "'valid' 25.0%" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        parts = ds.split({"train": 0.9, "valid": 0.05, "test": 0.05}, stratify=False)
+    assert "far from" not in caplog.text
+    assert {k: len(v) for k, v in parts.items()} == {"train": 1800, "valid": 100, "test": 100}

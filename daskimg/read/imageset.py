@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,8 @@ from .boxes import check_boxes, image_frame
 from .decode import DecodeSpec
 from .files import ON_ERROR
 from .source import DEFAULT_BLOCK, FileSource, RowSource
+
+logger = logging.getLogger("daskimg")
 
 #: the label of a sample that has none (a sample of an unlabelled split), as in scikit-learn
 NO_LABEL = -1
@@ -588,10 +591,36 @@ def split_indices(
             g = max(range(len(out[donor])), key=lambda k: len(out[donor][k]))
             out[j].append(out[donor][g][-1:])
             out[donor][g] = out[donor][g][:-1]
-    return {
+    parts = {
         name: np.sort(np.concatenate(chunks)).astype(np.int64) if chunks else np.empty(0, np.int64)
         for name, chunks in zip(names, out, strict=True)
     }
+    _warn_far_from_fractions(parts, fractions, n, len(groups))
+    return parts
+
+
+def _warn_far_from_fractions(
+    parts: Mapping[str, np.ndarray], fractions: Mapping[str, float], n: int, groups: int
+) -> None:
+    """Name a split whose share is far from its fraction (a quarter of it off, and 2 points
+    or more): stratified, each class gives every split one sample, so many small classes
+    move the shares (5 per class: 0.8/0.1/0.1 comes out 0.6/0.2/0.2)."""
+    if not n or groups < 2:
+        return
+    far = [
+        f"{name!r} {len(idx) / n:.1%} (asked {fractions[name]:.1%})"
+        for name, idx in parts.items()
+        if abs(len(idx) / n - fractions[name]) >= max(0.02, fractions[name] / 4)
+    ]
+    if far:
+        logger.warning(
+            "split: the shares are far from the fractions asked: %s. Each of the %d classes "
+            "gives every split at least one sample (about %.1f samples per class here); pass "
+            "stratify=False (ImageSet.split) to divide the whole set by the fractions",
+            ", ".join(far),
+            groups,
+            n / groups,
+        )
 
 
 def _allocate(m: int, fr: np.ndarray) -> np.ndarray:
