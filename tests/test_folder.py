@@ -774,3 +774,16 @@ def test_a_split_folder_read_on_its_own_at_a_url_numbers_classes_as_train_does(t
         assert list(di.from_folder(f"{url}/train", size=(6, 6)).classes) == train_names
     finally:
         fs.rm("/daskimg-test-split-alone", recursive=True)
+
+
+def test_zarr_store_folders_beside_the_class_folders_are_no_classes(tmp_path):
+    # stores written as folders into the source (to_zarr(..., "data/train.zarr")) were
+    # read as empty classes on the next read, shifting nothing but adding classes
+    src = tmp_path / "data"
+    di.testing.make_image_folder(src, n=6, size=(8, 8), classes=("cat", "dog"))
+    first = di.from_folder(src, size=(8, 8))
+    di.to_zarr(first, src / "train.zarr")
+    assert (src / "train.zarr" / "zarr.json").is_file()
+    again = di.from_folder(src, size=(8, 8))
+    assert again.classes == ("cat", "dog")  # the oracle: the class folders made
+    assert again.paths.tolist() == first.paths.tolist()

@@ -93,9 +93,14 @@ SYSTEM_FOLDERS = frozenset(
 
 
 def _hidden(folder: str) -> bool:
-    """Folders never read: hidden ones (``.git``, ``.ipynb_checkpoints``) and
-    :data:`SYSTEM_FOLDERS`: never a class."""
-    return folder.startswith(".") or folder.casefold() in SYSTEM_FOLDERS
+    """Folders never read: hidden ones (``.git``, ``.ipynb_checkpoints``),
+    :data:`SYSTEM_FOLDERS`, and Zarr stores written as folders (``train.zarr``: a store
+    beside the class folders is no class, and holds no images): never a class."""
+    return (
+        folder.startswith(".")
+        or folder.casefold() in SYSTEM_FOLDERS
+        or folder.casefold().endswith((".zarr", ".zarr.partial"))
+    )
 
 
 def _is_image(name: str) -> bool:
