@@ -262,7 +262,9 @@ class KerasDataset(keras.utils.PyDataset):
     @property
     def num_batches(self) -> int:
         """Batches in the current epoch, ``len(ds)`` (Keras asks for this)."""
-        return len(self)
+        n = len(self)
+        self._told = n  # what Keras last read (a fit fixes its steps when it begins)
+        return n
 
     @property
     def full_epoch(self) -> int:
@@ -284,8 +286,23 @@ class KerasDataset(keras.utils.PyDataset):
     def on_epoch_begin(self) -> None:
         """Keras calls this before each pass: move on if the current epoch was served whole.
 
-        Refuses ``model.predict`` on a shuffled dataset: its rows would come back in the
-        shuffled order, with nothing to say which sample each belongs to."""
+        Refuses ``model.predict`` on a shuffled dataset (its rows would come back in the
+        shuffled order, with nothing to say which sample each belongs to), and a later epoch
+        of a ``fit`` that began with the rest of a resumed epoch (Keras keeps that many
+        steps for every epoch of the call)."""
+        self._data.advance_if_served()
+        told = getattr(self, "_told", None)
+        if told is not None and told != len(self) and _called_from_keras("fit"):
+            # a fit that began with the rest of a resumed epoch keeps that many steps for
+            # every epoch: the later ones would be cut short (24 of 40 samples each)
+            raise ValueError(
+                f"this fit runs {told} batches per epoch (the length Keras read when it "
+                f"began: the rest of a resumed epoch), but epoch {self.epoch} has "
+                f"{len(self)}: {len(self) - told} batches of every later epoch would never "
+                "be trained on. The resumed epoch is finished; go on with "
+                f"fit(ds, initial_epoch={self.epoch}, epochs=...). A resumed epoch's rest "
+                "needs a fit of its own (fit(ds, initial_epoch=ds.epoch, epochs=ds.epoch + 1))"
+            )
         if self.shuffle and _called_from_keras("predict"):
             raise ValueError(
                 "model.predict on a KerasDataset that shuffles (shuffle defaults to True when "
@@ -294,7 +311,6 @@ class KerasDataset(keras.utils.PyDataset):
                 "samples. Predict from one in store order: KerasDataset(path, batch_size=..., "
                 "arrays=('images',)) or shuffle=False"
             )
-        self._data.advance_if_served()
 
     def on_epoch_end(self) -> None:
         """Keras calls this after each pass: move on if the current epoch was served whole."""

@@ -557,3 +557,24 @@ def test_default_scale_follows_the_image_dtype(dtype, peak, want):
         (images, np.zeros(6, np.int64)), batch_size=6, shuffle=False, scale=None
     )
     assert float(explicit[0][0].max()) == float(peak)
+
+
+def test_one_fit_after_a_mid_epoch_state_without_the_callback_is_stopped_not_cut(store):
+    # without epoch_callback(), one fit(epochs=3) after a mid-epoch state trained epochs 1
+    # and 2 on 6 of their 11 batches each (Keras keeps the first epoch's step count)
+    first = KerasDataset(store, batch_size=10)
+    head = [ids_of(first[i][0]) for i in range(5)]
+    ds = KerasDataset(store, batch_size=10)
+    ds.load_state_dict(first.state_dict())
+    assert (ds.epoch, len(ds), ds.full_epoch) == (0, 6, 11)
+    model, rec, passes = recording_model()
+    with pytest.raises(ValueError, match=r"this fit runs 6 batches per epoch.*epoch 1 has 11"):
+        model.fit(ds, epochs=3, verbose=0, callbacks=[passes])
+    assert [len(e) for e in rec.train] == [6, 0]  # epoch 1 not trained on a cut plan
+    # the oracle: the uninterrupted run's epoch 0
+    full = KerasDataset(store, batch_size=10)
+    assert batch_sets(head + rec.train[0]) == batch_sets([ids_of(full[i][0]) for i in range(11)])
+    model.fit(ds, initial_epoch=ds.epoch, epochs=3, verbose=0, callbacks=[passes])
+    assert [len(e) for e in rec.train[2:]] == [11, 11]
+    for epoch in rec.train[2:]:
+        assert sorted(flat(epoch)) == list(range(N))
