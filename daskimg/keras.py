@@ -5,8 +5,6 @@ Import it as ``from daskimg.keras import KerasDataset``; keras is imported here 
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,7 +12,7 @@ import keras
 import numpy as np
 
 from .feed.batches import INDEX, ReadStats
-from .feed.checks import check_at_least
+from .feed.checks import called_from, check_at_least
 from .feed.indexed import IndexedBatches
 from .feed.iterator import Transform
 from .feed.plan import EpochPlan
@@ -292,7 +290,7 @@ class KerasDataset(keras.utils.PyDataset):
         steps for every epoch of the call)."""
         self._data.advance_if_served()
         told = getattr(self, "_told", None)
-        if told is not None and told != len(self) and _called_from_keras("fit"):
+        if told is not None and told != len(self) and called_from("fit", "keras"):
             # a fit that began with the rest of a resumed epoch keeps that many steps for
             # every epoch: the later ones would be cut short (24 of 40 samples each)
             raise ValueError(
@@ -303,7 +301,7 @@ class KerasDataset(keras.utils.PyDataset):
                 f"fit(ds, initial_epoch={self.epoch}, epochs=...). A resumed epoch's rest "
                 "needs a fit of its own (fit(ds, initial_epoch=ds.epoch, epochs=ds.epoch + 1))"
             )
-        if self.shuffle and _called_from_keras("predict"):
+        if self.shuffle and called_from("predict", "keras"):
             raise ValueError(
                 "model.predict on a KerasDataset that shuffles (shuffle defaults to True when "
                 "the batches hold targets) would return the predictions in a shuffled order: "
@@ -506,18 +504,6 @@ def _check_args(
         check_at_least(name, v, lo)
     if cache_chunks is not None:
         check_at_least("cache_chunks", cache_chunks, 1)
-
-
-def _called_from_keras(method: str) -> bool:
-    """Whether Keras's ``Model.<method>`` is on the calling stack (Keras tells a dataset
-    nothing of what it is read for; its ``predict`` calls ``on_epoch_begin`` directly)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == method and f"{os.sep}keras{os.sep}" in code.co_filename:
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
 
 
 def _check_flags(*, drop_last: bool, use_multiprocessing: bool, shuffle: bool | None) -> None:

@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ChecksumError
+from .feed.batches import INDEX
+from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state
 from .feed.shuffle import num_batches
 
@@ -236,6 +238,7 @@ class TorchDataset(IterableDataset):
             for k, v in probe.settings().items()
             if k not in ("consumer", "num_consumers", "worker", "num_workers", "even")
         }
+        self._arrays = tuple(probe.arrays)
         probe.close()
         self._epochs = _Epochs()
         self._it: BatchIterator | None = None  # this process's iterator, kept across epochs
@@ -276,7 +279,23 @@ class TorchDataset(IterableDataset):
 
     # -- iteration --------------------------------------------------------------------
     def __len__(self) -> int:
-        """Batches this rank yields per epoch, whatever the DataLoader's ``num_workers``."""
+        """Batches this rank yields per epoch, whatever the DataLoader's ``num_workers``.
+
+        Refuses Lightning's ``Trainer.predict`` on a shuffled dataset without ``"index"``
+        (Lightning asks for the length first): the predictions would come back in the
+        shuffled order, with nothing to say which sample each belongs to."""
+        if (
+            self._kw["shuffle"]
+            and INDEX not in self._arrays
+            and called_from("predict", "lightning", "pytorch_lightning")
+        ):
+            raise ValueError(
+                "Trainer.predict on a TorchDataset that shuffles (shuffle=True is the default) "
+                "would return the predictions in a shuffled order: written back, they would "
+                "land on other samples. Predict from one in store order, TorchDataset(path, "
+                "..., shuffle=False), or add 'index' to arrays= and write each prediction to "
+                "its index (ArrayWriter(..., mode='a').append(preds, index=index))"
+            )
         rank, world = self._ranks()
         return num_batches(
             self._settings["num_samples"],

@@ -195,3 +195,40 @@ def test_lightning_resumed_fit_trains_on_the_uninterrupted_batches(
         assert len(seen) == len(expected), epoch  # each batch once, across the two fits
         for (index, _), want in zip(seen, expected, strict=True):
             np.testing.assert_array_equal(index, want)
+
+
+class _Ids(pl.LightningModule):
+    """Predicts each sample's id from its pixels (the fixture's encoding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+    def predict_step(self, batch, batch_idx):
+        return torch.from_numpy(decoded_ids(batch[0].numpy()))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice (workers, logging, ...)
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree, called by Lightning
+@pytest.mark.parametrize("workers", [0, 2])
+def test_lightning_predict_on_a_shuffled_dataset_without_index_is_refused(
+    tmp_path, indexed_set, workers
+):
+    # Trainer.predict(DataLoader(TorchDataset(store))) returned the predictions in the
+    # shuffled order; written back with order="store" they landed on other samples
+    store = str(di.to_zarr(indexed_set.take(np.arange(N)), tmp_path / "p.zarr.zip", chunks=8))
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
+
+    def loader(**kw):
+        return DataLoader(
+            TorchDataset(store, batch_size=16, **kw), batch_size=None, num_workers=workers
+        )
+
+    with pytest.raises(ValueError, match=r"Trainer.predict on a TorchDataset that shuffles"):
+        trainer.predict(_Ids(), loader())
+    got = torch.cat(trainer.predict(_Ids(), loader(shuffle=False))).numpy()
+    np.testing.assert_array_equal(got, plain_group(store)["idx"][:])  # oracle: plain zarr
+    shuffled = trainer.predict(_Ids(), loader(arrays=("images", "index")))  # placed by index
+    assert sorted(torch.cat(shuffled).tolist()) == sorted(plain_group(store)["idx"][:].tolist())

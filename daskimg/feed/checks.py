@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,3 +114,18 @@ def _parts(transform: Any) -> Iterator[Any]:
             yield from _parts(t)
     elif transform is not None:
         yield transform
+
+
+def called_from(method: str, *packages: str) -> bool:
+    """Whether a function ``method`` of one of ``packages`` (a folder on its file's path:
+    ``keras``; ``lightning``, ``pytorch_lightning``) is on the calling stack. How a dataset
+    learns what a framework reads it for: neither Keras nor Lightning tells a dataset it is
+    read to predict."""
+    frame = sys._getframe(1)
+    parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == method and any(p in code.co_filename for p in parts):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
