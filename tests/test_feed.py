@@ -668,3 +668,39 @@ def test_a_set_read_with_skip_is_fed_from_its_store(tmp_path):
     store = di.to_zarr(ds, tmp_path / "s.zarr.zip")
     seen = sorted(int(x[0, 0, 0]) for b, _ in di.BatchIterator(store, batch_size=2) for x in b)
     assert seen == [i * 40 for i in range(6)]  # oracle: the colours painted; bad.png left out
+
+
+def test_an_array_put_in_place_of_a_stored_one_is_fed_as_it_is(tmp_path):
+    # ds.images = flipped on an opened store: the loaders read the stored chunks anyway
+    # (unflipped pixels, the old column), without a word; an added lazy column was
+    # refused as "the store is damaged"
+    import dask.array as da
+
+    from daskimg.feed.source import FeedSource
+
+    torch = pytest.importorskip("torch")
+    from daskimg.torch import TorchDataset
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 6, 5, 3), dtype=np.uint8)
+    f = rng.random(40).astype(np.float32)
+    path = di.to_zarr(
+        di.ImageSet(images, columns={"f": f}), tmp_path / "s.zarr.zip", chunks=8, order="source"
+    )
+    ds = di.open_zarr(path)
+    assert FeedSource(ds, ("images", "f")).fast == {"images", "f"}  # its own: read direct
+    ds.images = ds.images[:, :, ::-1]
+    ds.columns["f"] = ds.arrays["f"] * 2
+    ds.columns["w"] = da.arange(40, chunks=16).astype(np.float32)
+    want = {"images": images[:, :, ::-1], "f": f * 2, "w": np.arange(40, dtype=np.float32)}
+    names = ("images", "f", "w", "index")
+    for batch in di.BatchIterator(ds, batch_size=8, arrays=names):  # oracle: numpy
+        idx = batch[-1]
+        for name, got in zip(names[:-1], batch[:-1], strict=True):
+            np.testing.assert_array_equal(got, want[name][idx])
+    loader = torch.utils.data.DataLoader(
+        TorchDataset(ds, batch_size=8, arrays=names), batch_size=None
+    )
+    for batch in loader:
+        idx = batch[-1].numpy()
+        np.testing.assert_array_equal(batch[0].numpy(), want["images"][idx])

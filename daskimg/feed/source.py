@@ -14,7 +14,7 @@ import numpy as np
 
 from ..read.imageset import ImageSet
 from ..store.jpeg import JpegChunk
-from ..store.open import open_zarr
+from ..store.open import open_zarr, store_array_name
 from ..store.reader import StoreReader
 
 try:  # per-thread I/O counters tell a store read from disk from one in the page cache
@@ -154,10 +154,16 @@ class FeedSource:
         else:
             self.chunk_len = max(1, min(self.n, 1024))
         if self.reader is not None:
+            # read straight from the store: only the store's own arrays (an array put in the
+            # place of one, or added, is computed as the dask array it is)
+            stored = set(self.reader.array_names())
             self.fast = {
                 n
-                for n in self.lazy
-                if self.reader.layout(n).kind and self.reader.layout(n).chunk_len == self.chunk_len
+                for n, a in self.lazy.items()
+                if n in stored
+                and a.name == store_array_name(self.reader, n)
+                and self.reader.layout(n).kind
+                and self.reader.layout(n).chunk_len == self.chunk_len
             }
         else:
             self.fast = set()

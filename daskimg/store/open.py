@@ -157,11 +157,17 @@ def imageset_of(arrays: dict[str, Any], st: OpenedStore) -> ImageSet:
     return ds
 
 
+def store_array_name(reader: StoreReader, name: str) -> str:
+    """The dask name of :func:`lazy_array`'s array of ``name``: how a feed knows an array is
+    still the store's own (not one put in its place: ``ds.images = ds.images[:, :, ::-1]``)."""
+    lay = reader.layout(name)
+    return f"daskimg-read-{name}-{tokenize(reader.path, name, reader.read_bytes('zarr.json'), lay)}"
+
+
 def lazy_array(reader: StoreReader, name: str) -> da.Array:
     """A dask array over one stored array, one task per chunk, read by :class:`StoreReader`."""
     lay = reader.layout(name)
-    token = tokenize(reader.path, name, reader.read_bytes("zarr.json"), lay)
-    key = f"daskimg-read-{name}-{token}"
+    key = store_array_name(reader, name)
     zeros = (0,) * (len(lay.shape) - 1)
     dsk: dict[Any, Any] = {
         (key, c, *zeros): (reader.read_chunk, name, c) for c in range(lay.num_chunks)
