@@ -417,7 +417,9 @@ def test_a_server_error_is_asked_again_then_named_not_called_damage(
 
     monkeypatch.setattr(ranged, "_BACKOFF", (0.0, 0.0))
     url = _serve(server, _store(tmp_path, noisy_set))
+    server.fail_ranged = 2  # opening too (its several ranges in one call) is asked again
     ds = di.open_zarr(url, storage_options={})
+    assert server.fail_ranged == 0
     server.fail_ranged = 2  # two 500s in a row: asked again, read as served
     np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
     assert server.fail_ranged == 0
@@ -472,3 +474,39 @@ def test_a_server_s_retry_after_is_waited_for_up_to_a_limit(
         waits.clear()
         np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
         assert waits == [ranged._LONGEST, ranged._LONGEST]  # never an hour per request
+
+
+def test_several_ranges_in_one_call_are_asked_again_after_a_server_error(monkeypatch):
+    # read_many (how a zip's small members are fetched when a store is opened) made one
+    # request and raised at once, while its message said the server was asked 3 times
+    import daskimg.store.ranged as ranged
+    from daskimg.errors import ServerError
+
+    class Busy(Exception):
+        status = 503
+
+        def __init__(self) -> None:
+            super().__init__("busy")
+            self.headers = {"Retry-After": "2"}  # as aiohttp's ClientResponseError carries
+
+    data = bytes(range(256)) * 4
+
+    class Fs:  # a filesystem that refuses the first `busy` calls of each range
+        def __init__(self, busy):
+            self.busy, self.calls = busy, 0
+
+        def cat_ranges(self, paths, starts, ends):
+            self.calls += 1
+            return [
+                Busy() if self.calls <= self.busy else data[a:b]
+                for a, b in zip(starts, ends, strict=True)
+            ]
+
+    waits = []
+    monkeypatch.setattr(ranged, "_sleep", waits.append)
+    ranges = [(0, 10), (100, 50), (1000, 24)]
+    got = ranged.RangedObjects(Fs(busy=2), "s").read_many("k", ranges)
+    assert [bytes(g) for g in got] == [data[a : a + n] for a, n in ranges]  # oracle: the bytes
+    assert waits == [2.0, 2.0]  # the server's Retry-After
+    with pytest.raises(ServerError, match=r"HTTP 503 .*3 times"):
+        ranged.RangedObjects(Fs(busy=3), "s").read_many("k", ranges)

@@ -186,9 +186,19 @@ class RangedObjects:
         """Several ``(start, length)`` ranges of ``path``, fetched concurrently."""
         if not ranges:
             return []
-        got = self.fs.cat_ranges(
-            [path] * len(ranges), [a for a, _ in ranges], [a + n for a, n in ranges]
-        )
+        got: list[Any] = [None] * len(ranges)
+        todo, busy = list(range(len(ranges))), 0
+        while todo:  # ranges a server refused (429, 5xx) are asked again, as one at a time
+            answers = self.fs.cat_ranges(
+                [path] * len(todo),
+                [ranges[i][0] for i in todo],
+                [ranges[i][0] + ranges[i][1] for i in todo],
+            )
+            for i, data in zip(todo, answers, strict=True):
+                got[i] = data
+            refused = [i for i in todo if _status(got[i]) in _RETRY]
+            todo = refused if refused and _pause(busy, _headers(got[refused[0]])) else []
+            busy += 1
         out = []
         for (a, n), data in zip(ranges, got, strict=True):
             if isinstance(data, BaseException):
