@@ -732,7 +732,7 @@ def test_bad_volume_files(tmp_path: Path) -> None:
     stack.write_bytes(data[: len(data) * 9 // 10])  # the last page's pixels are cut
     _bad(stack, VOLUME, "corrupt or truncated")
     stack.write_bytes(data[: len(data) * 3 // 10])  # tifffile finds just the first page
-    _bad(stack, VOLUME, r"corrupt or truncated TIFF: page \d starts at byte \d+, past the end")
+    _bad(stack, VOLUME, r"corrupt or truncated TIFF.*(invalid page offset|past the end)")
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 8).reshape(2, 2, 2), allow_pickle=True)
     _bad(tmp_path / "objects.npy", VOLUME, "holds Python objects")
 
