@@ -621,8 +621,12 @@ def _label_csv(tmp_path, labels, name="l.csv"):
     files = sorted(
         p.relative_to(tmp_path / "imgs").as_posix() for p in (tmp_path / "imgs").rglob("*.png")
     )
-    rows = ["path,label"] + [f"{f},{v}" for f, v in zip(files, labels, strict=True)]
-    (tmp_path / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    import csv
+
+    with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)  # quotes what needs it ("a,b")
+        out.writerow(["path", "label"])
+        out.writerows(zip(files, labels, strict=True))
     return tmp_path / name
 
 
@@ -633,7 +637,8 @@ def _label_csv(tmp_path, labels, name="l.csv"):
         (["9.5", "10.5", "0.25", "9.5"], r"line 2: column 'label' holds numbers with fractions"),
         # several labels in one cell: 'cat|dog' became a third class
         (["cat", "cat|dog", "dog", "dog"], r"line 3: label 'cat\|dog' .*holds several labels"),
-        (["a;b", "b;c", "c;a", "a;c"], r"label 'a;.' .*holds several labels"),
+        (["a;b", "b", "c", "a"], r"label 'a;b' .*holds several labels.*label of line \d"),
+        (["a,b", "b", "c", "a"], r"label 'a,b' .*holds several labels"),
         # names that print alike: a zero-width space, a doubled inner space
         (
             ["cat", "cat\u200b", "dog", "dog"],
@@ -644,7 +649,7 @@ def _label_csv(tmp_path, labels, name="l.csv"):
             r"the same apart from invisible characters or spaces",
         ),
     ],
-    ids=["fractions", "pipe", "semicolons", "zero-width", "spaces"],
+    ids=["fractions", "pipe", "semicolons", "commas", "zero-width", "spaces"],
 )
 def test_from_csv_labels_that_are_no_class_names_are_refused(tmp_path, labels, says):
     csv = _label_csv(tmp_path, labels)
@@ -655,7 +660,7 @@ def test_from_csv_labels_that_are_no_class_names_are_refused(tmp_path, labels, s
 def test_from_csv_names_that_merely_hold_a_separator_and_index_labels_read_as_before(tmp_path):
     import pandas as pd
 
-    labels = ["rock|pop", "jazz", "jazz", "rock|pop"]  # no part is a label of its own
+    labels = ["rock|pop", "jazz", "animal|cat", "animal|dog"]  # no part is a label itself
     csv = _label_csv(tmp_path, labels)
     ds = di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8))
     oracle = pd.read_csv(csv)["label"].tolist()  # the oracle: pandas' reading of the cells
@@ -665,6 +670,11 @@ def test_from_csv_names_that_merely_hold_a_separator_and_index_labels_read_as_be
         labels_are="names",
     )  # fmt: skip
     assert asked.classes == ("10.5", "9.5")
+    given = di.from_csv(
+        tmp_path / "f" / "l.csv", root=tmp_path / "f" / "imgs", size=(8, 8),
+        classes=["9.5", "10.5"],
+    )  # fmt: skip
+    assert [given.classes[i] for i in given.labels] == ["9.5", "10.5"]
     # train labelled by indices has no class names: classes=train.classes names none
     train = di.from_csv(
         _label_csv(tmp_path / "i", ["0", "2", "1", "2"]), root=tmp_path / "i" / "imgs", size=(8, 8)

@@ -378,7 +378,12 @@ def _labels(
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels, unless ``given``)."""
     labels, classes = _own_labels(
-        rows, label_column, where, names=labels_are == "names", padded=labels_are == "indices"
+        rows,
+        label_column,
+        where,
+        names=labels_are == "names",
+        padded=labels_are == "indices",
+        given=given,
     )
     if labels_are == "indices" and classes:
         line = next(
@@ -464,6 +469,7 @@ def _own_labels(
     *,
     names: bool = False,
     padded: bool = False,
+    given: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels).
 
@@ -516,8 +522,10 @@ def _own_labels(
                 "which they are: labels_are='names' or labels_are='indices'"
             )
         )
+    # classes= naming the values as they are written says they are class names
+    as_names = names or (given is not None and len(given) > 0 and set(raw) <= set(given))
     fractions = [i for i, v in enumerate(raw, start=2) if _whole_value(v) is None]
-    if not names and fractions and all(_is_float(v) and math.isfinite(float(v)) for v in raw):
+    if not as_names and fractions and all(_is_float(v) and math.isfinite(float(v)) for v in raw):
         line = fractions[0]
         raise ValueError(
             f"{where}, line {line}: column {label_column!r} holds numbers with fractions "
@@ -526,7 +534,7 @@ def _own_labels(
             f"columns={{'target': {label_column!r}}}; or, if the values do name classes, "
             "pass labels_are='names'"
         )
-    if not names:
+    if not as_names:
         _refuse_several_labels(raw, label_column, where)
     odd = sorted({v for v in raw if v.lower() in _MISSING})
     if odd:
@@ -544,32 +552,25 @@ def _own_labels(
 
 
 def _refuse_several_labels(raw: list[str], column: str, where: str) -> None:
-    """Refuse cells that hold several labels (``cat|dog``, ``cat;dog``): each would be a
-    class of its own. Taken as such when a part is a label of another row, or a part
-    recurs in other cells: a name that merely contains the character is not refused."""
+    """Refuse cells that hold several labels (``cat|dog``, ``cat;dog``, ``cat,dog``): each
+    would be a class of its own. Taken as such when a part is itself the label of another
+    row; a name that merely holds the character (``animal|cat`` beside ``animal|dog``, a
+    path of a hierarchy) is not refused."""
     whole = set(raw)
-    for sep in ("|", ";"):
-        cells = {v for v in whole if sep in v}
-        if not cells:
-            continue
-        seen: dict[str, str] = {}
-        for v in sorted(cells):
+    for sep in ("|", ";", ","):
+        for v in sorted(v for v in whole if sep in v):
             parts = [p.strip() for p in v.split(sep)]
-            if len(parts) < 2 or not all(parts):
+            again = next((p for p in parts if p and p != v and p in whole), None)
+            if again is None:
                 continue
-            again = next((p for p in parts if p in whole or seen.get(p, v) != v), None)
-            if again is not None:
-                line = raw.index(v) + 2
-                raise ValueError(
-                    f"{where}, line {line}: label {v!r} in column {column!r} holds several "
-                    f"labels ({', '.join(map(repr, parts))}; {again!r} is a label, or part of "
-                    "one, in other rows too); read as it is, it would be a class of its own. daskimg reads "
-                    "one class per sample: for several, store one 0/1 column per class "
-                    "(columns=) with label_column=None; or, if the values are class names as "
-                    "written, pass labels_are='names'"
-                )
-            for p in parts:
-                seen.setdefault(p, v)
+            raise ValueError(
+                f"{where}, line {raw.index(v) + 2}: label {v!r} in column {column!r} holds "
+                f"several labels ({', '.join(map(repr, parts))}; {again!r} is the label of "
+                f"line {raw.index(again) + 2}); read as it is, it would be a class of its "
+                "own. daskimg reads one class per sample: for several, store one 0/1 column "
+                "per class (columns=) with label_column=None; or, if the values are class "
+                "names as written, pass labels_are='names' (or classes=[...] naming them)"
+            )
 
 
 def _refuse_same_looking(raw: list[str], classes: list[str], column: str, where: str) -> None:
