@@ -716,7 +716,8 @@ def test_a_split_folder_read_on_its_own_numbers_classes_as_train_does(tmp_path, 
         with caplog.at_level(logging.INFO, logger="daskimg"):
             ds = di.from_folder(tmp_path / split, size=(6, 6))
         assert (
-            list(ds.classes) == train_names and "numbered with the classes of train/" in caplog.text
+            list(ds.classes) == train_names
+            and "numbered with the classes of the splits beside it" in caplog.text
         )
         got = {Path(p).parent.name: int(i) for p, i in zip(ds.paths, ds.labels, strict=True)}
         assert got == {c: train_names.index(c) for c in os.listdir(tmp_path / split)}
@@ -742,7 +743,9 @@ def test_a_split_folder_with_a_class_train_lacks_is_refused_read_on_its_own(tmp_
         ValueError, match=r"valid' holds class folder\(s\) that .*train' beside it does not: 'd'"
     ):
         di.from_folder(tmp_path / "valid", size=(6, 6))
-    assert di.from_folder(tmp_path / "train", size=(6, 6)).classes == ("a", "b")
+    # train/ read on its own takes every split's class folders, as reading the root does
+    # (which refuses this tree, for valid/d): indices agree wherever the root is read
+    assert di.from_folder(tmp_path / "train", size=(6, 6)).classes == ("a", "b", "d")
     # an evaluation set without train/: the union over its splits
     shutil.rmtree(tmp_path / "train")
     (tmp_path / "test" / "b").mkdir(parents=True)
@@ -764,14 +767,15 @@ def test_a_split_folder_read_on_its_own_at_a_url_numbers_classes_as_train_does(t
     for f in sorted(tmp_path.rglob("*.png")):
         fs.pipe(f"{url}/{f.relative_to(tmp_path).as_posix()}", f.read_bytes())
     try:
-        train_names = sorted(os.listdir(tmp_path / "train"))  # the oracle: the folder names
+        # the oracle: the class folders of every split, as reading the root takes them
+        every = sorted({c for s in ("train", "valid", "test") for c in os.listdir(tmp_path / s)})
         ds = di.from_folder(f"{url}/valid", size=(6, 6))
-        assert list(ds.classes) == train_names
+        assert list(ds.classes) == every
         got = {Path(p).parent.name: int(i) for p, i in zip(ds.paths, ds.labels, strict=True)}
-        assert got == {c: train_names.index(c) for c in os.listdir(tmp_path / "valid")}
+        assert got == {c: every.index(c) for c in os.listdir(tmp_path / "valid")}
         with pytest.raises(ValueError, match=r"test' holds class folder\(s\) that .* not: 'd'"):
             di.from_folder(f"{url}/test", size=(6, 6))
-        assert list(di.from_folder(f"{url}/train", size=(6, 6)).classes) == train_names
+        assert list(di.from_folder(f"{url}/train", size=(6, 6)).classes) == every
     finally:
         fs.rm("/daskimg-test-split-alone", recursive=True)
 
@@ -787,3 +791,15 @@ def test_zarr_store_folders_beside_the_class_folders_are_no_classes(tmp_path):
     again = di.from_folder(src, size=(8, 8))
     assert again.classes == ("cat", "dog")  # the oracle: the class folders made
     assert again.paths.tolist() == first.paths.tolist()
+
+
+def test_a_split_folder_read_on_its_own_takes_empty_class_folders_as_the_root_does(tmp_path):
+    # an empty test/a: reading the root gave ('a', 'b', 'c'), valid/ alone ('b', 'c'), so b
+    # was 1 in one and 0 in the other; test/ alone was refused
+    _split_tree(tmp_path, {"train": ("b", "c"), "valid": ("b", "c")})
+    (tmp_path / "test" / "a").mkdir(parents=True)
+    root = di.from_folder(tmp_path, size=(6, 6))
+    for split in ("train", "valid"):
+        alone = di.from_folder(tmp_path / split, size=(6, 6))
+        assert alone.classes == root.classes
+        np.testing.assert_array_equal(alone.labels, root.split()[split].labels)

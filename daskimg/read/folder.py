@@ -687,25 +687,21 @@ def _split_alone_classes(
     where: str, top: _Top, siblings: tuple[str, str, dict[str, str], dict[str, set[str]]] | None
 ) -> list[str] | None:
     """The classes for a split folder read on its own (``data/valid`` beside ``data/train``):
-    those reading ``data`` gives it, so its indices agree with the training split's.
+    those reading ``data`` gives it, so its indices agree with the other splits'.
 
     ``siblings``: this folder's split, its parent, and for the other split folders beside
     it their names and class folder names (:func:`_local_siblings`, :func:`_url_siblings`);
-    None when it is no split folder of a root of splits. None (its own classes) also for
-    ``train/`` itself and an unlabelled folder. Beside ``train/``: train's class folders (a
-    class folder train lacks is refused, as when reading ``data``). Without ``train/`` (an
-    evaluation set): the union over the splits."""
+    None when it is no split folder of a root of splits. Reading ``data`` takes the class
+    folders of every labelled split (empty ones too); so does this, and it refuses, as that
+    does, a class folder with images that ``train/`` lacks. None when the classes are the
+    folder's own (or it is unlabelled)."""
     if siblings is None or top.direct:
         return None
-    split, parent, folders, names = siblings
-    if split == "train":
-        return None
+    _, parent, folders, names = siblings
     own = set(top.classes)
-    if "train" in names:
-        train = names["train"]
-        if not train:
-            return None  # an unlabelled train/: nothing to agree with
-        extra = sorted(own - train)
+    train = names.get("train")
+    if train:
+        extra = sorted(c for c, files in top.classes.items() if files and c not in train)
         if extra:
             raise ValueError(
                 f"{where!r} holds class folder(s) that {folders['train']!r} beside it does "
@@ -713,16 +709,13 @@ def _split_alone_classes(
                 "such class. Rename or remove them, or pass classes= (all class names, in "
                 "index order) to read this split as it is"
             )
-        union = train
-    else:
-        union = own.union(*names.values())
+    union = own.union(*names.values())
     if union == own:
         return None
     logger.info(
-        "from_folder(%r): numbered with the classes of %s beside it, as reading %r gives "
-        "them (%s without a folder here); pass classes= to choose",
+        "from_folder(%r): numbered with the classes of the splits beside it, as reading %r "
+        "gives them (%s without a folder here); pass classes= to choose",
         where,
-        "train/" if "train" in names else "the splits",
         parent,
         ", ".join(repr(c) for c in sorted(union - own)),
     )
@@ -941,9 +934,9 @@ def from_folder(
         class folder must be one of them; classes without a folder have no samples.
         Default: the sorted class folders, except for a split folder read on its own
         (``from_folder("data/valid")`` beside ``data/train``): it takes the classes that
-        reading ``data`` would give its splits (``train/``'s class folders), so that
+        reading ``data`` gives its splits (the class folders of every split), so that
         ``valid/`` missing a class does not shift the indices of the classes after it; a
-        class folder ``train/`` lacks is refused, as when reading ``data``.
+        class folder with images that ``train/`` lacks is refused, as when reading ``data``.
 
     The set also has a ``source_size`` column ``(N, 2)`` (each source's height and width
     after EXIF orientation; ``(N, 3)`` for volumes), computed as the files are decoded.
