@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -399,8 +400,12 @@ def test_ingest_into_a_class_or_split_folder_of_its_source_is_refused(tmp_path, 
     assert main(["ingest", str(src), str(out), "--size", "8", "8"]) == 2
     assert "holds images" in capsys.readouterr().err
     assert not list(out.glob("*.zarr*"))
-    # a folder of stores inside SRC stays allowed (and left out on the next run)
-    assert main(["ingest", str(src), str(src / "stores"), "--size", "8", "8"]) == 0
+    # a folder of stores inside SRC stays allowed (and left out on the next run), also once
+    # a picture is saved beside the stores (daskimg show -o stores/grid.png)
+    stores = ["ingest", str(src), str(src / "stores"), "--size", "8", "8"]
+    assert main(stores) == 0
+    shutil.copy(walked[0], src / "stores" / "grid.png")
+    assert main(stores) == 0
 
 
 def test_a_failed_overwrite_never_leaves_two_runs_side_by_side(tmp_path, capsys):

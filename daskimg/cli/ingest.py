@@ -193,9 +193,16 @@ def _refuse_out_holding_images(src: str, out: str) -> None:
         return
     from ..read.folder import IMAGE_EXTENSIONS
 
+    names = os.listdir(out)
+    if any(n.endswith((".zarr", ".zarr.zip")) for n in names):
+        return  # an earlier run's OUT (a picture saved there since is no part of the set)
     for folder, dirs, files in os.walk(out):
-        dirs[:] = [d for d in dirs if not d.endswith((".zarr", ".partial"))]  # stores
-        images = [f for f in files if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        images = [
+            f
+            for f in files
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        ]
         if images:
             raise ValueError(
                 f"OUT {out!r} is inside SRC {src!r} and holds images "
