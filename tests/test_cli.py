@@ -441,3 +441,23 @@ def test_a_split_fraction_that_is_no_number_is_named(tmp_path, image_folder, cap
     assert main(["ingest", str(image_folder), str(out), "--size", "8", "8", flag, "nan"]) == 2
     assert f"{flag} nan is not a fraction" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_ingest_no_stratify_divides_the_whole_set_by_the_fractions(tmp_path, caplog):
+    # stratified, each of 20 classes of 3 gives every split one sample: 0.9/0.05/0.05 came
+    # out a third each; the warning pointed to an option the command line did not have
+    import logging
+
+    src = tmp_path / "src"
+    di.testing.make_image_folder(src, n=60, size=(8, 8), classes=[f"c{i:02d}" for i in range(20)])
+    args = ["ingest", str(src), "", "--size", "8", "8", "--valid", "0.05", "--test", "0.05"]
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert main([*args[:2], str(tmp_path / "a"), *args[3:]]) == 0
+    assert "--no-stratify" in caplog.text
+    counts = {s: len(di.open_zarr(tmp_path / "a" / f"{s}.zarr.zip")) for s in ("train", "valid")}
+    assert counts == {"train": 20, "valid": 20}  # the oracle: one per class each
+    assert main([*args[:2], str(tmp_path / "b"), *args[3:], "--no-stratify"]) == 0
+    counts = {
+        s: len(di.open_zarr(tmp_path / "b" / f"{s}.zarr.zip")) for s in ("train", "valid", "test")
+    }
+    assert counts == {"train": 54, "valid": 3, "test": 3}  # 0.9, 0.05, 0.05 of 60

@@ -36,6 +36,12 @@ def parser() -> argparse.ArgumentParser:
         "--test", type=float, default=None, help="fraction for the test split (default 0.1)"
     )
     ing.add_argument(
+        "--no-stratify",
+        action="store_true",
+        help="divide the whole set by the fractions, not each class (with many small classes, "
+        "each class giving every split one sample moves the shares)",
+    )
+    ing.add_argument(
         "--codec",
         type=_codec,
         default=None,

@@ -91,7 +91,11 @@ def ingest(args: argparse.Namespace) -> int:
                 f"--valid {valid} and --test {test} must be >= 0 and leave something to train on"
             )
         fractions = {"train": 1 - valid - test, "valid": valid, "test": test}
-        parts = ds.split({k: v for k, v in fractions.items() if v > 0}, seed=args.seed)
+        parts = ds.split(
+            {k: v for k, v in fractions.items() if v > 0},
+            seed=args.seed,
+            stratify=not args.no_stratify,
+        )
     print(
         f"found {len(ds)} files in {len(ds.classes)} classes under {args.src}; splits: "
         + ", ".join(

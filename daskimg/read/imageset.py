@@ -616,7 +616,8 @@ def _warn_far_from_fractions(
         logger.warning(
             "split: the shares are far from the fractions asked: %s. Each of the %d classes "
             "gives every split at least one sample (about %.1f samples per class here); pass "
-            "stratify=False (ImageSet.split) to divide the whole set by the fractions",
+            "stratify=False (daskimg ingest --no-stratify) to divide the whole set by the "
+            "fractions",
             ", ".join(far),
             groups,
             n / groups,
