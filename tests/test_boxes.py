@@ -363,6 +363,9 @@ def test_csv_box_cells(tmp_path):
             r"these are y, x, y, x; .*\['xmin', 'ymin', 'xmax', 'ymax'\]",
         ),
         (("top", "left", "bottom", "right"), r"these are y, x, y, x"),
+        # scikit-image's regionprops order: rows first
+        (("min_row", "min_col", "max_row", "max_col"), r"these are y, x, y, x"),
+        (("r0", "c0", "r1", "c1"), r"these are y, x, y, x"),
     ],
 )
 def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
@@ -374,7 +377,12 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
             boxes={"b": list(header)},
         )  # fmt: skip
     # the corners under names that say so, or say nothing, read as given
-    for names in (("xmin", "ymin", "xmax", "ymax"), ("left", "top", "right", "bottom"), "abcd"):
+    for names in (
+        ("xmin", "ymin", "xmax", "ymax"),
+        ("left", "top", "right", "bottom"),
+        ("min_col", "min_row", "max_col", "max_row"),
+        "abcd",
+    ):
         (tmp_path / "c.csv").write_text("path," + ",".join(names) + "\na.png,10,5,70,45\n")
         ds = di.from_csv(
             tmp_path / "c.csv", root=tmp_path, size=(60, 160), label_column=None,

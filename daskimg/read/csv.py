@@ -676,11 +676,16 @@ def _axis_of(column: str) -> str | None:
             break
     if n in ("w", "h", "width", "height") or n.endswith(("_w", "_h", "width", "height")):
         return "size"
-    if n in ("left", "right") or n.startswith("x"):
-        return "x"
-    if n in ("top", "bottom") or n.startswith("y"):
+    if n in ("left", "right") or n.startswith("x") or "col" in n or _numbered(n, "c"):
+        return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
+    if n in ("top", "bottom") or n.startswith("y") or "row" in n or _numbered(n, "r"):
         return "y"
     return None
+
+
+def _numbered(name: str, letter: str) -> bool:
+    """``name`` is ``letter`` and digits (``r0``, ``c1``)."""
+    return len(name) > 1 and name[0] == letter and name[1:].isdigit()
 
 
 def _columns(
