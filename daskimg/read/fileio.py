@@ -137,11 +137,16 @@ def nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+#: format characters that change how a word prints (Persian and Indic scripts): kept
+_JOINERS = frozenset("\u200c\u200d")
+
+
 def looks(name: str) -> str:
-    """A name as it prints: composed (:func:`nfc`), without invisible characters (zero-width
-    spaces and joiners, a byte order mark: Unicode's format characters) and with its spaces
+    """A name as it prints: composed (:func:`nfc`), without invisible characters (a
+    zero-width space, a byte order mark: Unicode's format characters but the joiners, which
+    change how Persian and Indic words print) and with its spaces
     collapsed and stripped. Two names that look alike so are two classes that print alike."""
-    shown = "".join(ch for ch in nfc(name) if unicodedata.category(ch) != "Cf")
+    shown = "".join(ch for ch in nfc(name) if unicodedata.category(ch) != "Cf" or ch in _JOINERS)
     return " ".join(shown.split())
 
 
