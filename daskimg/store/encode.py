@@ -163,6 +163,10 @@ def _check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
         rows.dtype.kind in "iu" and dtype.kind == "f"  # numpy calls int64 -> float64 safe
     ):
         return
+    if rows.dtype.kind in "iu" and dtype.kind == "f":
+        info = np.iinfo(rows.dtype)
+        if max(-int(info.min), int(info.max)) <= 2 ** (np.finfo(dtype).nmant + 1):
+            return  # every value of the type is held exactly (uint8, int16 -> float32)
     lo, hi = rows.min(), rows.max()  # NaN when any is: then the element-wise test decides
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
