@@ -381,6 +381,8 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("xmin", "ymin", "xmax", "ymax"),
         ("left", "top", "right", "bottom"),
         ("min_col", "min_row", "max_col", "max_row"),
+        ("crowd_x0", "crowd_y0", "crowd_x1", "crowd_y1"),  # 'row' inside a word is no row
+        ("arrow_a", "arrow_b", "collar_a", "collar_b"),
         "abcd",
     ):
         (tmp_path / "c.csv").write_text("path," + ",".join(names) + "\na.png,10,5,70,45\n")

@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -676,9 +677,10 @@ def _axis_of(column: str) -> str | None:
             break
     if n in ("w", "h", "width", "height") or n.endswith(("_w", "_h", "width", "height")):
         return "size"
-    if n in ("left", "right") or n.startswith("x") or "col" in n or _numbered(n, "c"):
+    words = set(re.split(r"[_\-. ]+", n))  # min_row, col_left: "row" and "col" as words
+    if n in ("left", "right") or n.startswith("x") or words & {"col", "cols"} or _numbered(n, "c"):
         return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
-    if n in ("top", "bottom") or n.startswith("y") or "row" in n or _numbered(n, "r"):
+    if n in ("top", "bottom") or n.startswith("y") or words & {"row", "rows"} or _numbered(n, "r"):
         return "y"
     return None
 
