@@ -799,7 +799,29 @@ def test_a_split_folder_read_on_its_own_takes_empty_class_folders_as_the_root_do
     _split_tree(tmp_path, {"train": ("b", "c"), "valid": ("b", "c")})
     (tmp_path / "test" / "a").mkdir(parents=True)
     root = di.from_folder(tmp_path, size=(6, 6))
-    for split in ("train", "valid"):
-        alone = di.from_folder(tmp_path / split, size=(6, 6))
-        assert alone.classes == root.classes
-        np.testing.assert_array_equal(alone.labels, root.split()[split].labels)
+    alone = di.from_folder(tmp_path / "train", size=(6, 6))
+    assert alone.classes == root.classes
+    np.testing.assert_array_equal(alone.labels, root.split()["train"].labels)
+    # valid/ alone: the link leads out of it, so 'animal' is a class there, one train lacks
+    with pytest.raises(ValueError, match=r"does not: 'animal'"):
+        di.from_folder(tmp_path / "valid", size=(6, 6))
+
+
+def test_a_split_read_on_its_own_leaves_out_what_the_root_leaves_out(tmp_path):
+    # a flat test/ holding a folder of other files, and a link in valid/ to a class folder
+    # of train/: the root read takes neither as a class, the split read alone took both
+    from PIL import Image
+
+    _split_tree(tmp_path, {"train": ("cat", "dog"), "valid": ("cat", "dog")})
+    (tmp_path / "test" / "aux").mkdir(parents=True)
+    Image.new("RGB", (6, 6)).save(tmp_path / "test" / "0001.png")
+    (tmp_path / "test" / "aux" / "ids.csv").write_text("id\n")
+    (tmp_path / "valid" / "animal").symlink_to(tmp_path / "train" / "cat")
+    root = di.from_folder(tmp_path, size=(6, 6))
+    assert root.classes == ("cat", "dog")  # the oracle for the split read alone
+    alone = di.from_folder(tmp_path / "train", size=(6, 6))
+    assert alone.classes == root.classes
+    np.testing.assert_array_equal(alone.labels, root.split()["train"].labels)
+    # valid/ alone: the link leads out of it, so 'animal' is a class there, one train lacks
+    with pytest.raises(ValueError, match=r"does not: 'animal'"):
+        di.from_folder(tmp_path / "valid", size=(6, 6))

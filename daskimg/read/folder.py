@@ -737,15 +737,24 @@ def _local_siblings(
         return None
     if os.path.realpath(found.get(split, "")) != os.path.realpath(root):
         return None
-    names = {
-        name: {
+    tree = os.path.realpath(named.parent) + os.sep
+
+    def classes_of(folder: Path) -> set[str]:
+        # as reading the root takes them: none from a split of files (unlabelled), and no
+        # link to a folder of the tree (an alias of another class)
+        entries = sorted(folder.iterdir())
+        if any(e.is_file() and _is_image(e.name) for e in entries):
+            return set()
+        return {
             d.name
-            for d in folder.iterdir()
-            if d.is_dir() and not _hidden(d.name) and os.path.realpath(d) not in exclude
+            for d in entries
+            if d.is_dir()
+            and not _hidden(d.name)
+            and os.path.realpath(d) not in exclude
+            and not (d.is_symlink() and (os.path.realpath(d) + os.sep).startswith(tree))
         }
-        for name, folder in found.items()
-        if name != split
-    }
+
+    names = {name: classes_of(folder) for name, folder in found.items() if name != split}
     folders = {name: os.fspath(folder) for name, folder in found.items()}
     return split, os.fspath(named.parent), folders, names
 
@@ -762,16 +771,15 @@ def _url_siblings(
         return None
     parent = base.rstrip("/").rsplit("/", 1)[0]
 
-    def folders_in(path: str) -> list[str]:
+    def folders_in(path: str, classes: bool = False) -> list[str]:
         try:
             entries = fs.ls(path, detail=True)
         except (OSError, ValueError):
             return []
-        return sorted(
-            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
-            for e in entries
-            if e.get("type") == "directory"
-        )
+        named = [(str(e["name"]).rstrip("/").rsplit("/", 1)[-1], e.get("type")) for e in entries]
+        if classes and any(t != "directory" and _is_image(n) for n, t in named):
+            return []  # a split of files: unlabelled, no classes (as reading the root)
+        return sorted(n for n, t in named if t == "directory")
 
     found: dict[str, str] = {}
     others = []
@@ -788,7 +796,7 @@ def _url_siblings(
         return None
     parent_url = url.rstrip("/").rsplit("/", 1)[0]
     names = {
-        s: {c for c in folders_in(f"{parent}/{d}") if not _hidden(c)}
+        s: {c for c in folders_in(f"{parent}/{d}", classes=True) if not _hidden(c)}
         for s, d in found.items()
         if s != split
     }
