@@ -406,6 +406,10 @@ def test_ingest_into_a_class_or_split_folder_of_its_source_is_refused(tmp_path, 
     assert main(stores) == 0
     shutil.copy(walked[0], src / "stores" / "grid.png")
     assert main(stores) == 0
+    # a stray store file inside a class folder does not make it an earlier run's OUT
+    if into == "cat":
+        shutil.copy(src / "stores" / "train.zarr.zip", out / "old.zarr.zip")
+        assert main(["ingest", str(src), str(out), "--size", "8", "8"]) == 2
 
 
 def test_a_failed_overwrite_never_leaves_two_runs_side_by_side(tmp_path, capsys):

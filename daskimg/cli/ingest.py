@@ -77,8 +77,10 @@ def ingest(args: argparse.Namespace) -> int:
             raise
         raise ValueError(f"{e} (on the command line: --stray ignore)") from None
     if ds.source_splits is not None:
-        if args.valid is not None or args.test is not None:
-            raise ValueError(f"{args.src} already holds split folders; drop --valid/--test")
+        if args.valid is not None or args.test is not None or args.no_stratify:
+            raise ValueError(
+                f"{args.src} already holds split folders; drop --valid/--test/--no-stratify"
+            )
         parts = ds.split()
     else:
         valid = 0.1 if args.valid is None else args.valid
@@ -195,13 +197,13 @@ def _refuse_out_holding_images(src: str, out: str) -> None:
     real_src, real_out = os.path.realpath(src), os.path.realpath(out)
     if real_out != real_src and not real_out.startswith(real_src.rstrip(os.sep) + os.sep):
         return
-    from ..read.folder import IMAGE_EXTENSIONS
+    from ..read.folder import IMAGE_EXTENSIONS, _hidden
 
-    names = os.listdir(out)
-    if any(n.endswith((".zarr", ".zarr.zip")) for n in names):
+    stores = {n + e for n in SPLIT_NAMES for e in (".zarr", ".zarr.zip")}
+    if stores & set(os.listdir(out)):
         return  # an earlier run's OUT (a picture saved there since is no part of the set)
     for folder, dirs, files in os.walk(out):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not _hidden(d)]  # folders from_folder never reads
         images = [
             f
             for f in files
