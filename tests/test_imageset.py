@@ -638,7 +638,6 @@ def _label_csv(tmp_path, labels, name="l.csv"):
         # several labels in one cell: 'cat|dog' became a third class
         (["cat", "cat|dog", "dog", "dog"], r"line 3: label 'cat\|dog' .*holds several labels"),
         (["a;b", "b", "c", "a"], r"label 'a;b' .*holds several labels.*label of line \d"),
-        (["a,b", "b", "c", "a"], r"label 'a,b' .*holds several labels"),
         # names that print alike: a zero-width space, a doubled inner space
         (
             ["cat", "cat\u200b", "dog", "dog"],
@@ -649,7 +648,7 @@ def _label_csv(tmp_path, labels, name="l.csv"):
             r"the same apart from invisible characters or spaces",
         ),
     ],
-    ids=["fractions", "pipe", "semicolons", "commas", "zero-width", "spaces"],
+    ids=["fractions", "pipe", "semicolons", "zero-width", "spaces"],
 )
 def test_from_csv_labels_that_are_no_class_names_are_refused(tmp_path, labels, says):
     csv = _label_csv(tmp_path, labels)
@@ -660,7 +659,7 @@ def test_from_csv_labels_that_are_no_class_names_are_refused(tmp_path, labels, s
 def test_from_csv_names_that_merely_hold_a_separator_and_index_labels_read_as_before(tmp_path):
     import pandas as pd
 
-    labels = ["rock|pop", "jazz", "animal|cat", "animal|dog"]  # no part is a label itself
+    labels = ["rock|pop", "maillot", "maillot, tank suit", "animal|cat"]  # ImageNet's names
     csv = _label_csv(tmp_path, labels)
     ds = di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8))
     oracle = pd.read_csv(csv)["label"].tolist()  # the oracle: pandas' reading of the cells

@@ -553,12 +553,13 @@ def _own_labels(
 
 
 def _refuse_several_labels(raw: list[str], column: str, where: str) -> None:
-    """Refuse cells that hold several labels (``cat|dog``, ``cat;dog``, ``cat,dog``): each
-    would be a class of its own. Taken as such when a part is itself the label of another
-    row; a name that merely holds the character (``animal|cat`` beside ``animal|dog``, a
-    path of a hierarchy) is not refused."""
+    """Refuse cells that hold several labels (``cat|dog``, ``cat;dog``): each would be a
+    class of its own. Taken as such when a part is itself the label of another row; a name
+    that merely holds the character (``animal|cat`` beside ``animal|dog``, a path of a
+    hierarchy) is not refused. Not commas: class names hold them (ImageNet's ``maillot``
+    beside ``maillot, tank suit``)."""
     whole = set(raw)
-    for sep in ("|", ";", ","):
+    for sep in ("|", ";"):
         for v in sorted(v for v in whole if sep in v):
             parts = [p.strip() for p in v.split(sep)]
             again = next((p for p in parts if p and p != v and p in whole), None)
