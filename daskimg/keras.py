@@ -78,7 +78,8 @@ class KerasDataset(keras.utils.PyDataset):
     scale
         Divide ``images`` by this, as float32. ``"auto"`` (default): by 255 for uint8 and
         65535 for uint16 (float32 in 0..1), by 1 for float stores (already scaled: a float
-        store in 0..1 was divided by 255 too); None keeps them as stored.
+        store in 0..1 was divided by 255 too) and for volumes (their values are kept);
+        None keeps them as stored.
     workers, use_multiprocessing, max_queue_size
         Read batches in the background in ``workers`` threads, or spawned processes with
         ``use_multiprocessing=True`` (each re-opens the store; ``transform`` must then be

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ChecksumError
-from .feed.batches import INDEX
+from .feed.batches import INDEX, auto_scale
 from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state
 from .feed.shuffle import num_batches
@@ -167,7 +167,7 @@ class TorchDataset(IterableDataset):
         accepted and ignored.
     dtype
         If given, images are converted to this torch dtype (``torch.float32`` scales
-        ``uint8`` to 0..1).
+        ``uint8`` and ``uint16`` images to 0..1; volumes keep their values).
     storage_options
         For a store URL (``s3://...``), as for :func:`daskimg.open_zarr`.
 
@@ -520,7 +520,7 @@ def _to_torch(name: str, a: np.ndarray, channels_first: bool, dtype: torch.dtype
         if channels_first:
             t = t.movedim(-1, 1).contiguous()
         if dtype is not None:
-            scale = 255.0 if a.dtype == np.uint8 else 65535.0 if a.dtype == np.uint16 else 1.0
+            scale = auto_scale(a.dtype, a.ndim)  # volumes keep their values
             if dtype.is_floating_point and scale != 1.0:
                 # divided in float32 (float64 if asked), then cast: float16 holds no 65535
                 # (uint16 pixels >= 65520 became inf before the division)

@@ -90,9 +90,9 @@ class RandomFlip:
         out = dict(batch)
         if not which.any():
             return out
-        width = x.shape[2]
+        width = x.shape[-2]  # (N, H, W, C), or (N, D, H, W, C) for volumes: W is -2
         x = x.copy()
-        x[which] = x[which][:, :, ::-1]
+        x[which] = np.flip(x[which], axis=-2)
         out[key] = x
         for name in self.masks:
             m = _array(batch, name, "masks", x.shape[:3], prefix=True).copy()
@@ -153,6 +153,12 @@ class RandomCrop:
     ) -> dict[str, np.ndarray]:
         h, w, key = self.h, self.w, self.key
         x = batch[key]
+        if x.ndim != 4:
+            raise ValueError(
+                f"random_crop cuts images (N, H, W, C); {key!r} is {x.ndim}-D "
+                f"{tuple(x.shape)} (a volume batch is (N, D, H, W, C)): crop volumes in a "
+                "transform of your own"
+            )
         n, H, W = x.shape[:3]
         if h > H or w > W:
             raise ValueError(f"crop size {(h, w)} is larger than the images {(H, W)}")

@@ -375,3 +375,37 @@ def test_tiff_metadata_errors_do_not_refuse_good_pixels_nor_silence_tifffile(tmp
     np.testing.assert_array_equal(_read(path, (4, 8, 8), dtype="uint16"), vol)
     # tifffile's own messages still reach the application (no handler left on its logger)
     assert logging.getLogger("tifffile").handlers == []
+
+
+def test_the_feed_flips_volumes_left_right_and_keeps_their_values(tmp_path):
+    # random_flip flipped a volume's rows (H), not its columns (W); random_crop cut depth and
+    # height; TorchDataset(dtype=float32) divided uint16 CT values by 65535 (int16 not)
+    from daskimg.transforms import random_crop, random_flip
+
+    rng = np.random.default_rng(0)
+    vols = rng.integers(0, 4000, (6, 4, 5, 7, 1), dtype=np.uint16)
+    path = di.to_zarr(di.ImageSet(vols), tmp_path / "v.zarr.zip", order="source")
+    it = di.BatchIterator(
+        path, batch_size=3, arrays=("images", "index"), transform=random_flip(p=1.0)
+    )
+    for images, index in it:  # the oracle: numpy's flip of the width axis
+        np.testing.assert_array_equal(images, vols[index][:, :, :, ::-1])
+    with pytest.raises(ValueError, match=r"random_crop cuts images \(N, H, W, C\).*5-D"):
+        list(di.BatchIterator(path, batch_size=3, transform=random_crop((3, 3))))
+    torch = pytest.importorskip("torch")
+    from daskimg.torch import TorchDataset
+
+    ds = TorchDataset(path, batch_size=3, arrays=("images", "index"), dtype=torch.float32)
+    for images, index in torch.utils.data.DataLoader(ds, batch_size=None):
+        np.testing.assert_array_equal(images.numpy(), vols[index.numpy()].astype(np.float32))
+
+
+def test_keras_auto_scale_keeps_volume_values(tmp_path):
+    pytest.importorskip("keras")
+    from daskimg.keras import KerasDataset
+
+    vols = np.random.default_rng(1).integers(0, 4000, (6, 4, 5, 7, 1), dtype=np.uint16)
+    path = di.to_zarr(di.ImageSet(vols), tmp_path / "v.zarr.zip", order="source")
+    ds = KerasDataset(path, batch_size=6, arrays=("images",))  # store order: row k, sample k
+    (x,) = ds[0]
+    np.testing.assert_array_equal(np.asarray(x), vols.astype(np.float32))  # oracle: numpy

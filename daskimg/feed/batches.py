@@ -326,10 +326,14 @@ def source_fingerprint(source: FeedSource) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def auto_scale(dtype: np.dtype[Any]) -> float:
+def auto_scale(dtype: np.dtype[Any], ndim: int = 4) -> float:
     """What ``scale="auto"`` divides images of ``dtype`` by: 255 for uint8, 65535 for
     uint16 (0..1 either way); floats (already scaled, or not images at all) and other
-    types by 1, as :class:`daskimg.torch.TorchDataset` does."""
+    types by 1, as :class:`daskimg.torch.TorchDataset` does. Volumes (``ndim`` 5: a batch
+    ``(N, D, H, W, C)``) by 1 whatever their type: their values are measurements (a CT's
+    units, a label volume's classes), kept as stored."""
+    if ndim >= 5:
+        return 1.0
     return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
 
 
@@ -454,7 +458,8 @@ class EpochBatches:
         if self.transform is not None:
             batch = self.transform(batch, epoch_rng(self.seed, epoch, b, 0))
         if self.scale is not None and "images" in batch:
-            scale = auto_scale(batch["images"].dtype) if self.scale == "auto" else self.scale
+            images = batch["images"]
+            scale = auto_scale(images.dtype, images.ndim) if self.scale == "auto" else self.scale
             images = batch["images"].astype(np.float32)
             if scale != 1:
                 images /= np.float32(scale)
