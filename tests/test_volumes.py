@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import dask
 import numpy as np
@@ -409,3 +410,23 @@ def test_keras_auto_scale_keeps_volume_values(tmp_path):
     ds = KerasDataset(path, batch_size=6, arrays=("images",))  # store order: row k, sample k
     (x,) = ds[0]
     np.testing.assert_array_equal(np.asarray(x), vols.astype(np.float32))  # oracle: numpy
+
+
+def test_an_ome_file_of_separate_images_is_no_volume_and_advice_fits(tmp_path):
+    # an OME-TIFF naming 3 separate 2-D images was read as one 3-slice volume; an int64
+    # volume beyond int32 was told to use float32, which is refused for those values too
+    images = np.arange(3 * 16 * 20, dtype=np.uint16).reshape(3, 16, 20)
+    path = tmp_path / "fields.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for k, im in enumerate(images):
+            tif.write(im, metadata={"Name": f"field{k}"})
+    with tifffile.TiffFile(path) as tif:  # the oracle: tifffile sees 3 images
+        assert len(tif.series) == 3
+    with pytest.raises(DecodeError, match=r"3 image series"):
+        _read(path, (3, 16, 20))
+    big = np.full((2, 3, 4), 2**40 + 1, np.int64)
+    np.save(tmp_path / "big.npy", big)
+    with pytest.raises(DecodeError, match=r"pass dtype='(u?int64)'") as e:
+        _read(tmp_path / "big.npy", (2, 3, 4), dtype="int32")
+    advised = re.search(r"pass dtype='(\w+)'", str(e.value))[1]
+    np.testing.assert_array_equal(_read(tmp_path / "big.npy", (2, 3, 4), dtype=advised), big)

@@ -189,7 +189,9 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
             if not series:
                 raise DecodeError(path, "the TIFF holds no image")
             kinds = {(tuple(s.shape), np.dtype(s.dtype).str) for s in series}
-            pages = len(series) > 1 and all(len(s.shape) == 2 for s in series)
+            # several 2-D series of one shape: a stack written slice by slice; but OME names
+            # its images, so several there are separate images (fields, positions)
+            pages = len(series) > 1 and all(len(s.shape) == 2 for s in series) and not tif.is_ome
             if len(series) > 1 and not (pages and len(kinds) == 1):
                 shapes = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in series[:4])
                 raise DecodeError(
@@ -406,12 +408,13 @@ def _first_fraction(vol: np.ndarray) -> float | None:
 
 
 def _fitting(lo: int, hi: int) -> str:
-    """The narrowest integer dtype (or float32) that holds ``lo..hi``."""
-    for name in ("uint8", "int8", "uint16", "int16", "int32"):
+    """The narrowest integer dtype that holds ``lo..hi`` (float32 did not: it holds whole
+    numbers exactly only up to 2**24, and was itself refused for the values it was named for)."""
+    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"):
         info = np.iinfo(name)
         if info.min <= lo and hi <= info.max:
             return name
-    return "float32"
+    return "float64"
 
 
 def _zoom(vol: np.ndarray, dst: np.ndarray) -> None:
