@@ -135,8 +135,9 @@ class KerasDataset(keras.utils.PyDataset):
             model.fit(ds, initial_epoch=ds.epoch, epochs=ds.epoch + 1)
         model.fit(ds, initial_epoch=ds.epoch, epochs=total)
 
-    (``epoch_callback()`` refuses a ``fit`` that would run further epochs with the rest's
-    batch count; without it they would be cut short.)
+    (``epoch_callback()`` refuses, when it begins, a ``fit`` that would run further epochs
+    with the rest's batch count; without it the dataset stops such a ``fit`` when its
+    second epoch begins.)
 
     Examples
     --------
@@ -185,6 +186,7 @@ class KerasDataset(keras.utils.PyDataset):
         self.drop_last = drop_last
         self.read_workers = workers
         self.read_processes = use_multiprocessing
+        self._told: int | None = None  # the length Keras last read (num_batches)
         self._data = IndexedBatches(
             source,
             names,
@@ -290,8 +292,8 @@ class KerasDataset(keras.utils.PyDataset):
         of a ``fit`` that began with the rest of a resumed epoch (Keras keeps that many
         steps for every epoch of the call)."""
         self._data.advance_if_served()
-        told = getattr(self, "_told", None)
-        if told is not None and told != len(self) and called_from("fit", "keras"):
+        told = self._told
+        if told is not None and told != len(self) and called_from(("fit",), "keras"):
             # a fit that began with the rest of a resumed epoch keeps that many steps for
             # every epoch: the later ones would be cut short (24 of 40 samples each)
             raise ValueError(
@@ -302,7 +304,7 @@ class KerasDataset(keras.utils.PyDataset):
                 f"fit(ds, initial_epoch={self.epoch}, epochs=...). A resumed epoch's rest "
                 "needs a fit of its own (fit(ds, initial_epoch=ds.epoch, epochs=ds.epoch + 1))"
             )
-        if self.shuffle and called_from("predict", "keras"):
+        if self.shuffle and called_from(("predict",), "keras"):
             raise ValueError(
                 "model.predict on a KerasDataset that shuffles (shuffle defaults to True when "
                 "the batches hold targets) would return the predictions in a shuffled order: "

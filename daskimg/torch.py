@@ -287,11 +287,8 @@ class TorchDataset(IterableDataset):
         if (
             self._kw["shuffle"]
             and INDEX not in self._arrays
-            and (
-                called_from("predict", "lightning", "pytorch_lightning")
-                # a spawned DDP rank runs the trainer's _predict_impl without predict above it
-                or called_from("_predict_impl", "lightning", "pytorch_lightning")
-            )
+            # a spawned DDP rank runs the trainer's _predict_impl without predict above it
+            and called_from(("predict", "_predict_impl"), "lightning", "pytorch_lightning")
         ):
             raise ValueError(
                 "Trainer.predict on a TorchDataset that shuffles (shuffle=True is the default) "

@@ -197,18 +197,14 @@ def _refuse_out_holding_images(src: str, out: str) -> None:
     real_src, real_out = os.path.realpath(src), os.path.realpath(out)
     if real_out != real_src and not real_out.startswith(real_src.rstrip(os.sep) + os.sep):
         return
-    from ..read.folder import IMAGE_EXTENSIONS, _hidden
+    from ..read.folder import _hidden, _is_image
 
     stores = {n + e for n in SPLIT_NAMES for e in (".zarr", ".zarr.zip")}
     if stores & set(os.listdir(out)):
         return  # an earlier run's OUT (a picture saved there since is no part of the set)
     for folder, dirs, files in os.walk(out):
         dirs[:] = [d for d in dirs if not _hidden(d)]  # folders from_folder never reads
-        images = [
-            f
-            for f in files
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        ]
+        images = [f for f in files if _is_image(f)]  # as from_folder tells an image
         if images:
             raise ValueError(
                 f"OUT {out!r} is inside SRC {src!r} and holds images "

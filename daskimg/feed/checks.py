@@ -116,16 +116,16 @@ def _parts(transform: Any) -> Iterator[Any]:
         yield transform
 
 
-def called_from(method: str, *packages: str) -> bool:
-    """Whether a function ``method`` of one of ``packages`` (a folder on its file's path:
-    ``keras``; ``lightning``, ``pytorch_lightning``) is on the calling stack. How a dataset
-    learns what a framework reads it for: neither Keras nor Lightning tells a dataset it is
-    read to predict."""
+def called_from(methods: tuple[str, ...], *packages: str) -> bool:
+    """Whether a function named one of ``methods`` of one of ``packages`` (a folder on its
+    file's path: ``keras``; ``lightning``, ``pytorch_lightning``) is on the calling stack.
+    How a dataset learns what a framework reads it for: neither Keras nor Lightning tells a
+    dataset it is read to predict."""
     frame = sys._getframe(1)
     parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
     while frame is not None:
         code = frame.f_code
-        if code.co_name == method and any(p in code.co_filename for p in parts):
+        if code.co_name in methods and any(p in code.co_filename for p in parts):
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
