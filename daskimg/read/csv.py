@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import folded, looks, nfc
+from .fileio import alike, folded, nfc
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -579,23 +579,15 @@ def _refuse_same_looking(raw: list[str], classes: list[str], column: str, where:
     """Refuse class names that are the same letters composed differently (``café`` typed on
     macOS, e + an accent, beside a composed ``café``): two classes that print alike, the
     samples of one divided between them (``from_folder`` refuses such folders too)."""
-    by_look: dict[str, str] = {}
-    for c in classes:
-        other = by_look.setdefault(looks(c), c)
-        if other != c:
-            (first, a), (second, b) = sorted((raw.index(v) + 2, v) for v in (other, c))
-            raise ValueError(
-                f"{where}: column {column!r} holds the labels {a!r} (line {first}) and "
-                f"{b!r} (line {second}) ({a!a} and {b!a}), "
-                + (
-                    "the same letters composed differently (Unicode normalisation: one was "
-                    "typed or saved on macOS, or went through a tool that decomposes accents)"
-                    if nfc(a) == nfc(b)
-                    else "the same apart from invisible characters or spaces"
-                )
-                + ": they would be two classes that print alike. Write them one way, e.g. "
-                "unicodedata.normalize('NFC', label)"
-            )
+    pair = alike(classes)
+    if pair is not None:
+        (first, a), (second, b) = sorted((raw.index(v) + 2, v) for v in pair[:2])
+        raise ValueError(
+            f"{where}: column {column!r} holds the labels {a!r} (line {first}) and "
+            f"{b!r} (line {second}) ({a!a} and {b!a}), {pair[2]}: they would be two "
+            "classes that print alike. Write them one way, e.g. "
+            "unicodedata.normalize('NFC', label)"
+        )
 
 
 def _box_values(

@@ -13,7 +13,7 @@ import struct
 import threading
 import unicodedata
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
@@ -148,6 +148,23 @@ def looks(name: str) -> str:
     collapsed and stripped. Two names that look alike so are two classes that print alike."""
     shown = "".join(ch for ch in nfc(name) if unicodedata.category(ch) != "Cf" or ch in _JOINERS)
     return " ".join(shown.split())
+
+
+def alike(names: Iterable[str]) -> tuple[str, str, str] | None:
+    """The first two ``names`` that print alike (:func:`looks`), and how they differ (for a
+    message), or None."""
+    by_look: dict[str, str] = {}
+    for name in names:
+        other = by_look.setdefault(looks(name), name)
+        if other != name:
+            how = (
+                "the same letters composed differently (Unicode normalisation: one was "
+                "written on macOS, or went through a tool that decomposes accents)"
+                if nfc(other) == nfc(name)
+                else "the same apart from invisible characters or spaces"
+            )
+            return other, name, how
+    return None
 
 
 def folded(name: str) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import folded, looks, nfc
+from .fileio import alike, folded, nfc
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -591,22 +591,14 @@ def _check_same_looking(tops: list[_Top]) -> None:
     (``café`` written as macOS does, e + an accent, beside a composed ``café``): two classes
     that print alike, the images of one class divided between them."""
     for t in tops:
-        by_look: dict[str, str] = {}
-        for c in t.classes:
-            other = by_look.setdefault(looks(c), c)
-            if other != c:
-                raise ValueError(
-                    f"{t.where!r} holds the class folders {other!r} and {c!r} ({other!a} "
-                    f"and {c!a}), whose names are "
-                    + (
-                        "the same letters composed differently (Unicode normalisation: one "
-                        "was written on macOS, or copied through a tool that decomposes "
-                        "accents)"
-                        if nfc(other) == nfc(c)
-                        else "the same apart from invisible characters or spaces"
-                    )
-                    + ": they would be two classes that print alike. Merge them into one folder"
-                )
+        pair = alike(t.classes)
+        if pair is not None:
+            a, b, how = pair
+            raise ValueError(
+                f"{t.where!r} holds the class folders {a!r} and {b!r} ({a!a} and {b!a}), "
+                f"whose names are {how}: they would be two classes that print alike. Merge "
+                "them into one folder"
+            )
 
 
 def _warn_split_named_classes(where: str, tops: list[_Top]) -> None:
