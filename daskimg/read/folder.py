@@ -676,123 +676,84 @@ def _given_classes(classes: Sequence[str] | None) -> list[str] | None:
 
 
 def _split_alone_classes(
-    where: str, top: _Top, siblings: tuple[str, str, dict[str, str], dict[str, set[str]]] | None
+    where: str, top: _Top, parent: tuple[str, list[_Top]] | None
 ) -> list[str] | None:
     """The classes for a split folder read on its own (``data/valid`` beside ``data/train``):
     those reading ``data`` gives it, so its indices agree with the other splits'.
 
-    ``siblings``: this folder's split, its parent, and for the other split folders beside
-    it their names and class folder names (:func:`_local_siblings`, :func:`_url_siblings`);
-    None when it is no split folder of a root of splits. Reading ``data`` takes the class
-    folders of every labelled split (empty ones too); so does this, and it refuses, as that
-    does, a class folder with images that ``train/`` lacks. None when the classes are the
-    folder's own (or it is unlabelled)."""
-    if siblings is None or top.direct:
+    ``parent``: where ``data`` is and its folders as :func:`_local_tops` / :func:`_url_tops`
+    list them (:func:`_parent_tops`), or None when ``where`` is no split folder of a root
+    of splits. The classes are those of every labelled split, as :func:`_assemble` takes
+    them; a class folder with images that ``train/`` lacks is refused, as when reading
+    ``data``. None when the classes are the folder's own (or it is unlabelled)."""
+    if parent is None or top.direct:
         return None
-    _, parent, folders, names = siblings
-    own = set(top.classes)
-    train = names.get("train")
-    if train:
-        extra = sorted(c for c, files in top.classes.items() if files and c not in train)
+    root, tops = parent
+    train = next((t for t in tops if t.split == "train"), None)
+    if train is not None and train.classes:
+        extra = sorted(c for c, files in top.classes.items() if files and c not in train.classes)
         if extra:
             raise ValueError(
-                f"{where!r} holds class folder(s) that {folders['train']!r} beside it does "
-                f"not: {', '.join(repr(c) for c in extra)}. A model trained on train/ has no "
-                "such class. Rename or remove them, or pass classes= (all class names, in "
-                "index order) to read this split as it is"
+                f"{where!r} holds class folder(s) that {train.where!r} beside it does not: "
+                f"{', '.join(repr(c) for c in extra)}. A model trained on train/ has no such "
+                "class. Rename or remove them, or pass classes= (all class names, in index "
+                "order) to read this split as it is"
             )
-    union = own.union(*names.values())
-    if union == own:
+    labelled = [t for t in tops if not t.direct or any(t.classes.values())]  # as _assemble
+    union = {c for t in labelled for c in t.classes}
+    own = set(top.classes)
+    if union <= own:
         return None
     logger.info(
         "from_folder(%r): numbered with the classes of the splits beside it, as reading %r "
         "gives them (%s without a folder here); pass classes= to choose",
         where,
-        parent,
+        root,
         ", ".join(repr(c) for c in sorted(union - own)),
     )
-    return sorted(union)
+    return sorted(union | own)
 
 
-def _local_siblings(
-    root: Path, exclude: frozenset[str]
-) -> tuple[str, str, dict[str, str], dict[str, set[str]]] | None:
-    """For :func:`_split_alone_classes`: the split folders beside ``root`` on disk. Only
-    their class folders' names are listed, not their files."""
-    named = Path(os.path.abspath(root))  # "." inside data/valid is valid/ too; links kept
-    split = SPLIT_DIRS.get(named.name.lower())
+def _parent_tops(
+    root: str | os.PathLike[str],
+    url: str | None,
+    remote: tuple[Any, str] | None,
+    excluded: Sequence[str],
+) -> tuple[str, list[_Top]] | None:
+    """The folders of ``root``'s parent, listed as reading it lists them, when ``root`` is a
+    split folder of it (None otherwise, or when the parent cannot be read as a set).
+    ``remote``: at a URL, its file system and ``root``'s path on it; ``excluded``: real paths
+    (on disk) or the file system's paths (at a URL) left out. Reading the parent lists the
+    files of every split (one listing), so the classes are exactly those reading it gives."""
+    if url is None:
+        named = Path(os.path.abspath(root))  # "." inside data/valid is valid/ too; links kept
+        split, parent = SPLIT_DIRS.get(named.name.lower()), named.parent
+        if split is None:
+            return None
+        try:
+            tops, _ = _local_tops(parent, frozenset(excluded))
+        except (OSError, ValueError):
+            return None
+        me = os.path.realpath(root)
+        mine = [t for t in tops if t.split == split and os.path.realpath(t.where) == me]
+        return (os.fspath(parent), tops) if mine else None
+    assert remote is not None
+    fs, base = remote
+    path = url.rstrip("/")
+    if "/" not in base or "/" not in path.split("://", 1)[-1]:
+        return None
+    parent_url, name = path.rsplit("/", 1)
+    split = SPLIT_DIRS.get(name.lower())
     if split is None:
         return None
+    parent_base = base.rsplit("/", 1)[0]
+    inside = [p[len(parent_base) + 1 :] for p in excluded if p.startswith(parent_base + "/")]
     try:
-        found = find_split_dirs(named.parent, exclude)
+        tops, _ = _url_tops(parent_url, fs, parent_base, inside)
     except (OSError, ValueError):
         return None
-    if os.path.realpath(found.get(split, "")) != os.path.realpath(root):
-        return None
-    tree = os.path.realpath(named.parent) + os.sep
-
-    def classes_of(folder: Path) -> set[str]:
-        # as reading the root takes them: none from a split of files (unlabelled), and no
-        # link to a folder of the tree (an alias of another class)
-        entries = sorted(folder.iterdir())
-        if any(e.is_file() and _is_image(e.name) for e in entries):
-            return set()
-        return {
-            d.name
-            for d in entries
-            if d.is_dir()
-            and not _hidden(d.name)
-            and os.path.realpath(d) not in exclude
-            and not (d.is_symlink() and (os.path.realpath(d) + os.sep).startswith(tree))
-        }
-
-    names = {name: classes_of(folder) for name, folder in found.items() if name != split}
-    folders = {name: os.fspath(folder) for name, folder in found.items()}
-    return split, os.fspath(named.parent), folders, names
-
-
-def _url_siblings(
-    url: str, fs: Any, base: str
-) -> tuple[str, str, dict[str, str], dict[str, set[str]]] | None:
-    """:func:`_local_siblings` at a URL: one listing of the parent prefix and one of each
-    split folder beside it (folders exist there as key prefixes, as :func:`_url_tops` sees
-    them)."""
-    name = base.rstrip("/").rsplit("/", 1)[-1]
-    split = SPLIT_DIRS.get(name.lower())
-    if split is None or "/" not in base.rstrip("/"):
-        return None
-    parent = base.rstrip("/").rsplit("/", 1)[0]
-
-    def folders_in(path: str, classes: bool = False) -> list[str]:
-        try:
-            entries = fs.ls(path, detail=True)
-        except (OSError, ValueError):
-            return []
-        named = [(str(e["name"]).rstrip("/").rsplit("/", 1)[-1], e.get("type")) for e in entries]
-        if classes and any(t != "directory" and _is_image(n) for n, t in named):
-            return []  # a split of files: unlabelled, no classes (as reading the root)
-        return sorted(n for n, t in named if t == "directory")
-
-    found: dict[str, str] = {}
-    others = []
-    for d in folders_in(parent):
-        s = SPLIT_DIRS.get(d.lower())
-        if s is None:
-            if not _hidden(d):
-                others.append(d)
-        elif s in found:
-            return None  # two folders for one split: reading the parent refuses it
-        else:
-            found[s] = d
-    if found.get(split) != name or not _are_splits(set(found), others):
-        return None
-    parent_url = url.rstrip("/").rsplit("/", 1)[0]
-    names = {
-        s: {c for c in folders_in(f"{parent}/{d}", classes=True) if not _hidden(c)}
-        for s, d in found.items()
-        if s != split
-    }
-    return split, parent_url, {s: f"{parent_url}/{d}" for s, d in found.items()}, names
+    mine = [t for t in tops if t.split == split and t.where == path]
+    return (parent_url, tops) if mine else None
 
 
 def _assemble(
@@ -992,10 +953,12 @@ def from_folder(
     _report_others(where, [f for t in tops for f in t.others])
     given = _given_classes(classes)
     if given is None and len(tops) == 1 and not tops[0].split:
-        siblings = (
-            _local_siblings(Path(root), reals) if url is None else _url_siblings(url, fs, base_path)
+        parent = (
+            _parent_tops(root, None, None, list(reals))
+            if url is None
+            else _parent_tops(root, url, (fs, base_path), paths)
         )
-        given = _split_alone_classes(where, tops[0], siblings)
+        given = _split_alone_classes(where, tops[0], parent)
     files, labels, classes, split_of = _assemble(where, tops, loose, stray, given)
     base: str | Path = url or Path(root)
     rel = relative_paths(files, base)
