@@ -90,13 +90,15 @@ class RandomFlip:
         out = dict(batch)
         if not which.any():
             return out
-        width = x.shape[-2]  # (N, H, W, C), or (N, D, H, W, C) for volumes: W is -2
+        # W: axis 2 of images (N, H, W[, C]), axis 3 of volumes (N, D, H, W, C)
+        w_axis = 3 if x.ndim == 5 else 2
+        width = x.shape[w_axis]
         x = x.copy()
-        x[which] = np.flip(x[which], axis=-2)
+        x[which] = np.flip(x[which], axis=w_axis)
         out[key] = x
-        for name in self.masks:
-            m = _array(batch, name, "masks", x.shape[:3], prefix=True).copy()
-            m[which] = m[which][:, :, ::-1]
+        for name in self.masks:  # (N, [D,] H, W[, C]) with the pixels
+            m = _array(batch, name, "masks", x.shape[: w_axis + 1], prefix=True).copy()
+            m[which] = np.flip(m[which], axis=w_axis)
             out[name] = m
         for name in self.boxes:
             b = _array(batch, name, "boxes", (len(x), 4)).copy()

@@ -430,3 +430,24 @@ def test_an_ome_file_of_separate_images_is_no_volume_and_advice_fits(tmp_path):
         _read(tmp_path / "big.npy", (2, 3, 4), dtype="int32")
     advised = re.search(r"pass dtype='(\w+)'", str(e.value))[1]
     np.testing.assert_array_equal(_read(tmp_path / "big.npy", (2, 3, 4), dtype=advised), big)
+
+
+def test_a_volume_mask_flips_along_the_width_with_its_volume():
+    # the volume flipped along W, its (N, D, H, W) mask along H, without an error
+    from daskimg.transforms import random_flip
+
+    rng = np.random.default_rng(2)
+    vols = rng.integers(0, 255, (4, 3, 5, 7, 1), dtype=np.uint8)
+    masks = rng.integers(0, 3, (4, 3, 5, 7), dtype=np.uint8)
+    src = {"images": vols, "m": masks}
+    with pytest.raises(ValueError, match=r"not the masks \['m'\]"):
+        di.BatchIterator(src, batch_size=2, arrays=("images", "m"), transform=random_flip(p=1.0))
+    it = di.BatchIterator(
+        src,
+        batch_size=2,
+        arrays=("images", "m", "index"),
+        transform=random_flip(p=1.0, masks=("m",)),
+    )
+    for images, m, index in it:  # the oracle: numpy's flip of the width axis of both
+        np.testing.assert_array_equal(images, vols[index][:, :, :, ::-1])
+        np.testing.assert_array_equal(m, masks[index][:, :, :, ::-1])

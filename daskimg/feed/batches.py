@@ -326,7 +326,7 @@ def source_fingerprint(source: FeedSource) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def auto_scale(dtype: np.dtype[Any], ndim: int = 4) -> float:
+def auto_scale(dtype: np.dtype[Any], ndim: int) -> float:
     """What ``scale="auto"`` divides images of ``dtype`` by: 255 for uint8, 65535 for
     uint16 (0..1 either way); floats (already scaled, or not images at all) and other
     types by 1, as :class:`daskimg.torch.TorchDataset` does. Volumes (``ndim`` 5: a batch
@@ -460,7 +460,7 @@ class EpochBatches:
         if self.scale is not None and "images" in batch:
             images = batch["images"]
             scale = auto_scale(images.dtype, images.ndim) if self.scale == "auto" else self.scale
-            images = batch["images"].astype(np.float32)
+            images = images.astype(np.float32)
             if scale != 1:
                 images /= np.float32(scale)
             batch["images"] = images

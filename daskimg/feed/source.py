@@ -96,12 +96,13 @@ class FeedSource:
             # an (N, H, W) array beside the images (or (N, H, W, C): one-hot, several labels),
             # "masks" or any other (a predicted mask written back with ArrayWriter): it
             # lies in the pixels' frame, so it moves with them (any source)
+            frame = 4 if len(images.shape) == 5 else 3  # (N, [D,] H, W): the pixels' frame
             self.masks = tuple(
                 name
                 for name, a in arrays.items()
                 if name != "images"
-                and len(a.shape) >= 3
-                and tuple(a.shape[:3]) == tuple(images.shape[:3])
+                and len(a.shape) >= frame
+                and tuple(a.shape[:frame]) == tuple(images.shape[:frame])
             )
         if names is None:
             names = [n for n in ("images", "labels") if n in arrays]
