@@ -408,9 +408,8 @@ def plan_epoch(
     end = own if first + count == n_batches else min(stop, own)
 
     num_chunks = bounds.size - 1
-    order = chunk_order(
-        num_chunks, seed=s, epoch=e, shuffle=True, keep_last=n_samples % length != 0
-    )
+    has_short = n_samples % length != 0  # the final chunk is short (and kept last)
+    order = chunk_order(num_chunks, seed=s, epoch=e, shuffle=True, keep_last=has_short)
     mine = assign_chunks(order, consumer=k, num_consumers=n)
     key = epoch_rng(s, e, *MIX_STREAM).integers(2**64, dtype=np.uint64)
     chunks, samples, starts = take_run(bounds, mine, min(start, own), end, per_group)
@@ -418,7 +417,7 @@ def plan_epoch(
     # drop_last would leave out the whole last group: the short final chunk, always last in
     # the order, was then never trained on. It is mixed with the group before it instead, so
     # the samples dropped are a new random few of both each epoch
-    short_last = n_samples % length != 0 and chunks.size and chunks[-1] == bounds.size - 2
+    short_last = has_short and chunks.size > 0 and chunks[-1] == num_chunks - 1
     merged = drop and short_last and starts.size > 1 and size <= starts[-1]
     if merged:
         starts = starts[:-1]

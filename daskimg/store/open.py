@@ -160,8 +160,7 @@ def imageset_of(arrays: dict[str, Any], st: OpenedStore) -> ImageSet:
 def store_array_name(reader: StoreReader, name: str) -> str:
     """The dask name of :func:`lazy_array`'s array of ``name``: how a feed knows an array is
     still the store's own (not one put in its place: ``ds.images = ds.images[:, :, ::-1]``)."""
-    lay = reader.layout(name)
-    return f"daskimg-read-{name}-{tokenize(reader.path, name, reader.read_bytes('zarr.json'), lay)}"
+    return f"daskimg-read-{name}-{tokenize(reader.root_token(), name, reader.layout(name))}"
 
 
 def lazy_array(reader: StoreReader, name: str) -> da.Array:

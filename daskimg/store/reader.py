@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import crc32c
 import numpy as np
+from dask.base import tokenize
 from numcodecs import blosc
 
 from ..errors import ChecksumError, MetadataError
@@ -65,6 +66,14 @@ class StoreReader:
         self._layouts: dict[str, ArrayLayout] = {}
         self._attrs: dict[str, Any] | None = None
         self._tables: dict[str, np.ndarray | None] = {}
+        self._token: str | None = None
+
+    def root_token(self) -> str:
+        """A token of this store (its path and root ``zarr.json``, which holds every chunk's
+        crc32c), computed once: what names its dask arrays."""
+        if self._token is None:
+            self._token = tokenize(self.path, self.read_bytes("zarr.json"))
+        return self._token
 
     def __getstate__(self) -> dict[str, Any]:
         return {"source": self.source}
