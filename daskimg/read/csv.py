@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import alike, folded, nfc
+from .fileio import alike, folded, given_classes, nfc
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -150,17 +150,7 @@ def from_csv(
     base = root_url or root_path
     files = _paths(rows, path_column, where, base)
     _refuse_repeats(rows, path_column, where, files, local=root_url is None)
-    if classes is not None and (
-        isinstance(classes, str) or not all(isinstance(c, str) for c in classes)
-    ):
-        raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
-    if classes is not None and len(set(classes)) != len(classes):
-        raise ValueError(f"classes has repeated names: {list(classes)}")
-    if classes is not None and len({nfc(c) for c in classes}) != len(classes):
-        raise ValueError(
-            f"classes has names that are the same letters composed differently (Unicode "
-            f"normalisation): {[ascii(c) for c in classes]}; write each one way"
-        )
+    classes = given_classes(classes)
     if labels_are not in (None, "names", "indices"):
         raise ValueError(f"labels_are must be 'names', 'indices' or None; got {labels_are!r}")
     labels, classes = (

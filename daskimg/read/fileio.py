@@ -13,7 +13,7 @@ import struct
 import threading
 import unicodedata
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
@@ -148,6 +148,23 @@ def looks(name: str) -> str:
     collapsed and stripped. Two names that look alike so are two classes that print alike."""
     shown = "".join(ch for ch in nfc(name) if unicodedata.category(ch) != "Cf" or ch in _JOINERS)
     return " ".join(shown.split())
+
+
+def given_classes(classes: Sequence[str] | None) -> list[str] | None:
+    """``classes=`` of ``from_folder`` and ``from_csv``, checked: names (str), none repeated,
+    none the same letters composed differently (:func:`nfc`)."""
+    if classes is None:
+        return None
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes has repeated names: {list(classes)}")
+    if len({nfc(c) for c in classes}) != len(classes):
+        raise ValueError(
+            f"classes has names that are the same letters composed differently (Unicode "
+            f"normalisation): {[ascii(c) for c in classes]}; write each one way"
+        )
+    return list(classes)
 
 
 def alike(names: Iterable[str]) -> tuple[str, str, str] | None:

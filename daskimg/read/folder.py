@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import alike, folded, nfc
+from .fileio import alike, folded, given_classes, nfc
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -662,19 +662,6 @@ def _check_split_classes(tops: list[_Top]) -> None:
         )
 
 
-def _given_classes(classes: Sequence[str] | None) -> list[str] | None:
-    if classes is None:
-        return None
-    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
-        raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
-    if len({nfc(c) for c in classes}) != len(classes):
-        raise ValueError(
-            f"classes has repeated names (or names that are the same letters composed "
-            f"differently): {[ascii(c) for c in classes]}"
-        )
-    return list(classes)
-
-
 def _split_alone_classes(
     where: str, top: _Top, parent: tuple[str, list[_Top]] | None
 ) -> list[str] | None:
@@ -951,7 +938,7 @@ def from_folder(
         tops, loose = _local_tops(Path(root), reals, stray)
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
-    given = _given_classes(classes)
+    given = given_classes(classes)
     if given is None and len(tops) == 1 and not tops[0].split:
         parent = (
             _parent_tops(root, None, None, list(reals))
