@@ -152,21 +152,29 @@ def _chain(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return list(codecs)
 
 
+def holds_every(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
+    """Whether every value of ``src`` survives a cast to ``dst`` unchanged (float to a
+    narrower float aside: see :func:`becomes_inf`). numpy calls int64 -> float64 safe, yet
+    2**53 + 1 comes back as 2**53: integers count as held when each is within
+    2**(mantissa + 1) (uint8, int16 -> float32; not int32). The one rule for ``to_zarr``
+    and :class:`~daskimg.ArrayWriter`."""
+    if src.kind in "iu" and dst.kind == "f":
+        return src.itemsize * 8 - (src.kind == "i") <= np.finfo(dst).nmant + 1
+    return bool(np.can_cast(src, dst, casting="safe"))
+
+
+def becomes_inf(values: np.ndarray, cast: np.ndarray) -> np.ndarray:
+    """Where a finite float of ``values`` became infinite in ``cast`` (its narrower copy)."""
+    return np.isfinite(values) & np.isinf(cast)
+
+
 def _check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
     """Values of another dtype than the array's (a dask array whose blocks are not what it
     declares) must fit it, as the cast would change them: wrap (300 -> 44 in uint8), become
     infinity (1e39 in float32), round (2**24 + 1 in float32) or become True (2 in bool).
     Numbers only (text is checked as text); a range test first spares the element-wise one."""
-    if not rows.size or rows.dtype.kind not in "biuf":
+    if not rows.size or rows.dtype.kind not in "biuf" or holds_every(rows.dtype, dtype):
         return
-    if np.can_cast(rows.dtype, dtype, casting="safe") and not (
-        rows.dtype.kind in "iu" and dtype.kind == "f"  # numpy calls int64 -> float64 safe
-    ):
-        return
-    if rows.dtype.kind in "iu" and dtype.kind == "f":
-        info = np.iinfo(rows.dtype)
-        if max(-int(info.min), int(info.max)) <= 2 ** (np.finfo(dtype).nmant + 1):
-            return  # every value of the type is held exactly (uint8, int16 -> float32)
     lo, hi = rows.min(), rows.max()  # NaN when any is: then the element-wise test decides
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -181,7 +189,7 @@ def _check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
         if -big <= lo and hi <= big:
             return
         with np.errstate(over="ignore"):
-            bad = np.isfinite(rows) & np.isinf(rows.astype(dtype))
+            bad = becomes_inf(rows, rows.astype(dtype))
     elif dtype.kind == "f":  # integers: every one within 2**(mantissa + 1) is held exactly
         exact = 2 ** (np.finfo(dtype).nmant + 1)
         if -exact <= int(lo) and int(hi) <= exact:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..store.codecs import check_text_length
+from ..store.encode import becomes_inf, holds_every
 
 #: one array: the shape and dtype of one sample (``object`` for text)
 Spec = tuple[tuple[int, ...], np.dtype[Any]]
@@ -116,13 +117,9 @@ def check_batch(
 
 
 def safe_cast(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
-    """Whether every value of ``src`` survives a cast to ``dst`` (narrowing floats aside)."""
-    if src.kind in "iu" and dst.kind == "f":
-        # numpy calls int64 -> float64 safe, yet 2**53 + 1 comes back as 2**53
-        return src.itemsize * 8 - (src.kind == "i") <= np.finfo(dst).nmant + 1
-    if np.can_cast(src, dst, casting="safe"):
-        return True
-    return src.kind == "f" and dst.kind == "f"  # float64 -> float32: precision only
+    """Whether every value of ``src`` survives a cast to ``dst`` (narrowing floats aside:
+    :func:`narrow_float` checks their values)."""
+    return holds_every(src, dst) or (src.kind == "f" and dst.kind == "f")
 
 
 def narrow_float(name: str, arr: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
@@ -130,7 +127,7 @@ def narrow_float(name: str, arr: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
     if np.isinf(out).any():
-        lost = np.isinf(out) & np.isfinite(arr)
+        lost = becomes_inf(arr, out)
         if lost.any():
             biggest = float(np.abs(arr[lost]).max())
             raise ValueError(
