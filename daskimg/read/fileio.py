@@ -152,17 +152,19 @@ def looks(name: str) -> str:
 
 def given_classes(classes: Sequence[str] | None) -> list[str] | None:
     """``classes=`` of ``from_folder`` and ``from_csv``, checked: names (str), none repeated,
-    none the same letters composed differently (:func:`nfc`)."""
+    no two that print alike (:func:`alike`: composed differently, invisible characters)."""
     if classes is None:
         return None
     if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
         raise TypeError(f"classes must be a sequence of class names; got {classes!r}")
     if len(set(classes)) != len(classes):
         raise ValueError(f"classes has repeated names: {list(classes)}")
-    if len({nfc(c) for c in classes}) != len(classes):
+    twins = alike(classes)
+    if twins is not None:
+        one, other, how = twins
         raise ValueError(
-            f"classes has names that are the same letters composed differently (Unicode "
-            f"normalisation): {[ascii(c) for c in classes]}; write each one way"
+            f"classes has two names that print alike, {ascii(one)} and {ascii(other)}: {how}; "
+            "write each class one way"
         )
     return list(classes)
 
