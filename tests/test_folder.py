@@ -79,7 +79,7 @@ def test_class_names_composed_differently_are_named(tmp_path):
     splits = tmp_path / "splits"
     di.testing.make_image_folder(splits / "train", n=2, size=(8, 8), classes=(composed, "dog"))
     di.testing.make_image_folder(splits / "test", n=1, size=(8, 8), classes=(decomposed,))
-    with pytest.raises(ValueError, match=r"in train/ \(the same letters, composed differently\)"):
+    with pytest.raises(ValueError, match=r"in train/, the same letters composed differently"):
         di.from_folder(splits, size=(8, 8))
     # a trailing space, a zero-width space: also two classes that print alike
     for odd in ("cat ", "cat\u200b"):

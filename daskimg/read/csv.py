@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import alike, folded, given_classes, nfc
+from .fileio import alike, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -406,17 +406,9 @@ def _labels(
         ]
         if unknown:
             line, name = unknown[0]
-            alike = {folded(c): c for c in given}.get(folded(name))
-            hint = (
-                f" ({name!r} is {alike!r} there"
-                + (", the same letters composed differently" if nfc(alike) == nfc(name) else "")
-                + ": names must match exactly)"
-                if alike is not None
-                else ""
-            )
             raise ValueError(
                 f"{where}, line {line}: label {name!r} is not one of the classes given "
-                f"({given}){hint}; {len(unknown)} row(s) have such labels"
+                f"({given}){near_misses([name], given)}; {len(unknown)} row(s) have such labels"
             )
         return np.array([index[c] for c in _classes_of(labels, classes)], dtype=np.int64), given
     bad = np.flatnonzero((labels < -1) | (labels >= len(given)))  # -1: no label

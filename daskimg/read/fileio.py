@@ -163,7 +163,7 @@ def given_classes(classes: Sequence[str] | None) -> list[str] | None:
     if twins is not None:
         one, other, how = twins
         raise ValueError(
-            f"classes has two names that print alike, {ascii(one)} and {ascii(other)}: {how}; "
+            f"classes has two names that print alike, {one!a} and {other!a}: {how}; "
             "write each class one way"
         )
     return list(classes)
@@ -184,6 +184,21 @@ def alike(names: Iterable[str]) -> tuple[str, str, str] | None:
             )
             return other, name, how
     return None
+
+
+def near_misses(names: Iterable[str], among: Iterable[str], there: str = "there") -> str:
+    """A hint for ``names`` missing from ``among``: those that match one of ``among`` but for
+    letter case or Unicode composition (:func:`folded`), as `` ('Cat' is 'cat' there: names
+    must match exactly)``; "" if none. For the messages of ``from_folder`` and ``from_csv``
+    refusing a class name."""
+    alike = {folded(c): c for c in among}
+    hints = [
+        f"{n!r} is {alike[folded(n)]!r} {there}"
+        + (", the same letters composed differently" if nfc(n) == nfc(alike[folded(n)]) else "")
+        for n in names
+        if folded(n) in alike
+    ]
+    return f" ({'; '.join(hints)}: names must match exactly)" if hints else ""
 
 
 def folded(name: str) -> str:

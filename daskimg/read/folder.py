@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import alike, folded, given_classes, nfc
+from .fileio import alike, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -645,17 +645,10 @@ def _check_split_classes(tops: list[_Top]) -> None:
         extra = sorted(c for c, files in t.classes.items() if files and c not in train.classes)
         if not extra:
             continue
-        alike = {folded(c): c for c in train.classes}
-        hints = [
-            f"{c!r} is {alike[folded(c)]!r} in train/"
-            + (" (the same letters, composed differently)" if nfc(c) == nfc(alike[folded(c)]) else "")
-            for c in extra
-            if folded(c) in alike
-        ]  # fmt: skip
         raise ValueError(
             f"{t.where!r} holds class folder(s) that {train.where!r} does not: "
             f"{', '.join(repr(c) for c in extra)}"
-            + (f" ({'; '.join(hints)}: names must match exactly)" if hints else "")
+            + near_misses(extra, train.classes, "in train/")
             + ". A model trained on train/ has no such class. If the images there are "
             "unlabelled, put them directly in the split folder (an unlabelled split); if the "
             "folders are misnamed, rename them; else pass exclude= to leave them out"
@@ -773,12 +766,10 @@ def _assemble(
     if given is not None and classes:
         extra = [c for c in classes if c not in given]
         if extra:
-            alike = {folded(c): c for c in given}
-            hints = [f"{c!r} is {alike[folded(c)]!r} there" for c in extra if folded(c) in alike]
             raise ValueError(
                 f"{where!r} holds class folder(s) that are not among the classes given: "
                 f"{', '.join(repr(c) for c in extra)}"
-                + (f" ({'; '.join(hints)}: names must match exactly)" if hints else "")
+                + near_misses(extra, given)
                 + f"; the classes given are {given}"
             )
         classes = list(given)
