@@ -133,7 +133,11 @@ def ingest(args: argparse.Namespace) -> int:
             target = _out(args.out, name + ext)
             t = time.perf_counter()
             so = opts if is_url(target) else None
-            if not args.overwrite and _finished_same(part, target, so, args, name):
+            if (
+                not args.overwrite
+                and target in earlier
+                and _finished_same(part, target, so, args, name)
+            ):
                 print(f"kept {target}: complete, written from the same files and settings")
             else:
                 print(f"writing {target} ({len(part)} samples)")
@@ -239,14 +243,12 @@ def _stale_stores(out: str, names: list[str], written: set[str], ext: str, opts:
 
 
 def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, split: str) -> bool:
-    """True if ``target`` holds a complete store written from the same files and settings (a
-    re-run after a kill keeps it); a different store there is refused unless ``--overwrite``."""
-    from ..store.location import Location
+    """True if the store at ``target`` (there) is complete and was written from the same files
+    and settings (a re-run after a kill keeps it); a different store there is refused unless
+    ``--overwrite``."""
     from ..store.open import read_attrs
     from ..store.write import fingerprint
 
-    if not Location.of(target, so).exists():
-        return False
     try:
         attrs = read_attrs(target, storage_options=so)
     except DaskImgError:
