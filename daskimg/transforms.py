@@ -8,7 +8,8 @@ What travels with the pixels moves with them: name the batch's box arrays in
 them; see :mod:`daskimg.read.boxes`) and its masks in ``masks=`` (``(N, H, W)``, or
 ``(N, H, W, C)``), and a
 flip or crop moves them exactly as it moves the images. NaN boxes stay NaN; a crop clips
-boxes to the crop, and a box cropped away entirely becomes NaN.
+boxes to the crop, and a box cropped away entirely becomes NaN. Boxes come out as floats
+(integer boxes as float32 up to 16 bits, else float64): a flip can move one left of 0.
 
 Examples
 --------
@@ -28,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from .feed.iterator import Transform
-from .read.boxes import clip_boxes
+from .read.boxes import box_dtype, clip_boxes
 
 __all__ = ["Compose", "RandomCrop", "RandomFlip", "compose", "random_crop", "random_flip"]
 
@@ -101,7 +102,8 @@ class RandomFlip:
             m[which] = np.flip(m[which], axis=w_axis)
             out[name] = m
         for name in self.boxes:
-            b = _array(batch, name, "boxes", (len(x), 4)).copy()
+            b = _array(batch, name, "boxes", (len(x), 4))
+            b = b.astype(box_dtype(b.dtype))  # a copy; floats: an unsigned x would wrap
             b[which, 0], b[which, 2] = width - b[which, 2], width - b[which, 0]
             out[name] = b
         return out
@@ -176,7 +178,7 @@ class RandomCrop:
             b = np.asarray(_array(batch, name, "boxes", (n, 4)), dtype=np.float64)
             shift = np.stack([left, top, left, top], axis=1)
             moved = clip_boxes(b - shift, (0, 0, w, h))
-            out[name] = moved.astype(batch[name].dtype, copy=False)
+            out[name] = moved.astype(box_dtype(batch[name].dtype), copy=False)  # NaN: cut away
         return out
 
 

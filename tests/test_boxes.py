@@ -400,6 +400,53 @@ def test_imageset_from_arrays_keeps_boxes_as_given():
     assert ds.take([1]).boxes == ("bbox",)
 
 
+@pytest.mark.parametrize(("dtype", "want"), [(np.int16, np.float32), (np.int64, np.float64)])
+def test_integer_box_columns_are_stored_as_floats_that_hold_them(tmp_path, dtype, want):
+    # an int32 box column was stored as such: a crop in the feed then turned a box cut away
+    # into -2**31 corners, a flip turned an unsigned one past the edge into 65531
+    boxes = np.array([[1, 2, 3, 4], [0, 0, 8, 8], [-3, 5, 2, 7]], dtype)
+    for cols in ({"bbox": boxes}, {"bbox": dask.array.from_array(boxes, chunks=2)}):
+        ds = di.ImageSet(np.zeros((3, 8, 8, 3), np.uint8), columns=cols, boxes=("bbox",))
+        assert ds.columns["bbox"].dtype == want
+        out = di.to_zarr(ds, tmp_path / f"{type(cols['bbox']).__name__}.zarr.zip", order="source")
+        stored = zarr_boxes(out)  # plain zarr
+        assert stored.dtype == want
+        np.testing.assert_array_equal(stored, boxes)
+
+
+def test_a_lazy_box_column_fed_without_a_store_is_checked(tmp_path):
+    # checked only by to_zarr: fed straight from the set, a box in another frame was flipped
+    # as if it were in the images' (to -110, 50, -70, 80 here)
+    images = np.zeros((4, 20, 30, 3), np.uint8)
+    boxes = np.array([[1, 1, 5, 5], [2, 2, 6, 6], [100, 50, 140, 80], [0, 0, 30, 20]], np.float32)
+    lazy = di.ImageSet(
+        images, columns={"bbox": dask.array.from_array(boxes, chunks=(2, 2))}, boxes=("bbox",)
+    )
+    flip = di.transforms.random_flip(p=1.0, boxes=("bbox",))
+    with pytest.raises(ValueError, match=r"boxes 'bbox', row 2: .*wholly outside the images"):
+        list(
+            di.BatchIterator(
+                lazy, batch_size=2, shuffle=False, arrays=("images", "bbox"), transform=flip
+            )
+        )
+    # good boxes are fed as they are, flipped
+    boxes[2] = [10, 10, 12, 12]
+    good = di.ImageSet(
+        images, columns={"bbox": dask.array.from_array(boxes, chunks=3)}, boxes=("bbox",)
+    )
+    fed = np.concatenate(
+        [
+            b
+            for _, b in di.BatchIterator(
+                good, batch_size=2, shuffle=False, arrays=("images", "bbox"), transform=flip
+            )
+        ]
+    )
+    np.testing.assert_array_equal(
+        fed, np.stack([30 - boxes[:, 2], boxes[:, 1], 30 - boxes[:, 0], boxes[:, 3]], 1)
+    )
+
+
 # (bad box, what the error says); the images are 30 wide and 20 high
 BAD_BOXES = [
     ([31, 0, 40, 5], "wholly outside the images, which are 30 x 20"),

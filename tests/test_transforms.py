@@ -72,6 +72,36 @@ def test_crop_moves_clips_and_nans_boxes_like_numpy():
     assert out["bbox"].dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint64])
+def test_integer_boxes_come_out_as_floats_that_flip_and_crop_like_numpy(dtype):
+    # integer boxes (a store written elsewhere, a dict fed as is) came out in their own dtype:
+    # an unsigned box flipped past the left edge wrapped to 65531, a box cropped away became
+    # -2**31 (numpy's cast of NaN) instead of NaN, with only a RuntimeWarning
+    batch = _batch(n=64)
+    ints = dict(batch, bbox=np.nan_to_num(batch["bbox"], nan=0).astype(dtype))
+    ints["bbox"][3] = [1, 1, 4, 4]  # _batch's sample without a box (NaN)
+    ints["bbox"][5] = [14, 2, 30, 6]  # reaches past the right edge (w = 20): flips to x0 = -10
+    want = np.float32 if np.dtype(dtype).itemsize <= 2 else np.float64
+    flipped = random_flip(p=1.0, boxes=("bbox",))(ints, np.random.default_rng(0))["bbox"]
+    assert flipped.dtype == want
+    b = ints["bbox"].astype(np.float64)  # the oracle: numpy on exact floats
+    np.testing.assert_array_equal(
+        flipped, np.stack([20 - b[:, 2], b[:, 1], 20 - b[:, 0], b[:, 3]], 1)
+    )
+    assert flipped[5].tolist() == [-10, 2, 6, 6]
+    rng = np.random.default_rng(3)
+    cropped = random_crop((6, 9), boxes=("bbox",))(ints, rng)["bbox"]
+    assert cropped.dtype == want
+    rng = np.random.default_rng(3)
+    top, left = rng.integers(0, 12 - 6 + 1, 64), rng.integers(0, 20 - 9 + 1, 64)
+    shifted = b - np.stack([left, top, left, top], 1)
+    inside = np.clip(shifted, 0, [9, 6, 9, 6])
+    gone = (inside[:, 2] <= inside[:, 0]) | (inside[:, 3] <= inside[:, 1])  # nothing inside
+    assert gone.any() and (~gone).any()
+    assert np.isnan(cropped[gone]).all()
+    np.testing.assert_array_equal(cropped[~gone], inside[~gone])
+
+
 def test_compose_flip_then_crop_keeps_boxes_on_masks():
     batch = _batch(n=32, seed=4)
     t = compose(

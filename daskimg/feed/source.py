@@ -12,6 +12,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ..read.boxes import checked_block, image_frame
 from ..read.imageset import ImageSet
 from ..store.jpeg import JpegChunk
 from ..store.open import open_zarr, store_array_name
@@ -168,6 +169,14 @@ class FeedSource:
             }
         else:
             self.fast = set()
+        if images is not None and len(images.shape) >= 3:
+            # a lazy box column of a set (not the store's own, checked when written) is
+            # checked as it is computed, as to_zarr checks it: a box in another frame would
+            # be flipped and cropped as if it were in the images'
+            frame = image_frame(images.shape)
+            for n in set(self.boxes) & set(self.lazy) - self.fast:
+                a = self.lazy[n]
+                self.lazy[n] = a.rechunk({1: -1}).map_blocks(checked_block, n, frame, dtype=a.dtype)
         reader = self.reader
         #: arrays stored one sample per inner chunk: decoded straight into batch rows
         self.per_sample = {

@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_boxes", "clip_boxes", "image_frame", "outside", "to_source", "to_stored"]
+__all__ = [
+    "box_dtype",
+    "check_boxes",
+    "checked_block",
+    "clip_boxes",
+    "image_frame",
+    "outside",
+    "to_source",
+    "to_stored",
+]
 
 
 def to_stored(
@@ -259,6 +268,26 @@ def check_boxes(name: str, boxes: Any, hw: Sequence[int] | None = None, first: i
             i = int(np.flatnonzero(bad)[0])
             box = ", ".join(f"{v:g}" for v in b[i])
             raise ValueError(f"boxes {name!r}, row {first + i}: ({box}) {why}")
+
+
+def box_dtype(dtype: Any) -> np.dtype[Any]:
+    """The dtype boxes of ``dtype`` are kept in: a float dtype as it is; integers (and bool)
+    as floats that hold each of their values exactly (float32 up to 16 bits, else float64).
+    Boxes must be floats: a box cut away by a crop is NaN, a flip can move one past the
+    left edge (an unsigned 20 becomes 65531 there), and stored boxes come from scaling."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return dt
+    return np.dtype(np.float32 if dt.itemsize <= 2 else np.float64)
+
+
+def checked_block(
+    block: np.ndarray, name: str, frame: tuple[int, int] | None, block_info: Any = None
+) -> np.ndarray:
+    """A block of a lazy box column, checked (:func:`check_boxes`, rows counted in the whole
+    column): for ``dask.array.map_blocks`` over a column rechunked to whole rows of four."""
+    check_boxes(name, block, frame, block_info[0]["array-location"][0][0] if block_info else 0)
+    return block
 
 
 def image_frame(shape: Sequence[int]) -> tuple[int, int]:

@@ -29,7 +29,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ..errors import DaskImgError, DecodeError, StoreExistsError
-from ..read.boxes import check_boxes, image_frame
+from ..read.boxes import checked_block, image_frame
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
@@ -700,7 +700,7 @@ def _shard_writer(target: Any) -> Iterator[Callable[[str, list[Any]], None] | No
 
 def checked_boxes(imageset: ImageSet) -> ImageSet:
     """``imageset`` with its lazy box columns checked block by block as they are computed
-    (:func:`check_boxes`; rows named in the set as given). Columns in memory were checked
+    (:func:`~daskimg.read.boxes.check_boxes`; rows named in the set as given). Columns in memory were checked
     when the set was made, and boxes read from files against their sources' sizes."""
     if not any(isinstance(imageset.columns[b], da.Array) for b in imageset.boxes):
         return imageset
@@ -708,7 +708,7 @@ def checked_boxes(imageset: ImageSet) -> ImageSet:
     own = files.to_dask_arrays() if isinstance(files, FileSource) else {}
     frame = image_frame(imageset.require_images().shape)
     lazy = {
-        name: values.rechunk({1: -1}).map_blocks(_box_block, name, frame, dtype=values.dtype)
+        name: values.rechunk({1: -1}).map_blocks(checked_block, name, frame, dtype=values.dtype)
         for name in imageset.boxes
         if isinstance(values := imageset.columns[name], da.Array)
         and not (name in own and own[name].name == values.name)
@@ -718,13 +718,6 @@ def checked_boxes(imageset: ImageSet) -> ImageSet:
     out = copy.copy(imageset)
     out.columns = {**imageset.columns, **lazy}
     return out
-
-
-def _box_block(
-    block: np.ndarray, name: str, frame: tuple[int, int], block_info: Any = None
-) -> np.ndarray:
-    check_boxes(name, block, frame, block_info[0]["array-location"][0][0] if block_info else 0)
-    return block
 
 
 def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndarray:
