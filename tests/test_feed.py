@@ -704,3 +704,64 @@ def test_an_array_put_in_place_of_a_stored_one_is_fed_as_it_is(tmp_path):
     for batch in loader:
         idx = batch[-1].numpy()
         np.testing.assert_array_equal(batch[0].numpy(), want["images"][idx])
+
+
+@pytest.mark.parametrize("fmt", [".zarr.zip", ".zarr"])
+@pytest.mark.parametrize("dtype", ["int64", "uint8", "bool", "float32"])
+def test_one_number_per_sample_stored_uncompressed_is_fed_as_stored(tmp_path, fmt, dtype):
+    # an (N,) array written with codec='none' was fed as zeros or stale memory: each row was
+    # read into a copy of the batch's row (a numpy scalar) and checksummed there
+    n = 23
+    rng = np.random.default_rng(0)
+    values = (rng.integers(0, 2, n) if dtype == "bool" else rng.integers(1, 250, n)).astype(dtype)
+    path = tmp_path / f"w{fmt}"
+    with di.ArrayWriter(path, name="x", shape=(), dtype=dtype, codec="none", chunks=4) as w:
+        w.append(values[:10])
+        w.append(values[10:])
+    want = plain_group(path)["x"][...]  # plain zarr
+    np.testing.assert_array_equal(want, values)
+    for shuffle in (False, True):
+        fed = {}
+        for x, index in di.BatchIterator(
+            path, batch_size=5, shuffle=shuffle, seed=1, arrays=("x", "index")
+        ):
+            fed.update(zip(index.tolist(), x.tolist(), strict=True))
+        assert sorted(fed) == list(range(n))
+        np.testing.assert_array_equal([fed[i] for i in range(n)], want)
+
+
+@pytest.mark.parametrize("codec", ["blosc", "zstd", "none"])
+def test_one_number_per_sample_in_chunks_of_one_is_read_as_stored(tmp_path, indexed_set, codec):
+    # a 1-D array stored one sample per inner chunk (plain zarr's chunks=(1,) in shards),
+    # declared in the store: each Blosc sample was decompressed into a copy of its row (a
+    # numpy scalar), so open_zarr and the feed gave stale memory, checksums passing
+    import json
+
+    import crc32c
+    import zarr
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    from daskimg.store.format import attrs_crc32c
+
+    path = tmp_path / "s.zarr"
+    di.to_zarr(indexed_set, path, chunks=4, order="source")
+    n = len(indexed_set)
+    values = np.arange(n, dtype=np.int64) * 7 + 3
+    first = {"blosc": [BloscCodec()], "zstd": [ZstdCodec()], "none": []}[codec]
+    group = zarr.open_group(path, mode="a")  # plain zarr adds the array
+    x = group.create_array(
+        "x", shape=(n,), dtype="int64", chunks=(1,), shards=(4,),
+        compressors=[*first, Crc32cCodec()], dimension_names=["sample"],
+    )  # fmt: skip
+    x[:] = values
+    root = json.loads((path / "zarr.json").read_text())  # declared, as daskimg declares arrays
+    attrs = root["attributes"]["daskimg"]
+    attrs["arrays"]["x"] = {"zarr_json_crc32c": crc32c.crc32c((path / "x/zarr.json").read_bytes())}
+    attrs["attrs_crc32c"] = attrs_crc32c(attrs)
+    (path / "zarr.json").write_text(json.dumps(root))
+    np.testing.assert_array_equal(plain_group(path)["x"][...], values)  # the oracle
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["x"].compute(), values)
+    fed = np.concatenate(
+        [b for (b,) in di.BatchIterator(path, batch_size=3, shuffle=False, arrays=("x",))]
+    )
+    np.testing.assert_array_equal(fed, values)

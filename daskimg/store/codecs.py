@@ -42,6 +42,7 @@ __all__ = [
     "compressors",
     "decode_chunk",
     "decompress_into",
+    "flat_bytes",
     "parse_codec",
     "serializer",
     "vlen_decode",
@@ -189,9 +190,18 @@ def blosc_header(body: Any, expected: int, where: str) -> None:
         raise ChecksumError(f"{where}: damaged Blosc chunk ({problem}); re-create the store")
 
 
+def flat_bytes(a: np.ndarray) -> np.ndarray:
+    """``a``'s bytes as a flat view to write into; never a copy, which would be filled
+    instead of ``a`` (``reshape`` copies an array that is not contiguous, and ``a[i]`` of a
+    1-D array is a numpy scalar: slice ``a[i:i + 1]``)."""
+    if not a.flags.c_contiguous:
+        raise AssertionError(f"a {a.shape} buffer to read into is not contiguous")
+    return a.reshape(-1).view(np.uint8)
+
+
 def decompress_into(body: memoryview, out: np.ndarray, where: str) -> None:
     """Blosc-decompress a checked chunk body into ``out`` (C-contiguous, exact size)."""
-    dest = out.reshape(-1).view(np.uint8)
+    dest = flat_bytes(out)
     blosc_header(body, dest.nbytes, where)
     try:
         blosc.decompress(body, dest)
@@ -289,7 +299,7 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
         limit = 4 + out.size * (4 + MAX_STRING_BYTES)
         out[...] = vlen_decode(zstd_decode(body, where, limit), out.size, where).reshape(out.shape)
         return
-    dest = out.reshape(-1).view(np.uint8)
+    dest = flat_bytes(out)
     if kind == "raw":
         if len(body) != dest.nbytes:
             raise ChecksumError(f"{where}: chunk holds {len(body)} bytes, expected {dest.nbytes}")

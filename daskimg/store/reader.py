@@ -28,7 +28,7 @@ from numcodecs import blosc
 from ..errors import ChecksumError, MetadataError
 from .bytesource import ByteSource, LocalDir, LocalZip, open_source
 from .chunktable import TABLE, check_place, decode_table
-from .codecs import blosc_header, check_crc, check_crc_of, decode_chunk
+from .codecs import blosc_header, check_crc, check_crc_of, decode_chunk, flat_bytes
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 from .layout import ArrayLayout, parse_layout
 from .locate import MISSING, ChunkLocator
@@ -207,8 +207,9 @@ class StoreReader:
                         "the store is damaged — re-create it"
                     )
                 crc = bytearray(4)
-                self.source.readinto(key, off, [out.reshape(-1).view(np.uint8), crc])
-                check_crc_of(out.reshape(-1).view(np.uint8), crc, where)
+                flat = flat_bytes(out)
+                self.source.readinto(key, off, [flat, crc])
+                check_crc_of(flat, crc, where)
                 self._place(lay, c, crc, where)
                 return out
             key, off, nbytes = self._locate.inner(lay, c)
@@ -359,12 +360,19 @@ class StoreReader:
             else:
                 blosc_header(body, row_bytes, where)
                 try:
-                    decompress(body, dest[k])
+                    decompress(body, flat_bytes(dest[k : k + 1]))  # dest[k]: a copy if 1-D
                 except RuntimeError as e:  # blosc's error for corrupt input
                     raise ChecksumError(f"{where}: cannot decompress ({e})") from e
 
     def _where_sample(self, lay: ArrayLayout, sample: int) -> str:
         return f"{self.path}: array {lay.name!r}, sample {sample} (chunk {sample // lay.chunk_len})"
+
+
+def _row_bytes(a: np.ndarray, p: int) -> np.ndarray:
+    """The bytes of row ``p`` of ``a``, as a view to read into: ``a[p:p + 1]``, never ``a[p]``,
+    which for a 1-D array is a numpy scalar, a copy (the row was read into the copy and
+    checksummed there, and the batch kept what its memory held before)."""
+    return flat_bytes(a[p : p + 1])
 
 
 @dataclass(frozen=True)
@@ -401,10 +409,10 @@ class RawChunk:
         for places in where_to:
             if places:
                 dest, p = places[0]
-                bufs.append(dest[p].reshape(-1).view(np.uint8))
+                bufs.append(_row_bytes(dest, p))
             else:
                 assert spare is not None
-                bufs.append(spare[j].reshape(-1).view(np.uint8))
+                bufs.append(_row_bytes(spare, j))
                 j += 1
         crc_bytes = bytearray(4)
         self.source.readinto(self.key, self.offset, [*bufs, crc_bytes])
