@@ -1039,6 +1039,14 @@ def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(tmp_path,
     said = rf"'v' is {np.dtype(declared)} but .* such as {re.escape(repr(bad))},"
     with pytest.raises(ValueError, match=said):
         di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    # a set read from files with on_error='skip' (its rows copied into shard buffers: the
+    # copy cast them, 2.5 -> 2, 1e39 -> inf, without a word)
+    di.testing.make_image_folder(tmp_path / "src", n=4, size=(4, 4))
+    files = di.from_folder(tmp_path / "src", size=(4, 4), on_error="skip")
+    files.columns["v"] = column
+    with pytest.raises(ValueError, match=said):
+        di.to_zarr(files, tmp_path / "skip.zarr.zip")
+    assert not (tmp_path / "skip.zarr.zip").exists()
     fits = held[cast.astype(held.dtype) == held]  # what the dtype can hold is stored as is
     fits = np.resize(fits, 4)
     column = da.from_array(fits, chunks=2).map_blocks(lambda b: b, dtype=declared)
@@ -1058,3 +1066,20 @@ def test_a_lock_path_that_is_a_folder_or_a_link_is_named(tmp_path):
     with pytest.raises(StoreLockedError, match="is a symbolic link"):
         di.to_zarr(ds, tmp_path / "b.zarr.zip")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_lazy_text_of_a_set_read_with_skip_is_checked_and_kept_as_given(tmp_path):
+    # on_error='skip' copied lazy text through numpy's fixed-width str, which drops trailing
+    # NUL characters ('a\x00' stored as 'a'), and stored None as the text 'None'
+    import dask.array as da
+
+    di.testing.make_image_folder(tmp_path / "src", n=4, size=(4, 4))
+    texts = np.array(["a\x00", "b", "\x00", "é\x00\x00"], dtype=object)
+    for on_error in ("raise", "skip"):
+        ds = di.from_folder(tmp_path / "src", size=(4, 4), on_error=on_error)
+        ds.columns["note"] = da.from_array(texts, chunks=2)
+        out = di.to_zarr(ds, tmp_path / f"{on_error}.zarr.zip", order="source")
+        assert plain_group(out)["note"][:].tolist() == texts.tolist()  # plain zarr
+        ds.columns["note"] = da.from_array(np.array(["a", None, "c", "d"], dtype=object), chunks=2)
+        with pytest.raises(ValueError, match=r"'note'.*row 1"):
+            di.to_zarr(ds, tmp_path / f"none-{on_error}.zarr.zip", order="source")

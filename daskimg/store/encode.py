@@ -32,7 +32,7 @@ from numcodecs import Blosc
 
 from .layout import ArrayLayout, parse_layout
 
-__all__ = ["Chunk", "ShardEncoder"]
+__all__ = ["Chunk", "ShardEncoder", "becomes_inf", "check_fits", "holds_every"]
 
 #: an index entry for a chunk that is not in the shard (the spec's "empty")
 _MISSING = 2**64 - 1
@@ -95,7 +95,7 @@ class ShardEncoder:
                 f"up to {lay.chunk_len} rows of {lay.shape[1:]}"
             )
         if rows.dtype != lay.dtype:
-            _check_fits(lay.name, rows, lay.dtype)
+            check_fits(lay.name, rows, lay.dtype)
         rows = np.ascontiguousarray(rows, dtype=lay.dtype)
         if len(rows) < lay.chunk_len:  # zarr pads an edge chunk with the fill value
             full = np.zeros((lay.chunk_len, *rows.shape[1:]), lay.dtype)
@@ -168,7 +168,7 @@ def becomes_inf(values: np.ndarray, cast: np.ndarray) -> np.ndarray:
     return np.isfinite(values) & np.isinf(cast)
 
 
-def _check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
+def check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
     """Values of another dtype than the array's (a dask array whose blocks are not what it
     declares) must fit it, as the cast would change them: wrap (300 -> 44 in uint8), become
     infinity (1e39 in float32), round (2**24 + 1 in float32) or become True (2 in bool).

@@ -35,7 +35,7 @@ from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
 from .chunktable import read_tables
 from .codecs import canonical_codec, check_text_length
-from .encode import ShardEncoder
+from .encode import ShardEncoder, check_fits
 from .format import (
     SHARD_CHUNKS,
     ArraySpec,
@@ -767,7 +767,10 @@ def _write_skipping(
         if name in lazy:
             continue
         if isinstance(values, da.Array):
-            lazy[name] = values.rechunk({0: pixels.chunks[0]})
+            values = values.rechunk({0: pixels.chunks[0]})
+            if values.dtype.kind in "OUST":  # checked and made str, as to_zarr does
+                values = da.map_blocks(_text_block, values, name, dtype=object)
+            lazy[name] = values
         else:
             small[name] = np.asarray(values)
     n = len(ds)
@@ -810,8 +813,11 @@ def _write_skipping(
             pos = 0
             while pos < len(good):
                 take = good[pos : pos + shard_len - fill]
-                for buf, block in zip(bufs.values(), values, strict=True):
-                    buf[fill : fill + len(take)] = np.asarray(block)[take]
+                for (name, buf), block in zip(bufs.items(), values, strict=True):
+                    rows = np.asarray(block)[take]
+                    if rows.dtype != buf.dtype:  # the copy would cast: values must fit
+                        check_fits(name, rows, buf.dtype)
+                    buf[fill : fill + len(take)] = rows
                 fill += len(take)
                 pos += len(take)
                 if fill == shard_len:
@@ -857,9 +863,9 @@ def _decoded_windows(
 
 
 def _write_rows(arr: Any, start: int, rows: np.ndarray) -> None:
-    arr[start : start + len(rows)] = (
-        as_text(rows).astype(str) if rows.dtype.kind in "OUST" else rows
-    )
+    # StringDType, not str: numpy's fixed-width str drops trailing NUL characters
+    text = rows.dtype.kind in "OUST"
+    arr[start : start + len(rows)] = as_text(rows).astype(np.dtypes.StringDType()) if text else rows
 
 
 def _progress(total: int, show: bool, unit: str = "block") -> Callable[[int], None]:
