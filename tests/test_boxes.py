@@ -840,6 +840,35 @@ def test_corner_columns_read_as_numbers_and_jpeg_masks_are_named(tmp_path, caplo
     assert "look like box corners" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("x,y,w,h", "'h', 'w', 'x', 'y'"),  # COCO boxes
+        ("bbox_x,bbox_y,bbox_width,bbox_height", "'bbox_height', 'bbox_width', 'bbox_x'"),
+        ("kp_x,kp_y", "'kp_x', 'kp_y'"),  # a keypoint
+        ("cx,cy", "'cx', 'cy'"),
+        ("nose_x1,nose_y1", "'nose_x1', 'nose_y1'"),
+    ],
+)
+def test_pixel_positions_read_as_numbers_are_named(tmp_path, caplog, header, named):
+    # only corner names were warned about: x, y, w, h boxes and keypoints were stored in the
+    # source's pixels beside resized images without a word
+    import logging
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    values = ",".join(str(3 + i) for i in range(len(header.split(","))))
+    (tmp_path / "l.csv").write_text(f"path,label,{header}\na.png,cat,{values}\n")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(15, 20))
+    assert f"columns {named}" in caplog.text and "look like pixel positions" in caplog.text
+    assert set(header.split(",")) <= set(ds.columns)  # stored as given, and said so
+    caplog.clear()
+    (tmp_path / "m.csv").write_text("path,label,year,index,weight\na.png,cat,2020,3,0.5\n")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_csv(tmp_path / "m.csv", root=tmp_path, size=(15, 20))
+    assert "pixel positions" not in caplog.text
+
+
 def test_boxes_that_are_fractions_of_the_image_size_are_named(tmp_path, caplog):
     # YOLO / TensorFlow boxes in 0..1 passed every check as pixel boxes inside the top-left
     # pixel, then were scaled with the pixels into nothing

@@ -901,6 +901,33 @@ def _warn_raw_corners(
                 cols,
             )
             return
+    xs = [c for c in asked if _position_axis(c) == "x"]
+    ys = [c for c in asked if _position_axis(c) == "y"]
+    if xs and ys:  # COCO's x, y, w, h; keypoints kx, ky; centres cx, cy
+        cols = sorted(xs + [c for c in asked if _position_axis(c) in ("y", "size")])
+        logger.warning(
+            "%s: columns %s look like pixel positions or sizes; stored as numbers, they stay "
+            "in the source images' pixels while the images are resized (and flipped or "
+            "cropped in the feed). For boxes, make corner columns x0, y0, x1, y1 (x1 = x + w) "
+            "and pass boxes=; other positions need scaling by each sample's source_size",
+            where,
+            ", ".join(map(repr, cols)),
+        )
+
+
+def _position_axis(column: str) -> str | None:
+    """What a plain column's name says: "x" or "y" (a pixel position on that axis: ``x``,
+    ``cx``, ``kp_x``, ``x_center``, ``x1``), "size" (``w``, ``bbox_width``), or None. Stricter than
+    :func:`_axis_of` (a box column's, where any name starting x is an x): whole words only."""
+    words = re.split(r"[_\-. ]+", column.strip().lower())
+    if words[-1] in ("w", "h", "width", "height") or words[0] in ("w", "h"):
+        return "size"
+    for axis in ("x", "y"):
+        if any(
+            w in (axis, "c" + axis, "k" + axis, "p" + axis) or _numbered(w, axis) for w in words
+        ):
+            return axis
+    return None
 
 
 def _warn_fractions(values: np.ndarray, name: str, where: str) -> None:
