@@ -250,3 +250,25 @@ def test_a_predicted_mask_written_back_is_not_left_behind_by_a_flip(tmp_path):
     # an array of another shape is not taken for a mask
     scores = {"images": b["images"], "score": np.zeros((8, 12, 3), np.float32)}
     di.BatchIterator(scores, batch_size=4, arrays=("images", "score"), transform=random_flip())
+
+
+def test_the_feed_takes_box_named_arrays_of_a_dict_for_boxes():
+    # a dict source said nothing of boxes: a flip without boxes= flipped the pixels and
+    # handed its "bbox" out unflipped
+    import daskimg as di
+
+    b = _batch(n=12)
+    source = {"images": b["images"], "gt_boxes": b["bbox"], "labels": b["labels"]}
+    fed = ("images", "gt_boxes", "index")
+    with pytest.raises(ValueError, match=r"not the boxes \['gt_boxes'\]"):
+        di.BatchIterator(source, batch_size=4, arrays=fed, transform=random_flip(p=1.0))
+    t = random_flip(p=1.0, boxes=("gt_boxes",))
+    w = b["images"].shape[2]
+    for images, boxes, index in di.BatchIterator(source, batch_size=4, arrays=fed, transform=t):
+        np.testing.assert_array_equal(images, b["images"][index][:, :, ::-1])
+        given = b["bbox"][index]
+        flipped = np.stack([w - given[:, 2], given[:, 1], w - given[:, 0], given[:, 3]], 1)
+        np.testing.assert_array_equal(boxes, flipped)
+    # an (N, 4) array not named as boxes is the caller's own
+    other = {"images": b["images"], "rgba_mean": b["bbox"]}
+    assert len(list(di.BatchIterator(other, batch_size=4, transform=random_flip(p=1.0)))) == 3

@@ -81,6 +81,13 @@ class FeedSource:
                 location = source.store.location.target
         elif isinstance(source, Mapping):
             arrays = dict(source)
+            # a dict says nothing of boxes: (N, 4) arrays named as boxes (bbox, boxes,
+            # gt_boxes) count as such, so a flip or crop must be told to move them
+            self.boxes = tuple(
+                n
+                for n, a in arrays.items()
+                if "box" in str(n).lower() and len(getattr(a, "shape", ())) == 2 and a.shape[1] == 4
+            )
         elif isinstance(source, (tuple, list)):
             arrays = {
                 ("images", "labels")[i] if i < 2 else f"array{i}": a for i, a in enumerate(source)
