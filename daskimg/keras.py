@@ -121,7 +121,8 @@ class KerasDataset(keras.utils.PyDataset):
     ``keras.callbacks.BackupAndRestore`` resumes a run).
 
     *Resuming.* :meth:`state_dict` records the epoch, the batches of it already served
-    (with ``epoch_callback``, those served since training began) and the settings that
+    (never the batch Keras reads to build an unbuilt model; with ``epoch_callback``, those
+    served since training began) and the settings that
     shape the order; :meth:`load_state_dict` refuses a state saved with other settings. After loading, :attr:`epoch` is the epoch to continue: the
     state's, or the next one when the state was saved after its epoch's last batch (then
     ``state["epoch"]`` is one behind). A state saved in the middle of an epoch leaves the rest
@@ -275,8 +276,12 @@ class KerasDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"batch index must be an int, got {index!r}")
-        batch = self._data.read(index, depth=min(self.read_workers, self.max_queue_size))
-        return _structure(self._parts, batch)
+        # the batch Keras reads to build a model (fit, evaluate, predict of an unbuilt one)
+        # is trained on by no step: not served, or a state saved in the first epoch would
+        # leave one batch out, and the peek could take an epoch's last batch
+        peek = called_from(("_symbolic_build",), "keras")
+        depth = min(self.read_workers, self.max_queue_size)
+        return _structure(self._parts, self._data.read(index, depth=depth, served=not peek))
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """The rest of the current epoch in order; then the next epoch is selected."""
@@ -328,8 +333,8 @@ class KerasDataset(keras.utils.PyDataset):
 
         Pass it to ``fit(..., callbacks=[ds.epoch_callback()])`` so that
         ``initial_epoch=k`` (or ``BackupAndRestore`` resuming at epoch ``k``) reads epoch
-        ``k``'s order, and a mid-epoch :meth:`state_dict` leaves out the batch Keras
-        reads to build the model before training.
+        ``k``'s order, and a mid-epoch :meth:`state_dict` counts only the batches of the
+        ``fit`` (not those read by hand before it).
         """
         return _EpochCallback(self)
 

@@ -115,8 +115,10 @@ class TorchDataset(IterableDataset):
     iteration advances the epoch by one by itself (0, 1, 2, ...; each worker counts its own
     iterations, as does the main process), so epochs still differ; this is what PyTorch
     Lightning gets, which never calls a dataset's ``set_epoch`` (to continue the count in a run
-    resumed from a checkpoint, call ``ds.set_epoch(self.current_epoch)`` in
-    ``train_dataloader()``). Iterating one dataset through DataLoaders with different
+    resumed from a checkpoint, call
+    ``ds.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)`` in
+    ``train_dataloader()``: the epoch Lightning trains next; ``self.current_epoch`` is still
+    the last finished one there after a resume, which would repeat its order). Iterating one dataset through DataLoaders with different
     ``num_workers`` needs ``set_epoch``, or their workers' counts disagree. Augmentations
     draw from ``(seed, epoch, batch)``, the batch's index in the rank's epoch.
 

@@ -481,6 +481,38 @@ def test_resume_in_the_middle_of_an_epoch_gives_exactly_the_rest(store, stop_epo
     assert second.epoch == stop_epoch + 1 and len(second) == 11
 
 
+@pytest.mark.parametrize("stop_after", [4, 10])  # mid-epoch, and with one batch left
+def test_the_batch_keras_reads_to_build_a_model_is_not_served(store, stop_after):
+    # without epoch_callback, the batch an unbuilt model's first fit reads counted as served:
+    # a state saved in the first epoch left one batch of it out (10 samples never trained
+    # on), and with one batch left the peek took it and moved the dataset to the next epoch
+    full = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()
+    model.fit(full, epochs=2, verbose=0, callbacks=[passes])
+    expected = [batch_sets(e) for e in rec.train]
+    saved = {}
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == stop_after - 1:
+                saved["state"] = first.state_dict()
+                self.model.stop_training = True
+
+    first = KerasDataset(store, batch_size=10)
+    model, rec, passes = recording_model()  # unbuilt: Keras reads a batch to build it
+    model.fit(first, epochs=2, verbose=0, callbacks=[passes, Stop()])
+    before = rec.train[0]
+    assert len(before) == stop_after and len(saved["state"]["consumed"]) == stop_after
+    ds = KerasDataset(store, batch_size=10)
+    ds.load_state_dict(saved["state"])
+    assert (ds.epoch, len(ds)) == (0, 11 - stop_after)
+    model, rec, passes = recording_model()  # unbuilt again: its peek is not served either
+    model.fit(ds, initial_epoch=0, epochs=1, verbose=0, callbacks=[passes])
+    model.fit(ds, initial_epoch=1, epochs=2, verbose=0, callbacks=[passes])
+    assert batch_sets(before + rec.train[0]) == expected[0]
+    assert batch_sets(rec.train[1]) == expected[1]
+
+
 @pytest.mark.parametrize("served", [5, 11])  # mid-epoch, and after the epoch's last batch
 def test_the_documented_resume_trains_on_the_uninterrupted_batches(store, served):
     # a state saved after the last batch: ds.epoch is the next one, and fit(initial_epoch=

@@ -222,9 +222,10 @@ class IndexedBatches:
         """The plan of ``epoch`` (default: the current one)."""
         return self.batches.plan(self.epoch if epoch is None else epoch)
 
-    def read(self, index: int, *, depth: int) -> dict[str, np.ndarray]:
+    def read(self, index: int, *, depth: int, served: bool = True) -> dict[str, np.ndarray]:
         """Batch ``index`` of the current epoch; when requests come in order, the next
-        ``depth`` batches are read ahead in the background."""
+        ``depth`` batches are read ahead in the background. ``served=False``: a look at the
+        batch (a framework's peek to build a model), not counted as served."""
         with self._lock:
             n = len(self)
             if not 0 <= index < n:
@@ -240,8 +241,9 @@ class IndexedBatches:
             else:
                 self._reads.drop_ahead()
         batch = future.result() if future is not None else self._reads.read(epoch, b)
-        with self._lock:
-            progress.mark_served(b, generation)
+        if served:
+            with self._lock:
+                progress.mark_served(b, generation)
         return batch
 
     def advance_if_served(self) -> None:
