@@ -108,7 +108,9 @@ class TorchDataset(IterableDataset):
     Each DDP rank reads its own share of the chunks (and, with ``shuffle=False``, every
     ``world_size``-th batch of the store); its DataLoader workers share the rank's batches, so
     together they deliver every sample exactly once per epoch, and ``len()`` (the rank's batch
-    count) is right for any ``num_workers``.
+    count) is right for any ``num_workers``. The batches themselves depend on the number of
+    workers (each mixes the chunks of its own run of the epoch), reproducibly for a given
+    ``(seed, epoch, num_workers, world_size)``.
 
     **Epochs.** Call :meth:`set_epoch` before each epoch (like ``DistributedSampler``): it
     reaches the DataLoader workers, ``persistent_workers=True`` included. Without it, every
