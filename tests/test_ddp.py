@@ -62,6 +62,17 @@ def _rank_main(rank: int, port: int, store: str, out: str) -> None:
     forked = DataLoader(infer, batch_size=None, num_workers=2, multiprocessing_context="fork")
     result["infer"] = [(index.numpy(), decoded_ids(images.numpy())) for images, index in forked]
     result["infer_len"] = len(infer)
+    # write-back (the README's recipe): each rank predicts its share, rank 0 gathers the
+    # (index, prediction) pairs and is the one writer of the store
+    mine = [(index, ids.astype(np.float32) + 0.5) for index, ids in result["infer"]]
+    gathered: list[object] | None = [None] * WORLD if rank == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    if rank == 0:
+        assert gathered is not None
+        with di.ArrayWriter(store, name="pred", shape=(), dtype="float32", mode="a") as w:
+            for part in gathered:
+                for index, pred in part:  # type: ignore[union-attr]
+                    w.append(pred, index=index)
     dist.barrier()
     dist.destroy_process_group()
     with open(os.path.join(out, f"rank{rank}.pkl"), "wb") as f:
@@ -102,3 +113,5 @@ def test_two_process_ddp_with_two_workers_each(tmp_path, indexed_set):
     assert [len(r["infer"]) for r in results] == [r["infer_len"] for r in results] == [6, 5]
     np.testing.assert_array_equal(np.sort(np.concatenate(infer)), np.arange(103))
     assert all((np.diff(i) > 0).all() for i in infer)  # each rank in store order
+    # the predictions written back by rank 0 sit on their samples (plain zarr)
+    np.testing.assert_array_equal(plain_group(store)["pred"][:], stored_idx + 0.5)
