@@ -685,6 +685,29 @@ def test_from_csv_names_that_merely_hold_a_separator_and_index_labels_read_as_be
     assert again.labels.tolist() == [0, 2, 1, 2]
 
 
+def test_from_csv_names_space_separated_labels_and_keeps_two_word_class_names(tmp_path, caplog):
+    # Planet's tags: 'haze primary' beside 'haze' and 'primary' became a class of its own,
+    # a class per combination, without a word
+    import logging
+
+    import pandas as pd
+
+    labels = ["haze primary", "haze", "primary", "clear primary water", "clear", "water"]
+    csv = _label_csv(tmp_path / "p", labels)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(csv, root=tmp_path / "p" / "imgs", size=(8, 8))
+    said = "2 label(s) in column 'label' are other rows' labels joined by spaces"
+    assert said in caplog.text and "'clear primary water' (line 5" in caplog.text
+    assert [ds.classes[i] for i in ds.labels] == pd.read_csv(csv)["label"].tolist()  # as read
+    caplog.clear()
+    names = ["sea lion", "lion", "tiger cat", "tiger", "Egyptian cat"]  # ImageNet's names
+    csv = _label_csv(tmp_path / "i", names)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(csv, root=tmp_path / "i" / "imgs", size=(8, 8))
+    assert "joined by spaces" not in caplog.text
+    assert [ds.classes[i] for i in ds.labels] == names
+
+
 def test_from_csv_labels_that_are_the_same_letters_composed_differently_are_refused(tmp_path):
     # one class that prints alike twice: café typed on macOS (e + accent) beside café
     import unicodedata

@@ -519,6 +519,7 @@ def _own_labels(
         )
     if not as_names:
         _refuse_several_labels(raw, label_column, where)
+        _warn_space_separated(raw, label_column, where)
     odd = sorted({v for v in raw if v.lower() in _MISSING})
     if odd:
         logger.warning(
@@ -555,6 +556,27 @@ def _refuse_several_labels(raw: list[str], column: str, where: str) -> None:
                 "per class (columns=) with label_column=None; or, if the values are class "
                 "names as written, pass labels_are='names' (or classes=[...] naming them)"
             )
+
+
+def _warn_space_separated(raw: list[str], column: str, where: str) -> None:
+    """Log labels made of other rows' labels joined by spaces (Planet's ``haze primary``
+    beside ``haze`` and ``primary``): read as one class each, a multi-label set becomes a
+    class per combination. Logged, not refused: two-word class names are common
+    (``sea lion``), and only when every word is a label of its own does it look like this."""
+    whole = set(raw)
+    joined = sorted(
+        v for v in whole if len(words := v.split()) > 1 and all(w in whole for w in words)
+    )
+    if joined:
+        v = joined[0]
+        logger.warning(
+            "%s: %d label(s) in column %r are other rows' labels joined by spaces, e.g. %r "
+            "(line %d: %s); each is read as one class of its own. If these samples have "
+            "several labels, store one 0/1 column per class (columns=) with "
+            "label_column=None",
+            where, len(joined), column, v, raw.index(v) + 2,
+            ", ".join(f"{w!r} is line {raw.index(w) + 2}'s label" for w in v.split()),
+        )  # fmt: skip
 
 
 def _refuse_same_looking(raw: list[str], classes: list[str], column: str, where: str) -> None:
