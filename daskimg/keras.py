@@ -121,8 +121,9 @@ class KerasDataset(keras.utils.PyDataset):
     ``keras.callbacks.BackupAndRestore`` resumes a run).
 
     *Resuming.* :meth:`state_dict` records the epoch, the batches of it already served
-    (never the batch Keras reads to build an unbuilt model; with ``epoch_callback``, those
-    served since training began) and the settings that
+    (never the batch Keras reads to build an unbuilt model — told on the torch and JAX
+    backends, where Keras reads it in the calling thread; with ``epoch_callback``, those
+    served since training began, on any backend) and the settings that
     shape the order; :meth:`load_state_dict` refuses a state saved with other settings. After loading, :attr:`epoch` is the epoch to continue: the
     state's, or the next one when the state was saved after its epoch's last batch (then
     ``state["epoch"]`` is one behind). A state saved in the middle of an epoch leaves the rest

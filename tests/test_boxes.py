@@ -16,6 +16,7 @@ import daskimg as di
 import daskimg.read.source as source_module
 from daskimg.cli import main
 from daskimg.errors import DecodeError, NoImagesFoundError
+from daskimg.feed.source import FeedSource
 from daskimg.read.boxes import clip_boxes, placements, to_source, to_stored
 from daskimg.read.geometry import placement
 from daskimg.testing import make_object_image, make_object_mask, save_oriented
@@ -407,11 +408,12 @@ def test_integer_box_columns_are_stored_as_floats_that_hold_them(tmp_path, dtype
     boxes = np.array([[1, 2, 3, 4], [0, 0, 8, 8], [-3, 5, 2, 7]], dtype)
     for cols in ({"bbox": boxes}, {"bbox": dask.array.from_array(boxes, chunks=2)}):
         ds = di.ImageSet(np.zeros((3, 8, 8, 3), np.uint8), columns=cols, boxes=("bbox",))
-        assert ds.columns["bbox"].dtype == want
         out = di.to_zarr(ds, tmp_path / f"{type(cols['bbox']).__name__}.zarr.zip", order="source")
         stored = zarr_boxes(out)  # plain zarr
         assert stored.dtype == want
         np.testing.assert_array_equal(stored, boxes)
+        fed = FeedSource(out, ["images", "bbox"])
+        assert fed.fast == {"images", "bbox"}  # read straight from the store, not computed
 
 
 def test_a_lazy_box_column_fed_without_a_store_is_checked(tmp_path):
@@ -844,7 +846,7 @@ def test_corner_columns_read_as_numbers_and_jpeg_masks_are_named(tmp_path, caplo
     ("header", "named"),
     [
         ("x,y,w,h", "'h', 'w', 'x', 'y'"),  # COCO boxes
-        ("bbox_x,bbox_y,bbox_width,bbox_height", "'bbox_height', 'bbox_width', 'bbox_x'"),
+        ("bbox_x,bbox_y,bbox_width,bbox_height", "'bbox_height', 'bbox_width', 'bbox_x', 'bbox_y'"),
         ("kp_x,kp_y", "'kp_x', 'kp_y'"),  # a keypoint
         ("cx,cy", "'cx', 'cy'"),
         ("nose_x1,nose_y1", "'nose_x1', 'nose_y1'"),

@@ -1083,3 +1083,13 @@ def test_a_stratified_split_far_from_its_fractions_is_named(caplog):
         parts = ds.split({"train": 0.9, "valid": 0.05, "test": 0.05}, stratify=False)
     assert "far from" not in caplog.text
     assert {k: len(v) for k, v in parts.items()} == {"train": 1800, "valid": 100, "test": 100}
+
+
+def test_a_label_off_a_given_class_by_an_invisible_character_is_named_so(tmp_path):
+    csv = _label_csv(tmp_path, ["cat\u200b", "dog"])
+    with pytest.raises(
+        ValueError,
+        match=r"label 'cat.u200b' is not one of the classes given.*'cat.u200b' is 'cat' there, "
+        r"the same apart from invisible characters",
+    ):
+        di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8), classes=["cat", "dog"])

@@ -272,3 +272,18 @@ def test_the_feed_takes_box_named_arrays_of_a_dict_for_boxes():
     # an (N, 4) array not named as boxes is the caller's own
     other = {"images": b["images"], "rgba_mean": b["bbox"]}
     assert len(list(di.BatchIterator(other, batch_size=4, transform=random_flip(p=1.0)))) == 3
+    # named as boxes only: the message says why and how to opt out; values are the caller's
+    # (a lazy one in another order, y0 x0 y1 x1 past the images, is fed as given)
+    import dask.array as da
+
+    yxyx = da.from_array(b["bbox"][:, [1, 0, 3, 2]] + 100, chunks=(4, 4))
+    lazy = {"images": b["images"], "gt_boxes": yxyx}
+    with pytest.raises(ValueError, match=r"named with 'box' count as boxes: rename one"):
+        di.BatchIterator(lazy, batch_size=4, arrays=("images", "gt_boxes"), transform=random_flip())
+    fed = [
+        g
+        for _, g in di.BatchIterator(
+            lazy, batch_size=4, shuffle=False, arrays=("images", "gt_boxes")
+        )
+    ]
+    np.testing.assert_array_equal(np.concatenate(fed), yxyx.compute())

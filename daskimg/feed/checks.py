@@ -80,7 +80,11 @@ def check_at_least(name: str, value: object, low: int) -> None:
 
 
 def check_transform(
-    transform: Any, names: tuple[str, ...], boxes: tuple[str, ...], masks: tuple[str, ...]
+    transform: Any,
+    names: tuple[str, ...],
+    boxes: tuple[str, ...],
+    masks: tuple[str, ...],
+    guessed: tuple[str, ...] = (),
 ) -> None:
     """Refuse a transform that moves the pixels but would leave fed boxes or masks behind.
 
@@ -88,6 +92,7 @@ def check_transform(
     ``masks``; :func:`~daskimg.transforms.compose` their ``transforms``): one that moves
     ``key`` while the batches also hold a box or mask array it was not given would hand out
     boxes and masks in the frame the pixels left. Other callables are the caller's own.
+    ``guessed``: the boxes known by their names only (a dict source's), said in the message.
     """
     for t in _parts(transform):
         if not getattr(t, "moves_pixels", False) or t.key not in names:
@@ -104,6 +109,12 @@ def check_transform(
                 f"{'boxes' if left_boxes else 'masks'} {left_boxes or left_masks}, which the "
                 f"batches hold: they would be handed out where the pixels were. Give them to it "
                 f"({fix}), or leave them out of arrays="
+                + (
+                    ". (A dict's (N, 4) arrays named with 'box' count as boxes: rename one "
+                    "that holds something else)"
+                    if set(left_boxes) & set(guessed)
+                    else ""
+                )
             )
 
 

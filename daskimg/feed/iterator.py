@@ -124,7 +124,13 @@ class BatchIterator:
     ) -> None:
         _check_args(batch_size, buffer_chunks, prefetch, threads, seed, num_consumers * num_workers)
         self.source = FeedSource(source, arrays, storage_options)
-        check_transform(transform, self.source.names, self.source.boxes, self.source.masks)
+        check_transform(
+            transform,
+            self.source.names,
+            self.source.boxes,
+            self.source.masks,
+            self.source.guessed_boxes,
+        )
         self.batch_size = batch_size
         self.shuffle = shuffle
         #: seed=None: one drawn now, recorded by state_dict (a state's seed is then adopted)

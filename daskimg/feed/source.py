@@ -60,6 +60,8 @@ class FeedSource:
         self.store_rows: np.ndarray | None = None
         #: the box arrays and mask arrays of the set (they move with the pixels)
         self.boxes: tuple[str, ...] = ()
+        #: boxes told by their names only (a dict's ``bbox``), for the transform's message
+        self.guessed_boxes: tuple[str, ...] = ()
         self.masks: tuple[str, ...] = ()
         if isinstance(source, ImageSet):
             if source.on_error == "skip" and source.row_source is not None:
@@ -82,8 +84,9 @@ class FeedSource:
         elif isinstance(source, Mapping):
             arrays = dict(source)
             # a dict says nothing of boxes: (N, 4) arrays named as boxes (bbox, boxes,
-            # gt_boxes) count as such, so a flip or crop must be told to move them
-            self.boxes = tuple(
+            # gt_boxes) count as such, so a flip or crop must be told to move them (their
+            # values are the caller's: not checked as a set's declared boxes are)
+            self.boxes = self.guessed_boxes = tuple(
                 n
                 for n, a in arrays.items()
                 if "box" in str(n).lower() and len(getattr(a, "shape", ())) == 2 and a.shape[1] == 4
@@ -181,7 +184,7 @@ class FeedSource:
             # checked as it is computed, as to_zarr checks it: a box in another frame would
             # be flipped and cropped as if it were in the images'
             frame = image_frame(images.shape)
-            for n in set(self.boxes) & set(self.lazy) - self.fast:
+            for n in set(self.boxes) - set(self.guessed_boxes) & set(self.lazy) - self.fast:
                 a = self.lazy[n]
                 self.lazy[n] = a.rechunk({1: -1}).map_blocks(checked_block, n, frame, dtype=a.dtype)
         reader = self.reader

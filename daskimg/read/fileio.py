@@ -188,16 +188,22 @@ def alike(names: Iterable[str]) -> tuple[str, str, str] | None:
 
 def near_misses(names: Iterable[str], among: Iterable[str], there: str = "there") -> str:
     """A hint for ``names`` missing from ``among``: those that match one of ``among`` but for
-    letter case or Unicode composition (:func:`folded`), as `` ('Cat' is 'cat' there: names
+    letter case, Unicode composition, invisible characters or spaces (:func:`folded`,
+    :func:`looks`), as `` ('Cat' is 'cat' there: names
     must match exactly)``; "" if none. For the messages of ``from_folder`` and ``from_csv``
     refusing a class name."""
-    alike = {folded(c): c for c in among}
-    hints = [
-        f"{n!r} is {alike[folded(n)]!r} {there}"
-        + (", the same letters composed differently" if nfc(n) == nfc(alike[folded(n)]) else "")
-        for n in names
-        if folded(n) in alike
-    ]
+    alike = {folded(looks(c)): c for c in among}
+    hints = []
+    for n in names:
+        other = alike.get(folded(looks(n)))
+        if other is None:
+            continue
+        how = ""  # letter case, said by the names themselves
+        if nfc(n) == nfc(other):
+            how = ", the same letters composed differently"
+        elif looks(n) == looks(other):
+            how = ", the same apart from invisible characters or spaces"
+        hints.append(f"{n!r} is {other!r} {there}{how}")
     return f" ({'; '.join(hints)}: names must match exactly)" if hints else ""
 
 

@@ -11,7 +11,7 @@ from typing import Any, cast
 import dask.array as da
 import numpy as np
 
-from .boxes import box_dtype, check_boxes, image_frame
+from .boxes import check_boxes, image_frame
 from .decode import DecodeSpec
 from .files import ON_ERROR
 from .source import DEFAULT_BLOCK, FileSource, RowSource
@@ -81,8 +81,8 @@ class ImageSet:
         (:func:`~daskimg.read.boxes.check_boxes`: left <= right, top <= bottom, all four
         numbers or all NaN, something inside the images): a column in memory here, a
         lazy one as :func:`~daskimg.to_zarr` or a feed computes it. Boxes are floats (a box
-        cut away by a crop is NaN): an integer column is kept as float32 (up to 16 bits)
-        or float64, which hold its values exactly.
+        cut away by a crop is NaN): an integer column is stored as float32 (up to 16 bits)
+        or float64, which hold its values exactly, and flips and crops give floats.
     root
         The folder the paths are relative to.
     on_error
@@ -207,8 +207,6 @@ class ImageSet:
                     "(x0, y0, x1, y1); "
                     + ("it is not a column" if col is None else f"it has shape {col.shape}")
                 )
-            if col.dtype != box_dtype(col.dtype):  # integers: as floats (NaN, negatives)
-                col = self.columns[b] = col.astype(box_dtype(col.dtype))
             if not isinstance(col, da.Array):  # lazy columns: checked as they are computed
                 frame = None if images is None else image_frame(images.shape)
                 check_boxes(b, col, frame)

@@ -195,7 +195,10 @@ def flat_bytes(a: np.ndarray) -> np.ndarray:
     instead of ``a`` (``reshape`` copies an array that is not contiguous, and ``a[i]`` of a
     1-D array is a numpy scalar: slice ``a[i:i + 1]``)."""
     if not a.flags.c_contiguous:
-        raise AssertionError(f"a {a.shape} buffer to read into is not contiguous")
+        raise ValueError(
+            f"a {a.shape} array to read into must be C-contiguous (a slice along axis 0 of "
+            "a C-ordered array); pass np.ascontiguousarray(out) or a fresh np.empty"
+        )
     return a.reshape(-1).view(np.uint8)
 
 

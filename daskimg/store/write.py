@@ -29,7 +29,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ..errors import DaskImgError, DecodeError, StoreExistsError
-from ..read.boxes import checked_block, image_frame
+from ..read.boxes import box_dtype, checked_block, image_frame
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
@@ -699,24 +699,32 @@ def _shard_writer(target: Any) -> Iterator[Callable[[str, list[Any]], None] | No
 
 
 def checked_boxes(imageset: ImageSet) -> ImageSet:
-    """``imageset`` with its lazy box columns checked block by block as they are computed
-    (:func:`~daskimg.read.boxes.check_boxes`; rows named in the set as given). Columns in memory were checked
-    when the set was made, and boxes read from files against their sources' sizes."""
-    if not any(isinstance(imageset.columns[b], da.Array) for b in imageset.boxes):
-        return imageset
-    files = imageset.row_source
-    own = files.to_dask_arrays() if isinstance(files, FileSource) else {}
-    frame = image_frame(imageset.require_images().shape)
-    lazy = {
-        name: values.rechunk({1: -1}).map_blocks(checked_block, name, frame, dtype=values.dtype)
+    """``imageset`` with its box columns as stored: integer ones as floats
+    (:func:`~daskimg.read.boxes.box_dtype`: a crop makes NaN, a flip negatives), lazy ones
+    checked block by block as they are computed (:func:`~daskimg.read.boxes.check_boxes`;
+    rows named in the set as given). Columns in memory were checked when the set was made,
+    and boxes read from files against their sources' sizes."""
+    cast = {
+        name: values.astype(box_dtype(values.dtype))
         for name in imageset.boxes
-        if isinstance(values := imageset.columns[name], da.Array)
-        and not (name in own and own[name].name == values.name)
+        if (values := imageset.columns[name]).dtype != box_dtype(values.dtype)
     }
-    if not lazy:
+    columns = {**imageset.columns, **cast}
+    lazy: dict[str, da.Array] = {}
+    if any(isinstance(columns[b], da.Array) for b in imageset.boxes):
+        files = imageset.row_source
+        own = files.to_dask_arrays() if isinstance(files, FileSource) else {}
+        frame = image_frame(imageset.require_images().shape)
+        lazy = {
+            name: values.rechunk({1: -1}).map_blocks(checked_block, name, frame, dtype=values.dtype)
+            for name in imageset.boxes
+            if isinstance(values := columns[name], da.Array)
+            and not (name in own and own[name].name == values.name)
+        }
+    if not cast and not lazy:
         return imageset
     out = copy.copy(imageset)
-    out.columns = {**imageset.columns, **lazy}
+    out.columns = {**columns, **lazy}
     return out
 
 
