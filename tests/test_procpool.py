@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -505,3 +506,48 @@ def test_keeping_buffers_only_when_the_environment_trims(monkeypatch):
     assert malloc.keep_freed_buffers_if_trimmed(8 * 2**20)
     assert malloc.keep_freed_buffers_if_trimmed(4 * 2**20)  # once per process
     assert calls == [8 * 2**20]
+
+
+def test_a_ctrl_c_while_the_workers_are_forked_waits_until_they_are_recorded(
+    image_folder, tmp_path, monkeypatch
+):
+    # a Ctrl-C between a fork and the pool's record of the child left a zombie for the life
+    # of the process (a notebook kernel), and one in logging's after-fork hook was swallowed:
+    # it is held back while the pool forks, and raised right after, with the workers stopped
+    from concurrent.futures import ProcessPoolExecutor
+
+    handlers = []
+    real = ProcessPoolExecutor.submit
+
+    def submit(self, fn, *args, **kwargs):
+        handlers.append(signal.getsignal(signal.SIGINT))
+        if fn is int:  # the task that forks the workers: Ctrl-C pressed now
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # delivered to some thread, handled by the main one
+        return real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    ds = di.from_folder(image_folder, size=(32, 40))
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = set(_zombies())  # other tests' children
+    with dask.config.set(num_workers=2), pytest.raises(KeyboardInterrupt):
+        di.to_zarr(ds, out / "x.zarr.zip", chunks=4)
+    assert handlers[0] is not signal.default_int_handler  # held back while forking
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and let go
+    assert os.listdir(out) == []  # nothing left where the store was to be
+    time.sleep(0.2)
+    assert set(_zombies()) - earlier == set()
+
+
+def _zombies() -> list[str]:
+    """This process's children that exited and were never reaped (the kernel's list)."""
+    found = []
+    for p in os.listdir("/proc"):
+        try:
+            stat = (Path("/proc") / p / "stat").read_text() if p.isdigit() else ""
+        except OSError:
+            continue  # gone meanwhile
+        if f") Z {os.getpid()} " in stat:
+            found.append(p)
+    return found

@@ -1083,3 +1083,59 @@ def test_lazy_text_of_a_set_read_with_skip_is_checked_and_kept_as_given(tmp_path
         ds.columns["note"] = da.from_array(np.array(["a", None, "c", "d"], dtype=object), chunks=2)
         with pytest.raises(ValueError, match=r"'note'.*row 1"):
             di.to_zarr(ds, tmp_path / f"none-{on_error}.zarr.zip", order="source")
+
+
+def test_a_ctrl_c_while_the_zip_is_being_set_up_leaves_nothing_behind(tmp_path, monkeypatch):
+    # it became an UnboundLocalError ('target'), and the zip's fsync thread and its open
+    # file were left behind (one more per Ctrl-C in a notebook kernel)
+    import contextlib
+    import threading
+
+    from daskimg.store.zipbuild import ZipBuilder
+
+    real = ZipBuilder._start
+
+    def start(self):
+        real(self)  # threads started, file open
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ZipBuilder, "_start", start)
+    before = {t.ident for t in threading.enumerate()}
+    ds = di.ImageSet(np.zeros((8, 4, 4, 1), np.uint8))
+    import dask
+
+    with dask.config.set(scheduler="threads"), pytest.raises(KeyboardInterrupt):
+        di.to_zarr(ds, tmp_path / "x.zarr.zip")
+    assert os.listdir(tmp_path) == []
+    left = [t.name for t in threading.enumerate() if t.ident not in before and "zip" in t.name]
+    assert left == []
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed meanwhile
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    assert not [h for h in held if str(tmp_path) in h]
+
+
+def test_a_staging_folder_written_into_while_it_is_removed_is_removed(tmp_path, monkeypatch):
+    # after a Ctrl-C, zarr's own thread may still be writing into the staging folder being
+    # removed: 'Directory not empty' replaced the KeyboardInterrupt, and the folder stayed
+    import errno
+    import shutil
+
+    from daskimg.store import location
+
+    folder = tmp_path / "x.zarr.partial"
+    (folder / "images").mkdir(parents=True)
+    real = shutil.rmtree
+    calls = []
+
+    def rmtree(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:  # a file appears meanwhile
+            (folder / "images" / "zarr.json").write_text("{}")
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(folder))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    location.remove_path(str(folder))
+    assert not folder.exists() and len(calls) == 2

@@ -183,10 +183,12 @@ class FeedSource:
             # a lazy box column of a set (not the store's own, checked when written) is
             # checked as it is computed, as to_zarr checks it: a box in another frame would
             # be flipped and cropped as if it were in the images'
-            frame = image_frame(images.shape)
+            pixels = image_frame(images.shape)
             for n in set(self.boxes) - set(self.guessed_boxes) & set(self.lazy) - self.fast:
                 a = self.lazy[n]
-                self.lazy[n] = a.rechunk({1: -1}).map_blocks(checked_block, n, frame, dtype=a.dtype)
+                self.lazy[n] = a.rechunk({1: -1}).map_blocks(
+                    checked_block, n, pixels, dtype=a.dtype
+                )
         reader = self.reader
         #: arrays stored one sample per inner chunk: decoded straight into batch rows
         self.per_sample = {

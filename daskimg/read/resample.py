@@ -20,13 +20,17 @@ function calls Pillow itself. Either way the pixels are Pillow's.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import Any, Final, NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from ..interrupts import held_ctrl_c
 from .scratch import scratch
+
+logger = logging.getLogger("daskimg")
 
 __all__ = ["compiled", "resize_into", "rgb_to_l", "warm"]
 
@@ -128,8 +132,25 @@ def _order() -> int | None:
     """The pass order that reproduces the installed Pillow on every probe, or None.
 
     None (use Pillow itself) without numba, or if no order reproduces this Pillow: a
-    later Pillow that resamples differently is never matched silently.
+    later Pillow that resamples differently is never matched silently. A Ctrl-C while
+    numba loads (a few seconds, once) waits until it is loaded: one that lands inside
+    numba's import left it broken for the rest of the session. If numba fails anyway,
+    Pillow resizes (the same pixels, slower), and a warning says so.
     """
+    with held_ctrl_c():
+        try:
+            return _probe()
+        except Exception as e:  # numba broken (e.g. half-imported by an earlier Ctrl-C)
+            logger.warning(
+                "daskimg: the compiled resize could not be loaded (%s: %s); Pillow resizes "
+                "instead (the same pixels, slower). Restart the Python process to get it back",
+                type(e).__name__,
+                e,
+            )
+            return None
+
+
+def _probe() -> int | None:
     if _kernels() is None:
         return None
     rng = np.random.default_rng(0)
@@ -395,12 +416,17 @@ def _luma(rgb: Any, out: Any) -> None:
 
 @functools.cache
 def _luma_matches_pillow() -> bool:
-    """Whether the compiled :func:`_luma` gives what the installed Pillow's ``convert("L")`` gives."""
-    kernels = _kernels()
-    if kernels is None:
-        return False
+    """Whether the compiled :func:`_luma` gives what the installed Pillow's ``convert("L")``
+    gives (False when numba cannot load it: see :func:`_order`)."""
     rgb = np.random.default_rng(0).integers(0, 256, (64, 3), dtype=np.uint8)
     got = np.empty(64, np.uint8)
-    kernels.luma(rgb, got)
+    with held_ctrl_c():
+        try:
+            kernels = _kernels()
+            if kernels is None:
+                return False
+            kernels.luma(rgb, got)
+        except Exception:  # numba broken: Pillow converts (warned by _order)
+            return False
     want = np.asarray(Image.fromarray(rgb.reshape(8, 8, 3)).convert("L")).reshape(-1)
     return bool((got == want).all())

@@ -35,6 +35,7 @@ import posixpath
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -425,10 +426,20 @@ def write_lock(path: str) -> Iterator[None]:
 
 
 def remove_path(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
+    """Remove a file or a folder. A folder is tried again when something writes into it
+    while it is removed (after a Ctrl-C, zarr's own thread may still be finishing a
+    write into a staging folder: 'Directory not empty', a vanished temporary file)."""
+    for attempt in range(5):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+            return
+        except (FileNotFoundError, OSError) as e:
+            if attempt == 4 or e.errno not in (errno.ENOTEMPTY, errno.ENOENT):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def replace_store(new: str, target: str) -> None:

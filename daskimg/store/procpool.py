@@ -68,6 +68,7 @@ import numpy as np
 from dask.system import CPU_COUNT
 
 from ..errors import DaskImgError
+from ..interrupts import held_ctrl_c
 from ..read.files import FileSource
 from ..read.source import block_arrays
 from .encode import ShardEncoder
@@ -236,7 +237,9 @@ class _Workers:
                 warnings.filterwarnings(
                     "ignore", r"This process .* is multi-threaded", DeprecationWarning
                 )
-                self._pool.submit(int).result()  # the first task forks them all, now
+                with held_ctrl_c():  # the first task forks them all, now
+                    first = self._pool.submit(int)
+                first.result()
         except BaseException as e:
             self.close(aborted=True)
             if isinstance(e, OSError | BrokenProcessPool):

@@ -405,9 +405,10 @@ def write_store(
     in_place = loc.is_url and loc.kind == "dir"
     one_pass = loc.kind == "zip" and _results_stream_here()
     staging = None if in_place else loc.staging_path()
+    target: Any = None  # until made: a Ctrl-C may come before
     try:
         if staging is None:
-            target: Any = loc.open_in_place()
+            target = loc.open_in_place()
         else:
             loc.discard(staging)  # a stale one from a killed writer: redo from scratch
             os.makedirs(os.path.dirname(staging), exist_ok=True)

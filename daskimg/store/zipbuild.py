@@ -32,6 +32,7 @@ after its data (a data descriptor) instead of going back to its header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -70,6 +71,13 @@ class ZipBuilder(Store):
         self.path = path
         # written past the page cache where the file system allows (see .directio)
         self._file = AppendFile(path)
+        try:
+            self._start()
+        except BaseException:  # a Ctrl-C half-way: no thread or open file left behind
+            self._stop_started()
+            raise
+
+    def _start(self) -> None:
         self._zip = zipfile.ZipFile(
             self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True
         )
@@ -86,13 +94,13 @@ class ZipBuilder(Store):
         self._syncer = threading.Thread(
             target=self._sync_loop, name="daskimg-zip-fsync", daemon=True
         )
-        self._syncer.start()
         # members are appended by one writer thread, so the threads that make shards never
         # wait for each other's writes; at most _QUEUED shards wait in memory. It keeps the
         # first error of the writer or the syncer, raised by put(), finish(), close()
         self._writer = BackgroundWriter(
             self._write_member, queued=_QUEUED, name="daskimg-zip-writer"
         )
+        self._syncer.start()
         # small members (labels, paths, sizes) are written together at the end, beside the
         # metadata: a reader at a URL then fetches them with the zip's tail, not one by one
         self._deferred: list[tuple[str, bytes]] = []
@@ -100,6 +108,22 @@ class ZipBuilder(Store):
         # each chunk's crc32c, noted from the bytes in hand (the file is written past the
         # page cache and not read back)
         self._trailers = MemberTrailers()
+
+    def _stop_started(self) -> None:
+        """Undo what :meth:`_start` got to: its threads stopped, the file closed."""
+        with contextlib.suppress(BaseException):
+            writer = self.__dict__.get("_writer")
+            if writer is not None:
+                writer.close()
+            syncer = self.__dict__.get("_syncer")
+            if syncer is not None and syncer.is_alive():
+                self._closing = True
+                self._sync_wanted.set()
+                syncer.join()
+            made = self.__dict__.get("_zip")
+            if made is not None:
+                made.close()  # now, not when collected (after the file below is closed)
+        self._file.close()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ZipBuilder) and other.path == self.path

@@ -1,0 +1,70 @@
+"""Ctrl-C held back where it would break the process rather than stop the work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from daskimg.interrupts import held_ctrl_c
+
+
+def test_a_ctrl_c_in_a_held_block_is_raised_when_it_ends():
+    done = []
+
+    def work():
+        with held_ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # Python runs the handler here: noted, not raised
+            done.append("the block ran to its end")
+
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with held_ctrl_c():  # no Ctrl-C: nothing raised
+        pass
+
+
+_RESIZE = """
+import json, sys, warnings
+import numpy as np
+from PIL import Image
+if sys.argv[1] == "broken":
+    import numba
+
+    def njit(*args, **kwargs):  # what an earlier Ctrl-C in numba's import leaves
+        raise AttributeError("module 'numba' has no attribute 'core'")
+
+    numba.njit = njit
+import daskimg as di
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), np.uint8)).save(
+    sys.argv[2]
+)
+x = di.imread([sys.argv[2]], size=(31, 47)).compute()
+print(json.dumps(x.ravel().tolist()))
+"""
+
+
+def test_a_broken_numba_resizes_with_pillow_and_says_so(tmp_path):
+    # a Ctrl-C inside numba's first import left it half-imported: every later to_zarr or
+    # imread in that kernel failed with "module 'numba' has no attribute 'core'"
+    script = tmp_path / "resize.py"
+    script.write_text(textwrap.dedent(_RESIZE))
+    out = {}
+    for how in ("numba", "broken"):
+        run = subprocess.run(
+            [sys.executable, str(script), how, str(tmp_path / f"{how}.jpg")],
+            capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        out[how] = (np.array(json.loads(run.stdout.splitlines()[-1])), run.stderr)
+    np.testing.assert_array_equal(out["broken"][0], out["numba"][0])  # the same pixels
+    assert "the compiled resize could not be loaded (AttributeError" in out["broken"][1]
+    assert "could not be loaded" not in out["numba"][1]
