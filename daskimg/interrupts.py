@@ -26,9 +26,13 @@ def held_ctrl_c() -> Iterator[None]:
 
     The handler is swapped for one that notes the signal: a signal mask would not do, as
     any other thread may take a signal sent to the process. Only the main thread runs (and
-    may set) signal handlers; elsewhere the block runs as it is.
+    may set) signal handlers; elsewhere, and where the handler was set outside Python (it
+    could not be put back), the block runs as it is.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None  # set outside Python: cannot be put back
+    ):
         yield
         return
     pressed: list[Any] = []

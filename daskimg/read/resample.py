@@ -141,13 +141,21 @@ def _order() -> int | None:
         try:
             return _probe()
         except Exception as e:  # numba broken (e.g. half-imported by an earlier Ctrl-C)
-            logger.warning(
-                "daskimg: the compiled resize could not be loaded (%s: %s); Pillow resizes "
-                "instead (the same pixels, slower). Restart the Python process to get it back",
-                type(e).__name__,
-                e,
-            )
+            _warn_fallback("resize", e)
             return None
+
+
+def _warn_fallback(what: str, e: Exception) -> None:
+    """Say that Pillow does ``what`` because the compiled kernels failed (the pixels are
+    Pillow's either way: the kernels are checked against it)."""
+    logger.warning(
+        "daskimg: the compiled %s failed (%s: %s); Pillow does it instead (the same pixels, "
+        "slower). If numba was interrupted while it loaded (a Ctrl-C), restart the Python "
+        "process to get it back; otherwise please report this",
+        what,
+        type(e).__name__,
+        e,
+    )
 
 
 def _probe() -> int | None:
@@ -391,8 +399,8 @@ def rgb_to_l(rgb: np.ndarray, out: np.ndarray) -> None:
     """
     if rgb.shape[:2] != out.shape[:2] or rgb.shape[2] != 3 or out.shape[2] != 1:
         raise ValueError(f"rgb_to_l takes (H, W, 3) -> (H, W, 1); got {rgb.shape} -> {out.shape}")
-    kernels = _kernels()
-    if kernels is not None and _luma_matches_pillow():
+    kernels = _kernels() if _luma_matches_pillow() else None  # numba loaded there first
+    if kernels is not None:
         flat = np.ascontiguousarray(rgb).reshape(-1, 3)
         if out.flags.c_contiguous:
             kernels.luma(flat, out.reshape(-1))
@@ -426,7 +434,8 @@ def _luma_matches_pillow() -> bool:
             if kernels is None:
                 return False
             kernels.luma(rgb, got)
-        except Exception:  # numba broken: Pillow converts (warned by _order)
+        except Exception as e:  # numba broken: Pillow converts
+            _warn_fallback("conversion to gray", e)
             return False
     want = np.asarray(Image.fromarray(rgb.reshape(8, 8, 3)).convert("L")).reshape(-1)
     return bool((got == want).all())
