@@ -7,6 +7,7 @@ check (``testzip``) and reading of a zip written through it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -154,3 +155,31 @@ def test_files_one_after_another_and_at_once_in_one_thread(tmp_path):
     assert (tmp_path / "a").read_bytes() == b"a" * (9 * MiB + 5) + b"A" * 7
     assert (tmp_path / "b").read_bytes() == b"b" * 100
     assert (tmp_path / "c").read_bytes() == b"c" * 10
+
+
+def test_a_ctrl_c_right_after_the_file_is_opened_leaves_no_descriptor(tmp_path, monkeypatch):
+    # a Ctrl-C between os.open and the assignment lost the descriptor: the file stayed open
+    # (deleted, once the write was cleaned up) for the rest of the session
+    import gc
+    import signal
+    import time
+
+    real = os.open
+
+    def opened_then_ctrl_c(*args, **kwargs):
+        fd = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, before open's result is kept
+        return fd
+
+    monkeypatch.setattr(directio.os, "open", opened_then_ctrl_c)
+    path = tmp_path / "f.bin"
+    with pytest.raises(KeyboardInterrupt):
+        directio.AppendFile(path)
+    monkeypatch.undo()
+    gc.collect()
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    assert str(path) not in held

@@ -31,6 +31,8 @@ import os
 import threading
 from typing import Any
 
+from ..interrupts import held_ctrl_c
+
 __all__ = ["AppendFile", "write_whole"]
 
 #: bytes gathered before a direct write (a multiple of any block size)
@@ -48,19 +50,25 @@ class AppendFile(io.RawIOBase):
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
         odirect = getattr(os, "O_DIRECT", 0) if direct else 0
         self._fd = -1
-        if odirect:
-            try:
-                self._fd = os.open(self.name, flags | odirect, 0o644)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                odirect = 0  # the file system refuses O_DIRECT: write through the page cache
-        if self._fd < 0:
-            self._fd = os.open(self.name, flags, 0o644)
-        self._direct = bool(odirect)
-        self._buf = _take_buffer() if self._direct else None
-        self._filled = 0  # bytes of _buf not yet written
-        self._pos = 0  # the file's length so far, written or buffered
+        self._buf: mmap.mmap | None = None  # what close() looks at, should opening fail
+        self._filled = 0
+        # a Ctrl-C between os.open and the assignment lost the descriptor (the file stayed
+        # open, deleted, for the session): held until the object is whole, which close()
+        # (or its collection) then closes
+        with held_ctrl_c():
+            if odirect:
+                try:
+                    self._fd = os.open(self.name, flags | odirect, 0o644)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    odirect = 0  # the file system refuses O_DIRECT: through the page cache
+            if self._fd < 0:
+                self._fd = os.open(self.name, flags, 0o644)
+            self._direct = bool(odirect)
+            self._buf = _take_buffer() if self._direct else None
+            self._filled = 0  # bytes of _buf not yet written
+            self._pos = 0  # the file's length so far, written or buffered
 
     @property
     def direct(self) -> bool:
