@@ -823,3 +823,26 @@ def test_a_split_read_on_its_own_leaves_out_what_the_root_leaves_out(tmp_path):
     # valid/ alone: the link leads out of it, so 'animal' is a class there, one train lacks
     with pytest.raises(ValueError, match=r"does not: 'animal'"):
         di.from_folder(tmp_path / "valid", size=(6, 6))
+
+
+def test_a_split_read_on_its_own_reads_its_parent_as_told_and_quietly(tmp_path, caplog):
+    # the parent was read with stray='raise' whatever was given: a stray folder beside the
+    # splits made that read fail, and the split numbered its classes by itself (b was 0 alone,
+    # 1 from the root); the parent's notes about other folders were logged as the split's
+    import logging
+
+    data = tmp_path / "data"
+    di.testing.make_image_folder(data / "train", n=3, size=(8, 8), classes=("a", "b", "c"))
+    di.testing.make_image_folder(data / "valid", n=2, size=(8, 8), classes=("b", "c"))
+    di.testing.make_image_folder(data / "notes", n=1, size=(8, 8), classes=("x",))
+    root = di.from_folder(data, size=(8, 8), stray="ignore").split()
+    alone = di.from_folder(data / "valid", size=(8, 8), stray="ignore")
+    assert alone.classes == root["valid"].classes == ("a", "b", "c")
+    np.testing.assert_array_equal(alone.labels, root["valid"].labels)
+    shutil.rmtree(data / "notes")
+    first = sorted((data / "train" / "b").iterdir())[0]
+    (data / "valid" / "b" / "dup.png").symlink_to(first)  # a link out of the split
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        alone = di.from_folder(data / "valid", size=(8, 8))
+    assert any(str(p).endswith("dup.png") for p in alone.paths)
+    assert "left out" not in caplog.text  # it is read, and said not to be

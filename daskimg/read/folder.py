@@ -25,9 +25,11 @@ Nothing is dropped silently. The rules, the same on disk and at a URL:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -699,19 +701,48 @@ def _parent_tops(
     url: str | None,
     remote: tuple[Any, str] | None,
     excluded: Sequence[str],
+    stray: str,
 ) -> tuple[str, list[_Top]] | None:
     """The folders of ``root``'s parent, listed as reading it lists them, when ``root`` is a
     split folder of it (None otherwise, or when the parent cannot be read as a set).
     ``remote``: at a URL, its file system and ``root``'s path on it; ``excluded``: real paths
     (on disk) or the file system's paths (at a URL) left out. Reading the parent lists the
-    files of every split (one listing), so the classes are exactly those reading it gives."""
+    files of every split (one listing), so the classes are exactly those reading it gives.
+    ``stray`` as given for ``root``. The parent's own notes (links left out, stray folders)
+    are not logged: they are about the other folders, and ``root``'s read logs its own."""
+    with _quiet():
+        return _parent_listing(root, url, remote, excluded, stray)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """This thread's ``daskimg`` log records dropped (other threads log as usual)."""
+    me = threading.get_ident()
+
+    def other_threads(record: logging.LogRecord) -> bool:
+        return record.thread != me
+
+    logger.addFilter(other_threads)
+    try:
+        yield
+    finally:
+        logger.removeFilter(other_threads)
+
+
+def _parent_listing(
+    root: str | os.PathLike[str],
+    url: str | None,
+    remote: tuple[Any, str] | None,
+    excluded: Sequence[str],
+    stray: str,
+) -> tuple[str, list[_Top]] | None:
     if url is None:
         named = Path(os.path.abspath(root))  # "." inside data/valid is valid/ too; links kept
         split, parent = SPLIT_DIRS.get(named.name.lower()), named.parent
         if split is None:
             return None
         try:
-            tops, _ = _local_tops(parent, frozenset(excluded))
+            tops, _ = _local_tops(parent, frozenset(excluded), stray)
         except (OSError, ValueError):
             return None
         me = os.path.realpath(root)
@@ -729,7 +760,7 @@ def _parent_tops(
     parent_base = base.rsplit("/", 1)[0]
     inside = [p[len(parent_base) + 1 :] for p in excluded if p.startswith(parent_base + "/")]
     try:
-        tops, _ = _url_tops(parent_url, fs, parent_base, inside)
+        tops, _ = _url_tops(parent_url, fs, parent_base, inside, stray)
     except (OSError, ValueError):
         return None
     mine = [t for t in tops if t.split == split and t.where == path]
@@ -930,11 +961,11 @@ def from_folder(
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
     given = given_classes(classes)
-    if given is None and len(tops) == 1 and not tops[0].split:
+    if given is None and len(tops) == 1 and not tops[0].split and not tops[0].direct:
         parent = (
-            _parent_tops(root, None, None, list(reals))
+            _parent_tops(root, None, None, list(reals), stray)
             if url is None
-            else _parent_tops(root, url, (fs, base_path), paths)
+            else _parent_tops(root, url, (fs, base_path), paths, stray)
         )
         given = _split_alone_classes(where, tops[0], parent)
     files, labels, classes, split_of = _assemble(where, tops, loose, stray, given)
