@@ -280,7 +280,7 @@ class KerasDataset(keras.utils.PyDataset):
         # the batch Keras reads to build a model (fit, evaluate, predict of an unbuilt one)
         # is trained on by no step: not served, or a state saved in the first epoch would
         # leave one batch out, and the peek could take an epoch's last batch
-        peek = called_from(("_symbolic_build",), "keras")
+        peek = called_from(("_symbolic_build",), "keras", stop=("fit", "evaluate", "predict"))
         depth = min(self.read_workers, self.max_queue_size)
         return _structure(self._parts, self._data.read(index, depth=depth, served=not peek))
 

@@ -127,16 +127,18 @@ def _parts(transform: Any) -> Iterator[Any]:
         yield transform
 
 
-def called_from(methods: tuple[str, ...], *packages: str) -> bool:
+def called_from(methods: tuple[str, ...], *packages: str, stop: tuple[str, ...] = ()) -> bool:
     """Whether a function named one of ``methods`` of one of ``packages`` (a folder on its
     file's path: ``keras``; ``lightning``, ``pytorch_lightning``) is on the calling stack.
     How a dataset learns what a framework reads it for: neither Keras nor Lightning tells a
-    dataset it is read to predict."""
+    dataset it is read to predict. ``stop``: names of the packages' functions above which
+    ``methods`` cannot be (the walk ends there: a per-batch check stays short)."""
     frame = sys._getframe(1)
     parts = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
     while frame is not None:
         code = frame.f_code
-        if code.co_name in methods and any(p in code.co_filename for p in parts):
-            return True
+        named = code.co_name in methods or code.co_name in stop
+        if named and any(p in code.co_filename for p in parts):
+            return code.co_name in methods
         frame = frame.f_back  # type: ignore[assignment]
     return False

@@ -12,7 +12,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ..read.boxes import checked_block, image_frame
+from ..read.boxes import checked_column, image_frame
 from ..read.imageset import ImageSet
 from ..store.jpeg import JpegChunk
 from ..store.open import open_zarr, store_array_name
@@ -60,6 +60,7 @@ class FeedSource:
         self.store_rows: np.ndarray | None = None
         #: the box arrays and mask arrays of the set (they move with the pixels)
         self.boxes: tuple[str, ...] = ()
+        unchecked: list[str] = []  # a set's box columns to check (a dict's values are its own)
         #: boxes told by their names only (a dict's ``bbox``), for the transform's message
         self.guessed_boxes: tuple[str, ...] = ()
         self.masks: tuple[str, ...] = ()
@@ -76,6 +77,9 @@ class FeedSource:
             arrays = source.arrays
             self.attrs = source.attrs
             self.boxes = tuple(source.boxes)
+            # lazy box columns checked as they are computed, as to_zarr checks them: not
+            # those decoded with the files (checked against their sources there)
+            unchecked = [b for b in self.boxes if not source.is_from_files(b)]
             self.store_rows = source.store_rows
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL
@@ -180,15 +184,11 @@ class FeedSource:
         else:
             self.fast = set()
         if images is not None and len(images.shape) >= 3:
-            # a lazy box column of a set (not the store's own, checked when written) is
-            # checked as it is computed, as to_zarr checks it: a box in another frame would
-            # be flipped and cropped as if it were in the images'
+            # a box in another frame would be flipped and cropped as if it were in the
+            # images' (the store's own boxes were checked when written)
             pixels = image_frame(images.shape)
-            for n in set(self.boxes) - set(self.guessed_boxes) & set(self.lazy) - self.fast:
-                a = self.lazy[n]
-                self.lazy[n] = a.rechunk({1: -1}).map_blocks(
-                    checked_block, n, pixels, dtype=a.dtype
-                )
+            for n in set(unchecked) & set(self.lazy) - self.fast:
+                self.lazy[n] = checked_column(self.lazy[n], n, pixels)
         reader = self.reader
         #: arrays stored one sample per inner chunk: decoded straight into batch rows
         self.per_sample = {

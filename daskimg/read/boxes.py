@@ -26,7 +26,7 @@ import numpy as np
 __all__ = [
     "box_dtype",
     "check_boxes",
-    "checked_block",
+    "checked_column",
     "clip_boxes",
     "image_frame",
     "outside",
@@ -281,11 +281,15 @@ def box_dtype(dtype: Any) -> np.dtype[Any]:
     return np.dtype(np.float32 if dt.itemsize <= 2 else np.float64)
 
 
-def checked_block(
+def checked_column(values: Any, name: str, frame: tuple[int, int] | None) -> Any:
+    """A lazy (dask) box column whose blocks are checked (:func:`check_boxes`, rows counted
+    in the whole column) as they are computed: by ``to_zarr`` and by a feed alike."""
+    return values.rechunk({1: -1}).map_blocks(_checked_block, name, frame, dtype=values.dtype)
+
+
+def _checked_block(
     block: np.ndarray, name: str, frame: tuple[int, int] | None, block_info: Any = None
 ) -> np.ndarray:
-    """A block of a lazy box column, checked (:func:`check_boxes`, rows counted in the whole
-    column): for ``dask.array.map_blocks`` over a column rechunked to whole rows of four."""
     check_boxes(name, block, frame, block_info[0]["array-location"][0][0] if block_info else 0)
     return block
 

@@ -436,7 +436,7 @@ def remove_path(path: str) -> None:
             elif os.path.lexists(path):
                 os.unlink(path)
             return
-        except (FileNotFoundError, OSError) as e:
+        except OSError as e:
             if attempt == 4 or e.errno not in (errno.ENOTEMPTY, errno.ENOENT):
                 raise
             time.sleep(0.05 * (attempt + 1))

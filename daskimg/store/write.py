@@ -29,7 +29,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ..errors import DaskImgError, DecodeError, StoreExistsError
-from ..read.boxes import box_dtype, checked_block, image_frame
+from ..read.boxes import box_dtype, checked_column, image_frame
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
@@ -713,14 +713,11 @@ def checked_boxes(imageset: ImageSet) -> ImageSet:
     columns = {**imageset.columns, **cast}
     lazy: dict[str, da.Array] = {}
     if any(isinstance(columns[b], da.Array) for b in imageset.boxes):
-        files = imageset.row_source
-        own = files.to_dask_arrays() if isinstance(files, FileSource) else {}
         frame = image_frame(imageset.require_images().shape)
         lazy = {
-            name: values.rechunk({1: -1}).map_blocks(checked_block, name, frame, dtype=values.dtype)
+            name: checked_column(values, name, frame)
             for name in imageset.boxes
-            if isinstance(values := columns[name], da.Array)
-            and not (name in own and own[name].name == values.name)
+            if isinstance(values := columns[name], da.Array) and not imageset.is_from_files(name)
         }
     if not cast and not lazy:
         return imageset
