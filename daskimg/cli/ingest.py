@@ -107,7 +107,7 @@ def ingest(args: argparse.Namespace) -> int:
     )
     ext = ".zarr.zip" if args.format == "zip" else ".zarr"
     written = {name for name, part in parts.items() if len(part)}
-    stale = _stale_stores(args.out, [*parts, *SPLIT_NAMES], written, ext, opts)
+    stale, earlier = _earlier_stores(args.out, [*parts, *SPLIT_NAMES], written, ext, opts)
     if stale and not args.overwrite:
         raise StoreExistsError(
             f"{args.out} holds {', '.join(stale)} from an earlier run, which this run does not "
@@ -119,13 +119,7 @@ def ingest(args: argparse.Namespace) -> int:
     # --overwrite: once this run has replaced one store, the earlier run's others go, so that
     # OUT never holds the two runs side by side (a failure or a kill after the first split
     # would leave a new train beside the old valid, sharing images); before that, a run
-    # that fails leaves OUT as the earlier run made it
-    earlier = [
-        _out(args.out, n + ext)
-        for n, part in parts.items()
-        if len(part)
-        and Location.of(_out(args.out, n + ext), opts if is_url(args.out) else None).exists()
-    ]
+    # that fails leaves OUT as the earlier run made it (earlier: the stores it replaces)
     with scheduler(args.scheduler, args.workers):
         for name, part in parts.items():
             if len(part) == 0:
@@ -226,20 +220,22 @@ def _out(out: str, name: str) -> str:
     return out.rstrip("/") + "/" + name if is_url(out) else os.path.join(out, name)
 
 
-def _stale_stores(out: str, names: list[str], written: set[str], ext: str, opts: Any) -> list[str]:
-    """Split stores in ``out`` that this run does not write (a split now empty or not asked
-    for, or the other format), which would otherwise sit beside the new ones."""
+def _earlier_stores(
+    out: str, names: list[str], written: set[str], ext: str, opts: Any
+) -> tuple[list[str], list[str]]:
+    """Split stores an earlier run left in ``out``, from one look at each: those this run
+    does not write (a split now empty or not asked for, or the other format), which would
+    otherwise sit beside the new ones, and those it writes again."""
     from ..store.location import Location
 
-    stale = []
+    stale: list[str] = []
+    again: list[str] = []
     for name in dict.fromkeys(names):
         for e in (".zarr.zip", ".zarr"):
             target = _out(out, name + e)
-            if (name not in written or e != ext) and Location.of(
-                target, opts if is_url(target) else None
-            ).exists():
-                stale.append(target)
-    return stale
+            if Location.of(target, opts if is_url(target) else None).exists():
+                (again if name in written and e == ext else stale).append(target)
+    return stale, again
 
 
 def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, split: str) -> bool:

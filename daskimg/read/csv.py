@@ -664,6 +664,10 @@ def _xy_order(roles: list[str | None]) -> list[int]:
     return [xs[0], ys[0], xs[1], ys[1]] if len(xs) == 2 and len(ys) == 2 else list(range(4))
 
 
+#: what separates the words of a column name (``bbox_x``, ``min-row``, ``x.center``)
+_WORDS = re.compile(r"[_\-. ]+")
+
+
 def _axis_of(column: str) -> str | None:
     """What a box column's name says it holds: "x" or "y" (a corner on that axis), "size"
     (a width or height), or None (a name that says nothing)."""
@@ -674,7 +678,7 @@ def _axis_of(column: str) -> str | None:
             break
     if n in ("w", "h", "width", "height") or n.endswith(("_w", "_h", "width", "height")):
         return "size"
-    words = set(re.split(r"[_\-. ]+", n))  # min_row, col_left: "row" and "col" as words
+    words = set(_WORDS.split(n))  # min_row, col_left: "row" and "col" as words
     if n in ("left", "right") or n.startswith("x") or words & {"col", "cols"} or _numbered(n, "c"):
         return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
     if n in ("top", "bottom") or n.startswith("y") or words & {"row", "rows"} or _numbered(n, "r"):
@@ -923,10 +927,11 @@ def _warn_raw_corners(
                 cols,
             )
             return
-    xs = [c for c in asked if _position_axis(c) == "x"]
-    ys = [c for c in asked if _position_axis(c) == "y"]
+    axis = {c: _position_axis(c) for c in asked}
+    xs = [c for c in asked if axis[c] == "x"]
+    ys = [c for c in asked if axis[c] == "y"]
     if xs and ys:  # COCO's x, y, w, h; keypoints kx, ky; centres cx, cy
-        cols = sorted(xs + [c for c in asked if _position_axis(c) in ("y", "size")])
+        cols = sorted(xs + [c for c in asked if axis[c] in ("y", "size")])
         logger.warning(
             "%s: columns %s look like pixel positions or sizes; stored as numbers, they stay "
             "in the source images' pixels while the images are resized (and flipped or "
@@ -941,7 +946,7 @@ def _position_axis(column: str) -> str | None:
     """What a plain column's name says: "x" or "y" (a pixel position on that axis: ``x``,
     ``cx``, ``kp_x``, ``x_center``, ``x1``), "size" (``w``, ``bbox_width``), or None. Stricter than
     :func:`_axis_of` (a box column's, where any name starting x is an x): whole words only."""
-    words = re.split(r"[_\-. ]+", column.strip().lower())
+    words = _WORDS.split(column.strip().lower())
     if words[-1] in ("w", "h", "width", "height") or words[0] in ("w", "h"):
         return "size"
     for axis in ("x", "y"):

@@ -192,10 +192,10 @@ def near_misses(names: Iterable[str], among: Iterable[str], there: str = "there"
     :func:`looks`), as `` ('Cat' is 'cat' there: names
     must match exactly)``; "" if none. For the messages of ``from_folder`` and ``from_csv``
     refusing a class name."""
-    alike = {folded(looks(c)): c for c in among}
+    by_look = {folded(looks(c)): c for c in among}
     hints = []
     for n in names:
-        other = alike.get(folded(looks(n)))
+        other = by_look.get(folded(looks(n)))
         if other is None:
             continue
         how = ""  # letter case, said by the names themselves
