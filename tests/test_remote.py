@@ -383,6 +383,24 @@ def test_cli_ingest_info_verify_on_s3(uploaded, s3, prefix, capsys):
     assert sum(parts) == 24
 
 
+def test_cli_ingest_into_a_class_folder_of_its_url_source_is_refused(uploaded, s3, s3fs_, capsys):
+    # `ingest s3://b/photos s3://b/photos/cat` wrote a set without cat, exit 0: the OUT-inside-
+    # SRC check ran on local paths only
+    from daskimg.cli import main
+
+    opts = ["--storage-options", json.dumps(s3)]
+    classes = sorted({k.split("/")[-2] for k in s3fs_.find(uploaded)})  # the oracle: s3fs
+    into = uploaded + "/" + classes[0]
+    assert main(["ingest", uploaded, into, "--size", "8", "8", *opts]) == 2
+    assert "holds images" in capsys.readouterr().err
+    assert not [k for k in s3fs_.find(into) if ".zarr" in k]
+    # a folder of stores inside SRC stays allowed, also on its next run
+    stores = ["ingest", uploaded, uploaded + "/stores", "--size", "8", "8", *opts]
+    assert main(stores) == 0
+    assert main([*stores, "--overwrite"]) == 0
+    assert len(di.open_zarr(uploaded + "/stores/train.zarr.zip", storage_options=s3)) > 0
+
+
 # -- ArrayWriter to a URL -------------------------------------------------------------
 
 

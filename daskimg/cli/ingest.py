@@ -56,7 +56,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     opts = args.storage_options
-    _refuse_out_holding_images(args.src, args.out)
+    _refuse_out_holding_images(args.src, args.out, opts)
     try:
         ds = from_folder(
             args.src,
@@ -186,30 +186,56 @@ def ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_out_holding_images(src: str, out: str) -> None:
+def _refuse_out_holding_images(src: str, out: str, opts: Any = None) -> None:
     """OUT inside SRC is left out of the set (so its stores are not read as a class on the
     next run); one that holds images already is a class or split folder of SRC (``ingest
     photos photos/cat``), whose images that would drop without a word."""
-    if is_url(src) or is_url(out) or not os.path.isdir(out):
-        return
-    real_src, real_out = os.path.realpath(src), os.path.realpath(out)
-    if real_out != real_src and not real_out.startswith(real_src.rstrip(os.sep) + os.sep):
-        return
     from ..read.folder import _hidden, _is_image
 
     stores = {n + e for n in SPLIT_NAMES for e in (".zarr", ".zarr.zip")}
-    if stores & set(os.listdir(out)):
-        return  # an earlier run's OUT (a picture saved there since is no part of the set)
-    for folder, dirs, files in os.walk(out):
-        dirs[:] = [d for d in dirs if not _hidden(d)]  # folders from_folder never reads
-        images = [f for f in files if _is_image(f)]  # as from_folder tells an image
-        if images:
-            raise ValueError(
-                f"OUT {out!r} is inside SRC {src!r} and holds images "
-                f"({os.path.join(folder, images[0])!r}, ...): a class or split folder of the "
-                "set, which would be left out of it (stores written inside SRC are not read "
-                "on the next run). Write the stores to another folder"
-            )
+    image = None
+    if is_url(src) or is_url(out):
+        image = _url_image_inside(src, out, opts, stores)
+    elif os.path.isdir(out):
+        real_src, real_out = os.path.realpath(src), os.path.realpath(out)
+        inside = real_out == real_src or real_out.startswith(real_src.rstrip(os.sep) + os.sep)
+        # stores there: an earlier run's OUT (a picture saved there since is no part of the set)
+        if inside and not stores & set(os.listdir(out)):
+            for folder, dirs, files in os.walk(out):
+                dirs[:] = [d for d in dirs if not _hidden(d)]  # folders from_folder never reads
+                images = [f for f in files if _is_image(f)]  # as from_folder tells an image
+                if images:
+                    image = os.path.join(folder, images[0])
+                    break
+    if image is not None:
+        raise ValueError(
+            f"OUT {out!r} is inside SRC {src!r} and holds images ({image!r}, ...): a class or "
+            "split folder of the set, which would be left out of it (stores written inside SRC "
+            "are not read on the next run). Write the stores to another folder"
+        )
+
+
+def _url_image_inside(src: str, out: str, opts: Any, stores: set[str]) -> str | None:
+    """An image in OUT when OUT is a folder inside SRC on the same object store, else None
+    (:func:`_refuse_out_holding_images` for URLs)."""
+    from ..read.folder import _hidden, _is_image
+    from ..remote import filesystem, protocol_of
+
+    if not (is_url(src) and is_url(out)) or protocol_of(src) != protocol_of(out):
+        return None  # one local, one remote (or two stores): never one inside the other
+    fs, src_path = filesystem(src, opts)
+    _, out_path = filesystem(out, opts)
+    base, sub = src_path.rstrip("/"), out_path.rstrip("/")
+    if sub != base and not sub.startswith(base + "/"):
+        return None
+    names = [k[len(sub) + 1 :] for k in fs.find(sub) if k.startswith(sub + "/")]
+    if any(n.split("/")[0] in stores for n in names):
+        return None  # an earlier run's OUT
+    for n in sorted(names):
+        parts = n.split("/")
+        if not any(_hidden(p) for p in parts[:-1]) and _is_image(parts[-1]):
+            return out.rstrip("/") + "/" + n
+    return None
 
 
 #: names of split stores an earlier run may have left in OUT
