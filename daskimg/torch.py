@@ -161,6 +161,9 @@ class TorchDataset(IterableDataset):
         Give every rank the same number of batches, by repeating at most a chunk's worth
         of samples per rank (like ``DistributedSampler``'s padding; with ``shuffle=False``,
         up to a batch's worth when a batch is longer than a chunk): unequal counts hang DDP.
+        With ``drop_last`` nothing is repeated: every rank yields the full batches the
+        smallest rank's share fills (each rank leaves out less than a chunk and a batch,
+        a new random few each epoch), as ``DistributedSampler(drop_last=True)`` repeats none.
         Default (None): True when there are several ranks and ``shuffle=True`` (training),
         else False, so that ``shuffle=False`` (evaluation, inference) counts every sample
         exactly once (ranks may then differ by one batch).

@@ -56,6 +56,15 @@ def _rank_main(rank: int, port: int, store: str, out: str) -> None:
             opt.step()
             seen.append((index.numpy(), decoded_ids(images.numpy())))
         result["epochs"].append(seen)  # type: ignore[union-attr]
+    # drop_last: full batches, as many on each rank (the all-reduce would hang), none repeated
+    dropping = TorchDataset(store, batch_size=10, arrays=("index",), seed=3, drop_last=True)
+    result["dropped"] = []
+    for (index,) in DataLoader(dropping, batch_size=None, num_workers=2):
+        loss = model(index[:, None].float().repeat(1, 3)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        result["dropped"].append(index.numpy())  # type: ignore[union-attr]
     # ordered inference: each rank in store order, every sample once. The training workers
     # were spawned (mp.spawn makes spawn the default start method of the ranks): their rank
     # came with the pickled dataset; these are forked and find the process group themselves
@@ -109,6 +118,12 @@ def test_two_process_ddp_with_two_workers_each(tmp_path, indexed_set):
         assert len(every) - 103 <= 8
         orders.append(every)
     assert not np.array_equal(orders[0], orders[1])  # epochs differ
+    # drop_last: 55 and 48 samples of their own, so 4 full batches each, none repeated
+    dropped = [r["dropped"] for r in results]
+    assert [len(b) for b in dropped] == [4, 4]
+    assert all(len(b) == 10 for r in dropped for b in r)
+    every = np.concatenate([np.concatenate(r) for r in dropped])
+    assert len(np.unique(every)) == len(every) == 80
     infer = [np.concatenate([index for index, _ in r["infer"]]) for r in results]
     assert [len(r["infer"]) for r in results] == [r["infer_len"] for r in results] == [6, 5]
     np.testing.assert_array_equal(np.sort(np.concatenate(infer)), np.arange(103))

@@ -184,6 +184,25 @@ def test_even_gives_every_consumer_the_same_number_of_batches(
 
 @PROPERTY
 @given(layouts)
+def test_even_with_drop_last_repeats_nothing(layout: dict) -> None:
+    # DDP with drop_last: every rank yields the full batches the smallest rank can fill,
+    # so nothing is repeated (it padded to the largest, then dropped: samples came twice)
+    own, b = own_counts(layout), layout["batch_size"]
+    even = consumer_plans(layout, even=True, drop_last=True)
+    every = np.concatenate([streams(c) for c in even])
+    n = layout["num_consumers"]
+    if layout["shuffle"] and min(own) >= b:
+        assert len(np.unique(every)) == len(every) == n * (min(own) - min(own) % b)
+        for workers, mine in zip(even, own, strict=True):
+            assert 0 <= mine - len(streams(workers)) < layout["chunk_len"] + b
+    full = layout["num_samples"] // b
+    if not layout["shuffle"] and full >= n:
+        # store order: the full batches dealt round-robin, cut to those every rank has
+        np.testing.assert_array_equal(np.sort(every), np.arange(full // n * n * b))
+
+
+@PROPERTY
+@given(layouts)
 def test_even_repeats_are_few(layout: dict) -> None:
     own = own_counts(layout)
     for workers, plain in zip(consumer_plans(layout, even=True), plans(layout), strict=True):

@@ -33,7 +33,9 @@ def ordered_plan(
     n_samples = int(bounds[-1])
     total = n_samples // batch if drop else -(-n_samples // batch)
     mine = np.arange(consumer, total, num_consumers, dtype=np.int64)
-    if pad and total and mine.size < -(-total // num_consumers):
+    if pad and drop and total >= num_consumers:
+        mine = mine[: total // num_consumers]  # drop_last: the batches every consumer has
+    elif pad and total and mine.size < -(-total // num_consumers):
         # a batch short: a repeat of its last batch (none: of batch `consumer % total`)
         mine = np.append(mine, mine[-1] if mine.size else consumer % total)
     ids = np.arange(worker, mine.size, num_workers, dtype=np.int64)
@@ -64,4 +66,6 @@ def ordered_batches(
     """Batches of a consumer's store-order epoch (``shuffle=False``), shared by its workers."""
     total = num_samples // batch_size if drop_last else -(-num_samples // batch_size)
     mine = len(range(consumer, total, num_consumers))
+    if even and drop_last and total >= num_consumers:
+        return total // num_consumers  # no repeats: the batches every consumer has
     return -(-total // num_consumers) if even else mine

@@ -212,12 +212,29 @@ def _samples_per_consumer(num_samples: int, chunk_len: int, num_consumers: int) 
 
 
 def _consumer_samples(
-    num_samples: int, chunk_len: int, consumer: int, num_consumers: int, even: bool
+    num_samples: int,
+    chunk_len: int,
+    consumer: int,
+    num_consumers: int,
+    even: bool,
+    batch_size: int,
+    drop_last: bool,
 ) -> tuple[int, int]:
-    """(samples of the consumer's own chunks, samples it yields before ``drop_last``)."""
+    """(samples of the consumer's own chunks, samples it yields).
+
+    ``even``: every consumer yields as many as the largest, repeating some of its own, or
+    with ``drop_last`` as many full batches as the smallest fills, repeating none (unless
+    the smallest cannot fill one: then as without ``drop_last``, so an epoch is never empty).
+    """
     sizes = _samples_per_consumer(num_samples, chunk_len, num_consumers)
     own = int(sizes[consumer])
-    return own, (int(sizes.max()) if even else own)
+    if not even:
+        total = own
+    elif drop_last and int(sizes.min()) >= batch_size:
+        total = int(sizes.min())
+    else:
+        total = int(sizes.max())
+    return own, (total - total % batch_size if drop_last else total)
 
 
 def _consumer_batches(
@@ -236,8 +253,9 @@ def _consumer_batches(
         return ordered_batches(
             num_samples, batch_size, consumer, num_consumers, drop_last=drop_last, even=even
         )
-    _, samples = _consumer_samples(num_samples, chunk_len, consumer, num_consumers, even)
-    usable = samples - samples % batch_size if drop_last else samples
+    _, usable = _consumer_samples(
+        num_samples, chunk_len, consumer, num_consumers, even, batch_size, drop_last
+    )
     return -(-usable // batch_size)
 
 
@@ -344,19 +362,26 @@ def plan_epoch(
     - a consumer without chunks yields ``M`` distinct samples of the order's first chunk
       (so with ``C < n`` those samples also appear once per such consumer).
 
-    With ``drop_last`` each consumer then drops the same number (fewer than ``batch_size``)
-    of its trailing samples, after mixing: the worker with the consumer's last batch drops
-    them from the end of its mixed stream. When that would drop its whole last group (the
-    short final chunk, always there, would never be seen), the last group is mixed and
-    loaded with the one before it (at most twice a group's chunks), so the samples dropped
-    are a new random few of both each epoch.
+    *even=True with drop_last* repeats nothing: every consumer yields ``(m // batch_size) *
+    batch_size`` samples, ``m`` being the smallest own sample count of any consumer, so a
+    consumer leaves out fewer than ``chunk_len + batch_size`` of its own (as
+    ``DistributedSampler(drop_last=True)`` pads none). Only when ``m < batch_size`` (some
+    consumer cannot fill one batch) does it pad as above, then drop, so that an epoch is
+    never empty.
+
+    *drop_last.* The worker with the consumer's last batch drops the consumer's trailing
+    samples from the end of its mixed stream. When that would drop its whole last group
+    (the short final chunk, always there, would never be seen), the last group is mixed
+    and loaded with the one before it (in practice at most twice a group's chunks), so the
+    samples dropped are a new random few of both each epoch.
 
     *shuffle=False.* The store order cut into batches of ``batch_size`` (``drop_last``: the
     short last one left out): consumer ``k`` takes batches ``k, k + n, ...`` and its worker
     ``w`` every ``num_workers``-th of those, from the ``w``-th on. A DataLoader asks its
     workers for batches in turn (worker 0, 1, ..., 0, 1, ..., skipping those that are done),
     so with one consumer it yields exactly the store order. ``even=True`` gives the
-    consumers that are a batch short a repeat of their last batch.
+    consumers that are a batch short a repeat of their last batch; with ``drop_last`` (and
+    at least one full batch per consumer) it cuts every consumer to the batches all have.
 
     Examples
     --------
@@ -401,8 +426,7 @@ def plan_epoch(
     first, count = _worker_share(n_batches, w, m)
     if not count:
         return EpochPlan((), (), length)
-    own, total = _consumer_samples(n_samples, length, k, n, pad)
-    usable = total - total % batch if drop else total
+    own, usable = _consumer_samples(n_samples, length, k, n, pad, batch, drop)
     start, stop = first * batch, min((first + count) * batch, usable)
     # the worker with the consumer's last batch takes its stream's end, the part drop_last drops
     end = own if first + count == n_batches else min(stop, own)
@@ -418,8 +442,7 @@ def plan_epoch(
     # the order, was then never trained on. It is mixed with the group before it instead, so
     # the samples dropped are a new random few of both each epoch
     short_last = has_short and chunks.size > 0 and chunks[-1] == num_chunks - 1
-    merged = drop and short_last and starts.size > 1 and size <= starts[-1]
-    if merged:
+    while drop and short_last and starts.size > 1 and size <= starts[-1]:
         starts = starts[:-1]
     samples = mix(samples, starts, key)
     if size <= samples.size:
