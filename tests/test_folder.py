@@ -518,6 +518,116 @@ def test_a_dataset_one_folder_down_is_refused_not_read_as_one_class(tmp_path, ur
     assert di.from_folder(plain, size=(8, 8)).classes == ("cat", "dog")
 
 
+WRAPPED = {
+    # Microsoft's cats-vs-dogs zip: PetImages/{Cat,Dog}; every sample was class 'PetImages'
+    "group": ("PetImages/{c}", ("Cat", "Dog"), r"only class folder 'PetImages' holds no images"),
+    # two folders down: one class 'archive', train and test mixed into it
+    "deeper": ("archive/dataset/{s}/{c}", ("cat", "dog"), r"the dataset is 2 folders down"),
+    # a wrapper inside the splits: every sample of train/ was class 'images'
+    "in_split": ("{s}/images/{c}", ("cat", "dog"), r"train/images'?: the class folders are a"),
+    # Kaggle's train/train/{cat,dog}
+    "kaggle": ("{s}/{s}/{c}", ("cat", "dog"), r"only class folder is 'train', named like a split"),
+}
+
+
+@pytest.mark.parametrize("url", [False, True])
+@pytest.mark.parametrize("layout", sorted(WRAPPED))
+def test_a_dataset_wrapped_in_folders_is_refused_not_read_as_one_class(tmp_path, url, layout):
+    from PIL import Image
+
+    pattern, classes, message = WRAPPED[layout]
+    root = tmp_path / f"download_{layout}"
+    written = {}
+    for s in ("train", "test"):
+        for k, c in enumerate(classes):
+            folder = root / pattern.format(s=s, c=c)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                Image.new("RGB", (6, 6), (k, i, 9)).save(folder / f"{s}{i}.png")
+                written[folder / f"{s}{i}.png"] = c
+    where = _as_url(root, f"memory://daskimg-wrapped-{layout}-{os.getpid()}") if url else str(root)
+    with pytest.raises(ValueError, match=message):
+        di.from_folder(where, size=(6, 6))
+    if layout in ("group", "deeper"):
+        inner = f"{where}/" + pattern.split("/{")[0].format(s="", c="")
+        ds = di.from_folder(inner, size=(6, 6))  # the folder the message names reads right
+        # the oracle: the folder each image was written into
+        assert sorted(ds.classes) == sorted(classes)
+        by_path = {p.relative_to(root).as_posix(): c for p, c in written.items()}
+        top = inner[len(where) + 1 :]
+        got = {f"{top}/{p}": ds.classes[int(i)] for p, i in zip(ds.paths, ds.labels, strict=True)}
+        assert got == by_path
+    if layout == "group":  # one class on purpose, with folders of its own: classes= says so
+        assert di.from_folder(where, size=(6, 6), classes=["PetImages"]).classes == ("PetImages",)
+
+
+def test_one_class_in_one_folder_and_a_nested_test_class_are_still_read(tmp_path):
+    from PIL import Image
+
+    # one class whose images lie in one folder below it: one class either way, no labels lost
+    one = tmp_path / "one" / "faces" / "2019"
+    one.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (6, 6), (i, 0, 0)).save(one / f"{i}.png")
+    ds = di.from_folder(tmp_path / "one", size=(6, 6))
+    assert ds.classes == ("faces",) and len(ds) == 3
+    # a test split holding one of train's classes, in folders of its own: a small test split
+    _split_tree(tmp_path / "split", {"train": ("cat", "dog")})
+    _split_tree(tmp_path / "split" / "test" / "cat", {"a": ("x",), "b": ("y",)})
+    ds = di.from_folder(tmp_path / "split", size=(6, 6))
+    assert ds.classes == ("cat", "dog")
+    assert len(ds.split()["test"]) == 2
+
+
+def test_a_class_train_holds_no_image_of_is_refused(tmp_path):
+    # train/emu/ empty and valid/emu/ with an image: emu passed as a class train has, and no
+    # training sample had it; without the empty folder the same data was refused
+    _split_tree(tmp_path, {"train": ("cat", "dog"), "valid": ("cat", "emu")})
+    (tmp_path / "train" / "emu").mkdir()
+    with pytest.raises(ValueError, match=r"does not: 'emu' \('emu' empty in train/\)"):
+        di.from_folder(tmp_path, size=(6, 6))
+    with pytest.raises(ValueError, match=r"beside it does not: 'emu'"):
+        di.from_folder(tmp_path / "valid", size=(6, 6))
+
+
+def test_empty_split_folders_are_named(tmp_path, caplog):
+    _split_tree(tmp_path, {"train": ("cat", "dog")})
+    (tmp_path / "valid").mkdir()
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(tmp_path, size=(6, 6))
+    assert sorted(ds.split()) == ["train"]
+    assert "hold no images, so the set has no such split" in caplog.text
+    assert "test'" in caplog.text and "valid'" in caplog.text
+
+
+def test_class_folders_named_by_numbers_say_their_text_order(tmp_path, caplog):
+    _split_tree(tmp_path, {"train": ("0", "1", "2", "10")})
+    root = tmp_path / "train"
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(root, size=(6, 6))
+    assert ds.classes == ("0", "1", "10", "2")  # as torchvision's ImageFolder numbers them
+    assert "numbered in text order" in caplog.text and "'2' -> 3" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(root, size=(6, 6), classes=["0", "1", "2", "10"])
+    assert _by_folder(ds) == {c: c for c in ("0", "1", "2", "10")}
+    assert "text order" not in caplog.text
+    caplog.clear()
+    _split_tree(tmp_path / "small", {"x": ("0", "1", "2")})
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_folder(tmp_path / "small" / "x", size=(6, 6))
+    assert "text order" not in caplog.text  # 0..9 sort alike either way
+
+
+@pytest.mark.parametrize("name", ["train ", "train\u200b", " valid"])
+def test_a_split_folder_named_but_for_spaces_is_refused(tmp_path, name):
+    # 'train ' was read as a class beside 'test', the split names becoming the labels
+    _split_tree(tmp_path, {name: ("cat", "dog"), "test": ("cat", "dog")})
+    with pytest.raises(ValueError, match=r"named like the split '(train|valid)' but for spaces"):
+        di.from_folder(tmp_path, size=(6, 6))
+
+
 def test_macosx_folders_are_never_classes(tmp_path):
     root = tmp_path / "data"
     files = di.testing.make_image_folder(root, n=4, size=(8, 8))

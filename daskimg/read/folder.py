@@ -13,8 +13,11 @@ Nothing is dropped silently. The rules, the same on disk and at a URL:
   beside split folders, is an error naming it: move it into a class folder, or pass
   ``stray="ignore"`` to leave such files out (they are logged).
 * A class folder in ``valid/`` or ``test/`` that ``train/`` lacks (``test/test/*.png``,
-  ``Cat/`` beside train's ``cat/``) is an error naming it; so is a dataset one folder down
-  (``root/chest_xray/{train,val,test}/``), which would otherwise be one class.
+  ``Cat/`` beside train's ``cat/``, or a class whose folder in ``train/`` is empty) is an
+  error naming it; so is a dataset in a wrapping folder, which would otherwise be one class
+  (``root/chest_xray/{train,val,test}/``, ``root/PetImages/{Cat,Dog}/``,
+  ``train/images/{cat,dog}/``, Kaggle's ``train/train/``: see :func:`_check_wrapped`), and a
+  folder named like a split but for spaces (``train ``).
 * Class folders that hold no images of their own, only folders of the same names
   (``root/{trn,tst}/{0,1,2}/``: splits under other names) are read as classes, with a
   logged warning naming them: rename them to split names if they are splits.
@@ -40,7 +43,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import alike, given_classes, near_misses
+from .fileio import alike, folded, given_classes, looks, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -265,7 +268,7 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
     for child in sorted(root.iterdir()) if root.is_dir() else []:
         if not child.is_dir() or _hidden(child.name) or os.path.realpath(child) in exclude:
             continue
-        split = SPLIT_DIRS.get(child.name.lower())
+        split = _split_of(child.name, root)
         if split is None:
             if _holds_files(child):  # an empty folder is nothing (a URL listing has none)
                 others.append(child.name)
@@ -280,6 +283,21 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
         a, b = twice[0]
         raise ValueError(f"{root} holds both {a.name!r} and {b.name!r}; keep one folder per split")
     return found
+
+
+def _split_of(name: str, where: Any) -> str | None:
+    """The split a folder ``name`` of ``where`` is (None: no split name), refusing a name
+    that is a split's but for spaces or invisible characters (``'train '``), which would be
+    read as a class holding the split's images."""
+    split = SPLIT_DIRS.get(name.lower())
+    near = folded(looks(name))
+    if split is None and near in SPLIT_DIRS:
+        raise ValueError(
+            f"{str(where)!r} holds the folder {name!r} ({name!a}), named like the split "
+            f"{near!r} but for spaces or invisible characters: it would be read as a class "
+            f"holding that split's images. Rename it to {near!r}"
+        )
+    return split
 
 
 def _holds_files(folder: Path) -> bool:
@@ -424,7 +442,7 @@ def _url_tops(
     url_twice: list[tuple[str, str]] = []
     others = []
     for name in sorted({q[0] for q in parts if len(q) > 1}):
-        split = SPLIT_DIRS.get(name.lower())
+        split = None if _hidden(name) else _split_of(name, url)
         if split is None:
             if not _hidden(name):
                 others.append(name)
@@ -528,33 +546,82 @@ def _stray_files(files: list[str], where: str, beside: str, stray: str) -> None:
     )
 
 
-def _check_wrapped(where: str, tops: list[_Top]) -> None:
-    """Refuse a dataset one folder down (``root/chest_xray/{train,val,test}/<class>``, as
-    an archive unpacks): read as is, its one "class" is the wrapping folder, every sample
-    has it, and the predefined splits are lost."""
-    if len(tops) != 1 or tops[0].split:
+def _check_wrapped(where: str, tops: list[_Top], given: list[str] | None = None) -> None:
+    """Refuse a dataset one or more folders down, which read as is would be one class
+    holding every image, its labels and splits lost:
+
+    * the root's only class folder holds split folders
+      (``root/chest_xray/{train,val,test}/<class>``, as an archive unpacks; also deeper,
+      ``root/archive/dataset/{train,test}``) or, with no images of its own, several folders
+      (``root/PetImages/{Cat,Dog}``): read the folder they are in;
+    * ``train/``'s only class folder holds, with no images of its own, several folders
+      (``train/images/{cat,dog}``, Kaggle's ``train/train/{cat,dog}``): the class folders
+      are one level down in the split.
+
+    ``given`` classes (``classes=["good"]``: one class with folders of its own) pass."""
+    if given is not None:
         return
-    t = tops[0]
-    holding = [c for c, files in t.classes.items() if files]
-    if len(holding) != 1:
-        return  # several classes, each with split folders inside: read as classes, as before
-    c = holding[0]
-    files = t.classes[c]
-    prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
-    nested = {
-        f[len(prefix) + 1 :].split("/", 1)[0]
-        for f in files
-        if f.startswith(prefix) and "/" in f[len(prefix) + 1 :]
-    }
-    found = {SPLIT_DIRS[d.lower()] for d in nested if d.lower() in SPLIT_DIRS}
-    if found and _are_splits(found, [d for d in nested if d.lower() not in SPLIT_DIRS]):
-        inner = prefix.replace(os.sep, "/")
+    has_train = any(t.split == "train" for t in tops)
+    for t in sorted(tops, key=lambda t: t.split != "train"):  # train's folders said first
+        holding = [c for c, files in t.classes.items() if files]
+        if len(holding) != 1:
+            continue  # several classes, each with split folders inside: read as classes
+        c = holding[0]
+        if t.split and c.lower() in SPLIT_DIRS:
+            raise ValueError(
+                f"{t.where!r}: its only class folder is {c!r}, named like a split: the "
+                f"images are one folder too deep (as Kaggle's {t.split}/{t.split}/ unpacks), "
+                f"and read as is every {t.split} sample would be class {c!r}. Move what "
+                f"{c!r} holds up into {t.where!r} (images alone there: an unlabelled split; "
+                "labels in the file names: write a CSV of path,label for from_csv)"
+            )
+        if t.split and (has_train and t.split != "train"):
+            continue  # valid/test classes are train's (a one-class test split is no wrapper)
+        url = "://" in t.where
+        prefix = f"{t.where}/{c}" if url else os.path.join(t.where, c)
+        rest = [f[len(prefix) + 1 :].replace(os.sep, "/") for f in t.classes[c]]
+        if any(not f.startswith(prefix) for f in t.classes[c]):
+            continue
+        # the folders every image of the class lies in, then the folders at that depth
+        common = rest[0].split("/")[:-1]
+        for r in rest[1:]:
+            parts = r.split("/")[:-1]
+            k = 0
+            while k < min(len(common), len(parts)) and common[k] == parts[k]:
+                k += 1
+            common = common[:k]
+        depth = len(common)
+        below = sorted({r.split("/")[depth] for r in rest if r.count("/") > depth})
+        inner = "/".join([prefix.replace(os.sep, "/"), *common])
+        splits = [d for d in below if d.lower() in SPLIT_DIRS]
+        found = {SPLIT_DIRS[d.lower()] for d in splits}
+        shown = ", ".join(d + "/" for d in below[:5]) + (
+            f" and {len(below) - 5} more" if len(below) > 5 else ""
+        )
+        if not t.split and found and _are_splits(found, [d for d in below if d not in splits]):
+            at = f"{c!r}" if not common else f"{inner!r}"
+            raise ValueError(
+                f"{where!r}: its folder {at} holds the split folders "
+                f"{', '.join(d + '/' for d in splits)}: the dataset is "
+                f"{'one folder' if not common else f'{depth + 1} folders'} down. Read "
+                f"from_folder({inner!r}) (on the command line: daskimg ingest {inner} OUT "
+                f"...); read as is, {c!r} would be one class holding every split"
+            )
+        if len(below) < 2 or any("/" not in r for r in rest):
+            continue  # images of its own, or one folder of images: one class either way
+        if not t.split:
+            raise ValueError(
+                f"{where!r}: its only class folder {c!r} holds no images of its own, only "
+                f"the folders {shown} under {inner!r}: the class folders are one level down, "
+                f"and read as is every sample would be class {c!r}. Read "
+                f"from_folder({inner!r}) (on the command line: daskimg ingest {inner} OUT "
+                f"...); if {c!r} is really the only class, pass classes=[{c!r}]"
+            )
         raise ValueError(
-            f"{where!r}: its folder {c!r} holds the split folders "
-            f"{', '.join(sorted(d + '/' for d in nested if d.lower() in SPLIT_DIRS))}: the "
-            f"dataset is one folder down. Read from_folder({inner!r}) (on the command "
-            f"line: daskimg ingest {inner} OUT ...); read as is, {c!r} would be one class "
-            "holding every split"
+            f"{t.where!r}: its only class folder {c!r} holds no images of its own, only the "
+            f"folders {shown} under {inner!r}: the class folders are a level too deep, and "
+            f"read as is every {t.split} sample would be class {c!r}. Move the folders in "
+            f"{inner!r} up into {t.where!r} (and so in the other split folders)"
         )
 
 
@@ -644,13 +711,16 @@ def _check_split_classes(tops: list[_Top]) -> None:
     for t in tops:
         if t is train or t.direct:
             continue
-        extra = sorted(c for c, files in t.classes.items() if files and c not in train.classes)
+        # a class train has no image of (an empty folder there) is one it cannot learn
+        extra = sorted(c for c, files in t.classes.items() if files and not train.classes.get(c))
         if not extra:
             continue
+        empty = [c for c in extra if c in train.classes]
         raise ValueError(
             f"{t.where!r} holds class folder(s) that {train.where!r} does not: "
             f"{', '.join(repr(c) for c in extra)}"
-            + near_misses(extra, train.classes, "in train/")
+            + (f" ({', '.join(repr(c) for c in empty)} empty in train/)" if empty else "")
+            + near_misses(extra, [c for c, f in train.classes.items() if f], "in train/")
             + ". A model trained on train/ has no such class. If the images there are "
             "unlabelled, put them directly in the split folder (an unlabelled split); if the "
             "folders are misnamed, rename them; else pass exclude= to leave them out"
@@ -673,11 +743,12 @@ def _split_alone_classes(
     root, tops = parent
     train = next((t for t in tops if t.split == "train"), None)
     if train is not None and train.classes:
-        extra = sorted(c for c, files in top.classes.items() if files and c not in train.classes)
+        extra = sorted(c for c, files in top.classes.items() if files and not train.classes.get(c))
         if extra:
             raise ValueError(
-                f"{where!r} holds class folder(s) that {train.where!r} beside it does not: "
-                f"{', '.join(repr(c) for c in extra)}. A model trained on train/ has no such "
+                f"{where!r} holds class folder(s) that {train.where!r} beside it "
+                f"does not: {', '.join(repr(c) for c in extra)}. A model trained on train/ "
+                "has no such "
                 "class. Rename or remove them, or pass classes= (all class names, in index "
                 "order) to read this split as it is"
             )
@@ -778,7 +849,7 @@ def _assemble(
 
     ``given``: the classes in index order (every class folder must be one of them)."""
     _stray_files(loose, where, "split folders", stray)
-    _check_wrapped(where, tops)
+    _check_wrapped(where, tops, given)
     _warn_nested_alike(where, tops)
     labelled = []
     for t in tops:
@@ -790,6 +861,15 @@ def _assemble(
             t.direct = []
         if not t.direct:
             labelled.append(t)
+    bare = [t.where for t in tops if t.split and not t.direct and not any(t.classes.values())]
+    if bare:
+        logger.warning(
+            "from_folder(%r): the split folder(s) %s hold no images, so the set has no such "
+            "split (split() leaves it out, ingest writes no store for it); put its images "
+            "there, or remove the folder if that is what you want",
+            where,
+            ", ".join(repr(b) for b in bare),
+        )
     _check_same_looking(tops)
     _check_split_classes(tops)
     _warn_split_named_classes(where, tops)
@@ -814,6 +894,19 @@ def _assemble(
             "remove the folders if that is not what you want",
             where,
             ", ".join(repr(c) for c in empty),
+        )
+    numbers = [c for c in classes if c.isdecimal()]
+    if given is None and len(numbers) > 1 and numbers != sorted(numbers, key=int):
+        moved = [c for i, c in enumerate(classes) if c.isdecimal() and c != str(i)][:3]
+        logger.warning(
+            "from_folder(%r): class folders named by numbers are numbered in text order, as "
+            "ImageFolder does (%s): folder %s is not index %s. Pass classes=%r to number them "
+            "by their value",
+            where,
+            ", ".join(f"{c!r} -> {i}" for i, c in enumerate(classes) if c in moved),
+            repr(moved[0]),
+            moved[0],
+            sorted(classes, key=lambda c: (not c.isdecimal(), int(c) if c.isdecimal() else 0, c)),
         )
     index = {c: i for i, c in enumerate(classes)}
     files: list[str] = []
@@ -902,7 +995,9 @@ def from_folder(
         The class names in index order, e.g. the training split's (``train.classes``), so
         that another split read on its own numbers its classes as training did. Every
         class folder must be one of them; classes without a folder have no samples.
-        Default: the sorted class folders, except for a split folder read on its own
+        Default: the class folders sorted as text (folders ``0`` .. ``10`` give ``'0', '1',
+        '10', '2', ...``, so folder ``2`` is index 3, as with torchvision's ``ImageFolder``;
+        that is logged: pass ``classes=`` to number them otherwise), except for a split folder read on its own
         (``from_folder("data/valid")`` beside ``data/train``): it takes the classes that
         reading ``data`` gives its splits (the class folders of every split), so that
         ``valid/`` missing a class does not shift the indices of the classes after it; a
