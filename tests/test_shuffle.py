@@ -243,8 +243,38 @@ def test_even_repeats_with_one_worker_are_bounded_as_documented(layout: dict) ->
             group_size = np.isin(s[:own] // length, last).sum()
             most = max(Counter(s.tolist()).values())
             assert most <= 1 + -(-len(pad) // group_size)
-            if length in np.diff(chunk_bounds(layout["num_samples"], length))[last]:
-                assert most <= 2  # the last group holds a full chunk
+            if own >= length:
+                # the last group holds a full chunk (one that is only the short final chunk
+                # is mixed with the group before it): no sample comes more than twice
+                assert most <= 2
+
+
+@PROPERTY
+@given(layouts.filter(lambda lay: lay["shuffle"]))
+def test_even_repeats_with_workers_are_bounded_as_documented(layout: dict) -> None:
+    for workers, own in zip(consumer_plans(layout, even=True), own_counts(layout), strict=True):
+        s = streams(workers)
+        if own >= layout["chunk_len"] and len(s):
+            assert max(Counter(s.tolist()).values()) <= (2 if len(workers) == 1 else 3)
+
+
+def test_even_never_repeats_a_short_final_chunk_a_chunks_worth_of_times() -> None:
+    # 49 samples in chunks of 16 on 2 ranks, one chunk per group: rank 1 holds a full chunk
+    # and the 1-sample final chunk, 17 samples, and pads to 32. Its last group was that one
+    # sample alone, yielded 16 times every epoch; it is now mixed with the group before it
+    for epoch in range(4):
+        for workers in (1, 2):
+            got = np.concatenate(
+                [
+                    stream(
+                        plan_epoch(49, 16, batch_size=8, buffer_chunks=1, epoch=epoch, even=True,
+                                   consumer=1, num_consumers=2, worker=w, num_workers=workers)
+                    )
+                    for w in range(workers)
+                ]
+            )  # fmt: skip
+            assert len(got) == 32 and 48 in got
+            assert max(Counter(got.tolist()).values()) <= 2
 
 
 # -- batches and groups ---------------------------------------------------------------------------
@@ -272,8 +302,8 @@ def test_a_batch_needs_only_its_group_and_the_one_before(layout: dict, flags: di
             sizes = [len(g) for g in p.groups]
             assert all(s == per_group for s in sizes[:-1])
             # drop_last mixes a last group it would drop whole, holding the short final
-            # chunk, into the one before
-            short = flags["drop_last"] and layout["num_samples"] % length
+            # chunk, into the one before; so does even a last group too small for its repeats
+            short = (flags["drop_last"] or flags["even"]) and layout["num_samples"] % length
             assert all(0 < s <= (2 * per_group if short else per_group) for s in sizes[-1:])
             last = p.group_of_batch()
             assert last.dtype == np.int64

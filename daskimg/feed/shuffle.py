@@ -348,17 +348,21 @@ def plan_epoch(
     the only consumer with ``ceil(C / n)`` chunks. It depends on ``N``, ``chunk_len`` and ``n``
     only, so every consumer computes it alone. A consumer whose chunks hold ``c < M`` samples
     yields them, then ``M - c`` repeats: a worker whose run reaches past ``c`` repeats its last
-    group's samples, cyclically in that group's mixed order (data still in memory); a worker
-    whose run lies wholly past ``c`` repeats the consumer's last ``buffer_chunks`` chunks. A
-    consumer with no chunks (only when ``C < n``) repeats the order's first chunk. So, without
-    ``drop_last``:
+    group's samples, cyclically in that group's mixed order (data still in memory). A last
+    group smaller than its repeats (the short final chunk alone, or the end of the chunk a
+    worker's run starts in) is mixed with the group before it, or, for a worker whose run is
+    that group alone, loaded whole with up to ``buffer_chunks`` of the consumer's chunks
+    before it, whose samples serve as repeats only. A worker whose run lies wholly past
+    ``c`` repeats the consumer's last ``buffer_chunks`` chunks (one more when the short
+    final chunk is among them). A consumer with no chunks (only when ``C < n``) repeats the
+    order's first chunk. So, without ``drop_last``:
 
     - every sample is yielded at least once per epoch, across consumers;
     - a consumer yields at most ``chunk_len`` repeats (``M - c <= chunk_len``), an epoch at
       most ``num_consumers * chunk_len``;
-    - with one worker, within a consumer with chunks of its own, a sample is yielded at most
-      ``1 + ceil((M - c) / g)`` times, ``g`` being the size of its last group: at most twice,
-      unless that group is only the short final chunk;
+    - within a consumer holding at least a chunk's worth of samples, a sample is yielded at
+      most twice with one worker, at most three times with several (its own, a repeat of
+      the worker whose run reaches past ``c``, one of a worker wholly past it);
     - a consumer without chunks yields ``M`` distinct samples of the order's first chunk
       (so with ``C < n`` those samples also appear once per such consumer).
 
@@ -444,14 +448,31 @@ def plan_epoch(
     short_last = has_short and chunks.size > 0 and chunks[-1] == num_chunks - 1
     while drop and short_last and starts.size > 1 and size <= starts[-1]:
         starts = starts[:-1]
+    # even: repeats come from the last group; when that is too small for them (the short
+    # final chunk alone, or the end of a chunk where this worker's run starts: one sample
+    # repeated up to a chunk's worth of times every epoch), it is mixed and repeated with
+    # the group before it, or, with none, with the consumer's chunks before this run
+    if starts.size > 1 and samples.size - starts[-1] < size - samples.size:
+        starts = starts[:-1]
     samples = mix(samples, starts, key)
     if size <= samples.size:
         stream = samples[:size]
     elif samples.size:  # even: repeats of the last group, still in memory
         last = samples[starts[-1] :]
-        stream = np.concatenate([samples, last[np.arange(size - samples.size) % last.size]])
+        need = size - samples.size
+        if starts.size == 1 and last.size < need and own > samples.size:
+            # this worker's whole run (one of several) is too small for its repeats: its
+            # chunks, whole, and the consumer's chunks before them are its one group, the
+            # samples outside the run for the repeats only
+            i0 = int(np.flatnonzero(mine == chunks[0])[0])
+            chunks = mine[max(0, i0 - per_group) : i0 + chunks.size]
+            last = mix(chunk_samples(bounds, chunks), starts, key)
+        stream = np.concatenate([samples, last[np.arange(need) % last.size]])
     else:  # even, a run of repeats only: the consumer's last chunks (none: the order's first)
-        chunks = mine[-per_group:] if own else order[:1]
+        take = per_group
+        if own and take < mine.size and bounds[mine[-1] + 1] - bounds[mine[-take]] < size:
+            take += 1  # the short final chunk is among them: one more, so none repeats often
+        chunks = mine[-take:] if own else order[:1]
         starts = np.zeros(1, dtype=np.int64)
         pool = mix(chunk_samples(bounds, chunks), starts, key)
         stream = pool[(start - own + np.arange(size)) % pool.size]
