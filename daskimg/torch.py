@@ -251,6 +251,7 @@ class TorchDataset(IterableDataset):
         self._it: BatchIterator | None = None  # this process's iterator, kept across epochs
         self._it_key: tuple[int, ...] | None = None
         self._gen: Generator[tuple[Any, ...], None, None] | None = None
+        self._iteration = 0  # iter() calls in this process: which iteration is the latest
         self._resume: dict[str, Any] | None = None  # a state to continue from
         self._captured: tuple[int, int] | None = None  # (rank, world) of the pickling process
         self._pickled_by: int | None = None
@@ -323,6 +324,7 @@ class TorchDataset(IterableDataset):
             with contextlib.suppress(ValueError):  # ValueError: it runs in another thread
                 self._gen.close()
             self._gen = None
+        self._iteration += 1  # an earlier iteration asked for another batch now fails loudly
         it, slot = self._iterator()
         table = self._table()
         passed = False
@@ -373,7 +375,32 @@ class TorchDataset(IterableDataset):
             # never ask it for a batch, and its count would lag its siblings' for good
             it.set_epoch(table.take(slot))
             self._gen = self._batches(it)
-        return self._gen
+        return self._guarded(self._gen, self._iteration, it.epoch)
+
+    def _guarded(
+        self, inner: Generator[tuple[Any, ...], None, None], iteration: int, epoch: int
+    ) -> Generator[tuple[Any, ...], None, None]:
+        """``inner``'s batches while this is the dataset's latest iteration: one that a later
+        ``iter()`` of the same dataset in this process cut short (``next(iter(loader))`` to
+        look at a batch mid-epoch, the same dataset as the validation loader with no
+        workers) raises when asked for its next batch, instead of ending its epoch early."""
+        served = 0
+        while True:
+            if self._iteration != iteration:
+                raise RuntimeError(
+                    f"TorchDataset: this iteration (epoch {epoch}, {served} batches in) was "
+                    "cut short: the same TorchDataset was iterated again while it ran (e.g. "
+                    "next(iter(loader)) to look at a batch, or the dataset given as another "
+                    "DataLoader's too), and in one process (num_workers=0) a TorchDataset "
+                    "reads one iteration at a time; the rest of this epoch would be lost. "
+                    "Make a second TorchDataset for the other iteration"
+                )
+            try:
+                batch = next(inner)
+            except StopIteration:
+                return
+            served += 1
+            yield batch
 
     def _started(
         self, it: BatchIterator, table: _Epochs, slot: int, epoch: int

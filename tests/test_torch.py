@@ -80,6 +80,29 @@ def _draws(batch, rng):
 
 
 # -- one process, DataLoader workers ----------------------------------------------------------
+def test_a_second_iteration_without_workers_cuts_nothing_short_silently(store, stored):
+    # next(iter(loader)) to look at a batch mid-epoch (or the same dataset as Lightning's
+    # validation loader, with val_check_interval) closed the running iteration: the epoch
+    # ended after 5 of 11 batches, without a word
+    ds = TorchDataset(store, batch_size=10, arrays=("images", "index"))
+    loader = DataLoader(ds, batch_size=None)
+    ds.set_epoch(0)
+    running = iter(loader)
+    first = [next(running)[1].numpy() for _ in range(3)]
+    _same(first, _expected(0, batch_size=10, seed=0)[:3])  # the plan's first batches
+    peek = next(iter(loader))
+    assert len(peek[1]) == 10
+    with pytest.raises(RuntimeError, match=r"epoch 0, 3 batches in\) was cut short"):
+        next(running)
+    # a loop left with break and begun again is no cut: the first iteration is never resumed
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        for _ in loader:
+            break
+        ds.set_epoch(epoch)
+        _same(_index(loader, stored), _expected(epoch, batch_size=10, seed=0))
+
+
 @pytest.mark.parametrize("workers", [0, 1, 2, 3])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_each_sample_once_and_len_right_for_any_workers(store, stored, workers, drop_last):
