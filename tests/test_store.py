@@ -962,6 +962,38 @@ def test_verify_finds_what_plain_zarr_would_refuse(tmp_path, indexed_set):
             di.open_zarr(copy)
 
 
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(dimension_names=["a", "b"]),
+        lambda m: m.update(foo={"must_understand": True}),
+        lambda m: m.update(fill_value="abc"),
+    ],
+    ids=["dimension_names", "must_understand", "fill_value"],
+)
+def test_verify_names_array_metadata_plain_zarr_refuses(tmp_path, indexed_set, kind, edit):
+    """An array's zarr.json changed so that plain zarr (the oracle) refuses it, every
+    checksum resealed: daskimg's reader needs less of it, so verify said clean (exit 0)
+    of a store that xarray or plain zarr cannot open."""
+    import store_damage as sd
+
+    ext = ".zarr.zip" if kind == "zip" else ".zarr"
+    good = di.to_zarr(indexed_set, tmp_path / f"g{ext}", chunks=8)
+    bad = sd.write_local(
+        sd.resealed(sd.edit_json(sd.read_local(good), "images/zarr.json", edit)),
+        tmp_path / f"b{ext}",
+    )
+    store = zarr.storage.ZipStore(bad, mode="r") if kind == "zip" else zarr.storage.LocalStore(bad)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - zarr's own error, whichever it is
+        zarr.open_group(store, mode="r")["images"]
+    assert verify(good) == []
+    problems = verify(bad)
+    assert [(p.array, "plain zarr cannot open" in p.message) for p in problems] == [
+        ("images", True)
+    ]
+
+
 def test_what_a_store_cannot_hold_as_given_is_refused_before_writing(tmp_path):
     out = tmp_path / "s.zarr.zip"
     images = np.zeros((3, 4, 4, 3), np.uint8)

@@ -44,7 +44,7 @@ def info_cmd(args: argparse.Namespace) -> int:
 def verify_cmd(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..storeinfo import count_chunks, verify
+    from ..storeinfo import count_chunks, unchecked, verify
 
     opts = args.storage_options
     total = count_chunks(args.store, storage_options=opts)
@@ -56,6 +56,9 @@ def verify_cmd(args: argparse.Namespace) -> int:
         print(f"{args.store}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{args.store}: every chunk present and matching its checksum")
+    note = unchecked(args.store, storage_options=opts)
+    if note is not None:
+        print(f"note: {note}")
     return 0
 
 
