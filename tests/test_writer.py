@@ -454,6 +454,40 @@ def test_resume_checks_arguments_and_resume_false_starts_over(tmp_path):
     np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(50, 52))
 
 
+@pytest.mark.parametrize("damage", ["manifest", "tail", "rows"])
+def test_resume_refuses_damaged_staging_instead_of_dropping_or_misplacing_rows(tmp_path, damage):
+    # an unreadable writer.json (written atomically: damage, never a kill) made resume start
+    # over at 0 rows, the 13 saved ones dropped with a log line; a missing tail file gave a
+    # bare FileNotFoundError, rows raised by hand a bare broadcast ValueError at close
+    import json
+
+    path = tmp_path / "r.zarr.zip"
+    w = ArrayWriter(path, shape=(D,), dtype="float32", chunks=4, shard_chunks=2,
+                    checkpoint_every=0)  # fmt: skip
+    w.append(feats(0, 13))
+    del w
+    staging = Path(f"{path}.partial")
+    manifest = staging / "writer.json"
+    if damage == "manifest":
+        manifest.write_bytes(manifest.read_bytes()[:100])
+        said = "writer.json is damaged"
+    elif damage == "tail":
+        (tail,) = staging.glob("tail-*.bin")
+        tail.unlink()
+        said = "staged files are damaged or missing"
+    else:
+        record = json.loads(manifest.read_text())
+        record["rows"] = 15
+        manifest.write_text(json.dumps(record))
+        said = "records 15 rows, but 1 shards of 8 and 5 more"
+    with pytest.raises(di.errors.DaskImgError, match=said):
+        ArrayWriter(path, shape=(D,), dtype="float32", resume=True)
+    assert staging.is_dir()  # nothing discarded: the user decides
+    with ArrayWriter(path, shape=(D,), dtype="float32", resume=False) as w:
+        w.append(feats(0, 2))
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(0, 2))
+
+
 def test_resume_without_anything_to_resume_starts_fresh(tmp_path):
     path = tmp_path / "n.zarr"
     with ArrayWriter(path, shape=(1,), dtype="int64", resume=True) as w:

@@ -312,8 +312,47 @@ def resume(
     ``classes`` and ``split`` (``mode="w"``), when given, must be those the write started with.
     """
     manifest = read_manifest(staging)
+    if manifest is None and (staging / MANIFEST).is_file():
+        # written atomically (write_json): unreadable is damage, never a kill mid-write, and
+        # starting over would drop every row it records without a word
+        raise DaskImgError(
+            f"cannot resume the unfinished write at {str(staging)!r}: its {MANIFEST} is "
+            "damaged (not readable JSON), so the rows written so far cannot be found. Pass "
+            "resume=False to discard them and start over"
+        )
     if manifest is None or not (staging / "store").is_dir():
         return None
+    try:
+        return _resume(
+            staging, manifest, specs, pool, mode=mode, order=order, num_samples=num_samples,
+            chunks=chunks, shard_chunks=shard_chunks, codec=codec, token=token,
+            classes=classes, split=split, where=where,
+        )  # fmt: skip
+    except (OSError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise DaskImgError(
+            f"cannot resume the unfinished write at {str(staging)!r}: its staged files are "
+            f"damaged or missing ({type(e).__name__}: {e}). Pass resume=False to discard "
+            "them and start over"
+        ) from e
+
+
+def _resume(
+    staging: Path,
+    manifest: dict[str, Any],
+    specs: Mapping[str, Spec],
+    pool: ShardPool,
+    *,
+    mode: str,
+    order: str,
+    num_samples: int | None,
+    chunks: int | None,
+    shard_chunks: int | None,
+    codec: str | None,
+    token: str | None,
+    classes: Sequence[str],
+    split: str | None,
+    where: str,
+) -> tuple[dict[str, Any], Sink] | None:
     problems = []
     if manifest.get("version") not in (1, MANIFEST_VERSION):
         problems.append(f"writer format {manifest.get('version')}")
@@ -364,6 +403,13 @@ def resume(
         meta = manifest["array_meta"][name]
         shards, fill, *tail = manifest["columns"][name]
         shard_len = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        if shards * shard_len + fill != int(manifest["rows"]):
+            raise DaskImgError(
+                f"cannot resume the unfinished write at {str(staging)!r}: its {MANIFEST} "
+                f"records {manifest['rows']} rows, but {shards} shards of {shard_len} and "
+                f"{fill} more of {name!r}; it was changed by hand or is damaged. Pass "
+                "resume=False to discard the write and start over"
+            )
         meta["shape"] = [shards * shard_len, *shape]
         write_json(store / name / "zarr.json", meta)
         arr = group[name]
