@@ -272,7 +272,11 @@ def bomb_reason(exc: Exception) -> str:
 def _unidentified_reason(data: bytes) -> str:
     head = data[:16]
     if head.startswith(NPY_MAGIC) or head[:4] in TIFF_MAGICS:
-        hint = "it looks like a volume; give a 3-D size (depth, height, width) to read volumes"
+        hint = (
+            "it looks like a volume: give a 3-D size (depth, height, width) to read volumes "
+            "(a 2-D picture of floats, signed values or more than 4 channels is no image "
+            "Pillow reads either: see the message a 3-D size gives)"
+        )
     else:
         hint = "check that it is an image and was copied completely"
     return f"not an image Pillow can identify (it starts with {head!r}); {hint}"

@@ -29,18 +29,29 @@ _SIXTEEN_BIT: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _DRAFT_SCALES: Final = (8, 4, 2)
 
 
-def _is_stack(im: Image.Image, pages: int) -> bool:
-    """A multi-page TIFF whose later pages are pictures like its first (slices of a stack),
-    not smaller previews or overviews (a scanner's thumbnail, a GeoTIFF's pyramid; or
-    pages marked reduced-resolution, tag 254 bit 0), which the first page stands for."""
-    size, mode = im.size, im.mode
+def _tiff_pages(im: Image.Image, pages: int) -> tuple[bool, int]:
+    """``(is a stack, the page to read)`` of a multi-page TIFF.
+
+    A stack: two full pages alike (size and mode), slices of one volume. Otherwise the
+    other pages are previews or overviews (a scanner's or camera's thumbnail, a GeoTIFF's
+    pyramid; pages marked reduced-resolution, tag 254 bit 0) and the picture is the
+    largest full page — the first, unless a thumbnail comes first (DNG, some scanners),
+    whose upscaled pixels were read as the picture."""
+    seen: set[tuple[tuple[int, int], str]] = set()
+    best, area = 0, -1
     try:
-        for k in range(1, pages):
-            im.seek(k)
-            reduced = int(getattr(im, "tag_v2", {}).get(254, 0) or 0) & 1
-            if im.size == size and im.mode == mode and not reduced:
-                return True
-        return False
+        for k in range(pages):
+            if k:
+                im.seek(k)
+            if int(getattr(im, "tag_v2", {}).get(254, 0) or 0) & 1:
+                continue  # reduced-resolution: a preview of another page
+            key = (im.size, im.mode)
+            if key in seen:
+                return True, 0
+            seen.add(key)
+            if im.size[0] * im.size[1] > area:
+                best, area = k, im.size[0] * im.size[1]
+        return False, best
     finally:
         im.seek(0)
 
@@ -55,15 +66,19 @@ def decode_pil(
     """
     target = CHANNEL_MODES[spec.channels]
     pages = int(getattr(im, "n_frames", 1))
-    if im.format == "TIFF" and pages > 1 and _is_stack(im, pages):
-        # pages of a TIFF are slices or channels of one picture far more often than
-        # alternatives (an animated GIF/WebP is read by its first frame, as Pillow shows it)
-        raise DecodeError(
-            path,
-            f"has {pages} pages; reading it as one 2-D image would keep only the "
-            "first. A stack of slices is a volume: give a 3-D size (size=(D, H, W)), or save "
-            "the page meant as its own file",
-        )
+    if im.format == "TIFF" and pages > 1:
+        stack, page = _tiff_pages(im, pages)
+        if stack:
+            # pages of a TIFF are slices or channels of one picture far more often than
+            # alternatives (an animated GIF/WebP is read by its first frame, as Pillow shows it)
+            raise DecodeError(
+                path,
+                f"has {pages} pages; reading it as one 2-D image would keep only the "
+                "first. A stack of slices is a volume: give a 3-D size (size=(D, H, W)), or "
+                "save the page meant as its own file",
+            )
+        if page:
+            im.seek(page)
     full = im.size  # file orientation, before any draft
     scale = 1
     try:
@@ -100,6 +115,7 @@ def decode_pil(
         im = im.transpose(method)
         if orientation >= 5:
             full = (full[1], full[0])
+    im = _min_is_white(im)
     im, late = _convert(im, target, path, spec.dtype)
     im, place = _resize(im, spec, full, scale, origin)
     if late is not None:
@@ -160,17 +176,42 @@ def transposed_origin(
     }[orientation]
 
 
+def _min_is_white(im: Image.Image) -> Image.Image:
+    """A 16-bit TIFF whose 0 is white (photometric MinIsWhite, tag 262 = 0) inverted, as
+    Pillow inverts 8-bit ones itself: its raw 16-bit modes left it a negative."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None or tags.get(262) != 0 or im.mode not in _SIXTEEN_BIT:
+        return im
+    top = 2 ** (_bits(im) or 16) - 1
+    return im.convert("I").point(lambda v: top - v)
+
+
 def _convert(im: Image.Image, target: str, path: str, dtype: str) -> tuple[Image.Image, str | None]:
     """Convert to the mode to resize in; also return a mode to convert to after resizing."""
     mode = im.mode
     if mode == target:
         return im, None
+    clear = "transparency" in im.info and target == "RGBA"  # a gray value meaning transparent
+    if clear and mode in (*_SIXTEEN_BIT, "I"):
+        raise DecodeError(
+            path,
+            f"a 16-bit gray image with a transparent gray value (mode {mode!r} with "
+            "transparency) cannot keep its transparency in 4 channels here; read it with "
+            "channels=1 or 3, or save it with an alpha channel (LA or RGBA)",
+        )
     if mode in _SIXTEEN_BIT:
         # Pillow resizes little-endian I;16 natively but garbles I;16B, so widen the others
         return (im if mode == "I;16" else im.convert("I")), None
     if mode == "I":
         lo, hi = im.getextrema()
-        if lo < 0 or hi > 65535:  # type: ignore[operator]
+        if lo < 0:  # type: ignore[operator]
+            raise DecodeError(
+                path,
+                f"signed pixels (mode 'I', values {lo}..{hi}): daskimg reads unsigned 8- and "
+                "16-bit images, with no range to scale negative values from; save it "
+                "unsigned, or as a .npy volume to keep the values (read with a 3-D size)",
+            )
+        if hi > 65535:  # type: ignore[operator]
             raise DecodeError(
                 path,
                 f"unsupported mode 'I' with values {lo}..{hi}: daskimg reads 8- and 16-bit "
@@ -193,7 +234,7 @@ def _convert(im: Image.Image, target: str, path: str, dtype: str) -> tuple[Image
             "unsupported mode 'F' (32-bit floating-point pixels have no fixed range to scale "
             "from); save it as 8- or 16-bit, or as a .npy volume to keep the values",
         )
-    if mode == "L":
+    if mode == "L" and not clear:
         return im, target  # channels are copies of L: resize one, then convert (same pixels)
     if mode == "P" and "transparency" in im.info:
         # the way Pillow asks for (P -> RGB warns when transparency is a byte string)

@@ -69,8 +69,18 @@ def volume_into(path: str, out: np.ndarray, data: bytes | None = None) -> tuple[
         vol = vol[..., 0]
     if vol.ndim != 3:
         hint = ""
-        if is_tiff and vol.ndim == 2:
-            hint = " (a single page: a TIFF stack has one page per slice, unless it is truncated)"
+        if vol.ndim == 2:
+            hint = (
+                " (a single picture"
+                + (
+                    ": a TIFF stack has one page per slice, unless it is truncated"
+                    if is_tiff
+                    else ""
+                )
+                + "; a 2-D size reads it only as an 8- or 16-bit image Pillow opens: for "
+                "other values (float, signed) save it as a one-slice volume of shape "
+                "(1, H, W) and read it with size=(1, H, W))"
+            )
         raise DecodeError(
             path,
             "expected a 3-D volume (depth, height, width), or 4-D with a trailing channel "
@@ -205,11 +215,18 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
             # samples last (contiguous RGB): a photo. Samples first ("SYX") is what tifffile
             # writes for a stack of 3 or 4 slices unless told otherwise: read as slices
             if axes.endswith("S") and first.shape[-1] > 1:
+                samples = first.shape[axes.index("S")]
                 raise DecodeError(
                     path,
                     f"a color image (shape {tuple(first.shape)}, axes {axes}: "
-                    f"{first.shape[axes.index('S')]} samples per pixel), not a volume of one "
-                    "channel; give a 2-D size (height, width) to read images",
+                    f"{samples} samples per pixel), not a volume of one channel; "
+                    + (
+                        "give a 2-D size (height, width) to read images"
+                        if samples <= 4
+                        else "as an image it has more channels than the 1, 3 or 4 daskimg "
+                        "reads, so it cannot be read either way: save its channels as "
+                        "slices (a .npy of shape (C, H, W)) to read them as a volume"
+                    ),
                 )
             vol = tif.asarray(key=slice(None)) if pages else first.asarray()
         if errors:
