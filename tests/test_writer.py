@@ -488,6 +488,48 @@ def test_resume_refuses_damaged_staging_instead_of_dropping_or_misplacing_rows(t
     np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(0, 2))
 
 
+@pytest.mark.parametrize("ext", EXTS)
+def test_a_store_reached_through_a_link_is_written_where_it_is(tmp_path, ext, indexed_set):
+    # ArrayWriter(link, mode="a") replaced the link with a copy of the store holding the new
+    # column; the store the link pointed to (on a big disk) never got it
+    real = tmp_path / "big" / f"train{ext}"
+    real.parent.mkdir()
+    di.to_zarr(indexed_set, real, chunks=8)
+    link = tmp_path / f"train{ext}"
+    link.symlink_to(real)
+    n = len(indexed_set)
+    with ArrayWriter(link, name="pred", shape=(), dtype="float32", mode="a") as w:
+        w.append(np.arange(n, dtype=np.float32) / 2, index=np.arange(n))
+    assert link.is_symlink()
+    np.testing.assert_array_equal(plain_group(real)["pred"][...], np.arange(n) / 2)  # oracle
+    # so does a store written again through it
+    di.to_zarr(indexed_set, link, chunks=4, overwrite=True)
+    assert link.is_symlink() and plain_group(real)["images"].chunks[0] == 4
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_writer_never_closed_says_so_at_exit(tmp_path, closed):
+    # a script that appended every row and forgot close() exited 0 with nothing on stderr,
+    # no store and 0 rows to resume (checkpoint_every not reached)
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "p.zarr.zip"
+    script = textwrap.dedent(f"""
+        import numpy as np
+        import daskimg as di
+        w = di.ArrayWriter({str(path)!r}, shape=(), dtype="float32")
+        w.append(np.arange(23, dtype=np.float32))
+        {"w.close()" if closed else ""}
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert path.exists() == closed  # the oracle: whether a store was published
+    said = "was never closed: its 23 rows are in no store (0 saved at its last checkpoint"
+    assert (said in run.stderr) == (not closed), run.stderr
+
+
 def test_resume_without_anything_to_resume_starts_fresh(tmp_path):
     path = tmp_path / "n.zarr"
     with ArrayWriter(path, shape=(1,), dtype="int64", resume=True) as w:

@@ -105,6 +105,10 @@ class Location:
             )
         local = local_path(text) or text
         target = os.path.abspath(local).rstrip("/")
+        if os.path.islink(target):
+            # a store reached through a link (train.zarr.zip -> /mnt/big/...): written where
+            # it is, not by replacing the link with a copy the real store never sees
+            target = os.path.realpath(target)
         return cls(target, store_kind(target), None)
 
     @property

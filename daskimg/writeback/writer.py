@@ -57,6 +57,7 @@ import contextlib
 import errno
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -279,9 +280,21 @@ class ArrayWriter:
             self._abandon()
 
     def __del__(self) -> None:
-        # never finalise here (the rows may be incomplete); just release the lock
+        # never finalise here (the rows may be incomplete); just release the lock, and say so
+        # when rows were appended and never closed: they are in no store
         with contextlib.suppress(Exception):
+            unclosed = not self._write.closed and self.num_rows > 0
             self._write.release()
+            if unclosed:
+                durable = self.durable_rows
+                warnings.warn(
+                    f"ArrayWriter({self.target!r}) was never closed: its {self.num_rows} rows "
+                    f"are in no store ({durable} saved at its last checkpoint, which "
+                    "ArrayWriter(..., resume=True) continues from; the rest are lost). Call "
+                    "close() when done, or write in a `with ArrayWriter(...) as w:` block",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def missing(self) -> np.ndarray:
         """Store indices of the samples that have no row yet (int64, ascending).
