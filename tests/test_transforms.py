@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 
 from daskimg.transforms import compose, random_crop, random_flip
 
@@ -278,7 +279,7 @@ def test_the_feed_takes_box_named_arrays_of_a_dict_for_boxes():
 
     yxyx = da.from_array(b["bbox"][:, [1, 0, 3, 2]] + 100, chunks=(4, 4))
     lazy = {"images": b["images"], "gt_boxes": yxyx}
-    with pytest.raises(ValueError, match=r"named with 'box' count as boxes: rename one"):
+    with pytest.raises(ValueError, match=r"named with 'box' count as boxes where .* rename one"):
         di.BatchIterator(lazy, batch_size=4, arrays=("images", "gt_boxes"), transform=random_flip())
     fed = [
         g
@@ -287,3 +288,27 @@ def test_the_feed_takes_box_named_arrays_of_a_dict_for_boxes():
         )
     ]
     np.testing.assert_array_equal(np.concatenate(fed), yxyx.compute())
+
+
+def test_boxes_written_back_to_a_store_move_with_a_flip_or_are_refused(tmp_path):
+    # predicted boxes added with ArrayWriter(mode="a") are not among the store's declared
+    # boxes: a flip moved the pixels and handed the boxes out where they were
+    import daskimg as di
+
+    b = _batch(n=12)
+    store = di.to_zarr(di.ImageSet(b["images"], b["labels"] % 3, classes=["a", "b", "c"]),
+                       tmp_path / "s.zarr.zip", chunks=4)  # fmt: skip
+    with di.ArrayWriter(store, name="pred_boxes", shape=(4,), dtype="float32", mode="a") as wr:
+        wr.append(b["bbox"].astype(np.float32), index=np.arange(12))
+    fed = ("images", "pred_boxes", "index")
+    with pytest.raises(ValueError, match=r"not the boxes \['pred_boxes'\]"):
+        di.BatchIterator(store, batch_size=4, arrays=fed, transform=random_flip(p=1.0))
+    t = random_flip(p=1.0, boxes=("pred_boxes",))
+    plain = zarr.open_group(zarr.storage.ZipStore(store, mode="r"), mode="r")
+    stored, pixels = plain["pred_boxes"][...], plain["images"][...]  # the oracle: plain zarr
+    w = pixels.shape[2]
+    for images, boxes, index in di.BatchIterator(store, batch_size=4, arrays=fed, transform=t):
+        np.testing.assert_array_equal(images, pixels[index][:, :, ::-1])
+        given = stored[index]
+        flipped = np.stack([w - given[:, 2], given[:, 1], w - given[:, 0], given[:, 3]], 1)
+        np.testing.assert_array_equal(boxes, flipped)

@@ -110,8 +110,9 @@ def check_transform(
                 f"batches hold: they would be handed out where the pixels were. Give them to it "
                 f"({fix}), or leave them out of arrays="
                 + (
-                    ". (A dict's (N, 4) arrays named with 'box' count as boxes: rename one "
-                    "that holds something else)"
+                    ". ((N, 4) arrays named with 'box' count as boxes where the source does "
+                    "not say which are: a dict's, or a store's column written back with "
+                    "ArrayWriter; rename one that holds something else)"
                     if set(left_boxes) & set(guessed)
                     else ""
                 )

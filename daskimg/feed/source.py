@@ -76,7 +76,12 @@ class FeedSource:
                 )
             arrays = source.arrays
             self.attrs = source.attrs
-            self.boxes = tuple(source.boxes)
+            # (N, 4) arrays named as boxes that the set does not declare (predicted boxes
+            # written back with ArrayWriter) count as boxes, as a dict's do
+            self.guessed_boxes = tuple(
+                n for n, a in arrays.items() if n not in source.boxes and _box_named(n, a)
+            )
+            self.boxes = (*source.boxes, *self.guessed_boxes)
             # lazy box columns checked as they are computed, as to_zarr checks them: not
             # those decoded with the files (checked against their sources there)
             unchecked = [b for b in self.boxes if not source.is_from_files(b)]
@@ -91,9 +96,7 @@ class FeedSource:
             # gt_boxes) count as such, so a flip or crop must be told to move them (their
             # values are the caller's: not checked as a set's declared boxes are)
             self.boxes = self.guessed_boxes = tuple(
-                n
-                for n, a in arrays.items()
-                if "box" in str(n).lower() and len(getattr(a, "shape", ())) == 2 and a.shape[1] == 4
+                n for n, a in arrays.items() if _box_named(n, a)
             )
         elif isinstance(source, (tuple, list)):
             arrays = {
@@ -305,3 +308,9 @@ def _chunks_of(n: int, chunk_len: int) -> tuple[int, ...]:
 def _regular_chunk_len(a: da.Array) -> int:
     # the first block that holds samples (x[mask] may leave the first ones empty)
     return next((int(c) for c in a.chunks[0] if c), 1)
+
+
+def _box_named(name: Any, array: Any) -> bool:
+    """An ``(N, 4)`` array whose name says boxes (``bbox``, ``gt_boxes``, ``pred_boxes``)."""
+    shape = getattr(array, "shape", ())
+    return "box" in str(name).lower() and len(shape) == 2 and shape[1] == 4
