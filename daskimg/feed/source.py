@@ -312,5 +312,5 @@ def _regular_chunk_len(a: da.Array) -> int:
 
 def _box_named(name: Any, array: Any) -> bool:
     """An ``(N, 4)`` array whose name says boxes (``bbox``, ``gt_boxes``, ``pred_boxes``)."""
-    shape = getattr(array, "shape", ())
+    shape: tuple[int, ...] = tuple(getattr(array, "shape", ()))
     return "box" in str(name).lower() and len(shape) == 2 and shape[1] == 4
