@@ -22,7 +22,7 @@ from .store.format import (
     required_arrays,
 )
 from .store.location import Location
-from .store.open import open_store
+from .store.open import missing_error, open_store
 from .store.reader import StoreReader
 
 __all__ = ["Problem", "info", "unchecked", "verify"]
@@ -64,7 +64,7 @@ def verify(
     try:
         reader = StoreReader(loc.open())
     except FileNotFoundError:
-        raise FileNotFoundError(f"no store at {loc.target!r}") from None
+        raise missing_error(loc) from None  # an unfinished write there is named, as open_zarr does
     except DaskImgError as e:
         return [_damage("(store)", -1, e)]
     try:

@@ -133,12 +133,27 @@ def test_bad_path_names():
 
 
 def test_second_writer_refused(tmp_path, indexed_set):
+    import subprocess
+    import sys
+
     path = str(tmp_path / "t.zarr.zip")
     with (
         write_lock(os.path.abspath(path)),
-        pytest.raises(StoreLockedError, match="another process"),
+        pytest.raises(StoreLockedError, match="this process is writing"),
     ):
         di.to_zarr(indexed_set, path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from daskimg.store.location import write_lock\n"
+         f"with write_lock({os.path.abspath(path)!r}):\n print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLockedError, match="another process is writing"):
+            di.to_zarr(indexed_set, path)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])

@@ -372,7 +372,8 @@ def test_empty_writer_is_refused_and_leaves_nothing(tmp_path):
 def test_second_writer_is_refused(tmp_path):
     path = tmp_path / "s.zarr.zip"
     with ArrayWriter(path, shape=(2,), dtype="float32") as w:
-        with pytest.raises(StoreLockedError, match="another process is writing"):
+        # in this very process (a notebook cell run again): said so, not "another process"
+        with pytest.raises(StoreLockedError, match=r"this process is writing .* already"):
             ArrayWriter(path, shape=(2,), dtype="float32")
         w.append(np.ones((3, 2)))
     assert len(di.open_zarr(path)) == 3
@@ -528,6 +529,38 @@ def test_a_writer_never_closed_says_so_at_exit(tmp_path, closed):
     assert path.exists() == closed  # the oracle: whether a store was published
     said = "was never closed: its 23 rows are in no store (0 saved at its last checkpoint"
     assert (said in run.stderr) == (not closed), run.stderr
+
+
+def test_a_writer_of_another_column_keeps_an_unfinished_write_of_one(tmp_path, indexed_set):
+    # the staging folder is the store's: a quick writer of another column (mode="a") threw
+    # away a long write's 15 checkpointed rows, said in a log line only
+    store = di.to_zarr(indexed_set, tmp_path / "s.zarr.zip", chunks=8)
+    n = len(indexed_set)
+    w = ArrayWriter(store, name="pred", shape=(), dtype="float32", mode="a", checkpoint_every=0)
+    w.append(np.arange(15, dtype=np.float32), index=np.arange(15))
+    w._abandon()  # a job stopped: its checkpoint stays
+    with pytest.raises(di.errors.StoreExistsError, match=r"unfinished write of \['pred'\] with 15"):
+        ArrayWriter(store, name="brightness", shape=(), dtype="float32", mode="a")
+    with ArrayWriter(store, name="pred", shape=(), dtype="float32", mode="a", resume=True) as w:
+        assert len(w) == 15
+        w.append(np.arange(15, n, dtype=np.float32), index=np.arange(15, n))
+    with ArrayWriter(store, name="brightness", shape=(), dtype="float32", mode="a") as w:
+        w.append(np.ones(n, np.float32), index=np.arange(n))
+    g = plain_group(store)  # the oracle: plain zarr
+    np.testing.assert_array_equal(g["pred"][...], np.arange(n))
+    np.testing.assert_array_equal(g["brightness"][...], np.ones(n))
+
+
+def test_verify_of_an_unfinished_new_store_names_its_write(tmp_path):
+    # verify said only "no store at ...", where open_zarr names the write and resume=True
+    path = tmp_path / "u.zarr.zip"
+    w = ArrayWriter(path, shape=(D,), dtype="float32", checkpoint_every=0)
+    w.append(feats(0, 3))
+    w._abandon()
+    with pytest.raises(IncompleteStoreError, match=r"never finished.*resume=True"):
+        verify(path)
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        verify(tmp_path / "none.zarr.zip")
 
 
 def test_resume_without_anything_to_resume_starts_fresh(tmp_path):

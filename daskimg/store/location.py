@@ -397,7 +397,17 @@ def write_lock(path: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            try:
+                holder = os.pread(fd, 32, 0).decode().strip()
+            except (OSError, UnicodeDecodeError):
+                holder = ""
             os.close(fd)
+            if holder == str(owner):
+                raise StoreLockedError(
+                    f"this process is writing {path!r} already (it holds {lock_path!r}): an "
+                    "ArrayWriter not closed yet, e.g. one made in an earlier notebook cell or "
+                    "another thread. Close that one (w.close()) and run again"
+                ) from None
             raise StoreLockedError(
                 f"another process is writing {path!r} (it holds {lock_path!r}); wait for it to "
                 "finish, or stop it and run again"

@@ -25,7 +25,7 @@ from .layout import ArrayLayout
 from .location import Location
 from .reader import StoreReader
 
-__all__ = ["OpenedStore", "lazy_array", "open_store", "open_zarr", "read_attrs"]
+__all__ = ["OpenedStore", "lazy_array", "missing_error", "open_store", "open_zarr", "read_attrs"]
 
 #: arrays read at open as numpy (small, and what ImageSet keeps in memory)
 EAGER = ("labels", "paths")
@@ -45,7 +45,8 @@ class OpenedStore:
         return None if self.location.is_url else self.location.target
 
 
-def _missing(loc: Location) -> Exception:
+def missing_error(loc: Location) -> Exception:
+    """The error for no store at ``loc``: an unfinished write there is named, with what to do."""
     staging = loc.unfinished()
     if staging is None:
         return FileNotFoundError(f"no store at {loc.target!r}")
@@ -79,7 +80,7 @@ def open_store(
     try:
         source = loc.open()
     except FileNotFoundError:
-        raise _missing(loc) from None
+        raise missing_error(loc) from None
     reader = StoreReader(source)
     attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=check_complete)
     layouts = check_arrays(reader, attrs)

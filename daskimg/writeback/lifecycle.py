@@ -97,6 +97,7 @@ def start(
             logger.info("resumed %s with %d rows", plan.target, sink.rows)
             return Started(manifest, sink, num_samples, classes)
     if plan.staging.exists():
+        _keep_another_write(plan)
         why = "it has no checkpoint to resume from" if resume else "resume=False"
         logger.warning("discarding the unfinished write at %s (%s)", plan.staging, why)
     remove_path(str(plan.staging))
@@ -108,6 +109,25 @@ def start(
         split=plan.split, token=token, where=repr(plan.target),
     )  # fmt: skip
     return Started(manifest, sink, num_samples, classes)
+
+
+def _keep_another_write(plan: Plan) -> None:
+    """Refuse to discard an unfinished write of other arrays with rows saved: the staging
+    folder is the store's, so a quick writer of another column (``mode="a"``) threw away a
+    long one's checkpointed rows with a log line."""
+    manifest = staging.read_manifest(plan.staging)
+    if manifest is None or plan.mode != "a" or manifest.get("mode") != "a":
+        return  # a new store's write started over with other arrays: that one is obsolete
+    theirs = sorted(manifest.get("arrays") or {})
+    rows = manifest.get("rows")
+    if theirs == sorted(plan.specs) or not isinstance(rows, int) or rows <= 0:
+        return  # the same write started over (resume=False), or nothing saved
+    raise StoreExistsError(
+        f"{plan.target!r} has an unfinished write of {theirs} with {rows} rows saved (in "
+        f"{str(plan.staging)!r}); writing {sorted(plan.specs)} now would discard it. Finish "
+        "it first (ArrayWriter(..., resume=True) with its arrays, then close()), or remove "
+        "that folder to discard it"
+    )
 
 
 def _finished_local_copy(plan: Plan, num_samples: int | None, classes: tuple[str, ...]) -> Started:
