@@ -1124,6 +1124,14 @@ def test_masked_values_and_torch_views_numpy_cannot_take(tmp_path):
             w.append(np.ma.array([0.9, 123.0, 0.7], mask=[0, 1, 0]))
         w.append(np.ma.array([0.9, 123.0, 0.7], mask=[0, 0, 0]))  # nothing masked: its values
         w.append(torch._neg_view(torch.tensor([1.0, 2.0])))
+        # tensors numpy cannot take: named, with what to give (torch's bare errors before)
+        for bad in (
+            torch.zeros(2, dtype=torch.bfloat16),
+            torch.zeros(2, device="meta"),
+            [torch.zeros((), requires_grad=True), torch.zeros((), requires_grad=True)],
+        ):
+            with pytest.raises(TypeError, match=r"score: cannot convert the batch .* on the CPU"):
+                w.append(bad)
     np.testing.assert_allclose(di.open_zarr(path).arrays["score"], [0.9, 123.0, 0.7, -1.0, -2.0])
 
 

@@ -190,9 +190,13 @@ def coerce(name: str, value: Any, spec: Spec, classes: Sequence[str]) -> np.ndar
         return coerce_text(name, value)
     try:
         arr = as_numpy(value)
-    except TypeError as e:  # e.g. a bfloat16 tensor, which numpy has no type for
+    except (TypeError, NotImplementedError, RuntimeError) as e:
+        # a bfloat16 tensor (numpy has no such type), a tensor on the meta device, a list of
+        # tensors that require grad (numpy() refuses them one by one)
         raise TypeError(
-            f"{name}: cannot convert the batch to numpy ({e}); cast it to {dtype} first"
+            f"{name}: cannot convert the batch to numpy ({type(e).__name__}: {e}); give one "
+            f"tensor or array on the CPU (e.g. torch.stack(rows).detach().cpu()) cast to "
+            f"{dtype}"
         ) from e
     except ValueError as e:  # a masked array with masked values
         raise ValueError(f"{name}: {e}") from None
