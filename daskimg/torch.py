@@ -9,6 +9,7 @@ import contextlib
 import logging
 import numbers
 import os
+import sys
 import warnings
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
@@ -252,6 +253,7 @@ class TorchDataset(IterableDataset):
         self._it_key: tuple[int, ...] | None = None
         self._gen: Generator[tuple[Any, ...], None, None] | None = None
         self._iteration = 0  # iter() calls in this process: which iteration is the latest
+        self._finished = -1  # the latest earlier iteration that had handed out every batch
         self._resume: dict[str, Any] | None = None  # a state to continue from
         self._captured: tuple[int, int] | None = None  # (rank, world) of the pickling process
         self._pickled_by: int | None = None
@@ -321,6 +323,9 @@ class TorchDataset(IterableDataset):
         # not a generator function: the epoch is settled (and a resumed state applied) when the
         # DataLoader calls iter(), before any batch is asked for, in every worker
         if self._gen is not None:  # an earlier iteration (maybe the parent's, forked) unfinished
+            with contextlib.suppress(Exception):  # (a state it cannot give: not finished)
+                if self._it is not None and self._it.state_dict()["batch"] >= len(self._it):
+                    self._finished = self._iteration  # all batches out: its next() just ends
             with contextlib.suppress(ValueError):  # ValueError: it runs in another thread
                 self._gen.close()
             self._gen = None
@@ -387,6 +392,8 @@ class TorchDataset(IterableDataset):
         served = 0
         while True:
             if self._iteration != iteration:
+                if self._finished == iteration:
+                    return  # it had handed out every batch: nothing was cut short
                 raise RuntimeError(
                     f"TorchDataset: this iteration (epoch {epoch}, {served} batches in) was "
                     "cut short: the same TorchDataset was iterated again while it ran (e.g. "
@@ -395,12 +402,34 @@ class TorchDataset(IterableDataset):
                     "reads one iteration at a time; the rest of this epoch would be lost. "
                     "Make a second TorchDataset for the other iteration"
                 )
+            if not served:
+                self._check_not_batched_again(sys._getframe(1))
             try:
                 batch = next(inner)
             except StopIteration:
                 return
             served += 1
             yield batch
+
+    def _check_not_batched_again(self, caller: Any) -> None:
+        """Refuse a DataLoader that batches the dataset's batches again: its default
+        ``batch_size=1`` gave ``(1, B, ...)`` tensors (a model then failed far from the
+        cause), ``batch_size=4`` stacked four batches into one, without a word."""
+        if caller is None or caller.f_code.co_name != "fetch":
+            return
+        if f"{os.sep}torch{os.sep}" not in caller.f_code.co_filename:
+            return
+        fetcher = caller.f_locals.get("self")
+        if not getattr(fetcher, "auto_collation", False):
+            return
+        index = caller.f_locals.get("possibly_batched_index")
+        size = len(index) if hasattr(index, "__len__") else "a batch_size"
+        raise ValueError(
+            f"the DataLoader batches this TorchDataset's batches again (its batch_size={size} "
+            f"would stack that many batches of {self._kw['batch_size']} into one, "
+            f"({size}, {self._kw['batch_size']}, ...)): a TorchDataset yields whole batches. "
+            "Pass batch_size=None to the DataLoader: DataLoader(ds, batch_size=None, ...)"
+        )
 
     def _started(
         self, it: BatchIterator, table: _Epochs, slot: int, epoch: int

@@ -816,6 +816,12 @@ def test_a_tiff_whose_first_page_is_a_thumbnail_reads_the_full_page(tmp_path, re
         want = np.asarray(im.convert("L"))
     got = decode_file(path, DecodeSpec((24, 30), channels=1))
     np.testing.assert_array_equal(got[..., 0], want)
+    # previews alike beside the picture (not marked reduced) are no stack: the picture reads
+    both = tmp_path / "two_previews.tif"
+    tifffile.imwrite(both, full)
+    tifffile.imwrite(both, thumb, append=True)
+    tifffile.imwrite(both, thumb, append=True)
+    np.testing.assert_array_equal(decode_file(both, DecodeSpec((24, 30), channels=1))[..., 0], full)
 
 
 def test_a_16bit_min_is_white_tiff_is_inverted_as_an_8bit_one_is(tmp_path):

@@ -80,6 +80,21 @@ def _draws(batch, rng):
 
 
 # -- one process, DataLoader workers ----------------------------------------------------------
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("size", [{}, {"batch_size": 4}])
+def test_a_dataloader_batching_the_batches_again_is_refused(store, workers, size):
+    # DataLoader's default batch_size=1 gave (1, 10, ...) tensors (a model then failed far
+    # from the cause); batch_size=4 with no workers stacked 4 batches into one, silently
+    ds = TorchDataset(store, batch_size=10, arrays=("images", "index"))
+    loader = DataLoader(ds, num_workers=workers, **size)
+    with pytest.raises(
+        ValueError, match=r"batches this TorchDataset's batches again.*batch_size=None"
+    ):
+        next(iter(loader))
+    got = next(iter(DataLoader(ds, batch_size=None, num_workers=workers)))
+    assert got[0].shape[0] == 10 and got[1].shape == (10,)
+
+
 def test_a_second_iteration_without_workers_cuts_nothing_short_silently(store, stored):
     # next(iter(loader)) to look at a batch mid-epoch (or the same dataset as Lightning's
     # validation loader, with val_check_interval) closed the running iteration: the epoch
@@ -94,6 +109,15 @@ def test_a_second_iteration_without_workers_cuts_nothing_short_silently(store, s
     assert len(peek[1]) == 10
     with pytest.raises(RuntimeError, match=r"epoch 0, 3 batches in\) was cut short"):
         next(running)
+    # an iteration that handed out its last batch is no cut either: the same dataset read
+    # again then (an evaluation at the end of the epoch) lets the loop end normally
+    ds.set_epoch(3)
+    seen = 0
+    for i, _ in enumerate(loader):
+        seen += 1
+        if i == len(loader) - 1:
+            assert sum(len(b[1]) for b in DataLoader(ds, batch_size=None)) == N
+    assert seen == len(loader)
     # a loop left with break and begun again is no cut: the first iteration is never resumed
     for epoch in (1, 2):
         ds.set_epoch(epoch)

@@ -506,6 +506,13 @@ def test_a_store_reached_through_a_link_is_written_where_it_is(tmp_path, ext, in
     # so does a store written again through it
     di.to_zarr(indexed_set, link, chunks=4, overwrite=True)
     assert link.is_symlink() and plain_group(real)["images"].chunks[0] == 4
+    # a link to a name of no store kind (a Hugging Face or DVC cache blob) reads as named
+    blob = tmp_path / "blobs" / "9f86d081"
+    blob.parent.mkdir()
+    os.replace(real, blob)
+    named = tmp_path / f"snap{ext}"
+    named.symlink_to(blob)
+    assert len(di.open_zarr(named)) == n and verify(named) == []
 
 
 @pytest.mark.parametrize("closed", [False, True])

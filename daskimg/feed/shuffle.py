@@ -351,8 +351,8 @@ def plan_epoch(
     group's samples, cyclically in that group's mixed order (data still in memory). A last
     group smaller than its repeats (the short final chunk alone, or the end of the chunk a
     worker's run starts in) is mixed with the group before it, or, for a worker whose run is
-    that group alone, loaded whole with up to ``buffer_chunks`` of the consumer's chunks
-    before it, whose samples serve as repeats only. A worker whose run lies wholly past
+    that group alone, loaded whole with the consumer's chunks before it (at most twice a
+    group's chunks in all), whose samples serve as repeats only. A worker whose run lies wholly past
     ``c`` repeats the consumer's last ``buffer_chunks`` chunks (one more when the short
     final chunk is among them). A consumer with no chunks (only when ``C < n``) repeats the
     order's first chunk. So, without ``drop_last``:
@@ -465,13 +465,17 @@ def plan_epoch(
             # chunks, whole, and the consumer's chunks before them are its one group, the
             # samples outside the run for the repeats only
             i0 = int(np.flatnonzero(mine == chunks[0])[0])
-            chunks = mine[max(0, i0 - per_group) : i0 + chunks.size]
+            room = max(0, 2 * per_group - chunks.size)  # a group holds at most twice its chunks
+            chunks = mine[max(0, i0 - room) : i0 + chunks.size]
             last = mix(chunk_samples(bounds, chunks), starts, key)
         stream = np.concatenate([samples, last[np.arange(need) % last.size]])
     else:  # even, a run of repeats only: the consumer's last chunks (none: the order's first)
         take = per_group
-        if own and take < mine.size and bounds[mine[-1] + 1] - bounds[mine[-take]] < size:
-            take += 1  # the short final chunk is among them: one more, so none repeats often
+        held = int(np.sum(bounds[mine[-take:] + 1] - bounds[mine[-take:]]))
+        if own and take < mine.size and held < usable - own:
+            # the short final chunk is among them: one more, so none repeats often (decided
+            # on the consumer's repeats, so that all its workers draw from one pool)
+            take += 1
         chunks = mine[-take:] if own else order[:1]
         starts = np.zeros(1, dtype=np.int64)
         pool = mix(chunk_samples(bounds, chunks), starts, key)

@@ -621,7 +621,8 @@ def _check_wrapped(where: str, tops: list[_Top], given: list[str] | None = None)
             f"{t.where!r}: its only class folder {c!r} holds no images of its own, only the "
             f"folders {shown} under {inner!r}: the class folders are a level too deep, and "
             f"read as is every {t.split} sample would be class {c!r}. Move the folders in "
-            f"{inner!r} up into {t.where!r} (and so in the other split folders)"
+            f"{inner!r} up into {t.where!r} (and so in the other split folders); if {c!r} "
+            f"is really the only class, pass classes=[{c!r}]"
         )
 
 

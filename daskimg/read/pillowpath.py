@@ -32,28 +32,25 @@ _DRAFT_SCALES: Final = (8, 4, 2)
 def _tiff_pages(im: Image.Image, pages: int) -> tuple[bool, int]:
     """``(is a stack, the page to read)`` of a multi-page TIFF.
 
-    A stack: two full pages alike (size and mode), slices of one volume. Otherwise the
+    A stack: the picture's page has a twin (size and mode), slices of one volume. Otherwise the
     other pages are previews or overviews (a scanner's or camera's thumbnail, a GeoTIFF's
     pyramid; pages marked reduced-resolution, tag 254 bit 0) and the picture is the
     largest full page — the first, unless a thumbnail comes first (DNG, some scanners),
     whose upscaled pixels were read as the picture."""
-    seen: set[tuple[tuple[int, int], str]] = set()
-    best, area = 0, -1
+    full: list[tuple[int, tuple[int, int], str]] = []
     try:
         for k in range(pages):
             if k:
                 im.seek(k)
-            if int(getattr(im, "tag_v2", {}).get(254, 0) or 0) & 1:
-                continue  # reduced-resolution: a preview of another page
-            key = (im.size, im.mode)
-            if key in seen:
-                return True, 0
-            seen.add(key)
-            if im.size[0] * im.size[1] > area:
-                best, area = k, im.size[0] * im.size[1]
-        return False, best
+            if not int(getattr(im, "tag_v2", {}).get(254, 0) or 0) & 1:  # else a preview
+                full.append((k, im.size, im.mode))
     finally:
         im.seek(0)
+    if not full:
+        return False, 0
+    best = max(full, key=lambda p: (p[1][0] * p[1][1], -p[0]))  # the largest, first of equals
+    # a stack when the picture has a twin (slices alike); previews alike beside it are not
+    return any(p[0] != best[0] and p[1:] == best[1:] for p in full), best[0]
 
 
 def decode_pil(

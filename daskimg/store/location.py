@@ -105,11 +105,17 @@ class Location:
             )
         local = local_path(text) or text
         target = os.path.abspath(local).rstrip("/")
+        kind = store_kind(target)
         if os.path.islink(target):
-            # a store reached through a link (train.zarr.zip -> /mnt/big/...): written where
-            # it is, not by replacing the link with a copy the real store never sees
-            target = os.path.realpath(target)
-        return cls(target, store_kind(target), None)
+            # a store reached through a link (train.zarr.zip -> /mnt/big/train.zarr.zip):
+            # written where it is, not by replacing the link with a copy the real store never
+            # sees. A link to a name of no store kind (a Hugging Face or DVC cache blob) is
+            # read through as it is named
+            real = os.path.realpath(target)
+            with contextlib.suppress(ValueError):
+                if store_kind(real) == kind:
+                    target = real
+        return cls(target, kind, None)
 
     @property
     def is_url(self) -> bool:
@@ -360,6 +366,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_locks)
 
 
+def _held_here(fd: int) -> bool:
+    """Whether this process holds the lock on the file ``fd`` is open on."""
+    try:
+        st = os.fstat(fd)
+        return any(
+            (h.st_dev, h.st_ino) == (st.st_dev, st.st_ino) for h in map(os.fstat, list(_HELD))
+        )
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def write_lock(path: str) -> Iterator[None]:
     """Hold ``<path>.lock`` exclusively; a second writer on the same path is refused.
@@ -397,12 +414,9 @@ def write_lock(path: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = os.pread(fd, 32, 0).decode().strip()
-            except (OSError, UnicodeDecodeError):
-                holder = ""
+            mine = _held_here(fd)  # by the file, not its pid (another container's may be ours)
             os.close(fd)
-            if holder == str(owner):
+            if mine:
                 raise StoreLockedError(
                     f"this process is writing {path!r} already (it holds {lock_path!r}): an "
                     "ArrayWriter not closed yet, e.g. one made in an earlier notebook cell or "

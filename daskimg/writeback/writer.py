@@ -283,7 +283,9 @@ class ArrayWriter:
         # never finalise here (the rows may be incomplete); just release the lock, and say so
         # when rows were appended and never closed: they are in no store
         with contextlib.suppress(Exception):
-            unclosed = not self._write.closed and self.num_rows > 0
+            unclosed = False
+            with contextlib.suppress(Exception):  # (a writer whose __init__ failed half-way)
+                unclosed = not self._write.closed and self.num_rows > 0
             self._write.release()
             if unclosed:
                 durable = self.durable_rows
