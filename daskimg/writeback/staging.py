@@ -21,11 +21,12 @@ that digest whether the new store was published already.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -322,103 +323,89 @@ def resume(
         )
     if manifest is None or not (staging / "store").is_dir():
         return None
+    with _staged_damage(staging):
+        problems = []
+        if manifest.get("version") not in (1, MANIFEST_VERSION):
+            problems.append(f"writer format {manifest.get('version')}")
+        if manifest.get("mode") != mode:
+            problems.append(f"mode={manifest.get('mode')!r}")
+        if manifest.get("order", "store") != order:
+            problems.append(f"order={manifest.get('order', 'store')!r}")
+        if order == "index" and manifest.get("num_samples") != num_samples:
+            problems.append(f"num_samples={manifest.get('num_samples')}")
+        if manifest.get("arrays") != _arrays_entry(specs):
+            problems.append(f"arrays {manifest.get('arrays')}")
+        if chunks is not None and manifest.get("chunk_len") != chunks:
+            problems.append(f"chunks={manifest.get('chunk_len')}")
+        if shard_chunks is not None:
+            want = shard_chunks
+            if order == "index" and isinstance(manifest.get("chunk_len"), int) and num_samples:
+                # create() shortened the shards of a placed write to the array's length
+                want = min(want, -(-num_samples // manifest["chunk_len"]))
+            if set(manifest.get("shard_chunks", {}).values()) != {want}:
+                problems.append(f"shard_chunks={manifest.get('shard_chunks')}")
+        if codec is not None and manifest.get("codec") != codec:
+            problems.append(f"codec={manifest.get('codec')!r}")
+        if manifest.get("target_token") != token:
+            problems.append("another version of the store it adds to")
+        attrs = manifest.get("root_meta", {}).get("attributes", {}).get("daskimg", {})
+        if mode == "w" and classes and list(classes) != attrs.get("classes"):
+            problems.append(f"classes={attrs.get('classes')}")
+        if mode == "w" and split is not None and split != attrs.get("split"):
+            problems.append(f"split={attrs.get('split')!r}")
+        if problems:
+            raise ValueError(
+                f"cannot resume the unfinished write at {str(staging)!r}: it was started "
+                f"with {'; '.join(problems)}. Pass the same arguments, or resume=False to discard it"
+            )
+        store = staging / "store"
+        if not all((store / name / "zarr.json").is_file() for name in specs):
+            return None  # the staging folder is not what a checkpoint left
+        manifest.pop("publishing", None)  # it was not published (see published())
+        write_json(store / "zarr.json", manifest["root_meta"])
+        if order == "index":
+            return manifest, _resume_placed(staging, manifest, specs, pool, where)
+        for f in [*store.rglob("*.partial"), *store.rglob("*.tmp")]:  # from a kill mid-write
+            if f.is_file():  # not an array named "scores.tmp"
+                f.unlink()
+        group = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
+        columns: dict[str, Column] = {}
+        for name, (shape, dtype) in specs.items():
+            meta = manifest["array_meta"][name]
+            shards, fill, *tail = manifest["columns"][name]
+            shard_len = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            if shards * shard_len + fill != int(manifest["rows"]):
+                raise DaskImgError(
+                    f"cannot resume the unfinished write at {str(staging)!r}: its {MANIFEST} "
+                    f"records {manifest['rows']} rows, but {shards} shards of {shard_len} and "
+                    f"{fill} more of {name!r}; it was changed by hand or is damaged. Pass "
+                    "resume=False to discard the write and start over"
+                )
+            meta["shape"] = [shards * shard_len, *shape]
+            write_json(store / name / "zarr.json", meta)
+            arr = group[name]
+            assert isinstance(arr, zarr.Array)
+            arr = arr.with_config({"write_empty_chunks": True})
+            col = Column(name, shape, dtype, shard_len, arr, staging, pool)
+            col.restore(shards, fill, tail[0] if tail else None)
+            columns[name] = col
+        return manifest, Appended(columns, pool, int(manifest["rows"]))
+
+
+@contextlib.contextmanager
+def _staged_damage(staging: Path) -> Iterator[None]:
+    """Staged files missing or damaged, said as such (a bare FileNotFoundError, KeyError or
+    broadcast error before), with what to do."""
     try:
-        return _resume(
-            staging, manifest, specs, pool, mode=mode, order=order, num_samples=num_samples,
-            chunks=chunks, shard_chunks=shard_chunks, codec=codec, token=token,
-            classes=classes, split=split, where=where,
-        )  # fmt: skip
+        yield
+    except DaskImgError:
+        raise  # said already (some are OSErrors: a checksum, a lock)
     except (OSError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise DaskImgError(
             f"cannot resume the unfinished write at {str(staging)!r}: its staged files are "
             f"damaged or missing ({type(e).__name__}: {e}). Pass resume=False to discard "
             "them and start over"
         ) from e
-
-
-def _resume(
-    staging: Path,
-    manifest: dict[str, Any],
-    specs: Mapping[str, Spec],
-    pool: ShardPool,
-    *,
-    mode: str,
-    order: str,
-    num_samples: int | None,
-    chunks: int | None,
-    shard_chunks: int | None,
-    codec: str | None,
-    token: str | None,
-    classes: Sequence[str],
-    split: str | None,
-    where: str,
-) -> tuple[dict[str, Any], Sink] | None:
-    problems = []
-    if manifest.get("version") not in (1, MANIFEST_VERSION):
-        problems.append(f"writer format {manifest.get('version')}")
-    if manifest.get("mode") != mode:
-        problems.append(f"mode={manifest.get('mode')!r}")
-    if manifest.get("order", "store") != order:
-        problems.append(f"order={manifest.get('order', 'store')!r}")
-    if order == "index" and manifest.get("num_samples") != num_samples:
-        problems.append(f"num_samples={manifest.get('num_samples')}")
-    if manifest.get("arrays") != _arrays_entry(specs):
-        problems.append(f"arrays {manifest.get('arrays')}")
-    if chunks is not None and manifest.get("chunk_len") != chunks:
-        problems.append(f"chunks={manifest.get('chunk_len')}")
-    if shard_chunks is not None:
-        want = shard_chunks
-        if order == "index" and isinstance(manifest.get("chunk_len"), int) and num_samples:
-            # create() shortened the shards of a placed write to the array's length
-            want = min(want, -(-num_samples // manifest["chunk_len"]))
-        if set(manifest.get("shard_chunks", {}).values()) != {want}:
-            problems.append(f"shard_chunks={manifest.get('shard_chunks')}")
-    if codec is not None and manifest.get("codec") != codec:
-        problems.append(f"codec={manifest.get('codec')!r}")
-    if manifest.get("target_token") != token:
-        problems.append("another version of the store it adds to")
-    attrs = manifest.get("root_meta", {}).get("attributes", {}).get("daskimg", {})
-    if mode == "w" and classes and list(classes) != attrs.get("classes"):
-        problems.append(f"classes={attrs.get('classes')}")
-    if mode == "w" and split is not None and split != attrs.get("split"):
-        problems.append(f"split={attrs.get('split')!r}")
-    if problems:
-        raise ValueError(
-            f"cannot resume the unfinished write at {str(staging)!r}: it was started "
-            f"with {'; '.join(problems)}. Pass the same arguments, or resume=False to discard it"
-        )
-    store = staging / "store"
-    if not all((store / name / "zarr.json").is_file() for name in specs):
-        return None  # the staging folder is not what a checkpoint left
-    manifest.pop("publishing", None)  # it was not published (see published())
-    write_json(store / "zarr.json", manifest["root_meta"])
-    if order == "index":
-        return manifest, _resume_placed(staging, manifest, specs, pool, where)
-    for f in [*store.rglob("*.partial"), *store.rglob("*.tmp")]:  # from a kill mid-write
-        if f.is_file():  # not an array named "scores.tmp"
-            f.unlink()
-    group = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
-    columns: dict[str, Column] = {}
-    for name, (shape, dtype) in specs.items():
-        meta = manifest["array_meta"][name]
-        shards, fill, *tail = manifest["columns"][name]
-        shard_len = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-        if shards * shard_len + fill != int(manifest["rows"]):
-            raise DaskImgError(
-                f"cannot resume the unfinished write at {str(staging)!r}: its {MANIFEST} "
-                f"records {manifest['rows']} rows, but {shards} shards of {shard_len} and "
-                f"{fill} more of {name!r}; it was changed by hand or is damaged. Pass "
-                "resume=False to discard the write and start over"
-            )
-        meta["shape"] = [shards * shard_len, *shape]
-        write_json(store / name / "zarr.json", meta)
-        arr = group[name]
-        assert isinstance(arr, zarr.Array)
-        arr = arr.with_config({"write_empty_chunks": True})
-        col = Column(name, shape, dtype, shard_len, arr, staging, pool)
-        col.restore(shards, fill, tail[0] if tail else None)
-        columns[name] = col
-    return manifest, Appended(columns, pool, int(manifest["rows"]))
 
 
 def _resume_placed(
