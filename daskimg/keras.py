@@ -5,6 +5,7 @@ Import it as ``from daskimg.keras import KerasDataset``; keras is imported here 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -63,7 +64,9 @@ class KerasDataset(keras.utils.PyDataset):
         False for inputs only, so that ``model.predict(KerasDataset(store,
         arrays=("images",), ...))`` returns row ``k`` for sample ``k``. ``predict`` on a
         dataset that shuffles is refused (its rows would come back in the shuffled order,
-        and written back land on other samples): pass ``shuffle=False``.
+        and written back land on other samples): pass ``shuffle=False``. ``fit`` on inputs
+        only left at the default (an autoencoder, a custom ``compute_loss``) warns once:
+        every epoch would be the same batches; pass ``shuffle=True`` to train on it.
     seed
         Seed of the order (non-negative int); None draws one at construction, kept in
         :meth:`state_dict` and in copies sent to other processes.
@@ -183,6 +186,7 @@ class KerasDataset(keras.utils.PyDataset):
         self.source = source
         self.batch_size = batch_size
         self.shuffle = len(self._parts) > 1 if shuffle is None else shuffle
+        self._order_said = shuffle is not None  # store order chosen, or said to fit once
         self.seed = seed
         self.buffer_chunks = buffer_chunks
         self.drop_last = drop_last
@@ -309,6 +313,20 @@ class KerasDataset(keras.utils.PyDataset):
                 "be trained on. The resumed epoch is finished; go on with "
                 f"fit(ds, initial_epoch={self.epoch}, epochs=...). A resumed epoch's rest "
                 "needs a fit of its own (fit(ds, initial_epoch=ds.epoch, epochs=ds.epoch + 1))"
+            )
+        if not (self.shuffle or self._order_said) and called_from(
+            ("fit",), "keras", stop=("evaluate",)
+        ):
+            # inputs only (an autoencoder, a custom compute_loss) default to store order,
+            # for predict: trained on, every epoch would be the same batches, without a word
+            self._order_said = True
+            warnings.warn(
+                "fit on a KerasDataset of inputs only, which keeps store order (shuffle "
+                "defaults to False there, so that predict returns row k for sample k): every "
+                "epoch has the same batches in the same order. Pass shuffle=True to train on "
+                "it, or shuffle=False to keep the order and silence this",
+                UserWarning,
+                stacklevel=2,
             )
         if self.shuffle and called_from(("predict",), "keras"):
             raise ValueError(

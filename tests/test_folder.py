@@ -620,6 +620,18 @@ def test_class_folders_named_by_numbers_say_their_text_order(tmp_path, caplog):
     assert "text order" not in caplog.text  # 0..9 sort alike either way
 
 
+def test_class_folders_differing_only_in_case_are_named(tmp_path, caplog):
+    _split_tree(tmp_path, {"x": ("Cat", "cat", "dog")})
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(tmp_path / "x", size=(6, 6))
+    assert ds.classes == ("Cat", "cat", "dog")  # separate classes, as the folders are
+    assert "differ only in letter case" in caplog.text and "'Cat' and 'cat'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_folder(tmp_path / "x", size=(6, 6), classes=["Cat", "cat", "dog"])
+    assert "letter case" not in caplog.text
+
+
 @pytest.mark.parametrize("name", ["train ", "train\u200b", " valid"])
 def test_a_split_folder_named_but_for_spaces_is_refused(tmp_path, name):
     # 'train ' was read as a class beside 'test', the split names becoming the labels

@@ -8,6 +8,7 @@ import os
 import pickle
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -119,6 +120,31 @@ def test_fit_default_shuffle_trains_on_every_sample_once_per_epoch(store):
     stats = data.read_stats()
     assert stats.peak_cached_chunks <= 13  # all 13 chunks fit in the cache (3 * 8)
     assert stats.chunks_loaded >= 13  # from the store, chunk by chunk
+
+
+def test_fit_on_inputs_only_in_store_order_says_so_once(store):
+    # an autoencoder (or a custom compute_loss) fit on a KerasDataset of inputs only got the
+    # same batches every epoch without a word: inputs only default to store order, for predict
+    class Reconstruct(keras.Model):
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            return keras.ops.mean(y_pred**2)
+
+    inputs = keras.Input((6, 5, 3))
+    model = Reconstruct(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    model.compile("sgd")
+    data = KerasDataset(store, batch_size=10, arrays=("images",))
+    with warnings.catch_warnings(record=True) as said:  # (Keras's own warnings recorded too)
+        warnings.simplefilter("always")
+        model.fit(data, epochs=2, verbose=0)
+    told = [w for w in said if "fit on a KerasDataset of inputs only" in str(w.message)]
+    assert len(told) == 1 and told[0].category is UserWarning  # once
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        kept = KerasDataset(store, batch_size=10, arrays=("images",), shuffle=False)
+        model.fit(kept, epochs=1, verbose=0)  # the order chosen: no word
+        mixed = KerasDataset(store, batch_size=10, arrays=("images",), shuffle=True)
+        model.fit(mixed, epochs=1, verbose=0)
+    assert not [w for w in quiet if "inputs only" in str(w.message)]
 
 
 def test_fit_default_shuffle_keeps_memory_bounded(tmp_path):

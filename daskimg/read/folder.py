@@ -896,6 +896,19 @@ def _assemble(
             where,
             ", ".join(repr(c) for c in empty),
         )
+    by_case: dict[str, list[str]] = {}
+    for c in classes:
+        by_case.setdefault(folded(c), []).append(c)
+    cased = [names for names in by_case.values() if len(names) > 1]
+    if cased and given is None:
+        logger.warning(
+            "from_folder(%r): class folders whose names differ only in letter case are "
+            "separate classes: %s. If each pair is one class, merge the folders (on macOS and "
+            "Windows they would be one folder); if case matters (EMNIST-like letters), pass "
+            "classes= to say so",
+            where,
+            "; ".join(" and ".join(repr(n) for n in names) for names in cased),
+        )
     numbers = [c for c in classes if c.isdecimal()]
     if given is None and len(numbers) > 1 and numbers != sorted(numbers, key=int):
         moved = [c for i, c in enumerate(classes) if c.isdecimal() and c != str(i)][:3]
