@@ -583,13 +583,8 @@ def _check_wrapped(where: str, tops: list[_Top], given: list[str] | None = None)
         if any(not f.startswith(prefix) for f in t.classes[c]):
             continue
         # the folders every image of the class lies in, then the folders at that depth
-        common = rest[0].split("/")[:-1]
-        for r in rest[1:]:
-            parts = r.split("/")[:-1]
-            k = 0
-            while k < min(len(common), len(parts)) and common[k] == parts[k]:
-                k += 1
-            common = common[:k]
+        shared = posixpath.commonpath([posixpath.dirname(r) for r in rest])
+        common = shared.split("/") if shared else []
         depth = len(common)
         below = sorted({r.split("/")[depth] for r in rest if r.count("/") > depth})
         inner = "/".join([prefix.replace(os.sep, "/"), *common])
@@ -768,24 +763,6 @@ def _split_alone_classes(
     return sorted(union | own)
 
 
-def _parent_tops(
-    root: str | os.PathLike[str],
-    url: str | None,
-    remote: tuple[Any, str] | None,
-    excluded: Sequence[str],
-    stray: str,
-) -> tuple[str, list[_Top]] | None:
-    """The folders of ``root``'s parent, listed as reading it lists them, when ``root`` is a
-    split folder of it (None otherwise, or when the parent cannot be read as a set).
-    ``remote``: at a URL, its file system and ``root``'s path on it; ``excluded``: real paths
-    (on disk) or the file system's paths (at a URL) left out. Reading the parent lists the
-    files of every split (one listing), so the classes are exactly those reading it gives.
-    ``stray`` as given for ``root``. The parent's own notes (links left out, stray folders)
-    are not logged: they are about the other folders, and ``root``'s read logs its own."""
-    with _quiet():
-        return _parent_listing(root, url, remote, excluded, stray)
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """This thread's ``daskimg`` log records dropped (other threads log as usual)."""
@@ -801,13 +778,21 @@ def _quiet() -> Iterator[None]:
         logger.removeFilter(other_threads)
 
 
-def _parent_listing(
+def _parent_tops(
     root: str | os.PathLike[str],
     url: str | None,
     remote: tuple[Any, str] | None,
     excluded: Sequence[str],
     stray: str,
 ) -> tuple[str, list[_Top]] | None:
+    """The folders of ``root``'s parent, listed as reading it lists them, when ``root`` is a
+    split folder of it (None otherwise, or when the parent cannot be read as a set).
+    ``remote``: at a URL, its file system and ``root``'s path on it; ``excluded``: real paths
+    (on disk) or the file system's paths (at a URL) left out. Reading the parent lists the
+    files of every split (one listing), so the classes are exactly those reading it gives.
+    ``stray`` as given for ``root``. The parent's own notes (links left out, stray folders)
+    are not logged (the caller reads it under :func:`_quiet`): they are about the other
+    folders, and ``root``'s read logs its own."""
     if url is None:
         named = Path(os.path.abspath(root))  # "." inside data/valid is valid/ too; links kept
         split, parent = SPLIT_DIRS.get(named.name.lower()), named.parent
@@ -1071,11 +1056,12 @@ def from_folder(
     _report_others(where, [f for t in tops for f in t.others])
     given = given_classes(classes)
     if given is None and len(tops) == 1 and not tops[0].split and not tops[0].direct:
-        parent = (
-            _parent_tops(root, None, None, list(reals), stray)
-            if url is None
-            else _parent_tops(root, url, (fs, base_path), paths, stray)
-        )
+        with _quiet():
+            parent = (
+                _parent_tops(root, None, None, list(reals), stray)
+                if url is None
+                else _parent_tops(root, url, (fs, base_path), paths, stray)
+            )
         given = _split_alone_classes(where, tops[0], parent)
     files, labels, classes, split_of = _assemble(where, tops, loose, stray, given)
     base: str | Path = url or Path(root)
