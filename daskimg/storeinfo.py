@@ -96,8 +96,8 @@ def verify(
         problems += _check_chunks(reader, attrs, name, lay.num_chunks, progress)
     if not problems and loc.kind == "zip" and not loc.is_url:  # (a damaged chunk is named)
         problems += _zip_crcs(loc.target)
-    if not problems and not loc.is_url:
-        problems += _plain_zarr(loc.target, loc.kind == "zip", names)
+    if not problems:
+        problems += _plain_zarr(loc, names)
     return problems
 
 
@@ -122,19 +122,31 @@ def unchecked(
     )
 
 
-def _plain_zarr(path: str, is_zip: bool, names: list[str]) -> list[Problem]:
+def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
     """Each array's metadata as plain zarr parses it: daskimg reads through its own checked
     reader, which needs less of ``zarr.json`` (``dimension_names`` of another length, an
     unknown ``must_understand`` key, a ``fill_value`` not of the dtype), so such a store
     would pass here yet not open in plain zarr or xarray, which the format promises."""
     import zarr
 
+    from .remote import protocol_of
+
+    path = loc.target
     try:
-        store = (
-            zarr.storage.ZipStore(path, mode="r")
-            if is_zip
-            else zarr.storage.LocalStore(path, read_only=True)
-        )
+        store: Any
+        if loc.is_url:  # the same check at a URL, through fsspec (a zip through zip::)
+            opts = dict(loc.storage_options or {})
+            store = (
+                zarr.storage.FsspecStore.from_url(
+                    "zip::" + path, storage_options={protocol_of(path): opts}, read_only=True
+                )
+                if loc.kind == "zip"
+                else zarr.storage.FsspecStore.from_url(path, storage_options=opts, read_only=True)
+            )
+        elif loc.kind == "zip":
+            store = zarr.storage.ZipStore(path, mode="r")
+        else:
+            store = zarr.storage.LocalStore(path, read_only=True)
         group = zarr.open_group(store, mode="r")
     except Exception as e:  # whatever zarr refuses, said in its words
         return [Problem("zarr.json", -1, f"{path}: plain zarr cannot open the store: {e}")]

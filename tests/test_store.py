@@ -1009,6 +1009,26 @@ def test_verify_names_array_metadata_plain_zarr_refuses(tmp_path, indexed_set, k
     ]
 
 
+def test_verify_at_a_url_names_array_metadata_plain_zarr_refuses(tmp_path, indexed_set):
+    # the same check as on disk: a URL store was checked by daskimg's reader only
+    import store_damage as sd
+
+    fsspec = pytest.importorskip("fsspec")
+    good = di.to_zarr(indexed_set, tmp_path / "g.zarr", chunks=8)
+    edit = lambda m: m.update(dimension_names=["a", "b"])  # noqa: E731
+    bad = sd.resealed(sd.edit_json(sd.read_local(good), "images/zarr.json", edit))
+    fs, url = fsspec.filesystem("memory"), f"memory://daskimg-verify-{os.getpid()}/b.zarr"
+    for key, data in bad.items():
+        fs.pipe(f"{url}/{key}", data)
+    try:
+        problems = verify(url)
+        assert [(p.array, "plain zarr cannot open" in p.message) for p in problems] == [
+            ("images", True)
+        ]
+    finally:
+        fs.rm(url, recursive=True)
+
+
 def test_what_a_store_cannot_hold_as_given_is_refused_before_writing(tmp_path):
     out = tmp_path / "s.zarr.zip"
     images = np.zeros((3, 4, 4, 3), np.uint8)
