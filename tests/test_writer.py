@@ -455,7 +455,7 @@ def test_resume_checks_arguments_and_resume_false_starts_over(tmp_path):
     np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(50, 52))
 
 
-@pytest.mark.parametrize("damage", ["manifest", "tail", "rows"])
+@pytest.mark.parametrize("damage", ["manifest", "tail", "tail-bytes", "rows"])
 def test_resume_refuses_damaged_staging_instead_of_dropping_or_misplacing_rows(tmp_path, damage):
     # an unreadable writer.json (written atomically: damage, never a kill) made resume start
     # over at 0 rows, the 13 saved ones dropped with a log line; a missing tail file gave a
@@ -476,6 +476,12 @@ def test_resume_refuses_damaged_staging_instead_of_dropping_or_misplacing_rows(t
         (tail,) = staging.glob("tail-*.bin")
         tail.unlink()
         said = "staged files are damaged or missing"
+    elif damage == "tail-bytes":  # a bit flipped on disk: the saved rows were published as read
+        (tail,) = staging.glob("tail-*.bin")
+        data = bytearray(tail.read_bytes())
+        data[7] ^= 0x10
+        tail.write_bytes(bytes(data))
+        said = rf"saved rows of 'features' \({tail.name}\) do not match their checksum"
     else:
         record = json.loads(manifest.read_text())
         record["rows"] = 15

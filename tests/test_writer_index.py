@@ -369,6 +369,40 @@ def test_failed_staging_write_refuses_the_batch_and_keeps_the_writer(tmp_path, m
     np.testing.assert_array_equal(plain_group(p)["features"][...], np.arange(10))
 
 
+@pytest.mark.parametrize("dtype", ["float32", str])
+def test_staged_rows_damaged_before_a_resume_are_named_not_published(tmp_path, dtype):
+    # the staging file of rows placed by index had no checksums: a bit flipped on disk
+    # between the kill and the resume was published into the store as it read
+    p = tmp_path / "d.zarr"
+    n, first = 20, np.array([0, 1, 2, 5, 6, 9])
+    oracle = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    if dtype is str:
+        oracle = np.array([f"sample {i}" for i in range(n)], dtype=object)
+    spec = {"shape": () if dtype is str else (3,), "dtype": dtype, "num_samples": n, "chunks": 4}
+    w = ArrayWriter(p, **spec, checkpoint_every=0)
+    w.append(oracle[first], index=first)
+    del w
+    staging = tmp_path / "d.zarr.partial"
+    damaged = staging / ("text-features.bin" if dtype is str else "rows-features.bin")
+    data = bytearray(damaged.read_bytes())
+    at = 3 * len("sample 0") + 3 if dtype is str else 5 * 12 + 1  # inside sample 5's row
+    data[at] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    w = ArrayWriter(p, **spec, resume=True)
+    np.testing.assert_array_equal(w.missing(), np.setdiff1d(np.arange(n), first))
+
+    def finish() -> None:  # the shard is read back in the background: append or close raises
+        w.append(oracle[w.missing()], index=w.missing())
+        w.close()
+
+    with pytest.raises(DaskImgError, match=r"staged row of sample 5 of 'features'.*checksum"):
+        finish()
+    del w
+    with ArrayWriter(p, **spec) as w:  # resume=False: start over
+        w.append(oracle, index=np.arange(n))
+    assert plain_group(p)["features"][...].tolist() == oracle.tolist()
+
+
 def test_damaged_staging_bitmap_is_refused_on_resume(tmp_path):
     p = tmp_path / "b.zarr"
     w = ArrayWriter(p, shape=(), dtype="int64", num_samples=10, checkpoint_every=0)

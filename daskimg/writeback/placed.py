@@ -5,7 +5,10 @@ When the number of samples ``N`` is known (``mode="a"``: the store's; ``mode="w"
 and rows may arrive in any order — DataLoader workers interleaving batches, say. Each
 array being written is a :class:`PlacedColumn` with a staging file of ``N`` rows in
 ``<path>.partial/``: ``rows-<array>.bin`` (raw rows; for text, an ``(offset, length)``
-pair per row into the append-only ``text-<array>.bin`` of UTF-8 bytes). Rows are written
+pair per row into the append-only ``text-<array>.bin`` of UTF-8 bytes) and ``crc-<array>.bin``,
+the crc32c of each row's bytes (of its UTF-8 for text), checked when the row is read back
+into a shard, so a staging file damaged between a kill and the resume is named, never
+published. Rows are written
 there with ``pwrite`` (nothing is mapped, so the memory in use does not grow with ``N``
 or with how scattered the rows are). A bitmap in memory (one byte per sample) says
 which samples have their row; an index written twice, or out of range, is refused.
@@ -29,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 import zarr
 
@@ -52,6 +56,7 @@ class PlacedColumn:
         arr: zarr.Array,
         staging: Path,
         num_samples: int,
+        checked: bool = True,
     ) -> None:
         self.name = name
         self.shape = shape
@@ -70,17 +75,24 @@ class PlacedColumn:
         self.text_bytes = 0  # end of the text file
         self.fd = os.open(self.rows_path, os.O_RDWR | os.O_CREAT, 0o644)
         self.text_fd = os.open(self.text_path, os.O_RDWR | os.O_CREAT, 0o644) if self.text else None
+        #: each row's crc32c (a staging folder from before version 3 has none: unchecked)
+        self.crc_path = staging / f"crc-{name}.bin"
+        self.crc_fd = os.open(self.crc_path, os.O_RDWR | os.O_CREAT, 0o644) if checked else None
 
     def create(self) -> None:
-        """Size the new staging file: ``N`` rows (sparse: disk is used as rows arrive)."""
+        """Size the new staging files: ``N`` rows (sparse: disk is used as rows arrive)."""
         os.ftruncate(self.fd, self.n * self.row_bytes)
+        if self.crc_fd is not None:
+            os.ftruncate(self.crc_fd, self.n * 4)
 
     def reopen(self, text_bytes: int) -> None:
         """Resume: check the staging file's size; cut the text file to its checkpointed end."""
         want = self.n * self.row_bytes
         size = os.fstat(self.fd).st_size
-        if size != want or (
-            self.text_fd is not None and os.fstat(self.text_fd).st_size < text_bytes
+        if (
+            size != want
+            or (self.text_fd is not None and os.fstat(self.text_fd).st_size < text_bytes)
+            or (self.crc_fd is not None and os.fstat(self.crc_fd).st_size != self.n * 4)
         ):
             raise DaskImgError(
                 f"cannot resume {str(self.rows_path.parent)!r}: the staging file of "
@@ -93,11 +105,12 @@ class PlacedColumn:
 
     def close(self) -> None:
         """Close the staging files (again: nothing)."""
-        for fd in (self.fd, self.text_fd):
+        for fd in (self.fd, self.text_fd, self.crc_fd):
             if fd is not None and fd >= 0:
                 os.close(fd)
         self.fd = -1
         self.text_fd = None if self.text_fd is None else -1
+        self.crc_fd = None if self.crc_fd is None else -1
 
     def shard_rows(self, s: int) -> tuple[int, int]:
         return s * self.shard_len, min(self.n, (s + 1) * self.shard_len)
@@ -119,25 +132,56 @@ class PlacedColumn:
             pwrite_all(self.text_fd, b"".join(encoded), self.text_bytes)
             self.text_bytes += int(lengths.sum())
             raw = np.stack([starts, lengths], axis=1).astype("<u8").tobytes()
+            crcs = [crc32c.crc32c(e) for e in encoded]
         else:
             raw = np.ascontiguousarray(data).tobytes()
+            step = self.row_bytes
+            crcs = [crc32c.crc32c(raw[k : k + step]) for k in range(0, len(raw), step)]
         view, rb = memoryview(raw), self.row_bytes
+        sums = memoryview(np.array(crcs, dtype="<u4").tobytes())
         breaks = [0, *(np.flatnonzero(np.diff(idx) != 1) + 1).tolist(), len(idx)]
         for a, b in itertools.pairwise(breaks):  # one write per run of samples
             pwrite_all(self.fd, view[a * rb : b * rb], int(idx[a]) * rb)
+            if self.crc_fd is not None:
+                pwrite_all(self.crc_fd, sums[a * 4 : b * 4], int(idx[a]) * 4)
 
     def read(self, a: int, b: int) -> np.ndarray:
-        """Rows ``a..b-1`` from the staging file."""
-        raw = _pread_exact(self.fd, (b - a) * self.row_bytes, a * self.row_bytes, self.rows_path)
+        """Rows ``a..b-1`` from the staging file, checked against their crc32c."""
+        rb = self.row_bytes
+        raw = _pread_exact(self.fd, (b - a) * rb, a * rb, self.rows_path)
         if not self.text:
+            self._check(a, [raw[k : k + rb] for k in range(0, len(raw), rb)])
             return np.frombuffer(raw, self.dtype).reshape(b - a, *self.shape)
         assert self.text_fd is not None
         table = np.frombuffer(raw, "<u8").reshape(b - a, 2)
+        pieces = []
+        for start, length in table.tolist():
+            if start + length > self.text_bytes:
+                raise DaskImgError(
+                    f"{str(self.rows_path)!r} points past the end of {self.text_path.name}: "
+                    "the staging is damaged; pass resume=False to start over"
+                )
+            pieces.append(_pread_exact(self.text_fd, length, start, self.text_path))
+        self._check(a, pieces)
         out = np.empty(b - a, dtype=object)
-        for k, (start, length) in enumerate(table.tolist()):
-            data = _pread_exact(self.text_fd, length, start, self.text_path)
+        for k, data in enumerate(pieces):
             out[k] = data.decode("utf-8")
         return out
+
+    def _check(self, a: int, rows: list[bytes]) -> None:
+        """Refuse rows (samples ``a, a+1, ...``) whose bytes differ from when written."""
+        if self.crc_fd is None:
+            return
+        want = np.frombuffer(_pread_exact(self.crc_fd, 4 * len(rows), 4 * a, self.crc_path), "<u4")
+        got = np.array([crc32c.crc32c(r) for r in rows], dtype="<u4")
+        bad = np.flatnonzero(got != want)
+        if len(bad):
+            raise DaskImgError(
+                f"the staged row of sample {a + int(bad[0])} of {self.name!r} "
+                f"({self.rows_path.name} in {str(self.rows_path.parent)!r}; {len(bad)} row(s) "
+                "of this shard) does not match its checksum: the staging file was damaged "
+                "after it was written. Pass resume=False to discard the write and start over"
+            )
 
     def write_shard(self, s: int) -> None:
         """Compress and write shard ``s`` (all of its samples have their rows)."""
@@ -146,9 +190,9 @@ class PlacedColumn:
 
     def sync(self) -> None:
         """fsync the staging files and the shards written since the last checkpoint."""
-        os.fsync(self.fd)
-        if self.text_fd is not None:
-            os.fsync(self.text_fd)
+        for fd in (self.fd, self.text_fd, self.crc_fd):
+            if fd is not None:
+                os.fsync(fd)
         for s in sorted(self.unsynced):
             fsync_path(self.shard_path(s))
             for parent in self.shard_path(s).parents:

@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 import zarr
 
@@ -77,6 +78,8 @@ class Column:
         self.saved = (0, 0)  # (shards, fill) at the last checkpoint
         self.saved_bytes = 0  # bytes of the tail file at the last checkpoint
         self.tail_bytes = 0  # bytes of the tail file now (after sync)
+        self.saved_crc = 0  # crc32c of the tail file's bytes at the last checkpoint ...
+        self.tail_crc = 0  # ... and now (after sync): resume checks the rows it reloads
         self.unsynced: set[int] = set()
 
     def shard_path(self, s: int) -> Path:
@@ -127,7 +130,7 @@ class Column:
                 fsync_path(str(parent))
                 if parent == self.dir:
                     break
-        self.tail_bytes = 0
+        self.tail_bytes = self.tail_crc = 0
         if self.fill:
             same = self.saved[0] == self.shards
             start = self.saved[1] if same else 0
@@ -143,12 +146,15 @@ class Column:
             finally:
                 os.close(fd)
             self.tail_bytes = offset + len(data)
+            # the file's bytes before `offset` are the last checkpoint's (same shard)
+            self.tail_crc = crc32c.crc32c(data, self.saved_crc if offset else 0)
 
     def checkpointed(self) -> None:
         for s in range(self.saved[0], self.shards):
             self.tail_path(s).unlink(missing_ok=True)
         self.saved = (self.shards, self.fill)
         self.saved_bytes = self.tail_bytes
+        self.saved_crc = self.tail_crc
         self.unsynced.clear()
 
     def drop_shards(self, first: int) -> None:
@@ -158,28 +164,38 @@ class Column:
             if not entry.name.isdigit() or int(entry.name) >= first:
                 remove_path(str(entry))
 
-    def restore(self, shards: int, fill: int, tail_bytes: int | None = None) -> None:
-        """Back to a checkpoint: drop shards written after it, reload the unfinished rows."""
+    def restore(
+        self, shards: int, fill: int, tail_bytes: int | None = None, tail_crc: int | None = None
+    ) -> None:
+        """Back to a checkpoint: drop shards written after it, reload the unfinished rows
+        (checked against their crc32c when the checkpoint recorded it)."""
         self.drop_shards(shards)
         want = fill * self.row_bytes if tail_bytes is None else tail_bytes
+        crc = 0
         if fill:
             data = self.tail_path(shards).read_bytes()[:want]
             try:
                 if len(data) != want:
                     raise ValueError("short")
+                crc = crc32c.crc32c(data)
+                if tail_crc is not None and crc != tail_crc:
+                    raise ValueError("checksum")
                 if self.text:
                     self.buf[:fill] = decode_records(data, fill)
                 else:
                     rows = np.frombuffer(data, self.buf.dtype).reshape(fill, *self.shape)
                     self.buf[:fill] = rows
-            except ValueError:
+            except ValueError as e:
+                why = "do not match their checksum" if str(e) == "checksum" else "are truncated"
                 raise DaskImgError(
-                    f"cannot resume {str(self.staging)!r}: the saved rows of {self.name!r} are "
-                    "truncated or damaged; pass resume=False to start over"
+                    f"cannot resume {str(self.staging)!r}: the saved rows of {self.name!r} "
+                    f"({self.tail_path(shards).name}) {why}: the file is damaged. Pass "
+                    "resume=False to discard the write and start over"
                 ) from None
         self.shards, self.fill = shards, fill
         self.saved = (shards, fill)
         self.saved_bytes = self.tail_bytes = want if fill else 0
+        self.saved_crc = self.tail_crc = crc
 
     def finish(self, n: int) -> None:
         """Write the unfinished shard and size the array to ``n`` rows exactly."""
@@ -235,8 +251,8 @@ class Appended:
             self.lost = f"writing failed ({e!r})"
 
     def state(self) -> dict[str, list[int]]:
-        """Each column's ``[shards, fill, tail bytes]`` (after :meth:`Column.sync`)."""
-        return {n: [c.shards, c.fill, c.tail_bytes] for n, c in self.columns.items()}
+        """Each column's ``[shards, fill, tail bytes, tail crc32c]`` (after :meth:`Column.sync`)."""
+        return {n: [c.shards, c.fill, c.tail_bytes, c.tail_crc] for n, c in self.columns.items()}
 
 
 class ShardPool:

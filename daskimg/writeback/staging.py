@@ -60,8 +60,10 @@ __all__ = [
 ]
 
 MANIFEST = WRITER_MANIFEST
-#: 2: ``order`` ("store" or "index"), ``num_samples``, tail sizes; 1 (rows in arrival order) resumes too
-MANIFEST_VERSION = 2
+#: 2: ``order`` ("store" or "index"), ``num_samples``, tail sizes; 3: the crc32c of the
+#: saved rows (each column's tail; per row for ``order="index"``, ``row_crc32c``). 1 and 2
+#: (rows in arrival order; without checksums) resume too
+MANIFEST_VERSION = 3
 #: bytes per sample assumed for a text array when sizing chunks
 TEXT_BYTES = 64
 #: at most this many samples per chunk (by default) when there is text: zarr pads the last
@@ -197,7 +199,7 @@ def create(
                 )  # fmt: skip
                 cols[spec.name].create()
             sink = Placed(cols, pool, np.zeros(num_samples, dtype=bool), where)
-            manifest.update(filled=None, text_bytes={})
+            manifest.update(filled=None, text_bytes={}, row_crc32c=True)
         else:
             columns = {}
             for spec in arr_specs:
@@ -325,7 +327,7 @@ def resume(
         return None
     with _staged_damage(staging):
         problems = []
-        if manifest.get("version") not in (1, MANIFEST_VERSION):
+        if manifest.get("version") not in (1, 2, MANIFEST_VERSION):
             problems.append(f"writer format {manifest.get('version')}")
         if manifest.get("mode") != mode:
             problems.append(f"mode={manifest.get('mode')!r}")
@@ -387,7 +389,7 @@ def resume(
             assert isinstance(arr, zarr.Array)
             arr = arr.with_config({"write_empty_chunks": True})
             col = Column(name, shape, dtype, shard_len, arr, staging, pool)
-            col.restore(shards, fill, tail[0] if tail else None)
+            col.restore(shards, fill, tail[0] if tail else None, tail[1] if len(tail) > 1 else None)
             columns[name] = col
         return manifest, Appended(columns, pool, int(manifest["rows"]))
 
@@ -431,7 +433,8 @@ def _resume_placed(
             arr = group[name]
             assert isinstance(arr, zarr.Array)
             arr = arr.with_config({"write_empty_chunks": True})
-            cols[name] = col = PlacedColumn(name, shape, dtype, shard_len, arr, staging, n)
+            checked = bool(manifest.get("row_crc32c"))  # version 3 on
+            cols[name] = col = PlacedColumn(name, shape, dtype, shard_len, arr, staging, n, checked)
             col.reopen(int(manifest.get("text_bytes", {}).get(name, 0)))
             col.restore(filled, pool)
     except BaseException:
