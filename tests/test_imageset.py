@@ -1095,3 +1095,80 @@ def test_a_label_off_a_given_class_by_an_invisible_character_is_named_so(tmp_pat
         r"the same apart from invisible characters",
     ):
         di.from_csv(csv, root=tmp_path / "imgs", size=(8, 8), classes=["cat", "dog"])
+
+
+@pytest.mark.parametrize("columns", [None, {"ids": "image_id"}])
+@pytest.mark.parametrize("beside", ["", "nan", "0.5"])
+def test_from_csv_ids_floats_would_round_are_refused_not_merged(tmp_path, columns, beside):
+    # an ID column with an empty cell (or a fraction) is floats, and float64 rounded
+    # 9007199254740995 and 9007199254740996 to one number, without a word
+    ids = [2**53 + 3, 2**53 + 4]
+    assert float(ids[0]) == float(ids[1])  # the oracle: float64 cannot tell them apart
+    csv_path = _csv_with_column(tmp_path, [*map(str, ids), beside])
+    with pytest.raises(ValueError, match=rf"line 2: column 'image_id' holds {ids[0]}.*2\*\*53"):
+        di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8), columns=columns)
+
+
+def test_from_csv_ids_within_float64_beside_an_empty_cell_are_kept(tmp_path):
+    ids = [2**53, 2**40 + 1]
+    csv_path = _csv_with_column(tmp_path, [*map(str, ids), ""])
+    got = di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8)).columns["image_id"]
+    assert got.dtype == np.float64 and [int(v) for v in got[:2]] == ids and np.isnan(got[2])
+
+
+def test_from_csv_a_number_beyond_float64_is_refused_not_made_infinity(tmp_path):
+    csv_path = _csv_with_column(tmp_path, ["1.5", "1e400"], name="area")
+    assert float("1e400") == float("inf")  # the oracle: Python's own parse overflows
+    with pytest.raises(ValueError, match=r"line 3: column 'area' holds 1e400, beyond the range"):
+        di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8))
+    csv_path = _csv_with_column(tmp_path, ["1.5", "-inf"], name="area")  # written as such: kept
+    got = di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8)).columns["area"]
+    assert got[0] == 1.5 and got[1] == -np.inf
+    with pytest.raises(ValueError, match=r"columns=\{'extra': \[\]\} names no CSV column"):
+        di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8), columns={"extra": []})
+
+
+def test_from_csv_a_header_repeated_where_two_csvs_were_joined_is_refused(image_folder, tmp_path):
+    # `cat a.csv b.csv`: the second header was a sample and 'label' a class, so with
+    # on_error="skip" every real class index moved up by one
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "joined.csv"
+    csv.write_text(f"path,label\n{files[0]},cat\n\ufeffpath, label\n{files[1]},dog\n")
+    for on_error in ("raise", "skip"):
+        with pytest.raises(ValueError, match=r"joined\.csv, line 3: the header again"):
+            di.from_csv(csv, root=image_folder, size=(8, 8), on_error=on_error)
+
+
+def test_from_csv_a_file_whose_name_ends_in_a_space_is_read_as_named(tmp_path):
+    # 'a.png ' was read as 'a.png', another file: the cell's spaces were stripped
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "a.png ", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), np.uint8)).save(root / name, "PNG")
+    (tmp_path / "l.csv").write_text('path,label\n"a.png ",x\n b.png ,y\n')
+    ds = di.from_csv(tmp_path / "l.csv", root=root, size=(8, 8))
+    assert ds.paths.tolist() == ["a.png ", "b.png"]  # b.png: spaces around a name, stripped
+    for path, got in zip(ds.paths, ds.images.compute(), strict=True):
+        np.testing.assert_array_equal(got, _pillow_rgb(root / path))
+
+
+def test_a_class_whose_every_file_is_skipped_is_named(tmp_path, caplog):
+    di.testing.make_image_folder(tmp_path / "imgs", n=4, size=(8, 8), classes=("a", "b"))
+    for f in (tmp_path / "imgs" / "b").iterdir():
+        f.write_bytes(b"not an image")
+    ds = di.from_folder(tmp_path / "imgs", size=(8, 8), on_error="skip")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    assert "every file of class(es) 'b' failed to decode" in caplog.text
+    assert di.open_zarr(tmp_path / "s.zarr.zip").classes == ("a", "b")  # indices kept
+
+
+@pytest.mark.parametrize("name", ["zarr.json", "ZARR.JSON", "x" * 201, "é" * 101])
+def test_column_names_a_store_cannot_hold_are_refused_up_front(tmp_path, name):
+    # 'zarr.json' was hidden from plain zarr in a zip, and failed a folder store's write
+    # after all the decoding with a bare FileExistsError; a long name with ENAMETOOLONG
+    with pytest.raises(ValueError, match="cannot name an array in the store"):
+        di.ImageSet(np.zeros((2, 4, 4, 3), np.uint8), columns={name: np.arange(2)})
+    with pytest.raises(ValueError, match=r"cannot name an array|must be letters|metadata files"):
+        di.ArrayWriter(tmp_path / "w.zarr", name=name, shape=(), dtype="int64")

@@ -241,9 +241,16 @@ def _read_csv(
         )
     rows: list[dict[str, Any]] = []
     shifted = False
+    named = [h.strip().lstrip("\ufeff").strip() for h in header]
     for cells in reader:
         if not cells:
             continue
+        if len(header) > 1 and [c.strip().lstrip("\ufeff").strip() for c in cells] == named:
+            raise ValueError(
+                f"{where}, line {reader.line_num}: the header again ({','.join(cells)}), as "
+                "where two CSV files were joined; it would be read as an image and a "
+                "class. Remove the line (e.g. concatenate with the header kept once)"
+            )
         shifted = shifted or reader.line_num != len(rows) + 2
         if len(cells) > len(header) and not any(c.strip() for c in cells[len(header) :]):
             cells = cells[: len(header)]  # trailing empty cells ("a.png,cat,")
@@ -269,7 +276,10 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
     """The files a column names, relative to ``root`` and refused if they leave it."""
     files: list[str] = []
     for line, row in enumerate(rows, start=2):
-        rel = (row[column] or "").strip()
+        raw = row[column] or ""
+        rel = raw.strip()
+        if rel != raw and isinstance(root, Path) and os.path.lexists(root / raw):
+            rel = raw  # a file whose name starts or ends with spaces, named as it is
         if not rel:
             raise ValueError(f"{where}, line {line}: empty {column!r}")
         if isinstance(root, str):
@@ -749,6 +759,11 @@ def _columns(
         return extra
     for name, given in columns.items():
         cols = [given] if isinstance(given, str) else list(given)
+        if not cols:
+            raise ValueError(
+                f"columns={{{name!r}: {given!r}}} names no CSV column; give {name!r} a "
+                f"column name or a list of them (the CSV's columns are {header})"
+            )
         for col in cols:
             if col not in header:
                 raise ValueError(
@@ -821,9 +836,39 @@ def _numbers(cells: list[list[str]], cols: list[str], where: str) -> np.ndarray:
         if max((abs(w) for row in ints for w in row), default=0) > 2**24:
             return np.array(ints, dtype=np.int64)
     values = np.array([[float(v) for v in row] for row in cells], dtype=np.float64)
+    _refuse_float64_changes(cells, wholes, values, cols, where)
     with np.errstate(over="ignore"):
         narrow = values.astype(np.float32)
     return narrow if _float32_keeps(values, narrow) else values
+
+
+def _refuse_float64_changes(
+    cells: list[list[str]],
+    wholes: list[list[int | None]],
+    values: np.ndarray,
+    cols: list[str],
+    where: str,
+) -> None:
+    """Refuse a cell float64 would change: a whole number beyond 2**53 (an ID beside an
+    empty cell or a fraction, which make the column floats) that it rounds, or a number
+    beyond its range ("1e400") that it makes infinity."""
+    for i, (row, whole) in enumerate(zip(cells, wholes, strict=True)):
+        for c, v, w, x in zip(cols, row, whole, values[i].tolist(), strict=True):
+            if w is not None and abs(w) > 2**53 and int(x) != w:
+                raise ValueError(
+                    f"{where}, line {i + 2}: column {c!r} holds {v.strip()}, a whole number "
+                    f"that would be stored as {int(x)}: beside empty cells or fractions the "
+                    "column is floats, which hold whole numbers exactly only up to 2**53 "
+                    "(IDs, hashes, nanosecond times are beyond it) and two IDs could become "
+                    "one. Fill its empty cells (e.g. with -1) so it is stored as int64, or "
+                    "leave it out with columns= (store it as text yourself)"
+                )
+            if math.isinf(x) and v.strip().lower().lstrip("+-") not in ("inf", "infinity"):
+                raise ValueError(
+                    f"{where}, line {i + 2}: column {c!r} holds {v.strip()}, beyond the "
+                    "range of float64 (it would be stored as infinity); write inf if that "
+                    "is meant, or scale the column"
+                )
 
 
 def _float32_keeps(values: np.ndarray, narrow: np.ndarray) -> bool:

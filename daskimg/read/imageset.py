@@ -479,18 +479,24 @@ RESERVED = ("images", "labels", "paths", "index", "ok")
 
 def check_column_name(name: Any) -> None:
     """A column's name is one store array's: a non-empty string, no ``/`` (a zarr path),
-    not ``.``/``..``, not starting ``__`` (zarr keeps those)."""
+    not ``.``/``..``, not starting ``__`` (zarr keeps those), not ``zarr.json`` (the store's
+    own metadata file beside the arrays' folders), and short enough to name a folder
+    (200 bytes of UTF-8, leaving room for the suffixes a write adds)."""
     if (
         not isinstance(name, str)
         or not name.strip()
         or "/" in name
         or "\\" in name
+        or "\0" in name
         or name in (".", "..")
         or name.startswith("__")
+        or name.lower() == "zarr.json"
+        or len(name.encode("utf-8", "surrogatepass")) > 200
     ):
         raise ValueError(
             f"column name {name!r} cannot name an array in the store: use a non-empty name "
-            "without '/' or '\\', not '.' or '..', not starting with '__' (e.g. "
+            "of at most 200 bytes without '/' or '\\', not '.' or '..' or 'zarr.json', not "
+            "starting with '__' (e.g. "
             f"{str(name).replace('/', '_per_').strip('./_') or 'value'!r}; from a CSV, "
             "columns={'new_name': 'csv column'} renames one)"
         )

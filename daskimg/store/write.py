@@ -904,6 +904,18 @@ def skipped_rows(ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]) -> np.ndar
             f"every one of the {len(ok)} files failed to decode; first: {skipped[0]}"
         )
     attrs["num_samples"] = len(good)
+    labels = ds.labels
+    if labels is not None and ds.classes:
+        had = set(np.unique(labels).tolist())
+        left = set(np.unique(np.asarray(labels)[good]).tolist())
+        gone = [ds.classes[k] for k in sorted(had - left) if 0 <= k < len(ds.classes)]
+        if gone:
+            logger.warning(
+                "every file of class(es) %s failed to decode and is skipped: they stay "
+                "classes (their indices are kept, a model gets an output for each) but no "
+                "sample in the store has them; see the store's skipped list",
+                ", ".join(repr(c) for c in gone),
+            )
     return good
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..read.imageset import check_column_name
 from ..store.codecs import check_text_length
 from ..store.encode import becomes_inf, holds_every
 
@@ -56,6 +57,7 @@ def parse_specs(
             )
         if n == "zarr.json":
             raise ValueError(f"{n!r} is the name of Zarr's metadata files; pick another name")
+        check_column_name(n)  # the rules every store array's name follows (length, '__')
         try:
             dims: Any
             shp: tuple[int, ...]
