@@ -500,6 +500,20 @@ def test_missing_empty_and_directory(tmp_path: Path, spec: DecodeSpec) -> None:
     _bad(tmp_path, spec, "is a directory")
 
 
+@pytest.mark.parametrize("spec", [IMAGE, VOLUME], ids=["image", "volume"])
+def test_a_pipe_or_device_named_as_an_image_is_refused_not_read(tmp_path: Path, spec) -> None:
+    # a named pipe 'x.jpg' made the read wait forever (ingest hung); a link to /dev/zero
+    # read until memory ran out
+    import os
+
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    _bad(pipe, spec, "not a regular file but a named pipe")
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    _bad(zero, spec, "not a regular file")
+
+
 def test_not_an_image(tmp_path: Path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("hello, I am not a picture\n")

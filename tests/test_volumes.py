@@ -451,3 +451,30 @@ def test_a_volume_mask_flips_along_the_width_with_its_volume():
     for images, m, index in it:  # the oracle: numpy's flip of the width axis of both
         np.testing.assert_array_equal(images, vols[index][:, :, :, ::-1])
         np.testing.assert_array_equal(m, masks[index][:, :, :, ::-1])
+
+
+def test_a_tiff_header_declaring_more_than_memory_is_a_decode_error_naming_it(tmp_path):
+    # 1.5 KB whose header claims 2 x 65000 x 65000 float64: a bare MemoryError naming no
+    # file, which on_error="skip" did not leave out
+    import os
+    import struct
+
+    (tmp_path / "vols" / "ct").mkdir(parents=True)
+    good = tmp_path / "vols" / "ct" / "good.tif"
+    tifffile.imwrite(good, np.ones((2, 16, 16), np.float64))
+    data = bytearray(good.read_bytes())
+    with tifffile.TiffFile(good) as tif:
+        for page in tif.pages:
+            for tag in page.tags.values():
+                if tag.code in (256, 257):  # width, length: written in the tag itself
+                    struct.pack_into("<H" if tag.dtype == 3 else "<I", data, tag.valueoffset, 65000)
+    bomb = tmp_path / "vols" / "ct" / "bomb.tif"
+    bomb.write_bytes(bytes(data))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 2 * 65000 * 65000 * 8 > memory  # the oracle: more than this machine holds
+    with pytest.raises(DecodeError, match=r"bomb\.tif.*declares a volume.*more than this machine"):
+        di.imread([str(bomb)], size=(2, 16, 16)).compute(scheduler="sync")
+    ds = di.from_folder(tmp_path / "vols", size=(2, 16, 16), on_error="skip")
+    di.to_zarr(ds, tmp_path / "v.zarr.zip")
+    store = di.open_zarr(tmp_path / "v.zarr.zip")
+    assert len(store) == 1 and [p for p, _ in store.skipped] == ["ct/bomb.tif"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import threading
 import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import BinaryIO, Final
 
 from PIL import Image, ImageFile
 
@@ -109,15 +110,38 @@ def strict_pillow() -> Iterator[None]:
 
 
 def read_bytes(path: str) -> bytes:
-    """Read the whole file; missing, unreadable and empty files raise DecodeError."""
+    """Read the whole file; missing, unreadable and empty files raise DecodeError, and so
+    does what is no regular file (:func:`open_regular`)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
     except OSError as exc:
         raise unreadable(path, exc) from None
     if not data:
         raise DecodeError(path, EMPTY)
     return data
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``open(path, "rb")``, refusing (DecodeError naming it) what is not a regular file: a
+    named pipe called ``x.jpg`` made the read wait forever, a link to ``/dev/zero`` read
+    until memory ran out. Opened without blocking, so a pipe is told apart before reading."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise DecodeError(path, "is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise DecodeError(
+                path,
+                "is not a regular file but a named pipe, device or socket, whose reading "
+                "could wait forever or never end; copy the data into a file",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "rb")
 
 
 def unreadable(path: str, exc: OSError) -> DecodeError:

@@ -39,7 +39,7 @@ from typing import Final
 import numpy as np
 
 from ..errors import DecodeError
-from .fileio import CORRUPT, EMPTY, NPY_MAGIC, TIFF_MAGICS, unreadable
+from .fileio import CORRUPT, EMPTY, NPY_MAGIC, TIFF_MAGICS, open_regular, unreadable
 
 __all__ = ["VOLUME_DTYPES", "read_volume", "volume_dtype", "volume_into"]
 
@@ -228,6 +228,8 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                         "slices (a .npy of shape (C, H, W)) to read them as a volume"
                     ),
                 )
+            declared = sum(int(s.size) for s in series) * np.dtype(first.dtype).itemsize
+            _check_fits(path, declared, tuple(first.shape), len(series) if pages else 1)
             vol = tif.asarray(key=slice(None)) if pages else first.asarray()
         if errors:
             raise DecodeError(path, f"corrupt or truncated TIFF (tifffile: {errors[0]})")
@@ -327,10 +329,28 @@ def _tiff_errors() -> Iterator[list[str]]:
         _TIFF_ERRORS.local.kept = None
 
 
+def _check_fits(path: str, declared: int, shape: tuple[int, ...], pages: int) -> None:
+    """Refuse a TIFF whose header declares more voxels than this machine's memory holds: a
+    damaged or crafted header (1.5 KB declaring 63 GiB) failed with a bare MemoryError
+    naming no file, which ``on_error="skip"`` could not leave out."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this system: tifffile decides
+        return
+    if declared > memory:
+        what = f"{pages} pages of {shape}" if pages > 1 else f"{shape}"
+        raise DecodeError(
+            path,
+            f"its header declares a volume of {what} ({declared / 2**30:.1f} GiB), more than "
+            f"this machine's memory ({memory / 2**30:.1f} GiB): a damaged header, or a volume "
+            "to cut into smaller files before reading",
+        )
+
+
 def read_head(path: str) -> bytes:
     """The first 8 bytes of a file (fewer if it is shorter)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(8)
     except OSError as exc:
         raise unreadable(path, exc) from None
