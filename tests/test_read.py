@@ -126,3 +126,25 @@ def test_imread_reads_each_file_once_through_folder_links(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         x = di.imread(str(tmp_path / "**" / "*.png"), size=(8, 8))
     assert x.shape[0] == 2 and "reached again through a link" in caplog.text
+
+
+def test_relative_paths_name_the_files_where_the_set_was_made(tmp_path, monkeypatch):
+    # the files were opened when computed: after a chdir (a notebook's %cd) the same
+    # relative names read another folder's files, under this folder's listing and classes
+    from PIL import Image
+
+    for where, seed in (("one", 1), ("two", 2)):
+        di.testing.make_image_folder(tmp_path / where / "rel", n=4, size=(8, 8), seed=seed)
+    monkeypatch.chdir(tmp_path / "one")
+    ds = di.from_folder("rel", size=(8, 8))
+    arr = di.imread("rel/*/*.png", size=(8, 8))
+    listed = di.imread([f"rel/{p}" for p in ds.paths], size=(8, 8))
+    monkeypatch.chdir(tmp_path / "two")
+    for got in (ds.images.compute(), arr.compute(), listed.compute()):
+        for path, image in zip(ds.paths, got, strict=True):
+            with Image.open(tmp_path / "one" / "rel" / path) as im:  # the oracle: Pillow
+                np.testing.assert_array_equal(image, np.asarray(im.convert("RGB")))
+    di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    assert di.open_zarr(tmp_path / "s.zarr.zip").attrs["source"]["root"] == str(
+        tmp_path / "one" / "rel"
+    )

@@ -94,15 +94,20 @@ def expand_paths(
     """
     if is_url(pattern_or_paths):
         return _expand_url(str(pattern_or_paths), storage_options)
+    # relative paths are taken from the folder the set is made in: the files are opened
+    # when computed, after a chdir (a notebook's %cd) or in a worker started elsewhere
+    here = os.getcwd()
     if isinstance(pattern_or_paths, (str, os.PathLike)):
         check_options(pattern_or_paths, storage_options)
         pattern = os.fspath(pattern_or_paths)
         if os.path.lexists(pattern) and not os.path.isdir(pattern):
-            return [pattern]  # a file's own name, even with glob characters ('x[1].png')
+            # a file's own name, even with glob characters ('x[1].png')
+            return [os.path.join(here, pattern)]
+        found = glob.glob(any_case_suffix(pattern), root_dir=here, recursive=True)
         paths = _once_each(
             sorted(
                 p
-                for p in glob.glob(any_case_suffix(pattern), recursive=True)
+                for p in (os.path.join(here, f) for f in found)  # here's own '[' is no glob
                 if os.path.isfile(p) or not os.path.exists(p)  # a file, or a broken link
             ),
             pattern,
@@ -118,6 +123,8 @@ def expand_paths(
         raise NoImagesFoundError("the list of paths is empty; pass at least one file")
     if storage_options is not None and not any(is_url(p) for p in paths):
         check_options(paths[0], storage_options)
+    if not is_url(paths[0]):
+        paths = [p if os.path.isabs(p) else os.path.join(here, p) for p in paths]
     return paths
 
 

@@ -1019,6 +1019,10 @@ def from_folder(
     url = str(root).rstrip("/") if is_url(root) else None
     if url is None:
         check_options(root, storage_options)
+        # the files are opened when computed: a relative root is taken from the folder the
+        # set is made in (a chdir, a notebook's %cd, a worker started elsewhere read
+        # another folder's files under these names)
+        root = os.path.join(os.getcwd(), root)
         if not Path(root).is_dir():
             raise NoImagesFoundError(
                 f"{os.fspath(root)!r} is not a folder; pass a folder of class subfolders"
