@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -148,3 +149,28 @@ def test_relative_paths_name_the_files_where_the_set_was_made(tmp_path, monkeypa
     assert di.open_zarr(tmp_path / "s.zarr.zip").attrs["source"]["root"] == str(
         tmp_path / "one" / "rel"
     )
+
+
+def test_imread_pattern_leaves_out_nas_thumbnails_and_recycle_bins(tmp_path, caplog, monkeypatch):
+    # imread("syn/**/*.jpg") read Synology's @eaDir thumbnails (copies of the photos) and
+    # its #recycle bin, which from_folder leaves out
+    import logging
+    import os
+
+    root = tmp_path / "syn"
+    di.testing.make_image_folder(root, n=4, size=(8, 8), classes=("cat", "dog"), fmt="jpg")
+    photos = sorted(str(p) for p in root.rglob("*.jpg"))
+    thumbs = root / "cat" / "@eaDir" / Path(photos[0]).name
+    thumbs.mkdir(parents=True)
+    (root / "#recycle" / "cat").mkdir(parents=True)
+    for copy in (thumbs / "SYNOPHOTO_THUMB_M.jpg", root / "#recycle" / "cat" / "old.jpg"):
+        copy.write_bytes(Path(photos[0]).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("syn/**/*.jpg", str(root / "**" / "*.jpg")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="daskimg"):
+            got = di.read.files.expand_paths(pattern)
+        assert got == photos  # the oracle: the photos os.walk finds outside those folders
+        assert "left out 2 file(s) in folders systems keep" in caplog.text
+    named = di.read.files.expand_paths("syn/cat/@eaDir/**/*.jpg")  # named in the pattern: read
+    assert named == [os.path.join(tmp_path, "syn/cat/@eaDir", thumbs.name, "SYNOPHOTO_THUMB_M.jpg")]

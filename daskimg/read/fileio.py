@@ -109,6 +109,19 @@ def strict_pillow() -> Iterator[None]:
                 ImageFile.LOAD_TRUNCATED_IMAGES = _user_setting
 
 
+#: folders operating systems and NAS boxes keep beside the data, never a class: a macOS
+#: zip's resource forks, a file system's lost+found, Windows' recycle bin and volume data,
+#: Synology's thumbnails (``cat/@eaDir/a.jpg/SYNOPHOTO_THUMB_M.jpg``: a copy of ``cat/a.jpg``)
+#: and recycle bin, QNAP's recycle bin and snapshots (compared ignoring case)
+SYSTEM_FOLDERS = frozenset(
+    n.casefold()
+    for n in (
+        "__MACOSX", "lost+found", "$RECYCLE.BIN", "RECYCLER", "System Volume Information",
+        "@eaDir", "#recycle", "#snapshot", "@Recycle", "@Recently-Snapshot", "@__thumb",
+    )
+)  # fmt: skip
+
+
 def read_bytes(path: str) -> bytes:
     """Read the whole file; missing, unreadable and empty files raise DecodeError, and so
     does what is no regular file (:func:`open_regular`)."""

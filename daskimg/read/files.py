@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import DecodeError, NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, remote_files
 from .decode import DecodeSpec
+from .fileio import SYSTEM_FOLDERS
 from .source import DEFAULT_BLOCK, FileSource, RowSource
 from .volumes import volume_dtype
 
@@ -69,6 +70,30 @@ def _once_each(paths: list[str], pattern: str) -> list[str]:
     return out
 
 
+def _not_system(found: list[str], pattern: str) -> list[str]:
+    """``found`` without the files a wildcard reached inside :data:`SYSTEM_FOLDERS` (a
+    NAS's ``@eaDir`` thumbnails, copies of the photos; its recycle bin), as ``from_folder``
+    leaves them out; logged. Folders the pattern names itself are read."""
+    parts = pattern.replace(os.sep, "/").split("/")
+    fixed = next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))
+    kept: list[str] = []
+    left: list[str] = []
+    for f in found:
+        wild = f.replace(os.sep, "/").split("/")[fixed:-1]
+        (left if any(d.casefold() in SYSTEM_FOLDERS for d in wild) else kept).append(f)
+    if left:
+        logger.warning(
+            "imread(%r): left out %d file(s) in folders systems keep beside the data (a "
+            "NAS's thumbnails, a recycle bin), as from_folder does: %s%s. Name such a "
+            "folder in the pattern to read it",
+            pattern,
+            len(left),
+            ", ".join(repr(f) for f in sorted(left)[:3]),
+            f" and {len(left) - 3} more" if len(left) > 3 else "",
+        )
+    return kept
+
+
 def expand_paths(
     pattern_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
@@ -103,14 +128,13 @@ def expand_paths(
         if os.path.lexists(pattern) and not os.path.isdir(pattern):
             # a file's own name, even with glob characters ('x[1].png')
             return [os.path.join(here, pattern)]
-        found = glob.glob(any_case_suffix(pattern), root_dir=here, recursive=True)
+        found = [
+            f
+            for f in glob.glob(any_case_suffix(pattern), root_dir=here, recursive=True)
+            if os.path.isfile(p := os.path.join(here, f)) or not os.path.exists(p)
+        ]  # files, or broken links; here's own '[' is no glob
         paths = _once_each(
-            sorted(
-                p
-                for p in (os.path.join(here, f) for f in found)  # here's own '[' is no glob
-                if os.path.isfile(p) or not os.path.exists(p)  # a file, or a broken link
-            ),
-            pattern,
+            sorted(os.path.join(here, f) for f in _not_system(found, pattern)), pattern
         )
         if not paths:
             raise NoImagesFoundError(

@@ -43,7 +43,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import alike, folded, given_classes, looks, near_misses
+from .fileio import SYSTEM_FOLDERS, alike, folded, given_classes, looks, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -82,19 +82,6 @@ class _Top:
     direct: list[str] = field(default_factory=list)  # image files directly in it
     others: list[str] = field(default_factory=list)  # files below it that are not images
     classes: dict[str, list[str]] = field(default_factory=dict)  # class folder -> its files
-
-
-#: folders operating systems and NAS boxes keep beside the data, never a class: a macOS
-#: zip's resource forks, a file system's lost+found, Windows' recycle bin and volume data,
-#: Synology's thumbnails (``cat/@eaDir/a.jpg/SYNOPHOTO_THUMB_M.jpg``: a copy of ``cat/a.jpg``)
-#: and recycle bin, QNAP's recycle bin and snapshots (compared ignoring case)
-SYSTEM_FOLDERS = frozenset(
-    n.casefold()
-    for n in (
-        "__MACOSX", "lost+found", "$RECYCLE.BIN", "RECYCLER", "System Volume Information",
-        "@eaDir", "#recycle", "#snapshot", "@Recycle", "@Recently-Snapshot", "@__thumb",
-    )
-)  # fmt: skip
 
 
 def _hidden(folder: str) -> bool:
