@@ -969,3 +969,35 @@ def test_a_split_read_on_its_own_reads_its_parent_as_told_and_quietly(tmp_path, 
         alone = di.from_folder(data / "valid", size=(8, 8))
     assert any(str(p).endswith("dup.png") for p in alone.paths)
     assert "left out" not in caplog.text  # it is read, and said not to be
+
+
+@pytest.mark.parametrize(
+    "inside", ["train/val", "train/test", "val"], ids=["val-in-train", "test-in-train", "no-train"]
+)
+def test_a_split_folder_one_level_too_deep_is_refused_not_read_as_a_class(tmp_path, inside):
+    # train/{cat,dog,val/{cat,dog}}: classes were cat, dog, val, every validation image in
+    # train labelled 'val', without a word
+    from PIL import Image
+
+    root = tmp_path / "data"
+    top = "train" if inside.startswith("train") else ""
+    other = "valid" if inside == "train/test" else "test"
+    for folder in [top, inside] + ([other] if top else []):
+        for k, c in enumerate(("cat", "dog")):
+            (root / folder / c).mkdir(parents=True)
+            name = folder.replace("/", "_") or "root"
+            Image.new("RGB", (6, 6), (k, 0, 0)).save(root / folder / c / f"{name}_{c}.png")
+    with pytest.raises(ValueError, match=rf"{inside.split('/')[-1]}' is named like a split and"):
+        di.from_folder(root, size=(6, 6))
+    assert main(["ingest", str(root), str(tmp_path / "out"), "--size", "6", "6"]) != 0
+    # the layout the message asks for reads right: every image under its own class folder
+    shutil.move(root / inside, tmp_path / "moved")
+    shutil.move(tmp_path / "moved", root / inside.split("/")[-1])
+    if not top:
+        (root / "train").mkdir()
+        for c in ("cat", "dog"):
+            shutil.move(root / c, root / "train" / c)
+    ds = di.from_folder(root, size=(6, 6))
+    assert ds.classes == ("cat", "dog") and len(ds) == (6 if top else 4)
+    for p, i in zip(ds.paths, ds.labels, strict=True):  # the oracle: the folder it lies in
+        assert Path(p).parent.name == ds.classes[int(i)], p

@@ -608,6 +608,36 @@ def _check_wrapped(where: str, tops: list[_Top], given: list[str] | None = None)
         )
 
 
+def _check_split_inside(where: str, tops: list[_Top], given: list[str] | None) -> None:
+    """Refuse a split folder one level too deep: a class folder named like a split that
+    holds no images of its own, only folders named like the classes beside it
+    (``train/{cat,dog,val/{cat,dog}}``, ``train/test/``): read as is it is one more class,
+    every validation cat and dog in train labelled ``val``. ``given`` classes pass."""
+    if given is not None:
+        return
+    for t in tops:
+        holding = {c: files for c, files in t.classes.items() if files}
+        for c, files in holding.items():
+            if c.lower() not in SPLIT_DIRS or len(holding) < 2:
+                continue
+            prefix = f"{t.where}/{c}" if "://" in t.where else os.path.join(t.where, c)
+            rest = [f[len(prefix) + 1 :].replace(os.sep, "/") for f in files]
+            if any(not f.startswith(prefix) for f in files) or any("/" not in r for r in rest):
+                continue  # images of its own: a class named like a split
+            inner = {r.split("/", 1)[0] for r in rest}
+            same = sorted(inner & set(holding))
+            if not same:
+                continue
+            beside = f"beside {t.where!r}" if t.split else f"in {where!r}, with train/ beside it"
+            raise ValueError(
+                f"{prefix!r} is named like a split and holds no images of its own, only "
+                f"folders named like the classes beside it ({', '.join(same[:5])}): a split "
+                f"folder inside {t.where!r}. Read as is it would be one more class {c!r}, "
+                f"every image in it labelled {c!r}. Move it up {beside} (its class folders "
+                f"go with it); if {c!r} is really a class, pass classes=[...] naming it"
+            )
+
+
 def _warn_nested_alike(where: str, tops: list[_Top]) -> None:
     """Log class folders that hold no images of their own, only folders named alike in every
     class (``root/{trn,tst}/{0,1,2}/``): splits under names daskimg does not know, read as
@@ -823,6 +853,7 @@ def _assemble(
     ``given``: the classes in index order (every class folder must be one of them)."""
     _stray_files(loose, where, "split folders", stray)
     _check_wrapped(where, tops, given)
+    _check_split_inside(where, tops, given)
     _warn_nested_alike(where, tops)
     labelled = []
     for t in tops:
