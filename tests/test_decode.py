@@ -899,3 +899,29 @@ def test_a_multi_page_tiff_read_as_a_2d_image_is_an_error_not_its_first_page(tmp
     # a single-page TIFF still reads
     pages[1].save(tmp_path / "one.tif")
     assert di.imread([str(tmp_path / "one.tif")], size=(6, 5), channels=1).compute().max() == 80
+
+
+@pytest.mark.parametrize(
+    "second",
+    [((24, 30), "L"), ((22, 30), "RGB"), ((26, 30), "RGB")],
+    ids=["same-size-other-mode", "a-little-smaller", "a-little-larger"],
+)
+def test_a_tiff_of_full_pages_that_differ_is_an_error_not_one_page(tmp_path, second):
+    # pages of another mode, or a few rows apart (a scanned document), read as one page
+    # without a word: the others were dropped (and a larger second page replaced the first)
+    size, mode = second
+    rng = np.random.default_rng(0)
+    first = Image.fromarray(rng.integers(0, 255, (24, 30, 3), np.uint8))
+    other = Image.fromarray(rng.integers(0, 255, (size[0], size[1], 3), np.uint8)).convert(mode)
+    path = tmp_path / "document.tif"
+    first.save(path, save_all=True, append_images=[other])
+    with Image.open(path) as im:  # the oracle: Pillow sees two unmarked full pages
+        assert im.n_frames == 2
+        im.seek(1)
+        assert not int(im.tag_v2.get(254, 0)) & 1
+    with pytest.raises(DecodeError, match=r"document\.tif.*has 2 full pages of other sizes"):
+        decode_file(path, DecodeSpec((24, 30)))
+    # a half-size page beside it is a preview: the picture reads, as before
+    half = tmp_path / "with_preview.tif"
+    first.save(half, save_all=True, append_images=[first.resize((15, 12))])
+    np.testing.assert_array_equal(decode_file(half, DecodeSpec((24, 30))), np.asarray(first))

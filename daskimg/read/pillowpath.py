@@ -29,14 +29,17 @@ _SIXTEEN_BIT: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _DRAFT_SCALES: Final = (8, 4, 2)
 
 
-def _tiff_pages(im: Image.Image, pages: int) -> tuple[bool, int]:
-    """``(is a stack, the page to read)`` of a multi-page TIFF.
+def _tiff_pages(im: Image.Image, pages: int) -> tuple[str, int]:
+    """``(what else the TIFF holds, the page to read)`` of a multi-page TIFF.
 
-    A stack: the picture's page has a twin (size and mode), slices of one volume. Otherwise the
-    other pages are previews or overviews (a scanner's or camera's thumbnail, a GeoTIFF's
-    pyramid; pages marked reduced-resolution, tag 254 bit 0) and the picture is the
-    largest full page — the first, unless a thumbnail comes first (DNG, some scanners),
-    whose upscaled pixels were read as the picture."""
+    The picture is the largest full page (not marked reduced-resolution, tag 254 bit 0):
+    the first, unless a thumbnail comes first (DNG, some scanners), whose upscaled pixels
+    were read as the picture. The other pages must be previews or overviews: marked so, or
+    at most half its size both ways (a scanner's or camera's thumbnail, a GeoTIFF's
+    pyramid); then what else it holds is ``""``. A page of the picture's size and mode is
+    a slice of one stack (``"stack"``); another page not much smaller (a multi-page
+    document; a page of another mode or a few rows less) is ``"pages"``: reading one page
+    would leave the others out without a word."""
     full: list[tuple[int, tuple[int, int], str]] = []
     try:
         for k in range(pages):
@@ -47,10 +50,13 @@ def _tiff_pages(im: Image.Image, pages: int) -> tuple[bool, int]:
     finally:
         im.seek(0)
     if not full:
-        return False, 0
+        return "", 0
     best = max(full, key=lambda p: (p[1][0] * p[1][1], -p[0]))  # the largest, first of equals
-    # a stack when the picture has a twin (slices alike); previews alike beside it are not
-    return any(p[0] != best[0] and p[1:] == best[1:] for p in full), best[0]
+    (w, h) = best[1]
+    others = [p for p in full if p[0] != best[0] and not (2 * p[1][0] <= w and 2 * p[1][1] <= h)]
+    if any(p[1:] == best[1:] for p in others):
+        return "stack", best[0]
+    return ("pages" if others else ""), best[0]
 
 
 def decode_pil(
@@ -64,8 +70,8 @@ def decode_pil(
     target = CHANNEL_MODES[spec.channels]
     pages = int(getattr(im, "n_frames", 1))
     if im.format == "TIFF" and pages > 1:
-        stack, page = _tiff_pages(im, pages)
-        if stack:
+        held, page = _tiff_pages(im, pages)
+        if held == "stack":
             # pages of a TIFF are slices or channels of one picture far more often than
             # alternatives (an animated GIF/WebP is read by its first frame, as Pillow shows it)
             raise DecodeError(
@@ -73,6 +79,14 @@ def decode_pil(
                 f"has {pages} pages; reading it as one 2-D image would keep only the "
                 "first. A stack of slices is a volume: give a 3-D size (size=(D, H, W)), or "
                 "save the page meant as its own file",
+            )
+        if held == "pages":
+            raise DecodeError(
+                path,
+                f"has {pages} full pages of other sizes or modes (a multi-page document, or "
+                "a picture with a page of another kind), not one picture with previews "
+                "(those are marked reduced-resolution or at most half its size); reading it "
+                "as one image would keep one page. Save each page meant as its own file",
             )
         if page:
             im.seek(page)
