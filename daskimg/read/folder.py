@@ -656,7 +656,18 @@ def _warn_nested_alike(where: str, tops: list[_Top]) -> None:
             return  # images of its own: a class
         inner.append({r.split("/", 1)[0] for r in rest})
     same = set.intersection(*inner)
-    if len(same) >= 2 and all(s == same for s in inner):
+    splits = sorted(d for d in same if d.lower() in SPLIT_DIRS)
+    if len(same) >= 2 and all(s == same for s in inner) and splits:
+        logger.warning(
+            "from_folder: %r: the class folders %s hold no images of their own, only the "
+            "split folders %s in each: every class holds every split's images. To read them "
+            "as splits, put the split folders at the top (%s/<class>/...)",
+            where,
+            ", ".join(repr(c) for c in sorted(holding)),
+            ", ".join(repr(d) for d in splits),
+            splits[0],
+        )
+    elif len(same) >= 2 and all(s == same for s in inner):
         logger.warning(
             "from_folder: %r: the class folders %s hold no images of their own, only folders "
             "named alike in each (%s): if they are splits, rename them to split names "
