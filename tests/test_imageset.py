@@ -1172,3 +1172,14 @@ def test_column_names_a_store_cannot_hold_are_refused_up_front(tmp_path, name):
         di.ImageSet(np.zeros((2, 4, 4, 3), np.uint8), columns={name: np.arange(2)})
     with pytest.raises(ValueError, match=r"cannot name an array|must be letters|metadata files"):
         di.ArrayWriter(tmp_path / "w.zarr", name=name, shape=(), dtype="int64")
+
+
+def test_from_csv_header_mistakes_are_named(image_folder, tmp_path):
+    f = sorted(image_folder.rglob("*.png"))[0].relative_to(image_folder).as_posix()
+    csv = tmp_path / "h.csv"
+    csv.write_text(f"path, label\n{f},cat\n")  # a space after the comma: column ' label'
+    with pytest.raises(ValueError, match=r"spaces around them, such as ' label'.*path,label"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))
+    csv.write_text(f"sep=,\npath,label\n{f},cat\n")  # Excel's separator line first
+    with pytest.raises(ValueError, match=r"h\.csv: the header is missing.*separator hint"):
+        di.from_csv(csv, root=image_folder, size=(8, 8))

@@ -232,6 +232,8 @@ def _read_csv(
         ) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, [])
+    if header and header[0].lower().startswith("sep=") and not any(h.strip() for h in header[1:]):
+        raise ValueError(f"{where}: the header is missing{_header_hint(header)}")
     # unnamed columns (Excel's trailing empty ones, "path,label,,") are never read
     twice = sorted({h for h in header if h.strip() and header.count(h) > 1})
     if twice:
@@ -1033,6 +1035,12 @@ def _header_hint(header: list[str]) -> str:
         return (
             f" (its first line {','.join(header)!r} is Excel's separator hint, not a header: remove "
             "that line and save the file comma-separated)"
+        )
+    padded = [h for h in header if h != h.strip()]
+    if padded:
+        return (
+            f" (names with spaces around them, such as {padded[0]!r}: write the header "
+            f"without them, e.g. {','.join(h.strip() for h in header)})"
         )
     if len(header) == 1:
         for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
