@@ -319,7 +319,9 @@ class ArrayWriter:
         default for ``mode="a"`` and with ``num_samples``): each row lands on its sample
         whatever the order of the batches; an index out of range, repeated, or of a
         sample written already is refused naming it. With ``order="store"`` it is
-        optional and checked: it must be the next rows.
+        optional and checked: it must be the next rows; a writer of a new store that
+        does not know its number of samples refuses it (pass ``num_samples=`` to place
+        rows by index, or drop ``index=``).
 
         Every named array gets the same number of rows. A batch that is refused (wrong
         shape, unsafe cast, bad index, too many rows) raises before anything changes;
