@@ -1206,3 +1206,24 @@ def test_a_staging_folder_written_into_while_it_is_removed_is_removed(tmp_path, 
     monkeypatch.setattr(shutil, "rmtree", rmtree)
     location.remove_path(str(folder))
     assert not folder.exists() and len(calls) == 2
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_a_write_failed_by_another_library_names_the_store_and_what_is_left(tmp_path, ext):
+    # a storage server gone or a cluster restarted raised its own error, with no word of
+    # the store or of what was left at its path
+    import dask.array as da
+
+    def fail(block):
+        raise RuntimeError("scheduler restarted")
+
+    path = tmp_path / f"s{ext}"
+    di.to_zarr(di.ImageSet(np.zeros((4, 4, 4, 3), np.uint8), np.arange(4) % 2), path)
+    images = da.zeros((8, 4, 4, 3), np.uint8, chunks=(2, 4, 4, 3)).map_blocks(fail, dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="scheduler restarted") as info:
+        di.to_zarr(di.ImageSet(images, np.arange(8) % 2), path, overwrite=True)
+    assert info.value.__notes__ == [
+        f"daskimg: writing {path} failed; nothing was published: what was at that path is as "
+        "it was"
+    ]
+    assert len(di.open_zarr(path)) == 4  # the oracle: the old store, whole

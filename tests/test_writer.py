@@ -1260,3 +1260,24 @@ def test_to_zarr_keeps_an_unfinished_array_writer_write_unless_told(tmp_path, ca
         di.to_zarr(ds, path, overwrite=True)
     assert "discarding the unfinished ArrayWriter write" in caplog.text
     assert len(di.open_zarr(path)) == 4
+
+
+def test_a_dask_batch_whose_task_fails_names_the_writer_and_what_it_holds(tmp_path):
+    # the task's own error came with no word of the writer, nor that the batch was not added
+    import dask.array as da
+
+    def fail(block):
+        raise RuntimeError("the model failed")
+
+    path = tmp_path / "f.zarr"
+    with ArrayWriter(path, shape=(D,), dtype="float32", num_samples=10) as w:
+        w.append(feats(0, 4), index=np.arange(4))
+        bad = da.from_array(feats(4, 10), chunks=(3, D)).map_blocks(fail, dtype=np.float32)
+        with pytest.raises(RuntimeError, match="the model failed") as info:
+            w.append(bad, index=np.arange(4, 10))
+        assert info.value.__notes__ == [
+            f"daskimg: ArrayWriter({str(path)!r}).append failed; a batch is added whole or "
+            "not at all, and the writer holds 4 rows"
+        ]
+        w.append(feats(4, 10), index=np.arange(4, 10))
+    np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(0, 10))

@@ -444,6 +444,17 @@ def write_store(
                 + "); what was written is removed"
                 + (f" ({staging})" if staging else ""),
             ) from e
+        if isinstance(e, Exception) and not isinstance(e, (DaskImgError, ValueError, TypeError)):
+            # another library's error (a storage server gone, a cluster restarted): say
+            # which store and what is left, not only what failed
+            e.add_note(
+                f"daskimg: writing {loc.target} failed; "
+                + (
+                    "the store there opens as unfinished until written again (overwrite=True)"
+                    if staging is None
+                    else "nothing was published: what was at that path is as it was"
+                )
+            )
         raise
 
 

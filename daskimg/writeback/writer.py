@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DaskImgError
 from ..store.location import Location
 from . import staging
 from .batches import append_rows, missing_rows
@@ -328,7 +329,16 @@ class ArrayWriter:
         the writer stays usable.
         """
         with self._mutex, _no_space_named(str(self._plan.staging), self.target):
-            self._append(batch, named, index)
+            try:
+                self._append(batch, named, index)
+            except Exception as e:
+                if not isinstance(e, (DaskImgError, ValueError, TypeError, OSError)):
+                    # a dask task's own error (a model, a data loader): say which writer
+                    e.add_note(
+                        f"daskimg: ArrayWriter({self.target!r}).append failed; a batch is "
+                        f"added whole or not at all, and the writer holds {self.num_rows} rows"
+                    )
+                raise
 
     def checkpoint(self) -> int:
         """Make every row appended so far durable; return their number.
