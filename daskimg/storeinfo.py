@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -147,14 +149,30 @@ def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
             store = zarr.storage.ZipStore(path, mode="r")
         else:
             store = zarr.storage.LocalStore(path, read_only=True)
-        group = zarr.open_group(store, mode="r")
+        with warnings.catch_warnings():  # zarr's: consolidated metadata is no v3 standard
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            group = zarr.open_group(store, mode="r")
+        # consolidated metadata (zarr.consolidate_metadata, a step xarray users take) is
+        # what plain zarr reads instead of each array's own zarr.json, which daskimg checks
+        consolidated = group.metadata.consolidated_metadata is not None
+        own = zarr.open_group(store, mode="r", use_consolidated=False) if consolidated else None
     except Exception as e:  # whatever zarr refuses, said in its words
         return [Problem("zarr.json", -1, f"{path}: plain zarr cannot open the store: {e}")]
     problems = []
+    fix = (
+        "plain zarr and xarray read it from the root zarr.json's consolidated metadata, "
+        "which is out of date: run zarr.consolidate_metadata on the store again, or remove "
+        "the root's consolidated_metadata"
+    )
     try:
         for name in names:
             try:
-                group[name]
+                arr = group[name]
+            except KeyError:
+                if own is None:
+                    raise
+                problems.append(Problem(name, -1, f"{path}: {name!r} is missing where {fix}"))
+                continue
             except Exception as e:  # whatever zarr refuses
                 problems.append(
                     Problem(
@@ -164,9 +182,19 @@ def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
                         "its zarr.json was changed by another tool; re-create the store",
                     )
                 )
+                continue
+            if own is not None and _described(arr) != _described(own[name]):
+                problems.append(
+                    Problem(name, -1, f"{path}: {name!r} reads as another array where {fix}")
+                )
     finally:
         store.close()
     return problems
+
+
+def _described(arr: Any) -> str:
+    """An array's metadata as plain zarr parsed it, comparable."""
+    return json.dumps(arr.metadata.to_dict(), sort_keys=True, default=str)
 
 
 def _zip_crcs(path: str) -> list[Problem]:

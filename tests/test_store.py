@@ -1223,7 +1223,31 @@ def test_a_write_failed_by_another_library_names_the_store_and_what_is_left(tmp_
     with pytest.raises(RuntimeError, match="scheduler restarted") as info:
         di.to_zarr(di.ImageSet(images, np.arange(8) % 2), path, overwrite=True)
     assert info.value.__notes__ == [
-        f"daskimg: writing {path} failed; nothing was published: what was at that path is as "
-        "it was"
+        f"daskimg: writing {path} failed; nothing was published: what was at that path is as it was"
     ]
     assert len(di.open_zarr(path)) == 4  # the oracle: the old store, whole
+
+
+def test_verify_names_consolidated_metadata_that_plain_zarr_would_misread(tmp_path):
+    # consolidated metadata in the root zarr.json is what plain zarr and xarray read instead
+    # of each array's own zarr.json; one that lies about labels' dtype made them read 1e-323
+    # while verify said clean (no checksum covers that block)
+    import warnings
+
+    path = tmp_path / "c.zarr"
+    di.to_zarr(di.ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.arange(4) % 2), path, chunks=2)
+    with warnings.catch_warnings():  # zarr: "not part of the Zarr format 3 specification"
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(str(path))
+        assert verify(path) == []  # up to date: fine
+        root = json.loads((path / "zarr.json").read_text())
+        entries = root["consolidated_metadata"]["metadata"]
+        entries["labels"]["data_type"] = "float64"
+        del entries["images"]
+        (path / "zarr.json").write_text(json.dumps(root))
+        assert zarr.open_group(str(path), mode="r")["labels"].dtype == np.float64  # the oracle
+        problems = {p.array: p.message for p in verify(path)}
+    assert set(problems) == {"labels", "images"}
+    assert "'labels' reads as another array where plain zarr and xarray" in problems["labels"]
+    assert "'images' is missing where" in problems["images"]
+    assert "zarr.consolidate_metadata" in problems["labels"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import store_damage as sd
+import zarr
 from conftest import plain_group
 
 import daskimg as di
@@ -1281,3 +1283,25 @@ def test_a_dask_batch_whose_task_fails_names_the_writer_and_what_it_holds(tmp_pa
         ]
         w.append(feats(4, 10), index=np.arange(4, 10))
     np.testing.assert_array_equal(di.open_zarr(path).arrays["features"].compute(), feats(0, 10))
+
+
+def test_a_column_written_into_a_consolidated_store_reads_right_in_plain_zarr(tmp_path):
+    # zarr.consolidate_metadata (an xarray user's step) copies each array's zarr.json into
+    # the root; ArrayWriter(mode="a") kept that copy, so plain zarr and xarray read the
+    # replaced column with its old dtype (int32 bits as float32: 1.4e-45) and did not see a
+    # new one, while verify passed
+    path = tmp_path / "c.zarr"
+    di.to_zarr(di.ImageSet(np.zeros((4, 2, 2, 3), np.uint8), np.arange(4) % 2), path, chunks=2)
+    with ArrayWriter(path, name="pred", shape=(), dtype="float32", mode="a") as w:
+        w.append(np.arange(4, dtype=np.float32), index=np.arange(4))
+    with warnings.catch_warnings():  # zarr: "not part of the Zarr format 3 specification"
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(str(path))
+    want = np.arange(4, dtype=np.int32) * 7
+    with ArrayWriter(path, arrays={"pred": ((), "int32"), "more": ((), "int64")}, mode="a",
+                     overwrite=True) as w:  # fmt: skip
+        w.append(pred=want, more=want.astype(np.int64), index=np.arange(4))
+    group = zarr.open_group(str(path), mode="r")  # the oracle: plain zarr, as xarray opens it
+    np.testing.assert_array_equal(group["pred"][...], want)
+    np.testing.assert_array_equal(group["more"][...], want)
+    assert verify(path) == []

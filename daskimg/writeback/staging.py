@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -44,6 +45,8 @@ from ..store.open import open_store
 from .checks import TEXT, Spec
 from .placed import Placed, PlacedColumn
 from .shards import SHARD_BYTES, SHARD_CHUNKS_MAX, Appended, Column, ShardPool
+
+logger = logging.getLogger("daskimg")
 
 __all__ = [
     "MANIFEST",
@@ -497,6 +500,16 @@ def publish(
         metas.update(new)
         tables.update(read_tables(LocalDir(str(store)), new))
         meta["attributes"]["daskimg"] = finish_attrs(old_attrs, metas, tables)
+        if meta.get("consolidated_metadata") is not None:
+            # another tool's copy of every array's zarr.json (zarr.consolidate_metadata),
+            # which plain zarr and xarray read instead: stale now, it would hide the new
+            # arrays or misread a replaced one
+            meta.pop("consolidated_metadata")
+            logger.warning(
+                "%s: dropped the consolidated metadata of its root zarr.json, out of date "
+                "with the arrays written; run zarr.consolidate_metadata again if you use it",
+                location.target,
+            )
     write_json(root, meta)
     # what is about to be published: a resume after a kill from here on tells by this
     # digest whether the store at the target is the new one
