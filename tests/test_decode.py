@@ -925,3 +925,12 @@ def test_a_tiff_of_full_pages_that_differ_is_an_error_not_one_page(tmp_path, sec
     half = tmp_path / "with_preview.tif"
     first.save(half, save_all=True, append_images=[first.resize((15, 12))])
     np.testing.assert_array_equal(decode_file(half, DecodeSpec((24, 30))), np.asarray(first))
+
+
+def test_an_unmarked_pyramid_with_odd_sides_reads_its_picture(tmp_path):
+    # (review) levels rounded up (101 -> 51 -> 26) are more than half: the TIFF was refused
+    rng = np.random.default_rng(1)
+    first = Image.fromarray(rng.integers(0, 255, (101, 101, 3), np.uint8))
+    path = tmp_path / "pyramid.tif"
+    first.save(path, save_all=True, append_images=[first.resize((51, 51)), first.resize((26, 26))])
+    np.testing.assert_array_equal(decode_file(path, DecodeSpec((101, 101))), np.asarray(first))

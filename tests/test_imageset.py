@@ -1183,3 +1183,12 @@ def test_from_csv_header_mistakes_are_named(image_folder, tmp_path):
     csv.write_text(f"sep=,\npath,label\n{f},cat\n")  # Excel's separator line first
     with pytest.raises(ValueError, match=r"h\.csv: the header is missing.*separator hint"):
         di.from_csv(csv, root=image_folder, size=(8, 8))
+
+
+def test_from_csv_floats_spelled_as_python_writes_them_are_kept_beyond_2_53(tmp_path):
+    # (review) pandas writes a float64 column with a NaN by repr: "1.6859000001234568e+18"
+    # (a timestamp in ns) is that float exactly, and was refused as an ID floats round
+    values = ["1.6859000001234568e+18", "3400000000000000000000000000000000000000", ""]
+    csv_path = _csv_with_column(tmp_path, values, name="t")
+    got = di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8)).columns["t"]
+    assert got[0] == float(values[0]) and got[1] == float(values[1]) and np.isnan(got[2])

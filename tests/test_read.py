@@ -174,3 +174,30 @@ def test_imread_pattern_leaves_out_nas_thumbnails_and_recycle_bins(tmp_path, cap
         assert "left out 2 file(s) in folders systems keep" in caplog.text
     named = di.read.files.expand_paths("syn/cat/@eaDir/**/*.jpg")  # named in the pattern: read
     assert named == [os.path.join(tmp_path, "syn/cat/@eaDir", thumbs.name, "SYNOPHOTO_THUMB_M.jpg")]
+
+
+def test_absolute_paths_read_when_the_working_folder_was_deleted(tmp_path, monkeypatch):
+    # (review) os.getcwd() was called for every set: a deleted working folder made even
+    # absolute patterns, lists and roots fail with a bare FileNotFoundError
+    di.testing.make_image_folder(tmp_path / "imgs", n=2, size=(8, 8), classes=("a",))
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    files = sorted(str(p) for p in (tmp_path / "imgs").rglob("*.png"))
+    assert di.imread(str(tmp_path / "imgs" / "*" / "*.png"), size=(8, 8)).shape[0] == 2
+    assert di.imread(files, size=(8, 8)).shape[0] == 2
+    assert len(di.from_folder(tmp_path / "imgs", size=(8, 8))) == 2
+
+
+def test_imread_reads_a_system_folder_its_pattern_names(tmp_path, monkeypatch):
+    # (review) '*/@eaDir/*.jpg' named the folder after a wildcard: every file was left out,
+    # and 'no files match' did not say why
+    di.testing.make_image_folder(tmp_path / "syn", n=2, size=(8, 8), classes=("cat",), fmt="jpg")
+    thumbs = tmp_path / "syn" / "cat" / "@eaDir"
+    thumbs.mkdir()
+    (thumbs / "t.jpg").write_bytes(next((tmp_path / "syn" / "cat").glob("*.jpg")).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert di.read.files.expand_paths("syn/*/@eaDir/*.jpg") == [str(thumbs / "t.jpg")]
+    with pytest.raises(NoImagesFoundError, match=r"left out 1 file\(s\) in folders systems"):
+        di.read.files.expand_paths("syn/**/@*/*.jpg")

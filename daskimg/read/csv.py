@@ -770,6 +770,7 @@ def _columns(
             if col not in header:
                 raise ValueError(
                     f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}"
+                    f"{_header_hint(header)}"
                 )
         cells = [[row[c] for c in cols] for row in rows]
         flags = _flags(cells)  # true/false throughout: bool, as the columns picked by default
@@ -856,7 +857,9 @@ def _refuse_float64_changes(
     beyond its range ("1e400") that it makes infinity."""
     for i, (row, whole) in enumerate(zip(cells, wholes, strict=True)):
         for c, v, w, x in zip(cols, row, whole, values[i].tolist(), strict=True):
-            if w is not None and abs(w) > 2**53 and int(x) != w:
+            # a float's own spelling ("1.6859000001234568e+18", pandas' for a timestamp
+            # in ns beside a NaN) is that float: only other digits are changed
+            if w is not None and abs(w) > 2**53 and int(x) != w and not _spells(v, x):
                 raise ValueError(
                     f"{where}, line {i + 2}: column {c!r} holds {v.strip()}, a whole number "
                     f"that would be stored as {int(x)}: beside empty cells or fractions the "
@@ -871,6 +874,14 @@ def _refuse_float64_changes(
                     "range of float64 (it would be stored as infinity); write inf if that "
                     "is meant, or scale the column"
                 )
+
+
+def _spells(v: str, x: float) -> bool:
+    """Whether the cell ``v`` is the float ``x`` as written, in its shortest spelling."""
+    try:
+        return decimal.Decimal(v.strip()) == decimal.Decimal(repr(x))
+    except decimal.InvalidOperation:
+        return False
 
 
 def _float32_keeps(values: np.ndarray, narrow: np.ndarray) -> bool:

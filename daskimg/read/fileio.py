@@ -138,23 +138,18 @@ def read_bytes(path: str) -> bytes:
 def open_regular(path: str) -> BinaryIO:
     """``open(path, "rb")``, refusing (DecodeError naming it) what is not a regular file: a
     named pipe called ``x.jpg`` made the read wait forever, a link to ``/dev/zero`` read
-    until memory ran out. Opened without blocking, so a pipe is told apart before reading."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise DecodeError(path, "is a directory, not a file")
-        if not stat.S_ISREG(mode):
-            raise DecodeError(
-                path,
-                "is not a regular file but a named pipe, device or socket, whose reading "
-                "could wait forever or never end; copy the data into a file",
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return open(fd, "rb")
+    until memory ran out. Told apart by ``stat`` before opening (a pipe's open blocks;
+    opening without blocking fails on a file a NAS server holds a lease on)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise DecodeError(path, "is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise DecodeError(
+            path,
+            "is not a regular file but a named pipe, device or socket, whose reading "
+            "could wait forever or never end; copy the data into a file",
+        )
+    return open(path, "rb")
 
 
 def unreadable(path: str, exc: OSError) -> DecodeError:

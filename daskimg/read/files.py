@@ -70,28 +70,31 @@ def _once_each(paths: list[str], pattern: str) -> list[str]:
     return out
 
 
-def _not_system(found: list[str], pattern: str) -> list[str]:
-    """``found`` without the files a wildcard reached inside :data:`SYSTEM_FOLDERS` (a
-    NAS's ``@eaDir`` thumbnails, copies of the photos; its recycle bin), as ``from_folder``
-    leaves them out; logged. Folders the pattern names itself are read."""
-    parts = pattern.replace(os.sep, "/").split("/")
-    fixed = next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))
+def _not_system(found: list[str], pattern: str) -> tuple[list[str], list[str]]:
+    """``found`` split into the files to read and those a wildcard reached inside
+    :data:`SYSTEM_FOLDERS` (a NAS's ``@eaDir`` thumbnails, copies of the photos; its
+    recycle bin), which ``from_folder`` leaves out too. A system folder the pattern names
+    itself (``*/@eaDir/*.jpg``) is read."""
+    named = {p.casefold() for p in pattern.replace(os.sep, "/").split("/")}
+    skipped = SYSTEM_FOLDERS - named
     kept: list[str] = []
     left: list[str] = []
     for f in found:
-        wild = f.replace(os.sep, "/").split("/")[fixed:-1]
-        (left if any(d.casefold() in SYSTEM_FOLDERS for d in wild) else kept).append(f)
-    if left:
-        logger.warning(
-            "imread(%r): left out %d file(s) in folders systems keep beside the data (a "
-            "NAS's thumbnails, a recycle bin), as from_folder does: %s%s. Name such a "
-            "folder in the pattern to read it",
-            pattern,
-            len(left),
-            ", ".join(repr(f) for f in sorted(left)[:3]),
-            f" and {len(left) - 3} more" if len(left) > 3 else "",
-        )
-    return kept
+        folders = f.replace(os.sep, "/").split("/")[:-1]
+        (left if any(d.casefold() in skipped for d in folders) else kept).append(f)
+    if left and kept:
+        logger.warning("imread(%r): %s", pattern, _left_out(left))
+    return kept, left
+
+
+def _left_out(left: list[str]) -> str:
+    return (
+        f"left out {len(left)} file(s) in folders systems keep beside the data (a NAS's "
+        f"thumbnails, a recycle bin), as from_folder does: "
+        + ", ".join(repr(f) for f in sorted(left)[:3])
+        + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        + ". Name such a folder in the pattern to read it"
+    )
 
 
 def expand_paths(
@@ -121,25 +124,25 @@ def expand_paths(
         return _expand_url(str(pattern_or_paths), storage_options)
     # relative paths are taken from the folder the set is made in: the files are opened
     # when computed, after a chdir (a notebook's %cd) or in a worker started elsewhere
-    here = os.getcwd()
     if isinstance(pattern_or_paths, (str, os.PathLike)):
         check_options(pattern_or_paths, storage_options)
         pattern = os.fspath(pattern_or_paths)
+        here = "" if os.path.isabs(pattern) else os.getcwd()
         if os.path.lexists(pattern) and not os.path.isdir(pattern):
             # a file's own name, even with glob characters ('x[1].png')
             return [os.path.join(here, pattern)]
         found = [
             f
-            for f in glob.glob(any_case_suffix(pattern), root_dir=here, recursive=True)
+            for f in glob.glob(any_case_suffix(pattern), root_dir=here or None, recursive=True)
             if os.path.isfile(p := os.path.join(here, f)) or not os.path.exists(p)
         ]  # files, or broken links; here's own '[' is no glob
-        paths = _once_each(
-            sorted(os.path.join(here, f) for f in _not_system(found, pattern)), pattern
-        )
+        kept, left = _not_system(found, pattern)
+        paths = _once_each(sorted(os.path.join(here, f) for f in kept), pattern)
         if not paths:
             raise NoImagesFoundError(
                 f"no files match the pattern {pattern!r}; check the path, and use '**' "
                 "to descend into subfolders (e.g. 'photos/**/*.jpg')"
+                + (f" ({_left_out(left)})" if left else "")
             )
         return paths
     paths = [os.fspath(p) for p in pattern_or_paths]
@@ -147,7 +150,8 @@ def expand_paths(
         raise NoImagesFoundError("the list of paths is empty; pass at least one file")
     if storage_options is not None and not any(is_url(p) for p in paths):
         check_options(paths[0], storage_options)
-    if not is_url(paths[0]):
+    if not is_url(paths[0]) and not all(map(os.path.isabs, paths)):
+        here = os.getcwd()
         paths = [p if os.path.isabs(p) else os.path.join(here, p) for p in paths]
     return paths
 

@@ -630,7 +630,7 @@ def _check_split_inside(where: str, tops: list[_Top], given: list[str] | None) -
                 continue
             beside = f"beside {t.where!r}" if t.split else f"in {where!r}, with train/ beside it"
             raise ValueError(
-                f"{prefix!r} is named like a split and holds no images of its own, only "
+                f"{prefix!r} is named like a split and holds no images of its own but "
                 f"folders named like the classes beside it ({', '.join(same[:5])}): a split "
                 f"folder inside {t.where!r}. Read as is it would be one more class {c!r}, "
                 f"every image in it labelled {c!r}. Move it up {beside} (its class folders "
@@ -1051,7 +1051,8 @@ def from_folder(
         # the files are opened when computed: a relative root is taken from the folder the
         # set is made in (a chdir, a notebook's %cd, a worker started elsewhere read
         # another folder's files under these names)
-        root = os.path.join(os.getcwd(), root)
+        if not os.path.isabs(root):
+            root = os.path.join(os.getcwd(), root)
         if not Path(root).is_dir():
             raise NoImagesFoundError(
                 f"{os.fspath(root)!r} is not a folder; pass a folder of class subfolders"

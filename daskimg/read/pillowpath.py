@@ -53,7 +53,10 @@ def _tiff_pages(im: Image.Image, pages: int) -> tuple[str, int]:
         return "", 0
     best = max(full, key=lambda p: (p[1][0] * p[1][1], -p[0]))  # the largest, first of equals
     (w, h) = best[1]
-    others = [p for p in full if p[0] != best[0] and not (2 * p[1][0] <= w and 2 * p[1][1] <= h)]
+    # half, rounded up as pyramids round odd sides (101 -> 51)
+    others = [
+        p for p in full if p[0] != best[0] and not (2 * p[1][0] <= w + 1 and 2 * p[1][1] <= h + 1)
+    ]
     if any(p[1:] == best[1:] for p in others):
         return "stack", best[0]
     return ("pages" if others else ""), best[0]

@@ -135,8 +135,8 @@ class PlacedColumn:
             crcs = [crc32c.crc32c(e) for e in encoded]
         else:
             raw = np.ascontiguousarray(data).tobytes()
-            step = self.row_bytes
-            crcs = [crc32c.crc32c(raw[k : k + step]) for k in range(0, len(raw), step)]
+            rows, step = memoryview(raw), self.row_bytes
+            crcs = [crc32c.crc32c(rows[k : k + step]) for k in range(0, len(raw), step)]
         view, rb = memoryview(raw), self.row_bytes
         sums = memoryview(np.array(crcs, dtype="<u4").tobytes())
         breaks = [0, *(np.flatnonzero(np.diff(idx) != 1) + 1).tolist(), len(idx)]
@@ -150,7 +150,8 @@ class PlacedColumn:
         rb = self.row_bytes
         raw = _pread_exact(self.fd, (b - a) * rb, a * rb, self.rows_path)
         if not self.text:
-            self._check(a, [raw[k : k + rb] for k in range(0, len(raw), rb)])
+            rows = memoryview(raw)
+            self._check(a, [rows[k : k + rb] for k in range(0, len(raw), rb)])
             return np.frombuffer(raw, self.dtype).reshape(b - a, *self.shape)
         assert self.text_fd is not None
         table = np.frombuffer(raw, "<u8").reshape(b - a, 2)
@@ -168,7 +169,7 @@ class PlacedColumn:
             out[k] = data.decode("utf-8")
         return out
 
-    def _check(self, a: int, rows: list[bytes]) -> None:
+    def _check(self, a: int, rows: list[bytes] | list[memoryview]) -> None:
         """Refuse rows (samples ``a, a+1, ...``) whose bytes differ from when written."""
         if self.crc_fd is None:
             return
