@@ -6,6 +6,7 @@ are checked over every combination of consumers x workers x ``even`` x ``drop_la
 
 from __future__ import annotations
 
+import collections
 from collections import Counter
 
 import numpy as np
@@ -603,3 +604,28 @@ def test_drop_last_does_not_leave_out_the_short_final_chunk_every_epoch(
     short = np.arange(n - n % length, n)
     assert (seen[short] > 0).all()
     assert (seen > 0).all()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize(("n", "length", "consumers", "batch"), [(65, 64, 2, 8), (129, 64, 3, 32),
+                                                                 (130, 64, 3, 1), (20, 8, 4, 4)])  # fmt: skip
+def test_a_consumer_with_few_samples_pads_from_other_chunks_not_one_sample(
+    n, length, consumers, batch, workers, drop_last
+):
+    # 65 samples in chunks of 64 on 2 ranks left one rank a single sample, which its even
+    # padding repeated 64 times an epoch (torch's DistributedSampler repeats none)
+    seen = collections.Counter()
+    counts = []
+    for k in range(consumers):
+        mine = []
+        for w in range(workers):
+            plan = plan_epoch(n, length, batch_size=batch, seed=3, consumer=k,
+                              num_consumers=consumers, even=True, worker=w,
+                              num_workers=workers, drop_last=drop_last)  # fmt: skip
+            mine += [int(i) for b in plan.batches for i in b]
+        counts.append(len(mine))
+        seen.update(mine)
+    assert len(set(counts)) == 1  # even: every consumer the same number
+    assert set(seen) == set(range(n)) or drop_last  # every sample, without drop_last
+    assert max(seen.values()) <= (2 if workers == 1 else 3)

@@ -355,7 +355,10 @@ def plan_epoch(
     group's chunks in all), whose samples serve as repeats only. A worker whose run lies wholly past
     ``c`` repeats the consumer's last ``buffer_chunks`` chunks (one more when the short
     final chunk is among them). A consumer with no chunks (only when ``C < n``) repeats the
-    order's first chunk. So, without ``drop_last``:
+    order's first chunk. When those hold fewer samples than the repeats (a store of few
+    chunks: 65 samples in chunks of 64 on two consumers leave one a single sample), other
+    consumers' chunks, nearest before in the order, are loaded with them for the repeats
+    (within the same bound of twice a group's chunks). So, without ``drop_last``:
 
     - every sample is yielded at least once per epoch, across consumers;
     - a consumer yields at most ``chunk_len`` repeats (``M - c <= chunk_len``), an epoch at
@@ -468,6 +471,17 @@ def plan_epoch(
             room = max(0, 2 * per_group - chunks.size)  # a group holds at most twice its chunks
             chunks = mine[max(0, i0 - room) : i0 + chunks.size]
             last = mix(chunk_samples(bounds, chunks), starts, key)
+        if starts.size == 1 and last.size < need:
+            # the consumer's own samples are fewer than its repeats (a store of few chunks:
+            # 65 samples in chunks of 64 on 2 ranks left one rank one sample, repeated 64
+            # times): other consumers' chunks, nearest before in the order, are loaded
+            # with them for the repeats, as a consumer without chunks takes the order's first
+            have = set(chunks.tolist())
+            others = [c for c in order.tolist() if c not in have]
+            room = max(0, 2 * per_group - chunks.size)
+            if room and others:
+                chunks = np.concatenate([np.asarray(others[-room:], np.int64), chunks])
+                last = mix(chunk_samples(bounds, chunks), starts, key)
         stream = np.concatenate([samples, last[np.arange(need) % last.size]])
     else:  # even, a run of repeats only: the consumer's last chunks (none: the order's first)
         take = per_group
@@ -477,6 +491,14 @@ def plan_epoch(
             # on the consumer's repeats, so that all its workers draw from one pool)
             take += 1
         chunks = mine[-take:] if own else order[:1]
+        if int(np.sum(bounds[chunks + 1] - bounds[chunks])) < usable - own:
+            # fewer samples than the consumer's repeats (a store of few chunks): other
+            # consumers' chunks, nearest before in the order, serve too (decided on the
+            # consumer's counts: all its workers draw from one pool)
+            have = set(chunks.tolist())
+            others = [c for c in order.tolist() if c not in have]
+            room = max(0, 2 * per_group - chunks.size)
+            chunks = np.concatenate([np.asarray(others[-room:] if room else [], np.int64), chunks])
         starts = np.zeros(1, dtype=np.int64)
         pool = mix(chunk_samples(bounds, chunks), starts, key)
         stream = pool[(start - own + np.arange(size)) % pool.size]
