@@ -334,7 +334,7 @@ class TorchDataset(IterableDataset):
         table = self._table()
         passed = False
         if self._resume is not None:
-            it.load_state_dict(self._resume)
+            it.load_state_dict(_for_rank(self._resume, it))
             done = bool(len(it)) and it.state_dict()["batch"] >= len(it)
             if done and table.current > it.epoch:
                 # set_epoch has moved past the epoch the state finished: nothing of it is left,
@@ -536,6 +536,25 @@ class TorchDataset(IterableDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._unpickled_in = os.getpid()
+
+
+def _for_rank(state: dict[str, Any], it: BatchIterator) -> dict[str, Any]:
+    """``state`` as this rank's: PyTorch Lightning saves rank 0's loader state only and
+    gives it to every rank, so rank 1 was refused ("saved with consumer=0") when resuming
+    a DDP run mid-epoch. With ``even`` every rank yields the same batches per worker, so
+    rank 0's position is every rank's; without it (ranks may differ by a batch) a state
+    of another rank is refused, saying why."""
+    theirs = state.get("consumer")
+    if theirs is None or theirs == it.consumer or state.get("num_consumers") != it.num_consumers:
+        return state
+    if state.get("even") and it.even:
+        return {**state, "consumer": it.consumer}
+    raise ValueError(
+        f"cannot resume rank {it.consumer} from the state of rank {theirs}: this epoch's "
+        "ranks have unequal batch counts (even=False), so one rank's position is not "
+        "another's. PyTorch Lightning saves rank 0's loader state only: resume such a run "
+        "from a checkpoint saved at an epoch's end, or pass even=True"
+    )
 
 
 def _live_ranks() -> tuple[int, int] | None:

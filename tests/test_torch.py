@@ -500,3 +500,37 @@ def test_a_store_replaced_under_a_dataset_is_refused_not_mixed_in(tmp_path):
         list(loader)
     fresh = TorchDataset(str(path), batch_size=8, shuffle=True, seed=0)  # made again: fine
     assert sum(len(b[0]) for b in DataLoader(fresh, batch_size=None, num_workers=2)) == 120
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata's import
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_rank_resumes_from_rank_0s_state_as_lightning_saves_it(store, stored, workers):
+    # PyTorch Lightning saves rank 0's loader state only and gives it to every rank: rank 1
+    # was refused ("saved with consumer=0"), so a DDP run could not resume mid-epoch
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    kw = {"batch_size": 4, "arrays": ("index",), "seed": 2, "world_size": 2}
+
+    def loader(rank, even=True):
+        return sdl.StatefulDataLoader(
+            TorchDataset(store, **kw, rank=rank, even=even), batch_size=None, num_workers=workers
+        )
+
+    whole = {r: [b[0].tolist() for b in loader(r)] for r in (0, 1)}  # the oracle: one run
+    first = loader(0)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    del it
+    for r in (0, 1):
+        resumed = loader(r)
+        resumed.load_state_dict(state)
+        assert [b[0].tolist() for b in resumed] == whole[r][3:]
+    other = loader(0, even=False)  # ranks of unequal batch counts: said, not guessed
+    it = iter(other)
+    next(it)
+    uneven = loader(1, even=False)
+    uneven.load_state_dict(other.state_dict())
+    del it
+    with pytest.raises(ValueError, match="cannot resume rank 1 from the state of rank 0"):
+        list(uneven)
