@@ -259,7 +259,10 @@ class Placed:
         if len(again):
             raise ValueError(
                 f"index {int(again[0])} was written already (by an earlier append); every "
-                "sample gets exactly one row (missing() lists those still to write)"
+                "sample gets exactly one row (missing() lists those still to write). "
+                "Predictions from DDP ranks: a TorchDataset pads ranks to equal batch counts "
+                "when shuffling (even), repeating some samples; make it with even=False or "
+                "shuffle=False for predictions"
             )
 
     def add(
