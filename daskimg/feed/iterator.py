@@ -403,6 +403,15 @@ def check_state(
                     f"and {mine.get('path')!r} is another store (its daskimg attributes "
                     "differ); resume on the store the state comes from"
                 )
+            if (a is not None or b is not None) and (theirs or {}).get("rows") != (mine or {}).get(
+                "rows"
+            ):
+                raise ValueError(
+                    "cannot resume: the state was saved on another part of the store "
+                    f"{(theirs or mine or {}).get('path')!r} (a split or take() of other "
+                    "samples, or the whole store): its order would repeat some samples and "
+                    "miss others here. Resume on the same split (the same fractions and seed)"
+                )
         elif theirs != mine:
             raise ValueError(
                 f"cannot resume: the state was saved with {name}={theirs!r}, and this has "

@@ -64,6 +64,7 @@ class FeedSource:
         #: boxes told by their names only (a dict's ``bbox``), for the transform's message
         self.guessed_boxes: tuple[str, ...] = ()
         self.masks: tuple[str, ...] = ()
+        origin: Mapping[str, Any] = {}  # the store a subset's samples come from
         if isinstance(source, ImageSet):
             if source.on_error == "skip" and source.row_source is not None:
                 raise ValueError(
@@ -86,6 +87,7 @@ class FeedSource:
             # those decoded with the files (checked against their sources there)
             unchecked = [b for b in self.boxes if not source.is_from_files(b)]
             self.store_rows = source.store_rows
+            origin = source.origin or {}
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL
                 self.reader = source.store.reader
@@ -198,10 +200,13 @@ class FeedSource:
             n for n in self.fast if reader is not None and reader.layout(n).per_sample
         }
         #: what a resumed iteration must find again: where the store is and what it holds
+        attrs = self.attrs or origin.get("attrs") or {}
         self.identity: dict[str, Any] = {
-            "path": location,
-            "token": _token(self.attrs) if self.attrs else None,
+            "path": location or origin.get("path"),
+            "token": _token(attrs) if attrs else None,
         }
+        if self.store_rows is not None:  # a subset: which of the store's rows, in which order
+            self.identity["rows"] = hashlib.sha256(self.store_rows.tobytes()).hexdigest()[:16]
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self.virtual:

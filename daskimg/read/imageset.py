@@ -245,6 +245,9 @@ class ImageSet:
         #: sample's row in that store, which the feed's ``"index"`` gives (so predictions
         #: written back by index land on their samples); None: sample i is row i
         self.store_rows: np.ndarray | None = None
+        #: for such a subset: the store's path and ``daskimg`` attributes, so that a feed's
+        #: saved state is tied to the store and rows it was saved on
+        self.origin: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -392,6 +395,11 @@ class ImageSet:
             rows = np.arange(len(self)) if self.store_rows is None else self.store_rows
             subset.store_rows = rows[idx]
             subset.store_rows.flags.writeable = False
+            subset.origin = (
+                {"path": self.store.location.target, "attrs": self.attrs}
+                if self.store is not None
+                else self.origin
+            )
         return subset
 
     def split(
