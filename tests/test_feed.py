@@ -794,3 +794,37 @@ def test_one_number_per_sample_in_chunks_of_one_is_read_as_stored(tmp_path, inde
         [b for (b,) in di.BatchIterator(path, batch_size=3, shuffle=False, arrays=("x",))]
     )
     np.testing.assert_array_equal(fed, values)
+
+
+def test_what_a_transform_returns_is_checked_naming_it(store):
+    # a transform that forgot `return batch` failed with a bare AttributeError in the
+    # buffer pool; one that cut an array short was handed out as it was
+    def in_place(batch, rng):
+        batch["images"] = batch["images"] // 2
+
+    def shorter(batch, rng):
+        return {**batch, "labels": batch["labels"][1:]}
+
+    def dropped(batch, rng):
+        return {"images": batch["images"]}
+
+    for transform, err, says in (
+        (in_place, TypeError, "returned NoneType, not the batch dict"),
+        (shorter, ValueError, "returned 'labels' with 7 rows for a batch of 8 samples"),
+        (dropped, KeyError, r"returned a batch without \['labels'\]"),
+    ):
+        with pytest.raises(err, match=says):
+            next(iter(di.BatchIterator(store, batch_size=8, transform=transform)))
+
+
+def test_arguments_a_user_may_pass_are_taken_or_refused_clearly(store):
+    it = di.BatchIterator(store, batch_size=np.int64(8), seed=np.int64(3))
+    state = it.state_dict()
+    assert state["batch_size"] == 8 and state["seed"] == 3
+    import json
+
+    json.dumps(state)  # a numpy seed made the state unwritable as JSON
+    with pytest.raises(TypeError, match="a dict of model input/output names is KerasDataset"):
+        di.BatchIterator(store, batch_size=8, arrays={"labels": "labels", "images": "images"})
+    with pytest.raises(ValueError, match="state\\['batch'\\] is 999, but an epoch has"):
+        di.BatchIterator(store, batch_size=8).load_state_dict({**state, "batch": 999, "seed": 0})

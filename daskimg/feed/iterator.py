@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_transform
+from .checks import check_at_least, check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
 from .shuffle import epoch_rng, num_batches, plan_epoch
@@ -131,20 +131,20 @@ class BatchIterator:
             self.source.masks,
             self.source.guessed_boxes,
         )
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.shuffle = shuffle
         #: seed=None: one drawn now, recorded by state_dict (a state's seed is then adopted)
         self._seed_drawn = seed is None
         self.seed: int = (
             int(np.random.SeedSequence().entropy) % 2**63  # type: ignore[arg-type]
             if seed is None
-            else seed
+            else int(seed)  # a numpy int too: the state stays JSON
         )
-        self.buffer_chunks = buffer_chunks
+        self.buffer_chunks = int(buffer_chunks)
         self.drop_last = drop_last
         self.transform = transform
-        self.prefetch = prefetch
-        self.threads = threads
+        self.prefetch = int(prefetch)
+        self.threads = int(threads)
         self.consumer = consumer
         self.num_consumers = num_consumers
         self.worker = worker
@@ -242,8 +242,15 @@ class BatchIterator:
         if self._seed_drawn and state.get("seed") is not None:
             self.seed = int(state["seed"])
             self._plan = None
+        before = (self.epoch, self._batch)
         self.epoch = int(epoch)  # type: ignore[arg-type]
         self._batch = int(batch)  # type: ignore[arg-type]
+        if self._batch > len(self):  # len: the epoch's batches (the plan is pure)
+            self.epoch, self._batch = before
+            raise ValueError(
+                f"cannot resume: state['batch'] is {batch}, but an epoch has {len(self)} "
+                "batches here; the state is damaged or from another setup"
+            )
         self._resumed_epoch, self._chosen = self.epoch, False
 
     def plan(self) -> EpochPlan:
@@ -329,8 +336,12 @@ class BatchIterator:
         out = self.source.gather(idx)
         out.update(bufs)
         if self.transform is not None:
-            out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
-            self._release(bufs)  # reusable once nothing refers to them (see _batch_buffer)
+            try:
+                given = out
+                out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
+                _check_transformed(self.transform, given, out, len(idx))
+            finally:
+                self._release(bufs)  # reusable once nothing refers to them (see _batch_buffer)
         return out
 
     def _batch_buffer(self, name: str, n: int) -> np.ndarray:
@@ -367,6 +378,30 @@ class BatchIterator:
                 self._busy.discard(id(arr))
 
 
+def _check_transformed(transform: Any, given: Mapping[str, Any], out: Any, n: int) -> None:
+    """Refuse what a transform returned unless it is the batch dict with every array it was
+    given, each of the batch's ``n`` samples: a transform that forgot ``return batch``
+    failed with a bare AttributeError, and one that cut an array short was handed out."""
+    if not isinstance(out, Mapping):
+        raise TypeError(
+            f"transform {transform!r} returned {type(out).__name__}, not the batch dict: a "
+            "transform takes the batch dict and the rng and returns the dict (did it change "
+            "the batch in place and not `return batch`?)"
+        )
+    missing = [k for k in given if k not in out]
+    if missing:
+        raise KeyError(
+            f"transform {transform!r} returned a batch without {missing}: return every "
+            f"array it was given ({sorted(given)}), changed or not"
+        )
+    for k, v in out.items():
+        if len(v) != n:
+            raise ValueError(
+                f"transform {transform!r} returned {k!r} with {len(v)} rows for a batch of "
+                f"{n} samples: every array of a batch holds one row per sample"
+            )
+
+
 def _check_args(
     batch_size: int, buffer_chunks: int, prefetch: int, threads: int, seed: int | None, shares: int
 ) -> None:
@@ -376,8 +411,7 @@ def _check_args(
         ("prefetch", prefetch, 0),
         ("threads", threads, 1),
     ):
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        check_at_least(name, v, lo)  # numpy ints too (stored as int)
     if seed is None and shares > 1:
         raise ValueError(
             "seed=None draws a different order in every consumer and worker, so they would "

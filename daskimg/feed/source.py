@@ -128,6 +128,12 @@ class FeedSource:
             names = [n for n in ("images", "labels") if n in arrays]
         if isinstance(names, str):
             raise TypeError(f"arrays must be a sequence of names, e.g. ({names!r},); got {names!r}")
+        if isinstance(names, Mapping):  # KerasDataset's spelling: its values were ignored
+            raise TypeError(
+                f"arrays must be a sequence of store array names here, e.g. "
+                f"{tuple(names.values())!r}; got a dict {dict(names)!r} (a dict of model "
+                "input/output names is KerasDataset's arrays=, not this one's)"
+            )
         if INDEX in names and INDEX in arrays:
             raise ValueError(
                 f"the source has an array named {INDEX!r}, which the name {INDEX!r} would hide: "
