@@ -1251,3 +1251,44 @@ def test_verify_names_consolidated_metadata_that_plain_zarr_would_misread(tmp_pa
     assert "'labels' reads as another array where plain zarr and xarray" in problems["labels"]
     assert "'images' is missing where" in problems["images"]
     assert "zarr.consolidate_metadata" in problems["labels"]
+
+
+def test_stores_of_links_pipes_and_twice_written_members_are_read_or_named(tmp_path):
+    # a .zarr folder whose files are links into a cache (git-annex, DVC) was called damaged
+    # ("no zarr.json", "shard missing"); a named pipe called x.zarr.zip hung every reader; a
+    # link to itself gave a bare ELOOP; a member written twice (plain zarr's ZipStore(mode="a"))
+    # was called truncated by an interrupted copy
+    ds = di.ImageSet(np.arange(4 * 4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 4, 3), [0, 1, 0, 1])
+    real = tmp_path / "real.zarr"
+    di.to_zarr(ds, real, chunks=2)
+    annexed = tmp_path / "annexed.zarr"
+    cache = tmp_path / "cache"
+    for f in sorted(p for p in real.rglob("*") if p.is_file()):
+        key = f.relative_to(real)
+        blob = cache / str(abs(hash(str(key))))
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, blob)
+        (annexed / key).parent.mkdir(parents=True, exist_ok=True)
+        (annexed / key).symlink_to(blob)
+    # the oracle: plain zarr on the store the links lead to
+    np.testing.assert_array_equal(
+        di.open_zarr(annexed).images.compute(), plain_group(real)["images"][...]
+    )
+    assert verify(annexed) == []
+    next(cache.iterdir()).unlink()  # an unfetched file
+    with pytest.raises(di.errors.MetadataError, match="a link to a missing file"):
+        di.open_zarr(annexed)
+    pipe = tmp_path / "pipe.zarr.zip"
+    os.mkfifo(pipe)
+    with pytest.raises(di.errors.MetadataError, match="not a regular file but a named pipe"):
+        di.open_zarr(pipe)
+    loop = tmp_path / "loop.zarr.zip"
+    loop.symlink_to(loop)
+    with pytest.raises(di.errors.DaskImgError, match="loop of links"):
+        di.open_zarr(loop)
+    twice = tmp_path / "twice.zarr.zip"
+    di.to_zarr(ds, twice, chunks=2)
+    with zipfile.ZipFile(twice, "a") as z, pytest.warns(UserWarning, match="Duplicate name"):
+        z.writestr("zarr.json", z.read("zarr.json"))
+    with pytest.raises(di.errors.MetadataError, match=r"holds the member 'zarr\.json' twice"):
+        di.open_zarr(twice)

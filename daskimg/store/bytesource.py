@@ -31,6 +31,7 @@ duplicates), then read by offset.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -301,9 +302,22 @@ class LocalZip(_LocalSource):
         self.path = self.where = path
         if state is None:
             try:
+                # told apart before opening: opening a named pipe waits for a writer forever
+                if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+                    raise MetadataError(
+                        f"{path!r} is not a regular file but a named pipe, device or socket; "
+                        "a *.zarr.zip store is one file"
+                    )
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 raise FileNotFoundError(f"no store at {path!r}") from None
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                raise MetadataError(
+                    f"{path!r} is a symbolic link that leads back to itself (a loop of links); "
+                    "point it at the store file"
+                ) from None
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
@@ -339,13 +353,22 @@ class LocalDir(_LocalSource):
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"no store at {path!r}")
             idents: dict[str, tuple[int, int, int, int]] = {}
-            # links are not followed; a listing that fails (EMFILE: out of descriptors)
-            # raises, never reads as a store without those files (named damaged)
+            # links to folders are not followed; links to files are (git-annex and DVC
+            # keep a store's files as links into their cache), a broken one is named; a
+            # listing that fails (EMFILE: out of descriptors) raises, never reads as a
+            # store without those files (named damaged)
             for dirpath, dirnames, files in os.walk(path, onerror=_raise):
                 dirnames.sort()
                 for f in files:
                     full = os.path.join(dirpath, f)
-                    st = os.lstat(full)
+                    try:
+                        st = os.stat(full)
+                    except FileNotFoundError:
+                        raise MetadataError(
+                            f"{full!r} in the store is a link to a missing file (an unfetched "
+                            "git-annex or DVC file?): fetch it (git annex get, dvc pull) or "
+                            "copy the store again"
+                        ) from None
                     if stat.S_ISREG(st.st_mode):
                         idents[os.path.relpath(full, path).replace(os.sep, "/")] = _ident(st)
             state = {"idents": idents}
@@ -439,7 +462,13 @@ def zip_members(
                 )
             )
         if info.filename in seen:
-            raise ChecksumError(damaged.format(f"member {info.filename!r} appears twice"))
+            raise MetadataError(
+                f"{where}: the zip holds the member {info.filename!r} twice, as a zip is left "
+                "when a file in it is written again (plain zarr's ZipStore(mode='a') appends "
+                "a new copy instead of replacing it), so which one is meant is unknown. "
+                "daskimg stores are changed with daskimg (ArrayWriter(..., mode='a')); "
+                "re-create the store, or rewrite the zip keeping the last copy of each member"
+            )
         seen.add(info.filename)
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
             raise ChecksumError(
