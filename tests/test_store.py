@@ -1292,3 +1292,34 @@ def test_stores_of_links_pipes_and_twice_written_members_are_read_or_named(tmp_p
         z.writestr("zarr.json", z.read("zarr.json"))
     with pytest.raises(di.errors.MetadataError, match=r"holds the member 'zarr\.json' twice"):
         di.open_zarr(twice)
+
+
+@pytest.mark.parametrize("compressor", ["none", "blosc"])
+def test_a_plain_zarr_text_array_without_zstd_is_read_or_refused_as_such(tmp_path, compressor):
+    # strings vlen-utf8 + crc32c (no zstd), as plain zarr-python writes them when told: every
+    # chunk was reported as damaged ("not a Zstandard frame"); blosc-compressed ones too
+    import warnings
+
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    n, path = 10, tmp_path / "plain.zarr"
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=3)
+    group.attrs["daskimg"] = {"format_version": 1, "num_samples": n, "classes": ["a", "b"],
+                              "complete": True, "chunk_len": 5}  # fmt: skip
+    kw = {"fill_value": 0, "config": {"write_empty_chunks": True}}
+    group.create_array("images", shape=(n, 2, 2, 3), dtype="uint8", chunks=(5, 2, 2, 3),
+                       compressors=[ZstdCodec(), Crc32cCodec()], **kw)[:] = 1  # fmt: skip
+    group.create_array("labels", shape=(n,), dtype="int64", chunks=(5,),
+                       compressors=[Crc32cCodec()], **kw)[:] = np.arange(n) % 2  # fmt: skip
+    codecs = [Crc32cCodec()] if compressor == "none" else [BloscCodec(cname="lz4"), Crc32cCodec()]
+    with warnings.catch_warnings():  # zarr: the string dtype "may change in the future"
+        warnings.simplefilter("ignore")
+        paths = group.create_array("paths", shape=(n,), dtype=str, chunks=(5,), compressors=codecs)
+        paths[:] = [f"f{i}.png" for i in range(n)]
+        want = [str(p) for p in zarr.open_group(path, mode="r")["paths"][...]]  # the oracle
+    if compressor == "none":
+        assert di.open_zarr(path).paths.tolist() == want
+        assert verify(path) == []
+    else:
+        with pytest.raises(di.errors.MetadataError, match="strings compressed with blosc"):
+            di.open_zarr(path)

@@ -290,7 +290,7 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
     """Check the crc32c of an encoded inner chunk and decode it into ``out`` (its exact shape).
 
     ``kind`` is an :class:`~daskimg.store.layout.ArrayLayout`'s: ``raw``, ``blosc``,
-    ``zstd``, ``jpeg`` or ``vlen`` (zstd-compressed strings).
+    ``zstd``, ``jpeg``, ``vlen`` (zstd-compressed strings) or ``vlen-raw``.
     """
     body = check_crc(data, where)
     if kind == "jpeg":
@@ -301,6 +301,9 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
     if kind == "vlen":
         limit = 4 + out.size * (4 + MAX_STRING_BYTES)
         out[...] = vlen_decode(zstd_decode(body, where, limit), out.size, where).reshape(out.shape)
+        return
+    if kind == "vlen-raw":  # a store plain zarr wrote: strings without a compressor
+        out[...] = vlen_decode(body, out.size, where).reshape(out.shape)
         return
     dest = flat_bytes(out)
     if kind == "raw":
