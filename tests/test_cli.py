@@ -249,8 +249,12 @@ def test_a_rerun_keeps_a_finished_split_only_if_its_files_are_unchanged(
     args = ["ingest", str(image_folder), str(out), "--size", "8", "8"]
     assert main(args) == 0
     kept = {s: (out / f"{s}.zarr.zip").stat().st_mtime_ns for s in ("train", "valid", "test")}
+    capsys.readouterr()
     assert main(args) == 0  # nothing changed: every split is kept as it is
     assert kept == {s: (out / f"{s}.zarr.zip").stat().st_mtime_ns for s in kept}
+    # kept unread: said so, with how to check it and how to write it anew (a damaged store
+    # was kept as 'complete', and verify's advice to re-create it led back here)
+    assert capsys.readouterr().out.count("not read again: daskimg verify checks every chunk") == 3
     # a file's content replaced under the same name: the stores hold its old pixels
     victim = sorted(image_folder.rglob("*.png"))[0]
     Image.new("RGB", Image.open(victim).size, (255, 0, 0)).save(victim)

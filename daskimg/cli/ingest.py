@@ -132,7 +132,10 @@ def ingest(args: argparse.Namespace) -> int:
                 and target in earlier
                 and _finished_same(part, target, so, args, name)
             ):
-                print(f"kept {target}: complete, written from the same files and settings")
+                print(
+                    f"kept {target}: complete, written from the same files and settings (not "
+                    f"read again: daskimg verify checks every chunk; --overwrite writes it anew)"
+                )
             else:
                 print(f"writing {target} ({len(part)} samples)")
                 try:

@@ -147,7 +147,8 @@ def check_crc_of(body: Any, stored: Any, where: str) -> None:
     if crc32c.crc32c(body) != int.from_bytes(bytes(stored), "little"):
         raise ChecksumError(
             f"{where}: checksum mismatch (the chunk is damaged); run `daskimg verify` on the store "
-            "and re-create it from the source"
+            "and re-create it from the source (to_zarr(..., overwrite=True); daskimg ingest "
+            "--overwrite, since a re-run keeps a store written from the same files)"
         )
 
 

@@ -422,7 +422,9 @@ class RawChunk:
         if crc != int.from_bytes(crc_bytes, "little"):
             raise ChecksumError(
                 f"{self.where}: checksum mismatch (the chunk is damaged); run `daskimg verify` "
-                "on the store and re-create it from the source"
+                "on the store and re-create it from the source (to_zarr(..., overwrite=True); "
+                "daskimg ingest --overwrite, since a re-run keeps a store written from the same "
+                "files)"
             )
         check_place(self.table, self.index, crc_bytes, self.where)
         for places in where_to:
