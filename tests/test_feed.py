@@ -828,3 +828,25 @@ def test_arguments_a_user_may_pass_are_taken_or_refused_clearly(store):
         di.BatchIterator(store, batch_size=8, arrays={"labels": "labels", "images": "images"})
     with pytest.raises(ValueError, match="state\\['batch'\\] is 999, but an epoch has"):
         di.BatchIterator(store, batch_size=8).load_state_dict({**state, "batch": 999, "seed": 0})
+
+
+def test_a_second_iteration_while_one_runs_makes_the_first_raise_not_skip(store, stored_idx):
+    # two live iterations of one BatchIterator shared its position: it went backwards, and
+    # once both ended the epoch had advanced twice (an epoch's order never served)
+    kw = {"batch_size": 10, "arrays": ("index",), "seed": 4}
+    it = di.BatchIterator(store, **kw)
+    first = iter(it)
+    head = [next(first)[0] for _ in range(3)]
+    second = iter(it)
+    rest = [b[0] for b in second]  # the epoch continues in the latest iteration
+    with pytest.raises(RuntimeError, match="was cut short: the same BatchIterator was iterated"):
+        next(first)
+    got = np.concatenate(head + rest)
+    np.testing.assert_array_equal(np.sort(got), np.arange(len(got)))  # the oracle: each once
+    assert len(got) == len(stored_idx) and it.epoch == 1
+    again = [b[0] for b in it]  # then epoch 1, whole
+    assert np.array_equal(np.sort(np.concatenate(again)), np.arange(len(got)))
+    # a peek (the iteration dropped at once) then a loop: continues, as after a break
+    peek = di.BatchIterator(store, **kw)
+    seen = next(iter(peek))[0]
+    assert len(np.concatenate([seen] + [b[0] for b in peek])) == len(stored_idx)

@@ -287,7 +287,18 @@ class BatchIterator:
                 return
             plan = self.plan()
         self._chosen = False
-        yield from self._runner.run(
+        # one iteration at a time: a later one (a second loop over the same iterator, another
+        # thread's) makes this one raise when asked for its next batch, before it moves the
+        # position both share (two ran side by side: the position went backwards, an epoch
+        # was skipped)
+        self._iteration = mine = getattr(self, "_iteration", 0) + 1
+        served, epoch = 0, self.epoch
+
+        def handed_out(b: int) -> None:
+            if self._iteration == mine:
+                self._handed_out(b)
+
+        batches = self._runner.run(
             plan,
             self._batch,
             threads=self.threads,
@@ -295,9 +306,25 @@ class BatchIterator:
             buffer=self._batch_buffer,
             release=self._release,
             assemble=self._assemble,
-            handed_out=self._handed_out,
+            handed_out=handed_out,
             closed_error=self._closed_error,
         )
+        while True:
+            if self._iteration == mine:
+                batch = next(batches, None)
+            if self._iteration != mine:
+                getattr(batches, "close", lambda: None)()  # its own chunks and buffers
+                raise RuntimeError(
+                    f"BatchIterator: this iteration (epoch {epoch}, "
+                    f"{served} batches in) was cut short: the same BatchIterator was iterated "
+                    "again meanwhile (a second loop over it, or one in another thread); it "
+                    "reads one iteration at a time, and the epoch continues in the latest. "
+                    "Make a second BatchIterator for another loop"
+                )
+            if batch is None:
+                break
+            served += 1
+            yield batch
         if self._batch >= len(plan.batches):
             self._advance()
 
