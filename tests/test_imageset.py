@@ -1192,3 +1192,10 @@ def test_from_csv_floats_spelled_as_python_writes_them_are_kept_beyond_2_53(tmp_
     csv_path = _csv_with_column(tmp_path, values, name="t")
     got = di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8)).columns["t"]
     assert got[0] == float(values[0]) and got[1] == float(values[1]) and np.isnan(got[2])
+
+
+def test_from_csv_a_true_false_column_with_an_empty_cell_is_named_as_such(tmp_path):
+    # the message said "true/false beside numbers", but the odd cell was empty
+    csv_path = _csv_with_column(tmp_path, ["True", "false", ""], name="f")
+    with pytest.raises(ValueError, match=r"line 4: column 'f' is true/false with an empty cell"):
+        di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8), columns={"f": "f"})

@@ -782,7 +782,17 @@ def _columns(
 
 
 def _refuse_non_numbers(rows: list[dict[str, Any]], cols: list[str], where: str) -> None:
-    """Name the first cell of ``cols`` that is no number: text, or true/false beside numbers."""
+    """Name the first cell of ``cols`` that is no number: text, or true/false beside numbers
+    (or beside empty cells)."""
+    for c in cols:
+        cells = [row[c] for row in rows]
+        if any(map(_is_flag, cells)) and all(_is_flag(v) or _is_empty(v) for v in cells):
+            line = next(i for i, v in enumerate(cells, start=2) if _is_empty(v))
+            raise ValueError(
+                f"{where}, line {line}: column {c!r} is true/false with an empty cell here; a "
+                "true/false column needs a value in every row: fill them in, or write 1 and 0 "
+                "(empty cells are then NaN)"
+            )
     for flag in (False, True):  # text first: the likelier mistake
         for line, row in enumerate(rows, start=2):
             for c in cols:
