@@ -786,7 +786,8 @@ def _refuse_non_numbers(rows: list[dict[str, Any]], cols: list[str], where: str)
     (or beside empty cells)."""
     for c in cols:
         cells = [row[c] for row in rows]
-        if any(map(_is_flag, cells)) and all(_is_flag(v) or _is_empty(v) for v in cells):
+        empty = any(map(_is_empty, cells))
+        if empty and any(map(_is_flag, cells)) and all(_is_flag(v) or _is_empty(v) for v in cells):
             line = next(i for i, v in enumerate(cells, start=2) if _is_empty(v))
             raise ValueError(
                 f"{where}, line {line}: column {c!r} is true/false with an empty cell here; a "
