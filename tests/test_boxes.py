@@ -893,3 +893,65 @@ def test_boxes_that_are_fractions_of_the_image_size_are_named(tmp_path, caplog):
             tmp_path / "p.csv", root=tmp_path, size=(15, 20), boxes=corners, label_column=None
         )
     assert "within 0..1" not in caplog.text  # a pixel box among them: pixels
+
+
+def _png16(path, ids: np.ndarray, color_type: int) -> None:
+    """A 16-bit PNG of ``ids`` in every channel (2: RGB, 4: gray+alpha), which Pillow cannot
+    write; the oracle is the values written."""
+    import struct
+    import zlib
+
+    channels = {2: 3, 4: 2}[color_type]
+    pixels = np.repeat(ids[..., None], channels, axis=-1).astype(">u2")
+    if color_type == 4:
+        pixels[..., 1] = 65535
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    h, w = ids.shape
+    head = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_mask_files_whose_ids_pillow_would_change_are_refused(tmp_path):
+    # 16-bit colour masks came back at 8 bits (ids 700, 1200 as 2, 4), a multi-page TIFF
+    # mask lost every page but the first, lossy content not named .jpg gave new ids: silently
+    import tifffile
+
+    make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / "a.png")
+    ids = np.zeros((20, 30), np.uint16)
+    ids[2:8, 3:9], ids[10:15, 12:20] = 700, 1200
+    _png16(tmp_path / "rgb16.png", ids, 2)
+    _png16(tmp_path / "la16.png", ids, 4)
+    tifffile.imwrite(
+        tmp_path / "rgb16.tif", np.repeat(ids[..., None], 3, axis=-1), photometric="rgb"
+    )
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([ids > 0, ids > 700]).astype(np.uint8))
+    small = Image.fromarray((ids // 10).astype(np.uint8))
+    small.save(tmp_path / "jpeg_named.png", format="JPEG")
+    small.save(tmp_path / "lossy.webp")  # Pillow's WebP default: lossy
+    small.save(tmp_path / "lossless.webp", lossless=True)
+    csv = tmp_path / "m.csv"
+
+    def read(mask: str, dtype: str = "uint16") -> np.ndarray:
+        csv.write_text(f"path,mask\na.png,{mask}\n")
+        ds = di.from_csv(csv, root=tmp_path, size=(20, 30), label_column=None,
+                         mask_column="mask", mask_dtype=dtype)  # fmt: skip
+        return ds.columns["masks"].compute()[0]
+
+    with Image.open(tmp_path / "rgb16.png") as im:  # the oracle: Pillow reads it at 8 bits
+        assert im.mode == "RGB" and np.asarray(im)[2, 3, 0] != 700 % 256
+    for name in ("rgb16.png", "la16.png", "rgb16.tif"):
+        with pytest.raises(DecodeError, match=rf"{name}.*16-bit colour \(or gray\+alpha\)"):
+            read(name)
+    with pytest.raises(DecodeError, match=r"pages\.tif.*has 2 pages; a mask is one page"):
+        read("pages.tif", "uint8")
+    for name, kind in (("jpeg_named.png", "JPEG"), ("lossy.webp", "WEBP")):
+        with pytest.raises(DecodeError, match=rf"{name}.*holds a lossy {kind} image"):
+            read(name, "uint8")
+    np.testing.assert_array_equal(read("lossless.webp", "uint8"), ids // 10)  # lossless: read

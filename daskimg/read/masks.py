@@ -22,7 +22,7 @@ import io
 import logging
 import os
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -75,6 +75,7 @@ def mask_dtype_of(path: str, data: bytes | None = None) -> np.dtype:
         return np.dtype(np.uint8) if dtype.kind == "b" else dtype.newbyteorder("=")
     im = open_image(path, data)
     try:
+        _check_mask_file(im, data, path)
         return np.dtype(_mode_dtype(im.mode, path))
     finally:
         im.close()
@@ -182,6 +183,7 @@ def _read_ids(path: str, data: bytes | None) -> np.ndarray:
     with strict_pillow():  # a truncated mask fails, whatever the process's Pillow setting
         im = open_image(path, data)
         try:
+            _check_mask_file(im, data, path)
             _mode_dtype(im.mode, path)
             try:
                 im.load()
@@ -208,6 +210,54 @@ def _read_ids(path: str, data: bytes | None) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+
+def _check_mask_file(im: Any, data: bytes, path: str) -> None:
+    """Refuse mask files whose class ids Pillow would change or leave out, each silently:
+    several TIFF pages (every page but the first dropped), 16-bit colour or gray+alpha
+    (Pillow reads those at 8 bits: ids 700 and 1200 became 2 and 4), and lossy content
+    under a name that does not say so (a JPEG named ``.png``, a lossy WebP: new ids near
+    every edge; a JPEG named ``.jpg`` is logged when listed, see :func:`warn_lossy_masks`)."""
+    pages = int(getattr(im, "n_frames", 1))
+    if im.format == "TIFF" and pages > 1:
+        raise DecodeError(
+            path,
+            f"has {pages} pages; a mask is one page of class ids, and reading it would keep "
+            "only the first. Combine the pages into one of ids, or save the page meant alone",
+        )
+    deep = False
+    if im.format == "PNG" and len(data) > 25:  # IHDR: bit depth, colour type
+        deep = data[24] == 16 and data[25] in (2, 4, 6)
+    elif im.format == "TIFF" and im.mode in ("RGB", "RGBA", "LA"):
+        bits = getattr(im, "tag_v2", {}).get(258) or (8,)
+        deep = max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    if deep:
+        raise DecodeError(
+            path,
+            "a 16-bit colour (or gray+alpha) mask, which Pillow reads at 8 bits: its class "
+            "ids would come back changed. Save it as one 16-bit gray channel (a PNG of mode "
+            "'I;16', e.g. Image.fromarray(ids.astype(np.uint16))) or as a .npy of ids",
+        )
+    lossy_named = os.path.splitext(path)[1].lower() in _LOSSY
+    if (im.format in ("JPEG", "MPO") and not lossy_named) or (
+        im.format == "WEBP" and _lossy_webp(data)
+    ):
+        raise DecodeError(
+            path,
+            f"holds a lossy {im.format} image: compression changes class ids near every "
+            "edge (new ids appear). Save masks losslessly (PNG, lossless WebP)",
+        )
+
+
+def _lossy_webp(data: bytes) -> bool:
+    """A WebP whose image is lossy (a ``VP8 `` chunk; ``VP8L`` is lossless)."""
+    at = 12  # after 'RIFF', the size and 'WEBP'
+    while at + 8 <= len(data):
+        fourcc, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        if fourcc in (b"VP8 ", b"VP8L"):
+            return fourcc == b"VP8 "
+        at += 8 + size + (size & 1)
+    return False
 
 
 def _mode_dtype(mode: str, path: str) -> str:
