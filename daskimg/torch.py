@@ -606,5 +606,29 @@ def _to_torch(name: str, a: np.ndarray, channels_first: bool, dtype: torch.dtype
                 wide = torch.float64 if dtype == torch.float64 else torch.float32
                 t = (t.to(wide) / scale).to(dtype)
             else:
-                t = t.to(dtype)
+                t = _cast(t, dtype, name)
     return t
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """``t.to(dtype)``, refused (ValueError) where it changes values beyond a float's own
+    rounding: whole numbers a float type cannot hold (int16 2049 as float16 2048), values
+    out of an integer type's range (-1000 as uint8 24), fractions or NaN made integers, and
+    finite values made infinite (65520 as float16). A volume's values are measurements."""
+    out = t.to(dtype)
+    if not t.numel() or t.dtype == dtype:
+        return out
+    if t.is_floating_point() and dtype.is_floating_point:
+        bad = torch.isinf(out) & torch.isfinite(t)  # rounding a float is what casting does
+    else:
+        bad = out.to(torch.float64) != t.to(torch.float64)  # NaN: never equal, refused
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad.flatten())[0])
+        before, after = t.flatten()[k].item(), out.flatten()[k].item()
+        raise ValueError(
+            f"TorchDataset(dtype={dtype}): {name!r} holds {before} ({t.dtype}), which becomes "
+            f"{after} in {dtype} ({int(bad.sum())} values of this batch change). Pass a dtype "
+            "that holds the values (torch.float32 holds whole numbers up to 2**24), or leave "
+            "dtype unset and convert them yourself"
+        )
+    return out

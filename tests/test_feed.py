@@ -850,3 +850,10 @@ def test_a_second_iteration_while_one_runs_makes_the_first_raise_not_skip(store,
     peek = di.BatchIterator(store, **kw)
     seen = next(iter(peek))[0]
     assert len(np.concatenate([seen] + [b[0] for b in peek])) == len(stored_idx)
+
+
+def test_a_source_of_no_samples_is_refused_not_fed_as_empty_epochs(store):
+    # take([]) fed 0 batches every epoch without a word (torch's RandomSampler refuses it)
+    empty = di.open_zarr(store).take(np.arange(0))
+    with pytest.raises(ValueError, match="the source holds no samples"):
+        di.BatchIterator(empty, batch_size=4)

@@ -636,3 +636,16 @@ def test_one_fit_after_a_mid_epoch_state_without_the_callback_is_stopped_not_cut
     assert [len(e) for e in rec.train[2:]] == [11, 11]
     for epoch in rec.train[2:]:
         assert sorted(flat(epoch)) == list(range(N))
+
+
+def test_int32_volumes_float32_would_round_are_refused_by_auto_scale(tmp_path):
+    # scale="auto" keeps volumes' values but cast them to float32: ID 16777217 came out
+    # as 16777216
+    ids = np.zeros((4, 2, 3, 3, 1), np.int32)
+    ids[:, 0, 0, 0, 0] = [16777217, 16777219, 123456789, 5]
+    store = di.to_zarr(di.ImageSet(ids, np.arange(4) % 2), tmp_path / "ids.zarr.zip")
+    with pytest.raises(ValueError, match=r"images hold 123456789 \(int32\), which float32"):
+        KerasDataset(store, batch_size=4, shuffle=False, arrays=("images",))[0]
+    kept = KerasDataset(store, batch_size=4, shuffle=False, arrays=("images",), scale=None)[0]
+    got = kept[0] if isinstance(kept, tuple) else kept
+    np.testing.assert_array_equal(got, plain_group(store)["images"][...])  # the oracle

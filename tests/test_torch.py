@@ -534,3 +534,25 @@ def test_every_rank_resumes_from_rank_0s_state_as_lightning_saves_it(store, stor
     del it
     with pytest.raises(ValueError, match="cannot resume rank 1 from the state of rank 0"):
         list(uneven)
+
+
+def test_a_dtype_that_changes_volume_values_is_refused_naming_them(tmp_path):
+    # TorchDataset(dtype=...) cast volumes bare: int16 CT 2049 became 2048 in float16,
+    # -1000 HU wrapped to 24 in uint8, uint16 65520 became inf in float16
+    ct = np.zeros((4, 2, 3, 3, 1), np.int16)
+    ct[:, 0, 0, 0, 0] = [-1000, 0, 2049, 2999]
+    store = di.to_zarr(di.ImageSet(ct, np.arange(4) % 2), tmp_path / "ct.zarr.zip")
+    for dtype, says in (
+        (
+            torch.float16,
+            r"holds 2049 \(torch.int16\), which becomes 2048.0 in torch.float16 \(2 values",
+        ),
+        (torch.uint8, r"\(torch.int16\), which becomes \d+ in torch.uint8 \(3 values"),
+    ):
+        ds = TorchDataset(store, batch_size=4, dtype=dtype, shuffle=False)
+        with pytest.raises(ValueError, match=says):
+            next(iter(DataLoader(ds, batch_size=None)))
+    ds = TorchDataset(store, batch_size=4, dtype=torch.float32, shuffle=False)
+    got = next(iter(DataLoader(ds, batch_size=None)))[0]
+    # the oracle: plain zarr's values, exactly (int16 in float32 is exact)
+    np.testing.assert_array_equal(got.numpy(), plain_group(store)["images"][...].astype(np.float32))

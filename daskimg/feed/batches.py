@@ -337,6 +337,20 @@ def auto_scale(dtype: np.dtype[Any], ndim: int) -> float:
     return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
 
 
+def _check_float32_keeps(images: np.ndarray) -> None:
+    """Refuse integer images float32 would round (beyond 2**24: an int32 label volume of
+    IDs, whose 16777217 came out as 16777216)."""
+    if images.dtype.kind not in "iu" or images.dtype.itemsize < 4 or not images.size:
+        return
+    lo, hi = int(images.min()), int(images.max())
+    if max(-lo, hi) > 2**24:
+        raise ValueError(
+            f"images hold {hi if hi > -lo else lo} ({images.dtype}), which float32 would "
+            "round: it holds whole numbers exactly only up to 2**24. Pass scale=None to "
+            "keep them as stored"
+        )
+
+
 class EpochBatches:
     """Batch ``b`` of epoch ``e`` of a source: plan, read, transform, scale.
 
@@ -460,6 +474,7 @@ class EpochBatches:
         if self.scale is not None and "images" in batch:
             images = batch["images"]
             scale = auto_scale(images.dtype, images.ndim) if self.scale == "auto" else self.scale
+            _check_float32_keeps(images)
             images = images.astype(np.float32)
             if scale != 1:
                 images /= np.float32(scale)

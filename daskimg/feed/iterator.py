@@ -124,6 +124,11 @@ class BatchIterator:
     ) -> None:
         _check_args(batch_size, buffer_chunks, prefetch, threads, seed, num_consumers * num_workers)
         self.source = FeedSource(source, arrays, storage_options)
+        if self.source.n == 0:  # every epoch empty: a training loop would do nothing, silently
+            raise ValueError(
+                "the source holds no samples, so every epoch would be empty; check how the "
+                "set was made (an empty split or take(), a filter that kept nothing)"
+            )
         check_transform(
             transform,
             self.source.names,
