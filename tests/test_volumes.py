@@ -478,3 +478,18 @@ def test_a_tiff_header_declaring_more_than_memory_is_a_decode_error_naming_it(tm
     di.to_zarr(ds, tmp_path / "v.zarr.zip")
     store = di.open_zarr(tmp_path / "v.zarr.zip")
     assert len(store) == 1 and [p for p, _ in store.skipped] == ["ct/bomb.tif"]
+
+
+def test_volumes_without_their_channel_axis_are_named_when_stored(tmp_path, caplog):
+    # (N, D, H, W) volumes were stored as 2-D images of W channels without a word: a loader
+    # then handed out (N, W, D, H) and flips moved the H axis
+    import logging
+
+    vols = np.zeros((3, 8, 16, 16), np.int16)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.to_zarr(di.ImageSet(vols), tmp_path / "v.zarr.zip")
+    assert "stored as 2-D images of 16 channels each; if they are volumes" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.to_zarr(di.ImageSet(vols[..., None]), tmp_path / "w.zarr.zip")
+    assert "channels each" not in caplog.text

@@ -198,6 +198,18 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
     if check_layout and (why := channels_first(tuple(imageset.images.shape))):
         raise ValueError(why)
+    shape = tuple(imageset.images.shape)
+    if check_layout and len(shape) == 4 and shape[-1] > 4 and imageset.decoded_as is None:
+        # files never give more than 4 channels: an array of (N, D, H, W) volumes without
+        # their channel axis would be stored as 2-D images of W channels (flips and crops
+        # then move other axes, and a loader hands out (N, W, D, H))
+        logger.warning(
+            "images of shape %s are stored as 2-D images of %d channels each; if they are "
+            "volumes (N, D, H, W), add the channel axis first (images[..., None]); if they "
+            "are images of many bands, this is right",
+            shape,
+            shape[-1],
+        )
     if np.dtype(imageset.images.dtype).kind not in "biuf":
         # an object array of numbers would be stored as their text, whatever the codec
         raise ValueError(
