@@ -547,7 +547,8 @@ def _for_rank(state: dict[str, Any], it: BatchIterator) -> dict[str, Any]:
     theirs = state.get("consumer")
     if theirs is None or theirs == it.consumer or state.get("num_consumers") != it.num_consumers:
         return state
-    if state.get("even") and it.even:
+    if (state.get("even") and it.even) or state.get("batch") == 0:
+        # equal batch counts, or an epoch not begun: every rank is at the same place
         return {**state, "consumer": it.consumer}
     raise ValueError(
         f"cannot resume rank {it.consumer} from the state of rank {theirs}: this epoch's "
@@ -614,14 +615,19 @@ def _cast(t: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
     """``t.to(dtype)``, refused (ValueError) where it changes values beyond a float's own
     rounding: whole numbers a float type cannot hold (int16 2049 as float16 2048), values
     out of an integer type's range (-1000 as uint8 24), fractions or NaN made integers, and
-    finite values made infinite (65520 as float16). A volume's values are measurements."""
+    finite values made infinite (65520 as float16). A volume's values are measurements.
+    Casts that keep every value (numpy's "safe": int16 to float32) are not checked."""
     out = t.to(dtype)
-    if not t.numel() or t.dtype == dtype:
+    if not t.numel() or t.dtype == dtype or _safe(t.dtype, dtype) or _fits(t, dtype):
         return out
     if t.is_floating_point() and dtype.is_floating_point:
         bad = torch.isinf(out) & torch.isfinite(t)  # rounding a float is what casting does
-    else:
-        bad = out.to(torch.float64) != t.to(torch.float64)  # NaN: never equal, refused
+    elif dtype.is_floating_point:  # whole numbers: back to the same, and finite
+        bad = ~torch.isfinite(out) | (out.to(t.dtype) != t)
+    elif t.is_floating_point():  # to integers: fractions, NaN, wrapped values do not come back
+        bad = out.to(t.dtype) != t
+    else:  # integers to integers, compared wide (uint8 128 as int8 -128 comes back as 128)
+        bad = out.to(torch.int64) != t.to(torch.int64)
     if bool(bad.any()):
         k = int(torch.nonzero(bad.flatten())[0])
         before, after = t.flatten()[k].item(), out.flatten()[k].item()
@@ -632,3 +638,42 @@ def _cast(t: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
             "dtype unset and convert them yourself"
         )
     return out
+
+
+def _safe(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether every value of ``src`` is one of ``dst``: numpy's "safe" casting, but for
+    integers a float's mantissa cannot hold all of (numpy calls int64 to float64 safe)."""
+    try:
+        a, b = (torch.empty(0, dtype=d).numpy().dtype for d in (src, dst))
+    except TypeError:  # bfloat16: no numpy dtype
+        return False
+    if a.kind in "iu" and b.kind == "f":
+        return bool(np.iinfo(a).max <= 2 ** (np.finfo(b).nmant + 1))
+    return bool(np.can_cast(a, b, "safe"))
+
+
+def _fits(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the values of this batch lie where ``dtype`` holds them all exactly (one pass
+    for their range), so the value-by-value check can be skipped: integers within a
+    float's whole numbers or another integer type's range, floats within a float's range."""
+    if t.dtype == torch.bool:
+        return False
+    try:
+        low, high = torch.aminmax(t)
+    except (NotImplementedError, RuntimeError):  # uint16 and other types torch cannot range
+        return False
+    # exact: float(2**53 + 1) is 2**53
+    lo, hi = (v.item() for v in (low, high))
+    if dtype.is_floating_point:
+        info = torch.finfo(dtype)
+        if t.is_floating_point():
+            return -info.max <= lo and hi <= info.max  # NaN: False, checked one by one
+        return max(-lo, hi) <= 2 ** _MANTISSA.get(dtype, 0)
+    if t.is_floating_point():
+        return False  # fractions: checked one by one
+    iinfo = torch.iinfo(dtype)
+    return iinfo.min <= lo and hi <= iinfo.max
+
+
+#: whole numbers a float type holds exactly: up to 2**(mantissa bits + 1)
+_MANTISSA = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}

@@ -808,7 +808,17 @@ def test_what_a_transform_returns_is_checked_naming_it(store):
     def dropped(batch, rng):
         return {"images": batch["images"]}
 
+    def popped(batch, rng):  # the dict changed itself: still caught
+        batch.pop("labels")
+        return batch
+
+    def mixup(batch, rng):  # what a transform adds is its own (a scalar, a note)
+        return {**batch, "lam": 0.3, "note": "mixup"}
+
+    got = next(iter(di.BatchIterator(store, batch_size=8, transform=mixup).iter_dicts()))
+    assert got["lam"] == 0.3 and len(got["labels"]) == 8
     for transform, err, says in (
+        (popped, KeyError, r"returned a batch without \['labels'\]"),
         (in_place, TypeError, "returned NoneType, not the batch dict"),
         (shorter, ValueError, "returned 'labels' with 7 rows for a batch of 8 samples"),
         (dropped, KeyError, r"returned a batch without \['labels'\]"),
@@ -818,7 +828,8 @@ def test_what_a_transform_returns_is_checked_naming_it(store):
 
 
 def test_arguments_a_user_may_pass_are_taken_or_refused_clearly(store):
-    it = di.BatchIterator(store, batch_size=np.int64(8), seed=np.int64(3))
+    it = di.BatchIterator(store, batch_size=np.int64(8), seed=np.int64(3),
+                          consumer=np.int64(1), num_consumers=np.int64(2))  # fmt: skip
     state = it.state_dict()
     assert state["batch_size"] == 8 and state["seed"] == 3
     import json
@@ -827,7 +838,9 @@ def test_arguments_a_user_may_pass_are_taken_or_refused_clearly(store):
     with pytest.raises(TypeError, match="a dict of model input/output names is KerasDataset"):
         di.BatchIterator(store, batch_size=8, arrays={"labels": "labels", "images": "images"})
     with pytest.raises(ValueError, match="state\\['batch'\\] is 999, but an epoch has"):
-        di.BatchIterator(store, batch_size=8).load_state_dict({**state, "batch": 999, "seed": 0})
+        di.BatchIterator(store, batch_size=8, consumer=1, num_consumers=2).load_state_dict(
+            {**state, "batch": 999, "seed": 0}
+        )
 
 
 def test_a_second_iteration_while_one_runs_makes_the_first_raise_not_skip(store, stored_idx):

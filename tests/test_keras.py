@@ -649,3 +649,15 @@ def test_int32_volumes_float32_would_round_are_refused_by_auto_scale(tmp_path):
     kept = KerasDataset(store, batch_size=4, shuffle=False, arrays=("images",), scale=None)[0]
     got = kept[0] if isinstance(kept, tuple) else kept
     np.testing.assert_array_equal(got, plain_group(store)["images"][...])  # the oracle
+
+
+def test_keras_checks_what_a_transform_returns_and_refuses_an_empty_source(store):
+    # (review) KerasDataset reads through its own batch reader: a transform that cut the
+    # labels short handed out 4 images with 3 labels, and an empty source gave len 0
+    def shorter(batch, rng):
+        return {**batch, "labels": batch["labels"][1:]}
+
+    with pytest.raises(ValueError, match="returned 'labels' with 3 rows for a batch of 4"):
+        KerasDataset(store, batch_size=4, transform=shorter)[0]
+    with pytest.raises(ValueError, match="the source holds no samples"):
+        KerasDataset(di.open_zarr(store).take(np.arange(0)), batch_size=4)

@@ -556,3 +556,25 @@ def test_a_dtype_that_changes_volume_values_is_refused_naming_them(tmp_path):
     got = next(iter(DataLoader(ds, batch_size=None)))[0]
     # the oracle: plain zarr's values, exactly (int16 in float32 is exact)
     np.testing.assert_array_equal(got.numpy(), plain_group(store)["images"][...].astype(np.float32))
+
+
+def test_casts_that_change_integers_are_refused_whatever_their_types():
+    # (review) int64 2**53 + 1 as float64, uint8 128 as int8: each changed without a word
+    from daskimg.torch import _cast
+
+    for values, src, dst in (
+        ([2**53 + 1], torch.int64, torch.float64),
+        ([128], torch.uint8, torch.int8),
+        ([-1], torch.int16, torch.uint16),
+        ([1e300], torch.float64, torch.float32),
+    ):
+        with pytest.raises(ValueError, match="values of this batch change"):
+            _cast(torch.tensor(values, dtype=src), dst, "images")
+    for values, src, dst in (  # kept: exact, or a float's own rounding
+        ([2**53], torch.int64, torch.float64),
+        ([127], torch.uint8, torch.int8),
+        ([0.1, float("nan"), -float("inf")], torch.float64, torch.float32),
+        ([65504, 2048], torch.uint16, torch.float16),
+    ):
+        out = _cast(torch.tensor(values, dtype=src), dst, "images")
+        np.testing.assert_array_equal(out.numpy(), torch.tensor(values, dtype=src).to(dst).numpy())

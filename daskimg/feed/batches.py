@@ -31,7 +31,7 @@ import numpy as np
 
 from ..store.reader import RawChunk
 from .checks import check_transform
-from .iterator import Transform
+from .iterator import Transform, check_transformed
 from .plan import EpochPlan
 from .shuffle import epoch_rng, num_batches, plan_epoch
 from .source import FeedSource
@@ -468,9 +468,12 @@ class EpochBatches:
 
     def read(self, epoch: int, b: int) -> dict[str, np.ndarray]:
         """Batch ``b`` of epoch ``epoch``: ``{name: array}``, transformed and scaled."""
-        batch = self.reader.read(self.plan(epoch), b)
+        plan = self.plan(epoch)
+        batch = self.reader.read(plan, b)
         if self.transform is not None:
+            given = tuple(batch)
             batch = self.transform(batch, epoch_rng(self.seed, epoch, b, 0))
+            check_transformed(self.transform, given, batch, len(plan.batches[b]))
         if self.scale is not None and "images" in batch:
             images = batch["images"]
             scale = auto_scale(images.dtype, images.ndim) if self.scale == "auto" else self.scale

@@ -9,6 +9,7 @@ straight into their batches) is :mod:`daskimg.feed.runner`.
 from __future__ import annotations
 
 import numbers
+import operator
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -124,11 +125,6 @@ class BatchIterator:
     ) -> None:
         _check_args(batch_size, buffer_chunks, prefetch, threads, seed, num_consumers * num_workers)
         self.source = FeedSource(source, arrays, storage_options)
-        if self.source.n == 0:  # every epoch empty: a training loop would do nothing, silently
-            raise ValueError(
-                "the source holds no samples, so every epoch would be empty; check how the "
-                "set was made (an empty split or take(), a filter that kept nothing)"
-            )
         check_transform(
             transform,
             self.source.names,
@@ -150,10 +146,10 @@ class BatchIterator:
         self.transform = transform
         self.prefetch = int(prefetch)
         self.threads = int(threads)
-        self.consumer = consumer
-        self.num_consumers = num_consumers
-        self.worker = worker
-        self.num_workers = num_workers
+        self.consumer = operator.index(consumer)  # numpy ints too: the state stays JSON
+        self.num_consumers = operator.index(num_consumers)
+        self.worker = operator.index(worker)
+        self.num_workers = operator.index(num_workers)
         self.even = even
         self.epoch = 0
         self._batch = 0  # batches of the current epoch already yielded
@@ -369,9 +365,9 @@ class BatchIterator:
         out.update(bufs)
         if self.transform is not None:
             try:
-                given = out
+                given = tuple(out)  # before the call: a transform may change the dict itself
                 out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
-                _check_transformed(self.transform, given, out, len(idx))
+                check_transformed(self.transform, given, out, len(idx))
             finally:
                 self._release(bufs)  # reusable once nothing refers to them (see _batch_buffer)
         return out
@@ -410,10 +406,11 @@ class BatchIterator:
                 self._busy.discard(id(arr))
 
 
-def _check_transformed(transform: Any, given: Mapping[str, Any], out: Any, n: int) -> None:
+def check_transformed(transform: Any, given: Sequence[str], out: Any, n: int) -> None:
     """Refuse what a transform returned unless it is the batch dict with every array it was
-    given, each of the batch's ``n`` samples: a transform that forgot ``return batch``
-    failed with a bare AttributeError, and one that cut an array short was handed out."""
+    given (``given``: their names), each of the batch's ``n`` samples: a transform that
+    forgot ``return batch`` failed with a bare AttributeError, and one that cut an array
+    short was handed out. What it adds (a mixup's lambda) is its own."""
     if not isinstance(out, Mapping):
         raise TypeError(
             f"transform {transform!r} returned {type(out).__name__}, not the batch dict: a "
@@ -426,7 +423,8 @@ def _check_transformed(transform: Any, given: Mapping[str, Any], out: Any, n: in
             f"transform {transform!r} returned a batch without {missing}: return every "
             f"array it was given ({sorted(given)}), changed or not"
         )
-    for k, v in out.items():
+    for k in given:
+        v = out[k]
         if len(v) != n:
             raise ValueError(
                 f"transform {transform!r} returned {k!r} with {len(v)} rows for a batch of "
@@ -469,9 +467,8 @@ def check_state(
                     f"and {mine.get('path')!r} is another store (its daskimg attributes "
                     "differ); resume on the store the state comes from"
                 )
-            if (a is not None or b is not None) and (theirs or {}).get("rows") != (mine or {}).get(
-                "rows"
-            ):
+            # an older state (no token for a subset) is not checked, as before
+            if a is not None and b is not None and theirs.get("rows") != mine.get("rows"):
                 raise ValueError(
                     "cannot resume: the state was saved on another part of the store "
                     f"{(theirs or mine or {}).get('path')!r} (a split or take() of other "

@@ -211,6 +211,11 @@ class FeedSource:
             "path": location or origin.get("path"),
             "token": _token(attrs) if attrs else None,
         }
+        if self.n == 0:  # every epoch empty: a training loop would do nothing, silently
+            raise ValueError(
+                "the source holds no samples, so every epoch would be empty; check how the "
+                "set was made (an empty split or take(), a filter that kept nothing)"
+            )
         if self.store_rows is not None:  # a subset: which of the store's rows, in which order
             self.identity["rows"] = hashlib.sha256(self.store_rows.tobytes()).hexdigest()[:16]
 

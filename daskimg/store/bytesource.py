@@ -363,11 +363,15 @@ class LocalDir(_LocalSource):
                     full = os.path.join(dirpath, f)
                     try:
                         st = os.stat(full)
-                    except FileNotFoundError:
+                    except OSError as e:  # a broken link, or a loop of links
+                        if not isinstance(e, FileNotFoundError) and e.errno != errno.ELOOP:
+                            raise
+                        if f != "zarr.json" and not f.isdigit():
+                            continue  # no store key (an editor's lock link): never read
                         raise MetadataError(
                             f"{full!r} in the store is a link to a missing file (an unfetched "
-                            "git-annex or DVC file?): fetch it (git annex get, dvc pull) or "
-                            "copy the store again"
+                            "git-annex or DVC file?) or a loop of links: fetch it (git annex "
+                            "get, dvc pull) or copy the store again"
                         ) from None
                     if stat.S_ISREG(st.st_mode):
                         idents[os.path.relpath(full, path).replace(os.sep, "/")] = _ident(st)

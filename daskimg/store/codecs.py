@@ -29,7 +29,7 @@ import numpy as np
 from numcodecs import VLenUTF8, Zstd, blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from ..errors import ChecksumError
+from ..errors import ChecksumError, MetadataError
 
 __all__ = [
     "CODECS",
@@ -306,6 +306,12 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
     if kind == "vlen-raw":  # a store plain zarr wrote: strings without a compressor
         out[...] = vlen_decode(body, out.size, where).reshape(out.shape)
         return
+    if kind == "vlen-other":  # plain zarr's blosc strings: not damage, not read here
+        raise MetadataError(
+            f"{where}: strings compressed with blosc; daskimg reads text arrays uncompressed "
+            "or compressed with zstd (as it writes them). Plain zarr reads this array; to "
+            "read it with daskimg, write it again with zstd or no compressor"
+        )
     dest = flat_bytes(out)
     if kind == "raw":
         if len(body) != dest.nbytes:

@@ -47,7 +47,7 @@ class ArrayLayout:
         if self.serializer == "daskimg.jpeg":
             return "jpeg"
         if self.serializer == "vlen-utf8":
-            return "vlen" if self.compressor == "zstd" else "vlen-raw"
+            return {"zstd": "vlen", None: "vlen-raw"}.get(self.compressor, "vlen-other")
         return self.compressor or "raw"
 
     @property
@@ -174,13 +174,7 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
             raise bad("strings need the vlen-utf8 codec")
     elif serializer == "vlen-utf8" and dtype.kind != "O":
         raise bad(f"vlen-utf8 on a {dtype} array")
-    elif serializer == "vlen-utf8" and middle and middle[0] != "zstd":
-        # a store plain zarr wrote (not damage): said as what daskimg does not read
-        raise MetadataError(
-            f"{here}: strings compressed with {middle[0]}; daskimg reads text arrays "
-            "uncompressed or compressed with zstd (as it writes them). Plain zarr reads this "
-            "store; to read it with daskimg, write the array again with zstd or no compressor"
-        )
+
     elif serializer == "daskimg.jpeg" and (
         dtype != np.uint8
         or len(shape) != 4
