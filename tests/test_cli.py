@@ -489,3 +489,92 @@ def test_ingest_no_stratify_divides_the_whole_set_by_the_fractions(tmp_path, cap
         s: len(di.open_zarr(tmp_path / "b" / f"{s}.zarr.zip")) for s in ("train", "valid", "test")
     }
     assert counts == {"train": 54, "valid": 3, "test": 3}  # 0.9, 0.05, 0.05 of 60
+
+
+class _ClosedPipe:
+    """Standard output whose reader has gone (``daskimg ... | head -1``)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_neither_stops_an_overwrite_nor_fails_a_verify(tmp_path, monkeypatch):
+    # `ingest ... --overwrite | head -2` stopped at its first report, after removing one of
+    # the earlier run's stores: the new train stayed beside the old test (121 of 150 test
+    # images in train); `verify good | head -0` exited 2
+    import zarr
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    di.testing.make_image_folder(src, n=12, size=(8, 8), split_dirs=("train", "valid", "test"))
+    args = ["ingest", str(src), str(out), "--size", "8", "8"]
+    assert main(args) == 0
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main([*args, "--overwrite", "--seed", "1"]) == 0
+    for name in ("train", "valid", "test"):  # the oracle: plain zarr's attributes
+        g = zarr.open_group(zarr.storage.ZipStore(out / f"{name}.zarr.zip", mode="r"), mode="r")
+        assert g.attrs["daskimg"]["seed"] == 1, name
+    assert main(["verify", str(out / "train.zarr.zip")]) == 0
+
+
+def test_an_earlier_out_inside_src_is_no_class_of_the_next_run(tmp_path, caplog):
+    # ingest SRC SRC/v1, then ingest SRC SRC/v2: v1 (stores only) was an empty class, every
+    # label index after it shifted by one
+    import logging
+
+    src = tmp_path / "src"
+    di.testing.make_image_folder(src, n=12, size=(8, 8), classes=("cat", "dog"))
+    assert main(["ingest", str(src), str(src / "aa_v1"), "--size", "8", "8"]) == 0
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert main(["ingest", str(src), str(src / "aa_v2"), "--size", "8", "8"]) == 0
+    assert "aa_v1: it holds daskimg stores and nothing else" in caplog.text
+    for v in ("aa_v1", "aa_v2"):
+        assert di.open_zarr(src / v / "train.zarr.zip").classes == ("cat", "dog")
+
+
+def test_info_fails_on_an_unfinished_store_and_show_names_what_it_cannot_draw(tmp_path, capsys):
+    # `daskimg info S && train` went on with a store a kill left unfinished (exit 0);
+    # show on a 2-channel store gave matplotlib's bare "Invalid shape"
+    two = tmp_path / "two.zarr"
+    di.to_zarr(di.ImageSet(np.zeros((4, 6, 6, 2), np.uint8)), two)
+    assert main(["info", str(two)]) == 0
+    meta = json.loads((two / "zarr.json").read_text())
+    attrs = meta["attributes"]["daskimg"]  # as a write killed before its end leaves them
+    attrs.update(complete=False, arrays={})
+    attrs.pop("attrs_crc32c")
+    (two / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(di.errors.IncompleteStoreError):  # the oracle: open_zarr refuses it
+        di.open_zarr(two)
+    capsys.readouterr()
+    assert main(["info", str(two)]) == 1
+    assert "not complete (an unfinished write)" in capsys.readouterr().err
+    good = di.to_zarr(di.ImageSet(np.zeros((4, 6, 6, 2), np.uint8)), tmp_path / "g.zarr.zip")
+    assert main(["show", str(good), "-o", str(tmp_path / "s.png")]) == 2
+    assert "show draws images of 1, 3 or 4 channels" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_said_with_the_state_left_not_a_traceback(
+    monkeypatch, capsys, image_folder, tmp_path
+):
+    from daskimg import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli._COMMANDS, "ingest", interrupted)
+    assert main(["ingest", str(image_folder), str(tmp_path / "o"), "--size", "8", "8"]) == 130
+    assert "interrupted. A store being written is left unfinished" in capsys.readouterr().err
+
+
+def test_a_rerun_naming_the_default_codec_keeps_the_stores(tmp_path, image_folder, capsys):
+    # --codec lz4 given was refused as "other files or settings" against stores written
+    # with the default, which is lz4
+    out = tmp_path / "out"
+    args = ["ingest", str(image_folder), str(out), "--size", "8", "8"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--codec", "lz4"]) == 0
+    assert "kept" in capsys.readouterr().out
+    assert di.open_zarr(out / "train.zarr.zip").attrs["codec"] == "lz4"  # the store's own word

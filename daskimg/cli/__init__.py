@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import DaskImgError
 from .args import parser
@@ -30,8 +31,48 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = parser().parse_args(argv)
+    out = sys.stdout
+    sys.stdout = _Reported(out)
     try:
         return int(_COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        print(
+            f"daskimg {args.command}: interrupted. A store being written is left unfinished "
+            "(it never opens as complete) or removed; run the command again to finish",
+            file=sys.stderr,
+        )
+        return 130
     except (DaskImgError, OSError, ValueError, KeyError, ImportError) as e:
         print(f"daskimg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout = out
+
+
+class _Reported:
+    """Standard output that a closed pipe (``daskimg ingest ... | head -1``) does not stop:
+    the work goes on and its exit status stands; what is printed after is dropped. A
+    BrokenPipeError from a report aborted an ingest half-way (with --overwrite, the new
+    train beside the earlier run's test) and made a good store's verify exit 2."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._closed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

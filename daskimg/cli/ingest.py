@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import time
@@ -12,7 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import DaskImgError, DecodeError, StoreExistsError
+from ..read.folder import SPLIT_DIRS
 from ..remote import is_url
+
+logger = logging.getLogger("daskimg")
 
 __all__ = ["convert", "ingest", "scheduler"]
 
@@ -68,7 +72,10 @@ def ingest(args: argparse.Namespace) -> int:
             masks=args.masks,
             # stores written inside SRC are not a class on the next run; OUT is relative to
             # the working directory (a class folder of SRC with its name stays a class)
-            exclude=args.out if is_url(args.out) else os.path.abspath(args.out),
+            exclude=[
+                args.out if is_url(args.out) else os.path.abspath(args.out),
+                *_store_folders(args.src),
+            ],
             dtype=args.dtype,
             storage_options=opts if is_url(args.src) else None,
         )
@@ -159,10 +166,14 @@ def ingest(args: argparse.Namespace) -> int:
                         "out (each is listed in the store's 'skipped' attribute and here)",
                     ) from None
                 if args.overwrite and (earlier or stale):
-                    for old in [e for e in earlier if e != target] + stale:
+                    # every one removed before anything is printed: a print that fails (a
+                    # closed pipe) must not leave the earlier run's stores beside this one's
+                    gone = [e for e in earlier if e != target] + stale
+                    for old in gone:
                         Location.of(old, opts if is_url(old) else None).remove()
-                        print(f"removed {old}: a store of an earlier run (--overwrite)")
                     earlier, stale = [], []
+                    for old in gone:
+                        print(f"removed {old}: a store of an earlier run (--overwrite)")
             summary = info(target, storage_options=so)
             img = summary["arrays"]["images"]
             rows.append(
@@ -178,6 +189,7 @@ def ingest(args: argparse.Namespace) -> int:
             )
     for target in stale:  # only now (or, with --overwrite, after the first store written)
         Location.of(target, opts if is_url(target) else None).remove()
+    for target in stale:
         print(f"removed {target}: a store of an earlier run, not a split of this one")
     print("\nsplit      samples  skipped        bytes   ratio    time")
     for name, n, nskip, nbytes, ratio, secs, _ in rows:
@@ -265,6 +277,37 @@ def _earlier_stores(
             if Location.of(target, opts if is_url(target) else None).exists():
                 (again if name in written and e == ext else stale).append(target)
     return stale, again
+
+
+def _store_folders(src: str) -> list[str]:
+    """Folders of SRC (or of its split folders) that hold daskimg stores and nothing else:
+    the OUT of an earlier run to another OUT inside SRC, which this run would read as an
+    empty class (every label index after it shifted by one). Logged; local SRC only."""
+    if is_url(src) or not os.path.isdir(src):
+        return []
+    ends = (".zarr.zip", ".zarr")
+    found = []
+    tops = [src] + [
+        os.path.join(src, d)
+        for d in os.listdir(src)
+        if d.lower() in SPLIT_DIRS and os.path.isdir(os.path.join(src, d))
+    ]
+    for top in tops:
+        for entry in sorted(os.scandir(top), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_dir() or entry.name.endswith(ends):
+                continue
+            names = [n for n in os.listdir(entry.path) if not n.startswith(".")]
+            kept = [n for n in names if n.endswith(ends)]
+            leftovers = [n for n in names if n.endswith((".lock", ".partial"))]
+            if kept and len(kept) + len(leftovers) == len(names):
+                found.append(entry.path)
+    for folder in found:
+        logger.warning(
+            "left out %s: it holds daskimg stores and nothing else (an earlier ingest's OUT), "
+            "no class",
+            folder,
+        )
+    return found
 
 
 def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, split: str) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..remote import is_url
 
@@ -33,12 +34,25 @@ def info_cmd(args: argparse.Namespace) -> int:
                 f"{args.store} is a folder without stores (*.zarr.zip or *.zarr); "
                 "name a store, e.g. daskimg info out/train.zarr.zip"
             )
-        for path in stores:
-            print(format_info(info(path)) + "\n")
-        return 0
+        summaries = [info(path) for path in stores]
+        if args.json:
+            print(json.dumps(summaries, indent=2, default=str))
+        else:
+            for summary in summaries:
+                print(format_info(summary) + "\n")
+        return _unfinished(summaries)
     summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
-    return 0
+    return _unfinished([summary])
+
+
+def _unfinished(summaries: list[dict[str, Any]]) -> int:
+    """1 (said on stderr) when a store is not complete: ``daskimg info S && train`` went on
+    with a store a kill left unfinished."""
+    bad = [s for s in summaries if not (s.get("attrs") or {}).get("complete")]
+    for s in bad:
+        print(f"{s.get('path', 'a store')}: not complete (an unfinished write)", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def verify_cmd(args: argparse.Namespace) -> int:
@@ -67,6 +81,14 @@ def show_cmd(args: argparse.Namespace) -> int:
     from ..store.open import open_zarr
 
     ds = open_zarr(args.store, storage_options=args.storage_options)
+    images = ds.images
+    channels = images.shape[-1] if images is not None else 0
+    if images is None or (images.ndim == 4 and channels not in (1, 3, 4)) or images.dtype == bool:
+        what = "no images" if images is None else f"images of {channels} channels ({images.dtype})"
+        raise ValueError(
+            f"{args.store} holds {what}: show draws images of 1, 3 or 4 channels (gray, RGB, "
+            "RGBA) and volumes of one; draw others yourself from open_zarr(...).images"
+        )
     save_grid(ds, Path(args.output), n=args.n, seed=args.seed)
     print(f"wrote {args.output}")
     return 0

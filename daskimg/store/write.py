@@ -34,7 +34,7 @@ from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
 from .chunktable import read_tables
-from .codecs import canonical_codec, check_text_length
+from .codecs import DEFAULT_CODEC, canonical_codec, check_text_length
 from .encode import ShardEncoder, check_fits
 from .format import (
     SHARD_CHUNKS,
@@ -361,6 +361,9 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     ``rsync -a``, ``touch -r``); files at URLs by their names only (asking a bucket for a
     million objects' metadata would cost more than it saves).
     """
+    if "codec" in settings:  # as the store records it: lz4 given is the default's lz4
+        codec = canonical_codec(settings["codec"])
+        settings = {**settings, "codec": None if codec == DEFAULT_CODEC else codec}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(json.dumps([imageset.root, list(imageset.classes), list(imageset.boxes)]).encode())
     h.update(str(imageset.on_error).encode())
