@@ -578,3 +578,26 @@ def test_a_rerun_naming_the_default_codec_keeps_the_stores(tmp_path, image_folde
     assert main([*args, "--codec", "lz4"]) == 0
     assert "kept" in capsys.readouterr().out
     assert di.open_zarr(out / "train.zarr.zip").attrs["codec"] == "lz4"  # the store's own word
+
+
+def test_cli_messages_for_a_damaged_store_a_bad_chunk_and_a_truncated_npy(
+    tmp_path, image_folder, capsys
+):
+    # a re-run over a damaged store said only "exists; pass overwrite=True"; --chunk 0 was
+    # refused after "writing train"; convert of a truncated .npy gave numpy's bare "mmap
+    # length is greater than file size"
+    out = tmp_path / "out"
+    args = ["ingest", str(image_folder), str(out), "--size", "8", "8"]
+    assert main(args) == 0
+    (out / "valid.zarr.zip").write_bytes(b"not a zip")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "valid.zarr.zip exists but cannot be read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--chunk", "0"])
+    assert "a positive whole number, got '0'" in capsys.readouterr().err
+    npy = tmp_path / "cut.npy"
+    np.save(npy, np.zeros((10, 8, 8, 3), np.uint8))
+    npy.write_bytes(npy.read_bytes()[:300])
+    assert main(["convert", str(npy), str(tmp_path / "c" / "train.zarr.zip")]) == 2
+    assert f"cannot read {str(npy)!r}: mmap length" in capsys.readouterr().err

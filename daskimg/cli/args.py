@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
         help="lz4 (default), zstd, none, jpeg (lossy, q90) or jpeg:Q (quality Q, 1-100)",
     )
     ing.add_argument(
-        "--chunk", type=int, default=None, help="samples per chunk (default: about 8 MiB)"
+        "--chunk", type=_positive, default=None, help="samples per chunk (default: about 8 MiB)"
     )
     ing.add_argument("--channels", type=int, default=3, choices=(1, 3, 4))
     ing.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"))
@@ -120,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="lz4 (default), zstd, none, jpeg (lossy, q90) or jpeg:Q (quality Q, 1-100)",
     )
-    conv.add_argument("--chunk", type=int, default=None, help="samples per chunk")
+    conv.add_argument("--chunk", type=_positive, default=None, help="samples per chunk")
     conv.add_argument("--order", default="shuffled", choices=("shuffled", "source"))
     conv.add_argument("--seed", type=int, default=0)
     conv.add_argument("--split", default=None, help="split name recorded in the store")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import DaskImgError, DecodeError, StoreExistsError
+from ..errors import DaskImgError, DecodeError, IncompleteStoreError, StoreExistsError
 from ..read.folder import SPLIT_DIRS
 from ..remote import is_url
 
@@ -319,8 +319,12 @@ def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, sp
 
     try:
         attrs = read_attrs(target, storage_options=so)
-    except DaskImgError:
-        return False  # unfinished or damaged: to_zarr refuses or replaces it, as it should
+    except IncompleteStoreError:
+        return False  # unfinished (a kill): to_zarr replaces it
+    except DaskImgError as e:  # damaged: said as such (to_zarr's refusal said only "exists")
+        raise StoreExistsError(
+            f"{target} exists but cannot be read ({e}); pass --overwrite to replace it"
+        ) from None
     want = fingerprint(
         part, codec=args.codec, chunks=args.chunk, shard_chunks=None, order="shuffled",
         seed=args.seed, split=split,

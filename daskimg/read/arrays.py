@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -341,13 +343,15 @@ def open_array_set(
         )
         arr = source.to_dask()
     elif low.endswith(".npy"):
-        mm = np.load(path, mmap_mode="r")
+        with _numpy_file(path):
+            mm = np.load(path, mmap_mode="r")
         source = ArraySource(path, None, tuple(mm.shape), str(mm.dtype), np.arange(mm.shape[0]))
         arr = source.to_dask()
         if labels is not None:
-            label_values = np.load(labels)
+            with _numpy_file(labels):
+                label_values = np.load(labels)
     elif low.endswith(".npz"):
-        with np.load(path) as z:
+        with _numpy_file(path), np.load(path) as z:
             if images not in z.files:
                 raise KeyError(f"{path!r} has no array {images!r}; it has {sorted(z.files)}")
             arr = np.asarray(z[images])
@@ -386,6 +390,24 @@ def open_array_set(
         if type(e) is not ValueError:
             raise
         raise ValueError(f"{path!r}: {e}") from e
+
+
+@contextlib.contextmanager
+def _numpy_file(path: str) -> Iterator[None]:
+    """NumPy's errors reading a .npy/.npz, said with the file (a truncated .npy gave only
+    "mmap length is greater than file size"; a damaged .npz numpy's allow_pickle advice)."""
+    try:
+        yield
+    except KeyError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"cannot read {path!r}: {e}. It is truncated or damaged, not a NumPy file, or "
+            "holds Python objects rather than numbers (save arrays of numbers: np.save(path, "
+            "x.astype(...)))"
+        ) from None
 
 
 def _dataset(f: Any, path: str, name: str) -> Any:
