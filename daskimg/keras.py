@@ -328,6 +328,22 @@ class KerasDataset(keras.utils.PyDataset):
                 UserWarning,
                 stacklevel=2,
             )
+        batches = self._data.batches
+        n = batches.reader.source.n
+        partial = len(self) < self.full_epoch
+        dropped = batches.drop_last and n % batches.batch_size
+        if not self.shuffle and (partial or dropped) and called_from(("predict",), "keras"):
+            # row k is sample k only over a whole epoch in store order
+            raise ValueError(
+                "model.predict on this KerasDataset would not return row k for sample k: "
+                + (
+                    f"a state loaded mid-epoch leaves {len(self)} of its {self.full_epoch} batches"
+                    if partial
+                    else f"drop_last=True leaves out the last {n % batches.batch_size} of the "
+                    f"{n} samples"
+                )
+                + ". Predict from a fresh KerasDataset of inputs only (drop_last=False)"
+            )
         if self.shuffle and called_from(("predict",), "keras"):
             raise ValueError(
                 "model.predict on a KerasDataset that shuffles (shuffle defaults to True when "

@@ -661,3 +661,45 @@ def test_keras_checks_what_a_transform_returns_and_refuses_an_empty_source(store
         KerasDataset(store, batch_size=4, transform=shorter)[0]
     with pytest.raises(ValueError, match="the source holds no samples"):
         KerasDataset(di.open_zarr(store).take(np.arange(0)), batch_size=4)
+
+
+def test_keras_refuses_settings_that_feed_nothing_or_wrong_values(store):
+    # scale=0 or nan made every batch NaN (-255 flipped the sign); batch_size > N with
+    # drop_last built a dataset of 0 batches that Keras then failed on far from the cause
+    for scale in (0, float("nan"), -255, True, "auto "):
+        with pytest.raises(ValueError, match="scale must be a positive number, 'auto' or None"):
+            KerasDataset(store, batch_size=10, scale=scale)
+    with pytest.raises(ValueError, match=r"batch_size=256 with drop_last=True leaves no batch"):
+        KerasDataset(store, batch_size=256, drop_last=True)
+
+
+@keras_predict_warning
+def test_predict_over_part_of_an_epoch_is_refused(store):
+    # after a state loaded mid-epoch, predict returned the rest (row 0 was sample 32), and
+    # with drop_last the last samples were missing: row k was not sample k, without a word
+    model = keras.Sequential(
+        [keras.Input((6, 5, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    dropped = KerasDataset(store, batch_size=10, arrays=("images",), drop_last=True)
+    with pytest.raises(ValueError, match=r"drop_last=True leaves out the last 3 of the 103"):
+        model.predict(dropped, verbose=0)
+    first = KerasDataset(store, batch_size=10, arrays=("images",))
+    for i in (0, 4, 5, 7):
+        first[i]
+    resumed = KerasDataset(store, batch_size=10, arrays=("images",))
+    resumed.load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match=r"a state loaded mid-epoch leaves 7 of its 11 batches"):
+        model.predict(resumed, verbose=0)
+    whole = model.predict(KerasDataset(store, batch_size=10, arrays=("images",)), verbose=0)
+    assert len(whole) == N
+
+
+def test_worker_processes_refuse_a_store_replaced_since_the_dataset_was_made(tmp_path, indexed_set):
+    # spawned workers opened the store again by its path: one written again since (a re-run
+    # ingest cell with another seed) was read silently, 50 more samples never seen
+    path = tmp_path / "train.zarr.zip"
+    di.to_zarr(indexed_set, path, chunks=8)
+    data = KerasDataset(str(path), batch_size=10, workers=2, use_multiprocessing=True)
+    di.to_zarr(indexed_set, path, chunks=8, seed=5, overwrite=True)
+    with pytest.raises(ChecksumError, match="the store was replaced since this dataset was made"):
+        data[0]

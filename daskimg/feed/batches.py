@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
+import os
 import sys
 import threading
 from collections import OrderedDict
@@ -29,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ChecksumError
+from ..remote import is_url
 from ..store.reader import RawChunk
 from .checks import check_transform
 from .iterator import Transform, check_transformed
@@ -404,6 +409,20 @@ class EpochBatches:
         threads: int = 2,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if isinstance(source, (str, os.PathLike)) and not is_url(source):
+            # a spawned worker opens the store again: by the path it had here, not one
+            # taken from its own working folder (a notebook's %cd between)
+            source = os.path.join(os.getcwd(), os.fspath(source))
+        if not (
+            scale is None
+            or scale == "auto"
+            or (isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+                and math.isfinite(scale) and scale > 0)
+        ):  # fmt: skip
+            raise ValueError(
+                f"scale must be a positive number, 'auto' or None; got {scale!r} (0 or NaN "
+                "made every batch NaN, a negative one flipped the images' sign)"
+            )
         self.source = source
         self.names = tuple(dict.fromkeys(names))
         self.batch_size = batch_size
@@ -435,6 +454,24 @@ class EpochBatches:
         self.num_batches = num_batches(
             src.n, src.chunk_len, batch_size=self.batch_size, drop_last=self.drop_last
         )
+        if not self.num_batches:
+            raise ValueError(
+                f"batch_size={self.batch_size} with drop_last=True leaves no batch of the "
+                f"{src.n} samples: every epoch would be empty. Pass a smaller batch_size, or "
+                "drop_last=False"
+            )
+        # a spawned worker opens the store again: it must be the store this was made from
+        # (rewritten since, by a re-run of an ingest cell, the worker read the new one)
+        made = source_fingerprint(src)
+        was = getattr(self, "_made_from", None)
+        if was is not None and was != made:
+            self.reader.close()
+            raise ChecksumError(
+                f"{self.source!r}: the store was replaced since this dataset was made (written "
+                "again, e.g. to_zarr(..., overwrite=True)): its samples and counts are not "
+                "the ones the dataset was planned for. Make the dataset again"
+            )
+        self._made_from = made
         self._plan_lock = threading.Lock()
         self._plan: tuple[int, EpochPlan] | None = None
 
@@ -446,7 +483,12 @@ class EpochBatches:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._open()  # the store is opened again, in this process
+        try:
+            self._open()  # the store is opened again, in this process
+        except Exception as e:  # the store replaced, moved away, unreadable
+            # a worker process is set up while unpickling: raised here, it died unheard
+            # (BrokenProcessPool); kept, it is raised by the first read, which reports it
+            self._broken: Exception | None = e
 
     def plan(self, epoch: int) -> EpochPlan:
         """The plan of epoch ``epoch`` (the last one asked for is kept)."""
@@ -468,6 +510,9 @@ class EpochBatches:
 
     def read(self, epoch: int, b: int) -> dict[str, np.ndarray]:
         """Batch ``b`` of epoch ``epoch``: ``{name: array}``, transformed and scaled."""
+        broken = getattr(self, "_broken", None)
+        if broken is not None:
+            raise broken
         plan = self.plan(epoch)
         batch = self.reader.read(plan, b)
         if self.transform is not None:
