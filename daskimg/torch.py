@@ -23,6 +23,7 @@ from .feed.batches import INDEX, auto_scale
 from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state
 from .feed.shuffle import num_batches
+from .remote import is_url
 
 __all__ = ["TorchDataset"]
 
@@ -221,6 +222,10 @@ class TorchDataset(IterableDataset):
             )
         if even is not None and not isinstance(even, bool):
             raise ValueError(f"even must be True, False or None; got {even!r}")
+        if isinstance(source, (str, os.PathLike)) and not is_url(source):
+            # DataLoader workers open the store again by this path, maybe from another
+            # working folder (spawned after a notebook's %cd)
+            source = os.path.join(os.getcwd(), os.fspath(source))
         self.source = source
         self.rank, self.world_size = rank, world_size
         self.even = even
