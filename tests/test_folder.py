@@ -794,6 +794,16 @@ def test_class_folders_holding_only_alike_folders_are_named_in_a_warning(tmp_pat
         ds = di.from_folder(tmp_path, size=(4, 4))
     assert ds.classes == ("trn", "tst")  # read as asked, but said
     assert "'trn', 'tst' hold no images of their own" in caplog.text
+    # folders named as splits inside each class (root/{cat,dog}/{train,test}): the message
+    # said to rename them to split names, which they have; the fix is to put them at the top
+    caplog.clear()
+    for c in ("cat", "dog"):
+        for s in ("train", "test"):
+            _tiny(tmp_path / "pets2" / c / s / "a.png", 0)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert di.from_folder(tmp_path / "pets2", size=(4, 4)).classes == ("cat", "dog")
+    assert "only the split folders 'test', 'train' in each" in caplog.text
+    assert "put the split folders at the top (test/<class>/...)" in caplog.text
     caplog.clear()
     for c in ("cat", "dog"):  # classes with images of their own: nothing to say
         _tiny(tmp_path / "pets" / c / "a.png", 0)
@@ -1001,16 +1011,3 @@ def test_a_split_folder_one_level_too_deep_is_refused_not_read_as_a_class(tmp_pa
     assert ds.classes == ("cat", "dog") and len(ds) == (6 if top else 4)
     for p, i in zip(ds.paths, ds.labels, strict=True):  # the oracle: the folder it lies in
         assert Path(p).parent.name == ds.classes[int(i)], p
-
-
-def test_split_folders_inside_each_class_are_named_as_such(tmp_path, caplog):
-    # root/{cat,dog}/{train,test}: the message said to rename them to split names, which
-    # they have; the fix is to put them at the top
-    for c in ("cat", "dog"):
-        for s in ("train", "test"):
-            _tiny(tmp_path / c / s / "a.png", 0)
-    with caplog.at_level(logging.WARNING, logger="daskimg"):
-        ds = di.from_folder(tmp_path, size=(4, 4))
-    assert ds.classes == ("cat", "dog")
-    assert "only the split folders 'test', 'train' in each" in caplog.text
-    assert "put the split folders at the top (test/<class>/...)" in caplog.text
