@@ -510,3 +510,34 @@ def test_several_ranges_in_one_call_are_asked_again_after_a_server_error(monkeyp
     assert waits == [2.0, 2.0]  # the server's Retry-After
     with pytest.raises(ServerError, match=r"HTTP 503 .*3 times"):
         ranged.RangedObjects(Fs(busy=3), "s").read_many("k", ranges)
+
+
+def test_object_storage_errors_mid_read_are_named_with_the_store(
+    tmp_path, noisy_set, small_is_tiny, monkeypatch
+):
+    # s3fs says a server error (HTTP 5xx) as OSError(EREMOTEIO, "Internal Server Error"):
+    # it came bare, never asked again nor said as a ServerError; other libraries' errors
+    # (aiohttp's cut payload, botocore's) came bare too, naming no store
+    import errno
+
+    from daskimg.errors import ServerError
+    from daskimg.store import ranged
+
+    fs = fsspec.filesystem("memory")
+    path = _store(tmp_path, noisy_set, "e.zarr")
+    fs.put(str(path), "/urlreads-err/e.zarr", recursive=True)
+    ds = di.open_zarr("memory://urlreads-err/e.zarr", storage_options={})
+    waits = []
+    monkeypatch.setattr(ranged, "_sleep", waits.append)
+    failure: list[BaseException] = [OSError(errno.EREMOTEIO, "Internal Server Error")]
+
+    def failing(p, start=None, end=None, **kw):
+        raise failure[0]
+
+    monkeypatch.setattr(fs, "cat_file", failing)
+    with pytest.raises(ServerError, match=r"e\.zarr"):
+        ds.images.compute()
+    assert waits  # asked again after pauses first
+    failure[0] = RuntimeError("Response payload is not completed")
+    with pytest.raises(OSError, match=r"e\.zarr.*reading .* failed: Response payload"):
+        ds.images.compute()

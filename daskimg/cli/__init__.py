@@ -45,8 +45,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DaskImgError, OSError, ValueError, KeyError, ImportError) as e:
         print(f"daskimg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if type(e).__module__.split(".")[0] not in _STORAGE_LIBRARIES:
+            raise  # a bug: its traceback is what to report
+        # object storage's own errors (botocore's NoCredentialsError: a 72-line traceback)
+        print(
+            f"daskimg {args.command}: error: {type(e).__name__}: {e} (reaching object "
+            "storage: check its credentials, e.g. the AWS_* variables or --storage-options, "
+            "and its endpoint)",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         sys.stdout = out
+
+
+#: the libraries whose errors are object storage's (credentials, endpoints, the network)
+_STORAGE_LIBRARIES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs"})
 
 
 class _Reported:

@@ -34,6 +34,7 @@ worker reads with its own.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import ssl
@@ -218,7 +219,9 @@ class RangedObjects:
                     continue
                 if isinstance(e, FileNotFoundError) or _status(e) in _RETRY:
                     raise self._error(path, start, n, e) from None
-                raise
+                # another library's own error (botocore's, aiohttp's cut payload, missing
+                # credentials): said with the store and the bytes, the cause kept
+                raise self._error(path, start, n, e) from e
         return self._exact(path, start, n, data)
 
     def _exact(self, path: str, start: int, n: int, data: Any) -> Any:
@@ -371,6 +374,8 @@ def _headers(e: BaseException) -> Any:
 def _status(e: BaseException) -> int | None:
     """The HTTP status an fsspec error carries (aiohttp's ``ClientResponseError.status``)."""
     status = getattr(e, "status", None)
+    if isinstance(e, OSError) and getattr(e, "errno", None) == errno.EREMOTEIO:
+        return 500  # s3fs's spelling of a server error (HTTP 5xx): asked again, then said so
     return status if isinstance(status, int) else None
 
 
