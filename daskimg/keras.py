@@ -335,12 +335,14 @@ class KerasDataset(keras.utils.PyDataset):
         if not self.shuffle and (partial or dropped) and called_from(("predict",), "keras"):
             # row k is sample k only over a whole epoch in store order
             raise ValueError(
-                "model.predict on this KerasDataset would not return row k for sample k: "
+                "model.predict on this KerasDataset would not return one row per sample, "
+                "row k for sample k: "
                 + (
-                    f"a state loaded mid-epoch leaves {len(self)} of its {self.full_epoch} batches"
+                    f"a state loaded mid-epoch leaves {len(self)} of its {self.full_epoch} "
+                    "batches (row 0 would be a later sample)"
                     if partial
                     else f"drop_last=True leaves out the last {n % batches.batch_size} of the "
-                    f"{n} samples"
+                    f"{n} samples (no rows for them)"
                 )
                 + ". Predict from a fresh KerasDataset of inputs only (drop_last=False)"
             )

@@ -601,3 +601,39 @@ def test_cli_messages_for_a_damaged_store_a_bad_chunk_and_a_truncated_npy(
     npy.write_bytes(npy.read_bytes()[:300])
     assert main(["convert", str(npy), str(tmp_path / "c" / "train.zarr.zip")]) == 2
     assert f"cannot read {str(npy)!r}: mmap length" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_with_buffered_output_exits_as_the_command_does(ingested):
+    # (review) with standard output buffered (no PYTHONUNBUFFERED), the reports went out at
+    # exit, after the wrapper was gone: "Exception ignored ... BrokenPipeError", exit 120
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    store = str(ingested / "train.zarr.zip")
+    for args in (["info", store, "--json"], ["verify", store]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daskimg", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        proc.stdout.close()  # the reader is gone before anything is written: `| head -0`
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 0, err
+        assert "BrokenPipeError" not in err
+
+
+def test_an_unreadable_system_folder_in_src_does_not_stop_an_ingest(tmp_path, monkeypatch):
+    # (review) the look for an earlier OUT listed every folder of SRC: a mount's lost+found
+    # (mode 700) stopped the ingest with a bare "Permission denied" for a user not root
+    src = tmp_path / "src"
+    di.testing.make_image_folder(src, n=8, size=(8, 8), classes=("cat", "dog"))
+    (src / "lost+found").mkdir()
+    listdir = os.listdir
+
+    def guarded(path="."):
+        if str(path).endswith("lost+found"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", guarded)
+    assert main(["ingest", str(src), str(tmp_path / "out"), "--size", "8", "8"]) == 0
+    assert di.open_zarr(tmp_path / "out" / "train.zarr.zip").classes == ("cat", "dog")

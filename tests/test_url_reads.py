@@ -539,5 +539,5 @@ def test_object_storage_errors_mid_read_are_named_with_the_store(
         ds.images.compute()
     assert waits  # asked again after pauses first
     failure[0] = RuntimeError("Response payload is not completed")
-    with pytest.raises(OSError, match=r"e\.zarr.*reading .* failed: Response payload"):
+    with pytest.raises(ServerError, match=r"e\.zarr.*failed: RuntimeError: Response payload"):
         ds.images.compute()

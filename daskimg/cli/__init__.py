@@ -6,6 +6,8 @@ One module per job: :mod:`.args` (the parser), :mod:`.ingest` (ingest, convert),
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,13 +34,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = parser().parse_args(argv)
     out = sys.stdout
-    sys.stdout = _Reported(out)
+    reported = _Reported(out)
+    sys.stdout = reported
     try:
         return int(_COMMANDS[args.command](args))
     except KeyboardInterrupt:
+        writes = args.command in ("ingest", "convert")
         print(
-            f"daskimg {args.command}: interrupted. A store being written is left unfinished "
-            "(it never opens as complete) or removed; run the command again to finish",
+            f"daskimg {args.command}: interrupted"
+            + (
+                ". A store being written is left unfinished (it never opens as complete) "
+                "or removed; run the command again to finish"
+                if writes
+                else ""
+            ),
             file=sys.stderr,
         )
         return 130
@@ -57,7 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     finally:
+        reported.flush()  # what is buffered goes now (a closed pipe: dropped), not at exit
         sys.stdout = out
+        if reported.closed_pipe:
+            # the interpreter flushes standard output again at exit: onto nothing, so that
+            # a closed pipe does not turn the exit status into 120
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, out.fileno())
 
 
 #: the libraries whose errors are object storage's (credentials, endpoints, the network)
@@ -73,6 +89,10 @@ class _Reported:
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         self._closed = False
+
+    @property
+    def closed_pipe(self) -> bool:
+        return self._closed
 
     def write(self, text: str) -> int:
         if not self._closed:

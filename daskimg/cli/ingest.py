@@ -292,11 +292,16 @@ def _store_folders(src: str) -> list[str]:
         for d in os.listdir(src)
         if d.lower() in SPLIT_DIRS and os.path.isdir(os.path.join(src, d))
     ]
+    from ..read.folder import _hidden
+
     for top in tops:
         for entry in sorted(os.scandir(top), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.is_dir() or entry.name.endswith(ends):
+            if _hidden(entry.name) or not entry.is_dir():  # lost+found, .git, *.zarr
                 continue
-            names = [n for n in os.listdir(entry.path) if not n.startswith(".")]
+            try:
+                names = [n for n in os.listdir(entry.path) if not n.startswith(".")]
+            except OSError:  # unreadable: the folder reader says so, as before
+                continue
             kept = [n for n in names if n.endswith(ends)]
             leftovers = [n for n in names if n.endswith((".lock", ".partial"))]
             if kept and len(kept) + len(leftovers) == len(names):

@@ -454,7 +454,7 @@ class EpochBatches:
         self.num_batches = num_batches(
             src.n, src.chunk_len, batch_size=self.batch_size, drop_last=self.drop_last
         )
-        if not self.num_batches:
+        if not self.num_batches:  # (no samples at all: refused by FeedSource)
             raise ValueError(
                 f"batch_size={self.batch_size} with drop_last=True leaves no batch of the "
                 f"{src.n} samples: every epoch would be empty. Pass a smaller batch_size, or "

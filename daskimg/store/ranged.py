@@ -219,9 +219,15 @@ class RangedObjects:
                     continue
                 if isinstance(e, FileNotFoundError) or _status(e) in _RETRY:
                     raise self._error(path, start, n, e) from None
-                # another library's own error (botocore's, aiohttp's cut payload, missing
-                # credentials): said with the store and the bytes, the cause kept
-                raise self._error(path, start, n, e) from e
+                # another library's own error (botocore's, aiohttp's cut payload, a read
+                # timeout): said with the store and the bytes, the cause kept, and as a
+                # failure to reach the server, not as damage (verify would list it so)
+                raise ServerError(
+                    f"{self.where}: reading {path!r} (bytes {start}-{start + n - 1}) failed: "
+                    f"{type(e).__name__}: {e}. The server did not answer as asked (the "
+                    "network, credentials, a timeout), which says nothing about the stored "
+                    "bytes; check access and try again"
+                ) from e
         return self._exact(path, start, n, data)
 
     def _exact(self, path: str, start: int, n: int, data: Any) -> Any:
