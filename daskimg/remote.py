@@ -13,6 +13,7 @@ concurrently (``fs.cat``), a few at a time, and decodes them from memory.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +21,23 @@ from typing import Any
 
 from .errors import DecodeError
 
-__all__ = ["RemoteFiles", "filesystem", "is_url", "local_path", "protocol_of"]
+__all__ = ["RemoteFiles", "anchored", "filesystem", "is_url", "local_path", "protocol_of"]
 
 #: files a decode task fetches at once: their bytes are held in memory together
 FETCH_FILES = 16
 #: protocols whose uploads are atomic (an object appears only once it is complete)
 ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+
+
+def anchored(path: Any) -> Any:
+    """A local path as the absolute path it names from here (the working folder now); URLs
+    and other sources as they are. Files and stores are opened later — when a set is
+    computed, in a DataLoader worker or a spawned process — maybe from another working
+    folder (a notebook's ``%cd``), where the same relative name is another file."""
+    if not isinstance(path, (str, os.PathLike)) or is_url(path):
+        return path
+    path = os.fspath(path)
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 def is_url(path: Any) -> bool:

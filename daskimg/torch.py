@@ -23,7 +23,7 @@ from .feed.batches import INDEX, auto_scale
 from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state
 from .feed.shuffle import num_batches
-from .remote import is_url
+from .remote import anchored
 
 __all__ = ["TorchDataset"]
 
@@ -222,11 +222,7 @@ class TorchDataset(IterableDataset):
             )
         if even is not None and not isinstance(even, bool):
             raise ValueError(f"even must be True, False or None; got {even!r}")
-        if isinstance(source, (str, os.PathLike)) and not is_url(source):
-            # DataLoader workers open the store again by this path, maybe from another
-            # working folder (spawned after a notebook's %cd)
-            source = os.path.join(os.getcwd(), os.fspath(source))
-        self.source = source
+        self.source = anchored(source)  # DataLoader workers open the store again by it
         self.rank, self.world_size = rank, world_size
         self.even = even
         self.channels_first = channels_first

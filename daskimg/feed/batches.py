@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import numbers
-import os
 import sys
 import threading
 from collections import OrderedDict
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ChecksumError
-from ..remote import is_url
+from ..remote import anchored
 from ..store.reader import RawChunk
 from .checks import check_transform
 from .iterator import Transform, check_transformed
@@ -409,10 +408,7 @@ class EpochBatches:
         threads: int = 2,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if isinstance(source, (str, os.PathLike)) and not is_url(source):
-            # a spawned worker opens the store again: by the path it had here, not one
-            # taken from its own working folder (a notebook's %cd between)
-            source = os.path.join(os.getcwd(), os.fspath(source))
+        source = anchored(source)  # a spawned worker opens the store again by it
         if not (
             scale is None
             or scale == "auto"

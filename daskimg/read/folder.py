@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NoImagesFoundError
-from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
+from ..remote import RemoteFiles, anchored, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
 from .fileio import SYSTEM_FOLDERS, alike, folded, given_classes, looks, near_misses
 from .files import relative_paths, resolve_dtype
@@ -1048,11 +1048,7 @@ def from_folder(
     url = str(root).rstrip("/") if is_url(root) else None
     if url is None:
         check_options(root, storage_options)
-        # the files are opened when computed: a relative root is taken from the folder the
-        # set is made in (a chdir, a notebook's %cd, a worker started elsewhere read
-        # another folder's files under these names)
-        if not os.path.isabs(root):
-            root = os.path.join(os.getcwd(), root)
+        root = anchored(root)  # the files are opened when computed, maybe elsewhere
         if not Path(root).is_dir():
             raise NoImagesFoundError(
                 f"{os.fspath(root)!r} is not a folder; pass a folder of class subfolders"
