@@ -303,7 +303,8 @@ class LocalZip(_LocalSource):
         if state is None:
             try:
                 # told apart before opening: opening a named pipe waits for a writer forever
-                if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+                mode = os.stat(path).st_mode  # (a folder: said below, as before)
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     raise MetadataError(
                         f"{path!r} is not a regular file but a named pipe, device or socket; "
                         "a *.zarr.zip store is one file"
