@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# PyTorch's CPU build where the machine has it (pip's find-links): 0.9 GB, where PyPI's
+	# torch==2.13.0 is a CUDA build with 3.4 GB of nvidia/triton wheels that filled a CI disk
+	$(PY) -m pip install -q "torch==2.13.0+cpu" || echo "no CPU build of torch 2.13.0 here: PyPI's is installed"
 	$(PY) -m pip install -q -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
