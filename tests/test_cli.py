@@ -330,6 +330,25 @@ def test_out_named_like_a_class_folder_of_src_does_not_drop_that_class(tmp_path,
     assert sorted(train.paths) == sorted(f.relative_to(src).as_posix() for f in files)
 
 
+@pytest.mark.parametrize("out", ["file", "file/below", "link"])
+def test_out_that_is_a_file_is_refused_before_decoding(tmp_path, monkeypatch, capsys, out):
+    # a file where the OUT folder goes failed after the listing with `[Errno 17] File exists`
+    di.testing.make_image_folder(tmp_path / "photos", n=4, size=(8, 8))
+    (tmp_path / "file").write_bytes(b"notes")
+    (tmp_path / "link").symlink_to("gone")
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "photos", out, "--size", "8", "8"]) == 2
+    err = capsys.readouterr()
+    assert "found" not in err.out  # refused before the folder is read
+    if out == "link":
+        assert "OUT is a link to 'gone', which does not exist" in err.err
+    else:
+        assert "is a file, not a folder" in err.err
+        assert ("OUT's parent" in err.err) == (out == "file/below")
+    assert (tmp_path / "file").read_bytes() == b"notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link", "photos"]
+
+
 def test_info_counts_unlabelled_samples_and_unnamed_classes(tmp_path, capsys):
     # oracle: the labels given, counted with numpy
     images = np.zeros((9, 4, 4, 3), np.uint8)

@@ -208,6 +208,8 @@ def _refuse_out_holding_images(src: str, out: str, opts: Any = None) -> None:
     from ..read.folder import _hidden, _is_image
 
     stores = {n + e for n in SPLIT_NAMES for e in (".zarr", ".zarr.zip")}
+    if not is_url(out):
+        _check_out_folder(out)
     image = None
     if is_url(src) or is_url(out):
         image = _url_image_inside(src, out, opts, stores)
@@ -227,6 +229,26 @@ def _refuse_out_holding_images(src: str, out: str, opts: Any = None) -> None:
             f"OUT {out!r} is inside SRC {src!r} and holds images ({image!r}, ...): a class or "
             "split folder of the set, which would be left out of it (stores written inside SRC "
             "are not read on the next run). Write the stores to another folder"
+        )
+
+
+def _check_out_folder(out: str) -> None:
+    """OUT, or the nearest part of its path that exists, is a folder (a file there failed
+    after the listing, with a bare ``[Errno 17] File exists``)."""
+    path = os.path.abspath(out)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    what = "OUT" if path == os.path.abspath(out) else f"OUT's parent {path!r}"
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{what} is a link to {os.readlink(path)!r}, which does not exist; create that "
+            "folder or give another OUT"
+        )
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"{what} is a file, not a folder: ingest writes one store per split into the "
+            f"folder OUT ({os.path.join(out, 'train.zarr.zip')!r}, ...); give a folder that "
+            "does not exist yet or holds earlier stores"
         )
 
 
