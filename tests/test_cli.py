@@ -349,6 +349,23 @@ def test_out_that_is_a_file_is_refused_before_decoding(tmp_path, monkeypatch, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link", "photos"]
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_before_any_split_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    # a Latin-1 name in test/: train was decoded and written, then the run failed on test
+    di.testing.make_image_folder(
+        tmp_path / "photos", n=4, size=(8, 8), split_dirs=("train", "test")
+    )
+    cat = os.fsencode(tmp_path / "photos" / "test" / "cat")
+    os.rename(os.path.join(cat, b"cat_0000.png"), os.path.join(cat, b"caf\xe9.png"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "photos", "out", "--size", "8", "8"]) == 2
+    err = capsys.readouterr()
+    assert "writing" not in err.out
+    assert "'test/cat/caf\\udce9.png' is not valid Unicode text" in err.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_info_counts_unlabelled_samples_and_unnamed_classes(tmp_path, capsys):
     # oracle: the labels given, counted with numpy
     images = np.zeros((9, 4, 4, 3), np.uint8)

@@ -55,7 +55,7 @@ def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
 def ingest(args: argparse.Namespace) -> int:
     from ..read.folder import from_folder
     from ..store.location import Location
-    from ..store.write import to_zarr
+    from ..store.write import check_writable, to_zarr
     from ..storeinfo import info
 
     t0 = time.perf_counter()
@@ -114,6 +114,9 @@ def ingest(args: argparse.Namespace) -> int:
     )
     ext = ".zarr.zip" if args.format == "zip" else ".zarr"
     written = {name for name, part in parts.items() if len(part)}
+    for name in written:  # what to_zarr refuses (a file name that is not UTF-8), before any
+        check_writable(parts[name])  # split is decoded: not after train was written
+
     stale, earlier = _earlier_stores(args.out, [*parts, *SPLIT_NAMES], written, ext, opts)
     if stale and not args.overwrite:
         raise StoreExistsError(
