@@ -813,6 +813,54 @@ def test_class_folders_holding_only_alike_folders_are_named_in_a_warning(tmp_pat
     assert "no images of their own" not in caplog.text
 
 
+SPLITS_RENAMED = {  # Kaggle downloads: splits under names of their own, one folder down
+    "cat-and-dog": ("training_set/training_set", "test_set/test_set"),
+    "images-inside": ("training_set/images", "test_set/images"),
+    "intel": ("seg_train/seg_train", "seg_test/seg_test"),
+    "plain": ("train_set", "TestSet"),
+}
+
+
+@pytest.mark.parametrize("url", [False, True])
+@pytest.mark.parametrize("layout", sorted(SPLITS_RENAMED))
+def test_split_folders_under_other_names_are_refused_not_read_as_classes(tmp_path, url, layout):
+    # training_set/training_set/{cats,dogs} beside test_set/test_set/{cats,dogs} read as the
+    # classes 'test_set' and 'training_set': every image labelled by its split, no word said
+    root = tmp_path / "data"
+    for inner in SPLITS_RENAMED[layout]:
+        for c in ("cats", "dogs"):
+            _tiny(root / inner / c / "a.png", 0)
+    if layout == "intel":  # and its unlabelled seg_pred/seg_pred/*.jpg
+        _tiny(root / "seg_pred" / "seg_pred" / "p.png", 0)
+    where = _as_url(root, f"memory://daskimg-renamed-{layout}/data") if url else root
+    try:
+        # the oracle: the folders of images, as os.walk finds them, two kinds per split
+        found = {Path(d).name for d, _, files in os.walk(root) if files}
+        assert {"cats", "dogs"} <= found
+        first = next(i for i in SPLITS_RENAMED[layout] if i.lower().startswith(("train", "seg_tr")))
+        with pytest.raises(ValueError, match="named like splits") as e:
+            di.from_folder(where, size=(4, 4))
+        assert f"only the class folders cats/, dogs/ under '{where}/{first}'" in str(e.value)
+        # classes given: read as those classes (the escape for a dataset that means it)
+        tops = sorted(os.listdir(root))
+        assert di.from_folder(where, size=(4, 4), classes=tops).classes == tuple(tops)
+    finally:
+        if url:
+            pytest.importorskip("fsspec").filesystem("memory").rm(
+                f"/daskimg-renamed-{layout}", recursive=True
+            )
+    # one split word; two, with images of their own: classes as before
+    trees = {
+        "vehicles": (("train_station", "indoor"), ("train_station", "outdoor"), ("bus", ".")),
+        "sets": (("train_set", "."), ("test_set", "."), ("test_set", "more")),
+    }
+    for name, tree in trees.items():
+        for c, inner in tree:
+            _tiny(tmp_path / name / c / inner / "a.png", 0)
+        got = di.from_folder(tmp_path / name, size=(4, 4)).classes
+        assert got == tuple(sorted(os.listdir(tmp_path / name)))
+
+
 def test_class_folders_named_like_one_split_twice_are_classes(tmp_path):
     for c in ("cat", "test", "testing"):  # no train/: these are three classes
         _tiny(tmp_path / c / "a.png", 0)
@@ -979,6 +1027,64 @@ def test_a_split_read_on_its_own_reads_its_parent_as_told_and_quietly(tmp_path, 
         alone = di.from_folder(data / "valid", size=(8, 8))
     assert any(str(p).endswith("dup.png") for p in alone.paths)
     assert "left out" not in caplog.text  # it is read, and said not to be
+
+
+def test_a_split_read_alone_beside_a_stray_folder_numbers_classes_as_the_splits(tmp_path, caplog):
+    # data/{train,valid,checkpoints}: reading data is refused (checkpoints/ is no split), and
+    # data/valid read alone numbered its classes by itself (c: 2 in train, 1 in valid)
+    data = tmp_path / "data"
+    _split_tree(data, {"train": ("a", "b", "c"), "valid": ("a", "c")})
+    (data / "checkpoints").mkdir()
+    (data / "checkpoints" / "model.pt").write_bytes(b"weights")
+    with pytest.raises(ValueError, match="which are no split"):
+        di.from_folder(data, size=(6, 6))
+    every = sorted(os.listdir(data / "train"))  # the oracle: the split folders' class folders
+    ds = di.from_folder(data / "valid", size=(6, 6))
+    assert list(ds.classes) == every
+    assert _by_folder(ds) == {c: c for c in os.listdir(data / "valid")}
+    # both val/ and valid/: no numbering the splits agree on, and that is said
+    _split_tree(data, {"val": ("c",)})
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(data / "val", size=(6, 6))
+    assert ds.classes == ("c",)
+    assert "its classes are numbered on their own" in caplog.text
+    assert "holds both 'val' and 'valid'" in caplog.text
+
+
+def test_a_class_folder_holding_no_image_is_a_class_at_a_url_as_on_disk(tmp_path, caplog):
+    # train/cat/ with only a .DS_Store: a class (empty, said) on disk, none at a URL, where
+    # dog was 1 instead of 2
+    _tiny(tmp_path / "train" / "bird" / "1.png", 0)
+    _tiny(tmp_path / "train" / "dog" / "2.png", 0)
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "train" / "cat" / ".DS_Store").write_bytes(b"\0")
+    _tiny(tmp_path / "test" / "dog" / "3.png", 0)
+    url = _as_url(tmp_path, "memory://daskimg-test-empty-class/data")
+    try:
+        with caplog.at_level(logging.WARNING, logger="daskimg"):
+            disk = di.from_folder(tmp_path, size=(4, 4))
+            there = di.from_folder(url, size=(4, 4))
+        assert disk.classes == there.classes == tuple(sorted(os.listdir(tmp_path / "train")))
+        np.testing.assert_array_equal(disk.labels, there.labels)
+        assert caplog.text.count("class folder(s) without images: 'cat'") == 2
+    finally:
+        pytest.importorskip("fsspec").filesystem("memory").rm(
+            "/daskimg-test-empty-class", recursive=True
+        )
+
+
+def test_a_link_to_a_folder_not_there_is_named_as_such(tmp_path, caplog):
+    # bird -> a drive not mounted: the class was gone, logged as a file without an image ending
+    for c in ("ant", "cat"):
+        _tiny(tmp_path / c / "a.png", 0)
+    (tmp_path / "bird").symlink_to("/nonexistent-daskimg-drive/birds")
+    (tmp_path / "cat" / "more").symlink_to("/nonexistent-daskimg-drive/more-cats")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_folder(tmp_path, size=(4, 4))
+    assert ds.classes == ("ant", "cat")
+    assert "left out 2 link(s) whose target does not exist" in caplog.text
+    assert f"'{tmp_path / 'bird'}' -> '/nonexistent-daskimg-drive/birds'" in caplog.text
+    assert "not an image ending" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -464,6 +465,10 @@ def _url_tops(
             key=lambda rest: [(j < len(rest) - 1, x) for j, x in enumerate(rest)],
         )
         for rest in below:
+            if len(rest) > 1 and not _hidden(rest[0]):
+                # a folder with a key below it is there, as on disk, whatever it holds
+                # (a .DS_Store alone: a class without images, as on disk)
+                t.classes.setdefault(rest[0], [])
             if any(_hidden(x) for x in rest[:-1]) or not _is_image(rest[-1]):
                 if not any(_hidden(x) for x in rest[:-1]) and _is_other(rest[-1]):
                     t.others.append(join(url, "/".join((*prefix, *rest))))
@@ -487,7 +492,22 @@ def _url_tops(
 
 
 def _report_others(where: str, others: list[str]) -> None:
-    """Say which files were left out because their ending is not an image ending."""
+    """Say which files were left out because their ending is not an image ending, and which
+    links lead nowhere (a folder on a drive not mounted: its images, maybe a whole class)."""
+    broken = [f for f in others if "://" not in f and os.path.islink(f) and not os.path.exists(f)]
+    if broken:
+        shown = "; ".join(f"{f!r} -> {os.readlink(f)!r}" for f in broken[:3])
+        logger.warning(
+            "from_folder(%r): left out %d link(s) whose target does not exist (a drive not "
+            "mounted, a file not fetched?): %s%s. A link to a folder is a class folder or "
+            "part of one: its images are not read. Mount or fetch the targets, or remove "
+            "the links",
+            where,
+            len(broken),
+            shown,
+            f" and {len(broken) - 3} more" if len(broken) > 3 else "",
+        )
+        others = [f for f in others if f not in set(broken)]
     if not others:
         return
     endings: dict[str, int] = {}
@@ -636,6 +656,54 @@ def _check_split_inside(where: str, tops: list[_Top], given: list[str] | None) -
                 f"every image in it labelled {c!r}. Move it up {beside} (its class folders "
                 f"go with it); if {c!r} is really a class, pass classes=[...] naming it"
             )
+
+
+def _split_word(name: str) -> str | None:
+    """The split a folder name says in one of its words (``training_set``, ``seg_test``,
+    ``asl_alphabet_train``, ``TrainSet``), or None (no split word, or words of two)."""
+    words = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", name)
+    said = {SPLIT_DIRS[w.lower()] for w in words if w.lower() in SPLIT_DIRS}
+    return said.pop() if len(said) == 1 else None
+
+
+def _check_splits_named_otherwise(where: str, tops: list[_Top], given: list[str] | None) -> None:
+    """Refuse class folders named like two or more splits (``training_set/``, ``test_set/``)
+    of which one holds no images of its own, only class folders (also through folders of one
+    folder each, Kaggle's ``training_set/training_set/{cats,dogs}``): split folders under
+    names daskimg does not take for splits, read as classes, every image labelled by the
+    split it is in. ``given`` classes pass."""
+    if given is not None or len(tops) != 1 or tops[0].split:
+        return
+    t = tops[0]
+    named = {c: s for c, files in t.classes.items() if files and (s := _split_word(c))}
+    if len(set(named.values())) < 2:
+        return
+    for c in sorted(named, key=lambda c: (named[c] != "train", c)):
+        prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
+        files = t.classes[c]
+        rest = [f[len(prefix) + 1 :].replace(os.sep, "/") for f in files if f.startswith(prefix)]
+        if len(rest) != len(files):
+            continue
+        shared = posixpath.commonpath([posixpath.dirname(r) for r in rest])
+        depth = len(shared.split("/")) if shared else 0
+        if any(r.count("/") == depth for r in rest):
+            continue  # images of its own (under its folders of one folder): a class, or unlabelled
+        below = sorted({r.split("/")[depth] for r in rest})
+        if len(below) < 2:
+            continue
+        inner = "/".join([prefix.replace(os.sep, "/"), *([shared] if shared else [])])
+        shown = ", ".join(d + "/" for d in below[:5]) + (
+            f" and {len(below) - 5} more" if len(below) > 5 else ""
+        )
+        raise ValueError(
+            f"{where!r}: its folders {', '.join(repr(n) for n in sorted(named))} are named "
+            f"like splits, and {c!r} holds no images of its own, only the class folders "
+            f"{shown} under {inner!r}: read as is, each would be one class, every image "
+            f"labelled by the split it is in. Put the splits at the top under split names "
+            f"({', '.join(sorted(SPLIT_DIRS))}): move what {inner!r} holds to "
+            f"{where}/{named[c]}/ (and so for the others); if these are really classes, "
+            "pass classes=[...] naming them"
+        )
 
 
 def _warn_nested_alike(where: str, tops: list[_Top]) -> None:
@@ -814,7 +882,8 @@ def _parent_tops(
     stray: str,
 ) -> tuple[str, list[_Top]] | None:
     """The folders of ``root``'s parent, listed as reading it lists them, when ``root`` is a
-    split folder of it (None otherwise, or when the parent cannot be read as a set).
+    split folder of it (None otherwise); :class:`_Unreadable` when the parent cannot be read
+    as a set, nor its split folders alone.
     ``remote``: at a URL, its file system and ``root``'s path on it; ``excluded``: real paths
     (on disk) or the file system's paths (at a URL) left out. Reading the parent lists the
     files of every split (one listing), so the classes are exactly those reading it gives.
@@ -828,8 +897,18 @@ def _parent_tops(
             return None
         try:
             tops, _ = _local_tops(parent, frozenset(excluded), stray)
-        except (OSError, ValueError):
-            return None
+        except (OSError, ValueError) as e:
+            # refused as a whole (a checkpoints/ folder beside the splits): the split
+            # folders alone give the classes reading it would give without that
+            try:
+                others = {
+                    os.path.realpath(d)
+                    for d in parent.iterdir()
+                    if d.name.lower() not in SPLIT_DIRS and d.is_dir()
+                }
+                tops, _ = _local_tops(parent, frozenset(excluded) | others, "ignore")
+            except (OSError, ValueError):
+                raise _Unreadable(os.fspath(parent), e) from None
         me = os.path.realpath(root)
         mine = [t for t in tops if t.split == split and os.path.realpath(t.where) == me]
         return (os.fspath(parent), tops) if mine else None
@@ -846,10 +925,18 @@ def _parent_tops(
     inside = [p[len(parent_base) + 1 :] for p in excluded if p.startswith(parent_base + "/")]
     try:
         tops, _ = _url_tops(parent_url, fs, parent_base, inside, stray)
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as e:
+        raise _Unreadable(parent_url, e) from None
     mine = [t for t in tops if t.split == split and t.where == path]
     return (parent_url, tops) if mine else None
+
+
+class _Unreadable(Exception):
+    """A split folder's parent cannot be read as a set (:func:`_parent_tops`)."""
+
+    def __init__(self, parent: str, why: Exception) -> None:
+        super().__init__(parent, why)
+        self.parent, self.why = parent, why
 
 
 def _assemble(
@@ -865,6 +952,7 @@ def _assemble(
     _stray_files(loose, where, "split folders", stray)
     _check_wrapped(where, tops, given)
     _check_split_inside(where, tops, given)
+    _check_splits_named_otherwise(where, tops, given)
     _warn_nested_alike(where, tops)
     labelled = []
     for t in tops:
@@ -996,7 +1084,8 @@ def from_folder(
 
     ``root`` may be a URL (``"s3://bucket/train"``, with ``storage_options``): it is
     listed once with fsspec, and gives the same set as the same tree on disk (folders
-    exist there only as key prefixes, so an empty class folder is not a class).
+    exist there only as key prefixes, so an empty class folder is not a class; one holding
+    only other files, a ``.DS_Store``, is one, as on disk).
 
     Parameters
     ----------
@@ -1086,11 +1175,23 @@ def from_folder(
     _report_others(where, [f for t in tops for f in t.others])
     given = given_classes(classes)
     if given is None and len(tops) == 1 and not tops[0].split and not tops[0].direct:
-        with _quiet():
-            parent = (
-                _parent_tops(root, None, None, list(reals), stray)
-                if url is None
-                else _parent_tops(root, url, (fs, base_path), paths, stray)
+        try:
+            with _quiet():
+                parent = (
+                    _parent_tops(root, None, None, list(reals), stray)
+                    if url is None
+                    else _parent_tops(root, url, (fs, base_path), paths, stray)
+                )
+        except _Unreadable as e:
+            parent = None
+            logger.warning(
+                "from_folder(%r): a split folder, but its parent %r cannot be read as a set "
+                "(%s), so its classes are numbered on their own, not as the splits beside it "
+                "number them (a class missing here shifts the indices after it). Pass "
+                "classes= (every class, in index order) to number every split alike",
+                where,
+                e.parent,
+                e.why,
             )
         given = _split_alone_classes(where, tops[0], parent)
     files, labels, classes, split_of = _assemble(where, tops, loose, stray, given)
