@@ -115,12 +115,26 @@ def unchecked(
         attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=False)
     finally:
         reader.close()
-    if "arrays" in attrs:
+    from .store.chunktable import TABLE
+
+    if "arrays" not in attrs:
+        return (
+            "written before 2026-12, the store has no table of its chunks' checksums: each "
+            "chunk matches its own, but a chunk moved to another place (a shard copied over "
+            "another) would not be noticed. Re-create it (di.to_zarr(di.open_zarr(old), new)) "
+            "to get one"
+        )
+    # a store from before the tables that ArrayWriter(mode="a") added an array to: the new
+    # array has its table, those written before have none
+    bare = sorted(n for n, a in attrs["arrays"].items() if TABLE not in a)
+    if not bare:
         return None
     return (
-        "written before 2026-12, the store has no table of its chunks' checksums: each chunk "
-        "matches its own, but a chunk moved to another place (a shard copied over another) "
-        "would not be noticed. Re-create it (di.to_zarr(di.open_zarr(old), new)) to get one"
+        f"the arrays {', '.join(repr(n) for n in bare)} were written before 2026-12 and have "
+        "no table of their chunks' checksums: each chunk matches its own, but a chunk moved "
+        "to another place (a shard copied over another) would not be noticed in them. "
+        "Re-create the store (di.to_zarr(di.open_zarr(old), new), which keeps every array) "
+        "to get one for each"
     )
 
 

@@ -111,6 +111,24 @@ def test_verify_says_what_it_cannot_check_in_a_store_without_a_chunk_table(
     assert "note: written before 2026-12, the store has no table" in out
 
 
+def test_verify_names_arrays_without_a_chunk_table_after_an_append(tmp_path, capsys):
+    # a store from before the tables, given a column with ArrayWriter(mode="a"): republished
+    # with root checksums and the new column's table, verify said nothing of the old arrays,
+    # whose shards could be swapped unnoticed
+    golden = os.path.join(os.path.dirname(__file__), "golden", "v1", "lz4.zarr.zip")
+    store = tmp_path / "old.zarr.zip"
+    shutil.copy(golden, store)
+    old = sorted(plain_group(golden).array_keys())
+    n = len(di.open_zarr(store))
+    with di.ArrayWriter(store, name="pred", shape=(), dtype="float32", mode="a") as w:
+        w.append(np.arange(n, dtype="float32"), index=np.arange(n))
+    assert main(["verify", str(store)]) == 0
+    out = capsys.readouterr().out
+    said = ", ".join(repr(a) for a in old)
+    assert f"note: the arrays {said} were written before 2026-12 and have no table" in out
+    assert "'pred'" not in out.split("note:")[1]
+
+
 def test_show_draws_the_samples_with_their_labels(ingested, tmp_path):
     store = ingested / "train.zarr.zip"
     png = tmp_path / "grid.png"

@@ -8,6 +8,7 @@ straight into their batches) is :mod:`daskimg.feed.runner`.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import sys
@@ -386,7 +387,16 @@ class BatchIterator:
                 if id(arr) not in self._busy and arr.shape == shape and sys.getrefcount(arr) <= 3:
                     self._busy.add(id(arr))
                     return arr
-            arr = np.empty(shape, dtype=src.dtype(name))
+            try:
+                arr = np.empty(shape, dtype=src.dtype(name))
+            except MemoryError:
+                need = math.prod(shape) * np.dtype(src.dtype(name)).itemsize
+                raise MemoryError(
+                    f"a batch of {n} samples of {name!r} ({shape} {np.dtype(src.dtype(name))}, "
+                    f"{need / 2**30:.2f} GiB) cannot be allocated in this process (its memory "
+                    "limit, ulimit -v, or the machine's); lower batch_size, or check the "
+                    "store's sample shape with daskimg info"
+                ) from None
             if len(pool) >= self._pool_cap():
                 pool[:] = [a for a in pool if id(a) in self._busy]
             pool.append(arr)
