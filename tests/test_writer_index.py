@@ -403,6 +403,32 @@ def test_staged_rows_damaged_before_a_resume_are_named_not_published(tmp_path, d
     assert plain_group(p)["features"][...].tolist() == oracle.tolist()
 
 
+@pytest.mark.parametrize("damage", ["crc-features.bin", "rows-features.bin", "text-features.bin"])
+def test_a_staging_file_cut_or_removed_before_a_resume_is_the_one_named(tmp_path, damage):
+    # a removed crc file was reported as "the staging file of 'features' is truncated (808
+    # bytes, expected 808)": the rows file, intact, and two equal sizes
+    p = tmp_path / "d.zarr"
+    text = damage.startswith("text")
+    spec = {"shape": () if text else (3,), "dtype": str if text else "float32", "num_samples": 20}
+    rows = np.array([f"sample {i}" for i in range(6)], dtype=object) if text else np.ones((6, 3))
+    w = ArrayWriter(p, **spec, chunks=4, checkpoint_every=0)
+    w.append(rows, index=np.arange(6))
+    del w
+    staged = tmp_path / "d.zarr.partial" / damage
+    size = staged.stat().st_size
+    if damage.startswith("crc"):
+        staged.unlink()
+    else:
+        staged.write_bytes(staged.read_bytes()[: size // 2])
+    with pytest.raises(DaskImgError, match="cannot resume") as e:
+        ArrayWriter(p, **spec, resume=True)
+    got = 0 if damage.startswith("crc") else size // 2
+    least = "at least " if text else ""
+    assert f"the staging file '{damage}' of 'features' is {got} bytes, {least}{size}" in str(
+        e.value
+    )
+
+
 def test_damaged_staging_bitmap_is_refused_on_resume(tmp_path):
     p = tmp_path / "b.zarr"
     w = ArrayWriter(p, shape=(), dtype="int64", num_samples=10, checkpoint_every=0)

@@ -87,18 +87,21 @@ class PlacedColumn:
 
     def reopen(self, text_bytes: int) -> None:
         """Resume: check the staging file's size; cut the text file to its checkpointed end."""
-        want = self.n * self.row_bytes
-        size = os.fstat(self.fd).st_size
-        if (
-            size != want
-            or (self.text_fd is not None and os.fstat(self.text_fd).st_size < text_bytes)
-            or (self.crc_fd is not None and os.fstat(self.crc_fd).st_size != self.n * 4)
-        ):
-            raise DaskImgError(
-                f"cannot resume {str(self.rows_path.parent)!r}: the staging file of "
-                f"{self.name!r} is truncated ({size} bytes, expected {want}); pass resume=False "
-                "to start over"
-            )
+        # (a file deleted since the checkpoint is there again, empty: opened with O_CREAT)
+        checks = [(self.rows_path, self.fd, self.n * self.row_bytes, "")]
+        if self.text_fd is not None:
+            checks.append((self.text_path, self.text_fd, text_bytes, "at least "))
+        if self.crc_fd is not None:
+            checks.append((self.crc_path, self.crc_fd, self.n * 4, ""))
+        for path, fd, want, least in checks:
+            size = os.fstat(fd).st_size
+            if size < want or (size > want and not least):
+                raise DaskImgError(
+                    f"cannot resume {str(self.rows_path.parent)!r}: the staging file "
+                    f"{path.name!r} of {self.name!r} is {size} bytes, {least}{want} expected "
+                    "(truncated, removed or replaced since the checkpoint); pass resume=False "
+                    "to start over"
+                )
         if self.text_fd is not None:
             os.ftruncate(self.text_fd, text_bytes)
         self.text_bytes = text_bytes
