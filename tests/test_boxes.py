@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 from pathlib import Path
@@ -358,6 +359,14 @@ def test_csv_box_cells(tmp_path):
         (("x", "y", "width", "height"), r"'width' names a width or height.*df\['x'\]"),
         (("bbox_x", "bbox_y", "bbox_w", "bbox_h"), r"'bbox_w' names a width or height"),
         (("x_center", "y_center", "w", "h"), r"'w' names a width or height"),
+        # widths and heights under names of their own were read as the right and bottom
+        (("x", "y", "x_size", "y_size"), r"'x_size' names a width or height"),
+        (("x", "y", "dx", "dy"), r"'dx' names a width or height"),
+        (("xmin", "ymin", "bw", "bh"), r"'bw' names a width or height"),
+        (("left", "top", "w_px", "h_px"), r"'w_px' names a width or height"),
+        (("x", "y", "xlen", "ylen"), r"'xlen' names a width or height"),
+        (("col", "row", "ncols", "nrows"), r"'ncols' names a width or height"),
+        (("x", "y", "width_px", "height_px"), r"'width_px' names a width or height"),
         # TensorFlow's ymin, xmin, ymax, xmax: read as x0, y0, x1, y1
         (
             ("ymin", "xmin", "ymax", "xmax"),
@@ -399,6 +408,24 @@ def test_imageset_from_arrays_keeps_boxes_as_given():
     ds = di.ImageSet(np.zeros((2, 8, 8, 3), np.uint8), columns={"bbox": boxes}, boxes=("bbox",))
     np.testing.assert_array_equal(np.asarray(ds.columns["bbox"]), boxes)
     assert ds.take([1]).boxes == ("bbox",)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_boxes_given_as_fractions_in_arrays_are_named_when_stored(tmp_path, caplog, lazy):
+    # YOLO-style 0..1 boxes in an array (an .npz, an HDF5 export) were stored as pixel boxes
+    # inside the top-left pixel without a word; from_csv said so for the same values
+    boxes = np.array([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [np.nan] * 4], np.float32)
+    cols = {"bbox": dask.array.from_array(boxes, chunks=2) if lazy else boxes}
+    ds = di.ImageSet(np.zeros((3, 32, 48, 3), np.uint8), columns=cols, boxes=("bbox",))
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        out = di.to_zarr(ds, tmp_path / "f.zarr.zip", order="source")
+    assert "every box 'bbox' lies within 0..1" in caplog.text
+    np.testing.assert_array_equal(zarr_boxes(out), boxes)  # stored as given
+    caplog.clear()
+    pixels = {"bbox": boxes * np.float32(30)}  # pixel boxes: nothing to say
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.to_zarr(di.ImageSet(ds.images, columns=pixels, boxes=("bbox",)), tmp_path / "p.zarr")
+    assert "0..1" not in caplog.text
 
 
 @pytest.mark.parametrize(("dtype", "want"), [(np.int16, np.float32), (np.int64, np.float64)])
@@ -571,7 +598,7 @@ def test_mask_dtype_comes_from_the_first_mask(tmp_path):
         )
 
 
-def test_from_folder_masks_by_relative_stem(tmp_path):
+def test_from_folder_masks_by_relative_stem(tmp_path, caplog):
     root, masks = tmp_path / "imgs", tmp_path / "masks"
     for cls, k in (("cat", 0), ("cat", 1), ("dog", 2)):
         save_oriented(make_object_image((30, 40), (k, 2, 20, 12)), root / cls / f"{k}.jpg")
@@ -592,6 +619,13 @@ def test_from_folder_masks_by_relative_stem(tmp_path):
         make_object_mask((8, 8), [((0, 0, 4, 4), 1)]).save(inside / "masks" / rel)
     ds = di.from_folder(inside, size=(8, 8), masks=inside / "masks")
     assert ds.classes == ("a", "b") and len(ds) == 4
+    # a mask whose image is missing (or named otherwise) was passed over without a word
+    make_object_mask((30, 40), [((0, 0, 4, 4), 1)]).save(masks / "cat" / "9.png")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert len(di.from_folder(root, size=(15, 20), masks=masks)) == 3
+    assert "1 mask file(s) under" in caplog.text
+    assert f"{masks / 'cat' / '9.png'}'. If their images are missing" in caplog.text
+    (masks / "cat" / "9.png").unlink()
     # a missing mask names the image and the file it expected
     (masks / "dog" / "2.png").unlink()
     with pytest.raises(NoImagesFoundError, match=r"no mask for .*dog/2\.jpg.*masks/dog/2\.\*"):

@@ -339,6 +339,13 @@ def test_from_csv_refuses_paths_outside_root(image_folder, tmp_path):
     csv.write_text("file,label\nx.png,a\n")
     with pytest.raises(ValueError, match="no column 'path'"):
         di.from_csv(csv, root=image_folder, size=(8, 8))
+    # a URL in the path column was joined to root ('root/http:/example.com/0.png') and
+    # failed when decoded, as no such file, naming no line
+    first = sorted(p.relative_to(image_folder) for p in image_folder.rglob("*.png"))[0]
+    for url in ("http://example.com/0.png", "file:///data/0.png", "s3://bucket/0.png"):
+        csv.write_text(f"path,label\n{first.as_posix()},a\n{url},a\n")
+        with pytest.raises(ValueError, match=rf"line 3: path '{url}' is a URL"):
+            di.from_csv(csv, root=image_folder, size=(8, 8))
 
 
 def _pillow_rgb(path):

@@ -18,10 +18,13 @@ back, given each sample's ``source_size``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger("daskimg")
 
 __all__ = [
     "box_dtype",
@@ -32,6 +35,7 @@ __all__ = [
     "outside",
     "to_source",
     "to_stored",
+    "warn_fractions",
 ]
 
 
@@ -292,6 +296,24 @@ def _checked_block(
 ) -> np.ndarray:
     check_boxes(name, block, frame, block_info[0]["array-location"][0][0] if block_info else 0)
     return block
+
+
+def warn_fractions(values: np.ndarray, name: str, where: str) -> None:
+    """Log boxes that all lie within 0..1: fractions of the image size (YOLO, TensorFlow's
+    normalised boxes), which ``boxes=`` would take for pixels — every box inside the top-left
+    pixel, passing every check, then scaled with the pixels into nothing."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != 4:
+        return
+    given = values[~np.isnan(values).any(axis=1)]
+    if len(given) and given.max() <= 1.0 and given.max() > 0:
+        logger.warning(
+            "%s: every box %r lies within 0..1; boxes= takes pixel positions, so these would "
+            "be boxes inside the top-left pixel. If they are fractions of the image size, "
+            "multiply x0, x1 by each image's width and y0, y1 by its height first",
+            where,
+            name,
+        )
 
 
 def image_frame(shape: Sequence[int]) -> tuple[int, int]:

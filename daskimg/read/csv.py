@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
+from .boxes import warn_fractions
 from .decode import DecodeSpec
 from .fileio import alike, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
@@ -160,7 +161,7 @@ def from_csv(
         name: _box_values(rows, cols, name, header, where) for name, cols in (boxes or {}).items()
     }
     for name, values in source_boxes.items():
-        _warn_fractions(values, name, where)
+        warn_fractions(values, name, where)
     used = {path_column, label_column, mask_column}
     used.update(c for cols in (boxes or {}).values() for c in cols)
     extra = _columns(rows, header, columns, used, where)
@@ -284,6 +285,13 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
             rel = raw  # a file whose name starts or ends with spaces, named as it is
         if not rel:
             raise ValueError(f"{where}, line {line}: empty {column!r}")
+        if is_url(rel) and not (isinstance(root, Path) and os.path.lexists(root / rel)):
+            # 'http:/example.com/0.png' under root was decoded, and failed as no such file
+            raise ValueError(
+                f"{where}, line {line}: path {rel!r} is a URL; from_csv takes paths relative "
+                f"to root ({str(root)!r}). For images at a URL, pass its folder as root "
+                "(root='https://example.com/images/') and the paths relative to it"
+            )
         if isinstance(root, str):
             try:
                 files.append(join(root, rel))
@@ -680,6 +688,13 @@ def _xy_order(roles: list[str | None]) -> list[int]:
 _WORDS = re.compile(r"[_\-. ]+")
 
 
+#: words of a box column's name that say it holds a width or height, not a corner
+_SIZE_WORDS = frozenset(
+    ("w", "h", "width", "height", "wd", "ht", "size", "sz", "len", "length", "extent", "span",
+     "dx", "dy", "dw", "dh", "ncol", "ncols", "nrow", "nrows")
+)  # fmt: skip
+
+
 def _axis_of(column: str) -> str | None:
     """What a box column's name says it holds: "x" or "y" (a corner on that axis), "size"
     (a width or height), or None (a name that says nothing)."""
@@ -688,9 +703,13 @@ def _axis_of(column: str) -> str | None:
         if n.startswith(prefix) and len(n) > len(prefix) and n[len(prefix)] in "_-. ":
             n = n[len(prefix) + 1 :]
             break
-    if n in ("w", "h", "width", "height") or n.endswith(("_w", "_h", "width", "height")):
-        return "size"
     words = set(_WORDS.split(n))  # min_row, col_left: "row" and "col" as words
+    # a width or height in any spelling: w_px, x_size, xlen, dx, bw, ncols, width_px
+    sized = words | set(re.findall(r"[a-z]+", n))
+    if n.endswith(("width", "height")) or any(
+        w in _SIZE_WORDS or (len(w) > 1 and w[0] in "xyb" and w[1:] in _SIZE_WORDS) for w in sized
+    ):
+        return "size"
     if n in ("left", "right") or n.startswith("x") or words & {"col", "cols"} or _numbered(n, "c"):
         return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
     if n in ("top", "bottom") or n.startswith("y") or words & {"row", "rows"} or _numbered(n, "r"):
@@ -1024,21 +1043,6 @@ def _position_axis(column: str) -> str | None:
         ):
             return axis
     return None
-
-
-def _warn_fractions(values: np.ndarray, name: str, where: str) -> None:
-    """Log boxes that all lie within 0..1: fractions of the image size (YOLO, TensorFlow's
-    normalised boxes), which ``boxes=`` would take for pixels — every box inside the top-left
-    pixel, passing every check, then scaled with the pixels into nothing."""
-    given = values[~np.isnan(values).any(axis=1)]
-    if len(given) and given.max() <= 1.0 and given.max() > 0:
-        logger.warning(
-            "%s: every box %r lies within 0..1; boxes= takes pixel positions, so these would "
-            "be boxes inside the top-left pixel. If they are fractions of the image size, "
-            "multiply x0, x1 by each image's width and y0, y1 by its height first",
-            where,
-            name,
-        )
 
 
 def _storable_name(name: str) -> bool:

@@ -1294,4 +1294,16 @@ def _pair_masks(
                 "keep one file per image"
             )
         out.append(got[0])
+    orphans = sorted(set(by_stem) - set(claimed))
+    if orphans:  # an image missing, or named otherwise than its mask
+        shown = ", ".join(repr(by_stem[o][0]) for o in orphans[:3])
+        logger.warning(
+            "from_folder: %d mask file(s) under %r belong to no image read: %s%s. If their "
+            "images are missing or named otherwise (a mask is found by the image's path "
+            "without its ending), add or rename them",
+            len(orphans),
+            mask_root,
+            shown,
+            f" and {len(orphans) - 3} more" if len(orphans) > 3 else "",
+        )
     return tuple(out)

@@ -29,7 +29,7 @@ import numpy as np
 from dask.base import tokenize
 
 from ..errors import DaskImgError, DecodeError, StoreExistsError
-from ..read.boxes import box_dtype, checked_column, image_frame
+from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from .bytesource import LocalDir
@@ -731,6 +731,11 @@ def checked_boxes(imageset: ImageSet) -> ImageSet:
     checked block by block as they are computed (:func:`~daskimg.read.boxes.check_boxes`;
     rows named in the set as given). Columns in memory were checked when the set was made,
     and boxes read from files against their sources' sizes."""
+    for name in imageset.boxes:
+        if not imageset.is_from_files(name):  # (from_csv says so as it reads them)
+            values = imageset.columns[name]  # (N, 4): small beside the images, read once here
+            warn_fractions(values.compute() if isinstance(values, da.Array) else values, name,
+                           f"to_zarr(boxes={name!r})")  # fmt: skip
     cast = {
         name: values.astype(box_dtype(values.dtype))
         for name in imageset.boxes
