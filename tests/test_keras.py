@@ -651,6 +651,24 @@ def test_int32_volumes_float32_would_round_are_refused_by_auto_scale(tmp_path):
     np.testing.assert_array_equal(got, plain_group(store)["images"][...])  # the oracle
 
 
+def test_float64_values_float32_cannot_hold_are_refused_not_made_inf(tmp_path):
+    # 1e39 in a float64 volume came out of scale="auto" (and scale=2) as float32 inf, with
+    # only numpy's overflow warning; TorchDataset refused the same cast
+    vol = np.zeros((2, 2, 3, 3, 1), np.float64)
+    vol[0, 0, 0, 0, 0], vol[1, 1, 1, 1, 0] = 1e39, -2.5
+    store = di.to_zarr(di.ImageSet(vol, np.array([0, 1])), tmp_path / "f.zarr.zip")
+    for scale in ("auto", 2.0):
+        ds = KerasDataset(store, batch_size=2, shuffle=False, arrays=("images",), scale=scale)
+        with pytest.raises(ValueError, match=r"images hold 1e\+39 \(float64\), which is infinity"):
+            ds[0]
+    # divided first, where it fits: 1e39 / 1e10 is 1e29 in float32, not inf / 1e10
+    ds = KerasDataset(store, batch_size=2, shuffle=False, arrays=("images",), scale=1e10)
+    got = ds[0][0] if isinstance(ds[0], tuple) else ds[0]
+    oracle = (plain_group(store)["images"][...] / 1e10).astype(np.float32)
+    np.testing.assert_array_equal(got, oracle)
+    assert np.isfinite(got).all()
+
+
 def test_keras_checks_what_a_transform_returns_and_refuses_an_empty_source(store):
     # (review) KerasDataset reads through its own batch reader: a transform that cut the
     # labels short handed out 4 images with 3 labels, and an empty source gave len 0

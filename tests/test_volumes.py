@@ -334,6 +334,38 @@ def test_wide_integer_volumes_zoom_exactly_or_are_refused(tmp_path, dtype):
     np.testing.assert_array_equal(_read(big, (4, 6, 6)), np.full((4, 6, 6), top, dtype))
     with pytest.raises(DecodeError, match=r"big\.npy.*float64.*own size"):
         _read(big, (2, 3, 3))
+    # from float64 too: a constant 2**63 - 1024 zoomed came out as -2**63 in 65 of 105 voxels
+    near = tmp_path / "near.npy"
+    np.save(near, np.full((4, 6, 6), float(top - 2047), np.float64))
+    with pytest.raises(DecodeError, match=r"near\.npy.*float64.*own size"):
+        _read(near, (3, 5, 7), dtype=dtype)
+    small = tmp_path / "small.npy"  # well within 2**53: zoomed exactly (oracle: the constant)
+    np.save(small, np.full((4, 6, 6), 2.0**40 + 3, np.float64))
+    np.testing.assert_array_equal(
+        _read(small, (3, 5, 7), dtype=dtype), np.full((3, 5, 7), 2**40 + 3)
+    )
+
+
+@pytest.mark.parametrize(
+    ("axes", "says"),
+    [("YXZ", r"rows and columns \(Y, X\) are not its last two"), ("XYZ", r"\(Y, X\) are not"),
+     ("ZXY", r"\(Y, X\) are not"), ("ZYX", None), ("TYX", None), ("CYX", None)],
+)  # fmt: skip
+def test_tiff_axes_other_than_depth_rows_columns_are_refused(tmp_path, axes, says):
+    # a YXZ stack was read with its rows as depth: tifffile's own axes were not looked at.
+    # A first axis of channels or time (tifffile writes imagej=True stacks as CYX) keeps
+    # its slices where depth's would be: read as depth
+    zyx = np.arange(3 * 6 * 7, dtype=np.uint16).reshape(3, 6, 7)
+    stored = np.transpose(zyx, ["ZYX".index(a) if a in "ZYX" else 0 for a in axes])
+    f = tmp_path / "stack.tif"
+    tifffile.imwrite(f, stored, metadata={"axes": axes}, photometric="minisblack")
+    with tifffile.TiffFile(f) as tif:  # the oracle: tifffile's axes
+        assert tif.series[0].axes == axes
+    if says is None:
+        np.testing.assert_array_equal(_read(f, (3, 6, 7)), tifffile.imread(f))
+    else:
+        with pytest.raises(DecodeError, match=rf"stack\.tif.*axes are {axes}.*{says}"):
+            _read(f, (3, 6, 7))
 
 
 def test_skip_passes_over_a_bad_first_volume(tmp_path):

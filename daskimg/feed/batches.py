@@ -341,9 +341,21 @@ def auto_scale(dtype: np.dtype[Any], ndim: int) -> float:
     return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
 
 
-def _check_float32_keeps(images: np.ndarray) -> None:
+def _check_float32_keeps(images: np.ndarray, scale: float = 1.0) -> None:
     """Refuse integer images float32 would round (beyond 2**24: an int32 label volume of
-    IDs, whose 16777217 came out as 16777216)."""
+    IDs, whose 16777217 came out as 16777216), and float64 ones that divided by ``scale``
+    lie beyond float32's largest finite value (1e39 came out as inf)."""
+    if images.dtype.kind == "f" and images.dtype.itemsize > 4 and images.size:
+        with np.errstate(invalid="ignore"):
+            finite = np.abs(images[np.isfinite(images)])
+        big = float(finite.max()) if finite.size else 0.0
+        if big / scale > float(np.finfo(np.float32).max):
+            raise ValueError(
+                f"images hold {big:g} ({images.dtype}), which is infinity in float32"
+                + (f" after dividing by scale={scale:g}" if scale != 1 else "")
+                + "; pass a larger scale, or scale=None to keep them as stored"
+            )
+        return
     if images.dtype.kind not in "iu" or images.dtype.itemsize < 4 or not images.size:
         return
     lo, hi = int(images.min()), int(images.max())
@@ -518,10 +530,14 @@ class EpochBatches:
         if self.scale is not None and "images" in batch:
             images = batch["images"]
             scale = auto_scale(images.dtype, images.ndim) if self.scale == "auto" else self.scale
-            _check_float32_keeps(images)
-            images = images.astype(np.float32)
-            if scale != 1:
-                images /= np.float32(scale)
+            _check_float32_keeps(images, float(scale))
+            if images.dtype.kind == "f" and images.dtype.itemsize > 4:
+                # divided where the values fit: 1e39 / 10 is no inf
+                images = (images / np.float64(scale)).astype(np.float32)
+            else:
+                images = images.astype(np.float32)
+                if scale != 1:
+                    images /= np.float32(scale)
             batch["images"] = images
         return batch
 

@@ -97,8 +97,8 @@ def volume_into(path: str, out: np.ndarray, data: bytes | None = None) -> tuple[
     else:
         # float32 holds integers exactly only up to 2**24: wider integers zoom in float64
         wide = dst.dtype.kind in "iu" and dst.dtype.itemsize >= 4
-        if wide and vol.dtype.kind in "iu":
-            lo, hi = int(vol.min()), int(vol.max())
+        if wide:  # (float sources into int64 too: 2**63 - 1024 came out as -2**63)
+            lo, hi = int(np.floor(vol.min())), int(np.ceil(vol.max()))
             if max(-lo, hi) > 2**53:  # float64 would round them (and 2**63 - 1 would wrap)
                 raise DecodeError(
                     path,
@@ -227,6 +227,20 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                         "reads, so it cannot be read either way: save its channels as "
                         "slices (a .npy of shape (C, H, W)) to read them as a volume"
                     ),
+                )
+            core = axes[:-1] if axes.endswith("S") else axes
+            # rows and columns last, as daskimg reads them: the first axis is depth whatever
+            # its letter (Z; Q or I unlabelled; S, tifffile's 3 or 4 slices; C, what
+            # tifffile's imagej=True or ome=True writes a stack as unless told ZYX; T, a
+            # time series): its slices lie as they would for Z. Another order (YXZ, XYZ)
+            # would be read with rows or columns as depth: refused
+            if not pages and len(core) == 3 and core[1:] != "YX":
+                raise DecodeError(
+                    path,
+                    f"the TIFF's axes are {axes} (shape {tuple(first.shape)}, as tifffile "
+                    "reads them): rows and columns (Y, X) are not its last two axes, and "
+                    "daskimg reads a volume as (depth, Y, X). Save it in that order "
+                    f"(np.moveaxis; tifffile.imwrite(..., metadata={{'axes': 'ZYX'}}))",
                 )
             declared = sum(int(s.size) for s in series) * np.dtype(first.dtype).itemsize
             _check_fits(path, declared, tuple(first.shape), len(series) if pages else 1)
