@@ -516,6 +516,56 @@ def test_a_failed_overwrite_never_leaves_two_runs_side_by_side(tmp_path, capsys)
     assert "removed" in capsys.readouterr().out
 
 
+def _split_paths(out):
+    """Each store's paths under OUT, read with plain zarr (the oracle)."""
+    return {
+        p.name: set(plain_group(p)["paths"][:].tolist()) for p in sorted(out.glob("*.zarr.zip"))
+    }
+
+
+def test_a_refused_rerun_writes_no_split_beside_the_earlier_run(tmp_path, capsys):
+    # train removed (to redo it), then a re-run with another seed: train was written anew,
+    # then valid refused as 'written from other files': a new train beside the old valid,
+    # 4 of 6 valid images in both
+    src, out = tmp_path / "src", tmp_path / "out"
+    di.testing.make_image_folder(src, n=30, size=(8, 8))
+    args = ["ingest", str(src), str(out), "--size", "8", "8", "--valid", "0.2", "--test", "0.2"]
+    assert main([*args, "--seed", "1"]) == 0
+    (out / "train.zarr.zip").unlink()
+    before = _split_paths(out)
+    capsys.readouterr()
+    assert main([*args, "--seed", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "writing" not in captured.out
+    assert "written from other files or settings" in captured.err
+    assert _split_paths(out) == before  # OUT as the earlier run left it
+
+
+def test_an_overwrite_killed_as_its_first_store_is_published_leaves_one_run(tmp_path, monkeypatch):
+    # the earlier run's valid and test were removed after the new train was published: a
+    # kill in between (8-12 ms) left the new train beside the old valid and test
+    from daskimg.store.location import Location
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    di.testing.make_image_folder(src, n=30, size=(8, 8))
+    args = ["ingest", str(src), str(out), "--size", "8", "8", "--valid", "0.2", "--test", "0.2"]
+    assert main([*args, "--seed", "1"]) == 0
+    publish = Location.publish_file
+
+    class Killed(BaseException):
+        pass
+
+    def killed_after(self, staging):
+        publish(self, staging)
+        raise Killed  # the process gone right after the rename
+
+    monkeypatch.setattr(Location, "publish_file", killed_after)
+    with pytest.raises(Killed):
+        main([*args, "--seed", "0", "--overwrite"])
+    named = _split_paths(out)
+    assert list(named) == ["train.zarr.zip"]  # the new train alone, never beside the old
+
+
 @pytest.mark.parametrize("flag", ["--valid", "--test"])
 def test_a_split_fraction_that_is_no_number_is_named(tmp_path, image_folder, capsys, flag):
     # --valid nan was dropped as 'not > 0' and the error named only the other fraction

@@ -55,7 +55,7 @@ def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
 def ingest(args: argparse.Namespace) -> int:
     from ..read.folder import from_folder
     from ..store.location import Location
-    from ..store.write import check_writable, to_zarr
+    from ..store.write import BEFORE_PUBLISH, check_writable, to_zarr
     from ..storeinfo import info
 
     t0 = time.perf_counter()
@@ -125,11 +125,18 @@ def ingest(args: argparse.Namespace) -> int:
             "training and evaluating on OUT would mix the two runs. Pass --overwrite to remove "
             "them once this run has written its stores, or write to another OUT"
         )
+    # without --overwrite, every split's store there is compared before any is written: one
+    # from other files or settings is refused before train is written beside it
+    kept = {
+        name: _finished_same(part, target, opts if is_url(target) else None, args, name)
+        for name, part in parts.items()
+        if len(part) and not args.overwrite and (target := _out(args.out, name + ext)) in earlier
+    }
     rows = []
-    # --overwrite: once this run has replaced one store, the earlier run's others go, so that
-    # OUT never holds the two runs side by side (a failure or a kill after the first split
-    # would leave a new train beside the old valid, sharing images); before that, a run
-    # that fails leaves OUT as the earlier run made it (earlier: the stores it replaces)
+    # --overwrite: as this run's first store is published, the earlier run's others go, so
+    # that OUT never holds the two runs side by side (a failure or a kill after the first
+    # split would leave a new train beside the old valid, sharing images); before that, a
+    # run that fails leaves OUT as the earlier run made it (earlier: the stores it replaces)
     with scheduler(args.scheduler, args.workers):
         for name, part in parts.items():
             if len(part) == 0:
@@ -137,17 +144,22 @@ def ingest(args: argparse.Namespace) -> int:
             target = _out(args.out, name + ext)
             t = time.perf_counter()
             so = opts if is_url(target) else None
-            if (
-                not args.overwrite
-                and target in earlier
-                and _finished_same(part, target, so, args, name)
-            ):
+            if kept.get(name):
                 print(
                     f"kept {target}: complete, written from the same files and settings (not "
                     f"read again: daskimg verify checks every chunk; --overwrite writes it anew)"
                 )
             else:
                 print(f"writing {target} ({len(part)} samples)")
+                gone = [e for e in earlier if e != target] + stale if args.overwrite else []
+
+                def remove_earlier(gone: list[str] = gone) -> None:
+                    # once this store is built, before it is published: a kill between the
+                    # two leaves the earlier run's target alone, never the new beside the old
+                    for old in gone:
+                        Location.of(old, opts if is_url(old) else None).remove()
+
+                token = BEFORE_PUBLISH.set(remove_earlier if gone else None)
                 try:
                     to_zarr(
                         part,
@@ -168,12 +180,9 @@ def ingest(args: argparse.Namespace) -> int:
                         f"{e.reason}. Pass --on-error skip to leave files that cannot be decoded "
                         "out (each is listed in the store's 'skipped' attribute and here)",
                     ) from None
-                if args.overwrite and (earlier or stale):
-                    # every one removed before anything is printed: a print that fails (a
-                    # closed pipe) must not leave the earlier run's stores beside this one's
-                    gone = [e for e in earlier if e != target] + stale
-                    for old in gone:
-                        Location.of(old, opts if is_url(old) else None).remove()
+                finally:
+                    BEFORE_PUBLISH.reset(token)
+                if args.overwrite:  # the earlier run's others went as this was published
                     earlier, stale = [], []
                     for old in gone:
                         print(f"removed {old}: a store of an earlier run (--overwrite)")

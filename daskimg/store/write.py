@@ -10,6 +10,7 @@ fails (a decode error, a full disk) removes what it wrote and says where and why
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import functools
 import hashlib
@@ -60,6 +61,13 @@ from .zipbuild import ZipBuilder
 __all__ = ["to_zarr"]
 
 logger = logging.getLogger("daskimg")
+
+#: called once a store is built, just before it is published (``daskimg ingest
+#: --overwrite`` removes the earlier run's other splits there: a kill between publishing a
+#: new train and removing them left it beside the old valid)
+BEFORE_PUBLISH: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "daskimg_before_publish", default=None
+)
 
 #: numpy columns up to this size are written in one call; larger ones chunk by chunk
 _SMALL = 64 * 2**20
@@ -434,6 +442,9 @@ def write_store(
         root = json.loads(_staged(loc, target, "zarr.json"))
         root["attributes"]["daskimg"] = finish_attrs(attrs, metas, _tables(loc, target, metas))
         attrs.update(root["attributes"]["daskimg"])
+        hook = BEFORE_PUBLISH.get()
+        if hook is not None:
+            hook()
         if staging is None:
             loc.finish_in_place(root)
         elif isinstance(target, ZipBuilder):
