@@ -22,7 +22,8 @@ __all__ = ["held_ctrl_c"]
 
 @contextlib.contextmanager
 def held_ctrl_c() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) back until the block ends, then raise it as it would have been.
+    """Hold a Ctrl-C (SIGINT) back until the block ends, then raise it as it would have been;
+    so too a SIGTERM that Python code handles (the command line raises it as an exception).
 
     The handler is swapped for one that notes the signal: a signal mask would not do, as
     any other thread may take a signal sent to the process. Only the main thread runs (and
@@ -35,13 +36,23 @@ def held_ctrl_c() -> Iterator[None]:
     ):
         yield
         return
-    pressed: list[Any] = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(frame))
+    held = [signal.SIGINT]
+    if callable(signal.getsignal(signal.SIGTERM)):
+        held.append(signal.SIGTERM)
+    pressed: list[tuple[int, Any]] = []
+    old = {
+        sig: signal.signal(sig, lambda signum, frame: pressed.append((signum, frame)))
+        for sig in held
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
-        if pressed and callable(old):
-            old(signal.SIGINT, pressed[0])  # Python's own handler: KeyboardInterrupt, here
-        elif pressed and old == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGINT)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pressed:
+            signum, frame = pressed[0]
+            handler = old[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, frame)  # Python's own: KeyboardInterrupt, here
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)

@@ -672,6 +672,35 @@ def test_ctrl_c_is_said_with_the_state_left_not_a_traceback(
     assert "interrupted. A store being written is left unfinished" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["ingest", "bench"])
+def test_sigterm_cleans_up_as_ctrl_c_does(monkeypatch, capsys, image_folder, tmp_path, command):
+    # `kill` (a job scheduler's stop) ended the process at once: bench --codecs left its
+    # hidden scratch copy beside the store for good, ingest a .partial and the workers of
+    # --scheduler processes
+    import signal
+
+    from daskimg.store import write
+
+    out = tmp_path / "o"
+    if command == "bench":
+        store = di.to_zarr(di.from_folder(image_folder, size=(8, 8)), out / "s.zarr.zip")
+        argv = ["bench", store, "--codecs", "--samples", "8"]
+    else:
+        argv = ["ingest", str(image_folder), str(out), "--size", "8", "8"]
+    real = write.write_arrays
+
+    def term_then_write(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next step of this thread
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(write, "write_arrays", term_then_write)
+    before = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert main(argv) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else []) == before
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+
+
 def test_a_rerun_naming_the_default_codec_keeps_the_stores(tmp_path, image_folder, capsys):
     # --codec lz4 given was refused as "other files or settings" against stores written
     # with the default, which is lz4

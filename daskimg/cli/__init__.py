@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,18 +32,35 @@ _COMMANDS = {
 }
 
 
+class _Terminated(KeyboardInterrupt):
+    """A SIGTERM (``kill``, a job scheduler's stop), raised where the main thread is, so that
+    what a Ctrl-C cleans up is cleaned up too (a store being written, a bench's scratch
+    copy); the default action ended the process there and then."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = parser().parse_args(argv)
     out = sys.stdout
     reported = _Reported(out)
     sys.stdout = reported
+    term = None
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # not the embedding program's
+    ):
+        term = signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(_COMMANDS[args.command](args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         writes = args.command in ("ingest", "convert")
         print(
-            f"daskimg {args.command}: interrupted"
+            f"daskimg {args.command}: "
+            + ("terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted")
             + (
                 ". A store being written is left unfinished (it never opens as complete) "
                 "or removed; run the command again to finish"
@@ -50,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(e, _Terminated) else 130
     except (DaskImgError, OSError, ValueError, KeyError, ImportError) as e:
         print(f"daskimg {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -66,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
         reported.flush()  # what is buffered goes now (a closed pipe: dropped), not at exit
         sys.stdout = out
         if reported.closed_pipe:
