@@ -616,3 +616,35 @@ def test_writer_killed_during_upload_is_published_by_resume(s3, prefix, tmp_path
     back = di.open_zarr(url, storage_options=s3)
     np.testing.assert_array_equal(back.arrays["features"].compute(), feats)
     np.testing.assert_array_equal(np.asarray(back.arrays["ids"]), ids)
+
+
+def test_a_write_in_place_whose_server_is_gone_leaves_cleaning_up_to_the_next_write(
+    monkeypatch, caplog
+):
+    # a .zarr written to object storage whose server went away: every removal of the
+    # unfinished store was retried for minutes (the error came after 64-254 s, not 11)
+    import logging
+
+    from daskimg.store import location
+
+    cleared = []
+    monkeypatch.setattr(location, "clear_url", lambda fs, key: cleared.append(key))
+    loc = location.Location.of("memory://daskimg-gone/x.zarr")
+
+    class EndpointConnectionError(Exception):  # botocore's, by name
+        pass
+
+    try:
+        try:
+            raise EndpointConnectionError("Could not connect to the endpoint URL")
+        except EndpointConnectionError as e:
+            raise RuntimeError("the write failed") from e
+    except RuntimeError as chained:
+        gone = chained
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        for cause in (gone, ConnectionRefusedError(111, "Connection refused")):
+            loc.abandon_in_place(cause)
+    assert cleared == []
+    assert caplog.text.count("cannot be reached") == 2
+    loc.abandon_in_place(ValueError("a bad value"))  # the server answers: cleaned up
+    assert [k.lstrip("/") for k in cleared] == ["daskimg-gone/x.zarr"]

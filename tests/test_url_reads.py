@@ -541,3 +541,61 @@ def test_object_storage_errors_mid_read_are_named_with_the_store(
     failure[0] = RuntimeError("Response payload is not completed")
     with pytest.raises(ServerError, match=r"e\.zarr.*failed: RuntimeError: Response payload"):
         ds.images.compute()
+
+
+def test_an_http_server_gone_mid_read_or_never_there_is_named_as_unreachable(
+    tmp_path, server, noisy_set, small_is_tiny
+):
+    # a server stopped mid-read gave a bare ConnectionRefusedError naming no store; one never
+    # reached was "no store at ..." (fsspec says "not found" for a refused connection)
+    import urllib.parse
+
+    from daskimg.errors import ServerError
+    from daskimg.store import ranged
+
+    url = _serve(server, _store(tmp_path, noisy_set))
+    ds = di.open_zarr(url, storage_options={})
+    with dask.config.set(scheduler="synchronous"):  # reads on this thread's connection
+        np.testing.assert_array_equal(ds.images[:4].compute(), noisy_set.images[:4])
+        server.shutdown()
+        server.server_close()
+        ranged._CONNECTIONS.drop(urllib.parse.urlsplit(url))  # as the server's end closed it
+        with pytest.raises(ServerError, match=r"s\.zarr\.zip: reading .*ConnectionRefused"):
+            ds.images.compute()
+    with pytest.raises(ServerError, match=r"s\.zarr\.zip.*ConnectionRefused"):
+        di.open_zarr(url, storage_options={})  # opened again (fsspec may know its size)
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on: never reached
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    nowhere = f"http://127.0.0.1:{port}/t.zarr.zip"
+    with pytest.raises(ServerError, match=r"cannot reach the server of .*t\.zarr\.zip"):
+        di.open_zarr(nowhere, storage_options={})
+
+
+def test_object_storage_refusing_access_names_the_store_and_what_to_check(monkeypatch):
+    # wrong credentials gave a bare PermissionError('Forbidden'), naming no store
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from daskimg.cli import main
+    from daskimg.store.location import Location
+
+    class Refusing(MemoryFileSystem):  # what s3fs does with a wrong key
+        cachable = False
+
+        def info(self, path, **kwargs):
+            raise PermissionError("Forbidden")
+
+        exists = find = ls = cat_file = info
+
+    monkeypatch.setattr(Location, "_fs", lambda self: (Refusing(), "bucket/t.zarr.zip"))
+    url = "s3://bucket/t.zarr.zip"
+    with pytest.raises(PermissionError, match="Forbidden") as e:
+        di.open_zarr(url)
+    assert any(url in n and "credentials" in n for n in e.value.__notes__)
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    with pytest.raises(PermissionError) as e:
+        di.to_zarr(di.ImageSet(images), url)
+    assert any("writing" in n and url in n for n in e.value.__notes__)
+    assert main(["info", url]) == 2  # one line, with the store and what to check

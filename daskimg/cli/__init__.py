@@ -71,16 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 143 if isinstance(e, _Terminated) else 130
     except (DaskImgError, OSError, ValueError, KeyError, ImportError) as e:
-        print(f"daskimg {args.command}: error: {e}", file=sys.stderr)
+        print(f"daskimg {args.command}: error: {e}{_notes(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         if type(e).__module__.split(".")[0] not in _STORAGE_LIBRARIES:
             raise  # a bug: its traceback is what to report
         # object storage's own errors (botocore's NoCredentialsError: a 72-line traceback)
         print(
-            f"daskimg {args.command}: error: {type(e).__name__}: {e} (reaching object "
-            "storage: check its credentials, e.g. the AWS_* variables or --storage-options, "
-            "and its endpoint)",
+            f"daskimg {args.command}: error: {type(e).__name__}: {e}{_notes(e)} (reaching "
+            "object storage: check its credentials, e.g. the AWS_* variables or "
+            "--storage-options, and its endpoint)",
             file=sys.stderr,
         )
         return 2
@@ -95,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, out.fileno())
+
+
+def _notes(e: BaseException) -> str:
+    """What daskimg added to another library's error (the store, what to check)."""
+    notes = [n.removeprefix("daskimg: ") for n in getattr(e, "__notes__", ())]
+    return "".join(f" ({n})" for n in notes)
 
 
 #: the libraries whose errors are object storage's (credentials, endpoints, the network)

@@ -423,7 +423,12 @@ def _url_tops(
 ) -> tuple[list[_Top], list[str]]:
     """:func:`_local_tops` from one recursive listing of a URL prefix (``base`` on ``fs``)."""
     base = base.rstrip("/")
-    rels = [k[len(base) + 1 :] for k in fs.find(base) if k.startswith(base + "/")]
+    try:
+        keys = fs.find(base)
+    except Exception as e:  # s3fs's "Access Key Id ... does not exist" names no URL
+        e.add_note(f"daskimg: listing {url!r} (check its credentials and endpoint)")
+        raise
+    rels = [k[len(base) + 1 :] for k in keys if k.startswith(base + "/")]
     rels = [r for r in rels if not any((r + "/").startswith(e + "/") for e in exclude)]
     parts = [r.split("/") for r in rels]
     found: dict[str, str] = {}

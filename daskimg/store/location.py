@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreExistsError, StoreLockedError
+from ..errors import DaskImgError, StoreExistsError, StoreLockedError
 from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
 from .directio import AppendFile
@@ -135,8 +135,9 @@ class Location:
         """The store's bytes, for the checked reader (``FileNotFoundError`` if there is none)."""
         if not self.is_url:
             return open_source(self.target, self.kind)
-        fs, key = self._fs()
-        return open_url_source(self.target, self.kind, fs, key)
+        with _asking(self.target, "opening"):
+            fs, key = self._fs()
+            return open_url_source(self.target, self.kind, fs, key)
 
     def exists(self) -> bool:
         if not self.is_url:
@@ -184,6 +185,10 @@ class Location:
     def check_writable(self, *, overwrite: bool) -> None:
         """Refuse to replace a store (or anything else) here unless ``overwrite``; refuse a
         URL that takes no writes (plain HTTP)."""
+        with _asking(self.target, "writing") if self.is_url else contextlib.nullcontext():
+            self._check_writable(overwrite=overwrite)
+
+    def _check_writable(self, *, overwrite: bool) -> None:
         if self.is_url and protocol_of(self.target) in ("http", "https"):
             raise ValueError(
                 f"{self.target!r}: daskimg does not write stores to http(s) URLs (a web server "
@@ -334,7 +339,18 @@ class Location:
         fs, root = self._fs()
         return bytes(fs.cat_file(f"{root}/{key}"))
 
-    def abandon_in_place(self) -> None:
+    def abandon_in_place(self, cause: BaseException | None = None) -> None:
+        """Remove an unfinished store written in place, unless ``cause`` (the write's error)
+        says the server cannot be reached: each removal would be retried there for minutes
+        before failing too (the store opens as unfinished either way)."""
+        if cause is not None and _server_gone(cause):
+            logger.warning(
+                "the server of %s cannot be reached (%s): the unfinished store there is left; "
+                "it opens as unfinished, remove it or write it again with overwrite=True",
+                self.target,
+                cause,
+            )
+            return
         fs, key = self._fs()
         try:
             clear_url(fs, key)
@@ -345,6 +361,31 @@ class Location:
                 self.target,
                 e,
             )
+
+
+#: errors of a server that cannot be reached, by name (botocore, aiohttp, urllib3)
+_GONE = frozenset({
+    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
+    "ReadTimeoutError", "ClientConnectorError", "ServerDisconnectedError",
+    "ServerTimeoutError", "ConnectionError", "NewConnectionError",
+})  # fmt: skip
+
+
+def _server_gone(e: BaseException) -> bool:
+    """``e``, or an error it came from, is a failure to reach the server (refused, reset,
+    timed out), not an answer from it."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 8:
+        if type(cur).__name__ in _GONE or isinstance(cur, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(cur, OSError) and cur.errno in (
+            errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+            errno.ENETUNREACH,
+        ):  # fmt: skip
+            return True
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return False
 
 
 #: the descriptors of the write locks this process holds (see :func:`_drop_locks`)
@@ -594,3 +635,21 @@ def pack_zip(
             if old is not None:
                 old.close()
     fsync_path(zip_path)
+
+
+@contextlib.contextmanager
+def _asking(url: str, doing: str) -> Iterator[None]:
+    """Object storage's own errors (a bare ``PermissionError('Forbidden')``, botocore's
+    ``NoCredentialsError``) said with the store and what to check; daskimg's errors and
+    "not found" pass as they are."""
+    try:
+        yield
+    except (DaskImgError, FileNotFoundError, ValueError):
+        raise
+    except Exception as e:
+        e.add_note(
+            f"daskimg: {doing} {url!r}: the server refused or could not be asked (check the "
+            "credentials, key and secret in storage_options or the AWS_* variables, the "
+            "bucket's permissions and the endpoint)"
+        )
+        raise

@@ -222,13 +222,17 @@ class RangedObjects:
                 # another library's own error (botocore's, aiohttp's cut payload, a read
                 # timeout): said with the store and the bytes, the cause kept, and as a
                 # failure to reach the server, not as damage (verify would list it so)
-                raise ServerError(
-                    f"{self.where}: reading {path!r} (bytes {start}-{start + n - 1}) failed: "
-                    f"{type(e).__name__}: {e}. The server did not answer as asked (the "
-                    "network, credentials, a timeout), which says nothing about the stored "
-                    "bytes; check access and try again"
-                ) from e
+                raise self._unreached(path, start, n, e) from e
         return self._exact(path, start, n, data)
+
+    def _unreached(self, path: str, start: int, n: int, e: BaseException) -> ServerError:
+        """A read the server did not answer (refused, cut, timed out, refused access)."""
+        return ServerError(
+            f"{self.where}: reading {path!r} (bytes {start}-{start + n - 1}) failed: "
+            f"{type(e).__name__}: {e}. The server did not answer as asked (the network, "
+            "credentials, a timeout), which says nothing about the stored bytes; check "
+            "access and try again"
+        )
 
     def _exact(self, path: str, start: int, n: int, data: Any) -> Any:
         if len(data) != n:
@@ -275,12 +279,15 @@ class RangedObjects:
             try:
                 conn.request("GET", target, headers=headers)
                 r = conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
                 _CONNECTIONS.drop(url)  # a keep-alive connection the server had closed
                 dropped += 1
                 if dropped == 2:
-                    raise
+                    raise self._unreached(path, start, n, e) from e
                 continue
+            except (OSError, http.client.HTTPException) as e:  # refused, unreachable, timed out
+                _CONNECTIONS.drop(url)
+                raise self._unreached(path, start, n, e) from e
             if r.status in _RETRY:
                 # a server error or "too many requests": the bytes are not in question;
                 # asked again after a pause

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import ChecksumError
+from ..errors import ChecksumError, ServerError
 from .bytesource import ByteSource, zip_members
 from .ranged import KEEP, SMALL, SPAN, RangedObjects, is_http
 
@@ -24,6 +24,14 @@ __all__ = ["ZIP_TAIL", "RemoteDir", "RemoteZip", "open_url_source"]
 def open_url_source(url: str, kind: str, fs: Any, key: str) -> ByteSource:
     """The byte source of the store at ``url`` (``kind`` ``"zip"`` or ``"dir"``): ``key`` on ``fs``."""
     return RemoteZip(url, fs, key) if kind == "zip" else RemoteDir(url, fs, key)
+
+
+def _unreached(e: BaseException) -> bool:
+    """``e`` (what an fsspec "not found" came from) is a failure to reach the server at all:
+    a refused or timed-out connection, not an answer saying there is nothing there."""
+    if isinstance(e, FileNotFoundError) or hasattr(e, "status"):
+        return False  # an HTTP answer (404, 403, ...) or a plain "no such key"
+    return isinstance(e, (OSError, TimeoutError)) or type(e).__module__.startswith("aiohttp")
 
 
 class RemoteZip(ByteSource):
@@ -42,11 +50,20 @@ class RemoteZip(ByteSource):
         if state is None:
             try:
                 info = fs.info(key)
-            except FileNotFoundError:
+            except FileNotFoundError as e:
+                cause = e.__cause__
+                if cause is not None and _unreached(cause):
+                    # fsspec's HTTP file system says "not found" for a server it could not
+                    # reach at all (connection refused): that is no missing store
+                    raise ServerError(
+                        f"cannot reach the server of {url!r}: {type(cause).__name__}: {cause}. "
+                        "Check the address and that the server is running, then try again"
+                    ) from cause
                 raise FileNotFoundError(
                     f"no store at {url!r} (a *.zarr.zip appears there only once its upload "
                     "is complete)"
                 ) from None
+
             size = info.get("size")
             if not isinstance(size, int) or isinstance(size, bool):
                 raise OSError(

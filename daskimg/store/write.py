@@ -456,7 +456,7 @@ def write_store(
     except BaseException as e:
         # an error (not a kill): leave nothing half-written behind, and say where and why
         if staging is None:
-            loc.abandon_in_place()
+            loc.abandon_in_place(e)
         else:
             if isinstance(target, ZipBuilder):
                 with contextlib.suppress(Exception):
