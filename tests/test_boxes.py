@@ -392,6 +392,7 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("left", "top", "right", "bottom"),
         ("min_col", "min_row", "max_col", "max_row"),
         ("crowd_x0", "crowd_y0", "crowd_x1", "crowd_y1"),  # 'row' inside a word is no row
+        ("xl", "yl", "xh", "yh"),  # low and high: no width (h) after x (review)
         ("arrow_a", "arrow_b", "collar_a", "collar_b"),
         "abcd",
     ):

@@ -541,7 +541,9 @@ def test_a_refused_rerun_writes_no_split_beside_the_earlier_run(tmp_path, capsys
     assert _split_paths(out) == before  # OUT as the earlier run left it
 
 
-def test_an_overwrite_killed_as_its_first_store_is_published_leaves_one_run(tmp_path, monkeypatch):
+def test_an_overwrite_killed_as_its_first_store_is_published_leaves_one_run(
+    tmp_path, monkeypatch, capsys
+):
     # the earlier run's valid and test were removed after the new train was published: a
     # kill in between (8-12 ms) left the new train beside the old valid and test
     from daskimg.store.location import Location
@@ -564,6 +566,20 @@ def test_an_overwrite_killed_as_its_first_store_is_published_leaves_one_run(tmp_
         main([*args, "--seed", "0", "--overwrite"])
     named = _split_paths(out)
     assert list(named) == ["train.zarr.zip"]  # the new train alone, never beside the old
+    # (review) the publish itself failing (a full disk): the removed stores are said
+    monkeypatch.setattr(Location, "publish_file", publish)
+    assert main([*args, "--seed", "1", "--overwrite"]) == 0
+
+    def full_disk(self, staging):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Location, "publish_file", full_disk)
+    capsys.readouterr()
+    assert main([*args, "--seed", "0", "--overwrite"]) == 2
+    assert list(_split_paths(out)) == ["train.zarr.zip"]  # the earlier train, alone
+    err = capsys.readouterr().err
+    assert "No space left on device" in err
+    assert "the earlier run's" in err and "valid.zarr.zip" in err and "were removed" in err
 
 
 @pytest.mark.parametrize("flag", ["--valid", "--test"])
@@ -699,6 +715,35 @@ def test_sigterm_cleans_up_as_ctrl_c_does(monkeypatch, capsys, image_folder, tmp
     assert "terminated (SIGTERM)" in capsys.readouterr().err
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else []) == before
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+
+
+def test_a_sigterm_inside_a_finalizer_is_sent_again_not_dropped(monkeypatch):
+    # (review) raised inside a weakref callback or __del__ it was printed as "Exception
+    # ignored" and dropped: the ingest ran to its end and exited 0
+    import signal
+    import sys
+
+    from daskimg import cli
+
+    sent = []
+
+    class Timer:
+        def __init__(self, delay, function, args):
+            self.args = args
+
+        def start(self):
+            sent.append(self.args)
+
+    monkeypatch.setattr(cli.threading, "Timer", Timer)
+
+    class Finalized:
+        def __del__(self):
+            cli._terminated(signal.SIGTERM, sys._getframe())
+
+    Finalized()  # collected at once: no exception here
+    assert sent == [(os.getpid(), signal.SIGTERM)]
+    with pytest.raises(cli._Terminated):
+        cli._terminated(signal.SIGTERM, sys._getframe())
 
 
 def test_a_rerun_naming_the_default_codec_keeps_the_stores(tmp_path, image_folder, capsys):

@@ -844,6 +844,12 @@ def test_split_folders_under_other_names_are_refused_not_read_as_classes(tmp_pat
         # classes given: read as those classes (the escape for a dataset that means it)
         tops = sorted(os.listdir(root))
         assert di.from_folder(where, size=(4, 4), classes=tops).classes == tuple(tops)
+        if not url:  # and on the command line
+            out = tmp_path / "out"
+            argv = ["ingest", str(root), str(out), "--size", "4", "4", "--valid", "0"]
+            assert main([*argv, "--test", "0"]) == 2
+            assert main([*argv, "--test", "0", "--classes", *tops]) == 0
+            assert di.open_zarr(out / "train.zarr.zip").classes == tuple(tops)
     finally:
         if url:
             pytest.importorskip("fsspec").filesystem("memory").rm(
@@ -853,7 +859,10 @@ def test_split_folders_under_other_names_are_refused_not_read_as_classes(tmp_pat
     trees = {
         "vehicles": (("train_station", "indoor"), ("train_station", "outdoor"), ("bus", ".")),
         "sets": (("train_set", "."), ("test_set", "."), ("test_set", "more")),
-    }
+        # (review) two split words, but a class without one beside them: classes
+        "objects": (("bullet_train", "seq1"), ("bullet_train", "seq2"), ("test_tube", "."),
+                    ("car", ".")),
+    }  # fmt: skip
     for name, tree in trees.items():
         for c, inner in tree:
             _tiny(tmp_path / name / c / inner / "a.png", 0)

@@ -39,7 +39,26 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminated(signum: int, frame: Any) -> None:
+    if _in_finalizer(frame):
+        # raised there it would be printed as "Exception ignored" and dropped (the command
+        # running on to the end): sent again, to land on the code after it
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
     raise _Terminated
+
+
+def _in_finalizer(frame: Any) -> bool:
+    """The signal came while Python ran a weakref callback or a ``__del__``, where an
+    exception raised is dropped."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or os.path.basename(code.co_filename) in (
+            "_weakrefset.py",
+            "weakref.py",
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

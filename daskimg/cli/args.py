@@ -63,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
         "--masks", default=None, metavar="DIR", help="a mask per image, by relative path and stem"
     )
     ing.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="the class folders' names in label order (default: sorted); given, folders that "
+        "look like splits or wrappers are read as the classes named",
+    )
+    ing.add_argument(
         "--dtype",
         default=None,
         help="stored dtype (default: uint8 for images, the source's for volumes)",

@@ -70,6 +70,7 @@ def ingest(args: argparse.Namespace) -> int:
             on_error=args.on_error,
             stray=args.stray,
             masks=args.masks,
+            classes=args.classes,
             # stores written inside SRC are not a class on the next run; OUT is relative to
             # the working directory (a class folder of SRC with its name stays a class)
             exclude=[
@@ -153,11 +154,14 @@ def ingest(args: argparse.Namespace) -> int:
                 print(f"writing {target} ({len(part)} samples)")
                 gone = [e for e in earlier if e != target] + stale if args.overwrite else []
 
-                def remove_earlier(gone: list[str] = gone) -> None:
+                removed: list[str] = []
+
+                def remove_earlier(gone: list[str] = gone, removed: list[str] = removed) -> None:
                     # once this store is built, before it is published: a kill between the
                     # two leaves the earlier run's target alone, never the new beside the old
                     for old in gone:
                         Location.of(old, opts if is_url(old) else None).remove()
+                        removed.append(old)
 
                 token = BEFORE_PUBLISH.set(remove_earlier if gone else None)
                 try:
@@ -180,6 +184,13 @@ def ingest(args: argparse.Namespace) -> int:
                         f"{e.reason}. Pass --on-error skip to leave files that cannot be decoded "
                         "out (each is listed in the store's 'skipped' attribute and here)",
                     ) from None
+                except BaseException as e:
+                    if removed:  # the publish itself failed: say what is gone already
+                        e.add_note(
+                            f"daskimg: the earlier run's {', '.join(removed)} were removed "
+                            "before it failed (--overwrite); run the command again to write them"
+                        )
+                    raise
                 finally:
                     BEFORE_PUBLISH.reset(token)
                 if args.overwrite:  # the earlier run's others went as this was published

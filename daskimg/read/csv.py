@@ -691,7 +691,7 @@ _WORDS = re.compile(r"[_\-. ]+")
 #: words of a box column's name that say it holds a width or height, not a corner
 _SIZE_WORDS = frozenset(
     ("w", "h", "width", "height", "wd", "ht", "size", "sz", "len", "length", "extent", "span",
-     "dx", "dy", "dw", "dh", "ncol", "ncols", "nrow", "nrows")
+     "dx", "dy", "dw", "dh", "bw", "bh", "ncol", "ncols", "nrow", "nrows")
 )  # fmt: skip
 
 
@@ -707,7 +707,10 @@ def _axis_of(column: str) -> str | None:
     # a width or height in any spelling: w_px, x_size, xlen, dx, bw, ncols, width_px
     sized = words | set(re.findall(r"[a-z]+", n))
     if n.endswith(("width", "height")) or any(
-        w in _SIZE_WORDS or (len(w) > 1 and w[0] in "xyb" and w[1:] in _SIZE_WORDS) for w in sized
+        # xlen, ysize, xextent: a size word of 3 letters or more after x or y (xh, yl: low
+        # and high corners)
+        w in _SIZE_WORDS or (len(w) > 3 and w[0] in "xy" and w[1:] in _SIZE_WORDS)
+        for w in sized
     ):
         return "size"
     if n in ("left", "right") or n.startswith("x") or words & {"col", "cols"} or _numbered(n, "c"):

@@ -622,14 +622,14 @@ def _check_wrapped(where: str, tops: list[_Top], given: list[str] | None = None)
                 f"the folders {shown} under {inner!r}: the class folders are one level down, "
                 f"and read as is every sample would be class {c!r}. Read "
                 f"from_folder({inner!r}) (on the command line: daskimg ingest {inner} OUT "
-                f"...); if {c!r} is really the only class, pass classes=[{c!r}]"
+                f"...); if {c!r} is really the only class, pass classes=[{c!r}] (--classes {c} on the command line)"
             )
         raise ValueError(
             f"{t.where!r}: its only class folder {c!r} holds no images of its own, only the "
             f"folders {shown} under {inner!r}: the class folders are a level too deep, and "
             f"read as is every {t.split} sample would be class {c!r}. Move the folders in "
             f"{inner!r} up into {t.where!r} (and so in the other split folders); if {c!r} "
-            f"is really the only class, pass classes=[{c!r}]"
+            f"is really the only class, pass classes=[{c!r}] (--classes {c} on the command line)"
         )
 
 
@@ -659,7 +659,7 @@ def _check_split_inside(where: str, tops: list[_Top], given: list[str] | None) -
                 f"folders named like the classes beside it ({', '.join(same[:5])}): a split "
                 f"folder inside {t.where!r}. Read as is it would be one more class {c!r}, "
                 f"every image in it labelled {c!r}. Move it up {beside} (its class folders "
-                f"go with it); if {c!r} is really a class, pass classes=[...] naming it"
+                f"go with it); if {c!r} is really a class, pass classes=[...] naming it (--classes)"
             )
 
 
@@ -672,18 +672,22 @@ def _split_word(name: str) -> str | None:
 
 
 def _check_splits_named_otherwise(where: str, tops: list[_Top], given: list[str] | None) -> None:
-    """Refuse class folders named like two or more splits (``training_set/``, ``test_set/``)
-    of which one holds no images of its own, only class folders (also through folders of one
-    folder each, Kaggle's ``training_set/training_set/{cats,dogs}``): split folders under
-    names daskimg does not take for splits, read as classes, every image labelled by the
-    split it is in. ``given`` classes pass."""
+    """Refuse split folders under names daskimg does not take for splits, read as classes,
+    every image labelled by the split it is in: class folders named like two or more
+    splits (``training_set/``, ``test_set/``), one holding no images of its own but class
+    folders (also through folders of one folder each, Kaggle's
+    ``training_set/training_set/{cats,dogs}``), where either every class is named like a
+    split or two of them hold class folders of the same names (Intel's ``seg_train/``,
+    ``seg_test/`` beside ``seg_pred/``). ``given`` classes pass."""
     if given is not None or len(tops) != 1 or tops[0].split:
         return
     t = tops[0]
-    named = {c: s for c, files in t.classes.items() if files and (s := _split_word(c))}
+    holding = [c for c, files in t.classes.items() if files]
+    named = {c: s for c in holding if (s := _split_word(c))}
     if len(set(named.values())) < 2:
         return
-    for c in sorted(named, key=lambda c: (named[c] != "train", c)):
+    nested: dict[str, tuple[str, list[str]]] = {}  # class -> (the folder, its class folders)
+    for c in named:
         prefix = os.path.join(t.where, c) if "://" not in t.where else f"{t.where}/{c}"
         files = t.classes[c]
         rest = [f[len(prefix) + 1 :].replace(os.sep, "/") for f in files if f.startswith(prefix)]
@@ -694,21 +698,30 @@ def _check_splits_named_otherwise(where: str, tops: list[_Top], given: list[str]
         if any(r.count("/") == depth for r in rest):
             continue  # images of its own (under its folders of one folder): a class, or unlabelled
         below = sorted({r.split("/")[depth] for r in rest})
-        if len(below) < 2:
-            continue
-        inner = "/".join([prefix.replace(os.sep, "/"), *([shared] if shared else [])])
-        shown = ", ".join(d + "/" for d in below[:5]) + (
-            f" and {len(below) - 5} more" if len(below) > 5 else ""
-        )
-        raise ValueError(
-            f"{where!r}: its folders {', '.join(repr(n) for n in sorted(named))} are named "
-            f"like splits, and {c!r} holds no images of its own, only the class folders "
-            f"{shown} under {inner!r}: read as is, each would be one class, every image "
-            f"labelled by the split it is in. Put the splits at the top under split names "
-            f"({', '.join(sorted(SPLIT_DIRS))}): move what {inner!r} holds to "
-            f"{where}/{named[c]}/ (and so for the others); if these are really classes, "
-            "pass classes=[...] naming them"
-        )
+        if len(below) >= 2:
+            inner = "/".join([prefix.replace(os.sep, "/"), *([shared] if shared else [])])
+            nested[c] = (inner, below)
+    alike = any(
+        len(set(nested[a][1]) & set(nested[b][1])) >= 2 and named[a] != named[b]
+        for a in nested
+        for b in nested
+    )
+    if not nested or not (len(named) == len(holding) or alike):
+        return  # a class without a split word beside them (bullet_train/, test_tube/, car/)
+    c = min(nested, key=lambda c: (named[c] != "train", c))
+    inner, below = nested[c]
+    shown = ", ".join(d + "/" for d in below[:5]) + (
+        f" and {len(below) - 5} more" if len(below) > 5 else ""
+    )
+    raise ValueError(
+        f"{where!r}: its folders {', '.join(repr(n) for n in sorted(named))} are named "
+        f"like splits, and {c!r} holds no images of its own, only the class folders "
+        f"{shown} under {inner!r}: read as is, each would be one class, every image "
+        f"labelled by the split it is in. Put the splits at the top under split names "
+        f"({', '.join(sorted(SPLIT_DIRS))}): move what {inner!r} holds to "
+        f"{where}/{named[c]}/ (and so for the others); if these are really classes, "
+        "pass classes=[...] naming them (--classes)"
+    )
 
 
 def _warn_nested_alike(where: str, tops: list[_Top]) -> None:

@@ -442,16 +442,17 @@ def write_store(
         root = json.loads(_staged(loc, target, "zarr.json"))
         root["attributes"]["daskimg"] = finish_attrs(attrs, metas, _tables(loc, target, metas))
         attrs.update(root["attributes"]["daskimg"])
-        hook = BEFORE_PUBLISH.get()
-        if hook is not None:
-            hook()
+        hook = BEFORE_PUBLISH.get() or (lambda: None)  # once the store is whole, if set
         if staging is None:
+            hook()  # (writing the root is what publishes a store written in place)
             loc.finish_in_place(root)
         elif isinstance(target, ZipBuilder):
             target.finish(json.dumps(root, indent=2).encode())
+            hook()
             loc.publish_file(staging)
         else:
             _write_json(os.path.join(staging, "zarr.json"), root)
+            hook()
             loc.publish(staging)
     except BaseException as e:
         # an error (not a kill): leave nothing half-written behind, and say where and why
