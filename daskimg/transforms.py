@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -66,8 +67,8 @@ def random_flip(
     >>> t({"images": x, "bbox": np.array([[1.0, 0, 3, 1]])}, np.random.default_rng(0))["bbox"].tolist()
     [[3.0, 0.0, 5.0, 1.0]]
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got {p}")
+    if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a number in [0, 1], got {p!r}")
     return RandomFlip(float(p), key, _names(boxes, "boxes"), _names(masks, "masks"))
 
 
@@ -129,8 +130,13 @@ def random_crop(
     (8, 4, 4, 3)
     """
     parts = list(size)
-    if len(parts) != 2:
-        raise ValueError(f"random_crop takes size=(height, width); got {size!r}")
+    if len(parts) != 2 or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in parts
+    ):
+        # 3.7 was cropped as 3, True as 1, "3" as 3
+        raise ValueError(
+            f"random_crop takes size=(height, width), two positive whole numbers; got {size!r}"
+        )
     h, w = (int(s) for s in parts)
     return RandomCrop(h, w, key, _names(boxes, "boxes"), _names(masks, "masks"))
 
@@ -177,8 +183,8 @@ class RandomCrop:
         for name in self.boxes:
             b = np.asarray(_array(batch, name, "boxes", (n, 4)), dtype=np.float64)
             shift = np.stack([left, top, left, top], axis=1)
-            moved = clip_boxes(b - shift, (0, 0, w, h))
-            out[name] = moved.astype(box_dtype(batch[name].dtype), copy=False)  # NaN: cut away
+            # kept in the boxes' own float dtype (float64 was rounded through float32)
+            out[name] = clip_boxes(b - shift, (0, 0, w, h), box_dtype(batch[name].dtype))
         return out
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from daskimg.feed.shuffle import (
     EpochPlan,
     assign_chunks,
+    batch_rng,
     chunk_bounds,
     chunk_order,
     epoch_rng,
@@ -446,6 +447,22 @@ def test_epoch_rng() -> None:
     assert draw(0, 1) != draw(0, 2)
     assert draw(0, 1, 5) != draw(0, 1, 6)
     assert draw(None, 1) != draw(None, 1)
+
+
+def test_a_batch_s_transform_stream_is_none_of_the_order_s() -> None:
+    # numpy pads a short seed with zeros: the rng of batch 0, epoch_rng(s, e, 0, 0), was the
+    # epoch's chunk order's own stream (and with seed 0, to_zarr's shuffled order's too), so
+    # a transform drawing a permutation of the chunks' size drew the chunk order itself
+    for seed, epoch in ((0, 0), (3, 5)):
+        order = chunk_order(40, seed=seed, epoch=epoch, shuffle=True)
+        drawn = batch_rng(seed, epoch, 0, 0).permutation(40)
+        assert not np.array_equal(drawn, order)
+        first = batch_rng(seed, epoch, 0, 0).integers(2**63, size=4).tolist()
+        assert first != epoch_rng(seed, epoch).integers(2**63, size=4).tolist()
+        assert first != np.random.default_rng(seed).integers(2**63, size=4).tolist()
+        assert first == batch_rng(seed, epoch, 0, 0).integers(2**63, size=4).tolist()
+        assert first != batch_rng(seed, epoch, 1, 0).integers(2**63, size=4).tolist()
+        assert first != batch_rng(seed, epoch, 0, 1).integers(2**63, size=4).tolist()
 
 
 # -- mixing quality -------------------------------------------------------------------------------

@@ -124,10 +124,29 @@ def test_transform_errors_name_the_array():
         random_flip(boxes="bbox")
 
 
-@pytest.mark.parametrize("size", [(0, 4), (4, -1), (4,), (2, 3, 4)])
+@pytest.mark.parametrize("size", [(0, 4), (4, -1), (4,), (2, 3, 4), (3.7, 4), (True, 2), ("3", 2)])
 def test_crop_size_must_be_two_positive_numbers(size):
+    # (3.7, 4) was cropped as (3, 4), (True, 2) as (1, 2), ("3", 2) as (3, 2)
     with pytest.raises(ValueError, match="random_crop"):
         random_crop(size)
+    for p in ("0.5", None, True, 1.5):  # "0.5" was a bare TypeError from a comparison
+        with pytest.raises(ValueError, match="p must be a number in"):
+            random_flip(p=p)
+
+
+def test_a_crop_keeps_float64_boxes_exact_and_a_transform_s_scalar_is_named():
+    # clip_boxes went through float32: 2000.123456789 came out 2000.1234130859375 (float64)
+    from daskimg.feed.iterator import check_transformed
+
+    x = np.zeros((1, 40, 3000, 3), np.uint8)
+    box = np.array([[2000.123456789, 1.000000001, 2500.987654321, 30.5]])
+    got = random_crop((40, 3000), boxes=("bbox",))(
+        {"images": x, "bbox": box}, np.random.default_rng(0)
+    )
+    assert got["bbox"].dtype == np.float64
+    np.testing.assert_array_equal(got["bbox"], box)  # the whole image: nothing moves
+    with pytest.raises(ValueError, match="returned 'labels' with no rows for a batch of 2"):
+        check_transformed(None, ("labels",), {"labels": np.float32(1)}, 2)
 
 
 @pytest.fixture

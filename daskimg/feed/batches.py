@@ -37,7 +37,7 @@ from ..store.reader import RawChunk
 from .checks import check_transform
 from .iterator import Transform, check_transformed
 from .plan import EpochPlan
-from .shuffle import epoch_rng, num_batches, plan_epoch
+from .shuffle import batch_rng, num_batches, plan_epoch
 from .source import FeedSource
 
 __all__ = [
@@ -379,7 +379,7 @@ class EpochBatches:
     batch_size, seed, shuffle, buffer_chunks, drop_last
         The plan of each epoch: ``plan_epoch(..., seed=seed, epoch=e, ...)``, one consumer.
     transform
-        ``transform(batch, epoch_rng(seed, e, b, 0))``: batch ``b`` is augmented the same
+        ``transform(batch, batch_rng(seed, e, b, 0))``: batch ``b`` is augmented the same
         way whenever it is read (and as ``BatchIterator`` augments its batch ``b``).
     scale
         Divide ``images`` by this, as float32 (None: as stored; ``"auto"``: by the
@@ -525,7 +525,7 @@ class EpochBatches:
         batch = self.reader.read(plan, b)
         if self.transform is not None:
             given = tuple(batch)
-            batch = self.transform(batch, epoch_rng(self.seed, epoch, b, 0))
+            batch = self.transform(batch, batch_rng(self.seed, epoch, b, 0))
             check_transformed(self.transform, given, batch, len(plan.batches[b]))
         if self.scale is not None and "images" in batch:
             images = batch["images"]

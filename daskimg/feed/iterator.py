@@ -21,7 +21,7 @@ import numpy as np
 from .checks import check_at_least, check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
-from .shuffle import epoch_rng, num_batches, plan_epoch
+from .shuffle import batch_rng, num_batches, plan_epoch
 from .source import FeedSource
 
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
@@ -69,7 +69,8 @@ class BatchIterator:
     transform
         ``transform(batch: dict[str, ndarray], rng) -> dict`` applied to each batch,
         e.g. :func:`daskimg.transforms.random_flip`. ``rng`` derives from
-        ``(seed, epoch, batch)``, so augmentation is reproducible and resumable.
+        ``(seed, epoch, batch)`` (:func:`~daskimg.feed.shuffle.batch_rng`), so augmentation
+        is reproducible and resumable.
     prefetch
         Groups read ahead in the background.
     threads
@@ -367,7 +368,7 @@ class BatchIterator:
         if self.transform is not None:
             try:
                 given = tuple(out)  # before the call: a transform may change the dict itself
-                out = self.transform(out, epoch_rng(self.seed, self.epoch, b, self.consumer))
+                out = self.transform(out, batch_rng(self.seed, self.epoch, b, self.consumer))
                 check_transformed(self.transform, given, out, len(idx))
             finally:
                 self._release(bufs)  # reusable once nothing refers to them (see _batch_buffer)
@@ -435,9 +436,10 @@ def check_transformed(transform: Any, given: Sequence[str], out: Any, n: int) ->
         )
     for k in given:
         v = out[k]
-        if len(v) != n:
+        rows = len(v) if np.ndim(v) else "no"  # a scalar (np.float32(1)) has no len()
+        if rows != n:
             raise ValueError(
-                f"transform {transform!r} returned {k!r} with {len(v)} rows for a batch of "
+                f"transform {transform!r} returned {k!r} with {rows} rows for a batch of "
                 f"{n} samples: every array of a batch holds one row per sample"
             )
 

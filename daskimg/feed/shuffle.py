@@ -50,6 +50,7 @@ from .plan import EpochPlan
 __all__ = [
     "EpochPlan",
     "assign_chunks",
+    "batch_rng",
     "chunk_bounds",
     "chunk_order",
     "epoch_rng",
@@ -84,6 +85,17 @@ def chunk_bounds(num_samples: int, chunk_len: int) -> np.ndarray:
     n = check_count("num_samples", num_samples)
     length = check_positive("chunk_len", chunk_len)
     return np.append(np.arange(0, n, length, dtype=np.int64), np.int64(n))
+
+
+#: what selects the transforms' streams (``"tran"``, ``"sfor"``): numpy pads a short seed
+#: with zeros, so ``(seed, epoch, 0, 0)`` for batch 0 was the epoch's chunk order's own stream
+TRANSFORM_STREAM = (0x7472616E, 0x73666F72)
+
+
+def batch_rng(seed: int | None, epoch: int, batch: int, consumer: int) -> np.random.Generator:
+    """The generator a transform gets for batch ``batch`` of ``consumer`` in ``epoch``: its own
+    stream, independent of the epoch's chunk order and mixing (and of ``to_zarr``'s order)."""
+    return epoch_rng(seed, epoch, *TRANSFORM_STREAM, batch, consumer)
 
 
 def epoch_rng(seed: int | None, epoch: int, *extra: int) -> np.random.Generator:

@@ -83,8 +83,9 @@ def to_stored(
     return clip_boxes(moved, p[6:])
 
 
-def clip_boxes(boxes: Any, frame: Sequence[Any]) -> np.ndarray:
+def clip_boxes(boxes: Any, frame: Sequence[Any], dtype: Any = np.float32) -> np.ndarray:
     """Boxes ``(N, 4)`` clipped to ``frame = (x0, y0, x1, y1)``; NaN where nothing is left.
+    Returned as ``dtype`` (computed in float64: float64 boxes keep their precision).
 
     ``frame`` holds numbers or one value per box. A box with width (or height) and none
     left inside, or lying wholly outside, becomes NaN in all four numbers; a point or line
@@ -104,7 +105,7 @@ def clip_boxes(boxes: Any, frame: Sequence[Any]) -> np.ndarray:
         cy0, cy1 = np.clip(y0, fy0, fy1), np.clip(y1, fy0, fy1)
     out = np.stack([cx0, cy0, cx1, cy1], axis=1)
     out[outside(b, frame)] = np.nan
-    return out.astype(np.float32)
+    return out.astype(dtype, copy=False)
 
 
 def outside(boxes: Any, frame: Sequence[Any]) -> np.ndarray:
