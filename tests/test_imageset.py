@@ -1206,3 +1206,35 @@ def test_from_csv_a_true_false_column_with_an_empty_cell_is_named_as_such(tmp_pa
     csv_path = _csv_with_column(tmp_path, ["True", "false", ""], name="f")
     with pytest.raises(ValueError, match=r"line 4: column 'f' is true/false with an empty cell"):
         di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8), columns={"f": "f"})
+
+
+def test_take_split_and_to_zarr_refuse_what_would_land_on_other_samples(tmp_path, caplog):
+    # take([0.5, 1.7]) gave samples 0 and 1, take(["1"]) sample 1; a column of the whole set
+    # put on a split was stored cut short, each row on another sample
+    import logging
+
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    ds = di.ImageSet(images, np.arange(10) % 2, classes=["a", "b"])
+    for bad in ([0.5, 1.7], ["1", "2"], [1, None]):
+        with pytest.raises(IndexError, match="indices must be whole numbers"):
+            ds.take(bad)
+    part = ds.take(np.arange(4))
+    part.columns["pred"] = np.arange(10.0)  # the whole set's
+    with pytest.raises(ValueError, match=r"'pred' has 10 rows for a set of 4 samples"):
+        di.to_zarr(part, tmp_path / "p.zarr.zip")
+    assert not (tmp_path / "p.zarr.zip").exists()
+    for fractions, said in (([0.8, 0.2], "fractions must map split names"),):
+        with pytest.raises(TypeError, match=said):
+            ds.split(fractions)
+    with pytest.raises(TypeError, match="stratify must be True or False"):
+        ds.split({"a": 0.5, "b": 0.5}, stratify=ds.labels)
+    with pytest.raises(TypeError, match="seed must be"):
+        ds.split({"a": 0.5, "b": 0.5}, seed=1.5)
+    # unlabelled samples and repeated files are divided with the rest, and said
+    mixed = di.ImageSet(images, np.array([0, 1, -1, 0, 1, -1, 0, 1, 0, 1]), classes=["a", "b"])
+    twice = di.ImageSet(images[:4], np.array([0, 1, 0, 1]), classes=["a", "b"], paths=list("xxyz"))
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        mixed.split({"a": 0.5, "b": 0.5})
+        twice.split({"a": 0.5, "b": 0.5})
+    assert "2 samples have no label (-1)" in caplog.text
+    assert "1 files are in the set more than once" in caplog.text

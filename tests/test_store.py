@@ -297,6 +297,17 @@ def test_skip_leaves_bad_files_out_and_records_them(tmp_path, image_folder):
             imgs[i], decode_file(image_folder / rel, DecodeSpec(size=(8, 8)))
         )
     assert verify(path) == []
+    # written again from the store (README's conversion to a folder): the record was lost,
+    # `skipped: []`, as if every file had been read
+    again = di.to_zarr(back, tmp_path / "again.zarr", order="source")
+    assert sorted(p for p, _ in back.skipped) == ["bee/truncated.png", "cat/empty.png"]
+    assert di.open_zarr(again).skipped == back.skipped
+    assert plain_group(again).attrs["daskimg"]["skipped"] == [list(s) for s in back.skipped]
+    di.to_zarr(ds, tmp_path / "twice.zarr.zip", chunks=4)  # the same set again: listed once
+    assert sorted(p for p, _ in di.open_zarr(tmp_path / "twice.zarr.zip").skipped) == [
+        "bee/truncated.png",
+        "cat/empty.png",
+    ]
     with pytest.raises(DecodeError, match=r"truncated\.png|empty\.png"):
         di.to_zarr(di.from_folder(image_folder, size=(8, 8)), tmp_path / "r.zarr.zip")
     # a failed write leaves neither a store nor its staging folder behind

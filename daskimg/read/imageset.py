@@ -358,6 +358,12 @@ class ImageSet:
                     "pass one value per sample, or integer indices"
                 )
             raw = np.flatnonzero(raw)
+        if raw.size and raw.dtype.kind not in "iu":
+            # 0.5, 1.7 were taken as 0 and 1, "1" as 1: other samples than meant
+            raise IndexError(
+                f"indices must be whole numbers (an integer array or a boolean mask); got "
+                f"{raw.dtype} values such as {raw.ravel()[0]!r}"
+            )
         idx = raw.astype(np.int64)
         if idx.ndim != 1:
             raise ValueError(f"indices must be one-dimensional, got shape {idx.shape}")
@@ -464,6 +470,39 @@ class ImageSet:
                     "into every part, training included. Resplit the labelled samples only: "
                     "ds.take(np.flatnonzero(ds.labels >= 0)).split(fractions, resplit=True)"
                 )
+        if not isinstance(fractions, Mapping):  # [0.8, 0.2]: a bare TypeError
+            raise TypeError(
+                f"fractions must map split names to fractions, e.g. {{'train': 0.8, 'valid': "
+                f"0.2}}; got {type(fractions).__name__} {fractions!r}"
+            )
+        if not (
+            seed is None
+            or isinstance(seed, np.random.Generator)
+            or (isinstance(seed, int | np.integer) and not isinstance(seed, bool) and seed >= 0)
+        ):
+            raise TypeError(
+                f"seed must be a non-negative int, a numpy Generator or None; got {seed!r}"
+            )
+        if not isinstance(stratify, bool | np.bool_):  # an array of labels was "ambiguous"
+            raise TypeError(
+                f"stratify must be True or False (by the set's labels); got "
+                f"{type(stratify).__name__}. To stratify by other values, make them the labels"
+            )
+        if self.labels is not None and stratify and (self.labels == NO_LABEL).any():
+            logger.warning(
+                "split: %d samples have no label (-1): they are divided among the parts as if "
+                "a class, so training would hold unlabelled samples; split the labelled ones "
+                "(ds.take(np.flatnonzero(ds.labels >= 0))) if that is not meant",
+                int((self.labels == NO_LABEL).sum()),
+            )
+        if self.paths is not None and len(set(self.paths)) < len(self.paths):
+            logger.warning(
+                "split: %d files are in the set more than once (take() with repeated indices, "
+                "or paths given twice): their copies may land in different parts, a test "
+                "image also trained on; split the set without repeats, then repeat samples "
+                "within a part",
+                len(self.paths) - len(set(self.paths)),
+            )
         parts = split_indices(
             len(self),
             fractions,

@@ -174,6 +174,9 @@ def to_zarr(
             checked_boxes(imageset), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,
         )  # fmt: skip
+        # the files left out when the set was first written (a set opened from a store, or
+        # written before): kept on record, as `to_zarr(open_zarr(a), b)` converts a store
+        attrs["skipped"] = [[str(p), str(r)] for p, r in imageset.skipped]
         write_store(loc, ds, attrs, specs, shard_len, progress=progress)
         imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
     return loc.target
@@ -226,7 +229,16 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
         )
     for name in imageset.columns:  # also columns added after the set was made
         check_column_name(name)
+    n = len(imageset)
     for name, values in imageset.arrays.items():
+        rows = values.shape[0] if values.ndim else None
+        if rows != n:  # a column put in after the set was made (one of the whole set's,
+            # on a split: its first rows were stored on other samples)
+            raise ValueError(
+                f"array {name!r} has {rows if rows is not None else 'no'} rows for a set of "
+                f"{n} samples: every array holds one row per sample (a column of the whole "
+                "set given to a split? take its rows with the split's indices)"
+            )
         if np.dtype(values.dtype).kind not in "biufOUST":
             raise ValueError(
                 f"array {name!r} is {values.dtype}: a store holds integers, floats, bools or "
@@ -940,7 +952,9 @@ def skipped_rows(ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]) -> np.ndar
             reason = e.reason
         rel = str(ds.paths[i]) if ds.paths is not None else files.paths[i]
         skipped.append([rel, reason])
-    attrs["skipped"] = skipped
+    # after those the set was made without (a store written again from one opened)
+    listed = {str(p) for p, _ in skipped}
+    attrs["skipped"] = [s for s in attrs.get("skipped", []) if s[0] not in listed] + skipped
     good = np.flatnonzero(ok)
     if not len(good):
         raise DaskImgError(
