@@ -365,6 +365,7 @@ def test_csv_box_cells(tmp_path):
         (("xmin", "ymin", "bw", "bh"), r"'bw' names a width or height"),
         (("left", "top", "w_px", "h_px"), r"'w_px' names a width or height"),
         (("x", "y", "xlen", "ylen"), r"'xlen' names a width or height"),
+        (("x", "y", "xsz", "ysz"), r"'xsz' names a width or height"),  # (review)
         (("col", "row", "ncols", "nrows"), r"'ncols' names a width or height"),
         (("x", "y", "width_px", "height_px"), r"'width_px' names a width or height"),
         # TensorFlow's ymin, xmin, ymax, xmax: read as x0, y0, x1, y1

@@ -1228,8 +1228,14 @@ def test_take_split_and_to_zarr_refuse_what_would_land_on_other_samples(tmp_path
             ds.split(fractions)
     with pytest.raises(TypeError, match="stratify must be True or False"):
         ds.split({"a": 0.5, "b": 0.5}, stratify=ds.labels)
-    with pytest.raises(TypeError, match="seed must be"):
-        ds.split({"a": 0.5, "b": 0.5}, seed=1.5)
+    for seed in (1.5, True):
+        with pytest.raises(TypeError, match="seed must be"):
+            ds.split({"a": 0.5, "b": 0.5}, seed=seed)
+    # (review) scikit-learn's stratify=None and numpy's own seeds stay taken
+    plain = ds.split({"a": 0.5, "b": 0.5}, stratify=False, seed=3)
+    none = ds.split({"a": 0.5, "b": 0.5}, stratify=None, seed=np.int64(3))
+    assert all((plain[k].images == none[k].images).all() for k in plain)
+    ds.split({"a": 0.5, "b": 0.5}, seed=np.random.SeedSequence(1))
     # unlabelled samples and repeated files are divided with the rest, and said
     mixed = di.ImageSet(images, np.array([0, 1, -1, 0, 1, -1, 0, 1, 0, 1]), classes=["a", "b"])
     twice = di.ImageSet(images[:4], np.array([0, 1, 0, 1]), classes=["a", "b"], paths=list("xxyz"))

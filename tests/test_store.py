@@ -308,6 +308,12 @@ def test_skip_leaves_bad_files_out_and_records_them(tmp_path, image_folder):
         "bee/truncated.png",
         "cat/empty.png",
     ]
+    # (review) a file repaired since: this write decodes it, and lists it no more
+    shutil.copy(next((image_folder / "cat").glob("cat_*.png")), image_folder / "cat" / "empty.png")
+    fixed = di.open_zarr(di.to_zarr(ds, tmp_path / "fixed.zarr.zip", chunks=4))
+    assert [p for p, _ in fixed.skipped] == ["bee/truncated.png"]
+    assert "cat/empty.png" in set(fixed.paths)
+    (image_folder / "cat" / "empty.png").write_bytes(b"")
     with pytest.raises(DecodeError, match=r"truncated\.png|empty\.png"):
         di.to_zarr(di.from_folder(image_folder, size=(8, 8)), tmp_path / "r.zarr.zip")
     # a failed write leaves neither a store nor its staging folder behind

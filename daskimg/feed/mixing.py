@@ -15,7 +15,7 @@ __all__ = ["MIX_STREAM", "chunk_samples", "mix", "take_run"]
 
 # Extra words for ``epoch_rng`` that select the stream of the in-group mixing key. Large on purpose:
 # SeedSequence pads short entropy with zeros, so small tags would collide with other streams of the
-# same (seed, epoch), e.g. the iterator's per-batch ``epoch_rng(seed, epoch, batch, consumer)``.
+# same (seed, epoch), e.g. the epoch's chunk order ``epoch_rng(seed, epoch)``.
 MIX_STREAM = (0x6D697869, 0x6E675F6B)
 
 # splitmix64 constants (Steele, Lea & Flood 2014)

@@ -707,9 +707,9 @@ def _axis_of(column: str) -> str | None:
     # a width or height in any spelling: w_px, x_size, xlen, dx, bw, ncols, width_px
     sized = words | set(re.findall(r"[a-z]+", n))
     if n.endswith(("width", "height")) or any(
-        # xlen, ysize, xextent: a size word of 3 letters or more after x or y (xh, yl: low
-        # and high corners)
-        w in _SIZE_WORDS or (len(w) > 3 and w[0] in "xy" and w[1:] in _SIZE_WORDS)
+        # xlen, ysz, xdx: a size word after x or y, but for one letter (xh, yl, xw: low
+        # and high corners, as before)
+        w in _SIZE_WORDS or (len(w) > 2 and w[0] in "xy" and w[1:] in _SIZE_WORDS)
         for w in sized
     ):
         return "size"

@@ -475,14 +475,11 @@ class ImageSet:
                 f"fractions must map split names to fractions, e.g. {{'train': 0.8, 'valid': "
                 f"0.2}}; got {type(fractions).__name__} {fractions!r}"
             )
-        if not (
-            seed is None
-            or isinstance(seed, np.random.Generator)
-            or (isinstance(seed, int | np.integer) and not isinstance(seed, bool) and seed >= 0)
-        ):
-            raise TypeError(
-                f"seed must be a non-negative int, a numpy Generator or None; got {seed!r}"
-            )
+        if isinstance(seed, float | bool | np.floating | np.bool_ | str):
+            # 1.5 failed inside numpy; True was seed 1
+            raise TypeError(f"seed must be a whole number, a numpy Generator or None; got {seed!r}")
+        if stratify is None:  # scikit-learn's word for "not stratified"
+            stratify = False
         if not isinstance(stratify, bool | np.bool_):  # an array of labels was "ambiguous"
             raise TypeError(
                 f"stratify must be True or False (by the set's labels); got "

@@ -174,9 +174,11 @@ def to_zarr(
             checked_boxes(imageset), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,
         )  # fmt: skip
-        # the files left out when the set was first written (a set opened from a store, or
-        # written before): kept on record, as `to_zarr(open_zarr(a), b)` converts a store
-        attrs["skipped"] = [[str(p), str(r)] for p, r in imageset.skipped]
+        if not isinstance(imageset.row_source, FileSource):
+            # a set opened from a store: the files left out when it was written are kept on
+            # record (`to_zarr(open_zarr(a), b)` converts a store); a set of files is decoded
+            # here, and what fails is this write's own list
+            attrs["skipped"] = [[str(p), str(r)] for p, r in imageset.skipped]
         write_store(loc, ds, attrs, specs, shard_len, progress=progress)
         imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
     return loc.target
@@ -952,9 +954,7 @@ def skipped_rows(ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]) -> np.ndar
             reason = e.reason
         rel = str(ds.paths[i]) if ds.paths is not None else files.paths[i]
         skipped.append([rel, reason])
-    # after those the set was made without (a store written again from one opened)
-    listed = {str(p) for p, _ in skipped}
-    attrs["skipped"] = [s for s in attrs.get("skipped", []) if s[0] not in listed] + skipped
+    attrs["skipped"] = skipped
     good = np.flatnonzero(ok)
     if not len(good):
         raise DaskImgError(
