@@ -805,7 +805,7 @@ def test_a_box_wholly_outside_its_image_is_an_error_naming_the_file(
     upright.save(tmp_path / "a.png")
     save_oriented(upright, tmp_path / "b.jpg", orientation=6)  # stored 20 wide, 30 high
     upright.save(tmp_path / "c.png")
-    csv = _box_csv(tmp_path, [("a.png", "1,2,10,12"), ("b.jpg", box), ("c.png", "25,2,35,12")])
+    csv = _box_csv(tmp_path, [("a.png", "1,2,10,12"), ("b.jpg", box), ("c.png", "25,2,32,12")])
     ds = di.from_csv(
         csv,
         root=tmp_path,
@@ -823,8 +823,9 @@ def test_a_box_wholly_outside_its_image_is_an_error_naming_the_file(
     with chosen, pytest.raises(ValueError, match=match):
         di.to_zarr(ds, out)
     assert not out.exists()
-    # a box that only reaches past an edge is clipped to the picture, as before
-    _box_csv(tmp_path, [("a.png", "1,2,10,12"), ("b.jpg", "1,2,10,12"), ("c.png", "25,2,35,12")])
+    # a box that only reaches a little past an edge is clipped to the picture, as before
+    # (far past: test_a_box_reaching_far_past_its_image_is_refused_not_clipped)
+    _box_csv(tmp_path, [("a.png", "1,2,10,12"), ("b.jpg", "1,2,10,12"), ("c.png", "25,2,32,12")])
     ds = di.from_csv(
         csv, root=tmp_path, size=(20, 30), label_column=None, boxes={"b": ["x0", "y0", "x1", "y1"]}
     )
@@ -991,3 +992,49 @@ def test_mask_files_whose_ids_pillow_would_change_are_refused(tmp_path):
         with pytest.raises(DecodeError, match=rf"{name}.*holds a lossy {kind} image"):
             read(name, "uint8")
     np.testing.assert_array_equal(read("lossless.webp", "uint8"), ids // 10)  # lossless: read
+
+
+def test_a_box_reaching_far_past_its_image_is_refused_not_clipped(tmp_path):
+    # a box drawn on the picture before its EXIF rotation (a tool that ignores the tag)
+    # reached 90 px past the upright image's right edge and was cut to it without a word
+    upright = Image.new("RGB", (300, 400), (90, 90, 90))  # shown 300 wide, 400 tall
+    save_oriented(upright, tmp_path / "a.jpg", orientation=6)
+    with Image.open(tmp_path / "a.jpg") as f:
+        assert f.size == (400, 300)  # stored as the camera did
+    corners = {"bbox": ["x0", "y0", "x1", "y1"]}
+    (tmp_path / "raw.csv").write_text("path,x0,y0,x1,y1\na.jpg,220,40,390,200\n")
+    ds = di.from_csv(
+        tmp_path / "raw.csv", root=tmp_path, size=(100, 100), boxes=corners, label_column=None
+    )
+    with pytest.raises(ValueError, match=r"a\.jpg'.*box 'bbox' \(220, 40, 390, 200\) reaches far"):
+        di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    assert not (tmp_path / "s.zarr.zip").exists()
+    # a few pixels past the edge (an annotator's overshoot) is clipped, as before
+    (tmp_path / "near.csv").write_text("path,x0,y0,x1,y1\na.jpg,-6,40,309,420\n")
+    ds = di.from_csv(
+        tmp_path / "near.csv", root=tmp_path, size=(100, 100), boxes=corners, label_column=None
+    )
+    out = di.to_zarr(ds, tmp_path / "n.zarr.zip")
+    oracle = np.clip([-6, 40, 309, 420], 0, [300, 400, 300, 400]) * np.array(
+        [100 / 300, 100 / 400] * 2
+    )
+    np.testing.assert_allclose(zarr_boxes(out)[0], oracle, rtol=1e-6)
+
+
+def test_fraction_boxes_among_pixel_boxes_are_named(tmp_path, caplog):
+    # a CSV put together from a YOLO export and a pixel export: one pixel row silenced the
+    # 0..1 warning, and the fractions were stored as boxes inside the top-left pixel
+    for i in range(4):
+        Image.new("RGB", (200, 100)).save(tmp_path / f"{i}.png")
+    (tmp_path / "b.csv").write_text(
+        "path,x0,y0,x1,y1\n0.png,0.1,0.1,0.4,0.5\n1.png,20,20,120,80\n"
+        "2.png,0.05,0.1,0.3,0.9\n3.png,0,0,1,1\n"
+    )
+    corners = {"bbox": ["x0", "y0", "x1", "y1"]}
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(
+            tmp_path / "b.csv", root=tmp_path, size=(50, 100), boxes=corners, label_column=None
+        )
+    assert "2 of 4 boxes 'bbox' lie within 0..1" in caplog.text  # not (0, 0, 1, 1): a pixel
+    assert "0.png" in caplog.text and "(0.1, 0.1, 0.4, 0.5)" in caplog.text
+    np.testing.assert_allclose(ds.columns["bbox"][1].compute(), [10, 10, 60, 40])  # as given

@@ -1244,3 +1244,23 @@ def test_take_split_and_to_zarr_refuse_what_would_land_on_other_samples(tmp_path
         twice.split({"a": 0.5, "b": 0.5})
     assert "2 samples have no label (-1)" in caplog.text
     assert "1 files are in the set more than once" in caplog.text
+
+
+def test_csv_labels_differing_only_in_letter_case_are_named(tmp_path, caplog):
+    # annotators' 'Cat' beside 'cat' became two classes without a word (from_folder says so
+    # of such folders)
+    labels = ["cat", "cat", "Cat", "dog", "DOG"]
+    for i in range(len(labels)):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    rows = "".join(f"{i}.png,{lab}\n" for i, lab in enumerate(labels))
+    (tmp_path / "l.csv").write_text("path,label\n" + rows)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8))
+    assert ds.classes == tuple(sorted(set(labels)))  # separate classes, as written
+    assert [ds.classes[i] for i in ds.labels] == labels
+    assert "differ only in letter case" in caplog.text
+    assert "'Cat' (line 4) and 'cat' (line 2)" in caplog.text and "'DOG' (line 6)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8), classes=sorted(set(labels)))
+    assert "letter case" not in caplog.text  # classes= says case matters

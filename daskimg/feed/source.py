@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,10 +26,36 @@ try:  # per-thread I/O counters tell a store read from disk from one in the page
 except (ImportError, AttributeError):  # not Linux
     _RUSAGE_THREAD = None
 
+logger = logging.getLogger("daskimg")
+
 
 #: The name of the virtual array of store indices: sample ``i`` of the source is row ``i``
 #: (of a subset of a store's set, made with ``take`` or ``split``: its row in the store).
 INDEX = "index"
+
+
+_WARNED_REORDERED: set[tuple[str, ...]] = set()
+
+
+def _warn_reordered(stores: Sequence[str]) -> None:
+    """Log that a set's ``"index"`` is no row of the stores it was written to in another
+    order (``ImageSet.reordered_in``): predictions written back into one by these indices land on other samples. Once
+    per process and stores (a TorchDataset makes an iterator per epoch and worker)."""
+    if tuple(stores) in _WARNED_REORDERED:
+        return
+    _WARNED_REORDERED.add(tuple(stores))
+    logger.warning(
+        "arrays=(..., %r): each sample's index is its row in this set (for a take or split "
+        "of a store's set, its row in that store), and this set was written to %s in "
+        "another order (to_zarr's order='shuffled', or a subset's rows numbered anew): "
+        "these are not its rows there, and predictions written back into that store by "
+        "them would land on other samples. To write back into it, feed from the store: "
+        "BatchIterator(%r, arrays=(..., %r))",
+        INDEX,
+        ", ".join(map(repr, stores)),
+        stores[-1],
+        INDEX,
+    )
 
 
 class FeedSource:
@@ -88,6 +115,8 @@ class FeedSource:
             unchecked = [b for b in self.boxes if not source.is_from_files(b)]
             self.store_rows = source.store_rows
             origin = source.origin or {}
+            if names is not None and INDEX in names and source.reordered_in:
+                _warn_reordered(source.reordered_in)
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL
                 self.reader = source.store.reader

@@ -12,7 +12,8 @@ them with exactly the geometry applied to the pixels (:mod:`daskimg.read.geometr
 A stored box is clipped to the part of the sample that holds the picture; a box with
 nothing left inside (cut away by ``"crop"``, or outside its image) becomes NaN in all four
 numbers. (Read from files, a box with nothing inside its source image is an error naming
-the file before it gets here: it was given in another frame.) NaN boxes (a sample without one) stay NaN. :func:`to_source` maps stored boxes
+the file before it gets here: it was given in another frame; so is one reaching past an
+edge by more than a tenth of the image's side.) NaN boxes (a sample without one) stay NaN. :func:`to_source` maps stored boxes
 back, given each sample's ``source_size``.
 """
 
@@ -299,21 +300,51 @@ def _checked_block(
     return block
 
 
-def warn_fractions(values: np.ndarray, name: str, where: str) -> None:
-    """Log boxes that all lie within 0..1: fractions of the image size (YOLO, TensorFlow's
-    normalised boxes), which ``boxes=`` would take for pixels — every box inside the top-left
-    pixel, passing every check, then scaled with the pixels into nothing."""
+def warn_fractions(
+    values: np.ndarray, name: str, where: str, rows: Sequence[Any] | None = None
+) -> None:
+    """Log boxes that lie within 0..1: fractions of the image size (YOLO, TensorFlow's
+    normalised boxes), which ``boxes=`` would take for pixels — every such box inside the
+    top-left pixel, passing every check, then scaled with the pixels into nothing. When
+    every box does, the column is named; when only some do among pixel boxes (a CSV pieced
+    together from two exports), those whose edges are not whole pixels are counted and the
+    first named (``rows``: what names each row, e.g. its file; default its number)."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != 4:
         return
-    given = values[~np.isnan(values).any(axis=1)]
-    if len(given) and given.max() <= 1.0 and given.max() > 0:
+    given = ~np.isnan(values).any(axis=1)
+    if not given.any():
+        return
+    with np.errstate(invalid="ignore"):
+        within = given & (values >= 0).all(axis=1) & (values <= 1).all(axis=1)
+    if within[given].all() and values[given].max() > 0:
         logger.warning(
             "%s: every box %r lies within 0..1; boxes= takes pixel positions, so these would "
             "be boxes inside the top-left pixel. If they are fractions of the image size, "
             "multiply x0, x1 by each image's width and y0, y1 by its height first",
             where,
             name,
+        )
+        return
+    # among pixel boxes: a box inside the top-left pixel with edges that are no whole
+    # pixels (0.1, 0.2, 0.5, 0.6) is no object; (0, 0, 1, 1) is the top-left pixel itself
+    wide = (values[:, 2] > values[:, 0]) | (values[:, 3] > values[:, 1])
+    fractions = within & wide & (values != np.round(values)).any(axis=1)
+    if fractions.any():
+        i = int(np.flatnonzero(fractions)[0])
+        row = repr(rows[i]) if rows is not None else f"row {i}"
+        box = ", ".join(f"{v:g}" for v in values[i])
+        logger.warning(
+            "%s: %d of %d boxes %r lie within 0..1, among boxes in pixels (the first: %s, "
+            "(%s)); boxes= takes pixel positions, so each would be a box inside the top-left "
+            "pixel. If they are fractions of the image size (a file put together from two "
+            "exports?), multiply x0, x1 by the image's width and y0, y1 by its height",
+            where,
+            int(fractions.sum()),
+            int(given.sum()),
+            name,
+            row,
+            box,
         )
 
 

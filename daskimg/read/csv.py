@@ -19,7 +19,7 @@ from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .boxes import warn_fractions
 from .decode import DecodeSpec
-from .fileio import alike, given_classes, near_misses
+from .fileio import alike, folded, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -99,8 +99,10 @@ def from_csv(
         They are moved into the stored image's pixel frame with exactly the geometry
         applied to the pixels (``resize`` and DCT draft scaling alike); a box cut by
         ``resize="crop"`` is clipped, and one wholly outside the stored picture becomes
-        NaN; one with nothing inside its source image is an error naming the file (it
-        was given in another frame), also with ``on_error="skip"``. Empty cells (all four) give a NaN box: a sample without one. The result is a
+        NaN; one with nothing inside its source image, or reaching past its edge by more
+        than a tenth of the side, is an error naming the file (it was given in another
+        frame), also with ``on_error="skip"``. Boxes within 0..1 (fractions) are named
+        in a warning. Empty cells (all four) give a NaN box: a sample without one. The result is a
         lazy ``(N, 4)`` float32 column named in ``ds.boxes``; :func:`daskimg.read.boxes.to_source`
         maps it back with the ``source_size`` column. See :mod:`daskimg.read.boxes`.
     mask_column
@@ -161,7 +163,7 @@ def from_csv(
         name: _box_values(rows, cols, name, header, where) for name, cols in (boxes or {}).items()
     }
     for name, values in source_boxes.items():
-        warn_fractions(values, name, where)
+        warn_fractions(values, name, where, files)
     used = {path_column, label_column, mask_column}
     used.update(c for cols in (boxes or {}).values() for c in cols)
     extra = _columns(rows, header, columns, used, where)
@@ -551,6 +553,8 @@ def _own_labels(
         )
     classes = sorted(set(raw))
     _refuse_same_looking(raw, classes, label_column, where)
+    if given is None:  # classes= given: case matters, as from_folder takes it
+        _warn_cased(raw, classes, label_column, where)
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in raw], dtype=np.int64), classes
 
@@ -611,6 +615,28 @@ def _refuse_same_looking(raw: list[str], classes: list[str], column: str, where:
             f"{b!r} (line {second}) ({a!a} and {b!a}), {pair[2]}: they would be two "
             "classes that print alike. Write them one way, e.g. "
             "unicodedata.normalize('NFC', label)"
+        )
+
+
+def _warn_cased(raw: list[str], classes: list[str], column: str, where: str) -> None:
+    """Log labels that differ only in letter case (``Cat`` beside ``cat``: annotators'
+    spellings): each is a class of its own, the samples of one class divided between
+    them. Logged, not refused, as ``from_folder`` logs such folders: case may matter
+    (EMNIST-like letters), and ``classes=`` says so."""
+    by_case: dict[str, list[str]] = {}
+    for c in classes:
+        by_case.setdefault(folded(c), []).append(c)
+    cased = [names for names in by_case.values() if len(names) > 1]
+    if cased:
+        logger.warning(
+            "%s: labels in column %r that differ only in letter case are separate classes: "
+            "%s. If each pair is one class, write them one way; if case matters, pass "
+            "classes=[...] to say so",
+            where,
+            column,
+            "; ".join(
+                " and ".join(f"{n!r} (line {raw.index(n) + 2})" for n in names) for names in cased
+            ),
         )
 
 

@@ -236,6 +236,10 @@ class ImageSet:
         self.decoded_as: dict[str, Any] | None = None
         #: files left out because they could not be decoded: (path, reason), filled by to_zarr
         self.skipped: list[tuple[str, str]] = []
+        #: stores this set was written to in another order (to_zarr's order="shuffled", or
+        #: any order for a subset of a store's set): the feed's ``"index"`` of this set is
+        #: no row there, which the feed warns of
+        self.reordered_in: list[str] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
         self.attrs: dict[str, Any] = {}
         #: the opened store (:class:`daskimg.store.open.OpenedStore`) this set was read from,

@@ -452,8 +452,10 @@ def _check_inside(
 ) -> None:
     """Raise if a box has nothing inside its image: it was given in another frame (the
     stored size, the picture before its EXIF rotation, another image's), and would be
-    stored as NaN — a box silently lost. A box that only reaches past an edge is clipped
-    later, as ``resize="crop"`` clips; NaN (no box) and files that failed pass."""
+    stored as NaN — a box silently lost; or if one reaches far past an edge (more than
+    :data:`FAR_PAST` of the side: drawn on the picture before its rotation, or on a larger
+    copy), which clipping would silently cut. A box that reaches a little past an edge is
+    clipped later, as ``resize="crop"`` clips; NaN (no box) and files that failed pass."""
     if sizes.ndim != 2 or sizes.shape[1] != 2 or not len(source):
         return
     h, w = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
@@ -467,6 +469,32 @@ def _check_inside(
             "boxes are x0, y0, x1, y1 in the source image's pixels as a viewer shows it. "
             "Correct the box, or leave its four values empty (NaN) for an image without one"
         )
+    far = _far_past(source, w, h) & (h > 0)
+    if far.any():
+        i = int(np.flatnonzero(far)[0])
+        box = ", ".join(f"{v:g}" for v in source[i])
+        raise ValueError(
+            f"{paths[i]!r}: box {name!r} ({box}) reaches far past the image, which is "
+            f"{int(w[i])} x {int(h[i])} pixels (width x height) after its EXIF orientation "
+            f"({int(far.sum())} such boxes in this block); it would be cut to the image. "
+            "Boxes are x0, y0, x1, y1 in the source image's pixels as a viewer shows it: a box "
+            "drawn on the picture before its EXIF rotation, or on a larger copy, is in another "
+            "frame. If the boxes reach past the edges on purpose, clip them to each image first"
+        )
+
+
+#: how far past an edge a box may reach before it is taken for another frame's: a tenth of
+#: the image's side (annotators' boxes overshoot by a few pixels), and at least 2 pixels
+FAR_PAST = 0.1
+
+
+def _far_past(source: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per box: reaching past an edge of its ``w`` x ``h`` image by more than
+    :data:`FAR_PAST` of that side (NaN boxes do not)."""
+    with np.errstate(invalid="ignore"):
+        over_x = np.maximum(-source[:, 0], source[:, 2] - w)
+        over_y = np.maximum(-source[:, 1], source[:, 3] - h)
+        return (over_x > np.maximum(2.0, FAR_PAST * w)) | (over_y > np.maximum(2.0, FAR_PAST * h))
 
 
 def _decode_block(

@@ -181,6 +181,13 @@ def to_zarr(
             attrs["skipped"] = [[str(p), str(r)] for p, r in imageset.skipped]
         write_store(loc, ds, attrs, specs, shard_len, progress=progress)
         imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
+        # the feed's "index" of this set (its rows, or a subset's rows in the store it was
+        # taken from) is no row of the new store: said when fed (feed.source)
+        renumbered = order == "shuffled" and len(imageset) > 1
+        if (renumbered or imageset.store_rows is not None) and (
+            loc.target not in imageset.reordered_in
+        ):
+            imageset.reordered_in.append(loc.target)
     return loc.target
 
 
