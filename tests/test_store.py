@@ -1352,3 +1352,15 @@ def test_a_stray_broken_link_beside_a_folder_stores_keys_is_not_read(tmp_path):
     di.to_zarr(di.ImageSet(np.zeros((4, 2, 2, 3), np.uint8), [0, 1, 0, 1]), path, chunks=2)
     (path / ".#zarr.json").symlink_to("user@host.1234")
     assert len(di.open_zarr(path)) == 4 and verify(path) == []
+
+
+def test_a_zarr_json_claiming_gigabytes_is_refused_before_it_is_read(tmp_path, indexed_set):
+    # a damaged size (a sparse 3 GiB labels/zarr.json) was read whole: 2 GiB filled before
+    # any check, a bare MemoryError under a memory limit, and verify raised it
+    store = tmp_path / "s.zarr"
+    di.to_zarr(indexed_set, store)
+    os.truncate(store / "labels" / "zarr.json", 3 << 30)  # sparse: no disk taken
+    with pytest.raises(MetadataError, match=r"labels/zarr\.json claims 3,221,225,472 bytes"):
+        di.open_zarr(store)
+    problems = verify(store)
+    assert problems and "labels/zarr.json claims" in problems[0].message

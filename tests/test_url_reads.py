@@ -12,6 +12,8 @@ import itertools
 import multiprocessing
 import pickle
 import re
+import socket
+import struct
 import sys
 import threading
 import zlib
@@ -45,6 +47,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         srv.requests.append((self.command, self.path, rng))
         srv.headers_seen.append(dict(self.headers))
+        if srv.fail_all > 0:  # every answer an error, the size asked for (HEAD) too
+            srv.fail_all -= 1
+            self._send(srv.fail_status, b"", {"Retry-After": "0"})
+            return
         if rng and srv.fail_ranged > 0:  # a server error, as a busy server gives
             srv.fail_ranged -= 1
             after = {} if srv.retry_after is None else {"Retry-After": srv.retry_after}
@@ -75,6 +81,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             return
         headers["Content-Range"] = f"bytes {a}-{b}/{len(data)}"
+        if body and srv.cut_ranged > 0:  # a proxy resets the connection mid-answer
+            srv.cut_ranged -= 1
+            self._send(206, data[a : b + 1], headers, body=False)
+            self.wfile.write(data[a : a + 10])
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()  # SO_LINGER 0: a reset, not a clean close
+            return
         self._send(206, data[a : b + 1], headers, body=body)
 
     def _send(self, status: int, data: bytes, headers: dict[str, str], body: bool = True) -> None:
@@ -101,7 +116,7 @@ def server():
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.headers_seen, srv.redirects = {}, [], [], {}
     srv.etags, srv.ignore_range, srv.fail_ranged = True, False, 0
-    srv.fail_status, srv.retry_after = 500, None
+    srv.fail_status, srv.retry_after, srv.fail_all, srv.cut_ranged = 500, None, 0, 0
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -599,3 +614,49 @@ def test_object_storage_refusing_access_names_the_store_and_what_to_check(monkey
         di.to_zarr(di.ImageSet(images), url)
     assert any("writing" in n and url in n for n in e.value.__notes__)
     assert main(["info", url]) == 2  # one line, with the store and what to check
+
+
+@pytest.mark.parametrize("status", [503, 429, 403, 401])
+def test_a_server_failing_while_a_store_is_opened_is_named_not_called_missing(
+    tmp_path, server, noisy_set, monkeypatch, status
+):
+    # every failed answer while opening (the size asked for) was "no store at ..." (fsspec
+    # says not found for any status): a busy server, an expired signed URL alike
+    import daskimg.store.ranged as ranged
+    from daskimg.errors import ServerError
+
+    monkeypatch.setattr(ranged, "_BACKOFF", (0.0, 0.0))
+    url = _serve(server, _store(tmp_path, noisy_set))
+    server.fail_status = status
+    if status in (503, 429):
+        server.fail_all = 2  # busy for a moment: asked again, opened
+        np.testing.assert_array_equal(di.open_zarr(url).images.compute(), noisy_set.images)
+        server.fail_all = 10**6
+        with pytest.raises(ServerError, match=rf"HTTP {status} each time.*try again later"):
+            di.open_zarr(url)
+    else:
+        server.fail_all = 10**6
+        with pytest.raises(PermissionError, match=rf"refused access \(HTTP {status}\)"):
+            di.open_zarr(url)
+    server.fail_all = 0
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        di.open_zarr(server.base + "/other.zarr.zip")  # a 404 is no store
+
+
+def test_a_connection_reset_mid_answer_is_asked_again_then_named(
+    tmp_path, server, noisy_set, small_is_tiny
+):
+    # a reset while the zip's tail was read on opening escaped as a bare
+    # ConnectionResetError naming nothing (a second try would have read it)
+    from daskimg.errors import ServerError
+
+    url = _serve(server, _store(tmp_path, noisy_set))
+    server.cut_ranged = 1
+    ds = di.open_zarr(url)
+    assert server.cut_ranged == 0
+    server.cut_ranged = 1  # a chunk read cut once: read again on a new connection
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+    assert server.cut_ranged == 0
+    server.cut_ranged = 10**6
+    with pytest.raises(ServerError, match=r"s\.zarr\.zip.*reading.*failed.*Connection"):
+        di.open_zarr(url)

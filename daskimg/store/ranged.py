@@ -41,12 +41,23 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from ..errors import ChecksumError, ServerError
+from ..errors import ChecksumError, DaskImgError, ServerError
 
-__all__ = ["KEEP", "SMALL", "SPAN", "RangedObjects", "is_http"]
+__all__ = [
+    "KEEP",
+    "RETRIED",
+    "SMALL",
+    "SPAN",
+    "RangedObjects",
+    "asked_again",
+    "is_http",
+    "status_of",
+]
+
+_T = TypeVar("_T")
 
 #: an object (or zip member) at most this big is fetched whole on first use and kept
 SMALL = 1 << 20
@@ -273,7 +284,7 @@ class RangedObjects:
         headers.setdefault("Accept-Encoding", "identity")
         if etag and not etag.startswith("W/"):
             headers["If-Match"] = etag
-        dropped = busy = 0
+        dropped = busy = cut = 0
         while True:
             conn = _CONNECTIONS.get(url)
             try:
@@ -295,28 +306,42 @@ class RangedObjects:
                 if _pause(busy, r.headers):
                     busy += 1
                     continue
-            break
-        try:
-            if r.status in (301, 302, 303, 307, 308):
-                r.read()
-                return False
-            self._check_response(r, path, start, n, size)
-            for v in views:
-                got = 0
-                while got < len(v):
-                    k = r.readinto(v[got:])
-                    if not k:
-                        raise ChecksumError(
-                            f"{self.where}: {path!r} bytes {start}..{start + n}: the response "
-                            "ended early; open the store again, or re-create it"
-                        )
-                    got += k
-            if r.read(1):
-                raise OSError(f"{self.where}: {path!r}: the server sent more than was asked")
-        except BaseException:
-            _CONNECTIONS.drop(url)  # what is left on the connection is unknown
-            raise
-        return True
+            try:
+                if r.status in (301, 302, 303, 307, 308):
+                    r.read()
+                    return False
+                self._check_response(r, path, start, n, size)
+                self._read_body(r, path, start, n, views)
+            except DaskImgError:
+                _CONNECTIONS.drop(url)  # what is left on the connection is unknown
+                raise
+            except (OSError, http.client.HTTPException) as e:
+                # the connection cut mid-answer (reset by a proxy, timed out): the bytes are
+                # not in question; asked once more on a new connection, then said so
+                _CONNECTIONS.drop(url)
+                cut += 1
+                if cut == 2:
+                    raise self._unreached(path, start, n, e) from e
+                continue
+            except BaseException:
+                _CONNECTIONS.drop(url)
+                raise
+            return True
+
+    def _read_body(self, r: Any, path: str, start: int, n: int, views: list[memoryview]) -> None:
+        """Read a checked 206 answer ``r`` into ``views``: exactly ``n`` bytes, or an error."""
+        for v in views:
+            got = 0
+            while got < len(v):
+                k = r.readinto(v[got:])
+                if not k:
+                    raise ChecksumError(
+                        f"{self.where}: {path!r} bytes {start}..{start + n}: the response "
+                        "ended early; open the store again, or re-create it"
+                    )
+                got += k
+        if r.read(1):
+            raise ServerError(f"{self.where}: {path!r}: the server sent more than was asked")
 
     def _check_response(self, r: Any, path: str, start: int, n: int, size: int | None) -> None:
         status = r.status
@@ -360,6 +385,34 @@ class RangedObjects:
             "server failed to answer, which says nothing about the stored bytes; try again "
             "later"
         )
+
+
+def asked_again(call: Callable[[], _T]) -> _T:
+    """``call()``, asked again after a pause while it fails with a server's "ask again
+    later" (429, 5xx: :func:`status_of`), as a ranged read is; the last failure raised."""
+    busy = 0
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if status_of(e) not in _RETRY or not _pause(busy, _headers(e.__cause__ or e)):
+                raise
+            busy += 1
+
+
+def status_of(e: BaseException | None) -> int | None:
+    """The HTTP status of an fsspec error, or of the error fsspec's "not found" wraps (its
+    HTTP file system raises ``FileNotFoundError`` for every failed answer), or None."""
+    if e is None:
+        return None
+    status = _status(e)
+    if status is None and isinstance(e, FileNotFoundError) and e.__cause__ is not None:
+        status = _status(e.__cause__)
+    return status
+
+
+#: answers asked again by :func:`asked_again`
+RETRIED = _RETRY
 
 
 def _pause(busy: int, headers: Any) -> bool:

@@ -36,6 +36,11 @@ from .locate import MISSING, ChunkLocator
 __all__ = ["ArrayLayout", "RawChunk", "StoreReader"]
 
 
+#: the most bytes a ``zarr.json`` may take (a root's chunk tables for a million samples
+#: take about 1 MiB): larger, it is damage, refused before it is read
+MAX_JSON = 256 << 20
+
+
 class StoreReader:
     """Reads chunks of a daskimg store along axis 0, checked, from wherever it lives.
 
@@ -96,6 +101,13 @@ class StoreReader:
         """Bytes of a store key (a range of it with ``start``/``length``); None if missing."""
         if key not in self.source.keys:
             return None
+        if key.rsplit("/", 1)[-1] == "zarr.json" and self.source.size_of(key) > MAX_JSON:
+            # a damaged or crafted size: read whole, it would fill memory before any check
+            raise MetadataError(
+                f"{self.path}: {key} claims {self.source.size_of(key):,} bytes, more than "
+                f"the {MAX_JSON >> 20} MiB a store's metadata may take; the store's metadata "
+                "is damaged — re-create the store"
+            )
         return self.source.read(key, start, length)
 
     def json(self, key: str) -> Any:

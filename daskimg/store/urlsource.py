@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ChecksumError, ServerError
 from .bytesource import ByteSource, zip_members
-from .ranged import KEEP, SMALL, SPAN, RangedObjects, is_http
+from .ranged import KEEP, RETRIED, SMALL, SPAN, RangedObjects, asked_again, is_http, status_of
 
 __all__ = ["ZIP_TAIL", "RemoteDir", "RemoteZip", "open_url_source"]
 
@@ -49,9 +49,22 @@ class RemoteZip(ByteSource):
         self.objects = RangedObjects(fs, url)
         if state is None:
             try:
-                info = fs.info(key)
+                info = asked_again(lambda: fs.info(key))  # 429, 5xx: asked again, as reads are
             except FileNotFoundError as e:
                 cause = e.__cause__
+                status = status_of(e)
+                if status in RETRIED:
+                    raise ServerError(
+                        f"{url!r}: the server answered HTTP {status} each time it was asked "
+                        "for the store's size: it failed to answer, which says nothing about "
+                        "the store; try again later"
+                    ) from cause
+                if status in (401, 403):
+                    raise PermissionError(
+                        f"{url!r}: the server refused access (HTTP {status}): check the "
+                        "credentials given (storage_options=...) or, for a signed URL, that it "
+                        "has not expired"
+                    ) from cause
                 if cause is not None and _unreached(cause):
                     # fsspec's HTTP file system says "not found" for a server it could not
                     # reach at all (connection refused): that is no missing store
