@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .errors import ChecksumError
 from .feed.batches import INDEX, auto_scale
 from .feed.checks import called_from
-from .feed.iterator import BatchIterator, Transform, check_state
+from .feed.iterator import BatchIterator, Transform, check_state, warn_uneven_share
 from .feed.shuffle import num_batches
 from .remote import anchored
 
@@ -31,6 +31,18 @@ logger = logging.getLogger("daskimg")
 
 #: DataLoader workers per process whose epochs the shared table can follow
 MAX_WORKERS = 1024
+#: DataLoaders of up to this many workers count their epochs in rows of their own, one
+#: block per worker count: two DataLoaders of one dataset with 2 and 1 workers (a train
+#: loop and a train-set evaluation) shared worker 0's row, whose count then ran ahead of
+#: worker 1's, and their epochs repeated and missed samples
+GROUPED = 16
+
+
+def _slot(worker: int, workers: int) -> int:
+    """The epoch table's slot of DataLoader worker ``worker`` of ``workers`` (0: no workers)."""
+    if workers > GROUPED:
+        return 1 + worker
+    return 1 + MAX_WORKERS + workers * (workers - 1) // 2 + worker
 
 
 class _Epochs:
@@ -40,7 +52,7 @@ class _Epochs:
     forkserver receive it through torch's pickler; a plain pickle or deepcopy gets a private
     copy). Row 0 is ``(epoch given to set_epoch, number of set_epoch calls)``; row ``1 + s`` is
     ``(epoch of slot s's last iteration, set_epoch calls it had seen)``, slot 0 being the process
-    itself and slot ``1 + w`` its DataLoader worker ``w``.
+    itself and the others its DataLoader workers, a block per worker count (:func:`_slot`).
 
     An iteration follows the epoch last given to ``set_epoch`` if that call came after the
     slot's previous iteration, else the slot's previous epoch + 1. So with ``set_epoch`` before
@@ -50,7 +62,7 @@ class _Epochs:
 
     def __init__(self, epoch: int = 0, *, shared: bool = True) -> None:
         self.owner = os.getpid()
-        table = torch.zeros((2 + MAX_WORKERS, 2), dtype=torch.int64)
+        table = torch.zeros((2 + MAX_WORKERS + GROUPED * (GROUPED + 1) // 2, 2), dtype=torch.int64)
         table[0, 0] = epoch
         table[1:, 0] = -1
         self.table = table.share_memory_() if shared else table
@@ -309,6 +321,16 @@ class TorchDataset(IterableDataset):
                 "its index (ArrayWriter(..., mode='a').append(preds, index=index))"
             )
         rank, world = self._ranks()
+        if world > 1 and self._even(world) and self._kw["shuffle"]:
+            # said here, in the main process, so that forked workers do not say it again
+            warn_uneven_share(
+                self._settings["num_samples"],
+                self._settings["chunk_len"],
+                world,
+                batch_size=self._kw["batch_size"],
+                drop_last=self._kw["drop_last"],
+                where=repr(self.source if isinstance(self.source, str) else "the source"),
+            )
         return num_batches(
             self._settings["num_samples"],
             self._settings["chunk_len"],
@@ -495,7 +517,7 @@ class TorchDataset(IterableDataset):
                     "TorchDataset and its DataLoader again"
                 )
             self._it, self._it_key = it, key
-        return self._it, 0 if info is None else 1 + worker
+        return self._it, 0 if info is None else _slot(worker, workers)
 
     def _batches(self, it: BatchIterator) -> Generator[tuple[Any, ...], None, None]:
         names = it.arrays

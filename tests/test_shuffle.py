@@ -21,6 +21,7 @@ from daskimg.feed.shuffle import (
     chunk_bounds,
     chunk_order,
     epoch_rng,
+    even_cost,
     num_batches,
     plan_epoch,
     split_consumer,
@@ -646,3 +647,27 @@ def test_a_consumer_with_few_samples_pads_from_other_chunks_not_one_sample(
     assert len(set(counts)) == 1  # even: every consumer the same number
     assert set(seen) == set(range(n)) or drop_last  # every sample, without drop_last
     assert max(seen.values()) <= (2 if workers == 1 else 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 400),
+    chunk=st.integers(1, 120),
+    consumers=st.integers(2, 5),
+    batch=st.integers(1, 50),
+    drop=st.booleans(),
+)
+def test_even_cost_counts_what_the_plans_repeat_and_leave_out(n, chunk, consumers, batch, drop):
+    # oracle: every consumer's plan, built, counted against the store's samples
+    yielded = sum(
+        sum(
+            len(b)
+            for b in plan_epoch(
+                n, chunk, batch_size=batch, seed=3, epoch=1, num_consumers=consumers,
+                consumer=k, even=True, drop_last=drop,
+            ).batches
+        )
+        for k in range(consumers)
+    )  # fmt: skip
+    repeated, left_out = even_cost(n, chunk, consumers, batch_size=batch, drop_last=drop)
+    assert repeated == max(0, yielded - n) and left_out == max(0, n - yielded)

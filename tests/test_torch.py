@@ -578,3 +578,59 @@ def test_casts_that_change_integers_are_refused_whatever_their_types():
     ):
         out = _cast(torch.tensor(values, dtype=src), dst, "images")
         np.testing.assert_array_equal(out.numpy(), torch.tensor(values, dtype=src).to(dst).numpy())
+
+
+def test_ddp_ranks_of_a_small_image_store_each_read_their_share(tmp_path, caplog):
+    # 2,000 32x32 images went into one 8 MiB chunk by default: both of 2 ranks read all of
+    # it, batch for batch the same without workers, with no word
+    import logging
+
+    import dask.array as da
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
+    ds = di.ImageSet(
+        da.from_array(pixels, chunks=500), rng.integers(0, 2, 2000), classes=["a", "b"]
+    )
+    path = di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    stored = plain_group(path)
+    assert stored["images"].chunks[0] < 2000 // 4  # several chunks for each rank
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        for rank in range(2):
+            part = TorchDataset(path, batch_size=64, arrays=("index",), rank=rank, world_size=2)
+            seen.append(np.concatenate([b[0].numpy() for b in DataLoader(part, batch_size=None)]))
+    assert "chunk by chunk" not in caplog.text
+    assert len(seen[0]) == len(seen[1]) and len(seen[0]) <= 1000 * 1.05  # N / 2, few repeats
+    assert set(seen[0].tolist()) | set(seen[1].tolist()) == set(range(2000))
+    shared = set(seen[0].tolist()) & set(seen[1].tolist())
+    assert len(shared) <= 0.05 * 2000
+    # a store of one chunk (chunks= given): said, with the fix, once
+    one = di.to_zarr(ds, tmp_path / "one.zarr.zip", chunks=2000)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        for rank in range(2):
+            part = TorchDataset(one, batch_size=64, rank=rank, world_size=2)
+            assert len(part) == 32  # each rank all 2,000 samples
+            next(iter(DataLoader(part, batch_size=None)))
+    said = [r for r in caplog.records if "chunk by chunk" in r.getMessage()]
+    assert len(said) == 1 and "repeats 2,000 samples (100% more" in said[0].getMessage()
+    assert "chunks=62" in said[0].getMessage()
+
+
+@pytest.mark.parametrize("eval_workers", [1, 3])
+def test_two_dataloaders_of_one_dataset_with_other_worker_counts_keep_whole_epochs(
+    store, stored, eval_workers
+):
+    # a train loop (2 persistent workers) and a train-set evaluation (1 worker) of one
+    # TorchDataset, no set_epoch (as under Lightning): their worker 0 shared an epoch count,
+    # so the training epochs after the first repeated samples and missed others (204 of 300)
+    ds = TorchDataset(store, batch_size=10, arrays=("images", "index"))
+    train = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    other = DataLoader(ds, batch_size=None, num_workers=eval_workers, persistent_workers=True)
+    orders = []
+    for _ in range(3):
+        epoch = np.concatenate(_index(train, stored))
+        assert sorted(epoch.tolist()) == list(range(N))  # each sample once
+        assert sorted(np.concatenate(_index(other, stored)).tolist()) == list(range(N))
+        orders.append(epoch.tolist())
+    assert orders[0] != orders[1] != orders[2]  # a new order each epoch

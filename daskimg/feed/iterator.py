@@ -8,6 +8,7 @@ straight into their batches) is :mod:`daskimg.feed.runner`.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import operator
@@ -21,7 +22,7 @@ import numpy as np
 from .checks import check_at_least, check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
-from .shuffle import batch_rng, num_batches, plan_epoch
+from .shuffle import batch_rng, even_cost, num_batches, plan_epoch
 from .source import FeedSource
 
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
@@ -37,6 +38,55 @@ _SHARE = (
     "worker",
     "num_workers",
 )
+
+
+logger = logging.getLogger("daskimg")
+
+#: (N, chunk_len, consumers, drop_last) already warned of in this process
+_WARNED_UNEVEN: set[tuple[Any, ...]] = set()
+
+
+def warn_uneven_share(
+    n: int,
+    chunk_len: int,
+    num_consumers: int,
+    *,
+    batch_size: int,
+    drop_last: bool,
+    where: str,
+) -> None:
+    """Log, once per process and store, that sharing an epoch chunk by chunk among
+    ``num_consumers`` DDP ranks with even batch counts repeats or leaves out more than a
+    twentieth of the samples (:func:`~daskimg.feed.shuffle.even_cost`): a store of few
+    chunks, each rank doing the work of the largest share."""
+    repeated, left_out = even_cost(
+        n, chunk_len, num_consumers, batch_size=batch_size, drop_last=drop_last
+    )
+    if max(repeated, left_out) <= max(n // 20, 1):
+        return
+    key = (n, chunk_len, num_consumers, drop_last)  # (a TorchDataset names the store otherwise)
+    if key in _WARNED_UNEVEN:
+        return
+    _WARNED_UNEVEN.add(key)
+    chunks = -(-n // chunk_len)
+    what = (
+        f"repeats {repeated:,} samples ({repeated / n:.0%} more than it holds)"
+        if repeated
+        else f"leaves out {left_out:,} samples ({left_out / n:.0%})"
+    )
+    logger.warning(
+        "%s holds %d samples in %d chunk(s) of %d; shared among %d ranks chunk by chunk, with "
+        "the same batch count on each (even=True, needed by DDP), every epoch %s. Write the "
+        "store with smaller chunks, so that each rank gets many: "
+        "di.to_zarr(di.open_zarr(old), new, chunks=%d)",
+        where,
+        n,
+        chunks,
+        chunk_len,
+        num_consumers,
+        what,
+        max(1, n // (16 * num_consumers)),
+    )
 
 
 class BatchIterator:
@@ -162,6 +212,15 @@ class BatchIterator:
         self._busy: set[int] = set()
         self._pool_lock = threading.Lock()
         self._runner = PlanRunner(self.source)  # reads, fills and assembles the batches
+        if self.num_consumers > 1 and self.even and self.shuffle and self.worker == 0:
+            warn_uneven_share(
+                self.source.n,
+                self.source.chunk_len,
+                self.num_consumers,
+                batch_size=self.batch_size,
+                drop_last=self.drop_last,
+                where=repr(self.source.identity["path"] or "the source"),
+            )
 
     # -- public -----------------------------------------------------------------------
     @property

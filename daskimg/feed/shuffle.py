@@ -54,6 +54,7 @@ __all__ = [
     "chunk_bounds",
     "chunk_order",
     "epoch_rng",
+    "even_cost",
     "num_batches",
     "plan_epoch",
     "split_consumer",
@@ -221,6 +222,28 @@ def _samples_per_consumer(num_samples: int, chunk_len: int, num_consumers: int) 
         # the last chunk, possibly short, sits last in the order: position C - 1
         sizes[(num_chunks - 1) % num_consumers] -= num_chunks * chunk_len - num_samples
     return sizes
+
+
+def even_cost(
+    num_samples: int, chunk_len: int, num_consumers: int, *, batch_size: int, drop_last: bool
+) -> tuple[int, int]:
+    """``(repeated, left_out)``: samples an epoch shared chunk by chunk among
+    ``num_consumers`` with ``even=True`` (and ``shuffle``) yields twice, and leaves out
+    (``drop_last``: every consumer cut to the smallest share's full batches), across the
+    consumers. Large when chunks are few per consumer.
+
+    >>> even_cost(2000, 2000, 2, batch_size=64, drop_last=False)  # one chunk: all of it again
+    (2000, 0)
+    >>> even_cost(2000, 341, 2, batch_size=64, drop_last=False)  # 3 chunks each, one short
+    (46, 0)
+    """
+    n_samples = check_count("num_samples", num_samples)
+    length = check_positive("chunk_len", chunk_len)
+    _, n = check_consumer(0, num_consumers)
+    yielded = sum(
+        _consumer_samples(n_samples, length, c, n, True, batch_size, drop_last)[1] for c in range(n)
+    )
+    return max(0, yielded - n_samples), max(0, n_samples - yielded)
 
 
 def _consumer_samples(

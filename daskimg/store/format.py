@@ -63,6 +63,11 @@ FORMAT_VERSION = 1
 ATTRS_CRC = "attrs_crc32c"
 #: uncompressed bytes aimed at per chunk (the unit the loader reads) and per shard (one write task)
 CHUNK_BYTES = 8 * 2**20
+#: chunks a store is cut into at least, where chunks stay at least ``MIN_CHUNK_BYTES``: DDP
+#: ranks share an epoch chunk by chunk, and a rank with a chunk fewer pads with repeats (a
+#: 2,000-image store in one 8 MiB chunk gave both of 2 ranks all of it, batch for batch)
+MIN_CHUNKS = 128
+MIN_CHUNK_BYTES = 2**20
 SHARD_CHUNKS = 8
 
 
@@ -92,9 +97,17 @@ def versions() -> dict[str, str]:
 
 
 def auto_chunk_len(sample_shape: Sequence[int], dtype: Any, n: int) -> int:
-    """Samples per chunk: about ``CHUNK_BYTES`` uncompressed, at least 1, at most ``n``."""
-    per = int(np.prod(sample_shape)) * np.dtype(dtype).itemsize
-    return max(1, min(max(n, 1), CHUNK_BYTES // max(per, 1)))
+    """Samples per chunk: about ``CHUNK_BYTES`` uncompressed, fewer where that leaves fewer
+    than ``MIN_CHUNKS`` chunks (down to ``MIN_CHUNK_BYTES`` a chunk); at least 1, at most ``n``.
+
+    >>> auto_chunk_len((224, 224, 3), "uint8", 1_000_000), auto_chunk_len((224, 224, 3), "uint8", 1000)
+    (55, 8)
+    >>> auto_chunk_len((32, 32, 3), "uint8", 2000), auto_chunk_len((8, 8, 3), "uint8", 40)
+    (341, 40)
+    """
+    per = max(int(np.prod(sample_shape)) * np.dtype(dtype).itemsize, 1)
+    spread = max(-(-n // MIN_CHUNKS), MIN_CHUNK_BYTES // per)
+    return max(1, min(max(n, 1), CHUNK_BYTES // per, spread))
 
 
 def dimension_names(name: str, ndim: int, *, box: bool = False) -> list[str]:

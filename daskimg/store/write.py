@@ -101,7 +101,8 @@ def to_zarr(
         fsspec; see :mod:`daskimg.store.location` for how that stays crash-safe.
     chunks
         Samples per chunk — the unit the loader reads at once. Default: about 8 MiB of
-        uncompressed pixels.
+        uncompressed pixels, less (down to 1 MiB) where that would leave fewer than 128
+        chunks: DDP ranks share an epoch chunk by chunk, so each should get many.
     shard_chunks
         Chunks per shard (one write task, one file in a ``*.zarr`` folder). Default 8.
     codec
