@@ -815,3 +815,60 @@ def test_an_unreadable_system_folder_in_src_does_not_stop_an_ingest(tmp_path, mo
     monkeypatch.setattr(os, "listdir", guarded)
     assert main(["ingest", str(src), str(tmp_path / "out"), "--size", "8", "8"]) == 0
     assert di.open_zarr(tmp_path / "out" / "train.zarr.zip").classes == ("cat", "dog")
+
+
+def test_two_ingests_into_one_out_at_once_are_refused(tmp_path, image_folder, capsys):
+    # train/valid from one SRC and test from another, into one OUT at once: each checked
+    # OUT's earlier stores before either had written, and OUT held both runs' stores
+    from daskimg.store.location import write_lock
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from daskimg.store.location import write_lock\n"
+         f"with write_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another ingest into OUT
+        assert main(["ingest", str(image_folder), str(out), "--size", "8", "8"]) == 2
+        err = capsys.readouterr().err
+        assert "another process is writing" in err and "out.lock" in err
+        assert not out.exists() or not any(out.iterdir())  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["ingest", str(image_folder), str(out), "--size", "8", "8"]) == 0
+    with write_lock(str(out)):  # let go once done (one still held here would be refused)
+        pass
+
+
+def test_a_kept_split_reports_what_its_store_left_out(tmp_path, image_folder, capsys):
+    # a re-run kept the stores and printed 0 skipped, and no 'skipped' line, for the split
+    # whose store had left a file out
+    (image_folder / "ant" / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    argv = ["ingest", str(image_folder), str(out), "--size", "8", "8", "--on-error", "skip"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "kept" in again
+    stored = [
+        (s, p)
+        for s in ("train", "valid", "test")
+        for p, _ in di.open_zarr(out / f"{s}.zarr.zip").skipped
+    ]
+    assert len(stored) == 1
+    line = f"skipped ({stored[0][0]}): ant/bad.png"
+    assert line in first and line in again
+
+
+@pytest.mark.parametrize("name", ["run1.zarr", "run1.zarr.zip", "run1.zarr/"])
+def test_ingest_out_named_like_a_store_is_refused(tmp_path, image_folder, capsys, name):
+    # the folder of split stores, named run1.zarr, was read by info and verify as one store
+    # and called damaged
+    out = str(tmp_path / name)
+    assert main(["ingest", str(image_folder), out, "--size", "8", "8"]) == 2
+    assert "named like a store" in capsys.readouterr().err
+    assert not os.path.exists(out)

@@ -934,3 +934,29 @@ def test_an_unmarked_pyramid_with_odd_sides_reads_its_picture(tmp_path):
     path = tmp_path / "pyramid.tif"
     first.save(path, save_all=True, append_images=[first.resize((51, 51)), first.resize((26, 26))])
     np.testing.assert_array_equal(decode_file(path, DecodeSpec((101, 101))), np.asarray(first))
+
+
+def test_a_jpeg_libjpeg_calls_damaged_is_named_in_a_warning(tmp_path, caplog):
+    # 8 bytes overwritten mid-file: libjpeg (through the fast path) reported it, handed it
+    # to Pillow, which decoded half the picture as garbage without a word
+    import io
+    import logging
+
+    rng = np.random.default_rng(0)
+    good = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, "JPEG")
+    data = bytearray(good.getvalue())
+    data[len(data) // 2 : len(data) // 2 + 8] = bytes(8)
+    (tmp_path / "bad.jpg").write_bytes(bytes(data))
+    (tmp_path / "good.jpg").write_bytes(good.getvalue())
+    spec = DecodeSpec(size=(32, 32), draft=False)  # (Pillow's plain decode as the oracle)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        got = decode_file(tmp_path / "bad.jpg", spec)
+    assert "bad.jpg" in caplog.text and "libjpeg reports damage" in caplog.text
+    with Image.open(tmp_path / "bad.jpg") as im:  # what Pillow decodes: kept as the oracle
+        oracle = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR))
+    np.testing.assert_array_equal(got, oracle)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        decode_file(tmp_path / "good.jpg", spec)
+    assert "damage" not in caplog.text

@@ -250,3 +250,28 @@ def test_processes_scheduler_ingest_equals_threads(tmp_path, image_folder):
         di.to_zarr(ds, tmp_path / "procs.zarr.zip", chunks=3, shard_chunks=2, seed=4)
     _same(tmp_path / "local.zarr.zip", tmp_path / "procs.zarr.zip")
     assert not (tmp_path / "procs.zarr.zip.partial").exists()
+
+
+def test_workers_dying_on_a_file_name_its_chunk_files(tmp_path):
+    # a 9000 x 9000 PNG (0.3 MB on disk, 243 MB decoded) kills every worker that decodes it
+    # (memory limit): the client's KilledWorker named a task key, no file
+    from PIL import Image
+
+    src = tmp_path / "src"
+    di.testing.make_image_folder(src, n=8, classes=("a", "b"))
+    Image.new("RGB", (9000, 9000), (10, 200, 30)).save(src / "a" / "huge.png")
+    ds = di.from_folder(src, size=(32, 32))
+    out = tmp_path / "out.zarr.zip"
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, memory_limit="350MB",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster),
+        pytest.raises(distributed.scheduler.KilledWorker) as caught,
+    ):  # fmt: skip
+        di.to_zarr(ds, out, chunks=4, order="source")  # huge.png: sample 4, chunk 1
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "the workers died" in notes and "chunk 1: " in notes and "huge.png" in notes
+    assert not out.exists()

@@ -54,12 +54,19 @@ def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
 
 def ingest(args: argparse.Namespace) -> int:
     from ..read.folder import from_folder
-    from ..store.location import Location
-    from ..store.write import BEFORE_PUBLISH, check_writable, to_zarr
-    from ..storeinfo import info
+    from ..store.write import check_writable
 
     t0 = time.perf_counter()
     opts = args.storage_options
+    name = args.out.rstrip("/").rsplit("/", 1)[-1]
+    if name.endswith((".zarr", ".zarr.zip")):
+        # the folder of the split stores would look like a store itself: info and verify
+        # read it as one, and called it damaged
+        raise ValueError(
+            f"OUT {args.out!r} is named like a store; ingest writes one store per split into "
+            f"the folder OUT ({args.out.rstrip('/')}/train.zarr.zip, ...). Name the folder "
+            "without .zarr"
+        )
     _refuse_out_holding_images(args.src, args.out, opts)
     try:
         ds = from_folder(
@@ -118,6 +125,38 @@ def ingest(args: argparse.Namespace) -> int:
     for name in written:  # what to_zarr refuses (a file name that is not UTF-8), before any
         check_writable(parts[name])  # split is decoded: not after train was written
 
+    # one ingest into OUT at a time: each checks OUT's earlier stores, then writes its own;
+    # two at once (train/valid from one SRC, test from another) both passed the check and
+    # left their stores side by side
+    with contextlib.nullcontext() if is_url(args.out) else _out_lock(args.out):
+        return _write_splits(args, parts, written, ext, t0)
+
+
+@contextlib.contextmanager
+def _out_lock(out: str) -> Iterator[None]:
+    """The lock of OUT for a whole ingest: ``<OUT>.lock`` beside it, or, where OUT's parent
+    cannot be written (OUT made for this user in a folder that is not theirs), a hidden
+    ``.daskimg-ingest.lock`` inside it."""
+    from ..store.location import write_lock
+
+    path = os.path.abspath(out).rstrip(os.sep) or os.sep
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    if not os.access(parent, os.W_OK) and os.path.isdir(path):
+        path = os.path.join(path, ".daskimg-ingest")
+    with write_lock(path):
+        yield
+
+
+def _write_splits(
+    args: argparse.Namespace, parts: dict[str, Any], written: set[str], ext: str, t0: float
+) -> int:
+    """Write the splits of an ingest into OUT, held by this process alone."""
+    from ..store.location import Location
+    from ..store.write import BEFORE_PUBLISH, to_zarr
+    from ..storeinfo import info
+
+    opts = args.storage_options
     stale, earlier = _earlier_stores(args.out, [*parts, *SPLIT_NAMES], written, ext, opts)
     if stale and not args.overwrite:
         raise StoreExistsError(
@@ -199,15 +238,21 @@ def ingest(args: argparse.Namespace) -> int:
                         print(f"removed {old}: a store of an earlier run (--overwrite)")
             summary = info(target, storage_options=so)
             img = summary["arrays"]["images"]
+            # a kept store was not decoded again: what it left out is on its record
+            skipped = (
+                [(str(p), str(r)) for p, r in summary["attrs"].get("skipped") or []]
+                if kept.get(name)
+                else part.skipped
+            )
             rows.append(
                 (
                     name,
                     summary["attrs"]["num_samples"],
-                    len(part.skipped),
+                    len(skipped),
                     summary["file_bytes"],
                     img["ratio"],
                     time.perf_counter() - t,
-                    part.skipped,
+                    skipped,
                 )
             )
     for target in stale:  # only now (or, with --overwrite, after the first store written)

@@ -110,11 +110,14 @@ Errors
 ------
 Missing, empty, non-image, truncated or corrupt files, unsupported modes and
 decompression bombs raise :class:`~daskimg.errors.DecodeError` naming the file;
-a bad file never yields a zero-filled sample.
+a bad file never yields a zero-filled sample. A JPEG whose data libjpeg reports damaged
+but decodes past (as Pillow and image viewers do: bytes overwritten mid-file, stray bytes
+before its end) is decoded so and named in a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import KW_ONLY, dataclass
@@ -131,6 +134,8 @@ from .resample import resize_into
 from .volumes import VOLUME_DTYPES, volume_into
 
 __all__ = ["DecodeSpec", "decode_file", "decode_image", "decode_into", "decode_volume"]
+
+logger = logging.getLogger("daskimg")
 
 #: the dtypes of images; volumes take any of VOLUME_DTYPES
 IMAGE_DTYPES: Final = ("uint8", "uint16", "float32")
@@ -434,6 +439,7 @@ def _image_into(
     """
     if data is None:
         data = read_bytes(path)
+    fastjpeg.damage()  # (none said yet of this file)
     size = _fast_into(data, spec, out)
     if size is not None:
         return size
@@ -444,6 +450,18 @@ def _image_into(
             _array_into(np.asarray(im), spec, out, place)
         finally:
             source.close()
+    said = fastjpeg.damage()
+    if said is not None:
+        # libjpeg decodes on past damage in the data, as Pillow and viewers show it: the
+        # picture may be partly garbage (bytes overwritten mid-file), or whole (stray
+        # bytes before the end marker, which some cameras write). Said, not refused
+        logger.warning(
+            "%r: libjpeg reports damage in the file (%s); it was decoded as Pillow and image "
+            "viewers decode it, which may show garbage in part of the picture. Look at it, "
+            "and remove or replace the file if it is damaged",
+            path,
+            said,
+        )
     return h, w
 
 

@@ -13,13 +13,16 @@ Anything else answers None, and the caller decodes with Pillow: progressive, los
 and arithmetic-coded JPEGs, 12-bit samples, CMYK/YCCK and Adobe RGB, an EXIF (or XMP)
 orientation other than 1, more than one EXIF block, damaged markers, and any file that
 simplejpeg refuses or warns about (``strict``: a truncated or corrupt file goes to
-Pillow, which raises the error daskimg reports, or decodes it as Pillow would).
+Pillow, which raises the error daskimg reports, or decodes it as Pillow would — then
+what libjpeg said of the damage is kept for the caller, :func:`damage`, which names the
+file in a warning).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,7 +32,7 @@ import simplejpeg
 from .resample import rgb_to_l
 from .scratch import scratch
 
-__all__ = ["JpegHeader", "decode", "read_header"]
+__all__ = ["JpegHeader", "damage", "decode", "read_header"]
 
 _SOI: Final = b"\xff\xd8\xff"
 #: baseline and extended sequential Huffman: the frames the fast path takes
@@ -176,7 +179,9 @@ def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.
             # simplejpeg decodes into the start of the buffer, as large as the full picture
             buffer=scratch("jpeg", (h * w * (1 if space == "GRAY" else 3),)),
         )
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError) as e:
+        if str(e).startswith(_DAMAGE):
+            _said.damage = str(e)  # for the caller, once Pillow has decoded it
         return None
     if pixels.shape[:2] != want:
         return None
@@ -185,6 +190,20 @@ def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.
         rgb_to_l(pixels, gray)
         return gray
     return pixels
+
+
+#: libjpeg's words for damage in the data (it decodes on, resynchronising: Pillow takes
+#: the result), as opposed to what simplejpeg does not support
+_DAMAGE: Final = ("Corrupt JPEG data", "Premature end", "Invalid JPEG", "Bogus")
+_said = threading.local()
+
+
+def damage() -> str | None:
+    """What libjpeg said of damage in the file this thread's last :func:`decode` refused
+    (then cleared), or None."""
+    said: str | None = getattr(_said, "damage", None)
+    _said.damage = None
+    return said
 
 
 def _scale_is_unique(w: int, h: int, scale: int) -> bool:

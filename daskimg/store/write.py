@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -584,6 +584,7 @@ def write_arrays(
     streams: list[tuple[list[Any], list[tuple[str | None, ShardEncoder]]]] = []
     forked: tuple[int, list[tuple[Any, ...]], dict[str, ShardEncoder]] | None = None
     files = ds.from_files()
+    files_of: Callable[[int], str] | None = None
     if isinstance(files, FileSource):
         # the arrays that are the files' own (not arrays put in their place) are made by
         # one task per chunk, which decodes the chunk's files and encodes them at once
@@ -596,6 +597,7 @@ def write_arrays(
         if "images" in own and all(k in encoders for k in own):
             token = tokenize(default["images"].name, chunk_len, [encoders[k] for k in own])
             blocks, fused = files.block_args(chunk_len), {k: encoders[k] for k in own}
+            files_of = functools.partial(_files_of, blocks)
             workers = 0 if client is not None else workers_for(files, len(blocks))
             if workers:  # in worker processes of this machine (procpool)
                 forked = (workers, blocks, fused)
@@ -634,7 +636,7 @@ def write_arrays(
         done = [pool.submit(_write_numpy, arr, values) for arr, values in small]
         if streamed:
             assert put is not None
-            _stream_into(client, streams, put, progress=progress)
+            _stream_into(client, streams, put, progress=progress, files_of=files_of)
             for arr, dst in zip(sources, targets, strict=True):  # no encoder: strings, rare
                 _write_numpy(dst, compute_collections(arr, progress=False)[0])
         else:
@@ -657,6 +659,7 @@ def _stream_into(
     put: Callable[[str, list[Any]], None],
     *,
     progress: bool,
+    files_of: Callable[[int], str] | None = None,
 ) -> None:
     """Run the chunk tasks on the cluster; as each encoded chunk arrives, keep it until its
     shard is whole, then write the shard with ``put`` (in this process). ``streams``: the
@@ -679,8 +682,25 @@ def _stream_into(
     shards = ShardAssembler(put)
     try:
         for fut in as_completed(futures):
-            value = client.gather(fut, direct=direct)
             c, fields = where[position[fut.key]]
+            try:
+                value = client.gather(fut, direct=direct)
+            except Exception as e:
+                if type(e).__name__ == "KilledWorker" and files_of is not None:
+                    # (the cluster names its task only): the files of every chunk the dead
+                    # workers held (one of them killed it; the others were there with it)
+                    dead = sorted(
+                        {c} | {where[position[f.key]][0] for f in futures if f.status == "error"}
+                    )
+                    said = "; ".join(f"chunk {d}: {files_of(d)}" for d in dead[:4])
+                    more = f"; and {len(dead) - 4} more chunks" if len(dead) > 4 else ""
+                    e.add_note(
+                        "daskimg: the workers died (killed for memory, e.g. by a very large "
+                        f"image, or a crash in a decoder) while they held {said}{more}; give "
+                        "the workers more memory, or decode those files with "
+                        "dask.config.set(scheduler='sync') to find the one"
+                    )
+                raise
             for field, enc in fields:
                 shards.add(enc, c, value if field is None else value[field])
             fut.release()
@@ -689,6 +709,13 @@ def _stream_into(
     except BaseException:
         client.cancel(futures)
         raise
+
+
+def _files_of(blocks: Sequence[tuple[Any, ...]], c: int) -> str:
+    """The files of chunk ``c`` (its block's paths), for a message: up to 8 named."""
+    paths = [str(p) for p in blocks[c][0]]
+    more = f" and {len(paths) - 8} more" if len(paths) > 8 else ""
+    return ", ".join(paths[:8]) + more
 
 
 def gather_direct(client: Any) -> bool:
