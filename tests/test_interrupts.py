@@ -69,3 +69,31 @@ def test_a_broken_numba_resizes_with_pillow_and_says_so(tmp_path):
     np.testing.assert_array_equal(out["broken"][0], out["numba"][0])  # the same pixels
     assert "the compiled resize failed (AttributeError" in out["broken"][1]
     assert "compiled resize failed" not in out["numba"][1]
+
+
+def test_workers_of_the_processes_scheduler_exit_when_ingest_is_killed(tmp_path):
+    # SIGKILL of `daskimg ingest --scheduler processes` left its worker processes running
+    # for good, each holding its memory
+    psutil = pytest.importorskip("psutil")
+
+    import daskimg as di
+
+    di.testing.make_image_folder(tmp_path / "src", n=300, classes=("x", "y"), size=(220, 260))
+    cmd = [sys.executable, "-m", "daskimg", "ingest", str(tmp_path / "src"), str(tmp_path / "out"),
+           "--size", "200", "200", "--workers", "2", "--codec", "zstd", "--scheduler", "processes"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+        if len(workers) >= 2:
+            break
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the ingest ended before its workers were seen; make it longer"
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} worker processes outlived the killed ingest"

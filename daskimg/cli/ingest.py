@@ -29,7 +29,11 @@ def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
     ``workers``: processes or threads on this machine (dask's ``num_workers``)."""
     import dask
 
-    local = {} if workers is None else {"num_workers": workers}
+    local: dict[str, Any] = {} if workers is None else {"num_workers": workers}
+    if spec == "processes":  # dask's workers exit with this process, killed or not
+        from ..store.procpool import follow_parent
+
+        local["multiprocessing.initializer"] = follow_parent
     if spec in ("auto", "threads", "processes", "sync"):
         with dask.config.set(local if spec == "auto" else {"scheduler": spec, **local}):
             yield

@@ -75,7 +75,7 @@ from .encode import ShardEncoder
 from .malloc import keep_freed_buffers
 from .shardwrite import Given, ShardAssembler, decode_encode
 
-__all__ = ["decoded_blocks", "workers_for", "write_chunks"]
+__all__ = ["decoded_blocks", "follow_parent", "workers_for", "write_chunks"]
 
 #: chunks handed to each worker ahead of the one it is working on
 _AHEAD = 2
@@ -409,6 +409,18 @@ def _start_worker(
     parent = multiprocessing.parent_process()
     waits = [abort_r] if parent is None else [abort_r, parent.sentinel]
     threading.Thread(target=_exit_with, args=(waits,), name="daskimg-parent", daemon=True).start()
+
+
+def follow_parent() -> None:
+    """In a worker process of another pool (dask's ``processes`` scheduler, as its
+    ``multiprocessing.initializer``): exit as soon as the process that started it exits
+    or is killed. (Killed with SIGKILL, an ingest left those workers running, each holding
+    its memory, for good.)"""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with, args=([parent.sentinel],), name="daskimg-parent", daemon=True
+        ).start()
 
 
 def _exit_with(waits: list[int]) -> None:
