@@ -35,7 +35,7 @@ MAX_WORKERS = 1024
 #: block per worker count: two DataLoaders of one dataset with 2 and 1 workers (a train
 #: loop and a train-set evaluation) shared worker 0's row, whose count then ran ahead of
 #: worker 1's, and their epochs repeated and missed samples
-GROUPED = 16
+GROUPED = 64
 
 
 def _slot(worker: int, workers: int) -> int:
@@ -134,8 +134,9 @@ class TorchDataset(IterableDataset):
     resumed from a checkpoint, call
     ``ds.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)`` in
     ``train_dataloader()``: the epoch Lightning trains next; ``self.current_epoch`` is still
-    the last finished one there after a resume, which would repeat its order). Iterating one dataset through DataLoaders with different
-    ``num_workers`` needs ``set_epoch``, or their workers' counts disagree. Augmentations
+    the last finished one there after a resume, which would repeat its order). One dataset
+    may feed DataLoaders with different ``num_workers`` (up to 64): each worker count keeps
+    its own counts. Augmentations
     draw from ``(seed, epoch, batch)``, the batch's index in the rank's epoch.
 
     **DDP.** Rank and world size are looked up when iterating (and by ``len()``): from

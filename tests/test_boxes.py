@@ -1009,13 +1009,14 @@ def test_a_box_reaching_far_past_its_image_is_refused_not_clipped(tmp_path):
     with pytest.raises(ValueError, match=r"a\.jpg'.*box 'bbox' \(220, 40, 390, 200\) reaches far"):
         di.to_zarr(ds, tmp_path / "s.zarr.zip")
     assert not (tmp_path / "s.zarr.zip").exists()
-    # a few pixels past the edge (an annotator's overshoot) is clipped, as before
-    (tmp_path / "near.csv").write_text("path,x0,y0,x1,y1\na.jpg,-6,40,309,420\n")
+    # a few pixels past the edge (an annotator's overshoot), or past the left or top edge
+    # by any amount (no other frame gives negative corners), is clipped, as before
+    (tmp_path / "near.csv").write_text("path,x0,y0,x1,y1\na.jpg,-60,40,309,420\n")
     ds = di.from_csv(
         tmp_path / "near.csv", root=tmp_path, size=(100, 100), boxes=corners, label_column=None
     )
     out = di.to_zarr(ds, tmp_path / "n.zarr.zip")
-    oracle = np.clip([-6, 40, 309, 420], 0, [300, 400, 300, 400]) * np.array(
+    oracle = np.clip([-60, 40, 309, 420], 0, [300, 400, 300, 400]) * np.array(
         [100 / 300, 100 / 400] * 2
     )
     np.testing.assert_allclose(zarr_boxes(out)[0], oracle, rtol=1e-6)

@@ -615,6 +615,12 @@ def test_ddp_ranks_of_a_small_image_store_each_read_their_share(tmp_path, caplog
     said = [r for r in caplog.records if "chunk by chunk" in r.getMessage()]
     assert len(said) == 1 and "repeats 2,000 samples (100% more" in said[0].getMessage()
     assert "chunks=62" in said[0].getMessage()
+    caplog.clear()
+    # what drop_last's partial batches leave out is the batches', not the chunks': not said
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        for rank in range(2):
+            len(TorchDataset(path, batch_size=600, drop_last=True, rank=rank, world_size=2))
+    assert "chunk by chunk" not in caplog.text
 
 
 @pytest.mark.parametrize("eval_workers", [1, 3])

@@ -57,12 +57,17 @@ def warn_uneven_share(
 ) -> None:
     """Log, once per process and store, that sharing an epoch chunk by chunk among
     ``num_consumers`` DDP ranks with even batch counts repeats or leaves out more than a
-    twentieth of the samples (:func:`~daskimg.feed.shuffle.even_cost`): a store of few
-    chunks, each rank doing the work of the largest share."""
+    twentieth of the samples beyond what a sample-by-sample split would
+    (:func:`~daskimg.feed.shuffle.even_cost`): a store of few chunks, each rank doing the
+    work of the largest share; said with the smaller ``chunks=`` to rewrite it with."""
     repeated, left_out = even_cost(
         n, chunk_len, num_consumers, batch_size=batch_size, drop_last=drop_last
     )
-    if max(repeated, left_out) <= max(n // 20, 1):
+    # what a split sample by sample (chunks of 1) would cost too is the batches', not the
+    # chunks' (drop_last's partial batches, as DistributedSampler drops them): not said
+    floor = even_cost(n, 1, num_consumers, batch_size=batch_size, drop_last=drop_last)
+    suggested = max(1, n // (16 * num_consumers))
+    if max(repeated - floor[0], left_out - floor[1]) <= max(n // 20, 1) or suggested >= chunk_len:
         return
     key = (n, chunk_len, num_consumers, drop_last)  # (a TorchDataset names the store otherwise)
     if key in _WARNED_UNEVEN:
@@ -85,7 +90,7 @@ def warn_uneven_share(
         chunk_len,
         num_consumers,
         what,
-        max(1, n // (16 * num_consumers)),
+        suggested,
     )
 
 

@@ -12,8 +12,8 @@ them with exactly the geometry applied to the pixels (:mod:`daskimg.read.geometr
 A stored box is clipped to the part of the sample that holds the picture; a box with
 nothing left inside (cut away by ``"crop"``, or outside its image) becomes NaN in all four
 numbers. (Read from files, a box with nothing inside its source image is an error naming
-the file before it gets here: it was given in another frame; so is one reaching past an
-edge by more than a tenth of the image's side.) NaN boxes (a sample without one) stay NaN. :func:`to_source` maps stored boxes
+the file before it gets here: it was given in another frame; so is one reaching past its
+right or bottom edge by more than a tenth of the image's side and 8 pixels.) NaN boxes (a sample without one) stay NaN. :func:`to_source` maps stored boxes
 back, given each sample's ``source_size``.
 """
 

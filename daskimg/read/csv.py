@@ -99,8 +99,8 @@ def from_csv(
         They are moved into the stored image's pixel frame with exactly the geometry
         applied to the pixels (``resize`` and DCT draft scaling alike); a box cut by
         ``resize="crop"`` is clipped, and one wholly outside the stored picture becomes
-        NaN; one with nothing inside its source image, or reaching past its edge by more
-        than a tenth of the side, is an error naming the file (it was given in another
+        NaN; one with nothing inside its source image, or reaching past its right or
+        bottom edge by more than a tenth of the side (and 8 pixels), is an error naming the file (it was given in another
         frame), also with ``on_error="skip"``. Boxes within 0..1 (fractions) are named
         in a warning. Empty cells (all four) give a NaN box: a sample without one. The result is a
         lazy ``(N, 4)`` float32 column named in ``ds.boxes``; :func:`daskimg.read.boxes.to_source`

@@ -452,9 +452,9 @@ def _check_inside(
 ) -> None:
     """Raise if a box has nothing inside its image: it was given in another frame (the
     stored size, the picture before its EXIF rotation, another image's), and would be
-    stored as NaN — a box silently lost; or if one reaches far past an edge (more than
-    :data:`FAR_PAST` of the side: drawn on the picture before its rotation, or on a larger
-    copy), which clipping would silently cut. A box that reaches a little past an edge is
+    stored as NaN — a box silently lost; or if one reaches far past the right or bottom
+    edge (more than :data:`FAR_PAST` of the side: drawn on the picture before its
+    rotation, or on a larger copy), which clipping would silently cut. A box that reaches a little past an edge is
     clipped later, as ``resize="crop"`` clips; NaN (no box) and files that failed pass."""
     if sizes.ndim != 2 or sizes.shape[1] != 2 or not len(source):
         return
@@ -483,18 +483,19 @@ def _check_inside(
         )
 
 
-#: how far past an edge a box may reach before it is taken for another frame's: a tenth of
-#: the image's side (annotators' boxes overshoot by a few pixels), and at least 2 pixels
+#: how far past the right or bottom edge a box may reach before it is taken for another
+#: frame's (drawn before the EXIF rotation, or on a larger copy): a tenth of the image's
+#: side, and at least 8 pixels (annotators' boxes overshoot by a few). Past the left or top
+#: edge (negative corners, which no other frame explains) a box is clipped, as before
 FAR_PAST = 0.1
 
 
 def _far_past(source: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Per box: reaching past an edge of its ``w`` x ``h`` image by more than
-    :data:`FAR_PAST` of that side (NaN boxes do not)."""
+    """Per box: reaching past the right or bottom edge of its ``w`` x ``h`` image by more
+    than :data:`FAR_PAST` of that side (NaN boxes do not)."""
     with np.errstate(invalid="ignore"):
-        over_x = np.maximum(-source[:, 0], source[:, 2] - w)
-        over_y = np.maximum(-source[:, 1], source[:, 3] - h)
-        return (over_x > np.maximum(2.0, FAR_PAST * w)) | (over_y > np.maximum(2.0, FAR_PAST * h))
+        over_x, over_y = source[:, 2] - w, source[:, 3] - h
+        return (over_x > np.maximum(8.0, FAR_PAST * w)) | (over_y > np.maximum(8.0, FAR_PAST * h))
 
 
 def _decode_block(

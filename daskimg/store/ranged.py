@@ -311,9 +311,13 @@ class RangedObjects:
                     r.read()
                     return False
                 self._check_response(r, path, start, n, size)
+            except BaseException:
+                _CONNECTIONS.drop(url)  # what is left on the connection is unknown
+                raise
+            try:
                 self._read_body(r, path, start, n, views)
             except DaskImgError:
-                _CONNECTIONS.drop(url)  # what is left on the connection is unknown
+                _CONNECTIONS.drop(url)
                 raise
             except (OSError, http.client.HTTPException) as e:
                 # the connection cut mid-answer (reset by a proxy, timed out): the bytes are

@@ -687,8 +687,8 @@ def _stream_into(
                 value = client.gather(fut, direct=direct)
             except Exception as e:
                 if type(e).__name__ == "KilledWorker" and files_of is not None:
-                    # (the cluster names its task only): the files of every chunk the dead
-                    # workers held (one of them killed it; the others were there with it)
+                    # (the cluster names its task only): the files of every chunk that
+                    # failed by now (one of them killed the workers; the others died with it)
                     dead = sorted(
                         {c} | {where[position[f.key]][0] for f in futures if f.status == "error"}
                     )
@@ -696,7 +696,7 @@ def _stream_into(
                     more = f"; and {len(dead) - 4} more chunks" if len(dead) > 4 else ""
                     e.add_note(
                         "daskimg: the workers died (killed for memory, e.g. by a very large "
-                        f"image, or a crash in a decoder) while they held {said}{more}; give "
+                        f"image, or a crash in a decoder) with these chunks: {said}{more}; give "
                         "the workers more memory, or decode those files with "
                         "dask.config.set(scheduler='sync') to find the one"
                     )
