@@ -454,32 +454,34 @@ def _check_inside(
     stored size, the picture before its EXIF rotation, another image's), and would be
     stored as NaN — a box silently lost; or if one reaches far past the right or bottom
     edge (more than :data:`FAR_PAST` of the side: drawn on the picture before its
-    rotation, or on a larger copy), which clipping would silently cut. A box that reaches a little past an edge is
-    clipped later, as ``resize="crop"`` clips; NaN (no box) and files that failed pass."""
+    rotation, or on a larger copy), which clipping would silently cut. A box that reaches
+    a little past an edge is clipped later, as ``resize="crop"`` clips; NaN (no box) and
+    files that failed pass."""
     if sizes.ndim != 2 or sizes.shape[1] != 2 or not len(source):
         return
     h, w = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
-    lost = outside(source, (0, 0, w, h)) & (h > 0)
-    if lost.any():
-        i = int(np.flatnonzero(lost)[0])
+    frame = "pixels (width x height) after its EXIF orientation"
+    viewed = "x0, y0, x1, y1 in the source image's pixels as a viewer shows it"
+    for bad, (what, fix) in (
+        (outside(source, (0, 0, w, h)), ("lies wholly outside the image", "")),
+        (_far_past(source, w, h), ("reaches far past the image", "far")),
+    ):
+        bad &= h > 0
+        if not bad.any():
+            continue
+        i = int(np.flatnonzero(bad)[0])
         box = ", ".join(f"{v:g}" for v in source[i])
+        said = f"{paths[i]!r}: box {name!r} ({box}) {what}, which is {int(w[i])} x {int(h[i])}"
+        if not fix:
+            raise ValueError(
+                f"{said} {frame}; boxes are {viewed}. Correct the box, or leave its four "
+                "values empty (NaN) for an image without one"
+            )
         raise ValueError(
-            f"{paths[i]!r}: box {name!r} ({box}) lies wholly outside the image, which is "
-            f"{int(w[i])} x {int(h[i])} pixels (width x height) after its EXIF orientation; "
-            "boxes are x0, y0, x1, y1 in the source image's pixels as a viewer shows it. "
-            "Correct the box, or leave its four values empty (NaN) for an image without one"
-        )
-    far = _far_past(source, w, h) & (h > 0)
-    if far.any():
-        i = int(np.flatnonzero(far)[0])
-        box = ", ".join(f"{v:g}" for v in source[i])
-        raise ValueError(
-            f"{paths[i]!r}: box {name!r} ({box}) reaches far past the image, which is "
-            f"{int(w[i])} x {int(h[i])} pixels (width x height) after its EXIF orientation "
-            f"({int(far.sum())} such boxes in this block); it would be cut to the image. "
-            "Boxes are x0, y0, x1, y1 in the source image's pixels as a viewer shows it: a box "
-            "drawn on the picture before its EXIF rotation, or on a larger copy, is in another "
-            "frame. If the boxes reach past the edges on purpose, clip them to each image first"
+            f"{said} {frame} ({int(bad.sum())} such boxes in this block); it would be cut to "
+            f"the image. Boxes are {viewed}: a box drawn on the picture before its EXIF "
+            "rotation, or on a larger copy, is in another frame. If the boxes reach past the "
+            "edges on purpose, clip them to each image first"
         )
 
 
