@@ -112,6 +112,15 @@ def bench_store(
     are reported. ``cold``: the store is dropped from the page cache (:func:`evict`)
     before every pass, as when it is bigger than RAM.
     """
+    from .store.open import open_zarr
+
+    opened = open_zarr(_local(path))
+    if opened.images is None:  # (raw_limit would call the missing images damage)
+        raise ValueError(
+            f"{os.fspath(path)!r} holds no images, only {sorted(opened.arrays)} (a store "
+            "ArrayWriter wrote); bench measures how fast a store's images are fed: give it "
+            "an image store"
+        )
     it = BatchIterator(_local(path), batch_size=batch_size, threads=threads)
     limits, rates = [], []
     first = None

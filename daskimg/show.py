@@ -1,9 +1,9 @@
 """Pictures: a grid of samples with their class names — the first check after an ingest.
 
-8-bit and 16-bit images are drawn over their dtype's full range, as they are. Volumes
-(their middle slice) and floating-point images have no fixed range (a CT scan holds
-Hounsfield units, -1000 for air to 2000 and more for bone), so each is drawn with a
-percentile window: its 1st to 99th percentile spans black to white, and the title says
+uint8 and uint16 images are drawn over their dtype's full range, as they are. Volumes
+(their middle slice), floating-point and other integer images (int16, int64) have no fixed
+range (a CT scan holds Hounsfield units, -1000 for air to 2000 and more for bone), so each
+is drawn with a percentile window: its 1st to 99th percentile spans black to white, and the title says
 which values that is. Boxes (the set's ``boxes`` columns) are drawn as rectangles and
 ``masks`` as a translucent overlay, in the stored frame.
 """
@@ -114,7 +114,9 @@ def grid_figure(ds: ShowableSet, *, n: int = 32, seed: int | None = 0, cols: int
     volumes = images.ndim == 5
     if volumes:  # middle slice along depth
         images = images[:, images.shape[1] // 2]
-    windowed = volumes or images.dtype.kind == "f"
+    # only uint8 and uint16 have a range of their own: signed and wider integers (int16 CT
+    # slices, int64 arrays of 0..255 made with np.array) are windowed, as floats are
+    windowed = volumes or images.dtype not in (np.uint8, np.uint16)
     cols = min(cols, n)
     rows = -(-n // cols)
     fig = _figure(figsize=(1.6 * cols, (2.1 if windowed else 1.8) * rows))

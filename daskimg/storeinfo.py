@@ -365,6 +365,8 @@ def format_info(summary: dict[str, Any]) -> str:
         if len(shown) > _SHOWN:
             lines.append(f"  ... and {len(shown) - _SHOWN} more (see info()['class_counts'])")
     if summary.get("unlabelled"):
+        if not summary["class_counts"]:  # every sample unlabelled: a heading of its own
+            lines.append("labels:")
         lines.append(f"  {'(no label: -1)':<20} {summary['unlabelled']}")
     skipped = a.get("skipped") or []
     lines.append(f"skipped files {len(skipped)}")

@@ -872,3 +872,25 @@ def test_ingest_out_named_like_a_store_is_refused(tmp_path, image_folder, capsys
     assert main(["ingest", str(image_folder), out, "--size", "8", "8"]) == 2
     assert "named like a store" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_bench_of_a_store_without_images_says_so(tmp_path, capsys):
+    # a valid ArrayWriter store (verify: fine) was called damaged by bench
+    with di.ArrayWriter(tmp_path / "f.zarr.zip", name="features", shape=(3,), dtype="float32") as w:
+        w.append(np.ones((40, 3), "float32"))
+    assert main(["verify", str(tmp_path / "f.zarr.zip")]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(tmp_path / "f.zarr.zip"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no images, only ['features']" in err and "damaged" not in err
+
+
+def test_info_of_a_store_whose_every_label_is_minus_one_heads_the_count(tmp_path, capsys):
+    # '(no label: -1)  6' came straight under the arrays, read as a third array
+    di.to_zarr(
+        di.ImageSet(np.zeros((6, 8, 8, 3), np.uint8), -np.ones(6, int)), tmp_path / "u.zarr.zip"
+    )
+    assert main(["info", str(tmp_path / "u.zarr.zip")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "(no label: -1)" in line)
+    assert lines[at - 1] == "labels:" and lines[at].split()[-1] == "6"

@@ -413,3 +413,23 @@ def test_channels_last_images_are_not_taken_for_channels_first(tmp_path, shape):
     np.save(tmp_path / "x.npy", x)
     convert(str(tmp_path / "x.npy"), str(tmp_path / "o.zarr.zip"), order="source")
     np.testing.assert_array_equal(_stored(tmp_path / "o.zarr.zip")[0]["images"], x)
+
+
+def test_hdf5_enum_labels_keep_their_names_as_classes(tmp_path):
+    # labels stored as an HDF5 enum (MATLAB, pandas exports) lost their names: classes ()
+    import h5py
+
+    from daskimg.store.convert import convert
+
+    src = tmp_path / "data.h5"
+    names = {"RED": 0, "GREEN": 1, "BLUE": 2}
+    with h5py.File(src, "w") as f:
+        f["images"] = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)
+        f.create_dataset("labels", data=np.array([0, 1, 2, 0, 1, 2], "i1"),
+                         dtype=h5py.enum_dtype(names, basetype="i1"))  # fmt: skip
+    out = di.open_zarr(convert(src, tmp_path / "out.zarr.zip", labels="labels", order="source"))
+    assert out.classes == ("RED", "GREEN", "BLUE")
+    with h5py.File(src, "r") as f:  # oracle: h5py's own enum mapping
+        mapping = {v: k for k, v in h5py.check_enum_dtype(f["labels"].dtype).items()}
+        np.testing.assert_array_equal([out.classes[i] for i in out.labels],
+                                      [mapping[v] for v in f["labels"][...]])  # fmt: skip

@@ -525,3 +525,22 @@ def test_volumes_without_their_channel_axis_are_named_when_stored(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         di.to_zarr(di.ImageSet(vols[..., None]), tmp_path / "w.zarr.zip")
     assert "channels each" not in caplog.text
+
+
+@pytest.mark.parametrize("dtype", ["int16", "int32", "int64"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_show_draws_signed_and_wide_integer_images_with_a_window(dtype, channels):
+    # int64 pixels of 0..255 (np.array of a list of images) were drawn black (>> 8), a
+    # negative int16 white (wrapped), a 2-D int16 CT slice almost black (0..32767)
+    rng = np.random.default_rng(0)
+    values = rng.integers(-1000, 1500, (2, 6, 6, channels)).astype(dtype)
+    fig = grid_figure(di.ImageSet(values, [0, 1], classes=["a", "b"]), n=2)
+    for ax, img in zip(fig.axes, values, strict=True):
+        lo, hi = window(img)
+        shown = ax.images[0]
+        if channels == 1:
+            assert shown.get_clim() == (lo, hi)
+        else:  # drawn as 0..1 from the window, oracle: numpy
+            oracle = np.clip((img.astype(np.float64) - lo) / (hi - lo), 0, 1)
+            np.testing.assert_allclose(np.asarray(shown.get_array()), oracle)
+        assert f"{lo:.4g}..{hi:.4g}" in ax.get_title()

@@ -335,7 +335,15 @@ def open_array_set(
             shape, dtype = tuple(dset.shape), str(dset.dtype)
             chunk_rows = int(dset.chunks[0]) if dset.chunks else 1
             if labels is not None:
-                label_values = _dataset(f, path, labels)[...]
+                label_dset = _dataset(f, path, labels)
+                label_values = label_dset[...]
+                enum = _h5py().check_enum_dtype(label_dset.dtype)
+                if enum and not classes:
+                    # an HDF5 enum (MATLAB, pandas exports) names its values: those names
+                    # are the classes when they number 0..K-1 (else the values stay plain)
+                    by_value = {int(v): str(k) for k, v in enum.items()}
+                    if sorted(by_value) == list(range(len(by_value))):
+                        classes = [by_value[i] for i in range(len(by_value))]
             for name in extra_names:
                 extra[name] = _dataset(f, path, name)[...]
         source: Any = ArraySource(
