@@ -25,7 +25,7 @@ from .feed.iterator import BatchIterator, Transform, check_state, warn_uneven_sh
 from .feed.shuffle import num_batches
 from .remote import anchored
 
-__all__ = ["TorchDataset"]
+__all__ = ["TorchDataset", "lightning_epoch"]
 
 logger = logging.getLogger("daskimg")
 
@@ -131,10 +131,10 @@ class TorchDataset(IterableDataset):
     iteration advances the epoch by one by itself (0, 1, 2, ...; each worker counts its own
     iterations, as does the main process), so epochs still differ; this is what PyTorch
     Lightning gets, which never calls a dataset's ``set_epoch`` (to continue the count in a run
-    resumed from a checkpoint, call
-    ``ds.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)`` in
-    ``train_dataloader()``: the epoch Lightning trains next; ``self.current_epoch`` is still
-    the last finished one there after a resume, which would repeat its order). One dataset
+    resumed from a checkpoint, call ``ds.set_epoch(lightning_epoch(self.trainer))`` in
+    ``train_dataloader()``: the epoch Lightning trains next, :func:`lightning_epoch`;
+    ``self.current_epoch`` is still the last finished one there after a resume, which would
+    repeat its order). One dataset
     may feed DataLoaders with different ``num_workers`` (up to 64): each worker count keeps
     its own counts. Augmentations
     draw from ``(seed, epoch, batch)``, the batch's index in the rank's epoch.
@@ -560,6 +560,24 @@ class TorchDataset(IterableDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._unpickled_in = os.getpid()
+
+
+def lightning_epoch(trainer: Any) -> int:
+    """The epoch a PyTorch Lightning ``trainer`` trains next, for
+    ``ds.set_epoch(lightning_epoch(self.trainer))`` in ``train_dataloader()``.
+
+    The epochs it has finished (``fit_loop.epoch_progress.current.processed``; after a
+    resume ``current_epoch`` is still the last finished one there, whose order would be
+    read again), one more when it resumes from a checkpoint saved on an epoch's last step
+    (``ModelCheckpoint(every_n_train_steps=...)``): that epoch is done, and Lightning goes
+    on to the next, which was otherwise read as the rest of the done one — nothing, with a
+    ``StatefulDataLoader``, a whole epoch lost; the done epoch's order again without one.
+    """
+    loop = trainer.fit_loop
+    epochs = loop.epoch_progress.current
+    batches = loop.epoch_loop.batch_progress
+    done = bool(loop.restarting and batches.is_last_batch and epochs.started > epochs.processed)
+    return int(epochs.processed) + int(done)
 
 
 def _for_rank(state: dict[str, Any], it: BatchIterator) -> dict[str, Any]:

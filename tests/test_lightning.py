@@ -19,7 +19,7 @@ from feed_oracle import dataloader_batches, decoded_ids  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import daskimg as di  # noqa: E402
-from daskimg.torch import TorchDataset  # noqa: E402
+from daskimg.torch import TorchDataset, lightning_epoch  # noqa: E402
 
 N = 96  # 12 chunks of 8: 6 per rank, so every sample comes exactly once per epoch
 
@@ -99,7 +99,7 @@ class Reloading(Recorder):
 
     def train_dataloader(self) -> DataLoader:
         ds = TorchDataset(self.store, batch_size=16, arrays=("images", "labels", "index"))
-        ds.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # the README's line
+        ds.set_epoch(lightning_epoch(self.trainer))  # the README's line
         return DataLoader(ds, batch_size=None)
 
 
@@ -141,7 +141,7 @@ class Resuming(Recorder):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         ds = TorchDataset(self.store, batch_size=16, arrays=("images", "labels", "index"))
-        ds.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        ds.set_epoch(lightning_epoch(self.trainer))
         kind = StatefulDataLoader if self.stateful else DataLoader
         return kind(ds, batch_size=None, num_workers=2, persistent_workers=True)
 
@@ -152,8 +152,14 @@ class Resuming(Recorder):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree, inside Lightning
 @pytest.mark.parametrize(
     ("stateful", "every_n_steps", "resume_after"),
-    [(False, None, 6), (True, None, 6), (True, 2, 2)],
-    ids=["epoch-end", "epoch-end-stateful", "mid-epoch-stateful"],
+    [(False, None, 6), (True, None, 6), (True, 2, 2), (True, 2, 6), (False, 2, 6)],
+    ids=[
+        "epoch-end",
+        "epoch-end-stateful",
+        "mid-epoch-stateful",
+        "last-step-stateful",
+        "last-step",
+    ],
 )
 def test_lightning_resumed_fit_trains_on_the_uninterrupted_batches(
     tmp_path, indexed_set, stateful, every_n_steps, resume_after
