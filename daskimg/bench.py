@@ -121,7 +121,7 @@ def bench_store(
             "ArrayWriter wrote); bench measures how fast a store's images are fed: give it "
             "an image store"
         )
-    it = BatchIterator(_local(path), batch_size=batch_size, threads=threads)
+    it = BatchIterator(opened, batch_size=batch_size, threads=threads)
     limits, rates = [], []
     first = None
     for epoch in range(epochs + 1):

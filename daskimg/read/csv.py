@@ -19,7 +19,7 @@ from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
 from .boxes import warn_fractions
 from .decode import DecodeSpec
-from .fileio import alike, folded, given_classes, near_misses
+from .fileio import alike, case_groups, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -623,10 +623,7 @@ def _warn_cased(raw: list[str], classes: list[str], column: str, where: str) -> 
     spellings): each is a class of its own, the samples of one class divided between
     them. Logged, not refused, as ``from_folder`` logs such folders: case may matter
     (EMNIST-like letters), and ``classes=`` says so."""
-    by_case: dict[str, list[str]] = {}
-    for c in classes:
-        by_case.setdefault(folded(c), []).append(c)
-    cased = [names for names in by_case.values() if len(names) > 1]
+    cased = case_groups(classes)
     if cased:
         logger.warning(
             "%s: labels in column %r that differ only in letter case are separate classes: "

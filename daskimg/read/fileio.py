@@ -30,6 +30,7 @@ __all__ = [
     "TRANSPOSE",
     "WARNINGS_LOCK",
     "bomb_reason",
+    "case_groups",
     "folded",
     "nfc",
     "open_image",
@@ -242,6 +243,15 @@ def near_misses(names: Iterable[str], among: Iterable[str], there: str = "there"
 def folded(name: str) -> str:
     """A name as people read it: letter case and Unicode composition aside."""
     return nfc(name).casefold()
+
+
+def case_groups(names: Iterable[str]) -> list[list[str]]:
+    """The groups of ``names`` that differ only in letter case (:func:`folded`), in order:
+    two or more names each."""
+    by_case: dict[str, list[str]] = {}
+    for name in names:
+        by_case.setdefault(folded(name), []).append(name)
+    return [group for group in by_case.values() if len(group) > 1]
 
 
 def _near(path: str) -> str:

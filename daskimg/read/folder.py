@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, anchored, check_options, filesystem, is_url, join, protocol_of
 from .decode import DecodeSpec
-from .fileio import SYSTEM_FOLDERS, alike, folded, given_classes, looks, near_misses
+from .fileio import SYSTEM_FOLDERS, alike, case_groups, folded, given_classes, looks, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -1016,10 +1016,7 @@ def _assemble(
             where,
             ", ".join(repr(c) for c in empty),
         )
-    by_case: dict[str, list[str]] = {}
-    for c in classes:
-        by_case.setdefault(folded(c), []).append(c)
-    cased = [names for names in by_case.values() if len(names) > 1]
+    cased = case_groups(classes)
     if cased and given is None:
         logger.warning(
             "from_folder(%r): class folders whose names differ only in letter case are "

@@ -460,29 +460,32 @@ def _check_inside(
     if sizes.ndim != 2 or sizes.shape[1] != 2 or not len(source):
         return
     h, w = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
-    frame = "pixels (width x height) after its EXIF orientation"
     viewed = "x0, y0, x1, y1 in the source image's pixels as a viewer shows it"
-    for bad, (what, fix) in (
-        (outside(source, (0, 0, w, h)), ("lies wholly outside the image", "")),
-        (_far_past(source, w, h), ("reaches far past the image", "far")),
+    for bad, what, why in (
+        (
+            outside(source, (0, 0, w, h)),
+            "lies wholly outside the image",
+            f"; boxes are {viewed}. Correct the box, or leave its four values empty (NaN) "
+            "for an image without one",
+        ),
+        (
+            _far_past(source, w, h),
+            "reaches far past the image",
+            " ({n} such boxes in this block); it would be cut to the image. Boxes are "
+            f"{viewed}: a box drawn on the picture before its EXIF rotation, or on a larger "
+            "copy, is in another frame. If the boxes reach past the edges on purpose, clip "
+            "them to each image first",
+        ),
     ):
         bad &= h > 0
-        if not bad.any():
-            continue
-        i = int(np.flatnonzero(bad)[0])
-        box = ", ".join(f"{v:g}" for v in source[i])
-        said = f"{paths[i]!r}: box {name!r} ({box}) {what}, which is {int(w[i])} x {int(h[i])}"
-        if not fix:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            box = ", ".join(f"{v:g}" for v in source[i])
             raise ValueError(
-                f"{said} {frame}; boxes are {viewed}. Correct the box, or leave its four "
-                "values empty (NaN) for an image without one"
+                f"{paths[i]!r}: box {name!r} ({box}) {what}, which is {int(w[i])} x "
+                f"{int(h[i])} pixels (width x height) after its EXIF orientation"
+                + why.format(n=int(bad.sum()))
             )
-        raise ValueError(
-            f"{said} {frame} ({int(bad.sum())} such boxes in this block); it would be cut to "
-            f"the image. Boxes are {viewed}: a box drawn on the picture before its EXIF "
-            "rotation, or on a larger copy, is in another frame. If the boxes reach past the "
-            "edges on purpose, clip them to each image first"
-        )
 
 
 #: how far past the right or bottom edge a box may reach before it is taken for another

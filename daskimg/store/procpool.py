@@ -408,7 +408,7 @@ def _start_worker(
     os.close(abort_w)  # only the parent's copy keeps the abort pipe open
     parent = multiprocessing.parent_process()
     waits = [abort_r] if parent is None else [abort_r, parent.sentinel]
-    threading.Thread(target=_exit_with, args=(waits,), name="daskimg-parent", daemon=True).start()
+    _exit_when(waits)
 
 
 def follow_parent() -> None:
@@ -418,9 +418,13 @@ def follow_parent() -> None:
     its memory, for good.)"""
     parent = multiprocessing.parent_process()
     if parent is not None:
-        threading.Thread(
-            target=_exit_with, args=([parent.sentinel],), name="daskimg-parent", daemon=True
-        ).start()
+        _exit_when([parent.sentinel])
+
+
+def _exit_when(waits: list[int]) -> None:
+    """Exit this process as soon as one of ``waits`` is ready (:func:`_exit_with`, on a
+    daemon thread)."""
+    threading.Thread(target=_exit_with, args=(waits,), name="daskimg-parent", daemon=True).start()
 
 
 def _exit_with(waits: list[int]) -> None:

@@ -68,7 +68,7 @@ SPAN = 8 << 20
 
 #: answers that mean "ask again later" (server errors, too many requests), and the pauses
 #: before asking again
-_RETRY = frozenset({429, 500, 502, 503, 504})
+RETRIED = frozenset({429, 500, 502, 503, 504})
 _BACKOFF = (0.2, 1.0)
 #: the longest a server's ``Retry-After`` is waited for, in seconds, per request
 _LONGEST = 10.0
@@ -208,7 +208,7 @@ class RangedObjects:
             )
             for i, data in zip(todo, answers, strict=True):
                 got[i] = data
-            refused = [i for i in todo if _status(got[i]) in _RETRY]
+            refused = [i for i in todo if _status(got[i]) in RETRIED]
             todo = refused if refused and _pause(busy, _headers(got[refused[0]])) else []
             busy += 1
         out = []
@@ -225,10 +225,10 @@ class RangedObjects:
                 data = self.fs.cat_file(path, start=start, end=start + n)
                 break
             except Exception as e:
-                if _status(e) in _RETRY and _pause(busy, _headers(e)):
+                if _status(e) in RETRIED and _pause(busy, _headers(e)):
                     busy += 1  # asked again after a pause, as on the plain path
                     continue
-                if isinstance(e, FileNotFoundError) or _status(e) in _RETRY:
+                if isinstance(e, FileNotFoundError) or _status(e) in RETRIED:
                     raise self._error(path, start, n, e) from None
                 # another library's own error (botocore's, aiohttp's cut payload, a read
                 # timeout): said with the store and the bytes, the cause kept, and as a
@@ -258,7 +258,7 @@ class RangedObjects:
         if isinstance(e, FileNotFoundError):
             return ChecksumError(_REPLACED.format(where=self.where, path=path, what="it is gone"))
         status = _status(e)
-        if status in _RETRY:  # through fsspec (after a redirect), as on the plain path
+        if status in RETRIED:  # through fsspec (after a redirect), as on the plain path
             return self._server_error(path, start, n, status, getattr(e, "message", ""))
         return OSError(f"{self.where}: reading {path!r} bytes {start}..{start + n} failed: {e}")
 
@@ -299,7 +299,7 @@ class RangedObjects:
             except (OSError, http.client.HTTPException) as e:  # refused, unreachable, timed out
                 _CONNECTIONS.drop(url)
                 raise self._unreached(path, start, n, e) from e
-            if r.status in _RETRY:
+            if r.status in RETRIED:
                 # a server error or "too many requests": the bytes are not in question;
                 # asked again after a pause
                 r.read()
@@ -360,7 +360,7 @@ class RangedObjects:
         whole = status == 200 and start == 0 and size == n  # a range of all of it may be 200
         if whole and r.headers.get("Content-Length") == str(n):
             return
-        if status in _RETRY:
+        if status in RETRIED:
             raise self._server_error(path, start, n, status, r.reason)
         if status != 206:
             raise OSError(
@@ -399,7 +399,7 @@ def asked_again(call: Callable[[], _T]) -> _T:
         try:
             return call()
         except Exception as e:
-            if status_of(e) not in _RETRY or not _pause(busy, _headers(e.__cause__ or e)):
+            if status_of(e) not in RETRIED or not _pause(busy, _headers(e.__cause__ or e)):
                 raise
             busy += 1
 
@@ -413,10 +413,6 @@ def status_of(e: BaseException | None) -> int | None:
     if status is None and isinstance(e, FileNotFoundError) and e.__cause__ is not None:
         status = _status(e.__cause__)
     return status
-
-
-#: answers asked again by :func:`asked_again`
-RETRIED = _RETRY
 
 
 def _pause(busy: int, headers: Any) -> bool:
