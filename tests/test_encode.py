@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from numcodecs import Blosc
 
 from daskimg.store.encode import ShardEncoder
 from daskimg.store.format import ArraySpec, create_arrays, root_attrs
@@ -311,3 +312,49 @@ def test_a_lock_that_cannot_be_written_is_named(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert e.value.errno == errno.ENOSPC
     assert not os.path.exists(target + ".lock")
+
+
+def _photos(n):
+    """n 224x224 RGB crops of scikit-image's bundled photos with a camera's noise (sigma 3)."""
+    from skimage import data as photos
+
+    rng = np.random.default_rng(0)
+    pics = [photos.astronaut(), photos.chelsea(), photos.coffee(), photos.rocket()]
+    out = np.empty((n, 224, 224, 3), np.uint8)
+    for i in range(n):
+        pic = pics[i % len(pics)]
+        y, x = (i * 37) % (pic.shape[0] - 224), (i * 53) % (pic.shape[1] - 224)
+        noisy = pic[y : y + 224, x : x + 224] + rng.normal(0, 3, (224, 224, 3))
+        out[i] = np.clip(np.round(noisy), 0, 255)
+    return out
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_chunks_that_compress_by_little_are_stored_uncompressed_in_their_blosc_frame(
+    tmp_path, codec
+):
+    # a chunk of photos (lz4 saves 0.1% of these, zstd 8%) is kept raw inside its Blosc frame (the "memcpyed"
+    # flag); one of masks (saves ~99%) compressed; plain zarr reads both, and the shard of
+    # photos is as long as the pixels plus the frames' headers
+    n = 64
+    pics = _photos(n)
+    masks = np.zeros_like(pics)
+    masks[:, 60:150, 40:200] = 7
+    sizes = {}
+    for name, data in (("photos", pics), ("masks", masks)):
+        ours = _make(tmp_path / name, n, data.shape[1:], "uint8", codec, 32, 64)
+        enc = ShardEncoder.of("test", "x", _meta(ours))
+        assert enc is not None and enc.blosc is not None
+        (body, _), _ = [enc.encode_chunk(data[i : i + 32]) for i in (0, 32)]
+        flags = memoryview(body)[2]
+        put = lambda key, pieces, name=name: write_file(str(tmp_path / name), key, pieces)  # noqa: E731
+        dask.compute(*shard_writes(da.from_array(data, chunks=32), enc, put), scheduler="sync")
+        back = zarr.open_array(str(tmp_path / name), path="x", mode="r")
+        np.testing.assert_array_equal(back[...], data)
+        sizes[name] = (bool(flags & 0x02), sum(len(v) for v in _files(tmp_path / name).values()))
+    raw = pics.nbytes
+    whole = len(Blosc(codec, 5, Blosc.NOSHUFFLE).encode(pics[:32]))  # numcodecs, the oracle
+    assert whole > 32 * 224 * 224 * 3 * 7 / 8  # saves less than an eighth: kept raw
+    # the pixels, each chunk's frame header (16) and crc32c (4), the shard index + its crc
+    assert sizes["photos"] == (True, raw + 2 * (16 + 4) + 2 * 16 + 4)
+    assert sizes["masks"][0] is False and sizes["masks"][1] < raw / 50

@@ -1,13 +1,17 @@
 """Store: the codec chains daskimg writes, and their fast decoding.
 
 Every chain ends with Zarr v3's ``crc32c`` codec, so a damaged chunk is an error, never
-a black image. Blosc is used with *no* bit-shuffle for 1-byte samples: zarr-python's
+a black image. A Blosc chunk that compressing would shrink by less than an eighth is
+stored uncompressed inside its Blosc frame (:func:`daskimg.store.encode.blosc_encode`). Blosc is used with *no* bit-shuffle for 1-byte samples: zarr-python's
 default bit-shuffle decompressed about 4x slower on photo pixels and gained nothing.
 
 =========  ==========================================  ===================================
 name       chain (inside each chunk)                   when
 =========  ==========================================  ===================================
-``lz4``    bytes -> blosc(lz4, clevel 5) -> crc32c     default: fastest to read, ~1.07x
+``lz4``    bytes -> blosc(lz4, clevel 5) -> crc32c     default: fastest to read; photos
+                                                       ~1.04x (chunks that lz4 would shrink
+                                                       by less than 1/8 are kept raw in
+                                                       their Blosc frame)
 ``zstd``   bytes -> blosc(zstd, clevel 3) -> crc32c    smaller (~1.3x on photos), slower
 ``none``   bytes -> crc32c                             warm data in the page cache: no
                                                        decompression at all

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import math
 import mmap
@@ -220,6 +221,12 @@ class _Workers:
         encoders: dict[str, ShardEncoder],
     ) -> None:
         _warm()
+        # the objects this process holds are left out of garbage collection until the
+        # write ends, as Python's gc.freeze documents for a fork without exec: the workers'
+        # collections then never walk (and copy on write) the pages of the parent's
+        # objects, and this process's (zarr's I/O thread allocates) walk only the write's
+        gc.freeze()
+        self._frozen = True
         self.blocks = blocks
         self.slots = [mmap.mmap(-1, size) for _ in range(workers * _AHEAD)]
         self.free = list(range(len(self.slots)))
@@ -274,6 +281,9 @@ class _Workers:
         return result
 
     def close(self, *, aborted: bool) -> None:
+        if self._frozen:
+            self._frozen = False
+            gc.unfreeze()
         if aborted:
             os.close(self._abort_w)  # every worker exits now
         self._pool.shutdown(wait=True, cancel_futures=True)
