@@ -10,7 +10,8 @@ and the caller publishes it with one rename.
 A zip killed before that has no central directory and opens as nothing.
 
 It is its own zarr store (:class:`zarr.abc.store.Store`, public API) over
-:class:`zipfile.ZipFile`: a shard is appended from zarr's buffer without a copy, in a
+:class:`~daskimg.store.zipformat.ZipAppender` (the zip's records, each member's CRC-32
+computed by ISA-L before its header): a shard is appended from zarr's buffer without a copy, in a
 worker thread, so zarr's event loop (which every writing thread waits on) is never
 blocked by a file write.
 
@@ -25,8 +26,8 @@ written as a folder and packed (see :func:`daskimg.store.location.pack_zip`).
 Members are appended by one writer thread (:class:`~daskimg.store.background.BackgroundWriter`,
 at most ``_QUEUED`` shards wait), so no decoding thread waits for another's write, into an
 :class:`~daskimg.store.directio.AppendFile` (past the page cache where the file system
-allows). That file is not seekable, so :mod:`zipfile` writes each member's CRC-32 and sizes
-after its data (a data descriptor) instead of going back to its header.
+allows). That file is written front to back, never sought: each member's CRC-32 and sizes
+are known when its header is written, before its data.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import asyncio
 import contextlib
 import os
 import threading
-import time
-import zipfile
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,6 +45,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from .background import BackgroundWriter
 from .chunktable import MemberTrailers
 from .directio import AppendFile
+from .zipformat import ZipAppender
 
 __all__ = ["ZipBuilder"]
 
@@ -78,9 +78,7 @@ class ZipBuilder(Store):
             raise
 
     def _start(self) -> None:
-        self._zip = zipfile.ZipFile(
-            self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True
-        )
+        self._zip = ZipAppender(self._file.write)
         self._write_lock = threading.Lock()  # one member at a time
         # the keys and the small members kept for the end: never waits for a member's write
         self._keys_lock = threading.Lock()
@@ -178,14 +176,9 @@ class ZipBuilder(Store):
         self._writer.put(key, pieces, done)
 
     def _write_member(self, key: str, pieces: Sequence[Any]) -> None:
-        info = zipfile.ZipInfo(key, date_time=time.localtime()[:6])
-        info.compress_type = zipfile.ZIP_STORED
-        info.external_attr = 0o644 << 16
         with self._write_lock:
-            with self._zip.open(info, "w", force_zip64=True) as fh:
-                for piece in pieces:
-                    fh.write(memoryview(piece).cast("B"))
-            self._unsynced += info.file_size
+            self._zip.add(key, pieces)
+            self._unsynced += sum(memoryview(p).nbytes for p in pieces)
             if self._unsynced >= _SYNC_BYTES:
                 self._unsynced = 0
                 self._sync_wanted.set()
@@ -274,12 +267,12 @@ class ZipBuilder(Store):
         self._writer.drain()
         with self._write_lock, self._keys_lock:
             for key, data in sorted(self._deferred):
-                self._zip.writestr(key, data)
+                self._zip.add(key, [data])
             self._deferred.clear()
             for key, data in sorted(self._meta.items()):
                 if key != "zarr.json":
-                    self._zip.writestr(key, data)
-            self._zip.writestr("zarr.json", root)
+                    self._zip.add(key, [data])
+            self._zip.add("zarr.json", [root])
         self.close()
         fd = os.open(self.path, os.O_RDONLY)
         try:

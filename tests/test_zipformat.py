@@ -1,0 +1,100 @@
+"""The zip records daskimg writes itself (store/zipformat.py) against zipfile and Info-ZIP.
+
+Oracles: :mod:`zipfile` (what zarr's ``ZipStore`` reads with) reading every member and
+checking its CRC-32 (``testzip``), zlib's own ``crc32`` of each member's bytes, and
+``unzip -t`` (Info-ZIP) where it is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daskimg.store.zipformat import ZipAppender, crc32
+
+
+def _write(path, members, at=0):
+    with open(path, "wb") as fh:
+        if at:
+            fh.seek(at)  # a sparse start: the members lie past it
+        z = ZipAppender(fh.write, at=at)
+        for name, pieces in members:
+            z.add(name, pieces)
+        z.close()
+
+
+def _check(path, members):
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None  # every member's CRC-32 checked
+        infos = z.infolist()
+        assert [i.filename for i in infos] == [name for name, _ in members]
+        for info, (name, pieces) in zip(infos, members, strict=True):
+            data = b"".join(bytes(memoryview(p).cast("B")) for p in pieces)
+            assert info.compress_type == zipfile.ZIP_STORED
+            assert info.file_size == info.compress_size == len(data)
+            assert info.CRC == zlib.crc32(data)
+            assert z.read(name) == data
+    if shutil.which("unzip"):
+        out = subprocess.run(["unzip", "-tq", str(path)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_members_of_many_pieces_read_by_zipfile_and_unzip(tmp_path):
+    rng = np.random.default_rng(0)
+    members = [
+        ("zarr.json", [b'{"zarr_format": 3}']),
+        ("images/c/0/0/0/0", [rng.integers(0, 256, 300_001, dtype=np.uint8), b"\x01\x02\x03\x04"]),
+        ("empty", []),
+        ("labels/c/0", [memoryview(np.arange(10, dtype="<i8")), b"", bytearray(b"x" * 70_000)]),
+        ("naïve/ünïcode.json", [b"{}"]),  # a UTF-8 name (flag bit 11)
+    ]
+    _write(tmp_path / "a.zip", members)
+    _check(tmp_path / "a.zip", members)
+    with zipfile.ZipFile(tmp_path / "a.zip") as z:
+        assert z.getinfo("naïve/ünïcode.json").flag_bits & 0x800
+        assert all(i.external_attr >> 16 == 0o100644 for i in z.infolist())
+
+
+def test_an_empty_zip(tmp_path):
+    _write(tmp_path / "e.zip", [])
+    with zipfile.ZipFile(tmp_path / "e.zip") as z:
+        assert z.infolist() == []
+
+
+def test_more_members_than_the_short_count_holds(tmp_path):
+    # 70,000 entries: the classic end record's 16-bit count overflows, ZIP64's holds them
+    members = [(f"k/{i}", [i.to_bytes(4, "little")]) for i in range(70_000)]
+    _write(tmp_path / "many.zip", members)
+    with zipfile.ZipFile(tmp_path / "many.zip") as z:
+        infos = z.infolist()
+        assert len(infos) == 70_000
+        assert z.read("k/69999") == (69_999).to_bytes(4, "little")
+        assert infos[12_345].CRC == zlib.crc32((12_345).to_bytes(4, "little"))
+
+
+def test_members_past_4_gib(tmp_path):
+    # offsets beyond 32 bits (a store larger than 4 GiB), in a sparse file that costs nothing
+    at = 5 * 2**30
+    members = [("a", [b"first"]), ("b", [np.arange(1000, dtype=np.uint16)])]
+    path = tmp_path / "big.zip"
+    try:
+        _write(path, members, at=at)
+    except OSError as e:  # a file system without sparse files
+        pytest.skip(f"no sparse 5 GiB file here: {e}")
+    with zipfile.ZipFile(path) as z:
+        assert [i.header_offset for i in z.infolist()][0] == at
+        assert z.testzip() is None
+        assert z.read("b") == np.arange(1000, dtype=np.uint16).tobytes()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=6), st.integers(0, 2**32 - 1))
+def test_crc32_is_zlibs(pieces, start):
+    assert crc32(pieces, start) == zlib.crc32(b"".join(pieces), start)
