@@ -2,8 +2,8 @@
 
 :class:`ZipAppender` writes what :mod:`zipfile` writes for ``ZIP_STORED`` members with
 ``force_zip64=True``: a local header (ZIP64 sizes), the member's bytes, and at the end
-the central directory with ZIP64 end records (PKWARE APPNOTE 6.3, sections 4.3 and
-4.5.3). Readers see a plain zip: :mod:`zipfile` (and so zarr's ``ZipStore``), Info-ZIP's
+the central directory and the end records, ZIP64 where a size, an offset or the count
+needs it (PKWARE APPNOTE 6.3, sections 4.3 and 4.5.3). Readers see a plain zip: :mod:`zipfile` (and so zarr's ``ZipStore``), Info-ZIP's
 ``unzip``, daskimg's own reader; the tests check each member's CRC with all three.
 
 Why not :mod:`zipfile` itself: it computes every member's CRC-32 with zlib's ``crc32``
@@ -30,7 +30,6 @@ __all__ = ["ZipAppender", "crc32"]
 _LOCAL = struct.Struct("<4s5H3I2H")  # 30 bytes, APPNOTE 4.3.7
 _LOCAL_ZIP64 = struct.Struct("<2H2Q")  # the ZIP64 extra field with both sizes (4.5.3)
 _CENTRAL = struct.Struct("<4s4B4H3I5HII")  # 46 bytes, 4.3.12
-_CENTRAL_ZIP64 = struct.Struct("<2H3Q")  # sizes and the local header's offset
 _END64 = struct.Struct("<4sQ2H2I4Q")  # 56 bytes, 4.3.14
 _END64_LOCATOR = struct.Struct("<4sIQI")  # 20 bytes, 4.3.15
 _END = struct.Struct("<4s4H2IH")  # 22 bytes, 4.3.16
@@ -39,6 +38,7 @@ _VERSION = 45  # 4.5: ZIP64
 _UNIX = 3  # "made by" system: external attributes hold Unix permissions
 _UTF8 = 0x800  # general purpose bit 11: the name is UTF-8
 _FULL = 0xFFFFFFFF  # "see the ZIP64 extra field"
+_ZIP64_LIMIT = 2**31 - 1  # zipfile's: beyond it, ZIP64 fields
 _ATTRS = 0o100644 << 16  # a regular file, rw-r--r--
 
 
@@ -93,29 +93,41 @@ class ZipAppender:
         self._entries.append(entry)
 
     def close(self) -> None:
-        """Write the central directory and the end records (once)."""
+        """Write the central directory and the end records (once). As :mod:`zipfile` does,
+        an entry carries a ZIP64 field only for a size or an offset beyond 2**31 - 1, and
+        the ZIP64 end records are written only for more than 65,535 members or a directory
+        beyond that: a store of any size otherwise reads as the zips written before."""
         if self.closed:
             return
         self.closed = True
         start = self._at
         for e in self._entries:
+            big = e.size > _ZIP64_LIMIT
+            far = e.offset > _ZIP64_LIMIT
+            extra = [e.size, e.size] if big else []
+            extra += [e.offset] if far else []
+            field = struct.pack(f"<2H{len(extra)}Q", 1, 8 * len(extra), *extra) if extra else b""
+            size = _FULL if big else e.size
             # fmt: off
             head = _CENTRAL.pack(
                 b"PK\x01\x02", _VERSION, _UNIX, _VERSION, 0, e.flags, 0, e.dos_time, e.dos_date,
-                e.crc, _FULL, _FULL, len(e.name), _CENTRAL_ZIP64.size, 0, 0, 0, _ATTRS, _FULL,
+                e.crc, size, size, len(e.name), len(field), 0, 0, 0, _ATTRS,
+                _FULL if far else e.offset,
             )
             # fmt: on
-            self._put(head + e.name + _CENTRAL_ZIP64.pack(1, 24, e.size, e.size, e.offset))
+            self._put(head + e.name + field)
         end64 = self._at
         n, size = len(self._entries), end64 - start
-        short, small = min(n, 0xFFFF), min(size, _FULL)
-        # fmt: off
-        self._put(
-            _END64.pack(b"PK\x06\x06", _END64.size - 12, _VERSION, _VERSION, 0, 0, n, n, size, start)
-            + _END64_LOCATOR.pack(b"PK\x06\x07", 0, end64, 1)
-            + _END.pack(b"PK\x05\x06", 0, 0, short, short, small, min(start, _FULL), 0)
-        )
-        # fmt: on
+        if n > 0xFFFF or start > _ZIP64_LIMIT or size > _ZIP64_LIMIT:
+            # fmt: off
+            self._put(
+                _END64.pack(b"PK\x06\x06", _END64.size - 12, _VERSION, _VERSION, 0, 0, n, n,
+                            size, start)
+                + _END64_LOCATOR.pack(b"PK\x06\x07", 0, end64, 1)
+            )
+            # fmt: on
+        short, small, at = min(n, 0xFFFF), min(size, _FULL), min(start, _FULL)
+        self._put(_END.pack(b"PK\x05\x06", 0, 0, short, short, small, at, 0))
 
     def _put(self, data: Any) -> None:
         self._write(data)
