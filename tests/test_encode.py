@@ -330,31 +330,36 @@ def _photos(n):
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
+@pytest.mark.parametrize("chunk_len", [32, 4])  # 4.8 MB chunks are probed, 0.6 MB ones compressed
 def test_chunks_that_compress_by_little_are_stored_uncompressed_in_their_blosc_frame(
-    tmp_path, codec
+    tmp_path, codec, chunk_len
 ):
-    # a chunk of photos (lz4 saves 0.1% of these, zstd 8%) is kept raw inside its Blosc frame (the "memcpyed"
-    # flag); one of masks (saves ~99%) compressed; plain zarr reads both, and the shard of
-    # photos is as long as the pixels plus the frames' headers
+    # a chunk of photos (lz4 saves 0.1% of these, zstd 8%) is kept raw inside its Blosc
+    # frame (the "memcpyed" flag); one of masks (saves ~99%) compressed; plain zarr reads
+    # both, and the shard of photos is as long as the pixels plus the frames' headers
     n = 64
     pics = _photos(n)
     masks = np.zeros_like(pics)
     masks[:, 60:150, 40:200] = 7
     sizes = {}
     for name, data in (("photos", pics), ("masks", masks)):
-        ours = _make(tmp_path / name, n, data.shape[1:], "uint8", codec, 32, 64)
+        ours = _make(tmp_path / name, n, data.shape[1:], "uint8", codec, chunk_len, 64)
         enc = ShardEncoder.of("test", "x", _meta(ours))
         assert enc is not None and enc.blosc is not None
-        (body, _), _ = [enc.encode_chunk(data[i : i + 32]) for i in (0, 32)]
-        flags = memoryview(body)[2]
+        flags = {
+            memoryview(enc.encode_chunk(data[i : i + chunk_len])[0])[2] & 0x02
+            for i in (0, chunk_len)
+        }
         put = lambda key, pieces, name=name: write_file(str(tmp_path / name), key, pieces)  # noqa: E731
-        dask.compute(*shard_writes(da.from_array(data, chunks=32), enc, put), scheduler="sync")
+        dask.compute(
+            *shard_writes(da.from_array(data, chunks=chunk_len), enc, put), scheduler="sync"
+        )
         back = zarr.open_array(str(tmp_path / name), path="x", mode="r")
         np.testing.assert_array_equal(back[...], data)
-        sizes[name] = (bool(flags & 0x02), sum(len(v) for v in _files(tmp_path / name).values()))
-    raw = pics.nbytes
-    whole = len(Blosc(codec, 5, Blosc.NOSHUFFLE).encode(pics[:32]))  # numcodecs, the oracle
-    assert whole > 32 * 224 * 224 * 3 * 7 / 8  # saves less than an eighth: kept raw
+        sizes[name] = (flags, sum(len(v) for v in _files(tmp_path / name).values()))
+    raw, chunks = pics.nbytes, n // chunk_len
+    whole = len(Blosc(codec, 5, Blosc.NOSHUFFLE).encode(pics[:chunk_len]))  # numcodecs, the oracle
+    assert whole > chunk_len * 224 * 224 * 3 * 7 / 8  # saves less than an eighth: kept raw
     # the pixels, each chunk's frame header (16) and crc32c (4), the shard index + its crc
-    assert sizes["photos"] == (True, raw + 2 * (16 + 4) + 2 * 16 + 4)
-    assert sizes["masks"][0] is False and sizes["masks"][1] < raw / 50
+    assert sizes["photos"] == ({2}, raw + chunks * (16 + 4) + chunks * 16 + 4)
+    assert sizes["masks"][0] == {0} and sizes["masks"][1] < raw / 50

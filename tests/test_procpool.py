@@ -43,6 +43,7 @@ def pids_seen(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(shardwrite, "block_arrays", spy)
+    monkeypatch.setattr(procpool, "block_arrays", spy)  # its own: decoding into the slots
     return lambda: [int(x) for x in log.read_text().split()] if log.exists() else []
 
 
@@ -155,6 +156,7 @@ def test_a_worker_that_dies_fails_the_write_naming_its_files(image_folder, tmp_p
         return real(paths, *args, **kwargs)
 
     monkeypatch.setattr(shardwrite, "block_arrays", crash)
+    monkeypatch.setattr(procpool, "block_arrays", crash)
     out = tmp_path / "x.zarr.zip"
     with dask.config.set(num_workers=2), pytest.raises(DaskImgError, match="worker process") as e:
         di.to_zarr(ds, out, chunks=4, order="source")
@@ -162,6 +164,7 @@ def test_a_worker_that_dies_fails_the_write_naming_its_files(image_folder, tmp_p
     assert f"{first} .. {last}" in str(e.value)  # the dead worker's chunk is among those named
     assert sorted(os.listdir(tmp_path)) == ["src"]
     monkeypatch.setattr(shardwrite, "block_arrays", real)
+    monkeypatch.setattr(procpool, "block_arrays", real)
     with dask.config.set(num_workers=2):
         di.to_zarr(ds, out, chunks=4)  # the lock is free, the next write works
     assert len(di.open_zarr(out)) == 24
@@ -200,6 +203,7 @@ _KILLED_WRITER = """
 import json, os, sys, time
 import dask
 import daskimg as di
+import daskimg.store.procpool as pp
 import daskimg.store.shardwrite as sw
 
 log, src, out = sys.argv[1:]
@@ -211,7 +215,7 @@ def slow(*a, **k):
     time.sleep(60)
     return real(*a, **k)
 
-sw.block_arrays = slow
+sw.block_arrays = pp.block_arrays = slow
 with dask.config.set(num_workers=2):
     di.to_zarr(di.from_folder(src, size=(32, 40)), out, chunks=4)
 """
@@ -374,6 +378,7 @@ def test_an_error_stops_the_workers_at_once_and_is_the_error_raised(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shardwrite, "block_arrays", slow)
+    monkeypatch.setattr(procpool, "block_arrays", slow)
     monkeypatch.setattr(ZipBuilder, "put", full)
     t = time.monotonic()
     with dask.config.set(num_workers=2), pytest.raises(OSError, match="No space left") as e:
@@ -412,19 +417,21 @@ def test_workers_that_cannot_start_are_an_error_and_nothing_waits(
 
 
 @pytest.mark.parametrize("kind", [".zarr.zip", ".zarr"])
-def test_copies_are_reused_only_after_their_shard_is_written(tmp_path, monkeypatch, kind):
-    """The chunks copied out of the slots go into buffers reused once their shard is
-    written: with a slow disk, many shards wait, and every byte still lands right."""
+def test_slots_are_reused_only_after_their_shard_is_written(tmp_path, monkeypatch, kind):
+    """Chunks are written from the slots the workers put them in, each slot taken again
+    once its shard is written: with a slow disk, many shards wait, slots are reused, and
+    every byte still lands right."""
     root = tmp_path / "src"
     # shards of 2 chunks of 2 images: 384 KB, over what a zip keeps to write at the end
     di.testing.make_image_folder(root, n=48, size=(160, 200), classes=("a", "b"))
     ds = di.from_folder(root, size=(160, 200))
-    made = []
-    real_exit = procpool._Copies.__exit__
+    taken = []
+    real_take = procpool._Slots.take
 
-    def counting_exit(self, *exc):
-        made.append(len(self._all))
-        return real_exit(self, *exc)
+    def counting_take(self, *, wait):
+        slot = real_take(self, wait=wait)
+        taken.append((self.count, slot))
+        return slot
 
     real_write = shardwrite.write_file
 
@@ -438,16 +445,41 @@ def test_copies_are_reused_only_after_their_shard_is_written(tmp_path, monkeypat
         time.sleep(0.02)
         return real_member(self, key, pieces)
 
-    monkeypatch.setattr(procpool._Copies, "__exit__", counting_exit)
+    monkeypatch.setattr(procpool._Slots, "take", counting_take)
     monkeypatch.setattr(ZipBuilder, "_write_member", slow_member)
     monkeypatch.setattr(shardwrite, "write_file", slow_file)
     with dask.config.set(num_workers=2):
         forked = di.to_zarr(ds, tmp_path / f"forked{kind}", chunks=2, shard_chunks=2)
-    assert made and 0 < made[0] < 48 // 2  # buffers were reused, not one per chunk
+    used = [slot for _, slot in taken if slot is not None]
+    assert len(used) == 48 // 2 and taken[0][0] < 48 // 2  # fewer slots than chunks: reused
     with dask.config.set(scheduler="sync"):
         here = di.to_zarr(ds, tmp_path / f"here{kind}", chunks=2, shard_chunks=2)
     a, b = _arrays(forked), _arrays(here)
     assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("codec", ["lz4", "none", "jpeg:80", "zstd"])
+def test_photos_decoded_into_the_slots_make_the_bytes_of_an_in_process_write(tmp_path, codec):
+    # the images are decoded into the slot, their Blosc header written before them where
+    # they are kept raw: the stored bytes are those of a write in this process, every
+    # codec, a short last chunk padded, chunks large enough to be probed (1.2 MB)
+    root = tmp_path / "src"
+    di.testing.make_photo_folder(root, n_per_class=10)
+    ds = di.from_folder(root, size=(224, 224))
+    with dask.config.set(num_workers=2):
+        forked = di.to_zarr(ds, tmp_path / "forked.zarr", chunks=8, codec=codec)
+    with dask.config.set(scheduler="sync"):
+        here = di.to_zarr(ds, tmp_path / "here.zarr", chunks=8, codec=codec)
+    for dirpath, _, files in os.walk(here):
+        for f in files:
+            if f != "zarr.json":
+                mine = os.path.join(dirpath, f)
+                theirs = os.path.join(forked, os.path.relpath(mine, here))
+                with open(mine, "rb") as a, open(theirs, "rb") as b:
+                    assert a.read() == b.read(), os.path.relpath(mine, here)
+    a, b = _arrays(forked), _arrays(here)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 

@@ -22,6 +22,7 @@ and are written through zarr. Tests read every encoded store with plain zarr.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,16 @@ from numcodecs import Blosc
 
 from .layout import ArrayLayout, parse_layout
 
-__all__ = ["Chunk", "ShardEncoder", "becomes_inf", "blosc_encode", "check_fits", "holds_every"]
+__all__ = [
+    "Chunk",
+    "ShardEncoder",
+    "becomes_inf",
+    "blosc_encode",
+    "check_fits",
+    "holds_every",
+    "kept_raw",
+    "raw_header",
+]
 
 #: an index entry for a chunk that is not in the shard (the spec's "empty")
 _MISSING = 2**64 - 1
@@ -42,7 +52,7 @@ _SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle
 #: bytes (as ZFS decides per block), judged from :data:`_PROBES` windows of it
 _MIN_SAVING = 1 / 8
 _PROBES, _PROBE_BYTES = 4, 64 * 2**10
-#: chunks smaller than this are compressed whole without a probe
+#: chunks smaller than this are compressed whole, then judged by what that saved
 _PROBED_FROM = 4 * _PROBES * _PROBE_BYTES
 
 #: one encoded chunk: its pieces (body, then its 4-byte crc32c), written in this order
@@ -120,6 +130,22 @@ class ShardEncoder:
                 body = bytes(body)
         return body, crc32c.crc32c(body).to_bytes(4, "little")
 
+    def prefix(self, rows: np.ndarray) -> bytes | None:
+        """What goes right before ``rows`` (a whole chunk, C-contiguous, the array's dtype
+        and shape) for the rows as they are to be this chunk's encoded body: ``b""``
+        uncompressed, a Blosc frame's header where Blosc keeps them raw (:func:`kept_raw`);
+        None when the chunk is encoded otherwise (:meth:`encode_chunk`)."""
+        lay = self.layout
+        if rows.dtype != lay.dtype or rows.shape != (lay.chunk_len, *lay.shape[1:]):
+            return None
+        if self.jpeg_quality is not None:
+            return None
+        if self.blosc is None:
+            return b""
+        return (
+            raw_header(self.blosc, rows.dtype, rows.nbytes) if kept_raw(rows, self.blosc) else None
+        )
+
     def key(self, k: int) -> str:
         """The store key (``images/c/3/0/0/0``) of shard ``k`` (chunk ``k`` if not sharded)."""
         return self.layout.key(k)
@@ -155,30 +181,60 @@ class ShardEncoder:
 def blosc_encode(rows: np.ndarray, cfg: dict[str, Any]) -> bytes:
     """``rows`` (C-contiguous) as one Blosc chunk of ``cfg`` (cname, clevel, shuffle,
     blocksize); stored uncompressed inside the Blosc frame (its "memcpyed" flag, which
-    every Blosc reader, plain zarr's included, reads as any other frame) when a probe says
-    compressing would save less than :data:`_MIN_SAVING` of the bytes.
+    every Blosc reader, plain zarr's included, reads as any other frame) when compressing
+    saves less than :data:`_MIN_SAVING` of the bytes: for a chunk of :data:`_PROBED_FROM`
+    bytes or more as a probe of it says (:func:`kept_raw`), for a smaller one as its
+    compressed size says.
 
     Why: Blosc-lz4 saves ~6% on photo pixels (1.065x on the benchmark's photos) and costs
     ~0.1 ms per 224x224 image to write (a tenth of decoding it) and about as much again to
-    read back (``bench/bench_feed.py``: 0.64 of the uncompressed feed rate). The probe
-    compresses :data:`_PROBES` windows of :data:`_PROBE_BYTES` spread over the chunk (5%
-    of a 4.8 MB chunk); masks, labels, scans with a dark background and other data that
-    compresses well are compressed whole, as before.
+    read back (``bench/bench_feed.py``: 0.64 of the uncompressed feed rate). Masks, labels,
+    scans with a dark background and other data that compresses well are compressed whole,
+    as before.
     """
+    data = rows.reshape(-1).view(np.uint8).data
+    if kept_raw(rows, cfg):
+        return b"".join((raw_header(cfg, rows.dtype, rows.nbytes), data))
+    body = bytes(Blosc(**cfg).encode(rows))
+    if data.nbytes < _PROBED_FROM and len(body) - 16 > data.nbytes * (1 - _MIN_SAVING):
+        return b"".join((raw_header(cfg, rows.dtype, rows.nbytes), data))
+    return body
+
+
+def kept_raw(rows: np.ndarray, cfg: dict[str, Any]) -> bool:
+    """Whether a chunk of ``rows`` (C-contiguous) of :data:`_PROBED_FROM` bytes or more is
+    stored raw in its Blosc frame: Blosc with ``cfg`` shrinks :data:`_PROBES` windows of
+    :data:`_PROBE_BYTES` spread over it (5% of a 4.8 MB chunk) by less than
+    :data:`_MIN_SAVING`. False for smaller chunks (they are compressed to be judged)."""
     data = rows.reshape(-1).view(np.uint8)
-    if data.nbytes >= _PROBED_FROM and cfg["clevel"] > 0:
-        probe = Blosc(**{**cfg, "blocksize": 0})
-        step = data.nbytes // _PROBES
-        raw = packed = 0
-        for i in range(_PROBES):
-            start = i * step + (step - _PROBE_BYTES) // 2
-            start -= start % rows.dtype.itemsize
-            window = data[start : start + _PROBE_BYTES]
-            raw += window.nbytes
-            packed += len(probe.encode(window)) - 16  # Blosc's header is not the data's
-        if packed > raw * (1 - _MIN_SAVING):
-            return bytes(Blosc(**{**cfg, "clevel": 0}).encode(rows))
-    return bytes(Blosc(**cfg).encode(rows))
+    if cfg["clevel"] <= 0:
+        return True
+    if data.nbytes < _PROBED_FROM:
+        return False
+    probe = Blosc(**{**cfg, "blocksize": 0})
+    step = data.nbytes // _PROBES
+    raw = packed = 0
+    for i in range(_PROBES):
+        start = i * step + (step - _PROBE_BYTES) // 2
+        start -= start % rows.dtype.itemsize
+        window = data[start : start + _PROBE_BYTES]
+        raw += window.nbytes
+        packed += len(probe.encode(window)) - 16  # Blosc's header is not the data's
+    return packed > raw * (1 - _MIN_SAVING)
+
+
+@functools.lru_cache(maxsize=64)
+def _raw_header(cname: str, shuffle: int, blocksize: int, dtype: str, nbytes: int) -> bytes:
+    zeros = np.zeros(nbytes // np.dtype(dtype).itemsize, dtype)
+    cfg = {"cname": cname, "clevel": 0, "shuffle": shuffle, "blocksize": blocksize}
+    return bytes(Blosc(**cfg).encode(zeros)[:16])
+
+
+def raw_header(cfg: dict[str, Any], dtype: np.dtype[Any], nbytes: int) -> bytes:
+    """The 16-byte header of the Blosc frame ``cfg`` stores ``nbytes`` of ``dtype`` in
+    uncompressed: Blosc's own (clevel 0), which does not depend on the bytes, so a chunk
+    decoded right after it is its frame without being copied."""
+    return _raw_header(cfg["cname"], cfg["shuffle"], cfg["blocksize"], np.dtype(dtype).str, nbytes)
 
 
 def _chain(meta: dict[str, Any]) -> list[dict[str, Any]]:

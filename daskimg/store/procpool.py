@@ -24,12 +24,14 @@ crc32c) come back, and this process puts each shard together as its chunks arriv
 (:class:`~daskimg.store.shardwrite.ShardAssembler`) and writes it (a zip being built,
 or the staging folder). At most two chunks per worker are out at a time, so memory does
 not grow with the number of files. The encoded bytes come back through memory shared
-with the workers (one slot per chunk out, mapped before the fork), not through the
+with the workers (slots mapped before the fork), not through the
 pool's pipe: pickling ~8 MB a chunk through a 64 KiB pipe cost each side about 15 ms of
 CPU per chunk here (~0.3 ms per image, a tenth of decoding it); a slot costs one copy.
-That copy goes into a buffer reused once its shard is written (:class:`_Copies`), and the
-workers keep their freed chunk-sized buffers (:func:`daskimg.store.malloc.keep_freed_buffers`): fresh memory
-for each chunk cost the kernel's page zeroing, ~5 ms per 8 MB chunk on each side.
+The bytes are written from the slot (a slot is taken again once every shard holding its
+bytes is written), and the workers keep their freed chunk-sized buffers
+(:func:`daskimg.store.malloc.keep_freed_buffers`): fresh memory for each chunk cost the
+kernel's page zeroing, ~5 ms per 8 MB chunk on each side. (Copying each chunk out of its
+slot, as before, cost this process 0.03 ms an image.)
 
 Forking a process that has threads is safe here because the children run only
 daskimg's decoding and encoding, which take no lock another thread could have held at
@@ -47,7 +49,6 @@ what was written is removed as for any failed write.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import math
@@ -64,6 +65,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+import crc32c
 import dask
 import numpy as np
 from dask.system import CPU_COUNT
@@ -78,8 +80,14 @@ from .shardwrite import Given, ShardAssembler, decode_encode
 
 __all__ = ["decoded_blocks", "follow_parent", "workers_for", "write_chunks"]
 
+#: where in a slot a chunk's images are decoded: room before them for a Blosc header
+_HEAD = 16
+
 #: chunks handed to each worker ahead of the one it is working on
 _AHEAD = 2
+#: shards' worth of slots held beyond the chunks out: one being put together, one being
+#: written, the writer's queue (zipbuild's _QUEUED), and one more so a worker never waits
+_HELD_KEYS = 5
 
 #: bodies smaller than this come back pickled (source sizes, boxes): not worth a slot
 _SMALL = 1 << 16
@@ -144,37 +152,99 @@ def write_chunks(
     in ``workers`` forked processes; write every shard of ``encoders``' arrays with
     ``put(key, pieces, done=...)`` (in this process: :meth:`ZipBuilder.put
     <daskimg.store.zipbuild.ZipBuilder.put>` or a :class:`FolderWriter
-    <daskimg.store.shardwrite.FolderWriter>`) as soon as its chunks are in."""
+    <daskimg.store.shardwrite.FolderWriter>`) as soon as its chunks are in.
+
+    A chunk's encoded bytes are written from the slot the worker put them in: the slot is
+    taken again only once every shard holding them is written (``done``), so there are
+    enough slots for the chunks out, a shard being put together and the shards waiting
+    for the writer."""
     # a slot holds a chunk's large bodies; a body that does not fit (a JPEG chunk larger
     # than its pixels) comes back pickled
     size = sum(_raw_bytes(enc) + 256 for enc in encoders.values())
-    copies = _Copies(max(_raw_bytes(enc) + 256 for enc in encoders.values()))
-
-    def put_then_reuse(key: str, pieces: list[Any]) -> None:
-        put(key, pieces, done=functools.partial(copies.reuse, pieces))
-
-    shards = ShardAssembler(put_then_reuse)
-    with _Workers(workers, blocks, size, dict(encoders)) as pool, copies:
+    ahead = workers * _AHEAD
+    per_key = max(enc.chunks_per_key for enc in encoders.values())
+    slots = _Slots(ahead + per_key * _HELD_KEYS)
+    shards = ShardAssembler(lambda key, pieces: put(key, pieces, done=slots.written(pieces)))
+    with _Workers(workers, blocks, size, dict(encoders), slots=slots.count) as pool:
         running: dict[Any, tuple[int, int]] = {}
         following = 0
         while following < len(blocks) or running:
-            while following < len(blocks) and pool.free:
-                slot = pool.free.pop()
+            while following < len(blocks) and len(running) < ahead:
+                slot = slots.take(wait=not running)
+                if slot is None:
+                    break  # every slot holds bytes not yet written: wait for a chunk first
                 running[pool.submit(_chunk, following, slot)] = (following, slot)
                 following += 1
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=running.__getitem__):
                 c, slot = running.pop(future)
                 result = pool.result(future, c, [c for c, _ in running.values()])
-                with memoryview(pool.slots[slot]) as view:
-                    for name, enc in encoders.items():
-                        body, crc = result[name]
-                        if isinstance(body, _InSlot):  # copied out: the slot is reused
-                            body = copies.copy(view[body.start : body.stop])
-                        shards.add(enc, c, (body, crc))
-                pool.free.append(slot)
+                view = memoryview(pool.slots[slot])
+                for name, enc in encoders.items():
+                    body, crc = result[name]
+                    if isinstance(body, _InSlot):  # written from the slot, which is held
+                        body = slots.lend(slot, view[body.start : body.stop])
+                    shards.add(enc, c, (body, crc))
+                view.release()
+                slots.give_back(slot)  # the worker is done with it; what it lent is held
                 bar(1)
         shards.check_done()
+
+
+class _Slots:
+    """Which slots are free: a slot is free when no worker writes into it and no body lent
+    out of it waits to be written. ``done`` callbacks come from the writer's thread."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._lent: dict[int, int] = {}  # slot -> bodies lent, not yet written
+        self._views: dict[int, int] = {}  # id of a lent view -> its slot
+        self._busy: set[int] = set()  # slots a worker has
+        self._free = list(range(count))
+        self._cond = threading.Condition()
+
+    def take(self, *, wait: bool) -> int | None:
+        """A free slot (waiting for one with ``wait``; else None when there is none)."""
+        with self._cond:
+            while not self._free:
+                if not wait:
+                    return None
+                self._cond.wait()
+            slot = self._free.pop()
+            self._busy.add(slot)
+            return slot
+
+    def lend(self, slot: int, view: memoryview) -> memoryview:
+        """``view`` (of ``slot``) goes into a shard: the slot is held until it is written."""
+        with self._cond:
+            self._lent[slot] = self._lent.get(slot, 0) + 1
+            self._views[id(view)] = slot
+        return view
+
+    def give_back(self, slot: int) -> None:
+        """The worker's task on ``slot`` is handled."""
+        with self._cond:
+            self._busy.discard(slot)
+            self._release(slot)
+
+    def written(self, pieces: Sequence[Any]) -> Callable[[], None]:
+        """The ``done`` callback of a shard made of ``pieces``."""
+
+        def done() -> None:
+            with self._cond:
+                for p in pieces:
+                    slot = self._views.pop(id(p), None)
+                    if slot is not None:
+                        self._lent[slot] -= 1
+                        self._release(slot)
+
+        return done
+
+    def _release(self, slot: int) -> None:
+        if slot not in self._busy and not self._lent.get(slot):
+            self._lent.pop(slot, None)
+            self._free.append(slot)
+            self._cond.notify()
 
 
 def decoded_blocks(
@@ -219,6 +289,8 @@ class _Workers:
         blocks: Sequence[tuple[Any, ...]],
         size: int,
         encoders: dict[str, ShardEncoder],
+        *,
+        slots: int | None = None,
     ) -> None:
         _warm()
         # the objects this process holds are left out of garbage collection until the
@@ -228,7 +300,7 @@ class _Workers:
         gc.freeze()
         self._frozen = True
         self.blocks = blocks
-        self.slots = [mmap.mmap(-1, size) for _ in range(workers * _AHEAD)]
+        self.slots = [mmap.mmap(-1, size) for _ in range(slots or workers * _AHEAD)]
         self.free = list(range(len(self.slots)))
         self._abort_r, self._abort_w = os.pipe()
         self._pool = ProcessPoolExecutor(
@@ -293,59 +365,6 @@ class _Workers:
         for m in self.slots:
             with contextlib.suppress(BufferError):  # an array a caller still holds:
                 m.close()  # freed with its last view
-
-
-class _Copies:
-    """The buffers that chunks are copied into out of their slots, each reused once the
-    shard it went into is written (``put``'s ``done``).
-
-    Fresh memory for every chunk was the largest cost of this process after the zip's
-    CRC-32: the kernel maps and zeroes each page on first touch, ~5 ms per 8 MB chunk
-    here (a copy into memory already mapped: ~1 ms). As many buffers are made as chunks
-    wait at once (a shard being put together, the shards queued for the writer): the
-    memory the copies took before, now kept until the write ends.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._free: list[mmap.mmap] = []
-        self._lent: dict[int, mmap.mmap] = {}  # id of a view handed out -> its buffer
-        self._all: list[mmap.mmap] = []
-        self._lock = threading.Lock()  # reuse() is called by the writer thread
-
-    def __enter__(self) -> _Copies:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._free.clear()
-        self._lent.clear()
-        for m in self._all:
-            with contextlib.suppress(BufferError):  # a view an error's traceback holds:
-                m.close()  # freed with it
-        self._all.clear()
-
-    def copy(self, data: memoryview) -> Any:
-        """A copy of ``data``, valid until :meth:`reuse` is called with it."""
-        if data.nbytes > self._size:  # larger than any raw chunk (JPEG): not worth keeping
-            return bytes(data)
-        with self._lock:
-            buf = self._free.pop() if self._free else None
-        if buf is None:
-            buf = mmap.mmap(-1, self._size)
-            self._all.append(buf)
-        view = memoryview(buf)[: data.nbytes]
-        view[:] = data
-        with self._lock:
-            self._lent[id(view)] = buf
-        return view
-
-    def reuse(self, pieces: Sequence[Any]) -> None:
-        """``pieces`` are written: the buffers of the copies among them may be reused."""
-        with self._lock:
-            for p in pieces:
-                buf = self._lent.pop(id(p), None)
-                if buf is not None:
-                    self._free.append(buf)
 
 
 class _InSlot:
@@ -447,12 +466,52 @@ def _exit_with(waits: list[int]) -> None:
 
 
 def _chunk(c: int, slot: int) -> dict[str, Any]:
-    """Decode and encode chunk ``c``; put its large bodies into ``slot``, the rest returned."""
-    encoded = decode_encode(Given(_BLOCKS[c]), Given((_ENCODERS, False)))
-    out: dict[str, Any] = {_LOG: _COLLECT.take()}
+    """Decode and encode chunk ``c``; put its large bodies into ``slot``, the rest returned.
+
+    The images are decoded into the slot itself, :data:`_HEAD` bytes in: when they are
+    their own encoded body (uncompressed, or raw in a Blosc frame whose header then goes
+    right before them: :meth:`ShardEncoder.prefix`), nothing is copied. Otherwise (they
+    compress, or are JPEG-encoded) their encoded bytes are put at the slot's start."""
+    args = _BLOCKS[c]
+    paths, spec = args[0], args[1]
+    enc = _ENCODERS.get("images")
+    if enc is None or np.dtype(spec.dtype) != enc.layout.dtype:
+        return _in_slot(slot, decode_encode(Given(args), Given((_ENCODERS, False))))
+    lay = enc.layout
     view = memoryview(_SLOTS[slot])
-    at = 0
+    count = lay.chunk_len * math.prod(lay.shape[1:])
+    rows = np.frombuffer(view, lay.dtype, count, _HEAD).reshape(lay.chunk_len, *lay.shape[1:])
+    arrays = block_arrays(*args, out=rows[: len(paths)])
+    rows[len(paths) :] = 0  # zarr pads an edge chunk with the fill value
+    end = _HEAD + rows.nbytes
+    encoded: dict[str, Any] = {}
+    head = enc.prefix(rows)
+    if head is not None:
+        start = _HEAD - len(head)
+        view[start:_HEAD] = head
+        encoded["images"] = (_InSlot(start, end), _crc(view[start:end]))
+    else:
+        encoded["images"] = enc.encode_chunk(rows[: len(paths)], keep=False)
+        end = 0  # the rows are encoded: the slot is free from its start
+    del rows
+    for name, other in _ENCODERS.items():
+        if name != "images":
+            encoded[name] = other.encode_chunk(arrays[name])
+    del arrays
+    return _in_slot(slot, encoded, at=end, view=view)
+
+
+def _in_slot(
+    slot: int, encoded: dict[str, Any], *, at: int = 0, view: memoryview | None = None
+) -> dict[str, Any]:
+    """The result of a chunk task: ``encoded``'s large bodies copied into ``slot`` from
+    ``at`` on (a body already there, an :class:`_InSlot`, is passed on), the rest as they are."""
+    out: dict[str, Any] = {_LOG: _COLLECT.take()}
+    view = view if view is not None else memoryview(_SLOTS[slot])
     for name, (body, crc) in encoded.items():
+        if isinstance(body, _InSlot):
+            out[name] = (body, crc)
+            continue
         data = memoryview(body).cast("B")
         end = _into_slot(view, at, data)
         if end is None:
@@ -462,6 +521,11 @@ def _chunk(c: int, slot: int) -> dict[str, Any]:
             at = end
     view.release()
     return out
+
+
+def _crc(data: memoryview) -> bytes:
+    """The 4 bytes of crc32c that end an encoded chunk (:meth:`ShardEncoder.encode_chunk`)."""
+    return crc32c.crc32c(data).to_bytes(4, "little")
 
 
 def _block(c: int, slot: int) -> dict[str, Any]:
