@@ -1,7 +1,7 @@
 """Store: the codec chains daskimg writes, and their fast decoding.
 
 Every chain ends with Zarr v3's ``crc32c`` codec, so a damaged chunk is an error, never
-a black image. A Blosc chunk that compressing would shrink by less than an eighth is
+a black image. A Blosc-lz4 chunk that compressing would shrink by less than an eighth is
 stored uncompressed inside its Blosc frame (:func:`daskimg.store.encode.blosc_encode`). Blosc is used with *no* bit-shuffle for 1-byte samples: zarr-python's
 default bit-shuffle decompressed about 4x slower on photo pixels and gained nothing.
 

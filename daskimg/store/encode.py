@@ -51,6 +51,8 @@ _SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle
 #: a chunk is kept compressed only where compressing saves at least this share of its
 #: bytes (as ZFS decides per block), judged from :data:`_PROBES` windows of it
 _MIN_SAVING = 1 / 8
+#: the compressors the rule applies to: those chosen for speed (zstd is chosen for size)
+_FAST = frozenset({"lz4"})
 _PROBES, _PROBE_BYTES = 4, 64 * 2**10
 #: chunks smaller than this are compressed whole, then judged by what that saved
 _PROBED_FROM = 4 * _PROBES * _PROBE_BYTES
@@ -180,8 +182,8 @@ class ShardEncoder:
 
 def blosc_encode(rows: np.ndarray, cfg: dict[str, Any]) -> bytes:
     """``rows`` (C-contiguous) as one Blosc chunk of ``cfg`` (cname, clevel, shuffle,
-    blocksize); stored uncompressed inside the Blosc frame (its "memcpyed" flag, which
-    every Blosc reader, plain zarr's included, reads as any other frame) when compressing
+    blocksize); with lz4, stored uncompressed inside the Blosc frame (its "memcpyed" flag,
+    which every Blosc reader, plain zarr's included, reads as any other frame) when compressing
     saves less than :data:`_MIN_SAVING` of the bytes: for a chunk of :data:`_PROBED_FROM`
     bytes or more as a probe of it says (:func:`kept_raw`), for a smaller one as its
     compressed size says.
@@ -196,7 +198,8 @@ def blosc_encode(rows: np.ndarray, cfg: dict[str, Any]) -> bytes:
     if kept_raw(rows, cfg):
         return b"".join((raw_header(cfg, rows.dtype, rows.nbytes), data))
     body = bytes(Blosc(**cfg).encode(rows))
-    if data.nbytes < _PROBED_FROM and len(body) - 16 > data.nbytes * (1 - _MIN_SAVING):
+    small = data.nbytes < _PROBED_FROM and cfg["cname"] in _FAST
+    if small and len(body) - 16 > data.nbytes * (1 - _MIN_SAVING):
         return b"".join((raw_header(cfg, rows.dtype, rows.nbytes), data))
     return body
 
@@ -205,11 +208,13 @@ def kept_raw(rows: np.ndarray, cfg: dict[str, Any]) -> bool:
     """Whether a chunk of ``rows`` (C-contiguous) of :data:`_PROBED_FROM` bytes or more is
     stored raw in its Blosc frame: Blosc with ``cfg`` shrinks :data:`_PROBES` windows of
     :data:`_PROBE_BYTES` spread over it (5% of a 4.8 MB chunk) by less than
-    :data:`_MIN_SAVING`. False for smaller chunks (they are compressed to be judged)."""
+    :data:`_MIN_SAVING`. False for smaller chunks (they are compressed to be judged), and
+    for a compressor other than lz4: zstd is chosen for the smallest store, every byte it
+    saves is kept."""
     data = rows.reshape(-1).view(np.uint8)
     if cfg["clevel"] <= 0:
         return True
-    if data.nbytes < _PROBED_FROM:
+    if data.nbytes < _PROBED_FROM or cfg["cname"] not in _FAST:
         return False
     probe = Blosc(**{**cfg, "blocksize": 0})
     step = data.nbytes // _PROBES
