@@ -870,3 +870,56 @@ def test_a_source_of_no_samples_is_refused_not_fed_as_empty_epochs(store):
     empty = di.open_zarr(store).take(np.arange(0))
     with pytest.raises(ValueError, match="the source holds no samples"):
         di.BatchIterator(empty, batch_size=4)
+
+
+def _noisy_photos(n):
+    """224x224 crops of scikit-image's bundled photos with a camera's noise: lz4 saves
+    almost nothing on them, so their chunks are stored raw in their Blosc frames."""
+    from skimage import data as photos
+
+    rng = np.random.default_rng(0)
+    pic = photos.astronaut()
+    out = np.empty((n, 224, 224, 3), np.uint8)
+    for i in range(n):
+        y, x = (i * 37) % (pic.shape[0] - 224), (i * 53) % (pic.shape[1] - 224)
+        out[i] = np.clip(
+            np.round(pic[y : y + 224, x : x + 224] + rng.normal(0, 3, (224, 224, 3))), 0, 255
+        )
+    return out
+
+
+def test_lz4_chunks_stored_raw_are_fed_straight_into_batches_and_checked(tmp_path):
+    # 5 chunks of noisy photos (stored raw in their Blosc frames, read like codec "none":
+    # straight into the batch rows) and 3 of flat images (compressed): every batch is what
+    # plain zarr reads; a flipped byte anywhere in a raw chunk (its Blosc header, its
+    # pixels, its checksum) is an error naming the store and the chunk
+    from daskimg.store.reader import RawChunk, StoreReader
+
+    images = np.concatenate([_noisy_photos(40), np.full((24, 224, 224, 3), 90, np.uint8)])
+    images[40:, 100:120] = 200
+    path = tmp_path / "s.zarr.zip"
+    di.to_zarr(di.ImageSet(images, np.arange(64) % 3), path, chunks=8, order="source")
+    reader = StoreReader(path)
+    views = [reader.view_chunk("images", c) for c in range(8)]
+    assert [isinstance(v, RawChunk) and len(v.head) == 16 for v in views] == [True] * 5 + [
+        False
+    ] * 3
+    want = plain_group(path)["images"][...]
+    np.testing.assert_array_equal(want, images)
+    seen = []
+    for batch, index in di.BatchIterator(path, batch_size=7, arrays=("images", "index"), seed=1):
+        np.testing.assert_array_equal(batch, want[index])
+        seen += index.tolist()
+    assert sorted(seen) == list(range(64))
+    _, offset, nbytes = reader.chunk_location("images", 2)
+    for at in (2, 5, 12, 16, 16 + nbytes // 2, nbytes - 1):  # flags, sizes, pixels, crc32c
+        bad = tmp_path / f"bad{at}.zarr.zip"
+        shutil.copy(path, bad)
+        with open(bad, "r+b") as fh:
+            fh.seek(offset + at)
+            b = fh.read(1)
+            fh.seek(offset + at)
+            fh.write(bytes([b[0] ^ 0x02]))
+        with pytest.raises(ChecksumError, match=rf"{bad.name}.*chunk 2\b"):
+            for _ in di.BatchIterator(bad, batch_size=8, arrays=("images",), shuffle=False):
+                pass

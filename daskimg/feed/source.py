@@ -280,10 +280,11 @@ class FeedSource:
     def load(self, c: int, scratch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Chunk ``c`` of every lazy array, ready to copy rows from (runs in a background thread).
 
-        Uncompressed stores give a view of the memory-mapped file (rows are copied out and
-        checksummed in one pass); JPEG chunks and per-sample stores give their encoded
-        samples, each decoded straight into its batch row later; lz4/zstd chunks are decoded
-        into this thread's ``scratch``, to copy rows out of while it is in the CPU cache.
+        Uncompressed chunks (lz4 ones stored raw in their Blosc frame included) are read
+        straight into their batch rows later and checksummed there; JPEG chunks and
+        per-sample stores give their encoded samples, each decoded straight into its batch
+        row later; compressed lz4/zstd chunks are decoded into this thread's ``scratch``, to
+        copy rows out of while it is in the CPU cache.
         """
         a, b = self.rows(c)
         reader = self.reader

@@ -48,6 +48,7 @@ __all__ = [
     "decompress_into",
     "flat_bytes",
     "parse_codec",
+    "raw_frame",
     "serializer",
     "vlen_decode",
     "zstd_decode",
@@ -193,6 +194,16 @@ def blosc_header(body: Any, expected: int, where: str) -> None:
                     problem = "a block starts outside the chunk"
     if problem is not None:
         raise ChecksumError(f"{where}: damaged Blosc chunk ({problem}); re-create the store")
+
+
+def raw_frame(head: Any, expected: int) -> bool:
+    """Whether ``head`` (a Blosc chunk's first 16 bytes) is the header of ``expected`` bytes
+    stored uncompressed in the frame ("memcpyed"): the rows then follow it as they are."""
+    view = memoryview(head).cast("B")
+    if len(view) != 16 or view[0] not in (1, 2) or not view[2] & 0x02:
+        return False
+    nbytes, _, cbytes = struct.unpack_from("<III", view, 4)
+    return bool(nbytes == expected and cbytes == expected + 16)
 
 
 def flat_bytes(a: np.ndarray) -> np.ndarray:

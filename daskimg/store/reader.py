@@ -28,7 +28,7 @@ from numcodecs import blosc
 from ..errors import ChecksumError, MetadataError
 from .bytesource import ByteSource, LocalDir, LocalZip, open_source
 from .chunktable import TABLE, check_place, decode_table
-from .codecs import blosc_header, check_crc, check_crc_of, decode_chunk, flat_bytes
+from .codecs import blosc_header, check_crc, check_crc_of, decode_chunk, flat_bytes, raw_frame
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 from .layout import ArrayLayout, parse_layout
 from .locate import MISSING, ChunkLocator
@@ -274,19 +274,33 @@ class StoreReader:
     def view_chunk(self, name: str, c: int) -> RawChunk | JpegChunk | None:
         """Chunk ``c`` ready to be copied or decoded straight into batch rows.
 
-        Uncompressed (codec ``"none"``) full chunks: a :class:`RawChunk` that reads its
-        rows straight into their batch rows and checks them there. JPEG chunks: a
+        Uncompressed full chunks (codec ``"none"``, or lz4 chunks stored raw in their Blosc
+        frame: most photos, see :func:`daskimg.store.encode.blosc_encode`): a
+        :class:`RawChunk` that reads its rows straight into their batch rows and checks
+        them there. JPEG chunks: a
         :class:`~daskimg.store.jpeg.JpegChunk` that decodes any sample into any row.
         None for anything else (use :meth:`read_chunk`).
         """
         lay = self.layout(name)
-        if lay.kind not in ("raw", "jpeg") or lay.inner_len != lay.chunk_len:
+        if lay.kind not in ("raw", "jpeg", "blosc") or lay.inner_len != lay.chunk_len:
             return None
         a, b = lay.chunk_rows(c)
-        if lay.kind == "raw" and b - a != lay.chunk_len:
+        if lay.kind in ("raw", "blosc") and b - a != lay.chunk_len:
             return None  # zarr pads the last chunk: read_chunk cuts it
         where = self._where(lay, c)
         key, off, nbytes = self._locate.inner(lay, c)
+        if lay.kind == "blosc":  # one stored raw in its Blosc frame reads as uncompressed
+            expected = (b - a) * lay.row_bytes
+            if nbytes != expected + 16 + 4:
+                return None  # compressed: read_chunk decompresses it
+            head = bytearray(16)
+            self.source.readinto(key, off, [head])
+            if not raw_frame(head, expected):
+                return None  # read_chunk checks it and names what is wrong
+            return RawChunk(
+                self.source, key, off, (b - a, *lay.shape[1:]), lay.dtype, where,
+                self.chunk_table(lay), c, bytes(head),
+            )  # fmt: skip
         if lay.kind == "raw":
             expected = (b - a) * lay.row_bytes
             if nbytes != expected + 4:
@@ -400,6 +414,10 @@ class RawChunk:
     where: str
     table: np.ndarray | None = None  # the store's chunk table (see .chunktable)
     index: int = 0  # this chunk's entry in it
+    #: the Blosc header before the rows of a chunk stored raw in its Blosc frame (b"": none),
+    #: as :meth:`Reader.view_chunk` read and checked it; read again with the rows, it
+    #: counts in their checksum and must be the same
+    head: bytes = b""
 
     def copy_to(self, targets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         """``dest[at] = rows[sel]`` for each ``(dest, at, sel)``; raise if the chunk is damaged.
@@ -427,11 +445,12 @@ class RawChunk:
                 bufs.append(_row_bytes(spare, j))
                 j += 1
         crc_bytes = bytearray(4)
-        self.source.readinto(self.key, self.offset, [*bufs, crc_bytes])
-        crc, check = 0, crc32c.crc32c
+        head = bytearray(len(self.head))
+        self.source.readinto(self.key, self.offset, [*([head] if head else []), *bufs, crc_bytes])
+        crc, check = crc32c.crc32c(head), crc32c.crc32c
         for b in bufs:
             crc = check(b, crc)
-        if crc != int.from_bytes(crc_bytes, "little"):
+        if crc != int.from_bytes(crc_bytes, "little") or head != self.head:
             raise ChecksumError(
                 f"{self.where}: checksum mismatch (the chunk is damaged); run `daskimg verify` "
                 "on the store and re-create it from the source (to_zarr(..., overwrite=True); "
