@@ -923,3 +923,32 @@ def test_lz4_chunks_stored_raw_are_fed_straight_into_batches_and_checked(tmp_pat
         with pytest.raises(ChecksumError, match=rf"{bad.name}.*chunk 2\b"):
             for _ in di.BatchIterator(bad, batch_size=8, arrays=("images",), shuffle=False):
                 pass
+
+
+def test_a_blosc_header_blosc_refuses_is_refused_by_every_reader(tmp_path, monkeypatch):
+    # a raw frame whose header has flag 0x08 set (Blosc 1 refuses it), crc32c and chunk
+    # table consistent (written so): the feed must not take the rows as they are while
+    # read_chunk, plain zarr and verify call the chunk damaged
+    from daskimg.store import encode
+    from daskimg.storeinfo import verify
+
+    real = encode.raw_header
+
+    def crafted(*args):
+        head = bytearray(real(*args))
+        head[2] |= 0x08
+        return bytes(head)
+
+    monkeypatch.setattr(encode, "raw_header", crafted)
+    path = tmp_path / "c.zarr.zip"
+    with dask.config.set(scheduler="sync"):
+        di.to_zarr(
+            di.ImageSet(_noisy_photos(16), np.arange(16) % 2), path, chunks=8, order="source"
+        )
+    monkeypatch.undo()
+    with pytest.raises(ChecksumError, match=r"c\.zarr\.zip.*chunk 0\b"):
+        for _ in di.BatchIterator(path, batch_size=8, arrays=("images",), shuffle=False):
+            pass
+    assert verify(path)  # damaged, as the feed says
+    with pytest.raises(RuntimeError):  # plain zarr's Blosc refuses the frame too
+        plain_group(path)["images"][:8]

@@ -583,3 +583,52 @@ def _zombies() -> list[str]:
         if f") Z {os.getpid()} " in stat:
             found.append(p)
     return found
+
+
+def test_shards_of_many_chunks_are_copied_out_of_fewer_slots(tmp_path, monkeypatch):
+    # 300 chunks a shard would need a slot (a memory map) for each chunk of several
+    # shards (70,004 maps for 14,000 one-image chunks: ENOMEM past vm.max_map_count):
+    # chunks are copied out of the slots instead, the store the same
+    root = tmp_path / "src"
+    di.testing.make_image_folder(root, n=300, size=(8, 8), classes=("a", "b"))
+    ds = di.from_folder(root, size=(8, 8))
+    counts = []
+    real = procpool._Slots.__init__
+
+    def counting(self, count):
+        counts.append(count)
+        real(self, count)
+
+    monkeypatch.setattr(procpool._Slots, "__init__", counting)
+    with dask.config.set(num_workers=2):
+        forked = di.to_zarr(ds, tmp_path / "f.zarr.zip", chunks=1, shard_chunks=300)
+    assert counts == [2 * procpool._AHEAD]
+    with dask.config.set(scheduler="sync"):
+        here = di.to_zarr(ds, tmp_path / "h.zarr.zip", chunks=1, shard_chunks=300)
+    a, b = _arrays(forked), _arrays(here)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_workers_that_fail_to_start_leave_garbage_collection_as_it_was(
+    image_folder, tmp_path, monkeypatch
+):
+    import gc
+
+    def no_pool(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    def broken(*args):
+        raise RuntimeError("a worker that cannot start")
+
+    before = gc.get_freeze_count()
+    ds = di.from_folder(image_folder, size=(32, 40))
+    for name, fails, error in (
+        ("ProcessPoolExecutor", no_pool, OSError),  # before any worker
+        ("_start_worker", broken, DaskImgError),  # the workers fail as they start
+    ):
+        with monkeypatch.context() as m:
+            m.setattr(procpool, name, fails)
+            with dask.config.set(num_workers=2), pytest.raises(error):
+                di.to_zarr(ds, tmp_path / "x.zarr.zip", chunks=4)
+        assert gc.get_freeze_count() == before, name  # nothing left frozen out of collection

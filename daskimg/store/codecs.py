@@ -200,7 +200,9 @@ def raw_frame(head: Any, expected: int) -> bool:
     """Whether ``head`` (a Blosc chunk's first 16 bytes) is the header of ``expected`` bytes
     stored uncompressed in the frame ("memcpyed"): the rows then follow it as they are."""
     view = memoryview(head).cast("B")
-    if len(view) != 16 or view[0] not in (1, 2) or not view[2] & 0x02:
+    # Blosc 1's format version 2, as numcodecs writes; flag 0x08 (unused by Blosc 1, which
+    # refuses a frame with it) set: not such a frame, left to read_chunk to name
+    if len(view) != 16 or view[0] != 2 or not view[2] & 0x02 or view[2] & 0x08:
         return False
     nbytes, _, cbytes = struct.unpack_from("<III", view, 4)
     return bool(nbytes == expected and cbytes == expected + 16)

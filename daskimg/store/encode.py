@@ -211,18 +211,20 @@ def kept_raw(rows: np.ndarray, cfg: dict[str, Any]) -> bool:
     :data:`_MIN_SAVING`. False for smaller chunks (they are compressed to be judged), and
     for a compressor other than lz4: zstd is chosen for the smallest store, every byte it
     saves is kept."""
-    data = rows.reshape(-1).view(np.uint8)
     if cfg["clevel"] <= 0:
         return True
-    if data.nbytes < _PROBED_FROM or cfg["cname"] not in _FAST:
+    if rows.nbytes < _PROBED_FROM or cfg["cname"] not in _FAST:
         return False
+    # windows of the array's own numbers: Blosc byte-shuffles them by their size, as it
+    # does the whole chunk (bytes of 16-bit scans compress far worse unshuffled)
+    values = rows.reshape(-1)
+    size = _PROBE_BYTES // rows.dtype.itemsize
     probe = Blosc(**{**cfg, "blocksize": 0})
-    step = data.nbytes // _PROBES
+    step = values.size // _PROBES
     raw = packed = 0
     for i in range(_PROBES):
-        start = i * step + (step - _PROBE_BYTES) // 2
-        start -= start % rows.dtype.itemsize
-        window = data[start : start + _PROBE_BYTES]
+        start = i * step + (step - size) // 2
+        window = values[start : start + size]
         raw += window.nbytes
         packed += len(probe.encode(window)) - 16  # Blosc's header is not the data's
     return packed > raw * (1 - _MIN_SAVING)

@@ -88,6 +88,8 @@ _AHEAD = 2
 #: shards' worth of slots held beyond the chunks out: one being put together, one being
 #: written, the writer's queue (zipbuild's _QUEUED), and one more so a worker never waits
 _HELD_KEYS = 5
+#: at most this many slots lent to shards not yet written (else chunks are copied out)
+_MOST_LENT = 64
 
 #: bodies smaller than this come back pickled (source sizes, boxes): not worth a slot
 _SMALL = 1 << 16
@@ -163,7 +165,10 @@ def write_chunks(
     size = sum(_raw_bytes(enc) + 256 for enc in encoders.values())
     ahead = workers * _AHEAD
     per_key = max(enc.chunks_per_key for enc in encoders.values())
-    slots = _Slots(ahead + per_key * _HELD_KEYS)
+    # shards of many chunks (shard_chunks=) would need a slot (a memory map) for every
+    # chunk of several shards: their chunks are copied out of the slot instead
+    lend = per_key * _HELD_KEYS <= _MOST_LENT
+    slots = _Slots(ahead + per_key * _HELD_KEYS if lend else ahead)
     shards = ShardAssembler(lambda key, pieces: put(key, pieces, done=slots.written(pieces)))
     with _Workers(workers, blocks, size, dict(encoders), slots=slots.count) as pool:
         running: dict[Any, tuple[int, int]] = {}
@@ -183,7 +188,8 @@ def write_chunks(
                 for name, enc in encoders.items():
                     body, crc = result[name]
                     if isinstance(body, _InSlot):  # written from the slot, which is held
-                        body = slots.lend(slot, view[body.start : body.stop])
+                        part = view[body.start : body.stop]
+                        body = slots.lend(slot, part) if lend else bytes(part)
                     shards.add(enc, c, (body, crc))
                 view.release()
                 slots.give_back(slot)  # the worker is done with it; what it lent is held
@@ -292,13 +298,8 @@ class _Workers:
         *,
         slots: int | None = None,
     ) -> None:
+        self._frozen = False
         _warm()
-        # the objects this process holds are left out of garbage collection until the
-        # write ends, as Python's gc.freeze documents for a fork without exec: the workers'
-        # collections then never walk (and copy on write) the pages of the parent's
-        # objects, and this process's (zarr's I/O thread allocates) walk only the write's
-        gc.freeze()
-        self._frozen = True
         self.blocks = blocks
         self.slots = [mmap.mmap(-1, size) for _ in range(slots or workers * _AHEAD)]
         self.free = list(range(len(self.slots)))
@@ -310,6 +311,12 @@ class _Workers:
             initargs=(encoders, self.slots, blocks, self._abort_r, self._abort_w),
         )
         try:
+            # the objects this process holds are left out of garbage collection until the
+            # write ends (close), as Python's gc.freeze documents for a fork without exec:
+            # the workers' collections then never walk (and copy on write) the pages of
+            # the parent's objects, and this process's (zarr's I/O thread) only the write's
+            gc.freeze()
+            self._frozen = True
             with warnings.catch_warnings():
                 # Python 3.12+ warns about every fork of a process with threads; why this
                 # one is safe is in the module's docstring
