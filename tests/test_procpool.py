@@ -632,3 +632,33 @@ def test_workers_that_fail_to_start_leave_garbage_collection_as_it_was(
             with dask.config.set(num_workers=2), pytest.raises(error):
                 di.to_zarr(ds, tmp_path / "x.zarr.zip", chunks=4)
         assert gc.get_freeze_count() == before, name  # nothing left frozen out of collection
+
+
+def test_two_forked_writes_at_once_unfreeze_garbage_collection_when_both_end(
+    image_folder, tmp_path, monkeypatch
+):
+    import gc
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = di.from_folder(image_folder, size=(32, 40))
+    seen = []
+    real = procpool._freeze
+
+    def watching(step):
+        real(step)
+        seen.append((step, gc.get_freeze_count() > 0))
+
+    monkeypatch.setattr(procpool, "_freeze", watching)
+    before = gc.get_freeze_count()
+    with dask.config.set(num_workers=2), ThreadPoolExecutor(2) as pool:
+        stores = list(
+            pool.map(lambda n: di.to_zarr(ds, tmp_path / f"{n}.zarr.zip", chunks=4), "ab")
+        )
+    a, b = (_arrays(s) for s in stores)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert sorted(step for step, _ in seen) == [-1, -1, 1, 1]
+    # when both were under way at once, the first to end left the objects frozen
+    overlapped = [step for step, _ in seen][:2] == [1, 1]
+    assert next(frozen for step, frozen in seen if step < 0) == overlapped
+    assert gc.get_freeze_count() == before

@@ -197,6 +197,21 @@ def write_chunks(
         shards.check_done()
 
 
+_FROZEN = [0]  # forked writes under way (threads of this process may run several)
+_FROZEN_LOCK = threading.Lock()
+
+
+def _freeze(step: int) -> None:
+    """``gc.freeze`` for a forked write starting (+1); ``gc.unfreeze`` once the last one
+    under way has ended (-1), not when the first of two ends."""
+    with _FROZEN_LOCK:
+        _FROZEN[0] += step
+        if step > 0:
+            gc.freeze()  # again for a second write: its objects too
+        elif _FROZEN[0] == 0:
+            gc.unfreeze()
+
+
 class _Slots:
     """Which slots are free: a slot is free when no worker writes into it and no body lent
     out of it waits to be written. ``done`` callbacks come from the writer's thread."""
@@ -315,7 +330,7 @@ class _Workers:
             # write ends (close), as Python's gc.freeze documents for a fork without exec:
             # the workers' collections then never walk (and copy on write) the pages of
             # the parent's objects, and this process's (zarr's I/O thread) only the write's
-            gc.freeze()
+            _freeze(+1)
             self._frozen = True
             with warnings.catch_warnings():
                 # Python 3.12+ warns about every fork of a process with threads; why this
@@ -362,7 +377,7 @@ class _Workers:
     def close(self, *, aborted: bool) -> None:
         if self._frozen:
             self._frozen = False
-            gc.unfreeze()
+            _freeze(-1)
         if aborted:
             os.close(self._abort_w)  # every worker exits now
         self._pool.shutdown(wait=True, cancel_futures=True)
