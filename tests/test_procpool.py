@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -643,10 +644,12 @@ def test_two_forked_writes_at_once_unfreeze_garbage_collection_when_both_end(
     ds = di.from_folder(image_folder, size=(32, 40))
     seen = []
     real = procpool._freeze
+    lock = threading.Lock()
 
     def watching(step):
-        real(step)
-        seen.append((step, gc.get_freeze_count() > 0))
+        with lock:  # each step recorded with the state it left, in the order they ran
+            real(step)
+            seen.append((step, gc.get_freeze_count() > 0))
 
     monkeypatch.setattr(procpool, "_freeze", watching)
     before = gc.get_freeze_count()
