@@ -52,7 +52,9 @@ from _common import (
 
 BATCH = 64
 #: samples per chunk, in every store and HDF5 file: what daskimg picks for 224x224x3 uint8
-#: (about 8 MiB of pixels), so all of them compress the same runs of samples
+#: in a large store (about 8 MiB of pixels; a store of fewer than ~7,000 such samples gets
+#: smaller chunks by default, store/format.auto_chunk_len), so all of them compress the
+#: same runs of samples and the figures are a large store's
 CHUNK = 55
 MiB = 2**20
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "codecs.md"
@@ -86,8 +88,10 @@ def bench_all(
     from daskimg.bench import BENCH_CODECS, raw_limit
     from daskimg.store.format import auto_chunk_len
 
-    if auto_chunk_len(pixels.shape[1:], pixels.dtype, len(pixels)) != CHUNK:
-        raise SystemExit(f"daskimg no longer picks {CHUNK} samples per chunk here: update CHUNK")
+    if auto_chunk_len(pixels.shape[1:], pixels.dtype, 10**6) != CHUNK:
+        raise SystemExit(
+            f"daskimg no longer picks {CHUNK} samples per chunk for a large store: update CHUNK"
+        )
     mem = di.ImageSet(pixels, labels, classes=classes)
     stores = {c: os.fspath(tmp / f"{c.replace(':', '-q')}.zarr.zip") for c in BENCH_CODECS}
     h5 = {
