@@ -42,6 +42,7 @@ __all__ = [
     "holds_every",
     "kept_raw",
     "raw_header",
+    "trailer",
 ]
 
 #: an index entry for a chunk that is not in the shard (the spec's "empty")
@@ -102,10 +103,11 @@ class ShardEncoder:
         """Chunks stored under one key: a shard's, or 1 when the array is not sharded."""
         return self.layout.chunks_per_shard if self.layout.sharded else 1
 
-    def encode_chunk(self, rows: np.ndarray, *, keep: bool = True) -> Chunk:
+    def encode_chunk(self, rows: np.ndarray, *, keep: bool = True, probed: bool = False) -> Chunk:
         """Encode one chunk (``chunk_len`` rows, fewer for the last): its body and crc32c.
 
         ``keep=False``: ``rows`` is a buffer the caller reuses, so the body never refers to it.
+        ``probed``: :meth:`prefix` has already found that it is not kept raw (not probed again).
         """
         lay = self.layout
         if rows.shape[1:] != lay.shape[1:] or not 0 < len(rows) <= lay.chunk_len:
@@ -125,12 +127,12 @@ class ShardEncoder:
 
             body: Any = encode_chunk(rows, self.jpeg_quality)
         elif self.blosc is not None:
-            body = blosc_encode(rows, self.blosc)
+            body = blosc_encode(rows, self.blosc, probed=probed)
         else:
             body = rows.reshape(-1).view(np.uint8).data
             if not keep:
                 body = bytes(body)
-        return body, crc32c.crc32c(body).to_bytes(4, "little")
+        return body, trailer(body)
 
     def prefix(self, rows: np.ndarray) -> bytes | None:
         """What goes right before ``rows`` (a whole chunk, C-contiguous, the array's dtype
@@ -177,10 +179,10 @@ class ShardEncoder:
             pieces += [body, crc]
             offset += size
         raw = index.tobytes()
-        return [*pieces, raw + crc32c.crc32c(raw).to_bytes(4, "little")]
+        return [*pieces, raw + trailer(raw)]
 
 
-def blosc_encode(rows: np.ndarray, cfg: dict[str, Any]) -> bytes:
+def blosc_encode(rows: np.ndarray, cfg: dict[str, Any], *, probed: bool = False) -> bytes:
     """``rows`` (C-contiguous) as one Blosc chunk of ``cfg`` (cname, clevel, shuffle,
     blocksize); with lz4, stored uncompressed inside the Blosc frame (its "memcpyed" flag,
     which every Blosc reader, plain zarr's included, reads as any other frame) when compressing
@@ -192,16 +194,21 @@ def blosc_encode(rows: np.ndarray, cfg: dict[str, Any]) -> bytes:
     ~0.1 ms per 224x224 image to write (a tenth of decoding it) and about as much again to
     read back (``bench/bench_feed.py``: 0.64 of the uncompressed feed rate). Masks, labels,
     scans with a dark background and other data that compresses well are compressed whole,
-    as before.
+    as before. ``probed``: :func:`kept_raw` has already said no.
     """
-    data = rows.reshape(-1).view(np.uint8).data
-    if kept_raw(rows, cfg):
-        return b"".join((raw_header(cfg, rows.dtype, rows.nbytes), data))
-    body = bytes(Blosc(**cfg).encode(rows))
-    small = data.nbytes < _PROBED_FROM and cfg["cname"] in _FAST
-    if small and len(body) - 16 > data.nbytes * (1 - _MIN_SAVING):
-        return b"".join((raw_header(cfg, rows.dtype, rows.nbytes), data))
-    return body
+    if probed or not kept_raw(rows, cfg):
+        body = bytes(Blosc(**cfg).encode(rows))
+        small = rows.nbytes < _PROBED_FROM and cfg["cname"] in _FAST
+        if not small or len(body) - 16 <= rows.nbytes * (1 - _MIN_SAVING):
+            return body
+    return b"".join(
+        (raw_header(cfg, rows.dtype, rows.nbytes), rows.reshape(-1).view(np.uint8).data)
+    )
+
+
+def trailer(body: Any) -> bytes:
+    """The 4 bytes of crc32c that end an encoded chunk (and a shard's index)."""
+    return crc32c.crc32c(body).to_bytes(4, "little")
 
 
 def kept_raw(rows: np.ndarray, cfg: dict[str, Any]) -> bool:

@@ -65,7 +65,6 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import crc32c
 import dask
 import numpy as np
 from dask.system import CPU_COUNT
@@ -74,7 +73,7 @@ from ..errors import DaskImgError
 from ..interrupts import held_ctrl_c
 from ..read.files import FileSource
 from ..read.source import block_arrays
-from .encode import ShardEncoder
+from .encode import ShardEncoder, trailer
 from .malloc import keep_freed_buffers
 from .shardwrite import Given, ShardAssembler, decode_encode
 
@@ -511,9 +510,9 @@ def _chunk(c: int, slot: int) -> dict[str, Any]:
     if head is not None:
         start = _HEAD - len(head)
         view[start:_HEAD] = head
-        encoded["images"] = (_InSlot(start, end), _crc(view[start:end]))
-    else:
-        encoded["images"] = enc.encode_chunk(rows[: len(paths)], keep=False)
+        encoded["images"] = (_InSlot(start, end), trailer(view[start:end]))
+    else:  # rows is the whole chunk, padded: encoded as encode_chunk pads a short one
+        encoded["images"] = enc.encode_chunk(rows, keep=False, probed=True)
         end = 0  # the rows are encoded: the slot is free from its start
     del rows
     for name, other in _ENCODERS.items():
@@ -543,11 +542,6 @@ def _in_slot(
             at = end
     view.release()
     return out
-
-
-def _crc(data: memoryview) -> bytes:
-    """The 4 bytes of crc32c that end an encoded chunk (:meth:`ShardEncoder.encode_chunk`)."""
-    return crc32c.crc32c(data).to_bytes(4, "little")
 
 
 def _block(c: int, slot: int) -> dict[str, Any]:

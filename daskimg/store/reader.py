@@ -291,8 +291,10 @@ class StoreReader:
         key, off, nbytes = self._locate.inner(lay, c)
         if lay.kind == "blosc":  # one stored raw in its Blosc frame reads as uncompressed
             expected = (b - a) * lay.row_bytes
-            if nbytes != expected + 16 + 4:
-                return None  # compressed: read_chunk decompresses it
+            if nbytes != expected + 16 + 4 or not isinstance(self.source, (LocalZip, LocalDir)):
+                # compressed: read_chunk decompresses it; at a URL, reading its header
+                # first would be a second request for the chunk: read_chunk makes one
+                return None
             head = bytearray(16)
             self.source.readinto(key, off, [head])
             if not raw_frame(head, expected):
