@@ -54,7 +54,10 @@ _SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle
 _MIN_SAVING = 1 / 8
 #: the compressors the rule applies to: those chosen for speed (zstd is chosen for size)
 _FAST = frozenset({"lz4"})
-_PROBES, _PROBE_BYTES = 4, 64 * 2**10
+#: many small windows, not a few large ones: a chunk holds many images, and four windows of
+#: 64 KiB (four images' middles) judged a fifth of the benchmark's photo chunks worth
+#: compressing (1.11x seen) where the whole chunks saved 4-13% (1.085x on average)
+_PROBES, _PROBE_BYTES = 64, 4 * 2**10
 #: chunks smaller than this are compressed whole, then judged by what that saved
 _PROBED_FROM = 4 * _PROBES * _PROBE_BYTES
 
@@ -214,7 +217,7 @@ def trailer(body: Any) -> bytes:
 def kept_raw(rows: np.ndarray, cfg: dict[str, Any]) -> bool:
     """Whether a chunk of ``rows`` (C-contiguous) of :data:`_PROBED_FROM` bytes or more is
     stored raw in its Blosc frame: Blosc with ``cfg`` shrinks :data:`_PROBES` windows of
-    :data:`_PROBE_BYTES` spread over it (5% of a 4.8 MB chunk) by less than
+    :data:`_PROBE_BYTES` spread evenly over it (5% of a 4.8 MB chunk) by less than
     :data:`_MIN_SAVING`. False for smaller chunks (they are compressed to be judged), and
     for a compressor other than lz4: zstd is chosen for the smallest store, every byte it
     saves is kept."""
@@ -223,18 +226,18 @@ def kept_raw(rows: np.ndarray, cfg: dict[str, Any]) -> bool:
     if rows.nbytes < _PROBED_FROM or cfg["cname"] not in _FAST:
         return False
     # windows of the array's own numbers: Blosc byte-shuffles them by their size, as it
-    # does the whole chunk (bytes of 16-bit scans compress far worse unshuffled)
+    # does the whole chunk (bytes of 16-bit scans compress far worse unshuffled); gathered
+    # into one buffer compressed in blocks of one window each, so they are judged apart
     values = rows.reshape(-1)
     size = _PROBE_BYTES // rows.dtype.itemsize
-    probe = Blosc(**{**cfg, "blocksize": 0})
     step = values.size // _PROBES
-    raw = packed = 0
-    for i in range(_PROBES):
-        start = i * step + (step - size) // 2
-        window = values[start : start + size]
-        raw += window.nbytes
-        packed += len(probe.encode(window)) - 16  # Blosc's header is not the data's
-    return packed > raw * (1 - _MIN_SAVING)
+    start = (step - size) // 2
+    windows = np.ascontiguousarray(
+        values[: _PROBES * step].reshape(_PROBES, step)[:, start : start + size]
+    )
+    packed = len(Blosc(**{**cfg, "blocksize": _PROBE_BYTES}).encode(windows))
+    # Blosc's header (16 bytes) and its table of where each block starts are not the data's
+    return packed - 16 - 4 * _PROBES > windows.nbytes * (1 - _MIN_SAVING)
 
 
 @functools.lru_cache(maxsize=64)
