@@ -50,6 +50,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -180,6 +181,11 @@ class Clock:
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._t
+        # a write's worker processes are reaped on a thread of their own once it has
+        # returned (daskimg.store.procpool): their CPU time counts once they are
+        for t in threading.enumerate():
+            if t.name == "daskimg-workers-end":
+                t.join()
         end = cpu_seconds(self.pids)
         self.cpu = None if end is None or self._cpu is None else end - self._cpu
 

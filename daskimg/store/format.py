@@ -18,6 +18,7 @@ moved to another place is an error too.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -87,13 +88,20 @@ class ArraySpec:
 
 def versions() -> dict[str, str]:
     """Versions of the packages that shape the bytes (recorded as ``created_with``)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    # read once a process (~4 ms each time, a first ingest's serial start): the code that
+    # writes is the code imported, whatever is installed after (pip in a notebook)
     out = {}
     for pkg in ("daskimg", "zarr", "numcodecs", "dask", "simplejpeg"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "unknown"
-    return out
+    return tuple(out.items())
 
 
 def auto_chunk_len(sample_shape: Sequence[int], dtype: Any, n: int) -> int:
