@@ -185,8 +185,15 @@ def _write_all(fd: int, view: memoryview) -> None:
         done += os.write(fd, view[done:])
 
 
-def write_whole(path: str | os.PathLike[str], pieces: list[Any]) -> None:
-    """Write a new file made of ``pieces`` (buffers, in order) past the page cache."""
+def write_whole(path: str | os.PathLike[str], pieces: list[Any], *, sync: bool = False) -> None:
+    """Write a new file made of ``pieces`` (buffers, in order) past the page cache;
+    ``sync``: fsynced before this returns."""
     with AppendFile(path) as fh:
         for piece in pieces:
             fh.write(piece)
+    if sync:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
