@@ -25,8 +25,9 @@ On the same N photos (default 4,000; 8 classes of ~500x375 JPEGs from
   processes forked for the write, :mod:`daskimg.store.procpool`; their start is in the
   row); on the threaded scheduler (``scheduler="threads"``, 2 threads); and on a
   ``distributed.LocalCluster`` of 2 worker processes x 1 thread. The cluster is started
-  for each of its rows and its workers warmed (imports, the compiled resize loaded)
-  before the clock starts, and closed after: an idle cluster beside the other rows (its
+  for each of its rows and warmed (imports, the compiled resize loaded, then an ingest
+  of 256 photos, as a cluster that has ingested before) before the clock starts, and
+  closed after: an idle cluster beside the other rows (its
   scheduler's event loop in this process, each nanny's memory monitor waking 10 times a
   second) took about a tenth from them on this 2-core machine. Its start is printed
   separately. Each is a first ingest: the store an earlier round wrote is removed before
@@ -210,6 +211,9 @@ def cpu_seconds(pids: list[int]) -> float | None:
 # --- daskimg ---------------------------------------------------------------------------
 
 
+IMREAD = "daskimg.imread alone (threads)"
+
+
 def imread_alone(paths: list[str], sink: np.ndarray | None) -> Clock:
     import dask
     import dask.array as da
@@ -390,15 +394,20 @@ def main() -> None:
     warmed_here = time.perf_counter() - t
     # the sink imread writes into only if that row runs: this process forks the default
     # rows' workers, and 600 MB more of its memory to map would be theirs to copy
-    sink = np.empty((n, *TARGET, 3), np.uint8) if wanted("daskimg.imread alone") else None
+    sink = np.empty((n, *TARGET, 3), np.uint8) if wanted(IMREAD) else None
     if sink is not None:
         sink.fill(0)  # touched now, so no row pays for its pages
     cluster_setup: list[tuple[float, float]] = []  # started, warmed: each cluster row's
 
+    warmup = photo_folder(256)
+
     def on_cluster(out: Path) -> Clock:
         """The ingest on a LocalCluster started and warmed for it, closed after: an idle
         cluster (its scheduler's event loop in this process, each nanny's memory monitor
-        waking 10 times a second) took 10% from the rows measured beside it here."""
+        waking 10 times a second) took 10% from the rows measured beside it here. Warmed
+        as a cluster that has ingested before: the imports and the compiled resize in its
+        workers, then a small ingest (256 photos; the client's connections to the workers,
+        their first tasks) before the clock starts."""
         t = time.perf_counter()
         with (
             distributed.LocalCluster(
@@ -409,15 +418,18 @@ def main() -> None:
             started = time.perf_counter() - t
             t = time.perf_counter()
             where = client.run(warm_worker, paths[0])
-            cluster_setup.append((started, time.perf_counter() - t))
             if any(Path(f).resolve() != Path(daskimg.__file__).resolve() for f in where.values()):
                 print(f"warning: the workers import another daskimg: {where}", flush=True)
             pids = list(client.run(os.getpid).values())
+            first = out.with_name("warmup" + "".join(out.suffixes))
+            end_to_end(warmup, first, pids, client=client)
+            remove(first)
+            cluster_setup.append((started, time.perf_counter() - t))
             return end_to_end(folder, out, pids, client=client)
 
     rows: dict[str, Callable[[int], Clock]] = {
         **{name: (lambda r, name=name: bare(pool, pool_pids, name, paths)) for name in BARE},
-        "daskimg.imread alone (threads)": lambda r: imread_alone(paths, sink),
+        IMREAD: lambda r: imread_alone(paths, sink),
     }
     stores: dict[str, Path] = {}
     for kind in (".zarr.zip", ".zarr"):
@@ -511,8 +523,8 @@ def main() -> None:
         warm = [c[1] for c in cluster_setup]
         print(
             f"LocalCluster: started for each of its rows in {min(up):.1f}-{max(up):.1f} s, "
-            f"workers warmed (imports, compiled resize) in {min(warm):.1f}-{max(warm):.1f} s; "
-            "not in the rows"
+            f"warmed (imports, compiled resize, an ingest of 256 photos) in "
+            f"{min(warm):.1f}-{max(warm):.1f} s; not in the rows"
         )
     print(
         f"this process's compiled resize loaded in {warmed_here:.1f} s, once, not in the rows "
