@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simplejpeg
 import tifffile
 from PIL import Image, ImageOps, JpegImagePlugin
 
@@ -936,17 +937,24 @@ def test_an_unmarked_pyramid_with_odd_sides_reads_its_picture(tmp_path):
     np.testing.assert_array_equal(decode_file(path, DecodeSpec((101, 101))), np.asarray(first))
 
 
-def test_a_jpeg_libjpeg_calls_damaged_is_named_in_a_warning(tmp_path, caplog):
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_libjpeg_calls_damaged_is_named_in_a_warning(tmp_path, caplog, progressive):
     # 8 bytes overwritten mid-file: libjpeg (through the fast path) reported it, handed it
-    # to Pillow, which decoded half the picture as garbage without a word
+    # to Pillow, which decoded half the picture as garbage without a word. A progressive
+    # file went to Pillow straight, and was stored damaged without a word
     import io
     import logging
 
     rng = np.random.default_rng(0)
     good = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, "JPEG")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        good, "JPEG", progressive=progressive
+    )
     data = bytearray(good.getvalue())
-    data[len(data) // 2 : len(data) // 2 + 8] = bytes(8)
+    at = len(data) // 3 if progressive else len(data) // 2  # where libjpeg notices it
+    data[at : at + 8] = bytes(8)
+    with pytest.raises(ValueError, match="Corrupt JPEG data"):  # libjpeg's word (strict)
+        simplejpeg.decode_jpeg(bytes(data), strict=True)
     (tmp_path / "bad.jpg").write_bytes(bytes(data))
     (tmp_path / "good.jpg").write_bytes(good.getvalue())
     spec = DecodeSpec(size=(32, 32), draft=False)  # (Pillow's plain decode as the oracle)

@@ -158,9 +158,12 @@ def _jpeg(im: Image.Image, **options: object) -> bytes:
     return buf.getvalue()
 
 
-def test_header_takes_baseline_rgb_and_gray() -> None:
-    rgb = fastjpeg.read_header(_jpeg(make_image((30, 44), seed=1)))
-    gray = fastjpeg.read_header(_jpeg(make_image((30, 44), seed=1, mode="L")))
+@pytest.mark.parametrize("progressive", [False, True])
+def test_header_takes_baseline_and_progressive_rgb_and_gray(progressive: bool) -> None:
+    rgb = fastjpeg.read_header(_jpeg(make_image((30, 44), seed=1), progressive=progressive))
+    gray = fastjpeg.read_header(
+        _jpeg(make_image((30, 44), seed=1, mode="L"), progressive=progressive)
+    )
     assert rgb == fastjpeg.JpegHeader(44, 30, 3)
     assert gray == fastjpeg.JpegHeader(44, 30, 1)
 
@@ -179,7 +182,6 @@ def _with_app1(data: bytes, payload: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("name", "make"),
     [
-        ("progressive", lambda im: _jpeg(im, progressive=True)),
         ("cmyk", lambda im: _jpeg(im.convert("CMYK"))),
         ("rotated", lambda im: _jpeg(im, exif=_exif(6))),
         ("mirrored", lambda im: _jpeg(im, exif=_exif(2))),
@@ -261,6 +263,32 @@ def test_fast_path_equals_pillow_path(
         got = decode_file(path, spec)
         np.testing.assert_array_equal(got, want, err_msg=f"{path.name} {spec}")
     assert taken and all(taken)  # the fast path really decoded these
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        DecodeSpec(size, channels=c, resize=r, draft=draft)
+        for size, c, r, draft in itertools.product(
+            [(224, 224), (64, 96), (7, 9)], [1, 3], ["stretch", "crop"], [True, False]
+        )
+    ],
+    ids=repr,
+)
+def test_progressive_jpegs_take_the_fast_path_and_equal_pillow(
+    photos: list[Path], spec: DecodeSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the photos saved progressive (color and gray), DCT-scaled where draft allows: the
+    # pixels Pillow's own decode and resize give, bit for bit
+    taken = _fast_taken(monkeypatch)
+    for path in photos:
+        with Image.open(path) as im:
+            im.load()
+            prog = tmp_path / f"p-{path.name}"
+            im.save(prog, "JPEG", quality=90, progressive=True)
+        want = _pillow_path(prog, spec, monkeypatch)
+        np.testing.assert_array_equal(decode_file(prog, spec), want, err_msg=f"{prog.name}")
+    assert taken and all(taken)
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])

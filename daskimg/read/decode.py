@@ -62,8 +62,8 @@ Images
 
 The fast path (common JPEGs)
 ----------------------------
-A baseline JPEG, 8 bits, YCbCr or gray, upright (no EXIF or XMP orientation other than
-1) -- most files of a photo library -- is decoded by simplejpeg and resized by
+A baseline or progressive JPEG, 8 bits, YCbCr or gray, upright (no EXIF or XMP
+orientation other than 1) -- most files of a photo library -- is decoded by simplejpeg and resized by
 :func:`daskimg.read.resample.resize_into` instead of Pillow, about twice as fast
 (1.0 instead of 2.0-2.3 ms of CPU per 500x375 photo resized to 224x224, one core here)
 and without holding the GIL, so the threaded scheduler keeps every core busy. The
@@ -73,8 +73,9 @@ Pillow's decoder uses (accurate integer IDCT, smooth chroma upsampling, the same
 1/2, 1/4, 1/8 DCT scaling as ``draft``), and ``resize_into`` is Pillow's own
 BILINEAR arithmetic (coefficients, 22-bit fixed point, pass order, rounding)
 compiled by numba; it checks itself against the installed Pillow before it is used.
-Every other file (progressive, CMYK, 12-bit, rotated, PNG, TIFF, WebP, ...) and any
-file simplejpeg refuses or warns about goes to Pillow, as before. See
+Every other file (CMYK, 12-bit, rotated, PNG, TIFF, WebP, ...) and any file simplejpeg
+refuses or warns about goes to Pillow, as before (a JPEG libjpeg warns about is then
+named in a warning: Pillow decodes damaged scan data without a word). See
 :mod:`daskimg.read.fastjpeg`.
 
 Why this resize: measured on 100 benchmark photos (500x375 -> 224x224 RGB), CPU per

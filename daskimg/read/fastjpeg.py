@@ -1,7 +1,7 @@
 """Read: the fast path for the common JPEG — decoded by simplejpeg exactly as Pillow decodes it.
 
-Most files of a photo library are baseline JPEGs, 8 bits, YCbCr or gray, upright. For
-those, :func:`read_header` (a walk over the markers before the image data, no decoding)
+Most files of a photo library are baseline (or progressive) JPEGs, 8 bits, YCbCr or
+gray, upright. For those, :func:`read_header` (a walk over the markers before the image data, no decoding)
 says yes and :func:`decode` decodes them with simplejpeg: libjpeg-turbo through its
 TurboJPEG interface, the library Pillow's decoder uses, with the same settings (the
 accurate integer IDCT, smooth chroma upsampling), so the pixels are the ones Pillow
@@ -9,7 +9,12 @@ gives, bit for bit — also when libjpeg scales the DCT down (Pillow's ``draft``
 faster because it skips Pillow's machinery around the decoder (its incremental feeding,
 the 4-byte-per-pixel image it unpacks into, the copy out) and it never holds the GIL.
 
-Anything else answers None, and the caller decodes with Pillow: progressive, lossless
+Progressive JPEGs take it too: libjpeg-turbo decodes them for Pillow as for simplejpeg,
+and only simplejpeg's strict mode hears libjpeg's warnings, so a progressive file damaged
+mid-scan (which Pillow decodes to partly garbage without a word) is named like a damaged
+baseline one (:func:`damage`), instead of being stored silently.
+
+Anything else answers None, and the caller decodes with Pillow: lossless
 and arithmetic-coded JPEGs, 12-bit samples, CMYK/YCCK and Adobe RGB, an EXIF (or XMP)
 orientation other than 1, more than one EXIF block, damaged markers, and any file that
 simplejpeg refuses or warns about (``strict``: a truncated or corrupt file goes to
@@ -35,8 +40,8 @@ from .scratch import scratch
 __all__ = ["JpegHeader", "damage", "decode", "read_header"]
 
 _SOI: Final = b"\xff\xd8\xff"
-#: baseline and extended sequential Huffman: the frames the fast path takes
-_SEQUENTIAL: Final = frozenset({0xC0, 0xC1})
+#: baseline, extended sequential and progressive Huffman: the frames the fast path takes
+_HUFFMAN: Final = frozenset({0xC0, 0xC1, 0xC2})
 #: every start-of-frame marker (C4 is DHT, C8 a reserved JPG marker, CC DAC)
 _SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _SOS: Final = 0xDA
@@ -66,7 +71,7 @@ def read_header(data: bytes) -> JpegHeader | None:
     >>> read_header(buf.getvalue())
     JpegHeader(width=40, height=30, components=3)
     >>> buf = io.BytesIO()
-    >>> Image.new("RGB", (40, 30)).save(buf, "JPEG", progressive=True)
+    >>> Image.new("CMYK", (40, 30)).save(buf, "JPEG")
     >>> read_header(buf.getvalue()) is None
     True
     """
@@ -79,7 +84,7 @@ def read_header(data: bytes) -> JpegHeader | None:
 
 
 def _walk(data: bytes) -> JpegHeader | None:
-    """The markers up to the scan: one sequential 8-bit frame, upright, not Adobe RGB."""
+    """The markers up to the scan: one Huffman-coded 8-bit frame, upright, not Adobe RGB."""
     n = len(data)
     pos = 2
     frame: JpegHeader | None = None
@@ -101,7 +106,7 @@ def _walk(data: bytes) -> JpegHeader | None:
         if marker == _SOS:
             return frame
         if marker in _SOF:
-            if marker not in _SEQUENTIAL or frame is not None or len(seg) < 6:
+            if marker not in _HUFFMAN or frame is not None or len(seg) < 6:
                 return None
             precision, height, width, components = struct.unpack_from(">BHHB", seg)
             if precision != 8 or components not in (1, 3) or not width or not height:
