@@ -417,6 +417,59 @@ def test_workers_that_cannot_start_are_an_error_and_nothing_waits(
     assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
+def test_workers_that_fail_to_start_say_so(image_folder, tmp_path, monkeypatch):
+    # the start of the workers is not waited for: a worker whose set-up fails (here the
+    # allocator setting, as a thread limit would) breaks the pool at the first chunk, and
+    # the error says the workers may not have started, not only that a decoder crashed
+    def fails(size):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(procpool, "keep_freed_buffers", fails)  # runs in the forked workers
+    with (
+        dask.config.set(num_workers=2),
+        pytest.raises(DaskImgError, match="could not start") as e,
+    ):
+        di.to_zarr(di.from_folder(image_folder, size=(32, 40)), tmp_path / "x.zarr.zip", chunks=4)
+    assert "num_workers=1" in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_a_write_forks_its_workers_after_the_last_write_s_pool_has_ended(
+    image_folder, tmp_path, monkeypatch
+):
+    # a finished pool ends on a thread of its own while the store is published; the next
+    # write waits for it before it forks, so its workers never inherit (and hold) the
+    # shared memory of the last write's slots
+    slots_seen: list[list[bool]] = []
+    pools: list[procpool._Workers] = []
+    real_end, real_warm = procpool._Workers._end, procpool._warm
+
+    def slow_end(self, **kw):
+        time.sleep(0.5)
+        real_end(self, **kw)
+
+    def warm():  # called right before the slots of a write are made and its workers forked
+        slots_seen.append([m.closed for p in pools for m in p.slots])
+        real_warm()
+
+    real_init = procpool._Workers.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        pools.append(self)
+
+    monkeypatch.setattr(procpool._Workers, "_end", slow_end)
+    monkeypatch.setattr(procpool, "_warm", warm)
+    monkeypatch.setattr(procpool._Workers, "__init__", init)
+    ds = di.from_folder(image_folder, size=(32, 40))
+    with dask.config.set(num_workers=2):
+        di.to_zarr(ds, tmp_path / "a.zarr.zip", chunks=4)
+        di.to_zarr(ds, tmp_path / "b.zarr.zip", chunks=4)
+    assert slots_seen[0] == [] and slots_seen[1] and all(slots_seen[1])
+    a, b = di.open_zarr(tmp_path / "a.zarr.zip"), di.open_zarr(tmp_path / "b.zarr.zip")
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+
+
 @pytest.mark.parametrize("kind", [".zarr.zip", ".zarr"])
 def test_slots_are_reused_only_after_their_shard_is_written(tmp_path, monkeypatch, kind):
     """Chunks are written from the slots the workers put them in, each slot taken again
@@ -436,9 +489,9 @@ def test_slots_are_reused_only_after_their_shard_is_written(tmp_path, monkeypatc
 
     real_write = shardwrite.write_file
 
-    def slow_file(root_, key, pieces):
+    def slow_file(root_, key, pieces, **kw):
         time.sleep(0.02)
-        return real_write(root_, key, pieces)
+        return real_write(root_, key, pieces, **kw)
 
     real_member = ZipBuilder._write_member
 

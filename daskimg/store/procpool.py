@@ -196,6 +196,9 @@ def write_chunks(
         shards.check_done()
 
 
+#: the threads ending the pools of finished writes (:meth:`_Workers.close`)
+_ENDING: set[threading.Thread] = set()
+
 _FROZEN = [0]  # forked writes under way (threads of this process may run several)
 _FROZEN_LOCK = threading.Lock()
 
@@ -313,6 +316,11 @@ class _Workers:
         slots: int | None = None,
     ) -> None:
         self._frozen = False
+        self._got = 0  # results received
+        # the pools of earlier writes end first: forked while one still ends, these
+        # workers would inherit its slots (shared memory) and hold them to their end
+        for ending in list(_ENDING):
+            ending.join()
         _warm()
         self.blocks = blocks
         self.slots = [mmap.mmap(-1, size) for _ in range(slots or workers * _AHEAD)]
@@ -360,7 +368,7 @@ class _Workers:
         try:
             return self._pool.submit(fn, c, slot)
         except BrokenProcessPool:
-            raise _died(self.blocks, [c]) from None
+            raise self._broken([c]) from None
 
     def result(self, future: Any, c: int, others: list[int]) -> dict[str, Any]:
         """The result of chunk ``c`` (``others``: the chunks still out, named if a worker
@@ -368,9 +376,22 @@ class _Workers:
         try:
             result: dict[str, Any] = future.result()
         except BrokenProcessPool:
-            raise _died(self.blocks, [c, *others]) from None
+            raise self._broken([c, *others]) from None
+        self._got += 1
         _relog(result)
         return result
+
+    def _broken(self, chunks: list[int]) -> DaskImgError:
+        """The error for a pool broken while it had ``chunks``: a worker died, or (no result
+        in yet: its start is not waited for) none could start."""
+        died = _died(self.blocks, chunks)
+        if self._got:
+            return died
+        return DaskImgError(
+            "the worker processes decoding the images failed before the first chunk was "
+            "done: they could not start (then give it fewer, dask.config.set(num_workers=1), "
+            "or decode in this process, dask.config.set(scheduler='threads')), or " + str(died)
+        )
 
     def close(self, *, aborted: bool) -> None:
         """End the pool. After an error, at once: the workers are told to exit, and waited
@@ -385,16 +406,21 @@ class _Workers:
             self._end(aborted=True)
         else:
             # (bench/bench_ingest.py waits for this thread by its name to count their CPU)
-            threading.Thread(target=self._end, name="daskimg-workers-end").start()
+            ending = threading.Thread(target=self._end, name="daskimg-workers-end")
+            _ENDING.add(ending)
+            ending.start()
 
     def _end(self, *, aborted: bool = False) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        if not aborted:
-            os.close(self._abort_w)
-        os.close(self._abort_r)
-        for m in self.slots:
-            with contextlib.suppress(BufferError):  # an array a caller still holds:
-                m.close()  # freed with its last view
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            if not aborted:
+                os.close(self._abort_w)
+            os.close(self._abort_r)
+            for m in self.slots:
+                with contextlib.suppress(BufferError):  # an array a caller still holds:
+                    m.close()  # freed with its last view
+        finally:
+            _ENDING.discard(threading.current_thread())
 
 
 class _InSlot:

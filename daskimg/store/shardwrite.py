@@ -194,14 +194,12 @@ def _write_shard(given: Given, k: int, *chunks: Chunk) -> int:
     return sum(memoryview(p).nbytes for p in pieces)
 
 
-def write_file(root: str, key: str, pieces: list[Any]) -> None:
-    """Write the stored value ``key`` (``images/c/0/0/0/0``) of the folder store at ``root``,
-    fsynced at once: the file system's commits then happen while later shards are made,
-    and the fsync of every file and folder before the store is published finds them done
-    (that was 50-60 ms of a 4,000-photo ingest's end here, one ~10 ms commit after another)."""
+def write_file(root: str, key: str, pieces: list[Any], *, sync: bool = False) -> None:
+    """Write the stored value ``key`` (``images/c/0/0/0/0``) of the folder store at ``root``;
+    fsynced when the store is published, or at once (``sync``)."""
     path = os.path.join(root, *key.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_whole(path, pieces, sync=True)
+    write_whole(path, pieces, sync=sync)
 
 
 class FolderWriter:
@@ -213,8 +211,14 @@ class FolderWriter:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        # each file fsynced as it is written: the file system's commits (~10 ms each on
+        # this machine's disk) then happen while later shards are made, and the fsync of
+        # every file and folder before the store is published finds them done (one commit
+        # after another there was 50-60 ms of a 4,000-photo ingest's end). Sent to another
+        # process (the processes scheduler), where a shard's task would wait for it, the
+        # files are fsynced when the store is published, as a zip's staging folder is not
         self._writer = BackgroundWriter(
-            functools.partial(write_file, root), name="daskimg-folder-writer"
+            functools.partial(write_file, root, sync=True), name="daskimg-folder-writer"
         )
 
     def __call__(self, key: str, pieces: list[Any], done: Callable[[], None] | None = None) -> None:
