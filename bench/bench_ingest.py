@@ -53,7 +53,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,10 +184,10 @@ class Clock:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._t
         # a write's worker processes are reaped on a thread of their own once it has
-        # returned (daskimg.store.procpool): their CPU time counts once they are
-        for t in threading.enumerate():
-            if t.name == "daskimg-workers-end":
-                t.join()
+        # returned: their CPU time counts once they are
+        from daskimg.store.procpool import wait_ended
+
+        wait_ended()
         end = cpu_seconds(self.pids)
         self.cpu = None if end is None or self._cpu is None else end - self._cpu
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..interrupts import held_ctrl_c
 
-__all__ = ["AppendFile", "write_whole"]
+__all__ = ["AppendFile", "fsync_path", "write_whole"]
 
 #: bytes gathered before a direct write (a multiple of any block size)
 _BUFFER = 8 * 2**20
@@ -192,8 +192,13 @@ def write_whole(path: str | os.PathLike[str], pieces: list[Any], *, sync: bool =
         for piece in pieces:
             fh.write(piece)
     if sync:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a folder (a folder's entries: renames and new files in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -45,7 +45,7 @@ from typing import Any
 from ..errors import DaskImgError, StoreExistsError, StoreLockedError
 from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
-from .directio import AppendFile
+from .directio import AppendFile, fsync_path
 from .urlsource import open_url_source
 from .urlwrite import UNFINISHED_ROOT, RootLast, clear_url, dir_state
 
@@ -558,15 +558,6 @@ def _exchange(a: str, b: str) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOENT):
         return False
     raise OSError(err, os.strerror(err), b)
-
-
-def fsync_path(path: str | os.PathLike[str]) -> None:
-    """fsync a file or a folder (a folder's entries: renames and new files in it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: str | os.PathLike[str]) -> None:

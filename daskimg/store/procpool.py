@@ -77,7 +77,7 @@ from .encode import ShardEncoder, trailer
 from .malloc import keep_freed_buffers
 from .shardwrite import Given, ShardAssembler, decode_encode
 
-__all__ = ["decoded_blocks", "follow_parent", "workers_for", "write_chunks"]
+__all__ = ["decoded_blocks", "follow_parent", "wait_ended", "workers_for", "write_chunks"]
 
 #: where in a slot a chunk's images are decoded: room before them for a Blosc header
 _HEAD = 16
@@ -199,6 +199,14 @@ def write_chunks(
 #: the threads ending the pools of finished writes (:meth:`_Workers.close`)
 _ENDING: set[threading.Thread] = set()
 
+
+def wait_ended() -> None:
+    """Wait until the pools of the writes that have returned are ended: their workers
+    reaped (and counted in this process's children's CPU time), their slots unmapped."""
+    for ending in list(_ENDING):
+        ending.join()
+
+
 _FROZEN = [0]  # forked writes under way (threads of this process may run several)
 _FROZEN_LOCK = threading.Lock()
 
@@ -319,8 +327,7 @@ class _Workers:
         self._got = 0  # results received
         # the pools of earlier writes end first: forked while one still ends, these
         # workers would inherit its slots (shared memory) and hold them to their end
-        for ending in list(_ENDING):
-            ending.join()
+        wait_ended()
         _warm()
         self.blocks = blocks
         self.slots = [mmap.mmap(-1, size) for _ in range(slots or workers * _AHEAD)]
@@ -405,7 +412,6 @@ class _Workers:
             os.close(self._abort_w)  # every worker exits now
             self._end(aborted=True)
         else:
-            # (bench/bench_ingest.py waits for this thread by its name to count their CPU)
             ending = threading.Thread(target=self._end, name="daskimg-workers-end")
             _ENDING.add(ending)
             ending.start()
