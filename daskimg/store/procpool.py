@@ -73,14 +73,11 @@ from ..errors import DaskImgError
 from ..interrupts import held_ctrl_c
 from ..read.files import FileSource
 from ..read.source import block_arrays
-from .encode import ShardEncoder, trailer
+from .encode import ShardEncoder
 from .malloc import keep_freed_buffers
-from .shardwrite import Given, ShardAssembler, decode_encode
+from .shardwrite import Given, ShardAssembler, decode_encode, decode_in_place, raw_bytes
 
 __all__ = ["decoded_blocks", "follow_parent", "wait_ended", "workers_for", "write_chunks"]
-
-#: where in a slot a chunk's images are decoded: room before them for a Blosc header
-_HEAD = 16
 
 #: chunks handed to each worker ahead of the one it is working on
 _AHEAD = 2
@@ -161,7 +158,7 @@ def write_chunks(
     for the writer."""
     # a slot holds a chunk's large bodies; a body that does not fit (a JPEG chunk larger
     # than its pixels) comes back pickled
-    size = sum(_raw_bytes(enc) + 256 for enc in encoders.values())
+    size = sum(raw_bytes(enc) + 256 for enc in encoders.values())
     ahead = workers * _AHEAD
     per_key = max(enc.chunks_per_key for enc in encoders.values())
     # shards of many chunks (shard_chunks=) would need a slot (a memory map) for every
@@ -446,11 +443,6 @@ class _InSlot:
         return np.frombuffer(slot, dtype, count, self.start).reshape(self.shape)
 
 
-def _raw_bytes(enc: ShardEncoder) -> int:
-    lay = enc.layout
-    return lay.chunk_len * math.prod(lay.shape[1:]) * enc.layout.dtype.itemsize
-
-
 def _died(blocks: Sequence[tuple[Any, ...]], chunks: list[int]) -> DaskImgError:
     """The error for a worker that died while decoding some of ``chunks``."""
     spans = []
@@ -530,32 +522,24 @@ def _exit_with(waits: list[int]) -> None:
 def _chunk(c: int, slot: int) -> dict[str, Any]:
     """Decode and encode chunk ``c``; put its large bodies into ``slot``, the rest returned.
 
-    The images are decoded into the slot itself, :data:`_HEAD` bytes in: when they are
-    their own encoded body (uncompressed, or raw in a Blosc frame whose header then goes
-    right before them: :meth:`ShardEncoder.prefix`), nothing is copied. Otherwise (they
-    compress, or are JPEG-encoded) their encoded bytes are put at the slot's start."""
+    The images are decoded into the slot itself
+    (:func:`~daskimg.store.shardwrite.decode_in_place`): when they are their own encoded
+    body (uncompressed, or raw in a Blosc frame whose header then goes right before
+    them), nothing is copied. Otherwise (they compress, or are JPEG-encoded) their
+    encoded bytes are put at the slot's start."""
     args = _BLOCKS[c]
-    paths, spec = args[0], args[1]
+    spec = args[1]
     enc = _ENCODERS.get("images")
     if enc is None or np.dtype(spec.dtype) != enc.layout.dtype:
         return _in_slot(slot, decode_encode(Given(args), Given((_ENCODERS, False))))
-    lay = enc.layout
     view = memoryview(_SLOTS[slot])
-    count = lay.chunk_len * math.prod(lay.shape[1:])
-    rows = np.frombuffer(view, lay.dtype, count, _HEAD).reshape(lay.chunk_len, *lay.shape[1:])
-    arrays = block_arrays(*args, out=rows[: len(paths)])
-    rows[len(paths) :] = 0  # zarr pads an edge chunk with the fill value
-    end = _HEAD + rows.nbytes
-    encoded: dict[str, Any] = {}
-    head = enc.prefix(rows)
-    if head is not None:
-        start = _HEAD - len(head)
-        view[start:_HEAD] = head
-        encoded["images"] = (_InSlot(start, end), trailer(view[start:end]))
-    else:  # rows is the whole chunk, padded: encoded as encode_chunk pads a short one
-        encoded["images"] = enc.encode_chunk(rows, keep=False, probed=True)
-        end = 0  # the rows are encoded: the slot is free from its start
-    del rows
+    arrays, images, span = decode_in_place(args, enc, view)
+    encoded: dict[str, Any] = {"images": images}
+    end = 0  # the images encoded into new bytes: the slot is free from its start
+    if span is not None:
+        encoded["images"] = (_InSlot(*span), images[1])
+        end = span[1]
+    del images
     for name, other in _ENCODERS.items():
         if name != "images":
             encoded[name] = other.encode_chunk(arrays[name])

@@ -666,8 +666,6 @@ def _stream_into(
     delayed chunks of one or more arrays (``field``: the array's entry in each chunk's
     result, ``None`` when the result is the chunk itself). Each byte crosses the network once, worker to client
     (shard tasks on the workers would first move chunks between workers)."""
-    from distributed import as_completed
-
     delayeds, where = [], []
     for chunks, fields in streams:
         for c, d in enumerate(chunks):
@@ -681,16 +679,16 @@ def _stream_into(
     bar = _progress(len(futures), progress, unit="chunk")
     shards = ShardAssembler(put)
     try:
-        for fut in as_completed(futures):
-            c, fields = where[position[fut.key]]
+        for batch in _finished(futures, _GATHERED):
             try:
-                value = client.gather(fut, direct=direct)
+                values = client.gather(batch, direct=direct)
             except Exception as e:
                 if type(e).__name__ == "KilledWorker" and files_of is not None:
                     # (the cluster names its task only): the files of every chunk that
                     # failed by now (one of them killed the workers; the others died with it)
                     dead = sorted(
-                        {c} | {where[position[f.key]][0] for f in futures if f.status == "error"}
+                        {where[position[f.key]][0] for f in futures if f.status == "error"}
+                        or {where[position[f.key]][0] for f in batch}
                     )
                     said = "; ".join(f"chunk {d}: {files_of(d)}" for d in dead[:4])
                     more = f"; and {len(dead) - 4} more chunks" if len(dead) > 4 else ""
@@ -701,14 +699,33 @@ def _stream_into(
                         "dask.config.set(scheduler='sync') to find the one"
                     )
                 raise
-            for field, enc in fields:
-                shards.add(enc, c, value if field is None else value[field])
-            fut.release()
-            bar(1)
+            for fut, value in zip(batch, values, strict=True):
+                c, fields = where[position[fut.key]]
+                for field, enc in fields:
+                    shards.add(enc, c, value if field is None else value[field])
+                fut.release()
+            del values
+            bar(len(batch))
         shards.check_done()
     except BaseException:
         client.cancel(futures)
         raise
+
+
+#: most chunks fetched from the cluster at once (what this process holds beyond the shards
+#: being put together)
+_GATHERED = 8
+
+
+def _finished(futures: list[Any], most: int) -> Iterator[list[Any]]:
+    """The chunks finished by now, in groups of up to ``most``: each group is fetched with
+    one request to each worker holding some, instead of a round trip (and the scheduler
+    asked where it is) for every chunk."""
+    from distributed import as_completed
+
+    for ready in as_completed(futures).batches():
+        for at in range(0, len(ready), most):
+            yield ready[at : at + most]
 
 
 def _files_of(blocks: Sequence[tuple[Any, ...]], c: int) -> str:
