@@ -531,7 +531,7 @@ def _chunk(c: int, slot: int) -> dict[str, Any]:
     spec = args[1]
     enc = _ENCODERS.get("images")
     if enc is None or np.dtype(spec.dtype) != enc.layout.dtype:
-        return _in_slot(slot, decode_encode(Given(args), Given((_ENCODERS, False))))
+        return _in_slot(slot, decode_encode(Given(args), Given((_ENCODERS, False, None))))
     view = memoryview(_SLOTS[slot])
     arrays, images, span = decode_in_place(args, enc, view)
     encoded: dict[str, Any] = {"images": images}

@@ -30,6 +30,7 @@ from .background import BackgroundWriter
 from .directio import write_whole
 from .encode import Chunk, ShardEncoder, trailer
 from .malloc import keep_freed_buffers_if_trimmed
+from .shmchunks import take
 
 __all__ = [
     "FolderWriter",
@@ -61,15 +62,18 @@ def fused_chunks(
     token: str,
     *,
     portable: bool = False,
+    shared: str | None = None,
 ) -> list[Any]:
     """For a set read from files: one delayed task per chunk that decodes its files
     (:func:`daskimg.read.source.block_arrays`, ``blocks`` its arguments, one chunk each)
     into a buffer its thread reuses and encodes every array of ``encoders``; each returns
     ``{array: encoded chunk}`` (``portable``: as bytes that can be sent to another
-    process). Fresh pages for every decoded chunk cost about as much as the compression
-    (the kernel zeroes each one)."""
-    name = f"decode-encode-{token}-{int(portable)}"
-    task, given = dask.delayed(decode_encode, pure=True), Given((dict(encoders), portable))
+    process; ``shared``: the images in a shared buffer of the write named so, when they are
+    their own body: :mod:`~daskimg.store.shmchunks`). Fresh pages for every decoded chunk
+    cost about as much as the compression (the kernel zeroes each one)."""
+    name = f"decode-encode-{token}-{int(portable)}-{shared or ''}"
+    given = Given((dict(encoders), portable, shared))
+    task = dask.delayed(decode_encode, pure=True)
     return [task(Given(args), given, dask_key_name=(name, i)) for i, args in enumerate(blocks)]
 
 
@@ -159,21 +163,37 @@ def decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
     whether the result goes to another process)."""
     args: tuple[Any, ...] = block.value
     encoders: dict[str, ShardEncoder]
-    encoders, portable = given.value
+    shared: str | None
+    encoders, portable, shared = given.value
     paths, spec = args[0], args[1]
     enc = encoders.get("images")
     if portable and enc is not None and np.dtype(spec.dtype) == enc.layout.dtype:
         # decoded into a buffer of its own that is sent as it is when the images are
         # their own encoded body (most photo chunks: raw inside their Blosc frame)
-        buf = np.empty(HEAD + raw_bytes(enc), np.uint8)
-        keep_freed_buffers_if_trimmed(buf.nbytes)  # a distributed worker's allocator trims
-        arrays, images, span = decode_in_place(args, enc, buf)
-        if span is not None:
-            images = (buf[span[0] : span[1]], images[1])
-        out = {"images": _portable(images, portable)}
-        for name, other in encoders.items():
-            if name != "images":
-                out[name] = _portable(other.encode_chunk(arrays[name]), portable)
+        out: dict[str, Any] = {}
+        taken = None
+        try:
+            if shared is not None:  # a buffer the client reads from this process's memory
+                taken = take(shared, HEAD + raw_bytes(enc))
+                arrays, images, span = decode_in_place(args, enc, taken.data)
+                if span is not None:
+                    out["images"] = (taken.body(*span), images[1])
+                    taken = None  # the client frees it
+            else:
+                buf = np.empty(HEAD + raw_bytes(enc), np.uint8)
+                keep_freed_buffers_if_trimmed(buf.nbytes)  # a distributed worker's malloc trims
+                arrays, images, span = decode_in_place(args, enc, buf)
+                if span is not None:
+                    images = (buf[span[0] : span[1]], images[1])
+            if "images" not in out:
+                out["images"] = _portable(images, portable)
+            del images
+            for name, other in encoders.items():
+                if name != "images":
+                    out[name] = _portable(other.encode_chunk(arrays[name]), portable)
+        finally:
+            if taken is not None:  # not sent (compressed into new bytes, or an error)
+                taken.give_back()
         return out
     buf = scratch("chunk", (len(paths), *spec.sample_shape), spec.dtype)
     if portable:  # in another process: a distributed worker's allocator may trim at once

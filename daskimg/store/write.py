@@ -33,6 +33,7 @@ from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
+from . import shmchunks
 from .bytesource import LocalDir
 from .chunktable import read_tables
 from .codecs import DEFAULT_CODEC, canonical_codec, check_text_length
@@ -585,6 +586,8 @@ def write_arrays(
     forked: tuple[int, list[tuple[Any, ...]], dict[str, ShardEncoder]] | None = None
     files = ds.from_files()
     files_of: Callable[[int], str] | None = None
+    shm_token: str | None = None  # the cluster's chunks of images come in shared memory
+    again: Callable[[int], Any] | None = None
     if isinstance(files, FileSource):
         # the arrays that are the files' own (not arrays put in their place) are made by
         # one task per chunk, which decodes the chunk's files and encodes them at once
@@ -602,8 +605,14 @@ def write_arrays(
             if workers:  # in worker processes of this machine (procpool)
                 forked = (workers, blocks, fused)
             elif streamed:
-                chunks = fused_chunks(blocks, fused, token, portable=True)
+                assert client is not None
+                shm_token = shmchunks.new_token() if gather_direct(client) else None
+                if shm_token is not None and not shmchunks.usable(client, shm_token):
+                    shm_token = None
+                chunks = fused_chunks(blocks, fused, token, portable=True, shared=shm_token)
                 streams.append((chunks, list(fused.items())))
+                if shm_token is not None:  # a chunk whose worker ended first: decoded again
+                    again = functools.partial(_again, blocks, fused, token)
             else:
                 assert put is not None
                 writes += fused_writes(blocks, fused, put, token)
@@ -636,7 +645,10 @@ def write_arrays(
         done = [pool.submit(_write_numpy, arr, values) for arr, values in small]
         if streamed:
             assert put is not None
-            _stream_into(client, streams, put, progress=progress, files_of=files_of)
+            _stream_into(
+                client, streams, put, progress=progress, files_of=files_of,
+                shared=shm_token, again=again,
+            )  # fmt: skip
             for arr, dst in zip(sources, targets, strict=True):  # no encoder: strings, rare
                 _write_numpy(dst, compute_collections(arr, progress=False)[0])
         else:
@@ -656,16 +668,21 @@ def write_arrays(
 def _stream_into(
     client: Any,
     streams: list[tuple[list[Any], list[tuple[str | None, ShardEncoder]]]],
-    put: Callable[[str, list[Any]], None],
+    put: Callable[..., None],
     *,
     progress: bool,
     files_of: Callable[[int], str] | None = None,
+    shared: str | None = None,
+    again: Callable[[int], Any] | None = None,
 ) -> None:
     """Run the chunk tasks on the cluster; as each encoded chunk arrives, keep it until its
     shard is whole, then write the shard with ``put`` (in this process). ``streams``: the
     delayed chunks of one or more arrays (``field``: the array's entry in each chunk's
-    result, ``None`` when the result is the chunk itself). Each byte crosses the network once, worker to client
-    (shard tasks on the workers would first move chunks between workers)."""
+    result, ``None`` when the result is the chunk itself). Each byte crosses the network
+    once, worker to client (shard tasks on the workers would first move chunks between
+    workers); or, ``shared`` (the workers are on this machine), a body sent as where it
+    is in a worker's memory is read from there (:mod:`~daskimg.store.shmchunks`), and a
+    chunk whose worker ended before it was read is made again by ``again(c)``."""
     delayeds, where = [], []
     for chunks, fields in streams:
         for c, d in enumerate(chunks):
@@ -677,7 +694,8 @@ def _stream_into(
     if progress and client.dashboard_link:
         print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
     bar = _progress(len(futures), progress, unit="chunk")
-    shards = ShardAssembler(put)
+    receiver = shmchunks.Receiver()
+    shards = ShardAssembler(lambda key, pieces: put(key, pieces, done=receiver.written(pieces)))
     try:
         for batch in _finished(futures, _GATHERED):
             try:
@@ -701,6 +719,8 @@ def _stream_into(
                 raise
             for fut, value in zip(batch, values, strict=True):
                 c, fields = where[position[fut.key]]
+                if shared is not None:
+                    value = _shared_read(receiver, value, c, again)
                 for field, enc in fields:
                     shards.add(enc, c, value if field is None else value[field])
                 fut.release()
@@ -710,6 +730,40 @@ def _stream_into(
     except BaseException:
         client.cancel(futures)
         raise
+    finally:
+        receiver.close()
+        if shared is not None:  # the workers close this write's buffers
+            with contextlib.suppress(Exception):
+                client.run(shmchunks.release, shared)
+
+
+def _shared_read(
+    receiver: shmchunks.Receiver, value: Any, c: int, again: Callable[[int], Any] | None
+) -> Any:
+    """Chunk ``c``'s result with each body a worker sent as where it is in its memory
+    replaced by a view of it there; made again (``again``) if that worker has ended."""
+    if not isinstance(value, dict) or not any(
+        isinstance(v, tuple) and isinstance(v[0], shmchunks.SharedBody) for v in value.values()
+    ):
+        return value
+    out = dict(value)
+    try:
+        for name, v in value.items():
+            if isinstance(v, tuple) and isinstance(v[0], shmchunks.SharedBody):
+                out[name] = (receiver.view(v[0]), v[1])
+    except OSError:
+        if again is None:
+            raise
+        return again(c)  # its worker died after sending where the chunk was
+    return out
+
+
+def _again(
+    blocks: Sequence[tuple[Any, ...]], encoders: Mapping[str, ShardEncoder], token: str, c: int
+) -> Any:
+    """Chunk ``c`` decoded again on the cluster and sent through the network."""
+    (task,) = fused_chunks([blocks[c]], encoders, f"{token}-again-{c}", portable=True)
+    return compute_collections(task, progress=False)[0]
 
 
 #: most chunks fetched from the cluster at once (what this process holds beyond the shards
