@@ -26,6 +26,7 @@ def test_buffers_are_read_checked_and_reused():
     try:
         data = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)
         taken = shmchunks.take(token, 6000)
+        assert taken is not None
         taken.data[100:5100] = data.tobytes()
         body = taken.body(100, 5100)
         with shmchunks.Receiver() as receiver:
@@ -33,10 +34,12 @@ def test_buffers_are_read_checked_and_reused():
             np.testing.assert_array_equal(np.frombuffer(view, np.uint8), data)
             # busy until the shard holding it is written: a second task gets another buffer
             other = shmchunks.take(token, 6000)
+            assert other is not None
             assert other.body(0, 1).name != body.name
             other.give_back()
             receiver.written([view])()  # the shard is written: the buffer is free again
             again = shmchunks.take(token, 6000)
+            assert again is not None
             newer = again.body(0, 10)
             assert newer.name == body.name and newer.gen == body.gen + 1
             # the old address now names a reused buffer: refused, never read
@@ -47,10 +50,23 @@ def test_buffers_are_read_checked_and_reused():
             shmchunks.Receiver().view(forged)
     finally:
         assert shmchunks.release(token) == 2
+    # a task of a write already released (cancelled, still running) gets no buffer: it
+    # sends its chunk through TCP, and no busy buffer is left that no one would free
+    assert shmchunks.take(token, 6000) is None and token not in shmchunks._POOLS
+    # at most `most` bytes held busy (they cannot be spilled): past it, no new buffer
+    token = shmchunks.new_token()
+    try:
+        first = shmchunks.take(token, 6000, most=2 * (shmchunks.CTRL + 6000) - 1)
+        assert first is not None
+        assert shmchunks.take(token, 6000, most=2 * (shmchunks.CTRL + 6000) - 1) is None
+        first.give_back()  # a free one is reused whatever the limit
+        assert shmchunks.take(token, 6000, most=0) is not None
+    finally:
+        shmchunks.release(token)
     # another file opened at a buffer's fd number is not taken for it
     with open(__file__, "rb") as fh:
         wrong = shmchunks.SharedBody(os.getpid(), fh.fileno(), "daskimg-x-0", 1, 0, 1)
-        with pytest.raises(DaskImgError, match="not the shared buffer"):
+        with pytest.raises(FileNotFoundError, match="not the shared buffer"):
             shmchunks.Receiver().view(wrong)
 
 

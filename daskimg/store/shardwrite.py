@@ -175,6 +175,7 @@ def decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
         try:
             if shared is not None:  # a buffer the client reads from this process's memory
                 taken = take(shared, HEAD + raw_bytes(enc))
+            if taken is not None:
                 arrays, images, span = decode_in_place(args, enc, taken.data)
                 if span is not None:
                     out["images"] = (taken.body(*span), images[1])

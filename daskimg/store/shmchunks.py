@@ -13,8 +13,7 @@ a worker instead decodes the chunk straight into a buffer of shared memory (a
 
 How:
 
-* A worker keeps a few buffers per write (``token``), each a memfd named
-  ``daskimg-<token>-<n>`` with a control page (a state byte and a generation number)
+* A worker keeps a few buffers per write (``token``), each a memfd with a control page (a state byte and a generation number)
   before the data. A task takes a free buffer (:func:`take`; a new one if none is free),
   marks it busy, decodes into it, and returns a :class:`SharedBody`: the worker's pid,
   the fd, the buffer's name and generation and where the body lies in it.
@@ -27,8 +26,15 @@ How:
   and the client opening it) is decoded again, sent through TCP.
 * At the end (or on an error) the client unmaps everything and asks the workers to close
   the write's buffers (:func:`release`); a worker also closes the free buffers of other
-  writes when a task of a new one starts. Buffers a client that was killed left busy
-  stay with their worker until it ends.
+  writes when a task of a new one starts. A task of a write already released (cancelled
+  when the write failed, still running) sends its chunk through TCP. Buffers a client
+  that was killed left busy stay with their worker until it ends.
+* The buffers cannot be spilled, and a chunk's is freed only once its whole shard is
+  written: a worker holds at most a quarter of its memory limit in busy buffers (past
+  that, chunks go through TCP, as results distributed can spill), so a worker near its
+  limit is never paused holding the chunks the client waits for.
+* Names are never reused in a process (``daskimg-<token>-<pid>-<n>``): a name the client
+  has mapped always means that buffer.
 
 When (:func:`usable`): Linux with ``os.memfd_create``, every worker on this machine
 (loopback addresses), and a probe buffer from each worker opened and recognised by the
@@ -37,7 +43,10 @@ client; else the chunks go through TCP as before.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
+import itertools
 import mmap
 import os
 import struct
@@ -97,6 +106,16 @@ class _Buffer:
 #: this worker's buffers, by write
 _POOLS: dict[str, list[_Buffer]] = {}
 _LOCK = threading.Lock()  # a worker may run several tasks at once
+#: writes whose buffers were released: a task of theirs still running (cancelled when the
+#: write failed) sends its chunk through TCP, never into a buffer no one would free
+_RELEASED: collections.deque[str] = collections.deque(maxlen=256)
+#: buffers get names never used before in this process: a name the client has mapped
+#: always means that buffer
+_NAMES = itertools.count()
+#: the most memory a worker holds in busy buffers, as a share of its memory limit: they
+#: cannot be spilled, and a shard's chunks are freed only once the whole shard is written
+#: (past it, chunks go through TCP: results distributed can spill)
+_MOST_HELD = 0.25
 
 
 class Taken:
@@ -118,19 +137,28 @@ class Taken:
         self._buf.mm[0] = _FREE
 
 
-def take(token: str, nbytes: int) -> Taken:
-    """A free buffer of the write ``token`` with at least ``nbytes`` of data (made if none)."""
+def take(token: str, nbytes: int, most: int | None = None) -> Taken | None:
+    """A free buffer of the write ``token`` with at least ``nbytes`` of data (made if none);
+    None when the write's buffers were released (it ended), or when this process's busy
+    buffers would exceed ``most`` bytes (default: :data:`_MOST_HELD` of a ``distributed``
+    worker's memory limit): the caller sends the chunk another way."""
+    most = _held_most() if most is None else most
     with _LOCK:
+        if token in _RELEASED:
+            return None
         for other in [t for t in _POOLS if t != token]:  # other writes' buffers, once all free
             if all(b.mm[0] == _FREE for b in _POOLS[other]):
                 for b in _POOLS.pop(other):
                     b.close()
+        busy = sum(len(b.mm) for pool in _POOLS.values() for b in pool if b.mm[0] != _FREE)
         pool = _POOLS.setdefault(token, [])
         for buf in pool:
             if buf.mm[0] == _FREE and len(buf.mm) >= CTRL + nbytes:
                 break
         else:
-            buf = _Buffer(f"daskimg-{token}-{len(pool)}", CTRL + nbytes)
+            if busy + CTRL + nbytes > most:
+                return None
+            buf = _Buffer(f"daskimg-{token}-{os.getpid()}-{next(_NAMES)}", CTRL + nbytes)
             pool.append(buf)
         buf.gen += 1
         _GEN.pack_into(buf.mm, 8, buf.gen)
@@ -138,18 +166,33 @@ def take(token: str, nbytes: int) -> Taken:
     return Taken(buf)
 
 
+def _held_most() -> int:
+    """:data:`_MOST_HELD` of this ``distributed`` worker's memory limit (none: no limit)."""
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except Exception:  # not in a worker (a test), or another distributed
+        limit = None
+    return int(limit * _MOST_HELD) if limit else 2**62
+
+
 def release(token: str) -> int:
-    """Close this worker's buffers of the write ``token`` (run on each worker at its end)."""
+    """Close this worker's buffers of the write ``token`` (run on each worker at its end);
+    its tasks still running send their chunks through TCP from then on."""
     with _LOCK:
+        _RELEASED.append(token)
         pool = _POOLS.pop(token, [])
         for b in pool:
             b.close()
     return len(pool)
 
 
-def probe(token: str) -> SharedBody:
+def probe(token: str) -> SharedBody | None:
     """A small buffer of the write ``token`` for the client to open (:func:`usable`)."""
     got = take(token, 64)
+    if got is None:
+        return None
     got.data[:8] = b"daskimg!"
     return got.body(0, 8)
 
@@ -166,7 +209,7 @@ def usable(client: Any, token: str) -> bool:
         bodies = client.run(probe, token)
     except Exception:  # a worker without daskimg's module, or memfd refused
         return False
-    ok = bool(bodies) and all(body.pid != os.getpid() for body in bodies.values())
+    ok = bool(bodies) and all(b is not None and b.pid != os.getpid() for b in bodies.values())
     # (workers in this process: their results are handed over as they are)
     if ok:
         with Receiver() as receiver:
@@ -250,9 +293,12 @@ def _open(body: SharedBody) -> mmap.mmap:
     try:
         link = os.readlink(f"/proc/self/fd/{fd}")
         if link not in (f"/memfd:{body.name}", f"/memfd:{body.name} (deleted)"):
-            raise DaskImgError(
+            # (a worker in another process namespace or on another machine, or one that
+            # died and whose pid was reused): not there, as for a worker that ended
+            raise FileNotFoundError(
+                errno.ENOENT,
                 f"fd {body.fd} of process {body.pid} is {link!r}, not the shared buffer "
-                f"{body.name} a worker sent (a worker in another process namespace?)"
+                f"{body.name} a worker sent",
             )
         return mmap.mmap(fd, 0)
     finally:
