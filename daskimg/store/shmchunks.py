@@ -248,7 +248,11 @@ class Receiver:
         key = (body.pid, body.name)
         mm = self._maps.get(key)
         if mm is None:
-            mm = self._maps[key] = _open(body)
+            try:
+                mm = self._maps[key] = _open(body)
+            except OSError:
+                self._forget(body.pid)  # that worker ended: its buffers are not kept here
+                raise
         gen = _GEN.unpack_from(mm, 8)[0]
         if mm[0] != _BUSY or gen != body.gen or not CTRL + body.stop <= len(mm):
             raise DaskImgError(
@@ -276,6 +280,16 @@ class Receiver:
                             mm[0] = _FREE
 
         return done
+
+    def _forget(self, pid: int) -> None:
+        """Unmap the buffers of worker process ``pid`` that no shard still holds."""
+        with self._lock:
+            held = {id(mm) for mm in self._lent.values()}
+            gone = [k for k, mm in self._maps.items() if k[0] == pid and id(mm) not in held]
+            maps = [self._maps.pop(k) for k in gone]
+        for mm in maps:
+            with contextlib.suppress(BufferError, ValueError):
+                mm.close()
 
     def close(self) -> None:
         """Unmap every buffer (views still lent, of a write that failed, keep theirs)."""
