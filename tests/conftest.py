@@ -70,3 +70,14 @@ def flip_byte_in_chunk(path, name, c):
         b = fh.read(1)
         fh.seek(offset + nbytes // 2)
         fh.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A ``distributed.LocalCluster`` of 2 worker processes x 1 thread, one per test module
+    that asks for it."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
+        yield c

@@ -22,14 +22,6 @@ from daskimg.storeinfo import verify
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as c:
-        yield c
-
-
 def _same(a, b):
     ga, gb = plain_group(a), plain_group(b)
     for name in ("images", "labels", "paths"):

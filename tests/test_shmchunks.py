@@ -74,14 +74,6 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     src = tmp_path_factory.mktemp("photos")
     di.testing.make_photo_folder(src, n_per_class=7, size=(60, 80), seed=3)
