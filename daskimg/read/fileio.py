@@ -25,6 +25,7 @@ from ..errors import DecodeError
 __all__ = [
     "CORRUPT",
     "EMPTY",
+    "NPY_LOCK",
     "NPY_MAGIC",
     "TIFF_MAGICS",
     "TRANSPOSE",
@@ -61,6 +62,13 @@ TRANSPOSE: Final = {
 # warnings.catch_warnings swaps a process-wide filter list; the lock keeps two
 # threads from restoring each other's list. Only header parsing runs under it.
 WARNINGS_LOCK: Final = threading.Lock()
+
+#: numpy parses a .npy header with ``ast.literal_eval``, and CPython 3.11's compiler keeps
+#: its AST recursion depth in state shared by the threads: two threads parsing at once
+#: can fail with "SystemError: AST constructor recursion depth mismatch" (seen once in the
+#: test suite, reading .npy volumes on dask's threads; CPython gh-106905). Every .npy the
+#: tasks open is loaded under this lock (a header and a memory map, or bytes in memory)
+NPY_LOCK: Final = threading.Lock()
 
 _STRICT_LOCK = threading.Lock()
 _strict_users = 0

@@ -30,6 +30,7 @@ from ..errors import DecodeError
 from ..remote import RemoteFiles
 from .fileio import (
     CORRUPT,
+    NPY_LOCK,
     NPY_MAGIC,
     TRANSPOSE,
     open_image,
@@ -273,7 +274,8 @@ def _mode_dtype(mode: str, path: str) -> str:
 
 def _load_npy(path: str, data: bytes) -> np.ndarray:
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        with NPY_LOCK:  # (see its notes)
+            return np.load(io.BytesIO(data), allow_pickle=False)
     except CORRUPT as exc:
         raise DecodeError(path, f"corrupt or truncated mask ({exc})") from exc
 

@@ -39,7 +39,7 @@ from typing import Final
 import numpy as np
 
 from ..errors import DecodeError
-from .fileio import CORRUPT, EMPTY, NPY_MAGIC, TIFF_MAGICS, open_regular, unreadable
+from .fileio import CORRUPT, EMPTY, NPY_LOCK, NPY_MAGIC, TIFF_MAGICS, open_regular, unreadable
 
 __all__ = ["VOLUME_DTYPES", "read_volume", "volume_dtype", "volume_into"]
 
@@ -159,9 +159,10 @@ def read_volume(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool]
     source: str | io.BytesIO = path if data is None else io.BytesIO(data)
     if head.startswith(NPY_MAGIC):
         try:
-            if data is not None:
-                return np.load(source, allow_pickle=False), False
-            return np.load(path, mmap_mode="r", allow_pickle=False), False
+            with NPY_LOCK:
+                if data is not None:
+                    return np.load(source, allow_pickle=False), False
+                return np.load(path, mmap_mode="r", allow_pickle=False), False
         except CORRUPT as exc:
             if "Python objects" in str(exc) or "allow_pickle" in str(exc):
                 raise DecodeError(
