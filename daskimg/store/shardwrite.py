@@ -168,27 +168,24 @@ def decode_encode(block: Given, given: Given) -> dict[str, Chunk]:
     paths, spec = args[0], args[1]
     enc = encoders.get("images")
     if portable and enc is not None and np.dtype(spec.dtype) == enc.layout.dtype:
-        # decoded into a buffer of its own that is sent as it is when the images are
-        # their own encoded body (most photo chunks: raw inside their Blosc frame)
-        out: dict[str, Any] = {}
-        taken = None
+        # decoded into a buffer of its own, sent as it is when the images are their own
+        # encoded body (most photo chunks: raw inside their Blosc frame); with ``shared``, a
+        # buffer the client reads from this process's memory (when one can be taken)
+        taken = take(shared, HEAD + raw_bytes(enc)) if shared is not None else None
         try:
-            if shared is not None:  # a buffer the client reads from this process's memory
-                taken = take(shared, HEAD + raw_bytes(enc))
             if taken is not None:
-                arrays, images, span = decode_in_place(args, enc, taken.data)
-                if span is not None:
-                    out["images"] = (taken.body(*span), images[1])
-                    taken = None  # the client frees it
+                buf: Any = taken.data
             else:
                 buf = np.empty(HEAD + raw_bytes(enc), np.uint8)
                 keep_freed_buffers_if_trimmed(buf.nbytes)  # a distributed worker's malloc trims
-                arrays, images, span = decode_in_place(args, enc, buf)
-                if span is not None:
-                    images = (buf[span[0] : span[1]], images[1])
-            if "images" not in out:
-                out["images"] = _portable(images, portable)
-            del images
+            arrays, (body, crc), span = decode_in_place(args, enc, buf)
+            if span is None:  # encoded into new bytes
+                body = np.frombuffer(body, np.uint8)
+            elif taken is not None:
+                body, taken = taken.body(*span), None  # the client frees it
+            else:
+                body = buf[span[0] : span[1]]
+            out: dict[str, Any] = {"images": (body, crc)}
             for name, other in encoders.items():
                 if name != "images":
                     out[name] = _portable(other.encode_chunk(arrays[name]), portable)

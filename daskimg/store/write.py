@@ -742,13 +742,9 @@ def _shared_read(
 ) -> Any:
     """Chunk ``c``'s result with each body a worker sent as where it is in its memory
     replaced by a view of it there; made again (``again``) if that worker has ended."""
-    if not isinstance(value, dict) or not any(
-        isinstance(v, tuple) and isinstance(v[0], shmchunks.SharedBody) for v in value.values()
-    ):
-        return value
-    out = dict(value)
+    out = dict(value) if isinstance(value, dict) else value
     try:
-        for name, v in value.items():
+        for name, v in out.items() if isinstance(out, dict) else ():
             if isinstance(v, tuple) and isinstance(v[0], shmchunks.SharedBody):
                 out[name] = (receiver.view(v[0]), v[1])
     except OSError:
