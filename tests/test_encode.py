@@ -131,7 +131,14 @@ def test_chains_left_to_zarr(tmp_path):
     )  # fmt: skip
     specs = [ArraySpec("paths", (), np.dtype(object)), ArraySpec("x", (2,), np.dtype("uint8"))]
     arrs = create_arrays(str(tmp_path / "s"), attrs, specs, n=5, shard_len=4)
-    assert ShardEncoder.of("t", "paths", _meta(arrs["paths"])) is None  # strings
+    text = _meta(arrs["paths"])
+    assert ShardEncoder.of("t", "paths", text) is not None
+    zstd = text["codecs"][0]["configuration"]["codecs"][1]["configuration"]
+    zstd["checksum"] = True  # zstd's own checksum: left to zarr
+    assert ShardEncoder.of("t", "paths", text) is None
+    zstd["checksum"] = False
+    text["fill_value"] = "?"  # zarr would pad with "?"
+    assert ShardEncoder.of("t", "paths", text) is None
     meta = _meta(arrs["x"])
     assert ShardEncoder.of("t", "x", meta) is not None
     meta["fill_value"] = 7  # zarr would pad with 7; the encoder pads with 0 only
@@ -425,3 +432,29 @@ def test_the_probe_judges_its_windows_apart_as_the_chunk_compresses_them():
     whole = Blosc("lz4", 5, Blosc.NOSHUFFLE).encode(chunk)
     assert len(whole) > chunk.nbytes * 7 / 8
     assert memoryview(blosc_encode(chunk, cfg))[2] & 0x02  # raw in its frame
+
+
+@pytest.mark.parametrize(("n", "chunk_len", "shard_len"), [(11, 3, 6), (12, 4, 4), (5, 5, 5)])
+def test_text_same_bytes_as_zarr(tmp_path, n, chunk_len, shard_len):
+    """Text columns (paths, class names from a CSV) encoded as zarr's vlen-utf8 + zstd would:
+    the edge chunk padded with "", non-ASCII and empty strings kept."""
+    attrs = root_attrs(
+        split=None, num_samples=n, classes=[], chunk_len=chunk_len, codec="lz4",
+        order="source", seed=0, boxes=[], source={},
+    )  # fmt: skip
+    spec = [ArraySpec("paths", (), np.dtype(object))]
+    words = ["", "a/b.jpg", "çà/日本.png", "x" * 300, "tab\there", "emoji 🐱"]
+    data = np.array([words[i % len(words)] + str(i) * (i % 3) for i in range(n)], dtype=object)
+    ref = create_arrays(str(tmp_path / "ref"), attrs, spec, n=n, shard_len=shard_len)["paths"]
+    ref[...] = data.astype(np.dtypes.StringDType())
+    ours = create_arrays(str(tmp_path / "ours"), attrs, spec, n=n, shard_len=shard_len)["paths"]
+    enc = ShardEncoder.of("test", "paths", _meta(ours))
+    assert enc is not None
+    for k in range(enc.num_keys):
+        chunks = [
+            enc.encode_chunk(data[c * chunk_len : (c + 1) * chunk_len]) for c in enc.chunks_of(k)
+        ]
+        write_file(str(tmp_path / "ours"), enc.key(k), enc.shard(chunks))
+    assert _files(tmp_path / "ours") == _files(tmp_path / "ref")
+    back = zarr.open_array(str(tmp_path / "ours"), path="paths", mode="r")[...]
+    assert [str(v) for v in back] == list(data)
