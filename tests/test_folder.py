@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import shutil
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import daskimg as di
 from daskimg.cli import main
 from daskimg.errors import NoImagesFoundError
+from daskimg.read.folder import IMAGE_EXTENSIONS, _is_image
 
 
 def _kaggle(root: Path) -> Path:
@@ -1126,3 +1130,15 @@ def test_a_split_folder_one_level_too_deep_is_refused_not_read_as_a_class(tmp_pa
     assert ds.classes == ("cat", "dog") and len(ds) == (6 if top else 4)
     for p, i in zip(ds.paths, ds.labels, strict=True):  # the oracle: the folder it lies in
         assert Path(p).parent.name == ds.classes[int(i)], p
+
+
+@given(
+    st.text(alphabet=st.sampled_from(list("ab.JjPpGgEeNn _é")), max_size=12)
+    | st.sampled_from(sorted(f"{p}{e}" for e in IMAGE_EXTENSIONS for p in ("", ".", "x", "x.")))
+)
+@settings(max_examples=400, deadline=None)
+def test_an_image_is_named_by_its_ending_as_splitext_says(name):
+    """from_folder's inlined test of a file name: a visible file whose ending (as
+    ``os.path.splitext`` gives it) is an image's, any case."""
+    expected = not name.startswith(".") and posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    assert _is_image(name) == expected

@@ -97,7 +97,12 @@ def _hidden(folder: str) -> bool:
 
 
 def _is_image(name: str) -> bool:
-    return not name.startswith(".") and posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    # posixpath.splitext's ending for a name that does not start with a dot, inlined (it
+    # was a sixth of from_folder's time)
+    if name.startswith("."):
+        return False
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def _is_other(name: str) -> bool:
@@ -229,15 +234,18 @@ def _files_under(
             continue
         read_under[real] = os.fspath(folder)
         dirnames[:] = [d for d in dirnames if not _hidden(d)]
+        # os.path.join of a folder and a plain name, once per folder (per file it was a
+        # quarter of from_folder's time)
+        here, there = os.path.join(dirpath, ""), os.path.join(real, "")
         for f, is_link in filenames:
             if _is_image(f):
-                full = os.path.join(dirpath, f)
+                full = here + f
                 if seen is None or seen.keep(
-                    full, os.path.realpath(full) if is_link else os.path.join(real, f), is_link
+                    full, os.path.realpath(full) if is_link else there + f, is_link
                 ):
                     files.append(full)
             elif others is not None and _is_other(f):
-                others.append(os.path.join(dirpath, f))
+                others.append(here + f)
     return files
 
 
