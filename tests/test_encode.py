@@ -434,27 +434,31 @@ def test_the_probe_judges_its_windows_apart_as_the_chunk_compresses_them():
     assert memoryview(blosc_encode(chunk, cfg))[2] & 0x02  # raw in its frame
 
 
-@pytest.mark.parametrize(("n", "chunk_len", "shard_len"), [(11, 3, 6), (12, 4, 4), (5, 5, 5)])
-def test_text_same_bytes_as_zarr(tmp_path, n, chunk_len, shard_len):
-    """Text columns (paths, class names from a CSV) encoded as zarr's vlen-utf8 + zstd would:
-    the edge chunk padded with "", non-ASCII and empty strings kept."""
+@pytest.mark.parametrize(
+    ("n", "sample", "chunk_len", "shard_len"),
+    [(11, (), 3, 6), (12, (), 4, 4), (5, (), 5, 5), (7, (2,), 3, 6), (6, (2, 3), 4, 4)],
+)
+def test_text_same_bytes_as_zarr(tmp_path, n, sample, chunk_len, shard_len):
+    """Text columns (paths, class names from a CSV, several per sample) encoded as zarr's
+    vlen-utf8 + zstd would: the edge chunk padded with "", non-ASCII and empty strings kept."""
     attrs = root_attrs(
         split=None, num_samples=n, classes=[], chunk_len=chunk_len, codec="lz4",
         order="source", seed=0, boxes=[], source={},
     )  # fmt: skip
-    spec = [ArraySpec("paths", (), np.dtype(object))]
+    spec = [ArraySpec("paths", sample, np.dtype(object))]
     words = ["", "a/b.jpg", "çà/日本.png", "x" * 300, "tab\there", "emoji 🐱"]
-    data = np.array([words[i % len(words)] + str(i) * (i % 3) for i in range(n)], dtype=object)
+    size = n * int(np.prod(sample))
+    flat = [words[i % len(words)] + str(i) * (i % 3) for i in range(size)]
+    data = np.array(flat, dtype=object).reshape(n, *sample)
     ref = create_arrays(str(tmp_path / "ref"), attrs, spec, n=n, shard_len=shard_len)["paths"]
     ref[...] = data.astype(np.dtypes.StringDType())
     ours = create_arrays(str(tmp_path / "ours"), attrs, spec, n=n, shard_len=shard_len)["paths"]
     enc = ShardEncoder.of("test", "paths", _meta(ours))
     assert enc is not None
+    cl = chunk_len
     for k in range(enc.num_keys):
-        chunks = [
-            enc.encode_chunk(data[c * chunk_len : (c + 1) * chunk_len]) for c in enc.chunks_of(k)
-        ]
+        chunks = [enc.encode_chunk(data[c * cl : (c + 1) * cl]) for c in enc.chunks_of(k)]
         write_file(str(tmp_path / "ours"), enc.key(k), enc.shard(chunks))
     assert _files(tmp_path / "ours") == _files(tmp_path / "ref")
     back = zarr.open_array(str(tmp_path / "ours"), path="paths", mode="r")[...]
-    assert [str(v) for v in back] == list(data)
+    assert [str(v) for v in np.asarray(back).reshape(-1)] == flat
