@@ -678,6 +678,16 @@ def test_text_arrays_hold_strings_only_and_bytes_are_utf8(tmp_path):
             {"columns": {"t": np.array([b"a", b"\xff", b"c", b"d"])}},
             r"'t', row 1: b'\\xff' is not UTF-8",
         ),
+        (  # declared text, its blocks numbers: 1.5 was stored as the text "1.5"
+            {
+                "columns": {
+                    "t": da.map_blocks(
+                        lambda b: b.astype(float) + 0.5, da.arange(4, chunks=2), dtype=object
+                    )
+                }
+            },
+            r"'t', row (0 is float 0|2 is float 2)\.5",
+        ),
     ]
     for i, (kw, match) in enumerate(cases):
         with pytest.raises(ValueError, match=match):

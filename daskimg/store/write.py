@@ -891,7 +891,12 @@ def checked_boxes(imageset: ImageSet) -> ImageSet:
 
 def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndarray:
     """A block of a lazy text array, checked (:func:`check_text`, rows counted in the whole
-    array) and as ``str`` objects."""
+    array) and as ``str`` objects. A block of numbers (a dask array declared ``object``
+    whose blocks are floats) is checked value by value as objects are: whole numbers are
+    IDs, anything else an error (it was stored as the text ``"1.5"``)."""
+    block = np.asarray(block)
+    if block.dtype.kind not in "OSUT":
+        block = block.astype(object)
     check_text(name, block, block_info[0]["array-location"][0][0] if block_info else 0)
     return as_text(block)
 
