@@ -1120,10 +1120,17 @@ def test_a_dask_array_whose_blocks_lie_about_their_dtype_is_refused(tmp_path):
         (np.array([1, 2, 0, 1], np.int64), np.bool_),  # 2 would become True
         (np.array([1.0, np.nan, 0.0, 1.0]), np.bool_),
         (np.array([1.0, 2.5, 0.0, 1.0]), np.int16),  # would lose its fraction
+        (np.array([1, 300, 2, 3], np.int64), np.uint8),  # would wrap to 44
     ],
 )
-def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(tmp_path, held, declared):
+@pytest.mark.parametrize("where", ["zip", "url"])
+def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(
+    tmp_path, held, declared, where
+):
+    """Every way a column is written keeps the rule: the encoder (a local store) and zarr's
+    own writes (a store at a URL, here fsspec's memory://), where 300 was stored as 44."""
     import dask.array as da
+    import fsspec
 
     column = da.from_array(held, chunks=2).map_blocks(lambda b: b, dtype=declared)
     with np.errstate(over="ignore", invalid="ignore"):  # the oracle: numpy's own casts
@@ -1131,8 +1138,18 @@ def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(tmp_path,
         bad = held[cast.astype(held.dtype) != held][0].item()
     ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
     said = rf"'v' is {np.dtype(declared)} but .* such as {re.escape(repr(bad))},"
-    with pytest.raises(ValueError, match=said):
-        di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    out = tmp_path / "s.zarr.zip"
+    if where == "url":
+        out = f"memory://daskimg-fits-{os.getpid()}-{tmp_path.name}/s.zarr"
+    try:
+        with pytest.raises(ValueError, match=said):
+            di.to_zarr(ds, out)
+    finally:
+        fs, top = fsspec.filesystem("memory"), str(out).rsplit("/", 1)[0]
+        if where == "url" and fs.exists(top):
+            fs.rm(top, recursive=True)
+    if where == "url":
+        return
     # a set read from files with on_error='skip' (its rows copied into shard buffers: the
     # copy cast them, 2.5 -> 2, 1e39 -> inf, without a word)
     di.testing.make_image_folder(tmp_path / "src", n=4, size=(4, 4))
@@ -1147,6 +1164,28 @@ def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(tmp_path,
     ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
     out = di.to_zarr(ds, tmp_path / "ok.zarr.zip", order="source")
     np.testing.assert_array_equal(plain_group(out)["v"][:], fits.astype(declared))
+
+
+@pytest.mark.parametrize("where", ["zip", "folder", "url"])
+def test_text_in_a_column_of_numbers_is_refused(tmp_path, where):
+    """A lazy column declared float whose blocks hold strings: "1.5" was parsed into 1.5 and
+    "abc" failed with numpy's message, which names no column."""
+    import dask.array as da
+    import fsspec
+
+    held = np.array(["1.5", "2", "abc", "4"])
+    column = da.from_array(held, chunks=2).map_blocks(lambda b: b, dtype=np.float64)
+    ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
+    out = {"zip": tmp_path / "s.zarr.zip", "folder": tmp_path / "s.zarr"}.get(where)
+    if out is None:
+        out = f"memory://daskimg-text-{os.getpid()}-{tmp_path.name}/s.zarr"
+    try:
+        with pytest.raises(ValueError, match=r"'v' is float64 but a chunk of it holds text such"):
+            di.to_zarr(ds, out)
+    finally:
+        fs, top = fsspec.filesystem("memory"), str(out).rsplit("/", 1)[0]
+        if where == "url" and fs.exists(top):
+            fs.rm(top, recursive=True)
 
 
 def test_a_lock_path_that_is_a_folder_or_a_link_is_named(tmp_path):

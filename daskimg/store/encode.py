@@ -293,6 +293,13 @@ def holds_every(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     return bool(np.can_cast(src, dst, casting="safe"))
 
 
+def _holds_text(rows: np.ndarray) -> bool:
+    """Whether ``rows`` hold a string (numpy strings, or ``str``/``bytes`` objects)."""
+    if rows.dtype.kind in "SUT":
+        return True
+    return rows.dtype.kind == "O" and any(isinstance(v, str | bytes) for v in rows.ravel().tolist())
+
+
 def becomes_inf(values: np.ndarray, cast: np.ndarray) -> np.ndarray:
     """Where a finite float of ``values`` became infinite in ``cast`` (its narrower copy)."""
     return np.isfinite(values) & np.isinf(cast)
@@ -302,7 +309,16 @@ def check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
     """Values of another dtype than the array's (a dask array whose blocks are not what it
     declares) must fit it, as the cast would change them: wrap (300 -> 44 in uint8), become
     infinity (1e39 in float32), round (2**24 + 1 in float32) or become True (2 in bool).
-    Numbers only (text is checked as text); a range test first spares the element-wise one."""
+    Text in an array of numbers is refused (``"1.5"`` was parsed, ``"abc"`` failed without
+    the array's name); numbers in a text array are checked as text. A range test first
+    spares the element-wise one."""
+    if rows.size and dtype.kind in "biuf" and _holds_text(rows):
+        first = next(v for v in rows.ravel().tolist() if isinstance(v, str | bytes))
+        raise ValueError(
+            f"array {name!r} is {dtype} but a chunk of it holds text such as {first!r} (a dask "
+            "array whose blocks are not the dtype it declares?); convert it to numbers "
+            "yourself, e.g. x.astype(float), or declare it as text (dtype=object)"
+        )
     if not rows.size or rows.dtype.kind not in "biuf" or holds_every(rows.dtype, dtype):
         return
     lo, hi = rows.min(), rows.max()  # NaN when any is: then the element-wise test decides

@@ -637,7 +637,9 @@ def write_arrays(
         elif name in encoders:
             assert put is not None
             writes += shard_writes(arr, encoders[name], put)
-        else:
+        else:  # zarr casts what it is given: numbers must fit, as the encoder checks
+            if arr.dtype.kind not in "OUST":
+                arr = da.map_blocks(_fitting_block, arr, name, arr.dtype, dtype=arr.dtype)
             sources.append(arr)
             targets.append(dest[name])
     sources = [a.rechunk((shard_len, *a.shape[1:])) for a in sources]
@@ -899,6 +901,18 @@ def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndar
         block = block.astype(object)
     check_text(name, block, block_info[0]["array-location"][0][0] if block_info else 0)
     return as_text(block)
+
+
+def _fitting_block(block: np.ndarray, name: str, dtype: np.dtype[Any]) -> np.ndarray:
+    """A block of a lazy column of numbers written through zarr (a store at a URL), as the
+    dtype its array declares: a value the cast would change is an error
+    (:func:`~daskimg.store.encode.check_fits`, the encoder's rule), where zarr stored 300
+    in a uint8 column as 44 without a word."""
+    block = np.asarray(block)
+    if block.dtype != dtype:
+        check_fits(name, block, dtype)
+        block = block.astype(dtype)
+    return block
 
 
 def _write_small(
