@@ -39,6 +39,7 @@ __all__ = [
     "encoded_chunks",
     "fused_chunks",
     "fused_writes",
+    "put_rows",
     "shard_writes",
     "write_file",
 ]
@@ -257,6 +258,22 @@ def _portable(chunk: Chunk, portable: bool) -> Chunk:
     if portable:
         body = np.frombuffer(body, np.uint8)
     return body, crc
+
+
+def put_rows(
+    enc: ShardEncoder,
+    put: Callable[[str, list[Any]], None],
+    start: int,
+    rows: np.ndarray,
+    *,
+    keep: bool = True,
+) -> None:
+    """Write ``rows``, the array's rows from ``start`` (a shard's first row; at most one
+    shard of them), as one stored value with ``put``. ``keep=False``: ``rows`` is a buffer
+    the caller fills again (:meth:`ShardEncoder.encode_chunk`)."""
+    cl = enc.layout.chunk_len
+    chunks = [enc.encode_chunk(rows[i : i + cl], keep=keep) for i in range(0, len(rows), cl)]
+    put(enc.key(start // enc.layout.shard_len), enc.shard(chunks))
 
 
 def _write_shard(given: Given, k: int, *chunks: Chunk) -> int:

@@ -13,8 +13,8 @@ a worker instead decodes the chunk straight into a buffer of shared memory (a
 
 How:
 
-* A worker keeps a few buffers per write (``token``), each a memfd with a control page (a state byte and a generation number)
-  before the data. A task takes a free buffer (:func:`take`; a new one if none is free),
+* A worker keeps a few buffers per write (``token``), each a memfd with a control page
+  (a state byte and a generation number) before the data. A task takes a free buffer (:func:`take`; a new one if none is free),
   marks it busy, decodes into it, and returns a :class:`SharedBody`: the worker's pid,
   the fd, the buffer's name and generation and where the body lies in it.
 * The client (:class:`Receiver`) opens the buffer, checks it is the one named (the

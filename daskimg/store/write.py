@@ -54,6 +54,7 @@ from .shardwrite import (
     encoded_chunks,
     fused_chunks,
     fused_writes,
+    put_rows,
     shard_writes,
     write_file,
 )
@@ -748,9 +749,11 @@ def _shared_read(
 ) -> Any:
     """Chunk ``c``'s result with each body a worker sent as where it is in its memory
     replaced by a view of it there; made again (``again``) if that worker has ended."""
-    out = dict(value) if isinstance(value, dict) else value
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
     try:
-        for name, v in out.items() if isinstance(out, dict) else ():
+        for name, v in value.items():
             if isinstance(v, tuple) and isinstance(v[0], shmchunks.SharedBody):
                 out[name] = (receiver.view(v[0]), v[1])
     except OSError:
@@ -930,10 +933,9 @@ def _write_small(
     values = np.asarray(values)
     if values.dtype.kind in "OUST":
         values = as_text(values)
-    cl = enc.layout.chunk_len
-    for k in range(enc.num_keys):
-        chunks = [enc.encode_chunk(values[c * cl : (c + 1) * cl]) for c in enc.chunks_of(k)]
-        put(enc.key(k), enc.shard(chunks))
+    step = enc.layout.shard_len
+    for start in range(0, len(values), step):
+        put_rows(enc, put, start, values[start : start + step])
 
 
 def _write_numpy(arr: Any, values: Any) -> None:
@@ -991,10 +993,8 @@ def _write_skipping(
         if enc is None or put is None:
             _write_rows(dest[name], start, rows)
             return
-        cl = enc.layout.chunk_len
         # keep=False: the shard buffers are filled again while the writer thread writes
-        chunks = [enc.encode_chunk(rows[i : i + cl], keep=False) for i in range(0, len(rows), cl)]
-        put(enc.key(start // enc.layout.shard_len), enc.shard(chunks))
+        put_rows(enc, put, start, rows, keep=False)
 
     bufs = {k: np.empty((shard_len, *v.shape[1:]), dtype=v.dtype) for k, v in lazy.items()}
     ok_all: list[np.ndarray] = []
