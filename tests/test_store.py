@@ -1166,6 +1166,40 @@ def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(
     np.testing.assert_array_equal(plain_group(out)["v"][:], fits.astype(declared))
 
 
+@pytest.mark.parametrize("where", ["zip", "url"])
+@pytest.mark.parametrize(
+    ("held", "said"),
+    [
+        (np.array([1.5, None, 2.0, 3.0], object), r"NoneType None, not a number"),
+        (np.array([1 + 2j, 2, 3, 4]), r"complex128 values"),
+    ],
+)
+def test_what_is_no_number_in_a_column_of_numbers_is_refused(tmp_path, where, held, said):
+    """A lazy column declared float whose blocks hold None (the cast made it NaN, stored
+    as if measured) or complex values (the cast dropped the imaginary part)."""
+    import dask.array as da
+    import fsspec
+
+    column = da.from_array(held, chunks=2).map_blocks(lambda b: b, dtype=np.float64)
+    ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
+    out = tmp_path / "s.zarr.zip"
+    if where == "url":
+        out = f"memory://daskimg-nan-{os.getpid()}-{tmp_path.name}/s.zarr"
+    try:
+        with pytest.raises(ValueError, match=rf"'v' is float64 but a chunk of it holds {said}"):
+            di.to_zarr(ds, out)
+    finally:
+        fs, top = fsspec.filesystem("memory"), str(out).rsplit("/", 1)[0]
+        if where == "url" and fs.exists(top):
+            fs.rm(top, recursive=True)
+    # numbers held as objects are numbers: stored as they are (the oracle: numpy's cast)
+    fine = np.array([1.5, 2, np.float32(3), True], object)
+    column = da.from_array(fine, chunks=2).map_blocks(lambda b: b, dtype=np.float64)
+    ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
+    path = di.to_zarr(ds, tmp_path / f"ok-{where}.zarr.zip", order="source")
+    np.testing.assert_array_equal(plain_group(path)["v"][:], fine.astype(np.float64))
+
+
 @pytest.mark.parametrize("where", ["zip", "folder", "url"])
 def test_text_in_a_column_of_numbers_is_refused(tmp_path, where):
     """A lazy column declared float whose blocks hold strings: "1.5" was parsed into 1.5 and

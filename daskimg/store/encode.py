@@ -293,11 +293,20 @@ def holds_every(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     return bool(np.can_cast(src, dst, casting="safe"))
 
 
-def _holds_text(rows: np.ndarray) -> bool:
-    """Whether ``rows`` hold a string (numpy strings, or ``str``/``bytes`` objects)."""
-    if rows.dtype.kind in "SUT":
-        return True
-    return rows.dtype.kind == "O" and any(isinstance(v, str | bytes) for v in rows.ravel().tolist())
+def _not_numbers(rows: np.ndarray) -> str | None:
+    """What ``rows`` hold that is not a number (for a message), or None: text, an object
+    that is no number (``None``, which the cast made NaN), complex or date values."""
+    kind = rows.dtype.kind
+    if kind in "biuf":
+        return None
+    if kind not in "OSUT":
+        return f"{rows.dtype} values"
+    for v in rows.ravel().tolist():
+        if isinstance(v, str | bytes):
+            return f"text such as {v!r}"
+        if not isinstance(v, int | float | np.number | np.bool_):
+            return f"{type(v).__name__} {v!r}, not a number"
+    return None
 
 
 def becomes_inf(values: np.ndarray, cast: np.ndarray) -> np.ndarray:
@@ -309,15 +318,15 @@ def check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
     """Values of another dtype than the array's (a dask array whose blocks are not what it
     declares) must fit it, as the cast would change them: wrap (300 -> 44 in uint8), become
     infinity (1e39 in float32), round (2**24 + 1 in float32) or become True (2 in bool).
-    Text in an array of numbers is refused (``"1.5"`` was parsed, ``"abc"`` failed without
-    the array's name); numbers in a text array are checked as text. A range test first
-    spares the element-wise one."""
-    if rows.size and dtype.kind in "biuf" and _holds_text(rows):
-        first = next(v for v in rows.ravel().tolist() if isinstance(v, str | bytes))
+    Anything else in an array of numbers is refused: text (``"1.5"`` was parsed, ``"abc"``
+    failed without the array's name), ``None`` (it became NaN), complex values; numbers
+    in a text array are checked as text. A range test first spares the element-wise one."""
+    what = _not_numbers(rows) if rows.size and dtype.kind in "biuf" else None
+    if what is not None:
         raise ValueError(
-            f"array {name!r} is {dtype} but a chunk of it holds text such as {first!r} (a dask "
-            "array whose blocks are not the dtype it declares?); convert it to numbers "
-            "yourself, e.g. x.astype(float), or declare it as text (dtype=object)"
+            f"array {name!r} is {dtype} but a chunk of it holds {what} (a dask array whose "
+            "blocks are not the dtype it declares?); convert it to numbers yourself, e.g. "
+            "x.astype(float) with NaN for a missing value, or declare it as text (dtype=object)"
         )
     if not rows.size or rows.dtype.kind not in "biuf" or holds_every(rows.dtype, dtype):
         return
