@@ -1111,6 +1111,22 @@ def test_a_dask_array_whose_blocks_lie_about_their_dtype_is_refused(tmp_path):
         di.ImageSet(blocks[blocks[:, 0, 0, 0] > 10])
 
 
+def _refused(ds, where, tmp_path, match):
+    """to_zarr(ds) at ``where`` (a zip, a folder, or a store at a URL: fsspec's memory://,
+    where zarr writes the columns itself) raises a ValueError matching ``match``."""
+    import fsspec
+
+    url = f"memory://daskimg-refused-{os.getpid()}-{tmp_path.name}"
+    out = {"zip": tmp_path / "s.zarr.zip", "folder": tmp_path / "s.zarr"}.get(where)
+    try:
+        with pytest.raises(ValueError, match=match):
+            di.to_zarr(ds, out if out is not None else f"{url}/s.zarr")
+    finally:
+        fs = fsspec.filesystem("memory")
+        if fs.exists(url):
+            fs.rm(url, recursive=True)
+
+
 @pytest.mark.parametrize(
     ("held", "declared"),
     [
@@ -1130,7 +1146,6 @@ def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(
     """Every way a column is written keeps the rule: the encoder (a local store) and zarr's
     own writes (a store at a URL, here fsspec's memory://), where 300 was stored as 44."""
     import dask.array as da
-    import fsspec
 
     column = da.from_array(held, chunks=2).map_blocks(lambda b: b, dtype=declared)
     with np.errstate(over="ignore", invalid="ignore"):  # the oracle: numpy's own casts
@@ -1138,16 +1153,7 @@ def test_a_column_whose_blocks_hold_values_its_dtype_cannot_is_refused(
         bad = held[cast.astype(held.dtype) != held][0].item()
     ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
     said = rf"'v' is {np.dtype(declared)} but .* such as {re.escape(repr(bad))},"
-    out = tmp_path / "s.zarr.zip"
-    if where == "url":
-        out = f"memory://daskimg-fits-{os.getpid()}-{tmp_path.name}/s.zarr"
-    try:
-        with pytest.raises(ValueError, match=said):
-            di.to_zarr(ds, out)
-    finally:
-        fs, top = fsspec.filesystem("memory"), str(out).rsplit("/", 1)[0]
-        if where == "url" and fs.exists(top):
-            fs.rm(top, recursive=True)
+    _refused(ds, where, tmp_path, said)
     if where == "url":
         return
     # a set read from files with on_error='skip' (its rows copied into shard buffers: the
@@ -1178,20 +1184,10 @@ def test_what_is_no_number_in_a_column_of_numbers_is_refused(tmp_path, where, he
     """A lazy column declared float whose blocks hold None (the cast made it NaN, stored
     as if measured) or complex values (the cast dropped the imaginary part)."""
     import dask.array as da
-    import fsspec
 
     column = da.from_array(held, chunks=2).map_blocks(lambda b: b, dtype=np.float64)
     ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
-    out = tmp_path / "s.zarr.zip"
-    if where == "url":
-        out = f"memory://daskimg-nan-{os.getpid()}-{tmp_path.name}/s.zarr"
-    try:
-        with pytest.raises(ValueError, match=rf"'v' is float64 but a chunk of it holds {said}"):
-            di.to_zarr(ds, out)
-    finally:
-        fs, top = fsspec.filesystem("memory"), str(out).rsplit("/", 1)[0]
-        if where == "url" and fs.exists(top):
-            fs.rm(top, recursive=True)
+    _refused(ds, where, tmp_path, rf"'v' is float64 but a chunk of it holds {said}")
     # numbers held as objects are numbers: stored as they are (the oracle: numpy's cast)
     fine = np.array([1.5, 2, np.float32(3), True], object)
     column = da.from_array(fine, chunks=2).map_blocks(lambda b: b, dtype=np.float64)
@@ -1205,21 +1201,11 @@ def test_text_in_a_column_of_numbers_is_refused(tmp_path, where):
     """A lazy column declared float whose blocks hold strings: "1.5" was parsed into 1.5 and
     "abc" failed with numpy's message, which names no column."""
     import dask.array as da
-    import fsspec
 
     held = np.array(["1.5", "2", "abc", "4"])
     column = da.from_array(held, chunks=2).map_blocks(lambda b: b, dtype=np.float64)
     ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
-    out = {"zip": tmp_path / "s.zarr.zip", "folder": tmp_path / "s.zarr"}.get(where)
-    if out is None:
-        out = f"memory://daskimg-text-{os.getpid()}-{tmp_path.name}/s.zarr"
-    try:
-        with pytest.raises(ValueError, match=r"'v' is float64 but a chunk of it holds text such"):
-            di.to_zarr(ds, out)
-    finally:
-        fs, top = fsspec.filesystem("memory"), str(out).rsplit("/", 1)[0]
-        if where == "url" and fs.exists(top):
-            fs.rm(top, recursive=True)
+    _refused(ds, where, tmp_path, r"'v' is float64 but a chunk of it holds text such")
 
 
 def test_a_lock_path_that_is_a_folder_or_a_link_is_named(tmp_path):
