@@ -172,6 +172,9 @@ class TorchDataset(IterableDataset):
         Python lists of ``str``.
     rank, world_size
         This process's DDP rank and the number of ranks; given, they win over the lookup.
+        Give both or neither: one alone takes the other from ``torch.distributed`` and is
+        refused where there is no process group (``world_size=2`` alone made every process
+        rank 0, reading the same half) or where it disagrees with the group's.
     even
         Give every rank the same number of batches, by repeating at most a chunk's worth
         of samples per rank (like ``DistributedSampler``'s padding; with ``shuffle=False``,
@@ -614,6 +617,26 @@ def _find_ranks(
     ``captured``), else ``(0, 1)``; an error when ``WORLD_SIZE`` says there are more."""
     if rank is None or world is None:
         found = _live_ranks() or captured
+        if found is None and (rank, world) != (None, None):
+            # one given alone, nothing to take the other from: rank 0 of a world_size of 2
+            # in every process reads the same half twice and never the other half
+            raise ValueError(
+                f"TorchDataset got {'world_size' if rank is None else 'rank'}="
+                f"{world if rank is None else rank} without "
+                f"{'rank' if rank is None else 'world_size'}=, and torch.distributed is not "
+                "initialised here to say it: pass both rank= and world_size=, or neither "
+                "(after init_process_group, the lookup finds them)"
+            )
+        if found is not None and (
+            (rank is not None and rank != found[0]) or (world is not None and world != found[1])
+        ):
+            # half given, half looked up, and they disagree: ranks would overlap or miss
+            # samples (world_size=4 with 2 DDP ranks: half the epoch never read)
+            raise ValueError(
+                f"TorchDataset got rank={rank}, world_size={world}, but this process is rank "
+                f"{found[0]} of {found[1]} (torch.distributed): pass both rank= and "
+                "world_size= to split the epoch your own way, or neither"
+            )
         if found is None:
             env = os.environ.get("WORLD_SIZE", "").strip()
             if env.isdigit() and int(env) > 1:

@@ -430,6 +430,16 @@ def test_bad_codec_names_are_refused_before_writing(tmp_path, indexed_set, codec
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("seed", [1.5, True, "1", -1])
+def test_a_seed_that_is_no_int_is_refused_before_writing(tmp_path, indexed_set, seed):
+    # 1.5 reached numpy's "SeedSequence expects int", True was stored as the order of seed 1
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int"):
+        di.to_zarr(indexed_set, tmp_path / "bad.zarr.zip", seed=seed)
+    assert list(tmp_path.iterdir()) == []
+    path = di.to_zarr(indexed_set, tmp_path / "ok.zarr.zip", seed=np.int64(3))
+    assert di.open_zarr(path).attrs["seed"] == 3
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.99, 0.0])
 def test_a_truncated_zip_is_named_with_what_to_do(tmp_path, indexed_set, keep):
     # an interrupted copy or sync of the one-file store

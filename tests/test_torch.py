@@ -267,6 +267,52 @@ def test_world_size_without_a_process_group_is_an_error(store, monkeypatch):
     assert len(TorchDataset(store, batch_size=10, rank=0, world_size=1)) == 11
 
 
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({"world_size": 2}, r"world_size=2 without rank=.*not initialised"),
+        ({"rank": 1}, r"rank=1 without world_size=.*not initialised"),
+        ({"rank": 0}, r"rank=0 without world_size="),
+    ],
+)
+def test_rank_or_world_size_alone_without_a_process_group_is_an_error(store, given, match):
+    # world_size=2 alone made every process rank 0: each read the same half of the epoch
+    ds = TorchDataset(store, batch_size=10, **given)
+    with pytest.raises(ValueError, match=match):
+        len(ds)
+    with pytest.raises(ValueError, match=match):
+        next(iter(DataLoader(ds, batch_size=None)))
+
+
+def test_rank_or_world_size_alone_must_agree_with_the_process_group(store, stored):
+    dist = torch.distributed
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        whole = np.concatenate(_index(DataLoader(TorchDataset(
+            store, batch_size=10, arrays=("images", "index"), world_size=1
+        ), batch_size=None), stored))  # fmt: skip
+        assert sorted(whole.tolist()) == list(range(N))  # agrees: the group's rank 0 of 1
+        for given in ({"world_size": 4}, {"rank": 1}):
+            ds = TorchDataset(store, batch_size=10, **given)
+            with pytest.raises(ValueError, match=r"but this process is rank 0 of 1"):
+                len(ds)
+        both = TorchDataset(store, batch_size=10, rank=1, world_size=2)  # both given: theirs
+        assert len(both) == len(TorchDataset(store, batch_size=10, rank=1, world_size=2))
+        assert both._ranks() == (1, 2)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "1", -1, np.float64(2.0)])
+def test_a_seed_that_is_no_int_is_refused(store, seed):
+    # int(1.5) made it 1: seed=1.5 and seed=1.9 gave seed=1's order without a word
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int"):
+        TorchDataset(store, batch_size=10, seed=seed)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int"):
+        di.BatchIterator(store, batch_size=10, seed=seed)
+    assert di.BatchIterator(store, batch_size=10, seed=np.int64(3)).seed == 3
+
+
 # -- lazy sources -------------------------------------------------------------------------------
 def test_a_lazy_source_in_workers_under_a_distributed_client(image_folder, client):
     ds = di.from_folder(image_folder, size=(8, 8), chunks=5)

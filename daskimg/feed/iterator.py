@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_at_least, check_transform
+from .checks import check_at_least, check_seed, check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
 from .shuffle import batch_rng, even_cost, num_batches, plan_epoch
@@ -193,10 +193,11 @@ class BatchIterator:
         self.shuffle = shuffle
         #: seed=None: one drawn now, recorded by state_dict (a state's seed is then adopted)
         self._seed_drawn = seed is None
+        checked = check_seed(seed)  # 1.5 is no seed (int() made it 1, the order of seed=1)
         self.seed: int = (
             int(np.random.SeedSequence().entropy) % 2**63  # type: ignore[arg-type]
-            if seed is None
-            else int(seed)  # a numpy int too: the state stays JSON
+            if checked is None
+            else checked  # a numpy int too, as an int: the state stays JSON
         )
         self.buffer_chunks = int(buffer_chunks)
         self.drop_last = drop_last

@@ -168,6 +168,9 @@ def to_zarr(
         not isinstance(shard_chunks, int) or isinstance(shard_chunks, bool) or shard_chunks < 1
     ):
         raise ValueError(f"shard_chunks must be a positive integer, got {shard_chunks!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+    seed = int(seed)  # the attributes record it (JSON)
     loc = Location.of(path, storage_options)
     check_writable(imageset, check_layout=check_layout)
     with loc.lock():
