@@ -1208,6 +1208,21 @@ def test_from_csv_a_true_false_column_with_an_empty_cell_is_named_as_such(tmp_pa
         di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8), columns={"f": "f"})
 
 
+def test_from_csv_a_true_false_column_with_an_empty_cell_is_left_out_as_such(tmp_path, caplog):
+    # columns picked by default: it was named among the text columns ("only numbers and
+    # true/false are stored"), though it is true/false
+    import logging
+
+    csv_path = _csv_with_column(tmp_path, ["True", "false", ""], name="f")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(csv_path, root=tmp_path / "imgs", size=(8, 8))
+    assert "f" not in ds.columns
+    said = [r.getMessage() for r in caplog.records]
+    assert any("column 'f' is not stored: it is true/false with an empty cell (line 4)" in m
+               for m in said), said  # fmt: skip
+    assert not any("text column" in m for m in said), said
+
+
 def test_take_split_and_to_zarr_refuse_what_would_land_on_other_samples(tmp_path, caplog):
     # take([0.5, 1.7]) gave samples 0 and 1, take(["1"]) sample 1; a column of the whole set
     # put on a split was stored cut short, each row on another sample

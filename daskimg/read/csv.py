@@ -786,6 +786,16 @@ def _columns(
                 extra[col] = _numbers([[row[col]] for row in rows], [col], where)[:, 0]
             elif (flags := _flags([[row[col]] for row in rows])) is not None:
                 extra[col] = flags[:, 0]
+            elif any(_is_flag(row[col]) for row in rows) and all(
+                _is_flag(row[col]) or _is_empty(row[col]) for row in rows
+            ):  # (it was named among the text columns: "only numbers and true/false are")
+                line = next(i for i, row in enumerate(rows, start=2) if _is_empty(row[col]))
+                logger.warning(
+                    "%s: column %r is not stored: it is true/false with an empty cell (line "
+                    "%d), and a true/false column needs a value in every row. Fill them in, or "
+                    "write 1 and 0 (empty cells are then NaN) and it becomes a column",
+                    where, col, line,
+                )  # fmt: skip
             elif any(_is_float(row[col]) for row in rows):  # mostly numbers: say why not
                 line = numeric.index(False) + 2
                 logger.warning(
