@@ -677,6 +677,53 @@ def test_a_dask_source_whose_first_blocks_are_empty_is_fed():
         np.testing.assert_array_equal(px, lab)
 
 
+@pytest.mark.parametrize(
+    ("got", "labels_chunks"),
+    [
+        (lambda k: 7, 8),  # short: other samples' rows in a batch (or an IndexError)
+        (lambda k: 9 if k == 1 else 8, 8),  # longer, read as it is
+        (lambda k: 9 if k == 1 else 8, 12),  # longer, and rechunked (which cut it off)
+    ],
+)
+def test_a_dask_source_whose_blocks_hold_other_rows_than_declared_is_refused(got, labels_chunks):
+    import dask
+    import dask.array as da
+
+    n = 24
+    images = np.repeat(np.arange(n + 8, dtype=np.uint8), 12).reshape(n + 8, 2, 2, 3)
+
+    def block(k):
+        return images[k * 8 : k * 8 + got(k)]
+
+    lying = da.concatenate([
+        da.from_delayed(dask.delayed(block)(k), (8, 2, 2, 3), np.uint8) for k in range(n // 8)
+    ])  # fmt: skip
+    labels = da.from_array(np.arange(n), chunks=labels_chunks)
+    it = di.BatchIterator((lying, labels), batch_size=4, shuffle=False)
+    with pytest.raises(ValueError, match=r"array 'images': rows \d+\.\.\d+ of its dask array"):
+        list(it)
+
+
+def test_a_dask_source_whose_blocks_hold_values_their_dtype_cannot_is_refused():
+    import dask.array as da
+
+    n = 16
+    images = da.zeros((n, 2, 2, 3), np.uint8, chunks=8)
+    held = np.arange(n) * 30  # int64 up to 450
+    lying = da.from_array(held, chunks=8).map_blocks(lambda b: b, dtype=np.uint8)
+    it = di.BatchIterator(
+        {"images": images, "v": lying}, batch_size=4, shuffle=False, arrays=("images", "v")
+    )
+    with pytest.raises(ValueError, match=r"'v' is uint8 but .* such as 270"):
+        list(it)  # was 270 -> 14 in the batch, without a word
+    fits = da.from_array(held % 256, chunks=8).map_blocks(lambda b: b, dtype=np.uint8)
+    it = di.BatchIterator(
+        {"images": images, "v": fits}, batch_size=4, shuffle=False, arrays=("images", "v")
+    )
+    got = np.concatenate([b[1] for b in it])
+    np.testing.assert_array_equal(got, (held % 256).astype(np.uint8))  # oracle: numpy's cast
+
+
 def test_labels_below_minus_one_are_refused_without_classes():
     """-2 was stored as a label when no classes were given (with classes it was refused)."""
     with pytest.raises(ValueError, match=r"labels must be class indices .*found -2"):

@@ -132,6 +132,30 @@ def test_bad_path_names():
         di.to_zarr(di.ImageSet(np.zeros((2, 2, 2, 3), np.uint8)), "out/train.h5")
 
 
+def test_overwrite_replaces_a_store_but_not_a_folder_of_other_files(tmp_path, indexed_set):
+    # overwrite=True removed any folder at the path, the user's own files with it
+    folder = tmp_path / "photos.zarr"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(
+        StoreExistsError, match=r"photos\.zarr' is a folder of other files \('notes\.txt'\)"
+    ):
+        di.to_zarr(indexed_set, folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "mine"
+    with pytest.raises(StoreExistsError, match=r"folder of other files"):
+        di.ArrayWriter(folder, arrays={"x": ((2,), "float32")}, num_samples=4, overwrite=True)
+    assert sorted(os.listdir(folder)) == ["notes.txt"]
+    # a store (daskimg's, or plain zarr's), an empty folder: replaced
+    zarr.open_group(tmp_path / "plain.zarr", mode="w").create_array("a", shape=(2,), dtype="u1")
+    (tmp_path / "empty.zarr").mkdir()
+    first = di.to_zarr(indexed_set, tmp_path / "mine.zarr", chunks=8)
+    for path in (tmp_path / "plain.zarr", tmp_path / "empty.zarr", Path(first)):
+        out = di.to_zarr(indexed_set, path, overwrite=True, order="source")
+        np.testing.assert_array_equal(
+            plain_group(out)["images"][:], indexed_set.images.compute()
+        )  # oracle: plain zarr
+
+
 def test_second_writer_refused(tmp_path, indexed_set):
     import subprocess
     import sys
@@ -631,8 +655,10 @@ def test_a_damaged_zip_version_field_is_named(tmp_path):
         lambda a: a.__setitem__("clasres", a.pop("classes")),  # ... in the key
         lambda a: a.__setitem__("classes", ["b", "a"]),  # every label means the other class
         lambda a: a.pop("arrays"),  # which would switch the arrays' zarr.json checks off
+        lambda a: a.__setitem__("compldte", a.pop("complete")),  # said "writer stopped"
+        lambda a: a.__setitem__("complete", False),  # ... as did a flipped value
     ],
-    ids=["class name", "classes key", "classes swapped", "arrays"],
+    ids=["class name", "classes key", "classes swapped", "arrays", "complete key", "complete"],
 )
 def test_a_changed_root_attribute_is_refused(tmp_path, edit):
     # the root zarr.json had no checksum: one flipped bit renamed or dropped the classes
@@ -1204,6 +1230,69 @@ def test_what_is_no_number_in_a_column_of_numbers_is_refused(tmp_path, where, he
     ds = di.ImageSet(np.zeros((4, 4, 4, 1), np.uint8), columns={"v": column})
     path = di.to_zarr(ds, tmp_path / f"ok-{where}.zarr.zip", order="source")
     np.testing.assert_array_equal(plain_group(path)["v"][:], fine.astype(np.float64))
+
+
+def _blocks_of(values, declared, got):
+    """A dask array declaring blocks of ``declared`` rows of ``values`` whose block k
+    computes to ``got(k)`` of them (da.from_delayed with an assumed batch shape)."""
+    import dask
+    import dask.array as da
+
+    def block(k):
+        return values[k * declared : k * declared + got(k)]
+
+    n = len(values) // declared
+    return da.concatenate([
+        da.from_delayed(dask.delayed(block)(k), (declared, *values.shape[1:]), values.dtype)
+        for k in range(n)
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["zip", "folder", "url"])
+@pytest.mark.parametrize("order", ["source", "shuffled"])
+@pytest.mark.parametrize(
+    ("array", "got"),
+    [
+        ("images", lambda k: 7),  # the rows after it moved up, zeros at the end
+        ("images", lambda k: 1),  # one row: broadcast over the chunk by a plain copy
+        ("images", lambda k: 9 if k == 1 else 8),  # one more: cut off by the rechunk
+        ("v", lambda k: 7),
+        ("t", lambda k: 8 if k else 5),
+    ],
+)
+def test_a_dask_array_whose_blocks_hold_other_rows_than_declared_is_refused(
+    tmp_path, where, order, array, got
+):
+    """Blocks shorter than their declared chunks were stored with the rows after them
+    moved up and the gap filled with zeros: black images, labels on other samples."""
+    n = 24
+    images = np.repeat(np.arange(1, n + 1, dtype=np.uint8), 4 * 4 * 3).reshape(n, 4, 4, 3)
+    arrays = {
+        "images": images,
+        "v": np.arange(n, dtype=np.int64),
+        "t": np.array([f"id{i}" for i in range(n)], dtype=object),
+    }
+    longer = np.concatenate([arrays[array], arrays[array][:8]])  # rows for a longer block
+    lazy = _blocks_of(longer, 8, got)[:n] if got(1) > 8 else _blocks_of(arrays[array], 8, got)
+    arrays[array] = lazy
+    ds = di.ImageSet(arrays.pop("images"), np.arange(n) % 2, classes=["a", "b"], columns=arrays)
+    import daskimg.store.write as write
+
+    plan = write.plan_store  # the stored order: shuffled, or as given
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(write, "plan_store", lambda *a, **k: plan(*a, **{**k, "order": order}))
+        _refused(ds, where, tmp_path, rf"array '{array}': rows \d+\.\.\d+ of its dask array")
+    assert not (tmp_path / "s.zarr.zip").exists() and not (tmp_path / "s.zarr").exists()
+    # blocks of the shapes declared (irregular ones too) are stored as given
+    fine = {"images": images, "v": np.arange(n, dtype=np.int64)}
+    ds = di.ImageSet(
+        _blocks_of(images, 8, lambda k: 8).rechunk({0: (5, 9, 10)}), np.arange(n) % 2,
+        classes=["a", "b"], columns={"v": _blocks_of(fine["v"], 6, lambda k: 6)},
+    )  # fmt: skip
+    out = di.to_zarr(ds, tmp_path / "ok.zarr.zip", order="source", chunks=4)
+    group = plain_group(out)
+    np.testing.assert_array_equal(group["images"][:], images)
+    np.testing.assert_array_equal(group["v"][:], fine["v"])
 
 
 @pytest.mark.parametrize("where", ["zip", "folder", "url"])

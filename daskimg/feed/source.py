@@ -15,6 +15,8 @@ import numpy as np
 
 from ..read.boxes import checked_column, image_frame
 from ..read.imageset import ImageSet
+from ..read.lazy import check_block, exact_blocks
+from ..store.encode import check_fits
 from ..store.jpeg import JpegChunk
 from ..store.open import open_zarr, store_array_name
 from ..store.reader import StoreReader
@@ -206,7 +208,9 @@ class FeedSource:
                 # chunk c must be rows c * chunk_len on: a last block longer than the others
                 # ((15, ..., 15, 16), as take() or split() can leave) is rechunked too
                 if a.chunks[0] != _chunks_of(self.n, self.chunk_len):
-                    self.lazy[n] = a.rechunk({0: self.chunk_len})
+                    # each block held to its declared shape first: the rechunk slices and
+                    # joins them, which hides a block that computes to more rows than said
+                    self.lazy[n] = exact_blocks(a, str(n)).rechunk({0: self.chunk_len})
         else:
             self.chunk_len = max(1, min(self.n, 1024))
         if self.reader is not None:
@@ -311,8 +315,19 @@ class FeedSource:
         if slow:
             # whatever dask scheduler is active (threads, processes, distributed) computes the block
             blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow], scheduler=self.scheduler)
-            out.update(zip(slow, blocks, strict=True))
+            for name, block in zip(slow, blocks, strict=True):
+                out[name] = self._checked(name, (a, b), block)
         return out
+
+    def _checked(self, name: str, rows: tuple[int, int], block: Any) -> np.ndarray:
+        """A computed block of a lazy array as declared: its rows (a short one put other
+        samples' rows in a batch, or failed with an IndexError naming nothing) and values
+        its dtype holds (the copy into a batch would cast 300 to 44 in uint8)."""
+        block = check_block(str(name), block, rows, (rows[1] - rows[0], *self.shape(name)))
+        dtype = self.dtype(name)
+        if block.dtype != dtype and dtype.kind not in "OUST":
+            check_fits(str(name), block, dtype)
+        return block
 
     def copy_rows(
         self, name: str, c: int, chunk: Any, rows: np.ndarray, dest: np.ndarray, at: np.ndarray

@@ -309,11 +309,6 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
         raise MetadataError(
             f"{where!r}: the root attributes are damaged ({'; '.join(problems)}); re-create the store"
         )
-    if check_complete and attrs.get("complete") is not True:
-        raise IncompleteStoreError(
-            f"{where!r} is incomplete (complete=false): its writer stopped before the end. "
-            "Re-run the ingest/to_zarr that made it."
-        )
     tables = any(isinstance(a, dict) and TABLE in a for a in (attrs.get("arrays") or {}).values())
     if ATTRS_CRC not in attrs and tables:
         # written with chunk tables, so with the root checksum too: its name was damaged,
@@ -326,6 +321,13 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
         raise MetadataError(
             f"{where!r}: its root attributes (classes, num_samples, ...) changed after the store "
             "was written (checksum mismatch); the store is damaged — re-create it"
+        )
+    # after the checksum: a flipped byte in the name "complete" of a finished store said
+    # "its writer stopped before the end", not that the store is damaged
+    if check_complete and attrs.get("complete") is not True:
+        raise IncompleteStoreError(
+            f"{where!r} is incomplete (complete=false): its writer stopped before the end. "
+            "Re-run the ingest/to_zarr that made it."
         )
     return attrs
 

@@ -196,6 +196,8 @@ class Location:
                 "(s3://, gs://, az://, ...) and serve it from there"
             )
         if overwrite:
+            if not self.is_url:
+                check_replaceable(self.target)
             return
         if not self.is_url:
             if os.path.lexists(self.target):
@@ -492,6 +494,29 @@ def write_lock(path: str) -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lock_path)  # still holding the lock, so nobody else owns this file
             os.close(fd)
+
+
+#: what a Zarr store's folder holds at its root (v3, v2)
+_ZARR_ROOTS = ("zarr.json", ".zgroup", ".zarray")
+
+
+def check_replaceable(path: str) -> None:
+    """Refuse (StoreExistsError) to replace a folder that holds files but no Zarr store:
+    ``overwrite=True`` replaces a store; it removed a folder of the user's own files too."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return
+    with os.scandir(path) as entries:
+        names = sorted(e.name for e in entries if not e.name.startswith("."))
+    if not names or any(n in names for n in _ZARR_ROOTS):
+        return
+    shown = ", ".join(repr(n) for n in names[:3]) + (
+        f" and {len(names) - 3} more" if len(names) > 3 else ""
+    )
+    raise StoreExistsError(
+        f"{path!r} is a folder of other files ({shown}), not a Zarr store: overwrite=True "
+        "replaces a store and would remove them. Write the store to another path, or move "
+        "those files away first"
+    )
 
 
 def remove_path(path: str) -> None:

@@ -33,6 +33,7 @@ from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
+from ..read.lazy import exact_blocks
 from . import shmchunks
 from .bytesource import LocalDir
 from .chunktable import read_tables
@@ -177,7 +178,7 @@ def to_zarr(
         loc.check_writable(overwrite=overwrite)
         _keep_resumable_writes(loc, overwrite=overwrite)
         ds, attrs, specs, shard_len = plan_store(
-            checked_boxes(imageset), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
+            checked_boxes(exact_arrays(imageset)), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,
         )  # fmt: skip
         if not isinstance(imageset.row_source, FileSource):
@@ -863,6 +864,25 @@ def _shard_writer(target: Any) -> Iterator[Callable[[str, list[Any]], None] | No
             raise
         writer.finish()
         writer.close()
+
+
+def exact_arrays(imageset: ImageSet) -> ImageSet:
+    """``imageset`` with each dask array it was given (not those it decodes from files,
+    made to their shape) checked block by block as computed (:func:`~daskimg.read.lazy.
+    exact_blocks`): a block shorter than its declared chunk was stored with the rows after
+    it moved up and zeros at the end."""
+    given = {
+        name: a
+        for name, a in (("images", imageset.images), *imageset.columns.items())
+        if isinstance(a, da.Array) and not imageset.is_from_files(name)
+    }
+    if not given:
+        return imageset
+    out = copy.copy(imageset)
+    if "images" in given:
+        out.images = exact_blocks(given.pop("images"), "images")
+    out.columns = {**imageset.columns, **{n: exact_blocks(a, n) for n, a in given.items()}}
+    return out
 
 
 def checked_boxes(imageset: ImageSet) -> ImageSet:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DaskImgError, StoreExistsError
-from ..store.location import Location, remove_path, write_lock
+from ..store.location import Location, check_replaceable, remove_path, write_lock
 from . import staging
 from .placed import Placed
 from .plan import Plan
@@ -80,6 +80,8 @@ def start(
             f"{plan.path!r} exists; pass overwrite=True to replace it, or mode='a' to add "
             "arrays to it"
         )
+    if plan.mode == "w" and target_exists and plan.url is None:
+        check_replaceable(plan.path)  # a store, not a folder of the user's own files
     chunks, token = plan.chunks, None
     if plan.mode == "a":
         chunks, token, num_samples, classes = _check_target(plan, resume, num_samples, classes)
