@@ -317,7 +317,16 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
             f"{where!r}: the checksum of its root attributes ({ATTRS_CRC}) is missing; the "
             "store's metadata is damaged — re-create it"
         )
-    if ATTRS_CRC in attrs and attrs_crc32c(attrs) != attrs[ATTRS_CRC]:
+    if (
+        ATTRS_CRC in attrs
+        and attrs_crc32c(attrs) != attrs[ATTRS_CRC]
+        # a finished store's attributes marked unfinished on purpose (a store at a URL while
+        # its chunks are uploaded: complete=false, the checksum of the finished ones)
+        and not (
+            attrs.get("complete") is False
+            and attrs_crc32c({**attrs, "complete": True}) == attrs[ATTRS_CRC]
+        )
+    ):
         raise MetadataError(
             f"{where!r}: its root attributes (classes, num_samples, ...) changed after the store "
             "was written (checksum mismatch); the store is damaged — re-create it"
