@@ -6,6 +6,7 @@ environment variables are set to dummies too, so nothing can reach a real endpoi
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -381,6 +382,36 @@ def test_cli_ingest_info_verify_on_s3(uploaded, s3, prefix, capsys):
         for s in ("train", "valid", "test")
     ]
     assert sum(parts) == 24
+
+
+def test_cli_ingest_rerun_after_an_object_is_written_again_is_refused(
+    uploaded, s3, s3fs_, prefix, capsys
+):
+    # files at URLs counted by their names only: an image written again under its name
+    # kept the old store, "written from the same files and settings", holding old pixels
+    from PIL import Image
+
+    from daskimg.cli import main
+
+    opts = ["--storage-options", json.dumps(s3)]
+    out = prefix + "/rerun"
+    run = ["ingest", uploaded, out, "--size", "8", "8", "--valid", "0", "--test", "0", *opts]
+    assert main(run) == 0
+    assert main(run) == 0  # nothing changed: kept
+    assert "kept" in capsys.readouterr().out
+    key = sorted(k for k in s3fs_.find(uploaded) if k.endswith(".png"))[0]
+    with s3fs_.open(key, "rb") as fh:
+        old = np.asarray(Image.open(fh).convert("RGB"))
+    buf = io.BytesIO()
+    Image.fromarray(255 - old).save(buf, format="PNG")  # other pixels, the same name
+    s3fs_.pipe(key, buf.getvalue())
+    assert main(run) == 2
+    assert "written from other files or settings" in capsys.readouterr().err
+    assert main([*run, "--overwrite"]) == 0
+    stored = di.open_zarr(out + "/train.zarr.zip", storage_options=s3)
+    row = list(stored.paths).index(key.split(uploaded.split("://", 1)[1] + "/", 1)[1])
+    expect = np.asarray(Image.fromarray(255 - old).resize((8, 8), Image.BILINEAR))
+    np.testing.assert_allclose(stored.images[row].compute(), expect, atol=1)  # oracle: Pillow
 
 
 def test_cli_ingest_into_a_class_folder_of_its_url_source_is_refused(uploaded, s3, s3fs_, capsys):

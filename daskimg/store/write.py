@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from ..read.lazy import exact_blocks
+from ..remote import filesystem
 from . import shmchunks
 from .bytesource import LocalDir
 from .chunktable import read_tables
@@ -394,8 +396,9 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     and status-change time (``st_ctime``, which no tool can set back), so a file replaced
     or rewritten since makes
     it another store, also when its size and modification time were kept (``cp -p``,
-    ``rsync -a``, ``touch -r``); files at URLs by their names only (asking a bucket for a
-    million objects' metadata would cost more than it saves).
+    ``rsync -a``, ``touch -r``); files at URLs with their size and version marks (ETag,
+    modification time, generation) from one listing of the folder holding them
+    (:func:`_url_states`): an object written again under its name makes another store.
     """
     if "codec" in settings:  # as the store records it: lz4 given is the default's lz4
         codec = canonical_codec(settings["codec"])
@@ -413,6 +416,8 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
             h.update(_file_states(files.paths))
             if files.masks is not None:
                 h.update(_file_states(files.masks))
+        else:
+            h.update(_url_states(files))
     elif imageset.images is not None:
         h.update(tokenize(imageset.images).encode())
     for name, values in sorted(imageset.arrays.items()):
@@ -420,6 +425,45 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
             h.update(name.encode())
             h.update(tokenize(values).encode())
     return h.hexdigest()[:32]
+
+
+#: what a listing says of an object that changes when it is written again (fsspec's info
+#: keys: s3, gcs, azure, memory, http, local)
+_VERSION_KEYS = (
+    "size", "ETag", "etag", "md5Hash", "VersionId", "generation", "LastModified",
+    "last_modified", "updated", "mtime", "created",
+)  # fmt: skip
+
+
+def _url_states(files: FileSource) -> bytes:
+    """The state of each file at a URL (images and masks), from one listing of the folder
+    that holds them all (the requests a folder read made; a million objects are a thousand
+    pages on s3, never a request per object): its size and version marks (ETag,
+    modification time, generation), so an object written again under its name makes
+    another store. A file the listing does not hold counts as missing (decoding names it)."""
+    assert files.remote is not None
+    fs = files.remote.filesystem()
+    keys = [
+        filesystem(str(u), files.remote.storage_options)[1].rstrip("/")
+        for u in (*files.paths, *(files.masks or ()))
+    ]
+    if not keys:
+        return b""
+    base = posixpath.commonpath(keys) if all(k.startswith("/") for k in keys) else _common(keys)
+    fs.invalidate_cache(base)  # what the objects are now, not a listing kept from before
+    listed = {str(k).rstrip("/"): v for k, v in fs.find(base, detail=True).items()}
+    states = [[str((listed.get(k) or {}).get(v)) for v in _VERSION_KEYS] for k in keys]
+    return json.dumps(states).encode()
+
+
+def _common(keys: list[str]) -> str:
+    """The longest folder path (``bucket/photos``) all of ``keys`` lie in."""
+    parts = [k.split("/") for k in keys]
+    first = parts[0]
+    n = 0
+    while n < len(first) and all(len(p) > n and p[n] == first[n] for p in parts):
+        n += 1
+    return "/".join(first[:n])
 
 
 def _file_states(paths: Any) -> bytes:
