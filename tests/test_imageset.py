@@ -1201,6 +1201,18 @@ def test_from_csv_floats_spelled_as_python_writes_them_are_kept_beyond_2_53(tmp_
     assert got[0] == float(values[0]) and got[1] == float(values[1]) and np.isnan(got[2])
 
 
+def test_classes_none_means_no_class_names(tmp_path):
+    # tuple(None) failed: "TypeError: 'NoneType' object is not iterable"
+    images = np.arange(4 * 2 * 2 * 3, dtype=np.uint8).reshape(4, 2, 2, 3)
+    ds = di.ImageSet(images, None, classes=None)
+    assert ds.classes == () and ds.labels is None
+    labelled = di.ImageSet(images, [0, 1, 1, 0], classes=None)
+    out = di.to_zarr(labelled, tmp_path / "s.zarr.zip", order="source")
+    back = di.open_zarr(out)
+    assert back.classes == () and back.labels.tolist() == [0, 1, 1, 0]
+    np.testing.assert_array_equal(back.images.compute(), images)  # oracle: numpy
+
+
 def test_from_csv_a_true_false_column_with_an_empty_cell_is_named_as_such(tmp_path):
     # the message said "true/false beside numbers", but the odd cell was empty
     csv_path = _csv_with_column(tmp_path, ["True", "false", ""], name="f")

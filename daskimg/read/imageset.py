@@ -108,7 +108,7 @@ class ImageSet:
         images: da.Array | np.ndarray | None,
         labels: Sequence[int] | np.ndarray | None = None,
         *,
-        classes: Sequence[str] = (),
+        classes: Sequence[str] | None = (),
         paths: Sequence[str] | np.ndarray | None = None,
         columns: Mapping[str, Any] | None = None,
         root: str | os.PathLike[str] | None = None,
@@ -153,7 +153,8 @@ class ImageSet:
                 f"classes must be a sequence of class names, e.g. [{classes!r}]; got the string "
                 f"{classes!r} (it would be {len(classes)} classes, one per letter)"
             )
-        self.classes = tuple(str(c) for c in classes)
+        # None: no class names, as () (tuple(None) failed with "'NoneType' is not iterable")
+        self.classes = () if classes is None else tuple(str(c) for c in classes)
         if len(set(self.classes)) != len(self.classes):
             twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
             raise ValueError(
