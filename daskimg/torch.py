@@ -617,6 +617,8 @@ def _find_ranks(
     ``captured``), else ``(0, 1)``; an error when ``WORLD_SIZE`` says there are more."""
     if rank is None or world is None:
         found = _live_ranks() or captured
+        if found is None and rank is None and world == 1:
+            found = (0, 1)  # one rank of one: no other to take
         if found is None and (rank, world) != (None, None):
             # one given alone, nothing to take the other from: rank 0 of a world_size of 2
             # in every process reads the same half twice and never the other half

@@ -282,6 +282,8 @@ def test_rank_or_world_size_alone_without_a_process_group_is_an_error(store, giv
         len(ds)
     with pytest.raises(ValueError, match=match):
         next(iter(DataLoader(ds, batch_size=None)))
+    one = TorchDataset(store, batch_size=10, world_size=1)  # alone, but one rank of one
+    assert one._ranks() == (0, 1) and len(one) == len(TorchDataset(store, batch_size=10))
 
 
 def test_rank_or_world_size_alone_must_agree_with_the_process_group(store, stored):
