@@ -414,6 +414,70 @@ def test_cli_ingest_rerun_after_an_object_is_written_again_is_refused(
     np.testing.assert_allclose(stored.images[row].compute(), expect, atol=1)  # oracle: Pillow
 
 
+def _png(value, size=(8, 8)):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_files_and_masks_in_two_buckets_count_with_their_state(s3, s3fs_, prefix):
+    # one listing of the folder holding every file: for two buckets that was the whole
+    # of S3 ("Cannot traverse all of S3"), and to_zarr failed; each folder is listed now
+    from daskimg.store.write import fingerprint
+
+    other = "daskimg-masks-" + prefix.rsplit("/", 1)[1]
+    s3fs_.mkdir(other)
+    for c in ("a", "b"):
+        for k in range(2):
+            s3fs_.pipe(f"{prefix}/img/{c}/{k}.png", _png(40 * k))
+            s3fs_.pipe(f"s3://{other}/m/{c}/{k}.png", _mask(k))
+    ds = di.from_folder(prefix + "/img", size=(8, 8), masks=f"s3://{other}/m", storage_options=s3)
+    before = fingerprint(ds)
+    assert fingerprint(ds) == before  # nothing changed
+    out = di.to_zarr(ds, prefix + "/out.zarr.zip", storage_options=s3)
+    assert len(di.open_zarr(out, storage_options=s3)) == 4
+    s3fs_.pipe(f"s3://{other}/m/a/1.png", _mask(1, value=2))  # a mask written again
+    assert fingerprint(ds) != before
+
+
+def _mask(k, value=1):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), value * k, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_files_whose_folder_cannot_be_listed_are_asked_one_by_one(monkeypatch, caplog):
+    # a web server without folder listings, a bucket readable but not listable: to_zarr
+    # failed with the listing's error (a bare 403 naming no file)
+    import fsspec
+
+    import daskimg.store.write as write
+
+    fs = fsspec.filesystem("memory")
+    root = f"/daskimg-unlisted-{uuid.uuid4().hex[:8]}"
+    for k in range(3):
+        fs.pipe(f"{root}/a/{k}.png", _png(10 * k))
+    ds = di.from_folder(f"memory://{root}", size=(8, 8))
+
+    def refused(self, path, detail=True, **kw):
+        raise PermissionError(f"403 Forbidden: {path}")
+
+    monkeypatch.setattr(type(fs), "ls", refused)
+    before = write.fingerprint(ds)  # each file asked for its state
+    fs.pipe(f"{root}/a/1.png", _png(200))  # written again, the same name
+    assert write.fingerprint(ds) != before
+    monkeypatch.setattr(write, "_ASKED", 1)  # more files than may be asked: said
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        write.fingerprint(ds)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 files at URLs could not be listed" in said and "403 Forbidden" in said, said
+    fs.rm(root, recursive=True)
+
+
 def test_cli_ingest_into_a_class_folder_of_its_url_source_is_refused(uploaded, s3, s3fs_, capsys):
     # `ingest s3://b/photos s3://b/photos/cat` wrote a set without cat, exit 0: the OUT-inside-
     # SRC check ran on local paths only

@@ -145,11 +145,28 @@ def test_overwrite_replaces_a_store_but_not_a_folder_of_other_files(tmp_path, in
     with pytest.raises(StoreExistsError, match=r"folder of other files"):
         di.ArrayWriter(folder, arrays={"x": ((2,), "float32")}, num_samples=4, overwrite=True)
     assert sorted(os.listdir(folder)) == ["notes.txt"]
-    # a store (daskimg's, or plain zarr's), an empty folder: replaced
+    hidden = tmp_path / "hidden.zarr"
+    (hidden / ".git").mkdir(parents=True)  # hidden, but the user's
+    with pytest.raises(StoreExistsError, match=r"folder of other files \('\.git'\)"):
+        di.to_zarr(indexed_set, hidden, overwrite=True)
+    # a store (daskimg's, plain zarr's v3 or v2, one whose root file is gone), an empty
+    # folder or one of a desktop's clutter: replaced
     zarr.open_group(tmp_path / "plain.zarr", mode="w").create_array("a", shape=(2,), dtype="u1")
+    g2 = zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    g2.create_array("a", shape=(2,), dtype="u1")
+    zarr.create_array(tmp_path / "v2a.zarr", shape=(4,), chunks=(2,), dtype="u1", zarr_format=2)[
+        :
+    ] = 1
     (tmp_path / "empty.zarr").mkdir()
+    (tmp_path / "clutter.zarr").mkdir()
+    (tmp_path / "clutter.zarr" / ".DS_Store").write_bytes(b"x")
     first = di.to_zarr(indexed_set, tmp_path / "mine.zarr", chunks=8)
-    for path in (tmp_path / "plain.zarr", tmp_path / "empty.zarr", Path(first)):
+    rootless = Path(di.to_zarr(indexed_set, tmp_path / "rootless.zarr", chunks=8))
+    (rootless / "zarr.json").unlink()
+    for path in (
+        tmp_path / "plain.zarr", tmp_path / "v2.zarr", tmp_path / "v2a.zarr",
+        tmp_path / "empty.zarr", tmp_path / "clutter.zarr", Path(first), rootless,
+    ):  # fmt: skip
         out = di.to_zarr(indexed_set, path, overwrite=True, order="source")
         np.testing.assert_array_equal(
             plain_group(out)["images"][:], indexed_set.images.compute()
@@ -462,6 +479,9 @@ def test_a_seed_that_is_no_int_is_refused_before_writing(tmp_path, indexed_set, 
     assert list(tmp_path.iterdir()) == []
     path = di.to_zarr(indexed_set, tmp_path / "ok.zarr.zip", seed=np.int64(3))
     assert di.open_zarr(path).attrs["seed"] == 3
+    path = di.to_zarr(indexed_set, tmp_path / "none.zarr.zip", seed=None)  # a random order
+    back = di.open_zarr(path)
+    assert back.attrs["seed"] is None and sorted(back.labels) == sorted(indexed_set.labels)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.99, 0.0])

@@ -496,21 +496,31 @@ def write_lock(path: str) -> Iterator[None]:
             os.close(fd)
 
 
-#: what a Zarr store's folder holds at its root (v3, v2)
-_ZARR_ROOTS = ("zarr.json", ".zgroup", ".zarray")
+#: what a Zarr store's folder holds at its root (v3; v2 group, array, attributes, metadata)
+_ZARR_ROOTS = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
+#: what a desktop leaves in any folder: not the user's files
+_CLUTTER = (".DS_Store", "._.DS_Store", "Thumbs.db", "desktop.ini")
 
 
 def check_replaceable(path: str) -> None:
     """Refuse (StoreExistsError) to replace a folder that holds files but no Zarr store:
-    ``overwrite=True`` replaces a store; it removed a folder of the user's own files too."""
+    ``overwrite=True`` replaces a store; it removed a folder of the user's own files too.
+    A store is a folder with a Zarr root file (v3 or v2), or one whose root file is gone
+    but whose arrays are there (a damaged store)."""
     if not os.path.isdir(path) or os.path.islink(path):
         return
     with os.scandir(path) as entries:
-        names = sorted(e.name for e in entries if not e.name.startswith("."))
-    if not names or any(n in names for n in _ZARR_ROOTS):
+        found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
+    names = [n for n, _ in found]
+    if any(n in names for n in _ZARR_ROOTS):
         return
-    shown = ", ".join(repr(n) for n in names[:3]) + (
-        f" and {len(names) - 3} more" if len(names) > 3 else ""
+    others = [n for n in names if n not in _CLUTTER]
+    if not others or any(
+        d and os.path.isfile(os.path.join(path, n, "zarr.json")) for n, d in found[:64]
+    ):
+        return
+    shown = ", ".join(repr(n) for n in others[:3]) + (
+        f" and {len(others) - 3} more" if len(others) > 3 else ""
     )
     raise StoreExistsError(
         f"{path!r} is a folder of other files ({shown}), not a Zarr store: overwrite=True "

@@ -35,7 +35,6 @@ from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first, check_column_name
 from ..read.lazy import exact_blocks
-from ..remote import filesystem
 from . import shmchunks
 from .bytesource import LocalDir
 from .chunktable import read_tables
@@ -86,7 +85,7 @@ def to_zarr(
     shard_chunks: int | None = None,
     codec: str | None = None,
     order: str = "shuffled",
-    seed: int = 0,
+    seed: int | None = 0,
     split: str | None = None,
     overwrite: bool = False,
     compute: bool = True,
@@ -119,7 +118,7 @@ def to_zarr(
         ``"shuffled"`` (samples in a seeded random order, so reading whole chunks in
         random order later mixes well) or ``"source"``.
     seed
-        Seed of the shuffled order.
+        Seed of the shuffled order (a non-negative int; None: a random order, recorded as None).
     split
         Name recorded in the attributes (``train``, ``valid``, ...).
     overwrite
@@ -171,9 +170,11 @@ def to_zarr(
         not isinstance(shard_chunks, int) or isinstance(shard_chunks, bool) or shard_chunks < 1
     ):
         raise ValueError(f"shard_chunks must be a positive integer, got {shard_chunks!r}")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
-    seed = int(seed)  # the attributes record it (JSON)
+    if seed is not None and (
+        isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f"seed must be a non-negative int (or None: a random order); got {seed!r}")
+    seed = None if seed is None else int(seed)  # the attributes record it (JSON)
     loc = Location.of(path, storage_options)
     check_writable(imageset, check_layout=check_layout)
     with loc.lock():
@@ -335,7 +336,7 @@ def plan_store(
     shard_chunks: int | None,
     codec: str | None,
     order: str,
-    seed: int,
+    seed: int | None,
     split: str | None,
 ) -> tuple[ImageSet, dict[str, Any], list[ArraySpec], int]:
     """The set in stored order, its attributes (``complete: false``), array specs, shard length."""
@@ -436,34 +437,70 @@ _VERSION_KEYS = (
 
 
 def _url_states(files: FileSource) -> bytes:
-    """The state of each file at a URL (images and masks), from one listing of the folder
-    that holds them all (the requests a folder read made; a million objects are a thousand
-    pages on s3, never a request per object): its size and version marks (ETag,
-    modification time, generation), so an object written again under its name makes
-    another store. A file the listing does not hold counts as missing (decoding names it)."""
+    """The state of each file at a URL (images and masks): its size and version marks
+    (ETag, modification time, generation) from a listing of each folder holding some (the
+    requests a folder read makes, a page per thousand objects on s3, never one per
+    object), so an object written again under its name makes another store. Where a folder
+    cannot be listed (a web server without folder listings, a bucket readable but not
+    listable), its files are asked one by one, up to :data:`_ASKED`; beyond that they
+    count by their names only, and a warning says so. A file a folder's listing does not
+    hold is asked for itself (missing: decoding names it)."""
     assert files.remote is not None
     fs = files.remote.filesystem()
-    keys = [
-        filesystem(str(u), files.remote.storage_options)[1].rstrip("/")
-        for u in (*files.paths, *(files.masks or ()))
-    ]
-    if not keys:
-        return b""
-    base = posixpath.commonpath(keys) if all(k.startswith("/") for k in keys) else _common(keys)
-    fs.invalidate_cache(base)  # what the objects are now, not a listing kept from before
-    listed = {str(k).rstrip("/"): v for k, v in fs.find(base, detail=True).items()}
-    states = [[str((listed.get(k) or {}).get(v)) for v in _VERSION_KEYS] for k in keys]
+    from fsspec.core import strip_protocol  # importable: filesystem() imported fsspec
+
+    keys = [strip_protocol(str(u)).rstrip("/") for u in (*files.paths, *(files.masks or ()))]
+    folders: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        folders.setdefault(posixpath.dirname(k), []).append(i)
+    infos: list[Any] = [None] * len(keys)
+    unlisted: list[int] = []
+    refused: dict[str, str] = {}
+    for folder, at in folders.items():
+        try:
+            fs.invalidate_cache(folder)  # what the objects are now, not a listing kept from before
+            listed = {str(e["name"]).rstrip("/"): e for e in fs.ls(folder, detail=True)}
+        except Exception as e:  # 403, no listing permission, no folders on this protocol
+            refused[folder] = f"{type(e).__name__}: {e}"[:200]
+            unlisted += at
+            continue
+        for i in at:
+            info = listed.get(keys[i])
+            if info is not None and any(info.get(v) is not None for v in _VERSION_KEYS):
+                infos[i] = info
+            else:  # not listed, or listed without a size or mark (a web server's links)
+                unlisted.append(i)
+    asked = unlisted[:_ASKED]
+    for i in asked:
+        try:
+            infos[i] = fs.info(keys[i])
+        except FileNotFoundError:
+            infos[i] = {}  # missing now: decoding names it
+        except Exception as e:
+            refused.setdefault(posixpath.dirname(keys[i]), f"{type(e).__name__}: {e}"[:200])
+    # none said, or said nothing that changes with a rewrite ({}: missing, decoding names it)
+    unknown = [
+        i for i in unlisted
+        if infos[i] is None or (infos[i] and not any(infos[i].get(v) is not None for v in _VERSION_KEYS))
+    ]  # fmt: skip
+    if unknown:
+        where, why = (
+            next(iter(refused.items())) if refused else (keys[unknown[0]], "no size or mark")
+        )
+        logger.warning(
+            "%d files at URLs could not be listed or asked for their state (%s: %s); a "
+            "re-run of this write counts them by their names only, so it would not notice "
+            "one written again under its name: pass overwrite=True (--overwrite) after "
+            "changing files there",
+            len(unknown), where, why,
+        )  # fmt: skip
+    states = [[str((info or {}).get(v)) for v in _VERSION_KEYS] for info in infos]
     return json.dumps(states).encode()
 
 
-def _common(keys: list[str]) -> str:
-    """The longest folder path (``bucket/photos``) all of ``keys`` lie in."""
-    parts = [k.split("/") for k in keys]
-    first = parts[0]
-    n = 0
-    while n < len(first) and all(len(p) > n and p[n] == first[n] for p in parts):
-        n += 1
-    return "/".join(first[:n])
+#: files at URLs asked for their state one by one, at most, where their folder's listing
+#: does not say (a request each)
+_ASKED = 1000
 
 
 def _file_states(paths: Any) -> bytes:
