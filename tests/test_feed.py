@@ -682,7 +682,9 @@ def test_a_dask_source_whose_first_blocks_are_empty_is_fed():
     [
         (lambda k: 7, 8),  # short: other samples' rows in a batch (or an IndexError)
         (lambda k: 9 if k == 1 else 8, 8),  # longer, read as it is
-        (lambda k: 7, 12),  # short, and rechunked: the rechunked block is short
+        (lambda k: 7, 12),  # short, in chunks of other lengths
+        (lambda k: 9 if k == 1 else 8, 12),  # longer, in chunks of other lengths (a
+        # rechunk's slices cut off the extra row, unseen)
     ],
 )
 def test_a_dask_source_whose_blocks_hold_other_rows_than_declared_is_refused(got, labels_chunks):

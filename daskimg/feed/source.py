@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -78,6 +79,8 @@ class FeedSource:
         self.reader: StoreReader | None = None
         self.memory: dict[str, np.ndarray] = {}
         self.lazy: dict[str, da.Array] = {}
+        #: a lazy array's block boundaries along axis 0, where they are not chunk_len's
+        self.bounds: dict[str, list[int]] = {}
         self.attrs: dict[str, Any] = {}
         #: dask scheduler for lazy blocks; None: whatever is active (DataLoader workers: "threads")
         self.scheduler: str | None = None
@@ -208,11 +211,11 @@ class FeedSource:
                 # chunk c must be rows c * chunk_len on: a last block longer than the others
                 # ((15, ..., 15, 16), as take() or split() can leave) is rechunked too
                 if a.chunks[0] != _chunks_of(self.n, self.chunk_len):
-                    # (a block of fewer rows than declared makes a rechunked one short: the
-                    # load's check names it. One of more rows has the rest cut off by the
-                    # rechunk's slices; a check layer before it cost every load 30-50%
-                    # more graph work on arrays of many blocks, so that is not checked)
-                    self.lazy[n] = a.rechunk({0: self.chunk_len})
+                    # chunk c is made from the array's own blocks over its rows, each held
+                    # to its declared shape as computed (a rechunk's slices cut off what a
+                    # block had beyond it, unseen; and a layer of checks before one made
+                    # every load's graph work 30-50% larger)
+                    self.bounds[n] = np.cumsum((0, *a.chunks[0])).tolist()
         else:
             self.chunk_len = max(1, min(self.n, 1024))
         if self.reader is not None:
@@ -315,11 +318,30 @@ class FeedSource:
                 )
             out[name] = reader.read_chunk(name, c, out=buf[: b - a])
         if slow:
-            # whatever dask scheduler is active (threads, processes, distributed) computes the block
-            blocks = dask.compute(*[self.lazy[n].blocks[c] for n in slow], scheduler=self.scheduler)
-            for name, block in zip(slow, blocks, strict=True):
-                out[name] = self._checked(name, (a, b), block)
+            # whatever dask scheduler is active (threads, processes, distributed) computes the
+            # blocks: chunk c's own, or those of the array's blocks that hold its rows
+            parts = {n: self._blocks_over(n, c, a, b) for n in slow}
+            tasks = [self.lazy[n].blocks[i] for n in slow for i, _ in parts[n]]
+            computed = iter(dask.compute(*tasks, scheduler=self.scheduler))
+            for name in slow:
+                got = [self._checked(name, rows, next(computed)) for _, rows in parts[name]]
+                if len(got) == 1 and parts[name][0][1] == (a, b):
+                    out[name] = got[0]
+                else:
+                    first = parts[name][0][1][0]
+                    out[name] = np.concatenate(got)[a - first : b - first]
         return out
+
+    def _blocks_over(self, name: str, c: int, a: int, b: int) -> list[tuple[int, tuple[int, int]]]:
+        """The blocks of the lazy array ``name`` holding chunk ``c`` (rows ``a..b``), with
+        their rows: ``[(c, (a, b))]`` where its blocks are the chunks."""
+        bounds = self.bounds.get(name)
+        if bounds is None:
+            return [(c, (a, b))]
+        first, last = bisect_right(bounds, a) - 1, bisect_left(bounds, b)
+        return [
+            (i, (bounds[i], bounds[i + 1])) for i in range(first, last) if bounds[i + 1] > bounds[i]
+        ]
 
     def _checked(self, name: str, rows: tuple[int, int], block: Any) -> np.ndarray:
         """A computed block of a lazy array as declared: its rows (a short one put other
