@@ -1053,8 +1053,25 @@ def test_dask_blocks_with_other_lengths_than_declared_are_refused(tmp_path):
         path, arrays={"features": ((D,), "float32"), "ids": ((), "int64")}, chunks=4
     ) as w:
         w.append(features=feats(0, 3), ids=np.arange(3))
-        with pytest.raises(ValueError, match=r"features: .*computed to \d+ rows, not the \d+"):
+        with pytest.raises(
+            ValueError, match=r"'features': rows \d+\.\.\d+ .*computed to an array of shape \(8, "
+        ):
             w.append(features=short, ids=np.arange(3, 43))
+        assert len(w) == 3
+        # a short block and a long one in one piece: its row count was right, row 3 was
+        # lost and row 8 stored twice
+        x = feats(0, 40)
+
+        def compensating(block_info=None):
+            a, b = block_info[None]["array-location"][0]
+            return x[0:3] if a == 0 else x[4:9] if a == 4 else x[a:b]
+
+        evened = da.map_blocks(compensating, dtype=np.float32, chunks=((4,) * 10, (D,)))
+        with pytest.raises(
+            ValueError,
+            match=r"'features': rows \d+\.\.\d+ .*computed to an array of shape \([35], ",
+        ):
+            w.append(features=evened, ids=np.arange(3, 43))
         assert len(w) == 3
         w.append(features=feats(3, 5), ids=np.arange(3, 5))
     g = plain_group(path)

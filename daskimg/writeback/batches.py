@@ -15,6 +15,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ..read.lazy import exact_blocks
 from .checks import TEXT, Spec, check_batch, coerce, parse_index
 from .placed import Placed
 from .plan import Plan
@@ -48,6 +49,9 @@ class Batch:
         for name, v in values.items():
             if name in lazy:
                 _check_dask(name, v, specs[name])
+                # each block held to its declared shape as computed: a short block and a
+                # long one in the same piece kept its row count and shifted rows between
+                values[name] = exact_blocks(v, name)
             else:
                 values[name] = coerce(name, v, specs[name], classes)
         rows = {n: int(a.shape[0]) for n, a in values.items()}
