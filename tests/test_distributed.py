@@ -254,15 +254,17 @@ def test_processes_scheduler_ingest_equals_threads(tmp_path, image_folder):
     assert not (tmp_path / "procs.zarr.zip.partial").exists()
 
 
-def test_workers_dying_on_a_file_name_its_chunk_files(tmp_path):
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_workers_dying_on_a_file_name_its_chunk_files(tmp_path, on_error):
     # a 9000 x 9000 PNG (0.3 MB on disk, 243 MB decoded) kills every worker that decodes it
-    # (memory limit): the client's KilledWorker named a task key, no file
+    # (memory limit): the client's KilledWorker named a task key, no file (with skip too:
+    # a file that kills its decoder does not fail to decode, so it cannot be skipped)
     from PIL import Image
 
     src = tmp_path / "src"
     di.testing.make_image_folder(src, n=8, classes=("a", "b"))
     Image.new("RGB", (9000, 9000), (10, 200, 30)).save(src / "a" / "huge.png")
-    ds = di.from_folder(src, size=(32, 32))
+    ds = di.from_folder(src, size=(32, 32), on_error=on_error)
     out = tmp_path / "out.zarr.zip"
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 0}),

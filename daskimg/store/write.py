@@ -800,14 +800,7 @@ def _stream_into(
                         {where[position[f.key]][0] for f in futures if f.status == "error"}
                         or {where[position[f.key]][0] for f in batch}
                     )
-                    said = "; ".join(f"chunk {d}: {files_of(d)}" for d in dead[:4])
-                    more = f"; and {len(dead) - 4} more chunks" if len(dead) > 4 else ""
-                    e.add_note(
-                        "daskimg: the workers died (killed for memory, e.g. by a very large "
-                        f"image, or a crash in a decoder) with these chunks: {said}{more}; give "
-                        "the workers more memory, or decode those files with "
-                        "dask.config.set(scheduler='sync') to find the one"
-                    )
+                    _note_killed(e, dead, files_of)
                 raise
             for fut, value in zip(batch, values, strict=True):
                 c, fields = where[position[fut.key]]
@@ -870,6 +863,18 @@ def _finished(futures: list[Any], most: int) -> Iterator[list[Any]]:
     for ready in as_completed(futures).batches():
         for at in range(0, len(ready), most):
             yield ready[at : at + most]
+
+
+def _note_killed(e: BaseException, chunks: list[int], files_of: Callable[[int], str]) -> None:
+    """Say which files a cluster's workers died with (its KilledWorker names a task only)."""
+    said = "; ".join(f"chunk {d}: {files_of(d)}" for d in chunks[:4])
+    more = f"; and {len(chunks) - 4} more chunks" if len(chunks) > 4 else ""
+    e.add_note(
+        "daskimg: the workers died (killed for memory, e.g. by a very large "
+        f"image, or a crash in a decoder) with these chunks: {said}{more}; give "
+        "the workers more memory, or decode those files with "
+        "dask.config.set(scheduler='sync') to find the one"
+    )
 
 
 def _files_of(blocks: Sequence[tuple[Any, ...]], c: int) -> str:
@@ -1118,7 +1123,8 @@ def _write_skipping(
             (arrays["ok"], *(arrays[k] for k in names)) for arrays in decoded
         )
     else:
-        decoded = parts = _decoded_windows(ok_mask, list(lazy.values()), blocks)
+        named = functools.partial(_files_of, files.block_args(chunk_len))
+        decoded = parts = _decoded_windows(ok_mask, list(lazy.values()), blocks, named)
     with contextlib.closing(decoded):  # stop the decoding at once if writing fails
         for ok, *values in parts:
             good = np.flatnonzero(ok)
@@ -1153,19 +1159,29 @@ def _write_skipping(
 
 
 def _decoded_windows(
-    ok_mask: da.Array, lazy: list[da.Array], blocks: int
+    ok_mask: da.Array,
+    lazy: list[da.Array],
+    blocks: int,
+    files_of: Callable[[int], str] | None = None,
 ) -> Generator[tuple[Any, ...], None, None]:
     """Each block's ``(ok, *arrays)``, in order, computed a window of blocks at a time (in
     parallel, by the active scheduler); the next window decodes while the caller copies,
-    encodes and writes this one's good rows."""
+    encodes and writes this one's good rows. ``files_of(i)``: block ``i``'s files, named
+    when a cluster's workers die with a window (a file that kills its decoder is not one
+    that fails to decode: it cannot be skipped)."""
     window = max(2, 2 * (os.cpu_count() or 1))
 
     def decode(start: int) -> tuple[Any, ...]:
         todo = range(start, min(start + window, blocks))
-        return compute_collections(
-            *[(ok_mask.blocks[i], *(a.blocks[i] for a in lazy)) for i in todo],
-            progress=False,
-        )
+        try:
+            return compute_collections(
+                *[(ok_mask.blocks[i], *(a.blocks[i] for a in lazy)) for i in todo],
+                progress=False,
+            )
+        except Exception as e:
+            if type(e).__name__ == "KilledWorker" and files_of is not None:
+                _note_killed(e, list(todo), files_of)
+            raise
 
     with ThreadPoolExecutor(1, thread_name_prefix="daskimg-decode") as ahead:
         following = ahead.submit(decode, 0) if blocks else None
