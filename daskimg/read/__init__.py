@@ -6,7 +6,7 @@
 ``source`` (:class:`FileSource`: one task per block of files, every derived array from
 the same tasks), ``files`` (:func:`imread`), ``imageset`` (:class:`ImageSet`), ``folder``
 (:func:`from_folder`), ``csv`` (:func:`from_csv`), ``arrays`` (HDF5 / ``.npy`` / ``.npz``
-as a row source).
+as a row source), ``lazy`` (a user's dask array held to the block shapes it declares).
 """
 
 from .csv import from_csv
