@@ -17,7 +17,7 @@ import numpy as np
 from ..read.boxes import checked_column, image_frame
 from ..read.imageset import ImageSet
 from ..read.lazy import check_block
-from ..store.encode import check_fits
+from ..store.encode import fitted
 from ..store.jpeg import JpegChunk
 from ..store.open import open_zarr, store_array_name
 from ..store.reader import StoreReader
@@ -348,10 +348,7 @@ class FeedSource:
         samples' rows in a batch, or failed with an IndexError naming nothing) and values
         its dtype holds (the copy into a batch would cast 300 to 44 in uint8)."""
         block = check_block(str(name), block, rows, (rows[1] - rows[0], *self.shape(name)))
-        dtype = self.dtype(name)
-        if block.dtype != dtype and dtype.kind not in "OUST":
-            check_fits(str(name), block, dtype)
-        return block
+        return fitted(block, str(name), self.dtype(name))
 
     def copy_rows(
         self, name: str, c: int, chunk: Any, rows: np.ndarray, dest: np.ndarray, at: np.ndarray

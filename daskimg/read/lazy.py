@@ -33,8 +33,9 @@ def check_block(name: str, block: Any, rows: tuple[int, int], shape: tuple[int, 
 
 
 def exact_blocks(arr: da.Array, name: str) -> da.Array:
-    """``arr`` with each block checked (:func:`check_block`) when computed: before a
-    rechunk, which would hide a block's wrong length (it slices and joins blocks)."""
+    """``arr`` with each block checked (:func:`check_block`) when computed, before any
+    rechunk or slice of it (which would hide a block's wrong length: they cut and join
+    blocks)."""
     return da.map_blocks(_exact, arr, name, dtype=arr.dtype, meta=arr._meta)
 
 

@@ -309,6 +309,17 @@ def _not_numbers(rows: np.ndarray) -> str | None:
     return None
 
 
+def fitted(block: Any, name: str, dtype: np.dtype[Any]) -> np.ndarray:
+    """A computed ``block`` of the lazy array ``name`` of numbers as its declared ``dtype``,
+    the values checked by :func:`check_fits` first (a cast would store or feed 300 in a
+    uint8 array as 44); a text array's block as it is (checked as text where stored)."""
+    block = np.asarray(block)
+    if block.dtype == dtype or dtype.kind in "OUST":
+        return block
+    check_fits(name, block, dtype)
+    return block.astype(dtype)
+
+
 def becomes_inf(values: np.ndarray, cast: np.ndarray) -> np.ndarray:
     """Where a finite float of ``values`` became infinite in ``cast`` (its narrower copy)."""
     return np.isfinite(values) & np.isinf(cast)

@@ -39,7 +39,7 @@ from . import shmchunks
 from .bytesource import LocalDir
 from .chunktable import read_tables
 from .codecs import DEFAULT_CODEC, canonical_codec, check_text_length
-from .encode import ShardEncoder, check_fits
+from .encode import ShardEncoder, check_fits, fitted
 from .format import (
     SHARD_CHUNKS,
     ArraySpec,
@@ -398,7 +398,7 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     or rewritten since makes
     it another store, also when its size and modification time were kept (``cp -p``,
     ``rsync -a``, ``touch -r``); files at URLs with their size and version marks (ETag,
-    modification time, generation) from one listing of the folder holding them
+    modification time, generation) from a listing of each folder holding some
     (:func:`_url_states`): an object written again under its name makes another store.
     """
     if "codec" in settings:  # as the store records it: lz4 given is the default's lz4
@@ -466,7 +466,7 @@ def _url_states(files: FileSource) -> bytes:
             continue
         for i in at:
             info = listed.get(keys[i])
-            if info is not None and any(info.get(v) is not None for v in _VERSION_KEYS):
+            if _says_state(info):
                 infos[i] = info
             else:  # not listed, or listed without a size or mark (a web server's links)
                 unlisted.append(i)
@@ -479,10 +479,7 @@ def _url_states(files: FileSource) -> bytes:
         except Exception as e:
             refused.setdefault(posixpath.dirname(keys[i]), f"{type(e).__name__}: {e}"[:200])
     # none said, or said nothing that changes with a rewrite ({}: missing, decoding names it)
-    unknown = [
-        i for i in unlisted
-        if infos[i] is None or (infos[i] and not any(infos[i].get(v) is not None for v in _VERSION_KEYS))
-    ]  # fmt: skip
+    unknown = [i for i in unlisted if infos[i] != {} and not _says_state(infos[i])]
     if unknown:
         where, why = (
             next(iter(refused.items())) if refused else (keys[unknown[0]], "no size or mark")
@@ -496,6 +493,11 @@ def _url_states(files: FileSource) -> bytes:
         )  # fmt: skip
     states = [[str((info or {}).get(v)) for v in _VERSION_KEYS] for info in infos]
     return json.dumps(states).encode()
+
+
+def _says_state(info: Mapping[str, Any] | None) -> bool:
+    """Whether fsspec's ``info`` of a file holds something a rewrite changes."""
+    return info is not None and any(info.get(v) is not None for v in _VERSION_KEYS)
 
 
 #: files at URLs asked for their state one by one, at most, where their folder's listing
@@ -725,7 +727,7 @@ def write_arrays(
             writes += shard_writes(arr, encoders[name], put)
         else:  # zarr casts what it is given: numbers must fit, as the encoder checks
             if arr.dtype.kind not in "OUST":
-                arr = da.map_blocks(_fitting_block, arr, name, arr.dtype, dtype=arr.dtype)
+                arr = da.map_blocks(fitted, arr, name, arr.dtype, dtype=arr.dtype)
             sources.append(arr)
             targets.append(dest[name])
     sources = [a.rechunk((shard_len, *a.shape[1:])) for a in sources]
@@ -1013,18 +1015,6 @@ def _text_block(block: np.ndarray, name: str, block_info: Any = None) -> np.ndar
         block = block.astype(object)
     check_text(name, block, block_info[0]["array-location"][0][0] if block_info else 0)
     return as_text(block)
-
-
-def _fitting_block(block: np.ndarray, name: str, dtype: np.dtype[Any]) -> np.ndarray:
-    """A block of a lazy column of numbers written through zarr (a store at a URL), as the
-    dtype its array declares: a value the cast would change is an error
-    (:func:`~daskimg.store.encode.check_fits`, the encoder's rule), where zarr stored 300
-    in a uint8 column as 44 without a word."""
-    block = np.asarray(block)
-    if block.dtype != dtype:
-        check_fits(name, block, dtype)
-        block = block.astype(dtype)
-    return block
 
 
 def _write_small(
