@@ -39,7 +39,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"array {self.array!r}, chunk {self.chunk}: {self.message}"
+        if self.chunk >= 0:
+            return f"array {self.array!r}, chunk {self.chunk}: {self.message}"
+        # chunk -1: no chunk, the store itself, its root metadata or an array's metadata
+        where = {"(store)": "the store", "zarr.json": "the store's root metadata (zarr.json)"}
+        return f"{where.get(self.array, f'array {self.array!r}')}: {self.message}"
 
 
 def verify(

@@ -91,6 +91,20 @@ def test_verify_names_damaged_chunk(ingested, capsys):
     assert "'images', chunk 1" in out
 
 
+def test_verify_names_root_metadata_and_store_damage_as_such(tmp_path, capsys):
+    ds = di.ImageSet(np.zeros((6, 4, 4, 3), np.uint8), labels=[0, 1] * 3, classes=["a", "b"])
+    folder = di.to_zarr(ds, tmp_path / "s.zarr", chunks=2)
+    root = tmp_path / "s.zarr" / "zarr.json"
+    root.write_text(root.read_text().replace('"classes"', '"classes', 1))  # unparsable
+    assert main(["verify", folder]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED the store's root metadata (zarr.json): " in out and "chunk -1" not in out
+    (tmp_path / "cut.zarr.zip").write_bytes(b"PK" + bytes(30))
+    assert main(["verify", str(tmp_path / "cut.zarr.zip")]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED the store: " in out and "chunk -1" not in out
+
+
 def test_verify_says_what_it_cannot_check_in_a_store_without_a_chunk_table(
     ingested, tmp_path, capsys
 ):

@@ -142,6 +142,13 @@ def test_split_of_a_tiny_file_set_reaches_every_split_or_says_why(tmp_path):
         di.to_zarr(empty, tmp_path / "valid.zarr.zip")
 
 
+@pytest.mark.parametrize("given", [None, np.zeros((2, 4, 4, 3), np.uint8), {"images": 1}])
+def test_to_zarr_of_no_imageset_says_what_to_pass(tmp_path, given):
+    with pytest.raises(TypeError, match=r"to_zarr writes an ImageSet, got a (NoneType|ndarray|dict)"):
+        di.to_zarr(given, tmp_path / "x.zarr.zip")
+    assert not list(tmp_path.iterdir())
+
+
 def test_split_of_file_set_rebuilds_small_graph(image_folder):
     ds = di.from_folder(image_folder, size=(8, 8), chunks=4)
     parts = ds.split({"train": 0.5, "test": 0.5}, seed=0)

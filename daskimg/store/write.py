@@ -219,7 +219,14 @@ def _keep_resumable_writes(loc: Location, *, overwrite: bool) -> None:
 
 
 def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
-    """Refuse sets that to_zarr cannot write (no images, or empty)."""
+    """Refuse sets that to_zarr cannot write (no ImageSet, no images, or empty)."""
+    if not isinstance(imageset, ImageSet):
+        what = "dict" if isinstance(imageset, Mapping) else type(imageset).__name__
+        raise TypeError(
+            f"to_zarr writes an ImageSet, got a {what}: read files with daskimg.from_folder, "
+            "from_csv or imread, or wrap arrays as daskimg.ImageSet(images, labels, "
+            "columns={...})"
+        )
     if imageset.images is None:
         raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
     if len(imageset) == 0:
