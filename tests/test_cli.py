@@ -689,6 +689,29 @@ def test_info_fails_on_an_unfinished_store_and_show_names_what_it_cannot_draw(tm
     assert "show draws images of 1, 3 or 4 channels" in capsys.readouterr().err
 
 
+def test_info_names_an_unfinished_write_beside_a_store_or_without_one(tmp_path, capsys):
+    # a killed `ingest --overwrite` left the old train split and the new one's staging
+    # folder; a killed first write of valid left only its staging folder: info said
+    # nothing of either (exit 0, valid not listed)
+    out = tmp_path / "out"
+    ds = di.ImageSet(np.zeros((4, 6, 6, 3), np.uint8))
+    train = di.to_zarr(ds, out / "train.zarr.zip")
+    assert main(["info", str(out)]) == 0
+    capsys.readouterr()
+    (out / "train.zarr.zip.partial").mkdir()  # what a SIGKILL mid-write leaves
+    (out / "valid.zarr.zip.partial").mkdir()
+    assert main(["info", str(out)]) == 1
+    got = capsys.readouterr()
+    assert "train.zarr.zip: an unfinished write of it is beside it" in got.err
+    assert "is the store from before it" in got.err
+    assert "valid.zarr.zip: " in got.err and "was never finished" in got.err
+    assert "train.zarr.zip" in got.out  # the old store is still described
+    assert main(["info", train]) == 1
+    assert "an unfinished write of it is beside it" in capsys.readouterr().err
+    (out / "train.zarr.zip.partial").rmdir()
+    assert main(["info", train]) == 0
+
+
 def test_ctrl_c_is_said_with_the_state_left_not_a_traceback(
     monkeypatch, capsys, image_folder, tmp_path
 ):

@@ -16,6 +16,8 @@ __all__ = ["info_cmd", "show_cmd", "verify_cmd"]
 
 
 def info_cmd(args: argparse.Namespace) -> int:
+    from ..store.location import Location
+    from ..store.open import missing_error
     from ..storeinfo import format_info, info
 
     if (
@@ -24,12 +26,18 @@ def info_cmd(args: argparse.Namespace) -> int:
         and not args.store.rstrip("/").endswith(".zarr")
     ):
         # a folder of stores, e.g. what `daskimg ingest` wrote
+        names = os.listdir(args.store)
         stores = sorted(
-            os.path.join(args.store, f)
-            for f in os.listdir(args.store)
-            if f.endswith((".zarr.zip", ".zarr"))
+            os.path.join(args.store, f) for f in names if f.endswith((".zarr.zip", ".zarr"))
         )
-        if not stores:
+        # a write killed before its store was ever finished leaves only its staging folder
+        never = sorted(
+            os.path.join(args.store, f.removesuffix(".partial"))
+            for f in names
+            if f.endswith((".zarr.zip.partial", ".zarr.partial"))
+            and f.removesuffix(".partial") not in names
+        )
+        if not stores and not never:
             raise FileNotFoundError(
                 f"{args.store} is a folder without stores (*.zarr.zip or *.zarr); "
                 "name a store, e.g. daskimg info out/train.zarr.zip"
@@ -40,10 +48,26 @@ def info_cmd(args: argparse.Namespace) -> int:
         else:
             for summary in summaries:
                 print(format_info(summary) + "\n")
-        return _unfinished(summaries)
+        for path in never:
+            print(f"{path}: {missing_error(Location.of(path))}", file=sys.stderr)
+        return max(_unfinished(summaries), _staged_beside(stores), 1 if never else 0)
     summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
-    return _unfinished([summary])
+    return max(_unfinished([summary]), _staged_beside([args.store]))
+
+
+def _staged_beside(stores: list[str]) -> int:
+    """1 (said on stderr) when a later write of a store stopped or is running: the store read
+    is the one from before it (a killed ``ingest --overwrite`` left the old split)."""
+    staged = [s for s in stores if not is_url(s) and os.path.lexists(s.rstrip("/") + ".partial")]
+    for s in staged:
+        print(
+            f"{s}: an unfinished write of it is beside it ({s.rstrip('/')}.partial): it stopped "
+            "or is still running, and what is described is the store from before it. If it "
+            "stopped, re-run the same ingest/to_zarr (ArrayWriter: resume=True) to finish it",
+            file=sys.stderr,
+        )
+    return 1 if staged else 0
 
 
 def _unfinished(summaries: list[dict[str, Any]]) -> int:
