@@ -144,7 +144,9 @@ def test_split_of_a_tiny_file_set_reaches_every_split_or_says_why(tmp_path):
 
 @pytest.mark.parametrize("given", [None, np.zeros((2, 4, 4, 3), np.uint8), {"images": 1}])
 def test_to_zarr_of_no_imageset_says_what_to_pass(tmp_path, given):
-    with pytest.raises(TypeError, match=r"to_zarr writes an ImageSet, got a (NoneType|ndarray|dict)"):
+    with pytest.raises(
+        TypeError, match=r"to_zarr writes an ImageSet, got a (NoneType|ndarray|dict)"
+    ):
         di.to_zarr(given, tmp_path / "x.zarr.zip")
     assert not list(tmp_path.iterdir())
 

@@ -205,6 +205,36 @@ def test_existing_complete_store_needs_overwrite(indexed_set, s3, prefix, name):
     assert len(di.open_zarr(url, storage_options=s3)) == 50
 
 
+def test_overwrite_at_a_url_replaces_a_store_but_not_a_folder_of_other_objects(
+    indexed_set, s3, s3fs_, prefix
+):
+    # overwrite=True removed whatever objects a URL folder held (a local folder of other
+    # files was refused already)
+    mine = f"{prefix}/photos.zarr"
+    s3fs_.pipe({f"{mine}/notes.txt": b"mine", f"{mine}/raw/a.jpg": b"jpeg"})
+    for write in (
+        lambda: di.to_zarr(indexed_set, mine, storage_options=s3, overwrite=True),
+        lambda: di.ArrayWriter(
+            mine, arrays={"x": ((2,), "float32")}, num_samples=4, storage_options=s3,
+            overwrite=True,
+        ),
+    ):  # fmt: skip
+        with pytest.raises(StoreExistsError, match=r"photos\.zarr' is a folder of other files"):
+            write()
+    assert s3fs_.cat(f"{mine}/notes.txt") == b"mine" and s3fs_.exists(f"{mine}/raw/a.jpg")
+    # plain zarr's store, and what a stopped replacement left (an array, no root): replaced
+    plain = f"{prefix}/plain.zarr"
+    group = zarr.open_group(zarr.storage.FsspecStore.from_url(plain, storage_options=s3), mode="w")
+    group.create_array("a", shape=(2,), dtype="u1")[:] = 1
+    left = f"{prefix}/left.zarr"
+    di.to_zarr(indexed_set, left, storage_options=s3, chunks=10)
+    s3fs_.rm_file(f"{left}/zarr.json")
+    for url in (plain, left):
+        di.to_zarr(indexed_set, url, storage_options=s3, overwrite=True, order="source")
+        got = _plain_group(url, s3)["images"][:]  # oracle: plain zarr
+        np.testing.assert_array_equal(got, indexed_set.images.compute())
+
+
 @pytest.mark.parametrize("name", ["a.zarr.zip", "a.zarr"])
 def test_write_that_fails_midway_leaves_no_store(indexed_set, s3, s3fs_, prefix, name, monkeypatch):
     url = f"{prefix}/{name}"

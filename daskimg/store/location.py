@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,10 @@ class Location:
         if overwrite:
             if not self.is_url:
                 check_replaceable(self.target)
+            elif self.kind == "dir":
+                fs, key = self._fs()
+                if dir_state(fs, key) == "other":  # not a daskimg store: a Zarr one?
+                    _check_url_replaceable(fs, key, self.target)
             return
         if not self.is_url:
             if os.path.lexists(self.target):
@@ -217,8 +221,9 @@ class Location:
             )
         if state == "other":
             raise StoreExistsError(
-                f"{self.target!r} holds objects but no daskimg store (or an overwrite that "
-                "stopped); pass overwrite=True to replace them"
+                f"{self.target!r} holds objects but no daskimg store; pass overwrite=True to "
+                "replace them if they are a Zarr store or what a stopped write of one left "
+                "(a folder of other objects is refused), or write to another URL"
             )
 
     def publish(self, folder: str, *, base: bool = False, drop: Sequence[str] = ()) -> None:
@@ -511,22 +516,44 @@ def check_replaceable(path: str) -> None:
         return
     with os.scandir(path) as entries:
         found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
+    _refuse_other_files(
+        path, found, lambda name: os.path.isfile(os.path.join(path, name, "zarr.json"))
+    )
+
+
+def _refuse_other_files(
+    where: str, found: Sequence[tuple[str, bool]], array_in: Callable[[str], bool]
+) -> None:
+    """The rule of :func:`check_replaceable` on a folder's entries ``(name, is a folder)``;
+    ``array_in(name)``: the subfolder ``name`` holds a Zarr array's metadata."""
     names = [n for n, _ in found]
     if any(n in names for n in _ZARR_ROOTS):
         return
     others = [n for n in names if n not in _CLUTTER]
-    if not others or any(
-        d and os.path.isfile(os.path.join(path, n, "zarr.json")) for n, d in found[:64]
-    ):
+    if not others or any(d and array_in(n) for n, d in found[:64]):
         return
     shown = ", ".join(repr(n) for n in others[:3]) + (
         f" and {len(others) - 3} more" if len(others) > 3 else ""
     )
     raise StoreExistsError(
-        f"{path!r} is a folder of other files ({shown}), not a Zarr store: overwrite=True "
+        f"{where!r} is a folder of other files ({shown}), not a Zarr store: overwrite=True "
         "replaces a store and would remove them. Write the store to another path, or move "
-        "those files away first"
+        "those files away first (or remove them, if they are what a stopped write left)"
     )
+
+
+def _check_url_replaceable(fs: Any, key: str, target: str) -> None:
+    """:func:`check_replaceable` for a store folder at a URL (one listing, and a lookup of
+    ``<sub>/zarr.json`` for at most 64 subfolders)."""
+    try:
+        entries = fs.ls(key, detail=True)
+    except FileNotFoundError:
+        return
+    found = sorted(
+        (posixpath.basename(str(e["name"]).rstrip("/")), e.get("type") == "directory")
+        for e in entries
+    )
+    _refuse_other_files(target, found, lambda name: bool(fs.exists(f"{key}/{name}/zarr.json")))
 
 
 def remove_path(path: str) -> None:
