@@ -235,6 +235,26 @@ def test_overwrite_at_a_url_replaces_a_store_but_not_a_folder_of_other_objects(
         np.testing.assert_array_equal(got, indexed_set.images.compute())
 
 
+def test_url_writes_leave_no_folder_in_the_temporary_directory(
+    indexed_set, s3, prefix, tmp_path, monkeypatch
+):
+    # each URL written left an empty <tmp>/daskimg-writer/<digest>/ behind
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    small = indexed_set.take(np.arange(6))
+    for name in ("a.zarr", "a.zarr.zip"):
+        di.to_zarr(small, f"{prefix}/{name}", storage_options=s3, chunks=4)
+        with di.ArrayWriter(
+            f"{prefix}/w{name}", arrays={"x": ((2,), "float32")}, storage_options=s3
+        ) as w:
+            w.append(np.ones((3, 2), np.float32))
+        with pytest.raises(StoreExistsError):
+            di.to_zarr(small, f"{prefix}/{name}", storage_options=s3)
+        assert len(di.open_zarr(f"{prefix}/{name}", storage_options=s3)) == 6
+    assert [p for p in tmp_path.rglob("*") if p.name != "daskimg-writer"] == []
+
+
 @pytest.mark.parametrize("name", ["a.zarr.zip", "a.zarr"])
 def test_write_that_fails_midway_leaves_no_store(indexed_set, s3, s3fs_, prefix, name, monkeypatch):
     url = f"{prefix}/{name}"

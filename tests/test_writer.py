@@ -134,6 +134,24 @@ def test_single_array_and_defaults(tmp_path):
     np.testing.assert_array_equal(feats_back.compute(), feats(0, 7))
 
 
+def test_a_dict_of_arrays_is_appended_by_name(tmp_path):
+    # append(out) with out a dict, as a predict step returns it, was taken as one array's
+    # batch and refused as "got () object"
+    path = tmp_path / "preds.zarr"
+    arrays = {"logits": ((3,), "float32"), "ids": ((), "int64")}
+    logits = np.arange(18, dtype=np.float32).reshape(6, 3)
+    with ArrayWriter(path, arrays=arrays, num_samples=6) as w:
+        w.append({"logits": logits[3:], "ids": np.arange(3, 6)}, index=np.arange(3, 6))
+        w.append({"ids": np.arange(3), "logits": logits[:3]}, index=np.arange(3))
+        with pytest.raises(TypeError, match="not both"):
+            w.append({"ids": np.arange(3)}, logits=logits[:3], index=np.arange(3))
+        with pytest.raises(TypeError, match=r"missing \['logits'\]"):
+            w.append({"ids": np.arange(3)}, index=np.arange(3))
+    g = plain_group(path)  # oracle: plain zarr
+    np.testing.assert_array_equal(g["logits"][:], logits)
+    np.testing.assert_array_equal(g["ids"][:], np.arange(6))
+
+
 def test_all_zero_batches_are_stored_not_skipped(tmp_path):
     # zarr skips all-zero chunks unless told otherwise; a missing chunk must mean damage
     path = tmp_path / "z.zarr"

@@ -237,6 +237,7 @@ class Location:
         if self.is_url:
             self.upload(folder)
             remove_path(folder)
+            self.drop_build_folder()
             return
         if self.kind == "zip":
             tmp = self.target + ".tmp"
@@ -257,6 +258,7 @@ class Location:
         if self.is_url:
             self.upload(zip_path)
             remove_path(zip_path)
+            self.drop_build_folder()
             return
         replace_store(zip_path, self.target)
         fsync_path(os.path.dirname(self.target))
@@ -298,6 +300,15 @@ class Location:
             remove_path(folder)
         if not self.is_url:
             remove_path(self.target + ".tmp")
+        else:
+            self.drop_build_folder()
+
+    def drop_build_folder(self) -> None:
+        """Remove a URL's folder under the temporary directory (:meth:`build_path`) once
+        nothing is left in it: one empty folder stayed behind per URL written."""
+        if self.is_url:
+            with contextlib.suppress(OSError):  # not empty: a checkpoint or another write's
+                os.rmdir(os.path.dirname(self.build_path()))
 
     def remove(self) -> None:
         """Remove the store (a file, a folder, or a folder at a URL: its root first)."""

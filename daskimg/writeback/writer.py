@@ -313,7 +313,8 @@ class ArrayWriter:
 
     def append(self, batch: Any = None, /, *, index: Any = None, **named: Any) -> None:
         """Append a batch of rows: ``append(batch)`` for one array, ``append(a=..., b=...)``
-        for several (each a batch of samples along axis 0).
+        or ``append({"a": ..., "b": ...})`` (e.g. what a predict step returns) for several
+        (each a batch of samples along axis 0).
 
         ``index``: the store indices of the batch's rows (an int array or tensor, a
         ``range`` or a ``slice``), one per row. Required with ``order="index"`` (the
