@@ -1142,3 +1142,23 @@ def test_an_image_is_named_by_its_ending_as_splitext_says(name):
     ``os.path.splitext`` gives it) is an image's, any case."""
     expected = not name.startswith(".") and posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
     assert _is_image(name) == expected
+
+
+def test_a_set_of_several_split_folders_is_not_stored_or_fed_as_one(tmp_path):
+    # split(fractions) refused to mix train/valid/test folders, but to_zarr(ds) stored them
+    # as one set and BatchIterator(ds) fed them, test images in training, without a word
+    _split_tree(tmp_path / "src", {"train": ("a", "b"), "valid": ("a", "b"), "test": ("a",)})
+    ds = di.from_folder(tmp_path / "src", size=(4, 4))
+    mixed = r"predefined splits \['test', 'train', 'valid'\] \(split folders\); {} them"
+    with pytest.raises(ValueError, match=mixed.format("storing")):
+        di.to_zarr(ds, tmp_path / "all.zarr.zip")
+    assert not (tmp_path / "all.zarr.zip").exists()
+    with pytest.raises(ValueError, match=mixed.format("feeding")):  # (every adapter's source)
+        di.BatchIterator(ds, batch_size=2)
+    parts = ds.split()
+    for name, part in parts.items():  # each split alone is stored, from its own folder
+        out = di.open_zarr(di.to_zarr(part, tmp_path / f"{name}.zarr.zip", split=name))
+        assert {p.split("/")[0] for p in out.paths} == {name}  # oracle: the folders
+    ds.source_splits = None  # mixing them on purpose
+    assert len(di.open_zarr(di.to_zarr(ds, tmp_path / "all.zarr.zip"))) == 5
+    assert sum(len(y) for _, y in di.BatchIterator(ds, batch_size=2)) == 5

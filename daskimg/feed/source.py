@@ -98,6 +98,7 @@ class FeedSource:
         self.masks: tuple[str, ...] = ()
         origin: Mapping[str, Any] = {}  # the store a subset's samples come from
         if isinstance(source, ImageSet):
+            source.check_one_split("feeding")
             if source.on_error == "skip" and source.row_source is not None:
                 raise ValueError(
                     "this set reads its files with on_error='skip': which files fail is found "

@@ -257,6 +257,20 @@ class ImageSet:
     def __len__(self) -> int:
         return self._n
 
+    def check_one_split(self, doing: str) -> None:
+        """Refuse (ValueError) to ``doing`` (store, feed) a set that holds several predefined
+        splits (``train/``, ``valid/``, ``test/`` folders) as one: test images trained on.
+        ``ds.source_splits = None`` lifts the record, to mix them on purpose."""
+        held = [] if self.source_splits is None else sorted(set(self.source_splits.tolist()))
+        if len(held) > 1:
+            raise ValueError(
+                f"this set holds the predefined splits {held} (split folders); {doing} them as "
+                "one set would mix them, e.g. test images into training. Use each split: "
+                "for name, part in ds.split().items(): di.to_zarr(part, f'{name}.zarr.zip', "
+                "split=name) (or daskimg ingest SRC OUT); to mix them on purpose, set "
+                "ds.source_splits = None first"
+            )
+
     def is_from_files(self, name: str) -> bool:
         """Whether the array ``name`` (``"images"`` or a column) is still the one decoded
         from the set's files, not an array the user put in its place."""

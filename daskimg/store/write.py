@@ -231,6 +231,7 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
         raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
     if len(imageset) == 0:
         raise ValueError("the ImageSet is empty; there is nothing to store")
+    imageset.check_one_split("storing")
     if 0 in imageset.images.shape[1:]:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
     if check_layout and (why := channels_first(tuple(imageset.images.shape))):
