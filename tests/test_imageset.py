@@ -209,7 +209,9 @@ def test_from_csv_a_file_on_two_rows_is_refused_naming_both_lines(image_folder, 
         fs.pipe("/daskimg-test-csv-twice/boxes.csv", text.encode())
         csv, root = "memory://daskimg-test-csv-twice/boxes.csv", "memory://daskimg-test-csv-twice"
     try:
-        with pytest.raises(ValueError, match=r"lines 2 and 4: both name '\./.*one row per image"):
+        with pytest.raises(
+            ValueError, match=r"lines 2 and 4: both name the same file \('.*' and '\./.*one row per"
+        ):
             di.from_csv(csv, root=root, size=(8, 8), boxes={"bbox": ["x0", "y0", "x1", "y1"]})
     finally:
         if url:
@@ -918,6 +920,33 @@ def test_names_and_shapes_the_store_cannot_keep_are_refused_when_the_set_is_made
         ds = di.from_csv(csv, root=image_folder, size=(8, 8))
     assert "index" not in ds.columns
     assert "column 'index' is not stored: the name is reserved" in caplog.text
+
+
+def test_from_csv_names_the_separator_the_letter_case_and_columns_it_leaves_out(
+    image_folder, tmp_path, caplog
+):
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "l.csv"
+
+    def read(text, **kw):
+        csv.write_text(text)
+        return di.from_csv(csv, root=image_folder, size=(8, 8), **kw)
+
+    # ';'-separated with a decimal comma: the row had "2 values for 1 column" and a hint
+    # on quoting, where the header shows the separator
+    with pytest.raises(ValueError, match=r"line 2: 2 value\(s\).*seems separated by ';'"):
+        read(f"path;label;score\n{files[0]};cat;1,5\n")
+    with pytest.raises(ValueError, match=r"'Path' differs from it in letter case"):
+        read(f"Path,Label\n{files[0]},cat\n")
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = read(f"path,label,,source_size\n{files[0]},cat,1.5,3\n{files[1]},dog,2,4\n")
+    # an unnamed column of values, and one named as a derived array: left out, and said
+    assert "column 3 has no name in the header but holds values (line 2: '1.5')" in caplog.text
+    assert "column 'source_size' is not stored: the name is reserved" in caplog.text
+    from PIL import Image
+
+    sizes = [Image.open(image_folder / f).size[::-1] for f in files[:2]]  # oracle: Pillow
+    np.testing.assert_array_equal(ds.columns["source_size"].compute(), sizes)
 
 
 def test_a_store_with_a_column_named_as_now_reserved_still_opens(tmp_path):

@@ -145,9 +145,7 @@ def from_csv(
     where = f"CSV {os.fspath(csv_path)!r}"
     for col in [path_column] + [c for c in (label_column, mask_column) if c]:
         if col not in header:
-            raise ValueError(
-                f"{where} has no column {col!r}; its columns are {header}{_header_hint(header)}"
-            )
+            raise _no_column(where, col, header)
     if not rows:
         raise NoImagesFoundError(f"{where} has a header but no rows")
     base = root_url or root_path
@@ -246,6 +244,8 @@ def _read_csv(
         )
     rows: list[dict[str, Any]] = []
     shifted = False
+    unnamed = [i for i, h in enumerate(header) if not h.strip()]
+    valued: dict[int, tuple[int, str]] = {}  # an unnamed column's first value
     named = [h.strip().lstrip("\ufeff").strip() for h in header]
     for cells in reader:
         if not cells:
@@ -262,12 +262,26 @@ def _read_csv(
         elif len(cells) < len(header):
             cells = cells + [""] * (len(header) - len(cells))  # trailing empty values left out
         if len(cells) != len(header):
+            # "path;label" with a "1,5" in a row: the separator, not the quoting
             raise ValueError(
                 f"{where}, line {reader.line_num}: {len(cells)} value(s) for {len(header)} "
-                f"column(s) ({', '.join(header)}): {cells!r}. A comma inside a value needs "
-                "the value in double quotes"
+                f"column(s) ({', '.join(header)}): {cells!r}"
+                + (
+                    _separator_hint(header)
+                    or ". A comma inside a value needs the value in double quotes"
+                )
             )
+        for i in unnamed:
+            if cells[i].strip() and i not in valued:
+                valued[i] = (reader.line_num, cells[i])
         rows.append(dict(zip(header, cells, strict=True)))
+    for i, (line, value) in valued.items():
+        # Excel's trailing empty columns are unnamed and empty; one with values is data
+        logger.warning(
+            "%s: column %d has no name in the header but holds values (line %d: %r); it is "
+            "not read. Name it in the header to keep it",
+            where, i + 1, line, value,
+        )  # fmt: skip
     if shifted:
         logger.warning(
             "%s: blank lines or values spanning lines: the line numbers in messages count "
@@ -333,8 +347,10 @@ def _refuse_repeats(
     for line, f in enumerate(files, start=2):
         seen = first.setdefault(f, line)
         if seen != line:
+            a, b = (rows[n - 2][column].strip() for n in (seen, line))
+            said = repr(a) if a == b else f"the same file ({a!r} and {b!r})"
             raise ValueError(
-                f"{where}, lines {seen} and {line}: both name {rows[line - 2][column].strip()!r}. "
+                f"{where}, lines {seen} and {line}: both name {said}. "
                 "from_csv reads one row per image: a file on two rows would be two samples (and "
                 "could land in two splits, a test image also trained on). Remove the repeated "
                 "row; a CSV with one row per box needs its rows grouped by image first (boxes "
@@ -645,9 +661,7 @@ def _box_values(
         raise ValueError(f"boxes[{name!r}] must name four columns x0, y0, x1, y1; got {cols!r}")
     for col in cols:
         if col not in header:
-            raise ValueError(
-                f"{where} has no column {col!r} (asked for box {name!r}); its columns are {header}"
-            )
+            raise _no_column(where, col, header, f"box {name!r}")
     _check_corner_names(list(cols), name, where)
     out = np.empty((len(rows), 4), dtype=np.float64)
     for line, row in enumerate(rows, start=2):
@@ -762,7 +776,8 @@ def _columns(
         for col in header:
             if col in used or not col.strip():
                 continue
-            if not _storable_name(col):
+            if not _storable_name(col) or col in ("source_size", "masks"):
+                # (source_size, masks: arrays derived from the files take those names)
                 logger.warning(
                     "%s: column %r is not stored: the name is reserved or cannot name an array "
                     "in a store; to keep it, pass columns= with another name, e.g. "
@@ -823,10 +838,7 @@ def _columns(
             )
         for col in cols:
             if col not in header:
-                raise ValueError(
-                    f"{where} has no column {col!r} (asked for {name!r}); its columns are {header}"
-                    f"{_header_hint(header)}"
-                )
+                raise _no_column(where, col, header, repr(name))
         cells = [[row[c] for c in cols] for row in rows]
         flags = _flags(cells)  # true/false throughout: bool, as the columns picked by default
         if flags is None:
@@ -1090,6 +1102,33 @@ def _storable_name(name: str) -> bool:
     return name not in RESERVED
 
 
+def _no_column(where: str, col: str, header: list[str], asked_for: str = "") -> ValueError:
+    """The error for a column the CSV lacks, with why: another letter case, or a hint from
+    :func:`_header_hint`."""
+    asked = f" (asked for {asked_for})" if asked_for else ""
+    same = [h for h in header if h.strip().lower() == col.strip().lower() and h != col]
+    hint = (
+        f" ({same[0]!r} differs from it in letter case: names are matched exactly, so pass "
+        f"the column's own name, {same[0]!r}, or rename the column)"
+        if same
+        else _header_hint(header)
+    )
+    return ValueError(f"{where} has no column {col!r}{asked}; its columns are {header}{hint}")
+
+
+def _separator_hint(header: list[str]) -> str:
+    """A header of one column holding ``;``, tabs or ``|``: the file is separated by those."""
+    if len(header) == 1:
+        for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+            if sep in header[0]:
+                return (
+                    f": the file seems separated by {name}, not commas; from_csv reads "
+                    "comma-separated files (save it so, or pandas: "
+                    "pd.read_csv(f, sep=...).to_csv(g, index=False))"
+                )
+    return ""
+
+
 def _header_hint(header: list[str]) -> str:
     """Why a header may lack the columns asked for: another separator, Excel's ``sep=``
     line, or no header row."""
@@ -1104,14 +1143,8 @@ def _header_hint(header: list[str]) -> str:
             f" (names with spaces around them, such as {padded[0]!r}: write the header "
             f"without them, e.g. {','.join(h.strip() for h in header)})"
         )
-    if len(header) == 1:
-        for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
-            if sep in header[0]:
-                return (
-                    f": the file seems separated by {name}, not commas; from_csv reads "
-                    "comma-separated files (save it so, or pandas: "
-                    "pd.read_csv(f, sep=...).to_csv(g, index=False))"
-                )
+    if sep := _separator_hint(header):
+        return sep
     from .folder import IMAGE_EXTENSIONS
 
     if header and any(os.path.splitext(h)[1].lower() in IMAGE_EXTENSIONS for h in header):
