@@ -324,6 +324,30 @@ def test_a_rerun_keeps_a_finished_split_only_if_its_files_are_unchanged(
     assert "written from other files or settings" in capsys.readouterr().err
 
 
+def test_a_refused_re_ingest_says_what_changed(tmp_path, capsys):
+    # "written from other files or settings" named nothing: the user had to guess that a
+    # class folder had been added
+    src, out = tmp_path / "src", tmp_path / "out"
+    for c in ("b", "c"):
+        (src / c).mkdir(parents=True)
+        for k in range(5):
+            Image.new("RGB", (9, 7), (k, 0, 0)).save(src / c / f"{k}.png")
+    args = ["ingest", str(src), str(out), "--size", "4", "4", "--valid", "0", "--test", "0"]
+    assert main(args) == 0
+    (src / "a").mkdir()
+    Image.new("RGB", (9, 7)).save(src / "a" / "0.png")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "(classes added ['a']; 10 files then, 11 now)" in capsys.readouterr().err
+    (src / "a" / "0.png").unlink()
+    (src / "a").rmdir()
+    assert main([*args[:4], "6", "6", *args[6:], "--seed", "3"]) == 2
+    assert "(size [4, 4] then, [6, 6] now; seed 0 then, 3 now)" in capsys.readouterr().err
+    Image.new("RGB", (9, 7), (9, 9, 9)).save(src / "b" / "0.png")  # new pixels, same name
+    assert main(args) == 2
+    assert "the files themselves" in capsys.readouterr().err
+
+
 def test_stores_of_an_earlier_run_that_this_run_does_not_write_are_not_left_beside_it(
     tmp_path, image_folder, capsys
 ):

@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import DaskImgError, DecodeError, IncompleteStoreError, StoreExistsError
@@ -431,8 +431,49 @@ def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, sp
     if (attrs.get("source") or {}).get("fingerprint") == want:
         return True
     raise StoreExistsError(
-        f"{target} exists and was written from other files or settings; pass --overwrite to "
-        "replace it (or write to another OUT)"
+        f"{target} exists and was written from other files or settings"
+        f"{_what_differs(attrs, part, args)}; pass --overwrite to replace it (or write to "
+        "another OUT)"
+    )
+
+
+def _what_differs(attrs: Mapping[str, Any], part: Any, args: argparse.Namespace) -> str:
+    """What the store's attributes show changed since it was written (its classes, number of
+    files, size, codec, seed), for the refusal; the files alone (a new image under an old
+    name) show only in the fingerprint."""
+    from ..store.codecs import DEFAULT_CODEC, canonical_codec
+
+    said = []
+    then, now = list(attrs.get("classes") or []), list(part.classes or [])
+    if then != now:
+        added, gone = sorted(set(now) - set(then)), sorted(set(then) - set(now))
+        said.append(
+            "classes "
+            + "; ".join(
+                [
+                    f"{w} {n[:5]}{' ...' if len(n) > 5 else ''}"
+                    for w, n in (("added", added), ("gone", gone))
+                    if n
+                ]
+                or ["in another order"]
+            )
+        )
+    files = int(attrs.get("num_samples") or 0) + len(attrs.get("skipped") or [])
+    if files != len(part):
+        said.append(f"{files} files then, {len(part)} now")
+    size = (attrs.get("source") or {}).get("size")
+    if size is not None and list(size) != list(args.size):
+        said.append(f"size {list(size)} then, {list(args.size)} now")
+    codec = canonical_codec(args.codec or DEFAULT_CODEC)
+    if attrs.get("codec") not in (None, codec):
+        said.append(f"codec {attrs['codec']} then, {codec} now")
+    if attrs.get("seed") != args.seed:
+        said.append(f"seed {attrs.get('seed')} then, {args.seed} now")
+    if said:
+        return f" ({'; '.join(said)})"
+    return (
+        " (the same classes, number of files, size, codec and seed: the files themselves, "
+        "their names, sizes or times, or another setting changed)"
     )
 
 
