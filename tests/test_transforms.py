@@ -182,6 +182,11 @@ def test_the_feed_refuses_a_flip_or_crop_that_would_leave_fed_boxes_or_masks_beh
             np.testing.assert_array_equal(bbox[i], _mask_box(masks[i]))
     # boxes not fed: nothing to move with the pixels
     assert len(list(di.BatchIterator(path, batch_size=4, transform=random_flip(p=1.0)))) == 3
+    # masks given to the flip but not fed: refused when made (a KeyError at the first batch,
+    # from the loader's thread)
+    for t in (random_flip(masks=("masks",)), compose(random_crop((6, 9), boxes=("bbox",)))):
+        with pytest.raises(ValueError, match=r"moves \['(masks|bbox)'\], which the batches do not"):
+            di.BatchIterator(path, batch_size=4, arrays=("images",), transform=t)
 
 
 def test_the_adapters_refuse_a_flip_that_would_leave_fed_boxes_behind(boxed_store):

@@ -95,8 +95,15 @@ def check_transform(
     ``guessed``: the boxes known by their names only (a dict source's), said in the message.
     """
     for t in _parts(transform):
-        if not getattr(t, "moves_pixels", False) or t.key not in names:
+        if not getattr(t, "moves_pixels", False):
             continue
+        absent = [n for n in (t.key, *t.boxes, *t.masks) if n not in names]
+        if absent:  # a KeyError at the first batch, from the loader's thread
+            raise ValueError(
+                f"transform {type(t).__name__} moves {absent}, which the batches do not hold "
+                f"(they hold {list(names)}): add {'it' if len(absent) == 1 else 'them'} to "
+                "arrays=, or leave it out of the transform"
+            )
         left_boxes = [b for b in boxes if b in names and b not in t.boxes]
         left_masks = [m for m in masks if m in names and m not in t.masks]
         if left_boxes or left_masks:
