@@ -232,6 +232,31 @@ def test_a_bad_codec_is_refused_before_any_image_is_read(tmp_path, image_folder,
     assert not out.exists()
 
 
+def test_ingest_no_draft_is_pillows_full_decode_and_channels_are_for_images(tmp_path, capsys):
+    # the command line had no way to the exact decode (draft=False), and --channels 3 with
+    # a volume size was dropped without a word
+    import skimage.data
+
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    photo = Image.fromarray(skimage.data.astronaut()).resize((256, 256))
+    photo.save(src / "cat" / "a.jpg", quality=90)  # 8x the target: drafted at 1/8
+    size = ["--size", "32", "32", "--valid", "0", "--test", "0"]
+    want = np.asarray(  # oracle: Pillow's full decode and resize
+        Image.open(src / "cat" / "a.jpg").convert("RGB").resize((32, 32), Image.BILINEAR)
+    )
+    assert main(["ingest", str(src), str(tmp_path / "exact"), *size, "--no-draft"]) == 0
+    got = di.open_zarr(tmp_path / "exact" / "train.zarr.zip").images.compute()[0]
+    np.testing.assert_array_equal(got, want)
+    assert main(["ingest", str(src), str(tmp_path / "drafted"), *size]) == 0
+    drafted = di.open_zarr(tmp_path / "drafted" / "train.zarr.zip").images.compute()[0]
+    assert 0 < np.abs(drafted.astype(int) - want).mean() < 5.5  # libjpeg's 1/8 scale
+    capsys.readouterr()
+    vol = ["--size", "2", "4", "4", "--channels", "3"]
+    assert main(["ingest", str(src), str(tmp_path / "v"), *vol]) == 2
+    assert "--channels 3 is for images; a 3-D --size reads volumes" in capsys.readouterr().err
+
+
 def test_ingest_with_a_jpeg_quality(tmp_path, image_folder):
     out = tmp_path / "out"
     argv = ["ingest", str(image_folder), str(out), "--size", "16", "16", "--codec", "jpeg:60"]

@@ -50,7 +50,19 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument(
         "--chunk", type=_positive, default=None, help="samples per chunk (default: about 8 MiB)"
     )
-    ing.add_argument("--channels", type=int, default=3, choices=(1, 3, 4))
+    ing.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        choices=(1, 3, 4),
+        help="image channels: 1 gray, 3 RGB (default), 4 RGBA (volumes have one)",
+    )
+    ing.add_argument(
+        "--no-draft",
+        action="store_true",
+        help="decode JPEGs in full, as Pillow does, where libjpeg would scale one 2x or more "
+        "the size by 1/2-1/8 first (faster; up to a few levels of 255 apart)",
+    )
     ing.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"))
     ing.add_argument("--on-error", default="raise", choices=("raise", "skip"))
     ing.add_argument(

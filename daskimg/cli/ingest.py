@@ -71,13 +71,20 @@ def ingest(args: argparse.Namespace) -> int:
             f"the folder OUT ({args.out.rstrip('/')}/train.zarr.zip, ...). Name the folder "
             "without .zarr"
         )
+    if len(args.size) == 3 and args.channels is not None:
+        # volumes have one channel: --channels 3 was dropped without a word
+        raise ValueError(
+            f"--channels {args.channels} is for images; a 3-D --size reads volumes, which "
+            "have one channel. Drop --channels"
+        )
     _refuse_out_holding_images(args.src, args.out, opts)
     try:
         ds = from_folder(
             args.src,
             size=args.size,
-            channels=args.channels,
+            channels=3 if args.channels is None else args.channels,
             resize=args.resize,
+            draft=not args.no_draft,
             on_error=args.on_error,
             stray=args.stray,
             masks=args.masks,
