@@ -105,6 +105,30 @@ def test_verify_names_root_metadata_and_store_damage_as_such(tmp_path, capsys):
     assert "DAMAGED the store: " in out and "chunk -1" not in out
 
 
+def test_verify_checks_every_store_of_a_folder_as_info_lists_them(tmp_path, capsys):
+    # verify OUT/ said "must end in .zarr.zip or .zarr" where info OUT/ listed every store;
+    # a mistyped folder was told the same
+    ds = di.ImageSet(np.arange(6 * 48, dtype=np.uint8).reshape(6, 4, 4, 3))
+    out = tmp_path / "out"
+    train = di.to_zarr(ds, out / "train.zarr.zip", chunks=2, codec="none")
+    di.to_zarr(ds, out / "valid.zarr", chunks=2)
+    assert main(["verify", str(out)]) == 0
+    assert capsys.readouterr().out.count("every chunk present and matching its checksum") == 2
+    file, offset, _ = StoreReader(train).chunk_location("images", 1)
+    with open(file, "r+b") as fh:
+        fh.seek(offset + 3)
+        byte = fh.read(1)
+        fh.seek(offset + 3)
+        fh.write(bytes([byte[0] ^ 1]))
+    assert main(["verify", str(out)]) == 1
+    got = capsys.readouterr()
+    assert f"DAMAGED {train}: array 'images', chunk 1" in got.out
+    assert "valid.zarr: every chunk present" in got.out
+    for command in ("verify", "info"):
+        assert main([command, str(tmp_path / "typo")]) == 2
+        assert "typo: no such store or folder of stores" in capsys.readouterr().err
+
+
 def test_verify_says_what_it_cannot_check_in_a_store_without_a_chunk_table(
     ingested, tmp_path, capsys
 ):

@@ -20,28 +20,10 @@ def info_cmd(args: argparse.Namespace) -> int:
     from ..store.open import missing_error
     from ..storeinfo import format_info, info
 
-    if (
-        not is_url(args.store)
-        and os.path.isdir(args.store)
-        and not args.store.rstrip("/").endswith(".zarr")
-    ):
+    folder = _folder_of_stores(args.store, "info")
+    if folder is not None:
         # a folder of stores, e.g. what `daskimg ingest` wrote
-        names = os.listdir(args.store)
-        stores = sorted(
-            os.path.join(args.store, f) for f in names if f.endswith((".zarr.zip", ".zarr"))
-        )
-        # a write killed before its store was ever finished leaves only its staging folder
-        never = sorted(
-            os.path.join(args.store, f.removesuffix(".partial"))
-            for f in names
-            if f.endswith((".zarr.zip.partial", ".zarr.partial"))
-            and f.removesuffix(".partial") not in names
-        )
-        if not stores and not never:
-            raise FileNotFoundError(
-                f"{args.store} is a folder without stores (*.zarr.zip or *.zarr); "
-                "name a store, e.g. daskimg info out/train.zarr.zip"
-            )
+        stores, never = folder
         summaries = [info(path) for path in stores]
         if args.json:
             print(json.dumps(summaries, indent=2, default=str))
@@ -54,6 +36,33 @@ def info_cmd(args: argparse.Namespace) -> int:
     summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
     return max(_unfinished([summary]), _staged_beside([args.store]))
+
+
+def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str]] | None:
+    """For a local folder that is no store (``daskimg ingest``'s OUT): its stores, and the
+    stores whose only trace is the staging folder of a write killed before they were ever
+    finished; None for a store or a URL. A path that does not exist and is named like no
+    store is said as such (it was "must end in .zarr.zip")."""
+    if is_url(path) or path.rstrip("/").endswith((".zarr", ".zarr.zip")):
+        return None
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path}: no such store or folder of stores")
+    if not os.path.isdir(path):
+        return None  # a file named like no store: the store's own message
+    names = os.listdir(path)
+    stores = sorted(os.path.join(path, f) for f in names if f.endswith((".zarr.zip", ".zarr")))
+    never = sorted(
+        os.path.join(path, f.removesuffix(".partial"))
+        for f in names
+        if f.endswith((".zarr.zip.partial", ".zarr.partial"))
+        and f.removesuffix(".partial") not in names
+    )
+    if not stores and not never:
+        raise FileNotFoundError(
+            f"{path} is a folder without stores (*.zarr.zip or *.zarr); "
+            f"name a store, e.g. daskimg {command} out/train.zarr.zip"
+        )
+    return stores, never
 
 
 def _staged_beside(stores: list[str]) -> int:
@@ -85,19 +94,26 @@ def verify_cmd(args: argparse.Namespace) -> int:
     from ..storeinfo import count_chunks, unchecked, verify
 
     opts = args.storage_options
-    total = count_chunks(args.store, storage_options=opts)
-    with tqdm(total=total, unit="chunk", desc="verify", disable=None) as bar:
-        problems = verify(args.store, progress=bar.update, storage_options=opts)
-    for p in problems:
-        print(f"DAMAGED {p}")
-    if problems:
-        print(f"{args.store}: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    print(f"{args.store}: every chunk present and matching its checksum")
-    note = unchecked(args.store, storage_options=opts)
-    if note is not None:
-        print(f"note: {note}")
-    return 0
+    folder = _folder_of_stores(args.store, "verify")
+    stores, never = folder if folder is not None else ([args.store], [])
+    failed = 0
+    for store in stores:  # each store of a folder (ingest's OUT), as info does
+        total = count_chunks(store, storage_options=opts)
+        with tqdm(total=total, unit="chunk", desc="verify", disable=None) as bar:
+            problems = verify(store, progress=bar.update, storage_options=opts)
+        for p in problems:
+            print(f"DAMAGED {p}" if folder is None else f"DAMAGED {store}: {p}")
+        if problems:
+            print(f"{store}: {len(problems)} problem(s)", file=sys.stderr)
+            failed = 1
+            continue
+        print(f"{store}: every chunk present and matching its checksum")
+        note = unchecked(store, storage_options=opts)
+        if note is not None:
+            print(f"note: {note}")
+    for path in never:
+        print(f"{path}: never finished (only the staging folder of its write)", file=sys.stderr)
+    return max(failed, 1 if never else 0)
 
 
 def show_cmd(args: argparse.Namespace) -> int:
