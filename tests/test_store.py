@@ -1551,3 +1551,15 @@ def test_a_zarr_json_claiming_gigabytes_is_refused_before_it_is_read(tmp_path, i
         di.open_zarr(store)
     problems = verify(store)
     assert problems and "labels/zarr.json claims" in problems[0].message
+
+
+def test_progress_writes_nothing_where_stderr_is_no_terminal(tmp_path, capfd):
+    # dask's ProgressBar wrote "[###  ] | 40% Completed" every 0.1 s into CI logs on the
+    # threaded and synchronous schedulers (the forked workers' tqdm bar wrote nothing)
+    import dask
+
+    ds = di.ImageSet(np.arange(40 * 12, dtype=np.uint8).reshape(40, 2, 2, 3))
+    with dask.config.set(scheduler="threads"):
+        path = di.to_zarr(ds, tmp_path / "p.zarr.zip", chunks=4, progress=True, order="source")
+    assert "Completed" not in capfd.readouterr().err
+    np.testing.assert_array_equal(plain_group(path)["images"][:], ds.images.compute())
