@@ -10,6 +10,7 @@ __all__ = [
     "ChecksumError",
     "DaskImgError",
     "DecodeError",
+    "ForeignStoreError",
     "FormatVersionError",
     "IncompleteStoreError",
     "MetadataError",
@@ -55,6 +56,11 @@ class StoreLockedError(DaskImgError, OSError):
 
 class FormatVersionError(DaskImgError, ValueError):
     """A store was written by a newer daskimg (or is not a daskimg store)."""
+
+
+class ForeignStoreError(FormatVersionError):
+    """The path holds no daskimg store but another (a Zarr v2 store, a plain Zarr group, a
+    store one folder deeper in a zip): not damage, said for what it is."""
 
 
 class ChecksumError(DaskImgError, OSError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DaskImgError, ServerError
+from .errors import DaskImgError, ForeignStoreError, ServerError
 from .read.imageset import NO_LABEL
 from .store.format import (
     check_array,
@@ -74,7 +74,11 @@ def verify(
     except DaskImgError as e:
         return [_damage("(store)", -1, e)]
     try:
-        attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=False)
+        attrs = check_attrs(
+            loc.target, reader.json("zarr.json"), check_complete=False, keys=reader.source.keys
+        )
+    except ForeignStoreError:
+        raise  # not damage: no daskimg store but another (said for what it is)
     except DaskImgError as e:
         return [_damage("zarr.json", -1, e)]
     problems: list[Problem] = []
@@ -116,7 +120,9 @@ def unchecked(
     loc = Location.of(path, storage_options)
     reader = StoreReader(loc.open())
     try:
-        attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=False)
+        attrs = check_attrs(
+            loc.target, reader.json("zarr.json"), check_complete=False, keys=reader.source.keys
+        )
     finally:
         reader.close()
     from .store.chunktable import TABLE

@@ -27,6 +27,7 @@ from daskimg.errors import (
     StoreExistsError,
     StoreLockedError,
 )
+from daskimg.store import format as format_mod
 from daskimg.store.location import write_lock
 from daskimg.store.reader import StoreReader
 from daskimg.storeinfo import verify
@@ -245,6 +246,47 @@ def test_newer_format_and_foreign_groups_refused(tmp_path, indexed_set):
     zarr.open_group(str(plain), mode="w").create_array("x", shape=(2,), dtype="i4")
     with pytest.raises(FormatVersionError, match="not a daskimg store"):
         di.open_zarr(plain)
+
+
+def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed_set, capsys):
+    # each was "not a Zarr v3 group (no zarr.json at its root)", and daskimg verify called a
+    # sound foreign store DAMAGED (exit 1)
+    from daskimg.cli import main
+
+    v2 = tmp_path / "v2.zarr"
+    zarr.open_group(str(v2), mode="w", zarr_format=2).create_array("x", shape=(2,), dtype="i4")
+    plain = tmp_path / "plain.zarr"
+    zarr.open_group(str(plain), mode="w").create_array("x", shape=(2,), dtype="i4")
+    folder = Path(di.to_zarr(indexed_set, tmp_path / "s.zarr", chunks=8))
+    prefixed = tmp_path / "prefixed.zarr.zip"  # `zip -0 -r prefixed.zarr.zip s.zarr`
+    with zipfile.ZipFile(prefixed, "w", zipfile.ZIP_STORED) as z:
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            z.write(f, f.relative_to(tmp_path).as_posix())
+    for path, said in [
+        (v2, r"is a Zarr v2 store \(\.zgroup at its root\), not a daskimg store"),
+        (plain, "a Zarr group but not a daskimg store"),
+        (prefixed, r"one folder deeper, under 's\.zarr/'.*cd s\.zarr && zip -0 -r \.\./prefixed"),
+    ]:
+        with pytest.raises(FormatVersionError, match=said):
+            di.open_zarr(path)
+        capsys.readouterr()
+        assert main(["verify", str(path)]) == 2  # not damage: no "DAMAGED"
+        got = capsys.readouterr()
+        assert "DAMAGED" not in got.out and re.search(said, got.err)
+    (folder / "zarr.json").unlink()  # a daskimg store that lost its root file: damage
+    with pytest.raises(MetadataError, match=r"its root zarr\.json is missing \(its arrays"):
+        di.open_zarr(folder)
+    assert main(["verify", str(folder)]) == 1
+    # a root without its 'complete' mark (its checksum made to match): damage, not "its
+    # writer stopped before the end"
+    again = Path(di.to_zarr(indexed_set, tmp_path / "again.zarr", chunks=8))
+    meta = json.loads((again / "zarr.json").read_text())
+    attrs = meta["attributes"]["daskimg"]
+    del attrs["complete"]
+    attrs["attrs_crc32c"] = format_mod.attrs_crc32c(attrs)
+    (again / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(MetadataError, match="have no 'complete' mark"):
+        di.open_zarr(again)
 
 
 def test_incomplete_flag_refused(tmp_path, indexed_set):

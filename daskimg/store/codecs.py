@@ -294,13 +294,19 @@ def vlen_decode(data: Any, count: int, where: str) -> np.ndarray:
     view = memoryview(data).cast("B")
     if len(view) < 4 or int.from_bytes(view[:4], "little") != count:
         got = int.from_bytes(view[:4], "little") if len(view) >= 4 else "no"
-        raise ChecksumError(f"{where}: string chunk holds {got} items, expected {count}; damaged")
+        raise ChecksumError(
+            f"{where}: string chunk holds {got} items, expected {count}; the chunk is damaged "
+            "— re-create the store (daskimg verify lists every damaged chunk)"
+        )
     try:
         out = VLenUTF8().decode(bytes(view))
     except (ValueError, RuntimeError, UnicodeDecodeError) as e:
         raise ChecksumError(f"{where}: string chunk cannot be decoded ({e}); damaged") from e
     if len(out) != count:
-        raise ChecksumError(f"{where}: string chunk holds {len(out)} items, expected {count}")
+        raise ChecksumError(
+            f"{where}: string chunk holds {len(out)} items, expected {count}; the chunk is "
+            "damaged — re-create the store (daskimg verify lists every damaged chunk)"
+        )
     return np.asarray(out, dtype=object)
 
 

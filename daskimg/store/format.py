@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ..errors import FormatVersionError, IncompleteStoreError, MetadataError
+from ..errors import ForeignStoreError, FormatVersionError, IncompleteStoreError, MetadataError
 from .chunktable import TABLE, num_inner
 from .codecs import DEFAULT_CODEC, canonical_codec, compressors, serializer
 from .layout import ArrayLayout
@@ -257,8 +257,13 @@ def _is_int(v: Any, low: int = 0) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
-def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any]:
-    """The ``daskimg`` attributes from a root ``zarr.json``, checked; newer or unfinished stores refused."""
+def check_attrs(
+    where: str, meta: Any, *, check_complete: bool, keys: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The ``daskimg`` attributes from a root ``zarr.json``, checked; newer or unfinished stores
+    refused. ``keys``: the store's keys, to say what a store without a root ``zarr.json`` is."""
+    if meta is None:
+        raise no_root_error(where, set(keys))
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
         raise FormatVersionError(f"{where!r} is not a Zarr v3 group (no zarr.json at its root)")
     if meta.get("zarr_format") != 3:  # plain zarr would not see the arrays
@@ -272,7 +277,7 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
         else None
     )
     if not isinstance(attrs, dict):
-        raise FormatVersionError(
+        raise ForeignStoreError(
             f"{where!r} is a Zarr group but not a daskimg store (no 'daskimg' attribute); "
             "open it with zarr.open_group instead"
         )
@@ -331,6 +336,11 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
             f"{where!r}: its root attributes (classes, num_samples, ...) changed after the store "
             "was written (checksum mismatch); the store is damaged — re-create it"
         )
+    if "complete" not in attrs:  # every store has it (False until finished): damage
+        raise MetadataError(
+            f"{where!r}: its root attributes have no 'complete' mark, which every daskimg store "
+            "records; the store's metadata is damaged — re-create it"
+        )
     # after the checksum: a flipped byte in the name "complete" of a finished store said
     # "its writer stopped before the end", not that the store is damaged
     if check_complete and attrs.get("complete") is not True:
@@ -339,6 +349,40 @@ def check_attrs(where: str, meta: Any, *, check_complete: bool) -> dict[str, Any
             "Re-run the ingest/to_zarr that made it."
         )
     return attrs
+
+
+def no_root_error(where: str, keys: set[str]) -> Exception:
+    """What a store without a root ``zarr.json`` is: a Zarr v2 store, a store one folder
+    deeper (a folder zipped from outside it), a daskimg store that lost its root file, or
+    no Zarr store (each was "not a Zarr v3 group")."""
+    v2 = [n for n in (".zgroup", ".zarray", ".zattrs", ".zmetadata") if n in keys]
+    if v2:
+        return ForeignStoreError(
+            f"{where!r} is a Zarr v2 store ({v2[0]} at its root), not a daskimg store: daskimg "
+            "reads the Zarr v3 stores it writes. Open it with zarr.open_group(path, "
+            "zarr_format=2), or store its arrays anew with "
+            "daskimg.to_zarr(daskimg.ImageSet(images, labels), ...)"
+        )
+    tops = {k.split("/", 1)[0] for k in keys}
+    if len(tops) == 1 and f"{next(iter(tops))}/zarr.json" in keys:
+        top = next(iter(tops))
+        fix = (
+            f"zip the store from inside its folder, stored: cd {top} && zip -0 -r "
+            f"../{os.path.basename(where)} ."
+            if where.endswith(".zip")
+            else f"open {where.rstrip('/')}/{top} instead"
+        )
+        return ForeignStoreError(
+            f"{where!r} holds its store one folder deeper, under {top + '/'!r} (a folder "
+            f"zipped from outside it?), where a store's zarr.json is at the root: {fix}"
+        )
+    arrays = sorted(k[: -len("/zarr.json")] for k in keys if k.endswith("/zarr.json"))
+    if arrays and all(a.count("/") == 0 for a in arrays):
+        return MetadataError(
+            f"{where!r}: its root zarr.json is missing (its arrays {arrays[:4]} are there); "
+            "the store's metadata is damaged — re-create it"
+        )
+    return ForeignStoreError(f"{where!r} is not a Zarr v3 group (no zarr.json at its root)")
 
 
 def _attr_type_problems(attrs: Mapping[str, Any]) -> list[str]:

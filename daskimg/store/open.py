@@ -82,7 +82,9 @@ def open_store(
     except FileNotFoundError:
         raise missing_error(loc) from None
     reader = StoreReader(source)
-    attrs = check_attrs(loc.target, reader.json("zarr.json"), check_complete=check_complete)
+    attrs = check_attrs(
+        loc.target, reader.json("zarr.json"), check_complete=check_complete, keys=source.keys
+    )
     layouts = check_arrays(reader, attrs)
     return OpenedStore(loc, reader, attrs, layouts)
 
