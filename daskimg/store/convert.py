@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from ..read.arrays import open_array_set
 from .write import to_zarr
 
@@ -34,6 +36,10 @@ def convert(
     the images' pixels; ``check_layout``: refuse images that look channels-first) and
     :func:`daskimg.to_zarr` for the rest.
 
+    Each stored sample's row in ``src`` is kept in the column ``source_row`` (int64): the
+    default order is shuffled, and an array file has no paths to tell its rows by, so
+    predictions written back by store index could not be traced to the source's rows.
+
     Examples
     --------
     >>> convert("old.h5", "out/train.zarr.zip", labels="labels")  # doctest: +SKIP
@@ -47,6 +53,12 @@ def convert(
         boxes=boxes,
         check_layout=check_layout,
     )
+    if "source_row" in ds.columns:
+        raise ValueError(
+            f"{os.fspath(src)!r}: a column named 'source_row' is asked for, the name convert "
+            "gives each sample's row in the source; leave it out of columns="
+        )
+    ds.columns["source_row"] = np.arange(len(ds), dtype=np.int64)
     return to_zarr(
         ds,
         out,
