@@ -50,9 +50,9 @@ def test_convert_hdf5_shuffled_matches_source(tmp_path, arrays):
     # each sample's row in the source, kept: no paths tell an array file's rows apart
     np.testing.assert_array_equal(got["source_row"], perm)
     np.testing.assert_array_equal(got["images"], x[got["source_row"]])
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        f.create_dataset("source_row", data=np.zeros(37, np.int64))
     with pytest.raises(ValueError, match="a column named 'source_row' is asked for"):
-        with h5py.File(tmp_path / "old.h5", "a") as f:
-            f.create_dataset("source_row", data=np.zeros(37, np.int64))
         convert(tmp_path / "old.h5", tmp_path / "x.zarr.zip", columns=["source_row"])
 
 
