@@ -56,7 +56,8 @@ def verify(
 
     An empty list means the metadata is consistent and every chunk is present and matches
     its checksum. Damage never raises (an OS error that says nothing of the bytes does:
-    out of descriptors or memory, no permission): a damaged zip (array ``"(store)"``),
+    out of descriptors or memory, no permission; so does a path holding no daskimg store
+    but another, :class:`~daskimg.errors.ForeignStoreError`): a damaged zip (array ``"(store)"``),
     unparsable root metadata (``"zarr.json"``), a missing or inconsistent array (chunk -1) and every
     bad chunk are listed. ``progress`` is called with the number of chunks done after each
     chunk. A URL (with ``storage_options``) is read through the same checked reader.

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import zarr
 from conftest import plain_group
 from PIL import Image
 
@@ -122,11 +123,20 @@ def test_verify_checks_every_store_of_a_folder_as_info_lists_them(tmp_path, caps
         fh.write(bytes([byte[0] ^ 1]))
     assert main(["verify", str(out)]) == 1
     got = capsys.readouterr()
-    assert f"DAMAGED {train}: array 'images', chunk 1" in got.out
+    assert f"DAMAGED array 'images', chunk 1: {train}: " in got.out  # the store named once
     assert "valid.zarr: every chunk present" in got.out
     for command in ("verify", "info"):
         assert main([command, str(tmp_path / "typo")]) == 2
         assert "typo: no such store or folder of stores" in capsys.readouterr().err
+    # a store of another tool beside them: said and skipped, the others still checked
+    zarr.open_group(str(out / "aa.zarr"), mode="w", zarr_format=2).create_array(
+        "x", shape=(2,), dtype="i4"
+    )
+    for command, rc in (("verify", 2), ("info", 2)):
+        assert main([command, str(out)]) == rc
+        got = capsys.readouterr()
+        assert "aa.zarr: skipped: " in got.err and "is a Zarr v2 store" in got.err
+        assert "valid.zarr" in got.out
 
 
 def test_verify_says_what_it_cannot_check_in_a_store_without_a_chunk_table(

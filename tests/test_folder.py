@@ -1159,6 +1159,11 @@ def test_a_set_of_several_split_folders_is_not_stored_or_fed_as_one(tmp_path):
     for name, part in parts.items():  # each split alone is stored, from its own folder
         out = di.open_zarr(di.to_zarr(part, tmp_path / f"{name}.zarr.zip", split=name))
         assert {p.split("/")[0] for p in out.paths} == {name}  # oracle: the folders
+    # divided anew on purpose (resplit=True): each part is stored and fed
+    anew = ds.split({"train": 0.6, "test": 0.4}, resplit=True, seed=0)
+    for name, part in anew.items():
+        assert len(di.open_zarr(di.to_zarr(part, tmp_path / f"re-{name}.zarr.zip"))) == len(part)
+        assert sum(len(y) for _, y in di.BatchIterator(part, batch_size=2)) == len(part)
     ds.source_splits = None  # mixing them on purpose
     assert len(di.open_zarr(di.to_zarr(ds, tmp_path / "all.zarr.zip"))) == 5
     assert sum(len(y) for _, y in di.BatchIterator(ds, batch_size=2)) == 5

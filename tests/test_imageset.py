@@ -938,6 +938,8 @@ def test_from_csv_names_the_separator_the_letter_case_and_columns_it_leaves_out(
         read(f"path;label;score\n{files[0]};cat;1,5\n")
     with pytest.raises(ValueError, match=r"'Path' differs from it in letter case"):
         read(f"Path,Label\n{files[0]},cat\n")
+    with pytest.raises(ValueError, match=r"names with spaces around them, such as 'path '"):
+        read(f"path ,label\n{files[0]},cat\n")
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         ds = read(f"path,label,,source_size\n{files[0]},cat,1.5,3\n{files[1]},dog,2,4\n")
     # an unnamed column of values, and one named as a derived array: left out, and said

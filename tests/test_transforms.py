@@ -188,6 +188,15 @@ def test_the_feed_refuses_a_flip_or_crop_that_would_leave_fed_boxes_or_masks_beh
         with pytest.raises(ValueError, match=r"moves \['(masks|bbox)'\], which the batches do not"):
             di.BatchIterator(path, batch_size=4, arrays=("images",), transform=t)
 
+    def add_fg(batch, rng):  # a step of the caller's own that adds the mask a flip moves
+        return {**batch, "fg": (batch["images"][..., 0] > 0).astype(np.uint8)}
+
+    t = compose(add_fg, random_flip(p=1.0, masks=("fg",)))
+    for images, index in di.BatchIterator(
+        path, batch_size=4, arrays=("images", "index"), transform=t
+    ):
+        np.testing.assert_array_equal(images, b["images"][index][:, :, ::-1])
+
 
 def test_the_adapters_refuse_a_flip_that_would_leave_fed_boxes_behind(boxed_store):
     path, _ = boxed_store

@@ -71,7 +71,7 @@ def ingest(args: argparse.Namespace) -> int:
             f"the folder OUT ({args.out.rstrip('/')}/train.zarr.zip, ...). Name the folder "
             "without .zarr"
         )
-    if len(args.size) == 3 and args.channels is not None:
+    if len(args.size) == 3 and args.channels not in (None, 1):
         # volumes have one channel: --channels 3 was dropped without a word
         raise ValueError(
             f"--channels {args.channels} is for images; a 3-D --size reads volumes, which "

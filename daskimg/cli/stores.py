@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import ForeignStoreError
 from ..remote import is_url
 
 __all__ = ["info_cmd", "show_cmd", "verify_cmd"]
@@ -24,7 +25,13 @@ def info_cmd(args: argparse.Namespace) -> int:
     if folder is not None:
         # a folder of stores, e.g. what `daskimg ingest` wrote
         stores, never = folder
-        summaries = [info(path) for path in stores]
+        summaries, foreign = [], 0
+        for path in stores:
+            try:
+                summaries.append(info(path))
+            except ForeignStoreError as e:  # said, and the other stores still described
+                print(f"{path}: skipped: {e}", file=sys.stderr)
+                foreign = 2
         if args.json:
             print(json.dumps(summaries, indent=2, default=str))
         else:
@@ -32,7 +39,7 @@ def info_cmd(args: argparse.Namespace) -> int:
                 print(format_info(summary) + "\n")
         for path in never:
             print(f"{path}: {missing_error(Location.of(path))}", file=sys.stderr)
-        return max(_unfinished(summaries), _staged_beside(stores), 1 if never else 0)
+        return max(_unfinished(summaries), _staged_beside(stores), 1 if never else 0, foreign)
     summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
     return max(_unfinished([summary]), _staged_beside([args.store]))
@@ -68,10 +75,13 @@ def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str]] | 
 def _staged_beside(stores: list[str]) -> int:
     """1 (said on stderr) when a later write of a store stopped or is running: the store read
     is the one from before it (a killed ``ingest --overwrite`` left the old split)."""
-    staged = [s for s in stores if not is_url(s) and os.path.lexists(s.rstrip("/") + ".partial")]
-    for s in staged:
+    from ..store.location import Location
+
+    found = [(s, Location.of(s).unfinished()) for s in stores if not is_url(s)]
+    staged = [(s, partial) for s, partial in found if partial is not None]
+    for s, partial in staged:
         print(
-            f"{s}: an unfinished write of it is beside it ({s.rstrip('/')}.partial): it stopped "
+            f"{s}: an unfinished write of it is beside it ({partial}): it stopped "
             "or is still running, and what is described is the store from before it. If it "
             "stopped, re-run the same ingest/to_zarr (ArrayWriter: resume=True) to finish it",
             file=sys.stderr,
@@ -91,6 +101,8 @@ def _unfinished(summaries: list[dict[str, Any]]) -> int:
 def verify_cmd(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..store.location import Location
+    from ..store.open import missing_error
     from ..storeinfo import count_chunks, unchecked, verify
 
     opts = args.storage_options
@@ -98,21 +110,32 @@ def verify_cmd(args: argparse.Namespace) -> int:
     stores, never = folder if folder is not None else ([args.store], [])
     failed = 0
     for store in stores:  # each store of a folder (ingest's OUT), as info does
-        total = count_chunks(store, storage_options=opts)
-        with tqdm(total=total, unit="chunk", desc="verify", disable=None) as bar:
-            problems = verify(store, progress=bar.update, storage_options=opts)
+        try:
+            total = count_chunks(store, storage_options=opts)
+            with tqdm(total=total, unit="chunk", desc="verify", disable=None) as bar:
+                problems = verify(store, progress=bar.update, storage_options=opts)
+        except ForeignStoreError as e:
+            if folder is None:
+                raise
+            print(f"{store}: skipped: {e}", file=sys.stderr)  # the others still checked
+            failed = 2
+            continue
         for p in problems:
-            print(f"DAMAGED {p}" if folder is None else f"DAMAGED {store}: {p}")
+            # in a folder, each line names its store (once: a message may name it already)
+            line = str(p)
+            print(
+                f"DAMAGED {line}" if folder is None or store in line else f"DAMAGED {store}: {line}"
+            )
         if problems:
             print(f"{store}: {len(problems)} problem(s)", file=sys.stderr)
-            failed = 1
+            failed = max(failed, 1)
             continue
         print(f"{store}: every chunk present and matching its checksum")
         note = unchecked(store, storage_options=opts)
         if note is not None:
             print(f"note: {note}")
     for path in never:
-        print(f"{path}: never finished (only the staging folder of its write)", file=sys.stderr)
+        print(f"{path}: {missing_error(Location.of(path))}", file=sys.stderr)
     return max(failed, 1 if never else 0)
 
 

@@ -94,16 +94,21 @@ def check_transform(
     boxes and masks in the frame the pixels left. Other callables are the caller's own.
     ``guessed``: the boxes known by their names only (a dict source's), said in the message.
     """
+    added = False  # past a transform of the caller's own, which may add arrays
     for t in _parts(transform):
+        if not hasattr(t, "moves_pixels"):
+            added = True
         if not getattr(t, "moves_pixels", False):
             continue
         absent = [n for n in (t.key, *t.boxes, *t.masks) if n not in names]
-        if absent:  # a KeyError at the first batch, from the loader's thread
+        if absent and not added:  # a KeyError at the first batch, from the loader's thread
             raise ValueError(
                 f"transform {type(t).__name__} moves {absent}, which the batches do not hold "
                 f"(they hold {list(names)}): add {'it' if len(absent) == 1 else 'them'} to "
                 "arrays=, or leave it out of the transform"
             )
+        if t.key not in names:
+            continue  # an array a step of the caller's adds
         left_boxes = [b for b in boxes if b in names and b not in t.boxes]
         left_masks = [m for m in masks if m in names and m not in t.masks]
         if left_boxes or left_masks:

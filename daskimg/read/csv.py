@@ -279,8 +279,10 @@ def _read_csv(
         # Excel's trailing empty columns are unnamed and empty; one with values is data
         logger.warning(
             "%s: column %d has no name in the header but holds values (line %d: %r); it is "
-            "not read. Name it in the header to keep it",
+            "not read. %s",
             where, i + 1, line, value,
+            "pandas' to_csv writes its index so: save with index=False" if i == 0
+            else "Name it in the header to keep it",
         )  # fmt: skip
     if shifted:
         logger.warning(
@@ -1106,7 +1108,7 @@ def _no_column(where: str, col: str, header: list[str], asked_for: str = "") -> 
     """The error for a column the CSV lacks, with why: another letter case, or a hint from
     :func:`_header_hint`."""
     asked = f" (asked for {asked_for})" if asked_for else ""
-    same = [h for h in header if h.strip().lower() == col.strip().lower() and h != col]
+    same = [h for h in header if h.lower() == col.lower() and h != col]  # (padded: below)
     hint = (
         f" ({same[0]!r} differs from it in letter case: names are matched exactly, so pass "
         f"the column's own name, {same[0]!r}, or rename the column)"

@@ -263,12 +263,17 @@ class ImageSet:
         ``ds.source_splits = None`` lifts the record, to mix them on purpose."""
         held = [] if self.source_splits is None else sorted(set(self.source_splits.tolist()))
         if len(held) > 1:
+            use = (
+                "for name, part in ds.split().items(): di.to_zarr(part, f'{name}.zarr.zip', "
+                "split=name) (or daskimg ingest SRC OUT)"
+                if doing == "storing"
+                else "di.BatchIterator(ds.split()['train'], ...)"
+            )
             raise ValueError(
                 f"this set holds the predefined splits {held} (split folders); {doing} them as "
-                "one set would mix them, e.g. test images into training. Use each split: "
-                "for name, part in ds.split().items(): di.to_zarr(part, f'{name}.zarr.zip', "
-                "split=name) (or daskimg ingest SRC OUT); to mix them on purpose, set "
-                "ds.source_splits = None first"
+                f"one set would mix them, e.g. test images into training. Use each split: {use}; "
+                "to mix them on purpose, set ds.source_splits = None first (split(fractions, "
+                "resplit=True) divides them anew)"
             )
 
     def is_from_files(self, name: str) -> bool:
@@ -532,7 +537,11 @@ class ImageSet:
                 f"no sample: { ({k: len(v) for k, v in parts.items()}) }. Pass fewer splits or "
                 "larger fractions for so few samples"
             )
-        return {name: self.take(idx) for name, idx in parts.items()}
+        out = {name: self.take(idx) for name, idx in parts.items()}
+        if resplit:  # divided anew on purpose: no part is one of the split folders any more
+            for part in out.values():
+                part.source_splits = None
+        return out
 
 
 #: names a column may not have: the set's own arrays, the feed's store index (``"index"``)

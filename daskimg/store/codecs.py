@@ -289,14 +289,18 @@ def zstd_decode(body: Any, where: str, limit: int, expected: int | None = None) 
     return data
 
 
+_DAMAGED_CHUNK = (
+    "the chunk is damaged — re-create the store (daskimg verify lists every damaged chunk)"
+)
+
+
 def vlen_decode(data: Any, count: int, where: str) -> np.ndarray:
     """Strings of a ``vlen-utf8`` chunk (zarr's string codec), exactly ``count`` of them."""
     view = memoryview(data).cast("B")
     if len(view) < 4 or int.from_bytes(view[:4], "little") != count:
         got = int.from_bytes(view[:4], "little") if len(view) >= 4 else "no"
         raise ChecksumError(
-            f"{where}: string chunk holds {got} items, expected {count}; the chunk is damaged "
-            "— re-create the store (daskimg verify lists every damaged chunk)"
+            f"{where}: string chunk holds {got} items, expected {count}; {_DAMAGED_CHUNK}"
         )
     try:
         out = VLenUTF8().decode(bytes(view))
@@ -304,8 +308,7 @@ def vlen_decode(data: Any, count: int, where: str) -> np.ndarray:
         raise ChecksumError(f"{where}: string chunk cannot be decoded ({e}); damaged") from e
     if len(out) != count:
         raise ChecksumError(
-            f"{where}: string chunk holds {len(out)} items, expected {count}; the chunk is "
-            "damaged — re-create the store (daskimg verify lists every damaged chunk)"
+            f"{where}: string chunk holds {len(out)} items, expected {count}; {_DAMAGED_CHUNK}"
         )
     return np.asarray(out, dtype=object)
 

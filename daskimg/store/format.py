@@ -363,12 +363,21 @@ def no_root_error(where: str, keys: set[str]) -> Exception:
             "zarr_format=2), or store its arrays anew with "
             "daskimg.to_zarr(daskimg.ImageSet(images, labels), ...)"
         )
-    tops = {k.split("/", 1)[0] for k in keys}
-    if len(tops) == 1 and f"{next(iter(tops))}/zarr.json" in keys:
-        top = next(iter(tops))
+    tops = {k.split("/", 1)[0] for k in keys} - {"__MACOSX"}  # (macOS zips add that)
+    top = next(iter(tops)) if len(tops) == 1 else ""
+    # a store's arrays one level deeper (top/<array>/zarr.json); a store of one array that
+    # lost its root file has top/zarr.json alone
+    if (
+        top
+        and f"{top}/zarr.json" in keys
+        and any(
+            k.startswith(f"{top}/") and k.count("/") == 2 and k.endswith("/zarr.json") for k in keys
+        )
+    ):
+        name = os.path.basename(where)
         fix = (
-            f"zip the store from inside its folder, stored: cd {top} && zip -0 -r "
-            f"../{os.path.basename(where)} ."
+            f"zip the store from inside its folder into a new, stored zip: (cd {top} && zip "
+            f"-0 -r ../fixed-{name} .), then use fixed-{name}"
             if where.endswith(".zip")
             else f"open {where.rstrip('/')}/{top} instead"
         )

@@ -1252,11 +1252,14 @@ def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
     if client is None:
         if not progress:
             return tuple(dask.compute(*collections))
+        from tqdm import tqdm
         from tqdm.dask import TqdmCallback
 
-        # tqdm, as the forked workers' path: nothing where stderr is no terminal (dask's
-        # ProgressBar wrote a line every 0.1 s into CI logs); a widget in a notebook
-        with TqdmCallback(desc="tasks", unit="task", disable=None, file=sys.stderr):
+        # plain tqdm, as the forked workers' path: nothing where stderr is no terminal
+        # (dask's ProgressBar wrote a line every 0.1 s into CI logs)
+        with TqdmCallback(
+            tqdm_class=tqdm, desc="tasks", unit="task", disable=None, file=sys.stderr
+        ):
             return tuple(dask.compute(*collections))
     futures = client.compute(list(collections))
     if progress:

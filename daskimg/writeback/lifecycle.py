@@ -376,7 +376,6 @@ class OpenWrite:
             raise
         self.pending = False
         remove_path(path)
-        Location.of(url, self._storage_options).drop_build_folder()
 
 
 def _close_all(sinks: list[Placed]) -> None:
