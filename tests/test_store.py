@@ -265,7 +265,10 @@ def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed
     for path, said in [
         (v2, r"is a Zarr v2 store \(\.zgroup at its root\), not a daskimg store"),
         (plain, "a Zarr group but not a daskimg store"),
-        (prefixed, r"one folder deeper, under 's\.zarr/'.*cd s\.zarr && zip -0 -r \.\./fixed-prefixed"),
+        (
+            prefixed,
+            r"one folder deeper, under 's\.zarr/'.*cd s\.zarr && zip -0 -r \.\./fixed-prefixed",
+        ),
     ]:
         with pytest.raises(FormatVersionError, match=said):
             di.open_zarr(path)

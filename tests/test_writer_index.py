@@ -293,6 +293,21 @@ def test_resume_restores_exactly_the_rows_of_the_last_checkpoint(tmp_path, ext):
     assert verify(p) == [] and leftovers(p) == []
 
 
+def test_a_resume_without_num_samples_names_it(tmp_path):
+    # "it was started with order='index'" where the user had passed num_samples=, not order=
+    p = tmp_path / "w.zarr.zip"
+    w = ArrayWriter(p, name="pred", shape=(2,), dtype="float32", num_samples=6)
+    w.append(np.ones((2, 2), np.float32), index=[4, 1])
+    w.checkpoint()
+    del w
+    with pytest.raises(ValueError, match=r"order='index' \(the default with num_samples=6\)"):
+        ArrayWriter(p, name="pred", shape=(2,), dtype="float32", resume=True)
+    with ArrayWriter(p, name="pred", shape=(2,), dtype="float32", num_samples=6, resume=True) as w:
+        np.testing.assert_array_equal(w.missing(), [0, 2, 3, 5])
+        w.append(np.zeros((4, 2), np.float32), index=[0, 2, 3, 5])
+    np.testing.assert_array_equal(plain_group(p)["pred"][:, 0], [0, 1, 0, 0, 1, 0])
+
+
 def test_resume_when_the_store_was_published_before_the_kill(tmp_path, monkeypatch):
     # killed after the new store moved into place, before the staging folder was removed
     p = tmp_path / "s.zarr"

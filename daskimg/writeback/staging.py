@@ -335,7 +335,16 @@ def resume(
         if manifest.get("mode") != mode:
             problems.append(f"mode={manifest.get('mode')!r}")
         if manifest.get("order", "store") != order:
-            problems.append(f"order={manifest.get('order', 'store')!r}")
+            was = manifest.get("order", "store")
+            # order='index' is the default with num_samples=: leaving that out changed it
+            problems.append(
+                f"order={was!r}"
+                + (
+                    f" (the default with num_samples={manifest.get('num_samples')})"
+                    if was == "index" and mode == "w"
+                    else ""
+                )
+            )
         if order == "index" and manifest.get("num_samples") != num_samples:
             problems.append(f"num_samples={manifest.get('num_samples')}")
         if manifest.get("arrays") != _arrays_entry(specs):
