@@ -536,6 +536,69 @@ def test_close_from_another_thread_while_waiting_for_a_batch_does_not_hang(store
         np.testing.assert_array_equal(x, y)
 
 
+_CTRL_C_LOOPS = """
+import gc, os, random, signal, sys, threading, time
+
+import daskimg as di
+
+armed = [False]
+
+def ctrl_c(signum, frame):
+    if armed[0]:
+        armed[0] = False
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, ctrl_c)
+random.seed(int(sys.argv[2]))
+for _ in range(int(sys.argv[3])):  # a notebook cell's loop, stopped by Ctrl-C, run again
+    it = di.BatchIterator(sys.argv[1], batch_size=4, seed=0)
+    timer = threading.Timer(random.uniform(0, 0.01), os.kill, (os.getpid(), signal.SIGINT))
+    armed[0] = True
+    try:
+        timer.start()
+        for _ in it:
+            time.sleep(0.0005)
+    except KeyboardInterrupt:
+        pass
+    armed[0] = False
+    timer.cancel()
+    timer.join()
+    it.close()
+    del it
+    gc.collect()
+deadline = time.monotonic() + 5
+while any(t.name.startswith("daskimg-batch") for t in threading.enumerate()):
+    if time.monotonic() > deadline:
+        print("assembly threads wait forever", flush=True)
+        break
+    time.sleep(0.05)
+print("done", flush=True)
+"""
+
+
+def test_ctrl_c_in_a_feeding_loop_leaves_no_thread_waiting_forever(tmp_path):
+    # a Ctrl-C landing in the iteration's cleanup, or between a batch's submit and its
+    # record, left assembly threads waiting forever for loads that were cancelled: they
+    # piled up over interrupted notebook cells (3 after 6-16 of these loops), holding their
+    # batches, and the interpreter hung at exit joining them (hence a subprocess)
+    import subprocess
+    import sys
+
+    images = np.arange(120 * 32 * 32 * 3, dtype=np.uint32).astype(np.uint8).reshape(120, 32, 32, 3)
+    store = di.to_zarr(di.ImageSet(images, np.arange(120) % 3), tmp_path / "s.zarr.zip", chunks=8)
+    script = tmp_path / "loops.py"
+    script.write_text(_CTRL_C_LOOPS)
+    try:
+        run = subprocess.run(
+            [sys.executable, str(script), store, "0", "80"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the interpreter hung at exit, joining threads that wait forever")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == "done\n", run.stdout
+
+
 def test_close_from_another_thread_while_the_first_reads_are_queued(store):
     """close() between the pools' start and the first submits: the consumer gets the
     close() error (not the executor's 'cannot schedule new futures after shutdown'), and

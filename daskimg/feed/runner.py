@@ -80,6 +80,33 @@ class _Batch:
             self.done.set_result(None)
 
 
+class _Run:
+    """One iteration's background work: ``abandoned`` once the iteration ends (no task starts
+    touching its batches after that) and how many tasks are touching them (``busy``), so
+    the batches' buffers are released only when none is. Tasks register themselves, so a
+    task whose future was never recorded (a Ctrl-C between the submit and the record) is
+    counted too."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # also guards the batches' countdowns
+        self.idle = threading.Condition(self.lock)
+        self.abandoned = False
+        self.busy = 0
+
+    @contextlib.contextmanager
+    def task(self) -> Iterator[None]:
+        with self.lock:
+            if self.abandoned:
+                raise CancelledError()
+            self.busy += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.busy -= 1
+                self.idle.notify_all()
+
+
 class PlanRunner:
     """Executes epoch plans over a :class:`~daskimg.feed.source.FeedSource` with background threads.
 
@@ -136,7 +163,8 @@ class PlanRunner:
         pid = os.getpid()
         io_pool, work_pool = pools
         window = 2 * threads + prefetch
-        lock = threading.Lock()
+        run = _Run()
+        live: dict[int, _Batch] = {}  # every batch made and not handed out, by its number
 
         def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future[Any]:
             try:
@@ -155,13 +183,13 @@ class PlanRunner:
                 for b in sorted({t[0] for ts in targets.values() for t in ts}):
                     if b not in filling:  # its buffers exist before any chunk is copied in
                         bufs = {n: buffer(n, len(batches[b])) for n in src.lazy}
-                        filling[b] = _Batch(bufs, int(routes.needs[b]))
+                        filling[b] = live[b] = _Batch(bufs, int(routes.needs[b]))
                 if self._readahead:
                     self._read_ahead(chunks)
                 for c in chunks:
                     feeds = [(filling[b], at, rows) for b, at, rows in targets[c]]
                     if feeds:  # a chunk all of whose samples are dropped is not read
-                        loads.append(submit(io_pool, self._load_chunk, c, feeds, lock))
+                        loads.append(submit(io_pool, self._load_chunk, c, feeds, run))
                 next_group += 1
             while loads and loads[0].done():
                 loads.popleft()  # its errors reach the batches it feeds, in their turn
@@ -174,9 +202,9 @@ class PlanRunner:
                     submit_groups(int(last_group[b]) + prefetch)
                     state = filling.pop(b)
                 else:
-                    state = _Batch({}, 0)
+                    state = live[b] = _Batch({}, 0)
                 bid = int(plan.batch_ids[b])
-                future = submit(work_pool, _assembled, assemble, bid, batches[b], state)
+                future = submit(work_pool, _assembled, assemble, bid, batches[b], state, run)
                 pending.append((b, future, state))
                 next_batch += 1
 
@@ -201,6 +229,7 @@ class PlanRunner:
                         raise
                     break
                 pending.popleft()
+                live.pop(b, None)
                 handed_out(b)
                 release(out)
                 submit_batches()
@@ -209,24 +238,49 @@ class PlanRunner:
             # a fork's copy of an unfinished iteration (closed or freed in the child): its loads
             # run in the parent's threads, which the fork does not have; nothing to wait for
             forked = pid != os.getpid()
-            states = [*filling.values(), *(s for _, _, s in pending)]
-            for group in ([], []) if forked else (list(loads), [f for _, f, _ in pending]):
-                for f in group:
-                    f.cancel()
-                for f in group:  # let started ones finish before their buffers are reused
-                    with contextlib.suppress(BaseException):
-                        f.exception()
-                with lock:  # batches whose loads were cancelled: wake what waits for them
+            states = list(live.values())
+            futures: list[Future[Any]] = [] if forked else [*loads, *(f for _, f, _ in pending)]
+            released: set[int] = set()
+
+            def stop() -> None:
+                """Idempotent: run again whole if a Ctrl-C cuts it short (one cut short, or one
+                landing between a submit and its record, left assembly threads waiting
+                forever for batches no load would fill: the interpreter hung at exit)."""
+                with run.lock:  # no task starts on these batches now; wake what waits
+                    run.abandoned = True
                     for state in states:
                         if not state.done.done():
                             state.done.set_exception(CancelledError())
-            for state in states:
-                release(state.bufs)
+                for f in futures:
+                    f.cancel()
+                with run.lock:  # let started tasks finish before their buffers are reused
+                    while run.busy and not forked:
+                        run.idle.wait(0.1)
+                for state in states:
+                    if id(state) not in released:
+                        released.add(id(state))
+                        release(state.bufs)
+
+            interrupted: BaseException | None = None
+            while True:
+                try:
+                    stop()
+                    break
+                except KeyboardInterrupt as e:
+                    interrupted = e
+            if interrupted is not None:
+                raise interrupted
 
     def _load_chunk(
-        self, c: int, feeds: list[tuple[_Batch, np.ndarray, np.ndarray]], lock: threading.Lock
+        self, c: int, feeds: list[tuple[_Batch, np.ndarray, np.ndarray]], run: _Run
     ) -> None:
         """Load chunk ``c`` and copy its rows into the batches it feeds (in a background thread)."""
+        with run.task():
+            self._load_into(c, feeds, run.lock)
+
+    def _load_into(
+        self, c: int, feeds: list[tuple[_Batch, np.ndarray, np.ndarray]], lock: threading.Lock
+    ) -> None:
         src = self.source
         try:
             local = self._local
@@ -313,7 +367,9 @@ def _assembled(
     b: int,
     idx: np.ndarray,
     state: _Batch,
+    run: _Run,
 ) -> dict[str, np.ndarray]:
     """Batch ``b`` once its chunks are in (in a background thread); a load error raises here."""
     state.done.result()
-    return assemble(b, idx, state.bufs)
+    with run.task():
+        return assemble(b, idx, state.bufs)
