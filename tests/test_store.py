@@ -1612,3 +1612,38 @@ def test_progress_writes_nothing_where_stderr_is_no_terminal(tmp_path, capfd):
         path = di.to_zarr(ds, tmp_path / "p.zarr.zip", chunks=4, progress=True, order="source")
     assert capfd.readouterr().err == ""
     np.testing.assert_array_equal(plain_group(path)["images"][:], ds.images.compute())
+
+
+_FDS = """
+import resource, sys
+import daskimg as di
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[3])))
+print(di.open_zarr(sys.argv[1]).images.compute()[:, 0, 0, 0].tolist())
+"""
+
+
+def test_a_folder_store_past_the_descriptor_limit_raises_it_or_says_what_to_do(tmp_path):
+    # a *.zarr folder keeps a descriptor open per file it reads (thousands for a large
+    # set): past the common soft limit of 1024 it failed with a bare "Too many open files"
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 400:
+        pytest.skip(f"a hard limit of {hard} descriptors leaves no room to raise")
+    images = np.arange(150, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    path = di.to_zarr(di.ImageSet(images, np.arange(150) % 2), tmp_path / "s.zarr", chunks=1,
+                      shard_chunks=1, order="source")  # fmt: skip
+    script = tmp_path / "fds.py"
+    script.write_text(_FDS)
+    raised = subprocess.run(
+        [sys.executable, str(script), path, "60", str(min(hard, 4096))], capture_output=True, text=True
+    )  # fmt: skip
+    assert raised.returncode == 0, raised.stderr[-1500:]
+    assert raised.stdout.strip() == str(list(range(150)))  # oracle: the pixels written
+    assert "out of file descriptors (this process's limit was 60" in raised.stderr
+    stuck = subprocess.run(
+        [sys.executable, str(script), path, "60", "60"], capture_output=True, text=True
+    )
+    assert stuck.returncode != 0
+    assert "a *.zarr folder store keeps one open per file it reads" in stuck.stderr
+    assert "*.zarr.zip: one descriptor" in stuck.stderr

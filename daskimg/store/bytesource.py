@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import stat
 import struct
@@ -44,6 +45,8 @@ from typing import Any
 
 from ..errors import ChecksumError, MetadataError
 from .leases import LeasedMap
+
+logger = logging.getLogger("daskimg")
 
 __all__ = ["ByteSource", "open_source"]
 
@@ -183,7 +186,7 @@ class _LocalFiles:
                 fd = self._fds.get(file)
                 if fd is None:
                     try:
-                        fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                        fd = _open_read(file, len(self.idents), self.where)
                     except FileNotFoundError:
                         raise ChecksumError(
                             f"{self.where}: {file!r} is gone; " + _REPLACED.format(what="files")
@@ -227,6 +230,40 @@ class _LocalFiles:
                     m = self._maps[file] = LeasedMap.take(self._fds[file], self.where)
         with m.use(offset, n) as data:
             yield data
+
+
+def _open_read(file: str, files: int, where: str) -> int:
+    """``os.open`` for reading; out of descriptors (EMFILE), the soft limit is raised toward
+    the hard one once and the open tried again, else the error says why and what to do (it
+    named only the file). A ``*.zarr`` folder keeps a descriptor open per file it has read,
+    a few thousand for a large set, past the common soft limit of 1024."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(file, flags)
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = hard if hard != resource.RLIM_INFINITY else max(soft * 8, 65536)
+    if soft < room:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (room, hard))
+            logger.warning(
+                "%s: out of file descriptors (this process's limit was %d; a *.zarr folder "
+                "store keeps one open per file it reads, %d here): raised the limit to %d",
+                where, soft, files, room,
+            )  # fmt: skip
+            with contextlib.suppress(OSError):
+                return os.open(file, flags)
+    raise OSError(
+        errno.EMFILE,
+        f"{where}: out of file descriptors opening {file!r} (this process may hold "
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}): a *.zarr folder store keeps one "
+        f"open per file it reads ({files} here). Raise the limit (ulimit -n 65536 before "
+        "starting Python), or store the set as one file (*.zarr.zip: one descriptor)",
+    )
 
 
 def _ident(st: os.stat_result) -> tuple[int, int, int, int]:
