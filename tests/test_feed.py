@@ -1064,3 +1064,23 @@ def test_a_blosc_header_blosc_refuses_is_refused_by_every_reader(tmp_path, monke
     assert verify(path)  # damaged, as the feed says
     with pytest.raises(RuntimeError):  # plain zarr's Blosc refuses the frame too
         plain_group(path)["images"][:8]
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_a_loader_whose_store_is_written_again_says_so_each_epoch(tmp_path, caplog, ext):
+    # to_zarr(overwrite=True) in a later notebook cell: a loader made before went on
+    # serving the old store's samples, every epoch, without a word
+    import logging
+
+    images = np.arange(20 * 12, dtype=np.uint8).reshape(20, 2, 2, 3)
+    path = di.to_zarr(di.ImageSet(images, np.arange(20) % 2), tmp_path / f"s{ext}", chunks=4)
+    it = di.BatchIterator(path, batch_size=5, arrays=("images", "index"))
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert len(list(it)) == 4
+        assert "written again" not in caplog.text
+        old = di.open_zarr(path).images.compute()
+        di.to_zarr(di.ImageSet(images[::-1], np.arange(20) % 2), path, chunks=4, overwrite=True)
+        served = {int(i): x.copy() for b, idx in it for x, i in zip(b, idx, strict=True)}
+    assert "was written again (or removed) after this loader opened it" in caplog.text
+    for i, x in served.items():  # what it goes on reading: the store it opened, whole
+        np.testing.assert_array_equal(x, old[i])

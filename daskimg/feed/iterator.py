@@ -355,6 +355,15 @@ class BatchIterator:
                 return
             plan = self.plan()
         self._chosen = False
+        reader = self.source.reader
+        if self._batch == 0 and reader is not None and reader.source.replaced():
+            # to_zarr(overwrite=True) or ingest --overwrite meanwhile: the files opened are
+            # the old store's, read on as they were (consistent, but not the new store)
+            logger.warning(
+                "%s was written again (or removed) after this loader opened it: it goes on "
+                "reading the store it opened, not the new one; make a new loader to read that",
+                reader.source.where,
+            )
         # one iteration at a time: a later one (a second loop over the same iterator, another
         # thread's) makes this one raise when asked for its next batch, before it moves the
         # position both share (two ran side by side: the position went backwards, an epoch

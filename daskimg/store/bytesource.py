@@ -68,6 +68,12 @@ class ByteSource:
     #: reads wait on a network (URL sources): readers use more threads to keep requests in flight
     remote: bool = False
 
+    def replaced(self) -> bool:
+        """Whether another store now lies at this one's path (written again with
+        ``overwrite=True``, or removed): this source goes on reading the one it opened.
+        Local stores only (False for URLs)."""
+        return False
+
     def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """Bytes ``start .. start + length`` of ``key`` (to its end without ``length``).
 
@@ -278,6 +284,15 @@ class _LocalSource(ByteSource):
     path: str
     files: _LocalFiles
     _state: dict[str, Any]
+
+    def replaced(self) -> bool:
+        file = self._locate("zarr.json")[0]  # the zip, or the folder's root file
+        was = self.files.idents.get(file)
+        try:
+            st = os.stat(file)
+        except OSError:
+            return True
+        return was is not None and (st.st_dev, st.st_ino) != tuple(was[:2])
 
     def _locate(self, key: str) -> tuple[str, int]:
         raise NotImplementedError
