@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from conftest import plain_group
+from conftest import flip_byte_in_chunk, plain_group
 from PIL import Image
 
 import daskimg as di
@@ -115,12 +115,7 @@ def test_verify_checks_every_store_of_a_folder_as_info_lists_them(tmp_path, caps
     di.to_zarr(ds, out / "valid.zarr", chunks=2)
     assert main(["verify", str(out)]) == 0
     assert capsys.readouterr().out.count("every chunk present and matching its checksum") == 2
-    file, offset, _ = StoreReader(train).chunk_location("images", 1)
-    with open(file, "r+b") as fh:
-        fh.seek(offset + 3)
-        byte = fh.read(1)
-        fh.seek(offset + 3)
-        fh.write(bytes([byte[0] ^ 1]))
+    flip_byte_in_chunk(train, "images", 1)
     assert main(["verify", str(out)]) == 1
     got = capsys.readouterr()
     assert f"DAMAGED array 'images', chunk 1: {train}: " in got.out  # the store named once
