@@ -453,18 +453,12 @@ def _what_differs(attrs: Mapping[str, Any], part: Any, args: argparse.Namespace)
     said = []
     then, now = list(attrs.get("classes") or []), list(part.classes or [])
     if then != now:
-        added, gone = sorted(set(now) - set(then)), sorted(set(then) - set(now))
-        said.append(
-            "classes "
-            + "; ".join(
-                [
-                    f"{w} {n[:5]}{' ...' if len(n) > 5 else ''}"
-                    for w, n in (("added", added), ("gone", gone))
-                    if n
-                ]
-                or ["in another order"]
-            )
-        )
+        moved = []
+        for word, names in (("added", set(now) - set(then)), ("gone", set(then) - set(now))):
+            if names:
+                shown = sorted(names)
+                moved.append(f"{word} {shown[:5]}{' ...' if len(shown) > 5 else ''}")
+        said.append("classes " + ("; ".join(moved) or "in another order"))
     files = int(attrs.get("num_samples") or 0) + len(attrs.get("skipped") or [])
     if files != len(part):
         said.append(f"{files} files then, {len(part)} now")

@@ -23,7 +23,7 @@ from .fileio import alike, case_groups, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
-from .source import DEFAULT_BLOCK, FileSource
+from .source import DEFAULT_BLOCK, DERIVED, FileSource
 
 _INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
 #: how spreadsheets, pandas and R write a missing value
@@ -778,8 +778,7 @@ def _columns(
         for col in header:
             if col in used or not col.strip():
                 continue
-            if not _storable_name(col) or col in ("source_size", "masks"):
-                # (source_size, masks: arrays derived from the files take those names)
+            if not _storable_name(col) or col in DERIVED:  # (the files' own arrays' names)
                 logger.warning(
                     "%s: column %r is not stored: the name is reserved or cannot name an array "
                     "in a store; to keep it, pass columns= with another name, e.g. "

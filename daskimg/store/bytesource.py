@@ -253,16 +253,20 @@ def _open_read(file: str, files: int, where: str) -> int:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     room = hard if hard != resource.RLIM_INFINITY else max(soft * 8, 65536)
-    if soft < room:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (room, hard))
-            logger.warning(
-                "%s: out of file descriptors (this process's limit was %d; a *.zarr folder "
-                "store keeps one open per file it reads, %d here): raised the limit to %d",
-                where, soft, files, room,
-            )  # fmt: skip
-            with contextlib.suppress(OSError):
-                return os.open(file, flags)
+    try:
+        if soft >= room:
+            raise ValueError("no room above the soft limit")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (room, hard))
+        fd = os.open(file, flags)
+    except (ValueError, OSError):
+        pass
+    else:
+        logger.warning(
+            "%s: out of file descriptors (this process's limit was %d; a *.zarr folder store "
+            "keeps one open per file it reads, %d here): raised the limit to %d",
+            where, soft, files, room,
+        )  # fmt: skip
+        return fd
     raise OSError(
         errno.EMFILE,
         f"{where}: out of file descriptors opening {file!r} (this process may hold "

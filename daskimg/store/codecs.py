@@ -305,7 +305,9 @@ def vlen_decode(data: Any, count: int, where: str) -> np.ndarray:
     try:
         out = VLenUTF8().decode(bytes(view))
     except (ValueError, RuntimeError, UnicodeDecodeError) as e:
-        raise ChecksumError(f"{where}: string chunk cannot be decoded ({e}); damaged") from e
+        raise ChecksumError(
+            f"{where}: string chunk cannot be decoded ({e}); {_DAMAGED_CHUNK}"
+        ) from e
     if len(out) != count:
         raise ChecksumError(
             f"{where}: string chunk holds {len(out)} items, expected {count}; {_DAMAGED_CHUNK}"

@@ -84,11 +84,9 @@ class Batch:
 
 
 def _name_values(specs: Mapping[str, Spec], batch: Any, named: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(batch, Mapping) and all(isinstance(k, str) for k in batch):
+    if isinstance(batch, Mapping) and all(isinstance(k, str) for k in batch) and not named:
         # append({"a": ..., "b": ...}), e.g. what a predict step returns, is append(**it):
         # it was one array's batch, refused as "got () object"
-        if named:
-            raise TypeError("pass one batch, or arrays by name, not both")
         batch, named = None, batch
     if batch is not None:
         if named:
