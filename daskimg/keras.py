@@ -17,7 +17,7 @@ from .feed.checks import called_from, check_at_least
 from .feed.indexed import IndexedBatches
 from .feed.iterator import Transform
 from .feed.plan import EpochPlan
-from .feed.source import FeedSource
+from .feed.source import FeedSource, shown
 
 __all__ = ["KerasDataset"]
 
@@ -261,6 +261,13 @@ class KerasDataset(keras.utils.PyDataset):
         store indices of plan batch ``b`` (``ds[i]`` is plan batch ``i`` unless a state
         loaded mid-epoch left some out)."""
         return self._data.plan(epoch)
+
+    def __repr__(self) -> str:
+        return (
+            f"KerasDataset({shown(self.source)}, batch_size={self.batch_size}, "
+            f"batches={len(self)}, arrays={_leaves(self._parts)}, shuffle={self.shuffle}, "
+            f"seed={self.seed}, epoch={self.epoch})"
+        )
 
     # -- the PyDataset protocol -------------------------------------------------------
     def __len__(self) -> int:

@@ -23,6 +23,7 @@ from .feed.batches import INDEX, auto_scale
 from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state, warn_uneven_share
 from .feed.shuffle import num_batches
+from .feed.source import shown
 from .remote import anchored
 
 __all__ = ["TorchDataset", "lightning_epoch"]
@@ -264,6 +265,7 @@ class TorchDataset(IterableDataset):
             if k not in ("consumer", "num_consumers", "worker", "num_workers", "even")
         }
         self._arrays = tuple(probe.arrays)
+        self._samples = probe.num_samples
         probe.close()
         self._epochs = _Epochs()
         self._it: BatchIterator | None = None  # this process's iterator, kept across epochs
@@ -275,6 +277,15 @@ class TorchDataset(IterableDataset):
         self._captured: tuple[int, int] | None = None  # (rank, world) of the pickling process
         self._pickled_by: int | None = None
         self._unpickled_in: int | None = None
+
+    def __repr__(self) -> str:
+        kw = self._kw
+        ranks = "" if self.world_size is None else f", rank={self.rank} of {self.world_size}"
+        return (
+            f"TorchDataset({shown(self.source)}, samples={self._samples}, "
+            f"batch_size={kw['batch_size']}, arrays={list(self._arrays)}, "
+            f"shuffle={kw['shuffle']}, seed={kw['seed']}, epoch={self.epoch}{ranks})"
+        )
 
     # -- epochs -----------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:

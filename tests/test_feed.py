@@ -1084,3 +1084,18 @@ def test_a_loader_whose_store_is_written_again_says_so_each_epoch(tmp_path, capl
     assert "was written again (or removed) after this loader opened it" in caplog.text
     for i, x in served.items():  # what it goes on reading: the store it opened, whole
         np.testing.assert_array_equal(x, old[i])
+
+
+def test_repr_says_what_is_fed(store):
+    # a notebook shows the loader: the store, its size and the share of this iterator
+    it = di.BatchIterator(store, batch_size=10, seed=3, num_workers=2, worker=1)
+    it.set_epoch(2)
+    text = repr(it)
+    n = plain_group(store)["labels"].shape[0]
+    assert text.startswith(f"BatchIterator({str(store)!r}, samples={n}, batch_size=10, ")
+    assert f"batches={len(it)}," in text and "seed=3, epoch=2, worker=1 of 2)" in text
+    assert "arrays=['images', 'labels']" in text
+    arrays = {"images": np.zeros((7, 2, 2, 1), np.uint8)}
+    assert repr(di.BatchIterator(arrays, batch_size=3)).startswith(
+        "BatchIterator(dict of ['images'], samples=7, batch_size=3, batches=3,"
+    )

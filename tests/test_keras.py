@@ -721,3 +721,11 @@ def test_worker_processes_refuse_a_store_replaced_since_the_dataset_was_made(tmp
     di.to_zarr(indexed_set, path, chunks=8, seed=5, overwrite=True)
     with pytest.raises(ChecksumError, match="the store was replaced since this dataset was made"):
         data[0]
+
+
+def test_repr_says_what_is_fed(store):
+    ds = KerasDataset(store, batch_size=10, seed=5)
+    assert repr(ds) == (
+        f"KerasDataset({str(store)!r}, batch_size=10, batches={-(-N // 10)}, "
+        "arrays=['images', 'labels'], shuffle=True, seed=5, epoch=0)"
+    )

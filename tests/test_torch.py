@@ -688,3 +688,13 @@ def test_two_dataloaders_of_one_dataset_with_other_worker_counts_keep_whole_epoc
         assert sorted(np.concatenate(_index(other, stored)).tolist()) == list(range(N))
         orders.append(epoch.tolist())
     assert orders[0] != orders[1] != orders[2]  # a new order each epoch
+
+
+def test_repr_says_what_is_fed(store):
+    ds = TorchDataset(store, batch_size=16, seed=4, rank=1, world_size=2)
+    ds.set_epoch(3)
+    n = plain_group(store)["labels"].shape[0]
+    assert repr(ds) == (
+        f"TorchDataset({str(store)!r}, samples={n}, batch_size=16, "
+        "arrays=['images', 'labels'], shuffle=True, seed=4, epoch=3, rank=1 of 2)"
+    )

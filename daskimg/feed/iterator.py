@@ -23,7 +23,7 @@ from .checks import check_at_least, check_seed, check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
 from .shuffle import batch_rng, even_cost, num_batches, plan_epoch
-from .source import FeedSource
+from .source import FeedSource, shown
 
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
 
@@ -182,6 +182,7 @@ class BatchIterator:
     ) -> None:
         _check_args(batch_size, buffer_chunks, prefetch, threads, seed, num_consumers * num_workers)
         self.source = FeedSource(source, arrays, storage_options)
+        self._shown = shown(source)
         check_transform(
             transform,
             self.source.names,
@@ -243,6 +244,18 @@ class BatchIterator:
 
     def __len__(self) -> int:
         return num_batches(self.source.n, self.source.chunk_len, **self._share())
+
+    def __repr__(self) -> str:
+        share = "".join(
+            f", {k}={getattr(self, k)} of {getattr(self, 'num_' + k + 's')}"
+            for k in ("consumer", "worker")
+            if getattr(self, "num_" + k + "s") > 1
+        )
+        return (
+            f"BatchIterator({self._shown}, samples={self.source.n}, "
+            f"batch_size={self.batch_size}, batches={len(self)}, arrays={list(self.arrays)}, "
+            f"shuffle={self.shuffle}, seed={self.seed}, epoch={self.epoch}{share})"
+        )
 
     def _share(self) -> dict[str, Any]:
         """This consumer's and worker's share of an epoch, as the planning functions take it."""

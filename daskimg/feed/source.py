@@ -40,6 +40,21 @@ INDEX = "index"
 _WARNED_REORDERED: set[tuple[str, ...]] = set()
 
 
+def shown(source: Any) -> str:
+    """``source`` in a loader's ``repr``: a store by its path or URL, else its kind
+    (``ImageSet(...)``'s own repr, ``dict of ['images', 'labels']``, ``array (N, ...)``)."""
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    if isinstance(source, ImageSet):
+        return repr(source)
+    if isinstance(source, Mapping):
+        return f"dict of {sorted(source)}"
+    if isinstance(source, (tuple, list)):
+        return f"{type(source).__name__} of {len(source)} arrays"
+    shape = getattr(source, "shape", None)
+    return f"{type(source).__name__} {tuple(shape)}" if shape is not None else type(source).__name__
+
+
 def _warn_reordered(stores: Sequence[str]) -> None:
     """Log that a set's ``"index"`` is no row of the stores it was written to in another
     order (``ImageSet.reordered_in``): predictions written back into one by these indices land on other samples. Once
