@@ -158,20 +158,27 @@ class RandomCrop:
                 f"random_crop size must be positive (height, width); got {(self.h, self.w)}"
             )
 
+    def check_sample(self, shape: tuple[int, ...]) -> None:
+        """Refuse samples of ``shape`` (one image, no batch axis) this crop cannot cut."""
+        if len(shape) != 3:
+            raise ValueError(
+                f"random_crop cuts images (H, W, C); the samples of {self.key!r} are "
+                f"{len(shape)}-D {shape} (a volume is (D, H, W, C)): crop volumes in a "
+                "transform of your own"
+            )
+        if self.h > shape[0] or self.w > shape[1]:
+            raise ValueError(
+                f"random_crop size {(self.h, self.w)} is larger than the images of "
+                f"{self.key!r}, {shape[:2]}: crop to at most their (height, width)"
+            )
+
     def __call__(
         self, batch: dict[str, np.ndarray], rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         h, w, key = self.h, self.w, self.key
         x = batch[key]
-        if x.ndim != 4:
-            raise ValueError(
-                f"random_crop cuts images (N, H, W, C); {key!r} is {x.ndim}-D "
-                f"{tuple(x.shape)} (a volume batch is (N, D, H, W, C)): crop volumes in a "
-                "transform of your own"
-            )
+        self.check_sample(tuple(x.shape[1:]))
         n, H, W = x.shape[:3]
-        if h > H or w > W:
-            raise ValueError(f"crop size {(h, w)} is larger than the images {(H, W)}")
         top = rng.integers(0, H - h + 1, n)
         left = rng.integers(0, W - w + 1, n)
         rows = (top[:, None] + np.arange(h))[:, :, None]

@@ -1099,3 +1099,25 @@ def test_repr_says_what_is_fed(store):
     assert repr(di.BatchIterator(arrays, batch_size=3)).startswith(
         "BatchIterator(dict of ['images'], samples=7, batch_size=3, batches=3,"
     )
+
+
+def test_a_crop_the_samples_cannot_take_is_refused_when_the_loader_is_made(store):
+    # it failed at the first batch, in the loader's thread; the stored images are 6x5
+    shape = plain_group(store)["images"].shape[1:3]
+    too_tall = random_crop((shape[0] + 1, 2))
+    with pytest.raises(ValueError, match=r"larger than the images of 'images', \(6, 5\)"):
+        di.BatchIterator(store, batch_size=4, transform=compose(random_flip(), too_tall))
+    keras = pytest.importorskip("daskimg.keras")
+    with pytest.raises(ValueError, match="larger than the images"):
+        keras.KerasDataset(store, batch_size=4, transform=too_tall)
+
+    def grow(batch, rng):  # a step of the caller's own may change the samples' shape
+        return {**batch, "images": np.repeat(np.repeat(batch["images"], 2, 1), 2, 2)}
+
+    it = di.BatchIterator(store, batch_size=4, transform=compose(grow, too_tall))
+    images, _ = next(iter(it))
+    assert images.shape[1:3] == (shape[0] + 1, 2)
+    it.close()
+    fits = di.BatchIterator(store, batch_size=4, transform=random_crop(shape))
+    assert next(iter(fits))[0].shape[1:3] == shape
+    fits.close()

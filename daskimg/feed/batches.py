@@ -455,7 +455,7 @@ class EpochBatches:
             # no array called "index" in the source: the reader gives the store indices
             rest = [n for n in names if n != INDEX] or None
             src = FeedSource(self.source, rest, self.storage_options)
-        check_transform(self.transform, src.names, src.boxes, src.masks, src.guessed_boxes)
+        check_transform(self.transform, src)
         per_group = max(self.buffer_chunks, -(-self.batch_size // src.chunk_len))
         cache = 3 * per_group if self.cache_chunks is None else self.cache_chunks
         self.reader = BatchReader(src, cache_chunks=cache, threads=self.threads, names=names)

@@ -79,21 +79,20 @@ def check_at_least(name: str, value: object, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def check_transform(
-    transform: Any,
-    names: tuple[str, ...],
-    boxes: tuple[str, ...],
-    masks: tuple[str, ...],
-    guessed: tuple[str, ...] = (),
-) -> None:
-    """Refuse a transform that moves the pixels but would leave fed boxes or masks behind.
+def check_transform(transform: Any, src: Any) -> None:
+    """Refuse a transform that moves the pixels but would leave fed boxes or masks behind,
+    or that cannot apply to the fed samples.
 
     daskimg's own flips and crops say what they move (``moves_pixels``, ``boxes``,
     ``masks``; :func:`~daskimg.transforms.compose` their ``transforms``): one that moves
     ``key`` while the batches also hold a box or mask array it was not given would hand out
     boxes and masks in the frame the pixels left. Other callables are the caller's own.
-    ``guessed``: the boxes known by their names only (a dict source's), said in the message.
+    ``src`` (a :class:`~daskimg.feed.source.FeedSource`): the fed ``names``, ``boxes``,
+    ``masks``, ``guessed_boxes`` (known by their names only: a dict's, said in the message)
+    and each array's sample ``shape``, which a step's ``check_sample`` may refuse (a crop
+    larger than the images) before the first batch, not in the loader's thread.
     """
+    names, boxes, masks, guessed = src.names, src.boxes, src.masks, src.guessed_boxes
     added = False  # past a transform of the caller's own, which may add arrays
     for t in _parts(transform):
         if not hasattr(t, "moves_pixels"):
@@ -109,6 +108,8 @@ def check_transform(
             )
         if t.key not in names:
             continue  # an array a step of the caller's adds
+        if not added and hasattr(t, "check_sample"):  # samples as stored: no step changed them
+            t.check_sample(src.shape(t.key))
         left_boxes = [b for b in boxes if b in names and b not in t.boxes]
         left_masks = [m for m in masks if m in names and m not in t.masks]
         if left_boxes or left_masks:

@@ -183,13 +183,7 @@ class BatchIterator:
         _check_args(batch_size, buffer_chunks, prefetch, threads, seed, num_consumers * num_workers)
         self.source = FeedSource(source, arrays, storage_options)
         self._shown = shown(source)
-        check_transform(
-            transform,
-            self.source.names,
-            self.source.boxes,
-            self.source.masks,
-            self.source.guessed_boxes,
-        )
+        check_transform(transform, self.source)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         #: seed=None: one drawn now, recorded by state_dict (a state's seed is then adopted)
