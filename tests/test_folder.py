@@ -936,9 +936,14 @@ def test_a_split_folder_with_a_class_train_lacks_is_refused_read_on_its_own(tmp_
         ValueError, match=r"valid' holds class folder\(s\) that .*train' beside it does not: 'd'"
     ):
         di.from_folder(tmp_path / "valid", size=(6, 6))
-    # train/ read on its own takes every split's class folders, as reading the root does
-    # (which refuses this tree, for valid/d): indices agree wherever the root is read
-    assert di.from_folder(tmp_path / "train", size=(6, 6)).classes == ("a", "b", "d")
+    # train/ read on its own took valid/d as a class too (a class it never trains on);
+    # reading the root refuses this tree, and so does reading any split of it on its own
+    with pytest.raises(ValueError, match=r"train' is a split folder of .* not: 'd'"):
+        di.from_folder(tmp_path / "train", size=(6, 6))
+    assert di.from_folder(tmp_path / "train", size=(6, 6), classes=["a", "b"]).classes == (
+        "a",
+        "b",
+    )
     # an evaluation set without train/: the union over its splits
     shutil.rmtree(tmp_path / "train")
     (tmp_path / "test" / "b").mkdir(parents=True)
@@ -960,14 +965,19 @@ def test_a_split_folder_read_on_its_own_at_a_url_numbers_classes_as_train_does(t
     for f in sorted(tmp_path.rglob("*.png")):
         fs.pipe(f"{url}/{f.relative_to(tmp_path).as_posix()}", f.read_bytes())
     try:
+        with pytest.raises(ValueError, match=r"test' holds class folder\(s\) that .* not: 'd'"):
+            di.from_folder(f"{url}/test", size=(6, 6))
+        for split in ("train", "valid"):  # test/d refuses the root, and each split of it
+            with pytest.raises(ValueError, match=rf"{split}' is a split folder of .* not: 'd'"):
+                di.from_folder(f"{url}/{split}", size=(6, 6))
+        fs.rm(f"{url}/test/d", recursive=True)
+        shutil.rmtree(tmp_path / "test" / "d")
         # the oracle: the class folders of every split, as reading the root takes them
         every = sorted({c for s in ("train", "valid", "test") for c in os.listdir(tmp_path / s)})
         ds = di.from_folder(f"{url}/valid", size=(6, 6))
-        assert list(ds.classes) == every
+        assert list(ds.classes) == every and every == ["a", "b", "c"]
         got = {Path(p).parent.name: int(i) for p, i in zip(ds.paths, ds.labels, strict=True)}
         assert got == {c: every.index(c) for c in os.listdir(tmp_path / "valid")}
-        with pytest.raises(ValueError, match=r"test' holds class folder\(s\) that .* not: 'd'"):
-            di.from_folder(f"{url}/test", size=(6, 6))
         assert list(di.from_folder(f"{url}/train", size=(6, 6)).classes) == every
     finally:
         fs.rm("/daskimg-test-split-alone", recursive=True)

@@ -870,6 +870,15 @@ def _split_alone_classes(
                 "class. Rename or remove them, or pass classes= (all class names, in index "
                 "order) to read this split as it is"
             )
+    try:  # a sibling's class train lacks would be numbered here too (reading root refuses it)
+        _check_split_classes(tops)
+    except ValueError as e:
+        raise ValueError(
+            f"{where!r} is a split folder of {root!r}, read on its own with the classes of "
+            f"the splits beside it (so that their indices agree), and reading {root!r} is "
+            f"refused: {e}. Or pass classes= (every class, in index order) to read "
+            f"{where!r} as it is"
+        ) from None
     labelled = [t for t in tops if not t.direct or any(t.classes.values())]  # as _assemble
     union = {c for t in labelled for c in t.classes}
     own = set(top.classes)
