@@ -1177,3 +1177,34 @@ def test_a_set_of_several_split_folders_is_not_stored_or_fed_as_one(tmp_path):
     ds.source_splits = None  # mixing them on purpose
     assert len(di.open_zarr(di.to_zarr(ds, tmp_path / "all.zarr.zip"))) == 5
     assert sum(len(y) for _, y in di.BatchIterator(ds, batch_size=2)) == 5
+
+
+def test_an_exclude_naming_no_folder_is_refused(tmp_path):
+    # exclude="data/rejected" (the folder is Rejected) or a file was ignored without a word:
+    # the folder meant to be left out was read as a class
+    root = tmp_path / "data"
+    di.testing.make_image_folder(root, n=6, size=(8, 8), classes=("cat", "dog", "Rejected"))
+    kept = di.from_folder(root, size=(8, 8), exclude=root / "Rejected")
+    assert kept.classes == ("cat", "dog")  # the oracle: the folders made, less the one
+    assert di.from_folder(root, size=(8, 8), exclude="Rejected").classes == ("cat", "dog")
+    with pytest.raises(ValueError, match=r"names '.*rejected', which is no folder.*'Rejected'"):
+        di.from_folder(root, size=(8, 8), exclude=root / "rejected")
+    with pytest.raises(ValueError, match=r"names 'rejected', which is no folder"):
+        di.from_folder(root, size=(8, 8), exclude=["Rejected", "rejected"])
+    a_file = next((root / "Rejected").iterdir())
+    with pytest.raises(ValueError, match=r"takes folders, and '.*' is a file"):
+        di.from_folder(root, size=(8, 8), exclude=a_file)
+    fsspec = pytest.importorskip("fsspec")
+    fs, url = fsspec.filesystem("memory"), "memory://daskimg-test-exclude/data"
+    for f in sorted(root.rglob("*.png")):
+        fs.pipe(f"{url}/{f.relative_to(root).as_posix()}", f.read_bytes())
+    try:
+        assert di.from_folder(url, size=(8, 8), exclude="Rejected").classes == ("cat", "dog")
+        assert di.from_folder(url, size=(8, 8), exclude=f"{url}/Rejected").classes == (
+            "cat",
+            "dog",
+        )
+        with pytest.raises(ValueError, match=r"names 'rejected', which is no folder"):
+            di.from_folder(url, size=(8, 8), exclude="rejected")
+    finally:
+        fs.rm("/daskimg-test-exclude", recursive=True)

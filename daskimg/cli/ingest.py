@@ -56,6 +56,20 @@ def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
         client.close()
 
 
+def _out_folder(src: str, out: str, opts: Mapping[str, Any] | None) -> list[str]:
+    """OUT as ``from_folder``'s ``exclude=`` takes it, where it could be read as part of SRC:
+    a folder already there, beside SRC's files (an OUT yet to be made, or on another
+    file system than SRC's, holds nothing to leave out)."""
+    if is_url(out) != is_url(src):
+        return []
+    if not is_url(out):
+        return [os.path.abspath(out)] if os.path.isdir(out) else []
+    from ..remote import filesystem
+
+    fs, path = filesystem(out, opts)
+    return [out] if fs.isdir(path) else []
+
+
 def ingest(args: argparse.Namespace) -> int:
     from ..read.folder import from_folder
     from ..store.write import check_writable
@@ -91,10 +105,7 @@ def ingest(args: argparse.Namespace) -> int:
             classes=args.classes,
             # stores written inside SRC are not a class on the next run; OUT is relative to
             # the working directory (a class folder of SRC with its name stays a class)
-            exclude=[
-                args.out if is_url(args.out) else os.path.abspath(args.out),
-                *_store_folders(args.src),
-            ],
+            exclude=[*_out_folder(args.src, args.out, opts), *_store_folders(args.src)],
             dtype=args.dtype,
             storage_options=opts if is_url(args.src) else None,
         )

@@ -34,7 +34,7 @@ import os
 import posixpath
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -845,6 +845,47 @@ def _check_split_classes(tops: list[_Top]) -> None:
         )
 
 
+def _check_excluded(
+    excluded: Sequence[str], base: str, url_path: Callable[[str], str] | None, fs: Any
+) -> None:
+    """Refuse an ``exclude=`` entry that names no folder: a typo (``rejected`` for
+    ``Rejected``) left the folder meant to be left out in the set, read as a class.
+    ``base``: the root (its path on ``fs`` for a URL root, whose entries may be URLs,
+    ``url_path`` gives their path); a relative entry is looked for inside it, then (a local
+    root) from the working folder, as :func:`from_folder` takes it."""
+    for e in excluded:
+        if fs is None:
+            inside = os.path.join(base, e)
+            path = inside if not os.path.isabs(e) and os.path.lexists(inside) else e
+            isdir, exists = os.path.isdir(path), os.path.lexists(path)
+            parent = os.path.dirname(os.path.abspath(inside if not os.path.isabs(e) else e))
+            siblings = os.listdir(parent) if os.path.isdir(parent) else []
+        else:
+            path = url_path(e) if is_url(e) and url_path is not None else f"{base}/{e.strip('/')}"
+            isdir, exists = fs.isdir(path), fs.exists(path)
+            parent = path.rsplit("/", 1)[0]
+            siblings = (
+                [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(parent, detail=False)]
+                if fs.isdir(parent)
+                else []
+            )
+        if isdir:
+            continue
+        if exists:
+            raise ValueError(
+                f"exclude= takes folders, and {e!r} is a file: move it out of the folder "
+                "to leave it out of the set"
+            )
+        name = e.rstrip("/").rsplit("/", 1)[-1]
+        raise ValueError(
+            f"exclude= names {e!r}, which is no folder (looked for inside {base!r}"
+            + (" and from the working folder" if fs is None and not os.path.isabs(e) else "")
+            + ")"
+            + near_misses([name], siblings, "there")
+            + ": the folder meant to be left out would be read as a class. Check its spelling"
+        )
+
+
 def _split_alone_classes(
     where: str, top: _Top, parent: tuple[str, list[_Top]] | None
 ) -> list[str] | None:
@@ -1175,16 +1216,18 @@ def from_folder(
                 f"{os.fspath(root)!r} is not a folder; pass a folder of class subfolders"
             )
     mask_root = None if masks is None else _mask_root(masks, root, url)
-    left_out = [
+    excluded = [
         str(e).rstrip("/")
         for e in (
             [] if exclude is None
             else [exclude] if isinstance(exclude, (str, os.PathLike)) else list(exclude)
         )
-    ] + ([] if mask_root is None else [mask_root])  # fmt: skip
+    ]  # fmt: skip
+    left_out = excluded + ([] if mask_root is None else [mask_root])
     if url is not None:
         fs, base_path = filesystem(url, storage_options)
         base_path = base_path.rstrip("/")
+        _check_excluded(excluded, base_path, lambda e: filesystem(e, storage_options)[1], fs)
         # compared as the file system's own paths ("memory:///data/x" is "memory://data/x")
         paths = [filesystem(e, storage_options)[1].rstrip("/") for e in left_out if is_url(e)]
         paths += [base_path + "/" + e.strip("/") for e in left_out if not is_url(e)]
@@ -1202,6 +1245,7 @@ def from_folder(
             for e in left_out
             if not is_url(e)
         )
+        _check_excluded([e for e in excluded if not is_url(e)], os.fspath(root), None, None)
         tops, loose = _local_tops(Path(root), reals, stray)
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
