@@ -138,7 +138,7 @@ def grid_figure(ds: ShowableSet, *, n: int = 32, seed: int | None = 0, cols: int
         else:
             ax.imshow(img if img.dtype == np.uint8 else (img >> 8).astype(np.uint8))
         _draw_extras(ax, extras, k)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=8, parse_math=False)  # a class "$5-$10" is no formula
     if windowed:
         fig.suptitle(
             f"each image drawn from its {_ordinal(WINDOW[0])} (black) to {_ordinal(WINDOW[1])} (white) "

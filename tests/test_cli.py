@@ -1009,3 +1009,27 @@ def test_info_of_a_store_whose_every_label_is_minus_one_heads_the_count(tmp_path
     lines = capsys.readouterr().out.splitlines()
     at = next(i for i, line in enumerate(lines) if "(no label: -1)" in line)
     assert lines[at - 1] == "labels:" and lines[at].split()[-1] == "6"
+
+
+def test_show_draws_class_names_with_dollar_signs_as_written(tmp_path):
+    # matplotlib took "$5-$10" as a formula (drawn as italic math) and failed on an
+    # odd number of $ (a bare ParseSyntaxException); the oracle: the same text drawn plain
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from daskimg.show import grid_figure
+
+    classes = ["from_$5_to_$10", "under_$5", "$5-$10"]
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    ds = di.ImageSet(images, [0, 1, 2], classes=classes)
+    fig = grid_figure(ds, n=3, cols=3)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    plain = Figure(dpi=fig.dpi).text(0, 0, "", fontsize=8, parse_math=False)
+    for ax in (ax for ax in fig.axes if ax.images):
+        title = ax.title
+        plain.set_text(title.get_text())
+        assert title.get_text() in classes
+        width = title.get_window_extent(renderer).width
+        assert width == pytest.approx(plain.get_window_extent(renderer).width)
+    store = di.to_zarr(ds, tmp_path / "s.zarr.zip")
+    assert main(["show", str(store), "-o", str(tmp_path / "grid.png"), "--n", "3"]) == 0
