@@ -1331,3 +1331,26 @@ def test_csv_labels_differing_only_in_letter_case_are_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8), classes=sorted(set(labels)))
     assert "letter case" not in caplog.text  # classes= says case matters
+
+
+def test_from_csv_lines_with_fewer_values_than_the_header_are_said(image_folder, tmp_path, caplog):
+    # a line cut short ("b.png,bee,45" for 4 columns) read its missing cells as NaN without
+    # a word (a line with a value too many is refused); the oracle: Python's csv module
+    import csv as pycsv
+
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    text = "path,label,age,weight\n" + "".join(
+        f"{p},{p.split('/')[0]},{31 + i},70\n" for i, p in enumerate(files[:-2])
+    )
+    text += f"{files[-2]},cat,45\n{files[-1]},cat\n"
+    path = tmp_path / "a.csv"
+    path.write_text(text)
+    rows = list(pycsv.reader(text.splitlines()))
+    cut = [n for n, r in enumerate(rows, start=1) if len(r) < len(rows[0])]
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = di.from_csv(path, root=image_folder, size=(8, 8))
+    assert (
+        f"2 line(s) hold fewer values than the header's 4 columns (line {cut[0]}: 3)" in caplog.text
+    )
+    assert f"Check line(s) {cut[0]}, {cut[1]}" in caplog.text
+    assert np.isnan(ds.columns["weight"][-2:]).all() and ds.columns["age"][-2] == 45

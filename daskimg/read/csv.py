@@ -246,6 +246,7 @@ def _read_csv(
     shifted = False
     unnamed = [i for i, h in enumerate(header) if not h.strip()]
     valued: dict[int, tuple[int, str]] = {}  # an unnamed column's first value
+    short: dict[int, int] = {}  # the lines with fewer values than the header: how many
     named = [h.strip().lstrip("\ufeff").strip() for h in header]
     for cells in reader:
         if not cells:
@@ -260,7 +261,9 @@ def _read_csv(
         if len(cells) > len(header) and not any(c.strip() for c in cells[len(header) :]):
             cells = cells[: len(header)]  # trailing empty cells ("a.png,cat,")
         elif len(cells) < len(header):
-            cells = cells + [""] * (len(header) - len(cells))  # trailing empty values left out
+            # trailing empty values left out (Excel does so), or a line cut short: said below
+            short.setdefault(reader.line_num, len(cells))
+            cells = cells + [""] * (len(header) - len(cells))
         if len(cells) != len(header):
             # "path;label" with a "1,5" in a row: the separator, not the quoting
             raise ValueError(
@@ -283,6 +286,14 @@ def _read_csv(
             where, i + 1, line, value,
             "pandas' to_csv writes its index so: save with index=False" if i == 0
             else "Name it in the header to keep it",
+        )  # fmt: skip
+    if short:
+        line, n = next(iter(short.items()))
+        logger.warning(
+            "%s: %d line(s) hold fewer values than the header's %d columns (line %d: %d), "
+            "their missing last cells read as empty (a number NaN, a box none): as Excel "
+            "writes trailing empty cells, or a line cut short. Check line(s) %s",
+            where, len(short), len(header), line, n, ", ".join(map(str, list(short)[:8])),
         )  # fmt: skip
     if shifted:
         logger.warning(
