@@ -63,6 +63,25 @@ def local_path(url: str) -> str | None:
     return None
 
 
+def as_local(path: Any) -> Any:
+    """A source named by a plain ``file://`` URL as the local path it is, else ``path`` as
+    given: read through fsspec's local file system, a folder's links went unchecked (a
+    linked class folder was dropped, a file linked into another class read twice) and a
+    file's state was its time and size only. Read as a path, the set is the same as the
+    same tree named by its path.
+
+    Examples
+    --------
+    >>> as_local("file:///data/photos"), as_local("s3://bucket/photos")
+    ('/data/photos', 's3://bucket/photos')
+    """
+    if isinstance(path, str):
+        local = local_path(path)
+        if local is not None:
+            return local
+    return path
+
+
 def _fsspec(url: str) -> Any:
     try:
         import fsspec

@@ -1033,3 +1033,15 @@ def test_show_draws_class_names_with_dollar_signs_as_written(tmp_path):
         assert width == pytest.approx(plain.get_window_extent(renderer).width)
     store = di.to_zarr(ds, tmp_path / "s.zarr.zip")
     assert main(["show", str(store), "-o", str(tmp_path / "grid.png"), "--n", "3"]) == 0
+
+
+def test_ingest_of_file_urls_writes_what_their_paths_write(ingested, image_folder, tmp_path):
+    # SRC and OUT as file:// URLs: the same stores as the paths give (the local code path)
+    out = tmp_path / "by_url"
+    args = ["--size", "16", "16", "--chunk", "4"]
+    assert main(["ingest", f"file://{image_folder}", f"file://{out}", *args]) == 0
+    for split in ("train", "valid", "test"):
+        a = plain_group(ingested / f"{split}.zarr.zip")
+        b = plain_group(out / f"{split}.zarr.zip")
+        for name in ("images", "labels", "paths"):
+            np.testing.assert_array_equal(a[name][:], b[name][:])

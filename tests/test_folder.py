@@ -1208,3 +1208,31 @@ def test_an_exclude_naming_no_folder_is_refused(tmp_path):
             di.from_folder(url, size=(8, 8), exclude="rejected")
     finally:
         fs.rm("/daskimg-test-exclude", recursive=True)
+
+
+def test_a_file_url_root_reads_the_set_its_path_reads(tmp_path, caplog):
+    # file://root went through fsspec's local file system: a linked class folder was dropped
+    # (taken as a file without an image ending) and a file linked into another class read
+    # twice, under two labels; the oracle: the same tree read by its path
+    root, ext = tmp_path / "data", tmp_path / "elsewhere"
+    di.testing.make_image_folder(root, n=4, size=(8, 8), classes=("cat", "dog"))
+    di.testing.make_image_folder(ext, n=2, size=(8, 8), classes=("bird",))
+    (root / "bird").symlink_to(ext / "bird")
+    cat = sorted((root / "cat").iterdir())[0]
+    (root / "dog" / "leak.png").symlink_to(cat)
+    by_path = di.from_folder(root, size=(8, 8))
+    assert by_path.classes == ("bird", "cat", "dog") and "dog/leak.png" not in by_path.paths
+    by_url = di.from_folder(f"file://{root}", size=(8, 8))
+    assert by_url.classes == by_path.classes
+    assert by_url.paths.tolist() == by_path.paths.tolist()
+    np.testing.assert_array_equal(by_url.labels, by_path.labels)
+    np.testing.assert_array_equal(by_url.images.compute(), by_path.images.compute())
+    # from_csv: a file named twice (once through a link) is refused, as with a path root
+    (root / "labels.csv").write_text(
+        f"path,label\n{cat.relative_to(root).as_posix()},cat\ndog/leak.png,dog\n"
+    )
+    for r in (root, f"file://{root}"):
+        with pytest.raises(ValueError, match="the same file"):
+            di.from_csv(f"file://{root}/labels.csv", root=r, size=(8, 8))
+    # imread: the pattern's files
+    assert di.imread(f"file://{root}/cat/*.png", size=(8, 8)).shape[0] == 2

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import DaskImgError, DecodeError, IncompleteStoreError, StoreExistsError
 from ..read.folder import SPLIT_DIRS
-from ..remote import is_url
+from ..remote import as_local, is_url
 
 logger = logging.getLogger("daskimg")
 
@@ -76,6 +76,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     opts = args.storage_options
+    args.src, args.out = as_local(args.src), as_local(args.out)  # file:// as their paths
     name = args.out.rstrip("/").rsplit("/", 1)[-1]
     if name.endswith((".zarr", ".zarr.zip")):
         # the folder of the split stores would look like a store itself: info and verify

@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..errors import NoImagesFoundError
-from ..remote import RemoteFiles, check_options, filesystem, is_url, join, protocol_of
+from ..remote import RemoteFiles, as_local, check_options, filesystem, is_url, join, protocol_of
 from .boxes import warn_fractions
 from .decode import DecodeSpec
 from .fileio import alike, case_groups, given_classes, near_misses
@@ -132,6 +132,7 @@ def from_csv(
     >>> ds.columns["bbox"][0].compute().tolist()  # halved, like the pixels
     [2.0, 4.0, 10.0, 12.0]
     """
+    csv_path, root = as_local(csv_path), as_local(root)  # file:// as the paths they are
     if not is_url(csv_path) and not is_url(root):
         check_options(root, storage_options)
     root_url = str(root).rstrip("/") if is_url(root) else None

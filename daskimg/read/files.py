@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 
 from ..errors import DecodeError, NoImagesFoundError
-from ..remote import RemoteFiles, check_options, filesystem, is_url, remote_files
+from ..remote import RemoteFiles, as_local, check_options, filesystem, is_url, remote_files
 from .decode import DecodeSpec
 from .fileio import SYSTEM_FOLDERS
 from .source import DEFAULT_BLOCK, FileSource, RowSource
@@ -120,6 +120,7 @@ def expand_paths(
     >>> len(expand_paths(str(root / "**" / "*.png")))
     4
     """
+    pattern_or_paths = as_local(pattern_or_paths)  # file:// as the paths they are
     if is_url(pattern_or_paths):
         return _expand_url(str(pattern_or_paths), storage_options)
     # relative paths are taken from the folder the set is made in: the files are opened
@@ -145,7 +146,7 @@ def expand_paths(
                 + (f" ({_left_out(left)})" if left else "")
             )
         return paths
-    paths = [os.fspath(p) for p in pattern_or_paths]
+    paths = [as_local(os.fspath(p)) for p in pattern_or_paths]
     if not paths:
         raise NoImagesFoundError("the list of paths is empty; pass at least one file")
     if storage_options is not None and not any(is_url(p) for p in paths):

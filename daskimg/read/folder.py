@@ -42,7 +42,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import NoImagesFoundError
-from ..remote import RemoteFiles, anchored, check_options, filesystem, is_url, join, protocol_of
+from ..remote import (
+    RemoteFiles,
+    anchored,
+    as_local,
+    check_options,
+    filesystem,
+    is_url,
+    join,
+    protocol_of,
+)
 from .decode import DecodeSpec
 from .fileio import SYSTEM_FOLDERS, alike, case_groups, folded, given_classes, looks, near_misses
 from .files import relative_paths, resolve_dtype
@@ -1207,6 +1216,7 @@ def from_folder(
     """
     if stray not in STRAY:
         raise ValueError(f"stray must be 'raise' or 'ignore'; got {stray!r}")
+    root, masks = as_local(root), as_local(masks)  # file:// as the paths they are
     url = str(root).rstrip("/") if is_url(root) else None
     if url is None:
         check_options(root, storage_options)
@@ -1217,7 +1227,7 @@ def from_folder(
             )
     mask_root = None if masks is None else _mask_root(masks, root, url)
     excluded = [
-        str(e).rstrip("/")
+        as_local(str(e)).rstrip("/")
         for e in (
             [] if exclude is None
             else [exclude] if isinstance(exclude, (str, os.PathLike)) else list(exclude)
