@@ -319,23 +319,35 @@ class TorchDataset(IterableDataset):
     def __len__(self) -> int:
         """Batches this rank yields per epoch, whatever the DataLoader's ``num_workers``.
 
-        Refuses Lightning's ``Trainer.predict`` on a shuffled dataset without ``"index"``
-        (Lightning asks for the length first): the predictions would come back in the
-        shuffled order, with nothing to say which sample each belongs to."""
+        Refuses Lightning's ``Trainer.predict`` without ``"index"`` (Lightning asks for the
+        length first) on a shuffled dataset, or on several ranks: the predictions would come
+        back in the shuffled order, or each rank's in its own share of the batches, with
+        nothing to say which sample each belongs to."""
+        rank, world = self._ranks()
         if (
-            self._kw["shuffle"]
+            (self._kw["shuffle"] or world > 1)
             and INDEX not in self._arrays
             # a spawned DDP rank runs the trainer's _predict_impl without predict above it
             and called_from(("predict", "_predict_impl"), "lightning", "pytorch_lightning")
         ):
+            fix = (
+                "add 'index' to arrays= and write each prediction to its index "
+                "(ArrayWriter(..., mode='a').append(preds, index=index))"
+            )
+            if not self._kw["shuffle"]:  # several ranks, each with every world-th batch
+                raise ValueError(
+                    f"Trainer.predict on {world} ranks without 'index': each rank predicts "
+                    f"its own share of the batches (rank {rank}: batches {rank}, "
+                    f"{rank + world}, {rank + 2 * world}, ...), so predictions gathered from "
+                    "the ranks are not in store order, and written back they would land on "
+                    f"other samples. Carry the indices: {fix}"
+                )
             raise ValueError(
                 "Trainer.predict on a TorchDataset that shuffles (shuffle=True is the default) "
                 "would return the predictions in a shuffled order: written back, they would "
                 "land on other samples. Predict from one in store order, TorchDataset(path, "
-                "..., shuffle=False), or add 'index' to arrays= and write each prediction to "
-                "its index (ArrayWriter(..., mode='a').append(preds, index=index))"
+                f"..., shuffle=False) in one process, or {fix}"
             )
-        rank, world = self._ranks()
         if world > 1 and self._even(world) and self._kw["shuffle"]:
             # said here, in the main process, so that forked workers do not say it again
             warn_uneven_share(

@@ -238,3 +238,51 @@ def test_lightning_predict_on_a_shuffled_dataset_without_index_is_refused(
     np.testing.assert_array_equal(got, plain_group(store)["idx"][:])  # oracle: plain zarr
     shuffled = trainer.predict(_Ids(), loader(arrays=("images", "index")))  # placed by index
     assert sorted(torch.cat(shuffled).tolist()) == sorted(plain_group(store)["idx"][:].tolist())
+
+
+class _PerRank(pl.callbacks.BasePredictionWriter):
+    """Each rank's (index, ids) pairs in a file of its own, as a writer of predictions keeps
+    them (rank 0 gathers them in a real one)."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__("epoch")
+        self.out = out
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
+        with open(os.path.join(self.out, f"pred{trainer.global_rank}.pkl"), "wb") as f:
+            pickle.dump([p.numpy() for p in predictions], f)
+
+
+class _IndexedIds(_Ids):
+    def predict_step(self, batch, batch_idx):
+        images, index = batch
+        return torch.stack([index, torch.from_numpy(decoded_ids(images.numpy()))], dim=1)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice (workers, logging, ...)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree, called by Lightning
+def test_lightning_ddp_predict_in_store_order_without_index_is_refused(tmp_path, indexed_set):
+    # shuffle=False on 2 ranks: rank 0 predicted batches 0, 2, 4, ..., rank 1 the others;
+    # gathered in rank order the rows were not in store order, and nothing said so
+    store = str(di.to_zarr(indexed_set.take(np.arange(N)), tmp_path / "p.zarr.zip", chunks=8))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        default_root_dir=tmp_path, callbacks=[_PerRank(str(tmp_path))],
+    )  # fmt: skip
+
+    def loader(**kw):
+        return DataLoader(TorchDataset(store, batch_size=16, shuffle=False, **kw), batch_size=None)
+
+    with pytest.raises(Exception, match=r"Trainer.predict on 2 ranks without 'index'"):
+        trainer.predict(_Ids(), loader(), return_predictions=False)
+    trainer.predict(_IndexedIds(), loader(arrays=("images", "index")), return_predictions=False)
+    pairs = []
+    for rank in range(2):
+        with open(tmp_path / f"pred{rank}.pkl", "rb") as f:
+            pairs += pickle.load(f)
+    pairs = np.concatenate(pairs)
+    np.testing.assert_array_equal(np.sort(pairs[:, 0]), np.arange(N))  # every sample once
+    np.testing.assert_array_equal(pairs[:, 1], plain_group(store)["idx"][:][pairs[:, 0]])
