@@ -504,7 +504,8 @@ def test_index_of_a_set_written_shuffled_is_named_when_fed(tmp_path, caplog):
         di.to_zarr(ordered, tmp_path / "o.zarr.zip", order="source")
         for _ in di.BatchIterator(ordered, batch_size=5, arrays=("images", "index")):
             pass
-    assert "written to" not in caplog.text  # the store's own rows; a set stored in its order
+    # the store's own rows; a set stored in its order here
+    assert "written to" not in caplog.text and "read from files" not in caplog.text
     assert len(files) == 12
     # a take of a store's set gives its rows in that store: in a new store, even written in
     # the take's order, they are other rows
@@ -517,3 +518,26 @@ def test_index_of_a_set_written_shuffled_is_named_when_fed(tmp_path, caplog):
         next(iter(di.BatchIterator(part, batch_size=3, arrays=("index",))))
     assert "written to" in caplog.text and "part.zarr.zip" in caplog.text
     assert len(di.open_zarr(q)) == 3
+
+
+def test_index_of_a_set_read_again_from_files_is_named_when_fed(tmp_path, caplog):
+    # ingested by one script, predicted by another from the set read again from the same
+    # files: its "index" (its own rows) wrote 38 of 40 predictions onto other samples of
+    # the shuffled store, without a word (the warning above knew only this process's writes)
+    import logging
+
+    di.testing.make_image_folder(tmp_path / "photos", n=12, size=(8, 8))
+    p = di.to_zarr(di.from_folder(tmp_path / "photos", size=(8, 8)), tmp_path / "s.zarr.zip")
+    again = di.from_folder(tmp_path / "photos", size=(8, 8))  # as a later script reads it
+    stored = di.open_zarr(p).paths.tolist()
+    assert sorted(stored) == sorted(again.paths.tolist()) and stored != again.paths.tolist()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        for _ in di.BatchIterator(again, batch_size=5, arrays=("images", "index")):
+            pass
+    assert "from a set read from files" in caplog.text and "its row in this set" in caplog.text
+    assert "feed from the store" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):  # no "index", nothing to say
+        for _ in di.BatchIterator(again, batch_size=5, arrays=("images", "labels")):
+            pass
+    assert "read from files" not in caplog.text

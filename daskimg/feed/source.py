@@ -55,6 +55,41 @@ def shown(source: Any) -> str:
     return f"{type(source).__name__} {tuple(shape)}" if shape is not None else type(source).__name__
 
 
+def _read_from_files(ds: ImageSet) -> bool:
+    """Whether ``ds`` was read from files (``from_folder``, ``from_csv``, ``imread``), not
+    opened from a store (nor a subset of one), and not written in its own order by this
+    process: its rows are its own, maybe no store's."""
+    return (
+        ds.row_source is not None
+        and ds.store is None
+        and ds.store_rows is None
+        and (
+            not ds.stored_in_order  # written in its own order here: its rows are that store's
+        )
+    )
+
+
+def _warn_set_rows(root: str) -> None:
+    """Log that a set read from files numbers its samples by its own rows: a store written
+    from it in another process (a set read again from the same files) holds them shuffled,
+    which the set cannot know. Once per process and root."""
+    if ("files", root) in _WARNED_REORDERED:
+        return
+    _WARNED_REORDERED.add(("files", root))
+    logger.warning(
+        "arrays=(..., %r) from a set read from files (%r): each sample's index is its row in "
+        "this set (ds.paths[i]), not its row in a store written from these files, which "
+        "to_zarr and daskimg ingest store shuffled by default: predictions written back into "
+        "such a store by these indices would land on other samples. To write back into a "
+        "store, feed from the store: BatchIterator('train.zarr.zip', arrays=(..., %r)); to "
+        "keep them by this set's rows, write them to a store of their own "
+        "(ArrayWriter(..., num_samples=len(ds)))",
+        INDEX,
+        root,
+        INDEX,
+    )
+
+
 def _warn_reordered(stores: Sequence[str]) -> None:
     """Log that a set's ``"index"`` is no row of the stores it was written to in another
     order (``ImageSet.reordered_in``): predictions written back into one by these indices land on other samples. Once
@@ -138,6 +173,8 @@ class FeedSource:
             origin = source.origin or {}
             if names is not None and INDEX in names and source.reordered_in:
                 _warn_reordered(source.reordered_in)
+            elif names is not None and INDEX in names and _read_from_files(source):
+                _warn_set_rows(source.root or "its files")
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL
                 self.reader = source.store.reader

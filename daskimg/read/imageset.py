@@ -241,6 +241,8 @@ class ImageSet:
         #: any order for a subset of a store's set): the feed's ``"index"`` of this set is
         #: no row there, which the feed warns of
         self.reordered_in: list[str] = []
+        #: stores this set was written to in its own order (its "index" is their rows)
+        self.stored_in_order: list[str] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
         self.attrs: dict[str, Any] = {}
         #: the opened store (:class:`daskimg.store.open.OpenedStore`) this set was read from,

@@ -198,6 +198,8 @@ def to_zarr(
             loc.target not in imageset.reordered_in
         ):
             imageset.reordered_in.append(loc.target)
+        elif not (renumbered or imageset.store_rows is not None):
+            imageset.stored_in_order.append(loc.target)
     return loc.target
 
 
