@@ -440,3 +440,89 @@ def test_hdf5_enum_labels_keep_their_names_as_classes(tmp_path):
         mapping = {v: k for k, v in h5py.check_enum_dtype(f["labels"].dtype).items()}
         np.testing.assert_array_equal([out.classes[i] for i in out.labels],
                                       [mapping[v] for v in f["labels"][...]])  # fmt: skip
+
+
+def test_hdf5_values_never_written_are_refused_not_stored_as_the_fill_value(tmp_path, arrays):
+    # HDF5 reads what was never written as its fill value (0), and convert stored it: a
+    # preallocated file whose writer stopped, a virtual dataset without a source file, an
+    # external raw file cut short all became black images with their labels
+    x, y = arrays
+    x = x | 1  # no zero pixel: a zero image can only be the fill value
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(tmp_path)
+        with h5py.File("partial.h5", "w") as f:
+            d = f.create_dataset("images", shape=x.shape, dtype="u1", chunks=(4, 6, 5, 3))
+            d[:20] = x[:20]
+            f["labels"] = y
+            assert d.id.get_num_chunks() == 5  # the oracle: HDF5's own count (of 10)
+        with pytest.raises(ValueError, match=r"'images' was written in part: rows 20\.\.36 "):
+            convert("partial.h5", "a.zarr.zip", labels="labels")
+        with h5py.File("labels.h5", "w") as f:
+            f["images"] = x
+            d = f.create_dataset("labels", shape=y.shape, dtype="i8", chunks=(10,))
+            d[:10] = y[:10]
+        with pytest.raises(ValueError, match=r"'labels' was written in part: rows 10\.\.36 "):
+            convert("labels.h5", "b.zarr.zip", labels="labels")
+        with h5py.File("never.h5", "w") as f:
+            f.create_dataset("images", shape=x.shape, dtype="u1")
+        with pytest.raises(ValueError, match=r"'images' was never written"):
+            convert("never.h5", "c.zarr.zip")
+        layout = h5py.VirtualLayout(shape=x.shape, dtype="u1")
+        for k, (a, b) in enumerate([(0, 20), (20, 37)]):
+            with h5py.File(f"part{k}.h5", "w") as f:
+                f["d"] = x[a:b]
+            layout[a:b] = h5py.VirtualSource(f"part{k}.h5", "d", shape=x[a:b].shape)
+        with h5py.File("vds.h5", "w") as f:
+            f.create_virtual_dataset("images", layout)
+        np.testing.assert_array_equal(
+            _stored(convert("vds.h5", "d.zarr.zip", order="source"))[0]["images"], x
+        )
+        (tmp_path / "part1.h5").unlink()
+        with pytest.raises(ValueError, match=r"virtual dataset, and its source file 'part1.h5'"):
+            convert("vds.h5", "e.zarr.zip")
+        x.tofile("raw.bin")
+        with h5py.File("ext.h5", "w") as f:
+            f.create_dataset(
+                "images", shape=x.shape, dtype="u1", external=[("raw.bin", 0, h5py.h5f.UNLIMITED)]
+            )
+        np.testing.assert_array_equal(
+            _stored(convert("ext.h5", "f.zarr.zip", order="source"))[0]["images"], x
+        )
+        with open("raw.bin", "r+b") as f:
+            f.truncate(x.nbytes - 1)
+        with pytest.raises(ValueError, match=rf"holds {x.nbytes - 1} bytes, not the {x.nbytes}"):
+            convert("ext.h5", "g.zarr.zip")
+        assert sorted(p.name for p in tmp_path.glob("*.zarr.zip")) == ["d.zarr.zip", "f.zarr.zip"]
+
+
+def test_array_files_that_cannot_be_read_are_named_with_what_to_do(tmp_path):
+    # a traceback (IndexError, AttributeError), or h5py's and zarr's words without the file
+    x = np.arange(40 * 16 * 16 * 3, dtype=np.uint32).astype(np.uint8).reshape(40, 16, 16, 3)
+    np.save(tmp_path / "scalar.npy", np.uint8(3))
+    with open(tmp_path / "zipped.npy", "wb") as f:
+        np.savez(f, images=x)
+    np.save(tmp_path / "long.npy", np.ones((4, 8, 8, 1), np.longdouble))
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "npy.h5").write_bytes((tmp_path / "x.npy").read_bytes())
+    with h5py.File(tmp_path / "ok.h5", "w") as f:
+        f.create_dataset("images", data=x, chunks=(4, 16, 16, 3), compression="gzip")
+        offset = f["images"].id.get_chunk_info(3).byte_offset  # the oracle: chunk 3, rows 12..15
+    whole = (tmp_path / "ok.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(whole[: len(whole) * 2 // 3])
+    damaged = bytearray(whole)
+    damaged[offset + 20] ^= 0xFF
+    (tmp_path / "damaged.h5").write_bytes(bytes(damaged))
+    said = {
+        "scalar.npy": r"'.*scalar.npy' holds a single value",
+        "zipped.npy": r"'.*zipped.npy' is an .npz archive .* rename it to .npz",
+        "long.npy": r"'.*long.npy': the images are float128 \(long double\)",
+        "npy.h5": r"cannot open '.*npy.h5' as HDF5: .*not an HDF5 file",
+        "cut.h5": r"cannot open '.*cut.h5' as HDF5: .*truncated",
+        "damaged.h5": r"'.*damaged.h5': dataset 'images', rows 12\.\.15: .*damaged there",
+    }
+    for name, message in said.items():
+        with pytest.raises(ValueError, match=message):
+            convert(tmp_path / name, tmp_path / f"{name}.zarr.zip")
+        assert not (tmp_path / f"{name}.zarr.zip").exists()
+    with pytest.raises(ValueError, match=r"array 'images' is float128 \(long double\)"):
+        di.to_zarr(di.ImageSet(np.ones((2, 4, 4, 1), np.longdouble)), tmp_path / "l.zarr.zip")

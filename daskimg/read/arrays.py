@@ -14,6 +14,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from ..errors import DecodeError
 from .imageset import ImageSet, channels_first, check_index_range
 from .source import DEFAULT_BLOCK
 
@@ -245,11 +246,11 @@ def _read_rows(
     if key is None:
         data = np.load(path, mmap_mode="r")
         return np.asarray(data[rows]).reshape(len(rows), *sample_shape)
-    with _h5py().File(path, "r") as f:
+    with _h5_file(path) as f:
         dset = f[key]
         out = np.empty((len(rows), *sample_shape), dtype=dset.dtype)
         for a, b in spans(rows, chunk_rows):
-            part = dset[a:b].reshape(b - a, *sample_shape)
+            part = _h5_rows(dset, path, key, a, b).reshape(b - a, *sample_shape)
             inside = (rows >= a) & (rows < b)
             out[inside] = part[rows[inside] - a]
     return out
@@ -257,9 +258,58 @@ def _read_rows(
 
 def _read_slab(path: str, key: str, a: int, b: int, sample_shape: tuple[int, ...]) -> np.ndarray:
     """Rows ``a .. b - 1`` of an HDF5 dataset (fewer at its end), in one contiguous read."""
-    with _h5py().File(path, "r") as f:
-        data = f[key][a:b]
+    with _h5_file(path) as f:
+        data = _h5_rows(f[key], path, key, a, b)
     return data.reshape(len(data), *sample_shape)
+
+
+@contextlib.contextmanager
+def _h5_file(path: str) -> Iterator[Any]:
+    """``path`` opened with h5py, read only; a file HDF5 cannot open said with its name
+    (h5py's "file signature not found" or "truncated file" named no file)."""
+    try:
+        f = _h5py().File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ValueError(
+            f"cannot open {path!r} as HDF5: {e}. It is not an HDF5 file (a .npy or .npz "
+            "named .h5?), or it is truncated or damaged: copy it again"
+        ) from None
+    with f:
+        yield f
+
+
+def _h5_rows(dset: Any, path: str, key: str, a: int, b: int) -> np.ndarray:
+    """Rows ``a .. b - 1`` of an HDF5 dataset; a read that fails (a chunk whose compression
+    or checksum filter fails: damage) said with the file, the dataset and the rows of the
+    first chunk that fails (h5py's "filter returned failure" named none of them)."""
+    try:
+        return np.asarray(dset[a:b])
+    except OSError as e:
+        step = int(dset.chunks[0]) if dset.chunks else b - a
+        bad = next(
+            (
+                r
+                for r in range(a - a % step, b, step)
+                if not _readable(dset, max(a, r), min(b, r + step))
+            ),
+            a,
+        )
+        rows = (max(a, bad), min(b, bad + step) - 1)
+        raise DecodeError(
+            path,
+            f"dataset {key!r}, rows {rows[0]}..{rows[1]}: HDF5 cannot read them ({e}); the "
+            "file is damaged there (copy it again from its source)",
+        ) from None
+
+
+def _readable(dset: Any, a: int, b: int) -> bool:
+    try:
+        dset[a:b]
+    except OSError:
+        return False
+    return True
 
 
 def _gather(
@@ -330,7 +380,7 @@ def open_array_set(
         )
     hdf5 = low.endswith((".h5", ".hdf5", ".he5"))
     if hdf5:
-        with _h5py().File(path, "r") as f:
+        with _h5_file(path) as f:
             dset = _dataset(f, path, images)
             shape, dtype = tuple(dset.shape), str(dset.dtype)
             chunk_rows = int(dset.chunks[0]) if dset.chunks else 1
@@ -353,6 +403,16 @@ def open_array_set(
     elif low.endswith(".npy"):
         with _numpy_file(path):
             mm = np.load(path, mmap_mode="r")
+        if not isinstance(mm, np.ndarray):  # np.load opens an .npz archive by its content
+            raise ValueError(
+                f"{path!r} is an .npz archive (a zip of arrays), not a .npy file: rename it "
+                "to .npz and name its arrays (images=, labels=)"
+            )
+        if mm.ndim == 0:
+            raise ValueError(
+                f"{path!r} holds a single value ({mm.dtype}), not one image per row; save "
+                "the images as one array (N, H, W[, C])"
+            )
         source = ArraySource(path, None, tuple(mm.shape), str(mm.dtype), np.arange(mm.shape[0]))
         arr = source.to_dask()
         if labels is not None:
@@ -376,6 +436,11 @@ def open_array_set(
         raise ValueError(f"{path!r}: convert reads .h5/.hdf5, .npy or .npz files")
     if arr.ndim == 3 and source is None:  # (N, H, W) grayscale: add the channel axis
         arr = arr[..., None]
+    if np.dtype(arr.dtype).kind == "f" and np.dtype(arr.dtype).itemsize > 8:
+        raise ValueError(
+            f"{path!r}: the images are {arr.dtype} (long double), which Zarr has no type "
+            "for: save them as float64 (np.save(path, x.astype(np.float64)))"
+        )
     if check_layout and (why := channels_first(tuple(arr.shape))):
         where = f"{path!r}" + (f", dataset {images!r}" if hdf5 else "")
         raise ValueError(f"{where}: {why}")
@@ -450,7 +515,122 @@ def _dataset(f: Any, path: str, name: str) -> Any:
             f"{path!r}: dataset {name!r} holds a single value (shape ()), not one row per "
             "image; name a dataset whose first axis runs over the images"
         )
+    _check_written(node, path, name)
     return node
+
+
+def _check_written(dset: Any, path: str, name: str) -> None:
+    """Refuse an HDF5 dataset whose values are not all in the file: HDF5 reads what was
+    never written (chunks never allocated, a contiguous dataset never written, a virtual
+    dataset's missing source file, an external raw file cut short) as the fill value — 0
+    — without an error, which would be stored as black images with their labels."""
+    h5d = _h5py().h5d
+    where = f"{path!r}: dataset {name!r}"
+    if dset.size == 0:
+        return
+    if dset.is_virtual:
+        for vs in dset.virtual_sources():
+            _check_virtual_source(path, where, vs.file_name, vs.dset_name)
+        return
+    external = dset.external
+    if external:
+        need = dset.size * dset.dtype.itemsize
+        for file_name, offset, size in external:
+            take = min(int(size), need)
+            have = _external_size(path, file_name)
+            if have is None or have < offset + take:
+                raise ValueError(
+                    f"{where} keeps its values in the external file {file_name!r}, which "
+                    + (
+                        "is not there"
+                        if have is None
+                        else f"holds {have} bytes, not the {offset + take} it needs"
+                    )
+                    + ": HDF5 would read the missing values as the fill value (0). Put the "
+                    "file beside it whole, or store the dataset in the file itself"
+                )
+            need -= take
+            if need <= 0:
+                break
+        return
+    status = dset.id.get_space_status()
+    if status == h5d.SPACE_STATUS_ALLOCATED:
+        return
+    fill = np.asarray(dset.fillvalue).tolist()
+    if status == h5d.SPACE_STATUS_NOT_ALLOCATED:
+        raise ValueError(
+            f"{where} was never written (HDF5 keeps no values for it and would read every "
+            f"one as the fill value, {fill!r}): the file's writer stopped before writing "
+            "it. Write the file again"
+        )
+    rows = _unwritten_rows(dset)
+    shown = ", ".join(f"{a}..{b - 1}" for a, b in rows[:4]) + (", ..." if len(rows) > 4 else "")
+    raise ValueError(
+        f"{where} was written in part: rows {shown} lie in chunks never written, which "
+        f"HDF5 would read as the fill value ({fill!r}) and would be stored as data (a "
+        "writer that stopped early, or a dataset made larger than was filled). "
+        "Write the file again, or make one of the rows written (e.g. with h5py: "
+        "f.create_dataset(..., data=d[:n]))"
+    )
+
+
+def _unwritten_rows(dset: Any) -> list[tuple[int, int]]:
+    """The row ranges of a chunked dataset that hold a chunk never written."""
+    shape, chunks = dset.shape, dset.chunks
+    per_band = int(np.prod([-(-s // c) for s, c in zip(shape[1:], chunks[1:], strict=True)]))
+    bands = -(-shape[0] // chunks[0])
+    written = np.zeros(bands, np.int64)
+    for i in range(dset.id.get_num_chunks()):
+        written[dset.id.get_chunk_info(i).chunk_offset[0] // chunks[0]] += 1
+    out: list[tuple[int, int]] = []
+    for b in np.flatnonzero(written < per_band):
+        a, z = int(b * chunks[0]), int(min(shape[0], (b + 1) * chunks[0]))
+        out[-1:] = [(out[-1][0], z)] if out and out[-1][1] == a else [*out[-1:], (a, z)]
+    return out
+
+
+def _candidates(path: str, file_name: str, env: str) -> list[str]:
+    """Where HDF5 looks for a file another one names: as given (absolute, or from the
+    working folder), under the prefix in ``env``, beside ``path``."""
+    if os.path.isabs(file_name):
+        return [file_name]
+    found = [file_name, os.path.join(os.path.dirname(os.path.abspath(path)), file_name)]
+    prefix = os.environ.get(env)
+    if prefix:
+        found.insert(0, os.path.join(prefix, file_name))
+    return found
+
+
+def _external_size(path: str, file_name: str) -> int | None:
+    """The size of an external raw file where HDF5 would find it, or None: not there."""
+    sizes = [
+        os.path.getsize(c)
+        for c in _candidates(path, file_name, "HDF5_EXTFILE_PREFIX")
+        if os.path.isfile(c)
+    ]
+    return max(sizes) if sizes else None
+
+
+def _check_virtual_source(path: str, where: str, file_name: str, dset_name: str) -> None:
+    """Refuse a virtual dataset one of whose source files (or datasets) is not there:
+    HDF5 reads its part as the fill value."""
+    if file_name == ".":
+        return
+    found = [c for c in _candidates(path, file_name, "HDF5_VDS_PREFIX") if os.path.isfile(c)]
+    missing = None if found else f"its source file {file_name!r} is not there"
+    if found:
+        try:
+            with _h5py().File(found[0], "r") as f:
+                if dset_name not in f:
+                    missing = f"its source file {found[0]!r} has no dataset {dset_name!r}"
+        except OSError as e:
+            missing = f"its source file {found[0]!r} cannot be opened ({e})"
+    if missing:
+        raise ValueError(
+            f"{where} is a virtual dataset, and {missing}: HDF5 would read that part as the "
+            "fill value (0). Put the source files beside it, or store a copy of the data "
+            "itself"
+        )
 
 
 def _labels(

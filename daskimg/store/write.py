@@ -273,6 +273,12 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
                 f"array {name!r} is {values.dtype}: a store holds integers, floats, bools or "
                 "text (complex values: store np.abs or the real and imaginary parts)"
             )
+        if np.dtype(values.dtype).kind == "f" and np.dtype(values.dtype).itemsize > 8:
+            raise ValueError(
+                f"array {name!r} is {values.dtype} (long double), which Zarr has no type "
+                "for: cast it to float64 first (.astype(np.float64); values past float64's "
+                "16 digits are rounded)"
+            )
         if 0 in values.shape[1:]:
             raise ValueError(
                 f"array {name!r} has shape {tuple(values.shape)}: no values per sample; "
