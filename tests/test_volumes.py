@@ -9,6 +9,7 @@ import dask
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 import daskimg as di
 from daskimg.errors import DecodeError
@@ -544,3 +545,33 @@ def test_show_draws_signed_and_wide_integer_images_with_a_window(dtype, channels
             oracle = np.clip((img.astype(np.float64) - lo) / (hi - lo), 0, 1)
             np.testing.assert_allclose(np.asarray(shown.get_array()), oracle)
         assert f"{lo:.4g}..{hi:.4g}" in ax.get_title()
+
+
+@pytest.mark.parametrize(
+    ("first", "later"), [("float16", "float64"), ("float32", "float64"), ("float16", "float32")]
+)
+def test_wider_floats_than_the_first_file_s_are_refused_not_rounded(tmp_path, first, later):
+    # the set's dtype is its first file's: a later file of wider floats was rounded to it
+    # without a word (1000.12 stored as 1000.0); asked for, a narrower float rounds
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 5, 6)).astype(first)
+    b = (rng.random((4, 5, 6)) + 1000.1234).astype(later)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    ds = di.from_folder(tmp_path, size=(4, 5, 6))
+    assert ds.images.dtype == first
+    with pytest.raises(
+        di.errors.DecodeError, match=rf"b.npy.*taken from its first file.*dtype='{later}'"
+    ):
+        di.to_zarr(ds, tmp_path / "r.zarr.zip")
+    for name, dtype in ((later, later), (first, first)):  # asked for: kept, or rounded
+        path = di.to_zarr(
+            di.from_folder(tmp_path, size=(4, 5, 6), dtype=dtype), tmp_path / f"{name}.zarr.zip",
+            order="source",
+        )  # fmt: skip
+        stored = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")["images"]
+        np.testing.assert_array_equal(stored[1, ..., 0], b.astype(dtype))  # the oracle: numpy
+    exact = b.astype(first).astype(later)  # values the first file's dtype holds: taken
+    np.save(tmp_path / "b.npy", exact)
+    ds = di.imread(str(tmp_path / "*.npy"), size=(4, 5, 6))
+    np.testing.assert_array_equal(ds[1, ..., 0].compute(), exact.astype(first))

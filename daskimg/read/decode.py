@@ -125,7 +125,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Final
 
 import numpy as np
@@ -193,6 +193,9 @@ class DecodeSpec:
     dtype: str = "uint8"
     resize: str = "stretch"
     draft: bool = True
+    #: the volumes' dtype was taken from the set's first file, not asked for: a file of
+    #: wider floats is refused rather than rounded to it (as an asked float dtype rounds)
+    dtype_taken: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         size = _check_size(self.size)
@@ -372,7 +375,7 @@ def decode_volume(path: str | os.PathLike[str], spec: DecodeSpec) -> np.ndarray:
     if not spec.is_volume:
         raise ValueError(f"decode_volume needs a 3-D spec; got size={spec.size}. Use decode_image.")
     out = np.empty(spec.sample_shape, dtype=spec.dtype)
-    volume_into(os.fspath(path), out)
+    volume_into(os.fspath(path), out, taken=spec.dtype_taken)
     return out
 
 
@@ -426,7 +429,7 @@ def decode_into(
             f"got shape {out.shape} and dtype {out.dtype}"
         )
     if spec.is_volume:
-        return volume_into(os.fspath(path), out, data)
+        return volume_into(os.fspath(path), out, data, taken=spec.dtype_taken)
     return _image_into(os.fspath(path), spec, out, data)
 
 

@@ -262,6 +262,7 @@ def imread(
         dtype=resolve_dtype(dtype, size, paths, remote, skip=on_error == "skip"),
         resize=resize,
         draft=draft,
+        dtype_taken=dtype is None,
     )
     source = FileSource(paths, spec, chunks, remote)
     return source.to_dask(skip=on_error == "skip")

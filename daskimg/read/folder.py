@@ -1294,6 +1294,7 @@ def from_folder(
         dtype=resolve_dtype(dtype, size, files, remote, skip=on_error == "skip"),
         resize=resize,
         draft=draft,
+        dtype_taken=dtype is None,
     )
     source = FileSource(
         tuple(files),

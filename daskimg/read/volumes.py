@@ -59,7 +59,9 @@ VOLUME_DTYPES: Final = (
 )
 
 
-def volume_into(path: str, out: np.ndarray, data: bytes | None = None) -> tuple[int, int, int]:
+def volume_into(
+    path: str, out: np.ndarray, data: bytes | None = None, *, taken: bool = False
+) -> tuple[int, int, int]:
     """Decode the volume at ``path`` (or its content ``data``) into ``out`` ``(D, H, W, 1)``.
 
     Returns the source's ``(D, H, W)``. ``out``'s dtype is the stored dtype.
@@ -88,7 +90,7 @@ def volume_into(path: str, out: np.ndarray, data: bytes | None = None) -> tuple[
         )
     if 0 in vol.shape:
         raise DecodeError(path, f"the volume is empty (shape {vol.shape})")
-    check_volume_dtype(vol, out.dtype, path)
+    check_volume_dtype(vol, out.dtype, path, taken=taken)
     dst = out[..., 0]
     if vol.shape == dst.shape:
         np.copyto(dst, vol, casting="unsafe")  # values were checked to fit
@@ -371,14 +373,20 @@ def read_head(path: str) -> bytes:
         raise unreadable(path, exc) from None
 
 
-def check_volume_dtype(vol: np.ndarray, dtype: np.dtype, path: str | os.PathLike[str]) -> None:
-    """Refuse casts that would change values: fractions to integers, values out of range."""
+def check_volume_dtype(
+    vol: np.ndarray, dtype: np.dtype, path: str | os.PathLike[str], *, taken: bool = False
+) -> None:
+    """Refuse casts that would change values: fractions to integers, values out of range;
+    ``taken`` (``dtype`` is the set's first file's, not asked for): floats rounded too."""
     path = os.fspath(path)
     kind = vol.dtype.kind
     if kind not in "biuf":
         raise DecodeError(
             path, f"unsupported volume dtype {vol.dtype}; expected integers or floats"
         )
+    if taken and kind == "f" and dtype.kind == "f" and vol.dtype.itemsize > dtype.itemsize:
+        _check_float_output(vol, dtype, path)  # none beyond its largest value, said so
+        _check_unrounded(vol, dtype, path)
     if dtype.kind == "f" and kind in "iu" and vol.dtype.itemsize >= dtype.itemsize:
         # numpy calls int64 -> float64 safe, but float64 holds whole numbers exactly only
         # up to 2**53 (an ID or a timestamp volume would be rounded)
@@ -441,6 +449,24 @@ def _check_float_output(vol: np.ndarray, dtype: np.dtype, path: str) -> None:
             + f"); pass dtype='{vol.dtype.name}' (the source's own)"
             + (f" or '{wider}'" if (wider := _wider_float(dtype)) else ""),
         )
+
+
+def _check_unrounded(vol: np.ndarray, dtype: np.dtype, path: str) -> None:
+    """A set whose dtype was taken from its first file (narrower floats than this one's):
+    refuse values that dtype would round — the set's dtype was never asked for."""
+    for plane in vol:  # a plane at a time: no second copy of a large volume
+        back = plane.astype(dtype).astype(vol.dtype)
+        changed = (back != plane) & ~(np.isnan(plane) & np.isnan(back))
+        if changed.any():
+            value = plane[changed].flat[0]
+            raise DecodeError(
+                path,
+                f"the set's dtype, {dtype.name}, was taken from its first file, and this "
+                f"file holds {vol.dtype.name} values it would round (e.g. {float(value)!r} "
+                f"to {float(np.asarray(value).astype(dtype))!r}); pass dtype="
+                f"'{vol.dtype.name}' to keep every file's values (or dtype='{dtype.name}' "
+                "to round them)",
+            )
 
 
 def _wider_float(dtype: np.dtype) -> str | None:
