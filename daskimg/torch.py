@@ -187,7 +187,8 @@ class TorchDataset(IterableDataset):
         else False, so that ``shuffle=False`` (evaluation, inference) counts every sample
         exactly once (ranks may then differ by one batch).
     channels_first
-        Yield images as ``(N, C, H, W)`` (``(N, C, D, H, W)`` for volumes).
+        Yield images as ``(N, C, H, W)`` (``(N, C, D, H, W)`` for volumes); gray images
+        stored without a channel axis, ``(N, H, W)``, as ``(N, 1, H, W)``.
     num_workers
         Not needed any more (``len()`` no longer depends on the DataLoader's workers);
         accepted and ignored.
@@ -685,9 +686,13 @@ def _to_torch(name: str, a: np.ndarray, channels_first: bool, dtype: torch.dtype
     """One array of a batch as a tensor (strings: a list of str), images as asked for."""
     if a.dtype.kind in "OUSV":  # strings (paths): torch has no tensor of them
         return a.tolist()
+    if not a.dtype.isnative:  # big-endian (HDF5, FITS, network order): torch takes none
+        a = a.astype(a.dtype.newbyteorder("="))
     t = torch.from_numpy(np.ascontiguousarray(a))
     if name == "images":
-        if channels_first:
+        if channels_first and a.ndim == 3:  # (N, H, W) gray: moving W in front transposed it
+            t = t.unsqueeze(1)
+        elif channels_first:
             t = t.movedim(-1, 1).contiguous()
         if dtype is not None:
             scale = auto_scale(a.dtype, a.ndim)  # volumes keep their values

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+import dask.array
 import numpy as np
 import pytest
 
@@ -698,3 +699,32 @@ def test_repr_says_what_is_fed(store):
         f"TorchDataset({str(store)!r}, samples={n}, batch_size=16, "
         "arrays=['images', 'labels'], shuffle=True, seed=4, epoch=3, rank=1 of 2)"
     )
+
+
+@pytest.mark.parametrize("size", [(28, 28), (4, 6)])
+def test_channels_first_gives_gray_images_without_a_channel_axis_one(tmp_path, size):
+    # (N, H, W) images (MNIST-like) came out transposed: W moved in front of H, unseen
+    # when square; the oracle: numpy's own new axis
+    digits = np.random.default_rng(0).integers(0, 256, (8, *size), dtype=np.uint8)
+    labels = np.arange(8) % 2
+    path = di.to_zarr(
+        di.ImageSet(digits, labels, classes=["a", "b"]), tmp_path / "d.zarr.zip", order="source"
+    )
+    for src in (path, di.ImageSet(digits, labels, classes=["a", "b"])):
+        ds = TorchDataset(src, batch_size=8, shuffle=False, channels_first=True)
+        images, _ = next(iter(DataLoader(ds, batch_size=None)))
+        np.testing.assert_array_equal(images.numpy(), digits[:, None])
+
+
+def test_big_endian_arrays_are_fed_as_their_values(tmp_path):
+    # torch refused them at the first batch, naming no array ("byte order different")
+    images = np.arange(8 * 4 * 4 * 3, dtype=">u2").reshape(8, 4, 4, 3)
+    ids = np.arange(8, dtype=">i4") * 1000
+    for src in (
+        {"images": images, "ids": ids},
+        {"images": dask.array.from_array(images), "ids": dask.array.from_array(ids)},
+    ):
+        ds = TorchDataset(src, batch_size=4, shuffle=False, arrays=("images", "ids"))
+        got = list(DataLoader(ds, batch_size=None))
+        np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in got]), ids)
+        np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in got]), images)
