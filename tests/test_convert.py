@@ -526,3 +526,20 @@ def test_array_files_that_cannot_be_read_are_named_with_what_to_do(tmp_path):
         assert not (tmp_path / f"{name}.zarr.zip").exists()
     with pytest.raises(ValueError, match=r"array 'images' is float128 \(long double\)"):
         di.to_zarr(di.ImageSet(np.ones((2, 4, 4, 1), np.longdouble)), tmp_path / "l.zarr.zip")
+
+
+def test_labels_that_are_numbers_as_text_are_said_to_be_numbered_in_text_order(tmp_path, caplog):
+    # label "2" became index 4 (after "10", "11") without a word; from_folder says so
+    import logging
+
+    y = np.array([str(d).encode() for d in range(12)])
+    with h5py.File(tmp_path / "digits.h5", "w") as f:
+        f["images"] = np.zeros((12, 4, 4, 1), np.uint8)
+        f["labels"] = y
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = open_array_set(tmp_path / "digits.h5", labels="labels")
+    assert ds.classes[ds.labels[2]] == "2"  # the mapping itself is right: names by index
+    assert "numbered in text order" in caplog.text and "'2' -> 4" in caplog.text
+    by_value = [str(d) for d in range(12)]
+    ds = open_array_set(tmp_path / "digits.h5", labels="labels", classes=by_value)
+    np.testing.assert_array_equal(ds.labels, [int(v) for v in y])  # the oracle: int()

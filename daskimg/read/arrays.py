@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ from dask.highlevelgraph import HighLevelGraph
 from ..errors import DecodeError
 from .imageset import ImageSet, channels_first, check_index_range
 from .source import DEFAULT_BLOCK
+
+logger = logging.getLogger("daskimg")
 
 #: data a shuffled read of a chunked HDF5 dataset may hold in memory to read each chunk once
 SHUFFLE_MEMORY = 4 * 2**30
@@ -650,6 +653,19 @@ def _labels(
     if values.dtype.kind in "SUO":
         text = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
         names = list(classes) or sorted(set(text.tolist()))
+        numbers = [c for c in names if c.isdecimal()]
+        if not classes and len(numbers) > 1 and numbers != sorted(numbers, key=int):
+            moved = [c for i, c in enumerate(names) if c.isdecimal() and c != str(i)][:3]
+            logger.warning(
+                "labels %r are numbers written as text, numbered in text order as class "
+                "names are (%s): label %r is not index %s. Pass classes=%r (the CLI: "
+                "--classes) to number them by their value",
+                name,
+                ", ".join(f"{c!r} -> {names.index(c)}" for c in moved),
+                moved[0],
+                moved[0],
+                sorted(names, key=lambda c: (not c.isdecimal(), int(c) if c.isdecimal() else 0, c)),
+            )
         index = {c: i for i, c in enumerate(names)}
         missing = sorted(set(text.tolist()) - set(index))
         if missing:
