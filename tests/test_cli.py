@@ -1045,3 +1045,35 @@ def test_ingest_of_file_urls_writes_what_their_paths_write(ingested, image_folde
         b = plain_group(out / f"{split}.zarr.zip")
         for name in ("images", "labels", "paths"):
             np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
+def test_info_and_verify_say_an_ingest_stopped_between_its_splits(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    # killed after train was published, OUT held train alone: info and verify exited 0
+    import daskimg.store.write as write
+
+    real = write.to_zarr
+
+    def stopped_after_train(part, target, **kw):
+        if kw.get("split") != "train":
+            raise KeyboardInterrupt  # as a kill between two splits
+        return real(part, target, **kw)
+
+    out = tmp_path / "out"
+    args = ["ingest", str(image_folder), str(out), "--size", "8", "8"]
+    monkeypatch.setattr(write, "to_zarr", stopped_after_train)
+    assert main(args) != 0
+    monkeypatch.setattr(write, "to_zarr", real)
+    assert sorted(p.name for p in out.glob("*.zarr.zip")) == ["train.zarr.zip"]  # the oracle
+    capsys.readouterr()
+    for command in ("info", "verify"):
+        assert main([command, str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "an ingest into it did not finish" in err
+        assert f"{out / 'test.zarr.zip'}, {out / 'valid.zarr.zip'} not written" in err
+    assert main(args) == 0  # run again: finished, and said so no more
+    capsys.readouterr()
+    for command in ("info", "verify"):
+        assert main([command, str(out)]) == 0
+        assert "did not finish" not in capsys.readouterr().err

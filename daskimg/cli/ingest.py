@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -195,6 +196,7 @@ def _write_splits(
         for name, part in parts.items()
         if len(part) and not args.overwrite and (target := _out(args.out, name + ext)) in earlier
     }
+    mark = _mark_started(args.out, sorted(written), ext)
     rows = []
     # --overwrite: as this run's first store is published, the earlier run's others go, so
     # that OUT never holds the two runs side by side (a failure or a kill after the first
@@ -282,6 +284,8 @@ def _write_splits(
         Location.of(target, opts if is_url(target) else None).remove()
     for target in stale:
         print(f"removed {target}: a store of an earlier run, not a split of this one")
+    if mark is not None:  # every split written: the ingest is finished
+        os.remove(mark)
     print("\nsplit      samples  skipped        bytes   ratio    time")
     for name, n, nskip, nbytes, ratio, secs, _ in rows:
         print(f"{name:<9} {n:>8} {nskip:>8} {nbytes:>12} {ratio or 0:>6.2f}x {secs:>6.1f}s")
@@ -290,6 +294,37 @@ def _write_splits(
             print(f"skipped ({name}): {path}: {why}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+#: in a local OUT while an ingest writes its splits (which ones): a kill between two splits
+#: left OUT with train alone, which ``info``/``verify OUT/`` passed (exit 0)
+INGEST_MARK = ".daskimg-ingest.json"
+
+
+def _mark_started(out: str, splits: list[str], ext: str) -> str | None:
+    """Record in a local OUT that this ingest writes ``splits`` (removed when it is done)."""
+    if is_url(out):
+        return None
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, INGEST_MARK)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"stores": [s + ext for s in splits]}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def unfinished_ingest(out: str) -> list[str] | None:
+    """The stores an ingest into the local folder ``out`` was to write, if it did not
+    finish (stopped, or still running); None when no ingest is unfinished there."""
+    try:
+        with open(os.path.join(out, INGEST_MARK)) as f:
+            return [str(s) for s in json.load(f)["stores"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a mark cut short: the ingest stopped as it began
 
 
 def _refuse_out_holding_images(src: str, out: str, opts: Any = None) -> None:

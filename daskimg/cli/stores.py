@@ -24,7 +24,7 @@ def info_cmd(args: argparse.Namespace) -> int:
     folder = _folder_of_stores(args.store, "info")
     if folder is not None:
         # a folder of stores, e.g. what `daskimg ingest` wrote
-        stores, never = folder
+        stores, never, stopped = folder
         summaries, foreign = [], 0
         for path in stores:
             try:
@@ -39,16 +39,19 @@ def info_cmd(args: argparse.Namespace) -> int:
                 print(format_info(summary) + "\n")
         for path in never:
             print(f"{path}: {missing_error(Location.of(path))}", file=sys.stderr)
-        return max(_unfinished(summaries), _staged_beside(stores), 1 if never else 0, foreign)
+        return max(
+            _unfinished(summaries), _staged_beside(stores), 1 if never else 0, foreign, stopped
+        )
     summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
     return max(_unfinished([summary]), _staged_beside([args.store]))
 
 
-def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str]] | None:
-    """For a local folder that is no store (``daskimg ingest``'s OUT): its stores, and the
+def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str], int] | None:
+    """For a local folder that is no store (``daskimg ingest``'s OUT): its stores, the
     stores whose only trace is the staging folder of a write killed before they were ever
-    finished; None for a store or a URL. A path that does not exist and is named like no
+    finished (or that an unfinished ingest was to write), and 1 when an ingest into it did
+    not finish (said on stderr), else 0; None for a store or a URL. A path that does not exist and is named like no
     store is said as such (it was "must end in .zarr.zip")."""
     if is_url(path) or path.rstrip("/").endswith((".zarr", ".zarr.zip")):
         return None
@@ -56,6 +59,8 @@ def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str]] | 
         raise FileNotFoundError(f"{path}: no such store or folder of stores")
     if not os.path.isdir(path):
         return None  # a file named like no store: the store's own message
+    from .ingest import unfinished_ingest
+
     names = os.listdir(path)
     stores = sorted(os.path.join(path, f) for f in names if f.endswith((".zarr.zip", ".zarr")))
     never = sorted(
@@ -64,12 +69,22 @@ def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str]] | 
         if f.endswith((".zarr.zip.partial", ".zarr.partial"))
         and f.removesuffix(".partial") not in names
     )
+    planned = unfinished_ingest(path)
+    if planned is not None:  # a kill between two splits left the first alone, looking whole
+        missing = [os.path.join(path, s) for s in planned if s not in names]
+        never = sorted({*never, *missing})
+        print(
+            f"{path}: an ingest into it did not finish (it stopped, or is still running)"
+            + (f": {', '.join(missing)} not written" if missing else "")
+            + ". Run the same daskimg ingest again to finish it",
+            file=sys.stderr,
+        )
     if not stores and not never:
         raise FileNotFoundError(
             f"{path} is a folder without stores (*.zarr.zip or *.zarr); "
             f"name a store, e.g. daskimg {command} out/train.zarr.zip"
         )
-    return stores, never
+    return stores, never, 0 if planned is None else 1
 
 
 def _staged_beside(stores: list[str]) -> int:
@@ -107,7 +122,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
 
     opts = args.storage_options
     folder = _folder_of_stores(args.store, "verify")
-    stores, never = folder if folder is not None else ([args.store], [])
+    stores, never, stopped = folder if folder is not None else ([args.store], [], 0)
     failed = 0
     for store in stores:  # each store of a folder (ingest's OUT), as info does
         try:
@@ -136,7 +151,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
             print(f"note: {note}")
     for path in never:
         print(f"{path}: {missing_error(Location.of(path))}", file=sys.stderr)
-    return max(failed, 1 if never else 0)
+    return max(failed, 1 if never else 0, stopped)
 
 
 def show_cmd(args: argparse.Namespace) -> int:
