@@ -196,13 +196,12 @@ def _write_splits(
         for name, part in parts.items()
         if len(part) and not args.overwrite and (target := _out(args.out, name + ext)) in earlier
     }
-    mark = _mark_started(args.out, sorted(written), ext)
     rows = []
     # --overwrite: as this run's first store is published, the earlier run's others go, so
     # that OUT never holds the two runs side by side (a failure or a kill after the first
     # split would leave a new train beside the old valid, sharing images); before that, a
     # run that fails leaves OUT as the earlier run made it (earlier: the stores it replaces)
-    with scheduler(args.scheduler, args.workers):
+    with _Mark(args.out, sorted(written), ext) as mark, scheduler(args.scheduler, args.workers):
         for name, part in parts.items():
             if len(part) == 0:
                 continue
@@ -257,6 +256,7 @@ def _write_splits(
                     raise
                 finally:
                     BEFORE_PUBLISH.reset(token)
+                mark.published = True
                 if args.overwrite:  # the earlier run's others went as this was published
                     earlier, stale = [], []
                     for old in gone:
@@ -284,8 +284,7 @@ def _write_splits(
         Location.of(target, opts if is_url(target) else None).remove()
     for target in stale:
         print(f"removed {target}: a store of an earlier run, not a split of this one")
-    if mark is not None:  # every split written: the ingest is finished
-        os.remove(mark)
+    mark.remove()  # every split written: the ingest is finished
     print("\nsplit      samples  skipped        bytes   ratio    time")
     for name, n, nskip, nbytes, ratio, secs, _ in rows:
         print(f"{name:<9} {n:>8} {nskip:>8} {nbytes:>12} {ratio or 0:>6.2f}x {secs:>6.1f}s")
@@ -301,18 +300,37 @@ def _write_splits(
 INGEST_MARK = ".daskimg-ingest.json"
 
 
-def _mark_started(out: str, splits: list[str], ext: str) -> str | None:
-    """Record in a local OUT that this ingest writes ``splits`` (removed when it is done)."""
-    if is_url(out):
-        return None
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, INGEST_MARK)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"stores": [s + ext for s in splits]}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-    return path
+class _Mark:
+    """The record in a local OUT that an ingest writes ``splits`` (:data:`INGEST_MARK`):
+    made on entering, removed by :meth:`remove` once every split is written, or on leaving
+    with an error (a Ctrl-C) before this run published any store, unless an earlier
+    unfinished ingest left one: OUT is then as it was."""
+
+    def __init__(self, out: str, splits: list[str], ext: str) -> None:
+        self.path = None if is_url(out) else os.path.join(out, INGEST_MARK)
+        self.stores = [s + ext for s in splits]
+        self.published = self.earlier = False
+
+    def __enter__(self) -> _Mark:
+        if self.path is not None:
+            # an earlier ingest's, unfinished: kept if this one stops before publishing
+            self.earlier = os.path.exists(self.path)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path + ".tmp", "w") as f:
+                json.dump({"stores": self.stores}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self.path + ".tmp", self.path)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and not self.published and not self.earlier:
+            self.remove()
+
+    def remove(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
 
 
 def unfinished_ingest(out: str) -> list[str] | None:
