@@ -1647,3 +1647,85 @@ def test_a_folder_store_past_the_descriptor_limit_raises_it_or_says_what_to_do(t
     assert stuck.returncode != 0
     assert "a *.zarr folder store keeps one open per file it reads" in stuck.stderr
     assert "*.zarr.zip: one descriptor" in stuck.stderr
+
+
+def test_a_root_zarr_json_python_cannot_parse_is_damage_naming_the_store(tmp_path):
+    # 5,000 nested '[' (RecursionError) or a 5,000-digit number (ValueError) escaped as
+    # bare Python errors naming no store; daskimg verify and info printed a traceback
+    from daskimg.cli import main
+    from daskimg.errors import MetadataError
+
+    ds = di.ImageSet(np.ones((8, 4, 4, 3), np.uint8), np.zeros(8, np.int64), classes=["a"])
+    for name, edit in [
+        ("deep.zarr", lambda text: "[" * 5000),
+        (
+            "digits.zarr",
+            lambda text: text.replace('"num_samples": 8', '"num_samples": ' + "8" * 5000),
+        ),
+    ]:
+        path = Path(di.to_zarr(ds, tmp_path / name))
+        root = path / "zarr.json"
+        root.write_text(edit(root.read_text()))
+        with pytest.raises(MetadataError, match=rf"{name}: zarr.json cannot be parsed"):
+            di.open_zarr(path)
+        assert main(["verify", str(path)]) == 1  # listed as a problem, not a traceback
+
+
+def test_a_chunk_is_sized_for_memory_by_its_declared_length_past_the_array_too(monkeypatch):
+    # the last chunk is decoded whole, rows past the array included: a chunk_len of 3.3
+    # million on a 40-sample array (a 78 KiB crafted store) took 4.9 GiB of memory
+    import daskimg.store.format as fmt
+    from daskimg.errors import MetadataError
+    from daskimg.store.layout import parse_layout
+
+    meta = {
+        "zarr_format": 3, "node_type": "array", "shape": [40, 16, 16, 3], "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [3_300_000, 16, 16, 3]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [
+            {"name": "bytes", "configuration": {"endian": "little"}},
+            {"name": "zstd", "configuration": {"level": 3, "checksum": False}},
+            {"name": "crc32c"},
+        ],
+    }  # fmt: skip
+    lay = parse_layout("s.zarr", "images", meta)
+    monkeypatch.setattr(fmt, "memory_bytes", lambda: 2 * 2**30)  # 2 GiB; the chunk: 2.4
+    with pytest.raises(MetadataError, match=r"declares chunks of 3300000 samples"):
+        fmt.check_fits_memory("s.zarr", lay)
+    fmt.check_fits_memory(
+        "s.zarr",
+        parse_layout(
+            "s.zarr",
+            "images",
+            {**meta, "shape": [40, 16, 16, 1]}
+            | {
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [40, 16, 16, 1]}}
+            },
+        ),
+    )
+
+
+def test_a_string_chunk_claiming_more_than_memory_allows_is_refused_before_allocating(monkeypatch):
+    # a 74 KiB chunk of 40,000 strings may claim 2.6 GB (65,540 bytes a row); a million rows,
+    # 65 GB: a bare MemoryError, or the OOM killer, before the checksum could say anything
+    import struct
+
+    import crc32c
+
+    import daskimg.store.format as fmt
+    from daskimg.errors import ChecksumError
+    from daskimg.store.codecs import decode_chunk
+
+    claim = 400 * 2**20
+    frame = (
+        b"\x28\xb5\x2f\xfd\xe0"
+        + struct.pack("<Q", claim)
+        + ((8 << 3) | 1).to_bytes(3, "little")
+        + bytes(8)
+    )
+    chunk = frame + crc32c.crc32c(frame).to_bytes(4, "little")
+    out = np.empty(40_000, dtype=object)
+    monkeypatch.setattr(fmt, "memory_bytes", lambda: 1 * 2**30)  # a quarter: 256 MiB < 400
+    with pytest.raises(ChecksumError, match=rf"claims {claim} bytes, more than the chunk can hold"):
+        decode_chunk(chunk, "vlen", out, "s.zarr: array 'paths', chunk 0")

@@ -328,7 +328,11 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
         decode_chunk_into(body, out, where)
         return
     if kind == "vlen":
-        limit = 4 + out.size * (4 + MAX_STRING_BYTES)
+        # and a quarter of this machine's memory: a chunk of a million rows may claim 65 GB
+        # (decoding copies it; a claim past memory was a bare MemoryError, or the OOM killer)
+        from .format import memory_bytes  # (format imports this module)
+
+        limit = min(4 + out.size * (4 + MAX_STRING_BYTES), (memory_bytes() or 2**62) // 4)
         out[...] = vlen_decode(zstd_decode(body, where, limit), out.size, where).reshape(out.shape)
         return
     if kind == "vlen-raw":  # a store plain zarr wrote: strings without a compressor

@@ -536,7 +536,7 @@ def check_fits_memory(where: str, lay: ArrayLayout) -> None:
     """Refuse an array whose chunk, decoded, is larger than this machine's memory: daskimg
     reads a whole chunk at a time (a crafted sample shape with resealed checksums made numpy
     raise MemoryError). Metadata-only work (``info``, adding a column) does not need it."""
-    rows = min(lay.chunk_len, lay.shape[0])
+    rows = lay.chunk_len  # a last chunk is decoded whole too, rows past the array included
     need, memory = rows * lay.row_bytes, memory_bytes()
     if memory and need > memory:
         raise MetadataError(

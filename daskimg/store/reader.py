@@ -117,7 +117,7 @@ class StoreReader:
             return None
         try:
             return json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8; 5,000 nested [ or digits
             raise MetadataError(
                 f"{self.path}: {key} cannot be parsed ({e}); the store's metadata is damaged — "
                 "re-create the store"
