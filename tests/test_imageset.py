@@ -1354,3 +1354,43 @@ def test_from_csv_lines_with_fewer_values_than_the_header_are_said(image_folder,
     )
     assert f"Check line(s) {cut[0]}, {cut[1]}" in caplog.text
     assert np.isnan(ds.columns["weight"][-2:]).all() and ds.columns["age"][-2] == 45
+
+
+def test_classes_a_split_leaves_out_of_train_are_named(caplog):
+    # a class's only image filled an empty valid/ or test/, or went there by the fractions:
+    # a model trained on train never saw it, and nothing said so (3 one-image classes gave
+    # train 'c', valid 'a', test 'b'; the log said each class reaches every split)
+    import logging
+
+    names = [f"c{i:02d}" for i in range(40)]
+    ds = di.ImageSet(np.zeros((40, 1, 1, 1), np.uint8), np.arange(40), classes=names)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        parts = ds.split({"train": 0.95, "valid": 0.025, "test": 0.025}, seed=0)
+    trained = {names[c] for c in parts["train"].labels}
+    gone = sorted(set(names) - trained)  # the oracle: the classes train holds
+    assert gone and f"{len(gone)} class(es) have no sample in 'train'" in caplog.text
+    assert all(repr(c) in caplog.text for c in gone)
+    caplog.clear()
+    three = di.ImageSet(np.zeros((3, 4, 4, 3), np.uint8), [0, 1, 2], classes=["a", "b", "c"])
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        three.split({"train": 0.8, "valid": 0.1, "test": 0.1})
+    assert "2 class(es) have no sample in 'train'" in caplog.text
+    assert "Each of the 3 classes gives every split" not in caplog.text
+    caplog.clear()
+    two_each = di.ImageSet(np.zeros((80, 1, 1, 1), np.uint8), np.arange(80) % 40, classes=names)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        parts = two_each.split({"train": 0.5, "valid": 0.5}, seed=0)
+    assert set(parts["train"].labels.tolist()) == set(range(40))
+    assert "no sample in 'train'" not in caplog.text
+
+
+def test_fractions_a_hair_from_one_leave_no_sample_out():
+    # accepted as adding up to 1 (within 1e-6), 0.49999951 twice lost 2 of 4,000,000
+    # samples of one class; the oracle: every index in exactly one part
+    n = 4_000_000
+    labels = np.zeros(n, np.int64)
+    from daskimg.read.imageset import split_indices
+
+    parts = split_indices(n, {"train": 0.49999951, "test": 0.49999951}, labels=labels, seed=0)
+    every = np.concatenate(list(parts.values()))
+    assert len(every) == n and len(np.unique(every)) == n

@@ -539,6 +539,8 @@ class ImageSet:
                 f"no sample: { ({k: len(v) for k, v in parts.items()}) }. Pass fewer splits or "
                 "larger fractions for so few samples"
             )
+        if self.labels is not None:
+            _warn_classes_left_out(parts, self.labels, fractions, self.classes)
         out = {name: self.take(idx) for name, idx in parts.items()}
         if resplit:  # divided anew on purpose: no part is one of the split folders any more
             for part in out.values():
@@ -651,6 +653,7 @@ def split_indices(
         raise ValueError(f"fractions must be non-negative numbers, got {dict(fractions)}")
     if not math.isclose(fr.sum(), 1.0, abs_tol=1e-6):
         raise ValueError(f"fractions must add up to 1, got {dict(fractions)} (sum {fr.sum():g})")
+    fr = fr / fr.sum()  # within 1e-6 of 1: a class of millions lost samples to the shortfall
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     groups = (
         [np.arange(n)]
@@ -664,21 +667,56 @@ def split_indices(
         for j, (a, b) in enumerate(zip(np.cumsum(counts) - counts, np.cumsum(counts), strict=True)):
             out[j].append(members[a:b])
     # classes too small to reach every split can leave one empty: it gets a sample from the
-    # largest split's largest class (so each split with a fraction > 0 has one if n allows)
+    # largest class of any split (of the largest split, among equals), so each split with a
+    # fraction > 0 has one if n allows, and a class keeps a sample where it can
     for j in np.flatnonzero(fr > 0).tolist():
         if not sum(len(g) for g in out[j]):
-            donor = max(range(len(names)), key=lambda k: sum(len(g) for g in out[k]))
-            if sum(len(g) for g in out[donor]) < 2:
+            donor, g = max(
+                ((k, c) for k in range(len(names)) for c in range(len(out[k]))),
+                key=lambda kc: (len(out[kc[0]][kc[1]]), sum(len(x) for x in out[kc[0]])),
+            )
+            if sum(len(x) for x in out[donor]) < 2:
                 break
-            g = max(range(len(out[donor])), key=lambda k: len(out[donor][k]))
             out[j].append(out[donor][g][-1:])
             out[donor][g] = out[donor][g][:-1]
     parts = {
         name: np.sort(np.concatenate(chunks)).astype(np.int64) if chunks else np.empty(0, np.int64)
         for name, chunks in zip(names, out, strict=True)
     }
+    assert sum(len(p) for p in parts.values()) == n, "every sample in exactly one split"
     _warn_far_from_fractions(parts, fractions, n, len(groups))
     return parts
+
+
+def _warn_classes_left_out(
+    parts: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    fractions: Mapping[str, float],
+    classes: Sequence[str] = (),
+) -> None:
+    """Name the classes with no sample in the training split (``train``, else the largest):
+    a class of fewer samples than splits goes where the fractions put it (or fills a split
+    that would be empty), and a model trained there never sees it."""
+    main = "train" if "train" in parts else max(parts, key=lambda k: float(fractions[k]))
+    labels = np.asarray(labels)
+    held = set(np.unique(labels[parts[main]]).tolist())
+    gone = [int(c) for c in np.unique(labels) if c >= 0 and int(c) not in held]
+    if gone:
+        where = {c: [k for k, idx in parts.items() if (labels[idx] == c).any()] for c in gone[:8]}
+        logger.warning(
+            "split: %d class(es) have no sample in %r, so a model trained on it never sees "
+            "them: %s%s. They have fewer samples than there are splits; add samples, pass "
+            "fewer splits, or leave such classes out",
+            len(gone),
+            main,
+            ", ".join(
+                f"{classes[c]!r} (in {', '.join(map(repr, ks))})"
+                if c < len(classes)
+                else f"class {c} (in {', '.join(map(repr, ks))})"
+                for c, ks in where.items()
+            ),
+            ", ..." if len(gone) > 8 else "",
+        )
 
 
 def _warn_far_from_fractions(
@@ -697,7 +735,8 @@ def _warn_far_from_fractions(
     if far:
         logger.warning(
             "split: the shares are far from the fractions asked: %s. Each of the %d classes "
-            "gives every split at least one sample (about %.1f samples per class here); pass "
+            "with as many samples as splits gives every split one (about %.1f samples per "
+            "class here); pass "
             "stratify=False (daskimg ingest --no-stratify) to divide the whole set by the "
             "fractions",
             ", ".join(far),
