@@ -193,6 +193,7 @@ class KerasDataset(keras.utils.PyDataset):
         self.read_workers = workers
         self.read_processes = use_multiprocessing
         self._told: int | None = None  # the length Keras last read (num_batches)
+        self._fitting = False  # the latest pass over it is a fit's own (not one within it)
         self._data = IndexedBatches(
             source,
             names,
@@ -297,6 +298,8 @@ class KerasDataset(keras.utils.PyDataset):
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """The rest of the current epoch in order; then the next epoch is selected."""
+        if self._fitting and called_from(("fit",), "keras"):
+            self._refuse_inside_fit("iterating over this KerasDataset")
         for i in range(len(self)):
             yield self[i]
         self.on_epoch_end()
@@ -308,6 +311,11 @@ class KerasDataset(keras.utils.PyDataset):
         shuffled order, with nothing to say which sample each belongs to), and a later epoch
         of a ``fit`` that began with the rest of a resumed epoch (Keras keeps that many
         steps for every epoch of the call)."""
+        own = called_from(("fit",), "keras", stop=("evaluate", "predict"))  # fit's own pass
+        within = not own and called_from(("fit",), "keras")  # evaluate/predict in a fit
+        if within and self._fitting:
+            self._refuse_inside_fit("model.evaluate or predict on this KerasDataset")
+        self._fitting = own or (within and self._fitting)
         self._data.advance_if_served()
         told = self._told
         if told is not None and told != len(self) and called_from(("fit",), "keras"):
@@ -360,6 +368,23 @@ class KerasDataset(keras.utils.PyDataset):
                 "row k would not be sample k, and written back they would land on other "
                 "samples. Predict from one in store order: KerasDataset(path, batch_size=..., "
                 "arrays=('images',)) or shuffle=False"
+            )
+
+    def _refuse_inside_fit(self, doing: str) -> None:
+        """Refuse a pass over this dataset from inside its own ``fit``'s epoch (a callback's
+        ``evaluate(train)``, a loop over it): served whole, the epoch would move on, and
+        the ``fit``'s remaining steps would read the next epoch's batches (a quarter of the
+        samples trained twice, as many never). At the epoch's end (validation on it) it is
+        served whole already: allowed."""
+        progress = self._data.progress
+        if 0 < len(progress.served) < len(self):
+            raise ValueError(
+                f"{doing} in the middle of its own fit's epoch ({len(progress.served)} of "
+                f"{len(self)} batches trained on): it would serve the rest of the epoch, "
+                "which would then move on, and the fit's remaining steps would read the next "
+                "epoch's batches (samples trained twice, others never). Evaluate a "
+                "KerasDataset of its own over the same store: KerasDataset(path, "
+                "batch_size=..., shuffle=False)"
             )
 
     def on_epoch_end(self) -> None:

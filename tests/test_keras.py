@@ -729,3 +729,34 @@ def test_repr_says_what_is_fed(store):
         f"KerasDataset({str(store)!r}, batch_size=10, batches={-(-N // 10)}, "
         "arrays=['images', 'labels'], shuffle=True, seed=5, epoch=0)"
     )
+
+
+def test_a_pass_over_the_training_set_inside_its_own_fit_epoch_is_refused(store):
+    # evaluate(train) from a callback mid-epoch served the rest of the epoch, which moved
+    # on: the fit's remaining steps read the next epoch's batches (54 of 200 samples trained
+    # twice, 54 never); a dataset of its own over the same store is the way
+    train = KerasDataset(store, batch_size=16, seed=1)
+    other = KerasDataset(store, batch_size=16, shuffle=False)
+
+    class Mid(keras.callbacks.Callback):
+        def __init__(self, ds, how):
+            super().__init__()
+            self.ds, self.how = ds, how
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                if self.how == "evaluate":
+                    self.model.evaluate(self.ds, verbose=0)
+                else:
+                    sum(len(y) for _, y in self.ds)
+
+    for how in ("evaluate", "iterate"):
+        model, rec, passes = recording_model()
+        with pytest.raises(ValueError, match=r"in the middle of its own fit's epoch \(3 of 7"):
+            model.fit(train, epochs=1, verbose=0, callbacks=[passes, Mid(train, how)])
+    model, rec, passes = recording_model()
+    fresh = KerasDataset(store, batch_size=16, seed=1)
+    model.fit(fresh, epochs=2, verbose=0, callbacks=[passes, Mid(other, "evaluate")])
+    for epoch in rec.train:  # the oracle: the ids the pixels encode, each once an epoch
+        assert sorted(flat(epoch)) == list(range(N))
+    model.fit(fresh, epochs=1, verbose=0, validation_data=fresh)  # at the epoch's end: served
