@@ -593,7 +593,9 @@ def lightning_epoch(trainer: Any) -> int:
     """The epoch a PyTorch Lightning ``trainer`` trains next, for
     ``ds.set_epoch(lightning_epoch(self.trainer))`` in ``train_dataloader()``.
 
-    The epochs it has finished (``fit_loop.epoch_progress.current.processed``; after a
+    Resumed from a stop by ``max_steps`` (its epoch processed, not completed) or at a
+    reload at an epoch's start: the epochs completed. Otherwise the epochs processed
+    (``fit_loop.epoch_progress.current.processed``; after a
     resume ``current_epoch`` is still the last finished one there, whose order would be
     read again), one more when it resumes from a checkpoint saved on an epoch's last step
     (``ModelCheckpoint(every_n_train_steps=...)``): that epoch is done, and Lightning goes
@@ -602,9 +604,18 @@ def lightning_epoch(trainer: Any) -> int:
     """
     loop = trainer.fit_loop
     epochs = loop.epoch_progress.current
+    done, finished = int(epochs.processed), int(epochs.completed)
+    # a stop by max_steps counts its epoch processed, not completed, and processed stays one
+    # ahead after the resume: read as the epoch, every later epoch took the next one's order
+    # (one order skipped) and the resumed one an extra batch
+    if loop.restarting and done > finished:
+        return finished  # its state restored: Lightning reads the rest of that epoch first
+    reloads = bool(getattr(trainer, "reload_dataloaders_every_n_epochs", 0))
+    if not loop.restarting and reloads:
+        return finished  # a reload at an epoch's start: the epochs finished
     batches = loop.epoch_loop.batch_progress
-    done = bool(loop.restarting and batches.is_last_batch and epochs.started > epochs.processed)
-    return int(epochs.processed) + int(done)
+    last = bool(loop.restarting and batches.is_last_batch and epochs.started > done)
+    return done + int(last)
 
 
 def _for_rank(state: dict[str, Any], it: BatchIterator) -> dict[str, Any]:

@@ -286,3 +286,61 @@ def test_lightning_ddp_predict_in_store_order_without_index_is_refused(tmp_path,
     pairs = np.concatenate(pairs)
     np.testing.assert_array_equal(np.sort(pairs[:, 0]), np.arange(N))  # every sample once
     np.testing.assert_array_equal(pairs[:, 1], plain_group(store)["idx"][:][pairs[:, 0]])
+
+
+class ResumingInProcess(Recorder):
+    """The README's ``train_dataloader`` with a ``StatefulDataLoader`` and no workers; the
+    batches of each epoch recorded at each step (a fit stopped mid-epoch ends none)."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        name = f"rank{self.global_rank}-epoch{self.current_epoch}.pkl"
+        with open(os.path.join(self.out, name), "wb") as f:
+            pickle.dump(self.seen, f)
+
+    def on_train_epoch_end(self) -> None:
+        self.seen = []
+
+    def train_dataloader(self) -> DataLoader:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        ds = TorchDataset(self.store, batch_size=16, arrays=("images", "labels", "index"))
+        ds.set_epoch(lightning_epoch(self.trainer))
+        return StatefulDataLoader(ds, batch_size=None)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's advice (workers, logging, ...)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's pytree, inside Lightning
+@pytest.mark.parametrize("reload", [0, 1])
+@pytest.mark.parametrize("stop", [6, 9])  # the first epoch's last step; mid-epoch 1
+def test_lightning_resumed_after_max_steps_trains_on_the_uninterrupted_batches(
+    tmp_path, indexed_set, reload, stop
+):
+    """A fit stopped by max_steps (Lightning counts the epoch processed, not completed) and
+    resumed from its last.ckpt: lightning_epoch gave one epoch more than Lightning trained,
+    so the resumed fit trained an extra batch in the stopped epoch and every later epoch
+    took the next one's order (with reload_dataloaders_every_n_epochs)."""
+    checkpoint = pytest.importorskip("pytorch_lightning.callbacks").ModelCheckpoint
+    pytest.importorskip("torchdata")
+    store = str(di.to_zarr(indexed_set.take(np.arange(N)), tmp_path / "t.zarr.zip", chunks=8))
+    quiet = {
+        "accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+        "enable_model_summary": False, "reload_dataloaders_every_n_epochs": reload,
+    }  # fmt: skip
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    first.mkdir()
+    resumed.mkdir()
+    saves = checkpoint(dirpath=tmp_path / "ck", save_last=True)
+    pl.Trainer(max_steps=stop, callbacks=[saves], **quiet).fit(ResumingInProcess(store, str(first)))
+    pl.Trainer(max_steps=18, enable_checkpointing=False, **quiet).fit(  # 3 epochs of 6
+        ResumingInProcess(store, str(resumed)), ckpt_path=str(tmp_path / "ck" / "last.ckpt")
+    )
+    for epoch in range(3):  # the oracle: the plans of epochs 0, 1, 2, each batch once
+        expected = dataloader_batches(N, 8, epoch, 1, 0, 1, batch_size=16, seed=0)
+        seen: list = []
+        for out in (first, resumed):
+            if (out / f"rank0-epoch{epoch}.pkl").exists():
+                with open(out / f"rank0-epoch{epoch}.pkl", "rb") as f:
+                    seen += pickle.load(f)
+        assert [i.tolist() for i, _ in seen] == [w.tolist() for w in expected], epoch
