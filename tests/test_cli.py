@@ -741,9 +741,24 @@ def test_an_earlier_out_inside_src_is_no_class_of_the_next_run(tmp_path, caplog)
     assert main(["ingest", str(src), str(src / "aa_v1"), "--size", "8", "8"]) == 0
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         assert main(["ingest", str(src), str(src / "aa_v2"), "--size", "8", "8"]) == 0
-    assert "aa_v1: it holds daskimg stores and nothing else" in caplog.text
+    assert "aa_v1: it holds daskimg stores (an earlier ingest's OUT), no class" in caplog.text
     for v in ("aa_v1", "aa_v2"):
         assert di.open_zarr(src / v / "train.zarr.zip").classes == ("cat", "dog")
+    # a grid drawn into it (daskimg show -o SRC/aa_v1/grid.png) made it a class of one image
+    assert (
+        main(["show", str(src / "aa_v1" / "train.zarr.zip"), "-o", str(src / "aa_v1" / "grid.png")])
+        == 0
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert main(["ingest", str(src), str(src / "aa_v3"), "--size", "8", "8"]) == 0
+    assert "with it, 1 other file(s) there: grid.png" in caplog.text
+    stored = [di.open_zarr(src / "aa_v3" / f"{s}.zarr.zip") for s in ("train", "valid", "test")]
+    walked = sorted(p.relative_to(src).as_posix() for p in (src / "cat").iterdir()) + sorted(
+        p.relative_to(src).as_posix() for p in (src / "dog").iterdir()
+    )  # the oracle: the class folders' own files
+    assert sorted(p for s in stored for p in s.paths) == walked
+    assert all(s.classes == ("cat", "dog") for s in stored)
 
 
 def test_info_fails_on_an_unfinished_store_and_show_names_what_it_cannot_draw(tmp_path, capsys):

@@ -446,13 +446,15 @@ def _earlier_stores(
 
 
 def _store_folders(src: str) -> list[str]:
-    """Folders of SRC (or of its split folders) that hold daskimg stores and nothing else:
-    the OUT of an earlier run to another OUT inside SRC, which this run would read as an
-    empty class (every label index after it shifted by one). Logged; local SRC only."""
+    """Folders of SRC (or of its split folders) that hold daskimg stores: the OUT of an
+    earlier run to another OUT inside SRC, which this run would read as an empty class
+    (every label index after it shifted by one), or as a class of the other files put there
+    (``daskimg show -o OUT/grid.png``). Logged with those files; local SRC only."""
     if is_url(src) or not os.path.isdir(src):
         return []
     ends = (".zarr.zip", ".zarr")
-    found = []
+    found: list[str] = []
+    others: dict[str, list[str]] = {}  # an OUT's files that are no store
     tops = [src] + [
         os.path.join(src, d)
         for d in os.listdir(src)
@@ -469,14 +471,20 @@ def _store_folders(src: str) -> list[str]:
             except OSError:  # unreadable: the folder reader says so, as before
                 continue
             kept = [n for n in names if n.endswith(ends)]
-            leftovers = [n for n in names if n.endswith((".lock", ".partial"))]
-            if kept and len(kept) + len(leftovers) == len(names):
+            if kept:
                 found.append(entry.path)
+                others[entry.path] = sorted(
+                    n for n in names if not n.endswith((*ends, ".lock", ".partial"))
+                )
     for folder in found:
+        rest = others[folder]
         logger.warning(
-            "left out %s: it holds daskimg stores and nothing else (an earlier ingest's OUT), "
-            "no class",
+            "left out %s: it holds daskimg stores (an earlier ingest's OUT), no class%s",
             folder,
+            f"; with it, {len(rest)} other file(s) there: {', '.join(rest[:8])}"
+            + (", ..." if len(rest) > 8 else "")
+            if rest
+            else "",
         )
     return found
 
