@@ -392,7 +392,7 @@ def test_a_refused_re_ingest_says_what_changed(tmp_path, capsys):
     Image.new("RGB", (9, 7)).save(src / "a" / "0.png")
     capsys.readouterr()
     assert main(args) == 2
-    assert "(classes added ['a']; 10 files then, 11 now)" in capsys.readouterr().err
+    assert "(classes added ['a']; files added here: ['a/0.png'])" in capsys.readouterr().err
     (src / "a" / "0.png").unlink()
     (src / "a").rmdir()
     assert main([*args[:4], "6", "6", *args[6:], "--seed", "3"]) == 2
@@ -400,6 +400,22 @@ def test_a_refused_re_ingest_says_what_changed(tmp_path, capsys):
     Image.new("RGB", (9, 7), (9, 9, 9)).save(src / "b" / "0.png")  # new pixels, same name
     assert main(args) == 2
     assert "the files themselves" in capsys.readouterr().err
+    # a file more in a split of 3 that leaves this split's count as it was: it said "the
+    # same number of files"; the oracle: the paths stored and the folder's files
+    shutil.rmtree(out)
+    split = [*args[:6], "--valid", "0.1", "--test", "0.1"]
+    for k in range(5, 12):
+        Image.new("RGB", (9, 7), (k, 1, 0)).save(src / "b" / f"{k}.png")
+    assert main(split) == 0
+    Image.new("RGB", (9, 7), (1, 2, 3)).save(src / "c" / "new.png")
+    stored = {
+        p for s in ("train", "valid", "test") for p in di.open_zarr(out / f"{s}.zarr.zip").paths
+    }
+    assert "c/new.png" not in stored
+    capsys.readouterr()
+    assert main(split) == 2
+    err = capsys.readouterr().err
+    assert "files added here: [" in err and "c/new.png" in err and "number of files" not in err
 
 
 def test_stores_of_an_earlier_run_that_this_run_does_not_write_are_not_left_beside_it(

@@ -510,17 +510,25 @@ def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, sp
     )  # fmt: skip
     if (attrs.get("source") or {}).get("fingerprint") == want:
         return True
+    try:  # which files it holds, for the message (a refusal: read once, then done)
+        from ..store.open import open_zarr
+
+        held = open_zarr(target, storage_options=so).paths
+    except Exception:
+        held = None
     raise StoreExistsError(
         f"{target} exists and was written from other files or settings"
-        f"{_what_differs(attrs, part, args)}; pass --overwrite to replace it (or write to "
-        "another OUT)"
+        f"{_what_differs(attrs, part, args, held)}; pass --overwrite to replace it (or write "
+        "to another OUT)"
     )
 
 
-def _what_differs(attrs: Mapping[str, Any], part: Any, args: argparse.Namespace) -> str:
-    """What the store's attributes show changed since it was written (its classes, number of
-    files, size, codec, seed), for the refusal; the files alone (a new image under an old
-    name) show only in the fingerprint."""
+def _what_differs(
+    attrs: Mapping[str, Any], part: Any, args: argparse.Namespace, held: Any = None
+) -> str:
+    """What the store's attributes show changed since it was written (its classes, its
+    files — ``held``, its paths, if read —, size, codec, seed), for the refusal; the files
+    alone (a new image under an old name) show only in the fingerprint."""
     from ..store.codecs import DEFAULT_CODEC, canonical_codec
 
     said = []
@@ -533,7 +541,21 @@ def _what_differs(attrs: Mapping[str, Any], part: Any, args: argparse.Namespace)
                 moved.append(f"{word} {shown[:5]}{' ...' if len(shown) > 5 else ''}")
         said.append("classes " + ("; ".join(moved) or "in another order"))
     files = int(attrs.get("num_samples") or 0) + len(attrs.get("skipped") or [])
-    if files != len(part):
+    if held is not None and part.paths is not None:
+        # a file added to SRC may leave this split's count as it was (an image more in
+        # train, one fewer here): "the same number of files" pointed away from it
+        skipped = {str(p) for p, _ in attrs.get("skipped") or []}  # left out: no row
+        then_files = {str(p) for p in held}
+        now_files = {
+            str(p)
+            for p in part.paths
+            if str(p) not in skipped and os.path.join(str(part.root or ""), str(p)) not in skipped
+        }
+        for word, names in (("added", now_files - then_files), ("gone", then_files - now_files)):
+            if names:
+                shown = sorted(names)
+                said.append(f"files {word} here: {shown[:3]}{' ...' if len(shown) > 3 else ''}")
+    elif files != len(part):
         said.append(f"{files} files then, {len(part)} now")
     size = (attrs.get("source") or {}).get("size")
     if size is not None and list(size) != list(args.size):
@@ -546,8 +568,10 @@ def _what_differs(attrs: Mapping[str, Any], part: Any, args: argparse.Namespace)
     if said:
         return f" ({'; '.join(said)})"
     return (
-        " (the same classes, number of files, size, codec and seed: the files themselves, "
-        "their names, sizes or times, or another setting changed)"
+        " (the same classes, "
+        + ("files" if held is not None else "number of files")
+        + ", size, codec and seed: the files themselves, their sizes or times, files of "
+        "other splits, or another setting changed)"
     )
 
 
