@@ -491,11 +491,9 @@ def test_index_of_a_set_written_shuffled_is_named_when_fed(tmp_path, caplog):
     p = di.to_zarr(ds, tmp_path / "s.zarr.zip")
     stored = di.open_zarr(p).paths.tolist()
     assert sorted(stored) == sorted(ds.paths.tolist()) and stored != ds.paths.tolist()
-    with caplog.at_level(logging.WARNING, logger="daskimg"):
-        for _ in di.BatchIterator(ds, batch_size=5, arrays=("images", "index")):
-            pass
-    assert "written to" in caplog.text and "s.zarr.zip" in caplog.text
-    assert "BatchIterator(" in caplog.text  # says to feed from the store
+    said = _said_when_fed(caplog, ds, ("images", "index"))
+    assert "written to" in said and "s.zarr.zip" in said
+    assert "BatchIterator(" in said  # says to feed from the store
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         for _ in di.BatchIterator(p, batch_size=5, arrays=("images", "index")):
@@ -524,20 +522,24 @@ def test_index_of_a_set_read_again_from_files_is_named_when_fed(tmp_path, caplog
     # ingested by one script, predicted by another from the set read again from the same
     # files: its "index" (its own rows) wrote 38 of 40 predictions onto other samples of
     # the shuffled store, without a word (the warning above knew only this process's writes)
-    import logging
 
     di.testing.make_image_folder(tmp_path / "photos", n=12, size=(8, 8))
     p = di.to_zarr(di.from_folder(tmp_path / "photos", size=(8, 8)), tmp_path / "s.zarr.zip")
     again = di.from_folder(tmp_path / "photos", size=(8, 8))  # as a later script reads it
     stored = di.open_zarr(p).paths.tolist()
     assert sorted(stored) == sorted(again.paths.tolist()) and stored != again.paths.tolist()
-    with caplog.at_level(logging.WARNING, logger="daskimg"):
-        for _ in di.BatchIterator(again, batch_size=5, arrays=("images", "index")):
-            pass
-    assert "from a set read from files" in caplog.text and "its row in this set" in caplog.text
-    assert "feed from the store" in caplog.text
+    said = _said_when_fed(caplog, again, ("images", "index"))
+    assert "from a set read from files" in said and "its row in this set" in said
+    assert "feed from the store" in said
+    assert "read from files" not in _said_when_fed(caplog, again, ("images", "labels"))
+
+
+def _said_when_fed(caplog, source, arrays) -> str:
+    """What daskimg logs (warnings) while an epoch of ``source`` is fed with ``arrays``."""
+    import logging
+
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="daskimg"):  # no "index", nothing to say
-        for _ in di.BatchIterator(again, batch_size=5, arrays=("images", "labels")):
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        for _ in di.BatchIterator(source, batch_size=5, arrays=arrays):
             pass
-    assert "read from files" not in caplog.text
+    return caplog.text
