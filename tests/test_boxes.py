@@ -1039,3 +1039,22 @@ def test_fraction_boxes_among_pixel_boxes_are_named(tmp_path, caplog):
     assert "2 of 4 boxes 'bbox' lie within 0..1" in caplog.text  # not (0, 0, 1, 1): a pixel
     assert "0.png" in caplog.text and "(0.1, 0.1, 0.4, 0.5)" in caplog.text
     np.testing.assert_allclose(ds.columns["bbox"][1].compute(), [10, 10, 60, 40])  # as given
+
+
+def test_boxes_named_as_an_array_derived_from_the_files_are_refused(tmp_path):
+    # boxes={"source_size": [...]} replaced the files' own sizes in the store without a word
+    # (the same name in columns= was refused)
+    from PIL import Image
+
+    Image.new("RGB", (100, 60)).save(tmp_path / "a.png")
+    (tmp_path / "b.csv").write_text("path,label,x0,y0,x1,y1\na.png,obj,10,10,30,40\n")
+    for name in ("source_size", "masks"):
+        with pytest.raises(ValueError, match=rf"boxes names \['{name}'\] are taken"):
+            di.from_csv(
+                tmp_path / "b.csv", root=tmp_path, size=(30, 50),
+                boxes={name: ["x0", "y0", "x1", "y1"]},
+            )  # fmt: skip
+    ds = di.from_csv(
+        tmp_path / "b.csv", root=tmp_path, size=(30, 50), boxes={"bbox": ["x0", "y0", "x1", "y1"]}
+    )
+    np.testing.assert_array_equal(ds.columns["source_size"].compute(), [[60, 100]])  # Pillow's

@@ -345,3 +345,28 @@ def test_boxes_written_back_to_a_store_move_with_a_flip_or_are_refused(tmp_path)
         given = stored[index]
         flipped = np.stack([w - given[:, 2], given[:, 1], w - given[:, 0], given[:, 3]], 1)
         np.testing.assert_array_equal(boxes, flipped)
+
+
+def test_a_flip_or_crop_is_refused_beside_boxes_or_masks_it_cannot_move():
+    # a detector's (N, K, 4) boxes and a stride-2 segmentation written back were handed out
+    # unmoved beside flipped pixels; the oracle: numpy's flip of the pixels
+    import daskimg as di
+
+    n, h, w = 8, 32, 48
+    images = np.zeros((n, h, w, 3), np.uint8)
+    images[:, 4:20, 2:12] = 255
+    k_boxes = np.tile(np.float32([2, 4, 12, 20]), (n, 3, 1))
+    half = np.zeros((n, h // 2, w // 2), np.uint8)
+    for name, extra in (("pred_boxes", k_boxes), ("masks", half), ("pred_mask", half)):
+        src = {"images": images, name: extra}
+        for t in (random_flip(p=1.0), random_crop((16, 16))):
+            with pytest.raises(ValueError, match=rf"not '{name}' .* which it cannot move"):
+                di.BatchIterator(src, batch_size=4, arrays=("images", name), transform=t)
+        fed = di.BatchIterator(src, batch_size=4, shuffle=False, arrays=("images", name))
+        got = np.concatenate([b[1] for b in fed])  # without a transform: fed as they are
+        np.testing.assert_array_equal(got, extra)
+    flipped = di.BatchIterator(
+        {"images": images, "labels": np.arange(n)}, batch_size=4, shuffle=False,
+        transform=random_flip(p=1.0),
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in flipped]), images[:, :, ::-1])

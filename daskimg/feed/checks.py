@@ -110,6 +110,8 @@ def check_transform(transform: Any, src: Any) -> None:
             continue  # an array a step of the caller's adds
         if not added and hasattr(t, "check_sample"):  # samples as stored: no step changed them
             t.check_sample(src.shape(t.key))
+        if not added:
+            _refuse_unmovable(t, src)
         left_boxes = [b for b in boxes if b in names and b not in t.boxes]
         left_masks = [m for m in masks if m in names and m not in t.masks]
         if left_boxes or left_masks:
@@ -129,6 +131,32 @@ def check_transform(transform: Any, src: Any) -> None:
                     if set(left_boxes) & set(guessed)
                     else ""
                 )
+            )
+
+
+def _refuse_unmovable(t: Any, src: Any) -> None:
+    """Refuse a flip or crop of ``t.key`` when the batches hold boxes or masks it cannot
+    move: several boxes a sample ``(N, K, 4)`` (a detector's output written back), or masks
+    at another resolution than the pixels (a stride-2 segmentation): they were handed out
+    where the pixels had been, as a box array left out of ``boxes=`` was."""
+    frame = src.shape(t.key)[: 3 if len(src.shape(t.key)) == 4 else 2]  # ([D,] H, W)
+    for name in src.names:
+        if name in (t.key, *t.boxes, *t.masks) or name in src.virtual:
+            continue
+        shape, low = src.shape(name), name.lower()
+        many = "box" in low and len(shape) >= 2 and shape[-1] == 4
+        mask = "mask" in low and len(shape) >= len(frame) and shape[: len(frame)] != frame
+        if many or mask:
+            what = (
+                f"{shape[0] if len(shape) == 2 else list(shape[:-1])} boxes a sample"
+                if many
+                else f"masks of {list(shape)} a sample"
+            )
+            raise ValueError(
+                f"transform {type(t).__name__} moves the pixels of {t.key!r} "
+                f"({list(frame)}), but not {name!r} ({what}), which it cannot move: it "
+                "would be handed out where the pixels were. Leave it out of arrays=, or move "
+                "it in a transform of your own"
             )
 
 

@@ -158,6 +158,12 @@ def from_csv(
     labels, classes = (
         (None, []) if not label_column else _labels(rows, label_column, where, classes, labels_are)
     )
+    taken = sorted(set(boxes or {}) & set(DERIVED))
+    if taken:  # boxes={"source_size": ...} replaced the files' own sizes without a word
+        raise ValueError(
+            f"boxes names {taken} are taken by arrays daskimg derives from the files "
+            f"({', '.join(DERIVED)}); name the boxes otherwise, e.g. boxes={{'bbox': [...]}}"
+        )
     source_boxes = {
         name: _box_values(rows, cols, name, header, where) for name, cols in (boxes or {}).items()
     }
