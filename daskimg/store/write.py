@@ -616,7 +616,10 @@ def _results_stream_here() -> bool:
     """True when a zip can be built here as shards finish: dask runs the tasks in threads of
     this process, or on a ``distributed`` cluster whose workers send each finished shard
     (not with the ``processes`` scheduler, which returns results only at the end)."""
-    return dask.config.get("scheduler", None) not in ("processes", "multiprocessing")
+    chosen = dask.config.get("scheduler", None)
+    if chosen is not None and not isinstance(chosen, str):  # a get function, or a client
+        return _active_client() is not None  # (another get function: its own results)
+    return chosen not in ("processes", "multiprocessing")
 
 
 def _staged(loc: Location, target: Any, key: str) -> bytes:
@@ -1280,7 +1283,17 @@ def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
 
 
 def _active_client() -> Any:
-    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+    """The ``distributed`` client the tasks run on, or None (a local scheduler): the
+    default client, or one chosen as dask's docs allow, ``dask.config.set(scheduler=client)``
+    or ``scheduler=client.get`` (taken for a local scheduler, its workers were sent a zip
+    being built, or wrote a folder's shards on their own disks)."""
+    chosen = dask.config.get("scheduler", None)
+    if "distributed" in sys.modules and chosen is not None and not isinstance(chosen, str):
+        from distributed import Client
+
+        owner = getattr(chosen, "__self__", chosen)  # client.get: a method of its client
+        return owner if isinstance(owner, Client) else None
+    if chosen not in (None, "dask.distributed", "distributed"):
         return None  # a local scheduler was asked for explicitly
     if "distributed" not in sys.modules:
         return None  # no client without it (and importing it to ask costs ~1 s)
