@@ -532,6 +532,7 @@ class TorchDataset(IterableDataset):
                 it.source.scheduler = (
                     "threads"  # a distributed.Client of the parent cannot serve a fork
                 )
+                _refuse_persisted(it)
             # which store this is (the settings' "source": a hash of its attributes, which
             # hold every chunk's crc32c): a worker opens the store again by its path
             made_for = self._settings["source"]
@@ -587,6 +588,25 @@ class TorchDataset(IterableDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._unpickled_in = os.getpid()
+
+
+def _refuse_persisted(it: BatchIterator) -> None:
+    """In a DataLoader worker: refuse arrays persisted on a ``distributed`` cluster
+    (``ds.images.persist()``): their chunks live on the cluster, which only the main
+    process's client reaches (dask failed with "Missing dependency ('imread-...')")."""
+    if "distributed" not in sys.modules:
+        return
+    from distributed import Future
+
+    for name, arr in it.source.lazy.items():
+        if any(isinstance(v, Future) for v in dict(arr.__dask_graph__()).values()):
+            it.close()
+            raise ValueError(
+                f"array {name!r} is persisted on a distributed cluster (.persist()): its "
+                "chunks live there, and a DataLoader worker process cannot reach the "
+                "cluster through the main process's client. Use num_workers=0, feed from a "
+                "store (to_zarr, then TorchDataset(path, ...)), or do not persist it"
+            )
 
 
 def lightning_epoch(trainer: Any) -> int:

@@ -285,3 +285,22 @@ def test_workers_dying_on_a_file_name_its_chunk_files(tmp_path, on_error):
     notes = "\n".join(getattr(caught.value, "__notes__", []))
     assert "the workers died" in notes and "chunk 1: " in notes and "huge.png" in notes
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_arrays_persisted_on_a_cluster_are_refused_in_dataloader_workers(tmp_path, cluster):
+    # a DataLoader worker computed them on its own threads and failed with dask's "Missing
+    # dependency ('imread-...')"; in this process they are fed as they are (numpy's oracle)
+    torch = pytest.importorskip("torch")
+    from daskimg.torch import TorchDataset
+
+    images = np.arange(24 * 4 * 4 * 3, dtype=np.uint32).astype(np.uint8).reshape(24, 4, 4, 3)
+    with distributed.Client(cluster):
+        held = dask.array.from_array(images, chunks=(4, 4, 4, 3)).persist()
+        ds = TorchDataset((held, np.arange(24)), batch_size=4, shuffle=False)
+        fed = list(torch.utils.data.DataLoader(ds, batch_size=None))
+        np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in fed]), images)
+        with pytest.raises(
+            Exception, match=r"array 'images' is persisted on a distributed cluster"
+        ):
+            list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))
