@@ -51,8 +51,8 @@ def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str], in
     """For a local folder that is no store (``daskimg ingest``'s OUT): its stores, the
     stores whose only trace is the staging folder of a write killed before they were ever
     finished (or that an unfinished ingest was to write), and 1 when an ingest into it did
-    not finish (said on stderr), else 0; None for a store or a URL. A path that does not exist and is named like no
-    store is said as such (it was "must end in .zarr.zip")."""
+    not finish (said on stderr), else 0; None for a store or a URL. A path that does not
+    exist and is named like no store is said as such (it was "must end in .zarr.zip")."""
     if is_url(path) or path.rstrip("/").endswith((".zarr", ".zarr.zip")):
         return None
     if not os.path.lexists(path):

@@ -139,7 +139,8 @@ def _refuse_unmovable(t: Any, src: Any) -> None:
     move: several boxes a sample ``(N, K, 4)`` (a detector's output written back), or masks
     at another resolution than the pixels (a stride-2 segmentation): they were handed out
     where the pixels had been, as a box array left out of ``boxes=`` was."""
-    frame = src.shape(t.key)[: 3 if len(src.shape(t.key)) == 4 else 2]  # ([D,] H, W)
+    sample = src.shape(t.key)
+    frame = sample[: 3 if len(sample) == 4 else 2]  # ([D,] H, W)
     for name in src.names:
         if name in (t.key, *t.boxes, *t.masks) or name in src.virtual:
             continue

@@ -59,14 +59,9 @@ def _read_from_files(ds: ImageSet) -> bool:
     """Whether ``ds`` was read from files (``from_folder``, ``from_csv``, ``imread``), not
     opened from a store (nor a subset of one), and not written in its own order by this
     process: its rows are its own, maybe no store's."""
-    return (
-        ds.row_source is not None
-        and ds.store is None
-        and ds.store_rows is None
-        and (
-            not ds.stored_in_order  # written in its own order here: its rows are that store's
-        )
-    )
+    # (stored_in_order: written in its own order here, its rows are that store's)
+    stored = ds.store is not None or ds.store_rows is not None or ds.stored_in_order
+    return ds.row_source is not None and not stored
 
 
 def _warn_set_rows(root: str) -> None:

@@ -16,6 +16,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import DecodeError
+from .fileio import text_ordered
 from .imageset import ImageSet, channels_first, check_index_range
 from .source import DEFAULT_BLOCK
 
@@ -653,9 +654,9 @@ def _labels(
     if values.dtype.kind in "SUO":
         text = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
         names = list(classes) or sorted(set(text.tolist()))
-        numbers = [c for c in names if c.isdecimal()]
-        if not classes and len(numbers) > 1 and numbers != sorted(numbers, key=int):
-            moved = [c for i, c in enumerate(names) if c.isdecimal() and c != str(i)][:3]
+        ordered = None if classes else text_ordered(names)
+        if ordered is not None:
+            moved, by_value = ordered
             logger.warning(
                 "labels %r are numbers written as text, numbered in text order as class "
                 "names are (%s): label %r is not index %s. Pass classes=%r (the CLI: "
@@ -664,7 +665,7 @@ def _labels(
                 ", ".join(f"{c!r} -> {names.index(c)}" for c in moved),
                 moved[0],
                 moved[0],
-                sorted(names, key=lambda c: (not c.isdecimal(), int(c) if c.isdecimal() else 0, c)),
+                by_value,
             )
         index = {c: i for i, c in enumerate(names)}
         missing = sorted(set(text.tolist()) - set(index))

@@ -227,6 +227,27 @@ def alike(names: Iterable[str]) -> tuple[str, str, str] | None:
     return None
 
 
+def text_ordered(names: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """For class names in index order (sorted as text): when names that are numbers sort
+    otherwise as text than by value ("10" before "2"), the first of them not at their
+    value's index (up to 3) and every name ordered by value, for the warning of
+    ``from_folder`` and ``convert``; None when the text order is the value order.
+
+    Examples
+    --------
+    >>> text_ordered(["0", "1", "10", "2"])
+    (['10', '2'], ['0', '1', '2', '10'])
+    >>> text_ordered(["cat", "dog"]) is None
+    True
+    """
+    numbers = [c for c in names if c.isdecimal()]
+    if len(numbers) < 2 or numbers == sorted(numbers, key=int):
+        return None
+    moved = [c for i, c in enumerate(names) if c.isdecimal() and c != str(i)][:3]
+    by_value = sorted(names, key=lambda c: (not c.isdecimal(), int(c) if c.isdecimal() else 0, c))
+    return moved, by_value
+
+
 def near_misses(names: Iterable[str], among: Iterable[str], there: str = "there") -> str:
     """A hint for ``names`` missing from ``among``: those that match one of ``among`` but for
     letter case, Unicode composition, invisible characters or spaces (:func:`folded`,

@@ -53,7 +53,16 @@ from ..remote import (
     protocol_of,
 )
 from .decode import DecodeSpec
-from .fileio import SYSTEM_FOLDERS, alike, case_groups, folded, given_classes, looks, near_misses
+from .fileio import (
+    SYSTEM_FOLDERS,
+    alike,
+    case_groups,
+    folded,
+    given_classes,
+    looks,
+    near_misses,
+    text_ordered,
+)
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
@@ -1093,9 +1102,9 @@ def _assemble(
             where,
             "; ".join(" and ".join(repr(n) for n in names) for names in cased),
         )
-    numbers = [c for c in classes if c.isdecimal()]
-    if given is None and len(numbers) > 1 and numbers != sorted(numbers, key=int):
-        moved = [c for i, c in enumerate(classes) if c.isdecimal() and c != str(i)][:3]
+    ordered = None if given is not None else text_ordered(classes)
+    if ordered is not None:
+        moved, by_value = ordered
         logger.warning(
             "from_folder(%r): class folders named by numbers are numbered in text order, as "
             "ImageFolder does (%s): folder %s is not index %s. Pass classes=%r to number them "
@@ -1104,7 +1113,7 @@ def _assemble(
             ", ".join(f"{c!r} -> {i}" for i, c in enumerate(classes) if c in moved),
             repr(moved[0]),
             moved[0],
-            sorted(classes, key=lambda c: (not c.isdecimal(), int(c) if c.isdecimal() else 0, c)),
+            by_value,
         )
     index = {c: i for i, c in enumerate(classes)}
     files: list[str] = []

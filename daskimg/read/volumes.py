@@ -14,9 +14,9 @@ error names the file, its value range and a dtype that fits. Floating-point outp
 what it can hold: integers only while every value is a whole number it holds exactly
 (float16: up to 2048 in magnitude, float32: 2**24), and floats rounded to it but never
 beyond its largest finite value (which would become infinity) — when it was asked for:
-taken from the first file, it refuses a later file of wider floats that it would round. Interpolation never leaves
-the range of its inputs, so a resized volume fits wherever its source did. Resizing
-computes in float32 (float64 for 32- and 64-bit integers and float64): a 64-bit integer
+taken from the first file, it refuses a later file of wider floats that it would round.
+Interpolation never leaves the range of its inputs, so a resized volume fits wherever its
+source did. Resizing computes in float32 (float64 for 32- and 64-bit integers and float64): a 64-bit integer
 volume with values beyond 2**53 in magnitude, which float64 would round, is refused
 unless it is stored at its own size.
 
