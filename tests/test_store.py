@@ -1071,6 +1071,38 @@ def test_a_stored_zip_member_with_two_lengths_is_refused(tmp_path, indexed_set):
     assert problems and "two lengths" in problems[0].message
 
 
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [("local", 14), ("local", 18), ("local", 22), ("local", 8), ("end", 10)],
+    ids=["local-crc", "local-csize", "local-usize", "local-method", "end-count"],
+)
+def test_a_zip_whose_headers_disagree_with_its_directory_is_damage(
+    tmp_path, indexed_set, where, field
+):
+    """A local header's CRC-32, sizes or method, or the end record's member counts, unlike
+    the central directory: zipfile (plain zarr) reads by the directory, but Info-ZIP's
+    `unzip -t` (the oracle) and readers that stream a zip by its local headers refuse it or
+    read other bytes, and `verify` said clean (exit 0). (The end record's count of members
+    on this disk Info-ZIP does not read: it is left.)"""
+    good = di.to_zarr(indexed_set, tmp_path / "g.zarr.zip", chunks=8)
+    bad = tmp_path / "bad.zarr.zip"
+    shutil.copy(good, bad)
+    raw = bad.read_bytes()
+    with zipfile.ZipFile(good) as z:
+        at = z.getinfo("labels/c/0").header_offset if where == "local" else raw.rfind(b"PK\x05\x06")
+    width = 2 if field in (8, 10) else 4
+    value = int.from_bytes(raw[at + field : at + field + width], "little")
+    _patch(bad, at + field, (value ^ 1).to_bytes(width, "little"))
+    if shutil.which("unzip"):
+        out = subprocess.run(["unzip", "-tq", str(bad)], capture_output=True, text=True)
+        assert out.returncode != 0, out.stdout
+    with pytest.raises(ChecksumError, match=re.escape(str(bad))):
+        di.open_zarr(bad)
+    problems = verify(bad)
+    assert problems and ("local header" in problems[0].message) == (where == "local")
+    assert ("end record" in problems[0].message) == (where == "end")
+
+
 def test_verify_finds_what_plain_zarr_would_refuse(tmp_path, indexed_set):
     """Damage daskimg's own checks did not see, but which makes the store unreadable by
     plain zarr (the oracle) or switches a check off: a zip member's CRC-32, the root's

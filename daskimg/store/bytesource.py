@@ -24,8 +24,9 @@ loader reads) or, if the reader is idle, until the kernel's ``lease-break-time``
 (``/proc/sys/fs/lease-break-time``, 45 s by default) or the reader's ``close()``.
 
 A zip is read in place: members are located once from its central directory and local
-headers (each checked: stored uncompressed, names agree, data inside the file, no
-duplicates), then read by offset.
+headers (each checked: stored uncompressed, names, CRC-32 and sizes agree with the central
+directory, data inside the file, no duplicates, as many members as the end record counts),
+then read by offset.
 """
 
 from __future__ import annotations
@@ -491,6 +492,62 @@ def _pread_ranges(fd: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     return [os.pread(fd, b - a, a) for a, b in ranges]
 
 
+#: bytes of a local header's extra field read with it: a ZIP64 field with both sizes first
+_ZIP64_SIZES = 20
+_FULL = 0xFFFFFFFF  # a local header's size "in the ZIP64 extra field"
+_END = struct.Struct("<4s4H2IH")  # the end of central directory record
+_END64_LOCATOR = struct.Struct("<4sIQI")
+_END64 = struct.Struct("<4sQ2H2I4Q")
+
+
+def _local_agrees(fields: tuple[Any, ...], extra: bytes, info: zipfile.ZipInfo) -> bool:
+    """Whether a local header (``fields``, the first bytes of its ``extra`` field) says
+    what the central directory says of the member: its method, and — unless the header
+    defers them to a data descriptor (flag bit 3) — its CRC-32 and sizes. Sizes kept in a
+    ZIP64 field beyond the bytes read are not compared (no daskimg store puts them there)."""
+    if fields[3] != info.compress_type or (fields[2] & 0x1) != (info.flag_bits & 0x1):
+        return False
+    if fields[2] & 0x8:
+        return True  # CRC-32 and sizes follow the data; the directory's are checked
+    if fields[6] != info.CRC:
+        return False
+    sizes = (fields[8], fields[7])  # uncompressed, compressed: the ZIP64 field's order
+    if _FULL in sizes:
+        if len(extra) < 20 or extra[:2] != b"\x01\x00":
+            return True  # another extra field first: not read here
+        wide = struct.unpack_from("<2Q", extra, 4)
+        sizes = tuple(w if s == _FULL else s for s, w in zip(sizes, wide, strict=True))
+    return sizes == (info.file_size, info.compress_size)
+
+
+def _check_entry_count(fh: Any, size: int, count: int, damaged: str) -> None:
+    """Refuse a zip whose end record counts other than ``count`` members (the entries
+    :mod:`zipfile` found in its central directory): a reader that trusts the count would
+    miss members, or look for ones that are not there."""
+    for tail in (min(size, _END.size), min(size, 65535 + _END.size)):  # a comment after it
+        fh.seek(size - tail)
+        data = fh.read(tail)
+        at = data.rfind(b"PK\x05\x06")
+        if at >= 0:
+            break
+    if at < 0 or at + _END.size > len(data):
+        return  # zipfile found it: an end record this search cannot (never here)
+    total = _END.unpack_from(data, at)[4]
+    if total == 0xFFFF and at >= _END64_LOCATOR.size:
+        loc = _END64_LOCATOR.unpack_from(data, at - _END64_LOCATOR.size)
+        if loc[0] == b"PK\x06\x07" and loc[2] + _END64.size <= size:
+            fh.seek(loc[2])
+            end64 = fh.read(_END64.size)
+            if len(end64) == _END64.size and end64[:4] == b"PK\x06\x06":
+                total = _END64.unpack_from(end64)[7]
+    if total != count:  # (Info-ZIP reads by the total; the count on this disk it passes)
+        raise ChecksumError(
+            damaged.format(
+                f"its end record counts {total} members but its central directory holds {count}"
+            )
+        )
+
+
 def zip_members(
     fh: io.BufferedIOBase | Any,
     size: int,
@@ -546,27 +603,38 @@ def zip_members(
                     f"directory gives two lengths ({info.compress_size} and {info.file_size})"
                 )
             )
+    _check_entry_count(fh, size, len(infos), damaged)
     names = [i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437") for i in infos]
+    # each local header with its name and the first bytes of its extra field, where a ZIP64
+    # writer (daskimg's own) puts the member's sizes
     ranges = [
-        (i.header_offset, i.header_offset + _LOCAL_HEADER.size + len(n))
+        (i.header_offset, min(i.header_offset + _LOCAL_HEADER.size + len(n) + _ZIP64_SIZES, size))
         for i, n in zip(infos, names, strict=True)
     ]
     heads = read_ranges(ranges) if ranges else []
     members: dict[str, tuple[int, int]] = {}
     for info, name, head in zip(infos, names, heads, strict=True):
-        if len(head) != _LOCAL_HEADER.size + len(name):
+        end = _LOCAL_HEADER.size + len(name)
+        if len(head) < end:
             raise ChecksumError(damaged.format(f"the local header of {info.filename!r} is cut off"))
         fields = _LOCAL_HEADER.unpack_from(head)
         if (
             fields[0] != b"PK\x03\x04"
             or fields[9] != len(name)
-            or head[_LOCAL_HEADER.size :] != name
+            or head[_LOCAL_HEADER.size : end] != name
+            or not _local_agrees(fields, head[end : end + fields[10]], info)
         ):
-            # a flipped byte in a member's local header is damage, as in its data
+            # a flipped byte in a member's local header is damage, as in its data; so is a
+            # local header whose CRC-32, sizes or method differ from the central directory's
+            # (plain zarr reads by the directory, but `unzip -t` and readers that stream a
+            # zip front to back by its local headers would refuse it or read other bytes)
             raise ChecksumError(
-                damaged.format(f"member {info.filename!r} has a damaged local header")
+                damaged.format(
+                    f"member {info.filename!r} has a damaged local header (it disagrees with "
+                    "the zip's central directory)"
+                )
             )
-        data = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        data = info.header_offset + end + fields[10]
         if data + info.file_size > size:
             raise ChecksumError(damaged.format(f"member {info.filename!r} ends beyond the file"))
         members[info.filename] = (data, info.file_size)
