@@ -166,18 +166,28 @@ def test_stored_boxes_sit_on_the_object_in_the_stored_pixels(libraries, fmt, dra
 
 
 def test_draft_really_decodes_at_a_smaller_scale(libraries, monkeypatch):
-    # the draft tests above mean something only if libjpeg's scaling is used
+    # the draft tests above mean something only if libjpeg's scaling is used: by Pillow's
+    # draft, or by the fast path (which takes the EXIF-rotated JPEGs too)
     from PIL import JpegImagePlugin
+
+    from daskimg.read import fastjpeg
 
     calls = []
     original = JpegImagePlugin.JpegImageFile.draft
+    fast = fastjpeg.decode
 
     def spy(self, mode, size):
         result = original(self, mode, size)
         calls.append(result is not None and result[1][2] > 1)
         return result
 
+    def fast_spy(data, header, *, mode, scale=1):
+        pixels = fast(data, header, mode=mode, scale=scale)
+        calls.append(pixels is not None and scale > 1)
+        return pixels
+
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    monkeypatch.setattr(fastjpeg, "decode", fast_spy)
     root, _ = libraries["jpg"]
     _read(root, "stretch", True)
     assert sum(calls) >= 5

@@ -578,6 +578,85 @@ def test_unsupported_mode(tmp_path: Path, mode: str) -> None:
     _bad(path, IMAGE, "unsupported mode 'F'" if mode == "F" else r"signed pixels \(mode 'I'")
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_signed_8bit_tiff_with_negative_values_is_refused(tmp_path: Path, channels: int) -> None:
+    # Pillow reads a signed 8-bit TIFF's bytes as unsigned: -1 was stored as 255, the
+    # brightest value, without a word. The oracle: tifffile reads the negative values
+    shape = (4, 7) if channels == 1 else (4, 7, 3)
+    values = np.resize(np.array([-128, -64, -1, 0, 1, 64, 127], np.int8), shape)
+    path = tmp_path / "int8.tif"
+    tifffile.imwrite(path, values, photometric="minisblack" if channels == 1 else "rgb")
+    assert tifffile.imread(path).min() == -128
+    spec = DecodeSpec((4, 7), channels=channels)
+    # (a signed RGB TIFF Pillow cannot open at all: refused as no image it reads)
+    _bad(path, spec, "signed 8-bit pixels" if channels == 1 else "signed values")
+    if channels == 3:
+        return
+    # signed, but every value at least 0: the bytes are the values, read as they are
+    tifffile.imwrite(path, np.abs(values.astype(np.int16)).clip(0, 127).astype(np.int8))
+    np.testing.assert_array_equal(
+        decode_file(path, DecodeSpec((4, 7), channels=1))[..., 0],
+        tifffile.imread(path).astype(np.uint8),
+    )
+
+
+def test_unsigned_32bit_tiff_is_not_called_signed(tmp_path: Path) -> None:
+    # Pillow reads uint32 values above 2**31 - 1 as negative: the message said "signed
+    # pixels" of a file that holds none
+    path = tmp_path / "u32.tif"
+    tifffile.imwrite(path, np.full((8, 8), 3_000_000_000, np.uint32))
+    assert tifffile.imread(path).min() == 3_000_000_000
+    error = _bad(path, DecodeSpec((8, 8), dtype="uint16"), "unsigned 32-bit pixels")
+    assert "signed pixels" not in str(error)
+
+
+def test_a_cut_off_tiff_is_called_truncated(tmp_path: Path) -> None:
+    # Pillow writes a TIFF's directory after its pixels: a cut-off copy was unidentified,
+    # and the message said "it looks like a volume: give a 3-D size"
+    path = tmp_path / "cut.tif"
+    make_image((48, 64), seed=3).save(path, "TIFF", compression="tiff_lzw")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 9 // 10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (Pillow warns of its metadata on the way)
+        with pytest.raises((OSError, Image.UnidentifiedImageError)):
+            Image.open(path).load()  # the oracle: Pillow fails too
+    error = _bad(path, IMAGE, "a truncated TIFF")
+    assert "volume" not in str(error)
+
+
+def test_pillow_metadata_warnings_are_logged_naming_the_file_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a JPEG whose EXIF block is cut short (its pixels whole): under warnings-as-errors
+    # (pytest's -W error), Pillow's "Corrupt EXIF data" escaped as a bare UserWarning with
+    # no file named, and failed the whole to_zarr even with on_error="skip"
+    import io
+    import logging
+    import struct
+
+    buf = io.BytesIO()
+    make_image((30, 40), seed=4).save(buf, "JPEG", quality=90)
+    jpg = buf.getvalue()
+    app1 = b"Exif\0\0II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHIHH", 0x112, 3, 1, 1, 0)
+    path = tmp_path / "bad_exif.jpg"
+    path.write_bytes(jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpg[2:])
+    with warnings.catch_warnings(record=True) as said:  # the oracle: Pillow warns
+        warnings.simplefilter("always")
+        with Image.open(path) as im:
+            im.getexif()
+            want = np.asarray(im.convert("RGB").resize((20, 15), Image.BILINEAR))
+    assert any("EXIF" in str(w.message) for w in said)
+    spec = DecodeSpec((15, 20), draft=False)
+    with caplog.at_level(logging.WARNING, logger="daskimg"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = decode_file(path, spec)
+        x = di.imread([str(path)], size=(15, 20), draft=False, on_error="skip").compute()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x[0], want)
+    assert "bad_exif.jpg" in caplog.text and "EXIF" in caplog.text
+
+
 def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     warned = save(make_image((32, 40), seed=1), tmp_path / "warned.png")  # 1280: only a warning
@@ -937,24 +1016,38 @@ def test_an_unmarked_pyramid_with_odd_sides_reads_its_picture(tmp_path):
     np.testing.assert_array_equal(decode_file(path, DecodeSpec((101, 101))), np.asarray(first))
 
 
-@pytest.mark.parametrize("progressive", [False, True])
-def test_a_jpeg_libjpeg_calls_damaged_is_named_in_a_warning(tmp_path, caplog, progressive):
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "rotated", "cmyk", "adobe-rgb"])
+def test_a_jpeg_libjpeg_calls_damaged_is_named_in_a_warning(tmp_path, caplog, kind):
     # 8 bytes overwritten mid-file: libjpeg (through the fast path) reported it, handed it
     # to Pillow, which decoded half the picture as garbage without a word. A progressive
-    # file went to Pillow straight, and was stored damaged without a word
+    # file went to Pillow straight, and was stored damaged without a word; so were the
+    # JPEGs only Pillow decodes (CMYK, Adobe RGB) and, before they took the fast path,
+    # EXIF-rotated ones (every portrait photo of a phone)
     import io
     import logging
 
+    from PIL import ImageOps
+
     rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     good = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-        good, "JPEG", progressive=progressive
-    )
+    if kind == "cmyk":
+        picture.convert("CMYK").save(good, "JPEG")
+    elif kind == "adobe-rgb":  # three components stored as R, G, B (Adobe transform 0)
+        picture.save(good, "JPEG", keep_rgb=True)
+    elif kind == "rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        picture.save(good, "JPEG", exif=exif.tobytes())
+    else:
+        picture.save(good, "JPEG", progressive=kind == "progressive")
     data = bytearray(good.getvalue())
-    at = len(data) // 3 if progressive else len(data) // 2  # where libjpeg notices it
+    # where libjpeg notices it (zeros are valid Huffman codes in some places)
+    at = len(data) // 3 if kind in ("progressive", "cmyk") else len(data) // 2
     data[at : at + 8] = bytes(8)
+    space = "CMYK" if kind == "cmyk" else "RGB"
     with pytest.raises(ValueError, match="Corrupt JPEG data"):  # libjpeg's word (strict)
-        simplejpeg.decode_jpeg(bytes(data), strict=True)
+        simplejpeg.decode_jpeg(bytes(data), colorspace=space, strict=True)
     (tmp_path / "bad.jpg").write_bytes(bytes(data))
     (tmp_path / "good.jpg").write_bytes(good.getvalue())
     spec = DecodeSpec(size=(32, 32), draft=False)  # (Pillow's plain decode as the oracle)
@@ -962,6 +1055,7 @@ def test_a_jpeg_libjpeg_calls_damaged_is_named_in_a_warning(tmp_path, caplog, pr
         got = decode_file(tmp_path / "bad.jpg", spec)
     assert "bad.jpg" in caplog.text and "libjpeg reports damage" in caplog.text
     with Image.open(tmp_path / "bad.jpg") as im:  # what Pillow decodes: kept as the oracle
+        im = ImageOps.exif_transpose(im)
         oracle = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR))
     np.testing.assert_array_equal(got, oracle)
     caplog.clear()

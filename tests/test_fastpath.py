@@ -183,9 +183,8 @@ def _with_app1(data: bytes, payload: bytes) -> bytes:
     ("name", "make"),
     [
         ("cmyk", lambda im: _jpeg(im.convert("CMYK"))),
-        ("rotated", lambda im: _jpeg(im, exif=_exif(6))),
-        ("mirrored", lambda im: _jpeg(im, exif=_exif(2))),
         ("bad orientation", lambda im: _jpeg(im, exif=_exif(9))),
+        ("orientation 0", lambda im: _jpeg(im, exif=_exif(0))),
         ("two exif blocks", lambda im: _with_app1(_jpeg(im, exif=_exif(1)), _exif(1))),
         (
             "xmp orientation",
@@ -206,6 +205,15 @@ def test_header_leaves_the_rest_to_pillow(name: str, make: object) -> None:
 def test_header_takes_upright_exif() -> None:
     im = make_image((30, 44), seed=2)
     assert fastjpeg.read_header(_jpeg(im, exif=_exif(1))) is not None
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_header_reads_the_exif_orientation(orientation: int) -> None:
+    # the oracle: Pillow's own reading of the tag (what exif_transpose applies)
+    data = _jpeg(make_image((30, 44), seed=2), exif=_exif(orientation))
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.getexif()[0x0112] == orientation
+    assert fastjpeg.read_header(data) == fastjpeg.JpegHeader(44, 30, 3, orientation)
 
 
 # --- decode_file: the fast path against daskimg's Pillow path ------------------------
@@ -326,6 +334,33 @@ def test_upright_exif_takes_the_fast_path(tmp_path: Path, monkeypatch: pytest.Mo
     got = decode_file(path, spec)
     assert taken == [True]
     np.testing.assert_array_equal(got, _pillow_path(path, spec, monkeypatch))
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_oriented_jpegs_take_the_fast_path_and_equal_pillow(
+    tmp_path: Path, orientation: int, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a phone's portrait photo (orientation 6) and every other orientation: flipped or
+    # rotated after decoding, DCT-scaled where draft allows (the slack of libjpeg's rounded-
+    # up scaled size then lies on another side), in every resize mode: Pillow's pixels
+    # (Image.open -> draft -> exif_transpose -> convert -> resize), bit for bit
+    for h, w in [(300, 457), (61, 83), (17, 250)]:
+        path = save_oriented(
+            make_image((h, w), seed=orientation, mode=mode),
+            tmp_path / f"{h}x{w}.jpg",
+            orientation=orientation,
+        )
+        for size, c, r, draft in itertools.product(
+            [(224, 224), (30, 45), (100, 30)], [1, 3], ["stretch", "crop", "pad"], [True, False]
+        ):
+            spec = DecodeSpec(size, channels=c, resize=r, draft=draft)
+            taken = _fast_taken(monkeypatch)
+            got = decode_file(path, spec)
+            assert taken == [True], (path.name, spec)
+            np.testing.assert_array_equal(
+                got, _pillow_path(path, spec, monkeypatch), err_msg=f"{path.name} {spec}"
+            )
 
 
 def test_corrupt_but_decodable_jpeg_goes_to_pillow(

@@ -1,7 +1,7 @@
 """Read: the fast path for the common JPEG — decoded by simplejpeg exactly as Pillow decodes it.
 
 Most files of a photo library are baseline (or progressive) JPEGs, 8 bits, YCbCr or
-gray, upright. For those, :func:`read_header` (a walk over the markers before the image data, no decoding)
+gray. For those, :func:`read_header` (a walk over the markers before the image data, no decoding)
 says yes and :func:`decode` decodes them with simplejpeg: libjpeg-turbo through its
 TurboJPEG interface, the library Pillow's decoder uses, with the same settings (the
 accurate integer IDCT, smooth chroma upsampling), so the pixels are the ones Pillow
@@ -14,13 +14,19 @@ and only simplejpeg's strict mode hears libjpeg's warnings, so a progressive fil
 mid-scan (which Pillow decodes to partly garbage without a word) is named like a damaged
 baseline one (:func:`damage`), instead of being stored silently.
 
+An EXIF orientation (2..8: every portrait photo of a phone) is read by :func:`read_header`
+and applied by the caller after decoding, as Pillow's ``exif_transpose`` does (a flip or
+rotation of the decoded pixels, then the resize).
+
 Anything else answers None, and the caller decodes with Pillow: lossless
-and arithmetic-coded JPEGs, 12-bit samples, CMYK/YCCK and Adobe RGB, an EXIF (or XMP)
-orientation other than 1, more than one EXIF block, damaged markers, and any file that
-simplejpeg refuses or warns about (``strict``: a truncated or corrupt file goes to
+and arithmetic-coded JPEGs, 12-bit samples, CMYK/YCCK and Adobe RGB, an XMP orientation,
+an EXIF orientation that is not one SHORT of 1..8, more than one EXIF block, damaged
+markers, and any file that simplejpeg refuses or warns about (``strict``: a truncated or corrupt file goes to
 Pillow, which raises the error daskimg reports, or decodes it as Pillow would — then
 what libjpeg said of the damage is kept for the caller, :func:`damage`, which names the
-file in a warning).
+file in a warning). A JPEG that never came here (CMYK, arithmetic-coded, ...) is checked
+for the same damage by :func:`check` once Pillow has decoded it: Pillow decodes damaged
+scan data without a word.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from __future__ import annotations
 import math
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -37,7 +43,7 @@ import simplejpeg
 from .resample import rgb_to_l
 from .scratch import scratch
 
-__all__ = ["JpegHeader", "damage", "decode", "read_header"]
+__all__ = ["JpegHeader", "check", "damage", "decode", "read_header", "tried"]
 
 _SOI: Final = b"\xff\xd8\xff"
 #: baseline, extended sequential and progressive Huffman: the frames the fast path takes
@@ -57,10 +63,12 @@ class JpegHeader:
     width: int
     height: int
     components: int  # 1 (gray) or 3 (YCbCr)
+    orientation: int = 1  # EXIF orientation, 1..8: applied after decoding
 
 
 def read_header(data: bytes) -> JpegHeader | None:
-    """The size of a JPEG that the fast path decodes exactly as Pillow; None for any other file.
+    """The size (and EXIF orientation) of a JPEG that the fast path decodes exactly as
+    Pillow; None for any other file.
 
     Examples
     --------
@@ -69,7 +77,7 @@ def read_header(data: bytes) -> JpegHeader | None:
     >>> buf = io.BytesIO()
     >>> Image.new("RGB", (40, 30)).save(buf, "JPEG")
     >>> read_header(buf.getvalue())
-    JpegHeader(width=40, height=30, components=3)
+    JpegHeader(width=40, height=30, components=3, orientation=1)
     >>> buf = io.BytesIO()
     >>> Image.new("CMYK", (40, 30)).save(buf, "JPEG")
     >>> read_header(buf.getvalue()) is None
@@ -84,11 +92,13 @@ def read_header(data: bytes) -> JpegHeader | None:
 
 
 def _walk(data: bytes) -> JpegHeader | None:
-    """The markers up to the scan: one Huffman-coded 8-bit frame, upright, not Adobe RGB."""
+    """The markers up to the scan: one Huffman-coded 8-bit frame, one clear orientation,
+    not Adobe RGB."""
     n = len(data)
     pos = 2
     frame: JpegHeader | None = None
     exif = 0
+    orientation = 1
     while pos < n:
         if data[pos] != 0xFF:
             return None  # garbage between segments: Pillow's parser decides what it means
@@ -104,7 +114,7 @@ def _walk(data: bytes) -> JpegHeader | None:
             return None
         seg = data[pos + 4 : pos + 2 + length]
         if marker == _SOS:
-            return frame
+            return None if frame is None else replace(frame, orientation=orientation)
         if marker in _SOF:
             if marker not in _HUFFMAN or frame is not None or len(seg) < 6:
                 return None
@@ -115,8 +125,10 @@ def _walk(data: bytes) -> JpegHeader | None:
         elif marker == 0xE1:
             if seg.startswith(b"Exif\0\0"):
                 exif += 1
-                if exif > 1 or not _upright(seg[6:]):
+                said = _orientation(seg[6:])
+                if exif > 1 or said is None:
                     return None
+                orientation = said
             elif b"Orientation" in seg:  # XMP: Pillow reads tiff:Orientation from it
                 return None
         elif marker == _ADOBE and seg.startswith(b"Adobe"):
@@ -129,29 +141,29 @@ def _walk(data: bytes) -> JpegHeader | None:
     return None
 
 
-def _upright(tiff: bytes) -> bool:
-    """Whether an EXIF block (a TIFF structure) has no orientation tag, or orientation 1."""
+def _orientation(tiff: bytes) -> int | None:
+    """The orientation of an EXIF block (a TIFF structure): 1 without the tag; None (left
+    to Pillow) for anything but one SHORT of 1..8 in its first directory."""
     order = tiff[:2]
     if order == b"II":
         end = "<"
     elif order == b"MM":
         end = ">"
     else:
-        return False
+        return None
     (ifd,) = struct.unpack_from(end + "I", tiff, 4)
     (count,) = struct.unpack_from(end + "H", tiff, ifd)
-    found = 0
+    found: list[int] = []
     for i in range(count):
         tag, kind, num = struct.unpack_from(end + "HHI", tiff, ifd + 2 + 12 * i)
         if tag != _ORIENTATION:
             continue
-        found += 1
         if kind != _SHORT or num != 1:
-            return False
-        (value,) = struct.unpack_from(end + "H", tiff, ifd + 2 + 12 * i + 8)
-        if value != 1:
-            return False
-    return found <= 1
+            return None
+        found += struct.unpack_from(end + "H", tiff, ifd + 2 + 12 * i + 8)
+    if not found:
+        return 1
+    return found[0] if len(found) == 1 and 1 <= found[0] <= 8 else None
 
 
 def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.ndarray | None:
@@ -174,6 +186,7 @@ def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.
         space = "GRAY"  # Pillow's draft("L") has libjpeg return the luma plane
     else:
         space = "RGB"
+    _said.tried = True
     try:
         pixels = simplejpeg.decode_jpeg(
             data,
@@ -205,10 +218,35 @@ _said = threading.local()
 
 def damage() -> str | None:
     """What libjpeg said of damage in the file this thread's last :func:`decode` refused
-    (then cleared), or None."""
+    (then cleared, with :func:`tried`), or None."""
     said: str | None = getattr(_said, "damage", None)
     _said.damage = None
+    _said.tried = False
     return said
+
+
+def tried() -> bool:
+    """Whether :func:`decode` ran simplejpeg on this thread since :func:`damage` was asked."""
+    return bool(getattr(_said, "tried", False))
+
+
+def check(data: bytes) -> str | None:
+    """What libjpeg says of damage in a JPEG's data (decoded at its smallest DCT scale,
+    which reads every bit of the scans but spends little on the pixels); None if it says
+    nothing, or cannot decode the file at all (12-bit, lossless: Pillow decoded it)."""
+    try:
+        space = simplejpeg.decode_jpeg_header(data)[2]
+        simplejpeg.decode_jpeg(
+            data,
+            colorspace="CMYK" if space in ("CMYK", "YCCK") else "GRAY",
+            min_height=1,  # libjpeg's 1/8 scale
+            min_width=1,
+            strict=True,
+        )
+    except (ValueError, RuntimeError) as e:
+        if str(e).startswith(_DAMAGE):
+            return str(e)
+    return None
 
 
 def _scale_is_unique(w: int, h: int, scale: int) -> bool:

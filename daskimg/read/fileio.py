@@ -8,6 +8,7 @@ them names the file and says what to do in the same words.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import struct
@@ -21,6 +22,8 @@ from typing import BinaryIO, Final
 from PIL import Image, ImageFile
 
 from ..errors import DecodeError
+
+logger = logging.getLogger("daskimg")
 
 __all__ = [
     "CORRUPT",
@@ -318,8 +321,7 @@ def open_image(path: str, data: bytes | None = None) -> Image.Image:
     elif not data:
         raise DecodeError(path, EMPTY)
     try:
-        with WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pillow_warnings(path):
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise DecodeError(path, bomb_reason(exc)) from None
@@ -329,6 +331,25 @@ def open_image(path: str, data: bytes | None = None) -> Image.Image:
         raise DecodeError(
             path, f"corrupt or truncated image ({exc}); copy or export it again"
         ) from exc
+
+
+@contextmanager
+def pillow_warnings(path: str) -> Iterator[None]:
+    """What Pillow warns of while it parses ``path``'s header or metadata ("Corrupt EXIF
+    data", a TIFF tag with too many entries) logged as daskimg's warning naming the file,
+    never raised: under ``warnings.simplefilter("error")`` (pytest's ``-W error``) such a
+    warning escaped the decode as a bare UserWarning with no file, and failed a whole
+    ``to_zarr`` even with ``on_error="skip"``, for pixels that were whole. The warning
+    between Pillow's bomb limit and twice it is silenced (the limit is checked). Only
+    parsing runs under it: the filters are the process's, so it holds WARNINGS_LOCK."""
+    with WARNINGS_LOCK, warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            for w in said:
+                logger.warning("%r: Pillow warns while reading it: %s", path, w.message)
 
 
 def bomb_reason(exc: Exception) -> str:
@@ -342,6 +363,12 @@ def bomb_reason(exc: Exception) -> str:
 
 def _unidentified_reason(data: bytes) -> str:
     head = data[:16]
+    cut = _tiff_cut(data)
+    if cut is not None:
+        return (
+            f"a truncated TIFF: its first directory (at byte {cut}) runs past the end of the "
+            f"file's {len(data)} bytes; the file is incomplete, copy or export it again"
+        )
     if head.startswith(NPY_MAGIC) or head[:4] in TIFF_MAGICS:
         hint = (
             "it looks like a volume: give a 3-D size (depth, height, width) to read volumes "
@@ -353,7 +380,29 @@ def _unidentified_reason(data: bytes) -> str:
     return f"not an image Pillow can identify (it starts with {head!r}); {hint}"
 
 
-def orientation(im: Image.Image) -> int:
+def _tiff_cut(data: bytes) -> int | None:
+    """Where a TIFF's first directory starts, if the directory runs beyond the file's end
+    (a cut-off copy of a file whose directory is written last, as Pillow and many scanners
+    do); else None."""
+    head = data[:16]
+    end = "<" if head[:2] == b"II" else ">"
+    if head[:4] in TIFF_MAGICS[:2] and len(head) >= 8:
+        (at,) = struct.unpack_from(end + "I", head, 4)
+        count, entry, tail = "H", 12, 4
+    elif head[:4] in TIFF_MAGICS[2:] and len(head) >= 16:
+        (at,) = struct.unpack_from(end + "Q", head, 8)
+        count, entry, tail = "Q", 20, 8
+    else:
+        return None
+    width = struct.calcsize(count)
+    if at + width > len(data):
+        return at
+    (n,) = struct.unpack_from(end + count, data, at)
+    return at if at + width + n * entry + tail > len(data) else None
+
+
+def orientation(im: Image.Image, path: str) -> int:
     """EXIF orientation 1..8 (1 when missing or invalid), as exif_transpose reads it."""
-    value = im.getexif().get(ORIENTATION_TAG, 1)
+    with pillow_warnings(path):
+        value = im.getexif().get(ORIENTATION_TAG, 1)
     return value if isinstance(value, int) and value in TRANSPOSE else 1

@@ -190,7 +190,7 @@ def _read_ids(path: str, data: bytes | None) -> np.ndarray:
                 im.load()
             except CORRUPT as exc:
                 raise DecodeError(path, f"corrupt or truncated mask ({exc})") from exc
-            method = TRANSPOSE.get(orientation(im))
+            method = TRANSPOSE.get(orientation(im, path))
             if method is not None:
                 im = im.transpose(method)
             if im.mode in ("LA", "PA"):

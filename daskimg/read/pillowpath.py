@@ -8,6 +8,7 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
 from PIL import Image, JpegImagePlugin
 
 from ..errors import DecodeError
@@ -99,7 +100,7 @@ def decode_pil(
         is_jpeg = isinstance(im, JpegImagePlugin.JpegImageFile)
         if is_jpeg:
             # read before the draft, which works in file orientation
-            orientation = exif_orientation(im)
+            orientation = exif_orientation(im, path)
             if spec.draft:
                 scale = _apply_draft(im, spec, orientation, target)
         if full[0] * full[1] > (Image.MAX_IMAGE_PIXELS or math.inf):
@@ -110,7 +111,7 @@ def decode_pil(
         else:
             im.load()
         if not is_jpeg:
-            orientation = exif_orientation(im)
+            orientation = exif_orientation(im, path)
     except Image.DecompressionBombError as exc:
         raise DecodeError(path, bomb_reason(exc)) from None
     except CORRUPT as exc:
@@ -129,6 +130,7 @@ def decode_pil(
         im = im.transpose(method)
         if orientation >= 5:
             full = (full[1], full[0])
+    _refuse_signed_bytes(im, path)
     im = _min_is_white(im)
     im, late = _convert(im, target, path, spec.dtype)
     im, place = _resize(im, spec, full, scale, origin)
@@ -200,6 +202,23 @@ def _min_is_white(im: Image.Image) -> Image.Image:
     return im.convert("I").point(lambda v: top - v)
 
 
+def _refuse_signed_bytes(im: Image.Image, path: str) -> None:
+    """Refuse a TIFF of signed 8-bit samples (SampleFormat 2) holding negative values:
+    Pillow reads its bytes as unsigned (mode L or RGB), so -1 became 255, the brightest
+    value, without a word. (Signed 16-bit ones Pillow reads as signed: refused in
+    :func:`_convert` when a value is negative.)"""
+    if im.mode not in ("L", "RGB", "RGBA", "LA", "CMYK") or _sample_format(im) != 2:
+        return
+    if int(np.asarray(im).max(initial=0)) >= 128:
+        raise DecodeError(
+            path,
+            "signed 8-bit pixels (TIFF SampleFormat 2) with negative values, which Pillow "
+            "reads as 128..255: daskimg reads unsigned images, with no range to scale negative "
+            "values from; save it unsigned, or as a .npy volume to keep the values (read with "
+            "a 3-D size)",
+        )
+
+
 def _convert(im: Image.Image, target: str, path: str, dtype: str) -> tuple[Image.Image, str | None]:
     """Convert to the mode to resize in; also return a mode to convert to after resizing."""
     mode = im.mode
@@ -218,6 +237,13 @@ def _convert(im: Image.Image, target: str, path: str, dtype: str) -> tuple[Image
         return (im if mode == "I;16" else im.convert("I")), None
     if mode == "I":
         lo, hi = im.getextrema()
+        if lo < 0 and _bits(im) == 32 and _sample_format(im) != 2:  # type: ignore[operator]
+            raise DecodeError(
+                path,
+                "unsigned 32-bit pixels with values above 2**31 - 1, which Pillow reads as "
+                f"negative (values {lo}..{hi} as read): daskimg reads 8- and 16-bit images; "
+                "save it as 16-bit, or as a .npy volume to keep the values",
+            )
         if lo < 0:  # type: ignore[operator]
             raise DecodeError(
                 path,
@@ -261,6 +287,13 @@ def _convert(im: Image.Image, target: str, path: str, dtype: str) -> tuple[Image
         raise DecodeError(
             path, f"unsupported image mode {mode!r}: Pillow cannot convert it to {target} ({exc})"
         ) from exc
+
+
+def _sample_format(im: Image.Image) -> int:
+    """A TIFF's first SampleFormat (tag 339: 1 unsigned, the default; 2 signed; 3 float)."""
+    tags = getattr(im, "tag_v2", None)
+    kind = tags.get(339, 1) if tags is not None else 1
+    return int(kind[0] if isinstance(kind, tuple) else kind)
 
 
 def _bits(im: Image.Image) -> int | None:

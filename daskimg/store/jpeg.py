@@ -298,7 +298,9 @@ class JpegCodec(ArrayBytesCodec):
 
     def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
         # called with the array's spec, or the inner chunk's spec inside a shard
-        check_image_shape(array_spec.shape, array_spec.dtype.to_native_dtype(), "the array")
+        check_image_shape(
+            array_spec.shape, array_spec.dtype.to_native_dtype(), "the array (or its chunk)"
+        )
         return self
 
     def validate(
