@@ -13,7 +13,9 @@ Images
 * The EXIF orientation is applied, exactly as :func:`PIL.ImageOps.exif_transpose`.
 * Channels: ``channels=3`` gives RGB, ``4`` RGBA (opaque 255 added where the
   file has no alpha), ``1`` gray (``L``). Pillow's ``convert`` does the work, so
-  CMYK is converted by Pillow. Alpha is *dropped*, not composited, when
+  CMYK is converted by Pillow (its plain formula). Colour profiles (ICC) are not
+  applied, as Pillow does not apply them: a Display-P3 or Adobe RGB photo keeps its
+  stored values, read as if sRGB; convert such files to sRGB first if that matters. Alpha is *dropped*, not composited, when
   ``channels`` is 1 or 3: a transparent pixel keeps the color it stores (the same
   as ``Image.convert("RGB")``); ask for ``channels=4`` to keep it.
 * Bit depth: 8-bit sources give ``uint8`` as is, ``uint16`` times 257 (255 ->
