@@ -418,6 +418,91 @@ def test_staged_rows_damaged_before_a_resume_are_named_not_published(tmp_path, d
     assert plain_group(p)["features"][...].tolist() == oracle.tolist()
 
 
+@pytest.mark.parametrize("dtype", ["float32", str])
+@pytest.mark.parametrize("ext", EXTS)
+def test_a_staged_shard_damaged_before_a_resume_is_written_again_not_published(
+    tmp_path, ext, dtype
+):
+    # a shard written (from checked rows) before the kill, then a flipped byte in its chunk
+    # data: the resume kept it, close() published it, and the store's first read (and
+    # `verify`) failed on a store that had replaced the good one
+    import glob
+
+    p = tmp_path / f"s{ext}"
+    n = 24
+    oracle = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
+    if dtype is str:
+        oracle = np.array([f"sample number {i}" for i in range(n)], dtype=object)
+    spec = {
+        "shape": () if dtype is str else (4,),
+        "dtype": dtype,
+        "num_samples": n,
+        "chunks": 4,
+        "shard_chunks": 2,
+        "codec": "none",
+    }
+    w = ArrayWriter(p, **spec, checkpoint_every=0)
+    w.append(oracle[:16], index=np.arange(16))  # shards 0 and 1 full, written
+    w.checkpoint()
+    del w
+    shards = sorted(glob.glob(str(tmp_path / f"s{ext}.partial" / "store" / "features" / "c" / "*")))
+    shard = next(
+        f for f in [shards[0], *glob.glob(shards[0] + "/**", recursive=True)] if os.path.isfile(f)
+    )
+    with open(shard, "r+b") as fh:
+        data = bytearray(fh.read())
+        data[10] ^= 0xFF  # inside its first chunk's data
+        fh.seek(0)
+        fh.write(bytes(data))
+    with ArrayWriter(p, **spec, resume=True) as w:
+        w.append(oracle[16:], index=np.arange(16, n))
+    assert plain_group(p)["features"][...].tolist() == oracle.tolist()  # the oracle: plain zarr
+    assert verify(p) == []
+    got = di.open_zarr(p).arrays["features"].compute()
+    assert got.tolist() == oracle.tolist()
+
+
+def test_ctrl_c_during_closes_checkpoint_keeps_the_rows_to_resume(tmp_path, monkeypatch):
+    # a Ctrl-C (SIGINT) landing inside close()'s checkpoint (its fsyncs) marked the writer
+    # broken, so the with block's own checkpoint was skipped: a resume found 0 of the 12
+    # rows, which were on disk
+    import signal
+
+    p = tmp_path / "c.zarr.zip"
+    spec = {"shape": (2,), "dtype": "float32", "num_samples": 20, "chunks": 4}
+    oracle = np.arange(40, dtype=np.float32).reshape(20, 2)
+    real = writer_staging.save_checkpoint
+    pressed = []
+
+    def ctrl_c_inside(*args, **kwargs):
+        if not pressed:
+            pressed.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # as a user pressing Ctrl-C, mid-checkpoint
+        return real(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt), ArrayWriter(p, **spec, checkpoint_every=None) as w:  # noqa: PT012
+        w.append(oracle[:12], index=np.arange(12))
+        monkeypatch.setattr(writer_staging, "save_checkpoint", ctrl_c_inside)
+    monkeypatch.setattr(writer_staging, "save_checkpoint", real)
+    assert pressed and not os.path.exists(p)  # interrupted: nothing published
+    with ArrayWriter(p, **spec, resume=True) as w:
+        assert len(w) == 12
+        w.append(oracle[12:], index=np.arange(12, 20))
+    np.testing.assert_array_equal(plain_group(p)["features"][...], oracle)
+
+
+def test_resume_of_a_new_store_whose_write_finished_says_so(tmp_path):
+    # a kill just after close() returned, and the script run again with resume=True: the
+    # message said "exists; pass overwrite=True to replace it", throwing a complete store away
+    p = tmp_path / "f.zarr.zip"
+    spec = {"name": "feat", "shape": (4,), "dtype": "float32", "chunks": 8}
+    with ArrayWriter(p, **spec) as w:
+        w.append(np.zeros((16, 4), np.float32))
+    with pytest.raises(StoreExistsError, match="resume=True found no unfinished write here"):
+        ArrayWriter(p, **spec, resume=True)
+    assert plain_group(p)["feat"].shape == (16, 4)
+
+
 @pytest.mark.parametrize("damage", ["crc-features.bin", "rows-features.bin", "text-features.bin"])
 def test_a_staging_file_cut_or_removed_before_a_resume_is_the_one_named(tmp_path, damage):
     # a removed crc file was reported as "the staging file of 'features' is truncated (808

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DaskImgError, StoreExistsError
+from ..interrupts import held_ctrl_c
 from ..store.location import Location, check_replaceable, remove_path, write_lock
 from . import staging
 from .placed import Placed
@@ -76,6 +77,13 @@ def start(
             remove_path(str(plan.staging))
             return Started(manifest, None, num_samples, classes, rows=rows, done=True)
     if plan.mode == "w" and target_exists and not plan.overwrite:
+        if resume and staging.read_manifest(plan.staging) is None:
+            # (a kill just after close() returned, and the script run again with resume)
+            raise StoreExistsError(
+                f"{plan.path!r} exists, and resume=True found no unfinished write here: the "
+                "write that made it finished (look at it: daskimg info). Pass overwrite=True "
+                "only to write it again from the start"
+            )
         raise StoreExistsError(
             f"{plan.path!r} exists; pass overwrite=True to replace it, or mode='a' to add "
             "arrays to it"
@@ -295,14 +303,21 @@ class OpenWrite:
         return every is not None and time.monotonic() - self.last_checkpoint >= every
 
     def checkpoint(self, sink: staging.Sink) -> int:
-        """Make every row of ``sink`` durable; return their number."""
-        try:
-            staging.save_checkpoint(self.plan.staging, self.manifest, sink)
-        except BaseException as e:
-            self.broke(f"a checkpoint failed ({e!r})")
-            raise
-        self.durable = sink.rows
-        self.last_checkpoint = time.monotonic()
+        """Make every row of ``sink`` durable; return their number.
+
+        A Ctrl-C (or a SIGTERM the program raises) is held until the checkpoint is made:
+        raised inside it, it marked the writer broken, so the ``with`` block's own
+        checkpoint was skipped and every row since the previous one was lost to a resume,
+        though they were on disk (a Ctrl-C during ``close()``'s fsyncs). A hung fsync
+        (a network file system) therefore delays the Ctrl-C until it returns."""
+        with held_ctrl_c():  # raised as the block ends: after the checkpoint is made
+            try:
+                staging.save_checkpoint(self.plan.staging, self.manifest, sink)
+            except BaseException as e:
+                self.broke(f"a checkpoint failed ({e!r})")
+                raise
+            self.durable = sink.rows
+            self.last_checkpoint = time.monotonic()
         return self.durable
 
     def finish(self, sink: staging.Sink, num_samples: int | None) -> None:

@@ -20,13 +20,15 @@ checkpoint fsyncs the staging files and the shards written since the previous on
 saves the bitmap to ``filled-<k>.bin``; ``writer.json`` naming it is the durable point.
 Resuming reloads that bitmap: rows written after it are ignored (their samples count as
 missing), shards of samples not all covered by it are deleted, and the shards it covers
-must be on disk (they were written and fsynced before it; a missing one is rewritten).
+must be on disk (they were written and fsynced before it; a missing one, or one that
+does not read back as its staged rows, is rewritten).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -42,6 +44,8 @@ from .checks import TEXT, check_range
 from .shards import ShardPool, pwrite_all
 
 __all__ = ["Placed", "PlacedColumn"]
+
+logger = logging.getLogger("daskimg")
 
 
 class PlacedColumn:
@@ -220,9 +224,34 @@ class PlacedColumn:
                 remove_path(str(entry))
         for s in np.flatnonzero(full).tolist():
             self.written[s] = True
-            if not self.shard_path(s).is_file():
-                self.unsynced.add(s)
-                pool.run(functools.partial(self.write_shard, s))
+            there = self.shard_path(s).is_file()
+            if there and self._holds_its_rows(s):
+                continue
+            if there:
+                logger.warning(
+                    "%s: shard %d of %r in the staging folder does not read back as the rows "
+                    "staged for it (damaged since the checkpoint); it is written again from "
+                    "them",
+                    self.dir.parent.parent,
+                    s,
+                    self.name,
+                )
+            self.unsynced.add(s)
+            pool.run(functools.partial(self.write_shard, s))
+
+    def _holds_its_rows(self, s: int) -> bool:
+        """Whether shard ``s`` on disk reads back (its crc32c checked by zarr) as its staged
+        rows (theirs checked too): a shard damaged between the kill and the resume was kept
+        and published, and the store then failed its first read."""
+        a, b = self.shard_rows(s)
+        want = self.read(a, b)  # a damaged staging file is named here
+        try:
+            got = np.asarray(self.arr[a:b])
+        except Exception:  # its bytes fail their checksum, or do not parse
+            return False
+        if self.text:
+            return got.shape == want.shape and list(got) == list(want)
+        return got.shape == want.shape and got.tobytes() == np.asarray(want).tobytes()
 
     def _full_shards(self, filled: np.ndarray) -> np.ndarray:
         pad = self.num_shards * self.shard_len - self.n
