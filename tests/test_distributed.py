@@ -177,7 +177,9 @@ def test_cluster_workers_that_cannot_see_the_output_folder(tmp_path, ext, how):
             )
             workers.append(subprocess.Popen(["unshare", "-m", "sh", "-c", worker]))
         try:
-            with distributed.Client(cluster) as client:
+            # a client chosen by dask.config is not the default one here (as the command
+            # line's --scheduler HOST:PORT makes it): "No clients found" while gathering
+            with distributed.Client(cluster, set_as_default=how == "default") as client:
                 client.wait_for_workers(2, timeout=60)
                 # the workers see the photos, not what this process has in the output folder
                 seen = client.run(os.path.exists, str(out / "here"))

@@ -810,7 +810,7 @@ def _stream_into(
     receiver = shmchunks.Receiver()
     shards = ShardAssembler(lambda key, pieces: put(key, pieces, done=receiver.written(pieces)))
     try:
-        for batch in _finished(futures, _GATHERED):
+        for batch in _finished(futures, _GATHERED, client):
             try:
                 values = client.gather(batch, direct=direct)
             except Exception as e:
@@ -875,13 +875,15 @@ def _again(
 _GATHERED = 8
 
 
-def _finished(futures: list[Any], most: int) -> Iterator[list[Any]]:
+def _finished(futures: list[Any], most: int, client: Any) -> Iterator[list[Any]]:
     """The chunks finished by now, in groups of up to ``most``: each group is fetched with
     one request to each worker holding some, instead of a round trip (and the scheduler
-    asked where it is) for every chunk."""
+    asked where it is) for every chunk. (On ``client``'s loop: a client chosen with
+    ``dask.config.set(scheduler=client)`` need not be the default, and ``as_completed``
+    asked for the default one: "No clients found".)"""
     from distributed import as_completed
 
-    for ready in as_completed(futures).batches():
+    for ready in as_completed(futures, loop=client.loop).batches():
         for at in range(0, len(ready), most):
             yield ready[at : at + most]
 
