@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -246,7 +247,100 @@ def test_unreachable_scheduler_is_named(tmp_path, image_folder, capsys):
     )
     assert status == 2
     err = capsys.readouterr().err
-    assert "tcp://127.0.0.1:9" in err and "--scheduler threads" in err
+    assert "tcp://127.0.0.1:9" in err and "--scheduler auto" in err
+
+
+def _server(greeting: bytes | None):
+    """A TCP server on loopback that accepts and then says ``greeting`` (None: nothing, ever)."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if greeting is not None:
+                conn.sendall(greeting)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("greeting", "says"),
+    [
+        (None, "did not answer as a dask scheduler"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "another protocol"),
+    ],
+    ids=["silent", "ssh"],
+)
+def test_a_scheduler_address_of_another_server_fails_fast_and_clearly(
+    tmp_path, image_folder, capsys, monkeypatch, greeting, says
+):
+    # something listens at HOST:PORT but is no dask scheduler: a silent one (an HTTP server,
+    # the dashboard's port) hung the ingest for good; one that speaks first (SSH) had its
+    # greeting read as a message length, a MemoryError traceback (exit 1)
+    cli_ingest = importlib.import_module("daskimg.cli.ingest")
+
+    monkeypatch.setattr(cli_ingest, "CONNECT_WAIT", 8.0)
+    sock = _server(greeting)
+    port = sock.getsockname()[1]
+    try:
+        argv = ["ingest", str(image_folder), str(tmp_path / "o"), "--size", "8", "8"]
+        status = main([*argv, "--scheduler", f"127.0.0.1:{port}"])
+    finally:
+        sock.close()
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"tcp://127.0.0.1:{port}" in err and says in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "train.zarr.zip").exists()
+
+
+def test_a_scheduler_without_workers_is_said_and_waited_for_a_bounded_time(
+    tmp_path, image_folder, capsys, monkeypatch
+):
+    # a scheduler whose workers are still queued (or dead): the ingest waited for ever,
+    # with no word
+    from distributed import LocalCluster
+
+    cli_ingest = importlib.import_module("daskimg.cli.ingest")
+
+    monkeypatch.setattr(cli_ingest, "WORKER_WAIT", 3.0)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        argv = ["ingest", str(image_folder), str(tmp_path / "o"), "--size", "8", "8"]
+        status = main([*argv, "--scheduler", cluster.scheduler_address])
+    assert status == 2
+    captured = capsys.readouterr()
+    assert "has no workers yet; waiting" in captured.out
+    assert "no worker joined the dask scheduler" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--scheduler", "thread"], "did you mean 'threads'"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--valid", "1.5"], "--valid 1.5 is not a fraction"),
+    ],
+)
+def test_wrong_arguments_are_refused_before_src_is_listed(tmp_path, capsys, extra, says):
+    # said only after SRC was listed (long, with its warnings); --seed -1 after "writing
+    # train.zarr.zip"; "thread" as "missing port number in address 'thread'". SRC missing
+    # here: the argument is what is named
+    status = main(
+        ["ingest", str(tmp_path / "no-src"), str(tmp_path / "o"), "--size", "8", "8", *extra]
+    )
+    assert status == 2
+    err = capsys.readouterr().err
+    assert says in err and "no-src" not in err
 
 
 @pytest.mark.parametrize("codec", ["jpeg:xx", "lz5", "jpeg:0"])
@@ -747,6 +841,30 @@ def test_a_closed_pipe_neither_stops_an_overwrite_nor_fails_a_verify(tmp_path, m
     assert main(["verify", str(out / "train.zarr.zip")]) == 0
 
 
+def test_a_class_folder_with_a_file_named_like_a_store_stays_a_class(tmp_path, capsys):
+    # an empty notes.zarr.zip in a class folder made ingest leave the whole class out (exit
+    # 0, every later label shifted), said as "an earlier ingest's OUT"; a real store put
+    # into a class folder beside its images is refused, naming the folder
+    src, out = tmp_path / "src", tmp_path / "out"
+    di.testing.make_image_folder(src, n=12, size=(8, 8), classes=("cat", "dog", "eel"))
+    (src / "cat" / "notes.zarr.zip").write_bytes(b"")
+    args = ["ingest", str(src), str(out), "--size", "8", "8", "--valid", "0", "--test", "0"]
+    assert main(args) == 0
+    walked = sorted(  # the oracle: os.walk's images
+        os.path.relpath(os.path.join(d, f), src)
+        for d, _, files in os.walk(src)
+        for f in files
+        if f.endswith(".png")
+    )
+    stored = di.open_zarr(out / "train.zarr.zip")
+    assert stored.classes == ("cat", "dog", "eel")
+    assert sorted(stored.paths) == walked
+    shutil.copy(out / "train.zarr.zip", src / "cat" / "mine.zarr.zip")  # a real store
+    capsys.readouterr()
+    assert main([*args[:2], str(tmp_path / "out2"), *args[3:]]) == 2
+    assert "cat holds daskimg stores (mine.zarr.zip) and 4 image" in capsys.readouterr().err
+
+
 def test_an_earlier_out_inside_src_is_no_class_of_the_next_run(tmp_path, caplog):
     # ingest SRC SRC/v1, then ingest SRC SRC/v2: v1 (stores only) was an empty class, every
     # label index after it shifted by one
@@ -1108,3 +1226,51 @@ def test_info_and_verify_say_an_ingest_stopped_between_its_splits(
     for command in ("info", "verify"):
         assert main([command, str(out)]) == 0
         assert "did not finish" not in capsys.readouterr().err
+
+
+def test_show_says_the_file_it_wrote(tmp_path, capsys):
+    # `-o grid` said "wrote grid" of grid.png (matplotlib adds the ending); `-o FOLDER` said
+    # "wrote FOLDER" of FOLDER.png beside it
+    store = di.to_zarr(
+        di.ImageSet(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2), tmp_path / "s.zarr.zip"
+    )
+    (tmp_path / "pics").mkdir()
+    for given, written in (("grid", "grid.png"), ("pics", "pics/grid.png"), ("a.png", "a.png")):
+        capsys.readouterr()
+        assert main(["show", str(store), "-o", str(tmp_path / given)]) == 0
+        assert capsys.readouterr().out.strip() == f"wrote {tmp_path / written}"
+        with Image.open(tmp_path / written) as im:  # the oracle: Pillow reads it as a PNG
+            assert im.format == "PNG"
+    assert not (tmp_path / "pics.png").exists()
+
+
+@pytest.mark.parametrize("target", ["-5", "0", "nan", "inf"])
+def test_bench_refuses_a_target_that_is_no_rate(tmp_path, capsys, target):
+    # --target -5 was taken, and printed "keeps up (-5647.42x)"
+    store = di.to_zarr(
+        di.ImageSet(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2), tmp_path / "s.zarr.zip"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["bench", str(store), "--target", target])
+    assert e.value.code == 2
+    assert "a positive number of images a second" in capsys.readouterr().err
+
+
+def test_ingest_on_a_dask_scheduler_equals_the_local_one(tmp_path, image_folder):
+    # --scheduler HOST:PORT: the client is chosen for the ingest only (dask.config), not made
+    # the process's default; the stores equal the local scheduler's, read by plain zarr
+    from distributed import LocalCluster
+
+    base = [str(image_folder), "--size", "8", "8", "--valid", "0.25", "--test", "0"]
+    assert main(["ingest", base[0], str(tmp_path / "local"), *base[1:]]) == 0
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        argv = ["ingest", base[0], str(tmp_path / "far"), *base[1:]]
+        assert main([*argv, "--scheduler", cluster.scheduler_address]) == 0
+    import dask
+
+    assert dask.config.get("scheduler", None) is None  # nothing left chosen
+    for split in ("train", "valid"):
+        a = plain_group(tmp_path / "local" / f"{split}.zarr.zip")
+        b = plain_group(tmp_path / "far" / f"{split}.zarr.zip")
+        for name in ("images", "labels", "paths"):
+            np.testing.assert_array_equal(a[name][...], b[name][...], err_msg=f"{split} {name}")

@@ -91,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
         "--scheduler",
         default="auto",
         help="auto (default: local image files decoded in worker processes, one per CPU), "
-        "threads, processes, sync, or HOST:PORT of a dask scheduler",
+        "threads, processes, sync, or HOST:PORT of a dask scheduler (which must answer in 20 s; "
+        "one without workers is waited for up to 10 minutes)",
     )
     ing.add_argument(
         "--workers",
@@ -160,7 +161,11 @@ def parser() -> argparse.ArgumentParser:
     ben.add_argument("store")
     ben.add_argument("--batch-size", type=int, default=64)
     ben.add_argument(
-        "--target", type=float, default=None, metavar="IMG_PER_S", help="e.g. your GPU's images/s"
+        "--target",
+        type=_positive_rate,
+        default=None,
+        metavar="IMG_PER_S",
+        help="e.g. your GPU's images/s",
     )
     ben.add_argument("--epochs", type=int, default=3, help="measured epochs (after one warm-up)")
     ben.add_argument("--threads", type=int, default=2)
@@ -208,6 +213,16 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=0)
     _storage_options_arg(show)
     return p
+
+
+def _positive_rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"a positive number of images a second, got {text!r}")
+    return v
 
 
 def _positive(text: str) -> int:

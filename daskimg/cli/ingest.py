@@ -9,12 +9,13 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import DaskImgError, DecodeError, IncompleteStoreError, StoreExistsError
-from ..read.folder import SPLIT_DIRS
+from ..read.folder import IMAGE_EXTENSIONS, SPLIT_DIRS
 from ..remote import as_local, is_url
 
 logger = logging.getLogger("daskimg")
@@ -39,22 +40,93 @@ def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
         with dask.config.set(local if spec == "auto" else {"scheduler": spec, **local}):
             yield
         return
-    from distributed import Client
-
-    address = spec if "://" in spec else f"tcp://{spec}"
-    try:
-        client = Client(address, timeout="5s")
-    except (OSError, TimeoutError) as e:
-        raise ValueError(
-            f"cannot reach a dask scheduler at {address!r} ({e}); check the address and that "
-            "`dask scheduler` is running there, or use --scheduler threads"
-        ) from e
+    address = check_scheduler(spec)
+    assert address is not None
+    client = _connect(address)
     try:
         if client.dashboard_link:
             print(f"dask dashboard: {client.dashboard_link}")
-        yield
+        if not client.scheduler_info().get("workers"):
+            # (workers still queued in a batch system, or all dead): said, and bounded
+            print(
+                f"the dask scheduler at {address} has no workers yet; waiting up to "
+                f"{WORKER_WAIT / 60:.0f} minutes for one to join"
+            )
+            try:
+                client.wait_for_workers(1, timeout=WORKER_WAIT)
+            except TimeoutError:
+                raise ValueError(
+                    f"no worker joined the dask scheduler at {address} in "
+                    f"{WORKER_WAIT / 60:.0f} minutes; start workers (dask worker {address}), "
+                    "or use --scheduler auto"
+                ) from None
+        with dask.config.set(scheduler=client):  # the client is no process-wide default
+            yield
     finally:
         client.close()
+
+
+#: seconds a scheduler may take to answer (TCP connect and dask's handshake)
+CONNECT_WAIT = 20.0
+#: seconds to wait for a first worker to join a scheduler that has none
+WORKER_WAIT = 600.0
+_LOCAL = ("auto", "threads", "processes", "sync")
+
+
+def check_scheduler(spec: str) -> str | None:
+    """The address of the dask scheduler ``spec`` names (None: a local scheduler); a spec
+    that is neither a local scheduler nor HOST:PORT is refused, naming the choices (a typo,
+    "thread", said "missing port number in address 'thread'")."""
+    if spec in _LOCAL:
+        return None
+    if "://" not in spec and ":" not in spec:
+        near = [c for c in _LOCAL if c.startswith(spec.lower()[:4])] if spec else []
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ValueError(
+            f"--scheduler {spec!r} is none of {', '.join(_LOCAL)} and no HOST:PORT of a dask "
+            f"scheduler{hint}"
+        )
+    return spec if "://" in spec else f"tcp://{spec}"
+
+
+def _connect(address: str) -> Any:
+    """A distributed ``Client`` of the scheduler at ``address``, or a ValueError naming it.
+
+    ``Client(timeout=)`` bounds the TCP connect, not what follows: a server that accepts and
+    stays silent (an HTTP server, dask's own dashboard port) hung the ingest for good, and one
+    that speaks first (SSH) had its greeting read as a message length (a MemoryError of
+    exabytes, as a traceback). The client is made on a thread of its own, waited for
+    CONNECT_WAIT seconds, and any failure is said as the address unreachable."""
+    from distributed import Client
+
+    made: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            # not the default client: one that never finishes connecting must not become
+            # the process's scheduler (Client sets that before it connects)
+            made["client"] = Client(address, timeout="5s", set_as_default=False)
+        except BaseException as e:  # said below, whatever the comm raised
+            made["error"] = e
+
+    thread = threading.Thread(target=connect, name="daskimg-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_WAIT)
+    if "client" in made:
+        return made["client"]
+    error = made.get("error")
+    why = (
+        "it answered in another protocol than dask's (an SSH or web server?)"
+        if isinstance(error, MemoryError)  # its first bytes read as a message's length
+        else repr(error)
+        if error is not None
+        else f"something listens there but did not answer as a dask scheduler in "
+        f"{CONNECT_WAIT:.0f} s: the dashboard's port (8787) rather than the scheduler's (8786)?"
+    )
+    raise ValueError(
+        f"cannot reach a dask scheduler at {address!r} ({why}); check the address and that "
+        "`dask scheduler` is running there, or use --scheduler auto"
+    )
 
 
 def _out_folder(src: str, out: str, opts: Mapping[str, Any] | None) -> list[str]:
@@ -77,6 +149,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     opts = args.storage_options
+    _check_arguments(args)  # before SRC is listed (which may take long, and warns)
     args.src, args.out = as_local(args.src), as_local(args.out)  # file:// as their paths
     name = args.out.rstrip("/").rsplit("/", 1)[-1]
     if name.endswith((".zarr", ".zarr.zip")):
@@ -154,6 +227,23 @@ def ingest(args: argparse.Namespace) -> int:
     # left their stores side by side
     with contextlib.nullcontext() if is_url(args.out) else _out_lock(args.out):
         return _write_splits(args, parts, written, ext, t0)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what is wrong in the arguments alone, before SRC is listed: a wrong --size,
+    --valid or --seed was said only after a long listing (and its warnings), --seed -1
+    after "writing train.zarr.zip" was printed."""
+    if len(args.size) not in (2, 3) or any(v < 1 for v in args.size):
+        raise ValueError(
+            f"--size {' '.join(map(str, args.size))}: give H W (images) or D H W (volumes), "
+            "each a positive whole number"
+        )
+    for flag, v in (("--valid", args.valid), ("--test", args.test)):
+        if v is not None and not (math.isfinite(v) and 0 <= v < 1):
+            raise ValueError(f"{flag} {v} is not a fraction from 0 to below 1; give e.g. 0.1")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: give a whole number, 0 or more")
+    check_scheduler(args.scheduler)
 
 
 @contextlib.contextmanager
@@ -470,12 +560,24 @@ def _store_folders(src: str) -> list[str]:
                 names = [n for n in os.listdir(entry.path) if not n.startswith(".")]
             except OSError:  # unreadable: the folder reader says so, as before
                 continue
-            kept = [n for n in names if n.endswith(ends)]
-            if kept:
-                found.append(entry.path)
-                others[entry.path] = sorted(
-                    n for n in names if not n.endswith((*ends, ".lock", ".partial"))
+            # stores, not files named like one (an empty notes.zarr.zip left a class out)
+            kept = [n for n in names if n.endswith(ends) and _is_store(os.path.join(entry.path, n))]
+            if not kept:
+                continue
+            rest = sorted(n for n in names if not n.endswith((*ends, ".lock", ".partial")))
+            images = [n for n in rest if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+            out_like = all(n.split(".", 1)[0].lower() in SPLIT_NAMES for n in kept)
+            if images and not out_like:
+                # a class folder with a store put into it, or an earlier OUT with images:
+                # neither leaving its images out nor reading its stores as images is sure
+                raise ValueError(
+                    f"{entry.path} holds daskimg stores ({', '.join(kept[:4])}) and "
+                    f"{len(images)} image(s) ({', '.join(images[:4])}): a class folder with "
+                    "a store put into it, or an earlier ingest's OUT? Move the stores (or the "
+                    "images) out of SRC, then run again"
                 )
+            found.append(entry.path)
+            others[entry.path] = rest
     for folder in found:
         rest = others[folder]
         logger.warning(
@@ -487,6 +589,20 @@ def _store_folders(src: str) -> list[str]:
             else "",
         )
     return found
+
+
+def _is_store(path: str) -> bool:
+    """Whether ``path`` is a Zarr store (a folder or zip with a root ``zarr.json``), not just
+    named like one."""
+    import zipfile
+
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, "zarr.json"))
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "zarr.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return False
 
 
 def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, split: str) -> bool:

@@ -167,6 +167,13 @@ def show_cmd(args: argparse.Namespace) -> int:
             f"{args.store} holds {what}: show draws images of 1, 3 or 4 channels (gray, RGB, "
             "RGBA) and volumes of one; draw others yourself from open_zarr(...).images"
         )
-    save_grid(ds, Path(args.output), n=args.n, seed=args.seed)
-    print(f"wrote {args.output}")
+    # where matplotlib really writes: a name without an ending gets ".png" (it said "wrote
+    # grid" of grid.png); a folder gets grid.png inside it (it said "wrote out" of out.png)
+    output = Path(args.output)
+    if output.is_dir():
+        output = output / "grid.png"
+    elif not output.suffix:
+        output = output.with_name(output.name + ".png")
+    save_grid(ds, output, n=args.n, seed=args.seed)
+    print(f"wrote {output}")
     return 0
