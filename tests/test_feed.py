@@ -1121,3 +1121,18 @@ def test_a_crop_the_samples_cannot_take_is_refused_when_the_loader_is_made(store
     fits = di.BatchIterator(store, batch_size=4, transform=random_crop(shape))
     assert next(iter(fits))[0].shape[1:3] == shape
     fits.close()
+
+
+def test_an_array_added_by_plain_zarr_is_named_as_such_not_denied(tmp_path):
+    # an array written into a daskimg store with plain zarr is no array of the store (no
+    # checksums): the error said it was not there, though zarr (the oracle) lists it
+    import zarr
+
+    p = tmp_path / "s.zarr"
+    di.to_zarr(di.ImageSet(np.zeros((10, 4, 4, 3), "u1"), np.arange(10) % 2), p, chunks=5)
+    zarr.open_group(str(p), mode="a").create_array("weights", shape=(10,), dtype="f4", chunks=(5,))[
+        ...
+    ] = 1.0
+    assert "weights" in zarr.open_group(str(p), mode="r").array_keys()
+    with pytest.raises(KeyError, match=r"\['weights'\] are in the store's folder but not among"):
+        di.BatchIterator(p, batch_size=2, arrays=("images", "weights"))

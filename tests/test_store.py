@@ -248,6 +248,33 @@ def test_newer_format_and_foreign_groups_refused(tmp_path, indexed_set):
         di.open_zarr(plain)
 
 
+def test_a_foreign_store_without_its_fill_value_chunks_says_how_to_write_them(tmp_path):
+    # zarr-python leaves out a chunk holding only the fill value (write_empty_chunks=False,
+    # its default): daskimg said "missing; the store is damaged — re-create it", and
+    # re-creating it with zarr gave the same. Never zeros; now said when opened, with how
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    attrs = {"format_version": 1, "num_samples": 10, "classes": ["cat", "dog"], "complete": True}
+    kw = {"serializer": BytesCodec(), "compressors": [Crc32cCodec()]}
+    labels = np.array([0, 0, 0, 0, 0, 1, 0, 1, 0, 1])
+    for empty, path in ((False, tmp_path / "left-out.zarr"), (True, tmp_path / "written.zarr")):
+        with zarr.config.set({"array.write_empty_chunks": empty}):
+            g = zarr.open_group(str(path), mode="w", attributes={"daskimg": attrs})
+            g.create_array("images", shape=(10, 4, 4, 3), dtype="u1", chunks=(5, 4, 4, 3), **kw)[
+                ...
+            ] = 7
+            g.create_array("labels", shape=(10,), dtype="i8", chunks=(5,), **kw)[...] = labels
+    # the oracle: plain zarr reads the fill value for the chunk it left out
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "left-out.zarr"))["labels"][...], labels
+    )
+    with pytest.raises(
+        ChecksumError, match=r"array 'labels' has no 'labels/c/0'.*write_empty_chunks"
+    ):
+        di.open_zarr(tmp_path / "left-out.zarr")
+    np.testing.assert_array_equal(di.open_zarr(tmp_path / "written.zarr").labels, labels)
+
+
 def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed_set, capsys):
     # each was "not a Zarr v3 group (no zarr.json at its root)", and daskimg verify called a
     # sound foreign store DAMAGED (exit 1)
@@ -1167,9 +1194,51 @@ def test_verify_names_array_metadata_plain_zarr_refuses(tmp_path, indexed_set, k
         zarr.open_group(store, mode="r")["images"]
     assert verify(good) == []
     problems = verify(bad)
-    assert [(p.array, "plain zarr cannot open" in p.message) for p in problems] == [
-        ("images", True)
-    ]
+    # (a field readers must understand: daskimg's own reader refuses it too, and says so)
+    edited: dict = {}
+    edit(edited)
+    says = "readers must understand" if "foo" in edited else "plain zarr cannot open"
+    assert [(p.array, says in p.message) for p in problems] == [("images", True)]
+
+
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+def test_images_whose_dimension_names_say_channels_first_are_refused(tmp_path, indexed_set, kind):
+    # (N, C, H, W) from another tool's store, its dimension_names saying so: read as
+    # (N, H, W, C), every batch fed transposed without a word (the writer refuses such
+    # images); and a zarr.json field readers must understand was read as if absent
+    import store_damage as sd
+
+    ext = ".zarr.zip" if kind == "zip" else ".zarr"
+    good = di.to_zarr(indexed_set, tmp_path / f"g{ext}", chunks=8)
+    names = ["sample", "channel", "y", "x"]
+    for edit, says in (
+        (lambda m: m.update(dimension_names=names), "put the channel axis at position 1"),
+        (lambda m: m.update(foo={"must_understand": True}), "'foo', which Zarr v3 readers"),
+    ):
+        bad = sd.write_local(
+            sd.resealed(sd.edit_json(sd.read_local(good), "images/zarr.json", edit)),
+            tmp_path / f"b{len(says)}{ext}",
+        )
+        with pytest.raises(MetadataError, match=re.escape(says)):
+            di.open_zarr(bad)
+        with pytest.raises(MetadataError, match=re.escape(says)):
+            di.BatchIterator(bad, batch_size=4)
+    # the oracle: plain zarr reads what the writer records, channel last
+    assert plain_group(good)["images"].metadata.dimension_names[-1] == "channel"
+    # names that do not say channel (another tool's own words) are read as before
+    other = sd.write_local(
+        sd.resealed(
+            sd.edit_json(
+                sd.read_local(good),
+                "images/zarr.json",
+                lambda m: m.update(dimension_names=["n", "h", "w", "k"]),
+            )
+        ),
+        tmp_path / f"o{ext}",
+    )
+    np.testing.assert_array_equal(
+        di.open_zarr(other).images.compute(), plain_group(good)["images"][...]
+    )
 
 
 def test_verify_at_a_url_names_array_metadata_plain_zarr_refuses(tmp_path, indexed_set):

@@ -223,9 +223,18 @@ class FeedSource:
             )
         missing = [n for n in names if n not in arrays and n != INDEX]
         if missing:
+            there = set(self.reader.array_names()) if self.reader is not None else set()
+            foreign = [n for n in missing if n in there]
             raise KeyError(
                 f"arrays {missing} are not in the source; it has {sorted(arrays)} "
                 f"(and {INDEX!r}, each sample's store index)"
+                + (
+                    f". {foreign} are in the store's folder but not among its arrays: added by "
+                    "another tool (plain zarr), without the checksums daskimg reads by; write "
+                    "them with ArrayWriter(store, ..., mode='a') instead"
+                    if foreign
+                    else ""
+                )
             )
         self.names = tuple(names)
         #: arrays made up here, not read: {"index"} when asked for

@@ -500,24 +500,27 @@ _END64_LOCATOR = struct.Struct("<4sIQI")
 _END64 = struct.Struct("<4sQ2H2I4Q")
 
 
-def _local_agrees(fields: tuple[Any, ...], extra: bytes, info: zipfile.ZipInfo) -> bool:
-    """Whether a local header (``fields``, the first bytes of its ``extra`` field) says
-    what the central directory says of the member: its method, and — unless the header
-    defers them to a data descriptor (flag bit 3) — its CRC-32 and sizes. Sizes kept in a
-    ZIP64 field beyond the bytes read are not compared (no daskimg store puts them there)."""
+def _disagreement(fields: tuple[Any, ...], extra: bytes, info: zipfile.ZipInfo) -> str | None:
+    """What a local header (``fields``, the first bytes of its ``extra`` field) says unlike
+    the central directory of the member: its method, and — unless the header defers them
+    to a data descriptor (flag bit 3) — its CRC-32 and sizes; None if nothing. Sizes kept
+    in a ZIP64 field beyond the bytes read are not compared (no daskimg store puts them
+    there)."""
     if fields[3] != info.compress_type or (fields[2] & 0x1) != (info.flag_bits & 0x1):
-        return False
+        return "compression method or encryption"
     if fields[2] & 0x8:
-        return True  # CRC-32 and sizes follow the data; the directory's are checked
+        return None  # CRC-32 and sizes follow the data; the directory's are checked
     if fields[6] != info.CRC:
-        return False
+        return f"CRC-32 ({fields[6]:08x} in the local header, {info.CRC:08x} in the directory)"
     sizes = (fields[8], fields[7])  # uncompressed, compressed: the ZIP64 field's order
     if _FULL in sizes:
         if len(extra) < 20 or extra[:2] != b"\x01\x00":
-            return True  # another extra field first: not read here
+            return None  # another extra field first: not read here
         wide = struct.unpack_from("<2Q", extra, 4)
         sizes = tuple(w if s == _FULL else s for s, w in zip(sizes, wide, strict=True))
-    return sizes == (info.file_size, info.compress_size)
+    if sizes != (info.file_size, info.compress_size):
+        return f"sizes ({list(sizes)} in the local header, {info.file_size} in the directory)"
+    return None
 
 
 def _check_entry_count(fh: Any, size: int, count: int, damaged: str) -> None:
@@ -622,16 +625,20 @@ def zip_members(
             fields[0] != b"PK\x03\x04"
             or fields[9] != len(name)
             or head[_LOCAL_HEADER.size : end] != name
-            or not _local_agrees(fields, head[end : end + fields[10]], info)
         ):
-            # a flipped byte in a member's local header is damage, as in its data; so is a
-            # local header whose CRC-32, sizes or method differ from the central directory's
-            # (plain zarr reads by the directory, but `unzip -t` and readers that stream a
-            # zip front to back by its local headers would refuse it or read other bytes)
+            # a flipped byte in a member's local header is damage, as in its data
+            raise ChecksumError(
+                damaged.format(f"member {info.filename!r} has a damaged local header")
+            )
+        differs = _disagreement(fields, head[end : end + fields[10]], info)
+        if differs is not None:
+            # one of the two records of the member is damaged (plain zarr reads by the
+            # directory, but `unzip -t` and readers that stream a zip front to back by its
+            # local headers refuse it or read other bytes)
             raise ChecksumError(
                 damaged.format(
-                    f"member {info.filename!r} has a damaged local header (it disagrees with "
-                    "the zip's central directory)"
+                    f"member {info.filename!r}: its local header and the zip's central "
+                    f"directory give different {differs}"
                 )
             )
         data = info.header_offset + end + fields[10]

@@ -11,6 +11,7 @@ is a :class:`~daskimg.errors.MetadataError` naming the store, the array and the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +106,22 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
         raise bad("not a JSON object")
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
         raise bad("not a Zarr v3 array (zarr_format 3, node_type 'array')")
+    for key, value in meta.items():
+        # Zarr v3: a field readers do not know may be ignored only if it says so
+        # (must_understand: false); read as if it were not there, an extension that
+        # changes what the bytes mean gave other values (plain zarr refuses it)
+        if key not in _FIELDS and not (
+            isinstance(value, dict) and value.get("must_understand") is False
+        ):
+            raise bad(
+                f"it has the field {key!r}, which Zarr v3 readers must understand and "
+                "daskimg does not (a newer Zarr extension?)"
+            )
     shape = _ints(meta.get("shape"), low=0)
     if shape is None or not shape:
         raise bad(f"shape must be a list of non-negative integers, got {meta.get('shape')!r}")
+    if name == "images":
+        _check_channels_last(meta.get("dimension_names"), bad)
     dtype = _dtype(meta.get("data_type"))
     if dtype is None:
         raise bad(f"unknown data_type {meta.get('data_type')!r}")
@@ -202,6 +216,32 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
         key_prefix=prefix,
         key_sep=sep,
     )
+
+
+#: the fields of a Zarr v3 array's zarr.json
+_FIELDS = frozenset(
+    {
+        "zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding",
+        "fill_value", "codecs", "attributes", "dimension_names", "storage_transformers",
+    }
+)  # fmt: skip
+#: names a channel axis goes by
+_CHANNEL_NAMES = frozenset({"channel", "channels", "c", "band", "bands", "rgb"})
+
+
+def _check_channels_last(names: Any, bad: Callable[[str], MetadataError]) -> None:
+    """Refuse images whose ``dimension_names`` put the channel axis before the last: read
+    as (N, H, W, C), a channels-first (N, C, H, W) array of another tool's store fed every
+    batch transposed, without a word (daskimg's writer refuses such arrays)."""
+    if not isinstance(names, list):
+        return  # none recorded (stores before they were written): nothing says otherwise
+    for i, n in enumerate(names[:-1]):
+        if isinstance(n, str) and n.lower() in _CHANNEL_NAMES:
+            raise bad(
+                f"its dimension_names {names} put the channel axis at position {i}, not last; "
+                "daskimg reads images as (sample, y, x, channel). Store them channels-last "
+                "(numpy.moveaxis(images, 1, -1))"
+            )
 
 
 def _ints(value: Any, *, low: int) -> list[int] | None:

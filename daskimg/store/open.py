@@ -18,7 +18,7 @@ import dask.array as da
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from ..errors import IncompleteStoreError
+from ..errors import ChecksumError, IncompleteStoreError
 from ..read.imageset import ImageSet
 from .format import check_arrays, check_attrs, check_fits_memory, check_labels
 from .layout import ArrayLayout
@@ -86,7 +86,30 @@ def open_store(
         loc.target, reader.json("zarr.json"), check_complete=check_complete, keys=source.keys
     )
     layouts = check_arrays(reader, attrs)
+    if "created_with" not in attrs:
+        _refuse_left_out_chunks(loc.target, source.keys, layouts)
     return OpenedStore(loc, reader, attrs, layouts)
+
+
+def _refuse_left_out_chunks(
+    where: str, keys: Mapping[str, Any], layouts: Mapping[str, Any]
+) -> None:
+    """A store written by another tool (no ``created_with``) whose arrays lack chunks: what
+    zarr-python does by default for a chunk holding only the fill value. Said when it is
+    opened, with how to write them: read, such a chunk was "missing; the store is damaged
+    — re-create it", which re-creating with zarr gave again. (daskimg never reads a chunk
+    that is not there as zeros.)"""
+    for name, lay in layouts.items():
+        absent = [lay.key(i) for i in range(lay.num_shards) if lay.key(i) not in keys]
+        if absent:
+            raise ChecksumError(
+                f"{where}: array {name!r} has no {absent[0]!r} ({len(absent)} of "
+                f"{lay.num_shards} chunks or shards not there). The store was not written by "
+                "daskimg: zarr-python leaves out a chunk that holds only the fill value "
+                "unless told to write it; write the arrays with "
+                "zarr.config.set({'array.write_empty_chunks': True}) (daskimg reads no chunk "
+                "that is not there as zeros), or with daskimg (ImageSet(...) then to_zarr)"
+            )
 
 
 def read_attrs(
