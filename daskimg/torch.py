@@ -63,14 +63,16 @@ class _Epochs:
 
     def __init__(self, epoch: int = 0, *, shared: bool = True) -> None:
         self.owner = os.getpid()
-        table = torch.zeros((2 + MAX_WORKERS + GROUPED * (GROUPED + 1) // 2, 2), dtype=torch.int64)
+        # per row: epoch, set_epoch calls seen; and the mark of a resumed iteration that
+        # found its epoch passed (:meth:`mark_passed`): set_epoch calls + 1, how it ended, epoch
+        table = torch.zeros((2 + MAX_WORKERS + GROUPED * (GROUPED + 1) // 2, 5), dtype=torch.int64)
         table[0, 0] = epoch
         table[1:, 0] = -1
         self.table = table.share_memory_() if shared else table
 
     def set(self, epoch: int) -> None:
         gen = int(self.table[0, 1])
-        self.table[0] = torch.tensor([epoch, gen + 1])
+        self.table[0, :2] = torch.tensor([epoch, gen + 1])
 
     @property
     def current(self) -> int:
@@ -78,8 +80,8 @@ class _Epochs:
 
     def peek(self, slot: int) -> int:
         """The epoch the slot's next iteration follows."""
-        epoch, gen = self.table[0].tolist()
-        last, seen = self.table[1 + slot].tolist()
+        epoch, gen = self.table[0, :2].tolist()
+        last, seen = self.table[1 + slot, :2].tolist()
         return int(epoch if gen != seen or last < 0 else last + 1)
 
     def take(self, slot: int) -> int:
@@ -89,7 +91,36 @@ class _Epochs:
         return epoch
 
     def record(self, slot: int, epoch: int) -> None:
-        self.table[1 + slot] = torch.tensor([epoch, int(self.table[0, 1])])
+        self.table[1 + slot, :2] = torch.tensor([epoch, int(self.table[0, 1])])
+
+    #: how a passed iteration (:meth:`mark_passed`) ended: not yet; read to its end with
+    #: fewer batches than DataLoader's default prefetch (2), which a loader that drops it
+    #: may have asked for too; with more, which only a loader that went on asks for
+    RUNNING, ENDED_SMALL, ENDED_USED = 0, 1, 2
+
+    def mark_passed(self, slot: int, epoch: int, how: int) -> None:
+        """Mark the slot's iteration that resumed a state whose epoch set_epoch had passed
+        (reading ``epoch``), and how it ended (see :meth:`settle_passed`)."""
+        self.table[1 + slot, 2:] = torch.tensor([int(self.table[0, 1]) + 1, how, epoch])
+
+    def settle_passed(self, slot: int, siblings: list[int]) -> None:
+        """Before an iteration of ``slot`` after a passed one with no set_epoch between:
+        record the passed epoch as taken if the passed iterations were used, so this one
+        reads the next; leave it untaken if they were dropped, so this one reads it again.
+
+        A StatefulDataLoader resumed from a state saved after its epoch's loop ended drops
+        the resumed workers (or restarts them) at once, and the next ones must read the
+        epoch; one resumed from a state saved at the epoch's last batch goes on with them,
+        and their next iteration reads the next epoch. Neither the workers' saved states nor
+        their first batches tell the two apart; a worker read to its end with at least two
+        batches (the default prefetch) was used, and then all were."""
+        mark = self.table[1 + slot, 2:].tolist()
+        if mark[0] != int(self.table[0, 1]) + 1:
+            return  # no passed iteration here since the last set_epoch call
+        rows = self.table[[1 + s for s in siblings], 2:].tolist()
+        if any(t == mark[0] and how == self.ENDED_USED for t, how, _ in rows):
+            self.record(slot, mark[2])
+        self.table[1 + slot, 2] = 0
 
     def here(self, *, pickled_by: int | None, unpickled_in: int | None) -> _Epochs:
         """The table a dataset holding this one uses in this process: this one, or a new one.
@@ -413,12 +444,15 @@ class TorchDataset(IterableDataset):
             table.record(slot, it.epoch)
             self._gen = self._resumed(it, done)
         elif passed and get_worker_info() is not None:
-            # counted as taken only once read to its end: a StatefulDataLoader whose state
-            # said the epoch had ended drops these workers after their first batch and makes
-            # new ones, which must read the same epoch
+            # not taken yet: whether this iteration is used or dropped is settled by the
+            # slot's next one (_Epochs.settle_passed). Counted as taken once read to its end
+            # (before), a worker whose share was under prefetch_factor batches read it to its
+            # end while a dropped loader prefetched, and its successor read the next epoch's
+            # plan beside its siblings' of this one: samples repeated and missed
             epoch = table.peek(slot)
             it.set_epoch(epoch)
-            self._gen = self._read_then_taken(it, table, slot, epoch)
+            table.mark_passed(slot, epoch, table.RUNNING)
+            self._gen = self._passed(it, table, slot, epoch)
         elif get_worker_info() is None:
             # no workers: the epoch counts as taken once a batch is asked for (Lightning
             # calls iter() on a reloaded DataLoader twice and drops the first iterator
@@ -429,6 +463,8 @@ class TorchDataset(IterableDataset):
         else:
             # a worker takes it at iter(): an epoch its DataLoader ends early (break) may
             # never ask it for a batch, and its count would lag its siblings' for good
+            n = get_worker_info().num_workers  # type: ignore[union-attr]  # (a worker)
+            table.settle_passed(slot, [_slot(w, n) for w in range(n)])
             it.set_epoch(table.take(slot))
             self._gen = self._batches(it)
         return self._guarded(self._gen, self._iteration, it.epoch)
@@ -488,11 +524,11 @@ class TorchDataset(IterableDataset):
         table.record(slot, epoch)
         yield from self._batches(it)
 
-    def _read_then_taken(
+    def _passed(
         self, it: BatchIterator, table: _Epochs, slot: int, epoch: int
     ) -> Generator[tuple[Any, ...], None, None]:
         yield from self._batches(it)
-        table.record(slot, epoch)
+        table.mark_passed(slot, epoch, table.ENDED_USED if len(it) >= 2 else table.ENDED_SMALL)
 
     def _resumed(self, it: BatchIterator, done: bool) -> Generator[tuple[Any, ...], None, None]:
         # the state counts as applied only once a batch is asked for: StatefulDataLoader
