@@ -1016,6 +1016,31 @@ def test_an_unmarked_pyramid_with_odd_sides_reads_its_picture(tmp_path):
     np.testing.assert_array_equal(decode_file(path, DecodeSpec((101, 101))), np.asarray(first))
 
 
+def test_a_progressive_jpeg_with_a_repeated_scan_is_named_in_a_warning(tmp_path, caplog):
+    # libjpeg says "Inconsistent progression sequence" (simplejpeg's strict mode raises it),
+    # Pillow decodes wrong pixels without a word, and the word was not taken for damage
+    import io
+    import logging
+
+    yy, xx = np.mgrid[0:90, 0:120]
+    rgb = np.stack([xx * 2, yy * 2, (xx * 7 + yy * 13) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90, progressive=True)
+    good = buf.getvalue()
+    sos = [i for i in range(len(good) - 1) if good[i] == 0xFF and good[i + 1] == 0xDA]
+    bad = good[: sos[3]] + good[sos[2] : sos[3]] + good[sos[3] :]  # scan 2 written twice
+    with pytest.raises(ValueError, match="Inconsistent progression"):  # libjpeg's word
+        simplejpeg.decode_jpeg(bad, strict=True)
+    with Image.open(io.BytesIO(bad)) as im:  # the oracle: Pillow's pixels are not the file's
+        assert not np.array_equal(
+            np.asarray(im.convert("RGB")), np.asarray(Image.open(io.BytesIO(good)))
+        )
+    (tmp_path / "rescan.jpg").write_bytes(bad)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        decode_file(tmp_path / "rescan.jpg", DecodeSpec((45, 60), draft=False))
+    assert "rescan.jpg" in caplog.text and "Inconsistent progression" in caplog.text
+
+
 @pytest.mark.parametrize("kind", ["baseline", "progressive", "rotated", "cmyk", "adobe-rgb"])
 def test_a_jpeg_libjpeg_calls_damaged_is_named_in_a_warning(tmp_path, caplog, kind):
     # 8 bytes overwritten mid-file: libjpeg (through the fast path) reported it, handed it

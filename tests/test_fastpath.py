@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from daskimg.errors import DecodeError
 from daskimg.read import fastjpeg, resample
@@ -334,6 +334,33 @@ def test_upright_exif_takes_the_fast_path(tmp_path: Path, monkeypatch: pytest.Mo
     got = decode_file(path, spec)
     assert taken == [True]
     np.testing.assert_array_equal(got, _pillow_path(path, spec, monkeypatch))
+
+
+@pytest.mark.parametrize("magic", [b"II\x00\x00", b"II+\x00", b"MM*\x00", b"XX*\x00"])
+def test_an_exif_block_whose_tiff_header_pillow_refuses_is_left_to_pillow(
+    tmp_path: Path, magic: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a damaged TIFF magic in the EXIF block: Pillow reads no orientation (or fails), the
+    # fast path read 6 and turned the picture (source_size swapped), silently
+    import struct
+
+    tiff = magic + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0) + bytes(4)
+    data = _with_app1(_jpeg(make_image((30, 50), seed=9)), b"Exif\0\0" + tiff)
+    assert fastjpeg.read_header(data) is None
+    path = tmp_path / "m.jpg"
+    path.write_bytes(data)
+    spec = DecodeSpec((30, 50), draft=False)
+    import warnings
+
+    with warnings.catch_warnings():  # the oracle: Pillow, where it reads the file at all
+        warnings.simplefilter("ignore")  # (it warns of the EXIF)
+        with Image.open(path) as im:
+            try:
+                want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            except SyntaxError:
+                want = None
+    if want is not None:
+        np.testing.assert_array_equal(decode_file(path, spec), want)
 
 
 @pytest.mark.parametrize("orientation", range(2, 9))

@@ -144,10 +144,11 @@ def _walk(data: bytes) -> JpegHeader | None:
 def _orientation(tiff: bytes) -> int | None:
     """The orientation of an EXIF block (a TIFF structure): 1 without the tag; None (left
     to Pillow) for anything but one SHORT of 1..8 in its first directory."""
-    order = tiff[:2]
-    if order == b"II":
+    # a TIFF header Pillow reads the same way (a damaged magic: Pillow reads no EXIF at
+    # all, or fails, and the fast path must not turn the picture where Pillow does not)
+    if tiff[:4] == b"II*\x00":
         end = "<"
-    elif order == b"MM":
+    elif tiff[:4] == b"MM\x00*":
         end = ">"
     else:
         return None
@@ -212,7 +213,13 @@ def decode(data: bytes, header: JpegHeader, *, mode: str, scale: int = 1) -> np.
 
 #: libjpeg's words for damage in the data (it decodes on, resynchronising: Pillow takes
 #: the result), as opposed to what simplejpeg does not support
-_DAMAGE: Final = ("Corrupt JPEG data", "Premature end", "Invalid JPEG", "Bogus")
+_DAMAGE: Final = (
+    "Corrupt JPEG data",
+    "Premature end",
+    "Invalid JPEG",
+    "Bogus",
+    "Inconsistent progression",  # a progressive scan repeated or out of order: wrong pixels
+)
 _said = threading.local()
 
 
