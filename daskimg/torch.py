@@ -10,6 +10,7 @@ import logging
 import numbers
 import os
 import sys
+import time
 import warnings
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
@@ -64,8 +65,9 @@ class _Epochs:
     def __init__(self, epoch: int = 0, *, shared: bool = True) -> None:
         self.owner = os.getpid()
         # per row: epoch, set_epoch calls seen; and the mark of a resumed iteration that
-        # found its epoch passed (:meth:`mark_passed`): set_epoch calls + 1, how it ended, epoch
-        table = torch.zeros((2 + MAX_WORKERS + GROUPED * (GROUPED + 1) // 2, 5), dtype=torch.int64)
+        # found its epoch passed (:meth:`mark_passed`): set_epoch calls + 1, how it went,
+        # its epoch, and the set_epoch calls + 1 at which the next iteration settled it
+        table = torch.zeros((2 + MAX_WORKERS + GROUPED * (GROUPED + 1) // 2, 6), dtype=torch.int64)
         table[0, 0] = epoch
         table[1:, 0] = -1
         self.table = table.share_memory_() if shared else table
@@ -93,34 +95,63 @@ class _Epochs:
     def record(self, slot: int, epoch: int) -> None:
         self.table[1 + slot, :2] = torch.tensor([epoch, int(self.table[0, 1])])
 
-    #: how a passed iteration (:meth:`mark_passed`) ended: not yet; read to its end with
-    #: fewer batches than DataLoader's default prefetch (2), which a loader that drops it
-    #: may have asked for too; with more, which only a loader that went on asks for
-    RUNNING, ENDED_SMALL, ENDED_USED = 0, 1, 2
+    #: how a passed iteration (:meth:`mark_passed`) went: running, read to its end, or found
+    #: abandoned (its loader dropped it before its end)
+    RUNNING, ENDED, ABANDONED = 0, 1, 3
 
     def mark_passed(self, slot: int, epoch: int, how: int) -> None:
         """Mark the slot's iteration that resumed a state whose epoch set_epoch had passed
-        (reading ``epoch``), and how it ended (see :meth:`settle_passed`)."""
-        self.table[1 + slot, 2:] = torch.tensor([int(self.table[0, 1]) + 1, how, epoch])
+        (reading ``epoch``), and how it went (see :meth:`settle_passed`)."""
+        self.table[1 + slot, 2:5] = torch.tensor([int(self.table[0, 1]) + 1, how, epoch])
 
-    def settle_passed(self, slot: int, siblings: list[int]) -> None:
+    def end_passed(self, slot: int) -> None:
+        """The slot's passed iteration was read to its end (unless a successor in the slot
+        found it abandoned already: a dropped worker still prefetching)."""
+        token = int(self.table[0, 1]) + 1
+        if self.table[1 + slot, 2:4].tolist() == [token, self.RUNNING]:
+            self.table[1 + slot, 3] = self.ENDED
+
+    def settle_passed(self, slot: int, siblings: list[int], wait: float = 5.0) -> None:
         """Before an iteration of ``slot`` after a passed one with no set_epoch between:
-        record the passed epoch as taken if the passed iterations were used, so this one
-        reads the next; leave it untaken if they were dropped, so this one reads it again.
+        record the passed epoch as taken if its loader used the passed iterations, so this
+        one reads the next epoch; leave it untaken if the loader dropped them, so this one
+        reads it again. Every worker of the loader settles alike.
 
         A StatefulDataLoader resumed from a state saved after its epoch's loop ended drops
         the resumed workers (or restarts them) at once, and the next ones must read the
         epoch; one resumed from a state saved at the epoch's last batch goes on with them,
-        and their next iteration reads the next epoch. Neither the workers' saved states nor
-        their first batches tell the two apart; a worker read to its end with at least two
-        batches (the default prefetch) was used, and then all were."""
-        mark = self.table[1 + slot, 2:].tolist()
-        if mark[0] != int(self.table[0, 1]) + 1:
-            return  # no passed iteration here since the last set_epoch call
-        rows = self.table[[1 + s for s in siblings], 2:].tolist()
-        if any(t == mark[0] and how == self.ENDED_USED for t, how, _ in rows):
-            self.record(slot, mark[2])
-        self.table[1 + slot, 2] = 0
+        and their next iteration reads the next epoch. The saved states are alike; what
+        tells them apart is that a used iteration is read to its end in every worker before
+        any next one starts, while a dropped one is not (a worker whose share is under
+        ``prefetch_factor`` batches may reach its end while the dropped loader prefetches:
+        if every worker did, the epoch counts as taken, and the next reads the next epoch's
+        order, each sample once). A slot whose own passed iteration is still running at its
+        next one was dropped; it says so (ABANDONED) to its siblings, which wait for a
+        running sibling to end or be found abandoned (up to ``wait`` seconds: not ended
+        then, dropped)."""
+        token = int(self.table[0, 1]) + 1
+        mine = self.table[1 + slot, 2:].tolist()
+        if mine[0] != token or mine[3] == token:
+            return  # no passed iteration here since the last set_epoch call, or settled
+        if mine[1] == self.RUNNING:
+            self.table[1 + slot, 3] = self.ABANDONED
+        rows = [1 + s for s in siblings]
+        deadline = time.monotonic() + wait
+        while True:
+            marks = [(t, how) for t, how, _, _ in self.table[rows, 2:].tolist() if t == token]
+            if any(how == self.ABANDONED for _, how in marks):
+                taken = False
+                break
+            if all(how == self.ENDED for _, how in marks):
+                taken = True
+                break
+            if time.monotonic() > deadline:
+                taken = False
+                break
+            time.sleep(0.005)
+        if taken:
+            self.record(slot, mine[2])
+        self.table[1 + slot, 5] = token
 
     def here(self, *, pickled_by: int | None, unpickled_in: int | None) -> _Epochs:
         """The table a dataset holding this one uses in this process: this one, or a new one.
@@ -528,7 +559,7 @@ class TorchDataset(IterableDataset):
         self, it: BatchIterator, table: _Epochs, slot: int, epoch: int
     ) -> Generator[tuple[Any, ...], None, None]:
         yield from self._batches(it)
-        table.mark_passed(slot, epoch, table.ENDED_USED if len(it) >= 2 else table.ENDED_SMALL)
+        table.end_passed(slot)
 
     def _resumed(self, it: BatchIterator, done: bool) -> Generator[tuple[Any, ...], None, None]:
         # the state counts as applied only once a batch is asked for: StatefulDataLoader

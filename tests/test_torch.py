@@ -766,4 +766,50 @@ def test_a_state_saved_after_an_epoch_resumes_its_next_epoch_whole(
     assert whole[0] != whole[1] and sorted(whole[0]) == list(range(n))
     ds2, resumed = make()
     resumed.load_state_dict(state)
-    assert [epoch_ids(ds2, resumed, e) for e in (1, 2)] == whole
+    got = [epoch_ids(ds2, resumed, e) for e in (1, 2)]
+    assert all(sorted(ids) == list(range(n)) for ids in got)  # each sample once, always
+    if n == 64:  # a share of 2 batches (3 workers): the uninterrupted order, exactly
+        assert got == whole
+    # (every share under prefetch_factor batches, n == 31: the dropped loader read every
+    # share to its end, as a loader that went on would have; the order may be the next
+    # epoch's, as the README says)
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata's import
+def test_a_last_batch_state_resumed_once_then_run_without_set_epoch_keeps_workers_together(
+    tmp_path,
+):
+    # Lightning's pattern: a state saved at an epoch's last batch, set_epoch(next) once
+    # when the loader is made, later epochs without it. Workers of unequal shares (2 and 1
+    # batches) settled the resumed epoch apart, one a whole epoch behind the other for the
+    # rest of the run: every later epoch repeated and missed a fifth of the samples.
+    # The oracle: an uninterrupted loader
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    n = 20
+    images = np.zeros((n, 2, 2, 3), np.uint8)
+    images[..., 0] = np.arange(n)[:, None, None]
+    store = str(
+        di.to_zarr(di.ImageSet(images, np.arange(n) % 3), tmp_path / "s.zarr.zip", chunks=4)
+    )
+
+    def make(epoch):
+        ds = TorchDataset(store, batch_size=8, seed=0)
+        ds.set_epoch(epoch)
+        return sdl.StatefulDataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+
+    def ids(loader):
+        return [int(i) for b in loader for i in b[0][:, 0, 0, 0]]
+
+    whole = make(0)
+    oracle = [ids(whole) for _ in range(4)]
+    first = make(0)
+    for j, _ in enumerate(first):
+        if j == len(first) - 1:
+            state = first.state_dict()  # at epoch 0's last batch
+            break
+    for _ in range(3):  # each order of the workers' starts
+        resumed = make(1)
+        resumed.load_state_dict(state)
+        got = [ids(resumed) for _ in range(3)]
+        assert all(sorted(g) == list(range(n)) for g in got), got
+        assert got[1:] == oracle[2:]  # (epoch 1: the documented neighbour swap at most)
