@@ -77,6 +77,25 @@ def test_more_members_than_the_short_count_holds(tmp_path):
         assert len(infos) == 70_000
         assert z.read("k/69999") == (69_999).to_bytes(4, "little")
         assert zlib.crc32((12_345).to_bytes(4, "little")) == infos[12_345].CRC
+    # daskimg's reader takes it: the end record's 16-bit count (65535) defers to ZIP64's
+    # (it was refused as "damaged": the ZIP64 record was looked for in 22 bytes of tail)
+    from daskimg.store.bytesource import LocalZip
+
+    assert len(LocalZip(str(tmp_path / "many.zip")).members) == 70_000
+
+
+@pytest.mark.parametrize("comment", [b"", b"x"])
+def test_a_zipfile_of_65536_members_is_read(tmp_path, comment):
+    # the oracle: zipfile writes it (ZIP64 end records) and reads every member
+    from daskimg.store.bytesource import LocalZip
+
+    path = tmp_path / "z.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for i in range(65_536):
+            z.writestr(f"m/{i}", b"")
+        z.comment = comment
+    assert len(zipfile.ZipFile(path).infolist()) == 65_536
+    assert len(LocalZip(str(path)).members) == 65_536
 
 
 def test_members_past_4_gib(tmp_path):

@@ -527,17 +527,24 @@ def _check_entry_count(fh: Any, size: int, count: int, damaged: str) -> None:
     """Refuse a zip whose end record counts other than ``count`` members (the entries
     :mod:`zipfile` found in its central directory): a reader that trusts the count would
     miss members, or look for ones that are not there."""
-    for tail in (min(size, _END.size), min(size, 65535 + _END.size)):  # a comment after it
+    fh.seek(max(size - _END.size, 0))
+    record = fh.read(_END.size)
+    if not (record[:4] == b"PK\x05\x06" and record[20:22] == b"\0\0"):
+        tail = min(size, 65535 + _END.size)  # a comment after it
         fh.seek(size - tail)
         data = fh.read(tail)
         at = data.rfind(b"PK\x05\x06")
-        if at >= 0:
-            break
-    if at < 0 or at + _END.size > len(data):
-        return  # zipfile found it: an end record this search cannot (never here)
-    total = _END.unpack_from(data, at)[4]
-    if total == 0xFFFF and at >= _END64_LOCATOR.size:
-        loc = _END64_LOCATOR.unpack_from(data, at - _END64_LOCATOR.size)
+        if at < 0 or at + _END.size > len(data):
+            return  # zipfile found it: an end record this search cannot (never here)
+        record = data[at : at + _END.size]
+        end = size - tail + at
+    else:
+        end = size - _END.size
+    total = _END.unpack_from(record)[4]
+    if total == 0xFFFF and end >= _END64_LOCATOR.size:  # ZIP64: the count is in its record
+        fh.seek(end - _END64_LOCATOR.size)
+        raw = fh.read(_END64_LOCATOR.size)
+        loc = _END64_LOCATOR.unpack(raw) if len(raw) == _END64_LOCATOR.size else (b"",) * 4
         if loc[0] == b"PK\x06\x07" and loc[2] + _END64.size <= size:
             fh.seek(loc[2])
             end64 = fh.read(_END64.size)
