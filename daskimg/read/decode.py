@@ -15,7 +15,8 @@ Images
   file has no alpha), ``1`` gray (``L``). Pillow's ``convert`` does the work, so
   CMYK is converted by Pillow (its plain formula). Colour profiles (ICC) are not
   applied, as Pillow does not apply them: a Display-P3 or Adobe RGB photo keeps its
-  stored values, read as if sRGB; convert such files to sRGB first if that matters. Alpha is *dropped*, not composited, when
+  stored values, read as if sRGB; convert such files to sRGB first if that matters.
+  Alpha is *dropped*, not composited, when
   ``channels`` is 1 or 3: a transparent pixel keeps the color it stores (the same
   as ``Image.convert("RGB")``); ask for ``channels=4`` to keep it.
 * Bit depth: 8-bit sources give ``uint8`` as is, ``uint16`` times 257 (255 ->
