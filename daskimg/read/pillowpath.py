@@ -289,20 +289,21 @@ def _convert(im: Image.Image, target: str, path: str, dtype: str) -> tuple[Image
         ) from exc
 
 
-def _sample_format(im: Image.Image) -> int:
-    """A TIFF's first SampleFormat (tag 339: 1 unsigned, the default; 2 signed; 3 float)."""
+def _tiff_tag(im: Image.Image, tag: int) -> int | None:
+    """A TIFF tag's first value (None: not a TIFF, or no such tag)."""
     tags = getattr(im, "tag_v2", None)
-    kind = tags.get(339, 1) if tags is not None else 1
-    return int(kind[0] if isinstance(kind, tuple) else kind)
+    value = tags.get(tag) if tags is not None else None
+    return int(value[0] if isinstance(value, tuple) else value) if value is not None else None
+
+
+def _sample_format(im: Image.Image) -> int:
+    """A TIFF's SampleFormat (tag 339: 1 unsigned, the default; 2 signed; 3 float)."""
+    return _tiff_tag(im, 339) or 1
 
 
 def _bits(im: Image.Image) -> int | None:
     """A TIFF's bits per sample (its tag 258), or None for other formats."""
-    tags = getattr(im, "tag_v2", None)
-    if tags is None:
-        return None
-    bits = tags.get(258)
-    return int(bits[0] if isinstance(bits, tuple) else bits) if bits is not None else None
+    return _tiff_tag(im, 258)
 
 
 def _resize(
