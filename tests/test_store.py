@@ -275,6 +275,34 @@ def test_a_foreign_store_without_its_fill_value_chunks_says_how_to_write_them(tm
     np.testing.assert_array_equal(di.open_zarr(tmp_path / "written.zarr").labels, labels)
 
 
+def test_a_foreign_sharded_store_without_its_fill_value_chunks_says_how_to_write_them(tmp_path):
+    # in a shard, zarr-python marks an inner chunk of fill values "not there" in the shard's
+    # index: read, that said "missing from shard 0; the store is damaged — re-create it",
+    # with no word of write_empty_chunks (only unsharded stores, checked when opened, had it)
+    from zarr.codecs import BytesCodec, Crc32cCodec
+
+    attrs = {"format_version": 1, "num_samples": 10, "classes": ["cat", "dog"], "complete": True}
+    kw = {"serializer": BytesCodec(), "compressors": [Crc32cCodec()]}
+    images = np.full((10, 4, 4, 3), 7, np.uint8)
+    images[5:] = 0  # the second inner chunk: fill values only
+    path = tmp_path / "sharded.zarr"
+    g = zarr.open_group(str(path), mode="w", attributes={"daskimg": attrs})
+    shape = (10, 4, 4, 3)
+    g.create_array("images", shape=shape, dtype="u1", chunks=(5, 4, 4, 3), shards=shape, **kw)[
+        ...
+    ] = images
+    g.create_array("labels", shape=(10,), dtype="i8", chunks=(5,), shards=(10,), **kw)[...] = (
+        np.arange(10) % 2
+    )
+    np.testing.assert_array_equal(zarr.open_group(str(path))["images"][...], images)  # oracle
+    ds = di.open_zarr(path)
+    np.testing.assert_array_equal(ds.images[:5].compute(), images[:5])
+    with pytest.raises(
+        ChecksumError, match=r"array 'images', rows 5\.\. are missing.*write_empty_chunks"
+    ):
+        ds.images.compute()
+
+
 def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed_set, capsys):
     # each was "not a Zarr v3 group (no zarr.json at its root)", and daskimg verify called a
     # sound foreign store DAMAGED (exit 1)

@@ -23,6 +23,14 @@ __all__ = ["MISSING", "ChunkLocator"]
 #: the offset (and size) a shard index gives an inner chunk that was never written
 MISSING = np.uint64(2**64 - 1)
 
+#: what a chunk that is not there means: daskimg writes every chunk, so in its stores it is
+#: damage; zarr-python leaves out a chunk that holds only the fill value unless told not to
+LEFT_OUT = (
+    "the store is damaged — re-create it (a store written by zarr-python leaves out chunks "
+    "that hold only the fill value: write it with zarr.config.set({'array.write_empty_chunks': "
+    "True}), or with daskimg; daskimg reads no chunk that is not there as zeros)"
+)
+
 
 class ChunkLocator:
     """Locates the inner chunks of a store's arrays; shard indexes are read once and cached.
@@ -102,8 +110,7 @@ class ChunkLocator:
             size = self.source.keys.get(key)
             if size is None:
                 raise ChecksumError(
-                    f"{self.path}: array {lay.name!r}, chunk {i} ({key}) is missing; "
-                    "the store is damaged — re-create it"
+                    f"{self.path}: array {lay.name!r}, chunk {i} ({key}) is missing; " + LEFT_OUT
                 )
             return key, 0, size
         shard, j = divmod(i * lay.inner_len, lay.shard_len)
@@ -111,7 +118,7 @@ class ChunkLocator:
         if off == MISSING:
             raise ChecksumError(
                 f"{self.path}: array {lay.name!r}, rows {i * lay.inner_len}.. are missing from "
-                f"shard {shard}; the store is damaged — re-create it"
+                f"shard {shard}; " + LEFT_OUT
             )
         return lay.key(shard), int(off), int(nbytes)
 

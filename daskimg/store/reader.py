@@ -31,7 +31,7 @@ from .chunktable import TABLE, check_place, decode_table
 from .codecs import blosc_header, check_crc, check_crc_of, decode_chunk, flat_bytes, raw_frame
 from .jpeg import JpegChunk, decode_chunk_into, parse_chunk
 from .layout import ArrayLayout, parse_layout
-from .locate import MISSING, ChunkLocator
+from .locate import LEFT_OUT, MISSING, ChunkLocator
 
 __all__ = ["ArrayLayout", "RawChunk", "StoreReader"]
 
@@ -338,7 +338,7 @@ class StoreReader:
         if len(missing):
             raise ChecksumError(
                 f"{self.path}: array {name!r}, sample {a + int(missing[0])} (chunk {c}) is missing "
-                "from its shard; the store is damaged — re-create it"
+                "from its shard; " + LEFT_OUT
             )
         lo, hi = int(offs.min()), int((offs + sizes).max())
         buf = (
