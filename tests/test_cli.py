@@ -343,6 +343,15 @@ def test_wrong_arguments_are_refused_before_src_is_listed(tmp_path, capsys, extr
     assert says in err and "no-src" not in err
 
 
+def test_valid_and_test_that_leave_nothing_to_train_on_are_refused(tmp_path, image_folder, capsys):
+    out = tmp_path / "o"
+    status = main(["ingest", str(image_folder), str(out), "--size", "8", "8", "--valid", "0.5",
+                   "--test", "0.5"])  # fmt: skip
+    assert status == 2
+    assert "must leave something to train on" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
 @pytest.mark.parametrize("codec", ["jpeg:xx", "lz5", "jpeg:0"])
 def test_a_bad_codec_is_refused_before_any_image_is_read(tmp_path, image_folder, capsys, codec):
     out = tmp_path / "out"

@@ -197,13 +197,8 @@ def ingest(args: argparse.Namespace) -> int:
     else:
         valid = 0.1 if args.valid is None else args.valid
         test = 0.1 if args.test is None else args.test
-        for flag, v in (("--valid", valid), ("--test", test)):
-            if not math.isfinite(v):
-                raise ValueError(f"{flag} {v} is not a fraction; give a number such as 0.1")
-        if valid < 0 or test < 0 or valid + test >= 1:
-            raise ValueError(
-                f"--valid {valid} and --test {test} must be >= 0 and leave something to train on"
-            )
+        if valid + test >= 1:  # (each is a fraction from 0 to below 1: _check_arguments)
+            raise ValueError(f"--valid {valid} and --test {test} must leave something to train on")
         fractions = {"train": 1 - valid - test, "valid": valid, "test": test}
         parts = ds.split(
             {k: v for k, v in fractions.items() if v > 0},
