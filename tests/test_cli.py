@@ -1265,16 +1265,24 @@ def test_bench_refuses_a_target_that_is_no_rate(tmp_path, capsys, target):
     assert "a positive number of images a second" in capsys.readouterr().err
 
 
-def test_ingest_on_a_dask_scheduler_equals_the_local_one(tmp_path, image_folder):
+def test_ingest_on_a_dask_scheduler_equals_the_local_one(
+    tmp_path, image_folder, monkeypatch, capsys
+):
     # --scheduler HOST:PORT: the client is chosen for the ingest only (dask.config), not made
     # the process's default; the stores equal the local scheduler's, read by plain zarr
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     base = [str(image_folder), "--size", "8", "8", "--valid", "0.25", "--test", "0"]
     assert main(["ingest", base[0], str(tmp_path / "local"), *base[1:]]) == 0
+    # (no bokeh here: a dashboard link as distributed gives one where it is installed)
+    monkeypatch.setattr(Client, "dashboard_link", property(lambda c: "http://h:8787/status"))
+    capsys.readouterr()
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
         argv = ["ingest", base[0], str(tmp_path / "far"), *base[1:]]
         assert main([*argv, "--scheduler", cluster.scheduler_address]) == 0
+    said = capsys.readouterr()
+    # printed once, not once per split and per split's labels
+    assert (said.out + said.err).count("dask dashboard: http://h:8787/status") == 1
     import dask
 
     assert dask.config.get("scheduler", None) is None  # nothing left chosen

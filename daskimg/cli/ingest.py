@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -44,8 +45,9 @@ def scheduler(spec: str, workers: int | None = None) -> Iterator[None]:
     assert address is not None
     client = _connect(address)
     try:
-        if client.dashboard_link:
-            print(f"dask dashboard: {client.dashboard_link}")
+        from ..store.write import announce_dashboard
+
+        announce_dashboard(client, sys.stdout)
         if not client.scheduler_info().get("workers"):
             # (workers still queued in a batch system, or all dead): said, and bounded
             print(

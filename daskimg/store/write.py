@@ -804,8 +804,8 @@ def _stream_into(
     futures = client.compute(delayeds)
     position = {f.key: i for i, f in enumerate(futures)}
     direct = gather_direct(client)
-    if progress and client.dashboard_link:
-        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    if progress:
+        announce_dashboard(client)
     bar = _progress(len(futures), progress, unit="chunk")
     receiver = shmchunks.Receiver()
     shards = ShardAssembler(lambda key, pieces: put(key, pieces, done=receiver.written(pieces)))
@@ -1254,6 +1254,18 @@ def skipped_rows(ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]) -> np.ndar
     return good
 
 
+_ANNOUNCED: set[str] = set()
+
+
+def announce_dashboard(client: Any, file: Any = None) -> None:
+    """Print the link of ``client``'s dashboard, once per process (an ingest of three
+    splits printed it three times, and again for each split's labels)."""
+    link = client.dashboard_link
+    if link and link not in _ANNOUNCED:
+        _ANNOUNCED.add(link)
+        print(f"dask dashboard: {link}", file=sys.stderr if file is None else file)
+
+
 def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
     """``dask.compute`` on whatever scheduler is active, with a progress bar if asked.
 
@@ -1278,8 +1290,7 @@ def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
     if progress:
         from distributed import progress as show_progress
 
-        if client.dashboard_link:
-            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        announce_dashboard(client)
         show_progress(futures)
     return tuple(client.gather(futures, direct=gather_direct(client)))
 
