@@ -317,7 +317,12 @@ def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed
     with zipfile.ZipFile(prefixed, "w", zipfile.ZIP_STORED) as z:
         for f in sorted(p for p in folder.rglob("*") if p.is_file()):
             z.write(f, f.relative_to(tmp_path).as_posix())
+    dotted = tmp_path / "dotted.zarr.zip"  # members ./zarr.json, ./images/...: the fix said
+    with zipfile.ZipFile(dotted, "w", zipfile.ZIP_STORED) as z:  # was "(cd . && zip ...)"
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            z.writestr(zipfile.ZipInfo("./" + f.relative_to(folder).as_posix()), f.read_bytes())
     for path, said in [
+        (dotted, r"names begin with '\./'.*zip -0 -r \.\./fixed-dotted\.zarr\.zip \."),
         (v2, r"is a Zarr v2 store \(\.zgroup at its root\), not a daskimg store"),
         (plain, "a Zarr group but not a daskimg store"),
         (

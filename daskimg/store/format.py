@@ -375,6 +375,13 @@ def no_root_error(where: str, keys: set[str]) -> Exception:
         )
     ):
         name = os.path.basename(where)
+        if top == ".":  # members named ./zarr.json, ./images/...: a zip tool's odd names
+            return ForeignStoreError(
+                f"{where!r}: its members' names begin with './' (./zarr.json, ...), which "
+                "zarr does not read as the store's root: zip the store again from inside its "
+                f"folder, without './' (cd <store folder> && zip -0 -r ../fixed-{name} .), "
+                f"or rename the members, then use fixed-{name}"
+            )
         fix = (
             f"zip the store from inside its folder into a new, stored zip: (cd {top} && zip "
             f"-0 -r ../fixed-{name} .), then use fixed-{name}"
