@@ -1236,3 +1236,39 @@ def test_a_file_url_root_reads_the_set_its_path_reads(tmp_path, caplog):
             di.from_csv(f"file://{root}/labels.csv", root=r, size=(8, 8))
     # imread: the pattern's files
     assert di.imread(f"file://{root}/cat/*.png", size=(8, 8)).shape[0] == 2
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_classes_given_read_a_class_named_like_a_split_as_that_class(tmp_path, url, capsys):
+    # CIFAR-100 has a class 'train': classes= (documented to read split-named folders as the
+    # classes named) was refused with advice to rename the folder, and with stray='ignore'
+    # train/ was read as an unlabelled split, apple/ and bus/ left out (the CLI: exit 0)
+    from PIL import Image
+
+    root = tmp_path / "src"
+    classes = ["apple", "bus", "train"]
+    for k, c in enumerate(classes):
+        for j in range(3):
+            _tiny(root / c / f"{j}.png", 10 * k + j)
+    where = _as_url(root, f"memory://daskimg-test-class-train-{tmp_path.name}") if url else root
+    for stray in ("raise", "ignore"):
+        ds = di.from_folder(where, size=(4, 4), classes=classes, stray=stray)
+        assert list(ds.classes) == classes and ds.source_splits is None
+        # the oracle: each file's folder and its own pixels
+        walked = sorted(f.relative_to(root).as_posix() for f in root.rglob("*.png"))
+        assert sorted(ds.paths) == walked
+        images = ds.images.compute()
+        for p, label, img in zip(ds.paths, ds.labels, images, strict=True):
+            assert classes[label] == p.split("/")[0]
+            assert (img == np.asarray(Image.open(root / p))[..., None]).all()
+    if url:
+        return
+    out = tmp_path / "out"
+    argv = ["ingest", str(root), str(out), "--size", "4", "4", "--classes", *classes]
+    assert main([*argv, "--valid", "0", "--test", "0"]) == 0
+    stored = di.open_zarr(out / "train.zarr.zip")
+    assert list(stored.classes) == classes and len(stored.paths) == 9
+    assert "named like splits" not in capsys.readouterr().err
+    # without classes= it is still refused, and the message says classes= is the way
+    with pytest.raises(ValueError, match=r"pass classes= naming every class"):
+        di.from_folder(root, size=(4, 4))

@@ -267,13 +267,19 @@ def _files_under(
     return files
 
 
-def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> dict[str, Path]:
+def find_split_dirs(
+    root: str | os.PathLike[str],
+    exclude: Iterable[str] = (),
+    classes: Sequence[str] | None = None,
+) -> dict[str, Path]:
     """The predefined split folders directly under ``root`` (``train``, ``valid``/``val``, ``test``).
 
     They are splits when ``train/`` is among them, or when no other folder is beside them
     (``valid/`` and ``test/`` alone: an evaluation set); a folder named like a split among
     class folders without ``train/`` is a class. ``exclude``: folders (real paths) that are
-    not part of the set, e.g. the output written inside ``root``.
+    not part of the set, e.g. the output written inside ``root``. ``classes``: the classes
+    given; when every folder is one of them, the folders are classes (CIFAR-100's
+    ``train``), not splits.
     """
     root, exclude = Path(root), frozenset(exclude)
     found: dict[str, Path] = {}
@@ -291,7 +297,8 @@ def find_split_dirs(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -
             twice.append((found[split], child))
             continue
         found[split] = child
-    if not _are_splits(set(found), others):
+    named = [d.name for d in found.values()] + [b.name for _, b in twice]
+    if not _are_splits(set(found), others) or _given_classes_all(named + others, classes):
         return {}  # class folders, some named like splits ("test" and "testing" beside "cat")
     if twice:
         a, b = twice[0]
@@ -328,8 +335,16 @@ def _are_splits(found: set[str], others: list[str]) -> bool:
     return "train" in found or (bool(found) and not others)
 
 
+def _given_classes_all(folders: list[str], given: Sequence[str] | None) -> bool:
+    """Whether classes were given and every top folder is one of them: class folders, one
+    named like a split (CIFAR-100's ``train``). Read as splits, ``classes=`` was refused
+    with advice to rename the class, and with ``stray='ignore'`` the class ``train`` was
+    read as an unlabelled split and every other class left out (exit 0 from the CLI)."""
+    return given is not None and bool(folders) and set(folders) <= set(given)
+
+
 def _local_tops(
-    root: Path, exclude: frozenset[str], stray: str = "raise"
+    root: Path, exclude: frozenset[str], stray: str = "raise", given: list[str] | None = None
 ) -> tuple[list[_Top], list[str]]:
     """The folders to read under ``root``, and image files directly in a root of splits."""
     real_root = os.path.realpath(root)
@@ -396,7 +411,7 @@ def _local_tops(
                 # of its own, which would be an empty one shifting the others' indices
                 del t.classes[name]
 
-    splits = find_split_dirs(root, exclude)
+    splits = find_split_dirs(root, exclude, given)
     if not splits:
         tops = [top("", root)]
         read_classes(tops)
@@ -438,14 +453,20 @@ def _beside_splits(where: str, folders: list[str], splits: list[str], stray: str
         return
     raise ValueError(
         f"{said}, so they would not be read. If all of these are class folders (one of them "
-        "named like a split, e.g. a class 'train'), rename that class folder; if they are "
+        "named like a split, e.g. a class 'train'), pass classes= naming every class (on the "
+        "command line: --classes); if they are "
         "splits, rename them to a split name (e.g. 'dev' -> 'valid'); to leave them out, "
         "move them elsewhere or pass stray='ignore'"
     )
 
 
 def _url_tops(
-    url: str, fs: Any, base: str, exclude: Sequence[str], stray: str = "raise"
+    url: str,
+    fs: Any,
+    base: str,
+    exclude: Sequence[str],
+    stray: str = "raise",
+    given: list[str] | None = None,
 ) -> tuple[list[_Top], list[str]]:
     """:func:`_local_tops` from one recursive listing of a URL prefix (``base`` on ``fs``)."""
     base = base.rstrip("/")
@@ -470,7 +491,8 @@ def _url_tops(
             url_twice.append((found[split], name))
             continue
         found[split] = name
-    splitting = _are_splits(set(found), others)
+    named = list(found.values()) + [b for _, b in url_twice]
+    splitting = _are_splits(set(found), others) and not _given_classes_all(named + others, given)
     if splitting and url_twice:
         a, b = url_twice[0]
         raise ValueError(f"{url} holds both {a!r} and {b!r}; keep one folder per split")
@@ -1069,7 +1091,8 @@ def _assemble(
         )
     _check_same_looking(tops)
     _check_split_classes(tops)
-    _warn_split_named_classes(where, tops)
+    if given is None:  # (classes given name them: no split was meant)
+        _warn_split_named_classes(where, tops)
     classes = sorted({c for t in labelled for c in t.classes})
     if given is not None and classes:
         extra = [c for c in classes if c not in given]
@@ -1251,7 +1274,7 @@ def from_folder(
         paths = [filesystem(e, storage_options)[1].rstrip("/") for e in left_out if is_url(e)]
         paths += [base_path + "/" + e.strip("/") for e in left_out if not is_url(e)]
         inside = [p[len(base_path) + 1 :] for p in paths if p.startswith(base_path + "/")]
-        tops, loose = _url_tops(url, fs, base_path, inside, stray)
+        tops, loose = _url_tops(url, fs, base_path, inside, stray, given_classes(classes))
     else:
         # a relative folder is one inside the root when it is there (exclude="stores"),
         # otherwise relative to the working directory (the CLI's OUT)
@@ -1265,7 +1288,7 @@ def from_folder(
             if not is_url(e)
         )
         _check_excluded([e for e in excluded if not is_url(e)], os.fspath(root), None, None)
-        tops, loose = _local_tops(Path(root), reals, stray)
+        tops, loose = _local_tops(Path(root), reals, stray, given_classes(classes))
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
     given = given_classes(classes)
