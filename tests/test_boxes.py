@@ -1002,6 +1002,22 @@ def test_mask_files_whose_ids_pillow_would_change_are_refused(tmp_path):
         with pytest.raises(DecodeError, match=rf"{name}.*holds a lossy {kind} image"):
             read(name, "uint8")
     np.testing.assert_array_equal(read("lossless.webp", "uint8"), ids // 10)  # lossless: read
+    # a gray mask saved as GIF: the writer numbers the grays per file (ids 0, 70, 120 as
+    # indices 0, 1, 2 here, and 0, 120 as 0, 1 in a file without 70): refused, not indices
+    gray = (ids // 10).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "gray.gif")
+    with Image.open(tmp_path / "gray.gif") as im:  # the oracle: Pillow's indices, its grays
+        assert im.mode == "P" and (np.asarray(im.convert("L")) == gray).all()
+        assert not (np.asarray(im) == gray).all()
+    with pytest.raises(DecodeError, match=r"gray\.gif.*palette mask whose colours are grays"):
+        read("gray.gif", "uint8")
+    # a palette whose grays are its indices, and a palette of colours (Pascal VOC), are read
+    for name, colours in (("same.png", [0, 0, 0, 1, 1, 1, 2, 2, 2]), ("voc.png", [0, 0, 0,
+                          128, 0, 0, 0, 128, 0])):  # fmt: skip
+        p = Image.fromarray(np.minimum(ids // 600, 2).astype(np.uint8), mode="P")
+        p.putpalette(colours)
+        p.save(tmp_path / name)
+        np.testing.assert_array_equal(read(name, "uint8"), np.minimum(ids // 600, 2))
 
 
 def test_a_box_reaching_far_past_its_image_is_refused_not_clipped(tmp_path):

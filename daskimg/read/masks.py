@@ -10,7 +10,7 @@ the source pixel under its centre, the same point the image's resampling is cent
 
 Files: PNG, TIFF, BMP, GIF (any image Pillow reads, told apart by content) and ``.npy``.
 ``L`` and ``1`` give their values, ``P`` (palette, as in Pascal VOC) its indices, not the
-colours; 16-bit files give uint16 and ``I`` int32; an RGB(A) file whose three colours are
+colours (a palette of grays other than its indices, a gray mask saved as GIF, is refused); 16-bit files give uint16 and ``I`` int32; an RGB(A) file whose three colours are
 equal everywhere gives that one channel (a gray mask saved as RGB). Colour-coded masks
 (different colours per class) are refused: convert them to ids first. ``.npy`` masks hold
 a 2-D integer (or boolean) array.
@@ -193,11 +193,14 @@ def _read_ids(path: str, data: bytes | None) -> np.ndarray:
             method = TRANSPOSE.get(orientation(im, path))
             if method is not None:
                 im = im.transpose(method)
+            palette = im.getpalette() if im.mode in ("P", "PA") else None
             if im.mode in ("LA", "PA"):
                 im = im.getchannel(0)
             arr = np.asarray(im)
         finally:
             im.close()
+    if palette is not None:
+        _check_gray_palette(arr, palette, path)
     if arr.ndim == 3:  # RGB(A): one class id only if the colours are gray
         rgb = arr[..., :3]
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
@@ -247,6 +250,29 @@ def _check_mask_file(im: Any, data: bytes, path: str) -> None:
             path,
             f"holds a lossy {im.format} image: compression changes class ids near every "
             "edge (new ids appear). Save masks losslessly (PNG, lossless WebP)",
+        )
+
+
+def _check_gray_palette(ids: np.ndarray, palette: list[int], path: str) -> None:
+    """Refuse a palette mask whose used colours are all gray but not its indices: a gray
+    mask saved as GIF (or converted to a palette), whose writer numbered the grays per file
+    (ids 0 and 200 became 0 and 1 in one file, 0, 1 and 200 became 0, 1 and 2 in another:
+    id 1 meant two classes, without a word). A palette of colours (Pascal VOC) gives its
+    indices, as do grays equal to them."""
+    used = np.unique(ids)
+    rgb = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    used = used[used < len(rgb)]
+    colours = rgb[used]
+    gray = (colours[:, 0] == colours[:, 1]).all() and (colours[:, 0] == colours[:, 2]).all()
+    if gray and (colours[:, 0] != used).any():
+        i = int(used[np.flatnonzero(colours[:, 0] != used)[0]])
+        raise DecodeError(
+            path,
+            f"a palette mask whose colours are grays other than their indices (index {i} "
+            f"is gray {int(rgb[i, 0])}): a gray mask saved as GIF or as a palette image, "
+            "whose writer numbers the grays anew in each file, so an index may mean "
+            "another class in another file. Save masks as PNG of mode 'L' (gray values are "
+            "the ids) or as a palette PNG whose indices are the ids",
         )
 
 
