@@ -48,6 +48,22 @@ def test_imread_no_match_names_pattern(tmp_path):
         di.imread([], size=(8, 8))
 
 
+def test_a_folder_named_with_glob_characters_is_said_with_how_to_escape_it(tmp_path):
+    # 'b [2020]/*.png': '[2020]' is a character set, so nothing matched, and the message
+    # said "check the path" of a folder that is there
+    import glob
+
+    from PIL import Image
+
+    folder = tmp_path / "b [2020]"
+    folder.mkdir()
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(folder / "x.png")
+    with pytest.raises(NoImagesFoundError, match=r"b \[2020\]' is there.*glob\.escape\("):
+        di.imread(str(folder / "*.png"), size=(4, 4))
+    escaped = glob.escape(str(folder)) + "/*.png"  # what it says to do works
+    assert di.imread(escaped, size=(4, 4)).compute()[0, 0, 0, 0] == 9
+
+
 def test_imread_validates_arguments(image_folder):
     pattern = str(image_folder / "**" / "*.png")
     with pytest.raises(ValueError, match="on_error"):

@@ -140,9 +140,18 @@ def expand_paths(
         kept, left = _not_system(found, pattern)
         paths = _once_each(sorted(os.path.join(here, f) for f in kept), pattern)
         if not paths:
+            literal = _literal_folder(pattern, here)
             raise NoImagesFoundError(
-                f"no files match the pattern {pattern!r}; check the path, and use '**' "
-                "to descend into subfolders (e.g. 'photos/**/*.jpg')"
+                f"no files match the pattern {pattern!r}; "
+                + (
+                    f"the folder {literal!r} is there, but its name holds glob characters "
+                    "('[', '?', '*'), which the pattern reads as a pattern: escape it, "
+                    f"glob.escape({literal!r}) + {pattern[len(literal) :]!r}, or pass a "
+                    "list of paths"
+                    if literal
+                    else "check the path, and use '**' to descend into subfolders (e.g. "
+                    "'photos/**/*.jpg')"
+                )
                 + (f" ({_left_out(left)})" if left else "")
             )
         return paths
@@ -155,6 +164,17 @@ def expand_paths(
         here = os.getcwd()
         paths = [p if os.path.isabs(p) else os.path.join(here, p) for p in paths]
     return paths
+
+
+def _literal_folder(pattern: str, here: str) -> str | None:
+    """The folder above ``pattern``'s last part that is there as written and whose name
+    holds glob characters (``photos/b [2020]/*.jpg``: ``[2020]`` is a character set)."""
+    folder = os.path.dirname(pattern)
+    while folder and folder != os.path.dirname(folder):
+        if re.search(r"[\[?*]", folder) and os.path.isdir(os.path.join(here, folder)):
+            return folder
+        folder = os.path.dirname(folder)
+    return None
 
 
 def any_case_suffix(pattern: str) -> str:
