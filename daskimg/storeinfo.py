@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import warnings
 import zipfile
@@ -28,6 +29,8 @@ from .store.open import missing_error, open_store
 from .store.reader import StoreReader
 
 __all__ = ["Problem", "info", "unchecked", "verify"]
+
+logger = logging.getLogger("daskimg")
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,16 @@ def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
         consolidated = group.metadata.consolidated_metadata is not None
         own = zarr.open_group(store, mode="r", use_consolidated=False) if consolidated else None
     except Exception as e:  # whatever zarr refuses, said in its words
+        if loc.is_url and "support range requests" in str(e):
+            # the server's, not the store's (Python's http.server): daskimg read every
+            # chunk above; only plain zarr's reading could not be tried (it said DAMAGED)
+            logger.warning(
+                "%s: the server does not answer Range requests, so whether plain zarr opens "
+                "the store was not checked (daskimg checked every chunk); verify a local "
+                "copy, or serve it with a server that answers them (nginx)",
+                path,
+            )
+            return []
         return [Problem("zarr.json", -1, f"{path}: plain zarr cannot open the store: {e}")]
     problems = []
     fix = (

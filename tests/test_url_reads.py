@@ -294,6 +294,30 @@ def test_http_small_zip_from_a_server_ignoring_ranges(tmp_path, server, indexed_
     np.testing.assert_array_equal(di.open_zarr(url, storage_options={}).images, indexed_set.images)
 
 
+def test_verify_of_a_small_zip_from_a_server_ignoring_ranges_is_no_damage(
+    tmp_path, server, indexed_set, capsys, caplog
+):
+    # every reader read it, but verify's plain-zarr check (through fsspec, which needs
+    # ranges) failed, and verify printed DAMAGED, exit 1: a user could delete a good store
+    from daskimg.cli import main
+
+    server.ignore_range = True
+    path = _store(tmp_path, indexed_set)
+    url = _serve(server, path)
+    assert main(["verify", str(path)]) == 0  # the oracle: the same bytes, local
+    capsys.readouterr()
+    assert main(["verify", url]) == 0
+    out = capsys.readouterr().out
+    assert "DAMAGED" not in out and "every chunk present" in out
+    assert "does not answer Range requests" in caplog.text
+    # damage is still damage there
+    data = bytearray(path.read_bytes())
+    _, offset, nbytes = StoreReader(str(path)).chunk_location("images", 1)
+    data[offset + nbytes // 2] ^= 0x40
+    server.files["/s.zarr.zip"] = bytes(data)
+    assert main(["verify", url]) == 1
+
+
 def test_http_damaged_chunk_is_named(tmp_path, server, noisy_set, small_is_tiny):
     path = _store(tmp_path, noisy_set)
     _, offset, nbytes = StoreReader(str(path)).chunk_location("images", 3)
