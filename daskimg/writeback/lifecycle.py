@@ -236,6 +236,7 @@ class OpenWrite:
         self.manifest: dict[str, Any] = {}
         self.pending = False  # URL: the store is complete locally, not uploaded yet
         self.done = False  # published by the write this resumed, before it was interrupted
+        self.published = False  # moved into place by this close() (an upload may be pending)
         self.durable = 0  # rows covered by the last completed checkpoint
 
     def open(self, *, resume: bool, classes: Sequence[str]) -> Started:
@@ -332,15 +333,31 @@ class OpenWrite:
                 f"nothing was appended to {plan.target!r}, so no store was written; "
                 "an empty store is not written (nothing to read back)"
             )
+        if self.published:  # (a close() interrupted after the store moved into place)
+            return
         self.checkpoint(sink)  # a crash while closing loses no row; no write is in flight after it
+        where = Location.of(plan.path)
         try:
-            staging.publish(
-                Location.of(plan.path), plan.staging, self.manifest, sink, mode=plan.mode
-            )
+            staging.publish(where, plan.staging, self.manifest, sink, mode=plan.mode)
         except BaseException as e:
+            if staging.is_published(where, self.manifest):
+                # a Ctrl-C after the store moved into place (removing the staging folder,
+                # or the old store it replaced): the write is done. Said broken, "moving the
+                # store into place failed", a user redid a finished write with overwrite=True
+                self.published = True
+                self.pending = plan.url is not None
+                with contextlib.suppress(OSError):
+                    remove_path(str(plan.staging))
+                raise
             # no store at path (or the old one): a second close must not pass for success
-            self.broke(f"moving the store into place failed ({e!r})")
+            step = (
+                "moving the store into place"
+                if "publishing" in self.manifest
+                else "finishing the store before moving it into place"
+            )
+            self.broke(f"{step} failed ({e!r})")
             raise
+        self.published = True
         self.pending = plan.url is not None
 
     def end(self) -> None:

@@ -281,20 +281,28 @@ def published(staging: Path, location: Location) -> int | None:
     """If the write in ``staging`` was published (killed after its store moved into place,
     before the staging folder was removed): its number of rows; else None."""
     manifest = read_manifest(staging)
-    digest = manifest.get("publishing") if manifest else None
-    if manifest is None or not digest:
+    if manifest is None or not is_published(location, manifest):
         return None
+    return int(manifest["rows"])
+
+
+def is_published(location: Location, manifest: Mapping[str, Any]) -> bool:
+    """Whether the store at ``location`` is the one :func:`publish` was publishing with
+    ``manifest`` (its root ``zarr.json`` has the digest recorded before the move)."""
+    digest = manifest.get("publishing")
+    if not digest:
+        return False
     try:
         source = location.open()
     except (FileNotFoundError, DaskImgError):
-        return None
+        return False
     try:
         raw = source.read("zarr.json") if "zarr.json" in source.keys else b""
     except DaskImgError:
-        return None
+        return False
     finally:
         source.close()
-    return int(manifest["rows"]) if hashlib.sha256(raw).hexdigest() == digest else None
+    return hashlib.sha256(raw).hexdigest() == digest
 
 
 def resume(

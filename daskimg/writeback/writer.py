@@ -361,7 +361,9 @@ class ArrayWriter:
         (append them and close again). Closing a writer with no rows raises (an empty
         store is not written) and leaves nothing behind. If moving the store into place
         fails, the write stays unfinished (as after a crash) and every later call,
-        ``close()`` too, raises: reopen it with ``resume=True``. For a URL, the finished
+        ``close()`` too, raises: reopen it with ``resume=True``; a Ctrl-C once the store
+        is in place (removing the staging folder) leaves the write finished, and
+        ``close()`` again returns. For a URL, the finished
         store is then uploaded and its local copy removed; if the upload fails, this
         raises and the local copy stays: call ``close()`` again to retry.
         """
