@@ -99,6 +99,19 @@ def window(image: np.ndarray, percentiles: tuple[float, float] = WINDOW) -> tupl
     return lo, hi
 
 
+def check_drawable(images: Any, where: str) -> None:
+    """Refuse what a grid cannot draw, naming ``where``: no images, bool images, images of
+    other than 1, 3 or 4 channels (matplotlib's own "Invalid shape (5, 7, 2) for image
+    data" named neither the set nor the cause)."""
+    channels = images.shape[-1] if images is not None else 0
+    if images is None or (images.ndim == 4 and channels not in (1, 3, 4)) or images.dtype == bool:
+        what = "no images" if images is None else f"images of {channels} channels ({images.dtype})"
+        raise ValueError(
+            f"{where} holds {what}: show draws images of 1, 3 or 4 channels (gray, RGB, "
+            "RGBA) and volumes of one; draw others yourself from open_zarr(...).images"
+        )
+
+
 def grid_figure(ds: ShowableSet, *, n: int = 32, seed: int | None = 0, cols: int = 8) -> Any:
     """A matplotlib figure of ``n`` random samples (seeded), titled with their class names.
 
@@ -107,6 +120,7 @@ def grid_figure(ds: ShowableSet, *, n: int = 32, seed: int | None = 0, cols: int
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    check_drawable(ds.require_images(), "the set")
     total = len(ds)
     n = min(n, total)
     idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))

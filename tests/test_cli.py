@@ -923,6 +923,9 @@ def test_info_fails_on_an_unfinished_store_and_show_names_what_it_cannot_draw(tm
     good = di.to_zarr(di.ImageSet(np.zeros((4, 6, 6, 2), np.uint8)), tmp_path / "g.zarr.zip")
     assert main(["show", str(good), "-o", str(tmp_path / "s.png")]) == 2
     assert "show draws images of 1, 3 or 4 channels" in capsys.readouterr().err
+    # the same from Python: ImageSet.show() gave matplotlib's "Invalid shape (6, 6, 2)"
+    with pytest.raises(ValueError, match=r"images of 2 channels \(uint8\): show draws"):
+        di.open_zarr(good).show(n=2)
 
 
 def test_info_names_an_unfinished_write_beside_a_store_or_without_one(tmp_path, capsys):

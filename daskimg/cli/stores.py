@@ -155,18 +155,11 @@ def verify_cmd(args: argparse.Namespace) -> int:
 
 
 def show_cmd(args: argparse.Namespace) -> int:
-    from ..show import save_grid
+    from ..show import check_drawable, save_grid
     from ..store.open import open_zarr
 
     ds = open_zarr(args.store, storage_options=args.storage_options)
-    images = ds.images
-    channels = images.shape[-1] if images is not None else 0
-    if images is None or (images.ndim == 4 and channels not in (1, 3, 4)) or images.dtype == bool:
-        what = "no images" if images is None else f"images of {channels} channels ({images.dtype})"
-        raise ValueError(
-            f"{args.store} holds {what}: show draws images of 1, 3 or 4 channels (gray, RGB, "
-            "RGBA) and volumes of one; draw others yourself from open_zarr(...).images"
-        )
+    check_drawable(ds.images, args.store)
     # where matplotlib really writes: a name without an ending gets ".png" (it said "wrote
     # grid" of grid.png); a folder gets grid.png inside it (it said "wrote out" of out.png)
     output = Path(args.output)
