@@ -445,7 +445,7 @@ class TorchDataset(IterableDataset):
         self._iteration += 1  # an earlier iteration asked for another batch now fails loudly
         it, slot = self._iterator()
         table = self._table()
-        passed = False
+        passed = tail = False
         if self._resume is not None:
             it.load_state_dict(_for_rank(self._resume, it))
             done = bool(len(it)) and it.state_dict()["batch"] >= len(it)
@@ -453,7 +453,24 @@ class TorchDataset(IterableDataset):
                 # set_epoch has moved past the epoch the state finished: nothing of it is left,
                 # and the epoch asked for is the one to read (a loop resuming at the next one)
                 self._resume, passed = None, True
-        if self._resume is not None:
+            # set_epoch has moved past an epoch the state had not finished: a state saved at
+            # the epoch's last batch by a StatefulDataLoader that snapshots its workers every
+            # n > 1 steps holds the workers as they were up to n - 1 batches before, and the
+            # loader skips the batches since. Its rest goes first, to those skipped batches,
+            # then the epoch asked for, in the same iteration (that epoch read nothing before)
+            tail = not done and table.current > it.epoch
+        if self._resume is not None and tail:
+            logger.info(
+                "TorchDataset: resumed %d batches before the end of epoch %d, with set_epoch "
+                "past it: they are read first (a StatefulDataLoader with snapshot_every_n_steps "
+                "> 1 skips them), then epoch %d",
+                len(it) - it.state_dict()["batch"],
+                it.epoch,
+                table.peek(slot),
+            )
+            table.mark_passed(slot, table.peek(slot), table.RUNNING)
+            self._gen = self._tail_then_passed(it, table, slot)
+        elif self._resume is not None:
             info = get_worker_info()
             if done:
                 # the state was saved when this process's (or worker's) share of its epoch was
@@ -560,6 +577,15 @@ class TorchDataset(IterableDataset):
     ) -> Generator[tuple[Any, ...], None, None]:
         yield from self._batches(it)
         table.end_passed(slot)
+
+    def _tail_then_passed(
+        self, it: BatchIterator, table: _Epochs, slot: int
+    ) -> Generator[tuple[Any, ...], None, None]:
+        self._resume = None  # (applied once a batch is asked for, as in _resumed)
+        yield from self._batches(it)
+        epoch = table.peek(slot)
+        it.set_epoch(epoch)
+        yield from self._passed(it, table, slot, epoch)
 
     def _resumed(self, it: BatchIterator, done: bool) -> Generator[tuple[Any, ...], None, None]:
         # the state counts as applied only once a batch is asked for: StatefulDataLoader

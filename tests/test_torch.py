@@ -813,3 +813,48 @@ def test_a_last_batch_state_resumed_once_then_run_without_set_epoch_keeps_worker
         got = [ids(resumed) for _ in range(3)]
         assert all(sorted(g) == list(range(n)) for g in got), got
         assert got[1:] == oracle[2:]  # (epoch 1: the documented neighbour swap at most)
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata's import
+@pytest.mark.parametrize(
+    ("snapshot", "n", "workers"), [(5, 48, 2), (7, 48, 2), (4, 52, 2), (5, 52, 3)]
+)
+def test_a_last_batch_state_of_a_loader_snapshotting_every_n_steps_resumes_the_next_epoch_whole(
+    tmp_path, snapshot, n, workers
+):
+    # StatefulDataLoader(snapshot_every_n_steps=n > 1) keeps its workers' states as they
+    # were up to n - 1 batches before the state is saved, and skips the batches since when
+    # resumed. Saved at epoch 0's last batch and resumed with set_epoch(1), the workers
+    # resumed epoch 0 a few batches before its end, the loader skipped those, and epoch 1
+    # trained on no batch at all (or half of them), without a word. The oracle: an
+    # uninterrupted loader
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    images = np.zeros((n, 2, 2, 3), np.uint8)
+    images[..., 0] = np.arange(n)[:, None, None]  # pixel = sample id
+    store = str(
+        di.to_zarr(di.ImageSet(images, np.arange(n) % 3), tmp_path / "s.zarr.zip", chunks=8)
+    )
+
+    def make():
+        ds = TorchDataset(store, batch_size=4, seed=0)
+        return ds, sdl.StatefulDataLoader(
+            ds, batch_size=None, num_workers=workers, snapshot_every_n_steps=snapshot
+        )
+
+    def epoch_ids(ds, loader, epoch, save=False):
+        ds.set_epoch(epoch)
+        out, state = [], None
+        for j, b in enumerate(loader):
+            out += [int(i) for i in b[0][:, 0, 0, 0]]
+            if save and j == len(loader) - 1:
+                state = loader.state_dict()
+        return out, state
+
+    ds, loader = make()
+    _, state = epoch_ids(ds, loader, 0, save=True)
+    whole = [epoch_ids(ds, loader, e)[0] for e in (1, 2)]
+    ds2, resumed = make()
+    resumed.load_state_dict(state)
+    got = [epoch_ids(ds2, resumed, e)[0] for e in (1, 2)]
+    assert sorted(got[0]) == sorted(whole[0]) == list(range(n))  # epoch 1 whole, each once
+    assert got[1] == whole[1]  # and the next in the uninterrupted order
