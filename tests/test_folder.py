@@ -1272,3 +1272,31 @@ def test_classes_given_read_a_class_named_like_a_split_as_that_class(tmp_path, u
     # without classes= it is still refused, and the message says classes= is the way
     with pytest.raises(ValueError, match=r"pass classes= naming every class"):
         di.from_folder(root, size=(4, 4))
+
+
+@pytest.mark.parametrize("url", [False, True])
+def test_classes_given_keep_split_folders_that_hold_class_folders_and_refuse_strays(tmp_path, url):
+    # the rule above read a tree holding only train/<class>/ with a class 'train' as the
+    # one class 'train' (every label 2); and a misspelt class, or a notes/ folder beside
+    # the classes, with stray='ignore' made train/ an unlabelled split, other classes lost
+    classes = ["apple", "bicycle", "train"]
+    split = tmp_path / "split"
+    for k, c in enumerate(classes):
+        for j in range(2):
+            _tiny(split / "train" / c / f"{j}.png", 10 * k + j)
+    where = _as_url(split, f"memory://daskimg-test-train-only-{tmp_path.name}") if url else split
+    ds = di.from_folder(where, size=(4, 4), classes=classes)
+    assert ds.source_splits is not None  # the split train/, its classes inside
+    assert [classes[i] for i in ds.labels] == [p.split("/")[1] for p in ds.paths]  # the oracle
+    assert sorted(ds.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    flat = tmp_path / "flat"
+    for k, c in enumerate(classes):
+        for j in range(2):
+            _tiny(flat / c / f"{j}.png", 10 * k + j)
+    (flat / "notes").mkdir()
+    (flat / "notes" / "README.txt").write_text("x")
+    where = _as_url(flat, f"memory://daskimg-test-flat-notes-{tmp_path.name}") if url else flat
+    for named, stray in ((["apple", "bicycl", "train"], "bicycle"), (classes, "notes")):
+        for how in ("raise", "ignore"):
+            with pytest.raises(ValueError, match=rf"but [^;]*'{stray}'[^;]* not among the"):
+                di.from_folder(where, size=(4, 4), classes=named, stray=how)

@@ -34,7 +34,7 @@ import os
 import posixpath
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,8 +297,16 @@ def find_split_dirs(
             twice.append((found[split], child))
             continue
         found[split] = child
-    named = [d.name for d in found.values()] + [b.name for _, b in twice]
-    if not _are_splits(set(found), others) or _given_classes_all(named + others, classes):
+    named = list(found.values()) + [b for _, b in twice]
+    below = {
+        d.name: {e.name for e in d.iterdir() if e.is_dir() and not _hidden(e.name)}
+        for d in named
+        if _holds_files(d)
+    }
+    below.update({name: set() for name in others})
+    if not _are_splits(set(found), others) or _named_classes(
+        os.fspath(root), below, [d.name for d in named], classes
+    ):
         return {}  # class folders, some named like splits ("test" and "testing" beside "cat")
     if twice:
         a, b = twice[0]
@@ -335,12 +343,40 @@ def _are_splits(found: set[str], others: list[str]) -> bool:
     return "train" in found or (bool(found) and not others)
 
 
-def _given_classes_all(folders: list[str], given: Sequence[str] | None) -> bool:
-    """Whether classes were given and every top folder is one of them: class folders, one
-    named like a split (CIFAR-100's ``train``). Read as splits, ``classes=`` was refused
-    with advice to rename the class, and with ``stray='ignore'`` the class ``train`` was
-    read as an unlabelled split and every other class left out (exit 0 from the CLI)."""
-    return given is not None and bool(folders) and set(folders) <= set(given)
+def _named_classes(
+    where: str,
+    below: Mapping[str, Collection[str]],
+    split_named: Collection[str],
+    given: Sequence[str] | None,
+) -> bool:
+    """Whether the top folders of ``where`` are the classes given, one of them named like a
+    split (CIFAR-100's ``train``). ``below``: each top folder holding files, and the folders
+    in it. A split-named folder is a class when it is one of the classes given and holds no
+    folder named like one (``train/apple/`` is a split, even with a class 'train'); then
+    every top folder holding files must be a class given, else this is refused, naming them
+    (with ``stray='ignore'``, a misspelt class or a notes/ folder beside made ``train/`` an
+    unlabelled split, the classes given dropped without a word). Read as splits before,
+    ``classes=`` was refused with advice to rename the class, and with ``stray='ignore'``
+    the class ``train`` was read as an unlabelled split and every other class left out."""
+    if given is None:
+        return False
+    names = set(given)
+    meant = sorted(
+        s for s in split_named if s in names and s in below and not names & set(below[s])
+    )
+    if not meant:
+        return False
+    strays = sorted(set(below) - names)
+    if strays:
+        raise ValueError(
+            f"{where!r}: the folder(s) {', '.join(repr(m) for m in meant)}, named like a split, "
+            "are among the classes given and hold no class folders, so the folders here are "
+            f"read as classes; but {', '.join(repr(s) for s in strays)} beside them "
+            f"{'is' if len(strays) == 1 else 'are'} not among the classes given "
+            f"({', '.join(given)}): add {'it' if len(strays) == 1 else 'them'} to classes= "
+            "(a misspelt name?), or move what is no class elsewhere"
+        )
+    return True
 
 
 def _local_tops(
@@ -492,7 +528,11 @@ def _url_tops(
             continue
         found[split] = name
     named = list(found.values()) + [b for _, b in url_twice]
-    splitting = _are_splits(set(found), others) and not _given_classes_all(named + others, given)
+    below: dict[str, set[str]] = {n: set() for n in [*named, *others]}
+    for q in parts:
+        if len(q) > 2 and q[0] in below and not _hidden(q[1]):
+            below[q[0]].add(q[1])
+    splitting = _are_splits(set(found), others) and not _named_classes(url, below, named, given)
     if splitting and url_twice:
         a, b = url_twice[0]
         raise ValueError(f"{url} holds both {a!r} and {b!r}; keep one folder per split")
