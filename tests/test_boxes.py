@@ -1018,6 +1018,14 @@ def test_mask_files_whose_ids_pillow_would_change_are_refused(tmp_path):
         p.putpalette(colours)
         p.save(tmp_path / name)
         np.testing.assert_array_equal(read(name, "uint8"), np.minimum(ids // 600, 2))
+    # black and white: a binary mask's palette (Carvana's GIFs, 1-bit PNGs), either way round
+    for name, colours in (("bw.gif", [0, 0, 0, 255, 255, 255]), ("wb.png", [255] * 3 + [0] * 3)):
+        p = Image.fromarray((ids > 0).astype(np.uint8), mode="P")
+        p.putpalette(colours)
+        p.save(tmp_path / name)
+        np.testing.assert_array_equal(read(name, "uint8"), ids > 0)
+    Image.fromarray(ids > 0).save(tmp_path / "one-bit.png")  # mode 1
+    np.testing.assert_array_equal(read("one-bit.png", "uint8"), ids > 0)
 
 
 def test_a_box_reaching_far_past_its_image_is_refused_not_clipped(tmp_path):

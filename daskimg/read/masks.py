@@ -10,7 +10,8 @@ the source pixel under its centre, the same point the image's resampling is cent
 
 Files: PNG, TIFF, BMP, GIF (any image Pillow reads, told apart by content) and ``.npy``.
 ``L`` and ``1`` give their values, ``P`` (palette, as in Pascal VOC) its indices, not the
-colours (a palette of grays other than its indices, a gray mask saved as GIF, is refused); 16-bit files give uint16 and ``I`` int32; an RGB(A) file whose three colours are
+colours (a palette of grays other than its indices and other than black and white, a gray
+mask saved as GIF, is refused); 16-bit files give uint16 and ``I`` int32; an RGB(A) file whose three colours are
 equal everywhere gives that one channel (a gray mask saved as RGB). Colour-coded masks
 (different colours per class) are refused: convert them to ids first. ``.npy`` masks hold
 a 2-D integer (or boolean) array.
@@ -258,13 +259,16 @@ def _check_gray_palette(ids: np.ndarray, palette: list[int], path: str) -> None:
     mask saved as GIF (or converted to a palette), whose writer numbered the grays per file
     (ids 0 and 200 became 0 and 1 in one file, 0, 1 and 200 became 0, 1 and 2 in another:
     id 1 meant two classes, without a word). A palette of colours (Pascal VOC) gives its
-    indices, as do grays equal to them."""
+    indices, as do grays equal to them and black-and-white palettes (binary masks)."""
     used = np.unique(ids)
     rgb = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
     used = used[used < len(rgb)]
     colours = rgb[used]
     gray = (colours[:, 0] == colours[:, 1]).all() and (colours[:, 0] == colours[:, 2]).all()
-    if gray and (colours[:, 0] != used).any():
+    # black and white alone: a binary mask's palette (Carvana's GIFs, 1-bit PNGs), whose
+    # indices are its ids (0 and 1) in every file
+    binary = set(colours[:, 0].tolist()) <= {0, 255}
+    if gray and not binary and (colours[:, 0] != used).any():
         i = int(used[np.flatnonzero(colours[:, 0] != used)[0]])
         raise DecodeError(
             path,
