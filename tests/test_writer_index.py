@@ -335,6 +335,17 @@ def test_a_ctrl_c_after_the_store_moved_into_place_leaves_a_finished_write(tmp_p
     assert leftovers(p) == [] and verify(p) == []
     with pytest.raises(StoreExistsError, match="found no unfinished write"):
         ArrayWriter(p, **spec, resume=True)  # finished and cleaned up: says so
+    # the same in a with block (__exit__ then left the write "unfinished": its checkpoint
+    # failed in the staging folder removed, and close() again said "cannot continue")
+    spec["name"] = "in_with"
+    w = ArrayWriter(p, **spec)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(writer_staging, "remove_path", interrupted)
+        with pytest.raises(KeyboardInterrupt), w:
+            w.append(np.arange(n, dtype=np.float32) * 2, index=np.arange(n))
+    np.testing.assert_array_equal(plain_group(p)["in_with"][...], np.arange(n) * 2)
+    w.close()
+    assert leftovers(p) == [] and verify(p) == []
     # an interrupt before the move is still a write left unfinished, resumed as such
     spec["name"] = "second"
     w = ArrayWriter(p, **spec)
