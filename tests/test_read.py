@@ -62,6 +62,9 @@ def test_a_folder_named_with_glob_characters_is_said_with_how_to_escape_it(tmp_p
         di.imread(str(folder / "*.png"), size=(4, 4))
     escaped = glob.escape(str(folder)) + "/*.png"  # what it says to do works
     assert di.imread(escaped, size=(4, 4)).compute()[0, 0, 0, 0] == 9
+    with pytest.raises(NoImagesFoundError, match=r"check the path") as e:  # no .jpg there
+        di.imread(str(folder / "*.jpg"), size=(4, 4))
+    assert "glob.escape" not in str(e.value)
 
 
 def test_imread_validates_arguments(image_folder):

@@ -172,7 +172,11 @@ def _literal_folder(pattern: str, here: str) -> str | None:
     folder = os.path.dirname(pattern)
     while folder and folder != os.path.dirname(folder):
         if re.search(r"[\[?*]", folder) and os.path.isdir(os.path.join(here, folder)):
-            return folder
+            # only if escaping it finds files: a folder of .jpg asked for *.png is no match
+            # either way ("check the path" then)
+            escaped = glob.escape(folder) + pattern[len(folder) :]
+            found = glob.glob(any_case_suffix(escaped), root_dir=here or None, recursive=True)
+            return folder if found else None
         folder = os.path.dirname(folder)
     return None
 
