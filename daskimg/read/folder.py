@@ -278,8 +278,9 @@ def find_split_dirs(
     (``valid/`` and ``test/`` alone: an evaluation set); a folder named like a split among
     class folders without ``train/`` is a class. ``exclude``: folders (real paths) that are
     not part of the set, e.g. the output written inside ``root``. ``classes``: the classes
-    given; when every folder is one of them, the folders are classes (CIFAR-100's
-    ``train``), not splits.
+    given; a split-named folder that is one of them and holds no folder named like one
+    makes the folders classes (CIFAR-100's ``train``), not splits (see
+    :func:`_named_classes`).
     """
     root, exclude = Path(root), frozenset(exclude)
     found: dict[str, Path] = {}
@@ -298,12 +299,14 @@ def find_split_dirs(
             continue
         found[split] = child
     named = list(found.values()) + [b for _, b in twice]
-    below = {
-        d.name: {e.name for e in d.iterdir() if e.is_dir() and not _hidden(e.name)}
-        for d in named
-        if _holds_files(d)
-    }
-    below.update({name: set() for name in others})
+    below: dict[str, set[str]] = {}
+    if classes is not None:  # (only classes given can make split-named folders classes)
+        below = {
+            d.name: {e.name for e in d.iterdir() if e.is_dir() and not _hidden(e.name)}
+            for d in named
+            if _holds_files(d)
+        }
+        below.update({name: set() for name in others})
     if not _are_splits(set(found), others) or _named_classes(
         os.fspath(root), below, [d.name for d in named], classes
     ):
@@ -528,11 +531,11 @@ def _url_tops(
             continue
         found[split] = name
     named = list(found.values()) + [b for _, b in url_twice]
-    below: dict[str, set[str]] = {n: set() for n in [*named, *others]}
+    holds: dict[str, set[str]] = {n: set() for n in [*named, *others]}
     for q in parts:
-        if len(q) > 2 and q[0] in below and not _hidden(q[1]):
-            below[q[0]].add(q[1])
-    splitting = _are_splits(set(found), others) and not _named_classes(url, below, named, given)
+        if len(q) > 2 and q[0] in holds and not _hidden(q[1]):
+            holds[q[0]].add(q[1])
+    splitting = _are_splits(set(found), others) and not _named_classes(url, holds, named, given)
     if splitting and url_twice:
         a, b = url_twice[0]
         raise ValueError(f"{url} holds both {a!r} and {b!r}; keep one folder per split")
@@ -1297,6 +1300,7 @@ def from_folder(
             raise NoImagesFoundError(
                 f"{os.fspath(root)!r} is not a folder; pass a folder of class subfolders"
             )
+    given = given_classes(classes)
     mask_root = None if masks is None else _mask_root(masks, root, url)
     excluded = [
         as_local(str(e)).rstrip("/")
@@ -1314,7 +1318,7 @@ def from_folder(
         paths = [filesystem(e, storage_options)[1].rstrip("/") for e in left_out if is_url(e)]
         paths += [base_path + "/" + e.strip("/") for e in left_out if not is_url(e)]
         inside = [p[len(base_path) + 1 :] for p in paths if p.startswith(base_path + "/")]
-        tops, loose = _url_tops(url, fs, base_path, inside, stray, given_classes(classes))
+        tops, loose = _url_tops(url, fs, base_path, inside, stray, given)
     else:
         # a relative folder is one inside the root when it is there (exclude="stores"),
         # otherwise relative to the working directory (the CLI's OUT)
@@ -1328,10 +1332,9 @@ def from_folder(
             if not is_url(e)
         )
         _check_excluded([e for e in excluded if not is_url(e)], os.fspath(root), None, None)
-        tops, loose = _local_tops(Path(root), reals, stray, given_classes(classes))
+        tops, loose = _local_tops(Path(root), reals, stray, given)
     where = url or os.fspath(root)
     _report_others(where, [f for t in tops for f in t.others])
-    given = given_classes(classes)
     if given is None and len(tops) == 1 and not tops[0].split and not tops[0].direct:
         try:
             with _quiet():

@@ -11,8 +11,9 @@ the source pixel under its centre, the same point the image's resampling is cent
 Files: PNG, TIFF, BMP, GIF (any image Pillow reads, told apart by content) and ``.npy``.
 ``L`` and ``1`` give their values, ``P`` (palette, as in Pascal VOC) its indices, not the
 colours (a palette of grays other than its indices and other than black and white, a gray
-mask saved as GIF, is refused); 16-bit files give uint16 and ``I`` int32; an RGB(A) file whose three colours are
-equal everywhere gives that one channel (a gray mask saved as RGB). Colour-coded masks
+mask saved as GIF, is refused); 16-bit files give uint16 and ``I`` int32; an RGB(A) file
+whose three colours are equal everywhere gives that one channel (a gray mask saved as
+RGB). Colour-coded masks
 (different colours per class) are refused: convert them to ids first. ``.npy`` masks hold
 a 2-D integer (or boolean) array.
 """

@@ -340,7 +340,10 @@ class OpenWrite:
         try:
             staging.publish(where, plan.staging, self.manifest, sink, mode=plan.mode)
         except BaseException as e:
-            if staging.is_published(where, self.manifest):
+            done = False
+            with contextlib.suppress(Exception):  # (looking must not hide the error)
+                done = staging.is_published(where, self.manifest)
+            if done:
                 # a Ctrl-C after the store moved into place (removing the staging folder,
                 # or the old store it replaced): the write is done. Said broken, "moving the
                 # store into place failed", a user redid a finished write with overwrite=True

@@ -363,9 +363,9 @@ class ArrayWriter:
         fails, the write stays unfinished (as after a crash) and every later call,
         ``close()`` too, raises: reopen it with ``resume=True``; a Ctrl-C once the store
         is in place (removing the staging folder) leaves the write finished, and
-        ``close()`` again returns. For a URL, the finished
-        store is then uploaded and its local copy removed; if the upload fails, this
-        raises and the local copy stays: call ``close()`` again to retry.
+        ``close()`` again returns. For a URL, the finished store is then uploaded and its
+        local copy removed; if the upload fails, this raises and the local copy stays:
+        call ``close()`` again to retry.
         """
         with self._mutex:
             write = self._write
