@@ -445,7 +445,7 @@ class TorchDataset(IterableDataset):
         self._iteration += 1  # an earlier iteration asked for another batch now fails loudly
         it, slot = self._iterator()
         table = self._table()
-        passed = tail = False
+        passed = False
         if self._resume is not None:
             it.load_state_dict(_for_rank(self._resume, it))
             done = bool(len(it)) and it.state_dict()["batch"] >= len(it)
@@ -453,24 +453,9 @@ class TorchDataset(IterableDataset):
                 # set_epoch has moved past the epoch the state finished: nothing of it is left,
                 # and the epoch asked for is the one to read (a loop resuming at the next one)
                 self._resume, passed = None, True
-            # set_epoch has moved past an epoch the state had not finished: a state saved at
-            # the epoch's last batch by a StatefulDataLoader that snapshots its workers every
-            # n > 1 steps holds the workers as they were up to n - 1 batches before, and the
-            # loader skips the batches since. Its rest goes first, to those skipped batches,
-            # then the epoch asked for, in the same iteration (that epoch read nothing before)
-            tail = not done and table.current > it.epoch
-        if self._resume is not None and tail:
-            logger.info(
-                "TorchDataset: resumed %d batches before the end of epoch %d, with set_epoch "
-                "past it: they are read first (a StatefulDataLoader with snapshot_every_n_steps "
-                "> 1 skips them), then epoch %d",
-                len(it) - it.state_dict()["batch"],
-                it.epoch,
-                table.peek(slot),
-            )
-            table.mark_passed(slot, table.peek(slot), table.RUNNING)
-            self._gen = self._tail_then_passed(it, table, slot)
-        elif self._resume is not None:
+            if not done and table.current > it.epoch:
+                self._refuse_passed_unfinished(it, table.current)
+        if self._resume is not None:
             info = get_worker_info()
             if done:
                 # the state was saved when this process's (or worker's) share of its epoch was
@@ -578,14 +563,28 @@ class TorchDataset(IterableDataset):
         yield from self._batches(it)
         table.end_passed(slot)
 
-    def _tail_then_passed(
-        self, it: BatchIterator, table: _Epochs, slot: int
-    ) -> Generator[tuple[Any, ...], None, None]:
-        self._resume = None  # (applied once a batch is asked for, as in _resumed)
-        yield from self._batches(it)
-        epoch = table.peek(slot)
-        it.set_epoch(epoch)
-        yield from self._passed(it, table, slot, epoch)
+    def _refuse_passed_unfinished(self, it: BatchIterator, epoch: int) -> None:
+        """Refuse a state of an epoch it had not finished, resumed with set_epoch past it.
+
+        A StatefulDataLoader with ``snapshot_every_n_steps=n > 1`` keeps its workers' states
+        from up to n - 1 batches before a state is saved, and skips those batches when
+        resumed: a state saved at an epoch's last batch, resumed with ``set_epoch(next)``,
+        trained the next epoch on none (or half) of its batches, without a word. Reading the
+        old epoch's rest into the skipped batches first unbalanced the workers, and a state
+        saved in that epoch then resumed a worker into the epoch after it (found by a
+        helper): refused, with the ways that resume exactly."""
+        info = get_worker_info()
+        left = len(it) - it.state_dict()["batch"]
+        raise ValueError(
+            f"TorchDataset: the state resumed was saved {left} batch(es) before the end of "
+            f"epoch {it.epoch} for {'this process' if info is None else f'DataLoader worker {info.id}'}, "
+            f"but set_epoch({epoch}) has moved past that epoch. A StatefulDataLoader made with "
+            "snapshot_every_n_steps > 1 saves its workers' positions up to that many batches "
+            "late, so a state saved at an epoch's last batch looks unfinished and cannot be "
+            "resumed in the next epoch exactly: use snapshot_every_n_steps=1 (torchdata's "
+            f"default), or resume the state in its own epoch (set_epoch({it.epoch})) and let "
+            "it finish"
+        )
 
     def _resumed(self, it: BatchIterator, done: bool) -> Generator[tuple[Any, ...], None, None]:
         # the state counts as applied only once a batch is asked for: StatefulDataLoader
