@@ -1300,3 +1300,21 @@ def test_classes_given_keep_split_folders_that_hold_class_folders_and_refuse_str
         for how in ("raise", "ignore"):
             with pytest.raises(ValueError, match=rf"but [^;]*'{stray}'[^;]* not among the"):
                 di.from_folder(where, size=(4, 4), classes=named, stray=how)
+    # train/ holding class folders named otherwise than given (train/Apple/): still a
+    # split, refused for its class names, not read as the one class 'train' (every label
+    # the same, as the second rule did)
+    cased = tmp_path / "cased"
+    for c in ("Apple", "Bus"):
+        _tiny(cased / "train" / c / "0.png", 1)
+    where = _as_url(cased, f"memory://daskimg-test-cased-{tmp_path.name}") if url else cased
+    with pytest.raises(ValueError, match=r"'Apple' is 'apple' there"):
+        di.from_folder(where, size=(4, 4), classes=["apple", "bus", "train"])
+    # the class train/ with its images and an empty folder left in it: read alike on disk
+    # and at a URL (which has no empty folders)
+    left = tmp_path / "left"
+    _tiny(left / "cat" / "a.png", 1)
+    _tiny(left / "train" / "a.png", 2)
+    (left / "train" / "cat").mkdir()
+    where = _as_url(left, f"memory://daskimg-test-left-{tmp_path.name}") if url else left
+    ds = di.from_folder(where, size=(4, 4), classes=["cat", "train"])
+    assert [ds.classes[i] for i in ds.labels] == [p.split("/")[0] for p in ds.paths]

@@ -299,14 +299,19 @@ def find_split_dirs(
             continue
         found[split] = child
     named = list(found.values()) + [b for _, b in twice]
-    below: dict[str, set[str]] = {}
+    below: dict[str, tuple[bool, set[str]]] = {}
     if classes is not None:  # (only classes given can make split-named folders classes)
-        below = {
-            d.name: {e.name for e in d.iterdir() if e.is_dir() and not _hidden(e.name)}
-            for d in named
-            if _holds_files(d)
-        }
-        below.update({name: set() for name in others})
+        for d in named:
+            if _holds_files(d):
+                entries = list(d.iterdir())
+                images = any(_is_image(e.name) and not e.is_dir() for e in entries)
+                folders = {  # (an empty folder is nothing, as at a URL, which has none)
+                    e.name
+                    for e in entries
+                    if e.is_dir() and not _hidden(e.name) and _holds_files(e)
+                }
+                below[d.name] = (images, folders)
+        below.update({name: (False, set()) for name in others})
     if not _are_splits(set(found), others) or _named_classes(
         os.fspath(root), below, [d.name for d in named], classes
     ):
@@ -348,24 +353,29 @@ def _are_splits(found: set[str], others: list[str]) -> bool:
 
 def _named_classes(
     where: str,
-    below: Mapping[str, Collection[str]],
+    below: Mapping[str, tuple[bool, Collection[str]]],
     split_named: Collection[str],
     given: Sequence[str] | None,
 ) -> bool:
     """Whether the top folders of ``where`` are the classes given, one of them named like a
-    split (CIFAR-100's ``train``). ``below``: each top folder holding files, and the folders
-    in it. A split-named folder is a class when it is one of the classes given and holds no
-    folder named like one (``train/apple/`` is a split, even with a class 'train'); then
-    every top folder holding files must be a class given, else this is refused, naming them
-    (with ``stray='ignore'``, a misspelt class or a notes/ folder beside made ``train/`` an
-    unlabelled split, the classes given dropped without a word). Read as splits before,
-    ``classes=`` was refused with advice to rename the class, and with ``stray='ignore'``
-    the class ``train`` was read as an unlabelled split and every other class left out."""
+    split (CIFAR-100's ``train``). ``below``: each top folder holding files, whether it holds
+    images itself, and the folders in it. A split-named folder is a class when it is one of
+    the classes given, holds images itself (a class folder does; a split holds class
+    folders) and no folder named like a class given (``train/apple/`` is a split, even with
+    a class 'train'; ``train/Apple/`` too, refused later as a class not given, not read as
+    the class 'train'). Then every top folder holding files must be a class given, else this
+    is refused, naming them (with ``stray='ignore'``, a misspelt class or a notes/ folder
+    beside made ``train/`` an unlabelled split, the classes given dropped without a word).
+    Read as splits before, ``classes=`` was refused with advice to rename the class, and
+    with ``stray='ignore'`` the class ``train`` was read as an unlabelled split and every
+    other class left out."""
     if given is None:
         return False
     names = set(given)
     meant = sorted(
-        s for s in split_named if s in names and s in below and not names & set(below[s])
+        s
+        for s in split_named
+        if s in names and s in below and below[s][0] and not names & set(below[s][1])
     )
     if not meant:
         return False
@@ -531,10 +541,14 @@ def _url_tops(
             continue
         found[split] = name
     named = list(found.values()) + [b for _, b in url_twice]
-    holds: dict[str, set[str]] = {n: set() for n in [*named, *others]}
+    holds: dict[str, tuple[bool, set[str]]] = {n: (False, set()) for n in [*named, *others]}
     for q in parts:
-        if len(q) > 2 and q[0] in holds and not _hidden(q[1]):
-            holds[q[0]].add(q[1])
+        if q[0] not in holds:
+            continue
+        if len(q) == 2 and _is_image(q[1]):
+            holds[q[0]] = (True, holds[q[0]][1])
+        elif len(q) > 2 and not _hidden(q[1]):
+            holds[q[0]][1].add(q[1])
     splitting = _are_splits(set(found), others) and not _named_classes(url, holds, named, given)
     if splitting and url_twice:
         a, b = url_twice[0]
