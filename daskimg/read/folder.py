@@ -278,8 +278,8 @@ def find_split_dirs(
     (``valid/`` and ``test/`` alone: an evaluation set); a folder named like a split among
     class folders without ``train/`` is a class. ``exclude``: folders (real paths) that are
     not part of the set, e.g. the output written inside ``root``. ``classes``: the classes
-    given; a split-named folder that is one of them and holds no folder named like one
-    makes the folders classes (CIFAR-100's ``train``), not splits (see
+    given; a split-named folder that is one of them, holds images itself and no folder
+    named like one makes the folders classes (CIFAR-100's ``train``), not splits (see
     :func:`_named_classes`).
     """
     root, exclude = Path(root), frozenset(exclude)
