@@ -730,6 +730,20 @@ def test_big_endian_arrays_are_fed_as_their_values(tmp_path):
         np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in got]), images)
 
 
+def _id_store(tmp_path, n: int, *, side: int, classes: int, chunks: int) -> str:
+    """A store of ``n`` images whose first pixel value is the sample id (labels id % classes)."""
+    images = np.zeros((n, side, side, 3), np.uint8)
+    images[..., 0] = np.arange(n)[:, None, None]  # pixel = sample id
+    labels = np.arange(n) % classes
+    return str(di.to_zarr(di.ImageSet(images, labels), tmp_path / "s.zarr.zip", chunks=chunks))
+
+
+def _stateful(sdl, store: str, batch_size: int, **loader):
+    """A TorchDataset of ``store`` (seed 0) and its torchdata StatefulDataLoader."""
+    ds = TorchDataset(store, batch_size=batch_size, seed=0)
+    return ds, sdl.StatefulDataLoader(ds, batch_size=None, **loader)
+
+
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata's import
 @pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize(("n", "workers"), [(64, 3), (31, 2)])
@@ -743,17 +757,10 @@ def test_a_state_saved_after_an_epoch_resumes_its_next_epoch_whole(
     # siblings' of this one: 21 of 64 samples twice and 21 never (or, every share small,
     # the next epoch's order, then that order again). The oracle: an uninterrupted loader
     sdl = pytest.importorskip("torchdata.stateful_dataloader")
-    images = np.zeros((n, 4, 4, 3), np.uint8)
-    images[..., 0] = np.arange(n)[:, None, None]  # pixel = sample id
-    store = str(
-        di.to_zarr(di.ImageSet(images, np.arange(n) % 5), tmp_path / "s.zarr.zip", chunks=7)
-    )
+    store = _id_store(tmp_path, n, side=4, classes=5, chunks=7)
 
     def make():
-        ds = TorchDataset(store, batch_size=16, seed=0)
-        return ds, sdl.StatefulDataLoader(
-            ds, batch_size=None, num_workers=workers, persistent_workers=persistent
-        )
+        return _stateful(sdl, store, 16, num_workers=workers, persistent_workers=persistent)
 
     def epoch_ids(ds, loader, epoch):
         ds.set_epoch(epoch)
@@ -786,11 +793,7 @@ def test_a_last_batch_state_resumed_once_then_run_without_set_epoch_keeps_worker
     # The oracle: an uninterrupted loader
     sdl = pytest.importorskip("torchdata.stateful_dataloader")
     n = 20
-    images = np.zeros((n, 2, 2, 3), np.uint8)
-    images[..., 0] = np.arange(n)[:, None, None]
-    store = str(
-        di.to_zarr(di.ImageSet(images, np.arange(n) % 3), tmp_path / "s.zarr.zip", chunks=4)
-    )
+    store = _id_store(tmp_path, n, side=2, classes=3, chunks=4)
 
     def make(epoch):
         ds = TorchDataset(store, batch_size=8, seed=0)
@@ -829,17 +832,10 @@ def test_a_state_its_epoch_had_not_finished_resumed_past_that_epoch_is_refused(
     # into the next. A mid-epoch state resumed past its epoch is the same. The oracle for
     # what still resumes: an uninterrupted loader
     sdl = pytest.importorskip("torchdata.stateful_dataloader")
-    images = np.zeros((n, 2, 2, 3), np.uint8)
-    images[..., 0] = np.arange(n)[:, None, None]  # pixel = sample id
-    store = str(
-        di.to_zarr(di.ImageSet(images, np.arange(n) % 3), tmp_path / "s.zarr.zip", chunks=8)
-    )
+    store = _id_store(tmp_path, n, side=2, classes=3, chunks=8)
 
     def make():
-        ds = TorchDataset(store, batch_size=4, seed=0)
-        return ds, sdl.StatefulDataLoader(
-            ds, batch_size=None, num_workers=workers, snapshot_every_n_steps=snapshot
-        )
+        return _stateful(sdl, store, 4, num_workers=workers, snapshot_every_n_steps=snapshot)
 
     def epoch_ids(ds, loader, epoch, save_at=None):
         ds.set_epoch(epoch)
