@@ -738,7 +738,7 @@ def _id_store(tmp_path, n: int, *, side: int, classes: int, chunks: int) -> str:
     return str(di.to_zarr(di.ImageSet(images, labels), tmp_path / "s.zarr.zip", chunks=chunks))
 
 
-def _stateful(sdl, store: str, batch_size: int, **loader):
+def _stateful_loader(sdl, store: str, batch_size: int, **loader):
     """A TorchDataset of ``store`` (seed 0) and its torchdata StatefulDataLoader."""
     ds = TorchDataset(store, batch_size=batch_size, seed=0)
     return ds, sdl.StatefulDataLoader(ds, batch_size=None, **loader)
@@ -760,7 +760,7 @@ def test_a_state_saved_after_an_epoch_resumes_its_next_epoch_whole(
     store = _id_store(tmp_path, n, side=4, classes=5, chunks=7)
 
     def make():
-        return _stateful(sdl, store, 16, num_workers=workers, persistent_workers=persistent)
+        return _stateful_loader(sdl, store, 16, num_workers=workers, persistent_workers=persistent)
 
     def epoch_ids(ds, loader, epoch):
         ds.set_epoch(epoch)
@@ -835,7 +835,7 @@ def test_a_state_its_epoch_had_not_finished_resumed_past_that_epoch_is_refused(
     store = _id_store(tmp_path, n, side=2, classes=3, chunks=8)
 
     def make():
-        return _stateful(sdl, store, 4, num_workers=workers, snapshot_every_n_steps=snapshot)
+        return _stateful_loader(sdl, store, 4, num_workers=workers, snapshot_every_n_steps=snapshot)
 
     def epoch_ids(ds, loader, epoch, save_at=None):
         ds.set_epoch(epoch)

@@ -378,13 +378,14 @@ class OpenWrite:
         """Leave the write unfinished: checkpoint what was appended, release the lock."""
         if self.closed:
             return
-        if self.published:
+        if self.published and not self.pending:
             # (a Ctrl-C in close() after the store moved into place, in a with block): the
             # write is finished, not left; its checkpoint, in the staging folder removed,
-            # failed, and close() again said "cannot continue: a checkpoint failed"
-            if not self.pending:  # (a URL's upload still to do: close() again does it)
-                self.closed = True
-                self._lock.close()
+            # failed, and close() again said "cannot continue: a checkpoint failed". (A
+            # URL's store whose upload failed is left as before: its lock is released and
+            # close() again, or a resume, uploads it.)
+            self.closed = True
+            self._lock.close()
             return
         try:
             if sink is not None:
