@@ -18,18 +18,21 @@ from .bytesource import ByteSource, LocalDir, LocalZip
 from .codecs import check_crc
 from .layout import ArrayLayout
 
-__all__ = ["MISSING", "ChunkLocator"]
+__all__ = ["LEFT_OUT", "MISSING", "WRITE_EMPTY", "ChunkLocator"]
 
 #: the offset (and size) a shard index gives an inner chunk that was never written
 MISSING = np.uint64(2**64 - 1)
 
-#: what a chunk that is not there means: daskimg writes every chunk, so in its stores it is
-#: damage; zarr-python leaves out a chunk that holds only the fill value unless told not to
-LEFT_OUT = (
-    "the store is damaged — re-create it (a store written by zarr-python leaves out chunks "
-    "that hold only the fill value: write it with zarr.config.set({'array.write_empty_chunks': "
-    "True}), or with daskimg; daskimg reads no chunk that is not there as zeros)"
+#: how to write the chunks zarr-python leaves out (those holding only the fill value)
+WRITE_EMPTY = (
+    "zarr-python leaves out a chunk that holds only the fill value unless told to write it; "
+    "write the arrays with zarr.config.set({'array.write_empty_chunks': True}) (daskimg "
+    "reads no chunk that is not there as zeros), or with daskimg (ImageSet(...) then to_zarr)"
 )
+
+#: what a chunk that is not there means: daskimg writes every chunk, so in its stores it is
+#: damage; in another tool's, see WRITE_EMPTY
+LEFT_OUT = f"the store is damaged — re-create it (if zarr-python wrote it: {WRITE_EMPTY})"
 
 
 class ChunkLocator:

@@ -22,6 +22,7 @@ from ..errors import ChecksumError, IncompleteStoreError
 from ..read.imageset import ImageSet
 from .format import check_arrays, check_attrs, check_fits_memory, check_labels
 from .layout import ArrayLayout
+from .locate import WRITE_EMPTY
 from .location import Location
 from .reader import StoreReader
 
@@ -105,10 +106,7 @@ def _refuse_left_out_chunks(
             raise ChecksumError(
                 f"{where}: array {name!r} has no {absent[0]!r} ({len(absent)} of "
                 f"{lay.num_shards} chunks or shards not there). The store was not written by "
-                "daskimg: zarr-python leaves out a chunk that holds only the fill value "
-                "unless told to write it; write the arrays with "
-                "zarr.config.set({'array.write_empty_chunks': True}) (daskimg reads no chunk "
-                "that is not there as zeros), or with daskimg (ImageSet(...) then to_zarr)"
+                f"daskimg: {WRITE_EMPTY}"
             )
 
 
