@@ -610,6 +610,59 @@ def test_mask_dtype_comes_from_the_first_mask(tmp_path):
         )
 
 
+def test_a_bad_first_mask_is_skipped_or_named_with_its_image_as_any_other(tmp_path):
+    # the masks' dtype is taken from the first mask: one that cannot be read made from_csv
+    # and from_folder fail at once, on_error="skip" or not, naming the mask as the image
+    for i in range(3):
+        make_object_image((20, 30), (1, 1, 5, 5)).save(tmp_path / f"{i}.png")
+    np.save(tmp_path / "m.npy", np.full((20, 30), 1000, np.uint16))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
+    csv = tmp_path / "m.csv"
+    for bad in ("missing.png", "broken.png"):
+        csv.write_text(f"path,mask\n0.png,{bad}\n1.png,m.npy\n2.png,m.npy\n")
+
+        def read(on_error: str) -> di.ImageSet:
+            return di.from_csv(
+                csv,
+                root=tmp_path,
+                size=(10, 15),
+                label_column=None,
+                mask_column="mask",
+                on_error=on_error,
+            )
+
+        with pytest.raises(DecodeError, match=rf"0\.png.*its mask .*{bad}"):
+            read("raise")
+        ds = read("skip")
+        assert ds.columns["masks"].dtype == np.uint16  # the first mask that reads
+        out = tmp_path / f"s-{bad}.zarr.zip"
+        di.to_zarr(ds, out)
+        back = di.open_zarr(out)
+        assert [p for p, _ in ds.skipped] == ["0.png"]
+        assert "its mask" in ds.skipped[0][1]
+        assert sorted(back.paths.tolist()) == ["1.png", "2.png"]
+        assert (back.columns["masks"].compute() == 1000).all()
+    # none of the masks reads: the first error, for its image
+    csv.write_text("path,mask\n0.png,missing.png\n1.png,broken.png\n")
+    with pytest.raises(DecodeError, match=r"0\.png.*its mask .*missing\.png"):
+        read("skip")
+    # from_folder: the first mask in the files' order is broken
+    root, masks = tmp_path / "imgs", tmp_path / "masks"
+    for k in range(2):
+        (root / "cat").mkdir(parents=True, exist_ok=True)
+        (masks / "cat").mkdir(parents=True, exist_ok=True)
+        make_object_image((20, 30), (1, 1, 5, 5)).save(root / "cat" / f"{k}.png")
+        make_object_mask((20, 30), [((0, 0, 2, 2), 3)]).save(masks / "cat" / f"{k}.png")
+    (masks / "cat" / "0.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DecodeError, match=r"cat/0\.png.*its mask .*masks/cat/0\.png"):
+        di.from_folder(root, size=(10, 15), masks=masks)
+    ds = di.from_folder(root, size=(10, 15), masks=masks, on_error="skip")
+    di.to_zarr(ds, tmp_path / "f.zarr.zip")
+    back = di.open_zarr(tmp_path / "f.zarr.zip")
+    assert back.paths.tolist() == ["cat/1.png"]
+    assert (back.columns["masks"].compute() == 3).any()
+
+
 def test_from_folder_masks_by_relative_stem(tmp_path, caplog):
     root, masks = tmp_path / "imgs", tmp_path / "masks"
     for cls, k in (("cat", 0), ("cat", 1), ("dog", 2)):

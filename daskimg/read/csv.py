@@ -195,7 +195,7 @@ def from_csv(
         chunks,
         remote,
         masks,
-        resolve_mask_dtype(mask_dtype, masks, remote),
+        resolve_mask_dtype(mask_dtype, masks, remote, files, skip=on_error == "skip"),
         source_boxes,
     )
     return file_set(

@@ -1391,7 +1391,7 @@ def from_folder(
         chunks,
         remote,
         mask_files,
-        resolve_mask_dtype(mask_dtype, mask_files, remote),
+        resolve_mask_dtype(mask_dtype, mask_files, remote, files, skip=on_error == "skip"),
     )
     splits = {t.split for t in tops}
     return file_set(

@@ -85,11 +85,20 @@ def mask_dtype_of(path: str, data: bytes | None = None) -> np.dtype:
 
 
 def resolve_mask_dtype(
-    mask_dtype: str | None, masks: Sequence[str] | None, remote: RemoteFiles | None
+    mask_dtype: str | None,
+    masks: Sequence[str] | None,
+    remote: RemoteFiles | None,
+    images: Sequence[str] = (),
+    *,
+    skip: bool = False,
 ) -> str:
     """The stored masks' dtype: ``mask_dtype`` if given (an integer dtype), else the first mask's.
 
-    Reads the first mask file (fetched, for a URL) only when ``mask_dtype`` is None.
+    Reads the first mask file (fetched, for a URL) only when ``mask_dtype`` is None; an
+    error names the image the mask belongs to (``images``, in the same order), as when the
+    set is decoded. ``skip`` (``on_error="skip"``): a mask that cannot be read is passed
+    over for the next (its sample is skipped and recorded when the set is decoded, as any
+    bad file); the first error is raised if none can be read.
     """
     if mask_dtype is not None:
         try:
@@ -103,13 +112,23 @@ def resolve_mask_dtype(
         return dtype.name
     if not masks:
         return "uint8"
-    data = None
-    if remote is not None:
-        got = remote.fetch([masks[0]])[0]
-        if isinstance(got, DecodeError):
-            raise got
-        data = got
-    return mask_dtype_of(masks[0], data).name
+    first_error: DecodeError | None = None
+    for i, path in enumerate(masks if skip else masks[:1]):
+        try:
+            data = None
+            if remote is not None:
+                got = remote.fetch([path])[0]
+                if isinstance(got, DecodeError):
+                    raise got
+                data = got
+            return mask_dtype_of(path, data).name
+        except DecodeError as e:
+            image = images[i] if i < len(images) else None
+            if image is not None:
+                e = DecodeError(image, f"its mask {path!r}: {e.reason}")
+            first_error = first_error or e
+    assert first_error is not None
+    raise first_error
 
 
 def mask_into(
