@@ -60,8 +60,9 @@ def from_csv(
     csv_path
         A CSV file with a header row (a local path or a URL).
     root
-        Folder the paths in ``path_column`` are relative to. Paths that lead outside it
-        (absolute, or up through ``..``) are refused; symbolic links inside it are followed
+        Folder the paths in ``path_column`` are relative to (an absolute path inside it
+        is read too). Paths that lead outside it (absolute elsewhere, or up through
+        ``..``) are refused; symbolic links inside it are followed
         wherever they point, and each sample keeps the name the CSV gives it. A URL (``"s3://bucket/imgs"``) reads the images with fsspec.
     path_column, label_column
         Column names. Labels may be class names (classes are then the sorted unique names)
