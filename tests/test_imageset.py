@@ -951,11 +951,17 @@ def test_from_csv_names_the_separator_the_letter_case_and_columns_it_leaves_out(
     np.testing.assert_array_equal(ds.columns["source_size"].compute(), sizes)
 
 
-def test_a_store_with_a_column_named_as_now_reserved_still_opens(tmp_path):
+def test_a_store_with_a_column_named_as_now_reserved_still_opens(tmp_path, monkeypatch):
     # stores written before 'index' was reserved (a CSV column) open and split as before
+    import daskimg.read.imageset as imageset_module
+
     images = np.arange(4 * 6 * 6 * 3, dtype=np.uint8).reshape(4, 6, 6, 3)
     old = di.ImageSet(images, columns={"index": np.arange(4.0) * 10}, check_names=False)
-    di.to_zarr(old, tmp_path / "old.zarr.zip", order="source")
+    with monkeypatch.context() as m:  # written as an earlier version did
+        m.setattr(imageset_module, "RESERVED", ("images", "labels", "paths"))
+        di.to_zarr(old, tmp_path / "old.zarr.zip", order="source")
+    with pytest.raises(ValueError, match=r"\['index'\] are reserved"):  # not written again
+        di.to_zarr(old, tmp_path / "again.zarr.zip")
     ds = di.open_zarr(tmp_path / "old.zarr.zip")
     np.testing.assert_array_equal(np.asarray(ds.columns["index"]), np.arange(4.0) * 10)
     part = ds.take([2, 3])
@@ -1311,6 +1317,113 @@ def test_take_split_and_to_zarr_refuse_what_would_land_on_other_samples(tmp_path
         twice.split({"a": 0.5, "b": 0.5})
     assert "2 samples have no label (-1)" in caplog.text
     assert "1 files are in the set more than once" in caplog.text
+
+
+def test_a_short_block_of_a_users_dask_array_is_refused_after_take_and_split(tmp_path):
+    # a loader that drops an unreadable file returns 4 rows for a block declared as 5: to_zarr
+    # refused it, but a take or split cut the array first, and the cut hid the short block
+    # (rows 5, 7, 8 stored as 5, 8, 9 under 5, 7, 8's labels); the feed likewise
+    def load(start: int, stop: int) -> np.ndarray:
+        ids = [i for i in range(start, stop) if i != 6]
+        return np.asarray(ids, np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+
+    blocks = [
+        dask.array.from_delayed(dask.delayed(load)(s, s + 5), (5, 4, 4, 3), np.uint8)
+        for s in range(0, 20, 5)
+    ]
+    ds = di.ImageSet(dask.array.concatenate(blocks), np.arange(20) % 2, classes=["a", "b"])
+    said = r"rows 5\.\.10 of its dask array computed to an array of shape \(4, 4, 4, 3\)"
+    sub = ds.take([0, 5, 7, 8])
+    with pytest.raises(ValueError, match=said):
+        di.to_zarr(sub, tmp_path / "sub.zarr.zip")
+    with pytest.raises(ValueError, match=said):
+        list(di.BatchIterator(sub, batch_size=4, shuffle=False))
+    for name, part in ds.split({"a": 0.5, "b": 0.5}, seed=0).items():
+        with pytest.raises(ValueError, match=said):
+            di.to_zarr(part, tmp_path / f"{name}.zarr.zip")
+    # a column of the user's, the same
+    good = np.arange(20, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    col = dask.array.concatenate(
+        [
+            dask.array.from_delayed(dask.delayed(lambda s: np.arange(s, s + 4.0))(s), (5,), float)
+            for s in range(0, 20, 5)
+        ]
+    )
+    with_col = di.ImageSet(good, np.arange(20) % 2, classes=["a", "b"], columns={"score": col})
+    with pytest.raises(ValueError, match=r"array 'score': rows 0\.\.5"):
+        di.to_zarr(with_col.take([1, 2]), tmp_path / "col.zarr.zip")
+    # whole blocks, as declared: taken and stored as numpy takes them
+    fine = di.ImageSet(dask.array.from_array(good, chunks=5), np.arange(20) % 2, classes=["a", "b"])
+    out = di.to_zarr(fine.take([0, 5, 7, 8]), tmp_path / "fine.zarr.zip", order="source")
+    assert di.open_zarr(out).images[:, 0, 0, 0].compute().tolist() == [0, 5, 7, 8]
+
+
+def test_columns_labels_and_indices_put_in_after_the_set_was_made_are_checked(tmp_path):
+    # the constructor refused a column named labels, a float label, a masks column of
+    # another size; put in afterwards they were stored (labels: the column's, silently)
+    images = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
+
+    def fresh() -> di.ImageSet:
+        return di.ImageSet(
+            images, np.arange(6) % 3, classes=list("abc"), paths=[f"f{i}" for i in range(6)]
+        )
+
+    for name in ("labels", "paths", "images"):
+        ds = fresh()
+        ds.columns[name] = np.zeros(6, np.int64)
+        with pytest.raises(ValueError, match=rf"column names \['{name}'\] are reserved"):
+            di.to_zarr(ds, tmp_path / "a.zarr.zip")
+        with pytest.raises(ValueError, match="are reserved"):
+            di.BatchIterator(ds, batch_size=2)
+        with pytest.raises(ValueError, match="are reserved"):
+            ds.arrays  # noqa: B018
+    for name in ("index", "ok"):  # a store whose feed index could not be read
+        ds = fresh()
+        ds.columns[name] = np.arange(6)
+        with pytest.raises(ValueError, match=rf"column names \['{name}'\] are reserved"):
+            di.to_zarr(ds, tmp_path / "a.zarr.zip")
+    assert not (tmp_path / "a.zarr.zip").exists()
+    ds = fresh()
+    ds.columns["masks"] = np.zeros((6, 3, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"'masks' is the images' segmentation masks"):
+        di.to_zarr(ds, tmp_path / "a.zarr.zip")
+    ds = fresh()
+    ds.boxes = ("nope",)
+    with pytest.raises(ValueError, match=r"boxes names 'nope'.*it is not a column"):
+        di.to_zarr(ds, tmp_path / "a.zarr.zip")
+    with pytest.raises(ValueError, match="boxes names 'nope'"):
+        di.BatchIterator(ds, batch_size=2)
+    # labels assigned are checked and cast as the constructor's (a float 1.0 was stored as
+    # float64 and the store refused to open as "damaged")
+    ds = fresh()
+    with pytest.raises(ValueError, match=r"labels must be whole numbers.*0\.7"):
+        ds.labels = np.array([0.7, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="labels must have 6 rows"):
+        ds.labels = [0, 1]
+    ds.labels = [2.0, 1.0, 0.0, 2.0, 1.0, 0.0]  # a list, whole floats: as ImageSet(labels=)
+    assert ds.labels.dtype == np.int64
+    out = di.to_zarr(ds, tmp_path / "b.zarr.zip", order="source")
+    back = di.open_zarr(out)
+    np.testing.assert_array_equal(back.labels, [2, 1, 0, 2, 1, 0])
+    np.testing.assert_array_equal(back.images[:, 0, 0, 0].compute(), np.arange(6))
+    ds.labels = [7, 0, 0, 0, 0, 0]  # beyond the 3 classes: was fed as it was
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2 for 3 classes"):
+        di.BatchIterator(ds, batch_size=2)
+    ds.labels = None
+    assert ds.labels is None
+
+
+def test_take_refuses_indices_beyond_the_set_of_any_integer_type():
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
+    ds = di.ImageSet(images)
+    # uint64 2**64 - 3 was cast to -3: the third sample from the end
+    for bad in (np.array([2**64 - 3], np.uint64), [2**63 + 5], [2**70], [10], [-11]):
+        with pytest.raises(IndexError, match=r"must lie in -10\.\.9 for a set of 10"):
+            ds.take(bad)
+    for good, want in ((np.array([9, 0], np.uint64), [9, 0]), ([-10, -1], [0, 9])):
+        assert ds.take(good).images[:, 0, 0, 0].compute().tolist() == want
+    with pytest.raises(IndexError, match="the set is empty"):
+        ds.take([]).take([0])
 
 
 def test_csv_labels_differing_only_in_letter_case_are_named(tmp_path, caplog):

@@ -144,6 +144,7 @@ class FeedSource:
         origin: Mapping[str, Any] = {}  # the store a subset's samples come from
         if isinstance(source, ImageSet):
             source.check_one_split("feeding")
+            source.check_columns(strict=False)  # columns put in or replaced since it was made
             if source.on_error == "skip" and source.row_source is not None:
                 raise ValueError(
                     "this set reads its files with on_error='skip': which files fail is found "

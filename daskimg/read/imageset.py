@@ -14,6 +14,7 @@ import numpy as np
 from .boxes import check_boxes, image_frame
 from .decode import DecodeSpec
 from .files import ON_ERROR
+from .lazy import exact_blocks
 from .source import DEFAULT_BLOCK, FileSource, RowSource
 
 logger = logging.getLogger("daskimg")
@@ -145,9 +146,7 @@ class ImageSet:
         self._n = n
         #: ``(N, H, W, C)`` dask array, or None for a store of other arrays only (e.g. features)
         self.images: da.Array | None = cast("da.Array | None", images)
-        self.labels = (
-            None if labels is None else _per_sample("labels", _class_indices(labels), n, np.int64)
-        )
+        self.labels = labels  # checked and cast by the setter
         if isinstance(classes, (str, bytes)):
             raise ValueError(
                 f"classes must be a sequence of class names, e.g. [{classes!r}]; got the string "
@@ -162,52 +161,13 @@ class ImageSet:
                 f"({list(self.classes)[:12]}{' ...' if len(self.classes) > 12 else ''}): a "
                 "name must say which class a label is. Give each class its own name"
             )
-        if self.labels is not None and self.classes and len(self.labels):
-            lo, hi = int(self.labels.min()), int(self.labels.max())
-            if lo < NO_LABEL or hi >= len(self.classes):
-                raise ValueError(
-                    f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes "
-                    f"(or be {NO_LABEL}: no label); found {lo}..{hi}"
-                )
-        elif self.labels is not None and len(self.labels) and int(self.labels.min()) < NO_LABEL:
-            raise ValueError(
-                f"labels must be class indices (0 or more, or {NO_LABEL}: no label); found "
-                f"{int(self.labels.min())}. Signed labels (e.g. -1/+1) name classes: map them "
-                "to indices, e.g. classes, labels = np.unique(labels, return_inverse=True)"
-            )
+        self.check_label_range()
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
-        if check_names:
-            for k in columns or {}:
-                check_column_name(k)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
-        # "index" and "ok" were free names before: a store holding them still opens
-        reserved = set(RESERVED if check_names else RESERVED[:3]) & set(self.columns)
-        if reserved:
-            raise ValueError(
-                f"column names {sorted(reserved)} are reserved ({', '.join(RESERVED)}: the "
-                "set's own arrays, the feed's store index, the decode check); rename them "
-                "(from a CSV, columns={'new_name': 'csv column'} renames one)"
-            )
-        masks = self.columns.get("masks") if check_names else None
-        if (
-            masks is not None
-            and images is not None
-            and (masks.ndim < 3 or tuple(masks.shape[1:3]) != tuple(images.shape[1:3]))
-        ):
-            raise ValueError(
-                f"a column named 'masks' is the images' segmentation masks, shape (N, "
-                f"{images.shape[1]}, {images.shape[2]}) or with a trailing channel axis; got "
-                f"shape {tuple(masks.shape)}. Rename the column if it holds something else"
-            )
         self.boxes = tuple(str(b) for b in boxes)
+        self.check_columns(strict=check_names)
         for b in self.boxes:
-            col = self.columns.get(b)
-            if col is None or col.ndim != 2 or col.shape[1] != 4:
-                raise ValueError(
-                    f"boxes names {b!r}, which must be a column of shape (N, 4) "
-                    "(x0, y0, x1, y1); "
-                    + ("it is not a column" if col is None else f"it has shape {col.shape}")
-                )
+            col = self.columns[b]
             if not isinstance(col, da.Array):  # lazy columns: checked as they are computed
                 frame = None if images is None else image_frame(images.shape)
                 check_boxes(b, col, frame)
@@ -258,6 +218,96 @@ class ImageSet:
 
     def __len__(self) -> int:
         return self._n
+
+    def check_columns(self, *, strict: bool = True) -> None:
+        """Check the columns as they are now, as the constructor does: one may have been put
+        in or replaced since (``ds.columns["labels"] = ...``, ``ds.boxes = (...)``), and
+        :func:`~daskimg.to_zarr` and the feed check again.
+
+        Always: the labels lie in the classes' range, no column is named ``images``,
+        ``labels`` or ``paths`` (one would stand in for the set's own array: stored and
+        fed instead of it), and each name in
+        :attr:`boxes` is an ``(N, 4)`` column. ``strict`` (a set being made or stored,
+        not a store of an earlier version being opened): each name can name a store's
+        array, ``index`` and ``ok`` are not used either (a store holding them could not be
+        fed its index), and a column ``masks`` has the images' height and width.
+        """
+        self.check_label_range()
+        if strict:
+            for k in self.columns:
+                check_column_name(k)
+        # "index" and "ok" were free names before: a store holding them still opens
+        reserved = set(RESERVED if strict else RESERVED[:3]) & set(self.columns)
+        if reserved:
+            raise ValueError(
+                f"column names {sorted(reserved)} are reserved ({', '.join(RESERVED)}: the "
+                "set's own arrays, the feed's store index, the decode check); rename them, "
+                "e.g. ds.columns['new_name'] = ds.columns.pop('old_name') (from a CSV, "
+                "columns={'new_name': 'csv column'} renames one), or assign ds.labels / "
+                "ds.paths to replace the set's own"
+            )
+        masks = self.columns.get("masks") if strict else None
+        images = self.images
+        if (
+            masks is not None
+            and images is not None
+            and (masks.ndim < 3 or tuple(masks.shape[1:3]) != tuple(images.shape[1:3]))
+        ):
+            raise ValueError(
+                f"a column named 'masks' is the images' segmentation masks, shape (N, "
+                f"{images.shape[1]}, {images.shape[2]}) or with a trailing channel axis; got "
+                f"shape {tuple(masks.shape)}. Rename the column if it holds something else"
+            )
+        if isinstance(self.boxes, (str, bytes)):
+            raise ValueError(
+                f"boxes must be a sequence of column names, e.g. ({self.boxes!r},); got the "
+                f"string {self.boxes!r}"
+            )
+        for b in self.boxes:
+            col = self.columns.get(b)
+            if col is None or col.ndim != 2 or col.shape[1] != 4:
+                raise ValueError(
+                    f"boxes names {b!r}, which must be a column of shape (N, 4) "
+                    "(x0, y0, x1, y1); "
+                    + ("it is not a column" if col is None else f"it has shape {col.shape}")
+                )
+
+    def check_label_range(self) -> None:
+        """The labels are indices into :attr:`classes` (or ``-1``, no label): checked when the
+        set is made, and again by :meth:`check_columns` (labels or classes assigned since)."""
+        if self.labels is not None and self.classes and len(self.labels):
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < NO_LABEL or hi >= len(self.classes):
+                raise ValueError(
+                    f"labels must lie in 0..{len(self.classes) - 1} for {len(self.classes)} classes "
+                    f"(or be {NO_LABEL}: no label); found {lo}..{hi}"
+                )
+        elif self.labels is not None and len(self.labels) and int(self.labels.min()) < NO_LABEL:
+            raise ValueError(
+                f"labels must be class indices (0 or more, or {NO_LABEL}: no label); found "
+                f"{int(self.labels.min())}. Signed labels (e.g. -1/+1) name classes: map them "
+                "to indices, e.g. classes, labels = np.unique(labels, return_inverse=True)"
+            )
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """``(N,)`` int64 class indices (``-1``: no label), or None.
+
+        Assigning new labels checks them as ``ImageSet(labels=...)`` does (one whole number
+        per sample; names and fractions refused) and stores them as int64: assigned as
+        they came, float or bool labels were written and the store then refused to open
+        as damaged. Their range against :attr:`classes` is checked when they are stored or
+        fed (:meth:`check_columns`).
+        """
+        return self._labels
+
+    @labels.setter
+    def labels(self, values: Sequence[int] | np.ndarray | None) -> None:
+        self._labels = (
+            None
+            if values is None
+            else _per_sample("labels", _class_indices(values), self._n, np.int64)
+        )
 
     def check_one_split(self, doing: str) -> None:
         """Refuse (ValueError) to ``doing`` (store, feed) a set that holds several predefined
@@ -338,6 +388,9 @@ class ImageSet:
         Computing several dask arrays of a set read from files together (``dask.compute``)
         decodes each file once: they are views of the same decode tasks.
         """
+        shadow = set(RESERVED[:3]) & set(self.columns)
+        if shadow:
+            self.check_columns(strict=False)  # says which, and what to do
         out: dict[str, Any] = {} if self.images is None else {"images": self.images}
         if self.labels is not None:
             out["labels"] = self.labels
@@ -384,35 +437,56 @@ class ImageSet:
                     "pass one value per sample, or integer indices"
                 )
             raw = np.flatnonzero(raw)
+        if raw.dtype == object and raw.size and all(type(v) is int for v in raw.ravel()):
+            # Python ints beyond int64 (2**70): out of range, not "not whole numbers"
+            raise IndexError(
+                f"indices must lie in -{len(self)}..{len(self) - 1} for a set of {len(self)} "
+                f"samples; got {min(raw.ravel())}..{max(raw.ravel())}"
+            )
         if raw.size and raw.dtype.kind not in "iu":
             # 0.5, 1.7 were taken as 0 and 1, "1" as 1: other samples than meant
             raise IndexError(
                 f"indices must be whole numbers (an integer array or a boolean mask); got "
                 f"{raw.dtype} values such as {raw.ravel()[0]!r}"
             )
+        if raw.ndim != 1:
+            raise ValueError(f"indices must be one-dimensional, got shape {raw.shape}")
+        # compared before the cast: uint64 2**64 - 3 became -3, the third sample from the end
+        if raw.size and (int(raw.min()) < -len(self) or int(raw.max()) >= len(self)):
+            raise IndexError(
+                f"indices must lie in -{len(self)}..{len(self) - 1} for a set of {len(self)} "
+                f"samples; got {int(raw.min())}..{int(raw.max())}"
+                if len(self)
+                else "the set is empty: there is no sample to take"
+            )
         idx = raw.astype(np.int64)
-        if idx.ndim != 1:
-            raise ValueError(f"indices must be one-dimensional, got shape {idx.shape}")
-        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise IndexError(f"indices must lie in 0..{len(self) - 1}")
         files = None if self.row_source is None else self.row_source.take(idx)
         # arrays derived from the files are rebuilt with the images, from the same tasks;
         # arrays the user put in their place are taken as they are
         fresh = {} if self.from_files() is None or files is None else files.to_dask_arrays()
         fresh = {k: a for k, a in fresh.items() if self.is_from_files(k)}
+
+        def cut(name: str, a: Any) -> Any:
+            # a dask array the user made is held to its declared block shapes before it
+            # is cut (:func:`~daskimg.read.lazy.exact_blocks`): cut first, a block short of
+            # a row moved the rows after it onto other samples' labels, unseen by to_zarr
+            if isinstance(a, da.Array) and not self.is_from_files(name):
+                a = exact_blocks(a, name)
+            return a[idx]
+
         images = (
             fresh["images"]
             if "images" in fresh
             else None
             if self.images is None
-            else self.images[idx]
+            else cut("images", self.images)
         )
         subset = ImageSet(
             images,
             None if self.labels is None else self.labels[idx],
             classes=self.classes,
             paths=None if self.paths is None else self.paths[idx],
-            columns={k: fresh[k] if k in fresh else v[idx] for k, v in self.columns.items()},
+            columns={k: fresh[k] if k in fresh else cut(k, v) for k, v in self.columns.items()},
             root=self.root,
             on_error=self.on_error,
             source_splits=None if self.source_splits is None else self.source_splits[idx],

@@ -33,7 +33,7 @@ from dask.base import tokenize
 from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
-from ..read.imageset import ImageSet, channels_first, check_column_name
+from ..read.imageset import ImageSet, channels_first
 from ..read.lazy import exact_blocks
 from . import shmchunks
 from .bytesource import LocalDir
@@ -256,8 +256,7 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
             f"images are {imageset.images.dtype}, not numbers: images are stored as integers, "
             "floats or bools; convert them first, e.g. images.astype(np.uint8)"
         )
-    for name in imageset.columns:  # also columns added after the set was made
-        check_column_name(name)
+    imageset.check_columns()  # also columns put in or replaced after the set was made
     n = len(imageset)
     for name, values in imageset.arrays.items():
         rows = values.shape[0] if values.ndim else None
