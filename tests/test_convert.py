@@ -543,3 +543,32 @@ def test_labels_that_are_numbers_as_text_are_said_to_be_numbered_in_text_order(t
     by_value = [str(d) for d in range(12)]
     ds = open_array_set(tmp_path / "digits.h5", labels="labels", classes=by_value)
     np.testing.assert_array_equal(ds.labels, [int(v) for v in y])  # the oracle: int()
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "h5"])
+def test_one_image_saved_without_its_sample_axis_is_named(tmp_path, kind, caplog):
+    # an (H, W, 3) image was stored as H gray "images" 3 pixels wide, without a word
+    import logging
+
+    import h5py
+
+    one = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    path = tmp_path / f"one.{kind}"
+    if kind == "npy":
+        np.save(path, one)
+    elif kind == "npz":
+        np.savez(path, images=one)
+    else:
+        with h5py.File(path, "w") as f:
+            f["images"] = one
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        ds = open_array_set(path)
+    assert ds.images.shape == (64, 48, 3, 1)  # as (N, H, W) gray images: what was asked
+    assert "is read as 64 gray images of 48x3 pixels" in caplog.text
+    assert "add the sample axis first" in caplog.text
+    caplog.clear()
+    gray = np.zeros((5, 28, 28), np.uint8)  # MNIST-like: gray images, no warning
+    np.save(tmp_path / "gray.npy", gray)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert open_array_set(tmp_path / "gray.npy").images.shape == (5, 28, 28, 1)
+    assert "gray images" not in caplog.text

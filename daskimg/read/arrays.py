@@ -438,6 +438,18 @@ def open_array_set(
         source = None
     else:
         raise ValueError(f"{path!r}: convert reads .h5/.hdf5, .npy or .npz files")
+    read_as = tuple(source.shape) if source is not None else tuple(arr.shape)
+    if len(read_as) == 3 and read_as[2] <= 4 < read_as[1]:
+        # as (N, H, W) gray images, one image (H, W, C) is H images a few pixels wide
+        logger.warning(
+            "%s: an array of shape %s is read as %d gray images of %dx%d pixels (N, H, W); "
+            "if it is one image (H, W, C), add the sample axis first (np.save(path, x[None]))",
+            path,
+            read_as,
+            read_as[0],
+            read_as[1],
+            read_as[2],
+        )
     if arr.ndim == 3 and source is None:  # (N, H, W) grayscale: add the channel axis
         arr = arr[..., None]
     if np.dtype(arr.dtype).kind == "f" and np.dtype(arr.dtype).itemsize > 8:
