@@ -642,6 +642,17 @@ def test_a_bad_first_mask_is_skipped_or_named_with_its_image_as_any_other(tmp_pa
         assert "its mask" in ds.skipped[0][1]
         assert sorted(back.paths.tolist()) == ["1.png", "2.png"]
         assert (back.columns["masks"].compute() == 1000).all()
+    # a first mask that reads but holds no class ids (floats): skipped too, the masks' dtype
+    # the next one's (its float32 was taken, and the good masks then failed to decode)
+    np.save(tmp_path / "float.npy", np.zeros((20, 30), np.float32))
+    csv.write_text("path,mask\n0.png,float.npy\n1.png,m.npy\n2.png,m.npy\n")
+    ds = read("skip")
+    assert ds.columns["masks"].dtype == np.uint16
+    back = di.open_zarr(di.to_zarr(ds, tmp_path / "float.zarr.zip"))
+    assert sorted(back.paths.tolist()) == ["1.png", "2.png"]
+    assert "integer class ids" in ds.skipped[0][1]
+    with pytest.raises(DecodeError, match=r"0\.png.*its mask .*float\.npy.*integer class ids"):
+        read("raise")
     # none of the masks reads: the first error, for its image
     csv.write_text("path,mask\n0.png,missing.png\n1.png,broken.png\n")
     with pytest.raises(DecodeError, match=r"0\.png.*its mask .*missing\.png"):

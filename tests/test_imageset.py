@@ -11,6 +11,8 @@ import dask
 import dask.array
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import daskimg as di
@@ -1424,6 +1426,75 @@ def test_take_refuses_indices_beyond_the_set_of_any_integer_type():
         assert ds.take(good).images[:, 0, 0, 0].compute().tolist() == want
     with pytest.raises(IndexError, match="the set is empty"):
         ds.take([]).take([0])
+    # whole numbers in an object array, in range: taken (they were refused as out of range)
+    assert ds.take(np.array([0, 9], dtype=object)).images[:, 0, 0, 0].compute().tolist() == [0, 9]
+    with pytest.raises(IndexError, match=r"must lie in -10\.\.9 .* got 1\.\.18446744073709551615"):
+        ds.take([1, 2**64 - 1])
+
+
+@given(
+    n=st.integers(1, 30),
+    block=st.integers(1, 30),
+    cols=st.integers(1, 4),
+    picks=st.lists(st.integers(-60, 60), max_size=25),
+)
+@settings(max_examples=60, deadline=None)
+def test_take_of_a_users_dask_array_equals_numpys(n, block, cols, picks):
+    # the rows are cut from only the blocks they lie in, each checked: the same as numpy
+    x = np.arange(n * cols * 2, dtype=np.int32).reshape(n, cols, 2)
+    ds = di.ImageSet(
+        np.zeros((n, 2, 2, 1), np.uint8), columns={"x": dask.array.from_array(x, (block, 1, 2))}
+    )
+    idx = [p % (2 * n) - n for p in picks]  # in -n..n-1
+    got = ds.take(idx).columns["x"]
+    np.testing.assert_array_equal(got.compute(), x[idx])
+    again = list(range(len(idx)))[::-2]  # a subset's subset
+    np.testing.assert_array_equal(ds.take(idx).take(again).columns["x"].compute(), x[idx][again])
+
+
+def test_a_set_changed_after_it_was_made_is_checked_by_take_and_split(tmp_path):
+    # (second-wave review) a column of the whole set put on a split was cut to the split's
+    # length by a further take or split and stored, each row on another sample
+    images = np.arange(20, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    ds = di.ImageSet(images, np.arange(20) % 2, classes=["a", "b"])
+    part = ds.take(np.arange(10))
+    part.columns["feat"] = np.arange(20.0)
+    for cut in (lambda s: s.take([0, 1]), lambda s: s.split({"a": 0.5, "b": 0.5})):
+        with pytest.raises(ValueError, match=r"'feat' has 20 rows for a set of 10 samples"):
+            cut(part)
+    part = ds.take(np.arange(10))
+    part.images = ds.images  # the whole set's images
+    with pytest.raises(ValueError, match=r"'images' has 20 rows for a set of 10 samples"):
+        part.take([0])
+    # a column put in as a list is taken as the constructor takes one
+    ok = ds.take(np.arange(4))
+    ok.columns = {"score": [0.5, 1.5, 2.5, 3.5]}
+    np.testing.assert_array_equal(ok.take([3, 0]).columns["score"], [3.5, 0.5])
+    out = di.to_zarr(ok, tmp_path / "ok.zarr.zip", order="source")
+    np.testing.assert_array_equal(di.open_zarr(out).columns["score"], [0.5, 1.5, 2.5, 3.5])
+    # boxes named by one string: said so at once (it was read letter by letter)
+    with pytest.raises(ValueError, match="boxes must be a sequence of column names"):
+        di.ImageSet(images, columns={"bbox": np.zeros((20, 4))}, boxes="bbox")
+
+
+def test_a_set_pickled_before_labels_were_checked_on_assignment_still_works(tmp_path):
+    import pickle
+
+    images = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    ds = di.ImageSet(images, np.arange(6) % 2, classes=["a", "b"])
+    state = dict(ds.__dict__)  # as an earlier version pickled it: "labels", no "exact_names"
+    state["labels"] = state.pop("_labels")
+    del state["exact_names"]
+    old = di.ImageSet.__new__(di.ImageSet)
+    old.__setstate__(state)
+    back = pickle.loads(pickle.dumps(old))
+    np.testing.assert_array_equal(back.labels, np.arange(6) % 2)
+    parts = back.split({"a": 0.5, "b": 0.5}, seed=0)
+    stored = [di.open_zarr(di.to_zarr(p, tmp_path / f"{k}.zarr.zip")) for k, p in parts.items()]
+    ids = np.concatenate([p.images[:, 0, 0, 0].compute() for p in stored])
+    labels = np.concatenate([p.labels for p in stored])
+    assert sorted(ids.tolist()) == list(range(6))
+    np.testing.assert_array_equal(labels, ids % 2)
 
 
 def test_csv_labels_differing_only_in_letter_case_are_named(tmp_path, caplog):

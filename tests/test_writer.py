@@ -350,6 +350,9 @@ def test_shape_and_name_checks_at_creation(tmp_path):
         ArrayWriter(p, name="images", shape=(), dtype="int64")
     with pytest.raises(ValueError, match=r"'index' is reserved.*append\(\)'s keyword"):
         ArrayWriter(p, name="index", shape=(), dtype="int64")
+    # a store holding an 'ok' it wrote could not be stored again (to_zarr refuses the name)
+    with pytest.raises(ValueError, match=r"'ok' is reserved: a store's 'ok' says which files"):
+        ArrayWriter(p, name="ok", shape=(), dtype=bool)
     with pytest.raises(ValueError, match=r"'paths' holds one string per sample.*\(\(\), str\)"):
         ArrayWriter(p, name="paths", shape=(), dtype="int64")
     with pytest.raises(ValueError, match=r"one string per sample: shape \(\), not \(2,\)"):

@@ -14,7 +14,7 @@ import numpy as np
 from .boxes import check_boxes, image_frame
 from .decode import DecodeSpec
 from .files import ON_ERROR
-from .lazy import exact_blocks
+from .lazy import cut_checked
 from .source import DEFAULT_BLOCK, FileSource, RowSource
 
 logger = logging.getLogger("daskimg")
@@ -164,7 +164,7 @@ class ImageSet:
         self.check_label_range()
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
-        self.boxes = tuple(str(b) for b in boxes)
+        self.boxes = tuple(str(b) for b in _box_names(boxes))
         self.check_columns(strict=check_names)
         for b in self.boxes:
             col = self.columns[b]
@@ -205,6 +205,10 @@ class ImageSet:
         self.stored_in_order: list[str] = []
         #: the store's ``daskimg`` attributes and path, for sets from :func:`daskimg.open_zarr`
         self.attrs: dict[str, Any] = {}
+        #: the names of this set's dask arrays whose blocks are known to have the shapes
+        #: they declare (read from a store, cut from checked arrays): :meth:`take` cuts
+        #: them as they are; any other array the user made is checked as it is cut
+        self.exact_names: frozenset[str] = frozenset()
         #: the opened store (:class:`daskimg.store.open.OpenedStore`) this set was read from,
         #: or None: the loader reads its chunks through the same checked reader
         self.store: Any = None
@@ -218,6 +222,14 @@ class ImageSet:
 
     def __len__(self) -> int:
         return self._n
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a set pickled by an earlier version holds its labels as "labels"
+        if "labels" in state and "_labels" not in state:
+            state = {**state, "_labels": state["labels"]}
+            del state["labels"]
+        state.setdefault("exact_names", frozenset())
+        self.__dict__.update(state)
 
     def check_columns(self, *, strict: bool = True) -> None:
         """Check the columns as they are now, as the constructor does: one may have been put
@@ -233,6 +245,21 @@ class ImageSet:
         fed its index), and a column ``masks`` has the images' height and width.
         """
         self.check_label_range()
+        for k, v in self.columns.items():
+            if not isinstance(
+                v, (np.ndarray, da.Array)
+            ):  # a list put in: as the constructor takes it
+                self.columns[k] = np.asarray(v)
+        n = len(self)
+        for name, values in self.arrays_unchecked().items():
+            rows = values.shape[0] if values.ndim else None
+            if rows != n:  # a column put in after the set was made (one of the whole set's,
+                # on a split: its first rows were stored on other samples)
+                raise ValueError(
+                    f"array {name!r} has {rows if rows is not None else 'no'} rows for a set of "
+                    f"{n} samples: every array holds one row per sample (a column of the whole "
+                    "set given to a split? take its rows with the split's indices)"
+                )
         if strict:
             for k in self.columns:
                 check_column_name(k)
@@ -258,12 +285,7 @@ class ImageSet:
                 f"{images.shape[1]}, {images.shape[2]}) or with a trailing channel axis; got "
                 f"shape {tuple(masks.shape)}. Rename the column if it holds something else"
             )
-        if isinstance(self.boxes, (str, bytes)):
-            raise ValueError(
-                f"boxes must be a sequence of column names, e.g. ({self.boxes!r},); got the "
-                f"string {self.boxes!r}"
-            )
-        for b in self.boxes:
+        for b in _box_names(self.boxes):
             col = self.columns.get(b)
             if col is None or col.ndim != 2 or col.shape[1] != 4:
                 raise ValueError(
@@ -391,6 +413,10 @@ class ImageSet:
         shadow = set(RESERVED[:3]) & set(self.columns)
         if shadow:
             self.check_columns(strict=False)  # says which, and what to do
+        return self.arrays_unchecked()
+
+    def arrays_unchecked(self) -> dict[str, Any]:
+        """:attr:`arrays`, a column named as one of the set's own arrays replacing it."""
         out: dict[str, Any] = {} if self.images is None else {"images": self.images}
         if self.labels is not None:
             out["labels"] = self.labels
@@ -429,7 +455,14 @@ class ImageSet:
         For sets read from files, the lazy images are rebuilt over the chosen files (a small
         graph, nothing decoded), rather than gathered across blocks.
         """
+        self.check_columns(strict=False)  # an array put in since of another length: not cut
+        if isinstance(indices, (list, tuple)) and indices and all(type(v) is int for v in indices):
+            # Python ints of any size: 2**70 is out of range, not "not a whole number"
+            self._check_index_range(min(indices), max(indices))
         raw = np.asarray(indices)
+        if raw.dtype == object and raw.size and all(type(v) is int for v in raw.ravel()):
+            self._check_index_range(min(raw.ravel()), max(raw.ravel()))
+            raw = raw.astype(np.int64)
         if raw.dtype == bool:  # a mask, as numpy reads it (not the indices 0 and 1)
             if raw.shape != (len(self),):
                 raise IndexError(
@@ -437,12 +470,6 @@ class ImageSet:
                     "pass one value per sample, or integer indices"
                 )
             raw = np.flatnonzero(raw)
-        if raw.dtype == object and raw.size and all(type(v) is int for v in raw.ravel()):
-            # Python ints beyond int64 (2**70): out of range, not "not whole numbers"
-            raise IndexError(
-                f"indices must lie in -{len(self)}..{len(self) - 1} for a set of {len(self)} "
-                f"samples; got {min(raw.ravel())}..{max(raw.ravel())}"
-            )
         if raw.size and raw.dtype.kind not in "iu":
             # 0.5, 1.7 were taken as 0 and 1, "1" as 1: other samples than meant
             raise IndexError(
@@ -452,13 +479,8 @@ class ImageSet:
         if raw.ndim != 1:
             raise ValueError(f"indices must be one-dimensional, got shape {raw.shape}")
         # compared before the cast: uint64 2**64 - 3 became -3, the third sample from the end
-        if raw.size and (int(raw.min()) < -len(self) or int(raw.max()) >= len(self)):
-            raise IndexError(
-                f"indices must lie in -{len(self)}..{len(self) - 1} for a set of {len(self)} "
-                f"samples; got {int(raw.min())}..{int(raw.max())}"
-                if len(self)
-                else "the set is empty: there is no sample to take"
-            )
+        if raw.size:
+            self._check_index_range(int(raw.min()), int(raw.max()))
         idx = raw.astype(np.int64)
         files = None if self.row_source is None else self.row_source.take(idx)
         # arrays derived from the files are rebuilt with the images, from the same tasks;
@@ -466,12 +488,21 @@ class ImageSet:
         fresh = {} if self.from_files() is None or files is None else files.to_dask_arrays()
         fresh = {k: a for k, a in fresh.items() if self.is_from_files(k)}
 
+        exact: set[str] = set()  # the names of the arrays cut from checked ones
+
         def cut(name: str, a: Any) -> Any:
             # a dask array the user made is held to its declared block shapes before it
-            # is cut (:func:`~daskimg.read.lazy.exact_blocks`): cut first, a block short of
-            # a row moved the rows after it onto other samples' labels, unseen by to_zarr
-            if isinstance(a, da.Array) and not self.is_from_files(name):
-                a = exact_blocks(a, name)
+            # is cut (:func:`~daskimg.read.lazy.cut_checked`): cut first, a block
+            # short of a row moved the rows after it onto other samples' labels, unseen by
+            # to_zarr. Not arrays decoded from files or read from a store (made to their
+            # shapes), nor those cut from checked ones (a subset's subset)
+            if isinstance(a, da.Array):
+                if not self.is_from_files(name) and a.name not in self.exact_names:
+                    a = cut_checked(a, name, idx)
+                else:
+                    a = a[idx]
+                exact.add(a.name)
+                return a
             return a[idx]
 
         images = (
@@ -494,6 +525,7 @@ class ImageSet:
             boxes=self.boxes,
             check_names=False,  # checked when this set was made (or as a store kept them)
         )
+        subset.exact_names = frozenset(exact)
         if files is not None:  # a column put in a derived one's place is the user's
             subset._from_files = {k: a.name for k, a in fresh.items()}
         subset.decoded_as = self.decoded_as
@@ -507,6 +539,17 @@ class ImageSet:
                 else self.origin
             )
         return subset
+
+    def _check_index_range(self, lo: int, hi: int) -> None:
+        """IndexError unless (some) indices from ``lo`` to ``hi`` lie in the set (negative: from
+        its end)."""
+        n = len(self)
+        if not n:
+            raise IndexError("the set is empty: there is no sample to take")
+        if lo < -n or hi >= n:
+            raise IndexError(
+                f"indices must lie in -{n}..{n - 1} for a set of {n} samples; got {lo}..{hi}"
+            )
 
     def split(
         self,
@@ -625,6 +668,15 @@ class ImageSet:
 #: names a column may not have: the set's own arrays, the feed's store index (``"index"``)
 #: and the decode check of a set read from files (``"ok"``)
 RESERVED = ("images", "labels", "paths", "index", "ok")
+
+
+def _box_names(boxes: Any) -> Any:
+    """``boxes`` (names of box columns), refused if it is one string (read letter by letter)."""
+    if isinstance(boxes, (str, bytes)):
+        raise ValueError(
+            f"boxes must be a sequence of column names, e.g. ({boxes!r},); got the string {boxes!r}"
+        )
+    return boxes
 
 
 def check_column_name(name: Any) -> None:

@@ -10,10 +10,13 @@ to feed it), each block is checked against its declared shape first.
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 
 def check_block(name: str, block: Any, rows: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
@@ -45,3 +48,34 @@ def _exact(block: Any, name: str, block_info: Any = None) -> np.ndarray:
     where = block_info[None]
     rows = where["array-location"][0] if where["array-location"] else (0, 1)
     return check_block(name, block, rows, where["chunk-shape"])
+
+
+def cut_checked(arr: da.Array, name: str, idx: np.ndarray) -> da.Array:
+    """``arr[idx]`` (rows ``idx``: integers, negative from the end) with each block the rows
+    come from checked first, as :func:`exact_blocks` checks them (:meth:`ImageSet.take
+    <daskimg.read.imageset.ImageSet.take>`: cut first, a wrong block would be hidden).
+
+    Only the blocks holding rows of ``idx`` are taken, each behind one task that checks it,
+    built here: the cost follows the rows taken, not the array's blocks (``map_blocks``
+    builds information for every block: 3 rows of 200,000 one-row blocks took 6 s, 0.1 s
+    uncut)."""
+    if not len(idx):
+        return arr[idx]  # no block read
+    n = arr.shape[0]
+    idx = np.where(idx < 0, idx + n, idx)
+    starts = np.cumsum((0, *arr.chunks[0]))
+    block = np.searchsorted(starts, idx, side="right") - 1
+    touched, where = np.unique(block, return_inverse=True)
+    out = "exact-" + tokenize(arr.name, name, touched)
+    rest = [range(k) for k in arr.numblocks[1:]]
+    dsk: dict[Any, Any] = {}
+    for j, b in enumerate(touched.tolist()):
+        rows = (int(starts[b]), int(starts[b + 1]))
+        for ix in itertools.product(*rest):
+            shape = (rows[1] - rows[0], *(c[i] for c, i in zip(arr.chunks[1:], ix, strict=True)))
+            dsk[(out, j, *ix)] = (check_block, name, (arr.name, b, *ix), rows, shape)
+    graph = HighLevelGraph.from_collections(out, dsk, dependencies=[cast(Any, arr)])
+    sizes = tuple(int(starts[b + 1] - starts[b]) for b in touched.tolist())
+    part = da.Array(graph, out, (sizes, *arr.chunks[1:]), meta=arr._meta)
+    inside = np.cumsum((0, *sizes))[:-1]
+    return part[inside[where] + (idx - starts[block])]

@@ -74,8 +74,7 @@ def mask_dtype_of(path: str, data: bytes | None = None) -> np.dtype:
     """
     data = read_bytes(path) if data is None else data
     if data.startswith(NPY_MAGIC):
-        dtype = _load_npy(path, data).dtype
-        return np.dtype(np.uint8) if dtype.kind == "b" else dtype.newbyteorder("=")
+        return _read_ids(path, data).dtype.newbyteorder("=")  # refused as decoding refuses it
     im = open_image(path, data)
     try:
         _check_mask_file(im, data, path)

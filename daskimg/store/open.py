@@ -174,6 +174,8 @@ def imageset_of(arrays: dict[str, Any], st: OpenedStore) -> ImageSet:
         check_names=False,  # a store written before a name was reserved still opens
     )
     ds.attrs = attrs
+    # the store's arrays read by its checked reader, each chunk to its stored shape
+    ds.exact_names = frozenset(a.name for a in arrays.values() if isinstance(a, da.Array))
     decoded = {k: v for k, v in (attrs.get("source") or {}).items() if k in _DECODED_AS}
     ds.decoded_as = decoded if "size" in decoded else None
     ds.store = st

@@ -55,6 +55,12 @@ def parse_specs(
                 "'index' is reserved: it is append()'s keyword for the store indices of a "
                 "batch's rows (and the loader's name for them); pick another name"
             )
+        if n == "ok":
+            raise ValueError(
+                "'ok' is reserved: a store's 'ok' says which files decoded (to_zarr's "
+                "on_error='skip'), and a store holding an array so named is not stored again; "
+                "pick another name"
+            )
         if n == "zarr.json":
             raise ValueError(f"{n!r} is the name of Zarr's metadata files; pick another name")
         check_column_name(n)  # the rules every store array's name follows (length, '__')
