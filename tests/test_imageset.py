@@ -1578,3 +1578,20 @@ def test_fractions_a_hair_from_one_leave_no_sample_out():
     parts = split_indices(n, {"train": 0.49999951, "test": 0.49999951}, labels=labels, seed=0)
     every = np.concatenate(list(parts.values()))
     assert len(every) == n and len(np.unique(every)) == n
+
+
+def test_take_keeps_masked_values_and_unknown_widths_of_a_users_column():
+    # (third-wave review) the checked cut returned a masked column's hidden values as data,
+    # and refused a column whose width dask does not know (nan) as a wrong block
+    n = 6
+    images = np.zeros((n, 2, 2, 3), np.uint8)
+    values = np.arange(n * 2).reshape(n, 2)
+    masked = np.ma.masked_array(values, mask=values % 3 == 0)
+    col = dask.array.from_array(masked, chunks=(2, 2), asarray=False)
+    got = di.ImageSet(images, columns={"m": col}).take([4, 1]).columns["m"].compute()
+    assert isinstance(got, np.ma.MaskedArray)
+    assert got.tolist() == masked[[4, 1]].tolist()  # masked values as None, as numpy's
+    x = dask.array.from_array(np.arange(24).reshape(n, 4), chunks=(3, 2))
+    y = x[:, x[0] > 0]  # chunks ((3, 3), (nan, nan))
+    got = di.ImageSet(images, columns={"y": y}).take([0, 5]).columns["y"].compute()
+    np.testing.assert_array_equal(got, np.arange(24).reshape(n, 4)[[0, 5]][:, 1:])

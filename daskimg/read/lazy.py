@@ -21,9 +21,13 @@ from dask.highlevelgraph import HighLevelGraph
 
 def check_block(name: str, block: Any, rows: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
     """``block``, the computed rows ``rows`` (start, stop) of the dask array ``name``, as a
-    numpy array; a ValueError naming them unless its shape is ``shape``, the declared one."""
-    block = np.asarray(block)
-    if block.shape != tuple(shape):
+    numpy array (a masked one keeps its mask); a ValueError naming them unless its shape is
+    ``shape``, the declared one (a length dask does not know, NaN, is not compared)."""
+    block = np.asanyarray(block)
+    if len(block.shape) != len(shape) or any(
+        d == d and b != d
+        for b, d in zip(block.shape, shape, strict=True)  # d != d: NaN
+    ):
         a, b = rows
         raise ValueError(
             f"array {name!r}: rows {a}..{b} of its dask array computed to an array of shape "
