@@ -135,7 +135,8 @@ def unchecked(
         return (
             "written before 2026-12, the store has no table of its chunks' checksums: each "
             "chunk matches its own, but a chunk moved to another place (a shard copied over "
-            "another) would not be noticed. Re-create it (di.to_zarr(di.open_zarr(old), new)) "
+            "another) would not be noticed. Re-create it (di.to_zarr(di.open_zarr(old), new, "
+            "order='source')) "
             "to get one"
         )
     # a store from before the tables that ArrayWriter(mode="a") added an array to: the new
@@ -147,7 +148,8 @@ def unchecked(
         f"the arrays {', '.join(repr(n) for n in bare)} were written before 2026-12 and have "
         "no table of their chunks' checksums: each chunk matches its own, but a chunk moved "
         "to another place (a shard copied over another) would not be noticed in them. "
-        "Re-create the store (di.to_zarr(di.open_zarr(old), new), which keeps every array) "
+        "Re-create the store (di.to_zarr(di.open_zarr(old), new, order='source'), which keeps "
+        "every array) "
         "to get one for each"
     )
 

@@ -12,6 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -1863,3 +1864,33 @@ def test_a_string_chunk_claiming_more_than_memory_allows_is_refused_before_alloc
     monkeypatch.setattr(fmt, "memory_bytes", lambda: 1 * 2**30)  # a quarter: 256 MiB < 400
     with pytest.raises(ChecksumError, match=rf"claims {claim} bytes, more than the chunk can hold"):
         decode_chunk(chunk, "vlen", out, "s.zarr: array 'paths', chunk 0")
+
+
+def test_a_shuffled_write_that_would_gather_beyond_memory_is_refused(
+    tmp_path, image_folder, monkeypatch
+):
+    # a store's arrays (and dask arrays a user made) are shuffled by dask, every chunk
+    # written needing rows of almost every chunk read: re-storing a 1.1 GiB store shuffled
+    # peaked at 6 GiB, so one larger than memory was killed mid-write, not refused
+    import daskimg.store.write as write_module
+
+    files = di.from_folder(image_folder, size=(16, 16), chunks=5)
+    src = di.to_zarr(files, tmp_path / "src.zarr.zip", order="source")
+    opened = di.open_zarr(src)
+    made = di.ImageSet(da.from_array(np.zeros((24, 16, 16, 3), np.uint8), chunks=5))
+    share = write_module.SHUFFLE_MEMORY_SHARE
+    monkeypatch.setattr(write_module, "memory_bytes", lambda: share * 24 * 16 * 16 * 3 - 1)
+    for ds in (opened, made):
+        with pytest.raises(
+            ValueError, match=r"order='shuffled' would gather images.* MiB\) in memory"
+        ):
+            di.to_zarr(ds, tmp_path / "x.zarr.zip")
+        assert not (tmp_path / "x.zarr.zip").exists()
+    # in source order: written, the same samples
+    back = di.open_zarr(di.to_zarr(opened, tmp_path / "s.zarr.zip", order="source"))
+    np.testing.assert_array_equal(back.images.compute(), opened.images.compute())
+    # a set read from files is shuffled chunk by chunk from its files: not refused
+    shuffled = di.open_zarr(di.to_zarr(files, tmp_path / "f.zarr.zip"))
+    assert sorted(shuffled.paths.tolist()) == sorted(files.paths.tolist())
+    monkeypatch.setattr(write_module, "memory_bytes", lambda: share * 24 * 16 * 16 * 3)
+    di.to_zarr(made, tmp_path / "fits.zarr.zip")  # within the share: shuffled as before

@@ -83,7 +83,7 @@ def warn_uneven_share(
         "%s holds %d samples in %d chunk(s) of %d; shared among %d ranks chunk by chunk, with "
         "the same batch count on each (even=True, needed by DDP), every epoch %s. Write the "
         "store with smaller chunks, so that each rank gets many: "
-        "di.to_zarr(di.open_zarr(old), new, chunks=%d)",
+        "di.to_zarr(di.open_zarr(old), new, chunks=%d, order='source')",
         where,
         n,
         chunks,

@@ -552,7 +552,7 @@ def check_fits_memory(where: str, lay: ArrayLayout) -> None:
             f"machine's {memory / 2**30:,.1f} GiB of memory: daskimg reads a whole chunk at a "
             "time, so the store cannot be read here. If it is a real store, re-write it with "
             "smaller chunks on a machine that can read it (to_zarr(open_zarr(path), new_path, "
-            "chunks=...)); otherwise its metadata is damaged — re-create the store"
+            "chunks=..., order='source')); otherwise its metadata is damaged — re-create the store"
         )
 
 
