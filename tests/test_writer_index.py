@@ -147,7 +147,10 @@ def test_mode_a_refuses_rows_it_cannot_align(tmp_path, ext):
     w.append(np.arange(5, dtype=np.float32), index=np.arange(5))
     bad = [
         (np.arange(4, 9), ValueError, "index 4 was written already"),
+        (np.arange(4, 9), ValueError, "written already.*pads ranks.*even=False"),
         (np.array([5, 6, 6, 7, 8]), ValueError, "index 6 appears more than once"),
+        # the same hint within a batch: padding may put a sample twice in one batch
+        (np.array([5, 6, 6, 7, 8]), ValueError, "more than once.*pads ranks.*even=False"),
         (
             np.array([28, 29, 30, 31, 10]),
             ValueError,

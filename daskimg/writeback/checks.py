@@ -295,9 +295,17 @@ def parse_index(index: Any, n_rows: int) -> np.ndarray:
         if len(twice):
             raise ValueError(
                 f"index {int(twice[0])} appears more than once in this batch; every sample "
-                "gets exactly one row"
+                f"gets exactly one row. {PADDED_REPEATS}"
             )
     return idx
+
+
+#: why a sample's index may come twice: what to do (said by every duplicate-index error)
+PADDED_REPEATS = (
+    "Predictions from DDP ranks: a TorchDataset pads ranks to equal batch counts when "
+    "shuffling (even), repeating some samples; make it with even=False or shuffle=False "
+    "for predictions"
+)
 
 
 def check_range(idx: np.ndarray, num_samples: int, where: str) -> None:

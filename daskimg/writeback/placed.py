@@ -40,7 +40,7 @@ import zarr
 
 from ..errors import DaskImgError
 from ..store.location import fsync_path, remove_path
-from .checks import TEXT, check_range
+from .checks import PADDED_REPEATS, TEXT, check_range
 from .shards import ShardPool, pwrite_all
 
 __all__ = ["Placed", "PlacedColumn"]
@@ -292,9 +292,7 @@ class Placed:
             raise ValueError(
                 f"index {int(again[0])} was written already (by an earlier append); every "
                 "sample gets exactly one row (missing() lists those still to write). "
-                "Predictions from DDP ranks: a TorchDataset pads ranks to equal batch counts "
-                "when shuffling (even), repeating some samples; make it with even=False or "
-                "shuffle=False for predictions"
+                + PADDED_REPEATS
             )
 
     def add(
