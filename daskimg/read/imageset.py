@@ -236,19 +236,17 @@ class ImageSet:
         in or replaced since (``ds.columns["labels"] = ...``, ``ds.boxes = (...)``), and
         :func:`~daskimg.to_zarr` and the feed check again.
 
-        Always: the labels lie in the classes' range, no column is named ``images``,
-        ``labels`` or ``paths`` (one would stand in for the set's own array: stored and
-        fed instead of it), and each name in
-        :attr:`boxes` is an ``(N, 4)`` column. ``strict`` (a set being made or stored,
+        Always: every array has one row per sample (a list column becomes an array), the
+        labels lie in the classes' range, no column is named ``images``, ``labels`` or
+        ``paths`` (one would stand in for the set's own array: stored and fed instead of
+        it), and each name in :attr:`boxes` is an ``(N, 4)`` column. ``strict`` (a set being made or stored,
         not a store of an earlier version being opened): each name can name a store's
         array, ``index`` and ``ok`` are not used either (a store holding them could not be
         fed its index), and a column ``masks`` has the images' height and width.
         """
         self.check_label_range()
         for k, v in self.columns.items():
-            if not isinstance(
-                v, (np.ndarray, da.Array)
-            ):  # a list put in: as the constructor takes it
+            if not isinstance(v, (np.ndarray, da.Array)):  # a list: as the constructor takes it
                 self.columns[k] = np.asarray(v)
         n = len(self)
         for name, values in self.arrays_unchecked().items():

@@ -257,17 +257,9 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
             f"images are {imageset.images.dtype}, not numbers: images are stored as integers, "
             "floats or bools; convert them first, e.g. images.astype(np.uint8)"
         )
-    imageset.check_columns()  # also columns put in or replaced after the set was made
-    n = len(imageset)
+    # also columns put in or replaced after the set was made (one row per sample, names)
+    imageset.check_columns()
     for name, values in imageset.arrays.items():
-        rows = values.shape[0] if values.ndim else None
-        if rows != n:  # a column put in after the set was made (one of the whole set's,
-            # on a split: its first rows were stored on other samples)
-            raise ValueError(
-                f"array {name!r} has {rows if rows is not None else 'no'} rows for a set of "
-                f"{n} samples: every array holds one row per sample (a column of the whole "
-                "set given to a split? take its rows with the split's indices)"
-            )
         if np.dtype(values.dtype).kind not in "biufOUST":
             raise ValueError(
                 f"array {name!r} is {values.dtype}: a store holds integers, floats, bools or "
