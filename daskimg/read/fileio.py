@@ -15,9 +15,9 @@ import struct
 import threading
 import unicodedata
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 from PIL import Image, ImageFile
 
@@ -35,6 +35,7 @@ __all__ = [
     "WARNINGS_LOCK",
     "bomb_reason",
     "case_groups",
+    "first_readable",
     "folded",
     "nfc",
     "open_image",
@@ -43,6 +44,38 @@ __all__ = [
     "strict_pillow",
     "unreadable",
 ]
+
+_T = TypeVar("_T")
+
+
+def first_readable(
+    paths: Sequence[str],
+    remote: Any,
+    read: Callable[[str, bytes | None], _T],
+    *,
+    skip: bool,
+    named: Callable[[int, DecodeError], DecodeError] = lambda i, e: e,
+) -> _T:
+    """``read(path, data)`` of the first of ``paths`` (``data``: its bytes fetched from
+    ``remote``, a :class:`~daskimg.remote.RemoteFiles`, or None for a local file), e.g. its
+    header to take a dtype from. ``skip`` (``on_error="skip"``): a file that cannot be read
+    is passed over for the next (it is skipped and recorded when the set is decoded, as any
+    bad file); the first error (as ``named(i, error)`` gives it) is raised if none can be read."""
+    first_error: DecodeError | None = None
+    for i, path in enumerate(paths if skip else paths[:1]):
+        try:
+            data = None
+            if remote is not None:
+                got = remote.fetch([path])[0]
+                if isinstance(got, DecodeError):
+                    raise got
+                data = got
+            return read(path, data)
+        except DecodeError as e:
+            first_error = first_error or named(i, e)
+    assert first_error is not None
+    raise first_error
+
 
 #: errors Pillow, numpy and tifffile raise for damaged files
 CORRUPT: Final = (OSError, SyntaxError, ValueError, EOFError, struct.error)

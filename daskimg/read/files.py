@@ -18,10 +18,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..errors import DecodeError, NoImagesFoundError
+from ..errors import NoImagesFoundError
 from ..remote import RemoteFiles, as_local, check_options, filesystem, is_url, remote_files
 from .decode import DecodeSpec
-from .fileio import SYSTEM_FOLDERS
+from .fileio import SYSTEM_FOLDERS, first_readable
 from .source import DEFAULT_BLOCK, FileSource, RowSource
 from .volumes import volume_dtype
 
@@ -311,20 +311,7 @@ def resolve_dtype(
         return dtype
     if len(size) != 3:
         return "uint8"
-    first_error: DecodeError | None = None
-    for path in files if skip else files[:1]:
-        try:
-            data = None
-            if remote is not None:
-                got = remote.fetch([path])[0]
-                if isinstance(got, DecodeError):
-                    raise got
-                data = got
-            return volume_dtype(path, data).name
-        except DecodeError as e:
-            first_error = first_error or e
-    assert first_error is not None
-    raise first_error
+    return first_readable(files, remote, volume_dtype, skip=skip).name
 
 
 def relative_paths(paths: Sequence[str], root: str | os.PathLike[str]) -> np.ndarray:

@@ -35,6 +35,7 @@ from .fileio import (
     NPY_LOCK,
     NPY_MAGIC,
     TRANSPOSE,
+    first_readable,
     open_image,
     orientation,
     read_bytes,
@@ -111,23 +112,13 @@ def resolve_mask_dtype(
         return dtype.name
     if not masks:
         return "uint8"
-    first_error: DecodeError | None = None
-    for i, path in enumerate(masks if skip else masks[:1]):
-        try:
-            data = None
-            if remote is not None:
-                got = remote.fetch([path])[0]
-                if isinstance(got, DecodeError):
-                    raise got
-                data = got
-            return mask_dtype_of(path, data).name
-        except DecodeError as e:
-            image = images[i] if i < len(images) else None
-            if image is not None:
-                e = DecodeError(image, f"its mask {path!r}: {e.reason}")
-            first_error = first_error or e
-    assert first_error is not None
-    raise first_error
+
+    def named(i: int, e: DecodeError) -> DecodeError:  # for its image, as decoding says it
+        return (
+            DecodeError(images[i], f"its mask {masks[i]!r}: {e.reason}") if i < len(images) else e
+        )
+
+    return first_readable(masks, remote, mask_dtype_of, skip=skip, named=named).name
 
 
 def mask_into(
