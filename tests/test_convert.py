@@ -26,6 +26,17 @@ def arrays():
     return rng.integers(0, 256, (37, 6, 5, 3), dtype=np.uint8), rng.integers(0, 4, 37)
 
 
+def _save_images(path, kind, x):
+    """``x`` saved as the images of a ``kind`` ("npy", "npz", "h5") file at ``path``."""
+    if kind == "npy":
+        np.save(path, x)
+    elif kind == "npz":
+        np.savez(path, images=x)
+    else:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("images", data=x)
+
+
 def _stored(path):
     g = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
     return {name: g[name][...] for name, _ in g.arrays()}, g.attrs["daskimg"]
@@ -376,13 +387,7 @@ def test_channels_first_images_are_refused_naming_the_file(tmp_path, kind, shape
         np.testing.assert_array_equal(_stored(out)[0]["images"], x)
         return
     src = tmp_path / f"x.{kind}"
-    if kind == "npy":
-        np.save(src, x)
-    elif kind == "npz":
-        np.savez(src, images=x)
-    else:
-        with h5py.File(src, "w") as f:
-            f.create_dataset("images", data=x)
+    _save_images(src, kind, x)
     with pytest.raises(ValueError, match=rf"x\.{kind}'.*" + match):
         convert(str(src), str(out))
     assert not out.exists()
@@ -550,17 +555,9 @@ def test_one_image_saved_without_its_sample_axis_is_named(tmp_path, kind, caplog
     # an (H, W, 3) image was stored as H gray "images" 3 pixels wide, without a word
     import logging
 
-    import h5py
-
     one = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
     path = tmp_path / f"one.{kind}"
-    if kind == "npy":
-        np.save(path, one)
-    elif kind == "npz":
-        np.savez(path, images=one)
-    else:
-        with h5py.File(path, "w") as f:
-            f["images"] = one
+    _save_images(path, kind, one)
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         ds = open_array_set(path)
     assert ds.images.shape == (64, 48, 3, 1)  # as (N, H, W) gray images: what was asked

@@ -161,7 +161,7 @@ class ImageSet:
                 f"({list(self.classes)[:12]}{' ...' if len(self.classes) > 12 else ''}): a "
                 "name must say which class a label is. Give each class its own name"
             )
-        self.check_label_range()
+        self._check_label_range()
         self.paths = None if paths is None else _per_sample("paths", paths, n, object)
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
         self.boxes = tuple(str(b) for b in _box_names(boxes))
@@ -244,12 +244,12 @@ class ImageSet:
         array, ``index`` and ``ok`` are not used either (a store holding them could not be
         fed its index), and a column ``masks`` has the images' height and width.
         """
-        self.check_label_range()
+        self._check_label_range()
         for k, v in self.columns.items():
             if not isinstance(v, (np.ndarray, da.Array)):  # a list: as the constructor takes it
                 self.columns[k] = np.asarray(v)
         n = len(self)
-        for name, values in self.arrays_unchecked().items():
+        for name, values in self._arrays_as_set().items():
             rows = values.shape[0] if values.ndim else None
             if rows != n:  # a column put in after the set was made (one of the whole set's,
                 # on a split: its first rows were stored on other samples)
@@ -292,7 +292,7 @@ class ImageSet:
                     + ("it is not a column" if col is None else f"it has shape {col.shape}")
                 )
 
-    def check_label_range(self) -> None:
+    def _check_label_range(self) -> None:
         """The labels are indices into :attr:`classes` (or ``-1``, no label): checked when the
         set is made, and again by :meth:`check_columns` (labels or classes assigned since)."""
         if self.labels is not None and self.classes and len(self.labels):
@@ -411,9 +411,9 @@ class ImageSet:
         shadow = set(RESERVED[:3]) & set(self.columns)
         if shadow:
             self.check_columns(strict=False)  # says which, and what to do
-        return self.arrays_unchecked()
+        return self._arrays_as_set()
 
-    def arrays_unchecked(self) -> dict[str, Any]:
+    def _arrays_as_set(self) -> dict[str, Any]:
         """:attr:`arrays`, a column named as one of the set's own arrays replacing it."""
         out: dict[str, Any] = {} if self.images is None else {"images": self.images}
         if self.labels is not None:
@@ -454,13 +454,13 @@ class ImageSet:
         graph, nothing decoded), rather than gathered across blocks.
         """
         self.check_columns(strict=False)  # an array put in since of another length: not cut
-        if isinstance(indices, (list, tuple)) and indices and all(type(v) is int for v in indices):
-            # Python ints of any size: 2**70 is out of range, not "not a whole number"
-            self._check_index_range(min(indices), max(indices))
         raw = np.asarray(indices)
-        if raw.dtype == object and raw.size and all(type(v) is int for v in raw.ravel()):
-            self._check_index_range(min(raw.ravel()), max(raw.ravel()))
-            raw = raw.astype(np.int64)
+        if isinstance(indices, (list, tuple)) or raw.dtype == object:
+            ints = np.asarray(indices, dtype=object).ravel().tolist()
+            if ints and all(type(v) is int for v in ints):
+                # Python ints of any size: 2**70 is out of range, not "not a whole number"
+                self._check_index_range(min(ints), max(ints))
+                raw = raw.astype(np.int64)
         if raw.dtype == bool:  # a mask, as numpy reads it (not the indices 0 and 1)
             if raw.shape != (len(self),):
                 raise IndexError(
