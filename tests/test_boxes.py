@@ -387,6 +387,12 @@ def test_csv_box_cells(tmp_path):
         # scikit-image's regionprops order: rows first
         (("min_row", "min_col", "max_row", "max_col"), r"these are y, x, y, x"),
         (("r0", "c0", "r1", "c1"), r"these are y, x, y, x"),
+        # the axis as a word of its own, or row/col with a number: were read as x0, y0, ...
+        (("min_y", "min_x", "max_y", "max_x"), r"these are y, x, y, x; .*\['min_x', 'min_y'"),
+        (("top_y", "left_x", "bottom_y", "right_x"), r"these are y, x, y, x"),
+        (("row0", "col0", "row1", "col1"), r"these are y, x, y, x"),
+        # names that say no two x and two y: the hint was the very list refused
+        (("c0", "c1", "c2", "c3"), r"say x, x, x, x, not two x and two y.*rename the columns"),
     ],
 )
 def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
@@ -403,6 +409,8 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("left", "top", "right", "bottom"),
         ("min_col", "min_row", "max_col", "max_row"),
         ("crowd_x0", "crowd_y0", "crowd_x1", "crowd_y1"),  # 'row' inside a word is no row
+        ("min_x", "min_y", "max_x", "max_y"),
+        ("col0", "row0", "col1", "row1"),
         ("xl", "yl", "xh", "yh"),  # low and high: no width (h) after x (review)
         ("arrow_a", "arrow_b", "collar_a", "collar_b"),
         "abcd",

@@ -293,6 +293,30 @@ def test_from_csv_labels_that_are_numbers_and_class_names_are_not_guessed(tmp_pa
         di.from_csv(csv, **kw)
 
 
+def test_from_csv_float_written_labels_that_are_class_names_are_not_taken_as_indices(tmp_path):
+    # a training CSV of float-written labels read as names gives the classes sorted as text
+    # ('0.0', '1.0', '10.0', '2.0'); the next CSV, spelled alike, had '2.0' read as index 2
+    # (class '10.0'), silently: the names as written are compared, not only '2'
+    names = ["0.0", "1.0", "2.0", "10.0"]
+    rng = np.random.default_rng(3)
+    for i in range(len(names)):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(tmp_path / f"im{i}.png")
+    rows = [f"im{i}.png,{name}" for i, name in enumerate(names)]
+    (tmp_path / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    kw = {"root": tmp_path, "size": (8, 8)}
+    train = di.from_csv(tmp_path / "train.csv", **kw, labels_are="names")
+    assert train.classes == ("0.0", "1.0", "10.0", "2.0")
+    (tmp_path / "valid.csv").write_text("path,label\nim2.png,2.0\nim1.png,1.0\n")
+    with pytest.raises(ValueError, match=r"line 2: label '2.0' is both the class named"):
+        di.from_csv(tmp_path / "valid.csv", **kw, classes=train.classes)
+    valid = di.from_csv(tmp_path / "valid.csv", **kw, classes=train.classes, labels_are="names")
+    assert [valid.classes[k] for k in valid.labels] == ["2.0", "1.0"]  # the CSV as written
+    # names that agree with their index ('0.0', '1.0' at 0, 1) are read as before
+    (tmp_path / "agree.csv").write_text("path,label\nim1.png,1.0\nim0.png,0.0\n")
+    agree = di.from_csv(tmp_path / "agree.csv", **kw, classes=["0.0", "1.0"])
+    assert agree.labels.tolist() == [1, 0]
+
+
 def test_from_csv_zero_padded_labels_name_classes_as_folders_do(tmp_path):
     # folders 01, 02, 03 are classes 0, 1, 2; a CSV naming them "01", "02" was read as the
     # indices 1, 2 (classes "02", "03"): every label one class off, silently

@@ -483,10 +483,18 @@ def _labels(
 def _refuse_ambiguous(
     rows: list[dict[str, Any]], label_column: str, where: str, labels: np.ndarray, given: list[str]
 ) -> None:
-    """Whole-number labels that are also the given class names, naming other classes."""
+    """Whole-number labels that are also the given class names, naming other classes.
+
+    A label is a name when the classes hold it as it is written ("2.0" beside a class
+    "2.0", as a float column's labels sorted as text give them) or as the whole number
+    it is ("2.0" as pandas writes 2, beside a class "2")."""
     by_name = {c: i for i, c in enumerate(given)}
-    # each label as the whole number it is ("2.0" as pandas writes it is 2); -1: no label
-    named = [(line, str(k), k) for line, k in enumerate(labels.tolist(), start=2) if k != -1]
+    raw = [(row[label_column] or "").strip() for row in rows]
+    named = [  # -1: no label
+        (line, v if v in by_name else str(k), k)
+        for line, (v, k) in enumerate(zip(raw, labels.tolist(), strict=True), start=2)
+        if k != -1
+    ]
     if not named or not all(v in by_name for _, v, _ in named):
         return  # not all names: indices
     for line, v, k in named:
@@ -729,6 +737,14 @@ def _check_corner_names(cols: list[str], name: str, where: str) -> None:
             f"pixels). Add the width and height to x and y first (e.g. df['x1'] = df['x'] + "
             f"df['w']), then pass the four corner columns. ({where})"
         )
+    if None not in roles and sorted(roles) != ["x", "x", "y", "y"]:
+        raise ValueError(
+            f"boxes[{name!r}] = {cols}: the names of these columns say "
+            f"{', '.join(map(str, roles))}, not two x and two y corners, so which is which "
+            "cannot be told from them. A box is read from x0, y0, x1, y1 (left, top, right, "
+            "bottom, in the source image's pixels): rename the columns in the CSV so that "
+            f"they say so (e.g. x0, y0, x1, y1). ({where})"
+        )
     if None not in roles and roles != ["x", "y", "x", "y"]:
         raise ValueError(
             f"boxes[{name!r}] = {cols}: the columns are taken as x0, y0, x1, y1 in that "
@@ -776,7 +792,19 @@ def _axis_of(column: str) -> str | None:
         return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
     if n in ("top", "bottom") or n.startswith("y") or words & {"row", "rows"} or _numbered(n, "r"):
         return "y"
-    return None
+    # an axis named by a word elsewhere in the name: min_y, left_x, top_y, row0, col1
+    said = {
+        axis
+        for w in words
+        for axis, names in (("x", _X_WORDS), ("y", _Y_WORDS))
+        if w in names or (w.rstrip("0123456789") in names and w[-1].isdigit())
+    }
+    return said.pop() if len(said) == 1 else None
+
+
+#: words of a box column's name that say its axis, anywhere in it (``min_y``, ``row0``)
+_X_WORDS = frozenset(("x", "left", "right", "col", "cols", "column"))
+_Y_WORDS = frozenset(("y", "top", "bottom", "row", "rows"))
 
 
 def _numbered(name: str, letter: str) -> bool:
