@@ -154,6 +154,11 @@ def unchecked(
     )
 
 
+#: what fsspec says when the server answers no Range requests: it answered one with the
+#: whole file, or said it would not (``Accept-Ranges: none``: a file fsspec cannot seek)
+_NO_RANGES = ("support range requests", "Cannot seek streaming HTTP file")
+
+
 def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
     """Each array's metadata as plain zarr parses it: daskimg reads through its own checked
     reader, which needs less of ``zarr.json`` (``dimension_names`` of another length, an
@@ -187,7 +192,7 @@ def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
         consolidated = group.metadata.consolidated_metadata is not None
         own = zarr.open_group(store, mode="r", use_consolidated=False) if consolidated else None
     except Exception as e:  # whatever zarr refuses, said in its words
-        if loc.is_url and "support range requests" in str(e):
+        if loc.is_url and any(said in str(e) for said in _NO_RANGES):
             # the server's, not the store's (Python's http.server): daskimg read every
             # chunk above; only plain zarr's reading could not be tried (it said DAMAGED)
             logger.warning(

@@ -341,6 +341,13 @@ def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed
     with di.ArrayWriter(lone, name="features", shape=(2,), dtype="float32") as w:
         w.append(np.ones((3, 2), np.float32))
     for damaged in (folder, lone):  # a daskimg store that lost its root file: damage
+        # first a root file that is there but no JSON object: it was said missing (null) or
+        # "not a Zarr v3 group" (a list, a number), a FormatVersionError, not damage
+        for text in ("null", "[]", "5", '"x"'):
+            (damaged / "zarr.json").write_text(text)
+            with pytest.raises(MetadataError, match=rf"root zarr\.json holds {re.escape(text)},"):
+                di.open_zarr(damaged)
+            assert main(["verify", str(damaged)]) == 1
         (damaged / "zarr.json").unlink()
         with pytest.raises(MetadataError, match=r"its root zarr\.json is missing \(its arrays"):
             di.open_zarr(damaged)

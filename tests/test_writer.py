@@ -1144,6 +1144,29 @@ def test_mode_a_keeps_the_store_classes_and_refuses_others(tmp_path):
     np.testing.assert_array_equal(di.open_zarr(path).labels, (np.arange(n) + 1) % 3)
 
 
+def test_mode_a_on_a_zip_with_a_damaged_member_names_it(tmp_path):
+    # every append went through, then close() failed with zipfile's bare "Bad CRC-32 for
+    # file ..." from inside shutil: no store, no advice
+    n = 16
+    ds = di.ImageSet(np.arange(n * 48, dtype=np.uint8).reshape(n, 4, 4, 3), np.arange(n) % 2,
+                     classes=["a", "b"])  # fmt: skip
+    path = di.to_zarr(ds, tmp_path / "s.zarr.zip", chunks=4, order="source")
+    raw = bytearray(Path(path).read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.startswith("images/c/"))
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[at : at + info.file_size] = bytes(info.file_size)  # zeroed where it lies: CRC-32 off
+    Path(path).write_bytes(raw)
+    before = tree_digest(path)
+    w = ArrayWriter(path, name="feat", shape=(2,), dtype="float32", mode="a")
+    w.append(np.zeros((n, 2), np.float32), index=np.arange(n))
+    with pytest.raises(
+        di.errors.ChecksumError, match=rf"member '{info.filename}' is damaged.*verify"
+    ):
+        w.close()
+    assert tree_digest(path) == before  # left as it was
+
+
 def test_resume_with_the_same_shard_chunks_works_when_the_shards_were_shortened(tmp_path):
     """Rows placed by index get shards no longer than the array (shard_chunks=8 for 3 chunks
     is 3); resume=True with the very same arguments was refused ('it was started with

@@ -262,8 +262,14 @@ def check_attrs(
 ) -> dict[str, Any]:
     """The ``daskimg`` attributes from a root ``zarr.json``, checked; newer or unfinished stores
     refused. ``keys``: the store's keys, to say what a store without a root ``zarr.json`` is."""
+    keys = set(keys)
+    if not isinstance(meta, dict) and "zarr.json" in keys:  # there, but JSON null, a list, ...
+        raise MetadataError(
+            f"{where!r}: its root zarr.json holds {json.dumps(meta)[:40]}, not a JSON object; "
+            "the store's metadata is damaged — re-create it"
+        )
     if meta is None:
-        raise no_root_error(where, set(keys))
+        raise no_root_error(where, keys)
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
         raise FormatVersionError(f"{where!r} is not a Zarr v3 group (no zarr.json at its root)")
     if meta.get("zarr_format") != 3:  # plain zarr would not see the arrays

@@ -37,12 +37,13 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DaskImgError, StoreExistsError, StoreLockedError
+from ..errors import ChecksumError, DaskImgError, StoreExistsError, StoreLockedError
 from ..remote import ATOMIC_PUT, filesystem, is_url, local_path, protocol_of
 from .bytesource import ByteSource, open_source
 from .directio import AppendFile, fsync_path
@@ -690,11 +691,19 @@ def pack_zip(
                 info.compress_type = zipfile.ZIP_STORED
                 info.file_size = src.file_size
                 assert old is not None
-                with (
-                    old.open(src) as fin,
-                    zf.open(info, "w", force_zip64=src.file_size >= 2**31) as fout,
-                ):
-                    shutil.copyfileobj(fin, fout, 2**22)
+                try:
+                    with (
+                        old.open(src) as fin,
+                        zf.open(info, "w", force_zip64=src.file_size >= 2**31) as fout,
+                    ):
+                        shutil.copyfileobj(fin, fout, 2**22)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # the old member's
+                    raise ChecksumError(
+                        f"{base}: its member {arc!r} is damaged ({e}), so the store could not "
+                        "be written again with the new arrays; it is left as it was. "
+                        f"`daskimg verify {base}` names what is damaged: re-create the store "
+                        "(from its source files), then write the arrays to it again"
+                    ) from None
         finally:
             if old is not None:
                 old.close()
