@@ -315,6 +315,24 @@ def test_from_csv_float_written_labels_that_are_class_names_are_not_taken_as_ind
     (tmp_path / "agree.csv").write_text("path,label\nim1.png,1.0\nim0.png,0.0\n")
     agree = di.from_csv(tmp_path / "agree.csv", **kw, classes=["0.0", "1.0"])
     assert agree.labels.tolist() == [1, 0]
+    # the same number in other spellings names the class too, and a class '-1' is no "no
+    # label": each was read as indices, silently (-1/1 classes lost every negative sample)
+    for classes, labels, says in [
+        (train.classes, ["0", "2", "1"], r"label '2' is both the class named '2\.0' \(index 3\)"),
+        (train.classes, ["0.0", "2.0", "1"], r"label '2\.0' is both"),
+        (["-1", "1"], ["-1", "1", "-1"], r"label '-1' is both the class named '-1'.*no label"),
+        (["+1", "-1"], ["1", "-1", "1"], r"label '1' is both the class named '\+1'"),
+    ]:
+        rows = [f"im{i}.png,{label}" for i, label in enumerate(labels)]
+        (tmp_path / "v.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+        with pytest.raises(ValueError, match=says):
+            di.from_csv(tmp_path / "v.csv", **kw, classes=classes)
+        if classes == ["-1", "1"]:  # read as names when told so
+            named = di.from_csv(tmp_path / "v.csv", **kw, classes=classes, labels_are="names")
+            assert [named.classes[k] for k in named.labels] == labels
+    # -1 naming no class is no label, as before
+    (tmp_path / "v.csv").write_text("path,label\nim0.png,0\nim1.png,-1\n")
+    assert di.from_csv(tmp_path / "v.csv", **kw, classes=["0", "1"]).labels.tolist() == [0, -1]
 
 
 def test_from_csv_zero_padded_labels_name_classes_as_folders_do(tmp_path):

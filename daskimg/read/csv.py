@@ -483,29 +483,42 @@ def _labels(
 def _refuse_ambiguous(
     rows: list[dict[str, Any]], label_column: str, where: str, labels: np.ndarray, given: list[str]
 ) -> None:
-    """Whole-number labels that are also the given class names, naming other classes.
+    """Whole-number labels that also name given classes, naming other classes (or none).
 
-    A label is a name when the classes hold it as it is written ("2.0" beside a class
-    "2.0", as a float column's labels sorted as text give them) or as the whole number
-    it is ("2.0" as pandas writes 2, beside a class "2")."""
-    by_name = {c: i for i, c in enumerate(given)}
+    A label names a class when the classes hold it as it is written ("2.0" beside a class
+    "2.0", as a float column's labels sorted as text give them), or else the same whole
+    number ("2", "2.0" or "+2" beside a class "2" or "2.0"). When every label names one,
+    the column could be names as well as indices: refused wherever the two readings differ,
+    a class named "-1" included (as an index, -1 is no label). A label -1 that names no
+    class is no label either way."""
+    exact = {c: i for i, c in enumerate(given)}
+    by_value: dict[int, list[int]] = {}
+    for i, c in enumerate(given):
+        w = _whole_value(c)
+        if w is not None:
+            by_value.setdefault(w, []).append(i)
     raw = [(row[label_column] or "").strip() for row in rows]
-    named = [  # -1: no label
-        (line, v if v in by_name else str(k), k)
-        for line, (v, k) in enumerate(zip(raw, labels.tolist(), strict=True), start=2)
-        if k != -1
-    ]
-    if not named or not all(v in by_name for _, v, _ in named):
-        return  # not all names: indices
-    for line, v, k in named:
-        if by_name[v] != k:
-            other = f"class {given[k]!r}" if 0 <= k < len(given) else "no class"
-            raise ValueError(
-                f"{where}, line {line}: label {v!r} is both the class named {v!r} (index "
-                f"{by_name[v]}) and index {k} ({other}): the classes given are numbers, so the "
-                "column could be either. Pass labels_are='names' if the labels name classes "
-                "(as folder names do), or labels_are='indices'"
-            )
+    named = []
+    for line, (v, k) in enumerate(zip(raw, labels.tolist(), strict=True), start=2):
+        hits = [exact[v]] if v in exact else by_value.get(k, [])
+        if hits:
+            named.append((line, v, k, hits))
+        elif k != -1:
+            return  # a label that names no class: the column holds indices
+    for line, v, k, hits in named:
+        if hits == [k]:
+            continue
+        names = " and ".join(f"{given[i]!r}" for i in hits)
+        if k == -1:
+            other = "-1, no label"
+        else:
+            other = f"index {k} ({f'class {given[k]!r}' if 0 <= k < len(given) else 'no class'})"
+        raise ValueError(
+            f"{where}, line {line}: label {v!r} is both the class{'es' if len(hits) > 1 else ''}"
+            f" named {names} (index {', '.join(map(str, hits))}) and {other}: the classes "
+            "given are numbers, so the column could be either. Pass labels_are='names' if the "
+            "labels name classes (as folder names do), or labels_are='indices'"
+        )
 
 
 def _classes_of(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
