@@ -391,6 +391,15 @@ def test_csv_box_cells(tmp_path):
         (("min_y", "min_x", "max_y", "max_x"), r"these are y, x, y, x; .*\['min_x', 'min_y'"),
         (("top_y", "left_x", "bottom_y", "right_x"), r"these are y, x, y, x"),
         (("row0", "col0", "row1", "col1"), r"these are y, x, y, x"),
+        # the axis inside a longer name, camelCase, other separators: were read as x0, y0, ...
+        (("pred_ymin", "pred_xmin", "pred_ymax", "pred_xmax"), r"these are y, x, y, x"),
+        (("bbox/ymin", "bbox/xmin", "bbox/ymax", "bbox/xmax"), r"these are y, x, y, x"),
+        (("top_left_y", "top_left_x", "bottom_right_y", "bottom_right_x"), r"these are y, x"),
+        (("minY", "minX", "maxY", "maxX"), r"these are y, x, y, x"),
+        (("miny", "minx", "maxy", "maxx"), r"these are y, x, y, x"),
+        (("upper", "left", "lower", "right"), r"these are y, x, y, x"),  # PIL's order is l, u
+        # some names say nothing, those that do say another order
+        (("a", "left", "b", "right"), r"but 'left' \(number 2\) names an x"),
         # names that say no two x and two y: the hint was the very list refused
         (("c0", "c1", "c2", "c3"), r"say x, x, x, x, not two x and two y.*rename the columns"),
     ],
@@ -411,6 +420,11 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("crowd_x0", "crowd_y0", "crowd_x1", "crowd_y1"),  # 'row' inside a word is no row
         ("min_x", "min_y", "max_x", "max_y"),
         ("col0", "row0", "col1", "row1"),
+        ("pred_xmin", "pred_ymin", "pred_xmax", "pred_ymax"),
+        ("XMin", "YMin", "XMax", "YMax"),
+        ("top_left_x", "top_left_y", "bottom_right_x", "bottom_right_y"),
+        ("left", "upper", "right", "lower"),
+        ("tl_x", "tl_y", "br_x", "br_y"),
         ("xl", "yl", "xh", "yh"),  # low and high: no width (h) after x (review)
         ("arrow_a", "arrow_b", "collar_a", "collar_b"),
         "abcd",

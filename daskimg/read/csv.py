@@ -750,13 +750,21 @@ def _check_corner_names(cols: list[str], name: str, where: str) -> None:
             f"pixels). Add the width and height to x and y first (e.g. df['x1'] = df['x'] + "
             f"df['w']), then pass the four corner columns. ({where})"
         )
-    if None not in roles and sorted(roles) != ["x", "x", "y", "y"]:
+    if None not in roles and sorted(map(str, roles)) != ["x", "x", "y", "y"]:
         raise ValueError(
             f"boxes[{name!r}] = {cols}: the names of these columns say "
             f"{', '.join(map(str, roles))}, not two x and two y corners, so which is which "
             "cannot be told from them. A box is read from x0, y0, x1, y1 (left, top, right, "
             "bottom, in the source image's pixels): rename the columns in the CSV so that "
             f"they say so (e.g. x0, y0, x1, y1). ({where})"
+        )
+    wrong = [i for i, r in enumerate(roles) if r is not None and r != "xyxy"[i]]
+    if wrong and None in roles:  # some names say nothing; those that do say another order
+        i = wrong[0]
+        raise ValueError(
+            f"boxes[{name!r}] = {cols}: the columns are taken as x0, y0, x1, y1 in that "
+            f"order, but {cols[i]!r} (number {i + 1}) names {'an x' if roles[i] == 'x' else 'a y'}; "
+            f"list them as left, top, right, bottom. ({where})"
         )
     if None not in roles and roles != ["x", "y", "x", "y"]:
         raise ValueError(
@@ -805,19 +813,38 @@ def _axis_of(column: str) -> str | None:
         return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
     if n in ("top", "bottom") or n.startswith("y") or words & {"row", "rows"} or _numbered(n, "r"):
         return "y"
-    # an axis named by a word elsewhere in the name: min_y, left_x, top_y, row0, col1
-    said = {
-        axis
-        for w in words
-        for axis, names in (("x", _X_WORDS), ("y", _Y_WORDS))
-        if w in names or (w.rstrip("0123456789") in names and w[-1].isdigit())
-    }
-    return said.pop() if len(said) == 1 else None
+    # an axis said by a word elsewhere in the name, the last such word (top_left_x is an
+    # x): min_y, pred_ymin, bbox/ymin, minY, topLeftY, row0, col1, p1y
+    axis = None
+    for part in _PARTS.split(column.strip()):
+        said = _word_axis(part.lower())
+        if said is None:  # camelCase and numbers apart: minY, topLeftY, p1y
+            for word in _CAMEL.findall(part):
+                said = _word_axis(word.lower()) or said
+        axis = said or axis
+    return axis
 
 
+#: what separates the parts of a column name, for the words that say its axis
+_PARTS = re.compile(r"[_\-. /:]+")
+#: the words of one part: minY -> min, Y; topLeftY -> top, Left, Y; p1y -> p, 1, y
+_CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 #: words of a box column's name that say its axis, anywhere in it (``min_y``, ``row0``)
-_X_WORDS = frozenset(("x", "left", "right", "col", "cols", "column"))
-_Y_WORDS = frozenset(("y", "top", "bottom", "row", "rows"))
+_X_WORDS = frozenset(("x", "left", "right", "col", "cols", "column", "columns"))
+_Y_WORDS = frozenset(("y", "top", "bottom", "upper", "lower", "row", "rows"))
+#: an axis letter with the corner it is (ymin, x1, yhi) or after it (miny, maxx, p1y)
+_AXIS_CORNER = re.compile(
+    r"([xy])(?:min|max|lo|low|hi|high|start|end|\d+)|(?:min|max|start|end|p\d+|pt\d+)([xy])"
+)
+
+
+def _word_axis(word: str) -> str | None:
+    """The axis one word of a box column's name says ("x", "y"), or None."""
+    for axis, names in (("x", _X_WORDS), ("y", _Y_WORDS)):
+        if word in names or (word[-1:].isdigit() and word.rstrip("0123456789") in names):
+            return axis  # also row0, col1
+    m = _AXIS_CORNER.fullmatch(word)
+    return None if m is None else m[1] or m[2]
 
 
 def _numbered(name: str, letter: str) -> bool:
