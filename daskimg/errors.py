@@ -73,5 +73,5 @@ class MetadataError(DaskImgError, ValueError):
 
 
 class ServerError(DaskImgError, OSError):
-    """A server holding a store kept failing to answer (HTTP 5xx or 429, after retries): it
-    says nothing about the stored bytes; try again later."""
+    """A server holding a store kept failing to answer (HTTP 5xx or 429, after retries), or
+    answers no ranged requests: it says nothing about the stored bytes."""

@@ -343,15 +343,31 @@ def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed
     for damaged in (folder, lone):  # a daskimg store that lost its root file: damage
         # first a root file that is there but no JSON object: it was said missing (null) or
         # "not a Zarr v3 group" (a list, a number), a FormatVersionError, not damage
-        for text in ("null", "[]", "5", '"x"'):
+        for text in ("null", "[]", "5", '"x"', "{}", '{"zarr_format": 3}'):
             (damaged / "zarr.json").write_text(text)
-            with pytest.raises(MetadataError, match=rf"root zarr\.json holds {re.escape(text)},"):
+            said = "has node_type None" if text.startswith("{") else f"holds {text}, not a JSON"
+            with pytest.raises(MetadataError, match=re.escape(said)):
                 di.open_zarr(damaged)
             assert main(["verify", str(damaged)]) == 1
         (damaged / "zarr.json").unlink()
         with pytest.raises(MetadataError, match=r"its root zarr\.json is missing \(its arrays"):
             di.open_zarr(damaged)
         assert main(["verify", str(damaged)]) == 1
+    # an array's zarr.json holding null, in a store without the table of their checksums
+    # (written before 2026-12): it was said missing ("labels/zarr.json not found")
+    older = Path(di.to_zarr(indexed_set, tmp_path / "older.zarr", chunks=8))
+    meta = json.loads((older / "zarr.json").read_text())
+    attrs = meta["attributes"]["daskimg"]
+    del attrs["arrays"]
+    attrs["attrs_crc32c"] = format_mod.attrs_crc32c(attrs)
+    (older / "zarr.json").write_text(json.dumps(meta))
+    (older / "labels" / "zarr.json").write_text("null")
+    with pytest.raises(MetadataError, match=r"labels/zarr\.json holds null, not a JSON object"):
+        di.open_zarr(older)
+    # a plain zarr array where a store's group is: said for what it is, not damage
+    zarr.create_array(str(tmp_path / "array.zarr"), shape=(4,), dtype="i4")
+    with pytest.raises(FormatVersionError, match="is a Zarr array, not a daskimg store"):
+        di.open_zarr(tmp_path / "array.zarr")
     # a root without its 'complete' mark (its checksum made to match): damage, not "its
     # writer stopped before the end"
     again = Path(di.to_zarr(indexed_set, tmp_path / "again.zarr", chunks=8))

@@ -262,16 +262,19 @@ def check_attrs(
 ) -> dict[str, Any]:
     """The ``daskimg`` attributes from a root ``zarr.json``, checked; newer or unfinished stores
     refused. ``keys``: the store's keys, to say what a store without a root ``zarr.json`` is."""
-    keys = set(keys)
-    if not isinstance(meta, dict) and "zarr.json" in keys:  # there, but JSON null, a list, ...
-        raise MetadataError(
-            f"{where!r}: its root zarr.json holds {json.dumps(meta)[:40]}, not a JSON object; "
-            "the store's metadata is damaged — re-create it"
-        )
     if meta is None:
-        raise no_root_error(where, keys)
+        raise no_root_error(where, set(keys))
     if not isinstance(meta, dict) or meta.get("node_type") != "group":
-        raise FormatVersionError(f"{where!r} is not a Zarr v3 group (no zarr.json at its root)")
+        kind = meta.get("node_type") if isinstance(meta, dict) else None
+        if kind == "array" and meta.get("zarr_format") == 3:
+            raise ForeignStoreError(
+                f"{where!r} is a Zarr array, not a daskimg store (a Zarr group of arrays); "
+                "open it with zarr.open_array instead"
+            )
+        raise MetadataError(  # a zarr.json is there: what it holds is wrong
+            f"{where!r}: its root zarr.json has node_type {kind!r}, not 'group' (it holds "
+            f"{json.dumps(meta)[:60]}); the store's metadata is damaged — re-create it"
+        )
     if meta.get("zarr_format") != 3:  # plain zarr would not see the arrays
         raise MetadataError(
             f"{where!r}: its root zarr.json says zarr_format {meta.get('zarr_format')!r}, not 3; "

@@ -362,8 +362,8 @@ class RangedObjects:
             return
         if status in RETRIED:
             raise self._server_error(path, start, n, status, r.reason)
-        if status != 206:
-            raise OSError(
+        if status != 206:  # the server's, not the store's (no cloud credentials to check)
+            raise ServerError(
                 f"{self.where}: a ranged GET of {path!r} (bytes {start}..{start + n}) got HTTP "
                 f"{status}, not 206 Partial Content; daskimg reads a store at a URL with ranged "
                 "requests only — serve it from a server that supports them (nginx, S3, ...)"

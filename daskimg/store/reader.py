@@ -111,17 +111,24 @@ class StoreReader:
         return self.source.read(key, start, length)
 
     def json(self, key: str) -> Any:
-        """A JSON document of the store (``zarr.json``), or None if missing; damage raises."""
+        """A JSON object of the store (a ``zarr.json``), or None if missing; damage raises
+        (what is no JSON object too: a ``null`` there was taken for a missing file)."""
         data = self.read_bytes(key)
         if data is None:
             return None
         try:
-            return json.loads(data)
+            value = json.loads(data)
         except (ValueError, RecursionError) as e:  # bad JSON or UTF-8; 5,000 nested [ or digits
             raise MetadataError(
                 f"{self.path}: {key} cannot be parsed ({e}); the store's metadata is damaged — "
                 "re-create the store"
             ) from None
+        if not isinstance(value, dict):
+            raise MetadataError(
+                f"{self.path}: {key} holds {json.dumps(value)[:40]}, not a JSON object; the "
+                "store's metadata is damaged — re-create the store"
+            )
+        return value
 
     def array_names(self) -> list[str]:
         """Names of the arrays the store holds (folders with a ``zarr.json``), sorted."""
