@@ -1142,3 +1142,59 @@ def test_an_array_added_by_plain_zarr_is_named_as_such_not_denied(tmp_path):
     assert "weights" in zarr.open_group(str(p), mode="r").array_keys()
     with pytest.raises(KeyError, match=r"\['weights'\] are in the store's folder but not among"):
         di.BatchIterator(p, batch_size=2, arrays=("images", "weights"))
+
+
+def _masked_inputs(n: int) -> tuple[np.ma.MaskedArray, np.ma.MaskedArray, dask.array.Array]:
+    """Labels with sample 4 unknown, a score missing for samples 2 and 5 (numpy masks), and
+    the score as a dask masked array."""
+    labels = np.ma.masked_array(np.arange(n) % 2, mask=np.arange(n) == 4)
+    score = np.ma.masked_array(np.arange(n, dtype=np.float32), mask=np.isin(np.arange(n), [2, 5]))
+    lazy = dask.array.ma.masked_array(
+        dask.array.from_array(score.data, chunks=4),
+        mask=dask.array.from_array(score.mask, chunks=4),
+    )
+    return labels, score, lazy
+
+
+def test_masked_values_are_refused_wherever_they_would_be_fed_or_stored(tmp_path):
+    # the values under a mask came out of the feed, and went into stores, as real ones: a
+    # sample whose label was unknown trained as class 0, a missing score as its placeholder
+    # (ArrayWriter alone refused them)
+    n = 8
+    images = np.zeros((n, 8, 8, 3), np.uint8)
+    labels, score, lazy = _masked_inputs(n)
+    says = r"array '{}'{} is a masked array with {} masked value\(s\).*filled"
+    with pytest.raises(ValueError, match=says.format("labels", "", 1)):
+        di.ImageSet(images, labels, classes=["a", "b"])
+    with pytest.raises(ValueError, match=says.format("score", "", 2)):
+        di.ImageSet(images, columns={"score": score})
+    with pytest.raises(ValueError, match=says.format("labels", "", 1)):
+        di.BatchIterator({"images": images, "labels": labels}, batch_size=4)
+    ds = di.ImageSet(images, np.arange(n) % 2, classes=["a", "b"], columns={"lazy": lazy})
+    with pytest.raises(ValueError, match=says.format("lazy", r" \(rows 0\.\.4\)", 1)):
+        list(di.BatchIterator(ds, batch_size=n, shuffle=False, arrays=("lazy",)))
+    with pytest.raises(ValueError, match=says.format("lazy", r" \(rows \d\.\.\d\)", 1)):
+        di.to_zarr(ds, tmp_path / "m.zarr.zip", order="source")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match=says.format("labels", "", 1)):
+        ds.labels = labels  # put in after the set was made
+    ds.columns["score"] = score
+    with pytest.raises(ValueError, match=says.format("score", "", 2)):
+        di.to_zarr(ds, tmp_path / "m.zarr.zip", order="source")
+    # nothing masked: the data, as any array's
+    clear = np.ma.masked_array(np.arange(n) % 2, mask=np.zeros(n, bool))
+    ok = di.ImageSet(images, clear, classes=["a", "b"], columns={"s": score.filled(np.nan)})
+    batch = next(iter(di.BatchIterator(ok, batch_size=n, shuffle=False, arrays=("labels", "s"))))
+    np.testing.assert_array_equal(batch[0], np.arange(n) % 2)
+    np.testing.assert_array_equal(batch[1], score.filled(np.nan))
+
+
+def test_an_array_of_unknown_length_in_a_dict_is_named():
+    x = dask.array.from_array(np.arange(10.0), chunks=5)
+    images = np.zeros((10, 8, 8, 3), np.uint8)
+    with pytest.raises(
+        ValueError, match=r"array 'score' has an unknown length.*compute_chunk_sizes"
+    ):
+        di.BatchIterator({"images": images, "score": x[x >= 0]}, batch_size=4)
+    with pytest.raises(ValueError, match=r"array 'score' is a single value"):
+        di.BatchIterator({"images": images, "score": 3.0}, batch_size=4)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..read.boxes import checked_column, image_frame
 from ..read.imageset import ImageSet
-from ..read.lazy import check_block
+from ..read.lazy import check_block, unmasked
 from ..store.encode import fitted
 from ..store.jpeg import JpegChunk
 from ..store.open import open_zarr, store_array_name
@@ -194,6 +194,18 @@ class FeedSource:
                 "source must be a store path, an ImageSet, a dask/numpy array, or a dict or tuple of them; "
                 f"got {type(source).__name__}"
             )
+        for name, a in arrays.items():  # len() failed in dask or numpy, naming no array
+            if np.ndim(a) == 0:
+                raise ValueError(
+                    f"array {name!r} is a single value (shape ()); every array holds one row "
+                    "per sample"
+                )
+            if isinstance(a, da.Array) and a.shape[0] != a.shape[0]:
+                raise ValueError(
+                    f"array {name!r} has an unknown length (shape {a.shape}); every array holds "
+                    "one row per sample. A dask array cut by a boolean mask (x[x > 0]) does not "
+                    "know its length: call .compute_chunk_sizes() on it first"
+                )
         images = arrays.get("images")
         if images is not None and len(images.shape) >= 3:
             # an (N, H, W) array beside the images (or (N, H, W, C): one-hot, several labels),
@@ -255,7 +267,7 @@ class FeedSource:
             if isinstance(a, da.Array):
                 self.lazy[name] = a
             else:
-                self.memory[name] = np.asarray(a)
+                self.memory[name] = unmasked(name, a)
         # the chunk length of every chunked array of the source, fed or not: the order of an
         # epoch must not depend on which arrays are asked for
         chunk_lens = {
@@ -406,7 +418,7 @@ class FeedSource:
         samples' rows in a batch, or failed with an IndexError naming nothing) and values
         its dtype holds (the copy into a batch would cast 300 to 44 in uint8)."""
         block = check_block(str(name), block, rows, (rows[1] - rows[0], *self.shape(name)))
-        return fitted(block, str(name), self.dtype(name))
+        return fitted(unmasked(str(name), block, rows), str(name), self.dtype(name))
 
     def copy_rows(
         self, name: str, c: int, chunk: Any, rows: np.ndarray, dest: np.ndarray, at: np.ndarray

@@ -14,7 +14,7 @@ import numpy as np
 from .boxes import check_boxes, image_frame
 from .decode import DecodeSpec
 from .files import ON_ERROR
-from .lazy import cut_checked
+from .lazy import cut_checked, unmasked
 from .source import DEFAULT_BLOCK, FileSource, RowSource
 
 logger = logging.getLogger("daskimg")
@@ -120,7 +120,7 @@ class ImageSet:
         check_names: bool = True,
     ) -> None:
         if images is not None and not isinstance(images, da.Array):
-            images = np.asarray(images)
+            images = unmasked("images", images)
             if images.ndim >= 3:
                 images = da.from_array(images, chunks=(DEFAULT_BLOCK, *images.shape[1:]))
         if isinstance(images, da.Array) and any(math.isnan(c) for c in images.shape):
@@ -246,8 +246,8 @@ class ImageSet:
         """
         self._check_label_range()
         for k, v in self.columns.items():
-            if not isinstance(v, (np.ndarray, da.Array)):  # a list: as the constructor takes it
-                self.columns[k] = np.asarray(v)
+            if not isinstance(v, (np.ndarray, da.Array)) or isinstance(v, np.ma.MaskedArray):
+                self.columns[k] = unmasked(k, v)  # a list: as the constructor takes it
         n = len(self)
         for name, values in self._arrays_as_set().items():
             rows = values.shape[0] if values.ndim else None
@@ -706,7 +706,7 @@ def _class_indices(labels: Any) -> Any:
     """``labels`` checked to be whole class indices (strings and fractions are refused)."""
     # lazy labels are read here (one integer per sample, small), to be checked as any are:
     # cast unchecked, 1.7 was stored as 1 and uint64 2**64 - 1 as -1 (no label)
-    arr = np.asarray(labels.compute() if isinstance(labels, da.Array) else labels)
+    arr = unmasked("labels", labels.compute() if isinstance(labels, da.Array) else labels)
     if arr.ndim != 1:
         raise ValueError(
             f"labels must be one class index per sample, shape (N,); got shape {arr.shape}. "
@@ -755,7 +755,7 @@ def _per_sample(name: str, values: Any, n: int, dtype: Any) -> Any:
         if values.ndim == 0 or values.shape[0] != n:
             raise ValueError(f"{name} must have {n} rows, one per image; got shape {values.shape}")
         return values if dtype is None else values.astype(dtype)
-    arr = np.asarray(values, dtype=dtype)
+    arr = np.asarray(unmasked(name, values), dtype=dtype)
     if arr.ndim == 0 or arr.shape[0] != n:
         raise ValueError(f"{name} must have {n} rows, one per image; got shape {arr.shape}")
     return arr

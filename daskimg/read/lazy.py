@@ -6,6 +6,11 @@ fewer rows than declared was stored with the rows after it moved up and the gap 
 with zeros (black images, labels on other samples), and one with more had its extra rows
 cut off by a rechunk, without a word. Where daskimg computes such an array (to store it,
 to feed it), each block is checked against its declared shape first.
+
+Masked arrays (``np.ma``, ``da.ma``) are refused where they have masked values
+(:func:`unmasked`): a store has no mask and a batch is plain numpy, so the values under
+the mask were stored and fed as real ones (a sample marked "label unknown" trained as
+class 0).
 """
 
 from __future__ import annotations
@@ -39,6 +44,26 @@ def check_block(name: str, block: Any, rows: tuple[int, int], shape: tuple[int, 
     return block
 
 
+def unmasked(name: str, value: Any, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """``value`` as a plain numpy array; a masked array with masked values is refused (a
+    ValueError naming ``name``, and ``rows`` of it): nothing daskimg stores or feeds
+    keeps a mask, so the values under it would be taken as real ones. One with nothing
+    masked gives its data."""
+    if not isinstance(value, np.ma.MaskedArray):
+        return np.asarray(value)
+    hidden = int(np.ma.count_masked(value))
+    if hidden:
+        where = f" (rows {rows[0]}..{rows[1]})" if rows is not None else ""
+        raise ValueError(
+            f"array {name!r}{where} is a masked array with {hidden} masked value(s); a store "
+            "has no mask and a batch is plain numpy, so the values under the mask would be "
+            "stored and fed as real ones. Fill them first: labels with -1 (no label: "
+            "labels.filled(-1)), a float column with NaN (.filled(np.nan)); or leave those "
+            "samples out (ds.take)"
+        )
+    return np.asarray(np.ma.getdata(value))
+
+
 def exact_blocks(arr: da.Array, name: str) -> da.Array:
     """``arr`` with each block checked (:func:`check_block`) when computed, before any
     rechunk or slice of it (which would hide a block's wrong length: they cut and join
@@ -51,7 +76,7 @@ def _exact(block: Any, name: str, block_info: Any = None) -> np.ndarray:
         return np.asarray(block)
     where = block_info[None]
     rows = where["array-location"][0] if where["array-location"] else (0, 1)
-    return check_block(name, block, rows, where["chunk-shape"])
+    return unmasked(name, check_block(name, block, rows, where["chunk-shape"]), rows)
 
 
 def cut_checked(arr: da.Array, name: str, idx: np.ndarray) -> da.Array:
