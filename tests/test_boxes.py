@@ -398,6 +398,11 @@ def test_csv_box_cells(tmp_path):
         (("minY", "minX", "maxY", "maxX"), r"these are y, x, y, x"),
         (("miny", "minx", "maxy", "maxx"), r"these are y, x, y, x"),
         (("upper", "left", "lower", "right"), r"these are y, x, y, x"),  # PIL's order is l, u
+        # rows and columns in short: regionprops' own example, the numpy bbox recipe
+        (("minr", "minc", "maxr", "maxc"), r"these are y, x, y, x"),
+        (("rmin", "cmin", "rmax", "cmax"), r"these are y, x, y, x"),
+        (("r_min", "c_min", "r_max", "c_max"), r"these are y, x, y, x"),
+        (("topy", "leftx", "boxymax", "boxxmax"), r"these are y, x, y, x"),
         # some names say nothing, those that do say another order
         (("a", "left", "b", "right"), r"but 'left' \(number 2\) names an x"),
         # names that say no two x and two y: the hint was the very list refused
@@ -425,6 +430,8 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("top_left_x", "top_left_y", "bottom_right_x", "bottom_right_y"),
         ("left", "upper", "right", "lower"),
         ("tl_x", "tl_y", "br_x", "br_y"),
+        ("minc", "minr", "maxc", "maxr"),
+        ("cmin", "rmin", "cmax", "rmax"),
         ("xl", "yl", "xh", "yh"),  # low and high: no width (h) after x (review)
         ("arrow_a", "arrow_b", "collar_a", "collar_b"),
         "abcd",

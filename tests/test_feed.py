@@ -1181,6 +1181,15 @@ def test_masked_values_are_refused_wherever_they_would_be_fed_or_stored(tmp_path
     ds.columns["score"] = score
     with pytest.raises(ValueError, match=says.format("score", "", 2)):
         di.to_zarr(ds, tmp_path / "m.zarr.zip", order="source")
+    # a list of masked rows (numpy's asarray drops their masks), images put in after
+    rows = np.ma.masked_array(np.ones((n, 2)), mask=np.arange(2 * n).reshape(n, 2) == 3)
+    with pytest.raises(ValueError, match=says.format("f", "", 1)):
+        di.ImageSet(images, columns={"f": list(rows)})
+    plain = di.ImageSet(images, np.arange(n) % 2, classes=["a", "b"])
+    plain.images = np.ma.masked_array(images, mask=images == 0)
+    with pytest.raises(ValueError, match=says.format("images", "", images.size)):
+        di.to_zarr(plain, tmp_path / "m.zarr.zip", order="source")
+    assert not list(tmp_path.iterdir())
     # nothing masked: the data, as any array's
     clear = np.ma.masked_array(np.arange(n) % 2, mask=np.zeros(n, bool))
     ok = di.ImageSet(images, clear, classes=["a", "b"], columns={"s": score.filled(np.nan)})
@@ -1198,3 +1207,9 @@ def test_an_array_of_unknown_length_in_a_dict_is_named():
         di.BatchIterator({"images": images, "score": x[x >= 0]}, batch_size=4)
     with pytest.raises(ValueError, match=r"array 'score' is a single value"):
         di.BatchIterator({"images": images, "score": 3.0}, batch_size=4)
+    # lists beside numpy images (a tuple of images and labels): an AttributeError on .shape
+    for src in ({"images": images, "labels": [0, 1] * 5}, (images, [0, 1] * 5)):
+        batch = next(iter(di.BatchIterator(src, batch_size=10, shuffle=False)))
+        np.testing.assert_array_equal(batch[1], [0, 1] * 5)
+    batch = next(iter(di.BatchIterator({"images": list(images)}, batch_size=10, shuffle=False)))
+    np.testing.assert_array_equal(batch[0], images)

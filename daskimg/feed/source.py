@@ -194,7 +194,9 @@ class FeedSource:
                 "source must be a store path, an ImageSet, a dask/numpy array, or a dict or tuple of them; "
                 f"got {type(source).__name__}"
             )
-        for name, a in arrays.items():  # len() failed in dask or numpy, naming no array
+        for name, a in list(arrays.items()):  # len() failed in dask or numpy, naming no array
+            if not isinstance(a, (np.ndarray, da.Array)):  # a list (labels), as numpy takes it
+                arrays[name] = a = unmasked(name, a)
             if np.ndim(a) == 0:
                 raise ValueError(
                     f"array {name!r} is a single value (shape ()); every array holds one row "

@@ -816,11 +816,17 @@ def _axis_of(column: str) -> str | None:
     # an axis said by a word elsewhere in the name, the last such word (top_left_x is an
     # x): min_y, pred_ymin, bbox/ymin, minY, topLeftY, row0, col1, p1y
     axis = None
-    for part in _PARTS.split(column.strip()):
+    parts = [p for p in _PARTS.split(column.strip()) if p]
+    for i, part in enumerate(parts):
         said = _word_axis(part.lower())
         if said is None:  # camelCase and numbers apart: minY, topLeftY, p1y
             for word in _CAMEL.findall(part):
                 said = _word_axis(word.lower()) or said
+        if said is None and i + 1 < len(parts):  # r_min, min_r: a corner in two parts
+            said = _word_axis((part + parts[i + 1]).lower())
+        if said is None:  # boxymin: an axis and its corner at the end of a longer word
+            m = _ENDS_WITH_CORNER.search(part.lower())
+            said = m[1] if m else None
         axis = said or axis
     return axis
 
@@ -832,10 +838,19 @@ _CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 #: words of a box column's name that say its axis, anywhere in it (``min_y``, ``row0``)
 _X_WORDS = frozenset(("x", "left", "right", "col", "cols", "column", "columns"))
 _Y_WORDS = frozenset(("y", "top", "bottom", "upper", "lower", "row", "rows"))
-#: an axis letter with the corner it is (ymin, x1, yhi) or after it (miny, maxx, p1y)
+#: an axis (x, y; r, row; c, col) with the corner it is (ymin, x1, yhi, rmin, rowstart,
+#: cmax) or after a corner or side (miny, maxx, p1y, minr, maxc, minrow, topy, leftx)
 _AXIS_CORNER = re.compile(
-    r"([xy])(?:min|max|lo|low|hi|high|start|end|\d+)|(?:min|max|start|end|p\d+|pt\d+)([xy])"
+    r"(x|y|rows?|cols?|columns?)(?:min|max|lo|low|hi|high|start|end|\d+)"
+    r"|(r|c)(?:min|max|start|end)"
+    r"|(?:min|max|lo|low|hi|high|start|end|p\d+|pt\d+|top|bottom|left|right|upper|lower)"
+    r"(x|y|rows?|cols?|columns?)"
+    r"|(?:min|max|start|end)(r|c)"
 )
+#: an x or y corner ending a longer word (boxymin, gtxmax)
+_ENDS_WITH_CORNER = re.compile(r"([xy])(?:min|max)$")
+#: the axis a letter or word of :data:`_AXIS_CORNER` names
+_AXIS_OF = {"r": "y", "row": "y", "rows": "y", "c": "x", "col": "x", "cols": "x"}
 
 
 def _word_axis(word: str) -> str | None:
@@ -844,7 +859,10 @@ def _word_axis(word: str) -> str | None:
         if word in names or (word[-1:].isdigit() and word.rstrip("0123456789") in names):
             return axis  # also row0, col1
     m = _AXIS_CORNER.fullmatch(word)
-    return None if m is None else m[1] or m[2]
+    if m is None:
+        return None
+    said = next(g for g in m.groups() if g)
+    return _AXIS_OF.get(said, "x" if said.startswith("column") else said)
 
 
 def _numbered(name: str, letter: str) -> bool:

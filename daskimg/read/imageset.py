@@ -245,6 +245,8 @@ class ImageSet:
         fed its index), and a column ``masks`` has the images' height and width.
         """
         self._check_label_range()
+        if isinstance(self.images, np.ndarray):  # images put in after (ds.images = ...)
+            self.images = unmasked("images", self.images)
         for k, v in self.columns.items():
             if not isinstance(v, (np.ndarray, da.Array)) or isinstance(v, np.ma.MaskedArray):
                 self.columns[k] = unmasked(k, v)  # a list: as the constructor takes it

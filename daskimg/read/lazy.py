@@ -48,7 +48,9 @@ def unmasked(name: str, value: Any, rows: tuple[int, int] | None = None) -> np.n
     """``value`` as a plain numpy array; a masked array with masked values is refused (a
     ValueError naming ``name``, and ``rows`` of it): nothing daskimg stores or feeds
     keeps a mask, so the values under it would be taken as real ones. One with nothing
-    masked gives its data."""
+    masked gives its data; so does a list of them (numpy's asarray drops their masks)."""
+    if isinstance(value, (list, tuple)) and any(isinstance(v, np.ma.MaskedArray) for v in value):
+        value = np.ma.array(value)  # the rows' masks kept
     if not isinstance(value, np.ma.MaskedArray):
         return np.asarray(value)
     hidden = int(np.ma.count_masked(value))

@@ -171,7 +171,9 @@ def as_numpy(value: Any) -> np.ndarray:
     """A batch as numpy: numpy arrays as they are, torch tensors detached, the rest asarray.
 
     A masked array with masked entries is refused: storing it would turn the values under
-    its mask into real ones."""
+    its mask into real ones; so is a list of masked arrays (numpy's asarray drops masks)."""
+    if isinstance(value, (list, tuple)) and any(isinstance(v, np.ma.MaskedArray) for v in value):
+        value = np.ma.array(value)  # the rows' masks kept
     if isinstance(value, np.ma.MaskedArray):
         if np.ma.count_masked(value):
             raise ValueError(
