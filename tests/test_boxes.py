@@ -403,6 +403,9 @@ def test_csv_box_cells(tmp_path):
         (("rmin", "cmin", "rmax", "cmax"), r"these are y, x, y, x"),
         (("r_min", "c_min", "r_max", "c_max"), r"these are y, x, y, x"),
         (("topy", "leftx", "boxymax", "boxxmax"), r"these are y, x, y, x"),
+        (("gt_r0", "gt_c0", "gt_r1", "gt_c1"), r"these are y, x, y, x"),  # behind a prefix
+        (("pred_ytl", "pred_xtl", "pred_ybr", "pred_xbr"), r"these are y, x, y, x"),
+        (("gty1", "gtx1", "gty2", "gtx2"), r"these are y, x, y, x"),
         # some names say nothing, those that do say another order
         (("a", "left", "b", "right"), r"but 'left' \(number 2\) names an x"),
         # names that say no two x and two y: the hint was the very list refused
@@ -431,6 +434,10 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("left", "upper", "right", "lower"),
         ("tl_x", "tl_y", "br_x", "br_y"),
         ("minc", "minr", "maxc", "maxr"),
+        # an axis word says more than a side: these were refused as "x, x, x, x"
+        ("gt_x_top_left", "gt_y_top_left", "gt_x_bottom_right", "gt_y_bottom_right"),
+        ("predXTopLeft", "predYTopLeft", "predXBottomRight", "predYBottomRight"),
+        ("bound_x_lower", "bound_y_lower", "bound_x_upper", "bound_y_upper"),
         ("cmin", "rmin", "cmax", "rmax"),
         ("xl", "yl", "xh", "yh"),  # low and high: no width (h) after x (review)
         ("arrow_a", "arrow_b", "collar_a", "collar_b"),

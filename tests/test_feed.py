@@ -1185,11 +1185,19 @@ def test_masked_values_are_refused_wherever_they_would_be_fed_or_stored(tmp_path
     rows = np.ma.masked_array(np.ones((n, 2)), mask=np.arange(2 * n).reshape(n, 2) == 3)
     with pytest.raises(ValueError, match=says.format("f", "", 1)):
         di.ImageSet(images, columns={"f": list(rows)})
+    with pytest.raises(ValueError, match=says.format("f", "", 1)):  # a list deeper down
+        di.BatchIterator({"images": images, "f": [[r] for r in rows]}, batch_size=4)
+    with (
+        pytest.raises(ValueError, match=r"f: the batch is a masked array with 1 masked"),
+        di.ArrayWriter(tmp_path / "w" / "w.zarr.zip", name="f", shape=(1, 2), dtype="f8") as w,
+    ):
+        w.append([[r] for r in rows])
+    assert not (tmp_path / "w" / "w.zarr.zip").exists()
     plain = di.ImageSet(images, np.arange(n) % 2, classes=["a", "b"])
     plain.images = np.ma.masked_array(images, mask=images == 0)
     with pytest.raises(ValueError, match=says.format("images", "", images.size)):
         di.to_zarr(plain, tmp_path / "m.zarr.zip", order="source")
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.glob("m.*"))
     # nothing masked: the data, as any array's
     clear = np.ma.masked_array(np.arange(n) % 2, mask=np.zeros(n, bool))
     ok = di.ImageSet(images, clear, classes=["a", "b"], columns={"s": score.filled(np.nan)})
@@ -1213,3 +1221,11 @@ def test_an_array_of_unknown_length_in_a_dict_is_named():
         np.testing.assert_array_equal(batch[1], [0, 1] * 5)
     batch = next(iter(di.BatchIterator({"images": list(images)}, batch_size=10, shuffle=False)))
     np.testing.assert_array_equal(batch[0], images)
+    # what numpy cannot make one array of, and iterators: named (numpy's error named none)
+    with pytest.raises(ValueError, match=r"array 'kp' cannot be made one array"):
+        di.BatchIterator({"images": images, "kp": [[1, 2], [3]] * 5}, batch_size=4)
+    with pytest.raises(ValueError, match=r"array 'labels' is an iterator \(generator\)"):
+        di.BatchIterator({"images": images, "labels": (i % 2 for i in range(10))}, batch_size=4)
+    # None or pandas' <NA> as a label: int() failed on it, naming nothing
+    with pytest.raises(ValueError, match=r"labels, row 2: None is no class index.*-1"):
+        di.ImageSet(images, [0, 1, None] + [0] * 7)

@@ -815,20 +815,24 @@ def _axis_of(column: str) -> str | None:
         return "y"
     # an axis said by a word elsewhere in the name, the last such word (top_left_x is an
     # x): min_y, pred_ymin, bbox/ymin, minY, topLeftY, row0, col1, p1y
-    axis = None
+    # an axis word (x, ymin, r0, col) says more than a side (gt_x_top_left is an x, whose
+    # top left corner it is): the last axis word, else the last side
+    axis = side = None
     parts = [p for p in _PARTS.split(column.strip()) if p]
     for i, part in enumerate(parts):
-        said = _word_axis(part.lower())
-        if said is None:  # camelCase and numbers apart: minY, topLeftY, p1y
-            for word in _CAMEL.findall(part):
-                said = _word_axis(word.lower()) or said
-        if said is None and i + 1 < len(parts):  # r_min, min_r: a corner in two parts
-            said = _word_axis((part + parts[i + 1]).lower())
-        if said is None:  # boxymin: an axis and its corner at the end of a longer word
-            m = _ENDS_WITH_CORNER.search(part.lower())
-            said = m[1] if m else None
-        axis = said or axis
-    return axis
+        candidates = [part, *(_CAMEL.findall(part) if _word_axis(part.lower()) is None else ())]
+        if i + 1 < len(parts):  # r_min, min_r: a corner in two parts
+            candidates.append(part + parts[i + 1])
+        for word in candidates:
+            said = _word_axis(word.lower())
+            if said is None:  # boxymin, gty1: an axis and its corner ending a longer word
+                m = _ENDS_WITH_CORNER.search(word.lower())
+                said = m[1] if m else None
+            if said is not None and word.lower() in _SIDES:
+                side = said
+            elif said is not None:
+                axis = said
+    return axis or side
 
 
 #: what separates the parts of a column name, for the words that say its axis
@@ -841,14 +845,16 @@ _Y_WORDS = frozenset(("y", "top", "bottom", "upper", "lower", "row", "rows"))
 #: an axis (x, y; r, row; c, col) with the corner it is (ymin, x1, yhi, rmin, rowstart,
 #: cmax) or after a corner or side (miny, maxx, p1y, minr, maxc, minrow, topy, leftx)
 _AXIS_CORNER = re.compile(
-    r"(x|y|rows?|cols?|columns?)(?:min|max|lo|low|hi|high|start|end|\d+)"
-    r"|(r|c)(?:min|max|start|end)"
+    r"(x|y|rows?|cols?|columns?)(?:min|max|lo|low|hi|high|start|end|tl|tr|bl|br|\d+)"
+    r"|(r|c)(?:min|max|start|end|\d+)"
     r"|(?:min|max|lo|low|hi|high|start|end|p\d+|pt\d+|top|bottom|left|right|upper|lower)"
     r"(x|y|rows?|cols?|columns?)"
     r"|(?:min|max|start|end)(r|c)"
 )
-#: an x or y corner ending a longer word (boxymin, gtxmax)
-_ENDS_WITH_CORNER = re.compile(r"([xy])(?:min|max)$")
+#: an x or y corner ending a longer word (boxymin, gtxmax, gty1)
+_ENDS_WITH_CORNER = re.compile(r"([xy])(?:min|max|\d)$")
+#: words that name a side, not an axis: an axis word in the same name says more
+_SIDES = frozenset(("left", "right", "top", "bottom", "upper", "lower"))
 #: the axis a letter or word of :data:`_AXIS_CORNER` names
 _AXIS_OF = {"r": "y", "row": "y", "rows": "y", "c": "x", "col": "x", "cols": "x"}
 

@@ -245,7 +245,7 @@ class ImageSet:
         fed its index), and a column ``masks`` has the images' height and width.
         """
         self._check_label_range()
-        if isinstance(self.images, np.ndarray):  # images put in after (ds.images = ...)
+        if self.images is not None and not isinstance(self.images, da.Array):  # put in after
             self.images = unmasked("images", self.images)
         for k, v in self.columns.items():
             if not isinstance(v, (np.ndarray, da.Array)) or isinstance(v, np.ma.MaskedArray):
@@ -722,6 +722,13 @@ def _class_indices(labels: Any) -> Any:
             "indices and the names separately: classes = sorted(set(names)); "
             "labels = [classes.index(name) for name in names]"
         )
+    if arr.dtype.kind == "O":  # None, pandas' <NA>: int() failed on them, naming nothing
+        for i, v in enumerate(arr.tolist()):
+            if not isinstance(v, (int, float, np.integer, np.floating)) or v != v:
+                raise ValueError(
+                    f"labels, row {i}: {v!r} is no class index; mark a sample without a label "
+                    "with -1 (pandas: labels.fillna(-1).astype(int))"
+                )
     if arr.dtype.kind in "fc":
         bad = ~np.isfinite(arr) | (arr != np.round(arr.real))
         if bad.any():

@@ -16,6 +16,7 @@ class 0).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any, cast
 
 import dask.array as da
@@ -48,12 +49,10 @@ def unmasked(name: str, value: Any, rows: tuple[int, int] | None = None) -> np.n
     """``value`` as a plain numpy array; a masked array with masked values is refused (a
     ValueError naming ``name``, and ``rows`` of it): nothing daskimg stores or feeds
     keeps a mask, so the values under it would be taken as real ones. One with nothing
-    masked gives its data; so does a list of them (numpy's asarray drops their masks)."""
-    if isinstance(value, (list, tuple)) and any(isinstance(v, np.ma.MaskedArray) for v in value):
-        value = np.ma.array(value)  # the rows' masks kept
-    if not isinstance(value, np.ma.MaskedArray):
-        return np.asarray(value)
-    hidden = int(np.ma.count_masked(value))
+    masked gives its data; so do lists of them, at any depth (numpy's asarray drops their
+    masks). What numpy cannot make one array of (ragged rows) and iterators (read once)
+    are refused naming ``name`` too."""
+    hidden = masked_count(value)
     if hidden:
         where = f" (rows {rows[0]}..{rows[1]})" if rows is not None else ""
         raise ValueError(
@@ -63,7 +62,34 @@ def unmasked(name: str, value: Any, rows: tuple[int, int] | None = None) -> np.n
             "labels.filled(-1)), a float column with NaN (.filled(np.nan)); or leave those "
             "samples out (ds.take)"
         )
-    return np.asarray(np.ma.getdata(value))
+    if isinstance(value, np.ma.MaskedArray):
+        return np.asarray(np.ma.getdata(value))
+    if isinstance(value, np.ndarray):
+        return np.asarray(value)
+    if isinstance(value, Iterator):
+        raise ValueError(
+            f"array {name!r} is an iterator ({type(value).__name__}), which is read once; "
+            "give a list or an array"
+        )
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged rows, a masked element of no mask
+        raise ValueError(
+            f"array {name!r} cannot be made one array ({e}); every sample's row must have "
+            "the same shape (pad ragged rows, or keep them in a column of text)"
+        ) from None
+
+
+def masked_count(value: Any) -> int:
+    """The masked values of a masked array, or of the masked arrays in a list or tuple (at
+    any depth, as numpy makes one array of nested lists)."""
+    if isinstance(value, np.ma.MaskedArray):
+        return int(np.ma.count_masked(value))
+    if value is np.ma.masked:
+        return 1
+    if isinstance(value, (list, tuple)):
+        return sum(masked_count(v) for v in value if isinstance(v, (list, tuple, np.ndarray)))
+    return 0
 
 
 def exact_blocks(arr: da.Array, name: str) -> da.Array:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..read.imageset import check_column_name
+from ..read.lazy import masked_count
 from ..store.codecs import check_text_length
 from ..store.encode import becomes_inf, holds_every
 
@@ -172,15 +173,14 @@ def as_numpy(value: Any) -> np.ndarray:
 
     A masked array with masked entries is refused: storing it would turn the values under
     its mask into real ones; so is a list of masked arrays (numpy's asarray drops masks)."""
-    if isinstance(value, (list, tuple)) and any(isinstance(v, np.ma.MaskedArray) for v in value):
-        value = np.ma.array(value)  # the rows' masks kept
+    hidden = masked_count(value)
+    if hidden:
+        raise ValueError(
+            f"the batch is a masked array with {hidden} masked "
+            "value(s); the store has no mask, so they would be stored as real values. "
+            "Fill them first, e.g. batch.filled(np.nan)"
+        )
     if isinstance(value, np.ma.MaskedArray):
-        if np.ma.count_masked(value):
-            raise ValueError(
-                f"the batch is a masked array with {np.ma.count_masked(value)} masked "
-                "value(s); the store has no mask, so they would be stored as real values. "
-                "Fill them first, e.g. batch.filled(np.nan)"
-            )
         return np.ma.getdata(value)
     if isinstance(value, np.ndarray):
         return value
