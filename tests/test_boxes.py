@@ -406,6 +406,14 @@ def test_csv_box_cells(tmp_path):
         (("gt_r0", "gt_c0", "gt_r1", "gt_c1"), r"these are y, x, y, x"),  # behind a prefix
         (("pred_ytl", "pred_xtl", "pred_ybr", "pred_xbr"), r"these are y, x, y, x"),
         (("gty1", "gtx1", "gty2", "gtx2"), r"these are y, x, y, x"),
+        (("tly", "tlx", "bry", "brx"), r"these are y, x, y, x"),  # the corner first
+        (("uly", "ulx", "lry", "lrx"), r"these are y, x, y, x"),  # GDAL's -projwin
+        (("bbox-0", "bbox-1", "bbox-2", "bbox-3"), r"these are y, x, y, x"),  # regionprops_table
+        # widths and heights in camelCase, or under other words: stored as corners
+        (("boxX", "boxY", "boxW", "boxH"), r"'boxW' names a width or height"),
+        (("x", "y", "widthPx", "heightPx"), r"'widthPx' names a width or height"),
+        (("x", "y", "sizeX", "sizeY"), r"'sizeX' names a width or height"),
+        (("col", "row", "colspan", "rowspan"), r"'colspan' names a width or height"),
         # some names say nothing, those that do say another order
         (("a", "left", "b", "right"), r"but 'left' \(number 2\) names an x"),
         # names that say no two x and two y: the hint was the very list refused
@@ -436,6 +444,10 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("minc", "minr", "maxc", "maxr"),
         # an axis word says more than a side: these were refused as "x, x, x, x"
         ("gt_x_top_left", "gt_y_top_left", "gt_x_bottom_right", "gt_y_bottom_right"),
+        ("pred_xmin_c0", "pred_ymin_c0", "pred_xmax_c0", "pred_ymax_c0"),  # x/y over c0
+        ("row_xmin", "row_ymin", "row_xmax", "row_ymax"),
+        ("tlx", "tly", "brx", "bry"),
+        ("bbox_0", "bbox_1", "bbox_2", "bbox_3"),  # names that say nothing: as given
         ("predXTopLeft", "predYTopLeft", "predXBottomRight", "predYBottomRight"),
         ("bound_x_lower", "bound_y_lower", "bound_x_upper", "bound_y_upper"),
         ("cmin", "rmin", "cmax", "rmax"),

@@ -480,8 +480,20 @@ def test_imageset_labels_must_be_whole_class_indices():
         di.ImageSet(images, ["cat", "dog", "cat"], classes=["cat", "dog"])
     with pytest.raises(ValueError, match=r"labels must be whole numbers.*0\.5.*columns="):
         di.ImageSet(images, [0.0, 0.5, 1.0])
-    with pytest.raises(ValueError, match=r"labels must be whole numbers.*nan"):
+    with pytest.raises(ValueError, match=r"labels, row 1: NaN is no class index.*-1"):
         di.ImageSet(images, [0.0, np.nan, 1.0])
+    # in an object array (a mixed DataFrame's row): 1.5 was cut to 1, 2**64 and inf failed
+    # with a bare OverflowError, None and <NA> with int()'s TypeError
+    for values, says in [
+        ([0, 1.5, 2], r"labels, row 1: labels must be whole numbers.*1\.5"),
+        ([0, 2**64, 1], r"labels, row 1: 18446744073709551616 is beyond the int64"),
+        ([0, float("inf"), 1], r"labels, row 1: labels must be whole numbers.*inf"),
+        ([0, None, 1], r"labels, row 1: None is no class index.*-1"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            di.ImageSet(images, np.array(values, dtype=object), classes=["a", "b", "c"])
+    mixed = di.ImageSet(images, np.array([0, 2.0, np.int64(1)], dtype=object), classes=list("abc"))
+    assert mixed.labels.tolist() == [0, 2, 1] and mixed.labels.dtype == np.int64
     whole = di.ImageSet(images, np.array([0.0, 1.0, 1.0]), classes=["a", "b"])
     assert whole.labels.dtype == np.int64
     np.testing.assert_array_equal(whole.labels, [0, 1, 1])

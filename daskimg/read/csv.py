@@ -787,21 +787,25 @@ _WORDS = re.compile(r"[_\-. ]+")
 #: words of a box column's name that say it holds a width or height, not a corner
 _SIZE_WORDS = frozenset(
     ("w", "h", "width", "height", "wd", "ht", "size", "sz", "len", "length", "extent", "span",
-     "dx", "dy", "dw", "dh", "bw", "bh", "ncol", "ncols", "nrow", "nrows")
+     "dx", "dy", "dw", "dh", "bw", "bh", "ncol", "ncols", "nrow", "nrows", "widths",
+     "heights", "dim", "dims", "delta", "colspan", "rowspan", "num")
 )  # fmt: skip
 
 
 def _axis_of(column: str) -> str | None:
     """What a box column's name says it holds: "x" or "y" (a corner on that axis), "size"
     (a width or height), or None (a name that says nothing)."""
+    skimage = re.fullmatch(r"bbox-([0-3])", column.strip())  # regionprops_table: rows first
+    if skimage:
+        return "yx"[int(skimage[1]) % 2]
     n = column.strip().lower()
     for prefix in ("bbox", "box", "bb"):
         if n.startswith(prefix) and len(n) > len(prefix) and n[len(prefix)] in "_-. ":
             n = n[len(prefix) + 1 :]
             break
     words = set(_WORDS.split(n))  # min_row, col_left: "row" and "col" as words
-    # a width or height in any spelling: w_px, x_size, xlen, dx, bw, ncols, width_px
-    sized = words | set(re.findall(r"[a-z]+", n))
+    # a width or height in any spelling: w_px, x_size, xlen, dx, bw, ncols, width_px, boxW
+    sized = words | set(re.findall(r"[a-z]+", n)) | {w.lower() for w in _CAMEL.findall(column)}
     if n.endswith(("width", "height")) or any(
         # xlen, ysz, xdx: a size word after x or y, but for one letter (xh, yl, xw: low
         # and high corners, as before)
@@ -809,30 +813,37 @@ def _axis_of(column: str) -> str | None:
         for w in sized
     ):
         return "size"
+    # an axis said by a word anywhere in the name (min_y, pred_ymin, bbox/ymin, minY,
+    # topLeftY, row0, gt_r0, p1y, tly): a word of x or y says most, then one of rows or
+    # columns, then a side (gt_x_top_left is an x, row_xmin too); the last of the most
+    rank, said = _named_axis(column)
+    if rank == 3:
+        return said
     if n in ("left", "right") or n.startswith("x") or words & {"col", "cols"} or _numbered(n, "c"):
         return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
     if n in ("top", "bottom") or n.startswith("y") or words & {"row", "rows"} or _numbered(n, "r"):
         return "y"
-    # an axis said by a word elsewhere in the name, the last such word (top_left_x is an
-    # x): min_y, pred_ymin, bbox/ymin, minY, topLeftY, row0, col1, p1y
-    # an axis word (x, ymin, r0, col) says more than a side (gt_x_top_left is an x, whose
-    # top left corner it is): the last axis word, else the last side
-    axis = side = None
+    return said
+
+
+def _named_axis(column: str) -> tuple[int, str | None]:
+    """The axis the words of a box column's name say, and how surely: 3 by a word of x or
+    y (``x``, ``ymin``, ``gty1``, ``tlx``), 2 of rows or columns (``row0``, ``cmax``), 1 by a
+    side (``top``, ``left``); (0, None) when none does."""
+    best: tuple[int, str | None] = (0, None)
     parts = [p for p in _PARTS.split(column.strip()) if p]
     for i, part in enumerate(parts):
-        candidates = [part, *(_CAMEL.findall(part) if _word_axis(part.lower()) is None else ())]
+        candidates = [part, *_CAMEL.findall(part)]
         if i + 1 < len(parts):  # r_min, min_r: a corner in two parts
             candidates.append(part + parts[i + 1])
         for word in candidates:
-            said = _word_axis(word.lower())
-            if said is None:  # boxymin, gty1: an axis and its corner ending a longer word
+            found = _word_axis(word.lower())
+            if found is None:  # boxymin, gty1: an axis and its corner ending a longer word
                 m = _ENDS_WITH_CORNER.search(word.lower())
-                said = m[1] if m else None
-            if said is not None and word.lower() in _SIDES:
-                side = said
-            elif said is not None:
-                axis = said
-    return axis or side
+                found = (3, m[1]) if m else None
+            if found is not None and found[0] >= best[0]:
+                best = found
+    return best
 
 
 #: what separates the parts of a column name, for the words that say its axis
@@ -850,25 +861,30 @@ _AXIS_CORNER = re.compile(
     r"|(?:min|max|lo|low|hi|high|start|end|p\d+|pt\d+|top|bottom|left|right|upper|lower)"
     r"(x|y|rows?|cols?|columns?)"
     r"|(?:min|max|start|end)(r|c)"
+    r"|(?:tl|tr|bl|br|ul|ur|ll|lr|lt|rt|lb|rb)(x|y|r|c)"  # corners first: tlx, uly (GDAL), brc
 )
 #: an x or y corner ending a longer word (boxymin, gtxmax, gty1)
-_ENDS_WITH_CORNER = re.compile(r"([xy])(?:min|max|\d)$")
+_ENDS_WITH_CORNER = re.compile(r"(?<!bo)([xy])(?:min|max|\d)$")  # not bbox0
 #: words that name a side, not an axis: an axis word in the same name says more
 _SIDES = frozenset(("left", "right", "top", "bottom", "upper", "lower"))
-#: the axis a letter or word of :data:`_AXIS_CORNER` names
+#: the axis a letter or word of rows or columns in :data:`_AXIS_CORNER` names
 _AXIS_OF = {"r": "y", "row": "y", "rows": "y", "c": "x", "col": "x", "cols": "x"}
 
 
-def _word_axis(word: str) -> str | None:
-    """The axis one word of a box column's name says ("x", "y"), or None."""
+def _word_axis(word: str) -> tuple[int, str] | None:
+    """The axis one word of a box column's name says ("x", "y") and how surely (see
+    :func:`_named_axis`), or None."""
     for axis, names in (("x", _X_WORDS), ("y", _Y_WORDS)):
         if word in names or (word[-1:].isdigit() and word.rstrip("0123456789") in names):
-            return axis  # also row0, col1
+            base = word.rstrip("0123456789")  # also row0, col1, x0
+            return (1 if base in _SIDES else 3 if base in ("x", "y") else 2), axis
     m = _AXIS_CORNER.fullmatch(word)
     if m is None:
         return None
     said = next(g for g in m.groups() if g)
-    return _AXIS_OF.get(said, "x" if said.startswith("column") else said)
+    if said in ("x", "y"):
+        return 3, said
+    return 2, _AXIS_OF.get(said, "x" if said.startswith("column") else "y")
 
 
 def _numbered(name: str, letter: str) -> bool:

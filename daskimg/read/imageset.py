@@ -704,6 +704,13 @@ def check_column_name(name: Any) -> None:
         )
 
 
+_NOT_WHOLE = (
+    "labels, row {row}: labels must be whole numbers (class indices); found {value} (casting "
+    "would truncate it). Per-sample values such as scores or targets belong in columns=, "
+    "e.g. columns={{'target': values}}"
+)
+
+
 def _class_indices(labels: Any) -> Any:
     """``labels`` checked to be whole class indices (strings and fractions are refused)."""
     # lazy labels are read here (one integer per sample, small), to be checked as any are:
@@ -722,21 +729,34 @@ def _class_indices(labels: Any) -> Any:
             "indices and the names separately: classes = sorted(set(names)); "
             "labels = [classes.index(name) for name in names]"
         )
-    if arr.dtype.kind == "O":  # None, pandas' <NA>: int() failed on them, naming nothing
+    if arr.dtype.kind == "O":  # None, <NA>, 1.5, 2**64: int() failed or cut, naming nothing
+        whole = []
         for i, v in enumerate(arr.tolist()):
             if not isinstance(v, (int, float, np.integer, np.floating)) or v != v:
                 raise ValueError(
                     f"labels, row {i}: {v!r} is no class index; mark a sample without a label "
                     "with -1 (pandas: labels.fillna(-1).astype(int))"
                 )
+            if not math.isfinite(v) or v != int(v):
+                raise ValueError(_NOT_WHOLE.format(row=i, value=v))
+            if not -(2**63) <= int(v) < 2**63:
+                raise ValueError(
+                    f"labels, row {i}: {v!r} is beyond the int64 class indices are stored as (it "
+                    "would wrap to another label). Check the source of the labels"
+                )
+            whole.append(int(v))
+        arr = np.array(whole, dtype=np.int64)
     if arr.dtype.kind in "fc":
         bad = ~np.isfinite(arr) | (arr != np.round(arr.real))
         if bad.any():
-            raise ValueError(
-                f"labels must be whole numbers (class indices); found {arr[bad].ravel()[0].item()} "
-                "(casting would truncate it). Per-sample values such as scores or targets "
-                "belong in columns=, e.g. columns={'target': values}"
-            )
+            i = int(np.flatnonzero(bad)[0])
+            value = arr[i].item()
+            if value != value:  # a pandas Int64 column's <NA> comes as NaN
+                raise ValueError(
+                    f"labels, row {i}: NaN is no class index; mark a sample without a label "
+                    "with -1 (pandas: labels.fillna(-1).astype(int))"
+                )
+            raise ValueError(_NOT_WHOLE.format(row=i, value=value))
         arr = arr.real
     check_index_range(arr, "labels")
     return arr
@@ -764,7 +784,7 @@ def _per_sample(name: str, values: Any, n: int, dtype: Any) -> Any:
         if values.ndim == 0 or values.shape[0] != n:
             raise ValueError(f"{name} must have {n} rows, one per image; got shape {values.shape}")
         return values if dtype is None else values.astype(dtype)
-    arr = np.asarray(unmasked(name, values), dtype=dtype)
+    arr = unmasked(name, values, dtype=dtype)
     if arr.ndim == 0 or arr.shape[0] != n:
         raise ValueError(f"{name} must have {n} rows, one per image; got shape {arr.shape}")
     return arr

@@ -45,13 +45,16 @@ def check_block(name: str, block: Any, rows: tuple[int, int], shape: tuple[int, 
     return block
 
 
-def unmasked(name: str, value: Any, rows: tuple[int, int] | None = None) -> np.ndarray:
+def unmasked(
+    name: str, value: Any, rows: tuple[int, int] | None = None, dtype: Any = None
+) -> np.ndarray:
     """``value`` as a plain numpy array; a masked array with masked values is refused (a
     ValueError naming ``name``, and ``rows`` of it): nothing daskimg stores or feeds
     keeps a mask, so the values under it would be taken as real ones. One with nothing
     masked gives its data; so do lists of them, at any depth (numpy's asarray drops their
     masks). What numpy cannot make one array of (ragged rows) and iterators (read once)
-    are refused naming ``name`` too."""
+    are refused naming ``name`` too. ``dtype``: as numpy's asarray takes it (``object``
+    keeps a list's values as they are: ``3.5`` among paths stays a float, to be refused)."""
     hidden = masked_count(value)
     if hidden:
         where = f" (rows {rows[0]}..{rows[1]})" if rows is not None else ""
@@ -63,16 +66,16 @@ def unmasked(name: str, value: Any, rows: tuple[int, int] | None = None) -> np.n
             "samples out (ds.take)"
         )
     if isinstance(value, np.ma.MaskedArray):
-        return np.asarray(np.ma.getdata(value))
+        return np.asarray(np.ma.getdata(value), dtype=dtype)
     if isinstance(value, np.ndarray):
-        return np.asarray(value)
+        return np.asarray(value, dtype=dtype)
     if isinstance(value, Iterator):
         raise ValueError(
             f"array {name!r} is an iterator ({type(value).__name__}), which is read once; "
             "give a list or an array"
         )
     try:
-        return np.asarray(value)
+        return np.asarray(value, dtype=dtype)
     except (ValueError, TypeError) as e:  # ragged rows, a masked element of no mask
         raise ValueError(
             f"array {name!r} cannot be made one array ({e}); every sample's row must have "
