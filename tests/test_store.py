@@ -356,11 +356,7 @@ def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed
     # an array's zarr.json holding null, in a store without the table of their checksums
     # (written before 2026-12): it was said missing ("labels/zarr.json not found")
     older = Path(di.to_zarr(indexed_set, tmp_path / "older.zarr", chunks=8))
-    meta = json.loads((older / "zarr.json").read_text())
-    attrs = meta["attributes"]["daskimg"]
-    del attrs["arrays"]
-    attrs["attrs_crc32c"] = format_mod.attrs_crc32c(attrs)
-    (older / "zarr.json").write_text(json.dumps(meta))
+    _without_root_attr(older, "arrays")
     (older / "labels" / "zarr.json").write_text("null")
     with pytest.raises(MetadataError, match=r"labels/zarr\.json holds null, not a JSON object"):
         di.open_zarr(older)
@@ -371,13 +367,18 @@ def test_stores_without_a_root_file_are_said_for_what_they_are(tmp_path, indexed
     # a root without its 'complete' mark (its checksum made to match): damage, not "its
     # writer stopped before the end"
     again = Path(di.to_zarr(indexed_set, tmp_path / "again.zarr", chunks=8))
-    meta = json.loads((again / "zarr.json").read_text())
-    attrs = meta["attributes"]["daskimg"]
-    del attrs["complete"]
-    attrs["attrs_crc32c"] = format_mod.attrs_crc32c(attrs)
-    (again / "zarr.json").write_text(json.dumps(meta))
+    _without_root_attr(again, "complete")
     with pytest.raises(MetadataError, match="have no 'complete' mark"):
         di.open_zarr(again)
+
+
+def _without_root_attr(store: Path, key: str) -> None:
+    """Drop one of a folder store's root attributes, their checksum made to match."""
+    meta = json.loads((store / "zarr.json").read_text())
+    attrs = meta["attributes"]["daskimg"]
+    del attrs[key]
+    attrs["attrs_crc32c"] = format_mod.attrs_crc32c(attrs)
+    (store / "zarr.json").write_text(json.dumps(meta))
 
 
 def test_incomplete_flag_refused(tmp_path, indexed_set):

@@ -704,6 +704,10 @@ def check_column_name(name: Any) -> None:
         )
 
 
+_NO_INDEX = (
+    "labels, row {row}: {value} is no class index; mark a sample without a label with -1 "
+    "(pandas: labels.fillna(-1).astype(int))"
+)
 _NOT_WHOLE = (
     "labels, row {row}: labels must be whole numbers (class indices); found {value} (casting "
     "would truncate it). Per-sample values such as scores or targets belong in columns=, "
@@ -733,10 +737,7 @@ def _class_indices(labels: Any) -> Any:
         whole = []
         for i, v in enumerate(arr.tolist()):
             if not isinstance(v, (int, float, np.integer, np.floating)) or v != v:
-                raise ValueError(
-                    f"labels, row {i}: {v!r} is no class index; mark a sample without a label "
-                    "with -1 (pandas: labels.fillna(-1).astype(int))"
-                )
+                raise ValueError(_NO_INDEX.format(row=i, value=repr(v)))
             if not math.isfinite(v) or v != int(v):
                 raise ValueError(_NOT_WHOLE.format(row=i, value=v))
             if not -(2**63) <= int(v) < 2**63:
@@ -752,10 +753,7 @@ def _class_indices(labels: Any) -> Any:
             i = int(np.flatnonzero(bad)[0])
             value = arr[i].item()
             if value != value:  # a pandas Int64 column's <NA> comes as NaN
-                raise ValueError(
-                    f"labels, row {i}: NaN is no class index; mark a sample without a label "
-                    "with -1 (pandas: labels.fillna(-1).astype(int))"
-                )
+                raise ValueError(_NO_INDEX.format(row=i, value="NaN"))
             raise ValueError(_NOT_WHOLE.format(row=i, value=value))
         arr = arr.real
     check_index_range(arr, "labels")
