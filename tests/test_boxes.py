@@ -408,7 +408,12 @@ def test_csv_box_cells(tmp_path):
         (("gty1", "gtx1", "gty2", "gtx2"), r"these are y, x, y, x"),
         (("tly", "tlx", "bry", "brx"), r"these are y, x, y, x"),  # the corner first
         (("uly", "ulx", "lry", "lrx"), r"these are y, x, y, x"),  # GDAL's -projwin
-        (("bbox-0", "bbox-1", "bbox-2", "bbox-3"), r"these are y, x, y, x"),  # regionprops_table
+        # numbered: regionprops_table's rows first (also with separator="_"), or a COCO x, y,
+        # w, h split into columns; either was stored as x0, y0, x1, y1
+        (("bbox-0", "bbox-1", "bbox-2", "bbox-3"), r"numbered box columns say neither"),
+        (("bbox_0", "bbox_1", "bbox_2", "bbox_3"), r"numbered box columns say neither"),
+        (("x", "y", "n_cols", "n_rows"), r"'n_cols' names a width or height"),
+        (("x", "y", "cols", "rows"), r"'cols' names a width or height"),
         # widths and heights in camelCase, or under other words: stored as corners
         (("boxX", "boxY", "boxW", "boxH"), r"'boxW' names a width or height"),
         (("x", "y", "widthPx", "heightPx"), r"'widthPx' names a width or height"),
@@ -447,7 +452,11 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("pred_xmin_c0", "pred_ymin_c0", "pred_xmax_c0", "pred_ymax_c0"),  # x/y over c0
         ("row_xmin", "row_ymin", "row_xmax", "row_ymax"),
         ("tlx", "tly", "brx", "bry"),
-        ("bbox_0", "bbox_1", "bbox_2", "bbox_3"),  # names that say nothing: as given
+        ("xmin_1", "ymin_1", "xmax_1", "ymax_1"),  # numbered boxes of a wide table
+        ("xmin.1", "ymin.1", "xmax.1", "ymax.1"),  # pandas' name for a repeated column
+        ("xmin_y", "ymin_y", "xmax_y", "ymax_y"),  # pandas' merge suffixes
+        ("x_l", "y_l", "x_h", "y_h"),  # low and high
+        ("extent_xmin", "extent_ymin", "extent_xmax", "extent_ymax"),
         ("predXTopLeft", "predYTopLeft", "predXBottomRight", "predYBottomRight"),
         ("bound_x_lower", "bound_y_lower", "bound_x_upper", "bound_y_upper"),
         ("cmin", "rmin", "cmax", "rmax"),

@@ -569,3 +569,19 @@ def test_one_image_saved_without_its_sample_axis_is_named(tmp_path, kind, caplog
     with caplog.at_level(logging.WARNING, logger="daskimg"):
         assert open_array_set(tmp_path / "gray.npy").images.shape == (5, 28, 28, 1)
     assert "gray images" not in caplog.text
+
+
+def test_array_sources_name_what_is_wrong_with_their_labels(tmp_path):
+    # labels of a .npy in an .npz: "got shape (1,)" for 6 labels; HDF5 labels not UTF-8: a
+    # bare UnicodeDecodeError; images= on a .npy: ignored, the one array read
+    np.save(tmp_path / "x.npy", np.zeros((6, 8, 8), np.uint8))
+    np.savez(tmp_path / "y.npz", y=np.arange(6))
+    with pytest.raises(ValueError, match=r"x\.npy.*the labels .*y\.npz.* are an \.npz archive"):
+        open_array_set(tmp_path / "x.npy", labels=str(tmp_path / "y.npz"))
+    with pytest.raises(ValueError, match=r"x\.npy.*images='nope' names an array in \.h5"):
+        open_array_set(tmp_path / "x.npy", images="nope")
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("images", data=np.zeros((4, 8, 8), np.uint8))
+        f.create_dataset("labels", data=np.array(["café".encode("latin-1"), b"tea", b"tea", b"t"]))
+    with pytest.raises(ValueError, match=r"d\.h5.*labels 'labels', row 0: .* is not UTF-8"):
+        open_array_set(tmp_path / "d.h5", labels="labels")

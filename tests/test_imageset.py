@@ -494,6 +494,20 @@ def test_imageset_labels_must_be_whole_class_indices():
             di.ImageSet(images, np.array(values, dtype=object), classes=["a", "b", "c"])
     mixed = di.ImageSet(images, np.array([0, 2.0, np.int64(1)], dtype=object), classes=list("abc"))
     assert mixed.labels.tolist() == [0, 2, 1] and mixed.labels.dtype == np.int64
+    # whole numbers of other types (Decimal, Fraction, numpy bools, 0-d arrays) are read
+    # exactly; they were "no class index ... mark with -1"
+    from decimal import Decimal
+    from fractions import Fraction
+
+    for values in (
+        [0, Decimal(2), 1],
+        [Fraction(0), Fraction(2), Fraction(1)],
+        [np.bool_(False), np.array(2), np.int8(1)],
+    ):
+        got = di.ImageSet(images, np.array(values, dtype=object), classes=list("abc")).labels
+        assert got.tolist() == [0, 2, 1]
+    with pytest.raises(ValueError, match=r"labels, row 1: 1j \(complex\) is no class index"):
+        di.ImageSet(images, np.array([0, 1j, 1], dtype=object), classes=list("abc"))
     whole = di.ImageSet(images, np.array([0.0, 1.0, 1.0]), classes=["a", "b"])
     assert whole.labels.dtype == np.int64
     np.testing.assert_array_equal(whole.labels, [0, 1, 1])

@@ -575,3 +575,24 @@ def test_wider_floats_than_the_first_file_s_are_refused_not_rounded(tmp_path, fi
     np.save(tmp_path / "b.npy", exact)
     ds = di.imread(str(tmp_path / "*.npy"), size=(4, 5, 6))
     np.testing.assert_array_equal(ds[1, ..., 0].compute(), exact.astype(first))
+
+
+def test_volume_masks_and_odd_tiff_pages_are_said_for_what_they_are(tmp_path):
+    # masks= with volumes: the first mask's shape was refused ("must be 2-D"), and once
+    # a 2-D one was given, masks at all; a TIFF of one odd page was "corrupt or truncated"
+    from PIL import Image
+
+    (tmp_path / "img" / "c").mkdir(parents=True)
+    (tmp_path / "msk" / "c").mkdir(parents=True)
+    np.save(tmp_path / "img" / "c" / "a.npy", np.zeros((4, 8, 8), np.int16))
+    np.save(tmp_path / "msk" / "c" / "a.npy", np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"masks and boxes go with 2-D images, not volumes"):
+        di.from_folder(tmp_path / "img", size=(4, 8, 8), masks=tmp_path / "msk")
+    u = np.random.default_rng(0).integers(0, 256, (8, 16, 16)).astype(np.uint8)
+    pages = [Image.fromarray(s) for s in u]
+    pages[4] = Image.fromarray(u[4][:8, :8])
+    pages[0].save(tmp_path / "a.tif", save_all=True, append_images=pages[1:])
+    with Image.open(tmp_path / "a.tif") as im:
+        assert im.n_frames == 8  # the oracle: a sound file Pillow reads page by page
+    with pytest.raises(DecodeError, match=r"a\.tif.*pages are not all of one shape"):
+        di.imread(str(tmp_path / "a.tif"), size=(8, 16, 16)).compute()

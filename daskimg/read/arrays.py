@@ -378,6 +378,11 @@ def open_array_set(
     label_values: Any = None
     extra_names = list(dict.fromkeys([*columns, *boxes]))
     extra: dict[str, np.ndarray] = {}
+    if images != "images" and low.endswith(".npy"):  # was ignored: the one array was read
+        raise ValueError(
+            f"{path!r}: a .npy file holds one array, the images; images={images!r} names an "
+            "array in .h5 or .npz files only: leave it out"
+        )
     if extra_names and low.endswith(".npy"):
         raise ValueError(
             f"{path!r}: a .npy file holds one array; columns and boxes come from .h5 or .npz files"
@@ -422,6 +427,13 @@ def open_array_set(
         if labels is not None:
             with _numpy_file(labels):
                 label_values = np.load(labels)
+            if not isinstance(label_values, np.ndarray):  # an .npz archive, by its content
+                label_values.close()
+                raise ValueError(
+                    f"{path!r}: the labels {labels!r} are an .npz archive (a zip of arrays), "
+                    "not a .npy file: save them with np.save, or pass the images and labels in "
+                    "one .npz (images=, labels=)"
+                )
     elif low.endswith(".npz"):
         with _numpy_file(path), np.load(path) as z:
             if images not in z.files:
@@ -464,7 +476,10 @@ def open_array_set(
         raise ValueError(
             f"{path!r}: images must be (N, H, W), (N, H, W, C) or volumes; got {arr.shape}"
         )
-    lab, names = _labels(label_values, classes, name=str(labels))
+    try:
+        lab, names = _labels(label_values, classes, name=str(labels))
+    except ValueError as e:  # named with the file the labels come from
+        raise ValueError(f"{path!r}: {e}") from None
     try:
         return ImageSet(
             arr,
@@ -649,6 +664,20 @@ def _check_virtual_source(path: str, where: str, file_name: str, dset_name: str)
         )
 
 
+def _label_text(value: Any, name: str, row: int) -> str:
+    """A text label as ``str``: bytes (HDF5's, ``S`` arrays) decoded as UTF-8, or named."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"labels {name!r}, row {row}: {value[:40]!r} is not UTF-8 text ({e.reason}); "
+            "re-encode the labels as UTF-8, or store them as class indices with the names "
+            "given as classes (--classes)"
+        ) from None
+
+
 def _labels(
     values: Any, classes: Sequence[str], *, name: str = "labels"
 ) -> tuple[np.ndarray | None, Sequence[str]]:
@@ -664,7 +693,7 @@ def _labels(
         raise ValueError(f"labels must be one per sample, got shape {values.shape}")
     values = values[:, 0]
     if values.dtype.kind in "SUO":
-        text = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+        text = np.array([_label_text(v, name, i) for i, v in enumerate(values)])
         names = list(classes) or sorted(set(text.tolist()))
         ordered = None if classes else text_ordered(names)
         if ordered is not None:

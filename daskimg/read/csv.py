@@ -23,7 +23,7 @@ from .fileio import alike, case_groups, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
 from .imageset import RESERVED, ImageSet, check_column_name, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
-from .source import DEFAULT_BLOCK, DERIVED, FileSource
+from .source import DEFAULT_BLOCK, DERIVED, FileSource, refuse_volume_masks
 
 _INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
 #: how spreadsheets, pandas and R write a missing value
@@ -190,6 +190,7 @@ def from_csv(
         draft=draft,
         dtype_taken=dtype is None,
     )
+    refuse_volume_masks(spec, masks, source_boxes)
     source = FileSource(
         tuple(files),
         spec,
@@ -741,6 +742,16 @@ def _check_corner_names(cols: list[str], name: str, where: str) -> None:
     width or height (COCO's x, y, w, h), or the axes in another order (TensorFlow's ymin,
     xmin, ymax, xmax). Read as corners, such a box lands elsewhere without an error
     whenever its numbers happen to be ordered like corners."""
+    numbered = [c for c in cols if _NUMBERED_BOX.fullmatch(c.strip())]
+    if len(numbered) == len(cols):
+        raise ValueError(
+            f"boxes[{name!r}] = {cols}: numbered box columns say neither which axis each "
+            "holds nor whether the last two are corners or a width and height (scikit-image's "
+            "regionprops_table writes min_row, min_col, max_row, max_col as bbox-0..3; a COCO "
+            "box split into columns is x, y, width, height). A box is read from x0, y0, x1, "
+            "y1 (left, top, right, bottom, in the source image's pixels): rename the columns "
+            f"in the CSV so that they say so. ({where})"
+        )
     roles = [_axis_of(c) for c in cols]
     sized = [c for c, r in zip(cols, roles, strict=True) if r == "size"]
     if sized:
@@ -788,36 +799,40 @@ _WORDS = re.compile(r"[_\-. ]+")
 _SIZE_WORDS = frozenset(
     ("w", "h", "width", "height", "wd", "ht", "size", "sz", "len", "length", "extent", "span",
      "dx", "dy", "dw", "dh", "bw", "bh", "ncol", "ncols", "nrow", "nrows", "widths",
-     "heights", "dim", "dims", "delta", "colspan", "rowspan", "num")
+     "heights", "dim", "dims", "delta", "colspan", "rowspan", "num", "count", "cnt")
 )  # fmt: skip
 
 
 def _axis_of(column: str) -> str | None:
     """What a box column's name says it holds: "x" or "y" (a corner on that axis), "size"
     (a width or height), or None (a name that says nothing)."""
-    skimage = re.fullmatch(r"bbox-([0-3])", column.strip())  # regionprops_table: rows first
-    if skimage:
-        return "yx"[int(skimage[1]) % 2]
     n = column.strip().lower()
     for prefix in ("bbox", "box", "bb"):
         if n.startswith(prefix) and len(n) > len(prefix) and n[len(prefix)] in "_-. ":
             n = n[len(prefix) + 1 :]
             break
     words = set(_WORDS.split(n))  # min_row, col_left: "row" and "col" as words
-    # a width or height in any spelling: w_px, x_size, xlen, dx, bw, ncols, width_px, boxW
+    # an axis said by a word anywhere in the name (min_y, pred_ymin, bbox/ymin, minY,
+    # topLeftY, row0, gt_r0, p1y, tly): see _named_axis for which says most
+    rank, said = _named_axis(column)
+    # a width or height in any spelling: w_px, x_size, xlen, dx, bw, ncols, n_cols,
+    # width_px, boxW; not beside a corner (extent_xmin, xmin_orig_size), nor x_h, y_l
     sized = words | set(re.findall(r"[a-z]+", n)) | {w.lower() for w in _CAMEL.findall(column)}
-    if n.endswith(("width", "height")) or any(
-        # xlen, ysz, xdx: a size word after x or y, but for one letter (xh, yl, xw: low
-        # and high corners, as before)
-        w in _SIZE_WORDS or (len(w) > 2 and w[0] in "xy" and w[1:] in _SIZE_WORDS)
-        for w in sized
+    if len(words) == 2 and words & {"x", "y"} and words & {"l", "h"}:
+        sized -= {"h"}  # x_l, y_h: low and high corners
+    if rank < _CORNER and (
+        n.endswith(("width", "height"))
+        or n in ("cols", "rows")
+        or (words & {"n", "num", "count", "cnt"} and words & {"col", "cols", "row", "rows"})
+        or any(
+            # xlen, ysz, xdx: a size word after x or y, but for one letter (xh, yl, xw: low
+            # and high corners, as before)
+            w in _SIZE_WORDS or (len(w) > 2 and w[0] in "xy" and w[1:] in _SIZE_WORDS)
+            for w in sized
+        )
     ):
         return "size"
-    # an axis said by a word anywhere in the name (min_y, pred_ymin, bbox/ymin, minY,
-    # topLeftY, row0, gt_r0, p1y, tly): a word of x or y says most, then one of rows or
-    # columns, then a side (gt_x_top_left is an x, row_xmin too); the last of the most
-    rank, said = _named_axis(column)
-    if rank == 3:
+    if rank >= _BARE:
         return said
     if n in ("left", "right") or n.startswith("x") or words & {"col", "cols"} or _numbered(n, "c"):
         return "x"  # also scikit-image's min_col, max_col and r0, c0, r1, c1
@@ -826,26 +841,34 @@ def _axis_of(column: str) -> str | None:
     return said
 
 
+#: how surely a word of a box column's name says its axis (:func:`_named_axis`)
+_SIDE, _ROWCOL, _GLUED, _BARE, _CORNER = 1, 2, 3, 4, 5
+
+
 def _named_axis(column: str) -> tuple[int, str | None]:
-    """The axis the words of a box column's name say, and how surely: 3 by a word of x or
-    y (``x``, ``ymin``, ``gty1``, ``tlx``), 2 of rows or columns (``row0``, ``cmax``), 1 by a
-    side (``top``, ``left``); (0, None) when none does."""
+    """The axis the words of a box column's name say, and how surely: most by an axis with
+    its corner (``xmin``, ``y1``, ``miny``, ``tlx``: pandas' ``xmin_y`` after a merge is an
+    x), then a bare ``x`` or ``y`` (``top_left_x``), one glued to a prefix (``gty1``,
+    ``boxymin``), one of rows or columns (``row0``, ``cmax``), a side (``top``, ``left``);
+    the last of the surest. (0, None) when no word does."""
     best: tuple[int, str | None] = (0, None)
     parts = [p for p in _PARTS.split(column.strip()) if p]
     for i, part in enumerate(parts):
-        candidates = [part, *_CAMEL.findall(part)]
-        if i + 1 < len(parts):  # r_min, min_r: a corner in two parts
-            candidates.append(part + parts[i + 1])
-        for word in candidates:
+        candidates = [(part, 0), *((w, 0) for w in _CAMEL.findall(part))]
+        if i + 1 < len(parts) and not parts[i + 1].isdigit():  # r_min, min_r (not ymax_1)
+            candidates.append((part + parts[i + 1], 1))
+        for word, joined in candidates:
             found = _word_axis(word.lower())
-            if found is None:  # boxymin, gty1: an axis and its corner ending a longer word
+            if found is None and not joined:  # boxymin, gty1: glued to a prefix
                 m = _ENDS_WITH_CORNER.search(word.lower())
-                found = (3, m[1]) if m else None
+                found = (_GLUED, m[1]) if m else None
             if found is not None and found[0] >= best[0]:
                 best = found
     return best
 
 
+#: a box column named by a number only: bbox-0 (regionprops_table), bbox_1, box.2
+_NUMBERED_BOX = re.compile(r"(?i)(?:bbox|bboxes|box|boxes|bb)[-_. ]?\d+")
 #: what separates the parts of a column name, for the words that say its axis
 _PARTS = re.compile(r"[_\-. /:]+")
 #: the words of one part: minY -> min, Y; topLeftY -> top, Left, Y; p1y -> p, 1, y
@@ -877,14 +900,16 @@ def _word_axis(word: str) -> tuple[int, str] | None:
     for axis, names in (("x", _X_WORDS), ("y", _Y_WORDS)):
         if word in names or (word[-1:].isdigit() and word.rstrip("0123456789") in names):
             base = word.rstrip("0123456789")  # also row0, col1, x0
-            return (1 if base in _SIDES else 3 if base in ("x", "y") else 2), axis
+            if base in ("x", "y"):
+                return (_CORNER if base != word else _BARE), axis
+            return (_SIDE if base in _SIDES else _ROWCOL), axis
     m = _AXIS_CORNER.fullmatch(word)
     if m is None:
         return None
     said = next(g for g in m.groups() if g)
     if said in ("x", "y"):
-        return 3, said
-    return 2, _AXIS_OF.get(said, "x" if said.startswith("column") else "y")
+        return _CORNER, said
+    return _ROWCOL, _AXIS_OF.get(said, "x" if said.startswith("column") else "y")
 
 
 def _numbered(name: str, letter: str) -> bool:

@@ -66,7 +66,7 @@ from .fileio import (
 from .files import relative_paths, resolve_dtype
 from .imageset import NO_LABEL, ImageSet, file_set
 from .masks import resolve_mask_dtype, warn_lossy_masks
-from .source import DEFAULT_BLOCK, FileSource
+from .source import DEFAULT_BLOCK, FileSource, refuse_volume_masks
 
 __all__ = ["IMAGE_EXTENSIONS", "SPLIT_DIRS", "SYSTEM_FOLDERS", "find_split_dirs", "from_folder"]
 
@@ -1385,6 +1385,7 @@ def from_folder(
         draft=draft,
         dtype_taken=dtype is None,
     )
+    refuse_volume_masks(spec, mask_files, None)
     source = FileSource(
         tuple(files),
         spec,

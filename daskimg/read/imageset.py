@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import decimal
 import logging
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -736,8 +738,16 @@ def _class_indices(labels: Any) -> Any:
     if arr.dtype.kind == "O":  # None, <NA>, 1.5, 2**64: int() failed or cut, naming nothing
         whole = []
         for i, v in enumerate(arr.tolist()):
-            if not isinstance(v, (int, float, np.integer, np.floating)) or v != v:
+            if np.ndim(v) == 0 and hasattr(v, "item") and not isinstance(v, np.ma.MaskedArray):
+                v = v.item()  # a 0-d array or tensor, a numpy bool
+            if v is None or type(v).__name__ in ("NAType", "NaTType") or v != v:
                 raise ValueError(_NO_INDEX.format(row=i, value=repr(v)))
+            if not isinstance(v, (numbers.Real, decimal.Decimal)):
+                raise ValueError(
+                    f"labels, row {i}: {v!r} ({type(v).__name__}) is no class index (a whole "
+                    "number); convert the labels to integers"
+                )
+            v = cast(Any, v)  # a Real or a Decimal: math and int() take both
             if not math.isfinite(v) or v != int(v):
                 raise ValueError(_NOT_WHOLE.format(row=i, value=v))
             if not -(2**63) <= int(v) < 2**63:

@@ -76,10 +76,16 @@ def unmasked(
         )
     try:
         return np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as e:  # ragged rows, a masked element of no mask
+    except (ValueError, TypeError) as e:  # ragged rows, a type numpy has not (bfloat16)
+        ragged = "inhomogeneous" in str(e) or "sequence" in str(e)
         raise ValueError(
-            f"array {name!r} cannot be made one array ({e}); every sample's row must have "
-            "the same shape (pad ragged rows, or keep them in a column of text)"
+            f"array {name!r} cannot be made one numpy array ({e})"
+            + (
+                "; every sample's row must have the same shape (pad ragged rows, or keep "
+                "them in a column of text)"
+                if ragged
+                else "; convert it to a numpy array of a numpy dtype first"
+            )
         ) from None
 
 

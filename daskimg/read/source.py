@@ -80,6 +80,16 @@ class RowSource(Protocol):
         ...
 
 
+def refuse_volume_masks(spec: DecodeSpec, masks: Any, boxes: Mapping[str, Any] | None) -> None:
+    """Masks and boxes go with 2-D images: refused for volumes before any mask is read (the
+    first mask's shape was refused first, as if a 2-D one would do)."""
+    if (masks is not None or boxes) and spec.is_volume:
+        raise ValueError(
+            f"masks and boxes go with 2-D images, not volumes (size={spec.size}); leave "
+            "masks= and boxes= out"
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class FileSource:
     """Files and how to decode them: the recipe behind a lazy image array.
@@ -127,8 +137,7 @@ class FileSource:
                 raise ValueError(
                     f"box column {name!r} must have shape ({n}, 4); got {np.shape(values)}"
                 )
-        if (self.masks is not None or self.source_boxes) and self.spec.is_volume:
-            raise ValueError("masks and boxes go with 2-D images, not volumes")
+        refuse_volume_masks(self.spec, self.masks, self.source_boxes)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -140,7 +140,7 @@ def volume_dtype(path: str, data: bytes | None = None) -> np.dtype:
         except MemoryError:
             raise
         except Exception as exc:
-            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+            raise _corrupt(path, exc) from exc
     else:
         dtype = read_volume(path, data)[0].dtype  # a .npy is memory-mapped: the header only
     if dtype.kind == "b":
@@ -173,7 +173,7 @@ def read_volume(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool]
                     "the .npy file holds Python objects (dtype object), not numbers; "
                     "save the volume as a numeric array, e.g. np.save(path, vol.astype('float32'))",
                 ) from None
-            raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+            raise _corrupt(path, exc) from exc
     if head[:4] in TIFF_MAGICS:
         return _read_tiff(path, source), True
     raise DecodeError(
@@ -261,7 +261,19 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                 f"its compression needs the package imagecodecs ({exc}); install it "
                 "(pip install imagecodecs) or save the stack uncompressed or with zlib",
             ) from exc
-        raise DecodeError(path, f"corrupt or truncated volume ({exc})") from exc
+        raise _corrupt(path, exc) from exc
+
+
+def _corrupt(path: str, exc: Exception) -> DecodeError:
+    """A volume that could not be read: damaged, or (tifffile's "incompatible keyframe") a
+    sound TIFF whose pages are of several shapes."""
+    if "keyframe" in str(exc):
+        return DecodeError(
+            path,
+            f"its pages are not all of one shape ({exc}); a volume is a stack of slices of one "
+            "height and width: save the odd pages apart, or resize them first",
+        )
+    return DecodeError(path, f"corrupt or truncated volume ({exc})")
 
 
 def _check_page_chain(tif: object, path: str) -> None:
