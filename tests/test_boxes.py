@@ -412,6 +412,10 @@ def test_csv_box_cells(tmp_path):
         # w, h split into columns; either was stored as x0, y0, x1, y1
         (("bbox-0", "bbox-1", "bbox-2", "bbox-3"), r"numbered box columns say neither"),
         (("bbox_0", "bbox_1", "bbox_2", "bbox_3"), r"numbered box columns say neither"),
+        (("nuc_bbox-0", "nuc_bbox-1", "nuc_bbox-2", "nuc_bbox-3"), r"numbered box columns"),
+        (("bbox_0_pred", "bbox_1_pred", "bbox_2_pred", "bbox_3_pred"), r"numbered box columns"),
+        (("gty_min", "gtx_min", "gty_max", "gtx_max"), r"these are y, x, y, x"),
+        (("predy_0", "predx_0", "predy_1", "predx_1"), r"these are y, x, y, x"),
         (("x", "y", "n_cols", "n_rows"), r"'n_cols' names a width or height"),
         (("x", "y", "cols", "rows"), r"'cols' names a width or height"),
         # widths and heights in camelCase, or under other words: stored as corners

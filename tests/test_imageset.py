@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import decimal
 import logging
 import os
 import re
@@ -489,6 +490,8 @@ def test_imageset_labels_must_be_whole_class_indices():
         ([0, 2**64, 1], r"labels, row 1: 18446744073709551616 is beyond the int64"),
         ([0, float("inf"), 1], r"labels, row 1: labels must be whole numbers.*inf"),
         ([0, None, 1], r"labels, row 1: None is no class index.*-1"),
+        ([0, decimal.Decimal("sNaN"), 1], r"labels, row 1: nan is no class index.*-1"),
+        (["cat", 0, 1], r"got names such as 'cat'"),  # it quoted the 0 as the name
     ]:
         with pytest.raises(ValueError, match=says):
             di.ImageSet(images, np.array(values, dtype=object), classes=["a", "b", "c"])

@@ -596,3 +596,30 @@ def test_volume_masks_and_odd_tiff_pages_are_said_for_what_they_are(tmp_path):
         assert im.n_frames == 8  # the oracle: a sound file Pillow reads page by page
     with pytest.raises(DecodeError, match=r"a\.tif.*pages are not all of one shape"):
         di.imread(str(tmp_path / "a.tif"), size=(8, 16, 16)).compute()
+    # truncated: it was "2 image series", not damage
+    raw = (tmp_path / "a.tif").read_bytes()
+    (tmp_path / "t.tif").write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(DecodeError, match=r"t\.tif.*corrupt or truncated TIFF"):
+        di.imread(str(tmp_path / "t.tif"), size=(8, 16, 16)).compute()
+    # a page of another type or samples, same height and width: read as its bytes taken
+    # for uint8, garbage without a word (Pillow reads each page as it is: the oracle)
+    for odd in (
+        u[4].astype(np.float32) + 0.5,
+        u[4].astype(np.uint16) * 200,
+        np.stack([u[4]] * 3, -1),
+    ):
+        pages = [Image.fromarray(s) for s in u]
+        pages[4] = Image.fromarray(odd)
+        pages[0].save(tmp_path / "o.tif", save_all=True, append_images=pages[1:])
+        with Image.open(tmp_path / "o.tif") as im:
+            im.seek(4)
+            np.testing.assert_array_equal(np.asarray(im), odd)
+        with pytest.raises(
+            DecodeError, match=r"o\.tif.*its page 4 is .* page 0 .*one shape and type"
+        ):
+            di.imread(str(tmp_path / "o.tif"), size=(8, 16, 16)).compute()
+    pages = [Image.fromarray(s) for s in u]  # pages alike: read as they are
+    pages[0].save(tmp_path / "s.tif", save_all=True, append_images=pages[1:])
+    np.testing.assert_array_equal(
+        di.imread(str(tmp_path / "s.tif"), size=(8, 16, 16)).compute()[0, ..., 0], u
+    )

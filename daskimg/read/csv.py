@@ -742,8 +742,10 @@ def _check_corner_names(cols: list[str], name: str, where: str) -> None:
     width or height (COCO's x, y, w, h), or the axes in another order (TensorFlow's ymin,
     xmin, ymax, xmax). Read as corners, such a box lands elsewhere without an error
     whenever its numbers happen to be ordered like corners."""
-    numbered = [c for c in cols if _NUMBERED_BOX.fullmatch(c.strip())]
-    if len(numbered) == len(cols):
+    roles = [_axis_of(c) for c in cols]
+    template = {re.sub(r"\d+", "#", c.strip()) for c in cols}
+    if roles == [None] * len(cols) and len(template) == 1 and len(set(cols)) == len(cols):
+        # bbox-0..3, nuc_bbox-0, bbox_0_pred, 0..3: one name numbered, saying nothing
         raise ValueError(
             f"boxes[{name!r}] = {cols}: numbered box columns say neither which axis each "
             "holds nor whether the last two are corners or a width and height (scikit-image's "
@@ -752,7 +754,6 @@ def _check_corner_names(cols: list[str], name: str, where: str) -> None:
             "y1 (left, top, right, bottom, in the source image's pixels): rename the columns "
             f"in the CSV so that they say so. ({where})"
         )
-    roles = [_axis_of(c) for c in cols]
     sized = [c for c, r in zip(cols, roles, strict=True) if r == "size"]
     if sized:
         raise ValueError(
@@ -854,12 +855,12 @@ def _named_axis(column: str) -> tuple[int, str | None]:
     best: tuple[int, str | None] = (0, None)
     parts = [p for p in _PARTS.split(column.strip()) if p]
     for i, part in enumerate(parts):
-        candidates = [(part, 0), *((w, 0) for w in _CAMEL.findall(part))]
-        if i + 1 < len(parts) and not parts[i + 1].isdigit():  # r_min, min_r (not ymax_1)
-            candidates.append((part + parts[i + 1], 1))
-        for word, joined in candidates:
+        candidates = [part, *_CAMEL.findall(part)]
+        if i + 1 < len(parts):  # r_min, min_r, gty_min: a corner in two parts
+            candidates.append(part + parts[i + 1])
+        for word in candidates:
             found = _word_axis(word.lower())
-            if found is None and not joined:  # boxymin, gty1: glued to a prefix
+            if found is None:  # boxymin, gty1: glued to a prefix (ymax_1's "x1" ranks less)
                 m = _ENDS_WITH_CORNER.search(word.lower())
                 found = (_GLUED, m[1]) if m else None
             if found is not None and found[0] >= best[0]:
@@ -867,8 +868,6 @@ def _named_axis(column: str) -> tuple[int, str | None]:
     return best
 
 
-#: a box column named by a number only: bbox-0 (regionprops_table), bbox_1, box.2
-_NUMBERED_BOX = re.compile(r"(?i)(?:bbox|bboxes|box|boxes|bb)[-_. ]?\d+")
 #: what separates the parts of a column name, for the words that say its axis
 _PARTS = re.compile(r"[_\-. /:]+")
 #: the words of one part: minY -> min, Y; topLeftY -> top, Left, Y; p1y -> p, 1, y

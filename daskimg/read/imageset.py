@@ -729,7 +729,7 @@ def _class_indices(labels: Any) -> Any:
             "columns=, e.g. columns={'tags': y}"
         )
     if arr.dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in arr.ravel()):
-        names = sorted({str(v) for v in arr.ravel()})
+        names = sorted({str(v) for v in arr.ravel() if isinstance(v, (str, bytes))})
         raise ValueError(
             f"labels must be integer class indices; got names such as {names[0]!r}. Pass "
             "indices and the names separately: classes = sorted(set(names)); "
@@ -740,6 +740,8 @@ def _class_indices(labels: Any) -> Any:
         for i, v in enumerate(arr.tolist()):
             if np.ndim(v) == 0 and hasattr(v, "item") and not isinstance(v, np.ma.MaskedArray):
                 v = v.item()  # a 0-d array or tensor, a numpy bool
+            if isinstance(v, decimal.Decimal) and v.is_nan():  # sNaN != sNaN raises
+                v = float("nan")
             if v is None or type(v).__name__ in ("NAType", "NaTType") or v != v:
                 raise ValueError(_NO_INDEX.format(row=i, value=repr(v)))
             if not isinstance(v, (numbers.Real, decimal.Decimal)):

@@ -35,7 +35,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -200,6 +200,8 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
             if not logging.getLogger("tifffile").isEnabledFor(logging.ERROR):
                 _check_page_chain(tif, path)  # what tifffile logs about damage is lost
             series = tif.series
+            if errors:  # damage tifffile logged while finding the series: said as damage
+                raise DecodeError(path, f"corrupt or truncated TIFF (tifffile: {errors[0]})")
             if not series:
                 raise DecodeError(path, "the TIFF holds no image")
             kinds = {(tuple(s.shape), np.dtype(s.dtype).str) for s in series}
@@ -246,6 +248,8 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                     "daskimg reads a volume as (depth, Y, X). Save it in that order "
                     f"(np.moveaxis; tifffile.imwrite(..., metadata={{'axes': 'ZYX'}}))",
                 )
+            if not pages:
+                _check_pages_alike(tif, path)
             declared = sum(int(s.size) for s in series) * np.dtype(first.dtype).itemsize
             _check_fits(path, declared, tuple(first.shape), len(series) if pages else 1)
             vol = tif.asarray(key=slice(None)) if pages else first.asarray()
@@ -262,6 +266,26 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                 "(pip install imagecodecs) or save the stack uncompressed or with zlib",
             ) from exc
         raise _corrupt(path, exc) from exc
+
+
+def _check_pages_alike(tif: Any, path: str) -> None:
+    """Refuse a stack whose pages differ in shape, type or samples per pixel: tifffile reads
+    a series by its first page, so a page of another type (a float or 16-bit page in an
+    8-bit stack) was read as its bytes taken for the first page's type, garbage unsaid."""
+    first = tif.pages[0]
+    want = (first.shape, first.dtype, first.samplesperpixel, first.bitspersample)
+    for i, page in enumerate(tif.pages):
+        if not hasattr(page, "samplesperpixel"):
+            continue  # a TiffFrame (OME, ImageJ): tifffile holds it to its key page's kind
+        got = (page.shape, page.dtype, page.samplesperpixel, page.bitspersample)
+        if got != want:
+            raise DecodeError(
+                path,
+                f"its page {i} is {page.shape} {page.dtype} ({page.samplesperpixel} samples of "
+                f"{page.bitspersample} bits), page 0 {first.shape} {first.dtype} "
+                f"({first.samplesperpixel} of {first.bitspersample}); a volume is a stack of "
+                "slices of one shape and type: save the odd pages apart, or convert them first",
+            )
 
 
 def _corrupt(path: str, exc: Exception) -> DecodeError:
