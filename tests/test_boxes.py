@@ -461,6 +461,9 @@ def test_box_columns_named_as_no_corners_are_refused(tmp_path, header, says):
         ("xmin_y", "ymin_y", "xmax_y", "ymax_y"),  # pandas' merge suffixes
         ("x_l", "y_l", "x_h", "y_h"),  # low and high
         ("extent_xmin", "extent_ymin", "extent_xmax", "extent_ymax"),
+        ("cmin_1", "rmin_1", "cmax_1", "rmax_1"),  # a number after rows/columns in short
+        ("c_min_1", "r_min_1", "c_max_1", "r_max_1"),
+        ("gtxmin_1", "gtymin_1", "gtxmax_1", "gtymax_1"),
         ("predXTopLeft", "predYTopLeft", "predXBottomRight", "predYBottomRight"),
         ("bound_x_lower", "bound_y_lower", "bound_x_upper", "bound_y_upper"),
         ("cmin", "rmin", "cmax", "rmax"),

@@ -618,6 +618,21 @@ def test_volume_masks_and_odd_tiff_pages_are_said_for_what_they_are(tmp_path):
             DecodeError, match=r"o\.tif.*its page 4 is .* page 0 .*one shape and type"
         ):
             di.imread(str(tmp_path / "o.tif"), size=(8, 16, 16)).compute()
+    # reduced-resolution pages after the stack (tifffile: its levels), and one more slice
+    # appended without tifffile's shaped metadata: sound, read as tifffile reads them
+    with tifffile.TiffWriter(tmp_path / "r.tif") as tw:
+        for s in u:
+            tw.write(s, metadata=None)
+        for s in u:
+            tw.write(s[::2, ::2], subfiletype=1, metadata=None)
+    np.testing.assert_array_equal(
+        di.imread(str(tmp_path / "r.tif"), size=(8, 16, 16)).compute()[0, ..., 0], u
+    )
+    tifffile.imwrite(tmp_path / "p.tif", u[:7])
+    tifffile.imwrite(tmp_path / "p.tif", u[7], append=True, metadata=None)
+    np.testing.assert_array_equal(
+        di.imread(str(tmp_path / "p.tif"), size=(8, 16, 16)).compute()[0, ..., 0], u
+    )
     pages = [Image.fromarray(s) for s in u]  # pages alike: read as they are
     pages[0].save(tmp_path / "s.tif", save_all=True, append_images=pages[1:])
     np.testing.assert_array_equal(

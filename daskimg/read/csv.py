@@ -855,12 +855,14 @@ def _named_axis(column: str) -> tuple[int, str | None]:
     best: tuple[int, str | None] = (0, None)
     parts = [p for p in _PARTS.split(column.strip()) if p]
     for i, part in enumerate(parts):
-        candidates = [part, *_CAMEL.findall(part)]
-        if i + 1 < len(parts):  # r_min, min_r, gty_min: a corner in two parts
-            candidates.append(part + parts[i + 1])
-        for word in candidates:
+        candidates = [(part, True), *((w, True) for w in _CAMEL.findall(part))]
+        if i + 1 < len(parts):  # r_min, min_r, gty_min: a corner in two parts; glued only
+            # where the part alone says nothing (rmax_1 is no glued "x1", predy_0 a y0)
+            alone = _word_axis(part.lower()) or _ENDS_WITH_CORNER.search(part.lower())
+            candidates.append((part + parts[i + 1], alone is None))
+        for word, glued in candidates:
             found = _word_axis(word.lower())
-            if found is None:  # boxymin, gty1: glued to a prefix (ymax_1's "x1" ranks less)
+            if found is None and glued:  # boxymin, gty1: an axis glued to a prefix
                 m = _ENDS_WITH_CORNER.search(word.lower())
                 found = (_GLUED, m[1]) if m else None
             if found is not None and found[0] >= best[0]:
@@ -886,7 +888,7 @@ _AXIS_CORNER = re.compile(
     r"|(?:tl|tr|bl|br|ul|ur|ll|lr|lt|rt|lb|rb)(x|y|r|c)"  # corners first: tlx, uly (GDAL), brc
 )
 #: an x or y corner ending a longer word (boxymin, gtxmax, gty1)
-_ENDS_WITH_CORNER = re.compile(r"(?<!bo)([xy])(?:min|max|\d)$")  # not bbox0
+_ENDS_WITH_CORNER = re.compile(r"(?<!bo)(?<!ma)([xy])(?:min|max|\d)$")  # not bbox0, max1
 #: words that name a side, not an axis: an axis word in the same name says more
 _SIDES = frozenset(("left", "right", "top", "bottom", "upper", "lower"))
 #: the axis a letter or word of rows or columns in :data:`_AXIS_CORNER` names

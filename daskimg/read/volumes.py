@@ -272,10 +272,14 @@ def _check_pages_alike(tif: Any, path: str) -> None:
     """Refuse a stack whose pages differ in shape, type or samples per pixel: tifffile reads
     a series by its first page, so a page of another type (a float or 16-bit page in an
     8-bit stack) was read as its bytes taken for the first page's type, garbage unsaid."""
+    series = tif.series[0]
+    if series.dataoffset is not None:
+        return  # one block, as tifffile writes a shaped stack: read as one, page 0 its kind
+    mine = {page.index for page in series.pages if page is not None}  # not thumbnails
     first = tif.pages[0]
     want = (first.shape, first.dtype, first.samplesperpixel, first.bitspersample)
     for i, page in enumerate(tif.pages):
-        if not hasattr(page, "samplesperpixel"):
+        if i not in mine or not hasattr(page, "samplesperpixel"):
             continue  # a TiffFrame (OME, ImageJ): tifffile holds it to its key page's kind
         got = (page.shape, page.dtype, page.samplesperpixel, page.bitspersample)
         if got != want:
@@ -361,7 +365,9 @@ class _TiffErrors(logging.Filter):
         kept = getattr(self.local, "kept", None)
         if kept is not None and record.levelno >= logging.ERROR:
             message = record.getMessage()
-            if any(d in message for d in _DAMAGE):
+            if any(d in message for d in _DAMAGE) and "series metadata" not in message:
+                # (not "invalid shaped series metadata or corrupted file": tifffile says so
+                # as it falls back to reading the pages as they are, of a sound file too)
                 kept.append(message)
         return True
 
