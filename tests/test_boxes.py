@@ -415,6 +415,8 @@ def test_csv_box_cells(tmp_path):
         (("nuc_bbox-0", "nuc_bbox-1", "nuc_bbox-2", "nuc_bbox-3"), r"numbered box columns"),
         (("bbox_0_pred", "bbox_1_pred", "bbox_2_pred", "bbox_3_pred"), r"numbered box columns"),
         (("gty_min", "gtx_min", "gty_max", "gtx_max"), r"these are y, x, y, x"),
+        (("r_min1", "c_min1", "r_max1", "c_max1"), r"these are y, x, y, x"),
+        (("gty_min1", "gtx_min1", "gty_max1", "gtx_max1"), r"these are y, x, y, x"),
         (("predy_0", "predx_0", "predy_1", "predx_1"), r"these are y, x, y, x"),
         (("x", "y", "n_cols", "n_rows"), r"'n_cols' names a width or height"),
         (("x", "y", "cols", "rows"), r"'cols' names a width or height"),

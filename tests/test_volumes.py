@@ -633,6 +633,18 @@ def test_volume_masks_and_odd_tiff_pages_are_said_for_what_they_are(tmp_path):
     np.testing.assert_array_equal(
         di.imread(str(tmp_path / "p.tif"), size=(8, 16, 16)).compute()[0, ..., 0], u
     )
+    # cut inside a page header: read as a shorter stack, resized back to 8 slices, unsaid
+    # (tifffile logged "invalid offset to page", or nothing at all)
+    whole = (tmp_path / "p.tif").read_bytes()
+    tifffile.imwrite(tmp_path / "g.tif", u, metadata=None)
+    plain = (tmp_path / "g.tif").read_bytes()
+    for name, data in (("p", whole), ("g", plain)):
+        ifd = int.from_bytes(data[4:8], "little")  # the first page's header
+        entries = int.from_bytes(data[ifd : ifd + 2], "little")
+        second = int.from_bytes(data[ifd + 2 + 12 * entries :][:4], "little")
+        (tmp_path / f"c{name}.tif").write_bytes(data[: second + 2])
+        with pytest.raises(DecodeError, match=rf"c{name}\.tif.*(corrupt|truncated)"):
+            di.imread(str(tmp_path / f"c{name}.tif"), size=(8, 16, 16)).compute()
     pages = [Image.fromarray(s) for s in u]  # pages alike: read as they are
     pages[0].save(tmp_path / "s.tif", save_all=True, append_images=pages[1:])
     np.testing.assert_array_equal(

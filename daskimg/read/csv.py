@@ -880,15 +880,15 @@ _Y_WORDS = frozenset(("y", "top", "bottom", "upper", "lower", "row", "rows"))
 #: an axis (x, y; r, row; c, col) with the corner it is (ymin, x1, yhi, rmin, rowstart,
 #: cmax) or after a corner or side (miny, maxx, p1y, minr, maxc, minrow, topy, leftx)
 _AXIS_CORNER = re.compile(
-    r"(x|y|rows?|cols?|columns?)(?:min|max|lo|low|hi|high|start|end|tl|tr|bl|br|\d+)"
-    r"|(r|c)(?:min|max|start|end|\d+)"
+    r"(x|y|rows?|cols?|columns?)(?:(?:min|max|lo|low|hi|high|start|end|tl|tr|bl|br)\d*|\d+)"
+    r"|(r|c)(?:(?:min|max|start|end)\d*|\d+)"
     r"|(?:min|max|lo|low|hi|high|start|end|p\d+|pt\d+|top|bottom|left|right|upper|lower)"
     r"(x|y|rows?|cols?|columns?)"
     r"|(?:min|max|start|end)(r|c)"
     r"|(?:tl|tr|bl|br|ul|ur|ll|lr|lt|rt|lb|rb)(x|y|r|c)"  # corners first: tlx, uly (GDAL), brc
 )
 #: an x or y corner ending a longer word (boxymin, gtxmax, gty1)
-_ENDS_WITH_CORNER = re.compile(r"(?<!bo)(?<!ma)([xy])(?:min|max|\d)$")  # not bbox0, max1
+_ENDS_WITH_CORNER = re.compile(r"(?<!bo)(?<!ma)([xy])(?:(?:min|max)\d*|\d+)$")  # not bbox0, max1
 #: words that name a side, not an axis: an axis word in the same name says more
 _SIDES = frozenset(("left", "right", "top", "bottom", "upper", "lower"))
 #: the axis a letter or word of rows or columns in :data:`_AXIS_CORNER` names
