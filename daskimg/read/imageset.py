@@ -710,6 +710,11 @@ _NO_INDEX = (
     "labels, row {row}: {value} is no class index; mark a sample without a label with -1 "
     "(pandas: labels.fillna(-1).astype(int))"
 )
+#: why a label beyond int64 is refused (the end of both messages that say so)
+_WRAPS = (
+    "beyond the int64 they are stored as (it would wrap to another label). Check the source of "
+    "the labels"
+)
 _NOT_WHOLE = (
     "labels, row {row}: labels must be whole numbers (class indices); found {value} (casting "
     "would truncate it). Per-sample values such as scores or targets belong in columns=, "
@@ -753,10 +758,7 @@ def _class_indices(labels: Any) -> Any:
             if not math.isfinite(v) or v != int(v):
                 raise ValueError(_NOT_WHOLE.format(row=i, value=v))
             if not -(2**63) <= int(v) < 2**63:
-                raise ValueError(
-                    f"labels, row {i}: {v!r} is beyond the int64 class indices are stored as (it "
-                    "would wrap to another label). Check the source of the labels"
-                )
+                raise ValueError(f"labels, row {i}: {v!r} is {_WRAPS}")
             whole.append(int(v))
         arr = np.array(whole, dtype=np.int64)
     if arr.dtype.kind in "fc":
@@ -783,8 +785,7 @@ def check_index_range(arr: np.ndarray, name: str) -> None:
     ):
         bad = hi if arr.dtype.kind == "u" or float(hi) >= 2.0**63 else lo
         raise ValueError(
-            f"{name} must be class indices; found {bad.item()!r} ({arr.dtype}), beyond the int64 "
-            "they are stored as (it would wrap to another label). Check the source of the labels"
+            f"{name} must be class indices; found {bad.item()!r} ({arr.dtype}), {_WRAPS}"
         )
 
 
