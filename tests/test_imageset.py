@@ -511,6 +511,13 @@ def test_imageset_labels_must_be_whole_class_indices():
         assert got.tolist() == [0, 2, 1]
     with pytest.raises(ValueError, match=r"labels, row 1: 1j \(complex\) is no class index"):
         di.ImageSet(images, np.array([0, 1j, 1], dtype=object), classes=list("abc"))
+    # dates were stored as their integers: 1 ns after 1970 became class 1
+    with pytest.raises(ValueError, match=r"labels, row 1: .*datetime64.* is no class index"):
+        di.ImageSet(images, np.array([0, np.datetime64(1, "ns"), 1], dtype=object))
+    with pytest.raises(ValueError, match=r"got datetime64\[ns\] values.*integer class indices"):
+        di.ImageSet(images, np.array([0, 1, 2], dtype="M8[ns]"))
+    with pytest.raises(ValueError, match=r"got timedelta64\[s\] values"):
+        di.ImageSet(images, np.array([0, 1, 2], dtype="m8[s]"))
     whole = di.ImageSet(images, np.array([0.0, 1.0, 1.0]), classes=["a", "b"])
     assert whole.labels.dtype == np.int64
     np.testing.assert_array_equal(whole.labels, [0, 1, 1])

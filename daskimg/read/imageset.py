@@ -740,9 +740,19 @@ def _class_indices(labels: Any) -> Any:
             "indices and the names separately: classes = sorted(set(names)); "
             "labels = [classes.index(name) for name in names]"
         )
+    if arr.dtype.kind in "mMV":  # dates were stored as their integers (ns since 1970)
+        raise ValueError(
+            f"labels must be whole class indices; got {arr.dtype} values. Convert them to "
+            "integer class indices"
+        )
     if arr.dtype.kind == "O":  # None, <NA>, 1.5, 2**64: int() failed or cut, naming nothing
         whole = []
-        for i, v in enumerate(arr.tolist()):
+        for i, v in enumerate(arr.ravel()):
+            if isinstance(v, (np.datetime64, np.timedelta64)):  # .item() gives an int for ns
+                raise ValueError(
+                    f"labels, row {i}: {v!r} is no class index (a whole number); convert the "
+                    "labels to integers"
+                )
             if np.ndim(v) == 0 and hasattr(v, "item") and not isinstance(v, np.ma.MaskedArray):
                 v = v.item()  # a 0-d array or tensor, a numpy bool
             if isinstance(v, decimal.Decimal) and v.is_nan():  # sNaN != sNaN raises
