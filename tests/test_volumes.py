@@ -618,6 +618,46 @@ def test_volume_masks_and_odd_tiff_pages_are_said_for_what_they_are(tmp_path):
             DecodeError, match=r"o\.tif.*its page 4 is .* page 0 .*one shape and type"
         ):
             di.imread(str(tmp_path / "o.tif"), size=(8, 16, 16)).compute()
+    # the same in a stack tifffile wrote as one block (read by page 0's kind, its pages
+    # not parsed): page 4's header edited to int8 (a tag added) or 16 bits was read as
+    # uint8, unsaid. tifffile reads that page alone as int8: the oracle
+    tifffile.imwrite(tmp_path / "b.tif", u)
+    assert tifffile.TiffFile(tmp_path / "b.tif").series[0].dataoffset is not None
+    data = bytearray((tmp_path / "b.tif").read_bytes())
+    ifd = int.from_bytes(data[4:8], "little")
+    for _ in range(4):  # page 4's header
+        ifd = int.from_bytes(
+            data[ifd + 2 + 12 * int.from_bytes(data[ifd : ifd + 2], "little") :][:4], "little"
+        )
+    codes = [int.from_bytes(data[ifd + 2 + 12 * e :][:2], "little") for e in range(data[ifd])]
+    last = ifd + 2 + 12 * (len(codes) - 1)  # its last tag, ResolutionUnit: made SampleFormat 2
+    assert codes[-1] == 296
+    for code, typ, value, says in (
+        (339, 3, 2, "sample format 2, page 0 1"),
+        (None, 0, 16, "bits per sample 16, page 0 8"),
+    ):
+        odd = bytearray(data)
+        if code is None:
+            at = ifd + 2 + 12 * codes.index(258)
+            odd[at + 8 : at + 10] = value.to_bytes(2, "little")
+        else:
+            odd[last : last + 12] = b"".join(
+                (
+                    code.to_bytes(2, "little"),
+                    typ.to_bytes(2, "little"),
+                    (1).to_bytes(4, "little"),
+                    value.to_bytes(4, "little"),
+                )
+            )
+        (tmp_path / "b4.tif").write_bytes(odd)
+        if code is not None:
+            with tifffile.TiffFile(tmp_path / "b4.tif") as tif:  # its page 4 alone: int8
+                assert tif.pages[4].asarray().dtype == np.int8
+        with pytest.raises(DecodeError, match=rf"b4\.tif.*its page 4 has {says}.*one block"):
+            di.imread(str(tmp_path / "b4.tif"), size=(8, 16, 16)).compute()
+    np.testing.assert_array_equal(  # the same block, unedited: read
+        di.imread(str(tmp_path / "b.tif"), size=(8, 16, 16)).compute()[0, ..., 0], u
+    )
     # reduced-resolution pages after the stack (tifffile: its levels), and one more slice
     # appended without tifffile's shaped metadata: sound, read as tifffile reads them
     with tifffile.TiffWriter(tmp_path / "r.tif") as tw:

@@ -197,7 +197,7 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
 
     try:
         with _tiff_errors() as errors, tifffile.TiffFile(source) as tif:
-            _check_page_chain(tif, path)  # a cut one logs nothing, at times
+            ifds = _check_page_chain(tif, path)  # a cut one logs nothing, at times
             series = tif.series
             if errors:  # damage tifffile logged while finding the series: said as damage
                 raise DecodeError(path, f"corrupt or truncated TIFF (tifffile: {errors[0]})")
@@ -248,7 +248,7 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                     f"(np.moveaxis; tifffile.imwrite(..., metadata={{'axes': 'ZYX'}}))",
                 )
             if not pages:
-                _check_pages_alike(tif, path)
+                _check_pages_alike(tif, path, ifds)
             declared = sum(int(s.size) for s in series) * np.dtype(first.dtype).itemsize
             _check_fits(path, declared, tuple(first.shape), len(series) if pages else 1)
             vol = tif.asarray(key=slice(None)) if pages else first.asarray()
@@ -267,13 +267,18 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
         raise _corrupt(path, exc) from exc
 
 
-def _check_pages_alike(tif: Any, path: str) -> None:
+def _check_pages_alike(tif: Any, path: str, ifds: list[int]) -> None:
     """Refuse a stack whose pages differ in shape, type or samples per pixel: tifffile reads
     a series by its first page, so a page of another type (a float or 16-bit page in an
     8-bit stack) was read as its bytes taken for the first page's type, garbage unsaid."""
     series = tif.series[0]
     if series.dataoffset is not None:
-        return  # one block, as tifffile writes a shaped stack: read as one, page 0 its kind
+        # one block, as tifffile writes a shaped stack, read as one by page 0's kind:
+        # parsing every page to compare them made such stacks 50x slower to open, so
+        # only the tags that say how a page's bytes read are compared (``ifds``: where
+        # each page's header is)
+        _check_page_formats(tif, path, ifds)
+        return
     mine = {page.index for page in series.pages if page is not None}  # not thumbnails
     first = tif.pages[0]
     want = (first.shape, first.dtype, first.samplesperpixel, first.bitspersample)
@@ -303,14 +308,89 @@ def _corrupt(path: str, exc: Exception) -> DecodeError:
     return DecodeError(path, f"corrupt or truncated volume ({exc})")
 
 
-def _check_page_chain(tif: object, path: str) -> None:
+#: the tags saying how a page's bytes are read (width, length, bits per sample,
+#: compression, samples per pixel, planar configuration, sample format) and TIFF's
+#: default where a page leaves one out
+_FORMAT_TAGS: dict[int, tuple[int, ...] | None] = {
+    256: None, 257: None, 258: (1,), 259: (1,), 277: (1,), 284: (1,), 339: (1,),
+}  # fmt: skip
+_TAG_NAMES = {
+    256: "width", 257: "length", 258: "bits per sample", 259: "compression",
+    277: "samples per pixel", 284: "planar configuration", 339: "sample format",
+}  # fmt: skip
+#: TIFF's integer types (BYTE, SHORT, LONG, LONG8) as struct codes
+_TAG_TYPES = {1: "B", 3: "H", 4: "I", 16: "Q"}
+
+
+def _check_page_formats(tif: Any, path: str, ifds: list[int]) -> None:
+    """Refuse a stack stored as one block whose pages' format tags differ from its first
+    page's: tifffile reads the block by page 0's kind, so a page edited to int8 in a uint8
+    stack (of the same bytes) was read as uint8, unsaid. Reads only the page headers;
+    reduced-resolution and mask pages (``NewSubfileType``) are not the stack's."""
+    fmt = tif.tiff
+    fh = tif.filehandle
+    first: dict[int, tuple[int, ...] | None] | None = None
+    for page, at in enumerate(ifds):
+        fh.seek(at)
+        count = int(struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0])
+        entries = fh.read(count * fmt.tagsize)
+        tags: dict[int, tuple[int, ...] | None] = dict(_FORMAT_TAGS)
+        kind = 0
+        for e in range(count):
+            code, typ, n, value = struct.unpack_from(fmt.tagheaderformat, entries, e * fmt.tagsize)
+            if code != 254 and code not in _FORMAT_TAGS:
+                continue
+            form = _TAG_TYPES.get(typ)
+            size = struct.calcsize(form) if form else 0
+            if form is None or not 0 < n <= 16:
+                # no integer values a sound file has here: compared as written
+                tags[code] = (-typ, -n, *value)
+                continue
+            if n * size <= fmt.offsetsize:
+                raw = value[: n * size]
+            else:
+                fh.seek(int(struct.unpack(fmt.offsetformat, value)[0]))
+                raw = fh.read(n * size)
+            if len(raw) < n * size:
+                raise DecodeError(path, f"corrupt or truncated TIFF: page {page}'s tag {code}")
+            got = struct.unpack(f"{fmt.byteorder}{n}{form}", raw)
+            if code == 254:
+                kind = got[0]
+            else:
+                tags[code] = got
+        if kind & 5:  # a reduced-resolution image or a transparency mask
+            continue
+        if first is None:
+            first = tags
+            continue
+        for code, want in first.items():
+            if tags[code] != want:
+                raise DecodeError(
+                    path,
+                    f"its page {page} has {_TAG_NAMES[code]} {_said(tags[code])}, page 0 "
+                    f"{_said(want)}, and the stack is stored as one block read as page 0's "
+                    "kind; a volume is a stack of slices of one shape and type: save the odd "
+                    "pages apart, or convert them first",
+                )
+
+
+def _said(values: tuple[int, ...] | None) -> str:
+    if values is None:
+        return "none"
+    if values and values[0] < 0:
+        return "of an unreadable form"
+    return str(values[0]) if len(values) == 1 else str(list(values))
+
+
+def _check_page_chain(tif: object, path: str) -> list[int]:
     """Refuse a TIFF whose chain of pages (IFDs) runs past the end of the file or into
     itself: a cut or damaged file, which tifffile reads as a shorter stack, having logged the
     damage (lost where an application quieted its logger) or, cut inside a page header, not
     always. Walked for every file (28 ms for a stack of 20,000 pages). Reads only the page
-    headers: for each page its entry count and its link to the next."""
+    headers: for each page its entry count and its link to the next. Returns where each
+    page's header is (none for NDPI and LSM, whose offsets are their own)."""
     if getattr(tif, "is_ndpi", False) or getattr(tif, "is_lsm", False):
-        return  # offsets of their own (64-bit in a classic header; wrapped past 4 GB)
+        return []  # offsets of their own (64-bit in a classic header; wrapped past 4 GB)
     fmt = tif.tiff  # type: ignore[attr-defined]  # tifffile.TiffFormat: sizes and byte order
     fh = tif.filehandle  # type: ignore[attr-defined]
     size = fh.size
@@ -322,12 +402,12 @@ def _check_page_chain(tif: object, path: str) -> None:
     first = 16 if fmt.version == 43 else 8  # BigTIFF: 8-byte offsets, a 16-byte header
     offset = number(first - fmt.offsetsize, fmt.offsetformat)
     cut = "the file was cut short or damaged: copy or export it again"
-    seen: set[int] = set()
+    seen: dict[int, None] = {}  # in order
     while offset:
         page = len(seen)
         if offset in seen:
             raise DecodeError(path, f"corrupt TIFF: page {page} links back to an earlier page")
-        seen.add(offset)
+        seen[offset] = None
         if offset < first or offset + fmt.tagnosize > size:
             raise DecodeError(
                 path,
@@ -342,6 +422,7 @@ def _check_page_chain(tif: object, path: str) -> None:
                 f"{link + fmt.offsetsize}, past the end of the file ({size} bytes); {cut}",
             )
         offset = number(link, fmt.offsetformat)
+    return list(seen)
 
 
 #: what tifffile logs (as errors) when a file is cut or its page chain broken; other errors
