@@ -23,7 +23,7 @@ from .errors import ChecksumError
 from .feed.batches import INDEX, auto_scale
 from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state, warn_uneven_share
-from .feed.shuffle import num_batches
+from .feed.shuffle import check_fills_a_batch, num_batches
 from .feed.source import shown
 from .remote import anchored
 
@@ -410,6 +410,13 @@ class TorchDataset(IterableDataset):
                 "would return the predictions in a shuffled order: written back, they would "
                 "land on other samples. Predict from one in store order, TorchDataset(path, "
                 f"..., shuffle=False) in one process, or {fix}"
+            )
+        if world > 1 and self._even(world) and self._kw["shuffle"] and self._kw["drop_last"]:
+            check_fills_a_batch(  # (len() 0: the loop skipped every epoch, unsaid)
+                self._settings["num_samples"],
+                self._settings["chunk_len"],
+                world,
+                batch_size=self._kw["batch_size"],
             )
         if world > 1 and self._even(world) and self._kw["shuffle"]:
             # said here, in the main process, so that forked workers do not say it again

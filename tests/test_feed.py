@@ -464,6 +464,48 @@ def test_drop_last_may_leave_out_a_whole_chunk(tmp_path):
         assert len(idx) == (n // 64) * 64 and len(np.unique(idx)) == len(idx)
 
 
+def test_ranks_whose_shares_fill_no_batch_are_refused_with_drop_last(tmp_path):
+    # 70 samples in chunks of 16 on 2 ranks (shares of 38 and 32), batch 40, drop_last:
+    # every rank's epoch was empty, unsaid, where one process yields a batch of 40
+    n = 70
+    ds = di.ImageSet(
+        np.zeros((n, 2, 2, 1), np.uint8), np.arange(n) % 2, columns={"idx": np.arange(n)}
+    )
+    path = di.to_zarr(ds, tmp_path / "d.zarr.zip", chunks=16)
+    one = [
+        b[1]
+        for b in di.BatchIterator(path, batch_size=40, drop_last=True, arrays=("images", "idx"))
+    ]
+    assert [len(b) for b in one] == [40]
+    for rank in (0, 1):
+        with pytest.raises(
+            ValueError, match=r"batch_size=40 .*2 ranks an empty epoch.*share.*is 38.*at most 38"
+        ):
+            di.BatchIterator(
+                path, batch_size=40, drop_last=True, consumer=rank, num_consumers=2, even=True
+            )
+        got = di.BatchIterator(
+            path,
+            batch_size=38,
+            drop_last=True,
+            consumer=rank,
+            num_consumers=2,
+            even=True,
+            arrays=("idx",),
+        )
+        assert [len(b[0]) for b in got] == [38]
+        # more than the samples: empty, as in one process
+        assert (
+            list(
+                di.BatchIterator(
+                    path, batch_size=71, drop_last=True, consumer=rank, num_consumers=2, even=True
+                )
+            )
+            == []
+        )
+    assert list(di.BatchIterator(path, batch_size=71, drop_last=True)) == []
+
+
 def test_one_sample_chunks_of_jpeg(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     ds = di.ImageSet(images, np.arange(6) % 2, classes=["a", "b"], columns={"idx": np.arange(6)})

@@ -18,6 +18,7 @@ from daskimg.feed.shuffle import (
     EpochPlan,
     assign_chunks,
     batch_rng,
+    check_fills_a_batch,
     chunk_bounds,
     chunk_order,
     epoch_rng,
@@ -202,6 +203,28 @@ def test_even_with_drop_last_repeats_nothing(layout: dict) -> None:
     if not layout["shuffle"] and full >= n:
         # store order: the full batches dealt round-robin, cut to those every rank has
         np.testing.assert_array_equal(np.sort(every), np.arange(full // n * n * b))
+
+
+@PROPERTY
+@given(layouts)
+def test_even_with_drop_last_is_never_silently_empty(layout: dict) -> None:
+    # 70 samples in chunks of 16 on 2 ranks, batch 40: both ranks' epochs were empty (the
+    # largest share, 38, fills no batch), where one process yields a batch. Refused now;
+    # whatever passes the check yields at least a batch on every rank
+    n, b, k = layout["num_samples"], layout["batch_size"], layout["num_consumers"]
+    shuffled = {**layout, "shuffle": True}
+    shares = [len(streams(c)) for c in consumer_plans(shuffled, even=False)]
+    if max(shares) < b <= n:
+        with pytest.raises(ValueError, match=f"batch_size={b} .*empty epoch"):
+            check_fills_a_batch(n, layout["chunk_len"], k, batch_size=b)
+        return
+    check_fills_a_batch(n, layout["chunk_len"], k, batch_size=b)
+    kw = {"batch_size": b, "num_consumers": k, "even": True, "drop_last": True, "shuffle": True}
+    counts = [num_batches(n, layout["chunk_len"], consumer=c, **kw) for c in range(k)]
+    if n >= b:
+        assert min(counts) >= 1
+    else:  # as in one process
+        assert max(counts) == 0
 
 
 @PROPERTY

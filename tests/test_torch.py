@@ -128,6 +128,20 @@ def test_a_second_iteration_without_workers_cuts_nothing_short_silently(store, s
         _same(_index(loader, stored), _expected(epoch, batch_size=10, seed=0))
 
 
+def test_len_refuses_ranks_whose_shares_fill_no_batch(tmp_path):
+    # len() was 0 on both ranks (70 samples in chunks of 16, batch 40, drop_last): a
+    # DataLoader loop, or Lightning, skipped every epoch without a word
+    ds = di.ImageSet(np.zeros((70, 2, 2, 1), np.uint8), np.arange(70) % 2)
+    path = di.to_zarr(ds, tmp_path / "d.zarr.zip", chunks=16)
+    for rank in (0, 1):
+        data = TorchDataset(path, batch_size=40, drop_last=True, rank=rank, world_size=2)
+        with pytest.raises(ValueError, match=r"batch_size=40 .*empty epoch.*at most 38"):
+            len(data)
+        with pytest.raises(ValueError, match=r"batch_size=40 .*empty epoch"):
+            next(iter(data))
+        assert len(TorchDataset(path, batch_size=38, drop_last=True, rank=rank, world_size=2)) == 1
+
+
 @pytest.mark.parametrize("workers", [0, 1, 2, 3])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_each_sample_once_and_len_right_for_any_workers(store, stored, workers, drop_last):

@@ -22,7 +22,7 @@ import numpy as np
 from .checks import check_at_least, check_seed, check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
-from .shuffle import batch_rng, even_cost, num_batches, plan_epoch
+from .shuffle import batch_rng, check_fills_a_batch, even_cost, num_batches, plan_epoch
 from .source import FeedSource, shown
 
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
@@ -213,6 +213,10 @@ class BatchIterator:
         self._busy: set[int] = set()
         self._pool_lock = threading.Lock()
         self._runner = PlanRunner(self.source)  # reads, fills and assembles the batches
+        if self.num_consumers > 1 and self.even and self.shuffle and self.drop_last:
+            check_fills_a_batch(
+                self.source.n, self.source.chunk_len, self.num_consumers, batch_size=self.batch_size
+            )
         if self.num_consumers > 1 and self.even and self.shuffle and self.worker == 0:
             warn_uneven_share(
                 self.source.n,

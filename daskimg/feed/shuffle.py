@@ -246,6 +246,25 @@ def even_cost(
     return max(0, yielded - n_samples), max(0, n_samples - yielded)
 
 
+def check_fills_a_batch(
+    num_samples: int, chunk_len: int, num_consumers: int, *, batch_size: int
+) -> None:
+    """Refuse ``drop_last`` with ``even`` shares (DDP ranks, shuffled) when no consumer's
+    share of whole chunks fills a batch, though the samples do: every consumer's epoch
+    would be empty (one process yields a batch). ``batch_size > num_samples`` gives an
+    empty epoch as it does in one process."""
+    largest = int(_samples_per_consumer(num_samples, chunk_len, num_consumers).max())
+    if largest < batch_size <= num_samples:
+        raise ValueError(
+            f"batch_size={batch_size} with drop_last=True leaves each of the {num_consumers} "
+            f"ranks an empty epoch: ranks read whole chunks of {chunk_len} samples, and the "
+            f"largest rank's share of the {num_samples} samples is {largest}. Use a "
+            f"batch_size of at most {largest}, fewer ranks, a store of smaller chunks "
+            "(di.to_zarr(di.open_zarr(old), new, chunks=..., order='source')), or "
+            "drop_last=False"
+        )
+
+
 def _consumer_samples(
     num_samples: int,
     chunk_len: int,

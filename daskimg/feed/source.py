@@ -55,32 +55,31 @@ def shown(source: Any) -> str:
     return f"{type(source).__name__} {tuple(shape)}" if shape is not None else type(source).__name__
 
 
-def _read_from_files(ds: ImageSet) -> bool:
-    """Whether ``ds`` was read from files (``from_folder``, ``from_csv``, ``imread``), not
-    opened from a store (nor a subset of one), and not written in its own order by this
-    process: its rows are its own, maybe no store's."""
+def _own_rows(ds: ImageSet) -> bool:
+    """Whether ``ds``'s rows are its own, maybe no store's: read from files (``from_folder``,
+    ``from_csv``, ``imread``) or made from arrays, not opened from a store (nor a subset of
+    one), and not written in its own order by this process."""
     # (stored_in_order: written in its own order here, its rows are that store's)
-    stored = ds.store is not None or ds.store_rows is not None or ds.stored_in_order
-    return ds.row_source is not None and not stored
+    return ds.store is None and ds.store_rows is None and not ds.stored_in_order
 
 
-def _warn_set_rows(root: str) -> None:
-    """Log that a set read from files numbers its samples by its own rows: a store written
-    from it in another process (a set read again from the same files) holds them shuffled,
-    which the set cannot know. Once per process and root."""
-    if ("files", root) in _WARNED_REORDERED:
+def _warn_set_rows(what: str) -> None:
+    """Log that a set (``what``: read from files, made from arrays, or arrays given
+    directly) numbers its samples by its own rows: a store written from it in another
+    process (a set made again from the same files or arrays) holds them shuffled, which the
+    set cannot know. Once per process and ``what``."""
+    if ("own rows", what) in _WARNED_REORDERED:
         return
-    _WARNED_REORDERED.add(("files", root))
+    _WARNED_REORDERED.add(("own rows", what))
     logger.warning(
-        "arrays=(..., %r) from a set read from files (%r): each sample's index is its row in "
-        "this set (ds.paths[i]), not its row in a store written from these files, which "
-        "to_zarr and daskimg ingest store shuffled by default: predictions written back into "
-        "such a store by these indices would land on other samples. To write back into a "
-        "store, feed from the store: BatchIterator('train.zarr.zip', arrays=(..., %r)); to "
-        "keep them by this set's rows, write them to a store of their own "
-        "(ArrayWriter(..., num_samples=len(ds)))",
+        "arrays=(..., %r) from %s: each sample's index is its row in this set, not its row "
+        "in a store written from it, which to_zarr and daskimg ingest store shuffled by "
+        "default: predictions written back into such a store by these indices would land "
+        "on other samples. To write back into a store, feed from the store: "
+        "BatchIterator('train.zarr.zip', arrays=(..., %r)); to keep them by this set's rows, "
+        "write them to a store of their own (ArrayWriter(..., num_samples=len(ds)))",
         INDEX,
-        root,
+        what,
         INDEX,
     )
 
@@ -169,8 +168,12 @@ class FeedSource:
             origin = source.origin or {}
             if names is not None and INDEX in names and source.reordered_in:
                 _warn_reordered(source.reordered_in)
-            elif names is not None and INDEX in names and _read_from_files(source):
-                _warn_set_rows(source.root or "its files")
+            elif names is not None and INDEX in names and _own_rows(source):
+                _warn_set_rows(
+                    f"a set read from files ({source.root or 'its files'!r})"
+                    if source.row_source is not None
+                    else f"a set of {len(source)} samples made from arrays, not opened from a store"
+                )
             if source.store is not None:
                 # the opened store's own checked reader: chunks straight from it, local or URL
                 self.reader = source.store.reader
@@ -208,6 +211,9 @@ class FeedSource:
                     "one row per sample. A dask array cut by a boolean mask (x[x > 0]) does not "
                     "know its length: call .compute_chunk_sizes() on it first"
                 )
+        if not isinstance(source, ImageSet) and names is not None and INDEX in names:
+            rows = {a.shape[0] for a in arrays.values()}
+            _warn_set_rows(f"arrays given as they are ({'/'.join(map(str, sorted(rows)))} rows)")
         images = arrays.get("images")
         if images is not None and len(images.shape) >= 3:
             # an (N, H, W) array beside the images (or (N, H, W, C): one-hot, several labels),
