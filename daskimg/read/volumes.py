@@ -343,8 +343,8 @@ def _check_page_formats(tif: Any, path: str, ifds: list[int]) -> None:
             form = _TAG_TYPES.get(typ)
             size = struct.calcsize(form) if form else 0
             if form is None or not 0 < n <= 16:
-                # no integer values a sound file has here: compared as written
-                tags[code] = (-typ, -n, *value)
+                if code != 254:  # no integer values a sound file has here: compared as written
+                    tags[code] = (-1, typ, n, *value)
                 continue
             if n * size <= fmt.offsetsize:
                 raw = value[: n * size]
