@@ -863,6 +863,43 @@ def test_from_csv_rows_that_do_not_match_the_header_are_refused(
         di.from_csv(csv, root=image_folder, size=(8, 8))
 
 
+def test_from_csv_quotes_never_closed_and_long_values(image_folder, tmp_path):
+    import csv as pycsv
+
+    files = [f.relative_to(image_folder).as_posix() for f in sorted(image_folder.rglob("*.png"))]
+    lines = [f"{f},{'cat' if i % 2 else 'dog'},ok" for i, f in enumerate(files[:4])]
+    # a caption opening a quote never closed took every later row into it: 1 sample of 4,
+    # unsaid (csv's strict mode, as pandas, refuses the file: the oracle)
+    unclosed = "path,label,caption\n" + lines[0].replace(",ok", ',"Best shot') + "\n"
+    unclosed += "\n".join(lines[1:]) + "\n"
+    with pytest.raises(pycsv.Error):
+        list(pycsv.reader(unclosed.splitlines(keepends=True), strict=True))
+    (tmp_path / "open.csv").write_text(unclosed)
+    with pytest.raises(
+        ValueError, match=r"open\.csv, line 2: a value opens a double quote that is never closed"
+    ):
+        di.from_csv(tmp_path / "open.csv", root=image_folder, size=(8, 8))
+    # closed again by the next row's quote: text after the closing quote, refused
+    (tmp_path / "next.csv").write_text(unclosed.replace(f"{files[2]},", f'{files[2]},"', 1))
+    with pytest.raises(ValueError, match=r"next\.csv, line \d: not valid CSV.*never closed"):
+        di.from_csv(tmp_path / "next.csv", root=image_folder, size=(8, 8))
+    # a value longer than csv's 131,072 characters (a run-length mask): csv's bare error
+    rle = " ".join(map(str, range(30_000)))
+    (tmp_path / "rle.csv").write_text(f"path,label,rle,n\n{files[0]},a,{rle},1\n{files[1]},b,,2\n")
+    ds = di.from_csv(tmp_path / "rle.csv", root=image_folder, size=(8, 8))
+    assert ds.paths.tolist() == files[:2] and ds.columns["n"].tolist() == [1, 2]
+    assert pycsv.field_size_limit() == 131_072  # set back
+    # a box named "images" was met with the images' shape, not as a reserved name
+    (tmp_path / "box.csv").write_text(f"path,label,x0,y0,x1,y1\n{files[0]},a,1,1,4,4\n")
+    with pytest.raises(ValueError, match=r"boxes names \['images'\] are reserved"):
+        di.from_csv(
+            tmp_path / "box.csv",
+            root=image_folder,
+            size=(8, 8),
+            boxes={"images": ["x0", "y0", "x1", "y1"]},
+        )
+
+
 def test_from_csv_reads_trailing_empty_cells_and_columns_as_before(image_folder, tmp_path):
     # (review) Excel writes "path,label,," and "a.png,cat,,"; short rows leave trailing
     # empty values out: read as they were

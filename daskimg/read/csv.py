@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import decimal
 import io
@@ -9,7 +10,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -159,6 +160,13 @@ def from_csv(
     labels, classes = (
         (None, []) if not label_column else _labels(rows, label_column, where, classes, labels_are)
     )
+    reserved = sorted(set(boxes or {}) & set(RESERVED))
+    if reserved:  # "images" was met with the images' shape, (N, 4) not (N, H, W, C)
+        raise ValueError(
+            f"boxes names {reserved} are reserved ({', '.join(RESERVED)}: the set's own "
+            "arrays, the feed's store index, the decode check); name the boxes otherwise, "
+            "e.g. boxes={'bbox': [...]}"
+        )
     taken = sorted(set(boxes or {}) & set(DERIVED))
     if taken:  # boxes={"source_size": ...} replaced the files' own sizes without a word
         raise ValueError(
@@ -241,8 +249,52 @@ def _read_csv(
             f"{where}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 (Excel: "
             "'CSV UTF-8'), e.g. iconv -f latin1 -t utf-8"
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, [])
+    with _field_limit(len(text) + 1):  # csv's limit of 131,072 characters a value
+        return _parse_csv(text, where)
+
+
+@contextlib.contextmanager
+def _field_limit(n: int) -> Iterator[None]:
+    """csv's limit on a value's length raised to ``n`` (a run-length mask or a polygon
+    column is longer than its 131,072 characters), then set back."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, n))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _records(reader: Any, where: str) -> Iterator[list[str]]:
+    """``reader``'s rows, strictly parsed: csv's errors said with the CSV and the line."""
+    while True:
+        start = reader.line_num + 1  # where the next row begins
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "end of data" in str(exc):  # the file ended inside a quoted value
+                raise ValueError(
+                    f"{where}, line {start}: a value opens a double quote that is never "
+                    "closed, so every line after it would be read into that value. Close "
+                    'the quote; a double quote inside a quoted value is written twice ("")'
+                ) from None
+            raise ValueError(
+                f"{where}, line {reader.line_num}: not valid CSV ({exc}). A double quote "
+                'inside a value is written twice, in a quoted value ("a ""b"" c"); text '
+                "right after a closing quote often means a quote opened earlier (from line "
+                f"{start}) was never closed"
+            ) from None
+        yield cells
+
+
+def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The header and rows of a CSV's ``text`` (see :func:`_read_csv`)."""
+    # strict: a quote never closed took every line after it into one value, unsaid
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records = _records(reader, where)
+    header = next(records, [])
     if header and header[0].lower().startswith("sep=") and not any(h.strip() for h in header[1:]):
         raise ValueError(f"{where}: the header is missing{_header_hint(header)}")
     # unnamed columns (Excel's trailing empty ones, "path,label,,") are never read
@@ -258,7 +310,7 @@ def _read_csv(
     valued: dict[int, tuple[int, str]] = {}  # an unnamed column's first value
     short: dict[int, int] = {}  # the lines with fewer values than the header: how many
     named = [h.strip().lstrip("\ufeff").strip() for h in header]
-    for cells in reader:
+    for cells in records:
         if not cells:
             continue
         if len(header) > 1 and [c.strip().lstrip("\ufeff").strip() for c in cells] == named:
