@@ -15,6 +15,7 @@ __all__ = [
     "IncompleteStoreError",
     "MetadataError",
     "NoImagesFoundError",
+    "ProcessLocalError",
     "ServerError",
     "StoreExistsError",
     "StoreLockedError",
@@ -75,3 +76,9 @@ class MetadataError(DaskImgError, ValueError):
 class ServerError(DaskImgError, OSError):
     """A server holding a store kept failing to answer (HTTP 5xx or 429, after retries), or
     answers no ranged requests: it says nothing about the stored bytes."""
+
+
+class ProcessLocalError(DaskImgError, OSError):
+    """A ``memory://`` object (fsspec's in-memory filesystem, which lives in one process)
+    was asked for, or would be written, in a dask worker process other than the one
+    holding it."""

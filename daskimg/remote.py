@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DecodeError
+from .errors import DecodeError, ProcessLocalError
 
 __all__ = ["RemoteFiles", "anchored", "filesystem", "is_url", "local_path", "protocol_of"]
 
@@ -140,6 +140,22 @@ def check_options(path: Any, storage_options: Mapping[str, Any] | None) -> None:
         )
 
 
+def in_another_process(url: str, origin: int) -> ProcessLocalError | None:
+    """The error for ``url`` not found here when it is a ``memory://`` object named in
+    process ``origin``, not this one: fsspec's in-memory filesystem lives in one process,
+    so a dask worker process (a ``distributed`` cluster's, the ``"processes"`` scheduler's)
+    sees none of it, and its objects read as missing there. None otherwise."""
+    if protocol_of(url) != "memory" or origin == os.getpid():
+        return None
+    return ProcessLocalError(
+        f"{url!r}: memory:// objects live in the process that made them (fsspec's in-memory "
+        f"filesystem), and this task runs in another process (pid {os.getpid()}, a dask "
+        "worker) that has none of them. Read and write memory:// on this process's threads "
+        "(dask.config.set(scheduler='threads'), or a LocalCluster(processes=False)), or keep "
+        "the data on a disk or in object storage the workers reach"
+    )
+
+
 @dataclass(frozen=True)
 class RemoteFiles:
     """How a decode task reaches its files: a protocol and the options for fsspec.
@@ -162,6 +178,8 @@ class RemoteFiles:
 
     protocol: str
     storage_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: the process that named the files (memory:// objects live in it alone)
+    origin: int = field(default_factory=os.getpid, compare=False, hash=False, repr=False)
 
     def __repr__(self) -> str:
         # never print credentials
@@ -190,6 +208,9 @@ class RemoteFiles:
         out: list[bytes | DecodeError] = []
         for url, value in zip(urls, got, strict=True):
             if isinstance(value, FileNotFoundError):
+                elsewhere = in_another_process(url, self.origin)
+                if elsewhere is not None:  # not the file's fault: on_error="skip" skips none
+                    raise elsewhere
                 out.append(
                     DecodeError(url, "no such file; check the URL and that the object exists")
                 )

@@ -306,3 +306,47 @@ def test_arrays_persisted_on_a_cluster_are_refused_in_dataloader_workers(tmp_pat
             Exception, match=r"array 'images' is persisted on a distributed cluster"
         ):
             list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))
+
+
+@pytest.mark.slow
+def test_memory_urls_on_a_cluster_of_processes_say_so(tmp_path, cluster):
+    # fsspec's memory:// lives in one process: read on the workers, a store was "changed
+    # since it was opened (it is gone)", its files "no such file"; a folder written there
+    # was "damaged (shard missing)" on every try. The same on this process's threads reads
+    # right (numpy's oracle)
+    import io
+
+    import fsspec
+    from PIL import Image
+
+    from daskimg.errors import ProcessLocalError
+
+    fs = fsspec.filesystem("memory")
+    images = np.arange(12 * 4 * 4 * 3, dtype=np.uint32).astype(np.uint8).reshape(12, 4, 4, 3)
+    for i in range(4):
+        png = io.BytesIO()
+        Image.fromarray(images[i]).save(png, "PNG")
+        fs.pipe(f"/daskimg-test-src/{'ab'[i % 2]}/{i}.png", png.getvalue())
+    ds = di.ImageSet(images, np.arange(12) % 2)
+    di.to_zarr(ds, "memory://daskimg-test/t.zarr.zip", chunks=4, order="source")
+    try:
+        with distributed.Client(cluster):
+            opened = di.open_zarr("memory://daskimg-test/t.zarr.zip")
+            with pytest.raises(ProcessLocalError, match=r"t\.zarr\.zip.*another process"):
+                opened.images.compute()
+            with pytest.raises(ProcessLocalError, match=r"u\.zarr'.*other processes"):
+                di.to_zarr(ds, "memory://daskimg-test/u.zarr", chunks=4)
+            assert not fs.exists("/daskimg-test/u.zarr")
+            files = di.from_folder("memory://daskimg-test-src", size=(4, 4), on_error="skip")
+            with pytest.raises(ProcessLocalError, match=r"\.png'.*another process"):
+                di.to_zarr(files, tmp_path / "f.zarr.zip")  # no file taken for bad
+        with dask.config.set(scheduler="threads"):
+            np.testing.assert_array_equal(opened.images.compute(), images)
+            di.to_zarr(ds, "memory://daskimg-test/u.zarr", chunks=4, order="source")
+            np.testing.assert_array_equal(
+                di.open_zarr("memory://daskimg-test/u.zarr").images.compute(), images
+            )
+    finally:
+        for top in ("/daskimg-test", "/daskimg-test-src"):
+            if fs.exists(top):
+                fs.rm(top, recursive=True)

@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ChecksumError, DaskImgError, ServerError
+from ..remote import in_another_process
 
 __all__ = [
     "KEEP",
@@ -86,10 +87,12 @@ class RangedObjects:
     safe to use from several threads at once.
     """
 
-    def __init__(self, fs: Any, where: str) -> None:
+    def __init__(self, fs: Any, where: str, origin: int | None = None) -> None:
         self.where = where
         self._fs = fs
         self._pid = os.getpid()
+        #: the process that opened the store (memory:// objects live in it alone)
+        self._origin = os.getpid() if origin is None else origin
         # HTTP(S) with no options but headers: read in the calling thread, standard library
         self.plain = is_http(fs) and _plain_options(fs)
         self._kept: dict[str, list[tuple[int, bytes]]] = {}
@@ -98,10 +101,10 @@ class RangedObjects:
         self._fetching: dict[tuple[str, int], threading.Lock] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"fs": self._fs, "where": self.where}
+        return {"fs": self._fs, "where": self.where, "origin": self._origin}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["fs"], state["where"])  # type: ignore[misc]
+        self.__init__(state["fs"], state["where"], state.get("origin"))  # type: ignore[misc]
 
     @property
     def fs(self) -> Any:
@@ -256,6 +259,9 @@ class RangedObjects:
 
     def _error(self, path: str, start: int, n: int, e: BaseException) -> Exception:
         if isinstance(e, FileNotFoundError):
+            elsewhere = in_another_process(self.where, self._origin)
+            if elsewhere is not None:  # not replaced: never here
+                return elsewhere
             return ChecksumError(_REPLACED.format(where=self.where, path=path, what="it is gone"))
         status = _status(e)
         if status in RETRIED:  # through fsspec (after a redirect), as on the plain path

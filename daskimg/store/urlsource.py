@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -46,7 +47,9 @@ class RemoteZip(ByteSource):
 
     def __init__(self, url: str, fs: Any, key: str, state: dict[str, Any] | None = None) -> None:
         self.where, self.fs, self.key = url, fs, key
-        self.objects = RangedObjects(fs, url)
+        # the process that opened it travels with it (memory:// lives in that one alone)
+        origin = os.getpid() if state is None else state.get("origin")
+        self.objects = RangedObjects(fs, url, origin)
         if state is None:
             try:
                 info = asked_again(lambda: fs.info(key))  # 429, 5xx: asked again, as reads are
@@ -84,7 +87,11 @@ class RemoteZip(ByteSource):
                     "so it cannot be read in place with ranged requests"
                 )
             etag = info.get("ETag")
-            state = {"size": size, "etag": etag if isinstance(etag, str) else None}
+            state = {
+                "size": size,
+                "etag": etag if isinstance(etag, str) else None,
+                "origin": origin,
+            }
             state["members"], state["spans"] = _remote_zip_members(self.objects, key, state)
         self._state = state
         self.members = state["members"]
@@ -159,10 +166,10 @@ class RemoteDir(ByteSource):
             }
             if not sizes:
                 raise FileNotFoundError(f"no store at {url!r}")
-            state = {"sizes": sizes}
+            state = {"sizes": sizes, "origin": os.getpid()}
         self._state = state
         self.keys = dict(state["sizes"])
-        self.objects = RangedObjects(fs, url)
+        self.objects = RangedObjects(fs, url, state.get("origin"))
         self._root = key.rstrip("/")
 
     def __getstate__(self) -> dict[str, Any]:

@@ -30,11 +30,12 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ..errors import DaskImgError, DecodeError, StoreExistsError
+from ..errors import DaskImgError, DecodeError, ProcessLocalError, StoreExistsError
 from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first
 from ..read.lazy import exact_blocks
+from ..remote import protocol_of
 from . import shmchunks
 from .bytesource import LocalDir
 from .chunktable import read_tables
@@ -177,6 +178,7 @@ def to_zarr(
         raise ValueError(f"seed must be a non-negative int (or None: a random order); got {seed!r}")
     seed = None if seed is None else int(seed)  # the attributes record it (JSON)
     loc = Location.of(path, storage_options)
+    _check_workers_reach(loc)
     check_writable(imageset, check_layout=check_layout)
     with loc.lock():
         loc.check_writable(overwrite=overwrite)
@@ -1322,6 +1324,31 @@ def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
         announce_dashboard(client)
         show_progress(futures)
     return tuple(client.gather(futures, direct=gather_direct(client)))
+
+
+def _check_workers_reach(loc: Location) -> None:
+    """Refuse a ``memory://`` store to be written by dask workers in other processes (a
+    ``distributed`` cluster of processes, the ``"processes"`` scheduler): fsspec's in-memory
+    filesystem lives in one process, so a folder's shards landed in the workers' own
+    memory and the store was then found "damaged" (shards missing), on every try."""
+    if not loc.is_url or protocol_of(loc.target) != "memory":
+        return
+    chosen = dask.config.get("scheduler", None)
+    client = _active_client()
+    elsewhere = chosen in ("processes", "multiprocessing") or (
+        client is not None
+        and not all(
+            str(a).startswith("inproc://") for a in client.scheduler_info().get("workers", {})
+        )
+    )
+    if elsewhere:
+        raise ProcessLocalError(
+            f"{loc.target!r}: memory:// objects live in the process that makes them (fsspec's "
+            "in-memory filesystem), and the active dask scheduler runs tasks in other "
+            "processes, which would write into their own. Write memory:// stores on this "
+            "process's threads (dask.config.set(scheduler='threads'), or a "
+            "LocalCluster(processes=False)), or to a disk or object storage the workers reach"
+        )
 
 
 def _active_client() -> Any:
