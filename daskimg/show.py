@@ -122,6 +122,8 @@ def grid_figure(ds: ShowableSet, *, n: int = 32, seed: int | None = 0, cols: int
         raise ValueError(f"n must be at least 1, got {n}")
     check_drawable(ds.require_images(), "the set")
     total = len(ds)
+    if not total:
+        raise ValueError("the set holds no samples: nothing to show")
     n = min(n, total)
     idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
     images, extras = _read(ds, idx)

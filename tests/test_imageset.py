@@ -12,6 +12,7 @@ import dask
 import dask.array
 import numpy as np
 import pytest
+from conftest import plain_group
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -1433,7 +1434,66 @@ def test_take_split_and_to_zarr_refuse_what_would_land_on_other_samples(tmp_path
         mixed.split({"a": 0.5, "b": 0.5})
         twice.split({"a": 0.5, "b": 0.5})
     assert "2 samples have no label (-1)" in caplog.text
-    assert "1 files are in the set more than once" in caplog.text
+    assert "1 samples are in the set more than once" in caplog.text
+
+
+def test_classes_and_paths_put_in_after_are_checked_as_given_at_first(tmp_path, caplog):
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    images[:] = np.arange(4)[:, None, None, None]
+    ds = di.ImageSet(images, np.array([0, 1, 0, 1]), classes=["cat", "dog"])
+    # ds.classes = "cat" was stored as the classes 'c', 'a', 't' (order="source"); a name
+    # given twice made a store that then would not open ("damaged")
+    with pytest.raises(ValueError, match=r"got the string 'cat'.*one per letter"):
+        ds.classes = "cat"
+    with pytest.raises(ValueError, match=r"classes name 'cat' more than once"):
+        ds.classes = ["cat", "cat"]
+    assert ds.classes == ("cat", "dog")
+    ds.classes = np.array(["cat", "dog"])  # np.unique's: "truth value ... ambiguous" later
+    assert ds.classes == ("cat", "dog")
+    p = di.to_zarr(ds, tmp_path / "a.zarr.zip", order="source")
+    assert plain_group(p).attrs["daskimg"]["classes"] == ["cat", "dog"]
+    ds.classes = [0, 1]  # repr and the feed failed on the ints
+    assert ds.classes == ("0", "1") and "0" in repr(ds)
+    ds.classes = None
+    assert ds.classes == ()
+    # paths: a list failed in take with "'list' object has no attribute 'ndim'", numbers
+    # were stored as float64 paths, a dask array broke split
+    ds = di.ImageSet(images, np.array([0, 1, 0, 1]), classes=["cat", "dog"])
+    ds.paths = ["a.png", "b.png", "c.png", "d.png"]
+    assert ds.take([3, 0]).paths.tolist() == ["d.png", "a.png"]
+    ds.paths = dask.array.from_array(np.array(["a", "b", "c", "d"], object), chunks=2)
+    assert isinstance(ds.paths, np.ndarray) and ds.paths.tolist() == list("abcd")
+    ds.split({"a": 0.5, "b": 0.5})
+    with pytest.raises(ValueError, match=r"paths must have 4 rows"):
+        ds.paths = ["a.png"]
+    ds.paths = np.array([0.5, 1.5, 2.5, 3.5])
+    with pytest.raises(ValueError, match=r"'paths', row 0 is float 0\.5, not text"):
+        di.to_zarr(ds, tmp_path / "b.zarr.zip", order="source")
+    # show drew a whole set's boxes (put on a subset) on other samples, and failed with
+    # IndexError or ZeroDivisionError on labels beyond the classes or an empty set
+    boxes = np.array([[0, 0, 2, 2], [1, 1, 3, 3], [2, 2, 4, 4], [3, 3, 5, 5]], float)
+    full = di.ImageSet(
+        images, np.array([0, 1, 0, 1]), classes=["a", "b"], columns={"bbox": boxes}, boxes=("bbox",)
+    )
+    part = full.take([2, 3])
+    part.columns["bbox"] = boxes
+    with pytest.raises(ValueError, match=r"array 'bbox' has 4 rows for a set of 2 samples"):
+        part.show(n=2)
+    with pytest.raises(ValueError, match=r"holds no samples: nothing to show"):
+        full.take([]).show()
+    with pytest.raises(ValueError, match=r"holds no samples: there is nothing to split"):
+        full.take([]).split({"a": 0.5, "b": 0.5})
+    # take with repeats, then split, without paths to compare: copies landed in both parts
+    # unsaid (with paths it was said)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        full.take([0, 1, 2, 3, 0, 1]).split({"a": 0.5, "b": 0.5})
+    assert "2 samples are in the set more than once" in caplog.text
 
 
 def test_a_short_block_of_a_users_dask_array_is_refused_after_take_and_split(tmp_path):

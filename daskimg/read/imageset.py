@@ -149,22 +149,9 @@ class ImageSet:
         #: ``(N, H, W, C)`` dask array, or None for a store of other arrays only (e.g. features)
         self.images: da.Array | None = cast("da.Array | None", images)
         self.labels = labels  # checked and cast by the setter
-        if isinstance(classes, (str, bytes)):
-            raise ValueError(
-                f"classes must be a sequence of class names, e.g. [{classes!r}]; got the string "
-                f"{classes!r} (it would be {len(classes)} classes, one per letter)"
-            )
-        # None: no class names, as () (tuple(None) failed with "'NoneType' is not iterable")
-        self.classes = () if classes is None else tuple(str(c) for c in classes)
-        if len(set(self.classes)) != len(self.classes):
-            twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
-            raise ValueError(
-                f"classes name {', '.join(repr(c) for c in twice)} more than once "
-                f"({list(self.classes)[:12]}{' ...' if len(self.classes) > 12 else ''}): a "
-                "name must say which class a label is. Give each class its own name"
-            )
+        self.classes = classes  # checked by the setter
         self._check_label_range()
-        self.paths = None if paths is None else _per_sample("paths", paths, n, object)
+        self.paths = paths  # checked by the setter
         self.columns = {k: _per_sample(k, v, n, None) for k, v in (columns or {}).items()}
         self.boxes = tuple(str(b) for b in _box_names(boxes))
         self.check_columns(strict=check_names)
@@ -218,6 +205,10 @@ class ImageSet:
         #: sample's row in that store, which the feed's ``"index"`` gives (so predictions
         #: written back by index land on their samples); None: sample i is row i
         self.store_rows: np.ndarray | None = None
+        #: for a subset (:meth:`take`, :meth:`split`): each sample's row in the set it was
+        #: first cut from, so that :meth:`split` can tell samples taken more than once
+        #: (without paths to compare); None: sample i is its own
+        self.taken_rows: np.ndarray | None = None
         #: for such a subset: the store's path and ``daskimg`` attributes, so that a feed's
         #: saved state is tied to the store and rows it was saved on
         self.origin: dict[str, Any] | None = None
@@ -231,6 +222,11 @@ class ImageSet:
             state = {**state, "_labels": state["labels"]}
             del state["labels"]
         state.setdefault("exact_names", frozenset())
+        state.setdefault("taken_rows", None)
+        for name in ("classes", "paths"):  # plain attributes in an earlier version
+            if name in state and f"_{name}" not in state:
+                state = {**state, f"_{name}": state[name]}
+                del state[name]
         self.__dict__.update(state)
 
     def check_columns(self, *, strict: bool = True) -> None:
@@ -332,6 +328,53 @@ class ImageSet:
             if values is None
             else _per_sample("labels", _class_indices(values), self._n, np.int64)
         )
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in label order (label ``i`` is ``classes[i]``).
+
+        Assigning checks them as ``ImageSet(classes=...)`` does: a string (``"cat"``, which
+        was stored as the classes ``'c', 'a', 't'``) and a name given twice are refused;
+        any sequence (a numpy array from ``np.unique``) becomes a tuple of strings; None is
+        no class names. Their range against the labels is checked when the set is stored,
+        fed or shown.
+        """
+        return self._classes
+
+    @classes.setter
+    def classes(self, names: Sequence[str] | np.ndarray | None) -> None:
+        if isinstance(names, (str, bytes)):
+            raise ValueError(
+                f"classes must be a sequence of class names, e.g. [{names!r}]; got the string "
+                f"{names!r} (it would be {len(names)} classes, one per letter)"
+            )
+        # None: no class names, as () (tuple(None) failed with "'NoneType' is not iterable")
+        given = names.tolist() if isinstance(names, np.ndarray) else names
+        classes = () if given is None else tuple(str(c) for c in given)
+        if len(set(classes)) != len(classes):
+            twice = sorted({c for c in classes if classes.count(c) > 1})
+            raise ValueError(
+                f"classes name {', '.join(repr(c) for c in twice)} more than once "
+                f"({list(classes)[:12]}{' ...' if len(classes) > 12 else ''}): a "
+                "name must say which class a label is. Give each class its own name"
+            )
+        self._classes = classes
+
+    @property
+    def paths(self) -> np.ndarray | None:
+        """``(N,)`` object array of each sample's path (relative to :attr:`root`), or None.
+
+        Assigning checks it as ``ImageSet(paths=...)`` does: one per sample, held as an
+        object array (a list, or a dask array, which is computed: one string a sample);
+        numbers are refused when the set is stored, as text is what a path is.
+        """
+        return self._paths
+
+    @paths.setter
+    def paths(self, values: Sequence[str] | np.ndarray | None) -> None:
+        if isinstance(values, da.Array):
+            values = values.compute()
+        self._paths = None if values is None else _per_sample("paths", values, self._n, object)
 
     def check_one_split(self, doing: str) -> None:
         """Refuse (ValueError) to ``doing`` (store, feed) a set that holds several predefined
@@ -449,6 +492,9 @@ class ImageSet:
         """
         from ..show import Grid, grid_figure
 
+        # an array put in since of another length (a whole set's boxes on a subset) would
+        # be drawn on other samples; labels beyond the classes named nothing
+        self.check_columns(strict=False)
         return Grid(grid_figure(self, n=n, seed=seed))
 
     def take(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
@@ -531,6 +577,9 @@ class ImageSet:
         if files is not None:  # a column put in a derived one's place is the user's
             subset._from_files = {k: a.name for k, a in fresh.items()}
         subset.decoded_as = self.decoded_as
+        subset.taken_rows = (np.arange(len(self)) if self.taken_rows is None else self.taken_rows)[
+            idx
+        ]
         if self.store is not None or self.store_rows is not None:
             rows = np.arange(len(self)) if self.store_rows is None else self.store_rows
             subset.store_rows = rows[idx]
@@ -637,13 +686,16 @@ class ImageSet:
                 "(ds.take(np.flatnonzero(ds.labels >= 0))) if that is not meant",
                 int((self.labels == NO_LABEL).sum()),
             )
-        if self.paths is not None and len(set(self.paths)) < len(self.paths):
+        repeats = 0 if self.paths is None else len(self.paths) - len(set(self.paths))
+        if not repeats and self.taken_rows is not None:  # no paths (arrays, a converted store)
+            repeats = len(self.taken_rows) - len(np.unique(self.taken_rows))
+        if repeats:
             logger.warning(
-                "split: %d files are in the set more than once (take() with repeated indices, "
-                "or paths given twice): their copies may land in different parts, a test "
-                "image also trained on; split the set without repeats, then repeat samples "
-                "within a part",
-                len(self.paths) - len(set(self.paths)),
+                "split: %d samples are in the set more than once (take() with repeated "
+                "indices, or paths given twice): their copies may land in different parts, a "
+                "test image also trained on; split the set without repeats, then repeat "
+                "samples within a part",
+                repeats,
             )
         parts = split_indices(
             len(self),
@@ -821,6 +873,8 @@ def split_indices(
     """Disjoint, sorted index arrays per split name (see :meth:`ImageSet.split`)."""
     if not fractions:
         raise ValueError("fractions is empty; pass e.g. {'train': 0.8, 'valid': 0.2}")
+    if n == 0:  # (max() of no groups failed, naming nothing)
+        raise ValueError("the set holds no samples: there is nothing to split")
     names = list(fractions)
     fr = np.array([float(fractions[k]) for k in names])
     if (fr < 0).any() or not np.isfinite(fr).all():
