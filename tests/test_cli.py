@@ -49,6 +49,62 @@ def test_ingest_recognises_split_folders(tmp_path):
     assert all(p.startswith("val/") for p in valid.paths)
 
 
+def test_ingest_exclude_and_arguments_said_for_the_command_line(tmp_path, capsys):
+    # the error told to "pass exclude=", which the command line had no way to
+    src = tmp_path / "data"
+    di.testing.make_image_folder(src / "train", n=6, classes=("a", "b"))
+    di.testing.make_image_folder(src / "valid", n=9, classes=("a", "b", "fox"))
+    out = tmp_path / "out"
+    assert main(["ingest", str(src), str(out), "--size", "8", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "'fox'" in err and "(on the command line: --exclude DIR)" in err
+    assert (
+        main(
+            [
+                "ingest",
+                str(src),
+                str(out),
+                "--size",
+                "8",
+                "8",
+                "--exclude",
+                str(src / "valid" / "fox"),
+            ]
+        )
+        == 0
+    )
+    kept = sorted(plain_group(out / "valid.zarr.zip")["paths"][:].tolist())
+    assert kept == sorted(
+        p.relative_to(src).as_posix()
+        for p in (src / "valid").rglob("*.png")
+        if "fox" not in p.parts
+    )
+    # bench --epochs -1 printed NaN rates and exited 0; --samples 0 blamed the store after
+    # the whole warm run; show --seed -1 got numpy's words, naming no argument
+    store = str(out / "train.zarr.zip")
+    for argv, says in (
+        (["bench", store, "--epochs", "-1"], "argument --epochs: a whole number of 0 or more"),
+        (
+            ["bench", store, "--codecs", "--samples", "0"],
+            "argument --samples: a positive whole number",
+        ),
+        (
+            ["show", store, "-o", str(tmp_path / "g.png"), "--seed", "-1"],
+            "argument --seed: a whole number of 0",
+        ),
+    ):
+        with pytest.raises(SystemExit) as code:
+            main(argv)
+        assert code.value.code == 2
+        said = capsys.readouterr()
+        assert says in said.err and "nan" not in said.out
+    # a convert error raised as a KeyError was printed quoted, backslashes and all
+    np.savez(tmp_path / "arrays.npz", x=np.zeros((2, 4, 4, 3), np.uint8), y=np.zeros(2, int))
+    assert main(["convert", str(tmp_path / "arrays.npz"), str(tmp_path / "c.zarr.zip")]) == 2
+    err = capsys.readouterr().err
+    assert "has no array 'images'; it has ['x', 'y']" in err and 'error: "' not in err
+
+
 def test_ingest_skip_reports_bad_files(tmp_path, image_folder, capsys):
     (image_folder / "ant" / "bad.png").write_bytes(b"not a png")
     out = tmp_path / "out"

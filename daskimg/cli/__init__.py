@@ -90,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 143 if isinstance(e, _Terminated) else 130
     except (DaskImgError, OSError, ValueError, KeyError, ImportError) as e:
-        print(f"daskimg {args.command}: error: {e}{_notes(e)}", file=sys.stderr)
+        # a KeyError's str() is its message quoted (backslashes and all)
+        said = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else e
+        print(f"daskimg {args.command}: error: {said}{_notes(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         if type(e).__module__.split(".")[0] not in _STORAGE_LIBRARIES:

@@ -73,6 +73,14 @@ def parser() -> argparse.ArgumentParser:
         help="an image beside the class folders: an error naming it (default), or ignored",
     )
     ing.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder inside SRC that is not part of the set, left out with everything "
+        "below it (repeat for several)",
+    )
+    ing.add_argument(
         "--masks", default=None, metavar="DIR", help="a mask per image, by relative path and stem"
     )
     ing.add_argument(
@@ -168,7 +176,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="IMG_PER_S",
         help="e.g. your GPU's images/s",
     )
-    ben.add_argument("--epochs", type=int, default=3, help="measured epochs (after one warm-up)")
+    ben.add_argument(
+        "--epochs", type=_non_negative, default=3, help="measured epochs (after one warm-up)"
+    )
     ben.add_argument("--threads", type=int, default=2)
     ben.add_argument(
         "--cold",
@@ -202,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ben.add_argument(
         "--samples",
-        type=int,
+        type=_positive,
         default=2000,
         help="samples for --codecs: the first ones, cut to whole chunks (default 2000)",
     )
@@ -211,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("store")
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
     show.add_argument("--n", type=int, default=32)
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--seed", type=_non_negative, default=0)
     _storage_options_arg(show)
     return p
 
@@ -233,6 +243,16 @@ def _positive(text: str) -> int:
         n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"a positive whole number, got {text!r}")
+    return n
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a whole number of 0 or more, got {text!r}")
     return n
 
 

@@ -182,11 +182,17 @@ def ingest(args: argparse.Namespace) -> int:
             classes=args.classes,
             # stores written inside SRC are not a class on the next run; OUT is relative to
             # the working directory (a class folder of SRC with its name stays a class)
-            exclude=[*_out_folder(args.src, args.out, opts), *_store_folders(args.src)],
+            exclude=[
+                *_out_folder(args.src, args.out, opts),
+                *_store_folders(args.src),
+                *args.exclude,
+            ],
             dtype=args.dtype,
             storage_options=opts if is_url(args.src) else None,
         )
     except ValueError as e:
+        if "pass exclude=" in str(e):
+            raise ValueError(f"{e} (on the command line: --exclude DIR)") from None
         if "stray='ignore'" not in str(e):
             raise
         raise ValueError(f"{e} (on the command line: --stray ignore)") from None
