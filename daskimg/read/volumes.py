@@ -32,6 +32,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -145,8 +146,13 @@ def volume_dtype(path: str, data: bytes | None = None) -> np.dtype:
         dtype = read_volume(path, data)[0].dtype  # a .npy is memory-mapped: the header only
     if dtype.kind == "b":
         return np.dtype(np.uint8)
-    if dtype.kind not in "iuf":
-        raise DecodeError(path, f"unsupported volume dtype {dtype}; expected integers or floats")
+    if dtype.kind not in "iuf" or dtype.newbyteorder("=").name not in VOLUME_DTYPES:
+        # (float128 was met as a dtype= argument the caller never gave, naming no file)
+        raise DecodeError(
+            path,
+            f"unsupported volume dtype {dtype}; expected one of {', '.join(VOLUME_DTYPES)}. "
+            "Convert it first (e.g. np.save(path, np.load(path).astype(np.float64)))",
+        )
     return dtype.newbyteorder("=")
 
 
@@ -200,6 +206,9 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
             ifds = _check_page_chain(tif, path)  # a cut one logs nothing, at times
             series = tif.series
             if errors:  # damage tifffile logged while finding the series: said as damage
+                if series:  # (one declaring more than memory holds: said so, as below)
+                    size = sum(int(s.size) for s in series) * np.dtype(series[0].dtype).itemsize
+                    _check_fits(path, size, tuple(series[0].shape), len(series))
                 raise DecodeError(path, f"corrupt or truncated TIFF (tifffile: {errors[0]})")
             if not series:
                 raise DecodeError(path, "the TIFF holds no image")
@@ -247,10 +256,14 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                     "daskimg reads a volume as (depth, Y, X). Save it in that order "
                     f"(np.moveaxis; tifffile.imwrite(..., metadata={{'axes': 'ZYX'}}))",
                 )
-            if not pages:
-                _check_pages_alike(tif, path, ifds)
             declared = sum(int(s.size) for s in series) * np.dtype(first.dtype).itemsize
             _check_fits(path, declared, tuple(first.shape), len(series) if pages else 1)
+            if not pages:
+                _check_pages_alike(tif, path, ifds)
+            else:  # each page a series of its own: each read by its own header
+                for i, page in enumerate(tif.pages):
+                    if hasattr(page, "databytecounts"):
+                        _check_strips(page, path, i)
             vol = tif.asarray(key=slice(None)) if pages else first.asarray()
         if errors:
             raise DecodeError(path, f"corrupt or truncated TIFF (tifffile: {errors[0]})")
@@ -277,6 +290,7 @@ def _check_pages_alike(tif: Any, path: str, ifds: list[int]) -> None:
         # parsing every page to compare them made such stacks 50x slower to open, so
         # only the tags that say how a page's bytes read are compared (``ifds``: where
         # each page's header is)
+        _check_strips(tif.pages[0], path, 0)
         _check_page_formats(tif, path, ifds)
         return
     mine = {page.index for page in series.pages if page is not None}  # not thumbnails
@@ -285,6 +299,7 @@ def _check_pages_alike(tif: Any, path: str, ifds: list[int]) -> None:
     for i, page in enumerate(tif.pages):
         if i not in mine or not hasattr(page, "samplesperpixel"):
             continue  # a TiffFrame (OME, ImageJ): tifffile holds it to its key page's kind
+        _check_strips(page, path, i)
         got = (page.shape, page.dtype, page.samplesperpixel, page.bitspersample)
         if got != want:
             raise DecodeError(
@@ -294,6 +309,29 @@ def _check_pages_alike(tif: Any, path: str, ifds: list[int]) -> None:
                 f"({first.samplesperpixel} of {first.bitspersample}); a volume is a stack of "
                 "slices of one shape and type: save the odd pages apart, or convert them first",
             )
+
+
+def _check_strips(page: Any, path: str, index: int) -> None:
+    """Refuse an uncompressed page (in strips) whose strips hold other than its voxels'
+    bytes, or lie past the end of the file: a damaged strip byte count or offset (a TIFF
+    has no checksum), which tifffile reads on, garbage or zeros in part of the page."""
+    if getattr(page, "compression", None) != 1 or page.is_tiled or page.bitspersample % 8:
+        return
+    want = int(page.size) * np.dtype(page.dtype).itemsize
+    counts = [int(c) for c in page.databytecounts]
+    size = page.parent.filehandle.size
+    if sum(counts) != want:
+        raise DecodeError(
+            path,
+            f"corrupt TIFF: page {index}'s strips hold {sum(counts)} bytes, its {page.shape} "
+            f"{page.dtype} voxels {want}: a damaged page header (strip byte counts)",
+        )
+    if any(o + c > size for o, c in zip(page.dataoffsets, counts, strict=False)):
+        raise DecodeError(
+            path,
+            f"corrupt or truncated TIFF: page {index}'s strips run past the end of the file "
+            f"({size} bytes)",
+        )
 
 
 def _corrupt(path: str, exc: Exception) -> DecodeError:
@@ -330,18 +368,37 @@ def _check_page_formats(tif: Any, path: str, ifds: list[int]) -> None:
     fmt = tif.tiff
     fh = tif.filehandle
     first: dict[int, tuple[int, ...] | None] | None = None
+    key = tif.pages[0]
+    block = tif.series[0].dataoffset
+    # the block is read from page 0's data on: page k's data must start k pages further
+    # (a flipped bit in page 0's strip offset read every voxel shifted, unsaid)
+    step = int(key.size) * np.dtype(key.dtype).itemsize if key.bitspersample % 8 == 0 else 0
+    k = 0
     for page, at in enumerate(ifds):
         fh.seek(at)
         count = int(struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0])
         entries = fh.read(count * fmt.tagsize)
         tags: dict[int, tuple[int, ...] | None] = dict(_FORMAT_TAGS)
         kind = 0
+        start: int | None = None  # where the page's first strip is
         for e in range(count):
             code, typ, n, value = struct.unpack_from(fmt.tagheaderformat, entries, e * fmt.tagsize)
-            if code != 254 and code not in _FORMAT_TAGS:
+            if code != 254 and code != 273 and code not in _FORMAT_TAGS:
                 continue
             form = _TAG_TYPES.get(typ)
             size = struct.calcsize(form) if form else 0
+            if code == 273 and form is not None and n > 0:
+                if size <= fmt.offsetsize and n * size <= fmt.offsetsize:
+                    start = struct.unpack_from(f"{fmt.byteorder}{form}", value)[0]
+                else:
+                    fh.seek(int(struct.unpack(fmt.offsetformat, value)[0]))
+                    got = fh.read(size)
+                    start = (
+                        struct.unpack(f"{fmt.byteorder}{form}", got)[0] if len(got) == size else -1
+                    )
+                continue
+            if code == 273:
+                continue
             if form is None or not 0 < n <= 16:
                 if code != 254:  # no integer values a sound file has here: compared as written
                     tags[code] = (-1, typ, n, *value)
@@ -360,6 +417,15 @@ def _check_page_formats(tif: Any, path: str, ifds: list[int]) -> None:
                 tags[code] = got
         if kind & 5:  # a reduced-resolution image or a transparency mask
             continue
+        if step and block is not None and start is not None and start != block + k * step:
+            raise DecodeError(
+                path,
+                f"corrupt TIFF: the stack is stored as one block from byte {block} (page 0's "
+                f"data), which puts page {page}'s data at byte {block + k * step}, but its "
+                f"header says {start}: a damaged page header (voxels would be read from other "
+                "bytes)",
+            )
+        k += 1
         if first is None:
             first = tags
             continue
@@ -429,8 +495,18 @@ def _check_page_chain(tif: object, path: str) -> list[int]:
 #: it logs (unreadable OME or ImageJ metadata, an odd tag) leave the pixels readable
 _DAMAGE = (
     "invalid page offset", "invalid offset to page", "circular reference", "failed to reshape",
-    "truncat", "unexpected end", "corrupt",
+    "truncat", "unexpected end", "corrupt", "incorrect stripbytecounts count",
+    "incorrect stripoffsets count", "missing data bytecounts", "does not match page shape",
 )  # fmt: skip
+#: tifffile's words for a tag it could not read ("<tifffile.TiffTag 339 @202> invalid data
+#: type 259"): damage when the tag says how the pixels are read (its default then taken:
+#: an int16 stack read as uint16)
+_UNREAD_TAG = re.compile(r"TiffTag (\d+)\b.*(invalid|raised)", re.IGNORECASE)
+#: those tags: the format ones (:data:`_FORMAT_TAGS`), photometric, where the strips or
+#: tiles are and how long, rows per strip, tile size, predictor
+_PIXEL_TAGS = frozenset(
+    (256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 339)
+)
 
 
 class _TiffErrors(logging.Filter):
@@ -447,7 +523,11 @@ class _TiffErrors(logging.Filter):
         kept = getattr(self.local, "kept", None)
         if kept is not None and record.levelno >= logging.ERROR:
             message = record.getMessage()
-            if any(d in message for d in _DAMAGE) and "series metadata" not in message:
+            tag = _UNREAD_TAG.search(message)
+            lowered = message.lower()
+            if (any(d in lowered for d in _DAMAGE) and "series metadata" not in message) or (
+                tag is not None and int(tag.group(1)) in _PIXEL_TAGS
+            ):
                 # (not "invalid shaped series metadata or corrupted file": tifffile says so
                 # as it falls back to reading the pages as they are, of a sound file too)
                 kept.append(message)
