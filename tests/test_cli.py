@@ -1020,6 +1020,41 @@ def test_ctrl_c_is_said_with_the_state_left_not_a_traceback(
     assert "interrupted. A store being written is left unfinished" in capsys.readouterr().err
 
 
+def test_ctrl_c_right_after_a_split_is_published_leaves_the_ingest_unfinished(
+    monkeypatch, capsys, tmp_path
+):
+    # a Ctrl-C as train.zarr.zip was just renamed into place (--overwrite had removed the
+    # earlier valid and test) removed the record of an unfinished ingest: OUT held a new
+    # train alone, and `daskimg info OUT` said all was well (exit 0)
+    import os
+
+    from daskimg.store import location
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    di.testing.make_image_folder(src, n=30, classes=("cat", "dog"))
+    argv = ["ingest", str(src), str(out), "--size", "8", "8", "--valid", "0.2", "--test", "0.2"]
+    assert main(argv) == 0
+    real = location.fsync_path
+
+    def then_ctrl_c(path):
+        real(path)
+        if os.path.abspath(path) == str(out) and not list(out.glob("*.partial")):
+            raise KeyboardInterrupt  # the user's Ctrl-C, arriving now
+
+    monkeypatch.setattr(location, "fsync_path", then_ctrl_c)
+    assert main([*argv, "--overwrite", "--seed", "1"]) == 130
+    monkeypatch.setattr(location, "fsync_path", real)
+    assert sorted(p.name for p in out.iterdir()) == [".daskimg-ingest.json", "train.zarr.zip"]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 1
+    assert "valid.zarr.zip" in capsys.readouterr().err
+    assert main([*argv, "--seed", "1"]) == 0  # run again: train kept, the others written
+    assert sorted(p.name for p in out.iterdir()) == [
+        "test.zarr.zip", "train.zarr.zip", "valid.zarr.zip"
+    ]  # fmt: skip
+    assert main(["info", str(out)]) == 0
+
+
 @pytest.mark.parametrize("command", ["ingest", "bench"])
 def test_sigterm_cleans_up_as_ctrl_c_does(monkeypatch, capsys, image_folder, tmp_path, command):
     # `kill` (a job scheduler's stop) ended the process at once: bench --codecs left its

@@ -320,6 +320,7 @@ def _write_splits(
                         removed.append(old)
 
                 token = BEFORE_PUBLISH.set(remove_earlier if gone else None)
+                before = _identity(target)
                 try:
                     to_zarr(
                         part,
@@ -341,6 +342,12 @@ def _write_splits(
                         "out (each is listed in the store's 'skipped' attribute and here)",
                     ) from None
                 except BaseException as e:
+                    if removed or _identity(target) != before:
+                        # OUT changed (a Ctrl-C right after the store was published, or the
+                        # earlier run's stores gone): the mark stays, so that info and
+                        # verify call the ingest unfinished (it was removed: OUT held a new
+                        # train alone, and info said all was well)
+                        mark.published = True
                     if removed:  # the publish itself failed: say what is gone already
                         e.add_note(
                             f"daskimg: the earlier run's {', '.join(removed)} were removed "
@@ -424,6 +431,18 @@ class _Mark:
         if self.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path)
+
+
+def _identity(target: str) -> tuple[int, int, int] | None:
+    """What tells a local store at ``target`` from another put in its place (device, inode,
+    change time), or None when there is none (or it is at a URL, where no mark is kept)."""
+    if is_url(target):
+        return None
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def unfinished_ingest(out: str) -> list[str] | None:
