@@ -343,13 +343,13 @@ class ImageSet:
 
     @classes.setter
     def classes(self, names: Sequence[str] | np.ndarray | None) -> None:
-        if isinstance(names, (str, bytes)):
+        given = names.tolist() if isinstance(names, np.ndarray) else names  # (0-d: its value)
+        if isinstance(given, (str, bytes)):
             raise ValueError(
-                f"classes must be a sequence of class names, e.g. [{names!r}]; got the string "
-                f"{names!r} (it would be {len(names)} classes, one per letter)"
+                f"classes must be a sequence of class names, e.g. [{given!r}]; got the string "
+                f"{given!r} (it would be {len(given)} classes, one per letter)"
             )
         # None: no class names, as () (tuple(None) failed with "'NoneType' is not iterable")
-        given = names.tolist() if isinstance(names, np.ndarray) else names
         classes = () if given is None else tuple(str(c) for c in given)
         if len(set(classes)) != len(classes):
             twice = sorted({c for c in classes if classes.count(c) > 1})
