@@ -340,6 +340,18 @@ def test_memory_urls_on_a_cluster_of_processes_say_so(tmp_path, cluster):
             files = di.from_folder("memory://daskimg-test-src", size=(4, 4), on_error="skip")
             with pytest.raises(ProcessLocalError, match=r"\.png'.*another process"):
                 di.to_zarr(files, tmp_path / "f.zarr.zip")  # no file taken for bad
+        # a cluster of this process's threads sees them, also talking over tcp:// (its
+        # workers' addresses then look like other processes')
+        with (
+            distributed.LocalCluster(
+                n_workers=1, processes=False, protocol="tcp", dashboard_address=None
+            ) as threads,
+            distributed.Client(threads),
+        ):
+            di.to_zarr(ds, "memory://daskimg-test/w.zarr", chunks=4, order="source")
+            np.testing.assert_array_equal(
+                di.open_zarr("memory://daskimg-test/w.zarr").images.compute(), images
+            )
         with dask.config.set(scheduler="threads"):
             np.testing.assert_array_equal(opened.images.compute(), images)
             di.to_zarr(ds, "memory://daskimg-test/u.zarr", chunks=4, order="source")

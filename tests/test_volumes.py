@@ -714,6 +714,8 @@ def test_a_flipped_bit_in_a_tiff_header_is_said_as_damage(tmp_path):
     # length. The unflipped files read exactly (numpy's oracle)
     import struct
 
+    from PIL import Image
+
     def entry(data, page, tag):
         off = struct.unpack("<I", data[4:8])[0]
         for _ in range(page):
@@ -729,7 +731,7 @@ def test_a_flipped_bit_in_a_tiff_header_is_said_as_damage(tmp_path):
     for name, shape, tag, byte, bit, says in (
         ("format", (5, 5, 6), 339, 3, 1, r"corrupt or truncated TIFF \(tifffile: .*339"),
         ("offset", (5, 5, 6), 273, 8, 2, r"stored as one block from byte \d+ .* page 1's data"),
-        ("counts", (5, 5, 6), 279, 8, 4, r"page 0.s strips hold \d+ bytes, its \(5, 6\) int16"),
+        ("counts", (5, 5, 6), 279, 8, 4, r"page 0.s strip 0 holds \d+ bytes, its rows 60"),
         (
             "length",
             (5, 5, 6),
@@ -749,3 +751,29 @@ def test_a_flipped_bit_in_a_tiff_header_is_said_as_damage(tmp_path):
         path.write_bytes(data)
         with pytest.raises(DecodeError, match=rf"{name}\.tif.*{says}"):
             di.imread(str(path), size=shape).compute()
+    # sound files these checks must not refuse (Pillow reads them: the oracle): no strip
+    # byte counts at all (tifffile works them out), a last strip padded to a whole strip
+    v = np.arange(5 * 10 * 6, dtype=np.uint16).reshape(5, 10, 6)
+    for name in ("nocounts", "padded"):
+        path = tmp_path / f"{name}.tif"
+        rows = 10 if name == "nocounts" else 4  # (one strip: tifffile works out its count)
+        tifffile.imwrite(path, v, rowsperstrip=rows, metadata=None, contiguous=False)
+        data = bytearray(path.read_bytes())
+        with tifffile.TiffFile(path) as tif:
+            pages = [(p.offset, p.dataoffsets, p.databytecounts) for p in tif.pages]
+        for offset, starts, counts in pages:
+            at = entry(data, [o for o, _, _ in pages].index(offset), 279)
+            if name == "nocounts":  # the tag renamed to a private one
+                data[at : at + 2] = struct.pack("<H", 65001)
+            else:  # counts written out of line: the last one made a whole strip's
+                where = struct.unpack("<I", data[at + 8 : at + 12])[0]
+                struct.pack_into("<I", data, where + 4 * (len(counts) - 1), counts[0])
+                assert starts[-1] + counts[0] <= len(data)
+        path.write_bytes(data)
+        with Image.open(path) as im:
+            frames = []
+            for i in range(im.n_frames):
+                im.seek(i)
+                frames.append(np.asarray(im))
+        np.testing.assert_array_equal(np.stack(frames), v)
+        np.testing.assert_array_equal(di.imread(str(path), size=(5, 10, 6)).compute()[0, ..., 0], v)

@@ -265,36 +265,38 @@ def _field_limit(n: int) -> Iterator[None]:
         csv.field_size_limit(old)
 
 
-def _records(reader: Any, where: str) -> Iterator[list[str]]:
-    """``reader``'s rows, strictly parsed: csv's errors said with the CSV and the line."""
+def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str]]]:
+    """The rows of the CSV text in ``stream``, as csv reads them (text after a closing quote,
+    ``"a.png" ,cat``, kept as pandas keeps it); but a file that ends inside a quoted value
+    is refused, naming the line where the value began: a quote never closed took every line
+    after it into that value, unsaid (csv's strict mode says so, but refuses the rest too).
+    Each row comes with csv's ``line_num`` after it (the file's line it ends on)."""
+    reader = csv.reader(stream, strict=False)
     while True:
-        start = reader.line_num + 1  # where the next row begins
+        start, line = stream.tell(), reader.line_num + 1  # where the next row begins
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            if "end of data" in str(exc):  # the file ended inside a quoted value
-                raise ValueError(
-                    f"{where}, line {start}: a value opens a double quote that is never "
-                    "closed, so every line after it would be read into that value. Close "
-                    'the quote; a double quote inside a quoted value is written twice ("")'
-                ) from None
-            raise ValueError(
-                f"{where}, line {reader.line_num}: not valid CSV ({exc}). A double quote "
-                'inside a value is written twice, in a quoted value ("a ""b"" c"); text '
-                "right after a closing quote often means a quote opened earlier (from line "
-                f"{start}) was never closed"
-            ) from None
-        yield cells
+            raise ValueError(f"{where}, line {reader.line_num}: not valid CSV ({exc})") from None
+        if stream.tell() == len(stream.getvalue()):  # the last row: did it close its quotes?
+            try:
+                list(csv.reader(io.StringIO(stream.getvalue()[start:], newline=""), strict=True))
+            except csv.Error as exc:
+                if "end of data" in str(exc):
+                    raise ValueError(
+                        f"{where}, line {line}: a value opens a double quote that is never "
+                        "closed, so every line after it was read into that value. Close the "
+                        'quote; a double quote inside a quoted value is written twice ("")'
+                    ) from None
+        yield reader.line_num, cells
 
 
 def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
     """The header and rows of a CSV's ``text`` (see :func:`_read_csv`)."""
-    # strict: a quote never closed took every line after it into one value, unsaid
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    records = _records(reader, where)
-    header = next(records, [])
+    records = _records(io.StringIO(text, newline=""), where)
+    header = next(records, (0, []))[1]
     if header and header[0].lower().startswith("sep=") and not any(h.strip() for h in header[1:]):
         raise ValueError(f"{where}: the header is missing{_header_hint(header)}")
     # unnamed columns (Excel's trailing empty ones, "path,label,,") are never read
@@ -310,26 +312,26 @@ def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
     valued: dict[int, tuple[int, str]] = {}  # an unnamed column's first value
     short: dict[int, int] = {}  # the lines with fewer values than the header: how many
     named = [h.strip().lstrip("\ufeff").strip() for h in header]
-    for cells in records:
+    for line_num, cells in records:
         if not cells:
             continue
         if len(header) > 1 and [c.strip().lstrip("\ufeff").strip() for c in cells] == named:
             raise ValueError(
-                f"{where}, line {reader.line_num}: the header again ({','.join(cells)}), as "
+                f"{where}, line {line_num}: the header again ({','.join(cells)}), as "
                 "where two CSV files were joined; it would be read as an image and a "
                 "class. Remove the line (e.g. concatenate with the header kept once)"
             )
-        shifted = shifted or reader.line_num != len(rows) + 2
+        shifted = shifted or line_num != len(rows) + 2
         if len(cells) > len(header) and not any(c.strip() for c in cells[len(header) :]):
             cells = cells[: len(header)]  # trailing empty cells ("a.png,cat,")
         elif len(cells) < len(header):
             # trailing empty values left out (Excel does so), or a line cut short: said below
-            short.setdefault(reader.line_num, len(cells))
+            short.setdefault(line_num, len(cells))
             cells = cells + [""] * (len(header) - len(cells))
         if len(cells) != len(header):
             # "path;label" with a "1,5" in a row: the separator, not the quoting
             raise ValueError(
-                f"{where}, line {reader.line_num}: {len(cells)} value(s) for {len(header)} "
+                f"{where}, line {line_num}: {len(cells)} value(s) for {len(header)} "
                 f"column(s) ({', '.join(header)}): {cells!r}"
                 + (
                     _separator_hint(header)
@@ -338,7 +340,7 @@ def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
             )
         for i in unnamed:
             if cells[i].strip() and i not in valued:
-                valued[i] = (reader.line_num, cells[i])
+                valued[i] = (line_num, cells[i])
         rows.append(dict(zip(header, cells, strict=True)))
     for i, (line, value) in valued.items():
         # Excel's trailing empty columns are unnamed and empty; one with values is data

@@ -317,15 +317,23 @@ def _check_strips(page: Any, path: str, index: int) -> None:
     has no checksum), which tifffile reads on, garbage or zeros in part of the page."""
     if getattr(page, "compression", None) != 1 or page.is_tiled or page.bitspersample % 8:
         return
-    want = int(page.size) * np.dtype(page.dtype).itemsize
     counts = [int(c) for c in page.databytecounts]
     size = page.parent.filehandle.size
-    if sum(counts) != want:
-        raise DecodeError(
-            path,
-            f"corrupt TIFF: page {index}'s strips hold {sum(counts)} bytes, its {page.shape} "
-            f"{page.dtype} voxels {want}: a damaged page header (strip byte counts)",
-        )
+    planes = page.samplesperpixel if page.planarconfig == 2 else 1
+    row = page.imagewidth * (page.samplesperpixel // planes) * (page.bitspersample // 8)
+    length, rows = int(page.imagelength), int(page.rowsperstrip or page.imagelength)
+    per_plane = -(-length // rows) if rows else 0
+    if page.imagedepth == 1 and len(counts) == planes * per_plane:
+        # each strip holds its rows' bytes; the last of a plane may be padded to a whole
+        # strip (as some writers do, read as Pillow reads it), no strip holds more or less
+        for j, count in enumerate(counts):
+            exact = min(rows, length - (j % per_plane) * rows) * row
+            if not exact <= count <= rows * row:
+                raise DecodeError(
+                    path,
+                    f"corrupt TIFF: page {index}'s strip {j} holds {count} bytes, its rows "
+                    f"{exact}: a damaged page header (strip byte counts)",
+                )
     if any(o + c > size for o, c in zip(page.dataoffsets, counts, strict=False)):
         raise DecodeError(
             path,
@@ -496,8 +504,8 @@ def _check_page_chain(tif: object, path: str) -> list[int]:
 _DAMAGE = (
     "invalid page offset", "invalid offset to page", "circular reference", "failed to reshape",
     "truncat", "unexpected end", "corrupt", "incorrect stripbytecounts count",
-    "incorrect stripoffsets count", "missing data bytecounts", "does not match page shape",
-)  # fmt: skip
+    "incorrect stripoffsets count", "does not match page shape",
+)  # fmt: skip  # (not "missing data ByteCounts tag": tifffile works them out, rightly)
 #: tifffile's words for a tag it could not read ("<tifffile.TiffTag 339 @202> invalid data
 #: type 259"): damage when the tag says how the pixels are read (its default then taken:
 #: an int16 stack read as uint16)
