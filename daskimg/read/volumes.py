@@ -375,6 +375,9 @@ def _check_page_formats(tif: Any, path: str, ifds: list[int]) -> None:
     reduced-resolution and mask pages (``NewSubfileType``) are not the stack's."""
     fmt = tif.tiff
     fh = tif.filehandle
+    # an entry: code, type, count, value (or where it is); tifffile's tagheaderformat,
+    # which older versions lack
+    entry = fmt.byteorder + ("HHQ8s" if fmt.version == 43 else "HHI4s")
     first: dict[int, tuple[int, ...] | None] | None = None
     key = tif.pages[0]
     block = tif.series[0].dataoffset
@@ -390,7 +393,7 @@ def _check_page_formats(tif: Any, path: str, ifds: list[int]) -> None:
         kind = 0
         start: int | None = None  # where the page's first strip is
         for e in range(count):
-            code, typ, n, value = struct.unpack_from(fmt.tagheaderformat, entries, e * fmt.tagsize)
+            code, typ, n, value = struct.unpack_from(entry, entries, e * fmt.tagsize)
             if code != 254 and code != 273 and code not in _FORMAT_TAGS:
                 continue
             form = _TAG_TYPES.get(typ)
