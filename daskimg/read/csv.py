@@ -272,6 +272,8 @@ def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str]]]
     after it into that value, unsaid (csv's strict mode says so, but refuses the rest too).
     Each row comes with csv's ``line_num`` after it (the file's line it ends on)."""
     reader = csv.reader(stream, strict=False)
+    end = stream.seek(0, io.SEEK_END)  # (its length, once: getvalue() copies the text)
+    stream.seek(0)
     while True:
         start, line = stream.tell(), reader.line_num + 1  # where the next row begins
         try:
@@ -280,7 +282,7 @@ def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str]]]
             return
         except csv.Error as exc:
             raise ValueError(f"{where}, line {reader.line_num}: not valid CSV ({exc})") from None
-        if stream.tell() == len(stream.getvalue()):  # the last row: did it close its quotes?
+        if stream.tell() == end:  # the last row: did it close its quotes?
             try:
                 list(csv.reader(io.StringIO(stream.getvalue()[start:], newline=""), strict=True))
             except csv.Error as exc:
