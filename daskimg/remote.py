@@ -147,10 +147,17 @@ def in_another_process(url: str, origin: int) -> ProcessLocalError | None:
     sees none of it, and its objects read as missing there. None otherwise."""
     if protocol_of(url) != "memory" or origin == os.getpid():
         return None
+    return process_local(
+        url, f"this task runs in another process (pid {os.getpid()}, a dask worker) that has none"
+    )
+
+
+def process_local(url: str, why: str) -> ProcessLocalError:
+    """The error for the ``memory://`` ``url`` used where dask's tasks run in other
+    processes (``why``: how they do)."""
     return ProcessLocalError(
         f"{url!r}: memory:// objects live in the process that made them (fsspec's in-memory "
-        f"filesystem), and this task runs in another process (pid {os.getpid()}, a dask "
-        "worker) that has none of them. Read and write memory:// on this process's threads "
+        f"filesystem), and {why}. Read and write memory:// on this process's threads "
         "(dask.config.set(scheduler='threads'), or a LocalCluster(processes=False)), or keep "
         "the data on a disk or in object storage the workers reach"
     )

@@ -205,9 +205,10 @@ class ImageSet:
         #: sample's row in that store, which the feed's ``"index"`` gives (so predictions
         #: written back by index land on their samples); None: sample i is row i
         self.store_rows: np.ndarray | None = None
-        #: for a subset (:meth:`take`, :meth:`split`): each sample's row in the set it was
-        #: first cut from, so that :meth:`split` can tell samples taken more than once
-        #: (without paths to compare); None: sample i is its own
+        #: for a subset (:meth:`take`, :meth:`split`) of a set not read from a store: each
+        #: sample's row in the set it was first cut from, so that :meth:`split` can tell
+        #: samples taken more than once without paths to compare (a store's subset has
+        #: :attr:`store_rows` for that); None: sample i is its own
         self.taken_rows: np.ndarray | None = None
         #: for such a subset: the store's path and ``daskimg`` attributes, so that a feed's
         #: saved state is tied to the store and rows it was saved on
@@ -577,9 +578,6 @@ class ImageSet:
         if files is not None:  # a column put in a derived one's place is the user's
             subset._from_files = {k: a.name for k, a in fresh.items()}
         subset.decoded_as = self.decoded_as
-        subset.taken_rows = (np.arange(len(self)) if self.taken_rows is None else self.taken_rows)[
-            idx
-        ]
         if self.store is not None or self.store_rows is not None:
             rows = np.arange(len(self)) if self.store_rows is None else self.store_rows
             subset.store_rows = rows[idx]
@@ -589,6 +587,9 @@ class ImageSet:
                 if self.store is not None
                 else self.origin
             )
+        else:
+            rows = np.arange(len(self)) if self.taken_rows is None else self.taken_rows
+            subset.taken_rows = rows[idx]
         return subset
 
     def _check_index_range(self, lo: int, hi: int) -> None:
@@ -687,8 +688,9 @@ class ImageSet:
                 int((self.labels == NO_LABEL).sum()),
             )
         repeats = 0 if self.paths is None else len(self.paths) - len(set(self.paths))
-        if not repeats and self.taken_rows is not None:  # no paths (arrays, a converted store)
-            repeats = len(self.taken_rows) - len(np.unique(self.taken_rows))
+        rows = self.store_rows if self.store_rows is not None else self.taken_rows
+        if not repeats and rows is not None:  # no paths (arrays, a converted store)
+            repeats = len(rows) - len(np.unique(rows))
         if repeats:
             logger.warning(
                 "split: %d samples are in the set more than once (take() with repeated "

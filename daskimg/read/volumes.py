@@ -205,10 +205,13 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
         with _tiff_errors() as errors, tifffile.TiffFile(source) as tif:
             ifds = _check_page_chain(tif, path)  # a cut one logs nothing, at times
             series = tif.series
+            # the bytes its series declare (checked against memory before they are read)
+            declared = sum(int(s.size) for s in series) * (
+                np.dtype(series[0].dtype).itemsize if series else 0
+            )
             if errors:  # damage tifffile logged while finding the series: said as damage
                 if series:  # (one declaring more than memory holds: said so, as below)
-                    size = sum(int(s.size) for s in series) * np.dtype(series[0].dtype).itemsize
-                    _check_fits(path, size, tuple(series[0].shape), len(series))
+                    _check_fits(path, declared, tuple(series[0].shape), len(series))
                 raise DecodeError(path, f"corrupt or truncated TIFF (tifffile: {errors[0]})")
             if not series:
                 raise DecodeError(path, "the TIFF holds no image")
@@ -256,7 +259,6 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
                     "daskimg reads a volume as (depth, Y, X). Save it in that order "
                     f"(np.moveaxis; tifffile.imwrite(..., metadata={{'axes': 'ZYX'}}))",
                 )
-            declared = sum(int(s.size) for s in series) * np.dtype(first.dtype).itemsize
             _check_fits(path, declared, tuple(first.shape), len(series) if pages else 1)
             if not pages:
                 _check_pages_alike(tif, path, ifds)
@@ -360,6 +362,9 @@ def _corrupt(path: str, exc: Exception) -> DecodeError:
 _FORMAT_TAGS: dict[int, tuple[int, ...] | None] = {
     256: None, 257: None, 258: (1,), 259: (1,), 277: (1,), 284: (1,), 339: (1,),
 }  # fmt: skip
+#: the tags that say how pixels are read: the format ones, photometric, where the strips
+#: or tiles are and how long, rows per strip, tile size, predictor
+_PIXEL_TAGS = frozenset(_FORMAT_TAGS) | {262, 273, 278, 279, 317, 322, 323, 324, 325}
 _TAG_NAMES = {
     256: "width", 257: "length", 258: "bits per sample", 259: "compression",
     277: "samples per pixel", 284: "planar configuration", 339: "sample format",
@@ -513,11 +518,7 @@ _DAMAGE = (
 #: type 259"): damage when the tag says how the pixels are read (its default then taken:
 #: an int16 stack read as uint16)
 _UNREAD_TAG = re.compile(r"TiffTag (\d+)\b.*(invalid|raised)", re.IGNORECASE)
-#: those tags: the format ones (:data:`_FORMAT_TAGS`), photometric, where the strips or
-#: tiles are and how long, rows per strip, tile size, predictor
-_PIXEL_TAGS = frozenset(
-    (256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 339)
-)
+#: (those tags: :data:`_PIXEL_TAGS`)
 
 
 class _TiffErrors(logging.Filter):

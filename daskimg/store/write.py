@@ -30,12 +30,12 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ..errors import DaskImgError, DecodeError, ProcessLocalError, StoreExistsError
+from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first
 from ..read.lazy import exact_blocks
-from ..remote import protocol_of
+from ..remote import process_local, protocol_of
 from . import shmchunks
 from .bytesource import LocalDir
 from .chunktable import read_tables
@@ -1341,12 +1341,10 @@ def _check_workers_reach(loc: Location) -> None:
         client is not None and set(client.run(os.getpid).values()) - {os.getpid()}
     )
     if elsewhere:
-        raise ProcessLocalError(
-            f"{loc.target!r}: memory:// objects live in the process that makes them (fsspec's "
-            "in-memory filesystem), and the active dask scheduler runs tasks in other "
-            "processes, which would write into their own. Write memory:// stores on this "
-            "process's threads (dask.config.set(scheduler='threads'), or a "
-            "LocalCluster(processes=False)), or to a disk or object storage the workers reach"
+        raise process_local(
+            loc.target,
+            "the active dask scheduler runs tasks in other processes, which would write into "
+            "their own",
         )
 
 
