@@ -14,11 +14,13 @@ __all__ = [
     "FormatVersionError",
     "IncompleteStoreError",
     "MetadataError",
+    "NewerFormatError",
     "NoImagesFoundError",
     "ProcessLocalError",
     "ServerError",
     "StoreExistsError",
     "StoreLockedError",
+    "UnsupportedStoreError",
 ]
 
 
@@ -59,6 +61,11 @@ class FormatVersionError(DaskImgError, ValueError):
     """A store was written by a newer daskimg (or is not a daskimg store)."""
 
 
+class NewerFormatError(FormatVersionError):
+    """A sound store of a format version newer than this daskimg reads: not damage, upgrade
+    daskimg to read it."""
+
+
 class ForeignStoreError(FormatVersionError):
     """The path holds no daskimg store but another (a Zarr v2 store, a plain Zarr group, a
     store one folder deeper in a zip): not damage, said for what it is."""
@@ -71,6 +78,11 @@ class ChecksumError(DaskImgError, OSError):
 class MetadataError(DaskImgError, ValueError):
     """A store's metadata is missing, unreadable or inconsistent; the message names the store
     and the array (or ``zarr.json``) and what is wrong."""
+
+
+class UnsupportedStoreError(MetadataError):
+    """A sound store in a layout daskimg does not read (another tool's codecs, compressed
+    zip members, a frame this numcodecs cannot decompress): not damage, said for what it is."""
 
 
 class ServerError(DaskImgError, OSError):

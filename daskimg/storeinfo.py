@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DaskImgError, ForeignStoreError, ServerError
+from .errors import (
+    DaskImgError,
+    ForeignStoreError,
+    NewerFormatError,
+    ServerError,
+    UnsupportedStoreError,
+)
 from .read.imageset import NO_LABEL
 from .store.format import (
     check_array,
@@ -31,6 +37,11 @@ from .store.reader import StoreReader
 __all__ = ["Problem", "info", "unchecked", "verify"]
 
 logger = logging.getLogger("daskimg")
+
+
+#: what :func:`verify` raises instead of listing as damage: no daskimg store but another, a
+#: store of a newer format version, a sound layout daskimg does not read
+NOT_DAMAGE = (ForeignStoreError, NewerFormatError, UnsupportedStoreError)
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,8 @@ def verify(
     An empty list means the metadata is consistent and every chunk is present and matches
     its checksum. Damage never raises (an OS error that says nothing of the bytes does:
     out of descriptors or memory, no permission; so does a path holding no daskimg store
-    but another, :class:`~daskimg.errors.ForeignStoreError`): a damaged zip (array ``"(store)"``),
+    but another, a store of a newer format version or a sound layout daskimg does not read:
+    :data:`NOT_DAMAGE`): a damaged zip (array ``"(store)"``),
     unparsable root metadata (``"zarr.json"``), a missing or inconsistent array (chunk -1) and every
     bad chunk are listed. ``progress`` is called with the number of chunks done after each
     chunk. A URL (with ``storage_options``) is read through the same checked reader.
@@ -81,8 +93,8 @@ def verify(
         attrs = check_attrs(
             loc.target, reader.json("zarr.json"), check_complete=False, keys=reader.source.keys
         )
-    except ForeignStoreError:
-        raise  # not damage: no daskimg store but another (said for what it is)
+    except NOT_DAMAGE:
+        raise  # not damage: no daskimg store but another, a newer one, another tool's layout
     except DaskImgError as e:
         return [_damage("zarr.json", -1, e)]
     problems: list[Problem] = []
@@ -275,6 +287,8 @@ def _damage(array: str, chunk: int, e: Exception) -> Problem:
     failing to answer, out of descriptors or memory, no permission) is raised instead."""
     if isinstance(e, ServerError) or (isinstance(e, OSError) and e.errno in _NOT_THE_DATA):
         raise e
+    if isinstance(e, NOT_DAMAGE):
+        raise e  # a sound store daskimg does not read: said for what it is, not "DAMAGED"
     return Problem(array, chunk, str(e))
 
 

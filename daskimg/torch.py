@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ChecksumError
-from .feed.batches import INDEX, auto_scale
+from .feed.batches import INDEX, auto_scale, check_auto_scale
 from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state, warn_uneven_share
 from .feed.shuffle import check_fills_a_batch, num_batches
@@ -649,7 +649,22 @@ class TorchDataset(IterableDataset):
 
     def _batches(self, it: BatchIterator) -> Generator[tuple[Any, ...], None, None]:
         names = it.arrays
+        # a float dtype scales images by what their type says: a transform must keep the
+        # stored type (float maths on uint8 pixels put batches on two scales)
+        stored = (
+            it.source.dtype("images")
+            if "images" in names
+            and self._kw["transform"] is not None
+            and self.dtype is not None
+            and self.dtype.is_floating_point
+            else None
+        )
         for batch in it:
+            if stored is not None:
+                check_auto_scale(
+                    self._kw["transform"], stored, batch[names.index("images")],
+                    "pass dtype=None and scale them yourself",
+                )  # fmt: skip
             yield tuple(
                 _to_torch(name, a, self.channels_first, self.dtype)
                 for name, a in zip(names, batch, strict=True)

@@ -575,6 +575,23 @@ def test_a_refused_re_ingest_says_what_changed(tmp_path, capsys):
     assert main(split) == 2
     err = capsys.readouterr().err
     assert "files added here: [" in err and "c/new.png" in err and "number of files" not in err
+    # other fractions, every file still there: the files this split no longer holds were
+    # said to be "gone", and users went looking for files they had
+    (src / "c" / "new.png").unlink()
+    held = set(di.open_zarr(out / "valid.zarr.zip").paths)
+    assert main([*args[:6], "--valid", "0.3", "--test", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "still in SRC but no longer in this split (other --valid/--test fractions?)" in err
+    assert "files gone" not in err
+    assert all((src / p).is_file() for p in held)  # the oracle: the files are all there
+    # a file really gone is said so (one split: no file moves to another)
+    shutil.rmtree(out)
+    assert main(args) == 0
+    (src / "b" / "6.png").unlink()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "files gone: ['b/6.png']" in err and "still in SRC" not in err
 
 
 def test_stores_of_an_earlier_run_that_this_run_does_not_write_are_not_left_beside_it(

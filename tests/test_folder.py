@@ -1318,3 +1318,32 @@ def test_classes_given_keep_split_folders_that_hold_class_folders_and_refuse_str
     where = _as_url(left, f"memory://daskimg-test-left-{tmp_path.name}") if url else left
     ds = di.from_folder(where, size=(4, 4), classes=["cat", "train"])
     assert [ds.classes[i] for i in ds.labels] == [p.split("/")[0] for p in ds.paths]
+
+
+def test_a_root_folder_named_in_another_encoding_is_ingested(tmp_path):
+    """A root whose name is not UTF-8 (donn\\xe9es, from an old zip or a Windows share): the
+    files are listed and their stored paths are plain, but to_zarr failed with a bare
+    UnicodeEncodeError naming nothing (the fingerprint encoded the full paths). The oracle:
+    Pillow's decode of each file, found by its bytes name."""
+    from PIL import Image
+
+    root = os.fsencode(tmp_path) + b"/donn\xe9es"
+    want = {}
+    for c, shade in ((b"cat", 40), (b"dog", 200)):
+        os.makedirs(root + b"/" + c)
+        for i in range(2):
+            name = root + b"/" + c + b"/%d.png" % i
+            Image.new("RGB", (6, 6), (shade + i, 0, 0)).save(os.fsdecode(name))
+            want[f"{c.decode()}/{i}.png"] = np.asarray(Image.open(os.fsdecode(name)))
+    ds = di.from_folder(os.fsdecode(root), size=(6, 6))
+    out = di.to_zarr(ds, tmp_path / "t.zarr.zip")
+    back = di.open_zarr(out)
+    images = back.images.compute()
+    assert sorted(back.paths) == sorted(want)
+    for path, image, label in zip(back.paths, images, back.labels, strict=True):
+        np.testing.assert_array_equal(image, want[path])
+        assert back.classes[label] == path.split("/")[0]
+    assert main(["ingest", os.fsdecode(root), str(tmp_path / "out"), "--size", "6", "6",
+                 "--valid", "0", "--test", "0"]) == 0  # fmt: skip
+    assert main(["ingest", os.fsdecode(root), str(tmp_path / "out"), "--size", "6", "6",
+                 "--valid", "0", "--test", "0"]) == 0  # a re-run keeps it  # fmt: skip

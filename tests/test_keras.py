@@ -760,3 +760,35 @@ def test_a_pass_over_the_training_set_inside_its_own_fit_epoch_is_refused(store)
     for epoch in rec.train:  # the oracle: the ids the pixels encode, each once an epoch
         assert sorted(flat(epoch)) == list(range(N))
     model.fit(fresh, epochs=1, verbose=0, validation_data=fresh)  # at the epoch's end: served
+
+
+class _Brightness:
+    """A user's transform: brightness in float maths on about half of the batches."""
+
+    def __call__(self, batch, rng):
+        if rng.random() < 0.5:
+            batch = dict(batch)
+            batch["images"] = np.clip(batch["images"] * rng.uniform(0.9, 1.1), 0, 255)
+        return batch
+
+
+def test_auto_scale_refuses_a_transform_that_changes_the_images_type(tmp_path):
+    """scale="auto" chose the divisor from the type the transform returned: float maths on
+    a uint8 store's pixels made those batches 0..255 (divided by 1) beside 0..1 ones
+    (by 255), fed on two scales without a word. The oracle: every pixel stored is 200."""
+    path = di.to_zarr(
+        di.ImageSet(np.full((128, 8, 8, 3), 200, np.uint8), np.zeros(128, int), classes=["a"]),
+        tmp_path / "s.zarr.zip", chunks=16,
+    )  # fmt: skip
+    ds = KerasDataset(path, batch_size=16, transform=_Brightness())
+    with pytest.raises(ValueError, match=r"returned the images as float64.*two scales"):  # noqa: PT012
+        for i in range(len(ds)):  # (some batch of the 8 draws the float maths)
+            ds[i]
+    # the scale given: every batch on one scale, the transform's own values
+    ds = KerasDataset(path, batch_size=16, transform=_Brightness(), scale=255.0)
+    tops = [float(ds[i][0].max()) for i in range(len(ds))]
+    assert all(0.7 < t <= 1.0 for t in tops), tops
+    # a transform that keeps the type is scaled as before
+    keep = lambda batch, rng: {**batch, "images": 255 - batch["images"]}  # noqa: E731
+    ds = KerasDataset(path, batch_size=16, transform=keep)
+    np.testing.assert_allclose(ds[0][0], np.full((16, 8, 8, 3), 55 / 255, np.float32))

@@ -25,8 +25,10 @@ from daskimg.errors import (
     FormatVersionError,
     IncompleteStoreError,
     MetadataError,
+    NewerFormatError,
     StoreExistsError,
     StoreLockedError,
+    UnsupportedStoreError,
 )
 from daskimg.store import format as format_mod
 from daskimg.store.location import write_lock
@@ -1918,3 +1920,140 @@ def test_a_shuffled_write_that_would_gather_beyond_memory_is_refused(
     assert sorted(shuffled.paths.tolist()) == sorted(files.paths.tolist())
     monkeypatch.setattr(write_module, "memory_bytes", lambda: share * 24 * 16 * 16 * 3)
     di.to_zarr(made, tmp_path / "fits.zarr.zip")  # within the share: shuffled as before
+
+
+def _foreign_store(path, *, compressors, images=None, labels=None):
+    """A store written by plain zarr with daskimg's root attribute faked (as the interop
+    probe wrote them): images (40, 8, 8, 3) uint8 and labels, chunks of 10."""
+    from zarr.codecs import Crc32cCodec
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8) if images is None else images
+    labels = np.arange(40) % 2 if labels is None else labels
+    attrs = {"format_version": 1, "num_samples": 40, "classes": ["a", "b"], "complete": True}
+    g = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={"daskimg": attrs})
+    g.create_array("images", data=images, chunks=(10, 8, 8, 3), compressors=compressors)
+    g.create_array("labels", data=labels, chunks=(10,), compressors=[Crc32cCodec()])
+    return images, labels
+
+
+def _unsized_zstd_frame(frame: bytes) -> bytes:
+    """``frame`` (one Zstandard frame, single segment, its content size declared) with its
+    header rewritten as a streaming encoder writes it: a window descriptor, no content size."""
+    assert frame[:4] == b"\x28\xb5\x2f\xfd"
+    fhd = frame[4]
+    fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    assert single and not dict_flag
+    width = (1, 2, 4, 8)[fcs_flag]
+    size = int.from_bytes(frame[5 : 5 + width], "little") + (256 if width == 2 else 0)
+    exponent = max(0, (size - 1).bit_length() - 10)  # a window of 2**(10 + e) >= size
+    return frame[:4] + bytes([fhd & 0x04, exponent << 3]) + frame[5 + width :]
+
+
+def test_zstd_chunks_without_their_content_size_are_read_as_plain_zarr_reads_them(tmp_path):
+    """A streaming Zstandard encoder leaves a frame's content size out of its header (older
+    tensorstore did): plain zarr reads such chunks, daskimg called every one damaged (and
+    verify listed each). Read now into the size the array needs, which is checked."""
+    import numcodecs
+    import store_damage as sd
+    from numcodecs import Zstd
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    path = tmp_path / "z.zarr"
+    images, _ = _foreign_store(path, compressors=[ZstdCodec(), Crc32cCodec()])
+    members = sd.read_local(path)
+    for c in range(4):
+        raw = Zstd().decode(sd.get_chunk(members, "images", c)[:-4])
+        members = sd.set_chunk(
+            members, "images", c, sd.with_crc(_unsized_zstd_frame(Zstd().encode(raw)))
+        )
+    bad = sd.write_local(members, tmp_path / "unsized.zarr")
+    body = (Path(bad) / "images" / "c" / "0" / "0" / "0" / "0").read_bytes()
+    assert not body[4] >> 6 and not (body[4] >> 5) & 1  # no content size in the header
+    try:  # the oracle: plain zarr, with this numcodecs
+        plain = zarr.open_group(bad, mode="r")["images"][...]
+    except RuntimeError:
+        plain = None
+    if plain is None:  # an older numcodecs: neither reads it, daskimg says why
+        with pytest.raises(UnsupportedStoreError, match="without its content size"):
+            di.open_zarr(bad).images.compute()
+        pytest.skip(f"numcodecs {numcodecs.__version__} cannot decompress such frames")
+    np.testing.assert_array_equal(plain, images)
+    np.testing.assert_array_equal(di.open_zarr(bad).images.compute(), images)
+    assert verify(bad) == []
+    # a frame holding less than the chunk needs is still damage, named
+    short = sd.with_crc(_unsized_zstd_frame(Zstd().encode(images[:5].tobytes())))
+    worse = sd.write_local(sd.set_chunk(members, "images", 2, short), tmp_path / "short.zarr")
+    with pytest.raises(ChecksumError, match="chunk 2"):
+        di.open_zarr(worse).images.compute()
+    assert [p.chunk for p in verify(worse)] == [2]
+
+
+def test_sound_stores_daskimg_does_not_read_are_not_called_damaged(tmp_path, indexed_set, capsys):
+    """A store of a newer format version, another tool's codecs (gzip: plain zarr reads it),
+    compressed zip members: open_zarr refused each with a clear message, but verify listed
+    it as DAMAGED (exit 1), as if the bytes were bad. Now each is an error saying what it is,
+    from open_zarr and verify alike (the command line: exit 2, no DAMAGED)."""
+    from zarr.codecs import Crc32cCodec, GzipCodec
+
+    from daskimg.cli import main
+
+    newer = di.to_zarr(indexed_set, tmp_path / "newer.zarr")
+    meta = json.loads((Path(newer) / "zarr.json").read_text())
+    attrs = meta["attributes"]["daskimg"]
+    attrs["format_version"] = 2
+    attrs["attrs_crc32c"] = format_mod.attrs_crc32c(attrs)  # as a newer daskimg seals it
+    (Path(newer) / "zarr.json").write_text(json.dumps(meta))
+
+    gzip = tmp_path / "gzip.zarr"
+    images, _ = _foreign_store(gzip, compressors=[GzipCodec(), Crc32cCodec()])
+    np.testing.assert_array_equal(zarr.open_group(str(gzip))["images"][...], images)  # oracle
+
+    folder = di.to_zarr(indexed_set, tmp_path / "f.zarr", chunks=8)
+    deflated = tmp_path / "deflated.zarr.zip"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(Path(folder).rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(folder).as_posix())
+    np.testing.assert_array_equal(  # the oracle: plain zarr reads the deflated zip
+        zarr.open_group(zarr.storage.ZipStore(deflated, mode="r"), mode="r")["images"][...],
+        di.open_zarr(folder).images.compute(),
+    )
+    for path, error, says in (
+        (newer, NewerFormatError, "newer than this daskimg"),
+        (gzip, UnsupportedStoreError, "codec chain"),
+        (deflated, UnsupportedStoreError, "compressed or encrypted inside the zip"),
+    ):
+        with pytest.raises(error, match=says):
+            di.open_zarr(path)
+        with pytest.raises(error, match=says):
+            verify(path)
+        capsys.readouterr()
+        assert main(["verify", str(path)]) == 2
+        out = capsys.readouterr()
+        assert "DAMAGED" not in out.out + out.err and says in out.err
+    # a folder of stores: each said for what it is, the sound one still checked
+    both = tmp_path / "out"
+    both.mkdir()
+    shutil.copytree(newer, both / "test.zarr")
+    shutil.copytree(folder, both / "train.zarr")
+    assert main(["verify", str(both)]) == 2
+    out = capsys.readouterr()
+    assert "DAMAGED" not in out.out and "newer than this daskimg" in out.err
+    assert "train.zarr: every chunk present" in out.out
+
+
+def test_a_zip_whose_member_names_use_backslashes_says_so(tmp_path, indexed_set):
+    # a Windows zip tool's names (images\zarr.json): "array 'images' is missing; the store
+    # is damaged — re-create it", of a zip whose bytes are all there
+    folder = di.to_zarr(indexed_set, tmp_path / "f.zarr", chunks=8)
+    bad = tmp_path / "win.zarr.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        for f in sorted(Path(folder).rglob("*")):
+            if f.is_file():
+                z.write(f, str(f.relative_to(folder)).replace("/", "\\"))
+    assert "images\\zarr.json" in zipfile.ZipFile(bad).namelist()  # the oracle
+    with pytest.raises(UnsupportedStoreError, match=r"backslashes \(\w+\\zarr.json"):
+        di.open_zarr(bad)
+    with pytest.raises(UnsupportedStoreError, match="backslashes"):
+        verify(bad)

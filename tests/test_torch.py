@@ -872,3 +872,25 @@ def test_a_state_its_epoch_had_not_finished_resumed_past_that_epoch_is_refused(
     resumed.load_state_dict(state)
     rest, _ = epoch_ids(ds3, resumed, 0)
     assert rest == first[(save_at + 1) * 4 :]
+
+
+def test_a_float_dtype_refuses_a_transform_that_changes_the_images_type(tmp_path):
+    """TorchDataset(dtype=torch.float32) divides by what the images' type says: a transform
+    returning floats for some batches of a uint8 store gave 0..1 and 0..255 batches."""
+
+    def brightness(batch, rng):
+        if rng.random() < 0.5:
+            batch = dict(batch)
+            batch["images"] = np.clip(batch["images"] * rng.uniform(0.9, 1.1), 0, 255)
+        return batch
+
+    path = di.to_zarr(
+        di.ImageSet(np.full((128, 8, 8, 3), 200, np.uint8), np.zeros(128, int), classes=["a"]),
+        tmp_path / "s.zarr.zip", chunks=16,
+    )  # fmt: skip
+    ds = TorchDataset(path, batch_size=16, transform=brightness, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"returned the images as float64.*dtype=None"):
+        list(ds)
+    # without dtype the batches are as the transform returned them, as documented
+    got = list(TorchDataset(path, batch_size=16, transform=brightness))
+    assert {b[0].dtype for b in got} == {torch.uint8, torch.float64}

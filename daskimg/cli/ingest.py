@@ -689,10 +689,18 @@ def _what_differs(
             for p in part.paths
             if str(p) not in skipped and os.path.join(str(part.root or ""), str(p)) not in skipped
         }
-        for word, names in (("added", now_files - then_files), ("gone", then_files - now_files)):
+        left = then_files - now_files
+        # a file still there but in another split now: the fractions (or --exclude) changed,
+        # not the files ("files gone" sent users looking for files they still had)
+        moved = {p for p in left if os.path.isfile(os.path.join(str(part.root or ""), p))}
+        for word, names in (
+            ("added here", now_files - then_files),
+            ("still in SRC but no longer in this split (other --valid/--test fractions?)", moved),
+            ("gone", left - moved),
+        ):
             if names:
                 shown = sorted(names)
-                said.append(f"files {word} here: {shown[:3]}{' ...' if len(shown) > 3 else ''}")
+                said.append(f"files {word}: {shown[:3]}{' ...' if len(shown) > 3 else ''}")
     elif files != len(part):
         said.append(f"{files} files then, {len(part)} now")
     size = (attrs.get("source") or {}).get("size")

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ForeignStoreError
 from ..remote import is_url
 
 __all__ = ["info_cmd", "show_cmd", "verify_cmd"]
@@ -19,7 +18,7 @@ __all__ = ["info_cmd", "show_cmd", "verify_cmd"]
 def info_cmd(args: argparse.Namespace) -> int:
     from ..store.location import Location
     from ..store.open import missing_error
-    from ..storeinfo import format_info, info
+    from ..storeinfo import NOT_DAMAGE, format_info, info
 
     folder = _folder_of_stores(args.store, "info")
     if folder is not None:
@@ -29,7 +28,7 @@ def info_cmd(args: argparse.Namespace) -> int:
         for path in stores:
             try:
                 summaries.append(info(path))
-            except ForeignStoreError as e:  # said, and the other stores still described
+            except NOT_DAMAGE as e:  # said, and the other stores still described
                 print(f"{path}: skipped: {e}", file=sys.stderr)
                 foreign = 2
         if args.json:
@@ -118,7 +117,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
 
     from ..store.location import Location
     from ..store.open import missing_error
-    from ..storeinfo import count_chunks, unchecked, verify
+    from ..storeinfo import NOT_DAMAGE, count_chunks, unchecked, verify
 
     opts = args.storage_options
     folder = _folder_of_stores(args.store, "verify")
@@ -129,7 +128,7 @@ def verify_cmd(args: argparse.Namespace) -> int:
             total = count_chunks(store, storage_options=opts)
             with tqdm(total=total, unit="chunk", desc="verify", disable=None) as bar:
                 problems = verify(store, progress=bar.update, storage_options=opts)
-        except ForeignStoreError as e:
+        except NOT_DAMAGE as e:  # not damage: said for what it is
             if folder is None:
                 raise
             print(f"{store}: skipped: {e}", file=sys.stderr)  # the others still checked

@@ -341,6 +341,23 @@ def auto_scale(dtype: np.dtype[Any], ndim: int) -> float:
     return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
 
 
+def check_auto_scale(transform: Any, stored: np.dtype[Any], images: Any, fix: str) -> None:
+    """Refuse images a transform returned in a type ``scale="auto"`` divides by another
+    number than the stored type (``stored``): a brightness transform's float maths on uint8
+    pixels made some batches 0..1 (divided by 255) and others 0..255 (floats, by 1), fed on
+    two scales without a word. ``fix``: how to choose the scale in this adapter."""
+    given = images.dtype
+    was, now = auto_scale(stored, images.ndim), auto_scale(given, images.ndim)
+    if was != now:
+        raise ValueError(
+            f"transform {transform!r} returned the images as {given}, where the store holds "
+            f"{stored}: scaled automatically, {stored} images are divided by {was:g} and "
+            f"{given} ones by {now:g}, so batches would come on two scales (0..1 and "
+            f"0..{was:g}). Return them as {stored} (e.g. np.clip(x, 0, {was:g}).astype("
+            f"np.{stored})), or {fix}"
+        )
+
+
 def _check_float32_keeps(images: np.ndarray, scale: float = 1.0) -> None:
     """Refuse integer images float32 would round (beyond 2**24: an int32 label volume of
     IDs, whose 16777217 came out as 16777216), and float64 ones that divided by ``scale``
@@ -523,12 +540,19 @@ class EpochBatches:
             raise broken
         plan = self.plan(epoch)
         batch = self.reader.read(plan, b)
+        stored = batch["images"].dtype if "images" in batch else None
         if self.transform is not None:
             given = tuple(batch)
             batch = self.transform(batch, batch_rng(self.seed, epoch, b, 0))
             check_transformed(self.transform, given, batch, len(plan.batches[b]))
         if self.scale is not None and "images" in batch:
             images = batch["images"]
+            if self.scale == "auto" and stored is not None:
+                check_auto_scale(
+                    self.transform, stored, images,
+                    "pass scale= yourself (255.0 if they keep 0..255, 1.0 if the transform "
+                    "scales them)",
+                )  # fmt: skip
             scale = auto_scale(images.dtype, images.ndim) if self.scale == "auto" else self.scale
             _check_float32_keeps(images, float(scale))
             if images.dtype.kind == "f" and images.dtype.itemsize > 4:

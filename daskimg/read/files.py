@@ -7,6 +7,7 @@ no file. Decoding itself is :mod:`daskimg.read.decode`.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -106,8 +107,8 @@ def expand_paths(
 
     A pattern is expanded and sorted (a pattern ending in ``*.ext`` matches the extension
     in any letter case, see :func:`any_case_suffix`); an explicit list keeps its order. Directories that
-    a pattern matches are left out (they are not files); a broken link is kept, so
-    decoding names it (a git-annex or DVC file not fetched yet is not silently lost).
+    a pattern matches are left out (they are not files); a broken link (a git-annex or DVC
+    file not fetched yet), a named pipe or a device is kept, so decoding names it.
     An empty result is an error.
     A URL pattern (``s3://bucket/photos/**/*.jpg``) is listed with fsspec, using
     ``storage_options``, and gives full URLs.
@@ -134,9 +135,9 @@ def expand_paths(
             return [os.path.join(here, pattern)]
         found = [
             f
-            for f in glob.glob(any_case_suffix(pattern), root_dir=here or None, recursive=True)
-            if os.path.isfile(p := os.path.join(here, f)) or not os.path.exists(p)
-        ]  # files, or broken links; here's own '[' is no glob
+            for f in _glob(any_case_suffix(pattern), here, pattern)
+            if not os.path.isdir(os.path.join(here, f))
+        ]  # files, broken links, pipes, devices (decoding names them); here's '[' is no glob
         kept, left = _not_system(found, pattern)
         paths = _once_each(sorted(os.path.join(here, f) for f in kept), pattern)
         if not paths:
@@ -164,6 +165,88 @@ def expand_paths(
         here = os.getcwd()
         paths = [p if os.path.isabs(p) else os.path.join(here, p) for p in paths]
     return paths
+
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+def _glob(pattern: str, here: str, shown: str) -> list[str]:
+    """``glob.glob(pattern, root_dir=here, recursive=True)``, except that a link to a folder
+    above it (a loop: ``latest -> .``) is not followed, logged, and a folder that cannot be
+    listed is an error naming it. ``glob`` follows every link: two such links made about
+    2**40 paths, and ``imread`` never returned; a folder it cannot list it leaves out
+    without a word. Wildcards match as ``glob``'s: not names that begin with a dot, ``**``
+    any number of folders (none too)."""
+    parts: list[str] = []
+    for part in pattern.split(os.sep):
+        if not (part == "**" and parts and parts[-1] == "**"):
+            parts.append(part)  # '**/**' is '**'
+    out: list[str] = []
+
+    def listing(rel: str) -> list[os.DirEntry[str]]:
+        path = os.path.join(here, rel) if rel else (here or os.curdir)
+        try:
+            with os.scandir(path) as entries:
+                return list(entries)  # (the matches are sorted once, at the end)
+        except OSError as e:
+            raise type(e)(
+                e.errno,
+                f"imread({shown!r}): cannot list the folder {path!r} ({e.strerror}): its "
+                "files would be left out. Make it readable, or name the folders to read in "
+                "the pattern",
+            ) from e
+
+    def is_dir(e: os.DirEntry[str]) -> bool:
+        try:
+            return e.is_dir()  # a link to a folder is a folder
+        except OSError:
+            return False
+
+    def walk(rel: str, i: int, above: frozenset[tuple[int, str]]) -> None:
+        part = parts[i]
+        last = i == len(parts) - 1
+        if part == "**":
+            real = os.path.realpath(os.path.join(here, rel) if rel else (here or os.curdir))
+            if (i, real) in above:  # the same folder, at the same '**': a loop
+                logger.warning(
+                    "imread(%r): not following %r: it leads back to %r, a folder above it "
+                    "(a loop); each folder is read once",
+                    shown, rel, real,
+                )  # fmt: skip
+                return
+            above = above | {(i, real)}
+            if not last:
+                walk(rel, i + 1, above)  # '**' as no folder at all
+            for e in listing(rel):
+                if e.name.startswith("."):
+                    continue  # as glob: hidden names only when the pattern names them
+                if is_dir(e):
+                    walk(os.path.join(rel, e.name), i, above)
+                elif last:
+                    out.append(os.path.join(rel, e.name))
+            return
+        if not _MAGIC.search(part):
+            path = os.path.join(rel, part) if rel or part else os.sep
+            if last:
+                if os.path.lexists(os.path.join(here, path)):
+                    out.append(path)
+            elif os.path.isdir(os.path.join(here, path)):
+                walk(path, i + 1, above)
+            return
+        for e in listing(rel):
+            if e.name.startswith(".") and not part.startswith("."):
+                continue
+            if fnmatch.fnmatchcase(e.name, part):
+                if last:
+                    out.append(os.path.join(rel, e.name))
+                elif is_dir(e):
+                    walk(os.path.join(rel, e.name), i + 1, above)
+
+    if parts[0] == "" and len(parts) > 1:  # an absolute pattern: from the root
+        walk(os.sep, 1, frozenset())
+    else:
+        walk("", 0, frozenset())
+    return out
 
 
 def _literal_folder(pattern: str, here: str) -> str | None:

@@ -401,9 +401,10 @@ def _local_tops(
     seen = _Seen()
 
     def entries(folder: Path) -> list[Path]:
-        # a broken link (a git-annex or DVC file not fetched yet) is a file that fails to
-        # decode, named then, not a file that is not there
-        return [f for f in sorted(folder.iterdir()) if f.is_file() or not f.exists()]
+        # a broken link (a git-annex or DVC file not fetched yet), a named pipe, a socket
+        # or a device named like an image fails to decode, named then (inside a class
+        # folder they were; here they were left out without a word)
+        return [f for f in sorted(folder.iterdir()) if not f.is_dir()]
 
     def direct(folder: Path) -> list[str]:
         real = os.path.realpath(folder)

@@ -44,7 +44,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import ChecksumError, MetadataError
+from ..errors import ChecksumError, MetadataError, UnsupportedStoreError
 from .leases import LeasedMap
 
 logger = logging.getLogger("daskimg")
@@ -599,7 +599,7 @@ def zip_members(
             )
         seen.add(info.filename)
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-            raise ChecksumError(
+            raise UnsupportedStoreError(
                 f"{where}: member {info.filename!r} is compressed or encrypted inside the zip; "
                 "daskimg stores keep chunks uncompressed in the zip (they are compressed "
                 "already). Re-pack it with `zip -0`, or write it with daskimg."

@@ -25,15 +25,17 @@ and decodes faster (on 224x224 photos q75 is ~1.6x smaller than q90, 3 dB lower 
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, cast
 
 import crc32c
+import numcodecs
 import numpy as np
 from numcodecs import VLenUTF8, Zstd, blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from ..errors import ChecksumError, MetadataError
+from ..errors import ChecksumError, UnsupportedStoreError
 
 __all__ = [
     "CODECS",
@@ -271,22 +273,68 @@ def zstd_content_size(body: Any, where: str, limit: int) -> int:
 
 
 def zstd_decode(body: Any, where: str, limit: int, expected: int | None = None) -> bytes:
-    """Decompress one Zstandard frame (zarr's ``zstd`` codec), its sizes checked first."""
+    """Decompress a chunk of zarr's ``zstd`` codec, its sizes checked first.
+
+    ``expected`` (the size the array needs, for fixed-size values): decompressed into a
+    buffer of that size, so a frame without its content size (a streaming encoder's) or
+    several frames are read as plain zarr reads them, and more bytes than that fail.
+    Otherwise (strings) one frame of the size its header declares, at most ``limit``."""
+    if expected is not None:
+        out = np.empty(expected, dtype=np.uint8)
+        try:
+            data = memoryview(Zstd().decode(bytes(body), out=out)).cast("B")
+        except (RuntimeError, ValueError) as e:
+            if _zstd_size_declared(body) or _reads_unsized_frames():
+                raise ChecksumError(
+                    f"{where}: cannot decompress ({e}); the chunk is damaged"
+                ) from e
+            raise UnsupportedStoreError(
+                f"{where}: a Zstandard frame without its content size (a streaming "
+                f"encoder's), which numcodecs {numcodecs.__version__} cannot decompress "
+                f"({e}); a newer numcodecs can (pip install -U numcodecs)"
+            ) from e
+        if len(data) != expected:
+            raise ChecksumError(
+                f"{where}: chunk decompresses to {len(data)} bytes, the array needs "
+                f"{expected}; damaged"
+            )
+        return bytes(data)
     size = zstd_content_size(body, where, limit)
-    if expected is not None and size != expected:
-        raise ChecksumError(
-            f"{where}: chunk decompresses to {size} bytes, the array needs {expected}; damaged"
-        )
     # into a buffer of the size the frame declares: more frames after it (a crafted chunk of
     # a few hundred KB unpacked to 8 GiB) overflow it and fail, nothing more is allocated
     out = np.empty(size, dtype=np.uint8)
     try:
-        data = bytes(memoryview(Zstd().decode(bytes(body), out=out)).cast("B"))
+        data = memoryview(Zstd().decode(bytes(body), out=out)).cast("B")
     except (RuntimeError, ValueError) as e:
         raise ChecksumError(f"{where}: cannot decompress ({e}); the chunk is damaged") from e
     if len(data) != size:
         raise ChecksumError(f"{where}: decompressed {len(data)} bytes, expected {size}; damaged")
-    return data
+    return bytes(data)
+
+
+@functools.cache
+def _reads_unsized_frames() -> bool:
+    """Whether this numcodecs decompresses a Zstandard frame without its content size (into
+    a buffer of known size; numcodecs 0.16.0 did not, later ones do): a frame of 16 zero
+    bytes, its header a streaming encoder's (no content size, a window of 1 KiB)."""
+    # magic, frame header (no content size, no checksum), window descriptor (1 KiB), then
+    # one last block, run-length: 16 times the byte 0
+    frame = bytes.fromhex("28b52ffd000083000000")
+    try:
+        out = np.empty(16, dtype=np.uint8)
+        got = memoryview(Zstd().decode(frame, out=out)).cast("B")
+    except (RuntimeError, ValueError):
+        return False
+    return bytes(got) == bytes(16)
+
+
+def _zstd_size_declared(body: Any) -> bool:
+    """Whether ``body`` starts with a Zstandard frame whose header declares its content size."""
+    view = memoryview(body).cast("B")
+    if len(view) < 5 or bytes(view[:4]) != b"\x28\xb5\x2f\xfd":
+        return True  # not a frame at all: damage, said as such
+    fhd = view[4]
+    return bool(fhd >> 6) or bool((fhd >> 5) & 1)
 
 
 _DAMAGED_CHUNK = (
@@ -339,7 +387,7 @@ def decode_chunk(data: Any, kind: str, out: np.ndarray, where: str) -> None:
         out[...] = vlen_decode(body, out.size, where).reshape(out.shape)
         return
     if kind == "vlen-other":  # plain zarr's blosc strings: not damage, not read here
-        raise MetadataError(
+        raise UnsupportedStoreError(
             f"{where}: strings compressed with blosc; daskimg reads text arrays uncompressed "
             "or compressed with zstd (as it writes them). Plain zarr reads this array; to "
             "read it with daskimg, write it again with zstd or no compressor"

@@ -31,7 +31,14 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ..errors import ForeignStoreError, FormatVersionError, IncompleteStoreError, MetadataError
+from ..errors import (
+    ForeignStoreError,
+    FormatVersionError,
+    IncompleteStoreError,
+    MetadataError,
+    NewerFormatError,
+    UnsupportedStoreError,
+)
 from .chunktable import TABLE, num_inner
 from .codecs import DEFAULT_CODEC, canonical_codec, compressors, serializer
 from .layout import ArrayLayout
@@ -297,7 +304,7 @@ def check_attrs(
         )
     assert isinstance(fv, int)
     if fv > FORMAT_VERSION:
-        raise FormatVersionError(
+        raise NewerFormatError(
             f"{where!r} has format version {fv}, newer than this daskimg reads ({FORMAT_VERSION}); "
             "upgrade daskimg (pip install -U daskimg)"
         )
@@ -475,6 +482,13 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
     """One array's checks (see :func:`check_arrays`); its layout."""
     where, n = reader.path, int(attrs["num_samples"])
     if f"{name}/zarr.json" not in reader.source.keys:
+        if f"{name}\\zarr.json" in reader.source.keys:  # (a Windows zip tool's names)
+            raise UnsupportedStoreError(
+                f"{where}: its members' names use backslashes ({name}\\zarr.json, ...), "
+                "which zarr does not read as folders (a Windows zip tool wrote them): zip the "
+                "store's folder again with a tool that writes '/' (Python's zipfile, 7-Zip, "
+                "`zip -0 -r`), stored (not deflated)"
+            )
         raise MetadataError(
             f"{where}: array {name!r} is missing ({name}/zarr.json not found); "
             "the store is damaged — re-create it"

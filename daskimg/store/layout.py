@@ -4,8 +4,10 @@ daskimg reads every array itself (never through zarr's fill values), so it only 
 the layouts it knows how to read and check: chunks along axis 0 only, optionally
 grouped in shards (index at the end, checksummed), and a codec chain of one serializer
 (``bytes``, ``vlen-utf8`` for strings, ``daskimg.jpeg``), at most one compressor
-(``blosc``, ``zstd``) and a final ``crc32c``. Anything else — or anything malformed —
-is a :class:`~daskimg.errors.MetadataError` naming the store, the array and the field.
+(``blosc``, ``zstd``) and a final ``crc32c``. Anything malformed is a
+:class:`~daskimg.errors.MetadataError` naming the store, the array and the field; a sound
+layout of another tool's (another codec, no checksum, big-endian) an
+:class:`~daskimg.errors.UnsupportedStoreError`, which is not damage.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MetadataError
+from ..errors import MetadataError, UnsupportedStoreError
 
 __all__ = ["ArrayLayout", "parse_layout"]
 
@@ -102,6 +104,15 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
             "re-create the store"
         )
 
+    def unsupported(what: str) -> UnsupportedStoreError:
+        # sound Zarr v3, another tool's choice (a daskimg store's zarr.json is checked by its
+        # checksum before it is parsed): not damage
+        return UnsupportedStoreError(
+            f"{here}: {what}; a layout daskimg does not read (another tool's, which plain "
+            "zarr may read) — to read it with daskimg, store its arrays anew with "
+            "daskimg.to_zarr"
+        )
+
     if not isinstance(meta, dict):
         raise bad("not a JSON object")
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
@@ -137,14 +148,14 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
     if prefix is None:
         raise bad(f"unknown chunk_key_encoding {meta.get('chunk_key_encoding')!r}")
     if meta.get("storage_transformers"):
-        raise bad("storage_transformers are not supported")
+        raise unsupported("storage_transformers are not supported")
     codecs = meta.get("codecs")
     if not isinstance(codecs, list) or not codecs or not all(isinstance(c, dict) for c in codecs):
         raise bad("codecs must be a non-empty list")
     sharded = codecs[0].get("name") == "sharding_indexed"
     if sharded:
         if len(codecs) != 1:
-            raise bad("codecs after sharding_indexed are not supported")
+            raise unsupported("codecs after sharding_indexed are not supported")
         cfg = codecs[0].get("configuration") or {}
         inner = _ints(cfg.get("chunk_shape"), low=1)
         if inner is None or len(inner) != len(shape):
@@ -156,7 +167,7 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
             or [c.get("name") for c in index_codecs if isinstance(c, dict)] != ["bytes", "crc32c"]
             or ((index_codecs[0].get("configuration") or {}).get("endian", "little") != "little")
         ):
-            raise bad("the shard index must be little-endian bytes + crc32c at the end")
+            raise unsupported("the shard index must be little-endian bytes + crc32c at the end")
         chain = cfg.get("codecs")
         if chunks[0] % inner[0]:
             raise bad(f"shard length {chunks[0]} is not a multiple of its chunk length {inner[0]}")
@@ -172,18 +183,18 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
         raise bad("the chunk codecs must be a list")
     names = [c.get("name") for c in chain]
     if len(names) < 2 or names[-1] != "crc32c" or names[0] not in _SERIALIZERS:
-        raise bad(
+        raise unsupported(
             f"codec chain {names} is not one daskimg reads (a serializer, an optional blosc or "
             "zstd, then crc32c: every chunk must carry a checksum)"
         )
     middle = names[1:-1]
     if len(middle) > 1 or (middle and middle[0] not in _COMPRESSORS):
-        raise bad(f"codec chain {names} is not one daskimg reads")
+        raise unsupported(f"codec chain {names} is not one daskimg reads")
     serializer = str(names[0])
     if serializer == "bytes":
         endian = (chain[0].get("configuration") or {}).get("endian", "little")
         if dtype.itemsize > 1 and endian != "little":
-            raise bad("big-endian arrays are not supported")
+            raise unsupported("big-endian arrays are not supported")
         if dtype.kind == "O":
             raise bad("strings need the vlen-utf8 codec")
     elif serializer == "vlen-utf8" and dtype.kind != "O":

@@ -456,10 +456,13 @@ def fingerprint(imageset: ImageSet, **settings: Any) -> str:
     h.update(str(imageset.on_error).encode())
     files = imageset.from_files()
     if isinstance(files, FileSource):
-        h.update("\0".join(map(str, files.paths)).encode())
+        # a path's bytes as the file system has them: a folder named in another encoding
+        # (donn\xe9es) is read through Python's surrogate escapes, which plain UTF-8 refuses
+        h.update("\0".join(map(str, files.paths)).encode("utf-8", "surrogateescape"))
         h.update(repr(files.spec).encode())
         if files.masks is not None:  # mask files count as the images do
-            h.update(("\0masks\0" + "\0".join(map(str, files.masks))).encode())
+            masks = "\0masks\0" + "\0".join(map(str, files.masks))
+            h.update(masks.encode("utf-8", "surrogateescape"))
         if files.remote is None:
             h.update(_file_states(files.paths))
             if files.masks is not None:
