@@ -692,11 +692,14 @@ def _what_differs(
         left = then_files - now_files
         # a file still there but in another split now: the fractions (or --exclude) changed,
         # not the files ("files gone" sent users looking for files they still had)
-        moved = {p for p in left if os.path.isfile(os.path.join(str(part.root or ""), p))}
+        elsewhere = {p for p in left if os.path.isfile(os.path.join(str(part.root or ""), p))}
         for word, names in (
             ("added here", now_files - then_files),
-            ("still in SRC but no longer in this split (other --valid/--test fractions?)", moved),
-            ("gone", left - moved),
+            (
+                "still in SRC but no longer in this split (other --valid/--test fractions?)",
+                elsewhere,
+            ),
+            ("gone", left - elsewhere),
         ):
             if names:
                 shown = sorted(names)
