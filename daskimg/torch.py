@@ -92,6 +92,10 @@ class _Epochs:
         self.record(slot, epoch)
         return epoch
 
+    def workers_read(self) -> bool:
+        """Whether DataLoader workers of this process have iterated the dataset."""
+        return bool((self.table[2:, 0] >= 0).any())
+
     def record(self, slot: int, epoch: int) -> None:
         self.table[1 + slot, :2] = torch.tensor([epoch, int(self.table[0, 1])])
 
@@ -673,7 +677,20 @@ class TorchDataset(IterableDataset):
     # -- resume -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Where this process's iteration is (a DataLoader worker's, when called in one, as
-        ``StatefulDataLoader`` does): ``{"epoch", "batch", ...settings}``."""
+        ``StatefulDataLoader`` does): ``{"epoch", "batch", ...settings}``.
+
+        In the main process of a DataLoader with workers, the workers hold where the epoch
+        is, not this process: its state is that of an epoch's start (said in a warning).
+        Take the loader's state there: torchdata's ``StatefulDataLoader.state_dict()``
+        asks each worker."""
+        if get_worker_info() is None and self._table().workers_read():
+            logger.warning(
+                "TorchDataset.state_dict() in the main process of a DataLoader with workers: "
+                "the workers read the epoch, so this state is the start of an epoch, not "
+                "where they are (resumed, it reads the epoch again from its first batch). To "
+                "save where a loader with workers is, use torchdata's StatefulDataLoader and "
+                "its state_dict()"
+            )
         it, slot = self._iterator()
         if self._gen is None and self._resume is None:  # not iterated yet: the next epoch
             it.set_epoch(self._table().peek(slot))

@@ -7,6 +7,7 @@ sample, which the store's ``idx`` column holds at the sample's row (the ``index`
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -894,3 +895,44 @@ def test_a_float_dtype_refuses_a_transform_that_changes_the_images_type(tmp_path
     # without dtype the batches are as the transform returned them, as documented
     got = list(TorchDataset(path, batch_size=16, transform=brightness))
     assert {b[0].dtype for b in got} == {torch.uint8, torch.float64}
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata
+def test_a_main_process_state_beside_dataloader_workers_says_it_is_not_theirs(
+    store, stored, caplog
+):
+    """ds.state_dict() in the main process of a DataLoader with workers, mid-epoch: the
+    state of an epoch's start (the workers held where it was), without a word; resumed with
+    the same worker count it was refused as "saved with num_workers=1", a count never set,
+    and with none it read the whole epoch again. Now the state is said for what it is and
+    the refusal says why; StatefulDataLoader (which asks the workers) says nothing."""
+    from torch.utils.data import DataLoader
+
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    kw = {"batch_size": 8, "arrays": ("images", "index")}
+    ds = TorchDataset(store, **kw)
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        assert ds.state_dict()["batch"] == 0  # before any loader: no word
+    assert "main process" not in caplog.text
+    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    ds.set_epoch(1)
+    batches = iter(loader)
+    seen = [next(batches) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        state = ds.state_dict()
+    assert "main process of a DataLoader with workers" in caplog.text
+    assert (state["epoch"], state["batch"], state["num_workers"]) == (1, 0, 1)  # the oracle:
+    assert len(seen) == 3  # three batches were read by the workers, none by this process
+    del batches
+    again = TorchDataset(store, **kw)
+    again.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"num_workers=1 .*StatefulDataLoader"):
+        next(iter(DataLoader(again, batch_size=None, num_workers=2)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        loader = sdl.StatefulDataLoader(TorchDataset(store, **kw), batch_size=None, num_workers=2)
+        it = iter(loader)
+        next(it)
+        assert "_snapshot" in loader.state_dict()
+        del it
+    assert "main process" not in caplog.text

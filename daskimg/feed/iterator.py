@@ -573,10 +573,18 @@ def check_state(
                     "miss others here. Resume on the same split (the same fractions and seed)"
                 )
         elif theirs != mine:
+            hint = (
+                " (a TorchDataset's state_dict() taken in the main process of a DataLoader "
+                "with workers says num_workers=1 and the start of the epoch: the workers "
+                "held where it was. Save such a loader's state with torchdata's "
+                "StatefulDataLoader.state_dict())"
+                if name == "num_workers" and theirs == 1 and isinstance(mine, int) and mine > 1
+                else ""
+            )
             raise ValueError(
                 f"cannot resume: the state was saved with {name}={theirs!r}, and this has "
                 f"{name}={mine!r}. The order of an epoch depends on it: resume with the same "
-                "settings"
+                f"settings{hint}"
             )
     for name in ("epoch", "batch"):
         v = state.get(name)
