@@ -53,6 +53,8 @@ class ArraySource:
     block: int = DEFAULT_BLOCK
     #: rows per HDF5 chunk along axis 0 (1 for contiguous datasets and .npy files)
     chunk_rows: int = 1
+    #: the file as it was opened (:func:`file_stamp`): each read checks it is the same file
+    stamp: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         what = f"{self.path!r}" + (f", dataset {self.key!r}" if self.key else "")
@@ -89,6 +91,7 @@ class ArraySource:
             self.rows[idx],
             self.block,
             self.chunk_rows,
+            self.stamp,
         )
 
     def to_dask(self, *, block: int | None = None) -> da.Array:
@@ -106,7 +109,7 @@ class ArraySource:
             and reread_factor(self.rows, block, self.chunk_rows) > REREAD_LIMIT
         ):
             return self._via_slabs(block, chunks)
-        name = "convert-" + tokenize(self.path, self.key, self.rows, block)
+        name = "convert-" + tokenize(self.path, self.key, self.rows, block, self.stamp)
         zeros = (0,) * len(self.sample_shape)
         dsk: dict[Any, Any] = {
             (name, i, *zeros): (
@@ -116,6 +119,7 @@ class ArraySource:
                 self.rows[s : s + block],
                 self.sample_shape,
                 self.chunk_rows,
+                self.stamp,
             )
             for i, s in enumerate(starts)
         }
@@ -124,12 +128,12 @@ class ArraySource:
 
     def _via_slabs(self, block: int, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
         """Read each needed slab of chunks once; each block gathers its rows from the slabs."""
-        token = tokenize(self.path, self.key, self.rows, block, self.chunk_rows)
+        token = tokenize(self.path, self.key, self.rows, block, self.chunk_rows, self.stamp)
         slab_name, name = f"convert-slab-{token}", f"convert-{token}"
         bounds = slabs(self.rows, self.chunk_rows, max(block, self.chunk_rows))
         starts = np.array([a for a, _ in bounds], dtype=np.int64)
         slab_layer: dict[Any, Any] = {
-            (slab_name, j): (_read_slab, self.path, self.key, a, b, self.sample_shape)
+            (slab_name, j): (_read_slab, self.path, self.key, a, b, self.sample_shape, self.stamp)
             for j, (a, b) in enumerate(bounds)
         }
         zeros = (0,) * len(self.sample_shape)
@@ -245,8 +249,10 @@ def _read_rows(
     rows: np.ndarray,
     sample_shape: tuple[int, ...],
     chunk_rows: int = 1,
+    stamp: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """``rows`` (any order) of a .npy file or an HDF5 dataset, read as contiguous slices."""
+    check_stamp(path, stamp)
     if key is None:
         data = np.load(path, mmap_mode="r")
         return np.asarray(data[rows]).reshape(len(rows), *sample_shape)
@@ -260,11 +266,47 @@ def _read_rows(
     return out
 
 
-def _read_slab(path: str, key: str, a: int, b: int, sample_shape: tuple[int, ...]) -> np.ndarray:
+def _read_slab(
+    path: str,
+    key: str,
+    a: int,
+    b: int,
+    sample_shape: tuple[int, ...],
+    stamp: tuple[int, ...] | None = None,
+) -> np.ndarray:
     """Rows ``a .. b - 1`` of an HDF5 dataset (fewer at its end), in one contiguous read."""
+    check_stamp(path, stamp)
     with _h5_file(path) as f:
         data = _h5_rows(f[key], path, key, a, b)
     return data.reshape(len(data), *sample_shape)
+
+
+def file_stamp(path: str) -> tuple[int, ...]:
+    """What tells a file from the one there before (device, inode, size, modification and
+    change times): a file written again under its name has another."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def check_stamp(path: str, stamp: tuple[int, ...] | None) -> None:
+    """Refuse reading ``path`` if it is not the file that was opened (``stamp``): rows of
+    the new file would be stored beside labels and columns read from the old one (or fail
+    with numpy's or h5py's errors naming nothing, when its shape changed)."""
+    if stamp is None:
+        return
+    try:
+        now = file_stamp(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path!r} is gone since it was opened (open_array_set / convert): put it back, "
+            "or open it again"
+        ) from None
+    if now != stamp:
+        raise ValueError(
+            f"{path!r} changed since it was opened (open_array_set / convert): written again "
+            "or replaced, so its rows may no longer be the ones its labels and columns were "
+            "read with. Open it again"
+        )
 
 
 @contextlib.contextmanager
@@ -389,8 +431,17 @@ def open_array_set(
         )
     hdf5 = low.endswith((".h5", ".hdf5", ".he5"))
     if hdf5:
+        stamp = file_stamp(path) if os.path.isfile(path) else None
         with _h5_file(path) as f:
             dset = _dataset(f, path, images)
+            if dset.dtype.subdtype is not None:  # an HDF5 array type: each value an image
+                raise ValueError(
+                    f"{path!r}: dataset {images!r} holds {dset.shape[0]} values of the HDF5 "
+                    f"array type {dset.dtype.subdtype[0]} x {dset.dtype.subdtype[1]}, not "
+                    "images along its axes: write it again as one array of shape "
+                    f"{(*dset.shape, *dset.dtype.subdtype[1])} (with h5py: "
+                    "f.create_dataset(new_name, data=f[name][...]))"
+                )
             shape, dtype = tuple(dset.shape), str(dset.dtype)
             chunk_rows = int(dset.chunks[0]) if dset.chunks else 1
             if labels is not None:
@@ -404,12 +455,14 @@ def open_array_set(
                     if sorted(by_value) == list(range(len(by_value))):
                         classes = [by_value[i] for i in range(len(by_value))]
             for name in extra_names:
-                extra[name] = _dataset(f, path, name)[...]
+                extra[_stored_name(name, extra_names, path)] = _dataset(f, path, name)[...]
+            boxes = [_stored_name(b, extra_names, path) for b in boxes]
         source: Any = ArraySource(
-            path, images, shape, dtype, np.arange(shape[0]), chunk_rows=chunk_rows
+            path, images, shape, dtype, np.arange(shape[0]), chunk_rows=chunk_rows, stamp=stamp
         )
         arr = source.to_dask()
     elif low.endswith(".npy"):
+        stamp = file_stamp(path) if os.path.isfile(path) else None
         with _numpy_file(path):
             mm = np.load(path, mmap_mode="r")
         if not isinstance(mm, np.ndarray):  # np.load opens an .npz archive by its content
@@ -422,7 +475,9 @@ def open_array_set(
                 f"{path!r} holds a single value ({mm.dtype}), not one image per row; save "
                 "the images as one array (N, H, W[, C])"
             )
-        source = ArraySource(path, None, tuple(mm.shape), str(mm.dtype), np.arange(mm.shape[0]))
+        source = ArraySource(
+            path, None, tuple(mm.shape), str(mm.dtype), np.arange(mm.shape[0]), stamp=stamp
+        )
         arr = source.to_dask()
         if labels is not None:
             with _numpy_file(labels):
@@ -435,7 +490,14 @@ def open_array_set(
                     "one .npz (images=, labels=)"
                 )
     elif low.endswith(".npz"):
-        with _numpy_file(path), np.load(path) as z:
+        with _numpy_file(path):
+            opened = np.load(path)
+        if isinstance(opened, np.ndarray):  # np.load opens a .npy by its content
+            raise ValueError(
+                f"{path!r} is a .npy file (one array), not an .npz archive (a zip of arrays): "
+                "rename it to .npy"
+            )
+        with _numpy_file(path), opened as z:
             if images not in z.files:
                 raise KeyError(f"{path!r} has no array {images!r}; it has {sorted(z.files)}")
             arr = np.asarray(z[images])
@@ -448,6 +510,11 @@ def open_array_set(
                     raise KeyError(f"{path!r} has no array {name!r}; it has {sorted(z.files)}")
                 extra[name] = np.asarray(z[name])
         source = None
+        if arr.ndim >= 1 and arr.shape[0] == 0:
+            raise ValueError(
+                f"{path!r}, array {images!r}: holds no images (shape {arr.shape}); nothing "
+                "to convert"
+            )
     else:
         raise ValueError(f"{path!r}: convert reads .h5/.hdf5, .npy or .npz files")
     read_as = tuple(source.shape) if source is not None else tuple(arr.shape)
@@ -550,6 +617,24 @@ def _dataset(f: Any, path: str, name: str) -> Any:
     return node
 
 
+def _stored_name(name: str, names: list[str], path: str) -> str:
+    """The store's name for the HDF5 dataset ``name`` carried as a column: a dataset in a
+    group (``data/ids``) is stored by its own name (``ids``; a store's arrays cannot be
+    named with '/'), unless two carried datasets would share it."""
+    if "/" not in name:
+        return name
+    short = name.rstrip("/").rsplit("/", 1)[-1]
+    twins = [n for n in names if n != name and n.rstrip("/").rsplit("/", 1)[-1] == short]
+    if twins:
+        raise ValueError(
+            f"{path!r}: the datasets {name!r} and {twins[0]!r} would both be stored as "
+            f"{short!r} (a store's arrays are named without their HDF5 groups): carry one "
+            "of them, or copy it to another name in the file"
+        )
+    logger.info("%s: dataset %r is stored as the array %r", path, name, short)
+    return short
+
+
 def _check_written(dset: Any, path: str, name: str) -> None:
     """Refuse an HDF5 dataset whose values are not all in the file: HDF5 reads what was
     never written (chunks never allocated, a contiguous dataset never written, a virtual
@@ -560,8 +645,10 @@ def _check_written(dset: Any, path: str, name: str) -> None:
     if dset.size == 0:
         return
     if dset.is_virtual:
-        for vs in dset.virtual_sources():
-            _check_virtual_source(path, where, vs.file_name, vs.dset_name)
+        sources = dset.virtual_sources()
+        _check_mapped(dset, sources, where)
+        for vs in sources:
+            _check_virtual_source(path, where, vs)
         return
     external = dset.external
     if external:
@@ -642,26 +729,92 @@ def _external_size(path: str, file_name: str) -> int | None:
     return max(sizes) if sizes else None
 
 
-def _check_virtual_source(path: str, where: str, file_name: str, dset_name: str) -> None:
-    """Refuse a virtual dataset one of whose source files (or datasets) is not there:
-    HDF5 reads its part as the fill value."""
-    if file_name == ".":
+def _check_mapped(dset: Any, sources: list[Any], where: str) -> None:
+    """Refuse a virtual dataset some of whose values no source maps (HDF5 reads them as the
+    fill value): the union of the sources' selections, by HDF5's own selection operations."""
+    h5s = _h5py().h5s
+    left = h5s.create_simple(dset.shape)
+    left.select_all()
+    for vs in sources:
+        space = vs.vspace
+        kind = space.get_select_type()
+        if kind == h5s.SEL_ALL:
+            left.select_none()
+        elif kind == h5s.SEL_HYPERSLABS:
+            for start, end in space.get_select_hyper_blocklist():
+                count = tuple(int(e) - int(s) + 1 for s, e in zip(start, end, strict=True))
+                left.select_hyperslab(tuple(int(s) for s in start), count, op=h5s.SELECT_NOTB)
+        elif kind == h5s.SEL_POINTS:
+            for point in space.get_select_elem_pointlist():
+                one = (1,) * len(dset.shape)
+                left.select_hyperslab(tuple(int(p) for p in point), one, op=h5s.SELECT_NOTB)
+        if not left.get_select_npoints():
+            return
+    n = left.get_select_npoints()
+    if not n:
         return
-    found = [c for c in _candidates(path, file_name, "HDF5_VDS_PREFIX") if os.path.isfile(c)]
+    first, last = left.get_select_bounds()
+    raise ValueError(
+        f"{where} is a virtual dataset whose sources leave {n} of its {dset.size} values "
+        f"unmapped (in rows {first[0]}..{last[0]}): HDF5 would read them as the fill value "
+        f"({np.asarray(dset.fillvalue).tolist()!r}), stored as data. Map every row to a "
+        "source, or make the dataset as long as its sources"
+    )
+
+
+def _check_virtual_source(path: str, where: str, vs: Any) -> None:
+    """Refuse a virtual dataset one of whose source files (or datasets) is not there, or
+    whose source rows it maps were never written: HDF5 reads that part as the fill value."""
+    file_name, dset_name = vs.file_name, vs.dset_name
+    found = (
+        [path]
+        if file_name == "."
+        else [c for c in _candidates(path, file_name, "HDF5_VDS_PREFIX") if os.path.isfile(c)]
+    )
     missing = None if found else f"its source file {file_name!r} is not there"
     if found:
         try:
             with _h5py().File(found[0], "r") as f:
                 if dset_name not in f:
                     missing = f"its source file {found[0]!r} has no dataset {dset_name!r}"
+                else:
+                    missing = _unwritten_source(f[dset_name], vs.src_space, found[0], dset_name)
         except OSError as e:
             missing = f"its source file {found[0]!r} cannot be opened ({e})"
     if missing:
         raise ValueError(
             f"{where} is a virtual dataset, and {missing}: HDF5 would read that part as the "
-            "fill value (0). Put the source files beside it, or store a copy of the data "
+            "fill value (0). Put the source files beside it, whole, or store a copy of the data "
             "itself"
         )
+
+
+def _unwritten_source(src: Any, space: Any, file: str, name: str) -> str | None:
+    """What of the rows ``space`` selects in the source dataset ``src`` was never written
+    (None: all were)."""
+    h5d, h5s = _h5py().h5d, _h5py().h5s
+    if src.is_virtual or src.external or not src.size:
+        return None  # (checked when read as a dataset of its own; an empty one maps nothing)
+    status = src.id.get_space_status()
+    if status == h5d.SPACE_STATUS_ALLOCATED:
+        return None
+    kind = space.get_select_type()
+    if kind == h5s.SEL_NONE:
+        return None
+    # every row (a source given whole holds a selection without its extent)
+    first, last = (0,), (src.shape[0] - 1,)
+    if kind != h5s.SEL_ALL:
+        first, last = space.get_select_bounds()
+    never = status == h5d.SPACE_STATUS_NOT_ALLOCATED
+    gaps = [(0, src.shape[0])] if never else _unwritten_rows(src)
+    hit = [(a, b) for a, b in gaps if a <= last[0] and b > first[0]]
+    if not hit:
+        return None
+    a, b = hit[0]
+    return (
+        f"its source {file!r}, dataset {name!r}, was never written in rows "
+        f"{max(a, first[0])}..{min(b, last[0] + 1) - 1}, which it maps"
+    )
 
 
 def _label_text(value: Any, name: str, row: int) -> str:

@@ -135,6 +135,10 @@ class ImageSet:
             raise ValueError(
                 f"images must have shape (N, H, W, C) or (N, D, H, W, C); got {images.shape}"
             )
+        if images is not None and images.ndim == 3:
+            # gray (N, H, W): the channel axis added, as imread and convert give them (it
+            # was stored 3-D, with dimension names of no image, and random_crop refused it)
+            images = images[..., None]
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if images is not None:
