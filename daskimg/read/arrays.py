@@ -282,10 +282,11 @@ def _read_slab(
 
 
 def file_stamp(path: str) -> tuple[int, ...]:
-    """What tells a file from the one there before (device, inode, size, modification and
-    change times): a file written again under its name has another."""
+    """What tells a file from the one there before (inode, size, modification and change
+    times): a file written again under its name has another. Not the device, which a
+    network file system numbers per machine (a cluster's workers on other machines)."""
     st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def check_stamp(path: str, stamp: tuple[int, ...] | None) -> None:
