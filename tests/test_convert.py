@@ -240,9 +240,9 @@ def test_shuffled_rows_of_shared_chunks_read_each_chunk_once(tmp_path, arrays, m
     reads: list[tuple[int, int]] = []
     original = arrays_module._read_slab
 
-    def spy(path, key, a, b, shape):
+    def spy(path, key, a, b, shape, stamp=None):
         reads.append((a, b))
-        return original(path, key, a, b, shape)
+        return original(path, key, a, b, shape, stamp)
 
     monkeypatch.setattr(arrays_module, "_read_slab", spy)
     perm = np.random.default_rng(0).permutation(37)
