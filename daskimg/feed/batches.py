@@ -349,12 +349,14 @@ def check_auto_scale(transform: Any, stored: np.dtype[Any], images: Any, fix: st
     given = images.dtype
     was, now = auto_scale(stored, images.ndim), auto_scale(given, images.ndim)
     if was != now:
+        example = (
+            f" (e.g. np.clip(x, 0, {was:g}).astype(np.{stored}))" if stored.kind in "iu" else ""
+        )
         raise ValueError(
             f"transform {transform!r} returned the images as {given}, where the store holds "
             f"{stored}: scaled automatically, {stored} images are divided by {was:g} and "
-            f"{given} ones by {now:g}, so batches would come on two scales (0..1 and "
-            f"0..{was:g}). Return them as {stored} (e.g. np.clip(x, 0, {was:g}).astype("
-            f"np.{stored})), or {fix}"
+            f"{given} ones by {now:g}, so batches would come on two scales. Return them as "
+            f"{stored}{example}, or {fix}"
         )
 
 
