@@ -17,7 +17,7 @@ from .feed.checks import called_from, check_at_least
 from .feed.indexed import IndexedBatches
 from .feed.iterator import Transform
 from .feed.plan import EpochPlan
-from .feed.source import FeedSource, shown
+from .feed.source import FeedSource, persisted, shown
 
 __all__ = ["KerasDataset"]
 
@@ -213,6 +213,14 @@ class KerasDataset(keras.utils.PyDataset):
         _refuse_strings(names, self._data.batches.reader.source)
         if use_multiprocessing:
             self._data.check_picklable()
+            for name in persisted(self._data.batches.reader.source.lazy)[:1]:
+                raise ValueError(
+                    f"array {name!r} is persisted on a distributed cluster (.persist()): its "
+                    "chunks live there, and the worker processes of use_multiprocessing=True "
+                    "cannot reach the cluster through this process's client. Use workers=N "
+                    "threads, feed from a store (to_zarr, then KerasDataset(path, ...)), or "
+                    "do not persist it"
+                )
 
     @property
     def workers(self) -> int:

@@ -24,7 +24,7 @@ from .feed.batches import INDEX, auto_scale, check_auto_scale
 from .feed.checks import called_from
 from .feed.iterator import BatchIterator, Transform, check_state, warn_uneven_share
 from .feed.shuffle import check_fills_a_batch, num_batches
-from .feed.source import shown
+from .feed.source import persisted, shown
 from .remote import anchored
 
 __all__ = ["TorchDataset", "lightning_epoch"]
@@ -653,20 +653,19 @@ class TorchDataset(IterableDataset):
 
     def _batches(self, it: BatchIterator) -> Generator[tuple[Any, ...], None, None]:
         names = it.arrays
-        # a float dtype scales images by what their type says: a transform must keep the
-        # stored type (float maths on uint8 pixels put batches on two scales)
-        stored = (
-            it.source.dtype("images")
-            if "images" in names
+        # a float dtype scales images by what their type says: a transform must return one
+        # type (float maths on some uint8 batches put batches on two scales)
+        checked = (
+            "images" in names
             and self._kw["transform"] is not None
             and self.dtype is not None
             and self.dtype.is_floating_point
-            else None
         )
+        first = None
         for batch in it:
-            if stored is not None:
-                check_auto_scale(
-                    self._kw["transform"], stored, batch[names.index("images")],
+            if checked:
+                first = check_auto_scale(
+                    self._kw["transform"], first, batch[names.index("images")],
                     "pass dtype=None and scale them yourself",
                 )  # fmt: skip
             yield tuple(
@@ -683,7 +682,7 @@ class TorchDataset(IterableDataset):
         is, not this process: its state is that of an epoch's start (said in a warning).
         Take the loader's state there: torchdata's ``StatefulDataLoader.state_dict()``
         asks each worker."""
-        if get_worker_info() is None and self._table().workers_read():
+        if get_worker_info() is None and self._gen is None and self._table().workers_read():
             logger.warning(
                 "TorchDataset.state_dict() in the main process of a DataLoader with workers: "
                 "the workers read the epoch, so this state is the start of an epoch, not "
@@ -725,19 +724,14 @@ def _refuse_persisted(it: BatchIterator) -> None:
     """In a DataLoader worker: refuse arrays persisted on a ``distributed`` cluster
     (``ds.images.persist()``): their chunks live on the cluster, which only the main
     process's client reaches (dask failed with "Missing dependency ('imread-...')")."""
-    if "distributed" not in sys.modules:
-        return
-    from distributed import Future
-
-    for name, arr in it.source.lazy.items():
-        if any(isinstance(v, Future) for v in dict(arr.__dask_graph__()).values()):
-            it.close()
-            raise ValueError(
-                f"array {name!r} is persisted on a distributed cluster (.persist()): its "
-                "chunks live there, and a DataLoader worker process cannot reach the "
-                "cluster through the main process's client. Use num_workers=0, feed from a "
-                "store (to_zarr, then TorchDataset(path, ...)), or do not persist it"
-            )
+    for name in persisted(it.source.lazy)[:1]:
+        it.close()
+        raise ValueError(
+            f"array {name!r} is persisted on a distributed cluster (.persist()): its "
+            "chunks live there, and a DataLoader worker process cannot reach the "
+            "cluster through the main process's client. Use num_workers=0, feed from a "
+            "store (to_zarr, then TorchDataset(path, ...)), or do not persist it"
+        )
 
 
 def lightning_epoch(trainer: Any) -> int:

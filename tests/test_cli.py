@@ -581,7 +581,10 @@ def test_a_refused_re_ingest_says_what_changed(tmp_path, capsys):
     held = set(di.open_zarr(out / "valid.zarr.zip").paths)
     assert main([*args[:6], "--valid", "0.3", "--test", "0.1"]) == 2
     err = capsys.readouterr().err
-    assert "still in SRC but no longer in this split (other --valid/--test fractions?)" in err
+    assert (
+        "still in SRC but no longer in this split (the split of SRC changed: other --valid/--test"
+        in err
+    )
     assert "files gone" not in err
     assert all((src / p).is_file() for p in held)  # the oracle: the files are all there
     # a file really gone is said so (one split: no file moves to another)

@@ -306,6 +306,16 @@ def test_arrays_persisted_on_a_cluster_are_refused_in_dataloader_workers(tmp_pat
             Exception, match=r"array 'images' is persisted on a distributed cluster"
         ):
             list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))
+        # Keras's worker processes alike (they failed with dask's "Missing dependency");
+        # its threads read them as they are
+        pytest.importorskip("keras")
+        from daskimg.keras import KerasDataset
+
+        kw = {"batch_size": 4, "shuffle": False, "scale": None}
+        threads = KerasDataset((held, np.arange(24)), workers=2, **kw)
+        np.testing.assert_array_equal(threads[1][0], images[4:8])
+        with pytest.raises(ValueError, match=r"'images' is persisted .*use_multiprocessing"):
+            KerasDataset((held, np.arange(24)), workers=2, use_multiprocessing=True, **kw)
 
 
 @pytest.mark.slow

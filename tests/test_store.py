@@ -1987,6 +1987,13 @@ def test_zstd_chunks_without_their_content_size_are_read_as_plain_zarr_reads_the
     with pytest.raises(ChecksumError, match="chunk 2"):
         di.open_zarr(worse).images.compute()
     assert [p.chunk for p in verify(worse)] == [2]
+    # so is a frame that declares a size short of the chunk's (the first version of this
+    # read handed out the rest of its buffer: numcodecs returns the whole buffer it is given)
+    sized = sd.with_crc(Zstd().encode(images[:5].tobytes()))
+    worst = sd.write_local(sd.set_chunk(members, "images", 1, sized), tmp_path / "sized.zarr")
+    with pytest.raises(ChecksumError, match=r"chunk 1 .*the array needs"):
+        di.open_zarr(worst).images.compute()
+    assert [p.chunk for p in verify(worst)] == [1]
 
 
 def test_sound_stores_daskimg_does_not_read_are_not_called_damaged(tmp_path, indexed_set, capsys):
@@ -2057,3 +2064,55 @@ def test_a_zip_whose_member_names_use_backslashes_says_so(tmp_path, indexed_set)
         di.open_zarr(bad)
     with pytest.raises(UnsupportedStoreError, match="backslashes"):
         verify(bad)
+
+
+def test_damage_that_looks_like_another_layout_is_still_called_damage(tmp_path, indexed_set):
+    """The first version of the "not damage" errors took one flipped bit for another tool's
+    choice: a zip directory entry's method 0 -> 8 (its local header still says stored), a
+    codec name or an endian word in an array's zarr.json of a store written before those
+    had a checksum, a format_version whose attributes' checksum no longer matches. Each is
+    damage again: listed by verify (exit 1), as before."""
+    import struct
+
+    import store_damage as sd
+
+    good = di.to_zarr(indexed_set, tmp_path / "g.zarr.zip", chunks=8)
+    raw = bytearray(Path(good).read_bytes())
+    entry = raw.rfind(b"PK\x01\x02")
+    for field, bit, says in ((10, 0x08, "compression method"), (8, 0x01, "encryption")):
+        bad = bytearray(raw)
+        bad[entry + field] ^= bit
+        local = struct.unpack_from("<I", bad, entry + 42)[0]
+        assert struct.unpack_from("<H", bad, local + 8)[0] == 0  # the oracle: still stored
+        path = tmp_path / f"cd{field}.zarr.zip"
+        path.write_bytes(bytes(bad))
+        problems = verify(path)
+        assert problems and says in problems[0].message, problems
+    folder = di.to_zarr(indexed_set, tmp_path / "f.zarr", chunks=8)
+    old = sd.read_local(folder)  # as written before 2026-12: no zarr.json checksums
+
+    def unsealed(members):
+        def drop(meta):
+            meta["attributes"]["daskimg"].pop("arrays", None)
+            meta["attributes"]["daskimg"].pop("attrs_crc32c", None)
+
+        return sd.edit_json(members, "zarr.json", drop)
+
+    for before, after in ((b'"crc32c"', b'"crb32c"'), (b'"little"', b'"littne"')):
+        members = dict(unsealed(old))
+        assert before in members["images/zarr.json"]
+        members["images/zarr.json"] = members["images/zarr.json"].replace(before, after, 1)
+        path = sd.write_local(members, tmp_path / f"{after.decode()[1:-1]}.zarr")
+        with pytest.raises(MetadataError) as caught:
+            di.open_zarr(path)
+        assert not isinstance(caught.value, UnsupportedStoreError)
+        assert [p.array for p in verify(path)] == ["images"]
+    meta = json.loads((Path(folder) / "zarr.json").read_text())
+    meta["attributes"]["daskimg"]["format_version"] = 3  # a flip: not resealed
+    flipped = tmp_path / "v3.zarr"
+    shutil.copytree(folder, flipped)
+    (flipped / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(FormatVersionError, match="or its root attributes are damaged") as caught:
+        di.open_zarr(flipped)
+    assert not isinstance(caught.value, NewerFormatError)
+    assert [p.array for p in verify(flipped)] == ["zarr.json"]

@@ -875,7 +875,7 @@ def test_a_state_its_epoch_had_not_finished_resumed_past_that_epoch_is_refused(
     assert rest == first[(save_at + 1) * 4 :]
 
 
-def test_a_float_dtype_refuses_a_transform_that_changes_the_images_type(tmp_path):
+def test_a_float_dtype_refuses_a_transform_that_returns_images_of_two_types(tmp_path):
     """TorchDataset(dtype=torch.float32) divides by what the images' type says: a transform
     returning floats for some batches of a uint8 store gave 0..1 and 0..255 batches."""
 
@@ -890,8 +890,12 @@ def test_a_float_dtype_refuses_a_transform_that_changes_the_images_type(tmp_path
         tmp_path / "s.zarr.zip", chunks=16,
     )  # fmt: skip
     ds = TorchDataset(path, batch_size=16, transform=brightness, dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"returned the images as float64.*dtype=None"):
+    with pytest.raises(ValueError, match=r"in an earlier one.*dtype=None"):
         list(ds)
+    # a transform that always returns floats it scaled itself: every batch on its scale
+    own = lambda batch, rng: {**batch, "images": batch["images"] / np.float32(255)}  # noqa: E731
+    got = list(TorchDataset(path, batch_size=16, transform=own, dtype=torch.float32))
+    assert all(torch.allclose(b[0], torch.tensor(200 / 255)) for b in got) and len(got) == 8
     # without dtype the batches are as the transform returned them, as documented
     got = list(TorchDataset(path, batch_size=16, transform=brightness))
     assert {b[0].dtype for b in got} == {torch.uint8, torch.float64}

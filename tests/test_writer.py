@@ -1366,3 +1366,16 @@ def test_a_column_written_into_a_consolidated_store_reads_right_in_plain_zarr(tm
     np.testing.assert_array_equal(group["pred"][...], want)
     np.testing.assert_array_equal(group["more"][...], want)
     assert verify(path) == []
+
+
+def test_a_writer_sent_to_another_process_says_what_to_do(tmp_path):
+    # client.submit(f, writer, batch) failed with "cannot pickle '_thread.RLock' object",
+    # naming neither the writer nor what to do; the writer goes on working here
+    import pickle
+
+    w = di.ArrayWriter(tmp_path / "f.zarr.zip", name="f", shape=(2,), dtype="int64")
+    with pytest.raises(TypeError, match=r"ArrayWriter .* cannot be sent to another process"):
+        pickle.dumps(w)
+    w.append(np.ones((4, 2), np.int64))
+    w.close()
+    np.testing.assert_array_equal(np.asarray(di.open_zarr(tmp_path / "f.zarr.zip").arrays["f"]), 1)

@@ -696,7 +696,9 @@ def _what_differs(
         for word, names in (
             ("added here", now_files - then_files),
             (
-                "still in SRC but no longer in this split (other --valid/--test fractions?)",
+                "still in SRC but no longer in this split (the split of SRC changed: other "
+                "--valid/--test fractions, --seed or --exclude, or files added or removed "
+                "elsewhere?)",
                 elsewhere,
             ),
             ("gone", left - elsewhere),

@@ -341,23 +341,26 @@ def auto_scale(dtype: np.dtype[Any], ndim: int) -> float:
     return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
 
 
-def check_auto_scale(transform: Any, stored: np.dtype[Any], images: Any, fix: str) -> None:
-    """Refuse images a transform returned in a type ``scale="auto"`` divides by another
-    number than the stored type (``stored``): a brightness transform's float maths on uint8
-    pixels made some batches 0..1 (divided by 255) and others 0..255 (floats, by 1), fed on
-    two scales without a word. ``fix``: how to choose the scale in this adapter."""
+def check_auto_scale(transform: Any, first: Any, images: np.ndarray, fix: str) -> Any:
+    """Refuse a batch whose images a transform returned in a type ``scale="auto"`` divides by
+    another number than the type of an earlier batch's (``first``; None: this is the first):
+    a brightness transform's float maths on some uint8 batches made those 0..255 (floats,
+    divided by 1) beside 0..1 ones (uint8, by 255), fed on two scales without a word. A
+    transform that always returns one type (floats it scaled itself) is its own business.
+    Returns the type later batches are compared with. ``fix``: how to choose the scale."""
+    if first is None:
+        return images.dtype
     given = images.dtype
-    was, now = auto_scale(stored, images.ndim), auto_scale(given, images.ndim)
+    was, now = auto_scale(first, images.ndim), auto_scale(given, images.ndim)
     if was != now:
-        example = (
-            f" (e.g. np.clip(x, 0, {was:g}).astype(np.{stored}))" if stored.kind in "iu" else ""
-        )
+        example = f" (e.g. np.clip(x, 0, {was:g}).astype(np.{first}))" if first.kind in "iu" else ""
         raise ValueError(
-            f"transform {transform!r} returned the images as {given}, where the store holds "
-            f"{stored}: scaled automatically, {stored} images are divided by {was:g} and "
-            f"{given} ones by {now:g}, so batches would come on two scales. Return them as "
-            f"{stored}{example}, or {fix}"
+            f"transform {transform!r} returned the images as {given} in this batch and as "
+            f"{first} in an earlier one: scaled automatically, {first} images are divided by "
+            f"{was:g} and {given} ones by {now:g}, so batches would come on two scales. "
+            f"Return one type always{example}, or {fix}"
         )
+    return first
 
 
 def _check_float32_keeps(images: np.ndarray, scale: float = 1.0) -> None:
@@ -542,16 +545,15 @@ class EpochBatches:
             raise broken
         plan = self.plan(epoch)
         batch = self.reader.read(plan, b)
-        stored = batch["images"].dtype if "images" in batch else None
         if self.transform is not None:
             given = tuple(batch)
             batch = self.transform(batch, batch_rng(self.seed, epoch, b, 0))
             check_transformed(self.transform, given, batch, len(plan.batches[b]))
         if self.scale is not None and "images" in batch:
             images = batch["images"]
-            if self.scale == "auto" and stored is not None:
-                check_auto_scale(
-                    self.transform, stored, images,
+            if self.scale == "auto" and self.transform is not None:
+                self._first_type = check_auto_scale(
+                    self.transform, getattr(self, "_first_type", None), images,
                     "pass scale= yourself (255.0 if they keep 0..255, 1.0 if the transform "
                     "scales them)",
                 )  # fmt: skip

@@ -445,6 +445,23 @@ class FeedSource:
             dest[at] = chunk.take(rows, axis=0)
 
 
+def persisted(lazy: Mapping[str, da.Array]) -> list[str]:
+    """The names of ``lazy`` arrays persisted on a ``distributed`` cluster
+    (``ds.images.persist()``): their chunks live on the cluster, which only the process
+    holding the client reaches (another process failed with dask's "Missing dependency")."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return []
+    from distributed import Future
+
+    return [
+        name
+        for name, arr in lazy.items()
+        if any(isinstance(v, Future) for v in dict(arr.__dask_graph__()).values())
+    ]
+
+
 def blocks_read() -> int:
     """File-system blocks this thread has read from disk so far; -1 where the OS does not say."""
     if _RUSAGE_THREAD is None:

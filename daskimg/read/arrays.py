@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class ArraySource:
     #: rows per HDF5 chunk along axis 0 (1 for contiguous datasets and .npy files)
     chunk_rows: int = 1
     #: the file as it was opened (:func:`file_stamp`): each read checks it is the same file
-    stamp: tuple[int, ...] | None = None
+    stamp: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
         what = f"{self.path!r}" + (f", dataset {self.key!r}" if self.key else "")
@@ -249,7 +250,7 @@ def _read_rows(
     rows: np.ndarray,
     sample_shape: tuple[int, ...],
     chunk_rows: int = 1,
-    stamp: tuple[int, ...] | None = None,
+    stamp: tuple[Any, ...] | None = None,
 ) -> np.ndarray:
     """``rows`` (any order) of a .npy file or an HDF5 dataset, read as contiguous slices."""
     check_stamp(path, stamp)
@@ -272,7 +273,7 @@ def _read_slab(
     a: int,
     b: int,
     sample_shape: tuple[int, ...],
-    stamp: tuple[int, ...] | None = None,
+    stamp: tuple[Any, ...] | None = None,
 ) -> np.ndarray:
     """Rows ``a .. b - 1`` of an HDF5 dataset (fewer at its end), in one contiguous read."""
     check_stamp(path, stamp)
@@ -281,22 +282,27 @@ def _read_slab(
     return data.reshape(len(data), *sample_shape)
 
 
-def file_stamp(path: str) -> tuple[int, ...]:
-    """What tells a file from the one there before (inode, size, modification and change
-    times): a file written again under its name has another. Not the device, which a
-    network file system numbers per machine (a cluster's workers on other machines)."""
+def file_stamp(path: str) -> tuple[Any, ...]:
+    """What tells a file from the one there before: this machine's name, the file's inode,
+    size and modification time (a file written again under its name has others). Not its
+    change time, which a chmod or a hard link moves, nor its device, which a network file
+    system numbers per machine."""
     st = os.stat(path)
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (socket.gethostname(), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def check_stamp(path: str, stamp: tuple[int, ...] | None) -> None:
+def check_stamp(path: str, stamp: tuple[Any, ...] | None) -> None:
     """Refuse reading ``path`` if it is not the file that was opened (``stamp``): rows of
     the new file would be stored beside labels and columns read from the old one (or fail
-    with numpy's or h5py's errors naming nothing, when its shape changed)."""
+    with numpy's or h5py's errors naming nothing, when its shape changed). On another
+    machine (a cluster's worker) only the size is compared: a copy of the file there has
+    its own inode and maybe time."""
     if stamp is None:
         return
     try:
         now = file_stamp(path)
+        if now[0] != stamp[0]:
+            now, stamp = now[2:3], stamp[2:3]
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path!r} is gone since it was opened (open_array_set / convert): put it back, "

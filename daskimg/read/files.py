@@ -181,6 +181,7 @@ def _glob(pattern: str, here: str, shown: str) -> list[str]:
     for part in pattern.split(os.sep):
         if not (part == "**" and parts and parts[-1] == "**"):
             parts.append(part)  # '**/**' is '**'
+    named = {p.casefold() for p in parts}
     out: list[str] = []
 
     def listing(rel: str) -> list[os.DirEntry[str]]:
@@ -189,6 +190,12 @@ def _glob(pattern: str, here: str, shown: str) -> list[str]:
             with os.scandir(path) as entries:
                 return list(entries)  # (the matches are sorted once, at the end)
         except OSError as e:
+            folder = os.path.basename(os.path.normpath(path)).casefold()
+            if folder in SYSTEM_FOLDERS and folder not in named:
+                # lost+found (root's, on every ext4 disk), a NAS's @eaDir: their files are
+                # left out anyway (_not_system), the folder need not be readable
+                logger.debug("imread(%r): %s not listed (%s)", shown, path, e.strerror)
+                return []
             raise type(e)(
                 e.errno,
                 f"imread({shown!r}): cannot list the folder {path!r} ({e.strerror}): its "
@@ -225,8 +232,12 @@ def _glob(pattern: str, here: str, shown: str) -> list[str]:
                 elif last:
                     out.append(os.path.join(rel, e.name))
             return
+        if not part:  # 'a//b': the same folder ('a/' last: a folder, no file)
+            if not last:
+                walk(rel, i + 1, above)
+            return
         if not _MAGIC.search(part):
-            path = os.path.join(rel, part) if rel or part else os.sep
+            path = os.path.join(rel, part)
             if last:
                 if os.path.lexists(os.path.join(here, path)):
                     out.append(path)

@@ -581,6 +581,7 @@ def zip_members(
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise ChecksumError(damaged.format(e)) from None
     seen: set[str] = set()
+    packed: zipfile.ZipInfo | None = None  # a member compressed or encrypted
     for info in infos:
         if not 0 <= info.header_offset < size:  # zipfile's arithmetic on a damaged directory
             raise ChecksumError(
@@ -599,11 +600,9 @@ def zip_members(
             )
         seen.add(info.filename)
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-            raise UnsupportedStoreError(
-                f"{where}: member {info.filename!r} is compressed or encrypted inside the zip; "
-                "daskimg stores keep chunks uncompressed in the zip (they are compressed "
-                "already). Re-pack it with `zip -0`, or write it with daskimg."
-            )
+            # another tool's zip if its local headers say so too (below), else damage
+            packed = packed or info
+            continue
         if info.compress_size != info.file_size:
             # a stored member is its bytes: two lengths mean a damaged or crafted directory
             # (zipfile reads compress_size bytes, the other reading would take file_size)
@@ -649,7 +648,13 @@ def zip_members(
                 )
             )
         data = info.header_offset + end + fields[10]
-        if data + info.file_size > size:
+        if data + info.compress_size > size:
             raise ChecksumError(damaged.format(f"member {info.filename!r} ends beyond the file"))
         members[info.filename] = (data, info.file_size)
+    if packed is not None:  # both records say so: a zip another tool made, not damage
+        raise UnsupportedStoreError(
+            f"{where}: member {packed.filename!r} is compressed or encrypted inside the zip; "
+            "daskimg stores keep chunks uncompressed in the zip (they are compressed "
+            "already). Re-pack it with `zip -0`, or write it with daskimg."
+        )
     return members

@@ -275,16 +275,21 @@ def zstd_content_size(body: Any, where: str, limit: int) -> int:
 def zstd_decode(body: Any, where: str, limit: int, expected: int | None = None) -> bytes:
     """Decompress a chunk of zarr's ``zstd`` codec, its sizes checked first.
 
-    ``expected`` (the size the array needs, for fixed-size values): decompressed into a
-    buffer of that size, so a frame without its content size (a streaming encoder's) or
-    several frames are read as plain zarr reads them, and more bytes than that fail.
-    Otherwise (strings) one frame of the size its header declares, at most ``limit``."""
-    if expected is not None:
+    A frame that declares its size: one frame of that size, which must be ``expected``
+    (the size the array needs, for fixed-size values) and at most ``limit``. A frame
+    without its content size (a streaming encoder's), for fixed-size values: decompressed
+    into a buffer of the size the array needs, as plain zarr reads it, numcodecs checking
+    the size it gives (a streaming decompression; for a frame that declares its size it
+    hands back the whole buffer given, however few bytes it wrote)."""
+    if expected is not None and not _zstd_size_declared(body):
+        # numcodecs decodes such a frame (and frames after it) checking the total size it
+        # gives; a frame that declares its size is checked against it, below, as before
+        # (numcodecs hands back the whole buffer given, even when fewer bytes were written)
         out = np.empty(expected, dtype=np.uint8)
         try:
             data = memoryview(Zstd().decode(bytes(body), out=out)).cast("B")
         except (RuntimeError, ValueError) as e:
-            if _zstd_size_declared(body) or _reads_unsized_frames():
+            if _reads_unsized_frames():
                 raise ChecksumError(
                     f"{where}: cannot decompress ({e}); the chunk is damaged"
                 ) from e
@@ -300,6 +305,10 @@ def zstd_decode(body: Any, where: str, limit: int, expected: int | None = None) 
             )
         return bytes(data)
     size = zstd_content_size(body, where, limit)
+    if expected is not None and size != expected:
+        raise ChecksumError(
+            f"{where}: chunk decompresses to {size} bytes, the array needs {expected}; damaged"
+        )
     # into a buffer of the size the frame declares: more frames after it (a crafted chunk of
     # a few hundred KB unpacked to 8 GiB) overflow it and fail, nothing more is allocated
     out = np.empty(size, dtype=np.uint8)

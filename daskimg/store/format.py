@@ -304,6 +304,20 @@ def check_attrs(
         )
     assert isinstance(fv, int)
     if fv > FORMAT_VERSION:
+        sealed = attrs.get(ATTRS_CRC)
+        if (
+            isinstance(sealed, int)
+            and not isinstance(sealed, bool)
+            and sealed not in (attrs_crc32c(attrs), attrs_crc32c({**attrs, "complete": True}))
+        ):
+            # its attributes' checksum (as this version seals them) does not match: a flipped
+            # bit in format_version is as likely as a newer store; not said to be sound
+            raise FormatVersionError(
+                f"{where!r} has format version {fv}, newer than this daskimg reads "
+                f"({FORMAT_VERSION}), or its root attributes are damaged (their checksum "
+                "does not match): upgrade daskimg (pip install -U daskimg); if it still "
+                "fails, the store is damaged — re-create it"
+            )
         raise NewerFormatError(
             f"{where!r} has format version {fv}, newer than this daskimg reads ({FORMAT_VERSION}); "
             "upgrade daskimg (pip install -U daskimg)"

@@ -104,9 +104,12 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
             "re-create the store"
         )
 
-    def unsupported(what: str) -> UnsupportedStoreError:
-        # sound Zarr v3, another tool's choice (a daskimg store's zarr.json is checked by its
-        # checksum before it is parsed): not damage
+    def unsupported(what: str, names: Any = ()) -> MetadataError:
+        # sound Zarr v3, another tool's choice: not damage, if every codec it names is one
+        # zarr knows (a flipped bit in a store written before its zarr.json had a checksum
+        # makes a name no codec has: that is damage)
+        if not _known_codecs(names):
+            return bad(what)
         return UnsupportedStoreError(
             f"{here}: {what}; a layout daskimg does not read (another tool's, which plain "
             "zarr may read) — to read it with daskimg, store its arrays anew with "
@@ -148,26 +151,31 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
     if prefix is None:
         raise bad(f"unknown chunk_key_encoding {meta.get('chunk_key_encoding')!r}")
     if meta.get("storage_transformers"):
-        raise unsupported("storage_transformers are not supported")
+        raise unsupported("storage_transformers are not supported", ["bytes"])
     codecs = meta.get("codecs")
     if not isinstance(codecs, list) or not codecs or not all(isinstance(c, dict) for c in codecs):
         raise bad("codecs must be a non-empty list")
     sharded = codecs[0].get("name") == "sharding_indexed"
     if sharded:
         if len(codecs) != 1:
-            raise unsupported("codecs after sharding_indexed are not supported")
+            raise unsupported(
+                "codecs after sharding_indexed are not supported", [c.get("name") for c in codecs]
+            )
         cfg = codecs[0].get("configuration") or {}
         inner = _ints(cfg.get("chunk_shape"), low=1)
         if inner is None or len(inner) != len(shape):
             raise bad("sharding_indexed chunk_shape must hold one positive size per axis")
         index_codecs = cfg.get("index_codecs")
-        if (
-            cfg.get("index_location", "end") != "end"
-            or not isinstance(index_codecs, list)
-            or [c.get("name") for c in index_codecs if isinstance(c, dict)] != ["bytes", "crc32c"]
-            or ((index_codecs[0].get("configuration") or {}).get("endian", "little") != "little")
-        ):
-            raise unsupported("the shard index must be little-endian bytes + crc32c at the end")
+        if not isinstance(index_codecs, list) or not all(isinstance(c, dict) for c in index_codecs):
+            index_codecs = [{}]
+        index_names = [c.get("name") for c in index_codecs]
+        location = cfg.get("index_location", "end")
+        endian = (index_codecs[0].get("configuration") or {}).get("endian", "little")
+        if location != "end" or index_names != ["bytes", "crc32c"] or endian != "little":
+            raise unsupported(
+                "the shard index must be little-endian bytes + crc32c at the end",
+                index_names if location in ("start", "end") and endian in ("little", "big") else [None],
+            )  # fmt: skip
         chain = cfg.get("codecs")
         if chunks[0] % inner[0]:
             raise bad(f"shard length {chunks[0]} is not a multiple of its chunk length {inner[0]}")
@@ -185,16 +193,20 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
     if len(names) < 2 or names[-1] != "crc32c" or names[0] not in _SERIALIZERS:
         raise unsupported(
             f"codec chain {names} is not one daskimg reads (a serializer, an optional blosc or "
-            "zstd, then crc32c: every chunk must carry a checksum)"
+            "zstd, then crc32c: every chunk must carry a checksum)",
+            names,
         )
     middle = names[1:-1]
     if len(middle) > 1 or (middle and middle[0] not in _COMPRESSORS):
-        raise unsupported(f"codec chain {names} is not one daskimg reads")
+        raise unsupported(f"codec chain {names} is not one daskimg reads", names)
     serializer = str(names[0])
     if serializer == "bytes":
         endian = (chain[0].get("configuration") or {}).get("endian", "little")
         if dtype.itemsize > 1 and endian != "little":
-            raise unsupported("big-endian arrays are not supported")
+            raise unsupported(
+                "big-endian arrays are not supported" if endian == "big" else f"endian {endian!r}",
+                names if endian == "big" else [None],
+            )  # fmt: skip
         if dtype.kind == "O":
             raise bad("strings need the vlen-utf8 codec")
     elif serializer == "vlen-utf8" and dtype.kind != "O":
@@ -227,6 +239,20 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
         key_prefix=prefix,
         key_sep=sep,
     )
+
+
+def _known_codecs(names: Any) -> bool:
+    """Whether every one of ``names`` is a codec zarr has (its registry's public lookup)."""
+    from zarr.registry import get_codec_class
+
+    try:
+        for name in names:
+            if not isinstance(name, str):
+                return False
+            get_codec_class(name)
+    except KeyError:
+        return False
+    return True
 
 
 #: the fields of a Zarr v3 array's zarr.json

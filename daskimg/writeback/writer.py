@@ -267,6 +267,16 @@ class ArrayWriter:
             f"order={self.order!r}, {state})"
         )
 
+    def __reduce__(self) -> Any:
+        # sent to a dask worker or a DataLoader worker, it failed with "cannot pickle
+        # '_thread.RLock' object", naming neither the writer nor what to do
+        raise TypeError(
+            f"an ArrayWriter ({self.path}) cannot be sent to another process (a dask or "
+            "DataLoader worker): one process writes a store. Append from the process that "
+            "made it: compute the batches there (e.g. client.gather / .compute()), then "
+            "writer.append(batch)"
+        )
+
     def __enter__(self) -> ArrayWriter:
         return self
 
