@@ -628,6 +628,36 @@ def test_a_virtual_dataset_with_gaps_is_refused_not_stored_as_zeros(tmp_path):
     ):  # fmt: skip
         out = convert(str(tmp_path / name), str(tmp_path / f"{name}.zarr.zip"), order="source")
         np.testing.assert_array_equal(di.open_zarr(out).images.compute(), read)
+    # ... and so are (each refused or failing in this check's first version): the written
+    # rows of a source picked with a stride, an unlimited mapping (a detector writer's),
+    # and many mappings of one dataset in the same file
+    with h5py.File(tmp_path / "even.h5", "w") as f:
+        d = f.create_dataset("d", shape=(20, 8, 8, 3), dtype="u1", chunks=(1, 8, 8, 3))
+        d[0::2] = np.arange(10, dtype=np.uint8)[:, None, None, None]
+    even = h5py.VirtualSource(str(tmp_path / "even.h5"), "d", shape=(20, 8, 8, 3))
+    with h5py.File(tmp_path / "grow.h5", "w") as f:
+        f.create_dataset("d", data=x[:12], maxshape=(None, 8, 8, 3), chunks=(4, 8, 8, 3))
+    lay = h5py.VirtualLayout(shape=(12, 8, 8, 3), dtype=np.uint8, maxshape=(None, 8, 8, 3))
+    grow = h5py.VirtualSource(str(tmp_path / "grow.h5"), "d", shape=(12, 8, 8, 3),
+                              maxshape=(None, 8, 8, 3))  # fmt: skip
+    lay[0 : h5py.h5s.UNLIMITED] = grow[0 : h5py.h5s.UNLIMITED]
+    with h5py.File(tmp_path / "unlimited.h5", "w") as f:
+        f.create_virtual_dataset("images", lay, fillvalue=0)
+    with h5py.File(tmp_path / "self.h5", "w") as f:
+        f["raw"] = (
+            np.arange(300 * 8 * 8 * 3, dtype=np.uint32).astype(np.uint8).reshape(300, 8, 8, 3)
+        )
+        lay = h5py.VirtualLayout((300, 8, 8, 3), np.uint8)
+        raw = h5py.VirtualSource(".", "raw", shape=(300, 8, 8, 3))
+        for i, r in enumerate(np.random.default_rng(0).permutation(300)):
+            lay[i] = raw[int(r)]
+        f.create_virtual_dataset("images", lay)
+    vds("strided.h5", (10, 8, 8, 3), (slice(None), even[0::2]))
+    for name in ("strided.h5", "unlimited.h5", "self.h5"):
+        with h5py.File(tmp_path / name, "r") as f:
+            read = f["images"][...]
+        out = convert(str(tmp_path / name), str(tmp_path / f"{name}.zarr.zip"), order="source")
+        np.testing.assert_array_equal(di.open_zarr(out).images.compute(), read)
 
 
 def test_numpy_files_under_the_other_name_and_empty_archives_are_said(tmp_path):

@@ -654,8 +654,13 @@ def _check_written(dset: Any, path: str, name: str) -> None:
     if dset.is_virtual:
         sources = dset.virtual_sources()
         _check_mapped(dset, sources, where)
-        for vs in sources:
-            _check_virtual_source(path, where, vs)
+        opened: dict[str, Any] = {}
+        try:
+            for vs in sources:
+                _check_virtual_source(path, where, vs, opened)
+        finally:
+            for f in opened.values():
+                f.close()
         return
     external = dset.external
     if external:
@@ -747,19 +752,16 @@ def _check_mapped(dset: Any, sources: list[Any], where: str) -> None:
         kind = space.get_select_type()
         if kind == h5s.SEL_ALL:
             left.select_none()
-        elif kind == h5s.SEL_HYPERSLABS:
-            for start, end in space.get_select_hyper_blocklist():
-                count = tuple(int(e) - int(s) + 1 for s, e in zip(start, end, strict=True))
-                left.select_hyperslab(tuple(int(s) for s in start), count, op=h5s.SELECT_NOTB)
         elif kind == h5s.SEL_POINTS:
+            one = (1,) * len(dset.shape)
             for point in space.get_select_elem_pointlist():
-                one = (1,) * len(dset.shape)
                 left.select_hyperslab(tuple(int(p) for p in point), one, op=h5s.SELECT_NOTB)
+        elif kind == h5s.SEL_HYPERSLABS:
+            for start, count, stride, block in _hyperslabs(space, dset.shape):
+                left.select_hyperslab(start, count, stride, block, op=h5s.SELECT_NOTB)
         if not left.get_select_npoints():
             return
     n = left.get_select_npoints()
-    if not n:
-        return
     first, last = left.get_select_bounds()
     raise ValueError(
         f"{where} is a virtual dataset whose sources leave {n} of its {dset.size} values "
@@ -769,9 +771,36 @@ def _check_mapped(dset: Any, sources: list[Any], where: str) -> None:
     )
 
 
-def _check_virtual_source(path: str, where: str, vs: Any) -> None:
+def _hyperslabs(space: Any, shape: tuple[int, ...]) -> list[tuple[tuple[int, ...], ...]]:
+    """A hyperslab selection of a dataset of ``shape`` as ``(start, count, stride, block)``
+    per slab: its blocks, or, for a regular selection without an end (an unlimited mapping,
+    which HDF5 cannot list as blocks), the one regular slab cut at ``shape``."""
+    try:
+        blocks = space.get_select_hyper_blocklist()
+    except NotImplementedError:  # unlimited: a regular slab without a count
+        start, stride, count, block = space.get_regular_hyperslab()
+        unlimited = _h5py().h5s.UNLIMITED
+        count = tuple(
+            max(0, (dim - s - b) // t + 1) if c == unlimited else c
+            for dim, s, t, c, b in zip(shape, start, stride, count, block, strict=True)
+        )
+        return [(tuple(start), count, tuple(stride), tuple(block))]
+    one = (1,) * len(shape)
+    return [
+        (
+            tuple(int(a) for a in start),
+            tuple(int(b) - int(a) + 1 for a, b in zip(start, end, strict=True)),
+            one,
+            one,
+        )
+        for start, end in blocks
+    ]
+
+
+def _check_virtual_source(path: str, where: str, vs: Any, opened: dict[str, Any]) -> None:
     """Refuse a virtual dataset one of whose source files (or datasets) is not there, or
-    whose source rows it maps were never written: HDF5 reads that part as the fill value."""
+    whose source rows it maps were never written: HDF5 reads that part as the fill value.
+    ``opened``: the source files opened so far, by path (each is opened once)."""
     file_name, dset_name = vs.file_name, vs.dset_name
     found = (
         [path]
@@ -781,11 +810,13 @@ def _check_virtual_source(path: str, where: str, vs: Any) -> None:
     missing = None if found else f"its source file {file_name!r} is not there"
     if found:
         try:
-            with _h5py().File(found[0], "r") as f:
-                if dset_name not in f:
-                    missing = f"its source file {found[0]!r} has no dataset {dset_name!r}"
-                else:
-                    missing = _unwritten_source(f[dset_name], vs.src_space, found[0], dset_name)
+            f = opened.get(found[0])
+            if f is None:
+                f = opened[found[0]] = _h5py().File(found[0], "r")
+            if dset_name not in f:
+                missing = f"its source file {found[0]!r} has no dataset {dset_name!r}"
+            else:
+                missing = _unwritten_source(f[dset_name], vs.src_space, found[0], dset_name)
         except OSError as e:
             missing = f"its source file {found[0]!r} cannot be opened ({e})"
     if missing:
@@ -808,20 +839,26 @@ def _unwritten_source(src: Any, space: Any, file: str, name: str) -> str | None:
     kind = space.get_select_type()
     if kind == h5s.SEL_NONE:
         return None
-    # every row (a source given whole holds a selection without its extent)
-    first, last = (0,), (src.shape[0] - 1,)
-    if kind != h5s.SEL_ALL:
-        first, last = space.get_select_bounds()
+    n = src.shape[0]
+    rows = np.zeros(n, dtype=bool)  # the source rows the mapping selects
+    if kind == h5s.SEL_ALL:  # (a source given whole holds a selection without its extent)
+        rows[:] = True
+    elif kind == h5s.SEL_POINTS:
+        rows[[int(p[0]) for p in space.get_select_elem_pointlist() if 0 <= p[0] < n]] = True
+    else:
+        for start, count, stride, block in _hyperslabs(space, src.shape):
+            for k in range(count[0]):
+                a = start[0] + k * stride[0]
+                rows[a : a + block[0]] = True
     never = status == h5d.SPACE_STATUS_NOT_ALLOCATED
-    gaps = [(0, src.shape[0])] if never else _unwritten_rows(src)
-    hit = [(a, b) for a, b in gaps if a <= last[0] and b > first[0]]
-    if not hit:
-        return None
-    a, b = hit[0]
-    return (
-        f"its source {file!r}, dataset {name!r}, was never written in rows "
-        f"{max(a, first[0])}..{min(b, last[0] + 1) - 1}, which it maps"
-    )
+    for a, b in [(0, n)] if never else _unwritten_rows(src):
+        hit = np.flatnonzero(rows[a:b])
+        if hit.size:
+            return (
+                f"its source {file!r}, dataset {name!r}, was never written in row "
+                f"{a + int(hit[0])} (of rows {a}..{b - 1}), which it maps"
+            )
+    return None
 
 
 def _label_text(value: Any, name: str, row: int) -> str:
