@@ -104,11 +104,11 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
             "re-create the store"
         )
 
-    def unsupported(what: str, names: Any = ()) -> MetadataError:
+    def unsupported(what: str, names: Any = None) -> MetadataError:
         # sound Zarr v3, another tool's choice: not damage, if every codec it names is one
         # zarr knows (a flipped bit in a store written before its zarr.json had a checksum
         # makes a name no codec has: that is damage)
-        if not _known_codecs(names):
+        if names is not None and not _known_codecs(names):
             return bad(what)
         return UnsupportedStoreError(
             f"{here}: {what}; a layout daskimg does not read (another tool's, which plain "
@@ -151,7 +151,7 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
     if prefix is None:
         raise bad(f"unknown chunk_key_encoding {meta.get('chunk_key_encoding')!r}")
     if meta.get("storage_transformers"):
-        raise unsupported("storage_transformers are not supported", ["bytes"])
+        raise unsupported("storage_transformers are not supported")
     codecs = meta.get("codecs")
     if not isinstance(codecs, list) or not codecs or not all(isinstance(c, dict) for c in codecs):
         raise bad("codecs must be a non-empty list")
@@ -172,10 +172,10 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
         location = cfg.get("index_location", "end")
         endian = (index_codecs[0].get("configuration") or {}).get("endian", "little")
         if location != "end" or index_names != ["bytes", "crc32c"] or endian != "little":
-            raise unsupported(
-                "the shard index must be little-endian bytes + crc32c at the end",
-                index_names if location in ("start", "end") and endian in ("little", "big") else [None],
-            )  # fmt: skip
+            what = "the shard index must be little-endian bytes + crc32c at the end"
+            if location in ("start", "end") and endian in ("little", "big"):
+                raise unsupported(what, index_names)
+            raise bad(what)  # no word another tool writes: damage
         chain = cfg.get("codecs")
         if chunks[0] % inner[0]:
             raise bad(f"shard length {chunks[0]} is not a multiple of its chunk length {inner[0]}")
@@ -202,11 +202,10 @@ def parse_layout(where: str, name: str, meta: Any, read_len: int | None = None) 
     serializer = str(names[0])
     if serializer == "bytes":
         endian = (chain[0].get("configuration") or {}).get("endian", "little")
+        if dtype.itemsize > 1 and endian == "big":
+            raise unsupported("big-endian arrays are not supported", names)
         if dtype.itemsize > 1 and endian != "little":
-            raise unsupported(
-                "big-endian arrays are not supported" if endian == "big" else f"endian {endian!r}",
-                names if endian == "big" else [None],
-            )  # fmt: skip
+            raise bad(f"endian {endian!r} is neither 'little' nor 'big'")
         if dtype.kind == "O":
             raise bad("strings need the vlen-utf8 codec")
     elif serializer == "vlen-utf8" and dtype.kind != "O":
