@@ -76,8 +76,7 @@ def _not_system(found: list[str], pattern: str) -> tuple[list[str], list[str]]:
     :data:`SYSTEM_FOLDERS` (a NAS's ``@eaDir`` thumbnails, copies of the photos; its
     recycle bin), which ``from_folder`` leaves out too. A system folder the pattern names
     itself (``*/@eaDir/*.jpg``) is read."""
-    named = {p.casefold() for p in pattern.replace(os.sep, "/").split("/")}
-    skipped = SYSTEM_FOLDERS - named
+    skipped = _skipped_system_folders(pattern)
     kept: list[str] = []
     left: list[str] = []
     for f in found:
@@ -86,6 +85,12 @@ def _not_system(found: list[str], pattern: str) -> tuple[list[str], list[str]]:
     if left and kept:
         logger.warning("imread(%r): %s", pattern, _left_out(left))
     return kept, left
+
+
+def _skipped_system_folders(pattern: str) -> frozenset[str]:
+    """The :data:`SYSTEM_FOLDERS` (casefolded) a pattern's wildcards leave out: all but
+    those it names itself."""
+    return SYSTEM_FOLDERS - {p.casefold() for p in pattern.replace(os.sep, "/").split("/")}
 
 
 def _left_out(left: list[str]) -> str:
@@ -181,7 +186,7 @@ def _glob(pattern: str, here: str, shown: str) -> list[str]:
     for part in pattern.split(os.sep):
         if not (part == "**" and parts and parts[-1] == "**"):
             parts.append(part)  # '**/**' is '**'
-    named = {p.casefold() for p in parts}
+    skipped = _skipped_system_folders(pattern)
     out: list[str] = []
 
     def listing(rel: str) -> list[os.DirEntry[str]]:
@@ -191,7 +196,7 @@ def _glob(pattern: str, here: str, shown: str) -> list[str]:
                 return list(entries)  # (the matches are sorted once, at the end)
         except OSError as e:
             folder = os.path.basename(os.path.normpath(path)).casefold()
-            if folder in SYSTEM_FOLDERS and folder not in named:
+            if folder in skipped:
                 # lost+found (root's, on every ext4 disk), a NAS's @eaDir: their files are
                 # left out anyway (_not_system), the folder need not be readable
                 logger.debug("imread(%r): %s not listed (%s)", shown, path, e.strerror)
