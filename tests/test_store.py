@@ -753,6 +753,38 @@ def test_a_store_replaced_while_being_fed_is_an_error_not_a_mix(tmp_path, ext):
     assert all((b[0] == 255).all() for b in fresh), "the new store, read afresh"
 
 
+
+def test_a_folder_store_copied_over_file_by_file_is_said_replaced_not_damaged(tmp_path):
+    # `cp -r new/. old/` (or rsync --inplace) writes the other store's bytes into the open
+    # files (same inodes): a chunk mapped after it read those bytes and was called damaged,
+    # with advice to re-create a store that verifies sound
+    rng = np.random.default_rng(0)
+    made = []
+    for name in ("old", "new"):
+        ds = di.ImageSet(
+            rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8),
+            np.arange(64) % 2,
+            classes=["p", "q"],
+        )
+        made.append(di.to_zarr(ds, tmp_path / f"{name}.zarr", chunks=8, shard_chunks=2))
+    old, new = made
+    store = di.open_zarr(old)
+    next(iter(di.BatchIterator(store, batch_size=8, seed=0)))  # shard files opened
+    for src in Path(new).rglob("*"):
+        if src.is_file():
+            dst = Path(old) / src.relative_to(new)
+            with open(src, "rb") as fin, open(dst, "r+b") as fout:  # as cp: same inode
+                fout.truncate(0)
+                shutil.copyfileobj(fin, fout)
+    os.utime(Path(old) / "zarr.json")  # (cp gives each file a new time)
+    with pytest.raises(ChecksumError) as e:
+        store.arrays["images"].compute()
+    assert "replaced or rewritten" in str(e.value) and "Open it again" in str(e.value)
+    assert "damaged" not in str(e.value)
+    np.testing.assert_array_equal(  # and the store now is the other one, whole
+        np.asarray(di.open_zarr(old).images), np.asarray(di.open_zarr(new).images)
+    )
+
 @pytest.mark.parametrize(
     ("offset", "nbytes"),
     [(2**64 - 16, 32), (0, 2**64 - 2), (8, 2**64 - 1), (2**64 - 1, 16)],

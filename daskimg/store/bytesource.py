@@ -234,7 +234,17 @@ class _LocalFiles:
             with self._lock:
                 m = self._maps.get(file)
                 if m is None:
-                    m = self._maps[file] = LeasedMap.take(self._fds[file], self.where)
+                    fd = self._fds[file]
+                    m = LeasedMap.take(fd, self.where)
+                    try:
+                        # no writer changes the file under the lease: it must still be the
+                        # file opened (a folder store copied over file by file, `cp -r`,
+                        # keeps the descriptor's inode and gives it the other store's bytes)
+                        self._check(fd, file)
+                    except BaseException:
+                        m.release()
+                        raise
+                    self._maps[file] = m
         with m.use(offset, n) as data:
             yield data
 
