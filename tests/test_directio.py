@@ -183,3 +183,105 @@ def test_a_ctrl_c_right_after_the_file_is_opened_leaves_no_descriptor(tmp_path, 
         with contextlib.suppress(OSError):
             held.append(os.readlink(f"/proc/self/fd/{fd}"))
     assert str(path) not in held
+
+
+def _lined_up(data, place, offset=0):
+    """``data`` copied into page-aligned memory at an address equal to ``place`` (its
+    offset in the file) + ``offset`` modulo 4096 (offset 0: lined up)."""
+    import mmap
+
+    m = mmap.mmap(-1, len(data) + 8192)
+    start = (place + offset) % 4096
+    view = memoryview(m)[start : start + len(data)]
+    view[:] = data
+    return view
+
+
+def _spy_in_place(monkeypatch):
+    """The pieces AppendFile wrote from their own memory (their lengths, by id)."""
+    seen = []
+    real = directio.AppendFile._write_in_place
+
+    def spy(self, view):
+        done = real(self, view)
+        if done > 4096:
+            seen.append(view.nbytes)
+        return done
+
+    monkeypatch.setattr(directio.AppendFile, "_write_in_place", spy)
+    return seen
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3 * MiB), min_size=1, max_size=6),
+    off=st.lists(st.sampled_from([0, 0, 1, 512, 4095]), min_size=6, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_pieces_lined_up_with_their_place_are_written_from_their_memory(
+    tmp_path_factory, sizes, off, seed
+):
+    # a large piece whose address equals its file offset modulo 4096 goes to the disk
+    # from its own memory; others are copied; the file holds the same bytes either way
+    path = tmp_path_factory.mktemp("d") / "f.bin"
+    raw = [p.tobytes() for p in _pieces(sizes, seed)]
+    seen: list[int] = []
+    real = directio.AppendFile._write_in_place
+
+    def spy(self, view):
+        done = real(self, view)
+        if done > 4096:
+            seen.append(view.nbytes)
+        return done
+
+    directio.AppendFile._write_in_place = spy
+    try:
+        with AppendFile(path) as fh:
+            place, expect = 0, []
+            for data, o in zip(raw, off, strict=False):
+                piece = _lined_up(data, place, o)
+                fh.write(piece)
+                if o == 0 and len(data) >= directio.IN_PLACE_FROM and fh.direct:
+                    expect.append(len(data))
+                place += len(data)
+            direct = fh.direct
+    finally:
+        directio.AppendFile._write_in_place = real
+    assert path.read_bytes() == b"".join(raw)
+    if direct:
+        assert seen == expect
+
+
+@pytest.mark.parametrize("how", ["refused", "short"])
+def test_a_write_from_a_pieces_memory_that_fails_loses_no_bytes(tmp_path, monkeypatch, how):
+    # the disk refuses the piece's memory (another alignment: pieces are copied from then
+    # on, still past the page cache), or writes only some of its blocks (the rest follows)
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    seen = _spy_in_place(monkeypatch)
+    real_write = os.write
+    calls = []
+
+    def flaky_write(fd, data):
+        if memoryview(data).nbytes >= MiB and not calls:  # the first write from a piece
+            calls.append(1)
+            if how == "refused":
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_write(fd, memoryview(data)[:8192])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(directio.os, "write", flaky_write)
+    sizes = [3 * MiB + 7, 100, 2 * MiB, 5 * MiB + 1]
+    raw = [p.tobytes() for p in _pieces(sizes, seed=3)]
+    with AppendFile(tmp_path / "f.bin") as fh:
+        if not fh.direct:
+            pytest.skip("this file system refuses O_DIRECT at open")
+        place = 0
+        for data in raw:
+            fh.write(_lined_up(data, place))
+            place += len(data)
+        assert fh.direct
+    assert calls
+    assert (tmp_path / "f.bin").read_bytes() == b"".join(raw)
+    # refused: copied from then on; short: the piece's other blocks followed from its memory
+    assert seen == ([] if how == "refused" else [sizes[0], sizes[2], sizes[3]])

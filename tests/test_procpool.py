@@ -718,3 +718,40 @@ def test_two_forked_writes_at_once_unfreeze_garbage_collection_when_both_end(
     overlapped = [step for step, _ in seen][:2] == [1, 1]
     assert next(frozen for step, frozen in seen if step < 0) == overlapped
     assert gc.get_freeze_count() == before
+
+
+@pytest.mark.parametrize("name", ["w.zarr.zip", "w.zarr"])
+def test_image_chunks_are_written_from_the_workers_memory(tmp_path, monkeypatch, name):
+    # each chunk's images are decoded into their slot at the place (modulo a disk block)
+    # they will have in the file, so the writer hands them to the disk from there, not
+    # copied: every image chunk of every shard, the first and the later ones
+    import daskimg.store.directio as directio
+
+    root = tmp_path / "src"
+    di.testing.make_image_folder(root, n=40, size=(256, 256), classes=("a", "b"))
+    seen = []
+    real = directio.AppendFile._write_in_place
+
+    def spy(self, view):
+        done = real(self, view)
+        seen.append((view.nbytes, done, self.direct))
+        return done
+
+    monkeypatch.setattr(directio.AppendFile, "_write_in_place", spy)
+    ds = di.from_folder(root, size=(256, 256))
+    with dask.config.set(num_workers=2):
+        out = di.to_zarr(ds, tmp_path / name, chunks=8, shard_chunks=3)
+    forked = [s for s in seen if s[0] >= 8 * 256 * 256 * 3]
+    with dask.config.set(scheduler="sync"):
+        here = di.to_zarr(ds, tmp_path / f"here-{name}", chunks=8, shard_chunks=3)
+    a, b = _arrays(out), _arrays(here)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    store = di.open_zarr(out)
+    for i, p in enumerate(store.paths):
+        want = np.asarray(Image.open(root / p).convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(store.images[i]), want, err_msg=p)
+    if not forked or not all(direct for _, _, direct in forked):
+        pytest.skip("this file system takes no O_DIRECT writes")
+    # 5 chunks, each but its last partial block written from the slot
+    assert len(forked) == 5 and all(done > size - 4096 for size, done, _ in forked), forked

@@ -117,3 +117,57 @@ def test_members_past_4_gib(tmp_path):
 @given(st.lists(st.binary(max_size=3000), max_size=6), st.integers(0, 2**32 - 1))
 def test_crc32_is_zlibs(pieces, start):
     assert crc32(pieces, start) == zlib.crc32(b"".join(pieces), start)
+
+
+def _at_residue(data, residue, align=4096):
+    """``data`` copied into page-aligned memory, starting at ``residue`` modulo ``align``."""
+    import mmap
+
+    m = mmap.mmap(-1, len(data) + 2 * align)
+    view = memoryview(m)[residue : residue + len(data)]
+    view[:] = data
+    return view
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    residues=st.lists(st.integers(0, 4095), min_size=1, max_size=4),
+    small=st.integers(0, 9000),
+    at=st.integers(0, 9000),
+)
+def test_padded_members_line_their_large_piece_up_and_read_as_any_zip(
+    tmp_path_factory, residues, small, at
+):
+    # align=: each member's first large piece (after a small one of any size) lands at a
+    # file offset equal to its address modulo 4096; readers skip the padding field
+    from daskimg.store.bytesource import zip_members
+    from daskimg.store.directio import address
+
+    rng = np.random.default_rng(len(residues) + small)
+    members, large = [], []
+    for i, r in enumerate(residues):
+        big = _at_residue(rng.integers(0, 256, 2**20 + 333 * i, dtype=np.uint8).tobytes(), r)
+        members.append((f"images/c/{i}/0", [b"h" * small, big, b"\x01\x02\x03\x04"]))
+        large.append(big)
+    path = tmp_path_factory.mktemp("z") / "a.zip"
+    with open(path, "wb") as fh:
+        fh.seek(at)
+        z = ZipAppender(fh.write, at=at, align=4096)
+        for name, pieces in members:
+            z.add(name, pieces)
+        z.close()
+    _check(path, members)
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        found = zip_members(fh, size, lambda rs: [_pread(path, a, b) for a, b in rs], str(path))
+    for (name, _), big in zip(members, large, strict=True):
+        start = found[name][0] + small  # the large piece's offset in the file
+        assert start % 4096 == address(big) % 4096
+        head = _pread(path, start - small - 4096 - 64, start - small)
+        assert b"\x35\xd9" in head or (address(big) - small - at) % 4096 == 0  # zipalign's ID
+
+
+def _pread(path, a, b):
+    with open(path, "rb") as fh:
+        fh.seek(max(a, 0))
+        return fh.read(b - max(a, 0))

@@ -73,9 +73,10 @@ from ..errors import DaskImgError
 from ..interrupts import held_ctrl_c
 from ..read.files import FileSource
 from ..read.source import block_arrays
-from .encode import ShardEncoder
+from .directio import ALIGN
+from .encode import ShardEncoder, raw_header
 from .malloc import keep_freed_buffers
-from .shardwrite import Given, ShardAssembler, decode_encode, decode_in_place, raw_bytes
+from .shardwrite import HEAD, Given, ShardAssembler, decode_encode, decode_in_place, raw_bytes
 
 __all__ = ["decoded_blocks", "follow_parent", "wait_ended", "workers_for", "write_chunks"]
 
@@ -158,7 +159,8 @@ def write_chunks(
     for the writer."""
     # a slot holds a chunk's large bodies; a body that does not fit (a JPEG chunk larger
     # than its pixels) comes back pickled
-    size = sum(raw_bytes(enc) + 256 for enc in encoders.values())
+    # (and room to line the images up with their place in the file: _lined_up)
+    size = sum(raw_bytes(enc) + 256 for enc in encoders.values()) + ALIGN
     ahead = workers * _AHEAD
     per_key = max(enc.chunks_per_key for enc in encoders.values())
     # shards of many chunks (shard_chunks=) would need a slot (a memory map) for every
@@ -533,18 +535,36 @@ def _chunk(c: int, slot: int) -> dict[str, Any]:
     if enc is None or np.dtype(spec.dtype) != enc.layout.dtype:
         return _in_slot(slot, decode_encode(Given(args), Given((_ENCODERS, False, None))))
     view = memoryview(_SLOTS[slot])
-    arrays, images, span = decode_in_place(args, enc, view)
+    shift = _lined_up(enc, c)
+    arrays, images, span = decode_in_place(args, enc, view[shift:])
     encoded: dict[str, Any] = {"images": images}
     end = 0  # the images encoded into new bytes: the slot is free from its start
     if span is not None:
-        encoded["images"] = (_InSlot(*span), images[1])
-        end = span[1]
+        encoded["images"] = (_InSlot(span[0] + shift, span[1] + shift), images[1])
+        end = span[1] + shift
     del images
     for name, other in _ENCODERS.items():
         if name != "images":
             encoded[name] = other.encode_chunk(arrays[name])
     del arrays
     return _in_slot(slot, encoded, at=end, view=view)
+
+
+def _lined_up(enc: ShardEncoder, c: int) -> int:
+    """Where in its slot chunk ``c``'s images are decoded (bytes past the slot's start):
+    their body (raw in a Blosc frame, or uncompressed) then starts at an address equal,
+    modulo :data:`~daskimg.store.directio.ALIGN`, to the place it will have in the file when
+    the shard's chunks before it are raw too (a shard begins at such an address: a file of
+    its own, or a zip member whose header is padded so), and it is written from the slot
+    without being copied (:mod:`daskimg.store.directio`). A chunk that compresses only
+    loses that (its bytes are copied, as before)."""
+    if enc.jpeg_quality is not None or enc.zstd_level is not None:
+        return 0
+    size = raw_bytes(enc)
+    head = 0 if enc.blosc is None else len(raw_header(enc.blosc, enc.layout.dtype, size))
+    place = c % enc.chunks_per_key * (head + size + 4) % ALIGN  # 4: each chunk's crc32c
+    shift = (place - HEAD + head) % ALIGN
+    return shift if shift % enc.layout.dtype.itemsize == 0 else 0
 
 
 def _in_slot(

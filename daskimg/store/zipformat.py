@@ -14,6 +14,13 @@ from the two cores the decoding workers share. ISA-L's CRC-32 (``isal``, the sam
 with carry-less multiplication) runs at ~24 GB/s here. A member's CRC is computed before
 its header is written, so no data descriptor follows the data (the file is written once,
 front to back, and never sought).
+
+With ``align`` (a file written past the page cache, :class:`~daskimg.store.directio.AppendFile`),
+a member whose data holds a large piece gets a padding field in its local header (after
+the ZIP64 field; ID ``0xD935``, as Android's ``zipalign`` writes it: the alignment, then
+zeros) so that piece's place in the file and its address are equal modulo ``align``: the
+file then writes it from its own memory. Readers skip a local header's extra field by its
+length, as they skip the ZIP64 field (zipfile, ``unzip``, daskimg's reader).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from isal import isal_zlib
+
+from .directio import IN_PLACE_FROM, address
 
 __all__ = ["ZipAppender", "crc32"]
 
@@ -40,6 +49,7 @@ _UTF8 = 0x800  # general purpose bit 11: the name is UTF-8
 _FULL = 0xFFFFFFFF  # "see the ZIP64 extra field"
 _ZIP64_LIMIT = 2**31 - 1  # zipfile's: beyond it, ZIP64 fields
 _ATTRS = 0o100644 << 16  # a regular file, rw-r--r--
+_PADDING = 0xD935  # zipalign's extra field: a u16 alignment, then zeros
 
 
 def crc32(pieces: Sequence[Any], value: int = 0) -> int:
@@ -63,9 +73,10 @@ class ZipAppender:
     """A zip written into ``write`` (a file's ``write``, front to back; ``at``: the bytes
     already before it): :meth:`add` each member, then :meth:`close` for the directory."""
 
-    def __init__(self, write: Callable[[Any], Any], at: int = 0) -> None:
+    def __init__(self, write: Callable[[Any], Any], at: int = 0, *, align: int = 0) -> None:
         self._write = write
         self._at = at
+        self._align = align
         self._entries: list[_Entry] = []
         self.closed = False
 
@@ -81,16 +92,37 @@ class ZipAppender:
         dos_time = t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2
         dos_date = max(t.tm_year - 1980, 0) << 9 | t.tm_mon << 5 | t.tm_mday
         entry = _Entry(raw, flags, dos_time, dos_date, crc32(views), size, self._at)
+        extra = _LOCAL_ZIP64.pack(1, 16, size, size)
+        extra += self._padding(views, _LOCAL.size + len(raw) + len(extra))
         # fmt: off
         head = _LOCAL.pack(
             b"PK\x03\x04", _VERSION, flags, 0, dos_time, dos_date, entry.crc, _FULL, _FULL,
-            len(raw), _LOCAL_ZIP64.size,
+            len(raw), len(extra),
         )
         # fmt: on
-        self._put(head + raw + _LOCAL_ZIP64.pack(1, 16, size, size))
+        self._put(head + raw + extra)
         for v in views:
             self._put(v)
         self._entries.append(entry)
+
+    def _padding(self, views: Sequence[memoryview], head: int) -> bytes:
+        """The padding field that puts the member's first large piece at a file offset equal
+        to its address modulo the alignment (``b""``: none needed, or no such piece)."""
+        if not self._align:
+            return b""
+        offset = 0  # of the piece in the member's data
+        for v in views:
+            if v.nbytes >= IN_PLACE_FROM:
+                break
+            offset += v.nbytes
+        else:
+            return b""
+        pad = (address(v) - offset - self._at - head) % self._align
+        if pad == 0:
+            return b""
+        if pad < 6:  # the field's ID, length and alignment take 6 bytes
+            pad += self._align
+        return struct.pack("<3H", _PADDING, pad - 4, self._align) + bytes(pad - 6)
 
     def close(self) -> None:
         """Write the central directory and the end records (once). As :mod:`zipfile` does,
