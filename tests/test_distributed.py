@@ -17,6 +17,7 @@ import store_damage as sd
 from conftest import plain_group
 
 import daskimg as di
+from daskimg.errors import DaskImgError
 from daskimg.storeinfo import verify
 
 distributed = pytest.importorskip("distributed")
@@ -316,6 +317,29 @@ def test_arrays_persisted_on_a_cluster_are_refused_in_dataloader_workers(tmp_pat
         np.testing.assert_array_equal(threads[1][0], images[4:8])
         with pytest.raises(ValueError, match=r"'images' is persisted .*use_multiprocessing"):
             KerasDataset((held, np.arange(24)), workers=2, use_multiprocessing=True, **kw)
+
+
+def test_a_set_persisted_on_a_cluster_since_closed_is_named_not_missing_dependency(tmp_path):
+    # to_zarr and the feed failed with dask's "Missing dependency ('array-...')" naming
+    # none of the user's arrays; now both name the array and say why, and nothing is written
+    images = np.arange(40 * 4 * 4 * 3, dtype=np.uint32).astype(np.uint8).reshape(40, 4, 4, 3)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        held = dask.array.from_array(images, chunks=(10, 4, 4, 3)).persist()
+        ds = di.ImageSet(held, np.arange(40) % 2, classes=["a", "b"])
+        fed = list(di.BatchIterator(ds, batch_size=8, shuffle=False))  # while it runs: fed
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in fed]), images)
+        client.close()
+    said = r"array 'images' was persisted on a dask.distributed cluster .* client is closed"
+    with pytest.raises(DaskImgError, match=said):
+        di.to_zarr(ds, tmp_path / "x.zarr.zip")
+    assert not (tmp_path / "x.zarr.zip").exists()
+    with pytest.raises(DaskImgError, match=said):
+        list(di.BatchIterator(ds, batch_size=8, shuffle=False))
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..read.boxes import checked_column, image_frame
 from ..read.imageset import ImageSet
-from ..read.lazy import check_block, unmasked
+from ..read.lazy import check_block, check_persisted_reachable, unmasked
 from ..store.encode import fitted
 from ..store.jpeg import JpegChunk
 from ..store.open import open_zarr, store_array_name
@@ -400,7 +400,19 @@ class FeedSource:
             # blocks: chunk c's own, or those of the array's blocks that hold its rows
             parts = {n: self._blocks_over(n, c, a, b) for n in slow}
             tasks = [self.lazy[n].blocks[i] for n in slow for i, _ in parts[n]]
-            computed = iter(dask.compute(*tasks, scheduler=self.scheduler))
+            try:
+                computed = iter(dask.compute(*tasks, scheduler=self.scheduler))
+            except Exception as e:
+                # persisted on a cluster whose client is gone: said so, not dask's
+                # "Missing dependency" (else the error as it is)
+                check_persisted_reachable({n: self.lazy[n] for n in slow})
+                if "Cancelled" in type(e).__name__:  # distributed's, or concurrent's
+                    e.add_note(
+                        f"daskimg: computing the array(s) {', '.join(map(repr, slow))} for "
+                        f"chunk {c} was cancelled (a dask.distributed client closed, or "
+                        "restarted, mid-epoch?); start the epoch again with a running client"
+                    )
+                raise
             for name in slow:
                 got = [self._checked(name, rows, next(computed)) for _, rows in parts[name]]
                 if len(got) == 1 and parts[name][0][1] == (a, b):

@@ -16,13 +16,15 @@ class 0).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+
+from ..errors import DaskImgError
 
 
 def check_block(name: str, block: Any, rows: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
@@ -145,3 +147,31 @@ def cut_checked(arr: da.Array, name: str, idx: np.ndarray) -> da.Array:
     part = da.Array(graph, out, (sizes, *arr.chunks[1:]), meta=arr._meta)
     inside = np.cumsum((0, *sizes))[:-1]
     return part[inside[where] + (idx - starts[block])]
+
+
+def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
+    """Refuse dask arrays persisted on a ``distributed`` cluster (``ds.images.persist()``)
+    whose chunks are gone: their client was closed, or its cluster lost them. Dask then
+    fails with "Missing dependency" or "cancelled for reason: unknown", naming none of the
+    user's arrays; this names the array and says what to do."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return
+    from distributed import Future
+
+    for name, arr in arrays.items():
+        if not isinstance(arr, da.Array):
+            continue
+        for v in dict(arr.__dask_graph__()).values():
+            if not isinstance(v, Future):
+                continue
+            if v.status in ("cancelled", "lost") or v.client.status in ("closing", "closed"):
+                raise DaskImgError(
+                    f"array {name!r} was persisted on a dask.distributed cluster "
+                    f"(.persist()) whose client is closed or which lost its chunks (future "
+                    f"{v.status}, client {v.client.status}): they are gone, and dask cannot "
+                    "compute them again from here. Persist it again with a running client "
+                    "(or compute it to numpy first), or write the set with daskimg.to_zarr "
+                    "while the cluster runs and read the store"
+                )

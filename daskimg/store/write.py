@@ -34,7 +34,7 @@ from ..errors import DaskImgError, DecodeError, StoreExistsError
 from ..read.boxes import box_dtype, checked_column, image_frame, warn_fractions
 from ..read.files import FileSource
 from ..read.imageset import ImageSet, channels_first
-from ..read.lazy import exact_blocks
+from ..read.lazy import check_persisted_reachable, exact_blocks
 from ..remote import process_local, protocol_of
 from . import shmchunks
 from .bytesource import LocalDir
@@ -236,6 +236,7 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
         raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
     if len(imageset) == 0:
         raise ValueError("the ImageSet is empty; there is nothing to store")
+    check_persisted_reachable(imageset.arrays)
     imageset.check_one_split("storing")
     if 0 in imageset.images.shape[1:]:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
