@@ -753,7 +753,6 @@ def test_a_store_replaced_while_being_fed_is_an_error_not_a_mix(tmp_path, ext):
     assert all((b[0] == 255).all() for b in fresh), "the new store, read afresh"
 
 
-
 def test_a_folder_store_copied_over_file_by_file_is_said_replaced_not_damaged(tmp_path):
     # `cp -r new/. old/` (or rsync --inplace) writes the other store's bytes into the open
     # files (same inodes): a chunk mapped after it read those bytes and was called damaged,
@@ -784,6 +783,7 @@ def test_a_folder_store_copied_over_file_by_file_is_said_replaced_not_damaged(tm
     np.testing.assert_array_equal(  # and the store now is the other one, whole
         np.asarray(di.open_zarr(old).images), np.asarray(di.open_zarr(new).images)
     )
+
 
 @pytest.mark.parametrize(
     ("offset", "nbytes"),
