@@ -22,7 +22,7 @@ from typing import Any, cast
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from ..errors import DaskImgError
 
@@ -163,7 +163,16 @@ def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
     for name, arr in arrays.items():
         if not isinstance(arr, da.Array):
             continue
-        for v in dict(arr.__dask_graph__()).values():
+        graph = arr.__dask_graph__()
+        # a persisted array's futures are in materialized layers: others are not expanded
+        layers = graph.layers.values() if isinstance(graph, HighLevelGraph) else [graph]
+        values = (
+            v
+            for layer in layers
+            if isinstance(layer, MaterializedLayer | dict)
+            for v in (layer.mapping if isinstance(layer, MaterializedLayer) else layer).values()
+        )
+        for v in values:
             if not isinstance(v, Future):
                 continue
             if v.status in ("cancelled", "lost") or v.client.status in ("closing", "closed"):
