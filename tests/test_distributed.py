@@ -327,13 +327,12 @@ def test_a_set_persisted_on_a_cluster_since_closed_is_named_not_missing_dependen
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
         ) as cluster,
-        distributed.Client(cluster) as client,
+        distributed.Client(cluster),
     ):
         held = dask.array.from_array(images, chunks=(10, 4, 4, 3)).persist()
         ds = di.ImageSet(held, np.arange(40) % 2, classes=["a", "b"])
         fed = list(di.BatchIterator(ds, batch_size=8, shuffle=False))  # while it runs: fed
         np.testing.assert_array_equal(np.concatenate([b[0] for b in fed]), images)
-        client.close()
     said = r"array 'images' was persisted on a dask.distributed cluster .* client is closed"
     with pytest.raises(DaskImgError, match=said):
         di.to_zarr(ds, tmp_path / "x.zarr.zip")
