@@ -151,7 +151,7 @@ def cut_checked(arr: da.Array, name: str, idx: np.ndarray) -> da.Array:
 
 def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
     """Refuse dask arrays persisted on a ``distributed`` cluster (``ds.images.persist()``)
-    whose chunks are gone: their client was closed, or its cluster lost them. Dask then
+    whose chunks are gone: their client was closed, or they were cancelled. Dask then
     fails with "Missing dependency" or "cancelled for reason: unknown", naming none of the
     user's arrays; this names the array and says what to do."""
     import sys
@@ -175,10 +175,11 @@ def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
         for v in values:
             if not isinstance(v, Future):
                 continue
-            if v.status in ("cancelled", "lost") or v.client.status in ("closing", "closed"):
+            # ("lost": a worker died; the scheduler may compute it again, so not refused)
+            if v.status == "cancelled" or v.client.status in ("closing", "closed"):
                 raise DaskImgError(
                     f"array {name!r} was persisted on a dask.distributed cluster "
-                    f"(.persist()) whose client is closed or which lost its chunks (future "
+                    f"(.persist()) whose client is closed, or its chunks cancelled (future "
                     f"{v.status}, client {v.client.status}): they are gone, and dask cannot "
                     "compute them again from here. Persist it again with a running client "
                     "(or compute it to numpy first), or write the set with daskimg.to_zarr "
