@@ -76,7 +76,9 @@ LOWEST_TESTS := \
 	tests/test_convert.py::test_convert_hdf5_shuffled_matches_source \
 	tests/test_convert.py::test_verify_and_info_report_a_truncated_zip \
 	tests/test_convert.py::test_a_virtual_dataset_with_gaps_is_refused_not_stored_as_zeros \
-	tests/test_store.py::test_zstd_chunks_without_their_content_size_are_read_as_plain_zarr_reads_them
+	tests/test_store.py::test_zstd_chunks_without_their_content_size_are_read_as_plain_zarr_reads_them \
+	tests/test_procpool.py::test_image_chunks_are_written_from_the_workers_memory \
+	tests/test_distributed.py::test_a_set_persisted_on_a_cluster_since_closed_is_named_not_missing_dependency
 # Warnings that only the older allowed releases give (the suite makes warnings errors):
 # - scipy<1.16 warns on affine_transform's 1-D matrix, which read/decode.py's _zoom passes;
 # - dask<2025.4 warns when a test computes with scheduler="threads" beside its Client.
