@@ -310,6 +310,8 @@ class FeedSource:
             }
         else:
             self.fast = set()
+        # arrays persisted on a cluster whose client is gone: named now, not when computed
+        check_persisted_reachable({n: a for n, a in self.lazy.items() if n not in self.fast})
         if images is not None and len(images.shape) >= 3:
             # a box in another frame would be flipped and cropped as if it were in the
             # images' (the store's own boxes were checked when written)
@@ -401,7 +403,7 @@ class FeedSource:
             parts = {n: self._blocks_over(n, c, a, b) for n in slow}
             tasks = [self.lazy[n].blocks[i] for n in slow for i, _ in parts[n]]
             try:
-                computed = iter(dask.compute(*tasks, scheduler=self.scheduler))
+                results = dask.compute(*tasks, scheduler=self.scheduler)
             except Exception as e:
                 # persisted on a cluster whose client is gone: said so, not dask's
                 # "Missing dependency" (else the error as it is)
@@ -413,6 +415,10 @@ class FeedSource:
                         "restarted, mid-epoch?); start the epoch again with a running client"
                     )
                 raise
+            if any(type(r).__name__ == "Future" for r in results):
+                # (dask before 2025 hands a closed client's futures back as values)
+                check_persisted_reachable({n: self.lazy[n] for n in slow})
+            computed = iter(results)
             for name in slow:
                 got = [self._checked(name, rows, next(computed)) for _, rows in parts[name]]
                 if len(got) == 1 and parts[name][0][1] == (a, b):
