@@ -341,6 +341,44 @@ def test_a_set_persisted_on_a_cluster_since_closed_is_named_not_missing_dependen
         list(di.BatchIterator(ds, batch_size=8, shuffle=False))
 
 
+def test_persisted_chunks_still_there_are_written_and_another_clients_are_named(tmp_path):
+    # refused only after a computation fails: the same keys persisted again by a new
+    # client, or only an unneeded block cancelled, are written as they are (pixels
+    # oracle); a client that is not the default scheduler is named, not "Missing dependency"
+    images = np.zeros((60, 4, 4, 3), np.uint8)
+    images[..., 0] = np.arange(60)[:, None, None]
+    lazy = dask.array.from_array(images, chunks=(10, 4, 4, 3))
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        with distributed.Client(cluster) as first:
+            held = lazy.persist()
+            distributed.wait(held)
+            first.cancel([v for v in dict(held.__dask_graph__()).values() if v.key[1] == 0])
+            part = di.to_zarr(
+                di.ImageSet(held[30:], np.arange(30)), tmp_path / "p.zarr.zip", order="source"
+            )
+            np.testing.assert_array_equal(plain_group(part)["images"][:], images[30:])
+        with distributed.Client(cluster):
+            kept = lazy.persist()  # the same keys, again (held while it is written)
+            distributed.wait(kept)
+            again = di.to_zarr(
+                di.ImageSet(held, np.arange(60)), tmp_path / "a.zarr.zip", order="source"
+            )
+            np.testing.assert_array_equal(plain_group(again)["images"][:], images)
+        with distributed.Client(cluster, set_as_default=False) as aside:
+            elsewhere = aside.persist(lazy)
+            with pytest.raises(DaskImgError, match=r"'images' is persisted on a .* not the sch"):
+                di.to_zarr(di.ImageSet(elsewhere, np.arange(60)), tmp_path / "e.zarr.zip")
+            with pytest.raises(DaskImgError, match=r"'images' is persisted on a .* not the sch"):
+                list(di.BatchIterator(di.ImageSet(elsewhere, np.arange(60)), batch_size=8))
+            with dask.config.set(scheduler=aside):
+                fine = di.to_zarr(
+                    di.ImageSet(elsewhere, np.arange(60)), tmp_path / "f.zarr.zip", order="source"
+                )
+            np.testing.assert_array_equal(plain_group(fine)["images"][:], images)
+
+
 @pytest.mark.slow
 def test_memory_urls_on_a_cluster_of_processes_say_so(tmp_path, cluster):
     # fsspec's memory:// lives in one process: read on the workers, a store was "changed

@@ -310,8 +310,6 @@ class FeedSource:
             }
         else:
             self.fast = set()
-        # arrays persisted on a cluster whose client is gone: named now, not when computed
-        check_persisted_reachable({n: a for n, a in self.lazy.items() if n not in self.fast})
         if images is not None and len(images.shape) >= 3:
             # a box in another frame would be flipped and cropped as if it were in the
             # images' (the store's own boxes were checked when written)

@@ -150,10 +150,14 @@ def cut_checked(arr: da.Array, name: str, idx: np.ndarray) -> da.Array:
 
 
 def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
-    """Refuse dask arrays persisted on a ``distributed`` cluster (``ds.images.persist()``)
-    whose chunks are gone: their client was closed, or they were cancelled. Dask then
-    fails with "Missing dependency" or "cancelled for reason: unknown", naming none of the
-    user's arrays; this names the array and says what to do."""
+    """After a computation of ``arrays`` failed (or handed futures back as values): refuse
+    those persisted on a ``distributed`` cluster (``ds.images.persist()``) whose chunks
+    this process cannot reach — their client was closed, they were cancelled, or their
+    client is not the scheduler the computation ran on (``Client(set_as_default=False)``).
+    Dask then fails with "Missing dependency" or "cancelled for reason: unknown", naming
+    none of the user's arrays; this names the array and says what to do. Not asked before
+    computing: the chunks the computation needs may be there all the same (persisted again
+    under the same keys, or only unneeded ones cancelled)."""
     import sys
 
     if "distributed" not in sys.modules:
@@ -172,16 +176,38 @@ def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
             if isinstance(layer, MaterializedLayer | dict)
             for v in (layer.mapping if isinstance(layer, MaterializedLayer) else layer).values()
         )
-        for v in values:
-            if not isinstance(v, Future):
-                continue
-            # ("lost": a worker died; the scheduler may compute it again, so not refused)
-            if v.status == "cancelled" or v.client.status in ("closing", "closed"):
-                raise DaskImgError(
-                    f"array {name!r} was persisted on a dask.distributed cluster "
-                    f"(.persist()) whose client is closed, or its chunks cancelled (future "
-                    f"{v.status}, client {v.client.status}): they are gone, and dask cannot "
-                    "compute them again from here. Persist it again with a running client "
-                    "(or compute it to numpy first), or write the set with daskimg.to_zarr "
-                    "while the cluster runs and read the store"
-                )
+        futures = [v for v in values if isinstance(v, Future)]
+        # ("lost": a worker died; the scheduler may compute it again, so not refused)
+        gone = [f for f in futures if f.status == "cancelled" or f.client.status != "running"]
+        if gone:
+            f = gone[0]
+            raise DaskImgError(
+                f"array {name!r} was persisted on a dask.distributed cluster (.persist()) "
+                f"whose client is closed, or its chunks cancelled (future {f.status}, "
+                f"client {f.client.status}): they are gone, and dask cannot compute them "
+                "again from here. Persist it again with a running client (or compute it "
+                "to numpy first), or write the set with daskimg.to_zarr while the cluster "
+                "runs and read the store"
+            )
+        if futures and not _runs_on(futures[0].client):
+            raise DaskImgError(
+                f"array {name!r} is persisted on a dask.distributed client that is not the "
+                "scheduler this computation ran on (a Client(set_as_default=False)?), so "
+                "its chunks were not found. Run it on that client: with "
+                "dask.config.set(scheduler=client): ..., or client.as_current()"
+            )
+
+
+def _runs_on(client: Any) -> bool:
+    """Whether dask's computations in this thread run on ``client`` now."""
+    import dask
+
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler is client or getattr(scheduler, "__self__", None) is client:
+        return True
+    try:
+        from distributed import default_client
+
+        return default_client() is client and scheduler in (None, "dask.distributed")
+    except ValueError:  # no client is the default
+        return False

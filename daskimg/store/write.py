@@ -236,7 +236,6 @@ def check_writable(imageset: ImageSet, *, check_layout: bool = True) -> None:
         raise ValueError("this ImageSet has no images; write other arrays with daskimg.ArrayWriter")
     if len(imageset) == 0:
         raise ValueError("the ImageSet is empty; there is nothing to store")
-    check_persisted_reachable(imageset.arrays)
     imageset.check_one_split("storing")
     if 0 in imageset.images.shape[1:]:
         raise ValueError(f"every image is empty (shape {imageset.images.shape}); nothing to store")
@@ -625,6 +624,11 @@ def write_store(
                 with contextlib.suppress(Exception):
                     target.close()
             loc.discard(staging)
+        if isinstance(e, Exception) and not isinstance(e, DaskImgError):
+            try:  # persisted on a cluster this process no longer reaches: said so
+                check_persisted_reachable(ds.arrays)
+            except DaskImgError as said:
+                raise said from e
         if isinstance(e, OSError) and not isinstance(e, DaskImgError) and e.errno is not None:
             raise OSError(
                 e.errno,
