@@ -405,7 +405,7 @@ class FeedSource:
             except Exception as e:
                 # persisted on a cluster whose client is gone: said so, not dask's
                 # "Missing dependency" (else the error as it is)
-                check_persisted_reachable({n: self.lazy[n] for n in slow})
+                check_persisted_reachable({n: self.lazy[n] for n in slow}, self.scheduler)
                 if "Cancelled" in type(e).__name__:  # distributed's, or concurrent's
                     e.add_note(
                         f"daskimg: computing the array(s) {', '.join(map(repr, slow))} for "
@@ -415,7 +415,7 @@ class FeedSource:
                 raise
             if any(type(r).__name__ == "Future" for r in results):
                 # (dask before 2025 hands a closed client's futures back as values)
-                check_persisted_reachable({n: self.lazy[n] for n in slow})
+                check_persisted_reachable({n: self.lazy[n] for n in slow}, self.scheduler)
             computed = iter(results)
             for name in slow:
                 got = [self._checked(name, rows, next(computed)) for _, rows in parts[name]]

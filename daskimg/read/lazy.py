@@ -149,7 +149,7 @@ def cut_checked(arr: da.Array, name: str, idx: np.ndarray) -> da.Array:
     return part[inside[where] + (idx - starts[block])]
 
 
-def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
+def check_persisted_reachable(arrays: Mapping[str, Any], scheduler: Any = None) -> None:
     """After a computation of ``arrays`` failed (or handed futures back as values): refuse
     those persisted on a ``distributed`` cluster (``ds.images.persist()``) whose chunks
     this process cannot reach — their client was closed, they were cancelled, or their
@@ -157,7 +157,8 @@ def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
     Dask then fails with "Missing dependency" or "cancelled for reason: unknown", naming
     none of the user's arrays; this names the array and says what to do. Not asked before
     computing: the chunks the computation needs may be there all the same (persisted again
-    under the same keys, or only unneeded ones cancelled)."""
+    under the same keys, or only unneeded ones cancelled). ``scheduler``: the one the
+    computation was given, if any (else dask's configured one)."""
     import sys
 
     if "distributed" not in sys.modules:
@@ -189,7 +190,7 @@ def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
                 "to numpy first), or write the set with daskimg.to_zarr while the cluster "
                 "runs and read the store"
             )
-        if futures and not _runs_on(futures[0].client):
+        if futures and not _runs_on(futures[0].client, scheduler):
             raise DaskImgError(
                 f"array {name!r} is persisted on a dask.distributed client that is not the "
                 "scheduler this computation ran on (a Client(set_as_default=False)?), so "
@@ -198,11 +199,13 @@ def check_persisted_reachable(arrays: Mapping[str, Any]) -> None:
             )
 
 
-def _runs_on(client: Any) -> bool:
-    """Whether dask's computations in this thread run on ``client`` now."""
+def _runs_on(client: Any, scheduler: Any = None) -> bool:
+    """Whether a computation given ``scheduler`` (None: dask's configured one) runs on
+    ``client``."""
     import dask
 
-    scheduler = dask.config.get("scheduler", None)
+    if scheduler is None:
+        scheduler = dask.config.get("scheduler", None)
     if scheduler is client or getattr(scheduler, "__self__", None) is client:
         return True
     try:
