@@ -197,9 +197,9 @@ def _lined_up(data, place, offset=0):
     return view
 
 
-def _spy_in_place(monkeypatch):
-    """The pieces AppendFile wrote from their own memory (their lengths, by id)."""
-    seen = []
+def _counting(seen):
+    """AppendFile._write_in_place, noting in ``seen`` the length of each piece it wrote
+    from the piece's own memory."""
     real = directio.AppendFile._write_in_place
 
     def spy(self, view):
@@ -208,7 +208,13 @@ def _spy_in_place(monkeypatch):
             seen.append(view.nbytes)
         return done
 
-    monkeypatch.setattr(directio.AppendFile, "_write_in_place", spy)
+    return spy
+
+
+def _spy_in_place(monkeypatch):
+    """The lengths of the pieces AppendFile wrote from their own memory."""
+    seen = []
+    monkeypatch.setattr(directio.AppendFile, "_write_in_place", _counting(seen))
     return seen
 
 
@@ -226,15 +232,8 @@ def test_pieces_lined_up_with_their_place_are_written_from_their_memory(
     path = tmp_path_factory.mktemp("d") / "f.bin"
     raw = [p.tobytes() for p in _pieces(sizes, seed)]
     seen: list[int] = []
-    real = directio.AppendFile._write_in_place
-
-    def spy(self, view):
-        done = real(self, view)
-        if done > 4096:
-            seen.append(view.nbytes)
-        return done
-
-    directio.AppendFile._write_in_place = spy
+    real = directio.AppendFile._write_in_place  # (hypothesis runs without monkeypatch)
+    directio.AppendFile._write_in_place = _counting(seen)
     try:
         with AppendFile(path) as fh:
             place, expect = 0, []
