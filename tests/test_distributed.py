@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -339,6 +340,9 @@ def test_a_set_persisted_on_a_cluster_since_closed_is_named_not_missing_dependen
     assert not (tmp_path / "x.zarr.zip").exists()
     with pytest.raises(DaskImgError, match=said):
         list(di.BatchIterator(ds, batch_size=8, shuffle=False))
+    if importlib.util.find_spec("matplotlib") is not None:  # (no extra in the lowest run)
+        with pytest.raises(DaskImgError, match=said):
+            ds.show(n=4)  # (its grid computes the images too)
 
 
 def test_persisted_chunks_still_there_are_written_and_another_clients_are_named(tmp_path):
