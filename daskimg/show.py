@@ -17,8 +17,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .read.lazy import check_persisted_reachable
-
 __all__ = ["WINDOW", "Grid", "grid_figure", "save_grid", "window"]
 
 #: the percentiles that span black to white for volumes and floating-point images
@@ -184,15 +182,7 @@ def _read(ds: ShowableSet, idx: np.ndarray) -> tuple[np.ndarray, dict[str, np.nd
     names = [b for b in ds.boxes if b in ds.columns] if images.ndim == 4 else []
     if "masks" in ds.columns and images.ndim == 4:
         names.append("masks")
-    arrays = {"images": images, **{name: ds.columns[name] for name in names}}
-    try:
-        got = dask.compute(*(a[idx] for a in arrays.values()))
-    except Exception:
-        # persisted on a cluster this process no longer reaches: said so (else as it is)
-        check_persisted_reachable(arrays)
-        raise
-    if any(type(v).__name__ == "Future" for v in got):  # (dask before 2025: see read.lazy)
-        check_persisted_reachable(arrays)
+    got = dask.compute(images[idx], *(ds.columns[name][idx] for name in names))
     return np.asarray(got[0]), {k: np.asarray(v) for k, v in zip(names, got[1:], strict=True)}
 
 

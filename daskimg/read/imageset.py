@@ -16,7 +16,7 @@ import numpy as np
 from .boxes import check_boxes, image_frame
 from .decode import DecodeSpec
 from .files import ON_ERROR
-from .lazy import cut_checked, unmasked
+from .lazy import check_persisted_reachable, cut_checked, unmasked
 from .source import DEFAULT_BLOCK, FileSource, RowSource
 
 logger = logging.getLogger("daskimg")
@@ -500,7 +500,12 @@ class ImageSet:
         # an array put in since of another length (a whole set's boxes on a subset) would
         # be drawn on other samples; labels beyond the classes named nothing
         self.check_columns(strict=False)
-        return Grid(grid_figure(self, n=n, seed=seed))
+        try:
+            return Grid(grid_figure(self, n=n, seed=seed))
+        except Exception:
+            # persisted on a cluster this process no longer reaches: said so (else as it is)
+            check_persisted_reachable(self.arrays)
+            raise
 
     def take(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
         """A new set with the samples at ``indices``, in that order (or where a boolean mask is True).
