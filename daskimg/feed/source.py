@@ -16,7 +16,7 @@ import numpy as np
 
 from ..read.boxes import checked_column, image_frame
 from ..read.imageset import ImageSet
-from ..read.lazy import check_block, check_persisted_reachable, unmasked
+from ..read.lazy import check_block, check_persisted_reachable, persisted_futures, unmasked
 from ..store.encode import fitted
 from ..store.jpeg import JpegChunk
 from ..store.open import open_zarr, store_array_name
@@ -465,17 +465,7 @@ def persisted(lazy: Mapping[str, da.Array]) -> list[str]:
     """The names of ``lazy`` arrays persisted on a ``distributed`` cluster
     (``ds.images.persist()``): their chunks live on the cluster, which only the process
     holding the client reaches (another process failed with dask's "Missing dependency")."""
-    import sys
-
-    if "distributed" not in sys.modules:
-        return []
-    from distributed import Future
-
-    return [
-        name
-        for name, arr in lazy.items()
-        if any(isinstance(v, Future) for v in dict(arr.__dask_graph__()).values())
-    ]
+    return [name for name, arr in lazy.items() if persisted_futures(arr)]
 
 
 def blocks_read() -> int:

@@ -149,6 +149,27 @@ def cut_checked(arr: da.Array, name: str, idx: np.ndarray) -> da.Array:
     return part[inside[where] + (idx - starts[block])]
 
 
+def persisted_futures(arr: Any) -> list[Any]:
+    """The ``distributed`` futures ``arr`` (a dask array) holds: its persisted chunks
+    (``ds.images.persist()``); none for other arrays, or without ``distributed``."""
+    import sys
+
+    if "distributed" not in sys.modules or not isinstance(arr, da.Array):
+        return []
+    from distributed import Future
+
+    graph = arr.__dask_graph__()
+    # a persisted array's futures are in materialized layers: others are not expanded
+    layers = graph.layers.values() if isinstance(graph, HighLevelGraph) else [graph]
+    return [
+        v
+        for layer in layers
+        if isinstance(layer, MaterializedLayer | dict)
+        for v in (layer.mapping if isinstance(layer, MaterializedLayer) else layer).values()
+        if isinstance(v, Future)
+    ]
+
+
 def check_persisted_reachable(arrays: Mapping[str, Any], scheduler: Any = None) -> None:
     """After a computation of ``arrays`` failed (or handed futures back as values): refuse
     those persisted on a ``distributed`` cluster (``ds.images.persist()``) whose chunks
@@ -159,25 +180,8 @@ def check_persisted_reachable(arrays: Mapping[str, Any], scheduler: Any = None) 
     computing: the chunks the computation needs may be there all the same (persisted again
     under the same keys, or only unneeded ones cancelled). ``scheduler``: the one the
     computation was given, if any (else dask's configured one)."""
-    import sys
-
-    if "distributed" not in sys.modules:
-        return
-    from distributed import Future
-
     for name, arr in arrays.items():
-        if not isinstance(arr, da.Array):
-            continue
-        graph = arr.__dask_graph__()
-        # a persisted array's futures are in materialized layers: others are not expanded
-        layers = graph.layers.values() if isinstance(graph, HighLevelGraph) else [graph]
-        values = (
-            v
-            for layer in layers
-            if isinstance(layer, MaterializedLayer | dict)
-            for v in (layer.mapping if isinstance(layer, MaterializedLayer) else layer).values()
-        )
-        futures = [v for v in values if isinstance(v, Future)]
+        futures = persisted_futures(arr)
         # ("lost": a worker died; the scheduler may compute it again, so not refused)
         gone = [f for f in futures if f.status == "cancelled" or f.client.status != "running"]
         if gone:
