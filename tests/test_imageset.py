@@ -452,6 +452,28 @@ def test_from_csv_keeps_the_csv_path_of_a_symlink(tmp_path):
         di.from_csv(csv, root=root, size=(12, 10))
 
 
+def test_from_csv_reads_absolute_paths_through_the_link_root_was_named_by(tmp_path):
+    # /data -> /mnt/disk1/data, macOS's /tmp -> /private/tmp: a CSV of absolute paths
+    # written with the name the user knows was refused as "outside root '<real folder>'"
+    files = di.testing.make_image_folder(tmp_path / "real", n=3, size=(12, 10), classes=("a",))
+    (tmp_path / "data").symlink_to(tmp_path / "real", target_is_directory=True)
+    root = tmp_path / "data"
+    csv = tmp_path / "labels.csv"
+    rows = [f"{root / 'a' / f.name},a" for f in sorted(files)[:2]]
+    rows.append(f"{tmp_path / 'real' / 'a' / sorted(files)[2].name},a")  # its real name too
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    ds = di.from_csv(csv, root=root, size=(12, 10))
+    assert ds.paths.tolist() == [f"a/{f.name}" for f in sorted(files)]
+    got = ds.images.compute()
+    for i, f in enumerate(sorted(files)):
+        np.testing.assert_array_equal(got[i], _pillow_rgb(f))
+    csv.write_text(f"path,label\n{tmp_path / 'a' / files[0].name},a\n")
+    with pytest.raises(
+        ValueError, match=f"outside root '{root}' \\(the folder '{tmp_path / 'real'}'"
+    ):
+        di.from_csv(csv, root=root, size=(12, 10))
+
+
 def test_from_csv_reads_a_header_with_a_byte_order_mark(image_folder, tmp_path):
     # Excel's "CSV UTF-8" starts the file with a BOM
     files = sorted(image_folder.rglob("*.png"))[:3]

@@ -62,7 +62,7 @@ def from_csv(
         A CSV file with a header row (a local path or a URL).
     root
         Folder the paths in ``path_column`` are relative to (an absolute path inside it
-        is read too). Paths that lead outside it (absolute elsewhere, or up through
+        is read too, named through root's links or its real folder). Paths that lead outside it (absolute elsewhere, or up through
         ``..``) are refused; symbolic links inside it are followed
         wherever they point, and each sample keeps the name the CSV gives it. A URL (``"s3://bucket/imgs"``) reads the images with fsspec.
     path_column, label_column
@@ -152,7 +152,8 @@ def from_csv(
     if not rows:
         raise NoImagesFoundError(f"{where} has a header but no rows")
     base = root_url or root_path
-    files = _paths(rows, path_column, where, base)
+    given = None if root_url is not None else Path(os.path.abspath(root))  # before its links
+    files = _paths(rows, path_column, where, base, given)
     _refuse_repeats(rows, path_column, where, files, local=root_url is None)
     classes = given_classes(classes)
     if labels_are not in (None, "names", "indices"):
@@ -187,7 +188,7 @@ def from_csv(
         if root_url is None
         else RemoteFiles(protocol_of(root_url), dict(storage_options or {}))
     )
-    masks = None if mask_column is None else tuple(_paths(rows, mask_column, where, base))
+    masks = None if mask_column is None else tuple(_paths(rows, mask_column, where, base, given))
     if masks is not None:
         warn_lossy_masks(masks, where)
     spec = DecodeSpec(
@@ -370,8 +371,17 @@ def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
     return header, rows
 
 
-def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path) -> list[str]:
-    """The files a column names, relative to ``root`` and refused if they leave it."""
+def _paths(
+    rows: list[dict[str, Any]],
+    column: str,
+    where: str,
+    root: str | Path,
+    given: Path | None = None,
+) -> list[str]:
+    """The files a column names, relative to ``root`` and refused if they leave it.
+    ``given``: a local root as the caller named it (absolute), ``root`` being its real
+    folder: an absolute path through the same links (``/data/...`` for ``root="/data"``, a
+    link to a disk) is inside it too."""
     files: list[str] = []
     for line, row in enumerate(rows, start=2):
         raw = row[column] or ""
@@ -399,9 +409,13 @@ def _paths(rows: list[dict[str, Any]], column: str, where: str, root: str | Path
         # lexical: '..' and absolute paths may not leave the root, but a symbolic link
         # inside it may point anywhere (a cache), and the sample keeps the CSV's name
         full = Path(os.path.normpath(root / rel))
+        if not full.is_relative_to(root) and given is not None and full.is_relative_to(given):
+            full = root / full.relative_to(given)
         if not full.is_relative_to(root):
+            named = str(given if given is not None else root)
+            real = f" (the folder {str(root)!r})" if named != str(root) else ""
             raise ValueError(
-                f"{where}, line {line}: path {rel!r} points outside root {str(root)!r}; "
+                f"{where}, line {line}: path {rel!r} points outside root {named!r}{real}; "
                 "paths must be relative to root and stay inside it"
             )
         if ".." in Path(rel).parts:
