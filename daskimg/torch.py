@@ -769,8 +769,17 @@ def _for_rank(state: dict[str, Any], it: BatchIterator) -> dict[str, Any]:
     a DDP run mid-epoch. With ``even`` every rank yields the same batches per worker, so
     rank 0's position is every rank's; without it (ranks may differ by a batch) a state
     of another rank is refused, saying why."""
-    theirs = state.get("consumer")
-    if theirs is None or theirs == it.consumer or state.get("num_consumers") != it.num_consumers:
+    theirs, world = state.get("consumer"), state.get("num_consumers")
+    if world is not None and world != it.num_consumers:
+        # named in the state's own terms before ("saved with num_consumers=1", or even=False
+        # when only its default, which follows the world size, had changed)
+        raise ValueError(
+            f"cannot resume: the state was saved by rank {theirs} of world_size={world}, "
+            f"and this is rank {it.consumer} of world_size={it.num_consumers}. An epoch's "
+            "order is divided between the ranks: resume with as many ranks as the run that "
+            "saved it, or start the epoch afresh (no load_state_dict) with this many"
+        )
+    if theirs is None or theirs == it.consumer:
         return state
     if (state.get("even") and it.even) or state.get("batch") == 0:
         # equal batch counts, or an epoch not begun: every rank is at the same place

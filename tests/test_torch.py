@@ -600,6 +600,35 @@ def test_every_rank_resumes_from_rank_0s_state_as_lightning_saves_it(store, stor
         list(uneven)
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata's import
+@pytest.mark.parametrize(
+    ("saved", "resumed"), [((0, 1), (0, 2)), ((0, 1), (1, 2)), ((1, 2), (0, 1))]
+)
+def test_a_state_of_another_world_size_is_refused_naming_the_ranks(store, saved, resumed):
+    # a single-process checkpoint resumed by a 2-rank job was refused naming settings the
+    # user never passed: "saved with even=False" (even's default follows the world size),
+    # or, with even given, "num_consumers=1" / "consumer=0"
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    kw = {"batch_size": 4, "seed": 2}
+    first = sdl.StatefulDataLoader(
+        TorchDataset(store, **kw, rank=saved[0], world_size=saved[1]), batch_size=None
+    )
+    it = iter(first)
+    next(it)
+    state = first.state_dict()
+    del it
+    for even in (None, False):
+        ds = TorchDataset(store, **kw, rank=resumed[0], world_size=resumed[1], even=even)
+        loader = sdl.StatefulDataLoader(ds, batch_size=None)
+        loader.load_state_dict(state)
+        says = (
+            f"saved by rank {saved[0]} of world_size={saved[1]}, and this is rank "
+            f"{resumed[0]} of world_size={resumed[1]}"
+        )
+        with pytest.raises(ValueError, match=says):
+            next(iter(loader))
+
+
 def test_a_dtype_that_changes_volume_values_is_refused_naming_them(tmp_path):
     # TorchDataset(dtype=...) cast volumes bare: int16 CT 2049 became 2048 in float16,
     # -1000 HU wrapped to 24 in uint8, uint16 65520 became inf in float16
