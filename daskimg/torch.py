@@ -875,13 +875,19 @@ def _cast(t: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
     """``t.to(dtype)``, refused (ValueError) where it changes values beyond a float's own
     rounding: whole numbers a float type cannot hold (int16 2049 as float16 2048), values
     out of an integer type's range (-1000 as uint8 24), fractions or NaN made integers, and
-    finite values made infinite (65520 as float16). A volume's values are measurements.
+    finite values made infinite (65520 as float16) or values other than 0 made 0 (float64
+    1e-300 in float32: a log of it is -inf). A volume's values are measurements.
     Casts that keep every value (numpy's "safe": int16 to float32) are not checked."""
     out = t.to(dtype)
-    if not t.numel() or t.dtype == dtype or _safe(t.dtype, dtype) or _fits(t, dtype):
+    if not t.numel() or t.dtype == dtype or _safe(t.dtype, dtype):
         return out
-    if t.is_floating_point() and dtype.is_floating_point:
-        bad = torch.isinf(out) & torch.isfinite(t)  # rounding a float is what casting does
+    floats = t.is_floating_point() and dtype.is_floating_point
+    vanished = (out == 0) & (t != 0) if floats else None  # below the smallest it holds
+    if _fits(t, dtype) and (vanished is None or not bool(vanished.any())):
+        return out
+    if vanished is not None:
+        # rounding a float is what casting does; beyond its range either way is not
+        bad = (torch.isinf(out) & torch.isfinite(t)) | vanished
     elif dtype.is_floating_point:  # whole numbers: back to the same, and finite
         bad = ~torch.isfinite(out) | (out.to(t.dtype) != t)
     elif t.is_floating_point():  # to integers: fractions, NaN, wrapped values do not come back

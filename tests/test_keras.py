@@ -669,6 +669,24 @@ def test_float64_values_float32_cannot_hold_are_refused_not_made_inf(tmp_path):
     assert np.isfinite(got).all()
 
 
+def test_float64_values_float32_would_make_0_are_refused(tmp_path):
+    # 1e-300 in a float64 volume came out of scale="auto" as float32 0 without a word (a
+    # log of it is -inf), while 1e39 (inf) was refused
+    vol = np.full((2, 2, 3, 3, 1), 2e-300)
+    vol[1, 0, 0, 0, 0] = -1e-300
+    store = di.to_zarr(di.ImageSet(vol, np.array([0, 1])), tmp_path / "f.zarr.zip")
+    for scale in ("auto", 2.0):
+        ds = KerasDataset(store, batch_size=2, shuffle=False, arrays=("images",), scale=scale)
+        with pytest.raises(ValueError, match=r"images hold 1e-300 \(float64\), which is 0 in"):
+            ds[0]
+    # divided first, where it fits: -1e-300 / 1e-290 is -1e-10 in float32
+    ds = KerasDataset(store, batch_size=2, shuffle=False, arrays=("images",), scale=1e-290)
+    got = ds[0][0] if isinstance(ds[0], tuple) else ds[0]
+    oracle = (plain_group(store)["images"][...] / 1e-290).astype(np.float32)
+    np.testing.assert_array_equal(got, oracle)
+    assert (got != 0).all()
+
+
 def test_keras_checks_what_a_transform_returns_and_refuses_an_empty_source(store):
     # (review) KerasDataset reads through its own batch reader: a transform that cut the
     # labels short handed out 4 images with 3 labels, and an empty source gave len 0

@@ -660,6 +660,8 @@ def test_casts_that_change_integers_are_refused_whatever_their_types():
         ([128], torch.uint8, torch.int8),
         ([-1], torch.int16, torch.uint16),
         ([1e300], torch.float64, torch.float32),
+        ([0.5, 1e-300], torch.float64, torch.float32),  # became 0 without a word
+        ([1e-8], torch.float32, torch.float16),
     ):
         with pytest.raises(ValueError, match="values of this batch change"):
             _cast(torch.tensor(values, dtype=src), dst, "images")
@@ -667,10 +669,25 @@ def test_casts_that_change_integers_are_refused_whatever_their_types():
         ([2**53], torch.int64, torch.float64),
         ([127], torch.uint8, torch.int8),
         ([0.1, float("nan"), -float("inf")], torch.float64, torch.float32),
+        ([0.0, -0.0, 1e-40], torch.float64, torch.float32),  # 0 stays 0; 1e-40 is subnormal
         ([65504, 2048], torch.uint16, torch.float16),
     ):
         out = _cast(torch.tensor(values, dtype=src), dst, "images")
         np.testing.assert_array_equal(out.numpy(), torch.tensor(values, dtype=src).to(dst).numpy())
+
+
+def test_float64_values_that_would_become_0_in_float32_are_refused(tmp_path):
+    # TorchDataset(dtype=torch.float32) made a float64 volume's 1e-300 a 0 without a word,
+    # while 1e300 (inf) was refused
+    vol = np.full((3, 2, 3, 4, 1), 1e-300)
+    vol[1] = 0.25
+    store = di.to_zarr(di.ImageSet(vol), tmp_path / "tiny.zarr.zip", order="source")
+    ds = TorchDataset(store, batch_size=3, arrays=("images",), dtype=torch.float32, shuffle=False)
+    with pytest.raises(ValueError, match=r"holds 1e-300 \(torch.float64\), which becomes 0.0"):
+        next(iter(DataLoader(ds, batch_size=None)))
+    ds = TorchDataset(store, batch_size=3, arrays=("images",), dtype=torch.float64, shuffle=False)
+    (got,) = next(iter(DataLoader(ds, batch_size=None)))
+    np.testing.assert_array_equal(got.numpy(), plain_group(store)["images"][...])  # the oracle
 
 
 def test_ddp_ranks_of_a_small_image_store_each_read_their_share(tmp_path, caplog):

@@ -150,6 +150,19 @@ def test_a_float_dtype_that_cannot_hold_the_values_is_refused_naming_the_file(tm
     assert (got == 2.0**53).all()
 
 
+def test_float_values_a_narrower_float_would_make_0_are_refused_naming_the_file(tmp_path):
+    # dtype="float32" made a float64 volume's 1e-300 a 0 without a word (1e39, inf, was refused)
+    vol = np.full((2, 3, 4), 0.5)
+    vol[1, 2, 3] = -1e-300
+    np.save(tmp_path / "tiny.npy", vol)
+    with pytest.raises(DecodeError, match=r"tiny\.npy.*holds -1e-300, below float32's smallest"):
+        di.imread([str(tmp_path / "tiny.npy")], size=(2, 3, 4), dtype="float32").compute()
+    vol[1, 2, 3] = 1e-40  # float32 holds it (subnormal): kept as numpy casts it
+    np.save(tmp_path / "sub.npy", vol)
+    got = di.imread([str(tmp_path / "sub.npy")], size=(2, 3, 4), dtype="float32").compute()
+    np.testing.assert_array_equal(got[0, ..., 0], vol.astype(np.float32))
+
+
 def test_tiff_stacks_keep_their_dtype(tmp_path):
     vol = make_volume((4, 5, 6), dtype="int16", value_range=(-1000, 2000))
     tifffile.imwrite(tmp_path / "s.tif", vol, photometric="minisblack")

@@ -366,16 +366,24 @@ def check_auto_scale(transform: Any, first: Any, images: np.ndarray, fix: str) -
 def _check_float32_keeps(images: np.ndarray, scale: float = 1.0) -> None:
     """Refuse integer images float32 would round (beyond 2**24: an int32 label volume of
     IDs, whose 16777217 came out as 16777216), and float64 ones that divided by ``scale``
-    lie beyond float32's largest finite value (1e39 came out as inf)."""
+    lie beyond float32's largest finite value (1e39 came out as inf) or below its smallest
+    (1e-300 came out as 0)."""
     if images.dtype.kind == "f" and images.dtype.itemsize > 4 and images.size:
         with np.errstate(invalid="ignore"):
             finite = np.abs(images[np.isfinite(images)])
         big = float(finite.max()) if finite.size else 0.0
+        nonzero = finite[finite > 0]
+        small = float(nonzero.min()) if nonzero.size else 0.0
+        becomes = None
         if big / scale > float(np.finfo(np.float32).max):
+            value, becomes, fix = big, "infinity", "a larger scale"
+        elif small and np.float32(small / scale) == 0:
+            value, becomes, fix = small, "0", "a smaller scale"
+        if becomes is not None:
             raise ValueError(
-                f"images hold {big:g} ({images.dtype}), which is infinity in float32"
+                f"images hold {value:g} ({images.dtype}), which is {becomes} in float32"
                 + (f" after dividing by scale={scale:g}" if scale != 1 else "")
-                + "; pass a larger scale, or scale=None to keep them as stored"
+                + f"; pass {fix}, or scale=None to keep them as stored"
             )
         return
     if images.dtype.kind not in "iu" or images.dtype.itemsize < 4 or not images.size:

@@ -641,8 +641,9 @@ def check_volume_dtype(
 
 
 def _check_float_output(vol: np.ndarray, dtype: np.dtype, path: str) -> None:
-    """A float ``dtype`` narrower than the volume's: no value may become infinity, and integer
-    values must be whole numbers it holds exactly (float16 rounds 2049 to 2048)."""
+    """A float ``dtype`` narrower than the volume's: no value may become infinity, or 0 (other
+    than 0: float32 holds nothing below 1.4e-45), and integer values must be whole numbers
+    it holds exactly (float16 rounds 2049 to 2048)."""
     info = np.finfo(dtype)
     if vol.dtype.kind == "f":
         for plane in vol:  # a plane at a time: no second copy of a large volume
@@ -653,6 +654,14 @@ def _check_float_output(vol: np.ndarray, dtype: np.dtype, path: str) -> None:
                     f"the volume holds {float(plane[beyond].flat[0])!r}, beyond {dtype.name}'s "
                     f"largest value {float(info.max)!r}: it would become infinity; pass "
                     f"dtype='{vol.dtype.name}' (the source's own)",
+                )
+            vanished = (plane != 0) & (plane.astype(dtype) == 0)
+            if vanished.any():
+                raise DecodeError(
+                    path,
+                    f"the volume holds {float(plane[vanished].flat[0])!r}, below "
+                    f"{dtype.name}'s smallest value {float(info.smallest_subnormal)!r}: it "
+                    f"would become 0; pass dtype='{vol.dtype.name}' (the source's own)",
                 )
         return
     lo, hi = int(vol.min()), int(vol.max())
