@@ -821,6 +821,41 @@ def test_a_shard_index_entry_that_wraps_around_is_named(tmp_path, offset, nbytes
         list(di.BatchIterator(bad, batch_size=4, shuffle=False))
 
 
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "none"])
+def test_an_old_store_whose_index_gives_two_chunks_the_same_bytes_is_named(tmp_path, codec):
+    # a store without chunk tables (written before 2026-12) whose shard index points two
+    # chunks at the same bytes (index crc32c made again) read chunk 0's rows as chunk 1's,
+    # through every way in, and verify found nothing
+    import struct
+
+    import crc32c
+    import store_damage as sd
+
+    golden = Path(__file__).parent / "golden" / "v1" / f"{codec}.zarr.zip"
+    members = sd.read_local(golden)
+    key = "images/c/0/0/0/0"
+    n = len(sd.split_shard(members[key], 2))
+    assert n >= 2
+    data = bytearray(members[key])
+    index = data[len(data) - (n * 16 + 4) :]
+    index[16:32] = index[0:16]  # chunk 1 -> chunk 0's bytes
+    index[-4:] = crc32c.crc32c(bytes(index[:-4])).to_bytes(4, "little")
+    data[len(data) - len(index) :] = index
+    members[key] = bytes(data)
+    bad = sd.write_local(members, tmp_path / "bad.zarr.zip")
+    message = r"shard 0 .*index gives inner chunks 0 and 1 the same or overlapping bytes"
+    with pytest.raises(di.errors.ChecksumError, match=message):
+        di.open_zarr(bad).images.compute()
+    with pytest.raises(di.errors.ChecksumError, match=message):
+        list(di.BatchIterator(bad, batch_size=4, shuffle=False))
+    assert any("the same or overlapping bytes" in str(p) for p in verify(bad))
+    # the untouched store reads as plain zarr reads it (the oracle)
+    np.testing.assert_array_equal(
+        np.asarray(di.open_zarr(golden).images), plain_group(golden)["images"][...]
+    )
+    assert struct.unpack("<QQ", index[0:16]) == struct.unpack("<QQ", index[16:32])
+
+
 def test_a_damaged_zip_version_field_is_named(tmp_path):
     # a flipped 'version needed to extract' made zipfile raise NotImplementedError
     path = di.to_zarr(

@@ -104,6 +104,19 @@ class ChunkLocator:
             raise ChecksumError(
                 f"{where}: its index points outside the shard; the store is damaged — re-create it"
             )
+        # two chunks at the same (or overlapping) bytes: one chunk's rows read as another's,
+        # each checksum sound (stores without chunk tables, written before 2026-12, have
+        # nothing else to tell). No writer shares bytes between chunks
+        order = np.argsort(offs, kind="stable")
+        ends, starts = (offs + lens)[order][:-1], offs[order][1:]
+        if (ends > starts).any():
+            k = int(np.argmax(ends > starts))
+            a, b = sorted(int(np.flatnonzero(~missing)[order[m]]) for m in (k, k + 1))
+            raise ChecksumError(
+                f"{where}: its index gives inner chunks {a} and {b} the same or overlapping "
+                "bytes (one chunk's rows would be read as another's); the store is damaged — "
+                "re-create it"
+            )
         return index
 
     def inner(self, lay: ArrayLayout, i: int) -> tuple[str, int, int]:
