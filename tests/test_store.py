@@ -12,6 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -854,6 +855,30 @@ def test_an_old_store_whose_index_gives_two_chunks_the_same_bytes_is_named(tmp_p
         np.asarray(di.open_zarr(golden).images), plain_group(golden)["images"][...]
     )
     assert struct.unpack("<QQ", index[0:16]) == struct.unpack("<QQ", index[16:32])
+
+
+@pytest.mark.parametrize("what", ["named pipe", "folder", "device"])
+@pytest.mark.parametrize("key", ["images/c/1/0/0/0", "labels/c/1", "zarr.json", "images/zarr.json"])
+def test_a_folder_store_key_that_is_no_regular_file_is_named_so(tmp_path, what, key):
+    # a shard (or zarr.json) that is a named pipe, a folder or a link to /dev/zero was
+    # called "missing" (a user who lists the folder sees it there); nothing hangs on a pipe
+    imgs = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    ds = di.ImageSet(imgs, np.arange(16) % 3, classes=["a", "b", "c"])
+    path = di.to_zarr(ds, tmp_path / "s.zarr", chunks=4, shard_chunks=2)
+    full = Path(path, *key.split("/"))
+    full.unlink()
+    if what == "named pipe":
+        os.mkfifo(full)
+    elif what == "folder":
+        full.mkdir()
+    else:
+        full.symlink_to("/dev/zero")
+    said = (
+        rf"{re.escape(key)}\)? is a {what}( \(through a link to '/dev/zero'\))?, not a regular file"
+    )
+    with pytest.raises((di.errors.ChecksumError, di.errors.MetadataError), match=said):
+        dask.compute(*di.open_zarr(path).arrays.values())
+    assert any(re.search(said, p.message) for p in verify(path))
 
 
 def test_a_damaged_zip_version_field_is_named(tmp_path):

@@ -113,9 +113,15 @@ class ByteSource:
         size = self.keys.get(key)
         if size is None:
             raise ChecksumError(
-                f"{self.where}: {key!r} is missing; the store is damaged — re-create it"
+                f"{self.where}: {key!r} {self.absent(key)}; the store is damaged — re-create it"
             )
         return size
+
+    def absent(self, key: str) -> str:
+        """What a key that is not in :attr:`keys` is, for a message: ``"is missing"``, or (a
+        folder store) what lies at its path instead of a regular file (a user who lists the
+        folder sees it there)."""
+        return "is missing"
 
     def _read(self, key: str, start: int, n: int) -> bytes:
         raise NotImplementedError
@@ -454,6 +460,28 @@ class LocalDir(_LocalSource):
 
     def _locate(self, key: str) -> tuple[str, int]:
         return self._file(key), 0
+
+    def absent(self, key: str) -> str:
+        full = self._file(key)
+        try:
+            st = os.stat(full)  # (through a link: one to /dev/zero is a device)
+        except OSError:
+            return "is missing"
+        if stat.S_ISREG(st.st_mode):
+            return "was missing when the store was opened (a file is there now: open it again)"
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "something else")
+        link = f" (through a link to {os.path.realpath(full)!r})" if os.path.islink(full) else ""
+        return f"is {kind}{link}, not a regular file"
+
+
+#: what lies at a folder store's key instead of a file
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _raise(e: OSError) -> None:

@@ -503,9 +503,13 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
                 "store's folder again with a tool that writes '/' (Python's zipfile, 7-Zip, "
                 "`zip -0 -r`), stored (not deflated)"
             )
+        absent = reader.source.absent(f"{name}/zarr.json")
         raise MetadataError(
             f"{where}: array {name!r} is missing ({name}/zarr.json not found); "
             "the store is damaged — re-create it"
+            if absent == "is missing"
+            else f"{where}: array {name!r}: {name}/zarr.json {absent}; the store is "
+            "damaged — re-create it"
         )
     declared = attrs.get("arrays")
     entry = declared.get(name) if isinstance(declared, dict) else None

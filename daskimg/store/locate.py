@@ -77,7 +77,9 @@ class ChunkLocator:
         where = f"{self.path}: array {lay.name!r}, shard {shard} ({key})"
         size = self.source.keys.get(key)
         if size is None:
-            raise ChecksumError(f"{where} is missing; the store is damaged — re-create it")
+            raise ChecksumError(
+                f"{where} {self.source.absent(key)}; the store is damaged — re-create it"
+            )
         if size < n * 16 + 4:
             raise ChecksumError(
                 f"{where} is {size} bytes, too short for its index (empty or truncated); "
@@ -126,7 +128,8 @@ class ChunkLocator:
             size = self.source.keys.get(key)
             if size is None:
                 raise ChecksumError(
-                    f"{self.path}: array {lay.name!r}, chunk {i} ({key}) is missing; " + LEFT_OUT
+                    f"{self.path}: array {lay.name!r}, chunk {i} ({key}) "
+                    f"{self.source.absent(key)}; " + LEFT_OUT
                 )
             return key, 0, size
         shard, j = divmod(i * lay.inner_len, lay.shard_len)
