@@ -808,7 +808,20 @@ def test_volume_2d_tiff_and_rgb_tiff(tmp_path: Path) -> None:
     tifffile.imwrite(
         tmp_path / "rgb.tif", np.zeros((2, 5, 6, 3), dtype=np.uint8), photometric="rgb"
     )
-    _bad(tmp_path / "rgb.tif", VOLUME, r"color image \(shape \(2, 5, 6, 3\)")
+    _bad(tmp_path / "rgb.tif", VOLUME, r"a stack of color pages \(shape \(2, 5, 6, 3\)")
+
+
+def test_a_stack_of_color_pages_is_said_to_be_unreadable_either_way(tmp_path: Path) -> None:
+    # each size's message sent the user to the other: "give a 3-D size" as an image, "give
+    # a 2-D size" as a volume
+    pages = [Image.new("RGB", (6, 5), (40 * k, 0, 0)) for k in range(3)]
+    pages[0].save(tmp_path / "rgb.tif", save_all=True, append_images=pages[1:])
+    with Image.open(tmp_path / "rgb.tif") as im:
+        assert im.n_frames == 3  # the oracle: Pillow sees three pages
+    for spec in (DecodeSpec((5, 6)), VOLUME):
+        error = _bad(tmp_path / "rgb.tif", spec, "cannot be read either way")
+        assert "save each page as its own file" in str(error).lower()
+        assert "give a" not in str(error)
 
 
 def test_bad_volume_files(tmp_path: Path) -> None:

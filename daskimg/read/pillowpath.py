@@ -78,11 +78,20 @@ def decode_pil(
         if held == "stack":
             # pages of a TIFF are slices or channels of one picture far more often than
             # alternatives (an animated GIF/WebP is read by its first frame, as Pillow shows it)
+            gray = im.mode in ("1", "L", "P", "I", "F") or im.mode.startswith("I;")
             raise DecodeError(
                 path,
                 f"has {pages} pages; reading it as one 2-D image would keep only the "
-                "first. A stack of slices is a volume: give a 3-D size (size=(D, H, W)), or "
-                "save the page meant as its own file",
+                "first. "
+                + (
+                    "A stack of slices is a volume: give a 3-D size (size=(D, H, W)), or "
+                    "save the page meant as its own file"
+                    if gray
+                    else f"Its pages are {im.mode} pictures, and a volume has one channel, "
+                    "so it cannot be read either way: save each page as its own file (read "
+                    "them as images), or the slices as one channel (a .npy of shape "
+                    "(D, H, W)) to read a volume"
+                ),
             )
         if held == "pages":
             raise DecodeError(

@@ -233,12 +233,18 @@ def _read_tiff(path: str, source: str | io.BytesIO) -> np.ndarray:
             # writes for a stack of 3 or 4 slices unless told otherwise: read as slices
             if axes.endswith("S") and first.shape[-1] > 1:
                 samples = first.shape[axes.index("S")]
+                stack = len(first.shape) > 3 and samples <= 4  # pages of color pictures
                 raise DecodeError(
                     path,
-                    f"a color image (shape {tuple(first.shape)}, axes {axes}: "
+                    ("a stack of color pages" if stack else "a color image")
+                    + f" (shape {tuple(first.shape)}, axes {axes}: "
                     f"{samples} samples per pixel), not a volume of one channel; "
                     + (
-                        "give a 2-D size (height, width) to read images"
+                        "nor one image: it cannot be read either way. Save each page as its "
+                        "own file (read them as images), or the slices as one channel (a "
+                        ".npy of shape (D, H, W)) to read a volume"
+                        if stack
+                        else "give a 2-D size (height, width) to read images"
                         if samples <= 4
                         else "as an image it has more channels than the 1, 3 or 4 daskimg "
                         "reads, so it cannot be read either way: save its channels as "
