@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import zipfile
 
 import dask.array as da
@@ -183,6 +184,23 @@ def test_convert_refuses_fractional_labels_saying_what_to_do(tmp_path, arrays):
         ValueError, match=r"'labels' must be whole numbers \(class indices\).*0\.027.*columns="
     ):
         open_array_set(tmp_path / "r.npz", labels="labels")
+
+
+def test_labels_of_several_values_a_sample_are_refused_naming_their_shape(tmp_path, arrays):
+    # the shape said was the reshaped one, (8, 126) for an (8, 6, 7, 3) dataset: not what
+    # h5ls shows
+    x, y = arrays
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f.create_dataset("images", data=x)
+        f.create_dataset("onehot", data=np.eye(4)[y % 4])
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        shapes = {k: f[k].shape for k in f}  # the oracle: h5py's own shapes
+    for name in ("images", "onehot"):
+        said = re.escape(
+            f"labels {name!r} must be one per sample (shape (N,) or (N, 1)), got shape {shapes[name]}"
+        )
+        with pytest.raises(ValueError, match=said):
+            open_array_set(tmp_path / "m.h5", labels=name)
 
 
 @pytest.mark.parametrize(

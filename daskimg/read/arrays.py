@@ -885,9 +885,12 @@ def _labels(
         raise ValueError(
             f"labels {name!r} hold a single value ({values.item()!r}), not one per sample"
         )
+    given = values.shape
     values = values.reshape(len(values), -1)
     if values.shape[1] != 1:
-        raise ValueError(f"labels must be one per sample, got shape {values.shape}")
+        raise ValueError(
+            f"labels {name!r} must be one per sample (shape (N,) or (N, 1)), got shape {given}"
+        )
     values = values[:, 0]
     if values.dtype.kind in "SUO":
         text = np.array([_label_text(v, name, i) for i, v in enumerate(values)])
