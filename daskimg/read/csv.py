@@ -62,8 +62,9 @@ def from_csv(
         A CSV file with a header row (a local path or a URL).
     root
         Folder the paths in ``path_column`` are relative to (an absolute path inside it
-        is read too, named through root's links or its real folder). Paths that lead outside it (absolute elsewhere, or up through
-        ``..``) are refused; symbolic links inside it are followed
+        is read too, named through root's links or its real folder). Paths that lead
+        outside it (absolute elsewhere, or up through ``..``) are refused; symbolic links
+        inside it are followed
         wherever they point, and each sample keeps the name the CSV gives it. A URL (``"s3://bucket/imgs"``) reads the images with fsspec.
     path_column, label_column
         Column names. Labels may be class names (classes are then the sorted unique names)
