@@ -472,6 +472,22 @@ def test_from_csv_reads_absolute_paths_through_the_link_root_was_named_by(tmp_pa
         ValueError, match=f"outside root '{root}' \\(the folder '{tmp_path / 'real'}'"
     ):
         di.from_csv(csv, root=root, size=(12, 10))
+    # through another link to the same folder, or a link to a folder inside it: read
+    (tmp_path / "again").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "cls").symlink_to(tmp_path / "real" / "a", target_is_directory=True)
+    first, second = sorted(files)[:2]
+    rows = [f"{tmp_path / 'again' / 'a' / first.name},a", f"{tmp_path / 'cls' / second.name},a"]
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    ds = di.from_csv(csv, root=root, size=(12, 10))
+    assert ds.paths.tolist() == [f"a/{first.name}", f"a/{second.name}"]
+    # a root named through a link and then '..' (lexically another folder): a file beside
+    # it in that other folder is outside the real root, not the real root's file of that name
+    (tmp_path / "real" / "a" / "sub").mkdir()
+    (tmp_path / "L").symlink_to(tmp_path / "real" / "a" / "sub", target_is_directory=True)
+    (tmp_path / first.name).write_bytes(first.read_bytes())  # lexically under 'L/..'
+    csv.write_text(f"path,label\n{tmp_path / first.name},a\n")
+    with pytest.raises(ValueError, match="points outside root"):
+        di.from_csv(csv, root=tmp_path / "L" / "..", size=(12, 10))
 
 
 def test_from_csv_reads_a_header_with_a_byte_order_mark(image_folder, tmp_path):

@@ -153,7 +153,7 @@ def from_csv(
     if not rows:
         raise NoImagesFoundError(f"{where} has a header but no rows")
     base = root_url or root_path
-    given = None if root_url is not None else Path(os.path.abspath(root))  # before its links
+    given = None if root_url is not None else os.fspath(root)  # as named, before its links
     files = _paths(rows, path_column, where, base, given)
     _refuse_repeats(rows, path_column, where, files, local=root_url is None)
     classes = given_classes(classes)
@@ -377,13 +377,14 @@ def _paths(
     column: str,
     where: str,
     root: str | Path,
-    given: Path | None = None,
+    given: str | None = None,
 ) -> list[str]:
     """The files a column names, relative to ``root`` and refused if they leave it.
-    ``given``: a local root as the caller named it (absolute), ``root`` being its real
-    folder: an absolute path through the same links (``/data/...`` for ``root="/data"``, a
-    link to a disk) is inside it too."""
+    ``given``: a local root as the caller named it (for messages), ``root`` being its real
+    folder: an absolute path through links to a folder inside it (``/data/...`` for
+    ``root="/data"``, a link to a disk) is inside it too."""
     files: list[str] = []
+    folders: dict[Path, Path] = {}  # real paths of the folders of absolute paths, once each
     for line, row in enumerate(rows, start=2):
         raw = row[column] or ""
         rel = raw.strip()
@@ -410,13 +411,19 @@ def _paths(
         # lexical: '..' and absolute paths may not leave the root, but a symbolic link
         # inside it may point anywhere (a cache), and the sample keeps the CSV's name
         full = Path(os.path.normpath(root / rel))
-        if not full.is_relative_to(root) and given is not None and full.is_relative_to(given):
-            full = root / full.relative_to(given)
+        if not full.is_relative_to(root) and given is not None and os.path.isabs(rel):
+            # an absolute path through links to a folder inside root (the link root was
+            # named by, /data -> /mnt/disk1/data): its folder's real path is inside it
+            real = folders.get(full.parent)
+            if real is None:
+                real = folders[full.parent] = Path(os.path.realpath(full.parent))
+            if real.is_relative_to(root):
+                full = real / full.name
         if not full.is_relative_to(root):
-            named = str(given if given is not None else root)
-            real = f" (the folder {str(root)!r})" if named != str(root) else ""
+            named = given if given is not None else str(root)
+            also = f" (the folder {str(root)!r})" if named != str(root) else ""
             raise ValueError(
-                f"{where}, line {line}: path {rel!r} points outside root {named!r}{real}; "
+                f"{where}, line {line}: path {rel!r} points outside root {named!r}{also}; "
                 "paths must be relative to root and stay inside it"
             )
         if ".." in Path(rel).parts:
