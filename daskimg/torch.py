@@ -882,12 +882,13 @@ def _cast(t: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
     if not t.numel() or t.dtype == dtype or _safe(t.dtype, dtype):
         return out
     floats = t.is_floating_point() and dtype.is_floating_point
-    vanished = (out == 0) & (t != 0) if floats else None  # below the smallest it holds
-    if _fits(t, dtype) and (vanished is None or not bool(vanished.any())):
+    # below the smallest it holds: fewer values other than 0 (a cast makes no 0 other than 0)
+    vanished = floats and int(torch.count_nonzero(out)) != int(torch.count_nonzero(t))
+    if not vanished and _fits(t, dtype):
         return out
-    if vanished is not None:
+    if floats:
         # rounding a float is what casting does; beyond its range either way is not
-        bad = (torch.isinf(out) & torch.isfinite(t)) | vanished
+        bad = (torch.isinf(out) & torch.isfinite(t)) | ((out == 0) & (t != 0))
     elif dtype.is_floating_point:  # whole numbers: back to the same, and finite
         bad = ~torch.isfinite(out) | (out.to(t.dtype) != t)
     elif t.is_floating_point():  # to integers: fractions, NaN, wrapped values do not come back

@@ -837,6 +837,22 @@ def test_a_dask_source_whose_blocks_hold_values_their_dtype_cannot_is_refused():
     np.testing.assert_array_equal(got, (held % 256).astype(np.uint8))  # oracle: numpy's cast
 
 
+def test_a_dask_source_whose_float64_blocks_float32_would_make_0_is_refused():
+    # declared float32, computed float64: 1e-300 was fed as 0.0 (1e39, inf, was refused)
+    import dask.array as da
+
+    held = np.random.default_rng(0).random((8, 4, 4, 1))
+    held[5, 0, 0, 0] = 1e-300
+    lying = da.from_array(held, chunks=4).map_blocks(lambda b: b, dtype=np.float32)
+    it = di.BatchIterator({"images": lying}, batch_size=8, shuffle=False, arrays=("images",))
+    with pytest.raises(ValueError, match=r"'images' is float32 but .* such as 1e-300"):
+        list(it)
+    held[5, 0, 0, 0] = 1e-40  # float32 holds it (subnormal): fed as numpy casts it
+    fits = da.from_array(held, chunks=4).map_blocks(lambda b: b, dtype=np.float32)
+    it = di.BatchIterator({"images": fits}, batch_size=8, shuffle=False, arrays=("images",))
+    np.testing.assert_array_equal(next(iter(it))[0], held.astype(np.float32))
+
+
 def test_labels_below_minus_one_are_refused_without_classes():
     """-2 was stored as a label when no classes were given (with classes it was refused)."""
     with pytest.raises(ValueError, match=r"labels must be class indices .*found -2"):

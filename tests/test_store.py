@@ -1488,6 +1488,7 @@ def _refused(ds, where, tmp_path, match):
     ("held", "declared"),
     [
         (np.array([1.0, 1e39, 2.0, 3.0]), np.float32),  # would become infinity
+        (np.array([1.0, -1e-300, 2.0, 3.0]), np.float32),  # would become 0
         (np.array([1, 2**24 + 1, 2, 3], np.int64), np.float32),  # would round to 2**24
         (np.array([1, 2**53 + 1, 2, 3], np.int64), np.float64),  # numpy calls this cast safe
         (np.array([1, 2, 0, 1], np.int64), np.bool_),  # 2 would become True

@@ -372,14 +372,14 @@ def _check_float32_keeps(images: np.ndarray, scale: float = 1.0) -> None:
         with np.errstate(invalid="ignore"):
             finite = np.abs(images[np.isfinite(images)])
         big = float(finite.max()) if finite.size else 0.0
-        nonzero = finite[finite > 0]
-        small = float(nonzero.min()) if nonzero.size else 0.0
+        small = float(np.fmin.reduce(finite, where=finite > 0, initial=np.inf))
         becomes = None
         if big / scale > float(np.finfo(np.float32).max):
             value, becomes, fix = big, "infinity", "a larger scale"
-        elif small and np.float32(small / scale) == 0:
+        elif np.isfinite(small) and np.float32(small / scale) == 0:
             value, becomes, fix = small, "0", "a smaller scale"
         if becomes is not None:
+            value = float(images[np.abs(images) == value].flat[0])  # with its sign
             raise ValueError(
                 f"images hold {value:g} ({images.dtype}), which is {becomes} in float32"
                 + (f" after dividing by scale={scale:g}" if scale != 1 else "")

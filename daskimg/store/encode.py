@@ -47,6 +47,7 @@ __all__ = [
     "kept_raw",
     "raw_header",
     "trailer",
+    "vanishes",
 ]
 
 #: the layouts (:attr:`ArrayLayout.kind`) encoded here; the others are written through zarr
@@ -325,10 +326,22 @@ def becomes_inf(values: np.ndarray, cast: np.ndarray) -> np.ndarray:
     return np.isfinite(values) & np.isinf(cast)
 
 
+def vanishes(values: np.ndarray, dtype: np.dtype[Any]) -> bool:
+    """Whether a float of ``values`` other than 0 becomes 0 in the narrower float ``dtype``
+    (float64 1e-300 in float32): only its smallest magnitude is cast."""
+    if not values.size:
+        return False
+    with np.errstate(invalid="ignore"):
+        tiny = np.fmin.reduce(np.abs(values), axis=None, where=values != 0, initial=np.inf)
+    with np.errstate(under="ignore"):
+        return bool(np.isfinite(tiny) and np.asarray(tiny, values.dtype).astype(dtype) == 0)
+
+
 def check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
     """Values of another dtype than the array's (a dask array whose blocks are not what it
     declares) must fit it, as the cast would change them: wrap (300 -> 44 in uint8), become
-    infinity (1e39 in float32), round (2**24 + 1 in float32) or become True (2 in bool).
+    infinity (1e39 in float32) or 0 (1e-300), round (2**24 + 1 in float32) or become True
+    (2 in bool).
     Anything else in an array of numbers is refused: text (``"1.5"`` was parsed, ``"abc"``
     failed without the array's name), ``None`` (it became NaN), complex values; numbers
     in a text array are checked as text. A range test first spares the element-wise one."""
@@ -350,12 +363,13 @@ def check_fits(name: str, rows: np.ndarray, dtype: np.dtype[Any]) -> None:
         bad = (rows < info.min) | (rows > info.max)
         if not whole:
             bad |= ~np.isfinite(rows) | (rows != np.round(rows))
-    elif dtype.kind == "f" and rows.dtype.kind == "f":  # finite values must stay finite
+    elif dtype.kind == "f" and rows.dtype.kind == "f":  # finite values stay finite, not 0
         big = np.finfo(dtype).max
-        if -big <= lo and hi <= big:
+        if -big <= lo and hi <= big and not vanishes(rows, dtype):
             return
-        with np.errstate(over="ignore"):
-            bad = becomes_inf(rows, rows.astype(dtype))
+        with np.errstate(over="ignore", under="ignore"):
+            cast = rows.astype(dtype)
+        bad = becomes_inf(rows, cast) | ((cast == 0) & (rows != 0))
     elif dtype.kind == "f":  # integers: every one within 2**(mantissa + 1) is held exactly
         exact = 2 ** (np.finfo(dtype).nmant + 1)
         if -exact <= int(lo) and int(hi) <= exact:

@@ -132,7 +132,10 @@ def safe_cast(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
 
 
 def narrow_float(name: str, arr: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    """``arr`` cast to the narrower float ``dtype``; refused if a finite value would become inf."""
+    """``arr`` cast to the narrower float ``dtype``; refused if a finite value would become inf.
+    Values below its smallest become 0, as a float's rounding: model outputs (a float64
+    softmax's 1e-60) do so as a matter of course, and refusing them would refuse ordinary
+    predictions (the feeds, whose values go into a model, refuse it)."""
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
     if np.isinf(out).any():
