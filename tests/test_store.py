@@ -881,6 +881,22 @@ def test_a_folder_store_key_that_is_no_regular_file_is_named_so(tmp_path, what, 
     assert any(re.search(said, p.message) for p in verify(path))
 
 
+@pytest.mark.parametrize("linked", ["images", "images/c"])
+def test_a_folder_store_key_under_a_link_to_a_folder_is_named_so(tmp_path, linked):
+    # an array's folder moved elsewhere and linked back: the listing follows no link to a
+    # folder, and the message said "a file is there now: open it again", which never helps
+    imgs = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    path = di.to_zarr(di.ImageSet(imgs), tmp_path / "s.zarr", chunks=4, shard_chunks=2)
+    inside = Path(path, *linked.split("/"))
+    shutil.move(inside, tmp_path / "elsewhere")
+    inside.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    said = rf"lies under '{linked}', a link to a folder .*copy that folder into the store"
+    for _ in range(2):  # the same on opening again
+        with pytest.raises((di.errors.ChecksumError, di.errors.MetadataError), match=said):
+            di.open_zarr(path).images.compute()
+    assert any(re.search(said, p.message) for p in verify(path))
+
+
 def test_a_damaged_zip_version_field_is_named(tmp_path):
     # a flipped 'version needed to extract' made zipfile raise NotImplementedError
     path = di.to_zarr(

@@ -463,6 +463,16 @@ class LocalDir(_LocalSource):
 
     def absent(self, key: str) -> str:
         full = self._file(key)
+        parts = key.split("/")
+        for k in range(1, len(parts)):
+            folder = os.path.join(self.path, *parts[:k])
+            if os.path.islink(folder):  # the listing follows no link to a folder
+                return (
+                    f"lies under {'/'.join(parts[:k])!r}, a link to a folder "
+                    f"({os.path.realpath(folder)!r}), which a folder store's listing does not "
+                    "follow (one folder could be read under two names): copy that folder into "
+                    "the store in the link's place"
+                )
         try:
             st = os.stat(full)  # (through a link: one to /dev/zero is a device)
         except OSError:
