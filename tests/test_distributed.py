@@ -383,6 +383,37 @@ def test_persisted_chunks_still_there_are_written_and_another_clients_are_named(
             np.testing.assert_array_equal(plain_group(fine)["images"][:], images)
 
 
+def test_feeds_run_on_a_client_made_current_with_as_current():
+    # client.as_current() makes a client current in this thread's context only: the
+    # feed's reading threads found none ("Requested dask.distributed scheduler but no
+    # Client active"), and a set persisted there was refused advising as_current()
+    images = np.zeros((40, 4, 4, 3), np.uint8)
+    images[..., 0] = np.arange(40)[:, None, None]
+    lazy = dask.array.from_array(images, chunks=(8, 4, 4, 3)).map_blocks(lambda b: b + 0)
+    labels = np.arange(40) % 3
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+    ):
+        persisted = client.persist(lazy)
+        for source in (lazy, persisted):
+            ds = di.ImageSet(source, labels, classes=["a", "b", "c"])
+            for _ in range(2):  # two epochs
+                got = list(di.BatchIterator(ds, batch_size=8, seed=0))
+                seen = np.concatenate([b[0][:, 0, 0, 0] for b in got])
+                assert sorted(seen.tolist()) == list(range(40))  # the pixels are the ids
+                for x, y in got:
+                    np.testing.assert_array_equal(y, labels[x[:, 0, 0, 0]])
+        keras_ds = pytest.importorskip("daskimg.keras").KerasDataset(
+            di.ImageSet(lazy, labels, classes=["a", "b", "c"]), batch_size=8, scale=None
+        )
+        xs = np.concatenate([keras_ds[i][0][:, 0, 0, 0] for i in range(len(keras_ds))])
+        assert sorted(xs.tolist()) == list(range(40))
+
+
 @pytest.mark.slow
 def test_memory_urls_on_a_cluster_of_processes_say_so(tmp_path, cluster):
     # fsspec's memory:// lives in one process: read on the workers, a store was "changed

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -105,6 +106,23 @@ def _warn_reordered(stores: Sequence[str]) -> None:
     )
 
 
+def context_client() -> Any:
+    """The ``distributed`` client made current in this thread's context only, by
+    ``client.as_current()`` (a context variable, which other threads do not inherit, beside
+    ``scheduler="dask.distributed"``); None otherwise (a default client is found from any
+    thread)."""
+    if "distributed" not in sys.modules:
+        return None
+    if dask.config.get("scheduler", None) not in ("dask.distributed", "distributed"):
+        return None
+    from distributed import Client
+
+    try:
+        return Client.current(allow_global=False)
+    except ValueError:  # not inside as_current()
+        return None
+
+
 class FeedSource:
     """Per-sample arrays split into chunks of ``chunk_len`` rows along axis 0.
 
@@ -126,8 +144,10 @@ class FeedSource:
         #: a lazy array's block boundaries along axis 0, where they are not chunk_len's
         self.bounds: dict[str, list[int]] = {}
         self.attrs: dict[str, Any] = {}
-        #: dask scheduler for lazy blocks; None: whatever is active (DataLoader workers: "threads")
-        self.scheduler: str | None = None
+        #: dask scheduler for lazy blocks; None: whatever is active (DataLoader workers:
+        #: "threads"); a client made current in this thread only (``client.as_current()``),
+        #: which the feed's reading threads would not find ("no Client active")
+        self.scheduler: Any = context_client()
         location: str | None = None
         if isinstance(source, (str, os.PathLike)):
             # opened once, checked (version, completeness, metadata); local or at a URL
