@@ -345,10 +345,10 @@ class RangedObjects:
             while got < len(v):
                 k = r.readinto(v[got:])
                 if not k:
-                    raise ChecksumError(
-                        f"{self.where}: {path!r} bytes {start}..{start + n}: the response "
-                        "ended early; open the store again, or re-create it"
-                    )
+                    # the connection closed before the length the answer gave (http.client
+                    # reads that as an end): cut on the way, as by a reset; a store replaced
+                    # meanwhile answers otherwise when asked again (its ETag, its size)
+                    raise http.client.IncompleteRead(bytes(v[:got]), len(v) - got)
                 got += k
         if r.read(1):
             raise ServerError(f"{self.where}: {path!r}: the server sent more than was asked")
