@@ -183,6 +183,21 @@ def split_shard(data: bytes, n: int) -> list[bytes | None]:
     return out
 
 
+def edited_index(
+    members: Snapshot, key: str, edit: Callable[[list[tuple[int, int]]], None], n: int = 2
+) -> Snapshot:
+    """``members`` with the index of shard ``key`` (``n`` entries, at least) edited in
+    place by ``edit`` (a list of ``(offset, nbytes)``) and its crc32c made again: damage
+    only the index's meaning can tell."""
+    data = members[key]
+    n = len(split_shard(data, n))
+    size = n * 16 + 4
+    entries = [struct.unpack_from("<QQ", data, len(data) - size + 16 * j) for j in range(n)]
+    edit(entries)
+    index = b"".join(struct.pack("<QQ", *e) for e in entries)
+    return {**members, key: data[:-size] + with_crc(index)}
+
+
 def join_shard(chunks: list[bytes | None]) -> bytes:
     """A shard holding ``chunks`` back to back, with a fresh index and its crc32c."""
     body, entries = b"", []
