@@ -480,6 +480,16 @@ def test_from_csv_reads_absolute_paths_through_the_link_root_was_named_by(tmp_pa
     csv.write_text("path,label\n" + "\n".join(rows) + "\n")
     ds = di.from_csv(csv, root=root, size=(12, 10))
     assert ds.paths.tolist() == [f"a/{first.name}", f"a/{second.name}"]
+    # through root's link into a link inside root that points out of it (such links are
+    # followed wherever they point): read, as its relative name and its real folder's are
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "o.png").write_bytes(second.read_bytes())
+    (tmp_path / "real" / "inout").symlink_to(tmp_path / "outside", target_is_directory=True)
+    for named in ("inout/o.png", tmp_path / "real/inout/o.png", root / "inout/o.png"):
+        csv.write_text(f"path,label\n{named},a\n")
+        ds = di.from_csv(csv, root=root, size=(12, 10))
+        assert ds.paths.tolist() == ["inout/o.png"]
+        np.testing.assert_array_equal(ds.images[0].compute(), _pillow_rgb(second))
     # a root named through a link and then '..' (lexically another folder): a file beside
     # it in that other folder is outside the real root, not the real root's file of that name
     (tmp_path / "real" / "a" / "sub").mkdir()

@@ -384,7 +384,7 @@ def _paths(
     folder: an absolute path through links to a folder inside it (``/data/...`` for
     ``root="/data"``, a link to a disk) is inside it too."""
     files: list[str] = []
-    folders: dict[Path, Path] = {}  # real paths of the folders of absolute paths, once each
+    folders: dict[Path, Path | None] = {}  # absolute paths' folders named from root, once each
     for line, row in enumerate(rows, start=2):
         raw = row[column] or ""
         rel = raw.strip()
@@ -412,13 +412,13 @@ def _paths(
         # inside it may point anywhere (a cache), and the sample keeps the CSV's name
         full = Path(os.path.normpath(root / rel))
         if not full.is_relative_to(root) and given is not None and os.path.isabs(rel):
-            # an absolute path through links to a folder inside root (the link root was
-            # named by, /data -> /mnt/disk1/data): its folder's real path is inside it
-            real = folders.get(full.parent)
-            if real is None:
-                real = folders[full.parent] = Path(os.path.realpath(full.parent))
-            if real.is_relative_to(root):
-                full = real / full.name
+            # an absolute path through a link to root or a folder inside it (the link root
+            # was named by, /data -> /mnt/disk1/data)
+            if full.parent not in folders:
+                folders[full.parent] = _inside(full.parent, root)
+            inside = folders[full.parent]
+            if inside is not None:
+                full = inside / full.name
         if not full.is_relative_to(root):
             named = given if given is not None else str(root)
             also = f" (the folder {str(root)!r})" if named != str(root) else ""
@@ -437,6 +437,18 @@ def _paths(
                 )
         files.append(os.fspath(full))
     return files
+
+
+def _inside(folder: Path, root: Path) -> Path | None:
+    """``folder`` named from ``root`` (a real path): its first ancestor (or itself) whose
+    real path is ``root`` or in it, the rest of it as written (links below it, which may
+    point anywhere as inside root, kept); None if no ancestor leads into root."""
+    parts = folder.parts
+    for k in range(1, len(parts) + 1):
+        real = Path(os.path.realpath(Path(*parts[:k])))
+        if real.is_relative_to(root):
+            return real.joinpath(*parts[k:])
+    return None
 
 
 def _refuse_repeats(
