@@ -112,9 +112,7 @@ class ByteSource:
         """The size of ``key``; a missing key is a :class:`ChecksumError` naming the store."""
         size = self.keys.get(key)
         if size is None:
-            raise ChecksumError(
-                f"{self.where}: {key!r} {self.absent(key)}; the store is damaged — re-create it"
-            )
+            raise ChecksumError(f"{self.where}: {key!r} {self.absent_said(key)}")
         return size
 
     def absent(self, key: str) -> str:
@@ -122,6 +120,12 @@ class ByteSource:
         folder store) what lies at its path instead of a regular file (a user who lists the
         folder sees it there)."""
         return "is missing"
+
+    def absent_said(self, key: str, fix: str = "the store is damaged — re-create it") -> str:
+        """:meth:`absent` and what to do: ``fix``, but for a key under a link to a folder,
+        whose own fix it says (the store is not damaged)."""
+        what = self.absent(key)
+        return what if what.startswith(_UNDER_LINK) else f"{what}; {fix}"
 
     def _read(self, key: str, start: int, n: int) -> bytes:
         raise NotImplementedError
@@ -468,7 +472,7 @@ class LocalDir(_LocalSource):
             folder = os.path.join(self.path, *parts[:k])
             if os.path.islink(folder):  # the listing follows no link to a folder
                 return (
-                    f"lies under {'/'.join(parts[:k])!r}, a link to a folder "
+                    f"{_UNDER_LINK} {'/'.join(parts[:k])!r}, a link to a folder "
                     f"({os.path.realpath(folder)!r}), which a folder store's listing does not "
                     "follow (one folder could be read under two names): copy that folder into "
                     "the store in the link's place"
@@ -483,6 +487,9 @@ class LocalDir(_LocalSource):
         link = f" (through a link to {os.path.realpath(full)!r})" if os.path.islink(full) else ""
         return f"is {kind}{link}, not a regular file"
 
+
+#: how :meth:`ByteSource.absent` begins for a key under a link to a folder
+_UNDER_LINK = "lies under"
 
 #: what lies at a folder store's key instead of a file
 _KINDS = {

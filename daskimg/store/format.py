@@ -508,8 +508,8 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
             f"{where}: array {name!r} is missing ({name}/zarr.json not found); "
             "the store is damaged — re-create it"
             if absent == "is missing"
-            else f"{where}: array {name!r}: {name}/zarr.json {absent}; the store is "
-            "damaged — re-create it"
+            else f"{where}: array {name!r}: {name}/zarr.json "
+            + reader.source.absent_said(f"{name}/zarr.json")
         )
     declared = attrs.get("arrays")
     entry = declared.get(name) if isinstance(declared, dict) else None

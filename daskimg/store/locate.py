@@ -77,9 +77,7 @@ class ChunkLocator:
         where = f"{self.path}: array {lay.name!r}, shard {shard} ({key})"
         size = self.source.keys.get(key)
         if size is None:
-            raise ChecksumError(
-                f"{where} {self.source.absent(key)}; the store is damaged — re-create it"
-            )
+            raise ChecksumError(f"{where} {self.source.absent_said(key)}")
         if size < n * 16 + 4:
             raise ChecksumError(
                 f"{where} is {size} bytes, too short for its index (empty or truncated); "
@@ -129,7 +127,7 @@ class ChunkLocator:
             if size is None:
                 raise ChecksumError(
                     f"{self.path}: array {lay.name!r}, chunk {i} ({key}) "
-                    f"{self.source.absent(key)}; " + LEFT_OUT
+                    + self.source.absent_said(key, LEFT_OUT)
                 )
             return key, 0, size
         shard, j = divmod(i * lay.inner_len, lay.shard_len)

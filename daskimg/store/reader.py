@@ -101,11 +101,9 @@ class StoreReader:
         """Bytes of a store key (a range of it with ``start``/``length``); None if missing
         (something else at its path, such as a named pipe or a folder, is damage, named)."""
         if key not in self.source.keys:
-            absent = self.source.absent(key)
-            if absent.endswith("not a regular file"):
-                raise MetadataError(
-                    f"{self.path}: {key} {absent}; the store is damaged — re-create the store"
-                )
+            what = self.source.absent(key)
+            if what.endswith("not a regular file") or what.startswith("lies under"):
+                raise MetadataError(f"{self.path}: {key} {self.source.absent_said(key)}")
             return None
         if key.rsplit("/", 1)[-1] == "zarr.json" and self.source.size_of(key) > MAX_JSON:
             # a damaged or crafted size: read whole, it would fill memory before any check
