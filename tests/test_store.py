@@ -1903,8 +1903,12 @@ def test_a_folder_store_past_the_descriptor_limit_raises_it_or_says_what_to_do(t
         [sys.executable, str(script), path, "60", "60"], capture_output=True, text=True
     )
     assert stuck.returncode != 0
-    assert "a *.zarr folder store keeps one open per file it reads" in stuck.stderr
-    assert "*.zarr.zip: one descriptor" in stuck.stderr
+    # the count said is what a read may hold: a memory map keeps a copy of its descriptor
+    # (a limit just above the files said, 605 of them, still failed)
+    files = sum(len(f) for _, _, f in os.walk(path))  # the oracle: the store's files
+    assert "keeps up to two open per file it reads" in stuck.stderr
+    assert f"(up to {2 * files} for its {files} files here)" in stuck.stderr
+    assert "*.zarr.zip: two descriptors" in stuck.stderr
 
 
 def test_a_root_zarr_json_python_cannot_parse_is_damage_naming_the_store(tmp_path):

@@ -263,7 +263,8 @@ def _open_read(file: str, files: int, where: str) -> int:
     """``os.open`` for reading; out of descriptors (EMFILE), the soft limit is raised toward
     the hard one once and the open tried again, else the error says why and what to do (it
     named only the file). A ``*.zarr`` folder keeps a descriptor open per file it has read,
-    a few thousand for a large set, past the common soft limit of 1024."""
+    and a memory map of one holds a copy of it (Python's ``mmap`` duplicates it): a few
+    thousand for a large set, past the common soft limit of 1024."""
     flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
     try:
         return os.open(file, flags)
@@ -284,16 +285,18 @@ def _open_read(file: str, files: int, where: str) -> int:
     else:
         logger.warning(
             "%s: out of file descriptors (this process's limit was %d; a *.zarr folder store "
-            "keeps one open per file it reads, %d here): raised the limit to %d",
-            where, soft, files, room,
+            "keeps up to two open per file it reads, a descriptor and its memory map's copy: "
+            "up to %d here): raised the limit to %d",
+            where, soft, 2 * files, room,
         )  # fmt: skip
         return fd
     raise OSError(
         errno.EMFILE,
         f"{where}: out of file descriptors opening {file!r} (this process may hold "
-        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}): a *.zarr folder store keeps one "
-        f"open per file it reads ({files} here). Raise the limit (ulimit -n 65536 before "
-        "starting Python), or store the set as one file (*.zarr.zip: one descriptor)",
+        f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}): a *.zarr folder store keeps up "
+        "to two open per file it reads, a descriptor and its memory map's copy (up to "
+        f"{2 * files} for its {files} files here). Raise the limit (ulimit -n 65536 before "
+        "starting Python), or store the set as one file (*.zarr.zip: two descriptors)",
     )
 
 
