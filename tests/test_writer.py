@@ -1305,6 +1305,70 @@ def test_running_out_of_room_while_writing_names_the_store_and_what_is_kept(tmp_
     np.testing.assert_array_equal(plain_group(path)["f"][:], rows)
 
 
+_FULL_AT_START = """
+import resource, signal, sys
+from daskimg.writeback.writer import ArrayWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+try:
+    ArrayWriter(sys.argv[1], name="pred", shape=(64,), dtype="float32", mode=sys.argv[2])
+except OSError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("mode", ["a", "w"])
+def test_running_out_of_room_making_a_writer_names_the_store(tmp_path, mode):
+    # the file size limit (or a full disk) hit while the writer was made was a bare
+    # "[Errno 27] File too large", naming no store
+    path = tmp_path / "s.zarr.zip"
+    images = np.random.default_rng(0).integers(0, 256, (200, 24, 24, 3), dtype=np.uint8)
+    if mode == "a":
+        di.to_zarr(di.ImageSet(images, np.arange(200) % 2), path, order="source")
+    before = {p.name for p in tmp_path.iterdir()}
+    limit = 100 if mode == "w" else 30000
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_AT_START, str(path), mode, str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert f"{path}: no room left to start writing" in out.stdout, out.stdout + out.stderr
+    assert "nothing was written" in out.stdout
+    assert {p.name for p in tmp_path.iterdir()} == before  # nothing left behind
+    if mode == "a":  # the store as it was (the oracle: plain zarr and the pixels written)
+        np.testing.assert_array_equal(plain_group(path)["images"][:], images)
+        assert "pred" not in plain_group(path)
+
+
+def test_out_of_memory_closing_a_writer_says_what_is_kept(tmp_path, monkeypatch):
+    # (a probe under RLIMIT_AS) an empty MemoryError from close(), naming no store
+    from daskimg.writeback import lifecycle
+
+    path = tmp_path / "f.zarr.zip"
+    rows = np.arange(40, dtype=np.float32).reshape(20, 2)
+    w = ArrayWriter(path, name="f", shape=(2,), dtype="float32")
+    w.append(rows[:10])
+    w.checkpoint()
+    w.append(rows[10:])
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(lifecycle.OpenWrite, "finish", no_memory)
+    with pytest.raises(MemoryError) as e:
+        w.close()
+    said = "\n".join(getattr(e.value, "__notes__", []))
+    assert f"ArrayWriter({str(path)!r}).close ran out of memory" in said
+    assert f"at least the rows of its last checkpoint (10) are kept in '{path}.partial'" in said
+    monkeypatch.undo()
+    w._abandon()  # (what leaving a with-block does: checkpoints what it can)
+    with ArrayWriter(path, name="f", shape=(2,), dtype="float32", resume=True) as again:
+        assert again.num_rows >= 10
+        again.append(rows[again.num_rows :])
+    np.testing.assert_array_equal(plain_group(path)["f"][:], rows)  # the oracle: numpy
+
+
 def test_to_zarr_keeps_an_unfinished_array_writer_write_unless_told(tmp_path, caplog):
     import logging
 

@@ -224,7 +224,8 @@ class ArrayWriter:
         self._plan = plan
         # the lock, shard pool, staging folder and checkpoints; how the write ends
         self._write = OpenWrite(plan, storage_options)
-        st = self._write.open(resume=resume, classes=classes)
+        with _no_space_named(str(plan.staging), self.target, starting=True):
+            st = self._write.open(resume=resume, classes=classes)
         self._sink: staging.Sink | None = st.sink
         self._expected = st.num_samples  # known number of samples (mode "a": the store's)
         self.classes = st.classes
@@ -384,8 +385,18 @@ class ArrayWriter:
             write.check_usable()
             sink = self._sink
             if sink is not None:
-                with _no_space_named(str(self._plan.staging), self.target):
-                    write.finish(sink, self._expected)
+                try:
+                    with _no_space_named(str(self._plan.staging), self.target):
+                        write.finish(sink, self._expected)
+                except MemoryError as e:  # (empty: it named nothing)
+                    e.add_note(
+                        f"daskimg: ArrayWriter({self.target!r}).close ran out of memory "
+                        "finishing the store; at least the rows of its last checkpoint "
+                        f"({write.durable}) are kept in {str(self._plan.staging)!r}: reopen "
+                        "with ArrayWriter(..., resume=True) where more memory is free (or "
+                        "call checkpoint() more often: checkpoint_every=)"
+                    )
+                    raise
                 self._final_rows = sink.rows
                 self._sink = None
             write.end()
@@ -412,13 +423,22 @@ class ArrayWriter:
 
 
 @contextlib.contextmanager
-def _no_space_named(partial: str, target: str) -> Iterator[None]:
-    """A full disk (or quota) while writing: say which store, what is kept, what to do."""
+def _no_space_named(partial: str, target: str, *, starting: bool = False) -> Iterator[None]:
+    """A full disk (or quota) while writing: say which store, what is kept, what to do
+    (``starting``: making the writer, which leaves nothing behind)."""
     try:
         yield
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
+        if starting:
+            raise OSError(
+                e.errno,
+                f"{target}: no room left to start writing ({e.strerror}: the disk, a quota "
+                f"or the file size limit, at {e.filename or partial!r}); nothing was "
+                "written (a store there, and an unfinished write's staging, are as they "
+                "were): free space and make the ArrayWriter again",
+            ) from e
         raise OSError(
             e.errno,
             f"{target}: no room left while writing ({e.strerror}: the disk, a quota or the "
