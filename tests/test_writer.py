@@ -1310,23 +1310,33 @@ import resource, signal, sys
 from daskimg.writeback.writer import ArrayWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+resume = sys.argv[2] == "resume"
+mode = "w" if resume else sys.argv[2]
 try:
-    ArrayWriter(sys.argv[1], name="pred", shape=(64,), dtype="float32", mode=sys.argv[2])
+    ArrayWriter(sys.argv[1], name="pred", shape=(64,), dtype="float32", mode=mode, resume=resume)
 except OSError as e:
     print(e)
 """
 
 
-@pytest.mark.parametrize("mode", ["a", "w"])
+@pytest.mark.parametrize("mode", ["a", "w", "resume"])
 def test_running_out_of_room_making_a_writer_names_the_store(tmp_path, mode):
     # the file size limit (or a full disk) hit while the writer was made was a bare
-    # "[Errno 27] File too large", naming no store
+    # "[Errno 27] File too large", naming no store; resuming, "its staged files are damaged
+    # ... pass resume=False", which would have discarded sound rows
     path = tmp_path / "s.zarr.zip"
     images = np.random.default_rng(0).integers(0, 256, (200, 24, 24, 3), dtype=np.uint8)
+    rows = np.random.default_rng(1).random((40, 64), dtype=np.float32)
     if mode == "a":
         di.to_zarr(di.ImageSet(images, np.arange(200) % 2), path, order="source")
+    if mode == "resume":  # an unfinished write with a checkpoint
+        w = ArrayWriter(path, name="pred", shape=(64,), dtype="float32")
+        w.append(rows[:20])
+        w.checkpoint()
+        w._abandon()
+    staged = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     before = {p.name for p in tmp_path.iterdir()}
-    limit = 100 if mode == "w" else 30000
+    limit = 100 if mode == "w" else 200 if mode == "resume" else 30000
     out = subprocess.run(
         [sys.executable, "-c", _FULL_AT_START, str(path), mode, str(limit)],
         capture_output=True,
@@ -1334,11 +1344,18 @@ def test_running_out_of_room_making_a_writer_names_the_store(tmp_path, mode):
         timeout=300,
     )
     assert f"{path}: no room left to start writing" in out.stdout, out.stdout + out.stderr
-    assert "nothing was written" in out.stdout
+    assert "no rows were written and a store there is as it was" in out.stdout
     assert {p.name for p in tmp_path.iterdir()} == before  # nothing left behind
     if mode == "a":  # the store as it was (the oracle: plain zarr and the pixels written)
         np.testing.assert_array_equal(plain_group(path)["images"][:], images)
         assert "pred" not in plain_group(path)
+    if mode == "resume":  # kept, as said: resumed with room, the rows are all there
+        assert f"the unfinished write in '{path}.partial' is kept" in out.stdout
+        assert set(staged) <= {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
+        with ArrayWriter(path, name="pred", shape=(64,), dtype="float32", resume=True) as w:
+            assert w.num_rows == 20
+            w.append(rows[20:])
+        np.testing.assert_array_equal(plain_group(path)["pred"][:], rows)  # oracle: numpy
 
 
 def test_out_of_memory_closing_a_writer_says_what_is_kept(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ that digest whether the new store was published already.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -422,12 +423,28 @@ def _staged_damage(staging: Path) -> Iterator[None]:
         yield
     except DaskImgError:
         raise  # said already (some are OSErrors: a checksum, a lock)
-    except (OSError, KeyError, TypeError, IndexError, AttributeError) as e:
-        raise DaskImgError(
-            f"cannot resume the unfinished write at {str(staging)!r}: its staged files are "
-            f"damaged or missing ({type(e).__name__}: {e}). Pass resume=False to discard "
-            "them and start over"
-        ) from e
+    except OSError as e:
+        if e.errno in _NOT_STAGED_BYTES:
+            # a full disk, a file size limit, no descriptors: the staged rows are sound, and
+            # resume=False would discard them (the caller names the store)
+            raise
+        raise _damaged(staging, e) from e
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise _damaged(staging, e) from e
+
+
+#: OS errors that say nothing of the staged files' bytes
+_NOT_STAGED_BYTES = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
+
+
+def _damaged(staging: Path, e: BaseException) -> DaskImgError:
+    return DaskImgError(
+        f"cannot resume the unfinished write at {str(staging)!r}: its staged files are "
+        f"damaged or missing ({type(e).__name__}: {e}). Pass resume=False to discard "
+        "them and start over"
+    )
 
 
 def _resume_placed(

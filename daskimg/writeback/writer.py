@@ -224,7 +224,7 @@ class ArrayWriter:
         self._plan = plan
         # the lock, shard pool, staging folder and checkpoints; how the write ends
         self._write = OpenWrite(plan, storage_options)
-        with _no_space_named(str(plan.staging), self.target, starting=True):
+        with _no_space_named(str(plan.staging), self.target, starting=True, resume=resume):
             st = self._write.open(resume=resume, classes=classes)
         self._sink: staging.Sink | None = st.sink
         self._expected = st.num_samples  # known number of samples (mode "a": the store's)
@@ -423,9 +423,12 @@ class ArrayWriter:
 
 
 @contextlib.contextmanager
-def _no_space_named(partial: str, target: str, *, starting: bool = False) -> Iterator[None]:
+def _no_space_named(
+    partial: str, target: str, *, starting: bool = False, resume: bool = False
+) -> Iterator[None]:
     """A full disk (or quota) while writing: say which store, what is kept, what to do
-    (``starting``: making the writer, which leaves nothing behind)."""
+    (``starting``: making the writer, which leaves no rows behind; ``resume``: making it to
+    continue an unfinished write, whose staging it keeps)."""
     try:
         yield
     except OSError as e:
@@ -435,9 +438,14 @@ def _no_space_named(partial: str, target: str, *, starting: bool = False) -> Ite
             raise OSError(
                 e.errno,
                 f"{target}: no room left to start writing ({e.strerror}: the disk, a quota "
-                f"or the file size limit, at {e.filename or partial!r}); nothing was "
-                "written (a store there, and an unfinished write's staging, are as they "
-                "were): free space and make the ArrayWriter again",
+                f"or the file size limit, at {e.filename or partial!r}); no rows were "
+                "written and a store there is as it was"
+                + (
+                    f"; the unfinished write in {partial!r} is kept: free space and resume "
+                    "it again (resume=True)"
+                    if resume
+                    else ": free space and make the ArrayWriter again"
+                ),
             ) from e
         raise OSError(
             e.errno,
