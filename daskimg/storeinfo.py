@@ -166,6 +166,10 @@ def unchecked(
     )
 
 
+#: OS errors of this process or machine, not of a store's bytes (verify raises them, as
+#: it does an OS error reading: out of descriptors, memory, no permission)
+_NOT_THE_STORE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EACCES, errno.EPERM})
+
 #: what fsspec says when the server answers no Range requests: it answered one with the
 #: whole file, or said it would not (``Accept-Ranges: none``: a file fsspec cannot seek)
 _NO_RANGES = ("support range requests", "Cannot seek streaming HTTP file")
@@ -204,6 +208,8 @@ def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
         consolidated = group.metadata.consolidated_metadata is not None
         own = zarr.open_group(store, mode="r", use_consolidated=False) if consolidated else None
     except Exception as e:  # whatever zarr refuses, said in its words
+        if isinstance(e, OSError) and e.errno in _NOT_THE_STORE:
+            raise  # out of descriptors or memory: says nothing of the store (was DAMAGED)
         if loc.is_url and any(said in str(e) for said in _NO_RANGES):
             # the server's, not the store's (Python's http.server): daskimg read every
             # chunk above; only plain zarr's reading could not be tried (it said DAMAGED)
@@ -231,6 +237,8 @@ def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
                 problems.append(Problem(name, -1, f"{path}: {name!r} is missing where {fix}"))
                 continue
             except Exception as e:  # whatever zarr refuses
+                if isinstance(e, OSError) and e.errno in _NOT_THE_STORE:
+                    raise
                 problems.append(
                     Problem(
                         name,

@@ -885,6 +885,35 @@ def test_a_folder_store_key_under_a_link_to_a_folder_is_named_so(tmp_path, linke
     assert any(re.search(said, p.message) for p in verify(path))
 
 
+@pytest.mark.parametrize("target", ["/nonexistent-daskimg", "/etc/hostname", "self"])
+def test_a_folder_store_key_under_a_link_to_no_folder_is_missing_damage(tmp_path, target):
+    # a broken link, a link to a file or a loop was "a link to a folder ... copy that folder
+    # into the store", which cannot be done
+    imgs = np.zeros((16, 8, 8, 3), np.uint8)
+    path = di.to_zarr(di.ImageSet(imgs), tmp_path / "s.zarr", chunks=4, shard_chunks=2)
+    inside = Path(path, "images", "c")
+    shutil.rmtree(inside)
+    inside.symlink_to(inside if target == "self" else target)
+    said = r"is missing \(its folder 'images/c' is a link to .*which is no folder.*re-create it"
+    with pytest.raises(di.errors.ChecksumError, match=said):
+        di.open_zarr(path).images.compute()
+
+
+def test_verify_raises_out_of_descriptors_in_plain_zarrs_step(tmp_path, monkeypatch):
+    # at a limit daskimg's reads fit in but plain zarr's did not, verify called a sound
+    # store DAMAGED ("plain zarr cannot open the store: Too many open files")
+    import errno
+
+    path = di.to_zarr(di.ImageSet(np.zeros((8, 4, 4, 3), np.uint8)), tmp_path / "s.zarr")
+
+    def no_descriptors(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(zarr, "open_group", no_descriptors)
+    with pytest.raises(OSError, match="Too many open files"):
+        verify(path)
+
+
 def test_a_damaged_zip_version_field_is_named(tmp_path):
     # a flipped 'version needed to extract' made zipfile raise NotImplementedError
     path = di.to_zarr(

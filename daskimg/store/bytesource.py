@@ -473,6 +473,11 @@ class LocalDir(_LocalSource):
         parts = key.split("/")
         for k in range(1, len(parts)):
             folder = os.path.join(self.path, *parts[:k])
+            if os.path.islink(folder) and not os.path.isdir(folder):
+                return (
+                    f"is missing (its folder {'/'.join(parts[:k])!r} is a link to "
+                    f"{os.readlink(folder)!r}, which is no folder: broken, or a file)"
+                )
             if os.path.islink(folder):  # the listing follows no link to a folder
                 return (
                     f"{_UNDER_LINK} {'/'.join(parts[:k])!r}, a link to a folder "
