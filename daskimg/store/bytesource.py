@@ -121,6 +121,12 @@ class ByteSource:
         folder sees it there)."""
         return "is missing"
 
+    def in_the_way(self, key: str) -> bool:
+        """Whether something else lies where ``key``'s file should (a named pipe, a folder,
+        a device), or its folder is a link: not the same as a file that is not there."""
+        what = self.absent(key)
+        return what.endswith("not a regular file") or what.startswith(_UNDER_LINK)
+
     def absent_said(self, key: str, fix: str = "the store is damaged — re-create it") -> str:
         """:meth:`absent` and what to do: ``fix``, but for a key under a link to a folder,
         whose own fix it says (the store is not damaged)."""

@@ -101,8 +101,7 @@ class StoreReader:
         """Bytes of a store key (a range of it with ``start``/``length``); None if missing
         (something else at its path, such as a named pipe or a folder, is damage, named)."""
         if key not in self.source.keys:
-            what = self.source.absent(key)
-            if what.endswith("not a regular file") or what.startswith("lies under"):
+            if self.source.in_the_way(key):
                 raise MetadataError(f"{self.path}: {key} {self.source.absent_said(key)}")
             return None
         if key.rsplit("/", 1)[-1] == "zarr.json" and self.source.size_of(key) > MAX_JSON:
