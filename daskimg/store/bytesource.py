@@ -115,23 +115,24 @@ class ByteSource:
             raise ChecksumError(f"{self.where}: {key!r} {self.absent_said(key)}")
         return size
 
-    def absent(self, key: str) -> str:
-        """What a key that is not in :attr:`keys` is, for a message: ``"is missing"``, or (a
-        folder store) what lies at its path instead of a regular file (a user who lists the
-        folder sees it there)."""
-        return "is missing"
+    def absent(self, key: str) -> tuple[str, str]:
+        """``(what, said)`` of a key that is not in :attr:`keys`: ``what`` is ``"missing"``
+        (``said``: ``"is missing"``, or why), ``"in the way"`` (a folder store: something
+        else lies at its path, which a user who lists the folder sees) or ``"linked"`` (it
+        lies under a link to a folder, which the listing does not follow; ``said`` says
+        what to do)."""
+        return "missing", MISSING_SAID
 
     def in_the_way(self, key: str) -> bool:
         """Whether something else lies where ``key``'s file should (a named pipe, a folder,
         a device), or its folder is a link: not the same as a file that is not there."""
-        what = self.absent(key)
-        return what.endswith("not a regular file") or what.startswith(_UNDER_LINK)
+        return self.absent(key)[0] != "missing"
 
     def absent_said(self, key: str, fix: str = "the store is damaged — re-create it") -> str:
         """:meth:`absent` and what to do: ``fix``, but for a key under a link to a folder,
         whose own fix it says (the store is not damaged)."""
-        what = self.absent(key)
-        return what if what.startswith(_UNDER_LINK) else f"{what}; {fix}"
+        what, said = self.absent(key)
+        return said if what == "linked" else f"{said}; {fix}"
 
     def _read(self, key: str, start: int, n: int) -> bytes:
         raise NotImplementedError
@@ -474,19 +475,19 @@ class LocalDir(_LocalSource):
     def _locate(self, key: str) -> tuple[str, int]:
         return self._file(key), 0
 
-    def absent(self, key: str) -> str:
+    def absent(self, key: str) -> tuple[str, str]:
         full = self._file(key)
         parts = key.split("/")
         for k in range(1, len(parts)):
             folder = os.path.join(self.path, *parts[:k])
             if os.path.islink(folder) and not os.path.isdir(folder):
-                return (
+                return "missing", (
                     f"is missing (its folder {'/'.join(parts[:k])!r} is a link to "
                     f"{os.readlink(folder)!r}, which is no folder: broken, or a file)"
                 )
             if os.path.islink(folder):  # the listing follows no link to a folder
-                return (
-                    f"{_UNDER_LINK} {'/'.join(parts[:k])!r}, a link to a folder "
+                return "linked", (
+                    f"lies under {'/'.join(parts[:k])!r}, a link to a folder "
                     f"({os.path.realpath(folder)!r}), which a folder store's listing does not "
                     "follow (one folder could be read under two names): copy that folder into "
                     "the store in the link's place"
@@ -494,16 +495,18 @@ class LocalDir(_LocalSource):
         try:
             st = os.stat(full)  # (through a link: one to /dev/zero is a device)
         except OSError:
-            return "is missing"
+            return "missing", MISSING_SAID
         if stat.S_ISREG(st.st_mode):
-            return "was missing when the store was opened (a file is there now: open it again)"
+            return "missing", (
+                "was missing when the store was opened (a file is there now: open it again)"
+            )
         kind = _KINDS.get(stat.S_IFMT(st.st_mode), "something else")
         link = f" (through a link to {os.path.realpath(full)!r})" if os.path.islink(full) else ""
-        return f"is {kind}{link}, not a regular file"
+        return "in the way", f"is {kind}{link}, not a regular file"
 
 
-#: how :meth:`ByteSource.absent` begins for a key under a link to a folder
-_UNDER_LINK = "lies under"
+#: what :meth:`ByteSource.absent` says of a key simply not there
+MISSING_SAID = "is missing"
 
 #: what lies at a folder store's key instead of a file
 _KINDS = {

@@ -39,6 +39,7 @@ from ..errors import (
     NewerFormatError,
     UnsupportedStoreError,
 )
+from .bytesource import MISSING_SAID
 from .chunktable import TABLE, num_inner
 from .codecs import DEFAULT_CODEC, canonical_codec, compressors, serializer
 from .layout import ArrayLayout
@@ -503,11 +504,11 @@ def check_array(reader: StoreReader, attrs: Mapping[str, Any], name: str) -> Arr
                 "store's folder again with a tool that writes '/' (Python's zipfile, 7-Zip, "
                 "`zip -0 -r`), stored (not deflated)"
             )
-        absent = reader.source.absent(f"{name}/zarr.json")
+        _, said = reader.source.absent(f"{name}/zarr.json")
         raise MetadataError(
             f"{where}: array {name!r} is missing ({name}/zarr.json not found); "
             "the store is damaged — re-create it"
-            if absent == "is missing"
+            if said == MISSING_SAID
             else f"{where}: array {name!r}: {name}/zarr.json "
             + reader.source.absent_said(f"{name}/zarr.json")
         )
