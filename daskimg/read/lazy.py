@@ -212,9 +212,11 @@ def _runs_on(client: Any, scheduler: Any = None) -> bool:
         scheduler = dask.config.get("scheduler", None)
     if scheduler is client or getattr(scheduler, "__self__", None) is client:
         return True
-    try:
-        from distributed import default_client
+    if scheduler not in (None, "dask.distributed", "distributed"):
+        return False
+    from distributed import Client
 
-        return default_client() is client and scheduler in (None, "dask.distributed")
-    except ValueError:  # no client is the default
+    try:  # the client made current here (client.as_current()), else the default one
+        return Client.current() is client
+    except ValueError:  # none
         return False
