@@ -1405,3 +1405,47 @@ def test_ingest_on_a_dask_scheduler_equals_the_local_one(
         b = plain_group(tmp_path / "far" / f"{split}.zarr.zip")
         for name in ("images", "labels", "paths"):
             np.testing.assert_array_equal(a[name][...], b[name][...], err_msg=f"{split} {name}")
+
+
+def test_stores_renamed_as_other_splits_are_said_and_a_new_class_overwrites_every_split(
+    tmp_path, capsys, caplog
+):
+    # train.zarr.zip and valid.zarr.zip swapped by hand: the loaders trained on the
+    # validation set without a word, info and verify said nothing, and the re-ingest blamed
+    # the --valid/--test fractions
+    src, out = tmp_path / "src", tmp_path / "out"
+    for c in ("b", "c"):
+        (src / c).mkdir(parents=True)
+        for k in range(10):
+            Image.new("RGB", (9, 7), (k, ord(c), 0)).save(src / c / f"{k}.png")
+    args = ["ingest", str(src), str(out), "--size", "4", "4", "--valid", "0.2", "--test", "0.2"]
+    assert main(args) == 0
+    assert main(["info", str(out)]) == 0
+    os.replace(out / "train.zarr.zip", out / "t")
+    os.replace(out / "valid.zarr.zip", out / "train.zarr.zip")
+    os.replace(out / "t", out / "valid.zarr.zip")
+    # said once a process, when the store is opened (info, open_zarr, the loaders)
+    with caplog.at_level("WARNING", logger="daskimg"):
+        for where in (out, out / "train.zarr.zip"):
+            assert main(["info", str(where)]) == 1
+        di.open_zarr(out / "train.zarr.zip")
+    said = [r.getMessage() for r in caplog.records if "holds split" in r.getMessage()]
+    assert (
+        len(said) == 2
+        and "train.zarr.zip is named as split 'train' but holds split 'valid'" in said[0]
+    )
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds split 'valid'" in err and "fractions" not in err
+    # a class added, with --overwrite: the earlier run's valid and test (numbered without
+    # it) are replaced, not refused as numbering their classes otherwise
+    (src / "a").mkdir()
+    for k in range(10):
+        Image.new("RGB", (9, 7), (k, 1, 1)).save(src / "a" / f"{k}.png")
+    assert main([*args, "--overwrite"]) == 0
+    for split in ("train", "valid", "test"):
+        g = plain_group(out / f"{split}.zarr.zip")
+        assert g.attrs["daskimg"]["split"] == split
+        assert g.attrs["daskimg"]["classes"] == ["a", "b", "c"]
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0

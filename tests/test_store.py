@@ -2246,3 +2246,47 @@ def test_damage_that_looks_like_another_layout_is_still_called_damage(tmp_path, 
         di.open_zarr(flipped)
     assert not isinstance(caught.value, NewerFormatError)
     assert [p.array for p in verify(flipped)] == ["zarr.json"]
+
+
+def _labelled(names: list[str]) -> di.ImageSet:
+    """A set whose labels are ``names`` (class names, numbered as sorted)."""
+    classes = sorted(set(names))
+    images = np.arange(len(names) * 12, dtype=np.uint8).reshape(len(names), 2, 2, 3)
+    return di.ImageSet(images, [classes.index(n) for n in names], classes=classes)
+
+
+def test_a_split_numbering_its_classes_otherwise_than_one_beside_it_is_refused(tmp_path, capsys):
+    # valid read from its own CSV without classes=train.classes lacked 'bird': its 'cat' was
+    # label 0, train's 'bird', and a model trained on train was scored on the wrong classes
+    train = _labelled(["bird", "cat", "dog", "cat"])
+    di.to_zarr(train, tmp_path / "train.zarr.zip", split="train")
+    valid = _labelled(["cat", "dog"])
+    for split, name in (("valid", "valid.zarr.zip"), (None, "valid.zarr"), ("test", "t.zarr.zip")):
+        with pytest.raises(ValueError, match=r"label 0 is 'cat' in one and 'bird' in the other"):
+            di.to_zarr(valid, tmp_path / name, split=split)
+        assert not os.path.lexists(tmp_path / name)  # nothing written
+
+    # the oracle: what each label names in each store, read with plain zarr
+    def named(path: Path) -> list[str]:
+        g = plain_group(path)
+        classes = g.attrs["daskimg"]["classes"]
+        return [classes[k] for k in g["labels"][...]]
+
+    right = di.ImageSet(valid.images, [1, 2], classes=train.classes)  # classes=train.classes
+    di.to_zarr(right, tmp_path / "valid.zarr.zip", split="valid")
+    assert named(tmp_path / "valid.zarr.zip") == ["cat", "dog"]
+    # a split whose classes are the start of train's numbers them alike; one of no classes
+    # (integer labels), or in another folder, is not compared
+    di.to_zarr(_labelled(["bird", "cat"]), tmp_path / "test.zarr.zip", split="test")
+    di.to_zarr(di.ImageSet(valid.images, [0, 1]), tmp_path / "val.zarr.zip", split="val")
+    di.to_zarr(valid, tmp_path / "elsewhere" / "valid.zarr.zip", split="valid")
+    # stores already side by side (copied in) are said by `daskimg info OUT`
+    from daskimg.cli import main
+
+    capsys.readouterr()
+    assert main(["info", str(tmp_path)]) == 0
+    shutil.copy(tmp_path / "elsewhere" / "valid.zarr.zip", tmp_path / "validation.zarr.zip")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "validation.zarr.zip (split 'valid')" in err and "train.zarr.zip (split 'train')" in err

@@ -270,6 +270,7 @@ def _write_splits(
 ) -> int:
     """Write the splits of an ingest into OUT, held by this process alone."""
     from ..store.location import Location
+    from ..store.splits import REPLACING, SPLIT_NAMES
     from ..store.write import BEFORE_PUBLISH, to_zarr
     from ..storeinfo import info
 
@@ -320,6 +321,7 @@ def _write_splits(
                         removed.append(old)
 
                 token = BEFORE_PUBLISH.set(remove_earlier if gone else None)
+                replacing = REPLACING.set(tuple(gone))  # not compared with the new classes
                 before = _identity(target)
                 try:
                     to_zarr(
@@ -356,6 +358,7 @@ def _write_splits(
                     raise
                 finally:
                     BEFORE_PUBLISH.reset(token)
+                    REPLACING.reset(replacing)
                 mark.published = True
                 if args.overwrite:  # the earlier run's others went as this was published
                     earlier, stale = [], []
@@ -462,6 +465,7 @@ def _refuse_out_holding_images(src: str, out: str, opts: Any = None) -> None:
     next run); one that holds images already is a class or split folder of SRC (``ingest
     photos photos/cat``), whose images that would drop without a word."""
     from ..read.folder import _hidden, _is_image
+    from ..store.splits import SPLIT_NAMES
 
     stores = {n + e for n in SPLIT_NAMES for e in (".zarr", ".zarr.zip")}
     if not is_url(out):
@@ -531,10 +535,6 @@ def _url_image_inside(src: str, out: str, opts: Any, stores: set[str]) -> str | 
     return None
 
 
-#: names of split stores an earlier run may have left in OUT
-SPLIT_NAMES = ("train", "valid", "val", "validation", "test")
-
-
 def _out(out: str, name: str) -> str:
     return out.rstrip("/") + "/" + name if is_url(out) else os.path.join(out, name)
 
@@ -562,6 +562,8 @@ def _store_folders(src: str) -> list[str]:
     earlier run to another OUT inside SRC, which this run would read as an empty class
     (every label index after it shifted by one), or as a class of the other files put there
     (``daskimg show -o OUT/grid.png``). Logged with those files; local SRC only."""
+    from ..store.splits import SPLIT_NAMES
+
     if is_url(src) or not os.path.isdir(src):
         return []
     ends = (".zarr.zip", ".zarr")
@@ -654,10 +656,17 @@ def _finished_same(part: Any, target: str, so: Any, args: argparse.Namespace, sp
         held = open_zarr(target, storage_options=so).paths
     except Exception:
         held = None
+    from ..store.splits import renamed
+
+    swapped = renamed(target, attrs)
     raise StoreExistsError(
         f"{target} exists and was written from other files or settings"
-        f"{_what_differs(attrs, part, args, held)}; pass --overwrite to replace it (or write "
-        "to another OUT)"
+        + (
+            f" ({swapped}; or pass --overwrite to write every split anew)"
+            if swapped is not None
+            else f"{_what_differs(attrs, part, args, held)}; pass --overwrite to replace it "
+            "(or write to another OUT)"
+        )
     )
 
 

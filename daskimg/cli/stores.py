@@ -18,6 +18,7 @@ __all__ = ["info_cmd", "show_cmd", "verify_cmd"]
 def info_cmd(args: argparse.Namespace) -> int:
     from ..store.location import Location
     from ..store.open import missing_error
+    from ..store.splits import disagreeing
     from ..storeinfo import NOT_DAMAGE, format_info, info
 
     folder = _folder_of_stores(args.store, "info")
@@ -38,12 +39,21 @@ def info_cmd(args: argparse.Namespace) -> int:
                 print(format_info(summary) + "\n")
         for path in never:
             print(f"{path}: {missing_error(Location.of(path))}", file=sys.stderr)
+        numbered = disagreeing([(s["path"], s.get("attrs") or {}) for s in summaries])
+        for said in numbered:
+            print(said, file=sys.stderr)
         return max(
-            _unfinished(summaries), _staged_beside(stores), 1 if never else 0, foreign, stopped
+            _unfinished(summaries),
+            _staged_beside(stores),
+            1 if never or numbered else 0,
+            _renamed(summaries),
+            foreign,
+            stopped,
         )
     summary = info(args.store, storage_options=args.storage_options)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_info(summary))
-    return max(_unfinished([summary]), _staged_beside([args.store]))
+    swapped = _renamed([summary])
+    return max(_unfinished([summary]), _staged_beside([args.store]), swapped)
 
 
 def _folder_of_stores(path: str, command: str) -> tuple[list[str], list[str], int] | None:
@@ -101,6 +111,13 @@ def _staged_beside(stores: list[str]) -> int:
             file=sys.stderr,
         )
     return 1 if staged else 0
+
+
+def _renamed(summaries: list[dict[str, Any]]) -> int:
+    """1 when a store is named as another split than it holds (said when it was opened)."""
+    from ..store.splits import renamed
+
+    return int(any(renamed(s["path"], s.get("attrs") or {}) is not None for s in summaries))
 
 
 def _unfinished(summaries: list[dict[str, Any]]) -> int:

@@ -9,6 +9,7 @@ and builds dask arrays whose tasks read one chunk each with
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ from .layout import ArrayLayout
 from .locate import WRITE_EMPTY
 from .location import Location
 from .reader import StoreReader
+from .splits import renamed
 
 __all__ = ["OpenedStore", "lazy_array", "missing_error", "open_store", "open_zarr", "read_attrs"]
+
+logger = logging.getLogger("daskimg")
 
 #: arrays read at open as numpy (small, and what ImageSet keeps in memory)
 EAGER = ("labels", "paths")
@@ -89,7 +93,15 @@ def open_store(
     layouts = check_arrays(reader, attrs)
     if "created_with" not in attrs:
         _refuse_left_out_chunks(loc.target, source.keys, layouts)
+    said = renamed(loc.target, attrs)
+    if said is not None and (loc.target, said) not in _SAID:
+        _SAID.add((loc.target, said))  # once a process, not per worker and epoch
+        logger.warning("%s", said)
     return OpenedStore(loc, reader, attrs, layouts)
+
+
+#: the renamed stores already said in this process
+_SAID: set[tuple[str, str]] = set()
 
 
 def _refuse_left_out_chunks(

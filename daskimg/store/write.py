@@ -62,6 +62,7 @@ from .shardwrite import (
     shard_writes,
     write_file,
 )
+from .splits import check_beside
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
@@ -183,6 +184,8 @@ def to_zarr(
     with loc.lock():
         loc.check_writable(overwrite=overwrite)
         _keep_resumable_writes(loc, overwrite=overwrite)
+        if not loc.is_url:  # (a URL's neighbours are not listed)
+            check_beside(loc.target, split, imageset.classes)
         ds, attrs, specs, shard_len = plan_store(
             checked_boxes(exact_arrays(imageset)), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,

@@ -1,0 +1,141 @@
+"""Store: the splits of one set agree on what each label number means.
+
+Each split (``train``, ``valid``, ``test``) is its own store, and each records its class
+names. A label is a number, an index into them; ``valid`` read on its own from a CSV that
+lacks one of train's classes numbers the rest from 0, so its ``cat`` is train's ``bird``:
+a model trained on one is scored on the other against the wrong classes, without an error.
+:func:`check_beside` refuses such a store when it is written beside another split's store
+whose numbering differs (one list is not the start of the other); :func:`disagreeing`
+finds the same among stores already written (``daskimg info OUT``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["REPLACING", "SPLIT_NAMES", "check_beside", "disagreeing", "renamed", "split_of"]
+
+#: the names a store of one split is given (``daskimg ingest`` writes ``OUT/<name>.zarr.zip``)
+SPLIT_NAMES = ("train", "valid", "val", "validation", "test")
+
+#: stores that the write in progress replaces once it is published (``daskimg ingest
+#: --overwrite`` removes the earlier run's splits then): not compared with it
+REPLACING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "daskimg_replacing", default=()
+)
+
+
+def split_of(path: str, attrs: dict[str, Any]) -> str | None:
+    """The split a store holds: the one recorded (``to_zarr(split=...)``), else the one its
+    name says (``valid.zarr.zip``), else None."""
+    recorded = attrs.get("split")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    name = os.path.basename(path.rstrip("/")).lower()
+    for suffix in (".zarr.zip", ".zarr"):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            return stem if stem in SPLIT_NAMES else None
+    return None
+
+
+#: names that are one split: a store named ``val`` holding split ``valid`` is no mix-up
+_SAME = {"val": "valid", "validation": "valid"}
+
+
+def renamed(path: str, attrs: dict[str, Any]) -> str | None:
+    """What is wrong when the store at ``path`` is named as a split (``train.zarr.zip``) but
+    holds another, recorded when it was written (``valid``): stores renamed or swapped by
+    hand, whose loaders would train on the validation set without a word. None if not."""
+    recorded = attrs.get("split")
+    named = split_of(path, {})
+    if not isinstance(recorded, str) or recorded.lower() not in SPLIT_NAMES or named is None:
+        return None
+    if _SAME.get(named, named) == _SAME.get(recorded.lower(), recorded.lower()):
+        return None
+    return (
+        f"{path} is named as split {named!r} but holds split {recorded!r} (written with "
+        f"split={recorded!r}): it was renamed or swapped with another store. Check which "
+        "store is which (daskimg info), and give each its split's name"
+    )
+
+
+def _conflict(a: Sequence[str], b: Sequence[str]) -> int | None:
+    """The first label number ``a`` and ``b`` give different classes (None: one list is
+    the start of the other, or either names none)."""
+    if not a or not b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+
+
+def _said(
+    path: str, split: str, classes: Sequence[str], other: str, osplit: str, oclasses: Sequence[str]
+) -> str:
+    i = _conflict(classes, oclasses)
+    assert i is not None
+    return (
+        f"{path} (split {split!r}) numbers its classes differently from {other} (split "
+        f"{osplit!r}) beside it: label {i} is {classes[i]!r} in one and {oclasses[i]!r} in the "
+        f"other (classes {list(classes)} and {list(oclasses)}), so a model trained on one "
+        "split would be scored against the wrong classes on the other"
+    )
+
+
+def check_beside(target: str, split: str | None, classes: Sequence[str]) -> None:
+    """Refuse to write the store ``target`` (a local path) of ``split`` with ``classes``
+    when a store of another split in the same folder numbers its classes differently."""
+    from .open import read_attrs
+
+    split = split_of(target, {"split": split})
+    folder = os.path.dirname(target)
+    if split is None or not classes or not os.path.isdir(folder):
+        return
+    replacing = {os.path.realpath(p) for p in REPLACING.get()}
+    for other in _stores_in(folder):
+        if os.path.realpath(other) in replacing | {os.path.realpath(target)}:
+            continue
+        try:
+            attrs = read_attrs(other, check_complete=False)
+        except Exception:  # not a daskimg store, or damaged: not this write's to judge
+            continue
+        osplit = split_of(other, attrs)
+        oclasses = [str(c) for c in attrs.get("classes") or []]
+        if osplit is None or osplit == split or _conflict(classes, oclasses) is None:
+            continue
+        raise ValueError(
+            _said(target, split, classes, other, osplit, oclasses)
+            + ". Nothing was written. Read this split with the other's classes: "
+            f"from_csv(..., classes=daskimg.open_zarr({other!r}).classes) (from_folder takes "
+            "classes= too); or re-create the other with these classes; or write the two to "
+            "different folders if they are not splits of one set"
+        )
+
+
+def disagreeing(stores: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
+    """What is wrong among ``stores`` (path, attributes) of one folder: each pair of
+    different splits whose class numbering differs, said."""
+    said = []
+    known = [
+        (path, split, [str(c) for c in attrs.get("classes") or []])
+        for path, attrs in stores
+        if (split := split_of(path, attrs)) is not None
+    ]
+    for i, (path, split, classes) in enumerate(known):
+        for other, osplit, oclasses in known[i + 1 :]:
+            if split != osplit and _conflict(classes, oclasses) is not None:
+                said.append(
+                    _said(path, split, classes, other, osplit, oclasses)
+                    + ": read one with the other's classes (classes=) and write it again"
+                )
+    return said
+
+
+def _stores_in(folder: str) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(os.path.join(folder, n) for n in names if n.endswith((".zarr.zip", ".zarr")))
