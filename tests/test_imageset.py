@@ -295,6 +295,47 @@ def test_from_csv_labels_that_are_numbers_and_class_names_are_not_guessed(tmp_pa
         di.from_csv(csv, **kw)
 
 
+def test_from_csv_labels_written_with_an_exponent_are_class_names(tmp_path):
+    # '2E1', '1E1', '3E1' (codes, as folders named so are) became indices 20, 10, 30 with
+    # no class names; beside '20' the two merged into one class without a word
+    files = di.testing.make_image_folder(tmp_path / "im", n=6, size=(8, 8), classes=("x",))
+    rows = [f.relative_to(tmp_path / "im").as_posix() for f in files]
+    csv = tmp_path / "l.csv"
+    codes = ["2E1", "2E1", "1E1", "1E1", "3E1", "3e1"]
+    csv.write_text("path,label\n" + "".join(f"{r},{c}\n" for r, c in zip(rows, codes, strict=True)))
+    ds = di.from_csv(csv, root=tmp_path / "im", size=(8, 8))
+    assert ds.classes == tuple(sorted(set(codes)))
+    assert [ds.classes[k] for k in ds.labels] == codes
+    csv.write_text(
+        "path,label\n"
+        + "".join(f"{r},{c}\n" for r, c in zip(rows, ["2E1", "20", *"1122"], strict=True))
+    )
+    with pytest.raises(ValueError, match=r"line 2: '2E1'.*neither indices nor class names"):
+        di.from_csv(csv, root=tmp_path / "im", size=(8, 8))
+    # said to be indices, they are the numbers they spell
+    as_index = di.from_csv(csv, root=tmp_path / "im", size=(8, 8), labels_are="indices")
+    assert as_index.labels.tolist() == [20, 20, 1, 1, 2, 2]
+
+
+def test_from_csv_label_matching_a_class_name_with_spaces_as_written(tmp_path):
+    # train read from a folder "cat " keeps the space; valid's CSV naming it "cat " (quoted)
+    # was stripped to 'cat' and refused as "not exactly" the class, with no way to write it
+    for name in ("cat ", "dog"):
+        di.testing.make_image_folder(tmp_path / "train" / name, n=1, size=(8, 8), classes=("x",))
+    train = di.from_folder(tmp_path / "train", size=(8, 8))
+    assert train.classes == ("cat ", "dog")
+    files = di.testing.make_image_folder(tmp_path / "v", n=3, size=(8, 8), classes=("x",))
+    rows = [f.relative_to(tmp_path / "v").as_posix() for f in files]
+    csv = tmp_path / "valid.csv"
+    csv.write_text(f'path,label\n{rows[0]},"cat "\n{rows[1]},dog\n{rows[2]}, dog\n')
+    valid = di.from_csv(csv, root=tmp_path / "v", size=(8, 8), classes=train.classes)
+    assert [valid.classes[k] for k in valid.labels] == ["cat ", "dog", "dog"]
+    # written without its space, the error says how to write it
+    csv.write_text(f"path,label\n{rows[0]},cat\n{rows[1]},dog\n{rows[2]},dog\n")
+    with pytest.raises(ValueError, match=r"line 2: label 'cat' .*write 'cat ' in the CSV"):
+        di.from_csv(csv, root=tmp_path / "v", size=(8, 8), classes=train.classes)
+
+
 def test_from_csv_float_written_labels_that_are_class_names_are_not_taken_as_indices(tmp_path):
     # a training CSV of float-written labels read as names gives the classes sorted as text
     # ('0.0', '1.0', '10.0', '2.0'); the next CSV, spelled alike, had '2.0' read as index 2

@@ -557,9 +557,17 @@ def _labels(
         ]
         if unknown:
             line, name = unknown[0]
+            spaced = [c for c in given if c != c.strip() and c.strip() == name]
             raise ValueError(
                 f"{where}, line {line}: label {name!r} is not one of the classes given "
                 f"({given}){near_misses([name], given)}; {len(unknown)} row(s) have such labels"
+                + (
+                    f". A label is read without the spaces around it unless the cell is a "
+                    f"class name exactly as written: write {spaced[0]!r} in the CSV (quoted: "
+                    f'"{spaced[0]}"), or rename that class'
+                    if spaced
+                    else ""
+                )
             )
         return np.array([index[c] for c in _classes_of(labels, classes)], dtype=np.int64), given
     bad = np.flatnonzero((labels < -1) | (labels >= len(given)))  # -1: no label
@@ -628,11 +636,16 @@ def _own_labels(
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels).
 
-    A whole number written with leading zeros ("01", "007") or digit separators ("1_0")
-    is a class name, as a folder named so is (an index column spells its numbers plainly;
+    A whole number written with leading zeros ("01", "007"), digit separators ("1_0") or
+    an exponent ("2E1") is a class name, as a folder named so is (an index column spells its numbers plainly;
     taken as index 1, "01" would name the class "02" of a set whose classes are "01",
-    "02", ...), unless ``padded`` (``labels_are='indices'``)."""
-    raw = [(row[label_column] or "").strip() for row in rows]
+    "02", ...), unless ``padded`` (``labels_are='indices'``).
+
+    Labels are read without the spaces around them, unless a class ``given`` is the cell as
+    written (a folder named ``"cat "`` read by ``from_folder``: ``"cat "`` quoted in the CSV
+    names it)."""
+    spaced = {c for c in given or () if c != c.strip()}
+    raw = [v if (v := row[label_column] or "") in spaced else v.strip() for row in rows]
     holes = [line for line, v in enumerate(raw, start=2) if not v]
     if holes:
         shown = ", ".join(map(str, holes[:5])) + (", ..." if len(holes) > 5 else "")
@@ -646,7 +659,10 @@ def _own_labels(
     # numbers of one width with leading zeros ("00" .. "42") are all names, "10" too
     fixed = not padded and _fixed_width_codes(raw)
     wholes = [
-        None if names or fixed or not (padded or _plain_number(v)) else _whole_value(v) for v in raw
+        None
+        if names or fixed or not (padded or (_plain_number(v) and not _exponent(v)))
+        else _whole_value(v)
+        for v in raw
     ]
     if not names and all(w is not None for w in wholes):
         ints = cast("list[int]", wholes)
@@ -1222,6 +1238,13 @@ def _plain_number(v: str) -> bool:
     separators ("1_0")."""
     digits = v.strip().lstrip("+-")
     return "_" not in digits and not (len(digits) > 1 and digits[0] == "0" and digits.isdigit())
+
+
+def _exponent(v: str) -> bool:
+    """A label written with an exponent ("2E1", "1e3"): a code, as a folder named so is, not
+    a class index (an index column spells its numbers plainly; "2E1" beside "20" would
+    merge the two)."""
+    return "e" in v.lower() and _is_float(v)
 
 
 def _fixed_width_codes(raw: Sequence[str]) -> bool:
