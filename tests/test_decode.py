@@ -456,6 +456,21 @@ def test_draft_with_orientation_and_odd_sizes(tmp_path: Path, orientation: int) 
         assert _draft_errors([path], spec)[0] < DRAFT_MEAN_TOLERANCE
 
 
+@pytest.mark.parametrize(("side", "target"), [(5, 1), (9, 1), (12, 3), (200, 1)])
+def test_tiny_jpegs_are_not_drafted_below_a_few_pixels(
+    tmp_path: Path, side: int, target: int
+) -> None:
+    # a smooth gradient a few pixels across, to one to three: drafted at 1/4 or 1/8, the
+    # scaled blocks were most of the resize (5x5 to 1x1 came out 38 levels off Pillow's
+    # full decode); a picture that would keep under 8 pixels a side is decoded whole
+    ramp = np.mgrid[0:side, 0:side][1] * 255 / (side - 1)
+    path = tmp_path / "ramp.jpg"
+    Image.fromarray(ramp.astype(np.uint8)).save(path, quality=100, subsampling=0)
+    spec = DecodeSpec((target, target), channels=1)
+    assert spec.draft
+    np.testing.assert_array_equal(decode_file(path, spec), oracle(path, spec))
+
+
 def test_transposed_origin_moves_the_slack() -> None:
     # a drafted image of 7 x 5 whose picture covers 6.0 x 4.0 from the top-left corner
     size, extent = (7, 5), (6.0, 4.0)

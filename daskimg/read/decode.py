@@ -57,7 +57,9 @@ Images
   levels for a 40x32 synthetic picture halved), and so do photos 8 (or 4) times
   a small target: libjpeg's scale is then the whole resize, 8x8 block means where
   the bilinear filter is a wider triangle (skimage's astronaut at 256x256 to 32x32:
-  5.0 levels; 300x200 to 37x23: 4.6). The tests allow a mean of 2.5
+  5.0 levels; 300x200 to 37x23: 4.6). A picture that would keep fewer than 8 pixels
+  on a side at a scale is not drafted to it (a 5x5 gradient drafted to 1x1 was 38
+  levels off; 12x12 to 3x3, 10). The tests allow a mean of 2.5
   over a set of photos and 5 for any one photo. ``draft=False`` (``daskimg ingest
   --no-draft``) gives Pillow's
   full decode, identical to ``Image.open`` -> ``exif_transpose`` -> ``convert``

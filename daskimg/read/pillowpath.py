@@ -161,8 +161,16 @@ def _apply_draft(im: Image.Image, spec: DecodeSpec, orientation: int, target: st
     return round(w / res[1][2])
 
 
+#: the fewest pixels a drafted picture keeps on its shorter side: below that, libjpeg's
+#: scaled blocks (and the part of the last one the picture fills) are most of the resize,
+#: and a 5x5 gradient to 1x1 came out 38 levels from the full decode's
+DRAFT_MIN_SIDE: Final = 8
+
+
 def draft_scale(size: tuple[int, int], spec: DecodeSpec) -> int:
-    """The DCT scale (8, 4, 2 or 1) for an upright picture of ``size = (w, h)``."""
+    """The DCT scale (8, 4, 2 or 1) for an upright picture of ``size = (w, h)``: the
+    largest that still covers the output and leaves the picture :data:`DRAFT_MIN_SIDE`
+    pixels or more on each side."""
     ow, oh = size
     th, tw = spec.size
     if spec.resize == "crop":
@@ -174,7 +182,7 @@ def draft_scale(size: tuple[int, int], spec: DecodeSpec) -> int:
     else:
         limit = min(ow / tw, oh / th)
     for s in _DRAFT_SCALES:
-        if limit >= s:
+        if limit >= s and min(ow, oh) >= DRAFT_MIN_SIDE * s:
             return s
     return 1
 
