@@ -30,9 +30,12 @@ def _check_images_match_idx(images, idx):
 @pytest.mark.parametrize("batch_size", [1, 7, 16, 200])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_every_sample_once_per_epoch(store, batch_size, drop_last):
-    it = di.BatchIterator(
-        store, batch_size=batch_size, arrays=("images", "idx"), drop_last=drop_last, buffer_chunks=3
-    )
+    kw = {"arrays": ("images", "idx"), "drop_last": drop_last, "buffer_chunks": 3}
+    if drop_last and batch_size > 103:  # every epoch empty: refused (was fed, unsaid)
+        with pytest.raises(ValueError, match=r"leaves no batch of the 103 samples"):
+            di.BatchIterator(store, batch_size=batch_size, **kw)
+        return
+    it = di.BatchIterator(store, batch_size=batch_size, **kw)
     batches = _epoch(it)
     assert len(batches) == len(it)
     idx = np.concatenate([b[1] for b in batches]) if batches else np.empty(0, int)
@@ -494,16 +497,13 @@ def test_ranks_whose_shares_fill_no_batch_are_refused_with_drop_last(tmp_path):
             arrays=("idx",),
         )
         assert [len(b[0]) for b in got] == [38]
-        # more than the samples: empty, as in one process
-        assert (
-            list(
-                di.BatchIterator(
-                    path, batch_size=71, drop_last=True, consumer=rank, num_consumers=2, even=True
-                )
+        # more than the samples: refused, as in one process (every epoch would be empty)
+        with pytest.raises(ValueError, match=r"batch_size=71 with drop_last=True leaves no batch"):
+            di.BatchIterator(
+                path, batch_size=71, drop_last=True, consumer=rank, num_consumers=2, even=True
             )
-            == []
-        )
-    assert list(di.BatchIterator(path, batch_size=71, drop_last=True)) == []
+    with pytest.raises(ValueError, match=r"batch_size=71 with drop_last=True leaves no batch"):
+        di.BatchIterator(path, batch_size=71, drop_last=True)
 
 
 def test_one_sample_chunks_of_jpeg(tmp_path):
@@ -540,7 +540,14 @@ def test_a_failing_transform_leaves_no_buffer_marked_busy(store):
 
 
 def test_an_empty_epoch_counts_once(store):
-    it = di.BatchIterator(store, batch_size=500, drop_last=True)  # 103 samples: no batch
+    # batch_size beyond the 103 samples with drop_last: every epoch was empty, unsaid (a
+    # training loop ran on nothing); KerasDataset refused it, BatchIterator and TorchDataset
+    # did not (test_torch)
+    with pytest.raises(ValueError, match=r"batch_size=500 with drop_last=True leaves no batch"):
+        di.BatchIterator(store, batch_size=500, drop_last=True)
+    # a worker's share without a batch (the one batch is worker 0's) is an empty epoch
+    it = di.BatchIterator(store, batch_size=500, worker=1, num_workers=2)
+    assert len(it) == 0
     for _ in range(3):
         assert list(it) == []
     assert it.epoch == 3

@@ -733,6 +733,16 @@ def test_ddp_ranks_of_a_small_image_store_each_read_their_share(tmp_path, caplog
     assert "chunk by chunk" not in caplog.text
 
 
+def test_a_batch_size_beyond_the_set_with_drop_last_is_refused(store):
+    # every epoch was empty, unsaid, in one process: a training loop ran on nothing
+    with pytest.raises(
+        ValueError, match=rf"batch_size={N + 1} with drop_last=True leaves no batch"
+    ):
+        TorchDataset(store, batch_size=N + 1, drop_last=True)
+    whole = TorchDataset(store, batch_size=N, drop_last=True)
+    assert [len(b[0]) for b in DataLoader(whole, batch_size=None)] == [N]
+
+
 @pytest.mark.parametrize("eval_workers", [1, 3])
 def test_two_dataloaders_of_one_dataset_with_other_worker_counts_keep_whole_epochs(
     store, stored, eval_workers

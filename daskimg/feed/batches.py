@@ -37,7 +37,7 @@ from ..store.reader import RawChunk
 from .checks import check_transform
 from .iterator import Transform, check_transformed
 from .plan import EpochPlan
-from .shuffle import batch_rng, num_batches, plan_epoch
+from .shuffle import batch_rng, check_a_batch, num_batches, plan_epoch
 from .source import FeedSource
 
 __all__ = [
@@ -492,12 +492,7 @@ class EpochBatches:
         self.num_batches = num_batches(
             src.n, src.chunk_len, batch_size=self.batch_size, drop_last=self.drop_last
         )
-        if not self.num_batches:  # (no samples at all: refused by FeedSource)
-            raise ValueError(
-                f"batch_size={self.batch_size} with drop_last=True leaves no batch of the "
-                f"{src.n} samples: every epoch would be empty. Pass a smaller batch_size, or "
-                "drop_last=False"
-            )
+        check_a_batch(src.n, batch_size=self.batch_size, drop_last=self.drop_last)
         # a spawned worker opens the store again: it must be the store this was made from
         # (rewritten since, by a re-run of an ingest cell, the worker read the new one)
         made = source_fingerprint(src)

@@ -22,7 +22,14 @@ import numpy as np
 from .checks import check_at_least, check_seed, check_transform
 from .plan import EpochPlan
 from .runner import PlanRunner
-from .shuffle import batch_rng, check_fills_a_batch, even_cost, num_batches, plan_epoch
+from .shuffle import (
+    batch_rng,
+    check_a_batch,
+    check_fills_a_batch,
+    even_cost,
+    num_batches,
+    plan_epoch,
+)
 from .source import FeedSource, shown
 
 Transform = Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]]
@@ -212,6 +219,7 @@ class BatchIterator:
         self._pools: dict[str, list[np.ndarray]] = {}
         self._busy: set[int] = set()
         self._pool_lock = threading.Lock()
+        check_a_batch(self.source.n, batch_size=self.batch_size, drop_last=self.drop_last)
         self._runner = PlanRunner(self.source)  # reads, fills and assembles the batches
         if self.num_consumers > 1 and self.even and self.shuffle and self.drop_last:
             check_fills_a_batch(

@@ -246,13 +246,24 @@ def even_cost(
     return max(0, yielded - n_samples), max(0, n_samples - yielded)
 
 
+def check_a_batch(num_samples: int, *, batch_size: int, drop_last: bool) -> None:
+    """Refuse ``drop_last`` with a ``batch_size`` larger than the set: every epoch would be
+    empty, a training loop running on nothing without a word (torch's DataLoader allows it)."""
+    if drop_last and batch_size > num_samples:
+        raise ValueError(
+            f"batch_size={batch_size} with drop_last=True leaves no batch of the "
+            f"{num_samples} samples: every epoch would be empty. Pass a smaller batch_size, or "
+            "drop_last=False"
+        )
+
+
 def check_fills_a_batch(
     num_samples: int, chunk_len: int, num_consumers: int, *, batch_size: int
 ) -> None:
     """Refuse ``drop_last`` with ``even`` shares (DDP ranks, shuffled) when no consumer's
     share of whole chunks fills a batch, though the samples do: every consumer's epoch
-    would be empty (one process yields a batch). ``batch_size > num_samples`` gives an
-    empty epoch as it does in one process."""
+    would be empty (one process yields a batch). ``batch_size > num_samples`` is
+    :func:`check_a_batch`'s."""
     largest = int(_samples_per_consumer(num_samples, chunk_len, num_consumers).max())
     if largest < batch_size <= num_samples:
         raise ValueError(
