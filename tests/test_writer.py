@@ -587,6 +587,31 @@ def test_a_writer_of_another_column_keeps_an_unfinished_write_of_one(tmp_path, i
     np.testing.assert_array_equal(g["brightness"][...], np.ones(n))
 
 
+def test_resuming_after_the_store_was_replaced_says_only_resume_false_helps(tmp_path, indexed_set):
+    # "Pass the same arguments" when the arguments were the same: the store had changed
+    store = di.to_zarr(indexed_set, tmp_path / "s.zarr.zip", chunks=8)
+    w = ArrayWriter(store, name="pred", shape=(), dtype="float32", mode="a", checkpoint_every=0)
+    w.append(np.arange(5, dtype=np.float32), index=np.arange(5))
+    w._abandon()
+    di.to_zarr(indexed_set, tmp_path / "other.zarr.zip", chunks=8, seed=1)
+    os.replace(tmp_path / "other.zarr.zip", store)
+    with pytest.raises(ValueError, match=r"replaced or rewritten since.*resume=False") as e:
+        ArrayWriter(store, name="pred", shape=(), dtype="float32", mode="a", resume=True)
+    assert "same arguments" not in str(e.value)
+
+
+def test_rows_of_different_shapes_are_named(tmp_path):
+    # numpy's "setting an array element with a sequence ... inhomogeneous shape"
+    with ArrayWriter(tmp_path / "q.zarr.zip", name="q", shape=(3,), dtype="float32") as w:
+        for ragged in ([np.zeros(3), np.ones(2)], [[1, 2, 3], [1, 2]], (np.zeros(3), 5.0)):
+            with pytest.raises(ValueError, match=r"q: .*row 0 has shape \(3,\), row 1 \(2?,?\)"):
+                w.append(ragged)
+        w.append([np.zeros(3), np.ones(3)])  # refused batches left nothing behind
+    np.testing.assert_array_equal(
+        plain_group(tmp_path / "q.zarr.zip")["q"][...], [[0] * 3, [1] * 3]
+    )
+
+
 def test_verify_of_an_unfinished_new_store_names_its_write(tmp_path):
     # verify said only "no store at ...", where open_zarr names the write and resume=True
     path = tmp_path / "u.zarr.zip"

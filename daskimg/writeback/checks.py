@@ -193,7 +193,20 @@ def as_numpy(value: Any) -> np.ndarray:
             if hasattr(value, resolve):
                 value = getattr(value, resolve)()
         return np.asarray(value.numpy())
-    return np.asarray(value)
+    try:
+        return np.asarray(value)
+    except ValueError:  # numpy's "inhomogeneous shape": rows of different shapes
+        if not isinstance(value, (list, tuple)):
+            raise
+        shapes = [np.shape(v) for v in value]
+        odd = next((i for i, sh in enumerate(shapes) if sh != shapes[0]), None)
+        if odd is None:
+            raise
+        raise ValueError(
+            f"the batch is a {type(value).__name__} of rows of different shapes: row 0 has "
+            f"shape {shapes[0]}, row {odd} {shapes[odd]}; give rows of one shape (the "
+            "array's per-sample shape), or one array with a batch axis"
+        ) from None
 
 
 def coerce(name: str, value: Any, spec: Spec, classes: Sequence[str]) -> np.ndarray:

@@ -377,9 +377,17 @@ def resume(
         if mode == "w" and split is not None and split != attrs.get("split"):
             problems.append(f"split={attrs.get('split')!r}")
         if problems:
+            changed = problems == ["another version of the store it adds to"]
             raise ValueError(
                 f"cannot resume the unfinished write at {str(staging)!r}: it was started "
-                f"with {'; '.join(problems)}. Pass the same arguments, or resume=False to discard it"
+                f"with {'; '.join(problems)}. "
+                + (
+                    "The store was replaced or rewritten since: the rows staged belong to the "
+                    "samples of the one before, so resume=False (discard them and start again) "
+                    "is the way on"
+                    if changed
+                    else "Pass the same arguments, or resume=False to discard it"
+                )
             )
         store = staging / "store"
         if not all((store / name / "zarr.json").is_file() for name in specs):
