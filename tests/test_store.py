@@ -2255,13 +2255,19 @@ def _labelled(names: list[str]) -> di.ImageSet:
     return di.ImageSet(images, [classes.index(n) for n in names], classes=classes)
 
 
-def test_a_split_numbering_its_classes_otherwise_than_one_beside_it_is_refused(tmp_path, capsys):
+def test_a_split_numbering_its_classes_otherwise_than_one_beside_it_is_refused(
+    tmp_path, capsys, caplog
+):
     # valid read from its own CSV without classes=train.classes lacked 'bird': its 'cat' was
     # label 0, train's 'bird', and a model trained on train was scored on the wrong classes
     train = _labelled(["bird", "cat", "dog", "cat"])
     di.to_zarr(train, tmp_path / "train.zarr.zip", split="train")
     valid = _labelled(["cat", "dog"])
-    for split, name in (("valid", "valid.zarr.zip"), (None, "valid.zarr"), ("test", "t.zarr.zip")):
+    for split, name in (
+        ("valid", "valid.zarr.zip"),
+        (None, "valid.zarr"),
+        ("test", "Test.zarr.zip"),
+    ):
         with pytest.raises(ValueError, match=r"label 0 is 'cat' in one and 'bird' in the other"):
             di.to_zarr(valid, tmp_path / name, split=split)
         assert not os.path.lexists(tmp_path / name)  # nothing written
@@ -2276,9 +2282,11 @@ def test_a_split_numbering_its_classes_otherwise_than_one_beside_it_is_refused(t
     di.to_zarr(right, tmp_path / "valid.zarr.zip", split="valid")
     assert named(tmp_path / "valid.zarr.zip") == ["cat", "dog"]
     # a split whose classes are the start of train's numbers them alike; one of no classes
-    # (integer labels), or in another folder, is not compared
+    # (integer labels), stores not named as splits (several sets' in one folder), or in
+    # another folder, are not compared
     di.to_zarr(_labelled(["bird", "cat"]), tmp_path / "test.zarr.zip", split="test")
     di.to_zarr(di.ImageSet(valid.images, [0, 1]), tmp_path / "val.zarr.zip", split="val")
+    di.to_zarr(_labelled(["ant", "bee"]), tmp_path / "fashion_test.zarr.zip", split="test")
     di.to_zarr(valid, tmp_path / "elsewhere" / "valid.zarr.zip", split="valid")
     # stores already side by side (copied in) are said by `daskimg info OUT`
     from daskimg.cli import main
@@ -2289,4 +2297,25 @@ def test_a_split_numbering_its_classes_otherwise_than_one_beside_it_is_refused(t
     capsys.readouterr()
     assert main(["info", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "validation.zarr.zip (split 'valid')" in err and "train.zarr.zip (split 'train')" in err
+    assert "validation.zarr.zip (split 'validation')" in err
+    assert "train.zarr.zip (split 'train')" in err and "valid.zarr.zip beside" not in err
+    # every split written again with new classes (overwrite=True, one after the other):
+    # said while the others still number them otherwise, never refused
+    (tmp_path / "validation.zarr.zip").unlink()
+    new = {"train": ["ant", "bird", "cat"], "valid": ["ant", "cat"], "test": ["bird", "ant"]}
+    for split, names in new.items():
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="daskimg"):
+            ds = di.ImageSet(
+                np.zeros((len(names), 2, 2, 3), np.uint8),
+                [["ant", "bird", "cat"].index(n) for n in names],
+                classes=["ant", "bird", "cat"],
+            )
+            di.to_zarr(
+                ds, tmp_path / f"{split}.zarr.zip", split=split, overwrite=True, order="source"
+            )
+        warned = [r.getMessage() for r in caplog.records if "numbers its classes" in r.getMessage()]
+        assert bool(warned) == (split != "test"), warned  # the last agrees with both
+        assert named(tmp_path / f"{split}.zarr.zip") == names
+    capsys.readouterr()
+    assert main(["info", str(tmp_path)]) == 0

@@ -6,17 +6,22 @@ lacks one of train's classes numbers the rest from 0, so its ``cat`` is train's 
 a model trained on one is scored on the other against the wrong classes, without an error.
 :func:`check_beside` refuses such a store when it is written beside another split's store
 whose numbering differs (one list is not the start of the other); :func:`disagreeing`
-finds the same among stores already written (``daskimg info OUT``).
+finds the same among stores already written (``daskimg info OUT``). Only stores named as
+splits (``train.zarr.zip``, ``valid.zarr``, ...) are compared: a folder may hold several
+sets' stores (``mnist_train``, ``fashion_train``), whose classes are their own.
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["REPLACING", "SPLIT_NAMES", "check_beside", "disagreeing", "renamed", "split_of"]
+
+logger = logging.getLogger("daskimg")
 
 #: the names a store of one split is given (``daskimg ingest`` writes ``OUT/<name>.zarr.zip``)
 SPLIT_NAMES = ("train", "valid", "val", "validation", "test")
@@ -28,12 +33,8 @@ REPLACING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
 )
 
 
-def split_of(path: str, attrs: dict[str, Any]) -> str | None:
-    """The split a store holds: the one recorded (``to_zarr(split=...)``), else the one its
-    name says (``valid.zarr.zip``), else None."""
-    recorded = attrs.get("split")
-    if isinstance(recorded, str) and recorded:
-        return recorded
+def split_of(path: str) -> str | None:
+    """The split a store's name says it holds (``valid.zarr.zip``: ``valid``), or None."""
     name = os.path.basename(path.rstrip("/")).lower()
     for suffix in (".zarr.zip", ".zarr"):
         if name.endswith(suffix):
@@ -51,7 +52,7 @@ def renamed(path: str, attrs: dict[str, Any]) -> str | None:
     holds another, recorded when it was written (``valid``): stores renamed or swapped by
     hand, whose loaders would train on the validation set without a word. None if not."""
     recorded = attrs.get("split")
-    named = split_of(path, {})
+    named = split_of(path)
     if not isinstance(recorded, str) or recorded.lower() not in SPLIT_NAMES or named is None:
         return None
     if _SAME.get(named, named) == _SAME.get(recorded.lower(), recorded.lower()):
@@ -84,34 +85,54 @@ def _said(
     )
 
 
-def check_beside(target: str, split: str | None, classes: Sequence[str]) -> None:
-    """Refuse to write the store ``target`` (a local path) of ``split`` with ``classes``
-    when a store of another split in the same folder numbers its classes differently."""
+def check_beside(
+    target: str, classes: Sequence[str], *, overwrite: bool, said: Sequence[str] = ()
+) -> list[str]:
+    """Refuse to write the store ``target`` (a local path named as a split, e.g.
+    ``out/valid.zarr.zip``) with ``classes`` when a store of another split beside it
+    (``out/train.zarr.zip``) numbers its classes differently. With ``overwrite`` (every
+    split re-written with new classes, one after the other) it is a warning: the others
+    may be about to follow. Returns the stores found so (``said``: already said, skipped)."""
     from .open import read_attrs
 
-    split = split_of(target, {"split": split})
+    split = split_of(target)
     folder = os.path.dirname(target)
+    found: list[str] = []
     if split is None or not classes or not os.path.isdir(folder):
-        return
+        return found
+    classes = [str(c) for c in classes]
     replacing = {os.path.realpath(p) for p in REPLACING.get()}
     for other in _stores_in(folder):
-        if os.path.realpath(other) in replacing | {os.path.realpath(target)}:
+        if os.path.realpath(other) in replacing | {os.path.realpath(target)} or other in said:
+            continue
+        osplit = split_of(other)
+        if osplit is None or _SAME.get(osplit, osplit) == _SAME.get(split, split):
             continue
         try:
             attrs = read_attrs(other, check_complete=False)
         except Exception:  # not a daskimg store, or damaged: not this write's to judge
             continue
-        osplit = split_of(other, attrs)
         oclasses = [str(c) for c in attrs.get("classes") or []]
-        if osplit is None or osplit == split or _conflict(classes, oclasses) is None:
+        if _conflict(classes, oclasses) is None:
+            continue
+        wrong = _said(target, split, classes, other, osplit, oclasses)
+        found.append(other)
+        if overwrite:
+            logger.warning(
+                "%s. Re-write %s with these classes too (or remove it), or read this split "
+                "with its classes",
+                wrong,
+                other,
+            )
             continue
         raise ValueError(
-            _said(target, split, classes, other, osplit, oclasses)
-            + ". Nothing was written. Read this split with the other's classes: "
+            wrong + ". Nothing was written. Read this split with the other's classes: "
             f"from_csv(..., classes=daskimg.open_zarr({other!r}).classes) (from_folder takes "
-            "classes= too); or re-create the other with these classes; or write the two to "
-            "different folders if they are not splits of one set"
+            "classes= too); to re-write every split with these classes, pass overwrite=True "
+            "to each (or remove the others first); or write the two to different folders if "
+            "they are not splits of one set"
         )
+    return found
 
 
 def disagreeing(stores: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -121,11 +142,14 @@ def disagreeing(stores: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
     known = [
         (path, split, [str(c) for c in attrs.get("classes") or []])
         for path, attrs in stores
-        if (split := split_of(path, attrs)) is not None
+        if (split := split_of(path)) is not None
     ]
     for i, (path, split, classes) in enumerate(known):
         for other, osplit, oclasses in known[i + 1 :]:
-            if split != osplit and _conflict(classes, oclasses) is not None:
+            if (
+                _SAME.get(split, split) != _SAME.get(osplit, osplit)
+                and _conflict(classes, oclasses) is not None
+            ):
                 said.append(
                     _said(path, split, classes, other, osplit, oclasses)
                     + ": read one with the other's classes (classes=) and write it again"

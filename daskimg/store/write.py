@@ -62,7 +62,7 @@ from .shardwrite import (
     shard_writes,
     write_file,
 )
-from .splits import check_beside
+from .splits import check_beside, renamed
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
@@ -123,7 +123,10 @@ def to_zarr(
     seed
         Seed of the shuffled order (a non-negative int; None: a random order, recorded as None).
     split
-        Name recorded in the attributes (``train``, ``valid``, ...).
+        Name recorded in the attributes (``train``, ``valid``, ...). A store named as a
+        split (``out/valid.zarr.zip``) is compared with the other splits' stores beside it:
+        one whose label numbers mean other classes is refused (a warning with
+        ``overwrite``; :mod:`daskimg.store.splits`).
     overwrite
         Replace an existing store at ``path``.
     compute
@@ -184,8 +187,16 @@ def to_zarr(
     with loc.lock():
         loc.check_writable(overwrite=overwrite)
         _keep_resumable_writes(loc, overwrite=overwrite)
+        beside: list[str] = []
         if not loc.is_url:  # (a URL's neighbours are not listed)
-            check_beside(loc.target, split, imageset.classes)
+            beside = check_beside(loc.target, imageset.classes, overwrite=overwrite)
+            if renamed(loc.target, {"split": split}) is not None:
+                logger.warning(
+                    "to_zarr: %s is named as another split than split=%r it is written with: "
+                    "said as renamed whenever it is opened",
+                    loc.target,
+                    split,
+                )
         ds, attrs, specs, shard_len = plan_store(
             checked_boxes(exact_arrays(imageset)), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,
@@ -196,6 +207,8 @@ def to_zarr(
             # here, and what fails is this write's own list
             attrs["skipped"] = [[str(p), str(r)] for p, r in imageset.skipped]
         write_store(loc, ds, attrs, specs, shard_len, progress=progress)
+        if not loc.is_url:  # a split written by another process meanwhile: said
+            check_beside(loc.target, imageset.classes, overwrite=True, said=beside)
         imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
         # the feed's "index" of this set (its rows, or a subset's rows in the store it was
         # taken from) is no row of the new store: said when fed (feed.source)
