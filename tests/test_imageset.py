@@ -295,26 +295,35 @@ def test_from_csv_labels_that_are_numbers_and_class_names_are_not_guessed(tmp_pa
         di.from_csv(csv, **kw)
 
 
-def test_from_csv_labels_written_with_an_exponent_are_class_names(tmp_path):
+def test_from_csv_labels_written_with_an_exponent_are_not_guessed(tmp_path):
     # '2E1', '1E1', '3E1' (codes, as folders named so are) became indices 20, 10, 30 with
-    # no class names; beside '20' the two merged into one class without a word
+    # no class names; beside '20' the two merged into one class without a word. Yet numpy's
+    # savetxt writes index 10 as '1.000000e+01': either reading may be wrong, so neither is
+    # guessed
     files = di.testing.make_image_folder(tmp_path / "im", n=6, size=(8, 8), classes=("x",))
     rows = [f.relative_to(tmp_path / "im").as_posix() for f in files]
     csv = tmp_path / "l.csv"
+    kw = {"root": tmp_path / "im", "size": (8, 8)}
+
+    def write(labels: list[str]) -> None:
+        csv.write_text(
+            "path,label\n" + "".join(f"{r},{c}\n" for r, c in zip(rows, labels, strict=True))
+        )
+
     codes = ["2E1", "2E1", "1E1", "1E1", "3E1", "3e1"]
-    csv.write_text("path,label\n" + "".join(f"{r},{c}\n" for r, c in zip(rows, codes, strict=True)))
-    ds = di.from_csv(csv, root=tmp_path / "im", size=(8, 8))
+    for labels in (codes, [f"{k:.6e}" for k in (0, 1, 2, 10, 11, 3)], ["2E1", "20", *"1122"]):
+        write(labels)
+        with pytest.raises(ValueError, match=r"line 2: label .* exponent.*labels_are='indices'"):
+            di.from_csv(csv, **kw)
+        as_index = di.from_csv(csv, **kw, labels_are="indices")  # the numbers they spell
+        assert as_index.labels.tolist() == [int(float(v)) for v in labels]
+    write(codes)
+    ds = di.from_csv(csv, **kw, labels_are="names")
     assert ds.classes == tuple(sorted(set(codes)))
     assert [ds.classes[k] for k in ds.labels] == codes
-    csv.write_text(
-        "path,label\n"
-        + "".join(f"{r},{c}\n" for r, c in zip(rows, ["2E1", "20", *"1122"], strict=True))
-    )
-    with pytest.raises(ValueError, match=r"line 2: '2E1'.*neither indices nor class names"):
-        di.from_csv(csv, root=tmp_path / "im", size=(8, 8))
-    # said to be indices, they are the numbers they spell
-    as_index = di.from_csv(csv, root=tmp_path / "im", size=(8, 8), labels_are="indices")
-    assert as_index.labels.tolist() == [20, 20, 1, 1, 2, 2]
+    # beside labels that are no numbers, they are names
+    write(["cat", "1e3", "dog", "cat", "1e3", "dog"])
+    assert di.from_csv(csv, **kw).classes == ("1e3", "cat", "dog")
 
 
 def test_from_csv_label_matching_a_class_name_with_spaces_as_written(tmp_path):
@@ -330,10 +339,11 @@ def test_from_csv_label_matching_a_class_name_with_spaces_as_written(tmp_path):
     csv.write_text(f'path,label\n{rows[0]},"cat "\n{rows[1]},dog\n{rows[2]}, dog\n')
     valid = di.from_csv(csv, root=tmp_path / "v", size=(8, 8), classes=train.classes)
     assert [valid.classes[k] for k in valid.labels] == ["cat ", "dog", "dog"]
-    # written without its space, the error says how to write it
-    csv.write_text(f"path,label\n{rows[0]},cat\n{rows[1]},dog\n{rows[2]},dog\n")
-    with pytest.raises(ValueError, match=r"line 2: label 'cat' .*write 'cat ' in the CSV"):
-        di.from_csv(csv, root=tmp_path / "v", size=(8, 8), classes=train.classes)
+    # written without its space, the error says how to write it (also beside rows that do)
+    for first in ("cat", '"cat "'):
+        csv.write_text(f"path,label\n{rows[0]},{first}\n{rows[1]},dog\n{rows[2]},cat\n")
+        with pytest.raises(ValueError, match=r"line \d: label 'cat' .*write 'cat ' in the CSV"):
+            di.from_csv(csv, root=tmp_path / "v", size=(8, 8), classes=train.classes)
 
 
 def test_from_csv_float_written_labels_that_are_class_names_are_not_taken_as_indices(tmp_path):

@@ -658,6 +658,19 @@ def _own_labels(
     # column that went through a float one)
     # numbers of one width with leading zeros ("00" .. "42") are all names, "10" too
     fixed = not padded and _fixed_width_codes(raw)
+    exponent = [line for line, v in enumerate(raw, start=2) if _exponent(v)]
+    if (
+        exponent
+        and not (names or padded)
+        and not (given and set(raw) <= set(given))
+        and all(_whole_value(v) is not None for v in raw)
+    ):  # "1.000000e+01" (numpy's savetxt) is index 10; "2E1" may be a code: not guessed
+        line = exponent[0]
+        raise ValueError(
+            f"{where}, line {line}: label {raw[line - 2]!r} is a whole number written with an "
+            "exponent: an index written as a float (numpy's savetxt writes 1.000000e+01) or a "
+            "code named so (2E1)? Say which: labels_are='indices' or labels_are='names'"
+        )
     wholes = [
         None
         if names or fixed or not (padded or (_plain_number(v) and not _exponent(v)))
@@ -718,7 +731,8 @@ def _own_labels(
             label_column,
         )
     classes = sorted(set(raw))
-    _refuse_same_looking(raw, classes, label_column, where)
+    if given is None:  # (given: each label must be one of them as it is, said by the caller)
+        _refuse_same_looking(raw, classes, label_column, where)
     if given is None:  # classes= given: case matters, as from_folder takes it
         _warn_cased(raw, classes, label_column, where)
     index = {c: i for i, c in enumerate(classes)}
