@@ -607,6 +607,11 @@ def test_rows_of_different_shapes_are_named(tmp_path):
             with pytest.raises(ValueError, match=r"q: .*row 0 has shape \(3,\), row 1 \(2?,?\)"):
                 w.append(ragged)
         w.append([np.zeros(3), np.ones(3)])  # refused batches left nothing behind
+    with ArrayWriter(tmp_path / "r.zarr.zip", name="r", shape=(2, 2), dtype="float32") as w:
+        # a row ragged in itself: numpy's words, which say where (not "row 1 has shape (2,)")
+        with pytest.raises(ValueError, match=r"inhomogeneous shape after 2 dimensions"):
+            w.append([[[1, 2], [3, 4]], [[1, 2], [3]]])
+        w.append(np.ones((1, 2, 2), np.float32))
     np.testing.assert_array_equal(
         plain_group(tmp_path / "q.zarr.zip")["q"][...], [[0] * 3, [1] * 3]
     )

@@ -198,7 +198,10 @@ def as_numpy(value: Any) -> np.ndarray:
     except ValueError:  # numpy's "inhomogeneous shape": rows of different shapes
         if not isinstance(value, (list, tuple)):
             raise
-        shapes = [np.shape(v) for v in value]
+        try:
+            shapes = [np.shape(v) for v in value]
+        except ValueError:
+            shapes = []  # a row ragged in itself: numpy's message says where
         odd = next((i for i, sh in enumerate(shapes) if sh != shapes[0]), None)
         if odd is None:
             raise

@@ -377,7 +377,7 @@ def resume(
         if mode == "w" and split is not None and split != attrs.get("split"):
             problems.append(f"split={attrs.get('split')!r}")
         if problems:
-            changed = problems == ["another version of the store it adds to"]
+            changed = "another version of the store it adds to" in problems
             raise ValueError(
                 f"cannot resume the unfinished write at {str(staging)!r}: it was started "
                 f"with {'; '.join(problems)}. "
