@@ -41,6 +41,7 @@ def random_flip(
     key: str = "images",
     boxes: Sequence[str] = (),
     masks: Sequence[str] = (),
+    fixed: Sequence[str] = (),
 ) -> Transform:
     """Flip each image left-right with probability ``p``, with its boxes and masks.
 
@@ -55,6 +56,11 @@ def random_flip(
         becomes ``W - x1, W - x0``.
     masks
         Names of ``(N, H, W)`` mask arrays in the batch, flipped with their images.
+    fixed
+        Names of arrays in the batch that stay as they are (per-sample values that do not
+        move with the pixels, such as 4 class scores): the feed refuses a flip when the
+        batches hold an array that looks like boxes (floats ending in 4) or a map (2-D
+        or more a sample) and is in none of ``boxes``, ``masks`` and ``fixed``.
 
     Examples
     --------
@@ -69,7 +75,9 @@ def random_flip(
     """
     if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a number in [0, 1], got {p!r}")
-    return RandomFlip(float(p), key, _names(boxes, "boxes"), _names(masks, "masks"))
+    return RandomFlip(
+        float(p), key, _names(boxes, "boxes"), _names(masks, "masks"), _names(fixed, "fixed")
+    )
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class RandomFlip:
     key: str
     boxes: tuple[str, ...]
     masks: tuple[str, ...]
+    #: arrays the caller says do not move with the pixels
+    fixed: tuple[str, ...] = ()
 
     def __call__(
         self, batch: dict[str, np.ndarray], rng: np.random.Generator
@@ -116,11 +126,13 @@ def random_crop(
     key: str = "images",
     boxes: Sequence[str] = (),
     masks: Sequence[str] = (),
+    fixed: Sequence[str] = (),
 ) -> Transform:
     """Crop each image to ``size=(h, w)`` at a random position (one gather for the batch).
 
     Boxes named in ``boxes`` are shifted into the crop and clipped to it; a box with
     nothing left inside becomes NaN. Masks named in ``masks`` are cut with their images.
+    ``fixed`` names arrays that stay as they are, as for :func:`random_flip`.
 
     Examples
     --------
@@ -138,7 +150,9 @@ def random_crop(
             f"random_crop takes size=(height, width), two positive whole numbers; got {size!r}"
         )
     h, w = (int(s) for s in parts)
-    return RandomCrop(h, w, key, _names(boxes, "boxes"), _names(masks, "masks"))
+    return RandomCrop(
+        h, w, key, _names(boxes, "boxes"), _names(masks, "masks"), _names(fixed, "fixed")
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,8 @@ class RandomCrop:
     key: str
     boxes: tuple[str, ...]
     masks: tuple[str, ...]
+    #: arrays the caller says do not move with the pixels
+    fixed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.h < 1 or self.w < 1:

@@ -281,9 +281,13 @@ def test_a_predicted_mask_written_back_is_not_left_behind_by_a_flip(tmp_path):
     for images, pred, index in it:  # numpy's flip is the oracle
         np.testing.assert_array_equal(images, b["images"][index][:, :, ::-1])
         np.testing.assert_array_equal(pred, b["masks"][index][:, :, ::-1])
-    # an array of another shape is not taken for a mask
+    # an array of another shape is not taken for a mask, but for a map the flip was not
+    # told about (a stride-2 segmentation as well as scores): fixed= says it stays
     scores = {"images": b["images"], "score": np.zeros((8, 12, 3), np.float32)}
-    di.BatchIterator(scores, batch_size=4, arrays=("images", "score"), transform=random_flip())
+    with pytest.raises(ValueError, match=r"'score' \(\[12, 3\] float32 .*looks like a map"):
+        di.BatchIterator(scores, batch_size=4, arrays=("images", "score"), transform=random_flip())
+    t = random_flip(fixed=("score",))
+    di.BatchIterator(scores, batch_size=4, arrays=("images", "score"), transform=t)
 
 
 def test_the_feed_takes_box_named_arrays_of_a_dict_for_boxes():
@@ -370,3 +374,58 @@ def test_a_flip_or_crop_is_refused_beside_boxes_or_masks_it_cannot_move():
         transform=random_flip(p=1.0),
     )  # fmt: skip
     np.testing.assert_array_equal(np.concatenate([b[0] for b in flipped]), images[:, :, ::-1])
+
+
+def test_written_back_arrays_that_look_like_geometry_are_not_left_behind_by_a_flip_or_crop(
+    tmp_path,
+):
+    # columns written back under names without 'box' or 'mask' (a detector's 'detections',
+    # 'det_xyxy', a stride-2 'seg_lowres') were handed out unmoved beside flipped pixels
+    import daskimg as di
+
+    n = 16
+    images = np.zeros((n, 16, 16, 3), np.uint8)
+    images[:, :, :4] = 255  # a bright left strip: where the pixels went
+    path = di.to_zarr(di.ImageSet(images), tmp_path / "s.zarr.zip", chunks=8, order="source")
+    det = np.tile(np.array([0.0, 0.0, 4.0, 16.0], np.float32), (n, 1))
+    with di.ArrayWriter(
+        path,
+        arrays={
+            "detections": ((2, 4), "float32"),
+            "det_xyxy": ((4,), "float32"),
+            "seg_lowres": ((8, 8), "uint8"),
+            "probs": ((4,), "float32"),
+            "emb": ((32,), "float32"),
+        },
+        mode="a",
+    ) as w:
+        w.append(
+            detections=np.stack([det, det], axis=1),
+            det_xyxy=det,
+            seg_lowres=np.zeros((n, 8, 8), np.uint8),
+            probs=np.full((n, 4), 0.25, np.float32),
+            emb=np.zeros((n, 32), np.float32),
+            index=np.arange(n),
+        )
+    cases = [
+        (
+            "det_xyxy",
+            random_flip(),
+            r"'det_xyxy' \(\[4\] float32 .*looks like boxes.*boxes=\('det_xyxy',\)",
+        ),
+        ("detections", random_flip(), r"'detections' \(\[2, 4\] float32 .*looks like boxes"),
+        ("seg_lowres", random_crop((8, 8)), r"'seg_lowres' \(\[8, 8\] uint8 .*looks like a map"),
+        ("probs", random_flip(), r"fixed=\('probs',\)"),
+    ]
+    for name, t, said in cases:
+        with pytest.raises(ValueError, match=said):
+            di.BatchIterator(path, batch_size=4, arrays=("images", name), transform=t)
+    # said, they move or stay; 1-D features are no geometry
+    it = di.BatchIterator(
+        path, batch_size=4, arrays=("images", "det_xyxy", "probs", "emb"), shuffle=False,
+        transform=random_flip(p=1.0, boxes=("det_xyxy",), fixed=("probs",)),
+    )  # fmt: skip
+    for x, boxes, probs, _ in it:  # numpy is the oracle: the strip and its box on the right
+        np.testing.assert_array_equal(x, images[: len(x), :, ::-1])
+        np.testing.assert_array_equal(boxes, np.tile([12.0, 0.0, 16.0, 16.0], (len(x), 1)))
+        np.testing.assert_array_equal(probs, np.full((len(x), 4), 0.25))

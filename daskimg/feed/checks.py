@@ -141,8 +141,9 @@ def _refuse_unmovable(t: Any, src: Any) -> None:
     where the pixels had been, as a box array left out of ``boxes=`` was."""
     sample = src.shape(t.key)
     frame = sample[: 3 if len(sample) == 4 else 2]  # ([D,] H, W)
+    fixed = getattr(t, "fixed", ())
     for name in src.names:
-        if name in (t.key, *t.boxes, *t.masks) or name in src.virtual:
+        if name in (t.key, *t.boxes, *t.masks, *fixed) or name in src.virtual:
             continue
         shape, low = src.shape(name), name.lower()
         many = "box" in low and len(shape) >= 2 and shape[-1] == 4
@@ -159,6 +160,45 @@ def _refuse_unmovable(t: Any, src: Any) -> None:
                 "would be handed out where the pixels were. Leave it out of arrays=, or move "
                 "it in a transform of your own"
             )
+        if name not in (*src.boxes, *src.masks):  # (those are checked by their own)
+            _refuse_unsaid(t, src, name, shape, frame)
+
+
+def _refuse_unsaid(
+    t: Any, src: Any, name: str, shape: tuple[int, ...], frame: tuple[int, ...]
+) -> None:
+    """Refuse a fed array that looks like geometry, boxes (floats ending in 4: a
+    detector's output written back as ``detections``) or a map (2-D or more a sample: a
+    stride-2 segmentation ``seg_lowres``), which the flip or crop ``t`` was not told about:
+    whatever its name, it would be handed out where the pixels were. ``fixed=`` says it
+    stays (4 class scores)."""
+    dtype = np.dtype(src.dtype(name))
+    if dtype.kind not in "biuf":
+        return
+    boxes = dtype.kind == "f" and len(shape) >= 1 and shape[-1] == 4
+    if not boxes and len(shape) < 2:
+        return
+    kind = type(t).__name__
+    what = "boxes" if boxes else "a map"
+    fix = (
+        f"boxes=({name!r},)"
+        if boxes and len(shape) == 1
+        else f"masks=({name!r},)"
+        if tuple(shape[: len(frame)]) == tuple(frame)
+        else None
+    )
+    raise ValueError(
+        f"transform {kind} moves the pixels of {t.key!r} ({list(frame)}), and the batches "
+        f"hold {name!r} ({list(shape)} {dtype} a sample), which looks like {what} but is in "
+        "none of its boxes=, masks= or fixed=: if it is geometry it would be handed out "
+        "where the pixels were. "
+        + (
+            f"Give it to the transform ({fix}); "
+            if fix
+            else "Move it in a transform of your own or leave it out of arrays=; "
+        )
+        + f"if it does not move with the pixels (scores, features), say so: fixed=({name!r},)"
+    )
 
 
 def _parts(transform: Any) -> Iterator[Any]:
