@@ -59,8 +59,9 @@ def random_flip(
     fixed
         Names of arrays in the batch that stay as they are (per-sample values that do not
         move with the pixels, such as 4 class scores): the feed refuses a flip when the
-        batches hold an array that looks like boxes (floats ending in 4) or a map (2-D
-        or more a sample) and is in none of ``boxes``, ``masks`` and ``fixed``.
+        batches hold an array that looks like boxes (numbers ending in 4) or a map (2-D
+        or more a sample), or one it takes for boxes or masks by its name, and is in none
+        of ``boxes``, ``masks`` and ``fixed`` (``labels`` is never taken for geometry).
 
     Examples
     --------
@@ -75,9 +76,8 @@ def random_flip(
     """
     if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a number in [0, 1], got {p!r}")
-    return RandomFlip(
-        float(p), key, _names(boxes, "boxes"), _names(masks, "masks"), _names(fixed, "fixed")
-    )
+    b, m = _names(boxes, "boxes"), _names(masks, "masks")
+    return RandomFlip(float(p), key, b, m, _fixed(fixed, key, b, m))
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,8 @@ def random_crop(
             f"random_crop takes size=(height, width), two positive whole numbers; got {size!r}"
         )
     h, w = (int(s) for s in parts)
-    return RandomCrop(
-        h, w, key, _names(boxes, "boxes"), _names(masks, "masks"), _names(fixed, "fixed")
-    )
+    b, m = _names(boxes, "boxes"), _names(masks, "masks")
+    return RandomCrop(h, w, key, b, m, _fixed(fixed, key, b, m))
 
 
 @dataclass(frozen=True)
@@ -234,6 +233,20 @@ def _names(names: Sequence[str], what: str) -> tuple[str, ...]:
     if isinstance(names, str):
         raise TypeError(f"{what} takes a sequence of names, e.g. {what}=({names!r},)")
     return tuple(names)
+
+
+def _fixed(
+    fixed: Sequence[str], key: str, boxes: tuple[str, ...], masks: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``fixed=`` as names, none of which the transform also moves."""
+    names = _names(fixed, "fixed")
+    both = [n for n in names if n in (key, *boxes, *masks)]
+    if both:
+        raise ValueError(
+            f"fixed= names {both}, which the transform also moves (key, boxes= or masks=): "
+            "an array either moves with the pixels or stays; name it in one place"
+        )
+    return names
 
 
 def _array(

@@ -417,9 +417,36 @@ def test_written_back_arrays_that_look_like_geometry_are_not_left_behind_by_a_fl
         ("seg_lowres", random_crop((8, 8)), r"'seg_lowres' \(\[8, 8\] uint8 .*looks like a map"),
         ("probs", random_flip(), r"fixed=\('probs',\)"),
     ]
+
+    def brighten(batch, rng):  # a step of the caller's before the flip moves none of them
+        return batch
+
+    cases.append(("detections", compose(brighten, random_flip()), r"'detections'.*looks like"))
     for name, t, said in cases:
         with pytest.raises(ValueError, match=said):
             di.BatchIterator(path, batch_size=4, arrays=("images", name), transform=t)
+    # whole-number boxes too; one-hot labels are no geometry
+    dicts = {"images": images, "dets": det.astype(np.int32), "labels": np.eye(4)[np.arange(n) % 4]}
+    with pytest.raises(ValueError, match=r"'dets' \(\[4\] int32 .*looks like boxes"):
+        di.BatchIterator(dicts, batch_size=4, arrays=("images", "dets"), transform=random_flip())
+    di.BatchIterator(dicts, batch_size=4, arrays=("images", "labels"), transform=random_flip())
+    # fixed= also keeps what daskimg takes for boxes by its name; not beside boxes= of it
+    boxed = {"images": images, "pred_boxes": det}
+    with pytest.raises(
+        ValueError, match=r"not the boxes \['pred_boxes'\].*fixed=\('pred_boxes',\)"
+    ):
+        di.BatchIterator(
+            boxed, batch_size=4, arrays=("images", "pred_boxes"), transform=random_flip()
+        )
+    t = random_flip(p=1.0, fixed=("pred_boxes",))
+    for _, kept in di.BatchIterator(
+        boxed, batch_size=4, arrays=("images", "pred_boxes"), transform=t
+    ):
+        np.testing.assert_array_equal(kept, det[: len(kept)])
+    with pytest.raises(
+        ValueError, match=r"fixed= names \['pred_boxes'\], which the transform also moves"
+    ):
+        random_flip(boxes=("pred_boxes",), fixed=("pred_boxes",))
     # said, they move or stay; 1-D features are no geometry
     it = di.BatchIterator(
         path, batch_size=4, arrays=("images", "det_xyxy", "probs", "emb"), shuffle=False,

@@ -110,10 +110,10 @@ def check_transform(transform: Any, src: Any) -> None:
             continue  # an array a step of the caller's adds
         if not added and hasattr(t, "check_sample"):  # samples as stored: no step changed them
             t.check_sample(src.shape(t.key))
-        if not added:
-            _refuse_unmovable(t, src)
-        left_boxes = [b for b in boxes if b in names and b not in t.boxes]
-        left_masks = [m for m in masks if m in names and m not in t.masks]
+        _refuse_unmovable(t, src, by_name=not added)
+        fixed = getattr(t, "fixed", ())
+        left_boxes = [b for b in boxes if b in names and b not in (*t.boxes, *fixed)]
+        left_masks = [m for m in masks if m in names and m not in (*t.masks, *fixed)]
         if left_boxes or left_masks:
             fix = (
                 f"boxes={tuple(dict.fromkeys([*t.boxes, *left_boxes]))!r}, "
@@ -123,7 +123,8 @@ def check_transform(transform: Any, src: Any) -> None:
                 f"transform {type(t).__name__} moves the pixels of {t.key!r} but not the "
                 f"{'boxes' if left_boxes else 'masks'} {left_boxes or left_masks}, which the "
                 f"batches hold: they would be handed out where the pixels were. Give them to it "
-                f"({fix}), or leave them out of arrays="
+                f"({fix}), leave them out of arrays=, or, if they are to stay as they are, "
+                f"say so: fixed={tuple(left_boxes or left_masks)!r}"
                 + (
                     ". ((N, 4) arrays named with 'box' count as boxes where the source does "
                     "not say which are: a dict's, or a store's column written back with "
@@ -134,11 +135,14 @@ def check_transform(transform: Any, src: Any) -> None:
             )
 
 
-def _refuse_unmovable(t: Any, src: Any) -> None:
+def _refuse_unmovable(t: Any, src: Any, *, by_name: bool = True) -> None:
     """Refuse a flip or crop of ``t.key`` when the batches hold boxes or masks it cannot
     move: several boxes a sample ``(N, K, 4)`` (a detector's output written back), or masks
     at another resolution than the pixels (a stride-2 segmentation): they were handed out
-    where the pixels had been, as a box array left out of ``boxes=`` was."""
+    where the pixels had been, as a box array left out of ``boxes=`` was. ``by_name``:
+    also those known by their names (not past a step of the caller's, which may change
+    them); those that look like geometry (:func:`_refuse_unsaid`) are refused either way,
+    as a step before the flip does not move them."""
     sample = src.shape(t.key)
     frame = sample[: 3 if len(sample) == 4 else 2]  # ([D,] H, W)
     fixed = getattr(t, "fixed", ())
@@ -148,7 +152,7 @@ def _refuse_unmovable(t: Any, src: Any) -> None:
         shape, low = src.shape(name), name.lower()
         many = "box" in low and len(shape) >= 2 and shape[-1] == 4
         mask = "mask" in low and len(shape) >= len(frame) and shape[: len(frame)] != frame
-        if many or mask:
+        if by_name and (many or mask):
             what = (
                 f"{shape[0] if len(shape) == 2 else list(shape[:-1])} boxes a sample"
                 if many
@@ -167,15 +171,15 @@ def _refuse_unmovable(t: Any, src: Any) -> None:
 def _refuse_unsaid(
     t: Any, src: Any, name: str, shape: tuple[int, ...], frame: tuple[int, ...]
 ) -> None:
-    """Refuse a fed array that looks like geometry, boxes (floats ending in 4: a
+    """Refuse a fed array that looks like geometry, boxes (numbers ending in 4: a
     detector's output written back as ``detections``) or a map (2-D or more a sample: a
     stride-2 segmentation ``seg_lowres``), which the flip or crop ``t`` was not told about:
     whatever its name, it would be handed out where the pixels were. ``fixed=`` says it
     stays (4 class scores)."""
     dtype = np.dtype(src.dtype(name))
-    if dtype.kind not in "biuf":
+    if dtype.kind not in "biuf" or name == "labels":  # (labels, one-hot too, are no geometry)
         return
-    boxes = dtype.kind == "f" and len(shape) >= 1 and shape[-1] == 4
+    boxes = dtype.kind in "iuf" and len(shape) >= 1 and shape[-1] == 4
     if not boxes and len(shape) < 2:
         return
     kind = type(t).__name__
@@ -193,11 +197,14 @@ def _refuse_unsaid(
         "none of its boxes=, masks= or fixed=: if it is geometry it would be handed out "
         "where the pixels were. "
         + (
-            f"Give it to the transform ({fix}); "
+            f"Say which: {fix} if it holds "
+            + ("boxes (x0, y0, x1, y1 in pixels)" if boxes else "a mask of the pixels")
+            + "; "
             if fix
-            else "Move it in a transform of your own or leave it out of arrays=; "
+            else "If it is geometry, move it in a transform of your own or leave it out of "
+            "arrays=; "
         )
-        + f"if it does not move with the pixels (scores, features), say so: fixed=({name!r},)"
+        + f"fixed=({name!r},) if it stays as it is (scores, features)"
     )
 
 
