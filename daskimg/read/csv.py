@@ -636,10 +636,13 @@ def _own_labels(
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (class indices) and class names (empty for integer labels).
 
-    A whole number written with leading zeros ("01", "007"), digit separators ("1_0") or
-    an exponent ("2E1") is a class name, as a folder named so is (an index column spells its numbers plainly;
+    A whole number written with leading zeros ("01", "007") or digit separators ("1_0")
+    is a class name, as a folder named so is (an index column spells its numbers plainly;
     taken as index 1, "01" would name the class "02" of a set whose classes are "01",
-    "02", ...), unless ``padded`` (``labels_are='indices'``).
+    "02", ...), unless ``padded`` (``labels_are='indices'``). One written with an exponent
+    is not guessed: "2E1" may be a code, "1.000000e+01" index 10 (numpy's ``savetxt``);
+    a column of whole numbers holding one is refused until ``labels_are`` says which
+    (beside labels that are no numbers, it is a name).
 
     Labels are read without the spaces around them, unless a class ``given`` is the cell as
     written (a folder named ``"cat "`` read by ``from_folder``: ``"cat "`` quoted in the CSV
@@ -731,9 +734,8 @@ def _own_labels(
             label_column,
         )
     classes = sorted(set(raw))
-    if given is None:  # (given: each label must be one of them as it is, said by the caller)
+    if given is None:  # given: each label must be one as it is, case too (as from_folder)
         _refuse_same_looking(raw, classes, label_column, where)
-    if given is None:  # classes= given: case matters, as from_folder takes it
         _warn_cased(raw, classes, label_column, where)
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in raw], dtype=np.int64), classes
@@ -1255,9 +1257,8 @@ def _plain_number(v: str) -> bool:
 
 
 def _exponent(v: str) -> bool:
-    """A label written with an exponent ("2E1", "1e3"): a code, as a folder named so is, not
-    a class index (an index column spells its numbers plainly; "2E1" beside "20" would
-    merge the two)."""
+    """A label written with an exponent ("2E1", "1e3"): not taken for a class index
+    without ``labels_are`` ("2E1" may be a code, and beside "20" the two merged)."""
     return "e" in v.lower() and _is_float(v)
 
 
