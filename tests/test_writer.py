@@ -1490,3 +1490,18 @@ def test_a_writer_sent_to_another_process_says_what_to_do(tmp_path):
     w.append(np.ones((4, 2), np.int64))
     w.close()
     np.testing.assert_array_equal(np.asarray(di.open_zarr(tmp_path / "f.zarr.zip").arrays["f"]), 1)
+
+
+def test_a_split_store_made_by_an_arraywriter_is_checked_against_the_splits_beside_it(tmp_path):
+    # to_zarr refused a valid.zarr.zip numbering its classes otherwise than train.zarr.zip
+    # beside it; an ArrayWriter making the same store did not
+    train = di.ImageSet(np.zeros((3, 2, 2, 3), np.uint8), [0, 1, 2], classes=["bird", "cat", "dog"])
+    di.to_zarr(train, tmp_path / "train.zarr.zip", split="train")
+    kw = {"name": "labels", "shape": (), "dtype": "int64", "num_samples": 2, "split": "valid"}
+    with pytest.raises(ValueError, match=r"label 0 is 'cat' in one and 'bird' in the other"):
+        ArrayWriter(tmp_path / "valid.zarr.zip", classes=["cat", "dog"], **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.zarr.zip"]  # nothing begun
+    with ArrayWriter(tmp_path / "valid.zarr.zip", classes=["bird", "cat", "dog"], **kw) as w:
+        w.append(np.array([1, 2]), index=np.arange(2))
+    g = plain_group(tmp_path / "valid.zarr.zip")
+    assert [g.attrs["daskimg"]["classes"][k] for k in g["labels"][...]] == ["cat", "dog"]

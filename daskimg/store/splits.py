@@ -19,7 +19,15 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["REPLACING", "SPLIT_NAMES", "check_beside", "disagreeing", "renamed", "split_of"]
+__all__ = [
+    "REPLACING",
+    "SPLIT_NAMES",
+    "check_beside",
+    "check_new_store",
+    "disagreeing",
+    "renamed",
+    "split_of",
+]
 
 logger = logging.getLogger("daskimg")
 
@@ -133,6 +141,23 @@ def check_beside(
             "they are not splits of one set"
         )
     return found
+
+
+def check_new_store(
+    target: str, split: str | None, classes: Sequence[str], *, overwrite: bool
+) -> list[str]:
+    """Before a new store is written at the local path ``target`` (``to_zarr``, an
+    ``ArrayWriter`` making one): :func:`check_beside`, and a warning when ``split`` differs
+    from the split its name says (it would be said as renamed whenever opened)."""
+    beside = check_beside(target, classes, overwrite=overwrite)
+    if renamed(target, {"split": split}) is not None:
+        logger.warning(
+            "%s is named as another split than split=%r it is written with: said as renamed "
+            "whenever it is opened",
+            target,
+            split,
+        )
+    return beside
 
 
 def disagreeing(stores: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -62,7 +62,7 @@ from .shardwrite import (
     shard_writes,
     write_file,
 )
-from .splits import check_beside, renamed
+from .splits import check_beside, check_new_store
 from .zipbuild import ZipBuilder
 
 __all__ = ["to_zarr"]
@@ -189,14 +189,7 @@ def to_zarr(
         _keep_resumable_writes(loc, overwrite=overwrite)
         beside: list[str] = []
         if not loc.is_url:  # (a URL's neighbours are not listed)
-            beside = check_beside(loc.target, imageset.classes, overwrite=overwrite)
-            if renamed(loc.target, {"split": split}) is not None:
-                logger.warning(
-                    "to_zarr: %s is named as another split than split=%r it is written with: "
-                    "said as renamed whenever it is opened",
-                    loc.target,
-                    split,
-                )
+            beside = check_new_store(loc.target, split, imageset.classes, overwrite=overwrite)
         ds, attrs, specs, shard_len = plan_store(
             checked_boxes(exact_arrays(imageset)), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,

@@ -65,6 +65,7 @@ import numpy as np
 
 from ..errors import DaskImgError
 from ..store.location import Location
+from ..store.splits import check_new_store
 from . import staging
 from .batches import append_rows, missing_rows
 from .checks import TEXT
@@ -222,6 +223,8 @@ class ArrayWriter:
         self.checkpoint_every = checkpoint_every
         self._mutex = threading.RLock()  # one append, checkpoint or close at a time
         self._plan = plan
+        if mode == "w" and plan.url is None:  # a split store of its own: as to_zarr's
+            check_new_store(plan.target, split, list(classes), overwrite=overwrite)
         # the lock, shard pool, staging folder and checkpoints; how the write ends
         self._write = OpenWrite(plan, storage_options)
         with _no_space_named(str(plan.staging), self.target, starting=True, resume=resume):
