@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import struct
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -93,10 +93,11 @@ def read_header(data: bytes) -> JpegHeader | None:
 
 def _walk(data: bytes) -> JpegHeader | None:
     """The markers up to the scan: one Huffman-coded 8-bit frame, one clear orientation,
-    not Adobe RGB."""
+    not Adobe RGB. (Run for every file: a segment is only sliced out when its content is
+    read, an EXIF block; the rest is read in place.)"""
     n = len(data)
     pos = 2
-    frame: JpegHeader | None = None
+    frame: tuple[int, int, int] | None = None
     exif = 0
     orientation = 1
     while pos < n:
@@ -109,35 +110,35 @@ def _walk(data: bytes) -> JpegHeader | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
             pos += 2
             continue
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        if length < 2 or pos + 2 + length > n:
+        length = data[pos + 2] << 8 | data[pos + 3]
+        body, end = pos + 4, pos + 2 + length  # the segment's content: data[body:end]
+        if length < 2 or end > n:
             return None
-        seg = data[pos + 4 : pos + 2 + length]
         if marker == _SOS:
-            return None if frame is None else replace(frame, orientation=orientation)
+            return None if frame is None else JpegHeader(*frame, orientation=orientation)
         if marker in _SOF:
-            if marker not in _HUFFMAN or frame is not None or len(seg) < 6:
+            if marker not in _HUFFMAN or frame is not None or length < 8:
                 return None
-            precision, height, width, components = struct.unpack_from(">BHHB", seg)
+            precision, height, width, components = struct.unpack_from(">BHHB", data, body)
             if precision != 8 or components not in (1, 3) or not width or not height:
                 return None
-            frame = JpegHeader(width, height, components)
+            frame = (width, height, components)
         elif marker == 0xE1:
-            if seg.startswith(b"Exif\0\0"):
+            if data.startswith(b"Exif\0\0", body, end):
                 exif += 1
-                said = _orientation(seg[6:])
+                said = _orientation(data[body + 6 : end])
                 if exif > 1 or said is None:
                     return None
                 orientation = said
-            elif b"Orientation" in seg:  # XMP: Pillow reads tiff:Orientation from it
+            elif data.find(b"Orientation", body, end) >= 0:  # XMP: Pillow reads tiff:Orientation
                 return None
-        elif marker == _ADOBE and seg.startswith(b"Adobe"):
+        elif marker == _ADOBE and data.startswith(b"Adobe", body, end):
             # transform 0 on three components means RGB, not YCbCr: leave it to Pillow
-            if len(seg) < 12 or seg[11] != 1:
+            if length < 14 or data[body + 11] != 1:
                 return None
         elif marker == 0xD9:  # EOI before any scan
             return None
-        pos += 2 + length
+        pos = end
     return None
 
 
