@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 
 import dask.array
 import numpy as np
@@ -1108,10 +1109,30 @@ def test_lz4_chunks_stored_raw_are_fed_straight_into_batches_and_checked(tmp_pat
                 pass
 
 
-def test_a_blosc_header_blosc_refuses_is_refused_by_every_reader(tmp_path, monkeypatch):
-    # a raw frame whose header has flag 0x08 set (Blosc 1 refuses it), crc32c and chunk
-    # table consistent (written so): the feed must not take the rows as they are while
-    # read_chunk, plain zarr and verify call the chunk damaged
+def _lie(head: bytearray, at: int, value: int) -> None:
+    if at == 2:
+        head[2] |= value
+    elif at == 3:
+        head[3] = value
+    else:
+        struct.pack_into("<I", head, at, value(struct.unpack_from("<I", head, 4)[0]))
+
+
+@pytest.mark.parametrize(
+    ("at", "value"),
+    [
+        (2, 0x08),  # flag 0x08, which Blosc 1 refuses
+        (8, lambda n: n + 1),  # a block size past the data (the feed took it: probe)
+        (8, lambda n: 0),
+        (8, lambda n: 2**32 - 1),
+        (3, 0),  # type size 0
+    ],
+    ids=["flag-0x08", "block-past-data", "block-0", "block-huge", "typesize-0"],
+)
+def test_a_blosc_header_blosc_refuses_is_refused_by_every_reader(tmp_path, monkeypatch, at, value):
+    # a raw frame whose header Blosc refuses, crc32c and chunk table consistent (written
+    # so): the feed must not take the rows as they are while read_chunk, plain zarr and
+    # verify call the chunk damaged
     from daskimg.store import encode
     from daskimg.storeinfo import verify
 
@@ -1119,7 +1140,7 @@ def test_a_blosc_header_blosc_refuses_is_refused_by_every_reader(tmp_path, monke
 
     def crafted(*args):
         head = bytearray(real(*args))
-        head[2] |= 0x08
+        _lie(head, at, value)
         return bytes(head)
 
     monkeypatch.setattr(encode, "raw_header", crafted)

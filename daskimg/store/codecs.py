@@ -183,6 +183,8 @@ def blosc_header(body: Any, expected: int, where: str) -> None:
     elif flags & 0x02:  # stored uncompressed
         if cbytes != nbytes + 16:
             problem = f"stored uncompressed, but holds {cbytes - 16} bytes for {nbytes}"
+        elif nbytes and not (view[3] and 0 < blocksize <= nbytes):
+            problem = f"type size {view[3]}, block size {blocksize} for {nbytes} bytes"
     elif nbytes:
         if blocksize <= 0 or blocksize > nbytes:
             problem = f"block size {blocksize} for {nbytes} bytes"
@@ -206,8 +208,12 @@ def raw_frame(head: Any, expected: int) -> bool:
     # refuses a frame with it) set: not such a frame, left to read_chunk to name
     if len(view) != 16 or view[0] != 2 or not view[2] & 0x02 or view[2] & 0x08:
         return False
-    nbytes, _, cbytes = struct.unpack_from("<III", view, 4)
-    return bool(nbytes == expected and cbytes == expected + 16)
+    nbytes, blocksize, cbytes = struct.unpack_from("<III", view, 4)
+    # and what Blosc itself checks before it copies such a frame out (a type size, a
+    # block size within the data): a header it refuses is refused here too
+    return bool(
+        nbytes == expected and cbytes == expected + 16 and view[3] and 0 < blocksize <= nbytes
+    )
 
 
 def flat_bytes(a: np.ndarray) -> np.ndarray:
