@@ -1340,6 +1340,10 @@ def test_verify_finds_what_plain_zarr_would_refuse(tmp_path, indexed_set):
     for old, new, says in (
         (b'"zarr_format": 3', b'"zarr_format": 2', "zarr_format 2, not 3"),
         (b'"attrs_crc32c"', b'"attrs_crc32b"', "attrs_crc32c) is missing"),
+        # one bit in the key 'attributes' or 'daskimg': damage, not "a Zarr group but not a
+        # daskimg store; open it with zarr.open_group" (verify's exit 2 for a sound store)
+        (b'"attributes"', b'"attrhbutes"', "a key 'attrhbutes' where a daskimg store has"),
+        (b'"daskimg"', b'"daskimf"', "a key 'daskimf' where a daskimg store has"),
     ):
         copy = tmp_path / f"c{len(says)}.zarr"
         shutil.copytree(folder, copy)

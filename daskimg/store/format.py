@@ -294,6 +294,15 @@ def check_attrs(
         else None
     )
     if not isinstance(attrs, dict):
+        flipped = _flipped_key(meta, "attributes") or _flipped_key(
+            meta.get("attributes"), "daskimg"
+        )
+        if flipped:  # a sound Zarr group of another program cannot be told by one bit
+            raise MetadataError(
+                f"{where!r}: its root zarr.json has a key {flipped!r} where a daskimg store has "
+                "'attributes' and 'daskimg' (one bit apart): the store's metadata is damaged "
+                "— re-create it"
+            )
         raise ForeignStoreError(
             f"{where!r} is a Zarr group but not a daskimg store (no 'daskimg' attribute); "
             "open it with zarr.open_group instead"
@@ -380,6 +389,18 @@ def check_attrs(
             "Re-run the ingest/to_zarr that made it."
         )
     return attrs
+
+
+def _flipped_key(mapping: Any, want: str) -> str | None:
+    """A key of ``mapping`` (if a dict without ``want``) that is ``want`` with one bit flipped."""
+    if not isinstance(mapping, dict) or want in mapping:
+        return None
+    for key in mapping:
+        if isinstance(key, str) and len(key) == len(want):
+            diff = [ord(a) ^ ord(b) for a, b in zip(key, want, strict=True) if a != b]
+            if len(diff) == 1 and diff[0] & (diff[0] - 1) == 0:
+                return key
+    return None
 
 
 def no_root_error(where: str, keys: set[str]) -> Exception:
