@@ -178,6 +178,49 @@ def test_overwrite_replaces_a_store_but_not_a_folder_of_other_files(tmp_path, in
         )  # oracle: plain zarr
 
 
+def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path, indexed_set):
+    # overwrite=True replaced any file at the path: a zip of the user's own files, a text file
+    import zipfile
+
+    theirs = tmp_path / "mine.zarr.zip"
+    with zipfile.ZipFile(theirs, "w") as z:
+        z.writestr("notes.txt", "precious")
+    text = tmp_path / "notes.zarr.zip"
+    text.write_text("precious")
+    folder_named = tmp_path / "file.zarr"
+    folder_named.write_text("precious")
+    for path, says in (
+        (theirs, r"mine\.zarr\.zip' is a zip of other files \('notes\.txt'\)"),
+        (text, r"notes\.zarr\.zip' is a file that is not a zip"),
+        (folder_named, r"file\.zarr' is a file that is not a zip"),
+    ):
+        before = path.read_bytes()
+        with pytest.raises(StoreExistsError, match=says):
+            di.to_zarr(indexed_set, path, overwrite=True)
+        with pytest.raises(StoreExistsError, match=says):
+            di.ArrayWriter(path, arrays={"x": ((2,), "float32")}, num_samples=4, overwrite=True)
+        assert path.read_bytes() == before
+    # a store: daskimg's, plain zarr's (ZipStore), one cut short (no central directory),
+    # an empty file or an empty zip: replaced
+    ours = Path(di.to_zarr(indexed_set, tmp_path / "ours.zarr.zip", chunks=8))
+    plain = tmp_path / "plain.zarr.zip"
+    with zarr.storage.ZipStore(plain, mode="w") as store:
+        zarr.open_group(store, mode="w").create_array("a", shape=(2,), dtype="u1")[:] = 1
+    cut = tmp_path / "cut.zarr.zip"
+    cut.write_bytes(ours.read_bytes()[: ours.stat().st_size // 2])
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(cut)
+    empty = tmp_path / "empty.zarr.zip"
+    empty.write_bytes(b"")
+    empty_zip = tmp_path / "emptyzip.zarr.zip"
+    zipfile.ZipFile(empty_zip, "w").close()
+    for path in (ours, plain, cut, empty, empty_zip):
+        out = di.to_zarr(indexed_set, path, overwrite=True, order="source")
+        np.testing.assert_array_equal(
+            plain_group(out)["images"][:], indexed_set.images.compute()
+        )  # oracle: plain zarr
+
+
 def test_second_writer_refused(tmp_path, indexed_set):
     import subprocess
     import sys

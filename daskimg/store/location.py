@@ -523,13 +523,50 @@ def check_replaceable(path: str) -> None:
     """Refuse (StoreExistsError) to replace a folder that holds files but no Zarr store:
     ``overwrite=True`` replaces a store; it removed a folder of the user's own files too.
     A store is a folder with a Zarr root file (v3 or v2), or one whose root file is gone
-    but whose arrays are there (a damaged store)."""
+    but whose arrays are there (a damaged store). So is a file that is not a store: a zip
+    of other members, or no zip at all (:func:`_check_file_replaceable`)."""
+    if os.path.isfile(path) and not os.path.islink(path):
+        _check_file_replaceable(path)
+        return
     if not os.path.isdir(path) or os.path.islink(path):
         return
     with os.scandir(path) as entries:
         found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
     _refuse_other_files(
         path, found, lambda name: os.path.isfile(os.path.join(path, name, "zarr.json"))
+    )
+
+
+def _check_file_replaceable(path: str) -> None:
+    """:func:`check_replaceable` for a file: an empty one, or a zip holding a Zarr store
+    (a root or array ``zarr.json``, or Zarr v2's root files) is replaced. A zip without its
+    central directory (a copy cut short, a damaged store) is one if its first member is a
+    store's: daskimg writes a shard first (``<array>/c/...``), zarr a ``zarr.json``."""
+    with open(path, "rb") as fh:
+        head = fh.read(30 + 1024)  # a local file header and its name
+    if not head:
+        return
+    what = "a file that is not a zip"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a member first, or none
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            first = head[30 : 30 + int.from_bytes(head[26:28], "little")].decode("utf-8", "replace")
+            names = [first]
+        if any(
+            n.rsplit("/", 1)[-1] in _ZARR_ROOTS or "/c/" in n or n.startswith("c/") for n in names
+        ):
+            return
+        shown = ", ".join(repr(n) for n in names[:3]) + (
+            f" and {len(names) - 3} more" if len(names) > 3 else ""
+        )
+        if not names:
+            return  # an empty zip holds nothing to lose
+        what = f"a zip of other files ({shown})"
+    raise StoreExistsError(
+        f"{path!r} is {what}, not a Zarr store: overwrite=True replaces a store and would "
+        "remove it. Write the store to another path, or move that file away first"
     )
 
 
