@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ChecksumError
 from .feed.batches import INDEX, auto_scale, check_auto_scale
-from .feed.checks import called_from
+from .feed.checks import LAYOUT_FIX, called_from
 from .feed.iterator import BatchIterator, Transform, check_state, warn_uneven_share
 from .feed.shuffle import check_fills_a_batch, num_batches
 from .feed.source import persisted, shown
@@ -324,6 +324,14 @@ class TorchDataset(IterableDataset):
             "storage_options": storage_options,
         }
         probe = BatchIterator(source, **self._kw)  # validates arguments, knows N and chunks
+        if channels_first and probe.source.layout is not None:
+            raise ValueError(
+                f"channels_first=True moves the images' last axis first, and these "
+                f"({probe.source.shape('images')} a sample) look channels-first "
+                f"{probe.source.layout} already: it would hand out tensors with their width "
+                "as channels. Leave channels_first=False to feed them as they are, or: "
+                + LAYOUT_FIX
+            )
         self._seed_drawn = seed is None
         self._kw["seed"] = probe.seed  # seed=None: drawn once, here, for every worker
         self._settings = {

@@ -1315,3 +1315,27 @@ def test_an_array_of_unknown_length_in_a_dict_is_named():
     # None or pandas' <NA> as a label: int() failed on it, naming nothing
     with pytest.raises(ValueError, match=r"labels, row 2: None is no class index.*-1"):
         di.ImageSet(images, [0, 1, None] + [0] * 7)
+
+
+def test_a_flip_or_crop_of_images_given_channels_first_is_refused(tmp_path):
+    # (N, C, H, W) arrays (PyTorch's layout) fed in memory: random_crop((2, 8)) cut the
+    # three channels to two and H to 8, a flip turned the rows; to_zarr refused such images,
+    # the loaders took them. Fed as they are (no transform), they come out as given
+    x = np.random.default_rng(0).integers(0, 256, (10, 3, 16, 20), dtype=np.uint8)
+    labels = np.arange(10) % 2
+    for source in (di.ImageSet(x, labels), {"images": x}, (x, labels), dask.array.from_array(x)):
+        for transform in (random_crop((2, 8)), random_flip(), compose(random_flip())):
+            with pytest.raises(ValueError, match=r"look channels-first \(N, C, H, W\)"):
+                di.BatchIterator(source, batch_size=4, transform=transform)
+        batch = next(iter(di.BatchIterator(source, batch_size=4, shuffle=False)))
+        got = batch[0] if isinstance(batch, tuple) else batch
+        np.testing.assert_array_equal(got, x[:4])  # oracle: the array given
+    # channels-last images 1-4 rows high with more channels: stored told the layout is
+    # right (check_layout=False), the store is fed and flipped
+    few = x.transpose(0, 1, 3, 2).copy()  # (10, 3, 20, 16): 3 rows, 16 channels
+    store = di.to_zarr(di.ImageSet(few, labels), tmp_path / "few.zarr.zip", check_layout=False)
+    flipped = next(iter(di.BatchIterator(store, batch_size=10, shuffle=False,
+                                         transform=random_flip(p=1.0), arrays=("images", "index"))))  # fmt: skip
+    np.testing.assert_array_equal(
+        flipped[0], plain_group(store)["images"][:][flipped[1]][:, :, ::-1]
+    )

@@ -815,3 +815,12 @@ def test_auto_scale_refuses_a_transform_that_returns_images_of_two_types(tmp_pat
     ds = KerasDataset(path, batch_size=16, transform=own)
     for i in range(len(ds)):
         np.testing.assert_allclose(ds[i][0], np.full((16, 8, 8, 3), 200 / 255, np.float32))
+
+
+def test_a_flip_of_images_given_channels_first_is_refused():
+    # (N, C, H, W) arrays: the flip turned the rows (it takes axis -2 for the width)
+    from daskimg.transforms import random_flip
+
+    x = np.zeros((10, 3, 16, 20), np.uint8)
+    with pytest.raises(ValueError, match=r"look channels-first \(N, C, H, W\)"):
+        KerasDataset(di.ImageSet(x, np.arange(10) % 2), batch_size=4, transform=random_flip())

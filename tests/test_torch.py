@@ -996,3 +996,15 @@ def test_a_main_process_state_beside_dataloader_workers_says_it_is_not_theirs(
         assert "_snapshot" in loader.state_dict()
         del it
     assert "main process" not in caplog.text
+
+
+def test_channels_first_true_on_images_already_channels_first_is_refused():
+    # (N, C, H, W) arrays with channels_first=True: tensors (B, W, C, H) came out, the
+    # width as channels; with channels_first=False they are fed as given
+    x = np.random.default_rng(0).integers(0, 256, (10, 3, 16, 20), dtype=np.uint8)
+    labels = np.arange(10) % 2
+    for source in (di.ImageSet(x, labels), (x, labels)):
+        with pytest.raises(ValueError, match=r"look channels-first \(N, C, H, W\) already"):
+            TorchDataset(source, batch_size=4, channels_first=True)
+        images, _ = next(iter(TorchDataset(source, batch_size=4, shuffle=False)))
+        np.testing.assert_array_equal(images.numpy(), x[:4])  # oracle: the array given

@@ -79,6 +79,15 @@ def check_at_least(name: str, value: object, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+#: what to do with images fed channels-first (N, C, H, W) where they are taken channels-last
+LAYOUT_FIX = (
+    "daskimg's loaders take images channels-last: move the channel axis last, "
+    "np.moveaxis(images, 1, -1) (da.moveaxis for a dask array). Images of 1-4 rows with more "
+    "channels are right as they are: store them with to_zarr(..., check_layout=False) and "
+    "feed the store"
+)
+
+
 def check_transform(transform: Any, src: Any) -> None:
     """Refuse a transform that moves the pixels but would leave fed boxes or masks behind,
     or that cannot apply to the fed samples.
@@ -108,6 +117,12 @@ def check_transform(transform: Any, src: Any) -> None:
             )
         if t.key not in names:
             continue  # an array a step of the caller's adds
+        if t.key == "images" and src.layout is not None and not added:
+            raise ValueError(
+                f"transform {type(t).__name__} moves the images as (N, H, W, C), and these "
+                f"({src.shape('images')} a sample) look channels-first {src.layout}: it would "
+                "flip or cut them along the wrong axes. " + LAYOUT_FIX
+            )
         if not added and hasattr(t, "check_sample"):  # samples as stored: no step changed them
             t.check_sample(src.shape(t.key))
         _refuse_unmovable(t, src, by_name=not added)

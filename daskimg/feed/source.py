@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 
 from ..read.boxes import checked_column, image_frame
-from ..read.imageset import ImageSet
+from ..read.imageset import ImageSet, looks_channels_first
 from ..read.lazy import check_block, check_persisted_reachable, persisted_futures, unmasked
 from ..store.encode import fitted
 from ..store.jpeg import JpegChunk
@@ -278,6 +278,11 @@ class FeedSource:
                 )
             )
         self.names = tuple(names)
+        #: why the images look channels-first (N, C, H, W), for arrays given in memory or
+        #: lazily (a store's were checked when written, or written told the layout is right)
+        self.layout: str | None = None
+        if images is not None and self.reader is None and "images" in self.names:
+            self.layout = looks_channels_first(tuple(images.shape))
         #: arrays made up here, not read: {"index"} when asked for
         self.virtual = {INDEX} & set(self.names)
         real = [n for n in self.names if n not in self.virtual] or list(arrays)

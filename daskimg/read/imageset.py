@@ -42,10 +42,10 @@ def channels_first(shape: tuple[int, ...]) -> str | None:
     >>> channels_first((10, 32, 32, 3)) is None
     True
     """
-    if len(shape) not in (4, 5) or not 1 <= shape[1] <= 4 or shape[-1] <= 4:
+    what = looks_channels_first(shape)
+    if what is None:
         return None
     c, w = shape[1], shape[-1]
-    what = "(N, C, H, W)" if len(shape) == 4 else "(N, C, D, H, W)"
     last = "(N, H, W, C)" if len(shape) == 4 else "(N, D, H, W, C)"
     return (
         f"images of shape {shape} look channels-first {what} with C={c}: a store holds "
@@ -55,6 +55,22 @@ def channels_first(shape: tuple[int, ...]) -> str | None:
         "1, -1), labels)). If the layout is right (images of few rows with many channels), "
         "pass check_layout=False (daskimg convert --no-layout-check)"
     )
+
+
+def looks_channels_first(shape: tuple[int, ...]) -> str | None:
+    """The layout ``(N, C, H, W)`` or ``(N, C, D, H, W)`` that images of ``shape`` look to
+    have (see :func:`channels_first`), or None.
+
+    Examples
+    --------
+    >>> looks_channels_first((10, 3, 32, 32))
+    '(N, C, H, W)'
+    >>> looks_channels_first((10, 32, 32, 3)) is None
+    True
+    """
+    if len(shape) not in (4, 5) or not 1 <= shape[1] <= 4 or shape[-1] <= 4:
+        return None
+    return "(N, C, H, W)" if len(shape) == 4 else "(N, C, D, H, W)"
 
 
 class ImageSet:
