@@ -194,7 +194,10 @@ class TorchDataset(IterableDataset):
     ``(seed, epoch, num_workers, world_size)``.
 
     **Epochs.** Call :meth:`set_epoch` before each epoch (like ``DistributedSampler``): it
-    reaches the DataLoader workers, ``persistent_workers=True`` included. Without it, every
+    reaches the DataLoader workers, ``persistent_workers=True`` included. It says the epoch of
+    the *next* iteration: a look at a batch after it (``next(iter(loader))``) takes that
+    epoch, and the loop after the look the next one; call it after any look (under DDP, a
+    look on one rank only otherwise has the ranks read overlapping shares). Without it, every
     iteration advances the epoch by one by itself (0, 1, 2, ...; each worker counts its own
     iterations, as does the main process), so epochs still differ; this is what PyTorch
     Lightning gets, which never calls a dataset's ``set_epoch`` (to continue the count in a run
