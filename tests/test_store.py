@@ -2366,3 +2366,26 @@ def test_a_split_numbering_its_classes_otherwise_than_one_beside_it_is_refused(
         assert named(tmp_path / f"{split}.zarr.zip") == names
     capsys.readouterr()
     assert main(["info", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("seed", [0, None])
+def test_a_shuffled_store_of_arrays_keeps_each_samples_row_in_the_set(tmp_path, seed):
+    # arrays have no paths: a shuffled store kept no link from its samples to the rows
+    # given (with seed=None none at all), so predictions written back by store index could
+    # not be traced to them; convert kept `source_row`, to_zarr did not
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (40, 6, 7, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40)
+    out = di.to_zarr(di.ImageSet(x, labels), tmp_path / "s.zarr.zip", seed=seed)
+    g = plain_group(out)
+    rows = g["source_row"][:]
+    assert sorted(rows.tolist()) == list(range(40)) and rows.dtype == np.int64
+    assert not (rows == np.arange(40)).all()  # shuffled
+    np.testing.assert_array_equal(g["images"][:], x[rows])  # oracle: the arrays given
+    np.testing.assert_array_equal(g["labels"][:], labels[rows])
+    # the order given, a set with paths, or a column of that name already: nothing added
+    same = di.to_zarr(di.ImageSet(x, labels), tmp_path / "o.zarr.zip", order="source")
+    assert "source_row" not in plain_group(same)
+    mine = di.ImageSet(x, labels, columns={"source_row": np.arange(40) + 100})
+    kept = plain_group(di.to_zarr(mine, tmp_path / "m.zarr.zip", seed=seed))
+    np.testing.assert_array_equal(kept["images"][:], x[kept["source_row"][:] - 100])

@@ -362,11 +362,16 @@ def plan_store(
     n = len(imageset)
     if order == "shuffled":
         check_shuffle_fits(imageset)
-    ds = (
-        imageset.take(np.random.default_rng(seed).permutation(n))
-        if order == "shuffled"
-        else imageset
-    )
+    if order == "shuffled":
+        rows = np.random.default_rng(seed).permutation(n)
+        ds = imageset.take(rows)
+        if ds.paths is None and SOURCE_ROW not in ds.columns and n > 1:
+            # no paths to tell the samples by (a set of arrays): each one's row in the set,
+            # as convert keeps, so what is written back by store index can be traced (with
+            # seed=None the order could not even be drawn again)
+            ds.columns[SOURCE_ROW] = rows.astype(np.int64)
+    else:
+        ds = imageset
     images = ds.require_images()
     chunk_len = chunks or auto_chunk_len(images.shape[1:], images.dtype, n)
     shard_len = min(chunk_len * (shard_chunks or SHARD_CHUNKS), -(-n // chunk_len) * chunk_len)
@@ -409,6 +414,9 @@ def plan_store(
             specs.append(ArraySpec(name, tuple(values.shape[1:]), dtype))
     return ds, attrs, specs, shard_len
 
+
+#: the column of each sample's row in the set it was written from, where no paths tell it
+SOURCE_ROW = "source_row"
 
 #: a shuffled write gathers arrays not read from files in memory: refused beyond this
 #: share of the machine's memory (re-storing a 1.1 GiB store shuffled peaked at 6.2 GiB
