@@ -47,6 +47,26 @@ def _slot(worker: int, workers: int) -> int:
     return 1 + MAX_WORKERS + workers * (workers - 1) // 2 + worker
 
 
+#: the process this module was imported in: a process with another pid that did not
+#: import it again was forked from it
+_IMPORTED_IN = os.getpid()
+
+
+def _shared(table: torch.Tensor) -> torch.Tensor:
+    """``table`` moved into shared memory. torch copies it there on its thread pool, which
+    does not survive a fork: in a process forked from one that had used the pool (a
+    ``multiprocessing`` child, not a DataLoader worker, which torch keeps to one thread),
+    making a TorchDataset hung for good. There the copy runs on one thread."""
+    threads = torch.get_num_threads()
+    if os.getpid() == _IMPORTED_IN or threads == 1:
+        return table.share_memory_()
+    torch.set_num_threads(1)
+    try:
+        return table.share_memory_()
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _Epochs:
     """The epoch of each iteration, agreed on by a dataset in its process and its DataLoader workers.
 
@@ -70,7 +90,7 @@ class _Epochs:
         table = torch.zeros((2 + MAX_WORKERS + GROUPED * (GROUPED + 1) // 2, 6), dtype=torch.int64)
         table[0, 0] = epoch
         table[1:, 0] = -1
-        self.table = table.share_memory_() if shared else table
+        self.table = _shared(table) if shared else table
 
     def set(self, epoch: int) -> None:
         gen = int(self.table[0, 1])

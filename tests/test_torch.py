@@ -1008,3 +1008,28 @@ def test_channels_first_true_on_images_already_channels_first_is_refused():
             TorchDataset(source, batch_size=4, channels_first=True)
         images, _ = next(iter(TorchDataset(source, batch_size=4, shuffle=False)))
         np.testing.assert_array_equal(images.numpy(), x[:4])  # oracle: the array given
+
+
+def _forked_child_reads(store: str, q) -> None:
+    ds = TorchDataset(store, batch_size=8, arrays=("images", "index"))
+    q.put(sorted(int(i) for _, index in ds for i in index))
+
+
+def test_a_dataset_made_in_a_forked_child_does_not_hang(store):
+    # a multiprocessing child forked from a process that had used torch's thread pool (and
+    # made a TorchDataset): making one there hung for good, in the shared epoch table's copy
+    import multiprocessing
+
+    TorchDataset(store, batch_size=8)
+    x = torch.randn(600, 600)
+    float((x @ x).sum())  # the pool in use in this process
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_forked_child_reads, args=(store, q))
+    child.start()
+    try:
+        got = q.get(timeout=120)
+    finally:
+        child.kill()
+        child.join()
+    assert got == list(range(N))
