@@ -2389,3 +2389,17 @@ def test_a_shuffled_store_of_arrays_keeps_each_samples_row_in_the_set(tmp_path, 
     mine = di.ImageSet(x, labels, columns={"source_row": np.arange(40) + 100})
     kept = plain_group(di.to_zarr(mine, tmp_path / "m.zarr.zip", seed=seed))
     np.testing.assert_array_equal(kept["images"][:], x[kept["source_row"][:] - 100])
+
+
+def test_a_file_where_the_stores_folder_would_be_is_named(tmp_path, indexed_set):
+    # to_zarr(ds, "out/afile/x.zarr.zip") with out/afile a file: "FileExistsError: File
+    # exists", which said neither that a folder was wanted nor which path was in the way
+    blocking = tmp_path / "afile"
+    blocking.write_text("mine")
+    for target in (blocking / "x.zarr.zip", blocking / "deeper" / "x.zarr"):
+        says = rf"{re.escape(str(blocking))}' is a file, not a folder"
+        with pytest.raises(NotADirectoryError, match=says):
+            di.to_zarr(indexed_set, target)
+        with pytest.raises(NotADirectoryError, match=says):
+            di.ArrayWriter(target, arrays={"x": ((2,), "float32")}, num_samples=4)
+    assert blocking.read_text() == "mine"

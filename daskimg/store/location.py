@@ -166,7 +166,7 @@ class Location:
         """The writer's lock: ``<path>.lock`` for a local store (none spans machines for URLs)."""
         if self.is_url:
             return contextlib.nullcontext()
-        os.makedirs(os.path.dirname(self.target), exist_ok=True)
+        make_parent(self.target)
         return write_lock(self.target)
 
     def build_path(self) -> str:
@@ -435,6 +435,31 @@ def _held_here(fd: int) -> bool:
         )
     except OSError:
         return False
+
+
+def make_parent(path: str) -> None:
+    """Make the folder a store at ``path`` is written in; a file in the way, or a folder
+    that cannot be written, is named (``FileExistsError: File exists`` said neither)."""
+    parent = os.path.dirname(path) or "."
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = parent
+        while blocking and not os.path.lexists(blocking):
+            blocking = os.path.dirname(blocking)
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"cannot make the folder {parent!r} to write {os.path.basename(path)!r} in: "
+            f"{blocking!r} is a file, not a folder; choose another path, or move that file",
+        ) from None
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EROFS):
+            raise
+        raise PermissionError(
+            e.errno,
+            f"cannot make the folder {parent!r} ({e.strerror}) to write "
+            f"{os.path.basename(path)!r} in; choose a folder you can write to",
+        ) from None
 
 
 @contextlib.contextmanager

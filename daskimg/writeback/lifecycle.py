@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import DaskImgError, StoreExistsError
 from ..interrupts import held_ctrl_c
-from ..store.location import Location, check_replaceable, remove_path, write_lock
+from ..store.location import Location, check_replaceable, make_parent, remove_path, write_lock
 from . import staging
 from .placed import Placed
 from .plan import Plan
@@ -225,7 +225,7 @@ class OpenWrite:
         self.broken: str | None = None  # why the write cannot continue
         self.last_checkpoint = time.monotonic()
         self.pool = ShardPool(plan.threads)
-        os.makedirs(os.path.dirname(plan.path), exist_ok=True)
+        make_parent(plan.path)
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(write_lock(plan.path))
         # staging files are closed after the pool's last writes, which read them (a list,
