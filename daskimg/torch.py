@@ -347,11 +347,12 @@ class TorchDataset(IterableDataset):
             "storage_options": storage_options,
         }
         probe = BatchIterator(source, **self._kw)  # validates arguments, knows N and chunks
-        if channels_first and probe.source.layout is not None:
+        fed = probe.source
+        if channels_first and "images" in fed.names and (layout := fed.channels_first("images")):
             raise ValueError(
                 f"channels_first=True moves the images' last axis first, and these "
-                f"({probe.source.shape('images')} a sample) look channels-first "
-                f"{probe.source.layout} already: it would hand out tensors with their width "
+                f"({fed.shape('images')} a sample) look channels-first {layout} already: it "
+                "would hand out tensors with their width "
                 "as channels. Leave channels_first=False to feed them as they are, or: "
                 + LAYOUT_FIX
             )

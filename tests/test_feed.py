@@ -1339,3 +1339,12 @@ def test_a_flip_or_crop_of_images_given_channels_first_is_refused(tmp_path):
     np.testing.assert_array_equal(
         flipped[0], plain_group(store)["images"][:][flipped[1]][:, :, ::-1]
     )
+    # and so is a part of it (take, split: the store's rows, no reader of their own)
+    part = di.open_zarr(store).take(np.arange(6))
+    got = next(iter(di.BatchIterator(part, batch_size=6, shuffle=False,
+                                     transform=random_flip(p=1.0))))  # fmt: skip
+    np.testing.assert_array_equal(got[0], plain_group(store)["images"][:6][:, :, ::-1])
+    # the array a flip or crop moves, whatever its name
+    with pytest.raises(ValueError, match=r"moves 'image' as \(N, H, W, C\).*look channels-first"):
+        di.BatchIterator({"image": x, "labels": labels}, batch_size=4, arrays=("image", "labels"),
+                         transform=random_crop((2, 8), key="image"))  # fmt: skip

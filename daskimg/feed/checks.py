@@ -117,10 +117,10 @@ def check_transform(transform: Any, src: Any) -> None:
             )
         if t.key not in names:
             continue  # an array a step of the caller's adds
-        if t.key == "images" and src.layout is not None and not added:
+        if not added and (layout := src.channels_first(t.key)) is not None:
             raise ValueError(
-                f"transform {type(t).__name__} moves the images as (N, H, W, C), and these "
-                f"({src.shape('images')} a sample) look channels-first {src.layout}: it would "
+                f"transform {type(t).__name__} moves {t.key!r} as (N, H, W, C), and these "
+                f"({src.shape(t.key)} a sample) look channels-first {layout}: it would "
                 "flip or cut them along the wrong axes. " + LAYOUT_FIX
             )
         if not added and hasattr(t, "check_sample"):  # samples as stored: no step changed them

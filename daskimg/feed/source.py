@@ -278,11 +278,12 @@ class FeedSource:
                 )
             )
         self.names = tuple(names)
-        #: why the images look channels-first (N, C, H, W), for arrays given in memory or
-        #: lazily (a store's were checked when written, or written told the layout is right)
-        self.layout: str | None = None
-        if images is not None and self.reader is None and "images" in self.names:
-            self.layout = looks_channels_first(tuple(images.shape))
+        #: the arrays are a store's, whole or a subset: their layout was checked when written
+        #: (or written told it is right, ``check_layout=False``)
+        self.from_store = self.reader is not None or (
+            isinstance(source, ImageSet)
+            and (source.store is not None or source.store_rows is not None)
+        )
         #: arrays made up here, not read: {"index"} when asked for
         self.virtual = {INDEX} & set(self.names)
         real = [n for n in self.names if n not in self.virtual] or list(arrays)
@@ -365,6 +366,12 @@ class FeedSource:
             return ()
         a = self.memory.get(name)
         return tuple((a if a is not None else self.lazy[name]).shape[1:])
+
+    def channels_first(self, name: str) -> str | None:
+        """The channels-first layout, ``(N, C, H, W)`` or ``(N, C, D, H, W)``, that array
+        ``name`` looks to have, where its samples are taken channels-last; None for a
+        store's arrays (see :attr:`from_store`)."""
+        return None if self.from_store else looks_channels_first((self.n, *self.shape(name)))
 
     def dtype(self, name: str) -> np.dtype[Any]:
         if name in self.virtual:
