@@ -189,8 +189,14 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
     text.write_text("precious")
     folder_named = tmp_path / "file.zarr"
     folder_named.write_text("precious")
+    project = tmp_path / "project.zarr.zip"  # members zarr's names look like, not zarr's keys
+    with zipfile.ZipFile(project, "w") as z:
+        z.writestr("proj/c/main.c", "int main;")
+        z.writestr("data/train.zarr/zarr.json", "{}")
+        z.writestr("c/notes.txt", "mine")
     for path, says in (
         (theirs, r"mine\.zarr\.zip' is a zip of other files \('notes\.txt'\)"),
+        (project, r"a zip of other files \('proj/c/main\.c', 'c/notes\.txt'\)"),
         (text, r"notes\.zarr\.zip' is a file that is not a zip"),
         (folder_named, r"file\.zarr' is a file that is not a zip"),
     ):
@@ -2403,3 +2409,13 @@ def test_a_file_where_the_stores_folder_would_be_is_named(tmp_path, indexed_set)
         with pytest.raises(NotADirectoryError, match=says):
             di.ArrayWriter(target, arrays={"x": ((2,), "float32")}, num_samples=4)
     assert blocking.read_text() == "mine"
+
+
+def test_a_plain_group_with_an_attribute_one_bit_from_daskimg_is_foreign(tmp_path):
+    # (regression probe) a key one bit from 'daskimg' is damage only if it holds what a
+    # daskimg store's does: a plain zarr group's own 'Daskimg' attribute is no store of ours
+    g = zarr.open_group(tmp_path / "plain.zarr", mode="w", zarr_format=3)
+    g.attrs["Daskimg"] = {"a": 1}
+    g.create_array("images", shape=(2, 4, 4, 3), dtype="u1")
+    with pytest.raises(FormatVersionError, match="a Zarr group but not a daskimg store"):
+        di.open_zarr(tmp_path / "plain.zarr")

@@ -294,8 +294,8 @@ def check_attrs(
         else None
     )
     if not isinstance(attrs, dict):
-        flipped = _flipped_key(meta, "attributes") or _flipped_key(
-            meta.get("attributes"), "daskimg"
+        flipped = _flipped_key(meta, "attributes", "daskimg") or _flipped_key(
+            meta.get("attributes"), "daskimg", "format_version"
         )
         if flipped:  # a sound Zarr group of another program cannot be told by one bit
             raise MetadataError(
@@ -391,14 +391,16 @@ def check_attrs(
     return attrs
 
 
-def _flipped_key(mapping: Any, want: str) -> str | None:
-    """A key of ``mapping`` (if a dict without ``want``) that is ``want`` with one bit flipped."""
+def _flipped_key(mapping: Any, want: str, inside: str) -> str | None:
+    """A key of ``mapping`` (a dict without ``want``) that is ``want`` with one bit flipped
+    and whose value holds ``inside``, as ``want``'s does in a daskimg store (a group of
+    another program's with an attribute ``Daskimg`` of its own is no damaged store)."""
     if not isinstance(mapping, dict) or want in mapping:
         return None
-    for key in mapping:
-        if isinstance(key, str) and len(key) == len(want):
+    for key, value in mapping.items():
+        if isinstance(key, str) and len(key) == len(want) and isinstance(value, dict):
             diff = [ord(a) ^ ord(b) for a, b in zip(key, want, strict=True) if a != b]
-            if len(diff) == 1 and diff[0] & (diff[0] - 1) == 0:
+            if len(diff) == 1 and diff[0] & (diff[0] - 1) == 0 and inside in value:
                 return key
     return None
 

@@ -563,10 +563,10 @@ def check_replaceable(path: str) -> None:
 
 
 def _check_file_replaceable(path: str) -> None:
-    """:func:`check_replaceable` for a file: an empty one, or a zip holding a Zarr store
-    (a root or array ``zarr.json``, or Zarr v2's root files) is replaced. A zip without its
-    central directory (a copy cut short, a damaged store) is one if its first member is a
-    store's: daskimg writes a shard first (``<array>/c/...``), zarr a ``zarr.json``."""
+    """:func:`check_replaceable` for a file: an empty one, an empty zip, or a zip of a Zarr
+    store (every member a Zarr key: :func:`_zarr_key`) is replaced. A zip without its
+    central directory (a copy cut short, a damaged store) is one if its first member is
+    a store's: daskimg writes a shard first (``<array>/c/...``), zarr a ``zarr.json``."""
     with open(path, "rb") as fh:
         head = fh.read(30 + 1024)  # a local file header and its name
     if not head:
@@ -579,20 +579,35 @@ def _check_file_replaceable(path: str) -> None:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             first = head[30 : 30 + int.from_bytes(head[26:28], "little")].decode("utf-8", "replace")
             names = [first]
-        if any(
-            n.rsplit("/", 1)[-1] in _ZARR_ROOTS or "/c/" in n or n.startswith("c/") for n in names
-        ):
-            return
-        shown = ", ".join(repr(n) for n in names[:3]) + (
-            f" and {len(names) - 3} more" if len(names) > 3 else ""
+        others = [
+            n
+            for n in names
+            if not n.endswith("/") and n.rsplit("/", 1)[-1] not in _CLUTTER and not _zarr_key(n)
+        ]
+        if not others:
+            return  # a store (or an empty zip: nothing to lose)
+        shown = ", ".join(repr(n) for n in others[:3]) + (
+            f" and {len(others) - 3} more" if len(others) > 3 else ""
         )
-        if not names:
-            return  # an empty zip holds nothing to lose
         what = f"a zip of other files ({shown})"
     raise StoreExistsError(
         f"{path!r} is {what}, not a Zarr store: overwrite=True replaces a store and would "
         "remove it. Write the store to another path, or move that file away first"
     )
+
+
+def _zarr_key(name: str) -> bool:
+    """Whether a zip member's name is a key of a Zarr store (maybe one folder deeper, as a
+    store zipped from outside its folder): metadata (``zarr.json``, v2's ``.zarray``, ...),
+    a v3 chunk (``<array>/c/0/1``) or a v2 chunk (``<array>/0.1``)."""
+    parts = name.split("/")
+    last = parts[-1]
+    if last in _ZARR_ROOTS:
+        return True
+    if "c" in parts[:-1]:  # v3: the chunk's grid indices follow "c"
+        grid = parts[len(parts) - 1 - parts[::-1].index("c") :][1:]
+        return bool(grid) and all(g.isdigit() for g in grid)
+    return len(parts) > 1 and all(g.isdigit() for g in last.split("."))
 
 
 def _refuse_other_files(
