@@ -352,9 +352,8 @@ class TorchDataset(IterableDataset):
             raise ValueError(
                 f"channels_first=True moves the images' last axis first, and these "
                 f"({fed.shape('images')} a sample) look channels-first {layout} already: it "
-                "would hand out tensors with their width "
-                "as channels. Leave channels_first=False to feed them as they are, or: "
-                + LAYOUT_FIX
+                "would hand out tensors with their width as channels. Leave "
+                "channels_first=False to feed them as they are, or: " + LAYOUT_FIX
             )
         self._seed_drawn = seed is None
         self._kw["seed"] = probe.seed  # seed=None: drawn once, here, for every worker

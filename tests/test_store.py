@@ -220,7 +220,11 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
     empty.write_bytes(b"")
     empty_zip = tmp_path / "emptyzip.zarr.zip"
     zipfile.ZipFile(empty_zip, "w").close()
-    for path in (ours, plain, cut, empty, empty_zip):
+    mac = tmp_path / "mac.zarr.zip"  # a store zipped on macOS: its __MACOSX/ entries
+    mac.write_bytes(ours.read_bytes())
+    with zipfile.ZipFile(mac, "a") as z:
+        z.writestr("__MACOSX/._zarr.json", b"apple")
+    for path in (ours, plain, cut, empty, empty_zip, mac):
         out = di.to_zarr(indexed_set, path, overwrite=True, order="source")
         np.testing.assert_array_equal(
             plain_group(out)["images"][:], indexed_set.images.compute()

@@ -8,7 +8,8 @@ by more than twice as many pixels as the width, older Pillow always the horizont
 a pass the box does not need is skipped, as Pillow skips it), its rounding and clipping.
 It differs only in speed: each pass runs along contiguous memory (the horizontal one on
 a transposed copy) so the compiler vectorizes it -- 0.21 instead of Pillow's 0.86 ms for a
-500x375 photo to 224x224 (this machine, quiet) -- and the kernels run without the GIL, so threads resize at once.
+500x375 photo to 224x224 (this machine, quiet) -- and the kernels run without the GIL, so
+threads resize at once.
 
 The kernels are compiled by numba on first use and cached on disk (a few seconds, once
 per machine; a new process loads them in about half a second). Before the first use

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..read.arrays import open_array_set
-from .write import to_zarr
+from .write import SOURCE_ROW, to_zarr
 
 
 def convert(
@@ -53,12 +53,12 @@ def convert(
         boxes=boxes,
         check_layout=check_layout,
     )
-    if "source_row" in ds.columns:
+    if SOURCE_ROW in ds.columns:
         raise ValueError(
             f"{os.fspath(src)!r}: a column named 'source_row' is asked for, the name convert "
             "gives each sample's row in the source; leave it out of columns="
         )
-    ds.columns["source_row"] = np.arange(len(ds), dtype=np.int64)
+    ds.columns[SOURCE_ROW] = np.arange(len(ds), dtype=np.int64)
     return to_zarr(
         ds,
         out,

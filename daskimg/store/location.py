@@ -548,8 +548,8 @@ def check_replaceable(path: str) -> None:
     """Refuse (StoreExistsError) to replace a folder that holds files but no Zarr store:
     ``overwrite=True`` replaces a store; it removed a folder of the user's own files too.
     A store is a folder with a Zarr root file (v3 or v2), or one whose root file is gone
-    but whose arrays are there (a damaged store). So is a file that is not a store: a zip
-    of other members, or no zip at all (:func:`_check_file_replaceable`)."""
+    but whose arrays are there (a damaged store). A file is refused too unless it is a
+    store's zip, or empty (:func:`_check_file_replaceable`)."""
     if os.path.isfile(path) and not os.path.islink(path):
         _check_file_replaceable(path)
         return
@@ -582,7 +582,10 @@ def _check_file_replaceable(path: str) -> None:
         others = [
             n
             for n in names
-            if not n.endswith("/") and n.rsplit("/", 1)[-1] not in _CLUTTER and not _zarr_key(n)
+            if not n.endswith("/")
+            and not n.startswith("__MACOSX/")  # (macOS zips add that)
+            and n.rsplit("/", 1)[-1] not in _CLUTTER
+            and not _zarr_key(n)
         ]
         if not others:
             return  # a store (or an empty zip: nothing to lose)

@@ -362,7 +362,6 @@ def plan_store(
     n = len(imageset)
     if order == "shuffled":
         check_shuffle_fits(imageset)
-    if order == "shuffled":
         rows = np.random.default_rng(seed).permutation(n)
         ds = imageset.take(rows)
         if ds.paths is None and SOURCE_ROW not in ds.columns and n > 1:
