@@ -189,6 +189,10 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
     text.write_text("precious")
     folder_named = tmp_path / "file.zarr"
     folder_named.write_text("precious")
+    pages = tmp_path / "pages.zarr.zip"  # names like chunk keys, no array they belong to
+    with zipfile.ZipFile(pages, "w") as z:
+        z.writestr("pages/1", "one")
+        z.writestr("pages/2", "two")
     project = tmp_path / "project.zarr.zip"  # members zarr's names look like, not zarr's keys
     with zipfile.ZipFile(project, "w") as z:
         z.writestr("proj/c/main.c", "int main;")
@@ -196,7 +200,8 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
         z.writestr("c/notes.txt", "mine")
     for path, says in (
         (theirs, r"mine\.zarr\.zip' is a zip of other files \('notes\.txt'\)"),
-        (project, r"a zip of other files \('proj/c/main\.c', 'c/notes\.txt'\)"),
+        (project, r"other files \('proj/c/main\.c', 'data/train\.zarr/zarr\.json', 'c/notes"),
+        (pages, r"a zip of other files \('pages/1', 'pages/2'\)"),
         (text, r"notes\.zarr\.zip' is a file that is not a zip"),
         (folder_named, r"file\.zarr' is a file that is not a zip"),
     ):
@@ -224,7 +229,33 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
     mac.write_bytes(ours.read_bytes())
     with zipfile.ZipFile(mac, "a") as z:
         z.writestr("__MACOSX/._zarr.json", b"apple")
-    for path in (ours, plain, cut, empty, empty_zip, mac):
+    # plain zarr's stores under other key encodings, zipped by a tool (regression probe):
+    # v3 chunk keys with '.', a 0-d array ('s/c'), a v2 array named 'c', a v2 root array
+    zipped = []
+    for i, make in enumerate(
+        (
+            lambda g: g.create_array(
+                "images", shape=(4, 2), chunks=(2, 2), dtype="u1",
+                chunk_key_encoding={"name": "default", "separator": "."},
+            ),
+            lambda g: g.create_array("s", shape=(), dtype="u1"),
+        )
+    ):  # fmt: skip
+        folder = tmp_path / f"v3-{i}"
+        make(zarr.open_group(folder, mode="w", zarr_format=3))[...] = 1
+        zipped.append(folder)
+    v2 = tmp_path / "v2-c"
+    zarr.open_group(v2, mode="w", zarr_format=2).create_array(
+        "c", shape=(4,), chunks=(2,), dtype="u1"
+    )[:] = 1
+    v2root = tmp_path / "v2-root"
+    zarr.create_array(v2root, shape=(4,), chunks=(2,), dtype="u1", zarr_format=2)[:] = 1
+    for folder in (*zipped, v2, v2root):
+        made = shutil.make_archive(str(folder), "zip", root_dir=folder)
+        target = tmp_path / f"{folder.name}.zarr.zip"
+        os.replace(made, target)
+        zipped.append(target)
+    for path in (ours, plain, cut, empty, empty_zip, mac, *zipped[2:]):
         out = di.to_zarr(indexed_set, path, overwrite=True, order="source")
         np.testing.assert_array_equal(
             plain_group(out)["images"][:], indexed_set.images.compute()

@@ -564,7 +564,7 @@ def check_replaceable(path: str) -> None:
 
 def _check_file_replaceable(path: str) -> None:
     """:func:`check_replaceable` for a file: an empty one, an empty zip, or a zip of a Zarr
-    store (every member a Zarr key: :func:`_zarr_key`) is replaced. A zip without its
+    store (:func:`_not_of_a_store`: none of its members) is replaced. A zip without its
     central directory (a copy cut short, a damaged store) is one if its first member is
     a store's: daskimg writes a shard first (``<array>/c/...``), zarr a ``zarr.json``."""
     with open(path, "rb") as fh:
@@ -575,18 +575,11 @@ def _check_file_replaceable(path: str) -> None:
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a member first, or none
         try:
             with zipfile.ZipFile(path) as z:
-                names = z.namelist()
+                others = _not_of_a_store(z)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             first = head[30 : 30 + int.from_bytes(head[26:28], "little")].decode("utf-8", "replace")
-            names = [first]
-        others = [
-            n
-            for n in names
-            if not n.endswith("/")
-            and not n.startswith("__MACOSX/")  # (macOS zips add that)
-            and n.rsplit("/", 1)[-1] not in _CLUTTER
-            and not _zarr_key(n)
-        ]
+            last = first.rsplit("/", 1)[-1]
+            others = [] if last in _ZARR_ROOTS or "/c/" in first else [first]
         if not others:
             return  # a store (or an empty zip: nothing to lose)
         shown = ", ".join(repr(n) for n in others[:3]) + (
@@ -599,18 +592,40 @@ def _check_file_replaceable(path: str) -> None:
     )
 
 
-def _zarr_key(name: str) -> bool:
-    """Whether a zip member's name is a key of a Zarr store (maybe one folder deeper, as a
-    store zipped from outside its folder): metadata (``zarr.json``, v2's ``.zarray``, ...),
-    a v3 chunk (``<array>/c/0/1``) or a v2 chunk (``<array>/0.1``)."""
-    parts = name.split("/")
-    last = parts[-1]
-    if last in _ZARR_ROOTS:
-        return True
-    if "c" in parts[:-1]:  # v3: the chunk's grid indices follow "c"
-        grid = parts[len(parts) - 1 - parts[::-1].index("c") :][1:]
-        return bool(grid) and all(g.isdigit() for g in grid)
-    return len(parts) > 1 and all(g.isdigit() for g in last.split("."))
+def _not_of_a_store(z: zipfile.ZipFile) -> list[str]:
+    """The members of ``z`` that are no part of a Zarr store (v2 or v3, at the zip's root or
+    one folder deeper): not metadata (JSON, ``zarr_format`` in a node's), and not inside
+    an array's folder, where its chunks are (under any key encoding). Folder entries and
+    macOS's additions are left out."""
+    names = [
+        n
+        for n in z.namelist()
+        if not n.endswith("/")
+        and not n.startswith("__MACOSX/")
+        and n.rsplit("/", 1)[-1] not in _CLUTTER
+    ]
+    arrays: list[str] = []  # the folders of arrays ("" for an array at the root)
+    meta: set[str] = set()
+    for n in names:
+        folder, _, last = n.rpartition("/")
+        if last not in _ZARR_ROOTS or z.getinfo(n).file_size > 2**20:
+            continue
+        try:
+            doc = json.loads(z.read(n))
+        except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError):
+            continue
+        if last in ("zarr.json", ".zarray", ".zgroup") and not (
+            isinstance(doc, dict) and "zarr_format" in doc
+        ):
+            continue
+        meta.add(n)
+        if last == ".zarray" or (last == "zarr.json" and doc.get("node_type") == "array"):
+            arrays.append(folder)
+    return [
+        n
+        for n in names
+        if n not in meta and not any(a == "" or n.startswith(a + "/") for a in arrays)
+    ]
 
 
 def _refuse_other_files(
