@@ -1348,3 +1348,24 @@ def test_a_flip_or_crop_of_images_given_channels_first_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"moves 'image' as \(N, H, W, C\).*look channels-first"):
         di.BatchIterator({"image": x, "labels": labels}, batch_size=4, arrays=("image", "labels"),
                          transform=random_crop((2, 8), key="image"))  # fmt: skip
+
+
+def test_channels_first_arrays_put_in_a_set_from_a_store_are_checked(tmp_path):
+    # (regression probe) the store's exemption covered every array of a set opened from
+    # it: a column added, or images put in the place of its own, were flipped along H
+    hwc = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    store = di.to_zarr(di.ImageSet(hwc, np.arange(8) % 2), tmp_path / "s.zarr")
+    chw = np.ascontiguousarray(np.moveaxis(hwc, -1, 1))
+    opened = di.open_zarr(store)
+    opened.columns["aux"] = chw
+    with pytest.raises(ValueError, match=r"moves 'aux' as \(N, H, W, C\).*look channels-first"):
+        di.BatchIterator(opened, batch_size=4, arrays=("aux", "index"),
+                         transform=random_flip(key="aux"))  # fmt: skip
+    replaced = di.open_zarr(store).take(np.arange(8))
+    replaced.images = dask.array.from_array(chw)
+    with pytest.raises(ValueError, match=r"moves 'images' as \(N, H, W, C\)"):
+        di.BatchIterator(replaced, batch_size=4, transform=random_flip())
+    # the store's own images, whole or a part, are fed and flipped as stored
+    got = next(iter(di.BatchIterator(di.open_zarr(store).take(np.arange(4)), batch_size=4,
+                                     shuffle=False, transform=random_flip(p=1.0))))  # fmt: skip
+    np.testing.assert_array_equal(got[0], plain_group(store)["images"][:4][:, :, ::-1])

@@ -1033,3 +1033,14 @@ def test_a_dataset_made_in_a_forked_child_does_not_hang(store):
         child.kill()
         child.join()
     assert got == list(range(N))
+
+
+def test_channels_first_images_put_in_a_set_from_a_store_are_refused(tmp_path):
+    # (regression probe) images put in the place of a store's own were exempt as its own
+    hwc = np.zeros((8, 16, 16, 3), np.uint8)
+    store = di.to_zarr(di.ImageSet(hwc, np.arange(8) % 2), tmp_path / "s.zarr")
+    opened = di.open_zarr(store)
+    opened.images = dask.array.from_array(np.ascontiguousarray(np.moveaxis(hwc, -1, 1)))
+    with pytest.raises(ValueError, match=r"look channels-first \(N, C, H, W\) already"):
+        TorchDataset(opened, batch_size=4, channels_first=True)
+    TorchDataset(di.open_zarr(store), batch_size=4, channels_first=True)  # its own: fed

@@ -278,12 +278,6 @@ class FeedSource:
                 )
             )
         self.names = tuple(names)
-        #: the arrays are a store's, whole or a subset: their layout was checked when written
-        #: (or written told it is right, ``check_layout=False``)
-        self.from_store = self.reader is not None or (
-            isinstance(source, ImageSet)
-            and (source.store is not None or source.store_rows is not None)
-        )
         #: arrays made up here, not read: {"index"} when asked for
         self.virtual = {INDEX} & set(self.names)
         real = [n for n in self.names if n not in self.virtual] or list(arrays)
@@ -370,8 +364,17 @@ class FeedSource:
     def channels_first(self, name: str) -> str | None:
         """The channels-first layout, ``(N, C, H, W)`` or ``(N, C, D, H, W)``, that array
         ``name`` looks to have, where its samples are taken channels-last; None for a
-        store's arrays (see :attr:`from_store`)."""
-        return None if self.from_store else looks_channels_first((self.n, *self.shape(name)))
+        store's images, whole or a part (``take``, ``split``), whose layout was checked
+        when written (or written told it is right, ``check_layout=False``). Arrays put in
+        a set from a store (a column, images in the place of its own) are checked."""
+        a = self.lazy.get(name)
+        if (
+            name == "images"
+            and a is not None
+            and any(str(layer).startswith("daskimg-read-images-") for layer in a.dask.layers)
+        ):
+            return None  # read from a store (see store.open.store_array_name)
+        return looks_channels_first((self.n, *self.shape(name)))
 
     def dtype(self, name: str) -> np.dtype[Any]:
         if name in self.virtual:
