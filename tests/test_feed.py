@@ -1369,3 +1369,17 @@ def test_channels_first_arrays_put_in_a_set_from_a_store_are_checked(tmp_path):
     got = next(iter(di.BatchIterator(di.open_zarr(store).take(np.arange(4)), batch_size=4,
                                      shuffle=False, transform=random_flip(p=1.0))))  # fmt: skip
     np.testing.assert_array_equal(got[0], plain_group(store)["images"][:4][:, :, ::-1])
+
+
+def test_an_array_made_channels_first_from_a_stores_images_is_refused(tmp_path):
+    # (regression probe) an array built from a store's images in another shape kept the
+    # store's read in its graph and was spared: da.moveaxis to (N, C, H, W), then cropped
+    hwc = np.random.default_rng(0).integers(0, 256, (24, 8, 8, 3), dtype=np.uint8)
+    store = di.to_zarr(di.ImageSet(hwc, np.arange(24) % 2), tmp_path / "rgb.zarr.zip")
+    cf = dask.array.moveaxis(di.open_zarr(store).arrays["images"], -1, 1)
+    with pytest.raises(ValueError, match=r"moves 'images' as \(N, H, W, C\)"):
+        di.BatchIterator({"images": cf}, batch_size=4, transform=random_crop((2, 8)))
+    rows = di.open_zarr(store).arrays["images"][::2]  # rows of the store's: fed
+    got = next(iter(di.BatchIterator({"images": rows}, batch_size=12, shuffle=False,
+                                     transform=random_flip(p=1.0))))  # fmt: skip
+    np.testing.assert_array_equal(got[0], plain_group(store)["images"][::2][:, :, ::-1])

@@ -189,6 +189,11 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
     text.write_text("precious")
     folder_named = tmp_path / "file.zarr"
     folder_named.write_text("precious")
+    cutlib = tmp_path / "cutlib.zarr.zip"  # cut short, its first member under a c/ folder
+    with zipfile.ZipFile(cutlib, "w") as z:
+        z.writestr("mylib/c/main.c", b"int main;\n" * 500)
+        z.writestr("mylib/thesis.tex", b"chapter" * 2000)
+    cutlib.write_bytes(cutlib.read_bytes()[: cutlib.stat().st_size * 2 // 3])
     pages = tmp_path / "pages.zarr.zip"  # names like chunk keys, no array they belong to
     with zipfile.ZipFile(pages, "w") as z:
         z.writestr("pages/1", "one")
@@ -202,6 +207,7 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
         (theirs, r"mine\.zarr\.zip' is a zip of other files \('notes\.txt'\)"),
         (project, r"other files \('proj/c/main\.c', 'data/train\.zarr/zarr\.json', 'c/notes"),
         (pages, r"a zip of other files \('pages/1', 'pages/2'\)"),
+        (cutlib, r"a zip of other files \('mylib/c/main\.c'\)"),
         (text, r"notes\.zarr\.zip' is a file that is not a zip"),
         (folder_named, r"file\.zarr' is a file that is not a zip"),
     ):
@@ -248,6 +254,10 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
     zarr.open_group(v2, mode="w", zarr_format=2).create_array(
         "c", shape=(4,), chunks=(2,), dtype="u1"
     )[:] = 1
+    big = zarr.open_group(tmp_path / "big-meta", mode="w", zarr_format=3)
+    big.attrs["notes"] = "x" * (2**20 + 10)  # a root zarr.json over 1 MiB
+    big.create_array("x", shape=(4,), chunks=(2,), dtype="u1")[:] = 1
+    zipped.insert(0, tmp_path / "big-meta")
     v2root = tmp_path / "v2-root"
     zarr.create_array(v2root, shape=(4,), chunks=(2,), dtype="u1", zarr_format=2)[:] = 1
     for folder in (*zipped, v2, v2root):
@@ -255,7 +265,7 @@ def test_overwrite_replaces_a_zip_store_but_not_a_file_of_other_content(tmp_path
         target = tmp_path / f"{folder.name}.zarr.zip"
         os.replace(made, target)
         zipped.append(target)
-    for path in (ours, plain, cut, empty, empty_zip, mac, *zipped[2:]):
+    for path in (ours, plain, cut, empty, empty_zip, mac, *zipped[3:]):
         out = di.to_zarr(indexed_set, path, overwrite=True, order="source")
         np.testing.assert_array_equal(
             plain_group(out)["images"][:], indexed_set.images.compute()

@@ -20,7 +20,7 @@ from ..read.imageset import ImageSet, looks_channels_first
 from ..read.lazy import check_block, check_persisted_reachable, persisted_futures, unmasked
 from ..store.encode import fitted
 from ..store.jpeg import JpegChunk
-from ..store.open import open_zarr, store_array_name
+from ..store.open import READ_SHAPES, open_zarr, store_array_name
 from ..store.reader import StoreReader
 
 try:  # per-thread I/O counters tell a store read from disk from one in the page cache
@@ -368,12 +368,10 @@ class FeedSource:
         when written (or written told it is right, ``check_layout=False``). Arrays put in
         a set from a store (a column, images in the place of its own) are checked."""
         a = self.lazy.get(name)
-        if (
-            name == "images"
-            and a is not None
-            and any(str(layer).startswith("daskimg-read-images-") for layer in a.dask.layers)
-        ):
-            return None  # read from a store (see store.open.store_array_name)
+        if name == "images" and a is not None:
+            shape = tuple(a.shape[1:])
+            if any(READ_SHAPES.get(str(layer)) == shape for layer in a.dask.layers):
+                return None  # a store's images, or rows of them (in their stored shape)
         return looks_channels_first((self.n, *self.shape(name)))
 
     def dtype(self, name: str) -> np.dtype[Any]:

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import sys
 import tempfile
@@ -578,8 +579,7 @@ def _check_file_replaceable(path: str) -> None:
                 others = _not_of_a_store(z)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             first = head[30 : 30 + int.from_bytes(head[26:28], "little")].decode("utf-8", "replace")
-            last = first.rsplit("/", 1)[-1]
-            others = [] if last in _ZARR_ROOTS or "/c/" in first else [first]
+            others = [] if _SHARD_FIRST.fullmatch(first) else [first]
         if not others:
             return  # a store (or an empty zip: nothing to lose)
         shown = ", ".join(repr(n) for n in others[:3]) + (
@@ -590,6 +590,11 @@ def _check_file_replaceable(path: str) -> None:
         f"{path!r} is {what}, not a Zarr store: overwrite=True replaces a store and would "
         "remove it. Write the store to another path, or move that file away first"
     )
+
+
+#: the first member of a store's zip: daskimg's first shard (``images/c/0/0/0/0``), or a
+#: root metadata file (zarr's ``ZipStore`` writes it first)
+_SHARD_FIRST = re.compile(r"[^/]+/c(/\d+)+|zarr\.json|\.zgroup|\.zarray")
 
 
 def _not_of_a_store(z: zipfile.ZipFile) -> list[str]:
@@ -608,7 +613,7 @@ def _not_of_a_store(z: zipfile.ZipFile) -> list[str]:
     meta: set[str] = set()
     for n in names:
         folder, _, last = n.rpartition("/")
-        if last not in _ZARR_ROOTS or z.getinfo(n).file_size > 2**20:
+        if last not in _ZARR_ROOTS or z.getinfo(n).file_size > 2**26:  # (a store's: < 64 MiB)
             continue
         try:
             doc = json.loads(z.read(n))

@@ -201,10 +201,17 @@ def store_array_name(reader: StoreReader, name: str) -> str:
     return f"daskimg-read-{name}-{tokenize(reader.root_token(), name, reader.layout(name))}"
 
 
+#: the sample shape of each array :func:`lazy_array` made, by its dask name: a feed spares a
+#: store's images (or rows of them) the channels-first check, not an array made from them in
+#: another shape (``da.moveaxis``)
+READ_SHAPES: dict[str, tuple[int, ...]] = {}
+
+
 def lazy_array(reader: StoreReader, name: str) -> da.Array:
     """A dask array over one stored array, one task per chunk, read by :class:`StoreReader`."""
     lay = reader.layout(name)
     key = store_array_name(reader, name)
+    READ_SHAPES[key] = tuple(lay.shape[1:])
     zeros = (0,) * (len(lay.shape) - 1)
     dsk: dict[Any, Any] = {
         (key, c, *zeros): (reader.read_chunk, name, c) for c in range(lay.num_chunks)
