@@ -2464,3 +2464,24 @@ def test_a_plain_group_with_an_attribute_one_bit_from_daskimg_is_foreign(tmp_pat
     g.create_array("images", shape=(2, 4, 4, 3), dtype="u1")
     with pytest.raises(FormatVersionError, match="a Zarr group but not a daskimg store"):
         di.open_zarr(tmp_path / "plain.zarr")
+
+
+def test_overwrite_replaces_a_zip_store_whose_metadata_is_damaged(tmp_path, indexed_set):
+    # the advice for damage is to re-create the store with overwrite=True: a zip whose
+    # array zarr.json fails its CRC-32 (or its JSON) is a store's, not "a zip of other files"
+    import zipfile
+
+    good = Path(di.to_zarr(indexed_set, tmp_path / "good.zarr.zip", chunks=8))
+    info = zipfile.ZipFile(good).getinfo("images/zarr.json")
+    raw = bytearray(good.read_bytes())
+    head = info.header_offset  # the local header's own name and extra field lengths
+    lengths = int.from_bytes(raw[head + 26 : head + 28], "little") + int.from_bytes(
+        raw[head + 28 : head + 30], "little"
+    )
+    raw[head + 30 + lengths + 5] ^= 0x01
+    bad = tmp_path / "bad.zarr.zip"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(zipfile.BadZipFile, match="CRC"):
+        zipfile.ZipFile(bad).read("images/zarr.json")
+    out = di.to_zarr(indexed_set, bad, overwrite=True, order="source")
+    np.testing.assert_array_equal(plain_group(out)["images"][:], indexed_set.images.compute())

@@ -618,6 +618,10 @@ def _not_of_a_store(z: zipfile.ZipFile) -> list[str]:
         try:
             doc = json.loads(z.read(n))
         except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError):
+            # a metadata file damaged (its CRC-32, its JSON): a damaged store, which is
+            # what overwrite=True is told to re-create; its folder may hold chunks
+            meta.add(n)
+            arrays.append(folder)
             continue
         if last in ("zarr.json", ".zarray", ".zgroup") and not (
             isinstance(doc, dict) and "zarr_format" in doc
