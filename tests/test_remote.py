@@ -205,6 +205,33 @@ def test_existing_complete_store_needs_overwrite(indexed_set, s3, prefix, name):
     assert len(di.open_zarr(url, storage_options=s3)) == 50
 
 
+def test_overwrite_at_a_url_replaces_a_store_zip_but_not_another_object(
+    indexed_set, s3, s3fs_, prefix, tmp_path
+):
+    # (review) a local file that is no store's zip was refused by overwrite=True; one at a
+    # URL was replaced, the user's zip with it
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("notes.txt", "precious")
+    theirs, text = f"{prefix}/mine.zarr.zip", f"{prefix}/notes.zarr.zip"
+    s3fs_.pipe({theirs: buf.getvalue(), text: b"precious"})
+    for url, says in ((theirs, r"a zip of other files \('notes\.txt'\)"), (text, "not a zip")):
+        with pytest.raises(StoreExistsError, match=says):
+            di.to_zarr(indexed_set, url, storage_options=s3, overwrite=True)
+        with pytest.raises(StoreExistsError, match=says):
+            di.ArrayWriter(url, arrays={"x": ((2,), "float32")}, num_samples=4,
+                           storage_options=s3, overwrite=True)  # fmt: skip
+    assert s3fs_.cat(text) == b"precious"
+    # a store's zip (daskimg's): replaced
+    ours = f"{prefix}/ours.zarr.zip"
+    with open(di.to_zarr(indexed_set, tmp_path / "o.zarr.zip"), "rb") as fh:
+        s3fs_.pipe({ours: fh.read()})
+    di.to_zarr(indexed_set.take(np.arange(20)), ours, storage_options=s3, overwrite=True)
+    assert len(di.open_zarr(ours, storage_options=s3)) == 20
+
+
 def test_overwrite_at_a_url_replaces_a_store_but_not_a_folder_of_other_objects(
     indexed_set, s3, s3fs_, prefix
 ):

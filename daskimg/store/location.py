@@ -204,6 +204,11 @@ class Location:
                 fs, key = self._fs()
                 if dir_state(fs, key) == "other":  # not a daskimg store: a Zarr one?
                     _check_url_replaceable(fs, key, self.target)
+            else:  # a zip at a URL: a store's, as a local one must be
+                fs, key = self._fs()
+                if fs.exists(key):
+                    with fs.open(key, "rb") as fh:
+                        _check_zip_replaceable(self.target, fh)
             return
         if not self.is_url:
             if os.path.lexists(self.target):
@@ -550,9 +555,10 @@ def check_replaceable(path: str) -> None:
     ``overwrite=True`` replaces a store; it removed a folder of the user's own files too.
     A store is a folder with a Zarr root file (v3 or v2), or one whose root file is gone
     but whose arrays are there (a damaged store). A file is refused too unless it is a
-    store's zip, or empty (:func:`_check_file_replaceable`)."""
+    store's zip, or empty (:func:`_check_zip_replaceable`)."""
     if os.path.isfile(path) and not os.path.islink(path):
-        _check_file_replaceable(path)
+        with open(path, "rb") as fh:
+            _check_zip_replaceable(path, fh)
         return
     if not os.path.isdir(path) or os.path.islink(path):
         return
@@ -563,19 +569,20 @@ def check_replaceable(path: str) -> None:
     )
 
 
-def _check_file_replaceable(path: str) -> None:
-    """:func:`check_replaceable` for a file: an empty one, an empty zip, or a zip of a Zarr
-    store (:func:`_not_of_a_store`: none of its members) is replaced. A zip without its
-    central directory (a copy cut short, a damaged store) is one if its first member is
-    a store's: daskimg writes a shard first (``<array>/c/...``), zarr a ``zarr.json``."""
-    with open(path, "rb") as fh:
-        head = fh.read(30 + 1024)  # a local file header and its name
+def _check_zip_replaceable(path: str, fh: Any) -> None:
+    """:func:`check_replaceable` for the file ``path`` (open as ``fh``, local or at a URL):
+    an empty one, an empty zip, or a zip of a Zarr store (:func:`_not_of_a_store`: none of
+    its members) is replaced. A zip without its central directory (a copy cut short, a
+    damaged store) is one if its first member is a store's: daskimg writes a shard first
+    (``<array>/c/...``), zarr a ``zarr.json``."""
+    head = fh.read(30 + 1024)  # a local file header and its name
     if not head:
         return
     what = "a file that is not a zip"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a member first, or none
         try:
-            with zipfile.ZipFile(path) as z:
+            fh.seek(0)
+            with zipfile.ZipFile(fh) as z:
                 others = _not_of_a_store(z)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             first = head[30 : 30 + int.from_bytes(head[26:28], "little")].decode("utf-8", "replace")
