@@ -370,7 +370,11 @@ class FeedSource:
         a = self.lazy.get(name)
         if name == "images" and a is not None:
             shape = tuple(a.shape[1:])
-            if any(READ_SHAPES.get(str(layer)) == shape for layer in a.dask.layers):
+            if any(
+                str(layer).startswith("daskimg-read-images-")
+                and READ_SHAPES.get(str(layer)) == shape
+                for layer in a.dask.layers
+            ):
                 return None  # a store's images, or rows of them (in their stored shape)
         return looks_channels_first((self.n, *self.shape(name)))
 
