@@ -414,6 +414,40 @@ def test_feeds_run_on_a_client_made_current_with_as_current():
         assert sorted(xs.tolist()) == list(range(40))
 
 
+def test_skip_ingest_runs_on_a_client_made_current_with_as_current(tmp_path):
+    # to_zarr(on_error="skip") decodes a window of blocks ahead on a thread of its own; a
+    # client made current with client.as_current() (a context variable, which threads do
+    # not inherit) was not found there: "Requested dask.distributed scheduler but no
+    # Client active", and nothing was written
+    from PIL import Image
+
+    src = tmp_path / "src"
+    for c in ("cat", "dog"):
+        (src / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((12, 12, 3), 40 * i + (c == "dog"), np.uint8)).save(
+                src / c / f"{i}.png"
+            )
+    (src / "cat" / "bad.png").write_bytes(b"not an image")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+    ):
+        ds = di.from_folder(src, size=(12, 12), on_error="skip")
+        di.to_zarr(ds, tmp_path / "out.zarr.zip", order="source")
+    g = plain_group(tmp_path / "out.zarr.zip")
+    paths = g["paths"][...].tolist()
+    assert sorted(paths) == sorted(f"{c}/{i}.png" for c in ("cat", "dog") for i in range(5))
+    for p, img in zip(paths, g["images"][...], strict=True):
+        np.testing.assert_array_equal(img, np.asarray(Image.open(src / p).convert("RGB")))
+    assert [os.path.basename(p) for p, _ in di.open_zarr(tmp_path / "out.zarr.zip").skipped] == [
+        "bad.png"
+    ]
+
+
 @pytest.mark.slow
 def test_memory_urls_on_a_cluster_of_processes_say_so(tmp_path, cluster):
     # fsspec's memory:// lives in one process: read on the workers, a store was "changed

@@ -1249,12 +1249,17 @@ def _decoded_windows(
                 _note_killed(e, list(todo), files_of)
             raise
 
+    def ahead_of(start: int) -> Any:
+        # in a copy of this thread's context: a client made current here only
+        # (client.as_current(), a context variable) is the one the decode runs on
+        return ahead.submit(contextvars.copy_context().run, decode, start)
+
     with ThreadPoolExecutor(1, thread_name_prefix="daskimg-decode") as ahead:
-        following = ahead.submit(decode, 0) if blocks else None
+        following = ahead_of(0) if blocks else None
         for start in range(0, blocks, window):
             assert following is not None
             parts = following.result()
-            following = ahead.submit(decode, start + window) if start + window < blocks else None
+            following = ahead_of(start + window) if start + window < blocks else None
             yield from parts
 
 
