@@ -18,7 +18,7 @@ import store_damage as sd
 from conftest import plain_group
 
 import daskimg as di
-from daskimg.errors import DaskImgError
+from daskimg.errors import DaskImgError, DecodeError
 from daskimg.storeinfo import verify
 
 distributed = pytest.importorskip("distributed")
@@ -446,6 +446,33 @@ def test_skip_ingest_runs_on_a_client_made_current_with_as_current(tmp_path):
     assert [os.path.basename(p) for p, _ in di.open_zarr(tmp_path / "out.zarr.zip").skipped] == [
         "bad.png"
     ]
+
+
+def test_a_failed_cluster_write_raises_its_own_error_when_the_cancel_fails(tmp_path, monkeypatch):
+    # a cluster closed mid-write: cancelling the write's futures raised "Client is closed.
+    # Can't send cancel-keys message", which replaced the error that said what happened
+    from PIL import Image
+
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(src / f"{i}.png")
+    (src / "bad.png").write_bytes(b"not an image")
+
+    def closed(self, *args, **kwargs):
+        raise RuntimeError("Client is closed. Can't send cancel-keys message")
+
+    monkeypatch.setattr(distributed.Client, "cancel", closed)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+        pytest.raises(DecodeError, match=r"bad\.png"),
+    ):
+        di.to_zarr(di.from_folder(tmp_path / "src", size=(8, 8)), tmp_path / "o.zarr.zip")
+    assert not (tmp_path / "o.zarr.zip").exists()
 
 
 @pytest.mark.slow

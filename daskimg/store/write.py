@@ -889,7 +889,10 @@ def _stream_into(
             bar(len(batch))
         shards.check_done()
     except BaseException:
-        client.cancel(futures)
+        # a cluster gone (closed, scheduler lost) cannot cancel: the error that says so is
+        # the one raised, not the client's about the cancel message
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
         raise
     finally:
         receiver.close()
