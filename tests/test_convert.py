@@ -751,3 +751,18 @@ def test_gray_images_of_an_imageset_are_stored_with_their_channel_axis(tmp_path)
     crop = di.transforms.random_crop((8, 8))
     images, _ = next(iter(di.BatchIterator(out, batch_size=4, transform=crop, shuffle=False)))
     assert images.shape == (4, 8, 8, 1)
+
+
+def test_a_relative_array_path_is_read_from_where_the_set_was_made(tmp_path, monkeypatch):
+    # a dask worker started in another folder read the blocks of open_array_set("x.npy")
+    # from its own folder: "'x.npy' is gone since it was opened" (or, with another x.npy
+    # there, "changed since it was opened"); reading from another folder here is the same
+    images = np.random.default_rng(0).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    (tmp_path / "made").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    np.save(tmp_path / "made" / "x.npy", images)
+    np.save(tmp_path / "elsewhere" / "x.npy", images[::-1])  # another file of that name
+    monkeypatch.chdir(tmp_path / "made")
+    ds = open_array_set("x.npy")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    np.testing.assert_array_equal(ds.images.compute(), images)

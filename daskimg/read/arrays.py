@@ -58,6 +58,9 @@ class ArraySource:
     stamp: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
+        # read where the set is made: a relative path was taken from the folder of each
+        # process reading a block (a dask worker started elsewhere said the file was gone)
+        object.__setattr__(self, "path", os.path.abspath(self.path))
         what = f"{self.path!r}" + (f", dataset {self.key!r}" if self.key else "")
         try:
             kind = np.dtype(self.dtype).kind
