@@ -766,3 +766,18 @@ def test_a_relative_array_path_is_read_from_where_the_set_was_made(tmp_path, mon
     ds = open_array_set("x.npy")
     monkeypatch.chdir(tmp_path / "elsewhere")
     np.testing.assert_array_equal(ds.images.compute(), images)
+
+
+def test_an_array_file_a_worker_cannot_see_is_said_so(tmp_path, monkeypatch):
+    # read on another machine that does not see the file, it was "gone since it was
+    # opened: put it back, or open it again", which neither helps
+    from daskimg.read import fileio
+
+    np.save(tmp_path / "x.npy", np.zeros((4, 2, 2, 3), np.uint8))
+    ds = open_array_set(tmp_path / "x.npy")
+    (tmp_path / "x.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="gone since it was opened"):
+        ds.images.compute(scheduler="sync")
+    monkeypatch.setattr(fileio, "file_view", lambda: ("another-machine", 1))
+    with pytest.raises(FileNotFoundError, match=r"not found here; this process .* does not see"):
+        ds.images.compute(scheduler="sync")

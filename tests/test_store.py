@@ -2485,3 +2485,26 @@ def test_overwrite_replaces_a_zip_store_whose_metadata_is_damaged(tmp_path, inde
         zipfile.ZipFile(bad).read("images/zarr.json")
     out = di.to_zarr(indexed_set, bad, overwrite=True, order="source")
     np.testing.assert_array_equal(plain_group(out)["images"][:], indexed_set.images.compute())
+
+
+@pytest.mark.parametrize("ext", [".zarr.zip", ".zarr"])
+def test_a_store_a_worker_cannot_see_is_said_so_not_called_replaced(
+    tmp_path, indexed_set, ext, monkeypatch
+):
+    # a dask worker on another machine (or in another container) that does not see the
+    # client's disk read a store as "gone; it was replaced or rewritten while it was read",
+    # every time it was opened again; a process that sees the same files, as before
+    import pickle
+
+    from daskimg.read import fileio
+
+    path = tmp_path / f"s{ext}"
+    di.to_zarr(indexed_set, path)
+    shipped = pickle.dumps(di.open_zarr(path).images)  # as the graph goes to a worker
+    path.rename(tmp_path / f"away{ext}")
+    with pytest.raises(ChecksumError, match=r"gone; .*replaced or rewritten"):
+        pickle.loads(shipped).compute(scheduler="sync")
+    monkeypatch.setattr(fileio, "file_view", lambda: ("another-machine", 1))
+    with pytest.raises(ChecksumError, match=r"not found here; this process .* does not see") as e:
+        pickle.loads(shipped).compute(scheduler="sync")
+    assert "replaced" not in str(e.value)

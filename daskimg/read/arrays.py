@@ -17,7 +17,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import DecodeError
-from .fileio import text_ordered
+from .fileio import file_view, text_ordered, unseen_here
 from .imageset import ImageSet, channels_first, check_index_range
 from .source import DEFAULT_BLOCK
 
@@ -307,6 +307,9 @@ def check_stamp(path: str, stamp: tuple[Any, ...] | None) -> None:
         if now[0] != stamp[0]:
             now, stamp = now[2:3], stamp[2:3]
     except FileNotFoundError:
+        unseen = unseen_here(path, (stamp[0], file_view()[1]))
+        if unseen:  # opened on another machine: not gone, out of this one's sight
+            raise FileNotFoundError(f"{path!r} is not found here{unseen}") from None
         raise FileNotFoundError(
             f"{path!r} is gone since it was opened (open_array_set / convert): put it back, "
             "or open it again"

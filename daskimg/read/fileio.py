@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 import stat
 import struct
 import threading
@@ -35,6 +36,7 @@ __all__ = [
     "WARNINGS_LOCK",
     "bomb_reason",
     "case_groups",
+    "file_view",
     "first_readable",
     "folded",
     "nfc",
@@ -43,6 +45,7 @@ __all__ = [
     "read_bytes",
     "strict_pillow",
     "unreadable",
+    "unseen_here",
 ]
 
 _T = TypeVar("_T")
@@ -207,6 +210,30 @@ def unreadable(path: str, exc: OSError) -> DecodeError:
     if isinstance(exc, IsADirectoryError):
         return DecodeError(path, "is a directory, not a file")
     return DecodeError(path, f"cannot read the file ({exc.strerror or exc})")
+
+
+def file_view() -> tuple[str, int]:
+    """Which files this process sees: its machine's name and its mount namespace (two
+    processes that differ in either may not see the same file at one path)."""
+    try:
+        mounts = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:  # not Linux
+        mounts = 0
+    return socket.gethostname(), mounts
+
+
+def unseen_here(path: str, view: tuple[str, int] | None) -> str:
+    """For ``path``, not found: a hint when this process sees other files than the one
+    that opened it (``view``, its :func:`file_view`), as a dask worker on another machine
+    or in another container does; else ``""`` (it is gone)."""
+    if view is None or tuple(view) == file_view():
+        return ""
+    return (
+        f"; this process (pid {os.getpid()} on {socket.gethostname()}, a dask worker?) "
+        f"does not see the files of the one that opened it: if {path!r} is there, put it "
+        "on a file system every worker reaches at the same path, or read it without the "
+        "cluster"
+    )
 
 
 def nfc(name: str) -> str:

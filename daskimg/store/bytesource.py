@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ChecksumError, MetadataError, UnsupportedStoreError
+from ..read.fileio import file_view, unseen_here
 from .leases import LeasedMap
 
 logger = logging.getLogger("daskimg")
@@ -183,6 +184,7 @@ class _LocalFiles:
     def __init__(self, where: str, idents: dict[str, tuple[int, int, int, int]]) -> None:
         self.where = where
         self.idents = idents  # file -> (dev, ino, size, mtime_ns) when the store was opened
+        self.seen_from = file_view()  # which files the opening process saw (kept when pickled)
         self._handles()
 
     def _handles(self) -> None:
@@ -212,6 +214,11 @@ class _LocalFiles:
                     try:
                         fd = _open_read(file, len(self.idents), self.where)
                     except FileNotFoundError:
+                        unseen = unseen_here(file, self.seen_from)
+                        if unseen:  # not gone: out of this process's sight
+                            raise ChecksumError(
+                                f"{self.where}: {file!r} is not found here{unseen}"
+                            ) from None
                         raise ChecksumError(
                             f"{self.where}: {file!r} is gone; " + _REPLACED.format(what="files")
                         ) from None
@@ -333,10 +340,11 @@ class _LocalSource(ByteSource):
         raise NotImplementedError
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "state": self._state}
+        return {"path": self.path, "state": self._state, "seen_from": self.files.seen_from}
 
     def __setstate__(self, s: dict[str, Any]) -> None:
         self.__init__(s["path"], s["state"])  # type: ignore[misc]
+        self.files.seen_from = tuple(s.get("seen_from", self.files.seen_from))
 
     def _read(self, key: str, start: int, n: int) -> bytes:
         file, offset = self._locate(key)
