@@ -1379,6 +1379,24 @@ def test_bench_refuses_a_target_that_is_no_rate(tmp_path, capsys, target):
     assert "a positive number of images a second" in capsys.readouterr().err
 
 
+def test_a_dashboard_link_that_cannot_be_had_does_not_fail_the_ingest(
+    tmp_path, image_folder, monkeypatch
+):
+    # the link is asked of the scheduler: one lost as a split started writing failed the
+    # ingest right there with distributed's traceback ("ConnectionPool is closed"), not
+    # with the write's own error
+    from distributed import Client, LocalCluster
+
+    def lost(client):
+        raise RuntimeError("ConnectionPool is closed")
+
+    monkeypatch.setattr(Client, "dashboard_link", property(lost))
+    argv = [str(image_folder), str(tmp_path / "out"), "--size", "8", "8", "--valid", "0.25"]
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        assert main(["ingest", *argv, "--test", "0", "--scheduler", cluster.scheduler_address]) == 0
+    assert plain_group(tmp_path / "out" / "train.zarr.zip")["images"].shape[0] > 0
+
+
 def test_ingest_on_a_dask_scheduler_equals_the_local_one(
     tmp_path, image_folder, monkeypatch, capsys
 ):

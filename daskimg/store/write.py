@@ -1322,8 +1322,14 @@ _ANNOUNCED: set[str] = set()
 
 def announce_dashboard(client: Any, file: Any = None) -> None:
     """Print the link of ``client``'s dashboard, once per process (an ingest of three
-    splits printed it three times, and again for each split's labels)."""
-    link = client.dashboard_link
+    splits printed it three times, and again for each split's labels). Nothing when there
+    is none to show: the link is asked of the scheduler, and one lost as a write starts
+    failed the ingest with distributed's traceback ("ConnectionPool is closed") instead
+    of the write's own error, which says so."""
+    try:
+        link = client.dashboard_link
+    except Exception:  # the scheduler gone (or no dashboard service)
+        return
     if link and link not in _ANNOUNCED:
         _ANNOUNCED.add(link)
         print(f"dask dashboard: {link}", file=sys.stderr if file is None else file)
