@@ -2419,6 +2419,60 @@ def test_a_split_numbering_its_classes_otherwise_than_one_beside_it_is_refused(
     assert main(["info", str(tmp_path)]) == 0
 
 
+def test_the_same_codes_read_as_names_in_one_split_and_numbers_in_another_are_refused(
+    tmp_path, capsys
+):
+    # train's codes 01..20 (zero-padded: names) and valid's 10..15 (plain: numbers) were
+    # both written without a word: valid's "10" is label 10, train's class '11' there; and
+    # the other way round (train 1..3 as numbers, valid 01..03 as names: '01' is label 0)
+    from PIL import Image
+
+    def csv_set(name: str, codes: list[str]) -> di.ImageSet:
+        rows = []
+        for i, code in enumerate(codes):
+            Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{name}{i}.png")
+            rows.append(f"{name}{i}.png,{code}")
+        (tmp_path / f"{name}.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+        return di.from_csv(tmp_path / f"{name}.csv", root=tmp_path, size=(4, 4))
+
+    train = csv_set("t", [f"{c:02d}" for c in range(1, 21)])
+    valid = csv_set("v", ["10", "11", "12", "13", "14", "15"])
+    assert train.classes and not valid.classes  # the two readings the check is about
+    out = tmp_path / "a"
+    di.to_zarr(train, out / "train.zarr.zip")
+    with pytest.raises(ValueError, match=r"label 0 is the number 0 .* and '01' in the other"):
+        di.to_zarr(valid, out / "valid.zarr.zip")
+    assert not (out / "valid.zarr.zip").exists()
+    fixed = di.from_csv(
+        tmp_path / "v.csv", root=tmp_path, size=(4, 4), classes=train.classes, labels_are="names"
+    )
+    di.to_zarr(fixed, out / "valid.zarr.zip")  # read alike: written
+    g = plain_group(out / "valid.zarr.zip")
+    names = g.attrs["daskimg"]["classes"]
+    assert sorted(names[k] for k in g["labels"][...]) == ["10", "11", "12", "13", "14", "15"]
+
+    # the other way round, and the same found among stores already written (daskimg info)
+    out = tmp_path / "b"
+    di.to_zarr(csv_set("n", ["1", "2", "3"]), out / "train.zarr.zip")
+    padded = csv_set("p", ["01", "02", "03"])
+    with pytest.raises(ValueError, match=r"label 0 is '01' in one and the number 0"):
+        di.to_zarr(padded, out / "valid.zarr.zip")
+    di.to_zarr(padded, tmp_path / "valid.zarr.zip")
+    shutil.copy(tmp_path / "valid.zarr.zip", out / "valid.zarr.zip")
+    from daskimg.cli import main
+
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 1
+    assert "numbers its classes differently" in capsys.readouterr().err
+    # numbers beside names that are those numbers (0..9, as MNIST's folders) are alike
+    out = tmp_path / "c"
+    csv_set("d", [str(i) for i in range(3)] * 2)
+    digits = di.from_csv(tmp_path / "d.csv", root=tmp_path, size=(4, 4), labels_are="names")
+    assert list(digits.classes) == ["0", "1", "2"]
+    di.to_zarr(digits, out / "train.zarr.zip")
+    di.to_zarr(di.ImageSet(np.zeros((3, 4, 4, 3), np.uint8), [0, 1, 2]), out / "valid.zarr.zip")
+
+
 @pytest.mark.parametrize("seed", [0, None])
 def test_a_shuffled_store_of_arrays_keeps_each_samples_row_in_the_set(tmp_path, seed):
     # arrays have no paths: a shuffled store kept no link from its samples to the rows

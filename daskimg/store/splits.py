@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -72,41 +73,76 @@ def renamed(path: str, attrs: dict[str, Any]) -> str | None:
     )
 
 
-def _conflict(a: Sequence[str], b: Sequence[str]) -> int | None:
+def _conflict(
+    a: Sequence[str], b: Sequence[str], *, a_numbers: bool = False, b_numbers: bool = False
+) -> int | None:
     """The first label number ``a`` and ``b`` give different classes (None: one list is
-    the start of the other, or either names none)."""
-    if not a or not b:
+    the start of the other, or either names none). ``a_numbers``: ``a`` names none but its
+    store has labels, read as numbers (``"10"`` is label 10): beside class names that are
+    all numbers (codes, ``"01"`` .. ``"20"``), label ``i`` meant class ``"i"`` there and
+    another one here unless ``int(b[i]) == i`` (the same codes read two ways)."""
+    if a and b:
+        return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+    named = b if a_numbers and not a else a if b_numbers and not b else None
+    if not named or not all(n.isascii() and n.isdigit() for n in named):
         return None
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+    return next((i for i, n in enumerate(named) if int(n) != i), None)
 
 
 def _said(
-    path: str, split: str, classes: Sequence[str], other: str, osplit: str, oclasses: Sequence[str]
+    path: str,
+    split: str,
+    classes: Sequence[str],
+    other: str,
+    osplit: str,
+    oclasses: Sequence[str],
+    i: int,
 ) -> str:
-    i = _conflict(classes, oclasses)
-    assert i is not None
+    def what(names: Sequence[str]) -> str:
+        return repr(names[i]) if names else f"the number {i} (labels read as numbers)"
+
+    def listed(names: Sequence[str]) -> str:
+        return f"classes {list(names)}" if names else "no class names"
+
     return (
         f"{path} (split {split!r}) numbers its classes differently from {other} (split "
-        f"{osplit!r}) beside it: label {i} is {classes[i]!r} in one and {oclasses[i]!r} in the "
-        f"other (classes {list(classes)} and {list(oclasses)}), so a model trained on one "
+        f"{osplit!r}) beside it: label {i} is {what(classes)} in one and {what(oclasses)} in "
+        f"the other ({listed(classes)} and {listed(oclasses)}), so a model trained on one "
         "split would be scored against the wrong classes on the other"
     )
 
 
+def has_labels(path: str) -> bool:
+    """Whether the local store at ``path`` has a ``labels`` array (False if unknown)."""
+    try:
+        if os.path.isdir(path):
+            return os.path.isfile(os.path.join(path, "labels", "zarr.json"))
+        with zipfile.ZipFile(path) as z:
+            return "labels/zarr.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def check_beside(
-    target: str, classes: Sequence[str], *, overwrite: bool, said: Sequence[str] = ()
+    target: str,
+    classes: Sequence[str],
+    *,
+    overwrite: bool,
+    said: Sequence[str] = (),
+    numbers: bool = False,
 ) -> list[str]:
     """Refuse to write the store ``target`` (a local path named as a split, e.g.
     ``out/valid.zarr.zip``) with ``classes`` when a store of another split beside it
     (``out/train.zarr.zip``) numbers its classes differently. With ``overwrite`` (every
     split re-written with new classes, one after the other) it is a warning: the others
-    may be about to follow. Returns the stores found so (``said``: already said, skipped)."""
+    may be about to follow. ``numbers``: the store has labels but no class names (see
+    :func:`_conflict`). Returns the stores found so (``said``: already said, skipped)."""
     from .open import read_attrs
 
     split = split_of(target)
     folder = os.path.dirname(target)
     found: list[str] = []
-    if split is None or not classes or not os.path.isdir(folder):
+    if split is None or not (classes or numbers) or not os.path.isdir(folder):
         return found
     classes = [str(c) for c in classes]
     replacing = {os.path.realpath(p) for p in REPLACING.get()}
@@ -121,9 +157,11 @@ def check_beside(
         except Exception:  # not a daskimg store, or damaged: not this write's to judge
             continue
         oclasses = [str(c) for c in attrs.get("classes") or []]
-        if _conflict(classes, oclasses) is None:
+        onumbers = not oclasses and has_labels(other)
+        i = _conflict(classes, oclasses, a_numbers=numbers, b_numbers=onumbers)
+        if i is None:
             continue
-        wrong = _said(target, split, classes, other, osplit, oclasses)
+        wrong = _said(target, split, classes, other, osplit, oclasses, i)
         found.append(other)
         if overwrite:
             logger.warning(
@@ -133,23 +171,34 @@ def check_beside(
                 other,
             )
             continue
+        how = (
+            "Read the two the same way: from_csv(..., labels_are='names') for both (or "
+            "labels_are='indices'); or, if the numbers index the other's classes, give them "
+            "(classes=[...])"
+            if not (classes and oclasses)
+            else "Read this split with the other's classes: from_csv(..., "
+            f"classes=daskimg.open_zarr({other!r}).classes) (from_folder takes classes= too)"
+        )
         raise ValueError(
-            wrong + ". Nothing was written. Read this split with the other's classes: "
-            f"from_csv(..., classes=daskimg.open_zarr({other!r}).classes) (from_folder takes "
-            "classes= too); to re-write every split with these classes, pass overwrite=True "
-            "to each (or remove the others first); or write the two to different folders if "
-            "they are not splits of one set"
+            f"{wrong}. Nothing was written. {how}; to re-write every split with these classes, "
+            "pass overwrite=True to each (or remove the others first); or write the two to "
+            "different folders if they are not splits of one set"
         )
     return found
 
 
 def check_new_store(
-    target: str, split: str | None, classes: Sequence[str], *, overwrite: bool
+    target: str,
+    split: str | None,
+    classes: Sequence[str],
+    *,
+    overwrite: bool,
+    numbers: bool = False,
 ) -> list[str]:
     """Before a new store is written at the local path ``target`` (``to_zarr``, an
     ``ArrayWriter`` making one): :func:`check_beside`, and a warning when ``split`` differs
     from the split its name says (it would be said as renamed whenever opened)."""
-    beside = check_beside(target, classes, overwrite=overwrite)
+    beside = check_beside(target, classes, overwrite=overwrite, numbers=numbers)
     if renamed(target, {"split": split}) is not None:
         logger.warning(
             "%s is named as another split than split=%r it is written with: said as renamed "
@@ -165,19 +214,21 @@ def disagreeing(stores: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
     different splits whose class numbering differs, said."""
     said = []
     known = [
-        (path, split, [str(c) for c in attrs.get("classes") or []])
+        (path, split, names, not names and has_labels(path))
         for path, attrs in stores
         if (split := split_of(path)) is not None
+        for names in ([str(c) for c in attrs.get("classes") or []],)
     ]
-    for i, (path, split, classes) in enumerate(known):
-        for other, osplit, oclasses in known[i + 1 :]:
-            if (
-                _SAME.get(split, split) != _SAME.get(osplit, osplit)
-                and _conflict(classes, oclasses) is not None
-            ):
+    for i, (path, split, classes, numbers) in enumerate(known):
+        for other, osplit, oclasses, onumbers in known[i + 1 :]:
+            if _SAME.get(split, split) == _SAME.get(osplit, osplit):
+                continue
+            at = _conflict(classes, oclasses, a_numbers=numbers, b_numbers=onumbers)
+            if at is not None:
                 said.append(
-                    _said(path, split, classes, other, osplit, oclasses)
-                    + ": read one with the other's classes (classes=) and write it again"
+                    _said(path, split, classes, other, osplit, oclasses, at)
+                    + ": read one with the other's classes (classes=), or both with the "
+                    "same labels_are=, and write it again"
                 )
     return said
 

@@ -189,7 +189,10 @@ def to_zarr(
         _keep_resumable_writes(loc, overwrite=overwrite)
         beside: list[str] = []
         if not loc.is_url:  # (a URL's neighbours are not listed)
-            beside = check_new_store(loc.target, split, imageset.classes, overwrite=overwrite)
+            numbers = imageset.labels is not None and not imageset.classes
+            beside = check_new_store(
+                loc.target, split, imageset.classes, overwrite=overwrite, numbers=numbers
+            )
         ds, attrs, specs, shard_len = plan_store(
             checked_boxes(exact_arrays(imageset)), chunks=chunks, shard_chunks=shard_chunks, codec=codec, order=order,
             seed=seed, split=split,
@@ -201,7 +204,7 @@ def to_zarr(
             attrs["skipped"] = [[str(p), str(r)] for p, r in imageset.skipped]
         write_store(loc, ds, attrs, specs, shard_len, progress=progress)
         if not loc.is_url:  # a split written by another process meanwhile: said
-            check_beside(loc.target, imageset.classes, overwrite=True, said=beside)
+            check_beside(loc.target, imageset.classes, overwrite=True, said=beside, numbers=numbers)
         imageset.skipped = [(str(p), str(r)) for p, r in attrs["skipped"]]
         # the feed's "index" of this set (its rows, or a subset's rows in the store it was
         # taken from) is no row of the new store: said when fed (feed.source)
