@@ -1822,6 +1822,65 @@ def test_from_csv_lines_with_fewer_values_than_the_header_are_said(image_folder,
     assert np.isnan(ds.columns["weight"][-2:]).all() and ds.columns["age"][-2] == 45
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"3.png,c" + b"\0" * 32,  # a write cut short, its end zero-filled
+        b"3.png,cat\0\n",  # a class 'cat\0' beside 'cat'
+        b"3.png\0,cat\n",  # a path no file system has (os.stat raised, naming nothing)
+    ],
+)
+def test_from_csv_a_nul_character_is_refused_naming_its_line(tmp_path, tail):
+    # NUL bytes were read as characters: a garbage class 'c\0\0...' (or 'cat\0' beside
+    # 'cat') labelled a sample without a word, and a path holding one failed in to_zarr
+    # with a bare "embedded null byte"
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "l.csv").write_bytes(b"path,label\n0.png,cat\n1.png,dog\n2.png,cat\n" + tail)
+    for on_error in ("raise", "skip"):
+        with pytest.raises(ValueError, match=r"l\.csv, line 5: holds a NUL character"):
+            di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8), on_error=on_error)
+
+
+def test_from_csv_lines_of_only_spaces_are_blank_lines(tmp_path):
+    # pandas skips them, as blank lines; from_csv read one as a row with an empty path and
+    # refused it, naming another line than its warning did
+    import pandas as pd
+
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    text = "path,label\n0.png,cat\n  \n\t\n1.png,dog\n\n  \n"
+    (tmp_path / "l.csv").write_text(text)
+    want = pd.read_csv(tmp_path / "l.csv")
+    ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8))
+    assert [os.path.basename(p) for p in ds.paths] == want["path"].tolist()
+    assert [ds.classes[i] for i in ds.labels] == want["label"].tolist()
+
+
+@pytest.mark.parametrize("column", ["w\\h", "a/b", "__x", "labels"])
+def test_from_csv_the_name_suggested_for_a_column_it_cannot_store_is_taken(
+    tmp_path, caplog, column
+):
+    # for 'w\\h' the log suggested columns={'w\\h_': 'w\\h'}, itself refused, whose error
+    # suggested 'w\\h' again: both hints replaced '/' only
+    import csv as pycsv
+    import re
+
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    with open(tmp_path / "l.csv", "w", newline="") as fh:
+        pycsv.writer(fh).writerows(
+            [["path", "label", column], ["0.png", "cat", 1], ["1.png", "dog", 2]]
+        )
+    with caplog.at_level(logging.WARNING, logger="daskimg"):
+        di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8))
+    hint = re.search(r"columns=\{'([^']+)': ", caplog.text)
+    assert hint, caplog.text
+    name = hint.group(1).encode().decode("unicode_escape")  # as the repr shows it
+    ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8), columns={name: column})
+    assert ds.columns[name].tolist() == [1, 2]
+
+
 def test_classes_a_split_leaves_out_of_train_are_named(caplog):
     # a class's only image filled an empty valid/ or test/, or went there by the fractions:
     # a model trained on train never saw it, and nothing said so (3 one-image classes gave

@@ -22,7 +22,7 @@ from .boxes import warn_fractions
 from .decode import DecodeSpec
 from .fileio import alike, case_groups, given_classes, near_misses
 from .files import relative_paths, resolve_dtype
-from .imageset import RESERVED, ImageSet, check_column_name, file_set
+from .imageset import RESERVED, ImageSet, check_column_name, file_set, storable_like
 from .masks import resolve_mask_dtype, warn_lossy_masks
 from .source import DEFAULT_BLOCK, DERIVED, FileSource, refuse_volume_masks
 
@@ -299,6 +299,13 @@ def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str]]]
 
 def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
     """The header and rows of a CSV's ``text`` (see :func:`_read_csv`)."""
+    nul = text.find("\0")
+    if nul >= 0:  # read as a value's character, it made a class 'cat\0' or a path no OS has
+        raise ValueError(
+            f"{where}, line {text.count(chr(10), 0, nul) + 1}: holds a NUL character (byte 0), "
+            "which CSV text never does: the file is damaged (a write cut short, its end "
+            "zero-filled) or is not text. Repair or export it again"
+        )
     records = _records(io.StringIO(text, newline=""), where)
     header = next(records, (0, []))[1]
     if header and header[0].lower().startswith("sep=") and not any(h.strip() for h in header[1:]):
@@ -317,8 +324,8 @@ def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
     short: dict[int, int] = {}  # the lines with fewer values than the header: how many
     named = [h.strip().lstrip("\ufeff").strip() for h in header]
     for line_num, cells in records:
-        if not cells:
-            continue
+        if not cells or (len(cells) == 1 and not cells[0].strip()):
+            continue  # a blank line, or one of only spaces (pandas skips both)
         if len(header) > 1 and [c.strip().lstrip("\ufeff").strip() for c in cells] == named:
             raise ValueError(
                 f"{where}, line {line_num}: the header again ({','.join(cells)}), as "
@@ -1059,7 +1066,7 @@ def _columns(
                     "%s: column %r is not stored: the name is reserved or cannot name an array "
                     "in a store; to keep it, pass columns= with another name, e.g. "
                     "columns={%r: %r}",
-                    where, col, col.replace("/", "_").strip("._") + "_", col,
+                    where, col, storable_like(col) + "_", col,
                 )  # fmt: skip
                 continue
             numeric = [_is_float(row[col]) or _is_empty(row[col]) for row in rows]

@@ -779,10 +779,16 @@ def check_column_name(name: Any) -> None:
         raise ValueError(
             f"column name {name!r} cannot name an array in the store: use a non-empty name "
             "of at most 200 bytes without '/' or '\\', not '.' or '..' or 'zarr.json', not "
-            "starting with '__' (e.g. "
-            f"{str(name).replace('/', '_per_').strip('./_') or 'value'!r}; from a CSV, "
+            f"starting with '__' (e.g. {storable_like(str(name))!r}; from a CSV, "
             "columns={'new_name': 'csv column'} renames one)"
         )
+
+
+def storable_like(name: str) -> str:
+    """A name like ``name`` that :func:`check_column_name` takes (for messages)."""
+    like = name.replace("/", "_per_").replace("\\", "_").replace("\0", "").strip("._ ")
+    like = like.encode("utf-8", "ignore")[:190].decode("utf-8", "ignore")
+    return "value" if not like.strip() or like.lower() == "zarr.json" else like
 
 
 _NO_INDEX = (
