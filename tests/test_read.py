@@ -342,3 +342,12 @@ def test_a_pipe_or_device_named_like_an_image_is_named_not_left_out(tmp_path):
     os.mkfifo(classes / "stray.png")
     with pytest.raises(ValueError, match=r"stray\.png"):
         di.from_folder(classes, size=(6, 6))
+
+
+def test_a_path_holding_a_nul_character_is_refused_naming_it(tmp_path):
+    # read from damaged text, it failed when computed with a bare "embedded null byte"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"path 1 of the list, .*b\\x00\.png.*NUL character"):
+        di.imread([tmp_path / "a.png", f"{tmp_path}/b\0.png"], size=(8, 8))

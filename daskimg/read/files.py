@@ -164,6 +164,12 @@ def expand_paths(
     paths = [as_local(os.fspath(p)) for p in pattern_or_paths]
     if not paths:
         raise NoImagesFoundError("the list of paths is empty; pass at least one file")
+    nul = next((i for i, p in enumerate(paths) if "\0" in p), None)
+    if nul is not None:  # it failed when decoded, as "embedded null byte", naming nothing
+        raise ValueError(
+            f"path {nul} of the list, {paths[nul]!r}, holds a NUL character, which no file "
+            "name has: the list was read from damaged text; repair it"
+        )
     if storage_options is not None and not any(is_url(p) for p in paths):
         check_options(paths[0], storage_options)
     if not is_url(paths[0]) and not all(map(os.path.isabs, paths)):
