@@ -120,8 +120,13 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
     '/bucket/x.png'
     """
     fsspec = _fsspec(url)
+    options = dict(storage_options or {})
+    if protocol_of(url) in ("http", "https") and "?" in url:
+        # a signed URL is sent as it was given: fsspec re-quotes it otherwise (a
+        # signature's %2F went out as /), and a strict server refuses it
+        options.setdefault("encoded", True)
     try:
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         raise ImportError(
             f"cannot open {url!r}: {exc}. For s3:// URLs: pip install 'daskimg[s3]'"
@@ -148,7 +153,25 @@ def in_another_process(url: str, origin: int) -> ProcessLocalError | None:
     if protocol_of(url) != "memory" or origin == os.getpid():
         return None
     return process_local(
-        url, f"this task runs in another process (pid {os.getpid()}, a dask worker) that has none"
+        url,
+        f"this task runs in another process (pid {os.getpid()}: a dask worker, or a "
+        "DataLoader worker) that has none",
+    )
+
+
+def started_without(url: str) -> ProcessLocalError | None:
+    """The error for the ``memory://`` ``url`` not found in a process another one started
+    (a DataLoader worker spawned with only the URL, a dask worker): its objects may be the
+    parent's, which this process never had. None otherwise."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if protocol_of(url) != "memory" or parent is None:
+        return None
+    return process_local(
+        url,
+        f"this process (pid {os.getpid()}, a DataLoader or dask worker?) was started by "
+        f"another (pid {parent.pid}); one spawned begins with none of them",
     )
 
 

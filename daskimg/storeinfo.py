@@ -189,13 +189,25 @@ def _plain_zarr(loc: Location, names: list[str]) -> list[Problem]:
         store: Any
         if loc.is_url:  # the same check at a URL, through fsspec (a zip through zip::)
             opts = dict(loc.storage_options or {})
-            store = (
-                zarr.storage.FsspecStore.from_url(
-                    "zip::" + path, storage_options={protocol_of(path): opts}, read_only=True
+            if loc.kind == "zip" and "?" in path:
+                # a signed URL: its query is no glob of fsspec's chained "zip::" URLs
+                from fsspec.implementations.zip import ZipFileSystem
+
+                from .remote import filesystem
+
+                fs, key = filesystem(path, opts)
+                zipped = ZipFileSystem(fo=fs.open(key, "rb"))
+                store = zarr.storage.FsspecStore.from_mapper(zipped.get_mapper(""), read_only=True)
+            else:
+                store = (
+                    zarr.storage.FsspecStore.from_url(
+                        "zip::" + path, storage_options={protocol_of(path): opts}, read_only=True
+                    )
+                    if loc.kind == "zip"
+                    else zarr.storage.FsspecStore.from_url(
+                        path, storage_options=opts, read_only=True
+                    )
                 )
-                if loc.kind == "zip"
-                else zarr.storage.FsspecStore.from_url(path, storage_options=opts, read_only=True)
-            )
         elif loc.kind == "zip":
             store = zarr.storage.ZipStore(path, mode="r")
         else:

@@ -186,6 +186,25 @@ def test_http_zip_reads_as_local(tmp_path, server, indexed_set, codec):
         np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_http_zip_at_a_signed_url_reads_as_local(tmp_path, server, noisy_set, small_is_tiny):
+    # a presigned URL (S3's, GCS's) carries its signature in the query: "must end in
+    # '.zarr.zip'" refused it before any request. Every read must carry the query (the
+    # server answers nothing without it)
+    from daskimg.storeinfo import verify
+
+    signed = "/s.zarr.zip?X-Amz-Signature=abc%2Fd&X-Amz-Expires=60"
+    url = _serve(server, _store(tmp_path, noisy_set), signed)
+    ds = di.open_zarr(url)
+    np.testing.assert_array_equal(ds.images.compute(), noisy_set.images)
+    np.testing.assert_array_equal(ds.labels, noisy_set.labels)
+    seen = np.concatenate([b[0][:, 0, 0, 0] for b in di.BatchIterator(url, batch_size=16)])
+    assert sorted(seen.tolist()) == list(range(64))
+    assert verify(url) == []
+    assert {path for _, path, _ in server.requests} == {signed}
+    with pytest.raises(ValueError, match=r"a signed URL .* names one object"):
+        di.open_zarr(server.base + "/s.zarr?sig=abc")
+
+
 @pytest.mark.parametrize(
     "options",
     [{"headers": {"X-Token": "t0"}}, {"client_kwargs": {"trust_env": False}}],
@@ -718,3 +737,21 @@ def test_a_connection_reset_mid_answer_is_asked_again_then_named(
     server.cut_ranged = 10**6
     with pytest.raises(ServerError, match=r"s\.zarr\.zip.*reading.*failed.*Connection"):
         di.open_zarr(url)
+
+
+def test_a_memory_store_opened_in_a_spawned_process_is_said_to_be_the_parents(
+    tmp_path, indexed_set
+):
+    # a DataLoader worker spawned with the URL alone (multiprocessing_context="spawn") said
+    # "no store at 'memory://...'", which was there, in the process that started it
+    import multiprocessing
+
+    from daskimg.errors import ProcessLocalError
+
+    url = "memory://spawned/s.zarr.zip"
+    di.to_zarr(indexed_set, url, overwrite=True)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        with pytest.raises(ProcessLocalError, match=r"started by another \(pid \d+\)"):
+            pool.apply(di.open_zarr, (url,))
+        with pytest.raises(FileNotFoundError, match="no store at 'memory://nowhere"):
+            di.open_zarr("memory://nowhere/s.zarr.zip")  # here: no store, said as before

@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,8 +61,12 @@ __all__ = ["Location", "fsync_path", "fsync_tree", "remove_path", "store_kind", 
 
 
 def store_kind(path: str | os.PathLike[str]) -> str:
-    """``"zip"`` for ``*.zarr.zip``, ``"dir"`` for ``*.zarr``; anything else is refused."""
+    """``"zip"`` for ``*.zarr.zip``, ``"dir"`` for ``*.zarr``; anything else is refused.
+    An http(s) URL is named by its path: a signed URL's query (``?X-Amz-Signature=...``)
+    follows the name."""
     name = os.fspath(path).rstrip("/")
+    if protocol_of(name) in ("http", "https") and "?" in name:
+        name = urllib.parse.urlsplit(name).path.rstrip("/")
     if name.endswith(".zarr.zip"):
         return "zip"
     if name.endswith(".zarr"):
@@ -99,7 +104,14 @@ class Location:
         text = os.fspath(path)
         if is_url(text) and local_path(text) is None:
             url = text.rstrip("/")
-            return cls(url, store_kind(url), dict(storage_options or {}))
+            kind = store_kind(url)
+            if kind == "dir" and "?" in url and protocol_of(url) in ("http", "https"):
+                raise ValueError(
+                    f"{url!r}: a signed URL (its query) names one object, and a '.zarr' "
+                    "folder store is many: share it as one '.zarr.zip' file "
+                    "(daskimg.to_zarr(daskimg.open_zarr(folder), 'x.zarr.zip')) and sign that"
+                )
+            return cls(url, kind, dict(storage_options or {}))
         if storage_options is not None:
             raise ValueError(
                 f"storage_options apply to URLs such as 's3://bucket/key'; {text!r} is a "

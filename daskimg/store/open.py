@@ -21,6 +21,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import ChecksumError, IncompleteStoreError
 from ..read.imageset import ImageSet
+from ..remote import started_without
 from .format import check_arrays, check_attrs, check_fits_memory, check_labels
 from .layout import ArrayLayout
 from .locate import WRITE_EMPTY
@@ -52,6 +53,8 @@ class OpenedStore:
 
 def missing_error(loc: Location) -> Exception:
     """The error for no store at ``loc``: an unfinished write there is named, with what to do."""
+    if loc.is_url and (elsewhere := started_without(loc.target)) is not None:
+        return elsewhere  # a memory:// store of the process that started this one
     staging = loc.unfinished()
     if staging is None:
         return FileNotFoundError(f"no store at {loc.target!r}")
