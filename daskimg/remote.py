@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,10 +122,14 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
     """
     fsspec = _fsspec(url)
     options = dict(storage_options or {})
-    if protocol_of(url) in ("http", "https") and "?" in url:
-        # a signed URL is sent as it was given: fsspec re-quotes it otherwise (a
-        # signature's %2F went out as /), and a strict server refuses it
-        options.setdefault("encoded", True)
+    if protocol_of(url) in ("http", "https") and "?" in url and "encoded" not in options:
+        # a signed URL's query is sent as it was given: fsspec re-quotes it otherwise (a
+        # signature's %2F went out as /), and a strict server refuses it. Its path is
+        # quoted here as fsspec would (a space, a letter past ASCII; '%XX' kept)
+        parts = urllib.parse.urlsplit(url)
+        path = urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~")
+        url = urllib.parse.urlunsplit(parts._replace(path=path))
+        options["encoded"] = True
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
@@ -168,6 +173,9 @@ def started_without(url: str) -> ProcessLocalError | None:
     parent = multiprocessing.parent_process()
     if protocol_of(url) != "memory" or parent is None:
         return None
+    fs, path = filesystem(url)
+    if fs.exists(path.rstrip("/").rpartition("/")[0] or "/"):
+        return None  # its folder is here (a forked child has its parent's): a name not there
     return process_local(
         url,
         f"this process (pid {os.getpid()}, a DataLoader or dask worker?) was started by "

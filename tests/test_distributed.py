@@ -475,6 +475,30 @@ def test_a_failed_cluster_write_raises_its_own_error_when_the_cancel_fails(tmp_p
     assert not (tmp_path / "o.zarr.zip").exists()
 
 
+def test_a_client_closed_mid_write_is_said_so(tmp_path):
+    # distributed says "cancelled for reason: unknown" of the write's futures then (before,
+    # the cancel itself failed: "Client is closed. Can't send cancel-keys message")
+    def slow(i):
+        time.sleep(0.3)
+        return np.full((4, 8, 8, 3), i, np.uint8)
+
+    blocks = [
+        dask.array.from_delayed(dask.delayed(slow)(i), (4, 8, 8, 3), np.uint8) for i in range(12)
+    ]
+    ds = di.ImageSet(dask.array.concatenate(blocks), np.arange(48) % 2, classes=["a", "b"])
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        client = distributed.Client(cluster, set_as_default=False)
+        threading.Timer(1.0, client.close).start()
+        with (
+            client.as_current(),
+            pytest.raises(DaskImgError, match=r"client was closed or lost its scheduler"),
+        ):
+            di.to_zarr(ds, tmp_path / "x.zarr.zip", chunks=4, order="source")
+    assert not (tmp_path / "x.zarr.zip").exists()
+
+
 @pytest.mark.slow
 def test_memory_urls_on_a_cluster_of_processes_say_so(tmp_path, cluster):
     # fsspec's memory:// lives in one process: read on the workers, a store was "changed

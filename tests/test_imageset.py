@@ -1840,6 +1840,11 @@ def test_from_csv_a_nul_character_is_refused_naming_its_line(tmp_path, tail):
     for on_error in ("raise", "skip"):
         with pytest.raises(ValueError, match=r"l\.csv, line 5: holds a NUL character"):
             di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8), on_error=on_error)
+    # lines ended by a lone CR (old Mac Excel) are counted as csv counts them
+    cr = (tmp_path / "l.csv").read_bytes().replace(b"\n", b"\r")
+    (tmp_path / "l.csv").write_bytes(cr)
+    with pytest.raises(ValueError, match=r"l\.csv, line 5: holds a NUL character"):
+        di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8))
 
 
 def test_from_csv_lines_of_only_spaces_are_blank_lines(tmp_path):
@@ -1855,6 +1860,12 @@ def test_from_csv_lines_of_only_spaces_are_blank_lines(tmp_path):
     ds = di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8))
     assert [os.path.basename(p) for p in ds.paths] == want["path"].tolist()
     assert [ds.classes[i] for i in ds.labels] == want["label"].tolist()
+    # a quoted one ("" or "  ") is a row to pandas, with an empty path: refused as before
+    for quoted in ('""', '"  "'):
+        (tmp_path / "l.csv").write_text(f"path,label\n0.png,cat\n{quoted}\n1.png,dog\n")
+        assert len(pd.read_csv(tmp_path / "l.csv", keep_default_na=False)) == 3
+        with pytest.raises(ValueError, match=r"line 3: empty 'path'"):
+            di.from_csv(tmp_path / "l.csv", root=tmp_path, size=(8, 8))
 
 
 @pytest.mark.parametrize("column", ["w\\h", "a/b", "__x", "labels"])

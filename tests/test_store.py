@@ -2471,6 +2471,17 @@ def test_the_same_codes_read_as_names_in_one_split_and_numbers_in_another_are_re
     assert list(digits.classes) == ["0", "1", "2"]
     di.to_zarr(digits, out / "train.zarr.zip")
     di.to_zarr(di.ImageSet(np.zeros((3, 4, 4, 3), np.uint8), [0, 1, 2]), out / "valid.zarr.zip")
+    # no label at all (-1 each: an unlabelled split) numbers nothing, either way round
+    out = tmp_path / "d"
+    unlabelled = di.ImageSet(np.zeros((3, 4, 4, 3), np.uint8), np.full(3, -1))
+    di.to_zarr(unlabelled, out / "test.zarr.zip")
+    di.to_zarr(train, out / "train.zarr.zip")
+    di.to_zarr(unlabelled, out / "valid.zarr.zip")
+    # an ArrayWriter making a split's store of labels without names is checked as to_zarr's
+    # is (it was written, then said by daskimg info, and refused to_zarr beside it)
+    with pytest.raises(ValueError, match=r"label 0 is the number 0"):
+        di.ArrayWriter(tmp_path / "a" / "test.zarr.zip", arrays={"labels": ((), "int64")})
+    assert not (tmp_path / "a" / "test.zarr.zip").exists()
 
 
 @pytest.mark.parametrize("seed", [0, None])

@@ -203,6 +203,10 @@ def test_http_zip_at_a_signed_url_reads_as_local(tmp_path, server, noisy_set, sm
     assert {path for _, path, _ in server.requests} == {signed}
     with pytest.raises(ValueError, match=r"a signed URL .* names one object"):
         di.open_zarr(server.base + "/s.zarr?sig=abc")
+    # its path quoted as fsspec quotes one without a query (a raw space went out raw: 400)
+    server.files["/my%20data/s%C3%A9.zarr.zip?sig=1"] = server.files[signed]
+    again = di.open_zarr(server.base + "/my data/sé.zarr.zip?sig=1")
+    np.testing.assert_array_equal(again.images.compute(), noisy_set.images)
 
 
 @pytest.mark.parametrize(
@@ -749,9 +753,18 @@ def test_a_memory_store_opened_in_a_spawned_process_is_said_to_be_the_parents(
     from daskimg.errors import ProcessLocalError
 
     url = "memory://spawned/s.zarr.zip"
-    di.to_zarr(indexed_set, url, overwrite=True)
+    di.to_zarr(indexed_set, url, overwrite=True, order="source")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         with pytest.raises(ProcessLocalError, match=r"started by another \(pid \d+\)"):
             pool.apply(di.open_zarr, (url,))
         with pytest.raises(FileNotFoundError, match="no store at 'memory://nowhere"):
             di.open_zarr("memory://nowhere/s.zarr.zip")  # here: no store, said as before
+    # a forked child has its parent's objects: a name not there is no store, not the parent's
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_labels_of, (url,)) == indexed_set.labels.tolist()
+        with pytest.raises(FileNotFoundError, match="no store at 'memory://spawned/typo"):
+            pool.apply(di.open_zarr, ("memory://spawned/typo.zarr.zip",))
+
+
+def _labels_of(url):
+    return di.open_zarr(url).labels.tolist()

@@ -267,14 +267,16 @@ def _field_limit(n: int) -> Iterator[None]:
         csv.field_size_limit(old)
 
 
-def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str]]]:
+def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str], str]]:
     """The rows of the CSV text in ``stream``, as csv reads them (text after a closing quote,
     ``"a.png" ,cat``, kept as pandas keeps it); but a file that ends inside a quoted value
     is refused, naming the line where the value began: a quote never closed took every line
     after it into that value, unsaid (csv's strict mode says so, but refuses the rest too).
-    Each row comes with csv's ``line_num`` after it (the file's line it ends on)."""
+    Each row comes with csv's ``line_num`` after it (the file's line it ends on) and its
+    text as written."""
     reader = csv.reader(stream, strict=False)
-    end = stream.seek(0, io.SEEK_END)  # (its length, once: getvalue() copies the text)
+    text = stream.getvalue()  # (once: it copies the text)
+    end = stream.seek(0, io.SEEK_END)
     stream.seek(0)
     while True:
         start, line = stream.tell(), reader.line_num + 1  # where the next row begins
@@ -286,7 +288,7 @@ def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str]]]
             raise ValueError(f"{where}, line {reader.line_num}: not valid CSV ({exc})") from None
         if stream.tell() == end:  # the last row: did it close its quotes?
             try:
-                list(csv.reader(io.StringIO(stream.getvalue()[start:], newline=""), strict=True))
+                list(csv.reader(io.StringIO(text[start:], newline=""), strict=True))
             except csv.Error as exc:
                 if "end of data" in str(exc):
                     raise ValueError(
@@ -294,7 +296,11 @@ def _records(stream: io.StringIO, where: str) -> Iterator[tuple[int, list[str]]]
                         "closed, so every line after it was read into that value. Close the "
                         'quote; a double quote inside a quoted value is written twice ("")'
                     ) from None
-        yield reader.line_num, cells
+        yield reader.line_num, cells, text[start : stream.tell()]
+
+
+#: what ends a line for csv (and its line numbers): CR LF, LF, or a lone CR (old Mac Excel)
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
 def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -302,12 +308,13 @@ def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
     nul = text.find("\0")
     if nul >= 0:  # read as a value's character, it made a class 'cat\0' or a path no OS has
         raise ValueError(
-            f"{where}, line {text.count(chr(10), 0, nul) + 1}: holds a NUL character (byte 0), "
+            f"{where}, line {len(_NEWLINE.findall(text, 0, nul)) + 1}: holds a NUL character "
+            "(byte 0), "
             "which CSV text never does: the file is damaged (a write cut short, its end "
             "zero-filled) or is not text. Repair or export it again"
         )
     records = _records(io.StringIO(text, newline=""), where)
-    header = next(records, (0, []))[1]
+    header = next(records, (0, [], ""))[1]
     if header and header[0].lower().startswith("sep=") and not any(h.strip() for h in header[1:]):
         raise ValueError(f"{where}: the header is missing{_header_hint(header)}")
     # unnamed columns (Excel's trailing empty ones, "path,label,,") are never read
@@ -323,9 +330,9 @@ def _parse_csv(text: str, where: str) -> tuple[list[str], list[dict[str, Any]]]:
     valued: dict[int, tuple[int, str]] = {}  # an unnamed column's first value
     short: dict[int, int] = {}  # the lines with fewer values than the header: how many
     named = [h.strip().lstrip("\ufeff").strip() for h in header]
-    for line_num, cells in records:
-        if not cells or (len(cells) == 1 and not cells[0].strip()):
-            continue  # a blank line, or one of only spaces (pandas skips both)
+    for line_num, cells, raw in records:
+        if not cells or (len(cells) == 1 and not cells[0].strip(" \t") and '"' not in raw):
+            continue  # a blank line, or one of only spaces or tabs (pandas skips both; not "")
         if len(header) > 1 and [c.strip().lstrip("\ufeff").strip() for c in cells] == named:
             raise ValueError(
                 f"{where}, line {line_num}: the header again ({','.join(cells)}), as "

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import zipfile
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "REPLACING",
@@ -113,13 +114,16 @@ def _said(
 
 
 def has_labels(path: str) -> bool:
-    """Whether the local store at ``path`` has a ``labels`` array (False if unknown)."""
+    """Whether the local store at ``path`` has labels, not all -1 (no label); False if
+    unknown (not a store daskimg reads, damaged)."""
+    from .open import open_store
+
     try:
-        if os.path.isdir(path):
-            return os.path.isfile(os.path.join(path, "labels", "zarr.json"))
-        with zipfile.ZipFile(path) as z:
-            return "labels/zarr.json" in z.namelist()
-    except (OSError, zipfile.BadZipFile):
+        st = open_store(path, check_complete=False)
+        if "labels" not in st.layouts:
+            return False
+        return bool((np.asarray(st.reader.read_array("labels")) >= 0).any())
+    except Exception:  # not this write's to judge (as the attributes above)
         return False
 
 

@@ -189,7 +189,12 @@ def to_zarr(
         _keep_resumable_writes(loc, overwrite=overwrite)
         beside: list[str] = []
         if not loc.is_url:  # (a URL's neighbours are not listed)
-            numbers = imageset.labels is not None and not imageset.classes
+            # labels without class names, not all -1 (no label): numbers beside the others
+            numbers = (
+                imageset.labels is not None
+                and not imageset.classes
+                and bool((np.asarray(imageset.labels) >= 0).any())
+            )
             beside = check_new_store(
                 loc.target, split, imageset.classes, overwrite=overwrite, numbers=numbers
             )
@@ -891,11 +896,14 @@ def _stream_into(
             del values
             bar(len(batch))
         shards.check_done()
-    except BaseException:
+    except BaseException as e:
         # a cluster gone (closed, scheduler lost) cannot cancel: the error that says so is
         # the one raised, not the client's about the cancel message
         with contextlib.suppress(Exception):
             client.cancel(futures)
+        gone = _client_gone(client, e)
+        if gone is not None:
+            raise gone from e
         raise
     finally:
         receiver.close()
@@ -1323,6 +1331,20 @@ def skipped_rows(ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]) -> np.ndar
 _ANNOUNCED: set[str] = set()
 
 
+def _client_gone(client: Any, e: BaseException) -> DaskImgError | None:
+    """The error for a write whose ``client`` was closed (or lost its scheduler) under it:
+    distributed says "cancelled for reason: unknown" of its futures then. None if it is
+    still running (``e`` is the write's own error) or ``e`` is an interrupt."""
+    status = str(getattr(client, "status", "running"))
+    if not isinstance(e, Exception) or status in ("running", "connecting", "newly-created"):
+        return None
+    return DaskImgError(
+        f"the dask client was closed or lost its scheduler (status {status!r}) while the "
+        f"store was being written ({type(e).__name__}: {e}); keep the client and its cluster "
+        "open until to_zarr returns, then write again"
+    )
+
+
 def announce_dashboard(client: Any, file: Any = None) -> None:
     """Print the link of ``client``'s dashboard, once per process (an ingest of three
     splits printed it three times, and again for each split's labels). Nothing when there
@@ -1364,7 +1386,13 @@ def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
 
         announce_dashboard(client)
         show_progress(futures)
-    return tuple(client.gather(futures, direct=gather_direct(client)))
+    try:
+        return tuple(client.gather(futures, direct=gather_direct(client)))
+    except BaseException as e:
+        gone = _client_gone(client, e)
+        if gone is not None:
+            raise gone from e
+        raise
 
 
 def _check_workers_reach(loc: Location) -> None:

@@ -224,7 +224,10 @@ class ArrayWriter:
         self._mutex = threading.RLock()  # one append, checkpoint or close at a time
         self._plan = plan
         if mode == "w" and plan.url is None:  # a split store of its own: as to_zarr's
-            check_new_store(plan.target, split, list(classes), overwrite=overwrite)
+            # a labels array without class names: its numbers are compared with the other
+            # splits' names as to_zarr's are (daskimg info says so of the stores written)
+            numbers = "labels" in self.specs and not classes
+            check_new_store(plan.target, split, list(classes), overwrite=overwrite, numbers=numbers)
         # the lock, shard pool, staging folder and checkpoints; how the write ends
         self._write = OpenWrite(plan, storage_options)
         with _no_space_named(str(plan.staging), self.target, starting=True, resume=resume):
