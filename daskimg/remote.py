@@ -122,14 +122,8 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
     """
     fsspec = _fsspec(url)
     options = dict(storage_options or {})
-    if protocol_of(url) in ("http", "https") and "?" in url and "encoded" not in options:
-        # a signed URL's query is sent as it was given: fsspec re-quotes it otherwise (a
-        # signature's %2F went out as /), and a strict server refuses it. Its path is
-        # quoted here as fsspec would (a space, a letter past ASCII; '%XX' kept)
-        parts = urllib.parse.urlsplit(url)
-        path = urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~")
-        url = urllib.parse.urlunsplit(parts._replace(path=path))
-        options["encoded"] = True
+    if _signed(url, options):
+        url, options = _quoted(url), {**options, "encoded": True}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
@@ -139,6 +133,21 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tu
     except ValueError as exc:
         raise ValueError(f"cannot open {url!r}: {exc}") from None
     return fs, path
+
+
+def _signed(url: str, options: Mapping[str, Any]) -> bool:
+    """Whether ``url`` is an http(s) URL with a query (a signed URL's signature) that is to
+    be sent as it was given: fsspec re-quotes it otherwise (a signature's %2F went out as
+    /), and a strict server refuses it. (``encoded`` in the options: the caller's choice.)"""
+    return protocol_of(url) in ("http", "https") and "?" in url and "encoded" not in options
+
+
+def _quoted(url: str) -> str:
+    """``url`` with its path quoted as fsspec quotes one (a space, a letter past ASCII;
+    '%XX' kept), its query as it is."""
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.quote(parts.path, safe="/%:@!$&'()*+,;=~")
+    return urllib.parse.urlunsplit(parts._replace(path=path))
 
 
 def check_options(path: Any, storage_options: Mapping[str, Any] | None) -> None:
@@ -223,10 +232,10 @@ class RemoteFiles:
         # never print credentials
         return f"RemoteFiles(protocol={self.protocol!r}, storage_options=<{len(self.storage_options)} keys>)"
 
-    def filesystem(self) -> Any:
+    def filesystem(self, **more: Any) -> Any:
         fsspec = _fsspec(f"{self.protocol}://")
         try:
-            return fsspec.filesystem(self.protocol, **dict(self.storage_options))
+            return fsspec.filesystem(self.protocol, **{**self.storage_options, **more})
         except ImportError as exc:
             raise ImportError(
                 f"cannot read {self.protocol}:// files: {exc}. For s3://: pip install 'daskimg[s3]'"
@@ -242,7 +251,19 @@ class RemoteFiles:
         from fsspec.core import strip_protocol  # importable: filesystem() imported fsspec
 
         # cat_ranges: concurrent on async filesystems, and no glob expansion of names with '[*?'
-        got = fs.cat_ranges([strip_protocol(u) for u in urls], None, None, on_error="return")
+        signed = [i for i, u in enumerate(urls) if _signed(u, self.storage_options)]
+        plain = sorted(set(range(len(urls))) - set(signed))
+        got: list[Any] = [None] * len(urls)
+        for which, on, name in (
+            (plain, fs, strip_protocol),
+            (signed, self.filesystem(encoded=True) if signed else fs, _quoted),  # as given
+        ):
+            if which:
+                values = on.cat_ranges(
+                    [name(urls[i]) for i in which], None, None, on_error="return"
+                )
+                for i, value in zip(which, values, strict=True):
+                    got[i] = value
         out: list[bytes | DecodeError] = []
         for url, value in zip(urls, got, strict=True):
             if isinstance(value, FileNotFoundError):
