@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -22,6 +23,20 @@ from daskimg.errors import DaskImgError, DecodeError
 from daskimg.storeinfo import verify
 
 distributed = pytest.importorskip("distributed")
+
+
+@contextlib.contextmanager
+def _current_client():
+    """A client of a 1-thread in-process cluster, made current with ``client.as_current()``
+    only (a context variable: other threads do not inherit it), not the default one."""
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+    ):
+        yield client
 
 
 def _same(a, b):
@@ -392,11 +407,7 @@ def test_feeds_run_on_a_client_made_current_with_as_current():
     lazy = dask.array.from_array(images, chunks=(8, 4, 4, 3)).map_blocks(lambda b: b + 0)
     labels = np.arange(40) % 3
     with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-        client.as_current(),
+        _current_client() as client,
     ):
         persisted = client.persist(lazy)
         for source in (lazy, persisted):
@@ -430,11 +441,7 @@ def test_skip_ingest_runs_on_a_client_made_current_with_as_current(tmp_path):
             )
     (src / "cat" / "bad.png").write_bytes(b"not an image")
     with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-        client.as_current(),
+        _current_client(),
     ):
         ds = di.from_folder(src, size=(12, 12), on_error="skip")
         di.to_zarr(ds, tmp_path / "out.zarr.zip", order="source")
@@ -464,11 +471,7 @@ def test_a_failed_cluster_write_raises_its_own_error_when_the_cancel_fails(tmp_p
 
     monkeypatch.setattr(distributed.Client, "cancel", closed)
     with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-        client.as_current(),
+        _current_client(),
         pytest.raises(DecodeError, match=r"bad\.png"),
     ):
         di.to_zarr(di.from_folder(tmp_path / "src", size=(8, 8)), tmp_path / "o.zarr.zip")
