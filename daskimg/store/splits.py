@@ -114,16 +114,23 @@ def _said(
 
 
 def has_labels(path: str) -> bool:
-    """Whether the local store at ``path`` has labels, not all -1 (no label); False if
-    unknown (not a store daskimg reads, damaged)."""
+    """Whether the store at ``path`` has labels, not all -1 (no label); False if unknown
+    (not a store daskimg reads, damaged)."""
     from .open import open_store
 
     try:
-        st = open_store(path, check_complete=False)
-        if "labels" not in st.layouts:
-            return False
-        return bool((np.asarray(st.reader.read_array("labels")) >= 0).any())
+        return _labelled(open_store(path, check_complete=False))
     except Exception:  # not this write's to judge (as the attributes above)
+        return False
+
+
+def _labelled(st: Any) -> bool:
+    """Whether the opened store ``st`` has labels, not all -1 (False if they do not read)."""
+    try:
+        return "labels" in st.layouts and bool(
+            (np.asarray(st.reader.read_array("labels")) >= 0).any()
+        )
+    except Exception:  # damaged: not this write's to judge
         return False
 
 
@@ -141,7 +148,7 @@ def check_beside(
     split re-written with new classes, one after the other) it is a warning: the others
     may be about to follow. ``numbers``: the store has labels but no class names (see
     :func:`_conflict`). Returns the stores found so (``said``: already said, skipped)."""
-    from .open import read_attrs
+    from .open import open_store
 
     split = split_of(target)
     folder = os.path.dirname(target)
@@ -157,11 +164,11 @@ def check_beside(
         if osplit is None or _SAME.get(osplit, osplit) == _SAME.get(split, split):
             continue
         try:
-            attrs = read_attrs(other, check_complete=False)
+            st = open_store(other, check_complete=False)
         except Exception:  # not a daskimg store, or damaged: not this write's to judge
             continue
-        oclasses = [str(c) for c in attrs.get("classes") or []]
-        onumbers = not oclasses and has_labels(other)
+        oclasses = [str(c) for c in st.attrs.get("classes") or []]
+        onumbers = not oclasses and _labelled(st)  # (the store opened once)
         i = _conflict(classes, oclasses, a_numbers=numbers, b_numbers=onumbers)
         if i is None:
             continue

@@ -821,10 +821,11 @@ def write_arrays(
         ]
         if streamed:
             assert put is not None
-            _stream_into(
-                client, streams, put, progress=progress, files_of=files_of,
-                shared=shm_token, again=again,
-            )  # fmt: skip
+            with _said_if_client_gone(client):
+                _stream_into(
+                    client, streams, put, progress=progress, files_of=files_of,
+                    shared=shm_token, again=again,
+                )  # fmt: skip
             for arr, dst in zip(sources, targets, strict=True):  # no encoder: strings, rare
                 _write_numpy(dst, compute_collections(arr, progress=False)[0])
         else:
@@ -896,14 +897,11 @@ def _stream_into(
             del values
             bar(len(batch))
         shards.check_done()
-    except BaseException as e:
+    except BaseException:
         # a cluster gone (closed, scheduler lost) cannot cancel: the error that says so is
-        # the one raised, not the client's about the cancel message
+        # the one raised (_said_if_client_gone), not the client's about the cancel message
         with contextlib.suppress(Exception):
             client.cancel(futures)
-        gone = _client_gone(client, e)
-        if gone is not None:
-            raise gone from e
         raise
     finally:
         receiver.close()
@@ -1331,18 +1329,23 @@ def skipped_rows(ds: ImageSet, ok: np.ndarray, attrs: dict[str, Any]) -> np.ndar
 _ANNOUNCED: set[str] = set()
 
 
-def _client_gone(client: Any, e: BaseException) -> DaskImgError | None:
-    """The error for a write whose ``client`` was closed (or lost its scheduler) under it:
-    distributed says "cancelled for reason: unknown" of its futures then. None if it is
-    still running (``e`` is the write's own error) or ``e`` is an interrupt."""
-    status = str(getattr(client, "status", "running"))
-    if not isinstance(e, Exception) or status in ("running", "connecting", "newly-created"):
-        return None
-    return DaskImgError(
-        f"the dask client was closed or lost its scheduler (status {status!r}) while the "
-        f"store was being written ({type(e).__name__}: {e}); keep the client and its cluster "
-        "open until to_zarr returns, then write again"
-    )
+@contextlib.contextmanager
+def _said_if_client_gone(client: Any) -> Iterator[None]:
+    """A failure of the work inside, when ``client`` was closed (or lost its scheduler)
+    under it, said so: distributed says "cancelled for reason: unknown" of its futures
+    then. Raised as it is while the client still runs (the work's own error), and for an
+    interrupt."""
+    try:
+        yield
+    except Exception as e:
+        status = str(getattr(client, "status", "running"))
+        if status in ("running", "connecting", "newly-created"):
+            raise
+        raise DaskImgError(
+            f"the dask client was closed or lost its scheduler (status {status!r}) while the "
+            f"store was being written ({type(e).__name__}: {e}); keep the client and its "
+            "cluster open until to_zarr returns, then write again"
+        ) from e
 
 
 def announce_dashboard(client: Any, file: Any = None) -> None:
@@ -1386,13 +1389,8 @@ def compute_collections(*collections: Any, progress: bool) -> tuple[Any, ...]:
 
         announce_dashboard(client)
         show_progress(futures)
-    try:
+    with _said_if_client_gone(client):
         return tuple(client.gather(futures, direct=gather_direct(client)))
-    except BaseException as e:
-        gone = _client_gone(client, e)
-        if gone is not None:
-            raise gone from e
-        raise
 
 
 def _check_workers_reach(loc: Location) -> None:
